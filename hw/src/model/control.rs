@@ -1,0 +1,74 @@
+//! The device's side channel for what shared memory cannot carry: handing
+//! its VRAM and register memfds to the driver at probe time (like BARs) and
+//! DMA-mapping system memfds the driver exposes (like an IOMMU mapping).
+//! Records are 24 bytes, little-endian: op u32, slot u32, size u64, status
+//! u64; descriptors ride along as `SCM_RIGHTS`.
+
+use std::os::fd::OwnedFd;
+
+use ipc_protocol::transport::{Received, Transport, TransportError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ControlOp {
+    /// Device to driver, once: `size` = VRAM bytes; fds: registers, VRAM.
+    Hello = 1,
+    /// Driver to device: map the passed memfd (`size` bytes) at `slot`.
+    DmaMap = 2,
+    /// Driver to device: unmap `slot`.
+    DmaUnmap = 3,
+    /// Device to driver: answer to a map or unmap; `status` 0 is success.
+    Done = 4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlRecord {
+    pub op: ControlOp,
+    pub slot: u32,
+    pub size: u64,
+    pub status: u64,
+}
+
+pub const RECORD_BYTES: usize = 24;
+
+/// Status codes of [`ControlOp::Done`].
+pub const STATUS_OK: u64 = 0;
+pub const STATUS_BAD_SLOT: u64 = 1;
+pub const STATUS_MAP_FAILED: u64 = 2;
+pub const STATUS_BAD_REQUEST: u64 = 3;
+
+impl ControlRecord {
+    pub fn encode(&self) -> [u8; RECORD_BYTES] {
+        let mut b = [0u8; RECORD_BYTES];
+        b[0..4].copy_from_slice(&(self.op as u32).to_le_bytes());
+        b[4..8].copy_from_slice(&self.slot.to_le_bytes());
+        b[8..16].copy_from_slice(&self.size.to_le_bytes());
+        b[16..24].copy_from_slice(&self.status.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != RECORD_BYTES {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        let op = match u32_at(0) {
+            1 => ControlOp::Hello,
+            2 => ControlOp::DmaMap,
+            3 => ControlOp::DmaUnmap,
+            4 => ControlOp::Done,
+            _ => return None,
+        };
+        Some(Self { op, slot: u32_at(4), size: u64_at(8), status: u64_at(16) })
+    }
+}
+
+pub fn send(t: &dyn Transport, rec: ControlRecord, fds: Vec<OwnedFd>) -> Result<(), TransportError> {
+    t.send(&rec.encode(), fds)
+}
+
+pub fn recv(t: &dyn Transport, timeout: Option<std::time::Duration>) -> Result<(Option<ControlRecord>, Vec<OwnedFd>), TransportError> {
+    let Received { bytes, handles, .. } = t.recv(timeout)?;
+    Ok((ControlRecord::decode(&bytes), handles))
+}

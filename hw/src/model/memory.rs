@@ -1,0 +1,71 @@
+//! The device's address space: VRAM at `[0, vram)`, DMA-mapped system
+//! memfds at `SYSMEM_BASE + slot * SYSMEM_SLOT_BYTES`.
+
+use std::sync::{Arc, RwLock};
+
+use crate::shm::Region;
+use crate::xe::layout::{SYSMEM_BASE, SYSMEM_SLOTS, SYSMEM_SLOT_BYTES};
+
+pub struct Memory {
+    pub vram: Region,
+    sysmem: RwLock<Vec<Option<Arc<Region>>>>,
+}
+
+/// A resolved device address: keeps a DMA mapping alive while in use.
+pub struct Resolved {
+    region: Option<Arc<Region>>,
+    ptr: *mut u8,
+}
+
+impl Resolved {
+    pub fn ptr(&self) -> *mut u8 {
+        let _ = &self.region;
+        self.ptr
+    }
+}
+
+impl Memory {
+    pub fn new(vram: Region) -> Self {
+        Self { vram, sysmem: RwLock::new(vec![None; SYSMEM_SLOTS as usize]) }
+    }
+
+    pub fn map_slot(&self, slot: u32, region: Region) -> bool {
+        let mut s = self.sysmem.write().unwrap_or_else(|e| e.into_inner());
+        match s.get_mut(slot as usize) {
+            Some(entry) if region.len() as u64 <= SYSMEM_SLOT_BYTES => {
+                *entry = Some(Arc::new(region));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn unmap_slot(&self, slot: u32) -> bool {
+        let mut s = self.sysmem.write().unwrap_or_else(|e| e.into_inner());
+        matches!(s.get_mut(slot as usize).map(Option::take), Some(Some(_)))
+    }
+
+    /// `[addr, addr + len)` as a pointer, if it lies inside one region.
+    pub fn resolve(&self, addr: u64, len: u64) -> Option<Resolved> {
+        if addr < SYSMEM_BASE {
+            return self.vram.ptr(addr, len).map(|ptr| Resolved { region: None, ptr });
+        }
+        let rel = addr - SYSMEM_BASE;
+        let slot = (rel / SYSMEM_SLOT_BYTES) as usize;
+        let off = rel % SYSMEM_SLOT_BYTES;
+        let s = self.sysmem.read().unwrap_or_else(|e| e.into_inner());
+        let region = s.get(slot)?.clone()?;
+        let ptr = region.ptr(off, len)?;
+        Some(Resolved { region: Some(region), ptr })
+    }
+
+    /// Reads the u64 at `addr` (a page-table entry).
+    pub fn read_u64(&self, addr: u64) -> Option<u64> {
+        if addr % 8 != 0 {
+            return None;
+        }
+        let r = self.resolve(addr, 8)?;
+        // SAFETY: resolved, in bounds and 8-aligned (regions are page aligned).
+        Some(unsafe { (*(r.ptr() as *const std::sync::atomic::AtomicU64)).load(std::sync::atomic::Ordering::Acquire) })
+    }
+}

@@ -1,0 +1,110 @@
+//! A simulated Xe GPU.
+//!
+//! It shares with its driver only what a real device shares: VRAM and a
+//! register/ring region (memfds it hands over at probe), page tables the
+//! driver writes (in VRAM or DMA-mapped system memory), and the system
+//! memfds the driver DMA-maps. Nothing here calls driver code.
+//!
+//! Engines, each a thread:
+//! - copy engine: executes `MEM_COPY` between any two device addresses;
+//! - GuC: takes fault responses and TLB invalidations from the driver,
+//!   reports invalidation completion;
+//! - compute engine: runs a kernel with many hardware threads; an access
+//!   that misses raises a fault descriptor on the GuC-to-host ring and
+//!   stalls that hardware thread until the reply, then replays it. Many
+//!   faults are outstanding at once (one per hardware thread).
+//!
+//! An invalidation completes only after accesses in flight drain (the
+//! access gate), as on hardware: once the driver sees the completion, no
+//! access through the old translation can still land.
+
+pub mod control;
+mod engines;
+pub mod memory;
+pub mod translate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipc_protocol::transport::{SeqPacket, Transport, TransportError};
+
+pub use engines::run;
+
+/// Fault injection for tests.
+#[derive(Debug, Clone, Default)]
+pub struct Injection {
+    /// Hold every fault response this long before the stalled thread sees it.
+    pub fault_reply_delay: Duration,
+    /// Drop every Nth TLB invalidation (still reported complete); 0: never.
+    pub drop_tlb_invalidation_every: u32,
+    /// Fail every Nth copy (`REG_BCS_ERROR`); 0: never.
+    pub fail_copy_every: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub vram_bytes: u64,
+    /// Hardware threads of the compute engine.
+    pub hw_threads: u16,
+    pub inject: Injection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { vram_bytes: 256 << 20, hw_threads: 64, inject: Injection::default() }
+    }
+}
+
+impl Config {
+    /// Command-line arguments for `xe-model` that reproduce this config.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            format!("--vram-mib={}", self.vram_bytes >> 20),
+            format!("--hw-threads={}", self.hw_threads),
+            format!("--fault-reply-delay-us={}", self.inject.fault_reply_delay.as_micros()),
+            format!("--drop-tlb-invalidation-every={}", self.inject.drop_tlb_invalidation_every),
+            format!("--fail-copy-every={}", self.inject.fail_copy_every),
+        ]
+    }
+}
+
+#[derive(Debug)]
+pub enum ModelError {
+    /// Creating or mapping device memory failed.
+    Memory(rustix::io::Errno),
+    Control(TransportError),
+    BadConfig(&'static str),
+}
+
+impl std::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+impl std::error::Error for ModelError {}
+
+/// A device running in this process on a thread (tests). The returned
+/// transport is the driver's end of the control channel.
+pub fn spawn_in_process(cfg: Config) -> Result<(Arc<dyn Transport>, std::thread::JoinHandle<Result<(), ModelError>>), ModelError> {
+    let (driver, device) = SeqPacket::pair().map_err(ModelError::Control)?;
+    let device: Arc<dyn Transport> = Arc::new(device);
+    let handle = std::thread::Builder::new()
+        .name("xe-model".into())
+        .spawn(move || run(cfg, device))
+        .map_err(|_| ModelError::BadConfig("cannot spawn the device thread"))?;
+    Ok((Arc::new(driver), handle))
+}
+
+/// A device running as its own process (`xe-model` at `exe`). Returns the
+/// driver's end of the control channel and the child.
+pub fn spawn_process(exe: &std::path::Path, cfg: &Config) -> std::io::Result<(Arc<dyn Transport>, std::process::Child)> {
+    use std::os::fd::AsFd;
+    let (driver, device) = SeqPacket::pair().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let device_fd = device.fd().as_fd().try_clone_to_owned()?;
+    drop(device);
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(cfg.to_args()).arg("--control-fd=3").stdin(std::process::Stdio::null());
+    ipc_protocol::transport::pass_fd_to_child(&mut cmd, &device_fd, 3);
+    let child = cmd.spawn()?;
+    Ok((Arc::new(driver), child))
+}

@@ -1,0 +1,72 @@
+//! `Gpu`: served by xe-svm, called by clients.
+
+use crate::types::{BoId, JobId, JobStatus, KernelKind, ViewId, VmId};
+
+wire_struct!(pub struct CreateVm {});
+wire_struct!(pub struct VmCreated { pub vm: VmId, pub asid: u32 });
+wire_struct!(pub struct DestroyVm { pub vm: VmId });
+wire_struct!(
+    /// Bind a view into a VM at `gpu_addr` (normally the view's CPU address).
+    pub struct BindView { pub vm: VmId, pub view: ViewId, pub gpu_addr: u64 }
+);
+wire_struct!(pub struct Unbind { pub vm: VmId, pub gpu_addr: u64 });
+wire_struct!(
+    /// Run `kernel` over `[addr, addr + len)` with `threads` hardware threads.
+    pub struct Submit { pub vm: VmId, pub kernel: KernelKind, pub addr: u64, pub len: u64, pub stride: u64, pub value: u32, pub threads: u16 }
+);
+wire_struct!(pub struct Submitted { pub job: JobId });
+wire_struct!(pub struct Wait { pub job: JobId, pub timeout_ms: u32 });
+wire_struct!(pub struct JobDone { pub status: JobStatus, pub faults: u64, pub elapsed_us: u64 });
+wire_struct!(pub struct CreateBo { pub size_bytes: u64 });
+wire_struct!(pub struct BoCreated { pub bo: BoId });
+wire_struct!(pub struct MapBo { pub vm: VmId, pub bo: BoId, pub gpu_addr: u64 });
+wire_struct!(pub struct DestroyBo { pub bo: BoId });
+wire_struct!(pub struct Stats {});
+wire_struct!(
+    pub struct GpuStats {
+        pub vram_total: u64,
+        pub vram_used: u64,
+        pub gpu_faults: u64,
+        pub pages_to_vram: u64,
+        pub pages_to_ram: u64,
+        pub bo_evictions: u64,
+        pub invalidations: u64,
+    }
+);
+wire_struct!(pub struct Done {});
+
+interface! {
+    /// The GPU server's client interface.
+    interface Gpu = 4;
+    errors GpuError {
+        NoSuchVm = 1,
+        NoSuchView = 2,
+        NoSuchJob = 3,
+        NoSuchBo = 4,
+        /// Jobs still run against the binding.
+        Busy = 5,
+        OutOfVram = 6,
+        /// The GPU address range overlaps another binding.
+        AddressInUse = 7,
+        /// A zero, unaligned or non-canonical range.
+        BadRange = 8,
+        /// The pager did not answer.
+        PagerUnavailable = 9,
+        OutOfMetadata = 10,
+        /// The device stopped responding.
+        DeviceLost = 11,
+    }
+    calls {
+        1 => CreateVm [0] -> VmCreated [0] needs GPU_VM;
+        2 => DestroyVm [0] -> Done [0] needs GPU_VM;
+        3 => BindView [0] -> Done [0] needs GPU_VM;
+        4 => Unbind [0] -> Done [0] needs GPU_VM;
+        5 => Submit [0] -> Submitted [0] needs GPU_SUBMIT;
+        6 => Wait [0] -> JobDone [0] needs GPU_SUBMIT;
+        7 => CreateBo [0] -> BoCreated [0] needs GPU_BO;
+        8 => MapBo [0] -> Done [0] needs GPU_BO;
+        9 => DestroyBo [0] -> Done [0] needs GPU_BO;
+        10 => Stats [0] -> GpuStats [0] needs GPU_STATS;
+    }
+    notifications {}
+}

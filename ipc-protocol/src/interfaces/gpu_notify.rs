@@ -1,0 +1,50 @@
+//! `GpuNotify`: served by xe-svm, called by the pager while it holds page
+//! locks (rule 8). Rule 9: these handlers never call the pager, and the
+//! unmap path never waits on a page lock.
+
+use crate::types::{ObjectId, PageCount, PageMask, Seq};
+
+wire_struct!(
+    /// Unmap every GPU PTE of the object's pages and invalidate the TLB;
+    /// the reply is the acknowledgement. Bindings that read an older
+    /// sequence must not bind.
+    pub struct Invalidate { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub seq: Seq }
+);
+wire_struct!(pub struct Invalidated { pub seq: Seq });
+wire_struct!(
+    /// Unmap and copy the `pages` of the chunk from VRAM into the pager's
+    /// staging memfd at `staging_offset`, then drop their VRAM references.
+    pub struct MigrateToRam { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub pages: PageMask, pub staging_offset: u64 }
+);
+wire_struct!(pub struct MigratedToRam { pub copied: PageMask });
+wire_struct!(
+    /// Drop the VRAM references of pages no view reaches any more.
+    pub struct FreePages { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub pages: PageMask }
+);
+wire_struct!(pub struct Freed { pub pages: u16 });
+wire_struct!(
+    /// Share the pager's staging memfd (the handle) once at boot.
+    pub struct AttachStaging { pub size_bytes: u64 }
+);
+wire_struct!(pub struct Done {});
+
+interface! {
+    /// The GPU server's notifier interface for the pager.
+    interface GpuNotify = 5;
+    errors NotifyError {
+        NoSuchObject = 1,
+        /// A named page is not resident on this GPU.
+        NotResident = 2,
+        /// The copy engine reported an error.
+        CopyFailed = 3,
+        /// No staging buffer attached, or the range is outside it.
+        NoStaging = 4,
+    }
+    calls {
+        1 => Invalidate [0] -> Invalidated [0] needs NOTIFY;
+        2 => MigrateToRam [0] -> MigratedToRam [0] needs NOTIFY;
+        3 => FreePages [0] -> Freed [0] needs NOTIFY;
+        4 => AttachStaging [1] -> Done [0] needs NOTIFY;
+    }
+    notifications {}
+}

@@ -1,0 +1,66 @@
+//! `Pager`: served by the pager, called by clients (DESIGN.md 5a).
+
+use crate::types::{Advice, GpuId, Location, ObjectId, PageCount, PageStateCode, ViewId};
+use crate::wire::BoundedVec;
+
+wire_struct!(
+    /// Create a memory object of `size_bytes` (a multiple of 4 KiB). The
+    /// reply carries the object's memfd, which the client maps.
+    pub struct CreateObject { pub size_bytes: u64 }
+);
+wire_struct!(pub struct ObjectCreated { pub object: ObjectId, pub size_bytes: u64 });
+wire_struct!(pub struct DestroyObject { pub object: ObjectId });
+wire_struct!(
+    /// Register a view: the client mapped `pages` pages of the object from
+    /// `object_first_page` at `addr`; the handle is its userfaultfd.
+    pub struct AttachView { pub object: ObjectId, pub addr: u64, pub object_first_page: u64, pub pages: u64 }
+);
+wire_struct!(pub struct ViewAttached { pub view: ViewId });
+wire_struct!(pub struct DetachView { pub view: ViewId });
+wire_struct!(pub struct Advise { pub object: ObjectId, pub first_page: u64, pub pages: u64, pub advice: Advice });
+wire_struct!(
+    /// Move up to one chunk to `to` ahead of use.
+    pub struct Prefetch { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub to: Location, pub gpu: GpuId }
+);
+wire_struct!(pub struct Prefetched { pub moved: u16 });
+wire_struct!(
+    /// Per-page state, like the HMM selftests' snapshot.
+    pub struct Snapshot { pub object: ObjectId, pub first_page: u64, pub count: PageCount }
+);
+wire_struct!(pub struct PageStates { pub states: BoundedVec<PageStateCode, 512> });
+wire_struct!(pub struct Done {});
+
+interface! {
+    /// The pager's client interface.
+    interface Pager = 1;
+    errors PagerError {
+        /// No such object, or not the caller's.
+        NoSuchObject = 1,
+        /// No such view, or not the caller's.
+        NoSuchView = 2,
+        /// A page range outside the object or view.
+        OutOfRange = 3,
+        /// A size of zero, not page-aligned, or over the pager's limit.
+        BadSize = 4,
+        /// The pager's metadata arena is full.
+        OutOfMetadata = 5,
+        /// The passed handle is not a usable userfaultfd.
+        BadUserfaultfd = 6,
+        /// Pages are locked by a migration; try again.
+        Busy = 7,
+        /// The GPU server needed for the request did not answer.
+        GpuUnavailable = 8,
+        /// A host call failed (the server logs the errno).
+        Host = 9,
+    }
+    calls {
+        1 => CreateObject [0] -> ObjectCreated [1] needs OBJECT;
+        2 => DestroyObject [0] -> Done [0] needs OBJECT;
+        3 => AttachView [1] -> ViewAttached [0] needs VIEW;
+        4 => DetachView [0] -> Done [0] needs VIEW;
+        5 => Advise [0] -> Done [0] needs ADVISE;
+        6 => Prefetch [0] -> Prefetched [0] needs ADVISE;
+        7 => Snapshot [0] -> PageStates [0] needs SNAPSHOT;
+    }
+    notifications {}
+}

@@ -1,0 +1,58 @@
+//! `PagerMigrate`: served by the pager, called by a GPU server from its
+//! fault path (DESIGN.md 5 "GPU fault"). Rule 9: the pager's handlers for
+//! these never wait on the GPU server.
+
+use crate::types::{GpuId, ObjectId, PageCount, PageMask, Seq, ViewId};
+
+wire_struct!(
+    /// Open a client's view for a GPU binding. `client` is the client's
+    /// badge as `init` assigned it in both servers; the pager refuses a view
+    /// that is not that client's. The reply carries the object's memfd.
+    pub struct OpenView { pub view: ViewId, pub client: u64 }
+);
+wire_struct!(
+    pub struct ViewOpened { pub object: ObjectId, pub addr: u64, pub object_first_page: u64, pub pages: u64 }
+);
+wire_struct!(
+    /// Per-page location plus the notifier sequence (like `hmm_range_fault`).
+    pub struct GetPages { pub object: ObjectId, pub first_page: u64, pub count: PageCount }
+);
+wire_struct!(pub struct Pages { pub seq: Seq, pub system: PageMask, pub device: PageMask, pub empty: PageMask });
+wire_struct!(
+    /// Trylock the chunk's pages and install migration entries (rule 1).
+    pub struct Collect { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub gpu: GpuId }
+);
+wire_struct!(
+    /// `got`: pages now locked for this migration (partial is normal);
+    /// `zero`: those of them never written (no copy needed).
+    pub struct Collected { pub seq: Seq, pub got: PageMask, pub zero: PageMask }
+);
+wire_struct!(
+    /// Per-page result: `migrated` pages become DEVICE at
+    /// `vram_first_pfn + i`; the rest of the collected pages go back to
+    /// SYSTEM. Unlocks every collected page.
+    pub struct Finalize { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub gpu: GpuId, pub vram_first_pfn: u64, pub migrated: PageMask }
+);
+wire_struct!(pub struct Finalized { pub device: u16, pub returned: u16 });
+
+interface! {
+    /// The pager's migration interface for GPU servers.
+    interface PagerMigrate = 2;
+    errors MigrateError {
+        NoSuchView = 1,
+        NoSuchObject = 2,
+        OutOfRange = 3,
+        /// Finalize named pages this GPU did not collect.
+        NotCollected = 4,
+        /// The view belongs to another client.
+        NotOwner = 5,
+        Host = 6,
+    }
+    calls {
+        1 => OpenView [0] -> ViewOpened [1] needs MIGRATE;
+        2 => GetPages [0] -> Pages [0] needs MIGRATE;
+        3 => Collect [0] -> Collected [0] needs MIGRATE;
+        4 => Finalize [0] -> Finalized [0] needs MIGRATE;
+    }
+    notifications {}
+}

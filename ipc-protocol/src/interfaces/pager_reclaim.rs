@@ -1,0 +1,26 @@
+//! `PagerReclaim`: served by the pager, called by mm-server (rule 7).
+
+use crate::types::GpuId;
+
+wire_struct!(
+    /// Evict up to `bytes` of SVM pages of `gpu` back to SRAM, page by page
+    /// under rule 1.
+    pub struct Evict { pub gpu: GpuId, pub bytes: u64 }
+);
+wire_struct!(pub struct Evicted { pub bytes: u64, pub pages: u64 });
+wire_struct!(pub struct Usage {});
+wire_struct!(pub struct SvmUsage { pub sram_bytes: u64, pub vram_bytes: u64 });
+
+interface! {
+    /// The pager's reclaim interface for the memory-pressure broker.
+    interface PagerReclaim = 3;
+    errors ReclaimError {
+        NoSuchGpu = 1,
+        GpuUnavailable = 2,
+    }
+    calls {
+        1 => Evict [0] -> Evicted [0] needs RECLAIM;
+        2 => Usage [0] -> SvmUsage [0] needs RECLAIM;
+    }
+    notifications {}
+}

@@ -1,0 +1,377 @@
+//! The one description of messages and interfaces.
+//!
+//! Why declarative macros and not a derive or an IDL file: the protocol is
+//! small, the crate stays `no_std` without a proc-macro crate or a build
+//! script, and the description reads like Hubris's idol files (opcode,
+//! message, handles, reply, rights) while staying plain Rust that rustdoc
+//! and rust-analyzer understand.
+
+/// Declares a message struct and its wire encoding: fields in declaration
+/// order, each by its own [`crate::Wire`] impl.
+#[macro_export]
+macro_rules! wire_struct {
+    ($(#[$m:meta])* pub struct $name:ident { $( $(#[$fm:meta])* pub $field:ident : $ty:ty ),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name { $( $(#[$fm])* pub $field: $ty, )* }
+
+        impl $crate::Wire for $name {
+            const MIN_SIZE: usize = 0 $( + <$ty as $crate::Wire>::MIN_SIZE )*;
+            const MAX_SIZE: usize = 0 $( + <$ty as $crate::Wire>::MAX_SIZE )*;
+            #[allow(unused_variables)]
+            fn encode(&self, w: &mut $crate::Writer) {
+                $( $crate::Wire::encode(&self.$field, w); )*
+            }
+            #[allow(unused_variables)]
+            fn decode(r: &mut $crate::Reader<'_>) -> Result<Self, $crate::ProtocolError> {
+                Ok(Self { $( $field: <$ty as $crate::Wire>::decode(r)?, )* })
+            }
+            fn example() -> Self {
+                Self { $( $field: <$ty as $crate::Wire>::example(), )* }
+            }
+            #[cfg(feature = "proptest")]
+            fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
+                use proptest::strategy::{Just, Strategy};
+                (Just(()), $( <$ty as $crate::Wire>::strategy(), )*)
+                    .prop_map(|((), $( $field, )*)| Self { $( $field, )* })
+                    .boxed()
+            }
+        }
+    };
+}
+
+/// Declares a C-like enum carried as its integer code; an unknown code is
+/// [`crate::ProtocolError::FieldOutOfRange`].
+#[macro_export]
+macro_rules! wire_enum {
+    ($(#[$m:meta])* pub enum $name:ident : $repr:ty { $( $(#[$vm:meta])* $v:ident = $c:literal ),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr($repr)]
+        pub enum $name { $( $(#[$vm])* $v = $c, )+ }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$v),+];
+        }
+
+        impl $crate::Wire for $name {
+            const MIN_SIZE: usize = core::mem::size_of::<$repr>();
+            const MAX_SIZE: usize = core::mem::size_of::<$repr>();
+            fn encode(&self, w: &mut $crate::Writer) {
+                $crate::Wire::encode(&(*self as $repr), w);
+            }
+            fn decode(r: &mut $crate::Reader<'_>) -> Result<Self, $crate::ProtocolError> {
+                match <$repr as $crate::Wire>::decode(r)? {
+                    $( $c => Ok(Self::$v), )+
+                    _ => Err($crate::ProtocolError::FieldOutOfRange),
+                }
+            }
+            fn example() -> Self {
+                Self::ALL[Self::ALL.len() - 1]
+            }
+            #[cfg(feature = "proptest")]
+            fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
+                use proptest::strategy::Strategy;
+                proptest::sample::select(Self::ALL).boxed()
+            }
+        }
+    };
+}
+
+/// Declares an integer newtype, optionally restricted to a range (values
+/// outside it are [`crate::ProtocolError::FieldOutOfRange`]).
+#[macro_export]
+macro_rules! wire_newtype {
+    ($(#[$m:meta])* pub struct $name:ident($repr:ty)) => {
+        $crate::wire_newtype!(@impl $(#[$m])* $name $repr, <$repr>::MIN, <$repr>::MAX);
+    };
+    ($(#[$m:meta])* pub struct $name:ident($repr:ty) in $lo:expr, $hi:expr) => {
+        $crate::wire_newtype!(@impl $(#[$m])* $name $repr, $lo, $hi);
+    };
+    (@impl $(#[$m:meta])* $name:ident $repr:ty, $lo:expr, $hi:expr) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name($repr);
+
+        impl $name {
+            pub const MIN: $repr = $lo;
+            pub const MAX: $repr = $hi;
+            /// `None` when `v` is outside the range the protocol allows.
+            pub const fn new(v: $repr) -> Option<Self> {
+                if v >= Self::MIN && v <= Self::MAX { Some(Self(v)) } else { None }
+            }
+            pub const fn get(self) -> $repr {
+                self.0
+            }
+        }
+
+        impl $crate::Wire for $name {
+            const MIN_SIZE: usize = core::mem::size_of::<$repr>();
+            const MAX_SIZE: usize = core::mem::size_of::<$repr>();
+            fn encode(&self, w: &mut $crate::Writer) {
+                $crate::Wire::encode(&self.0, w);
+            }
+            fn decode(r: &mut $crate::Reader<'_>) -> Result<Self, $crate::ProtocolError> {
+                Self::new(<$repr as $crate::Wire>::decode(r)?).ok_or($crate::ProtocolError::FieldOutOfRange)
+            }
+            fn example() -> Self {
+                Self::new(<$repr as $crate::Wire>::example()).unwrap_or(Self(Self::MAX))
+            }
+            #[cfg(feature = "proptest")]
+            fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
+                use proptest::strategy::Strategy;
+                (Self::MIN..=Self::MAX).prop_map(Self).boxed()
+            }
+        }
+    };
+}
+
+/// Describes one interface: its id, its error enum, its calls (opcode,
+/// request message, handles in, reply message, handles out, rights needed)
+/// and its one-way notifications. Generates the `Request`, `Reply` and error
+/// enums, their codecs, and a [`crate::Call`] impl per request.
+#[macro_export]
+macro_rules! interface {
+    (
+        $(#[$im:meta])*
+        interface $iface:ident = $id:literal;
+        $(#[$em:meta])*
+        errors $err:ident { $( $(#[$evm:meta])* $ev:ident = $ec:literal ),+ $(,)? }
+        calls { $( $(#[$cm:meta])* $op:literal => $req:ident [$hin:literal] -> $rep:ident [$hout:literal] needs $($right:ident)|+ ; )+ }
+        notifications { $( $(#[$nm:meta])* $nop:literal => $note:ident [$nhin:literal] needs $($nright:ident)|+ ; )* }
+    ) => {
+        $(#[$im])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $iface;
+
+        impl $crate::Interface for $iface {
+            const ID: u16 = $id;
+            const NAME: &'static str = stringify!($iface);
+            type Request = Request;
+            type Reply = Reply;
+            type Error = $err;
+        }
+
+        $(#[$em])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum $err { $( $(#[$evm])* $ev = $ec, )+ }
+
+        impl $crate::WireError for $err {
+            fn code(self) -> u16 {
+                self as u16
+            }
+            fn from_code(code: u16) -> Option<Self> {
+                match code {
+                    $( $ec => Some(Self::$ev), )+
+                    _ => None,
+                }
+            }
+            fn all() -> &'static [Self] {
+                &[$(Self::$ev),+]
+            }
+        }
+
+        impl core::fmt::Display for $err {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                core::fmt::Debug::fmt(self, f)
+            }
+        }
+
+        /// Every message a client may send on this interface.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Request {
+            $( $(#[$cm])* $req($req), )+
+            $( $(#[$nm])* $note($note), )*
+        }
+
+        /// The reply to each call, named after the call.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Reply {
+            $( $req($rep), )+
+        }
+
+        impl Request {
+            /// The rights the caller's badge must hold for this request.
+            pub fn required_rights(&self) -> $crate::Rights {
+                match self {
+                    $( Self::$req(_) => <$req as $crate::Call>::RIGHTS, )+
+                    $( Self::$note(_) => <$note as $crate::Call>::RIGHTS, )*
+                }
+            }
+            /// `true` for a notification: no reply is sent.
+            pub fn is_one_way(&self) -> bool {
+                match self {
+                    $( Self::$req(_) => false, )+
+                    $( Self::$note(_) => true, )*
+                }
+            }
+            /// Handles the reply to this request must carry.
+            pub fn reply_handle_count(&self) -> usize {
+                match self {
+                    $( Self::$req(_) => $hout, )+
+                    $( Self::$note(_) => 0, )*
+                }
+            }
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Self::$req(_) => stringify!($req), )+
+                    $( Self::$note(_) => stringify!($note), )*
+                }
+            }
+        }
+
+        #[cfg(feature = "std")]
+        impl $crate::server::RequestInfo for Request {
+            fn rights(&self) -> $crate::Rights {
+                self.required_rights()
+            }
+            fn one_way(&self) -> bool {
+                self.is_one_way()
+            }
+        }
+
+        impl $crate::Message for Request {
+            fn opcode(&self) -> u16 {
+                match self {
+                    $( Self::$req(_) => $op, )+
+                    $( Self::$note(_) => $nop, )*
+                }
+            }
+            fn handle_count(&self) -> usize {
+                match self {
+                    $( Self::$req(_) => $hin, )+
+                    $( Self::$note(_) => $nhin, )*
+                }
+            }
+            fn encode_payload(&self, w: &mut $crate::Writer) {
+                match self {
+                    $( Self::$req(m) => $crate::Wire::encode(m, w), )+
+                    $( Self::$note(m) => $crate::Wire::encode(m, w), )*
+                }
+            }
+            #[deny(unreachable_patterns)] // two messages with one opcode fail the build
+            fn decode_payload(opcode: u16, payload: &[u8], handles: usize) -> Result<Self, $crate::ProtocolError> {
+                let mut r = $crate::Reader::new(payload);
+                let msg = match opcode {
+                    $( $op => {
+                        if handles != $hin { return Err($crate::ProtocolError::WrongHandleCount); }
+                        Self::$req(<$req as $crate::Wire>::decode(&mut r)?)
+                    } )+
+                    $( $nop => {
+                        if handles != $nhin { return Err($crate::ProtocolError::WrongHandleCount); }
+                        Self::$note(<$note as $crate::Wire>::decode(&mut r)?)
+                    } )*
+                    _ => return Err($crate::ProtocolError::UnknownOpcode),
+                };
+                r.finish()?;
+                Ok(msg)
+            }
+            fn examples() -> alloc::vec::Vec<(&'static str, Self)> {
+                alloc::vec![
+                    $( (stringify!($req), Self::$req(<$req as $crate::Wire>::example())), )+
+                    $( (stringify!($note), Self::$note(<$note as $crate::Wire>::example())), )*
+                ]
+            }
+            #[cfg(feature = "proptest")]
+            fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
+                use proptest::strategy::Strategy;
+                let all: alloc::vec::Vec<proptest::strategy::BoxedStrategy<Self>> = alloc::vec![
+                    $( <$req as $crate::Wire>::strategy().prop_map(Self::$req).boxed(), )+
+                    $( <$note as $crate::Wire>::strategy().prop_map(Self::$note).boxed(), )*
+                ];
+                proptest::strategy::Union::new(all).boxed()
+            }
+        }
+
+        impl $crate::Message for Reply {
+            fn opcode(&self) -> u16 {
+                match self {
+                    $( Self::$req(_) => $op, )+
+                }
+            }
+            fn handle_count(&self) -> usize {
+                match self {
+                    $( Self::$req(_) => $hout, )+
+                }
+            }
+            fn encode_payload(&self, w: &mut $crate::Writer) {
+                match self {
+                    $( Self::$req(m) => $crate::Wire::encode(m, w), )+
+                }
+            }
+            fn decode_payload(opcode: u16, payload: &[u8], handles: usize) -> Result<Self, $crate::ProtocolError> {
+                let mut r = $crate::Reader::new(payload);
+                let msg = match opcode {
+                    $( $op => {
+                        if handles != $hout { return Err($crate::ProtocolError::WrongHandleCount); }
+                        Self::$req(<$rep as $crate::Wire>::decode(&mut r)?)
+                    } )+
+                    _ => return Err($crate::ProtocolError::UnknownOpcode),
+                };
+                r.finish()?;
+                Ok(msg)
+            }
+            fn examples() -> alloc::vec::Vec<(&'static str, Self)> {
+                alloc::vec![ $( (stringify!($req), Self::$req(<$rep as $crate::Wire>::example())), )+ ]
+            }
+            #[cfg(feature = "proptest")]
+            fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
+                use proptest::strategy::Strategy;
+                let all: alloc::vec::Vec<proptest::strategy::BoxedStrategy<Self>> = alloc::vec![
+                    $( <$rep as $crate::Wire>::strategy().prop_map(Self::$req).boxed(), )+
+                ];
+                proptest::strategy::Union::new(all).boxed()
+            }
+        }
+
+        $(
+            impl From<$req> for Request {
+                fn from(m: $req) -> Self {
+                    Self::$req(m)
+                }
+            }
+            impl $crate::Call for $req {
+                type Interface = $iface;
+                type Reply = $rep;
+                const OPCODE: u16 = $op;
+                const NAME: &'static str = stringify!($req);
+                const RIGHTS: $crate::Rights = $crate::Rights::empty() $( .union($crate::Rights::$right) )+;
+                const HANDLES_IN: usize = $hin;
+                const HANDLES_OUT: usize = $hout;
+                const ONE_WAY: bool = false;
+                #[allow(unreachable_patterns)]
+                fn reply_from(reply: Reply) -> Option<$rep> {
+                    match reply {
+                        Reply::$req(m) => Some(m),
+                        _ => None,
+                    }
+                }
+            }
+            const _: () = assert!(<$req as $crate::Wire>::MAX_SIZE <= $crate::MAX_PAYLOAD);
+            const _: () = assert!(<$rep as $crate::Wire>::MAX_SIZE <= $crate::MAX_PAYLOAD);
+            const _: () = assert!($hin < $crate::MAX_HANDLES + 1 && $hout < $crate::MAX_HANDLES + 1);
+        )+
+        $(
+            impl From<$note> for Request {
+                fn from(m: $note) -> Self {
+                    Self::$note(m)
+                }
+            }
+            impl $crate::Call for $note {
+                type Interface = $iface;
+                type Reply = ();
+                const OPCODE: u16 = $nop;
+                const NAME: &'static str = stringify!($note);
+                const RIGHTS: $crate::Rights = $crate::Rights::empty() $( .union($crate::Rights::$nright) )+;
+                const HANDLES_IN: usize = $nhin;
+                const HANDLES_OUT: usize = 0;
+                const ONE_WAY: bool = true;
+                fn reply_from(_: Reply) -> Option<()> {
+                    None
+                }
+            }
+            const _: () = assert!(<$note as $crate::Wire>::MAX_SIZE <= $crate::MAX_PAYLOAD);
+        )*
+    };
+}

@@ -1,0 +1,161 @@
+//! The serve loop: receive, check, decode, authorise, dispatch, reply.
+//!
+//! A server core implements [`Handler`] and never sees bytes. Every frame
+//! is checked in one place here; a malformed one is answered with its
+//! [`ProtocolError`], a request the endpoint's capability does not allow
+//! with `Denied`, and the loop keeps serving.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::frame::{encode_message, encode_raw, ErrorPayload, Header};
+use crate::transport::{Received, Transport, TransportError};
+use crate::{Capability, Frame, Interface, Kind, Message, ProtocolError, WireError};
+
+/// A server core's dispatch for interface `I`.
+pub trait Handler<I: Interface>: Send + Sync + 'static {
+    /// Handles one request from the endpoint holding `caller`. The reply
+    /// must carry as many handles as the reply message declares.
+    fn handle(&self, caller: &Capability, req: I::Request, handles: Vec<OwnedFd>) -> Result<(I::Reply, Vec<OwnedFd>), I::Error>;
+}
+
+/// What to send back for one received frame (`None`: a notification).
+pub fn dispatch<I: Interface, H: Handler<I> + ?Sized>(
+    caller: &Capability,
+    handler: &H,
+    rx: Received,
+) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    let id = Header::peek_request_id(&rx.bytes);
+    let opcode = rx.bytes.get(8..10).map(|b| u16::from_le_bytes([b[0], b[1]])).unwrap_or(0);
+    let fail = |e: ErrorPayload<I::Error>| Some((encode_raw(I::ID, opcode, Kind::Error, 0, id, &e.encode()), Vec::new()));
+    if rx.truncated {
+        return fail(ErrorPayload::Protocol(ProtocolError::Oversized));
+    }
+    if rx.handles_truncated {
+        return fail(ErrorPayload::Protocol(ProtocolError::WrongHandleCount));
+    }
+    let frame = match Frame::parse(&rx.bytes, rx.handles.len()) {
+        Ok(f) => f,
+        Err(e) => return fail(ErrorPayload::Protocol(e)),
+    };
+    if frame.header.interface != I::ID {
+        return fail(ErrorPayload::Protocol(ProtocolError::UnknownInterface));
+    }
+    let one_way = match frame.header.kind {
+        Kind::Request => false,
+        Kind::Notification => true,
+        _ => return fail(ErrorPayload::Protocol(ProtocolError::BadKind)),
+    };
+    let req = match I::Request::decode_payload(frame.header.opcode, frame.payload, rx.handles.len()) {
+        Ok(r) => r,
+        Err(e) if one_way => {
+            log::warn!("{}: dropped a malformed notification from {:?}: {e:?}", I::NAME, caller.badge);
+            return None;
+        }
+        Err(e) => return fail(ErrorPayload::Protocol(e)),
+    };
+    if request_is_one_way::<I>(&req) != one_way {
+        return if one_way { None } else { fail(ErrorPayload::Protocol(ProtocolError::BadKind)) };
+    }
+    let missing = caller.missing(required_rights::<I>(&req));
+    if !missing.is_empty() {
+        log::info!("{}: {:?} lacks {missing:?}", I::NAME, caller.badge);
+        return if one_way { None } else { fail(ErrorPayload::Denied(missing)) };
+    }
+    let result = handler.handle(caller, req, rx.handles);
+    if one_way {
+        if let Err(e) = result {
+            log::warn!("{}: notification from {:?} failed: {e:?}", I::NAME, caller.badge);
+        }
+        return None;
+    }
+    match result {
+        Ok((reply, handles)) if reply.opcode() == frame.header.opcode && reply.handle_count() == handles.len() => {
+            Some((encode_message(I::ID, Kind::Reply, id, &reply), handles))
+        }
+        Ok((reply, handles)) => {
+            log::error!(
+                "{}: handler answered opcode {} with {:?} and {} handles: a server bug",
+                I::NAME,
+                frame.header.opcode,
+                reply,
+                handles.len()
+            );
+            fail(ErrorPayload::Protocol(ProtocolError::WrongHandleCount))
+        }
+        Err(e) => fail(ErrorPayload::Server(e)),
+    }
+}
+
+// The generated request enums expose these as inherent methods; a tiny
+// trait would need every interface to implement it, so go through the
+// message's own encoding instead: rights and one-wayness are looked up from
+// the `Call` impls by opcode in the generated code.
+fn required_rights<I: Interface>(req: &I::Request) -> crate::Rights {
+    <I::Request as RequestInfo>::rights(req)
+}
+
+fn request_is_one_way<I: Interface>(req: &I::Request) -> bool {
+    <I::Request as RequestInfo>::one_way(req)
+}
+
+/// Per-request facts the serve loop needs (implemented by `interface!`).
+pub trait RequestInfo {
+    fn rights(&self) -> crate::Rights;
+    fn one_way(&self) -> bool;
+}
+
+/// Serves one endpoint until its peer disconnects.
+pub fn serve<I: Interface, H: Handler<I> + ?Sized>(
+    transport: &dyn Transport,
+    caller: Capability,
+    handler: &H,
+) -> Result<(), TransportError> {
+    loop {
+        let rx = match transport.recv(None) {
+            Ok(rx) => rx,
+            Err(TransportError::Disconnected) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if let Some((frame, handles)) = dispatch::<I, H>(&caller, handler, rx) {
+            match transport.send(&frame, handles) {
+                Ok(()) => {}
+                Err(TransportError::Disconnected) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Serves one endpoint on `threads` threads (frames are handed out whole,
+/// so calls from one client run concurrently). Returns the threads.
+pub fn spawn<I: Interface, H: Handler<I>>(
+    name: &str,
+    transport: Arc<dyn Transport>,
+    caller: Capability,
+    handler: Arc<H>,
+    threads: usize,
+) -> Vec<JoinHandle<()>> {
+    (0..threads.max(1))
+        .map(|i| {
+            let t = transport.clone();
+            let h = handler.clone();
+            let label = format!("{name}-{i}");
+            std::thread::Builder::new()
+                .name(label.clone())
+                .spawn(move || {
+                    if let Err(e) = serve::<I, H>(&*t, caller, &*h) {
+                        log::warn!("{label}: endpoint closed: {e}");
+                    }
+                })
+                .expect("spawning a server thread") // only fails when the host is out of threads at boot
+        })
+        .collect()
+}
+
+/// An error reply a server sends for a frame it could not attribute to an
+/// interface (kept for runtimes that multiplex interfaces on one socket).
+pub fn protocol_error_frame<E: WireError>(interface: u16, id: u64, e: ProtocolError) -> Vec<u8> {
+    encode_raw(interface, 0, Kind::Error, 0, id, &ErrorPayload::<E>::Protocol(e).encode())
+}

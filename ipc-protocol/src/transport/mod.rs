@@ -1,0 +1,96 @@
+//! Transports: how frames and handles travel. One trait, two substrates:
+//! in-process channels (tests, the model) and `SOCK_SEQPACKET` unix sockets
+//! between host processes, with handles passed by `SCM_RIGHTS`.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+mod inproc;
+mod seqpacket;
+
+pub use inproc::InProc;
+pub use seqpacket::SeqPacket;
+
+/// One received frame.
+#[derive(Debug)]
+pub struct Received {
+    pub bytes: Vec<u8>,
+    pub handles: Vec<OwnedFd>,
+    /// The datagram was longer than the receive buffer (bytes hold a prefix).
+    pub truncated: bool,
+    /// More handles arrived than a frame may carry; the excess was closed.
+    pub handles_truncated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportError {
+    /// The peer closed its end (it exited or crashed).
+    Disconnected,
+    /// Nothing arrived within the timeout.
+    TimedOut,
+    /// The host refused the operation (errno).
+    Host(i32),
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Disconnected => write!(f, "peer disconnected"),
+            Self::TimedOut => write!(f, "timed out"),
+            Self::Host(e) => write!(f, "host error {}", rustix::io::Errno::from_raw_os_error(*e)),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+impl From<rustix::io::Errno> for TransportError {
+    fn from(e: rustix::io::Errno) -> Self {
+        match e {
+            rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET | rustix::io::Errno::NOTCONN => Self::Disconnected,
+            e => Self::Host(e.raw_os_error()),
+        }
+    }
+}
+
+/// A bidirectional, message-preserving, reliable link to one peer.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends one frame; the handles are moved to the peer.
+    fn send(&self, frame: &[u8], handles: Vec<OwnedFd>) -> Result<(), TransportError>;
+    /// Receives one frame; `None` waits forever.
+    fn recv(&self, timeout: Option<Duration>) -> Result<Received, TransportError>;
+}
+
+/// Makes `fd` appear as descriptor `target` in a child started by `cmd`
+/// (how `init` hands an endpoint to a server process).
+pub fn pass_fd_to_child(cmd: &mut std::process::Command, fd: &OwnedFd, target: i32) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::process::CommandExt;
+    let src = fd.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes raw dup2/fcntl syscalls, which are async-signal-safe; the
+    // descriptors it builds are leaked into the exec'd image on purpose.
+    unsafe {
+        cmd.pre_exec(move || {
+            let src = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(src));
+            let mut dst = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(target));
+            if src.as_raw_fd() == target {
+                rustix::io::fcntl_setfd(&*src, rustix::io::FdFlags::empty())?;
+            } else {
+                // dup2 clears close-on-exec on the new descriptor.
+                rustix::io::dup2(&*src, &mut dst)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of an inherited descriptor named on the command line.
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else in this process.
+pub unsafe fn inherited_fd(fd: i32) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller guarantees `fd` is open and unowned.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

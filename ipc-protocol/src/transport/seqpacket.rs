@@ -1,0 +1,129 @@
+//! Host transport: a connected `AF_UNIX` `SOCK_SEQPACKET` socket. One frame
+//! is one datagram; handles ride along as `SCM_RIGHTS`.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{
+    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+use super::{Received, Transport, TransportError};
+use crate::{MAX_FRAME, MAX_HANDLES};
+
+/// One end of a seqpacket link.
+pub struct SeqPacket {
+    fd: OwnedFd,
+    /// Serialises receivers so one frame is never split between threads.
+    recv_lock: Mutex<()>,
+}
+
+impl SeqPacket {
+    /// Two connected ends (close-on-exec; `init` clears the flag on the end
+    /// it hands to a child).
+    pub fn pair() -> Result<(Self, Self), TransportError> {
+        let (a, b) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+        Ok((Self::from_fd(a), Self::from_fd(b)))
+    }
+
+    /// Wraps an already connected seqpacket socket (one inherited from `init`).
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self { fd, recv_lock: Mutex::new(()) }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), TransportError> {
+        loop {
+            let timeout = match deadline {
+                None => None,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(TransportError::TimedOut);
+                    }
+                    Some(Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as _ })
+                }
+            };
+            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(0) => continue, // re-check the deadline
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Transport for SeqPacket {
+    fn send(&self, frame: &[u8], handles: Vec<OwnedFd>) -> Result<(), TransportError> {
+        let borrowed: Vec<BorrowedFd<'_>> = handles.iter().map(|h| h.as_fd()).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_HANDLES))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+            return Err(TransportError::Host(Errno::TOOMANYREFS.raw_os_error()));
+        }
+        loop {
+            match sendmsg(&self.fd, &[IoSlice::new(frame)], &mut control, SendFlags::NOSIGNAL) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // `handles` drop here: the peer holds its own copies now.
+    }
+
+    fn recv(&self, timeout: Option<Duration>) -> Result<Received, TransportError> {
+        let _guard = self.recv_lock.lock().map_err(|_| TransportError::Disconnected)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // One byte more than a frame may hold, so an oversized datagram is
+        // seen as such even without MSG_TRUNC.
+        let mut bytes = vec![0u8; MAX_FRAME + 1];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_HANDLES))];
+        loop {
+            if deadline.is_some() {
+                self.wait_readable(deadline)?;
+            }
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let res = recvmsg(
+                &self.fd,
+                &mut [IoSliceMut::new(&mut bytes)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC | if deadline.is_some() { RecvFlags::DONTWAIT } else { RecvFlags::empty() },
+            );
+            let msg = match res {
+                Ok(m) => m,
+                Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if msg.bytes == 0 {
+                // Frames are never empty: on a seqpacket socket a zero-length
+                // read is the peer closing its end.
+                return Err(TransportError::Disconnected);
+            }
+            let mut handles = Vec::new();
+            collect_fds(&mut control, &mut handles);
+            let truncated = msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > MAX_FRAME;
+            bytes.truncate(msg.bytes.min(MAX_FRAME + 1));
+            let handles_truncated = msg.flags.contains(ReturnFlags::CTRUNC);
+            return Ok(Received { bytes, handles, truncated, handles_truncated });
+        }
+    }
+}
+
+fn collect_fds(control: &mut RecvAncillaryBuffer<'_>, out: &mut Vec<OwnedFd>) {
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = msg {
+            out.extend(fds);
+        }
+    }
+}
