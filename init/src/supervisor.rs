@@ -1,0 +1,173 @@
+//! Starting, watching and stopping server processes.
+//!
+//! Each server gets its endpoints as inherited descriptors (3, 4, ...) and
+//! a lifeline on stdin: when init exits for any reason, the pipe closes and
+//! the servers stop, so no server outlives the system it belongs to.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hw::model::Config;
+use ipc_protocol::transport::{pass_fd_to_child, SeqPacket};
+
+#[derive(Debug)]
+pub enum BootError {
+    /// A server's executable is not beside `svm` (build the workspace).
+    MissingExecutable(PathBuf),
+    Spawn { server: &'static str, error: std::io::Error },
+    Endpoint(String),
+    /// A server exited while the system was up.
+    ServerDied { server: &'static str, status: ExitStatus },
+    /// A server did not stop within the grace period and was killed.
+    KilledOnShutdown(&'static str),
+}
+
+impl std::fmt::Display for BootError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MissingExecutable(p) => write!(f, "{} not found: run `cargo build --release` first", p.display()),
+            Self::Spawn { server, error } => write!(f, "starting {server}: {error}"),
+            Self::Endpoint(e) => write!(f, "creating an endpoint: {e}"),
+            Self::ServerDied { server, status } => write!(f, "{server} died: {status}"),
+            Self::KilledOnShutdown(s) => write!(f, "{s} did not stop in time and was killed"),
+        }
+    }
+}
+impl std::error::Error for BootError {}
+
+/// Where the server executables are: `$SVM_BIN_DIR`, else beside this one.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SVM_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn exe(name: &str) -> Result<PathBuf, BootError> {
+    let p = bin_dir().join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(BootError::MissingExecutable(p))
+    }
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+}
+
+/// A booted system.
+pub struct System {
+    servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions {
+    pub device: Config,
+    /// Ask the GPU server to probe and exit (a self-check of the boot).
+    pub probe_only: bool,
+}
+
+fn spawn(name: &'static str, exe: &Path, args: &[String], endpoints: &[(&OwnedFd, i32)], lifeline: bool) -> Result<Server, BootError> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(if lifeline { Stdio::piped() } else { Stdio::null() });
+    // A terminal's Ctrl-C goes to init alone, which then stops the servers
+    // in order; without this the servers would die of SIGINT first.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    for (fd, target) in endpoints {
+        pass_fd_to_child(&mut cmd, fd, *target);
+    }
+    let child = cmd.spawn().map_err(|error| BootError::Spawn { server: name, error })?;
+    log::info!("init: started {name} (pid {})", child.id());
+    Ok(Server { name, child })
+}
+
+fn endpoint_pair() -> Result<(OwnedFd, OwnedFd), BootError> {
+    let (a, b) = SeqPacket::pair().map_err(|e| BootError::Endpoint(e.to_string()))?;
+    let dup = |s: &SeqPacket| s.fd().as_fd().try_clone_to_owned().map_err(|e| BootError::Endpoint(e.to_string()));
+    Ok((dup(&a)?, dup(&b)?))
+}
+
+impl System {
+    /// Starts the device model and the GPU server, joined by the device's
+    /// control channel.
+    pub fn boot(opts: &BootOptions) -> Result<Self, BootError> {
+        let model = exe("xe-model")?;
+        let driver = exe("xe-svm")?;
+        let (device_end, driver_end) = endpoint_pair()?;
+        let mut model_args = opts.device.to_args();
+        model_args.push("--control-fd=3".into());
+        let mut servers = vec![spawn("xe-model", &model, &model_args, &[(&device_end, 3)], false)?];
+        drop(device_end);
+        let mut driver_args = vec!["--device-fd=3".to_string()];
+        if opts.probe_only {
+            driver_args.push("--probe-only".into());
+        }
+        match spawn("xe-svm", &driver, &driver_args, &[(&driver_end, 3)], true) {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                Self { servers }.shutdown();
+                return Err(e);
+            }
+        }
+        Ok(Self { servers })
+    }
+
+    /// Waits for `name` to exit on its own (a probe-only server).
+    pub fn wait_for(&mut self, name: &str, timeout: Duration) -> Result<ExitStatus, BootError> {
+        let deadline = Instant::now() + timeout;
+        let server = self.servers.iter_mut().find(|s| s.name == name).ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(BootError::KilledOnShutdown(server.name));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Supervises until `stop` is set (Ctrl-C) or a server dies.
+    pub fn watch(&mut self, stop: &AtomicBool) -> Result<(), BootError> {
+        while !stop.load(Ordering::Acquire) {
+            for s in self.servers.iter_mut() {
+                if let Ok(Some(status)) = s.child.try_wait() {
+                    return Err(BootError::ServerDied { server: s.name, status });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops every server: closes lifelines (GPU server first, whose exit
+    /// closes the device's control channel), waits, then kills stragglers.
+    pub fn shutdown(mut self) -> Vec<BootError> {
+        let mut errors = Vec::new();
+        for s in self.servers.iter_mut().rev() {
+            drop(s.child.stdin.take());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match s.child.try_wait() {
+                    Ok(Some(status)) => {
+                        log::info!("init: {} stopped ({status})", s.name);
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                    _ => {
+                        let _ = s.child.kill();
+                        let _ = s.child.wait();
+                        errors.push(BootError::KilledOnShutdown(s.name));
+                        break;
+                    }
+                }
+            }
+        }
+        errors
+    }
+}
