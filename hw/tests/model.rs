@@ -193,6 +193,26 @@ fn fault_stall_replay(inject: Injection) -> Duration {
 }
 
 #[test]
+fn page_tables_in_system_memory() {
+    // All four levels in a DMA-mapped memfd; the leaf points into VRAM.
+    let rig = Rig::in_process(Injection::default());
+    let tables = Region::create("pt", 4 * 4096).unwrap();
+    let base = rig.bar.dma_map(7, tables.dup_fd().unwrap(), 4 * 4096).unwrap();
+    let va = 0x12_3456_7000u64;
+    let entry = |level: u32| (3 - level) as u64 * 4096 + index(va, level) as u64 * 8;
+    for level in (1..4).rev() {
+        let next = base + (4 - level) as u64 * 4096;
+        tables.u64_at(entry(level) as usize).store(encode_table(next).unwrap(), Ordering::Release);
+    }
+    tables.u64_at(entry(0) as usize).store(encode_leaf(0x30_0000, PageSize::Size4K, Target::Device, true, 0).unwrap(), Ordering::Release);
+    rig.bar.set_context(8, base);
+    assert_eq!(rig.launch(8, KernelOp::StridedWrite, va, 4096, 2048, 9), (1, 0));
+    assert_eq!((rig.vram_u32(0x30_0000), rig.vram_u32(0x30_0800)), (9, 9));
+    // RandomRead over the page touches only mapped memory and completes.
+    assert_eq!(rig.launch(8, KernelOp::RandomRead, va, 4096, 0, 1234), (1, 0));
+}
+
+#[test]
 fn fault_stall_and_replay() {
     fault_stall_replay(Injection::default());
 }

@@ -1,0 +1,70 @@
+//! One-way notifications: delivered to the handler, never answered, and
+//! interleaved with calls on the same endpoint.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ipc_protocol::client::{CallError, Client};
+use ipc_protocol::interfaces::pressure::*;
+use ipc_protocol::server::Handler;
+use ipc_protocol::transport::SeqPacket;
+use ipc_protocol::types::{MemoryKind, World};
+use ipc_protocol::{Capability, Rights};
+
+#[derive(Default)]
+struct Counter {
+    reported: AtomicU64,
+}
+
+impl Handler<Pressure> for Counter {
+    fn handle(&self, _: &Capability, req: Request, _: Vec<OwnedFd>) -> Result<(Reply, Vec<OwnedFd>), PressureError> {
+        match req {
+            Request::ReportUsage(r) => {
+                self.reported.fetch_add(r.bytes, Ordering::AcqRel);
+                Ok((Reply::Status(PressureStatus { vram_total: 0, vram_used: 0, low_watermark: 0, high_watermark: 0, bo_evicted_bytes: 0, svm_evicted_bytes: 0 }), vec![]))
+            }
+            Request::Status(_) => Ok((
+                Reply::Status(PressureStatus {
+                    vram_total: 0,
+                    vram_used: self.reported.load(Ordering::Acquire),
+                    low_watermark: 0,
+                    high_watermark: 0,
+                    bo_evicted_bytes: 0,
+                    svm_evicted_bytes: 0,
+                }),
+                vec![],
+            )),
+            _ => Err(PressureError::PeerUnavailable),
+        }
+    }
+}
+
+#[test]
+fn notifications_are_delivered_in_order_without_replies() {
+    let (c, s) = SeqPacket::pair().unwrap();
+    let counter = Arc::new(Counter::default());
+    ipc_protocol::server::spawn::<Pressure, _>("pressure", Arc::new(s), Capability::new(1, Rights::all()), counter.clone(), 1);
+    let client: Client<Pressure> = Client::new(Arc::new(c)).with_timeout(std::time::Duration::from_secs(10));
+    for _ in 0..100 {
+        client.notify(ReportUsage { memory: MemoryKind::Vram, world: World::Svm, bytes: 4096 }).unwrap();
+    }
+    // The next call is answered after all 100 notifications were handled
+    // (one serving thread, one ordered socket): no reply was queued for them.
+    let status = client.call(Status {}).unwrap();
+    assert_eq!(status.vram_used, 100 * 4096);
+    // A call type cannot be sent as a notification, nor the reverse.
+    assert_eq!(client.notify(Status {}), Err(CallError::UnexpectedReply));
+}
+
+#[test]
+fn a_notification_without_the_right_is_dropped_silently() {
+    let (c, s) = SeqPacket::pair().unwrap();
+    let counter = Arc::new(Counter::default());
+    ipc_protocol::server::spawn::<Pressure, _>("pressure", Arc::new(s), Capability::new(1, Rights::PRESSURE_RESERVE), counter.clone(), 1);
+    let client: Client<Pressure> = Client::new(Arc::new(c)).with_timeout(std::time::Duration::from_secs(10));
+    client.notify(ReportUsage { memory: MemoryKind::Vram, world: World::Bo, bytes: 1 }).unwrap();
+    // Status needs PRESSURE_REPORT too: refused, and the notification was not counted.
+    assert_eq!(client.call(Status {}), Err(CallError::Denied(Rights::PRESSURE_REPORT)));
+    assert_eq!(counter.reported.load(Ordering::Acquire), 0);
+}
