@@ -1,0 +1,302 @@
+//! The migration protocols of the pager core.
+//!
+//! **CPU fault** ([`cpu_fault`]), DESIGN.md 5 "CPU fault on a DEVICE page":
+//! - Rule 3: the faulter checks the page and takes its lock in one step;
+//!   losers sleep on the page and check again, so a thundering herd moves
+//!   each page once and everyone else just maps the result.
+//! - Rule 1: the winner grows the migration to the page's 2 MiB chunk with
+//!   trylocks only, taking whatever DEVICE pages it gets (partial is
+//!   normal); it never waits on a lock while holding one.
+//! - Rule 2: if the pile fails, it falls back to the faulting page alone,
+//!   which it holds: every fault makes progress by its own page.
+//!
+//! **Collect / finalize** (the GPU server's fault path): collect trylocks a
+//! chunk's SYSTEM and EMPTY pages (rule 1; pages held elsewhere are skipped,
+//! rule 4: mixed ranges are normal) and blocks CPU writers; finalize marks
+//! each page by its own result and unlocks. Rule 9: neither waits on a GPU
+//! server.
+
+use ipc_protocol::types::PageMask;
+
+use crate::state::{FaultCheck, PageTable, Residency, StateError};
+
+/// Pages in one chunk: a 2 MiB window of 4 KiB pages.
+pub const CHUNK_PAGES: usize = 512;
+
+/// A run of at most [`CHUNK_PAGES`] pages of one object; bit `i` of a mask
+/// over the chunk is page `first + i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub first: usize,
+    pub count: usize,
+}
+
+impl Chunk {
+    /// The 2 MiB-aligned chunk around `page`, clipped to the object.
+    pub fn around(page: usize, pages: usize) -> Self {
+        let first = page & !(CHUNK_PAGES - 1);
+        Self { first, count: CHUNK_PAGES.min(pages - first) }
+    }
+    pub fn pages(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.count).map(move |i| (i, self.first + i))
+    }
+}
+
+/// Why a side effect failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendError {
+    /// The GPU server did not answer or refused.
+    Gpu,
+    /// A host call failed (errno).
+    Host(i32),
+}
+
+/// The pager's side effects, implemented by the host runtime and by tests.
+pub trait Backend {
+    /// Copies the locked DEVICE `pages` of `chunk` back to RAM (after the
+    /// GPU unmapped them, rule 8) and makes each visible to views only once
+    /// complete. `from[i]` is page `first + i`'s residency. Returns the
+    /// pages now in RAM; the others stay in VRAM.
+    fn migrate_to_ram(&self, chunk: Chunk, pages: &PageMask, from: &[Residency]) -> Result<PageMask, BackendError>;
+    /// Makes an EMPTY page a zero page visible to views.
+    fn zero_fill(&self, page: usize) -> Result<(), BackendError>;
+    /// Collect: blocks CPU writers of `pages` (reads go on).
+    fn protect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
+    /// Finalize: `pages` moved to VRAM; drop their RAM copies from every
+    /// view, then let blocked writers retry (they fault on DEVICE pages).
+    fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
+    /// Finalize: `pages` stay in RAM; let blocked writers go on.
+    fn unprotect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultError {
+    State(StateError),
+    /// Even the faulting page alone could not be moved.
+    Backend(BackendError),
+}
+
+impl From<StateError> for FaultError {
+    fn from(e: StateError) -> Self {
+        Self::State(e)
+    }
+}
+
+/// How one CPU fault was resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// The page was already in RAM (another faulter moved it).
+    Resident,
+    ZeroFilled,
+    /// This faulter moved `pages` pages, its own among them; `fallback`
+    /// when the pile failed and it moved its own page alone (rule 2).
+    Migrated { pages: u32, fallback: bool },
+}
+
+/// What the fault path may do; the alternatives exist so tests can show
+/// that the rules matter (DESIGN.md 4, "fails when broken").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Rules 1 to 3 as designed.
+    #[default]
+    Rules,
+    /// Rule 2 broken: no single-page fallback; a failed pile is retried
+    /// whole (the seed's "spin-retry a pile").
+    NoFallback,
+}
+
+/// Bound on pile retries under [`Policy::NoFallback`] before giving up.
+pub const PILE_RETRIES: u32 = 10_000;
+
+/// Resolves a CPU fault on `page` (rules 1, 2, 3).
+pub fn cpu_fault(table: &PageTable, backend: &dyn Backend, page: usize, policy: Policy) -> Result<FaultOutcome, FaultError> {
+    loop {
+        match table.fault_lock(page)? {
+            FaultCheck::Resident => return Ok(FaultOutcome::Resident),
+            FaultCheck::Busy => {
+                // Rule 3: wait on the migration entry, then re-check.
+                table.wait_unlocked(page)?;
+            }
+            FaultCheck::Locked(Residency::Empty) => {
+                let r = backend.zero_fill(page);
+                table.unlock(page, if r.is_ok() { Residency::System } else { Residency::Empty })?;
+                return r.map(|_| FaultOutcome::ZeroFilled).map_err(FaultError::Backend);
+            }
+            FaultCheck::Locked(Residency::System) => {
+                // fault_lock never locks a SYSTEM page; keep the state as is.
+                table.unlock(page, Residency::System)?;
+                return Ok(FaultOutcome::Resident);
+            }
+            FaultCheck::Locked(own @ Residency::Device { .. }) => return migrate_back(table, backend, page, own, policy),
+        }
+    }
+}
+
+/// The winner's part: `page` is locked and in VRAM.
+fn migrate_back(table: &PageTable, backend: &dyn Backend, page: usize, own: Residency, policy: Policy) -> Result<FaultOutcome, FaultError> {
+    let chunk = Chunk::around(page, table.len());
+    let mut tries = 0;
+    loop {
+        // Rule 1: grow to the chunk with trylocks only.
+        let mut held = PageMask::EMPTY;
+        let mut from = vec![Residency::Empty; chunk.count];
+        for (i, p) in chunk.pages() {
+            if p == page {
+                held.set(i);
+                from[i] = own;
+                continue;
+            }
+            match table.try_lock(p)? {
+                Some(r @ Residency::Device { .. }) => {
+                    held.set(i);
+                    from[i] = r;
+                }
+                Some(other) => table.unlock(p, other)?,
+                None if policy == Policy::NoFallback => {
+                    // Rule 2 broken: demand the whole pile of DEVICE pages.
+                    if matches!(table.info(p)?.residency, Residency::Device { .. }) {
+                        release(table, chunk, &held, &from, page)?;
+                        tries += 1;
+                        if tries >= PILE_RETRIES {
+                            table.unlock(page, own)?;
+                            return Err(FaultError::Backend(BackendError::Gpu));
+                        }
+                        // Spin-retry the pile, as the seed warns against.
+                        crate::sync::yield_now();
+                        held = PageMask::EMPTY;
+                        break;
+                    }
+                }
+                None => {}
+            }
+        }
+        if held.is_empty() {
+            continue; // NoFallback retry
+        }
+        let own_index = page - chunk.first;
+        let got = backend.migrate_to_ram(chunk, &held, &from).unwrap_or(PageMask::EMPTY);
+        for (i, p) in chunk.pages() {
+            if held.get(i) && p != page {
+                table.unlock(p, if got.get(i) { Residency::System } else { from[i] })?;
+            }
+        }
+        if got.get(own_index) {
+            table.unlock(page, Residency::System)?;
+            return Ok(FaultOutcome::Migrated { pages: got.count(), fallback: false });
+        }
+        if policy == Policy::NoFallback {
+            tries += 1;
+            if tries >= PILE_RETRIES {
+                table.unlock(page, own)?;
+                return Err(FaultError::Backend(BackendError::Gpu));
+            }
+            continue;
+        }
+        // Rule 2: the faulting page alone; we still hold its lock.
+        let mut alone = PageMask::EMPTY;
+        alone.set(own_index);
+        return match backend.migrate_to_ram(chunk, &alone, &from) {
+            Ok(m) if m.get(own_index) => {
+                table.unlock(page, Residency::System)?;
+                Ok(FaultOutcome::Migrated { pages: 1, fallback: true })
+            }
+            Ok(_) => {
+                table.unlock(page, own)?;
+                Err(FaultError::Backend(BackendError::Gpu))
+            }
+            Err(e) => {
+                table.unlock(page, own)?;
+                Err(FaultError::Backend(e))
+            }
+        };
+    }
+}
+
+/// Unlocks every held page but `keep`, restoring its state.
+fn release(table: &PageTable, chunk: Chunk, held: &PageMask, from: &[Residency], keep: usize) -> Result<(), StateError> {
+    for (i, p) in chunk.pages() {
+        if held.get(i) && p != keep {
+            table.unlock(p, from[i])?;
+        }
+    }
+    Ok(())
+}
+
+/// What a collect took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Pages now locked for this migration.
+    pub got: PageMask,
+    /// Of those, pages that were EMPTY (no data to copy).
+    pub zero: PageMask,
+}
+
+/// Collect (rule 1): trylocks the chunk's SYSTEM and EMPTY pages, blocks
+/// their CPU writers, and returns what it got. Pages locked elsewhere or
+/// already in VRAM are skipped (rule 4).
+pub fn collect(table: &PageTable, backend: &dyn Backend, chunk: Chunk) -> Result<Collected, FaultError> {
+    let mut c = Collected { got: PageMask::EMPTY, zero: PageMask::EMPTY };
+    for (i, p) in chunk.pages() {
+        match table.try_lock(p)? {
+            Some(Residency::System) => c.got.set(i),
+            Some(Residency::Empty) => {
+                c.got.set(i);
+                c.zero.set(i);
+            }
+            Some(dev @ Residency::Device { .. }) => table.unlock(p, dev)?,
+            None => {}
+        }
+    }
+    let to_protect = c.got.and_not(&c.zero);
+    if !to_protect.is_empty() {
+        if let Err(e) = backend.protect(chunk, &to_protect) {
+            abort_collect(table, chunk, &c)?;
+            return Err(FaultError::Backend(e));
+        }
+    }
+    Ok(c)
+}
+
+/// Undoes a collect that cannot go on.
+pub fn abort_collect(table: &PageTable, chunk: Chunk, c: &Collected) -> Result<(), StateError> {
+    for (i, p) in chunk.pages() {
+        if c.got.get(i) {
+            table.unlock(p, if c.zero.get(i) { Residency::Empty } else { Residency::System })?;
+        }
+    }
+    Ok(())
+}
+
+/// Finalize: each collected page by its own result. `migrated` pages become
+/// DEVICE on `gpu` at `first_pfn + i`; the others return to their state.
+/// Returns (pages now DEVICE, pages returned).
+pub fn finalize(table: &PageTable, backend: &dyn Backend, chunk: Chunk, c: &Collected, migrated: &PageMask, gpu: u8, first_pfn: u64) -> Result<(u32, u32), FaultError> {
+    let moved = c.got.and(migrated);
+    let stay = c.got.and_not(migrated);
+    // Drop the RAM copies before the new state is published: a CPU access
+    // from here on faults and finds the page locked, then DEVICE.
+    let moved_ram = moved.and_not(&c.zero);
+    let drop_result = if moved_ram.is_empty() { Ok(()) } else { backend.moved_to_device(chunk, &moved_ram) };
+    let unprotect_result = {
+        let p = stay.and_not(&c.zero);
+        if p.is_empty() {
+            Ok(())
+        } else {
+            backend.unprotect(chunk, &p)
+        }
+    };
+    for (i, p) in chunk.pages() {
+        if moved.get(i) {
+            let now = if drop_result.is_ok() || c.zero.get(i) {
+                Residency::Device { gpu, pfn: first_pfn + i as u64 }
+            } else {
+                Residency::System // the RAM copy could not be dropped: it stays the data
+            };
+            table.unlock(p, now)?;
+        } else if stay.get(i) {
+            table.unlock(p, if c.zero.get(i) { Residency::Empty } else { Residency::System })?;
+        }
+    }
+    drop_result.and(unprotect_result).map_err(FaultError::Backend)?;
+    Ok((moved.count(), stay.count()))
+}

@@ -1,0 +1,38 @@
+//! The one sync shim of the pager core: std normally, shuttle's scheduler
+//! with the `shuttle` feature. Nothing in the core may use `std::sync`
+//! directly, or the explorer would miss its interleavings.
+
+#[cfg(not(feature = "shuttle"))]
+pub use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard,
+};
+
+#[cfg(feature = "shuttle")]
+pub use shuttle::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard,
+};
+
+/// Locks `m`, ignoring poisoning: the pager's critical sections leave no
+/// state half-updated (each is a single store or a condvar wait).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Lets other threads run (a scheduling point for the explorer).
+#[cfg(not(feature = "shuttle"))]
+pub fn yield_now() {
+    std::thread::yield_now();
+}
+
+#[cfg(feature = "shuttle")]
+pub fn yield_now() {
+    shuttle::thread::yield_now();
+}
+
+/// Spawns a thread (on the explorer's scheduler under `shuttle`).
+#[cfg(not(feature = "shuttle"))]
+pub use std::thread::{spawn, JoinHandle};
+#[cfg(feature = "shuttle")]
+pub use shuttle::thread::{spawn, JoinHandle};

@@ -1,0 +1,61 @@
+//! A [`Backend`] that models the data of every page, for tests and the
+//! schedule explorer: each page has a RAM copy and a VRAM copy, and every
+//! move is counted per page so a test can check "each page moved once".
+
+use ipc_protocol::types::PageMask;
+
+use crate::migrate::{Backend, BackendError, Chunk};
+use crate::state::Residency;
+use crate::sync::{AtomicU64, Ordering};
+
+pub struct ModelBackend {
+    /// What a CPU reading the page sees once it is resident.
+    pub ram: Vec<AtomicU64>,
+    pub vram: Vec<AtomicU64>,
+    /// Moves back to RAM, per page.
+    pub moves: Vec<AtomicU64>,
+    /// Batches with more pages than this fail (0: never), to force rule 2.
+    pub fail_batches_over: u32,
+}
+
+impl ModelBackend {
+    pub fn new(pages: usize) -> Self {
+        let v = || (0..pages).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+        Self { ram: v(), vram: v(), moves: v(), fail_batches_over: 0 }
+    }
+}
+
+impl Backend for ModelBackend {
+    fn migrate_to_ram(&self, chunk: Chunk, pages: &PageMask, from: &[Residency]) -> Result<PageMask, BackendError> {
+        if self.fail_batches_over != 0 && pages.count() > self.fail_batches_over {
+            return Err(BackendError::Gpu);
+        }
+        for (i, p) in chunk.pages() {
+            if pages.get(i) {
+                assert!(matches!(from[i], Residency::Device { .. }), "moving page {p} that is not in VRAM");
+                self.ram[p].store(self.vram[p].load(Ordering::Acquire), Ordering::Release);
+                self.moves[p].fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        Ok(*pages)
+    }
+    fn zero_fill(&self, page: usize) -> Result<(), BackendError> {
+        self.ram[page].store(0, Ordering::Release);
+        Ok(())
+    }
+    fn protect(&self, _: Chunk, _: &PageMask) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
+        for (i, p) in chunk.pages() {
+            if pages.get(i) {
+                self.vram[p].store(self.ram[p].load(Ordering::Acquire), Ordering::Release);
+                self.ram[p].store(u64::MAX, Ordering::Release); // poison: RAM copy is gone
+            }
+        }
+        Ok(())
+    }
+    fn unprotect(&self, _: Chunk, _: &PageMask) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
