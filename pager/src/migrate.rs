@@ -105,8 +105,12 @@ pub enum Policy {
     NoFallback,
 }
 
-/// Bound on pile retries under [`Policy::NoFallback`] before giving up.
+/// Bound on pile retries under [`Policy::NoFallback`] before giving up
+/// (smaller under the explorer, where each retry is a scheduling point).
+#[cfg(not(feature = "shuttle"))]
 pub const PILE_RETRIES: u32 = 10_000;
+#[cfg(feature = "shuttle")]
+pub const PILE_RETRIES: u32 = 20;
 
 /// Resolves a CPU fault on `page` (rules 1, 2, 3).
 pub fn cpu_fault(table: &PageTable, backend: &dyn Backend, page: usize, policy: Policy) -> Result<FaultOutcome, FaultError> {

@@ -1,0 +1,180 @@
+//! Schedule exploration of the pager core with shuttle (random and PCT
+//! schedules) over the same code the servers run, through the sync shim.
+//! `cargo test -p pager --features shuttle --release`; set
+//! `PAGER_EXPLORE_ITERATIONS` for longer runs.
+#![cfg(feature = "shuttle")]
+
+use ipc_protocol::types::PageMask;
+use pager::migrate::{collect, cpu_fault, finalize, Chunk, FaultOutcome, Policy};
+use pager::state::{PageTable, Residency};
+use pager::sync::{spawn, Arc, Ordering};
+use pager::testing::ModelBackend;
+
+fn iterations() -> usize {
+    std::env::var("PAGER_EXPLORE_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
+
+fn pattern(p: usize) -> u64 {
+    0x5a00 | p as u64
+}
+
+fn in_vram(pages: usize) -> (Arc<PageTable>, Arc<ModelBackend>) {
+    let t = PageTable::new(pages);
+    let b = ModelBackend::new(pages);
+    for p in 0..pages {
+        assert!(t.try_lock(p).unwrap().is_some());
+        t.unlock(p, Residency::Device { gpu: 0, pfn: p as u64 }).unwrap();
+        b.vram[p].store(pattern(p), Ordering::Release);
+    }
+    (Arc::new(t), Arc::new(b))
+}
+
+/// Properties at the end of every schedule: every page in RAM with its
+/// data, moved exactly once, no lock left held.
+fn check_end(t: &PageTable, b: &ModelBackend) {
+    for p in 0..t.len() {
+        let i = t.info(p).unwrap();
+        assert_eq!((i.residency, i.locked), (Residency::System, false), "page {p}");
+        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} data");
+        assert_eq!(b.moves[p].load(Ordering::Acquire), 1, "page {p} moved twice");
+    }
+}
+
+fn herd_one_page() {
+    let (t, b) = in_vram(4);
+    let hs: Vec<_> = (0..3)
+        .map(|_| {
+            let (t, b) = (t.clone(), b.clone());
+            spawn(move || {
+                cpu_fault(&t, &*b, 2, Policy::Rules).unwrap();
+                assert_eq!(b.ram[2].load(Ordering::Acquire), pattern(2));
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    check_end(&t, &b);
+}
+
+fn herd_all_pages_different_orders() {
+    let (t, b) = in_vram(6);
+    let orders: [[usize; 6]; 3] = [[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [3, 0, 5, 1, 4, 2]];
+    let hs: Vec<_> = orders
+        .into_iter()
+        .map(|order| {
+            let (t, b) = (t.clone(), b.clone());
+            spawn(move || {
+                for p in order {
+                    cpu_fault(&t, &*b, p, Policy::Rules).unwrap();
+                    assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p));
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    check_end(&t, &b);
+}
+
+fn gpu_collect_racing_cpu_faults() {
+    // Pages start in RAM; a GPU collects and finalizes while two CPU
+    // threads fault. End: every page reachable with its data.
+    let t = Arc::new(PageTable::new(4));
+    let b = Arc::new(ModelBackend::new(4));
+    for p in 0..4 {
+        assert!(t.try_lock(p).unwrap().is_some());
+        t.unlock(p, Residency::System).unwrap();
+        b.ram[p].store(pattern(p), Ordering::Release);
+    }
+    let gpu = {
+        let (t, b) = (t.clone(), b.clone());
+        spawn(move || {
+            let chunk = Chunk::around(0, 4);
+            let c = collect(&t, &*b, chunk).unwrap();
+            finalize(&t, &*b, chunk, &c, &c.got, 0, 100).unwrap();
+        })
+    };
+    let cpus: Vec<_> = [0usize, 3]
+        .into_iter()
+        .map(|p| {
+            let (t, b) = (t.clone(), b.clone());
+            spawn(move || {
+                let r = cpu_fault(&t, &*b, p, Policy::Rules).unwrap();
+                if r != FaultOutcome::Resident {
+                    assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p));
+                }
+            })
+        })
+        .collect();
+    gpu.join().unwrap();
+    for h in cpus {
+        h.join().unwrap();
+    }
+    for p in 0..4 {
+        cpu_fault(&t, &*b, p, Policy::Rules).unwrap();
+        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} lost");
+        assert!(!t.info(p).unwrap().locked);
+    }
+}
+
+#[test]
+fn explore_herd_one_page() {
+    shuttle::check_random(herd_one_page, iterations());
+    shuttle::check_pct(herd_one_page, iterations(), 3);
+}
+
+#[test]
+fn explore_herd_all_pages_different_orders() {
+    shuttle::check_random(herd_all_pages_different_orders, iterations());
+    shuttle::check_pct(herd_all_pages_different_orders, iterations(), 3);
+}
+
+#[test]
+fn explore_gpu_collect_racing_cpu_faults() {
+    shuttle::check_random(gpu_collect_racing_cpu_faults, iterations());
+    shuttle::check_pct(gpu_collect_racing_cpu_faults, iterations(), 3);
+}
+
+/// The negative check: the explorer must find the livelock of the design
+/// the seed rejects (a pile that must be migrated whole, no single-page
+/// fallback): two faulters each hold their own page and wait for the
+/// other's, retrying until they give up.
+#[test]
+fn explore_finds_the_pile_livelock_without_rule_2() {
+    fn two_faulters_no_fallback() {
+        let (t, b) = in_vram(2);
+        let hs: Vec<_> = [0usize, 1]
+            .into_iter()
+            .map(|p| {
+                let (t, b) = (t.clone(), b.clone());
+                spawn(move || cpu_fault(&t, &*b, p, Policy::NoFallback).expect("fault made no progress"))
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    }
+    let found = std::panic::catch_unwind(|| shuttle::check_random(two_faulters_no_fallback, iterations()));
+    assert!(found.is_err(), "the explorer did not find the livelock of a whole-pile migration");
+    // The same scenario under the rules completes in every schedule.
+    shuttle::check_random(
+        || {
+            let (t, b) = in_vram(2);
+            let hs: Vec<_> = [0usize, 1]
+                .into_iter()
+                .map(|p| {
+                    let (t, b) = (t.clone(), b.clone());
+                    spawn(move || cpu_fault(&t, &*b, p, Policy::Rules).unwrap())
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+            check_end(&t, &b);
+        },
+        iterations(),
+    );
+    let _ = PageMask::EMPTY;
+}
