@@ -10,3 +10,4 @@ pub mod migrate;
 pub mod state;
 pub mod sync;
 pub mod testing;
+pub mod host;

@@ -32,6 +32,8 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    pub const MAX_BYTES: usize = CHUNK_PAGES * 4096;
+
     /// The 2 MiB-aligned chunk around `page`, clipped to the object.
     pub fn around(page: usize, pages: usize) -> Self {
         let first = page & !(CHUNK_PAGES - 1);
@@ -58,8 +60,9 @@ pub trait Backend {
     /// complete. `from[i]` is page `first + i`'s residency. Returns the
     /// pages now in RAM; the others stay in VRAM.
     fn migrate_to_ram(&self, chunk: Chunk, pages: &PageMask, from: &[Residency]) -> Result<PageMask, BackendError>;
-    /// Makes an EMPTY page a zero page visible to views.
-    fn zero_fill(&self, page: usize) -> Result<(), BackendError>;
+    /// Makes the locked EMPTY `pages` of `chunk` zero pages visible to
+    /// views; returns the pages that are now in RAM.
+    fn zero_fill(&self, chunk: Chunk, pages: &PageMask) -> Result<PageMask, BackendError>;
     /// Collect: blocks CPU writers of `pages` (reads go on).
     fn protect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
     /// Finalize: `pages` moved to VRAM; drop their RAM copies from every
@@ -121,11 +124,7 @@ pub fn cpu_fault(table: &PageTable, backend: &dyn Backend, page: usize, policy: 
                 // Rule 3: wait on the migration entry, then re-check.
                 table.wait_unlocked(page)?;
             }
-            FaultCheck::Locked(Residency::Empty) => {
-                let r = backend.zero_fill(page);
-                table.unlock(page, if r.is_ok() { Residency::System } else { Residency::Empty })?;
-                return r.map(|_| FaultOutcome::ZeroFilled).map_err(FaultError::Backend);
-            }
+            FaultCheck::Locked(Residency::Empty) => return zero_fill(table, backend, page),
             FaultCheck::Locked(Residency::System) => {
                 // fault_lock never locks a SYSTEM page; keep the state as is.
                 table.unlock(page, Residency::System)?;
@@ -133,6 +132,36 @@ pub fn cpu_fault(table: &PageTable, backend: &dyn Backend, page: usize, policy: 
             }
             FaultCheck::Locked(own @ Residency::Device { .. }) => return migrate_back(table, backend, page, own, policy),
         }
+    }
+}
+
+/// First touch: `page` is locked and EMPTY. Zero-fills the EMPTY pages of
+/// its chunk that trylock gets (rule 1), its own page first among them.
+fn zero_fill(table: &PageTable, backend: &dyn Backend, page: usize) -> Result<FaultOutcome, FaultError> {
+    let chunk = Chunk::around(page, table.len());
+    let mut held = PageMask::EMPTY;
+    for (i, p) in chunk.pages() {
+        if p == page {
+            held.set(i);
+        } else if let Some(r) = table.try_lock(p)? {
+            if r == Residency::Empty {
+                held.set(i);
+            } else {
+                table.unlock(p, r)?;
+            }
+        }
+    }
+    let result = backend.zero_fill(chunk, &held);
+    let got = *result.as_ref().unwrap_or(&PageMask::EMPTY);
+    for (i, p) in chunk.pages() {
+        if held.get(i) {
+            table.unlock(p, if got.get(i) { Residency::System } else { Residency::Empty })?;
+        }
+    }
+    match result {
+        Ok(got) if got.get(page - chunk.first) => Ok(FaultOutcome::ZeroFilled),
+        Ok(_) => Err(FaultError::Backend(BackendError::Gpu)),
+        Err(e) => Err(FaultError::Backend(e)),
     }
 }
 

@@ -39,9 +39,13 @@ impl Backend for ModelBackend {
         }
         Ok(*pages)
     }
-    fn zero_fill(&self, page: usize) -> Result<(), BackendError> {
-        self.ram[page].store(0, Ordering::Release);
-        Ok(())
+    fn zero_fill(&self, chunk: Chunk, pages: &PageMask) -> Result<PageMask, BackendError> {
+        for (i, p) in chunk.pages() {
+            if pages.get(i) {
+                self.ram[p].store(0, Ordering::Release);
+            }
+        }
+        Ok(*pages)
     }
     fn protect(&self, _: Chunk, _: &PageMask) -> Result<(), BackendError> {
         Ok(())

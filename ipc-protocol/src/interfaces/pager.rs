@@ -52,6 +52,8 @@ interface! {
         GpuUnavailable = 8,
         /// A host call failed (the server logs the errno).
         Host = 9,
+        /// The operation is not implemented by this pager yet.
+        NotSupported = 10,
     }
     calls {
         1 => CreateObject [0] -> ObjectCreated [1] needs OBJECT;

@@ -30,8 +30,9 @@ wire_struct!(
 wire_struct!(
     /// Per-page result: `migrated` pages become DEVICE at
     /// `vram_first_pfn + i`; the rest of the collected pages go back to
-    /// SYSTEM. Unlocks every collected page.
-    pub struct Finalize { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub gpu: GpuId, pub vram_first_pfn: u64, pub migrated: PageMask }
+    /// SYSTEM. Unlocks every collected page. `got` is the collect's own
+    /// mask, naming which collect this finalizes.
+    pub struct Finalize { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub gpu: GpuId, pub vram_first_pfn: u64, pub got: PageMask, pub migrated: PageMask }
 );
 wire_struct!(pub struct Finalized { pub device: u16, pub returned: u16 });
 

@@ -1,0 +1,165 @@
+//! A client's userfaultfd, held by the pager (DESIGN.md 8). The ioctls act
+//! on the address space of the process that created the descriptor, so the
+//! pager resolves faults in the client's views from its own threads.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use linux_raw_sys::general as uapi;
+use linux_raw_sys::ioctl as nr;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::ioctl::{ioctl, Updater};
+
+/// Features the pager asks for: write-protection on shmem (the migration to
+/// VRAM blocks writers with it) and the view-change events.
+pub const FEATURES: u64 = (uapi::UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+    | uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP
+    | uapi::UFFD_FEATURE_EVENT_FORK
+    | uapi::UFFD_FEATURE_EVENT_REMAP
+    | uapi::UFFD_FEATURE_EVENT_REMOVE
+    | uapi::UFFD_FEATURE_EVENT_UNMAP) as u64;
+
+/// `UFFDIO_WRITEPROTECT_MODE_WP` (`include/uapi/linux/userfaultfd.h`,
+/// bit 0); linux-raw-sys does not export it.
+const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+
+/// One event read from a userfaultfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    PageFault { address: u64, write: bool, wp: bool },
+    Fork,
+    Remap { from: u64, to: u64, len: u64 },
+    Remove { start: u64, end: u64 },
+    Unmap { start: u64, end: u64 },
+    Unknown(u8),
+}
+
+pub struct Uffd {
+    fd: OwnedFd,
+}
+
+impl Uffd {
+    pub fn new(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
+    /// The API handshake: must be the first ioctl on a new descriptor.
+    pub fn handshake(&self, features: u64) -> Result<u64, Errno> {
+        let mut api = uapi::uffdio_api { api: uapi::UFFD_API as u64, features, ioctls: 0 };
+        // SAFETY: UFFDIO_API reads and writes a `uffdio_api`.
+        unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_API }, _>::new(&mut api))? };
+        Ok(api.features)
+    }
+
+    /// Registers `[start, start + len)` for missing and write-protect faults.
+    pub fn register(&self, start: u64, len: u64) -> Result<(), Errno> {
+        let mut reg = uapi::uffdio_register {
+            range: uapi::uffdio_range { start, len },
+            mode: (uapi::UFFDIO_REGISTER_MODE_MISSING | uapi::UFFDIO_REGISTER_MODE_WP) as u64,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes a `uffdio_register`.
+        unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_REGISTER }, _>::new(&mut reg)) }
+    }
+
+    /// Installs `len` bytes from `src` (in the pager's own memory) at `dst`
+    /// in the view, atomically per page, and wakes threads waiting there.
+    /// Returns the bytes copied (a page already present stops the copy).
+    ///
+    /// # Safety
+    /// `src` must be readable for `len` bytes.
+    pub unsafe fn copy(&self, dst: u64, src: *const u8, len: u64) -> Result<u64, Errno> {
+        let mut done = 0u64;
+        while done < len {
+            let mut c = uapi::uffdio_copy { dst: dst + done, src: src as u64 + done, len: len - done, mode: 0, copy: 0 };
+            // SAFETY: UFFDIO_COPY reads a `uffdio_copy` and writes its `copy`;
+            // the caller vouches for `src`.
+            let r = unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_COPY }, _>::new(&mut c)) };
+            match r {
+                Ok(()) => done += c.copy.max(0) as u64,
+                // Interrupted or partial: go on from what was copied.
+                Err(Errno::AGAIN) | Err(Errno::INTR) if c.copy > 0 => done += c.copy as u64,
+                Err(Errno::AGAIN) | Err(Errno::INTR) => continue,
+                Err(Errno::EXIST) => return Ok(done + c.copy.max(0) as u64),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Sets or clears write protection on a range; clearing wakes writers.
+    pub fn write_protect(&self, start: u64, len: u64, protect: bool) -> Result<(), Errno> {
+        let mut wp = uapi::uffdio_writeprotect {
+            range: uapi::uffdio_range { start, len },
+            mode: if protect { WRITEPROTECT_MODE_WP } else { 0 },
+        };
+        loop {
+            // SAFETY: UFFDIO_WRITEPROTECT reads a `uffdio_writeprotect`.
+            match unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_WRITEPROTECT }, _>::new(&mut wp)) } {
+                Err(Errno::AGAIN) | Err(Errno::INTR) => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// Wakes threads waiting on faults in the range (they retry the access).
+    pub fn wake(&self, start: u64, len: u64) -> Result<(), Errno> {
+        let mut range = uapi::uffdio_range { start, len };
+        // SAFETY: UFFDIO_WAKE reads a `uffdio_range`.
+        unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_WAKE }, _>::new(&mut range)) }
+    }
+
+    /// Waits up to `timeout` for events, then reads what is there.
+    pub fn read_events(&self, timeout: Duration, out: &mut Vec<Event>) -> Result<(), Errno> {
+        let ts = Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: timeout.subsec_nanos() as _ };
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(0) | Err(Errno::INTR) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+        const MSG: usize = core::mem::size_of::<uapi::uffd_msg>();
+        let mut buf = [0u8; MSG * 16];
+        let n = match rustix::io::read(self.fd.as_fd(), &mut buf) {
+            Ok(n) => n,
+            // Another service thread took them, or the descriptor is non-blocking and empty.
+            Err(Errno::AGAIN) | Err(Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for chunk in buf[..n].chunks_exact(MSG) {
+            out.push(parse(chunk));
+        }
+        Ok(())
+    }
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap_or([0; 8]))
+}
+
+/// Parses one `struct uffd_msg` (32 bytes: event at 0, union at 8).
+fn parse(m: &[u8]) -> Event {
+    let (a, b, c) = (u64_at(m, 8), u64_at(m, 16), u64_at(m, 24));
+    match m[0] as u32 {
+        uapi::UFFD_EVENT_PAGEFAULT => Event::PageFault {
+            address: b,
+            write: a & uapi::UFFD_PAGEFAULT_FLAG_WRITE as u64 != 0,
+            wp: a & uapi::UFFD_PAGEFAULT_FLAG_WP as u64 != 0,
+        },
+        uapi::UFFD_EVENT_FORK => Event::Fork,
+        uapi::UFFD_EVENT_REMAP => Event::Remap { from: a, to: b, len: c },
+        uapi::UFFD_EVENT_REMOVE => Event::Remove { start: a, end: b },
+        uapi::UFFD_EVENT_UNMAP => Event::Unmap { start: a, end: b },
+        other => Event::Unknown(other as u8),
+    }
+}
+
+/// Creates a userfaultfd in the calling process (the client), non-blocking
+/// as DESIGN.md 8 requires, for handing to the pager.
+pub fn create_for_client() -> Result<OwnedFd, Errno> {
+    use rustix::mm::UserfaultfdFlags;
+    // SAFETY: creating a userfaultfd has no memory-safety preconditions;
+    // rustix marks it unsafe because its ioctls can change memory mappings.
+    unsafe { rustix::mm::userfaultfd(UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK) }
+}
