@@ -60,6 +60,23 @@ struct Server {
     child: Child,
 }
 
+/// The client ends `init` keeps for running workloads.
+pub struct Clients {
+    pub gpu: ipc_protocol::client::Client<ipc_protocol::interfaces::gpu::Gpu>,
+    pub pager: ipc_protocol::client::Client<ipc_protocol::interfaces::pager::Pager>,
+}
+
+impl Clients {
+    fn new(gpu: OwnedFd, pager: OwnedFd) -> Self {
+        let t = |fd| -> std::sync::Arc<dyn ipc_protocol::transport::Transport> { std::sync::Arc::new(SeqPacket::from_fd(fd)) };
+        let timeout = Duration::from_secs(120);
+        Self {
+            gpu: ipc_protocol::client::Client::new(t(gpu)).with_timeout(timeout),
+            pager: ipc_protocol::client::Client::new(t(pager)).with_timeout(timeout),
+        }
+    }
+}
+
 /// A booted system.
 pub struct System {
     servers: Vec<Server>,
@@ -93,28 +110,56 @@ fn endpoint_pair() -> Result<(OwnedFd, OwnedFd), BootError> {
 }
 
 impl System {
-    /// Starts the device model and the GPU server, joined by the device's
-    /// control channel.
-    pub fn boot(opts: &BootOptions) -> Result<Self, BootError> {
+    /// Starts the device model, the GPU server and the pager, joined per
+    /// [`crate::manifest::MANIFEST`]. With `probe_only`, only the device
+    /// model and a GPU server that probes and exits.
+    pub fn boot(opts: &BootOptions) -> Result<(Self, Option<Clients>), BootError> {
         let model = exe("xe-model")?;
         let driver = exe("xe-svm")?;
+        let pager = exe("pager")?;
         let (device_end, driver_end) = endpoint_pair()?;
         let mut model_args = opts.device.to_args();
         model_args.push("--control-fd=3".into());
         let mut servers = vec![spawn("xe-model", &model, &model_args, &[(&device_end, 3)], false)?];
         drop(device_end);
-        let mut driver_args = vec!["--device-fd=3".to_string()];
+        let mut system = Self { servers: Vec::new() };
+        system.servers.append(&mut servers);
         if opts.probe_only {
-            driver_args.push("--probe-only".into());
+            let s = spawn("xe-svm", &driver, &["--device-fd=3".into(), "--probe-only".into()], &[(&driver_end, 3)], true);
+            return match s {
+                Ok(s) => {
+                    system.servers.push(s);
+                    Ok((system, None))
+                }
+                Err(e) => {
+                    system.shutdown();
+                    Err(e)
+                }
+            };
         }
-        match spawn("xe-svm", &driver, &driver_args, &[(&driver_end, 3)], true) {
-            Ok(s) => servers.push(s),
+        let result = (|| {
+            let (gpu_server, gpu_client) = endpoint_pair()?;
+            let (migrate_server, migrate_client) = endpoint_pair()?;
+            let (notify_server, notify_client) = endpoint_pair()?;
+            let (pager_server, pager_client) = endpoint_pair()?;
+            let badge = format!("{}", crate::manifest::CLIENT_BADGE);
+            let driver_args: Vec<String> =
+                ["--device-fd=3", "--client-fd=4", "--migrate-fd=5", "--notify-fd=6"].iter().map(|s| s.to_string()).chain(["--client-badge".into(), badge.clone()]).collect();
+            let d = spawn("xe-svm", &driver, &driver_args, &[(&driver_end, 3), (&gpu_server, 4), (&migrate_client, 5), (&notify_server, 6)], true)?;
+            let pager_args: Vec<String> = ["--client-fd=4", "--migrate-fd=5", "--notify-fd=6"].iter().map(|s| s.to_string()).chain(["--client-badge".into(), badge]).collect();
+            let p = spawn("pager", &pager, &pager_args, &[(&pager_server, 4), (&migrate_server, 5), (&notify_client, 6)], true)?;
+            Ok((vec![d, p], Clients::new(gpu_client, pager_client)))
+        })();
+        match result {
+            Ok((mut s, clients)) => {
+                system.servers.append(&mut s);
+                Ok((system, Some(clients)))
+            }
             Err(e) => {
-                Self { servers }.shutdown();
-                return Err(e);
+                system.shutdown();
+                Err(e)
             }
         }
-        Ok(Self { servers })
     }
 
     /// Waits for `name` to exit on its own (a probe-only server).
@@ -130,6 +175,16 @@ impl System {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Reports a server that died, if any.
+    pub fn check_alive(&mut self) -> Result<(), BootError> {
+        for s in self.servers.iter_mut() {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(BootError::ServerDied { server: s.name, status });
+            }
+        }
+        Ok(())
     }
 
     /// Supervises until `stop` is set (Ctrl-C) or a server dies.

@@ -2,7 +2,14 @@
 //! [`hw::bar::Bar`]), GPU page tables, the copy engine, VRAM and buffer
 //! objects, and the GPU fault queue (DESIGN.md section 1).
 //!
-//! Today it probes the device and checks its engines; the fault path,
-//! VRAM allocator and notifier arrive with the migration path (issue 5).
+//! - [`probe`]: device bring-up and engine self-test;
+//! - [`device`]: copy engine, TLB invalidation, GuC message pump;
+//! - [`vram`]: the buddy allocator, blocks refcounted by resident pages (rule 6);
+//! - [`ppgtt`]: page tables per GPU VM;
+//! - [`server`]: GPU VMs, the fault path, the notifier (rules 8 and 9).
 
+pub mod device;
+pub mod ppgtt;
 pub mod probe;
+pub mod server;
+pub mod vram;

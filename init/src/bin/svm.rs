@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use init::herd::{self, Mode};
 use init::supervisor::{BootOptions, System};
 
 #[derive(Parser)]
@@ -12,6 +13,12 @@ use init::supervisor::{BootOptions, System};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// VRAM of the device model, MiB.
+    #[arg(long, global = true, default_value_t = 256)]
+    vram_mib: u64,
+    /// Hardware threads of the device model.
+    #[arg(long, global = true, default_value_t = 64)]
+    hw_threads: u16,
 }
 
 #[derive(Subcommand)]
@@ -21,34 +28,98 @@ enum Cmd {
         /// Boot, let the GPU server probe the device, then stop.
         #[arg(long)]
         check: bool,
-        /// VRAM of the device model, MiB.
-        #[arg(long, default_value_t = 256)]
-        vram_mib: u64,
-        /// Hardware threads of the device model.
-        #[arg(long, default_value_t = 64)]
-        hw_threads: u16,
+    },
+    /// Boot the system and run a workload on it.
+    Run {
+        #[command(subcommand)]
+        workload: Workload,
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Touch,
+    IncAll,
+    Both,
+}
+
+#[derive(Subcommand)]
+enum Workload {
+    /// The anchor workload: CPU fill, GPU touch (to VRAM), a herd of CPU
+    /// threads reading every page back, every page checked.
+    Herd {
+        /// Buffer sizes, comma separated (2M, 64M, 512K...).
+        #[arg(long, default_value = "2M", value_delimiter = ',')]
+        size: Vec<String>,
+        /// CPU thread counts, comma separated.
+        #[arg(long, default_value = "1", value_delimiter = ',')]
+        threads: Vec<usize>,
+        #[arg(long, value_enum, default_value_t = ModeArg::Touch)]
+        mode: ModeArg,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// One JSON object per line and configuration.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1 << 10),
+        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: usize = num.parse().ok()?;
+    let bytes = n.checked_mul(mul)?;
+    (bytes > 0 && bytes % 4096 == 0).then_some(bytes)
+}
+
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let code = match Cli::parse().command {
-        Cmd::Boot { check, vram_mib, hw_threads } => boot(check, vram_mib, hw_threads),
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let mut opts = BootOptions::default();
+    opts.device.vram_bytes = cli.vram_mib << 20;
+    opts.device.hw_threads = cli.hw_threads;
+    let code = match cli.command {
+        Cmd::Boot { check } => boot(opts, check),
+        Cmd::Run { workload: Workload::Herd { size, threads, mode, reps, json } } => {
+            let modes = match mode {
+                ModeArg::Touch => vec![Mode::Touch],
+                ModeArg::IncAll => vec![Mode::IncAll],
+                ModeArg::Both => vec![Mode::Touch, Mode::IncAll],
+            };
+            let mut sizes = Vec::new();
+            for s in &size {
+                match parse_size(s) {
+                    Some(b) => sizes.push(b),
+                    None => {
+                        eprintln!("svm: bad size {s:?} (a positive multiple of 4 KiB, like 2M or 64M)");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            if threads.iter().any(|t| *t == 0) || reps == 0 {
+                eprintln!("svm: threads and reps must be at least 1");
+                std::process::exit(2);
+            }
+            run_herd(opts, &sizes, &threads, &modes, reps, json)
+        }
     };
     std::process::exit(code);
 }
 
-fn boot(check: bool, vram_mib: u64, hw_threads: u16) -> i32 {
-    let mut opts = BootOptions { probe_only: check, ..Default::default() };
-    opts.device.vram_bytes = vram_mib << 20;
-    opts.device.hw_threads = hw_threads;
+fn boot(opts: BootOptions, check: bool) -> i32 {
+    let opts = BootOptions { probe_only: check, ..opts };
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     if let Err(e) = ctrlc::set_handler(move || s.store(true, Ordering::Release)) {
         eprintln!("svm: cannot install the Ctrl-C handler: {e}");
         return 1;
     }
-    let mut system = match System::boot(&opts) {
+    let (mut system, _clients) = match System::boot(&opts) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("svm: boot failed: {e}");
@@ -65,13 +136,17 @@ fn boot(check: bool, vram_mib: u64, hw_threads: u16) -> i32 {
         println!("svm: system up; Ctrl-C stops it");
         system.watch(&stop).map_err(|e| e.to_string())
     };
+    finish(system, result)
+}
+
+fn finish(system: System, result: Result<(), String>) -> i32 {
     let shutdown_errors = system.shutdown();
     for e in &shutdown_errors {
         eprintln!("svm: {e}");
     }
     match result {
         Ok(()) if shutdown_errors.is_empty() => {
-            println!("svm: system stopped cleanly");
+            eprintln!("svm: system stopped cleanly");
             0
         }
         Ok(()) => 1,
@@ -80,4 +155,45 @@ fn boot(check: bool, vram_mib: u64, hw_threads: u16) -> i32 {
             1
         }
     }
+}
+
+fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode], reps: usize, json: bool) -> i32 {
+    let (mut system, clients) = match System::boot(&opts) {
+        Ok((s, Some(c))) => (s, c),
+        Ok((s, None)) => return finish(s, Err("booted without clients".into())),
+        Err(e) => {
+            eprintln!("svm: boot failed: {e}");
+            return 1;
+        }
+    };
+    let mut failed = None;
+    let total = sizes.len() * threads.len() * modes.len();
+    let mut n = 0;
+    'outer: for &bytes in sizes {
+        for &mode in modes {
+            for &t in threads {
+                n += 1;
+                eprintln!("svm: [{n}/{total}] herd {} {} KiB, {t} threads, {reps} reps", mode.name(), bytes >> 10);
+                let cfg = herd::Config { mode, bytes, threads: t, reps, gpu_threads: 64 };
+                match herd::run(&clients, &cfg) {
+                    Ok(r) => {
+                        println!("{}", if json { r.json() } else { r.line() });
+                        if r.bad > 0 {
+                            failed = Some(format!("{} bad pages", r.bad));
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(format!("herd failed: {e}"));
+                        break 'outer;
+                    }
+                }
+                if let Err(e) = system.check_alive() {
+                    failed = Some(e.to_string());
+                    break 'outer;
+                }
+            }
+        }
+    }
+    drop(clients);
+    finish(system, failed.map_or(Ok(()), Err))
 }

@@ -55,6 +55,8 @@ interface! {
         OutOfMetadata = 10,
         /// The device stopped responding.
         DeviceLost = 11,
+        /// The operation is not implemented by this server yet.
+        NotSupported = 12,
     }
     calls {
         1 => CreateVm [0] -> VmCreated [0] needs GPU_VM;

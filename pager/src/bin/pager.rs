@@ -1,1 +1,60 @@
-fn main() {}
+//! The pager process. Endpoints inherited from `init`: `--client-fd`
+//! (`Pager`, one client), `--migrate-fd` (`PagerMigrate`, served to the GPU
+//! server), `--notify-fd` (our `GpuNotify` client). Stdin is init's
+//! lifeline.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use clap::Parser;
+use ipc_protocol::client::Client;
+use ipc_protocol::interfaces::{pager::Pager, pager_migrate::PagerMigrate};
+use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
+use ipc_protocol::{Capability, Rights};
+use pager::host::{Config, PagerServer};
+
+#[derive(Parser)]
+#[command(about = "xe-svm address-space pager")]
+struct Args {
+    #[arg(long)]
+    client_fd: i32,
+    #[arg(long, default_value_t = 100)]
+    client_badge: u64,
+    #[arg(long)]
+    migrate_fd: i32,
+    #[arg(long)]
+    notify_fd: i32,
+    /// Service threads per view.
+    #[arg(long, default_value_t = 4)]
+    threads_per_view: usize,
+}
+
+fn endpoint(fd: i32) -> Arc<dyn Transport> {
+    // SAFETY: init passed this descriptor to us and nothing else owns it.
+    Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let a = Args::parse();
+    let cfg = Config { threads_per_view: a.threads_per_view, ..Config::default() };
+    let server = match PagerServer::new(cfg) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("pager: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Serve the GPU server's migrations before anything else can fault.
+    ipc_protocol::server::spawn::<PagerMigrate, _>("pager-migrate", endpoint(a.migrate_fd), Capability::new(1, Rights::MIGRATE), server.clone(), 4);
+    if let Err(e) = server.attach_gpu(Client::new(endpoint(a.notify_fd))) {
+        eprintln!("pager: attaching the GPU server: {e}");
+        std::process::exit(2);
+    }
+    let rights = Rights::OBJECT | Rights::VIEW | Rights::ADVISE | Rights::SNAPSHOT;
+    ipc_protocol::server::spawn::<Pager, _>("pager-client", endpoint(a.client_fd), Capability::new(a.client_badge, rights), server, 4);
+    println!("pager: serving");
+    let mut buf = [0u8; 1];
+    let _ = std::io::stdin().read(&mut buf);
+    log::info!("pager: init closed the lifeline; stopping");
+}

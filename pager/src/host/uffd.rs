@@ -12,13 +12,10 @@ use rustix::io::Errno;
 use rustix::ioctl::{ioctl, Updater};
 
 /// Features the pager asks for: write-protection on shmem (the migration to
-/// VRAM blocks writers with it) and the view-change events.
-pub const FEATURES: u64 = (uapi::UFFD_FEATURE_WP_HUGETLBFS_SHMEM
-    | uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP
-    | uapi::UFFD_FEATURE_EVENT_FORK
-    | uapi::UFFD_FEATURE_EVENT_REMAP
-    | uapi::UFFD_FEATURE_EVENT_REMOVE
-    | uapi::UFFD_FEATURE_EVENT_UNMAP) as u64;
+/// VRAM blocks writers with it). The view-change events (fork, remap,
+/// unmap) are not asked for until the pager follows them (issue 6): an
+/// event nobody reads would block the client's munmap.
+pub const FEATURES: u64 = (uapi::UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP) as u64;
 
 /// `UFFDIO_WRITEPROTECT_MODE_WP` (`include/uapi/linux/userfaultfd.h`,
 /// bit 0); linux-raw-sys does not export it.

@@ -1,30 +1,48 @@
-//! The GPU server process: probes the device on the control socket it
-//! inherited from `init`, reports, and serves until `init` closes its
-//! lifeline (stdin).
+//! The GPU server process. Endpoints are inherited from `init`:
+//! `--device-fd` (the device's control channel), and when serving,
+//! `--client-fd` (`Gpu`, one client), `--migrate-fd` (our `PagerMigrate`
+//! client) and `--notify-fd` (`GpuNotify`, served to the pager). Stdin is
+//! init's lifeline: the server stops when it closes.
 
 use std::io::Read;
 use std::sync::Arc;
 
 use clap::Parser;
-use ipc_protocol::transport::{inherited_fd, SeqPacket};
+use ipc_protocol::client::Client;
+use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify};
+use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
+use ipc_protocol::{Capability, Rights};
+use xe_svm::device::Device;
+use xe_svm::server::GpuServer;
 
 #[derive(Parser)]
 #[command(about = "xe-svm GPU server")]
 struct Args {
-    /// Descriptor of the device's control socket.
     #[arg(long, default_value_t = 3)]
     device_fd: i32,
     /// Probe, print the report and exit.
     #[arg(long)]
     probe_only: bool,
+    #[arg(long)]
+    client_fd: Option<i32>,
+    /// Badge init assigned to the client (the same in every server).
+    #[arg(long, default_value_t = 100)]
+    client_badge: u64,
+    #[arg(long)]
+    migrate_fd: Option<i32>,
+    #[arg(long)]
+    notify_fd: Option<i32>,
+}
+
+fn endpoint(fd: i32) -> Arc<dyn Transport> {
+    // SAFETY: init passed this descriptor to us and nothing else owns it.
+    Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
 }
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
-    // SAFETY: init passed the device control socket at this descriptor.
-    let control = SeqPacket::from_fd(unsafe { inherited_fd(a.device_fd) });
-    let (_bar, report) = match xe_svm::probe::probe(Arc::new(control)) {
+    let (bar, report) = match xe_svm::probe::probe(endpoint(a.device_fd)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("xe-svm: probe failed: {e}");
@@ -41,7 +59,26 @@ fn main() {
     if a.probe_only {
         return;
     }
-    // Serve until init goes away: our stdin is init's lifeline pipe.
+    if let (Some(client), Some(migrate), Some(notify)) = (a.client_fd, a.migrate_fd, a.notify_fd) {
+        let dev = Device::new(Arc::new(bar));
+        let server = match GpuServer::new(dev.clone(), Client::new(endpoint(migrate))) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("xe-svm: {e}");
+                std::process::exit(2);
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pump = dev.clone();
+        std::thread::Builder::new().name("xe-svm-guc".into()).spawn(move || pump.pump(tx)).expect("spawning at boot");
+        let worker = (*server).clone();
+        std::thread::Builder::new().name("xe-svm-faults".into()).spawn(move || worker.fault_worker(rx)).expect("spawning at boot");
+        // Rule 9: the notifier has its own endpoint and threads.
+        ipc_protocol::server::spawn::<GpuNotify, _>("xe-svm-notify", endpoint(notify), Capability::new(2, Rights::NOTIFY), server.clone(), 4);
+        let client_rights = Rights::GPU_VM | Rights::GPU_SUBMIT | Rights::GPU_BO | Rights::GPU_STATS;
+        ipc_protocol::server::spawn::<Gpu, _>("xe-svm-gpu", endpoint(client), Capability::new(a.client_badge, client_rights), server, 4);
+        println!("xe-svm: serving");
+    }
     let mut buf = [0u8; 1];
     let _ = std::io::stdin().read(&mut buf);
     log::info!("xe-svm: init closed the lifeline; stopping");

@@ -1,0 +1,533 @@
+//! The GPU server core: GPU VMs binding client views, the GPU fault path,
+//! and the notifier the pager calls.
+//!
+//! Locking (one lock, `State`, the "VM lock"):
+//! - it guards VMs, bindings, page tables, the residency map and each
+//!   object's invalidation sequence;
+//! - it is never held across a call to the pager (rule 9: the fault path
+//!   calls the pager without it; the notifier handlers never call the
+//!   pager), and the notifier never waits on a page lock (rule 8);
+//! - the fault path writes PTEs only if no invalidation newer than the
+//!   sequence it read from the pager arrived (`inval_seq <= seq`), checked
+//!   under this lock, like `mmu_interval_read_retry`.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hw::xe::commands::{Command, KernelLaunch, KernelOp};
+use hw::xe::fault::FaultDescriptor;
+use hw::xe::layout::{self, Ring};
+use hw::xe::pte::{PageSize, Target};
+use ipc_protocol::client::Client;
+use ipc_protocol::interfaces::gpu::{self as g, GpuError};
+use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
+use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize, OpenView, PagerMigrate};
+use ipc_protocol::server::Handler;
+use ipc_protocol::types::{GpuId, JobId, JobStatus, KernelKind, ObjectId, PageCount, PageMask, VmId};
+use ipc_protocol::Capability;
+
+use crate::device::Device;
+use crate::ppgtt::Ppgtt;
+use crate::vram::Vram;
+
+const PAGE: u64 = 4096;
+const STAGING_SLOT: u32 = 1;
+const ZERO_SLOT: u32 = 62;
+const FIRST_OBJECT_SLOT: u32 = 2;
+const GPU: u8 = 0;
+
+struct Binding {
+    gpu_addr: u64,
+    object: u32,
+    first_page: u64,
+    pages: u64,
+}
+
+impl Binding {
+    fn contains(&self, va: u64) -> bool {
+        va >= self.gpu_addr && va < self.gpu_addr + self.pages * PAGE
+    }
+    /// The GPU address of object page `page`, if bound here.
+    fn va_of(&self, page: u64) -> Option<u64> {
+        (page >= self.first_page && page < self.first_page + self.pages).then(|| self.gpu_addr + (page - self.first_page) * PAGE)
+    }
+}
+
+struct Vm {
+    owner: u64,
+    ppgtt: Ppgtt,
+    bindings: Vec<Binding>,
+}
+
+struct ObjectState {
+    slot: u32,
+    dma: u64,
+    _memfd: OwnedFd,
+    /// Newest invalidation sequence seen (rule 8).
+    inval_seq: u64,
+    /// Object page -> VRAM page frame, for pages resident here.
+    resident: HashMap<u64, u64>,
+}
+
+#[derive(Default)]
+struct State {
+    vms: HashMap<u32, Vm>,
+    objects: HashMap<u32, ObjectState>,
+    next_slot: u32,
+    free_slots: Vec<u32>,
+    staging: Option<(u64, u64)>,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub gpu_faults: AtomicU64,
+    pub pages_to_vram: AtomicU64,
+    pub pages_to_ram: AtomicU64,
+    pub invalidations: AtomicU64,
+}
+
+pub struct Inner {
+    dev: Arc<Device>,
+    vram: Vram,
+    pt: Vram,
+    migrate: Client<PagerMigrate>,
+    state: Mutex<State>,
+    next_asid: AtomicU32,
+    next_job: AtomicU32,
+    zero_dma: u64,
+    _zero: hw::shm::Region,
+    pub counters: Counters,
+}
+
+#[derive(Clone)]
+pub struct GpuServer {
+    pub inner: Arc<Inner>,
+}
+
+/// VRAM kept for page tables: 1/32 of VRAM, at its top.
+fn pt_pages(total: u64) -> u64 {
+    (total / 32).max(512) & !511
+}
+
+impl GpuServer {
+    pub fn new(dev: Arc<Device>, migrate: Client<PagerMigrate>) -> Result<Self, String> {
+        let total = dev.bar.vram_bytes() / PAGE;
+        let pt = pt_pages(total);
+        // The probe used the last 2 MiB: it is free again now.
+        let data_pages = (total - pt) & !511;
+        let zero = hw::shm::Region::create("xe-svm-zero", 2 << 20).map_err(|e| e.to_string())?;
+        let zero_dma = dev.bar.dma_map(ZERO_SLOT, zero.dup_fd().map_err(|e| e.to_string())?, 2 << 20).map_err(|e| e.to_string())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                vram: Vram::new(0, data_pages),
+                pt: Vram::new(total - pt, pt),
+                dev,
+                migrate,
+                state: Mutex::new(State { next_slot: FIRST_OBJECT_SLOT, ..Default::default() }),
+                next_asid: AtomicU32::new(1),
+                next_job: AtomicU32::new(1),
+                zero_dma,
+                _zero: zero,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The fault worker: batches faults, resolves each 2 MiB group once,
+    /// replies to every fault of the group.
+    pub fn fault_worker(self, faults: Receiver<FaultDescriptor>) {
+        while let Ok(first) = faults.recv() {
+            let mut batch = vec![first];
+            while batch.len() < 64 {
+                match faults.try_recv() {
+                    Ok(f) => batch.push(f),
+                    Err(_) => break,
+                }
+            }
+            self.inner.counters.gpu_faults.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let mut groups: Vec<((u32, u64), Vec<FaultDescriptor>)> = Vec::new();
+            for f in batch {
+                let key = (f.asid, f.address >> 21);
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, v)) => v.push(f),
+                    None => groups.push((key, vec![f])),
+                }
+            }
+            for (_, group) in groups {
+                let ok = self.inner.resolve(group[0].asid, group[0].address);
+                for f in &group {
+                    if let Err(e) = self.inner.dev.reply(f, ok) {
+                        log::error!("xe-svm: fault reply: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves a GPU fault at `va` of `asid`. `false`: nothing is bound
+    /// there (the access fails); `true`: replay (it may fault again for
+    /// pages another migration holds, rule 4).
+    fn resolve(&self, asid: u32, va: u64) -> bool {
+        // Pick the chunk: 2 MiB, then 64 KiB, then 4 KiB, inside the binding
+        // and aligned the same way in GPU and object space.
+        let (object, dma, first, count, order) = {
+            let st = self.lock();
+            let Some(vm) = st.vms.get(&asid) else { return false };
+            let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else { return false };
+            let Some(obj) = st.objects.get(&b.object) else { return false };
+            let page = b.first_page + (va - b.gpu_addr) / PAGE;
+            let fits = |pages: u64| {
+                let first = page & !(pages - 1);
+                first >= b.first_page && first + pages <= b.first_page + b.pages && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
+            };
+            let (pages, order) = if fits(512) {
+                (512, 9)
+            } else if fits(16) {
+                (16, 4)
+            } else {
+                (1, 0)
+            };
+            (b.object, obj.dma, page & !(pages - 1), pages as u16, order)
+        };
+        let Some(count_pc) = PageCount::new(count) else { return false };
+        let object_id = ObjectId::raw(object);
+        let gpu = GpuId::new(GPU).unwrap_or(GpuId::new(0).expect("GPU id 0 is in range"));
+        let c = match self.migrate.call(Collect { object: object_id, first_page: first, count: count_pc, gpu }) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("xe-svm: collect failed: {e}");
+                return true;
+            }
+        };
+        if !c.got.is_empty() {
+            let (block, migrated) = match self.vram.alloc(order) {
+                Ok(block) => {
+                    let mut copies = Vec::new();
+                    let mut i = 0usize;
+                    while i < count as usize {
+                        if !c.got.get(i) {
+                            i += 1;
+                            continue;
+                        }
+                        let zero = c.zero.get(i);
+                        let start = i;
+                        while i < count as usize && c.got.get(i) && c.zero.get(i) == zero {
+                            i += 1;
+                        }
+                        let len = (i - start) as u64 * PAGE;
+                        let src = if zero { self.zero_dma } else { dma + (first + start as u64) * PAGE };
+                        copies.push((src, (block + start as u64) * PAGE, len));
+                    }
+                    match self.dev.copy(&copies) {
+                        Ok(true) => (Some(block), c.got),
+                        r => {
+                            log::warn!("xe-svm: copy to VRAM failed: {r:?}");
+                            let _ = self.vram.free_unused(block);
+                            (None, PageMask::EMPTY)
+                        }
+                    }
+                }
+                // Rule 5 (room from mm-server) arrives with issue 7: the
+                // pages stay in RAM and are mapped as system pages below.
+                Err(_) => (None, PageMask::EMPTY),
+            };
+            if let Some(block) = block {
+                let _ = self.vram.add_refs(block, migrated.count());
+                let mut st = self.lock();
+                if let Some(obj) = st.objects.get_mut(&object) {
+                    for i in migrated.iter() {
+                        obj.resident.insert(first + i as u64, block + i as u64);
+                    }
+                }
+            }
+            let f = Finalize {
+                object: object_id,
+                first_page: first,
+                count: count_pc,
+                gpu,
+                vram_first_pfn: block.unwrap_or(0),
+                got: c.got,
+                migrated,
+            };
+            if let Err(e) = self.migrate.call(f) {
+                log::error!("xe-svm: finalize failed: {e}");
+            }
+            self.counters.pages_to_vram.fetch_add(migrated.count() as u64, Ordering::Relaxed);
+        }
+        // Map what is ours, unless an invalidation raced (rule 8).
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(obj) = st.objects.get(&object) else { return true };
+        if obj.inval_seq > c.seq.get() {
+            return true; // the device faults again and we start over
+        }
+        let pages: Vec<(u64, Option<u64>)> = (first..first + count as u64).map(|p| (p, obj.resident.get(&p).copied())).collect();
+        let not_migrated = c.got.iter().filter(|i| obj.resident.get(&(first + *i as u64)).is_none()).collect::<Vec<_>>();
+        let Some(vm) = st.vms.get_mut(&asid) else { return true };
+        let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else { return true };
+        let base_va = b.va_of(first);
+        let bar = &self.dev.bar;
+        let whole = count == 512 && pages.iter().enumerate().all(|(i, (_, pfn))| *pfn == pages[0].1.map(|p| p + i as u64));
+        if let (true, Some(v), Some(pfn)) = (whole, base_va, pages[0].1) {
+            let _ = vm.ppgtt.map(bar, &self.pt, v, pfn * PAGE, PageSize::Size2M, Target::Device);
+            return true;
+        }
+        for (p, pfn) in &pages {
+            if let (Some(v), Some(pfn)) = (b.va_of(*p), pfn) {
+                let _ = vm.ppgtt.map(bar, &self.pt, v, pfn * PAGE, PageSize::Size4K, Target::Device);
+            }
+        }
+        // Pages that stayed in RAM are mapped as system pages.
+        for i in not_migrated {
+            let p = first + i as u64;
+            if let Some(v) = b.va_of(p) {
+                let _ = vm.ppgtt.map(bar, &self.pt, v, dma + p * PAGE, PageSize::Size4K, Target::System);
+            }
+        }
+        true
+    }
+
+    /// Unmaps the object's pages `[first, first + count)` from every VM and
+    /// invalidates the TLBs (under the VM lock, never waiting on the pager).
+    fn zap(&self, st: &mut State, object: u32, first: u64, count: u64) -> Result<(), NotifyError> {
+        let mut ranges = Vec::new();
+        for (asid, vm) in st.vms.iter_mut() {
+            for b in vm.bindings.iter().filter(|b| b.object == object) {
+                let lo = first.max(b.first_page);
+                let hi = (first + count).min(b.first_page + b.pages);
+                if lo < hi {
+                    let va = b.gpu_addr + (lo - b.first_page) * PAGE;
+                    let _ = vm.ppgtt.unmap(&self.dev.bar, &self.pt, va, (hi - lo) * PAGE);
+                    ranges.push((*asid, va, (hi - lo) * PAGE));
+                }
+            }
+        }
+        for (asid, va, len) in ranges {
+            self.dev.invalidate(asid, va, len).map_err(|_| NotifyError::CopyFailed)?;
+        }
+        self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Handler<n::GpuNotify> for GpuServer {
+    fn handle(&self, _caller: &Capability, req: n::Request, mut handles: Vec<OwnedFd>) -> Result<(n::Reply, Vec<OwnedFd>), NotifyError> {
+        let inner = &self.inner;
+        match req {
+            n::Request::AttachStaging(n::AttachStaging { size_bytes }) => {
+                let fd = handles.pop().ok_or(NotifyError::NoStaging)?;
+                let dma = inner.dev.bar.dma_map(STAGING_SLOT, fd, size_bytes).map_err(|_| NotifyError::NoStaging)?;
+                inner.lock().staging = Some((dma, size_bytes));
+                Ok((n::Reply::AttachStaging(n::Done {}), vec![]))
+            }
+            n::Request::Invalidate(n::Invalidate { object, first_page, count, seq }) => {
+                // Rule 8: unmap and invalidate, then acknowledge. No page
+                // lock is taken here and the pager is never called.
+                let mut st = inner.lock();
+                if let Some(obj) = st.objects.get_mut(&object.get()) {
+                    obj.inval_seq = obj.inval_seq.max(seq.get());
+                }
+                inner.zap(&mut st, object.get(), first_page, count.get() as u64)?;
+                Ok((n::Reply::Invalidate(n::Invalidated { seq }), vec![]))
+            }
+            n::Request::MigrateToRam(n::MigrateToRam { object, first_page, count: _, pages, staging_offset }) => {
+                let (staging, list) = {
+                    let st = inner.lock();
+                    let (dma, size) = st.staging.ok_or(NotifyError::NoStaging)?;
+                    if staging_offset + 512 * PAGE > size {
+                        return Err(NotifyError::NoStaging);
+                    }
+                    let obj = st.objects.get(&object.get()).ok_or(NotifyError::NoSuchObject)?;
+                    let list: Vec<(usize, u64)> = pages.iter().filter_map(|i| obj.resident.get(&(first_page + i as u64)).map(|pfn| (i, *pfn))).collect();
+                    (dma + staging_offset, list)
+                };
+                // Runs of pages whose frames are consecutive make one copy each.
+                let mut copies: Vec<(u64, u64, u64)> = Vec::new();
+                for &(i, pfn) in &list {
+                    let dst = staging + i as u64 * PAGE;
+                    match copies.last_mut() {
+                        Some((s, d, len)) if *s + *len == pfn * PAGE && *d + *len == dst => *len += PAGE,
+                        _ => copies.push((pfn * PAGE, dst, PAGE)),
+                    }
+                }
+                if !inner.dev.copy(&copies).map_err(|_| NotifyError::CopyFailed)? {
+                    return Err(NotifyError::CopyFailed);
+                }
+                let mut copied = PageMask::EMPTY;
+                let mut st = inner.lock();
+                if let Some(obj) = st.objects.get_mut(&object.get()) {
+                    for &(i, pfn) in &list {
+                        obj.resident.remove(&(first_page + i as u64));
+                        // Rule 6: the block goes when its last page has left.
+                        let _ = inner.vram.release_page(pfn);
+                        copied.set(i);
+                    }
+                }
+                inner.counters.pages_to_ram.fetch_add(copied.count() as u64, Ordering::Relaxed);
+                Ok((n::Reply::MigrateToRam(n::MigratedToRam { copied }), vec![]))
+            }
+            n::Request::FreePages(n::FreePages { object, first_page, count, pages }) => {
+                let mut st = inner.lock();
+                inner.zap(&mut st, object.get(), first_page, count.get() as u64)?;
+                let obj = st.objects.get_mut(&object.get()).ok_or(NotifyError::NoSuchObject)?;
+                let mut freed = 0u16;
+                for i in pages.iter() {
+                    if let Some(pfn) = obj.resident.remove(&(first_page + i as u64)) {
+                        let _ = inner.vram.release_page(pfn);
+                        freed += 1;
+                    }
+                }
+                Ok((n::Reply::FreePages(n::Freed { pages: freed }), vec![]))
+            }
+        }
+    }
+}
+
+fn kernel_op(k: KernelKind) -> KernelOp {
+    match k {
+        KernelKind::TouchPages => KernelOp::TouchPages,
+        KernelKind::IncrementAll => KernelOp::IncrementAll,
+        KernelKind::StridedWrite => KernelOp::StridedWrite,
+        KernelKind::RandomRead => KernelOp::RandomRead,
+        KernelKind::AtomicAdd => KernelOp::AtomicAdd,
+    }
+}
+
+impl Handler<g::Gpu> for GpuServer {
+    fn handle(&self, caller: &Capability, req: g::Request, _handles: Vec<OwnedFd>) -> Result<(g::Reply, Vec<OwnedFd>), GpuError> {
+        let inner = &self.inner;
+        let owner = caller.badge.0;
+        match req {
+            g::Request::CreateVm(_) => {
+                let asid = inner.next_asid.fetch_add(1, Ordering::Relaxed);
+                if asid as usize >= layout::MAX_ASIDS {
+                    return Err(GpuError::OutOfMetadata);
+                }
+                let ppgtt = Ppgtt::new(&inner.dev.bar, &inner.pt, asid).map_err(|_| GpuError::OutOfVram)?;
+                inner.lock().vms.insert(asid, Vm { owner, ppgtt, bindings: Vec::new() });
+                Ok((g::Reply::CreateVm(g::VmCreated { vm: VmId::raw(asid), asid }), vec![]))
+            }
+            g::Request::DestroyVm(g::DestroyVm { vm }) => {
+                let mut st = inner.lock();
+                match st.vms.get(&vm.get()) {
+                    Some(v) if v.owner == owner => {}
+                    _ => return Err(GpuError::NoSuchVm),
+                }
+                let v = st.vms.remove(&vm.get()).ok_or(GpuError::NoSuchVm)?;
+                inner.dev.bar.set_context(vm.get(), 0);
+                let _ = inner.dev.invalidate(vm.get(), 0, 1 << 47);
+                v.ppgtt.release(&inner.pt);
+                Ok((g::Reply::DestroyVm(g::Done {}), vec![]))
+            }
+            g::Request::BindView(g::BindView { vm, view, gpu_addr }) => {
+                {
+                    let st = inner.lock();
+                    if !st.vms.get(&vm.get()).is_some_and(|v| v.owner == owner) {
+                        return Err(GpuError::NoSuchVm);
+                    }
+                }
+                // The pager checks that the view is this client's.
+                let (opened, mut fds) = inner.migrate.call_with_handles(OpenView { view, client: owner }, vec![]).map_err(|e| match e {
+                    ipc_protocol::client::CallError::Server(_) => GpuError::NoSuchView,
+                    _ => GpuError::PagerUnavailable,
+                })?;
+                let memfd = fds.pop().ok_or(GpuError::PagerUnavailable)?;
+                if gpu_addr % PAGE != 0 || gpu_addr >> 47 != 0 {
+                    return Err(GpuError::BadRange);
+                }
+                let mut st = inner.lock();
+                let object = opened.object.get();
+                if !st.objects.contains_key(&object) {
+                    let slot = match st.free_slots.pop() {
+                        Some(s) => s,
+                        None if st.next_slot < ZERO_SLOT => {
+                            st.next_slot += 1;
+                            st.next_slot - 1
+                        }
+                        None => return Err(GpuError::OutOfMetadata),
+                    };
+                    let size = rustix::fs::fstat(&memfd).map_err(|_| GpuError::PagerUnavailable)?.st_size as u64;
+                    let dup = rustix::io::fcntl_dupfd_cloexec(&memfd, 0).map_err(|_| GpuError::PagerUnavailable)?;
+                    let dma = inner.dev.bar.dma_map(slot, dup, size).map_err(|_| GpuError::DeviceLost)?;
+                    st.objects.insert(object, ObjectState { slot, dma, _memfd: memfd, inval_seq: 0, resident: HashMap::new() });
+                }
+                let v = st.vms.get_mut(&vm.get()).ok_or(GpuError::NoSuchVm)?;
+                let end = gpu_addr + opened.pages * PAGE;
+                if v.bindings.iter().any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < end) {
+                    return Err(GpuError::AddressInUse);
+                }
+                v.bindings.push(Binding { gpu_addr, object, first_page: opened.object_first_page, pages: opened.pages });
+                Ok((g::Reply::BindView(g::Done {}), vec![]))
+            }
+            g::Request::Unbind(g::Unbind { vm, gpu_addr }) => {
+                let mut st = inner.lock();
+                let v = st.vms.get_mut(&vm.get()).filter(|v| v.owner == owner).ok_or(GpuError::NoSuchVm)?;
+                let at = v.bindings.iter().position(|b| b.gpu_addr == gpu_addr).ok_or(GpuError::BadRange)?;
+                let b = v.bindings.remove(at);
+                let _ = v.ppgtt.unmap(&inner.dev.bar, &inner.pt, b.gpu_addr, b.pages * PAGE);
+                inner.dev.invalidate(vm.get(), b.gpu_addr, b.pages * PAGE).map_err(|_| GpuError::DeviceLost)?;
+                // The last binding of an object: give back its DMA slot. Its
+                // pages still in VRAM stay until the pager moves or frees
+                // them (they are the object's, not the binding's).
+                let still_bound = st.vms.values().any(|v| v.bindings.iter().any(|x| x.object == b.object));
+                if !still_bound && st.objects.get(&b.object).is_some_and(|o| o.resident.is_empty()) {
+                    if let Some(o) = st.objects.remove(&b.object) {
+                        let _ = inner.dev.bar.dma_unmap(o.slot);
+                        st.free_slots.push(o.slot);
+                    }
+                }
+                Ok((g::Reply::Unbind(g::Done {}), vec![]))
+            }
+            g::Request::Submit(g::Submit { vm, kernel, addr, len, stride, value, threads }) => {
+                if !inner.lock().vms.get(&vm.get()).is_some_and(|v| v.owner == owner) {
+                    return Err(GpuError::NoSuchVm);
+                }
+                let job = inner.next_job.fetch_add(1, Ordering::Relaxed);
+                let k = KernelLaunch { job, asid: vm.get(), op: kernel_op(kernel), addr, len, stride: stride as u32, value, threads };
+                inner.dev.bar.submit(Ring::Compute, job, &Command::Launch(k)).map_err(|_| GpuError::DeviceLost)?;
+                Ok((g::Reply::Submit(g::Submitted { job: JobId::raw(job as u64) }), vec![]))
+            }
+            g::Request::Wait(g::Wait { job, timeout_ms }) => {
+                let id = u32::try_from(job.get()).map_err(|_| GpuError::NoSuchJob)?;
+                if id == 0 || id >= inner.next_job.load(Ordering::Relaxed) {
+                    return Err(GpuError::NoSuchJob);
+                }
+                let t0 = Instant::now();
+                match inner.dev.bar.wait_seqno(layout::REG_CCS_DONE, id, Duration::from_millis(timeout_ms as u64)) {
+                    Ok(()) => {
+                        let (status, faults) = inner.dev.bar.job_result(id).ok_or(GpuError::NoSuchJob)?;
+                        let status = if status == 1 { JobStatus::Completed } else { JobStatus::Faulted };
+                        Ok((g::Reply::Wait(g::JobDone { status, faults: faults as u64, elapsed_us: t0.elapsed().as_micros() as u64 }), vec![]))
+                    }
+                    Err(_) => Ok((g::Reply::Wait(g::JobDone { status: JobStatus::Running, faults: 0, elapsed_us: t0.elapsed().as_micros() as u64 }), vec![])),
+                }
+            }
+            g::Request::CreateBo(_) | g::Request::MapBo(_) | g::Request::DestroyBo(_) => Err(GpuError::NotSupported),
+            g::Request::Stats(_) => {
+                let c = &inner.counters;
+                Ok((
+                    g::Reply::Stats(g::GpuStats {
+                        vram_total: inner.vram.total_pages() * PAGE,
+                        vram_used: inner.vram.used_pages() * PAGE,
+                        gpu_faults: c.gpu_faults.load(Ordering::Relaxed),
+                        pages_to_vram: c.pages_to_vram.load(Ordering::Relaxed),
+                        pages_to_ram: c.pages_to_ram.load(Ordering::Relaxed),
+                        bo_evictions: 0,
+                        invalidations: c.invalidations.load(Ordering::Relaxed),
+                    }),
+                    vec![],
+                ))
+            }
+        }
+    }
+}

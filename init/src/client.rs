@@ -1,0 +1,76 @@
+//! The client side of SVM: a buffer whose memory is a pager object mapped
+//! into this process and registered with our userfaultfd.
+
+use std::os::fd::OwnedFd;
+
+use ipc_protocol::client::{CallError, Client};
+use ipc_protocol::interfaces::pager::{AttachView, CreateObject, DestroyObject, DetachView, Pager, PagerError};
+use ipc_protocol::types::{ObjectId, ViewId};
+use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+
+pub struct SvmBuffer {
+    pub object: ObjectId,
+    pub view: ViewId,
+    pub addr: u64,
+    pub len: usize,
+    _memfd: OwnedFd,
+}
+
+impl SvmBuffer {
+    /// Asks the pager for `len` bytes of SVM memory, maps it, and hands
+    /// the pager our userfaultfd for the view.
+    pub fn new(pager: &Client<Pager>, len: usize) -> Result<Self, CallError<PagerError>> {
+        let (created, mut fds) = pager.call_with_handles(CreateObject { size_bytes: len as u64 }, vec![])?;
+        let memfd = fds.pop().ok_or(CallError::UnexpectedReply)?;
+        // 2 MiB alignment lets the GPU map whole chunks with 2 MiB pages.
+        let reserve = len + (2 << 20);
+        // SAFETY: a fresh anonymous reservation at a kernel-chosen address.
+        let area = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), reserve, ProtFlags::empty(), MapFlags::PRIVATE | MapFlags::NORESERVE) }
+            .map_err(|_| CallError::Server(PagerError::Host))?;
+        let aligned = (area as usize + (2 << 20) - 1) & !((2 << 20) - 1);
+        // SAFETY: replaces part of our own reservation with the object.
+        let addr = unsafe { mmap(aligned as *mut _, len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED | MapFlags::FIXED, &memfd, 0) }
+            .map_err(|_| CallError::Server(PagerError::Host))?;
+        // Give back the unused ends of the reservation.
+        let head = aligned - area as usize;
+        let tail = reserve - head - len;
+        // SAFETY: both ranges are ours and hold nothing.
+        unsafe {
+            if head > 0 {
+                let _ = munmap(area, head);
+            }
+            if tail > 0 {
+                let _ = munmap((aligned + len) as *mut _, tail);
+            }
+        }
+        let uffd = pager_uffd().map_err(|_| CallError::Server(PagerError::BadUserfaultfd))?;
+        let (attached, _) = pager.call_with_handles(AttachView { object: created.object, addr: addr as u64, object_first_page: 0, pages: (len / 4096) as u64 }, vec![uffd])?;
+        Ok(Self { object: created.object, view: attached.view, addr: addr as u64, len, _memfd: memfd })
+    }
+
+    /// The buffer as u32 words.
+    ///
+    /// # Safety
+    /// The caller must not hold the slice across [`Self::release`], and
+    /// concurrent users must access it with volatile or atomic reads.
+    pub unsafe fn words(&self) -> &mut [u32] {
+        // SAFETY: the mapping is `len` bytes, page aligned, and lives until release.
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u32, self.len / 4) }
+    }
+
+    /// Detaches the view, unmaps, and destroys the object.
+    pub fn release(self, pager: &Client<Pager>) -> Result<(), CallError<PagerError>> {
+        pager.call(DetachView { view: self.view })?;
+        // SAFETY: our own mapping; no slice into it outlives this call.
+        let _ = unsafe { munmap(self.addr as *mut _, self.len) };
+        pager.call(DestroyObject { object: self.object })?;
+        Ok(())
+    }
+}
+
+/// A userfaultfd of this process, non-blocking (DESIGN.md 8).
+fn pager_uffd() -> rustix::io::Result<OwnedFd> {
+    use rustix::mm::UserfaultfdFlags;
+    // SAFETY: creating a descriptor; the pager drives its ioctls.
+    unsafe { rustix::mm::userfaultfd(UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK) }
+}

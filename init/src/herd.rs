@@ -1,0 +1,207 @@
+//! The anchor workload (`../shared/anchors/uvm_herd.cu`): the CPU fills a
+//! buffer, the GPU touches every page (migration to VRAM), then N CPU
+//! threads read every page concurrently, each starting at a different page
+//! (migration back under a thundering herd), and every page is checked.
+
+use std::time::{Duration, Instant};
+
+use ipc_protocol::interfaces::gpu::{BindView, CreateVm, DestroyVm, Stats, Submit, Unbind, Wait};
+use ipc_protocol::types::{JobStatus, KernelKind};
+
+use crate::client::SvmBuffer;
+use crate::supervisor::Clients;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `p[page * 1024] += 1` on the GPU; the CPU checks that word.
+    Touch,
+    /// Every word `+= 1` on the GPU; the CPU checks the first and last word.
+    IncAll,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Touch => "touch-pg",
+            Self::IncAll => "inc-all",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub bytes: usize,
+    pub threads: usize,
+    pub reps: usize,
+    /// GPU hardware threads for the kernel.
+    pub gpu_threads: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Result {
+    pub mode: Mode,
+    pub size_kib: usize,
+    pub threads: usize,
+    pub gpu_phase_med_us: f64,
+    pub cpu_phase_med_us: f64,
+    pub per_page_cpu_us: f64,
+    /// Pages with any wrong word (every word of every page is checked
+    /// after the timed phase).
+    pub bad: u64,
+    pub pages_to_vram: u64,
+    pub pages_to_ram: u64,
+}
+
+impl Result {
+    pub fn line(&self) -> String {
+        format!(
+            "svm        size={:6}KiB {:8} threads={:2} gpu_phase_med={:10.1}us cpu_phase_med={:10.1}us cpu_GBps={:6.2} per_page_cpu_us={:6.2} bad={}",
+            self.size_kib,
+            self.mode.name(),
+            self.threads,
+            self.gpu_phase_med_us,
+            self.cpu_phase_med_us,
+            (self.size_kib as f64 * 1024.0) / self.cpu_phase_med_us / 1e3,
+            self.per_page_cpu_us,
+            self.bad
+        )
+    }
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"mode\":\"{}\",\"size_kib\":{},\"threads\":{},\"gpu_phase_med_us\":{:.1},\"cpu_phase_med_us\":{:.1},\"per_page_cpu_us\":{:.3},\"bad\":{},\"pages_to_vram\":{},\"pages_to_ram\":{}}}",
+            self.mode.name(),
+            self.size_kib,
+            self.threads,
+            self.gpu_phase_med_us,
+            self.cpu_phase_med_us,
+            self.per_page_cpu_us,
+            self.bad,
+            self.pages_to_vram,
+            self.pages_to_ram
+        )
+    }
+}
+
+#[derive(Debug)]
+pub enum HerdError {
+    Pager(String),
+    Gpu(String),
+    /// The GPU job did not complete.
+    Job(JobStatus),
+}
+
+impl std::fmt::Display for HerdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs one configuration `cfg.reps` times.
+pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> {
+    let gpu_err = |e: ipc_protocol::client::CallError<ipc_protocol::interfaces::gpu::GpuError>| HerdError::Gpu(e.to_string());
+    let vm = c.gpu.call(CreateVm {}).map_err(gpu_err)?.vm;
+    let before = c.gpu.call(Stats {}).map_err(gpu_err)?;
+    let pages = cfg.bytes / 4096;
+    let (mut gpu_t, mut cpu_t, mut bad) = (Vec::new(), Vec::new(), 0u64);
+    for _ in 0..cfg.reps {
+        let buf = SvmBuffer::new(&c.pager, cfg.bytes).map_err(|e| HerdError::Pager(e.to_string()))?;
+        c.gpu.call(BindView { vm, view: buf.view, gpu_addr: buf.addr }).map_err(gpu_err)?;
+        // SAFETY: the buffer is ours until `release`; the GPU writes it only
+        // inside the submitted job, which we wait for before reading.
+        let words = unsafe { buf.words() };
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = i as u32;
+        }
+        let (kernel, stride) = match cfg.mode {
+            Mode::Touch => (KernelKind::AtomicAdd, 4096),
+            Mode::IncAll => (KernelKind::IncrementAll, 4),
+        };
+        let t0 = Instant::now();
+        let job = c
+            .gpu
+            .call(Submit { vm, kernel, addr: buf.addr, len: cfg.bytes as u64, stride, value: 1, threads: cfg.gpu_threads })
+            .map_err(gpu_err)?
+            .job;
+        let done = c.gpu.call(Wait { job, timeout_ms: 120_000 }).map_err(gpu_err)?;
+        if done.status != JobStatus::Completed {
+            return Err(HerdError::Job(done.status));
+        }
+        let t1 = Instant::now();
+        let base = buf.addr as usize;
+        let mode = cfg.mode;
+        let threads: Vec<_> = (0..cfg.threads)
+            .map(|t| {
+                let threads = cfg.threads;
+                std::thread::spawn(move || {
+                    let mut b = 0u64;
+                    for k in 0..pages {
+                        let pg = (k + t * pages / threads) % pages;
+                        let w = pg * 1024;
+                        // SAFETY: inside the buffer; volatile because other
+                        // threads and the pager touch the same memory.
+                        let first = unsafe { std::ptr::read_volatile((base as *const u32).add(w)) };
+                        if first != w as u32 + 1 {
+                            b += 1;
+                        }
+                        if mode == Mode::IncAll {
+                            // SAFETY: as above.
+                            let last = unsafe { std::ptr::read_volatile((base as *const u32).add(w + 1023)) };
+                            if last != (w + 1023) as u32 + 1 {
+                                b += 1;
+                            }
+                        }
+                    }
+                    b
+                })
+            })
+            .collect();
+        let timed_bad: u64 = threads.into_iter().map(|h| h.join().unwrap_or(u64::MAX)).sum();
+        let t2 = Instant::now();
+        // Untimed: every word of every page.
+        let mut bad_pages = 0u64;
+        for pg in 0..pages {
+            let ok = (0..1024).all(|i| {
+                let w = pg * 1024 + i;
+                let expect = match mode {
+                    Mode::IncAll => w as u32 + 1,
+                    Mode::Touch if i == 0 => w as u32 + 1,
+                    Mode::Touch => w as u32,
+                };
+                words[w] == expect
+            });
+            if !ok {
+                bad_pages += 1;
+            }
+        }
+        bad += bad_pages.max(if timed_bad > 0 { 1 } else { 0 });
+        gpu_t.push((t1 - t0).as_secs_f64() * 1e6);
+        cpu_t.push((t2 - t1).as_secs_f64() * 1e6);
+        c.gpu.call(Unbind { vm, gpu_addr: buf.addr }).map_err(gpu_err)?;
+        buf.release(&c.pager).map_err(|e| HerdError::Pager(e.to_string()))?;
+    }
+    let after = c.gpu.call(Stats {}).map_err(gpu_err)?;
+    c.gpu.call(DestroyVm { vm }).map_err(gpu_err)?;
+    let cpu = median(cpu_t);
+    Ok(Result {
+        mode: cfg.mode,
+        size_kib: cfg.bytes / 1024,
+        threads: cfg.threads,
+        gpu_phase_med_us: median(gpu_t),
+        cpu_phase_med_us: cpu,
+        per_page_cpu_us: cpu / pages as f64,
+        bad,
+        pages_to_vram: after.pages_to_vram - before.pages_to_vram,
+        pages_to_ram: after.pages_to_ram - before.pages_to_ram,
+    })
+}
+
+/// How long to allow one configuration (used by tests as a bound).
+pub fn budget(cfg: &Config) -> Duration {
+    Duration::from_secs(30 + (cfg.bytes as u64 >> 20) * cfg.reps as u64)
+}
