@@ -36,6 +36,9 @@ pub struct Config {
     pub reps: usize,
     /// GPU hardware threads for the kernel.
     pub gpu_threads: u16,
+    /// Every CPU thread starts at page 0 and walks the same order: the
+    /// whole herd lands on one DEVICE page at a time (rule 3's case).
+    pub same_start: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -138,10 +141,11 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
         let threads: Vec<_> = (0..cfg.threads)
             .map(|t| {
                 let threads = cfg.threads;
+                let same = cfg.same_start;
                 std::thread::spawn(move || {
                     let mut b = 0u64;
                     for k in 0..pages {
-                        let pg = (k + t * pages / threads) % pages;
+                        let pg = if same { k } else { (k + t * pages / threads) % pages };
                         let w = pg * 1024;
                         // SAFETY: inside the buffer; volatile because other
                         // threads and the pager touch the same memory.

@@ -5,4 +5,5 @@
 pub mod client;
 pub mod herd;
 pub mod manifest;
+pub mod race;
 pub mod supervisor;

@@ -87,6 +87,8 @@ pub struct BootOptions {
     pub device: Config,
     /// Ask the GPU server to probe and exit (a self-check of the boot).
     pub probe_only: bool,
+    /// Extra arguments for the pager (tests use them to break a rule).
+    pub pager_args: Vec<String>,
 }
 
 fn spawn(name: &'static str, exe: &Path, args: &[String], endpoints: &[(&OwnedFd, i32)], lifeline: bool) -> Result<Server, BootError> {
@@ -146,7 +148,12 @@ impl System {
             let driver_args: Vec<String> =
                 ["--device-fd=3", "--client-fd=4", "--migrate-fd=5", "--notify-fd=6"].iter().map(|s| s.to_string()).chain(["--client-badge".into(), badge.clone()]).collect();
             let d = spawn("xe-svm", &driver, &driver_args, &[(&driver_end, 3), (&gpu_server, 4), (&migrate_client, 5), (&notify_server, 6)], true)?;
-            let pager_args: Vec<String> = ["--client-fd=4", "--migrate-fd=5", "--notify-fd=6"].iter().map(|s| s.to_string()).chain(["--client-badge".into(), badge]).collect();
+            let pager_args: Vec<String> = ["--client-fd=4", "--migrate-fd=5", "--notify-fd=6"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["--client-badge".into(), badge])
+                .chain(opts.pager_args.iter().cloned())
+                .collect();
             let p = spawn("pager", &pager, &pager_args, &[(&pager_server, 4), (&migrate_server, 5), (&notify_client, 6)], true)?;
             Ok((vec![d, p], Clients::new(gpu_client, pager_client)))
         })();

@@ -262,13 +262,17 @@ pub struct Collected {
     pub got: PageMask,
     /// Of those, pages that were EMPTY (no data to copy).
     pub zero: PageMask,
+    /// Pages already in VRAM of the collecting GPU and not locked by any
+    /// migration at collect time: the GPU may map them (subject to the
+    /// sequence check), while a locked one may be on its way back to RAM.
+    pub device: PageMask,
 }
 
 /// Collect (rule 1): trylocks the chunk's SYSTEM and EMPTY pages, blocks
 /// their CPU writers, and returns what it got. Pages locked elsewhere or
 /// already in VRAM are skipped (rule 4).
-pub fn collect(table: &PageTable, backend: &dyn Backend, chunk: Chunk) -> Result<Collected, FaultError> {
-    let mut c = Collected { got: PageMask::EMPTY, zero: PageMask::EMPTY };
+pub fn collect(table: &PageTable, backend: &dyn Backend, chunk: Chunk, gpu: u8) -> Result<Collected, FaultError> {
+    let mut c = Collected { got: PageMask::EMPTY, zero: PageMask::EMPTY, device: PageMask::EMPTY };
     for (i, p) in chunk.pages() {
         match table.try_lock(p)? {
             Some(Residency::System) => c.got.set(i),
@@ -276,7 +280,12 @@ pub fn collect(table: &PageTable, backend: &dyn Backend, chunk: Chunk) -> Result
                 c.got.set(i);
                 c.zero.set(i);
             }
-            Some(dev @ Residency::Device { .. }) => table.unlock(p, dev)?,
+            Some(dev @ Residency::Device { gpu: g, .. }) => {
+                if g == gpu {
+                    c.device.set(i);
+                }
+                table.unlock(p, dev)?;
+            }
             None => {}
         }
     }

@@ -92,7 +92,7 @@ fn gpu_collect_racing_cpu_faults() {
         let (t, b) = (t.clone(), b.clone());
         spawn(move || {
             let chunk = Chunk::around(0, 4);
-            let c = collect(&t, &*b, chunk).unwrap();
+            let c = collect(&t, &*b, chunk, 0).unwrap();
             finalize(&t, &*b, chunk, &c, &c.got, 0, 100).unwrap();
         })
     };

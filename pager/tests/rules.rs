@@ -140,7 +140,7 @@ fn rule4_collect_takes_what_it_gets_and_finalize_is_per_page() {
     // A CPU migration holds page 8.
     assert!(t.try_lock(8).unwrap().is_some());
     let chunk = Chunk::around(0, 512);
-    let c = collect(&t, &b, chunk).unwrap();
+    let c = collect(&t, &b, chunk, 1).unwrap();
     assert!(!c.got.get(8), "a page held elsewhere is skipped");
     assert_eq!(c.got.count(), 511);
     assert_eq!(c.zero.count(), 256, "odd pages were never touched");
@@ -178,7 +178,7 @@ fn gpu_collect_racing_cpu_faults_keeps_every_page() {
         std::thread::spawn(move || {
             for round in 0..50u64 {
                 let chunk = Chunk::around((round as usize * 512) % 1024, 1024);
-                let c = collect(&t, &*b, chunk).unwrap();
+                let c = collect(&t, &*b, chunk, 0).unwrap();
                 finalize(&t, &*b, chunk, &c, &c.got, 0, round * 512).unwrap();
             }
         })

@@ -271,7 +271,12 @@ impl Inner {
         if obj.inval_seq > c.seq.get() {
             return true; // the device faults again and we start over
         }
-        let pages: Vec<(u64, Option<u64>)> = (first..first + count as u64).map(|p| (p, obj.resident.get(&p).copied())).collect();
+        // Only pages this fault migrated, or that collect saw in our VRAM
+        // and unlocked: a page locked by a CPU migration may be leaving.
+        let mappable = migrated_mask(&c.got, obj, first);
+        let allowed = |i: usize| mappable.get(i) || c.device.get(i);
+        let pages: Vec<(u64, Option<u64>)> =
+            (first..first + count as u64).enumerate().map(|(i, p)| (p, if allowed(i) { obj.resident.get(&p).copied() } else { None })).collect();
         let not_migrated = c.got.iter().filter(|i| obj.resident.get(&(first + *i as u64)).is_none()).collect::<Vec<_>>();
         let Some(vm) = st.vms.get_mut(&asid) else { return true };
         let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else { return true };
@@ -391,6 +396,17 @@ impl Handler<n::GpuNotify> for GpuServer {
             }
         }
     }
+}
+
+/// The pages of `got` that are resident here (the ones this fault moved).
+fn migrated_mask(got: &PageMask, obj: &ObjectState, first: u64) -> PageMask {
+    let mut m = PageMask::EMPTY;
+    for i in got.iter() {
+        if obj.resident.contains_key(&(first + i as u64)) {
+            m.set(i);
+        }
+    }
+    m
 }
 
 fn kernel_op(k: KernelKind) -> KernelOp {

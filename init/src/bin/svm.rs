@@ -61,6 +61,9 @@ enum Workload {
         /// One JSON object per line and configuration.
         #[arg(long)]
         json: bool,
+        /// All CPU threads start on the same page (a herd on one page at a time).
+        #[arg(long)]
+        same_start: bool,
     },
 }
 
@@ -85,7 +88,7 @@ fn main() {
     opts.device.hw_threads = cli.hw_threads;
     let code = match cli.command {
         Cmd::Boot { check } => boot(opts, check),
-        Cmd::Run { workload: Workload::Herd { size, threads, mode, reps, json } } => {
+        Cmd::Run { workload: Workload::Herd { size, threads, mode, reps, json, same_start } } => {
             let modes = match mode {
                 ModeArg::Touch => vec![Mode::Touch],
                 ModeArg::IncAll => vec![Mode::IncAll],
@@ -105,7 +108,7 @@ fn main() {
                 eprintln!("svm: threads and reps must be at least 1");
                 std::process::exit(2);
             }
-            run_herd(opts, &sizes, &threads, &modes, reps, json)
+            run_herd(opts, &sizes, &threads, &modes, reps, json, same_start)
         }
     };
     std::process::exit(code);
@@ -157,7 +160,7 @@ fn finish(system: System, result: Result<(), String>) -> i32 {
     }
 }
 
-fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode], reps: usize, json: bool) -> i32 {
+fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode], reps: usize, json: bool, same_start: bool) -> i32 {
     let (mut system, clients) = match System::boot(&opts) {
         Ok((s, Some(c))) => (s, c),
         Ok((s, None)) => return finish(s, Err("booted without clients".into())),
@@ -174,7 +177,7 @@ fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode
             for &t in threads {
                 n += 1;
                 eprintln!("svm: [{n}/{total}] herd {} {} KiB, {t} threads, {reps} reps", mode.name(), bytes >> 10);
-                let cfg = herd::Config { mode, bytes, threads: t, reps, gpu_threads: 64 };
+                let cfg = herd::Config { mode, bytes, threads: t, reps, gpu_threads: 64, same_start };
                 match herd::run(&clients, &cfg) {
                     Ok(r) => {
                         println!("{}", if json { r.json() } else { r.line() });

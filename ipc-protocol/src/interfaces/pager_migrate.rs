@@ -24,8 +24,10 @@ wire_struct!(
 );
 wire_struct!(
     /// `got`: pages now locked for this migration (partial is normal);
-    /// `zero`: those of them never written (no copy needed).
-    pub struct Collected { pub seq: Seq, pub got: PageMask, pub zero: PageMask }
+    /// `zero`: those of them never written (no copy needed); `device`:
+    /// pages already in this GPU's VRAM and not being migrated, which the
+    /// GPU may map if `seq` is still current (rule 8).
+    pub struct Collected { pub seq: Seq, pub got: PageMask, pub zero: PageMask, pub device: PageMask }
 );
 wire_struct!(
     /// Per-page result: `migrated` pages become DEVICE at

@@ -27,6 +27,9 @@ struct Args {
     /// Service threads per view.
     #[arg(long, default_value_t = 4)]
     threads_per_view: usize,
+    /// Test only: break rule 8 (no invalidation before migrating back).
+    #[arg(long, hide = true)]
+    unsafe_skip_invalidate: bool,
 }
 
 fn endpoint(fd: i32) -> Arc<dyn Transport> {
@@ -37,7 +40,7 @@ fn endpoint(fd: i32) -> Arc<dyn Transport> {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
-    let cfg = Config { threads_per_view: a.threads_per_view, ..Config::default() };
+    let cfg = Config { threads_per_view: a.threads_per_view, skip_invalidate: a.unsafe_skip_invalidate, ..Config::default() };
     let server = match PagerServer::new(cfg) {
         Ok(s) => Arc::new(s),
         Err(e) => {

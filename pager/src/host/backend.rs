@@ -112,10 +112,12 @@ impl Backend for HostBackend<'_> {
         // Rule 8: the GPU unmaps before the pages change; the sequence lets
         // a GPU fault that read the old state refuse to bind.
         let seq = self.object.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        gpu.call(Invalidate { object, first_page: chunk.first as u64, count, seq: Seq::raw(seq) }).map_err(|e| {
-            log::warn!("pager: invalidate failed: {e}");
-            BackendError::Gpu
-        })?;
+        if !self.pager.skips_invalidate() {
+            gpu.call(Invalidate { object, first_page: chunk.first as u64, count, seq: Seq::raw(seq) }).map_err(|e| {
+                log::warn!("pager: invalidate failed: {e}");
+                BackendError::Gpu
+            })?;
+        }
         let slot = self.pager.staging.take();
         let result = gpu.call(MigrateToRam { object, first_page: chunk.first as u64, count, pages: mask, staging_offset: slot.offset() });
         let installed = match result {

@@ -35,11 +35,15 @@ pub struct Config {
     /// Largest memory object.
     pub max_object_bytes: u64,
     pub staging_slots: usize,
+    /// Breaks rule 8 on purpose: migrate pages back without telling the GPU
+    /// server to unmap them first. Only for the test that shows the rule
+    /// matters (`rule8_*` in `init/tests/race.rs`).
+    pub skip_invalidate: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { threads_per_view: 4, max_object_bytes: 4 << 30, staging_slots: 8 }
+        Self { threads_per_view: 4, max_object_bytes: 4 << 30, staging_slots: 8, skip_invalidate: false }
     }
 }
 
@@ -57,6 +61,10 @@ pub struct Inner {
 impl Inner {
     pub fn gpu(&self) -> Option<&Arc<Client<GpuNotify>>> {
         self.gpu.get()
+    }
+
+    pub fn skips_invalidate(&self) -> bool {
+        self.cfg.skip_invalidate
     }
 
     fn object(&self, id: u32) -> Option<Arc<Object>> {
@@ -301,11 +309,11 @@ impl Handler<m::PagerMigrate> for PagerServer {
                 let chunk = chunk_of(&o, first_page, count.get())?;
                 let backend = HostBackend { pager: inner, object: &o, view: None };
                 let seq = o.seq.load(Ordering::Acquire);
-                let c = collect(&o.table, &backend, chunk).map_err(|_| E::Host)?;
+                let c = collect(&o.table, &backend, chunk, gpu.get()).map_err(|_| E::Host)?;
                 if !c.got.is_empty() {
                     o.collections.lock().unwrap_or_else(|e| e.into_inner()).entry(first_page).or_default().push((gpu.get(), chunk, c));
                 }
-                Ok((Reply::Collect(m::Collected { seq: Seq::raw(seq), got: c.got, zero: c.zero }), vec![]))
+                Ok((Reply::Collect(m::Collected { seq: Seq::raw(seq), got: c.got, zero: c.zero, device: c.device }), vec![]))
             }
             Request::Finalize(m::Finalize { object, first_page, count, gpu, vram_first_pfn, got, migrated }) => {
                 let o = inner.object(object.get()).ok_or(E::NoSuchObject)?;
