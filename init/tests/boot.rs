@@ -8,7 +8,7 @@ fn svm() -> Command {
     let exe = env!("CARGO_BIN_EXE_svm");
     let mut c = Command::new(exe);
     // The servers are built beside `svm` by `cargo test --workspace`.
-    c.env("SVM_BIN_DIR", std::path::Path::new(exe).parent().unwrap());
+    c.env("SVM_BIN_DIR", std::path::Path::new(exe).parent().unwrap()).env("RUST_LOG", "info");
     c
 }
 
@@ -19,7 +19,7 @@ fn boot_check_starts_probes_and_stops() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "svm boot --check failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("device ready: 64 MiB VRAM"), "{stdout}");
-    assert!(stdout.contains("stopped cleanly"), "{stdout}");
+    assert!(stderr.contains("stopped cleanly"), "{stderr}");
     // Two server processes were started.
     assert!(stderr.contains("started xe-model (pid") && stderr.contains("started xe-svm (pid"), "{stderr}");
 }
