@@ -89,8 +89,111 @@ fn copy() -> (f64, f64) {
     (bare, engine)
 }
 
+/// The floor for the herd's CPU phase: a bare userfaultfd handler thread
+/// answering each missing fault with one `UFFDIO_COPY` of the 2 MiB chunk
+/// around it from a ready buffer; `threads` readers walk every page from
+/// staggered starts, as in the herd. Microseconds per page, median of `reps`.
+fn uffd_floor(bytes: usize, threads: usize, reps: usize) -> f64 {
+    use pager::host::uffd::{create_for_client, Event, Uffd};
+    use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+    let pages = bytes / 4096;
+    let src: Vec<u32> = (0..bytes / 4).map(|i| i as u32 + 1).collect();
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let memfd = rustix::fs::memfd_create("floor", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&memfd, bytes as u64).unwrap();
+        // SAFETY: a fresh shared mapping, unmapped below.
+        let base = unsafe { mmap(std::ptr::null_mut(), bytes, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &memfd, 0) }.unwrap() as usize;
+        let uffd = Arc::new(Uffd::new(create_for_client().unwrap()));
+        uffd.handshake(pager::host::uffd::FEATURES).unwrap();
+        uffd.register(base as u64, bytes as u64).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (u, s, srcp) = (uffd.clone(), stop.clone(), src.as_ptr() as usize);
+        let handler = std::thread::spawn(move || {
+            let mut ev = Vec::new();
+            while !s.load(Ordering::Acquire) {
+                ev.clear();
+                u.read_events(Duration::from_millis(10), &mut ev).unwrap();
+                for e in &ev {
+                    if let Event::PageFault { address, .. } = *e {
+                        let chunk = (address as usize - base) & !((2 << 20) - 1);
+                        let len = (2usize << 20).min(bytes - chunk);
+                        // SAFETY: `src` covers the buffer and outlives the handler.
+                        unsafe { u.copy((base + chunk) as u64, (srcp + chunk) as *const u8, len as u64) }.unwrap();
+                        u.wake(address & !4095, 4096).unwrap();
+                    }
+                }
+            }
+        });
+        let t0 = Instant::now();
+        let readers: Vec<_> = (0..threads)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut bad = 0;
+                    for k in 0..pages {
+                        let pg = (k + t * pages / threads) % pages;
+                        // SAFETY: inside the mapping.
+                        if unsafe { std::ptr::read_volatile((base as *const u32).add(pg * 1024)) } != (pg * 1024) as u32 + 1 {
+                            bad += 1;
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        let bad: u32 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        times.push(t0.elapsed().as_secs_f64() * 1e6 / pages as f64);
+        assert_eq!(bad, 0);
+        stop.store(true, Ordering::Release);
+        handler.join().unwrap();
+        // SAFETY: our mapping.
+        unsafe { munmap(base as *mut _, bytes) }.unwrap();
+    }
+    median(times)
+}
+
+fn herd_side_by_side() {
+    use init::herd::{self, Mode};
+    use init::supervisor::{BootOptions, System};
+    let (system, clients) = match System::boot(&BootOptions::default()) {
+        Ok((s, Some(c))) => (s, c),
+        Ok((s, None)) => {
+            s.shutdown();
+            return;
+        }
+        Err(e) => {
+            eprintln!("svm-bench: boot failed: {e} (build the workspace with --release first)");
+            return;
+        }
+    };
+    println!("herd CPU phase, per page (median of 5): bare uffd floor | svm touch-pg | ratio");
+    for (bytes, threads) in [(2usize << 20, 1usize), (2 << 20, 16), (64 << 20, 1), (64 << 20, 4), (64 << 20, 16)] {
+        let floor = uffd_floor(bytes, threads, 5);
+        let cfg = herd::Config { mode: Mode::Touch, bytes, threads, reps: 5, gpu_threads: 64, same_start: false };
+        match herd::run(&clients, &cfg) {
+            Ok(r) => println!(
+                "  {:>3} MiB {:>2} threads   {floor:6.3} us | {:6.3} us (gpu phase {:8.1} us, bad {}) | {:.2}",
+                bytes >> 20,
+                threads,
+                r.per_page_cpu_us,
+                r.gpu_phase_med_us,
+                r.bad,
+                r.per_page_cpu_us / floor
+            ),
+            Err(e) => println!("  {} MiB {threads} threads: herd failed: {e}", bytes >> 20),
+        }
+    }
+    drop(clients);
+    system.shutdown();
+}
+
 fn main() {
     println!("# svm-bench on {} cores ({})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), std::env::consts::ARCH);
+    let only = std::env::args().nth(1);
+    if only.as_deref() == Some("herd") {
+        herd_side_by_side();
+        return;
+    }
     let (bare, typed) = ipc();
     println!("ipc round trip      bare seqpacket {bare:8.2} us | typed call {typed:8.2} us | ratio {:.2}", typed / bare);
     let (bare, engine) = copy();
@@ -101,4 +204,5 @@ fn main() {
         gbps(engine),
         engine / bare
     );
+    herd_side_by_side();
 }
