@@ -30,6 +30,13 @@ pub const MANIFEST: &[Endpoint] = &[
     Endpoint { interface: "PagerMigrate", server: "pager", server_fd: 5, client: Some(("xe-svm", 5)), rights: Rights::MIGRATE },
     Endpoint { interface: "GpuNotify", server: "xe-svm", server_fd: 6, client: Some(("pager", 6)), rights: Rights::NOTIFY },
     Endpoint {
+        interface: "Pressure",
+        server: "mm-server",
+        server_fd: 3,
+        client: Some(("xe-svm", 7)),
+        rights: Rights::PRESSURE_REPORT.union(Rights::PRESSURE_RESERVE),
+    },
+    Endpoint {
         interface: "Pager",
         server: "pager",
         server_fd: 4,

@@ -119,6 +119,7 @@ impl System {
         let model = exe("xe-model")?;
         let driver = exe("xe-svm")?;
         let pager = exe("pager")?;
+        let mm = exe("mm-server")?;
         let (device_end, driver_end) = endpoint_pair()?;
         let mut model_args = opts.device.to_args();
         model_args.push("--control-fd=3".into());
@@ -144,10 +145,13 @@ impl System {
             let (migrate_server, migrate_client) = endpoint_pair()?;
             let (notify_server, notify_client) = endpoint_pair()?;
             let (pager_server, pager_client) = endpoint_pair()?;
+            let (pressure_server, pressure_client) = endpoint_pair()?;
+            let mm_args = vec!["--gpu-fd=3".to_string(), format!("--vram-bytes={}", opts.device.vram_bytes)];
+            let m = spawn("mm-server", &mm, &mm_args, &[(&pressure_server, 3)], true)?;
             let badge = format!("{}", crate::manifest::CLIENT_BADGE);
             let driver_args: Vec<String> =
-                ["--device-fd=3", "--client-fd=4", "--migrate-fd=5", "--notify-fd=6"].iter().map(|s| s.to_string()).chain(["--client-badge".into(), badge.clone()]).collect();
-            let d = spawn("xe-svm", &driver, &driver_args, &[(&driver_end, 3), (&gpu_server, 4), (&migrate_client, 5), (&notify_server, 6)], true)?;
+                ["--device-fd=3", "--client-fd=4", "--migrate-fd=5", "--notify-fd=6", "--pressure-fd=7"].iter().map(|s| s.to_string()).chain(["--client-badge".into(), badge.clone()]).collect();
+            let d = spawn("xe-svm", &driver, &driver_args, &[(&driver_end, 3), (&gpu_server, 4), (&migrate_client, 5), (&notify_server, 6), (&pressure_client, 7)], true)?;
             let pager_args: Vec<String> = ["--client-fd=4", "--migrate-fd=5", "--notify-fd=6"]
                 .iter()
                 .map(|s| s.to_string())
@@ -155,7 +159,7 @@ impl System {
                 .chain(opts.pager_args.iter().cloned())
                 .collect();
             let p = spawn("pager", &pager, &pager_args, &[(&pager_server, 4), (&migrate_server, 5), (&notify_client, 6)], true)?;
-            Ok((vec![d, p], Clients::new(gpu_client, pager_client)))
+            Ok((vec![m, d, p], Clients::new(gpu_client, pager_client)))
         })();
         match result {
             Ok((mut s, clients)) => {

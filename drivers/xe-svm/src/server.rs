@@ -98,6 +98,8 @@ pub struct Inner {
     state: Mutex<State>,
     next_asid: AtomicU32,
     next_job: AtomicU32,
+    /// mm-server, told our VRAM usage after each change (rule 7's accounting).
+    pressure: Option<Client<ipc_protocol::interfaces::pressure::Pressure>>,
     zero_dma: u64,
     _zero: hw::shm::Region,
     pub counters: Counters,
@@ -114,7 +116,7 @@ fn pt_pages(total: u64) -> u64 {
 }
 
 impl GpuServer {
-    pub fn new(dev: Arc<Device>, migrate: Client<PagerMigrate>) -> Result<Self, String> {
+    pub fn new(dev: Arc<Device>, migrate: Client<PagerMigrate>, pressure: Option<Client<ipc_protocol::interfaces::pressure::Pressure>>) -> Result<Self, String> {
         let total = dev.bar.vram_bytes() / PAGE;
         let pt = pt_pages(total);
         // The probe used the last 2 MiB: it is free again now.
@@ -130,6 +132,7 @@ impl GpuServer {
                 state: Mutex::new(State { next_slot: FIRST_OBJECT_SLOT, ..Default::default() }),
                 next_asid: AtomicU32::new(1),
                 next_job: AtomicU32::new(1),
+                pressure,
                 zero_dma,
                 _zero: zero,
                 counters: Counters::default(),
@@ -172,6 +175,18 @@ impl GpuServer {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells mm-server how much VRAM SVM pages hold now (one-way).
+    fn report_usage(&self) {
+        use ipc_protocol::interfaces::pressure::ReportUsage;
+        use ipc_protocol::types::{MemoryKind, World};
+        if let Some(p) = &self.pressure {
+            let bytes = self.vram.used_pages() * PAGE;
+            if let Err(e) = p.notify(ReportUsage { memory: MemoryKind::Vram, world: World::Svm, bytes }) {
+                log::warn!("xe-svm: mm-server unreachable: {e}");
+            }
+        }
     }
 
     /// Resolves a GPU fault at `va` of `asid`. `false`: nothing is bound
@@ -263,6 +278,7 @@ impl Inner {
                 log::error!("xe-svm: finalize failed: {e}");
             }
             self.counters.pages_to_vram.fetch_add(migrated.count() as u64, Ordering::Relaxed);
+            self.report_usage();
         }
         // Map what is ours, unless an invalidation raced (rule 8).
         let mut st = self.lock();
@@ -379,6 +395,8 @@ impl Handler<n::GpuNotify> for GpuServer {
                     }
                 }
                 inner.counters.pages_to_ram.fetch_add(copied.count() as u64, Ordering::Relaxed);
+                drop(st);
+                inner.report_usage();
                 Ok((n::Reply::MigrateToRam(n::MigratedToRam { copied }), vec![]))
             }
             n::Request::FreePages(n::FreePages { object, first_page, count, pages }) => {

@@ -32,6 +32,9 @@ struct Args {
     migrate_fd: Option<i32>,
     #[arg(long)]
     notify_fd: Option<i32>,
+    /// Our `Pressure` client endpoint to mm-server.
+    #[arg(long)]
+    pressure_fd: Option<i32>,
 }
 
 fn endpoint(fd: i32) -> Arc<dyn Transport> {
@@ -61,7 +64,8 @@ fn main() {
     }
     if let (Some(client), Some(migrate), Some(notify)) = (a.client_fd, a.migrate_fd, a.notify_fd) {
         let dev = Device::new(Arc::new(bar));
-        let server = match GpuServer::new(dev.clone(), Client::new(endpoint(migrate))) {
+        let pressure = a.pressure_fd.map(|fd| Client::new(endpoint(fd)).with_timeout(std::time::Duration::from_secs(10)));
+        let server = match GpuServer::new(dev.clone(), Client::new(endpoint(migrate)), pressure) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("xe-svm: {e}");
