@@ -51,3 +51,21 @@ fn rule3_herd_on_one_page_at_a_time() {
     // sees the whole herd at once, and still moves exactly once.
     check(&herd(&["--size", "2M,8M", "--threads", "16", "--reps", "2", "--same-start"]), 4, 2);
 }
+
+#[test]
+fn buffer_larger_than_vram_maps_the_rest_as_system_pages() {
+    // 16 MiB of device VRAM (about 15 MiB for data) under a 32 MiB buffer:
+    // the chunk shrinks as VRAM runs out, then pages stay in RAM and the
+    // GPU reaches them as system pages. Every word is still right.
+    let out = svm().args(["--vram-mib", "16", "run", "herd", "--json", "--mode", "both", "--size", "32M", "--threads", "4", "--reps", "1"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 2);
+    for l in lines {
+        assert_eq!(field(l, "bad"), 0, "{l}");
+        let moved = field(l, "pages_to_vram");
+        assert!(moved > 0 && moved < 8192, "expected a partial move: {l}");
+        assert_eq!(field(l, "pages_to_ram"), moved, "{l}");
+    }
+}

@@ -195,7 +195,7 @@ impl Inner {
     fn resolve(&self, asid: u32, va: u64) -> bool {
         // Pick the chunk: 2 MiB, then 64 KiB, then 4 KiB, inside the binding
         // and aligned the same way in GPU and object space.
-        let (object, dma, first, count, order) = {
+        let (object, dma, first, count, block) = {
             let st = self.lock();
             let Some(vm) = st.vms.get(&asid) else { return false };
             let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else { return false };
@@ -205,28 +205,45 @@ impl Inner {
                 let first = page & !(pages - 1);
                 first >= b.first_page && first + pages <= b.first_page + b.pages && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
             };
-            let (pages, order) = if fits(512) {
-                (512, 9)
-            } else if fits(16) {
-                (16, 4)
-            } else {
-                (1, 0)
-            };
-            (b.object, obj.dma, page & !(pages - 1), pages as u16, order)
+            // Largest chunk the binding allows and VRAM can give (rule 5:
+            // the block is allocated before any page lock is taken).
+            let mut pick = None;
+            for (pages, order) in [(512u64, 9u32), (16, 4), (1, 0)] {
+                if fits(pages) {
+                    if let Ok(block) = self.vram.alloc(order) {
+                        pick = Some((pages, Some(block)));
+                        break;
+                    }
+                }
+            }
+            // No VRAM at all: the page stays in RAM and is mapped as a system page.
+            let (pages, block) = pick.unwrap_or((1, None));
+            (b.object, obj.dma, page & !(pages - 1), pages as u16, block)
         };
-        let Some(count_pc) = PageCount::new(count) else { return false };
+        let free_block = |b: Option<u64>| {
+            if let Some(b) = b {
+                let _ = self.vram.free_unused(b);
+            }
+        };
+        let Some(count_pc) = PageCount::new(count) else {
+            free_block(block);
+            return false;
+        };
         let object_id = ObjectId::raw(object);
         let gpu = GpuId::new(GPU).unwrap_or(GpuId::new(0).expect("GPU id 0 is in range"));
         let c = match self.migrate.call(Collect { object: object_id, first_page: first, count: count_pc, gpu }) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("xe-svm: collect failed: {e}");
+                free_block(block);
                 return true;
             }
         };
-        if !c.got.is_empty() {
-            let (block, migrated) = match self.vram.alloc(order) {
-                Ok(block) => {
+        if c.got.is_empty() {
+            free_block(block);
+        } else {
+            let (block, migrated) = match block {
+                Some(block) => {
                     let mut copies = Vec::new();
                     let mut i = 0usize;
                     while i < count as usize {
@@ -254,7 +271,7 @@ impl Inner {
                 }
                 // Rule 5 (room from mm-server) arrives with issue 7: the
                 // pages stay in RAM and are mapped as system pages below.
-                Err(_) => (None, PageMask::EMPTY),
+                None => (None, PageMask::EMPTY),
             };
             if let Some(block) = block {
                 let _ = self.vram.add_refs(block, migrated.count());
