@@ -84,6 +84,12 @@ macro_rules! wire_enum {
 macro_rules! wire_newtype {
     ($(#[$m:meta])* pub struct $name:ident($repr:ty)) => {
         $crate::wire_newtype!(@impl $(#[$m])* $name $repr, <$repr>::MIN, <$repr>::MAX);
+        impl $name {
+            /// Every value of the full range is valid.
+            pub const fn raw(v: $repr) -> Self {
+                Self(v)
+            }
+        }
     };
     ($(#[$m:meta])* pub struct $name:ident($repr:ty) in $lo:expr, $hi:expr) => {
         $crate::wire_newtype!(@impl $(#[$m])* $name $repr, $lo, $hi);

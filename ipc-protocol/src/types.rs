@@ -39,37 +39,6 @@ wire_newtype!(
     pub struct PageCount(u16) in 1, MAX_PAGES_PER_MESSAGE
 );
 
-impl ObjectId {
-    pub const fn raw(v: u32) -> Self {
-        Self(v)
-    }
-}
-impl ViewId {
-    pub const fn raw(v: u32) -> Self {
-        Self(v)
-    }
-}
-impl VmId {
-    pub const fn raw(v: u32) -> Self {
-        Self(v)
-    }
-}
-impl BoId {
-    pub const fn raw(v: u32) -> Self {
-        Self(v)
-    }
-}
-impl JobId {
-    pub const fn raw(v: u64) -> Self {
-        Self(v)
-    }
-}
-impl Seq {
-    pub const fn raw(v: u64) -> Self {
-        Self(v)
-    }
-}
-
 /// One bit per page of a chunk of up to 512 pages (bit `i` is page
 /// `first_page + i`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]

@@ -5,8 +5,26 @@
 use ipc_protocol::types::PageMask;
 
 use crate::migrate::{Backend, BackendError, Chunk};
-use crate::state::Residency;
-use crate::sync::{AtomicU64, Ordering};
+use crate::state::{PageTable, Residency};
+use crate::sync::{Arc, AtomicU64, Ordering};
+
+/// The data a test puts in page `p`.
+pub fn pattern(p: usize) -> u64 {
+    0xa5a5_0000_0000 | p as u64
+}
+
+/// `pages` pages, all in VRAM of GPU 0 with [`pattern`] data.
+pub fn all_in_vram(pages: usize) -> (Arc<PageTable>, Arc<ModelBackend>) {
+    let t = PageTable::new(pages);
+    let b = ModelBackend::new(pages);
+    for p in 0..pages {
+        let locked = t.try_lock(p).ok().flatten();
+        assert!(locked.is_some(), "a fresh page locks");
+        let _ = t.unlock(p, Residency::Device { gpu: 0, pfn: p as u64 });
+        b.vram[p].store(pattern(p), Ordering::Release);
+    }
+    (Arc::new(t), Arc::new(b))
+}
 
 pub struct ModelBackend {
     /// What a CPU reading the page sees once it is resident.

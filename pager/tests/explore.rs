@@ -8,26 +8,13 @@ use ipc_protocol::types::PageMask;
 use pager::migrate::{collect, cpu_fault, finalize, Chunk, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
 use pager::sync::{spawn, Arc, Ordering};
-use pager::testing::ModelBackend;
+use pager::testing::{all_in_vram as in_vram, pattern, ModelBackend};
 
 fn iterations() -> usize {
     std::env::var("PAGER_EXPLORE_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
 }
 
-fn pattern(p: usize) -> u64 {
-    0x5a00 | p as u64
-}
 
-fn in_vram(pages: usize) -> (Arc<PageTable>, Arc<ModelBackend>) {
-    let t = PageTable::new(pages);
-    let b = ModelBackend::new(pages);
-    for p in 0..pages {
-        assert!(t.try_lock(p).unwrap().is_some());
-        t.unlock(p, Residency::Device { gpu: 0, pfn: p as u64 }).unwrap();
-        b.vram[p].store(pattern(p), Ordering::Release);
-    }
-    (Arc::new(t), Arc::new(b))
-}
 
 /// Properties at the end of every schedule: every page in RAM with its
 /// data, moved exactly once, no lock left held.

@@ -9,23 +9,9 @@ use std::sync::{Arc, Barrier};
 use ipc_protocol::types::PageMask;
 use pager::migrate::{collect, cpu_fault, finalize, Chunk, FaultError, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
-use pager::testing::ModelBackend;
+use pager::testing::{all_in_vram as in_vram, pattern, ModelBackend};
 
-fn pattern(p: usize) -> u64 {
-    0xa5a5_0000_0000 | p as u64
-}
 
-/// `pages` pages, all in VRAM with distinct data.
-fn in_vram(pages: usize) -> (Arc<PageTable>, Arc<ModelBackend>) {
-    let t = PageTable::new(pages);
-    let b = ModelBackend::new(pages);
-    for p in 0..pages {
-        assert!(t.try_lock(p).unwrap().is_some());
-        t.unlock(p, Residency::Device { gpu: 0, pfn: p as u64 }).unwrap();
-        b.vram[p].store(pattern(p), Ordering::Release);
-    }
-    (Arc::new(t), Arc::new(b))
-}
 
 fn check_all_in_ram(t: &PageTable, b: &ModelBackend) {
     for p in 0..t.len() {
