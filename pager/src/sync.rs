@@ -1,6 +1,10 @@
 //! The one sync shim of the pager core: std normally, shuttle's scheduler
 //! with the `shuttle` feature. Nothing in the core may use `std::sync`
 //! directly, or the explorer would miss its interleavings.
+//!
+//! A build with `shuttle` is for the explorer only: its primitives panic
+//! outside a shuttle run, so build it in its own target directory
+//! (`CARGO_TARGET_DIR=target/shuttle`) and never run its `pager` binary.
 
 #[cfg(not(feature = "shuttle"))]
 pub use std::sync::{

@@ -167,10 +167,16 @@ fn herd_side_by_side() {
         }
     };
     println!("herd CPU phase, per page (median of 5): bare uffd floor | svm touch-pg | ratio");
-    for (bytes, threads) in [(2usize << 20, 1usize), (2 << 20, 16), (64 << 20, 1), (64 << 20, 4), (64 << 20, 16)] {
+    let mut curves: Vec<(String, Vec<(f64, f64)>)> = vec![("floor 64 MiB".into(), vec![]), ("svm 64 MiB".into(), vec![])];
+    for (bytes, threads) in [(2usize << 20, 1usize), (2 << 20, 16), (64 << 20, 1), (64 << 20, 2), (64 << 20, 4), (64 << 20, 8), (64 << 20, 16)] {
         let floor = uffd_floor(bytes, threads, 5);
         let cfg = herd::Config { mode: Mode::Touch, bytes, threads, reps: 5, gpu_threads: 64, same_start: false };
         match herd::run(&clients, &cfg) {
+            Ok(r) if bytes == 64 << 20 => {
+                curves[0].1.push((threads as f64, floor));
+                curves[1].1.push((threads as f64, r.per_page_cpu_us));
+                println!("  {:>3} MiB {:>2} threads   {floor:6.3} us | {:6.3} us (gpu phase {:8.1} us, bad {}) | {:.2}", bytes >> 20, threads, r.per_page_cpu_us, r.gpu_phase_med_us, r.bad, r.per_page_cpu_us / floor)
+            }
             Ok(r) => println!(
                 "  {:>3} MiB {:>2} threads   {floor:6.3} us | {:6.3} us (gpu phase {:8.1} us, bad {}) | {:.2}",
                 bytes >> 20,
@@ -183,8 +189,45 @@ fn herd_side_by_side() {
             Err(e) => println!("  {} MiB {threads} threads: herd failed: {e}", bytes >> 20),
         }
     }
+    let path = std::path::Path::new("target").join("herd-scaling.svg");
+    match std::fs::write(&path, svg_plot("Herd CPU phase, 64 MiB: microseconds per page vs CPU threads", &curves)) {
+        Ok(()) => println!("plot: {}", path.display()),
+        Err(e) => eprintln!("svm-bench: writing {}: {e}", path.display()),
+    }
     drop(clients);
     system.shutdown();
+}
+
+/// A small line plot as SVG (no plotting dependency needed for two curves).
+fn svg_plot(title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (w, h, m) = (640.0, 400.0, 60.0);
+    let pts = curves.iter().flat_map(|c| c.1.iter());
+    let xmax = pts.clone().map(|p| p.0).fold(1.0, f64::max);
+    let ymax = pts.map(|p| p.1).fold(0.0, f64::max) * 1.15;
+    let x = |v: f64| m + v / xmax * (w - 2.0 * m);
+    let y = |v: f64| h - m - v / ymax.max(1e-9) * (h - 2.0 * m);
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{}' y='24' text-anchor='middle' font-size='14'>{title}</text>\n", w / 2.0);
+    s += &format!("<line x1='{m}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{m}' y1='{m}' x2='{m}' y2='{}' stroke='black'/>\n", h - m, w - m, h - m, h - m);
+    for i in 0..=4 {
+        let v = ymax * i as f64 / 4.0;
+        s += &format!("<text x='{}' y='{}' text-anchor='end'>{v:.2}</text>\n", m - 6.0, y(v) + 4.0);
+    }
+    for c in curves {
+        for (t, _) in &c.1 {
+            s += &format!("<text x='{}' y='{}' text-anchor='middle'>{t}</text>\n", x(*t), h - m + 16.0);
+        }
+    }
+    s += &format!("<text x='{}' y='{}' text-anchor='middle'>CPU threads</text>\n", w / 2.0, h - 14.0);
+    for (i, (name, points)) in curves.iter().enumerate() {
+        let color = ["#888888", "#c0392b", "#2471a3"][i % 3];
+        let path: Vec<String> = points.iter().map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b))).collect();
+        s += &format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n", path.join(" "));
+        for (a, b) in points {
+            s += &format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>\n", x(*a), y(*b));
+        }
+        s += &format!("<text x='{}' y='{}' fill='{color}'>{name}</text>\n", w - m - 110.0, m + 16.0 * i as f64);
+    }
+    s + "</svg>\n"
 }
 
 fn main() {
