@@ -1,7 +1,8 @@
-//! Who may talk to whom: every endpoint `init` creates at boot, the
-//! descriptor each side gets, the interface, and the rights of the badge
-//! the serving side assigns. The servers read their side from the command
-//! line; this table is the one place it is decided (DESIGN.md 5a, 6).
+//! Who may talk to whom: every endpoint `init` creates at boot, which
+//! process serves it and which calls it, the descriptor and command-line
+//! flag each side gets, and the rights the serving side grants the badge.
+//! The supervisor wires descriptors and flags from this table alone
+//! (DESIGN.md 5a, 6).
 
 use ipc_protocol::Rights;
 
@@ -9,38 +10,100 @@ use ipc_protocol::Rights;
 /// check that a view the GPU server opens for a client is that client's.
 pub const CLIENT_BADGE: u64 = 100;
 
+/// One side of an endpoint: the process, the descriptor it inherits the
+/// socket as, and the flag that tells it which descriptor that is.
+pub struct Side {
+    pub process: &'static str,
+    pub fd: i32,
+    pub flag: &'static str,
+}
+
 pub struct Endpoint {
     pub interface: &'static str,
-    pub server: &'static str,
-    pub server_fd: i32,
-    /// `None`: the client side stays in `init` (the workload runner).
-    pub client: Option<(&'static str, i32)>,
+    pub server: Side,
+    /// `None`: the calling side stays in `init` (the workload runner).
+    pub client: Option<Side>,
+    /// What the server grants this endpoint's badge. The servers mint the
+    /// capability themselves and today hard-code the same rights in their
+    /// `main`; passing this column to them is still to do.
     pub rights: Rights,
 }
 
+/// Start order: each process's servers exist before its clients call them.
+pub const START_ORDER: [&str; 4] = ["xe-model", "mm-server", "xe-svm", "pager"];
+
 pub const MANIFEST: &[Endpoint] = &[
-    Endpoint { interface: "device control", server: "xe-model", server_fd: 3, client: Some(("xe-svm", 3)), rights: Rights::empty() },
     Endpoint {
-        interface: "Gpu",
-        server: "xe-svm",
-        server_fd: 4,
-        client: None,
-        rights: Rights::GPU_VM.union(Rights::GPU_SUBMIT).union(Rights::GPU_BO).union(Rights::GPU_STATS),
+        interface: "device control",
+        server: Side { process: "xe-model", fd: 3, flag: "--control-fd" },
+        client: Some(Side { process: "xe-svm", fd: 3, flag: "--device-fd" }),
+        rights: Rights::empty(),
     },
-    Endpoint { interface: "PagerMigrate", server: "pager", server_fd: 5, client: Some(("xe-svm", 5)), rights: Rights::MIGRATE },
-    Endpoint { interface: "GpuNotify", server: "xe-svm", server_fd: 6, client: Some(("pager", 6)), rights: Rights::NOTIFY },
     Endpoint {
         interface: "Pressure",
-        server: "mm-server",
-        server_fd: 3,
-        client: Some(("xe-svm", 7)),
+        server: Side { process: "mm-server", fd: 3, flag: "--gpu-fd" },
+        client: Some(Side { process: "xe-svm", fd: 7, flag: "--pressure-fd" }),
         rights: Rights::PRESSURE_REPORT.union(Rights::PRESSURE_RESERVE),
     },
     Endpoint {
+        interface: "Gpu",
+        server: Side { process: "xe-svm", fd: 4, flag: "--client-fd" },
+        client: None,
+        rights: Rights::GPU_VM.union(Rights::GPU_SUBMIT).union(Rights::GPU_BO).union(Rights::GPU_STATS),
+    },
+    Endpoint {
+        interface: "GpuNotify",
+        server: Side { process: "xe-svm", fd: 6, flag: "--notify-fd" },
+        client: Some(Side { process: "pager", fd: 6, flag: "--notify-fd" }),
+        rights: Rights::NOTIFY,
+    },
+    Endpoint {
+        interface: "PagerMigrate",
+        server: Side { process: "pager", fd: 5, flag: "--migrate-fd" },
+        client: Some(Side { process: "xe-svm", fd: 5, flag: "--migrate-fd" }),
+        rights: Rights::MIGRATE,
+    },
+    Endpoint {
         interface: "Pager",
-        server: "pager",
-        server_fd: 4,
+        server: Side { process: "pager", fd: 4, flag: "--client-fd" },
         client: None,
         rights: Rights::OBJECT.union(Rights::VIEW).union(Rights::ADVISE).union(Rights::SNAPSHOT),
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_process_gets_distinct_descriptors() {
+        for p in START_ORDER {
+            let mut fds: Vec<i32> = MANIFEST
+                .iter()
+                .flat_map(|e| [Some(&e.server), e.client.as_ref()])
+                .flatten()
+                .filter(|s| s.process == p)
+                .map(|s| s.fd)
+                .collect();
+            let n = fds.len();
+            fds.sort();
+            fds.dedup();
+            assert_eq!(fds.len(), n, "{p} gets one descriptor twice");
+            assert!(fds.iter().all(|fd| *fd >= 3), "{p}: descriptors 0-2 are stdio");
+        }
+    }
+
+    #[test]
+    fn servers_start_before_their_clients() {
+        let pos = |p: &str| START_ORDER.iter().position(|x| *x == p).unwrap();
+        for e in MANIFEST {
+            if let Some(c) = &e.client {
+                // The pager and the GPU server call each other (rule 9: over
+                // separate endpoints); every other client starts after its server.
+                if e.interface != "PagerMigrate" {
+                    assert!(pos(e.server.process) < pos(c.process), "{} starts after its client", e.server.process);
+                }
+            }
+        }
+    }
+}

@@ -116,59 +116,71 @@ impl System {
     /// [`crate::manifest::MANIFEST`]. With `probe_only`, only the device
     /// model and a GPU server that probes and exits.
     pub fn boot(opts: &BootOptions) -> Result<(Self, Option<Clients>), BootError> {
-        let model = exe("xe-model")?;
-        let driver = exe("xe-svm")?;
-        let pager = exe("pager")?;
-        let mm = exe("mm-server")?;
-        let (device_end, driver_end) = endpoint_pair()?;
-        let mut model_args = opts.device.to_args();
-        model_args.push("--control-fd=3".into());
-        let mut servers = vec![spawn("xe-model", &model, &model_args, &[(&device_end, 3)], false)?];
-        drop(device_end);
+        use crate::manifest::{CLIENT_BADGE, MANIFEST, START_ORDER};
+        // With `probe_only`, just the device and a GPU server that probes.
+        let started: &[&str] = if opts.probe_only { &["xe-model", "xe-svm"] } else { &START_ORDER };
+        let wanted = |e: &crate::manifest::Endpoint| {
+            started.contains(&e.server.process) && e.client.as_ref().map_or(!opts.probe_only, |c| started.contains(&c.process))
+        };
+        let mut ends: Vec<Option<(OwnedFd, OwnedFd)>> = Vec::new();
+        for e in MANIFEST {
+            ends.push(if wanted(e) { Some(endpoint_pair()?) } else { None });
+        }
         let mut system = Self { servers: Vec::new() };
-        system.servers.append(&mut servers);
-        if opts.probe_only {
-            let s = spawn("xe-svm", &driver, &["--device-fd=3".into(), "--probe-only".into()], &[(&driver_end, 3)], true);
-            return match s {
-                Ok(s) => {
-                    system.servers.push(s);
-                    Ok((system, None))
-                }
+        for &process in started {
+            let exe = match exe(process) {
+                Ok(p) => p,
                 Err(e) => {
                     system.shutdown();
-                    Err(e)
+                    return Err(e);
                 }
             };
-        }
-        let result = (|| {
-            let (gpu_server, gpu_client) = endpoint_pair()?;
-            let (migrate_server, migrate_client) = endpoint_pair()?;
-            let (notify_server, notify_client) = endpoint_pair()?;
-            let (pager_server, pager_client) = endpoint_pair()?;
-            let (pressure_server, pressure_client) = endpoint_pair()?;
-            let mm_args = vec!["--gpu-fd=3".to_string(), format!("--vram-bytes={}", opts.device.vram_bytes)];
-            let m = spawn("mm-server", &mm, &mm_args, &[(&pressure_server, 3)], true)?;
-            let badge = format!("{}", crate::manifest::CLIENT_BADGE);
-            let driver_args: Vec<String> =
-                ["--device-fd=3", "--client-fd=4", "--migrate-fd=5", "--notify-fd=6", "--pressure-fd=7"].iter().map(|s| s.to_string()).chain(["--client-badge".into(), badge.clone()]).collect();
-            let d = spawn("xe-svm", &driver, &driver_args, &[(&driver_end, 3), (&gpu_server, 4), (&migrate_client, 5), (&notify_server, 6), (&pressure_client, 7)], true)?;
-            let pager_args: Vec<String> = ["--client-fd=4", "--migrate-fd=5", "--notify-fd=6"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain(["--client-badge".into(), badge])
-                .chain(opts.pager_args.iter().cloned())
-                .collect();
-            let p = spawn("pager", &pager, &pager_args, &[(&pager_server, 4), (&migrate_server, 5), (&notify_client, 6)], true)?;
-            Ok((vec![m, d, p], Clients::new(gpu_client, pager_client)))
-        })();
-        match result {
-            Ok((mut s, clients)) => {
-                system.servers.append(&mut s);
-                Ok((system, Some(clients)))
+            let mut args: Vec<String> = match process {
+                "xe-model" => opts.device.to_args(),
+                "mm-server" => vec![format!("--vram-bytes={}", opts.device.vram_bytes)],
+                "xe-svm" if opts.probe_only => vec!["--probe-only".into()],
+                "xe-svm" => vec![format!("--client-badge={CLIENT_BADGE}")],
+                "pager" => std::iter::once(format!("--client-badge={CLIENT_BADGE}")).chain(opts.pager_args.iter().cloned()).collect(),
+                _ => Vec::new(),
+            };
+            let mut fds: Vec<(&OwnedFd, i32)> = Vec::new();
+            for (e, pair) in MANIFEST.iter().zip(&ends) {
+                let Some((server_end, client_end)) = pair else { continue };
+                if e.server.process == process {
+                    fds.push((server_end, e.server.fd));
+                    args.push(format!("{}={}", e.server.flag, e.server.fd));
+                }
+                if let Some(c) = e.client.as_ref().filter(|c| c.process == process) {
+                    fds.push((client_end, c.fd));
+                    args.push(format!("{}={}", c.flag, c.fd));
+                }
             }
-            Err(e) => {
+            match spawn(process, &exe, &args, &fds, process != "xe-model") {
+                Ok(s) => system.servers.push(s),
+                Err(e) => {
+                    system.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        if opts.probe_only {
+            return Ok((system, None));
+        }
+        // The client ends `init` keeps.
+        let mut mine = MANIFEST.iter().zip(ends).filter(|(e, _)| e.client.is_none()).filter_map(|(e, p)| p.map(|(_, c)| (e.interface, c)));
+        let (mut gpu, mut pager) = (None, None);
+        for (interface, fd) in mine.by_ref() {
+            match interface {
+                "Gpu" => gpu = Some(fd),
+                "Pager" => pager = Some(fd),
+                _ => {}
+            }
+        }
+        match (gpu, pager) {
+            (Some(g), Some(p)) => Ok((system, Some(Clients::new(g, p)))),
+            _ => {
                 system.shutdown();
-                Err(e)
+                Err(BootError::Endpoint("the manifest gives init no Gpu or Pager endpoint".into()))
             }
         }
     }
