@@ -23,9 +23,8 @@ pub struct Endpoint {
     pub server: Side,
     /// `None`: the calling side stays in `init` (the workload runner).
     pub client: Option<Side>,
-    /// What the server grants this endpoint's badge. The servers mint the
-    /// capability themselves and today hard-code the same rights in their
-    /// `main`; passing this column to them is still to do.
+    /// What the server grants this endpoint's badge; passed to the server
+    /// as `--<name>-rights=<bits>` next to `--<name>-fd`.
     pub rights: Rights,
 }
 

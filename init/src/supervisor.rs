@@ -149,6 +149,10 @@ impl System {
                 if e.server.process == process {
                     fds.push((server_end, e.server.fd));
                     args.push(format!("{}={}", e.server.flag, e.server.fd));
+                    if !e.rights.is_empty() {
+                        // `--client-fd` -> `--client-rights`: the capability to mint.
+                        args.push(format!("{}-rights={}", e.server.flag.trim_end_matches("-fd"), e.rights.bits()));
+                    }
                 }
                 if let Some(c) = e.client.as_ref().filter(|c| c.process == process) {
                     fds.push((client_end, c.fd));

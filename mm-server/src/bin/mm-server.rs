@@ -17,6 +17,10 @@ struct Args {
     gpu_fd: i32,
     #[arg(long)]
     vram_bytes: u64,
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    #[arg(long, default_value_t = (Rights::PRESSURE_REPORT.union(Rights::PRESSURE_RESERVE)).bits())]
+    gpu_rights: u32,
+
 }
 
 fn main() {
@@ -25,7 +29,7 @@ fn main() {
     let broker = Arc::new(Broker::new(a.vram_bytes));
     // SAFETY: init passed this descriptor to us and nothing else owns it.
     let gpu = Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(a.gpu_fd) }));
-    ipc_protocol::server::spawn::<Pressure, _>("mm-gpu", gpu, Capability::new(1, Rights::PRESSURE_REPORT | Rights::PRESSURE_RESERVE), broker, 2);
+    ipc_protocol::server::spawn::<Pressure, _>("mm-gpu", gpu, Capability::new(1, Rights::from_bits_truncate(a.gpu_rights)), broker, 2);
     println!("mm-server: serving");
     let mut buf = [0u8; 1];
     let _ = std::io::stdin().read(&mut buf);

@@ -24,6 +24,13 @@ struct Args {
     migrate_fd: i32,
     #[arg(long)]
     notify_fd: i32,
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    #[arg(long, default_value_t = (Rights::OBJECT.union(Rights::VIEW).union(Rights::ADVISE).union(Rights::SNAPSHOT)).bits())]
+    client_rights: u32,
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    #[arg(long, default_value_t = Rights::MIGRATE.bits())]
+    migrate_rights: u32,
+
     /// Service threads per view.
     #[arg(long, default_value_t = 4)]
     threads_per_view: usize,
@@ -49,12 +56,12 @@ fn main() {
         }
     };
     // Serve the GPU server's migrations before anything else can fault.
-    ipc_protocol::server::spawn::<PagerMigrate, _>("pager-migrate", endpoint(a.migrate_fd), Capability::new(1, Rights::MIGRATE), server.clone(), 4);
+    ipc_protocol::server::spawn::<PagerMigrate, _>("pager-migrate", endpoint(a.migrate_fd), Capability::new(1, Rights::from_bits_truncate(a.migrate_rights)), server.clone(), 4);
     if let Err(e) = server.attach_gpu(Client::new(endpoint(a.notify_fd))) {
         eprintln!("pager: attaching the GPU server: {e}");
         std::process::exit(2);
     }
-    let rights = Rights::OBJECT | Rights::VIEW | Rights::ADVISE | Rights::SNAPSHOT;
+    let rights = Rights::from_bits_truncate(a.client_rights);
     ipc_protocol::server::spawn::<Pager, _>("pager-client", endpoint(a.client_fd), Capability::new(a.client_badge, rights), server, 4);
     println!("pager: serving");
     let mut buf = [0u8; 1];

@@ -32,6 +32,13 @@ struct Args {
     migrate_fd: Option<i32>,
     #[arg(long)]
     notify_fd: Option<i32>,
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    #[arg(long, default_value_t = (Rights::GPU_VM.union(Rights::GPU_SUBMIT).union(Rights::GPU_BO).union(Rights::GPU_STATS)).bits())]
+    client_rights: u32,
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    #[arg(long, default_value_t = Rights::NOTIFY.bits())]
+    notify_rights: u32,
+
     /// Our `Pressure` client endpoint to mm-server.
     #[arg(long)]
     pressure_fd: Option<i32>,
@@ -78,8 +85,9 @@ fn main() {
         let worker = (*server).clone();
         std::thread::Builder::new().name("xe-svm-faults".into()).spawn(move || worker.fault_worker(rx)).expect("spawning at boot");
         // Rule 9: the notifier has its own endpoint and threads.
-        ipc_protocol::server::spawn::<GpuNotify, _>("xe-svm-notify", endpoint(notify), Capability::new(2, Rights::NOTIFY), server.clone(), 4);
-        let client_rights = Rights::GPU_VM | Rights::GPU_SUBMIT | Rights::GPU_BO | Rights::GPU_STATS;
+        let notify_rights = Rights::from_bits_truncate(a.notify_rights);
+        ipc_protocol::server::spawn::<GpuNotify, _>("xe-svm-notify", endpoint(notify), Capability::new(2, notify_rights), server.clone(), 4);
+        let client_rights = Rights::from_bits_truncate(a.client_rights);
         ipc_protocol::server::spawn::<Gpu, _>("xe-svm-gpu", endpoint(client), Capability::new(a.client_badge, client_rights), server, 4);
         println!("xe-svm: serving");
     }
