@@ -177,6 +177,18 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Forgets an object no VM binds and no VRAM page holds, giving back
+    /// its DMA slot.
+    fn drop_object_if_unused(&self, st: &mut State, object: u32) {
+        let bound = st.vms.values().any(|v| v.bindings.iter().any(|b| b.object == object));
+        if !bound && st.objects.get(&object).is_some_and(|o| o.resident.is_empty()) {
+            if let Some(o) = st.objects.remove(&object) {
+                let _ = self.dev.bar.dma_unmap(o.slot);
+                st.free_slots.push(o.slot);
+            }
+        }
+    }
+
     /// Tells mm-server how much VRAM SVM pages hold now (one-way).
     fn report_usage(&self) {
         use ipc_protocol::interfaces::pressure::ReportUsage;
@@ -423,10 +435,14 @@ impl Handler<n::GpuNotify> for GpuServer {
                 let mut freed = 0u16;
                 for i in pages.iter() {
                     if let Some(pfn) = obj.resident.remove(&(first_page + i as u64)) {
+                        // Rule 6: the block goes with its last page.
                         let _ = inner.vram.release_page(pfn);
                         freed += 1;
                     }
                 }
+                inner.drop_object_if_unused(&mut st, object.get());
+                drop(st);
+                inner.report_usage();
                 Ok((n::Reply::FreePages(n::Freed { pages: freed }), vec![]))
             }
         }
@@ -527,16 +543,9 @@ impl Handler<g::Gpu> for GpuServer {
                 let b = v.bindings.remove(at);
                 let _ = v.ppgtt.unmap(&inner.dev.bar, &inner.pt, b.gpu_addr, b.pages * PAGE);
                 inner.dev.invalidate(vm.get(), b.gpu_addr, b.pages * PAGE).map_err(|_| GpuError::DeviceLost)?;
-                // The last binding of an object: give back its DMA slot. Its
-                // pages still in VRAM stay until the pager moves or frees
+                // Its pages still in VRAM stay until the pager moves or frees
                 // them (they are the object's, not the binding's).
-                let still_bound = st.vms.values().any(|v| v.bindings.iter().any(|x| x.object == b.object));
-                if !still_bound && st.objects.get(&b.object).is_some_and(|o| o.resident.is_empty()) {
-                    if let Some(o) = st.objects.remove(&b.object) {
-                        let _ = inner.dev.bar.dma_unmap(o.slot);
-                        st.free_slots.push(o.slot);
-                    }
-                }
+                inner.drop_object_if_unused(&mut st, b.object);
                 Ok((g::Reply::Unbind(g::Done {}), vec![]))
             }
             g::Request::Submit(g::Submit { vm, kernel, addr, len, stride, value, threads }) => {

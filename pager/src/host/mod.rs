@@ -71,6 +71,39 @@ impl Inner {
         self.objects.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
     }
 
+    /// No view reaches `o` any more: its pages in VRAM go back to the GPU
+    /// server's allocator (their data is dropped with the object).
+    fn free_device_pages(&self, o: &Object) -> Result<(), p::PagerError> {
+        use ipc_protocol::interfaces::gpu_notify::FreePages;
+        use ipc_protocol::types::PageCount;
+        for first in (0..o.pages()).step_by(crate::migrate::CHUNK_PAGES) {
+            let chunk = Chunk::around(first, o.pages());
+            let mut held = PageMask::EMPTY;
+            for (i, p) in chunk.pages() {
+                // Without views no CPU fault can hold these; a GPU collect
+                // may, and then it finalizes into an object about to go.
+                if let Ok(Some(r)) = o.table.try_lock(p) {
+                    if matches!(r, Residency::Device { .. }) {
+                        held.set(i);
+                    } else {
+                        let _ = o.table.unlock(p, r);
+                    }
+                }
+            }
+            if held.is_empty() {
+                continue;
+            }
+            let gpu = self.gpu().ok_or(p::PagerError::GpuUnavailable)?;
+            let count = PageCount::new(chunk.count as u16).ok_or(p::PagerError::OutOfRange)?;
+            let r = gpu.call(FreePages { object: ObjectId::raw(o.id), first_page: chunk.first as u64, count, pages: held });
+            for i in held.iter() {
+                let _ = o.table.unlock(chunk.first + i, Residency::Empty);
+            }
+            r.map_err(|_| p::PagerError::GpuUnavailable)?;
+        }
+        Ok(())
+    }
+
     fn own_object(&self, caller: &Capability, id: ObjectId) -> Result<Arc<Object>, p::PagerError> {
         self.object(id.get()).filter(|o| o.owner == caller.badge.0).ok_or(p::PagerError::NoSuchObject)
     }
@@ -191,6 +224,7 @@ impl Handler<p::Pager> for PagerServer {
                 if !o.views_snapshot().is_empty() {
                     return Err(E::Busy);
                 }
+                inner.free_device_pages(&o)?;
                 inner.objects.lock().unwrap_or_else(|e| e.into_inner()).remove(&o.id);
                 Ok((Reply::DestroyObject(p::Done {}), vec![]))
             }
