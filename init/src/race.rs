@@ -22,7 +22,7 @@ pub struct RaceResult {
     pub cpu_reads: u64,
 }
 
-pub fn run(c: &Clients, bytes: usize, kernels: u32, cpu_threads: usize) -> Result<RaceResult, String> {
+pub fn run(c: &Clients, bytes: usize, kernels: u32, cpu_threads: usize, job_timeout_ms: u32) -> Result<RaceResult, String> {
     let vm = c.gpu.call(CreateVm {}).map_err(|e| e.to_string())?.vm;
     let before = c.gpu.call(Stats {}).map_err(|e| e.to_string())?;
     let buf = SvmBuffer::new(&c.pager, bytes).map_err(|e| e.to_string())?;
@@ -68,7 +68,7 @@ pub fn run(c: &Clients, bytes: usize, kernels: u32, cpu_threads: usize) -> Resul
                 break;
             }
         };
-        match c.gpu.call(Wait { job, timeout_ms: 120_000 }) {
+        match c.gpu.call(Wait { job, timeout_ms: job_timeout_ms }) {
             Ok(d) if d.status == JobStatus::Completed => {}
             Ok(d) => {
                 result = Err(format!("GPU job ended {:?}", d.status));

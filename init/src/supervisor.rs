@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hw::model::Config;
-use ipc_protocol::transport::{pass_fd_to_child, SeqPacket};
+use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
 
 #[derive(Debug)]
 pub enum BootError {
@@ -97,9 +97,7 @@ fn spawn(name: &'static str, exe: &Path, args: &[String], endpoints: &[(&OwnedFd
     // A terminal's Ctrl-C goes to init alone, which then stops the servers
     // in order; without this the servers would die of SIGINT first.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    for (fd, target) in endpoints {
-        pass_fd_to_child(&mut cmd, fd, *target);
-    }
+    let _held = pass_fds_to_child(&mut cmd, endpoints).map_err(|error| BootError::Spawn { server: name, error })?;
     let child = cmd.spawn().map_err(|error| BootError::Spawn { server: name, error })?;
     log::info!("init: started {name} (pid {})", child.id());
     Ok(Server { name, child })

@@ -26,7 +26,7 @@ fn boot_check_starts_probes_and_stops() {
 
 #[test]
 fn a_dead_server_is_reported() {
-    let mut child = svm().args(["boot", "--vram-mib", "64"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = svm().args(["boot", "--vram-mib", "64"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // Find the device model among svm's children and kill it.
     let deadline = Instant::now() + Duration::from_secs(20);
     let model_pid = loop {

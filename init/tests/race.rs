@@ -16,7 +16,7 @@ fn boot(pager_args: &[&str]) -> (System, init::supervisor::Clients) {
 #[test]
 fn gpu_faults_racing_cpu_faults_lose_nothing() {
     let (system, c) = boot(&[]);
-    let r = init::race::run(&c, 8 << 20, 6, 4).unwrap();
+    let r = init::race::run(&c, 8 << 20, 6, 4, 120_000).unwrap();
     drop(c);
     assert!(system.shutdown().is_empty());
     assert_eq!(r.bad_words, 0, "{r:?}");
@@ -30,7 +30,8 @@ fn rule8_broken_loses_increments() {
     let mut lost = 0;
     for _ in 0..3 {
         let (system, c) = boot(&["--unsafe-skip-invalidate"]);
-        let r = init::race::run(&c, 8 << 20, 6, 4);
+        // A broken system may hang its job: a short wait counts as detection.
+        let r = init::race::run(&c, 8 << 20, 6, 4, 10_000);
         drop(c);
         system.shutdown();
         lost += match r {

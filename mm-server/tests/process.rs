@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::pressure::*;
-use ipc_protocol::transport::{pass_fd_to_child, SeqPacket};
+use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
 use ipc_protocol::types::{MemoryKind, World};
 
 #[test]
@@ -16,7 +16,7 @@ fn reports_and_reservations_across_processes() {
     drop(theirs);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mm-server"));
     cmd.args(["--gpu-fd=3", "--vram-bytes=1048576"]).stdin(Stdio::piped()).stdout(Stdio::null());
-    pass_fd_to_child(&mut cmd, &fd, 3);
+    let _held = pass_fds_to_child(&mut cmd, &[(&fd, 3)]).unwrap();
     let mut child = cmd.spawn().unwrap();
     drop(fd);
     let c: Client<Pressure> = Client::new(Arc::new(mine)).with_timeout(std::time::Duration::from_secs(10));

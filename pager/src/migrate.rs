@@ -342,3 +342,32 @@ pub fn finalize(table: &PageTable, backend: &dyn Backend, chunk: Chunk, c: &Coll
     drop_result.and(unprotect_result).map_err(FaultError::Backend)?;
     Ok((moved.count(), stay.count()))
 }
+
+/// Eviction (reclaim of VRAM, rule 7's SVM half): moves the chunk's pages
+/// that are in `gpu`'s VRAM back to RAM, taking each with a trylock (rule 1)
+/// so it never waits behind a fault; pages another migration holds are
+/// left for the next round. Returns the pages moved.
+pub fn evict(table: &PageTable, backend: &dyn Backend, chunk: Chunk, gpu: u8) -> Result<u32, FaultError> {
+    let mut held = PageMask::EMPTY;
+    let mut from = vec![Residency::Empty; chunk.count];
+    for (i, p) in chunk.pages() {
+        match table.try_lock(p)? {
+            Some(r @ Residency::Device { gpu: g, .. }) if g == gpu => {
+                held.set(i);
+                from[i] = r;
+            }
+            Some(other) => table.unlock(p, other)?,
+            None => {}
+        }
+    }
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let got = backend.migrate_to_ram(chunk, &held, &from).unwrap_or(PageMask::EMPTY);
+    for (i, p) in chunk.pages() {
+        if held.get(i) {
+            table.unlock(p, if got.get(i) { Residency::System } else { from[i] })?;
+        }
+    }
+    Ok(got.and(&held).count())
+}

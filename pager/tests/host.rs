@@ -12,6 +12,7 @@ use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu_notify as n;
 use ipc_protocol::interfaces::pager::{AttachView, CreateObject, Pager, Snapshot};
 use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize, PagerMigrate};
+use ipc_protocol::interfaces::pager_reclaim::{Evict, PagerReclaim};
 use ipc_protocol::server::{spawn, Handler};
 use ipc_protocol::transport::InProc;
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, PageStateCode};
@@ -59,6 +60,7 @@ impl Handler<n::GpuNotify> for TestGpu {
 struct Rig {
     pager: Client<Pager>,
     migrate: Client<PagerMigrate>,
+    reclaim: Client<PagerReclaim>,
     gpu: Arc<TestGpu>,
 }
 
@@ -72,8 +74,10 @@ fn rig() -> Rig {
     let (pc, ps) = InProc::pair();
     spawn::<Pager, _>("pager", Arc::new(ps), Capability::new(CLIENT, Rights::all()), server.clone(), 2);
     let (mc, ms) = InProc::pair();
-    spawn::<PagerMigrate, _>("pager-migrate", Arc::new(ms), Capability::new(1, Rights::MIGRATE), server, 2);
-    Rig { pager: Client::new(Arc::new(pc)), migrate: Client::new(Arc::new(mc)), gpu }
+    spawn::<PagerMigrate, _>("pager-migrate", Arc::new(ms), Capability::new(1, Rights::MIGRATE), server.clone(), 2);
+    let (rc, rs) = InProc::pair();
+    spawn::<PagerReclaim, _>("pager-reclaim", Arc::new(rs), Capability::new(3, Rights::RECLAIM), server, 1);
+    Rig { pager: Client::new(Arc::new(pc)), migrate: Client::new(Arc::new(mc)), reclaim: Client::new(Arc::new(rc)), gpu }
 }
 
 /// Creates an object of `bytes`, maps it, registers the view.
@@ -106,6 +110,18 @@ fn gpu_migrate(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u1
         .call(Finalize { object, first_page: first, count: PageCount::new(count).unwrap(), gpu: GpuId::new(0).unwrap(), vram_first_pfn: 0, got: c.got, migrated: c.got })
         .unwrap();
     f.device as u32
+}
+
+/// Migrates the chunk, retrying like a GPU that faults again while the
+/// pages are still held by the fill's service thread.
+fn gpu_migrate_all(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut moved = 0;
+    while moved < count as u32 {
+        moved += gpu_migrate(r, object, memfd, first, count);
+        assert!(std::time::Instant::now() < deadline, "only {moved} pages reached VRAM");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 fn snapshot(r: &Rig, object: ObjectId, first: u64, count: u16) -> Vec<PageStateCode> {
@@ -142,7 +158,7 @@ fn herd_migrates_back_every_page_once_with_its_data() {
     }
     let pages = bytes / 4096;
     for first in (0..pages).step_by(512) {
-        assert_eq!(gpu_migrate(&r, object, &fd, first, 512), 512);
+        gpu_migrate_all(&r, object, &fd, first, 512);
     }
     assert_eq!(snapshot(&r, object, 0, 512), vec![PageStateCode::Device; 512]);
     assert_eq!(r.gpu.vram.lock().unwrap().len() as u64, pages);
@@ -205,4 +221,60 @@ fn writers_block_during_migration_and_are_not_lost() {
     // SAFETY: inside the mapping.
     let v = unsafe { std::ptr::read_volatile((base as *const u32).add(7)) };
     assert_eq!(v, writes, "writes lost across migrations");
+}
+
+#[test]
+fn eviction_racing_a_cpu_fault_loses_no_page() {
+    // The seed's case: an eviction of a 2 MiB chunk races a CPU fault on
+    // one of its pages; between them every page moves back exactly once,
+    // with its data, and nothing stays in VRAM.
+    for round in 0..20u32 {
+        let r = rig();
+        let (object, fd, buf) = buffer(&r, 2 << 20);
+        for (i, w) in buf.iter_mut().enumerate() {
+            *w = i as u32 ^ round;
+        }
+        gpu_migrate_all(&r, object, &fd, 0, 512);
+        let base = buf.as_ptr() as usize;
+        let reader = std::thread::spawn(move || {
+            let pg = 17 + round as usize * 13;
+            // SAFETY: inside the mapping.
+            unsafe { std::ptr::read_volatile((base as *const u32).add(pg * 1024)) }
+        });
+        let evicted = r.reclaim.call(Evict { gpu: GpuId::new(0).unwrap(), bytes: 2 << 20 }).unwrap();
+        let seen = reader.join().unwrap();
+        let pg = 17 + round as usize * 13;
+        assert_eq!(seen, (pg as u32 * 1024) ^ round);
+        assert!(evicted.pages <= 512);
+        assert!(r.gpu.vram.lock().unwrap().is_empty(), "round {round}: pages left in VRAM");
+        assert_eq!(*r.gpu.to_ram.lock().unwrap(), 512, "round {round}: a page moved twice or not at all");
+        for (i, w) in buf.iter().enumerate() {
+            assert_eq!(*w, i as u32 ^ round, "round {round}: word {i}");
+        }
+    }
+}
+
+#[test]
+fn eviction_of_an_object_without_views_writes_the_memfd() {
+    let r = rig();
+    let (o, mut fds) = r.pager.call_with_handles(CreateObject { size_bytes: 2 << 20 }, vec![]).unwrap();
+    let fd = fds.pop().unwrap();
+    let data: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 251) as u8).collect();
+    rustix::io::pwrite(&fd, &data, 0).unwrap();
+    // No view: collect sees EMPTY pages (never faulted), and the test GPU
+    // copies the memfd's bytes only for non-zero pages; put real data in VRAM.
+    let c = r.migrate.call(Collect { object: o.object, first_page: 0, count: PageCount::new(512).unwrap(), gpu: GpuId::new(0).unwrap() }).unwrap();
+    {
+        let mut vram = r.gpu.vram.lock().unwrap();
+        for i in c.got.iter() {
+            vram.insert((o.object.get(), i as u64), data[i * 4096..(i + 1) * 4096].to_vec());
+        }
+    }
+    r.migrate.call(Finalize { object: o.object, first_page: 0, count: PageCount::new(512).unwrap(), gpu: GpuId::new(0).unwrap(), vram_first_pfn: 0, got: c.got, migrated: c.got }).unwrap();
+    rustix::io::pwrite(&fd, &vec![0u8; 2 << 20], 0).unwrap(); // the RAM copy is gone
+    let e = r.reclaim.call(Evict { gpu: GpuId::new(0).unwrap(), bytes: 2 << 20 }).unwrap();
+    assert_eq!(e.pages, 512);
+    let mut back = vec![0u8; 2 << 20];
+    rustix::io::pread(&fd, &mut back, 0).unwrap();
+    assert!(back == data, "evicted data differs");
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::pager::*;
-use ipc_protocol::transport::{pass_fd_to_child, SeqPacket};
+use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
 use ipc_protocol::types::{Advice, PageCount, PageStateCode};
 use ipc_protocol::Rights;
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
@@ -25,7 +25,7 @@ fn call_reply_shared_memfd_and_refusal_across_processes() {
         theirs.fd().as_fd().try_clone_to_owned().unwrap()
     };
     drop(theirs);
-    pass_fd_to_child(&mut cmd, &theirs_fd, 3);
+    let _held = pass_fds_to_child(&mut cmd, &[(&theirs_fd, 3)]).unwrap();
     let mut child = cmd.spawn().expect("spawn the conformance server");
     drop(theirs_fd);
     assert_ne!(child.id(), std::process::id());

@@ -104,7 +104,7 @@ pub fn spawn_process(exe: &std::path::Path, cfg: &Config) -> std::io::Result<(Ar
     drop(device);
     let mut cmd = std::process::Command::new(exe);
     cmd.args(cfg.to_args()).arg("--control-fd=3").stdin(std::process::Stdio::null());
-    ipc_protocol::transport::pass_fd_to_child(&mut cmd, &device_fd, 3);
+    let _held = ipc_protocol::transport::pass_fds_to_child(&mut cmd, &[(&device_fd, 3)])?;
     let child = cmd.spawn()?;
     Ok((Arc::new(driver), child))
 }

@@ -61,28 +61,45 @@ pub trait Transport: Send + Sync + 'static {
     fn recv(&self, timeout: Option<Duration>) -> Result<Received, TransportError>;
 }
 
-/// Makes `fd` appear as descriptor `target` in a child started by `cmd`
-/// (how `init` hands an endpoint to a server process).
-pub fn pass_fd_to_child(cmd: &mut std::process::Command, fd: &OwnedFd, target: i32) {
+/// Descriptor numbers at or above this are never a child's target, so a
+/// source moved up here cannot be overwritten by another endpoint's `dup2`.
+const FD_STAGING_BASE: i32 = 256;
+
+/// Makes each `(fd, target)` appear as descriptor `target` in the child
+/// started by `cmd` (how `init` hands endpoints to a server process).
+///
+/// Every source is first duplicated above all targets in the parent, so
+/// handing fd 3 to target 4 and fd 4 to target 3 (or any overlap between a
+/// source number and an earlier target) cannot clobber one with another.
+/// Keep the returned descriptors until the child is spawned.
+pub fn pass_fds_to_child(cmd: &mut std::process::Command, fds: &[(&OwnedFd, i32)]) -> std::io::Result<Vec<OwnedFd>> {
     use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::process::CommandExt;
-    let src = fd.as_raw_fd();
+    let mut high = Vec::with_capacity(fds.len());
+    let mut plan = Vec::with_capacity(fds.len());
+    for (fd, target) in fds {
+        if *target >= FD_STAGING_BASE || *target < 0 {
+            return Err(std::io::Error::other("endpoint target descriptor out of range"));
+        }
+        let h = rustix::io::fcntl_dupfd_cloexec(*fd, FD_STAGING_BASE).map_err(std::io::Error::from)?;
+        plan.push((h.as_raw_fd(), *target));
+        high.push(h);
+    }
     // SAFETY: the closure runs in the forked child before exec and only
-    // makes raw dup2/fcntl syscalls, which are async-signal-safe; the
-    // descriptors it builds are leaked into the exec'd image on purpose.
+    // makes raw dup2 syscalls (async-signal-safe) on descriptors that the
+    // parent keeps open until spawn returns; the targets are leaked into the
+    // exec'd image on purpose (dup2 clears close-on-exec on them).
     unsafe {
         cmd.pre_exec(move || {
-            let src = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(src));
-            let mut dst = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(target));
-            if src.as_raw_fd() == target {
-                rustix::io::fcntl_setfd(&*src, rustix::io::FdFlags::empty())?;
-            } else {
-                // dup2 clears close-on-exec on the new descriptor.
+            for &(src, target) in &plan {
+                let src = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(src));
+                let mut dst = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(target));
                 rustix::io::dup2(&*src, &mut dst)?;
             }
             Ok(())
         });
     }
+    Ok(high)
 }
 
 /// Takes ownership of an inherited descriptor named on the command line.

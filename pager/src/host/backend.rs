@@ -52,14 +52,24 @@ fn host(e: rustix::io::Errno) -> BackendError {
 }
 
 impl HostBackend<'_> {
-    /// The pages of `mask` the faulting view maps.
+    /// The pages of `mask` the faulting view maps (every page when there is
+    /// no view at all: then the memfd itself is the target).
     fn in_view(&self, chunk: Chunk, mask: &PageMask) -> PageMask {
+        let views = match self.view {
+            Some(_) => Vec::new(),
+            None => self.object.views_snapshot(),
+        };
+        if self.view.is_none() && views.is_empty() {
+            return *mask;
+        }
         let mut m = PageMask::EMPTY;
-        if let Some(v) = self.view {
-            for (i, p) in chunk.pages() {
-                if mask.get(i) && v.address_of(p).is_some() {
-                    m.set(i);
-                }
+        for (i, p) in chunk.pages() {
+            let reachable = match self.view {
+                Some(v) => v.address_of(p).is_some(),
+                None => views.iter().any(|v| v.address_of(p).is_some()),
+            };
+            if mask.get(i) && reachable {
+                m.set(i);
             }
         }
         m
@@ -68,7 +78,9 @@ impl HostBackend<'_> {
     /// Installs the pages of `mask` from `src` (page `i` at `src + i * 4K`)
     /// into the faulting view; returns the pages installed.
     fn install(&self, chunk: Chunk, mask: &PageMask, src: *const u8) -> Result<PageMask, BackendError> {
-        let view = self.view.ok_or(BackendError::Gpu)?;
+        let Some(view) = self.view else {
+            return self.install_without_view(chunk, mask, src);
+        };
         let mut done = PageMask::EMPTY;
         for (start, len) in runs(chunk, mask) {
             let dst = view.address_of(chunk.first + start).ok_or(BackendError::Gpu)?;
@@ -79,6 +91,35 @@ impl HostBackend<'_> {
             }
             if copied < len as u64 * PAGE {
                 log::error!("pager: UFFDIO_COPY stopped at {} of {} bytes at {dst:#x}", copied, len as u64 * PAGE);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Installs pages when no view faulted (eviction): through any view of
+    /// the object with `UFFDIO_COPY`, so each page appears complete; or, when
+    /// the object has no view, straight into the memfd, which nobody maps.
+    fn install_without_view(&self, chunk: Chunk, mask: &PageMask, src: *const u8) -> Result<PageMask, BackendError> {
+        let views = self.object.views_snapshot();
+        if views.is_empty() {
+            for (start, len) in runs(chunk, mask) {
+                // SAFETY: `src` covers the chunk (a staging slot).
+                let data = unsafe { std::slice::from_raw_parts(src.add(start * PAGE as usize), len * PAGE as usize) };
+                rustix::io::pwrite(&self.object.memfd, data, (chunk.first + start) as u64 * PAGE).map_err(host)?;
+            }
+            return Ok(*mask);
+        }
+        let mut done = PageMask::EMPTY;
+        for view in &views {
+            let rest = mask.and_not(&done);
+            if rest.is_empty() {
+                break;
+            }
+            let via = HostBackend { pager: self.pager, object: self.object, view: Some(view) };
+            let reachable = via.in_view(chunk, &rest);
+            let got = via.install(chunk, &reachable, src)?;
+            for i in got.iter() {
+                done.set(i);
             }
         }
         Ok(done)

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu_notify::{AttachStaging, GpuNotify};
-use ipc_protocol::interfaces::{pager as p, pager_migrate as m};
+use ipc_protocol::interfaces::{pager as p, pager_migrate as m, pager_reclaim as r};
 use ipc_protocol::server::Handler;
 use ipc_protocol::types::{ObjectId, PageMask, PageStateCode, Seq, ViewId};
 use ipc_protocol::wire::BoundedVec;
@@ -23,7 +23,7 @@ use ipc_protocol::Capability;
 use self::backend::HostBackend;
 use self::objects::{Object, Staging, View};
 use self::uffd::{Event, Uffd};
-use crate::migrate::{collect, cpu_fault, finalize, Chunk, Policy};
+use crate::migrate::{collect, cpu_fault, evict, finalize, Chunk, Policy};
 use crate::state::Residency;
 use crate::sync::Ordering;
 
@@ -369,6 +369,56 @@ impl Handler<m::PagerMigrate> for PagerServer {
                 let backend = HostBackend { pager: inner, object: &o, view: None };
                 let (device, returned) = finalize(&o.table, &backend, chunk, &c, &migrated.and(&c.got), gpu.get(), vram_first_pfn).map_err(|_| E::Host)?;
                 Ok((Reply::Finalize(m::Finalized { device: device as u16, returned: returned as u16 }), vec![]))
+            }
+        }
+    }
+}
+
+impl PagerServer {
+    /// Moves up to `bytes` of `gpu`'s VRAM pages back to RAM, chunk by chunk
+    /// with trylocks (rule 1); returns the pages moved.
+    pub fn evict(&self, gpu: u8, bytes: u64) -> u64 {
+        let want = bytes.div_ceil(4096);
+        let objects: Vec<Arc<Object>> = self.inner.objects.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut moved = 0u64;
+        for o in objects {
+            for first in (0..o.pages()).step_by(crate::migrate::CHUNK_PAGES) {
+                if moved >= want {
+                    return moved;
+                }
+                let backend = HostBackend { pager: &self.inner, object: &o, view: None };
+                match evict(&o.table, &backend, Chunk::around(first, o.pages()), gpu) {
+                    Ok(n) => moved += n as u64,
+                    Err(e) => log::warn!("pager: evicting object {}: {e:?}", o.id),
+                }
+            }
+        }
+        moved
+    }
+}
+
+impl Handler<r::PagerReclaim> for PagerServer {
+    fn handle(&self, _caller: &Capability, req: r::Request, _handles: Vec<OwnedFd>) -> Result<(r::Reply, Vec<OwnedFd>), r::ReclaimError> {
+        match req {
+            r::Request::Evict(r::Evict { gpu, bytes }) => {
+                if self.inner.gpu().is_none() {
+                    return Err(r::ReclaimError::GpuUnavailable);
+                }
+                let pages = self.evict(gpu.get(), bytes);
+                Ok((r::Reply::Evict(r::Evicted { bytes: pages * 4096, pages }), vec![]))
+            }
+            r::Request::Usage(_) => {
+                let (mut sram, mut vram) = (0u64, 0u64);
+                for o in self.inner.objects.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                    for p in 0..o.pages() {
+                        match o.table.info(p).map(|i| i.residency) {
+                            Ok(Residency::System) => sram += 4096,
+                            Ok(Residency::Device { .. }) => vram += 4096,
+                            _ => {}
+                        }
+                    }
+                }
+                Ok((r::Reply::Usage(r::SvmUsage { sram_bytes: sram, vram_bytes: vram }), vec![]))
             }
         }
     }
