@@ -69,8 +69,37 @@ struct ObjectState {
     _memfd: OwnedFd,
     /// Newest invalidation sequence seen (rule 8).
     inval_seq: u64,
-    /// Object page -> VRAM page frame, for pages resident here.
-    resident: HashMap<u64, u64>,
+    /// VRAM page frame + 1 of each object page resident here, 0 when not:
+    /// 4 bytes per page, inside the 16-byte per-page metadata budget.
+    frames: Vec<u32>,
+    resident_pages: u64,
+}
+
+impl ObjectState {
+    fn new(slot: u32, dma: u64, memfd: OwnedFd, pages: u64) -> Self {
+        Self { slot, dma, _memfd: memfd, inval_seq: 0, frames: vec![0; pages as usize], resident_pages: 0 }
+    }
+    fn frame(&self, page: u64) -> Option<u64> {
+        match self.frames.get(page as usize) {
+            Some(&f) if f != 0 => Some(f as u64 - 1),
+            _ => None,
+        }
+    }
+    fn set_frame(&mut self, page: u64, pfn: u64) {
+        if let Some(f) = self.frames.get_mut(page as usize) {
+            if *f == 0 {
+                self.resident_pages += 1;
+            }
+            // VRAM frames fit in 32 bits up to 16 TiB of VRAM.
+            *f = u32::try_from(pfn + 1).unwrap_or(0);
+        }
+    }
+    fn take_frame(&mut self, page: u64) -> Option<u64> {
+        let pfn = self.frame(page)?;
+        self.frames[page as usize] = 0;
+        self.resident_pages -= 1;
+        Some(pfn)
+    }
 }
 
 #[derive(Default)]
@@ -181,7 +210,7 @@ impl Inner {
     /// its DMA slot.
     fn drop_object_if_unused(&self, st: &mut State, object: u32) {
         let bound = st.vms.values().any(|v| v.bindings.iter().any(|b| b.object == object));
-        if !bound && st.objects.get(&object).is_some_and(|o| o.resident.is_empty()) {
+        if !bound && st.objects.get(&object).is_some_and(|o| o.resident_pages == 0) {
             if let Some(o) = st.objects.remove(&object) {
                 let _ = self.dev.bar.dma_unmap(o.slot);
                 st.free_slots.push(o.slot);
@@ -290,7 +319,7 @@ impl Inner {
                 let mut st = self.lock();
                 if let Some(obj) = st.objects.get_mut(&object) {
                     for i in migrated.iter() {
-                        obj.resident.insert(first + i as u64, block + i as u64);
+                        obj.set_frame(first + i as u64, block + i as u64);
                     }
                 }
             }
@@ -321,8 +350,8 @@ impl Inner {
         let mappable = migrated_mask(&c.got, obj, first);
         let allowed = |i: usize| mappable.get(i) || c.device.get(i);
         let pages: Vec<(u64, Option<u64>)> =
-            (first..first + count as u64).enumerate().map(|(i, p)| (p, if allowed(i) { obj.resident.get(&p).copied() } else { None })).collect();
-        let not_migrated = c.got.iter().filter(|i| obj.resident.get(&(first + *i as u64)).is_none()).collect::<Vec<_>>();
+            (first..first + count as u64).enumerate().map(|(i, p)| (p, if allowed(i) { obj.frame(p) } else { None })).collect();
+        let not_migrated = c.got.iter().filter(|i| obj.frame(first + *i as u64).is_none()).collect::<Vec<_>>();
         let Some(vm) = st.vms.get_mut(&asid) else { return true };
         let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else { return true };
         let base_va = b.va_of(first);
@@ -398,7 +427,7 @@ impl Handler<n::GpuNotify> for GpuServer {
                         return Err(NotifyError::NoStaging);
                     }
                     let obj = st.objects.get(&object.get()).ok_or(NotifyError::NoSuchObject)?;
-                    let list: Vec<(usize, u64)> = pages.iter().filter_map(|i| obj.resident.get(&(first_page + i as u64)).map(|pfn| (i, *pfn))).collect();
+                    let list: Vec<(usize, u64)> = pages.iter().filter_map(|i| obj.frame(first_page + i as u64).map(|pfn| (i, pfn))).collect();
                     (dma + staging_offset, list)
                 };
                 // Runs of pages whose frames are consecutive make one copy each.
@@ -417,7 +446,7 @@ impl Handler<n::GpuNotify> for GpuServer {
                 let mut st = inner.lock();
                 if let Some(obj) = st.objects.get_mut(&object.get()) {
                     for &(i, pfn) in &list {
-                        obj.resident.remove(&(first_page + i as u64));
+                        obj.take_frame(first_page + i as u64);
                         // Rule 6: the block goes when its last page has left.
                         let _ = inner.vram.release_page(pfn);
                         copied.set(i);
@@ -434,7 +463,7 @@ impl Handler<n::GpuNotify> for GpuServer {
                 let obj = st.objects.get_mut(&object.get()).ok_or(NotifyError::NoSuchObject)?;
                 let mut freed = 0u16;
                 for i in pages.iter() {
-                    if let Some(pfn) = obj.resident.remove(&(first_page + i as u64)) {
+                    if let Some(pfn) = obj.take_frame(first_page + i as u64) {
                         // Rule 6: the block goes with its last page.
                         let _ = inner.vram.release_page(pfn);
                         freed += 1;
@@ -453,7 +482,7 @@ impl Handler<n::GpuNotify> for GpuServer {
 fn migrated_mask(got: &PageMask, obj: &ObjectState, first: u64) -> PageMask {
     let mut m = PageMask::EMPTY;
     for i in got.iter() {
-        if obj.resident.contains_key(&(first + i as u64)) {
+        if obj.frame(first + i as u64).is_some() {
             m.set(i);
         }
     }
@@ -526,7 +555,7 @@ impl Handler<g::Gpu> for GpuServer {
                     let size = rustix::fs::fstat(&memfd).map_err(|_| GpuError::PagerUnavailable)?.st_size as u64;
                     let dup = rustix::io::fcntl_dupfd_cloexec(&memfd, 0).map_err(|_| GpuError::PagerUnavailable)?;
                     let dma = inner.dev.bar.dma_map(slot, dup, size).map_err(|_| GpuError::DeviceLost)?;
-                    st.objects.insert(object, ObjectState { slot, dma, _memfd: memfd, inval_seq: 0, resident: HashMap::new() });
+                    st.objects.insert(object, ObjectState::new(slot, dma, memfd, size / PAGE));
                 }
                 let v = st.vms.get_mut(&vm.get()).ok_or(GpuError::NoSuchVm)?;
                 let end = gpu_addr + opened.pages * PAGE;
