@@ -5,7 +5,7 @@
 #![cfg(feature = "shuttle")]
 
 use ipc_protocol::types::PageMask;
-use pager::migrate::{collect, cpu_fault, finalize, Chunk, FaultOutcome, Policy};
+use pager::migrate::{collect, cpu_fault, evict, finalize, Chunk, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
 use pager::sync::{spawn, Arc, Ordering};
 use pager::testing::{all_in_vram as in_vram, pattern, ModelBackend};
@@ -104,6 +104,54 @@ fn gpu_collect_racing_cpu_faults() {
         assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} lost");
         assert!(!t.info(p).unwrap().locked);
     }
+}
+
+/// The seed's "evict only moves 511 of the pages while the CPU fault moves
+/// 1", with a GPU collect in the mix: eviction, a CPU fault and a GPU
+/// migration race on one chunk. Every page keeps its data, no lock is left.
+fn eviction_racing_cpu_and_gpu() {
+    let (t, b) = in_vram(4);
+    // Page 3 starts in RAM, so the GPU has something to collect.
+    assert!(t.try_lock(3).unwrap().is_some());
+    b.ram[3].store(b.vram[3].load(Ordering::Acquire), Ordering::Release);
+    t.unlock(3, Residency::System).unwrap();
+    let evictor = {
+        let (t, b) = (t.clone(), b.clone());
+        spawn(move || {
+            evict(&t, &*b, Chunk::around(0, 4), 0).unwrap();
+        })
+    };
+    let cpu = {
+        let (t, b) = (t.clone(), b.clone());
+        // The GPU may take the page again right after this returns, so the
+        // data is checked at the end, not here.
+        spawn(move || {
+            cpu_fault(&t, &*b, 1, Policy::Rules).unwrap();
+        })
+    };
+    let gpu = {
+        let (t, b) = (t.clone(), b.clone());
+        spawn(move || {
+            let chunk = Chunk::around(0, 4);
+            let c = collect(&t, &*b, chunk, 0).unwrap();
+            finalize(&t, &*b, chunk, &c, &c.got, 0, 100).unwrap();
+        })
+    };
+    for h in [evictor, cpu, gpu] {
+        h.join().unwrap();
+    }
+    // Bring everything back and check every page's data.
+    for p in 0..4 {
+        cpu_fault(&t, &*b, p, Policy::Rules).unwrap();
+        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} lost");
+        assert!(!t.info(p).unwrap().locked, "page {p} left locked");
+    }
+}
+
+#[test]
+fn explore_eviction_racing_cpu_and_gpu() {
+    shuttle::check_random(eviction_racing_cpu_and_gpu, iterations());
+    shuttle::check_pct(eviction_racing_cpu_and_gpu, iterations(), 3);
 }
 
 #[test]
