@@ -18,6 +18,10 @@ pub trait Handler<I: Interface>: Send + Sync + 'static {
     /// Handles one request from the endpoint holding `caller`. The reply
     /// must carry as many handles as the reply message declares.
     fn handle(&self, caller: &Capability, req: I::Request, handles: Vec<OwnedFd>) -> Result<(I::Reply, Vec<OwnedFd>), I::Error>;
+
+    /// The endpoint's peer is gone (it exited or crashed): release what
+    /// it held. Called once per endpoint, after its last request.
+    fn disconnected(&self, _caller: &Capability) {}
 }
 
 /// What to send back for one received frame (`None`: a notification).
@@ -137,16 +141,24 @@ pub fn spawn<I: Interface, H: Handler<I>>(
     handler: Arc<H>,
     threads: usize,
 ) -> Vec<JoinHandle<()>> {
-    (0..threads.max(1))
+    let threads = threads.max(1);
+    // The last serving thread to leave reports the disconnection, so the
+    // handler sees it once and after every request of the endpoint.
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(threads));
+    (0..threads)
         .map(|i| {
             let t = transport.clone();
             let h = handler.clone();
+            let live = live.clone();
             let label = format!("{name}-{i}");
             std::thread::Builder::new()
                 .name(label.clone())
                 .spawn(move || {
                     if let Err(e) = serve::<I, H>(&*t, caller, &*h) {
                         log::warn!("{label}: endpoint closed: {e}");
+                    }
+                    if live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                        h.disconnected(&caller);
                     }
                 })
                 .expect("spawning a server thread") // only fails when the host is out of threads at boot

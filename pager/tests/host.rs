@@ -52,12 +52,22 @@ impl Handler<n::GpuNotify> for TestGpu {
                 *self.to_ram.lock().unwrap() += copied.count() as u64;
                 Ok((n::Reply::MigrateToRam(n::MigratedToRam { copied }), vec![]))
             }
-            n::Request::FreePages(_) => Ok((n::Reply::FreePages(n::Freed { pages: 0 }), vec![])),
+            n::Request::FreePages(f) => {
+                let mut vram = self.vram.lock().unwrap();
+                let mut freed = 0;
+                for i in f.pages.iter() {
+                    if vram.remove(&(f.object.get(), f.first_page + i as u64)).is_some() {
+                        freed += 1;
+                    }
+                }
+                Ok((n::Reply::FreePages(n::Freed { pages: freed }), vec![]))
+            }
         }
     }
 }
 
 struct Rig {
+    server: Arc<PagerServer>,
     pager: Client<Pager>,
     migrate: Client<PagerMigrate>,
     reclaim: Client<PagerReclaim>,
@@ -71,13 +81,14 @@ fn rig() -> Rig {
     spawn::<n::GpuNotify, _>("test-gpu", Arc::new(ns), Capability::new(2, Rights::NOTIFY), gpu.clone(), 4);
     server.attach_gpu(Client::new(Arc::new(nc))).unwrap();
     let server = Arc::new(server);
+    let server_handle = server.clone();
     let (pc, ps) = InProc::pair();
     spawn::<Pager, _>("pager", Arc::new(ps), Capability::new(CLIENT, Rights::all()), server.clone(), 2);
     let (mc, ms) = InProc::pair();
     spawn::<PagerMigrate, _>("pager-migrate", Arc::new(ms), Capability::new(1, Rights::MIGRATE), server.clone(), 2);
     let (rc, rs) = InProc::pair();
     spawn::<PagerReclaim, _>("pager-reclaim", Arc::new(rs), Capability::new(3, Rights::RECLAIM), server, 1);
-    Rig { pager: Client::new(Arc::new(pc)), migrate: Client::new(Arc::new(mc)), reclaim: Client::new(Arc::new(rc)), gpu }
+    Rig { server: server_handle, pager: Client::new(Arc::new(pc)), migrate: Client::new(Arc::new(mc)), reclaim: Client::new(Arc::new(rc)), gpu }
 }
 
 /// Creates an object of `bytes`, maps it, registers the view.
@@ -277,4 +288,22 @@ fn eviction_of_an_object_without_views_writes_the_memfd() {
     let mut back = vec![0u8; 2 << 20];
     rustix::io::pread(&fd, &mut back, 0).unwrap();
     assert!(back == data, "evicted data differs");
+}
+
+#[test]
+fn a_client_that_disconnects_loses_its_views_and_objects_and_vram() {
+    let Rig { server, pager, migrate, reclaim, gpu } = rig();
+    let r = Rig { server: server.clone(), pager, migrate, reclaim, gpu: gpu.clone() };
+    let (object, fd, buf) = buffer(&r, 2 << 20);
+    buf.fill(7);
+    gpu_migrate_all(&r, object, &fd, 0, 512);
+    assert_eq!(gpu.vram.lock().unwrap().len(), 512);
+    assert!(server.object_state(object.get(), 0).is_some());
+    // The client goes away: its endpoint closes.
+    drop(r);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.object_state(object.get(), 0).is_some() || !gpu.vram.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the dead client's object or VRAM was not released");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }

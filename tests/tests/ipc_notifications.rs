@@ -68,3 +68,32 @@ fn a_notification_without_the_right_is_dropped_silently() {
     assert_eq!(client.call(Status {}), Err(CallError::Denied(Rights::PRESSURE_REPORT)));
     assert_eq!(counter.reported.load(Ordering::Acquire), 0);
 }
+
+#[derive(Default)]
+struct Goodbyes {
+    count: AtomicU64,
+    badge: AtomicU64,
+}
+
+impl Handler<Pressure> for Goodbyes {
+    fn handle(&self, _: &Capability, _: Request, _: Vec<OwnedFd>) -> Result<(Reply, Vec<OwnedFd>), PressureError> {
+        Err(PressureError::PeerUnavailable)
+    }
+    fn disconnected(&self, caller: &Capability) {
+        self.badge.store(caller.badge.0, Ordering::Release);
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[test]
+fn a_peer_that_goes_away_is_reported_once_per_endpoint() {
+    let (c, s) = SeqPacket::pair().unwrap();
+    let h = Arc::new(Goodbyes::default());
+    let threads = ipc_protocol::server::spawn::<Pressure, _>("bye", Arc::new(s), Capability::new(42, Rights::all()), h.clone(), 3);
+    drop(c);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(h.count.load(Ordering::Acquire), 1, "reported once, not once per serving thread");
+    assert_eq!(h.badge.load(Ordering::Acquire), 42);
+}

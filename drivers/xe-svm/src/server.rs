@@ -500,6 +500,25 @@ fn kernel_op(k: KernelKind) -> KernelOp {
 }
 
 impl Handler<g::Gpu> for GpuServer {
+    /// A client is gone: its VMs go (unmapped, invalidated, tables freed).
+    fn disconnected(&self, caller: &Capability) {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        let vms: Vec<u32> = st.vms.iter().filter(|(_, v)| v.owner == caller.badge.0).map(|(a, _)| *a).collect();
+        for asid in vms {
+            if let Some(v) = st.vms.remove(&asid) {
+                inner.dev.bar.set_context(asid, 0);
+                let _ = inner.dev.invalidate(asid, 0, 1 << 47);
+                let objects: Vec<u32> = v.bindings.iter().map(|b| b.object).collect();
+                v.ppgtt.release(&inner.pt);
+                for o in objects {
+                    inner.drop_object_if_unused(&mut st, o);
+                }
+            }
+        }
+        log::info!("xe-svm: client {} gone; its VMs were destroyed", caller.badge.0);
+    }
+
     fn handle(&self, caller: &Capability, req: g::Request, _handles: Vec<OwnedFd>) -> Result<(g::Reply, Vec<OwnedFd>), GpuError> {
         let inner = &self.inner;
         let owner = caller.badge.0;

@@ -202,7 +202,41 @@ fn state_code(i: crate::state::PageInfo) -> PageStateCode {
     }
 }
 
+impl PagerServer {
+    /// A client is gone: its views stop and go, and its objects go with
+    /// their pages, VRAM included (DESIGN.md 6: other clients see nothing).
+    pub fn client_gone(&self, badge: u64) {
+        let inner = &self.inner;
+        let views: Vec<Arc<View>> = {
+            let mut all = inner.views.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<u32> = all.values().filter(|v| v.owner == badge).map(|v| v.id).collect();
+            ids.iter().filter_map(|id| all.remove(id)).collect()
+        };
+        for v in views {
+            v.stop.store(true, std::sync::atomic::Ordering::Release);
+            if let Some(o) = inner.object(v.object) {
+                o.remove_view(v.id);
+            }
+        }
+        let objects: Vec<Arc<Object>> = {
+            let mut all = inner.objects.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<u32> = all.values().filter(|o| o.owner == badge).map(|o| o.id).collect();
+            ids.iter().filter_map(|id| all.remove(id)).collect()
+        };
+        for o in objects {
+            if let Err(e) = inner.free_device_pages(&o) {
+                log::warn!("pager: freeing VRAM of object {} of a dead client: {e:?}", o.id);
+            }
+        }
+        log::info!("pager: client {badge} gone; its views and objects were released");
+    }
+}
+
 impl Handler<p::Pager> for PagerServer {
+    fn disconnected(&self, caller: &Capability) {
+        self.client_gone(caller.badge.0);
+    }
+
     fn handle(&self, caller: &Capability, req: p::Request, mut handles: Vec<OwnedFd>) -> Result<(p::Reply, Vec<OwnedFd>), p::PagerError> {
         use p::{PagerError as E, Reply, Request};
         let inner = &self.inner;
