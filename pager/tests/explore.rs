@@ -10,6 +10,12 @@ use pager::state::{PageTable, Residency};
 use pager::sync::{spawn, Arc, Ordering};
 use pager::testing::{all_in_vram as in_vram, pattern, ModelBackend};
 
+/// Runs `f` under random schedules, then under PCT (depth 3).
+fn explore(f: fn()) {
+    shuttle::check_random(f, iterations());
+    shuttle::check_pct(f, iterations(), 3);
+}
+
 fn iterations() -> usize {
     std::env::var("PAGER_EXPLORE_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
 }
@@ -150,26 +156,22 @@ fn eviction_racing_cpu_and_gpu() {
 
 #[test]
 fn explore_eviction_racing_cpu_and_gpu() {
-    shuttle::check_random(eviction_racing_cpu_and_gpu, iterations());
-    shuttle::check_pct(eviction_racing_cpu_and_gpu, iterations(), 3);
+    explore(eviction_racing_cpu_and_gpu);
 }
 
 #[test]
 fn explore_herd_one_page() {
-    shuttle::check_random(herd_one_page, iterations());
-    shuttle::check_pct(herd_one_page, iterations(), 3);
+    explore(herd_one_page);
 }
 
 #[test]
 fn explore_herd_all_pages_different_orders() {
-    shuttle::check_random(herd_all_pages_different_orders, iterations());
-    shuttle::check_pct(herd_all_pages_different_orders, iterations(), 3);
+    explore(herd_all_pages_different_orders);
 }
 
 #[test]
 fn explore_gpu_collect_racing_cpu_faults() {
-    shuttle::check_random(gpu_collect_racing_cpu_faults, iterations());
-    shuttle::check_pct(gpu_collect_racing_cpu_faults, iterations(), 3);
+    explore(gpu_collect_racing_cpu_faults);
 }
 
 /// The negative check: the explorer must find the livelock of the design
