@@ -4,7 +4,7 @@
 
 use ipc_protocol::types::PageMask;
 
-use crate::migrate::{Backend, BackendError, Chunk};
+use crate::migrate::{collect, cpu_fault, finalize, Backend, BackendError, Chunk, Policy};
 use crate::state::{PageTable, Residency};
 use crate::sync::{Arc, AtomicU64, Ordering};
 
@@ -15,15 +15,42 @@ pub fn pattern(p: usize) -> u64 {
 
 /// `pages` pages, all in VRAM of GPU 0 with [`pattern`] data.
 pub fn all_in_vram(pages: usize) -> (Arc<PageTable>, Arc<ModelBackend>) {
+    seeded(pages, true)
+}
+
+/// `pages` pages, all in RAM with [`pattern`] data.
+pub fn all_in_ram(pages: usize) -> (Arc<PageTable>, Arc<ModelBackend>) {
+    seeded(pages, false)
+}
+
+fn seeded(pages: usize, in_vram: bool) -> (Arc<PageTable>, Arc<ModelBackend>) {
     let t = PageTable::new(pages);
     let b = ModelBackend::new(pages);
     for p in 0..pages {
         let locked = t.try_lock(p).ok().flatten();
         assert!(locked.is_some(), "a fresh page locks");
-        let _ = t.unlock(p, Residency::Device { gpu: 0, pfn: p as u64 });
-        b.vram[p].store(pattern(p), Ordering::Release);
+        let (state, copy) = if in_vram { (Residency::Device { gpu: 0, pfn: p as u64 }, &b.vram) } else { (Residency::System, &b.ram) };
+        let _ = t.unlock(p, state);
+        copy[p].store(pattern(p), Ordering::Release);
     }
     (Arc::new(t), Arc::new(b))
+}
+
+/// What a GPU fault does to `chunk`: collect what it can and finalize all
+/// of it into VRAM at `first_pfn`.
+pub fn gpu_migrate(t: &PageTable, b: &ModelBackend, chunk: Chunk, first_pfn: u64) {
+    let c = collect(t, b, chunk, 0).expect("collect on the model backend");
+    finalize(t, b, chunk, &c, &c.got, 0, first_pfn).expect("finalize on the model backend");
+}
+
+/// Faults every page back and checks its [`pattern`] data and that no
+/// lock was left held: the end-of-run property of every race.
+pub fn bring_back_and_check(t: &PageTable, b: &ModelBackend) {
+    for p in 0..t.len() {
+        cpu_fault(t, b, p, Policy::Rules).expect("fault back");
+        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} lost");
+        assert!(!t.info(p).map(|i| i.locked).unwrap_or(true), "page {p} left locked");
+    }
 }
 
 pub struct ModelBackend {

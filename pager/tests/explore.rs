@@ -5,10 +5,10 @@
 #![cfg(feature = "shuttle")]
 
 use ipc_protocol::types::PageMask;
-use pager::migrate::{collect, cpu_fault, evict, finalize, Chunk, FaultOutcome, Policy};
+use pager::migrate::{cpu_fault, evict, Chunk, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
-use pager::sync::{spawn, Arc, Ordering};
-use pager::testing::{all_in_vram as in_vram, pattern, ModelBackend};
+use pager::sync::{spawn, Ordering};
+use pager::testing::{all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend};
 
 /// Runs `f` under random schedules, then under PCT (depth 3).
 fn explore(f: fn()) {
@@ -74,20 +74,10 @@ fn herd_all_pages_different_orders() {
 fn gpu_collect_racing_cpu_faults() {
     // Pages start in RAM; a GPU collects and finalizes while two CPU
     // threads fault. End: every page reachable with its data.
-    let t = Arc::new(PageTable::new(4));
-    let b = Arc::new(ModelBackend::new(4));
-    for p in 0..4 {
-        assert!(t.try_lock(p).unwrap().is_some());
-        t.unlock(p, Residency::System).unwrap();
-        b.ram[p].store(pattern(p), Ordering::Release);
-    }
+    let (t, b) = all_in_ram(4);
     let gpu = {
         let (t, b) = (t.clone(), b.clone());
-        spawn(move || {
-            let chunk = Chunk::around(0, 4);
-            let c = collect(&t, &*b, chunk, 0).unwrap();
-            finalize(&t, &*b, chunk, &c, &c.got, 0, 100).unwrap();
-        })
+        spawn(move || gpu_migrate(&t, &b, Chunk::around(0, 4), 100))
     };
     let cpus: Vec<_> = [0usize, 3]
         .into_iter()
@@ -105,11 +95,7 @@ fn gpu_collect_racing_cpu_faults() {
     for h in cpus {
         h.join().unwrap();
     }
-    for p in 0..4 {
-        cpu_fault(&t, &*b, p, Policy::Rules).unwrap();
-        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} lost");
-        assert!(!t.info(p).unwrap().locked);
-    }
+    bring_back_and_check(&t, &b);
 }
 
 /// The seed's "evict only moves 511 of the pages while the CPU fault moves
@@ -137,21 +123,12 @@ fn eviction_racing_cpu_and_gpu() {
     };
     let gpu = {
         let (t, b) = (t.clone(), b.clone());
-        spawn(move || {
-            let chunk = Chunk::around(0, 4);
-            let c = collect(&t, &*b, chunk, 0).unwrap();
-            finalize(&t, &*b, chunk, &c, &c.got, 0, 100).unwrap();
-        })
+        spawn(move || gpu_migrate(&t, &b, Chunk::around(0, 4), 100))
     };
     for h in [evictor, cpu, gpu] {
         h.join().unwrap();
     }
-    // Bring everything back and check every page's data.
-    for p in 0..4 {
-        cpu_fault(&t, &*b, p, Policy::Rules).unwrap();
-        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} lost");
-        assert!(!t.info(p).unwrap().locked, "page {p} left locked");
-    }
+    bring_back_and_check(&t, &b);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use ipc_protocol::types::PageMask;
 use pager::migrate::{collect, cpu_fault, finalize, Chunk, FaultError, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
-use pager::testing::{all_in_vram as in_vram, pattern, ModelBackend};
+use pager::testing::{all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend};
 
 
 
@@ -152,20 +152,12 @@ fn rule4_collect_takes_what_it_gets_and_finalize_is_per_page() {
 fn gpu_collect_racing_cpu_faults_keeps_every_page() {
     // Pages in RAM; a GPU migrates chunks to VRAM while CPU threads fault
     // them back. In the end every page holds its data wherever it is.
-    let t = Arc::new(PageTable::new(1024));
-    let b = Arc::new(ModelBackend::new(1024));
-    for p in 0..1024 {
-        assert!(t.try_lock(p).unwrap().is_some());
-        t.unlock(p, Residency::System).unwrap();
-        b.ram[p].store(pattern(p), Ordering::Release);
-    }
+    let (t, b) = all_in_ram(1024);
     let gpu = {
         let (t, b) = (t.clone(), b.clone());
         std::thread::spawn(move || {
             for round in 0..50u64 {
-                let chunk = Chunk::around((round as usize * 512) % 1024, 1024);
-                let c = collect(&t, &*b, chunk, 0).unwrap();
-                finalize(&t, &*b, chunk, &c, &c.got, 0, round * 512).unwrap();
+                gpu_migrate(&t, &b, Chunk::around((round as usize * 512) % 1024, 1024), round * 512);
             }
         })
     };
@@ -190,9 +182,5 @@ fn gpu_collect_racing_cpu_faults_keeps_every_page() {
     for h in cpus {
         h.join().unwrap();
     }
-    for p in 0..1024 {
-        cpu_fault(&t, &*b, p, Policy::Rules).unwrap();
-        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} lost");
-        assert!(!t.info(p).unwrap().locked);
-    }
+    bring_back_and_check(&t, &b);
 }
