@@ -236,11 +236,6 @@ pub fn decode_error<I: Interface>(r: &Received) -> Option<ErrorPayload<I::Error>
     (frame.header.kind == Kind::Error).then(|| ErrorPayload::decode(frame.payload).ok()).flatten()
 }
 
-/// Encodes a request frame by hand (tests only need this to corrupt it).
-pub fn encode_request<I: Interface>(id: u64, req: &I::Request) -> Vec<u8> {
-    encode_message(I::ID, Kind::Request, id, req)
-}
-
 pub use crate::frame::ErrorPayload as RawError;
 
 #[doc(hidden)]

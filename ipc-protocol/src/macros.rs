@@ -212,13 +212,6 @@ macro_rules! interface {
                     $( Self::$note(_) => true, )*
                 }
             }
-            /// Handles the reply to this request must carry.
-            pub fn reply_handle_count(&self) -> usize {
-                match self {
-                    $( Self::$req(_) => $hout, )+
-                    $( Self::$note(_) => 0, )*
-                }
-            }
             pub fn name(&self) -> &'static str {
                 match self {
                     $( Self::$req(_) => stringify!($req), )+

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use crate::frame::{encode_message, encode_raw, ErrorPayload, Header};
 use crate::transport::{Received, Transport, TransportError};
-use crate::{Capability, Frame, Interface, Kind, Message, ProtocolError, WireError};
+use crate::{Capability, Frame, Interface, Kind, Message, ProtocolError};
 
 /// A server core's dispatch for interface `I`.
 pub trait Handler<I: Interface>: Send + Sync + 'static {
@@ -164,10 +164,4 @@ pub fn spawn<I: Interface, H: Handler<I>>(
                 .expect("spawning a server thread") // only fails when the host is out of threads at boot
         })
         .collect()
-}
-
-/// An error reply a server sends for a frame it could not attribute to an
-/// interface (kept for runtimes that multiplex interfaces on one socket).
-pub fn protocol_error_frame<E: WireError>(interface: u16, id: u64, e: ProtocolError) -> Vec<u8> {
-    encode_raw(interface, 0, Kind::Error, 0, id, &ErrorPayload::<E>::Protocol(e).encode())
 }

@@ -7,6 +7,3 @@ pub mod pager;
 pub mod pager_migrate;
 pub mod pager_reclaim;
 pub mod pressure;
-
-/// Interface ids, for tools that walk all interfaces.
-pub const ALL_IDS: [u16; 7] = [1, 2, 3, 4, 5, 6, 7];
