@@ -5,5 +5,6 @@
 pub mod client;
 pub mod herd;
 pub mod manifest;
+pub mod oversub;
 pub mod race;
 pub mod supervisor;

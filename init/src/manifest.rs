@@ -63,6 +63,24 @@ pub const MANIFEST: &[Endpoint] = &[
         rights: Rights::MIGRATE,
     },
     Endpoint {
+        interface: "GpuShrink",
+        server: Side { process: "xe-svm", fd: 8, flag: "--shrink-fd" },
+        client: Some(Side { process: "mm-server", fd: 4, flag: "--shrink-fd" }),
+        rights: Rights::SHRINK,
+    },
+    Endpoint {
+        interface: "PagerReclaim",
+        server: Side { process: "pager", fd: 7, flag: "--reclaim-fd" },
+        client: Some(Side { process: "mm-server", fd: 5, flag: "--reclaim-fd" }),
+        rights: Rights::RECLAIM,
+    },
+    Endpoint {
+        interface: "Pressure status",
+        server: Side { process: "mm-server", fd: 6, flag: "--status-fd" },
+        client: None,
+        rights: Rights::PRESSURE_STATUS,
+    },
+    Endpoint {
         interface: "Pager",
         server: Side { process: "pager", fd: 4, flag: "--client-fd" },
         client: None,
@@ -98,8 +116,10 @@ mod tests {
         for e in MANIFEST {
             if let Some(c) = &e.client {
                 // The pager and the GPU server call each other (rule 9: over
-                // separate endpoints); every other client starts after its server.
-                if e.interface != "PagerMigrate" {
+                // separate endpoints), and mm-server calls back into both
+                // (its eviction loop runs only once they serve); every other
+                // client starts after its server.
+                if !["PagerMigrate", "GpuShrink", "PagerReclaim"].contains(&e.interface) {
                     assert!(pos(e.server.process) < pos(c.process), "{} starts after its client", e.server.process);
                 }
             }

@@ -64,15 +64,18 @@ struct Server {
 pub struct Clients {
     pub gpu: ipc_protocol::client::Client<ipc_protocol::interfaces::gpu::Gpu>,
     pub pager: ipc_protocol::client::Client<ipc_protocol::interfaces::pager::Pager>,
+    /// mm-server's status (watermarks, usage, eviction counts).
+    pub pressure: ipc_protocol::client::Client<ipc_protocol::interfaces::pressure::Pressure>,
 }
 
 impl Clients {
-    fn new(gpu: OwnedFd, pager: OwnedFd) -> Self {
+    fn new(gpu: OwnedFd, pager: OwnedFd, pressure: OwnedFd) -> Self {
         let t = |fd| -> std::sync::Arc<dyn ipc_protocol::transport::Transport> { std::sync::Arc::new(SeqPacket::from_fd(fd)) };
         let timeout = Duration::from_secs(120);
         Self {
             gpu: ipc_protocol::client::Client::new(t(gpu)).with_timeout(timeout),
             pager: ipc_protocol::client::Client::new(t(pager)).with_timeout(timeout),
+            pressure: ipc_protocol::client::Client::new(t(pressure)).with_timeout(Duration::from_secs(10)),
         }
     }
 }
@@ -170,19 +173,20 @@ impl System {
         }
         // The client ends `init` keeps.
         let mut mine = MANIFEST.iter().zip(ends).filter(|(e, _)| e.client.is_none()).filter_map(|(e, p)| p.map(|(_, c)| (e.interface, c)));
-        let (mut gpu, mut pager) = (None, None);
+        let (mut gpu, mut pager, mut pressure) = (None, None, None);
         for (interface, fd) in mine.by_ref() {
             match interface {
                 "Gpu" => gpu = Some(fd),
                 "Pager" => pager = Some(fd),
+                "Pressure status" => pressure = Some(fd),
                 _ => {}
             }
         }
-        match (gpu, pager) {
-            (Some(g), Some(p)) => Ok((system, Some(Clients::new(g, p)))),
+        match (gpu, pager, pressure) {
+            (Some(g), Some(p), Some(s)) => Ok((system, Some(Clients::new(g, p, s)))),
             _ => {
                 system.shutdown();
-                Err(BootError::Endpoint("the manifest gives init no Gpu or Pager endpoint".into()))
+                Err(BootError::Endpoint("the manifest gives init no Gpu, Pager or Pressure status endpoint".into()))
             }
         }
     }
@@ -200,6 +204,14 @@ impl System {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Kills `name` with SIGKILL and reaps it (tests of a dead peer).
+    pub fn kill(&mut self, name: &str) -> Result<(), BootError> {
+        let server = self.servers.iter_mut().find(|s| s.name == name).ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        Ok(())
     }
 
     /// Reports a server that died, if any.

@@ -53,10 +53,13 @@ fn rule3_herd_on_one_page_at_a_time() {
 }
 
 #[test]
-fn buffer_larger_than_vram_maps_the_rest_as_system_pages() {
-    // 16 MiB of device VRAM (about 15 MiB for data) under a 32 MiB buffer:
-    // the chunk shrinks as VRAM runs out, then pages stay in RAM and the
-    // GPU reaches them as system pages. Every word is still right.
+fn buffer_larger_than_vram_is_served_by_eviction() {
+    // 16 MiB of device VRAM (about 14 MiB for data) under a 32 MiB buffer:
+    // GPU faults that find no VRAM wait in mm-server while its eviction
+    // loop sends earlier pages back to RAM, so every page still reaches
+    // VRAM once, and leaves it once (by eviction or by the CPU's fault).
+    // Every word is still right. (Without mm-server the pages that find no
+    // VRAM are mapped as system pages: `init/tests/oversub.rs`.)
     let out = svm().args(["--vram-mib", "16", "run", "herd", "--json", "--mode", "both", "--size", "32M", "--threads", "4", "--reps", "1"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -65,7 +68,7 @@ fn buffer_larger_than_vram_maps_the_rest_as_system_pages() {
     for l in lines {
         assert_eq!(field(l, "bad"), 0, "{l}");
         let moved = field(l, "pages_to_vram");
-        assert!(moved > 0 && moved < 8192, "expected a partial move: {l}");
+        assert!(moved >= 8192, "every page reaches VRAM: {l}");
         assert_eq!(field(l, "pages_to_ram"), moved, "{l}");
     }
 }

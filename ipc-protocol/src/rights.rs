@@ -38,6 +38,8 @@ bitflags::bitflags! {
         const PRESSURE_REPORT = 1 << 12;
         /// Pressure: reserve and release memory.
         const PRESSURE_RESERVE = 1 << 13;
+        /// Pressure: read the broker's status.
+        const PRESSURE_STATUS = 1 << 14;
     }
 }
 

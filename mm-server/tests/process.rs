@@ -7,6 +7,7 @@ use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::pressure::*;
 use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
 use ipc_protocol::types::{MemoryKind, World};
+use ipc_protocol::Rights;
 
 #[test]
 fn reports_and_reservations_across_processes() {
@@ -15,7 +16,8 @@ fn reports_and_reservations_across_processes() {
     let fd = theirs.fd().as_fd().try_clone_to_owned().unwrap();
     drop(theirs);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mm-server"));
-    cmd.args(["--gpu-fd=3", "--vram-bytes=1048576"]).stdin(Stdio::piped()).stdout(Stdio::null());
+    let rights = Rights::PRESSURE_REPORT | Rights::PRESSURE_RESERVE | Rights::PRESSURE_STATUS;
+    cmd.args(["--gpu-fd=3", "--vram-bytes=1048576", &format!("--gpu-rights={}", rights.bits())]).stdin(Stdio::piped()).stdout(Stdio::null());
     let _held = pass_fds_to_child(&mut cmd, &[(&fd, 3)]).unwrap();
     let mut child = cmd.spawn().unwrap();
     drop(fd);

@@ -8,8 +8,10 @@
 //! - [`ppgtt`]: page tables per GPU VM;
 //! - [`server`]: GPU VMs, the fault path, the notifier (rules 8 and 9).
 
+pub mod bo;
 pub mod device;
 pub mod ppgtt;
 pub mod probe;
 pub mod server;
 pub mod vram;
+pub mod ww;

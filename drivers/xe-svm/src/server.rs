@@ -27,9 +27,14 @@ use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
 use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize, OpenView, PagerMigrate};
 use ipc_protocol::server::Handler;
-use ipc_protocol::types::{GpuId, JobId, JobStatus, KernelKind, ObjectId, PageCount, PageMask, VmId};
+use ipc_protocol::types::{BoId, GpuId, JobId, JobStatus, KernelKind, ObjectId, PageCount, PageMask, VmId};
 use ipc_protocol::Capability;
 
+use ipc_protocol::interfaces::gpu_shrink as sh;
+use ipc_protocol::interfaces::pressure::{Pressure, Release, Reserve, ReportUsage};
+use ipc_protocol::types::{MemoryKind, World};
+
+use crate::bo::{BoMap, BoStore};
 use crate::device::Device;
 use crate::ppgtt::Ppgtt;
 use crate::vram::Vram;
@@ -39,12 +44,15 @@ const STAGING_SLOT: u32 = 1;
 const ZERO_SLOT: u32 = 62;
 const FIRST_OBJECT_SLOT: u32 = 2;
 const GPU: u8 = 0;
+/// How long a GPU fault waits in mm-server for VRAM before it maps the
+/// pages from system memory instead.
+const FAULT_RESERVE_TIMEOUT_MS: u32 = 2_000;
 
-struct Binding {
-    gpu_addr: u64,
+pub(crate) struct Binding {
+    pub(crate) gpu_addr: u64,
     object: u32,
     first_page: u64,
-    pages: u64,
+    pub(crate) pages: u64,
 }
 
 impl Binding {
@@ -57,10 +65,12 @@ impl Binding {
     }
 }
 
-struct Vm {
-    owner: u64,
-    ppgtt: Ppgtt,
-    bindings: Vec<Binding>,
+pub(crate) struct Vm {
+    pub(crate) owner: u64,
+    pub(crate) ppgtt: Ppgtt,
+    pub(crate) bindings: Vec<Binding>,
+    /// Buffer objects mapped here (`bo.rs`).
+    pub(crate) bos: Vec<BoMap>,
 }
 
 struct ObjectState {
@@ -103,8 +113,8 @@ impl ObjectState {
 }
 
 #[derive(Default)]
-struct State {
-    vms: HashMap<u32, Vm>,
+pub(crate) struct State {
+    pub(crate) vms: HashMap<u32, Vm>,
     objects: HashMap<u32, ObjectState>,
     next_slot: u32,
     free_slots: Vec<u32>,
@@ -120,15 +130,18 @@ pub struct Counters {
 }
 
 pub struct Inner {
-    dev: Arc<Device>,
-    vram: Vram,
-    pt: Vram,
+    pub(crate) dev: Arc<Device>,
+    /// VRAM for SVM pages and buffer objects alike: the two worlds compete.
+    pub(crate) vram: Vram,
+    pub(crate) pt: Vram,
     migrate: Client<PagerMigrate>,
     state: Mutex<State>,
     next_asid: AtomicU32,
     next_job: AtomicU32,
-    /// mm-server, told our VRAM usage after each change (rule 7's accounting).
-    pressure: Option<Client<ipc_protocol::interfaces::pressure::Pressure>>,
+    /// mm-server: told our VRAM usage after each change (rule 7's
+    /// accounting), and where allocations that find no VRAM wait (rule 5).
+    pub(crate) pressure: Option<Client<Pressure>>,
+    pub(crate) bos: BoStore,
     zero_dma: u64,
     _zero: hw::shm::Region,
     pub counters: Counters,
@@ -145,15 +158,18 @@ fn pt_pages(total: u64) -> u64 {
 }
 
 impl GpuServer {
-    pub fn new(dev: Arc<Device>, migrate: Client<PagerMigrate>, pressure: Option<Client<ipc_protocol::interfaces::pressure::Pressure>>) -> Result<Self, String> {
+    /// `bo_pool_bytes`: the SRAM pool that holds evicted buffer objects.
+    pub fn new(dev: Arc<Device>, migrate: Client<PagerMigrate>, pressure: Option<Client<Pressure>>, bo_pool_bytes: u64) -> Result<Self, String> {
         let total = dev.bar.vram_bytes() / PAGE;
         let pt = pt_pages(total);
         // The probe used the last 2 MiB: it is free again now.
         let data_pages = (total - pt) & !511;
         let zero = hw::shm::Region::create("xe-svm-zero", 2 << 20).map_err(|e| e.to_string())?;
         let zero_dma = dev.bar.dma_map(ZERO_SLOT, zero.dup_fd().map_err(|e| e.to_string())?, 2 << 20).map_err(|e| e.to_string())?;
+        let bos = BoStore::new(&dev.bar, bo_pool_bytes)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                bos,
                 vram: Vram::new(0, data_pages),
                 pt: Vram::new(total - pt, pt),
                 dev,
@@ -202,7 +218,7 @@ impl GpuServer {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -218,14 +234,44 @@ impl Inner {
         }
     }
 
-    /// Tells mm-server how much VRAM SVM pages hold now (one-way).
-    fn report_usage(&self) {
-        use ipc_protocol::interfaces::pressure::ReportUsage;
-        use ipc_protocol::types::{MemoryKind, World};
+    /// VRAM held by (buffer objects, SVM pages).
+    pub(crate) fn vram_by_world(&self) -> (u64, u64) {
+        let bo = self.bos.vram_pages.load(Ordering::Relaxed) * PAGE;
+        (bo, (self.vram.used_pages() * PAGE).saturating_sub(bo))
+    }
+
+    /// Tells mm-server how much VRAM each world holds now (one-way).
+    pub(crate) fn report_usage(&self) {
         if let Some(p) = &self.pressure {
-            let bytes = self.vram.used_pages() * PAGE;
-            if let Err(e) = p.notify(ReportUsage { memory: MemoryKind::Vram, world: World::Svm, bytes }) {
-                log::warn!("xe-svm: mm-server unreachable: {e}");
+            let (bo, svm) = self.vram_by_world();
+            for (world, bytes) in [(World::Bo, bo), (World::Svm, svm)] {
+                if let Err(e) = p.notify(ReportUsage { memory: MemoryKind::Vram, world, bytes }) {
+                    log::debug!("xe-svm: mm-server unreachable: {e}");
+                }
+            }
+        }
+    }
+
+    /// Waits in mm-server for `bytes` of VRAM for `world` (rule 5: callers
+    /// hold no page or reservation lock). Returns the bytes granted, 0 when
+    /// mm-server refused, timed out or is gone (a typed error, logged).
+    pub(crate) fn reserve(&self, world: World, bytes: u64, timeout_ms: u32) -> u64 {
+        let Some(p) = &self.pressure else { return 0 };
+        match p.call(Reserve { memory: MemoryKind::Vram, world, bytes, timeout_ms }) {
+            Ok(r) => r.bytes,
+            Err(e) => {
+                log::debug!("xe-svm: no VRAM reservation for {bytes} bytes: {e}");
+                0
+            }
+        }
+    }
+
+    /// Gives back a reservation once what it made room for is allocated
+    /// (and reported).
+    pub(crate) fn release(&self, world: World, bytes: u64) {
+        if let (Some(p), true) = (&self.pressure, bytes > 0) {
+            if let Err(e) = p.call(Release { memory: MemoryKind::Vram, world, bytes }) {
+                log::debug!("xe-svm: releasing a reservation: {e}");
             }
         }
     }
@@ -236,7 +282,7 @@ impl Inner {
     fn resolve(&self, asid: u32, va: u64) -> bool {
         // Pick the chunk: 2 MiB, then 64 KiB, then 4 KiB, inside the binding
         // and aligned the same way in GPU and object space.
-        let (object, dma, first, count, block) = {
+        let (object, dma, page, sizes) = {
             let st = self.lock();
             let Some(vm) = st.vms.get(&asid) else { return false };
             let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else { return false };
@@ -246,21 +292,28 @@ impl Inner {
                 let first = page & !(pages - 1);
                 first >= b.first_page && first + pages <= b.first_page + b.pages && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
             };
-            // Largest chunk the binding allows and VRAM can give (rule 5:
-            // the block is allocated before any page lock is taken).
-            let mut pick = None;
-            for (pages, order) in [(512u64, 9u32), (16, 4), (1, 0)] {
-                if fits(pages) {
-                    if let Ok(block) = self.vram.alloc(order) {
-                        pick = Some((pages, Some(block)));
-                        break;
-                    }
-                }
-            }
-            // No VRAM at all: the page stays in RAM and is mapped as a system page.
-            let (pages, block) = pick.unwrap_or((1, None));
-            (b.object, obj.dma, page & !(pages - 1), pages as u16, block)
+            let sizes: Vec<(u64, u32)> = [(512u64, 9u32), (16, 4), (1, 0)].into_iter().filter(|(p, _)| fits(*p)).collect();
+            (b.object, obj.dma, page, sizes)
         };
+        // The largest chunk the binding allows and VRAM can give. Rule 5:
+        // the block is allocated before any page lock is taken, and with no
+        // lock of ours held.
+        let try_alloc = || sizes.iter().find_map(|&(pages, order)| self.vram.alloc(order).ok().map(|b| (pages, Some(b))));
+        let mut pick = try_alloc();
+        if pick.is_none() && self.pressure.is_some() {
+            // No VRAM: stall in mm-server for one granule (not the whole
+            // range) while its eviction loop makes room, then try again.
+            let granule = sizes.first().map_or(PAGE, |(p, _)| p * PAGE);
+            let granted = self.reserve(World::Svm, granule, FAULT_RESERVE_TIMEOUT_MS);
+            if granted > 0 {
+                pick = try_alloc();
+                self.report_usage();
+                self.release(World::Svm, granted);
+            }
+        }
+        // Still none: the page stays in RAM and is mapped as a system page.
+        let (pages, block) = pick.unwrap_or((1, None));
+        let (first, count) = (page & !(pages - 1), pages as u16);
         let free_block = |b: Option<u64>| {
             if let Some(b) = b {
                 let _ = self.vram.free_unused(b);
@@ -310,8 +363,7 @@ impl Inner {
                         }
                     }
                 }
-                // Rule 5 (room from mm-server) arrives with issue 7: the
-                // pages stay in RAM and are mapped as system pages below.
+                // No VRAM: the pages stay in RAM, mapped as system pages below.
                 None => (None, PageMask::EMPTY),
             };
             if let Some(block) = block {
@@ -516,7 +568,9 @@ impl Handler<g::Gpu> for GpuServer {
                 }
             }
         }
-        log::info!("xe-svm: client {} gone; its VMs were destroyed", caller.badge.0);
+        drop(st);
+        inner.destroy_bos_of(caller.badge.0);
+        log::info!("xe-svm: client {} gone; its VMs and buffer objects were destroyed", caller.badge.0);
     }
 
     fn handle(&self, caller: &Capability, req: g::Request, _handles: Vec<OwnedFd>) -> Result<(g::Reply, Vec<OwnedFd>), GpuError> {
@@ -529,7 +583,7 @@ impl Handler<g::Gpu> for GpuServer {
                     return Err(GpuError::OutOfMetadata);
                 }
                 let ppgtt = Ppgtt::new(&inner.dev.bar, &inner.pt, asid).map_err(|_| GpuError::OutOfVram)?;
-                inner.lock().vms.insert(asid, Vm { owner, ppgtt, bindings: Vec::new() });
+                inner.lock().vms.insert(asid, Vm { owner, ppgtt, bindings: Vec::new(), bos: Vec::new() });
                 Ok((g::Reply::CreateVm(g::VmCreated { vm: VmId::raw(asid), asid }), vec![]))
             }
             g::Request::DestroyVm(g::DestroyVm { vm }) => {
@@ -578,7 +632,7 @@ impl Handler<g::Gpu> for GpuServer {
                 }
                 let v = st.vms.get_mut(&vm.get()).ok_or(GpuError::NoSuchVm)?;
                 let end = gpu_addr + opened.pages * PAGE;
-                if v.bindings.iter().any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < end) {
+                if v.bindings.iter().any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < end) || v.bos.iter().any(|m| m.overlaps(gpu_addr, end - gpu_addr)) {
                     return Err(GpuError::AddressInUse);
                 }
                 v.bindings.push(Binding { gpu_addr, object, first_page: opened.object_first_page, pages: opened.pages });
@@ -600,9 +654,13 @@ impl Handler<g::Gpu> for GpuServer {
                 if !inner.lock().vms.get(&vm.get()).is_some_and(|v| v.owner == owner) {
                     return Err(GpuError::NoSuchVm);
                 }
-                let job = inner.next_job.fetch_add(1, Ordering::Relaxed);
-                let k = KernelLaunch { job, asid: vm.get(), op: kernel_op(kernel), addr, len, stride: stride as u32, value, threads };
-                inner.dev.bar.submit(Ring::Compute, job, &Command::Launch(k)).map_err(|_| GpuError::DeviceLost)?;
+                // Buffer objects the job reaches are locked and placed first.
+                let job = inner.submit_with_bos(vm.get(), addr, len, || {
+                    let job = inner.next_job.fetch_add(1, Ordering::Relaxed);
+                    let k = KernelLaunch { job, asid: vm.get(), op: kernel_op(kernel), addr, len, stride: stride as u32, value, threads };
+                    inner.dev.bar.submit(Ring::Compute, job, &Command::Launch(k)).map_err(|_| GpuError::DeviceLost)?;
+                    Ok(job)
+                })?;
                 Ok((g::Reply::Submit(g::Submitted { job: JobId::raw(job as u64) }), vec![]))
             }
             g::Request::Wait(g::Wait { job, timeout_ms }) => {
@@ -620,7 +678,22 @@ impl Handler<g::Gpu> for GpuServer {
                     Err(_) => Ok((g::Reply::Wait(g::JobDone { status: JobStatus::Running, faults: 0, elapsed_us: t0.elapsed().as_micros() as u64 }), vec![])),
                 }
             }
-            g::Request::CreateBo(_) | g::Request::MapBo(_) | g::Request::DestroyBo(_) => Err(GpuError::NotSupported),
+            g::Request::CreateBo(g::CreateBo { size_bytes }) => {
+                let bo = inner.create_bo(owner, size_bytes)?;
+                Ok((g::Reply::CreateBo(g::BoCreated { bo: BoId::raw(bo) }), vec![]))
+            }
+            g::Request::MapBo(g::MapBo { vm, bo, gpu_addr }) => {
+                inner.map_bo(owner, vm.get(), bo.get(), gpu_addr)?;
+                Ok((g::Reply::MapBo(g::Done {}), vec![]))
+            }
+            g::Request::DestroyBo(g::DestroyBo { bo }) => {
+                inner.destroy_bo(owner, bo.get())?;
+                Ok((g::Reply::DestroyBo(g::Done {}), vec![]))
+            }
+            g::Request::ReadBo(g::ReadBo { bo }) => {
+                let (size_bytes, fd) = inner.read_bo(owner, bo.get())?;
+                Ok((g::Reply::ReadBo(g::BoData { size_bytes }), vec![fd]))
+            }
             g::Request::Stats(_) => {
                 let c = &inner.counters;
                 Ok((
@@ -630,11 +703,29 @@ impl Handler<g::Gpu> for GpuServer {
                         gpu_faults: c.gpu_faults.load(Ordering::Relaxed),
                         pages_to_vram: c.pages_to_vram.load(Ordering::Relaxed),
                         pages_to_ram: c.pages_to_ram.load(Ordering::Relaxed),
-                        bo_evictions: 0,
+                        bo_evictions: inner.bos.evictions.load(Ordering::Relaxed),
+                        bo_restores: inner.bos.restores.load(Ordering::Relaxed),
+                        bo_vram_bytes: inner.vram_by_world().0,
                         invalidations: c.invalidations.load(Ordering::Relaxed),
                     }),
                     vec![],
                 ))
+            }
+        }
+    }
+}
+
+impl Handler<sh::GpuShrink> for GpuServer {
+    fn handle(&self, _caller: &Capability, req: sh::Request, _: Vec<OwnedFd>) -> Result<(sh::Reply, Vec<OwnedFd>), sh::ShrinkError> {
+        let inner = &self.inner;
+        match req {
+            sh::Request::Shrink(sh::Shrink { bytes }) => {
+                let (bytes, bos) = inner.shrink_bos(bytes).map_err(|_| sh::ShrinkError::DeviceLost)?;
+                Ok((sh::Reply::Shrink(sh::Shrunk { bytes, bos }), vec![]))
+            }
+            sh::Request::Usage(_) => {
+                let (bo_bytes, svm_bytes) = inner.vram_by_world();
+                Ok((sh::Reply::Usage(sh::VramUsage { total: inner.vram.total_pages() * PAGE, bo_bytes, svm_bytes }), vec![]))
             }
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use init::herd::{self, Mode};
+use init::oversub;
 use init::supervisor::{BootOptions, System};
 
 #[derive(Parser)]
@@ -65,6 +66,29 @@ enum Workload {
         #[arg(long)]
         same_start: bool,
     },
+    /// Oversubscription: an SVM working set `--ratio` times VRAM, touched by
+    /// the GPU and the CPU in turn, against buffer-object jobs competing for
+    /// VRAM; prints each world's evictions and checks every word.
+    Oversub {
+        /// SVM working set as a multiple of usable VRAM.
+        #[arg(long, default_value_t = 2.0)]
+        ratio: f64,
+        /// GPU-then-CPU passes over the working set.
+        #[arg(long, default_value_t = 2)]
+        passes: usize,
+        /// Buffer objects competing for VRAM (0: SVM alone).
+        #[arg(long, default_value_t = 8)]
+        bos: usize,
+        /// Share of VRAM the buffer objects want together.
+        #[arg(long, default_value_t = 0.5)]
+        bo_share: f64,
+        /// Client threads submitting buffer-object jobs.
+        #[arg(long, default_value_t = 4)]
+        bo_threads: usize,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_size(s: &str) -> Option<usize> {
@@ -109,6 +133,14 @@ fn main() {
                 std::process::exit(2);
             }
             run_herd(opts, &sizes, &threads, &modes, reps, json, same_start)
+        }
+        Cmd::Run { workload: Workload::Oversub { ratio, passes, bos, bo_share, bo_threads, json } } => {
+            if !(ratio > 0.0 && ratio <= 64.0) || passes == 0 || !(bo_share > 0.0 && bo_share <= 1.0) {
+                eprintln!("svm: --ratio must be in (0, 64], --bo-share in (0, 1] and --passes at least 1");
+                std::process::exit(2);
+            }
+            let cfg = oversub::Config { ratio, passes, bos, bo_share, bo_threads: bo_threads.max(1), ..Default::default() };
+            run_oversub(opts, &cfg, json)
         }
     };
     std::process::exit(code);
@@ -199,4 +231,29 @@ fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode
     }
     drop(clients);
     finish(system, failed.map_or(Ok(()), Err))
+}
+
+fn run_oversub(opts: BootOptions, cfg: &oversub::Config, json: bool) -> i32 {
+    let (mut system, clients) = match System::boot(&opts) {
+        Ok((s, Some(c))) => (s, c),
+        Ok((s, None)) => return finish(s, Err("booted without clients".into())),
+        Err(e) => {
+            eprintln!("svm: boot failed: {e}");
+            return 1;
+        }
+    };
+    eprintln!("svm: oversub: working set {}x VRAM, {} passes, {} buffer objects", cfg.ratio, cfg.passes, cfg.bos);
+    let result = match oversub::run(&clients, cfg) {
+        Ok(r) => {
+            println!("{}", if json { r.json() } else { r.text() });
+            if r.bad_pages + r.bad_bos > 0 {
+                Err(format!("{} bad pages, {} bad buffer objects", r.bad_pages, r.bad_bos))
+            } else {
+                system.check_alive().map_err(|e| e.to_string())
+            }
+        }
+        Err(e) => Err(format!("oversub failed: {e}")),
+    };
+    drop(clients);
+    finish(system, result)
 }

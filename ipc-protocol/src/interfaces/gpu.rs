@@ -21,6 +21,12 @@ wire_struct!(pub struct CreateBo { pub size_bytes: u64 });
 wire_struct!(pub struct BoCreated { pub bo: BoId });
 wire_struct!(pub struct MapBo { pub vm: VmId, pub bo: BoId, pub gpu_addr: u64 });
 wire_struct!(pub struct DestroyBo { pub bo: BoId });
+wire_struct!(
+    /// Read a buffer object back: once its jobs are done, the server copies
+    /// it into a new memfd (the one handle of the reply) the caller may map.
+    pub struct ReadBo { pub bo: BoId }
+);
+wire_struct!(pub struct BoData { pub size_bytes: u64 });
 wire_struct!(pub struct Stats {});
 wire_struct!(
     pub struct GpuStats {
@@ -30,6 +36,8 @@ wire_struct!(
         pub pages_to_vram: u64,
         pub pages_to_ram: u64,
         pub bo_evictions: u64,
+        pub bo_restores: u64,
+        pub bo_vram_bytes: u64,
         pub invalidations: u64,
     }
 );
@@ -69,6 +77,7 @@ interface! {
         8 => MapBo [0] -> Done [0] needs GPU_BO;
         9 => DestroyBo [0] -> Done [0] needs GPU_BO;
         10 => Stats [0] -> GpuStats [0] needs GPU_STATS;
+        11 => ReadBo [0] -> BoData [1] needs GPU_BO;
     }
     notifications {}
 }

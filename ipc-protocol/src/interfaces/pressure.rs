@@ -17,8 +17,17 @@ wire_struct!(
         pub vram_used: u64,
         pub low_watermark: u64,
         pub high_watermark: u64,
+        /// VRAM held by each world, as last reported or refreshed.
+        pub bo_vram_bytes: u64,
+        pub svm_vram_bytes: u64,
+        /// System memory holding SVM pages (from the pager).
+        pub svm_sram_bytes: u64,
+        /// What the eviction loop took back from each world so far.
         pub bo_evicted_bytes: u64,
         pub svm_evicted_bytes: u64,
+        /// Eviction rounds run, and reservations that had to wait.
+        pub rounds: u64,
+        pub stalled_reservations: u64,
     }
 );
 wire_struct!(pub struct Done {});
@@ -36,7 +45,7 @@ interface! {
     calls {
         2 => Reserve [0] -> Reserved [0] needs PRESSURE_RESERVE;
         3 => Release [0] -> Done [0] needs PRESSURE_RESERVE;
-        4 => Status [0] -> PressureStatus [0] needs PRESSURE_REPORT;
+        4 => Status [0] -> PressureStatus [0] needs PRESSURE_STATUS;
     }
     notifications {
         1 => ReportUsage [0] needs PRESSURE_REPORT;

@@ -1,35 +1,76 @@
-//! The memory-pressure broker process. `--gpu-fd`: the `Pressure` endpoint
-//! of the GPU server (inherited from init). Stdin is init's lifeline.
+//! The memory-pressure broker process. Endpoints inherited from init:
+//! `--gpu-fd` (`Pressure`, served to the GPU server), `--status-fd`
+//! (`Pressure`, served to init for status), `--shrink-fd` (our `GpuShrink`
+//! client) and `--reclaim-fd` (our `PagerReclaim` client). Stdin is init's
+//! lifeline.
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::pressure::Pressure;
-use ipc_protocol::transport::{inherited_fd, SeqPacket};
+use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
 use mm_server::broker::Broker;
+use mm_server::evictor::{self, IpcWorlds};
 
 #[derive(Parser)]
 #[command(about = "xe-svm memory-pressure broker")]
 struct Args {
     #[arg(long)]
     gpu_fd: i32,
-    #[arg(long)]
-    vram_bytes: u64,
     /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
     #[arg(long, default_value_t = (Rights::PRESSURE_REPORT.union(Rights::PRESSURE_RESERVE)).bits())]
     gpu_rights: u32,
+    #[arg(long)]
+    status_fd: Option<i32>,
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    #[arg(long, default_value_t = Rights::PRESSURE_STATUS.bits())]
+    status_rights: u32,
+    #[arg(long)]
+    shrink_fd: Option<i32>,
+    #[arg(long)]
+    reclaim_fd: Option<i32>,
+    /// VRAM size until the GPU server reports its own figure.
+    #[arg(long)]
+    vram_bytes: u64,
+    /// Free VRAM (percent) below which the eviction loop runs.
+    #[arg(long, default_value_t = 10)]
+    low_watermark_pct: u64,
+    /// Free VRAM (percent) the eviction loop stops at.
+    #[arg(long, default_value_t = 20)]
+    high_watermark_pct: u64,
+    /// How long a call to the GPU server or the pager may take.
+    #[arg(long, default_value_t = 10_000)]
+    peer_timeout_ms: u64,
+}
 
+fn endpoint(fd: i32) -> Arc<dyn Transport> {
+    // SAFETY: init passed this descriptor to us and nothing else owns it.
+    Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
 }
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
-    let broker = Arc::new(Broker::new(a.vram_bytes));
-    // SAFETY: init passed this descriptor to us and nothing else owns it.
-    let gpu = Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(a.gpu_fd) }));
-    ipc_protocol::server::spawn::<Pressure, _>("mm-gpu", gpu, Capability::new(1, Rights::from_bits_truncate(a.gpu_rights)), broker, 2);
+    if a.low_watermark_pct > a.high_watermark_pct || a.high_watermark_pct > 100 {
+        eprintln!("mm-server: watermarks must satisfy low <= high <= 100 (got {} and {})", a.low_watermark_pct, a.high_watermark_pct);
+        std::process::exit(2);
+    }
+    let broker = Arc::new(Broker::with_watermarks(a.vram_bytes, a.vram_bytes * a.low_watermark_pct / 100, a.vram_bytes * a.high_watermark_pct / 100));
+    ipc_protocol::server::spawn::<Pressure, _>("mm-gpu", endpoint(a.gpu_fd), Capability::new(1, Rights::from_bits_truncate(a.gpu_rights)), broker.clone(), 4);
+    if let Some(fd) = a.status_fd {
+        ipc_protocol::server::spawn::<Pressure, _>("mm-status", endpoint(fd), Capability::new(2, Rights::from_bits_truncate(a.status_rights)), broker.clone(), 1);
+    }
+    if let (Some(shrink), Some(reclaim)) = (a.shrink_fd, a.reclaim_fd) {
+        let worlds = Arc::new(IpcWorlds::new(Client::new(endpoint(shrink)), Client::new(endpoint(reclaim)), Duration::from_millis(a.peer_timeout_ms)));
+        let b = broker.clone();
+        std::thread::Builder::new().name("mm-evict".into()).spawn(move || evictor::run(b, worlds)).expect("spawning at boot");
+    } else {
+        log::warn!("mm-server: no shrinker or reclaim endpoint; reservations wait for memory to be given back");
+    }
     println!("mm-server: serving");
     let mut buf = [0u8; 1];
     let _ = std::io::stdin().read(&mut buf);

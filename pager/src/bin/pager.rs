@@ -1,14 +1,14 @@
 //! The pager process. Endpoints inherited from `init`: `--client-fd`
 //! (`Pager`, one client), `--migrate-fd` (`PagerMigrate`, served to the GPU
-//! server), `--notify-fd` (our `GpuNotify` client). Stdin is init's
-//! lifeline.
+//! server), `--notify-fd` (our `GpuNotify` client), `--reclaim-fd`
+//! (`PagerReclaim`, served to mm-server). Stdin is init's lifeline.
 
 use std::io::Read;
 use std::sync::Arc;
 
 use clap::Parser;
 use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::{pager::Pager, pager_migrate::PagerMigrate};
+use ipc_protocol::interfaces::{pager::Pager, pager_migrate::PagerMigrate, pager_reclaim::PagerReclaim};
 use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
 use pager::host::{Config, PagerServer};
@@ -30,6 +30,13 @@ struct Args {
     /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
     #[arg(long, default_value_t = Rights::MIGRATE.bits())]
     migrate_rights: u32,
+
+    /// `PagerReclaim`, served to mm-server.
+    #[arg(long)]
+    reclaim_fd: Option<i32>,
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    #[arg(long, default_value_t = Rights::RECLAIM.bits())]
+    reclaim_rights: u32,
 
     /// Service threads per view.
     #[arg(long, default_value_t = 4)]
@@ -60,6 +67,10 @@ fn main() {
     if let Err(e) = server.attach_gpu(Client::new(endpoint(a.notify_fd))) {
         eprintln!("pager: attaching the GPU server: {e}");
         std::process::exit(2);
+    }
+    if let Some(fd) = a.reclaim_fd {
+        let rights = Rights::from_bits_truncate(a.reclaim_rights);
+        ipc_protocol::server::spawn::<PagerReclaim, _>("pager-reclaim", endpoint(fd), Capability::new(3, rights), server.clone(), 2);
     }
     let rights = Rights::from_bits_truncate(a.client_rights);
     ipc_protocol::server::spawn::<Pager, _>("pager-client", endpoint(a.client_fd), Capability::new(a.client_badge, rights), server, 4);

@@ -113,6 +113,10 @@ impl Inner {
 #[derive(Clone)]
 pub struct PagerServer {
     inner: Arc<Inner>,
+    /// Where the last eviction stopped: (object id, page). Eviction sweeps
+    /// on from here like a clock hand, so the pages it takes are the ones
+    /// longest since the hand passed, not always the first object's.
+    evict_hand: Arc<Mutex<(u32, usize)>>,
 }
 
 impl PagerServer {
@@ -128,6 +132,7 @@ impl PagerServer {
                 staging,
                 zeros: vec![0u8; objects::SLOT_BYTES],
             }),
+            evict_hand: Arc::new(Mutex::new((0, 0))),
         })
     }
 
@@ -413,18 +418,25 @@ impl PagerServer {
     /// with trylocks (rule 1); returns the pages moved.
     pub fn evict(&self, gpu: u8, bytes: u64) -> u64 {
         let want = bytes.div_ceil(4096);
-        let objects: Vec<Arc<Object>> = self.inner.objects.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut objects: Vec<Arc<Object>> = self.inner.objects.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        objects.sort_by_key(|o| o.id);
+        let mut hand = self.evict_hand.lock().unwrap_or_else(|e| e.into_inner());
+        // Every chunk once, starting at the hand.
+        let chunks: Vec<(usize, usize)> =
+            objects.iter().enumerate().flat_map(|(i, o)| (0..o.pages()).step_by(crate::migrate::CHUNK_PAGES).map(move |p| (i, p))).collect();
+        let start = chunks.iter().position(|&(i, p)| (objects[i].id, p) >= *hand).unwrap_or(0);
         let mut moved = 0u64;
-        for o in objects {
-            for first in (0..o.pages()).step_by(crate::migrate::CHUNK_PAGES) {
-                if moved >= want {
-                    return moved;
-                }
-                let backend = HostBackend { pager: &self.inner, object: &o, view: None };
-                match evict(&o.table, &backend, Chunk::around(first, o.pages()), gpu) {
-                    Ok(n) => moved += n as u64,
-                    Err(e) => log::warn!("pager: evicting object {}: {e:?}", o.id),
-                }
+        for k in 0..chunks.len() {
+            if moved >= want {
+                break;
+            }
+            let (i, first) = chunks[(start + k) % chunks.len()];
+            let o = &objects[i];
+            *hand = (o.id, first + crate::migrate::CHUNK_PAGES);
+            let backend = HostBackend { pager: &self.inner, object: o, view: None };
+            match evict(&o.table, &backend, Chunk::around(first, o.pages()), gpu) {
+                Ok(n) => moved += n as u64,
+                Err(e) => log::warn!("pager: evicting object {}: {e:?}", o.id),
             }
         }
         moved

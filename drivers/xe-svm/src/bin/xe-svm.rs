@@ -1,7 +1,9 @@
 //! The GPU server process. Endpoints are inherited from `init`:
 //! `--device-fd` (the device's control channel), and when serving,
 //! `--client-fd` (`Gpu`, one client), `--migrate-fd` (our `PagerMigrate`
-//! client) and `--notify-fd` (`GpuNotify`, served to the pager). Stdin is
+//! client), `--notify-fd` (`GpuNotify`, served to the pager),
+//! `--pressure-fd` (our `Pressure` client) and `--shrink-fd` (`GpuShrink`,
+//! served to mm-server). Stdin is
 //! init's lifeline: the server stops when it closes.
 
 use std::io::Read;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify};
+use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify, gpu_shrink::GpuShrink};
 use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
 use xe_svm::device::Device;
@@ -42,6 +44,15 @@ struct Args {
     /// Our `Pressure` client endpoint to mm-server.
     #[arg(long)]
     pressure_fd: Option<i32>,
+    /// `GpuShrink`, served to mm-server.
+    #[arg(long)]
+    shrink_fd: Option<i32>,
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    #[arg(long, default_value_t = Rights::SHRINK.bits())]
+    shrink_rights: u32,
+    /// System memory for evicted buffer objects (sparse until used).
+    #[arg(long, default_value_t = 1024)]
+    bo_pool_mib: u64,
 }
 
 fn endpoint(fd: i32) -> Arc<dyn Transport> {
@@ -72,7 +83,7 @@ fn main() {
     if let (Some(client), Some(migrate), Some(notify)) = (a.client_fd, a.migrate_fd, a.notify_fd) {
         let dev = Device::new(Arc::new(bar));
         let pressure = a.pressure_fd.map(|fd| Client::new(endpoint(fd)).with_timeout(std::time::Duration::from_secs(10)));
-        let server = match GpuServer::new(dev.clone(), Client::new(endpoint(migrate)), pressure) {
+        let server = match GpuServer::new(dev.clone(), Client::new(endpoint(migrate)), pressure, a.bo_pool_mib << 20) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("xe-svm: {e}");
@@ -87,6 +98,10 @@ fn main() {
         // Rule 9: the notifier has its own endpoint and threads.
         let notify_rights = Rights::from_bits_truncate(a.notify_rights);
         ipc_protocol::server::spawn::<GpuNotify, _>("xe-svm-notify", endpoint(notify), Capability::new(2, notify_rights), server.clone(), 4);
+        if let Some(fd) = a.shrink_fd {
+            let rights = Rights::from_bits_truncate(a.shrink_rights);
+            ipc_protocol::server::spawn::<GpuShrink, _>("xe-svm-shrink", endpoint(fd), Capability::new(3, rights), server.clone(), 2);
+        }
         let client_rights = Rights::from_bits_truncate(a.client_rights);
         ipc_protocol::server::spawn::<Gpu, _>("xe-svm-gpu", endpoint(client), Capability::new(a.client_badge, client_rights), server, 4);
         println!("xe-svm: serving");

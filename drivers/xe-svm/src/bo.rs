@@ -1,0 +1,531 @@
+//! The BO world: buffer objects for ordinary GPU jobs.
+//!
+//! A buffer object is a run of chunks (2 MiB down to 4 KiB). Each chunk has
+//! a permanent home in the SRAM pool (one memfd, DMA-mapped once) and, while
+//! it is placed in VRAM, a VRAM block. Eviction copies the chunk home and
+//! points its PTEs at the home; the next job that uses the object restores
+//! it (TTM's validate on exec).
+//!
+//! Locking:
+//! - each object's reservation lock ([`WwMutex`]) guards its placement and
+//!   busy job. A job locks all the objects it uses with one acquire context
+//!   (wait-die backoff, so two jobs locking in different orders cannot
+//!   deadlock). Order: reservation locks, then the VM lock (`State`).
+//! - the shrinker takes reservation locks with trylock only and evicts only
+//!   idle objects (their last job retired).
+//! - no path here takes a page lock or calls the pager (rule 7): SVM VRAM
+//!   goes back only through the pager's reclaim.
+//! - waiting for VRAM (mm-server's `Reserve`) happens with no reservation
+//!   lock held (rule 5): the job drops them all, waits, and starts over.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hw::xe::layout;
+use hw::xe::pte::{PageSize, Target};
+use ipc_protocol::interfaces::gpu::GpuError;
+
+use crate::server::{Inner, State};
+use crate::vram::{Vram, MAX_ORDER};
+use crate::ww::{self, WwClass, WwMutex};
+
+const PAGE: u64 = 4096;
+/// The DMA slot of the BO SRAM pool.
+pub const POOL_SLOT: u32 = 63;
+/// How long a job waits in mm-server for VRAM to restore its objects.
+const RESERVE_TIMEOUT_MS: u32 = 5_000;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    order: u32,
+    /// First page of this chunk's home in the SRAM pool.
+    sram_pfn: u64,
+    /// Its VRAM block while placed in VRAM.
+    vram_pfn: Option<u64>,
+}
+
+impl Chunk {
+    fn pages(&self) -> u64 {
+        1 << self.order
+    }
+}
+
+struct Placement {
+    chunks: Vec<Chunk>,
+    /// The last job submitted that uses the object (0: none).
+    busy_job: u32,
+    /// Use clock at the last job, for least-recently-used eviction.
+    last_use: u64,
+}
+
+pub struct Bo {
+    pub id: u32,
+    pub owner: u64,
+    pub pages: u64,
+    /// The reservation lock.
+    pub resv: WwMutex,
+    placement: Mutex<Placement>,
+}
+
+impl Bo {
+    /// Only the holder of `resv` touches the placement, so this never waits
+    /// for long; the mutex makes that safe to express.
+    fn placement(&self) -> MutexGuard<'_, Placement> {
+        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where an object is mapped in one VM.
+#[derive(Debug, Clone, Copy)]
+pub struct BoMap {
+    pub gpu_addr: u64,
+    pub bo: u32,
+    pub pages: u64,
+}
+
+impl BoMap {
+    pub fn overlaps(&self, addr: u64, len: u64) -> bool {
+        addr < self.gpu_addr + self.pages * PAGE && self.gpu_addr < addr + len
+    }
+}
+
+pub struct BoStore {
+    bos: Mutex<HashMap<u32, Arc<Bo>>>,
+    next_id: AtomicU32,
+    pub class: WwClass,
+    pool: hw::shm::Region,
+    pool_dma: u64,
+    pool_alloc: Vram,
+    /// VRAM pages BOs hold now.
+    pub vram_pages: AtomicU64,
+    pub evictions: AtomicU64,
+    pub restores: AtomicU64,
+    use_clock: AtomicU64,
+    /// Job ids are allocated and pushed in one step so the compute engine's
+    /// completion register orders them.
+    pub submit: Mutex<()>,
+}
+
+impl BoStore {
+    pub fn new(bar: &hw::bar::Bar, pool_bytes: u64) -> Result<Self, String> {
+        let pool_bytes = pool_bytes.max(2 << 20) & !((2 << 20) - 1);
+        let pool = hw::shm::Region::create("xe-svm-bo-pool", pool_bytes as usize).map_err(|e| e.to_string())?;
+        let pool_dma = bar.dma_map(POOL_SLOT, pool.dup_fd().map_err(|e| e.to_string())?, pool_bytes).map_err(|e| e.to_string())?;
+        Ok(Self {
+            bos: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+            class: WwClass::new(),
+            pool,
+            pool_dma,
+            pool_alloc: Vram::new(0, pool_bytes / PAGE),
+            vram_pages: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            restores: AtomicU64::new(0),
+            use_clock: AtomicU64::new(1),
+            submit: Mutex::new(()),
+        })
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<u32, Arc<Bo>>> {
+        self.bos.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The caller's object `id`; another client's is as unknown as a stale one.
+    pub fn get(&self, owner: u64, id: u32) -> Result<Arc<Bo>, GpuError> {
+        self.map().get(&id).filter(|b| b.owner == owner).cloned().ok_or(GpuError::NoSuchBo)
+    }
+
+    pub fn ids_of(&self, owner: u64) -> Vec<u32> {
+        self.map().values().filter(|b| b.owner == owner).map(|b| b.id).collect()
+    }
+
+    fn sram_addr(&self, c: &Chunk) -> u64 {
+        self.pool_dma + c.sram_pfn * PAGE
+    }
+}
+
+/// Splits `pages` into power-of-two chunks of at most 2 MiB.
+fn chunk_orders(mut pages: u64) -> Vec<u32> {
+    let mut v = Vec::new();
+    while pages > 0 {
+        let order = (63 - pages.leading_zeros()).min(MAX_ORDER);
+        v.push(order);
+        pages -= 1 << order;
+    }
+    v
+}
+
+impl Inner {
+    fn job_done(&self, job: u32) -> bool {
+        job == 0 || (self.dev.bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
+    }
+
+    /// Creates an object of `size_bytes` (a multiple of 4 KiB). It starts
+    /// zeroed in its SRAM home; its first job places it in VRAM.
+    pub(crate) fn create_bo(&self, owner: u64, size_bytes: u64) -> Result<u32, GpuError> {
+        let s = &self.bos;
+        if size_bytes == 0 || size_bytes % PAGE != 0 {
+            return Err(GpuError::BadRange);
+        }
+        let mut chunks = Vec::new();
+        for order in chunk_orders(size_bytes / PAGE) {
+            match s.pool_alloc.alloc(order) {
+                Ok(sram_pfn) => chunks.push(Chunk { order, sram_pfn, vram_pfn: None }),
+                Err(_) => {
+                    for c in &chunks {
+                        let _ = s.pool_alloc.free_unused(c.sram_pfn);
+                    }
+                    return Err(GpuError::OutOfMetadata);
+                }
+            }
+        }
+        // A home may hold an old object's data: punch it back to zeros.
+        for c in &chunks {
+            let _ = rustix::fs::fallocate(
+                s.pool.fd(),
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                c.sram_pfn * PAGE,
+                c.pages() * PAGE,
+            );
+        }
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        let bo = Bo {
+            id,
+            owner,
+            pages: size_bytes / PAGE,
+            resv: WwMutex::new(),
+            placement: Mutex::new(Placement { chunks, busy_job: 0, last_use: 0 }),
+        };
+        s.map().insert(id, Arc::new(bo));
+        Ok(id)
+    }
+
+    /// Writes the PTEs of every mapping of `bo` for its current placement;
+    /// returns the (asid, va, len) ranges to invalidate.
+    fn write_bo_ptes(&self, st: &mut State, bo: &Bo, chunks: &[Chunk]) -> Vec<(u32, u64, u64)> {
+        let bar = &self.dev.bar;
+        let mut ranges = Vec::new();
+        for (asid, vm) in st.vms.iter_mut() {
+            let maps: Vec<BoMap> = vm.bos.iter().filter(|m| m.bo == bo.id).copied().collect();
+            for m in maps {
+                let mut va = m.gpu_addr;
+                for c in chunks {
+                    let (base, target) = match c.vram_pfn {
+                        Some(pfn) => (pfn * PAGE, Target::Device),
+                        None => (self.bos.sram_addr(c), Target::System),
+                    };
+                    if c.order == MAX_ORDER && va % (2 << 20) == 0 {
+                        let _ = vm.ppgtt.map(bar, &self.pt, va, base, PageSize::Size2M, target);
+                    } else {
+                        for p in 0..c.pages() {
+                            let _ = vm.ppgtt.map(bar, &self.pt, va + p * PAGE, base + p * PAGE, PageSize::Size4K, target);
+                        }
+                    }
+                    va += c.pages() * PAGE;
+                }
+                ranges.push((*asid, m.gpu_addr, m.pages * PAGE));
+            }
+        }
+        ranges
+    }
+
+    fn invalidate_ranges(&self, ranges: &[(u32, u64, u64)]) -> Result<(), GpuError> {
+        for &(asid, va, len) in ranges {
+            self.dev.invalidate(asid, va, len).map_err(|_| GpuError::DeviceLost)?;
+        }
+        Ok(())
+    }
+
+    /// Maps `bo` at `gpu_addr` of the caller's VM `vm`.
+    pub(crate) fn map_bo(&self, owner: u64, vm: u32, bo_id: u32, gpu_addr: u64) -> Result<(), GpuError> {
+        let bo = self.bos.get(owner, bo_id)?;
+        if gpu_addr % PAGE != 0 || (gpu_addr + bo.pages * PAGE) >> 47 != 0 {
+            return Err(GpuError::BadRange);
+        }
+        if !bo.resv.lock_single(IDLE_TIMEOUT) {
+            return Err(GpuError::Busy);
+        }
+        let r = (|| {
+            let chunks = bo.placement().chunks.clone();
+            let mut st = self.lock();
+            let v = st.vms.get_mut(&vm).filter(|v| v.owner == owner).ok_or(GpuError::NoSuchVm)?;
+            let len = bo.pages * PAGE;
+            if v.bindings.iter().any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < gpu_addr + len) || v.bos.iter().any(|m| m.overlaps(gpu_addr, len)) {
+                return Err(GpuError::AddressInUse);
+            }
+            v.bos.push(BoMap { gpu_addr, bo: bo_id, pages: bo.pages });
+            // Only this new mapping needs writing, but rewriting all of the
+            // object's mappings with the same placement is harmless.
+            let _ = self.write_bo_ptes(&mut st, &bo, &chunks);
+            Ok(())
+        })();
+        bo.resv.unlock();
+        r
+    }
+
+    /// Destroys an idle object: unmapped everywhere, VRAM and home freed.
+    pub(crate) fn destroy_bo(&self, owner: u64, bo_id: u32) -> Result<(), GpuError> {
+        let bo = self.bos.get(owner, bo_id)?;
+        if !bo.resv.lock_single(IDLE_TIMEOUT) {
+            return Err(GpuError::Busy);
+        }
+        let busy = bo.placement().busy_job;
+        if !self.job_done(busy) {
+            bo.resv.unlock();
+            return Err(GpuError::Busy);
+        }
+        self.bos.map().remove(&bo_id);
+        let r = self.unmap_bo_everywhere(&bo);
+        let mut p = bo.placement();
+        for c in p.chunks.drain(..) {
+            if let Some(pfn) = c.vram_pfn {
+                let _ = self.vram.free_unused(pfn);
+                self.bos.vram_pages.fetch_sub(c.pages(), Ordering::Relaxed);
+            }
+            let _ = self.bos.pool_alloc.free_unused(c.sram_pfn);
+        }
+        drop(p);
+        bo.resv.unlock();
+        self.report_usage();
+        r
+    }
+
+    fn unmap_bo_everywhere(&self, bo: &Bo) -> Result<(), GpuError> {
+        let mut ranges = Vec::new();
+        let mut st = self.lock();
+        for (asid, vm) in st.vms.iter_mut() {
+            let maps: Vec<BoMap> = vm.bos.iter().filter(|m| m.bo == bo.id).copied().collect();
+            vm.bos.retain(|m| m.bo != bo.id);
+            for m in maps {
+                let _ = vm.ppgtt.unmap(&self.dev.bar, &self.pt, m.gpu_addr, m.pages * PAGE);
+                ranges.push((*asid, m.gpu_addr, m.pages * PAGE));
+            }
+        }
+        self.invalidate_ranges(&ranges)
+    }
+
+    /// Drops every object of a client that went away.
+    pub(crate) fn destroy_bos_of(&self, owner: u64) {
+        for id in self.bos.ids_of(owner) {
+            if let Err(e) = self.destroy_bo(owner, id) {
+                log::warn!("xe-svm: object {id} of departed client {owner}: {e:?}");
+            }
+        }
+    }
+
+    /// Copies `bo` into a new memfd once its jobs are done.
+    pub(crate) fn read_bo(&self, owner: u64, bo_id: u32) -> Result<(u64, OwnedFd), GpuError> {
+        let bo = self.bos.get(owner, bo_id)?;
+        if !bo.resv.lock_single(IDLE_TIMEOUT) {
+            return Err(GpuError::Busy);
+        }
+        let r = (|| {
+            let p = bo.placement();
+            if !self.job_done(p.busy_job)
+                && self.dev.bar.wait_seqno(layout::REG_CCS_DONE, p.busy_job, IDLE_TIMEOUT).is_err()
+            {
+                return Err(GpuError::Busy);
+            }
+            let size = bo.pages * PAGE;
+            let out = hw::shm::Region::create("xe-svm-bo-read", size as usize).map_err(|_| GpuError::OutOfMetadata)?;
+            let mut buf = vec![0u8; 2 << 20];
+            let mut off = 0u64;
+            for c in &p.chunks {
+                let n = (c.pages() * PAGE) as usize;
+                let ok = match c.vram_pfn {
+                    Some(pfn) => self.dev.bar.vram().read(pfn * PAGE, &mut buf[..n]),
+                    None => self.bos.pool.read(c.sram_pfn * PAGE, &mut buf[..n]),
+                };
+                if !ok || !out.write(off, &buf[..n]) {
+                    return Err(GpuError::DeviceLost);
+                }
+                off += n as u64;
+            }
+            Ok((size, out.dup_fd().map_err(|_| GpuError::OutOfMetadata)?))
+        })();
+        bo.resv.unlock();
+        r
+    }
+
+    /// Locks the objects a job on `[addr, addr + len)` of `vm` uses, places
+    /// them in VRAM (waiting in mm-server, with no lock held, when VRAM is
+    /// short), submits the job with `push` and marks them busy with it.
+    /// An object that cannot get VRAM runs from its SRAM home.
+    pub(crate) fn submit_with_bos(&self, vm: u32, addr: u64, len: u64, push: impl FnOnce() -> Result<u32, GpuError>) -> Result<u32, GpuError> {
+        let mut attempts = 0;
+        // VRAM mm-server granted us for the previous attempt, released once
+        // that attempt's allocations are accounted.
+        let mut granted = 0u64;
+        loop {
+            let bos: Vec<Arc<Bo>> = {
+                let st = self.lock();
+                let v = st.vms.get(&vm).ok_or(GpuError::NoSuchVm)?;
+                let map = self.bos.map();
+                v.bos.iter().filter(|m| m.overlaps(addr, len)).filter_map(|m| map.get(&m.bo).cloned()).collect()
+            };
+            let ctx = self.bos.class.context();
+            let set: Vec<&WwMutex> = bos.iter().map(|b| &b.resv).collect();
+            let held = ww::lock_all(&set, &ctx);
+            let unlock = || held.iter().for_each(|&h| set[h].unlock());
+            let short = bos.iter().try_fold(0u64, |acc, b| self.restore_bo(b).map(|s| acc + s));
+            if granted > 0 {
+                self.report_usage();
+                self.release(ipc_protocol::types::World::Bo, std::mem::take(&mut granted));
+            }
+            let short = match short {
+                Ok(s) => s,
+                Err(e) => {
+                    unlock();
+                    return Err(e);
+                }
+            };
+            attempts += 1;
+            if short > 0 && attempts < 3 && self.pressure.is_some() {
+                unlock();
+                // Rule 5: wait for room holding nothing, then start over.
+                granted = self.reserve(ipc_protocol::types::World::Bo, short * PAGE, RESERVE_TIMEOUT_MS);
+                if granted == 0 {
+                    attempts = 3; // mm-server could not help: run from SRAM
+                }
+                continue;
+            }
+            let r = {
+                let _order = self.bos.submit.lock().unwrap_or_else(|e| e.into_inner());
+                push().inspect(|&job| {
+                    let now = self.bos.use_clock.fetch_add(1, Ordering::Relaxed);
+                    for b in &bos {
+                        let mut p = b.placement();
+                        p.busy_job = job;
+                        p.last_use = now;
+                    }
+                })
+            };
+            unlock();
+            self.report_usage();
+            return r;
+        }
+    }
+
+    /// Places every SRAM chunk of the locked `bo` in VRAM that can get a
+    /// block now; returns the pages still left in SRAM.
+    fn restore_bo(&self, bo: &Bo) -> Result<u64, GpuError> {
+        let mut p = bo.placement();
+        if p.chunks.iter().all(|c| c.vram_pfn.is_some()) {
+            return Ok(0);
+        }
+        let mut copies = Vec::new();
+        let mut placed = Vec::new();
+        let mut short = 0;
+        for (i, c) in p.chunks.iter().enumerate() {
+            if c.vram_pfn.is_some() {
+                continue;
+            }
+            match self.vram.alloc(c.order) {
+                Ok(pfn) => {
+                    copies.push((self.bos.sram_addr(c), pfn * PAGE, c.pages() * PAGE));
+                    placed.push((i, pfn));
+                }
+                Err(_) => short += c.pages(),
+            }
+        }
+        if placed.is_empty() {
+            return Ok(short);
+        }
+        if !self.dev.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
+            for (_, pfn) in placed {
+                let _ = self.vram.free_unused(pfn);
+            }
+            return Err(GpuError::DeviceLost);
+        }
+        for &(i, pfn) in &placed {
+            p.chunks[i].vram_pfn = Some(pfn);
+            self.bos.vram_pages.fetch_add(p.chunks[i].pages(), Ordering::Relaxed);
+        }
+        let chunks = p.chunks.clone();
+        drop(p);
+        let ranges = self.write_bo_ptes(&mut self.lock(), bo, &chunks);
+        self.invalidate_ranges(&ranges)?;
+        self.bos.restores.fetch_add(1, Ordering::Relaxed);
+        Ok(short)
+    }
+
+    /// The shrinker (`GpuShrink::Shrink`): evicts idle objects, least
+    /// recently used first, until `bytes` have left VRAM. Trylock only.
+    pub(crate) fn shrink_bos(&self, bytes: u64) -> Result<(u64, u32), GpuError> {
+        let mut candidates: Vec<(u64, Arc<Bo>)> = self.bos.map().values().map(|b| (0, b.clone())).collect();
+        for (key, b) in candidates.iter_mut() {
+            // Unlocked peek: only an ordering hint.
+            *key = b.placement.try_lock().map(|p| p.last_use).unwrap_or(u64::MAX);
+        }
+        candidates.sort_by_key(|(k, _)| *k);
+        let (mut freed, mut count) = (0u64, 0u32);
+        for (_, bo) in candidates {
+            if freed >= bytes {
+                break;
+            }
+            if !bo.resv.try_lock() {
+                continue;
+            }
+            let r = self.evict_bo(&bo);
+            bo.resv.unlock();
+            let pages = r?;
+            if pages > 0 {
+                freed += pages * PAGE;
+                count += 1;
+            }
+        }
+        if freed > 0 {
+            self.report_usage();
+        }
+        Ok((freed, count))
+    }
+
+    /// Moves the locked, idle `bo` to its SRAM home; returns pages freed.
+    fn evict_bo(&self, bo: &Bo) -> Result<u64, GpuError> {
+        let mut p = bo.placement();
+        if !self.job_done(p.busy_job) || p.chunks.iter().all(|c| c.vram_pfn.is_none()) {
+            return Ok(0);
+        }
+        let copies: Vec<(u64, u64, u64)> =
+            p.chunks.iter().filter_map(|c| c.vram_pfn.map(|pfn| (pfn * PAGE, self.bos.sram_addr(c), c.pages() * PAGE))).collect();
+        if !self.dev.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
+            return Err(GpuError::DeviceLost);
+        }
+        let mut old = Vec::new();
+        for c in p.chunks.iter_mut() {
+            if let Some(pfn) = c.vram_pfn.take() {
+                old.push((pfn, c.pages()));
+            }
+        }
+        let chunks = p.chunks.clone();
+        drop(p);
+        // PTEs point home and the TLBs forget VRAM before the blocks go.
+        let ranges = self.write_bo_ptes(&mut self.lock(), bo, &chunks);
+        self.invalidate_ranges(&ranges)?;
+        let mut pages = 0;
+        for (pfn, n) in old {
+            let _ = self.vram.free_unused(pfn);
+            self.bos.vram_pages.fetch_sub(n, Ordering::Relaxed);
+            pages += n;
+        }
+        self.bos.evictions.fetch_add(1, Ordering::Relaxed);
+        Ok(pages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_orders;
+
+    #[test]
+    fn chunks_cover_the_object_largest_first() {
+        assert_eq!(chunk_orders(1), vec![0]);
+        assert_eq!(chunk_orders(512), vec![9]);
+        assert_eq!(chunk_orders(1024 + 17), vec![9, 9, 4, 0]);
+        assert_eq!(chunk_orders(3).iter().map(|o| 1u64 << o).sum::<u64>(), 3);
+    }
+}
