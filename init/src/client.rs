@@ -43,12 +43,6 @@ impl SvmBuffer {
                 let _ = munmap((aligned + len) as *mut _, tail);
             }
         }
-        // Until the pager follows fork (issue 6), a child must not inherit
-        // the view: its copy would not be registered, and touching a page
-        // that lives in VRAM (a hole in the memfd) would make the kernel
-        // fill the hole with zeros behind the pager's back.
-        // SAFETY: advice on our own fresh mapping.
-        unsafe { rustix::mm::madvise(addr, len, rustix::mm::Advice::LinuxDontFork) }.map_err(|_| CallError::Server(PagerError::Host))?;
         let uffd = pager_uffd().map_err(|_| CallError::Server(PagerError::BadUserfaultfd))?;
         let (attached, _) = pager.call_with_handles(AttachView { object: created.object, addr: addr as u64, object_first_page: 0, pages: (len / 4096) as u64 }, vec![uffd])?;
         Ok(Self { object: created.object, view: attached.view, addr: addr as u64, len, _memfd: memfd })

@@ -77,6 +77,13 @@ impl PageMask {
         }
         m
     }
+    pub fn or(&self, o: &Self) -> Self {
+        let mut m = *self;
+        for (a, b) in m.0.iter_mut().zip(o.0) {
+            *a |= b;
+        }
+        m
+    }
     pub fn and_not(&self, o: &Self) -> Self {
         let mut m = *self;
         for (a, b) in m.0.iter_mut().zip(o.0) {

@@ -29,7 +29,14 @@ struct TestGpu {
     vram: Mutex<HashMap<(u32, u64), Vec<u8>>>,
     staging: Mutex<Option<(OwnedFd, usize)>>,
     to_ram: Mutex<u64>,
+    /// Views the pager said went away, and moves (view, from, to).
+    gone: Mutex<Vec<u32>>,
+    moved: Mutex<Vec<(u32, u64, u64)>>,
+    /// Tells rigs apart in logs.
+    id: u32,
 }
+
+static NEXT_GPU: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 impl Handler<n::GpuNotify> for TestGpu {
     fn handle(&self, _: &Capability, req: n::Request, mut h: Vec<OwnedFd>) -> Result<(n::Reply, Vec<OwnedFd>), n::NotifyError> {
@@ -50,6 +57,7 @@ impl Handler<n::GpuNotify> for TestGpu {
                     copied.set(i);
                 }
                 *self.to_ram.lock().unwrap() += copied.count() as u64;
+                log::debug!("test-gpu {}: migrate to RAM object {} pages {}+{:?}", self.id, m.object.get(), m.first_page, copied.iter().collect::<Vec<_>>());
                 Ok((n::Reply::MigrateToRam(n::MigratedToRam { copied }), vec![]))
             }
             n::Request::FreePages(f) => {
@@ -61,6 +69,14 @@ impl Handler<n::GpuNotify> for TestGpu {
                     }
                 }
                 Ok((n::Reply::FreePages(n::Freed { pages: freed }), vec![]))
+            }
+            n::Request::ViewGone(g) => {
+                self.gone.lock().unwrap().push(g.view.get());
+                Ok((n::Reply::ViewGone(n::Unbound { bindings: 0 }), vec![]))
+            }
+            n::Request::ViewMoved(m) => {
+                self.moved.lock().unwrap().push((m.view.get(), m.from, m.to));
+                Ok((n::Reply::ViewMoved(n::Moved { bindings: 0, dropped: 0 }), vec![]))
             }
         }
     }
@@ -75,8 +91,10 @@ struct Rig {
 }
 
 fn rig() -> Rig {
+    // Silent unless RUST_LOG asks (e.g. RUST_LOG=pager=debug to follow views).
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).try_init();
     let server = PagerServer::new(Config::default()).unwrap();
-    let gpu = Arc::new(TestGpu::default());
+    let gpu = Arc::new(TestGpu { id: NEXT_GPU.fetch_add(1, std::sync::atomic::Ordering::Relaxed), ..Default::default() });
     let (nc, ns) = InProc::pair();
     spawn::<n::GpuNotify, _>("test-gpu", Arc::new(ns), Capability::new(2, Rights::NOTIFY), gpu.clone(), 4);
     server.attach_gpu(Client::new(Arc::new(nc))).unwrap();
@@ -107,6 +125,7 @@ fn buffer(r: &Rig, bytes: u64) -> (ObjectId, OwnedFd, &'static mut [u32]) {
 /// of the memfd into "VRAM", finalize.
 fn gpu_migrate(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u16) -> u32 {
     let c = r.migrate.call(Collect { object, first_page: first, count: PageCount::new(count).unwrap(), gpu: GpuId::new(0).unwrap() }).unwrap();
+    log::debug!("test-gpu {}: collected object {} pages {first}+{:?}", r.gpu.id, object.get(), c.got.iter().collect::<Vec<_>>());
     let mut vram = r.gpu.vram.lock().unwrap();
     for i in c.got.iter() {
         let mut page = vec![0u8; 4096];
@@ -198,7 +217,12 @@ fn herd_migrates_back_every_page_once_with_its_data() {
     assert_eq!(bad, 0, "bad words after the herd");
     assert_eq!(*r.gpu.to_ram.lock().unwrap(), pages, "every page moved back exactly once");
     assert!(r.gpu.vram.lock().unwrap().is_empty());
-    assert_eq!(snapshot(&r, object, 0, 512), vec![PageStateCode::System; 512]);
+    // The readers are woken by the install, before the winner unlocks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while snapshot(&r, object, 0, 512) != vec![PageStateCode::System; 512] {
+        assert!(std::time::Instant::now() < deadline, "pages stayed locked: {:?}", snapshot(&r, object, 0, 512));
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 #[test]
@@ -241,11 +265,14 @@ fn eviction_racing_a_cpu_fault_loses_no_page() {
     // with its data, and nothing stays in VRAM.
     for round in 0..20u32 {
         let r = rig();
+        log::debug!("eviction race: round {round} on test-gpu {}", r.gpu.id);
         let (object, fd, buf) = buffer(&r, 2 << 20);
         for (i, w) in buf.iter_mut().enumerate() {
             *w = i as u32 ^ round;
         }
+        log::debug!("eviction race: round {round}: filled");
         gpu_migrate_all(&r, object, &fd, 0, 512);
+        log::debug!("eviction race: round {round}: in VRAM");
         let base = buf.as_ptr() as usize;
         let reader = std::thread::spawn(move || {
             let pg = 17 + round as usize * 13;
@@ -306,4 +333,189 @@ fn a_client_that_disconnects_loses_its_views_and_objects_and_vram() {
         assert!(std::time::Instant::now() < deadline, "the dead client's object or VRAM was not released");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+// View changes (issue 6): the pager follows fork, mremap and munmap of a
+// view through the client's userfaultfd events.
+
+unsafe extern "C" {
+    fn mremap(old: *mut std::ffi::c_void, old_len: usize, new_len: usize, flags: i32, ...) -> *mut std::ffi::c_void;
+    fn syscall(number: i64, ...) -> i64;
+    fn _exit(code: i32) -> !;
+}
+
+/// fork(2) without glibc's wrapper. The wrapper holds every malloc arena
+/// lock until the syscall returns, and the syscall waits for the pager to
+/// read the fork event; the pager runs in this test process and allocates
+/// while it does. (A real client and the pager are separate processes.)
+/// The child must not allocate: it may inherit a held lock.
+fn raw_fork() -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    const SYS_CLONE: i64 = 56;
+    #[cfg(target_arch = "aarch64")]
+    const SYS_CLONE: i64 = 220;
+    const SIGCHLD: i64 = 17;
+    // SAFETY: clone with only SIGCHLD is fork; the callers' children only
+    // touch memory and `_exit`.
+    unsafe { syscall(SYS_CLONE, SIGCHLD, 0i64, 0i64, 0i64, 0i64) as i32 }
+}
+const MREMAP_MAYMOVE: i32 = 1;
+const MREMAP_FIXED: i32 = 2;
+const MREMAP_DONTUNMAP: i32 = 4;
+
+fn pattern(i: usize) -> u32 {
+    (i as u32).wrapping_mul(2654435761) ^ 0x5a5a
+}
+
+/// A 2 MiB buffer filled with `pattern`, all of it moved to the test GPU.
+fn buffer_in_vram(r: &Rig) -> (ObjectId, OwnedFd, &'static mut [u32]) {
+    let (object, fd, buf) = buffer(r, 2 << 20);
+    for (i, w) in buf.iter_mut().enumerate() {
+        *w = pattern(i);
+    }
+    gpu_migrate_all(r, object, &fd, 0, 512);
+    assert_eq!(snapshot(r, object, 0, 512), vec![PageStateCode::Device; 512]);
+    (object, fd, buf)
+}
+
+/// A PROT_NONE reservation to move a view onto.
+fn reserve_range(len: usize) -> u64 {
+    // SAFETY: a fresh anonymous reservation at a kernel-chosen address.
+    unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::empty(), MapFlags::PRIVATE) }.unwrap() as u64
+}
+
+/// Waits until the object's own (not fork-born) views are `want`. View
+/// events are handled after the client's call returns, and other tests'
+/// forks may add fork-born twins of this test's views.
+fn wait_views(r: &Rig, object: ObjectId, want: &[(u64, usize, usize)]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let own: Vec<(u64, usize, usize)> = r.server.views_of_object(object.get()).into_iter().filter(|v| !v.3).map(|v| (v.0, v.1, v.2)).collect();
+        if own == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "views {own:x?}, expected {want:x?}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Words of `[addr, addr + 2 MiB)` that differ from `pattern(i) + add`.
+fn bad_words(addr: u64, add: u32) -> usize {
+    (0..(2 << 20) / 4)
+        // SAFETY: the caller names a mapped 2 MiB range.
+        .filter(|&i| unsafe { std::ptr::read_volatile((addr as *const u32).add(i)) } != pattern(i).wrapping_add(add))
+        .count()
+}
+
+/// The seed's scenario: a thread hammers reads on a range whose pages are
+/// in VRAM while another thread moves it with `MREMAP_DONTUNMAP`. Both
+/// views reach the same object: reads through either are right, and every
+/// page came back from VRAM exactly once.
+#[test]
+fn mremap_dontunmap_while_reads_hammer_the_range() {
+    let r = rig();
+    let (object, _fd, buf) = buffer_in_vram(&r);
+    let old = buf.as_ptr() as u64;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let reader = std::thread::spawn(move || {
+        let mut bad = 0;
+        while !s.load(std::sync::atomic::Ordering::Acquire) {
+            bad += bad_words(old, 0);
+        }
+        bad
+    });
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let dst = reserve_range(2 << 20);
+    // SAFETY: moves our own view onto our own reservation.
+    let new = unsafe { mremap(old as *mut _, 2 << 20, 2 << 20, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst as *mut std::ffi::c_void) } as u64;
+    assert_eq!(new, dst, "mremap failed");
+    assert_eq!(bad_words(new, 0), 0, "the moved view reads wrong data");
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(reader.join().unwrap(), 0, "the hammering reader saw wrong data");
+    assert_eq!(bad_words(old, 0), 0, "the old view reads wrong data");
+    let mut both = vec![(old, 0, 512), (new, 0, 512)];
+    both.sort();
+    wait_views(&r, object, &both);
+    assert_eq!(*r.gpu.to_ram.lock().unwrap(), 512, "every page came back once");
+    // The pages can go to VRAM and come back through the new view too.
+    gpu_migrate_all(&r, object, &_fd, 0, 512);
+    assert_eq!(bad_words(new, 0), 0);
+}
+
+/// A plain mremap (the old range goes) while the pages are in VRAM: the
+/// view follows to the new address, keeps its id, and faults there are
+/// served; the old record is gone.
+#[test]
+fn mremap_moves_the_view_while_pages_are_in_vram() {
+    let r = rig();
+    let (object, fd, buf) = buffer_in_vram(&r);
+    let old = buf.as_ptr() as u64;
+    let dst = reserve_range(2 << 20);
+    // SAFETY: as above; `buf` is not used after the move.
+    let new = unsafe { mremap(old as *mut _, 2 << 20, 2 << 20, MREMAP_MAYMOVE | MREMAP_FIXED, dst as *mut std::ffi::c_void) } as u64;
+    assert_eq!(new, dst, "mremap failed");
+    wait_views(&r, object, &[(new, 0, 512)]);
+    assert_eq!(bad_words(new, 0), 0, "the moved view reads wrong data");
+    assert_eq!(*r.gpu.to_ram.lock().unwrap(), 512);
+    assert_eq!(r.gpu.moved.lock().unwrap().iter().map(|m| (m.1, m.2)).collect::<Vec<_>>(), vec![(old, new)], "the GPU server heard of the move");
+    gpu_migrate_all(&r, object, &fd, 0, 512);
+    assert_eq!(bad_words(new, 0), 0);
+}
+
+/// fork: the child's copy of the view reaches the same object (shared,
+/// not copy-on-write). The child reads every page (pulled back from VRAM
+/// through its own view) and increments every word of the second half;
+/// the parent sees the increments.
+#[test]
+fn fork_child_reads_and_writes_the_shared_object() {
+    let r = rig();
+    let (object, fd, buf) = buffer_in_vram(&r);
+    let addr = buf.as_ptr() as u64;
+    // SAFETY: the child only reads and writes the mapping and exits with
+    // `_exit`; it allocates nothing and takes no lock.
+    let pid = raw_fork();
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let words = (2 << 20) / 4;
+        let mut bad = 0;
+        for i in 0..words {
+            // SAFETY: inside the inherited mapping.
+            let p = unsafe { (addr as *mut u32).add(i) };
+            let v = unsafe { std::ptr::read_volatile(p) };
+            if v != pattern(i) {
+                bad += 1;
+            }
+            if i >= words / 2 {
+                // SAFETY: as above.
+                unsafe { std::ptr::write_volatile(p, v.wrapping_add(1)) };
+            }
+        }
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { _exit(bad.min(100)) };
+    }
+    let status = rustix::process::waitpid(Some(rustix::process::Pid::from_raw(pid).unwrap()), rustix::process::WaitOptions::empty()).unwrap().unwrap().1;
+    assert_eq!(status.exit_status(), Some(0), "the child read wrong data");
+    let words = (2 << 20) / 4;
+    let bad = (0..words).filter(|&i| buf[i] != pattern(i).wrapping_add((i >= words / 2) as u32)).count();
+    assert_eq!(bad, 0, "the parent does not see the child's writes");
+    let views = r.server.views_of_object(object.get());
+    assert_eq!(views.iter().filter(|v| v.3).count(), 1, "the child's view was followed: {views:x?}");
+    // Back to VRAM and back again through the parent's view.
+    gpu_migrate_all(&r, object, &fd, 0, 512);
+    assert_eq!((0..words).filter(|&i| buf[i] != pattern(i).wrapping_add((i >= words / 2) as u32)).count(), 0);
+}
+
+/// munmap without DetachView: the view goes with the mapping, so the
+/// object can be destroyed (it was "busy" while a view reached it).
+#[test]
+fn munmap_of_a_view_drops_it() {
+    use ipc_protocol::interfaces::pager::DestroyObject;
+    let r = rig();
+    let (object, _fd, buf) = buffer_in_vram(&r);
+    assert_eq!(bad_words(buf.as_ptr() as u64, 0), 0);
+    // SAFETY: our own mapping; `buf` is not used after this.
+    unsafe { rustix::mm::munmap(buf.as_mut_ptr().cast(), 2 << 20) }.unwrap();
+    wait_views(&r, object, &[]);
+    r.pager.call(DestroyObject { object }).unwrap();
 }

@@ -233,7 +233,8 @@ impl Inner {
         ranges
     }
 
-    fn invalidate_ranges(&self, ranges: &[(u32, u64, u64)]) -> Result<(), GpuError> {
+    /// TLB invalidation of each (asid, address, length), after the PTEs went.
+    pub(crate) fn invalidate_ranges(&self, ranges: &[(u32, u64, u64)]) -> Result<(), GpuError> {
         for &(asid, va, len) in ranges {
             self.dev.invalidate(asid, va, len).map_err(|_| GpuError::DeviceLost)?;
         }

@@ -13,5 +13,6 @@ pub mod device;
 pub mod ppgtt;
 pub mod probe;
 pub mod server;
+pub mod views;
 pub mod vram;
 pub mod ww;

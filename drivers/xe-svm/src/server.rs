@@ -49,8 +49,14 @@ const GPU: u8 = 0;
 const FAULT_RESERVE_TIMEOUT_MS: u32 = 2_000;
 
 pub(crate) struct Binding {
+    /// Unique for the server's life: a fault path that looked a binding up
+    /// maps into it only if it is still the same binding (it may have moved
+    /// or gone meanwhile, `views.rs`).
+    pub(crate) id: u64,
+    /// The pager's view it binds: the binding follows the view (`views.rs`).
+    pub(crate) view: u32,
     pub(crate) gpu_addr: u64,
-    object: u32,
+    pub(crate) object: u32,
     first_page: u64,
     pub(crate) pages: u64,
 }
@@ -142,6 +148,10 @@ pub struct Inner {
     /// accounting), and where allocations that find no VRAM wait (rule 5).
     pub(crate) pressure: Option<Client<Pressure>>,
     pub(crate) bos: BoStore,
+    next_binding: AtomicU64,
+    /// The client that submitted each job, by the device's job slot
+    /// (`layout::JOB_SLOTS`): a client waits only on its own jobs.
+    job_owners: Mutex<Vec<(u32, u64)>>,
     zero_dma: u64,
     _zero: hw::shm::Region,
     pub counters: Counters,
@@ -177,6 +187,8 @@ impl GpuServer {
                 state: Mutex::new(State { next_slot: FIRST_OBJECT_SLOT, ..Default::default() }),
                 next_asid: AtomicU32::new(1),
                 next_job: AtomicU32::new(1),
+                next_binding: AtomicU64::new(1),
+                job_owners: Mutex::new(vec![(0, 0); layout::JOB_SLOTS]),
                 pressure,
                 zero_dma,
                 _zero: zero,
@@ -224,7 +236,7 @@ impl Inner {
 
     /// Forgets an object no VM binds and no VRAM page holds, giving back
     /// its DMA slot.
-    fn drop_object_if_unused(&self, st: &mut State, object: u32) {
+    pub(crate) fn drop_object_if_unused(&self, st: &mut State, object: u32) {
         let bound = st.vms.values().any(|v| v.bindings.iter().any(|b| b.object == object));
         if !bound && st.objects.get(&object).is_some_and(|o| o.resident_pages == 0) {
             if let Some(o) = st.objects.remove(&object) {
@@ -282,7 +294,7 @@ impl Inner {
     fn resolve(&self, asid: u32, va: u64) -> bool {
         // Pick the chunk: 2 MiB, then 64 KiB, then 4 KiB, inside the binding
         // and aligned the same way in GPU and object space.
-        let (object, dma, page, sizes) = {
+        let (object, dma, page, sizes, binding) = {
             let st = self.lock();
             let Some(vm) = st.vms.get(&asid) else { return false };
             let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else { return false };
@@ -293,7 +305,7 @@ impl Inner {
                 first >= b.first_page && first + pages <= b.first_page + b.pages && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
             };
             let sizes: Vec<(u64, u32)> = [(512u64, 9u32), (16, 4), (1, 0)].into_iter().filter(|(p, _)| fits(*p)).collect();
-            (b.object, obj.dma, page, sizes)
+            (b.object, obj.dma, page, sizes, b.id)
         };
         // The largest chunk the binding allows and VRAM can give. Rule 5:
         // the block is allocated before any page lock is taken, and with no
@@ -385,7 +397,22 @@ impl Inner {
                 migrated,
             };
             if let Err(e) = self.migrate.call(f) {
-                log::error!("xe-svm: finalize failed: {e}");
+                // The pager did not take the pages (its object went away
+                // meanwhile, or it is gone): the copies are nobody's. Give
+                // their VRAM back rather than keep frames no page names.
+                log::warn!("xe-svm: finalize failed: {e}; dropping the copies");
+                let mut st = self.lock();
+                if let Some(obj) = st.objects.get_mut(&object) {
+                    for i in migrated.iter() {
+                        if let Some(pfn) = obj.take_frame(first + i as u64) {
+                            let _ = self.vram.release_page(pfn);
+                        }
+                    }
+                }
+                self.drop_object_if_unused(&mut st, object);
+                drop(st);
+                self.report_usage();
+                return true;
             }
             self.counters.pages_to_vram.fetch_add(migrated.count() as u64, Ordering::Relaxed);
             self.report_usage();
@@ -405,7 +432,9 @@ impl Inner {
             (first..first + count as u64).enumerate().map(|(i, p)| (p, if allowed(i) { obj.frame(p) } else { None })).collect();
         let not_migrated = c.got.iter().filter(|i| obj.frame(first + *i as u64).is_none()).collect::<Vec<_>>();
         let Some(vm) = st.vms.get_mut(&asid) else { return true };
-        let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else { return true };
+        // The same binding, still there: it may have moved or gone (its
+        // view was unmapped) while we migrated.
+        let Some(b) = vm.bindings.iter().find(|b| b.id == binding && b.contains(va)) else { return true };
         let base_va = b.va_of(first);
         let bar = &self.dev.bar;
         let whole = count == 512 && pages.iter().enumerate().all(|(i, (_, pfn))| *pfn == pages[0].1.map(|p| p + i as u64));
@@ -430,7 +459,7 @@ impl Inner {
 
     /// Unmaps the object's pages `[first, first + count)` from every VM and
     /// invalidates the TLBs (under the VM lock, never waiting on the pager).
-    fn zap(&self, st: &mut State, object: u32, first: u64, count: u64) -> Result<(), NotifyError> {
+    pub(crate) fn zap(&self, st: &mut State, object: u32, first: u64, count: u64) -> Result<(), NotifyError> {
         let mut ranges = Vec::new();
         for (asid, vm) in st.vms.iter_mut() {
             for b in vm.bindings.iter().filter(|b| b.object == object) {
@@ -525,6 +554,14 @@ impl Handler<n::GpuNotify> for GpuServer {
                 drop(st);
                 inner.report_usage();
                 Ok((n::Reply::FreePages(n::Freed { pages: freed }), vec![]))
+            }
+            n::Request::ViewGone(n::ViewGone { view }) => {
+                let bindings = inner.view_gone(view.get())?;
+                Ok((n::Reply::ViewGone(n::Unbound { bindings }), vec![]))
+            }
+            n::Request::ViewMoved(n::ViewMoved { view, from, to }) => {
+                let (bindings, dropped) = inner.view_moved(view.get(), from, to)?;
+                Ok((n::Reply::ViewMoved(n::Moved { bindings, dropped }), vec![]))
             }
         }
     }
@@ -635,7 +672,8 @@ impl Handler<g::Gpu> for GpuServer {
                 if v.bindings.iter().any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < end) || v.bos.iter().any(|m| m.overlaps(gpu_addr, end - gpu_addr)) {
                     return Err(GpuError::AddressInUse);
                 }
-                v.bindings.push(Binding { gpu_addr, object, first_page: opened.object_first_page, pages: opened.pages });
+                let id = inner.next_binding.fetch_add(1, Ordering::Relaxed);
+                v.bindings.push(Binding { id, view: view.get(), gpu_addr, object, first_page: opened.object_first_page, pages: opened.pages });
                 Ok((g::Reply::BindView(g::Done {}), vec![]))
             }
             g::Request::Unbind(g::Unbind { vm, gpu_addr }) => {
@@ -657,6 +695,7 @@ impl Handler<g::Gpu> for GpuServer {
                 // Buffer objects the job reaches are locked and placed first.
                 let job = inner.submit_with_bos(vm.get(), addr, len, || {
                     let job = inner.next_job.fetch_add(1, Ordering::Relaxed);
+                    inner.job_owners.lock().unwrap_or_else(|e| e.into_inner())[job as usize % layout::JOB_SLOTS] = (job, owner);
                     let k = KernelLaunch { job, asid: vm.get(), op: kernel_op(kernel), addr, len, stride: stride as u32, value, threads };
                     inner.dev.bar.submit(Ring::Compute, job, &Command::Launch(k)).map_err(|_| GpuError::DeviceLost)?;
                     Ok(job)
@@ -665,7 +704,9 @@ impl Handler<g::Gpu> for GpuServer {
             }
             g::Request::Wait(g::Wait { job, timeout_ms }) => {
                 let id = u32::try_from(job.get()).map_err(|_| GpuError::NoSuchJob)?;
-                if id == 0 || id >= inner.next_job.load(Ordering::Relaxed) {
+                // Only the caller's own jobs, and only while the device
+                // still keeps their result slot.
+                if inner.job_owners.lock().unwrap_or_else(|e| e.into_inner())[id as usize % layout::JOB_SLOTS] != (id, owner) || id == 0 {
                     return Err(GpuError::NoSuchJob);
                 }
                 let t0 = Instant::now();

@@ -2,7 +2,7 @@
 //! locks (rule 8). Rule 9: these handlers never call the pager, and the
 //! unmap path never waits on a page lock.
 
-use crate::types::{ObjectId, PageCount, PageMask, Seq};
+use crate::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
 
 wire_struct!(
     /// Unmap every GPU PTE of the object's pages and invalidate the TLB;
@@ -27,6 +27,21 @@ wire_struct!(
     pub struct AttachStaging { pub size_bytes: u64 }
 );
 wire_struct!(pub struct Done {});
+wire_struct!(
+    /// A view is gone (unmapped, detached, or its process died): unmap and
+    /// drop every binding of it, then acknowledge. The object's pages stay
+    /// (they are the object's, not the view's).
+    pub struct ViewGone { pub view: ViewId }
+);
+wire_struct!(pub struct Unbound { pub bindings: u16 });
+wire_struct!(
+    /// The whole view moved from CPU address `from` to `to` (mremap): its
+    /// bindings follow, their GPU addresses shifted by the same amount,
+    /// after the old GPU range is unmapped. A binding whose new range
+    /// collides with another mapping of its VM is dropped instead.
+    pub struct ViewMoved { pub view: ViewId, pub from: u64, pub to: u64 }
+);
+wire_struct!(pub struct Moved { pub bindings: u16, pub dropped: u16 });
 
 interface! {
     /// The GPU server's notifier interface for the pager.
@@ -45,6 +60,8 @@ interface! {
         2 => MigrateToRam [0] -> MigratedToRam [0] needs NOTIFY;
         3 => FreePages [0] -> Freed [0] needs NOTIFY;
         4 => AttachStaging [1] -> Done [0] needs NOTIFY;
+        5 => ViewGone [0] -> Unbound [0] needs NOTIFY;
+        6 => ViewMoved [0] -> Moved [0] needs NOTIFY;
     }
     notifications {}
 }

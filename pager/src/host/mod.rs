@@ -4,16 +4,17 @@
 
 pub mod backend;
 pub mod objects;
+pub mod space;
 pub mod uffd;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::gpu_notify::{AttachStaging, GpuNotify};
+use ipc_protocol::interfaces::gpu_notify::{AttachStaging, GpuNotify, ViewGone, ViewMoved};
 use ipc_protocol::interfaces::{pager as p, pager_migrate as m, pager_reclaim as r};
 use ipc_protocol::server::Handler;
 use ipc_protocol::types::{ObjectId, PageMask, PageStateCode, Seq, ViewId};
@@ -22,7 +23,8 @@ use ipc_protocol::Capability;
 
 use self::backend::HostBackend;
 use self::objects::{Object, Staging, View};
-use self::uffd::{Event, Uffd};
+use self::space::{Fault, Space};
+use self::uffd::Uffd;
 use crate::migrate::{collect, cpu_fault, evict, finalize, Chunk, Policy};
 use crate::state::Residency;
 use crate::sync::Ordering;
@@ -30,7 +32,7 @@ use crate::sync::Ordering;
 /// Limits and sizes of one pager.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Service threads reading each view's userfaultfd.
+    /// Fault workers per address space (client userfaultfd).
     pub threads_per_view: usize,
     /// Largest memory object.
     pub max_object_bytes: u64,
@@ -50,12 +52,18 @@ impl Default for Config {
 pub struct Inner {
     cfg: Config,
     objects: Mutex<HashMap<u32, Arc<Object>>>,
+    /// Every view by id (a view's parts and copies get ids of their own).
     views: Mutex<HashMap<u32, Arc<View>>>,
+    spaces: Mutex<HashMap<u32, Arc<Space>>>,
     next_id: AtomicU32,
     gpu: OnceLock<Arc<Client<GpuNotify>>>,
     pub staging: Staging,
     /// A 2 MiB zero buffer for first-touch fills.
     pub zeros: Vec<u8>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {
@@ -68,11 +76,179 @@ impl Inner {
     }
 
     fn object(&self, id: u32) -> Option<Arc<Object>> {
-        self.objects.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+        locked(&self.objects).get(&id).cloned()
+    }
+
+    fn own_object(&self, caller: &Capability, id: ObjectId) -> Result<Arc<Object>, p::PagerError> {
+        self.object(id.get()).filter(|o| o.owner == caller.badge.0 && !o.dying.load(Ordering::Acquire)).ok_or(p::PagerError::NoSuchObject)
+    }
+
+    fn new_id(&self) -> u32 {
+        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records `view` with its object and its space (replacing the record
+    /// of its id, which the caller retires).
+    fn record_view(&self, view: View) -> Arc<View> {
+        let view = Arc::new(view);
+        if let Some(o) = self.object(view.object) {
+            o.add_view(view.clone());
+        }
+        view.space.add_view(view.clone());
+        locked(&self.views).insert(view.id, view.clone());
+        view
+    }
+
+    /// Forgets `view`: the object no longer reaches its addresses. With
+    /// `unregister`, the range is handed back to the kernel first. A space
+    /// left without views stops (closing its userfaultfd).
+    fn retire_view(&self, view: &View, unregister: bool) {
+        if unregister {
+            let _ = view.uffd().unregister(view.addr, view.len());
+        }
+        {
+            let mut views = locked(&self.views);
+            if views.get(&view.id).is_some_and(|v| std::ptr::eq(&**v, view)) {
+                views.remove(&view.id);
+            }
+        }
+        if let Some(o) = self.object(view.object) {
+            o.remove_view(view);
+        }
+        if view.space.remove_view(view) {
+            self.stop_space(&view.space);
+        }
+    }
+
+    fn start_space(self: &Arc<Self>, space: &Arc<Space>) -> std::io::Result<()> {
+        locked(&self.spaces).insert(space.id, space.clone());
+        space::start(self, space, self.cfg.threads_per_view)
+    }
+
+    fn stop_space(&self, space: &Space) {
+        let _ = space.stop();
+        locked(&self.spaces).remove(&space.id);
+    }
+
+    /// The process behind `space` is gone: its views go (their GPU
+    /// bindings too), the pages stay the object's.
+    pub(crate) fn space_gone(&self, space: &Space) {
+        if !space.stop() {
+            return;
+        }
+        locked(&self.spaces).remove(&space.id);
+        for v in space.views() {
+            self.retire_view(&v, false);
+            if !v.forked {
+                self.tell_gpu_view_gone(v.id);
+            }
+        }
+    }
+
+    /// Rule 8 for views: a GPU binding of a view that went away is
+    /// unmapped before the pager forgets it.
+    fn tell_gpu_view_gone(&self, view: u32) {
+        if let Some(gpu) = self.gpu() {
+            if let Err(e) = gpu.call(ViewGone { view: ViewId::raw(view) }) {
+                log::warn!("pager: telling the GPU server view {view} went away: {e}");
+            }
+        }
+    }
+
+    fn tell_gpu_view_moved(&self, view: u32, from: u64, to: u64) {
+        if let Some(gpu) = self.gpu() {
+            if let Err(e) = gpu.call(ViewMoved { view: ViewId::raw(view), from, to }) {
+                log::warn!("pager: telling the GPU server view {view} moved: {e}");
+            }
+        }
+    }
+
+    /// Serves one CPU fault of `space` and wakes the faulting thread.
+    fn serve_fault(&self, space: &Space, f: Fault) {
+        let page_addr = f.address & !4095;
+        let mut delay = Duration::from_micros(100);
+        loop {
+            // The view that covers the address now: views move and go
+            // while faults wait in the queue.
+            let Some(view) = space.view_at(f.address) else {
+                // Registered, but no view: an mremap grew a view (the
+                // kernel sends no event for the new tail). Hand the page
+                // back to the kernel rather than leave the thread faulting.
+                log::warn!("pager: space {}: fault at {:#x} in no view; unregistering that page", space.id, f.address);
+                let _ = space.uffd.unregister(page_addr, 4096);
+                break;
+            };
+            let (Some(object), Some(page)) = (self.object(view.object), view.page_at(f.address)) else { break };
+            log::trace!("pager: space {} fault at {:#x} (view {}, object {} page {page}, wp {})", space.id, f.address, view.id, object.id, f.wp);
+            let r = if f.wp {
+                self.clear_stale_protection(&object, &view, page, page_addr)
+            } else {
+                let backend = HostBackend { pager: self, object: &object, view: Some(&view) };
+                cpu_fault(&object.table, &backend, page, Policy::Rules).map(|_| ()).map_err(|e| format!("{e:?}"))
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) if space.stopped() => {
+                    log::debug!("pager: space {} stopped while a fault failed: {e}", space.id);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("pager: fault on page {page} of object {}: {e}; retrying", object.id);
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_millis(100));
+                }
+            }
+        }
+        match space.uffd.wake(page_addr, 4096) {
+            Err(rustix::io::Errno::SRCH) => self.space_gone(space),
+            Err(e) => log::debug!("pager: wake at {page_addr:#x}: {e}"),
+            Ok(()) => {}
+        }
+    }
+
+    /// A writer blocked by write protection: once no migration holds the
+    /// page, clear the protection in this view under the page lock. Usually
+    /// finalize already did; a mapping made while the page was protected
+    /// (a fork's copy, a moved range) inherits it and is cleared here.
+    fn clear_stale_protection(&self, object: &Object, view: &View, page: usize, page_addr: u64) -> Result<(), String> {
+        loop {
+            object.table.wait_unlocked(page).map_err(|e| format!("{e:?}"))?;
+            match object.table.try_lock(page).map_err(|e| format!("{e:?}"))? {
+                Some(state) => {
+                    let r = if state == Residency::System { view.uffd().write_protect(page_addr, 4096, false) } else { Ok(()) };
+                    let _ = object.table.unlock(page, state);
+                    return match r {
+                        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                        Err(rustix::io::Errno::SRCH) => {
+                            self.space_gone(&view.space);
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+    }
+
+    /// Locks `page` for the object's end, waiting out any migration that
+    /// holds it (it ends: no new one starts on a dying object).
+    fn lock_for_end(&self, o: &Object, page: usize) -> Option<Residency> {
+        loop {
+            match o.table.try_lock(page) {
+                Ok(Some(r)) => return Some(r),
+                Ok(None) => {
+                    let _ = o.table.wait_unlocked(page);
+                    std::thread::yield_now();
+                }
+                Err(_) => return None,
+            }
+        }
     }
 
     /// No view reaches `o` any more: its pages in VRAM go back to the GPU
-    /// server's allocator (their data is dropped with the object).
+    /// server's allocator (their data is dropped with the object). Waits
+    /// for migrations in flight, so none finishes into a forgotten object.
     fn free_device_pages(&self, o: &Object) -> Result<(), p::PagerError> {
         use ipc_protocol::interfaces::gpu_notify::FreePages;
         use ipc_protocol::types::PageCount;
@@ -80,14 +256,12 @@ impl Inner {
             let chunk = Chunk::around(first, o.pages());
             let mut held = PageMask::EMPTY;
             for (i, p) in chunk.pages() {
-                // Without views no CPU fault can hold these; a GPU collect
-                // may, and then it finalizes into an object about to go.
-                if let Ok(Some(r)) = o.table.try_lock(p) {
-                    if matches!(r, Residency::Device { .. }) {
-                        held.set(i);
-                    } else {
+                match self.lock_for_end(o, p) {
+                    Some(Residency::Device { .. }) => held.set(i),
+                    Some(r) => {
                         let _ = o.table.unlock(p, r);
                     }
+                    None => {}
                 }
             }
             if held.is_empty() {
@@ -104,8 +278,44 @@ impl Inner {
         Ok(())
     }
 
-    fn own_object(&self, caller: &Capability, id: ObjectId) -> Result<Arc<Object>, p::PagerError> {
-        self.object(id.get()).filter(|o| o.owner == caller.badge.0).ok_or(p::PagerError::NoSuchObject)
+    /// Moves every page of `o` in VRAM back to RAM (waiting out migrations
+    /// in flight): used before an object's forked views are handed to the
+    /// kernel, so the child keeps the data.
+    fn bring_all_back(&self, o: &Object) {
+        for first in (0..o.pages()).step_by(crate::migrate::CHUNK_PAGES) {
+            let chunk = Chunk::around(first, o.pages());
+            for _ in 0..100 {
+                let backend = HostBackend { pager: self, object: o, view: None };
+                let _ = evict(&o.table, &backend, chunk, 0);
+                let left = chunk.pages().filter(|(_, p)| o.table.info(*p).is_ok_and(|i| matches!(i.residency, Residency::Device { .. }))).map(|(_, p)| p).next();
+                match left {
+                    None => break,
+                    Some(p) => {
+                        let _ = o.table.wait_unlocked(p);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends object `o`: no new collect starts, its views go (forked ones
+    /// get the data back in RAM first), its VRAM is freed, it is forgotten.
+    fn end_object(&self, o: &Arc<Object>) -> Result<(), p::PagerError> {
+        o.dying.store(true, Ordering::Release);
+        let views = o.views_snapshot();
+        if views.iter().any(|v| v.forked) {
+            self.bring_all_back(o);
+        }
+        for v in &views {
+            self.retire_view(v, true);
+            if !v.forked {
+                self.tell_gpu_view_gone(v.id);
+            }
+        }
+        let r = self.free_device_pages(o);
+        locked(&self.objects).remove(&o.id);
+        r
     }
 }
 
@@ -127,6 +337,7 @@ impl PagerServer {
                 cfg,
                 objects: Mutex::new(HashMap::new()),
                 views: Mutex::new(HashMap::new()),
+                spaces: Mutex::new(HashMap::new()),
                 next_id: AtomicU32::new(1),
                 gpu: OnceLock::new(),
                 staging,
@@ -145,54 +356,21 @@ impl PagerServer {
         self.inner.gpu.set(Arc::new(gpu)).map_err(|_| "GPU already attached".to_string())
     }
 
+    /// The views that reach `object` now: (client address, first page, pages, born of a fork).
+    pub fn views_of_object(&self, object: u32) -> Vec<(u64, usize, usize, bool)> {
+        let mut v: Vec<_> = self.inner.object(object).map(|o| o.views_snapshot()).unwrap_or_default().iter().map(|v| (v.addr, v.first_page, v.pages, v.forked)).collect();
+        v.dedup();
+        v.sort();
+        v
+    }
+
     pub fn object_state(&self, object: u32, page: usize) -> Option<Residency> {
         self.inner.object(object).and_then(|o| o.table.info(page).ok()).map(|i| i.residency)
     }
 
-    fn service(inner: Arc<Inner>, view: Arc<View>) {
-        let mut events = Vec::with_capacity(16);
-        while !view.stop.load(std::sync::atomic::Ordering::Acquire) {
-            events.clear();
-            if let Err(e) = view.uffd.read_events(Duration::from_millis(100), &mut events) {
-                log::warn!("pager: view {}: userfaultfd read failed: {e}; stopping its service", view.id);
-                return;
-            }
-            for ev in &events {
-                match *ev {
-                    Event::PageFault { address, wp, .. } => Self::fault(&inner, &view, address, wp),
-                    other => log::debug!("pager: view {}: {other:?} (view changes arrive with issue 6)", view.id),
-                }
-            }
-        }
-    }
-
-    fn fault(inner: &Inner, view: &View, address: u64, wp: bool) {
-        let page_addr = address & !4095;
-        let Some(page) = view.page_at(address) else {
-            log::error!("pager: fault at {address:#x} outside view {}", view.id);
-            return;
-        };
-        let Some(object) = inner.object(view.object) else { return };
-        if wp {
-            // A writer blocked by a migration to VRAM: wait for its end,
-            // then let it retry (it will take a missing fault if the page
-            // left RAM).
-            let _ = object.table.wait_unlocked(page);
-        } else {
-            let backend = HostBackend { pager: inner, object: &object, view: Some(view) };
-            let mut delay = Duration::from_micros(100);
-            while let Err(e) = cpu_fault(&object.table, &backend, page, Policy::Rules) {
-                log::warn!("pager: fault on page {page} of object {}: {e:?}; retrying", object.id);
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(100));
-                if view.stop.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
-            }
-        }
-        if let Err(e) = view.uffd.wake(page_addr, 4096) {
-            log::warn!("pager: wake at {page_addr:#x}: {e}");
-        }
+    /// Address spaces being served now (client userfaultfds, forked children's included).
+    pub fn spaces(&self) -> usize {
+        locked(&self.inner.spaces).len()
     }
 }
 
@@ -212,24 +390,16 @@ impl PagerServer {
     /// their pages, VRAM included (DESIGN.md 6: other clients see nothing).
     pub fn client_gone(&self, badge: u64) {
         let inner = &self.inner;
-        let views: Vec<Arc<View>> = {
-            let mut all = inner.views.lock().unwrap_or_else(|e| e.into_inner());
-            let ids: Vec<u32> = all.values().filter(|v| v.owner == badge).map(|v| v.id).collect();
-            ids.iter().filter_map(|id| all.remove(id)).collect()
-        };
-        for v in views {
-            v.stop.store(true, std::sync::atomic::Ordering::Release);
-            if let Some(o) = inner.object(v.object) {
-                o.remove_view(v.id);
+        let spaces: Vec<Arc<Space>> = locked(&inner.spaces).values().filter(|s| s.owner == badge).cloned().collect();
+        for s in spaces {
+            for v in s.views() {
+                inner.retire_view(&v, true);
             }
+            inner.stop_space(&s);
         }
-        let objects: Vec<Arc<Object>> = {
-            let mut all = inner.objects.lock().unwrap_or_else(|e| e.into_inner());
-            let ids: Vec<u32> = all.values().filter(|o| o.owner == badge).map(|o| o.id).collect();
-            ids.iter().filter_map(|id| all.remove(id)).collect()
-        };
+        let objects: Vec<Arc<Object>> = locked(&inner.objects).values().filter(|o| o.owner == badge).cloned().collect();
         for o in objects {
-            if let Err(e) = inner.free_device_pages(&o) {
+            if let Err(e) = inner.end_object(&o) {
                 log::warn!("pager: freeing VRAM of object {} of a dead client: {e:?}", o.id);
             }
         }
@@ -255,16 +425,17 @@ impl Handler<p::Pager> for PagerServer {
                 let client_copy = rustix::io::fcntl_dupfd_cloexec(&memfd, 0).map_err(|_| E::Host)?;
                 let id = inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let object = Arc::new(Object::new(id, caller.badge.0, memfd, (size_bytes / 4096) as usize));
-                inner.objects.lock().unwrap_or_else(|e| e.into_inner()).insert(id, object);
+                locked(&inner.objects).insert(id, object);
                 Ok((Reply::CreateObject(p::ObjectCreated { object: ObjectId::raw(id), size_bytes }), vec![client_copy]))
             }
             Request::DestroyObject(p::DestroyObject { object }) => {
                 let o = inner.own_object(caller, object)?;
-                if !o.views_snapshot().is_empty() {
+                if o.views_snapshot().iter().any(|v| !v.forked) {
                     return Err(E::Busy);
                 }
-                inner.free_device_pages(&o)?;
-                inner.objects.lock().unwrap_or_else(|e| e.into_inner()).remove(&o.id);
+                // Views a fork made go with the object: the child's mapping
+                // becomes the kernel's (the memfd), with every page in RAM.
+                inner.end_object(&o)?;
                 Ok((Reply::DestroyObject(p::Done {}), vec![]))
             }
             Request::AttachView(p::AttachView { object, addr, object_first_page, pages }) => {
@@ -275,42 +446,34 @@ impl Handler<p::Pager> for PagerServer {
                 }
                 let uffd = Uffd::new(handles.pop().ok_or(E::BadUserfaultfd)?);
                 uffd.handshake(uffd::FEATURES).map_err(|_| E::BadUserfaultfd)?;
-                uffd.register(addr, pages * 4096).map_err(|_| E::BadUserfaultfd)?;
-                let id = inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let view = Arc::new(View {
-                    id,
+                let space = Arc::new(Space::new(inner.new_id(), caller.badge.0, uffd, false));
+                // Recorded before it is registered: every fault the range
+                // raises finds its view.
+                let view = inner.record_view(View {
+                    id: inner.new_id(),
                     owner: caller.badge.0,
                     object: o.id,
                     addr,
                     first_page: object_first_page as usize,
                     pages: pages as usize,
-                    uffd,
-                    stop: AtomicBool::new(false),
+                    space: space.clone(),
+                    forked: false,
                 });
-                o.add_view(view.clone());
-                inner.views.lock().unwrap_or_else(|e| e.into_inner()).insert(id, view.clone());
-                for t in 0..inner.cfg.threads_per_view {
-                    let (i, v) = (inner.clone(), view.clone());
-                    std::thread::Builder::new()
-                        .name(format!("pager-view{id}-{t}"))
-                        .spawn(move || PagerServer::service(i, v))
-                        .map_err(|_| E::Host)?;
+                if let Err(e) = inner.start_space(&space) {
+                    log::error!("pager: starting space {}: {e}", space.id);
+                    inner.retire_view(&view, false);
+                    return Err(E::Host);
                 }
-                Ok((Reply::AttachView(p::ViewAttached { view: ViewId::raw(id) }), vec![]))
+                if space.uffd.register(addr, pages * 4096).is_err() {
+                    inner.retire_view(&view, false);
+                    return Err(E::BadUserfaultfd);
+                }
+                Ok((Reply::AttachView(p::ViewAttached { view: ViewId::raw(view.id) }), vec![]))
             }
             Request::DetachView(p::DetachView { view }) => {
-                let v = {
-                    let mut views = inner.views.lock().unwrap_or_else(|e| e.into_inner());
-                    match views.get(&view.get()) {
-                        Some(v) if v.owner == caller.badge.0 => views.remove(&view.get()),
-                        _ => None,
-                    }
-                }
-                .ok_or(E::NoSuchView)?;
-                v.stop.store(true, std::sync::atomic::Ordering::Release);
-                if let Some(o) = inner.object(v.object) {
-                    o.remove_view(v.id);
-                }
+                let v = locked(&inner.views).get(&view.get()).filter(|v| v.owner == caller.badge.0 && !v.forked).cloned().ok_or(E::NoSuchView)?;
+                inner.retire_view(&v, true);
+                inner.tell_gpu_view_gone(v.id);
                 Ok((Reply::DetachView(p::Done {}), vec![]))
             }
             Request::Advise(p::Advise { object, .. }) => {
@@ -348,7 +511,11 @@ impl Handler<m::PagerMigrate> for PagerServer {
         };
         match req {
             Request::OpenView(m::OpenView { view, client }) => {
-                let v = inner.views.lock().unwrap_or_else(|e| e.into_inner()).get(&view.get()).cloned().ok_or(E::NoSuchView)?;
+                let v = locked(&inner.views).get(&view.get()).cloned().ok_or(E::NoSuchView)?;
+                // A fork's twin is not the client's to bind.
+                if v.forked {
+                    return Err(E::NoSuchView);
+                }
                 if v.owner != client {
                     return Err(E::NotOwner);
                 }
@@ -360,7 +527,7 @@ impl Handler<m::PagerMigrate> for PagerServer {
                 ))
             }
             Request::GetPages(m::GetPages { object, first_page, count }) => {
-                let o = inner.object(object.get()).ok_or(E::NoSuchObject)?;
+                let o = inner.object(object.get()).filter(|o| !o.dying.load(Ordering::Acquire)).ok_or(E::NoSuchObject)?;
                 let chunk = chunk_of(&o, first_page, count.get())?;
                 let seq = o.seq.load(Ordering::Acquire);
                 let (mut system, mut device, mut empty) = (PageMask::EMPTY, PageMask::EMPTY, PageMask::EMPTY);
@@ -378,7 +545,9 @@ impl Handler<m::PagerMigrate> for PagerServer {
                 Ok((Reply::GetPages(m::Pages { seq: Seq::raw(seq), system, device, empty }), vec![]))
             }
             Request::Collect(m::Collect { object, first_page, count, gpu }) => {
-                let o = inner.object(object.get()).ok_or(E::NoSuchObject)?;
+                // A dying object takes no new migration (its end waits for
+                // the ones in flight).
+                let o = inner.object(object.get()).filter(|o| !o.dying.load(Ordering::Acquire)).ok_or(E::NoSuchObject)?;
                 let chunk = chunk_of(&o, first_page, count.get())?;
                 let backend = HostBackend { pager: inner, object: &o, view: None };
                 let seq = o.seq.load(Ordering::Acquire);
@@ -418,7 +587,7 @@ impl PagerServer {
     /// with trylocks (rule 1); returns the pages moved.
     pub fn evict(&self, gpu: u8, bytes: u64) -> u64 {
         let want = bytes.div_ceil(4096);
-        let mut objects: Vec<Arc<Object>> = self.inner.objects.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut objects: Vec<Arc<Object>> = locked(&self.inner.objects).values().cloned().collect();
         objects.sort_by_key(|o| o.id);
         let mut hand = self.evict_hand.lock().unwrap_or_else(|e| e.into_inner());
         // Every chunk once, starting at the hand.
@@ -455,7 +624,7 @@ impl Handler<r::PagerReclaim> for PagerServer {
             }
             r::Request::Usage(_) => {
                 let (mut sram, mut vram) = (0u64, 0u64);
-                for o in self.inner.objects.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                for o in locked(&self.inner.objects).values() {
                     for p in 0..o.pages() {
                         match o.table.info(p).map(|i| i.residency) {
                             Ok(Residency::System) => sram += 4096,

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::space::Space;
 use super::uffd::Uffd;
 use crate::migrate::{Chunk, Collected};
 use crate::state::PageTable;
@@ -22,6 +22,8 @@ pub struct Object {
     pub collections: Mutex<HashMap<u64, Vec<(u8, Chunk, Collected)>>>,
     /// Invalidation sequence (rule 8).
     pub seq: AtomicU64,
+    /// Being destroyed: no new collect may start on it.
+    pub dying: std::sync::atomic::AtomicBool,
 }
 
 impl Object {
@@ -34,6 +36,7 @@ impl Object {
             views: RwLock::new(Vec::new()),
             collections: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            dying: std::sync::atomic::AtomicBool::new(false),
         }
     }
     pub fn pages(&self) -> usize {
@@ -42,28 +45,48 @@ impl Object {
     pub fn add_view(&self, v: Arc<View>) {
         self.views.write().unwrap_or_else(|e| e.into_inner()).push(v);
     }
-    pub fn remove_view(&self, id: u32) {
-        self.views.write().unwrap_or_else(|e| e.into_inner()).retain(|v| v.id != id);
+    pub fn remove_view(&self, v: &View) {
+        self.views.write().unwrap_or_else(|e| e.into_inner()).retain(|x| !std::ptr::eq(&**x, v));
     }
     pub fn views_snapshot(&self) -> Vec<Arc<View>> {
         self.views.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
+/// One mapping of an object in a client address space. A record only:
+/// the space's threads serve it, and a changed mapping gets a new record.
 pub struct View {
     pub id: u32,
+    /// Badge of the client it belongs to.
     pub owner: u64,
     pub object: u32,
     /// Client address of the view's first page.
     pub addr: u64,
     pub first_page: usize,
     pub pages: usize,
-    pub uffd: Uffd,
-    /// Set when the view goes away: its service threads stop.
-    pub stop: AtomicBool,
+    /// The address space (client userfaultfd) it is registered with.
+    pub space: Arc<Space>,
+    /// Born from a fork: the child's copy of a view. The client did not
+    /// attach it and cannot detach or bind it; it goes when the child
+    /// unmaps it or dies, or with the object.
+    pub forked: bool,
 }
 
 impl View {
+    pub fn len(&self) -> u64 {
+        self.pages as u64 * 4096
+    }
+    pub fn end(&self) -> u64 {
+        self.addr + self.len()
+    }
+    pub fn uffd(&self) -> &Uffd {
+        &self.space.uffd
+    }
+    /// The same object pages seen from `[addr, addr + pages)` of `space`:
+    /// a new record for a moved, split or forked view.
+    pub fn derive(&self, id: u32, addr: u64, first_page: usize, pages: usize, space: Arc<Space>, forked: bool) -> View {
+        View { id, owner: self.owner, object: self.object, addr, first_page, pages, space, forked }
+    }
     /// The client address of object page `page`, if this view maps it.
     pub fn address_of(&self, page: usize) -> Option<u64> {
         (page >= self.first_page && page < self.first_page + self.pages).then(|| self.addr + (page - self.first_page) as u64 * 4096)

@@ -11,21 +11,34 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::ioctl::{ioctl, Updater};
 
+/// Write protection on shmem, without view-change events: what a bare
+/// handler needs (the benchmark floor).
+pub const WP_FEATURES: u64 = (uapi::UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP) as u64;
+
 /// Features the pager asks for: write-protection on shmem (the migration to
-/// VRAM blocks writers with it). The view-change events (fork, remap,
-/// unmap) are not asked for until the pager follows them (issue 6): an
-/// event nobody reads would block the client's munmap.
-pub const FEATURES: u64 = (uapi::UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP) as u64;
+/// VRAM blocks writers with it), and the view-change events it follows:
+/// fork (the child's registered ranges arrive on a new descriptor), remap
+/// and unmap. These events hold the client's `fork`/`mremap`/`munmap` until
+/// a service thread reads them, so every registered range has readers; a
+/// range is unregistered before its readers stop. `madvise` removal is not
+/// asked for: on a shared object it only drops page-table entries.
+pub const FEATURES: u64 = WP_FEATURES | (uapi::UFFD_FEATURE_EVENT_FORK
+    | uapi::UFFD_FEATURE_EVENT_REMAP
+    | uapi::UFFD_FEATURE_EVENT_UNMAP) as u64;
 
 /// `UFFDIO_WRITEPROTECT_MODE_WP` (`include/uapi/linux/userfaultfd.h`,
 /// bit 0); linux-raw-sys does not export it.
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+/// `UFFDIO_COPY_MODE_DONTWAKE` (same header, bit 0).
+const COPY_MODE_DONTWAKE: u64 = 1 << 0;
 
 /// One event read from a userfaultfd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     PageFault { address: u64, write: bool, wp: bool },
-    Fork,
+    /// The client forked; the child's copy of the registered ranges reports
+    /// to the new descriptor `fd`, now installed in the pager.
+    Fork { fd: i32 },
     Remap { from: u64, to: u64, len: u64 },
     Remove { start: u64, end: u64 },
     Unmap { start: u64, end: u64 },
@@ -60,32 +73,65 @@ impl Uffd {
         unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_REGISTER }, _>::new(&mut reg)) }
     }
 
+    /// Unregisters `[start, start + len)`: faults there are the kernel's
+    /// again and view changes there send no events.
+    pub fn unregister(&self, start: u64, len: u64) -> Result<(), Errno> {
+        let mut range = uapi::uffdio_range { start, len };
+        // SAFETY: UFFDIO_UNREGISTER reads a `uffdio_range`.
+        unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_UNREGISTER }, _>::new(&mut range)) }
+    }
+
     /// Installs `len` bytes from `src` (in the pager's own memory) at `dst`
     /// in the view, atomically per page, and wakes threads waiting there.
-    /// Returns the bytes copied (a page already present stops the copy).
+    /// Stops at the first page it cannot install: returns the bytes
+    /// installed before it and why it stopped (`None`: all of them).
+    /// `EEXIST` means that page is already present.
     ///
     /// # Safety
     /// `src` must be readable for `len` bytes.
-    pub unsafe fn copy(&self, dst: u64, src: *const u8, len: u64) -> Result<u64, Errno> {
+    pub unsafe fn copy(&self, dst: u64, src: *const u8, len: u64) -> (u64, Option<Errno>) {
+        let (done, stop) = unsafe { self.copy_mode(dst, src, len, COPY_MODE_DONTWAKE) };
+        // Waiters wake once, for everything installed: a copy interrupted
+        // by a view change would otherwise wake them for its first part,
+        // and a thread running ahead would fault again on the rest (an
+        // event that may be served only after the page left RAM again).
+        if done > 0 {
+            let _ = self.wake(dst, done);
+        }
+        (done, stop)
+    }
+
+    /// `UFFDIO_COPY` in `mode` (0: each ioctl wakes the waiters of what it
+    /// installed, as a bare handler does; the benchmark floor uses that).
+    ///
+    /// # Safety
+    /// As [`Self::copy`].
+    pub unsafe fn copy_mode(&self, dst: u64, src: *const u8, len: u64, mode: u64) -> (u64, Option<Errno>) {
         let mut done = 0u64;
         while done < len {
-            let mut c = uapi::uffdio_copy { dst: dst + done, src: src as u64 + done, len: len - done, mode: 0, copy: 0 };
+            let mut c = uapi::uffdio_copy { dst: dst + done, src: src as u64 + done, len: len - done, mode, copy: 0 };
             // SAFETY: UFFDIO_COPY reads a `uffdio_copy` and writes its `copy`;
             // the caller vouches for `src`.
             let r = unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_COPY }, _>::new(&mut c)) };
+            let copied = c.copy.max(0) as u64;
             match r {
-                Ok(()) => done += c.copy.max(0) as u64,
-                // Interrupted or partial: go on from what was copied.
-                Err(Errno::AGAIN) | Err(Errno::INTR) if c.copy > 0 => done += c.copy as u64,
-                Err(Errno::AGAIN) | Err(Errno::INTR) => continue,
-                Err(Errno::EXIST) => return Ok(done + c.copy.max(0) as u64),
-                Err(e) => return Err(e),
+                Ok(()) => done += copied,
+                // Interrupted, partial, or a view change in flight (the
+                // event reader clears it): go on from what was copied.
+                Err(Errno::AGAIN) | Err(Errno::INTR) => {
+                    done += copied;
+                    if copied == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                Err(e) => return (done + copied, Some(e)),
             }
         }
-        Ok(done)
+        (done, None)
     }
 
     /// Sets or clears write protection on a range; clearing wakes writers.
+    /// `EAGAIN`: a view change of this address space is being delivered.
     pub fn write_protect(&self, start: u64, len: u64, protect: bool) -> Result<(), Errno> {
         let mut wp = uapi::uffdio_writeprotect {
             range: uapi::uffdio_range { start, len },
@@ -94,7 +140,7 @@ impl Uffd {
         loop {
             // SAFETY: UFFDIO_WRITEPROTECT reads a `uffdio_writeprotect`.
             match unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_WRITEPROTECT }, _>::new(&mut wp)) } {
-                Err(Errno::AGAIN) | Err(Errno::INTR) => continue,
+                Err(Errno::INTR) => continue,
                 r => return r,
             }
         }
@@ -107,20 +153,21 @@ impl Uffd {
         unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_WAKE }, _>::new(&mut range)) }
     }
 
-    /// Waits up to `timeout` for events, then reads what is there.
-    pub fn read_events(&self, timeout: Duration, out: &mut Vec<Event>) -> Result<(), Errno> {
+    /// Waits up to `timeout` for events; `true` when some may be there.
+    pub fn wait_readable(&self, timeout: Duration) -> bool {
         let ts = Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: timeout.subsec_nanos() as _ };
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        match poll(&mut fds, Some(&ts)) {
-            Ok(0) | Err(Errno::INTR) => return Ok(()),
-            Ok(_) => {}
-            Err(e) => return Err(e),
-        }
+        // An error here (other than EINTR) shows up again in the read.
+        !matches!(poll(&mut fds, Some(&ts)), Ok(0) | Err(Errno::INTR))
+    }
+
+    /// Reads the events queued now, without waiting (the descriptor is
+    /// non-blocking, DESIGN.md 8).
+    pub fn read_events(&self, out: &mut Vec<Event>) -> Result<(), Errno> {
         const MSG: usize = core::mem::size_of::<uapi::uffd_msg>();
         let mut buf = [0u8; MSG * 16];
         let n = match rustix::io::read(self.fd.as_fd(), &mut buf) {
             Ok(n) => n,
-            // Another service thread took them, or the descriptor is non-blocking and empty.
             Err(Errno::AGAIN) | Err(Errno::INTR) => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -144,7 +191,7 @@ fn parse(m: &[u8]) -> Event {
             write: a & uapi::UFFD_PAGEFAULT_FLAG_WRITE as u64 != 0,
             wp: a & uapi::UFFD_PAGEFAULT_FLAG_WP as u64 != 0,
         },
-        uapi::UFFD_EVENT_FORK => Event::Fork,
+        uapi::UFFD_EVENT_FORK => Event::Fork { fd: u32::from_le_bytes(m[8..12].try_into().unwrap_or([0xff; 4])) as i32 },
         uapi::UFFD_EVENT_REMAP => Event::Remap { from: a, to: b, len: c },
         uapi::UFFD_EVENT_REMOVE => Event::Remove { start: a, end: b },
         uapi::UFFD_EVENT_UNMAP => Event::Unmap { start: a, end: b },

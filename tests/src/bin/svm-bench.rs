@@ -105,7 +105,9 @@ fn uffd_floor(bytes: usize, threads: usize, reps: usize) -> f64 {
         // SAFETY: a fresh shared mapping, unmapped below.
         let base = unsafe { mmap(std::ptr::null_mut(), bytes, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &memfd, 0) }.unwrap() as usize;
         let uffd = Arc::new(Uffd::new(create_for_client().unwrap()));
-        uffd.handshake(pager::host::uffd::FEATURES).unwrap();
+        // No view-change events: a bare handler (and munmap below must not
+        // wait for a reader that has stopped).
+        uffd.handshake(pager::host::uffd::WP_FEATURES).unwrap();
         uffd.register(base as u64, bytes as u64).unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (u, s, srcp) = (uffd.clone(), stop.clone(), src.as_ptr() as usize);
@@ -113,13 +115,17 @@ fn uffd_floor(bytes: usize, threads: usize, reps: usize) -> f64 {
             let mut ev = Vec::new();
             while !s.load(Ordering::Acquire) {
                 ev.clear();
-                u.read_events(Duration::from_millis(10), &mut ev).unwrap();
+                if !u.wait_readable(Duration::from_millis(10)) {
+                    continue;
+                }
+                u.read_events(&mut ev).unwrap();
                 for e in &ev {
                     if let Event::PageFault { address, .. } = *e {
                         let chunk = (address as usize - base) & !((2 << 20) - 1);
                         let len = (2usize << 20).min(bytes - chunk);
                         // SAFETY: `src` covers the buffer and outlives the handler.
-                        unsafe { u.copy((base + chunk) as u64, (srcp + chunk) as *const u8, len as u64) }.unwrap();
+                        let (_, stop) = unsafe { u.copy_mode((base + chunk) as u64, (srcp + chunk) as *const u8, len as u64, 0) };
+                        assert!(matches!(stop, None | Some(rustix::io::Errno::EXIST)), "floor copy: {stop:?}");
                         u.wake(address & !4095, 4096).unwrap();
                     }
                 }
