@@ -5,7 +5,8 @@ use std::os::fd::OwnedFd;
 
 use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::pager::{AttachView, CreateObject, DestroyObject, DetachView, Pager, PagerError};
-use ipc_protocol::types::{ObjectId, ViewId};
+use ipc_protocol::interfaces::gpu::{Gpu, GpuError, JobDone, Submit, Wait};
+use ipc_protocol::types::{KernelKind, ObjectId, ViewId, VmId};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 pub struct SvmBuffer {
@@ -58,18 +59,39 @@ impl SvmBuffer {
         unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u32, self.len / 4) }
     }
 
-    /// Detaches the view, unmaps, and destroys the object.
+    /// The view moved to `addr` (a plain `mremap` of all of it): the pager
+    /// followed it under the same view id.
+    pub fn moved_to(&mut self, addr: u64) {
+        self.addr = addr;
+    }
+
+    /// Detaches the view, unmaps, and destroys the object. Other views of
+    /// the object the caller unmapped (an `mremap` copy) go when the pager
+    /// has read their unmap event, which may still be on its way: the
+    /// object is busy until then.
     pub fn release(self, pager: &Client<Pager>) -> Result<(), CallError<PagerError>> {
         pager.call(DetachView { view: self.view })?;
         // SAFETY: our own mapping; no slice into it outlives this call.
         let _ = unsafe { munmap(self.addr as *mut _, self.len) };
-        pager.call(DestroyObject { object: self.object })?;
-        Ok(())
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match pager.call(DestroyObject { object: self.object }) {
+                Err(CallError::Server(PagerError::Busy)) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(1)),
+                r => return r.map(|_| ()),
+            }
+        }
     }
 }
 
+/// Runs `kernel` over `[addr, addr + len)` in `vm` and waits for it.
+pub fn run_kernel(gpu: &Client<Gpu>, vm: VmId, kernel: KernelKind, addr: u64, len: u64, value: u32) -> Result<JobDone, CallError<GpuError>> {
+    let stride = if kernel == KernelKind::AtomicAdd { 4096 } else { 4 };
+    let job = gpu.call(Submit { vm, kernel, addr, len, stride, value, threads: 64 })?.job;
+    gpu.call(Wait { job, timeout_ms: 120_000 })
+}
+
 /// A userfaultfd of this process, non-blocking (DESIGN.md 8).
-fn pager_uffd() -> rustix::io::Result<OwnedFd> {
+pub fn pager_uffd() -> rustix::io::Result<OwnedFd> {
     use rustix::mm::UserfaultfdFlags;
     // SAFETY: creating a descriptor; the pager drives its ioctls.
     unsafe { rustix::mm::userfaultfd(UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK) }

@@ -2,9 +2,11 @@
 //! endpoints the manifest gives it, supervises them, and stops them; and
 //! runs workloads on it as a client.
 
+pub mod churn;
 pub mod client;
 pub mod herd;
 pub mod manifest;
 pub mod oversub;
 pub mod race;
 pub mod supervisor;
+pub mod views;

@@ -6,9 +6,26 @@
 
 use ipc_protocol::Rights;
 
-/// The client's badge: the same number in every server, so the pager can
-/// check that a view the GPU server opens for a client is that client's.
+/// The first client's badge: the same number in every server, so the pager
+/// can check that a view the GPU server opens for a client is that client's.
+/// Client slot `i` has badge `CLIENT_BADGE + i`.
 pub const CLIENT_BADGE: u64 = 100;
+
+/// Clients a system can be booted with (`BootOptions::clients`).
+pub const MAX_CLIENTS: usize = 8;
+
+/// A per-client endpoint of slot `i` sits at the manifest's descriptor plus
+/// `i` times this, on the serving side.
+pub const CLIENT_FD_STRIDE: i32 = 16;
+
+pub fn client_badge(slot: usize) -> u64 {
+    CLIENT_BADGE + slot as u64
+}
+
+/// The descriptor a per-client endpoint of `slot` gets in its server.
+pub fn client_fd(base: i32, slot: usize) -> i32 {
+    base + CLIENT_FD_STRIDE * slot as i32
+}
 
 /// One side of an endpoint: the process, the descriptor it inherits the
 /// socket as, and the flag that tells it which descriptor that is.
@@ -26,6 +43,9 @@ pub struct Endpoint {
     /// What the server grants this endpoint's badge; passed to the server
     /// as `--<name>-rights=<bits>` next to `--<name>-fd`.
     pub rights: Rights,
+    /// One endpoint per client slot, each with the slot's badge (passed as
+    /// `--client-badge` after its `--client-fd`).
+    pub per_client: bool,
 }
 
 /// Start order: each process's servers exist before its clients call them.
@@ -37,54 +57,63 @@ pub const MANIFEST: &[Endpoint] = &[
         server: Side { process: "xe-model", fd: 3, flag: "--control-fd" },
         client: Some(Side { process: "xe-svm", fd: 3, flag: "--device-fd" }),
         rights: Rights::empty(),
+        per_client: false,
     },
     Endpoint {
         interface: "Pressure",
         server: Side { process: "mm-server", fd: 3, flag: "--gpu-fd" },
         client: Some(Side { process: "xe-svm", fd: 7, flag: "--pressure-fd" }),
         rights: Rights::PRESSURE_REPORT.union(Rights::PRESSURE_RESERVE),
+        per_client: false,
     },
     Endpoint {
         interface: "Gpu",
         server: Side { process: "xe-svm", fd: 4, flag: "--client-fd" },
         client: None,
         rights: Rights::GPU_VM.union(Rights::GPU_SUBMIT).union(Rights::GPU_BO).union(Rights::GPU_STATS),
+        per_client: true,
     },
     Endpoint {
         interface: "GpuNotify",
         server: Side { process: "xe-svm", fd: 6, flag: "--notify-fd" },
         client: Some(Side { process: "pager", fd: 6, flag: "--notify-fd" }),
         rights: Rights::NOTIFY,
+        per_client: false,
     },
     Endpoint {
         interface: "PagerMigrate",
         server: Side { process: "pager", fd: 5, flag: "--migrate-fd" },
         client: Some(Side { process: "xe-svm", fd: 5, flag: "--migrate-fd" }),
         rights: Rights::MIGRATE,
+        per_client: false,
     },
     Endpoint {
         interface: "GpuShrink",
         server: Side { process: "xe-svm", fd: 8, flag: "--shrink-fd" },
         client: Some(Side { process: "mm-server", fd: 4, flag: "--shrink-fd" }),
         rights: Rights::SHRINK,
+        per_client: false,
     },
     Endpoint {
         interface: "PagerReclaim",
         server: Side { process: "pager", fd: 7, flag: "--reclaim-fd" },
         client: Some(Side { process: "mm-server", fd: 5, flag: "--reclaim-fd" }),
         rights: Rights::RECLAIM,
+        per_client: false,
     },
     Endpoint {
         interface: "Pressure status",
         server: Side { process: "mm-server", fd: 6, flag: "--status-fd" },
         client: None,
         rights: Rights::PRESSURE_STATUS,
+        per_client: false,
     },
     Endpoint {
         interface: "Pager",
         server: Side { process: "pager", fd: 4, flag: "--client-fd" },
         client: None,
         rights: Rights::OBJECT.union(Rights::VIEW).union(Rights::ADVISE).union(Rights::SNAPSHOT),
+        per_client: true,
     },
 ];
 
@@ -95,18 +124,22 @@ mod tests {
     #[test]
     fn every_process_gets_distinct_descriptors() {
         for p in START_ORDER {
-            let mut fds: Vec<i32> = MANIFEST
-                .iter()
-                .flat_map(|e| [Some(&e.server), e.client.as_ref()])
-                .flatten()
-                .filter(|s| s.process == p)
-                .map(|s| s.fd)
-                .collect();
+            let mut fds: Vec<i32> = Vec::new();
+            for e in MANIFEST {
+                if e.server.process == p {
+                    let slots = if e.per_client { MAX_CLIENTS } else { 1 };
+                    fds.extend((0..slots).map(|i| client_fd(e.server.fd, i)));
+                }
+                if let Some(c) = e.client.as_ref().filter(|c| c.process == p) {
+                    fds.push(c.fd);
+                }
+            }
             let n = fds.len();
             fds.sort();
             fds.dedup();
             assert_eq!(fds.len(), n, "{p} gets one descriptor twice");
             assert!(fds.iter().all(|fd| *fd >= 3), "{p}: descriptors 0-2 are stdio");
+            assert!(fds.iter().all(|fd| *fd < 256), "{p}: descriptors above 255 are where endpoints are staged");
         }
     }
 

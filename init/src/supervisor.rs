@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hw::model::Config;
+use ipc_protocol::client::Client;
+use ipc_protocol::interfaces::{gpu::Gpu, pager::Pager, pressure::Pressure};
 use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
 
 #[derive(Debug)]
@@ -60,23 +62,81 @@ struct Server {
     child: Child,
 }
 
-/// The client ends `init` keeps for running workloads.
-pub struct Clients {
-    pub gpu: ipc_protocol::client::Client<ipc_protocol::interfaces::gpu::Gpu>,
-    pub pager: ipc_protocol::client::Client<ipc_protocol::interfaces::pager::Pager>,
-    /// mm-server's status (watermarks, usage, eviction counts).
-    pub pressure: ipc_protocol::client::Client<ipc_protocol::interfaces::pressure::Pressure>,
+/// One client's connections: its `Gpu` and `Pager` endpoints.
+pub struct Connection {
+    /// The badge every server knows this client by.
+    pub badge: u64,
+    pub gpu: Client<Gpu>,
+    pub pager: Client<Pager>,
 }
 
-impl Clients {
-    fn new(gpu: OwnedFd, pager: OwnedFd, pressure: OwnedFd) -> Self {
-        let t = |fd| -> std::sync::Arc<dyn ipc_protocol::transport::Transport> { std::sync::Arc::new(SeqPacket::from_fd(fd)) };
-        let timeout = Duration::from_secs(120);
-        Self {
-            gpu: ipc_protocol::client::Client::new(t(gpu)).with_timeout(timeout),
-            pager: ipc_protocol::client::Client::new(t(pager)).with_timeout(timeout),
-            pressure: ipc_protocol::client::Client::new(t(pressure)).with_timeout(Duration::from_secs(10)),
+fn seqpacket(fd: OwnedFd) -> std::sync::Arc<dyn ipc_protocol::transport::Transport> {
+    std::sync::Arc::new(SeqPacket::from_fd(fd))
+}
+
+impl Connection {
+    /// The endpoints a client process inherited from `init`
+    /// ([`ClientSlot::spawn`]).
+    ///
+    /// # Safety
+    /// `gpu_fd` and `pager_fd` must be descriptors this process owns and
+    /// nothing else uses.
+    pub unsafe fn inherited(badge: u64, gpu_fd: i32, pager_fd: i32) -> Self {
+        use ipc_protocol::transport::inherited_fd;
+        // SAFETY: the caller vouches for both descriptors.
+        let (gpu, pager) = unsafe { (inherited_fd(gpu_fd), inherited_fd(pager_fd)) };
+        ClientSlot { badge, gpu, pager }.connect()
+    }
+}
+
+/// How long a workload waits for a server's reply before calling it gone.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The client ends `init` keeps for running workloads: client slot 0's
+/// connections (a `Clients` derefs to them), mm-server's status, and the
+/// unconnected endpoints of the other client slots.
+pub struct Clients {
+    pub own: Connection,
+    /// mm-server's status (watermarks, usage, eviction counts).
+    pub pressure: Client<Pressure>,
+    /// Client slots 1.. , to connect here or hand to a client process.
+    pub slots: Vec<ClientSlot>,
+}
+
+impl std::ops::Deref for Clients {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.own
+    }
+}
+
+/// The endpoints of one client slot, not yet connected.
+pub struct ClientSlot {
+    pub badge: u64,
+    gpu: OwnedFd,
+    pager: OwnedFd,
+}
+
+impl ClientSlot {
+    /// Connects here, in this process.
+    pub fn connect(self) -> Connection {
+        Connection {
+            badge: self.badge,
+            gpu: Client::new(seqpacket(self.gpu)).with_timeout(CALL_TIMEOUT),
+            pager: Client::new(seqpacket(self.pager)).with_timeout(CALL_TIMEOUT),
         }
+    }
+
+    /// Starts `svm client --badge B --gpu-fd 3 --pager-fd 4 <args>` as this
+    /// client: it inherits the `Gpu` endpoint as descriptor 3 and the
+    /// `Pager` endpoint as 4, and its stdout is piped back. The endpoints
+    /// stay open here too, so the servers see the client go only when both
+    /// the process and this slot are gone.
+    pub fn spawn(&self, svm: &Path, args: &[&str]) -> std::io::Result<Child> {
+        let mut cmd = Command::new(svm);
+        cmd.args(["client", "--badge", &self.badge.to_string(), "--gpu-fd", "3", "--pager-fd", "4"]).args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        let _held = pass_fds_to_child(&mut cmd, &[(&self.gpu, 3), (&self.pager, 4)])?;
+        cmd.spawn()
     }
 }
 
@@ -92,6 +152,8 @@ pub struct BootOptions {
     pub probe_only: bool,
     /// Extra arguments for the pager (tests use them to break a rule).
     pub pager_args: Vec<String>,
+    /// Client slots (each with its own badge); 0 means 1.
+    pub clients: usize,
 }
 
 fn spawn(name: &'static str, exe: &Path, args: &[String], endpoints: &[(&OwnedFd, i32)], lifeline: bool) -> Result<Server, BootError> {
@@ -117,15 +179,19 @@ impl System {
     /// [`crate::manifest::MANIFEST`]. With `probe_only`, only the device
     /// model and a GPU server that probes and exits.
     pub fn boot(opts: &BootOptions) -> Result<(Self, Option<Clients>), BootError> {
-        use crate::manifest::{CLIENT_BADGE, MANIFEST, START_ORDER};
+        use crate::manifest::{client_badge, client_fd, MANIFEST, MAX_CLIENTS, START_ORDER};
+        let clients = opts.clients.clamp(1, MAX_CLIENTS);
         // With `probe_only`, just the device and a GPU server that probes.
         let started: &[&str] = if opts.probe_only { &["xe-model", "xe-svm"] } else { &START_ORDER };
         let wanted = |e: &crate::manifest::Endpoint| {
             started.contains(&e.server.process) && e.client.as_ref().map_or(!opts.probe_only, |c| started.contains(&c.process))
         };
-        let mut ends: Vec<Option<(OwnedFd, OwnedFd)>> = Vec::new();
+        // Each endpoint's (server end, client end) pairs: one per client
+        // slot for per-client endpoints, else one.
+        let mut ends: Vec<Vec<(OwnedFd, OwnedFd)>> = Vec::new();
         for e in MANIFEST {
-            ends.push(if wanted(e) { Some(endpoint_pair()?) } else { None });
+            let n = if !wanted(e) { 0 } else if e.per_client { clients } else { 1 };
+            ends.push((0..n).map(|_| endpoint_pair()).collect::<Result<_, _>>()?);
         }
         let mut system = Self { servers: Vec::new() };
         for &process in started {
@@ -140,22 +206,26 @@ impl System {
                 "xe-model" => opts.device.to_args(),
                 "mm-server" => vec![format!("--vram-bytes={}", opts.device.vram_bytes)],
                 "xe-svm" if opts.probe_only => vec!["--probe-only".into()],
-                "xe-svm" => vec![format!("--client-badge={CLIENT_BADGE}")],
-                "pager" => std::iter::once(format!("--client-badge={CLIENT_BADGE}")).chain(opts.pager_args.iter().cloned()).collect(),
+                "pager" => opts.pager_args.clone(),
                 _ => Vec::new(),
             };
             let mut fds: Vec<(&OwnedFd, i32)> = Vec::new();
-            for (e, pair) in MANIFEST.iter().zip(&ends) {
-                let Some((server_end, client_end)) = pair else { continue };
-                if e.server.process == process {
-                    fds.push((server_end, e.server.fd));
-                    args.push(format!("{}={}", e.server.flag, e.server.fd));
+            for (e, pairs) in MANIFEST.iter().zip(&ends) {
+                if e.server.process == process && !pairs.is_empty() {
+                    for (slot, (server_end, _)) in pairs.iter().enumerate() {
+                        let fd = client_fd(e.server.fd, slot);
+                        fds.push((server_end, fd));
+                        args.push(format!("{}={fd}", e.server.flag));
+                        if e.per_client {
+                            args.push(format!("--client-badge={}", client_badge(slot)));
+                        }
+                    }
                     if !e.rights.is_empty() {
                         // `--client-fd` -> `--client-rights`: the capability to mint.
                         args.push(format!("{}-rights={}", e.server.flag.trim_end_matches("-fd"), e.rights.bits()));
                     }
                 }
-                if let Some(c) = e.client.as_ref().filter(|c| c.process == process) {
+                if let (Some(c), Some((_, client_end))) = (e.client.as_ref().filter(|c| c.process == process), pairs.first()) {
                     fds.push((client_end, c.fd));
                     args.push(format!("{}={}", c.flag, c.fd));
                 }
@@ -171,24 +241,28 @@ impl System {
         if opts.probe_only {
             return Ok((system, None));
         }
-        // The client ends `init` keeps.
-        let mut mine = MANIFEST.iter().zip(ends).filter(|(e, _)| e.client.is_none()).filter_map(|(e, p)| p.map(|(_, c)| (e.interface, c)));
-        let (mut gpu, mut pager, mut pressure) = (None, None, None);
-        for (interface, fd) in mine.by_ref() {
-            match interface {
-                "Gpu" => gpu = Some(fd),
-                "Pager" => pager = Some(fd),
-                "Pressure status" => pressure = Some(fd),
+        // The client ends `init` keeps, by interface and slot.
+        let (mut gpu, mut pager, mut pressure) = (Vec::new(), Vec::new(), None);
+        for (e, pairs) in MANIFEST.iter().zip(ends) {
+            if e.client.is_some() {
+                continue;
+            }
+            let mine = pairs.into_iter().map(|(_, c)| c);
+            match e.interface {
+                "Gpu" => gpu.extend(mine),
+                "Pager" => pager.extend(mine),
+                "Pressure status" => pressure = mine.into_iter().next(),
                 _ => {}
             }
         }
-        match (gpu, pager, pressure) {
-            (Some(g), Some(p), Some(s)) => Ok((system, Some(Clients::new(g, p, s)))),
-            _ => {
-                system.shutdown();
-                Err(BootError::Endpoint("the manifest gives init no Gpu, Pager or Pressure status endpoint".into()))
-            }
-        }
+        let (Some(status), true) = (pressure, gpu.len() == clients && pager.len() == clients) else {
+            system.shutdown();
+            return Err(BootError::Endpoint("the manifest gives init no Gpu, Pager or Pressure status endpoint".into()));
+        };
+        let mut slots: Vec<ClientSlot> = gpu.into_iter().zip(pager).enumerate().map(|(i, (gpu, pager))| ClientSlot { badge: client_badge(i), gpu, pager }).collect();
+        let own = slots.remove(0).connect();
+        let pressure = Client::new(seqpacket(status)).with_timeout(Duration::from_secs(10));
+        Ok((system, Some(Clients { own, pressure, slots })))
     }
 
     /// Waits for `name` to exit on its own (a probe-only server).

@@ -458,7 +458,15 @@ fn mremap_moves_the_view_while_pages_are_in_vram() {
     wait_views(&r, object, &[(new, 0, 512)]);
     assert_eq!(bad_words(new, 0), 0, "the moved view reads wrong data");
     assert_eq!(*r.gpu.to_ram.lock().unwrap(), 512);
-    assert_eq!(r.gpu.moved.lock().unwrap().iter().map(|m| (m.1, m.2)).collect::<Vec<_>>(), vec![(old, new)], "the GPU server heard of the move");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let moved: Vec<(u64, u64)> = r.gpu.moved.lock().unwrap().iter().map(|m| (m.1, m.2)).collect();
+        if moved == vec![(old, new)] {
+            break;
+        }
+        assert!(moved.is_empty() && std::time::Instant::now() < deadline, "the GPU server heard of moves {moved:x?}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     gpu_migrate_all(&r, object, &fd, 0, 512);
     assert_eq!(bad_words(new, 0), 0);
 }
@@ -517,5 +525,11 @@ fn munmap_of_a_view_drops_it() {
     // SAFETY: our own mapping; `buf` is not used after this.
     unsafe { rustix::mm::munmap(buf.as_mut_ptr().cast(), 2 << 20) }.unwrap();
     wait_views(&r, object, &[]);
+    // The GPU server hears of it once the event is applied.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while r.gpu.gone.lock().unwrap().len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "the GPU server never heard the view went");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     r.pager.call(DestroyObject { object }).unwrap();
 }

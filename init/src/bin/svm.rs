@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use init::herd::{self, Mode};
+use init::supervisor::Connection;
+use init::views;
 use init::oversub;
 use init::supervisor::{BootOptions, System};
 
@@ -34,6 +36,31 @@ enum Cmd {
     Run {
         #[command(subcommand)]
         workload: Workload,
+    },
+    /// Run as one client of a booted system, on endpoints inherited from
+    /// `init` (tests start it; see `ClientSlot::spawn`).
+    #[command(hide = true)]
+    Client {
+        #[arg(long)]
+        badge: u64,
+        #[arg(long)]
+        gpu_fd: i32,
+        #[arg(long)]
+        pager_fd: i32,
+        #[command(subcommand)]
+        job: ClientJob,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientJob {
+    /// GPU to VRAM, CPU back, round after round; prints `round N`.
+    Churn {
+        #[arg(long, default_value = "64M")]
+        size: String,
+        /// Stop after this many rounds (default: run until killed).
+        #[arg(long)]
+        rounds: Option<u64>,
     },
 }
 
@@ -65,6 +92,33 @@ enum Workload {
         /// All CPU threads start on the same page (a herd on one page at a time).
         #[arg(long)]
         same_start: bool,
+    },
+    /// mremap while pages are in VRAM: threads hammer reads on the range
+    /// while it moves to a new address (plain or `--dontunmap`); every word
+    /// is checked, and the GPU binding must follow the view.
+    Mremap {
+        #[arg(long, default_value = "2M")]
+        size: String,
+        /// `MREMAP_DONTUNMAP`: the old range stays a view of the object.
+        #[arg(long)]
+        dontunmap: bool,
+        #[arg(long, default_value_t = 4)]
+        readers: usize,
+    },
+    /// fork while pages are in VRAM: a child reads every word while the
+    /// parent hammers reads, then a child adds to every word while the
+    /// parent's GPU increments it; every word is checked.
+    Fork {
+        #[arg(long, default_value = "4M")]
+        size: String,
+        #[arg(long, default_value_t = 4)]
+        readers: usize,
+        /// GPU passes over the buffer while the child writes.
+        #[arg(long, default_value_t = 8)]
+        kernels: u32,
+        /// The child's passes of `+1` over every word.
+        #[arg(long, default_value_t = 4)]
+        child_rounds: u32,
     },
     /// Oversubscription: an SVM working set `--ratio` times VRAM, touched by
     /// the GPU and the CPU in turn, against buffer-object jobs competing for
@@ -111,6 +165,15 @@ fn main() {
     opts.device.vram_bytes = cli.vram_mib << 20;
     opts.device.hw_threads = cli.hw_threads;
     let code = match cli.command {
+        Cmd::Client { badge, gpu_fd, pager_fd, job } => client(badge, gpu_fd, pager_fd, job),
+        Cmd::Run { workload: Workload::Mremap { size, dontunmap, readers } } => match parse_size(&size) {
+            Some(bytes) => run_views(opts, |c| views::mremap_race(c, &views::MremapConfig { bytes, dontunmap, readers }).map(|r| (r.line(), r.bad_words))),
+            None => bad_size(&size),
+        },
+        Cmd::Run { workload: Workload::Fork { size, readers, kernels, child_rounds } } => match parse_size(&size) {
+            Some(bytes) => run_views(opts, |c| views::fork_race(c, &views::ForkConfig { bytes, readers, kernels, child_rounds }).map(|r| (r.line(), r.bad_words + r.child_bad))),
+            None => bad_size(&size),
+        },
         Cmd::Boot { check } => boot(opts, check),
         Cmd::Run { workload: Workload::Herd { size, threads, mode, reps, json, same_start } } => {
             let modes = match mode {
@@ -231,6 +294,54 @@ fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode
     }
     drop(clients);
     finish(system, failed.map_or(Ok(()), Err))
+}
+
+fn bad_size(s: &str) -> i32 {
+    eprintln!("svm: bad size {s:?} (a multiple of 4 KiB, like 2M or 512K)");
+    2
+}
+
+/// Boots, runs one view-change scenario as client 0, prints its line.
+fn run_views(opts: BootOptions, scenario: impl FnOnce(&Connection) -> Result<(String, u64), views::ViewsError>) -> i32 {
+    let (mut system, clients) = match System::boot(&opts) {
+        Ok((s, Some(c))) => (s, c),
+        Ok((s, None)) => return finish(s, Err("booted without clients".into())),
+        Err(e) => {
+            eprintln!("svm: boot failed: {e}");
+            return 1;
+        }
+    };
+    let result = match scenario(&clients) {
+        Ok((line, bad)) => {
+            println!("{line}");
+            if bad > 0 {
+                Err(format!("{bad} bad words"))
+            } else {
+                system.check_alive().map_err(|e| e.to_string())
+            }
+        }
+        Err(e) => Err(format!("scenario failed: {e}")),
+    };
+    drop(clients);
+    finish(system, result)
+}
+
+/// `svm client`: one client of a system `init` booted, on inherited endpoints.
+fn client(badge: u64, gpu_fd: i32, pager_fd: i32, job: ClientJob) -> i32 {
+    // SAFETY: init passed these descriptors to this process for this use.
+    let c = unsafe { Connection::inherited(badge, gpu_fd, pager_fd) };
+    match job {
+        ClientJob::Churn { size, rounds } => {
+            let Some(bytes) = parse_size(&size) else { return bad_size(&size) };
+            match init::churn::run(&c, bytes, rounds, &mut std::io::stdout()) {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("svm client {badge}: {e}");
+                    1
+                }
+            }
+        }
+    }
 }
 
 fn run_oversub(opts: BootOptions, cfg: &oversub::Config, json: bool) -> i32 {

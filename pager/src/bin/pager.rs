@@ -1,5 +1,5 @@
 //! The pager process. Endpoints inherited from `init`: `--client-fd`
-//! (`Pager`, one client), `--migrate-fd` (`PagerMigrate`, served to the GPU
+//! (`Pager`, one per client, each followed by its `--client-badge`), `--migrate-fd` (`PagerMigrate`, served to the GPU
 //! server), `--notify-fd` (our `GpuNotify` client), `--reclaim-fd`
 //! (`PagerReclaim`, served to mm-server). Stdin is init's lifeline.
 
@@ -16,10 +16,13 @@ use pager::host::{Config, PagerServer};
 #[derive(Parser)]
 #[command(about = "xe-svm address-space pager")]
 struct Args {
+    /// A client's endpoint; repeated, one per client.
+    #[arg(long, required = true)]
+    client_fd: Vec<i32>,
+    /// The badge of each `--client-fd`, in the same order (the same number
+    /// the client has in every server).
     #[arg(long)]
-    client_fd: i32,
-    #[arg(long, default_value_t = 100)]
-    client_badge: u64,
+    client_badge: Vec<u64>,
     #[arg(long)]
     migrate_fd: i32,
     #[arg(long)]
@@ -72,8 +75,14 @@ fn main() {
         let rights = Rights::from_bits_truncate(a.reclaim_rights);
         ipc_protocol::server::spawn::<PagerReclaim, _>("pager-reclaim", endpoint(fd), Capability::new(3, rights), server.clone(), 2);
     }
+    if a.client_badge.len() != a.client_fd.len() {
+        eprintln!("pager: {} --client-fd but {} --client-badge", a.client_fd.len(), a.client_badge.len());
+        std::process::exit(2);
+    }
     let rights = Rights::from_bits_truncate(a.client_rights);
-    ipc_protocol::server::spawn::<Pager, _>("pager-client", endpoint(a.client_fd), Capability::new(a.client_badge, rights), server, 4);
+    for (fd, badge) in a.client_fd.iter().zip(&a.client_badge) {
+        ipc_protocol::server::spawn::<Pager, _>(&format!("pager-client{badge}"), endpoint(*fd), Capability::new(*badge, rights), server.clone(), 4);
+    }
     println!("pager: serving");
     let mut buf = [0u8; 1];
     let _ = std::io::stdin().read(&mut buf);

@@ -1,6 +1,7 @@
 //! The GPU server process. Endpoints are inherited from `init`:
 //! `--device-fd` (the device's control channel), and when serving,
-//! `--client-fd` (`Gpu`, one client), `--migrate-fd` (our `PagerMigrate`
+//! `--client-fd` (`Gpu`, one per client, each followed by its
+//! `--client-badge`), `--migrate-fd` (our `PagerMigrate`
 //! client), `--notify-fd` (`GpuNotify`, served to the pager),
 //! `--pressure-fd` (our `Pressure` client) and `--shrink-fd` (`GpuShrink`,
 //! served to mm-server). Stdin is
@@ -25,11 +26,13 @@ struct Args {
     /// Probe, print the report and exit.
     #[arg(long)]
     probe_only: bool,
+    /// A client's endpoint; repeated, one per client.
     #[arg(long)]
-    client_fd: Option<i32>,
-    /// Badge init assigned to the client (the same in every server).
-    #[arg(long, default_value_t = 100)]
-    client_badge: u64,
+    client_fd: Vec<i32>,
+    /// The badge of each `--client-fd`, in the same order (init assigns it;
+    /// the same number in every server).
+    #[arg(long)]
+    client_badge: Vec<u64>,
     #[arg(long)]
     migrate_fd: Option<i32>,
     #[arg(long)]
@@ -80,7 +83,11 @@ fn main() {
     if a.probe_only {
         return;
     }
-    if let (Some(client), Some(migrate), Some(notify)) = (a.client_fd, a.migrate_fd, a.notify_fd) {
+    if a.client_badge.len() != a.client_fd.len() {
+        eprintln!("xe-svm: {} --client-fd but {} --client-badge", a.client_fd.len(), a.client_badge.len());
+        std::process::exit(2);
+    }
+    if let (false, Some(migrate), Some(notify)) = (a.client_fd.is_empty(), a.migrate_fd, a.notify_fd) {
         let dev = Device::new(Arc::new(bar));
         let pressure = a.pressure_fd.map(|fd| Client::new(endpoint(fd)).with_timeout(std::time::Duration::from_secs(10)));
         let server = match GpuServer::new(dev.clone(), Client::new(endpoint(migrate)), pressure, a.bo_pool_mib << 20) {
@@ -103,7 +110,9 @@ fn main() {
             ipc_protocol::server::spawn::<GpuShrink, _>("xe-svm-shrink", endpoint(fd), Capability::new(3, rights), server.clone(), 2);
         }
         let client_rights = Rights::from_bits_truncate(a.client_rights);
-        ipc_protocol::server::spawn::<Gpu, _>("xe-svm-gpu", endpoint(client), Capability::new(a.client_badge, client_rights), server, 4);
+        for (fd, badge) in a.client_fd.iter().zip(&a.client_badge) {
+            ipc_protocol::server::spawn::<Gpu, _>(&format!("xe-svm-gpu{badge}"), endpoint(*fd), Capability::new(*badge, client_rights), server.clone(), 4);
+        }
         println!("xe-svm: serving");
     }
     let mut buf = [0u8; 1];
