@@ -90,3 +90,34 @@ fn a_dead_mm_server_costs_speed_not_correctness() {
     assert!(r.pressure.is_none(), "mm-server answered after it was killed");
     assert!(t0.elapsed() < std::time::Duration::from_secs(120), "something waited on the dead broker");
 }
+
+/// xe-svm killed with pages in VRAM: the pager and mm-server keep
+/// answering, with typed errors where they needed the GPU server, and
+/// nothing waits on the dead peer.
+#[test]
+fn a_dead_gpu_server_hangs_neither_the_pager_nor_mm_server() {
+    use init::client::SvmBuffer;
+    use ipc_protocol::client::CallError;
+    use ipc_protocol::interfaces::gpu::{BindView, CreateVm};
+    use ipc_protocol::interfaces::pager::{DestroyObject, PagerError, Snapshot};
+    use ipc_protocol::types::{KernelKind, PageCount, PageStateCode};
+    let (mut system, c) = boot(32);
+    let vm = c.gpu.call(CreateVm {}).unwrap().vm;
+    let buf = SvmBuffer::new(&c.pager, 2 << 20).unwrap();
+    c.gpu.call(BindView { vm, view: buf.view, gpu_addr: buf.addr }).unwrap();
+    // SAFETY: ours; the GPU job runs after the fill.
+    unsafe { buf.words() }.fill(1);
+    init::client::run_kernel(&c.gpu, vm, KernelKind::IncrementAll, buf.addr, 2 << 20, 1).unwrap();
+    system.kill("xe-svm").unwrap();
+    let t0 = std::time::Instant::now();
+    let states = c.pager.call(Snapshot { object: buf.object, first_page: 0, count: PageCount::new(512).unwrap() }).unwrap().states.into_vec();
+    assert!(states.iter().all(|s| *s == PageStateCode::Device), "{states:?}");
+    let p = c.pressure.call(Status {}).unwrap();
+    assert!(p.vram_total > 0);
+    // Freeing VRAM needs the GPU server: a typed error, not a hang.
+    let _ = c.pager.call(ipc_protocol::interfaces::pager::DetachView { view: buf.view });
+    assert_eq!(c.pager.call(DestroyObject { object: buf.object }).unwrap_err(), CallError::Server(PagerError::GpuUnavailable));
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30), "something waited on the dead GPU server");
+    drop(c);
+    system.shutdown();
+}
