@@ -28,6 +28,9 @@ use hw::xe::layout;
 use hw::xe::pte::{PageSize, Target};
 use ipc_protocol::interfaces::gpu::GpuError;
 
+use crate::host::HostPlatform;
+use crate::platform::Platform;
+use crate::ppgtt::Ppgtt;
 use crate::server::{Inner, State};
 use crate::vram::{Vram, MAX_ORDER};
 use crate::ww::{self, WwClass, WwMutex};
@@ -159,15 +162,15 @@ fn chunk_orders(mut pages: u64) -> Vec<u32> {
     v
 }
 
-impl Inner {
+impl Inner<HostPlatform> {
     fn job_done(&self, job: u32) -> bool {
-        job == 0 || (self.dev.bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
+        job == 0 || (self.hw.dev.bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
     }
 
     /// Creates an object of `size_bytes` (a multiple of 4 KiB). It starts
     /// zeroed in its SRAM home; its first job places it in VRAM.
     pub(crate) fn create_bo(&self, owner: u64, size_bytes: u64) -> Result<u32, GpuError> {
-        let s = &self.bos;
+        let s = &self.hw.bos;
         if size_bytes == 0 || size_bytes % PAGE != 0 {
             return Err(GpuError::BadRange);
         }
@@ -206,8 +209,8 @@ impl Inner {
 
     /// Writes the PTEs of every mapping of `bo` for its current placement;
     /// returns the (asid, va, len) ranges to invalidate.
-    fn write_bo_ptes(&self, st: &mut State, bo: &Bo, chunks: &[Chunk]) -> Vec<(u32, u64, u64)> {
-        let bar = &self.dev.bar;
+    fn write_bo_ptes(&self, st: &mut State<Ppgtt>, bo: &Bo, chunks: &[Chunk]) -> Vec<(u32, u64, u64)> {
+        let bar = &self.hw.dev.bar;
         let mut ranges = Vec::new();
         for (asid, vm) in st.vms.iter_mut() {
             let maps: Vec<BoMap> = vm.bos.iter().filter(|m| m.bo == bo.id).copied().collect();
@@ -216,13 +219,13 @@ impl Inner {
                 for c in chunks {
                     let (base, target) = match c.vram_pfn {
                         Some(pfn) => (pfn * PAGE, Target::Device),
-                        None => (self.bos.sram_addr(c), Target::System),
+                        None => (self.hw.bos.sram_addr(c), Target::System),
                     };
                     if c.order == MAX_ORDER && va % (2 << 20) == 0 {
-                        let _ = vm.ppgtt.map(bar, &self.pt, va, base, PageSize::Size2M, target);
+                        let _ = vm.tables.map(bar, &self.hw.pt, va, base, PageSize::Size2M, target);
                     } else {
                         for p in 0..c.pages() {
-                            let _ = vm.ppgtt.map(bar, &self.pt, va + p * PAGE, base + p * PAGE, PageSize::Size4K, target);
+                            let _ = vm.tables.map(bar, &self.hw.pt, va + p * PAGE, base + p * PAGE, PageSize::Size4K, target);
                         }
                     }
                     va += c.pages() * PAGE;
@@ -233,17 +236,9 @@ impl Inner {
         ranges
     }
 
-    /// TLB invalidation of each (asid, address, length), after the PTEs went.
-    pub(crate) fn invalidate_ranges(&self, ranges: &[(u32, u64, u64)]) -> Result<(), GpuError> {
-        for &(asid, va, len) in ranges {
-            self.dev.invalidate(asid, va, len).map_err(|_| GpuError::DeviceLost)?;
-        }
-        Ok(())
-    }
-
     /// Maps `bo` at `gpu_addr` of the caller's VM `vm`.
     pub(crate) fn map_bo(&self, owner: u64, vm: u32, bo_id: u32, gpu_addr: u64) -> Result<(), GpuError> {
-        let bo = self.bos.get(owner, bo_id)?;
+        let bo = self.hw.bos.get(owner, bo_id)?;
         if gpu_addr % PAGE != 0 || (gpu_addr + bo.pages * PAGE) >> 47 != 0 {
             return Err(GpuError::BadRange);
         }
@@ -270,7 +265,7 @@ impl Inner {
 
     /// Destroys an idle object: unmapped everywhere, VRAM and home freed.
     pub(crate) fn destroy_bo(&self, owner: u64, bo_id: u32) -> Result<(), GpuError> {
-        let bo = self.bos.get(owner, bo_id)?;
+        let bo = self.hw.bos.get(owner, bo_id)?;
         if !bo.resv.lock_single(IDLE_TIMEOUT) {
             return Err(GpuError::Busy);
         }
@@ -279,15 +274,15 @@ impl Inner {
             bo.resv.unlock();
             return Err(GpuError::Busy);
         }
-        self.bos.map().remove(&bo_id);
+        self.hw.bos.map().remove(&bo_id);
         let r = self.unmap_bo_everywhere(&bo);
         let mut p = bo.placement();
         for c in p.chunks.drain(..) {
             if let Some(pfn) = c.vram_pfn {
                 let _ = self.vram.free_unused(pfn);
-                self.bos.vram_pages.fetch_sub(c.pages(), Ordering::Relaxed);
+                self.hw.bos.vram_pages.fetch_sub(c.pages(), Ordering::Relaxed);
             }
-            let _ = self.bos.pool_alloc.free_unused(c.sram_pfn);
+            let _ = self.hw.bos.pool_alloc.free_unused(c.sram_pfn);
         }
         drop(p);
         bo.resv.unlock();
@@ -302,7 +297,7 @@ impl Inner {
             let maps: Vec<BoMap> = vm.bos.iter().filter(|m| m.bo == bo.id).copied().collect();
             vm.bos.retain(|m| m.bo != bo.id);
             for m in maps {
-                let _ = vm.ppgtt.unmap(&self.dev.bar, &self.pt, m.gpu_addr, m.pages * PAGE);
+                let _ = vm.tables.unmap(&self.hw.dev.bar, &self.hw.pt, m.gpu_addr, m.pages * PAGE);
                 ranges.push((*asid, m.gpu_addr, m.pages * PAGE));
             }
         }
@@ -311,7 +306,7 @@ impl Inner {
 
     /// Drops every object of a client that went away.
     pub(crate) fn destroy_bos_of(&self, owner: u64) {
-        for id in self.bos.ids_of(owner) {
+        for id in self.hw.bos.ids_of(owner) {
             if let Err(e) = self.destroy_bo(owner, id) {
                 log::warn!("xe-svm: object {id} of departed client {owner}: {e:?}");
             }
@@ -320,14 +315,14 @@ impl Inner {
 
     /// Copies `bo` into a new memfd once its jobs are done.
     pub(crate) fn read_bo(&self, owner: u64, bo_id: u32) -> Result<(u64, OwnedFd), GpuError> {
-        let bo = self.bos.get(owner, bo_id)?;
+        let bo = self.hw.bos.get(owner, bo_id)?;
         if !bo.resv.lock_single(IDLE_TIMEOUT) {
             return Err(GpuError::Busy);
         }
         let r = (|| {
             let p = bo.placement();
             if !self.job_done(p.busy_job)
-                && self.dev.bar.wait_seqno(layout::REG_CCS_DONE, p.busy_job, IDLE_TIMEOUT).is_err()
+                && self.hw.dev.bar.wait_seqno(layout::REG_CCS_DONE, p.busy_job, IDLE_TIMEOUT).is_err()
             {
                 return Err(GpuError::Busy);
             }
@@ -338,8 +333,8 @@ impl Inner {
             for c in &p.chunks {
                 let n = (c.pages() * PAGE) as usize;
                 let ok = match c.vram_pfn {
-                    Some(pfn) => self.dev.bar.vram().read(pfn * PAGE, &mut buf[..n]),
-                    None => self.bos.pool.read(c.sram_pfn * PAGE, &mut buf[..n]),
+                    Some(pfn) => self.hw.dev.bar.vram().read(pfn * PAGE, &mut buf[..n]),
+                    None => self.hw.bos.pool.read(c.sram_pfn * PAGE, &mut buf[..n]),
                 };
                 if !ok || !out.write(off, &buf[..n]) {
                     return Err(GpuError::DeviceLost);
@@ -365,17 +360,17 @@ impl Inner {
             let bos: Vec<Arc<Bo>> = {
                 let st = self.lock();
                 let v = st.vms.get(&vm).ok_or(GpuError::NoSuchVm)?;
-                let map = self.bos.map();
+                let map = self.hw.bos.map();
                 v.bos.iter().filter(|m| m.overlaps(addr, len)).filter_map(|m| map.get(&m.bo).cloned()).collect()
             };
-            let ctx = self.bos.class.context();
+            let ctx = self.hw.bos.class.context();
             let set: Vec<&WwMutex> = bos.iter().map(|b| &b.resv).collect();
             let held = ww::lock_all(&set, &ctx);
             let unlock = || held.iter().for_each(|&h| set[h].unlock());
             let short = bos.iter().try_fold(0u64, |acc, b| self.restore_bo(b).map(|s| acc + s));
             if granted > 0 {
                 self.report_usage();
-                self.release(ipc_protocol::types::World::Bo, std::mem::take(&mut granted));
+                self.hw.release(ipc_protocol::types::World::Bo, std::mem::take(&mut granted));
             }
             let short = match short {
                 Ok(s) => s,
@@ -385,19 +380,19 @@ impl Inner {
                 }
             };
             attempts += 1;
-            if short > 0 && attempts < 3 && self.pressure.is_some() {
+            if short > 0 && attempts < 3 && self.hw.has_broker() {
                 unlock();
                 // Rule 5: wait for room holding nothing, then start over.
-                granted = self.reserve(ipc_protocol::types::World::Bo, short * PAGE, RESERVE_TIMEOUT_MS);
+                granted = self.hw.reserve(ipc_protocol::types::World::Bo, short * PAGE, RESERVE_TIMEOUT_MS);
                 if granted == 0 {
                     attempts = 3; // mm-server could not help: run from SRAM
                 }
                 continue;
             }
             let r = {
-                let _order = self.bos.submit.lock().unwrap_or_else(|e| e.into_inner());
+                let _order = self.hw.bos.submit.lock().unwrap_or_else(|e| e.into_inner());
                 push().inspect(|&job| {
-                    let now = self.bos.use_clock.fetch_add(1, Ordering::Relaxed);
+                    let now = self.hw.bos.use_clock.fetch_add(1, Ordering::Relaxed);
                     for b in &bos {
                         let mut p = b.placement();
                         p.busy_job = job;
@@ -427,7 +422,7 @@ impl Inner {
             }
             match self.vram.alloc(c.order) {
                 Ok(pfn) => {
-                    copies.push((self.bos.sram_addr(c), pfn * PAGE, c.pages() * PAGE));
+                    copies.push((self.hw.bos.sram_addr(c), pfn * PAGE, c.pages() * PAGE));
                     placed.push((i, pfn));
                 }
                 Err(_) => short += c.pages(),
@@ -436,7 +431,7 @@ impl Inner {
         if placed.is_empty() {
             return Ok(short);
         }
-        if !self.dev.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
+        if !self.hw.dev.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
             for (_, pfn) in placed {
                 let _ = self.vram.free_unused(pfn);
             }
@@ -444,20 +439,20 @@ impl Inner {
         }
         for &(i, pfn) in &placed {
             p.chunks[i].vram_pfn = Some(pfn);
-            self.bos.vram_pages.fetch_add(p.chunks[i].pages(), Ordering::Relaxed);
+            self.hw.bos.vram_pages.fetch_add(p.chunks[i].pages(), Ordering::Relaxed);
         }
         let chunks = p.chunks.clone();
         drop(p);
         let ranges = self.write_bo_ptes(&mut self.lock(), bo, &chunks);
         self.invalidate_ranges(&ranges)?;
-        self.bos.restores.fetch_add(1, Ordering::Relaxed);
+        self.hw.bos.restores.fetch_add(1, Ordering::Relaxed);
         Ok(short)
     }
 
     /// The shrinker (`GpuShrink::Shrink`): evicts idle objects, least
     /// recently used first, until `bytes` have left VRAM. Trylock only.
     pub(crate) fn shrink_bos(&self, bytes: u64) -> Result<(u64, u32), GpuError> {
-        let mut candidates: Vec<(u64, Arc<Bo>)> = self.bos.map().values().map(|b| (0, b.clone())).collect();
+        let mut candidates: Vec<(u64, Arc<Bo>)> = self.hw.bos.map().values().map(|b| (0, b.clone())).collect();
         for (key, b) in candidates.iter_mut() {
             // Unlocked peek: only an ordering hint.
             *key = b.placement.try_lock().map(|p| p.last_use).unwrap_or(u64::MAX);
@@ -492,8 +487,8 @@ impl Inner {
             return Ok(0);
         }
         let copies: Vec<(u64, u64, u64)> =
-            p.chunks.iter().filter_map(|c| c.vram_pfn.map(|pfn| (pfn * PAGE, self.bos.sram_addr(c), c.pages() * PAGE))).collect();
-        if !self.dev.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
+            p.chunks.iter().filter_map(|c| c.vram_pfn.map(|pfn| (pfn * PAGE, self.hw.bos.sram_addr(c), c.pages() * PAGE))).collect();
+        if !self.hw.dev.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
             return Err(GpuError::DeviceLost);
         }
         let mut old = Vec::new();
@@ -510,10 +505,10 @@ impl Inner {
         let mut pages = 0;
         for (pfn, n) in old {
             let _ = self.vram.free_unused(pfn);
-            self.bos.vram_pages.fetch_sub(n, Ordering::Relaxed);
+            self.hw.bos.vram_pages.fetch_sub(n, Ordering::Relaxed);
             pages += n;
         }
-        self.bos.evictions.fetch_add(1, Ordering::Relaxed);
+        self.hw.bos.evictions.fetch_add(1, Ordering::Relaxed);
         Ok(pages)
     }
 }

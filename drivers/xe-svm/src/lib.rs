@@ -6,13 +6,21 @@
 //! - [`device`]: copy engine, TLB invalidation, GuC message pump;
 //! - [`vram`]: the buddy allocator, blocks refcounted by resident pages (rule 6);
 //! - [`ppgtt`]: page tables per GPU VM;
-//! - [`server`]: GPU VMs, the fault path, the notifier (rules 8 and 9).
+//! - [`server`]: the SVM core: GPU VMs, the fault path, the notifier
+//!   (rules 5, 6, 8 and 9), over a [`platform::Platform`];
+//! - [`views`]: bindings follow the pager's views (rule 8 for unmap/mremap);
+//! - [`bo`], [`ww`]: the BO world and its reservation locks (rule 7);
+//! - [`host`]: the host runtime: the device model and IPC as the platform,
+//!   and the IPC handlers.
 
 pub mod bo;
 pub mod device;
+pub mod host;
+pub mod platform;
 pub mod ppgtt;
 pub mod probe;
 pub mod server;
+pub mod sync;
 pub mod views;
 pub mod vram;
 pub mod ww;

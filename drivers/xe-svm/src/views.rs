@@ -18,13 +18,14 @@
 
 use ipc_protocol::interfaces::gpu_notify::NotifyError;
 
+use crate::platform::Platform;
 use crate::server::Inner;
 
 const PAGE: u64 = 4096;
 /// GPU virtual addresses are 48-bit (4-level PPGTT).
 const VA_LIMIT: u64 = 1 << 47;
 
-impl Inner {
+impl<P: Platform> Inner<P> {
     /// Unmaps and drops every binding of `view`; returns how many.
     pub(crate) fn view_gone(&self, view: u32) -> Result<u16, NotifyError> {
         let mut st = self.lock();
@@ -35,7 +36,7 @@ impl Inner {
                 if b.view != view {
                     return true;
                 }
-                let _ = vm.ppgtt.unmap(&self.dev.bar, &self.pt, b.gpu_addr, b.pages * PAGE);
+                let _ = self.hw.unmap(&mut vm.tables, b.gpu_addr, b.pages * PAGE);
                 ranges.push((*asid, b.gpu_addr, b.pages * PAGE));
                 objects.push(b.object);
                 false
@@ -69,7 +70,7 @@ impl Inner {
                     continue;
                 }
                 let (old, len) = (vm.bindings[i].gpu_addr, vm.bindings[i].pages * PAGE);
-                let _ = vm.ppgtt.unmap(&self.dev.bar, &self.pt, old, len);
+                let _ = self.hw.unmap(&mut vm.tables, old, len);
                 ranges.push((*asid, old, len));
                 let new = old.wrapping_add(to.wrapping_sub(from));
                 let fits = new % PAGE == 0 && new.checked_add(len).is_some_and(|end| end <= VA_LIMIT);

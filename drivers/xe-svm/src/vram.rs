@@ -6,7 +6,7 @@
 //! one by one under rule 1; the block stays allocated until all have.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use crate::sync::{lock, Mutex, MutexGuard};
 
 /// Block orders: 0 is 4 KiB, 9 is 2 MiB.
 pub const MAX_ORDER: u32 = 9;
@@ -49,8 +49,8 @@ impl Vram {
         Self { inner: Mutex::new(Buddy { free, used: HashMap::new(), used_pages: 0 }), total_pages: pages }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Buddy> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Buddy> {
+        lock(&self.inner)
     }
 
     pub fn total_pages(&self) -> u64 {

@@ -16,7 +16,7 @@ use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify, gpu_shrink::GpuS
 use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
 use xe_svm::device::Device;
-use xe_svm::server::GpuServer;
+use xe_svm::host::GpuServer;
 
 #[derive(Parser)]
 #[command(about = "xe-svm GPU server")]

@@ -1,0 +1,55 @@
+//! What the GPU server's SVM core needs from the world around it: the
+//! device (copy engine, TLB invalidation, page tables), the pager
+//! (`PagerMigrate`) and mm-server (`Pressure`). The host runtime
+//! (`host.rs`) implements it with the device model and IPC clients; the
+//! deterministic simulation (`sim/`) with simulated actors. The core's
+//! rules (5, 6, 8, 9) live in `server.rs` and `views.rs`, once, for both.
+
+use hw::xe::pte::{PageSize, Target};
+use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
+use ipc_protocol::types::World;
+
+/// A call to the pager that got no answer or an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortError;
+
+pub trait Platform: Send + Sync + 'static {
+    /// One GPU VM's page tables.
+    type Tables: Send + 'static;
+
+    /// Copies `(source, destination, bytes)` runs in device address space
+    /// (VRAM frames or DMA-mapped system memory). `false`: the copy engine
+    /// reported an error; `Err`: the device is gone.
+    fn copy(&self, copies: &[(u64, u64, u64)]) -> Result<bool, PortError>;
+    /// Invalidates `[va, va + len)` of `asid` in every TLB and returns once
+    /// accesses in flight through old entries have drained.
+    fn invalidate_tlb(&self, asid: u32, va: u64, len: u64) -> Result<(), PortError>;
+    /// Page tables for a new VM `asid`, installed as its context.
+    fn new_tables(&self, asid: u32) -> Result<Self::Tables, PortError>;
+    fn map(&self, t: &mut Self::Tables, va: u64, addr: u64, size: PageSize, target: Target);
+    fn unmap(&self, t: &mut Self::Tables, va: u64, len: u64);
+    /// The VM is gone: its context is cleared, its TLB entries dropped and
+    /// its page tables freed.
+    fn drop_tables(&self, asid: u32, t: Self::Tables);
+    /// Gives back the DMA slot of an object no VM binds any more.
+    fn dma_unmap(&self, slot: u32);
+    /// Device address of a 2 MiB zero buffer (the source for EMPTY pages).
+    fn zero_source(&self) -> u64;
+
+    /// `PagerMigrate::Collect` (rule 9: called with no lock of ours held).
+    fn collect(&self, c: Collect) -> Result<Collected, PortError>;
+    /// `PagerMigrate::Finalize`.
+    fn finalize(&self, f: Finalize) -> Result<(), PortError>;
+
+    /// Whether an mm-server is there to wait in.
+    fn has_broker(&self) -> bool;
+    /// Waits in mm-server for `bytes` of VRAM for `world` (rule 5: the
+    /// caller holds no page or reservation lock); the bytes granted, 0 when
+    /// refused, timed out or gone.
+    fn reserve(&self, world: World, bytes: u64, timeout_ms: u32) -> u64;
+    fn release(&self, world: World, bytes: u64);
+    /// Tells mm-server what each world holds now (one-way).
+    fn report_usage(&self, bo_bytes: u64, svm_bytes: u64);
+    /// VRAM pages the BO world holds (0 where there is none).
+    fn bo_vram_pages(&self) -> u64;
+}
