@@ -31,7 +31,7 @@ struct TestGpu {
     to_ram: Mutex<u64>,
     /// Views the pager said went away, and moves (view, from, to).
     gone: Mutex<Vec<u32>>,
-    moved: Mutex<Vec<(u32, u64, u64)>>,
+    copied: Mutex<Vec<(u32, u32, u64, u64)>>,
     /// Tells rigs apart in logs.
     id: u32,
 }
@@ -74,9 +74,9 @@ impl Handler<n::GpuNotify> for TestGpu {
                 self.gone.lock().unwrap().push(g.view.get());
                 Ok((n::Reply::ViewGone(n::Unbound { bindings: 0 }), vec![]))
             }
-            n::Request::ViewMoved(m) => {
-                self.moved.lock().unwrap().push((m.view.get(), m.from, m.to));
-                Ok((n::Reply::ViewMoved(n::Moved { bindings: 0, dropped: 0 }), vec![]))
+            n::Request::ViewCopied(c) => {
+                self.copied.lock().unwrap().push((c.view.get(), c.new_view.get(), c.from, c.to));
+                Ok((n::Reply::ViewCopied(n::Copied { bindings: 0, skipped: 0 }), vec![]))
             }
         }
     }
@@ -458,13 +458,14 @@ fn mremap_moves_the_view_while_pages_are_in_vram() {
     wait_views(&r, object, &[(new, 0, 512)]);
     assert_eq!(bad_words(new, 0), 0, "the moved view reads wrong data");
     assert_eq!(*r.gpu.to_ram.lock().unwrap(), 512);
+    // The GPU server heard of the new address before mremap returned, and
+    // that the old view went.
+    let copied: Vec<(u64, u64)> = r.gpu.copied.lock().unwrap().iter().map(|c| (c.2, c.3)).collect();
+    assert_eq!(copied, vec![(old, new)], "the GPU server heard of the new address");
+    let view = r.gpu.copied.lock().unwrap()[0].0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let moved: Vec<(u64, u64)> = r.gpu.moved.lock().unwrap().iter().map(|m| (m.1, m.2)).collect();
-        if moved == vec![(old, new)] {
-            break;
-        }
-        assert!(moved.is_empty() && std::time::Instant::now() < deadline, "the GPU server heard of moves {moved:x?}");
+    while !r.gpu.gone.lock().unwrap().contains(&view) {
+        assert!(std::time::Instant::now() < deadline, "the GPU server never heard the old view went");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     gpu_migrate_all(&r, object, &fd, 0, 512);

@@ -238,9 +238,9 @@ impl Handler<n::GpuNotify> for GpuServer {
                 let bindings = inner.view_gone(view.get())?;
                 Ok((n::Reply::ViewGone(n::Unbound { bindings }), vec![]))
             }
-            n::Request::ViewMoved(n::ViewMoved { view, from, to }) => {
-                let (bindings, dropped) = inner.view_moved(view.get(), from, to)?;
-                Ok((n::Reply::ViewMoved(n::Moved { bindings, dropped }), vec![]))
+            n::Request::ViewCopied(n::ViewCopied { view, new_view, from, to }) => {
+                let (bindings, skipped) = inner.view_copied(view.get(), new_view.get(), from, to)?;
+                Ok((n::Reply::ViewCopied(n::Copied { bindings, skipped }), vec![]))
             }
         }
     }

@@ -49,6 +49,10 @@ pub(crate) struct Binding {
 }
 
 impl Binding {
+    /// The same object pages bound for view `view` at `gpu_addr`.
+    pub(crate) fn twin(&self, id: u64, view: u32, gpu_addr: u64) -> Self {
+        Self { id, view, gpu_addr, object: self.object, first_page: self.first_page, pages: self.pages }
+    }
     fn contains(&self, va: u64) -> bool {
         va >= self.gpu_addr && va < self.gpu_addr + self.pages * PAGE
     }
@@ -72,26 +76,31 @@ struct ObjectState {
     _memfd: Option<OwnedFd>,
     /// Newest invalidation sequence seen (rule 8).
     inval_seq: u64,
-    /// VRAM page frame + 1 of each object page resident here, 0 when not:
+    /// Per object page: its VRAM page frame + 1 while resident here,
+    /// [`SYSTEM_MAPPED`] while some VM may map it as a system page, else 0.
     /// 4 bytes per page, inside the 16-byte per-page metadata budget.
     frames: Vec<u32>,
     resident_pages: u64,
 }
 
+/// The frame word of a page a GPU fault mapped from system memory: before
+/// such a page moves (to VRAM), that mapping must go (rule 8, `resolve`).
+const SYSTEM_MAPPED: u32 = u32::MAX;
+
 impl ObjectState {
     fn frame(&self, page: u64) -> Option<u64> {
         match self.frames.get(page as usize) {
-            Some(&f) if f != 0 => Some(f as u64 - 1),
+            Some(&f) if f != 0 && f != SYSTEM_MAPPED => Some(f as u64 - 1),
             _ => None,
         }
     }
     fn set_frame(&mut self, page: u64, pfn: u64) {
         if let Some(f) = self.frames.get_mut(page as usize) {
-            if *f == 0 {
+            if *f == 0 || *f == SYSTEM_MAPPED {
                 self.resident_pages += 1;
             }
             // VRAM frames fit in 32 bits up to 16 TiB of VRAM.
-            *f = u32::try_from(pfn + 1).unwrap_or(0);
+            *f = u32::try_from(pfn + 1).ok().filter(|v| *v != SYSTEM_MAPPED).unwrap_or(0);
         }
     }
     fn take_frame(&mut self, page: u64) -> Option<u64> {
@@ -99,6 +108,21 @@ impl ObjectState {
         self.frames[page as usize] = 0;
         self.resident_pages -= 1;
         Some(pfn)
+    }
+    fn mark_system_mapped(&mut self, page: u64) {
+        if let Some(f) = self.frames.get_mut(page as usize).filter(|f| **f == 0) {
+            *f = SYSTEM_MAPPED;
+        }
+    }
+    /// Forgets system mappings of `[first, first + count)` (they were
+    /// unmapped); returns whether there were any.
+    fn clear_system_mapped(&mut self, first: u64, count: u64) -> bool {
+        let mut any = false;
+        for f in self.frames.iter_mut().skip(first as usize).take(count as usize).filter(|f| **f == SYSTEM_MAPPED) {
+            *f = 0;
+            any = true;
+        }
+        any
     }
 }
 
@@ -272,6 +296,10 @@ impl<P: Platform> Inner<P> {
         Ok(())
     }
 
+    pub(crate) fn new_binding_id(&self) -> u64 {
+        self.next_binding.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Records that `owner` submitted job `job`.
     pub fn note_job(&self, job: u32, owner: u64) {
         lock(&self.job_owners)[job as usize % layout::JOB_SLOTS] = (job, owner);
@@ -340,6 +368,17 @@ impl<P: Platform> Inner<P> {
         if c.got.is_empty() {
             free_block(block);
         } else {
+            // Rule 8 for our own mappings: a collected page a VM maps as a
+            // system page must not be reached through that mapping while
+            // it moves (a GPU write would land in the RAM copy the pager is
+            // about to drop, a read in its hole). Unmap before the copy.
+            let mut st = self.lock();
+            if st.objects.get_mut(&object).is_some_and(|o| o.clear_system_mapped(first, count as u64)) {
+                if let Err(e) = self.zap(&mut st, object, first, count as u64) {
+                    log::warn!("xe-svm: unmapping system pages before a migration: {e:?}");
+                }
+            }
+            drop(st);
             let block = match block {
                 Some(block) => {
                     let mut copies = Vec::new();
@@ -433,10 +472,17 @@ impl<P: Platform> Inner<P> {
             }
         }
         // Pages that stayed in RAM are mapped as system pages.
+        let mut system = Vec::new();
         for i in not_migrated {
             let p = first + i as u64;
             if let Some(v) = b.va_of(p) {
                 self.hw.map(&mut vm.tables, v, dma + p * PAGE, PageSize::Size4K, Target::System);
+                system.push(p);
+            }
+        }
+        if let Some(obj) = st.objects.get_mut(&object) {
+            for p in system {
+                obj.mark_system_mapped(p);
             }
         }
         true
@@ -445,6 +491,9 @@ impl<P: Platform> Inner<P> {
     /// Unmaps the object's pages `[first, first + count)` from every VM and
     /// invalidates the TLBs (under the VM lock, never waiting on the pager).
     fn zap(&self, st: &mut State<P::Tables>, object: u32, first: u64, count: u64) -> Result<(), NotifyError> {
+        if let Some(o) = st.objects.get_mut(&object) {
+            o.clear_system_mapped(first, count);
+        }
         let mut ranges = Vec::new();
         for (asid, vm) in st.vms.iter_mut() {
             for b in vm.bindings.iter().filter(|b| b.object == object) {

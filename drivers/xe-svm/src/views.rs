@@ -5,11 +5,13 @@
 //! view's CPU address). When the client unmaps the view, detaches it or
 //! dies, the pager sends `ViewGone`: the binding's PTEs are unmapped and the
 //! TLB invalidated before the reply, and the binding is dropped, so a GPU
-//! access there faults as unbound. When the whole view moves (`mremap`),
-//! `ViewMoved`: the old range is unmapped the same way and the binding
-//! shifts by the distance the view moved; its pages fault in again at the
-//! new address. Rule 8 holds either way: nothing stays mapped at an address
-//! the binding no longer covers. The object's pages themselves stay where
+//! access there faults as unbound. When the whole view also appears at a
+//! new address (`mremap`), `ViewCopied`: each binding gets a twin at the
+//! new address, shifted by the distance the view moved, whose pages fault
+//! in there; the pager sends it before the client's mremap can return, so
+//! work the client submits at the new address finds it bound. A plain move
+//! then ends the old view (`ViewGone`). Rule 8 holds either way: nothing
+//! stays mapped at an address no binding covers. The object's pages themselves stay where
 //! they are (they are the object's, not the view's); a fork changes nothing
 //! here (the GPU keeps running against the parent's view).
 //!
@@ -27,7 +29,7 @@ const VA_LIMIT: u64 = 1 << 47;
 
 impl<P: Platform> Inner<P> {
     /// Unmaps and drops every binding of `view`; returns how many.
-    pub(crate) fn view_gone(&self, view: u32) -> Result<u16, NotifyError> {
+    pub fn view_gone(&self, view: u32) -> Result<u16, NotifyError> {
         let mut st = self.lock();
         let mut ranges = Vec::new();
         let mut objects = Vec::new();
@@ -52,45 +54,31 @@ impl<P: Platform> Inner<P> {
         Ok(ranges.len() as u16)
     }
 
-    /// The whole of `view` moved from CPU address `from` to `to`: each of
-    /// its bindings is unmapped at its old GPU range and shifted by the
-    /// same distance, or dropped if the new range is taken or out of range.
-    /// Returns (bindings moved, bindings dropped).
-    pub(crate) fn view_moved(&self, view: u32, from: u64, to: u64) -> Result<(u16, u16), NotifyError> {
+    /// The whole of `view` also appears at CPU address `to` (it was at
+    /// `from`) as view `new_view`: each binding of `view` gets a twin for
+    /// `new_view` shifted by the same distance, unless the new range is
+    /// taken or out of range. Nothing is mapped yet: the twin's pages fault
+    /// in. Returns (twins made, bindings that could not follow).
+    pub fn view_copied(&self, view: u32, new_view: u32, from: u64, to: u64) -> Result<(u16, u16), NotifyError> {
         let mut st = self.lock();
-        let st = &mut *st;
-        let (mut moved, mut dropped) = (0u16, 0u16);
-        let mut ranges = Vec::new();
-        let mut lost = Vec::new();
+        let (mut made, mut skipped) = (0u16, 0u16);
         for (asid, vm) in st.vms.iter_mut() {
-            let mut i = 0;
-            while i < vm.bindings.len() {
-                if vm.bindings[i].view != view {
-                    i += 1;
-                    continue;
-                }
-                let (old, len) = (vm.bindings[i].gpu_addr, vm.bindings[i].pages * PAGE);
-                let _ = self.hw.unmap(&mut vm.tables, old, len);
-                ranges.push((*asid, old, len));
-                let new = old.wrapping_add(to.wrapping_sub(from));
+            let twins: Vec<(u64, u64)> = vm.bindings.iter().filter(|b| b.view == view).map(|b| (b.gpu_addr, b.pages)).collect();
+            for (old, pages) in twins {
+                let (new, len) = (old.wrapping_add(to.wrapping_sub(from)), pages * PAGE);
                 let fits = new % PAGE == 0 && new.checked_add(len).is_some_and(|end| end <= VA_LIMIT);
-                let taken = vm.bindings.iter().enumerate().any(|(j, b)| j != i && new < b.gpu_addr + b.pages * PAGE && b.gpu_addr < new + len)
-                    || vm.bos.iter().any(|m| m.overlaps(new, len));
+                let taken = vm.bindings.iter().any(|b| new < b.gpu_addr + b.pages * PAGE && b.gpu_addr < new + len) || vm.bos.iter().any(|m| m.overlaps(new, len));
                 if fits && !taken {
-                    vm.bindings[i].gpu_addr = new;
-                    moved += 1;
-                    i += 1;
+                    let id = self.new_binding_id();
+                    let twin = vm.bindings.iter().find(|b| b.view == view && b.gpu_addr == old).map(|b| b.twin(id, new_view, new));
+                    vm.bindings.extend(twin);
+                    made += 1;
                 } else {
-                    log::warn!("xe-svm: view {view} moved to {to:#x}; its binding at {old:#x} in VM {asid} cannot follow to {new:#x} and is dropped");
-                    lost.push(vm.bindings.remove(i).object);
-                    dropped += 1;
+                    log::warn!("xe-svm: view {view} also at {to:#x}; its binding at {old:#x} in VM {asid} cannot follow to {new:#x}");
+                    skipped += 1;
                 }
             }
         }
-        self.invalidate_ranges(&ranges).map_err(|_| NotifyError::CopyFailed)?;
-        for o in lost {
-            self.drop_object_if_unused(st, o);
-        }
-        Ok((moved, dropped))
+        Ok((made, skipped))
     }
 }

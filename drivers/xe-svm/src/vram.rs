@@ -61,6 +61,13 @@ impl Vram {
         self.lock().used_pages
     }
 
+    /// Whether frame `pfn` lies in an allocated block (checks and tests:
+    /// a page may live only in a block that is still allocated, rule 6).
+    pub fn holds(&self, pfn: u64) -> bool {
+        let b = self.lock();
+        (0..=MAX_ORDER).any(|o| b.used.get(&(pfn & !((1u64 << o) - 1))).is_some_and(|bl| bl.order == o))
+    }
+
     /// Allocates a block of `2^order` pages with no resident pages yet.
     pub fn alloc(&self, order: u32) -> Result<u64, VramError> {
         let mut b = self.lock();

@@ -35,13 +35,15 @@ wire_struct!(
 );
 wire_struct!(pub struct Unbound { pub bindings: u16 });
 wire_struct!(
-    /// The whole view moved from CPU address `from` to `to` (mremap): its
-    /// bindings follow, their GPU addresses shifted by the same amount,
-    /// after the old GPU range is unmapped. A binding whose new range
-    /// collides with another mapping of its VM is dropped instead.
-    pub struct ViewMoved { pub view: ViewId, pub from: u64, pub to: u64 }
+    /// The whole view `view` also appears at CPU address `to` (it was at
+    /// `from`), as the pager's view `new_view` (an mremap; a plain one
+    /// then sends `ViewGone` for `view`). Every binding of `view` gets a
+    /// twin binding `new_view` at its GPU address shifted by the same
+    /// amount, unless that range is taken in its VM. The pager sends this
+    /// before the client's mremap can return.
+    pub struct ViewCopied { pub view: ViewId, pub new_view: ViewId, pub from: u64, pub to: u64 }
 );
-wire_struct!(pub struct Moved { pub bindings: u16, pub dropped: u16 });
+wire_struct!(pub struct Copied { pub bindings: u16, pub skipped: u16 });
 
 interface! {
     /// The GPU server's notifier interface for the pager.
@@ -61,7 +63,7 @@ interface! {
         3 => FreePages [0] -> Freed [0] needs NOTIFY;
         4 => AttachStaging [1] -> Done [0] needs NOTIFY;
         5 => ViewGone [0] -> Unbound [0] needs NOTIFY;
-        6 => ViewMoved [0] -> Moved [0] needs NOTIFY;
+        6 => ViewCopied [0] -> Copied [0] needs NOTIFY;
     }
     notifications {}
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::gpu_notify::{AttachStaging, GpuNotify, ViewGone, ViewMoved};
+use ipc_protocol::interfaces::gpu_notify::{AttachStaging, GpuNotify, ViewCopied, ViewGone};
 use ipc_protocol::interfaces::{pager as p, pager_migrate as m, pager_reclaim as r};
 use ipc_protocol::server::Handler;
 use ipc_protocol::types::{ObjectId, PageMask, PageStateCode, Seq, ViewId};
@@ -55,11 +55,25 @@ pub struct Inner {
     /// Every view by id (a view's parts and copies get ids of their own).
     views: Mutex<HashMap<u32, Arc<View>>>,
     spaces: Mutex<HashMap<u32, Arc<Space>>>,
+    /// A moved view's old id -> its new view's id (the client keeps using
+    /// the id it was given).
+    aliases: Mutex<HashMap<u32, u32>>,
     next_id: AtomicU32,
     gpu: OnceLock<Arc<Client<GpuNotify>>>,
     pub staging: Staging,
     /// A 2 MiB zero buffer for first-touch fills.
     pub zeros: Vec<u8>,
+}
+
+/// Follows `id` through the aliases of moved views to a view that exists.
+fn resolve_alias(views: &HashMap<u32, Arc<View>>, aliases: &HashMap<u32, u32>, mut id: u32) -> Option<u32> {
+    for _ in 0..16 {
+        if views.contains_key(&id) {
+            return Some(id);
+        }
+        id = *aliases.get(&id)?;
+    }
+    None
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -155,12 +169,24 @@ impl Inner {
         }
     }
 
-    fn tell_gpu_view_moved(&self, view: u32, from: u64, to: u64) {
+    fn tell_gpu_view_copied(&self, view: u32, new_view: u32, from: u64, to: u64) {
         if let Some(gpu) = self.gpu() {
-            if let Err(e) = gpu.call(ViewMoved { view: ViewId::raw(view), from, to }) {
-                log::warn!("pager: telling the GPU server view {view} moved: {e}");
+            if let Err(e) = gpu.call(ViewCopied { view: ViewId::raw(view), new_view: ViewId::raw(new_view), from, to }) {
+                log::warn!("pager: telling the GPU server view {view} is also at {to:#x}: {e}");
             }
         }
+    }
+
+    /// From now on the client's view id `old` names view `new` (a move).
+    fn alias_view(&self, old: u32, new: u32) {
+        locked(&self.aliases).insert(old, new);
+    }
+
+    /// The view a client's id names now: itself, or where it moved.
+    fn view_by_id(&self, id: u32) -> Option<Arc<View>> {
+        let views = locked(&self.views);
+        let aliases = locked(&self.aliases);
+        resolve_alias(&views, &aliases, id).and_then(|id| views.get(&id).cloned())
     }
 
     /// Serves one CPU fault of `space` and wakes the faulting thread.
@@ -315,6 +341,13 @@ impl Inner {
         }
         let r = self.free_device_pages(o);
         locked(&self.objects).remove(&o.id);
+        // Aliases that lead to no view name nothing any more.
+        let views = locked(&self.views);
+        let mut aliases = locked(&self.aliases);
+        let dead: Vec<u32> = aliases.keys().filter(|k| resolve_alias(&views, &aliases, **k).is_none()).copied().collect();
+        for k in dead {
+            aliases.remove(&k);
+        }
         r
     }
 }
@@ -338,6 +371,7 @@ impl PagerServer {
                 objects: Mutex::new(HashMap::new()),
                 views: Mutex::new(HashMap::new()),
                 spaces: Mutex::new(HashMap::new()),
+                aliases: Mutex::new(HashMap::new()),
                 next_id: AtomicU32::new(1),
                 gpu: OnceLock::new(),
                 staging,
@@ -471,7 +505,7 @@ impl Handler<p::Pager> for PagerServer {
                 Ok((Reply::AttachView(p::ViewAttached { view: ViewId::raw(view.id) }), vec![]))
             }
             Request::DetachView(p::DetachView { view }) => {
-                let v = locked(&inner.views).get(&view.get()).filter(|v| v.owner == caller.badge.0 && !v.forked).cloned().ok_or(E::NoSuchView)?;
+                let v = inner.view_by_id(view.get()).filter(|v| v.owner == caller.badge.0 && !v.forked).ok_or(E::NoSuchView)?;
                 inner.retire_view(&v, true);
                 inner.tell_gpu_view_gone(v.id);
                 Ok((Reply::DetachView(p::Done {}), vec![]))
@@ -511,7 +545,7 @@ impl Handler<m::PagerMigrate> for PagerServer {
         };
         match req {
             Request::OpenView(m::OpenView { view, client }) => {
-                let v = locked(&inner.views).get(&view.get()).cloned().ok_or(E::NoSuchView)?;
+                let v = inner.view_by_id(view.get()).ok_or(E::NoSuchView)?;
                 // A fork's twin is not the client's to bind.
                 if v.forked {
                     return Err(E::NoSuchView);

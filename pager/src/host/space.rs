@@ -25,10 +25,13 @@
 //! **Moves.** `mremap` sends `REMAP(from, to, len)`; a plain move then sends
 //! `UNMAP(from, from + len)` for the old range, `MREMAP_DONTUNMAP` does not
 //! (the old range stays mapped and registered). The pager gives the new
-//! range a view at once (faults there are served right away) and, when the
-//! matching unmap follows as the space's next view change, hands the old
-//! view's id and GPU bindings to it (`GpuNotify::ViewMoved`). Without that
-//! unmap both ranges stay views of the object.
+//! range a view at once (faults there are served right away) and tells the
+//! GPU server before it reads the next event (`GpuNotify::ViewCopied`: the
+//! old view's bindings get twins at the new address), so by the time the
+//! unmap of a plain move lets the client's mremap return, GPU work at the
+//! new address finds it bound. The unmap then ends the old view
+//! (`ViewGone`) and the client's id for it names the new view from then on
+//! (an alias). Without that unmap both ranges stay views of the object.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,10 +159,11 @@ struct PendingMove {
     parts: Vec<(Arc<View>, Arc<View>, bool)>,
 }
 
-/// What the reader tells the GPU server once the guard is dropped.
+/// What the reader tells the GPU server once the guard is dropped, before
+/// it reads the next event.
 enum GpuNote {
     Gone(u32),
-    Moved { view: u32, from: u64, to: u64 },
+    Copied { view: u32, new_view: u32, from: u64, to: u64 },
 }
 
 fn read_events(inner: Arc<Inner>, space: Arc<Space>) {
@@ -188,7 +192,7 @@ fn read_events(inner: Arc<Inner>, space: Arc<Space>) {
                         pending = None;
                         follow_fork(&inner, &space, fd);
                     }
-                    Event::Remap { from, to, len } => pending = Some(follow_remap(&inner, &space, from, to, len)),
+                    Event::Remap { from, to, len } => pending = Some(follow_remap(&inner, &space, from, to, len, &mut notes)),
                     Event::Unmap { start, end } => follow_unmap(&inner, &space, start, end, pending.take(), &mut notes),
                     other => log::debug!("pager: space {}: {other:?} ignored", space.id),
                 }
@@ -198,7 +202,7 @@ fn read_events(inner: Arc<Inner>, space: Arc<Space>) {
         for n in notes.drain(..) {
             match n {
                 GpuNote::Gone(view) => inner.tell_gpu_view_gone(view),
-                GpuNote::Moved { view, from, to } => inner.tell_gpu_view_moved(view, from, to),
+                GpuNote::Copied { view, new_view, from, to } => inner.tell_gpu_view_copied(view, new_view, from, to),
             }
         }
     }
@@ -233,8 +237,9 @@ fn follow_fork(inner: &Arc<Inner>, parent: &Arc<Space>, fd: i32) {
 }
 
 /// `[from, from + len)` now also appears at `to`: each view's moved part
-/// becomes a view there at once.
-fn follow_remap(inner: &Arc<Inner>, space: &Arc<Space>, from: u64, to: u64, len: u64) -> PendingMove {
+/// becomes a view there at once, and the bindings of a view that moved
+/// whole get twins there.
+fn follow_remap(inner: &Arc<Inner>, space: &Arc<Space>, from: u64, to: u64, len: u64, notes: &mut Vec<GpuNote>) -> PendingMove {
     let mut parts = Vec::new();
     for v in space.views() {
         let (lo, hi) = (v.addr.max(from), v.end().min(from + len));
@@ -245,27 +250,25 @@ fn follow_remap(inner: &Arc<Inner>, space: &Arc<Space>, from: u64, to: u64, len:
         let moved = inner.record_view(v.derive(inner.new_id(), to + (lo - from), first, ((hi - lo) / 4096) as usize, space.clone(), v.forked));
         log::info!("pager: remap: view {} pages {first}.. also at {:#x} (view {})", v.id, moved.addr, moved.id);
         let whole = lo == v.addr && hi == v.end();
+        if whole && !v.forked {
+            notes.push(GpuNote::Copied { view: v.id, new_view: moved.id, from: v.addr, to: moved.addr });
+        }
         parts.push((v, moved, whole));
     }
     PendingMove { from, len, parts }
 }
 
 /// `[start, end)` was unmapped: views lose that part. When it is the old
-/// range of the move just seen, views that moved whole keep their id (and
-/// their GPU bindings) at the new address.
+/// range of the move just seen, the client's id of a view that moved whole
+/// names the moved view from now on.
 fn follow_unmap(inner: &Arc<Inner>, space: &Arc<Space>, start: u64, end: u64, pending: Option<PendingMove>, notes: &mut Vec<GpuNote>) {
     if let Some(m) = pending.filter(|m| start == m.from && end <= m.from + m.len) {
         for (old, moved, whole) in m.parts {
             if whole && old.end() <= end {
-                // The new record first: the object never lacks a view of
-                // the moved range, even for an instant.
-                let renamed = inner.record_view(moved.derive(old.id, moved.addr, moved.first_page, moved.pages, space.clone(), moved.forked));
-                inner.retire_view(&moved, false);
-                inner.retire_view(&old, false);
-                log::info!("pager: move: view {} now at {:#x}", old.id, renamed.addr);
-                if !old.forked {
-                    notes.push(GpuNote::Moved { view: old.id, from: old.addr, to: renamed.addr });
-                }
+                // A plain move: the client's id of the old view names the
+                // moved one from now on.
+                inner.alias_view(old.id, moved.id);
+                log::info!("pager: move: view {} now at {:#x} (view {})", old.id, moved.addr, moved.id);
             }
         }
     }

@@ -161,11 +161,14 @@ impl Uffd {
         !matches!(poll(&mut fds, Some(&ts)), Ok(0) | Err(Errno::INTR))
     }
 
-    /// Reads the events queued now, without waiting (the descriptor is
-    /// non-blocking, DESIGN.md 8).
+    /// Reads the next event, if one is queued, without waiting (the
+    /// descriptor is non-blocking, DESIGN.md 8). One at a time: the kernel
+    /// completes a view-change event when it is read, and the pager must
+    /// act on it before the next one lets the client's mremap or munmap
+    /// return (`space.rs`).
     pub fn read_events(&self, out: &mut Vec<Event>) -> Result<(), Errno> {
         const MSG: usize = core::mem::size_of::<uapi::uffd_msg>();
-        let mut buf = [0u8; MSG * 16];
+        let mut buf = [0u8; MSG];
         let n = match rustix::io::read(self.fd.as_fd(), &mut buf) {
             Ok(n) => n,
             Err(Errno::AGAIN) | Err(Errno::INTR) => return Ok(()),

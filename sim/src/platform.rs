@@ -1,0 +1,145 @@
+//! The GPU server's core (`xe_svm::server`, `xe_svm::views`, the VRAM
+//! allocator) runs unchanged on [`SimPlatform`]: its device is the
+//! simulated machine, its pager and mm-server are reached over simulated
+//! endpoints. mm-server's eviction loop (`mm_server::evictor::run_pass`)
+//! and accounting (`mm_server::broker::Broker`) run unchanged too, with
+//! [`SimWorlds`] as the two worlds it presses on (the simulation has no
+//! buffer objects: the shrinker gives nothing back).
+
+use std::sync::atomic::Ordering as StdOrdering;
+use std::sync::OnceLock;
+
+use hw::xe::pte::{PageSize, Target};
+use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
+use ipc_protocol::types::World;
+use mm_server::broker::Broker;
+use mm_server::evictor::{run_pass, PeerError, VramFigures, Worlds};
+use shuttle::sync::Arc;
+use xe_svm::platform::{Platform, PortError};
+
+use crate::machine::{Machine, SimTables, PAGE, ZERO_BASE};
+use crate::net::Endpoint;
+use crate::pager::SimPager;
+use crate::GpuCore;
+
+pub struct SimPlatform {
+    pub machine: Arc<Machine>,
+    pub pager: Arc<SimPager>,
+    /// `PagerMigrate`, served by the pager.
+    pub migrate: Arc<Endpoint>,
+    /// `Pressure`, served by mm-server (absent: no broker).
+    pub pressure: Option<(Arc<Endpoint>, Arc<Mm>)>,
+}
+
+impl Platform for SimPlatform {
+    type Tables = SimTables;
+
+    fn copy(&self, copies: &[(u64, u64, u64)]) -> Result<bool, PortError> {
+        Ok(self.machine.copy(copies))
+    }
+    fn invalidate_tlb(&self, _asid: u32, _va: u64, _len: u64) -> Result<(), PortError> {
+        self.machine.invalidate_tlb();
+        Ok(())
+    }
+    fn new_tables(&self, asid: u32) -> Result<SimTables, PortError> {
+        Ok(self.machine.new_tables(asid))
+    }
+    fn map(&self, t: &mut SimTables, va: u64, addr: u64, size: PageSize, target: Target) {
+        self.machine.map(t, va, addr, size, target);
+    }
+    fn unmap(&self, t: &mut SimTables, va: u64, len: u64) {
+        self.machine.unmap(t, va, len);
+    }
+    fn drop_tables(&self, asid: u32, _t: SimTables) {
+        self.machine.drop_tables(asid);
+        self.machine.invalidate_tlb();
+    }
+    fn dma_unmap(&self, _slot: u32) {}
+    fn zero_source(&self) -> u64 {
+        ZERO_BASE
+    }
+    fn collect(&self, c: Collect) -> Result<Collected, PortError> {
+        let p = self.pager.clone();
+        self.migrate.call(move || p.collect(c)).flatten().ok_or(PortError)
+    }
+    fn finalize(&self, f: Finalize) -> Result<(), PortError> {
+        let p = self.pager.clone();
+        match self.migrate.call(move || p.finalize(f)) {
+            Some(true) => Ok(()),
+            _ => Err(PortError),
+        }
+    }
+    fn has_broker(&self) -> bool {
+        self.pressure.is_some()
+    }
+    fn reserve(&self, _world: World, bytes: u64, _timeout_ms: u32) -> u64 {
+        let Some((ep, mm)) = &self.pressure else { return 0 };
+        let mm = mm.clone();
+        ep.call(move || mm.reserve(bytes)).unwrap_or(0)
+    }
+    fn release(&self, _world: World, _bytes: u64) {}
+    fn report_usage(&self, bo_bytes: u64, svm_bytes: u64) {
+        if let Some((ep, mm)) = &self.pressure {
+            let mm = mm.clone();
+            ep.notify(move || {
+                mm.broker.report(World::Bo, bo_bytes);
+                mm.broker.report(World::Svm, svm_bytes);
+            });
+        }
+    }
+    fn bo_vram_pages(&self) -> u64 {
+        0
+    }
+}
+
+/// mm-server in the simulation: its broker and its eviction pass.
+pub struct Mm {
+    pub broker: Broker,
+    pub worlds: SimWorlds,
+}
+
+impl Mm {
+    /// A reservation: one eviction pass (equal pressure on both worlds),
+    /// then what fits is granted.
+    pub fn reserve(&self, bytes: u64) -> u64 {
+        run_pass(&self.broker, &self.worlds);
+        let gpu = self.worlds.gpu.get().expect("the GPU core is wired before it runs");
+        let free = (gpu.vram.total_pages() - gpu.vram.used_pages()) * PAGE;
+        if free >= bytes {
+            bytes
+        } else {
+            0
+        }
+    }
+}
+
+/// The two worlds as mm-server's loop sees them.
+pub struct SimWorlds {
+    pub pager: Arc<SimPager>,
+    /// `PagerReclaim`, served by the pager.
+    pub reclaim: Arc<Endpoint>,
+    pub gpu: OnceLock<Arc<GpuCore>>,
+}
+
+impl Worlds for SimWorlds {
+    fn shrink_bos(&self, _bytes: u64) -> Result<u64, PeerError> {
+        Ok(0)
+    }
+    fn evict_svm(&self, bytes: u64) -> Result<u64, PeerError> {
+        let p = self.pager.clone();
+        self.reclaim.call(move || p.evict(bytes)).ok_or_else(|| PeerError("pager gone".into()))
+    }
+    fn vram(&self) -> Result<VramFigures, PeerError> {
+        let gpu = self.gpu.get().ok_or_else(|| PeerError("no GPU server".into()))?;
+        let (bo, svm) = gpu.vram_by_world();
+        Ok(VramFigures { total: gpu.vram.total_pages() * PAGE, bo, svm })
+    }
+    fn svm_sram(&self) -> Result<u64, PeerError> {
+        Ok(0)
+    }
+}
+
+/// Copies made and failed (for reports).
+pub fn copy_counts(m: &Machine) -> (u64, u64) {
+    (m.copies.load(StdOrdering::Relaxed), m.failed_copies.load(StdOrdering::Relaxed))
+}

@@ -1,0 +1,250 @@
+//! One simulated system: the machine, the pager, the GPU server's core,
+//! mm-server, their endpoints and server threads, and the actors that
+//! play CPU threads and GPU hardware threads. Built fresh for every
+//! schedule, inside the shuttle run.
+
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+
+use mm_server::broker::Broker;
+use pager::migrate::Policy;
+use pager::state::Residency;
+use shuttle::sync::Arc;
+use xe_svm::server::Inner;
+
+use crate::machine::{GpuAccess, Machine, PAGE, STAGING_BASE, STAGING_SLOTS, SYS_BASE};
+use crate::net::Endpoint;
+use crate::pager::{where_is, SimPager, OBJECT};
+use crate::platform::{Mm, SimPlatform, SimWorlds};
+use crate::GpuCore;
+
+/// Where the view is bound in the GPU VM at first (GPU address = the
+/// view's CPU address, DESIGN.md 2).
+pub const GPU_BASE: u64 = 0x1000_0000;
+/// Where a moved view lands.
+pub const MOVED_BASE: u64 = 0x2000_0000;
+const CLIENT: u64 = 100;
+/// The view id the pager gave the bound view, and the one its move gets.
+const VIEW: u32 = 1;
+const MOVED_VIEW: u32 = 2;
+/// A GPU access that faults this many times in a row made no progress.
+pub const GPU_FAULT_RETRIES: u32 = 200;
+
+#[derive(Debug, Clone)]
+pub struct WorldConfig {
+    pub pages: usize,
+    pub policy: Policy,
+    pub skip_invalidate: bool,
+    /// A copy fails one time in this many (0: never).
+    pub fail_copy_one_in: u32,
+    /// An mm-server (and a VRAM filler that leaves it `free_pages` free).
+    pub broker: Option<u64>,
+    /// A VRAM filler that leaves this many pages free, without a broker.
+    pub free_vram: Option<u64>,
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        Self { pages: 16, policy: Policy::Rules, skip_invalidate: false, fail_copy_one_in: 0, broker: None, free_vram: None }
+    }
+}
+
+pub struct World {
+    pub machine: Arc<Machine>,
+    pub pager: Arc<SimPager>,
+    pub gpu: Arc<GpuCore>,
+    pub mm: Option<Arc<Mm>>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub faults: Arc<Endpoint>,
+    pub mm_endpoint: Option<Arc<Endpoint>>,
+    servers: Vec<shuttle::thread::JoinHandle<()>>,
+    pub vm: u32,
+    /// The bound view's GPU address now (it moves with the view).
+    pub gpu_base: Arc<StdAtomicU64>,
+    /// VRAM blocks held to leave little room (the pressure scenarios).
+    filler: std::sync::Mutex<Vec<u64>>,
+}
+
+impl World {
+    pub fn new(cfg: &WorldConfig) -> Self {
+        let machine = Arc::new(Machine::new(cfg.pages, cfg.fail_copy_one_in));
+        let pager = Arc::new(SimPager::new(machine.clone(), cfg.policy, cfg.skip_invalidate));
+        let mut servers = Vec::new();
+        let mut start = |name, threads| {
+            let (ep, hs) = Endpoint::start(name, threads);
+            servers.extend(hs);
+            ep
+        };
+        let migrate = start("pager-migrate", 2);
+        let notify = start("gpu-notify", 2);
+        let reclaim = start("pager-reclaim", 1);
+        let faults = start("gpu-faults", 1);
+        let (mm, mm_endpoint) = match cfg.broker {
+            Some(_) => {
+                let ep = start("mm-server", 1);
+                let total = machine.vram.len() as u64 * PAGE;
+                let mm = Arc::new(Mm { broker: Broker::with_watermarks(total, total / 4, total), worlds: SimWorlds { pager: pager.clone(), reclaim: reclaim.clone(), gpu: Default::default() } });
+                (Some(mm), Some(ep))
+            }
+            None => (None, None),
+        };
+        let hw = SimPlatform { machine: machine.clone(), pager: pager.clone(), migrate: migrate.clone(), pressure: mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m)) };
+        let gpu: Arc<GpuCore> = Arc::new(Inner::new(hw, 0, machine.vram.len() as u64));
+        let _ = pager.gpu.set(gpu.clone());
+        let _ = pager.notify.set(notify.clone());
+        if let Some(mm) = &mm {
+            let _ = mm.worlds.gpu.set(gpu.clone());
+        }
+        gpu.attach_staging(STAGING_BASE, STAGING_SLOTS as u64 * 512 * PAGE);
+        let vm = gpu.create_vm(CLIENT).expect("a VM");
+        gpu.add_object(OBJECT, 0, SYS_BASE, None, cfg.pages as u64);
+        gpu.bind(CLIENT, vm, VIEW, OBJECT, 0, cfg.pages as u64, GPU_BASE).expect("binding the view");
+        let mut filler = Vec::new();
+        if let Some(free) = cfg.broker.or(cfg.free_vram) {
+            // Leave `free` pages of VRAM: the rest is held, as by other users.
+            while gpu.vram.total_pages() - gpu.vram.used_pages() > free {
+                match gpu.vram.alloc(0) {
+                    Ok(pfn) => filler.push(pfn),
+                    Err(_) => break,
+                }
+            }
+        }
+        let endpoints = vec![migrate, notify, reclaim];
+        Self { machine, pager, gpu, mm, endpoints, faults, mm_endpoint, servers, vm, gpu_base: Arc::new(StdAtomicU64::new(GPU_BASE)), filler: std::sync::Mutex::new(filler) }
+    }
+
+    /// Page `p` starts as `value`, in RAM.
+    pub fn seed(&self, p: usize, value: u64) {
+        self.pager.seed_ram(p, value);
+    }
+
+    /// A CPU thread reads (`add == 0`) or adds `add` to page `p` through
+    /// the view `view` names now (it may move meanwhile), faulting into
+    /// the pager as needed; returns the value after.
+    pub fn cpu_access(&self, view: &StdAtomicU64, p: usize, add: u64) -> u64 {
+        let mut faults = 0;
+        while faults < crate::pager::FAULT_RETRIES * 4 {
+            let view = view.load(StdOrdering::Acquire) as usize;
+            let missing = {
+                let mmu = self.machine.mmu.lock().unwrap_or_else(|e| e.into_inner());
+                if mmu.wp[view].is_empty() {
+                    // The view moved away; the thread learns the new
+                    // address once the mover's mremap returns.
+                    drop(mmu);
+                    shuttle::thread::yield_now();
+                    continue;
+                }
+                let writable = add == 0 || !mmu.wp[view][p];
+                if mmu.present[p] && writable {
+                    return self.machine.ram[p].fetch_add(add, StdOrdering::AcqRel) + add;
+                }
+                !mmu.present[p]
+            };
+            faults += 1;
+            if missing {
+                self.pager.cpu_fault(view, p);
+            } else {
+                self.pager.wp_fault(view, p);
+            }
+        }
+        panic!("a CPU access to page {p} through view {} never completed", view.load(StdOrdering::Acquire));
+    }
+
+    /// A GPU hardware thread adds `add` to page `p` through the binding,
+    /// raising faults to the GPU server's fault worker as needed. `false`:
+    /// the address is not bound (the kernel's access fails).
+    pub fn gpu_access(&self, p: usize, add: u64) -> bool {
+        for _ in 0..GPU_FAULT_RETRIES {
+            let va = self.gpu_base.load(StdOrdering::Acquire) + p as u64 * PAGE;
+            let table = &self.pager.table;
+            let vram = &self.gpu.vram;
+            match self.machine.gpu_access(self.vm, va, p, add, || where_is(table, p), |f| vram.holds(f)) {
+                GpuAccess::Done(_) => return true,
+                GpuAccess::Fault => {
+                    let (gpu, vm) = (self.gpu.clone(), self.vm);
+                    // The GuC reports the fault; the reply may come late.
+                    match self.faults.call(move || gpu.resolve(vm, va)) {
+                        Some(true) => {}
+                        // Not bound there: unless the view moved meanwhile,
+                        // the access fails.
+                        Some(false) if self.gpu_base.load(StdOrdering::Acquire) + p as u64 * PAGE == va => return false,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        panic!("a GPU access to page {p} made no progress in {GPU_FAULT_RETRIES} faults");
+    }
+
+    /// The VRAM the filler held comes free (other users went away).
+    pub fn release_filler(&self) {
+        for pfn in std::mem::take(&mut *self.filler.lock().unwrap_or_else(|e| e.into_inner())) {
+            let _ = self.gpu.vram.free_unused(pfn);
+        }
+    }
+
+    /// The whole view moves (a plain mremap), as the host's pager follows
+    /// it: the CPU mappings move and the pager records the new view; the
+    /// GPU server gives the binding a twin at the new address
+    /// (`ViewCopied`) before the client learns the new address (its mremap
+    /// returns); then the old view ends (`ViewGone`).
+    pub fn move_view(&self, view: usize) -> usize {
+        let new = self.pager.move_view(view);
+        let from = self.gpu_base.load(StdOrdering::Acquire);
+        let notify = self.endpoints[1].clone();
+        let gpu = self.gpu.clone();
+        notify.call(move || gpu.view_copied(VIEW, MOVED_VIEW, from, MOVED_BASE)).expect("the GPU server answers").expect("the binding follows");
+        self.gpu_base.store(MOVED_BASE, StdOrdering::Release);
+        let gpu = self.gpu.clone();
+        notify.call(move || gpu.view_gone(VIEW)).expect("the GPU server answers").expect("the old binding goes");
+        new
+    }
+
+    /// Stops the servers and checks the end of the run: no lock held, each
+    /// page's data as `expect(p)` says, every page in VRAM in an allocated
+    /// block, VRAM holding exactly those pages, and no GPU mapping older
+    /// than its page's last acknowledged invalidation or pointing where
+    /// the page is not.
+    pub fn finish(mut self, expect: impl Fn(usize) -> u64) {
+        if let Some(ep) = &self.mm_endpoint {
+            ep.stop();
+        }
+        for ep in self.endpoints.iter().chain([&self.faults]) {
+            ep.stop();
+        }
+        for h in std::mem::take(&mut self.servers) {
+            h.join().expect("a server thread panicked");
+        }
+        let table = &self.pager.table;
+        let mut in_vram = 0;
+        for p in 0..self.machine.pages {
+            let i = table.info(p).expect("page in range");
+            assert!(!i.locked, "page {p} was left locked");
+            assert_eq!(self.value_of(p, i.residency), expect(p), "page {p}: wrong data ({:?})", i.residency);
+            if let Residency::Device { pfn, .. } = i.residency {
+                assert!(self.gpu.vram.holds(pfn), "rule 6: page {p} lives in frame {pfn}, whose block was freed");
+                in_vram += 1;
+            }
+        }
+        let filler = self.filler.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        assert_eq!(self.gpu.vram.used_pages(), in_vram + filler, "VRAM holds other than the pages in it (a leak)");
+        let base = self.gpu_base.load(StdOrdering::Acquire);
+        for (va, pte) in self.machine.ptes(self.vm) {
+            assert!(va >= base && va < base + self.machine.pages as u64 * PAGE, "a GPU mapping at {va:#x} outlived the move of its view");
+            let p = ((va - base) / PAGE) as usize;
+            let acked = self.machine.last_ack[p].load(StdOrdering::Acquire);
+            assert!(pte.made_at > acked, "rule 8: page {p} is still mapped by a PTE older than its last acknowledged invalidation");
+            let (_, frame) = where_is(table, p);
+            match pte.target {
+                hw::xe::pte::Target::Device => assert_eq!(frame, Some(pte.addr / PAGE), "page {p} mapped at a frame it is not in"),
+                hw::xe::pte::Target::System => assert_eq!(frame, None, "page {p} in VRAM mapped as a system page"),
+            }
+        }
+    }
+
+    fn value_of(&self, p: usize, r: Residency) -> u64 {
+        match r {
+            Residency::Device { pfn, .. } => self.machine.vram[pfn as usize].load(StdOrdering::Acquire),
+            _ => self.machine.ram[p].load(StdOrdering::Acquire),
+        }
+    }
+}

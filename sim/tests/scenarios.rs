@@ -1,0 +1,109 @@
+//! CI's bounded exploration of the whole-system simulation: every scenario
+//! under `SIM_ITERATIONS` random and as many PCT schedules (default 2,000
+//! each), and the negative checks, which must find their failure. `sim
+//! --long` on the benchmark machine runs 20,000 of each.
+
+use sim::scenarios::all;
+
+fn iterations() -> usize {
+    std::env::var("SIM_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
+
+const SEED: u64 = 0x5eed;
+
+fn scenario(name: &str) {
+    let s = all().into_iter().find(|s| s.name == name).expect("a scenario of that name");
+    let n = iterations();
+    let e = sim::explore(s.run, SEED, n, n);
+    assert_eq!((e.random, e.pct), (n, n), "{name}: not every schedule ran");
+    println!("{name}: {} random + {} PCT schedules, every property held", e.random, e.pct);
+}
+
+#[test]
+fn herd_one_page() {
+    scenario("herd_one_page");
+}
+
+#[test]
+fn herd_all_pages() {
+    scenario("herd_all_pages");
+}
+
+#[test]
+fn gpu_fault_racing_cpu_faults() {
+    scenario("gpu_fault_racing_cpu_faults");
+}
+
+#[test]
+fn eviction_racing_both() {
+    scenario("eviction_racing_both");
+}
+
+#[test]
+fn mremap_racing_migration() {
+    scenario("mremap_racing_migration");
+}
+
+#[test]
+fn fork_racing_migration() {
+    scenario("fork_racing_migration");
+}
+
+#[test]
+fn pile_in_different_orders() {
+    scenario("pile_in_different_orders");
+}
+
+#[test]
+fn system_pages_migrate() {
+    scenario("system_pages_migrate");
+}
+
+#[test]
+fn failing_copies() {
+    scenario("failing_copies");
+}
+
+#[test]
+fn mm_server_dies() {
+    scenario("mm_server_dies");
+}
+
+/// The checker stays able to fail: each rejected design is caught.
+#[test]
+fn negative_checks_find_the_rejected_designs_failing() {
+    for (name, about, run) in sim::negative::all() {
+        assert!(sim::finds_a_failure(run, SEED, iterations()), "{name} ({about}) was not caught in {} schedules", iterations());
+    }
+}
+
+/// Every scenario is tested above by name.
+#[test]
+fn every_scenario_has_a_test() {
+    let tested = [
+        "herd_one_page",
+        "herd_all_pages",
+        "gpu_fault_racing_cpu_faults",
+        "eviction_racing_both",
+        "mremap_racing_migration",
+        "fork_racing_migration",
+        "pile_in_different_orders",
+        "system_pages_migrate",
+        "failing_copies",
+        "mm_server_dies",
+    ];
+    for s in all() {
+        assert!(tested.contains(&s.name), "{} has no test", s.name);
+    }
+}
+
+/// A failing schedule replays exactly: the same seed gives the same
+/// schedules, so a recorded failure is the same failure again.
+#[test]
+fn the_same_seed_finds_the_same_failure() {
+    let first = sim::negative::all().into_iter().find(|n| n.0 == "whole_pile_without_fallback").expect("the rule 2 check").2;
+    let a = sim::first_failing_iteration(first, SEED, iterations());
+    let b = sim::first_failing_iteration(first, SEED, iterations());
+    assert!(a.is_some(), "the rule 2 check found nothing");
+    assert_eq!(a, b, "the same seed failed at a different schedule");
+}
