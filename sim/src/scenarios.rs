@@ -56,6 +56,16 @@ fn gpu_pass(w: &World) {
     }
 }
 
+/// A GPU actor making `n` passes.
+fn gpu_passes(w: &Arc<World>, n: usize) -> shuttle::thread::JoinHandle<()> {
+    let w = w.clone();
+    spawn(move || {
+        for _ in 0..n {
+            gpu_pass(&w);
+        }
+    })
+}
+
 fn view(n: u64) -> Arc<AtomicU64> {
     Arc::new(AtomicU64::new(n))
 }
@@ -120,13 +130,7 @@ fn gpu_fault_racing_cpu_faults() {
 pub fn gpu_racing_cpu(cfg: WorldConfig) {
     let w = world(cfg);
     let pages = w.machine.pages;
-    let gpu = {
-        let w = w.clone();
-        spawn(move || {
-            gpu_pass(&w);
-            gpu_pass(&w);
-        })
-    };
+    let gpu = gpu_passes(&w, 2);
     let cpus: Vec<_> = (0..2usize)
         .map(|t| {
             let w = w.clone();
@@ -157,10 +161,7 @@ fn eviction_racing_both() {
             }
         })
     };
-    let gpu = {
-        let w = w.clone();
-        spawn(move || gpu_pass(&w))
-    };
+    let gpu = gpu_passes(&w, 1);
     let cpu = {
         let w = w.clone();
         spawn(move || {
@@ -180,13 +181,7 @@ fn eviction_racing_both() {
 fn mremap_racing_migration() {
     let w = world(WorldConfig { pages: 6, ..Default::default() });
     let current = view(0);
-    let gpu = {
-        let w = w.clone();
-        spawn(move || {
-            gpu_pass(&w);
-            gpu_pass(&w);
-        })
-    };
+    let gpu = gpu_passes(&w, 2);
     let cpu = {
         let (w, current) = (w.clone(), current.clone());
         spawn(move || {
@@ -212,13 +207,7 @@ fn mremap_racing_migration() {
 /// processes write, the GPU increments. Shared object: every write counts.
 fn fork_racing_migration() {
     let w = world(WorldConfig { pages: 6, ..Default::default() });
-    let gpu = {
-        let w = w.clone();
-        spawn(move || {
-            gpu_pass(&w);
-            gpu_pass(&w);
-        })
-    };
+    let gpu = gpu_passes(&w, 2);
     let parent = {
         let w = w.clone();
         spawn(move || {
@@ -250,10 +239,7 @@ fn fork_racing_migration() {
 fn pile_in_different_orders() {
     let w = world(WorldConfig { pages: 6, ..Default::default() });
     gpu_pass(&w);
-    let gpu = {
-        let w = w.clone();
-        spawn(move || gpu_pass(&w))
-    };
+    let gpu = gpu_passes(&w, 1);
     let orders: [[usize; 6]; 2] = [[0, 1, 2, 3, 4, 5], [5, 3, 1, 4, 2, 0]];
     let mut hs: Vec<_> = orders
         .into_iter()
@@ -320,10 +306,7 @@ fn mm_server_dies() {
             w.mm_endpoint.as_ref().expect("a broker").kill();
         })
     };
-    let gpu = {
-        let w = w.clone();
-        spawn(move || gpu_pass(&w))
-    };
+    let gpu = gpu_passes(&w, 1);
     let cpu = {
         let w = w.clone();
         spawn(move || {

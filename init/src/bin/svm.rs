@@ -255,14 +255,23 @@ fn finish(system: System, result: Result<(), String>) -> i32 {
     }
 }
 
-fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode], reps: usize, json: bool, same_start: bool) -> i32 {
-    let (mut system, clients) = match System::boot(&opts) {
-        Ok((s, Some(c))) => (s, c),
-        Ok((s, None)) => return finish(s, Err("booted without clients".into())),
+/// Boots the system for a workload; on failure, the exit code (the reason
+/// printed).
+fn boot_with_clients(opts: &BootOptions) -> Result<(System, init::supervisor::Clients), i32> {
+    match System::boot(opts) {
+        Ok((s, Some(c))) => Ok((s, c)),
+        Ok((s, None)) => Err(finish(s, Err("booted without clients".into()))),
         Err(e) => {
             eprintln!("svm: boot failed: {e}");
-            return 1;
+            Err(1)
         }
+    }
+}
+
+fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode], reps: usize, json: bool, same_start: bool) -> i32 {
+    let (mut system, clients) = match boot_with_clients(&opts) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
     let mut failed = None;
     let total = sizes.len() * threads.len() * modes.len();
@@ -303,13 +312,9 @@ fn bad_size(s: &str) -> i32 {
 
 /// Boots, runs one view-change scenario as client 0, prints its line.
 fn run_views(opts: BootOptions, scenario: impl FnOnce(&Connection) -> Result<(String, u64), views::ViewsError>) -> i32 {
-    let (mut system, clients) = match System::boot(&opts) {
-        Ok((s, Some(c))) => (s, c),
-        Ok((s, None)) => return finish(s, Err("booted without clients".into())),
-        Err(e) => {
-            eprintln!("svm: boot failed: {e}");
-            return 1;
-        }
+    let (mut system, clients) = match boot_with_clients(&opts) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
     let result = match scenario(&clients) {
         Ok((line, bad)) => {
@@ -345,13 +350,9 @@ fn client(badge: u64, gpu_fd: i32, pager_fd: i32, job: ClientJob) -> i32 {
 }
 
 fn run_oversub(opts: BootOptions, cfg: &oversub::Config, json: bool) -> i32 {
-    let (mut system, clients) = match System::boot(&opts) {
-        Ok((s, Some(c))) => (s, c),
-        Ok((s, None)) => return finish(s, Err("booted without clients".into())),
-        Err(e) => {
-            eprintln!("svm: boot failed: {e}");
-            return 1;
-        }
+    let (mut system, clients) = match boot_with_clients(&opts) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
     eprintln!("svm: oversub: working set {}x VRAM, {} passes, {} buffer objects", cfg.ratio, cfg.passes, cfg.bos);
     let result = match oversub::run(&clients, cfg) {
