@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value_t = Rights::RECLAIM.bits())]
     reclaim_rights: u32,
 
-    /// Service threads per view.
+    /// Fault workers per address space (client userfaultfd); one more thread reads its events.
     #[arg(long, default_value_t = 4)]
     threads_per_view: usize,
     /// Test only: break rule 8 (no invalidation before migrating back).
