@@ -68,8 +68,6 @@ pub struct Machine {
     /// A copy fails one time in this many (0: never): the copy engine's
     /// error, as `xe-model --fail-copy-every` injects.
     pub fail_copy_one_in: u32,
-    pub copies: AtomicU64,
-    pub failed_copies: AtomicU64,
 }
 
 /// What a GPU access found.
@@ -95,8 +93,6 @@ impl Machine {
             last_ack: cells(pages),
             mmu: Mutex::new(Mmu { present: vec![false; pages], wp: vec![vec![false; pages]] }),
             fail_copy_one_in,
-            copies: AtomicU64::new(0),
-            failed_copies: AtomicU64::new(0),
         }
     }
 
@@ -125,9 +121,7 @@ impl Machine {
     /// and then when asked to (before copying anything, like a copy whose
     /// error status comes back).
     pub fn copy(&self, copies: &[(u64, u64, u64)]) -> bool {
-        self.copies.fetch_add(1, Ordering::Relaxed);
         if self.fail_copy_one_in > 0 && thread_rng().gen_range(0..self.fail_copy_one_in) == 0 {
-            self.failed_copies.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         for &(src, dst, len) in copies {

@@ -10,7 +10,7 @@
 //! answers nothing: its callers get `None`, as a host client gets a
 //! transport error from a peer that went away.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use shuttle::rand::{thread_rng, Rng};
 use shuttle::sync::{Arc, Condvar, Mutex};
@@ -26,8 +26,6 @@ pub struct Endpoint {
     ready: Condvar,
     stopped: AtomicBool,
     dead: AtomicBool,
-    /// Messages delivered (for the run's report).
-    pub delivered: AtomicU64,
 }
 
 /// A reply slot one caller waits on.
@@ -71,7 +69,7 @@ pub fn delay(max: u32) {
 impl Endpoint {
     /// An endpoint served by `threads` server threads.
     pub fn start(name: &'static str, threads: usize) -> (Arc<Self>, Vec<shuttle::thread::JoinHandle<()>>) {
-        let ep = Arc::new(Self { name, jobs: Mutex::new(Vec::new()), ready: Condvar::new(), stopped: AtomicBool::new(false), dead: AtomicBool::new(false), delivered: AtomicU64::new(0) });
+        let ep = Arc::new(Self { name, jobs: Mutex::new(Vec::new()), ready: Condvar::new(), stopped: AtomicBool::new(false), dead: AtomicBool::new(false) });
         let handles = (0..threads.max(1))
             .map(|_| {
                 let ep = ep.clone();
@@ -97,7 +95,6 @@ impl Endpoint {
                 }
             };
             delay(MAX_DELAY_YIELDS);
-            self.delivered.fetch_add(1, Ordering::Relaxed);
             job();
         }
     }

@@ -6,7 +6,6 @@
 //! [`SimWorlds`] as the two worlds it presses on (the simulation has no
 //! buffer objects: the shrinker gives nothing back).
 
-use std::sync::atomic::Ordering as StdOrdering;
 use std::sync::OnceLock;
 
 use hw::xe::pte::{PageSize, Target};
@@ -137,9 +136,4 @@ impl Worlds for SimWorlds {
     fn svm_sram(&self) -> Result<u64, PeerError> {
         Ok(0)
     }
-}
-
-/// Copies made and failed (for reports).
-pub fn copy_counts(m: &Machine) -> (u64, u64) {
-    (m.copies.load(StdOrdering::Relaxed), m.failed_copies.load(StdOrdering::Relaxed))
 }
