@@ -130,7 +130,7 @@ impl Inner {
             o.remove_view(view);
         }
         if view.space.remove_view(view) {
-            self.stop_space(&view.space);
+            let _ = self.stop_space(&view.space);
         }
     }
 
@@ -139,18 +139,19 @@ impl Inner {
         space::start(self, space, self.cfg.threads_per_view)
     }
 
-    fn stop_space(&self, space: &Space) {
-        let _ = space.stop();
+    /// Stops `space`; returns whether this call stopped it.
+    fn stop_space(&self, space: &Space) -> bool {
+        let first = space.stop();
         locked(&self.spaces).remove(&space.id);
+        first
     }
 
     /// The process behind `space` is gone: its views go (their GPU
     /// bindings too), the pages stay the object's.
     pub(crate) fn space_gone(&self, space: &Space) {
-        if !space.stop() {
+        if !self.stop_space(space) {
             return;
         }
-        locked(&self.spaces).remove(&space.id);
         for v in space.views() {
             self.retire_view(&v, false);
             if !v.forked {
@@ -393,18 +394,13 @@ impl PagerServer {
     /// The views that reach `object` now: (client address, first page, pages, born of a fork).
     pub fn views_of_object(&self, object: u32) -> Vec<(u64, usize, usize, bool)> {
         let mut v: Vec<_> = self.inner.object(object).map(|o| o.views_snapshot()).unwrap_or_default().iter().map(|v| (v.addr, v.first_page, v.pages, v.forked)).collect();
-        v.dedup();
         v.sort();
+        v.dedup();
         v
     }
 
     pub fn object_state(&self, object: u32, page: usize) -> Option<Residency> {
         self.inner.object(object).and_then(|o| o.table.info(page).ok()).map(|i| i.residency)
-    }
-
-    /// Address spaces being served now (client userfaultfds, forked children's included).
-    pub fn spaces(&self) -> usize {
-        locked(&self.inner.spaces).len()
     }
 }
 
@@ -429,7 +425,7 @@ impl PagerServer {
             for v in s.views() {
                 inner.retire_view(&v, true);
             }
-            inner.stop_space(&s);
+            let _ = inner.stop_space(&s);
         }
         let objects: Vec<Arc<Object>> = locked(&inner.objects).values().filter(|o| o.owner == badge).cloned().collect();
         for o in objects {

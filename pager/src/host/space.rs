@@ -227,7 +227,13 @@ fn follow_fork(inner: &Arc<Inner>, parent: &Arc<Space>, fd: i32) {
     // nothing else owns it.
     let uffd = Uffd::new(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
     let child = Arc::new(Space::new(inner.new_id(), parent.owner, uffd, true));
-    for v in parent.views() {
+    let views = parent.views();
+    if views.is_empty() {
+        // The parent's views went meanwhile: nothing to follow. Dropping
+        // the descriptor hands the child's ranges back to the kernel.
+        return;
+    }
+    for v in views {
         let twin = inner.record_view(v.derive(inner.new_id(), v.addr, v.first_page, v.pages, child.clone(), true));
         log::info!("pager: fork: view {} of object {} has a twin {} in space {}", v.id, v.object, twin.id, child.id);
     }
