@@ -59,11 +59,15 @@ impl Bar {
     /// VRAM memfds and maps them.
     pub fn connect(control: Arc<dyn Transport>, timeout: Duration) -> Result<Self, BarError> {
         let (rec, mut fds) = control::recv(&*control, Some(timeout)).map_err(BarError::Control)?;
-        let rec = rec.filter(|r| r.op == ControlOp::Hello && fds.len() == 2).ok_or(BarError::BadHello)?;
+        let rec = rec
+            .filter(|r| r.op == ControlOp::Hello && fds.len() == 2)
+            .ok_or(BarError::BadHello)?;
         let vram_fd = fds.pop().ok_or(BarError::BadHello)?;
         let regs_fd = fds.pop().ok_or(BarError::BadHello)?;
-        let regs = Region::map(regs_fd, layout::REGION_BYTES).map_err(|e| BarError::Map(e.raw_os_error()))?;
-        let vram = Region::map(vram_fd, rec.size as usize).map_err(|e| BarError::Map(e.raw_os_error()))?;
+        let regs = Region::map(regs_fd, layout::REGION_BYTES)
+            .map_err(|e| BarError::Map(e.raw_os_error()))?;
+        let vram =
+            Region::map(vram_fd, rec.size as usize).map_err(|e| BarError::Map(e.raw_os_error()))?;
         if regs.u32_at(layout::REG_MAGIC).load(Ordering::Acquire) != layout::MAGIC {
             return Err(BarError::BadHello);
         }
@@ -93,8 +97,13 @@ impl Bar {
 
     /// Points ASID `asid`'s context at the root (level 3) table `root`.
     pub fn set_context(&self, asid: u32, root: u64) {
-        assert!((asid as usize) < layout::MAX_ASIDS, "ASID {asid} beyond the model's context table");
-        self.regs.u64_at(layout::CONTEXT_TABLE + asid as usize * 8).store(root, Ordering::Release);
+        assert!(
+            (asid as usize) < layout::MAX_ASIDS,
+            "ASID {asid} beyond the model's context table"
+        );
+        self.regs
+            .u64_at(layout::CONTEXT_TABLE + asid as usize * 8)
+            .store(root, Ordering::Release);
     }
 
     /// Submits a command on `ring` (copy, compute or host-to-GuC).
@@ -106,7 +115,11 @@ impl Bar {
             Ring::GucToHost => return Err(BarError::Ring(RingError::BadPacket)),
         };
         let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
-        RingView::new(&self.regs, ring).push(seqno, &cmd.encode(), Some(Duration::from_secs(10)))?;
+        RingView::new(&self.regs, ring).push(
+            seqno,
+            &cmd.encode(),
+            Some(Duration::from_secs(10)),
+        )?;
         Ok(())
     }
 
@@ -135,25 +148,45 @@ impl Bar {
     /// The job table slot of `job`: (status, faults) once it retired.
     pub fn job_result(&self, job: u32) -> Option<(u32, u32)> {
         let slot = layout::JOB_TABLE + (job as usize % layout::JOB_SLOTS) * 16;
-        (self.reg(slot) == job && self.reg(slot + 4) != 0).then(|| (self.reg(slot + 4), self.reg(slot + 8)))
+        (self.reg(slot) == job && self.reg(slot + 4) != 0)
+            .then(|| (self.reg(slot + 4), self.reg(slot + 8)))
     }
 
     /// Exposes `memfd` (`size` bytes) to the device at DMA slot `slot`.
     pub fn dma_map(&self, slot: u32, memfd: OwnedFd, size: u64) -> Result<u64, BarError> {
-        self.control_call(ControlRecord { op: ControlOp::DmaMap, slot, size, status: 0 }, vec![memfd])?;
+        self.control_call(
+            ControlRecord {
+                op: ControlOp::DmaMap,
+                slot,
+                size,
+                status: 0,
+            },
+            vec![memfd],
+        )?;
         Ok(layout::sysmem_address(slot, 0))
     }
 
     pub fn dma_unmap(&self, slot: u32) -> Result<(), BarError> {
-        self.control_call(ControlRecord { op: ControlOp::DmaUnmap, slot, size: 0, status: 0 }, vec![])
+        self.control_call(
+            ControlRecord {
+                op: ControlOp::DmaUnmap,
+                slot,
+                size: 0,
+                status: 0,
+            },
+            vec![],
+        )
     }
 
     fn control_call(&self, rec: ControlRecord, fds: Vec<OwnedFd>) -> Result<(), BarError> {
         let _g = self.control_lock.lock().unwrap_or_else(|e| e.into_inner());
         control::send(&*self.control, rec, fds).map_err(BarError::Control)?;
-        let (reply, _) = control::recv(&*self.control, Some(Duration::from_secs(10))).map_err(BarError::Control)?;
+        let (reply, _) = control::recv(&*self.control, Some(Duration::from_secs(10)))
+            .map_err(BarError::Control)?;
         match reply {
-            Some(r) if r.op == ControlOp::Done && r.slot == rec.slot && r.status == STATUS_OK => Ok(()),
+            Some(r) if r.op == ControlOp::Done && r.slot == rec.slot && r.status == STATUS_OK => {
+                Ok(())
+            }
             Some(r) if r.op == ControlOp::Done => Err(BarError::Refused(r.status)),
             _ => Err(BarError::BadHello),
         }

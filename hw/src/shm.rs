@@ -37,8 +37,21 @@ impl Region {
     /// Maps `len` bytes of an existing memfd, shared and writable.
     pub fn map(fd: OwnedFd, len: usize) -> rustix::io::Result<Self> {
         // SAFETY: a fresh mapping at an address the kernel chooses.
-        let base = unsafe { mmap(std::ptr::null_mut(), len.max(1), ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)? };
-        Ok(Self { base: base.cast(), len, fd })
+        let base = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        Ok(Self {
+            base: base.cast(),
+            len,
+            fd,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -66,14 +79,22 @@ impl Region {
     /// The u32 at `off` (4-aligned, in bounds: callers pass layout constants
     /// or checked offsets; anything else is a bug in this crate).
     pub fn u32_at(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= self.len, "u32 at {off:#x} outside a {}-byte region", self.len);
+        assert!(
+            off % 4 == 0 && off + 4 <= self.len,
+            "u32 at {off:#x} outside a {}-byte region",
+            self.len
+        );
         // SAFETY: aligned and in bounds; AtomicU32 has u32's layout, and the
         // mapping lives as long as `self`.
         unsafe { &*(self.base.add(off) as *const AtomicU32) }
     }
 
     pub fn u64_at(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len, "u64 at {off:#x} outside a {}-byte region", self.len);
+        assert!(
+            off % 8 == 0 && off + 8 <= self.len,
+            "u64 at {off:#x} outside a {}-byte region",
+            self.len
+        );
         // SAFETY: as for `u32_at`.
         unsafe { &*(self.base.add(off) as *const AtomicU64) }
     }
@@ -120,7 +141,10 @@ pub fn wait_change(word: &AtomicU32, seen: u32, deadline: Option<Instant>) -> bo
                 if left.is_zero() {
                     return false;
                 }
-                Some(rustix::time::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as _ })
+                Some(rustix::time::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: left.subsec_nanos() as _,
+                })
             }
         };
         // EAGAIN (value changed), EINTR and ETIMEDOUT all re-check above.
@@ -162,7 +186,12 @@ impl<'a> RingView<'a> {
     }
 
     /// Publishes one packet with `seqno`; waits while the ring is full.
-    pub fn push(&self, seqno: u32, packet: &Packet, timeout: Option<Duration>) -> Result<(), RingError> {
+    pub fn push(
+        &self,
+        seqno: u32,
+        packet: &Packet,
+        timeout: Option<Duration>,
+    ) -> Result<(), RingError> {
         if packet.len > PACKET_DWORDS {
             return Err(RingError::BadPacket);
         }
@@ -178,10 +207,14 @@ impl<'a> RingView<'a> {
             }
         }
         let slot = self.slot(tail);
-        self.region.u32_at(slot).store(packet.len as u32, Ordering::Relaxed);
+        self.region
+            .u32_at(slot)
+            .store(packet.len as u32, Ordering::Relaxed);
         self.region.u32_at(slot + 4).store(seqno, Ordering::Relaxed);
         for (i, w) in packet.words().iter().enumerate() {
-            self.region.u32_at(slot + 8 + 4 * i).store(*w, Ordering::Relaxed);
+            self.region
+                .u32_at(slot + 8 + 4 * i)
+                .store(*w, Ordering::Relaxed);
         }
         self.tail().store(tail.wrapping_add(1), Ordering::Release);
         wake_all(self.tail());
@@ -204,7 +237,10 @@ impl<'a> RingView<'a> {
         let slot = self.slot(head);
         let len = self.region.u32_at(slot).load(Ordering::Relaxed) as usize;
         let seqno = self.region.u32_at(slot + 4).load(Ordering::Relaxed);
-        let mut packet = Packet { len: len.min(PACKET_DWORDS), dw: [0; PACKET_DWORDS] };
+        let mut packet = Packet {
+            len: len.min(PACKET_DWORDS),
+            dw: [0; PACKET_DWORDS],
+        };
         for i in 0..packet.len {
             packet.dw[i] = self.region.u32_at(slot + 8 + 4 * i).load(Ordering::Relaxed);
         }

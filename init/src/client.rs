@@ -4,8 +4,10 @@
 use std::os::fd::OwnedFd;
 
 use ipc_protocol::client::{CallError, Client};
-use ipc_protocol::interfaces::pager::{AttachView, CreateObject, DestroyObject, DetachView, Pager, PagerError};
 use ipc_protocol::interfaces::gpu::{Gpu, GpuError, JobDone, Submit, Wait};
+use ipc_protocol::interfaces::pager::{
+    AttachView, CreateObject, DestroyObject, DetachView, Pager, PagerError,
+};
 use ipc_protocol::types::{KernelKind, ObjectId, ViewId, VmId};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
@@ -21,17 +23,38 @@ impl SvmBuffer {
     /// Asks the pager for `len` bytes of SVM memory, maps it, and hands
     /// the pager our userfaultfd for the view.
     pub fn new(pager: &Client<Pager>, len: usize) -> Result<Self, CallError<PagerError>> {
-        let (created, mut fds) = pager.call_with_handles(CreateObject { size_bytes: len as u64 }, vec![])?;
+        let (created, mut fds) = pager.call_with_handles(
+            CreateObject {
+                size_bytes: len as u64,
+            },
+            vec![],
+        )?;
         let memfd = fds.pop().ok_or(CallError::UnexpectedReply)?;
         // 2 MiB alignment lets the GPU map whole chunks with 2 MiB pages.
         let reserve = len + (2 << 20);
         // SAFETY: a fresh anonymous reservation at a kernel-chosen address.
-        let area = unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), reserve, ProtFlags::empty(), MapFlags::PRIVATE | MapFlags::NORESERVE) }
-            .map_err(|_| CallError::Server(PagerError::Host))?;
+        let area = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                reserve,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|_| CallError::Server(PagerError::Host))?;
         let aligned = (area as usize + (2 << 20) - 1) & !((2 << 20) - 1);
         // SAFETY: replaces part of our own reservation with the object.
-        let addr = unsafe { mmap(aligned as *mut _, len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED | MapFlags::FIXED, &memfd, 0) }
-            .map_err(|_| CallError::Server(PagerError::Host))?;
+        let addr = unsafe {
+            mmap(
+                aligned as *mut _,
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                &memfd,
+                0,
+            )
+        }
+        .map_err(|_| CallError::Server(PagerError::Host))?;
         // Give back the unused ends of the reservation.
         let head = aligned - area as usize;
         let tail = reserve - head - len;
@@ -45,8 +68,22 @@ impl SvmBuffer {
             }
         }
         let uffd = pager_uffd().map_err(|_| CallError::Server(PagerError::BadUserfaultfd))?;
-        let (attached, _) = pager.call_with_handles(AttachView { object: created.object, addr: addr as u64, object_first_page: 0, pages: (len / 4096) as u64 }, vec![uffd])?;
-        Ok(Self { object: created.object, view: attached.view, addr: addr as u64, len, _memfd: memfd })
+        let (attached, _) = pager.call_with_handles(
+            AttachView {
+                object: created.object,
+                addr: addr as u64,
+                object_first_page: 0,
+                pages: (len / 4096) as u64,
+            },
+            vec![uffd],
+        )?;
+        Ok(Self {
+            object: created.object,
+            view: attached.view,
+            addr: addr as u64,
+            len,
+            _memfd: memfd,
+        })
     }
 
     /// The buffer as u32 words.
@@ -75,8 +112,14 @@ impl SvmBuffer {
         let _ = unsafe { munmap(self.addr as *mut _, self.len) };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match pager.call(DestroyObject { object: self.object }) {
-                Err(CallError::Server(PagerError::Busy)) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(1)),
+            match pager.call(DestroyObject {
+                object: self.object,
+            }) {
+                Err(CallError::Server(PagerError::Busy))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
                 r => return r.map(|_| ()),
             }
         }
@@ -84,10 +127,34 @@ impl SvmBuffer {
 }
 
 /// Runs `kernel` over `[addr, addr + len)` in `vm` and waits for it.
-pub fn run_kernel(gpu: &Client<Gpu>, vm: VmId, kernel: KernelKind, addr: u64, len: u64, value: u32) -> Result<JobDone, CallError<GpuError>> {
-    let stride = if kernel == KernelKind::AtomicAdd { 4096 } else { 4 };
-    let job = gpu.call(Submit { vm, kernel, addr, len, stride, value, threads: 64 })?.job;
-    gpu.call(Wait { job, timeout_ms: 120_000 })
+pub fn run_kernel(
+    gpu: &Client<Gpu>,
+    vm: VmId,
+    kernel: KernelKind,
+    addr: u64,
+    len: u64,
+    value: u32,
+) -> Result<JobDone, CallError<GpuError>> {
+    let stride = if kernel == KernelKind::AtomicAdd {
+        4096
+    } else {
+        4
+    };
+    let job = gpu
+        .call(Submit {
+            vm,
+            kernel,
+            addr,
+            len,
+            stride,
+            value,
+            threads: 64,
+        })?
+        .job;
+    gpu.call(Wait {
+        job,
+        timeout_ms: 120_000,
+    })
 }
 
 /// A userfaultfd of this process, non-blocking (DESIGN.md 8).

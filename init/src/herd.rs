@@ -107,14 +107,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs one configuration `cfg.reps` times.
 pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> {
-    let gpu_err = |e: ipc_protocol::client::CallError<ipc_protocol::interfaces::gpu::GpuError>| HerdError::Gpu(e.to_string());
+    let gpu_err = |e: ipc_protocol::client::CallError<ipc_protocol::interfaces::gpu::GpuError>| {
+        HerdError::Gpu(e.to_string())
+    };
     let vm = c.gpu.call(CreateVm {}).map_err(gpu_err)?.vm;
     let before = c.gpu.call(Stats {}).map_err(gpu_err)?;
     let pages = cfg.bytes / 4096;
     let (mut gpu_t, mut cpu_t, mut bad) = (Vec::new(), Vec::new(), 0u64);
     for _ in 0..cfg.reps {
-        let buf = SvmBuffer::new(&c.pager, cfg.bytes).map_err(|e| HerdError::Pager(e.to_string()))?;
-        c.gpu.call(BindView { vm, view: buf.view, gpu_addr: buf.addr }).map_err(gpu_err)?;
+        let buf =
+            SvmBuffer::new(&c.pager, cfg.bytes).map_err(|e| HerdError::Pager(e.to_string()))?;
+        c.gpu
+            .call(BindView {
+                vm,
+                view: buf.view,
+                gpu_addr: buf.addr,
+            })
+            .map_err(gpu_err)?;
         // SAFETY: the buffer is ours until `release`; the GPU writes it only
         // inside the submitted job, which we wait for before reading.
         let words = unsafe { buf.words() };
@@ -128,10 +137,24 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
         let t0 = Instant::now();
         let job = c
             .gpu
-            .call(Submit { vm, kernel, addr: buf.addr, len: cfg.bytes as u64, stride, value: 1, threads: cfg.gpu_threads })
+            .call(Submit {
+                vm,
+                kernel,
+                addr: buf.addr,
+                len: cfg.bytes as u64,
+                stride,
+                value: 1,
+                threads: cfg.gpu_threads,
+            })
             .map_err(gpu_err)?
             .job;
-        let done = c.gpu.call(Wait { job, timeout_ms: 120_000 }).map_err(gpu_err)?;
+        let done = c
+            .gpu
+            .call(Wait {
+                job,
+                timeout_ms: 120_000,
+            })
+            .map_err(gpu_err)?;
         if done.status != JobStatus::Completed {
             return Err(HerdError::Job(done.status));
         }
@@ -145,7 +168,11 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
                 std::thread::spawn(move || {
                     let mut b = 0u64;
                     for k in 0..pages {
-                        let pg = if same { k } else { (k + t * pages / threads) % pages };
+                        let pg = if same {
+                            k
+                        } else {
+                            (k + t * pages / threads) % pages
+                        };
                         let w = pg * 1024;
                         // SAFETY: inside the buffer; volatile because other
                         // threads and the pager touch the same memory.
@@ -155,7 +182,9 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
                         }
                         if mode == Mode::IncAll {
                             // SAFETY: as above.
-                            let last = unsafe { std::ptr::read_volatile((base as *const u32).add(w + 1023)) };
+                            let last = unsafe {
+                                std::ptr::read_volatile((base as *const u32).add(w + 1023))
+                            };
                             if last != (w + 1023) as u32 + 1 {
                                 b += 1;
                             }
@@ -165,7 +194,10 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
                 })
             })
             .collect();
-        let timed_bad: u64 = threads.into_iter().map(|h| h.join().unwrap_or(u64::MAX)).sum();
+        let timed_bad: u64 = threads
+            .into_iter()
+            .map(|h| h.join().unwrap_or(u64::MAX))
+            .sum();
         let t2 = Instant::now();
         // Untimed: every word of every page.
         let mut bad_pages = 0u64;
@@ -186,8 +218,14 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
         bad += bad_pages.max(if timed_bad > 0 { 1 } else { 0 });
         gpu_t.push((t1 - t0).as_secs_f64() * 1e6);
         cpu_t.push((t2 - t1).as_secs_f64() * 1e6);
-        c.gpu.call(Unbind { vm, gpu_addr: buf.addr }).map_err(gpu_err)?;
-        buf.release(&c.pager).map_err(|e| HerdError::Pager(e.to_string()))?;
+        c.gpu
+            .call(Unbind {
+                vm,
+                gpu_addr: buf.addr,
+            })
+            .map_err(gpu_err)?;
+        buf.release(&c.pager)
+            .map_err(|e| HerdError::Pager(e.to_string()))?;
     }
     let after = c.gpu.call(Stats {}).map_err(gpu_err)?;
     c.gpu.call(DestroyVm { vm }).map_err(gpu_err)?;

@@ -54,65 +54,131 @@ pub const START_ORDER: [&str; 4] = ["xe-model", "mm-server", "xe-svm", "pager"];
 pub const MANIFEST: &[Endpoint] = &[
     Endpoint {
         interface: "device control",
-        server: Side { process: "xe-model", fd: 3, flag: "--control-fd" },
-        client: Some(Side { process: "xe-svm", fd: 3, flag: "--device-fd" }),
+        server: Side {
+            process: "xe-model",
+            fd: 3,
+            flag: "--control-fd",
+        },
+        client: Some(Side {
+            process: "xe-svm",
+            fd: 3,
+            flag: "--device-fd",
+        }),
         rights: Rights::empty(),
         per_client: false,
     },
     Endpoint {
         interface: "Pressure",
-        server: Side { process: "mm-server", fd: 3, flag: "--gpu-fd" },
-        client: Some(Side { process: "xe-svm", fd: 7, flag: "--pressure-fd" }),
+        server: Side {
+            process: "mm-server",
+            fd: 3,
+            flag: "--gpu-fd",
+        },
+        client: Some(Side {
+            process: "xe-svm",
+            fd: 7,
+            flag: "--pressure-fd",
+        }),
         rights: Rights::PRESSURE_REPORT.union(Rights::PRESSURE_RESERVE),
         per_client: false,
     },
     Endpoint {
         interface: "Gpu",
-        server: Side { process: "xe-svm", fd: 4, flag: "--client-fd" },
+        server: Side {
+            process: "xe-svm",
+            fd: 4,
+            flag: "--client-fd",
+        },
         client: None,
-        rights: Rights::GPU_VM.union(Rights::GPU_SUBMIT).union(Rights::GPU_BO).union(Rights::GPU_STATS),
+        rights: Rights::GPU_VM
+            .union(Rights::GPU_SUBMIT)
+            .union(Rights::GPU_BO)
+            .union(Rights::GPU_STATS),
         per_client: true,
     },
     Endpoint {
         interface: "GpuNotify",
-        server: Side { process: "xe-svm", fd: 6, flag: "--notify-fd" },
-        client: Some(Side { process: "pager", fd: 6, flag: "--notify-fd" }),
+        server: Side {
+            process: "xe-svm",
+            fd: 6,
+            flag: "--notify-fd",
+        },
+        client: Some(Side {
+            process: "pager",
+            fd: 6,
+            flag: "--notify-fd",
+        }),
         rights: Rights::NOTIFY,
         per_client: false,
     },
     Endpoint {
         interface: "PagerMigrate",
-        server: Side { process: "pager", fd: 5, flag: "--migrate-fd" },
-        client: Some(Side { process: "xe-svm", fd: 5, flag: "--migrate-fd" }),
+        server: Side {
+            process: "pager",
+            fd: 5,
+            flag: "--migrate-fd",
+        },
+        client: Some(Side {
+            process: "xe-svm",
+            fd: 5,
+            flag: "--migrate-fd",
+        }),
         rights: Rights::MIGRATE,
         per_client: false,
     },
     Endpoint {
         interface: "GpuShrink",
-        server: Side { process: "xe-svm", fd: 8, flag: "--shrink-fd" },
-        client: Some(Side { process: "mm-server", fd: 4, flag: "--shrink-fd" }),
+        server: Side {
+            process: "xe-svm",
+            fd: 8,
+            flag: "--shrink-fd",
+        },
+        client: Some(Side {
+            process: "mm-server",
+            fd: 4,
+            flag: "--shrink-fd",
+        }),
         rights: Rights::SHRINK,
         per_client: false,
     },
     Endpoint {
         interface: "PagerReclaim",
-        server: Side { process: "pager", fd: 7, flag: "--reclaim-fd" },
-        client: Some(Side { process: "mm-server", fd: 5, flag: "--reclaim-fd" }),
+        server: Side {
+            process: "pager",
+            fd: 7,
+            flag: "--reclaim-fd",
+        },
+        client: Some(Side {
+            process: "mm-server",
+            fd: 5,
+            flag: "--reclaim-fd",
+        }),
         rights: Rights::RECLAIM,
         per_client: false,
     },
     Endpoint {
         interface: "Pressure status",
-        server: Side { process: "mm-server", fd: 6, flag: "--status-fd" },
+        server: Side {
+            process: "mm-server",
+            fd: 6,
+            flag: "--status-fd",
+        },
         client: None,
         rights: Rights::PRESSURE_STATUS,
         per_client: false,
     },
     Endpoint {
         interface: "Pager",
-        server: Side { process: "pager", fd: 4, flag: "--client-fd" },
+        server: Side {
+            process: "pager",
+            fd: 4,
+            flag: "--client-fd",
+        },
         client: None,
-        rights: Rights::OBJECT.union(Rights::VIEW).union(Rights::ADVISE).union(Rights::SNAPSHOT),
+        rights: Rights::OBJECT
+            .union(Rights::VIEW)
+            .union(Rights::ADVISE)
+            .union(Rights::SNAPSHOT),
         per_client: true,
     },
 ];
@@ -138,8 +204,14 @@ mod tests {
             fds.sort();
             fds.dedup();
             assert_eq!(fds.len(), n, "{p} gets one descriptor twice");
-            assert!(fds.iter().all(|fd| *fd >= 3), "{p}: descriptors 0-2 are stdio");
-            assert!(fds.iter().all(|fd| *fd < 256), "{p}: descriptors above 255 are where endpoints are staged");
+            assert!(
+                fds.iter().all(|fd| *fd >= 3),
+                "{p}: descriptors 0-2 are stdio"
+            );
+            assert!(
+                fds.iter().all(|fd| *fd < 256),
+                "{p}: descriptors above 255 are where endpoints are staged"
+            );
         }
     }
 
@@ -153,7 +225,11 @@ mod tests {
                 // (its eviction loop runs only once they serve); every other
                 // client starts after its server.
                 if !["PagerMigrate", "GpuShrink", "PagerReclaim"].contains(&e.interface) {
-                    assert!(pos(e.server.process) < pos(c.process), "{} starts after its client", e.server.process);
+                    assert!(
+                        pos(e.server.process) < pos(c.process),
+                        "{} starts after its client",
+                        e.server.process
+                    );
                 }
             }
         }

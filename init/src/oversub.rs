@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ipc_protocol::client::CallError;
-use ipc_protocol::interfaces::gpu::{self as g, BindView, CreateBo, CreateVm, DestroyBo, DestroyVm, GpuError, MapBo, ReadBo, Stats, Submit, Unbind, Wait};
+use ipc_protocol::interfaces::gpu::{
+    self as g, BindView, CreateBo, CreateVm, DestroyBo, DestroyVm, GpuError, MapBo, ReadBo, Stats,
+    Submit, Unbind, Wait,
+};
 use ipc_protocol::interfaces::pressure::{PressureStatus, Status};
 use ipc_protocol::types::{BoId, JobStatus, KernelKind, VmId};
 
@@ -42,7 +45,15 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { ratio: 2.0, passes: 2, bos: 8, bo_share: 0.5, bo_threads: 4, gpu_threads: 32, cpu_threads: 4 }
+        Self {
+            ratio: 2.0,
+            passes: 2,
+            bos: 8,
+            bo_share: 0.5,
+            bo_threads: 4,
+            gpu_threads: 32,
+            cpu_threads: 4,
+        }
     }
 }
 
@@ -164,8 +175,26 @@ fn gpu_err(e: CallError<GpuError>) -> OversubError {
 }
 
 fn run_job(c: &Clients, vm: VmId, addr: u64, len: u64, threads: u16) -> Result<(), OversubError> {
-    let job = c.gpu.call(Submit { vm, kernel: KernelKind::IncrementAll, addr, len, stride: 4, value: 1, threads }).map_err(gpu_err)?.job;
-    let done = c.gpu.call(Wait { job, timeout_ms: 300_000 }).map_err(gpu_err)?;
+    let job = c
+        .gpu
+        .call(Submit {
+            vm,
+            kernel: KernelKind::IncrementAll,
+            addr,
+            len,
+            stride: 4,
+            value: 1,
+            threads,
+        })
+        .map_err(gpu_err)?
+        .job;
+    let done = c
+        .gpu
+        .call(Wait {
+            job,
+            timeout_ms: 300_000,
+        })
+        .map_err(gpu_err)?;
     match done.status {
         JobStatus::Completed => Ok(()),
         s => Err(OversubError::Job(s)),
@@ -174,7 +203,13 @@ fn run_job(c: &Clients, vm: VmId, addr: u64, len: u64, threads: u16) -> Result<(
 
 /// The buffer-object side: jobs round-robin over the objects until told to
 /// stop; returns the jobs run on each.
-fn bo_jobs(c: &Clients, vm: VmId, bos: &[(BoId, u64)], mine: &[usize], stop: &AtomicBool) -> Result<Vec<u64>, OversubError> {
+fn bo_jobs(
+    c: &Clients,
+    vm: VmId,
+    bos: &[(BoId, u64)],
+    mine: &[usize],
+    stop: &AtomicBool,
+) -> Result<Vec<u64>, OversubError> {
     let mut runs = vec![0u64; bos.len()];
     for k in 0.. {
         if stop.load(Ordering::Acquire) {
@@ -189,14 +224,23 @@ fn bo_jobs(c: &Clients, vm: VmId, bos: &[(BoId, u64)], mine: &[usize], stop: &At
 
 /// Counts the words of `bo` that are not `expect`.
 fn check_bo(c: &Clients, bo: BoId, expect: u32) -> Result<u64, OversubError> {
-    let (data, mut fds) = c.gpu.call_with_handles(ReadBo { bo }, vec![]).map_err(gpu_err)?;
-    let fd = fds.pop().ok_or_else(|| OversubError::Transport("ReadBo sent no memfd".into()))?;
-    let region = hw::shm::Region::map(fd, data.size_bytes as usize).map_err(|e| OversubError::Transport(e.to_string()))?;
+    let (data, mut fds) = c
+        .gpu
+        .call_with_handles(ReadBo { bo }, vec![])
+        .map_err(gpu_err)?;
+    let fd = fds
+        .pop()
+        .ok_or_else(|| OversubError::Transport("ReadBo sent no memfd".into()))?;
+    let region = hw::shm::Region::map(fd, data.size_bytes as usize)
+        .map_err(|e| OversubError::Transport(e.to_string()))?;
     let mut buf = vec![0u8; data.size_bytes as usize];
     if !region.read(0, &mut buf) {
         return Err(OversubError::Transport("ReadBo memfd too short".into()));
     }
-    Ok(buf.chunks_exact(4).filter(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) != expect).count() as u64)
+    Ok(buf
+        .chunks_exact(4)
+        .filter(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) != expect)
+        .count() as u64)
 }
 
 pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
@@ -204,21 +248,44 @@ pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
     let before = c.gpu.call(Stats {}).map_err(gpu_err)?;
     let vram = before.vram_total;
     let svm_bytes = ((vram as f64 * cfg.ratio) as u64).div_ceil(2 * MIB) * 2 * MIB;
-    let bo_size = if cfg.bos == 0 { 0 } else { ((vram as f64 * cfg.bo_share) as u64 / cfg.bos as u64).max(4096) & !4095 };
+    let bo_size = if cfg.bos == 0 {
+        0
+    } else {
+        ((vram as f64 * cfg.bo_share) as u64 / cfg.bos as u64).max(4096) & !4095
+    };
 
     // The buffer-object context: its own VM, objects mapped 64 MiB apart.
     let bo_vm = c.gpu.call(CreateVm {}).map_err(gpu_err)?.vm;
     let mut bos = Vec::new();
     for i in 0..cfg.bos {
-        let bo = c.gpu.call(CreateBo { size_bytes: bo_size }).map_err(gpu_err)?.bo;
-        c.gpu.call(MapBo { vm: bo_vm, bo, gpu_addr: BO_BASE + i as u64 * (64 * MIB) }).map_err(gpu_err)?;
+        let bo = c
+            .gpu
+            .call(CreateBo {
+                size_bytes: bo_size,
+            })
+            .map_err(gpu_err)?
+            .bo;
+        c.gpu
+            .call(MapBo {
+                vm: bo_vm,
+                bo,
+                gpu_addr: BO_BASE + i as u64 * (64 * MIB),
+            })
+            .map_err(gpu_err)?;
         bos.push((bo, bo_size));
     }
 
     // The SVM context.
     let vm = c.gpu.call(CreateVm {}).map_err(gpu_err)?.vm;
-    let buf = SvmBuffer::new(&c.pager, svm_bytes as usize).map_err(|e| OversubError::Pager(e.to_string()))?;
-    c.gpu.call(BindView { vm, view: buf.view, gpu_addr: buf.addr }).map_err(gpu_err)?;
+    let buf = SvmBuffer::new(&c.pager, svm_bytes as usize)
+        .map_err(|e| OversubError::Pager(e.to_string()))?;
+    c.gpu
+        .call(BindView {
+            vm,
+            view: buf.view,
+            gpu_addr: buf.addr,
+        })
+        .map_err(gpu_err)?;
     // SAFETY: the buffer is ours until `release`; the GPU writes it only
     // inside jobs we wait for, and the CPU threads below split it.
     let words = unsafe { buf.words() };
@@ -247,7 +314,12 @@ pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
                             for w in part.iter_mut() {
                                 // SAFETY: a valid, exclusive element; volatile
                                 // because the pager moves the page under us.
-                                unsafe { std::ptr::write_volatile(w, std::ptr::read_volatile(w).wrapping_add(1)) };
+                                unsafe {
+                                    std::ptr::write_volatile(
+                                        w,
+                                        std::ptr::read_volatile(w).wrapping_add(1),
+                                    )
+                                };
                             }
                         });
                     }
@@ -258,7 +330,9 @@ pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
         stop.store(true, Ordering::Release);
         let mut runs = vec![0u64; bos.len()];
         for h in bo_side {
-            let r = h.join().unwrap_or_else(|_| Err(OversubError::Transport("BO thread panicked".into())))?;
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(OversubError::Transport("BO thread panicked".into())))?;
             runs.iter_mut().zip(r).for_each(|(a, b)| *a += b);
         }
         svm_side.map(|()| runs)
@@ -267,7 +341,15 @@ pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
 
     // Every word of every page, and of every buffer object.
     let expect = 2 * cfg.passes as u32;
-    let bad_pages = words.chunks(1024).enumerate().filter(|(pg, page)| page.iter().enumerate().any(|(i, w)| *w != (pg * 1024 + i) as u32 + expect)).count() as u64;
+    let bad_pages = words
+        .chunks(1024)
+        .enumerate()
+        .filter(|(pg, page)| {
+            page.iter()
+                .enumerate()
+                .any(|(i, w)| *w != (pg * 1024 + i) as u32 + expect)
+        })
+        .count() as u64;
     let mut bad_bos = 0;
     for ((bo, _), n) in bos.iter().zip(&runs) {
         if check_bo(c, *bo, *n as u32)? > 0 {
@@ -282,8 +364,14 @@ pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
         }
     };
     let after = c.gpu.call(Stats {}).map_err(gpu_err)?;
-    c.gpu.call(Unbind { vm, gpu_addr: buf.addr }).map_err(gpu_err)?;
-    buf.release(&c.pager).map_err(|e| OversubError::Pager(e.to_string()))?;
+    c.gpu
+        .call(Unbind {
+            vm,
+            gpu_addr: buf.addr,
+        })
+        .map_err(gpu_err)?;
+    buf.release(&c.pager)
+        .map_err(|e| OversubError::Pager(e.to_string()))?;
     for (bo, _) in &bos {
         c.gpu.call(DestroyBo { bo: *bo }).map_err(gpu_err)?;
     }

@@ -22,11 +22,23 @@ pub struct RaceResult {
     pub cpu_reads: u64,
 }
 
-pub fn run(c: &Clients, bytes: usize, kernels: u32, cpu_threads: usize, job_timeout_ms: u32) -> Result<RaceResult, String> {
+pub fn run(
+    c: &Clients,
+    bytes: usize,
+    kernels: u32,
+    cpu_threads: usize,
+    job_timeout_ms: u32,
+) -> Result<RaceResult, String> {
     let vm = c.gpu.call(CreateVm {}).map_err(|e| e.to_string())?.vm;
     let before = c.gpu.call(Stats {}).map_err(|e| e.to_string())?;
     let buf = SvmBuffer::new(&c.pager, bytes).map_err(|e| e.to_string())?;
-    c.gpu.call(BindView { vm, view: buf.view, gpu_addr: buf.addr }).map_err(|e| e.to_string())?;
+    c.gpu
+        .call(BindView {
+            vm,
+            view: buf.view,
+            gpu_addr: buf.addr,
+        })
+        .map_err(|e| e.to_string())?;
     // SAFETY: ours until release; shared with the GPU during the race, read
     // there only with volatile loads.
     let words = unsafe { buf.words() };
@@ -61,14 +73,25 @@ pub fn run(c: &Clients, bytes: usize, kernels: u32, cpu_threads: usize, job_time
         .collect();
     let mut result = Ok(());
     for _ in 0..kernels {
-        let job = match c.gpu.call(Submit { vm, kernel: KernelKind::IncrementAll, addr: buf.addr, len: bytes as u64, stride: 4, value: 1, threads: 64 }) {
+        let job = match c.gpu.call(Submit {
+            vm,
+            kernel: KernelKind::IncrementAll,
+            addr: buf.addr,
+            len: bytes as u64,
+            stride: 4,
+            value: 1,
+            threads: 64,
+        }) {
             Ok(s) => s.job,
             Err(e) => {
                 result = Err(e.to_string());
                 break;
             }
         };
-        match c.gpu.call(Wait { job, timeout_ms: job_timeout_ms }) {
+        match c.gpu.call(Wait {
+            job,
+            timeout_ms: job_timeout_ms,
+        }) {
             Ok(d) if d.status == JobStatus::Completed => {}
             Ok(d) => {
                 result = Err(format!("GPU job ended {:?}", d.status));
@@ -85,9 +108,18 @@ pub fn run(c: &Clients, bytes: usize, kernels: u32, cpu_threads: usize, job_time
         let _ = r.join();
     }
     result?;
-    let end_bad = words.iter().enumerate().filter(|(i, v)| **v != *i as u32 * 16 + kernels).count() as u64;
+    let end_bad = words
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| **v != *i as u32 * 16 + kernels)
+        .count() as u64;
     let after = c.gpu.call(Stats {}).map_err(|e| e.to_string())?;
-    c.gpu.call(Unbind { vm, gpu_addr: buf.addr }).map_err(|e| e.to_string())?;
+    c.gpu
+        .call(Unbind {
+            vm,
+            gpu_addr: buf.addr,
+        })
+        .map_err(|e| e.to_string())?;
     buf.release(&c.pager).map_err(|e| e.to_string())?;
     c.gpu.call(DestroyVm { vm }).map_err(|e| e.to_string())?;
     Ok(RaceResult {

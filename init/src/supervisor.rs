@@ -19,10 +19,16 @@ use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
 pub enum BootError {
     /// A server's executable is not beside `svm` (build the workspace).
     MissingExecutable(PathBuf),
-    Spawn { server: &'static str, error: std::io::Error },
+    Spawn {
+        server: &'static str,
+        error: std::io::Error,
+    },
     Endpoint(String),
     /// A server exited while the system was up.
-    ServerDied { server: &'static str, status: ExitStatus },
+    ServerDied {
+        server: &'static str,
+        status: ExitStatus,
+    },
     /// A server did not stop within the grace period and was killed.
     KilledOnShutdown(&'static str),
 }
@@ -30,7 +36,11 @@ pub enum BootError {
 impl std::fmt::Display for BootError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::MissingExecutable(p) => write!(f, "{} not found: run `cargo build --release` first", p.display()),
+            Self::MissingExecutable(p) => write!(
+                f,
+                "{} not found: run `cargo build --release` first",
+                p.display()
+            ),
             Self::Spawn { server, error } => write!(f, "starting {server}: {error}"),
             Self::Endpoint(e) => write!(f, "creating an endpoint: {e}"),
             Self::ServerDied { server, status } => write!(f, "{server} died: {status}"),
@@ -45,7 +55,10 @@ pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SVM_BIN_DIR") {
         return PathBuf::from(d);
     }
-    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."))
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn exe(name: &str) -> Result<PathBuf, BootError> {
@@ -134,7 +147,18 @@ impl ClientSlot {
     /// the process and this slot are gone.
     pub fn spawn(&self, svm: &Path, args: &[&str]) -> std::io::Result<Child> {
         let mut cmd = Command::new(svm);
-        cmd.args(["client", "--badge", &self.badge.to_string(), "--gpu-fd", "3", "--pager-fd", "4"]).args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        cmd.args([
+            "client",
+            "--badge",
+            &self.badge.to_string(),
+            "--gpu-fd",
+            "3",
+            "--pager-fd",
+            "4",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
         let _held = pass_fds_to_child(&mut cmd, &[(&self.gpu, 3), (&self.pager, 4)])?;
         cmd.spawn()
     }
@@ -156,21 +180,42 @@ pub struct BootOptions {
     pub clients: usize,
 }
 
-fn spawn(name: &'static str, exe: &Path, args: &[String], endpoints: &[(&OwnedFd, i32)], lifeline: bool) -> Result<Server, BootError> {
+fn spawn(
+    name: &'static str,
+    exe: &Path,
+    args: &[String],
+    endpoints: &[(&OwnedFd, i32)],
+    lifeline: bool,
+) -> Result<Server, BootError> {
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(if lifeline { Stdio::piped() } else { Stdio::null() });
+    cmd.args(args).stdin(if lifeline {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     // A terminal's Ctrl-C goes to init alone, which then stops the servers
     // in order; without this the servers would die of SIGINT first.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let _held = pass_fds_to_child(&mut cmd, endpoints).map_err(|error| BootError::Spawn { server: name, error })?;
-    let child = cmd.spawn().map_err(|error| BootError::Spawn { server: name, error })?;
+    let _held = pass_fds_to_child(&mut cmd, endpoints).map_err(|error| BootError::Spawn {
+        server: name,
+        error,
+    })?;
+    let child = cmd.spawn().map_err(|error| BootError::Spawn {
+        server: name,
+        error,
+    })?;
     log::info!("init: started {name} (pid {})", child.id());
     Ok(Server { name, child })
 }
 
 fn endpoint_pair() -> Result<(OwnedFd, OwnedFd), BootError> {
     let (a, b) = SeqPacket::pair().map_err(|e| BootError::Endpoint(e.to_string()))?;
-    let dup = |s: &SeqPacket| s.fd().as_fd().try_clone_to_owned().map_err(|e| BootError::Endpoint(e.to_string()));
+    let dup = |s: &SeqPacket| {
+        s.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| BootError::Endpoint(e.to_string()))
+    };
     Ok((dup(&a)?, dup(&b)?))
 }
 
@@ -182,18 +227,33 @@ impl System {
         use crate::manifest::{client_badge, client_fd, MANIFEST, MAX_CLIENTS, START_ORDER};
         let clients = opts.clients.clamp(1, MAX_CLIENTS);
         // With `probe_only`, just the device and a GPU server that probes.
-        let started: &[&str] = if opts.probe_only { &["xe-model", "xe-svm"] } else { &START_ORDER };
+        let started: &[&str] = if opts.probe_only {
+            &["xe-model", "xe-svm"]
+        } else {
+            &START_ORDER
+        };
         let wanted = |e: &crate::manifest::Endpoint| {
-            started.contains(&e.server.process) && e.client.as_ref().map_or(!opts.probe_only, |c| started.contains(&c.process))
+            started.contains(&e.server.process)
+                && e.client
+                    .as_ref()
+                    .map_or(!opts.probe_only, |c| started.contains(&c.process))
         };
         // Each endpoint's (server end, client end) pairs: one per client
         // slot for per-client endpoints, else one.
         let mut ends: Vec<Vec<(OwnedFd, OwnedFd)>> = Vec::new();
         for e in MANIFEST {
-            let n = if !wanted(e) { 0 } else if e.per_client { clients } else { 1 };
+            let n = if !wanted(e) {
+                0
+            } else if e.per_client {
+                clients
+            } else {
+                1
+            };
             ends.push((0..n).map(|_| endpoint_pair()).collect::<Result<_, _>>()?);
         }
-        let mut system = Self { servers: Vec::new() };
+        let mut system = Self {
+            servers: Vec::new(),
+        };
         for &process in started {
             let exe = match exe(process) {
                 Ok(p) => p,
@@ -222,10 +282,17 @@ impl System {
                     }
                     if !e.rights.is_empty() {
                         // `--client-fd` -> `--client-rights`: the capability to mint.
-                        args.push(format!("{}-rights={}", e.server.flag.trim_end_matches("-fd"), e.rights.bits()));
+                        args.push(format!(
+                            "{}-rights={}",
+                            e.server.flag.trim_end_matches("-fd"),
+                            e.rights.bits()
+                        ));
                     }
                 }
-                if let (Some(c), Some((_, client_end))) = (e.client.as_ref().filter(|c| c.process == process), pairs.first()) {
+                if let (Some(c), Some((_, client_end))) = (
+                    e.client.as_ref().filter(|c| c.process == process),
+                    pairs.first(),
+                ) {
                     fds.push((client_end, c.fd));
                     args.push(format!("{}={}", c.flag, c.fd));
                 }
@@ -255,20 +322,43 @@ impl System {
                 _ => {}
             }
         }
-        let (Some(status), true) = (pressure, gpu.len() == clients && pager.len() == clients) else {
+        let (Some(status), true) = (pressure, gpu.len() == clients && pager.len() == clients)
+        else {
             system.shutdown();
-            return Err(BootError::Endpoint("the manifest gives init no Gpu, Pager or Pressure status endpoint".into()));
+            return Err(BootError::Endpoint(
+                "the manifest gives init no Gpu, Pager or Pressure status endpoint".into(),
+            ));
         };
-        let mut slots: Vec<ClientSlot> = gpu.into_iter().zip(pager).enumerate().map(|(i, (gpu, pager))| ClientSlot { badge: client_badge(i), gpu, pager }).collect();
+        let mut slots: Vec<ClientSlot> = gpu
+            .into_iter()
+            .zip(pager)
+            .enumerate()
+            .map(|(i, (gpu, pager))| ClientSlot {
+                badge: client_badge(i),
+                gpu,
+                pager,
+            })
+            .collect();
         let own = slots.remove(0).connect();
         let pressure = Client::new(seqpacket(status)).with_timeout(Duration::from_secs(10));
-        Ok((system, Some(Clients { own, pressure, slots })))
+        Ok((
+            system,
+            Some(Clients {
+                own,
+                pressure,
+                slots,
+            }),
+        ))
     }
 
     /// Waits for `name` to exit on its own (a probe-only server).
     pub fn wait_for(&mut self, name: &str, timeout: Duration) -> Result<ExitStatus, BootError> {
         let deadline = Instant::now() + timeout;
-        let server = self.servers.iter_mut().find(|s| s.name == name).ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
+        let server = self
+            .servers
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
                 return Ok(status);
@@ -282,7 +372,11 @@ impl System {
 
     /// Kills `name` with SIGKILL and reaps it (tests of a dead peer).
     pub fn kill(&mut self, name: &str) -> Result<(), BootError> {
-        let server = self.servers.iter_mut().find(|s| s.name == name).ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
+        let server = self
+            .servers
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
         let _ = server.child.kill();
         let _ = server.child.wait();
         Ok(())
@@ -292,7 +386,10 @@ impl System {
     pub fn check_alive(&mut self) -> Result<(), BootError> {
         for s in self.servers.iter_mut() {
             if let Ok(Some(status)) = s.child.try_wait() {
-                return Err(BootError::ServerDied { server: s.name, status });
+                return Err(BootError::ServerDied {
+                    server: s.name,
+                    status,
+                });
             }
         }
         Ok(())
@@ -303,7 +400,10 @@ impl System {
         while !stop.load(Ordering::Acquire) {
             for s in self.servers.iter_mut() {
                 if let Ok(Some(status)) = s.child.try_wait() {
-                    return Err(BootError::ServerDied { server: s.name, status });
+                    return Err(BootError::ServerDied {
+                        server: s.name,
+                        status,
+                    });
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -324,7 +424,9 @@ impl System {
                         log::info!("init: {} stopped ({status})", s.name);
                         break;
                     }
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
                     _ => {
                         let _ = s.child.kill();
                         let _ = s.child.wait();

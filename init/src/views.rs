@@ -13,7 +13,13 @@ use crate::client::{run_kernel, SvmBuffer};
 use crate::supervisor::Connection;
 
 unsafe extern "C" {
-    fn mremap(old: *mut std::ffi::c_void, old_len: usize, new_len: usize, flags: i32, ...) -> *mut std::ffi::c_void;
+    fn mremap(
+        old: *mut std::ffi::c_void,
+        old_len: usize,
+        new_len: usize,
+        flags: i32,
+        ...
+    ) -> *mut std::ffi::c_void;
     fn write(fd: i32, buf: *const std::ffi::c_void, count: usize) -> isize;
     fn fork() -> i32;
     fn _exit(code: i32) -> !;
@@ -61,7 +67,13 @@ fn bad_words(addr: u64, words: usize, add: u32) -> u64 {
 fn buffer_in_vram(c: &Connection, bytes: usize) -> Result<(VmId, SvmBuffer), ViewsError> {
     let vm = c.gpu.call(CreateVm {}).map_err(gpu_err)?.vm;
     let buf = SvmBuffer::new(&c.pager, bytes).map_err(|e| ViewsError::Pager(e.to_string()))?;
-    c.gpu.call(BindView { vm, view: buf.view, gpu_addr: buf.addr }).map_err(gpu_err)?;
+    c.gpu
+        .call(BindView {
+            vm,
+            view: buf.view,
+            gpu_addr: buf.addr,
+        })
+        .map_err(gpu_err)?;
     // SAFETY: ours; nothing else runs on it yet.
     for (i, w) in unsafe { buf.words() }.iter_mut().enumerate() {
         *w = pattern(i);
@@ -72,7 +84,10 @@ fn buffer_in_vram(c: &Connection, bytes: usize) -> Result<(VmId, SvmBuffer), Vie
 
 /// One `+1` on every word of `[addr, addr + bytes)` by the GPU.
 fn expect_completed(c: &Connection, vm: VmId, addr: u64, bytes: usize) -> Result<(), ViewsError> {
-    match run_kernel(&c.gpu, vm, KernelKind::IncrementAll, addr, bytes as u64, 1).map_err(gpu_err)?.status {
+    match run_kernel(&c.gpu, vm, KernelKind::IncrementAll, addr, bytes as u64, 1)
+        .map_err(gpu_err)?
+        .status
+    {
         JobStatus::Completed => Ok(()),
         s => Err(ViewsError::Job(s)),
     }
@@ -128,27 +143,50 @@ impl MremapReport {
 /// A PROT_NONE reservation to move a view onto.
 fn reserve(bytes: usize) -> Result<u64, ViewsError> {
     // SAFETY: a fresh anonymous reservation at a kernel-chosen address.
-    unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), bytes, rustix::mm::ProtFlags::empty(), rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE) }
-        .map(|p| p as u64)
-        .map_err(|e| ViewsError::Host(e.to_string()))
+    unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            bytes,
+            rustix::mm::ProtFlags::empty(),
+            rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
+        )
+    }
+    .map(|p| p as u64)
+    .map_err(|e| ViewsError::Host(e.to_string()))
 }
 
 /// Reads page `page` of the view at `base` through a pipe: the kernel's
 /// copy faults like a load (and is served by the pager), but an address
 /// that is no longer mapped gives `EFAULT` instead of a crash, so a reader
 /// can race a plain `mremap`. `None`: the address is gone.
-fn read_page(pipe: &(std::os::fd::OwnedFd, std::os::fd::OwnedFd), base: u64, page: usize, out: &mut [u8; PAGE]) -> Result<Option<()>, ViewsError> {
+fn read_page(
+    pipe: &(std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    base: u64,
+    page: usize,
+    out: &mut [u8; PAGE],
+) -> Result<Option<()>, ViewsError> {
     use std::os::fd::AsRawFd;
     // SAFETY: `write` only reads `PAGE` bytes at that address; an unmapped
     // one fails with EFAULT, it is never dereferenced here.
-    let n = unsafe { write(pipe.1.as_raw_fd(), (base as usize + page * PAGE) as *const std::ffi::c_void, PAGE) };
+    let n = unsafe {
+        write(
+            pipe.1.as_raw_fd(),
+            (base as usize + page * PAGE) as *const std::ffi::c_void,
+            PAGE,
+        )
+    };
     if n < 0 {
         let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(rustix::io::Errno::FAULT.raw_os_error()) { Ok(None) } else { Err(ViewsError::Host(e.to_string())) };
+        return if e.raw_os_error() == Some(rustix::io::Errno::FAULT.raw_os_error()) {
+            Ok(None)
+        } else {
+            Err(ViewsError::Host(e.to_string()))
+        };
     }
     let mut got = 0;
     while got < n as usize {
-        got += rustix::io::read(&pipe.0, &mut out[got..n as usize]).map_err(|e| ViewsError::Host(e.to_string()))?;
+        got += rustix::io::read(&pipe.0, &mut out[got..n as usize])
+            .map_err(|e| ViewsError::Host(e.to_string()))?;
     }
     if (n as usize) < PAGE {
         return Err(ViewsError::Host(format!("short pipe write: {n}")));
@@ -187,7 +225,9 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
                     }
                     for (j, w) in page.chunks_exact(4).enumerate() {
                         let i = pg * 1024 + j;
-                        if u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) != pattern(i).wrapping_add(1) {
+                        if u32::from_ne_bytes([w[0], w[1], w[2], w[3]])
+                            != pattern(i).wrapping_add(1)
+                        {
                             bad += 1;
                         }
                     }
@@ -209,10 +249,21 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
     let flags = MREMAP_MAYMOVE | MREMAP_FIXED | if cfg.dontunmap { MREMAP_DONTUNMAP } else { 0 };
     // SAFETY: moves our own view onto our own reservation; the readers only
     // reach it through `write(2)`, which tolerates the old range vanishing.
-    let new = unsafe { mremap(old as *mut _, bytes, bytes, flags, dst as *mut std::ffi::c_void) } as u64;
+    let new = unsafe {
+        mremap(
+            old as *mut _,
+            bytes,
+            bytes,
+            flags,
+            dst as *mut std::ffi::c_void,
+        )
+    } as u64;
     if new != dst {
         stop.store(true, Ordering::Release);
-        return Err(ViewsError::Host(format!("mremap: {}", std::io::Error::last_os_error())));
+        return Err(ViewsError::Host(format!(
+            "mremap: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     if !cfg.dontunmap {
         base.store(new, Ordering::Release);
@@ -226,7 +277,9 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
     stop.store(true, Ordering::Release);
     let (mut pages_read, mut reads_redirected, mut bad) = (0, 0, 0);
     for r in readers {
-        let (a, b, c) = r.join().map_err(|_| ViewsError::Host("a reader panicked".into()))??;
+        let (a, b, c) = r
+            .join()
+            .map_err(|_| ViewsError::Host("a reader panicked".into()))??;
         pages_read += a;
         reads_redirected += b;
         bad += c;
@@ -243,19 +296,35 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
         expect_completed(c, vm, old, bytes).is_ok()
     } else {
         let at_new = expect_completed(c, vm, new, bytes).is_ok();
-        let at_old = run_kernel(&c.gpu, vm, KernelKind::TouchPages, old, bytes as u64, 0).map_err(gpu_err)?.status;
+        let at_old = run_kernel(&c.gpu, vm, KernelKind::TouchPages, old, bytes as u64, 0)
+            .map_err(gpu_err)?
+            .status;
         at_new && at_old == JobStatus::Faulted
     };
     bad += bad_words(new, words, 2);
-    c.gpu.call(Unbind { vm, gpu_addr: if cfg.dontunmap { old } else { new } }).map_err(gpu_err)?;
+    c.gpu
+        .call(Unbind {
+            vm,
+            gpu_addr: if cfg.dontunmap { old } else { new },
+        })
+        .map_err(gpu_err)?;
     if cfg.dontunmap {
         // The copy at the new address is a view too; unmapping it ends it.
         // SAFETY: our own mapping, not used after this.
-        unsafe { rustix::mm::munmap(new as *mut _, bytes) }.map_err(|e| ViewsError::Host(e.to_string()))?;
+        unsafe { rustix::mm::munmap(new as *mut _, bytes) }
+            .map_err(|e| ViewsError::Host(e.to_string()))?;
     }
-    buf.release(&c.pager).map_err(|e| ViewsError::Pager(e.to_string()))?;
+    buf.release(&c.pager)
+        .map_err(|e| ViewsError::Pager(e.to_string()))?;
     c.gpu.call(DestroyVm { vm }).map_err(gpu_err)?;
-    Ok(MremapReport { cfg: cfg.clone(), pages_read, reads_redirected, bad_words: bad, pages_to_ram, gpu_follows })
+    Ok(MremapReport {
+        cfg: cfg.clone(),
+        pages_read,
+        reads_redirected,
+        bad_words: bad,
+        pages_to_ram,
+        gpu_follows,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -305,18 +374,22 @@ fn fork_child(child: impl FnOnce() -> u64) -> Result<rustix::process::Pid, Views
     // SAFETY: see above; the child never returns from this function.
     let pid = unsafe { fork() };
     if pid < 0 {
-        return Err(ViewsError::Host(std::io::Error::last_os_error().to_string()));
+        return Err(ViewsError::Host(
+            std::io::Error::last_os_error().to_string(),
+        ));
     }
     if pid == 0 {
         let r = child();
         // SAFETY: ends the child without running the parent's destructors.
         unsafe { _exit(r.min(255) as i32) };
     }
-    rustix::process::Pid::from_raw(pid).ok_or_else(|| ViewsError::Host("fork returned pid 0 in the parent".into()))
+    rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| ViewsError::Host("fork returned pid 0 in the parent".into()))
 }
 
 fn wait_child(pid: rustix::process::Pid) -> Result<u64, ViewsError> {
-    let status = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).map_err(|e| ViewsError::Host(e.to_string()))?;
+    let status = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+        .map_err(|e| ViewsError::Host(e.to_string()))?;
     match status.and_then(|(_, s)| s.exit_status()) {
         Some(code) => Ok(code as u64),
         None => Err(ViewsError::Host("the child did not exit normally".into())),
@@ -343,7 +416,9 @@ pub fn fork_race(c: &Connection, cfg: &ForkConfig) -> Result<ForkReport, ViewsEr
                 while !stop.load(Ordering::Acquire) {
                     i = (i + 1021) % words;
                     // SAFETY: inside the buffer, which outlives the readers.
-                    if unsafe { std::ptr::read_volatile((addr as *const u32).add(i)) } != pattern(i).wrapping_add(1) {
+                    if unsafe { std::ptr::read_volatile((addr as *const u32).add(i)) }
+                        != pattern(i).wrapping_add(1)
+                    {
                         bad += 1;
                     }
                 }
@@ -354,7 +429,10 @@ pub fn fork_race(c: &Connection, cfg: &ForkConfig) -> Result<ForkReport, ViewsEr
     let child = fork_child(|| bad_words(addr, words, 1))?;
     let child_bad = wait_child(child)?;
     stop.store(true, Ordering::Release);
-    let mut bad: u64 = readers.into_iter().map(|r| r.join().unwrap_or(u64::MAX)).sum();
+    let mut bad: u64 = readers
+        .into_iter()
+        .map(|r| r.join().unwrap_or(u64::MAX))
+        .sum();
     // (2) Back to VRAM, then the GPU and a writing child at once.
     expect_completed(c, vm, addr, cfg.bytes)?;
     let rounds = cfg.child_rounds;
@@ -362,7 +440,8 @@ pub fn fork_race(c: &Connection, cfg: &ForkConfig) -> Result<ForkReport, ViewsEr
         for _ in 0..rounds {
             for i in 0..words {
                 // SAFETY: inside the buffer; aligned u32 words.
-                unsafe { AtomicU32::from_ptr((addr as *mut u32).add(i)) }.fetch_add(1, Ordering::AcqRel);
+                unsafe { AtomicU32::from_ptr((addr as *mut u32).add(i)) }
+                    .fetch_add(1, Ordering::AcqRel);
             }
         }
         0
@@ -379,7 +458,8 @@ pub fn fork_race(c: &Connection, cfg: &ForkConfig) -> Result<ForkReport, ViewsEr
     bad += bad_words(addr, words, 2 + cfg.kernels + cfg.child_rounds);
     let after = c.gpu.call(Stats {}).map_err(gpu_err)?;
     c.gpu.call(Unbind { vm, gpu_addr: addr }).map_err(gpu_err)?;
-    buf.release(&c.pager).map_err(|e| ViewsError::Pager(e.to_string()))?;
+    buf.release(&c.pager)
+        .map_err(|e| ViewsError::Pager(e.to_string()))?;
     c.gpu.call(DestroyVm { vm }).map_err(gpu_err)?;
     Ok(ForkReport {
         cfg: cfg.clone(),

@@ -13,18 +13,30 @@ use ipc_protocol::client::CallError;
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::pager::{self as p, PagerError};
 use ipc_protocol::interfaces::pressure::Status;
-use ipc_protocol::types::{Advice, BoId, GpuId, JobId, JobStatus, KernelKind, Location, ObjectId, PageCount, ViewId, VmId};
+use ipc_protocol::types::{
+    Advice, BoId, GpuId, JobId, JobStatus, KernelKind, Location, ObjectId, PageCount, ViewId, VmId,
+};
 
 fn boot(clients: usize) -> (System, Clients) {
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
     std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
-    let opts = BootOptions { clients, ..Default::default() };
+    let opts = BootOptions {
+        clients,
+        ..Default::default()
+    };
     let (s, c) = System::boot(&opts).unwrap();
     (s, c.unwrap())
 }
 
 fn herd_ok(c: &Clients) {
-    let cfg = herd::Config { mode: herd::Mode::IncAll, bytes: 2 << 20, threads: 4, reps: 1, gpu_threads: 64, same_start: false };
+    let cfg = herd::Config {
+        mode: herd::Mode::IncAll,
+        bytes: 2 << 20,
+        threads: 4,
+        reps: 1,
+        gpu_threads: 64,
+        same_start: false,
+    };
     let r = herd::run(c, &cfg).unwrap();
     assert_eq!(r.bad, 0, "{r:?}");
 }
@@ -57,26 +69,38 @@ fn sigkill_of_a_client_mid_migration_leaves_the_others_served() {
             }
         });
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(60)).expect("the client made no progress");
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the client made no progress");
             if line == "round 2" {
                 break;
             }
         }
         // Into the next round: once it holds VRAM (the GPU is pulling the
         // buffer in), a little later each time (into the CPU's pull back).
-        eventually("the client's next round took VRAM", || c.gpu.call(g::Stats {}).unwrap().vram_used > gpu_base + (8 << 20));
+        eventually("the client's next round took VRAM", || {
+            c.gpu.call(g::Stats {}).unwrap().vram_used > gpu_base + (8 << 20)
+        });
         std::thread::sleep(Duration::from_millis(13 * k as u64));
         let held = c.gpu.call(g::Stats {}).unwrap().vram_used - gpu_base;
         child.kill().unwrap();
-        println!("client {}: killed holding {} KiB of VRAM", slot.badge, held >> 10);
+        println!(
+            "client {}: killed holding {} KiB of VRAM",
+            slot.badge,
+            held >> 10
+        );
         child.wait().unwrap();
         // The system keeps serving the first client meanwhile...
         herd_ok(&c);
         // ...and once the slot's endpoints close too, everything the dead
         // client held comes back.
         drop(slot);
-        eventually("the dead client's VRAM came back to the GPU server", || c.gpu.call(g::Stats {}).unwrap().vram_used == gpu_base);
-        eventually("mm-server's accounting went back to its baseline", || c.pressure.call(Status {}).unwrap().svm_vram_bytes == mm_base);
+        eventually("the dead client's VRAM came back to the GPU server", || {
+            c.gpu.call(g::Stats {}).unwrap().vram_used == gpu_base
+        });
+        eventually("mm-server's accounting went back to its baseline", || {
+            c.pressure.call(Status {}).unwrap().svm_vram_bytes == mm_base
+        });
         herd_ok(&c);
     }
     drop(c);
@@ -100,23 +124,121 @@ fn gpu_err<T: std::fmt::Debug>(r: Result<T, CallError<GpuError>>) -> GpuError {
 /// Every handle-taking call of `Pager` and `Gpu`, made by `b` with `a`'s
 /// handles (or forged / stale ones): each refused with the typed error
 /// that says "no such thing" (for `b` it does not exist).
-fn refused_everywhere(b: &init::supervisor::Connection, object: ObjectId, view: ViewId, vm: VmId, bo: BoId, job: JobId, b_vm: VmId, b_view: ViewId) {
+fn refused_everywhere(
+    b: &init::supervisor::Connection,
+    object: ObjectId,
+    view: ViewId,
+    vm: VmId,
+    bo: BoId,
+    job: JobId,
+    b_vm: VmId,
+    b_view: ViewId,
+) {
     let count = PageCount::new(1).unwrap();
-    assert_eq!(pager_err(b.pager.call(p::DestroyObject { object })), PagerError::NoSuchObject);
-    assert_eq!(pager_err(b.pager.call(p::Snapshot { object, first_page: 0, count })), PagerError::NoSuchObject);
-    assert_eq!(pager_err(b.pager.call(p::Advise { object, first_page: 0, pages: 1, advice: Advice::PreferDevice })), PagerError::NoSuchObject);
-    assert_eq!(pager_err(b.pager.call(p::Prefetch { object, first_page: 0, count, to: Location::Device, gpu: GpuId::new(0).unwrap() })), PagerError::NoSuchObject);
+    assert_eq!(
+        pager_err(b.pager.call(p::DestroyObject { object })),
+        PagerError::NoSuchObject
+    );
+    assert_eq!(
+        pager_err(b.pager.call(p::Snapshot {
+            object,
+            first_page: 0,
+            count
+        })),
+        PagerError::NoSuchObject
+    );
+    assert_eq!(
+        pager_err(b.pager.call(p::Advise {
+            object,
+            first_page: 0,
+            pages: 1,
+            advice: Advice::PreferDevice
+        })),
+        PagerError::NoSuchObject
+    );
+    assert_eq!(
+        pager_err(b.pager.call(p::Prefetch {
+            object,
+            first_page: 0,
+            count,
+            to: Location::Device,
+            gpu: GpuId::new(0).unwrap()
+        })),
+        PagerError::NoSuchObject
+    );
     let uffd = init::client::pager_uffd().unwrap();
-    assert_eq!(pager_err(b.pager.call_with_handles(p::AttachView { object, addr: 0x7000_0000_0000, object_first_page: 0, pages: 1 }, vec![uffd])), PagerError::NoSuchObject);
-    assert_eq!(pager_err(b.pager.call(p::DetachView { view })), PagerError::NoSuchView);
+    assert_eq!(
+        pager_err(b.pager.call_with_handles(
+            p::AttachView {
+                object,
+                addr: 0x7000_0000_0000,
+                object_first_page: 0,
+                pages: 1
+            },
+            vec![uffd]
+        )),
+        PagerError::NoSuchObject
+    );
+    assert_eq!(
+        pager_err(b.pager.call(p::DetachView { view })),
+        PagerError::NoSuchView
+    );
     assert_eq!(gpu_err(b.gpu.call(g::DestroyVm { vm })), GpuError::NoSuchVm);
-    assert_eq!(gpu_err(b.gpu.call(g::BindView { vm, view: b_view, gpu_addr: 0x7000_0000_0000 })), GpuError::NoSuchVm);
-    assert_eq!(gpu_err(b.gpu.call(g::BindView { vm: b_vm, view, gpu_addr: 0x7000_0000_0000 })), GpuError::NoSuchView);
-    assert_eq!(gpu_err(b.gpu.call(g::Unbind { vm, gpu_addr: 0 })), GpuError::NoSuchVm);
-    assert_eq!(gpu_err(b.gpu.call(g::Submit { vm, kernel: KernelKind::TouchPages, addr: 0, len: 4096, stride: 4, value: 0, threads: 1 })), GpuError::NoSuchVm);
-    assert_eq!(gpu_err(b.gpu.call(g::Wait { job, timeout_ms: 10 })), GpuError::NoSuchJob);
-    assert_eq!(gpu_err(b.gpu.call(g::MapBo { vm: b_vm, bo, gpu_addr: 0x6000_0000_0000 })), GpuError::NoSuchBo);
-    assert_eq!(gpu_err(b.gpu.call(g::MapBo { vm, bo, gpu_addr: 0x6000_0000_0000 })), GpuError::NoSuchBo);
+    assert_eq!(
+        gpu_err(b.gpu.call(g::BindView {
+            vm,
+            view: b_view,
+            gpu_addr: 0x7000_0000_0000
+        })),
+        GpuError::NoSuchVm
+    );
+    assert_eq!(
+        gpu_err(b.gpu.call(g::BindView {
+            vm: b_vm,
+            view,
+            gpu_addr: 0x7000_0000_0000
+        })),
+        GpuError::NoSuchView
+    );
+    assert_eq!(
+        gpu_err(b.gpu.call(g::Unbind { vm, gpu_addr: 0 })),
+        GpuError::NoSuchVm
+    );
+    assert_eq!(
+        gpu_err(b.gpu.call(g::Submit {
+            vm,
+            kernel: KernelKind::TouchPages,
+            addr: 0,
+            len: 4096,
+            stride: 4,
+            value: 0,
+            threads: 1
+        })),
+        GpuError::NoSuchVm
+    );
+    assert_eq!(
+        gpu_err(b.gpu.call(g::Wait {
+            job,
+            timeout_ms: 10
+        })),
+        GpuError::NoSuchJob
+    );
+    assert_eq!(
+        gpu_err(b.gpu.call(g::MapBo {
+            vm: b_vm,
+            bo,
+            gpu_addr: 0x6000_0000_0000
+        })),
+        GpuError::NoSuchBo
+    );
+    assert_eq!(
+        gpu_err(b.gpu.call(g::MapBo {
+            vm,
+            bo,
+            gpu_addr: 0x6000_0000_0000
+        })),
+        GpuError::NoSuchBo
+    );
     assert_eq!(gpu_err(b.gpu.call(g::ReadBo { bo })), GpuError::NoSuchBo);
     assert_eq!(gpu_err(b.gpu.call(g::DestroyBo { bo })), GpuError::NoSuchBo);
 }
@@ -130,34 +252,114 @@ fn a_client_cannot_name_another_clients_handles() {
     // object and a finished job.
     let vm = c.gpu.call(g::CreateVm {}).unwrap().vm;
     let buf = SvmBuffer::new(&c.pager, 2 << 20).unwrap();
-    c.gpu.call(g::BindView { vm, view: buf.view, gpu_addr: buf.addr }).unwrap();
+    c.gpu
+        .call(g::BindView {
+            vm,
+            view: buf.view,
+            gpu_addr: buf.addr,
+        })
+        .unwrap();
     // SAFETY: ours; the GPU job runs after the fill.
     unsafe { buf.words() }.fill(7);
-    let job = c.gpu.call(g::Submit { vm, kernel: KernelKind::IncrementAll, addr: buf.addr, len: 2 << 20, stride: 4, value: 1, threads: 64 }).unwrap().job;
-    assert_eq!(c.gpu.call(g::Wait { job, timeout_ms: 60_000 }).unwrap().status, JobStatus::Completed);
-    let bo = c.gpu.call(g::CreateBo { size_bytes: 1 << 20 }).unwrap().bo;
+    let job = c
+        .gpu
+        .call(g::Submit {
+            vm,
+            kernel: KernelKind::IncrementAll,
+            addr: buf.addr,
+            len: 2 << 20,
+            stride: 4,
+            value: 1,
+            threads: 64,
+        })
+        .unwrap()
+        .job;
+    assert_eq!(
+        c.gpu
+            .call(g::Wait {
+                job,
+                timeout_ms: 60_000
+            })
+            .unwrap()
+            .status,
+        JobStatus::Completed
+    );
+    let bo = c
+        .gpu
+        .call(g::CreateBo {
+            size_bytes: 1 << 20,
+        })
+        .unwrap()
+        .bo;
     // Client B has its own VM and view to pair A's handles with.
     let b_vm = b.gpu.call(g::CreateVm {}).unwrap().vm;
     let b_buf = SvmBuffer::new(&b.pager, 1 << 20).unwrap();
     refused_everywhere(&b, buf.object, buf.view, vm, bo, job, b_vm, b_buf.view);
     // Forged handles: ids nobody was given.
-    refused_everywhere(&b, ObjectId::raw(u32::MAX), ViewId::raw(u32::MAX), VmId::raw(u32::MAX), BoId::raw(u32::MAX), JobId::raw(u64::MAX), b_vm, b_buf.view);
+    refused_everywhere(
+        &b,
+        ObjectId::raw(u32::MAX),
+        ViewId::raw(u32::MAX),
+        VmId::raw(u32::MAX),
+        BoId::raw(u32::MAX),
+        JobId::raw(u64::MAX),
+        b_vm,
+        b_buf.view,
+    );
     // A's memory is untouched by all that: every word is 8, read back by
     // the CPU from VRAM.
-    assert!(unsafe { buf.words() }.iter().all(|w| *w == 8), "client A's data changed");
+    assert!(
+        unsafe { buf.words() }.iter().all(|w| *w == 8),
+        "client A's data changed"
+    );
     // Stale handles: A's own, after A released them.
     let (object, view) = (buf.object, buf.view);
-    c.gpu.call(g::Unbind { vm, gpu_addr: buf.addr }).unwrap();
+    c.gpu
+        .call(g::Unbind {
+            vm,
+            gpu_addr: buf.addr,
+        })
+        .unwrap();
     buf.release(&c.pager).unwrap();
     c.gpu.call(g::DestroyBo { bo }).unwrap();
     c.gpu.call(g::DestroyVm { vm }).unwrap();
     let own_vm = c.gpu.call(g::CreateVm {}).unwrap().vm;
     let own_buf = SvmBuffer::new(&c.pager, 1 << 20).unwrap();
-    refused_everywhere(&c, object, view, vm, bo, JobId::raw(u64::MAX), own_vm, own_buf.view);
+    refused_everywhere(
+        &c,
+        object,
+        view,
+        vm,
+        bo,
+        JobId::raw(u64::MAX),
+        own_vm,
+        own_buf.view,
+    );
     // Both clients still work.
-    b.gpu.call(g::BindView { vm: b_vm, view: b_buf.view, gpu_addr: b_buf.addr }).unwrap();
-    assert_eq!(run_kernel(&b.gpu, b_vm, KernelKind::IncrementAll, b_buf.addr, 1 << 20, 3).unwrap().status, JobStatus::Completed);
-    assert!(unsafe { b_buf.words() }.iter().all(|w| *w == 3), "client B's data is wrong");
+    b.gpu
+        .call(g::BindView {
+            vm: b_vm,
+            view: b_buf.view,
+            gpu_addr: b_buf.addr,
+        })
+        .unwrap();
+    assert_eq!(
+        run_kernel(
+            &b.gpu,
+            b_vm,
+            KernelKind::IncrementAll,
+            b_buf.addr,
+            1 << 20,
+            3
+        )
+        .unwrap()
+        .status,
+        JobStatus::Completed
+    );
+    assert!(
+        unsafe { b_buf.words() }.iter().all(|w| *w == 3),
+        "client B's data is wrong"
+    );
     herd_ok(&c);
     drop((b, b_buf, own_buf));
     drop(c);

@@ -12,16 +12,36 @@ fn svm() -> Command {
 
 /// Runs the herd and returns its JSON lines.
 fn herd(args: &[&str]) -> Vec<String> {
-    let out = svm().args(["run", "herd", "--json", "--mode", "both"]).args(args).output().unwrap();
+    let out = svm()
+        .args(["run", "herd", "--json", "--mode", "both"])
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "svm run herd {args:?} failed:\n{stdout}\n{stderr}");
-    stdout.lines().filter(|l| l.starts_with('{')).map(str::to_string).collect()
+    assert!(
+        out.status.success(),
+        "svm run herd {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(str::to_string)
+        .collect()
 }
 
 fn field(line: &str, key: &str) -> u64 {
-    let at = line.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} missing in {line}")) + key.len() + 3;
-    line[at..].split([',', '}']).next().unwrap().parse::<f64>().unwrap() as u64
+    let at = line
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} missing in {line}"))
+        + key.len()
+        + 3;
+    line[at..]
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .parse::<f64>()
+        .unwrap() as u64
 }
 
 fn check(lines: &[String], configs: usize, reps: u64) {
@@ -37,19 +57,39 @@ fn check(lines: &[String], configs: usize, reps: u64) {
 
 #[test]
 fn herd_2m_every_thread_count_both_modes() {
-    check(&herd(&["--size", "2M", "--threads", "1,2,4,16", "--reps", "2"]), 8, 2);
+    check(
+        &herd(&["--size", "2M", "--threads", "1,2,4,16", "--reps", "2"]),
+        8,
+        2,
+    );
 }
 
 #[test]
 fn herd_64m_every_thread_count_both_modes() {
-    check(&herd(&["--size", "64M", "--threads", "1,2,4,16", "--reps", "1"]), 8, 1);
+    check(
+        &herd(&["--size", "64M", "--threads", "1,2,4,16", "--reps", "1"]),
+        8,
+        1,
+    );
 }
 
 #[test]
 fn rule3_herd_on_one_page_at_a_time() {
     // All 16 threads start on page 0 and walk together: each DEVICE page
     // sees the whole herd at once, and still moves exactly once.
-    check(&herd(&["--size", "2M,8M", "--threads", "16", "--reps", "2", "--same-start"]), 4, 2);
+    check(
+        &herd(&[
+            "--size",
+            "2M,8M",
+            "--threads",
+            "16",
+            "--reps",
+            "2",
+            "--same-start",
+        ]),
+        4,
+        2,
+    );
 }
 
 #[test]
@@ -60,9 +100,30 @@ fn buffer_larger_than_vram_is_served_by_eviction() {
     // VRAM once, and leaves it once (by eviction or by the CPU's fault).
     // Every word is still right. (Without mm-server the pages that find no
     // VRAM are mapped as system pages: `init/tests/oversub.rs`.)
-    let out = svm().args(["--vram-mib", "16", "run", "herd", "--json", "--mode", "both", "--size", "32M", "--threads", "4", "--reps", "1"]).output().unwrap();
+    let out = svm()
+        .args([
+            "--vram-mib",
+            "16",
+            "run",
+            "herd",
+            "--json",
+            "--mode",
+            "both",
+            "--size",
+            "32M",
+            "--threads",
+            "4",
+            "--reps",
+            "1",
+        ])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with('{')).collect();
     assert_eq!(lines.len(), 2);
     for l in lines {

@@ -17,16 +17,33 @@ fn boot(vram_mib: u64) -> (System, init::supervisor::Clients) {
 
 fn oversubscribe(ratio: f64) {
     let (system, c) = boot(32);
-    let r = oversub::run(&c, &Config { ratio, passes: 2, ..Default::default() }).unwrap();
+    let r = oversub::run(
+        &c,
+        &Config {
+            ratio,
+            passes: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     drop(c);
     assert!(system.shutdown().is_empty());
     println!("{}", r.text());
     assert_eq!((r.bad_pages, r.bad_bos), (0, 0), "{r:?}");
     let svm_pages = r.svm_bytes / 4096;
-    assert!(r.gpu.pages_to_vram >= svm_pages * 2, "every page went to VRAM in each pass: {r:?}");
+    assert!(
+        r.gpu.pages_to_vram >= svm_pages * 2,
+        "every page went to VRAM in each pass: {r:?}"
+    );
     let p = r.pressure.clone().expect("mm-server answered");
-    assert!(p.svm_evicted_bytes >= r.svm_bytes - r.vram_bytes, "the working set cannot fit without evicting: {p:?}");
-    assert!(p.bo_evicted_bytes > 0 && r.gpu.bo_restores > 0, "the BO world was never pressed: {r:?}");
+    assert!(
+        p.svm_evicted_bytes >= r.svm_bytes - r.vram_bytes,
+        "the working set cannot fit without evicting: {p:?}"
+    );
+    assert!(
+        p.bo_evicted_bytes > 0 && r.gpu.bo_restores > 0,
+        "the BO world was never pressed: {r:?}"
+    );
     assert!(r.bo_jobs > 0);
 }
 
@@ -46,15 +63,34 @@ fn svm_working_set_four_times_vram() {
 #[test]
 fn bo_jobs_and_svm_faults_get_equal_pressure() {
     let (system, c) = boot(32);
-    let r = oversub::run(&c, &Config { ratio: 0.75, bo_share: 0.75, passes: 4, ..Default::default() }).unwrap();
+    let r = oversub::run(
+        &c,
+        &Config {
+            ratio: 0.75,
+            bo_share: 0.75,
+            passes: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     drop(c);
     assert!(system.shutdown().is_empty());
     println!("{}", r.text());
     assert_eq!((r.bad_pages, r.bad_bos), (0, 0), "{r:?}");
     let p = r.pressure.clone().expect("mm-server answered");
-    assert!(p.bo_evicted_bytes > 0 && p.svm_evicted_bytes > 0, "both worlds gave back: {p:?}");
-    assert!(r.pressure_ratio() <= 2.0, "unequal pressure ({:.2}): {p:?}", r.pressure_ratio());
-    assert!(r.bo_jobs >= 8 && r.gpu.pages_to_vram > 0, "both worlds made progress: {r:?}");
+    assert!(
+        p.bo_evicted_bytes > 0 && p.svm_evicted_bytes > 0,
+        "both worlds gave back: {p:?}"
+    );
+    assert!(
+        r.pressure_ratio() <= 2.0,
+        "unequal pressure ({:.2}): {p:?}",
+        r.pressure_ratio()
+    );
+    assert!(
+        r.bo_jobs >= 8 && r.gpu.pages_to_vram > 0,
+        "both worlds made progress: {r:?}"
+    );
 }
 
 /// The seed's case at system level: mm-server evicts blocks while CPU
@@ -71,8 +107,14 @@ fn eviction_racing_cpu_and_gpu_faults_loses_nothing() {
     drop(c);
     assert!(system.shutdown().is_empty());
     assert_eq!(r.bad_words, 0, "{r:?}");
-    assert!(p.svm_evicted_bytes > 0 && p.rounds > 0, "no eviction happened: {p:?}");
-    assert!(r.pages_to_ram > 0 && r.gpu_faults > 0, "the race did not happen: {r:?}");
+    assert!(
+        p.svm_evicted_bytes > 0 && p.rounds > 0,
+        "no eviction happened: {p:?}"
+    );
+    assert!(
+        r.pages_to_ram > 0 && r.gpu_faults > 0,
+        "the race did not happen: {r:?}"
+    );
 }
 
 /// mm-server killed: GPU faults that find no VRAM map system pages, buffer
@@ -82,13 +124,27 @@ fn a_dead_mm_server_costs_speed_not_correctness() {
     let (mut system, c) = boot(32);
     system.kill("mm-server").unwrap();
     let t0 = std::time::Instant::now();
-    let r = oversub::run(&c, &Config { ratio: 2.0, passes: 1, ..Default::default() }).unwrap();
+    let r = oversub::run(
+        &c,
+        &Config {
+            ratio: 2.0,
+            passes: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     drop(c);
     system.shutdown();
     println!("{}", r.text());
     assert_eq!((r.bad_pages, r.bad_bos), (0, 0), "{r:?}");
-    assert!(r.pressure.is_none(), "mm-server answered after it was killed");
-    assert!(t0.elapsed() < std::time::Duration::from_secs(120), "something waited on the dead broker");
+    assert!(
+        r.pressure.is_none(),
+        "mm-server answered after it was killed"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(120),
+        "something waited on the dead broker"
+    );
 }
 
 /// xe-svm killed with pages in VRAM: the pager and mm-server keep
@@ -104,20 +160,48 @@ fn a_dead_gpu_server_hangs_neither_the_pager_nor_mm_server() {
     let (mut system, c) = boot(32);
     let vm = c.gpu.call(CreateVm {}).unwrap().vm;
     let buf = SvmBuffer::new(&c.pager, 2 << 20).unwrap();
-    c.gpu.call(BindView { vm, view: buf.view, gpu_addr: buf.addr }).unwrap();
+    c.gpu
+        .call(BindView {
+            vm,
+            view: buf.view,
+            gpu_addr: buf.addr,
+        })
+        .unwrap();
     // SAFETY: ours; the GPU job runs after the fill.
     unsafe { buf.words() }.fill(1);
     init::client::run_kernel(&c.gpu, vm, KernelKind::IncrementAll, buf.addr, 2 << 20, 1).unwrap();
     system.kill("xe-svm").unwrap();
     let t0 = std::time::Instant::now();
-    let states = c.pager.call(Snapshot { object: buf.object, first_page: 0, count: PageCount::new(512).unwrap() }).unwrap().states.into_vec();
-    assert!(states.iter().all(|s| *s == PageStateCode::Device), "{states:?}");
+    let states = c
+        .pager
+        .call(Snapshot {
+            object: buf.object,
+            first_page: 0,
+            count: PageCount::new(512).unwrap(),
+        })
+        .unwrap()
+        .states
+        .into_vec();
+    assert!(
+        states.iter().all(|s| *s == PageStateCode::Device),
+        "{states:?}"
+    );
     let p = c.pressure.call(Status {}).unwrap();
     assert!(p.vram_total > 0);
     // Freeing VRAM needs the GPU server: a typed error, not a hang.
-    let _ = c.pager.call(ipc_protocol::interfaces::pager::DetachView { view: buf.view });
-    assert_eq!(c.pager.call(DestroyObject { object: buf.object }).unwrap_err(), CallError::Server(PagerError::GpuUnavailable));
-    assert!(t0.elapsed() < std::time::Duration::from_secs(30), "something waited on the dead GPU server");
+    let _ = c
+        .pager
+        .call(ipc_protocol::interfaces::pager::DetachView { view: buf.view });
+    assert_eq!(
+        c.pager
+            .call(DestroyObject { object: buf.object })
+            .unwrap_err(),
+        CallError::Server(PagerError::GpuUnavailable)
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(30),
+        "something waited on the dead GPU server"
+    );
     drop(c);
     system.shutdown();
 }

@@ -7,7 +7,10 @@ use init::supervisor::{BootOptions, System};
 fn boot(pager_args: &[&str]) -> (System, init::supervisor::Clients) {
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
     std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
-    let mut opts = BootOptions { pager_args: pager_args.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let mut opts = BootOptions {
+        pager_args: pager_args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
     opts.device.vram_bytes = 128 << 20;
     let (s, c) = System::boot(&opts).unwrap();
     (s, c.unwrap())
@@ -20,7 +23,10 @@ fn gpu_faults_racing_cpu_faults_lose_nothing() {
     drop(c);
     assert!(system.shutdown().is_empty());
     assert_eq!(r.bad_words, 0, "{r:?}");
-    assert!(r.pages_to_ram > 0 && r.gpu_faults > 0, "the race did not happen: {r:?}");
+    assert!(
+        r.pages_to_ram > 0 && r.gpu_faults > 0,
+        "the race did not happen: {r:?}"
+    );
 }
 
 #[test]

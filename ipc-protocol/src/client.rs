@@ -88,7 +88,8 @@ impl<I: Interface> Client<I> {
 
     /// Calls `req` and returns its typed reply.
     pub fn call<C: Call<Interface = I>>(&self, req: C) -> Result<C::Reply, CallError<I::Error>> {
-        self.call_with_handles(req, Vec::new()).map(|(reply, _)| reply)
+        self.call_with_handles(req, Vec::new())
+            .map(|(reply, _)| reply)
     }
 
     /// Calls `req` passing `handles`, returning the reply and its handles.
@@ -107,7 +108,9 @@ impl<I: Interface> Client<I> {
         let request: I::Request = req.into();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_message(I::ID, Kind::Request, id, &request);
-        let received = self.exchange(id, &frame, handles).map_err(CallError::Transport)?;
+        let received = self
+            .exchange(id, &frame, handles)
+            .map_err(CallError::Transport)?;
         let (reply, handles) = decode_reply::<I>(id, received)?;
         let reply = C::reply_from(reply).ok_or(CallError::UnexpectedReply)?;
         if handles.len() != C::HANDLES_OUT {
@@ -124,15 +127,26 @@ impl<I: Interface> Client<I> {
         self.send_notification(req, Vec::new())
     }
 
-    fn send_notification<C: Call<Interface = I>>(&self, req: C, handles: Vec<OwnedFd>) -> Result<(), CallError<I::Error>> {
+    fn send_notification<C: Call<Interface = I>>(
+        &self,
+        req: C,
+        handles: Vec<OwnedFd>,
+    ) -> Result<(), CallError<I::Error>> {
         let request: I::Request = req.into();
         let frame = encode_message(I::ID, Kind::Notification, 0, &request);
-        self.transport.send(&frame, handles).map_err(CallError::Transport)
+        self.transport
+            .send(&frame, handles)
+            .map_err(CallError::Transport)
     }
 
     /// Sends raw bytes as a request with id `id` and returns the raw answer:
     /// for conformance tests that must send malformed frames.
-    pub fn call_raw(&self, id: u64, frame: &[u8], handles: Vec<OwnedFd>) -> Result<Received, TransportError> {
+    pub fn call_raw(
+        &self,
+        id: u64,
+        frame: &[u8],
+        handles: Vec<OwnedFd>,
+    ) -> Result<Received, TransportError> {
         self.exchange(id, frame, handles)
     }
 
@@ -141,7 +155,12 @@ impl<I: Interface> Client<I> {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn exchange(&self, id: u64, frame: &[u8], handles: Vec<OwnedFd>) -> Result<Received, TransportError> {
+    fn exchange(
+        &self,
+        id: u64,
+        frame: &[u8],
+        handles: Vec<OwnedFd>,
+    ) -> Result<Received, TransportError> {
         lock(&self.pending).waiting.insert(id);
         if let Err(e) = self.transport.send(frame, handles) {
             lock(&self.pending).waiting.remove(&id);
@@ -180,7 +199,10 @@ impl<I: Interface> Client<I> {
                         if p.waiting.contains(&rid) {
                             p.replies.insert(rid, r);
                         } else {
-                            log::warn!("{}: dropping a reply for no pending call (id {rid})", I::NAME);
+                            log::warn!(
+                                "{}: dropping a reply for no pending call (id {rid})",
+                                I::NAME
+                            );
                         }
                     }
                     Err(TransportError::TimedOut) => {}
@@ -190,7 +212,12 @@ impl<I: Interface> Client<I> {
             } else {
                 p = match left {
                     None => self.arrived.wait(p).unwrap_or_else(|e| e.into_inner()),
-                    Some(t) => self.arrived.wait_timeout(p, t).unwrap_or_else(|e| e.into_inner()).0,
+                    Some(t) => {
+                        self.arrived
+                            .wait_timeout(p, t)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
                 };
             }
         }
@@ -204,7 +231,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Checks and decodes the answer to call `id`.
-pub fn decode_reply<I: Interface>(id: u64, r: Received) -> Result<(I::Reply, Vec<OwnedFd>), CallError<I::Error>> {
+pub fn decode_reply<I: Interface>(
+    id: u64,
+    r: Received,
+) -> Result<(I::Reply, Vec<OwnedFd>), CallError<I::Error>> {
     if r.truncated {
         return Err(CallError::Protocol(ProtocolError::Oversized));
     }
@@ -217,15 +247,18 @@ pub fn decode_reply<I: Interface>(id: u64, r: Received) -> Result<(I::Reply, Vec
     }
     match frame.header.kind {
         Kind::Reply => {
-            let reply = I::Reply::decode_payload(frame.header.opcode, frame.payload, r.handles.len())
-                .map_err(CallError::Protocol)?;
+            let reply =
+                I::Reply::decode_payload(frame.header.opcode, frame.payload, r.handles.len())
+                    .map_err(CallError::Protocol)?;
             Ok((reply, r.handles))
         }
-        Kind::Error => Err(match ErrorPayload::<I::Error>::decode(frame.payload).map_err(CallError::Protocol)? {
-            ErrorPayload::Protocol(e) => CallError::Protocol(e),
-            ErrorPayload::Denied(r) => CallError::Denied(r),
-            ErrorPayload::Server(e) => CallError::Server(e),
-        }),
+        Kind::Error => Err(
+            match ErrorPayload::<I::Error>::decode(frame.payload).map_err(CallError::Protocol)? {
+                ErrorPayload::Protocol(e) => CallError::Protocol(e),
+                ErrorPayload::Denied(r) => CallError::Denied(r),
+                ErrorPayload::Server(e) => CallError::Server(e),
+            },
+        ),
         _ => Err(CallError::Protocol(ProtocolError::BadKind)),
     }
 }
@@ -233,12 +266,21 @@ pub fn decode_reply<I: Interface>(id: u64, r: Received) -> Result<(I::Reply, Vec
 /// Decodes an error frame's payload (for raw conformance checks).
 pub fn decode_error<I: Interface>(r: &Received) -> Option<ErrorPayload<I::Error>> {
     let frame = Frame::parse(&r.bytes, r.handles.len()).ok()?;
-    (frame.header.kind == Kind::Error).then(|| ErrorPayload::decode(frame.payload).ok()).flatten()
+    (frame.header.kind == Kind::Error)
+        .then(|| ErrorPayload::decode(frame.payload).ok())
+        .flatten()
 }
 
 pub use crate::frame::ErrorPayload as RawError;
 
 #[doc(hidden)]
-pub fn encode_raw_frame(interface: u16, opcode: u16, kind: Kind, handles: u8, id: u64, payload: &[u8]) -> Vec<u8> {
+pub fn encode_raw_frame(
+    interface: u16,
+    opcode: u16,
+    kind: Kind,
+    handles: u8,
+    id: u64,
+    payload: &[u8],
+) -> Vec<u8> {
     encode_raw(interface, opcode, kind, handles, id, payload)
 }

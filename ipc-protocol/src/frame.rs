@@ -113,8 +113,19 @@ impl<'a> Frame<'a> {
         if handles as usize > MAX_HANDLES || handles as usize != handles_received {
             return Err(ProtocolError::WrongHandleCount);
         }
-        let header = Header { version, interface, opcode, kind, handles, payload_len, request_id };
-        Ok(Self { header, payload: body })
+        let header = Header {
+            version,
+            interface,
+            opcode,
+            kind,
+            handles,
+            payload_len,
+            request_id,
+        };
+        Ok(Self {
+            header,
+            payload: body,
+        })
     }
 }
 
@@ -122,11 +133,25 @@ impl<'a> Frame<'a> {
 pub fn encode_message<M: Message>(interface: u16, kind: Kind, request_id: u64, msg: &M) -> Vec<u8> {
     let mut payload = Writer::new();
     msg.encode_payload(&mut payload);
-    encode_raw(interface, msg.opcode(), kind, msg.handle_count() as u8, request_id, &payload.into_bytes())
+    encode_raw(
+        interface,
+        msg.opcode(),
+        kind,
+        msg.handle_count() as u8,
+        request_id,
+        &payload.into_bytes(),
+    )
 }
 
 /// Encodes a frame around an already-encoded payload.
-pub fn encode_raw(interface: u16, opcode: u16, kind: Kind, handles: u8, request_id: u64, payload: &[u8]) -> Vec<u8> {
+pub fn encode_raw(
+    interface: u16,
+    opcode: u16,
+    kind: Kind,
+    handles: u8,
+    request_id: u64,
+    payload: &[u8],
+) -> Vec<u8> {
     let header = Header {
         version: VERSION,
         interface,
@@ -177,8 +202,12 @@ impl<E: WireError> ErrorPayload<E> {
         let class = u8::decode(&mut r)?;
         let code = u16::decode(&mut r)?;
         let out = match class {
-            1 => Self::Protocol(ProtocolError::from_code(code).ok_or(ProtocolError::FieldOutOfRange)?),
-            2 => Self::Denied(Rights::from_bits(u32::decode(&mut r)?).ok_or(ProtocolError::FieldOutOfRange)?),
+            1 => Self::Protocol(
+                ProtocolError::from_code(code).ok_or(ProtocolError::FieldOutOfRange)?,
+            ),
+            2 => Self::Denied(
+                Rights::from_bits(u32::decode(&mut r)?).ok_or(ProtocolError::FieldOutOfRange)?,
+            ),
             3 => Self::Server(E::from_code(code).ok_or(ProtocolError::FieldOutOfRange)?),
             _ => return Err(ProtocolError::FieldOutOfRange),
         };

@@ -9,9 +9,13 @@ use crate::{Interface, Message, Writer};
 
 /// `data[0] % 5` is the number of handles that "arrived" with the frame.
 pub fn decode_frame<I: Interface>(data: &[u8]) {
-    let Some((&h, bytes)) = data.split_first() else { return };
+    let Some((&h, bytes)) = data.split_first() else {
+        return;
+    };
     let handles = (h % 5) as usize;
-    let Ok(frame) = Frame::parse(bytes, handles) else { return };
+    let Ok(frame) = Frame::parse(bytes, handles) else {
+        return;
+    };
     if let Ok(m) = I::Request::decode_payload(frame.header.opcode, frame.payload, handles) {
         check_canonical(&m, frame.payload);
     }

@@ -56,6 +56,8 @@ pub mod server;
 pub mod transport;
 
 pub use error::{ErrorClass, ProtocolError, WireError};
-pub use frame::{Frame, Header, Kind, HEADER_LEN, MAGIC, MAX_FRAME, MAX_HANDLES, MAX_PAYLOAD, VERSION};
+pub use frame::{
+    Frame, Header, Kind, HEADER_LEN, MAGIC, MAX_FRAME, MAX_HANDLES, MAX_PAYLOAD, VERSION,
+};
 pub use rights::{Badge, Capability, Rights};
 pub use wire::{Call, Interface, Message, Reader, Wire, Writer};

@@ -57,7 +57,10 @@ pub struct Capability {
 
 impl Capability {
     pub fn new(badge: u64, rights: Rights) -> Self {
-        Self { badge: Badge(badge), rights }
+        Self {
+            badge: Badge(badge),
+            rights,
+        }
     }
 
     /// The rights in `needed` this capability lacks (empty when allowed).

@@ -17,7 +17,12 @@ use crate::{Capability, Frame, Interface, Kind, Message, ProtocolError};
 pub trait Handler<I: Interface>: Send + Sync + 'static {
     /// Handles one request from the endpoint holding `caller`. The reply
     /// must carry as many handles as the reply message declares.
-    fn handle(&self, caller: &Capability, req: I::Request, handles: Vec<OwnedFd>) -> Result<(I::Reply, Vec<OwnedFd>), I::Error>;
+    fn handle(
+        &self,
+        caller: &Capability,
+        req: I::Request,
+        handles: Vec<OwnedFd>,
+    ) -> Result<(I::Reply, Vec<OwnedFd>), I::Error>;
 
     /// The endpoint's peer is gone (it exited or crashed): release what
     /// it held. Called once per endpoint, after its last request.
@@ -31,8 +36,17 @@ pub fn dispatch<I: Interface, H: Handler<I> + ?Sized>(
     rx: Received,
 ) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
     let id = Header::peek_request_id(&rx.bytes);
-    let opcode = rx.bytes.get(8..10).map(|b| u16::from_le_bytes([b[0], b[1]])).unwrap_or(0);
-    let fail = |e: ErrorPayload<I::Error>| Some((encode_raw(I::ID, opcode, Kind::Error, 0, id, &e.encode()), Vec::new()));
+    let opcode = rx
+        .bytes
+        .get(8..10)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .unwrap_or(0);
+    let fail = |e: ErrorPayload<I::Error>| {
+        Some((
+            encode_raw(I::ID, opcode, Kind::Error, 0, id, &e.encode()),
+            Vec::new(),
+        ))
+    };
     if rx.truncated {
         return fail(ErrorPayload::Protocol(ProtocolError::Oversized));
     }
@@ -51,31 +65,50 @@ pub fn dispatch<I: Interface, H: Handler<I> + ?Sized>(
         Kind::Notification => true,
         _ => return fail(ErrorPayload::Protocol(ProtocolError::BadKind)),
     };
-    let req = match I::Request::decode_payload(frame.header.opcode, frame.payload, rx.handles.len()) {
+    let req = match I::Request::decode_payload(frame.header.opcode, frame.payload, rx.handles.len())
+    {
         Ok(r) => r,
         Err(e) if one_way => {
-            log::warn!("{}: dropped a malformed notification from {:?}: {e:?}", I::NAME, caller.badge);
+            log::warn!(
+                "{}: dropped a malformed notification from {:?}: {e:?}",
+                I::NAME,
+                caller.badge
+            );
             return None;
         }
         Err(e) => return fail(ErrorPayload::Protocol(e)),
     };
     if request_is_one_way::<I>(&req) != one_way {
-        return if one_way { None } else { fail(ErrorPayload::Protocol(ProtocolError::BadKind)) };
+        return if one_way {
+            None
+        } else {
+            fail(ErrorPayload::Protocol(ProtocolError::BadKind))
+        };
     }
     let missing = caller.missing(required_rights::<I>(&req));
     if !missing.is_empty() {
         log::info!("{}: {:?} lacks {missing:?}", I::NAME, caller.badge);
-        return if one_way { None } else { fail(ErrorPayload::Denied(missing)) };
+        return if one_way {
+            None
+        } else {
+            fail(ErrorPayload::Denied(missing))
+        };
     }
     let result = handler.handle(caller, req, rx.handles);
     if one_way {
         if let Err(e) = result {
-            log::warn!("{}: notification from {:?} failed: {e:?}", I::NAME, caller.badge);
+            log::warn!(
+                "{}: notification from {:?} failed: {e:?}",
+                I::NAME,
+                caller.badge
+            );
         }
         return None;
     }
     match result {
-        Ok((reply, handles)) if reply.opcode() == frame.header.opcode && reply.handle_count() == handles.len() => {
+        Ok((reply, handles))
+            if reply.opcode() == frame.header.opcode && reply.handle_count() == handles.len() =>
+        {
             Some((encode_message(I::ID, Kind::Reply, id, &reply), handles))
         }
         Ok((reply, handles)) => {

@@ -112,12 +112,23 @@ impl Wire for PageMask {
         Ok(m)
     }
     fn example() -> Self {
-        Self([0x8000_0000_0000_0001, 0, 0xff, 0, 0, 0x0123_4567_89ab_cdef, 0, 1 << 63])
+        Self([
+            0x8000_0000_0000_0001,
+            0,
+            0xff,
+            0,
+            0,
+            0x0123_4567_89ab_cdef,
+            0,
+            1 << 63,
+        ])
     }
     #[cfg(feature = "proptest")]
     fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
         use proptest::strategy::Strategy;
-        proptest::array::uniform8(proptest::arbitrary::any::<u64>()).prop_map(Self).boxed()
+        proptest::array::uniform8(proptest::arbitrary::any::<u64>())
+            .prop_map(Self)
+            .boxed()
     }
 }
 

@@ -107,7 +107,12 @@ macro_rules! wire_int {
     )*};
 }
 
-wire_int!(u8 = 0xa1, u16 = 0xb2c3, u32 = 0xd4e5_f607, u64 = 0x0123_4567_89ab_cdef);
+wire_int!(
+    u8 = 0xa1,
+    u16 = 0xb2c3,
+    u32 = 0xd4e5_f607,
+    u64 = 0x0123_4567_89ab_cdef
+);
 
 impl Wire for bool {
     const MIN_SIZE: usize = 1;
@@ -186,7 +191,9 @@ impl<T: Wire, const N: usize> Wire for BoundedVec<T, N> {
     #[cfg(feature = "proptest")]
     fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
         use proptest::strategy::Strategy;
-        proptest::collection::vec(T::strategy(), 0..=N).prop_map(Self).boxed()
+        proptest::collection::vec(T::strategy(), 0..=N)
+            .prop_map(Self)
+            .boxed()
     }
 }
 

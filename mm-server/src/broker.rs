@@ -165,7 +165,11 @@ impl Broker {
                     u.waiting -= bytes;
                     return Err(PressureError::TimedOut);
                 }
-                u = self.room.wait_timeout(u, left).unwrap_or_else(|e| e.into_inner()).0;
+                u = self
+                    .room
+                    .wait_timeout(u, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             u.waiting -= bytes;
         }
@@ -200,25 +204,45 @@ impl Broker {
 }
 
 impl Handler<Pressure> for Broker {
-    fn handle(&self, _caller: &Capability, req: Request, _: Vec<OwnedFd>) -> Result<(Reply, Vec<OwnedFd>), PressureError> {
+    fn handle(
+        &self,
+        _caller: &Capability,
+        req: Request,
+        _: Vec<OwnedFd>,
+    ) -> Result<(Reply, Vec<OwnedFd>), PressureError> {
         match req {
-            Request::ReportUsage(ReportUsage { memory: MemoryKind::Vram, world: w, bytes }) => {
+            Request::ReportUsage(ReportUsage {
+                memory: MemoryKind::Vram,
+                world: w,
+                bytes,
+            }) => {
                 self.report(w, bytes);
                 Ok((Reply::Status(self.status()), vec![]))
             }
-            Request::ReportUsage(ReportUsage { memory: MemoryKind::Sram, world: World::Svm, bytes }) => {
+            Request::ReportUsage(ReportUsage {
+                memory: MemoryKind::Sram,
+                world: World::Svm,
+                bytes,
+            }) => {
                 self.set_svm_sram(bytes);
                 Ok((Reply::Status(self.status()), vec![]))
             }
             // BOs in system memory live in the GPU server's pool; not tracked.
             Request::ReportUsage(_) => Ok((Reply::Status(self.status()), vec![])),
-            Request::Reserve(Reserve { memory: MemoryKind::Vram, world: w, bytes, timeout_ms }) => {
+            Request::Reserve(Reserve {
+                memory: MemoryKind::Vram,
+                world: w,
+                bytes,
+                timeout_ms,
+            }) => {
                 let granted = self.reserve(w, bytes, Duration::from_millis(timeout_ms as u64))?;
                 Ok((Reply::Reserve(Reserved { bytes: granted }), vec![]))
             }
             // System memory is the kernel's to give; nothing to reserve here.
             Request::Reserve(_) => Err(PressureError::TooLarge),
-            Request::Release(Release { world: w, bytes, .. }) => {
+            Request::Release(Release {
+                world: w, bytes, ..
+            }) => {
                 self.release(w, bytes);
                 Ok((Reply::Release(Done {}), vec![]))
             }
@@ -254,9 +278,15 @@ mod tests {
     fn timeouts_and_oversize_are_typed_errors() {
         let b = Broker::new(100);
         b.report(World::Bo, 100);
-        assert_eq!(b.reserve(World::Svm, 1, Duration::from_millis(20)), Err(PressureError::TimedOut));
+        assert_eq!(
+            b.reserve(World::Svm, 1, Duration::from_millis(20)),
+            Err(PressureError::TimedOut)
+        );
         assert_eq!(b.lock().waiting, 0, "a timed-out reservation stops waiting");
-        assert_eq!(b.reserve(World::Svm, 101, Duration::from_millis(20)), Err(PressureError::TooLarge));
+        assert_eq!(
+            b.reserve(World::Svm, 101, Duration::from_millis(20)),
+            Err(PressureError::TooLarge)
+        );
     }
 
     #[test]

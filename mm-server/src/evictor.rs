@@ -61,7 +61,10 @@ pub struct IpcWorlds {
 impl IpcWorlds {
     /// Calls to either peer give up after `timeout`.
     pub fn new(gpu: Client<GpuShrink>, pager: Client<PagerReclaim>, timeout: Duration) -> Self {
-        Self { gpu: gpu.with_timeout(timeout), pager: pager.with_timeout(timeout) }
+        Self {
+            gpu: gpu.with_timeout(timeout),
+            pager: pager.with_timeout(timeout),
+        }
     }
 }
 
@@ -75,7 +78,11 @@ impl Worlds for IpcWorlds {
     }
     fn vram(&self) -> Result<VramFigures, PeerError> {
         let u = self.gpu.call(ShrinkUsage {})?;
-        Ok(VramFigures { total: u.total, bo: u.bo_bytes, svm: u.svm_bytes })
+        Ok(VramFigures {
+            total: u.total,
+            bo: u.bo_bytes,
+            svm: u.svm_bytes,
+        })
     }
     fn svm_sram(&self) -> Result<u64, PeerError> {
         Ok(self.pager.call(ReclaimUsage {})?.sram_bytes)
@@ -155,7 +162,10 @@ pub fn run(broker: Arc<Broker>, worlds: Arc<dyn Worlds>) {
         {
             let mut u = broker.lock();
             while !u.kicked {
-                let (g, t) = broker.kick.wait_timeout(u, Duration::from_millis(500)).unwrap_or_else(|e| e.into_inner());
+                let (g, t) = broker
+                    .kick
+                    .wait_timeout(u, Duration::from_millis(500))
+                    .unwrap_or_else(|e| e.into_inner());
                 u = g;
                 if t.timed_out() && broker.needs_eviction(&u) {
                     break;
@@ -191,7 +201,11 @@ mod tests {
 
     impl Fake {
         fn new(total: u64, bo: u64, svm: u64, bo_pinned: u64, svm_pinned: u64) -> Self {
-            Self { state: Mutex::new((bo, svm, bo_pinned, svm_pinned)), total, asks: Mutex::new(Vec::new()) }
+            Self {
+                state: Mutex::new((bo, svm, bo_pinned, svm_pinned)),
+                total,
+                asks: Mutex::new(Vec::new()),
+            }
         }
     }
 
@@ -212,7 +226,11 @@ mod tests {
         }
         fn vram(&self) -> Result<VramFigures, PeerError> {
             let s = self.state.lock().unwrap();
-            Ok(VramFigures { total: self.total, bo: s.0, svm: s.1 })
+            Ok(VramFigures {
+                total: self.total,
+                bo: s.0,
+                svm: s.1,
+            })
         }
         fn svm_sram(&self) -> Result<u64, PeerError> {
             Ok(0)
@@ -227,8 +245,14 @@ mod tests {
         let w = Fake::new(100 * MIB, 48 * MIB, 48 * MIB, 0, 0);
         let (bo, svm) = run_pass(&b, &w);
         assert_eq!(bo, svm, "each world gave the same");
-        assert!(100 * MIB - (96 * MIB - bo - svm) >= 30 * MIB, "stopped short of the high watermark");
-        assert!(w.asks.lock().unwrap().iter().all(|(a, b)| a == b), "asked each world the same");
+        assert!(
+            100 * MIB - (96 * MIB - bo - svm) >= 30 * MIB,
+            "stopped short of the high watermark"
+        );
+        assert!(
+            w.asks.lock().unwrap().iter().all(|(a, b)| a == b),
+            "asked each world the same"
+        );
         assert_eq!(b.status().bo_evicted_bytes, bo);
     }
 
@@ -238,7 +262,11 @@ mod tests {
         let w = Fake::new(100 * MIB, 48 * MIB, 48 * MIB, 47 * MIB, 47 * MIB);
         let (bo, svm) = run_pass(&b, &w);
         assert_eq!((bo, svm), (MIB, MIB));
-        assert_eq!(w.asks.lock().unwrap().len(), 2, "one round freed something, the next nothing");
+        assert_eq!(
+            w.asks.lock().unwrap().len(),
+            2,
+            "one round freed something, the next nothing"
+        );
     }
 
     #[test]
@@ -274,7 +302,10 @@ mod tests {
         std::thread::spawn(move || run(loop_broker, Arc::new(Dead)));
         let t0 = std::time::Instant::now();
         let r = b.reserve(World::Svm, 2 * MIB, Duration::from_millis(300));
-        assert_eq!(r, Err(ipc_protocol::interfaces::pressure::PressureError::TimedOut));
+        assert_eq!(
+            r,
+            Err(ipc_protocol::interfaces::pressure::PressureError::TimedOut)
+        );
         assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
@@ -286,8 +317,14 @@ mod tests {
         let loop_broker = b.clone();
         let worlds: Arc<dyn Worlds> = w.clone();
         std::thread::spawn(move || run(loop_broker, worlds));
-        assert_eq!(b.reserve(World::Svm, 8 * MIB, Duration::from_secs(10)), Ok(8 * MIB));
+        assert_eq!(
+            b.reserve(World::Svm, 8 * MIB, Duration::from_secs(10)),
+            Ok(8 * MIB)
+        );
         let s = b.status();
-        assert!(s.bo_evicted_bytes > 0 && s.bo_evicted_bytes == s.svm_evicted_bytes, "{s:?}");
+        assert!(
+            s.bo_evicted_bytes > 0 && s.bo_evicted_bytes == s.svm_evicted_bytes,
+            "{s:?}"
+        );
     }
 }

@@ -6,8 +6,8 @@
 //! All synchronisation goes through [`sync`], so the same code runs on
 //! std and under the shuttle schedule explorer.
 
+pub mod host;
 pub mod migrate;
 pub mod state;
 pub mod sync;
 pub mod testing;
-pub mod host;

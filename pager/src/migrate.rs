@@ -37,7 +37,10 @@ impl Chunk {
     /// The 2 MiB-aligned chunk around `page`, clipped to the object.
     pub fn around(page: usize, pages: usize) -> Self {
         let first = page & !(CHUNK_PAGES - 1);
-        Self { first, count: CHUNK_PAGES.min(pages - first) }
+        Self {
+            first,
+            count: CHUNK_PAGES.min(pages - first),
+        }
     }
     pub fn pages(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.count).map(move |i| (i, self.first + i))
@@ -59,7 +62,12 @@ pub trait Backend {
     /// GPU unmapped them, rule 8) and makes each visible to views only once
     /// complete. `from[i]` is page `first + i`'s residency. Returns the
     /// pages now in RAM; the others stay in VRAM.
-    fn migrate_to_ram(&self, chunk: Chunk, pages: &PageMask, from: &[Residency]) -> Result<PageMask, BackendError>;
+    fn migrate_to_ram(
+        &self,
+        chunk: Chunk,
+        pages: &PageMask,
+        from: &[Residency],
+    ) -> Result<PageMask, BackendError>;
     /// Makes the locked EMPTY `pages` of `chunk` zero pages visible to
     /// views; returns the pages that are now in RAM.
     fn zero_fill(&self, chunk: Chunk, pages: &PageMask) -> Result<PageMask, BackendError>;
@@ -93,7 +101,10 @@ pub enum FaultOutcome {
     ZeroFilled,
     /// This faulter moved `pages` pages, its own among them; `fallback`
     /// when the pile failed and it moved its own page alone (rule 2).
-    Migrated { pages: u32, fallback: bool },
+    Migrated {
+        pages: u32,
+        fallback: bool,
+    },
 }
 
 /// What the fault path may do; the alternatives exist so tests can show
@@ -116,7 +127,12 @@ pub const PILE_RETRIES: u32 = 10_000;
 pub const PILE_RETRIES: u32 = 20;
 
 /// Resolves a CPU fault on `page` (rules 1, 2, 3).
-pub fn cpu_fault(table: &PageTable, backend: &dyn Backend, page: usize, policy: Policy) -> Result<FaultOutcome, FaultError> {
+pub fn cpu_fault(
+    table: &PageTable,
+    backend: &dyn Backend,
+    page: usize,
+    policy: Policy,
+) -> Result<FaultOutcome, FaultError> {
     loop {
         match table.fault_lock(page)? {
             FaultCheck::Resident => return Ok(FaultOutcome::Resident),
@@ -130,14 +146,20 @@ pub fn cpu_fault(table: &PageTable, backend: &dyn Backend, page: usize, policy: 
                 table.unlock(page, Residency::System)?;
                 return Ok(FaultOutcome::Resident);
             }
-            FaultCheck::Locked(own @ Residency::Device { .. }) => return migrate_back(table, backend, page, own, policy),
+            FaultCheck::Locked(own @ Residency::Device { .. }) => {
+                return migrate_back(table, backend, page, own, policy)
+            }
         }
     }
 }
 
 /// First touch: `page` is locked and EMPTY. Zero-fills the EMPTY pages of
 /// its chunk that trylock gets (rule 1), its own page first among them.
-fn zero_fill(table: &PageTable, backend: &dyn Backend, page: usize) -> Result<FaultOutcome, FaultError> {
+fn zero_fill(
+    table: &PageTable,
+    backend: &dyn Backend,
+    page: usize,
+) -> Result<FaultOutcome, FaultError> {
     let chunk = Chunk::around(page, table.len());
     let mut held = PageMask::EMPTY;
     for (i, p) in chunk.pages() {
@@ -155,7 +177,14 @@ fn zero_fill(table: &PageTable, backend: &dyn Backend, page: usize) -> Result<Fa
     let got = *result.as_ref().unwrap_or(&PageMask::EMPTY);
     for (i, p) in chunk.pages() {
         if held.get(i) {
-            table.unlock(p, if got.get(i) { Residency::System } else { Residency::Empty })?;
+            table.unlock(
+                p,
+                if got.get(i) {
+                    Residency::System
+                } else {
+                    Residency::Empty
+                },
+            )?;
         }
     }
     match result {
@@ -166,7 +195,13 @@ fn zero_fill(table: &PageTable, backend: &dyn Backend, page: usize) -> Result<Fa
 }
 
 /// The winner's part: `page` is locked and in VRAM.
-fn migrate_back(table: &PageTable, backend: &dyn Backend, page: usize, own: Residency, policy: Policy) -> Result<FaultOutcome, FaultError> {
+fn migrate_back(
+    table: &PageTable,
+    backend: &dyn Backend,
+    page: usize,
+    own: Residency,
+    policy: Policy,
+) -> Result<FaultOutcome, FaultError> {
     let chunk = Chunk::around(page, table.len());
     let mut tries = 0;
     loop {
@@ -207,15 +242,27 @@ fn migrate_back(table: &PageTable, backend: &dyn Backend, page: usize, own: Resi
             continue; // NoFallback retry
         }
         let own_index = page - chunk.first;
-        let got = backend.migrate_to_ram(chunk, &held, &from).unwrap_or(PageMask::EMPTY);
+        let got = backend
+            .migrate_to_ram(chunk, &held, &from)
+            .unwrap_or(PageMask::EMPTY);
         for (i, p) in chunk.pages() {
             if held.get(i) && p != page {
-                table.unlock(p, if got.get(i) { Residency::System } else { from[i] })?;
+                table.unlock(
+                    p,
+                    if got.get(i) {
+                        Residency::System
+                    } else {
+                        from[i]
+                    },
+                )?;
             }
         }
         if got.get(own_index) {
             table.unlock(page, Residency::System)?;
-            return Ok(FaultOutcome::Migrated { pages: got.count(), fallback: false });
+            return Ok(FaultOutcome::Migrated {
+                pages: got.count(),
+                fallback: false,
+            });
         }
         if policy == Policy::NoFallback {
             tries += 1;
@@ -231,7 +278,10 @@ fn migrate_back(table: &PageTable, backend: &dyn Backend, page: usize, own: Resi
         return match backend.migrate_to_ram(chunk, &alone, &from) {
             Ok(m) if m.get(own_index) => {
                 table.unlock(page, Residency::System)?;
-                Ok(FaultOutcome::Migrated { pages: 1, fallback: true })
+                Ok(FaultOutcome::Migrated {
+                    pages: 1,
+                    fallback: true,
+                })
             }
             Ok(_) => {
                 table.unlock(page, own)?;
@@ -246,7 +296,13 @@ fn migrate_back(table: &PageTable, backend: &dyn Backend, page: usize, own: Resi
 }
 
 /// Unlocks every held page but `keep`, restoring its state.
-fn release(table: &PageTable, chunk: Chunk, held: &PageMask, from: &[Residency], keep: usize) -> Result<(), StateError> {
+fn release(
+    table: &PageTable,
+    chunk: Chunk,
+    held: &PageMask,
+    from: &[Residency],
+    keep: usize,
+) -> Result<(), StateError> {
     for (i, p) in chunk.pages() {
         if held.get(i) && p != keep {
             table.unlock(p, from[i])?;
@@ -271,8 +327,17 @@ pub struct Collected {
 /// Collect (rule 1): trylocks the chunk's SYSTEM and EMPTY pages, blocks
 /// their CPU writers, and returns what it got. Pages locked elsewhere or
 /// already in VRAM are skipped (rule 4).
-pub fn collect(table: &PageTable, backend: &dyn Backend, chunk: Chunk, gpu: u8) -> Result<Collected, FaultError> {
-    let mut c = Collected { got: PageMask::EMPTY, zero: PageMask::EMPTY, device: PageMask::EMPTY };
+pub fn collect(
+    table: &PageTable,
+    backend: &dyn Backend,
+    chunk: Chunk,
+    gpu: u8,
+) -> Result<Collected, FaultError> {
+    let mut c = Collected {
+        got: PageMask::EMPTY,
+        zero: PageMask::EMPTY,
+        device: PageMask::EMPTY,
+    };
     for (i, p) in chunk.pages() {
         match table.try_lock(p)? {
             Some(Residency::System) => c.got.set(i),
@@ -303,7 +368,14 @@ pub fn collect(table: &PageTable, backend: &dyn Backend, chunk: Chunk, gpu: u8) 
 pub fn abort_collect(table: &PageTable, chunk: Chunk, c: &Collected) -> Result<(), StateError> {
     for (i, p) in chunk.pages() {
         if c.got.get(i) {
-            table.unlock(p, if c.zero.get(i) { Residency::Empty } else { Residency::System })?;
+            table.unlock(
+                p,
+                if c.zero.get(i) {
+                    Residency::Empty
+                } else {
+                    Residency::System
+                },
+            )?;
         }
     }
     Ok(())
@@ -312,13 +384,25 @@ pub fn abort_collect(table: &PageTable, chunk: Chunk, c: &Collected) -> Result<(
 /// Finalize: each collected page by its own result. `migrated` pages become
 /// DEVICE on `gpu` at `first_pfn + i`; the others return to their state.
 /// Returns (pages now DEVICE, pages returned).
-pub fn finalize(table: &PageTable, backend: &dyn Backend, chunk: Chunk, c: &Collected, migrated: &PageMask, gpu: u8, first_pfn: u64) -> Result<(u32, u32), FaultError> {
+pub fn finalize(
+    table: &PageTable,
+    backend: &dyn Backend,
+    chunk: Chunk,
+    c: &Collected,
+    migrated: &PageMask,
+    gpu: u8,
+    first_pfn: u64,
+) -> Result<(u32, u32), FaultError> {
     let moved = c.got.and(migrated);
     let stay = c.got.and_not(migrated);
     // Drop the RAM copies before the new state is published: a CPU access
     // from here on faults and finds the page locked, then DEVICE.
     let moved_ram = moved.and_not(&c.zero);
-    let drop_result = if moved_ram.is_empty() { Ok(()) } else { backend.moved_to_device(chunk, &moved_ram) };
+    let drop_result = if moved_ram.is_empty() {
+        Ok(())
+    } else {
+        backend.moved_to_device(chunk, &moved_ram)
+    };
     let unprotect_result = {
         let p = stay.and_not(&c.zero);
         if p.is_empty() {
@@ -330,16 +414,28 @@ pub fn finalize(table: &PageTable, backend: &dyn Backend, chunk: Chunk, c: &Coll
     for (i, p) in chunk.pages() {
         if moved.get(i) {
             let now = if drop_result.is_ok() || c.zero.get(i) {
-                Residency::Device { gpu, pfn: first_pfn + i as u64 }
+                Residency::Device {
+                    gpu,
+                    pfn: first_pfn + i as u64,
+                }
             } else {
                 Residency::System // the RAM copy could not be dropped: it stays the data
             };
             table.unlock(p, now)?;
         } else if stay.get(i) {
-            table.unlock(p, if c.zero.get(i) { Residency::Empty } else { Residency::System })?;
+            table.unlock(
+                p,
+                if c.zero.get(i) {
+                    Residency::Empty
+                } else {
+                    Residency::System
+                },
+            )?;
         }
     }
-    drop_result.and(unprotect_result).map_err(FaultError::Backend)?;
+    drop_result
+        .and(unprotect_result)
+        .map_err(FaultError::Backend)?;
     Ok((moved.count(), stay.count()))
 }
 
@@ -347,7 +443,12 @@ pub fn finalize(table: &PageTable, backend: &dyn Backend, chunk: Chunk, c: &Coll
 /// that are in `gpu`'s VRAM back to RAM, taking each with a trylock (rule 1)
 /// so it never waits behind a fault; pages another migration holds are
 /// left for the next round. Returns the pages moved.
-pub fn evict(table: &PageTable, backend: &dyn Backend, chunk: Chunk, gpu: u8) -> Result<u32, FaultError> {
+pub fn evict(
+    table: &PageTable,
+    backend: &dyn Backend,
+    chunk: Chunk,
+    gpu: u8,
+) -> Result<u32, FaultError> {
     let mut held = PageMask::EMPTY;
     let mut from = vec![Residency::Empty; chunk.count];
     for (i, p) in chunk.pages() {
@@ -363,10 +464,19 @@ pub fn evict(table: &PageTable, backend: &dyn Backend, chunk: Chunk, gpu: u8) ->
     if held.is_empty() {
         return Ok(0);
     }
-    let got = backend.migrate_to_ram(chunk, &held, &from).unwrap_or(PageMask::EMPTY);
+    let got = backend
+        .migrate_to_ram(chunk, &held, &from)
+        .unwrap_or(PageMask::EMPTY);
     for (i, p) in chunk.pages() {
         if held.get(i) {
-            table.unlock(p, if got.get(i) { Residency::System } else { from[i] })?;
+            table.unlock(
+                p,
+                if got.get(i) {
+                    Residency::System
+                } else {
+                    from[i]
+                },
+            )?;
         }
     }
     Ok(got.and(&held).count())

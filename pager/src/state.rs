@@ -51,14 +51,19 @@ impl Residency {
         match self {
             Self::Empty => 0,
             Self::System => 1,
-            Self::Device { gpu, pfn } => 2 | ((gpu as u64 & 0xf) << GPU_SHIFT) | ((pfn & MAX_PFN) << PFN_SHIFT),
+            Self::Device { gpu, pfn } => {
+                2 | ((gpu as u64 & 0xf) << GPU_SHIFT) | ((pfn & MAX_PFN) << PFN_SHIFT)
+            }
         }
     }
 
     fn decode(word: u64) -> Self {
         match word & RES_MASK {
             0 => Self::Empty,
-            2 => Self::Device { gpu: ((word >> GPU_SHIFT) & 0xf) as u8, pfn: word >> PFN_SHIFT },
+            2 => Self::Device {
+                gpu: ((word >> GPU_SHIFT) & 0xf) as u8,
+                pfn: word >> PFN_SHIFT,
+            },
             _ => Self::System,
         }
     }
@@ -107,7 +112,12 @@ impl PageTable {
     pub fn new(pages: usize) -> Self {
         Self {
             words: (0..pages).map(|_| AtomicU64::new(0)).collect(),
-            buckets: (0..WAIT_BUCKETS).map(|_| Bucket { mutex: Mutex::new(()), cv: Condvar::new() }).collect(),
+            buckets: (0..WAIT_BUCKETS)
+                .map(|_| Bucket {
+                    mutex: Mutex::new(()),
+                    cv: Condvar::new(),
+                })
+                .collect(),
         }
     }
 
@@ -129,7 +139,11 @@ impl PageTable {
 
     pub fn info(&self, page: usize) -> Result<PageInfo, StateError> {
         let w = self.word(page)?.load(Ordering::Acquire);
-        Ok(PageInfo { residency: Residency::decode(w), locked: w & LOCKED != 0, refs: ((w & REF_MASK) >> REF_SHIFT) as u8 })
+        Ok(PageInfo {
+            residency: Residency::decode(w),
+            locked: w & LOCKED != 0,
+            refs: ((w & REF_MASK) >> REF_SHIFT) as u8,
+        })
     }
 
     /// Rule 3: reads the state and takes the lock in one atomic step, so a
@@ -146,7 +160,8 @@ impl PageTable {
             if res == Residency::System {
                 return Ok(FaultCheck::Resident);
             }
-            match word.compare_exchange_weak(cur, cur | LOCKED, Ordering::AcqRel, Ordering::Acquire) {
+            match word.compare_exchange_weak(cur, cur | LOCKED, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Ok(FaultCheck::Locked(res)),
                 Err(now) => cur = now,
             }
@@ -162,7 +177,8 @@ impl PageTable {
             if cur & LOCKED != 0 || cur & REF_MASK != 0 {
                 return Ok(None);
             }
-            match word.compare_exchange_weak(cur, cur | LOCKED, Ordering::AcqRel, Ordering::Acquire) {
+            match word.compare_exchange_weak(cur, cur | LOCKED, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Ok(Some(Residency::decode(cur))),
                 Err(now) => cur = now,
             }
@@ -175,7 +191,10 @@ impl PageTable {
         let word = self.word(page)?;
         let mut cur = word.load(Ordering::Acquire);
         loop {
-            debug_assert!(cur & LOCKED != 0, "unlock of page {page} that is not locked");
+            debug_assert!(
+                cur & LOCKED != 0,
+                "unlock of page {page} that is not locked"
+            );
             let next = (cur & REF_MASK) | now.encode();
             match word.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
@@ -216,7 +235,12 @@ impl PageTable {
             if cur & REF_MASK == REF_MASK {
                 return Err(StateError::TooManyRefs);
             }
-            match word.compare_exchange_weak(cur, cur + REF_ONE, Ordering::AcqRel, Ordering::Acquire) {
+            match word.compare_exchange_weak(
+                cur,
+                cur + REF_ONE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(now) => cur = now,
             }
@@ -225,7 +249,10 @@ impl PageTable {
 
     pub fn put_ref(&self, page: usize) -> Result<(), StateError> {
         let prev = self.word(page)?.fetch_sub(REF_ONE, Ordering::AcqRel);
-        debug_assert!(prev & REF_MASK != 0, "put_ref without a reference on page {page}");
+        debug_assert!(
+            prev & REF_MASK != 0,
+            "put_ref without a reference on page {page}"
+        );
         Ok(())
     }
 
@@ -240,10 +267,28 @@ mod tests {
     #[test]
     fn words_roundtrip_every_residency() {
         let t = PageTable::new(4);
-        for (i, r) in [Residency::Empty, Residency::System, Residency::Device { gpu: 15, pfn: MAX_PFN }, Residency::Device { gpu: 3, pfn: 12345 }].into_iter().enumerate() {
+        for (i, r) in [
+            Residency::Empty,
+            Residency::System,
+            Residency::Device {
+                gpu: 15,
+                pfn: MAX_PFN,
+            },
+            Residency::Device { gpu: 3, pfn: 12345 },
+        ]
+        .into_iter()
+        .enumerate()
+        {
             assert_eq!(t.try_lock(i), Ok(Some(Residency::Empty)));
             t.unlock(i, r).unwrap();
-            assert_eq!(t.info(i).unwrap(), PageInfo { residency: r, locked: false, refs: 0 });
+            assert_eq!(
+                t.info(i).unwrap(),
+                PageInfo {
+                    residency: r,
+                    locked: false,
+                    refs: 0
+                }
+            );
         }
         assert_eq!(PageTable::BYTES_PER_PAGE, 8);
         assert_eq!(t.info(4), Err(StateError::OutOfRange));
@@ -254,7 +299,10 @@ mod tests {
         let t = PageTable::new(1);
         assert_eq!(t.try_lock(0), Ok(Some(Residency::Empty)));
         t.unlock(0, Residency::Device { gpu: 0, pfn: 7 }).unwrap();
-        assert_eq!(t.fault_lock(0), Ok(FaultCheck::Locked(Residency::Device { gpu: 0, pfn: 7 })));
+        assert_eq!(
+            t.fault_lock(0),
+            Ok(FaultCheck::Locked(Residency::Device { gpu: 0, pfn: 7 }))
+        );
         assert_eq!(t.fault_lock(0), Ok(FaultCheck::Busy));
         t.unlock(0, Residency::System).unwrap();
         assert_eq!(t.fault_lock(0), Ok(FaultCheck::Resident));
@@ -264,7 +312,11 @@ mod tests {
     fn rule1_trylock_fails_on_locked_or_referenced_pages() {
         let t = PageTable::new(1);
         t.get_ref(0).unwrap();
-        assert_eq!(t.try_lock(0), Ok(None), "a temporary reference blocks migration");
+        assert_eq!(
+            t.try_lock(0),
+            Ok(None),
+            "a temporary reference blocks migration"
+        );
         t.put_ref(0).unwrap();
         assert_eq!(t.try_lock(0), Ok(Some(Residency::Empty)));
         assert_eq!(t.try_lock(0), Ok(None));

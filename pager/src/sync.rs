@@ -35,8 +35,8 @@ pub fn yield_now() {
     shuttle::thread::yield_now();
 }
 
+#[cfg(feature = "shuttle")]
+pub use shuttle::thread::{spawn, JoinHandle};
 /// Spawns a thread (on the explorer's scheduler under `shuttle`).
 #[cfg(not(feature = "shuttle"))]
 pub use std::thread::{spawn, JoinHandle};
-#[cfg(feature = "shuttle")]
-pub use shuttle::thread::{spawn, JoinHandle};

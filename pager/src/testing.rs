@@ -29,7 +29,17 @@ fn seeded(pages: usize, in_vram: bool) -> (Arc<PageTable>, Arc<ModelBackend>) {
     for p in 0..pages {
         let locked = t.try_lock(p).ok().flatten();
         assert!(locked.is_some(), "a fresh page locks");
-        let (state, copy) = if in_vram { (Residency::Device { gpu: 0, pfn: p as u64 }, &b.vram) } else { (Residency::System, &b.ram) };
+        let (state, copy) = if in_vram {
+            (
+                Residency::Device {
+                    gpu: 0,
+                    pfn: p as u64,
+                },
+                &b.vram,
+            )
+        } else {
+            (Residency::System, &b.ram)
+        };
         let _ = t.unlock(p, state);
         copy[p].store(pattern(p), Ordering::Release);
     }
@@ -48,8 +58,15 @@ pub fn gpu_migrate(t: &PageTable, b: &ModelBackend, chunk: Chunk, first_pfn: u64
 pub fn bring_back_and_check(t: &PageTable, b: &ModelBackend) {
     for p in 0..t.len() {
         cpu_fault(t, b, p, Policy::Rules).expect("fault back");
-        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} lost");
-        assert!(!t.info(p).map(|i| i.locked).unwrap_or(true), "page {p} left locked");
+        assert_eq!(
+            b.ram[p].load(Ordering::Acquire),
+            pattern(p),
+            "page {p} lost"
+        );
+        assert!(
+            !t.info(p).map(|i| i.locked).unwrap_or(true),
+            "page {p} left locked"
+        );
     }
 }
 
@@ -66,18 +83,31 @@ pub struct ModelBackend {
 impl ModelBackend {
     pub fn new(pages: usize) -> Self {
         let v = || (0..pages).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
-        Self { ram: v(), vram: v(), moves: v(), fail_batches_over: 0 }
+        Self {
+            ram: v(),
+            vram: v(),
+            moves: v(),
+            fail_batches_over: 0,
+        }
     }
 }
 
 impl Backend for ModelBackend {
-    fn migrate_to_ram(&self, chunk: Chunk, pages: &PageMask, from: &[Residency]) -> Result<PageMask, BackendError> {
+    fn migrate_to_ram(
+        &self,
+        chunk: Chunk,
+        pages: &PageMask,
+        from: &[Residency],
+    ) -> Result<PageMask, BackendError> {
         if self.fail_batches_over != 0 && pages.count() > self.fail_batches_over {
             return Err(BackendError::Gpu);
         }
         for (i, p) in chunk.pages() {
             if pages.get(i) {
-                assert!(matches!(from[i], Residency::Device { .. }), "moving page {p} that is not in VRAM");
+                assert!(
+                    matches!(from[i], Residency::Device { .. }),
+                    "moving page {p} that is not in VRAM"
+                );
                 self.ram[p].store(self.vram[p].load(Ordering::Acquire), Ordering::Release);
                 self.moves[p].fetch_add(1, Ordering::AcqRel);
             }

@@ -8,7 +8,9 @@ use ipc_protocol::types::PageMask;
 use pager::migrate::{cpu_fault, evict, Chunk, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
 use pager::sync::{spawn, Ordering};
-use pager::testing::{all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend};
+use pager::testing::{
+    all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend,
+};
 
 /// Runs `f` under random schedules, then under PCT (depth 3).
 fn explore(f: fn()) {
@@ -17,19 +19,32 @@ fn explore(f: fn()) {
 }
 
 fn iterations() -> usize {
-    std::env::var("PAGER_EXPLORE_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    std::env::var("PAGER_EXPLORE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
 }
-
-
 
 /// Properties at the end of every schedule: every page in RAM with its
 /// data, moved exactly once, no lock left held.
 fn check_end(t: &PageTable, b: &ModelBackend) {
     for p in 0..t.len() {
         let i = t.info(p).unwrap();
-        assert_eq!((i.residency, i.locked), (Residency::System, false), "page {p}");
-        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} data");
-        assert_eq!(b.moves[p].load(Ordering::Acquire), 1, "page {p} moved twice");
+        assert_eq!(
+            (i.residency, i.locked),
+            (Residency::System, false),
+            "page {p}"
+        );
+        assert_eq!(
+            b.ram[p].load(Ordering::Acquire),
+            pattern(p),
+            "page {p} data"
+        );
+        assert_eq!(
+            b.moves[p].load(Ordering::Acquire),
+            1,
+            "page {p} moved twice"
+        );
     }
 }
 
@@ -163,15 +178,21 @@ fn explore_finds_the_pile_livelock_without_rule_2() {
             .into_iter()
             .map(|p| {
                 let (t, b) = (t.clone(), b.clone());
-                spawn(move || cpu_fault(&t, &*b, p, Policy::NoFallback).expect("fault made no progress"))
+                spawn(move || {
+                    cpu_fault(&t, &*b, p, Policy::NoFallback).expect("fault made no progress")
+                })
             })
             .collect();
         for h in hs {
             h.join().unwrap();
         }
     }
-    let found = std::panic::catch_unwind(|| shuttle::check_random(two_faulters_no_fallback, iterations()));
-    assert!(found.is_err(), "the explorer did not find the livelock of a whole-pile migration");
+    let found =
+        std::panic::catch_unwind(|| shuttle::check_random(two_faulters_no_fallback, iterations()));
+    assert!(
+        found.is_err(),
+        "the explorer did not find the livelock of a whole-pile migration"
+    );
     // The same scenario under the rules completes in every schedule.
     shuttle::check_random(
         || {

@@ -39,32 +39,50 @@ struct TestGpu {
 static NEXT_GPU: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 impl Handler<n::GpuNotify> for TestGpu {
-    fn handle(&self, _: &Capability, req: n::Request, mut h: Vec<OwnedFd>) -> Result<(n::Reply, Vec<OwnedFd>), n::NotifyError> {
+    fn handle(
+        &self,
+        _: &Capability,
+        req: n::Request,
+        mut h: Vec<OwnedFd>,
+    ) -> Result<(n::Reply, Vec<OwnedFd>), n::NotifyError> {
         match req {
             n::Request::AttachStaging(a) => {
                 *self.staging.lock().unwrap() = Some((h.pop().unwrap(), a.size_bytes as usize));
                 Ok((n::Reply::AttachStaging(n::Done {}), vec![]))
             }
-            n::Request::Invalidate(i) => Ok((n::Reply::Invalidate(n::Invalidated { seq: i.seq }), vec![])),
+            n::Request::Invalidate(i) => {
+                Ok((n::Reply::Invalidate(n::Invalidated { seq: i.seq }), vec![]))
+            }
             n::Request::MigrateToRam(m) => {
                 let staging = self.staging.lock().unwrap();
                 let (fd, _) = staging.as_ref().ok_or(n::NotifyError::NoStaging)?;
                 let mut vram = self.vram.lock().unwrap();
                 let mut copied = PageMask::EMPTY;
                 for i in m.pages.iter() {
-                    let data = vram.remove(&(m.object.get(), m.first_page + i as u64)).ok_or(n::NotifyError::NotResident)?;
+                    let data = vram
+                        .remove(&(m.object.get(), m.first_page + i as u64))
+                        .ok_or(n::NotifyError::NotResident)?;
                     rustix::io::pwrite(fd, &data, m.staging_offset + i as u64 * 4096).unwrap();
                     copied.set(i);
                 }
                 *self.to_ram.lock().unwrap() += copied.count() as u64;
-                log::debug!("test-gpu {}: migrate to RAM object {} pages {}+{:?}", self.id, m.object.get(), m.first_page, copied.iter().collect::<Vec<_>>());
+                log::debug!(
+                    "test-gpu {}: migrate to RAM object {} pages {}+{:?}",
+                    self.id,
+                    m.object.get(),
+                    m.first_page,
+                    copied.iter().collect::<Vec<_>>()
+                );
                 Ok((n::Reply::MigrateToRam(n::MigratedToRam { copied }), vec![]))
             }
             n::Request::FreePages(f) => {
                 let mut vram = self.vram.lock().unwrap();
                 let mut freed = 0;
                 for i in f.pages.iter() {
-                    if vram.remove(&(f.object.get(), f.first_page + i as u64)).is_some() {
+                    if vram
+                        .remove(&(f.object.get(), f.first_page + i as u64))
+                        .is_some()
+                    {
                         freed += 1;
                     }
                 }
@@ -75,8 +93,17 @@ impl Handler<n::GpuNotify> for TestGpu {
                 Ok((n::Reply::ViewGone(n::Unbound { bindings: 0 }), vec![]))
             }
             n::Request::ViewCopied(c) => {
-                self.copied.lock().unwrap().push((c.view.get(), c.new_view.get(), c.from, c.to));
-                Ok((n::Reply::ViewCopied(n::Copied { bindings: 0, skipped: 0 }), vec![]))
+                self.copied
+                    .lock()
+                    .unwrap()
+                    .push((c.view.get(), c.new_view.get(), c.from, c.to));
+                Ok((
+                    n::Reply::ViewCopied(n::Copied {
+                        bindings: 0,
+                        skipped: 0,
+                    }),
+                    vec![],
+                ))
             }
         }
     }
@@ -92,40 +119,112 @@ struct Rig {
 
 fn rig() -> Rig {
     // Silent unless RUST_LOG asks (e.g. RUST_LOG=pager=debug to follow views).
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).try_init();
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
+        .try_init();
     let server = PagerServer::new(Config::default()).unwrap();
-    let gpu = Arc::new(TestGpu { id: NEXT_GPU.fetch_add(1, std::sync::atomic::Ordering::Relaxed), ..Default::default() });
+    let gpu = Arc::new(TestGpu {
+        id: NEXT_GPU.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ..Default::default()
+    });
     let (nc, ns) = InProc::pair();
-    spawn::<n::GpuNotify, _>("test-gpu", Arc::new(ns), Capability::new(2, Rights::NOTIFY), gpu.clone(), 4);
+    spawn::<n::GpuNotify, _>(
+        "test-gpu",
+        Arc::new(ns),
+        Capability::new(2, Rights::NOTIFY),
+        gpu.clone(),
+        4,
+    );
     server.attach_gpu(Client::new(Arc::new(nc))).unwrap();
     let server = Arc::new(server);
     let server_handle = server.clone();
     let (pc, ps) = InProc::pair();
-    spawn::<Pager, _>("pager", Arc::new(ps), Capability::new(CLIENT, Rights::all()), server.clone(), 2);
+    spawn::<Pager, _>(
+        "pager",
+        Arc::new(ps),
+        Capability::new(CLIENT, Rights::all()),
+        server.clone(),
+        2,
+    );
     let (mc, ms) = InProc::pair();
-    spawn::<PagerMigrate, _>("pager-migrate", Arc::new(ms), Capability::new(1, Rights::MIGRATE), server.clone(), 2);
+    spawn::<PagerMigrate, _>(
+        "pager-migrate",
+        Arc::new(ms),
+        Capability::new(1, Rights::MIGRATE),
+        server.clone(),
+        2,
+    );
     let (rc, rs) = InProc::pair();
-    spawn::<PagerReclaim, _>("pager-reclaim", Arc::new(rs), Capability::new(3, Rights::RECLAIM), server, 1);
-    Rig { server: server_handle, pager: Client::new(Arc::new(pc)), migrate: Client::new(Arc::new(mc)), reclaim: Client::new(Arc::new(rc)), gpu }
+    spawn::<PagerReclaim, _>(
+        "pager-reclaim",
+        Arc::new(rs),
+        Capability::new(3, Rights::RECLAIM),
+        server,
+        1,
+    );
+    Rig {
+        server: server_handle,
+        pager: Client::new(Arc::new(pc)),
+        migrate: Client::new(Arc::new(mc)),
+        reclaim: Client::new(Arc::new(rc)),
+        gpu,
+    }
 }
 
 /// Creates an object of `bytes`, maps it, registers the view.
 fn buffer(r: &Rig, bytes: u64) -> (ObjectId, OwnedFd, &'static mut [u32]) {
-    let (o, mut fds) = r.pager.call_with_handles(CreateObject { size_bytes: bytes }, vec![]).unwrap();
+    let (o, mut fds) = r
+        .pager
+        .call_with_handles(CreateObject { size_bytes: bytes }, vec![])
+        .unwrap();
     let memfd = fds.pop().unwrap();
     // SAFETY: a fresh shared mapping of the object; leaked for the test's life.
-    let addr = unsafe { mmap(std::ptr::null_mut(), bytes as usize, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &memfd, 0) }.unwrap();
+    let addr = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            bytes as usize,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            &memfd,
+            0,
+        )
+    }
+    .unwrap();
     let uffd = pager::host::uffd::create_for_client().unwrap();
-    r.pager.call_with_handles(AttachView { object: o.object, addr: addr as u64, object_first_page: 0, pages: bytes / 4096 }, vec![uffd]).unwrap();
+    r.pager
+        .call_with_handles(
+            AttachView {
+                object: o.object,
+                addr: addr as u64,
+                object_first_page: 0,
+                pages: bytes / 4096,
+            },
+            vec![uffd],
+        )
+        .unwrap();
     // SAFETY: the mapping is `bytes` long and never unmapped.
-    (o.object, memfd, unsafe { std::slice::from_raw_parts_mut(addr as *mut u32, bytes as usize / 4) })
+    (o.object, memfd, unsafe {
+        std::slice::from_raw_parts_mut(addr as *mut u32, bytes as usize / 4)
+    })
 }
 
 /// What the test GPU does on a fault: collect a chunk, copy its pages out
 /// of the memfd into "VRAM", finalize.
 fn gpu_migrate(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u16) -> u32 {
-    let c = r.migrate.call(Collect { object, first_page: first, count: PageCount::new(count).unwrap(), gpu: GpuId::new(0).unwrap() }).unwrap();
-    log::debug!("test-gpu {}: collected object {} pages {first}+{:?}", r.gpu.id, object.get(), c.got.iter().collect::<Vec<_>>());
+    let c = r
+        .migrate
+        .call(Collect {
+            object,
+            first_page: first,
+            count: PageCount::new(count).unwrap(),
+            gpu: GpuId::new(0).unwrap(),
+        })
+        .unwrap();
+    log::debug!(
+        "test-gpu {}: collected object {} pages {first}+{:?}",
+        r.gpu.id,
+        object.get(),
+        c.got.iter().collect::<Vec<_>>()
+    );
     let mut vram = r.gpu.vram.lock().unwrap();
     for i in c.got.iter() {
         let mut page = vec![0u8; 4096];
@@ -137,7 +236,15 @@ fn gpu_migrate(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u1
     drop(vram);
     let f = r
         .migrate
-        .call(Finalize { object, first_page: first, count: PageCount::new(count).unwrap(), gpu: GpuId::new(0).unwrap(), vram_first_pfn: 0, got: c.got, migrated: c.got })
+        .call(Finalize {
+            object,
+            first_page: first,
+            count: PageCount::new(count).unwrap(),
+            gpu: GpuId::new(0).unwrap(),
+            vram_first_pfn: 0,
+            got: c.got,
+            migrated: c.got,
+        })
         .unwrap();
     f.device as u32
 }
@@ -149,13 +256,24 @@ fn gpu_migrate_all(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count
     let mut moved = 0;
     while moved < count as u32 {
         moved += gpu_migrate(r, object, memfd, first, count);
-        assert!(std::time::Instant::now() < deadline, "only {moved} pages reached VRAM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {moved} pages reached VRAM"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
 fn snapshot(r: &Rig, object: ObjectId, first: u64, count: u16) -> Vec<PageStateCode> {
-    r.pager.call(Snapshot { object, first_page: first, count: PageCount::new(count).unwrap() }).unwrap().states.into_vec()
+    r.pager
+        .call(Snapshot {
+            object,
+            first_page: first,
+            count: PageCount::new(count).unwrap(),
+        })
+        .unwrap()
+        .states
+        .into_vec()
 }
 
 #[test]
@@ -172,7 +290,11 @@ fn first_touch_zero_fills_and_writes_stick() {
     // state may lag the data by a moment.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while snapshot(&r, object, 0, 512) != vec![PageStateCode::System; 512] {
-        assert!(std::time::Instant::now() < deadline, "chunk never settled: {:?}", &snapshot(&r, object, 0, 4));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chunk never settled: {:?}",
+            &snapshot(&r, object, 0, 4)
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert!(buf.iter().enumerate().all(|(i, w)| *w == i as u32));
@@ -190,7 +312,10 @@ fn herd_migrates_back_every_page_once_with_its_data() {
     for first in (0..pages).step_by(512) {
         gpu_migrate_all(&r, object, &fd, first, 512);
     }
-    assert_eq!(snapshot(&r, object, 0, 512), vec![PageStateCode::Device; 512]);
+    assert_eq!(
+        snapshot(&r, object, 0, 512),
+        vec![PageStateCode::Device; 512]
+    );
     assert_eq!(r.gpu.vram.lock().unwrap().len() as u64, pages);
     // 16 threads read every page, each starting elsewhere.
     let base = buf.as_ptr() as usize;
@@ -203,7 +328,9 @@ fn herd_migrates_back_every_page_once_with_its_data() {
                     for w in [0u64, 1023] {
                         let idx = pg * 1024 + w;
                         // SAFETY: inside the mapping created by `buffer`.
-                        let v = unsafe { std::ptr::read_volatile((base as *const u32).add(idx as usize)) };
+                        let v = unsafe {
+                            std::ptr::read_volatile((base as *const u32).add(idx as usize))
+                        };
                         if v != (idx as u32).wrapping_mul(2654435761) {
                             bad += 1;
                         }
@@ -215,12 +342,20 @@ fn herd_migrates_back_every_page_once_with_its_data() {
         .collect();
     let bad: u32 = threads.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(bad, 0, "bad words after the herd");
-    assert_eq!(*r.gpu.to_ram.lock().unwrap(), pages, "every page moved back exactly once");
+    assert_eq!(
+        *r.gpu.to_ram.lock().unwrap(),
+        pages,
+        "every page moved back exactly once"
+    );
     assert!(r.gpu.vram.lock().unwrap().is_empty());
     // The readers are woken by the install, before the winner unlocks.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while snapshot(&r, object, 0, 512) != vec![PageStateCode::System; 512] {
-        assert!(std::time::Instant::now() < deadline, "pages stayed locked: {:?}", snapshot(&r, object, 0, 512));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pages stayed locked: {:?}",
+            snapshot(&r, object, 0, 512)
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
@@ -279,13 +414,26 @@ fn eviction_racing_a_cpu_fault_loses_no_page() {
             // SAFETY: inside the mapping.
             unsafe { std::ptr::read_volatile((base as *const u32).add(pg * 1024)) }
         });
-        let evicted = r.reclaim.call(Evict { gpu: GpuId::new(0).unwrap(), bytes: 2 << 20 }).unwrap();
+        let evicted = r
+            .reclaim
+            .call(Evict {
+                gpu: GpuId::new(0).unwrap(),
+                bytes: 2 << 20,
+            })
+            .unwrap();
         let seen = reader.join().unwrap();
         let pg = 17 + round as usize * 13;
         assert_eq!(seen, (pg as u32 * 1024) ^ round);
         assert!(evicted.pages <= 512);
-        assert!(r.gpu.vram.lock().unwrap().is_empty(), "round {round}: pages left in VRAM");
-        assert_eq!(*r.gpu.to_ram.lock().unwrap(), 512, "round {round}: a page moved twice or not at all");
+        assert!(
+            r.gpu.vram.lock().unwrap().is_empty(),
+            "round {round}: pages left in VRAM"
+        );
+        assert_eq!(
+            *r.gpu.to_ram.lock().unwrap(),
+            512,
+            "round {round}: a page moved twice or not at all"
+        );
         for (i, w) in buf.iter().enumerate() {
             assert_eq!(*w, i as u32 ^ round, "round {round}: word {i}");
         }
@@ -295,22 +443,57 @@ fn eviction_racing_a_cpu_fault_loses_no_page() {
 #[test]
 fn eviction_of_an_object_without_views_writes_the_memfd() {
     let r = rig();
-    let (o, mut fds) = r.pager.call_with_handles(CreateObject { size_bytes: 2 << 20 }, vec![]).unwrap();
+    let (o, mut fds) = r
+        .pager
+        .call_with_handles(
+            CreateObject {
+                size_bytes: 2 << 20,
+            },
+            vec![],
+        )
+        .unwrap();
     let fd = fds.pop().unwrap();
     let data: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 251) as u8).collect();
     rustix::io::pwrite(&fd, &data, 0).unwrap();
     // No view: collect sees EMPTY pages (never faulted), and the test GPU
     // copies the memfd's bytes only for non-zero pages; put real data in VRAM.
-    let c = r.migrate.call(Collect { object: o.object, first_page: 0, count: PageCount::new(512).unwrap(), gpu: GpuId::new(0).unwrap() }).unwrap();
+    let c = r
+        .migrate
+        .call(Collect {
+            object: o.object,
+            first_page: 0,
+            count: PageCount::new(512).unwrap(),
+            gpu: GpuId::new(0).unwrap(),
+        })
+        .unwrap();
     {
         let mut vram = r.gpu.vram.lock().unwrap();
         for i in c.got.iter() {
-            vram.insert((o.object.get(), i as u64), data[i * 4096..(i + 1) * 4096].to_vec());
+            vram.insert(
+                (o.object.get(), i as u64),
+                data[i * 4096..(i + 1) * 4096].to_vec(),
+            );
         }
     }
-    r.migrate.call(Finalize { object: o.object, first_page: 0, count: PageCount::new(512).unwrap(), gpu: GpuId::new(0).unwrap(), vram_first_pfn: 0, got: c.got, migrated: c.got }).unwrap();
+    r.migrate
+        .call(Finalize {
+            object: o.object,
+            first_page: 0,
+            count: PageCount::new(512).unwrap(),
+            gpu: GpuId::new(0).unwrap(),
+            vram_first_pfn: 0,
+            got: c.got,
+            migrated: c.got,
+        })
+        .unwrap();
     rustix::io::pwrite(&fd, &vec![0u8; 2 << 20], 0).unwrap(); // the RAM copy is gone
-    let e = r.reclaim.call(Evict { gpu: GpuId::new(0).unwrap(), bytes: 2 << 20 }).unwrap();
+    let e = r
+        .reclaim
+        .call(Evict {
+            gpu: GpuId::new(0).unwrap(),
+            bytes: 2 << 20,
+        })
+        .unwrap();
     assert_eq!(e.pages, 512);
     let mut back = vec![0u8; 2 << 20];
     rustix::io::pread(&fd, &mut back, 0).unwrap();
@@ -319,8 +502,20 @@ fn eviction_of_an_object_without_views_writes_the_memfd() {
 
 #[test]
 fn a_client_that_disconnects_loses_its_views_and_objects_and_vram() {
-    let Rig { server, pager, migrate, reclaim, gpu } = rig();
-    let r = Rig { server: server.clone(), pager, migrate, reclaim, gpu: gpu.clone() };
+    let Rig {
+        server,
+        pager,
+        migrate,
+        reclaim,
+        gpu,
+    } = rig();
+    let r = Rig {
+        server: server.clone(),
+        pager,
+        migrate,
+        reclaim,
+        gpu: gpu.clone(),
+    };
     let (object, fd, buf) = buffer(&r, 2 << 20);
     buf.fill(7);
     gpu_migrate_all(&r, object, &fd, 0, 512);
@@ -330,7 +525,10 @@ fn a_client_that_disconnects_loses_its_views_and_objects_and_vram() {
     drop(r);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while server.object_state(object.get(), 0).is_some() || !gpu.vram.lock().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the dead client's object or VRAM was not released");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead client's object or VRAM was not released"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
@@ -339,7 +537,13 @@ fn a_client_that_disconnects_loses_its_views_and_objects_and_vram() {
 // view through the client's userfaultfd events.
 
 unsafe extern "C" {
-    fn mremap(old: *mut std::ffi::c_void, old_len: usize, new_len: usize, flags: i32, ...) -> *mut std::ffi::c_void;
+    fn mremap(
+        old: *mut std::ffi::c_void,
+        old_len: usize,
+        new_len: usize,
+        flags: i32,
+        ...
+    ) -> *mut std::ffi::c_void;
     fn syscall(number: i64, ...) -> i64;
     fn _exit(code: i32) -> !;
 }
@@ -374,14 +578,25 @@ fn buffer_in_vram(r: &Rig) -> (ObjectId, OwnedFd, &'static mut [u32]) {
         *w = pattern(i);
     }
     gpu_migrate_all(r, object, &fd, 0, 512);
-    assert_eq!(snapshot(r, object, 0, 512), vec![PageStateCode::Device; 512]);
+    assert_eq!(
+        snapshot(r, object, 0, 512),
+        vec![PageStateCode::Device; 512]
+    );
     (object, fd, buf)
 }
 
 /// A PROT_NONE reservation to move a view onto.
 fn reserve_range(len: usize) -> u64 {
     // SAFETY: a fresh anonymous reservation at a kernel-chosen address.
-    unsafe { rustix::mm::mmap_anonymous(std::ptr::null_mut(), len, ProtFlags::empty(), MapFlags::PRIVATE) }.unwrap() as u64
+    unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE,
+        )
+    }
+    .unwrap() as u64
 }
 
 /// Waits until the object's own (not fork-born) views are `want`. View
@@ -390,11 +605,20 @@ fn reserve_range(len: usize) -> u64 {
 fn wait_views(r: &Rig, object: ObjectId, want: &[(u64, usize, usize)]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let own: Vec<(u64, usize, usize)> = r.server.views_of_object(object.get()).into_iter().filter(|v| !v.3).map(|v| (v.0, v.1, v.2)).collect();
+        let own: Vec<(u64, usize, usize)> = r
+            .server
+            .views_of_object(object.get())
+            .into_iter()
+            .filter(|v| !v.3)
+            .map(|v| (v.0, v.1, v.2))
+            .collect();
         if own == want {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "views {own:x?}, expected {want:x?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "views {own:x?}, expected {want:x?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
@@ -428,16 +652,32 @@ fn mremap_dontunmap_while_reads_hammer_the_range() {
     std::thread::sleep(std::time::Duration::from_millis(2));
     let dst = reserve_range(2 << 20);
     // SAFETY: moves our own view onto our own reservation.
-    let new = unsafe { mremap(old as *mut _, 2 << 20, 2 << 20, MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst as *mut std::ffi::c_void) } as u64;
+    let new = unsafe {
+        mremap(
+            old as *mut _,
+            2 << 20,
+            2 << 20,
+            MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
+            dst as *mut std::ffi::c_void,
+        )
+    } as u64;
     assert_eq!(new, dst, "mremap failed");
     assert_eq!(bad_words(new, 0), 0, "the moved view reads wrong data");
     stop.store(true, std::sync::atomic::Ordering::Release);
-    assert_eq!(reader.join().unwrap(), 0, "the hammering reader saw wrong data");
+    assert_eq!(
+        reader.join().unwrap(),
+        0,
+        "the hammering reader saw wrong data"
+    );
     assert_eq!(bad_words(old, 0), 0, "the old view reads wrong data");
     let mut both = vec![(old, 0, 512), (new, 0, 512)];
     both.sort();
     wait_views(&r, object, &both);
-    assert_eq!(*r.gpu.to_ram.lock().unwrap(), 512, "every page came back once");
+    assert_eq!(
+        *r.gpu.to_ram.lock().unwrap(),
+        512,
+        "every page came back once"
+    );
     // The pages can go to VRAM and come back through the new view too.
     gpu_migrate_all(&r, object, &_fd, 0, 512);
     assert_eq!(bad_words(new, 0), 0);
@@ -453,19 +693,41 @@ fn mremap_moves_the_view_while_pages_are_in_vram() {
     let old = buf.as_ptr() as u64;
     let dst = reserve_range(2 << 20);
     // SAFETY: as above; `buf` is not used after the move.
-    let new = unsafe { mremap(old as *mut _, 2 << 20, 2 << 20, MREMAP_MAYMOVE | MREMAP_FIXED, dst as *mut std::ffi::c_void) } as u64;
+    let new = unsafe {
+        mremap(
+            old as *mut _,
+            2 << 20,
+            2 << 20,
+            MREMAP_MAYMOVE | MREMAP_FIXED,
+            dst as *mut std::ffi::c_void,
+        )
+    } as u64;
     assert_eq!(new, dst, "mremap failed");
     wait_views(&r, object, &[(new, 0, 512)]);
     assert_eq!(bad_words(new, 0), 0, "the moved view reads wrong data");
     assert_eq!(*r.gpu.to_ram.lock().unwrap(), 512);
     // The GPU server heard of the new address before mremap returned, and
     // that the old view went.
-    let copied: Vec<(u64, u64)> = r.gpu.copied.lock().unwrap().iter().map(|c| (c.2, c.3)).collect();
-    assert_eq!(copied, vec![(old, new)], "the GPU server heard of the new address");
+    let copied: Vec<(u64, u64)> = r
+        .gpu
+        .copied
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.2, c.3))
+        .collect();
+    assert_eq!(
+        copied,
+        vec![(old, new)],
+        "the GPU server heard of the new address"
+    );
     let view = r.gpu.copied.lock().unwrap()[0].0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !r.gpu.gone.lock().unwrap().contains(&view) {
-        assert!(std::time::Instant::now() < deadline, "the GPU server never heard the old view went");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the GPU server never heard the old view went"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     gpu_migrate_all(&r, object, &fd, 0, 512);
@@ -503,16 +765,33 @@ fn fork_child_reads_and_writes_the_shared_object() {
         // SAFETY: ends the child without running the parent's destructors.
         unsafe { _exit(bad.min(100)) };
     }
-    let status = rustix::process::waitpid(Some(rustix::process::Pid::from_raw(pid).unwrap()), rustix::process::WaitOptions::empty()).unwrap().unwrap().1;
+    let status = rustix::process::waitpid(
+        Some(rustix::process::Pid::from_raw(pid).unwrap()),
+        rustix::process::WaitOptions::empty(),
+    )
+    .unwrap()
+    .unwrap()
+    .1;
     assert_eq!(status.exit_status(), Some(0), "the child read wrong data");
     let words = (2 << 20) / 4;
-    let bad = (0..words).filter(|&i| buf[i] != pattern(i).wrapping_add((i >= words / 2) as u32)).count();
+    let bad = (0..words)
+        .filter(|&i| buf[i] != pattern(i).wrapping_add((i >= words / 2) as u32))
+        .count();
     assert_eq!(bad, 0, "the parent does not see the child's writes");
     let views = r.server.views_of_object(object.get());
-    assert_eq!(views.iter().filter(|v| v.3).count(), 1, "the child's view was followed: {views:x?}");
+    assert_eq!(
+        views.iter().filter(|v| v.3).count(),
+        1,
+        "the child's view was followed: {views:x?}"
+    );
     // Back to VRAM and back again through the parent's view.
     gpu_migrate_all(&r, object, &fd, 0, 512);
-    assert_eq!((0..words).filter(|&i| buf[i] != pattern(i).wrapping_add((i >= words / 2) as u32)).count(), 0);
+    assert_eq!(
+        (0..words)
+            .filter(|&i| buf[i] != pattern(i).wrapping_add((i >= words / 2) as u32))
+            .count(),
+        0
+    );
 }
 
 /// munmap without DetachView: the view goes with the mapping, so the
@@ -529,7 +808,10 @@ fn munmap_of_a_view_drops_it() {
     // The GPU server hears of it once the event is applied.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while r.gpu.gone.lock().unwrap().len() != 1 {
-        assert!(std::time::Instant::now() < deadline, "the GPU server never heard the view went");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the GPU server never heard the view went"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     r.pager.call(DestroyObject { object }).unwrap();

@@ -9,16 +9,28 @@ use std::sync::{Arc, Barrier};
 use ipc_protocol::types::PageMask;
 use pager::migrate::{collect, cpu_fault, finalize, Chunk, FaultError, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
-use pager::testing::{all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend};
-
-
+use pager::testing::{
+    all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend,
+};
 
 fn check_all_in_ram(t: &PageTable, b: &ModelBackend) {
     for p in 0..t.len() {
         let i = t.info(p).unwrap();
-        assert_eq!((i.residency, i.locked), (Residency::System, false), "page {p}");
-        assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} data");
-        assert_eq!(b.moves[p].load(Ordering::Acquire), 1, "page {p} moved more than once");
+        assert_eq!(
+            (i.residency, i.locked),
+            (Residency::System, false),
+            "page {p}"
+        );
+        assert_eq!(
+            b.ram[p].load(Ordering::Acquire),
+            pattern(p),
+            "page {p} data"
+        );
+        assert_eq!(
+            b.moves[p].load(Ordering::Acquire),
+            1,
+            "page {p} moved more than once"
+        );
     }
 }
 
@@ -38,8 +50,14 @@ fn rule3_herd_one_page() {
         })
         .collect();
     let outcomes: Vec<_> = threads.into_iter().map(|h| h.join().unwrap()).collect();
-    let movers = outcomes.iter().filter(|o| matches!(o, FaultOutcome::Migrated { .. })).count();
-    assert_eq!(movers, 1, "exactly one faulter migrates; the herd just maps: {outcomes:?}");
+    let movers = outcomes
+        .iter()
+        .filter(|o| matches!(o, FaultOutcome::Migrated { .. }))
+        .count();
+    assert_eq!(
+        movers, 1,
+        "exactly one faulter migrates; the herd just maps: {outcomes:?}"
+    );
     check_all_in_ram(&t, &b);
 }
 
@@ -55,7 +73,11 @@ fn rule3_herd_every_page() {
                 for k in 0..2048 {
                     let p = (n * 128 + k) % 2048; // each starts at a different page
                     cpu_fault(&t, &*b, p, Policy::Rules).unwrap();
-                    assert_eq!(b.ram[p].load(Ordering::Acquire), pattern(p), "page {p} read by thread {n}");
+                    assert_eq!(
+                        b.ram[p].load(Ordering::Acquire),
+                        pattern(p),
+                        "page {p} read by thread {n}"
+                    );
                 }
             })
         })
@@ -74,14 +96,36 @@ fn rule1_partial_migration_skips_held_pages_and_converges() {
         assert!(t.try_lock(p).unwrap().is_some());
     }
     let r = cpu_fault(&t, &*b, 0, Policy::Rules).unwrap();
-    assert_eq!(r, FaultOutcome::Migrated { pages: 502, fallback: false });
+    assert_eq!(
+        r,
+        FaultOutcome::Migrated {
+            pages: 502,
+            fallback: false
+        }
+    );
     // Rule 4: the range is mixed now.
-    assert!(matches!(t.info(15).unwrap().residency, Residency::Device { .. }));
+    assert!(matches!(
+        t.info(15).unwrap().residency,
+        Residency::Device { .. }
+    ));
     assert_eq!(t.info(30).unwrap().residency, Residency::System);
     for p in 10..20 {
-        t.unlock(p, Residency::Device { gpu: 0, pfn: p as u64 }).unwrap();
+        t.unlock(
+            p,
+            Residency::Device {
+                gpu: 0,
+                pfn: p as u64,
+            },
+        )
+        .unwrap();
     }
-    assert_eq!(cpu_fault(&t, &*b, 15, Policy::Rules).unwrap(), FaultOutcome::Migrated { pages: 10, fallback: false });
+    assert_eq!(
+        cpu_fault(&t, &*b, 15, Policy::Rules).unwrap(),
+        FaultOutcome::Migrated {
+            pages: 10,
+            fallback: false
+        }
+    );
     check_all_in_ram(&t, &b);
 }
 
@@ -93,9 +137,18 @@ fn rule2_fallback_to_the_faulting_page() {
     for p in 0..512 {
         b.vram[p].store(pattern(p), Ordering::Release);
     }
-    assert_eq!(cpu_fault(&t, &b, 3, Policy::Rules).unwrap(), FaultOutcome::Migrated { pages: 1, fallback: true });
+    assert_eq!(
+        cpu_fault(&t, &b, 3, Policy::Rules).unwrap(),
+        FaultOutcome::Migrated {
+            pages: 1,
+            fallback: true
+        }
+    );
     assert_eq!(b.ram[3].load(Ordering::Acquire), pattern(3));
-    assert!(matches!(t.info(4).unwrap().residency, Residency::Device { .. }));
+    assert!(matches!(
+        t.info(4).unwrap().residency,
+        Residency::Device { .. }
+    ));
 }
 
 #[test]
@@ -106,10 +159,22 @@ fn rule2_broken_no_progress_while_a_neighbour_is_held() {
     let (t, b) = in_vram(512);
     assert!(t.try_lock(100).unwrap().is_some());
     let broken = cpu_fault(&t, &*b, 0, Policy::NoFallback);
-    assert!(matches!(broken, Err(FaultError::Backend(_))), "expected no progress, got {broken:?}");
-    assert!(matches!(t.info(0).unwrap().residency, Residency::Device { .. }));
-    assert!(!t.info(0).unwrap().locked, "the failed fault released its page");
-    assert!(matches!(cpu_fault(&t, &*b, 0, Policy::Rules), Ok(FaultOutcome::Migrated { pages: 511, .. })));
+    assert!(
+        matches!(broken, Err(FaultError::Backend(_))),
+        "expected no progress, got {broken:?}"
+    );
+    assert!(matches!(
+        t.info(0).unwrap().residency,
+        Residency::Device { .. }
+    ));
+    assert!(
+        !t.info(0).unwrap().locked,
+        "the failed fault released its page"
+    );
+    assert!(matches!(
+        cpu_fault(&t, &*b, 0, Policy::Rules),
+        Ok(FaultOutcome::Migrated { pages: 511, .. })
+    ));
 }
 
 #[test]
@@ -137,7 +202,10 @@ fn rule4_collect_takes_what_it_gets_and_finalize_is_per_page() {
     }
     let (device, returned) = finalize(&t, &b, chunk, &c, &migrated, 1, 1000).unwrap();
     assert_eq!((device, returned), (411, 100));
-    assert_eq!(t.info(0).unwrap().residency, Residency::Device { gpu: 1, pfn: 1000 });
+    assert_eq!(
+        t.info(0).unwrap().residency,
+        Residency::Device { gpu: 1, pfn: 1000 }
+    );
     assert_eq!(t.info(100).unwrap().residency, Residency::System);
     assert_eq!(t.info(101).unwrap().residency, Residency::Empty);
     assert!(t.info(8).unwrap().locked);
@@ -157,7 +225,12 @@ fn gpu_collect_racing_cpu_faults_keeps_every_page() {
         let (t, b) = (t.clone(), b.clone());
         std::thread::spawn(move || {
             for round in 0..50u64 {
-                gpu_migrate(&t, &b, Chunk::around((round as usize * 512) % 1024, 1024), round * 512);
+                gpu_migrate(
+                    &t,
+                    &b,
+                    Chunk::around((round as usize * 512) % 1024, 1024),
+                    round * 512,
+                );
             }
         })
     };
@@ -172,7 +245,11 @@ fn gpu_collect_racing_cpu_faults_keeps_every_page() {
                     let i = t.info(p).unwrap();
                     if i.residency == Residency::System && !i.locked {
                         let v = b.ram[p].load(Ordering::Acquire);
-                        assert!(v == pattern(p) || !matches!(t.info(p).unwrap().residency, Residency::System), "page {p}: {v:#x}");
+                        assert!(
+                            v == pattern(p)
+                                || !matches!(t.info(p).unwrap().residency, Residency::System),
+                            "page {p}: {v:#x}"
+                        );
                     }
                 }
             })

@@ -50,7 +50,11 @@ fn config(print_failures: bool) -> Config {
     // Its warning: atomics are explored as SeqCst. The cores use
     // Acquire/Release; what weaker orderings allow is not explored here.
     c.silence_warnings = true;
-    c.failure_persistence = if print_failures { FailurePersistence::Print } else { FailurePersistence::None };
+    c.failure_persistence = if print_failures {
+        FailurePersistence::Print
+    } else {
+        FailurePersistence::None
+    };
     c
 }
 
@@ -58,8 +62,20 @@ fn config(print_failures: bool) -> Config {
 /// schedules from `seed`. Panics (after shuttle printed the schedule) on
 /// the first schedule that breaks a property.
 pub fn explore(scenario: fn(), seed: u64, random: usize, pct: usize) -> Explored {
-    let random = if random > 0 { Runner::new(RandomScheduler::new_from_seed(seed, random), config(true)).run(scenario) } else { 0 };
-    let pct = if pct > 0 { Runner::new(PctScheduler::new_from_seed(seed, PCT_DEPTH, pct), config(true)).run(scenario) } else { 0 };
+    let random = if random > 0 {
+        Runner::new(RandomScheduler::new_from_seed(seed, random), config(true)).run(scenario)
+    } else {
+        0
+    };
+    let pct = if pct > 0 {
+        Runner::new(
+            PctScheduler::new_from_seed(seed, PCT_DEPTH, pct),
+            config(true),
+        )
+        .run(scenario)
+    } else {
+        0
+    };
     Explored { random, pct }
 }
 
@@ -73,7 +89,14 @@ pub fn replay(scenario: fn(), schedule: &str) {
 pub fn finds_a_failure(scenario: fn(), seed: u64, iterations: usize) -> bool {
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let found = std::panic::catch_unwind(|| Runner::new(RandomScheduler::new_from_seed(seed, iterations), config(false)).run(scenario)).is_err();
+    let found = std::panic::catch_unwind(|| {
+        Runner::new(
+            RandomScheduler::new_from_seed(seed, iterations),
+            config(false),
+        )
+        .run(scenario)
+    })
+    .is_err();
     std::panic::set_hook(quiet);
     found
 }
@@ -85,7 +108,9 @@ pub fn first_failing_iteration(scenario: fn(), seed: u64, iterations: usize) -> 
         let quiet = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         // One schedule: the `i`-th of the seed's sequence.
-        let r = std::panic::catch_unwind(|| Runner::new(RandomScheduler::new_from_seed(seed, i + 1), config(false)).run(scenario));
+        let r = std::panic::catch_unwind(|| {
+            Runner::new(RandomScheduler::new_from_seed(seed, i + 1), config(false)).run(scenario)
+        });
         std::panic::set_hook(quiet);
         r.is_err()
     })

@@ -91,7 +91,10 @@ impl Machine {
             gate: RwLock::new(()),
             clock: AtomicU64::new(1),
             last_ack: cells(pages),
-            mmu: Mutex::new(Mmu { present: vec![false; pages], wp: vec![vec![false; pages]] }),
+            mmu: Mutex::new(Mmu {
+                present: vec![false; pages],
+                wp: vec![vec![false; pages]],
+            }),
             fail_copy_one_in,
         }
     }
@@ -105,8 +108,12 @@ impl Machine {
     pub fn cell(&self, addr: u64) -> Option<&AtomicU64> {
         let cell = match addr {
             a if a < VRAM_PAGES * PAGE => &self.vram[(a / PAGE) as usize],
-            a if (SYS_BASE..SYS_BASE + self.pages as u64 * PAGE).contains(&a) => &self.ram[((a - SYS_BASE) / PAGE) as usize],
-            a if (STAGING_BASE..STAGING_BASE + self.staging.len() as u64 * PAGE).contains(&a) => &self.staging[((a - STAGING_BASE) / PAGE) as usize],
+            a if (SYS_BASE..SYS_BASE + self.pages as u64 * PAGE).contains(&a) => {
+                &self.ram[((a - SYS_BASE) / PAGE) as usize]
+            }
+            a if (STAGING_BASE..STAGING_BASE + self.staging.len() as u64 * PAGE).contains(&a) => {
+                &self.staging[((a - STAGING_BASE) / PAGE) as usize]
+            }
             a if a == ZERO_BASE || (ZERO_BASE..ZERO_BASE + (2 << 20)).contains(&a) => return None,
             a => panic!("the device touched address {a:#x}, which is no memory"),
         };
@@ -126,9 +133,13 @@ impl Machine {
         }
         for &(src, dst, len) in copies {
             for off in (0..len).step_by(PAGE as usize) {
-                let v = self.cell(src + off).map_or(0, |c| c.load(Ordering::Acquire));
+                let v = self
+                    .cell(src + off)
+                    .map_or(0, |c| c.load(Ordering::Acquire));
                 shuttle::thread::yield_now();
-                self.cell(dst + off).expect("copies never target the zero page").store(v, Ordering::Release);
+                self.cell(dst + off)
+                    .expect("copies never target the zero page")
+                    .store(v, Ordering::Release);
             }
         }
         true
@@ -136,20 +147,39 @@ impl Machine {
 
     pub fn new_tables(&self, asid: u32) -> SimTables {
         let t = Arc::new(Mutex::new(HashMap::new()));
-        self.tables.lock().unwrap_or_else(|e| e.into_inner()).insert(asid, t.clone());
+        self.tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(asid, t.clone());
         SimTables(t)
     }
 
     pub fn drop_tables(&self, asid: u32) {
-        self.tables.lock().unwrap_or_else(|e| e.into_inner()).remove(&asid);
+        self.tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&asid);
     }
 
     pub fn map(&self, t: &SimTables, va: u64, addr: u64, size: PageSize, target: Target) {
-        let pages = if size == PageSize::Size2M { 512 } else if size == PageSize::Size64K { 16 } else { 1 };
+        let pages = if size == PageSize::Size2M {
+            512
+        } else if size == PageSize::Size64K {
+            16
+        } else {
+            1
+        };
         let made_at = self.tick();
         let mut ptes = t.0.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..pages {
-            ptes.insert(va + i * PAGE, Pte { addr: addr + i * PAGE, target, made_at });
+            ptes.insert(
+                va + i * PAGE,
+                Pte {
+                    addr: addr + i * PAGE,
+                    target,
+                    made_at,
+                },
+            );
         }
     }
 
@@ -186,11 +216,33 @@ impl Machine {
     /// be younger than the page's last acknowledged invalidation; a VRAM
     /// PTE must point at the frame that holds the page, in a block that is
     /// still allocated; a system PTE must not be used for a page in VRAM.
-    pub fn gpu_access(&self, asid: u32, va: u64, page: usize, add: u64, state: impl Fn() -> (bool, Option<u64>), holds: impl Fn(u64) -> bool) -> GpuAccess {
+    pub fn gpu_access(
+        &self,
+        asid: u32,
+        va: u64,
+        page: usize,
+        add: u64,
+        state: impl Fn() -> (bool, Option<u64>),
+        holds: impl Fn(u64) -> bool,
+    ) -> GpuAccess {
         let _in_flight = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner()).get(&asid).cloned();
-        let Some(tables) = tables else { return GpuAccess::Fault };
-        let Some(pte) = tables.lock().unwrap_or_else(|e| e.into_inner()).get(&(va & !(PAGE - 1))).copied() else { return GpuAccess::Fault };
+        let tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&asid)
+            .cloned();
+        let Some(tables) = tables else {
+            return GpuAccess::Fault;
+        };
+        let Some(pte) = tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(va & !(PAGE - 1)))
+            .copied()
+        else {
+            return GpuAccess::Fault;
+        };
         let acked = self.last_ack[page].load(Ordering::Acquire);
         assert!(pte.made_at > acked, "rule 8: the GPU used a mapping of page {page} made (t={}) before its invalidation was acknowledged (t={acked})", pte.made_at);
         let (locked, in_vram) = state();
@@ -198,12 +250,22 @@ impl Machine {
             Target::Device => {
                 let frame = pte.addr / PAGE;
                 assert_eq!(in_vram, Some(frame), "rule 8: the GPU reached VRAM frame {frame} for page {page}, which is not there (pager: {in_vram:?}, locked {locked})");
-                assert!(holds(frame), "rule 6: the GPU reached page {page} in frame {frame}, whose block was freed");
+                assert!(
+                    holds(frame),
+                    "rule 6: the GPU reached page {page} in frame {frame}, whose block was freed"
+                );
                 &self.vram[frame as usize]
             }
             Target::System => {
-                assert_eq!(in_vram, None, "the GPU used a system-memory mapping of page {page}, which lives in VRAM");
-                assert_eq!(pte.addr, SYS_BASE + page as u64 * PAGE, "a system PTE for page {page} points elsewhere");
+                assert_eq!(
+                    in_vram, None,
+                    "the GPU used a system-memory mapping of page {page}, which lives in VRAM"
+                );
+                assert_eq!(
+                    pte.addr,
+                    SYS_BASE + page as u64 * PAGE,
+                    "a system PTE for page {page} points elsewhere"
+                );
                 &self.ram[page]
             }
         };
@@ -212,7 +274,20 @@ impl Machine {
 
     /// Every PTE of `asid` (the end-of-run check).
     pub fn ptes(&self, asid: u32) -> Vec<(u64, Pte)> {
-        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner()).get(&asid).cloned();
-        tables.map(|t| t.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(va, p)| (*va, *p)).collect()).unwrap_or_default()
+        let tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&asid)
+            .cloned();
+        tables
+            .map(|t| {
+                t.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(va, p)| (*va, *p))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }

@@ -38,7 +38,10 @@ fn range_mutex_fault(w: &World, range: &Mutex<()>, p: usize) {
         let done = {
             let _m = range.lock().unwrap_or_else(|e| e.into_inner());
             table.put_ref(p).expect("page"); // migrate_vma expects the caller's own reference
-            let chunk = Chunk { first: 0, count: w.machine.pages };
+            let chunk = Chunk {
+                first: 0,
+                count: w.machine.pages,
+            };
             let mut held = PageMask::EMPTY;
             let mut from = vec![Residency::Empty; chunk.count];
             let mut all = true;
@@ -53,9 +56,22 @@ fn range_mutex_fault(w: &World, range: &Mutex<()>, p: usize) {
                 }
             }
             // The whole range or nothing.
-            let got = if all && !held.is_empty() { w.pager.migrate_locked(chunk, &held, &from) } else { PageMask::EMPTY };
+            let got = if all && !held.is_empty() {
+                w.pager.migrate_locked(chunk, &held, &from)
+            } else {
+                PageMask::EMPTY
+            };
             for q in held.iter() {
-                table.unlock(q, if got.get(q) { Residency::System } else { from[q] }).expect("page");
+                table
+                    .unlock(
+                        q,
+                        if got.get(q) {
+                            Residency::System
+                        } else {
+                            from[q]
+                        },
+                    )
+                    .expect("page");
             }
             table.get_ref(p).expect("page");
             all
@@ -71,7 +87,10 @@ fn range_mutex_fault(w: &World, range: &Mutex<()>, p: usize) {
 
 /// Three threads hammer one page in VRAM under the range-mutex design.
 pub fn range_mutex_herd() {
-    let w = Arc::new(World::new(&WorldConfig { pages: 4, ..Default::default() }));
+    let w = Arc::new(World::new(&WorldConfig {
+        pages: 4,
+        ..Default::default()
+    }));
     for p in 0..4 {
         w.seed(p, start(p));
     }
@@ -98,7 +117,11 @@ pub fn whole_pile_without_fallback() {
 /// Rule 8 broken: the GPU keeps passing over two pages while a CPU thread
 /// keeps pulling them back without the GPU being told.
 pub fn rule8_broken() {
-    let w = Arc::new(World::new(&WorldConfig { pages: 2, skip_invalidate: true, ..Default::default() }));
+    let w = Arc::new(World::new(&WorldConfig {
+        pages: 2,
+        skip_invalidate: true,
+        ..Default::default()
+    }));
     for p in 0..2 {
         w.seed(p, start(p));
     }

@@ -68,8 +68,17 @@ pub fn delay(max: u32) {
 
 impl Endpoint {
     /// An endpoint served by `threads` server threads.
-    pub fn start(name: &'static str, threads: usize) -> (Arc<Self>, Vec<shuttle::thread::JoinHandle<()>>) {
-        let ep = Arc::new(Self { name, jobs: Mutex::new(Vec::new()), ready: Condvar::new(), stopped: AtomicBool::new(false), dead: AtomicBool::new(false) });
+    pub fn start(
+        name: &'static str,
+        threads: usize,
+    ) -> (Arc<Self>, Vec<shuttle::thread::JoinHandle<()>>) {
+        let ep = Arc::new(Self {
+            name,
+            jobs: Mutex::new(Vec::new()),
+            ready: Condvar::new(),
+            stopped: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+        });
         let handles = (0..threads.max(1))
             .map(|_| {
                 let ep = ep.clone();
@@ -105,10 +114,19 @@ impl Endpoint {
         if self.dead.load(Ordering::Acquire) {
             return None;
         }
-        let reply = Arc::new(Reply { value: Mutex::new(None), arrived: Condvar::new() });
-        let answer = Answer { reply: reply.clone(), answered: false };
+        let reply = Arc::new(Reply {
+            value: Mutex::new(None),
+            arrived: Condvar::new(),
+        });
+        let answer = Answer {
+            reply: reply.clone(),
+            answered: false,
+        };
         let job: Job = Box::new(move || answer.send(Some(f())));
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).push(job);
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job);
         self.ready.notify_one();
         let mut v = reply.value.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -124,7 +142,10 @@ impl Endpoint {
         if self.dead.load(Ordering::Acquire) {
             return;
         }
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(f));
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(f));
         self.ready.notify_one();
     }
 

@@ -14,7 +14,9 @@ use std::sync::OnceLock;
 
 use ipc_protocol::interfaces::pager_migrate as m;
 use ipc_protocol::types::{PageMask, Seq};
-use pager::migrate::{collect, cpu_fault, evict, finalize, Backend, BackendError, Chunk, Collected, Policy};
+use pager::migrate::{
+    collect, cpu_fault, evict, finalize, Backend, BackendError, Chunk, Collected, Policy,
+};
 use pager::state::{PageTable, Residency};
 use pager::sync::{AtomicU64, Ordering};
 use shuttle::sync::{Arc, Condvar, Mutex};
@@ -78,13 +80,22 @@ impl SimPager {
         let r = self.table.try_lock(p).expect("page in range");
         assert!(r.is_some(), "seeding a page that is busy");
         self.machine.ram[p].store(value, std::sync::atomic::Ordering::Release);
-        self.machine.mmu.lock().unwrap_or_else(|e| e.into_inner()).present[p] = true;
-        self.table.unlock(p, Residency::System).expect("page in range");
+        self.machine
+            .mmu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .present[p] = true;
+        self.table
+            .unlock(p, Residency::System)
+            .expect("page in range");
     }
 
     /// A CPU thread faulted on `page` through `view` (not present).
     pub fn cpu_fault(&self, view: usize, page: usize) {
-        let backend = SimBackend { pager: self, view: Some(view) };
+        let backend = SimBackend {
+            pager: self,
+            view: Some(view),
+        };
         for _ in 0..FAULT_RETRIES {
             if cpu_fault(&self.table, &backend, page, self.policy).is_ok() {
                 return;
@@ -102,7 +113,15 @@ impl SimPager {
             self.table.wait_unlocked(page).expect("page in range");
             if let Some(state) = self.table.try_lock(page).expect("page in range") {
                 if state == Residency::System {
-                    if let Some(wp) = self.machine.mmu.lock().unwrap_or_else(|e| e.into_inner()).wp.get_mut(view).and_then(|w| w.get_mut(page)) {
+                    if let Some(wp) = self
+                        .machine
+                        .mmu
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .wp
+                        .get_mut(view)
+                        .and_then(|w| w.get_mut(page))
+                    {
                         *wp = false;
                     }
                 }
@@ -119,13 +138,33 @@ impl SimPager {
         if c.object.get() != OBJECT || first + c.count.get() as usize > self.table.len() {
             return None;
         }
-        let chunk = Chunk { first, count: c.count.get() as usize };
+        let chunk = Chunk {
+            first,
+            count: c.count.get() as usize,
+        };
         let seq = self.seq.load(Ordering::Acquire);
-        let got = collect(&self.table, &SimBackend { pager: self, view: None }, chunk, c.gpu.get()).ok()?;
+        let got = collect(
+            &self.table,
+            &SimBackend {
+                pager: self,
+                view: None,
+            },
+            chunk,
+            c.gpu.get(),
+        )
+        .ok()?;
         if !got.got.is_empty() {
-            self.collections.lock().unwrap_or_else(|e| e.into_inner()).push((chunk, got));
+            self.collections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((chunk, got));
         }
-        Some(m::Collected { seq: Seq::raw(seq), got: got.got, zero: got.zero, device: got.device })
+        Some(m::Collected {
+            seq: Seq::raw(seq),
+            got: got.got,
+            zero: got.zero,
+            device: got.device,
+        })
     }
 
     /// `PagerMigrate::Finalize`, matching the collect it names.
@@ -135,11 +174,29 @@ impl SimPager {
         }
         let found = {
             let mut cols = self.collections.lock().unwrap_or_else(|e| e.into_inner());
-            let at = cols.iter().position(|(ch, c)| ch.first == f.first_page as usize && ch.count == f.count.get() as usize && c.got == f.got);
+            let at = cols.iter().position(|(ch, c)| {
+                ch.first == f.first_page as usize
+                    && ch.count == f.count.get() as usize
+                    && c.got == f.got
+            });
             at.map(|i| cols.swap_remove(i))
         };
-        let Some((chunk, c)) = found else { return false };
-        finalize(&self.table, &SimBackend { pager: self, view: None }, chunk, &c, &f.migrated.and(&c.got), f.gpu.get(), f.vram_first_pfn).is_ok()
+        let Some((chunk, c)) = found else {
+            return false;
+        };
+        finalize(
+            &self.table,
+            &SimBackend {
+                pager: self,
+                view: None,
+            },
+            chunk,
+            &c,
+            &f.migrated.and(&c.got),
+            f.gpu.get(),
+            f.vram_first_pfn,
+        )
+        .is_ok()
     }
 
     /// `PagerReclaim::Evict`: up to `bytes` of VRAM pages back to RAM.
@@ -151,7 +208,16 @@ impl SimPager {
                 break;
             }
             let chunk = Chunk::around(first, self.table.len());
-            moved += evict(&self.table, &SimBackend { pager: self, view: None }, chunk, GPU).unwrap_or(0) as u64;
+            moved += evict(
+                &self.table,
+                &SimBackend {
+                    pager: self,
+                    view: None,
+                },
+                chunk,
+                GPU,
+            )
+            .unwrap_or(0) as u64;
         }
         moved * PAGE
     }
@@ -177,7 +243,12 @@ impl SimPager {
     /// Moves the locked DEVICE pages `held` of `chunk` back to RAM through
     /// view 0 (the negative checks drive their own locking with it).
     pub fn migrate_locked(&self, chunk: Chunk, held: &PageMask, from: &[Residency]) -> PageMask {
-        SimBackend { pager: self, view: Some(0) }.migrate_to_ram(chunk, held, from).unwrap_or(PageMask::EMPTY)
+        SimBackend {
+            pager: self,
+            view: Some(0),
+        }
+        .migrate_to_ram(chunk, held, from)
+        .unwrap_or(PageMask::EMPTY)
     }
 
     /// Sets or clears write protection of `pages` in every view there is
@@ -202,13 +273,21 @@ impl SimPager {
     }
 
     fn put_slot(&self, s: usize) {
-        self.free_slots.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+        self.free_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(s);
         self.slot_free.notify_one();
     }
 }
 
 impl Backend for SimBackend<'_> {
-    fn migrate_to_ram(&self, chunk: Chunk, pages: &PageMask, _from: &[Residency]) -> Result<PageMask, BackendError> {
+    fn migrate_to_ram(
+        &self,
+        chunk: Chunk,
+        pages: &PageMask,
+        _from: &[Residency],
+    ) -> Result<PageMask, BackendError> {
         let p = self.pager;
         let (gpu, notify) = p.gpu()?;
         let object = OBJECT;
@@ -218,8 +297,12 @@ impl Backend for SimBackend<'_> {
             let g = gpu.clone();
             let (first, count) = (chunk.first as u64, chunk.count as u64);
             let sent = p.machine.tick();
-            notify.call(move || g.invalidate(object, first, count, seq)).ok_or(BackendError::Gpu)?.map_err(|_| BackendError::Gpu)?;
-            p.machine.note_invalidation_acked(chunk.first, chunk.count, sent);
+            notify
+                .call(move || g.invalidate(object, first, count, seq))
+                .ok_or(BackendError::Gpu)?
+                .map_err(|_| BackendError::Gpu)?;
+            p.machine
+                .note_invalidation_acked(chunk.first, chunk.count, sent);
         }
         let slot = p.take_slot();
         let (g, first, mask) = (gpu.clone(), chunk.first as u64, *pages);
@@ -230,7 +313,10 @@ impl Backend for SimBackend<'_> {
                 // UFFDIO_COPY from the staging slot: each page appears whole.
                 let mut mmu = p.machine.mmu.lock().unwrap_or_else(|e| e.into_inner());
                 for i in copied.iter() {
-                    let v = p.machine.staging_cell(slot, i).load(std::sync::atomic::Ordering::Acquire);
+                    let v = p
+                        .machine
+                        .staging_cell(slot, i)
+                        .load(std::sync::atomic::Ordering::Acquire);
                     p.machine.ram[chunk.first + i].store(v, std::sync::atomic::Ordering::Release);
                     mmu.present[chunk.first + i] = true;
                 }
@@ -243,7 +329,12 @@ impl Backend for SimBackend<'_> {
     }
 
     fn zero_fill(&self, chunk: Chunk, pages: &PageMask) -> Result<PageMask, BackendError> {
-        let mut mmu = self.pager.machine.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        let mut mmu = self
+            .pager
+            .machine
+            .mmu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for i in pages.iter() {
             self.pager.machine.ram[chunk.first + i].store(0, std::sync::atomic::Ordering::Release);
             mmu.present[chunk.first + i] = true;
@@ -260,7 +351,12 @@ impl Backend for SimBackend<'_> {
     fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
         // The hole punch: the page leaves every view; then no protection.
         {
-            let mut mmu = self.pager.machine.mmu.lock().unwrap_or_else(|e| e.into_inner());
+            let mut mmu = self
+                .pager
+                .machine
+                .mmu
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             for i in pages.iter() {
                 mmu.present[chunk.first + i] = false;
             }
@@ -278,8 +374,11 @@ impl Backend for SimBackend<'_> {
 /// Where the pager says page `p` is: (locked, VRAM frame if in VRAM).
 pub fn where_is(table: &PageTable, p: usize) -> (bool, Option<u64>) {
     let i = table.info(p).expect("page in range");
-    (i.locked, match i.residency {
-        Residency::Device { pfn, .. } => Some(pfn),
-        _ => None,
-    })
+    (
+        i.locked,
+        match i.residency {
+            Residency::Device { pfn, .. } => Some(pfn),
+            _ => None,
+        },
+    )
 }

@@ -59,7 +59,10 @@ impl Platform for SimPlatform {
     }
     fn collect(&self, c: Collect) -> Result<Collected, PortError> {
         let p = self.pager.clone();
-        self.migrate.call(move || p.collect(c)).flatten().ok_or(PortError)
+        self.migrate
+            .call(move || p.collect(c))
+            .flatten()
+            .ok_or(PortError)
     }
     fn finalize(&self, f: Finalize) -> Result<(), PortError> {
         let p = self.pager.clone();
@@ -72,7 +75,9 @@ impl Platform for SimPlatform {
         self.pressure.is_some()
     }
     fn reserve(&self, _world: World, bytes: u64, _timeout_ms: u32) -> u64 {
-        let Some((ep, mm)) = &self.pressure else { return 0 };
+        let Some((ep, mm)) = &self.pressure else {
+            return 0;
+        };
         let mm = mm.clone();
         ep.call(move || mm.reserve(bytes)).unwrap_or(0)
     }
@@ -102,7 +107,11 @@ impl Mm {
     /// then what fits is granted.
     pub fn reserve(&self, bytes: u64) -> u64 {
         run_pass(&self.broker, &self.worlds);
-        let gpu = self.worlds.gpu.get().expect("the GPU core is wired before it runs");
+        let gpu = self
+            .worlds
+            .gpu
+            .get()
+            .expect("the GPU core is wired before it runs");
         let free = (gpu.vram.total_pages() - gpu.vram.used_pages()) * PAGE;
         if free >= bytes {
             bytes
@@ -126,12 +135,21 @@ impl Worlds for SimWorlds {
     }
     fn evict_svm(&self, bytes: u64) -> Result<u64, PeerError> {
         let p = self.pager.clone();
-        self.reclaim.call(move || p.evict(bytes)).ok_or_else(|| PeerError("pager gone".into()))
+        self.reclaim
+            .call(move || p.evict(bytes))
+            .ok_or_else(|| PeerError("pager gone".into()))
     }
     fn vram(&self) -> Result<VramFigures, PeerError> {
-        let gpu = self.gpu.get().ok_or_else(|| PeerError("no GPU server".into()))?;
+        let gpu = self
+            .gpu
+            .get()
+            .ok_or_else(|| PeerError("no GPU server".into()))?;
         let (bo, svm) = gpu.vram_by_world();
-        Ok(VramFigures { total: gpu.vram.total_pages() * PAGE, bo, svm })
+        Ok(VramFigures {
+            total: gpu.vram.total_pages() * PAGE,
+            bo,
+            svm,
+        })
     }
     fn svm_sram(&self) -> Result<u64, PeerError> {
         Ok(0)

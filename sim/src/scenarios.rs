@@ -103,7 +103,11 @@ fn herd_all_pages() {
 }
 
 pub fn herd_all_pages_with(policy: Policy) {
-    let w = world(WorldConfig { pages: 6, policy, ..Default::default() });
+    let w = world(WorldConfig {
+        pages: 6,
+        policy,
+        ..Default::default()
+    });
     gpu_pass(&w);
     let orders: [[usize; 6]; 3] = [[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [3, 0, 5, 1, 4, 2]];
     let hs = orders
@@ -124,7 +128,10 @@ pub fn herd_all_pages_with(policy: Policy) {
 /// Rules 4 and 8: the GPU and the CPU take pages from each other mid-pass;
 /// no increment is lost and no stale GPU mapping is ever used.
 fn gpu_fault_racing_cpu_faults() {
-    gpu_racing_cpu(WorldConfig { pages: 8, ..Default::default() });
+    gpu_racing_cpu(WorldConfig {
+        pages: 8,
+        ..Default::default()
+    });
 }
 
 pub fn gpu_racing_cpu(cfg: WorldConfig) {
@@ -150,7 +157,11 @@ pub fn gpu_racing_cpu(cfg: WorldConfig) {
 /// Rules 5, 6, 7: eviction takes pages back while faults on both sides
 /// move them; VRAM is nearly full, so GPU faults wait in mm-server.
 fn eviction_racing_both() {
-    let w = world(WorldConfig { pages: 8, broker: Some(4), ..Default::default() });
+    let w = world(WorldConfig {
+        pages: 8,
+        broker: Some(4),
+        ..Default::default()
+    });
     let mm = {
         let w = w.clone();
         spawn(move || {
@@ -179,7 +190,10 @@ fn eviction_racing_both() {
 /// old view): nothing stays mapped at the old address, no increment is
 /// lost, and GPU work at the new address finds it bound.
 fn mremap_racing_migration() {
-    let w = world(WorldConfig { pages: 6, ..Default::default() });
+    let w = world(WorldConfig {
+        pages: 6,
+        ..Default::default()
+    });
     let current = view(0);
     let gpu = gpu_passes(&w, 2);
     let cpu = {
@@ -206,7 +220,10 @@ fn mremap_racing_migration() {
 /// parent's, write protection included) while pages migrate; both
 /// processes write, the GPU increments. Shared object: every write counts.
 fn fork_racing_migration() {
-    let w = world(WorldConfig { pages: 6, ..Default::default() });
+    let w = world(WorldConfig {
+        pages: 6,
+        ..Default::default()
+    });
     let gpu = gpu_passes(&w, 2);
     let parent = {
         let w = w.clone();
@@ -237,7 +254,10 @@ fn fork_racing_migration() {
 /// Rule 1: piles grabbed in different orders by CPU threads while a GPU
 /// pass takes the pages back: trylock only, so nobody waits holding.
 fn pile_in_different_orders() {
-    let w = world(WorldConfig { pages: 6, ..Default::default() });
+    let w = world(WorldConfig {
+        pages: 6,
+        ..Default::default()
+    });
     gpu_pass(&w);
     let gpu = gpu_passes(&w, 1);
     let orders: [[usize; 6]; 2] = [[0, 1, 2, 3, 4, 5], [5, 3, 1, 4, 2, 0]];
@@ -262,7 +282,11 @@ fn pile_in_different_orders() {
 /// whole chunk to VRAM while another hardware thread keeps writing those
 /// pages. The system mappings must go before the copy.
 fn system_pages_migrate() {
-    let w = world(WorldConfig { pages: 16, free_vram: Some(0), ..Default::default() });
+    let w = world(WorldConfig {
+        pages: 16,
+        free_vram: Some(0),
+        ..Default::default()
+    });
     for p in 0..4 {
         assert!(w.gpu_access(p, 1), "page {p}");
     }
@@ -292,13 +316,21 @@ fn system_pages_migrate() {
 /// Fault injection: failed copies leave pages where they were; GPU faults
 /// map them from system memory or retry, CPU faults retry.
 fn failing_copies() {
-    gpu_racing_cpu(WorldConfig { pages: 6, fail_copy_one_in: 4, ..Default::default() });
+    gpu_racing_cpu(WorldConfig {
+        pages: 6,
+        fail_copy_one_in: 4,
+        ..Default::default()
+    });
 }
 
 /// A peer that dies: mm-server goes in the middle; GPU faults that wait
 /// on it get nothing and map system pages; nothing hangs or is lost.
 fn mm_server_dies() {
-    let w = world(WorldConfig { pages: 6, broker: Some(2), ..Default::default() });
+    let w = world(WorldConfig {
+        pages: 6,
+        broker: Some(2),
+        ..Default::default()
+    });
     let killer = {
         let w = w.clone();
         spawn(move || {

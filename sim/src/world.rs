@@ -44,7 +44,14 @@ pub struct WorldConfig {
 
 impl Default for WorldConfig {
     fn default() -> Self {
-        Self { pages: 16, policy: Policy::Rules, skip_invalidate: false, fail_copy_one_in: 0, broker: None, free_vram: None }
+        Self {
+            pages: 16,
+            policy: Policy::Rules,
+            skip_invalidate: false,
+            fail_copy_one_in: 0,
+            broker: None,
+            free_vram: None,
+        }
     }
 }
 
@@ -67,7 +74,11 @@ pub struct World {
 impl World {
     pub fn new(cfg: &WorldConfig) -> Self {
         let machine = Arc::new(Machine::new(cfg.pages, cfg.fail_copy_one_in));
-        let pager = Arc::new(SimPager::new(machine.clone(), cfg.policy, cfg.skip_invalidate));
+        let pager = Arc::new(SimPager::new(
+            machine.clone(),
+            cfg.policy,
+            cfg.skip_invalidate,
+        ));
         let mut servers = Vec::new();
         let mut start = |name, threads| {
             let (ep, hs) = Endpoint::start(name, threads);
@@ -82,12 +93,24 @@ impl World {
             Some(_) => {
                 let ep = start("mm-server", 1);
                 let total = machine.vram.len() as u64 * PAGE;
-                let mm = Arc::new(Mm { broker: Broker::with_watermarks(total, total / 4, total), worlds: SimWorlds { pager: pager.clone(), reclaim: reclaim.clone(), gpu: Default::default() } });
+                let mm = Arc::new(Mm {
+                    broker: Broker::with_watermarks(total, total / 4, total),
+                    worlds: SimWorlds {
+                        pager: pager.clone(),
+                        reclaim: reclaim.clone(),
+                        gpu: Default::default(),
+                    },
+                });
                 (Some(mm), Some(ep))
             }
             None => (None, None),
         };
-        let hw = SimPlatform { machine: machine.clone(), pager: pager.clone(), migrate: migrate.clone(), pressure: mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m)) };
+        let hw = SimPlatform {
+            machine: machine.clone(),
+            pager: pager.clone(),
+            migrate: migrate.clone(),
+            pressure: mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m)),
+        };
         let gpu: Arc<GpuCore> = Arc::new(Inner::new(hw, 0, machine.vram.len() as u64));
         let _ = pager.gpu.set(gpu.clone());
         let _ = pager.notify.set(notify.clone());
@@ -97,7 +120,8 @@ impl World {
         gpu.attach_staging(STAGING_BASE, STAGING_SLOTS as u64 * 512 * PAGE);
         let vm = gpu.create_vm(CLIENT).expect("a VM");
         gpu.add_object(OBJECT, 0, SYS_BASE, None, cfg.pages as u64);
-        gpu.bind(CLIENT, vm, VIEW, OBJECT, 0, cfg.pages as u64, GPU_BASE).expect("binding the view");
+        gpu.bind(CLIENT, vm, VIEW, OBJECT, 0, cfg.pages as u64, GPU_BASE)
+            .expect("binding the view");
         let mut filler = Vec::new();
         if let Some(free) = cfg.broker.or(cfg.free_vram) {
             // Leave `free` pages of VRAM: the rest is held, as by other users.
@@ -109,7 +133,19 @@ impl World {
             }
         }
         let endpoints = vec![migrate, notify, reclaim];
-        Self { machine, pager, gpu, mm, endpoints, faults, mm_endpoint, servers, vm, gpu_base: Arc::new(StdAtomicU64::new(GPU_BASE)), filler: std::sync::Mutex::new(filler) }
+        Self {
+            machine,
+            pager,
+            gpu,
+            mm,
+            endpoints,
+            faults,
+            mm_endpoint,
+            servers,
+            vm,
+            gpu_base: Arc::new(StdAtomicU64::new(GPU_BASE)),
+            filler: std::sync::Mutex::new(filler),
+        }
     }
 
     /// Page `p` starts as `value`, in RAM.
@@ -146,7 +182,10 @@ impl World {
                 self.pager.wp_fault(view, p);
             }
         }
-        panic!("a CPU access to page {p} through view {} never completed", view.load(StdOrdering::Acquire));
+        panic!(
+            "a CPU access to page {p} through view {} never completed",
+            view.load(StdOrdering::Acquire)
+        );
     }
 
     /// A GPU hardware thread adds `add` to page `p` through the binding,
@@ -157,7 +196,14 @@ impl World {
             let va = self.gpu_base.load(StdOrdering::Acquire) + p as u64 * PAGE;
             let table = &self.pager.table;
             let vram = &self.gpu.vram;
-            match self.machine.gpu_access(self.vm, va, p, add, || where_is(table, p), |f| vram.holds(f)) {
+            match self.machine.gpu_access(
+                self.vm,
+                va,
+                p,
+                add,
+                || where_is(table, p),
+                |f| vram.holds(f),
+            ) {
                 GpuAccess::Done(_) => return true,
                 GpuAccess::Fault => {
                     let (gpu, vm) = (self.gpu.clone(), self.vm);
@@ -166,7 +212,11 @@ impl World {
                         Some(true) => {}
                         // Not bound there: unless the view moved meanwhile,
                         // the access fails.
-                        Some(false) if self.gpu_base.load(StdOrdering::Acquire) + p as u64 * PAGE == va => return false,
+                        Some(false)
+                            if self.gpu_base.load(StdOrdering::Acquire) + p as u64 * PAGE == va =>
+                        {
+                            return false
+                        }
                         _ => {}
                     }
                 }
@@ -192,10 +242,16 @@ impl World {
         let from = self.gpu_base.load(StdOrdering::Acquire);
         let notify = self.endpoints[1].clone();
         let gpu = self.gpu.clone();
-        notify.call(move || gpu.view_copied(VIEW, MOVED_VIEW, from, MOVED_BASE)).expect("the GPU server answers").expect("the binding follows");
+        notify
+            .call(move || gpu.view_copied(VIEW, MOVED_VIEW, from, MOVED_BASE))
+            .expect("the GPU server answers")
+            .expect("the binding follows");
         self.gpu_base.store(MOVED_BASE, StdOrdering::Release);
         let gpu = self.gpu.clone();
-        notify.call(move || gpu.view_gone(VIEW)).expect("the GPU server answers").expect("the old binding goes");
+        notify
+            .call(move || gpu.view_gone(VIEW))
+            .expect("the GPU server answers")
+            .expect("the old binding goes");
         new
     }
 
@@ -219,31 +275,54 @@ impl World {
         for p in 0..self.machine.pages {
             let i = table.info(p).expect("page in range");
             assert!(!i.locked, "page {p} was left locked");
-            assert_eq!(self.value_of(p, i.residency), expect(p), "page {p}: wrong data ({:?})", i.residency);
+            assert_eq!(
+                self.value_of(p, i.residency),
+                expect(p),
+                "page {p}: wrong data ({:?})",
+                i.residency
+            );
             if let Residency::Device { pfn, .. } = i.residency {
-                assert!(self.gpu.vram.holds(pfn), "rule 6: page {p} lives in frame {pfn}, whose block was freed");
+                assert!(
+                    self.gpu.vram.holds(pfn),
+                    "rule 6: page {p} lives in frame {pfn}, whose block was freed"
+                );
                 in_vram += 1;
             }
         }
         let filler = self.filler.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
-        assert_eq!(self.gpu.vram.used_pages(), in_vram + filler, "VRAM holds other than the pages in it (a leak)");
+        assert_eq!(
+            self.gpu.vram.used_pages(),
+            in_vram + filler,
+            "VRAM holds other than the pages in it (a leak)"
+        );
         let base = self.gpu_base.load(StdOrdering::Acquire);
         for (va, pte) in self.machine.ptes(self.vm) {
-            assert!(va >= base && va < base + self.machine.pages as u64 * PAGE, "a GPU mapping at {va:#x} outlived the move of its view");
+            assert!(
+                va >= base && va < base + self.machine.pages as u64 * PAGE,
+                "a GPU mapping at {va:#x} outlived the move of its view"
+            );
             let p = ((va - base) / PAGE) as usize;
             let acked = self.machine.last_ack[p].load(StdOrdering::Acquire);
             assert!(pte.made_at > acked, "rule 8: page {p} is still mapped by a PTE older than its last acknowledged invalidation");
             let (_, frame) = where_is(table, p);
             match pte.target {
-                hw::xe::pte::Target::Device => assert_eq!(frame, Some(pte.addr / PAGE), "page {p} mapped at a frame it is not in"),
-                hw::xe::pte::Target::System => assert_eq!(frame, None, "page {p} in VRAM mapped as a system page"),
+                hw::xe::pte::Target::Device => assert_eq!(
+                    frame,
+                    Some(pte.addr / PAGE),
+                    "page {p} mapped at a frame it is not in"
+                ),
+                hw::xe::pte::Target::System => {
+                    assert_eq!(frame, None, "page {p} in VRAM mapped as a system page")
+                }
             }
         }
     }
 
     fn value_of(&self, p: usize, r: Residency) -> u64 {
         match r {
-            Residency::Device { pfn, .. } => self.machine.vram[pfn as usize].load(StdOrdering::Acquire),
+            Residency::Device { pfn, .. } => {
+                self.machine.vram[pfn as usize].load(StdOrdering::Acquire)
+            }
             _ => self.machine.ram[p].load(StdOrdering::Acquire),
         }
     }

@@ -6,17 +6,26 @@
 use sim::scenarios::all;
 
 fn iterations() -> usize {
-    std::env::var("SIM_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    std::env::var("SIM_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
 }
 
 const SEED: u64 = 0x5eed;
 
 fn scenario(name: &str) {
-    let s = all().into_iter().find(|s| s.name == name).expect("a scenario of that name");
+    let s = all()
+        .into_iter()
+        .find(|s| s.name == name)
+        .expect("a scenario of that name");
     let n = iterations();
     let e = sim::explore(s.run, SEED, n, n);
     assert_eq!((e.random, e.pct), (n, n), "{name}: not every schedule ran");
-    println!("{name}: {} random + {} PCT schedules, every property held", e.random, e.pct);
+    println!(
+        "{name}: {} random + {} PCT schedules, every property held",
+        e.random, e.pct
+    );
 }
 
 #[test]
@@ -73,7 +82,11 @@ fn mm_server_dies() {
 #[test]
 fn negative_checks_find_the_rejected_designs_failing() {
     for (name, about, run) in sim::negative::all() {
-        assert!(sim::finds_a_failure(run, SEED, iterations()), "{name} ({about}) was not caught in {} schedules", iterations());
+        assert!(
+            sim::finds_a_failure(run, SEED, iterations()),
+            "{name} ({about}) was not caught in {} schedules",
+            iterations()
+        );
     }
 }
 
@@ -101,7 +114,11 @@ fn every_scenario_has_a_test() {
 /// schedules, so a recorded failure is the same failure again.
 #[test]
 fn the_same_seed_finds_the_same_failure() {
-    let first = sim::negative::all().into_iter().find(|n| n.0 == "whole_pile_without_fallback").expect("the rule 2 check").2;
+    let first = sim::negative::all()
+        .into_iter()
+        .find(|n| n.0 == "whole_pile_without_fallback")
+        .expect("the rule 2 check")
+        .2;
     let a = sim::first_failing_iteration(first, SEED, iterations());
     let b = sim::first_failing_iteration(first, SEED, iterations());
     assert!(a.is_some(), "the rule 2 check found nothing");

@@ -34,7 +34,12 @@ pub struct ConformancePager {
 }
 
 impl ConformancePager {
-    fn with_object<T>(&self, caller: &Capability, id: ObjectId, f: impl FnOnce(&Object) -> Result<T, PagerError>) -> Result<T, PagerError> {
+    fn with_object<T>(
+        &self,
+        caller: &Capability,
+        id: ObjectId,
+        f: impl FnOnce(&Object) -> Result<T, PagerError>,
+    ) -> Result<T, PagerError> {
         let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
         match objects.get(&id.get()) {
             Some(o) if o.owner == caller.badge.0 => f(o),
@@ -44,13 +49,19 @@ impl ConformancePager {
 }
 
 impl Handler<Pager> for ConformancePager {
-    fn handle(&self, caller: &Capability, req: Request, mut handles: Vec<OwnedFd>) -> Result<(Reply, Vec<OwnedFd>), PagerError> {
+    fn handle(
+        &self,
+        caller: &Capability,
+        req: Request,
+        mut handles: Vec<OwnedFd>,
+    ) -> Result<(Reply, Vec<OwnedFd>), PagerError> {
         match req {
             Request::CreateObject(CreateObject { size_bytes }) => {
                 if size_bytes == 0 || size_bytes % PAGE_SIZE != 0 || size_bytes > MAX_OBJECT {
                     return Err(PagerError::BadSize);
                 }
-                let memfd = memfd_create("conformance-object", MemfdFlags::CLOEXEC).map_err(|_| PagerError::Host)?;
+                let memfd = memfd_create("conformance-object", MemfdFlags::CLOEXEC)
+                    .map_err(|_| PagerError::Host)?;
                 ftruncate(&memfd, size_bytes).map_err(|_| PagerError::Host)?;
                 rustix::io::pwrite(&memfd, SERVER_PATTERN, 0).map_err(|_| PagerError::Host)?;
                 let client_copy = memfd.try_clone().map_err(|_| PagerError::Host)?;
@@ -58,28 +69,59 @@ impl Handler<Pager> for ConformancePager {
                 self.objects
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, Object { owner: caller.badge.0, memfd, size: size_bytes });
-                Ok((Reply::CreateObject(ObjectCreated { object: ObjectId::raw(id), size_bytes }), vec![client_copy]))
+                    .insert(
+                        id,
+                        Object {
+                            owner: caller.badge.0,
+                            memfd,
+                            size: size_bytes,
+                        },
+                    );
+                Ok((
+                    Reply::CreateObject(ObjectCreated {
+                        object: ObjectId::raw(id),
+                        size_bytes,
+                    }),
+                    vec![client_copy],
+                ))
             }
             Request::DestroyObject(DestroyObject { object }) => {
                 self.with_object(caller, object, |_| Ok(()))?;
-                self.objects.lock().unwrap_or_else(|e| e.into_inner()).remove(&object.get());
+                self.objects
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&object.get());
                 Ok((Reply::DestroyObject(Done {}), vec![]))
             }
-            Request::AttachView(AttachView { object, pages, object_first_page, .. }) => {
+            Request::AttachView(AttachView {
+                object,
+                pages,
+                object_first_page,
+                ..
+            }) => {
                 let uffd = handles.pop().ok_or(PagerError::BadUserfaultfd)?;
                 // A userfaultfd is an anon inode; a regular file is refused.
                 let st = rustix::fs::fstat(&uffd).map_err(|_| PagerError::BadUserfaultfd)?;
-                if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile {
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::RegularFile
+                {
                     return Err(PagerError::BadUserfaultfd);
                 }
                 self.with_object(caller, object, |o| {
-                    if object_first_page.checked_add(pages).is_none_or(|end| end * PAGE_SIZE > o.size) {
+                    if object_first_page
+                        .checked_add(pages)
+                        .is_none_or(|end| end * PAGE_SIZE > o.size)
+                    {
                         return Err(PagerError::OutOfRange);
                     }
                     Ok(())
                 })?;
-                Ok((Reply::AttachView(ViewAttached { view: ViewId::raw(1) }), vec![]))
+                Ok((
+                    Reply::AttachView(ViewAttached {
+                        view: ViewId::raw(1),
+                    }),
+                    vec![],
+                ))
             }
             Request::DetachView(_) => Err(PagerError::NoSuchView),
             Request::Advise(Advise { object, .. }) => {
@@ -90,16 +132,28 @@ impl Handler<Pager> for ConformancePager {
                 self.with_object(caller, object, |_| Ok(()))?;
                 Ok((Reply::Prefetch(Prefetched { moved: 0 }), vec![]))
             }
-            Request::Snapshot(Snapshot { object, first_page, count }) => self.with_object(caller, object, |o| {
+            Request::Snapshot(Snapshot {
+                object,
+                first_page,
+                count,
+            }) => self.with_object(caller, object, |o| {
                 let pages = count.get() as u64;
-                if first_page.checked_add(pages).is_none_or(|end| end * PAGE_SIZE > o.size) {
+                if first_page
+                    .checked_add(pages)
+                    .is_none_or(|end| end * PAGE_SIZE > o.size)
+                {
                     return Err(PagerError::OutOfRange);
                 }
                 let mut states = Vec::with_capacity(pages as usize);
                 let mut page = vec![0u8; PAGE_SIZE as usize];
                 for p in first_page..first_page + pages {
-                    rustix::io::pread(&o.memfd, &mut page, p * PAGE_SIZE).map_err(|_| PagerError::Host)?;
-                    states.push(if page.iter().any(|b| *b != 0) { PageStateCode::System } else { PageStateCode::Empty });
+                    rustix::io::pread(&o.memfd, &mut page, p * PAGE_SIZE)
+                        .map_err(|_| PagerError::Host)?;
+                    states.push(if page.iter().any(|b| *b != 0) {
+                        PageStateCode::System
+                    } else {
+                        PageStateCode::Empty
+                    });
                 }
                 let states = BoundedVec::new(states).ok_or(PagerError::OutOfRange)?;
                 Ok((Reply::Snapshot(PageStates { states }), vec![]))

@@ -17,28 +17,46 @@ fn hex(b: &[u8]) -> String {
 
 fn vectors<I: Interface>(out: &mut String) {
     for (name, m) in I::Request::examples() {
-        let kind = if ipc_protocol::server::RequestInfo::one_way(&m) { Kind::Notification } else { Kind::Request };
+        let kind = if ipc_protocol::server::RequestInfo::one_way(&m) {
+            Kind::Notification
+        } else {
+            Kind::Request
+        };
         let id = if kind == Kind::Notification { 0 } else { ID };
         let frame = encode_message(I::ID, kind, id, &m);
         // The golden bytes decode back to the example.
         let f = Frame::parse(&frame, m.handle_count()).expect("golden frame parses");
-        assert_eq!(I::Request::decode_payload(f.header.opcode, f.payload, m.handle_count()), Ok(m.clone()));
+        assert_eq!(
+            I::Request::decode_payload(f.header.opcode, f.payload, m.handle_count()),
+            Ok(m.clone())
+        );
         writeln!(out, "{} request {name} {}", I::NAME, hex(&frame)).unwrap();
     }
     for (name, m) in I::Reply::examples() {
         let frame = encode_message(I::ID, Kind::Reply, ID, &m);
         let f = Frame::parse(&frame, m.handle_count()).expect("golden frame parses");
-        assert_eq!(I::Reply::decode_payload(f.header.opcode, f.payload, m.handle_count()), Ok(m.clone()));
+        assert_eq!(
+            I::Reply::decode_payload(f.header.opcode, f.payload, m.handle_count()),
+            Ok(m.clone())
+        );
         writeln!(out, "{} reply {name} {}", I::NAME, hex(&frame)).unwrap();
     }
     for e in I::Error::all() {
-        let frame = encode_raw(I::ID, 1, Kind::Error, 0, ID, &ErrorPayload::Server(*e).encode());
+        let frame = encode_raw(
+            I::ID,
+            1,
+            Kind::Error,
+            0,
+            ID,
+            &ErrorPayload::Server(*e).encode(),
+        );
         writeln!(out, "{} error {e:?} {}", I::NAME, hex(&frame)).unwrap();
     }
 }
 
 fn all_vectors() -> String {
-    let mut out = String::from("# xe-svm IPC wire format v1: <interface> <kind> <message> <frame hex>\n");
+    let mut out =
+        String::from("# xe-svm IPC wire format v1: <interface> <kind> <message> <frame hex>\n");
     vectors::<pager::Pager>(&mut out);
     vectors::<pager_migrate::PagerMigrate>(&mut out);
     vectors::<pager_reclaim::PagerReclaim>(&mut out);
@@ -47,11 +65,24 @@ fn all_vectors() -> String {
     vectors::<gpu_shrink::GpuShrink>(&mut out);
     vectors::<pressure::Pressure>(&mut out);
     for e in ProtocolError::ALL {
-        let frame = encode_raw(1, 1, Kind::Error, 0, ID, &ErrorPayload::<pager::PagerError>::Protocol(e).encode());
+        let frame = encode_raw(
+            1,
+            1,
+            Kind::Error,
+            0,
+            ID,
+            &ErrorPayload::<pager::PagerError>::Protocol(e).encode(),
+        );
         writeln!(out, "any protocol-error {e:?} {}", hex(&frame)).unwrap();
     }
-    let denied = ErrorPayload::<pager::PagerError>::Denied(Rights::SNAPSHOT | Rights::ADVISE).encode();
-    writeln!(out, "any denied SNAPSHOT|ADVISE {}", hex(&encode_raw(1, 7, Kind::Error, 0, ID, &denied))).unwrap();
+    let denied =
+        ErrorPayload::<pager::PagerError>::Denied(Rights::SNAPSHOT | Rights::ADVISE).encode();
+    writeln!(
+        out,
+        "any denied SNAPSHOT|ADVISE {}",
+        hex(&encode_raw(1, 7, Kind::Error, 0, ID, &denied))
+    )
+    .unwrap();
     out
 }
 
@@ -63,11 +94,21 @@ fn golden_vectors_match_the_checked_in_file() {
         std::fs::write(&path, &now).unwrap();
         return;
     }
-    let checked_in = std::fs::read_to_string(&path).expect("tests/golden/ipc-v1.txt (UPDATE_GOLDEN=1 writes it)");
+    let checked_in = std::fs::read_to_string(&path)
+        .expect("tests/golden/ipc-v1.txt (UPDATE_GOLDEN=1 writes it)");
     for (i, (a, b)) in checked_in.lines().zip(now.lines()).enumerate() {
-        assert_eq!(a, b, "golden line {} differs: the wire format changed", i + 1);
+        assert_eq!(
+            a,
+            b,
+            "golden line {} differs: the wire format changed",
+            i + 1
+        );
     }
-    assert_eq!(checked_in.lines().count(), now.lines().count(), "messages were added or removed");
+    assert_eq!(
+        checked_in.lines().count(),
+        now.lines().count(),
+        "messages were added or removed"
+    );
 }
 
 #[test]
@@ -77,7 +118,10 @@ fn every_message_has_a_golden_vector() {
     // 7 interfaces; each of their messages appears.
     assert_eq!(count("Pager "), 7 + 7 + pager::PagerError::all().len());
     assert_eq!(count("Gpu "), 11 + 11 + gpu::GpuError::all().len());
-    assert_eq!(count("Pressure "), 4 + 3 + pressure::PressureError::all().len());
+    assert_eq!(
+        count("Pressure "),
+        4 + 3 + pressure::PressureError::all().len()
+    );
 }
 
 #[test]

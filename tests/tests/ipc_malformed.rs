@@ -29,12 +29,23 @@ fn start(transport: &str, rights: Rights) -> Client<Pager> {
             (Arc::new(a), Arc::new(b))
         }
     };
-    ipc_protocol::server::spawn::<Pager, _>("conformance", b, Capability::new(7, rights), Arc::new(ConformancePager::default()), 1);
+    ipc_protocol::server::spawn::<Pager, _>(
+        "conformance",
+        b,
+        Capability::new(7, rights),
+        Arc::new(ConformancePager::default()),
+        1,
+    );
     Client::new(a).with_timeout(std::time::Duration::from_secs(10))
 }
 
 fn good(id: u64) -> Vec<u8> {
-    encode_message(1, Kind::Request, id, &Request::CreateObject(CreateObject { size_bytes: 4096 }))
+    encode_message(
+        1,
+        Kind::Request,
+        id,
+        &Request::CreateObject(CreateObject { size_bytes: 4096 }),
+    )
 }
 
 fn payload_of(req: Request) -> Vec<u8> {
@@ -53,7 +64,12 @@ struct Case {
 
 fn table() -> Vec<Case> {
     vec![
-        Case { name: "shorter than a header", frame: |id| (good(id)[..10].to_vec(), vec![]), id_known: false, expect: ProtocolError::Truncated },
+        Case {
+            name: "shorter than a header",
+            frame: |id| (good(id)[..10].to_vec(), vec![]),
+            id_known: false,
+            expect: ProtocolError::Truncated,
+        },
         Case {
             name: "payload shorter than declared",
             frame: |id| {
@@ -66,7 +82,12 @@ fn table() -> Vec<Case> {
         },
         Case {
             name: "field runs past the payload",
-            frame: |id| (encode_raw_frame(1, 1, Kind::Request, 0, id, &[1, 2, 3]), vec![]),
+            frame: |id| {
+                (
+                    encode_raw_frame(1, 1, Kind::Request, 0, id, &[1, 2, 3]),
+                    vec![],
+                )
+            },
             id_known: true,
             expect: ProtocolError::Truncated,
         },
@@ -120,11 +141,21 @@ fn table() -> Vec<Case> {
             id_known: true,
             expect: ProtocolError::UnknownInterface,
         },
-        Case { name: "unknown opcode", frame: |id| (encode_raw_frame(1, 99, Kind::Request, 0, id, &[]), vec![]), id_known: true, expect: ProtocolError::UnknownOpcode },
+        Case {
+            name: "unknown opcode",
+            frame: |id| (encode_raw_frame(1, 99, Kind::Request, 0, id, &[]), vec![]),
+            id_known: true,
+            expect: ProtocolError::UnknownOpcode,
+        },
         Case {
             name: "handle missing (AttachView needs its userfaultfd)",
             frame: |id| {
-                let p = payload_of(Request::AttachView(AttachView { object: ipc_protocol::types::ObjectId::raw(1), addr: 0, object_first_page: 0, pages: 1 }));
+                let p = payload_of(Request::AttachView(AttachView {
+                    object: ipc_protocol::types::ObjectId::raw(1),
+                    addr: 0,
+                    object_first_page: 0,
+                    pages: 1,
+                }));
                 (encode_raw_frame(1, 3, Kind::Request, 0, id, &p), vec![])
             },
             id_known: true,
@@ -153,7 +184,11 @@ fn table() -> Vec<Case> {
         Case {
             name: "page count of zero",
             frame: |id| {
-                let mut p = payload_of(Request::Snapshot(Snapshot { object: ipc_protocol::types::ObjectId::raw(1), first_page: 0, count: PageCount::new(1).unwrap() }));
+                let mut p = payload_of(Request::Snapshot(Snapshot {
+                    object: ipc_protocol::types::ObjectId::raw(1),
+                    first_page: 0,
+                    count: PageCount::new(1).unwrap(),
+                }));
                 let n = p.len();
                 p[n - 2..].copy_from_slice(&0u16.to_le_bytes());
                 (encode_raw_frame(1, 7, Kind::Request, 0, id, &p), vec![])
@@ -164,7 +199,12 @@ fn table() -> Vec<Case> {
         Case {
             name: "unknown enum code",
             frame: |id| {
-                let mut p = payload_of(Request::Advise(Advise { object: ipc_protocol::types::ObjectId::raw(1), first_page: 0, pages: 1, advice: ipc_protocol::types::Advice::Default }));
+                let mut p = payload_of(Request::Advise(Advise {
+                    object: ipc_protocol::types::ObjectId::raw(1),
+                    first_page: 0,
+                    pages: 1,
+                    advice: ipc_protocol::types::Advice::Default,
+                }));
                 let n = p.len();
                 p[n - 1] = 77;
                 (encode_raw_frame(1, 5, Kind::Request, 0, id, &p), vec![])
@@ -200,16 +240,29 @@ fn run_table(transport: &str) {
     let client = start(transport, Rights::all());
     let mut seen = std::collections::HashSet::new();
     for case in table() {
-        let id = if case.id_known { client.next_request_id() } else { 0 };
+        let id = if case.id_known {
+            client.next_request_id()
+        } else {
+            0
+        };
         let (frame, handles) = (case.frame)(id);
-        let reply = client.call_raw(id, &frame, handles).unwrap_or_else(|e| panic!("{}: no answer: {e}", case.name));
+        let reply = client
+            .call_raw(id, &frame, handles)
+            .unwrap_or_else(|e| panic!("{}: no answer: {e}", case.name));
         match decode_error::<Pager>(&reply) {
-            Some(RawError::Protocol(e)) => assert_eq!(e, case.expect, "{transport}: case '{}'", case.name),
-            other => panic!("{transport}: case '{}': expected {:?}, got {other:?}", case.name, case.expect),
+            Some(RawError::Protocol(e)) => {
+                assert_eq!(e, case.expect, "{transport}: case '{}'", case.name)
+            }
+            other => panic!(
+                "{transport}: case '{}': expected {:?}, got {other:?}",
+                case.name, case.expect
+            ),
         }
         seen.insert(case.expect);
         // The server keeps serving.
-        let (created, fds) = client.call_with_handles(CreateObject { size_bytes: 4096 }, vec![]).unwrap();
+        let (created, fds) = client
+            .call_with_handles(CreateObject { size_bytes: 4096 }, vec![])
+            .unwrap();
         assert_eq!(created.size_bytes, 4096);
         assert_eq!(fds.len(), 1);
     }
@@ -233,9 +286,18 @@ fn malformed_table_seqpacket() {
 fn missing_right_is_refused_and_server_keeps_serving() {
     for t in ["inproc", "seqpacket"] {
         let client = start(t, Rights::OBJECT | Rights::VIEW);
-        let (obj, _) = client.call_with_handles(CreateObject { size_bytes: 8192 }, vec![]).unwrap();
-        let e = client.call(Snapshot { object: obj.object, first_page: 0, count: PageCount::new(2).unwrap() });
-        assert_eq!(e, Err(ipc_protocol::client::CallError::Denied(Rights::SNAPSHOT)));
+        let (obj, _) = client
+            .call_with_handles(CreateObject { size_bytes: 8192 }, vec![])
+            .unwrap();
+        let e = client.call(Snapshot {
+            object: obj.object,
+            first_page: 0,
+            count: PageCount::new(2).unwrap(),
+        });
+        assert_eq!(
+            e,
+            Err(ipc_protocol::client::CallError::Denied(Rights::SNAPSHOT))
+        );
         client.call(DestroyObject { object: obj.object }).unwrap();
     }
 }
@@ -243,24 +305,63 @@ fn missing_right_is_refused_and_server_keeps_serving() {
 #[test]
 fn server_errors_are_typed() {
     let client = start("seqpacket", Rights::all());
-    let e = client.call_with_handles(CreateObject { size_bytes: 1000 }, vec![]).map(|_| ());
-    assert_eq!(e, Err(ipc_protocol::client::CallError::Server(PagerError::BadSize)));
-    let e = client.call(DestroyObject { object: ipc_protocol::types::ObjectId::raw(999) });
-    assert_eq!(e, Err(ipc_protocol::client::CallError::Server(PagerError::NoSuchObject)));
+    let e = client
+        .call_with_handles(CreateObject { size_bytes: 1000 }, vec![])
+        .map(|_| ());
+    assert_eq!(
+        e,
+        Err(ipc_protocol::client::CallError::Server(PagerError::BadSize))
+    );
+    let e = client.call(DestroyObject {
+        object: ipc_protocol::types::ObjectId::raw(999),
+    });
+    assert_eq!(
+        e,
+        Err(ipc_protocol::client::CallError::Server(
+            PagerError::NoSuchObject
+        ))
+    );
     // A regular file is not a userfaultfd.
-    let (obj, _) = client.call_with_handles(CreateObject { size_bytes: 4096 }, vec![]).unwrap();
-    let e = client.call_with_handles(AttachView { object: obj.object, addr: 0, object_first_page: 0, pages: 1 }, vec![memfd()]).map(|_| ());
-    assert_eq!(e, Err(ipc_protocol::client::CallError::Server(PagerError::BadUserfaultfd)));
+    let (obj, _) = client
+        .call_with_handles(CreateObject { size_bytes: 4096 }, vec![])
+        .unwrap();
+    let e = client
+        .call_with_handles(
+            AttachView {
+                object: obj.object,
+                addr: 0,
+                object_first_page: 0,
+                pages: 1,
+            },
+            vec![memfd()],
+        )
+        .map(|_| ());
+    assert_eq!(
+        e,
+        Err(ipc_protocol::client::CallError::Server(
+            PagerError::BadUserfaultfd
+        ))
+    );
 }
 
 #[test]
 fn many_threads_share_one_client_and_many_clients_share_one_server() {
-    let (server_ends, client_ends): (Vec<_>, Vec<_>) = (0..4).map(|_| SeqPacket::pair().unwrap()).unzip();
+    let (server_ends, client_ends): (Vec<_>, Vec<_>) =
+        (0..4).map(|_| SeqPacket::pair().unwrap()).unzip();
     let server = Arc::new(ConformancePager::default());
     for (i, s) in server_ends.into_iter().enumerate() {
-        ipc_protocol::server::spawn::<Pager, _>("multi", Arc::new(s), Capability::new(i as u64 + 1, Rights::all()), server.clone(), 2);
+        ipc_protocol::server::spawn::<Pager, _>(
+            "multi",
+            Arc::new(s),
+            Capability::new(i as u64 + 1, Rights::all()),
+            server.clone(),
+            2,
+        );
     }
-    let clients: Vec<Arc<Client<Pager>>> = client_ends.into_iter().map(|c| Arc::new(Client::new(Arc::new(c)))).collect();
+    let clients: Vec<Arc<Client<Pager>>> = client_ends
+        .into_iter()
+        .map(|c| Arc::new(Client::new(Arc::new(c))))
+        .collect();
     let mut threads = Vec::new();
     for (ci, client) in clients.iter().enumerate() {
         for t in 0..4 {
@@ -268,10 +369,20 @@ fn many_threads_share_one_client_and_many_clients_share_one_server() {
             threads.push(std::thread::spawn(move || {
                 for i in 0..50u64 {
                     let pages = 1 + (ci as u64 * 7 + t * 3 + i) % 5;
-                    let (o, fds) = client.call_with_handles(CreateObject { size_bytes: pages * 4096 }, vec![]).unwrap();
+                    let (o, fds) = client
+                        .call_with_handles(
+                            CreateObject {
+                                size_bytes: pages * 4096,
+                            },
+                            vec![],
+                        )
+                        .unwrap();
                     // The reply answers this thread's call, not another's.
                     assert_eq!(o.size_bytes, pages * 4096);
-                    assert_eq!(rustix::fs::fstat(&fds[0]).unwrap().st_size as u64, pages * 4096);
+                    assert_eq!(
+                        rustix::fs::fstat(&fds[0]).unwrap().st_size as u64,
+                        pages * 4096
+                    );
                     client.call(DestroyObject { object: o.object }).unwrap();
                 }
             }));
@@ -281,6 +392,13 @@ fn many_threads_share_one_client_and_many_clients_share_one_server() {
         t.join().unwrap();
     }
     // A client cannot name another client's object: badges differ.
-    let (o, _) = clients[0].call_with_handles(CreateObject { size_bytes: 4096 }, vec![]).unwrap();
-    assert_eq!(clients[1].call(DestroyObject { object: o.object }), Err(ipc_protocol::client::CallError::Server(PagerError::NoSuchObject)));
+    let (o, _) = clients[0]
+        .call_with_handles(CreateObject { size_bytes: 4096 }, vec![])
+        .unwrap();
+    assert_eq!(
+        clients[1].call(DestroyObject { object: o.object }),
+        Err(ipc_protocol::client::CallError::Server(
+            PagerError::NoSuchObject
+        ))
+    );
 }

@@ -34,13 +34,21 @@ fn status(vram_used: u64) -> PressureStatus {
 }
 
 impl Handler<Pressure> for Counter {
-    fn handle(&self, _: &Capability, req: Request, _: Vec<OwnedFd>) -> Result<(Reply, Vec<OwnedFd>), PressureError> {
+    fn handle(
+        &self,
+        _: &Capability,
+        req: Request,
+        _: Vec<OwnedFd>,
+    ) -> Result<(Reply, Vec<OwnedFd>), PressureError> {
         match req {
             Request::ReportUsage(r) => {
                 self.reported.fetch_add(r.bytes, Ordering::AcqRel);
                 Ok((Reply::Status(status(0)), vec![]))
             }
-            Request::Status(_) => Ok((Reply::Status(status(self.reported.load(Ordering::Acquire))), vec![])),
+            Request::Status(_) => Ok((
+                Reply::Status(status(self.reported.load(Ordering::Acquire))),
+                vec![],
+            )),
             _ => Err(PressureError::PeerUnavailable),
         }
     }
@@ -50,10 +58,23 @@ impl Handler<Pressure> for Counter {
 fn notifications_are_delivered_in_order_without_replies() {
     let (c, s) = SeqPacket::pair().unwrap();
     let counter = Arc::new(Counter::default());
-    ipc_protocol::server::spawn::<Pressure, _>("pressure", Arc::new(s), Capability::new(1, Rights::all()), counter.clone(), 1);
-    let client: Client<Pressure> = Client::new(Arc::new(c)).with_timeout(std::time::Duration::from_secs(10));
+    ipc_protocol::server::spawn::<Pressure, _>(
+        "pressure",
+        Arc::new(s),
+        Capability::new(1, Rights::all()),
+        counter.clone(),
+        1,
+    );
+    let client: Client<Pressure> =
+        Client::new(Arc::new(c)).with_timeout(std::time::Duration::from_secs(10));
     for _ in 0..100 {
-        client.notify(ReportUsage { memory: MemoryKind::Vram, world: World::Svm, bytes: 4096 }).unwrap();
+        client
+            .notify(ReportUsage {
+                memory: MemoryKind::Vram,
+                world: World::Svm,
+                bytes: 4096,
+            })
+            .unwrap();
     }
     // The next call is answered after all 100 notifications were handled
     // (one serving thread, one ordered socket): no reply was queued for them.
@@ -67,9 +88,22 @@ fn notifications_are_delivered_in_order_without_replies() {
 fn a_notification_without_the_right_is_dropped_silently() {
     let (c, s) = SeqPacket::pair().unwrap();
     let counter = Arc::new(Counter::default());
-    ipc_protocol::server::spawn::<Pressure, _>("pressure", Arc::new(s), Capability::new(1, Rights::PRESSURE_RESERVE | Rights::PRESSURE_STATUS), counter.clone(), 1);
-    let client: Client<Pressure> = Client::new(Arc::new(c)).with_timeout(std::time::Duration::from_secs(10));
-    client.notify(ReportUsage { memory: MemoryKind::Vram, world: World::Bo, bytes: 1 }).unwrap();
+    ipc_protocol::server::spawn::<Pressure, _>(
+        "pressure",
+        Arc::new(s),
+        Capability::new(1, Rights::PRESSURE_RESERVE | Rights::PRESSURE_STATUS),
+        counter.clone(),
+        1,
+    );
+    let client: Client<Pressure> =
+        Client::new(Arc::new(c)).with_timeout(std::time::Duration::from_secs(10));
+    client
+        .notify(ReportUsage {
+            memory: MemoryKind::Vram,
+            world: World::Bo,
+            bytes: 1,
+        })
+        .unwrap();
     // The next call is answered after the notification was handled: it was
     // not counted.
     assert_eq!(client.call(Status {}).unwrap().vram_used, 0);
@@ -83,7 +117,12 @@ struct Goodbyes {
 }
 
 impl Handler<Pressure> for Goodbyes {
-    fn handle(&self, _: &Capability, _: Request, _: Vec<OwnedFd>) -> Result<(Reply, Vec<OwnedFd>), PressureError> {
+    fn handle(
+        &self,
+        _: &Capability,
+        _: Request,
+        _: Vec<OwnedFd>,
+    ) -> Result<(Reply, Vec<OwnedFd>), PressureError> {
         Err(PressureError::PeerUnavailable)
     }
     fn disconnected(&self, caller: &Capability) {
@@ -96,11 +135,21 @@ impl Handler<Pressure> for Goodbyes {
 fn a_peer_that_goes_away_is_reported_once_per_endpoint() {
     let (c, s) = SeqPacket::pair().unwrap();
     let h = Arc::new(Goodbyes::default());
-    let threads = ipc_protocol::server::spawn::<Pressure, _>("bye", Arc::new(s), Capability::new(42, Rights::all()), h.clone(), 3);
+    let threads = ipc_protocol::server::spawn::<Pressure, _>(
+        "bye",
+        Arc::new(s),
+        Capability::new(42, Rights::all()),
+        h.clone(),
+        3,
+    );
     drop(c);
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(h.count.load(Ordering::Acquire), 1, "reported once, not once per serving thread");
+    assert_eq!(
+        h.count.load(Ordering::Acquire),
+        1,
+        "reported once, not once per serving thread"
+    );
     assert_eq!(h.badge.load(Ordering::Acquire), 42);
 }

@@ -9,7 +9,8 @@ use proptest::prelude::*;
 fn roundtrip<M: Message>(iface: u16, kind: Kind, m: &M) -> Result<(), TestCaseError> {
     let frame = encode_message(iface, kind, 42, m);
     prop_assert!(frame.len() <= ipc_protocol::MAX_FRAME);
-    let f = Frame::parse(&frame, m.handle_count()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+    let f = Frame::parse(&frame, m.handle_count())
+        .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     prop_assert_eq!(f.header.request_id, 42);
     let back = M::decode_payload(f.header.opcode, f.payload, m.handle_count());
     prop_assert_eq!(back, Ok(m.clone()));
@@ -97,5 +98,8 @@ fn bounded_list_count_is_checked_before_allocating() {
     let e = pager::Reply::decode_payload(7, &payload, 0);
     assert_eq!(e, Err(ProtocolError::Truncated));
     payload = vec![0x01, 0x02]; // 513
-    assert_eq!(pager::Reply::decode_payload(7, &payload, 0), Err(ProtocolError::Oversized));
+    assert_eq!(
+        pager::Reply::decode_payload(7, &payload, 0),
+        Err(ProtocolError::Oversized)
+    );
 }

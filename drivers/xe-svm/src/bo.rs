@@ -116,8 +116,15 @@ pub struct BoStore {
 impl BoStore {
     pub fn new(bar: &hw::bar::Bar, pool_bytes: u64) -> Result<Self, String> {
         let pool_bytes = pool_bytes.max(2 << 20) & !((2 << 20) - 1);
-        let pool = hw::shm::Region::create("xe-svm-bo-pool", pool_bytes as usize).map_err(|e| e.to_string())?;
-        let pool_dma = bar.dma_map(POOL_SLOT, pool.dup_fd().map_err(|e| e.to_string())?, pool_bytes).map_err(|e| e.to_string())?;
+        let pool = hw::shm::Region::create("xe-svm-bo-pool", pool_bytes as usize)
+            .map_err(|e| e.to_string())?;
+        let pool_dma = bar
+            .dma_map(
+                POOL_SLOT,
+                pool.dup_fd().map_err(|e| e.to_string())?,
+                pool_bytes,
+            )
+            .map_err(|e| e.to_string())?;
         Ok(Self {
             bos: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
@@ -139,11 +146,19 @@ impl BoStore {
 
     /// The caller's object `id`; another client's is as unknown as a stale one.
     pub fn get(&self, owner: u64, id: u32) -> Result<Arc<Bo>, GpuError> {
-        self.map().get(&id).filter(|b| b.owner == owner).cloned().ok_or(GpuError::NoSuchBo)
+        self.map()
+            .get(&id)
+            .filter(|b| b.owner == owner)
+            .cloned()
+            .ok_or(GpuError::NoSuchBo)
     }
 
     pub fn ids_of(&self, owner: u64) -> Vec<u32> {
-        self.map().values().filter(|b| b.owner == owner).map(|b| b.id).collect()
+        self.map()
+            .values()
+            .filter(|b| b.owner == owner)
+            .map(|b| b.id)
+            .collect()
     }
 
     fn sram_addr(&self, c: &Chunk) -> u64 {
@@ -177,7 +192,11 @@ impl Inner<HostPlatform> {
         let mut chunks = Vec::new();
         for order in chunk_orders(size_bytes / PAGE) {
             match s.pool_alloc.alloc(order) {
-                Ok(sram_pfn) => chunks.push(Chunk { order, sram_pfn, vram_pfn: None }),
+                Ok(sram_pfn) => chunks.push(Chunk {
+                    order,
+                    sram_pfn,
+                    vram_pfn: None,
+                }),
                 Err(_) => {
                     for c in &chunks {
                         let _ = s.pool_alloc.free_unused(c.sram_pfn);
@@ -201,7 +220,11 @@ impl Inner<HostPlatform> {
             owner,
             pages: size_bytes / PAGE,
             resv: WwMutex::new(),
-            placement: Mutex::new(Placement { chunks, busy_job: 0, last_use: 0 }),
+            placement: Mutex::new(Placement {
+                chunks,
+                busy_job: 0,
+                last_use: 0,
+            }),
         };
         s.map().insert(id, Arc::new(bo));
         Ok(id)
@@ -209,7 +232,12 @@ impl Inner<HostPlatform> {
 
     /// Writes the PTEs of every mapping of `bo` for its current placement;
     /// returns the (asid, va, len) ranges to invalidate.
-    fn write_bo_ptes(&self, st: &mut State<Ppgtt>, bo: &Bo, chunks: &[Chunk]) -> Vec<(u32, u64, u64)> {
+    fn write_bo_ptes(
+        &self,
+        st: &mut State<Ppgtt>,
+        bo: &Bo,
+        chunks: &[Chunk],
+    ) -> Vec<(u32, u64, u64)> {
         let bar = &self.hw.dev.bar;
         let mut ranges = Vec::new();
         for (asid, vm) in st.vms.iter_mut() {
@@ -222,10 +250,19 @@ impl Inner<HostPlatform> {
                         None => (self.hw.bos.sram_addr(c), Target::System),
                     };
                     if c.order == MAX_ORDER && va % (2 << 20) == 0 {
-                        let _ = vm.tables.map(bar, &self.hw.pt, va, base, PageSize::Size2M, target);
+                        let _ = vm
+                            .tables
+                            .map(bar, &self.hw.pt, va, base, PageSize::Size2M, target);
                     } else {
                         for p in 0..c.pages() {
-                            let _ = vm.tables.map(bar, &self.hw.pt, va + p * PAGE, base + p * PAGE, PageSize::Size4K, target);
+                            let _ = vm.tables.map(
+                                bar,
+                                &self.hw.pt,
+                                va + p * PAGE,
+                                base + p * PAGE,
+                                PageSize::Size4K,
+                                target,
+                            );
                         }
                     }
                     va += c.pages() * PAGE;
@@ -237,7 +274,13 @@ impl Inner<HostPlatform> {
     }
 
     /// Maps `bo` at `gpu_addr` of the caller's VM `vm`.
-    pub(crate) fn map_bo(&self, owner: u64, vm: u32, bo_id: u32, gpu_addr: u64) -> Result<(), GpuError> {
+    pub(crate) fn map_bo(
+        &self,
+        owner: u64,
+        vm: u32,
+        bo_id: u32,
+        gpu_addr: u64,
+    ) -> Result<(), GpuError> {
         let bo = self.hw.bos.get(owner, bo_id)?;
         if gpu_addr % PAGE != 0 || (gpu_addr + bo.pages * PAGE) >> 47 != 0 {
             return Err(GpuError::BadRange);
@@ -248,12 +291,24 @@ impl Inner<HostPlatform> {
         let r = (|| {
             let chunks = bo.placement().chunks.clone();
             let mut st = self.lock();
-            let v = st.vms.get_mut(&vm).filter(|v| v.owner == owner).ok_or(GpuError::NoSuchVm)?;
+            let v = st
+                .vms
+                .get_mut(&vm)
+                .filter(|v| v.owner == owner)
+                .ok_or(GpuError::NoSuchVm)?;
             let len = bo.pages * PAGE;
-            if v.bindings.iter().any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < gpu_addr + len) || v.bos.iter().any(|m| m.overlaps(gpu_addr, len)) {
+            if v.bindings
+                .iter()
+                .any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < gpu_addr + len)
+                || v.bos.iter().any(|m| m.overlaps(gpu_addr, len))
+            {
                 return Err(GpuError::AddressInUse);
             }
-            v.bos.push(BoMap { gpu_addr, bo: bo_id, pages: bo.pages });
+            v.bos.push(BoMap {
+                gpu_addr,
+                bo: bo_id,
+                pages: bo.pages,
+            });
             // Only this new mapping needs writing, but rewriting all of the
             // object's mappings with the same placement is harmless.
             let _ = self.write_bo_ptes(&mut st, &bo, &chunks);
@@ -280,7 +335,10 @@ impl Inner<HostPlatform> {
         for c in p.chunks.drain(..) {
             if let Some(pfn) = c.vram_pfn {
                 let _ = self.vram.free_unused(pfn);
-                self.hw.bos.vram_pages.fetch_sub(c.pages(), Ordering::Relaxed);
+                self.hw
+                    .bos
+                    .vram_pages
+                    .fetch_sub(c.pages(), Ordering::Relaxed);
             }
             let _ = self.hw.bos.pool_alloc.free_unused(c.sram_pfn);
         }
@@ -297,7 +355,9 @@ impl Inner<HostPlatform> {
             let maps: Vec<BoMap> = vm.bos.iter().filter(|m| m.bo == bo.id).copied().collect();
             vm.bos.retain(|m| m.bo != bo.id);
             for m in maps {
-                let _ = vm.tables.unmap(&self.hw.dev.bar, &self.hw.pt, m.gpu_addr, m.pages * PAGE);
+                let _ = vm
+                    .tables
+                    .unmap(&self.hw.dev.bar, &self.hw.pt, m.gpu_addr, m.pages * PAGE);
                 ranges.push((*asid, m.gpu_addr, m.pages * PAGE));
             }
         }
@@ -322,12 +382,18 @@ impl Inner<HostPlatform> {
         let r = (|| {
             let p = bo.placement();
             if !self.job_done(p.busy_job)
-                && self.hw.dev.bar.wait_seqno(layout::REG_CCS_DONE, p.busy_job, IDLE_TIMEOUT).is_err()
+                && self
+                    .hw
+                    .dev
+                    .bar
+                    .wait_seqno(layout::REG_CCS_DONE, p.busy_job, IDLE_TIMEOUT)
+                    .is_err()
             {
                 return Err(GpuError::Busy);
             }
             let size = bo.pages * PAGE;
-            let out = hw::shm::Region::create("xe-svm-bo-read", size as usize).map_err(|_| GpuError::OutOfMetadata)?;
+            let out = hw::shm::Region::create("xe-svm-bo-read", size as usize)
+                .map_err(|_| GpuError::OutOfMetadata)?;
             let mut buf = vec![0u8; 2 << 20];
             let mut off = 0u64;
             for c in &p.chunks {
@@ -351,7 +417,13 @@ impl Inner<HostPlatform> {
     /// them in VRAM (waiting in mm-server, with no lock held, when VRAM is
     /// short), submits the job with `push` and marks them busy with it.
     /// An object that cannot get VRAM runs from its SRAM home.
-    pub(crate) fn submit_with_bos(&self, vm: u32, addr: u64, len: u64, push: impl FnOnce() -> Result<u32, GpuError>) -> Result<u32, GpuError> {
+    pub(crate) fn submit_with_bos(
+        &self,
+        vm: u32,
+        addr: u64,
+        len: u64,
+        push: impl FnOnce() -> Result<u32, GpuError>,
+    ) -> Result<u32, GpuError> {
         let mut attempts = 0;
         // VRAM mm-server granted us for the previous attempt, released once
         // that attempt's allocations are accounted.
@@ -361,16 +433,23 @@ impl Inner<HostPlatform> {
                 let st = self.lock();
                 let v = st.vms.get(&vm).ok_or(GpuError::NoSuchVm)?;
                 let map = self.hw.bos.map();
-                v.bos.iter().filter(|m| m.overlaps(addr, len)).filter_map(|m| map.get(&m.bo).cloned()).collect()
+                v.bos
+                    .iter()
+                    .filter(|m| m.overlaps(addr, len))
+                    .filter_map(|m| map.get(&m.bo).cloned())
+                    .collect()
             };
             let ctx = self.hw.bos.class.context();
             let set: Vec<&WwMutex> = bos.iter().map(|b| &b.resv).collect();
             let held = ww::lock_all(&set, &ctx);
             let unlock = || held.iter().for_each(|&h| set[h].unlock());
-            let short = bos.iter().try_fold(0u64, |acc, b| self.restore_bo(b).map(|s| acc + s));
+            let short = bos
+                .iter()
+                .try_fold(0u64, |acc, b| self.restore_bo(b).map(|s| acc + s));
             if granted > 0 {
                 self.report_usage();
-                self.hw.release(ipc_protocol::types::World::Bo, std::mem::take(&mut granted));
+                self.hw
+                    .release(ipc_protocol::types::World::Bo, std::mem::take(&mut granted));
             }
             let short = match short {
                 Ok(s) => s,
@@ -383,7 +462,11 @@ impl Inner<HostPlatform> {
             if short > 0 && attempts < 3 && self.hw.has_broker() {
                 unlock();
                 // Rule 5: wait for room holding nothing, then start over.
-                granted = self.hw.reserve(ipc_protocol::types::World::Bo, short * PAGE, RESERVE_TIMEOUT_MS);
+                granted = self.hw.reserve(
+                    ipc_protocol::types::World::Bo,
+                    short * PAGE,
+                    RESERVE_TIMEOUT_MS,
+                );
                 if granted == 0 {
                     attempts = 3; // mm-server could not help: run from SRAM
                 }
@@ -431,7 +514,12 @@ impl Inner<HostPlatform> {
         if placed.is_empty() {
             return Ok(short);
         }
-        if !self.hw.dev.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
+        if !self
+            .hw
+            .dev
+            .copy(&copies)
+            .map_err(|_| GpuError::DeviceLost)?
+        {
             for (_, pfn) in placed {
                 let _ = self.vram.free_unused(pfn);
             }
@@ -439,7 +527,10 @@ impl Inner<HostPlatform> {
         }
         for &(i, pfn) in &placed {
             p.chunks[i].vram_pfn = Some(pfn);
-            self.hw.bos.vram_pages.fetch_add(p.chunks[i].pages(), Ordering::Relaxed);
+            self.hw
+                .bos
+                .vram_pages
+                .fetch_add(p.chunks[i].pages(), Ordering::Relaxed);
         }
         let chunks = p.chunks.clone();
         drop(p);
@@ -452,10 +543,15 @@ impl Inner<HostPlatform> {
     /// The shrinker (`GpuShrink::Shrink`): evicts idle objects, least
     /// recently used first, until `bytes` have left VRAM. Trylock only.
     pub(crate) fn shrink_bos(&self, bytes: u64) -> Result<(u64, u32), GpuError> {
-        let mut candidates: Vec<(u64, Arc<Bo>)> = self.hw.bos.map().values().map(|b| (0, b.clone())).collect();
+        let mut candidates: Vec<(u64, Arc<Bo>)> =
+            self.hw.bos.map().values().map(|b| (0, b.clone())).collect();
         for (key, b) in candidates.iter_mut() {
             // Unlocked peek: only an ordering hint.
-            *key = b.placement.try_lock().map(|p| p.last_use).unwrap_or(u64::MAX);
+            *key = b
+                .placement
+                .try_lock()
+                .map(|p| p.last_use)
+                .unwrap_or(u64::MAX);
         }
         candidates.sort_by_key(|(k, _)| *k);
         let (mut freed, mut count) = (0u64, 0u32);
@@ -486,9 +582,20 @@ impl Inner<HostPlatform> {
         if !self.job_done(p.busy_job) || p.chunks.iter().all(|c| c.vram_pfn.is_none()) {
             return Ok(0);
         }
-        let copies: Vec<(u64, u64, u64)> =
-            p.chunks.iter().filter_map(|c| c.vram_pfn.map(|pfn| (pfn * PAGE, self.hw.bos.sram_addr(c), c.pages() * PAGE))).collect();
-        if !self.hw.dev.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
+        let copies: Vec<(u64, u64, u64)> = p
+            .chunks
+            .iter()
+            .filter_map(|c| {
+                c.vram_pfn
+                    .map(|pfn| (pfn * PAGE, self.hw.bos.sram_addr(c), c.pages() * PAGE))
+            })
+            .collect();
+        if !self
+            .hw
+            .dev
+            .copy(&copies)
+            .map_err(|_| GpuError::DeviceLost)?
+        {
             return Err(GpuError::DeviceLost);
         }
         let mut old = Vec::new();

@@ -26,7 +26,13 @@ pub struct Device {
 
 impl Device {
     pub fn new(bar: Arc<Bar>) -> Arc<Self> {
-        Arc::new(Self { bar, copy_lock: Mutex::new(()), seq: AtomicU32::new(100), tlb_done: Mutex::new(HashSet::new()), tlb_cv: Condvar::new() })
+        Arc::new(Self {
+            bar,
+            copy_lock: Mutex::new(()),
+            seq: AtomicU32::new(100),
+            tlb_done: Mutex::new(HashSet::new()),
+            tlb_cv: Condvar::new(),
+        })
     }
 
     /// Reads GuC messages until the device goes away: faults go to
@@ -41,7 +47,10 @@ impl Device {
                     }
                 }
                 Ok(Command::TlbInvalidationDone { seqno }) => {
-                    self.tlb_done.lock().unwrap_or_else(|e| e.into_inner()).insert(seqno);
+                    self.tlb_done
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(seqno);
                     self.tlb_cv.notify_all();
                 }
                 Ok(other) => log::warn!("xe-svm: unexpected GuC message {other:?}"),
@@ -90,14 +99,24 @@ impl Device {
             log2 += 1;
         }
         let address = va & !((1u64 << log2) - 1);
-        let inv = TlbInvalidation { seqno, scope: InvalidationScope::Range, asid, address, len_log2: log2 };
-        self.bar.submit(Ring::HostToGuc, 0, &Command::TlbInvalidation(inv))?;
+        let inv = TlbInvalidation {
+            seqno,
+            scope: InvalidationScope::Range,
+            asid,
+            address,
+            len_log2: log2,
+        };
+        self.bar
+            .submit(Ring::HostToGuc, 0, &Command::TlbInvalidation(inv))?;
         let mut done = self.tlb_done.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if done.remove(&seqno) {
                 return Ok(());
             }
-            let (g, t) = self.tlb_cv.wait_timeout(done, WAIT).unwrap_or_else(|e| e.into_inner());
+            let (g, t) = self
+                .tlb_cv
+                .wait_timeout(done, WAIT)
+                .unwrap_or_else(|e| e.into_inner());
             done = g;
             if t.timed_out() && !done.contains(&seqno) {
                 return Err(BarError::TimedOut);
@@ -106,6 +125,10 @@ impl Device {
     }
 
     pub fn reply(&self, fault: &FaultDescriptor, success: bool) -> Result<(), BarError> {
-        self.bar.submit(Ring::HostToGuc, 0, &Command::PageFaultResponse(FaultReply::to(fault, success)))
+        self.bar.submit(
+            Ring::HostToGuc,
+            0,
+            &Command::PageFaultResponse(FaultReply::to(fault, success)),
+        )
     }
 }

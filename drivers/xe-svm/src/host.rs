@@ -18,8 +18,10 @@ use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
 use ipc_protocol::interfaces::gpu_shrink as sh;
-use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize, OpenView, PagerMigrate};
-use ipc_protocol::interfaces::pressure::{Pressure, Release, Reserve, ReportUsage};
+use ipc_protocol::interfaces::pager_migrate::{
+    Collect, Collected, Finalize, OpenView, PagerMigrate,
+};
+use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve};
 use ipc_protocol::server::Handler;
 use ipc_protocol::types::{BoId, JobId, JobStatus, KernelKind, MemoryKind, VmId, World};
 use ipc_protocol::Capability;
@@ -96,7 +98,11 @@ impl Platform for HostPlatform {
     }
     fn dma_unmap(&self, slot: u32) {
         let _ = self.dev.bar.dma_unmap(slot);
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).free.push(slot);
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free
+            .push(slot);
     }
     fn zero_source(&self) -> u64 {
         self.zero_dma
@@ -118,7 +124,12 @@ impl Platform for HostPlatform {
     }
     fn reserve(&self, world: World, bytes: u64, timeout_ms: u32) -> u64 {
         let Some(p) = &self.pressure else { return 0 };
-        match p.call(Reserve { memory: MemoryKind::Vram, world, bytes, timeout_ms }) {
+        match p.call(Reserve {
+            memory: MemoryKind::Vram,
+            world,
+            bytes,
+            timeout_ms,
+        }) {
             Ok(r) => r.bytes,
             Err(e) => {
                 log::debug!("xe-svm: no VRAM reservation for {bytes} bytes: {e}");
@@ -128,7 +139,11 @@ impl Platform for HostPlatform {
     }
     fn release(&self, world: World, bytes: u64) {
         if let (Some(p), true) = (&self.pressure, bytes > 0) {
-            if let Err(e) = p.call(Release { memory: MemoryKind::Vram, world, bytes }) {
+            if let Err(e) = p.call(Release {
+                memory: MemoryKind::Vram,
+                world,
+                bytes,
+            }) {
                 log::debug!("xe-svm: releasing a reservation: {e}");
             }
         }
@@ -136,7 +151,11 @@ impl Platform for HostPlatform {
     fn report_usage(&self, bo_bytes: u64, svm_bytes: u64) {
         if let Some(p) = &self.pressure {
             for (world, bytes) in [(World::Bo, bo_bytes), (World::Svm, svm_bytes)] {
-                if let Err(e) = p.notify(ReportUsage { memory: MemoryKind::Vram, world, bytes }) {
+                if let Err(e) = p.notify(ReportUsage {
+                    memory: MemoryKind::Vram,
+                    world,
+                    bytes,
+                }) {
                     log::debug!("xe-svm: mm-server unreachable: {e}");
                 }
             }
@@ -159,13 +178,25 @@ fn pt_pages(total: u64) -> u64 {
 
 impl GpuServer {
     /// `bo_pool_bytes`: the SRAM pool that holds evicted buffer objects.
-    pub fn new(dev: Arc<Device>, migrate: Client<PagerMigrate>, pressure: Option<Client<Pressure>>, bo_pool_bytes: u64) -> Result<Self, String> {
+    pub fn new(
+        dev: Arc<Device>,
+        migrate: Client<PagerMigrate>,
+        pressure: Option<Client<Pressure>>,
+        bo_pool_bytes: u64,
+    ) -> Result<Self, String> {
         let total = dev.bar.vram_bytes() / PAGE;
         let pt = pt_pages(total);
         // The probe used the last 2 MiB: it is free again now.
         let data_pages = (total - pt) & !511;
         let zero = hw::shm::Region::create("xe-svm-zero", 2 << 20).map_err(|e| e.to_string())?;
-        let zero_dma = dev.bar.dma_map(ZERO_SLOT, zero.dup_fd().map_err(|e| e.to_string())?, 2 << 20).map_err(|e| e.to_string())?;
+        let zero_dma = dev
+            .bar
+            .dma_map(
+                ZERO_SLOT,
+                zero.dup_fd().map_err(|e| e.to_string())?,
+                2 << 20,
+            )
+            .map_err(|e| e.to_string())?;
         let bos = BoStore::new(&dev.bar, bo_pool_bytes)?;
         let hw = HostPlatform {
             bos,
@@ -173,11 +204,16 @@ impl GpuServer {
             dev,
             migrate,
             pressure,
-            slots: Mutex::new(Slots { next: FIRST_OBJECT_SLOT, free: Vec::new() }),
+            slots: Mutex::new(Slots {
+                next: FIRST_OBJECT_SLOT,
+                free: Vec::new(),
+            }),
             zero_dma,
             _zero: zero,
         };
-        Ok(Self { inner: Arc::new(Inner::new(hw, 0, data_pages)) })
+        Ok(Self {
+            inner: Arc::new(Inner::new(hw, 0, data_pages)),
+        })
     }
 
     /// The fault worker: batches faults, resolves each 2 MiB group once,
@@ -191,7 +227,10 @@ impl GpuServer {
                     Err(_) => break,
                 }
             }
-            self.inner.counters.gpu_faults.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.inner
+                .counters
+                .gpu_faults
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let mut groups: Vec<((u32, u64), Vec<FaultDescriptor>)> = Vec::new();
             for f in batch {
                 let key = (f.asid, f.address >> 21);
@@ -213,34 +252,71 @@ impl GpuServer {
 }
 
 impl Handler<n::GpuNotify> for GpuServer {
-    fn handle(&self, _caller: &Capability, req: n::Request, mut handles: Vec<OwnedFd>) -> Result<(n::Reply, Vec<OwnedFd>), NotifyError> {
+    fn handle(
+        &self,
+        _caller: &Capability,
+        req: n::Request,
+        mut handles: Vec<OwnedFd>,
+    ) -> Result<(n::Reply, Vec<OwnedFd>), NotifyError> {
         let inner = &self.inner;
         match req {
             n::Request::AttachStaging(n::AttachStaging { size_bytes }) => {
                 let fd = handles.pop().ok_or(NotifyError::NoStaging)?;
-                let dma = inner.hw.dev.bar.dma_map(STAGING_SLOT, fd, size_bytes).map_err(|_| NotifyError::NoStaging)?;
+                let dma = inner
+                    .hw
+                    .dev
+                    .bar
+                    .dma_map(STAGING_SLOT, fd, size_bytes)
+                    .map_err(|_| NotifyError::NoStaging)?;
                 inner.attach_staging(dma, size_bytes);
                 Ok((n::Reply::AttachStaging(n::Done {}), vec![]))
             }
-            n::Request::Invalidate(n::Invalidate { object, first_page, count, seq }) => {
+            n::Request::Invalidate(n::Invalidate {
+                object,
+                first_page,
+                count,
+                seq,
+            }) => {
                 inner.invalidate(object.get(), first_page, count.get() as u64, seq.get())?;
                 Ok((n::Reply::Invalidate(n::Invalidated { seq }), vec![]))
             }
-            n::Request::MigrateToRam(n::MigrateToRam { object, first_page, count: _, pages, staging_offset }) => {
-                let copied = inner.migrate_to_ram(object.get(), first_page, &pages, staging_offset)?;
+            n::Request::MigrateToRam(n::MigrateToRam {
+                object,
+                first_page,
+                count: _,
+                pages,
+                staging_offset,
+            }) => {
+                let copied =
+                    inner.migrate_to_ram(object.get(), first_page, &pages, staging_offset)?;
                 Ok((n::Reply::MigrateToRam(n::MigratedToRam { copied }), vec![]))
             }
-            n::Request::FreePages(n::FreePages { object, first_page, count, pages }) => {
-                let pages = inner.free_pages(object.get(), first_page, count.get() as u64, &pages)?;
+            n::Request::FreePages(n::FreePages {
+                object,
+                first_page,
+                count,
+                pages,
+            }) => {
+                let pages =
+                    inner.free_pages(object.get(), first_page, count.get() as u64, &pages)?;
                 Ok((n::Reply::FreePages(n::Freed { pages }), vec![]))
             }
             n::Request::ViewGone(n::ViewGone { view }) => {
                 let bindings = inner.view_gone(view.get())?;
                 Ok((n::Reply::ViewGone(n::Unbound { bindings }), vec![]))
             }
-            n::Request::ViewCopied(n::ViewCopied { view, new_view, from, to }) => {
-                let (bindings, skipped) = inner.view_copied(view.get(), new_view.get(), from, to)?;
-                Ok((n::Reply::ViewCopied(n::Copied { bindings, skipped }), vec![]))
+            n::Request::ViewCopied(n::ViewCopied {
+                view,
+                new_view,
+                from,
+                to,
+            }) => {
+                let (bindings, skipped) =
+                    inner.view_copied(view.get(), new_view.get(), from, to)?;
+                Ok((
+                    n::Reply::ViewCopied(n::Copied { bindings, skipped }),
+                    vec![],
+                ))
             }
         }
     }
@@ -261,16 +337,30 @@ impl Handler<g::Gpu> for GpuServer {
     fn disconnected(&self, caller: &Capability) {
         self.inner.destroy_vms_of(caller.badge.0);
         self.inner.destroy_bos_of(caller.badge.0);
-        log::info!("xe-svm: client {} gone; its VMs and buffer objects were destroyed", caller.badge.0);
+        log::info!(
+            "xe-svm: client {} gone; its VMs and buffer objects were destroyed",
+            caller.badge.0
+        );
     }
 
-    fn handle(&self, caller: &Capability, req: g::Request, _handles: Vec<OwnedFd>) -> Result<(g::Reply, Vec<OwnedFd>), GpuError> {
+    fn handle(
+        &self,
+        caller: &Capability,
+        req: g::Request,
+        _handles: Vec<OwnedFd>,
+    ) -> Result<(g::Reply, Vec<OwnedFd>), GpuError> {
         let inner = &self.inner;
         let owner = caller.badge.0;
         match req {
             g::Request::CreateVm(_) => {
                 let asid = inner.create_vm(owner)?;
-                Ok((g::Reply::CreateVm(g::VmCreated { vm: VmId::raw(asid), asid }), vec![]))
+                Ok((
+                    g::Reply::CreateVm(g::VmCreated {
+                        vm: VmId::raw(asid),
+                        asid,
+                    }),
+                    vec![],
+                ))
             }
             g::Request::DestroyVm(g::DestroyVm { vm }) => {
                 inner.destroy_vm(owner, vm.get())?;
@@ -281,30 +371,64 @@ impl Handler<g::Gpu> for GpuServer {
                     return Err(GpuError::NoSuchVm);
                 }
                 // The pager checks that the view is this client's.
-                let (opened, mut fds) = inner.hw.migrate.call_with_handles(OpenView { view, client: owner }, vec![]).map_err(|e| match e {
-                    ipc_protocol::client::CallError::Server(_) => GpuError::NoSuchView,
-                    _ => GpuError::PagerUnavailable,
-                })?;
+                let (opened, mut fds) = inner
+                    .hw
+                    .migrate
+                    .call_with_handles(
+                        OpenView {
+                            view,
+                            client: owner,
+                        },
+                        vec![],
+                    )
+                    .map_err(|e| match e {
+                        ipc_protocol::client::CallError::Server(_) => GpuError::NoSuchView,
+                        _ => GpuError::PagerUnavailable,
+                    })?;
                 let memfd = fds.pop().ok_or(GpuError::PagerUnavailable)?;
                 let object = opened.object.get();
                 if !inner.knows_object(object) {
                     let slot = inner.hw.take_slot().ok_or(GpuError::OutOfMetadata)?;
-                    let size = rustix::fs::fstat(&memfd).map_err(|_| GpuError::PagerUnavailable)?.st_size as u64;
-                    let dup = rustix::io::fcntl_dupfd_cloexec(&memfd, 0).map_err(|_| GpuError::PagerUnavailable)?;
-                    let dma = inner.hw.dev.bar.dma_map(slot, dup, size).map_err(|_| GpuError::DeviceLost)?;
+                    let size = rustix::fs::fstat(&memfd)
+                        .map_err(|_| GpuError::PagerUnavailable)?
+                        .st_size as u64;
+                    let dup = rustix::io::fcntl_dupfd_cloexec(&memfd, 0)
+                        .map_err(|_| GpuError::PagerUnavailable)?;
+                    let dma = inner
+                        .hw
+                        .dev
+                        .bar
+                        .dma_map(slot, dup, size)
+                        .map_err(|_| GpuError::DeviceLost)?;
                     if !inner.add_object(object, slot, dma, Some(memfd), size / PAGE) {
                         // Another bind added it meanwhile.
                         inner.hw.dma_unmap(slot);
                     }
                 }
-                inner.bind(owner, vm.get(), view.get(), object, opened.object_first_page, opened.pages, gpu_addr)?;
+                inner.bind(
+                    owner,
+                    vm.get(),
+                    view.get(),
+                    object,
+                    opened.object_first_page,
+                    opened.pages,
+                    gpu_addr,
+                )?;
                 Ok((g::Reply::BindView(g::Done {}), vec![]))
             }
             g::Request::Unbind(g::Unbind { vm, gpu_addr }) => {
                 inner.unbind(owner, vm.get(), gpu_addr)?;
                 Ok((g::Reply::Unbind(g::Done {}), vec![]))
             }
-            g::Request::Submit(g::Submit { vm, kernel, addr, len, stride, value, threads }) => {
+            g::Request::Submit(g::Submit {
+                vm,
+                kernel,
+                addr,
+                len,
+                stride,
+                value,
+                threads,
+            }) => {
                 if !inner.owns_vm(owner, vm.get()) {
                     return Err(GpuError::NoSuchVm);
                 }
@@ -312,11 +436,30 @@ impl Handler<g::Gpu> for GpuServer {
                 let job = inner.submit_with_bos(vm.get(), addr, len, || {
                     let job = inner.next_job.fetch_add(1, Ordering::Relaxed);
                     inner.note_job(job, owner);
-                    let k = KernelLaunch { job, asid: vm.get(), op: kernel_op(kernel), addr, len, stride: stride as u32, value, threads };
-                    inner.hw.dev.bar.submit(Ring::Compute, job, &Command::Launch(k)).map_err(|_| GpuError::DeviceLost)?;
+                    let k = KernelLaunch {
+                        job,
+                        asid: vm.get(),
+                        op: kernel_op(kernel),
+                        addr,
+                        len,
+                        stride: stride as u32,
+                        value,
+                        threads,
+                    };
+                    inner
+                        .hw
+                        .dev
+                        .bar
+                        .submit(Ring::Compute, job, &Command::Launch(k))
+                        .map_err(|_| GpuError::DeviceLost)?;
                     Ok(job)
                 })?;
-                Ok((g::Reply::Submit(g::Submitted { job: JobId::raw(job as u64) }), vec![]))
+                Ok((
+                    g::Reply::Submit(g::Submitted {
+                        job: JobId::raw(job as u64),
+                    }),
+                    vec![],
+                ))
             }
             g::Request::Wait(g::Wait { job, timeout_ms }) => {
                 let id = u32::try_from(job.get()).map_err(|_| GpuError::NoSuchJob)?;
@@ -327,18 +470,43 @@ impl Handler<g::Gpu> for GpuServer {
                 }
                 let t0 = Instant::now();
                 let bar = &inner.hw.dev.bar;
-                match bar.wait_seqno(layout::REG_CCS_DONE, id, Duration::from_millis(timeout_ms as u64)) {
+                match bar.wait_seqno(
+                    layout::REG_CCS_DONE,
+                    id,
+                    Duration::from_millis(timeout_ms as u64),
+                ) {
                     Ok(()) => {
                         let (status, faults) = bar.job_result(id).ok_or(GpuError::NoSuchJob)?;
-                        let status = if status == 1 { JobStatus::Completed } else { JobStatus::Faulted };
-                        Ok((g::Reply::Wait(g::JobDone { status, faults: faults as u64, elapsed_us: t0.elapsed().as_micros() as u64 }), vec![]))
+                        let status = if status == 1 {
+                            JobStatus::Completed
+                        } else {
+                            JobStatus::Faulted
+                        };
+                        Ok((
+                            g::Reply::Wait(g::JobDone {
+                                status,
+                                faults: faults as u64,
+                                elapsed_us: t0.elapsed().as_micros() as u64,
+                            }),
+                            vec![],
+                        ))
                     }
-                    Err(_) => Ok((g::Reply::Wait(g::JobDone { status: JobStatus::Running, faults: 0, elapsed_us: t0.elapsed().as_micros() as u64 }), vec![])),
+                    Err(_) => Ok((
+                        g::Reply::Wait(g::JobDone {
+                            status: JobStatus::Running,
+                            faults: 0,
+                            elapsed_us: t0.elapsed().as_micros() as u64,
+                        }),
+                        vec![],
+                    )),
                 }
             }
             g::Request::CreateBo(g::CreateBo { size_bytes }) => {
                 let bo = inner.create_bo(owner, size_bytes)?;
-                Ok((g::Reply::CreateBo(g::BoCreated { bo: BoId::raw(bo) }), vec![]))
+                Ok((
+                    g::Reply::CreateBo(g::BoCreated { bo: BoId::raw(bo) }),
+                    vec![],
+                ))
             }
             g::Request::MapBo(g::MapBo { vm, bo, gpu_addr }) => {
                 inner.map_bo(owner, vm.get(), bo.get(), gpu_addr)?;
@@ -374,16 +542,30 @@ impl Handler<g::Gpu> for GpuServer {
 }
 
 impl Handler<sh::GpuShrink> for GpuServer {
-    fn handle(&self, _caller: &Capability, req: sh::Request, _: Vec<OwnedFd>) -> Result<(sh::Reply, Vec<OwnedFd>), sh::ShrinkError> {
+    fn handle(
+        &self,
+        _caller: &Capability,
+        req: sh::Request,
+        _: Vec<OwnedFd>,
+    ) -> Result<(sh::Reply, Vec<OwnedFd>), sh::ShrinkError> {
         let inner = &self.inner;
         match req {
             sh::Request::Shrink(sh::Shrink { bytes }) => {
-                let (bytes, bos) = inner.shrink_bos(bytes).map_err(|_| sh::ShrinkError::DeviceLost)?;
+                let (bytes, bos) = inner
+                    .shrink_bos(bytes)
+                    .map_err(|_| sh::ShrinkError::DeviceLost)?;
                 Ok((sh::Reply::Shrink(sh::Shrunk { bytes, bos }), vec![]))
             }
             sh::Request::Usage(_) => {
                 let (bo_bytes, svm_bytes) = inner.vram_by_world();
-                Ok((sh::Reply::Usage(sh::VramUsage { total: inner.vram.total_pages() * PAGE, bo_bytes, svm_bytes }), vec![]))
+                Ok((
+                    sh::Reply::Usage(sh::VramUsage {
+                        total: inner.vram.total_pages() * PAGE,
+                        bo_bytes,
+                        svm_bytes,
+                    }),
+                    vec![],
+                ))
             }
         }
     }

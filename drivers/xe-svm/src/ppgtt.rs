@@ -27,7 +27,11 @@ impl Ppgtt {
         let root = pt.alloc(0)? * 4096;
         bar.vram().write(root, &[0u8; 4096]);
         bar.set_context(asid, root);
-        Ok(Self { asid, root, tables: vec![root] })
+        Ok(Self {
+            asid,
+            root,
+            tables: vec![root],
+        })
     }
 
     /// The table at `level` covering `va`, created on the way when missing.
@@ -43,18 +47,36 @@ impl Ppgtt {
                     let t = pt.alloc(0)? * 4096;
                     bar.vram().write(t, &[0u8; 4096]);
                     self.tables.push(t);
-                    e.store(encode_table(t).map_err(|_| VramError::NotAllocated)?, Ordering::Release);
+                    e.store(
+                        encode_table(t).map_err(|_| VramError::NotAllocated)?,
+                        Ordering::Release,
+                    );
                     t
                 }
-                Entry::Leaf { addr, target, writable, .. } => {
+                Entry::Leaf {
+                    addr,
+                    target,
+                    writable,
+                    ..
+                } => {
                     // Split a 2 MiB leaf to map inside it at 4 KiB.
                     let t = pt.alloc(0)? * 4096;
                     self.tables.push(t);
                     for i in 0..512u64 {
-                        let pte = encode_leaf(addr + i * 4096, PageSize::Size4K, target, writable, PAT_WB).map_err(|_| VramError::NotAllocated)?;
+                        let pte = encode_leaf(
+                            addr + i * 4096,
+                            PageSize::Size4K,
+                            target,
+                            writable,
+                            PAT_WB,
+                        )
+                        .map_err(|_| VramError::NotAllocated)?;
                         entry(bar, t, i as usize).store(pte, Ordering::Release);
                     }
-                    e.store(encode_table(t).map_err(|_| VramError::NotAllocated)?, Ordering::Release);
+                    e.store(
+                        encode_table(t).map_err(|_| VramError::NotAllocated)?,
+                        Ordering::Release,
+                    );
                     t
                 }
             };
@@ -64,9 +86,18 @@ impl Ppgtt {
     }
 
     /// Maps one page (`size` 4 KiB or 2 MiB) at `va` to `addr`.
-    pub fn map(&mut self, bar: &Bar, pt: &Vram, va: u64, addr: u64, size: PageSize, target: Target) -> Result<(), VramError> {
+    pub fn map(
+        &mut self,
+        bar: &Bar,
+        pt: &Vram,
+        va: u64,
+        addr: u64,
+        size: PageSize,
+        target: Target,
+    ) -> Result<(), VramError> {
         let table = self.table_for(bar, pt, va, size.level())?;
-        let pte = encode_leaf(addr, size, target, true, PAT_WB).map_err(|_| VramError::NotAllocated)?;
+        let pte =
+            encode_leaf(addr, size, target, true, PAT_WB).map_err(|_| VramError::NotAllocated)?;
         entry(bar, table, index(va, size.level())).store(pte, Ordering::Release);
         Ok(())
     }
@@ -89,12 +120,18 @@ impl Ppgtt {
                         level -= 1;
                     }
                     Entry::Table { .. } => done = true,
-                    Entry::Leaf { size: PageSize::Size2M, .. } if a % (2 << 20) == 0 && a + (2 << 20) <= va + len => {
+                    Entry::Leaf {
+                        size: PageSize::Size2M,
+                        ..
+                    } if a % (2 << 20) == 0 && a + (2 << 20) <= va + len => {
                         e.store(0, Ordering::Release);
                         a += (2 << 20) - 4096;
                         done = true;
                     }
-                    Entry::Leaf { size: PageSize::Size2M, .. } => {
+                    Entry::Leaf {
+                        size: PageSize::Size2M,
+                        ..
+                    } => {
                         let t = self.table_for(bar, pt, a, 0)?;
                         entry(bar, t, index(a, 0)).store(0, Ordering::Release);
                         done = true;
@@ -113,7 +150,9 @@ impl Ppgtt {
     /// Frees the page-table pages (the VM is gone).
     pub fn release(self, pt: &Vram) {
         for t in self.tables {
-            let _ = pt.add_refs(t / 4096, 1).and_then(|_| pt.release_page(t / 4096));
+            let _ = pt
+                .add_refs(t / 4096, 1)
+                .and_then(|_| pt.release_page(t / 4096));
         }
     }
 }

@@ -19,7 +19,9 @@ pub enum ProbeError {
     /// Creating the staging buffer failed (errno).
     Staging(i32),
     /// Data came back different from what went in.
-    CopyMismatch { offset: usize },
+    CopyMismatch {
+        offset: usize,
+    },
     /// The copy engine flagged the self-test copy as failed.
     CopyFailed,
     /// The GuC answered something other than the invalidation's completion.
@@ -56,7 +58,8 @@ const PROBE_BYTES: usize = 2 << 20;
 /// Maps the device behind `control` and checks it.
 pub fn probe(control: Arc<dyn Transport>) -> Result<(Bar, ProbeReport), ProbeError> {
     let bar = Bar::connect(control, Duration::from_secs(10))?;
-    let staging = Region::create("xe-svm-probe", 2 * PROBE_BYTES).map_err(|e| ProbeError::Staging(e.raw_os_error()))?;
+    let staging = Region::create("xe-svm-probe", 2 * PROBE_BYTES)
+        .map_err(|e| ProbeError::Staging(e.raw_os_error()))?;
     let mut pattern = vec![0u8; PROBE_BYTES];
     let mut s = 0x2545_f491_4f6c_dd1du64;
     for b in pattern.iter_mut() {
@@ -66,12 +69,19 @@ pub fn probe(control: Arc<dyn Transport>) -> Result<(Bar, ProbeReport), ProbeErr
         *b = s as u8;
     }
     staging.write(0, &pattern);
-    let dma = bar.dma_map(PROBE_SLOT, staging.dup_fd().map_err(|e| ProbeError::Staging(e.raw_os_error()))?, 2 * PROBE_BYTES as u64)?;
+    let dma = bar.dma_map(
+        PROBE_SLOT,
+        staging
+            .dup_fd()
+            .map_err(|e| ProbeError::Staging(e.raw_os_error()))?,
+        2 * PROBE_BYTES as u64,
+    )?;
     // Last 2 MiB of VRAM: nothing lives there yet.
     let vram = bar.vram_bytes() - PROBE_BYTES as u64;
     let t0 = Instant::now();
     for (seq, (src, dst)) in [(1u32, (dma, vram)), (2, (vram, dma + PROBE_BYTES as u64))] {
-        let copy = MemCopy::contiguous(src, dst, PROBE_BYTES as u64).map_err(|_| ProbeError::CopyFailed)?;
+        let copy = MemCopy::contiguous(src, dst, PROBE_BYTES as u64)
+            .map_err(|_| ProbeError::CopyFailed)?;
         bar.submit(Ring::Copy, seq, &Command::MemCopy(copy))?;
         bar.wait_seqno(layout::REG_BCS_DONE, seq, Duration::from_secs(10))?;
         if bar.reg(layout::REG_BCS_ERROR) == seq {
@@ -87,7 +97,13 @@ pub fn probe(control: Arc<dyn Transport>) -> Result<(Bar, ProbeReport), ProbeErr
     bar.dma_unmap(PROBE_SLOT)?;
 
     let t1 = Instant::now();
-    let inv = TlbInvalidation { seqno: 1, scope: InvalidationScope::Full, asid: 0, address: 0, len_log2: 0 };
+    let inv = TlbInvalidation {
+        seqno: 1,
+        scope: InvalidationScope::Full,
+        asid: 0,
+        address: 0,
+        len_log2: 0,
+    };
     bar.submit(Ring::HostToGuc, 0, &Command::TlbInvalidation(inv))?;
     match bar.next_guc_message(Some(Duration::from_secs(10)))? {
         Command::TlbInvalidationDone { seqno: 1 } => {}

@@ -51,14 +51,22 @@ pub(crate) struct Binding {
 impl Binding {
     /// The same object pages bound for view `view` at `gpu_addr`.
     pub(crate) fn twin(&self, id: u64, view: u32, gpu_addr: u64) -> Self {
-        Self { id, view, gpu_addr, object: self.object, first_page: self.first_page, pages: self.pages }
+        Self {
+            id,
+            view,
+            gpu_addr,
+            object: self.object,
+            first_page: self.first_page,
+            pages: self.pages,
+        }
     }
     fn contains(&self, va: u64) -> bool {
         va >= self.gpu_addr && va < self.gpu_addr + self.pages * PAGE
     }
     /// The GPU address of object page `page`, if bound here.
     fn va_of(&self, page: u64) -> Option<u64> {
-        (page >= self.first_page && page < self.first_page + self.pages).then(|| self.gpu_addr + (page - self.first_page) * PAGE)
+        (page >= self.first_page && page < self.first_page + self.pages)
+            .then(|| self.gpu_addr + (page - self.first_page) * PAGE)
     }
 }
 
@@ -100,7 +108,10 @@ impl ObjectState {
                 self.resident_pages += 1;
             }
             // VRAM frames fit in 32 bits up to 16 TiB of VRAM.
-            *f = u32::try_from(pfn + 1).ok().filter(|v| *v != SYSTEM_MAPPED).unwrap_or(0);
+            *f = u32::try_from(pfn + 1)
+                .ok()
+                .filter(|v| *v != SYSTEM_MAPPED)
+                .unwrap_or(0);
         }
     }
     fn take_frame(&mut self, page: u64) -> Option<u64> {
@@ -118,7 +129,13 @@ impl ObjectState {
     /// unmapped); returns whether there were any.
     fn clear_system_mapped(&mut self, first: u64, count: u64) -> bool {
         let mut any = false;
-        for f in self.frames.iter_mut().skip(first as usize).take(count as usize).filter(|f| **f == SYSTEM_MAPPED) {
+        for f in self
+            .frames
+            .iter_mut()
+            .skip(first as usize)
+            .take(count as usize)
+            .filter(|f| **f == SYSTEM_MAPPED)
+        {
             *f = 0;
             any = true;
         }
@@ -163,7 +180,11 @@ impl<P: Platform> Inner<P> {
         Self {
             hw,
             vram: Vram::new(first_pfn, pages),
-            state: Mutex::new(State { vms: HashMap::new(), objects: HashMap::new(), staging: None }),
+            state: Mutex::new(State {
+                vms: HashMap::new(),
+                objects: HashMap::new(),
+                staging: None,
+            }),
             next_asid: AtomicU32::new(1),
             next_job: AtomicU32::new(1),
             next_binding: AtomicU64::new(1),
@@ -179,8 +200,16 @@ impl<P: Platform> Inner<P> {
     /// Forgets an object no VM binds and no VRAM page holds, giving back
     /// its DMA slot.
     pub(crate) fn drop_object_if_unused(&self, st: &mut State<P::Tables>, object: u32) {
-        let bound = st.vms.values().any(|v| v.bindings.iter().any(|b| b.object == object));
-        if !bound && st.objects.get(&object).is_some_and(|o| o.resident_pages == 0) {
+        let bound = st
+            .vms
+            .values()
+            .any(|v| v.bindings.iter().any(|b| b.object == object));
+        if !bound
+            && st
+                .objects
+                .get(&object)
+                .is_some_and(|o| o.resident_pages == 0)
+        {
             if let Some(o) = st.objects.remove(&object) {
                 self.hw.dma_unmap(o.slot);
             }
@@ -202,7 +231,9 @@ impl<P: Platform> Inner<P> {
     /// TLB invalidation of each (asid, address, length), after the PTEs went.
     pub(crate) fn invalidate_ranges(&self, ranges: &[(u32, u64, u64)]) -> Result<(), GpuError> {
         for &(asid, va, len) in ranges {
-            self.hw.invalidate_tlb(asid, va, len).map_err(|_| GpuError::DeviceLost)?;
+            self.hw
+                .invalidate_tlb(asid, va, len)
+                .map_err(|_| GpuError::DeviceLost)?;
         }
         Ok(())
     }
@@ -214,7 +245,15 @@ impl<P: Platform> Inner<P> {
             return Err(GpuError::OutOfMetadata);
         }
         let tables = self.hw.new_tables(asid).map_err(|_| GpuError::OutOfVram)?;
-        self.lock().vms.insert(asid, Vm { owner, tables, bindings: Vec::new(), bos: Vec::new() });
+        self.lock().vms.insert(
+            asid,
+            Vm {
+                owner,
+                tables,
+                bindings: Vec::new(),
+                bos: Vec::new(),
+            },
+        );
         Ok(asid)
     }
 
@@ -235,7 +274,13 @@ impl<P: Platform> Inner<P> {
 
     /// Every VM of a client that went away.
     pub fn destroy_vms_of(&self, owner: u64) {
-        let vms: Vec<u32> = self.lock().vms.iter().filter(|(_, v)| v.owner == owner).map(|(a, _)| *a).collect();
+        let vms: Vec<u32> = self
+            .lock()
+            .vms
+            .iter()
+            .filter(|(_, v)| v.owner == owner)
+            .map(|(a, _)| *a)
+            .collect();
         for vm in vms {
             let _ = self.destroy_vm(owner, vm);
         }
@@ -248,12 +293,29 @@ impl<P: Platform> Inner<P> {
     /// Knows object `object` (its pages DMA-mapped at `dma` through `slot`)
     /// from now on; `false` if it was known already (the new mapping is the
     /// caller's to undo).
-    pub fn add_object(&self, object: u32, slot: u32, dma: u64, memfd: Option<OwnedFd>, pages: u64) -> bool {
+    pub fn add_object(
+        &self,
+        object: u32,
+        slot: u32,
+        dma: u64,
+        memfd: Option<OwnedFd>,
+        pages: u64,
+    ) -> bool {
         let mut st = self.lock();
         if st.objects.contains_key(&object) {
             return false;
         }
-        st.objects.insert(object, ObjectState { slot, dma, _memfd: memfd, inval_seq: 0, frames: vec![0; pages as usize], resident_pages: 0 });
+        st.objects.insert(
+            object,
+            ObjectState {
+                slot,
+                dma,
+                _memfd: memfd,
+                inval_seq: 0,
+                frames: vec![0; pages as usize],
+                resident_pages: 0,
+            },
+        );
         true
     }
 
@@ -264,21 +326,49 @@ impl<P: Platform> Inner<P> {
     /// Binds view `view` (object pages `[first_page, first_page + pages)`)
     /// at `gpu_addr` of `owner`'s VM `vm`. The object must be known.
     #[allow(clippy::too_many_arguments)]
-    pub fn bind(&self, owner: u64, vm: u32, view: u32, object: u32, first_page: u64, pages: u64, gpu_addr: u64) -> Result<(), GpuError> {
-        if gpu_addr % PAGE != 0 || gpu_addr.checked_add(pages * PAGE).is_none_or(|end| end > 1 << 47) {
+    pub fn bind(
+        &self,
+        owner: u64,
+        vm: u32,
+        view: u32,
+        object: u32,
+        first_page: u64,
+        pages: u64,
+        gpu_addr: u64,
+    ) -> Result<(), GpuError> {
+        if gpu_addr % PAGE != 0
+            || gpu_addr
+                .checked_add(pages * PAGE)
+                .is_none_or(|end| end > 1 << 47)
+        {
             return Err(GpuError::BadRange);
         }
         let mut st = self.lock();
         if !st.objects.contains_key(&object) {
             return Err(GpuError::NoSuchView);
         }
-        let v = st.vms.get_mut(&vm).filter(|v| v.owner == owner).ok_or(GpuError::NoSuchVm)?;
+        let v = st
+            .vms
+            .get_mut(&vm)
+            .filter(|v| v.owner == owner)
+            .ok_or(GpuError::NoSuchVm)?;
         let end = gpu_addr + pages * PAGE;
-        if v.bindings.iter().any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < end) || v.bos.iter().any(|m| m.overlaps(gpu_addr, end - gpu_addr)) {
+        if v.bindings
+            .iter()
+            .any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < end)
+            || v.bos.iter().any(|m| m.overlaps(gpu_addr, end - gpu_addr))
+        {
             return Err(GpuError::AddressInUse);
         }
         let id = self.next_binding.fetch_add(1, Ordering::Relaxed);
-        v.bindings.push(Binding { id, view, gpu_addr, object, first_page, pages });
+        v.bindings.push(Binding {
+            id,
+            view,
+            gpu_addr,
+            object,
+            first_page,
+            pages,
+        });
         Ok(())
     }
 
@@ -287,11 +377,21 @@ impl<P: Platform> Inner<P> {
     /// object's, not the binding's).
     pub fn unbind(&self, owner: u64, vm: u32, gpu_addr: u64) -> Result<(), GpuError> {
         let mut st = self.lock();
-        let v = st.vms.get_mut(&vm).filter(|v| v.owner == owner).ok_or(GpuError::NoSuchVm)?;
-        let at = v.bindings.iter().position(|b| b.gpu_addr == gpu_addr).ok_or(GpuError::BadRange)?;
+        let v = st
+            .vms
+            .get_mut(&vm)
+            .filter(|v| v.owner == owner)
+            .ok_or(GpuError::NoSuchVm)?;
+        let at = v
+            .bindings
+            .iter()
+            .position(|b| b.gpu_addr == gpu_addr)
+            .ok_or(GpuError::BadRange)?;
         let b = v.bindings.remove(at);
         self.hw.unmap(&mut v.tables, b.gpu_addr, b.pages * PAGE);
-        self.hw.invalidate_tlb(vm, b.gpu_addr, b.pages * PAGE).map_err(|_| GpuError::DeviceLost)?;
+        self.hw
+            .invalidate_tlb(vm, b.gpu_addr, b.pages * PAGE)
+            .map_err(|_| GpuError::DeviceLost)?;
         self.drop_object_if_unused(&mut st, b.object);
         Ok(())
     }
@@ -318,27 +418,44 @@ impl<P: Platform> Inner<P> {
         // and aligned the same way in GPU and object space.
         let (object, dma, page, sizes, binding) = {
             let st = self.lock();
-            let Some(vm) = st.vms.get(&asid) else { return false };
-            let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else { return false };
-            let Some(obj) = st.objects.get(&b.object) else { return false };
+            let Some(vm) = st.vms.get(&asid) else {
+                return false;
+            };
+            let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else {
+                return false;
+            };
+            let Some(obj) = st.objects.get(&b.object) else {
+                return false;
+            };
             let page = b.first_page + (va - b.gpu_addr) / PAGE;
             let fits = |pages: u64| {
                 let first = page & !(pages - 1);
-                first >= b.first_page && first + pages <= b.first_page + b.pages && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
+                first >= b.first_page
+                    && first + pages <= b.first_page + b.pages
+                    && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
             };
-            let sizes: Vec<(u64, u32)> = [(512u64, 9u32), (16, 4), (1, 0)].into_iter().filter(|(p, _)| fits(*p)).collect();
+            let sizes: Vec<(u64, u32)> = [(512u64, 9u32), (16, 4), (1, 0)]
+                .into_iter()
+                .filter(|(p, _)| fits(*p))
+                .collect();
             (b.object, obj.dma, page, sizes, b.id)
         };
         // The largest chunk the binding allows and VRAM can give. Rule 5:
         // the block is allocated before any page lock is taken, and with no
         // lock of ours held.
-        let try_alloc = || sizes.iter().find_map(|&(pages, order)| self.vram.alloc(order).ok().map(|b| (pages, Some(b))));
+        let try_alloc = || {
+            sizes
+                .iter()
+                .find_map(|&(pages, order)| self.vram.alloc(order).ok().map(|b| (pages, Some(b))))
+        };
         let mut pick = try_alloc();
         if pick.is_none() && self.hw.has_broker() {
             // No VRAM: stall in mm-server for one granule (not the whole
             // range) while its eviction loop makes room, then try again.
             let granule = sizes.first().map_or(PAGE, |(p, _)| p * PAGE);
-            let granted = self.hw.reserve(World::Svm, granule, FAULT_RESERVE_TIMEOUT_MS);
+            let granted = self
+                .hw
+                .reserve(World::Svm, granule, FAULT_RESERVE_TIMEOUT_MS);
             if granted > 0 {
                 pick = try_alloc();
                 self.report_usage();
@@ -359,7 +476,12 @@ impl<P: Platform> Inner<P> {
         };
         let object_id = ObjectId::raw(object);
         let gpu = GpuId::new(GPU).unwrap_or(GpuId::new(0).expect("GPU id 0 is in range"));
-        let Ok(c) = self.hw.collect(Collect { object: object_id, first_page: first, count: count_pc, gpu }) else {
+        let Ok(c) = self.hw.collect(Collect {
+            object: object_id,
+            first_page: first,
+            count: count_pc,
+            gpu,
+        }) else {
             log::warn!("xe-svm: collect failed");
             free_block(block);
             return true;
@@ -373,7 +495,11 @@ impl<P: Platform> Inner<P> {
             // it moves (a GPU write would land in the RAM copy the pager is
             // about to drop, a read in its hole). Unmap before the copy.
             let mut st = self.lock();
-            if st.objects.get_mut(&object).is_some_and(|o| o.clear_system_mapped(first, count as u64)) {
+            if st
+                .objects
+                .get_mut(&object)
+                .is_some_and(|o| o.clear_system_mapped(first, count as u64))
+            {
                 if let Err(e) = self.zap(&mut st, object, first, count as u64) {
                     log::warn!("xe-svm: unmapping system pages before a migration: {e:?}");
                 }
@@ -394,7 +520,11 @@ impl<P: Platform> Inner<P> {
                             i += 1;
                         }
                         let len = (i - start) as u64 * PAGE;
-                        let src = if zero { self.hw.zero_source() } else { dma + (first + start as u64) * PAGE };
+                        let src = if zero {
+                            self.hw.zero_source()
+                        } else {
+                            dma + (first + start as u64) * PAGE
+                        };
                         copies.push((src, (block + start as u64) * PAGE, len));
                     }
                     match self.hw.copy(&copies) {
@@ -421,7 +551,15 @@ impl<P: Platform> Inner<P> {
                     }
                 }
             }
-            let f = Finalize { object: object_id, first_page: first, count: count_pc, gpu, vram_first_pfn: block.unwrap_or(0), got: c.got, migrated };
+            let f = Finalize {
+                object: object_id,
+                first_page: first,
+                count: count_pc,
+                gpu,
+                vram_first_pfn: block.unwrap_or(0),
+                got: c.got,
+                migrated,
+            };
             if self.hw.finalize(f).is_err() {
                 // The pager did not take the pages (its object went away
                 // meanwhile, or it is gone): the copies are nobody's. Give
@@ -440,35 +578,70 @@ impl<P: Platform> Inner<P> {
                 self.report_usage();
                 return true;
             }
-            self.counters.pages_to_vram.fetch_add(migrated.count() as u64, Ordering::Relaxed);
+            self.counters
+                .pages_to_vram
+                .fetch_add(migrated.count() as u64, Ordering::Relaxed);
             self.report_usage();
         }
         // Map what is ours, unless an invalidation raced (rule 8).
         let mut st = self.lock();
         let st = &mut *st;
-        let Some(obj) = st.objects.get(&object) else { return true };
+        let Some(obj) = st.objects.get(&object) else {
+            return true;
+        };
         if obj.inval_seq > c.seq.get() {
             return true; // the device faults again and we start over
         }
         // Only pages this fault migrated, or that collect saw in our VRAM
         // and unlocked: a page locked by a CPU migration may be leaving.
-        let allowed = |i: usize| (c.got.get(i) && obj.frame(first + i as u64).is_some()) || c.device.get(i);
-        let pages: Vec<(u64, Option<u64>)> =
-            (first..first + count as u64).enumerate().map(|(i, p)| (p, if allowed(i) { obj.frame(p) } else { None })).collect();
-        let not_migrated = c.got.iter().filter(|i| obj.frame(first + *i as u64).is_none()).collect::<Vec<_>>();
-        let Some(vm) = st.vms.get_mut(&asid) else { return true };
+        let allowed =
+            |i: usize| (c.got.get(i) && obj.frame(first + i as u64).is_some()) || c.device.get(i);
+        let pages: Vec<(u64, Option<u64>)> = (first..first + count as u64)
+            .enumerate()
+            .map(|(i, p)| (p, if allowed(i) { obj.frame(p) } else { None }))
+            .collect();
+        let not_migrated = c
+            .got
+            .iter()
+            .filter(|i| obj.frame(first + *i as u64).is_none())
+            .collect::<Vec<_>>();
+        let Some(vm) = st.vms.get_mut(&asid) else {
+            return true;
+        };
         // The same binding, still there: it may have moved or gone (its
         // view was unmapped) while we migrated.
-        let Some(b) = vm.bindings.iter().find(|b| b.id == binding && b.contains(va)) else { return true };
+        let Some(b) = vm
+            .bindings
+            .iter()
+            .find(|b| b.id == binding && b.contains(va))
+        else {
+            return true;
+        };
         let base_va = b.va_of(first);
-        let whole = count == 512 && pages.iter().enumerate().all(|(i, (_, pfn))| *pfn == pages[0].1.map(|p| p + i as u64));
+        let whole = count == 512
+            && pages
+                .iter()
+                .enumerate()
+                .all(|(i, (_, pfn))| *pfn == pages[0].1.map(|p| p + i as u64));
         if let (true, Some(v), Some(pfn)) = (whole, base_va, pages[0].1) {
-            self.hw.map(&mut vm.tables, v, pfn * PAGE, PageSize::Size2M, Target::Device);
+            self.hw.map(
+                &mut vm.tables,
+                v,
+                pfn * PAGE,
+                PageSize::Size2M,
+                Target::Device,
+            );
             return true;
         }
         for (p, pfn) in &pages {
             if let (Some(v), Some(pfn)) = (b.va_of(*p), pfn) {
-                self.hw.map(&mut vm.tables, v, pfn * PAGE, PageSize::Size4K, Target::Device);
+                self.hw.map(
+                    &mut vm.tables,
+                    v,
+                    pfn * PAGE,
+                    PageSize::Size4K,
+                    Target::Device,
+                );
             }
         }
         // Pages that stayed in RAM are mapped as system pages.
@@ -476,7 +649,13 @@ impl<P: Platform> Inner<P> {
         for i in not_migrated {
             let p = first + i as u64;
             if let Some(v) = b.va_of(p) {
-                self.hw.map(&mut vm.tables, v, dma + p * PAGE, PageSize::Size4K, Target::System);
+                self.hw.map(
+                    &mut vm.tables,
+                    v,
+                    dma + p * PAGE,
+                    PageSize::Size4K,
+                    Target::System,
+                );
                 system.push(p);
             }
         }
@@ -490,7 +669,13 @@ impl<P: Platform> Inner<P> {
 
     /// Unmaps the object's pages `[first, first + count)` from every VM and
     /// invalidates the TLBs (under the VM lock, never waiting on the pager).
-    fn zap(&self, st: &mut State<P::Tables>, object: u32, first: u64, count: u64) -> Result<(), NotifyError> {
+    fn zap(
+        &self,
+        st: &mut State<P::Tables>,
+        object: u32,
+        first: u64,
+        count: u64,
+    ) -> Result<(), NotifyError> {
         if let Some(o) = st.objects.get_mut(&object) {
             o.clear_system_mapped(first, count);
         }
@@ -506,7 +691,8 @@ impl<P: Platform> Inner<P> {
                 }
             }
         }
-        self.invalidate_ranges(&ranges).map_err(|_| NotifyError::CopyFailed)?;
+        self.invalidate_ranges(&ranges)
+            .map_err(|_| NotifyError::CopyFailed)?;
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -514,7 +700,13 @@ impl<P: Platform> Inner<P> {
     /// `GpuNotify::Invalidate` (rule 8): unmap and invalidate, then the
     /// caller acknowledges. No page lock is taken and the pager is never
     /// called.
-    pub fn invalidate(&self, object: u32, first: u64, count: u64, seq: u64) -> Result<(), NotifyError> {
+    pub fn invalidate(
+        &self,
+        object: u32,
+        first: u64,
+        count: u64,
+        seq: u64,
+    ) -> Result<(), NotifyError> {
         let mut st = self.lock();
         if let Some(obj) = st.objects.get_mut(&object) {
             obj.inval_seq = obj.inval_seq.max(seq);
@@ -531,7 +723,13 @@ impl<P: Platform> Inner<P> {
     /// into the staging buffer at `staging_offset` and drops their VRAM
     /// references (rule 6: a block goes when its last page has left).
     /// Returns the pages copied.
-    pub fn migrate_to_ram(&self, object: u32, first: u64, pages: &PageMask, staging_offset: u64) -> Result<PageMask, NotifyError> {
+    pub fn migrate_to_ram(
+        &self,
+        object: u32,
+        first: u64,
+        pages: &PageMask,
+        staging_offset: u64,
+    ) -> Result<PageMask, NotifyError> {
         let (staging, list) = {
             let st = self.lock();
             let (dma, size) = st.staging.ok_or(NotifyError::NoStaging)?;
@@ -539,7 +737,10 @@ impl<P: Platform> Inner<P> {
                 return Err(NotifyError::NoStaging);
             }
             let obj = st.objects.get(&object).ok_or(NotifyError::NoSuchObject)?;
-            let list: Vec<(usize, u64)> = pages.iter().filter_map(|i| obj.frame(first + i as u64).map(|pfn| (i, pfn))).collect();
+            let list: Vec<(usize, u64)> = pages
+                .iter()
+                .filter_map(|i| obj.frame(first + i as u64).map(|pfn| (i, pfn)))
+                .collect();
             (dma + staging_offset, list)
         };
         // Runs of pages whose frames are consecutive make one copy each.
@@ -563,7 +764,9 @@ impl<P: Platform> Inner<P> {
                 copied.set(i);
             }
         }
-        self.counters.pages_to_ram.fetch_add(copied.count() as u64, Ordering::Relaxed);
+        self.counters
+            .pages_to_ram
+            .fetch_add(copied.count() as u64, Ordering::Relaxed);
         drop(st);
         self.report_usage();
         Ok(copied)
@@ -571,10 +774,19 @@ impl<P: Platform> Inner<P> {
 
     /// `GpuNotify::FreePages`: pages no view reaches any more; returns how
     /// many held VRAM here.
-    pub fn free_pages(&self, object: u32, first: u64, count: u64, pages: &PageMask) -> Result<u16, NotifyError> {
+    pub fn free_pages(
+        &self,
+        object: u32,
+        first: u64,
+        count: u64,
+        pages: &PageMask,
+    ) -> Result<u16, NotifyError> {
         let mut st = self.lock();
         self.zap(&mut st, object, first, count)?;
-        let obj = st.objects.get_mut(&object).ok_or(NotifyError::NoSuchObject)?;
+        let obj = st
+            .objects
+            .get_mut(&object)
+            .ok_or(NotifyError::NoSuchObject)?;
         let mut freed = 0u16;
         for i in pages.iter() {
             if let Some(pfn) = obj.take_frame(first + i as u64) {

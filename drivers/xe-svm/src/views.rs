@@ -44,12 +44,16 @@ impl<P: Platform> Inner<P> {
                 false
             });
         }
-        self.invalidate_ranges(&ranges).map_err(|_| NotifyError::CopyFailed)?;
+        self.invalidate_ranges(&ranges)
+            .map_err(|_| NotifyError::CopyFailed)?;
         for o in objects {
             self.drop_object_if_unused(&mut st, o);
         }
         if !ranges.is_empty() {
-            log::info!("xe-svm: view {view} is gone; {} binding(s) unmapped", ranges.len());
+            log::info!(
+                "xe-svm: view {view} is gone; {} binding(s) unmapped",
+                ranges.len()
+            );
         }
         Ok(ranges.len() as u16)
     }
@@ -59,18 +63,38 @@ impl<P: Platform> Inner<P> {
     /// `new_view` shifted by the same distance, unless the new range is
     /// taken or out of range. Nothing is mapped yet: the twin's pages fault
     /// in. Returns (twins made, bindings that could not follow).
-    pub fn view_copied(&self, view: u32, new_view: u32, from: u64, to: u64) -> Result<(u16, u16), NotifyError> {
+    pub fn view_copied(
+        &self,
+        view: u32,
+        new_view: u32,
+        from: u64,
+        to: u64,
+    ) -> Result<(u16, u16), NotifyError> {
         let mut st = self.lock();
         let (mut made, mut skipped) = (0u16, 0u16);
         for (asid, vm) in st.vms.iter_mut() {
-            let twins: Vec<(u64, u64)> = vm.bindings.iter().filter(|b| b.view == view).map(|b| (b.gpu_addr, b.pages)).collect();
+            let twins: Vec<(u64, u64)> = vm
+                .bindings
+                .iter()
+                .filter(|b| b.view == view)
+                .map(|b| (b.gpu_addr, b.pages))
+                .collect();
             for (old, pages) in twins {
                 let (new, len) = (old.wrapping_add(to.wrapping_sub(from)), pages * PAGE);
-                let fits = new % PAGE == 0 && new.checked_add(len).is_some_and(|end| end <= VA_LIMIT);
-                let taken = vm.bindings.iter().any(|b| new < b.gpu_addr + b.pages * PAGE && b.gpu_addr < new + len) || vm.bos.iter().any(|m| m.overlaps(new, len));
+                let fits =
+                    new % PAGE == 0 && new.checked_add(len).is_some_and(|end| end <= VA_LIMIT);
+                let taken = vm
+                    .bindings
+                    .iter()
+                    .any(|b| new < b.gpu_addr + b.pages * PAGE && b.gpu_addr < new + len)
+                    || vm.bos.iter().any(|m| m.overlaps(new, len));
                 if fits && !taken {
                     let id = self.new_binding_id();
-                    let twin = vm.bindings.iter().find(|b| b.view == view && b.gpu_addr == old).map(|b| b.twin(id, new_view, new));
+                    let twin = vm
+                        .bindings
+                        .iter()
+                        .find(|b| b.view == view && b.gpu_addr == old)
+                        .map(|b| b.twin(id, new_view, new));
                     vm.bindings.extend(twin);
                     made += 1;
                 } else {

@@ -5,8 +5,8 @@
 //! page left by (a CPU fault, eviction, unmap). Pages of one block can leave
 //! one by one under rule 1; the block stays allocated until all have.
 
-use std::collections::{BTreeSet, HashMap};
 use crate::sync::{lock, Mutex, MutexGuard};
+use std::collections::{BTreeSet, HashMap};
 
 /// Block orders: 0 is 4 KiB, 9 is 2 MiB.
 pub const MAX_ORDER: u32 = 9;
@@ -46,7 +46,14 @@ impl Vram {
         for pfn in (first_pfn..first_pfn + pages - pages % top).step_by(top as usize) {
             free[MAX_ORDER as usize].insert(pfn);
         }
-        Self { inner: Mutex::new(Buddy { free, used: HashMap::new(), used_pages: 0 }), total_pages: pages }
+        Self {
+            inner: Mutex::new(Buddy {
+                free,
+                used: HashMap::new(),
+                used_pages: 0,
+            }),
+            total_pages: pages,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Buddy> {
@@ -65,14 +72,22 @@ impl Vram {
     /// a page may live only in a block that is still allocated, rule 6).
     pub fn holds(&self, pfn: u64) -> bool {
         let b = self.lock();
-        (0..=MAX_ORDER).any(|o| b.used.get(&(pfn & !((1u64 << o) - 1))).is_some_and(|bl| bl.order == o))
+        (0..=MAX_ORDER).any(|o| {
+            b.used
+                .get(&(pfn & !((1u64 << o) - 1)))
+                .is_some_and(|bl| bl.order == o)
+        })
     }
 
     /// Allocates a block of `2^order` pages with no resident pages yet.
     pub fn alloc(&self, order: u32) -> Result<u64, VramError> {
         let mut b = self.lock();
-        let from = (order..=MAX_ORDER).find(|o| !b.free[*o as usize].is_empty()).ok_or(VramError::Exhausted)?;
-        let pfn = b.free[from as usize].pop_first().ok_or(VramError::Exhausted)?;
+        let from = (order..=MAX_ORDER)
+            .find(|o| !b.free[*o as usize].is_empty())
+            .ok_or(VramError::Exhausted)?;
+        let pfn = b.free[from as usize]
+            .pop_first()
+            .ok_or(VramError::Exhausted)?;
         // Split down, returning the upper halves.
         for o in (order..from).rev() {
             b.free[o as usize].insert(pfn + (1 << o));
@@ -150,7 +165,11 @@ mod tests {
         v.add_refs(block, 512).unwrap();
         // The seed's case: eviction moves 511 pages, a CPU fault moves 1.
         for p in 0..511 {
-            assert_eq!(v.release_page(block + p), Ok(false), "freed early at page {p}");
+            assert_eq!(
+                v.release_page(block + p),
+                Ok(false),
+                "freed early at page {p}"
+            );
         }
         assert_eq!(v.used_pages(), 512, "still allocated");
         assert_eq!(v.release_page(block + 511), Ok(true));

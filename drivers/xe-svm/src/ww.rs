@@ -31,10 +31,14 @@ pub struct WwClass {
 
 impl WwClass {
     pub fn new() -> Self {
-        Self { next: AtomicU64::new(1) }
+        Self {
+            next: AtomicU64::new(1),
+        }
     }
     pub fn context(&self) -> AcquireCtx {
-        AcquireCtx { stamp: self.next.fetch_add(1, Ordering::Relaxed) }
+        AcquireCtx {
+            stamp: self.next.fetch_add(1, Ordering::Relaxed),
+        }
     }
 }
 
@@ -119,7 +123,11 @@ impl WwMutex {
             if left.is_zero() {
                 return false;
             }
-            o = self.freed.wait_timeout(o, left).unwrap_or_else(|e| e.into_inner()).0;
+            o = self
+                .freed
+                .wait_timeout(o, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         *o = TRYLOCK_OWNER;
         true
@@ -178,7 +186,11 @@ mod tests {
         let (old, young) = (class.context(), class.context());
         let m = WwMutex::new();
         assert_eq!(m.lock(&young), Ok(true));
-        assert_eq!(m.lock(&young), Ok(false), "re-locking by the holder is reported, not a deadlock");
+        assert_eq!(
+            m.lock(&young),
+            Ok(false),
+            "re-locking by the holder is reported, not a deadlock"
+        );
         m.unlock();
         assert_eq!(m.lock(&old), Ok(true));
         assert_eq!(m.lock(&young), Err(Backoff));
@@ -212,7 +224,11 @@ mod tests {
                         let held = lock_all(&set, &ctx);
                         assert_eq!(held.len(), set.len());
                         for &i in &order {
-                            assert_eq!(inside[i].fetch_add(1, Ordering::SeqCst), 0, "two holders of lock {i}");
+                            assert_eq!(
+                                inside[i].fetch_add(1, Ordering::SeqCst),
+                                0,
+                                "two holders of lock {i}"
+                            );
                         }
                         std::thread::yield_now();
                         for &i in &order {

@@ -8,7 +8,12 @@ use xe_svm::probe::{probe, ProbeError};
 
 #[test]
 fn probe_accepts_a_healthy_device() {
-    let (t, _h) = spawn_in_process(Config { vram_bytes: 32 << 20, hw_threads: 8, inject: Injection::default() }).unwrap();
+    let (t, _h) = spawn_in_process(Config {
+        vram_bytes: 32 << 20,
+        hw_threads: 8,
+        inject: Injection::default(),
+    })
+    .unwrap();
     let (bar, report) = probe(t).unwrap();
     assert_eq!(report.vram_bytes, 32 << 20);
     assert_eq!(report.hw_threads, 8);
@@ -18,7 +23,15 @@ fn probe_accepts_a_healthy_device() {
 
 #[test]
 fn probe_refuses_a_device_whose_copies_fail() {
-    let inject = Injection { fail_copy_every: 1, ..Default::default() };
-    let (t, _h) = spawn_in_process(Config { vram_bytes: 32 << 20, hw_threads: 8, inject }).unwrap();
+    let inject = Injection {
+        fail_copy_every: 1,
+        ..Default::default()
+    };
+    let (t, _h) = spawn_in_process(Config {
+        vram_bytes: 32 << 20,
+        hw_threads: 8,
+        inject,
+    })
+    .unwrap();
     assert!(matches!(probe(t), Err(ProbeError::CopyFailed)));
 }

@@ -60,15 +60,27 @@ impl ControlRecord {
             4 => ControlOp::Done,
             _ => return None,
         };
-        Some(Self { op, slot: u32_at(4), size: u64_at(8), status: u64_at(16) })
+        Some(Self {
+            op,
+            slot: u32_at(4),
+            size: u64_at(8),
+            status: u64_at(16),
+        })
     }
 }
 
-pub fn send(t: &dyn Transport, rec: ControlRecord, fds: Vec<OwnedFd>) -> Result<(), TransportError> {
+pub fn send(
+    t: &dyn Transport,
+    rec: ControlRecord,
+    fds: Vec<OwnedFd>,
+) -> Result<(), TransportError> {
     t.send(&rec.encode(), fds)
 }
 
-pub fn recv(t: &dyn Transport, timeout: Option<std::time::Duration>) -> Result<(Option<ControlRecord>, Vec<OwnedFd>), TransportError> {
+pub fn recv(
+    t: &dyn Transport,
+    timeout: Option<std::time::Duration>,
+) -> Result<(Option<ControlRecord>, Vec<OwnedFd>), TransportError> {
     let Received { bytes, handles, .. } = t.recv(timeout)?;
     Ok((ControlRecord::decode(&bytes), handles))
 }

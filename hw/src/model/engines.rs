@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use ipc_protocol::transport::{Transport, TransportError};
 
-use super::control::{self, ControlOp, ControlRecord, STATUS_BAD_REQUEST, STATUS_BAD_SLOT, STATUS_MAP_FAILED, STATUS_OK};
+use super::control::{
+    self, ControlOp, ControlRecord, STATUS_BAD_REQUEST, STATUS_BAD_SLOT, STATUS_MAP_FAILED,
+    STATUS_OK,
+};
 use super::memory::Memory;
 use super::translate::{Tlb, Translation};
 use super::{Config, ModelError};
@@ -45,26 +48,49 @@ struct Device {
 
 /// Runs a device until its driver closes the control channel.
 pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
-    if cfg.vram_bytes == 0 || cfg.vram_bytes % (2 << 20) != 0 || cfg.vram_bytes >= layout::SYSMEM_BASE {
-        return Err(ModelError::BadConfig("VRAM must be a non-zero multiple of 2 MiB"));
+    if cfg.vram_bytes == 0
+        || cfg.vram_bytes % (2 << 20) != 0
+        || cfg.vram_bytes >= layout::SYSMEM_BASE
+    {
+        return Err(ModelError::BadConfig(
+            "VRAM must be a non-zero multiple of 2 MiB",
+        ));
     }
     if cfg.hw_threads == 0 {
         return Err(ModelError::BadConfig("at least one hardware thread"));
     }
     let regs = Region::create("xe-model-regs", layout::REGION_BYTES).map_err(ModelError::Memory)?;
-    let vram = Region::create("xe-model-vram", cfg.vram_bytes as usize).map_err(ModelError::Memory)?;
+    let vram =
+        Region::create("xe-model-vram", cfg.vram_bytes as usize).map_err(ModelError::Memory)?;
     for ring in [Ring::Copy, Ring::Compute, Ring::HostToGuc, Ring::GucToHost] {
-        regs.u32_at(ring.header() + 8).store(layout::RING_ENTRIES as u32, Ordering::Relaxed);
+        regs.u32_at(ring.header() + 8)
+            .store(layout::RING_ENTRIES as u32, Ordering::Relaxed);
     }
-    regs.u32_at(layout::REG_VERSION).store(layout::VERSION, Ordering::Relaxed);
-    regs.u32_at(layout::REG_VRAM_MIB).store((cfg.vram_bytes >> 20) as u32, Ordering::Relaxed);
-    regs.u32_at(layout::REG_HW_THREADS).store(cfg.hw_threads as u32, Ordering::Relaxed);
+    regs.u32_at(layout::REG_VERSION)
+        .store(layout::VERSION, Ordering::Relaxed);
+    regs.u32_at(layout::REG_VRAM_MIB)
+        .store((cfg.vram_bytes >> 20) as u32, Ordering::Relaxed);
+    regs.u32_at(layout::REG_HW_THREADS)
+        .store(cfg.hw_threads as u32, Ordering::Relaxed);
     regs.u32_at(layout::REG_RUNNING).store(1, Ordering::Relaxed);
-    regs.u32_at(layout::REG_MAGIC).store(layout::MAGIC, Ordering::Release);
-    let hello = ControlRecord { op: ControlOp::Hello, slot: 0, size: cfg.vram_bytes, status: 0 };
-    let fds = vec![regs.dup_fd().map_err(ModelError::Memory)?, vram.dup_fd().map_err(ModelError::Memory)?];
+    regs.u32_at(layout::REG_MAGIC)
+        .store(layout::MAGIC, Ordering::Release);
+    let hello = ControlRecord {
+        op: ControlOp::Hello,
+        slot: 0,
+        size: cfg.vram_bytes,
+        status: 0,
+    };
+    let fds = vec![
+        regs.dup_fd().map_err(ModelError::Memory)?,
+        vram.dup_fd().map_err(ModelError::Memory)?,
+    ];
     control::send(&*control, hello, fds).map_err(ModelError::Control)?;
-    log::info!("xe-model: up, {} MiB VRAM, {} hardware threads", cfg.vram_bytes >> 20, cfg.hw_threads);
+    log::info!(
+        "xe-model: up, {} MiB VRAM, {} hardware threads",
+        cfg.vram_bytes >> 20,
+        cfg.hw_threads
+    );
 
     let slots = (0..cfg.hw_threads).map(|_| FaultSlot::default()).collect();
     let dev = Arc::new(Device {
@@ -79,18 +105,26 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
         invalidations: AtomicU32::new(0),
         copies: AtomicU32::new(0),
     });
-    let engines: Vec<_> = [("xe-model-bcs", Ring::Copy), ("xe-model-ccs", Ring::Compute), ("xe-model-guc", Ring::HostToGuc)]
-        .into_iter()
-        .map(|(name, ring)| {
-            let d = dev.clone();
-            std::thread::Builder::new().name(name.into()).spawn(move || d.engine_loop(ring))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|_| ModelError::BadConfig("cannot spawn engine threads"))?;
+    let engines: Vec<_> = [
+        ("xe-model-bcs", Ring::Copy),
+        ("xe-model-ccs", Ring::Compute),
+        ("xe-model-guc", Ring::HostToGuc),
+    ]
+    .into_iter()
+    .map(|(name, ring)| {
+        let d = dev.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || d.engine_loop(ring))
+    })
+    .collect::<Result<_, _>>()
+    .map_err(|_| ModelError::BadConfig("cannot spawn engine threads"))?;
 
     let result = dev.control_loop(&*control);
     dev.stop.store(true, Ordering::Release);
-    dev.regs.u32_at(layout::REG_RUNNING).store(0, Ordering::Release);
+    dev.regs
+        .u32_at(layout::REG_RUNNING)
+        .store(0, Ordering::Release);
     wake_all(dev.regs.u32_at(layout::REG_RUNNING));
     for e in engines {
         let _ = e.join();
@@ -108,21 +142,49 @@ impl Device {
                 Err(e) => return Err(ModelError::Control(e)),
             };
             let (slot, status) = match rec {
-                Some(ControlRecord { op: ControlOp::DmaMap, slot, size, .. }) if fds.len() == 1 => {
+                Some(ControlRecord {
+                    op: ControlOp::DmaMap,
+                    slot,
+                    size,
+                    ..
+                }) if fds.len() == 1 => {
                     let fd = fds.pop().expect("one fd, checked above");
                     match Region::map(fd, size as usize) {
-                        Ok(r) => (slot, if self.mem.map_slot(slot, r) { STATUS_OK } else { STATUS_BAD_SLOT }),
+                        Ok(r) => (
+                            slot,
+                            if self.mem.map_slot(slot, r) {
+                                STATUS_OK
+                            } else {
+                                STATUS_BAD_SLOT
+                            },
+                        ),
                         Err(_) => (slot, STATUS_MAP_FAILED),
                     }
                 }
-                Some(ControlRecord { op: ControlOp::DmaUnmap, slot, .. }) => {
+                Some(ControlRecord {
+                    op: ControlOp::DmaUnmap,
+                    slot,
+                    ..
+                }) => {
                     // Unmapping waits for accesses in flight, like an IOMMU unmap.
                     let _gate = self.access_gate.write().unwrap_or_else(|e| e.into_inner());
-                    (slot, if self.mem.unmap_slot(slot) { STATUS_OK } else { STATUS_BAD_SLOT })
+                    (
+                        slot,
+                        if self.mem.unmap_slot(slot) {
+                            STATUS_OK
+                        } else {
+                            STATUS_BAD_SLOT
+                        },
+                    )
                 }
                 other => (other.map(|r| r.slot).unwrap_or(0), STATUS_BAD_REQUEST),
             };
-            let done = ControlRecord { op: ControlOp::Done, slot, size: 0, status };
+            let done = ControlRecord {
+                op: ControlOp::Done,
+                slot,
+                size: 0,
+                status,
+            };
             control::send(control, done, vec![]).map_err(ModelError::Control)?;
         }
     }
@@ -149,20 +211,27 @@ impl Device {
                         let _gate = self.access_gate.write().unwrap_or_else(|e| e.into_inner());
                         self.tlb.invalidate(&inv, drop_it);
                     }
-                    self.regs.u32_at(layout::REG_TLB_INVALIDATIONS).fetch_add(1, Ordering::AcqRel);
+                    self.regs
+                        .u32_at(layout::REG_TLB_INVALIDATIONS)
+                        .fetch_add(1, Ordering::AcqRel);
                     self.to_host(&Command::TlbInvalidationDone { seqno: inv.seqno });
                 }
                 (Ring::HostToGuc, Ok(Command::PageFaultResponse(r))) => {
                     if !self.cfg.inject.fault_reply_delay.is_zero() {
                         std::thread::sleep(self.cfg.inject.fault_reply_delay);
                     }
-                    self.regs.u32_at(layout::REG_FAULTS_REPLIED).fetch_add(1, Ordering::AcqRel);
+                    self.regs
+                        .u32_at(layout::REG_FAULTS_REPLIED)
+                        .fetch_add(1, Ordering::AcqRel);
                     match self.slots.get(r.pdata as usize) {
                         Some(slot) => {
                             *slot.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.success);
                             slot.arrived.notify_all();
                         }
-                        None => log::error!("xe-model: fault reply for unknown hardware thread {}", r.pdata),
+                        None => log::error!(
+                            "xe-model: fault reply for unknown hardware thread {}",
+                            r.pdata
+                        ),
                     }
                 }
                 (Ring::Copy, _) => {
@@ -176,14 +245,19 @@ impl Device {
 
     fn to_host(&self, cmd: &Command) {
         let _g = self.g2h.lock().unwrap_or_else(|e| e.into_inner());
-        if RingView::new(&self.regs, Ring::GucToHost).push(0, &cmd.encode(), Some(FAULT_REPLY_TIMEOUT)).is_err() {
+        if RingView::new(&self.regs, Ring::GucToHost)
+            .push(0, &cmd.encode(), Some(FAULT_REPLY_TIMEOUT))
+            .is_err()
+        {
             log::error!("xe-model: GuC-to-host ring stayed full; dropped {cmd:?}");
         }
     }
 
     fn retire_copy(&self, seqno: u32, ok: bool) {
         if !ok {
-            self.regs.u32_at(layout::REG_BCS_ERROR).store(seqno, Ordering::Release);
+            self.regs
+                .u32_at(layout::REG_BCS_ERROR)
+                .store(seqno, Ordering::Release);
         }
         let done = self.regs.u32_at(layout::REG_BCS_DONE);
         done.store(seqno, Ordering::Release);
@@ -199,9 +273,15 @@ impl Device {
 
     fn copy_rows(&self, c: &MemCopy) -> bool {
         for row in 0..c.rows as u64 {
-            let src = self.mem.resolve(c.src + row * c.src_pitch as u64, c.width as u64);
-            let dst = self.mem.resolve(c.dst + row * c.dst_pitch as u64, c.width as u64);
-            let (Some(src), Some(dst)) = (src, dst) else { return false };
+            let src = self
+                .mem
+                .resolve(c.src + row * c.src_pitch as u64, c.width as u64);
+            let dst = self
+                .mem
+                .resolve(c.dst + row * c.dst_pitch as u64, c.width as u64);
+            let (Some(src), Some(dst)) = (src, dst) else {
+                return false;
+            };
             // SAFETY: both ranges were resolved in bounds of live mappings;
             // `copy` tolerates overlap. Concurrent CPU access to the same
             // bytes is the driver's race to prevent, as with real DMA.
@@ -212,7 +292,14 @@ impl Device {
 
     /// Translates `va` for an access, faulting (and stalling) until the
     /// driver maps it or refuses. Returns `None` when the fault failed.
-    fn access(&self, asid: u32, va: u64, write: bool, hw: u16, faults: &AtomicU32) -> Option<Translation> {
+    fn access(
+        &self,
+        asid: u32,
+        va: u64,
+        write: bool,
+        hw: u16,
+        faults: &AtomicU32,
+    ) -> Option<Translation> {
         loop {
             let (fault_type, level) = match self.tlb.translate(&self.regs, &self.mem, asid, va) {
                 Ok(t) if !write || t.writable => return Some(t),
@@ -222,11 +309,17 @@ impl Device {
             faults.fetch_add(1, Ordering::Relaxed);
             let slot = &self.slots[hw as usize];
             *slot.reply.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            self.regs.u32_at(layout::REG_FAULTS_RAISED).fetch_add(1, Ordering::AcqRel);
+            self.regs
+                .u32_at(layout::REG_FAULTS_RAISED)
+                .fetch_add(1, Ordering::AcqRel);
             self.to_host(&Command::PageFault(FaultDescriptor {
                 asid,
                 address: va & !0xfff,
-                access: if write { AccessType::Write } else { AccessType::Read },
+                access: if write {
+                    AccessType::Write
+                } else {
+                    AccessType::Read
+                },
                 fault_type,
                 level,
                 engine_class: COMPUTE_CLASS,
@@ -238,7 +331,9 @@ impl Device {
             let guard = slot.reply.lock().unwrap_or_else(|e| e.into_inner());
             let (guard, _) = slot
                 .arrived
-                .wait_timeout_while(guard, FAULT_REPLY_TIMEOUT, |r| r.is_none() && !self.stop.load(Ordering::Acquire))
+                .wait_timeout_while(guard, FAULT_REPLY_TIMEOUT, |r| {
+                    r.is_none() && !self.stop.load(Ordering::Acquire)
+                })
                 .unwrap_or_else(|e| e.into_inner());
             match *guard {
                 Some(true) => continue, // replay
@@ -263,7 +358,8 @@ impl Device {
             for hw in 0..threads {
                 let (faults, failed, checksum) = (&faults, &failed, &checksum);
                 s.spawn(move || {
-                    let mut rng = (k.value as u64 ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(hw as u64 + 1) | 1;
+                    let mut rng =
+                        (k.value as u64 ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(hw as u64 + 1) | 1;
                     let work: Box<dyn Iterator<Item = u64>> = if k.op == KernelOp::RandomRead {
                         Box::new((0..64).map(move |_| {
                             rng ^= rng << 13;
@@ -293,8 +389,12 @@ impl Device {
         let slot = layout::JOB_TABLE + (k.job as usize % layout::JOB_SLOTS) * 16;
         self.regs.u32_at(slot + 4).store(0, Ordering::Release);
         self.regs.u32_at(slot).store(k.job, Ordering::Release);
-        self.regs.u32_at(slot + 8).store(faults.load(Ordering::Relaxed), Ordering::Release);
-        self.regs.u32_at(slot + 12).store(checksum.load(Ordering::Relaxed) as u32, Ordering::Release);
+        self.regs
+            .u32_at(slot + 8)
+            .store(faults.load(Ordering::Relaxed), Ordering::Release);
+        self.regs
+            .u32_at(slot + 12)
+            .store(checksum.load(Ordering::Relaxed) as u32, Ordering::Release);
         self.regs.u32_at(slot + 4).store(status, Ordering::Release);
         let done = self.regs.u32_at(layout::REG_CCS_DONE);
         done.store(k.job, Ordering::Release);
@@ -303,10 +403,23 @@ impl Device {
 
     /// Runs kernel `k` on the bytes `[lo, hi)` of one page. `false`: a fault
     /// could not be resolved.
-    fn run_page(&self, k: &KernelLaunch, lo: u64, hi: u64, hw: u16, faults: &AtomicU32, checksum: &AtomicU64) -> bool {
-        let write = matches!(k.op, KernelOp::IncrementAll | KernelOp::StridedWrite | KernelOp::AtomicAdd);
+    fn run_page(
+        &self,
+        k: &KernelLaunch,
+        lo: u64,
+        hi: u64,
+        hw: u16,
+        faults: &AtomicU32,
+        checksum: &AtomicU64,
+    ) -> bool {
+        let write = matches!(
+            k.op,
+            KernelOp::IncrementAll | KernelOp::StridedWrite | KernelOp::AtomicAdd
+        );
         loop {
-            let Some(t) = self.access(k.asid, lo, write, hw, faults) else { return false };
+            let Some(t) = self.access(k.asid, lo, write, hw, faults) else {
+                return false;
+            };
             let _gate = self.access_gate.read().unwrap_or_else(|e| e.into_inner());
             // The translation may have been invalidated between `access`
             // and the gate: take it again under the gate (a TLB hit, or a
@@ -331,7 +444,10 @@ impl Device {
                 KernelOp::IncrementAll => {
                     for off in (0..len).step_by(4) {
                         let w = words(off);
-                        w.store(w.load(Ordering::Relaxed).wrapping_add(k.value), Ordering::Relaxed);
+                        w.store(
+                            w.load(Ordering::Relaxed).wrapping_add(k.value),
+                            Ordering::Relaxed,
+                        );
                     }
                 }
                 KernelOp::StridedWrite => {

@@ -26,7 +26,10 @@ impl Resolved {
 
 impl Memory {
     pub fn new(vram: Region) -> Self {
-        Self { vram, sysmem: RwLock::new(vec![None; SYSMEM_SLOTS as usize]) }
+        Self {
+            vram,
+            sysmem: RwLock::new(vec![None; SYSMEM_SLOTS as usize]),
+        }
     }
 
     pub fn map_slot(&self, slot: u32, region: Region) -> bool {
@@ -48,7 +51,10 @@ impl Memory {
     /// `[addr, addr + len)` as a pointer, if it lies inside one region.
     pub fn resolve(&self, addr: u64, len: u64) -> Option<Resolved> {
         if addr < SYSMEM_BASE {
-            return self.vram.ptr(addr, len).map(|ptr| Resolved { region: None, ptr });
+            return self
+                .vram
+                .ptr(addr, len)
+                .map(|ptr| Resolved { region: None, ptr });
         }
         let rel = addr - SYSMEM_BASE;
         let slot = (rel / SYSMEM_SLOT_BYTES) as usize;
@@ -56,7 +62,10 @@ impl Memory {
         let s = self.sysmem.read().unwrap_or_else(|e| e.into_inner());
         let region = s.get(slot)?.clone()?;
         let ptr = region.ptr(off, len)?;
-        Some(Resolved { region: Some(region), ptr })
+        Some(Resolved {
+            region: Some(region),
+            ptr,
+        })
     }
 
     /// Reads the u64 at `addr` (a page-table entry).
@@ -66,6 +75,9 @@ impl Memory {
         }
         let r = self.resolve(addr, 8)?;
         // SAFETY: resolved, in bounds and 8-aligned (regions are page aligned).
-        Some(unsafe { (*(r.ptr() as *const std::sync::atomic::AtomicU64)).load(std::sync::atomic::Ordering::Acquire) })
+        Some(unsafe {
+            (*(r.ptr() as *const std::sync::atomic::AtomicU64))
+                .load(std::sync::atomic::Ordering::Acquire)
+        })
     }
 }

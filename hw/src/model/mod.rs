@@ -51,7 +51,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { vram_bytes: 256 << 20, hw_threads: 64, inject: Injection::default() }
+        Self {
+            vram_bytes: 256 << 20,
+            hw_threads: 64,
+            inject: Injection::default(),
+        }
     }
 }
 
@@ -61,8 +65,14 @@ impl Config {
         vec![
             format!("--vram-mib={}", self.vram_bytes >> 20),
             format!("--hw-threads={}", self.hw_threads),
-            format!("--fault-reply-delay-us={}", self.inject.fault_reply_delay.as_micros()),
-            format!("--drop-tlb-invalidation-every={}", self.inject.drop_tlb_invalidation_every),
+            format!(
+                "--fault-reply-delay-us={}",
+                self.inject.fault_reply_delay.as_micros()
+            ),
+            format!(
+                "--drop-tlb-invalidation-every={}",
+                self.inject.drop_tlb_invalidation_every
+            ),
             format!("--fail-copy-every={}", self.inject.fail_copy_every),
         ]
     }
@@ -85,7 +95,15 @@ impl std::error::Error for ModelError {}
 
 /// A device running in this process on a thread (tests). The returned
 /// transport is the driver's end of the control channel.
-pub fn spawn_in_process(cfg: Config) -> Result<(Arc<dyn Transport>, std::thread::JoinHandle<Result<(), ModelError>>), ModelError> {
+pub fn spawn_in_process(
+    cfg: Config,
+) -> Result<
+    (
+        Arc<dyn Transport>,
+        std::thread::JoinHandle<Result<(), ModelError>>,
+    ),
+    ModelError,
+> {
     let (driver, device) = SeqPacket::pair().map_err(ModelError::Control)?;
     let device: Arc<dyn Transport> = Arc::new(device);
     let handle = std::thread::Builder::new()
@@ -97,13 +115,18 @@ pub fn spawn_in_process(cfg: Config) -> Result<(Arc<dyn Transport>, std::thread:
 
 /// A device running as its own process (`xe-model` at `exe`). Returns the
 /// driver's end of the control channel and the child.
-pub fn spawn_process(exe: &std::path::Path, cfg: &Config) -> std::io::Result<(Arc<dyn Transport>, std::process::Child)> {
+pub fn spawn_process(
+    exe: &std::path::Path,
+    cfg: &Config,
+) -> std::io::Result<(Arc<dyn Transport>, std::process::Child)> {
     use std::os::fd::AsFd;
     let (driver, device) = SeqPacket::pair().map_err(|e| std::io::Error::other(e.to_string()))?;
     let device_fd = device.fd().as_fd().try_clone_to_owned()?;
     drop(device);
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(cfg.to_args()).arg("--control-fd=3").stdin(std::process::Stdio::null());
+    cmd.args(cfg.to_args())
+        .arg("--control-fd=3")
+        .stdin(std::process::Stdio::null());
     let _held = ipc_protocol::transport::pass_fds_to_child(&mut cmd, &[(&device_fd, 3)])?;
     let child = cmd.spawn()?;
     Ok((Arc::new(driver), child))

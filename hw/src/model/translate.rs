@@ -55,7 +55,9 @@ pub struct Tlb {
 
 impl Default for Tlb {
     fn default() -> Self {
-        Self { entries: Mutex::new(HashMap::new()) }
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -64,17 +66,27 @@ pub fn walk(regs: &Region, mem: &Memory, asid: u32, va: u64) -> Result<Translati
     if asid as usize >= MAX_ASIDS || va >> VA_BITS != 0 {
         return Err(Miss { level: 3 });
     }
-    let mut table = regs.u64_at(CONTEXT_TABLE + asid as usize * 8).load(Ordering::Acquire);
+    let mut table = regs
+        .u64_at(CONTEXT_TABLE + asid as usize * 8)
+        .load(Ordering::Acquire);
     if table == 0 {
         return Err(Miss { level: 3 });
     }
     for level in (0..4u32).rev() {
-        let raw = mem.read_u64(table + index(va, level) as u64 * 8).ok_or(Miss { level: level as u8 })?;
+        let raw = mem
+            .read_u64(table + index(va, level) as u64 * 8)
+            .ok_or(Miss { level: level as u8 })?;
         match decode(raw, level) {
             Entry::NotPresent => return Err(Miss { level: level as u8 }),
             Entry::Table { addr } if level > 0 => table = addr,
             Entry::Table { .. } => return Err(Miss { level: 0 }),
-            Entry::Leaf { addr, size, target, writable, .. } => {
+            Entry::Leaf {
+                addr,
+                size,
+                target,
+                writable,
+                ..
+            } => {
                 let (va_base, base, bytes) = match size {
                     // The TLB caches a 64 KiB page whole: its base is the
                     // first 4 KiB PTE's address minus this PTE's offset in it.
@@ -84,7 +96,13 @@ pub fn walk(regs: &Region, mem: &Memory, asid: u32, va: u64) -> Result<Translati
                     }
                     s => (va & !(s.bytes() - 1), addr, s.bytes()),
                 };
-                return Ok(Translation { base, va_base, size: bytes, writable, device: target == Target::Device });
+                return Ok(Translation {
+                    base,
+                    va_base,
+                    size: bytes,
+                    writable,
+                    device: target == Target::Device,
+                });
             }
         }
     }
@@ -93,11 +111,21 @@ pub fn walk(regs: &Region, mem: &Memory, asid: u32, va: u64) -> Result<Translati
 
 impl Tlb {
     fn key_candidates(asid: u32, va: u64) -> [(u32, u64); 3] {
-        [(asid, va & !0xfff), (asid, va & !0xffff), (asid, va & !0x1f_ffff)]
+        [
+            (asid, va & !0xfff),
+            (asid, va & !0xffff),
+            (asid, va & !0x1f_ffff),
+        ]
     }
 
     /// Translates through the TLB, walking on a miss.
-    pub fn translate(&self, regs: &Region, mem: &Memory, asid: u32, va: u64) -> Result<Translation, Miss> {
+    pub fn translate(
+        &self,
+        regs: &Region,
+        mem: &Memory,
+        asid: u32,
+        va: u64,
+    ) -> Result<Translation, Miss> {
         {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             for key in Self::key_candidates(asid, va) {
@@ -106,7 +134,8 @@ impl Tlb {
                         let hit = *e;
                         drop(entries);
                         if hit.dropped && walk(regs, mem, asid, va).ok() != Some(hit.t) {
-                            regs.u32_at(REG_STALE_TLB_USES).fetch_add(1, Ordering::AcqRel);
+                            regs.u32_at(REG_STALE_TLB_USES)
+                                .fetch_add(1, Ordering::AcqRel);
                             log::error!("stale TLB use: asid {asid} va {va:#x} after an acknowledged invalidation");
                         }
                         return Ok(hit.t);
@@ -126,10 +155,14 @@ impl Tlb {
     /// entries and marks them instead.
     pub fn invalidate(&self, inv: &TlbInvalidation, drop_it: bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let end = inv.address.saturating_add(1u64.checked_shl(inv.len_log2 as u32).unwrap_or(u64::MAX));
+        let end = inv
+            .address
+            .saturating_add(1u64.checked_shl(inv.len_log2 as u32).unwrap_or(u64::MAX));
         let covered = |(asid, _): &(u32, u64), e: &TlbEntry| match inv.scope {
             InvalidationScope::Full => true,
-            InvalidationScope::Range => *asid == inv.asid && e.t.va_base < end && inv.address < e.t.va_base + e.t.size,
+            InvalidationScope::Range => {
+                *asid == inv.asid && e.t.va_base < end && inv.address < e.t.va_base + e.t.size
+            }
         };
         if drop_it {
             for (k, e) in entries.iter_mut() {

@@ -64,7 +64,14 @@ impl MemCopy {
         } else {
             return Err(CommandError::BadGeometry);
         };
-        Ok(Self { src, dst, width, rows, src_pitch: width, dst_pitch: width })
+        Ok(Self {
+            src,
+            dst,
+            width,
+            rows,
+            src_pitch: width,
+            dst_pitch: width,
+        })
     }
 
     pub fn bytes(&self) -> u64 {
@@ -73,7 +80,9 @@ impl MemCopy {
 
     pub fn encode(&self) -> [u32; 10] {
         // Page mode when every size is a multiple of 256 bytes.
-        let page = [self.width, self.src_pitch, self.dst_pitch].iter().all(|v| v % 256 == 0);
+        let page = [self.width, self.src_pitch, self.dst_pitch]
+            .iter()
+            .all(|v| v % 256 == 0);
         let unit = if page { 256 } else { 1 };
         [
             MEM_COPY_CMD | if page { MEM_COPY_PAGE_MODE } else { 0 },
@@ -93,7 +102,11 @@ impl MemCopy {
         if dw.len() != 10 || dw[0] & !MEM_COPY_PAGE_MODE != MEM_COPY_CMD {
             return Err(CommandError::BadLength);
         }
-        let unit = if dw[0] & MEM_COPY_PAGE_MODE != 0 { 256u64 } else { 1 };
+        let unit = if dw[0] & MEM_COPY_PAGE_MODE != 0 {
+            256u64
+        } else {
+            1
+        };
         let scale = |v: u32| -> Result<u32, CommandError> {
             u32::try_from((v as u64 + 1) * unit).map_err(|_| CommandError::BadGeometry)
         };
@@ -194,7 +207,10 @@ impl Packet {
     pub fn from(words: &[u32]) -> Self {
         let mut dw = [0; PACKET_DWORDS];
         dw[..words.len()].copy_from_slice(words);
-        Self { len: words.len(), dw }
+        Self {
+            len: words.len(),
+            dw,
+        }
     }
     pub fn words(&self) -> &[u32] {
         &self.dw[..self.len.min(PACKET_DWORDS)]
@@ -214,7 +230,9 @@ impl Command {
                 (t.address >> 32) as u32,
                 t.len_log2 as u32,
             ]),
-            Self::TlbInvalidationDone { seqno } => Packet::from(&[ACTION_TLB_INVALIDATION_DONE, *seqno]),
+            Self::TlbInvalidationDone { seqno } => {
+                Packet::from(&[ACTION_TLB_INVALIDATION_DONE, *seqno])
+            }
             Self::PageFault(f) => {
                 let d = f.encode();
                 Packet::from(&[ACTION_REPORT_PAGE_FAULT, d[0], d[1], d[2], d[3]])
@@ -242,7 +260,13 @@ impl Command {
 
     pub fn decode(words: &[u32]) -> Result<Self, CommandError> {
         let op = *words.first().ok_or(CommandError::BadLength)?;
-        let need = |n: usize| if words.len() == n { Ok(()) } else { Err(CommandError::BadLength) };
+        let need = |n: usize| {
+            if words.len() == n {
+                Ok(())
+            } else {
+                Err(CommandError::BadLength)
+            }
+        };
         Ok(match op {
             o if o & !MEM_COPY_PAGE_MODE == MEM_COPY_CMD => Self::MemCopy(MemCopy::decode(words)?),
             ACTION_TLB_INVALIDATION => {
@@ -270,12 +294,16 @@ impl Command {
             ACTION_REPORT_PAGE_FAULT => {
                 need(5)?;
                 Self::PageFault(
-                    FaultDescriptor::decode([words[1], words[2], words[3], words[4]]).map_err(|_| CommandError::BadField)?,
+                    FaultDescriptor::decode([words[1], words[2], words[3], words[4]])
+                        .map_err(|_| CommandError::BadField)?,
                 )
             }
             ACTION_PAGE_FAULT_RESPONSE => {
                 need(4)?;
-                Self::PageFaultResponse(FaultReply::decode([words[1], words[2], words[3]]).ok_or(CommandError::BadField)?)
+                Self::PageFaultResponse(
+                    FaultReply::decode([words[1], words[2], words[3]])
+                        .ok_or(CommandError::BadField)?,
+                )
             }
             MODEL_EXEC => {
                 need(12)?;
@@ -303,7 +331,21 @@ mod tests {
     fn mem_copy_vector() {
         // 2 pages from 0x1_0000_0000 to 0x20_0000: page mode, width 4096/256 = 16.
         let c = MemCopy::contiguous(0x1_0000_0000, 0x20_0000, 8192).unwrap();
-        assert_eq!(c.encode(), [0x5680_0008 | (1 << 19), 15, 1, 15, 15, 0, 1, 0x20_0000, 0, 0]);
+        assert_eq!(
+            c.encode(),
+            [
+                0x5680_0008 | (1 << 19),
+                15,
+                1,
+                15,
+                15,
+                0,
+                1,
+                0x20_0000,
+                0,
+                0
+            ]
+        );
         assert_eq!(MemCopy::decode(&c.encode()), Ok(c));
         // A 100-byte copy is linear (byte) mode.
         let c = MemCopy::contiguous(0x10, 0x20, 100).unwrap();
@@ -327,16 +369,37 @@ mod tests {
         };
         let cmds = [
             Command::MemCopy(MemCopy::contiguous(0, 4096, 2 << 20).unwrap()),
-            Command::TlbInvalidation(TlbInvalidation { seqno: 9, scope: InvalidationScope::Range, asid: 7, address: 0x20_0000, len_log2: 21 }),
+            Command::TlbInvalidation(TlbInvalidation {
+                seqno: 9,
+                scope: InvalidationScope::Range,
+                asid: 7,
+                address: 0x20_0000,
+                len_log2: 21,
+            }),
             Command::TlbInvalidationDone { seqno: 9 },
             Command::PageFault(fault),
             Command::PageFaultResponse(FaultReply::to(&fault, true)),
-            Command::Launch(KernelLaunch { job: 3, asid: 7, op: KernelOp::IncrementAll, addr: 1 << 40, len: 64 << 20, stride: 4096, value: 1, threads: 64 }),
+            Command::Launch(KernelLaunch {
+                job: 3,
+                asid: 7,
+                op: KernelOp::IncrementAll,
+                addr: 1 << 40,
+                len: 64 << 20,
+                stride: 4096,
+                value: 1,
+                threads: 64,
+            }),
         ];
         for c in cmds {
             assert_eq!(Command::decode(c.encode().words()), Ok(c));
         }
-        assert_eq!(Command::decode(&[0x1234]), Err(CommandError::UnknownOpcode(0x1234)));
-        assert_eq!(Command::decode(&[ACTION_TLB_INVALIDATION, 1]), Err(CommandError::BadLength));
+        assert_eq!(
+            Command::decode(&[0x1234]),
+            Err(CommandError::UnknownOpcode(0x1234))
+        );
+        assert_eq!(
+            Command::decode(&[ACTION_TLB_INVALIDATION, 1]),
+            Err(CommandError::BadLength)
+        );
     }
 }

@@ -146,7 +146,10 @@ impl FaultReply {
 
     pub fn encode(&self) -> [u32; 3] {
         [
-            1 | put(self.success as u32, 1, 1) | put(self.reply as u32, 2, 4) | put(Self::DESC_TYPE, 10, 11) | put(self.asid, 12, 31),
+            1 | put(self.success as u32, 1, 1)
+                | put(self.reply as u32, 2, 4)
+                | put(Self::DESC_TYPE, 10, 11)
+                | put(self.asid, 12, 31),
             put(self.vfid as u32, 0, 5)
                 | put(self.engine_instance as u32, 7, 12)
                 | put(self.engine_class as u32, 13, 15)
@@ -220,9 +223,15 @@ mod tests {
     fn reserved_codes_are_errors() {
         let mut dw = sample().encode();
         dw[2] |= 3;
-        assert_eq!(FaultDescriptor::decode(dw), Err(FaultDecodeError::ReservedAccessType));
+        assert_eq!(
+            FaultDescriptor::decode(dw),
+            Err(FaultDecodeError::ReservedAccessType)
+        );
         let mut dw = sample().encode();
         dw[2] |= 3 << 2;
-        assert_eq!(FaultDescriptor::decode(dw), Err(FaultDecodeError::ReservedFaultType));
+        assert_eq!(
+            FaultDescriptor::decode(dw),
+            Err(FaultDecodeError::ReservedFaultType)
+        );
     }
 }

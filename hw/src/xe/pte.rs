@@ -127,8 +127,18 @@ fn pat_of(raw: u64, huge: bool) -> u8 {
 
 /// Encodes a leaf entry mapping `addr` with `size` (a 64 KiB page is 16
 /// such PTEs, each with its own 4 KiB of `addr`).
-pub fn encode_leaf(addr: u64, size: PageSize, target: Target, writable: bool, pat: u8) -> Result<u64, PteError> {
-    let align = if size == PageSize::Size64K { 4096 } else { size.bytes() };
+pub fn encode_leaf(
+    addr: u64,
+    size: PageSize,
+    target: Target,
+    writable: bool,
+    pat: u8,
+) -> Result<u64, PteError> {
+    let align = if size == PageSize::Size64K {
+        4096
+    } else {
+        size.bytes()
+    };
     if addr % align != 0 {
         return Err(PteError::Misaligned);
     }
@@ -166,9 +176,17 @@ pub fn encode_table(table: u64) -> Result<u64, PteError> {
 pub enum Entry {
     NotPresent,
     /// Points at the next level's table.
-    Table { addr: u64 },
+    Table {
+        addr: u64,
+    },
     /// Maps a page.
-    Leaf { addr: u64, size: PageSize, target: Target, writable: bool, pat: u8 },
+    Leaf {
+        addr: u64,
+        size: PageSize,
+        target: Target,
+        writable: bool,
+        pat: u8,
+    },
 }
 
 /// Decodes `raw` as read from a table at `level`.
@@ -179,9 +197,17 @@ pub fn decode(raw: u64, level: u32) -> Entry {
     }
     let addr = raw & ADDR_MASK;
     let leaf = |size: PageSize, huge: bool| Entry::Leaf {
-        addr: if huge { addr & !(size.bytes() - 1) } else { addr },
+        addr: if huge {
+            addr & !(size.bytes() - 1)
+        } else {
+            addr
+        },
         size,
-        target: if flags.contains(PteFlags::DM) { Target::Device } else { Target::System },
+        target: if flags.contains(PteFlags::DM) {
+            Target::Device
+        } else {
+            Target::System
+        },
         writable: flags.contains(PteFlags::RW),
         pat: pat_of(raw, huge),
     };
@@ -201,48 +227,97 @@ mod tests {
     #[test]
     fn vectors() {
         // 4 KiB system page at 0x1234_5000, RW, PAT 0: PRESENT|RW.
-        assert_eq!(encode_leaf(0x1234_5000, PageSize::Size4K, Target::System, true, 0), Ok(0x1234_5003));
+        assert_eq!(
+            encode_leaf(0x1234_5000, PageSize::Size4K, Target::System, true, 0),
+            Ok(0x1234_5003)
+        );
         // VRAM 4 KiB page at 0x2000, read-only, PAT 3 (PAT0|PAT1 = bits 3,4): 0x2000|1|0x18|0x800.
-        assert_eq!(encode_leaf(0x2000, PageSize::Size4K, Target::Device, false, 3), Ok(0x2819));
+        assert_eq!(
+            encode_leaf(0x2000, PageSize::Size4K, Target::Device, false, 3),
+            Ok(0x2819)
+        );
         // PAT 4 on a PTE is bit 7; on a 2 MiB PDE it is bit 12.
-        assert_eq!(encode_leaf(0, PageSize::Size4K, Target::System, false, 4), Ok(0x81));
-        assert_eq!(encode_leaf(0x20_0000, PageSize::Size2M, Target::Device, true, 4), Ok(0x20_0000 | 0x1000 | 0x80 | 0x800 | 3));
+        assert_eq!(
+            encode_leaf(0, PageSize::Size4K, Target::System, false, 4),
+            Ok(0x81)
+        );
+        assert_eq!(
+            encode_leaf(0x20_0000, PageSize::Size2M, Target::Device, true, 4),
+            Ok(0x20_0000 | 0x1000 | 0x80 | 0x800 | 3)
+        );
         // PAT 8 and 16: bits 62 and 61.
-        assert_eq!(encode_leaf(0, PageSize::Size4K, Target::System, false, 8), Ok(1 << 62 | 1));
-        assert_eq!(encode_leaf(0, PageSize::Size4K, Target::System, false, 16), Ok(1 << 61 | 1));
+        assert_eq!(
+            encode_leaf(0, PageSize::Size4K, Target::System, false, 8),
+            Ok(1 << 62 | 1)
+        );
+        assert_eq!(
+            encode_leaf(0, PageSize::Size4K, Target::System, false, 16),
+            Ok(1 << 61 | 1)
+        );
         // 64 KiB page: every 4 KiB PTE has PS64 (bit 8).
-        assert_eq!(encode_leaf(0x1_1000, PageSize::Size64K, Target::Device, true, 0), Ok(0x1_1000 | 0x100 | 0x800 | 3));
+        assert_eq!(
+            encode_leaf(0x1_1000, PageSize::Size64K, Target::Device, true, 0),
+            Ok(0x1_1000 | 0x100 | 0x800 | 3)
+        );
         // Table pointer: PRESENT|RW.
         assert_eq!(encode_table(0x7000), Ok(0x7003));
     }
 
     #[test]
     fn checked_constructors() {
-        assert_eq!(encode_leaf(0x1000, PageSize::Size2M, Target::Device, true, 0), Err(PteError::Misaligned));
-        assert_eq!(encode_leaf(1 << 52, PageSize::Size4K, Target::Device, true, 0), Err(PteError::AddressTooLarge));
-        assert_eq!(encode_leaf(0, PageSize::Size4K, Target::Device, true, 32), Err(PteError::PatOutOfRange));
+        assert_eq!(
+            encode_leaf(0x1000, PageSize::Size2M, Target::Device, true, 0),
+            Err(PteError::Misaligned)
+        );
+        assert_eq!(
+            encode_leaf(1 << 52, PageSize::Size4K, Target::Device, true, 0),
+            Err(PteError::AddressTooLarge)
+        );
+        assert_eq!(
+            encode_leaf(0, PageSize::Size4K, Target::Device, true, 32),
+            Err(PteError::PatOutOfRange)
+        );
         assert_eq!(encode_table(0x10), Err(PteError::Misaligned));
     }
 
     #[test]
     fn decode_roundtrip() {
         for pat in 0..32 {
-            for (size, addr) in [(PageSize::Size4K, 0x5000u64), (PageSize::Size64K, 0x3_0000), (PageSize::Size2M, 0x4000_0000)] {
+            for (size, addr) in [
+                (PageSize::Size4K, 0x5000u64),
+                (PageSize::Size64K, 0x3_0000),
+                (PageSize::Size2M, 0x4000_0000),
+            ] {
                 for target in [Target::System, Target::Device] {
                     for writable in [false, true] {
                         let raw = encode_leaf(addr, size, target, writable, pat).unwrap();
-                        assert_eq!(decode(raw, size.level()), Entry::Leaf { addr, size, target, writable, pat });
+                        assert_eq!(
+                            decode(raw, size.level()),
+                            Entry::Leaf {
+                                addr,
+                                size,
+                                target,
+                                writable,
+                                pat
+                            }
+                        );
                     }
                 }
             }
         }
-        assert_eq!(decode(encode_table(0x9000).unwrap(), 2), Entry::Table { addr: 0x9000 });
+        assert_eq!(
+            decode(encode_table(0x9000).unwrap(), 2),
+            Entry::Table { addr: 0x9000 }
+        );
         assert_eq!(decode(0x9000, 0), Entry::NotPresent);
     }
 
     #[test]
     fn indices() {
         let va = (3u64 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0x123;
-        assert_eq!([index(va, 3), index(va, 2), index(va, 1), index(va, 0)], [3, 5, 7, 9]);
+        assert_eq!(
+            [index(va, 3), index(va, 2), index(va, 1), index(va, 0)],
+            [3, 5, 7, 9]
+        );
     }
 }

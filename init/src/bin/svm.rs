@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use init::herd::{self, Mode};
-use init::supervisor::Connection;
-use init::views;
 use init::oversub;
+use init::supervisor::Connection;
 use init::supervisor::{BootOptions, System};
+use init::views;
 
 #[derive(Parser)]
 #[command(about = "Boot xe-svm and run workloads on it")]
@@ -165,17 +165,68 @@ fn main() {
     opts.device.vram_bytes = cli.vram_mib << 20;
     opts.device.hw_threads = cli.hw_threads;
     let code = match cli.command {
-        Cmd::Client { badge, gpu_fd, pager_fd, job } => client(badge, gpu_fd, pager_fd, job),
-        Cmd::Run { workload: Workload::Mremap { size, dontunmap, readers } } => match parse_size(&size) {
-            Some(bytes) => run_views(opts, |c| views::mremap_race(c, &views::MremapConfig { bytes, dontunmap, readers }).map(|r| (r.line(), r.bad_words))),
+        Cmd::Client {
+            badge,
+            gpu_fd,
+            pager_fd,
+            job,
+        } => client(badge, gpu_fd, pager_fd, job),
+        Cmd::Run {
+            workload:
+                Workload::Mremap {
+                    size,
+                    dontunmap,
+                    readers,
+                },
+        } => match parse_size(&size) {
+            Some(bytes) => run_views(opts, |c| {
+                views::mremap_race(
+                    c,
+                    &views::MremapConfig {
+                        bytes,
+                        dontunmap,
+                        readers,
+                    },
+                )
+                .map(|r| (r.line(), r.bad_words))
+            }),
             None => bad_size(&size),
         },
-        Cmd::Run { workload: Workload::Fork { size, readers, kernels, child_rounds } } => match parse_size(&size) {
-            Some(bytes) => run_views(opts, |c| views::fork_race(c, &views::ForkConfig { bytes, readers, kernels, child_rounds }).map(|r| (r.line(), r.bad_words + r.child_bad))),
+        Cmd::Run {
+            workload:
+                Workload::Fork {
+                    size,
+                    readers,
+                    kernels,
+                    child_rounds,
+                },
+        } => match parse_size(&size) {
+            Some(bytes) => run_views(opts, |c| {
+                views::fork_race(
+                    c,
+                    &views::ForkConfig {
+                        bytes,
+                        readers,
+                        kernels,
+                        child_rounds,
+                    },
+                )
+                .map(|r| (r.line(), r.bad_words + r.child_bad))
+            }),
             None => bad_size(&size),
         },
         Cmd::Boot { check } => boot(opts, check),
-        Cmd::Run { workload: Workload::Herd { size, threads, mode, reps, json, same_start } } => {
+        Cmd::Run {
+            workload:
+                Workload::Herd {
+                    size,
+                    threads,
+                    mode,
+                    reps,
+                    json,
+                    same_start,
+                },
+        } => {
             let modes = match mode {
                 ModeArg::Touch => vec![Mode::Touch],
                 ModeArg::IncAll => vec![Mode::IncAll],
@@ -186,7 +237,9 @@ fn main() {
                 match parse_size(s) {
                     Some(b) => sizes.push(b),
                     None => {
-                        eprintln!("svm: bad size {s:?} (a positive multiple of 4 KiB, like 2M or 64M)");
+                        eprintln!(
+                            "svm: bad size {s:?} (a positive multiple of 4 KiB, like 2M or 64M)"
+                        );
                         std::process::exit(2);
                     }
                 }
@@ -197,12 +250,34 @@ fn main() {
             }
             run_herd(opts, &sizes, &threads, &modes, reps, json, same_start)
         }
-        Cmd::Run { workload: Workload::Oversub { ratio, passes, bos, bo_share, bo_threads, json } } => {
-            if !(ratio > 0.0 && ratio <= 64.0) || passes == 0 || !(bo_share > 0.0 && bo_share <= 1.0) {
-                eprintln!("svm: --ratio must be in (0, 64], --bo-share in (0, 1] and --passes at least 1");
+        Cmd::Run {
+            workload:
+                Workload::Oversub {
+                    ratio,
+                    passes,
+                    bos,
+                    bo_share,
+                    bo_threads,
+                    json,
+                },
+        } => {
+            if !(ratio > 0.0 && ratio <= 64.0)
+                || passes == 0
+                || !(bo_share > 0.0 && bo_share <= 1.0)
+            {
+                eprintln!(
+                    "svm: --ratio must be in (0, 64], --bo-share in (0, 1] and --passes at least 1"
+                );
                 std::process::exit(2);
             }
-            let cfg = oversub::Config { ratio, passes, bos, bo_share, bo_threads: bo_threads.max(1), ..Default::default() };
+            let cfg = oversub::Config {
+                ratio,
+                passes,
+                bos,
+                bo_share,
+                bo_threads: bo_threads.max(1),
+                ..Default::default()
+            };
             run_oversub(opts, &cfg, json)
         }
     };
@@ -210,7 +285,10 @@ fn main() {
 }
 
 fn boot(opts: BootOptions, check: bool) -> i32 {
-    let opts = BootOptions { probe_only: check, ..opts };
+    let opts = BootOptions {
+        probe_only: check,
+        ..opts
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     if let Err(e) = ctrlc::set_handler(move || s.store(true, Ordering::Release)) {
@@ -268,7 +346,15 @@ fn boot_with_clients(opts: &BootOptions) -> Result<(System, init::supervisor::Cl
     }
 }
 
-fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode], reps: usize, json: bool, same_start: bool) -> i32 {
+fn run_herd(
+    opts: BootOptions,
+    sizes: &[usize],
+    threads: &[usize],
+    modes: &[Mode],
+    reps: usize,
+    json: bool,
+    same_start: bool,
+) -> i32 {
     let (mut system, clients) = match boot_with_clients(&opts) {
         Ok(b) => b,
         Err(code) => return code,
@@ -280,8 +366,19 @@ fn run_herd(opts: BootOptions, sizes: &[usize], threads: &[usize], modes: &[Mode
         for &mode in modes {
             for &t in threads {
                 n += 1;
-                eprintln!("svm: [{n}/{total}] herd {} {} KiB, {t} threads, {reps} reps", mode.name(), bytes >> 10);
-                let cfg = herd::Config { mode, bytes, threads: t, reps, gpu_threads: 64, same_start };
+                eprintln!(
+                    "svm: [{n}/{total}] herd {} {} KiB, {t} threads, {reps} reps",
+                    mode.name(),
+                    bytes >> 10
+                );
+                let cfg = herd::Config {
+                    mode,
+                    bytes,
+                    threads: t,
+                    reps,
+                    gpu_threads: 64,
+                    same_start,
+                };
                 match herd::run(&clients, &cfg) {
                     Ok(r) => {
                         println!("{}", if json { r.json() } else { r.line() });
@@ -311,7 +408,10 @@ fn bad_size(s: &str) -> i32 {
 }
 
 /// Boots, runs one view-change scenario as client 0, prints its line.
-fn run_views(opts: BootOptions, scenario: impl FnOnce(&Connection) -> Result<(String, u64), views::ViewsError>) -> i32 {
+fn run_views(
+    opts: BootOptions,
+    scenario: impl FnOnce(&Connection) -> Result<(String, u64), views::ViewsError>,
+) -> i32 {
     let (mut system, clients) = match boot_with_clients(&opts) {
         Ok(b) => b,
         Err(code) => return code,
@@ -337,7 +437,9 @@ fn client(badge: u64, gpu_fd: i32, pager_fd: i32, job: ClientJob) -> i32 {
     let c = unsafe { Connection::inherited(badge, gpu_fd, pager_fd) };
     match job {
         ClientJob::Churn { size, rounds } => {
-            let Some(bytes) = parse_size(&size) else { return bad_size(&size) };
+            let Some(bytes) = parse_size(&size) else {
+                return bad_size(&size);
+            };
             match init::churn::run(&c, bytes, rounds, &mut std::io::stdout()) {
                 Ok(_) => 0,
                 Err(e) => {
@@ -354,12 +456,18 @@ fn run_oversub(opts: BootOptions, cfg: &oversub::Config, json: bool) -> i32 {
         Ok(b) => b,
         Err(code) => return code,
     };
-    eprintln!("svm: oversub: working set {}x VRAM, {} passes, {} buffer objects", cfg.ratio, cfg.passes, cfg.bos);
+    eprintln!(
+        "svm: oversub: working set {}x VRAM, {} passes, {} buffer objects",
+        cfg.ratio, cfg.passes, cfg.bos
+    );
     let result = match oversub::run(&clients, cfg) {
         Ok(r) => {
             println!("{}", if json { r.json() } else { r.text() });
             if r.bad_pages + r.bad_bos > 0 {
-                Err(format!("{} bad pages, {} bad buffer objects", r.bad_pages, r.bad_bos))
+                Err(format!(
+                    "{} bad pages, {} bad buffer objects",
+                    r.bad_pages, r.bad_bos
+                ))
             } else {
                 system.check_alive().map_err(|e| e.to_string())
             }

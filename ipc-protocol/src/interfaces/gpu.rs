@@ -2,32 +2,101 @@
 
 use crate::types::{BoId, JobId, JobStatus, KernelKind, ViewId, VmId};
 
-wire_struct!(pub struct CreateVm {});
-wire_struct!(pub struct VmCreated { pub vm: VmId, pub asid: u32 });
-wire_struct!(pub struct DestroyVm { pub vm: VmId });
+wire_struct!(
+    pub struct CreateVm {}
+);
+wire_struct!(
+    pub struct VmCreated {
+        pub vm: VmId,
+        pub asid: u32,
+    }
+);
+wire_struct!(
+    pub struct DestroyVm {
+        pub vm: VmId,
+    }
+);
 wire_struct!(
     /// Bind a view into a VM at `gpu_addr` (normally the view's CPU address).
-    pub struct BindView { pub vm: VmId, pub view: ViewId, pub gpu_addr: u64 }
+    pub struct BindView {
+        pub vm: VmId,
+        pub view: ViewId,
+        pub gpu_addr: u64,
+    }
 );
-wire_struct!(pub struct Unbind { pub vm: VmId, pub gpu_addr: u64 });
+wire_struct!(
+    pub struct Unbind {
+        pub vm: VmId,
+        pub gpu_addr: u64,
+    }
+);
 wire_struct!(
     /// Run `kernel` over `[addr, addr + len)` with `threads` hardware threads.
-    pub struct Submit { pub vm: VmId, pub kernel: KernelKind, pub addr: u64, pub len: u64, pub stride: u64, pub value: u32, pub threads: u16 }
+    pub struct Submit {
+        pub vm: VmId,
+        pub kernel: KernelKind,
+        pub addr: u64,
+        pub len: u64,
+        pub stride: u64,
+        pub value: u32,
+        pub threads: u16,
+    }
 );
-wire_struct!(pub struct Submitted { pub job: JobId });
-wire_struct!(pub struct Wait { pub job: JobId, pub timeout_ms: u32 });
-wire_struct!(pub struct JobDone { pub status: JobStatus, pub faults: u64, pub elapsed_us: u64 });
-wire_struct!(pub struct CreateBo { pub size_bytes: u64 });
-wire_struct!(pub struct BoCreated { pub bo: BoId });
-wire_struct!(pub struct MapBo { pub vm: VmId, pub bo: BoId, pub gpu_addr: u64 });
-wire_struct!(pub struct DestroyBo { pub bo: BoId });
+wire_struct!(
+    pub struct Submitted {
+        pub job: JobId,
+    }
+);
+wire_struct!(
+    pub struct Wait {
+        pub job: JobId,
+        pub timeout_ms: u32,
+    }
+);
+wire_struct!(
+    pub struct JobDone {
+        pub status: JobStatus,
+        pub faults: u64,
+        pub elapsed_us: u64,
+    }
+);
+wire_struct!(
+    pub struct CreateBo {
+        pub size_bytes: u64,
+    }
+);
+wire_struct!(
+    pub struct BoCreated {
+        pub bo: BoId,
+    }
+);
+wire_struct!(
+    pub struct MapBo {
+        pub vm: VmId,
+        pub bo: BoId,
+        pub gpu_addr: u64,
+    }
+);
+wire_struct!(
+    pub struct DestroyBo {
+        pub bo: BoId,
+    }
+);
 wire_struct!(
     /// Read a buffer object back: once its jobs are done, the server copies
     /// it into a new memfd (the one handle of the reply) the caller may map.
-    pub struct ReadBo { pub bo: BoId }
+    pub struct ReadBo {
+        pub bo: BoId,
+    }
 );
-wire_struct!(pub struct BoData { pub size_bytes: u64 });
-wire_struct!(pub struct Stats {});
+wire_struct!(
+    pub struct BoData {
+        pub size_bytes: u64,
+    }
+);
+wire_struct!(
+    pub struct Stats {}
+);
 wire_struct!(
     pub struct GpuStats {
         pub vram_total: u64,
@@ -41,7 +110,9 @@ wire_struct!(
         pub invalidations: u64,
     }
 );
-wire_struct!(pub struct Done {});
+wire_struct!(
+    pub struct Done {}
+);
 
 interface! {
     /// The GPU server's client interface.

@@ -8,32 +8,70 @@ wire_struct!(
     /// Unmap every GPU PTE of the object's pages and invalidate the TLB;
     /// the reply is the acknowledgement. Bindings that read an older
     /// sequence must not bind.
-    pub struct Invalidate { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub seq: Seq }
+    pub struct Invalidate {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub count: PageCount,
+        pub seq: Seq,
+    }
 );
-wire_struct!(pub struct Invalidated { pub seq: Seq });
+wire_struct!(
+    pub struct Invalidated {
+        pub seq: Seq,
+    }
+);
 wire_struct!(
     /// Unmap and copy the `pages` of the chunk from VRAM into the pager's
     /// staging memfd at `staging_offset`, then drop their VRAM references.
-    pub struct MigrateToRam { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub pages: PageMask, pub staging_offset: u64 }
+    pub struct MigrateToRam {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub count: PageCount,
+        pub pages: PageMask,
+        pub staging_offset: u64,
+    }
 );
-wire_struct!(pub struct MigratedToRam { pub copied: PageMask });
+wire_struct!(
+    pub struct MigratedToRam {
+        pub copied: PageMask,
+    }
+);
 wire_struct!(
     /// Drop the VRAM references of pages no view reaches any more.
-    pub struct FreePages { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub pages: PageMask }
+    pub struct FreePages {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub count: PageCount,
+        pub pages: PageMask,
+    }
 );
-wire_struct!(pub struct Freed { pub pages: u16 });
+wire_struct!(
+    pub struct Freed {
+        pub pages: u16,
+    }
+);
 wire_struct!(
     /// Share the pager's staging memfd (the handle) once at boot.
-    pub struct AttachStaging { pub size_bytes: u64 }
+    pub struct AttachStaging {
+        pub size_bytes: u64,
+    }
 );
-wire_struct!(pub struct Done {});
+wire_struct!(
+    pub struct Done {}
+);
 wire_struct!(
     /// A view is gone (unmapped, detached, or its process died): unmap and
     /// drop every binding of it, then acknowledge. The object's pages stay
     /// (they are the object's, not the view's).
-    pub struct ViewGone { pub view: ViewId }
+    pub struct ViewGone {
+        pub view: ViewId,
+    }
 );
-wire_struct!(pub struct Unbound { pub bindings: u16 });
+wire_struct!(
+    pub struct Unbound {
+        pub bindings: u16,
+    }
+);
 wire_struct!(
     /// The whole view `view` also appears at CPU address `to` (it was at
     /// `from`), as the pager's view `new_view` (an mremap; a plain one
@@ -41,9 +79,19 @@ wire_struct!(
     /// twin binding `new_view` at its GPU address shifted by the same
     /// amount, unless that range is taken in its VM. The pager sends this
     /// before the client's mremap can return.
-    pub struct ViewCopied { pub view: ViewId, pub new_view: ViewId, pub from: u64, pub to: u64 }
+    pub struct ViewCopied {
+        pub view: ViewId,
+        pub new_view: ViewId,
+        pub from: u64,
+        pub to: u64,
+    }
 );
-wire_struct!(pub struct Copied { pub bindings: u16, pub skipped: u16 });
+wire_struct!(
+    pub struct Copied {
+        pub bindings: u16,
+        pub skipped: u16,
+    }
+);
 
 interface! {
     /// The GPU server's notifier interface for the pager.

@@ -2,11 +2,26 @@
 
 wire_struct!(
     /// Evict up to `bytes` of idle buffer objects to SRAM, trylock only.
-    pub struct Shrink { pub bytes: u64 }
+    pub struct Shrink {
+        pub bytes: u64,
+    }
 );
-wire_struct!(pub struct Shrunk { pub bytes: u64, pub bos: u32 });
-wire_struct!(pub struct Usage {});
-wire_struct!(pub struct VramUsage { pub total: u64, pub bo_bytes: u64, pub svm_bytes: u64 });
+wire_struct!(
+    pub struct Shrunk {
+        pub bytes: u64,
+        pub bos: u32,
+    }
+);
+wire_struct!(
+    pub struct Usage {}
+);
+wire_struct!(
+    pub struct VramUsage {
+        pub total: u64,
+        pub bo_bytes: u64,
+        pub svm_bytes: u64,
+    }
+);
 
 interface! {
     /// The GPU server's shrinker interface for the memory-pressure broker.

@@ -6,29 +6,80 @@ use crate::wire::BoundedVec;
 wire_struct!(
     /// Create a memory object of `size_bytes` (a multiple of 4 KiB). The
     /// reply carries the object's memfd, which the client maps.
-    pub struct CreateObject { pub size_bytes: u64 }
+    pub struct CreateObject {
+        pub size_bytes: u64,
+    }
 );
-wire_struct!(pub struct ObjectCreated { pub object: ObjectId, pub size_bytes: u64 });
-wire_struct!(pub struct DestroyObject { pub object: ObjectId });
+wire_struct!(
+    pub struct ObjectCreated {
+        pub object: ObjectId,
+        pub size_bytes: u64,
+    }
+);
+wire_struct!(
+    pub struct DestroyObject {
+        pub object: ObjectId,
+    }
+);
 wire_struct!(
     /// Register a view: the client mapped `pages` pages of the object from
     /// `object_first_page` at `addr`; the handle is its userfaultfd.
-    pub struct AttachView { pub object: ObjectId, pub addr: u64, pub object_first_page: u64, pub pages: u64 }
+    pub struct AttachView {
+        pub object: ObjectId,
+        pub addr: u64,
+        pub object_first_page: u64,
+        pub pages: u64,
+    }
 );
-wire_struct!(pub struct ViewAttached { pub view: ViewId });
-wire_struct!(pub struct DetachView { pub view: ViewId });
-wire_struct!(pub struct Advise { pub object: ObjectId, pub first_page: u64, pub pages: u64, pub advice: Advice });
+wire_struct!(
+    pub struct ViewAttached {
+        pub view: ViewId,
+    }
+);
+wire_struct!(
+    pub struct DetachView {
+        pub view: ViewId,
+    }
+);
+wire_struct!(
+    pub struct Advise {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub pages: u64,
+        pub advice: Advice,
+    }
+);
 wire_struct!(
     /// Move up to one chunk to `to` ahead of use.
-    pub struct Prefetch { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub to: Location, pub gpu: GpuId }
+    pub struct Prefetch {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub count: PageCount,
+        pub to: Location,
+        pub gpu: GpuId,
+    }
 );
-wire_struct!(pub struct Prefetched { pub moved: u16 });
+wire_struct!(
+    pub struct Prefetched {
+        pub moved: u16,
+    }
+);
 wire_struct!(
     /// Per-page state, like the HMM selftests' snapshot.
-    pub struct Snapshot { pub object: ObjectId, pub first_page: u64, pub count: PageCount }
+    pub struct Snapshot {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub count: PageCount,
+    }
 );
-wire_struct!(pub struct PageStates { pub states: BoundedVec<PageStateCode, 512> });
-wire_struct!(pub struct Done {});
+wire_struct!(
+    pub struct PageStates {
+        pub states: BoundedVec<PageStateCode, 512>,
+    }
+);
+wire_struct!(
+    pub struct Done {}
+);
 
 interface! {
     /// The pager's client interface.

@@ -8,35 +8,77 @@ wire_struct!(
     /// Open a client's view for a GPU binding. `client` is the client's
     /// badge as `init` assigned it in both servers; the pager refuses a view
     /// that is not that client's. The reply carries the object's memfd.
-    pub struct OpenView { pub view: ViewId, pub client: u64 }
+    pub struct OpenView {
+        pub view: ViewId,
+        pub client: u64,
+    }
 );
 wire_struct!(
-    pub struct ViewOpened { pub object: ObjectId, pub addr: u64, pub object_first_page: u64, pub pages: u64 }
+    pub struct ViewOpened {
+        pub object: ObjectId,
+        pub addr: u64,
+        pub object_first_page: u64,
+        pub pages: u64,
+    }
 );
 wire_struct!(
     /// Per-page location plus the notifier sequence (like `hmm_range_fault`).
-    pub struct GetPages { pub object: ObjectId, pub first_page: u64, pub count: PageCount }
+    pub struct GetPages {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub count: PageCount,
+    }
 );
-wire_struct!(pub struct Pages { pub seq: Seq, pub system: PageMask, pub device: PageMask, pub empty: PageMask });
+wire_struct!(
+    pub struct Pages {
+        pub seq: Seq,
+        pub system: PageMask,
+        pub device: PageMask,
+        pub empty: PageMask,
+    }
+);
 wire_struct!(
     /// Trylock the chunk's pages and install migration entries (rule 1).
-    pub struct Collect { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub gpu: GpuId }
+    pub struct Collect {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub count: PageCount,
+        pub gpu: GpuId,
+    }
 );
 wire_struct!(
     /// `got`: pages now locked for this migration (partial is normal);
     /// `zero`: those of them never written (no copy needed); `device`:
     /// pages already in this GPU's VRAM and not being migrated, which the
     /// GPU may map if `seq` is still current (rule 8).
-    pub struct Collected { pub seq: Seq, pub got: PageMask, pub zero: PageMask, pub device: PageMask }
+    pub struct Collected {
+        pub seq: Seq,
+        pub got: PageMask,
+        pub zero: PageMask,
+        pub device: PageMask,
+    }
 );
 wire_struct!(
     /// Per-page result: `migrated` pages become DEVICE at
     /// `vram_first_pfn + i`; the rest of the collected pages go back to
     /// SYSTEM. Unlocks every collected page. `got` is the collect's own
     /// mask, naming which collect this finalizes.
-    pub struct Finalize { pub object: ObjectId, pub first_page: u64, pub count: PageCount, pub gpu: GpuId, pub vram_first_pfn: u64, pub got: PageMask, pub migrated: PageMask }
+    pub struct Finalize {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub count: PageCount,
+        pub gpu: GpuId,
+        pub vram_first_pfn: u64,
+        pub got: PageMask,
+        pub migrated: PageMask,
+    }
 );
-wire_struct!(pub struct Finalized { pub device: u16, pub returned: u16 });
+wire_struct!(
+    pub struct Finalized {
+        pub device: u16,
+        pub returned: u16,
+    }
+);
 
 interface! {
     /// The pager's migration interface for GPU servers.

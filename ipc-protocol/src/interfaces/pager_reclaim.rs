@@ -5,11 +5,26 @@ use crate::types::GpuId;
 wire_struct!(
     /// Evict up to `bytes` of SVM pages of `gpu` back to SRAM, page by page
     /// under rule 1.
-    pub struct Evict { pub gpu: GpuId, pub bytes: u64 }
+    pub struct Evict {
+        pub gpu: GpuId,
+        pub bytes: u64,
+    }
 );
-wire_struct!(pub struct Evicted { pub bytes: u64, pub pages: u64 });
-wire_struct!(pub struct Usage {});
-wire_struct!(pub struct SvmUsage { pub sram_bytes: u64, pub vram_bytes: u64 });
+wire_struct!(
+    pub struct Evicted {
+        pub bytes: u64,
+        pub pages: u64,
+    }
+);
+wire_struct!(
+    pub struct Usage {}
+);
+wire_struct!(
+    pub struct SvmUsage {
+        pub sram_bytes: u64,
+        pub vram_bytes: u64,
+    }
+);
 
 interface! {
     /// The pager's reclaim interface for the memory-pressure broker.

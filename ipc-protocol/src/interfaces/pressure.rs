@@ -2,15 +2,38 @@
 
 use crate::types::{MemoryKind, World};
 
-wire_struct!(pub struct ReportUsage { pub memory: MemoryKind, pub world: World, pub bytes: u64 });
+wire_struct!(
+    pub struct ReportUsage {
+        pub memory: MemoryKind,
+        pub world: World,
+        pub bytes: u64,
+    }
+);
 wire_struct!(
     /// Reserve `bytes`; stalls in mm-server (never under page or BO locks,
     /// rule 5) until room appears or `timeout_ms` passes.
-    pub struct Reserve { pub memory: MemoryKind, pub world: World, pub bytes: u64, pub timeout_ms: u32 }
+    pub struct Reserve {
+        pub memory: MemoryKind,
+        pub world: World,
+        pub bytes: u64,
+        pub timeout_ms: u32,
+    }
 );
-wire_struct!(pub struct Reserved { pub bytes: u64 });
-wire_struct!(pub struct Release { pub memory: MemoryKind, pub world: World, pub bytes: u64 });
-wire_struct!(pub struct Status {});
+wire_struct!(
+    pub struct Reserved {
+        pub bytes: u64,
+    }
+);
+wire_struct!(
+    pub struct Release {
+        pub memory: MemoryKind,
+        pub world: World,
+        pub bytes: u64,
+    }
+);
+wire_struct!(
+    pub struct Status {}
+);
 wire_struct!(
     pub struct PressureStatus {
         pub vram_total: u64,
@@ -30,7 +53,9 @@ wire_struct!(
         pub stalled_reservations: u64,
     }
 );
-wire_struct!(pub struct Done {});
+wire_struct!(
+    pub struct Done {}
+);
 
 interface! {
     /// The memory-pressure broker's interface.

@@ -23,8 +23,14 @@ impl InProc {
         let (atx, brx) = mpsc::channel();
         let (btx, arx) = mpsc::channel();
         (
-            Self { tx: Mutex::new(atx), rx: Mutex::new(arx) },
-            Self { tx: Mutex::new(btx), rx: Mutex::new(brx) },
+            Self {
+                tx: Mutex::new(atx),
+                rx: Mutex::new(arx),
+            },
+            Self {
+                tx: Mutex::new(btx),
+                rx: Mutex::new(brx),
+            },
         )
     }
 }
@@ -32,7 +38,8 @@ impl InProc {
 impl Transport for InProc {
     fn send(&self, frame: &[u8], handles: Vec<OwnedFd>) -> Result<(), TransportError> {
         let tx = self.tx.lock().map_err(|_| TransportError::Disconnected)?;
-        tx.send((frame.to_vec(), handles)).map_err(|_| TransportError::Disconnected)
+        tx.send((frame.to_vec(), handles))
+            .map_err(|_| TransportError::Disconnected)
     }
 
     fn recv(&self, timeout: Option<Duration>) -> Result<Received, TransportError> {
@@ -49,6 +56,11 @@ impl Transport for InProc {
         bytes.truncate(MAX_FRAME + 1);
         let handles_truncated = handles.len() > MAX_HANDLES;
         handles.truncate(MAX_HANDLES);
-        Ok(Received { bytes, handles, truncated, handles_truncated })
+        Ok(Received {
+            bytes,
+            handles,
+            truncated,
+            handles_truncated,
+        })
     }
 }

@@ -47,7 +47,9 @@ impl std::error::Error for TransportError {}
 impl From<rustix::io::Errno> for TransportError {
     fn from(e: rustix::io::Errno) -> Self {
         match e {
-            rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET | rustix::io::Errno::NOTCONN => Self::Disconnected,
+            rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET | rustix::io::Errno::NOTCONN => {
+                Self::Disconnected
+            }
             e => Self::Host(e.raw_os_error()),
         }
     }
@@ -72,16 +74,22 @@ const FD_STAGING_BASE: i32 = 256;
 /// handing fd 3 to target 4 and fd 4 to target 3 (or any overlap between a
 /// source number and an earlier target) cannot clobber one with another.
 /// Keep the returned descriptors until the child is spawned.
-pub fn pass_fds_to_child(cmd: &mut std::process::Command, fds: &[(&OwnedFd, i32)]) -> std::io::Result<Vec<OwnedFd>> {
+pub fn pass_fds_to_child(
+    cmd: &mut std::process::Command,
+    fds: &[(&OwnedFd, i32)],
+) -> std::io::Result<Vec<OwnedFd>> {
     use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::process::CommandExt;
     let mut high = Vec::with_capacity(fds.len());
     let mut plan = Vec::with_capacity(fds.len());
     for (fd, target) in fds {
         if *target >= FD_STAGING_BASE || *target < 0 {
-            return Err(std::io::Error::other("endpoint target descriptor out of range"));
+            return Err(std::io::Error::other(
+                "endpoint target descriptor out of range",
+            ));
         }
-        let h = rustix::io::fcntl_dupfd_cloexec(*fd, FD_STAGING_BASE).map_err(std::io::Error::from)?;
+        let h =
+            rustix::io::fcntl_dupfd_cloexec(*fd, FD_STAGING_BASE).map_err(std::io::Error::from)?;
         plan.push((h.as_raw_fd(), *target));
         high.push(h);
     }

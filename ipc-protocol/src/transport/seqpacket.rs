@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
-    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
+    RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags,
+    SocketType,
 };
 
 use super::{Received, Transport, TransportError};
@@ -28,13 +29,21 @@ impl SeqPacket {
     /// Two connected ends (close-on-exec; `init` clears the flag on the end
     /// it hands to a child).
     pub fn pair() -> Result<(Self, Self), TransportError> {
-        let (a, b) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
         Ok((Self::from_fd(a), Self::from_fd(b)))
     }
 
     /// Wraps an already connected seqpacket socket (one inherited from `init`).
     pub fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd, recv_lock: Mutex::new(()) }
+        Self {
+            fd,
+            recv_lock: Mutex::new(()),
+        }
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -50,7 +59,10 @@ impl SeqPacket {
                     if left.is_zero() {
                         return Err(TransportError::TimedOut);
                     }
-                    Some(Timespec { tv_sec: left.as_secs() as i64, tv_nsec: left.subsec_nanos() as _ })
+                    Some(Timespec {
+                        tv_sec: left.as_secs() as i64,
+                        tv_nsec: left.subsec_nanos() as _,
+                    })
                 }
             };
             let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
@@ -73,7 +85,12 @@ impl Transport for SeqPacket {
             return Err(TransportError::Host(Errno::TOOMANYREFS.raw_os_error()));
         }
         loop {
-            match sendmsg(&self.fd, &[IoSlice::new(frame)], &mut control, SendFlags::NOSIGNAL) {
+            match sendmsg(
+                &self.fd,
+                &[IoSlice::new(frame)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -83,7 +100,10 @@ impl Transport for SeqPacket {
     }
 
     fn recv(&self, timeout: Option<Duration>) -> Result<Received, TransportError> {
-        let _guard = self.recv_lock.lock().map_err(|_| TransportError::Disconnected)?;
+        let _guard = self
+            .recv_lock
+            .lock()
+            .map_err(|_| TransportError::Disconnected)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         // One byte more than a frame may hold, so an oversized datagram is
         // seen as such even without MSG_TRUNC.
@@ -98,7 +118,12 @@ impl Transport for SeqPacket {
                 &self.fd,
                 &mut [IoSliceMut::new(&mut bytes)],
                 &mut control,
-                RecvFlags::CMSG_CLOEXEC | if deadline.is_some() { RecvFlags::DONTWAIT } else { RecvFlags::empty() },
+                RecvFlags::CMSG_CLOEXEC
+                    | if deadline.is_some() {
+                        RecvFlags::DONTWAIT
+                    } else {
+                        RecvFlags::empty()
+                    },
             );
             let msg = match res {
                 Ok(m) => m,
@@ -115,7 +140,12 @@ impl Transport for SeqPacket {
             let truncated = msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > MAX_FRAME;
             bytes.truncate(msg.bytes.min(MAX_FRAME + 1));
             let handles_truncated = msg.flags.contains(ReturnFlags::CTRUNC);
-            return Ok(Received { bytes, handles, truncated, handles_truncated });
+            return Ok(Received {
+                bytes,
+                handles,
+                truncated,
+                handles_truncated,
+            });
         }
     }
 }

@@ -56,18 +56,44 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
     if a.low_watermark_pct > a.high_watermark_pct || a.high_watermark_pct > 100 {
-        eprintln!("mm-server: watermarks must satisfy low <= high <= 100 (got {} and {})", a.low_watermark_pct, a.high_watermark_pct);
+        eprintln!(
+            "mm-server: watermarks must satisfy low <= high <= 100 (got {} and {})",
+            a.low_watermark_pct, a.high_watermark_pct
+        );
         std::process::exit(2);
     }
-    let broker = Arc::new(Broker::with_watermarks(a.vram_bytes, a.vram_bytes * a.low_watermark_pct / 100, a.vram_bytes * a.high_watermark_pct / 100));
-    ipc_protocol::server::spawn::<Pressure, _>("mm-gpu", endpoint(a.gpu_fd), Capability::new(1, Rights::from_bits_truncate(a.gpu_rights)), broker.clone(), 4);
+    let broker = Arc::new(Broker::with_watermarks(
+        a.vram_bytes,
+        a.vram_bytes * a.low_watermark_pct / 100,
+        a.vram_bytes * a.high_watermark_pct / 100,
+    ));
+    ipc_protocol::server::spawn::<Pressure, _>(
+        "mm-gpu",
+        endpoint(a.gpu_fd),
+        Capability::new(1, Rights::from_bits_truncate(a.gpu_rights)),
+        broker.clone(),
+        4,
+    );
     if let Some(fd) = a.status_fd {
-        ipc_protocol::server::spawn::<Pressure, _>("mm-status", endpoint(fd), Capability::new(2, Rights::from_bits_truncate(a.status_rights)), broker.clone(), 1);
+        ipc_protocol::server::spawn::<Pressure, _>(
+            "mm-status",
+            endpoint(fd),
+            Capability::new(2, Rights::from_bits_truncate(a.status_rights)),
+            broker.clone(),
+            1,
+        );
     }
     if let (Some(shrink), Some(reclaim)) = (a.shrink_fd, a.reclaim_fd) {
-        let worlds = Arc::new(IpcWorlds::new(Client::new(endpoint(shrink)), Client::new(endpoint(reclaim)), Duration::from_millis(a.peer_timeout_ms)));
+        let worlds = Arc::new(IpcWorlds::new(
+            Client::new(endpoint(shrink)),
+            Client::new(endpoint(reclaim)),
+            Duration::from_millis(a.peer_timeout_ms),
+        ));
         let b = broker.clone();
-        std::thread::Builder::new().name("mm-evict".into()).spawn(move || evictor::run(b, worlds)).expect("spawning at boot");
+        std::thread::Builder::new()
+            .name("mm-evict".into())
+            .spawn(move || evictor::run(b, worlds))
+            .expect("spawning at boot");
     } else {
         log::warn!("mm-server: no shrinker or reclaim endpoint; reservations wait for memory to be given back");
     }

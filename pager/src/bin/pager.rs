@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::{pager::Pager, pager_migrate::PagerMigrate, pager_reclaim::PagerReclaim};
+use ipc_protocol::interfaces::{
+    pager::Pager, pager_migrate::PagerMigrate, pager_reclaim::PagerReclaim,
+};
 use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
 use pager::host::{Config, PagerServer};
@@ -57,7 +59,11 @@ fn endpoint(fd: i32) -> Arc<dyn Transport> {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
-    let cfg = Config { threads_per_view: a.threads_per_view, skip_invalidate: a.unsafe_skip_invalidate, ..Config::default() };
+    let cfg = Config {
+        threads_per_view: a.threads_per_view,
+        skip_invalidate: a.unsafe_skip_invalidate,
+        ..Config::default()
+    };
     let server = match PagerServer::new(cfg) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -66,22 +72,44 @@ fn main() {
         }
     };
     // Serve the GPU server's migrations before anything else can fault.
-    ipc_protocol::server::spawn::<PagerMigrate, _>("pager-migrate", endpoint(a.migrate_fd), Capability::new(1, Rights::from_bits_truncate(a.migrate_rights)), server.clone(), 4);
+    ipc_protocol::server::spawn::<PagerMigrate, _>(
+        "pager-migrate",
+        endpoint(a.migrate_fd),
+        Capability::new(1, Rights::from_bits_truncate(a.migrate_rights)),
+        server.clone(),
+        4,
+    );
     if let Err(e) = server.attach_gpu(Client::new(endpoint(a.notify_fd))) {
         eprintln!("pager: attaching the GPU server: {e}");
         std::process::exit(2);
     }
     if let Some(fd) = a.reclaim_fd {
         let rights = Rights::from_bits_truncate(a.reclaim_rights);
-        ipc_protocol::server::spawn::<PagerReclaim, _>("pager-reclaim", endpoint(fd), Capability::new(3, rights), server.clone(), 2);
+        ipc_protocol::server::spawn::<PagerReclaim, _>(
+            "pager-reclaim",
+            endpoint(fd),
+            Capability::new(3, rights),
+            server.clone(),
+            2,
+        );
     }
     if a.client_badge.len() != a.client_fd.len() {
-        eprintln!("pager: {} --client-fd but {} --client-badge", a.client_fd.len(), a.client_badge.len());
+        eprintln!(
+            "pager: {} --client-fd but {} --client-badge",
+            a.client_fd.len(),
+            a.client_badge.len()
+        );
         std::process::exit(2);
     }
     let rights = Rights::from_bits_truncate(a.client_rights);
     for (fd, badge) in a.client_fd.iter().zip(&a.client_badge) {
-        ipc_protocol::server::spawn::<Pager, _>(&format!("pager-client{badge}"), endpoint(*fd), Capability::new(*badge, rights), server.clone(), 4);
+        ipc_protocol::server::spawn::<Pager, _>(
+            &format!("pager-client{badge}"),
+            endpoint(*fd),
+            Capability::new(*badge, rights),
+            server.clone(),
+            4,
+        );
     }
     println!("pager: serving");
     let mut buf = [0u8; 1];

@@ -84,9 +84,17 @@ impl HostBackend<'_> {
         for (start, len) in runs(chunk, mask) {
             let mut i = start;
             while i < start + len {
-                let Some(dst) = view.address_of(chunk.first + i) else { break };
+                let Some(dst) = view.address_of(chunk.first + i) else {
+                    break;
+                };
                 // SAFETY: `src` covers the chunk (a staging slot or the zero buffer).
-                let (copied, stop) = unsafe { view.uffd().copy(dst, src.add(i * PAGE as usize), (start + len - i) as u64 * PAGE) };
+                let (copied, stop) = unsafe {
+                    view.uffd().copy(
+                        dst,
+                        src.add(i * PAGE as usize),
+                        (start + len - i) as u64 * PAGE,
+                    )
+                };
                 let n = (copied / PAGE) as usize;
                 for k in i..i + n {
                     done.set(k);
@@ -97,13 +105,21 @@ impl HostBackend<'_> {
                     Some(Errno::EXIST) => {
                         // Present already (put there behind the pager's
                         // back, e.g. written through the client's memfd).
-                        log::warn!("pager: object {} page {} was already present in view {}", self.object.id, chunk.first + i, view.id);
+                        log::warn!(
+                            "pager: object {} page {} was already present in view {}",
+                            self.object.id,
+                            chunk.first + i,
+                            view.id
+                        );
                         done.set(i);
                         i += 1;
                     }
                     Some(e) => {
                         if !self.address_space_gone(view, e) {
-                            log::debug!("pager: installing through view {} at {dst:#x}: {e}", view.id);
+                            log::debug!(
+                                "pager: installing through view {} at {dst:#x}: {e}",
+                                view.id
+                            );
                         }
                         return done;
                     }
@@ -118,7 +134,12 @@ impl HostBackend<'_> {
     /// data copied out of VRAM is never dropped. A `pwrite` fills each page
     /// under its page-cache lock, so a reader through some other mapping
     /// sees it whole or not at all.
-    fn install(&self, chunk: Chunk, mask: &PageMask, src: *const u8) -> Result<PageMask, BackendError> {
+    fn install(
+        &self,
+        chunk: Chunk,
+        mask: &PageMask,
+        src: *const u8,
+    ) -> Result<PageMask, BackendError> {
         let mut done = match self.view {
             Some(v) => self.install_via(v, chunk, mask, src),
             None => PageMask::EMPTY,
@@ -141,11 +162,15 @@ impl HostBackend<'_> {
         }
         for (start, len) in runs(chunk, &mask.and_not(&done)) {
             // SAFETY: `src` covers the chunk.
-            let data = unsafe { std::slice::from_raw_parts(src.add(start * PAGE as usize), len * PAGE as usize) };
+            let data = unsafe {
+                std::slice::from_raw_parts(src.add(start * PAGE as usize), len * PAGE as usize)
+            };
             let off = (chunk.first + start) as u64 * PAGE;
             let mut written = 0;
             while written < data.len() {
-                written += rustix::io::pwrite(&self.object.memfd, &data[written..], off + written as u64).map_err(host)?;
+                written +=
+                    rustix::io::pwrite(&self.object.memfd, &data[written..], off + written as u64)
+                        .map_err(host)?;
             }
             for i in start..start + len {
                 done.set(i);
@@ -158,13 +183,26 @@ impl HostBackend<'_> {
     /// `views`. A view whose process is gone is retired and skipped;
     /// `skip_unmapped` also skips views whose range is no longer mapped
     /// (their unmap event is on its way).
-    fn each_view_run(&self, views: &[Arc<View>], chunk: Chunk, mask: &PageMask, skip_unmapped: bool, f: impl Fn(&View, u64, u64) -> Result<(), Errno>) -> Result<(), Errno> {
+    fn each_view_run(
+        &self,
+        views: &[Arc<View>],
+        chunk: Chunk,
+        mask: &PageMask,
+        skip_unmapped: bool,
+        f: impl Fn(&View, u64, u64) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
         for view in views {
             for (start, len) in runs(chunk, mask) {
                 // Clip the run to the pages this view maps.
-                let pages: Vec<usize> = (chunk.first + start..chunk.first + start + len).filter(|p| view.address_of(*p).is_some()).collect();
-                let (Some(first), Some(last)) = (pages.first(), pages.last()) else { continue };
-                let Some(addr) = view.address_of(*first) else { continue };
+                let pages: Vec<usize> = (chunk.first + start..chunk.first + start + len)
+                    .filter(|p| view.address_of(*p).is_some())
+                    .collect();
+                let (Some(first), Some(last)) = (pages.first(), pages.last()) else {
+                    continue;
+                };
+                let Some(addr) = view.address_of(*first) else {
+                    continue;
+                };
                 match f(view, addr, (last - first + 1) as u64 * PAGE) {
                     Ok(()) => {}
                     Err(e) if self.address_space_gone(view, e) => break,
@@ -183,7 +221,11 @@ impl HostBackend<'_> {
         if e != Errno::SRCH {
             return false;
         }
-        log::info!("pager: space {} (view {}) belongs to a process that is gone; retiring it", view.space.id, view.id);
+        log::info!(
+            "pager: space {} (view {}) belongs to a process that is gone; retiring it",
+            view.space.id,
+            view.id
+        );
         self.pager.space_gone(&view.space);
         true
     }
@@ -206,7 +248,12 @@ fn same_views(a: &[Arc<View>], b: &[Arc<View>]) -> bool {
 }
 
 impl Backend for HostBackend<'_> {
-    fn migrate_to_ram(&self, chunk: Chunk, pages: &PageMask, _from: &[Residency]) -> Result<PageMask, BackendError> {
+    fn migrate_to_ram(
+        &self,
+        chunk: Chunk,
+        pages: &PageMask,
+        _from: &[Residency],
+    ) -> Result<PageMask, BackendError> {
         let gpu = self.pager.gpu().ok_or(BackendError::Gpu)?;
         let mask = self.in_view(chunk, pages);
         if mask.is_empty() {
@@ -218,13 +265,25 @@ impl Backend for HostBackend<'_> {
         // a GPU fault that read the old state refuse to bind.
         let seq = self.object.seq.fetch_add(1, Ordering::AcqRel) + 1;
         if !self.pager.skips_invalidate() {
-            gpu.call(Invalidate { object, first_page: chunk.first as u64, count, seq: Seq::raw(seq) }).map_err(|e| {
+            gpu.call(Invalidate {
+                object,
+                first_page: chunk.first as u64,
+                count,
+                seq: Seq::raw(seq),
+            })
+            .map_err(|e| {
                 log::warn!("pager: invalidate failed: {e}");
                 BackendError::Gpu
             })?;
         }
         let slot = self.pager.staging.take();
-        let result = gpu.call(MigrateToRam { object, first_page: chunk.first as u64, count, pages: mask, staging_offset: slot.offset() });
+        let result = gpu.call(MigrateToRam {
+            object,
+            first_page: chunk.first as u64,
+            count,
+            pages: mask,
+            staging_offset: slot.offset(),
+        });
         // What the GPU copied out has left VRAM: it must land in the object.
         let installed = match result {
             Ok(r) => self.install(chunk, &r.copied.and(&mask), slot.ptr()),
@@ -255,13 +314,19 @@ impl Backend for HostBackend<'_> {
             }
             let views = self.object.views_snapshot();
             let spaces = spaces_of(&views);
-            log::trace!("object {} protect attempt {attempt}: spaces {:?}", self.object.id, spaces.iter().map(|s| s.id).collect::<Vec<_>>());
+            log::trace!(
+                "object {} protect attempt {attempt}: spaces {:?}",
+                self.object.id,
+                spaces.iter().map(|s| s.id).collect::<Vec<_>>()
+            );
             let guards: Vec<_> = spaces.iter().map(|s| s.hold_changes()).collect();
             log::trace!("object {} protect: guards held", self.object.id);
             if !same_views(&views, &self.object.views_snapshot()) {
                 continue; // a view change was applied before the guards
             }
-            let r = self.each_view_run(&views, chunk, pages, false, |v, addr, len| v.uffd().write_protect(addr, len, true));
+            let r = self.each_view_run(&views, chunk, pages, false, |v, addr, len| {
+                v.uffd().write_protect(addr, len, true)
+            });
             drop(guards);
             log::trace!("object {} protect: {r:?}", self.object.id);
             match r {
@@ -272,14 +337,24 @@ impl Backend for HostBackend<'_> {
                 Err(e) => return Err(host(e)),
             }
         }
-        log::warn!("pager: object {} chunk {}: view changes kept a collect from protecting its pages", self.object.id, chunk.first);
+        log::warn!(
+            "pager: object {} chunk {}: view changes kept a collect from protecting its pages",
+            self.object.id,
+            chunk.first
+        );
         Err(host(Errno::AGAIN))
     }
 
     fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
         for (start, len) in runs(chunk, pages) {
             let off = (chunk.first + start) as u64 * PAGE;
-            fallocate(&self.object.memfd, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, off, len as u64 * PAGE).map_err(host)?;
+            fallocate(
+                &self.object.memfd,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                off,
+                len as u64 * PAGE,
+            )
+            .map_err(host)?;
         }
         self.unprotect(chunk, pages)
     }

@@ -45,7 +45,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { threads_per_view: 4, max_object_bytes: 4 << 30, staging_slots: 8, skip_invalidate: false }
+        Self {
+            threads_per_view: 4,
+            max_object_bytes: 4 << 30,
+            staging_slots: 8,
+            skip_invalidate: false,
+        }
     }
 }
 
@@ -66,7 +71,11 @@ pub struct Inner {
 }
 
 /// Follows `id` through the aliases of moved views to a view that exists.
-fn resolve_alias(views: &HashMap<u32, Arc<View>>, aliases: &HashMap<u32, u32>, mut id: u32) -> Option<u32> {
+fn resolve_alias(
+    views: &HashMap<u32, Arc<View>>,
+    aliases: &HashMap<u32, u32>,
+    mut id: u32,
+) -> Option<u32> {
     for _ in 0..16 {
         if views.contains_key(&id) {
             return Some(id);
@@ -94,11 +103,14 @@ impl Inner {
     }
 
     fn own_object(&self, caller: &Capability, id: ObjectId) -> Result<Arc<Object>, p::PagerError> {
-        self.object(id.get()).filter(|o| o.owner == caller.badge.0 && !o.dying.load(Ordering::Acquire)).ok_or(p::PagerError::NoSuchObject)
+        self.object(id.get())
+            .filter(|o| o.owner == caller.badge.0 && !o.dying.load(Ordering::Acquire))
+            .ok_or(p::PagerError::NoSuchObject)
     }
 
     fn new_id(&self) -> u32 {
-        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records `view` with its object and its space (replacing the record
@@ -122,7 +134,10 @@ impl Inner {
         }
         {
             let mut views = locked(&self.views);
-            if views.get(&view.id).is_some_and(|v| std::ptr::eq(&**v, view)) {
+            if views
+                .get(&view.id)
+                .is_some_and(|v| std::ptr::eq(&**v, view))
+            {
                 views.remove(&view.id);
             }
         }
@@ -164,7 +179,9 @@ impl Inner {
     /// unmapped before the pager forgets it.
     fn tell_gpu_view_gone(&self, view: u32) {
         if let Some(gpu) = self.gpu() {
-            if let Err(e) = gpu.call(ViewGone { view: ViewId::raw(view) }) {
+            if let Err(e) = gpu.call(ViewGone {
+                view: ViewId::raw(view),
+            }) {
                 log::warn!("pager: telling the GPU server view {view} went away: {e}");
             }
         }
@@ -172,7 +189,12 @@ impl Inner {
 
     fn tell_gpu_view_copied(&self, view: u32, new_view: u32, from: u64, to: u64) {
         if let Some(gpu) = self.gpu() {
-            if let Err(e) = gpu.call(ViewCopied { view: ViewId::raw(view), new_view: ViewId::raw(new_view), from, to }) {
+            if let Err(e) = gpu.call(ViewCopied {
+                view: ViewId::raw(view),
+                new_view: ViewId::raw(new_view),
+                from,
+                to,
+            }) {
                 log::warn!("pager: telling the GPU server view {view} is also at {to:#x}: {e}");
             }
         }
@@ -201,26 +223,52 @@ impl Inner {
                 // Registered, but no view: an mremap grew a view (the
                 // kernel sends no event for the new tail). Hand the page
                 // back to the kernel rather than leave the thread faulting.
-                log::warn!("pager: space {}: fault at {:#x} in no view; unregistering that page", space.id, f.address);
+                log::warn!(
+                    "pager: space {}: fault at {:#x} in no view; unregistering that page",
+                    space.id,
+                    f.address
+                );
                 let _ = space.uffd.unregister(page_addr, 4096);
                 break;
             };
-            let (Some(object), Some(page)) = (self.object(view.object), view.page_at(f.address)) else { break };
-            log::trace!("pager: space {} fault at {:#x} (view {}, object {} page {page}, wp {})", space.id, f.address, view.id, object.id, f.wp);
+            let (Some(object), Some(page)) = (self.object(view.object), view.page_at(f.address))
+            else {
+                break;
+            };
+            log::trace!(
+                "pager: space {} fault at {:#x} (view {}, object {} page {page}, wp {})",
+                space.id,
+                f.address,
+                view.id,
+                object.id,
+                f.wp
+            );
             let r = if f.wp {
                 self.clear_stale_protection(&object, &view, page, page_addr)
             } else {
-                let backend = HostBackend { pager: self, object: &object, view: Some(&view) };
-                cpu_fault(&object.table, &backend, page, Policy::Rules).map(|_| ()).map_err(|e| format!("{e:?}"))
+                let backend = HostBackend {
+                    pager: self,
+                    object: &object,
+                    view: Some(&view),
+                };
+                cpu_fault(&object.table, &backend, page, Policy::Rules)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:?}"))
             };
             match r {
                 Ok(()) => break,
                 Err(e) if space.stopped() => {
-                    log::debug!("pager: space {} stopped while a fault failed: {e}", space.id);
+                    log::debug!(
+                        "pager: space {} stopped while a fault failed: {e}",
+                        space.id
+                    );
                     return;
                 }
                 Err(e) => {
-                    log::warn!("pager: fault on page {page} of object {}: {e}; retrying", object.id);
+                    log::warn!(
+                        "pager: fault on page {page} of object {}: {e}; retrying",
+                        object.id
+                    );
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_millis(100));
                 }
@@ -237,12 +285,25 @@ impl Inner {
     /// page, clear the protection in this view under the page lock. Usually
     /// finalize already did; a mapping made while the page was protected
     /// (a fork's copy, a moved range) inherits it and is cleared here.
-    fn clear_stale_protection(&self, object: &Object, view: &View, page: usize, page_addr: u64) -> Result<(), String> {
+    fn clear_stale_protection(
+        &self,
+        object: &Object,
+        view: &View,
+        page: usize,
+        page_addr: u64,
+    ) -> Result<(), String> {
         loop {
-            object.table.wait_unlocked(page).map_err(|e| format!("{e:?}"))?;
+            object
+                .table
+                .wait_unlocked(page)
+                .map_err(|e| format!("{e:?}"))?;
             match object.table.try_lock(page).map_err(|e| format!("{e:?}"))? {
                 Some(state) => {
-                    let r = if state == Residency::System { view.uffd().write_protect(page_addr, 4096, false) } else { Ok(()) };
+                    let r = if state == Residency::System {
+                        view.uffd().write_protect(page_addr, 4096, false)
+                    } else {
+                        Ok(())
+                    };
                     let _ = object.table.unlock(page, state);
                     return match r {
                         Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
@@ -296,7 +357,12 @@ impl Inner {
             }
             let gpu = self.gpu().ok_or(p::PagerError::GpuUnavailable)?;
             let count = PageCount::new(chunk.count as u16).ok_or(p::PagerError::OutOfRange)?;
-            let r = gpu.call(FreePages { object: ObjectId::raw(o.id), first_page: chunk.first as u64, count, pages: held });
+            let r = gpu.call(FreePages {
+                object: ObjectId::raw(o.id),
+                first_page: chunk.first as u64,
+                count,
+                pages: held,
+            });
             for i in held.iter() {
                 let _ = o.table.unlock(chunk.first + i, Residency::Empty);
             }
@@ -312,9 +378,21 @@ impl Inner {
         for first in (0..o.pages()).step_by(crate::migrate::CHUNK_PAGES) {
             let chunk = Chunk::around(first, o.pages());
             for _ in 0..100 {
-                let backend = HostBackend { pager: self, object: o, view: None };
+                let backend = HostBackend {
+                    pager: self,
+                    object: o,
+                    view: None,
+                };
                 let _ = evict(&o.table, &backend, chunk, 0);
-                let left = chunk.pages().filter(|(_, p)| o.table.info(*p).is_ok_and(|i| matches!(i.residency, Residency::Device { .. }))).map(|(_, p)| p).next();
+                let left = chunk
+                    .pages()
+                    .filter(|(_, p)| {
+                        o.table
+                            .info(*p)
+                            .is_ok_and(|i| matches!(i.residency, Residency::Device { .. }))
+                    })
+                    .map(|(_, p)| p)
+                    .next();
                 match left {
                     None => break,
                     Some(p) => {
@@ -345,7 +423,11 @@ impl Inner {
         // Aliases that lead to no view name nothing any more.
         let views = locked(&self.views);
         let mut aliases = locked(&self.aliases);
-        let dead: Vec<u32> = aliases.keys().filter(|k| resolve_alias(&views, &aliases, **k).is_none()).copied().collect();
+        let dead: Vec<u32> = aliases
+            .keys()
+            .filter(|k| resolve_alias(&views, &aliases, **k).is_none())
+            .copied()
+            .collect();
         for k in dead {
             aliases.remove(&k);
         }
@@ -385,22 +467,37 @@ impl PagerServer {
     /// Connects the GPU server's notifier (rule 8 and migrate-to-RAM) and
     /// shares the staging buffer with it.
     pub fn attach_gpu(&self, gpu: Client<GpuNotify>) -> Result<(), String> {
-        let dup = rustix::io::fcntl_dupfd_cloexec(&self.inner.staging.memfd, 0).map_err(|e| e.to_string())?;
+        let dup = rustix::io::fcntl_dupfd_cloexec(&self.inner.staging.memfd, 0)
+            .map_err(|e| e.to_string())?;
         let size = (self.inner.staging.slots * objects::SLOT_BYTES) as u64;
-        gpu.call_with_handles(AttachStaging { size_bytes: size }, vec![dup]).map_err(|e| e.to_string())?;
-        self.inner.gpu.set(Arc::new(gpu)).map_err(|_| "GPU already attached".to_string())
+        gpu.call_with_handles(AttachStaging { size_bytes: size }, vec![dup])
+            .map_err(|e| e.to_string())?;
+        self.inner
+            .gpu
+            .set(Arc::new(gpu))
+            .map_err(|_| "GPU already attached".to_string())
     }
 
     /// The views that reach `object` now: (client address, first page, pages, born of a fork).
     pub fn views_of_object(&self, object: u32) -> Vec<(u64, usize, usize, bool)> {
-        let mut v: Vec<_> = self.inner.object(object).map(|o| o.views_snapshot()).unwrap_or_default().iter().map(|v| (v.addr, v.first_page, v.pages, v.forked)).collect();
+        let mut v: Vec<_> = self
+            .inner
+            .object(object)
+            .map(|o| o.views_snapshot())
+            .unwrap_or_default()
+            .iter()
+            .map(|v| (v.addr, v.first_page, v.pages, v.forked))
+            .collect();
         v.sort();
         v.dedup();
         v
     }
 
     pub fn object_state(&self, object: u32, page: usize) -> Option<Residency> {
-        self.inner.object(object).and_then(|o| o.table.info(page).ok()).map(|i| i.residency)
+        self.inner
+            .object(object)
+            .and_then(|o| o.table.info(page).ok())
+            .map(|i| i.residency)
     }
 }
 
@@ -420,17 +517,28 @@ impl PagerServer {
     /// their pages, VRAM included (DESIGN.md 6: other clients see nothing).
     pub fn client_gone(&self, badge: u64) {
         let inner = &self.inner;
-        let spaces: Vec<Arc<Space>> = locked(&inner.spaces).values().filter(|s| s.owner == badge).cloned().collect();
+        let spaces: Vec<Arc<Space>> = locked(&inner.spaces)
+            .values()
+            .filter(|s| s.owner == badge)
+            .cloned()
+            .collect();
         for s in spaces {
             for v in s.views() {
                 inner.retire_view(&v, true);
             }
             let _ = inner.stop_space(&s);
         }
-        let objects: Vec<Arc<Object>> = locked(&inner.objects).values().filter(|o| o.owner == badge).cloned().collect();
+        let objects: Vec<Arc<Object>> = locked(&inner.objects)
+            .values()
+            .filter(|o| o.owner == badge)
+            .cloned()
+            .collect();
         for o in objects {
             if let Err(e) = inner.end_object(&o) {
-                log::warn!("pager: freeing VRAM of object {} of a dead client: {e:?}", o.id);
+                log::warn!(
+                    "pager: freeing VRAM of object {} of a dead client: {e:?}",
+                    o.id
+                );
             }
         }
         log::info!("pager: client {badge} gone; its views and objects were released");
@@ -442,21 +550,44 @@ impl Handler<p::Pager> for PagerServer {
         self.client_gone(caller.badge.0);
     }
 
-    fn handle(&self, caller: &Capability, req: p::Request, mut handles: Vec<OwnedFd>) -> Result<(p::Reply, Vec<OwnedFd>), p::PagerError> {
+    fn handle(
+        &self,
+        caller: &Capability,
+        req: p::Request,
+        mut handles: Vec<OwnedFd>,
+    ) -> Result<(p::Reply, Vec<OwnedFd>), p::PagerError> {
         use p::{PagerError as E, Reply, Request};
         let inner = &self.inner;
         match req {
             Request::CreateObject(p::CreateObject { size_bytes }) => {
-                if size_bytes == 0 || size_bytes % 4096 != 0 || size_bytes > inner.cfg.max_object_bytes {
+                if size_bytes == 0
+                    || size_bytes % 4096 != 0
+                    || size_bytes > inner.cfg.max_object_bytes
+                {
                     return Err(E::BadSize);
                 }
-                let memfd = rustix::fs::memfd_create("svm-object", rustix::fs::MemfdFlags::CLOEXEC).map_err(|_| E::Host)?;
+                let memfd = rustix::fs::memfd_create("svm-object", rustix::fs::MemfdFlags::CLOEXEC)
+                    .map_err(|_| E::Host)?;
                 rustix::fs::ftruncate(&memfd, size_bytes).map_err(|_| E::Host)?;
-                let client_copy = rustix::io::fcntl_dupfd_cloexec(&memfd, 0).map_err(|_| E::Host)?;
-                let id = inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let object = Arc::new(Object::new(id, caller.badge.0, memfd, (size_bytes / 4096) as usize));
+                let client_copy =
+                    rustix::io::fcntl_dupfd_cloexec(&memfd, 0).map_err(|_| E::Host)?;
+                let id = inner
+                    .next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let object = Arc::new(Object::new(
+                    id,
+                    caller.badge.0,
+                    memfd,
+                    (size_bytes / 4096) as usize,
+                ));
                 locked(&inner.objects).insert(id, object);
-                Ok((Reply::CreateObject(p::ObjectCreated { object: ObjectId::raw(id), size_bytes }), vec![client_copy]))
+                Ok((
+                    Reply::CreateObject(p::ObjectCreated {
+                        object: ObjectId::raw(id),
+                        size_bytes,
+                    }),
+                    vec![client_copy],
+                ))
             }
             Request::DestroyObject(p::DestroyObject { object }) => {
                 let o = inner.own_object(caller, object)?;
@@ -468,14 +599,20 @@ impl Handler<p::Pager> for PagerServer {
                 inner.end_object(&o)?;
                 Ok((Reply::DestroyObject(p::Done {}), vec![]))
             }
-            Request::AttachView(p::AttachView { object, addr, object_first_page, pages }) => {
+            Request::AttachView(p::AttachView {
+                object,
+                addr,
+                object_first_page,
+                pages,
+            }) => {
                 let o = inner.own_object(caller, object)?;
                 let end = object_first_page.checked_add(pages).ok_or(E::OutOfRange)?;
                 if pages == 0 || end > o.pages() as u64 || addr % 4096 != 0 {
                     return Err(E::OutOfRange);
                 }
                 let uffd = Uffd::new(handles.pop().ok_or(E::BadUserfaultfd)?);
-                uffd.handshake(uffd::FEATURES).map_err(|_| E::BadUserfaultfd)?;
+                uffd.handshake(uffd::FEATURES)
+                    .map_err(|_| E::BadUserfaultfd)?;
                 let space = Arc::new(Space::new(inner.new_id(), caller.badge.0, uffd, false));
                 // Recorded before it is registered: every fault the range
                 // raises finds its view.
@@ -498,10 +635,18 @@ impl Handler<p::Pager> for PagerServer {
                     inner.retire_view(&view, false);
                     return Err(E::BadUserfaultfd);
                 }
-                Ok((Reply::AttachView(p::ViewAttached { view: ViewId::raw(view.id) }), vec![]))
+                Ok((
+                    Reply::AttachView(p::ViewAttached {
+                        view: ViewId::raw(view.id),
+                    }),
+                    vec![],
+                ))
             }
             Request::DetachView(p::DetachView { view }) => {
-                let v = inner.view_by_id(view.get()).filter(|v| v.owner == caller.badge.0 && !v.forked).ok_or(E::NoSuchView)?;
+                let v = inner
+                    .view_by_id(view.get())
+                    .filter(|v| v.owner == caller.badge.0 && !v.forked)
+                    .ok_or(E::NoSuchView)?;
                 inner.retire_view(&v, true);
                 inner.tell_gpu_view_gone(v.id);
                 Ok((Reply::DetachView(p::Done {}), vec![]))
@@ -515,21 +660,44 @@ impl Handler<p::Pager> for PagerServer {
                 inner.own_object(caller, object)?;
                 Err(E::NotSupported)
             }
-            Request::Snapshot(p::Snapshot { object, first_page, count }) => {
+            Request::Snapshot(p::Snapshot {
+                object,
+                first_page,
+                count,
+            }) => {
                 let o = inner.own_object(caller, object)?;
-                let end = first_page.checked_add(count.get() as u64).ok_or(E::OutOfRange)?;
+                let end = first_page
+                    .checked_add(count.get() as u64)
+                    .ok_or(E::OutOfRange)?;
                 if end > o.pages() as u64 {
                     return Err(E::OutOfRange);
                 }
-                let states = (first_page..end).map(|pg| o.table.info(pg as usize).map(state_code).map_err(|_| E::OutOfRange)).collect::<Result<Vec<_>, _>>()?;
-                Ok((Reply::Snapshot(p::PageStates { states: BoundedVec::new(states).ok_or(E::OutOfRange)? }), vec![]))
+                let states = (first_page..end)
+                    .map(|pg| {
+                        o.table
+                            .info(pg as usize)
+                            .map(state_code)
+                            .map_err(|_| E::OutOfRange)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((
+                    Reply::Snapshot(p::PageStates {
+                        states: BoundedVec::new(states).ok_or(E::OutOfRange)?,
+                    }),
+                    vec![],
+                ))
             }
         }
     }
 }
 
 impl Handler<m::PagerMigrate> for PagerServer {
-    fn handle(&self, _caller: &Capability, req: m::Request, _handles: Vec<OwnedFd>) -> Result<(m::Reply, Vec<OwnedFd>), m::MigrateError> {
+    fn handle(
+        &self,
+        _caller: &Capability,
+        req: m::Request,
+        _handles: Vec<OwnedFd>,
+    ) -> Result<(m::Reply, Vec<OwnedFd>), m::MigrateError> {
         use m::{MigrateError as E, Reply, Request};
         let inner = &self.inner;
         let chunk_of = |o: &Object, first: u64, count: u16| -> Result<Chunk, E> {
@@ -537,7 +705,10 @@ impl Handler<m::PagerMigrate> for PagerServer {
             if end > o.pages() as u64 {
                 return Err(E::OutOfRange);
             }
-            Ok(Chunk { first: first as usize, count: count as usize })
+            Ok(Chunk {
+                first: first as usize,
+                count: count as usize,
+            })
         };
         match req {
             Request::OpenView(m::OpenView { view, client }) => {
@@ -552,15 +723,28 @@ impl Handler<m::PagerMigrate> for PagerServer {
                 let o = inner.object(v.object).ok_or(E::NoSuchObject)?;
                 let fd = rustix::io::fcntl_dupfd_cloexec(&o.memfd, 0).map_err(|_| E::Host)?;
                 Ok((
-                    Reply::OpenView(m::ViewOpened { object: ObjectId::raw(o.id), addr: v.addr, object_first_page: v.first_page as u64, pages: v.pages as u64 }),
+                    Reply::OpenView(m::ViewOpened {
+                        object: ObjectId::raw(o.id),
+                        addr: v.addr,
+                        object_first_page: v.first_page as u64,
+                        pages: v.pages as u64,
+                    }),
                     vec![fd],
                 ))
             }
-            Request::GetPages(m::GetPages { object, first_page, count }) => {
-                let o = inner.object(object.get()).filter(|o| !o.dying.load(Ordering::Acquire)).ok_or(E::NoSuchObject)?;
+            Request::GetPages(m::GetPages {
+                object,
+                first_page,
+                count,
+            }) => {
+                let o = inner
+                    .object(object.get())
+                    .filter(|o| !o.dying.load(Ordering::Acquire))
+                    .ok_or(E::NoSuchObject)?;
                 let chunk = chunk_of(&o, first_page, count.get())?;
                 let seq = o.seq.load(Ordering::Acquire);
-                let (mut system, mut device, mut empty) = (PageMask::EMPTY, PageMask::EMPTY, PageMask::EMPTY);
+                let (mut system, mut device, mut empty) =
+                    (PageMask::EMPTY, PageMask::EMPTY, PageMask::EMPTY);
                 for (i, pg) in chunk.pages() {
                     let info = o.table.info(pg).map_err(|_| E::OutOfRange)?;
                     if info.locked {
@@ -572,41 +756,112 @@ impl Handler<m::PagerMigrate> for PagerServer {
                         Residency::Empty => empty.set(i),
                     }
                 }
-                Ok((Reply::GetPages(m::Pages { seq: Seq::raw(seq), system, device, empty }), vec![]))
+                Ok((
+                    Reply::GetPages(m::Pages {
+                        seq: Seq::raw(seq),
+                        system,
+                        device,
+                        empty,
+                    }),
+                    vec![],
+                ))
             }
-            Request::Collect(m::Collect { object, first_page, count, gpu }) => {
+            Request::Collect(m::Collect {
+                object,
+                first_page,
+                count,
+                gpu,
+            }) => {
                 // A dying object takes no new migration (its end waits for
                 // the ones in flight).
-                let o = inner.object(object.get()).filter(|o| !o.dying.load(Ordering::Acquire)).ok_or(E::NoSuchObject)?;
+                let o = inner
+                    .object(object.get())
+                    .filter(|o| !o.dying.load(Ordering::Acquire))
+                    .ok_or(E::NoSuchObject)?;
                 let chunk = chunk_of(&o, first_page, count.get())?;
-                let backend = HostBackend { pager: inner, object: &o, view: None };
+                let backend = HostBackend {
+                    pager: inner,
+                    object: &o,
+                    view: None,
+                };
                 let seq = o.seq.load(Ordering::Acquire);
                 let c = collect(&o.table, &backend, chunk, gpu.get()).map_err(|_| E::Host)?;
                 if !c.got.is_empty() {
-                    o.collections.lock().unwrap_or_else(|e| e.into_inner()).entry(first_page).or_default().push((gpu.get(), chunk, c));
+                    o.collections
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(first_page)
+                        .or_default()
+                        .push((gpu.get(), chunk, c));
                 }
-                Ok((Reply::Collect(m::Collected { seq: Seq::raw(seq), got: c.got, zero: c.zero, device: c.device }), vec![]))
+                Ok((
+                    Reply::Collect(m::Collected {
+                        seq: Seq::raw(seq),
+                        got: c.got,
+                        zero: c.zero,
+                        device: c.device,
+                    }),
+                    vec![],
+                ))
             }
-            Request::Finalize(m::Finalize { object, first_page, count, gpu, vram_first_pfn, got, migrated }) => {
+            Request::Finalize(m::Finalize {
+                object,
+                first_page,
+                count,
+                gpu,
+                vram_first_pfn,
+                got,
+                migrated,
+            }) => {
                 let o = inner.object(object.get()).ok_or(E::NoSuchObject)?;
                 chunk_of(&o, first_page, count.get())?;
                 if got.is_empty() {
                     // A collect that got nothing has nothing to finalize.
-                    return Ok((Reply::Finalize(m::Finalized { device: 0, returned: 0 }), vec![]));
+                    return Ok((
+                        Reply::Finalize(m::Finalized {
+                            device: 0,
+                            returned: 0,
+                        }),
+                        vec![],
+                    ));
                 }
                 let (chunk, c) = {
                     let mut cols = o.collections.lock().unwrap_or_else(|e| e.into_inner());
                     let list = cols.get_mut(&first_page).ok_or(E::NotCollected)?;
-                    let at = list.iter().position(|(g, ch, c)| *g == gpu.get() && ch.count == count.get() as usize && c.got == got).ok_or(E::NotCollected)?;
+                    let at = list
+                        .iter()
+                        .position(|(g, ch, c)| {
+                            *g == gpu.get() && ch.count == count.get() as usize && c.got == got
+                        })
+                        .ok_or(E::NotCollected)?;
                     let (_, chunk, c) = list.swap_remove(at);
                     if list.is_empty() {
                         cols.remove(&first_page);
                     }
                     (chunk, c)
                 };
-                let backend = HostBackend { pager: inner, object: &o, view: None };
-                let (device, returned) = finalize(&o.table, &backend, chunk, &c, &migrated.and(&c.got), gpu.get(), vram_first_pfn).map_err(|_| E::Host)?;
-                Ok((Reply::Finalize(m::Finalized { device: device as u16, returned: returned as u16 }), vec![]))
+                let backend = HostBackend {
+                    pager: inner,
+                    object: &o,
+                    view: None,
+                };
+                let (device, returned) = finalize(
+                    &o.table,
+                    &backend,
+                    chunk,
+                    &c,
+                    &migrated.and(&c.got),
+                    gpu.get(),
+                    vram_first_pfn,
+                )
+                .map_err(|_| E::Host)?;
+                Ok((
+                    Reply::Finalize(m::Finalized {
+                        device: device as u16,
+                        returned: returned as u16,
+                    }),
+                    vec![],
+                ))
             }
         }
     }
@@ -621,9 +876,19 @@ impl PagerServer {
         objects.sort_by_key(|o| o.id);
         let mut hand = self.evict_hand.lock().unwrap_or_else(|e| e.into_inner());
         // Every chunk once, starting at the hand.
-        let chunks: Vec<(usize, usize)> =
-            objects.iter().enumerate().flat_map(|(i, o)| (0..o.pages()).step_by(crate::migrate::CHUNK_PAGES).map(move |p| (i, p))).collect();
-        let start = chunks.iter().position(|&(i, p)| (objects[i].id, p) >= *hand).unwrap_or(0);
+        let chunks: Vec<(usize, usize)> = objects
+            .iter()
+            .enumerate()
+            .flat_map(|(i, o)| {
+                (0..o.pages())
+                    .step_by(crate::migrate::CHUNK_PAGES)
+                    .map(move |p| (i, p))
+            })
+            .collect();
+        let start = chunks
+            .iter()
+            .position(|&(i, p)| (objects[i].id, p) >= *hand)
+            .unwrap_or(0);
         let mut moved = 0u64;
         for k in 0..chunks.len() {
             if moved >= want {
@@ -632,7 +897,11 @@ impl PagerServer {
             let (i, first) = chunks[(start + k) % chunks.len()];
             let o = &objects[i];
             *hand = (o.id, first + crate::migrate::CHUNK_PAGES);
-            let backend = HostBackend { pager: &self.inner, object: o, view: None };
+            let backend = HostBackend {
+                pager: &self.inner,
+                object: o,
+                view: None,
+            };
             match evict(&o.table, &backend, Chunk::around(first, o.pages()), gpu) {
                 Ok(n) => moved += n as u64,
                 Err(e) => log::warn!("pager: evicting object {}: {e:?}", o.id),
@@ -643,14 +912,25 @@ impl PagerServer {
 }
 
 impl Handler<r::PagerReclaim> for PagerServer {
-    fn handle(&self, _caller: &Capability, req: r::Request, _handles: Vec<OwnedFd>) -> Result<(r::Reply, Vec<OwnedFd>), r::ReclaimError> {
+    fn handle(
+        &self,
+        _caller: &Capability,
+        req: r::Request,
+        _handles: Vec<OwnedFd>,
+    ) -> Result<(r::Reply, Vec<OwnedFd>), r::ReclaimError> {
         match req {
             r::Request::Evict(r::Evict { gpu, bytes }) => {
                 if self.inner.gpu().is_none() {
                     return Err(r::ReclaimError::GpuUnavailable);
                 }
                 let pages = self.evict(gpu.get(), bytes);
-                Ok((r::Reply::Evict(r::Evicted { bytes: pages * 4096, pages }), vec![]))
+                Ok((
+                    r::Reply::Evict(r::Evicted {
+                        bytes: pages * 4096,
+                        pages,
+                    }),
+                    vec![],
+                ))
             }
             r::Request::Usage(_) => {
                 let (mut sram, mut vram) = (0u64, 0u64);
@@ -663,7 +943,13 @@ impl Handler<r::PagerReclaim> for PagerServer {
                         }
                     }
                 }
-                Ok((r::Reply::Usage(r::SvmUsage { sram_bytes: sram, vram_bytes: vram }), vec![]))
+                Ok((
+                    r::Reply::Usage(r::SvmUsage {
+                        sram_bytes: sram,
+                        vram_bytes: vram,
+                    }),
+                    vec![],
+                ))
             }
         }
     }

@@ -43,10 +43,16 @@ impl Object {
         self.table.len()
     }
     pub fn add_view(&self, v: Arc<View>) {
-        self.views.write().unwrap_or_else(|e| e.into_inner()).push(v);
+        self.views
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(v);
     }
     pub fn remove_view(&self, v: &View) {
-        self.views.write().unwrap_or_else(|e| e.into_inner()).retain(|x| !std::ptr::eq(&**x, v));
+        self.views
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|x| !std::ptr::eq(&**x, v));
     }
     pub fn views_snapshot(&self) -> Vec<Arc<View>> {
         self.views.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -84,12 +90,30 @@ impl View {
     }
     /// The same object pages seen from `[addr, addr + pages)` of `space`:
     /// a new record for a moved, split or forked view.
-    pub fn derive(&self, id: u32, addr: u64, first_page: usize, pages: usize, space: Arc<Space>, forked: bool) -> View {
-        View { id, owner: self.owner, object: self.object, addr, first_page, pages, space, forked }
+    pub fn derive(
+        &self,
+        id: u32,
+        addr: u64,
+        first_page: usize,
+        pages: usize,
+        space: Arc<Space>,
+        forked: bool,
+    ) -> View {
+        View {
+            id,
+            owner: self.owner,
+            object: self.object,
+            addr,
+            first_page,
+            pages,
+            space,
+            forked,
+        }
     }
     /// The client address of object page `page`, if this view maps it.
     pub fn address_of(&self, page: usize) -> Option<u64> {
-        (page >= self.first_page && page < self.first_page + self.pages).then(|| self.addr + (page - self.first_page) as u64 * 4096)
+        (page >= self.first_page && page < self.first_page + self.pages)
+            .then(|| self.addr + (page - self.first_page) as u64 * 4096)
     }
     /// The object page at client address `addr`, if inside the view.
     pub fn page_at(&self, addr: u64) -> Option<usize> {
@@ -135,8 +159,23 @@ impl Staging {
         let memfd = rustix::fs::memfd_create("pager-staging", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&memfd, (slots * SLOT_BYTES) as u64)?;
         // SAFETY: a fresh shared mapping of our own memfd, kept for our lifetime.
-        let base = unsafe { mmap(std::ptr::null_mut(), slots * SLOT_BYTES, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &memfd, 0)? };
-        Ok(Self { memfd, base: base.cast(), free: Mutex::new((0..slots).collect()), available: std::sync::Condvar::new(), slots })
+        let base = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                slots * SLOT_BYTES,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &memfd,
+                0,
+            )?
+        };
+        Ok(Self {
+            memfd,
+            base: base.cast(),
+            free: Mutex::new((0..slots).collect()),
+            available: std::sync::Condvar::new(),
+            slots,
+        })
     }
 
     /// Takes a slot, waiting for one if all are in use. Slots are held only
@@ -146,14 +185,20 @@ impl Staging {
         loop {
             if let Some(index) = free.pop() {
                 // SAFETY: index < slots, inside the mapping.
-                return Slot { index, ptr: unsafe { self.base.add(index * SLOT_BYTES) } };
+                return Slot {
+                    index,
+                    ptr: unsafe { self.base.add(index * SLOT_BYTES) },
+                };
             }
             free = self.available.wait(free).unwrap_or_else(|e| e.into_inner());
         }
     }
 
     pub fn put(&self, slot: Slot) {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(slot.index);
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot.index);
         self.available.notify_one();
     }
 }

@@ -87,11 +87,19 @@ impl Space {
 
     /// The view that covers `addr` now.
     pub fn view_at(&self, addr: u64) -> Option<Arc<View>> {
-        self.views.read().unwrap_or_else(|e| e.into_inner()).iter().find(|v| addr >= v.addr && addr < v.end()).cloned()
+        self.views
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|v| addr >= v.addr && addr < v.end())
+            .cloned()
     }
 
     pub(super) fn add_view(&self, v: Arc<View>) {
-        self.views.write().unwrap_or_else(|e| e.into_inner()).push(v);
+        self.views
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(v);
     }
 
     /// Removes `v`; returns whether the space has no view left.
@@ -121,7 +129,10 @@ impl Space {
     }
 
     fn push(&self, f: Fault) {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner()).push_back(f);
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(f);
         self.fault_ready.notify_one();
     }
 
@@ -143,10 +154,14 @@ impl Space {
 /// Starts the reader and `workers` fault workers of `space`.
 pub fn start(inner: &Arc<Inner>, space: &Arc<Space>, workers: usize) -> std::io::Result<()> {
     let (i, s) = (inner.clone(), space.clone());
-    std::thread::Builder::new().name(format!("pager-space{}-events", space.id)).spawn(move || read_events(i, s))?;
+    std::thread::Builder::new()
+        .name(format!("pager-space{}-events", space.id))
+        .spawn(move || read_events(i, s))?;
     for t in 0..workers.max(1) {
         let (i, s) = (inner.clone(), space.clone());
-        std::thread::Builder::new().name(format!("pager-space{}-fault{t}", space.id)).spawn(move || serve_faults(i, s))?;
+        std::thread::Builder::new()
+            .name(format!("pager-space{}-fault{t}", space.id))
+            .spawn(move || serve_faults(i, s))?;
     }
     Ok(())
 }
@@ -163,7 +178,12 @@ struct PendingMove {
 /// it reads the next event.
 enum GpuNote {
     Gone(u32),
-    Copied { view: u32, new_view: u32, from: u64, to: u64 },
+    Copied {
+        view: u32,
+        new_view: u32,
+        from: u64,
+        to: u64,
+    },
 }
 
 fn read_events(inner: Arc<Inner>, space: Arc<Space>) {
@@ -180,7 +200,10 @@ fn read_events(inner: Arc<Inner>, space: Arc<Space>) {
             let _changing = space.changing.write().unwrap_or_else(|e| e.into_inner());
             log::trace!("space {}: reading", space.id);
             if let Err(e) = space.uffd.read_events(&mut events) {
-                log::warn!("pager: space {}: userfaultfd read failed: {e}; stopping it", space.id);
+                log::warn!(
+                    "pager: space {}: userfaultfd read failed: {e}; stopping it",
+                    space.id
+                );
                 drop(_changing);
                 inner.space_gone(&space);
                 break;
@@ -192,8 +215,12 @@ fn read_events(inner: Arc<Inner>, space: Arc<Space>) {
                         pending = None;
                         follow_fork(&inner, &space, fd);
                     }
-                    Event::Remap { from, to, len } => pending = Some(follow_remap(&inner, &space, from, to, len, &mut notes)),
-                    Event::Unmap { start, end } => follow_unmap(&inner, &space, start, end, pending.take(), &mut notes),
+                    Event::Remap { from, to, len } => {
+                        pending = Some(follow_remap(&inner, &space, from, to, len, &mut notes))
+                    }
+                    Event::Unmap { start, end } => {
+                        follow_unmap(&inner, &space, start, end, pending.take(), &mut notes)
+                    }
                     other => log::debug!("pager: space {}: {other:?} ignored", space.id),
                 }
             }
@@ -202,7 +229,12 @@ fn read_events(inner: Arc<Inner>, space: Arc<Space>) {
         for n in notes.drain(..) {
             match n {
                 GpuNote::Gone(view) => inner.tell_gpu_view_gone(view),
-                GpuNote::Copied { view, new_view, from, to } => inner.tell_gpu_view_copied(view, new_view, from, to),
+                GpuNote::Copied {
+                    view,
+                    new_view,
+                    from,
+                    to,
+                } => inner.tell_gpu_view_copied(view, new_view, from, to),
             }
         }
     }
@@ -220,7 +252,10 @@ fn serve_faults(inner: Arc<Inner>, space: Arc<Space>) {
 /// same object (shared memory, not copy-on-write).
 fn follow_fork(inner: &Arc<Inner>, parent: &Arc<Space>, fd: i32) {
     if fd < 0 {
-        log::error!("pager: space {}: fork event without a descriptor", parent.id);
+        log::error!(
+            "pager: space {}: fork event without a descriptor",
+            parent.id
+        );
         return;
     }
     // SAFETY: the kernel installed `fd` in our table for this event and
@@ -234,8 +269,21 @@ fn follow_fork(inner: &Arc<Inner>, parent: &Arc<Space>, fd: i32) {
         return;
     }
     for v in views {
-        let twin = inner.record_view(v.derive(inner.new_id(), v.addr, v.first_page, v.pages, child.clone(), true));
-        log::info!("pager: fork: view {} of object {} has a twin {} in space {}", v.id, v.object, twin.id, child.id);
+        let twin = inner.record_view(v.derive(
+            inner.new_id(),
+            v.addr,
+            v.first_page,
+            v.pages,
+            child.clone(),
+            true,
+        ));
+        log::info!(
+            "pager: fork: view {} of object {} has a twin {} in space {}",
+            v.id,
+            v.object,
+            twin.id,
+            child.id
+        );
     }
     if let Err(e) = inner.start_space(&child) {
         log::error!("pager: fork: starting space {}: {e}", child.id);
@@ -245,7 +293,14 @@ fn follow_fork(inner: &Arc<Inner>, parent: &Arc<Space>, fd: i32) {
 /// `[from, from + len)` now also appears at `to`: each view's moved part
 /// becomes a view there at once, and the bindings of a view that moved
 /// whole get twins there.
-fn follow_remap(inner: &Arc<Inner>, space: &Arc<Space>, from: u64, to: u64, len: u64, notes: &mut Vec<GpuNote>) -> PendingMove {
+fn follow_remap(
+    inner: &Arc<Inner>,
+    space: &Arc<Space>,
+    from: u64,
+    to: u64,
+    len: u64,
+    notes: &mut Vec<GpuNote>,
+) -> PendingMove {
     let mut parts = Vec::new();
     for v in space.views() {
         let (lo, hi) = (v.addr.max(from), v.end().min(from + len));
@@ -253,11 +308,28 @@ fn follow_remap(inner: &Arc<Inner>, space: &Arc<Space>, from: u64, to: u64, len:
             continue;
         }
         let first = v.first_page + ((lo - v.addr) / 4096) as usize;
-        let moved = inner.record_view(v.derive(inner.new_id(), to + (lo - from), first, ((hi - lo) / 4096) as usize, space.clone(), v.forked));
-        log::info!("pager: remap: view {} pages {first}.. also at {:#x} (view {})", v.id, moved.addr, moved.id);
+        let moved = inner.record_view(v.derive(
+            inner.new_id(),
+            to + (lo - from),
+            first,
+            ((hi - lo) / 4096) as usize,
+            space.clone(),
+            v.forked,
+        ));
+        log::info!(
+            "pager: remap: view {} pages {first}.. also at {:#x} (view {})",
+            v.id,
+            moved.addr,
+            moved.id
+        );
         let whole = lo == v.addr && hi == v.end();
         if whole && !v.forked {
-            notes.push(GpuNote::Copied { view: v.id, new_view: moved.id, from: v.addr, to: moved.addr });
+            notes.push(GpuNote::Copied {
+                view: v.id,
+                new_view: moved.id,
+                from: v.addr,
+                to: moved.addr,
+            });
         }
         parts.push((v, moved, whole));
     }
@@ -267,14 +339,26 @@ fn follow_remap(inner: &Arc<Inner>, space: &Arc<Space>, from: u64, to: u64, len:
 /// `[start, end)` was unmapped: views lose that part. When it is the old
 /// range of the move just seen, the client's id of a view that moved whole
 /// names the moved view from now on.
-fn follow_unmap(inner: &Arc<Inner>, space: &Arc<Space>, start: u64, end: u64, pending: Option<PendingMove>, notes: &mut Vec<GpuNote>) {
+fn follow_unmap(
+    inner: &Arc<Inner>,
+    space: &Arc<Space>,
+    start: u64,
+    end: u64,
+    pending: Option<PendingMove>,
+    notes: &mut Vec<GpuNote>,
+) {
     if let Some(m) = pending.filter(|m| start == m.from && end <= m.from + m.len) {
         for (old, moved, whole) in m.parts {
             if whole && old.end() <= end {
                 // A plain move: the client's id of the old view names the
                 // moved one from now on.
                 inner.alias_view(old.id, moved.id);
-                log::info!("pager: move: view {} now at {:#x} (view {})", old.id, moved.addr, moved.id);
+                log::info!(
+                    "pager: move: view {} now at {:#x} (view {})",
+                    old.id,
+                    moved.addr,
+                    moved.id
+                );
             }
         }
     }
@@ -285,7 +369,14 @@ fn follow_unmap(inner: &Arc<Inner>, space: &Arc<Space>, start: u64, end: u64, pe
             for (a, b) in [(v.addr, lo), (hi, v.end())] {
                 if a < b {
                     let first = v.first_page + ((a - v.addr) / 4096) as usize;
-                    inner.record_view(v.derive(inner.new_id(), a, first, ((b - a) / 4096) as usize, space.clone(), v.forked));
+                    inner.record_view(v.derive(
+                        inner.new_id(),
+                        a,
+                        first,
+                        ((b - a) / 4096) as usize,
+                        space.clone(),
+                        v.forked,
+                    ));
                 }
             }
             inner.retire_view(&v, false);

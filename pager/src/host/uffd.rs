@@ -13,7 +13,8 @@ use rustix::ioctl::{ioctl, Updater};
 
 /// Write protection on shmem, without view-change events: what a bare
 /// handler needs (the benchmark floor).
-pub const WP_FEATURES: u64 = (uapi::UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP) as u64;
+pub const WP_FEATURES: u64 =
+    (uapi::UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uapi::UFFD_FEATURE_PAGEFAULT_FLAG_WP) as u64;
 
 /// Features the pager asks for: write-protection on shmem (the migration to
 /// VRAM blocks writers with it), and the view-change events it follows:
@@ -22,9 +23,10 @@ pub const WP_FEATURES: u64 = (uapi::UFFD_FEATURE_WP_HUGETLBFS_SHMEM | uapi::UFFD
 /// a service thread reads them, so every registered range has readers; a
 /// range is unregistered before its readers stop. `madvise` removal is not
 /// asked for: on a shared object it only drops page-table entries.
-pub const FEATURES: u64 = WP_FEATURES | (uapi::UFFD_FEATURE_EVENT_FORK
-    | uapi::UFFD_FEATURE_EVENT_REMAP
-    | uapi::UFFD_FEATURE_EVENT_UNMAP) as u64;
+pub const FEATURES: u64 = WP_FEATURES
+    | (uapi::UFFD_FEATURE_EVENT_FORK
+        | uapi::UFFD_FEATURE_EVENT_REMAP
+        | uapi::UFFD_FEATURE_EVENT_UNMAP) as u64;
 
 /// `UFFDIO_WRITEPROTECT_MODE_WP` (`include/uapi/linux/userfaultfd.h`,
 /// bit 0); linux-raw-sys does not export it.
@@ -35,13 +37,29 @@ const COPY_MODE_DONTWAKE: u64 = 1 << 0;
 /// One event read from a userfaultfd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    PageFault { address: u64, write: bool, wp: bool },
+    PageFault {
+        address: u64,
+        write: bool,
+        wp: bool,
+    },
     /// The client forked; the child's copy of the registered ranges reports
     /// to the new descriptor `fd`, now installed in the pager.
-    Fork { fd: i32 },
-    Remap { from: u64, to: u64, len: u64 },
-    Remove { start: u64, end: u64 },
-    Unmap { start: u64, end: u64 },
+    Fork {
+        fd: i32,
+    },
+    Remap {
+        from: u64,
+        to: u64,
+        len: u64,
+    },
+    Remove {
+        start: u64,
+        end: u64,
+    },
+    Unmap {
+        start: u64,
+        end: u64,
+    },
     Unknown(u8),
 }
 
@@ -56,7 +74,11 @@ impl Uffd {
 
     /// The API handshake: must be the first ioctl on a new descriptor.
     pub fn handshake(&self, features: u64) -> Result<u64, Errno> {
-        let mut api = uapi::uffdio_api { api: uapi::UFFD_API as u64, features, ioctls: 0 };
+        let mut api = uapi::uffdio_api {
+            api: uapi::UFFD_API as u64,
+            features,
+            ioctls: 0,
+        };
         // SAFETY: UFFDIO_API reads and writes a `uffdio_api`.
         unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_API }, _>::new(&mut api))? };
         Ok(api.features)
@@ -70,7 +92,12 @@ impl Uffd {
             ioctls: 0,
         };
         // SAFETY: UFFDIO_REGISTER reads and writes a `uffdio_register`.
-        unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_REGISTER }, _>::new(&mut reg)) }
+        unsafe {
+            ioctl(
+                &self.fd,
+                Updater::<{ nr::UFFDIO_REGISTER }, _>::new(&mut reg),
+            )
+        }
     }
 
     /// Unregisters `[start, start + len)`: faults there are the kernel's
@@ -78,7 +105,12 @@ impl Uffd {
     pub fn unregister(&self, start: u64, len: u64) -> Result<(), Errno> {
         let mut range = uapi::uffdio_range { start, len };
         // SAFETY: UFFDIO_UNREGISTER reads a `uffdio_range`.
-        unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_UNREGISTER }, _>::new(&mut range)) }
+        unsafe {
+            ioctl(
+                &self.fd,
+                Updater::<{ nr::UFFDIO_UNREGISTER }, _>::new(&mut range),
+            )
+        }
     }
 
     /// Installs `len` bytes from `src` (in the pager's own memory) at `dst`
@@ -106,10 +138,22 @@ impl Uffd {
     ///
     /// # Safety
     /// As [`Self::copy`].
-    pub unsafe fn copy_mode(&self, dst: u64, src: *const u8, len: u64, mode: u64) -> (u64, Option<Errno>) {
+    pub unsafe fn copy_mode(
+        &self,
+        dst: u64,
+        src: *const u8,
+        len: u64,
+        mode: u64,
+    ) -> (u64, Option<Errno>) {
         let mut done = 0u64;
         while done < len {
-            let mut c = uapi::uffdio_copy { dst: dst + done, src: src as u64 + done, len: len - done, mode, copy: 0 };
+            let mut c = uapi::uffdio_copy {
+                dst: dst + done,
+                src: src as u64 + done,
+                len: len - done,
+                mode,
+                copy: 0,
+            };
             // SAFETY: UFFDIO_COPY reads a `uffdio_copy` and writes its `copy`;
             // the caller vouches for `src`.
             let r = unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_COPY }, _>::new(&mut c)) };
@@ -139,7 +183,12 @@ impl Uffd {
         };
         loop {
             // SAFETY: UFFDIO_WRITEPROTECT reads a `uffdio_writeprotect`.
-            match unsafe { ioctl(&self.fd, Updater::<{ nr::UFFDIO_WRITEPROTECT }, _>::new(&mut wp)) } {
+            match unsafe {
+                ioctl(
+                    &self.fd,
+                    Updater::<{ nr::UFFDIO_WRITEPROTECT }, _>::new(&mut wp),
+                )
+            } {
                 Err(Errno::INTR) => continue,
                 r => return r,
             }
@@ -155,7 +204,10 @@ impl Uffd {
 
     /// Waits up to `timeout` for events; `true` when some may be there.
     pub fn wait_readable(&self, timeout: Duration) -> bool {
-        let ts = Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: timeout.subsec_nanos() as _ };
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
         // An error here (other than EINTR) shows up again in the read.
         !matches!(poll(&mut fds, Some(&ts)), Ok(0) | Err(Errno::INTR))
@@ -194,8 +246,14 @@ fn parse(m: &[u8]) -> Event {
             write: a & uapi::UFFD_PAGEFAULT_FLAG_WRITE as u64 != 0,
             wp: a & uapi::UFFD_PAGEFAULT_FLAG_WP as u64 != 0,
         },
-        uapi::UFFD_EVENT_FORK => Event::Fork { fd: u32::from_le_bytes(m[8..12].try_into().unwrap_or([0xff; 4])) as i32 },
-        uapi::UFFD_EVENT_REMAP => Event::Remap { from: a, to: b, len: c },
+        uapi::UFFD_EVENT_FORK => Event::Fork {
+            fd: u32::from_le_bytes(m[8..12].try_into().unwrap_or([0xff; 4])) as i32,
+        },
+        uapi::UFFD_EVENT_REMAP => Event::Remap {
+            from: a,
+            to: b,
+            len: c,
+        },
         uapi::UFFD_EVENT_REMOVE => Event::Remove { start: a, end: b },
         uapi::UFFD_EVENT_UNMAP => Event::Unmap { start: a, end: b },
         other => Event::Unknown(other as u8),

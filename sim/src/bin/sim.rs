@@ -45,11 +45,18 @@ fn main() {
     }
     // A negative check named explicitly runs like a scenario (to see its
     // failure and replay it).
-    let negatives: Vec<sim::scenarios::Scenario> = sim::negative::all().into_iter().map(|(name, about, run)| sim::scenarios::Scenario { name, about, run }).collect();
+    let negatives: Vec<sim::scenarios::Scenario> = sim::negative::all()
+        .into_iter()
+        .map(|(name, about, run)| sim::scenarios::Scenario { name, about, run })
+        .collect();
     let chosen: Vec<_> = scenarios
         .iter()
         .filter(|s| a.scenario.is_empty() || a.scenario.iter().any(|n| n == s.name))
-        .chain(negatives.iter().filter(|s| a.scenario.iter().any(|n| n == s.name)))
+        .chain(
+            negatives
+                .iter()
+                .filter(|s| a.scenario.iter().any(|n| n == s.name)),
+        )
         .collect();
     if let Some(schedule) = &a.replay {
         let [s] = chosen.as_slice() else {
@@ -68,18 +75,36 @@ fn main() {
         let t = Instant::now();
         let e = sim::explore(s.run, a.seed, n, n);
         total += e.random + e.pct;
-        println!("{:28} random {:6}  pct {:6}  {:7.1} s  ok  ({})", s.name, e.random, e.pct, t.elapsed().as_secs_f64(), s.about);
+        println!(
+            "{:28} random {:6}  pct {:6}  {:7.1} s  ok  ({})",
+            s.name,
+            e.random,
+            e.pct,
+            t.elapsed().as_secs_f64(),
+            s.about
+        );
     }
     let mut failed = false;
     if !a.no_negative && a.scenario.is_empty() {
         for (name, about, run) in sim::negative::all() {
             let t = Instant::now();
             let found = sim::finds_a_failure(run, a.seed, n);
-            println!("{name:28} negative check: {}  {:7.1} s  ({about})", if found { "failure found, as it must be" } else { "NOT FOUND" }, t.elapsed().as_secs_f64());
+            println!(
+                "{name:28} negative check: {}  {:7.1} s  ({about})",
+                if found {
+                    "failure found, as it must be"
+                } else {
+                    "NOT FOUND"
+                },
+                t.elapsed().as_secs_f64()
+            );
             failed |= !found;
         }
     }
-    println!("# {total} schedules in {:.1} s, every property held", t0.elapsed().as_secs_f64());
+    println!(
+        "# {total} schedules in {:.1} s, every property held",
+        t0.elapsed().as_secs_f64()
+    );
     if failed {
         eprintln!("sim: a negative check found nothing: the checker lost the ability to fail");
         std::process::exit(1);

@@ -55,11 +55,26 @@ fn ipc() -> (f64, f64) {
     });
     // Ours: a typed call through the client stub and the serve loop.
     let (c, s) = SeqPacket::pair().unwrap();
-    ipc_protocol::server::spawn::<Pager, _>("bench", Arc::new(s), Capability::new(1, Rights::all()), Arc::new(ConformancePager::default()), 1);
+    ipc_protocol::server::spawn::<Pager, _>(
+        "bench",
+        Arc::new(s),
+        Capability::new(1, Rights::all()),
+        Arc::new(ConformancePager::default()),
+        1,
+    );
     let client: Client<Pager> = Client::new(Arc::new(c));
-    let (obj, _) = client.call_with_handles(CreateObject { size_bytes: 4096 }, vec![]).unwrap();
+    let (obj, _) = client
+        .call_with_handles(CreateObject { size_bytes: 4096 }, vec![])
+        .unwrap();
     let typed = per_op_us(15, 2000, || {
-        client.call(Advise { object: obj.object, first_page: 0, pages: 1, advice: Advice::PreferDevice }).unwrap();
+        client
+            .call(Advise {
+                object: obj.object,
+                first_page: 0,
+                pages: 1,
+                advice: Advice::PreferDevice,
+            })
+            .unwrap();
     });
     (bare, typed)
 }
@@ -76,15 +91,25 @@ fn copy() -> (f64, f64) {
         src.read(0, &mut buf);
         dst.write(0, &buf);
     });
-    let (t, _h) = spawn_in_process(Config { vram_bytes: 64 << 20, ..Default::default() }).unwrap();
+    let (t, _h) = spawn_in_process(Config {
+        vram_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .unwrap();
     let bar = Bar::connect(t, Duration::from_secs(10)).unwrap();
     let s = bar.dma_map(0, src.dup_fd().unwrap(), BYTES as u64).unwrap();
     let seq = AtomicU32::new(1);
     // Ours: system -> VRAM through the copy ring, submission and completion included.
     let engine = per_op_us(15, 20, || {
         let n = seq.fetch_add(1, Ordering::Relaxed);
-        bar.submit(Ring::Copy, n, &Command::MemCopy(MemCopy::contiguous(s, 0, BYTES as u64).unwrap())).unwrap();
-        bar.wait_seqno(layout::REG_BCS_DONE, n, Duration::from_secs(10)).unwrap();
+        bar.submit(
+            Ring::Copy,
+            n,
+            &Command::MemCopy(MemCopy::contiguous(s, 0, BYTES as u64).unwrap()),
+        )
+        .unwrap();
+        bar.wait_seqno(layout::REG_BCS_DONE, n, Duration::from_secs(10))
+            .unwrap();
     });
     (bare, engine)
 }
@@ -103,7 +128,17 @@ fn uffd_floor(bytes: usize, threads: usize, reps: usize) -> f64 {
         let memfd = rustix::fs::memfd_create("floor", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&memfd, bytes as u64).unwrap();
         // SAFETY: a fresh shared mapping, unmapped below.
-        let base = unsafe { mmap(std::ptr::null_mut(), bytes, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &memfd, 0) }.unwrap() as usize;
+        let base = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                bytes,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &memfd,
+                0,
+            )
+        }
+        .unwrap() as usize;
         let uffd = Arc::new(Uffd::new(create_for_client().unwrap()));
         // No view-change events: a bare handler (and munmap below must not
         // wait for a reader that has stopped).
@@ -124,8 +159,18 @@ fn uffd_floor(bytes: usize, threads: usize, reps: usize) -> f64 {
                         let chunk = (address as usize - base) & !((2 << 20) - 1);
                         let len = (2usize << 20).min(bytes - chunk);
                         // SAFETY: `src` covers the buffer and outlives the handler.
-                        let (_, stop) = unsafe { u.copy_mode((base + chunk) as u64, (srcp + chunk) as *const u8, len as u64, 0) };
-                        assert!(matches!(stop, None | Some(rustix::io::Errno::EXIST)), "floor copy: {stop:?}");
+                        let (_, stop) = unsafe {
+                            u.copy_mode(
+                                (base + chunk) as u64,
+                                (srcp + chunk) as *const u8,
+                                len as u64,
+                                0,
+                            )
+                        };
+                        assert!(
+                            matches!(stop, None | Some(rustix::io::Errno::EXIST)),
+                            "floor copy: {stop:?}"
+                        );
                         u.wake(address & !4095, 4096).unwrap();
                     }
                 }
@@ -139,7 +184,9 @@ fn uffd_floor(bytes: usize, threads: usize, reps: usize) -> f64 {
                     for k in 0..pages {
                         let pg = (k + t * pages / threads) % pages;
                         // SAFETY: inside the mapping.
-                        if unsafe { std::ptr::read_volatile((base as *const u32).add(pg * 1024)) } != (pg * 1024) as u32 + 1 {
+                        if unsafe { std::ptr::read_volatile((base as *const u32).add(pg * 1024)) }
+                            != (pg * 1024) as u32 + 1
+                        {
                             bad += 1;
                         }
                     }
@@ -173,10 +220,28 @@ fn herd_side_by_side() {
         }
     };
     println!("herd CPU phase, per page (median of 5): bare uffd floor | svm touch-pg | ratio");
-    let mut curves: Vec<(String, Vec<(f64, f64)>)> = vec![("floor 64 MiB".into(), vec![]), ("svm 64 MiB".into(), vec![])];
-    for (bytes, threads) in [(2usize << 20, 1usize), (2 << 20, 16), (64 << 20, 1), (64 << 20, 2), (64 << 20, 4), (64 << 20, 8), (64 << 20, 16)] {
+    let mut curves: Vec<(String, Vec<(f64, f64)>)> = vec![
+        ("floor 64 MiB".into(), vec![]),
+        ("svm 64 MiB".into(), vec![]),
+    ];
+    for (bytes, threads) in [
+        (2usize << 20, 1usize),
+        (2 << 20, 16),
+        (64 << 20, 1),
+        (64 << 20, 2),
+        (64 << 20, 4),
+        (64 << 20, 8),
+        (64 << 20, 16),
+    ] {
         let floor = uffd_floor(bytes, threads, 5);
-        let cfg = herd::Config { mode: Mode::Touch, bytes, threads, reps: 5, gpu_threads: 64, same_start: false };
+        let cfg = herd::Config {
+            mode: Mode::Touch,
+            bytes,
+            threads,
+            reps: 5,
+            gpu_threads: 64,
+            same_start: false,
+        };
         match herd::run(&clients, &cfg) {
             Ok(r) if bytes == 64 << 20 => {
                 curves[0].1.push((threads as f64, floor));
@@ -196,7 +261,13 @@ fn herd_side_by_side() {
         }
     }
     let path = std::path::Path::new("target").join("herd-scaling.svg");
-    match std::fs::write(&path, svg_plot("Herd CPU phase, 64 MiB: microseconds per page vs CPU threads", &curves)) {
+    match std::fs::write(
+        &path,
+        svg_plot(
+            "Herd CPU phase, 64 MiB: microseconds per page vs CPU threads",
+            &curves,
+        ),
+    ) {
         Ok(()) => println!("plot: {}", path.display()),
         Err(e) => eprintln!("svm-bench: writing {}: {e}", path.display()),
     }
@@ -216,28 +287,60 @@ fn svg_plot(title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> String {
     s += &format!("<line x1='{m}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{m}' y1='{m}' x2='{m}' y2='{}' stroke='black'/>\n", h - m, w - m, h - m, h - m);
     for i in 0..=4 {
         let v = ymax * i as f64 / 4.0;
-        s += &format!("<text x='{}' y='{}' text-anchor='end'>{v:.2}</text>\n", m - 6.0, y(v) + 4.0);
+        s += &format!(
+            "<text x='{}' y='{}' text-anchor='end'>{v:.2}</text>\n",
+            m - 6.0,
+            y(v) + 4.0
+        );
     }
     for c in curves {
         for (t, _) in &c.1 {
-            s += &format!("<text x='{}' y='{}' text-anchor='middle'>{t}</text>\n", x(*t), h - m + 16.0);
+            s += &format!(
+                "<text x='{}' y='{}' text-anchor='middle'>{t}</text>\n",
+                x(*t),
+                h - m + 16.0
+            );
         }
     }
-    s += &format!("<text x='{}' y='{}' text-anchor='middle'>CPU threads</text>\n", w / 2.0, h - 14.0);
+    s += &format!(
+        "<text x='{}' y='{}' text-anchor='middle'>CPU threads</text>\n",
+        w / 2.0,
+        h - 14.0
+    );
     for (i, (name, points)) in curves.iter().enumerate() {
         let color = ["#888888", "#c0392b", "#2471a3"][i % 3];
-        let path: Vec<String> = points.iter().map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b))).collect();
-        s += &format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n", path.join(" "));
+        let path: Vec<String> = points
+            .iter()
+            .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
+            .collect();
+        s += &format!(
+            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n",
+            path.join(" ")
+        );
         for (a, b) in points {
-            s += &format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>\n", x(*a), y(*b));
+            s += &format!(
+                "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>\n",
+                x(*a),
+                y(*b)
+            );
         }
-        s += &format!("<text x='{}' y='{}' fill='{color}'>{name}</text>\n", w - m - 110.0, m + 16.0 * i as f64);
+        s += &format!(
+            "<text x='{}' y='{}' fill='{color}'>{name}</text>\n",
+            w - m - 110.0,
+            m + 16.0 * i as f64
+        );
     }
     s + "</svg>\n"
 }
 
 fn main() {
-    println!("# svm-bench on {} cores ({})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), std::env::consts::ARCH);
+    println!(
+        "# svm-bench on {} cores ({})",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::env::consts::ARCH
+    );
     let only = std::env::args().nth(1);
     if only.as_deref() == Some("herd") {
         herd_side_by_side();

@@ -84,13 +84,26 @@ fn main() {
         return;
     }
     if a.client_badge.len() != a.client_fd.len() {
-        eprintln!("xe-svm: {} --client-fd but {} --client-badge", a.client_fd.len(), a.client_badge.len());
+        eprintln!(
+            "xe-svm: {} --client-fd but {} --client-badge",
+            a.client_fd.len(),
+            a.client_badge.len()
+        );
         std::process::exit(2);
     }
-    if let (false, Some(migrate), Some(notify)) = (a.client_fd.is_empty(), a.migrate_fd, a.notify_fd) {
+    if let (false, Some(migrate), Some(notify)) =
+        (a.client_fd.is_empty(), a.migrate_fd, a.notify_fd)
+    {
         let dev = Device::new(Arc::new(bar));
-        let pressure = a.pressure_fd.map(|fd| Client::new(endpoint(fd)).with_timeout(std::time::Duration::from_secs(10)));
-        let server = match GpuServer::new(dev.clone(), Client::new(endpoint(migrate)), pressure, a.bo_pool_mib << 20) {
+        let pressure = a
+            .pressure_fd
+            .map(|fd| Client::new(endpoint(fd)).with_timeout(std::time::Duration::from_secs(10)));
+        let server = match GpuServer::new(
+            dev.clone(),
+            Client::new(endpoint(migrate)),
+            pressure,
+            a.bo_pool_mib << 20,
+        ) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("xe-svm: {e}");
@@ -99,19 +112,43 @@ fn main() {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let pump = dev.clone();
-        std::thread::Builder::new().name("xe-svm-guc".into()).spawn(move || pump.pump(tx)).expect("spawning at boot");
+        std::thread::Builder::new()
+            .name("xe-svm-guc".into())
+            .spawn(move || pump.pump(tx))
+            .expect("spawning at boot");
         let worker = (*server).clone();
-        std::thread::Builder::new().name("xe-svm-faults".into()).spawn(move || worker.fault_worker(rx)).expect("spawning at boot");
+        std::thread::Builder::new()
+            .name("xe-svm-faults".into())
+            .spawn(move || worker.fault_worker(rx))
+            .expect("spawning at boot");
         // Rule 9: the notifier has its own endpoint and threads.
         let notify_rights = Rights::from_bits_truncate(a.notify_rights);
-        ipc_protocol::server::spawn::<GpuNotify, _>("xe-svm-notify", endpoint(notify), Capability::new(2, notify_rights), server.clone(), 4);
+        ipc_protocol::server::spawn::<GpuNotify, _>(
+            "xe-svm-notify",
+            endpoint(notify),
+            Capability::new(2, notify_rights),
+            server.clone(),
+            4,
+        );
         if let Some(fd) = a.shrink_fd {
             let rights = Rights::from_bits_truncate(a.shrink_rights);
-            ipc_protocol::server::spawn::<GpuShrink, _>("xe-svm-shrink", endpoint(fd), Capability::new(3, rights), server.clone(), 2);
+            ipc_protocol::server::spawn::<GpuShrink, _>(
+                "xe-svm-shrink",
+                endpoint(fd),
+                Capability::new(3, rights),
+                server.clone(),
+                2,
+            );
         }
         let client_rights = Rights::from_bits_truncate(a.client_rights);
         for (fd, badge) in a.client_fd.iter().zip(&a.client_badge) {
-            ipc_protocol::server::spawn::<Gpu, _>(&format!("xe-svm-gpu{badge}"), endpoint(*fd), Capability::new(*badge, client_rights), server.clone(), 4);
+            ipc_protocol::server::spawn::<Gpu, _>(
+                &format!("xe-svm-gpu{badge}"),
+                endpoint(*fd),
+                Capability::new(*badge, client_rights),
+                server.clone(),
+                4,
+            );
         }
         println!("xe-svm: serving");
     }
