@@ -1,0 +1,262 @@
+//! A session's handle table: entries by generation-tagged [`Handle`], at
+//! most a budgeted number of them, stored in the server's metadata arena.
+//!
+//! Growth goes through `try_reserve`, so a full arena or an exhausted
+//! metadata quota is [`TableError::OutOfMetadata`], and the entry limit
+//! (the client's budget for this kind of entry) is [`TableError::Full`];
+//! neither ever panics or aborts.
+
+use allocator_api2::alloc::Allocator;
+use allocator_api2::vec::Vec;
+
+use crate::handle::{next_generation, Handle, MAX_SLOTS};
+
+/// Why an entry could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableError {
+    /// The session's budget for these entries is used up.
+    Full,
+    /// The metadata arena (or the session's metadata quota) is exhausted.
+    OutOfMetadata,
+}
+
+enum Slot<T> {
+    /// Free; the next entry here gets `next_generation(generation)`.
+    Free {
+        generation: u32,
+    },
+    Used {
+        generation: u32,
+        value: T,
+    },
+}
+
+/// Entries by handle, at most `limit` of them.
+pub struct HandleTable<T, A: Allocator + Clone> {
+    slots: Vec<Slot<T>, A>,
+    /// Indices of free slots, reused before the table grows.
+    free: Vec<u32, A>,
+    len: usize,
+    limit: usize,
+}
+
+impl<T, A: Allocator + Clone> HandleTable<T, A> {
+    /// An empty table that will hold at most `limit` entries.
+    pub fn new_in(limit: usize, alloc: A) -> Self {
+        Self {
+            slots: Vec::new_in(alloc.clone()),
+            free: Vec::new_in(alloc),
+            len: 0,
+            limit: limit.min(MAX_SLOTS as usize),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Adds `value`; returns its new handle.
+    pub fn insert(&mut self, value: T) -> Result<Handle, TableError> {
+        if self.len >= self.limit {
+            return Err(TableError::Full);
+        }
+        // Room in `free` for every slot (this one included) to be removed
+        // again, so `remove` never needs to allocate.
+        let room = (self.slots.len() + 1).saturating_sub(self.free.len());
+        self.free
+            .try_reserve(room)
+            .map_err(|_| TableError::OutOfMetadata)?;
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots
+                    .try_reserve(1)
+                    .map_err(|_| TableError::OutOfMetadata)?;
+                self.slots.push(Slot::Free { generation: 0 });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        let generation = match slot {
+            Slot::Free { generation } => next_generation(*generation),
+            Slot::Used { .. } => unreachable!("a free-list index names a used slot"),
+        };
+        *slot = Slot::Used { generation, value };
+        self.len += 1;
+        Ok(Handle::new(index, generation))
+    }
+
+    pub fn get(&self, h: Handle) -> Option<&T> {
+        match self.slots.get(h.index() as usize)? {
+            Slot::Used { generation, value } if *generation == h.generation() => Some(value),
+            _ => None,
+        }
+    }
+
+    pub fn get_mut(&mut self, h: Handle) -> Option<&mut T> {
+        match self.slots.get_mut(h.index() as usize)? {
+            Slot::Used { generation, value } if *generation == h.generation() => Some(value),
+            _ => None,
+        }
+    }
+
+    pub fn contains(&self, h: Handle) -> bool {
+        self.get(h).is_some()
+    }
+
+    /// Removes the entry `h` names; its slot's next entry gets a new
+    /// generation, so `h` names nothing from now on.
+    pub fn remove(&mut self, h: Handle) -> Option<T> {
+        let slot = self.slots.get_mut(h.index() as usize)?;
+        let generation = match slot {
+            Slot::Used { generation, .. } if *generation == h.generation() => *generation,
+            _ => return None,
+        };
+        let Slot::Used { value, .. } = core::mem::replace(slot, Slot::Free { generation }) else {
+            return None;
+        };
+        // Capacity was reserved by `insert`: this push never allocates.
+        self.free.push(h.index());
+        self.len -= 1;
+        Some(value)
+    }
+
+    /// Every entry with its handle.
+    pub fn iter(&self) -> impl Iterator<Item = (Handle, &T)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| match s {
+            Slot::Used { generation, value } => Some((Handle::new(i as u32, *generation), value)),
+            Slot::Free { .. } => None,
+        })
+    }
+
+    /// The handle of the first entry `pred` accepts.
+    pub fn find(&self, mut pred: impl FnMut(&T) -> bool) -> Option<Handle> {
+        self.iter().find(|(_, v)| pred(v)).map(|(h, _)| h)
+    }
+
+    /// Removes every entry (a session's end), calling `f` on each.
+    pub fn drain(&mut self, mut f: impl FnMut(Handle, T)) {
+        let handles: alloc::vec::Vec<Handle> = self.iter().map(|(h, _)| h).collect();
+        for h in handles {
+            if let Some(v) = self.remove(h) {
+                f(h, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arena::{Arena, Meta};
+    use crate::budget::Quota;
+    use alloc::sync::Arc;
+    use allocator_api2::alloc::Global;
+    use proptest::prelude::*;
+
+    #[test]
+    fn stale_and_guessed_handles_name_nothing() {
+        let mut t: HandleTable<&str, Global> = HandleTable::new_in(4, Global);
+        let a = t.insert("a").unwrap();
+        assert_eq!(t.get(a), Some(&"a"));
+        assert_eq!(t.remove(a), Some("a"));
+        let b = t.insert("b").unwrap();
+        assert_eq!(a.index(), b.index(), "the slot is reused");
+        assert_eq!(t.get(a), None, "a stale handle does not name the new entry");
+        assert_eq!(t.remove(a), None);
+        assert_eq!(t.get(Handle::from_raw(0)), None, "id 0 is never valid");
+        assert_eq!(
+            t.get(Handle::from_raw(b.raw() ^ (1 << 20))),
+            None,
+            "a guessed generation"
+        );
+        assert_eq!(
+            t.get(Handle::from_raw(b.raw() + 1)),
+            None,
+            "a guessed index"
+        );
+    }
+
+    #[test]
+    fn the_limit_is_the_budget() {
+        let mut t: HandleTable<u32, Global> = HandleTable::new_in(2, Global);
+        let a = t.insert(1).unwrap();
+        t.insert(2).unwrap();
+        assert_eq!(t.insert(3), Err(TableError::Full));
+        t.remove(a);
+        assert!(
+            t.insert(3).is_ok(),
+            "a removed entry frees its place in the budget"
+        );
+    }
+
+    #[test]
+    fn generations_wrap_without_issuing_zero() {
+        let mut t: HandleTable<u32, Global> = HandleTable::new_in(1, Global);
+        for _ in 0..(crate::handle::MAX_GENERATION * 2 + 3) {
+            let h = t.insert(7).unwrap();
+            assert_ne!(h.generation(), 0);
+            assert_ne!(h.raw(), 0);
+            t.remove(h).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_exhausted_arena_is_out_of_metadata() {
+        let arena = Arena::new(8 << 10).unwrap();
+        let meta = Meta::new(arena, Arc::new(Quota::new(4 << 10)));
+        let mut t: HandleTable<[u64; 16], Meta> = HandleTable::new_in(1 << 20, meta);
+        let mut n = 0;
+        let err = loop {
+            match t.insert([0; 16]) {
+                Ok(_) => n += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, TableError::OutOfMetadata);
+        assert!(n > 0);
+        t.drain(|_, _| {});
+        assert!(t.is_empty());
+    }
+
+    proptest! {
+        /// Any sequence of inserts and removes: live handles name their
+        /// values, removed ones name nothing, the count never passes the limit.
+        #[test]
+        fn handles_stay_exact(ops in proptest::collection::vec((any::<bool>(), 0usize..8), 1..200)) {
+            let mut t: HandleTable<u32, Global> = HandleTable::new_in(5, Global);
+            let mut live: alloc::vec::Vec<(Handle, u32)> = alloc::vec::Vec::new();
+            let mut dead: alloc::vec::Vec<Handle> = alloc::vec::Vec::new();
+            for (n, (insert, pick)) in ops.into_iter().enumerate() {
+                if insert {
+                    match t.insert(n as u32) {
+                        Ok(h) => live.push((h, n as u32)),
+                        Err(e) => {
+                            prop_assert_eq!(e, TableError::Full);
+                            prop_assert_eq!(live.len(), 5);
+                        }
+                    }
+                } else if !live.is_empty() {
+                    let (h, v) = live.remove(pick % live.len());
+                    prop_assert_eq!(t.remove(h), Some(v));
+                    dead.push(h);
+                }
+                for (h, v) in &live {
+                    prop_assert_eq!(t.get(*h), Some(v));
+                }
+                for h in &dead {
+                    prop_assert!(t.get(*h).is_none());
+                }
+                prop_assert_eq!(t.len(), live.len());
+            }
+        }
+    }
+}
