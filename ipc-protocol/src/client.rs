@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::frame::{encode_message, encode_raw, ErrorPayload, Header};
 use crate::transport::{Received, Transport, TransportError};
-use crate::{Call, Frame, Interface, Kind, Message, ProtocolError, Rights};
+use crate::{Call, Control, Frame, Interface, Kind, Message, ProtocolError, Rights};
 
 /// Why a call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,11 @@ struct Pending {
     /// Calls waiting for a reply.
     waiting: HashSet<u64>,
     replies: HashMap<u64, Received>,
+    /// Calls that were waiting when the server announced a restart: their
+    /// request may have died with the old process (the new generation).
+    restarted: HashMap<u64, u32>,
+    /// The server's generation as last announced (0: never announced).
+    generation: u32,
     /// A thread is inside `transport.recv`.
     reading: bool,
     dead: Option<TransportError>,
@@ -87,13 +92,60 @@ impl<I: Interface> Client<I> {
     }
 
     /// Calls `req` and returns its typed reply.
-    pub fn call<C: Call<Interface = I>>(&self, req: C) -> Result<C::Reply, CallError<I::Error>> {
+    pub fn call<C: Call<Interface = I> + Clone>(
+        &self,
+        req: C,
+    ) -> Result<C::Reply, CallError<I::Error>> {
         self.call_with_handles(req, Vec::new())
             .map(|(reply, _)| reply)
     }
 
     /// Calls `req` passing `handles`, returning the reply and its handles.
-    pub fn call_with_handles<C: Call<Interface = I>>(
+    ///
+    /// When the server restarts before answering, the call fails with
+    /// `Transport(PeerRestarted)`, unless the call is idempotent and passes
+    /// no handles: then it is sent again, a few times at most.
+    pub fn call_with_handles<C: Call<Interface = I> + Clone>(
+        &self,
+        req: C,
+        handles: Vec<OwnedFd>,
+    ) -> Result<(C::Reply, Vec<OwnedFd>), CallError<I::Error>> {
+        if !(C::IDEMPOTENT && C::HANDLES_IN == 0) {
+            return self.call_once(req, handles);
+        }
+        let mut tries = 0;
+        loop {
+            match self.call_once(req.clone(), Vec::new()) {
+                Err(CallError::Transport(TransportError::PeerRestarted(g)))
+                    if tries < RESTART_RETRIES =>
+                {
+                    log::info!(
+                        "{}: {} retried after a restart (generation {g})",
+                        I::NAME,
+                        C::NAME
+                    );
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The server's generation as it last announced it (0: never).
+    pub fn generation(&self) -> u32 {
+        lock(&self.pending).generation
+    }
+
+    /// Tells the server at the other end that this process was restarted
+    /// and is now `generation` (a server restarted by `init` announces it
+    /// on the endpoints it calls): the server drops what the old process
+    /// left in its session.
+    pub fn announce_restart(&self, generation: u32) -> Result<(), TransportError> {
+        self.transport
+            .send(&Control::Restarted { generation }.encode(I::ID), Vec::new())
+    }
+
+    fn call_once<C: Call<Interface = I>>(
         &self,
         req: C,
         handles: Vec<OwnedFd>,
@@ -177,6 +229,10 @@ impl<I: Interface> Client<I> {
                 p.waiting.remove(&id);
                 return Ok(r);
             }
+            if let Some(g) = p.restarted.remove(&id) {
+                p.waiting.remove(&id);
+                return Err(TransportError::PeerRestarted(g));
+            }
             if let Some(e) = p.dead {
                 p.waiting.remove(&id);
                 return Err(e);
@@ -194,6 +250,7 @@ impl<I: Interface> Client<I> {
                 p = lock(&self.pending);
                 p.reading = false;
                 match res {
+                    Ok(r) if is_control(&r) => self.on_control(&mut p, &r),
                     Ok(r) => {
                         let rid = Header::peek_request_id(&r.bytes);
                         if p.waiting.contains(&rid) {
@@ -220,6 +277,35 @@ impl<I: Interface> Client<I> {
                     }
                 };
             }
+        }
+    }
+}
+
+/// Times an idempotent call is sent again after its server restarted.
+const RESTART_RETRIES: u32 = 3;
+
+fn is_control(r: &Received) -> bool {
+    r.bytes.get(10) == Some(&(Kind::Control as u8))
+}
+
+impl<I: Interface> Client<I> {
+    /// A control frame from the server: a restart fails every call still
+    /// waiting (its request may have died with the old process).
+    fn on_control(&self, p: &mut Pending, r: &Received) {
+        let control = Frame::parse(&r.bytes, r.handles.len()).and_then(|f| Control::decode(&f));
+        match control {
+            Ok(Control::Restarted { generation }) => {
+                log::info!(
+                    "{}: the server restarted (generation {generation})",
+                    I::NAME
+                );
+                p.generation = generation;
+                let waiting: Vec<u64> = p.waiting.iter().copied().collect();
+                for id in waiting.into_iter().filter(|id| !p.replies.contains_key(id)) {
+                    p.restarted.insert(id, generation);
+                }
+            }
+            Err(e) => log::warn!("{}: dropping a malformed control frame: {e:?}", I::NAME),
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum Kind {
     Reply = 2,
     Error = 3,
     Notification = 4,
+    /// About the link itself, not a message of its interface: see [`Control`].
+    Control = 5,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             2 => Self::Reply,
             3 => Self::Error,
             4 => Self::Notification,
+            5 => Self::Control,
             _ => return None,
         })
     }
@@ -126,6 +129,59 @@ impl<'a> Frame<'a> {
             header,
             payload: body,
         })
+    }
+}
+
+/// A control frame (kind 5): news about the endpoint rather than a message
+/// of its interface. Its opcode says which; request id 0, no handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Opcode 1, payload `generation: u32`. The process at the other end of
+    /// this endpoint was restarted and is now generation `generation`
+    /// (1 at first boot). Whatever it was doing for this endpoint is gone:
+    /// a call waiting for its reply fails with `PeerRestarted` (an
+    /// idempotent one may be sent again); a server drops the session of
+    /// the restarted client, as if it had disconnected.
+    Restarted { generation: u32 },
+}
+
+impl Control {
+    pub const RESTARTED: u16 = 1;
+
+    /// The whole frame, on an endpoint of interface `interface`.
+    pub fn encode(&self, interface: u16) -> Vec<u8> {
+        match *self {
+            Self::Restarted { generation } => {
+                let mut w = Writer::new();
+                generation.encode(&mut w);
+                encode_raw(
+                    interface,
+                    Self::RESTARTED,
+                    Kind::Control,
+                    0,
+                    0,
+                    &w.into_bytes(),
+                )
+            }
+        }
+    }
+
+    /// The control message of a checked frame of kind [`Kind::Control`].
+    pub fn decode(frame: &Frame<'_>) -> Result<Self, ProtocolError> {
+        if frame.header.kind != Kind::Control || frame.header.handles != 0 {
+            return Err(ProtocolError::BadKind);
+        }
+        let mut r = Reader::new(frame.payload);
+        let c = match frame.header.opcode {
+            Self::RESTARTED => Self::Restarted {
+                generation: u32::decode(&mut r)?,
+            },
+            _ => return Err(ProtocolError::UnknownOpcode),
+        };
+        if r.remaining() != 0 {
+            return Err(ProtocolError::TrailingBytes);
+        }
+        Ok(c)
     }
 }
 

@@ -16,7 +16,7 @@
 //! | 4 | 2 | protocol version (1) |
 //! | 6 | 2 | interface id |
 //! | 8 | 2 | opcode (request/notification: the operation; reply and error: the request's) |
-//! | 10 | 1 | kind: 1 request, 2 reply, 3 error, 4 notification |
+//! | 10 | 1 | kind: 1 request, 2 reply, 3 error, 4 notification, 5 control ([`Control`]) |
 //! | 11 | 1 | number of passed handles (file descriptors), at most [`MAX_HANDLES`] |
 //! | 12 | 4 | payload length in bytes, at most [`MAX_PAYLOAD`] |
 //! | 16 | 8 | request id (chosen by the caller, echoed in the reply; 0 for notifications) |
@@ -57,7 +57,7 @@ pub mod transport;
 
 pub use error::{ErrorClass, ProtocolError, WireError};
 pub use frame::{
-    Frame, Header, Kind, HEADER_LEN, MAGIC, MAX_FRAME, MAX_HANDLES, MAX_PAYLOAD, VERSION,
+    Control, Frame, Header, Kind, HEADER_LEN, MAGIC, MAX_FRAME, MAX_HANDLES, MAX_PAYLOAD, VERSION,
 };
 pub use rights::{Badge, Capability, Rights};
 pub use wire::{Call, Interface, Message, Reader, Wire, Writer};

@@ -132,8 +132,22 @@ macro_rules! wire_newtype {
     };
 }
 
+/// A call marked `idempotent` in its interface may be sent again when its
+/// server restarted before answering (the client stub retries it).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __idempotent {
+    () => {
+        false
+    };
+    (idempotent) => {
+        true
+    };
+}
+
 /// Describes one interface: its id, its error enum, its calls (opcode,
-/// request message, handles in, reply message, handles out, rights needed)
+/// request message, handles in, reply message, handles out, rights needed,
+/// and `, idempotent` when sending it twice has the effect of sending it once)
 /// and its one-way notifications. Generates the `Request`, `Reply` and error
 /// enums, their codecs, and a [`crate::Call`] impl per request.
 #[macro_export]
@@ -143,7 +157,7 @@ macro_rules! interface {
         interface $iface:ident = $id:literal;
         $(#[$em:meta])*
         errors $err:ident { $( $(#[$evm:meta])* $ev:ident = $ec:literal ),+ $(,)? }
-        calls { $( $(#[$cm:meta])* $op:literal => $req:ident [$hin:literal] -> $rep:ident [$hout:literal] needs $($right:ident)|+ ; )+ }
+        calls { $( $(#[$cm:meta])* $op:literal => $req:ident [$hin:literal] -> $rep:ident [$hout:literal] needs $($right:ident)|+ $(, $idem:ident)? ; )+ }
         notifications { $( $(#[$nm:meta])* $nop:literal => $note:ident [$nhin:literal] needs $($nright:ident)|+ ; )* }
     ) => {
         $(#[$im])*
@@ -339,6 +353,7 @@ macro_rules! interface {
                 const HANDLES_IN: usize = $hin;
                 const HANDLES_OUT: usize = $hout;
                 const ONE_WAY: bool = false;
+                const IDEMPOTENT: bool = $crate::__idempotent!($($idem)?);
                 #[allow(unreachable_patterns)]
                 fn reply_from(reply: Reply) -> Option<$rep> {
                     match reply {
@@ -366,6 +381,7 @@ macro_rules! interface {
                 const HANDLES_IN: usize = $nhin;
                 const HANDLES_OUT: usize = 0;
                 const ONE_WAY: bool = true;
+                const IDEMPOTENT: bool = false;
                 fn reply_from(_: Reply) -> Option<()> {
                     None
                 }

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use crate::frame::{encode_message, encode_raw, ErrorPayload, Header};
 use crate::transport::{Received, Transport, TransportError};
-use crate::{Capability, Frame, Interface, Kind, Message, ProtocolError};
+use crate::{Capability, Control, Frame, Interface, Kind, Message, ProtocolError};
 
 /// A server core's dispatch for interface `I`.
 pub trait Handler<I: Interface>: Send + Sync + 'static {
@@ -27,6 +27,29 @@ pub trait Handler<I: Interface>: Send + Sync + 'static {
     /// The endpoint's peer is gone (it exited or crashed): release what
     /// it held. Called once per endpoint, after its last request.
     fn disconnected(&self, _caller: &Capability) {}
+
+    /// The process calling on this endpoint was restarted (its
+    /// `Control::Restarted` arrived): what the old process held here is
+    /// nobody's now. The endpoint stays open: the new process calls on it.
+    /// By default the same release as a disconnection.
+    fn peer_restarted(&self, caller: &Capability, generation: u32) {
+        log::info!(
+            "{}: {:?} restarted (generation {generation})",
+            I::NAME,
+            caller.badge
+        );
+        self.disconnected(caller);
+    }
+}
+
+/// Tells the process at the other end of a served endpoint that this
+/// server was restarted and is now `generation`: its calls still waiting
+/// fail with `PeerRestarted` (idempotent ones are sent again).
+pub fn announce_restart<I: Interface>(
+    transport: &dyn Transport,
+    generation: u32,
+) -> Result<(), TransportError> {
+    transport.send(&Control::Restarted { generation }.encode(I::ID), Vec::new())
 }
 
 /// What to send back for one received frame (`None`: a notification).
@@ -63,6 +86,17 @@ pub fn dispatch<I: Interface, H: Handler<I> + ?Sized>(
     let one_way = match frame.header.kind {
         Kind::Request => false,
         Kind::Notification => true,
+        Kind::Control => {
+            match Control::decode(&frame) {
+                Ok(Control::Restarted { generation }) => handler.peer_restarted(caller, generation),
+                Err(e) => log::warn!(
+                    "{}: bad control frame from {:?}: {e:?}",
+                    I::NAME,
+                    caller.badge
+                ),
+            }
+            return None;
+        }
         _ => return fail(ErrorPayload::Protocol(ProtocolError::BadKind)),
     };
     let req = match I::Request::decode_payload(frame.header.opcode, frame.payload, rx.handles.len())

@@ -236,6 +236,9 @@ pub trait Call: Wire + Into<<Self::Interface as Interface>::Request> {
     const HANDLES_OUT: usize;
     /// `true` for a one-way notification (no reply is sent).
     const ONE_WAY: bool;
+    /// Sending it twice has the effect of sending it once: a client stub
+    /// may send it again when the server restarted before answering.
+    const IDEMPOTENT: bool;
     fn reply_from(reply: <Self::Interface as Interface>::Reply) -> Option<Self::Reply>;
 }
 

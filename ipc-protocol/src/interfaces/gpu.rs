@@ -143,12 +143,12 @@ interface! {
         3 => BindView [0] -> Done [0] needs GPU_VM;
         4 => Unbind [0] -> Done [0] needs GPU_VM;
         5 => Submit [0] -> Submitted [0] needs GPU_SUBMIT;
-        6 => Wait [0] -> JobDone [0] needs GPU_SUBMIT;
+        6 => Wait [0] -> JobDone [0] needs GPU_SUBMIT, idempotent;
         7 => CreateBo [0] -> BoCreated [0] needs GPU_BO;
         8 => MapBo [0] -> Done [0] needs GPU_BO;
         9 => DestroyBo [0] -> Done [0] needs GPU_BO;
-        10 => Stats [0] -> GpuStats [0] needs GPU_STATS;
-        11 => ReadBo [0] -> BoData [1] needs GPU_BO;
+        10 => Stats [0] -> GpuStats [0] needs GPU_STATS, idempotent;
+        11 => ReadBo [0] -> BoData [1] needs GPU_BO, idempotent;
     }
     notifications {}
 }

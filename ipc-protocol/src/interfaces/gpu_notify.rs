@@ -106,11 +106,11 @@ interface! {
         NoStaging = 4,
     }
     calls {
-        1 => Invalidate [0] -> Invalidated [0] needs NOTIFY;
+        1 => Invalidate [0] -> Invalidated [0] needs NOTIFY, idempotent;
         2 => MigrateToRam [0] -> MigratedToRam [0] needs NOTIFY;
-        3 => FreePages [0] -> Freed [0] needs NOTIFY;
-        4 => AttachStaging [1] -> Done [0] needs NOTIFY;
-        5 => ViewGone [0] -> Unbound [0] needs NOTIFY;
+        3 => FreePages [0] -> Freed [0] needs NOTIFY, idempotent;
+        4 => AttachStaging [1] -> Done [0] needs NOTIFY, idempotent;
+        5 => ViewGone [0] -> Unbound [0] needs NOTIFY, idempotent;
         6 => ViewCopied [0] -> Copied [0] needs NOTIFY;
     }
     notifications {}

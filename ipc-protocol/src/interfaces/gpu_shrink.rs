@@ -31,7 +31,7 @@ interface! {
     }
     calls {
         1 => Shrink [0] -> Shrunk [0] needs SHRINK;
-        2 => Usage [0] -> VramUsage [0] needs SHRINK;
+        2 => Usage [0] -> VramUsage [0] needs SHRINK, idempotent;
     }
     notifications {}
 }

@@ -111,9 +111,9 @@ interface! {
         2 => DestroyObject [0] -> Done [0] needs OBJECT;
         3 => AttachView [1] -> ViewAttached [0] needs VIEW;
         4 => DetachView [0] -> Done [0] needs VIEW;
-        5 => Advise [0] -> Done [0] needs ADVISE;
+        5 => Advise [0] -> Done [0] needs ADVISE, idempotent;
         6 => Prefetch [0] -> Prefetched [0] needs ADVISE;
-        7 => Snapshot [0] -> PageStates [0] needs SNAPSHOT;
+        7 => Snapshot [0] -> PageStates [0] needs SNAPSHOT, idempotent;
     }
     notifications {}
 }

@@ -94,8 +94,8 @@ interface! {
         Host = 6,
     }
     calls {
-        1 => OpenView [0] -> ViewOpened [1] needs MIGRATE;
-        2 => GetPages [0] -> Pages [0] needs MIGRATE;
+        1 => OpenView [0] -> ViewOpened [1] needs MIGRATE, idempotent;
+        2 => GetPages [0] -> Pages [0] needs MIGRATE, idempotent;
         3 => Collect [0] -> Collected [0] needs MIGRATE;
         4 => Finalize [0] -> Finalized [0] needs MIGRATE;
     }

@@ -35,7 +35,7 @@ interface! {
     }
     calls {
         1 => Evict [0] -> Evicted [0] needs RECLAIM;
-        2 => Usage [0] -> SvmUsage [0] needs RECLAIM;
+        2 => Usage [0] -> SvmUsage [0] needs RECLAIM, idempotent;
     }
     notifications {}
 }

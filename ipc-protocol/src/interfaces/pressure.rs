@@ -70,7 +70,7 @@ interface! {
     calls {
         2 => Reserve [0] -> Reserved [0] needs PRESSURE_RESERVE;
         3 => Release [0] -> Done [0] needs PRESSURE_RESERVE;
-        4 => Status [0] -> PressureStatus [0] needs PRESSURE_STATUS;
+        4 => Status [0] -> PressureStatus [0] needs PRESSURE_STATUS, idempotent;
     }
     notifications {
         1 => ReportUsage [0] needs PRESSURE_REPORT;

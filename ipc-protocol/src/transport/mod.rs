@@ -30,6 +30,9 @@ pub enum TransportError {
     TimedOut,
     /// The host refused the operation (errno).
     Host(i32),
+    /// The peer process was restarted (it is now this generation) before
+    /// it answered: the call may or may not have taken effect.
+    PeerRestarted(u32),
 }
 
 impl std::fmt::Display for TransportError {
@@ -38,6 +41,7 @@ impl std::fmt::Display for TransportError {
             Self::Disconnected => write!(f, "peer disconnected"),
             Self::TimedOut => write!(f, "timed out"),
             Self::Host(e) => write!(f, "host error {}", rustix::io::Errno::from_raw_os_error(*e)),
+            Self::PeerRestarted(g) => write!(f, "peer restarted (now generation {g})"),
         }
     }
 }
