@@ -7,6 +7,7 @@ pub mod client;
 pub mod herd;
 pub mod manifest;
 pub mod oversub;
+pub mod process;
 pub mod race;
 pub mod supervisor;
 pub mod views;

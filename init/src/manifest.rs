@@ -48,6 +48,13 @@ pub struct Endpoint {
     pub per_client: bool,
 }
 
+/// Servers `init` starts again when they die (`process.rs`). The device
+/// model is hardware: it is never restarted. The GPU server and the pager
+/// join this list once they rebuild their state after a restart without
+/// losing a word (issue 14); until then their death is reported and the
+/// system stops.
+pub const RESTARTABLE: &[&str] = &["mm-server"];
+
 /// Start order: each process's servers exist before its clients call them.
 pub const START_ORDER: [&str; 4] = ["xe-model", "mm-server", "xe-svm", "pager"];
 

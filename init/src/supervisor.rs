@@ -8,12 +8,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hw::model::Config;
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::{gpu::Gpu, pager::Pager, pressure::Pressure};
 use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
+
+use crate::process::{Recipe, Supervised};
 
 #[derive(Debug)]
 pub enum BootError {
@@ -68,11 +70,6 @@ fn exe(name: &str) -> Result<PathBuf, BootError> {
     } else {
         Err(BootError::MissingExecutable(p))
     }
-}
-
-struct Server {
-    name: &'static str,
-    child: Child,
 }
 
 /// One client's connections: its `Gpu` and `Pager` endpoints.
@@ -164,9 +161,19 @@ impl ClientSlot {
     }
 }
 
-/// A booted system.
+/// A booted system: its servers under supervision ([`crate::process`]).
 pub struct System {
-    servers: Vec<Server>,
+    servers: Supervised,
+}
+
+/// What `init` does when a server dies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Supervision {
+    /// Start the restartable servers again (`manifest::RESTARTABLE`).
+    #[default]
+    Restart,
+    /// Restart nothing: a dead server is reported (tests of a dead peer).
+    Report,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -178,34 +185,14 @@ pub struct BootOptions {
     pub pager_args: Vec<String>,
     /// Client slots (each with its own badge); 0 means 1.
     pub clients: usize,
+    pub supervision: Supervision,
 }
 
-fn spawn(
-    name: &'static str,
-    exe: &Path,
-    args: &[String],
-    endpoints: &[(&OwnedFd, i32)],
-    lifeline: bool,
-) -> Result<Server, BootError> {
-    let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(if lifeline {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    // A terminal's Ctrl-C goes to init alone, which then stops the servers
-    // in order; without this the servers would die of SIGINT first.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let _held = pass_fds_to_child(&mut cmd, endpoints).map_err(|error| BootError::Spawn {
-        server: name,
-        error,
-    })?;
-    let child = cmd.spawn().map_err(|error| BootError::Spawn {
-        server: name,
-        error,
-    })?;
-    log::info!("init: started {name} (pid {})", child.id());
-    Ok(Server { name, child })
+/// A duplicate of an endpoint end, for a server's recipe.
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, BootError> {
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| BootError::Endpoint(e.to_string()))
 }
 
 fn endpoint_pair() -> Result<(OwnedFd, OwnedFd), BootError> {
@@ -251,8 +238,8 @@ impl System {
             };
             ends.push((0..n).map(|_| endpoint_pair()).collect::<Result<_, _>>()?);
         }
-        let mut system = Self {
-            servers: Vec::new(),
+        let system = Self {
+            servers: Supervised::new(),
         };
         for &process in started {
             let exe = match exe(process) {
@@ -269,12 +256,12 @@ impl System {
                 "pager" => opts.pager_args.clone(),
                 _ => Vec::new(),
             };
-            let mut fds: Vec<(&OwnedFd, i32)> = Vec::new();
+            let mut fds: Vec<(OwnedFd, i32)> = Vec::new();
             for (e, pairs) in MANIFEST.iter().zip(&ends) {
                 if e.server.process == process && !pairs.is_empty() {
                     for (slot, (server_end, _)) in pairs.iter().enumerate() {
                         let fd = client_fd(e.server.fd, slot);
-                        fds.push((server_end, fd));
+                        fds.push((dup(server_end)?, fd));
                         args.push(format!("{}={fd}", e.server.flag));
                         if e.per_client {
                             args.push(format!("--client-badge={}", client_badge(slot)));
@@ -293,16 +280,21 @@ impl System {
                     e.client.as_ref().filter(|c| c.process == process),
                     pairs.first(),
                 ) {
-                    fds.push((client_end, c.fd));
+                    fds.push((dup(client_end)?, c.fd));
                     args.push(format!("{}={}", c.flag, c.fd));
                 }
             }
-            match spawn(process, &exe, &args, &fds, process != "xe-model") {
-                Ok(s) => system.servers.push(s),
-                Err(e) => {
-                    system.shutdown();
-                    return Err(e);
-                }
+            let recipe = Recipe {
+                exe,
+                args,
+                fds,
+                lifeline: process != "xe-model",
+                restartable: opts.supervision == Supervision::Restart
+                    && crate::manifest::RESTARTABLE.contains(&process),
+            };
+            if let Err(e) = system.servers.start(process, recipe) {
+                system.shutdown();
+                return Err(e);
             }
         }
         if opts.probe_only {
@@ -353,89 +345,49 @@ impl System {
 
     /// Waits for `name` to exit on its own (a probe-only server).
     pub fn wait_for(&mut self, name: &str, timeout: Duration) -> Result<ExitStatus, BootError> {
-        let deadline = Instant::now() + timeout;
-        let server = self
-            .servers
-            .iter_mut()
-            .find(|s| s.name == name)
-            .ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
-        loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                return Err(BootError::KilledOnShutdown(server.name));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.servers.wait_for(name, timeout)
     }
 
-    /// Kills `name` with SIGKILL and reaps it (tests of a dead peer).
+    /// SIGKILLs `name` (a crash); a restartable server comes back as its
+    /// next generation ([`Self::wait_generation`]).
     pub fn kill(&mut self, name: &str) -> Result<(), BootError> {
-        let server = self
-            .servers
-            .iter_mut()
-            .find(|s| s.name == name)
-            .ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
-        let _ = server.child.kill();
-        let _ = server.child.wait();
-        Ok(())
+        self.servers.kill(name)
     }
 
-    /// Reports a server that died, if any.
+    /// The generation `name` runs as now (1 until its first restart).
+    pub fn generation(&self, name: &str) -> Option<u32> {
+        self.servers.generation(name)
+    }
+
+    /// Waits until `name` runs as generation `at_least` or later.
+    pub fn wait_generation(&self, name: &str, at_least: u32, timeout: Duration) -> bool {
+        self.servers.wait_generation(name, at_least, timeout)
+    }
+
+    /// Restarts so far, all servers together.
+    pub fn restarts(&self) -> u64 {
+        self.servers.restarts()
+    }
+
+    /// Reports a server that died and was not restarted, if any.
     pub fn check_alive(&mut self) -> Result<(), BootError> {
-        for s in self.servers.iter_mut() {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                return Err(BootError::ServerDied {
-                    server: s.name,
-                    status,
-                });
-            }
-        }
-        Ok(())
+        self.servers.check()
     }
 
-    /// Supervises until `stop` is set (Ctrl-C) or a server dies.
+    /// Supervises until `stop` is set (Ctrl-C) or a server dies for good
+    /// (restartable ones come back meanwhile).
     pub fn watch(&mut self, stop: &AtomicBool) -> Result<(), BootError> {
         while !stop.load(Ordering::Acquire) {
-            for s in self.servers.iter_mut() {
-                if let Ok(Some(status)) = s.child.try_wait() {
-                    return Err(BootError::ServerDied {
-                        server: s.name,
-                        status,
-                    });
-                }
-            }
+            self.servers.check()?;
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
     }
 
-    /// Stops every server: closes lifelines (GPU server first, whose exit
-    /// closes the device's control channel), waits, then kills stragglers.
-    pub fn shutdown(mut self) -> Vec<BootError> {
-        let mut errors = Vec::new();
-        for s in self.servers.iter_mut().rev() {
-            drop(s.child.stdin.take());
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match s.child.try_wait() {
-                    Ok(Some(status)) => {
-                        log::info!("init: {} stopped ({status})", s.name);
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    _ => {
-                        let _ = s.child.kill();
-                        let _ = s.child.wait();
-                        errors.push(BootError::KilledOnShutdown(s.name));
-                        break;
-                    }
-                }
-            }
-        }
-        errors
+    /// Stops every server: no more restarts, lifelines close in reverse
+    /// start order (GPU server first, whose exit closes the device's
+    /// control channel), then stragglers are killed.
+    pub fn shutdown(self) -> Vec<BootError> {
+        self.servers.shutdown()
     }
 }

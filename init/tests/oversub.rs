@@ -3,14 +3,19 @@
 //! faults, and a dead mm-server. Every word is checked in each.
 
 use init::oversub::{self, Config};
-use init::supervisor::{BootOptions, System};
+use init::supervisor::{BootOptions, Supervision, System};
 use ipc_protocol::interfaces::pressure::Status;
 
 fn boot(vram_mib: u64) -> (System, init::supervisor::Clients) {
+    boot_with(vram_mib, Supervision::Restart)
+}
+
+fn boot_with(vram_mib: u64, supervision: Supervision) -> (System, init::supervisor::Clients) {
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
     std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
     let mut opts = BootOptions::default();
     opts.device.vram_bytes = vram_mib << 20;
+    opts.supervision = supervision;
     let (s, c) = System::boot(&opts).unwrap();
     (s, c.unwrap())
 }
@@ -121,7 +126,8 @@ fn eviction_racing_cpu_and_gpu_faults_loses_nothing() {
 /// objects run from system memory, nothing hangs and nothing is lost.
 #[test]
 fn a_dead_mm_server_costs_speed_not_correctness() {
-    let (mut system, c) = boot(32);
+    // Not restarted here: this is about a broker that stays dead.
+    let (mut system, c) = boot_with(32, Supervision::Report);
     system.kill("mm-server").unwrap();
     let t0 = std::time::Instant::now();
     let r = oversub::run(
@@ -157,7 +163,7 @@ fn a_dead_gpu_server_hangs_neither_the_pager_nor_mm_server() {
     use ipc_protocol::interfaces::gpu::{BindView, CreateVm};
     use ipc_protocol::interfaces::pager::{DestroyObject, PagerError, Snapshot};
     use ipc_protocol::types::{KernelKind, PageCount, PageStateCode};
-    let (mut system, c) = boot(32);
+    let (mut system, c) = boot_with(32, Supervision::Report);
     let vm = c.gpu.call(CreateVm {}).unwrap().vm;
     let buf = SvmBuffer::new(&c.pager, 2 << 20).unwrap();
     c.gpu

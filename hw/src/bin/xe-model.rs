@@ -24,6 +24,9 @@ struct Args {
     /// Descriptor of the connected seqpacket control socket.
     #[arg(long, default_value_t = 3)]
     control_fd: i32,
+    /// The supervisor's start count (hardware is never restarted: always 1).
+    #[arg(long, default_value_t = 1)]
+    generation: u32,
 }
 
 fn main() {

@@ -45,11 +45,25 @@ struct Args {
     /// How long a call to the GPU server or the pager may take.
     #[arg(long, default_value_t = 10_000)]
     peer_timeout_ms: u64,
+    /// How many times init has started this server (1 at boot). A
+    /// restarted server announces its generation on every endpoint.
+    #[arg(long, default_value_t = 1)]
+    generation: u32,
 }
 
 fn endpoint(fd: i32) -> Arc<dyn Transport> {
     // SAFETY: init passed this descriptor to us and nothing else owns it.
     Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
+}
+
+/// A restarted server tells the process at the other end of a served
+/// endpoint, so its calls caught by the restart fail or are retried.
+fn announce<I: ipc_protocol::Interface>(t: &dyn Transport, generation: u32) {
+    if generation > 1 {
+        if let Err(e) = ipc_protocol::server::announce_restart::<I>(t, generation) {
+            log::warn!("mm-server: announcing generation {generation}: {e}");
+        }
+    }
 }
 
 fn main() {
@@ -67,26 +81,35 @@ fn main() {
         a.vram_bytes * a.low_watermark_pct / 100,
         a.vram_bytes * a.high_watermark_pct / 100,
     ));
+    let gpu = endpoint(a.gpu_fd);
+    announce::<Pressure>(&*gpu, a.generation);
     ipc_protocol::server::spawn::<Pressure, _>(
         "mm-gpu",
-        endpoint(a.gpu_fd),
+        gpu,
         Capability::new(1, Rights::from_bits_truncate(a.gpu_rights)),
         broker.clone(),
         4,
     );
     if let Some(fd) = a.status_fd {
+        let status = endpoint(fd);
+        announce::<Pressure>(&*status, a.generation);
         ipc_protocol::server::spawn::<Pressure, _>(
             "mm-status",
-            endpoint(fd),
+            status,
             Capability::new(2, Rights::from_bits_truncate(a.status_rights)),
             broker.clone(),
             1,
         );
     }
     if let (Some(shrink), Some(reclaim)) = (a.shrink_fd, a.reclaim_fd) {
+        let (shrink, reclaim) = (Client::new(endpoint(shrink)), Client::new(endpoint(reclaim)));
+        if a.generation > 1 {
+            let _ = shrink.announce_restart(a.generation);
+            let _ = reclaim.announce_restart(a.generation);
+        }
         let worlds = Arc::new(IpcWorlds::new(
-            Client::new(endpoint(shrink)),
-            Client::new(endpoint(reclaim)),
+            shrink,
+            reclaim,
             Duration::from_millis(a.peer_timeout_ms),
         ));
         let b = broker.clone();

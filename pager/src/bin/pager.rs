@@ -48,7 +48,11 @@ struct Args {
     threads_per_view: usize,
     /// Test only: break rule 8 (no invalidation before migrating back).
     #[arg(long, hide = true)]
-    unsafe_skip_invalidate: bool,
+    unsafe_skip_invalidate: bool,    /// How many times init has started this server (1 at boot). Not yet
+    /// restartable (`init/src/manifest.rs`, `RESTARTABLE`): it rebuilds
+    /// nothing after a restart, so init reports its death instead.
+    #[arg(long, default_value_t = 1)]
+    generation: u32,
 }
 
 fn endpoint(fd: i32) -> Arc<dyn Transport> {

@@ -55,7 +55,11 @@ struct Args {
     shrink_rights: u32,
     /// System memory for evicted buffer objects (sparse until used).
     #[arg(long, default_value_t = 1024)]
-    bo_pool_mib: u64,
+    bo_pool_mib: u64,    /// How many times init has started this server (1 at boot). Not yet
+    /// restartable (`init/src/manifest.rs`, `RESTARTABLE`): it rebuilds
+    /// nothing after a restart, so init reports its death instead.
+    #[arg(long, default_value_t = 1)]
+    generation: u32,
 }
 
 fn endpoint(fd: i32) -> Arc<dyn Transport> {

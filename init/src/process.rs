@@ -1,0 +1,332 @@
+//! Server processes under supervision, in the style of Hubris's supervisor:
+//! a server that dies is started again at once with the same endpoints
+//! and a higher generation, which it announces on every endpoint
+//! (`Control::Restarted`), so its peers and clients notice and drop or
+//! retry what the old process was doing.
+//!
+//! **Endpoints survive their server.** For a restartable server, `init`
+//! keeps a duplicate of every endpoint end the server holds (the ends it
+//! serves and the ends it calls on). While the server is down its peers'
+//! requests wait in the sockets, and the new process inherits the same
+//! sockets, so nobody has to be rewired. A server that is not restartable
+//! gets its ends without `init` keeping them: when it dies its peers see
+//! the endpoints close, as before.
+//!
+//! **Restart policy.** At most [`MAX_RESTARTS`] restarts of one server
+//! within [`RESTART_WINDOW`]; past that the server is reported dead and the
+//! system stops (a crash loop must not spin forever).
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipc_protocol::transport::pass_fds_to_child;
+
+use crate::supervisor::BootError;
+
+/// Restarts of one server allowed within [`RESTART_WINDOW`].
+pub const MAX_RESTARTS: usize = 20;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How often the watcher looks at its children.
+const POLL: Duration = Duration::from_millis(5);
+
+/// How to start a server (again).
+pub struct Recipe {
+    pub exe: PathBuf,
+    pub args: Vec<String>,
+    /// Each endpoint end and the descriptor number it gets in the child.
+    pub fds: Vec<(OwnedFd, i32)>,
+    /// Give it a lifeline on stdin (it stops when `init` goes).
+    pub lifeline: bool,
+    /// Start it again when it dies.
+    pub restartable: bool,
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    generation: u32,
+    recipe: Recipe,
+    restarts: VecDeque<Instant>,
+    /// Died and was not restarted (reported once).
+    dead: bool,
+}
+
+#[derive(Default)]
+struct State {
+    servers: Vec<Server>,
+    /// A server that died and was not (or could no more be) restarted.
+    died: Option<BootError>,
+    /// Restarts so far, all servers.
+    restarts: u64,
+    stopping: bool,
+}
+
+/// The running servers and the thread that watches them.
+pub struct Supervised {
+    state: Arc<(Mutex<State>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+fn start(name: &'static str, r: &Recipe, generation: u32) -> Result<Child, BootError> {
+    let mut cmd = Command::new(&r.exe);
+    cmd.args(&r.args)
+        .arg(format!("--generation={generation}"))
+        .stdin(if r.lifeline {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    // A terminal's Ctrl-C goes to init alone, which then stops the servers
+    // in order; without this the servers would die of SIGINT first.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let fds: Vec<(&OwnedFd, i32)> = r.fds.iter().map(|(fd, target)| (fd, *target)).collect();
+    let _held = pass_fds_to_child(&mut cmd, &fds).map_err(|error| BootError::Spawn {
+        server: name,
+        error,
+    })?;
+    let child = cmd.spawn().map_err(|error| BootError::Spawn {
+        server: name,
+        error,
+    })?;
+    log::info!(
+        "init: started {name} (pid {}, generation {generation})",
+        child.id()
+    );
+    Ok(child)
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Supervised {
+    pub fn new() -> Self {
+        let state = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (state.clone(), stop.clone());
+        let watcher = std::thread::Builder::new()
+            .name("init-supervisor".into())
+            .spawn(move || watch(&s, &st))
+            .ok();
+        Self {
+            state,
+            stop,
+            watcher,
+        }
+    }
+
+    /// Starts `name` (generation 1) and supervises it from now on. A
+    /// restartable server's recipe keeps its endpoint ends, so that
+    /// `init` holds them while it is down.
+    pub fn start(&self, name: &'static str, recipe: Recipe) -> Result<(), BootError> {
+        let child = start(name, &recipe, 1)?;
+        let recipe = if recipe.restartable {
+            recipe
+        } else {
+            Recipe {
+                fds: Vec::new(),
+                ..recipe
+            }
+        };
+        let server = Server {
+            name,
+            child,
+            generation: 1,
+            recipe,
+            restarts: VecDeque::new(),
+            dead: false,
+        };
+        lock(&self.state.0).servers.push(server);
+        Ok(())
+    }
+
+    /// Waits for `name` to exit on its own (a probe-only server).
+    pub fn wait_for(&self, name: &str, timeout: Duration) -> Result<ExitStatus, BootError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut st = lock(&self.state.0);
+                let s = st.servers.iter_mut().find(|s| s.name == name);
+                let s = s.ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
+                if let Ok(Some(status)) = s.child.try_wait() {
+                    return Ok(status);
+                }
+                if Instant::now() >= deadline {
+                    return Err(BootError::KilledOnShutdown(s.name));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILLs `name` (a crash, for tests and chaos runs); a restartable
+    /// server is started again by the watcher.
+    pub fn kill(&self, name: &str) -> Result<(), BootError> {
+        let mut st = lock(&self.state.0);
+        let s = st.servers.iter_mut().find(|s| s.name == name);
+        let s = s.ok_or_else(|| BootError::Endpoint(format!("no server {name}")))?;
+        let _ = s.child.kill();
+        Ok(())
+    }
+
+    /// The generation `name` runs as now.
+    pub fn generation(&self, name: &str) -> Option<u32> {
+        lock(&self.state.0)
+            .servers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.generation)
+    }
+
+    /// Waits until `name` runs as generation `at_least` or later.
+    pub fn wait_generation(&self, name: &str, at_least: u32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.state;
+        let mut st = lock(m);
+        loop {
+            if st
+                .servers
+                .iter()
+                .any(|s| s.name == name && s.generation >= at_least)
+            {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || st.died.is_some() {
+                return false;
+            }
+            st = cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Restarts so far (all servers).
+    pub fn restarts(&self) -> u64 {
+        lock(&self.state.0).restarts
+    }
+
+    /// A server that died and was not restarted, if any.
+    pub fn check(&self) -> Result<(), BootError> {
+        match lock(&self.state.0).died.as_ref() {
+            None => Ok(()),
+            Some(BootError::ServerDied { server, status }) => Err(BootError::ServerDied {
+                server,
+                status: *status,
+            }),
+            Some(e) => Err(BootError::Endpoint(e.to_string())),
+        }
+    }
+
+    /// Stops every server: no more restarts; lifelines close in reverse
+    /// start order (GPU server before the device model), then stragglers
+    /// are killed.
+    pub fn shutdown(mut self) -> Vec<BootError> {
+        lock(&self.state.0).stopping = true;
+        self.stop.store(true, Ordering::Release);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        let mut errors = Vec::new();
+        let mut st = lock(&self.state.0);
+        for s in st.servers.iter_mut().rev() {
+            drop(s.child.stdin.take());
+            if let Some(e) = reap(s.name, &mut s.child, Duration::from_secs(5)) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+impl Default for Supervised {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Waits up to `grace` for `child` to exit, then kills it.
+fn reap(name: &'static str, child: &mut Child, grace: Duration) -> Option<BootError> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                log::info!("init: {name} stopped ({status})");
+                return None;
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Some(BootError::KilledOnShutdown(name));
+            }
+        }
+    }
+}
+
+/// The watcher: restarts a restartable server that died (within the
+/// policy), records any other death.
+fn watch(state: &(Mutex<State>, Condvar), stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        {
+            let mut st = lock(&state.0);
+            if !st.stopping {
+                let st = &mut *st;
+                for s in st.servers.iter_mut().filter(|s| !s.dead) {
+                    if let Ok(Some(status)) = s.child.try_wait() {
+                        match restart(s, status) {
+                            Ok(()) => st.restarts += 1,
+                            Err(e) => {
+                                s.dead = true;
+                                st.died.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+                state.1.notify_all();
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Starts a dead server again, or says why not.
+fn restart(s: &mut Server, status: ExitStatus) -> Result<(), BootError> {
+    let died = BootError::ServerDied {
+        server: s.name,
+        status,
+    };
+    if !s.recipe.restartable {
+        log::error!("init: {} died ({status}) and is not restartable", s.name);
+        return Err(died);
+    }
+    let now = Instant::now();
+    while s
+        .restarts
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+    {
+        s.restarts.pop_front();
+    }
+    if s.restarts.len() >= MAX_RESTARTS {
+        log::error!(
+            "init: {} died {} times within {RESTART_WINDOW:?}; giving up",
+            s.name,
+            MAX_RESTARTS
+        );
+        return Err(died);
+    }
+    log::warn!("init: {} died ({status}); restarting it", s.name);
+    s.child = start(s.name, &s.recipe, s.generation + 1)?;
+    s.generation += 1;
+    s.restarts.push_back(now);
+    Ok(())
+}
