@@ -324,3 +324,35 @@ fn invalidations_are_not_held_up_by_a_waiting_batch_and_it_sees_the_new_page() {
         "the old page was never written"
     );
 }
+
+#[test]
+fn a_stopping_device_ends_a_batch_stalled_on_a_fault_at_once() {
+    use hw::bar::Bar;
+    use hw::xe::commands::{BatchSubmit, Command};
+    use hw::xe::layout::{self, Ring};
+    let (t, device) = hw::model::spawn_in_process(Config {
+        vram_bytes: VRAM,
+        hw_threads: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let bar = Bar::connect(t, Duration::from_secs(10)).unwrap();
+    let b = BatchSubmit {
+        job: 1,
+        asid: ASID,
+        batch_addr: VA,
+        fence_addr: 0,
+        fence_value: 0,
+    };
+    bar.submit(Ring::Compute, 1, &Command::Batch(b)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bar.reg(layout::REG_FAULTS_RAISED) == 0 {
+        assert!(Instant::now() < deadline, "the batch never faulted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Nobody answers the fault; the driver goes away.
+    let t0 = Instant::now();
+    drop(bar);
+    assert!(device.join().unwrap().is_ok());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}

@@ -104,12 +104,12 @@ mod tests {
         assert_eq!(check_batch(&req(0x7fff_0000_1000, 0)), Ok(()));
         assert_eq!(check_batch(&req(0x1004, 0x7fff_ffff_fff8)), Ok(()));
         let bad = [
-            (0x1002, 0),             // batch not dword aligned
-            (1 << 47, 0),            // batch above the user half
-            (u64::MAX & !3, 0),      // non-canonical
-            (0x1000, 0x2004),        // fence not qword aligned
-            (0x1000, 1 << 47),       // fence above the user half
-            (0x1000, u64::MAX & !7), // fence whose end overflows
+            (0x1002, 0),       // batch not dword aligned
+            (1 << 47, 0),      // batch above the user half
+            (!3, 0),           // non-canonical
+            (0x1000, 0x2004),  // fence not qword aligned
+            (0x1000, 1 << 47), // fence above the user half
+            (0x1000, !7),      // fence whose end overflows
         ];
         for (batch, fence) in bad {
             assert_eq!(

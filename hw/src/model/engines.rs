@@ -130,6 +130,12 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
 
     let result = dev.control_loop(&*control);
     dev.stop.store(true, Ordering::Release);
+    // Hardware threads stalled on a fault give up now, not at their timeout
+    // (the lock orders this wake after their check of `stop`).
+    for slot in &dev.slots {
+        let _held = slot.reply.lock().unwrap_or_else(|e| e.into_inner());
+        slot.arrived.notify_all();
+    }
     dev.regs
         .u32_at(layout::REG_RUNNING)
         .store(0, Ordering::Release);
@@ -351,6 +357,7 @@ impl Device {
             match *guard {
                 Some(true) => continue, // replay
                 Some(false) => return None,
+                None if self.stop.load(Ordering::Acquire) => return None,
                 None => {
                     log::error!("xe-model: no reply to a fault at {va:#x} (asid {asid})");
                     return None;
