@@ -314,9 +314,9 @@ impl CommandStreamer<'_> {
         })
     }
 
-    /// Runs `f` on the `bytes` at `va` (aligned to their size or to 4, and
-    /// inside one page: callers split) once they are translated, under the
-    /// access gate: an invalidation completes only after `f` returned.
+    /// Runs `f` on the `bytes` at `va` (4-aligned, inside one page:
+    /// callers split) once translated, under the access gate
+    /// ([`Device::with_translated`]).
     fn with_memory<R>(
         &self,
         va: u64,
@@ -327,23 +327,8 @@ impl CommandStreamer<'_> {
         if va % 4 != 0 || va % PAGE + bytes > PAGE {
             return Err(End::Faulted { va });
         }
-        let dev = self.dev;
-        loop {
-            let t = dev
-                .access(self.asid, va, write, self.hw, &self.faults)
-                .ok_or(End::Faulted { va })?;
-            let _gate = dev.access_gate.read().unwrap_or_else(|e| e.into_inner());
-            // Take the translation again under the gate: an invalidation
-            // may have landed since `access` (as in a kernel's access).
-            match dev.tlb.translate(&dev.regs, &dev.mem, self.asid, va) {
-                Ok(again) if again == t => {}
-                _ => continue,
-            }
-            let Some(r) = dev.mem.resolve(t.address(va), bytes) else {
-                log::error!("xe-model: {va:#x} translates outside device memory");
-                return Err(End::Faulted { va });
-            };
-            return Ok(f(r.ptr()));
-        }
+        self.dev
+            .with_translated(self.asid, va, bytes, write, self.hw, &self.faults, f)
+            .ok_or(End::Faulted { va })
     }
 }

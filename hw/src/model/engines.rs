@@ -35,12 +35,12 @@ struct FaultSlot {
 
 pub(super) struct Device {
     pub(super) cfg: Config,
-    pub(super) regs: Region,
-    pub(super) mem: Memory,
-    pub(super) tlb: Tlb,
+    regs: Region,
+    mem: Memory,
+    tlb: Tlb,
     /// Accesses hold it shared; an invalidation takes it exclusively, so it
     /// completes only once accesses in flight have landed.
-    pub(super) access_gate: RwLock<()>,
+    access_gate: RwLock<()>,
     g2h: Mutex<()>,
     /// One fault mailbox per hardware thread.
     slots: Vec<FaultSlot>,
@@ -311,7 +311,7 @@ impl Device {
 
     /// Translates `va` for an access, faulting (and stalling) until the
     /// driver maps it or refuses. Returns `None` when the fault failed.
-    pub(super) fn access(
+    fn access(
         &self,
         asid: u32,
         va: u64,
@@ -482,25 +482,10 @@ impl Device {
             k.op,
             KernelOp::IncrementAll | KernelOp::StridedWrite | KernelOp::AtomicAdd
         );
-        loop {
-            let Some(t) = self.access(k.asid, lo, write, hw, faults) else {
-                return false;
-            };
-            let _gate = self.access_gate.read().unwrap_or_else(|e| e.into_inner());
-            // The translation may have been invalidated between `access`
-            // and the gate: take it again under the gate (a TLB hit, or a
-            // miss that sends us round the fault loop once more).
-            match self.tlb.translate(&self.regs, &self.mem, k.asid, lo) {
-                Ok(t2) if t2 == t => {}
-                _ => continue,
-            }
-            let Some(r) = self.mem.resolve(t.address(lo), hi - lo) else {
-                log::error!("xe-model: translation of {lo:#x} points outside device memory");
-                return false;
-            };
+        let ran = self.with_translated(k.asid, lo, hi - lo, write, hw, faults, |p| {
             let words = |off: u64| {
-                // SAFETY: `r` covers [lo, hi); `off` is a 4-aligned offset inside it.
-                unsafe { &*(r.ptr().add(off as usize) as *const AtomicU32) }
+                // SAFETY: `p` covers [lo, hi); `off` is a 4-aligned offset inside it.
+                unsafe { &*(p.add(off as usize) as *const AtomicU32) }
             };
             let len = (hi - lo) & !3;
             match k.op {
@@ -530,7 +515,42 @@ impl Device {
                     words(0).fetch_add(k.value, Ordering::AcqRel);
                 }
             }
-            return true;
+        });
+        ran.is_some()
+    }
+
+    /// Runs `f` on the device memory behind `[va, va + bytes)` (inside one
+    /// page) once it is translated for an access, faulting and stalling
+    /// hardware thread `hw` as needed, under the access gate: an
+    /// invalidation completes only after `f` returned. `None` when a fault
+    /// could not be resolved or the translation points outside device
+    /// memory.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn with_translated<R>(
+        &self,
+        asid: u32,
+        va: u64,
+        bytes: u64,
+        write: bool,
+        hw: u16,
+        faults: &AtomicU32,
+        f: impl FnOnce(*mut u8) -> R,
+    ) -> Option<R> {
+        loop {
+            let t = self.access(asid, va, write, hw, faults)?;
+            let _gate = self.access_gate.read().unwrap_or_else(|e| e.into_inner());
+            // The translation may have been invalidated between `access`
+            // and the gate: take it again under the gate (a TLB hit, or a
+            // miss that sends us round the fault loop once more).
+            match self.tlb.translate(&self.regs, &self.mem, asid, va) {
+                Ok(again) if again == t => {}
+                _ => continue,
+            }
+            let Some(r) = self.mem.resolve(t.address(va), bytes) else {
+                log::error!("xe-model: translation of {va:#x} points outside device memory");
+                return None;
+            };
+            return Some(f(r.ptr()));
         }
     }
 }
