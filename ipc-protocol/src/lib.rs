@@ -45,6 +45,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod interfaces;
 pub mod rights;
+pub mod schema;
 pub mod types;
 pub mod wire;
 
