@@ -10,7 +10,10 @@
 /// order, each by its own [`crate::Wire`] impl.
 #[macro_export]
 macro_rules! wire_struct {
-    ($(#[$($m:tt)*])* pub struct $name:ident { $( $(#[$($fm:tt)*])* pub $field:ident : $ty:ty ),* $(,)? }) => {
+    (
+        $(#[$($m:tt)*])*
+        pub struct $name:ident { $( $(#[$($fm:tt)*])* pub $field:ident : $ty:ty ),* $(,)? }
+    ) => {
         $(#[$($m)*])*
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name { $( $(#[$($fm)*])* pub $field: $ty, )* }
@@ -57,7 +60,10 @@ macro_rules! wire_struct {
 /// [`crate::ProtocolError::FieldOutOfRange`].
 #[macro_export]
 macro_rules! wire_enum {
-    ($(#[$($m:tt)*])* pub enum $name:ident : $repr:ty { $( $(#[$($vm:tt)*])* $v:ident = $c:literal ),+ $(,)? }) => {
+    (
+        $(#[$($m:tt)*])*
+        pub enum $name:ident : $repr:ty { $( $(#[$($vm:tt)*])* $v:ident = $c:literal ),+ $(,)? }
+    ) => {
         $(#[$($m)*])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[repr($repr)]
@@ -179,8 +185,15 @@ macro_rules! interface {
         interface $iface:ident = $id:literal;
         $(#[$($em:tt)*])*
         errors $err:ident { $( $(#[$($evm:tt)*])* $ev:ident = $ec:literal ),+ $(,)? }
-        calls { $( $(#[$($cm:tt)*])* $op:literal => $req:ident [$hin:literal] -> $rep:ident [$hout:literal] needs $($right:ident)|+ ; )+ }
-        notifications { $( $(#[$($nm:tt)*])* $nop:literal => $note:ident [$nhin:literal] needs $($nright:ident)|+ ; )* }
+        calls { $(
+            $(#[$($cm:tt)*])*
+            $op:literal => $req:ident [$hin:literal] -> $rep:ident [$hout:literal]
+                needs $($right:ident)|+ ;
+        )+ }
+        notifications { $(
+            $(#[$($nm:tt)*])*
+            $nop:literal => $note:ident [$nhin:literal] needs $($nright:ident)|+ ;
+        )* }
     ) => {
         $(#[$($im)*])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]

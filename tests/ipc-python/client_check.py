@@ -89,7 +89,8 @@ def raw_refusal(c, mutate, want):
     c.ep.send(bytes(frame))
     rx = c.receive()
     m = c.iface.by_opcode.get(int.from_bytes(frame[8:10], "little"))
-    expect_error(lambda: c.check(rx, 0x77, int.from_bytes(frame[8:10], "little"), m), "protocol", want)
+    opcode = int.from_bytes(frame[8:10], "little")
+    expect_error(lambda: c.check(rx, 0x77, opcode, m), "protocol", want)
     liveness(c)
 
 

@@ -21,18 +21,21 @@ def rebuild(schema, codec):
     k = schema.kinds
     for iface in sorted(schema.interfaces.values(), key=lambda i: i.id):
         for m in iface.messages:
-            payload = codec.encode_fields(m.request["fields"], codec.example_fields(m.request["fields"]))
+            fields = m.request["fields"]
+            payload = codec.encode_fields(fields, codec.example_fields(fields))
             kind, rid = (k["notification"], 0) if m.one_way else (k["request"], GOLDEN_ID)
             f = codec.frame(iface.id, m.opcode, kind, m.request["handles"], rid, payload)
             lines.append(f"{iface.name} request {m.name} {f.hex()}")
         for m in iface.messages:
             if m.reply is None:
                 continue
-            payload = codec.encode_fields(m.reply["fields"], codec.example_fields(m.reply["fields"]))
+            fields = m.reply["fields"]
+            payload = codec.encode_fields(fields, codec.example_fields(fields))
             f = codec.frame(iface.id, m.opcode, k["reply"], m.reply["handles"], GOLDEN_ID, payload)
             lines.append(f"{iface.name} reply {m.name} {f.hex()}")
         for name, code in iface.errors.items():
-            f = codec.frame(iface.id, 1, k["error"], 0, GOLDEN_ID, codec.error_payload("server", code))
+            payload = codec.error_payload("server", code)
+            f = codec.frame(iface.id, 1, k["error"], 0, GOLDEN_ID, payload)
             lines.append(f"{iface.name} error {name} {f.hex()}")
     for name, code in sorted(schema.protocol_errors.items(), key=lambda e: e[1]):
         f = codec.frame(1, 1, k["error"], 0, GOLDEN_ID, codec.error_payload("protocol", code))

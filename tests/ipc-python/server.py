@@ -41,8 +41,8 @@ def accept_loop(sock, server, rights, badges):
     while True:
         conn, _ = sock.accept()
         badge = next(badges)
-        t = threading.Thread(target=server.serve, args=(Endpoint(conn), badge, rights), daemon=True)
-        t.start()
+        args = (Endpoint(conn), badge, rights)
+        threading.Thread(target=server.serve, args=args, daemon=True).start()
 
 
 def main():
@@ -61,7 +61,8 @@ def main():
         if a.listen_denied:
             socks.append((listen(a.listen_denied), 0))
         for s, rights in socks[1:]:
-            threading.Thread(target=accept_loop, args=(s, server, rights, badges), daemon=True).start()
+            args = (s, server, rights, badges)
+            threading.Thread(target=accept_loop, args=args, daemon=True).start()
         print(f"python server: listening on {a.listen}", flush=True)
         accept_loop(socks[0][0], server, socks[0][1], badges)
         return 0

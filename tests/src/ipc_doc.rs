@@ -96,7 +96,11 @@ fn message(c: &CallDesc) -> Value {
         "name": c.name,
         "one_way": c.one_way,
         "rights": rights_names(c.rights),
-        "request": { "name": c.request.name, "handles": c.handles_in, "fields": fields(&c.request) },
+        "request": {
+            "name": c.request.name,
+            "handles": c.handles_in,
+            "fields": fields(&c.request),
+        },
     });
     if let Some(r) = &c.reply {
         m["reply"] = json!({ "name": r.name, "handles": c.handles_out, "fields": fields(r) });

@@ -69,7 +69,9 @@ enum Suite {
 }
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["connect", "spawn", "system"])))]
+#[command(group(
+    clap::ArgGroup::new("target").required(true).args(["connect", "spawn", "system"])
+))]
 struct IpcArgs {
     /// A listening `SOCK_SEQPACKET` unix socket serving the interface with
     /// every right.

@@ -61,7 +61,7 @@ pub fn run(
     let text = reader.join().unwrap_or_default();
     let mut results: Vec<CaseResult> = text
         .lines()
-        .filter_map(|l| parse_line(l))
+        .filter_map(parse_line)
         .map(|(n, o)| case(&n, o))
         .collect();
     let exit = match status {

@@ -78,11 +78,7 @@ impl RawEndpoint {
     }
 
     /// Calls `req` and decodes the answer strictly: the reply, or why not.
-    pub fn call<C: Call>(
-        &self,
-        req: C,
-        handles: Vec<OwnedFd>,
-    ) -> Result<(C::Reply, Vec<OwnedFd>), Failure<<C::Interface as Interface>::Error>> {
+    pub fn call<C: Call>(&self, req: C, handles: Vec<OwnedFd>) -> CallResult<C> {
         let id = next_id();
         let request: <C::Interface as Interface>::Request = req.into();
         let frame = encode_message(C::Interface::ID, Kind::Request, id, &request);
@@ -102,6 +98,12 @@ impl RawEndpoint {
         }
     }
 }
+
+/// A typed call's reply and its handles, or why there is none.
+pub type CallResult<C> = Result<
+    (<C as Call>::Reply, Vec<OwnedFd>),
+    Failure<<<C as Call>::Interface as Interface>::Error>,
+>;
 
 /// Why a typed call did not return its reply.
 #[derive(Debug)]

@@ -147,7 +147,7 @@ pub struct Connect {
     pub denied_path: Option<PathBuf>,
 }
 
-fn connect_to(path: &PathBuf) -> Result<OwnedFd, String> {
+fn connect_to(path: &std::path::Path) -> Result<OwnedFd, String> {
     use rustix::net::{
         connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType,
     };
@@ -158,8 +158,7 @@ fn connect_to(path: &PathBuf) -> Result<OwnedFd, String> {
         None,
     )
     .map_err(|e| format!("socket: {e}"))?;
-    let addr =
-        SocketAddrUnix::new(path.as_path()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let addr = SocketAddrUnix::new(path).map_err(|e| format!("{}: {e}", path.display()))?;
     connect(&fd, &addr).map_err(|e| format!("connecting to {}: {e}", path.display()))?;
     Ok(fd)
 }

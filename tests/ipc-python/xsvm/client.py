@@ -33,7 +33,8 @@ class Client:
         m = self.iface.by_name[name]
         payload = self.codec.encode_fields(m.request["fields"], fields)
         k = self.codec.s.kinds[kind]
-        return self.codec.frame(self.iface.id, m.opcode, k, m.request["handles"], request_id, payload)
+        handles = m.request["handles"]
+        return self.codec.frame(self.iface.id, m.opcode, k, handles, request_id, payload)
 
     def call(self, name, fields=None, fds=()):
         """The reply's fields and descriptors, or CallError."""
@@ -84,7 +85,8 @@ class Client:
         if h.kind != self.codec.s.kinds["reply"] or m is None or m.reply is None:
             raise Refusal("BadKind", f"kind {h.kind}")
         if len(rx.fds) != m.reply["handles"]:
-            raise Refusal("WrongHandleCount", f"{len(rx.fds)} handles, {m.reply['handles']} declared")
+            declared = m.reply["handles"]
+            raise Refusal("WrongHandleCount", f"{len(rx.fds)} handles, {declared} declared")
         return self.codec.decode_fields(m.reply["fields"], payload), rx.fds
 
 

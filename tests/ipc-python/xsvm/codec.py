@@ -8,7 +8,8 @@ import struct
 
 from .schema import PRIMITIVES
 
-HEADER = struct.Struct("<4sHHHBBIQ")  # magic, version, interface, opcode, kind, handles, length, id
+# magic, version, interface, opcode, kind, handles, payload length, request id
+HEADER = struct.Struct("<4sHHHBBIQ")
 assert HEADER.size == 24
 
 
@@ -44,7 +45,8 @@ class Codec:
     # ---- frames ----
 
     def frame(self, interface, opcode, kind, handles, request_id, payload):
-        head = HEADER.pack(self.magic, 1, interface, opcode, kind, handles, len(payload), request_id)
+        length = len(payload)
+        head = HEADER.pack(self.magic, 1, interface, opcode, kind, handles, length, request_id)
         return head + bytes(payload)
 
     def parse(self, data, nfds):

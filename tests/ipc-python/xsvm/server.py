@@ -115,5 +115,5 @@ class Server:
         if one_way:
             return None
         out = self.codec.encode_fields(m.reply["fields"], reply)
-        frame = self.codec.frame(self.iface.id, m.opcode, kinds["reply"], len(fds), h.request_id, out)
-        return frame, fds
+        rid = h.request_id
+        return self.codec.frame(self.iface.id, m.opcode, kinds["reply"], len(fds), rid, out), fds
