@@ -4,6 +4,7 @@
 
 pub mod churn;
 pub mod client;
+pub mod conformance;
 pub mod herd;
 pub mod manifest;
 pub mod oversub;

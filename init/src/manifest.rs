@@ -190,6 +190,64 @@ pub const MANIFEST: &[Endpoint] = &[
     },
 ];
 
+/// An interface a server serves that the black-box conformance suite
+/// (`svm conformance ipc --system`) talks to. With
+/// `BootOptions::conformance`, init makes two extra endpoints per entry and
+/// keeps their calling ends: one with every right the interface defines and
+/// one with none (refusals are checked there, so no request on it ever
+/// reaches a handler). The server gets them as `--extra-endpoint`.
+pub struct ConformanceEndpoint {
+    pub interface: &'static str,
+    pub process: &'static str,
+}
+
+pub const CONFORMANCE: &[ConformanceEndpoint] = &[
+    ConformanceEndpoint {
+        interface: "Pager",
+        process: "pager",
+    },
+    ConformanceEndpoint {
+        interface: "PagerMigrate",
+        process: "pager",
+    },
+    ConformanceEndpoint {
+        interface: "PagerReclaim",
+        process: "pager",
+    },
+    ConformanceEndpoint {
+        interface: "Gpu",
+        process: "xe-svm",
+    },
+    ConformanceEndpoint {
+        interface: "GpuNotify",
+        process: "xe-svm",
+    },
+    ConformanceEndpoint {
+        interface: "GpuShrink",
+        process: "xe-svm",
+    },
+    ConformanceEndpoint {
+        interface: "Pressure",
+        process: "mm-server",
+    },
+];
+
+/// Conformance endpoint `i` sits at this descriptor plus `2 i` (every
+/// right) or `2 i + 1` (none) in its server; above every manifest and
+/// per-client descriptor, below the staging range.
+pub const CONFORMANCE_FD: i32 = 160;
+/// Its badge, numbered the same way: never a client slot's badge, so the
+/// suite names only what it made itself.
+pub const CONFORMANCE_BADGE: u64 = 900;
+
+pub fn conformance_fd(i: usize, denied: bool) -> i32 {
+    CONFORMANCE_FD + 2 * i as i32 + denied as i32
+}
+
+pub fn conformance_badge(i: usize, denied: bool) -> u64 {
+    CONFORMANCE_BADGE + 2 * i as u64 + denied as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +265,11 @@ mod tests {
                     fds.push(c.fd);
                 }
             }
+            for (i, c) in CONFORMANCE.iter().enumerate() {
+                if c.process == p {
+                    fds.extend([conformance_fd(i, false), conformance_fd(i, true)]);
+                }
+            }
             let n = fds.len();
             fds.sort();
             fds.dedup();
@@ -220,6 +283,24 @@ mod tests {
                 "{p}: descriptors above 255 are where endpoints are staged"
             );
         }
+    }
+
+    #[test]
+    fn every_conformance_endpoint_names_an_interface_its_server_serves() {
+        for c in CONFORMANCE {
+            assert!(
+                ipc_protocol::interfaces::NAMES.contains(&c.interface),
+                "{} is no interface",
+                c.interface
+            );
+            let served = MANIFEST
+                .iter()
+                .any(|e| e.server.process == c.process && e.interface.starts_with(c.interface));
+            assert!(served, "{} does not serve {}", c.process, c.interface);
+        }
+        let badges = (0..CONFORMANCE.len()).map(|i| conformance_badge(i, true));
+        assert!(badges.max().unwrap() < 1000);
+        assert!(CONFORMANCE_BADGE > client_badge(MAX_CLIENTS));
     }
 
     #[test]

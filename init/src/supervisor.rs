@@ -111,6 +111,24 @@ pub struct Clients {
     pub pressure: Client<Pressure>,
     /// Client slots 1.. , to connect here or hand to a client process.
     pub slots: Vec<ClientSlot>,
+    /// The calling ends of the conformance endpoints
+    /// (`BootOptions::conformance`; empty otherwise).
+    pub conformance: Vec<ConformanceEnds>,
+}
+
+/// The calling ends of one interface's conformance endpoints
+/// ([`crate::manifest::CONFORMANCE`]).
+pub struct ConformanceEnds {
+    pub interface: &'static str,
+    /// The server process that serves it.
+    pub process: &'static str,
+    /// Holds every right the interface defines.
+    pub full: OwnedFd,
+    pub full_badge: u64,
+    pub rights: ipc_protocol::Rights,
+    /// Holds no right.
+    pub denied: OwnedFd,
+    pub denied_badge: u64,
 }
 
 impl std::ops::Deref for Clients {
@@ -186,6 +204,8 @@ pub struct BootOptions {
     /// Client slots (each with its own badge); 0 means 1.
     pub clients: usize,
     pub supervision: Supervision,
+    /// Also make the conformance suite's endpoints to every server.
+    pub conformance: bool,
 }
 
 /// A duplicate of an endpoint end, for a server's recipe.
@@ -204,6 +224,64 @@ fn endpoint_pair() -> Result<(OwnedFd, OwnedFd), BootError> {
             .map_err(|e| BootError::Endpoint(e.to_string()))
     };
     Ok((dup(&a)?, dup(&b)?))
+}
+
+/// One interface's conformance endpoints before the servers start: the
+/// (server end, calling end) pairs, where the server end goes, and what
+/// the server is told (`--extra-endpoint`).
+struct ConformancePair {
+    interface: &'static str,
+    process: &'static str,
+    rights: ipc_protocol::Rights,
+    /// Every right, then none.
+    ends: [(OwnedFd, OwnedFd); 2],
+    specs: [ipc_protocol::transport::ExtraEndpoint; 2],
+}
+
+impl ConformancePair {
+    fn into_ends(self) -> ConformanceEnds {
+        let [(_, full), (_, denied)] = self.ends;
+        ConformanceEnds {
+            interface: self.interface,
+            process: self.process,
+            full,
+            full_badge: self.specs[0].badge,
+            rights: self.rights,
+            denied,
+            denied_badge: self.specs[1].badge,
+        }
+    }
+}
+
+fn conformance_pairs() -> Result<Vec<ConformancePair>, BootError> {
+    use crate::manifest::{conformance_badge, conformance_fd, CONFORMANCE};
+    use ipc_protocol::transport::ExtraEndpoint;
+    let mut out = Vec::new();
+    for (i, c) in CONFORMANCE.iter().enumerate() {
+        let rights = ipc_protocol::interfaces::all()
+            .into_iter()
+            .find(|d| d.name == c.interface)
+            .map(|d| d.all_rights())
+            .ok_or_else(|| BootError::Endpoint(format!("no interface {}", c.interface)))?;
+        let spec = |denied: bool| ExtraEndpoint {
+            interface: c.interface.into(),
+            fd: conformance_fd(i, denied),
+            badge: conformance_badge(i, denied),
+            rights: if denied {
+                ipc_protocol::Rights::empty()
+            } else {
+                rights
+            },
+        };
+        out.push(ConformancePair {
+            interface: c.interface,
+            process: c.process,
+            rights,
+            ends: [endpoint_pair()?, endpoint_pair()?],
+            specs: [spec(false), spec(true)],
+        });
+    }
+    Ok(out)
 }
 
 impl System {
@@ -238,6 +316,11 @@ impl System {
             };
             ends.push((0..n).map(|_| endpoint_pair()).collect::<Result<_, _>>()?);
         }
+        let conformance = if opts.conformance && !opts.probe_only {
+            conformance_pairs()?
+        } else {
+            Vec::new()
+        };
         let system = Self {
             servers: Supervised::new(),
         };
@@ -282,6 +365,12 @@ impl System {
                 ) {
                     fds.push((dup(client_end)?, c.fd));
                     args.push(format!("{}={}", c.flag, c.fd));
+                }
+            }
+            for c in conformance.iter().filter(|c| c.process == process) {
+                for ((server_end, _), spec) in c.ends.iter().zip(&c.specs) {
+                    fds.push((dup(server_end)?, spec.fd));
+                    args.push(format!("--extra-endpoint={spec}"));
                 }
             }
             let recipe = Recipe {
@@ -333,12 +422,17 @@ impl System {
             .collect();
         let own = slots.remove(0).connect();
         let pressure = Client::new(seqpacket(status)).with_timeout(Duration::from_secs(10));
+        let conformance = conformance
+            .into_iter()
+            .map(ConformancePair::into_ends)
+            .collect();
         Ok((
             system,
             Some(Clients {
                 own,
                 pressure,
                 slots,
+                conformance,
             }),
         ))
     }

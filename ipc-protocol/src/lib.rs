@@ -7,8 +7,11 @@
 //! [`wire_struct!`]; no server or client ever builds or parses bytes.
 //!
 //! # Wire format (version 1)
-//! One message is one frame (one `SOCK_SEQPACKET` datagram on the host).
-//! All integers are little-endian. The 24-byte header:
+//! `docs/ipc.md` is the full reference, written so that another
+//! implementation can be built from it alone; its second half is generated
+//! from these descriptions through [`schema`]. In short: one message is one
+//! frame (one `SOCK_SEQPACKET` datagram on the host). All integers are
+//! little-endian. The 24-byte header:
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
@@ -45,6 +48,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod interfaces;
 pub mod rights;
+pub mod schema;
 pub mod types;
 pub mod wire;
 

@@ -10,10 +10,13 @@
 /// order, each by its own [`crate::Wire`] impl.
 #[macro_export]
 macro_rules! wire_struct {
-    ($(#[$m:meta])* pub struct $name:ident { $( $(#[$fm:meta])* pub $field:ident : $ty:ty ),* $(,)? }) => {
-        $(#[$m])*
+    (
+        $(#[$($m:tt)*])*
+        pub struct $name:ident { $( $(#[$($fm:tt)*])* pub $field:ident : $ty:ty ),* $(,)? }
+    ) => {
+        $(#[$($m)*])*
         #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $name { $( $(#[$fm])* pub $field: $ty, )* }
+        pub struct $name { $( $(#[$($fm)*])* pub $field: $ty, )* }
 
         impl $crate::Wire for $name {
             const MIN_SIZE: usize = 0 $( + <$ty as $crate::Wire>::MIN_SIZE )*;
@@ -28,6 +31,19 @@ macro_rules! wire_struct {
             }
             fn example() -> Self {
                 Self { $( $field: <$ty as $crate::Wire>::example(), )* }
+            }
+            fn schema() -> $crate::schema::Type {
+                $crate::schema::Type::Struct($crate::schema::Struct {
+                    name: stringify!($name),
+                    doc: $crate::__docs!($([$($m)*])*),
+                    fields: alloc::vec![$(
+                        $crate::schema::Field {
+                            name: stringify!($field),
+                            doc: $crate::__docs!($([$($fm)*])*),
+                            ty: <$ty as $crate::Wire>::schema(),
+                        },
+                    )*],
+                })
             }
             #[cfg(feature = "proptest")]
             fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
@@ -44,11 +60,14 @@ macro_rules! wire_struct {
 /// [`crate::ProtocolError::FieldOutOfRange`].
 #[macro_export]
 macro_rules! wire_enum {
-    ($(#[$m:meta])* pub enum $name:ident : $repr:ty { $( $(#[$vm:meta])* $v:ident = $c:literal ),+ $(,)? }) => {
-        $(#[$m])*
+    (
+        $(#[$($m:tt)*])*
+        pub enum $name:ident : $repr:ty { $( $(#[$($vm:tt)*])* $v:ident = $c:literal ),+ $(,)? }
+    ) => {
+        $(#[$($m)*])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[repr($repr)]
-        pub enum $name { $( $(#[$vm])* $v = $c, )+ }
+        pub enum $name { $( $(#[$($vm)*])* $v = $c, )+ }
 
         impl $name {
             pub const ALL: &'static [Self] = &[$(Self::$v),+];
@@ -69,6 +88,20 @@ macro_rules! wire_enum {
             fn example() -> Self {
                 Self::ALL[Self::ALL.len() - 1]
             }
+            fn schema() -> $crate::schema::Type {
+                $crate::schema::Type::Enum {
+                    name: stringify!($name),
+                    doc: $crate::__docs!($([$($m)*])*),
+                    repr: $crate::schema::Int::of_size(core::mem::size_of::<$repr>()),
+                    variants: alloc::vec![$(
+                        $crate::schema::Variant {
+                            name: stringify!($v),
+                            code: $c as u64,
+                            doc: $crate::__docs!($([$($vm)*])*),
+                        },
+                    )+],
+                }
+            }
             #[cfg(feature = "proptest")]
             fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
                 use proptest::strategy::Strategy;
@@ -82,8 +115,8 @@ macro_rules! wire_enum {
 /// outside it are [`crate::ProtocolError::FieldOutOfRange`]).
 #[macro_export]
 macro_rules! wire_newtype {
-    ($(#[$m:meta])* pub struct $name:ident($repr:ty)) => {
-        $crate::wire_newtype!(@impl $(#[$m])* $name $repr, <$repr>::MIN, <$repr>::MAX);
+    ($(#[$($m:tt)*])* pub struct $name:ident($repr:ty)) => {
+        $crate::wire_newtype!(@impl $(#[$($m)*])* $name $repr, <$repr>::MIN, <$repr>::MAX);
         impl $name {
             /// Every value of the full range is valid.
             pub const fn raw(v: $repr) -> Self {
@@ -91,11 +124,11 @@ macro_rules! wire_newtype {
             }
         }
     };
-    ($(#[$m:meta])* pub struct $name:ident($repr:ty) in $lo:expr, $hi:expr) => {
-        $crate::wire_newtype!(@impl $(#[$m])* $name $repr, $lo, $hi);
+    ($(#[$($m:tt)*])* pub struct $name:ident($repr:ty) in $lo:expr, $hi:expr) => {
+        $crate::wire_newtype!(@impl $(#[$($m)*])* $name $repr, $lo, $hi);
     };
-    (@impl $(#[$m:meta])* $name:ident $repr:ty, $lo:expr, $hi:expr) => {
-        $(#[$m])*
+    (@impl $(#[$($m:tt)*])* $name:ident $repr:ty, $lo:expr, $hi:expr) => {
+        $(#[$($m)*])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name($repr);
 
@@ -122,6 +155,15 @@ macro_rules! wire_newtype {
             }
             fn example() -> Self {
                 Self::new(<$repr as $crate::Wire>::example()).unwrap_or(Self(Self::MAX))
+            }
+            fn schema() -> $crate::schema::Type {
+                $crate::schema::Type::Newtype {
+                    name: stringify!($name),
+                    doc: $crate::__docs!($([$($m)*])*),
+                    repr: $crate::schema::Int::of_size(core::mem::size_of::<$repr>()),
+                    min: Self::MIN as u64,
+                    max: Self::MAX as u64,
+                }
             }
             #[cfg(feature = "proptest")]
             fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
@@ -153,14 +195,21 @@ macro_rules! __idempotent {
 #[macro_export]
 macro_rules! interface {
     (
-        $(#[$im:meta])*
+        $(#[$($im:tt)*])*
         interface $iface:ident = $id:literal;
-        $(#[$em:meta])*
-        errors $err:ident { $( $(#[$evm:meta])* $ev:ident = $ec:literal ),+ $(,)? }
-        calls { $( $(#[$cm:meta])* $op:literal => $req:ident [$hin:literal] -> $rep:ident [$hout:literal] needs $($right:ident)|+ $(, $idem:ident)? ; )+ }
-        notifications { $( $(#[$nm:meta])* $nop:literal => $note:ident [$nhin:literal] needs $($nright:ident)|+ ; )* }
+        $(#[$($em:tt)*])*
+        errors $err:ident { $( $(#[$($evm:tt)*])* $ev:ident = $ec:literal ),+ $(,)? }
+        calls { $(
+            $(#[$($cm:tt)*])*
+            $op:literal => $req:ident [$hin:literal] -> $rep:ident [$hout:literal]
+                needs $($right:ident)|+ $(, $idem:ident)? ;
+        )+ }
+        notifications { $(
+            $(#[$($nm:tt)*])*
+            $nop:literal => $note:ident [$nhin:literal] needs $($nright:ident)|+ ;
+        )* }
     ) => {
-        $(#[$im])*
+        $(#[$($im)*])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub struct $iface;
 
@@ -170,12 +219,58 @@ macro_rules! interface {
             type Request = Request;
             type Reply = Reply;
             type Error = $err;
+            fn schema() -> $crate::schema::InterfaceDesc {
+                fn fields(t: $crate::schema::Type) -> $crate::schema::Struct {
+                    match t {
+                        $crate::schema::Type::Struct(s) => s,
+                        // wire_struct! is the only way to declare a message.
+                        other => unreachable!("a message that is not a struct: {other:?}"),
+                    }
+                }
+                $crate::schema::InterfaceDesc {
+                    name: stringify!($iface),
+                    id: $id,
+                    doc: $crate::__docs!($([$($im)*])*),
+                    error_enum: stringify!($err),
+                    errors: alloc::vec![$(
+                        $crate::schema::Variant {
+                            name: stringify!($ev),
+                            code: $ec as u64,
+                            doc: $crate::__docs!($([$($evm)*])*),
+                        },
+                    )+],
+                    calls: alloc::vec![
+                        $( $crate::schema::CallDesc {
+                            opcode: $op,
+                            name: stringify!($req),
+                            doc: $crate::__docs!($([$($cm)*])*),
+                            one_way: false,
+                            request: fields(<$req as $crate::Wire>::schema()),
+                            handles_in: $hin,
+                            reply: Some(fields(<$rep as $crate::Wire>::schema())),
+                            handles_out: $hout,
+                            rights: <$req as $crate::Call>::RIGHTS,
+                        }, )+
+                        $( $crate::schema::CallDesc {
+                            opcode: $nop,
+                            name: stringify!($note),
+                            doc: $crate::__docs!($([$($nm)*])*),
+                            one_way: true,
+                            request: fields(<$note as $crate::Wire>::schema()),
+                            handles_in: $nhin,
+                            reply: None,
+                            handles_out: 0,
+                            rights: <$note as $crate::Call>::RIGHTS,
+                        }, )*
+                    ],
+                }
+            }
         }
 
-        $(#[$em])*
+        $(#[$($em)*])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[repr(u16)]
-        pub enum $err { $( $(#[$evm])* $ev = $ec, )+ }
+        pub enum $err { $( $(#[$($evm)*])* $ev = $ec, )+ }
 
         impl $crate::WireError for $err {
             fn code(self) -> u16 {
@@ -201,8 +296,8 @@ macro_rules! interface {
         /// Every message a client may send on this interface.
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub enum Request {
-            $( $(#[$cm])* $req($req), )+
-            $( $(#[$nm])* $note($note), )*
+            $( $(#[$($cm)*])* $req($req), )+
+            $( $(#[$($nm)*])* $note($note), )*
         }
 
         /// The reply to each call, named after the call.

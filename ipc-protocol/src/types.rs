@@ -123,6 +123,16 @@ impl Wire for PageMask {
             1 << 63,
         ])
     }
+    fn schema() -> crate::schema::Type {
+        crate::schema::Type::Bitmap {
+            name: "PageMask",
+            doc: &[
+                " One bit per page of a chunk of up to 512 pages (bit `i` is page",
+                " `first_page + i`).",
+            ],
+            bits: 512,
+        }
+    }
     #[cfg(feature = "proptest")]
     fn strategy() -> proptest::strategy::BoxedStrategy<Self> {
         use proptest::strategy::Strategy;

@@ -1,6 +1,7 @@
 //! Shared helpers of the conformance and system tests.
 
 pub mod conformance_server;
+pub mod ipc_doc;
 
 use std::path::PathBuf;
 

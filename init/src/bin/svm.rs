@@ -37,6 +37,11 @@ enum Cmd {
         #[command(subcommand)]
         workload: Workload,
     },
+    /// Black-box conformance suites (docs/ipc.md).
+    Conformance {
+        #[command(subcommand)]
+        suite: Suite,
+    },
     /// Run as one client of a booted system, on endpoints inherited from
     /// `init` (tests start it; see `ClientSlot::spawn`).
     #[command(hide = true)]
@@ -50,6 +55,75 @@ enum Cmd {
         #[command(subcommand)]
         job: ClientJob,
     },
+}
+
+#[derive(Subcommand)]
+enum Suite {
+    /// Run the IPC suite against a server: golden frames, malformed
+    /// frames, refusals, ids over time; judged against a failure list.
+    Ipc(IpcArgs),
+    /// Run a client implementation against a server (ours with
+    /// `--system`); the client reports one `PASS|FAIL|SKIP name` line per
+    /// check.
+    Client(ClientArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("target").required(true).args(["connect", "spawn", "system"])
+))]
+struct IpcArgs {
+    /// A listening `SOCK_SEQPACKET` unix socket serving the interface with
+    /// every right.
+    #[arg(long)]
+    connect: Option<std::path::PathBuf>,
+    /// With `--connect`: a socket whose connections hold no right (without
+    /// it the refusal cases are skipped).
+    #[arg(long, requires = "connect")]
+    connect_denied: Option<std::path::PathBuf>,
+    /// A command (`sh -c`) that serves the interface on descriptor 3
+    /// (docs/ipc.md, "Conformance endpoints"); started once per endpoint.
+    #[arg(long)]
+    spawn: Option<String>,
+    /// Boot our servers and run the suite on every interface they serve.
+    #[arg(long)]
+    system: bool,
+    #[command(flatten)]
+    common: SuiteArgs,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The client implementation (`sh -c`): its endpoint on descriptor 3,
+    /// one without rights on 4.
+    #[arg(long)]
+    spawn: String,
+    /// Serve it with our servers (booted with conformance endpoints).
+    #[arg(long, required_unless_present = "server")]
+    system: bool,
+    /// Serve it with this server command instead (`sh -c`, descriptor 3).
+    #[arg(long, conflicts_with = "system")]
+    server: Option<String>,
+    /// Longest one client run may take, seconds.
+    #[arg(long, default_value_t = 120)]
+    client_timeout_s: u64,
+    #[command(flatten)]
+    common: SuiteArgs,
+}
+
+#[derive(clap::Args)]
+struct SuiteArgs {
+    /// Interfaces to test, repeated (default: Pager; with `--system`, every
+    /// interface).
+    #[arg(long)]
+    interface: Vec<String>,
+    /// Failure lists, repeated (default: none; for `ipc --system`, ours
+    /// built in from tests/conformance/).
+    #[arg(long)]
+    failures: Vec<std::path::PathBuf>,
+    /// Deadline of each exchange, milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -216,6 +290,7 @@ fn main() {
             None => bad_size(&size),
         },
         Cmd::Boot { check } => boot(opts, check),
+        Cmd::Conformance { suite } => conformance(opts, suite),
         Cmd::Run {
             workload:
                 Workload::Herd {
@@ -447,6 +522,48 @@ fn client(badge: u64, gpu_fd: i32, pager_fd: i32, job: ClientJob) -> i32 {
                     1
                 }
             }
+        }
+    }
+}
+
+fn conformance(opts: BootOptions, suite: Suite) -> i32 {
+    use init::conformance::command::{self, Request, Where};
+    let (target, common, client) = match suite {
+        Suite::Ipc(a) => {
+            let target = match (a.connect, a.spawn) {
+                (Some(path), _) => Where::Connect {
+                    path,
+                    denied: a.connect_denied,
+                },
+                (None, Some(cmd)) => Where::Spawn(cmd),
+                (None, None) => Where::System(opts),
+            };
+            (target, a.common, None)
+        }
+        Suite::Client(a) => {
+            let target = match a.server {
+                Some(cmd) => Where::Spawn(cmd),
+                None => Where::System(opts),
+            };
+            let limit = Duration::from_secs(a.client_timeout_s);
+            (target, a.common, Some((a.spawn, limit)))
+        }
+    };
+    let req = Request {
+        target,
+        interfaces: common.interface,
+        failures: common.failures,
+        options: init::conformance::Options {
+            timeout: Duration::from_millis(common.timeout_ms),
+        },
+        client,
+    };
+    match command::run(req, &mut std::io::stdout()) {
+        Ok(summary) if summary.ok() => 0,
+        Ok(_) => 1,
+        Err(e) => {
+            eprintln!("svm conformance: {e}");
+            2
         }
     }
 }

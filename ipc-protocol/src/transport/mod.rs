@@ -5,9 +5,11 @@
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+mod extra;
 mod inproc;
 mod seqpacket;
 
+pub use extra::ExtraEndpoint;
 pub use inproc::InProc;
 pub use seqpacket::SeqPacket;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::pressure::Pressure;
-use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
+use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
 use mm_server::broker::Broker;
 use mm_server::evictor::{self, IpcWorlds};
@@ -33,6 +33,11 @@ struct Args {
     shrink_fd: Option<i32>,
     #[arg(long)]
     reclaim_fd: Option<i32>,
+    /// One more `Pressure` endpoint for the conformance suite,
+    /// `Pressure:FD:BADGE:RIGHTS`; init adds these only for `svm conformance
+    /// ipc --system`. Repeated.
+    #[arg(long)]
+    extra_endpoint: Vec<ExtraEndpoint>,
     /// VRAM size until the GPU server reports its own figure.
     #[arg(long)]
     vram_bytes: u64,
@@ -99,6 +104,19 @@ fn main() {
             Capability::new(2, Rights::from_bits_truncate(a.status_rights)),
             broker.clone(),
             1,
+        );
+    }
+    for e in &a.extra_endpoint {
+        if e.interface != "Pressure" {
+            eprintln!("mm-server: --extra-endpoint {e}: mm-server serves only Pressure");
+            std::process::exit(2);
+        }
+        ipc_protocol::server::spawn::<Pressure, _>(
+            &format!("mm-extra{}", e.badge),
+            endpoint(e.fd),
+            Capability::new(e.badge, e.rights),
+            broker.clone(),
+            2,
         );
     }
     if let (Some(shrink), Some(reclaim)) = (a.shrink_fd, a.reclaim_fd) {

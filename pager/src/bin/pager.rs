@@ -11,7 +11,7 @@ use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::{
     pager::Pager, pager_migrate::PagerMigrate, pager_reclaim::PagerReclaim,
 };
-use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
+use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
 use pager::host::{Config, PagerServer};
 
@@ -46,6 +46,12 @@ struct Args {
     /// Fault workers per address space (client userfaultfd); one more thread reads its events.
     #[arg(long, default_value_t = 4)]
     threads_per_view: usize,
+    /// One more endpoint for the conformance suite, `INTERFACE:FD:BADGE:RIGHTS`
+    /// (`Pager`, `PagerMigrate` or `PagerReclaim`); init adds these only for
+    /// `svm conformance ipc --system`. Repeated.
+    #[arg(long)]
+    extra_endpoint: Vec<ExtraEndpoint>,
+
     /// Test only: break rule 8 (no invalidation before migrating back).
     #[arg(long, hide = true)]
     unsafe_skip_invalidate: bool,    /// How many times init has started this server (1 at boot). Not yet
@@ -114,6 +120,22 @@ fn main() {
             server.clone(),
             4,
         );
+    }
+    for e in &a.extra_endpoint {
+        let (cap, label) = (
+            Capability::new(e.badge, e.rights),
+            format!("pager-extra{}", e.badge),
+        );
+        let (t, s) = (endpoint(e.fd), server.clone());
+        match e.interface.as_str() {
+            "Pager" => ipc_protocol::server::spawn::<Pager, _>(&label, t, cap, s, 2),
+            "PagerMigrate" => ipc_protocol::server::spawn::<PagerMigrate, _>(&label, t, cap, s, 2),
+            "PagerReclaim" => ipc_protocol::server::spawn::<PagerReclaim, _>(&label, t, cap, s, 2),
+            other => {
+                eprintln!("pager: --extra-endpoint {e}: the pager does not serve {other}");
+                std::process::exit(2);
+            }
+        };
     }
     println!("pager: serving");
     let mut buf = [0u8; 1];

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use clap::Parser;
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify, gpu_shrink::GpuShrink};
-use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
+use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
 use xe_svm::device::Device;
 use xe_svm::host::GpuServer;
@@ -53,6 +53,11 @@ struct Args {
     /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
     #[arg(long, default_value_t = Rights::SHRINK.bits())]
     shrink_rights: u32,
+    /// One more endpoint for the conformance suite, `INTERFACE:FD:BADGE:RIGHTS`
+    /// (`Gpu`, `GpuNotify` or `GpuShrink`); init adds these only for
+    /// `svm conformance ipc --system`. Repeated.
+    #[arg(long)]
+    extra_endpoint: Vec<ExtraEndpoint>,
     /// System memory for evicted buffer objects (sparse until used).
     #[arg(long, default_value_t = 1024)]
     bo_pool_mib: u64,    /// How many times init has started this server (1 at boot). Not yet
@@ -153,6 +158,22 @@ fn main() {
                 server.clone(),
                 4,
             );
+        }
+        for e in &a.extra_endpoint {
+            let cap = Capability::new(e.badge, e.rights);
+            let label = format!("xe-svm-extra{}", e.badge);
+            let (t, s) = (endpoint(e.fd), server.clone());
+            match e.interface.as_str() {
+                "Gpu" => ipc_protocol::server::spawn::<Gpu, _>(&label, t, cap, s, 2),
+                "GpuNotify" => ipc_protocol::server::spawn::<GpuNotify, _>(&label, t, cap, s, 2),
+                "GpuShrink" => ipc_protocol::server::spawn::<GpuShrink, _>(&label, t, cap, s, 2),
+                other => {
+                    eprintln!(
+                        "xe-svm: --extra-endpoint {e}: the GPU server does not serve {other}"
+                    );
+                    std::process::exit(2);
+                }
+            };
         }
         println!("xe-svm: serving");
     }

@@ -1,0 +1,210 @@
+//! Where the implementation under test is: a command the suite starts
+//! with its endpoint inherited (`--spawn`), a listening socket
+//! (`--connect`), or the endpoints `init` made to a booted system's
+//! servers (`--system`). Each opens endpoints with every right of the
+//! interface, or with none.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipc_protocol::schema::InterfaceDesc;
+use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
+
+/// The descriptor a spawned implementation finds its endpoint at.
+pub const ENDPOINT_FD: i32 = 3;
+/// The descriptor a spawned client finds its endpoint without rights at.
+pub const DENIED_FD: i32 = 4;
+/// The badge a spawned server is told to give its endpoint.
+pub const SPAWN_BADGE: u64 = 7;
+
+pub trait Target {
+    /// A new endpoint to the implementation of `iface`: with every right
+    /// the interface defines, or (`denied`) with none.
+    fn open(&mut self, iface: &InterfaceDesc, denied: bool) -> Result<OwnedFd, String>;
+    /// A booted system: the suite must not send what would wedge it.
+    fn is_live_system(&self) -> bool {
+        false
+    }
+}
+
+/// Starts `sh -c CMD` per endpoint, the endpoint at descriptor 3 and the
+/// facts about it in the environment (ipc.md, "Conformance endpoints").
+pub struct Spawn {
+    cmd: String,
+    children: Vec<Child>,
+}
+
+impl Spawn {
+    pub fn new(cmd: &str) -> Self {
+        Self {
+            cmd: cmd.into(),
+            children: Vec::new(),
+        }
+    }
+}
+
+/// The environment that tells a spawned implementation what it serves or
+/// calls.
+pub fn endpoint_env(
+    iface: &InterfaceDesc,
+    role: &str,
+    badge: u64,
+    rights: u32,
+) -> Vec<(String, String)> {
+    [
+        ("XSVM_ROLE", role.to_string()),
+        ("XSVM_INTERFACE", iface.name.to_string()),
+        ("XSVM_INTERFACE_ID", iface.id.to_string()),
+        ("XSVM_ENDPOINT_FD", ENDPOINT_FD.to_string()),
+        ("XSVM_BADGE", badge.to_string()),
+        ("XSVM_RIGHTS", rights.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Starts `sh -c cmd` in its own process group with `fds` inherited at
+/// their target descriptors and `env` set; its stdout goes to our stderr
+/// (our stdout carries the results).
+pub fn spawn_with(
+    cmd: &str,
+    fds: &[(&OwnedFd, i32)],
+    env: &[(String, String)],
+    stdout: Stdio,
+) -> Result<Child, String> {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(cmd).stdin(Stdio::null()).stdout(stdout);
+    c.envs(env.iter().map(|(k, v)| (k, v)));
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    let _held = pass_fds_to_child(&mut c, fds).map_err(|e| format!("passing the endpoint: {e}"))?;
+    c.spawn().map_err(|e| format!("starting {cmd:?}: {e}"))
+}
+
+/// A connected seqpacket pair as two descriptors.
+pub fn pair() -> Result<(OwnedFd, OwnedFd), String> {
+    let (a, b) = SeqPacket::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let dup = |s: &SeqPacket| {
+        s.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())
+    };
+    Ok((dup(&a)?, dup(&b)?))
+}
+
+/// Waits for `child` to exit on its own for up to `grace`, then kills its
+/// process group (which the suite made for it) and reaps it.
+pub fn stop(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.wait();
+    None
+}
+
+impl Target for Spawn {
+    fn open(&mut self, iface: &InterfaceDesc, denied: bool) -> Result<OwnedFd, String> {
+        let (mine, theirs) = pair()?;
+        let rights = if denied { 0 } else { iface.all_rights().bits() };
+        let env = endpoint_env(iface, "server", SPAWN_BADGE, rights);
+        let stdout = Stdio::from(std::io::stderr());
+        let child = spawn_with(&self.cmd, &[(&theirs, ENDPOINT_FD)], &env, stdout)?;
+        self.children.push(child);
+        Ok(mine)
+    }
+}
+
+impl Drop for Spawn {
+    /// Our ends are closed by now (the endpoints were dropped first); an
+    /// implementation that does not exit then is killed.
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if stop(child, Duration::from_secs(5)).is_none() {
+                eprintln!(
+                    "svm conformance: {:?} did not exit when its endpoint closed; killed",
+                    self.cmd
+                );
+            }
+        }
+    }
+}
+
+/// Connects to a listening `SOCK_SEQPACKET` socket per endpoint.
+pub struct Connect {
+    pub path: PathBuf,
+    /// A socket whose connections hold no right (optional: without it the
+    /// rights cases are skipped).
+    pub denied_path: Option<PathBuf>,
+}
+
+fn connect_to(path: &std::path::Path) -> Result<OwnedFd, String> {
+    use rustix::net::{
+        connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType,
+    };
+    let fd = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let addr = SocketAddrUnix::new(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    connect(&fd, &addr).map_err(|e| format!("connecting to {}: {e}", path.display()))?;
+    Ok(fd)
+}
+
+impl Target for Connect {
+    fn open(&mut self, _: &InterfaceDesc, denied: bool) -> Result<OwnedFd, String> {
+        match (denied, &self.denied_path) {
+            (false, _) => connect_to(&self.path),
+            (true, Some(p)) => connect_to(p),
+            (true, None) => Err(SKIP_NO_DENIED.into()),
+        }
+    }
+}
+
+/// Why the rights cases cannot run over `--connect` alone.
+pub const SKIP_NO_DENIED: &str = "no endpoint without rights (give --connect-denied)";
+
+/// The conformance endpoints of a booted system: each can be opened once
+/// (init cannot make another while the system runs).
+pub struct System {
+    /// Per interface: the endpoint with every right, and the one with none.
+    ends: Vec<(&'static str, [Option<OwnedFd>; 2])>,
+}
+
+impl System {
+    pub fn new(ends: Vec<crate::supervisor::ConformanceEnds>) -> Self {
+        let ends = ends
+            .into_iter()
+            .map(|e| (e.interface, [Some(e.full), Some(e.denied)]))
+            .collect();
+        Self { ends }
+    }
+}
+
+impl Target for System {
+    fn open(&mut self, iface: &InterfaceDesc, denied: bool) -> Result<OwnedFd, String> {
+        let (_, ends) = self
+            .ends
+            .iter_mut()
+            .find(|(name, _)| *name == iface.name)
+            .ok_or_else(|| format!("the system has no conformance endpoint for {}", iface.name))?;
+        ends[denied as usize].take().ok_or_else(|| {
+            "the endpoint was closed and init cannot make another while the system runs".into()
+        })
+    }
+    fn is_live_system(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,146 @@
+//! `svm conformance` against our real servers, as a user runs it: the IPC
+//! suite on every interface of the pager, xe-svm and mm-server (with the
+//! failure lists built in), and the Python client (tests/ipc-python/)
+//! against each of them. Each run is bounded in time; the stub and the
+//! Python server are in `tests/tests/ipc_conformance.rs`.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// Runs `svm ARGS` and returns (success, stdout, stderr); kills it (and
+/// fails) past `LIMIT`.
+fn svm(args: &[&str]) -> (bool, String, String) {
+    let exe = env!("CARGO_BIN_EXE_svm");
+    let mut child = Command::new(exe)
+        // The servers are built beside `svm` by `cargo test --workspace`.
+        .env("SVM_BIN_DIR", std::path::Path::new(exe).parent().unwrap())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("svm {args:?} took over {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status.success(),
+        reader.join().unwrap(),
+        err_reader.join().unwrap(),
+    )
+}
+
+fn summary_line(out: &str) -> &str {
+    out.lines()
+        .rev()
+        .find(|l| l.contains(" passed, "))
+        .unwrap_or("")
+}
+
+#[test]
+fn the_ipc_suite_passes_against_every_real_server() {
+    let (ok, out, err) = svm(&["conformance", "ipc", "--system", "--vram-mib", "64"]);
+    assert!(ok, "{out}\n{err}");
+    let summary = summary_line(&out);
+    assert!(
+        summary.contains(" 0 failed, 7 expected failures"),
+        "{summary}\n{out}"
+    );
+    for iface in [
+        "Pager",
+        "PagerMigrate",
+        "PagerReclaim",
+        "Gpu",
+        "GpuNotify",
+        "GpuShrink",
+        "Pressure",
+    ] {
+        for case in ["golden.request.", "malformed.magic", "rights.denied."] {
+            let line = format!("PASS  {iface}/{case}");
+            assert!(out.contains(&line), "no `{line}`:\n{out}");
+        }
+        let xfail = format!("XFAIL {iface}/restart.endpoint_generation");
+        assert!(out.contains(&xfail), "{out}");
+    }
+    assert!(out.contains("PASS  Pager/generation.stale_id"), "{out}");
+    assert!(out.contains("PASS  Gpu/generation.stale_id"), "{out}");
+    assert!(
+        out.contains("SKIP  GpuNotify/golden.request.AttachStaging"),
+        "{out}"
+    );
+    assert!(out.contains("PASS  system/servers_alive"), "{out}");
+}
+
+#[test]
+fn the_python_client_passes_against_every_real_server() {
+    let python = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    if !python.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: python3 is not installed; the Python client was not run");
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/ipc-python/client_check.py"
+    );
+    let failures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/conformance/failures-python-client.txt"
+    );
+    let spawn = format!("python3 {script}");
+    let args = [
+        "conformance",
+        "client",
+        "--system",
+        "--vram-mib",
+        "64",
+        "--spawn",
+        &spawn,
+    ];
+    let (ok, out, err) = svm(&[&args[..], &["--failures", failures]].concat());
+    assert!(ok, "{out}\n{err}");
+    assert!(summary_line(&out).contains(" 0 failed"), "{out}");
+    for iface in [
+        "Pager",
+        "PagerMigrate",
+        "PagerReclaim",
+        "Gpu",
+        "GpuNotify",
+        "GpuShrink",
+        "Pressure",
+    ] {
+        for case in ["liveness", "refused.bad_magic", "ids.two_pending", "exit"] {
+            let line = format!("PASS  {iface}/client.{case}");
+            assert!(out.contains(&line), "no `{line}`:\n{out}");
+        }
+    }
+    assert!(
+        out.contains("PASS  Pager/client.rights.denied.Snapshot"),
+        "{out}"
+    );
+    assert!(out.contains("PASS  Gpu/client.gpu.vm_lifecycle"), "{out}");
+}

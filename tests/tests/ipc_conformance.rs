@@ -1,0 +1,306 @@
+//! The black-box IPC suite (`init::conformance`, `svm conformance ipc`)
+//! against the stub server and the Python implementation, the Python
+//! client against both, and the suite's own negative checks: a server that
+//! ignores rights or answers garbage must fail it, and a failure list that
+//! lists a passing case must fail the run. The booted system's run is in
+//! `init/tests/conformance.rs`. Every run is bounded in time.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use init::conformance::command::{self, Request, Where};
+use init::conformance::failures::Summary;
+use init::conformance::target::Target;
+use init::conformance::Options;
+use ipc_protocol::interfaces::pager::Pager;
+use ipc_protocol::schema::InterfaceDesc;
+use ipc_protocol::transport::SeqPacket;
+use ipc_protocol::{Capability, Rights};
+use tests::conformance_server::ConformancePager;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn failures(name: &str) -> PathBuf {
+    repo()
+        .join("tests/conformance")
+        .join(format!("failures-{name}.txt"))
+}
+
+fn python(script: &str) -> Option<String> {
+    let found = Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("SKIPPED: python3 is not installed; the Python implementation was not run");
+        return None;
+    }
+    let path = repo().join("tests/ipc-python").join(script);
+    Some(format!("python3 {}", path.display()))
+}
+
+/// Runs `req` in its own thread and fails the test if it takes over `LIMIT`.
+fn run(req: Request) -> (Summary, String) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let r = command::run(req, &mut out);
+        let _ = tx.send((r, String::from_utf8_lossy(&out).into_owned()));
+    });
+    let (r, out) = rx
+        .recv_timeout(LIMIT)
+        .expect("the suite finished within its time bound");
+    (
+        r.unwrap_or_else(|e| panic!("the suite did not start: {e}")),
+        out,
+    )
+}
+
+fn request(target: Where, failures: Vec<PathBuf>, client: Option<String>) -> Request {
+    Request {
+        target,
+        interfaces: vec![],
+        failures,
+        options: Options {
+            timeout: Duration::from_secs(10),
+        },
+        client: client.map(|c| (c, LIMIT / 2)),
+    }
+}
+
+fn assert_passes(summary: Summary, out: &str, at_least: usize) {
+    assert!(summary.ok(), "{out}\n{summary}");
+    assert!(
+        summary.passed >= at_least,
+        "only {} passed:\n{out}",
+        summary.passed
+    );
+}
+
+fn stub() -> Where {
+    Where::Spawn(env!("CARGO_BIN_EXE_ipc-conformance-server").into())
+}
+
+#[test]
+fn the_suite_passes_against_the_stub_server() {
+    let (s, out) = run(request(stub(), vec![failures("stub")], None));
+    assert_passes(s, &out, 35);
+    assert_eq!(s.expected_failures, 1, "{out}");
+    assert!(
+        out.contains("XFAIL Pager/restart.endpoint_generation"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_suite_passes_against_the_python_server() {
+    let Some(server) = python("server.py") else {
+        return;
+    };
+    let (s, out) = run(request(
+        Where::Spawn(server),
+        vec![failures("python")],
+        None,
+    ));
+    assert_passes(s, &out, 35);
+}
+
+/// Kills the listening Python server when the test ends, however it ends.
+struct Listening(std::process::Child);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_suite_passes_against_the_python_server_over_connect() {
+    let Some(server) = python("server.py") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("xsvm-conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (full, denied) = (dir.join("full.sock"), dir.join("denied.sock"));
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec {server} --listen {} --listen-denied {}",
+            full.display(),
+            denied.display()
+        ))
+        .stdout(Stdio::null());
+    let _server = Listening(cmd.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(full.exists() && denied.exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "the Python server did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let target = Where::Connect {
+        path: full,
+        denied: Some(denied),
+    };
+    let (s, out) = run(request(target, vec![failures("python")], None));
+    assert_passes(s, &out, 35);
+    assert!(out.contains("PASS  Pager/rights.denied.Snapshot"), "{out}");
+}
+
+#[test]
+fn the_python_codec_rebuilds_the_golden_file_from_the_doc() {
+    let Some(cmd) = python("selftest.py") else {
+        return;
+    };
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("timeout 60 {cmd}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("PASS golden.rebuild: 120 frames byte for byte"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_python_client_passes_against_the_stub_and_the_python_server() {
+    let (Some(client), Some(server)) = (python("client_check.py"), python("server.py")) else {
+        return;
+    };
+    let list = vec![failures("python-client")];
+    for target in [stub(), Where::Spawn(server)] {
+        let (s, out) = run(request(target, list.clone(), Some(client.clone())));
+        assert_passes(s, &out, 15);
+        assert!(
+            out.contains("PASS  Pager/client.pager.object_lifecycle"),
+            "{out}"
+        );
+    }
+}
+
+/// The stub in this process, its refusals broken on purpose: the endpoint
+/// the suite believes holds no right holds every right.
+struct IgnoresRights;
+
+impl Target for IgnoresRights {
+    fn open(&mut self, _: &InterfaceDesc, _denied: bool) -> Result<OwnedFd, String> {
+        let (mine, theirs) = SeqPacket::pair().map_err(|e| e.to_string())?;
+        ipc_protocol::server::spawn::<Pager, _>(
+            "broken",
+            Arc::new(theirs),
+            Capability::new(7, Rights::all()),
+            Arc::new(ConformancePager::default()),
+            1,
+        );
+        mine.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Answers every frame with itself: no frame it sends back is a valid answer.
+struct Echo;
+
+impl Target for Echo {
+    fn open(&mut self, _: &InterfaceDesc, _: bool) -> Result<OwnedFd, String> {
+        use ipc_protocol::transport::Transport;
+        let (mine, theirs) = SeqPacket::pair().map_err(|e| e.to_string())?;
+        std::thread::spawn(move || {
+            while let Ok(rx) = theirs.recv(None) {
+                if theirs.send(&rx.bytes, Vec::new()).is_err() {
+                    return;
+                }
+            }
+        });
+        mine.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn results_of(t: &mut dyn Target) -> Vec<init::conformance::CaseResult> {
+    let opts = Options {
+        timeout: Duration::from_secs(2),
+    };
+    init::conformance::run_interface(t, "Pager", &opts)
+}
+
+#[test]
+fn a_server_that_ignores_rights_fails_every_refusal_case() {
+    let results = results_of(&mut IgnoresRights);
+    let rights: Vec<_> = results
+        .iter()
+        .filter(|r| r.id.contains("/rights.denied."))
+        .collect();
+    assert_eq!(rights.len(), 7);
+    for r in rights {
+        assert!(
+            !r.outcome.passed(),
+            "{} passed against a server that ignores rights",
+            r.id
+        );
+    }
+    // The rest of the suite still passes against it.
+    assert!(results
+        .iter()
+        .any(|r| r.id.ends_with("malformed.magic") && r.outcome.passed()));
+}
+
+#[test]
+fn a_server_that_answers_garbage_fails_the_golden_and_malformed_cases() {
+    let results = results_of(&mut Echo);
+    let checked: Vec<_> = results
+        .iter()
+        .filter(|r| r.id.contains("/golden.") || r.id.contains("/malformed."))
+        .collect();
+    assert!(checked.len() > 25);
+    for r in checked {
+        assert!(
+            !r.outcome.passed(),
+            "{} passed against an echo: {:?}",
+            r.id,
+            r.outcome
+        );
+    }
+}
+
+#[test]
+fn a_listed_case_that_passes_fails_the_run() {
+    let dir = std::env::temp_dir().join(format!("xsvm-failures-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("failures.txt");
+    std::fs::write(
+        &list,
+        "Pager/restart.endpoint_generation\nPager/malformed.magic  # wrongly listed\n",
+    )
+    .unwrap();
+    let (s, out) = run(request(stub(), vec![list.clone()], None));
+    assert_eq!(s.unexpected_passes, 1, "{out}");
+    assert!(!s.ok());
+    assert!(out.contains("XPASS Pager/malformed.magic"), "{out}");
+    // And an unlisted failure fails it as well.
+    std::fs::write(&list, "").unwrap();
+    let (s, out) = run(request(stub(), vec![list], None));
+    assert_eq!(s.failed, 1, "{out}");
+    assert!(!s.ok());
+}
