@@ -4,9 +4,12 @@
 
 pub mod churn;
 pub mod client;
+pub mod guest;
 pub mod herd;
 pub mod manifest;
 pub mod oversub;
+pub mod qemu;
 pub mod race;
+pub mod summary;
 pub mod supervisor;
 pub mod views;
