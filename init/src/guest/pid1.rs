@@ -44,6 +44,8 @@ pub fn main(plan_path: &Path) -> ! {
     // The servers are looked up in $SVM_BIN_DIR (see `supervisor::bin_dir`).
     std::env::set_var("SVM_BIN_DIR", BIN_DIR);
     std::env::set_var("PATH", BIN_DIR);
+    // A serial console shows escape codes as noise.
+    std::env::set_var("RUST_LOG_STYLE", "never");
     println!("svm-guest: PID 1 up, plan {}", plan_path.display());
     let result = std::panic::catch_unwind(|| run_plan(plan_path));
     let summary = match result {
@@ -121,9 +123,7 @@ fn stop_everyone() {
             let _ = kill_process(pid, signal);
         }
         std::thread::sleep(Duration::from_millis(pause));
-        while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG)
-        {
-        }
+        while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
     }
 }
 

@@ -209,12 +209,14 @@ fn wait(
 /// One non-blocking wait: `Some` once `pid` has ended. With
 /// [`Reap::Orphans`], every other ended process is reaped on the way.
 fn reap_once(pid: Pid, reap: Reap, out: &mut dyn Write) -> std::io::Result<Option<WaitStatus>> {
-    let target = match reap {
-        Reap::OwnChildren => Some(pid),
-        Reap::Orphans => None,
-    };
     loop {
-        match waitpid(target, WaitOptions::NOHANG)? {
+        // Not `waitpid(None)`: that is wait4(0), our own process group only,
+        // and every check runs in a group of its own.
+        let ended = match reap {
+            Reap::OwnChildren => waitpid(Some(pid), WaitOptions::NOHANG)?,
+            Reap::Orphans => rustix::process::wait(WaitOptions::NOHANG)?,
+        };
+        match ended {
             None => return Ok(None),
             Some((p, status)) if p == pid => return Ok(Some(status)),
             Some((p, status)) => {
@@ -233,5 +235,86 @@ fn drain(lines: &Receiver<String>, summary: &mut Option<Summary>, out: &mut dyn 
             Ok(line) => pass_on(&line, summary, out),
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A check that runs `sh -c SCRIPT` (the runner runs any program).
+    fn sh(name: &str, timeout_s: u64, script: &str) -> Check {
+        Check {
+            name: name.into(),
+            timeout: Duration::from_secs(timeout_s),
+            args: vec!["-c".into(), script.into()],
+        }
+    }
+
+    fn run_sh(checks: Vec<Check>) -> (Summary, String) {
+        let mut out = Vec::new();
+        let s = run(&Plan { checks }, Path::new("/bin/sh"), Reap::OwnChildren, &mut out);
+        (s, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn exit_status_decides_and_the_summary_closes() {
+        let (s, out) = run_sh(vec![
+            sh("passes", 10, "echo hello"),
+            sh("exits-3", 10, "exit 3"),
+            sh("killed", 10, "kill -9 $$"),
+        ]);
+        assert_eq!(s, Summary { passed: 1, failed: 2 });
+        assert!(out.contains("\nhello\n"), "{out}");
+        assert!(out.contains("ok   passes ("), "{out}");
+        assert!(out.contains("FAIL exits-3: exit status 3"), "{out}");
+        assert!(out.contains("FAIL killed: killed by signal 9"), "{out}");
+        assert_eq!(out.lines().last(), Some("1 passed, 2 failed"));
+        assert_eq!(Summary::last_in(&out), Some(s));
+    }
+
+    #[test]
+    fn a_runner_counts_as_its_summary() {
+        let (s, out) = run_sh(vec![
+            sh("suite", 10, "echo '3 passed, 1 failed, 2 expected failures'; exit 1"),
+            sh("suite-green", 10, "echo '4 passed, 0 failed'"),
+            // It says green but exits 1: it still failed once.
+            sh("suite-lies", 10, "echo '2 passed, 0 failed'; exit 1"),
+        ]);
+        assert_eq!(s, Summary { passed: 9, failed: 2 });
+        assert!(out.contains("ok   suite-green [4 passed, 0 failed]"), "{out}");
+        // The per-check lines are not summary lines themselves.
+        assert_eq!(Summary::last_in(&out), Some(s));
+    }
+
+    #[test]
+    fn a_hang_fails_and_its_whole_group_is_killed() {
+        let start = Instant::now();
+        let (s, out) = run_sh(vec![sh("hangs", 1, "sleep 60 & echo \"bg $!\"; wait")]);
+        assert_eq!(s, Summary { passed: 0, failed: 1 });
+        assert!(out.contains("FAIL hangs: timed out after 1 s"), "{out}");
+        assert!(start.elapsed() < Duration::from_secs(20));
+        let bg: i32 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("bg "))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the background pid");
+        // The background sleep went with its group: gone, or a zombie
+        // waiting for whoever reaps orphans here.
+        std::thread::sleep(Duration::from_millis(200));
+        let state = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
+        let state = state.rsplit(") ").next().and_then(|r| r.chars().next());
+        assert!(matches!(state, None | Some('Z')), "sleep {bg} still {state:?}");
+    }
+
+    #[test]
+    fn a_program_that_cannot_start_fails_its_check() {
+        let mut out = Vec::new();
+        let plan = Plan {
+            checks: vec![sh("missing", 5, "true")],
+        };
+        let s = run(&plan, Path::new("/nonexistent/svm"), Reap::OwnChildren, &mut out);
+        assert_eq!(s, Summary { passed: 0, failed: 1 });
+        assert!(String::from_utf8(out).unwrap().contains("FAIL missing: cannot start"));
     }
 }
