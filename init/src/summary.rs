@@ -71,7 +71,12 @@ mod tests {
 
     #[test]
     fn reads_the_forms_runners_print() {
-        let s = |p, f| Some(Summary { passed: p, failed: f });
+        let s = |p, f| {
+            Some(Summary {
+                passed: p,
+                failed: f,
+            })
+        };
         assert_eq!(Summary::parse_line("3 passed, 0 failed"), s(3, 0));
         assert_eq!(Summary::parse_line("  12 passed, 1 failed\r"), s(12, 1));
         assert_eq!(Summary::parse_line("result: 4 passed, 2 failed"), s(4, 2));
@@ -79,7 +84,10 @@ mod tests {
             Summary::parse_line("7 passed, 0 failed, 3 expected failures"),
             s(7, 0)
         );
-        assert_eq!(Summary::parse_line("1 passed, 0 failed, 2 skipped"), s(1, 0));
+        assert_eq!(
+            Summary::parse_line("1 passed, 0 failed, 2 skipped"),
+            s(1, 0)
+        );
     }
 
     #[test]
@@ -114,8 +122,20 @@ mod tests {
 
     #[test]
     fn green_needs_a_pass_and_no_failure() {
-        assert!(Summary { passed: 1, failed: 0 }.is_green());
-        assert!(!Summary { passed: 0, failed: 0 }.is_green());
-        assert!(!Summary { passed: 5, failed: 1 }.is_green());
+        assert!(Summary {
+            passed: 1,
+            failed: 0
+        }
+        .is_green());
+        assert!(!Summary {
+            passed: 0,
+            failed: 0
+        }
+        .is_green());
+        assert!(!Summary {
+            passed: 5,
+            failed: 1
+        }
+        .is_green());
     }
 }

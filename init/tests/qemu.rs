@@ -77,17 +77,34 @@ fn the_quick_set_runs_green_as_pid_1_of_a_guest() {
     // The static build (about a minute when cold) and the boot (about a
     // minute under TCG) fit well inside this.
     let (code, out, err) = svm(
-        &["qemu", "--scenarios", "quick", "--accel", "tcg", "--timeout", "420"],
+        &[
+            "qemu",
+            "--scenarios",
+            "quick",
+            "--accel",
+            "tcg",
+            "--timeout",
+            "420",
+        ],
         Duration::from_secs(540),
     );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("svm-guest: PID 1 up"), "{out}");
     for check in ["boot-check", "herd", "oversub", "mremap", "fork"] {
-        assert!(out.contains(&format!("\nok   {check} (")), "{check} did not pass:\n{out}");
+        assert!(
+            out.contains(&format!("\nok   {check} (")),
+            "{check} did not pass:\n{out}"
+        );
     }
     // Every workload checked its data in the guest.
-    assert!(out.contains("bad=0") && out.contains("bad pages=0"), "{out}");
-    let last = out.lines().rev().find_map(init::summary::Summary::parse_line);
+    assert!(
+        out.contains("bad=0") && out.contains("bad pages=0"),
+        "{out}"
+    );
+    let last = out
+        .lines()
+        .rev()
+        .find_map(init::summary::Summary::parse_line);
     assert_eq!(last.map(|s| (s.passed, s.failed)), Some((5, 0)), "{out}");
     assert!(out.contains("svm-guest: green - powering off"), "{out}");
     assert!(err.contains("svm qemu: green"), "{err}");
@@ -106,7 +123,15 @@ fn a_failing_check_in_the_guest_fails_svm_qemu() {
     )
     .unwrap();
     let (code, out, err) = svm(
-        &["qemu", "--scenarios", plan.to_str().unwrap(), "--accel", "tcg", "--timeout", "300"],
+        &[
+            "qemu",
+            "--scenarios",
+            plan.to_str().unwrap(),
+            "--accel",
+            "tcg",
+            "--timeout",
+            "300",
+        ],
         Duration::from_secs(420),
     );
     std::fs::remove_file(&plan).unwrap();
@@ -114,7 +139,10 @@ fn a_failing_check_in_the_guest_fails_svm_qemu() {
     assert!(out.contains("\nok   boot-check ("), "{out}");
     assert!(out.contains("\nFAIL bad-size: exit status 2"), "{out}");
     assert!(out.contains("svm-guest: red - powering off"), "{out}");
-    assert!(err.contains("the guest reported 1 passed, 1 failed"), "{err}");
+    assert!(
+        err.contains("the guest reported 1 passed, 1 failed"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -142,7 +170,10 @@ fn svm_guest_runs_a_plan_on_the_host() {
 fn svm_qemu_refuses_what_it_cannot_do() {
     for (args, why) in [
         (&["qemu", "--gpus", "2"][..], "several GPUs: issue 17"),
-        (&["qemu", "--scenarios", "/no/such/set"][..], "not a set, plan or scenario path"),
+        (
+            &["qemu", "--scenarios", "/no/such/set"][..],
+            "not a set, plan or scenario path",
+        ),
         (&["qemu", "--cpus", "0"][..], "--cpus (1-64) out of range"),
     ] {
         let (code, out, err) = svm(args, Duration::from_secs(30));

@@ -41,7 +41,12 @@ pub fn cli_main(args: &GuestArgs) -> i32 {
         }
     };
     let svm = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("svm"));
-    let summary = runner::run(&plan, &svm, runner::Reap::OwnChildren, &mut std::io::stdout());
+    let summary = runner::run(
+        &plan,
+        &svm,
+        runner::Reap::OwnChildren,
+        &mut std::io::stdout(),
+    );
     if summary.is_green() {
         0
     } else {

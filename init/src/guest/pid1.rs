@@ -31,8 +31,20 @@ pub const BIN_DIR: &str = "/bin";
 const MOUNTS: &[(&str, &str, &str, MountFlags, &str)] = &[
     ("proc", "/proc", "proc", MountFlags::NOSUID, ""),
     ("sysfs", "/sys", "sysfs", MountFlags::NOSUID, ""),
-    ("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID, "mode=0755"),
-    ("tmpfs", "/dev/shm", "tmpfs", MountFlags::NOSUID, "mode=1777"),
+    (
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MountFlags::NOSUID,
+        "mode=0755",
+    ),
+    (
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        MountFlags::NOSUID,
+        "mode=1777",
+    ),
     ("tmpfs", "/tmp", "tmpfs", MountFlags::NOSUID, "mode=1777"),
     ("tmpfs", "/run", "tmpfs", MountFlags::NOSUID, "mode=0755"),
 ];
@@ -52,16 +64,37 @@ pub fn main(plan_path: &Path) -> ! {
         Ok(Ok(s)) => s,
         Ok(Err(why)) => {
             println!("svm-guest: {why}");
-            println!("{}", Summary { passed: 0, failed: 1 });
-            Summary { passed: 0, failed: 1 }
+            println!(
+                "{}",
+                Summary {
+                    passed: 0,
+                    failed: 1
+                }
+            );
+            Summary {
+                passed: 0,
+                failed: 1,
+            }
         }
         Err(_) => {
             println!("svm-guest: the runner panicked");
-            println!("{}", Summary { passed: 0, failed: 1 });
-            Summary { passed: 0, failed: 1 }
+            println!(
+                "{}",
+                Summary {
+                    passed: 0,
+                    failed: 1
+                }
+            );
+            Summary {
+                passed: 0,
+                failed: 1,
+            }
         }
     };
-    println!("svm-guest: {} - powering off", if summary.is_green() { "green" } else { "red" });
+    println!(
+        "svm-guest: {} - powering off",
+        if summary.is_green() { "green" } else { "red" }
+    );
     power_off()
 }
 

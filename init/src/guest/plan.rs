@@ -45,13 +45,21 @@ pub struct Plan {
 #[repr(u8)]
 pub enum PlanError {
     /// A name outside `[A-Za-z0-9._-]{1,64}`.
-    BadName { line: usize } = 1,
+    BadName {
+        line: usize,
+    } = 1,
     /// No timeout, or one outside 1..=3600 seconds.
-    BadTimeout { line: usize } = 2,
+    BadTimeout {
+        line: usize,
+    } = 2,
     /// No `svm` arguments, or more than 32.
-    BadArgs { line: usize } = 3,
+    BadArgs {
+        line: usize,
+    } = 3,
     /// Two checks of one name (results are reported by name).
-    DuplicateName { line: usize } = 4,
+    DuplicateName {
+        line: usize,
+    } = 4,
     TooManyChecks = 5,
     Empty = 6,
 }
@@ -60,7 +68,10 @@ impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BadName { line } => {
-                write!(f, "line {line}: a check name is 1-{MAX_NAME} of [A-Za-z0-9._-]")
+                write!(
+                    f,
+                    "line {line}: a check name is 1-{MAX_NAME} of [A-Za-z0-9._-]"
+                )
             }
             Self::BadTimeout { line } => {
                 write!(f, "line {line}: the timeout is 1-{MAX_TIMEOUT_S} seconds")
@@ -181,7 +192,10 @@ mod tests {
             ("a 0 boot", PlanError::BadTimeout { line: 1 }),
             ("a 3601 boot", PlanError::BadTimeout { line: 1 }),
             ("a -5 boot", PlanError::BadTimeout { line: 1 }),
-            ("a 99999999999999999999999 boot", PlanError::BadTimeout { line: 1 }),
+            (
+                "a 99999999999999999999999 boot",
+                PlanError::BadTimeout { line: 1 },
+            ),
             ("a 10", PlanError::BadArgs { line: 1 }),
             (&many_args, PlanError::BadArgs { line: 1 }),
             ("a 1 boot\n\na 2 boot", PlanError::DuplicateName { line: 3 }),

@@ -68,7 +68,12 @@ impl Outcome {
 pub fn run(plan: &Plan, svm: &Path, reap: Reap, out: &mut dyn Write) -> Summary {
     let mut total = Summary::default();
     for check in &plan.checks {
-        let _ = writeln!(out, "svm-guest: running {} (svm {})", check.name, check.args.join(" "));
+        let _ = writeln!(
+            out,
+            "svm-guest: running {} (svm {})",
+            check.name,
+            check.args.join(" ")
+        );
         let (outcome, suite) = run_check(check, svm, reap, out);
         let _ = writeln!(out, "{}", outcome.line(suite));
         total.add(outcome.counts);
@@ -119,8 +124,14 @@ fn run_check(check: &Check, svm: &Path, reap: Reap, out: &mut dyn Write) -> (Out
             failed: s.failed.max(1),
             ..s
         },
-        (None, None) => Summary { passed: 1, failed: 0 },
-        (None, Some(_)) => Summary { passed: 0, failed: 1 },
+        (None, None) => Summary {
+            passed: 1,
+            failed: 0,
+        },
+        (None, Some(_)) => Summary {
+            passed: 0,
+            failed: 1,
+        },
     };
     let outcome = Outcome {
         name: check.name.clone(),
@@ -134,7 +145,10 @@ fn run_check(check: &Check, svm: &Path, reap: Reap, out: &mut dyn Write) -> (Out
 fn failed(check: &Check, why: String, start: Instant) -> Outcome {
     Outcome {
         name: check.name.clone(),
-        counts: Summary { passed: 0, failed: 1 },
+        counts: Summary {
+            passed: 0,
+            failed: 1,
+        },
         failure: Some(why),
         elapsed: start.elapsed(),
     }
@@ -253,7 +267,12 @@ mod tests {
 
     fn run_sh(checks: Vec<Check>) -> (Summary, String) {
         let mut out = Vec::new();
-        let s = run(&Plan { checks }, Path::new("/bin/sh"), Reap::OwnChildren, &mut out);
+        let s = run(
+            &Plan { checks },
+            Path::new("/bin/sh"),
+            Reap::OwnChildren,
+            &mut out,
+        );
         (s, String::from_utf8(out).unwrap())
     }
 
@@ -264,7 +283,13 @@ mod tests {
             sh("exits-3", 10, "exit 3"),
             sh("killed", 10, "kill -9 $$"),
         ]);
-        assert_eq!(s, Summary { passed: 1, failed: 2 });
+        assert_eq!(
+            s,
+            Summary {
+                passed: 1,
+                failed: 2
+            }
+        );
         assert!(out.contains("\nhello\n"), "{out}");
         assert!(out.contains("ok   passes ("), "{out}");
         assert!(out.contains("FAIL exits-3: exit status 3"), "{out}");
@@ -276,13 +301,26 @@ mod tests {
     #[test]
     fn a_runner_counts_as_its_summary() {
         let (s, out) = run_sh(vec![
-            sh("suite", 10, "echo '3 passed, 1 failed, 2 expected failures'; exit 1"),
+            sh(
+                "suite",
+                10,
+                "echo '3 passed, 1 failed, 2 expected failures'; exit 1",
+            ),
             sh("suite-green", 10, "echo '4 passed, 0 failed'"),
             // It says green but exits 1: it still failed once.
             sh("suite-lies", 10, "echo '2 passed, 0 failed'; exit 1"),
         ]);
-        assert_eq!(s, Summary { passed: 9, failed: 2 });
-        assert!(out.contains("ok   suite-green [4 passed, 0 failed]"), "{out}");
+        assert_eq!(
+            s,
+            Summary {
+                passed: 9,
+                failed: 2
+            }
+        );
+        assert!(
+            out.contains("ok   suite-green [4 passed, 0 failed]"),
+            "{out}"
+        );
         // The per-check lines are not summary lines themselves.
         assert_eq!(Summary::last_in(&out), Some(s));
     }
@@ -291,7 +329,13 @@ mod tests {
     fn a_hang_fails_and_its_whole_group_is_killed() {
         let start = Instant::now();
         let (s, out) = run_sh(vec![sh("hangs", 1, "sleep 60 & echo \"bg $!\"; wait")]);
-        assert_eq!(s, Summary { passed: 0, failed: 1 });
+        assert_eq!(
+            s,
+            Summary {
+                passed: 0,
+                failed: 1
+            }
+        );
         assert!(out.contains("FAIL hangs: timed out after 1 s"), "{out}");
         assert!(start.elapsed() < Duration::from_secs(20));
         let bg: i32 = out
@@ -304,7 +348,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         let state = std::fs::read_to_string(format!("/proc/{bg}/stat")).unwrap_or_default();
         let state = state.rsplit(") ").next().and_then(|r| r.chars().next());
-        assert!(matches!(state, None | Some('Z')), "sleep {bg} still {state:?}");
+        assert!(
+            matches!(state, None | Some('Z')),
+            "sleep {bg} still {state:?}"
+        );
     }
 
     #[test]
@@ -313,8 +360,21 @@ mod tests {
         let plan = Plan {
             checks: vec![sh("missing", 5, "true")],
         };
-        let s = run(&plan, Path::new("/nonexistent/svm"), Reap::OwnChildren, &mut out);
-        assert_eq!(s, Summary { passed: 0, failed: 1 });
-        assert!(String::from_utf8(out).unwrap().contains("FAIL missing: cannot start"));
+        let s = run(
+            &plan,
+            Path::new("/nonexistent/svm"),
+            Reap::OwnChildren,
+            &mut out,
+        );
+        assert_eq!(
+            s,
+            Summary {
+                passed: 0,
+                failed: 1
+            }
+        );
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("FAIL missing: cannot start"));
     }
 }

@@ -28,7 +28,10 @@ pub enum Content {
     HostFile(PathBuf),
     Bytes(Vec<u8>),
     Symlink(String),
-    CharDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +106,9 @@ impl Initramfs {
         for e in names {
             let path = e.path();
             let name = e.file_name();
-            let name = name.to_str().ok_or_else(|| TreeError::BadName(path.clone()))?;
+            let name = name
+                .to_str()
+                .ok_or_else(|| TreeError::BadName(path.clone()))?;
             let meta = std::fs::symlink_metadata(&path)
                 .map_err(|err| TreeError::Io(path.clone(), err.kind()))?;
             budget.0 = budget.0.checked_sub(1).ok_or(TreeError::TooMany)?;
@@ -124,7 +129,10 @@ impl Initramfs {
     /// Writes the archive (entries in the order given, then the trailer).
     pub fn write_to(&self, out: &Path) -> io::Result<u64> {
         let file = io::BufWriter::new(File::create(out)?);
-        let mut counted = CountingWriter { inner: file, bytes: 0 };
+        let mut counted = CountingWriter {
+            inner: file,
+            bytes: 0,
+        };
         for (i, e) in self.entries.iter().enumerate() {
             // Inode numbers only need to differ (hard links share one).
             let ino = u32::try_from(i + 1).map_err(|_| too_big("entries"))?;
@@ -187,7 +195,10 @@ fn write_data<W: Write>(w: &mut W, b: cpio::newc::Builder, data: &[u8]) -> io::R
 }
 
 fn too_big(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, format!("{what} too big for cpio newc"))
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what} too big for cpio newc"),
+    )
 }
 
 struct CountingWriter<W> {
@@ -252,7 +263,12 @@ mod tests {
                 return out;
             }
             let e = r.entry();
-            let head = (e.name().to_owned(), e.mode(), e.rdev_major(), e.rdev_minor());
+            let head = (
+                e.name().to_owned(),
+                e.mode(),
+                e.rdev_major(),
+                e.rdev_minor(),
+            );
             let mut data = Vec::new();
             r.read_to_end(&mut data).unwrap();
             out.push((head.0, head.1, head.2, head.3, data));
@@ -280,10 +296,16 @@ mod tests {
         assert_eq!(size % 4, 0);
         let got = read_back(&archive);
         let names: Vec<_> = got.iter().map(|g| g.0.as_str()).collect();
-        assert_eq!(names, ["bin", "bin/svm", "init", "dev", "dev/console", "etc/x"]);
+        assert_eq!(
+            names,
+            ["bin", "bin/svm", "init", "dev", "dev/console", "etc/x"]
+        );
         assert_eq!(got[0].1, S_IFDIR | 0o755);
         assert_eq!((got[1].1, &got[1].4), (S_IFREG | 0o755, &payload));
-        assert_eq!((got[2].1, got[2].4.as_slice()), (S_IFLNK | 0o777, &b"bin/svm"[..]));
+        assert_eq!(
+            (got[2].1, got[2].4.as_slice()),
+            (S_IFLNK | 0o777, &b"bin/svm"[..])
+        );
         assert_eq!((got[4].1, got[4].2, got[4].3), (S_IFCHR | 0o600, 5, 1));
         assert_eq!(got[5].4, b"abc");
         std::fs::remove_dir_all(&d).unwrap();

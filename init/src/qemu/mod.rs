@@ -138,7 +138,9 @@ pub fn workload(set: &str, timeout_s: u64) -> Result<Workload, QemuError> {
         .filter(|n| !n.is_empty() && !n.contains(char::is_whitespace))
         .ok_or_else(|| QemuError::BadSet(set.into()))?
         .to_owned();
-    let guest_timeout = timeout_s.saturating_sub(BOOT_MARGIN_S).clamp(60, plan::MAX_TIMEOUT_S);
+    let guest_timeout = timeout_s
+        .saturating_sub(BOOT_MARGIN_S)
+        .clamp(60, plan::MAX_TIMEOUT_S);
     // Runs the scenario runner (`svm run FILE|DIR`) on the copy.
     let plan = Plan {
         checks: vec![Check {
@@ -211,7 +213,10 @@ fn run(args: &QemuArgs) -> Result<bool, QemuError> {
         (None, Some(r)) => r.join("target/qemu"),
         (None, None) => return Err(QemuError::NoWorkspace),
     };
-    let (qemu, kernel) = (qemu_dir.join("qemu-system-x86_64"), qemu_dir.join("vmlinuz"));
+    let (qemu, kernel) = (
+        qemu_dir.join("qemu-system-x86_64"),
+        qemu_dir.join("vmlinuz"),
+    );
     if !qemu.is_file() || !kernel.is_file() {
         return Err(QemuError::NotFetched(qemu_dir));
     }
@@ -242,7 +247,10 @@ fn run(args: &QemuArgs) -> Result<bool, QemuError> {
         verbose: args.verbose,
     };
     vm.accel = vm::choose_accel(args.accel, &vm, &qemu_dir);
-    eprintln!("svm qemu: booting ({:?}, at most {} s)", vm.accel, args.timeout);
+    eprintln!(
+        "svm qemu: booting ({:?}, at most {} s)",
+        vm.accel, args.timeout
+    );
     let boot = vm.boot(Duration::from_secs(args.timeout), &mut std::io::stdout())?;
     let log_path = work.join("serial.log");
     let _ = std::fs::write(&log_path, &boot.log);
@@ -262,7 +270,11 @@ fn judge(boot: &vm::Boot, timeout_s: u64, log_path: &Path) -> bool {
     };
     eprintln!(
         "svm qemu: {} after {:.1} s; serial log in {}",
-        if verdict.is_empty() { "green" } else { &verdict },
+        if verdict.is_empty() {
+            "green"
+        } else {
+            &verdict
+        },
         boot.elapsed.as_secs_f64(),
         log_path.display()
     );
@@ -278,7 +290,10 @@ mod tests {
         let builtin = workload("builtin", 900).unwrap();
         assert!(builtin.tree.is_none() && builtin.plan.checks.len() >= 5);
         assert!(workload("quick", 900).unwrap().plan.checks.len() >= 3);
-        assert!(matches!(workload("no-such-set", 900), Err(QemuError::BadSet(_))));
+        assert!(matches!(
+            workload("no-such-set", 900),
+            Err(QemuError::BadSet(_))
+        ));
 
         let d = std::env::temp_dir().join(format!("svm-qemu-set-{}", std::process::id()));
         std::fs::create_dir_all(d.join("my-set")).unwrap();
@@ -307,7 +322,12 @@ mod tests {
             .map(|n| PathBuf::from(format!("/nonexistent/{n}")))
             .collect();
         let fs = pack(&w, &exes).unwrap();
-        let find = |p: &str| fs.entries().iter().find(|e| e.path == p).map(|e| &e.content);
+        let find = |p: &str| {
+            fs.entries()
+                .iter()
+                .find(|e| e.path == p)
+                .map(|e| &e.content)
+        };
         use initramfs::Content;
         assert_eq!(find("init"), Some(&Content::Symlink("bin/svm".into())));
         assert_eq!(

@@ -18,10 +18,7 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The repository: the first directory, from the current one up, then from
 /// this executable's up, that holds `scripts/fetch-qemu.sh`.
 pub fn workspace_root() -> Option<PathBuf> {
-    let starts = [
-        std::env::current_dir().ok(),
-        std::env::current_exe().ok(),
-    ];
+    let starts = [std::env::current_dir().ok(), std::env::current_exe().ok()];
     starts
         .into_iter()
         .flatten()
@@ -47,7 +44,10 @@ pub fn build(root: &Path) -> Result<PathBuf, QemuError> {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true");
-    eprintln!("svm qemu: building the static servers into {}", target_dir.display());
+    eprintln!(
+        "svm qemu: building the static servers into {}",
+        target_dir.display()
+    );
     let status = cmd
         .status()
         .map_err(|e| QemuError::Build(format!("cannot run cargo: {e}")))?;

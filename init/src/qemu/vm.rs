@@ -69,14 +69,21 @@ impl Vm {
         };
         c.args(["-nodefaults", "-no-user-config", "-display", "none"])
             .args(["-serial", "stdio", "-monitor", "none", "-no-reboot"])
-            .args(["-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.mem_mib)])
+            .args([
+                "-smp",
+                &self.cpus.to_string(),
+                "-m",
+                &format!("{}M", self.mem_mib),
+            ])
             .arg("-kernel")
             .arg(&self.kernel);
         if let Some(initrd) = &self.initrd {
             c.arg("-initrd").arg(initrd);
         }
         c.args(["-append", &cmdline(self.verbose)]);
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         c
     }
 
@@ -87,8 +94,14 @@ impl Vm {
         let mut child = self.command().spawn().map_err(QemuError::Spawn)?;
         let (tx, rx) = mpsc::channel::<String>();
         for pipe in [
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -97,7 +110,9 @@ impl Vm {
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).split(b'\n') {
                     let Ok(line) = line else { break };
-                    let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned();
+                    let text = String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_owned();
                     if tx.send(text).is_err() {
                         break;
                     }
@@ -155,10 +170,17 @@ pub fn choose_accel(asked: Accel, vm: &Vm, cache_dir: &Path) -> Accel {
     let cache = cache_dir.join("kvm-probe");
     if let Ok(saved) = std::fs::read_to_string(&cache) {
         if let Some(answer) = saved.strip_prefix(&format!("{}:", host.trim())) {
-            return if answer.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg };
+            return if answer.trim() == "kvm" {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
         }
     }
-    eprintln!("svm qemu: probing KVM (at most {} s)", KVM_PROBE_TIMEOUT.as_secs());
+    eprintln!(
+        "svm qemu: probing KVM (at most {} s)",
+        KVM_PROBE_TIMEOUT.as_secs()
+    );
     let probe = Vm {
         initrd: None,
         accel: Accel::Kvm,
@@ -172,7 +194,11 @@ pub fn choose_accel(asked: Accel, vm: &Vm, cache_dir: &Path) -> Accel {
     let answer = if works { Accel::Kvm } else { Accel::Tcg };
     eprintln!(
         "svm qemu: KVM {}",
-        if works { "works" } else { "did not boot in time: using TCG" }
+        if works {
+            "works"
+        } else {
+            "did not boot in time: using TCG"
+        }
     );
     let name = if works { "kvm" } else { "tcg" };
     let _ = std::fs::write(&cache, format!("{}:{name}\n", host.trim()));
