@@ -12,7 +12,7 @@ use ipc_protocol::frame::{encode_message, ErrorPayload};
 use ipc_protocol::interfaces::pager::{self, Pager, PagerError};
 use ipc_protocol::scheme::record::opcode;
 use ipc_protocol::scheme::{
-    on_call, Caller, Cqe, Endpoint, Endpoints, Errno, Request, Session, Sqe, CALL_FRAME_V1,
+    on_call, Caller, Cqe, Endpoint, Endpoints, Errno, Opener, Request, Session, Sqe, CALL_FRAME_V1,
 };
 use ipc_protocol::server::dispatch;
 use ipc_protocol::transport::Received;
@@ -113,7 +113,7 @@ fn endpoints(caps: &[(&str, Rights)]) -> Endpoints {
             capability: Capability::new(100 + i as u64, *rights),
         })
         .collect();
-    Endpoints::new(declared, INIT_PID).unwrap()
+    Endpoints::new(declared, Opener::Process(INIT_PID)).unwrap()
 }
 
 fn init_opens(eps: &mut Endpoints, path: &str) -> u64 {
@@ -333,4 +333,33 @@ fn hostile_records_get_errnos_not_panics() {
     let (cqe, _) = call(&mut eps, a, &frame, vec![], &mut real);
     assert_eq!(cqe.result, Errno::BadHandle.result());
     assert_eq!(eps.open("a.100", init), Err(Errno::Exists));
+}
+
+#[test]
+fn a_driver_started_by_pcid_lets_root_open_each_endpoint_once() {
+    let declared = vec![Endpoint {
+        path: "gpu.100".into(),
+        interface: Pager::ID,
+        capability: Capability::new(100, Rights::all()),
+    }];
+    let mut eps = Endpoints::new(declared.clone(), Opener::Root).unwrap();
+    let user = Caller {
+        pid: 5,
+        uid: 1000,
+        gid: 1000,
+    };
+    let root = Caller {
+        pid: 6,
+        uid: 0,
+        gid: 0,
+    };
+    assert_eq!(eps.open("gpu.100", user), Err(Errno::Access));
+    assert_eq!(eps.open("gpu.100", root), Ok(0));
+    assert_eq!(eps.open("gpu.100", root), Err(Errno::Exists));
+    // Two endpoints of one path are a configuration error.
+    let twice = [declared.clone(), declared].concat();
+    assert_eq!(
+        Endpoints::new(twice, Opener::Root).unwrap_err(),
+        Errno::Invalid
+    );
 }

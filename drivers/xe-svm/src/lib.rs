@@ -11,11 +11,13 @@
 //! - [`views`]: bindings follow the pager's views (rule 8 for unmap/mremap);
 //! - [`bo`], [`ww`]: the BO world and its reservation locks (rule 7);
 //! - [`host`]: the host runtime: the device model and IPC as the platform,
-//!   and the IPC handlers.
+//!   and the IPC handlers;
+//! - [`pci_ids`]: the Xe2 GPUs it drives (Redox's `pcid.d` entry).
 
 pub mod bo;
 pub mod device;
 pub mod host;
+pub mod pci_ids;
 pub mod platform;
 pub mod ppgtt;
 pub mod probe;

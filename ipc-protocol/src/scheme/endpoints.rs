@@ -4,10 +4,13 @@
 //! Identity. On the host an endpoint is one end of a socket pair that init
 //! made, and the server knows the capability it minted for it. Here an
 //! endpoint is a path of the server's scheme (`/scheme/xe-svm/gpu.100`),
-//! declared with its capability when the server starts. Only init (the
-//! process whose id the server was given) may open it, once; the handle it
-//! gets is the capability, and init hands it to the client the way it hands
-//! a socket today (inherited at spawn, or `sendfd`). A call's capability is
+//! declared with its capability when the server starts. Only the launcher
+//! may open it ([`Opener`]: the process whose id the server was given, or
+//! root for a server `pcid-spawner` starts), and only once: the launcher
+//! opens every endpoint at boot, before any client runs, so a later open is
+//! refused. The handle it gets is the capability; it hands it to the client
+//! the way it hands a socket today (inherited at spawn, or `sendfd`). A
+//! call's capability is
 //! the handle's, whoever holds the handle now: the caller id the kernel
 //! gives is used for the open check and for logs, never a payload field.
 //!
@@ -63,6 +66,25 @@ pub struct Session {
     pub capability: Capability,
 }
 
+/// Who may open (mint) endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    /// The launcher's process id (a server the launcher started).
+    Process(u64),
+    /// Any root process (a driver `pcid-spawner` started, which cannot
+    /// know the launcher's id); first open wins, at boot.
+    Root,
+}
+
+impl Opener {
+    fn allows(&self, caller: Caller) -> bool {
+        match *self {
+            Self::Process(pid) => caller.pid == pid,
+            Self::Root => caller.uid == 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Endpoints {
     declared: Vec<Endpoint>,
@@ -70,15 +92,14 @@ pub struct Endpoints {
     opened: Vec<bool>,
     /// Indexed by handle id.
     handles: Vec<Option<Open>>,
-    /// The process allowed to open endpoints (init).
-    opener: u64,
+    opener: Opener,
 }
 
 impl Endpoints {
-    /// The scheme of a server started by process `opener` with these
-    /// endpoints. More than [`MAX_ENDPOINTS`], or two of one path, is a
-    /// boot configuration error.
-    pub fn new(declared: Vec<Endpoint>, opener: u64) -> Result<Self, Errno> {
+    /// The scheme of a server with these endpoints, opened by `opener`.
+    /// More than [`MAX_ENDPOINTS`], or two of one path, is a boot
+    /// configuration error.
+    pub fn new(declared: Vec<Endpoint>, opener: Opener) -> Result<Self, Errno> {
         let mut paths: Vec<&str> = declared.iter().map(|e| e.path.as_str()).collect();
         paths.sort_unstable();
         if declared.len() > MAX_ENDPOINTS || paths.windows(2).any(|w| w[0] == w[1]) {
@@ -99,7 +120,7 @@ impl Endpoints {
             .iter()
             .position(|e| e.path == path)
             .ok_or(Errno::NoEntry)?;
-        if caller.pid != self.opener {
+        if !self.opener.allows(caller) {
             return Err(Errno::Access);
         }
         if self.opened[endpoint] {

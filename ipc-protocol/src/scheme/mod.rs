@@ -22,5 +22,5 @@ pub mod record;
 pub mod redox;
 
 pub use call::{on_call, CALL_FRAME_V1};
-pub use endpoints::{Endpoint, Endpoints, Session};
+pub use endpoints::{Endpoint, Endpoints, Opener, Session};
 pub use record::{Caller, Cqe, Errno, Request, Sqe};
