@@ -170,7 +170,8 @@ mod tests {
 
     #[test]
     fn reads_names_timeouts_and_args() {
-        let plan = Plan::parse("# c\n\nherd 240 run herd --size 2M # why\nx.y-1 1 boot\n").unwrap();
+        let text = "# c\n\nherd 240 run herd --size 2M # why\nx.y-1 1 boot\n";
+        let plan = Plan::parse(text).unwrap();
         assert_eq!(plan.checks.len(), 2);
         assert_eq!(plan.checks[0].name, "herd");
         assert_eq!(plan.checks[0].timeout, Duration::from_secs(240));

@@ -2,13 +2,16 @@
 //! and tested on the host (`tests/tests/ipc_scheme.rs` drives it with
 //! hand-built request records and the golden frames).
 //!
-//! | host (today) | Redox |
-//! | --- | --- |
-//! | a `SOCK_SEQPACKET` socket pair made by init | a path of the server's scheme, opened once by init ([`endpoints`]) |
-//! | the capability minted for the socket | the capability declared for the path, bound to the handle |
-//! | one datagram per frame | one scheme `call`: frame in, reply frame back in the same buffer ([`call`]) |
-//! | descriptors by `SCM_RIGHTS` with the frame | `sendfd` before the call, `recvfd` after it, keyed by request id |
-//! | the peer closed its socket | the handle's last descriptor closed (`on_close`) |
+//! - an endpoint: on the host a `SOCK_SEQPACKET` socket pair made by init;
+//!   here a path of the server's scheme, opened once by init ([`endpoints`]);
+//! - its capability: minted for the socket; here declared for the path and
+//!   bound to the handle;
+//! - a frame: one datagram; here one scheme `call`, the reply frame back in
+//!   the same buffer ([`call`]);
+//! - descriptors: `SCM_RIGHTS` with the frame; here `sendfd` before the call
+//!   and `recvfd` after it, keyed by the frame's request id;
+//! - the peer gone: its socket closed; here the handle's last descriptor
+//!   closed (`on_close`).
 //!
 //! `redox.rs` (built for `target_os = "redox"` only) is the thin adapter
 //! onto `redox-scheme`'s `SchemeSync` and its request loop. See
