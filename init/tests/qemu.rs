@@ -167,7 +167,7 @@ fn svm_guest_runs_a_plan_on_the_host() {
 }
 
 #[test]
-fn svm_qemu_refuses_what_it_cannot_do() {
+fn svm_qemu_and_svm_guest_refuse_what_they_cannot_do() {
     for (args, why) in [
         (&["qemu", "--gpus", "2"][..], "several GPUs: issue 17"),
         (
@@ -175,6 +175,8 @@ fn svm_qemu_refuses_what_it_cannot_do() {
             "not a set, plan or scenario path",
         ),
         (&["qemu", "--cpus", "0"][..], "--cpus (1-64) out of range"),
+        // On a host, PID 1's duties would mount over /dev and power off.
+        (&["guest", "--pid1", "--plan", "/dev/null"][..], "this is not PID 1"),
     ] {
         let (code, out, err) = svm(args, Duration::from_secs(30));
         assert_eq!(code, 2, "{args:?}: {out}\n{err}");

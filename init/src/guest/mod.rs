@@ -16,15 +16,21 @@ pub struct GuestArgs {
     #[arg(long, default_value = pid1::PLAN_PATH)]
     pub plan: PathBuf,
     /// Act as PID 1 (mount, console, reap, power off at the end). Implied
-    /// when `svm` runs as PID 1.
+    /// when `svm` runs as PID 1, and refused when it does not: on a host
+    /// it would mount over /dev and power the machine off.
     #[arg(long)]
     pub pid1: bool,
 }
 
 /// `svm guest`: the exit code (when not PID 1; PID 1 powers off instead).
 pub fn cli_main(args: &GuestArgs) -> i32 {
-    if args.pid1 || rustix::process::getpid().is_init() {
+    let is_init = rustix::process::getpid().is_init();
+    if is_init {
         pid1::main(&args.plan);
+    }
+    if args.pid1 {
+        eprintln!("svm guest: --pid1, but this is not PID 1: refusing to mount and power off");
+        return 2;
     }
     let text = match std::fs::read_to_string(&args.plan) {
         Ok(t) => t,
