@@ -4,11 +4,15 @@
 
 pub mod churn;
 pub mod client;
+
 pub mod conformance;
+pub mod guest;
 pub mod herd;
 pub mod manifest;
 pub mod oversub;
 pub mod process;
+pub mod qemu;
 pub mod race;
+pub mod summary;
 pub mod supervisor;
 pub mod views;

@@ -12,12 +12,14 @@
 //! - [`bo`], [`ww`]: the BO world and its reservation locks (rule 7);
 //! - [`jobs`]: batch jobs checked and submitted, job statuses;
 //! - [`host`]: the host runtime: the device model and IPC as the platform,
-//!   and the IPC handlers.
+//!   and the IPC handlers;
+//! - [`pci_ids`]: the Xe2 GPUs it drives (Redox's `pcid.d` entry).
 
 pub mod bo;
 pub mod device;
 pub mod host;
 pub mod jobs;
+pub mod pci_ids;
 pub mod platform;
 pub mod ppgtt;
 pub mod probe;

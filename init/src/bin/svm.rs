@@ -42,6 +42,12 @@ enum Cmd {
         #[command(subcommand)]
         suite: Suite,
     },
+    /// Boot the system as PID 1 of a QEMU guest (a stock Linux kernel from
+    /// scripts/fetch-qemu.sh) and run a scenario set in it.
+    Qemu(init::qemu::QemuArgs),
+    /// Inside the guest: run a plan of checks (as PID 1: then power off).
+    #[command(hide = true)]
+    Guest(init::guest::GuestArgs),
     /// Run as one client of a booted system, on endpoints inherited from
     /// `init` (tests start it; see `ClientSlot::spawn`).
     #[command(hide = true)]
@@ -234,6 +240,10 @@ fn parse_size(s: &str) -> Option<usize> {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // As a guest's first process the kernel gives us no arguments to parse.
+    if rustix::process::getpid().is_init() {
+        init::guest::pid1::main(std::path::Path::new(init::guest::pid1::PLAN_PATH));
+    }
     let cli = Cli::parse();
     let mut opts = BootOptions::default();
     opts.device.vram_bytes = cli.vram_mib << 20;
@@ -291,6 +301,8 @@ fn main() {
         },
         Cmd::Boot { check } => boot(opts, check),
         Cmd::Conformance { suite } => conformance(opts, suite),
+        Cmd::Qemu(args) => init::qemu::cli_main(&args),
+        Cmd::Guest(args) => init::guest::cli_main(&args),
         Cmd::Run {
             workload:
                 Workload::Herd {

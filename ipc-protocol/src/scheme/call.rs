@@ -1,0 +1,67 @@
+//! Our frames carried by the scheme `call`: the request frame, the same
+//! bytes as on the host (`tests/golden/ipc-v1.txt`), in the call's payload
+//! buffer; the reply frame written back into that buffer; the call's result
+//! is the reply's length (0 for a notification).
+//!
+//! The client passes one [`MAX_FRAME`] buffer, so any reply fits and no
+//! request runs whose answer could not be returned. Metadata word 0 says
+//! what the payload is ([`CALL_FRAME_V1`]); word 1 is the request frame's
+//! length. Everything else about the frame (magic, version, kinds, lengths,
+//! handle counts, rights) is checked by the same `server::dispatch` the
+//! host runtime uses, and answered with the same typed error frames.
+
+use std::os::fd::OwnedFd;
+
+use super::endpoints::{Endpoints, Session};
+use super::record::Errno;
+use crate::frame::Header;
+use crate::transport::Received;
+use crate::MAX_FRAME;
+
+/// Metadata word 0 of a call that carries one of our frames: `"XSVM"` and
+/// the wire format version.
+pub const CALL_FRAME_V1: u64 = (u32::from_be_bytes(*b"XSVM") as u64) << 32 | 1;
+
+/// A server's answer to one received frame (`server::dispatch` for the
+/// session's interface): the reply frame and its descriptors, or `None`.
+pub type Dispatch<'a> = dyn FnMut(&Session, Received) -> Option<(Vec<u8>, Vec<OwnedFd>)> + 'a;
+
+/// Serves one `call` on handle `id`; the reply replaces the request in
+/// `payload`. Returns the reply's length.
+pub fn on_call(
+    endpoints: &mut Endpoints,
+    id: u64,
+    payload: &mut [u8],
+    metadata: &[u64],
+    dispatch: &mut Dispatch<'_>,
+) -> Result<usize, Errno> {
+    let session = endpoints.session(id)?;
+    if metadata.first() != Some(&CALL_FRAME_V1) {
+        return Err(Errno::NotSupported);
+    }
+    let len = metadata
+        .get(1)
+        .and_then(|&l| usize::try_from(l).ok())
+        .filter(|&l| l <= payload.len())
+        .ok_or(Errno::Invalid)?;
+    if payload.len() < MAX_FRAME {
+        return Err(Errno::Invalid);
+    }
+    let bytes = payload[..len].to_vec();
+    // Descriptors sent ahead for this frame (its request id).
+    let token = Header::peek_request_id(&bytes);
+    let handles = endpoints.take_incoming(id, token)?;
+    let rx = Received {
+        bytes,
+        handles,
+        truncated: false,
+        handles_truncated: false,
+    };
+    let Some((reply, fds)) = dispatch(&session, rx) else {
+        return Ok(0);
+    };
+    let out = payload.get_mut(..reply.len()).ok_or(Errno::Invalid)?;
+    out.copy_from_slice(&reply);
+    endpoints.stage_outgoing(id, token, fds)?;
+    Ok(reply.len())
+}

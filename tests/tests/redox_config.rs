@@ -1,0 +1,123 @@
+//! The Redox configuration files in `redox/`, parsed on the host:
+//! the `pcid.d` entry that makes pcid-spawner start the GPU server for the
+//! Xe2 GPUs (the IDs of `xe_svm::pci_ids`), and the init script that starts
+//! the other servers in the manifest's order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// One `[[drivers]]` entry with the fields pcid-spawner reads; unknown
+/// fields are refused, so a misspelt key fails here, not on the machine.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Driver {
+    name: Option<String>,
+    class: Option<u8>,
+    subclass: Option<u8>,
+    ids: Option<BTreeMap<String, Vec<u16>>>,
+    command: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PcidConfig {
+    drivers: Vec<Driver>,
+}
+
+fn pcid_entry() -> PcidConfig {
+    let text = std::fs::read_to_string(repo().join("redox/pcid.d/xe-svm.toml")).unwrap();
+    toml::from_str(&text).expect("redox/pcid.d/xe-svm.toml parses")
+}
+
+#[test]
+fn the_pcid_entry_matches_the_xe2_device_ids() {
+    use xe_svm::pci_ids::{DISPLAY_CLASS, INTEL_VENDOR, XE2_DEVICES};
+    let config = pcid_entry();
+    assert_eq!(config.drivers.len(), 1);
+    let d = &config.drivers[0];
+    assert!(d.name.as_deref().is_some_and(|n| n.contains("xe-svm")));
+    assert_eq!(d.class, Some(DISPLAY_CLASS));
+    assert_eq!(d.subclass, None, "any display subclass (VGA or 3D)");
+    let ids = d.ids.as_ref().expect("ids");
+    assert_eq!(ids.len(), 1, "Intel only");
+    let (vendor, devices) = ids.iter().next().unwrap();
+    let vendor = u16::from_str_radix(vendor.trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(vendor, INTEL_VENDOR);
+    let listed: BTreeSet<u16> = devices.iter().copied().collect();
+    assert_eq!(listed.len(), devices.len(), "a device ID listed twice");
+    let ours: BTreeSet<u16> = XE2_DEVICES.iter().map(|(id, _)| *id).collect();
+    assert_eq!(listed, ours);
+    // A relative command resolves under /usr/lib/drivers/.
+    assert_eq!(d.command, ["xe-svm"]);
+}
+
+#[test]
+fn xe2_platforms_are_lunar_lake_and_battlemage() {
+    use xe_svm::pci_ids::{platform, Platform};
+    assert_eq!(platform(0x64A0), Some(Platform::LunarLake));
+    assert_eq!(platform(0xE20B), Some(Platform::Battlemage));
+    assert_eq!(platform(0xE223), Some(Platform::Battlemage));
+    // Meteor Lake (Xe-LPG, no recoverable faults) is not ours.
+    assert_eq!(platform(0x7D55), None);
+}
+
+/// `(verb, program, args)` of each command line of a Redox init script.
+fn init_script() -> Vec<(String, String, Vec<String>)> {
+    let text = std::fs::read_to_string(repo().join("redox/init.d/90_xe-svm")).unwrap();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut w = l.split_whitespace().map(str::to_owned);
+            let verb = w.next().unwrap();
+            let program = w.next().unwrap_or_default();
+            (verb, program, w.collect())
+        })
+        .collect()
+}
+
+#[test]
+fn the_init_script_starts_the_servers_in_the_manifests_order() {
+    let lines = init_script();
+    for (verb, program, _) in &lines {
+        assert!(
+            ["requires_weak", "notify", "nowait"].contains(&verb.as_str()),
+            "unknown init command {verb} {program}"
+        );
+    }
+    // The base system (and with it pcid-spawner) comes first.
+    assert_eq!(lines[0].0, "requires_weak");
+    let started: Vec<&str> = lines
+        .iter()
+        .filter(|(verb, _, _)| verb != "requires_weak")
+        .map(|(_, p, _)| p.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(started, ["mm-server", "pager", "svm"]);
+    // Servers are started with `notify`: the next waits for its scheme.
+    for (verb, program, _) in &lines[1..3] {
+        assert_eq!(verb, "notify", "{program}");
+    }
+    // The manifest's order, with the device model gone (real hardware) and
+    // the GPU server started by pcid-spawner between the two.
+    let order: Vec<&str> = init::manifest::START_ORDER
+        .iter()
+        .copied()
+        .filter(|p| *p != "xe-model")
+        .collect();
+    assert_eq!(order, ["mm-server", "xe-svm", "pager"]);
+    let pos = |name| order.iter().position(|p| *p == name).unwrap();
+    assert!(pos("mm-server") < pos("xe-svm") && pos("xe-svm") < pos("pager"));
+    assert!(
+        !started.contains(&"xe-svm"),
+        "pcid-spawner starts the GPU server"
+    );
+}
