@@ -2,11 +2,13 @@
 //! endpoints the manifest gives it, supervises them, and stops them; and
 //! runs workloads on it as a client.
 
+pub mod bench;
 pub mod churn;
 pub mod client;
 pub mod herd;
 pub mod manifest;
 pub mod oversub;
 pub mod race;
+pub mod size;
 pub mod supervisor;
 pub mod views;

@@ -370,6 +370,14 @@ impl System {
         }
     }
 
+    /// The process id of server `name` (`svm bench` reads its memory use).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.servers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.child.id())
+    }
+
     /// Kills `name` with SIGKILL and reaps it (tests of a dead peer).
     pub fn kill(&mut self, name: &str) -> Result<(), BootError> {
         let server = self

@@ -1,0 +1,398 @@
+//! The tables: samples grouped by configuration, each path beside its
+//! floors with the ratios, the GPU phase against memcpy, flatness in
+//! threads, and the single numbers (IPC, random access, metadata).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::ipc::RoundTrip;
+use super::machine::Machine;
+use super::median;
+use super::metadata::Metadata;
+use super::random::RandomAccess;
+use super::sample::{Impl, Key, Sample};
+
+/// One herd configuration across implementations.
+#[derive(Debug, Clone, Serialize)]
+pub struct HerdRow {
+    pub mode: &'static str,
+    pub size_kib: u64,
+    pub threads: u64,
+    /// Microseconds per page, median over the samples of each implementation.
+    pub us_per_page: BTreeMap<Impl, f64>,
+    /// Ours divided by each other implementation (below 1: ours is faster).
+    pub ours_over: BTreeMap<Impl, f64>,
+    pub bad: u64,
+}
+
+/// The GPU phase (the whole buffer to VRAM by GPU faults), ours against
+/// the host's memcpy bandwidth and UVM.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuRow {
+    pub mode: &'static str,
+    pub size_kib: u64,
+    pub ours_us: f64,
+    pub ours_gbps: f64,
+    pub memcpy_gbps: Option<f64>,
+    /// Our bandwidth as a share of memcpy's (the target is 0.8 or more).
+    pub ours_share_of_memcpy: Option<f64>,
+    pub uvm_us: Option<f64>,
+    pub ours_over_uvm: Option<f64>,
+}
+
+/// Per-page cost at the most threads over the fewest (1.0: flat).
+#[derive(Debug, Clone, Serialize)]
+pub struct Flatness {
+    #[serde(rename = "impl")]
+    pub imp: Impl,
+    pub mode: &'static str,
+    pub size_kib: u64,
+    pub threads: (u64, u64),
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub reps: Option<u64>,
+    pub samples: Vec<Sample>,
+    pub herd: Vec<HerdRow>,
+    pub gpu_phase: Vec<GpuRow>,
+    pub flatness: Vec<Flatness>,
+    pub ipc: Option<RoundTrip>,
+    pub random: Option<RandomAccess>,
+    pub metadata: Option<Metadata>,
+    /// Steps that could not produce a number.
+    pub errors: Vec<String>,
+    /// Wrong pages, words or replies anywhere: any fails the run.
+    pub bad: u64,
+}
+
+/// The samples of one implementation at one configuration.
+struct Cell {
+    per_page: Vec<f64>,
+    gpu: Vec<f64>,
+    bad: u64,
+}
+
+fn cells(samples: &[Sample]) -> BTreeMap<(Key, Impl), Cell> {
+    let mut m: BTreeMap<(Key, Impl), Cell> = BTreeMap::new();
+    for s in samples {
+        let c = m.entry((s.key(), s.imp)).or_insert(Cell {
+            per_page: vec![],
+            gpu: vec![],
+            bad: 0,
+        });
+        c.per_page.push(s.per_page_cpu_us);
+        c.gpu.extend(s.gpu_phase_med_us.filter(|g| g.is_finite()));
+        c.bad += s.bad;
+    }
+    m
+}
+
+pub fn herd_rows(samples: &[Sample]) -> Vec<HerdRow> {
+    let mut rows: BTreeMap<Key, HerdRow> = BTreeMap::new();
+    for ((key, imp), cell) in cells(samples) {
+        let row = rows.entry(key).or_insert_with(|| HerdRow {
+            mode: key.mode().name(),
+            size_kib: key.size_kib,
+            threads: key.threads,
+            us_per_page: BTreeMap::new(),
+            ours_over: BTreeMap::new(),
+            bad: 0,
+        });
+        row.us_per_page.insert(imp, median(&cell.per_page));
+        row.bad += cell.bad;
+    }
+    for row in rows.values_mut() {
+        if let Some(&ours) = row.us_per_page.get(&Impl::Ours) {
+            for (&imp, &v) in &row.us_per_page {
+                if imp != Impl::Ours && v > 0.0 {
+                    row.ours_over.insert(imp, ours / v);
+                }
+            }
+        }
+    }
+    rows.into_values().collect()
+}
+
+/// Groups by (mode, size) the medians over thread counts of `pick`.
+fn by_size(
+    samples: &[Sample],
+    imp: Impl,
+    pick: impl Fn(&Sample) -> Option<f64>,
+) -> BTreeMap<Key, f64> {
+    let mut m: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.imp == imp) {
+        if let Some(v) = pick(s).filter(|v| v.is_finite() && *v > 0.0) {
+            let mut k = s.key();
+            k.threads = 0;
+            m.entry(k).or_default().push(v);
+        }
+    }
+    m.into_iter().map(|(k, v)| (k, median(&v))).collect()
+}
+
+pub fn gpu_rows(samples: &[Sample]) -> Vec<GpuRow> {
+    let ours = by_size(samples, Impl::Ours, |s| s.gpu_phase_med_us);
+    let uvm = by_size(samples, Impl::Uvm, |s| s.gpu_phase_med_us);
+    // memcpy bandwidth does not depend on the mode: any sample of the size.
+    let memcpy_us = by_size(samples, Impl::Memcpy, |s| s.cpu_phase_med_us);
+    ours.into_iter()
+        .map(|(k, us)| {
+            let bytes = (k.size_kib * 1024) as f64;
+            let ours_gbps = bytes / us / 1e3;
+            let memcpy_gbps = memcpy_us
+                .iter()
+                .find(|(m, _)| m.size_kib == k.size_kib)
+                .map(|(_, m)| bytes / m / 1e3);
+            let uvm_us = uvm.get(&k).copied();
+            GpuRow {
+                mode: k.mode().name(),
+                size_kib: k.size_kib,
+                ours_us: us,
+                ours_gbps,
+                memcpy_gbps,
+                ours_share_of_memcpy: memcpy_gbps.map(|m| ours_gbps / m),
+                uvm_us,
+                ours_over_uvm: uvm_us.map(|u| us / u),
+            }
+        })
+        .collect()
+}
+
+pub fn flatness(rows: &[HerdRow]) -> Vec<Flatness> {
+    let mut out = Vec::new();
+    for imp in Impl::ALL.into_iter().filter(|i| *i != Impl::Memcpy) {
+        let mut groups: BTreeMap<(&str, u64), Vec<(u64, f64)>> = BTreeMap::new();
+        for r in rows {
+            if let Some(&v) = r.us_per_page.get(&imp) {
+                groups
+                    .entry((r.mode, r.size_kib))
+                    .or_default()
+                    .push((r.threads, v));
+            }
+        }
+        for ((mode, size_kib), pts) in groups {
+            let lo = pts.iter().min_by_key(|p| p.0);
+            let hi = pts.iter().max_by_key(|p| p.0);
+            if let (Some(lo), Some(hi)) = (lo, hi) {
+                if hi.0 > lo.0 && lo.1 > 0.0 {
+                    out.push(Flatness {
+                        imp,
+                        mode,
+                        size_kib,
+                        threads: (lo.0, hi.0),
+                        ratio: hi.1 / lo.1,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn size_name(kib: u64) -> String {
+    if kib % 1024 == 0 {
+        format!("{} MiB", kib / 1024)
+    } else {
+        format!("{kib} KiB")
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.filter(|v| v.is_finite())
+        .map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn herd_table(out: &mut String, rows: &[HerdRow]) {
+    let present: Vec<Impl> = Impl::ALL
+        .into_iter()
+        .filter(|i| rows.iter().any(|r| r.us_per_page.contains_key(i)))
+        .collect();
+    let others: Vec<Impl> = present
+        .iter()
+        .copied()
+        .filter(|i| *i != Impl::Ours)
+        .collect();
+    let _ = write!(out, "{:<9} {:>7} {:>3} |", "mode", "size", "thr");
+    for i in &present {
+        let _ = write!(out, " {:>11}", i.name());
+    }
+    let _ = write!(out, " |");
+    for i in &others {
+        let _ = write!(out, " {:>11}", format!("/{}", i.name()));
+    }
+    let _ = writeln!(out, " | bad");
+    for r in rows {
+        let _ = write!(
+            out,
+            "{:<9} {:>7} {:>3} |",
+            r.mode,
+            size_name(r.size_kib),
+            r.threads
+        );
+        for i in &present {
+            let _ = write!(out, " {:>11}", opt(r.us_per_page.get(i).copied(), 3));
+        }
+        let _ = write!(out, " |");
+        for i in &others {
+            let _ = write!(out, " {:>11}", opt(r.ours_over.get(i).copied(), 2));
+        }
+        let _ = writeln!(out, " | {}", r.bad);
+    }
+}
+
+fn gpu_table(out: &mut String, rows: &[GpuRow]) {
+    let _ = writeln!(
+        out,
+        "{:<9} {:>7} | {:>10} {:>9} | {:>11} {:>13} | {:>10} {:>9}",
+        "mode", "size", "ours us", "ours GB/s", "memcpy GB/s", "ours/memcpy", "UVM us", "ours/UVM"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<9} {:>7} | {:>10.1} {:>9.2} | {:>11} {:>13} | {:>10} {:>9}",
+            r.mode,
+            size_name(r.size_kib),
+            r.ours_us,
+            r.ours_gbps,
+            opt(r.memcpy_gbps, 2),
+            opt(r.ours_share_of_memcpy, 2),
+            opt(r.uvm_us, 1),
+            opt(r.ours_over_uvm, 2)
+        );
+    }
+}
+
+fn flatness_table(out: &mut String, flat: &[Flatness]) {
+    for f in flat {
+        let _ = writeln!(
+            out,
+            "  {:<11} {:<9} {:>7}: {}/{} threads {:.2}",
+            f.imp.name(),
+            f.mode,
+            size_name(f.size_kib),
+            f.threads.1,
+            f.threads.0,
+            f.ratio
+        );
+    }
+}
+
+fn singles(out: &mut String, r: &Report) {
+    if let Some(i) = &r.ipc {
+        let _ = writeln!(
+            out,
+            "\nIPC round trip (two processes, {} calls): bare SOCK_SEQPACKET {:.2} us | typed \
+             Pager::Advise {:.2} us | typed/bare {:.2} | bad {}",
+            i.calls, i.bare_us, i.typed_us, i.typed_over_bare, i.bad
+        );
+    }
+    if let Some(x) = &r.random {
+        let _ = writeln!(
+            out,
+            "\nrandom 4 KiB GPU reads: {} MiB buffer over {} MiB VRAM, {} reads in {:.0} ms \
+             ({} GPU faults)\n  touched {:.1} MiB | moved to VRAM {:.1} MiB | moved/touched \
+             {:.2} | moved back to RAM {:.1} MiB | bad pages {}",
+            x.buffer_mib,
+            x.vram_mib,
+            x.reads,
+            x.job_ms,
+            x.gpu_faults,
+            x.touched_bytes as f64 / 1048576.0,
+            x.moved_to_vram_bytes as f64 / 1048576.0,
+            x.moved_over_touched,
+            x.moved_to_ram_bytes as f64 / 1048576.0,
+            x.bad_pages
+        );
+    }
+    if let Some(m) = &r.metadata {
+        let _ = writeln!(
+            out,
+            "\nper-page metadata ({} pages, RssAnon growth): pager {:.2} B | xe-svm {:.2} B | \
+             total {:.2} B (budget 16) | bad pages {}",
+            m.pages,
+            m.pager_bytes_per_page,
+            m.gpu_bytes_per_page,
+            m.total_bytes_per_page,
+            m.bad_pages
+        );
+    }
+}
+
+/// The report as text: the tables, then the single numbers and errors.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# svm bench on {}", r.machine.line());
+    if !r.herd.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nherd CPU phase, us per 4 KiB page ({}); /X columns are ours / X",
+            r.reps
+                .map_or("medians".into(), |n| format!("median of {n} reps"))
+        );
+        herd_table(&mut out, &r.herd);
+    }
+    if !r.gpu_phase.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nGPU phase: the whole buffer to VRAM by GPU faults (median over thread counts)"
+        );
+        gpu_table(&mut out, &r.gpu_phase);
+    }
+    if !r.flatness.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nflatness: per-page cost at the most threads / the fewest"
+        );
+        flatness_table(&mut out, &r.flatness);
+    }
+    singles(&mut out, r);
+    for e in &r.errors {
+        let _ = writeln!(out, "error: {e}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        if r.bad == 0 && r.errors.is_empty() {
+            "every word checked: 0 bad".to_string()
+        } else {
+            format!("FAILED: {} bad, {} errors", r.bad, r.errors.len())
+        }
+    );
+    out
+}
+
+impl Report {
+    /// Builds the tables from the samples and totals the bad counts.
+    pub fn new(machine: Machine, reps: Option<u64>, samples: Vec<Sample>) -> Self {
+        let herd = herd_rows(&samples);
+        let gpu_phase = gpu_rows(&samples);
+        let flatness = flatness(&herd);
+        let bad = samples.iter().map(|s| s.bad).sum();
+        Self {
+            machine,
+            reps,
+            samples,
+            herd,
+            gpu_phase,
+            flatness,
+            ipc: None,
+            random: None,
+            metadata: None,
+            errors: Vec::new(),
+            bad,
+        }
+    }
+
+    pub fn add_bad(&mut self, n: u64) {
+        self.bad = self.bad.saturating_add(n);
+    }
+
+    pub fn ok(&self) -> bool {
+        self.bad == 0 && self.errors.is_empty()
+    }
+}
