@@ -1,8 +1,8 @@
 //! The two-process userfaultfd floors of the herd's CPU phase. This process
 //! is the client: it maps an object memfd, hands its userfaultfd to a pager
-//! process (`floor_pager.rs`), empties the view (hole punch, as a migration
-//! to VRAM does) and times N readers over it, as the herd does on our
-//! system. Every word is checked after each rep.
+//! process (`floor_pager.rs`), has it empty the object (hole punch, as a
+//! migration to VRAM does) and times N readers over the view, as the herd
+//! does on our system. Every word is checked after each rep.
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -125,7 +125,6 @@ pub fn run(svm: &Path, cfg: &FloorConfig) -> Result<Sample, BenchError> {
     let mut times = Vec::with_capacity(cfg.reps);
     let mut bad = 0u64;
     for _ in 0..cfg.reps {
-        memory::punch(&object, cfg.bytes)?;
         match pager.ask(&Control::Arm, vec![])? {
             Answer::Armed { .. } => {}
             a => return Err(BenchError::Helper(format!("expected Armed, got {a:?}"))),

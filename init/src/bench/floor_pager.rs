@@ -7,6 +7,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ipc_protocol::transport::{inherited_fd, SeqPacket};
@@ -28,6 +29,11 @@ struct Space {
     chunk: u64,
     object: OwnedFd,
     vram: Mapping,
+    /// Held while a batch of faults is read and resolved, and while `Arm`
+    /// empties and refills the object: a fault read in one rep is never
+    /// resolved in the next (it would map a chunk before that rep's
+    /// readers start, or meet half-filled page cache).
+    batch: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -113,6 +119,7 @@ fn setup(link: &SeqPacket) -> Result<Space, BenchError> {
         chunk,
         object,
         vram,
+        batch: Mutex::new(()),
     })
 }
 
@@ -121,6 +128,10 @@ fn control_loop(link: &SeqPacket, space: &Space, counters: &Counters) -> Result<
         let (msg, _) = floor_wire::recv::<Control>(link, IDLE_LIMIT)?;
         match msg {
             Control::Arm => {
+                let _batch = space.batch.lock().unwrap_or_else(|e| e.into_inner());
+                // The migration to VRAM: every page leaves the object and
+                // every mapping of it.
+                memory::punch(&space.object, space.len as usize)?;
                 let t = Instant::now();
                 if space.resolve == Resolve::Minor {
                     // SAFETY: read-only use of our own mapping.
@@ -152,6 +163,7 @@ fn serve_faults(space: &Space, stop: &AtomicBool, counters: &Counters) {
             continue;
         }
         faults.clear();
+        let _batch = space.batch.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = space.uffd.read_faults(&mut faults) {
             log::error!("floor pager: reading faults: {e}");
             counters.errors.fetch_add(1, Ordering::Relaxed);

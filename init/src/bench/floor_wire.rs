@@ -21,8 +21,9 @@ pub enum Control {
         len: u64,
         chunk: u64,
     },
-    /// The view was emptied (hole punch); get ready for a CPU phase (the
-    /// minor floor fills the page cache here, off the timed path).
+    /// Get ready for a CPU phase: empty the object (hole punch, as a
+    /// migration to VRAM does); the minor floor then fills the page cache,
+    /// off the timed path.
     Arm,
     /// Report and exit.
     Stop,
