@@ -234,20 +234,20 @@ fn suite_config(a: &RunArgs, boot: BootOptions) -> Result<SuiteConfig, BenchErro
     })
 }
 
+/// The UVM herd's lines in `path` (tagged `"impl":"uvm"`; other lines,
+/// such as the kit's floors and ours in the same file, are left out).
 fn uvm_samples(path: &Path) -> Result<Vec<Sample>, BenchError> {
-    let s = sample::read_lines(path)?;
-    if s.is_empty() {
+    let uvm: Vec<Sample> = sample::read_lines(path)?
+        .into_iter()
+        .filter(|s| s.imp == sample::Impl::Uvm)
+        .collect();
+    if uvm.is_empty() {
         return Err(BenchError::Config(format!(
-            "{}: no UVM herd lines in it",
+            "{}: no UVM herd lines (\"impl\":\"uvm\") in it",
             path.display()
         )));
     }
-    Ok(s.into_iter()
-        .map(|mut s| {
-            s.imp = sample::Impl::Uvm;
-            s
-        })
-        .collect())
+    Ok(uvm)
 }
 
 fn run(svm: &Path, a: RunArgs, boot: BootOptions) -> i32 {

@@ -30,7 +30,7 @@ pub struct FloorConfig {
 
 /// How long one rep's readers may take before the floor counts as hung.
 fn rep_budget(bytes: usize) -> Duration {
-    Duration::from_secs(20 + (bytes >> 20) as u64 / 4)
+    Duration::from_secs(5 + (bytes >> 22) as u64)
 }
 
 /// The floor's pager process, killed if still there when dropped.

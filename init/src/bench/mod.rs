@@ -3,12 +3,14 @@
 //! (`floor.rs`: one `UFFDIO_COPY` per chunk; minor mode, one
 //! `UFFDIO_CONTINUE` per chunk over page cache filled beforehand) and
 //! memcpy; the GPU phase against memcpy bandwidth; the typed IPC round trip
-//! against a bare one; random GPU access oversubscribed; per-page metadata.
+//! against a bare one; the copy engine against memcpy; random GPU access
+//! oversubscribed; per-page metadata.
 //! Every number is also a correctness check: a wrong word anywhere fails
 //! the run. `cli.rs` is the command line, `suite.rs` the order of the run,
 //! `report.rs` and `plot.rs` the output.
 
 mod cli;
+mod copy_engine;
 mod floor;
 mod floor_pager;
 mod floor_wire;

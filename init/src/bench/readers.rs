@@ -125,3 +125,49 @@ impl Herd {
         Ok((self.last_end - self.started, self.bad))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn herd_words_are_what_the_gpu_leaves() {
+        assert_eq!(herd_word(Mode::Touch, 0), 1);
+        assert_eq!(herd_word(Mode::Touch, 1), 1);
+        assert_eq!(herd_word(Mode::Touch, 1024), 1025);
+        assert_eq!(herd_word(Mode::Touch, 1025), 1025);
+        assert_eq!(herd_word(Mode::IncAll, 1025), 1026);
+        let bytes = herd_contents(Mode::IncAll, 8192);
+        assert_eq!(bytes.len(), 8192);
+        assert_eq!(&bytes[4096..4100], &1025u32.to_le_bytes());
+    }
+
+    #[test]
+    fn one_wrong_word_is_one_bad_page_and_the_readers_see_it() {
+        let bytes = 16 * 4096;
+        for mode in [Mode::Touch, Mode::IncAll] {
+            let mut buf: Vec<u32> = (0..bytes / 4).map(|w| herd_word(mode, w)).collect();
+            let base = buf.as_ptr() as usize;
+            // SAFETY: `buf` is `bytes` long and nobody writes it meanwhile.
+            assert_eq!(unsafe { bad_pages(base, bytes, mode) }, 0);
+            let (_, wrong) = start(base, bytes, 3, mode)
+                .finish(Instant::now() + Duration::from_secs(10))
+                .ok()
+                .expect("readers of plain memory finish");
+            assert_eq!(wrong, 0);
+            // A word only the full check reads, then one every reader reads.
+            buf[5 * 1024 + 7] ^= 1;
+            let base = buf.as_ptr() as usize;
+            // SAFETY: as above.
+            assert_eq!(unsafe { bad_pages(base, bytes, mode) }, 1);
+            buf[9 * 1024] ^= 1;
+            // SAFETY: as above.
+            assert_eq!(unsafe { bad_pages(base, bytes, mode) }, 2);
+            let (_, wrong) = start(base, bytes, 3, mode)
+                .finish(Instant::now() + Duration::from_secs(10))
+                .ok()
+                .expect("readers of plain memory finish");
+            assert_eq!(wrong, 3, "three readers each read page 9's first word");
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::copy_engine::CopyEngine;
 use super::ipc::RoundTrip;
 use super::machine::Machine;
 use super::median;
@@ -62,6 +63,7 @@ pub struct Report {
     pub gpu_phase: Vec<GpuRow>,
     pub flatness: Vec<Flatness>,
     pub ipc: Option<RoundTrip>,
+    pub copy_engine: Option<CopyEngine>,
     pub random: Option<RandomAccess>,
     pub metadata: Option<Metadata>,
     /// Steps that could not produce a number.
@@ -291,6 +293,20 @@ fn singles(out: &mut String, r: &Report) {
             i.calls, i.bare_us, i.typed_us, i.typed_over_bare, i.bad
         );
     }
+    if let Some(c) = &r.copy_engine {
+        let gbps = |us: f64| c.bytes as f64 / us / 1e3;
+        let _ = writeln!(
+            out,
+            "\n2 MiB system -> VRAM: memcpy {:.1} us ({:.2} GB/s) | copy engine {:.1} us \
+             ({:.2} GB/s) | engine/memcpy {:.2} | bad bytes {}",
+            c.memcpy_us,
+            gbps(c.memcpy_us),
+            c.engine_us,
+            gbps(c.engine_us),
+            c.engine_over_memcpy,
+            c.bad_bytes
+        );
+    }
     if let Some(x) = &r.random {
         let _ = writeln!(
             out,
@@ -381,6 +397,7 @@ impl Report {
             gpu_phase,
             flatness,
             ipc: None,
+            copy_engine: None,
             random: None,
             metadata: None,
             errors: Vec::new(),
@@ -394,5 +411,86 @@ impl Report {
 
     pub fn ok(&self) -> bool {
         self.bad == 0 && self.errors.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::herd::Mode;
+
+    fn sample(imp: Impl, mode: Mode, threads: u64, us: f64, bad: u64) -> Sample {
+        Sample {
+            imp,
+            mode,
+            size_kib: 65536,
+            threads,
+            per_page_cpu_us: us,
+            cpu_phase_med_us: Some(us * 16384.0),
+            gpu_phase_med_us: (imp == Impl::Ours).then_some(50_000.0),
+            bad,
+            reps: Some(5),
+        }
+    }
+
+    fn machine() -> Machine {
+        Machine::now()
+    }
+
+    #[test]
+    fn ratios_are_ours_over_each_floor_with_medians_of_repeats() {
+        let samples = vec![
+            sample(Impl::Ours, Mode::Touch, 1, 3.0, 0),
+            sample(Impl::FloorCopy, Mode::Touch, 1, 1.0, 0),
+            sample(Impl::FloorCopy, Mode::Touch, 1, 2.0, 0),
+            sample(Impl::FloorCopy, Mode::Touch, 1, 100.0, 0),
+            sample(Impl::Memcpy, Mode::Touch, 1, 0.5, 0),
+            sample(Impl::Ours, Mode::Touch, 16, 1.5, 0),
+            sample(Impl::FloorCopy, Mode::Touch, 16, 3.0, 0),
+            sample(Impl::Ours, Mode::IncAll, 1, 4.0, 0),
+        ];
+        let r = Report::new(machine(), Some(5), samples);
+        assert!(r.ok());
+        assert_eq!(r.herd.len(), 3);
+        let first = &r.herd[0];
+        assert_eq!((first.mode, first.threads), ("touch-pg", 1));
+        assert_eq!(
+            first.us_per_page[&Impl::FloorCopy],
+            2.0,
+            "the median of three"
+        );
+        assert_eq!(first.ours_over[&Impl::FloorCopy], 1.5);
+        assert_eq!(first.ours_over[&Impl::Memcpy], 6.0);
+        assert_eq!(r.herd[1].ours_over[&Impl::FloorCopy], 0.5);
+        assert_eq!(r.herd[2].mode, "inc-all");
+        assert!(r.herd[2].ours_over.is_empty());
+        // 64 MiB in 50 ms against memcpy's 0.5 us per 4 KiB page.
+        let g = &r.gpu_phase[0];
+        let memcpy_gbps = 4096.0 / 0.5 / 1e3;
+        assert!((g.memcpy_gbps.unwrap() - memcpy_gbps).abs() < 1e-9);
+        assert!((g.ours_share_of_memcpy.unwrap() - g.ours_gbps / memcpy_gbps).abs() < 1e-9);
+        let flat: Vec<_> = r.flatness.iter().filter(|f| f.imp == Impl::Ours).collect();
+        assert_eq!(flat.len(), 1);
+        assert_eq!((flat[0].threads, flat[0].ratio), ((1, 16), 0.5));
+        assert!(render(&r).contains("every word checked: 0 bad"));
+    }
+
+    #[test]
+    fn a_bad_page_anywhere_fails_the_report() {
+        let samples = vec![
+            sample(Impl::Ours, Mode::Touch, 1, 3.0, 0),
+            sample(Impl::FloorMinor, Mode::Touch, 1, 1.0, 2),
+        ];
+        let r = Report::new(machine(), None, samples);
+        assert!(!r.ok());
+        assert_eq!(r.herd[0].bad, 2);
+        assert!(render(&r).contains("FAILED: 2 bad"));
+        let mut r = Report::new(
+            machine(),
+            None,
+            vec![sample(Impl::Ours, Mode::Touch, 1, 3.0, 0)],
+        );
+        r.add_bad(1);
+        assert!(!r.ok());
     }
 }

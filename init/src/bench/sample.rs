@@ -127,6 +127,21 @@ pub fn parse_mode(name: &str) -> Option<Mode> {
     }
 }
 
+/// The first sample found in `line`: a JSON object anywhere in it (the
+/// kit prefixes each with a tag, and other output may share the line).
+fn sample_in(line: &str) -> Option<Result<Sample, serde_json::Error>> {
+    let mut last_err = None;
+    for (at, _) in line.match_indices('{') {
+        let mut values = serde_json::Deserializer::from_str(&line[at..]).into_iter::<Sample>();
+        match values.next() {
+            Some(Ok(s)) => return Some(Ok(s)),
+            Some(Err(e)) => last_err = Some(e),
+            None => {}
+        }
+    }
+    last_err.map(Err)
+}
+
 /// The samples in a file of JSON lines; other lines (logs, headers) are
 /// skipped, as are JSON lines that are not samples (a report's summary).
 pub fn read_lines(path: &Path) -> Result<Vec<Sample>, BenchError> {
@@ -135,20 +150,53 @@ pub fn read_lines(path: &Path) -> Result<Vec<Sample>, BenchError> {
     let mut out = Vec::new();
     for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
         let line = line.map_err(|e| BenchError::Io(format!("{}: {e}", path.display())))?;
-        let Some(json) = line.find('{').map(|at| &line[at..]) else {
-            continue;
-        };
-        match serde_json::from_str::<Sample>(json.trim_end()) {
-            Ok(s) if s.per_page_cpu_us.is_finite() && s.size_kib > 0 && s.threads > 0 => {
+        match sample_in(&line) {
+            Some(Ok(s)) if s.per_page_cpu_us.is_finite() && s.size_kib > 0 && s.threads > 0 => {
                 out.push(s)
             }
-            Ok(_) => log::warn!(
+            Some(Ok(_)) => log::warn!(
                 "{}:{}: a sample with no usable number",
                 path.display(),
                 n + 1
             ),
-            Err(e) => log::debug!("{}:{}: not a sample: {e}", path.display(), n + 1),
+            Some(Err(e)) => log::debug!("{}:{}: not a sample: {e}", path.display(), n + 1),
+            None => {}
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_found_in_tagged_lines_and_ours_is_the_default() {
+        let ours = concat!(
+            r#"R1 ours mm-server: serving {"mode":"touch-pg","size_kib":2048,"threads":4,"#,
+            r#""gpu_phase_med_us":1.0,"cpu_phase_med_us":2.0,"per_page_cpu_us":0.5,"#,
+            r#""bad":0,"pages_to_vram":512,"pages_to_ram":512}  rc=0"#
+        );
+        let s = sample_in(ours).unwrap().unwrap();
+        assert_eq!(
+            (s.imp, s.mode, s.threads, s.per_page_cpu_us),
+            (Impl::Ours, Mode::Touch, 4, 0.5)
+        );
+        let uvm = concat!(
+            r#"{"impl":"uvm","mode":"inc-all","size_kib":65536,"threads":16,"#,
+            r#""per_page_cpu_us":0.7,"bad":0}"#
+        );
+        let s = sample_in(uvm).unwrap().unwrap();
+        assert_eq!(
+            (s.imp, s.mode, s.gpu_phase_med_us),
+            (Impl::Uvm, Mode::IncAll, None)
+        );
+        assert!(sample_in("xe-svm: probed ProbeReport { vram_bytes: 1 }")
+            .unwrap()
+            .is_err());
+        assert!(sample_in("no json here").is_none());
+        let wrong_mode =
+            r#"{"mode":"sideways","size_kib":4,"threads":1,"per_page_cpu_us":1,"bad":0}"#;
+        assert!(sample_in(wrong_mode).unwrap().is_err());
+    }
 }

@@ -1,7 +1,7 @@
 //! The whole `svm bench` run: for each herd configuration, in turn, the
 //! copy floor, the minor floor, ours on the booted system and memcpy (so
 //! drift on a shared machine hits all of them alike); then the IPC round
-//! trip and per-page metadata on the same system; then random access on a
+//! trip, the copy engine and per-page metadata; then random access on a
 //! system of its own, oversubscribed.
 
 use std::path::Path;
@@ -13,7 +13,7 @@ use super::random::{self, RandomConfig};
 use super::report::Report;
 use super::sample::{Impl, Sample};
 use super::uffd::Resolve;
-use super::{ipc, memcpy, metadata, BenchError};
+use super::{copy_engine, ipc, memcpy, metadata, BenchError};
 use crate::herd::{self, Mode};
 use crate::supervisor::{BootOptions, Clients, System};
 
@@ -134,7 +134,7 @@ fn configurations(cfg: &SuiteConfig) -> Vec<(Mode, usize, usize)> {
 pub fn run(svm: &Path, cfg: &SuiteConfig) -> Report {
     let mut machine = Machine::now();
     let configs = configurations(cfg);
-    let progress = Progress::new(configs.len() as u64 * 4 + 4);
+    let progress = Progress::new(configs.len() as u64 * 4 + 5);
     let (mut samples, mut errors) = (Vec::new(), Vec::new());
     progress.step("booting the system".into());
     let mut system = match boot(&cfg.boot) {
@@ -170,6 +170,12 @@ pub fn run(svm: &Path, cfg: &SuiteConfig) -> Report {
     });
     extra_bad += ipc.as_ref().map_or(0, |i| i.bad);
     progress.done();
+    progress.step("copy engine".into());
+    let engine = copy_engine::measure()
+        .map_err(|e| errors.push(format!("copy engine: {e}")))
+        .ok();
+    extra_bad += engine.as_ref().map_or(0, |c| c.bad_bytes);
+    progress.done();
     progress.step("per-page metadata".into());
     let meta = system
         .as_ref()
@@ -193,6 +199,7 @@ pub fn run(svm: &Path, cfg: &SuiteConfig) -> Report {
     samples.extend(cfg.uvm.iter().cloned());
     let mut report = Report::new(machine, Some(cfg.reps as u64), samples);
     report.ipc = ipc;
+    report.copy_engine = engine;
     report.metadata = meta;
     report.random = random;
     report.errors = errors;
