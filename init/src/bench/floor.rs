@@ -133,9 +133,14 @@ pub fn run(svm: &Path, cfg: &FloorConfig) -> Result<Sample, BenchError> {
         let (elapsed, timed_bad) = match herd.finish(Instant::now() + rep_budget(cfg.bytes)) {
             Ok(r) => r,
             Err(stuck) => {
+                // What the pager did, for the error (its fault thread stops).
+                let seen = match pager.ask(&Control::Stop, vec![]) {
+                    Ok(Answer::Stopped(s)) => format!("{s:?}"),
+                    other => format!("no counts ({other:?})"),
+                };
                 // Ending the pager closes the last userfaultfd: the kernel
-                // wakes the readers and serves the rest from the (empty)
-                // object, so they end, with wrong words.
+                // wakes the readers and serves the rest from the object,
+                // so they end.
                 drop(pager);
                 if stuck
                     .finish(Instant::now() + Duration::from_secs(10))
@@ -144,7 +149,10 @@ pub fn run(svm: &Path, cfg: &FloorConfig) -> Result<Sample, BenchError> {
                     // Readers still inside the view: never unmap it under them.
                     std::mem::forget(view);
                 }
-                return Err(BenchError::TimedOut("a floor's CPU phase"));
+                return Err(BenchError::Helper(format!(
+                    "the CPU phase ran past {:?}; the pager saw {seen}",
+                    rep_budget(cfg.bytes)
+                )));
             }
         };
         // SAFETY: the view is mapped; the readers are done.

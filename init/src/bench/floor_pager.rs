@@ -41,6 +41,7 @@ struct Counters {
     faults: AtomicU64,
     minor_faults: AtomicU64,
     chunks_mapped: AtomicU64,
+    already_there: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -145,6 +146,7 @@ fn control_loop(link: &SeqPacket, space: &Space, counters: &Counters) -> Result<
                     faults: counters.faults.load(Ordering::Relaxed),
                     minor_faults: counters.minor_faults.load(Ordering::Relaxed),
                     chunks_mapped: counters.chunks_mapped.load(Ordering::Relaxed),
+                    already_there: counters.already_there.load(Ordering::Relaxed),
                     errors: counters.errors.load(Ordering::Relaxed),
                 };
                 return floor_wire::send(link, &Answer::Stopped(stats), vec![]);
@@ -178,7 +180,9 @@ fn serve_faults(space: &Space, stop: &AtomicBool, counters: &Counters) {
                 Ok(Resolved::Mapped) => {
                     counters.chunks_mapped.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Resolved::AlreadyThere) => {}
+                Ok(Resolved::AlreadyThere) => {
+                    counters.already_there.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e) => {
                     // Not woken: the client's deadline ends the run, and
                     // the error makes it bad.
@@ -198,25 +202,35 @@ fn resolve(space: &Space, f: &Fault) -> Result<Resolved, String> {
         .checked_sub(space.base)
         .filter(|o| *o < space.len)
         .ok_or_else(|| format!("fault outside the view ({:#x})", f.address))?;
-    let start = off / space.chunk * space.chunk;
-    let len = space.chunk.min(space.len - start);
-    let r = match space.resolve {
-        // SAFETY: `start + len <= space.len`, the size of the VRAM mapping.
-        Resolve::Copy => unsafe {
-            space.uffd.copy(
-                space.base + start,
-                (space.vram.addr() + start as usize) as *const u8,
-                len,
-            )
-        },
-        Resolve::Minor => space.uffd.continue_range(space.base + start, len),
-    }
-    .map_err(|e| e.to_string())?;
+    let chunk = off / space.chunk * space.chunk;
+    let end = (chunk + space.chunk).min(space.len);
+    let r = map_range(space, chunk, end)?;
     if r == Resolved::AlreadyThere {
+        // The chunk's first page was there. The faulting page is too, as a
+        // rule; if it is not, map from it on rather than wake it to fault
+        // again.
+        if map_range(space, off & !4095, end)? == Resolved::Mapped {
+            return Ok(Resolved::Mapped);
+        }
         space
             .uffd
             .wake(f.address & !4095, 4096)
             .map_err(|e| format!("wake: {e}"))?;
     }
     Ok(r)
+}
+
+/// One resolving call over the object bytes `[from, to)` of the view.
+fn map_range(space: &Space, from: u64, to: u64) -> Result<Resolved, String> {
+    let (dst, len) = (space.base + from, to - from);
+    match space.resolve {
+        // SAFETY: `to <= space.len`, the size of the VRAM mapping.
+        Resolve::Copy => unsafe {
+            space
+                .uffd
+                .copy(dst, (space.vram.addr() + from as usize) as *const u8, len)
+        },
+        Resolve::Minor => space.uffd.continue_range(dst, len),
+    }
+    .map_err(|e| e.to_string())
 }

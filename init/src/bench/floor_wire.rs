@@ -44,8 +44,10 @@ pub struct PagerStats {
     /// Fault messages read, and of those reported as MINOR.
     pub faults: u64,
     pub minor_faults: u64,
-    /// Resolving ioctls that mapped a chunk.
+    /// Resolving ioctls that mapped a chunk, and faults whose chunk an
+    /// earlier fault had mapped (only a wake-up was needed).
     pub chunks_mapped: u64,
+    pub already_there: u64,
     /// Resolving ioctls that failed (any makes the floor's run bad).
     pub errors: u64,
 }

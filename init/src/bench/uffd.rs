@@ -28,7 +28,7 @@ pub enum Resolved {
     /// The whole range is mapped now (and its waiters woken).
     Mapped,
     /// Its first page was mapped already (an earlier fault of the same
-    /// chunk): the faulting thread only needs a wake-up.
+    /// chunk, as a rule); nothing was mapped.
     AlreadyThere,
 }
 
@@ -134,22 +134,31 @@ impl FloorUffd {
 
     /// Runs one resolving ioctl until the range is done. A partial result
     /// comes back as `EAGAIN` with the bytes done; `EEXIST` at the first
-    /// byte means an earlier fault mapped the chunk.
+    /// byte means an earlier fault mapped the chunk; a page found mapped
+    /// further on is skipped.
     fn resolve_loop(
         &self,
         len: u64,
         mut call: impl FnMut(u64) -> (Result<(), Errno>, i64),
     ) -> Result<Resolved, Errno> {
         let mut done = 0u64;
+        // A retry that never progresses is an error, not a spin.
+        let mut idle_retries = 0;
         while done < len {
             let (r, n) = call(done);
             match r {
                 Ok(()) => return Ok(Resolved::Mapped),
                 Err(Errno::AGAIN) | Err(Errno::INTR) if n > 0 => done += n as u64,
-                Err(Errno::AGAIN) | Err(Errno::INTR) => std::thread::yield_now(),
+                Err(e @ (Errno::AGAIN | Errno::INTR)) => {
+                    idle_retries += 1;
+                    if idle_retries > 10_000 {
+                        return Err(e);
+                    }
+                    std::thread::yield_now()
+                }
                 Err(Errno::EXIST) if done == 0 => return Ok(Resolved::AlreadyThere),
-                // Later pages were there already: the chunk is complete.
-                Err(Errno::EXIST) => return Ok(Resolved::Mapped),
+                // A page further on is there already: map the ones after it.
+                Err(Errno::EXIST) => done += 4096,
                 Err(e) => return Err(e),
             }
         }
