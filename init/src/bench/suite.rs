@@ -1,8 +1,8 @@
-//! The whole `svm bench` run: for each herd configuration, in turn, the
-//! copy floor, the minor floor, ours on the booted system and memcpy (so
-//! drift on a shared machine hits all of them alike); then the IPC round
-//! trip, the copy engine and per-page metadata; then random access on a
-//! system of its own, oversubscribed.
+//! The whole `svm bench` run: per-page metadata on the freshly booted
+//! system; for each herd configuration, in turn, the copy floor, the minor
+//! floor, ours and memcpy (so drift on a shared machine hits all of them
+//! alike); then the IPC round trip and the copy engine; then random access
+//! on a system of its own, oversubscribed.
 
 use std::path::Path;
 
@@ -131,94 +131,121 @@ fn configurations(cfg: &SuiteConfig) -> Vec<(Mode, usize, usize)> {
     out
 }
 
+/// What a run gathers besides the herd samples.
+#[derive(Default)]
+struct Gathered {
+    samples: Vec<Sample>,
+    errors: Vec<String>,
+    bad: u64,
+    ipc: Option<ipc::RoundTrip>,
+    engine: Option<copy_engine::CopyEngine>,
+    meta: Option<metadata::Metadata>,
+    random: Option<random::RandomAccess>,
+}
+
+impl Gathered {
+    /// Keeps a step's result, or its error; `bad` counts its wrong words.
+    fn keep<T>(
+        &mut self,
+        what: &str,
+        r: Result<T, BenchError>,
+        bad: impl Fn(&T) -> u64,
+    ) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.bad += bad(&v);
+                Some(v)
+            }
+            Err(e) => {
+                self.errors.push(format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+}
+
 pub fn run(svm: &Path, cfg: &SuiteConfig) -> Report {
     let mut machine = Machine::now();
     let configs = configurations(cfg);
     let progress = Progress::new(configs.len() as u64 * 4 + 5);
-    let (mut samples, mut errors) = (Vec::new(), Vec::new());
-    progress.step("booting the system".into());
-    let mut system = match boot(&cfg.boot) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            errors.push(e.to_string());
-            None
-        }
-    };
+    let mut g = Gathered::default();
+    on_one_system(svm, cfg, &configs, &progress, &mut g);
+    progress.step("random 4 KiB GPU reads, oversubscribed".into());
+    if cfg.random_vram_bytes > 0 {
+        let r = random_access(cfg, &mut g.errors);
+        g.random = g.keep("random access", r, |r| r.bad_pages);
+    }
     progress.done();
-    for c in configs {
+    progress.finish();
+    machine.finish();
+    g.samples.extend(cfg.uvm.iter().cloned());
+    let mut report = Report::new(machine, Some(cfg.reps as u64), g.samples);
+    report.ipc = g.ipc;
+    report.copy_engine = g.engine;
+    report.metadata = g.meta;
+    report.random = g.random;
+    report.errors = g.errors;
+    report.add_bad(g.bad);
+    report
+}
+
+/// Everything measured on the main system: metadata first, while the
+/// servers' heaps hold nothing freed to reuse; the herd configurations;
+/// the IPC round trip; and the copy engine (its own device model).
+fn on_one_system(
+    svm: &Path,
+    cfg: &SuiteConfig,
+    configs: &[(Mode, usize, usize)],
+    progress: &Progress,
+    g: &mut Gathered,
+) {
+    progress.step("booting the system".into());
+    let mut system = boot(&cfg.boot)
+        .map_err(|e| g.errors.push(e.to_string()))
+        .ok();
+    progress.done();
+    progress.step("per-page metadata".into());
+    if let (Some((s, c)), true) = (system.as_ref(), cfg.meta_bytes > 0) {
+        let m = metadata::measure(s, c, cfg.meta_bytes);
+        g.meta = g.keep("metadata", m, |m| m.bad_pages);
+    }
+    progress.done();
+    for &c in configs {
         configuration(
             svm,
             system.as_ref(),
             cfg,
             c,
-            &progress,
-            &mut samples,
-            &mut errors,
+            progress,
+            &mut g.samples,
+            &mut g.errors,
         );
-        if let Some((s, _)) = system.as_mut() {
-            if let Err(e) = s.check_alive() {
-                errors.push(e.to_string());
-            }
+        if let Some(Err(e)) = system.as_mut().map(|(s, _)| s.check_alive()) {
+            g.errors.push(e.to_string());
         }
     }
-    let mut extra_bad = 0;
     progress.step("IPC round trip".into());
-    let ipc = system.as_ref().and_then(|(_, c)| {
-        ipc::measure(svm, c, cfg.ipc_reps, cfg.ipc_calls)
-            .map_err(|e| errors.push(format!("ipc: {e}")))
-            .ok()
-    });
-    extra_bad += ipc.as_ref().map_or(0, |i| i.bad);
+    if let Some((_, c)) = system.as_ref() {
+        let r = ipc::measure(svm, c, cfg.ipc_reps, cfg.ipc_calls);
+        g.ipc = g.keep("ipc", r, |i| i.bad);
+    }
     progress.done();
     progress.step("copy engine".into());
-    let engine = copy_engine::measure()
-        .map_err(|e| errors.push(format!("copy engine: {e}")))
-        .ok();
-    extra_bad += engine.as_ref().map_or(0, |c| c.bad_bytes);
-    progress.done();
-    progress.step("per-page metadata".into());
-    let meta = system
-        .as_ref()
-        .filter(|_| cfg.meta_bytes > 0)
-        .and_then(|(s, c)| {
-            metadata::measure(s, c, cfg.meta_bytes)
-                .map_err(|e| errors.push(format!("metadata: {e}")))
-                .ok()
-        });
-    extra_bad += meta.as_ref().map_or(0, |m| m.bad_pages);
+    g.engine = g.keep("copy engine", copy_engine::measure(), |c| c.bad_bytes);
     if let Some((s, c)) = system.take() {
-        shutdown(s, c, &mut errors);
+        shutdown(s, c, &mut g.errors);
     }
     progress.done();
-    progress.step("random 4 KiB GPU reads, oversubscribed".into());
-    let random = random_access(cfg, &mut errors);
-    extra_bad += random.as_ref().map_or(0, |r| r.bad_pages);
-    progress.done();
-    progress.finish();
-    machine.finish();
-    samples.extend(cfg.uvm.iter().cloned());
-    let mut report = Report::new(machine, Some(cfg.reps as u64), samples);
-    report.ipc = ipc;
-    report.copy_engine = engine;
-    report.metadata = meta;
-    report.random = random;
-    report.errors = errors;
-    report.add_bad(extra_bad);
-    report
 }
 
-fn random_access(cfg: &SuiteConfig, errors: &mut Vec<String>) -> Option<random::RandomAccess> {
-    if cfg.random_vram_bytes == 0 {
-        return None;
-    }
+fn random_access(
+    cfg: &SuiteConfig,
+    errors: &mut Vec<String>,
+) -> Result<random::RandomAccess, BenchError> {
     let mut opts = cfg.boot.clone();
     opts.device.vram_bytes = cfg.random_vram_bytes;
-    let (s, c) = boot(&opts)
-        .map_err(|e| errors.push(format!("random access: {e}")))
-        .ok()?;
-    let r = random::run(&c, &cfg.random)
-        .map_err(|e| errors.push(format!("random access: {e}")))
-        .ok();
+    let (s, c) = boot(&opts)?;
+    let r = random::run(&c, &cfg.random);
     shutdown(s, c, errors);
     r
 }
