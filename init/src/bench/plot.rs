@@ -118,6 +118,7 @@ fn draw_panel(
     chart
         .configure_mesh()
         .x_labels(threads.len().max(2))
+        .light_line_style(TRANSPARENT)
         .x_label_formatter(&label)
         .x_desc("CPU threads")
         .y_desc("us per 4 KiB page")
