@@ -55,6 +55,8 @@ pub struct RunArgs {
     /// CPU thread counts [default: 1,2,4,8,16; quick: 1,2].
     #[arg(long, value_delimiter = ',')]
     pub threads: Option<Vec<usize>>,
+    /// touch: the GPU adds 1 to each page's first word; inc-all: to every
+    /// word (the CPU then checks the first and last word of each page).
     #[arg(long, value_enum, default_value_t = ModeArg::Both)]
     pub mode: ModeArg,
     /// Reps per configuration; each number is the median [default: 5; quick: 2].
@@ -91,12 +93,15 @@ pub struct RunArgs {
 pub enum BenchAction {
     /// One floor configuration: prints one JSON line (the H200 kit's step).
     Floor {
+        /// copy: one UFFDIO_COPY per chunk; minor: one UFFDIO_CONTINUE per
+        /// chunk over page cache filled beforehand; memcpy: one thread's copy.
         #[arg(long, value_enum)]
         kind: FloorKind,
         #[arg(long, default_value = "2M")]
         size: String,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// touch or inc-all (what the buffer holds and the readers check).
         #[arg(long, value_enum, default_value_t = ModeArg::Touch)]
         mode: ModeArg,
         #[arg(long, default_value_t = 5)]
