@@ -7,7 +7,7 @@
 //! oversubscribed; per-page metadata.
 //! Every number is also a correctness check: a wrong word anywhere fails
 //! the run. `cli.rs` is the command line, `suite.rs` the order of the run,
-//! `report.rs` and `plot.rs` the output.
+//! `report.rs`, `table.rs` and `plot.rs` the output.
 
 mod cli;
 mod copy_engine;
@@ -26,6 +26,7 @@ mod readers;
 mod report;
 mod sample;
 mod suite;
+mod table;
 mod uffd;
 
 pub use cli::{helper_main, main, BenchArgs, Helper};

@@ -10,8 +10,9 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::report::{size_name, HerdRow};
+use super::report::HerdRow;
 use super::sample::Impl;
+use super::table::size_name;
 use super::BenchError;
 
 const PANEL: (u32, u32) = (640, 420);
