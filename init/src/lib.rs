@@ -2,6 +2,7 @@
 //! endpoints the manifest gives it, supervises them, and stops them; and
 //! runs workloads on it as a client.
 
+pub mod bench;
 pub mod churn;
 pub mod client;
 
@@ -14,5 +15,6 @@ pub mod process;
 pub mod qemu;
 pub mod race;
 pub mod summary;
+pub mod size;
 pub mod supervisor;
 pub mod views;

@@ -176,6 +176,11 @@ impl Supervised {
         Ok(())
     }
 
+    /// The process id `name` runs as now.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        lock(&self.state.0).servers.iter().find(|s| s.name == name).map(|s| s.child.id())
+    }
+
     /// The generation `name` runs as now.
     pub fn generation(&self, name: &str) -> Option<u32> {
         lock(&self.state.0)

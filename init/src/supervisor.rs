@@ -442,6 +442,11 @@ impl System {
         self.servers.wait_for(name, timeout)
     }
 
+    /// The process id of server `name` (`svm bench` reads its memory use).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.servers.pid(name)
+    }
+
     /// SIGKILLs `name` (a crash); a restartable server comes back as its
     /// next generation ([`Self::wait_generation`]).
     pub fn kill(&mut self, name: &str) -> Result<(), BootError> {

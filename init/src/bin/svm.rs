@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use init::herd::{self, Mode};
 use init::oversub;
+use init::size::parse_size;
 use init::supervisor::Connection;
 use init::supervisor::{BootOptions, System};
 use init::views;
@@ -48,6 +49,15 @@ enum Cmd {
     /// Inside the guest: run a plan of checks (as PID 1: then power off).
     #[command(hide = true)]
     Guest(init::guest::GuestArgs),
+    /// Each of our paths beside its floor, measured in the same run, with
+    /// ratios, a JSON report and plots (see the README).
+    Bench(init::bench::BenchArgs),
+    /// The helper processes of `svm bench` (floors' pagers, echo peer).
+    #[command(hide = true)]
+    BenchHelper {
+        #[command(subcommand)]
+        helper: init::bench::Helper,
+    },
     /// Run as one client of a booted system, on endpoints inherited from
     /// `init` (tests start it; see `ClientSlot::spawn`).
     #[command(hide = true)]
@@ -225,19 +235,6 @@ enum Workload {
     },
 }
 
-fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let (num, mul) = match s.chars().last()? {
-        'K' | 'k' => (&s[..s.len() - 1], 1 << 10),
-        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
-        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: usize = num.parse().ok()?;
-    let bytes = n.checked_mul(mul)?;
-    (bytes > 0 && bytes % 4096 == 0).then_some(bytes)
-}
-
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     // As a guest's first process the kernel gives us no arguments to parse.
@@ -303,6 +300,8 @@ fn main() {
         Cmd::Conformance { suite } => conformance(opts, suite),
         Cmd::Qemu(args) => init::qemu::cli_main(&args),
         Cmd::Guest(args) => init::guest::cli_main(&args),
+        Cmd::Bench(args) => init::bench::main(args, opts),
+        Cmd::BenchHelper { helper } => init::bench::helper_main(helper),
         Cmd::Run {
             workload:
                 Workload::Herd {
