@@ -8,5 +8,6 @@ pub mod herd;
 pub mod manifest;
 pub mod oversub;
 pub mod race;
+pub mod scenario;
 pub mod supervisor;
 pub mod views;

@@ -143,6 +143,10 @@ enum Workload {
         #[arg(long)]
         json: bool,
     },
+    /// Scenario files: `svm run FILE|DIR [--filter PATTERN] [--list] [--json]
+    /// [--long]` (docs/scenarios.md; `svm run tests/scenarios --help`).
+    #[command(external_subcommand)]
+    Scenarios(Vec<String>),
 }
 
 fn parse_size(s: &str) -> Option<usize> {
@@ -165,6 +169,9 @@ fn main() {
     opts.device.vram_bytes = cli.vram_mib << 20;
     opts.device.hw_threads = cli.hw_threads;
     let code = match cli.command {
+        Cmd::Run {
+            workload: Workload::Scenarios(args),
+        } => init::scenario::cli::main(&args),
         Cmd::Client {
             badge,
             gpu_fd,
