@@ -316,6 +316,24 @@ fn child(file: &Path, name: &str, long: bool) -> i32 {
         eprintln!("svm run: no scenario {name:?} in {}", file.display());
         return 2;
     };
-    run_here::run(inst, Reporter::stdout());
+    // Events go to the runner on our stdout; the servers we start inherit
+    // fd 1 and print there too, so they get our stderr instead.
+    use std::os::fd::AsFd;
+    let events = match rustix::io::dup(std::io::stdout().as_fd()) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            eprintln!("svm run: dup: {e}");
+            return 2;
+        }
+    };
+    unsafe extern "C" {
+        fn dup2(old: i32, new: i32) -> i32;
+    }
+    // SAFETY: points fd 1 at what fd 2 is; `events` keeps the old stdout.
+    if unsafe { dup2(2, 1) } < 0 {
+        eprintln!("svm run: dup2: {}", std::io::Error::last_os_error());
+        return 2;
+    }
+    run_here::run(inst, Reporter::to_file(events));
     0
 }

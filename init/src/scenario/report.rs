@@ -46,24 +46,24 @@ struct State {
     events: Vec<Event>,
 }
 
-/// Where events go: stdout as JSON lines (the scenario process), or kept
-/// in memory (tests).
+/// Where events go: a file as JSON lines (the scenario process's copy of
+/// its stdout), or kept in memory (tests).
 pub struct Reporter {
-    to_stdout: bool,
+    out: Option<Mutex<std::fs::File>>,
     state: Mutex<State>,
 }
 
 impl Reporter {
-    pub fn stdout() -> Self {
+    pub fn to_file(f: std::fs::File) -> Self {
         Self {
-            to_stdout: true,
+            out: Some(Mutex::new(f)),
             state: Mutex::default(),
         }
     }
 
     pub fn memory() -> Self {
         Self {
-            to_stdout: false,
+            out: None,
             state: Mutex::default(),
         }
     }
@@ -78,10 +78,10 @@ impl Reporter {
     }
 
     fn emit_locked(&self, st: &mut State, e: Event) {
-        if self.to_stdout {
+        if let Some(out) = &self.out {
             // A JSON line per event; serde_json cannot fail on these types.
             let line = serde_json::to_string(&e).unwrap_or_default();
-            let mut out = std::io::stdout().lock();
+            let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         }
