@@ -626,22 +626,36 @@ pub fn check(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 m.merge(mm);
                 total += t;
             }
+            let mut wrong = Vec::new();
             for wi in words {
                 let t = ctx.world().resolve(&wi.at, Some(4))?;
                 // SAFETY: a mapped word of this scenario's memory.
                 let got = unsafe { std::ptr::read_volatile(t.addr() as *const u32) };
                 if got as u64 != wi.value.get() {
-                    m.add(0, got, wi.value.get() as u32);
+                    wrong.push(format!(
+                        "{}+{:#x} is {got:#x}, expected {:#x}",
+                        wi.at.name,
+                        wi.at.offset,
+                        wi.value.get()
+                    ));
                 }
-                total += 1;
             }
             let what = if at.is_some() {
                 names.join(",")
             } else {
                 "every allocation".into()
             };
+            let mut detail = format!("{what}: {}", m.describe(total));
+            if !words.is_empty() {
+                detail += &format!("; {} listed words: ", words.len());
+                detail += &if wrong.is_empty() {
+                    "as listed".into()
+                } else {
+                    wrong.join(", ")
+                };
+            }
             ctx.report
-                .check(m.bad == 0, label, &format!("{what}: {}", m.describe(total)));
+                .check(m.bad == 0 && wrong.is_empty(), label, &detail);
             Ok(())
         }
         Step::Probe { at, access, expect } => {
