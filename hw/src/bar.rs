@@ -145,6 +145,27 @@ impl Bar {
         }
     }
 
+    /// Waits until `job` retired and returns (status, faults); `None` when
+    /// its job table slot went to a later job meanwhile (more jobs in
+    /// flight than slots). [`BarError::TimedOut`] while it still runs.
+    pub fn wait_job(&self, job: u32, timeout: Duration) -> Result<Option<(u32, u32)>, BarError> {
+        let deadline = Instant::now() + timeout;
+        let retired = self.regs.u32_at(layout::REG_JOBS_RETIRED);
+        loop {
+            let seen = retired.load(Ordering::Acquire);
+            if let Some(r) = self.job_result(job) {
+                return Ok(Some(r));
+            }
+            // Everything up to `job` retired, yet its slot holds another job.
+            if (self.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0 {
+                return Ok(self.job_result(job));
+            }
+            if !wait_change(retired, seen, Some(deadline)) {
+                return Err(BarError::TimedOut);
+            }
+        }
+    }
+
     /// The job table slot of `job`: (status, faults) once it retired.
     pub fn job_result(&self, job: u32) -> Option<(u32, u32)> {
         let slot = layout::JOB_TABLE + (job as usize % layout::JOB_SLOTS) * 16;

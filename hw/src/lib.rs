@@ -3,7 +3,8 @@
 //! - [`xe`]: what a driver writes and reads, bit for bit, following the
 //!   public Linux xe driver headers (each file cites its header): PPGTT
 //!   entries, the GuC page-fault descriptor and reply, copy-engine and GuC
-//!   commands, and the layout of the shared register/ring region. `no_std`.
+//!   commands, the MI instructions of batch buffers, and the layout of the
+//!   shared register/ring region. `no_std` (the batch builder needs `std`).
 //! - [`model`]: a simulated Xe GPU that shares with its driver only what a
 //!   real device shares (VRAM, page-table memory, rings, registers) and
 //!   runs as its own process (`xe-model`) or as a thread in tests.

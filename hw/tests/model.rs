@@ -2,188 +2,20 @@
 //! written into VRAM by hand, commands on rings, faults answered from the
 //! GuC-to-host ring.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hw::bar::{Bar, BarError};
-use hw::model::{spawn_in_process, spawn_process, Config, Injection};
-use hw::shm::{Region, RingError};
-use hw::xe::commands::{
-    Command, InvalidationScope, KernelLaunch, KernelOp, MemCopy, TlbInvalidation,
-};
-use hw::xe::fault::{FaultReply, FaultType};
+use hw::bar::BarError;
+use hw::model::Injection;
+use hw::shm::Region;
+use hw::xe::commands::{Command, KernelOp};
+use hw::xe::fault::FaultReply;
 use hw::xe::layout::{self, Ring};
-use hw::xe::pte::{encode_leaf, encode_table, index, PageSize, Target, ADDR_MASK};
+use hw::xe::pte::{encode_leaf, encode_table, index, PageSize, Target};
 
-const VRAM: u64 = 64 << 20;
-/// Page tables come from the top 8 MiB of VRAM, data pages from below.
-const PT_BASE: u64 = VRAM - (8 << 20);
-
-struct Rig {
-    bar: Arc<Bar>,
-    next_pt: AtomicU64,
-    seq: AtomicU32,
-    _child: Option<std::process::Child>,
-}
-
-impl Rig {
-    fn in_process(inject: Injection) -> Self {
-        let (t, _h) = spawn_in_process(Config {
-            vram_bytes: VRAM,
-            hw_threads: 16,
-            inject,
-        })
-        .unwrap();
-        Self::with(t, None)
-    }
-    fn process() -> Self {
-        let cfg = Config {
-            vram_bytes: VRAM,
-            hw_threads: 16,
-            inject: Injection::default(),
-        };
-        let (t, child) =
-            spawn_process(std::path::Path::new(env!("CARGO_BIN_EXE_xe-model")), &cfg).unwrap();
-        Self::with(t, Some(child))
-    }
-    fn with(
-        t: Arc<dyn ipc_protocol::transport::Transport>,
-        child: Option<std::process::Child>,
-    ) -> Self {
-        let bar = Arc::new(Bar::connect(t, Duration::from_secs(10)).unwrap());
-        Self {
-            bar,
-            next_pt: AtomicU64::new(PT_BASE),
-            seq: AtomicU32::new(1),
-            _child: child,
-        }
-    }
-
-    fn alloc_pt(&self) -> u64 {
-        let pt = self.next_pt.fetch_add(4096, Ordering::Relaxed);
-        assert!(pt < VRAM);
-        self.bar.vram().write(pt, &[0u8; 4096]);
-        pt
-    }
-
-    fn entry(&self, table: u64, i: usize) -> &AtomicU64 {
-        self.bar.vram().u64_at((table + i as u64 * 8) as usize)
-    }
-
-    fn root(&self, asid: u32) -> u64 {
-        self.bar
-            .regs()
-            .u64_at(layout::CONTEXT_TABLE + asid as usize * 8)
-            .load(Ordering::Acquire)
-    }
-
-    /// Maps `va` to `pa` with a leaf of `size` in ASID `asid`'s tables.
-    fn map(&self, asid: u32, va: u64, pa: u64, size: PageSize, target: Target) {
-        if self.root(asid) == 0 {
-            self.bar.set_context(asid, self.alloc_pt());
-        }
-        let mut table = self.root(asid);
-        for level in (size.level() + 1..4).rev() {
-            let e = self.entry(table, index(va, level));
-            if e.load(Ordering::Acquire) & 1 == 0 {
-                e.store(encode_table(self.alloc_pt()).unwrap(), Ordering::Release);
-            }
-            table = e.load(Ordering::Acquire) & ADDR_MASK;
-        }
-        match size {
-            PageSize::Size64K => {
-                for i in 0..16u64 {
-                    let raw = encode_leaf(pa + i * 4096, size, target, true, 0).unwrap();
-                    self.entry(table, index(va + i * 4096, 0))
-                        .store(raw, Ordering::Release);
-                }
-            }
-            _ => self.entry(table, index(va, size.level())).store(
-                encode_leaf(pa, size, target, true, 0).unwrap(),
-                Ordering::Release,
-            ),
-        }
-    }
-
-    fn unmap_4k(&self, asid: u32, va: u64) {
-        let mut table = self.root(asid);
-        for level in (1..4).rev() {
-            table = self.entry(table, index(va, level)).load(Ordering::Acquire) & ADDR_MASK;
-        }
-        self.entry(table, index(va, 0)).store(0, Ordering::Release);
-    }
-
-    fn launch(
-        &self,
-        asid: u32,
-        op: KernelOp,
-        addr: u64,
-        len: u64,
-        stride: u32,
-        value: u32,
-    ) -> (u32, u32) {
-        let job = self.seq.fetch_add(1, Ordering::Relaxed);
-        let k = KernelLaunch {
-            job,
-            asid,
-            op,
-            addr,
-            len,
-            stride,
-            value,
-            threads: 16,
-        };
-        self.bar
-            .submit(Ring::Compute, job, &Command::Launch(k))
-            .unwrap();
-        self.bar
-            .wait_seqno(layout::REG_CCS_DONE, job, Duration::from_secs(60))
-            .unwrap();
-        self.bar.job_result(job).unwrap()
-    }
-
-    fn copy(&self, src: u64, dst: u64, bytes: u64) -> u32 {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.bar
-            .submit(
-                Ring::Copy,
-                seq,
-                &Command::MemCopy(MemCopy::contiguous(src, dst, bytes).unwrap()),
-            )
-            .unwrap();
-        self.bar
-            .wait_seqno(layout::REG_BCS_DONE, seq, Duration::from_secs(30))
-            .unwrap();
-        seq
-    }
-
-    fn invalidate(&self, asid: u32, va: u64, len_log2: u8) {
-        let seqno = self.seq.fetch_add(1, Ordering::Relaxed);
-        let inv = TlbInvalidation {
-            seqno,
-            scope: InvalidationScope::Range,
-            asid,
-            address: va,
-            len_log2,
-        };
-        self.bar
-            .submit(Ring::HostToGuc, 0, &Command::TlbInvalidation(inv))
-            .unwrap();
-        match self
-            .bar
-            .next_guc_message(Some(Duration::from_secs(10)))
-            .unwrap()
-        {
-            Command::TlbInvalidationDone { seqno: s } if s == seqno => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    fn vram_u32(&self, pa: u64) -> u32 {
-        self.bar.vram().u32_at(pa as usize).load(Ordering::Acquire)
-    }
-}
+mod rig;
+use rig::{serve_faults, Rig};
 
 #[test]
 fn walk_hand_built_tables_at_each_page_size() {
@@ -222,40 +54,6 @@ fn walk_hand_built_tables_at_each_page_size() {
     for off in (0..4096).step_by(1024) {
         assert_eq!(memfd.u32_at(off).load(Ordering::Acquire), 77);
     }
-}
-
-/// Answers every fault by mapping a fresh VRAM page; returns faults served.
-fn serve_faults(
-    rig: Arc<Rig>,
-    next_page: u64,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<u32> {
-    std::thread::spawn(move || {
-        let mut served = 0;
-        let mut next = next_page;
-        while !stop.load(Ordering::Acquire) {
-            match rig.bar.next_guc_message(Some(Duration::from_millis(50))) {
-                Ok(Command::PageFault(f)) => {
-                    assert_eq!(f.fault_type, FaultType::NotPresent);
-                    rig.bar.vram().write(next, &[0u8; 4096]);
-                    rig.map(f.asid, f.address, next, PageSize::Size4K, Target::Device);
-                    next += 4096;
-                    rig.bar
-                        .submit(
-                            Ring::HostToGuc,
-                            0,
-                            &Command::PageFaultResponse(FaultReply::to(&f, true)),
-                        )
-                        .unwrap();
-                    served += 1;
-                }
-                Ok(other) => panic!("unexpected {other:?}"),
-                Err(BarError::Ring(RingError::TimedOut)) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-        served
-    })
 }
 
 fn fault_stall_replay(inject: Injection) -> Duration {

@@ -185,6 +185,11 @@ wire_enum!(
         Faulted = 2,
         /// Still running when the wait's timeout expired.
         Running = 3,
+        /// A batch held an instruction the GPU cannot run.
+        BadCommand = 4,
+        /// A batch ran past the GPU's bounds (an endless loop, a semaphore
+        /// wait that never held) and was stopped.
+        Hung = 5,
     }
 );
 

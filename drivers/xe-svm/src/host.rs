@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hw::xe::commands::{Command, KernelLaunch, KernelOp};
 use hw::xe::fault::FaultDescriptor;
-use hw::xe::layout::{self, Ring};
+use hw::xe::layout::Ring;
 use hw::xe::pte::{PageSize, Target};
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
@@ -461,6 +461,15 @@ impl Handler<g::Gpu> for GpuServer {
                     vec![],
                 ))
             }
+            g::Request::SubmitBatch(b) => {
+                let job = crate::jobs::submit_batch(inner, owner, &b)?;
+                Ok((
+                    g::Reply::SubmitBatch(g::Submitted {
+                        job: JobId::raw(job as u64),
+                    }),
+                    vec![],
+                ))
+            }
             g::Request::Wait(g::Wait { job, timeout_ms }) => {
                 let id = u32::try_from(job.get()).map_err(|_| GpuError::NoSuchJob)?;
                 // Only the caller's own jobs, and only while the device
@@ -470,21 +479,12 @@ impl Handler<g::Gpu> for GpuServer {
                 }
                 let t0 = Instant::now();
                 let bar = &inner.hw.dev.bar;
-                match bar.wait_seqno(
-                    layout::REG_CCS_DONE,
-                    id,
-                    Duration::from_millis(timeout_ms as u64),
-                ) {
-                    Ok(()) => {
-                        let (status, faults) = bar.job_result(id).ok_or(GpuError::NoSuchJob)?;
-                        let status = if status == 1 {
-                            JobStatus::Completed
-                        } else {
-                            JobStatus::Faulted
-                        };
+                match bar.wait_job(id, Duration::from_millis(timeout_ms as u64)) {
+                    Ok(result) => {
+                        let (state, faults) = result.ok_or(GpuError::NoSuchJob)?;
                         Ok((
                             g::Reply::Wait(g::JobDone {
-                                status,
+                                status: crate::jobs::job_status(state),
                                 faults: faults as u64,
                                 elapsed_us: t0.elapsed().as_micros() as u64,
                             }),

@@ -10,12 +10,14 @@
 //!   (rules 5, 6, 8 and 9), over a [`platform::Platform`];
 //! - [`views`]: bindings follow the pager's views (rule 8 for unmap/mremap);
 //! - [`bo`], [`ww`]: the BO world and its reservation locks (rule 7);
+//! - [`jobs`]: batch jobs checked and submitted, job statuses;
 //! - [`host`]: the host runtime: the device model and IPC as the platform,
 //!   and the IPC handlers.
 
 pub mod bo;
 pub mod device;
 pub mod host;
+pub mod jobs;
 pub mod platform;
 pub mod ppgtt;
 pub mod probe;

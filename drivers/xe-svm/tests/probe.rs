@@ -11,7 +11,7 @@ fn probe_accepts_a_healthy_device() {
     let (t, _h) = spawn_in_process(Config {
         vram_bytes: 32 << 20,
         hw_threads: 8,
-        inject: Injection::default(),
+        ..Default::default()
     })
     .unwrap();
     let (bar, report) = probe(t).unwrap();
@@ -31,6 +31,7 @@ fn probe_refuses_a_device_whose_copies_fail() {
         vram_bytes: 32 << 20,
         hw_threads: 8,
         inject,
+        ..Default::default()
     })
     .unwrap();
     assert!(matches!(probe(t), Err(ProbeError::CopyFailed)));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use hw::model::{Config, Injection};
+use hw::model::{BatchLimits, Config, Injection};
 use ipc_protocol::transport::{inherited_fd, SeqPacket};
 
 #[derive(Parser)]
@@ -21,6 +21,12 @@ struct Args {
     drop_tlb_invalidation_every: u32,
     #[arg(long, default_value_t = 0)]
     fail_copy_every: u32,
+    /// Instructions one batch job may run before it ends hung.
+    #[arg(long, default_value_t = BatchLimits::default().max_instructions)]
+    batch_max_instructions: u32,
+    /// How long one MI_SEMAPHORE_WAIT may poll before its job ends hung.
+    #[arg(long, default_value_t = BatchLimits::default().semaphore_timeout.as_millis() as u64)]
+    semaphore_timeout_ms: u64,
     /// Descriptor of the connected seqpacket control socket.
     #[arg(long, default_value_t = 3)]
     control_fd: i32,
@@ -36,6 +42,10 @@ fn main() {
             fault_reply_delay: Duration::from_micros(a.fault_reply_delay_us),
             drop_tlb_invalidation_every: a.drop_tlb_invalidation_every,
             fail_copy_every: a.fail_copy_every,
+        },
+        batch: BatchLimits {
+            max_instructions: a.batch_max_instructions,
+            semaphore_timeout: Duration::from_millis(a.semaphore_timeout_ms),
         },
     };
     // SAFETY: the parent handed us the control socket at this descriptor.

@@ -10,13 +10,15 @@ use super::control::{
     self, ControlOp, ControlRecord, STATUS_BAD_REQUEST, STATUS_BAD_SLOT, STATUS_MAP_FAILED,
     STATUS_OK,
 };
+use super::cs;
+use super::jobs::{HwThreads, RetireOrder};
 use super::memory::Memory;
 use super::translate::{Tlb, Translation};
 use super::{Config, ModelError};
 use crate::shm::{wake_all, Region, RingError, RingView};
-use crate::xe::commands::{Command, KernelLaunch, KernelOp, MemCopy};
+use crate::xe::commands::{BatchSubmit, Command, KernelLaunch, KernelOp, MemCopy};
 use crate::xe::fault::{AccessType, FaultDescriptor, FaultType};
-use crate::xe::layout::{self, Ring};
+use crate::xe::layout::{self, JobState, Ring};
 
 const POLL: Duration = Duration::from_millis(50);
 /// A stalled hardware thread gives up (the job faults) after this long.
@@ -31,17 +33,20 @@ struct FaultSlot {
     arrived: Condvar,
 }
 
-struct Device {
-    cfg: Config,
-    regs: Region,
-    mem: Memory,
-    tlb: Tlb,
+pub(super) struct Device {
+    pub(super) cfg: Config,
+    pub(super) regs: Region,
+    pub(super) mem: Memory,
+    pub(super) tlb: Tlb,
     /// Accesses hold it shared; an invalidation takes it exclusively, so it
     /// completes only once accesses in flight have landed.
-    access_gate: RwLock<()>,
+    pub(super) access_gate: RwLock<()>,
     g2h: Mutex<()>,
+    /// One fault mailbox per hardware thread.
     slots: Vec<FaultSlot>,
-    stop: AtomicBool,
+    hw_threads: HwThreads,
+    retire_order: RetireOrder,
+    pub(super) stop: AtomicBool,
     invalidations: AtomicU32,
     copies: AtomicU32,
 }
@@ -93,6 +98,7 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
     );
 
     let slots = (0..cfg.hw_threads).map(|_| FaultSlot::default()).collect();
+    let cfg_threads = cfg.hw_threads;
     let dev = Arc::new(Device {
         cfg,
         regs,
@@ -101,6 +107,8 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
         access_gate: RwLock::new(()),
         g2h: Mutex::new(()),
         slots,
+        hw_threads: HwThreads::new(cfg_threads),
+        retire_order: RetireOrder::default(),
         stop: AtomicBool::new(false),
         invalidations: AtomicU32::new(0),
         copies: AtomicU32::new(0),
@@ -122,12 +130,22 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
 
     let result = dev.control_loop(&*control);
     dev.stop.store(true, Ordering::Release);
+    // Hardware threads stalled on a fault give up now, not at their timeout
+    // (the lock orders this wake after their check of `stop`).
+    for slot in &dev.slots {
+        let _held = slot.reply.lock().unwrap_or_else(|e| e.into_inner());
+        slot.arrived.notify_all();
+    }
     dev.regs
         .u32_at(layout::REG_RUNNING)
         .store(0, Ordering::Release);
     wake_all(dev.regs.u32_at(layout::REG_RUNNING));
     for e in engines {
         let _ = e.join();
+    }
+    // Batch jobs see `stop` at their next instruction, poll or fault.
+    if !dev.hw_threads.wait_idle(FAULT_REPLY_TIMEOUT) {
+        log::error!("xe-model: batch jobs still running at shutdown");
     }
     log::info!("xe-model: stopped");
     result
@@ -189,7 +207,7 @@ impl Device {
         }
     }
 
-    fn engine_loop(&self, ring: Ring) {
+    fn engine_loop(self: &Arc<Self>, ring: Ring) {
         let view = RingView::new(&self.regs, ring);
         while !self.stop.load(Ordering::Acquire) {
             let (seqno, packet) = match view.pop(Some(POLL)) {
@@ -203,6 +221,7 @@ impl Device {
             match (ring, Command::decode(packet.words())) {
                 (Ring::Copy, Ok(Command::MemCopy(c))) => self.copy(seqno, &c),
                 (Ring::Compute, Ok(Command::Launch(k))) => self.launch(&k),
+                (Ring::Compute, Ok(Command::Batch(b))) => self.dispatch_batch(b),
                 (Ring::HostToGuc, Ok(Command::TlbInvalidation(inv))) => {
                     let n = self.invalidations.fetch_add(1, Ordering::AcqRel) + 1;
                     let every = self.cfg.inject.drop_tlb_invalidation_every;
@@ -292,7 +311,7 @@ impl Device {
 
     /// Translates `va` for an access, faulting (and stalling) until the
     /// driver maps it or refuses. Returns `None` when the fault failed.
-    fn access(
+    pub(super) fn access(
         &self,
         asid: u32,
         va: u64,
@@ -338,6 +357,7 @@ impl Device {
             match *guard {
                 Some(true) => continue, // replay
                 Some(false) => return None,
+                None if self.stop.load(Ordering::Acquire) => return None,
                 None => {
                     log::error!("xe-model: no reply to a fault at {va:#x} (asid {asid})");
                     return None;
@@ -346,20 +366,68 @@ impl Device {
         }
     }
 
+    /// Takes a hardware thread for batch job `b` and runs it there; the
+    /// engine goes on with its ring meanwhile.
+    fn dispatch_batch(self: &Arc<Self>, b: BatchSubmit) {
+        self.retire_order.begin(b.job);
+        let Some(&hw) = self.hw_threads.take(1, &self.stop).first() else {
+            self.retire(b.job, JobState::Hung, 0, 0);
+            return;
+        };
+        let dev = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("xe-model-cs{hw}"))
+            .spawn(move || {
+                let out = cs::run(&dev, &b, hw);
+                dev.hw_threads.give_back(&[hw]);
+                dev.retire(b.job, out.state, out.faults, out.instructions);
+            });
+        if spawned.is_err() {
+            log::error!("xe-model: no thread for batch job {}", b.job);
+            self.hw_threads.give_back(&[hw]);
+            self.retire(b.job, JobState::Hung, 0, 0);
+        }
+    }
+
+    /// Writes `job`'s slot of the job table, then tells waiters: the
+    /// retired count at once, the in-order done register once every
+    /// earlier job retired too.
+    fn retire(&self, job: u32, state: JobState, faults: u32, extra: u32) {
+        let slot = layout::JOB_TABLE + (job as usize % layout::JOB_SLOTS) * 16;
+        self.regs.u32_at(slot + 4).store(0, Ordering::Release);
+        self.regs.u32_at(slot).store(job, Ordering::Release);
+        self.regs.u32_at(slot + 8).store(faults, Ordering::Release);
+        self.regs.u32_at(slot + 12).store(extra, Ordering::Release);
+        self.regs
+            .u32_at(slot + 4)
+            .store(state as u32, Ordering::Release);
+        let retired = self.regs.u32_at(layout::REG_JOBS_RETIRED);
+        retired.fetch_add(1, Ordering::AcqRel);
+        wake_all(retired);
+        if let Some(last) = self.retire_order.finish(job) {
+            let done = self.regs.u32_at(layout::REG_CCS_DONE);
+            done.store(last, Ordering::Release);
+            wake_all(done);
+        }
+    }
+
     fn launch(&self, k: &KernelLaunch) {
-        let threads = k.threads.clamp(1, self.cfg.hw_threads);
+        self.retire_order.begin(k.job);
+        // Threads a batch job holds are busy: the kernel runs on the rest.
+        let hws = self.hw_threads.take(k.threads.max(1) as usize, &self.stop);
+        let threads = hws.len();
         let first = k.addr & !0xfff;
         let end = k.addr.saturating_add(k.len);
         let pages = end.saturating_sub(first).div_ceil(4096);
         let faults = AtomicU32::new(0);
-        let failed = AtomicBool::new(false);
+        let failed = AtomicBool::new(hws.is_empty());
         let checksum = AtomicU64::new(0);
         std::thread::scope(|s| {
-            for hw in 0..threads {
+            for (i, &hw) in hws.iter().enumerate() {
                 let (faults, failed, checksum) = (&faults, &failed, &checksum);
                 s.spawn(move || {
                     let mut rng =
-                        (k.value as u64 ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(hw as u64 + 1) | 1;
+                        (k.value as u64 ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(i as u64 + 1) | 1;
                     let work: Box<dyn Iterator<Item = u64>> = if k.op == KernelOp::RandomRead {
                         Box::new((0..64).map(move |_| {
                             rng ^= rng << 13;
@@ -368,7 +436,7 @@ impl Device {
                             rng % pages.max(1)
                         }))
                     } else {
-                        Box::new((hw as u64..pages).step_by(threads as usize))
+                        Box::new((i as u64..pages).step_by(threads))
                     };
                     for page in work {
                         if failed.load(Ordering::Relaxed) {
@@ -385,20 +453,18 @@ impl Device {
                 });
             }
         });
-        let status = if failed.load(Ordering::Relaxed) { 2 } else { 1 };
-        let slot = layout::JOB_TABLE + (k.job as usize % layout::JOB_SLOTS) * 16;
-        self.regs.u32_at(slot + 4).store(0, Ordering::Release);
-        self.regs.u32_at(slot).store(k.job, Ordering::Release);
-        self.regs
-            .u32_at(slot + 8)
-            .store(faults.load(Ordering::Relaxed), Ordering::Release);
-        self.regs
-            .u32_at(slot + 12)
-            .store(checksum.load(Ordering::Relaxed) as u32, Ordering::Release);
-        self.regs.u32_at(slot + 4).store(status, Ordering::Release);
-        let done = self.regs.u32_at(layout::REG_CCS_DONE);
-        done.store(k.job, Ordering::Release);
-        wake_all(done);
+        self.hw_threads.give_back(&hws);
+        let state = if failed.load(Ordering::Relaxed) {
+            JobState::Faulted
+        } else {
+            JobState::Done
+        };
+        self.retire(
+            k.job,
+            state,
+            faults.load(Ordering::Relaxed),
+            checksum.load(Ordering::Relaxed) as u32,
+        );
     }
 
     /// Runs kernel `k` on the bytes `[lo, hi)` of one page. `false`: a fault

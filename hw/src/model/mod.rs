@@ -12,14 +12,33 @@
 //! - compute engine: runs a kernel with many hardware threads; an access
 //!   that misses raises a fault descriptor on the GuC-to-host ring and
 //!   stalls that hardware thread until the reply, then replays it. Many
-//!   faults are outstanding at once (one per hardware thread).
+//!   faults are outstanding at once (one per hardware thread);
+//! - command streamer (`cs.rs`): the compute engine also runs batch
+//!   buffers of real Xe MI instructions (`crate::xe::mi`: store data,
+//!   atomics, semaphore waits, copies, GPR loads and stores, chained and
+//!   second-level batch starts) from GPU virtual addresses. Each batch job
+//!   takes one hardware thread from the pool (`jobs.rs`) and runs on it
+//!   while the engine takes further jobs, so batch jobs run at once (up to
+//!   the hardware threads) and a semaphore wait in one is released by a
+//!   store in another. Instruction fetches (reads) and data accesses fault
+//!   and replay like a kernel's. A batch ends `Done` (then its user fence
+//!   is written through the PPGTT), `Faulted`, `BadCommand` (an
+//!   instruction the model cannot decode) or `Hung` (past
+//!   [`BatchLimits`]); none of them stops the device.
+//!
+//! Jobs retire into the job table in any order; `REG_JOBS_RETIRED` counts
+//! them, and `REG_CCS_DONE` moves past a job only once every job before it
+//! on the compute ring retired.
 //!
 //! An invalidation completes only after accesses in flight drain (the
 //! access gate), as on hardware: once the driver sees the completion, no
-//! access through the old translation can still land.
+//! access through the old translation can still land. Batch accesses hold
+//! the gate only while each lands, never across a fault or a poll.
 
 pub mod control;
+mod cs;
 mod engines;
+mod jobs;
 pub mod memory;
 pub mod translate;
 
@@ -41,12 +60,32 @@ pub struct Injection {
     pub fail_copy_every: u32,
 }
 
+/// Bounds on one batch job: past them it ends `Hung` and frees its
+/// hardware thread, where real hardware would need a reset.
+#[derive(Debug, Clone)]
+pub struct BatchLimits {
+    /// Instructions one batch job may execute (an endless loop meets it).
+    pub max_instructions: u32,
+    /// How long one `MI_SEMAPHORE_WAIT` polls before the job is hung.
+    pub semaphore_timeout: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_instructions: 1 << 20,
+            semaphore_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub vram_bytes: u64,
     /// Hardware threads of the compute engine.
     pub hw_threads: u16,
     pub inject: Injection,
+    pub batch: BatchLimits,
 }
 
 impl Default for Config {
@@ -55,6 +94,7 @@ impl Default for Config {
             vram_bytes: 256 << 20,
             hw_threads: 64,
             inject: Injection::default(),
+            batch: BatchLimits::default(),
         }
     }
 }
@@ -74,6 +114,11 @@ impl Config {
                 self.inject.drop_tlb_invalidation_every
             ),
             format!("--fail-copy-every={}", self.inject.fail_copy_every),
+            format!("--batch-max-instructions={}", self.batch.max_instructions),
+            format!(
+                "--semaphore-timeout-ms={}",
+                self.batch.semaphore_timeout.as_millis()
+            ),
         ]
     }
 }

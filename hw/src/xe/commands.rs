@@ -16,6 +16,13 @@
 //! with `COMPUTE_WALKER` and an ISA binary; the model has no EU ISA, so its
 //! launch packet (`MODEL_EXEC`, an opcode real hardware leaves unused)
 //! names one of the model's built-in kernels instead.
+//!
+//! Compute engine: a batch job (`MODEL_BATCH`, also model-only). On
+//! hardware the driver's ring holds `MI_BATCH_BUFFER_START` of the user's
+//! batch followed by a qword `MI_STORE_DATA_IMM` of the user fence
+//! (`xe_ring_ops.c`), and the context carries the ASID; the model's packet
+//! carries the same facts: job id, ASID, batch address, fence address and
+//! value. The batch itself is [`super::mi`] instructions in GPU memory.
 
 use super::fault::{FaultDescriptor, FaultReply};
 
@@ -27,6 +34,9 @@ pub const ACTION_TLB_INVALIDATION: u32 = 0x7000;
 pub const ACTION_TLB_INVALIDATION_DONE: u32 = 0x7001;
 /// Model-only kernel launch (client 3, opcode 0x7f: unused by real hardware).
 pub const MODEL_EXEC: u32 = (3 << 29) | (0x7f << 22) | (12 - 2);
+
+/// Model-only batch job (client 3, opcode 0x7e: unused by real hardware).
+pub const MODEL_BATCH: u32 = (3 << 29) | (0x7e << 22) | (9 - 2);
 
 /// Most dwords one ring packet carries.
 pub const PACKET_DWORDS: usize = 14;
@@ -185,6 +195,18 @@ pub struct KernelLaunch {
     pub threads: u16,
 }
 
+/// A batch job: run the batch buffer at `batch_addr` in ASID `asid`'s
+/// PPGTT, then write `fence_value` (a qword) at `fence_addr` through the
+/// same PPGTT unless `fence_addr` is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSubmit {
+    pub job: u32,
+    pub asid: u32,
+    pub batch_addr: u64,
+    pub fence_addr: u64,
+    pub fence_value: u64,
+}
+
 /// Everything that travels on a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -194,6 +216,7 @@ pub enum Command {
     PageFault(FaultDescriptor),
     PageFaultResponse(FaultReply),
     Launch(KernelLaunch),
+    Batch(BatchSubmit),
 }
 
 /// One ring packet's dwords (at most [`PACKET_DWORDS`]).
@@ -254,6 +277,17 @@ impl Command {
                 k.value,
                 k.threads as u32,
                 0,
+            ]),
+            Self::Batch(b) => Packet::from(&[
+                MODEL_BATCH,
+                b.job,
+                b.asid,
+                b.batch_addr as u32,
+                (b.batch_addr >> 32) as u32,
+                b.fence_addr as u32,
+                (b.fence_addr >> 32) as u32,
+                b.fence_value as u32,
+                (b.fence_value >> 32) as u32,
             ]),
         }
     }
@@ -316,6 +350,17 @@ impl Command {
                     stride: words[8],
                     value: words[9],
                     threads: u16::try_from(words[10]).map_err(|_| CommandError::BadField)?,
+                })
+            }
+            MODEL_BATCH => {
+                need(9)?;
+                let qword = |i: usize| words[i] as u64 | (words[i + 1] as u64) << 32;
+                Self::Batch(BatchSubmit {
+                    job: words[1],
+                    asid: words[2],
+                    batch_addr: qword(3),
+                    fence_addr: qword(5),
+                    fence_value: qword(7),
                 })
             }
             other => return Err(CommandError::UnknownOpcode(other)),
@@ -388,6 +433,13 @@ mod tests {
                 stride: 4096,
                 value: 1,
                 threads: 64,
+            }),
+            Command::Batch(BatchSubmit {
+                job: 4,
+                asid: 7,
+                batch_addr: 0x7f00_0000_1000,
+                fence_addr: 0x7f00_0000_2000,
+                fence_value: 0xdead_beef_dead_beef,
             }),
         ];
         for c in cmds {

@@ -17,7 +17,8 @@
 
 /// `b"XEMD"` at register 0.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"XEMD");
-pub const VERSION: u32 = 1;
+/// 2: batch jobs, [`REG_JOBS_RETIRED`], in-order [`REG_CCS_DONE`].
+pub const VERSION: u32 = 2;
 
 pub const REG_MAGIC: usize = 0x00;
 pub const REG_VERSION: usize = 0x04;
@@ -28,7 +29,10 @@ pub const REG_HW_THREADS: usize = 0x0c;
 pub const REG_BCS_DONE: usize = 0x10;
 /// Seqno of the last copy packet that failed (0: none).
 pub const REG_BCS_ERROR: usize = 0x14;
-/// Job id of the last kernel the compute engine retired.
+/// Retired in submission order: every compute job up to this job id (in
+/// the order the compute ring carried them) has retired. Batch jobs run
+/// concurrently and may retire out of order; this register moves only
+/// past a prefix of retired jobs, like a ring's seqno on hardware.
 pub const REG_CCS_DONE: usize = 0x18;
 /// Faults raised, replies consumed, stale-TLB uses detected.
 pub const REG_FAULTS_RAISED: usize = 0x20;
@@ -37,10 +41,40 @@ pub const REG_STALE_TLB_USES: usize = 0x28;
 pub const REG_TLB_INVALIDATIONS: usize = 0x2c;
 /// Nonzero once the device is up; the device clears it when it stops.
 pub const REG_RUNNING: usize = 0x30;
+/// Compute jobs retired, in any order; bumped (and its futex woken) after
+/// each job's slot in the job table is written.
+pub const REG_JOBS_RETIRED: usize = 0x34;
 /// Per-job results: at 0x100, [`JOB_SLOTS`] slots of 16 bytes: job id u32,
-/// status u32 (1 done, 2 faulted), faults u32, reserved.
+/// status u32 (a [`JobState`]), faults u32, a checksum (kernels) u32.
 pub const JOB_TABLE: usize = 0x100;
 pub const JOB_SLOTS: usize = 192;
+
+/// How a compute job ended: the status word of its job table slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum JobState {
+    Done = 1,
+    /// An access faulted and the driver could not resolve the fault.
+    Faulted = 2,
+    /// The batch held an instruction the device cannot run (see
+    /// [`crate::xe::mi`]).
+    BadCommand = 3,
+    /// The batch ran past the device's bounds: too many instructions (an
+    /// endless loop) or a semaphore wait that never held.
+    Hung = 4,
+}
+
+impl JobState {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Done,
+            2 => Self::Faulted,
+            3 => Self::BadCommand,
+            4 => Self::Hung,
+            _ => return None,
+        })
+    }
+}
 
 pub const CONTEXT_TABLE: usize = 0x1000;
 pub const MAX_ASIDS: usize = 512;

@@ -43,6 +43,19 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// Run the batch buffer of MI instructions at `batch_addr` in `vm`
+    /// (4-byte aligned, below 2^47); when it ends, write `fence_value` as a
+    /// qword at `fence_addr` (8-byte aligned, below 2^47; 0: no fence)
+    /// through the same page tables. The batch, its data and the fence may
+    /// all be SVM memory: the GPU faults on them like on any access.
+    pub struct SubmitBatch {
+        pub vm: VmId,
+        pub batch_addr: u64,
+        pub fence_addr: u64,
+        pub fence_value: u64,
+    }
+);
+wire_struct!(
     pub struct Submitted {
         pub job: JobId,
     }
@@ -149,6 +162,7 @@ interface! {
         9 => DestroyBo [0] -> Done [0] needs GPU_BO;
         10 => Stats [0] -> GpuStats [0] needs GPU_STATS;
         11 => ReadBo [0] -> BoData [1] needs GPU_BO;
+        12 => SubmitBatch [0] -> Submitted [0] needs GPU_SUBMIT;
     }
     notifications {}
 }
