@@ -211,7 +211,11 @@ pub enum JobExpect {
     #[default]
     Completed,
     Faulted,
-    /// Either (the outcome is what a later check looks at).
+    /// A batch held an instruction the GPU cannot run.
+    BadCommand,
+    /// A batch ran past the GPU's bounds and was stopped.
+    Hung,
+    /// Any (the outcome is what a later check looks at).
     Any,
 }
 
@@ -392,6 +396,11 @@ pub enum Step {
         vm: String,
         at: Addr,
         program: Vec<Instr>,
+        /// The job's user fence: `fence_value` is written there as a qword
+        /// when the batch ends.
+        fence: Option<Addr>,
+        #[serde(default = "one_num")]
+        fence_value: Num,
         #[serde(default)]
         expect: JobExpect,
     },

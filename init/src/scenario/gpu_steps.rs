@@ -146,6 +146,8 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
                 (JobExpect::Any, _) => true,
                 (JobExpect::Completed, s) => s == JobStatus::Completed,
                 (JobExpect::Faulted, s) => s == JobStatus::Faulted,
+                (JobExpect::BadCommand, s) => s == JobStatus::BadCommand,
+                (JobExpect::Hung, s) => s == JobStatus::Hung,
             };
             if done.status == JobStatus::Completed {
                 apply(&target, *kernel, value, stride);
@@ -166,11 +168,26 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
             }
             Ok(())
         }
-        Step::Batch { .. } => Err(StepError::Unsupported(
-            "batch programs need Gpu::SubmitBatch and the device's command streamer \
-             (issue 13, branch batch, not merged yet)"
-                .into(),
-        )),
+        Step::Batch {
+            vm,
+            at,
+            program,
+            fence,
+            fence_value,
+            expect,
+        } => super::batch_steps::run(
+            ctx,
+            &super::batch_steps::BatchStep {
+                vm,
+                at,
+                program,
+                fence: fence.as_ref(),
+                fence_value: fence_value.get(),
+                expect: *expect,
+            },
+            label,
+            bound,
+        ),
         _ => unreachable!("dispatched by op"),
     }
 }

@@ -11,6 +11,7 @@
 //!   the steps against it, keeping a shadow of every word (`shadow.rs`)
 //!   that every check compares with.
 
+pub mod batch_steps;
 pub mod cli;
 pub mod cpu_steps;
 pub mod exec;
