@@ -22,13 +22,22 @@ fn bad(msg: impl Into<String>) -> StepError {
 }
 
 /// The batch step's fields.
-pub struct BatchStep<'a> {
-    pub vm: &'a str,
-    pub at: &'a Addr,
-    pub program: &'a [Instr],
-    pub fence: Option<&'a Addr>,
+#[derive(Clone)]
+pub struct BatchStep {
+    pub vm: String,
+    pub at: Addr,
+    pub program: Vec<Instr>,
+    pub fence: Option<Addr>,
     pub fence_value: u64,
     pub expect: JobExpect,
+}
+
+/// A batch submitted with `wait = false`.
+pub struct PendingJob {
+    pub job: ipc_protocol::types::JobId,
+    pub client: usize,
+    pub step: BatchStep,
+    pub label: String,
 }
 
 fn word(w: &World, a: &Addr, bytes: u64) -> Result<Target, StepError> {
@@ -62,9 +71,9 @@ fn u32_of(v: u64) -> Result<u32, StepError> {
 /// after each `jump`.
 fn encode(w: &World, s: &BatchStep) -> Result<Vec<(Target, Vec<u32>)>, StepError> {
     let mut segs = Vec::new();
-    let mut here = w.resolve(s.at, None)?;
+    let mut here = w.resolve(&s.at, None)?;
     let mut b = Batch::new();
-    for ins in s.program {
+    for ins in &s.program {
         b = match ins {
             Instr::StoreDword { addr, value } => {
                 b.store_dword(word(w, addr, 4)?.addr(), u32_of(value.get())?)
@@ -205,15 +214,23 @@ fn apply(w: &World, program: &[Instr]) -> StepResult {
     Ok(())
 }
 
-pub fn run(ctx: &Ctx, s: &BatchStep, label: &str, bound: Duration) -> StepResult {
+/// Places and submits the batch; waits for it unless `detach` names the
+/// job to wait for later (`Some(None)`: a detached batch without a name).
+pub fn run(
+    ctx: &Ctx,
+    s: BatchStep,
+    detach: Option<Option<&str>>,
+    label: &str,
+    bound: Duration,
+) -> StepResult {
     let (vm, client, batch_addr, fence_addr) = {
         let w = ctx.world();
-        let v = w.vm(s.vm)?;
-        let segs = encode(&w, s)?;
+        let v = w.vm(&s.vm)?;
+        let segs = encode(&w, &s)?;
         for (t, words) in &segs {
             place(t, words)?;
         }
-        let fence = match s.fence {
+        let fence = match &s.fence {
             Some(f) => {
                 let t = w.resolve(f, Some(8))?;
                 if t.addr() % 8 != 0 {
@@ -225,6 +242,12 @@ pub fn run(ctx: &Ctx, s: &BatchStep, label: &str, bound: Duration) -> StepResult
         };
         (v.id, v.client, segs[0].0.addr(), fence)
     };
+    if let Some(name) = detach {
+        let name = name.ok_or_else(|| bad("a batch with wait = false names its job"))?;
+        if ctx.world().jobs.contains_key(name) {
+            return Err(bad(format!("job {name:?} is still pending")));
+        }
+    }
     let gpu = &ctx.conn(client)?.gpu;
     let job = gpu
         .call(SubmitBatch {
@@ -234,8 +257,39 @@ pub fn run(ctx: &Ctx, s: &BatchStep, label: &str, bound: Duration) -> StepResult
             fence_value: s.fence_value,
         })?
         .job;
+    let pending = PendingJob {
+        job,
+        client,
+        step: s,
+        label: label.to_string(),
+    };
+    match detach {
+        Some(Some(name)) => {
+            ctx.world().jobs.insert(name.to_string(), pending);
+            Ok(())
+        }
+        _ => finish(ctx, pending, bound),
+    }
+}
+
+/// `wait_job`: waits for a detached batch.
+pub fn wait_job(ctx: &Ctx, name: &str, bound: Duration) -> StepResult {
+    let p = ctx
+        .world()
+        .jobs
+        .remove(name)
+        .ok_or_else(|| bad(format!("no pending job {name:?}")))?;
+    finish(ctx, p, bound)
+}
+
+/// Waits for the job, checks its status, applies its effects.
+fn finish(ctx: &Ctx, p: PendingJob, bound: Duration) -> StepResult {
+    let s = &p.step;
     let timeout_ms = bound.as_millis().min(u32::MAX as u128) as u32;
-    let done = gpu.call(Wait { job, timeout_ms })?;
+    let done = ctx.conn(p.client)?.gpu.call(Wait {
+        job: p.job,
+        timeout_ms,
+    })?;
     let ok = match s.expect {
         JobExpect::Any => true,
         JobExpect::Completed => done.status == JobStatus::Completed,
@@ -245,8 +299,8 @@ pub fn run(ctx: &Ctx, s: &BatchStep, label: &str, bound: Duration) -> StepResult
     };
     if done.status == JobStatus::Completed {
         let w = ctx.world();
-        apply(&w, s.program)?;
-        if let Some(f) = s.fence {
+        apply(&w, &s.program)?;
+        if let Some(f) = &s.fence {
             store_qword(&w, f, s.fence_value)?;
         }
     }
@@ -259,7 +313,7 @@ pub fn run(ctx: &Ctx, s: &BatchStep, label: &str, bound: Duration) -> StepResult
         done.faults,
         s.expect
     );
-    ctx.report.check(ok, label, &detail);
+    ctx.report.check(ok, &p.label, &detail);
     if done.status == JobStatus::Running {
         return Err(StepError::Host(format!(
             "the batch is still running: {detail}"

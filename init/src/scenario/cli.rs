@@ -78,13 +78,16 @@ pub fn main(args: &[String]) -> i32 {
         .filter(|i| args.filter.is_empty() || args.filter.iter().any(|f| i.name.contains(f)))
         .collect();
     if args.list {
+        for f in &load_failures {
+            eprintln!("svm run: {}", f.problems.join("; "));
+        }
         for i in &chosen {
             let x = i.expect_failure.as_ref().map_or(String::new(), |x| {
                 format!("  [expected failure: issue {} {}]", x.issue, x.feature)
             });
             println!("{}{x}", i.name);
         }
-        return 0;
+        return i32::from(!load_failures.is_empty());
     }
     let outcomes = run_all(&chosen, &args, load_failures);
     let failed = outcomes

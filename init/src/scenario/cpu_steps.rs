@@ -282,3 +282,41 @@ mod tests {
         assert_eq!(w, vec![5; 4]);
     }
 }
+
+/// `wait_word`: polls a word until it holds the value or the step's bound
+/// (less a margin, so the check is reported before the runner's deadline)
+/// has passed.
+pub fn wait_word(ctx: &Ctx, step: &Step, label: &str, bound: std::time::Duration) -> StepResult {
+    let Step::WaitWord { at, value } = step else {
+        unreachable!("dispatched by op")
+    };
+    let want = u32::try_from(value.get()).map_err(|_| bad("value: 32 bits"))?;
+    let t = ctx.world().resolve(at, Some(4))?;
+    if t.addr() % 4 != 0 || matches!(t, Target::Bo { .. }) {
+        return Err(bad(format!("{}: a word the CPU can read", at.name)));
+    }
+    let t0 = Instant::now();
+    let give_up = bound.mul_f64(0.8);
+    loop {
+        // SAFETY: a mapped word of this scenario's memory.
+        let got = unsafe { std::ptr::read_volatile(t.addr() as *const u32) };
+        if got == want {
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            ctx.report.check(
+                true,
+                label,
+                &format!("{} reached {want:#x} after {ms:.1} ms", at.name),
+            );
+            return Ok(());
+        }
+        if t0.elapsed() > give_up {
+            ctx.report.check(
+                false,
+                label,
+                &format!("{} is {got:#x}, never {want:#x} in {give_up:?}", at.name),
+            );
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}

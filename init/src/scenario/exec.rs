@@ -97,7 +97,12 @@ pub fn run_nested(ctx: &Ctx, steps: &[toml::Table], path: &str) -> StepResult {
             continue;
         }
         let bound = Duration::from_secs(p.common.timeout_s.unwrap_or(DEFAULT_STEP_TIMEOUT_S));
-        run_one(ctx, &p, &format!("{path}.{}", i + 1), bound)?;
+        let path = format!("{path}.{}", i + 1);
+        ctx.report.emit(Event::Nested {
+            path: path.clone(),
+            op: p.step.op().to_string(),
+        });
+        run_one(ctx, &p, &path, bound)?;
     }
     Ok(())
 }
@@ -154,9 +159,10 @@ fn run_one(ctx: &Ctx, p: &ParsedStep, path: &str, bound: Duration) -> StepResult
 fn dispatch(ctx: &Ctx, step: &Step, label: &str, path: &str, bound: Duration) -> StepResult {
     match step {
         Step::Alloc { .. } | Step::Free { .. } => mem_steps::alloc_or_free(ctx, step, label),
-        Step::Mremap { .. } | Step::Munmap { .. } | Step::Mprotect { .. } => {
-            mem_steps::change_view(ctx, step)
-        }
+        Step::Mremap { .. }
+        | Step::Munmap { .. }
+        | Step::Mprotect { .. }
+        | Step::Madvise { .. } => mem_steps::change_view(ctx, step),
         Step::Advise { .. } | Step::Prefetch { .. } | Step::Snapshot { .. } => {
             mem_steps::placement(ctx, step, label)
         }
@@ -164,7 +170,22 @@ fn dispatch(ctx: &Ctx, step: &Step, label: &str, path: &str, bound: Duration) ->
         Step::Vm { .. } | Step::DestroyVm { .. } | Step::Bind { .. } | Step::Unbind { .. } => {
             gpu_steps::vm_step(ctx, step)
         }
-        Step::Gpu { .. } | Step::Batch { .. } => gpu_steps::submit(ctx, step, label, bound),
+        Step::Gpu { .. } | Step::Batch { .. } | Step::WaitJob { .. } => {
+            gpu_steps::submit(ctx, step, label, bound)
+        }
+        Step::WaitWord { .. } => cpu_steps::wait_word(ctx, step, label, bound),
+        Step::Rename { alloc, to } => {
+            let mut w = ctx.world();
+            if w.allocs.get(to).is_some_and(|a| !a.freed) {
+                return Err(StepError::Scenario(format!("allocation {to:?} exists")));
+            }
+            let a = w
+                .allocs
+                .remove(alloc)
+                .ok_or_else(|| StepError::Scenario(format!("no allocation {alloc:?}")))?;
+            w.allocs.insert(to.clone(), a);
+            Ok(())
+        }
         Step::Bo { .. } | Step::CheckBo { .. } => gpu_steps::bo_step(ctx, step, label),
         Step::Mark { .. } | Step::Counters { .. } => gpu_steps::counters(ctx, step, label),
         Step::Cpu { .. } => cpu_steps::run(ctx, step, label),

@@ -49,6 +49,10 @@ struct Header {
     expect_failure: Option<ExpectFailure>,
     #[serde(default = "yes")]
     ci: bool,
+    /// Instances in the CI-sized set although a matrix value of theirs is
+    /// not (`ci = false`): a few chosen combinations of a large matrix.
+    #[serde(default)]
+    ci_also: Vec<String>,
     #[serde(default)]
     step: Vec<toml::Table>,
 }
@@ -111,6 +115,10 @@ pub fn load(file: &Path, long: bool) -> Result<Vec<Instance>, String> {
     }
     params.insert("long".into(), toml::Value::Boolean(long));
     let matrix = take_table(&mut table, "matrix").map_err(at)?;
+    if let Some(toml::Value::Array(steps)) = table.get("step") {
+        let steps = includes(file, steps, 0).map_err(at)?;
+        table.insert("step".into(), toml::Value::Array(steps));
+    }
     let axes = axes(file, &matrix).map_err(at)?;
     let stem = file
         .file_stem()
@@ -144,13 +152,82 @@ pub fn load(file: &Path, long: bool) -> Result<Vec<Instance>, String> {
             timeout: Duration::from_secs(header.timeout_s.unwrap_or(DEFAULT_SCENARIO_TIMEOUT_S)),
             device: header.device,
             expect_failure,
-            ci: header.ci && combo.iter().all(|v| v.ci),
+            ci: header.ci && (combo.iter().all(|v| v.ci) || header.ci_also.contains(&name)),
             steps: header.step,
         };
         validate(&inst).map_err(|e| at(format!("{}: {e}", inst.name)))?;
         out.push(inst);
     }
     Ok(out)
+}
+
+/// How deep `include` steps may nest.
+const MAX_INCLUDE_DEPTH: usize = 4;
+
+/// Replaces each `{ op = "include", file = "_name.toml" }` step with the
+/// `[[step]]` tables of that file (beside the scenario; its name starts
+/// with `_`), before substitution: an included program sees the
+/// including file's parameters and matrix.
+fn includes(file: &Path, steps: &[toml::Value], depth: usize) -> Result<Vec<toml::Value>, String> {
+    let mut out = Vec::new();
+    for s in steps {
+        let inc = s
+            .as_table()
+            .filter(|t| t.get("op").and_then(|v| v.as_str()) == Some("include"));
+        let Some(t) = inc else {
+            out.push(nested_includes(file, s, depth)?);
+            continue;
+        };
+        let name = match (t.get("file").and_then(|v| v.as_str()), t.len()) {
+            (Some(n), 2) if n.starts_with('_') => n,
+            _ => return Err("include takes one key, file = \"_name.toml\"".into()),
+        };
+        if depth >= MAX_INCLUDE_DEPTH {
+            return Err(format!(
+                "include {name}: nested more than {MAX_INCLUDE_DEPTH} deep"
+            ));
+        }
+        let p = file.parent().unwrap_or(Path::new(".")).join(name);
+        let text = std::fs::read_to_string(&p).map_err(|e| format!("{name}: {e}"))?;
+        let mut inc: toml::Table = text.parse().map_err(|e| format!("{name}: {e}"))?;
+        match inc.remove("step") {
+            Some(toml::Value::Array(a)) if inc.is_empty() => {
+                out.extend(includes(&p, &a, depth + 1)?)
+            }
+            _ => {
+                return Err(format!(
+                    "{name}: an include file holds [[step]] tables only"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Includes inside the bodies of `repeat`, `parallel` and `fork`.
+fn nested_includes(file: &Path, step: &toml::Value, depth: usize) -> Result<toml::Value, String> {
+    let mut step = step.clone();
+    if let Some(t) = step.as_table_mut() {
+        for key in ["steps", "child", "parent"] {
+            if let Some(toml::Value::Array(body)) = t.get(key) {
+                let body = includes(file, body, depth)?;
+                t.insert(key.into(), toml::Value::Array(body));
+            }
+        }
+        if let Some(toml::Value::Array(branches)) = t.get("branches") {
+            let mut out = Vec::new();
+            for b in branches {
+                match b {
+                    toml::Value::Array(body) => {
+                        out.push(toml::Value::Array(includes(file, body, depth)?))
+                    }
+                    other => out.push(other.clone()),
+                }
+            }
+            t.insert("branches".into(), toml::Value::Array(out));
+        }
+    }
+    Ok(step)
 }
 
 fn take_table(t: &mut toml::Table, key: &str) -> Result<toml::Table, String> {
@@ -251,6 +328,13 @@ fn variables(params: &toml::Table, combo: &[AxisValue]) -> BTreeMap<String, toml
 
 /// Replaces `${name}` for every name in `vars`, recursively.
 pub fn substitute(v: &mut toml::Value, vars: &BTreeMap<String, toml::Value>) {
+    substitute_nested(v, vars, 0)
+}
+
+/// How many times a value may name another (a cycle stops here).
+const MAX_NESTING: usize = 8;
+
+fn substitute_nested(v: &mut toml::Value, vars: &BTreeMap<String, toml::Value>, depth: usize) {
     match v {
         toml::Value::String(s) => {
             if let Some(whole) = s
@@ -260,13 +344,26 @@ pub fn substitute(v: &mut toml::Value, vars: &BTreeMap<String, toml::Value>) {
             {
                 if let Some(x) = vars.get(whole) {
                     *v = x.clone();
+                    if v.is_str() && depth < MAX_NESTING {
+                        substitute_nested(v, vars, depth + 1);
+                    }
                     return;
                 }
             }
-            *s = interpolate(s, vars);
+            // A value may name other values (`${pattern.slot}` inside a
+            // section's address): a few passes resolve them.
+            for _ in 0..4 {
+                let next = interpolate(s, vars);
+                if next == *s {
+                    break;
+                }
+                *s = next;
+            }
         }
-        toml::Value::Array(a) => a.iter_mut().for_each(|x| substitute(x, vars)),
-        toml::Value::Table(t) => t.iter_mut().for_each(|(_, x)| substitute(x, vars)),
+        toml::Value::Array(a) => a.iter_mut().for_each(|x| substitute_nested(x, vars, depth)),
+        toml::Value::Table(t) => t
+            .iter_mut()
+            .for_each(|(_, x)| substitute_nested(x, vars, depth)),
         _ => {}
     }
 }
@@ -448,6 +545,39 @@ expect_failure = { issue = 16, feature = "x" }
         let long = load(&f, true).unwrap();
         assert_eq!(long[0].steps[0]["size"].as_str(), Some("2M"));
         assert_eq!(scenario_files(&d).unwrap(), vec![f]);
+    }
+
+    #[test]
+    fn includes_splice_steps_and_see_the_matrix() {
+        let d = tmpdir("include");
+        write(
+            &d,
+            "_body.toml",
+            "[[step]]\nop = \"alloc\"\nname = \"b${t}\"\nsize = \"${size}\"\n",
+        );
+        let f = write(
+            &d,
+            "i.toml",
+            "about = \"x\"\n[params]\nsize = 8192\n[[step]]\nop = \"include\"\nfile = \"_body.toml\"\n\
+             [[step]]\nop = \"parallel\"\nthreads = 2\nsteps = [ { op = \"include\", file = \"_body.toml\" } ]\n",
+        );
+        let all = load(&f, false).unwrap_err();
+        assert!(
+            all.contains("${t}"),
+            "the top-level copy has no thread: {all}"
+        );
+        let f = write(
+            &d,
+            "j.toml",
+            "about = \"x\"\n[params]\nsize = 8192\n\
+             [[step]]\nop = \"parallel\"\nthreads = 2\nsteps = [ { op = \"include\", file = \"_body.toml\" } ]\n",
+        );
+        let all = load(&f, false).unwrap();
+        let body = all[0].steps[0]["steps"].as_array().unwrap()[0]
+            .as_table()
+            .unwrap();
+        assert_eq!(body["size"].as_integer(), Some(8192));
+        assert_eq!(body["name"].as_str(), Some("b${t}"));
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct Device {
     /// The malloc-like heap's object, in bytes.
     #[serde(default = "default_heap")]
     pub heap: Num,
+    /// Fault injection: the device model fails every Nth copy (0: never).
+    #[serde(default)]
+    pub fail_copy_every: u32,
 }
 
 impl Default for Device {
@@ -36,6 +39,7 @@ impl Default for Device {
             gpus: 1,
             clients: 1,
             heap: default_heap(),
+            fail_copy_every: 0,
         }
     }
 }
@@ -270,6 +274,14 @@ pub enum AdviceKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum HostAdvice {
+    Dontneed,
+    Free,
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Place {
     System,
     Device,
@@ -403,6 +415,27 @@ pub enum Step {
         fence_value: Num,
         #[serde(default)]
         expect: JobExpect,
+        /// `false`: submit and go on; `wait_job` with the name in `job`
+        /// waits for it later.
+        #[serde(default = "yes")]
+        wait: bool,
+        job: Option<String>,
+    },
+    /// Waits for a batch submitted with `wait = false`.
+    WaitJob {
+        job: String,
+    },
+    /// Polls the word at `at` until it holds `value` (the CPU waiting on a
+    /// user fence in memory the GPU is writing).
+    WaitWord {
+        at: Addr,
+        value: Num,
+    },
+    /// Gives an allocation a new name; the old one is free for a new
+    /// allocation (IGT's `new`: the old buffer stays until the end).
+    Rename {
+        alloc: String,
+        to: String,
     },
     /// CPU threads over `[at, at + len)`.
     Cpu {
@@ -459,6 +492,16 @@ pub enum Step {
     Mprotect {
         alloc: String,
         prot: Prot,
+        #[serde(default)]
+        offset: Num,
+        len: Option<Num>,
+    },
+    /// `madvise(2)` on part of an allocation: the CPU side drops pages
+    /// (`dontneed`, `free`, `remove`); the data is gone, so the shadow
+    /// holds zeros there (what discarding means to SVM users, issue 16).
+    Madvise {
+        alloc: String,
+        advice: HostAdvice,
         #[serde(default)]
         offset: Num,
         len: Option<Num>,
@@ -579,12 +622,16 @@ impl Step {
             Self::Unbind { .. } => "unbind",
             Self::Gpu { .. } => "gpu",
             Self::Batch { .. } => "batch",
+            Self::WaitJob { .. } => "wait_job",
+            Self::WaitWord { .. } => "wait_word",
+            Self::Rename { .. } => "rename",
             Self::Cpu { .. } => "cpu",
             Self::Check { .. } => "check",
             Self::Fork { .. } => "fork",
             Self::Mremap { .. } => "mremap",
             Self::Munmap { .. } => "munmap",
             Self::Mprotect { .. } => "mprotect",
+            Self::Madvise { .. } => "madvise",
             Self::Advise { .. } => "advise",
             Self::Prefetch { .. } => "prefetch",
             Self::Snapshot { .. } => "snapshot",

@@ -175,19 +175,23 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
             fence,
             fence_value,
             expect,
+            wait,
+            job,
         } => super::batch_steps::run(
             ctx,
-            &super::batch_steps::BatchStep {
-                vm,
-                at,
-                program,
-                fence: fence.as_ref(),
+            super::batch_steps::BatchStep {
+                vm: vm.clone(),
+                at: at.clone(),
+                program: program.clone(),
+                fence: fence.clone(),
                 fence_value: fence_value.get(),
                 expect: *expect,
             },
+            (!*wait).then_some(job.as_deref()),
             label,
             bound,
         ),
+        Step::WaitJob { job } => super::batch_steps::wait_job(ctx, job, bound),
         _ => unreachable!("dispatched by op"),
     }
 }

@@ -323,6 +323,22 @@ pub fn change_view(ctx: &Ctx, step: &Step) -> StepResult {
             // SAFETY: our own mapping; steps that touch it are the scenario's.
             unsafe { memory::protect(a.addr + off, len, *prot) }.map_err(StepError::Host)
         }
+        Step::Madvise {
+            alloc,
+            advice,
+            offset,
+            len,
+        } => {
+            let (a, off, len) = view_range(ctx, alloc, offset.get(), len.map(|l| l.get()))?;
+            // SAFETY: our own mapping; dropping its pages is what the step says.
+            unsafe { memory::discard(a.addr + off, len, *advice) }.map_err(StepError::Host)?;
+            if let Some(o) = &a.object {
+                let w0 = ((a.obj_off + off) / 4) as usize;
+                let end = (((a.obj_off + off + len) / 4) as usize).min(o.shadow().len());
+                o.shadow()[w0..end].iter_mut().for_each(|w| *w = 0);
+            }
+            Ok(())
+        }
         _ => unreachable!("dispatched by op"),
     }
 }

@@ -105,6 +105,27 @@ pub unsafe fn protect(addr: u64, len: u64, prot: Prot) -> Result<(), String> {
         .map_err(|e| host_err("mprotect", e))
 }
 
+/// `madvise(2)`: drops the pages of `[addr, addr + len)`.
+///
+/// # Safety
+/// The range must be ours; its data may be gone afterwards.
+pub unsafe fn discard(
+    addr: u64,
+    len: u64,
+    advice: super::format::HostAdvice,
+) -> Result<(), String> {
+    use super::format::HostAdvice as H;
+    use rustix::mm::Advice;
+    let a = match advice {
+        H::Dontneed => Advice::LinuxDontNeed,
+        H::Free => Advice::LinuxFree,
+        H::Remove => Advice::LinuxRemove,
+    };
+    // SAFETY: the caller vouches for the range.
+    unsafe { rustix::mm::madvise(addr as *mut _, len as usize, a) }
+        .map_err(|e| host_err("madvise", e))
+}
+
 /// One access of 4 bytes at `addr` made by the kernel on our behalf
 /// (`write(2)` from it into a pipe, or `read(2)` from a pipe into it):
 /// `Ok(false)` if the kernel answered `EFAULT`. A probe write stores the

@@ -19,6 +19,12 @@ pub enum Event {
         op: String,
         bound_ms: u64,
     },
+    /// A step inside `repeat`, `parallel` or `fork` started (its bound is
+    /// its top-level step's; this names where a hang happened).
+    Nested {
+        path: String,
+        op: String,
+    },
     Check {
         ok: bool,
         what: String,

@@ -32,6 +32,7 @@ pub fn run(inst: &Instance, report: Reporter) -> Reporter {
     let mut opts = BootOptions::default();
     opts.device.vram_bytes = inst.device.vram.get();
     opts.device.hw_threads = inst.device.hw_threads;
+    opts.device.inject.fail_copy_every = inst.device.fail_copy_every;
     opts.clients = inst.device.clients;
     let (mut system, clients) = match System::boot(&opts) {
         Ok((s, Some(c))) => (s, c),

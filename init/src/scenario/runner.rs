@@ -114,6 +114,8 @@ pub fn run(exe: &Path, inst: &Instance, long: bool) -> Outcome {
     let mut step: Option<(String, Instant)> = None;
     let mut own_checks = 0usize;
     let mut in_teardown = false;
+    // The last nested step that started, for a hang's message.
+    let mut nested: Option<String> = None;
     let hang = loop {
         let deadline = step
             .as_ref()
@@ -127,6 +129,7 @@ pub fn run(exe: &Path, inst: &Instance, long: bool) -> Outcome {
                     bound_ms,
                 }) => {
                     in_teardown = op == "teardown";
+                    nested = None;
                     let what = if in_teardown {
                         op
                     } else {
@@ -134,6 +137,7 @@ pub fn run(exe: &Path, inst: &Instance, long: bool) -> Outcome {
                     };
                     step = Some((what, Instant::now() + Duration::from_millis(bound_ms)));
                 }
+                Ok(Event::Nested { path, op }) => nested = Some(format!("step {path} ({op})")),
                 Ok(Event::Check { ok, what }) => {
                     own_checks += usize::from(!in_teardown);
                     out.checks.push(Check { ok, what });
@@ -157,7 +161,10 @@ pub fn run(exe: &Path, inst: &Instance, long: bool) -> Outcome {
         }
     };
     if let Some(h) = hang {
-        out.problems.push(h);
+        out.problems.push(match nested {
+            Some(n) => format!("{h}; the last step it started inside: {n}"),
+            None => h,
+        });
         let _ = child.kill();
     }
     match child.wait() {

@@ -66,7 +66,7 @@ impl<'de> Deserialize<'de> for Num {
     }
 }
 
-/// Evaluates an integer expression: `+ - * /`, parentheses, decimal and
+/// Evaluates an integer expression: `+ - * / %`, parentheses, decimal and
 /// `0x` literals, `K`/`M`/`G` suffixes. Overflow, division by zero and a
 /// negative result are errors.
 pub fn eval(text: &str) -> Result<u64, ValueError> {
@@ -92,7 +92,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ValueError> {
         let c = b[i] as char;
         if c.is_ascii_whitespace() || c == '_' {
             i += 1;
-        } else if "+-*/()".contains(c) {
+        } else if "+-*/%()".contains(c) {
             out.push(Token::Op(c));
             i += 1;
         } else if c.is_ascii_digit() {
@@ -169,18 +169,16 @@ impl Parser {
     }
     fn product(&mut self) -> Result<i128, ValueError> {
         let mut v = self.atom()?;
-        while let Some(Token::Op(op @ ('*' | '/'))) = self.peek() {
+        while let Some(Token::Op(op @ ('*' | '/' | '%'))) = self.peek() {
             self.at += 1;
             let r = self.atom()?;
             let t = self.text();
-            v = checked(
-                if op == '*' {
-                    v.checked_mul(r)
-                } else {
-                    v.checked_div(r)
-                },
-                &t,
-            )?;
+            let x = match op {
+                '*' => v.checked_mul(r),
+                '/' => v.checked_div(r),
+                _ => v.checked_rem(r),
+            };
+            v = checked(x, &t)?;
         }
         Ok(v)
     }
@@ -283,6 +281,7 @@ mod tests {
         assert_eq!(eval("(1+2)*256").unwrap(), 768);
         assert_eq!(eval("3*1M/2").unwrap(), 3 << 19);
         assert_eq!(eval("1_000").unwrap(), 1000);
+        assert_eq!(eval("7 % 2").unwrap(), 1);
     }
 
     #[test]
@@ -317,6 +316,7 @@ mod tests {
         assert!(condition("128 > 1").unwrap());
         assert!(!condition("1 >= 2").unwrap());
         assert!(condition("4 == 4").unwrap());
+        assert!(condition("5 % 2 == 1").unwrap());
         assert!(condition("maybe").is_err());
     }
 }

@@ -100,6 +100,8 @@ pub struct World {
     pub reserved: Vec<(u64, u64)>,
     /// Where the next buffer object goes in the GPU address space.
     pub next_bo_addr: u64,
+    /// Batches submitted with `wait = false`, by name.
+    pub jobs: BTreeMap<String, super::batch_steps::PendingJob>,
 }
 
 /// A resolved range of memory.
