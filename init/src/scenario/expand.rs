@@ -144,6 +144,7 @@ pub fn load(file: &Path, long: bool) -> Result<Vec<Instance>, String> {
             .iter()
             .find_map(|v| v.expect_failure.clone())
             .or(header.expect_failure);
+        let name_for_ci = name.clone();
         let inst = Instance {
             name,
             file: file.to_path_buf(),
@@ -152,7 +153,7 @@ pub fn load(file: &Path, long: bool) -> Result<Vec<Instance>, String> {
             timeout: Duration::from_secs(header.timeout_s.unwrap_or(DEFAULT_SCENARIO_TIMEOUT_S)),
             device: header.device,
             expect_failure,
-            ci: header.ci && (combo.iter().all(|v| v.ci) || header.ci_also.contains(&name)),
+            ci: header.ci && (combo.iter().all(|v| v.ci) || header.ci_also.contains(&name_for_ci)),
             steps: header.step,
         };
         validate(&inst).map_err(|e| at(format!("{}: {e}", inst.name)))?;
