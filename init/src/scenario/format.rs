@@ -207,6 +207,9 @@ pub enum Kernel {
     AtomicAdd,
     /// Read words at pseudo-random pages.
     RandomRead,
+    /// Hardware prefetch (speculative) reads, whose faults must be dropped,
+    /// never fatal: the device model does not raise them yet (issue 16).
+    Speculative,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -270,6 +273,10 @@ pub enum AdviceKind {
     PreferSystem,
     PreferDevice,
     AtomicDevice,
+    /// GPU atomics allowed wherever the page is (no wire value yet: issue 16).
+    AtomicGlobal,
+    /// GPU atomics refused: only the CPU does atomics (no wire value yet).
+    AtomicCpu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -530,6 +537,10 @@ pub enum Step {
         offset: Num,
         len: Option<Num>,
         expect: Vec<String>,
+        /// Look again for up to this long until the states match (a page
+        /// the CPU already reads may still be finishing its migration).
+        #[serde(default)]
+        settle_ms: u64,
     },
     /// One CPU access through the kernel (a pipe): an address with nothing
     /// mapped gives `EFAULT` instead of a crash.
@@ -583,6 +594,12 @@ pub enum Step {
     },
     Sleep {
         us: Num,
+    },
+    /// The VM's fault log (address, access, type) must hold at least
+    /// `at_least` entries: no such query exists yet (issue 16 item 7).
+    FaultLog {
+        vm: String,
+        at_least: Num,
     },
 }
 
@@ -643,6 +660,7 @@ impl Step {
             Self::Repeat { .. } => "repeat",
             Self::Parallel { .. } => "parallel",
             Self::Sleep { .. } => "sleep",
+            Self::FaultLog { .. } => "fault_log",
         }
     }
 }

@@ -128,6 +128,12 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
             if *kernel == Kernel::Store && (stride < 4 || stride % 4 != 0) {
                 return Err(bad("store: a stride of whole words"));
             }
+            if *kernel == Kernel::Speculative {
+                return Err(StepError::Unsupported(
+                    "speculative (prefetch) faults: the device model raises none (issue 16 item 8)"
+                        .into(),
+                ));
+            }
             let gpu = &ctx.conn(client)?.gpu;
             let job = gpu
                 .call(Submit {
@@ -203,6 +209,7 @@ fn kernel_kind(k: Kernel) -> KernelKind {
         Kernel::Store => KernelKind::StridedWrite,
         Kernel::AtomicAdd => KernelKind::AtomicAdd,
         Kernel::RandomRead => KernelKind::RandomRead,
+        Kernel::Speculative => unreachable!("refused before submitting"),
     }
 }
 
@@ -235,7 +242,7 @@ fn apply(t: &Target, kernel: Kernel, value: u32, stride: u64) {
         }
     };
     match kernel {
-        Kernel::Touch | Kernel::RandomRead => {}
+        Kernel::Touch | Kernel::RandomRead | Kernel::Speculative => {}
         Kernel::Inc => words.iter_mut().for_each(|w| *w = w.wrapping_add(value)),
         Kernel::Store => {
             for i in (0..words.len()).step_by((stride / 4) as usize) {

@@ -459,6 +459,11 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 AdviceKind::PreferSystem => Advice::PreferSystem,
                 AdviceKind::PreferDevice => Advice::PreferDevice,
                 AdviceKind::AtomicDevice => Advice::AtomicDevice,
+                AdviceKind::AtomicGlobal | AdviceKind::AtomicCpu => {
+                    return Err(StepError::Unsupported(format!(
+                        "advice {advice:?}: Pager::Advise has no such value (issue 16 item 5)"
+                    )))
+                }
             };
             ctx.conn(o.client)?.pager.call(Advise {
                 object: o.id,
@@ -501,20 +506,28 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
             offset,
             len,
             expect,
+            settle_ms,
         } => {
             let (o, first, pages) = pages_of(ctx, alloc, offset.get(), len.map(|l| l.get()))?;
-            let mut states = Vec::new();
-            for (f, n) in chunks(first, pages) {
-                let r = ctx.conn(o.client)?.pager.call(Snapshot {
-                    object: o.id,
-                    first_page: f,
-                    count: n,
-                })?;
-                states.extend(r.states.into_vec());
+            let until = std::time::Instant::now()
+                + std::time::Duration::from_millis((*settle_ms).min(10_000));
+            loop {
+                let mut states = Vec::new();
+                for (f, n) in chunks(first, pages) {
+                    let r = ctx.conn(o.client)?.pager.call(Snapshot {
+                        object: o.id,
+                        first_page: f,
+                        count: n,
+                    })?;
+                    states.extend(r.states.into_vec());
+                }
+                let (ok, detail) = compare_states(&states, expect)?;
+                if ok || std::time::Instant::now() >= until {
+                    ctx.report.check(ok, label, &format!("{alloc}: {detail}"));
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            let (ok, detail) = compare_states(&states, expect)?;
-            ctx.report.check(ok, label, &format!("{alloc}: {detail}"));
-            Ok(())
         }
         _ => unreachable!("dispatched by op"),
     }
