@@ -172,8 +172,8 @@ pub fn render(cat: &[Entry], instances: &[Instance], outcomes: &[Outcome]) -> St
          `tests/scenarios/_catalogue.toml`, the scenarios beside it.\n\n\
          Each outside test is adapted to this system: a pager object and its views stand for \
          anonymous\nmemory, a GPU VM that binds every view at its CPU address (`mirror`) for a \
-         fault-mode VM\nmirroring the address space, the device model's fixed kernels for IGT's \
-         store-dword batches\nuntil batch programs land. \"Expected failure\" names the issue \
+         fault-mode VM\nmirroring the address space; IGT's batches are batch programs placed \
+         in the SVM buffer\n(`Gpu::SubmitBatch`). \"Expected failure\" names the issue \
          whose feature makes it pass;\nsuch a scenario runs every time and fails the run if it \
          starts to pass (so the mark goes).\n\"Long run only\": a larger size or pattern that \
          `svm run tests/scenarios --long` runs.\n\n\
