@@ -66,7 +66,9 @@ fn the_ci_set_passes_and_the_conformance_table_is_current() {
             "--check-table",
             "docs/conformance.md",
         ],
-        Duration::from_secs(600),
+        // The CI-sized set takes about 3 minutes on 2 cores shared with
+        // other builds; a run past 5 is a failure, not a stall.
+        Duration::from_secs(300),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

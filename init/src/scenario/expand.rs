@@ -159,6 +159,14 @@ pub fn load(file: &Path, long: bool) -> Result<Vec<Instance>, String> {
         validate(&inst).map_err(|e| at(format!("{}: {e}", inst.name)))?;
         out.push(inst);
     }
+    if let Some(toml::Value::Array(also)) = table.get("ci_also") {
+        for n in also {
+            let n = n.as_str().unwrap_or_default();
+            if !out.iter().any(|i| i.name == n) {
+                return Err(at(format!("ci_also names {n:?}, which is no instance here")));
+            }
+        }
+    }
     Ok(out)
 }
 

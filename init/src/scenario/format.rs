@@ -537,9 +537,11 @@ pub enum Step {
         offset: Num,
         len: Option<Num>,
         expect: Vec<String>,
-        /// Look again for up to this long until the states match (a page
-        /// the CPU already reads may still be finishing its migration).
-        #[serde(default)]
+        /// Look again for up to this long until the states match: the
+        /// pager unlocks a page's state word just after the faulting
+        /// thread is woken, so a page the CPU already reads can still show
+        /// `migrating` for a moment (default 100 ms).
+        #[serde(default = "settle")]
         settle_ms: u64,
     },
     /// One CPU access through the kernel (a pipe): an address with nothing
@@ -603,6 +605,9 @@ pub enum Step {
     },
 }
 
+fn settle() -> u64 {
+    100
+}
 fn object() -> AllocKind {
     AllocKind::Object
 }
