@@ -78,7 +78,11 @@ fn the_ci_set_passes_and_the_conformance_table_is_current() {
         out.status.success(),
         "{summary}\nfailures:\n{}\n{}",
         failures.join("\n"),
-        stderr.lines().filter(|l| l.starts_with("svm run")).collect::<Vec<_>>().join("\n")
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("svm run"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(summary.contains(" passed, 0 failed"), "{summary}");
 }
@@ -107,6 +111,11 @@ kernel = "inc"
 at = "buf"
 "#;
 
+/// A step that checks the word at `buf+8` is `value`.
+fn word_check(value: u32) -> String {
+    format!("\n[[step]]\nop = \"check\"\nwords = [ {{ at = \"buf+8\", value = {value} }} ]\n")
+}
+
 #[test]
 fn the_runner_fails_what_is_wrong() {
     let dir = std::env::temp_dir().join(format!("svm-scenarios-{}", std::process::id()));
@@ -115,27 +124,36 @@ fn the_runner_fails_what_is_wrong() {
     let run = |name: &str, text: &str| {
         let f = scenario(&dir, name, &format!("about = \"negative\"\n{text}"));
         let out = svm_run(&[&f], limit);
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     // A listed word that is not what the GPU made of it.
-    let (ok, text) = run(
-        "word.toml",
-        &format!("{BUFFER_IN_VRAM}\n[[step]]\nop = \"check\"\nwords = [ {{ at = \"buf+8\", value = 2 }} ]\n"),
+    let (ok, text) = run("word.toml", &format!("{BUFFER_IN_VRAM}{}", word_check(2)));
+    assert!(
+        !ok && text.contains("buf+0x8 is 0x3, expected 0x2"),
+        "{text}"
     );
-    assert!(!ok && text.contains("buf+0x8 is 0x3, expected 0x2"), "{text}");
     assert!(text.contains("0 passed, 1 failed"), "{text}");
     // The right word passes (the same scenario, corrected).
     let (ok, text) = run(
         "word-ok.toml",
-        &format!("{BUFFER_IN_VRAM}\n[[step]]\nop = \"check\"\nwords = [ {{ at = \"buf+8\", value = 3 }} ]\n"),
+        &format!("{BUFFER_IN_VRAM}{}", word_check(3)),
     );
     assert!(ok && text.contains("1 passed, 0 failed"), "{text}");
     // A page state that is not so.
     let (ok, text) = run(
         "state.toml",
-        &format!("{BUFFER_IN_VRAM}\n[[step]]\nop = \"snapshot\"\nalloc = \"buf\"\nexpect = [\"system\"]\n"),
+        &format!(
+            "{BUFFER_IN_VRAM}\n[[step]]\nop = \"snapshot\"\nalloc = \"buf\"\n\
+                  expect = [\"system\"]\n"
+        ),
     );
-    assert!(!ok && text.contains("page 0 is Device, expected system"), "{text}");
+    assert!(
+        !ok && text.contains("page 0 is Device, expected system"),
+        "{text}"
+    );
     // A hang: a step past its bound is stopped and reported.
     let t0 = Instant::now();
     let (ok, text) = run(
@@ -143,11 +161,17 @@ fn the_runner_fails_what_is_wrong() {
         &format!("{BUFFER_IN_VRAM}\n[[step]]\nop = \"sleep\"\nus = 9000000\ntimeout_s = 1\n"),
     );
     assert!(!ok && text.contains("ran past its time bound"), "{text}");
-    assert!(t0.elapsed() < Duration::from_secs(8), "the hang was not cut short");
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "the hang was not cut short"
+    );
     // An expected failure that passes fails the run.
     let (ok, text) = run(
         "xpass.toml",
-        &format!("[expect_failure]\nissue = 16\nfeature = \"x\"\n{BUFFER_IN_VRAM}\n[[step]]\nop = \"check\"\n"),
+        &format!(
+            "[expect_failure]\nissue = 16\nfeature = \"x\"\n{BUFFER_IN_VRAM}\n\
+             [[step]]\nop = \"check\"\n"
+        ),
     );
     assert!(!ok && text.contains("remove expect_failure"), "{text}");
     // An expected failure that fails as expected does not.
@@ -158,6 +182,9 @@ fn the_runner_fails_what_is_wrong() {
              {BUFFER_IN_VRAM}\n[[step]]\nop = \"prefetch\"\nalloc = \"buf\"\nto = \"device\"\n"
         ),
     );
-    assert!(ok && text.contains("0 passed, 0 failed, 1 expected failures"), "{text}");
+    assert!(
+        ok && text.contains("0 passed, 0 failed, 1 expected failures"),
+        "{text}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

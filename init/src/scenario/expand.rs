@@ -163,7 +163,9 @@ pub fn load(file: &Path, long: bool) -> Result<Vec<Instance>, String> {
         for n in also {
             let n = n.as_str().unwrap_or_default();
             if !out.iter().any(|i| i.name == n) {
-                return Err(at(format!("ci_also names {n:?}, which is no instance here")));
+                return Err(at(format!(
+                    "ci_also names {n:?}, which is no instance here"
+                )));
             }
         }
     }
@@ -556,6 +558,10 @@ expect_failure = { issue = 16, feature = "x" }
         assert_eq!(scenario_files(&d).unwrap(), vec![f]);
     }
 
+    const INCLUDE: &str = "[[step]]\nop = \"include\"\nfile = \"_body.toml\"\n";
+    const PARALLEL: &str = "[[step]]\nop = \"parallel\"\nthreads = 2\n\
+                            steps = [ { op = \"include\", file = \"_body.toml\" } ]\n";
+
     #[test]
     fn includes_splice_steps_and_see_the_matrix() {
         let d = tmpdir("include");
@@ -567,8 +573,7 @@ expect_failure = { issue = 16, feature = "x" }
         let f = write(
             &d,
             "i.toml",
-            "about = \"x\"\n[params]\nsize = 8192\n[[step]]\nop = \"include\"\nfile = \"_body.toml\"\n\
-             [[step]]\nop = \"parallel\"\nthreads = 2\nsteps = [ { op = \"include\", file = \"_body.toml\" } ]\n",
+            &format!("about = \"x\"\n[params]\nsize = 8192\n{INCLUDE}{PARALLEL}"),
         );
         let all = load(&f, false).unwrap_err();
         assert!(
@@ -578,8 +583,7 @@ expect_failure = { issue = 16, feature = "x" }
         let f = write(
             &d,
             "j.toml",
-            "about = \"x\"\n[params]\nsize = 8192\n\
-             [[step]]\nop = \"parallel\"\nthreads = 2\nsteps = [ { op = \"include\", file = \"_body.toml\" } ]\n",
+            &format!("about = \"x\"\n[params]\nsize = 8192\n{PARALLEL}"),
         );
         let all = load(&f, false).unwrap();
         let body = all[0].steps[0]["steps"].as_array().unwrap()[0]

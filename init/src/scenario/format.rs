@@ -710,7 +710,11 @@ mod tests {
 
     #[test]
     fn a_step_parses_with_its_common_keys() {
-        let s = step("op = \"gpu\"\nvm = \"v\"\nkernel = \"inc\"\nat = \"buf+4K\"\nlen = \"8K\"\nwhen = \"true\"\nexpect_error = \"Busy\"").unwrap();
+        let s = step(
+            "op = \"gpu\"\nvm = \"v\"\nkernel = \"inc\"\nat = \"buf+4K\"\nlen = \"8K\"\n\
+             when = \"true\"\nexpect_error = \"Busy\"",
+        )
+        .unwrap();
         assert_eq!(s.common.expect_error.as_deref(), Some("Busy"));
         assert_eq!(s.common.when.list(), vec!["true"]);
         match s.step {

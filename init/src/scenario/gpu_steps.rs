@@ -159,7 +159,8 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
                 apply(&target, *kernel, value, stride);
             }
             let detail = format!(
-                "{kernel:?} over {}+{:#x} ({} bytes): {:?} after {} GPU faults, expected {expect:?}",
+                "{kernel:?} over {}+{:#x} ({} bytes): {:?} after {} GPU faults, \
+                 expected {expect:?}",
                 at.name,
                 at.offset,
                 target.len(),

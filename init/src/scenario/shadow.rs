@@ -43,7 +43,8 @@ impl Mismatch {
         match self.first {
             None => format!("{words} words, all as expected"),
             Some((i, got, want)) => format!(
-                "{} of {words} words wrong; first: word {i} (byte {:#x}) is {got:#x}, expected {want:#x}",
+                "{} of {words} words wrong; first: word {i} (byte {:#x}) is {got:#x}, \
+                 expected {want:#x}",
                 self.bad,
                 i * 4
             ),

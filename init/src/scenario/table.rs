@@ -177,11 +177,15 @@ pub fn render(cat: &[Entry], instances: &[Instance], outcomes: &[Outcome]) -> St
          whose feature makes it pass;\nsuch a scenario runs every time and fails the run if it \
          starts to pass (so the mark goes).\n\"Long run only\": a larger size or pattern that \
          `svm run tests/scenarios --long` runs.\n\n\
-         This run: {} scenarios passed, {} failed, {} expected failures, {} in the long run only.\n",
+         This run: {} scenarios passed, {} failed, {} expected failures, \
+         {} in the long run only.\n",
         count(Verdict::Pass),
         count(Verdict::Fail),
         count(Verdict::ExpectedFailure),
-        instances.iter().filter(|i| !by_name.contains_key(i.name.as_str())).count(),
+        instances
+            .iter()
+            .filter(|i| !by_name.contains_key(i.name.as_str()))
+            .count(),
     );
     let mut suite = "";
     for e in cat {
