@@ -42,7 +42,7 @@ pub struct PendingJob {
 
 fn word(w: &World, a: &Addr, bytes: u64) -> Result<Target, StepError> {
     let t = w.resolve(a, Some(bytes))?;
-    if t.addr() % 4 != 0 {
+    if !t.addr().is_multiple_of(4) {
         return Err(bad(format!(
             "{}+{:#x}: not dword aligned",
             a.name, a.offset
@@ -237,7 +237,7 @@ pub fn run(
         let fence = match &s.fence {
             Some(f) => {
                 let t = w.resolve(f, Some(8))?;
-                if t.addr() % 8 != 0 {
+                if !t.addr().is_multiple_of(8) {
                     return Err(bad("a fence is a qword, 8-byte aligned"));
                 }
                 t.addr()

@@ -115,7 +115,7 @@ pub fn run(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
     else {
         return Err(bad(format!("{}: CPU steps run on memory objects", at.name)));
     };
-    if addr % 4 != 0 || len % 4 != 0 {
+    if !addr.is_multiple_of(4) || !len.is_multiple_of(4) {
         return Err(bad(format!("{}: CPU steps work on whole words", at.name)));
     }
     let bases = if bases.is_empty() { vec![addr] } else { bases };
@@ -206,10 +206,10 @@ unsafe fn touch_unit(
     unsafe {
         match access {
             Access::Read => {
-                for i in a..b {
+                for (i, want) in expect.iter().enumerate().take(b).skip(a) {
                     let got = std::ptr::read_volatile(p.add(i));
-                    if got != expect[i] {
-                        m.add(i, got, expect[i]);
+                    if got != *want {
+                        m.add(i, got, *want);
                     }
                 }
             }
@@ -239,6 +239,44 @@ pub fn update_shadow(words: &mut [u32], access: Access, value: u32, visits: u32)
         Access::Inc | Access::AtomicInc => words
             .iter_mut()
             .for_each(|w| *w = w.wrapping_add(value.wrapping_mul(visits))),
+    }
+}
+
+/// `wait_word`: polls a word until it holds the value or the step's bound
+/// (less a margin, so the check is reported before the runner's deadline)
+/// has passed.
+pub fn wait_word(ctx: &Ctx, step: &Step, label: &str, bound: std::time::Duration) -> StepResult {
+    let Step::WaitWord { at, value } = step else {
+        unreachable!("dispatched by op")
+    };
+    let want = u32::try_from(value.get()).map_err(|_| bad("value: 32 bits"))?;
+    let t = ctx.world().resolve(at, Some(4))?;
+    if !t.addr().is_multiple_of(4) || matches!(t, Target::Bo { .. }) {
+        return Err(bad(format!("{}: a word the CPU can read", at.name)));
+    }
+    let t0 = Instant::now();
+    let give_up = bound.mul_f64(0.8);
+    loop {
+        // SAFETY: a mapped word of this scenario's memory.
+        let got = unsafe { std::ptr::read_volatile(t.addr() as *const u32) };
+        if got == want {
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            ctx.report.check(
+                true,
+                label,
+                &format!("{} reached {want:#x} after {ms:.1} ms", at.name),
+            );
+            return Ok(());
+        }
+        if t0.elapsed() > give_up {
+            ctx.report.check(
+                false,
+                label,
+                &format!("{} is {got:#x}, never {want:#x} in {give_up:?}", at.name),
+            );
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
     }
 }
 
@@ -280,43 +318,5 @@ mod tests {
         assert_eq!(w, vec![5; 4]);
         update_shadow(&mut w, Access::Read, 9, 3);
         assert_eq!(w, vec![5; 4]);
-    }
-}
-
-/// `wait_word`: polls a word until it holds the value or the step's bound
-/// (less a margin, so the check is reported before the runner's deadline)
-/// has passed.
-pub fn wait_word(ctx: &Ctx, step: &Step, label: &str, bound: std::time::Duration) -> StepResult {
-    let Step::WaitWord { at, value } = step else {
-        unreachable!("dispatched by op")
-    };
-    let want = u32::try_from(value.get()).map_err(|_| bad("value: 32 bits"))?;
-    let t = ctx.world().resolve(at, Some(4))?;
-    if t.addr() % 4 != 0 || matches!(t, Target::Bo { .. }) {
-        return Err(bad(format!("{}: a word the CPU can read", at.name)));
-    }
-    let t0 = Instant::now();
-    let give_up = bound.mul_f64(0.8);
-    loop {
-        // SAFETY: a mapped word of this scenario's memory.
-        let got = unsafe { std::ptr::read_volatile(t.addr() as *const u32) };
-        if got == want {
-            let ms = t0.elapsed().as_secs_f64() * 1e3;
-            ctx.report.check(
-                true,
-                label,
-                &format!("{} reached {want:#x} after {ms:.1} ms", at.name),
-            );
-            return Ok(());
-        }
-        if t0.elapsed() > give_up {
-            ctx.report.check(
-                false,
-                label,
-                &format!("{} is {got:#x}, never {want:#x} in {give_up:?}", at.name),
-            );
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_micros(50));
     }
 }

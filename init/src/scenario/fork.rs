@@ -227,7 +227,7 @@ fn words_of(
             object: Some(o),
             obj_off,
             ..
-        } if addr % 4 == 0 && len % 4 == 0 => {
+        } if addr.is_multiple_of(4) && len.is_multiple_of(4) => {
             Ok((addr, o, (obj_off / 4) as usize, (len / 4) as usize))
         }
         _ => Err(bad(format!("{}: whole words of a memory object", at.name))),
@@ -286,11 +286,12 @@ unsafe fn child_words(
     let mut bad = 0;
     // SAFETY (every access): inside the range the caller vouches for.
     unsafe {
-        for i in a..b {
+        for (i, want) in expect.iter().enumerate().take(b).skip(a) {
+            let want = *want;
             match access {
-                Access::Read => bad += u64::from(std::ptr::read_volatile(p.add(i)) != expect[i]),
+                Access::Read => bad += u64::from(std::ptr::read_volatile(p.add(i)) != want),
                 Access::Touch if i == a => {
-                    bad += u64::from(std::ptr::read_volatile(p.add(i)) != expect[i])
+                    bad += u64::from(std::ptr::read_volatile(p.add(i)) != want)
                 }
                 Access::Touch => {}
                 Access::Write => std::ptr::write_volatile(p.add(i), value),

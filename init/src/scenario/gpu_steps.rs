@@ -122,10 +122,13 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
             };
             let value = u32::try_from(value.get()).map_err(|_| bad("value: 32 bits"))?;
             let stride = stride.get();
-            if target.len() == 0 || target.len() % 4 != 0 || target.addr() % 4 != 0 {
+            if target.is_empty()
+                || !target.len().is_multiple_of(4)
+                || !target.addr().is_multiple_of(4)
+            {
                 return Err(bad(format!("{}: a GPU range is whole words", at.name)));
             }
-            if *kernel == Kernel::Store && (stride < 4 || stride % 4 != 0) {
+            if *kernel == Kernel::Store && (stride < 4 || !stride.is_multiple_of(4)) {
                 return Err(bad("store: a stride of whole words"));
             }
             if *kernel == Kernel::Speculative {
@@ -271,7 +274,7 @@ pub fn bo_step(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
             gpu_addr,
         } => {
             let len = size.get();
-            if len == 0 || len % PAGE != 0 || len > 1 << 30 {
+            if len == 0 || !len.is_multiple_of(PAGE) || len > 1 << 30 {
                 return Err(bad("a buffer object of whole pages, at most 1 GiB"));
             }
             let (vm, client, addr) = {

@@ -40,7 +40,7 @@ pub fn alloc_or_free(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 return Err(bad(format!("allocation {name:?} exists")));
             }
             let size = size.get();
-            if size == 0 || size > MAX_ALLOC || size % 4 != 0 {
+            if size == 0 || size > MAX_ALLOC || !size.is_multiple_of(4) {
                 return Err(bad(format!("size {size}: 4 bytes to 4 GiB, whole words")));
             }
             let a = match kind {
@@ -360,7 +360,7 @@ fn view_range(
     let end = off
         .checked_add(len)
         .filter(|e| *e <= a.len.next_multiple_of(PAGE));
-    if off % PAGE != 0 || len == 0 || end.is_none() {
+    if !off.is_multiple_of(PAGE) || len == 0 || end.is_none() {
         return Err(bad(format!(
             "{name}: +{off:#x}, {len} bytes: pages inside it"
         )));
@@ -409,7 +409,7 @@ fn mremap(ctx: &Ctx, name: &str, dontunmap: bool, grow: u64, old_as: Option<&str
     let old_len = a.len.next_multiple_of(PAGE);
     let new_len = old_len
         .checked_add(grow)
-        .filter(|l| a.obj_off + l <= o.bytes && grow % PAGE == 0)
+        .filter(|l| a.obj_off + l <= o.bytes && grow.is_multiple_of(PAGE))
         .ok_or_else(|| bad(format!("{name}: grow by whole pages, within its object")))?;
     let new = memory::move_range(a.addr, old_len, new_len, dontunmap).map_err(StepError::Host)?;
     let mut w = ctx.world();
@@ -606,16 +606,16 @@ pub fn compare_states(
         ));
     }
     for (i, (got, w)) in states.iter().zip(&want).enumerate() {
-        let ok = match (*w, got) {
-            ("any", _) => true,
-            ("empty", PageStateCode::Empty)
-            | ("system", PageStateCode::System)
-            | ("device", PageStateCode::Device)
-            | ("migrating", PageStateCode::Migrating)
-            | ("resident", PageStateCode::System | PageStateCode::Device)
-            | ("not_device", PageStateCode::Empty | PageStateCode::System) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (*w, got),
+            ("any", _)
+                | ("empty", PageStateCode::Empty)
+                | ("system", PageStateCode::System)
+                | ("device", PageStateCode::Device)
+                | ("migrating", PageStateCode::Migrating)
+                | ("resident", PageStateCode::System | PageStateCode::Device)
+                | ("not_device", PageStateCode::Empty | PageStateCode::System)
+        );
         if !ok {
             return Ok((false, format!("page {i} is {got:?}, expected {w}")));
         }
@@ -724,7 +724,7 @@ fn check_range(ctx: &Ctx, at: &Addr, len: Option<u64>) -> Result<(Mismatch, usiz
     else {
         return Err(bad(format!("{}: nothing to check", at.name)));
     };
-    if addr % 4 != 0 || len % 4 != 0 {
+    if !addr.is_multiple_of(4) || !len.is_multiple_of(4) {
         return Err(bad(format!("{}: check whole words", at.name)));
     }
     let expect: Vec<u32> =

@@ -100,7 +100,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ValueError> {
             let hex = b[i..].starts_with(b"0x") || b[i..].starts_with(b"0X");
             i += if hex { 2 } else { 0 };
             while i < b.len() && (b[i].is_ascii_hexdigit() || b[i] == b'_') {
-                if !hex && !(b[i].is_ascii_digit() || b[i] == b'_') {
+                if !hex && !b[i].is_ascii_digit() && b[i] != b'_' {
                     break;
                 }
                 i += 1;

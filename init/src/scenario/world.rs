@@ -137,6 +137,9 @@ impl Target {
             Self::Mem { len, .. } | Self::Bo { len, .. } => *len,
         }
     }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 fn scenario_err(msg: String) -> StepError {
