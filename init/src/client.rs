@@ -31,47 +31,13 @@ impl SvmBuffer {
         )?;
         let memfd = fds.pop().ok_or(CallError::UnexpectedReply)?;
         // 2 MiB alignment lets the GPU map whole chunks with 2 MiB pages.
-        let reserve = len + (2 << 20);
-        // SAFETY: a fresh anonymous reservation at a kernel-chosen address.
-        let area = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                reserve,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|_| CallError::Server(PagerError::Host))?;
-        let aligned = (area as usize + (2 << 20) - 1) & !((2 << 20) - 1);
-        // SAFETY: replaces part of our own reservation with the object.
-        let addr = unsafe {
-            mmap(
-                aligned as *mut _,
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::FIXED,
-                &memfd,
-                0,
-            )
-        }
-        .map_err(|_| CallError::Server(PagerError::Host))?;
-        // Give back the unused ends of the reservation.
-        let head = aligned - area as usize;
-        let tail = reserve - head - len;
-        // SAFETY: both ranges are ours and hold nothing.
-        unsafe {
-            if head > 0 {
-                let _ = munmap(area, head);
-            }
-            if tail > 0 {
-                let _ = munmap((aligned + len) as *mut _, tail);
-            }
-        }
+        let addr =
+            map_aligned(&memfd, len, 2 << 20).map_err(|_| CallError::Server(PagerError::Host))?;
         let uffd = pager_uffd().map_err(|_| CallError::Server(PagerError::BadUserfaultfd))?;
         let (attached, _) = pager.call_with_handles(
             AttachView {
                 object: created.object,
-                addr: addr as u64,
+                addr,
                 object_first_page: 0,
                 pages: (len / 4096) as u64,
             },
@@ -80,7 +46,7 @@ impl SvmBuffer {
         Ok(Self {
             object: created.object,
             view: attached.view,
-            addr: addr as u64,
+            addr,
             len,
             _memfd: memfd,
         })
@@ -155,6 +121,50 @@ pub fn run_kernel(
         job,
         timeout_ms: 120_000,
     })
+}
+
+/// Maps `len` bytes of `memfd` (shared, read-write) at an address aligned
+/// to `align` (a power of two) that the kernel picks.
+pub fn map_aligned(memfd: &OwnedFd, len: usize, align: usize) -> rustix::io::Result<u64> {
+    let reserve = len.checked_add(align).ok_or(rustix::io::Errno::NOMEM)?;
+    // SAFETY: a fresh anonymous reservation at a kernel-chosen address.
+    let area = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            reserve,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    }?;
+    let aligned = (area as usize).next_multiple_of(align);
+    // SAFETY: replaces part of our own reservation with the object.
+    let mapped = unsafe {
+        mmap(
+            aligned as *mut _,
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED | MapFlags::FIXED,
+            memfd,
+            0,
+        )
+    };
+    // Give back the unused ends of the reservation (all of it on failure).
+    let head = aligned - area as usize;
+    let tail = reserve - head - len;
+    // SAFETY: these ranges are ours and hold nothing.
+    unsafe {
+        if mapped.is_err() {
+            let _ = munmap(area, reserve);
+        } else {
+            if head > 0 {
+                let _ = munmap(area, head);
+            }
+            if tail > 0 {
+                let _ = munmap((aligned + len) as *mut _, tail);
+            }
+        }
+    }
+    mapped.map(|p| p as u64)
 }
 
 /// A userfaultfd of this process, non-blocking (DESIGN.md 8).

@@ -16,5 +16,6 @@ pub mod qemu;
 pub mod race;
 pub mod summary;
 pub mod size;
+pub mod scenario;
 pub mod supervisor;
 pub mod views;

@@ -233,6 +233,10 @@ enum Workload {
         #[arg(long)]
         json: bool,
     },
+    /// Scenario files: `svm run FILE|DIR [--filter PATTERN] [--list] [--json]
+    /// [--long]` (docs/scenarios.md; `svm run tests/scenarios --help`).
+    #[command(external_subcommand)]
+    Scenarios(Vec<String>),
 }
 
 fn main() {
@@ -246,6 +250,9 @@ fn main() {
     opts.device.vram_bytes = cli.vram_mib << 20;
     opts.device.hw_threads = cli.hw_threads;
     let code = match cli.command {
+        Cmd::Run {
+            workload: Workload::Scenarios(args),
+        } => init::scenario::cli::main(&args),
         Cmd::Client {
             badge,
             gpu_fd,
