@@ -164,7 +164,9 @@ impl Control {
                 ],
                 fields: alloc::vec![Field {
                     name: "generation",
-                    doc: &[" How many times it has been started: 1 at first boot (never announced)."],
+                    doc: &[
+                        " How many times it has been started: 1 at first boot (never announced)."
+                    ],
                     ty: Type::Int(Int::U32),
                 }],
             },
@@ -321,7 +323,12 @@ mod tests {
         assert_eq!(sizes, [4]);
         assert_eq!(f.payload, 0x0a0b_0c0du32.to_le_bytes());
         assert_eq!(
-            (f.header.kind, f.header.handles, f.header.request_id, f.header.interface),
+            (
+                f.header.kind,
+                f.header.handles,
+                f.header.request_id,
+                f.header.interface
+            ),
             (Kind::Control, 0, 0, 3)
         );
     }

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use ipc_protocol::error::ProtocolError;
-use ipc_protocol::schema::{
-    doc_text, CallDesc, ControlDesc, InterfaceDesc, Struct, Type, Variant,
-};
+use ipc_protocol::schema::{doc_text, CallDesc, ControlDesc, InterfaceDesc, Struct, Type, Variant};
 use ipc_protocol::{
     Control, Kind, Rights, HEADER_LEN, MAX_FRAME, MAX_HANDLES, MAX_PAYLOAD, VERSION,
 };
@@ -393,7 +391,11 @@ fn control_section(out: &mut String) {
     for c in &schema {
         let bytes = size_cell(&Type::Struct(c.message.clone()));
         let doc = cell(&doc_text(c.message.doc));
-        let _ = writeln!(out, "| {} | `{}` | {bytes} | {doc} |", c.opcode, c.message.name);
+        let _ = writeln!(
+            out,
+            "| {} | `{}` | {bytes} | {doc} |",
+            c.opcode, c.message.name
+        );
     }
     out.push('\n');
     for c in &schema {
