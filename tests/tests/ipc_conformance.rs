@@ -224,6 +224,15 @@ fn the_python_client_passes_against_the_stub_and_the_python_server() {
             out.contains("PASS  Pager/client.pager.object_lifecycle"),
             "{out}"
         );
+        // The suite restarted the server under the client, twice.
+        for check in [
+            "restart.waiting_call_fails (PeerRestarted, generation 2)",
+            "restart.idempotent_call_resent (Snapshot sent again, answered NoSuchObject)",
+            "restart.next_call_served",
+        ] {
+            let line = format!("PASS  Pager/client.{check}");
+            assert!(out.contains(&line), "no `{line}`:\n{out}");
+        }
     }
 }
 

@@ -45,12 +45,14 @@ class Pending:
 
 
 class Client:
-    def __init__(self, codec, iface, endpoint, timeout=10.0):
+    def __init__(self, codec, iface, endpoint, timeout=10.0, first_id=1):
         self.codec = codec
         self.iface = iface
         self.ep = endpoint
         self.timeout = timeout
-        self.ids = itertools.count(1)
+        self.ids = itertools.count(first_id)
+        # Idempotent calls sent again after a restart, so far.
+        self.resent = 0
         # The server's generation as last announced (0: never).
         self.generation = 0
         self.waiting = set()  # ids of calls sent and not answered
@@ -83,6 +85,7 @@ class Client:
             except CallError as e:
                 if e.cls != "restarted" or not m.idempotent or p.fds or tries >= RESENDS:
                     raise
+            self.resent += 1
             p = self.start(p.name, p.fields)
 
     def call(self, name, fields=None, fds=()):
