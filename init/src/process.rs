@@ -176,9 +176,23 @@ impl Supervised {
         Ok(())
     }
 
-    /// The process id `name` runs as now.
+    /// The process id of `name`'s current process (its process group has
+    /// the same id: every server is started as a group leader).
     pub fn pid(&self, name: &str) -> Option<u32> {
-        lock(&self.state.0).servers.iter().find(|s| s.name == name).map(|s| s.child.id())
+        lock(&self.state.0)
+            .servers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.child.id())
+    }
+
+    /// Whether `name` is started again when it dies.
+    pub fn restartable(&self, name: &str) -> Option<bool> {
+        lock(&self.state.0)
+            .servers
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.recipe.restartable)
     }
 
     /// The generation `name` runs as now.

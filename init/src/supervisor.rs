@@ -453,6 +453,12 @@ impl System {
         self.servers.kill(name)
     }
 
+    /// Whether `name` comes back when it dies (`manifest::RESTARTABLE`
+    /// and [`Supervision::Restart`]).
+    pub fn restartable(&self, name: &str) -> Option<bool> {
+        self.servers.restartable(name)
+    }
+
     /// The generation `name` runs as now (1 until its first restart).
     pub fn generation(&self, name: &str) -> Option<u32> {
         self.servers.generation(name)

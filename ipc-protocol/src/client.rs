@@ -292,7 +292,13 @@ impl<I: Interface> Client<I> {
     /// A control frame from the server: a restart fails every call still
     /// waiting (its request may have died with the old process).
     fn on_control(&self, p: &mut Pending, r: &Received) {
-        let control = Frame::parse(&r.bytes, r.handles.len()).and_then(|f| Control::decode(&f));
+        let control = Frame::parse(&r.bytes, r.handles.len()).and_then(|f| {
+            // News about another interface's endpoint is not about this one.
+            if f.header.interface != I::ID {
+                return Err(ProtocolError::UnknownInterface);
+            }
+            Control::decode(&f)
+        });
         match control {
             Ok(Control::Restarted { generation }) => {
                 log::info!(

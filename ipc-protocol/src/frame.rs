@@ -3,6 +3,7 @@
 
 use alloc::vec::Vec;
 
+use crate::schema::{ControlDesc, Field, Int, Struct, Type};
 use crate::{ErrorClass, Message, ProtocolError, Reader, Rights, Wire, WireError, Writer};
 
 pub const MAGIC: [u8; 4] = *b"XSVM";
@@ -148,6 +149,30 @@ pub enum Control {
 impl Control {
     pub const RESTARTED: u16 = 1;
 
+    /// Every control message as data, for `docs/ipc.md` (the encoding
+    /// below is hand-written; the test at the end of this file checks the
+    /// two agree).
+    pub fn schema() -> Vec<ControlDesc> {
+        alloc::vec![ControlDesc {
+            opcode: Self::RESTARTED,
+            message: Struct {
+                name: "Restarted",
+                doc: &[
+                    " The process at the other end of this endpoint was restarted: it is a",
+                    " new process, generation `generation`, and whatever the old one was",
+                    " doing for this endpoint is gone.",
+                ],
+                fields: alloc::vec![Field {
+                    name: "generation",
+                    doc: &[
+                        " How many times it has been started: 1 at first boot (never announced)."
+                    ],
+                    ty: Type::Int(Int::U32),
+                }],
+            },
+        }]
+    }
+
     /// The whole frame, on an endpoint of interface `interface`.
     pub fn encode(&self, interface: u16) -> Vec<u8> {
         match *self {
@@ -269,5 +294,42 @@ impl<E: WireError> ErrorPayload<E> {
         };
         r.finish()?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_schema_describes_what_control_encodes() {
+        let descs = Control::schema();
+        let restarted = Control::Restarted {
+            generation: 0x0a0b_0c0d,
+        };
+        let frame = restarted.encode(3);
+        let f = Frame::parse(&frame, 0).unwrap();
+        let d = descs.iter().find(|d| d.opcode == f.header.opcode).unwrap();
+        assert_eq!(d.message.name, "Restarted");
+        let sizes: Vec<usize> = d
+            .message
+            .fields
+            .iter()
+            .map(|f| match f.ty {
+                Type::Int(i) => i.size(),
+                _ => panic!("a control field that is not an integer"),
+            })
+            .collect();
+        assert_eq!(sizes, [4]);
+        assert_eq!(f.payload, 0x0a0b_0c0du32.to_le_bytes());
+        assert_eq!(
+            (
+                f.header.kind,
+                f.header.handles,
+                f.header.request_id,
+                f.header.interface
+            ),
+            (Kind::Control, 0, 0, 3)
+        );
     }
 }

@@ -250,6 +250,7 @@ macro_rules! interface {
                             reply: Some(fields(<$rep as $crate::Wire>::schema())),
                             handles_out: $hout,
                             rights: <$req as $crate::Call>::RIGHTS,
+                            idempotent: <$req as $crate::Call>::IDEMPOTENT,
                         }, )+
                         $( $crate::schema::CallDesc {
                             opcode: $nop,
@@ -261,6 +262,7 @@ macro_rules! interface {
                             reply: None,
                             handles_out: 0,
                             rights: <$note as $crate::Call>::RIGHTS,
+                            idempotent: false,
                         }, )*
                     ],
                 }

@@ -163,6 +163,19 @@ pub struct CallDesc {
     pub handles_out: usize,
     /// What the caller's badge must hold.
     pub rights: Rights,
+    /// Sending it twice has the effect of sending it once: a caller may
+    /// send it again when its server restarted before answering (never
+    /// true of a notification).
+    pub idempotent: bool,
+}
+
+/// One control message (frame kind 5, [`crate::Control`]): news about the
+/// endpoint itself, valid on an endpoint of any interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlDesc {
+    pub opcode: u16,
+    /// Its payload, fields in order.
+    pub message: Struct,
 }
 
 /// One interface, as `interface!` declared it.

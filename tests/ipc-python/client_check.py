@@ -3,9 +3,12 @@
 "Conformance endpoints", client role): started by `svm conformance client
 --spawn 'python3 tests/ipc-python/client_check.py' (--system | --server
 CMD)` with the endpoint at $XSVM_ENDPOINT_FD (every right) and one without
-rights at $XSVM_DENIED_FD. Prints one PASS/FAIL/SKIP line per check."""
+rights at $XSVM_DENIED_FD, and where the server can be restarted, an
+endpoint to it at $XSVM_RESTART_FD and the socket to ask for restarts on at
+$XSVM_RESTART_CONTROL_FD. Prints one PASS/FAIL/SKIP line per check."""
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -107,6 +110,97 @@ def safe_request(c):
     }[c.iface.name]
 
 
+def idempotent_request(c):
+    """A call marked idempotent that changes nothing."""
+    return {
+        "Pager": ("Snapshot", {"object": UNUSED_ID, "first_page": 0, "count": 1}),
+        "PagerMigrate": ("GetPages", {"object": UNUSED_ID, "first_page": 0, "count": 1}),
+        "PagerReclaim": ("Usage", {}),
+        "Gpu": ("Stats", {}),
+        "GpuNotify": ("ViewGone", {"view": UNUSED_ID}),
+        "GpuShrink": ("Usage", {}),
+        "Pressure": ("Status", {}),
+    }[c.iface.name]
+
+
+class Restarts:
+    """Asks the suite to stop and to restart the server (a line each way)."""
+
+    def __init__(self, fd):
+        self.sock = socket.socket(fileno=fd)
+        self.sock.settimeout(60)
+        self.lines = self.sock.makefile("r")
+
+    def ask(self, request):
+        self.sock.sendall(f"{request}\n".encode())
+        answer = self.lines.readline().strip()
+        assert answer and not answer.startswith("error"), f"{request}: {answer or 'no answer'}"
+        return answer
+
+    def pause(self):
+        self.ask("pause")
+
+    def restart(self):
+        """The generation the server runs as now."""
+        return int(self.ask("restart").split()[1])
+
+
+def waiting_call_fails(c, ctl):
+    """A call sent to a stopped server fails with PeerRestarted once the
+    new generation announces itself; it is not sent again."""
+    liveness(c)
+    name, fields = safe_request(c)
+    ctl.pause()
+    p = c.start(name, fields)
+    g = ctl.restart()
+    try:
+        c.answer(p.rid, c.iface.by_name[name])
+    except CallError as e:
+        assert e.cls == "restarted", f"expected PeerRestarted, got {e}"
+        assert e.generation == g == c.generation, f"generation {e.generation}, started as {g}"
+        return f"PeerRestarted, generation {g}"
+    raise AssertionError("the call caught by the restart got an answer as if nothing happened")
+
+
+def idempotent_call_resent(c, ctl):
+    """An idempotent call caught by a restart is sent again and answered."""
+    name, fields = idempotent_request(c)
+    ctl.pause()
+    p = c.start(name, fields)
+    g = ctl.restart()
+    before = c.resent
+    try:
+        _, fds = c.result(p)
+        close_all(fds)
+        how = "replied"
+    except CallError as e:
+        if e.cls != "server":
+            raise
+        how = f"answered {e.name}"
+    assert c.resent == before + 1, f"sent again {c.resent - before} times, not once"
+    assert c.generation == g, f"generation {c.generation}, started as {g}"
+    return f"{name} sent again, {how}"
+
+
+RESTART_CHECKS = ["restart.waiting_call_fails", "restart.idempotent_call_resent",
+                  "restart.next_call_served"]
+
+
+def restart_checks(codec, iface):
+    fd = os.environ.get("XSVM_RESTART_FD")
+    if fd is None:
+        why = os.environ.get("XSVM_RESTART_UNAVAILABLE", "no restartable server")
+        for name in RESTART_CHECKS:
+            report(name, lambda: (_ for _ in ()).throw(Skip(why)))
+        return
+    # Far from the other client's ids: the endpoint may be the same socket.
+    c = Client(codec, iface, Endpoint.from_fd(int(fd)), first_id=1 << 40)
+    ctl = Restarts(int(os.environ["XSVM_RESTART_CONTROL_FD"]))
+    report("restart.waiting_call_fails", lambda: waiting_call_fails(c, ctl))
+    report("restart.idempotent_call_resent", lambda: idempotent_call_resent(c, ctl))
+    report("restart.next_call_served", lambda: liveness(c))
+
+
 def two_pending(c):
     """Two calls sent before either answer is read: each answer carries its id."""
     name, fields = safe_request(c)
@@ -193,6 +287,7 @@ def main():
             report(name, lambda: (_ for _ in ()).throw(Skip("no endpoint without rights")))
             continue
         report(name, lambda: denied(codec, d, m))
+    restart_checks(codec, iface)
     return 1 if failed else 0
 
 

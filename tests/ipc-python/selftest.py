@@ -14,6 +14,8 @@ from xsvm.codec import Codec, Refusal  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "ipc-v1.txt"
 GOLDEN_ID = 0x1122334455667788
+# The generation of the golden `Restarted` control frame.
+GOLDEN_GENERATION = 0x01020304
 
 
 def rebuild(schema, codec):
@@ -43,6 +45,9 @@ def rebuild(schema, codec):
     missing = schema.rights["SNAPSHOT"] | schema.rights["ADVISE"]
     f = codec.frame(1, 7, k["error"], 0, GOLDEN_ID, codec.error_payload("denied", 0, missing))
     lines.append(f"any denied SNAPSHOT|ADVISE {f.hex()}")
+    pager = schema.interfaces["Pager"].id
+    f = codec.control_frame(pager, "Restarted", {"generation": GOLDEN_GENERATION})
+    lines.append(f"any control Restarted {f.hex()}")
     return lines
 
 
@@ -51,6 +56,11 @@ def round_trip(schema, codec, line):
     frame = bytes.fromhex(hexed)
     h, payload = codec.parse(frame, frame[11])
     iface = schema.by_id[h.interface] if iface_name == "any" else schema.interfaces[iface_name]
+    if kind == "control":
+        got, fields = codec.decode_control(h, payload)
+        assert got == name, f"control opcode {h.opcode} is {got}"
+        assert codec.control_frame(h.interface, got, fields) == frame, "re-encoding differs"
+        return
     if kind in ("request", "reply"):
         m = iface.by_opcode[h.opcode]
         fields = m.request["fields"] if kind == "request" else m.reply["fields"]

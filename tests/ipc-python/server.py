@@ -3,7 +3,8 @@
 
 Spawned (`svm conformance ipc --spawn 'python3 tests/ipc-python/server.py'`):
 serves the endpoint at $XSVM_ENDPOINT_FD with $XSVM_BADGE and $XSVM_RIGHTS
-until it closes. Listening (`server.py --listen PATH [--listen-denied
+until it closes; started again on the same endpoint with $XSVM_GENERATION
+2 or more, it announces its generation there first. Listening (`server.py --listen PATH [--listen-denied
 PATH2]`): serves every connection to PATH with every right of the
 interface and every connection to PATH2 with none, each under its own
 badge, until killed."""
@@ -73,7 +74,8 @@ def main():
     fd = int(os.environ.get("XSVM_ENDPOINT_FD", "3"))
     badge = int(os.environ.get("XSVM_BADGE", "1"))
     rights = int(os.environ.get("XSVM_RIGHTS", str(iface.all_rights())))
-    server.serve(Endpoint.from_fd(fd), badge, rights)
+    generation = int(os.environ.get("XSVM_GENERATION", "1"))
+    server.serve(Endpoint.from_fd(fd), badge, rights, generation)
     return 0
 
 

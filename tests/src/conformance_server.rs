@@ -49,6 +49,14 @@ impl ConformancePager {
 }
 
 impl Handler<Pager> for ConformancePager {
+    /// The caller is gone, or restarted: its objects go.
+    fn disconnected(&self, caller: &Capability) {
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, o| o.owner != caller.badge.0);
+    }
+
     fn handle(
         &self,
         caller: &Capability,

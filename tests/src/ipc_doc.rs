@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use ipc_protocol::error::ProtocolError;
-use ipc_protocol::schema::{doc_text, CallDesc, InterfaceDesc, Struct, Type, Variant};
-use ipc_protocol::{Rights, HEADER_LEN, MAX_FRAME, MAX_HANDLES, MAX_PAYLOAD, VERSION};
+use ipc_protocol::schema::{doc_text, CallDesc, ControlDesc, InterfaceDesc, Struct, Type, Variant};
+use ipc_protocol::{
+    Control, Kind, Rights, HEADER_LEN, MAX_FRAME, MAX_HANDLES, MAX_PAYLOAD, VERSION,
+};
 use serde_json::{json, Map, Value};
 
 /// The marker lines around the generated part.
@@ -95,6 +97,7 @@ fn message(c: &CallDesc) -> Value {
         "opcode": c.opcode,
         "name": c.name,
         "one_way": c.one_way,
+        "idempotent": c.idempotent,
         "rights": rights_names(c.rights),
         "request": {
             "name": c.request.name,
@@ -106,6 +109,10 @@ fn message(c: &CallDesc) -> Value {
         m["reply"] = json!({ "name": r.name, "handles": c.handles_out, "fields": fields(r) });
     }
     m
+}
+
+fn control_message(c: &ControlDesc) -> Value {
+    json!({ "opcode": c.opcode, "name": c.message.name, "fields": fields(&c.message) })
 }
 
 /// The whole protocol as one JSON value.
@@ -124,7 +131,13 @@ pub fn schema_json() -> Value {
             "max_frame": MAX_FRAME,
             "max_payload": MAX_PAYLOAD,
             "max_handles": MAX_HANDLES,
-            "kinds": { "request": 1, "reply": 2, "error": 3, "notification": 4 },
+            "kinds": {
+                "request": Kind::Request as u8,
+                "reply": Kind::Reply as u8,
+                "error": Kind::Error as u8,
+                "notification": Kind::Notification as u8,
+                "control": Kind::Control as u8,
+            },
             "error_classes": { "protocol": 1, "denied": 2, "server": 3 },
         },
         "protocol_errors": ProtocolError::ALL
@@ -136,6 +149,7 @@ pub fn schema_json() -> Value {
             .map(|(n, r)| json!({ "name": n, "value": r.bits() }))
             .collect::<Vec<_>>(),
         "types": types,
+        "control": Control::schema().iter().map(control_message).collect::<Vec<_>>(),
         "interfaces": ifaces.iter().map(|i| json!({
             "name": i.name,
             "id": i.id,
@@ -294,17 +308,22 @@ fn interface_section(out: &mut String, i: &InterfaceDesc) {
         let _ = writeln!(out, "{doc}\n");
     }
     out.push_str(
-        "| opcode | request | kind | handles in | reply | handles out | rights needed |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| opcode | request | kind | idempotent | handles in | reply | handles out | rights \
+         needed |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for c in &i.calls {
         let (kind, reply) = match &c.reply {
             Some(r) => ("call", format!("`{}`", r.name)),
             None => ("notification", "none".into()),
         };
+        let idempotent = match (c.one_way, c.idempotent) {
+            (true, _) => "-",
+            (false, true) => "yes",
+            (false, false) => "no",
+        };
         let _ = writeln!(
             out,
-            "| {} | `{}` | {kind} | {} | {reply} | {} | {} |",
+            "| {} | `{}` | {kind} | {idempotent} | {} | {reply} | {} | {} |",
             c.opcode,
             c.name,
             c.handles_in,
@@ -326,6 +345,9 @@ fn interface_section(out: &mut String, i: &InterfaceDesc) {
             c.request.name, c.handles_in
         );
         fields_table(out, &c.request);
+        if c.idempotent {
+            out.push_str(IDEMPOTENT_NOTE);
+        }
         match &c.reply {
             Some(r) => {
                 let _ = writeln!(out, "Reply `{}`, {} handle(s):\n", r.name, c.handles_out);
@@ -350,6 +372,36 @@ fn interface_section(out: &mut String, i: &InterfaceDesc) {
         );
     }
     out.push('\n');
+}
+
+/// Said of every call marked idempotent in its `interface!` description.
+const IDEMPOTENT_NOTE: &str = "Idempotent: sending it twice has the effect of sending it once, \
+                               so a caller may send it\nagain (with a new request id) when its \
+                               server restarted before answering (\"Control\nframes and \
+                               restarts\").\n\n";
+
+fn control_section(out: &mut String) {
+    out.push_str("### Control messages (kind 5)\n\n");
+    out.push_str(
+        "On an endpoint of any interface, either way; request id 0, no handles \
+         (\"Control frames and\nrestarts\").\n\n",
+    );
+    out.push_str("| opcode | message | payload bytes | meaning |\n| --- | --- | --- | --- |\n");
+    let schema = Control::schema();
+    for c in &schema {
+        let bytes = size_cell(&Type::Struct(c.message.clone()));
+        let doc = cell(&doc_text(c.message.doc));
+        let _ = writeln!(
+            out,
+            "| {} | `{}` | {bytes} | {doc} |",
+            c.opcode, c.message.name
+        );
+    }
+    out.push('\n');
+    for c in &schema {
+        let _ = writeln!(out, "#### control.{} `{}`\n", c.opcode, c.message.name);
+        fields_table(out, &c.message);
+    }
 }
 
 /// Everything between the markers (the markers excluded).
@@ -383,6 +435,7 @@ pub fn generated() -> String {
         let _ = writeln!(out, "| {} | `{e:?}` |", e.code());
     }
     out.push('\n');
+    control_section(&mut out);
     types_section(&mut out, &named_types(&ifaces));
     for i in &ifaces {
         interface_section(&mut out, i);

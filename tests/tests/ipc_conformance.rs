@@ -90,15 +90,43 @@ fn stub() -> Where {
     Where::Spawn(env!("CARGO_BIN_EXE_ipc-conformance-server").into())
 }
 
+/// The control-frame cases, and the restart cases when the suite could
+/// restart the implementation, all passed.
+fn assert_restarts_pass(out: &str, restarted: bool) {
+    for case in [
+        "control.malformed.opcode",
+        "control.malformed.short",
+        "control.malformed.long",
+        "control.malformed.handle",
+        "control.restarted_from_caller",
+    ] {
+        assert!(
+            out.contains(&format!("PASS  Pager/{case}")),
+            "{case}:\n{out}"
+        );
+    }
+    for case in init::conformance::restart::CASES {
+        let line = if restarted {
+            format!("PASS  Pager/{case}")
+        } else {
+            format!("SKIP  Pager/{case}")
+        };
+        assert!(out.contains(&line), "no `{line}`:\n{out}");
+    }
+    if restarted {
+        assert!(
+            out.contains("PASS  Pager/restart.announced (generation 2)"),
+            "{out}"
+        );
+    }
+}
+
 #[test]
 fn the_suite_passes_against_the_stub_server() {
     let (s, out) = run(request(stub(), vec![failures("stub")], None));
-    assert_passes(s, &out, 35);
-    assert_eq!(s.expected_failures, 1, "{out}");
-    assert!(
-        out.contains("XFAIL Pager/restart.endpoint_generation"),
-        "{out}"
-    );
+    assert_passes(s, &out, 40);
+    assert_eq!(s.expected_failures, 0, "{out}");
+    assert_restarts_pass(&out, true);
 }
 
 #[test]
@@ -111,7 +139,8 @@ fn the_suite_passes_against_the_python_server() {
         vec![failures("python")],
         None,
     ));
-    assert_passes(s, &out, 35);
+    assert_passes(s, &out, 40);
+    assert_restarts_pass(&out, true);
 }
 
 /// Kills the listening Python server when the test ends, however it ends.
@@ -156,6 +185,8 @@ fn the_suite_passes_against_the_python_server_over_connect() {
     let (s, out) = run(request(target, vec![failures("python")], None));
     assert_passes(s, &out, 35);
     assert!(out.contains("PASS  Pager/rights.denied.Snapshot"), "{out}");
+    // The suite did not start it, so it cannot restart it.
+    assert_restarts_pass(&out, false);
 }
 
 #[test]
@@ -175,7 +206,7 @@ fn the_python_codec_rebuilds_the_golden_file_from_the_doc() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("PASS golden.rebuild: 120 frames byte for byte"),
+        text.contains("PASS golden.rebuild: 123 frames byte for byte"),
         "{text}"
     );
 }
@@ -193,6 +224,15 @@ fn the_python_client_passes_against_the_stub_and_the_python_server() {
             out.contains("PASS  Pager/client.pager.object_lifecycle"),
             "{out}"
         );
+        // The suite restarted the server under the client, twice.
+        for check in [
+            "restart.waiting_call_fails (PeerRestarted, generation 2)",
+            "restart.idempotent_call_resent (Snapshot sent again, answered NoSuchObject)",
+            "restart.next_call_served",
+        ] {
+            let line = format!("PASS  Pager/client.{check}");
+            assert!(out.contains(&line), "no `{line}`:\n{out}");
+        }
     }
 }
 
@@ -267,13 +307,17 @@ fn a_server_that_ignores_rights_fails_every_refusal_case() {
 }
 
 #[test]
-fn a_server_that_answers_garbage_fails_the_golden_and_malformed_cases() {
+fn a_server_that_answers_garbage_fails_the_golden_malformed_and_control_cases() {
     let results = results_of(&mut Echo);
     let checked: Vec<_> = results
         .iter()
-        .filter(|r| r.id.contains("/golden.") || r.id.contains("/malformed."))
+        .filter(|r| {
+            ["/golden.", "/malformed.", "/control."]
+                .iter()
+                .any(|c| r.id.contains(c))
+        })
         .collect();
-    assert!(checked.len() > 25);
+    assert!(checked.len() > 30);
     for r in checked {
         assert!(
             !r.outcome.passed(),
@@ -291,16 +335,23 @@ fn a_listed_case_that_passes_fails_the_run() {
     let list = dir.join("failures.txt");
     std::fs::write(
         &list,
-        "Pager/restart.endpoint_generation\nPager/malformed.magic  # wrongly listed\n",
+        "Pager/malformed.magic  # wrongly listed\n\
+         Pager/restart.endpoint_generation  # a case that no longer exists\n",
     )
     .unwrap();
     let (s, out) = run(request(stub(), vec![list.clone()], None));
-    assert_eq!(s.unexpected_passes, 1, "{out}");
+    assert_eq!((s.unexpected_passes, s.stale), (1, 1), "{out}");
     assert!(!s.ok());
     assert!(out.contains("XPASS Pager/malformed.magic"), "{out}");
-    // And an unlisted failure fails it as well.
+    assert!(
+        out.contains("STALE Pager/restart.endpoint_generation"),
+        "{out}"
+    );
+    // And an unlisted failure fails it as well: the stub serves no `Gpu`.
     std::fs::write(&list, "").unwrap();
-    let (s, out) = run(request(stub(), vec![list], None));
-    assert_eq!(s.failed, 1, "{out}");
+    let mut req = request(stub(), vec![list], None);
+    req.interfaces = vec!["Gpu".into()];
+    let (s, out) = run(req);
+    assert!(s.failed > 0, "{out}");
     assert!(!s.ok());
 }

@@ -9,7 +9,7 @@ use ipc_protocol::interfaces;
 
 use super::failures::{judge, FailureList, Summary};
 use super::target::{self, Target};
-use super::{client, run_interface, CaseResult, Options, Outcome, SYSTEM_FAILURE_LISTS};
+use super::{client, restart, run_interface, CaseResult, Options, Outcome, SYSTEM_FAILURE_LISTS};
 use crate::supervisor::{BootOptions, System};
 
 /// Where the implementation under test is.
@@ -64,10 +64,18 @@ pub fn run(req: Request, out: &mut dyn Write) -> Result<Summary, String> {
 
 fn failure_list(req: &Request) -> Result<FailureList, String> {
     let mut list = FailureList::default();
-    if req.failures.is_empty() && req.client.is_none() && matches!(req.target, Where::System(_)) {
+    let system_suite = req.client.is_none() && matches!(req.target, Where::System(_));
+    if system_suite && req.failures.is_empty() {
         for (name, text) in SYSTEM_FAILURE_LISTS {
             list.add(name, text)?;
         }
+    }
+    if system_suite {
+        // What follows from which servers init restarts, whatever the lists say.
+        list.add(
+            "init::manifest::RESTARTABLE",
+            &restart::not_restartable_list(),
+        )?;
     }
     for path in &req.failures {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -114,7 +122,7 @@ fn on_system(
         Err(e) => return Err(format!("boot failed: {e}")),
     };
     let mut clients = clients;
-    let mut t = target::System::new(std::mem::take(&mut clients.conformance));
+    let mut t = target::System::new(std::mem::take(&mut clients.conformance), &mut system);
     let mut results = run_all(&mut t, interfaces, req);
     drop(t);
     results.push(CaseResult {

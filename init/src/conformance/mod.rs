@@ -2,7 +2,9 @@
 //! to any process that speaks the protocol of `docs/ipc.md` through one
 //! endpoint, knowing nothing of its code, in the manner of Fuchsia FIDL's
 //! `server_suite`: the golden frames (`golden`), the malformed-input table
-//! (`malformed`), refusals (`rights`) and ids over time (`lifecycle`).
+//! (`malformed`), refusals (`rights`), control frames (`control`), ids over
+//! time (`lifecycle`) and restarts on the same endpoint (`restart`, through
+//! `restarter`).
 //! Results are judged against a failure list per implementation, as
 //! protobuf's conformance runner does (`failures`): a listed failure is
 //! expected and reported, an unlisted one fails the run, and a listed case
@@ -12,12 +14,15 @@
 
 pub mod client;
 pub mod command;
+pub mod control;
 pub mod endpoint;
 pub mod failures;
 pub mod golden;
 pub mod lifecycle;
 pub mod malformed;
 pub mod recipes;
+pub mod restart;
+pub mod restarter;
 pub mod rights;
 pub mod target;
 
@@ -168,7 +173,10 @@ impl Visitor for RunSuite<'_> {
         golden::run::<I>(&mut s);
         malformed::run::<I>(&mut s);
         rights::run::<I>(&mut s);
+        control::run::<I>(&mut s);
         lifecycle::run::<I>(&mut s);
+        // Last: on a booted system it kills a server.
+        restart::run::<I>(&mut s);
         s.results
     }
 }

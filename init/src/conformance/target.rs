@@ -2,7 +2,8 @@
 //! with its endpoint inherited (`--spawn`), a listening socket
 //! (`--connect`), or the endpoints `init` made to a booted system's
 //! servers (`--system`). Each opens endpoints with every right of the
-//! interface, or with none.
+//! interface, or with none, and where it can, one whose implementation the
+//! suite may restart (`restarter.rs`).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -12,12 +13,19 @@ use std::time::{Duration, Instant};
 use ipc_protocol::schema::InterfaceDesc;
 use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
 
+use super::restarter::{NoRestart, Restartable, SpawnRestart, SystemRestart};
+
 /// The descriptor a spawned implementation finds its endpoint at.
 pub const ENDPOINT_FD: i32 = 3;
 /// The descriptor a spawned client finds its endpoint without rights at.
 pub const DENIED_FD: i32 = 4;
 /// The badge a spawned server is told to give its endpoint.
 pub const SPAWN_BADGE: u64 = 7;
+/// The variable that tells a spawned implementation its generation.
+pub const GENERATION_VAR: &str = "XSVM_GENERATION";
+
+/// An endpoint and the means to restart what serves it.
+pub type RestartableEndpoint<'a> = (OwnedFd, Box<dyn Restartable + 'a>);
 
 pub trait Target {
     /// A new endpoint to the implementation of `iface`: with every right
@@ -26,6 +34,16 @@ pub trait Target {
     /// A booted system: the suite must not send what would wedge it.
     fn is_live_system(&self) -> bool {
         false
+    }
+    /// An endpoint with every right to the implementation of `iface`, and
+    /// the means to kill it and have it started again on that endpoint.
+    fn open_restartable(
+        &mut self,
+        _iface: &InterfaceDesc,
+    ) -> Result<RestartableEndpoint<'_>, NoRestart> {
+        Err(NoRestart::Unsupported(
+            "the suite did not start this implementation, so it cannot restart it".into(),
+        ))
     }
 }
 
@@ -46,7 +64,7 @@ impl Spawn {
 }
 
 /// The environment that tells a spawned implementation what it serves or
-/// calls.
+/// calls, at its first start (generation 1).
 pub fn endpoint_env(
     iface: &InterfaceDesc,
     role: &str,
@@ -60,6 +78,7 @@ pub fn endpoint_env(
         ("XSVM_ENDPOINT_FD", ENDPOINT_FD.to_string()),
         ("XSVM_BADGE", badge.to_string()),
         ("XSVM_RIGHTS", rights.to_string()),
+        (GENERATION_VAR, "1".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -122,6 +141,19 @@ impl Target for Spawn {
         self.children.push(child);
         Ok(mine)
     }
+
+    /// A new implementation on a new endpoint whose server end the suite
+    /// keeps, to start the next generation on.
+    fn open_restartable(
+        &mut self,
+        iface: &InterfaceDesc,
+    ) -> Result<RestartableEndpoint<'_>, NoRestart> {
+        let (mine, theirs) = pair().map_err(NoRestart::NotRestartable)?;
+        let env = endpoint_env(iface, "server", SPAWN_BADGE, iface.all_rights().bits());
+        let r = SpawnRestart::start(&mut self.children, &self.cmd, env, theirs)
+            .map_err(NoRestart::NotRestartable)?;
+        Ok((mine, Box::new(r)))
+    }
 }
 
 impl Drop for Spawn {
@@ -176,35 +208,72 @@ impl Target for Connect {
 /// Why the rights cases cannot run over `--connect` alone.
 pub const SKIP_NO_DENIED: &str = "no endpoint without rights (give --connect-denied)";
 
-/// The conformance endpoints of a booted system: each can be opened once
-/// (init cannot make another while the system runs).
-pub struct System {
-    /// Per interface: the endpoint with every right, and the one with none.
-    ends: Vec<(&'static str, [Option<OwnedFd>; 2])>,
+/// One interface's conformance endpoints in a booted system.
+struct SystemEnds {
+    interface: &'static str,
+    process: &'static str,
+    /// Every right, then none; each handed out once.
+    ends: [Option<OwnedFd>; 2],
+    /// A copy of the end with every right, for the restart cases.
+    full_copy: Option<OwnedFd>,
 }
 
-impl System {
-    pub fn new(ends: Vec<crate::supervisor::ConformanceEnds>) -> Self {
+/// The conformance endpoints of a booted system: each can be opened once
+/// (init cannot make another while the system runs); the restart cases get
+/// a copy of the one with every right and restart its server through
+/// init's supervisor.
+pub struct System<'s> {
+    ends: Vec<SystemEnds>,
+    system: &'s mut crate::supervisor::System,
+}
+
+impl<'s> System<'s> {
+    pub fn new(
+        ends: Vec<crate::supervisor::ConformanceEnds>,
+        system: &'s mut crate::supervisor::System,
+    ) -> Self {
         let ends = ends
             .into_iter()
-            .map(|e| (e.interface, [Some(e.full), Some(e.denied)]))
+            .map(|e| SystemEnds {
+                interface: e.interface,
+                process: e.process,
+                full_copy: e.full.try_clone().ok(),
+                ends: [Some(e.full), Some(e.denied)],
+            })
             .collect();
-        Self { ends }
+        Self { ends, system }
+    }
+
+    fn ends_of(&mut self, iface: &InterfaceDesc) -> Result<&mut SystemEnds, String> {
+        self.ends
+            .iter_mut()
+            .find(|e| e.interface == iface.name)
+            .ok_or_else(|| format!("the system has no conformance endpoint for {}", iface.name))
     }
 }
 
-impl Target for System {
+impl Target for System<'_> {
     fn open(&mut self, iface: &InterfaceDesc, denied: bool) -> Result<OwnedFd, String> {
-        let (_, ends) = self
-            .ends
-            .iter_mut()
-            .find(|(name, _)| *name == iface.name)
-            .ok_or_else(|| format!("the system has no conformance endpoint for {}", iface.name))?;
-        ends[denied as usize].take().ok_or_else(|| {
-            "the endpoint was closed and init cannot make another while the system runs".into()
-        })
+        self.ends_of(iface)?.ends[denied as usize]
+            .take()
+            .ok_or_else(|| {
+                "the endpoint was closed and init cannot make another while the system runs".into()
+            })
     }
     fn is_live_system(&self) -> bool {
         true
+    }
+    fn open_restartable(
+        &mut self,
+        iface: &InterfaceDesc,
+    ) -> Result<RestartableEndpoint<'_>, NoRestart> {
+        let ends = self.ends_of(iface).map_err(NoRestart::Unsupported)?;
+        let process = ends.process;
+        let fd = ends
+            .full_copy
+            .take()
+            .ok_or_else(|| NoRestart::NotRestartable("the endpoint is gone".into()))?;
+        let r = SystemRestart::new(self.system, process)?;
+        Ok((fd, Box::new(r)))
     }
 }

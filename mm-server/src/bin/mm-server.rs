@@ -111,9 +111,11 @@ fn main() {
             eprintln!("mm-server: --extra-endpoint {e}: mm-server serves only Pressure");
             std::process::exit(2);
         }
+        let extra = endpoint(e.fd);
+        announce::<Pressure>(&*extra, a.generation);
         ipc_protocol::server::spawn::<Pressure, _>(
             &format!("mm-extra{}", e.badge),
-            endpoint(e.fd),
+            extra,
             Capability::new(e.badge, e.rights),
             broker.clone(),
             2,

@@ -74,6 +74,25 @@ class Codec:
             raise Refusal("WrongHandleCount", f"header says {handles}, {nfds} arrived")
         return Header(version, iface, opcode, kind, handles, length, rid), body
 
+    # ---- control frames (docs/ipc.md "Control frames and restarts") ----
+
+    def control_frame(self, interface, name, fields):
+        """A control frame on an endpoint of `interface`: request id 0, no
+        handles."""
+        c = self.s.control_by_name[name]
+        payload = self.encode_fields(c["fields"], fields)
+        return self.frame(interface, c["opcode"], self.s.kinds["control"], 0, 0, payload)
+
+    def decode_control(self, h, payload):
+        """(name, fields) of a parsed control frame; Refusal when it is
+        malformed (a receiver then drops it)."""
+        c = self.s.control.get(h.opcode)
+        if c is None:
+            raise Refusal("UnknownOpcode", f"control opcode {h.opcode}")
+        if h.handles:
+            raise Refusal("WrongHandleCount", "a control frame carries no handles")
+        return c["name"], self.decode_fields(c["fields"], payload)
+
     # ---- payloads ----
 
     def resolve(self, ty):

@@ -23,6 +23,9 @@ class Schema:
         self.rights = {r["name"]: r["value"] for r in doc["rights"]}
         self.interfaces = {i["name"]: Interface(i, self) for i in doc["interfaces"]}
         self.by_id = {i.id: i for i in self.interfaces.values()}
+        # Control messages (kind 5), valid on an endpoint of any interface.
+        self.control = {c["opcode"]: c for c in doc["control"]}
+        self.control_by_name = {c["name"]: c for c in doc["control"]}
 
     def rights_value(self, names):
         value = 0
@@ -59,6 +62,8 @@ class Message:
         self.opcode = raw["opcode"]
         self.name = raw["name"]
         self.one_way = raw["one_way"]
+        # May be sent again after the server restarted before answering.
+        self.idempotent = raw["idempotent"]
         self.rights = schema.rights_value(raw["rights"])
         self.request = raw["request"]
         self.reply = raw.get("reply")

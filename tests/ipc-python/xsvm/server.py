@@ -1,5 +1,9 @@
 """The serve loop (docs/ipc.md "Checking a received frame"): every frame is
-checked in the documented order; a handler sees only decoded requests."""
+checked in the documented order; a handler sees only decoded requests.
+Control frames ("Control frames and restarts"): a server started as
+generation 2 or later announces it before anything else; a `Restarted`
+from the caller ends the caller's session (`handler.disconnected`), and
+the endpoint stays open."""
 
 import os
 import sys
@@ -23,8 +27,15 @@ class Server:
         self.iface = iface
         self.handler = handler
 
-    def serve(self, endpoint, badge, rights):
-        """Serves `endpoint` until its peer closes it."""
+    def serve(self, endpoint, badge, rights, generation=1):
+        """Serves `endpoint` until its peer closes it; as generation 2 or
+        later, announces that first."""
+        if generation > 1:
+            try:
+                endpoint.send(self.restarted(generation))
+            except Closed:
+                self.handler.disconnected(badge)
+                return
         while True:
             try:
                 rx = endpoint.recv()
@@ -42,6 +53,24 @@ class Server:
                 finally:
                     for fd in fds:
                         os.close(fd)
+
+    def restarted(self, generation):
+        return self.codec.control_frame(self.iface.id, "Restarted", {"generation": generation})
+
+    def control(self, rx, h, payload, badge):
+        """A control frame: acted on when well-formed, never answered."""
+        try:
+            name, fields = self.codec.decode_control(h, payload)
+        except Refusal as e:
+            print(f"xsvm server: dropped a malformed control frame: {e}", file=sys.stderr)
+            rx.close_fds()
+            return None
+        if name == "Restarted":
+            # The caller's process restarted: what the old one held is nobody's.
+            print(f"xsvm server: caller {badge} restarted (generation {fields['generation']})",
+                  file=sys.stderr)
+            self.handler.disconnected(badge)
+        return None
 
     def error(self, rx, cls, code, missing=0):
         data = rx.data
@@ -71,9 +100,12 @@ class Server:
         # 3. The endpoint's interface.
         if h.interface != self.iface.id:
             return self.refuse(rx, "UnknownInterface")
-        # 4. Only requests and notifications reach a server.
+        # 4. Only requests and notifications reach a server; control frames
+        # are news about the endpoint.
         if h.kind in (kinds["reply"], kinds["error"]):
             return self.refuse(rx, "BadKind")
+        if h.kind == kinds["control"]:
+            return self.control(rx, h, payload, badge)
         one_way = h.kind == kinds["notification"]
         # 5. The payload.
         try:

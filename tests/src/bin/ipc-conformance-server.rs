@@ -2,7 +2,9 @@
 //! seqpacket socket inherited as descriptor 3. Its badge and rights come
 //! from the command line (`<badge> <rights bits>`) or, when started by
 //! `svm conformance ipc --spawn`, from the environment that command sets
-//! (`XSVM_BADGE`, `XSVM_RIGHTS`, `XSVM_INTERFACE`; docs/ipc.md).
+//! (`XSVM_BADGE`, `XSVM_RIGHTS`, `XSVM_INTERFACE`; docs/ipc.md). Started
+//! again as generation 2 or later (`XSVM_GENERATION`), it announces that
+//! on its endpoint before it serves.
 
 use ipc_protocol::interfaces::pager::Pager;
 use ipc_protocol::transport::{inherited_fd, SeqPacket};
@@ -32,6 +34,16 @@ fn main() {
     // SAFETY: the parent passed the endpoint as descriptor 3 and nothing
     // else in this process owns it.
     let endpoint = SeqPacket::from_fd(unsafe { inherited_fd(3) });
+    let generation: u32 = std::env::var("XSVM_GENERATION")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(1);
+    if generation > 1 {
+        if let Err(e) = ipc_protocol::server::announce_restart::<Pager>(&endpoint, generation) {
+            eprintln!("ipc-conformance-server: announcing generation {generation}: {e}");
+            std::process::exit(1);
+        }
+    }
     let server = ConformancePager::default();
     if let Err(e) =
         ipc_protocol::server::serve::<Pager, _>(&endpoint, Capability::new(badge, rights), &server)
