@@ -1,4 +1,4 @@
-//! The anchor workload (`../shared/anchors/uvm_herd.cu`): the CPU fills a
+//! The anchor workload (the UVM herd, `bench/uvm_herd.cu`): the CPU fills a
 //! buffer, the GPU touches every page (migration to VRAM), then N CPU
 //! threads read every page concurrently, each starting at a different page
 //! (migration back under a thundering herd), and every page is checked.
