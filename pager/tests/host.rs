@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu_notify as n;
 use ipc_protocol::interfaces::pager::{AttachView, CreateObject, Pager, Snapshot};
-use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize, PagerMigrate};
+use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize, OpenView, PagerMigrate};
 use ipc_protocol::interfaces::pager_reclaim::{Evict, PagerReclaim};
 use ipc_protocol::server::{spawn, Handler};
 use ipc_protocol::transport::InProc;
-use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, PageStateCode};
+use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, PageStateCode, ViewId};
 use ipc_protocol::{Capability, Rights};
 use pager::host::{Config, PagerServer};
 use rustix::mm::{mmap, MapFlags, ProtFlags};
@@ -170,8 +170,18 @@ fn rig() -> Rig {
     }
 }
 
-/// Creates an object of `bytes`, maps it, registers the view.
-fn buffer(r: &Rig, bytes: u64) -> (ObjectId, OwnedFd, &'static mut [u32]) {
+/// An object as each side names it: the client's id, and the id the GPU
+/// server got for it from `OpenView` (its own session's).
+#[derive(Debug, Clone, Copy)]
+struct Obj {
+    client: ObjectId,
+    gpu: ObjectId,
+    view: ViewId,
+}
+
+/// Creates an object of `bytes`, maps it, registers the view, and opens
+/// the view for the test GPU (as a `BindView` would).
+fn buffer(r: &Rig, bytes: u64) -> (Obj, OwnedFd, &'static mut [u32]) {
     let (o, mut fds) = r
         .pager
         .call_with_handles(CreateObject { size_bytes: bytes }, vec![])
@@ -190,7 +200,8 @@ fn buffer(r: &Rig, bytes: u64) -> (ObjectId, OwnedFd, &'static mut [u32]) {
     }
     .unwrap();
     let uffd = pager::host::uffd::create_for_client().unwrap();
-    r.pager
+    let (v, _) = r
+        .pager
         .call_with_handles(
             AttachView {
                 object: o.object,
@@ -201,15 +212,31 @@ fn buffer(r: &Rig, bytes: u64) -> (ObjectId, OwnedFd, &'static mut [u32]) {
             vec![uffd],
         )
         .unwrap();
+    let (opened, _) = r
+        .migrate
+        .call_with_handles(
+            OpenView {
+                view: v.view,
+                client: CLIENT,
+            },
+            vec![],
+        )
+        .unwrap();
+    let obj = Obj {
+        client: o.object,
+        gpu: opened.object,
+        view: v.view,
+    };
     // SAFETY: the mapping is `bytes` long and never unmapped.
-    (o.object, memfd, unsafe {
+    (obj, memfd, unsafe {
         std::slice::from_raw_parts_mut(addr as *mut u32, bytes as usize / 4)
     })
 }
 
 /// What the test GPU does on a fault: collect a chunk, copy its pages out
 /// of the memfd into "VRAM", finalize.
-fn gpu_migrate(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u16) -> u32 {
+fn gpu_migrate(r: &Rig, obj: Obj, memfd: &OwnedFd, first: u64, count: u16) -> u32 {
+    let object = obj.gpu;
     let c = r
         .migrate
         .call(Collect {
@@ -251,7 +278,7 @@ fn gpu_migrate(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u1
 
 /// Migrates the chunk, retrying like a GPU that faults again while the
 /// pages are still held by the fill's service thread.
-fn gpu_migrate_all(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u16) {
+fn gpu_migrate_all(r: &Rig, object: Obj, memfd: &OwnedFd, first: u64, count: u16) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut moved = 0;
     while moved < count as u32 {
@@ -264,10 +291,10 @@ fn gpu_migrate_all(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count
     }
 }
 
-fn snapshot(r: &Rig, object: ObjectId, first: u64, count: u16) -> Vec<PageStateCode> {
+fn snapshot(r: &Rig, object: Obj, first: u64, count: u16) -> Vec<PageStateCode> {
     r.pager
         .call(Snapshot {
-            object,
+            object: object.client,
             first_page: first,
             count: PageCount::new(count).unwrap(),
         })
@@ -442,17 +469,11 @@ fn eviction_racing_a_cpu_fault_loses_no_page() {
 
 #[test]
 fn eviction_of_an_object_without_views_writes_the_memfd() {
+    use ipc_protocol::interfaces::pager::DetachView;
     let r = rig();
-    let (o, mut fds) = r
-        .pager
-        .call_with_handles(
-            CreateObject {
-                size_bytes: 2 << 20,
-            },
-            vec![],
-        )
-        .unwrap();
-    let fd = fds.pop().unwrap();
+    // The GPU server opens the object through a view; then the view goes.
+    let (o, fd, _buf) = buffer(&r, 2 << 20);
+    r.pager.call(DetachView { view: o.view }).unwrap();
     let data: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 251) as u8).collect();
     rustix::io::pwrite(&fd, &data, 0).unwrap();
     // No view: collect sees EMPTY pages (never faulted), and the test GPU
@@ -460,7 +481,7 @@ fn eviction_of_an_object_without_views_writes_the_memfd() {
     let c = r
         .migrate
         .call(Collect {
-            object: o.object,
+            object: o.gpu,
             first_page: 0,
             count: PageCount::new(512).unwrap(),
             gpu: GpuId::new(0).unwrap(),
@@ -470,14 +491,14 @@ fn eviction_of_an_object_without_views_writes_the_memfd() {
         let mut vram = r.gpu.vram.lock().unwrap();
         for i in c.got.iter() {
             vram.insert(
-                (o.object.get(), i as u64),
+                (o.gpu.get(), i as u64),
                 data[i * 4096..(i + 1) * 4096].to_vec(),
             );
         }
     }
     r.migrate
         .call(Finalize {
-            object: o.object,
+            object: o.gpu,
             first_page: 0,
             count: PageCount::new(512).unwrap(),
             gpu: GpuId::new(0).unwrap(),
@@ -520,11 +541,17 @@ fn a_client_that_disconnects_loses_its_views_and_objects_and_vram() {
     buf.fill(7);
     gpu_migrate_all(&r, object, &fd, 0, 512);
     assert_eq!(gpu.vram.lock().unwrap().len(), 512);
-    assert!(server.object_state(object.get(), 0).is_some());
+    assert!(server
+        .object_state(CLIENT, object.client.get(), 0)
+        .is_some());
     // The client goes away: its endpoint closes.
     drop(r);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while server.object_state(object.get(), 0).is_some() || !gpu.vram.lock().unwrap().is_empty() {
+    while server
+        .object_state(CLIENT, object.client.get(), 0)
+        .is_some()
+        || !gpu.vram.lock().unwrap().is_empty()
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the dead client's object or VRAM was not released"
@@ -572,7 +599,7 @@ fn pattern(i: usize) -> u32 {
 }
 
 /// A 2 MiB buffer filled with `pattern`, all of it moved to the test GPU.
-fn buffer_in_vram(r: &Rig) -> (ObjectId, OwnedFd, &'static mut [u32]) {
+fn buffer_in_vram(r: &Rig) -> (Obj, OwnedFd, &'static mut [u32]) {
     let (object, fd, buf) = buffer(r, 2 << 20);
     for (i, w) in buf.iter_mut().enumerate() {
         *w = pattern(i);
@@ -602,12 +629,12 @@ fn reserve_range(len: usize) -> u64 {
 /// Waits until the object's own (not fork-born) views are `want`. View
 /// events are handled after the client's call returns, and other tests'
 /// forks may add fork-born twins of this test's views.
-fn wait_views(r: &Rig, object: ObjectId, want: &[(u64, usize, usize)]) {
+fn wait_views(r: &Rig, object: Obj, want: &[(u64, usize, usize)]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let own: Vec<(u64, usize, usize)> = r
             .server
-            .views_of_object(object.get())
+            .views_of_object(CLIENT, object.client.get())
             .into_iter()
             .filter(|v| !v.3)
             .map(|v| (v.0, v.1, v.2))
@@ -778,7 +805,7 @@ fn fork_child_reads_and_writes_the_shared_object() {
         .filter(|&i| buf[i] != pattern(i).wrapping_add((i >= words / 2) as u32))
         .count();
     assert_eq!(bad, 0, "the parent does not see the child's writes");
-    let views = r.server.views_of_object(object.get());
+    let views = r.server.views_of_object(CLIENT, object.client.get());
     assert_eq!(
         views.iter().filter(|v| v.3).count(),
         1,
@@ -814,5 +841,9 @@ fn munmap_of_a_view_drops_it() {
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    r.pager.call(DestroyObject { object }).unwrap();
+    r.pager
+        .call(DestroyObject {
+            object: object.client,
+        })
+        .unwrap();
 }

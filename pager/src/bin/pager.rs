@@ -1,7 +1,9 @@
 //! The pager process. Endpoints inherited from `init`: `--client-fd`
-//! (`Pager`, one per client, each followed by its `--client-badge`), `--migrate-fd` (`PagerMigrate`, served to the GPU
-//! server), `--notify-fd` (our `GpuNotify` client), `--reclaim-fd`
-//! (`PagerReclaim`, served to mm-server). Stdin is init's lifeline.
+//! (`Pager`, one per client, each followed by its `--client-badge`),
+//! `--migrate-fd` (`PagerMigrate`, served to the GPU server), `--notify-fd`
+//! (our `GpuNotify` client), `--reclaim-fd` (`PagerReclaim`, served to
+//! mm-server). Budgets from the manifest: `--budget name=value,...` per
+//! client, `--arena-mib` for the metadata arena. Stdin is init's lifeline.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use ipc_protocol::interfaces::{
 };
 use ipc_protocol::transport::{inherited_fd, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
+use pager::core::budget::PagerBudget;
+use pager::core::PEER_METADATA;
 use pager::host::{Config, PagerServer};
 
 #[derive(Parser)]
@@ -46,6 +50,14 @@ struct Args {
     /// Fault workers per address space (client userfaultfd); one more thread reads its events.
     #[arg(long, default_value_t = 4)]
     threads_per_view: usize,
+    /// What each client may make the pager hold: `name=value,...` over the
+    /// defaults (see the README's budget table; K, M, G suffixes).
+    #[arg(long, default_value = "")]
+    budget: String,
+    /// The metadata arena in MiB (default: every client at its metadata
+    /// budget, plus the peers').
+    #[arg(long)]
+    arena_mib: Option<u64>,
     /// Test only: break rule 8 (no invalidation before migrating back).
     #[arg(long, hide = true)]
     unsafe_skip_invalidate: bool,
@@ -56,13 +68,41 @@ fn endpoint(fd: i32) -> Arc<dyn Transport> {
     Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
 }
 
+/// The configuration the flags ask for; a bad flag is a one-line error.
+fn config(a: &Args) -> Result<Config, String> {
+    let mut budget = PagerBudget::default();
+    budget
+        .apply(&a.budget)
+        .map_err(|e| format!("--budget {:?}: {e:?}", a.budget))?;
+    let clients = a.client_fd.len().max(1);
+    let arena_bytes = match a.arena_mib {
+        Some(mib) => mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| format!("--arena-mib {mib}: too large"))?,
+        None => budget
+            .arena_bytes_needed(clients, PEER_METADATA)
+            .ok_or("--budget: metadata_bytes times the clients overflows")?,
+    };
+    let mut cfg = Config {
+        threads_per_view: a.threads_per_view.clamp(1, 64),
+        ..Config::default()
+    };
+    cfg.core.budget = budget;
+    cfg.core.max_clients = clients;
+    cfg.core.arena_bytes = arena_bytes;
+    cfg.core.skip_invalidate = a.unsafe_skip_invalidate;
+    Ok(cfg)
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
-    let cfg = Config {
-        threads_per_view: a.threads_per_view,
-        skip_invalidate: a.unsafe_skip_invalidate,
-        ..Config::default()
+    let cfg = match config(&a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pager: {e}");
+            std::process::exit(2);
+        }
     };
     let server = match PagerServer::new(cfg) {
         Ok(s) => Arc::new(s),
