@@ -70,7 +70,11 @@ impl<R: Runtime> Core<R> {
         if v.object.is_dying() {
             return Err(E::NoSuchObject);
         }
-        let id = g.open(&v.object).ok_or(E::OverBudget)?;
+        let id = g.open(&v.object).ok_or(if v.object.is_dying() {
+            E::NoSuchObject
+        } else {
+            E::OverBudget
+        })?;
         let h = self
             .rt
             .share_memory(&v.object.memory)
@@ -129,6 +133,21 @@ impl<R: Runtime> Core<R> {
                 return Err(E::Host);
             }
         };
+        if !got.got.is_empty() && o.is_dying() {
+            // Its end began while the pages were being taken: it may have
+            // passed them already, so this migration must not go on (the
+            // locks order it: an end that passed a page before this collect
+            // took it had marked the object dying first).
+            let f = InFlight {
+                object: o,
+                chunk,
+                gpu: c.gpu.get(),
+                collected: got,
+            };
+            self.undo_collect(&f);
+            g.unreserve_collect();
+            return Err(E::NoSuchObject);
+        }
         let reply = m::Collected {
             seq: Seq::raw(seq),
             got: got.got,

@@ -270,7 +270,9 @@ impl<R: Runtime> GpuSession<R> {
     /// The id it knows `o` by, giving it one if it has none yet.
     pub fn open(&self, o: &Arc<Object<R>>) -> Option<Handle> {
         let mut t = lock(&self.opened);
-        if self.is_ended() {
+        // A dying object's end closes it under this lock after marking it
+        // dying: checked here, no entry can outlive the end.
+        if self.is_ended() || o.is_dying() {
             return None;
         }
         if let Some(id) = o.gpu_id() {

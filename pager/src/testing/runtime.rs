@@ -40,6 +40,8 @@ pub enum ModelHandle {
 #[derive(Default)]
 pub struct ModelPort {
     pub registered: Mutex<Vec<(u64, u64)>>,
+    /// Ranges handed back to the kernel, in order.
+    pub unregistered: Mutex<Vec<(u64, u64)>>,
     pub protected: Mutex<BTreeSet<u64>>,
 }
 
@@ -139,6 +141,7 @@ impl Runtime for ModelRuntime {
     }
 
     fn unregister(&self, p: &ModelPort, addr: u64, len: u64) -> Result<(), RtError> {
+        lock(&p.unregistered).push((addr, len));
         lock(&p.registered).retain(|r| *r != (addr, len));
         Ok(())
     }
@@ -280,6 +283,44 @@ pub fn small_config(budget: &str) -> Config {
     cfg.max_clients = 4;
     cfg.arena_bytes = cfg.budget.metadata_bytes * 4 + crate::core::PEER_METADATA;
     cfg
+}
+
+/// Puts `value(p)` in every page of `o`, in RAM (state SYSTEM).
+pub fn seed(o: &crate::core::object::Object<ModelRuntime>, value: impl Fn(usize) -> u64) {
+    for p in 0..o.pages() {
+        match o.table.try_lock(p) {
+            Ok(Some(_)) => {}
+            other => panic!("seeding page {p}: {other:?}"),
+        }
+        o.memory.words[p].store(value(p), Ordering::Release);
+        let _ = o.table.unlock(p, crate::state::Residency::System);
+    }
+}
+
+/// A CPU write adding `add` to page `page` at `addr` of `space`: applied
+/// at once unless the page is write-protected there (checked and written
+/// in one step, as the MMU does), else a write-protect fault first.
+pub fn cpu_write(core: &ModelCore, space: &Space<ModelRuntime>, addr: u64, page: usize, add: u64) {
+    let Some(view) = space.view_at(addr) else {
+        panic!("no view at {addr:#x}");
+    };
+    for _ in 0..1000 {
+        {
+            let wp = lock(&space.port.protected);
+            let present = view.object.memory.words[page].load(Ordering::Acquire) != POISON;
+            if present && !wp.contains(&(addr & !(PAGE - 1))) {
+                view.object.memory.words[page].fetch_add(add, Ordering::AcqRel);
+                return;
+            }
+            if !present {
+                drop(wp);
+                core.serve_fault(space, addr, false);
+                continue;
+            }
+        }
+        core.serve_fault(space, addr, true);
+    }
+    panic!("a CPU write to page {page} never completed");
 }
 
 /// A client's object of `pages` pages with a view at `addr`; returns the
