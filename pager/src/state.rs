@@ -17,7 +17,9 @@
 //! ([`PageTable::new_in`]); tests and the explorer use the heap
 //! ([`PageTable::new`]). Sleepers share a fixed table of wait buckets,
 //! hashed by page, like the kernel's page waitqueues. The table also counts
-//! its SYSTEM and DEVICE pages as they change, so usage reports never scan.
+//! its SYSTEM and DEVICE pages per 2 MiB chunk as they change (one more
+//! word per chunk, from the same store), so usage reports never scan pages
+//! and faults on different chunks never share a counter.
 //!
 //! Locking rules this file enforces:
 //! - Rule 1: migrations take page locks with [`PageTable::try_lock`] only.
@@ -147,18 +149,22 @@ struct Bucket {
 /// The state words of one memory object's pages.
 pub struct PageTable {
     words: AllocVec<AtomicU64, WordStore>,
+    /// Per 2 MiB chunk: pages in SYSTEM (low 32 bits) and in DEVICE (high
+    /// 32 bits) now, kept by `unlock`.
+    counts: AllocVec<AtomicU64, WordStore>,
     buckets: Box<[Bucket]>,
-    /// Pages in SYSTEM and in DEVICE now (kept by `unlock`).
-    system: AtomicU64,
-    device: AtomicU64,
 }
 
-/// Which of the counted classes a residency is in.
-fn class(r: Residency) -> u8 {
+/// Pages per counted chunk (2 MiB of 4 KiB pages).
+const COUNT_CHUNK: usize = 512;
+const DEVICE_ONE: u64 = 1 << 32;
+
+/// What a page in `r` adds to its chunk's count word.
+fn count_of(r: Residency) -> u64 {
     match r {
         Residency::Empty => 0,
         Residency::System => 1,
-        Residency::Device { .. } => 2,
+        Residency::Device { .. } => DEVICE_ONE,
     }
 }
 
@@ -175,55 +181,50 @@ impl PageTable {
     /// A table whose words come from `store`; a store that cannot give
     /// them is `OutOfMetadata`, never an abort.
     pub fn new_in(pages: usize, store: WordStore) -> Result<Self, StateError> {
-        let mut words = AllocVec::new_in(store);
-        words
-            .try_reserve_exact(pages)
-            .map_err(|_| StateError::OutOfMetadata)?;
-        for _ in 0..pages {
-            words.push(AtomicU64::new(0));
-        }
+        let zeroed = |n: usize, store: WordStore| {
+            let mut v = AllocVec::new_in(store);
+            v.try_reserve_exact(n)
+                .map_err(|_| StateError::OutOfMetadata)?;
+            for _ in 0..n {
+                v.push(AtomicU64::new(0));
+            }
+            Ok(v)
+        };
+        let words = zeroed(pages, store.clone())?;
+        let counts = zeroed(pages.div_ceil(COUNT_CHUNK), store)?;
         Ok(Self {
             words,
+            counts,
             buckets: (0..WAIT_BUCKETS)
                 .map(|_| Bucket {
                     mutex: Mutex::new(()),
                     cv: Condvar::new(),
                 })
                 .collect(),
-            system: AtomicU64::new(0),
-            device: AtomicU64::new(0),
         })
     }
 
-    /// Pages in SYSTEM and in DEVICE now (a lock-free count, kept as pages
-    /// change; a page locked for migration counts as its last state).
+    /// Pages in SYSTEM and in DEVICE now: counted as pages change (a page
+    /// locked for migration counts as its last state), summed per chunk.
     pub fn counts(&self) -> (u64, u64) {
-        (
-            self.system.load(Ordering::Acquire),
-            self.device.load(Ordering::Acquire),
-        )
+        self.counts.iter().fold((0, 0), |(s, d), c| {
+            let w = c.load(Ordering::Acquire);
+            (s + (w & (DEVICE_ONE - 1)), d + (w >> 32))
+        })
     }
 
-    /// Bytes this table took from its store for its words.
+    /// Bytes this table took from its store (state words and counts).
     pub fn word_bytes(&self) -> usize {
-        self.words.capacity() * core::mem::size_of::<AtomicU64>()
+        (self.words.capacity() + self.counts.capacity()) * core::mem::size_of::<AtomicU64>()
     }
 
-    fn count_change(&self, was: Residency, now: Residency) {
-        let (from, to) = (class(was), class(now));
-        if from == to {
-            return;
-        }
-        for (c, delta_up) in [(from, false), (to, true)] {
-            let counter = match c {
-                1 => &self.system,
-                2 => &self.device,
-                _ => continue,
-            };
-            if delta_up {
-                counter.fetch_add(1, Ordering::AcqRel);
-            } else {
-                counter.fetch_sub(1, Ordering::AcqRel);
+    /// One atomic add per change of class, on the page's chunk's word.
+    fn count_change(&self, page: usize, was: Residency, now: Residency) {
+        let (from, to) = (count_of(was), count_of(now));
+        if from != to {
+            if let Some(c) = self.counts.get(page / COUNT_CHUNK) {
+                // Wrapping: the word's halves never go below zero.
+                c.fetch_add(to.wrapping_sub(from), Ordering::AcqRel);
             }
         }
     }
@@ -308,7 +309,7 @@ impl PageTable {
                 Err(w) => cur = w,
             }
         }
-        self.count_change(Residency::decode(cur), now);
+        self.count_change(page, Residency::decode(cur), now);
         if cur & WAITERS != 0 {
             let b = self.bucket(page);
             // Taking the mutex orders this wake after any waiter's check.
@@ -410,12 +411,9 @@ mod tests {
         let quota = Arc::new(session::Quota::new(16 << 10));
         let meta = Meta::new(arena.clone(), quota.clone());
         let t = PageTable::new_in(1024, WordStore::Arena(meta.clone())).unwrap();
-        assert_eq!(
-            quota.used(),
-            1024 * 8,
-            "8 bytes per page, charged to the owner"
-        );
-        assert_eq!(t.word_bytes(), 1024 * 8);
+        // 8 bytes per page and per chunk's count, charged to the owner.
+        assert_eq!(quota.used(), 1024 * 8 + 2 * 8);
+        assert_eq!(t.word_bytes(), 1024 * 8 + 2 * 8);
         assert_eq!(
             PageTable::new_in(4096, WordStore::Arena(meta)).err(),
             Some(StateError::OutOfMetadata),

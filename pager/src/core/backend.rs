@@ -260,7 +260,7 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
         // a GPU fault that read the old state refuse to bind.
         let seq = self.object.seq.fetch_add(1, Ordering::AcqRel) + 1;
         if !self.core.cfg.skip_invalidate {
-            rt.invalidate(object, chunk.first, chunk.count, seq)
+            rt.invalidate(&self.object.memory, object, chunk.first, chunk.count, seq)
                 .map_err(|e| {
                     log::warn!("pager: invalidate failed: {e:?}");
                     BackendError::Gpu

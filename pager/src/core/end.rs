@@ -33,17 +33,7 @@ impl<R: Runtime> Core<R> {
             return;
         };
         s.mark_ended();
-        for space in s.spaces() {
-            for v in space.views() {
-                self.retire_view(&v, true);
-                self.tell_gone(&v);
-            }
-            self.stop_space(&space);
-        }
-        for v in s.view_records() {
-            self.retire_view(&v, true);
-            self.tell_gone(&v);
-        }
+        // Its objects first: each ends with its views (below).
         for o in s.objects() {
             if let Err(e) = self.end_object(&s, &o) {
                 log::warn!(
@@ -51,6 +41,17 @@ impl<R: Runtime> Core<R> {
                     o.id.raw()
                 );
             }
+        }
+        for v in s.view_records() {
+            self.retire_view(&v, true);
+            self.tell_gone(&v);
+        }
+        for space in s.spaces() {
+            for v in space.views() {
+                self.retire_view(&v, true);
+                self.tell_gone(&v);
+            }
+            self.stop_space(&space);
         }
         s.clear_views();
         log::info!("pager: client {badge} gone; its views and objects were released");
@@ -93,6 +94,12 @@ impl<R: Runtime> Core<R> {
     /// Ends object `o` of `session`: no new migration starts, its views go
     /// (forked ones get the data back in RAM first), its VRAM is freed, it
     /// is forgotten.
+    ///
+    /// The GPU server hears that the views went only once every migration
+    /// in flight on the object has ended and its VRAM was freed: until then
+    /// its bindings keep the object known to it, so a GPU fault that
+    /// collected pages can still record and finalize them, and the pages'
+    /// VRAM is then freed by id (`FreePages` unmaps them first, rule 8).
     pub fn end_object(
         &self,
         session: &ClientSession<R>,
@@ -107,9 +114,11 @@ impl<R: Runtime> Core<R> {
         }
         for v in &views {
             self.retire_view(v, true);
-            self.tell_gone(v);
         }
         let r = self.free_device_pages(o);
+        for v in &views {
+            self.tell_gone(v);
+        }
         match self.gpu_now() {
             Some(g) => g.close(o),
             None => o.set_gpu_id(None),

@@ -132,9 +132,11 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     // server knows the object by (its `PagerMigrate` session's handle).
     /// Whether a GPU server is attached.
     fn gpu_attached(&self) -> bool;
-    /// Rule 8: unmap the chunk's GPU mappings; the reply is the ack.
+    /// Rule 8: unmap the chunk's GPU mappings of `object` (whose memory is
+    /// `m`); the reply is the acknowledgement.
     fn invalidate(
         &self,
+        m: &Self::Memory,
         object: Handle,
         first: usize,
         count: usize,

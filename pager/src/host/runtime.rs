@@ -212,7 +212,14 @@ impl Runtime for HostRuntime {
         self.gpu.get().is_some()
     }
 
-    fn invalidate(&self, o: Handle, first: usize, n: usize, seq: u64) -> Result<(), RtError> {
+    fn invalidate(
+        &self,
+        _m: &OwnedFd,
+        o: Handle,
+        first: usize,
+        n: usize,
+        seq: u64,
+    ) -> Result<(), RtError> {
         self.notify()?
             .call(Invalidate {
                 object: object(o),

@@ -215,7 +215,14 @@ impl Runtime for ModelRuntime {
         true
     }
 
-    fn invalidate(&self, _o: Handle, _first: usize, _n: usize, _seq: u64) -> Result<(), RtError> {
+    fn invalidate(
+        &self,
+        _m: &Self::Memory,
+        _o: Handle,
+        _first: usize,
+        _n: usize,
+        _seq: u64,
+    ) -> Result<(), RtError> {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
