@@ -149,3 +149,20 @@ fn a_clients_end_releases_everything_it_held() {
     assert!(s.objects().is_empty());
     assert_eq!(s.view(Handle::from_raw(views[0])).map(|v| v.addr), None);
 }
+
+/// A pager whose arena cannot hold every client at its metadata budget
+/// refuses to start: one client's exhaustion must stay its own error.
+#[test]
+fn an_arena_too_small_for_every_clients_budget_is_refused() {
+    use pager::core::{Config, ConfigError, Core};
+    use pager::testing::runtime::ModelRuntime;
+    let mut cfg = small_config("");
+    cfg.arena_bytes -= 1;
+    match Core::new(ModelRuntime::default(), cfg) {
+        Err(ConfigError::ArenaTooSmall { need, have }) => assert_eq!(need, have + 1),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a core whose arena cannot hold every client's budget"),
+    }
+    assert!(Core::new(ModelRuntime::default(), small_config("")).is_ok());
+    let _ = Config::default();
+}

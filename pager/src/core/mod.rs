@@ -328,11 +328,6 @@ impl<R: Runtime> Core<R> {
     pub fn arena(&self) -> &Arc<Arena> {
         &self.arena
     }
-
-    /// What every session holds together.
-    pub fn totals(&self) -> &PagerQuotas {
-        &self.totals
-    }
 }
 
 /// The objects of every client, with their owner (eviction and usage).

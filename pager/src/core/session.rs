@@ -223,10 +223,6 @@ impl<R: Runtime> ClientSession<R> {
     pub fn spaces(&self) -> Vec<Arc<Space<R>>> {
         lock(&self.spaces).iter().cloned().collect()
     }
-
-    pub fn view_ids_in_use(&self) -> usize {
-        lock(&self.views).len()
-    }
 }
 
 /// A collect the GPU server has not finalized yet.
@@ -240,7 +236,6 @@ pub struct InFlight<R: Runtime> {
 /// The GPU server's `PagerMigrate` session.
 pub struct GpuSession<R: Runtime> {
     pub badge: u64,
-    meta: Meta,
     /// The objects it opened views of, by the ids it knows them by.
     opened: Mutex<HandleTable<Arc<Object<R>>, Meta>>,
     collects: Mutex<AllocVec<InFlight<R>, Meta>>,
@@ -255,8 +250,7 @@ impl<R: Runtime> GpuSession<R> {
         Self {
             badge,
             opened: Mutex::new(HandleTable::new_in(objects, meta.clone())),
-            collects: Mutex::new(AllocVec::new_in(meta.clone())),
-            meta,
+            collects: Mutex::new(AllocVec::new_in(meta)),
             in_flight: AtomicUsize::new(0),
             limit: collects,
             ended: AtomicBool::new(false),
@@ -366,9 +360,5 @@ impl<R: Runtime> GpuSession<R> {
         let mut opened = Vec::new();
         lock(&self.opened).drain(|_, o| opened.push(o));
         (collects, opened)
-    }
-
-    pub fn meta(&self) -> &Meta {
-        &self.meta
     }
 }

@@ -136,7 +136,7 @@ impl Runtime for HostRuntime {
         let uffd = Uffd::new(h);
         uffd.handshake(uffd::FEATURES)
             .map_err(|_| RtError::BadHandle)?;
-        Ok(HostPort::new(uffd))
+        HostPort::new(uffd).map_err(|e| RtError::Host(e.raw_os_error().unwrap_or(0)))
     }
 
     fn register(&self, p: &HostPort, addr: u64, len: u64) -> Result<(), RtError> {

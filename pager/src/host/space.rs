@@ -35,10 +35,12 @@
 //! on (`core/changes.rs`). Without that unmap both ranges stay views.
 
 use std::collections::VecDeque;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+use rustix::event::{eventfd, EventfdFlags};
 
 use super::runtime::HostRuntime;
 use super::uffd::{Event, Uffd};
@@ -60,19 +62,24 @@ pub struct Fault {
 /// A client userfaultfd and the queue of faults read from it.
 pub struct HostPort {
     pub uffd: Uffd,
+    /// Wakes the reader out of its poll when the space stops, so its
+    /// threads exit (and give back their budget) at once.
+    wake: OwnedFd,
     faults: Mutex<VecDeque<Fault>>,
     ready: Condvar,
     stop: AtomicBool,
 }
 
 impl HostPort {
-    pub fn new(uffd: Uffd) -> Self {
-        Self {
+    pub fn new(uffd: Uffd) -> std::io::Result<Self> {
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        Ok(Self {
             uffd,
+            wake: eventfd(0, flags)?,
             faults: Mutex::new(VecDeque::new()),
             ready: Condvar::new(),
             stop: AtomicBool::new(false),
-        }
+        })
     }
 
     fn stopped(&self) -> bool {
@@ -82,6 +89,7 @@ impl HostPort {
     /// The workers exit once the queue is empty; the reader at its next poll.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
         let _q = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         self.ready.notify_all();
     }
@@ -130,7 +138,11 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
     let mut notes = Vec::new();
     while !space.stopped() && !space.port.stopped() {
         events.clear();
-        if !space.port.uffd.wait_readable(Duration::from_millis(100)) {
+        if !space
+            .port
+            .uffd
+            .wait_readable_or(&space.port.wake, Duration::from_millis(100))
+        {
             continue;
         }
         {
@@ -185,7 +197,14 @@ fn follow_fork(core: &Arc<HostCore>, parent: &Arc<HostSpace>, fd: i32) {
     // SAFETY: the kernel installed `fd` in our table for this event and
     // nothing else owns it.
     let uffd = Uffd::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-    let Some(child) = core.follow_fork(parent, HostPort::new(uffd)) else {
+    let port = match HostPort::new(uffd) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("pager: space {}: fork not followed: {e}", parent.id);
+            return;
+        }
+    };
+    let Some(child) = core.follow_fork(parent, port) else {
         return;
     };
     if let Err(e) = core.rt.start_space(core, &child) {
