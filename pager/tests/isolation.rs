@@ -136,7 +136,7 @@ fn attach_view_ranges_are_checked() {
             vec![uffd],
         ))
     };
-    let top = u64::MAX & !4095;
+    let top = !4095u64;
     assert_eq!(
         refused(top, 0, 256),
         Some(PagerError::OutOfRange),

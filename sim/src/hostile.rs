@@ -32,9 +32,25 @@ const HOSTILE_BASE: u64 = 0x4000_0000;
 
 pub fn all() -> Vec<Scenario> {
     vec![
-        Scenario { name: "hostile_floods_and_forges", about: "a hostile client floods objects and views past its budget, sends the victim's ids and bad ranges, and disconnects mid-call, while the victim's GPU and CPU race", run: hostile_floods_and_forges },
-        Scenario { name: "hostile_ends_mid_migration", about: "a hostile client destroys its object (or exits) while the GPU migrates it, beside the victim's race", run: hostile_ends_mid_migration },
-        Scenario { name: "gpu_server_dies_mid_collect", about: "the GPU server dies holding a collect of the victim's pages while CPU writers wait on them", run: gpu_server_dies_mid_collect },
+        Scenario {
+            name: "hostile_floods_and_forges",
+            about: "a hostile client floods objects and views past its budget, sends the \
+                    victim's ids and bad ranges, and disconnects mid-call, while the \
+                    victim's GPU and CPU race",
+            run: hostile_floods_and_forges,
+        },
+        Scenario {
+            name: "hostile_ends_mid_migration",
+            about: "a hostile client exits while the GPU migrates its object, beside the \
+                    victim's race",
+            run: hostile_ends_mid_migration,
+        },
+        Scenario {
+            name: "gpu_server_dies_mid_collect",
+            about: "the GPU server dies holding a collect of the victim's pages while CPU \
+                    writers wait on them",
+            run: gpu_server_dies_mid_collect,
+        },
     ]
 }
 

@@ -48,21 +48,25 @@ mod server {
         migrate_fd: i32,
         #[arg(long)]
         notify_fd: i32,
-        /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
-        #[arg(long, default_value_t = (Rights::OBJECT.union(Rights::VIEW).union(Rights::ADVISE).union(Rights::SNAPSHOT)).bits())]
+        /// Rights granted to that endpoint's badge (bits of
+        /// `ipc_protocol::Rights`; from init's manifest).
+        #[arg(long, default_value_t = CLIENT_RIGHTS.bits())]
         client_rights: u32,
-        /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+        /// Rights granted to that endpoint's badge (bits of
+        /// `ipc_protocol::Rights`; from init's manifest).
         #[arg(long, default_value_t = Rights::MIGRATE.bits())]
         migrate_rights: u32,
 
         /// `PagerReclaim`, served to mm-server.
         #[arg(long)]
         reclaim_fd: Option<i32>,
-        /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+        /// Rights granted to that endpoint's badge (bits of
+        /// `ipc_protocol::Rights`; from init's manifest).
         #[arg(long, default_value_t = Rights::RECLAIM.bits())]
         reclaim_rights: u32,
 
-        /// Fault workers per address space (client userfaultfd); one more thread reads its events.
+        /// Fault workers per address space (client userfaultfd); one more
+        /// thread reads its events.
         #[arg(long, default_value_t = 4)]
         threads_per_view: usize,
         /// What each client may make the pager hold: `name=value,...` over the
@@ -77,6 +81,12 @@ mod server {
         #[arg(long, hide = true)]
         unsafe_skip_invalidate: bool,
     }
+
+    /// What a client's badge may do by default.
+    const CLIENT_RIGHTS: Rights = Rights::OBJECT
+        .union(Rights::VIEW)
+        .union(Rights::ADVISE)
+        .union(Rights::SNAPSHOT);
 
     fn endpoint(fd: i32) -> Arc<dyn Transport> {
         // SAFETY: init passed this descriptor to us and nothing else owns it.

@@ -40,14 +40,14 @@ pub const IDS_PER_SESSION: u32 = 1 << 12;
 impl PagerBudget {
     /// No limit at all: the server-wide totals.
     pub fn unlimited() -> Self {
-        let mut b = Self::default();
-        b.objects = u64::MAX;
-        b.object_bytes = u64::MAX;
-        b.views = u64::MAX;
-        b.spaces = u64::MAX;
-        b.fault_threads = u64::MAX;
-        b.metadata_bytes = u64::MAX;
-        b
+        Self {
+            objects: u64::MAX,
+            object_bytes: u64::MAX,
+            views: u64::MAX,
+            spaces: u64::MAX,
+            fault_threads: u64::MAX,
+            metadata_bytes: u64::MAX,
+        }
     }
 
     /// The arena bytes `clients` clients at their limits and the peers'

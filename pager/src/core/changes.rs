@@ -36,12 +36,15 @@ pub enum GpuNote {
     },
 }
 
+/// A view's part a remap moved: (old view, the record made for its moved
+/// part, whether all of it moved).
+type MovedPart<R> = (Arc<View<R>>, Arc<View<R>>, bool);
+
 /// A move seen as a remap whose old range has not been unmapped (yet).
 pub struct PendingMove<R: Runtime> {
     from: u64,
     len: u64,
-    /// (old view, the record made for its moved part, whether all of it moved).
-    parts: Vec<(Arc<View<R>>, Arc<View<R>>, bool)>,
+    parts: Vec<MovedPart<R>>,
 }
 
 impl<R: Runtime> Core<R> {

@@ -320,10 +320,10 @@ impl<R: Runtime> GpuSession<R> {
 
     /// Records a collect (its place reserved); gives it back when the
     /// session ended meanwhile or the arena has no room.
-    pub fn record(&self, f: InFlight<R>) -> Result<(), InFlight<R>> {
+    pub fn record(&self, f: InFlight<R>) -> Result<(), Box<InFlight<R>>> {
         let mut c = lock(&self.collects);
         if self.is_ended() || c.try_reserve(1).is_err() {
-            return Err(f);
+            return Err(Box::new(f));
         }
         c.push(f);
         Ok(())
