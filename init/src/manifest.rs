@@ -248,9 +248,84 @@ pub fn conformance_badge(i: usize, denied: bool) -> u64 {
     CONFORMANCE_BADGE + 2 * i as u64 + denied as u64
 }
 
+/// What one client may make a server hold, and the metadata arena the
+/// server sizes at boot: passed as `--budget name=value,...` and
+/// `--arena-mib` (README, "Budgets", lists every resource, its default and
+/// the error a client sees past it).
+pub struct ServerBudget {
+    pub process: &'static str,
+    /// `name=value,...` (K, M, G suffixes: powers of 1024).
+    pub spec: &'static str,
+    pub arena_mib: u64,
+}
+
+/// Metadata the pager keeps for its peers (the GPU server's opened objects
+/// and collects in flight), on top of its clients' (`pager::core::PEER_METADATA`).
+pub const PAGER_PEER_METADATA_MIB: u64 = 16;
+
+pub const BUDGETS: &[ServerBudget] = &[ServerBudget {
+    process: "pager",
+    spec: "objects=256,object_bytes=8G,views=1024,spaces=16,fault_threads=80,metadata_bytes=17M",
+    // Every client slot at its metadata budget, plus the peers'.
+    arena_mib: MAX_CLIENTS as u64 * 17 + PAGER_PEER_METADATA_MIB,
+}];
+
+/// The `--budget` and `--arena-mib` flags of `process`, from [`BUDGETS`].
+pub fn budget_args(process: &str) -> Vec<String> {
+    BUDGETS
+        .iter()
+        .filter(|b| b.process == process)
+        .flat_map(|b| {
+            [
+                format!("--budget={}", b.spec),
+                format!("--arena-mib={}", b.arena_mib),
+            ]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads `name=value` of a budget spec (K, M, G: powers of 1024).
+    fn amount(spec: &str, name: &str) -> u64 {
+        let v = spec
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{name} is in the spec"));
+        let (digits, scale) = match v.as_bytes().last() {
+            Some(b'K') => (&v[..v.len() - 1], 1u64 << 10),
+            Some(b'M') => (&v[..v.len() - 1], 1 << 20),
+            Some(b'G') => (&v[..v.len() - 1], 1 << 30),
+            _ => (v, 1),
+        };
+        digits.parse::<u64>().unwrap() * scale
+    }
+
+    /// Every client slot at its metadata budget, and the peers', fit the
+    /// pager's arena: one client's exhaustion is its own error, never the
+    /// server's (the pager also refuses to boot otherwise).
+    #[test]
+    fn every_clients_metadata_budget_fits_the_pagers_arena() {
+        let b = BUDGETS.iter().find(|b| b.process == "pager").unwrap();
+        let per_client = amount(b.spec, "metadata_bytes");
+        let need = per_client * MAX_CLIENTS as u64 + (PAGER_PEER_METADATA_MIB << 20);
+        assert!(
+            need <= b.arena_mib << 20,
+            "{need} bytes do not fit {} MiB",
+            b.arena_mib
+        );
+        // 8 bytes of page state per page of the client's objects.
+        assert!(per_client >= amount(b.spec, "object_bytes") / 4096 * 8);
+        assert_eq!(
+            budget_args("pager"),
+            [
+                format!("--budget={}", b.spec),
+                format!("--arena-mib={}", b.arena_mib)
+            ]
+        );
+    }
 
     #[test]
     fn every_process_gets_distinct_descriptors() {

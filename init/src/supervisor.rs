@@ -336,7 +336,17 @@ impl System {
                 "xe-model" => opts.device.to_args(),
                 "mm-server" => vec![format!("--vram-bytes={}", opts.device.vram_bytes)],
                 "xe-svm" if opts.probe_only => vec!["--probe-only".into()],
-                "pager" => opts.pager_args.clone(),
+                "pager" => {
+                    // The manifest's budget, unless a test gives its own.
+                    let own = opts.pager_args.iter().any(|a| a.starts_with("--budget"));
+                    let mut a = if own {
+                        Vec::new()
+                    } else {
+                        crate::manifest::budget_args("pager")
+                    };
+                    a.extend(opts.pager_args.iter().cloned());
+                    a
+                }
                 _ => Vec::new(),
             };
             let mut fds: Vec<(OwnedFd, i32)> = Vec::new();

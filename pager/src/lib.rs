@@ -1,11 +1,18 @@
-//! The address-space pager core: the per-page state table and page locks
-//! (rules 1 to 3), and the CPU-fault and collect/finalize protocols
-//! (rules 1, 2, 4, 6). No I/O: side effects go through [`migrate::Backend`],
-//! implemented by the host runtime (userfaultfd, memfds) and by tests.
+//! The address-space pager.
+//!
+//! - [`state`]: the per-page state table and page locks (rules 1 to 3);
+//! - [`migrate`]: the CPU-fault, collect/finalize and eviction protocols
+//!   (rules 1, 2, 4, 6), side effects through [`migrate::Backend`];
+//! - [`core`]: the server core driven by messages: per-client sessions
+//!   with budgets, objects and views, the three interfaces' requests, view
+//!   changes, the fault path; side effects through [`core::runtime::Runtime`];
+//! - [`host`]: the Linux runtime (userfaultfd, memfds, IPC glue).
 //!
 //! All synchronisation goes through [`sync`], so the same code runs on
-//! std and under the shuttle schedule explorer.
+//! std and under the shuttle schedule explorer (and in the simulation).
 
+pub mod core;
+#[cfg(not(feature = "shuttle"))]
 pub mod host;
 pub mod migrate;
 pub mod state;

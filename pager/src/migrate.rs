@@ -381,6 +381,25 @@ pub fn abort_collect(table: &PageTable, chunk: Chunk, c: &Collected) -> Result<(
     Ok(())
 }
 
+/// A collect that will never be finalized (its GPU server died): blocked
+/// writers are let go and every collected page goes back, unlocked, to the
+/// state it had (the RAM copies were never dropped: nothing is lost).
+pub fn release_collect(
+    table: &PageTable,
+    backend: &dyn Backend,
+    chunk: Chunk,
+    c: &Collected,
+) -> Result<(), FaultError> {
+    let protected = c.got.and_not(&c.zero);
+    let r = if protected.is_empty() {
+        Ok(())
+    } else {
+        backend.unprotect(chunk, &protected)
+    };
+    abort_collect(table, chunk, c)?;
+    r.map_err(FaultError::Backend)
+}
+
 /// Finalize: each collected page by its own result. `migrated` pages become
 /// DEVICE on `gpu` at `first_pfn + i`; the others return to their state.
 /// Returns (pages now DEVICE, pages returned).

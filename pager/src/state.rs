@@ -12,14 +12,27 @@
 //! | 12..=15 | GPU holding a DEVICE page |
 //! | 16..=63 | VRAM page frame of a DEVICE page |
 //!
-//! 8 bytes per page: within the 16-byte budget. Sleepers share a fixed
-//! table of wait buckets, hashed by page, like the kernel's page waitqueues.
+//! 8 bytes per page: within the 16-byte budget. The words of a client's
+//! object come from the server's metadata arena, charged to the client
+//! ([`PageTable::new_in`]); tests and the explorer use the heap
+//! ([`PageTable::new`]). Sleepers share a fixed table of wait buckets,
+//! hashed by page, like the kernel's page waitqueues. The table also counts
+//! its SYSTEM and DEVICE pages per 2 MiB chunk as they change (one more
+//! word per chunk, from the same store), so usage reports never scan pages
+//! and faults on different chunks never share a counter.
 //!
 //! Locking rules this file enforces:
 //! - Rule 1: migrations take page locks with [`PageTable::try_lock`] only.
 //! - Rule 3: a CPU faulter checks the state and takes the lock in one
 //!   compare-and-swap ([`PageTable::fault_lock`]); losers sleep on the
 //!   page ([`PageTable::wait_unlocked`]) and re-check.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use allocator_api2::alloc::{AllocError, Allocator, Global};
+use allocator_api2::vec::Vec as AllocVec;
+use session::Meta;
 
 use crate::sync::{lock, AtomicU64, Condvar, Mutex, Ordering};
 
@@ -95,6 +108,37 @@ pub enum StateError {
     OutOfRange,
     /// 255 temporary references are already held.
     TooManyRefs,
+    /// The words could not be allocated (arena or metadata quota exhausted).
+    OutOfMetadata,
+}
+
+/// Where a table's words live: the heap, or a session's share of the
+/// server's metadata arena.
+#[derive(Clone)]
+pub enum WordStore {
+    Heap,
+    Arena(Meta),
+}
+
+// SAFETY: forwards to the heap or to `Meta`; a block is always freed by
+// the same variant that allocated it (a table's store never changes).
+unsafe impl Allocator for WordStore {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        match self {
+            Self::Heap => Global.allocate(layout),
+            Self::Arena(m) => m.allocate(layout),
+        }
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match self {
+                Self::Heap => Global.deallocate(ptr, layout),
+                Self::Arena(m) => m.deallocate(ptr, layout),
+            }
+        }
+    }
 }
 
 struct Bucket {
@@ -104,20 +148,84 @@ struct Bucket {
 
 /// The state words of one memory object's pages.
 pub struct PageTable {
-    words: Box<[AtomicU64]>,
+    words: AllocVec<AtomicU64, WordStore>,
+    /// Per 2 MiB chunk: pages in SYSTEM (low 32 bits) and in DEVICE (high
+    /// 32 bits) now, kept by `unlock`.
+    counts: AllocVec<AtomicU64, WordStore>,
     buckets: Box<[Bucket]>,
 }
 
+/// Pages per counted chunk (2 MiB of 4 KiB pages).
+const COUNT_CHUNK: usize = 512;
+const DEVICE_ONE: u64 = 1 << 32;
+
+/// What a page in `r` adds to its chunk's count word.
+fn count_of(r: Residency) -> u64 {
+    match r {
+        Residency::Empty => 0,
+        Residency::System => 1,
+        Residency::Device { .. } => DEVICE_ONE,
+    }
+}
+
 impl PageTable {
+    /// A table on the heap (tests, the explorer).
     pub fn new(pages: usize) -> Self {
-        Self {
-            words: (0..pages).map(|_| AtomicU64::new(0)).collect(),
+        match Self::new_in(pages, WordStore::Heap) {
+            Ok(t) => t,
+            // The heap aborts rather than fail; this arm is not reached.
+            Err(e) => panic!("page table of {pages} pages: {e:?}"),
+        }
+    }
+
+    /// A table whose words come from `store`; a store that cannot give
+    /// them is `OutOfMetadata`, never an abort.
+    pub fn new_in(pages: usize, store: WordStore) -> Result<Self, StateError> {
+        let zeroed = |n: usize, store: WordStore| {
+            let mut v = AllocVec::new_in(store);
+            v.try_reserve_exact(n)
+                .map_err(|_| StateError::OutOfMetadata)?;
+            for _ in 0..n {
+                v.push(AtomicU64::new(0));
+            }
+            Ok(v)
+        };
+        let words = zeroed(pages, store.clone())?;
+        let counts = zeroed(pages.div_ceil(COUNT_CHUNK), store)?;
+        Ok(Self {
+            words,
+            counts,
             buckets: (0..WAIT_BUCKETS)
                 .map(|_| Bucket {
                     mutex: Mutex::new(()),
                     cv: Condvar::new(),
                 })
                 .collect(),
+        })
+    }
+
+    /// Pages in SYSTEM and in DEVICE now: counted as pages change (a page
+    /// locked for migration counts as its last state), summed per chunk.
+    pub fn counts(&self) -> (u64, u64) {
+        self.counts.iter().fold((0, 0), |(s, d), c| {
+            let w = c.load(Ordering::Acquire);
+            (s + (w & (DEVICE_ONE - 1)), d + (w >> 32))
+        })
+    }
+
+    /// Bytes this table took from its store (state words and counts).
+    pub fn word_bytes(&self) -> usize {
+        (self.words.capacity() + self.counts.capacity()) * core::mem::size_of::<AtomicU64>()
+    }
+
+    /// One atomic add per change of class, on the page's chunk's word.
+    fn count_change(&self, page: usize, was: Residency, now: Residency) {
+        let (from, to) = (count_of(was), count_of(now));
+        if from != to {
+            if let Some(c) = self.counts.get(page / COUNT_CHUNK) {
+                // Wrapping: the word's halves never go below zero.
+                c.fetch_add(to.wrapping_sub(from), Ordering::AcqRel);
+            }
         }
     }
 
@@ -201,6 +309,7 @@ impl PageTable {
                 Err(w) => cur = w,
             }
         }
+        self.count_change(page, Residency::decode(cur), now);
         if cur & WAITERS != 0 {
             let b = self.bucket(page);
             // Taking the mutex orders this wake after any waiter's check.
@@ -292,6 +401,26 @@ mod tests {
         }
         assert_eq!(PageTable::BYTES_PER_PAGE, 8);
         assert_eq!(t.info(4), Err(StateError::OutOfRange));
+        assert_eq!(t.counts(), (1, 2), "one SYSTEM page, two DEVICE pages");
+    }
+
+    #[test]
+    fn words_come_from_the_arena_and_go_back() {
+        use std::sync::Arc;
+        let arena = session::Arena::new(64 << 10).unwrap();
+        let quota = Arc::new(session::Quota::new(16 << 10));
+        let meta = Meta::new(arena.clone(), quota.clone());
+        let t = PageTable::new_in(1024, WordStore::Arena(meta.clone())).unwrap();
+        // 8 bytes per page and per chunk's count, charged to the owner.
+        assert_eq!(quota.used(), 1024 * 8 + 2 * 8);
+        assert_eq!(t.word_bytes(), 1024 * 8 + 2 * 8);
+        assert_eq!(
+            PageTable::new_in(4096, WordStore::Arena(meta)).err(),
+            Some(StateError::OutOfMetadata),
+            "past the owner's metadata quota"
+        );
+        drop(t);
+        assert_eq!((quota.used(), arena.used()), (0, 0));
     }
 
     #[test]

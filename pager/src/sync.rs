@@ -8,20 +8,30 @@
 
 #[cfg(not(feature = "shuttle"))]
 pub use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Condvar, Mutex, MutexGuard,
+    atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
 };
 
 #[cfg(feature = "shuttle")]
 pub use shuttle::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Condvar, Mutex, MutexGuard,
+    atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
 };
 
 /// Locks `m`, ignoring poisoning: the pager's critical sections leave no
 /// state half-updated (each is a single store or a condvar wait).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads `l`, ignoring poisoning (as [`lock`]).
+pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes `l`, ignoring poisoning (as [`lock`]).
+pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Lets other threads run (a scheduling point for the explorer).

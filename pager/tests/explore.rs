@@ -8,6 +8,10 @@ use ipc_protocol::types::PageMask;
 use pager::migrate::{cpu_fault, evict, Chunk, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
 use pager::sync::{spawn, Ordering};
+use pager::testing::runtime::{
+    cpu_write, gpu_collect, gpu_migrate as session_gpu_migrate, gpu_open, model_core,
+    object_with_view, seed, small_config,
+};
 use pager::testing::{
     all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend,
 };
@@ -144,6 +148,100 @@ fn eviction_racing_cpu_and_gpu() {
         h.join().unwrap();
     }
     bring_back_and_check(&t, &b);
+}
+
+const CLIENT: u64 = 100;
+const GPU_SERVER: u64 = 1;
+const VIEW_AT: u64 = 0x1000_0000;
+
+/// The GPU server dies (its session ends) with a chunk collected while a
+/// CPU writer meets the collect's write protection: every collected page
+/// goes back unlocked, the writer goes on, no data is lost, no collect is
+/// left counted. Without the session's end undoing its collects, the
+/// writer waits on the page forever (shuttle reports the deadlock).
+fn gpu_server_dies_mid_collect() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (obj, view) = object_with_view(&core, &s, 4, VIEW_AT).unwrap();
+    let o = s.object(obj).unwrap();
+    seed(&o, |p| p as u64 * 10);
+    let g = core.gpu_session(GPU_SERVER).unwrap();
+    let id = gpu_open(&core, &g, CLIENT, view).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    let gpu = {
+        let core = core.clone();
+        spawn(move || {
+            let _ = gpu_collect(&core, &g, id, 0, 4);
+            core.end_gpu(GPU_SERVER);
+        })
+    };
+    let writer = {
+        let core = core.clone();
+        spawn(move || cpu_write(&core, &space, VIEW_AT + 4096, 1, 1))
+    };
+    gpu.join().unwrap();
+    writer.join().unwrap();
+    for p in 0..4 {
+        let i = o.table.info(p).unwrap();
+        assert_eq!(
+            (i.residency, i.locked),
+            (Residency::System, false),
+            "page {p}"
+        );
+        let want = p as u64 * 10 + (p == 1) as u64;
+        assert_eq!(
+            o.memory.words[p].load(Ordering::Acquire),
+            want,
+            "page {p} data"
+        );
+    }
+    assert_eq!(core.accounting().collects, 0);
+}
+
+/// A client's session ends (it exited) while the GPU server migrates its
+/// object: the migration either never starts (the object is dying) or
+/// finishes first; then the VRAM is freed and every total is zero.
+fn client_ends_mid_migration() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (obj, view) = object_with_view(&core, &s, 4, VIEW_AT).unwrap();
+    let o = s.object(obj).unwrap();
+    seed(&o, |p| p as u64 + 7);
+    let g = core.gpu_session(GPU_SERVER).unwrap();
+    let id = gpu_open(&core, &g, CLIENT, view).unwrap();
+    drop(s);
+    let gpu = {
+        let (core, o) = (core.clone(), o.clone());
+        spawn(move || {
+            let _ = session_gpu_migrate(&core, &g, id, &o.memory, 0, 4);
+        })
+    };
+    let ender = {
+        let core = core.clone();
+        spawn(move || core.end_client(CLIENT))
+    };
+    gpu.join().unwrap();
+    ender.join().unwrap();
+    assert!(
+        pager::sync::lock(&core.rt.vram).is_empty(),
+        "VRAM of the ended object leaked"
+    );
+    for p in 0..4 {
+        assert!(!o.table.info(p).unwrap().locked, "page {p} left locked");
+    }
+    drop(o);
+    let t = core.accounting();
+    assert_eq!((t.objects, t.views, t.spaces, t.collects), (0, 0, 0, 0));
+}
+
+#[test]
+fn explore_gpu_server_dies_mid_collect() {
+    explore(gpu_server_dies_mid_collect);
+}
+
+#[test]
+fn explore_client_ends_mid_migration() {
+    explore(client_ends_mid_migration);
 }
 
 #[test]

@@ -4,277 +4,16 @@
 //! every page's data checked.
 #![cfg(not(feature = "shuttle"))]
 
-use std::collections::HashMap;
+mod common;
+
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::gpu_notify as n;
-use ipc_protocol::interfaces::pager::{AttachView, CreateObject, Pager, Snapshot};
-use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize, PagerMigrate};
-use ipc_protocol::interfaces::pager_reclaim::{Evict, PagerReclaim};
-use ipc_protocol::server::{spawn, Handler};
-use ipc_protocol::transport::InProc;
-use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, PageStateCode};
-use ipc_protocol::{Capability, Rights};
-use pager::host::{Config, PagerServer};
-use rustix::mm::{mmap, MapFlags, ProtFlags};
-
-const CLIENT: u64 = 100;
-
-/// A GPU that keeps "VRAM" pages in a map and copies into the pager's
-/// staging buffer on migrate-to-RAM.
-#[derive(Default)]
-struct TestGpu {
-    vram: Mutex<HashMap<(u32, u64), Vec<u8>>>,
-    staging: Mutex<Option<(OwnedFd, usize)>>,
-    to_ram: Mutex<u64>,
-    /// Views the pager said went away, and moves (view, from, to).
-    gone: Mutex<Vec<u32>>,
-    copied: Mutex<Vec<(u32, u32, u64, u64)>>,
-    /// Tells rigs apart in logs.
-    id: u32,
-}
-
-static NEXT_GPU: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-
-impl Handler<n::GpuNotify> for TestGpu {
-    fn handle(
-        &self,
-        _: &Capability,
-        req: n::Request,
-        mut h: Vec<OwnedFd>,
-    ) -> Result<(n::Reply, Vec<OwnedFd>), n::NotifyError> {
-        match req {
-            n::Request::AttachStaging(a) => {
-                *self.staging.lock().unwrap() = Some((h.pop().unwrap(), a.size_bytes as usize));
-                Ok((n::Reply::AttachStaging(n::Done {}), vec![]))
-            }
-            n::Request::Invalidate(i) => {
-                Ok((n::Reply::Invalidate(n::Invalidated { seq: i.seq }), vec![]))
-            }
-            n::Request::MigrateToRam(m) => {
-                let staging = self.staging.lock().unwrap();
-                let (fd, _) = staging.as_ref().ok_or(n::NotifyError::NoStaging)?;
-                let mut vram = self.vram.lock().unwrap();
-                let mut copied = PageMask::EMPTY;
-                for i in m.pages.iter() {
-                    let data = vram
-                        .remove(&(m.object.get(), m.first_page + i as u64))
-                        .ok_or(n::NotifyError::NotResident)?;
-                    rustix::io::pwrite(fd, &data, m.staging_offset + i as u64 * 4096).unwrap();
-                    copied.set(i);
-                }
-                *self.to_ram.lock().unwrap() += copied.count() as u64;
-                log::debug!(
-                    "test-gpu {}: migrate to RAM object {} pages {}+{:?}",
-                    self.id,
-                    m.object.get(),
-                    m.first_page,
-                    copied.iter().collect::<Vec<_>>()
-                );
-                Ok((n::Reply::MigrateToRam(n::MigratedToRam { copied }), vec![]))
-            }
-            n::Request::FreePages(f) => {
-                let mut vram = self.vram.lock().unwrap();
-                let mut freed = 0;
-                for i in f.pages.iter() {
-                    if vram
-                        .remove(&(f.object.get(), f.first_page + i as u64))
-                        .is_some()
-                    {
-                        freed += 1;
-                    }
-                }
-                Ok((n::Reply::FreePages(n::Freed { pages: freed }), vec![]))
-            }
-            n::Request::ViewGone(g) => {
-                self.gone.lock().unwrap().push(g.view.get());
-                Ok((n::Reply::ViewGone(n::Unbound { bindings: 0 }), vec![]))
-            }
-            n::Request::ViewCopied(c) => {
-                self.copied
-                    .lock()
-                    .unwrap()
-                    .push((c.view.get(), c.new_view.get(), c.from, c.to));
-                Ok((
-                    n::Reply::ViewCopied(n::Copied {
-                        bindings: 0,
-                        skipped: 0,
-                    }),
-                    vec![],
-                ))
-            }
-        }
-    }
-}
-
-struct Rig {
-    server: Arc<PagerServer>,
-    pager: Client<Pager>,
-    migrate: Client<PagerMigrate>,
-    reclaim: Client<PagerReclaim>,
-    gpu: Arc<TestGpu>,
-}
-
-fn rig() -> Rig {
-    // Silent unless RUST_LOG asks (e.g. RUST_LOG=pager=debug to follow views).
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
-        .try_init();
-    let server = PagerServer::new(Config::default()).unwrap();
-    let gpu = Arc::new(TestGpu {
-        id: NEXT_GPU.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        ..Default::default()
-    });
-    let (nc, ns) = InProc::pair();
-    spawn::<n::GpuNotify, _>(
-        "test-gpu",
-        Arc::new(ns),
-        Capability::new(2, Rights::NOTIFY),
-        gpu.clone(),
-        4,
-    );
-    server.attach_gpu(Client::new(Arc::new(nc))).unwrap();
-    let server = Arc::new(server);
-    let server_handle = server.clone();
-    let (pc, ps) = InProc::pair();
-    spawn::<Pager, _>(
-        "pager",
-        Arc::new(ps),
-        Capability::new(CLIENT, Rights::all()),
-        server.clone(),
-        2,
-    );
-    let (mc, ms) = InProc::pair();
-    spawn::<PagerMigrate, _>(
-        "pager-migrate",
-        Arc::new(ms),
-        Capability::new(1, Rights::MIGRATE),
-        server.clone(),
-        2,
-    );
-    let (rc, rs) = InProc::pair();
-    spawn::<PagerReclaim, _>(
-        "pager-reclaim",
-        Arc::new(rs),
-        Capability::new(3, Rights::RECLAIM),
-        server,
-        1,
-    );
-    Rig {
-        server: server_handle,
-        pager: Client::new(Arc::new(pc)),
-        migrate: Client::new(Arc::new(mc)),
-        reclaim: Client::new(Arc::new(rc)),
-        gpu,
-    }
-}
-
-/// Creates an object of `bytes`, maps it, registers the view.
-fn buffer(r: &Rig, bytes: u64) -> (ObjectId, OwnedFd, &'static mut [u32]) {
-    let (o, mut fds) = r
-        .pager
-        .call_with_handles(CreateObject { size_bytes: bytes }, vec![])
-        .unwrap();
-    let memfd = fds.pop().unwrap();
-    // SAFETY: a fresh shared mapping of the object; leaked for the test's life.
-    let addr = unsafe {
-        mmap(
-            std::ptr::null_mut(),
-            bytes as usize,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
-            &memfd,
-            0,
-        )
-    }
-    .unwrap();
-    let uffd = pager::host::uffd::create_for_client().unwrap();
-    r.pager
-        .call_with_handles(
-            AttachView {
-                object: o.object,
-                addr: addr as u64,
-                object_first_page: 0,
-                pages: bytes / 4096,
-            },
-            vec![uffd],
-        )
-        .unwrap();
-    // SAFETY: the mapping is `bytes` long and never unmapped.
-    (o.object, memfd, unsafe {
-        std::slice::from_raw_parts_mut(addr as *mut u32, bytes as usize / 4)
-    })
-}
-
-/// What the test GPU does on a fault: collect a chunk, copy its pages out
-/// of the memfd into "VRAM", finalize.
-fn gpu_migrate(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u16) -> u32 {
-    let c = r
-        .migrate
-        .call(Collect {
-            object,
-            first_page: first,
-            count: PageCount::new(count).unwrap(),
-            gpu: GpuId::new(0).unwrap(),
-        })
-        .unwrap();
-    log::debug!(
-        "test-gpu {}: collected object {} pages {first}+{:?}",
-        r.gpu.id,
-        object.get(),
-        c.got.iter().collect::<Vec<_>>()
-    );
-    let mut vram = r.gpu.vram.lock().unwrap();
-    for i in c.got.iter() {
-        let mut page = vec![0u8; 4096];
-        if !c.zero.get(i) {
-            rustix::io::pread(memfd, &mut page, (first + i as u64) * 4096).unwrap();
-        }
-        vram.insert((object.get(), first + i as u64), page);
-    }
-    drop(vram);
-    let f = r
-        .migrate
-        .call(Finalize {
-            object,
-            first_page: first,
-            count: PageCount::new(count).unwrap(),
-            gpu: GpuId::new(0).unwrap(),
-            vram_first_pfn: 0,
-            got: c.got,
-            migrated: c.got,
-        })
-        .unwrap();
-    f.device as u32
-}
-
-/// Migrates the chunk, retrying like a GPU that faults again while the
-/// pages are still held by the fill's service thread.
-fn gpu_migrate_all(r: &Rig, object: ObjectId, memfd: &OwnedFd, first: u64, count: u16) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut moved = 0;
-    while moved < count as u32 {
-        moved += gpu_migrate(r, object, memfd, first, count);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {moved} pages reached VRAM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
-
-fn snapshot(r: &Rig, object: ObjectId, first: u64, count: u16) -> Vec<PageStateCode> {
-    r.pager
-        .call(Snapshot {
-            object,
-            first_page: first,
-            count: PageCount::new(count).unwrap(),
-        })
-        .unwrap()
-        .states
-        .into_vec()
-}
+use common::{buffer, gpu_migrate, gpu_migrate_all, rig, snapshot, Obj, Rig, CLIENT};
+use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
+use ipc_protocol::interfaces::pager_reclaim::Evict;
+use ipc_protocol::types::{GpuId, PageCount, PageStateCode};
+use rustix::mm::{MapFlags, ProtFlags};
 
 #[test]
 fn first_touch_zero_fills_and_writes_stick() {
@@ -442,17 +181,11 @@ fn eviction_racing_a_cpu_fault_loses_no_page() {
 
 #[test]
 fn eviction_of_an_object_without_views_writes_the_memfd() {
+    use ipc_protocol::interfaces::pager::DetachView;
     let r = rig();
-    let (o, mut fds) = r
-        .pager
-        .call_with_handles(
-            CreateObject {
-                size_bytes: 2 << 20,
-            },
-            vec![],
-        )
-        .unwrap();
-    let fd = fds.pop().unwrap();
+    // The GPU server opens the object through a view; then the view goes.
+    let (o, fd, _buf) = buffer(&r, 2 << 20);
+    r.pager.call(DetachView { view: o.view }).unwrap();
     let data: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 251) as u8).collect();
     rustix::io::pwrite(&fd, &data, 0).unwrap();
     // No view: collect sees EMPTY pages (never faulted), and the test GPU
@@ -460,7 +193,7 @@ fn eviction_of_an_object_without_views_writes_the_memfd() {
     let c = r
         .migrate
         .call(Collect {
-            object: o.object,
+            object: o.gpu,
             first_page: 0,
             count: PageCount::new(512).unwrap(),
             gpu: GpuId::new(0).unwrap(),
@@ -470,14 +203,14 @@ fn eviction_of_an_object_without_views_writes_the_memfd() {
         let mut vram = r.gpu.vram.lock().unwrap();
         for i in c.got.iter() {
             vram.insert(
-                (o.object.get(), i as u64),
+                (o.gpu.get(), i as u64),
                 data[i * 4096..(i + 1) * 4096].to_vec(),
             );
         }
     }
     r.migrate
         .call(Finalize {
-            object: o.object,
+            object: o.gpu,
             first_page: 0,
             count: PageCount::new(512).unwrap(),
             gpu: GpuId::new(0).unwrap(),
@@ -520,11 +253,17 @@ fn a_client_that_disconnects_loses_its_views_and_objects_and_vram() {
     buf.fill(7);
     gpu_migrate_all(&r, object, &fd, 0, 512);
     assert_eq!(gpu.vram.lock().unwrap().len(), 512);
-    assert!(server.object_state(object.get(), 0).is_some());
+    assert!(server
+        .object_state(CLIENT, object.client.get(), 0)
+        .is_some());
     // The client goes away: its endpoint closes.
     drop(r);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while server.object_state(object.get(), 0).is_some() || !gpu.vram.lock().unwrap().is_empty() {
+    while server
+        .object_state(CLIENT, object.client.get(), 0)
+        .is_some()
+        || !gpu.vram.lock().unwrap().is_empty()
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the dead client's object or VRAM was not released"
@@ -572,7 +311,7 @@ fn pattern(i: usize) -> u32 {
 }
 
 /// A 2 MiB buffer filled with `pattern`, all of it moved to the test GPU.
-fn buffer_in_vram(r: &Rig) -> (ObjectId, OwnedFd, &'static mut [u32]) {
+fn buffer_in_vram(r: &Rig) -> (Obj, OwnedFd, &'static mut [u32]) {
     let (object, fd, buf) = buffer(r, 2 << 20);
     for (i, w) in buf.iter_mut().enumerate() {
         *w = pattern(i);
@@ -602,12 +341,12 @@ fn reserve_range(len: usize) -> u64 {
 /// Waits until the object's own (not fork-born) views are `want`. View
 /// events are handled after the client's call returns, and other tests'
 /// forks may add fork-born twins of this test's views.
-fn wait_views(r: &Rig, object: ObjectId, want: &[(u64, usize, usize)]) {
+fn wait_views(r: &Rig, object: Obj, want: &[(u64, usize, usize)]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let own: Vec<(u64, usize, usize)> = r
             .server
-            .views_of_object(object.get())
+            .views_of_object(CLIENT, object.client.get())
             .into_iter()
             .filter(|v| !v.3)
             .map(|v| (v.0, v.1, v.2))
@@ -778,7 +517,7 @@ fn fork_child_reads_and_writes_the_shared_object() {
         .filter(|&i| buf[i] != pattern(i).wrapping_add((i >= words / 2) as u32))
         .count();
     assert_eq!(bad, 0, "the parent does not see the child's writes");
-    let views = r.server.views_of_object(object.get());
+    let views = r.server.views_of_object(CLIENT, object.client.get());
     assert_eq!(
         views.iter().filter(|v| v.3).count(),
         1,
@@ -814,5 +553,9 @@ fn munmap_of_a_view_drops_it() {
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    r.pager.call(DestroyObject { object }).unwrap();
+    r.pager
+        .call(DestroyObject {
+            object: object.client,
+        })
+        .unwrap();
 }

@@ -38,17 +38,37 @@ pub struct HandleTable<T, A: Allocator + Clone> {
     free: Vec<u32, A>,
     len: usize,
     limit: usize,
+    /// The handle index of slot 0: tables of one server can own disjoint
+    /// index ranges, so their ids never collide (see [`Self::in_range`]).
+    base: u32,
 }
 
 impl<T, A: Allocator + Clone> HandleTable<T, A> {
     /// An empty table that will hold at most `limit` entries.
     pub fn new_in(limit: usize, alloc: A) -> Self {
+        Self::in_range(0, MAX_SLOTS, limit, alloc)
+    }
+
+    /// An empty table whose handles use slot indices `first..first + span`
+    /// only (clipped to the index bits), at most `limit` entries. Tables of
+    /// different sessions given disjoint ranges issue ids that are unique
+    /// server-wide, for peers that key their own records by those ids; a
+    /// lookup of an index outside the range names nothing.
+    pub fn in_range(first: u32, span: u32, limit: usize, alloc: A) -> Self {
+        let first = first.min(MAX_SLOTS);
+        let span = span.min(MAX_SLOTS - first);
         Self {
             slots: Vec::new_in(alloc.clone()),
             free: Vec::new_in(alloc),
             len: 0,
-            limit: limit.min(MAX_SLOTS as usize),
+            limit: limit.min(span as usize),
+            base: first,
         }
+    }
+
+    /// The slot of handle `h` in this table, if its index is in range.
+    fn slot_of(&self, h: Handle) -> Option<usize> {
+        h.index().checked_sub(self.base).map(|i| i as usize)
     }
 
     pub fn len(&self) -> usize {
@@ -65,6 +85,12 @@ impl<T, A: Allocator + Clone> HandleTable<T, A> {
 
     /// Adds `value`; returns its new handle.
     pub fn insert(&mut self, value: T) -> Result<Handle, TableError> {
+        self.insert_with(|_| value)
+    }
+
+    /// Adds the value `make` builds from its own new handle (for entries
+    /// that carry their id); `make` runs only once room is certain.
+    pub fn insert_with(&mut self, make: impl FnOnce(Handle) -> T) -> Result<Handle, TableError> {
         if self.len >= self.limit {
             return Err(TableError::Full);
         }
@@ -89,20 +115,26 @@ impl<T, A: Allocator + Clone> HandleTable<T, A> {
             Slot::Free { generation } => next_generation(*generation),
             Slot::Used { .. } => unreachable!("a free-list index names a used slot"),
         };
-        *slot = Slot::Used { generation, value };
+        // `index < limit <= span`, so `base + index` stays in the range.
+        let handle = Handle::new(self.base + index, generation);
+        *slot = Slot::Used {
+            generation,
+            value: make(handle),
+        };
         self.len += 1;
-        Ok(Handle::new(index, generation))
+        Ok(handle)
     }
 
     pub fn get(&self, h: Handle) -> Option<&T> {
-        match self.slots.get(h.index() as usize)? {
+        match self.slots.get(self.slot_of(h)?)? {
             Slot::Used { generation, value } if *generation == h.generation() => Some(value),
             _ => None,
         }
     }
 
     pub fn get_mut(&mut self, h: Handle) -> Option<&mut T> {
-        match self.slots.get_mut(h.index() as usize)? {
+        let i = self.slot_of(h)?;
+        match self.slots.get_mut(i)? {
             Slot::Used { generation, value } if *generation == h.generation() => Some(value),
             _ => None,
         }
@@ -115,7 +147,8 @@ impl<T, A: Allocator + Clone> HandleTable<T, A> {
     /// Removes the entry `h` names; its slot's next entry gets a new
     /// generation, so `h` names nothing from now on.
     pub fn remove(&mut self, h: Handle) -> Option<T> {
-        let slot = self.slots.get_mut(h.index() as usize)?;
+        let i = self.slot_of(h)?;
+        let slot = self.slots.get_mut(i)?;
         let generation = match slot {
             Slot::Used { generation, .. } if *generation == h.generation() => *generation,
             _ => return None,
@@ -124,17 +157,23 @@ impl<T, A: Allocator + Clone> HandleTable<T, A> {
             return None;
         };
         // Capacity was reserved by `insert`: this push never allocates.
-        self.free.push(h.index());
+        self.free.push(i as u32);
         self.len -= 1;
         Some(value)
     }
 
     /// Every entry with its handle.
     pub fn iter(&self) -> impl Iterator<Item = (Handle, &T)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| match s {
-            Slot::Used { generation, value } => Some((Handle::new(i as u32, *generation), value)),
-            Slot::Free { .. } => None,
-        })
+        let base = self.base;
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, s)| match s {
+                Slot::Used { generation, value } => {
+                    Some((Handle::new(base + i as u32, *generation), value))
+                }
+                Slot::Free { .. } => None,
+            })
     }
 
     /// The handle of the first entry `pred` accepts.
@@ -196,6 +235,29 @@ mod tests {
             t.insert(3).is_ok(),
             "a removed entry frees its place in the budget"
         );
+    }
+
+    #[test]
+    fn tables_in_disjoint_ranges_never_share_an_id() {
+        let mut a: HandleTable<u32, Global> = HandleTable::in_range(0, 16, 16, Global);
+        let mut b: HandleTable<u32, Global> = HandleTable::in_range(16, 16, 100, Global);
+        assert_eq!(b.limit(), 16, "the limit is clipped to the range");
+        let ha = a.insert(1).unwrap();
+        let hb = b.insert(2).unwrap();
+        assert_ne!(ha, hb);
+        assert_eq!(hb.index(), 16);
+        assert_eq!(a.get(hb), None, "another range's id names nothing");
+        assert_eq!(b.get(ha), None);
+        assert_eq!(b.remove(ha), None);
+        assert_eq!(
+            b.iter().map(|(h, _)| h).collect::<alloc::vec::Vec<_>>(),
+            [hb]
+        );
+        assert_eq!(b.remove(hb), Some(2));
+        let hc = b.insert_with(|h| h.raw()).unwrap();
+        assert_eq!(b.get(hc), Some(&hc.raw()), "an entry can carry its own id");
+        let full: HandleTable<u32, Global> = HandleTable::in_range(MAX_SLOTS - 2, 100, 100, Global);
+        assert_eq!(full.limit(), 2, "the range stops at the index bits");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! seed fails again the same way, and shuttle prints the failing schedule,
 //! which `sim --replay` replays step by step.
 
+pub mod hostile;
 pub mod machine;
 pub mod negative;
 pub mod net;

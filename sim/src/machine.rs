@@ -53,7 +53,10 @@ pub struct Mmu {
 }
 
 pub struct Machine {
+    /// The victim's object pages (system pages `0..pages`).
     pub pages: usize,
+    /// System pages after them, for other clients' objects (`pages..pages + spare`).
+    pub spare: usize,
     pub vram: Vec<AtomicU64>,
     pub ram: Vec<AtomicU64>,
     staging: Vec<AtomicU64>,
@@ -81,19 +84,27 @@ pub enum GpuAccess {
 
 impl Machine {
     pub fn new(pages: usize, fail_copy_one_in: u32) -> Self {
+        Self::with_spare(pages, 0, fail_copy_one_in)
+    }
+
+    /// A machine whose system memory has `spare` pages more than the
+    /// victim's object needs (for other clients' objects).
+    pub fn with_spare(pages: usize, spare: usize, fail_copy_one_in: u32) -> Self {
         let cells = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+        let all = pages + spare;
         Self {
             pages,
+            spare,
             vram: cells(VRAM_PAGES as usize),
-            ram: cells(pages),
+            ram: cells(all),
             staging: cells(STAGING_SLOTS * 512),
             tables: Mutex::new(HashMap::new()),
             gate: RwLock::new(()),
             clock: AtomicU64::new(1),
-            last_ack: cells(pages),
+            last_ack: cells(all),
             mmu: Mutex::new(Mmu {
-                present: vec![false; pages],
-                wp: vec![vec![false; pages]],
+                present: vec![false; all],
+                wp: vec![vec![false; all]],
             }),
             fail_copy_one_in,
         }
@@ -108,7 +119,7 @@ impl Machine {
     pub fn cell(&self, addr: u64) -> Option<&AtomicU64> {
         let cell = match addr {
             a if a < VRAM_PAGES * PAGE => &self.vram[(a / PAGE) as usize],
-            a if (SYS_BASE..SYS_BASE + self.pages as u64 * PAGE).contains(&a) => {
+            a if (SYS_BASE..SYS_BASE + (self.pages + self.spare) as u64 * PAGE).contains(&a) => {
                 &self.ram[((a - SYS_BASE) / PAGE) as usize]
             }
             a if (STAGING_BASE..STAGING_BASE + self.staging.len() as u64 * PAGE).contains(&a) => {
@@ -202,7 +213,7 @@ impl Machine {
     /// GPU server's unmap, or were unmapped by it: a later fault may map a
     /// page of the range again, within the sequence check.)
     pub fn note_invalidation_acked(&self, first: usize, count: usize, sent: u64) {
-        for p in first..(first + count).min(self.pages) {
+        for p in first..(first + count).min(self.pages + self.spare) {
             self.last_ack[p].fetch_max(sent, Ordering::AcqRel);
         }
     }

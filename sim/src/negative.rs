@@ -28,7 +28,7 @@ const RETRIES: u32 = 20;
 
 /// One CPU fault under the rejected range-mutex design.
 fn range_mutex_fault(w: &World, range: &Mutex<()>, p: usize) {
-    let table = &w.pager.table;
+    let table = w.pager.table();
     for _ in 0..RETRIES {
         if table.info(p).expect("page").residency == Residency::System {
             return;

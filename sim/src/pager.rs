@@ -1,269 +1,264 @@
-//! The pager in the simulation: its core (`pager::state`, `pager::migrate`,
-//! built on shuttle through its sync shim) unchanged, with a
-//! [`Backend`] whose side effects act on the simulated machine and call
-//! the GPU server's core over the simulated network.
+//! The pager in the simulation: its session core (`pager::core`: sessions,
+//! budgets, objects and views, the fault path, view changes, collects in
+//! flight, object and session ends, eviction) over the state table and the
+//! migration protocols, all unchanged and built on shuttle through the
+//! pager's sync shim. [`SimRuntime`] is the runtime under it: its side
+//! effects act on the simulated machine and call the GPU server's core
+//! over the simulated network.
 //!
-//! What is simulated here rather than run: the host runtime's glue (the
-//! handlers' bookkeeping of collects awaiting their finalize, the staging
-//! slots) and the CPU's view mappings (`machine.rs`). View changes (fork,
-//! mremap) are applied to the pager's view records and the CPU mappings in
-//! one step; the host's guard between the kernel delivering a view change
-//! and the pager applying it (`pager/src/host/space.rs`) is not modelled.
+//! The victim client (badge [`CLIENT`]) has one object over the machine's
+//! system pages `0..pages` and one view of it at [`VIEW_BASE`] (view index 0
+//! of the CPU model, `machine.rs`). Other clients' objects get system pages
+//! after those while the machine has spare ones (the GPU can reach them),
+//! else memory of their own. A CPU fault is delivered to the core as the
+//! host's fault workers do ([`SimPager::cpu_fault`]); view changes (fork,
+//! mremap) are applied to the CPU model and to the core's records under
+//! the space's view-change guard, as the host's event reader does.
 
 use std::sync::OnceLock;
 
+use ipc_protocol::interfaces::pager as p;
 use ipc_protocol::interfaces::pager_migrate as m;
-use ipc_protocol::types::{PageMask, Seq};
-use pager::migrate::{
-    collect, cpu_fault, evict, finalize, Backend, BackendError, Chunk, Collected, Policy,
-};
+use ipc_protocol::types::{ObjectId, PageMask, ViewId};
+use pager::core::backend::CoreBackend;
+use pager::core::changes::PendingMove;
+use pager::core::object::Object;
+use pager::core::runtime::{Pause, RtError, Runtime, Source};
+use pager::core::session::{ClientSession, GpuSession};
+use pager::core::view::Space;
+use pager::core::{Config, Core};
+use pager::migrate::{Backend, Chunk, Policy};
 use pager::state::{PageTable, Residency};
-use pager::sync::{AtomicU64, Ordering};
+use pager::sync::{lock, AtomicUsize, Ordering};
+use session::Handle;
 use shuttle::sync::{Arc, Condvar, Mutex};
 
 use crate::machine::{Machine, PAGE, STAGING_SLOTS};
 use crate::net::Endpoint;
 use crate::GpuCore;
 
-pub const OBJECT: u32 = 1;
-const GPU: u8 = 0;
+/// The victim client's badge.
+pub const CLIENT: u64 = 100;
+/// The GPU server's badge on its `PagerMigrate` endpoint.
+pub const GPU_SERVER: u64 = 1;
+/// Where the victim's view is (its GPU binding's address too).
+pub const VIEW_BASE: u64 = 0x1000_0000;
 /// A CPU fault that fails this many times in a row made no progress: the
 /// run fails (every fault completes, within a bound).
 pub const FAULT_RETRIES: u32 = 50;
+const GPU: u8 = 0;
 
-pub struct SimPager {
-    pub table: PageTable,
+/// An object's pages in RAM.
+pub enum SimMemory {
+    /// System pages `base..base + pages` of the machine (the GPU reaches them).
+    Machine { base: usize },
+    /// Memory of its own (the GPU never binds it).
+    Own(Vec<std::sync::atomic::AtomicU64>),
+}
+
+/// One mapping of an address space: `[start, end)` shows system pages
+/// from `base` on (the machine's page numbers), with write protection in
+/// `mmu.wp[wp]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub wp: usize,
+    pub base: usize,
+}
+
+/// An address space's CPU mappings.
+#[derive(Default)]
+pub struct SimPort {
+    maps: Mutex<Vec<Mapping>>,
+}
+
+impl SimPort {
+    fn mapping(&self, addr: u64) -> Option<Mapping> {
+        lock(&self.maps)
+            .iter()
+            .find(|m| addr >= m.start && addr < m.end)
+            .copied()
+    }
+
+    pub fn map(&self, m: Mapping) {
+        lock(&self.maps).push(m);
+    }
+
+    fn unmap(&self, start: u64, end: u64) {
+        lock(&self.maps).retain(|m| m.end <= start || m.start >= end);
+    }
+}
+
+/// What a client passes: a fault channel (for `AttachView`) or memory back.
+pub enum SimHandle {
+    Port(SimPort),
+    Memory,
+}
+
+pub struct SimRuntime {
     pub machine: Arc<Machine>,
-    pub policy: Policy,
-    /// Rule 8 broken on purpose (the checker's negative test): pages go
-    /// back to RAM without the GPU being told to unmap them first.
-    pub skip_invalidate: bool,
-    seq: AtomicU64,
-    collections: Mutex<Vec<(Chunk, Collected)>>,
+    /// The next machine system page for an object.
+    next_page: AtomicUsize,
     free_slots: Mutex<Vec<usize>>,
     slot_free: Condvar,
-    pub gpu: OnceLock<Arc<GpuCore>>,
-    pub notify: OnceLock<Arc<Endpoint>>,
+    pub gpu: Arc<OnceLock<Arc<GpuCore>>>,
+    pub notify: Arc<OnceLock<Arc<Endpoint>>>,
 }
 
-pub struct SimBackend<'a> {
-    pager: &'a SimPager,
-    /// The view that faulted.
-    view: Option<usize>,
-}
-
-impl SimPager {
-    pub fn new(machine: Arc<Machine>, policy: Policy, skip_invalidate: bool) -> Self {
-        Self {
-            table: PageTable::new(machine.pages),
-            machine,
-            policy,
-            skip_invalidate,
-            seq: AtomicU64::new(0),
-            collections: Mutex::new(Vec::new()),
-            free_slots: Mutex::new((0..STAGING_SLOTS).collect()),
-            slot_free: Condvar::new(),
-            gpu: OnceLock::new(),
-            notify: OnceLock::new(),
-        }
-    }
-
-    fn gpu(&self) -> Result<(Arc<GpuCore>, Arc<Endpoint>), BackendError> {
+impl SimRuntime {
+    fn gpu(&self) -> Result<(Arc<GpuCore>, Arc<Endpoint>), RtError> {
         match (self.gpu.get(), self.notify.get()) {
             (Some(g), Some(n)) if !n.is_dead() => Ok((g.clone(), n.clone())),
-            _ => Err(BackendError::Gpu),
+            _ => Err(RtError::Gpu),
         }
     }
 
-    /// Puts `value` in page `p`, in RAM (state SYSTEM, present).
-    pub fn seed_ram(&self, p: usize, value: u64) {
-        let r = self.table.try_lock(p).expect("page in range");
-        assert!(r.is_some(), "seeding a page that is busy");
-        self.machine.ram[p].store(value, std::sync::atomic::Ordering::Release);
-        self.machine
-            .mmu
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .present[p] = true;
-        self.table
-            .unlock(p, Residency::System)
-            .expect("page in range");
+    fn value(&self, src: Source, index: usize) -> u64 {
+        match src {
+            Source::Zeros => 0,
+            Source::Staging(slot) => self
+                .machine
+                .staging_cell(slot, index)
+                .load(std::sync::atomic::Ordering::Acquire),
+        }
     }
 
-    /// A CPU thread faulted on `page` through `view` (not present).
-    pub fn cpu_fault(&self, view: usize, page: usize) {
-        let backend = SimBackend {
-            pager: self,
-            view: Some(view),
-        };
-        for _ in 0..FAULT_RETRIES {
-            if cpu_fault(&self.table, &backend, page, self.policy).is_ok() {
-                return;
+    /// Writes page `page` of `m` (whole: one word), making it present.
+    fn put(&self, m: &SimMemory, page: usize, v: u64) {
+        use std::sync::atomic::Ordering::Release;
+        match m {
+            SimMemory::Machine { base } => {
+                self.machine.ram[base + page].store(v, Release);
+                lock(&self.machine.mmu).present[base + page] = true;
             }
-            shuttle::thread::yield_now();
-        }
-        panic!("a CPU fault on page {page} made no progress in {FAULT_RETRIES} tries");
-    }
-
-    /// A writer met write protection: once no migration holds the page,
-    /// the protection is cleared under the page lock (as the host's
-    /// `clear_stale_protection`).
-    pub fn wp_fault(&self, view: usize, page: usize) {
-        loop {
-            self.table.wait_unlocked(page).expect("page in range");
-            if let Some(state) = self.table.try_lock(page).expect("page in range") {
-                if state == Residency::System {
-                    if let Some(wp) = self
-                        .machine
-                        .mmu
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .wp
-                        .get_mut(view)
-                        .and_then(|w| w.get_mut(page))
-                    {
-                        *wp = false;
-                    }
-                }
-                self.table.unlock(page, state).expect("page in range");
-                return;
-            }
-            shuttle::thread::yield_now();
+            SimMemory::Own(words) => words[page].store(v, Release),
         }
     }
+}
 
-    /// `PagerMigrate::Collect`, as the host handler serves it.
-    pub fn collect(&self, c: m::Collect) -> Option<m::Collected> {
-        let first = c.first_page as usize;
-        if c.object.get() != OBJECT || first + c.count.get() as usize > self.table.len() {
-            return None;
+impl Runtime for SimRuntime {
+    type Handle = SimHandle;
+    type Memory = SimMemory;
+    type Port = SimPort;
+
+    fn create_memory(&self, bytes: u64) -> Result<(SimMemory, SimHandle), RtError> {
+        let pages = (bytes / PAGE) as usize;
+        let all = self.machine.pages + self.machine.spare;
+        let base = self.next_page.load(Ordering::Acquire);
+        if base + pages <= all
+            && self
+                .next_page
+                .compare_exchange(base, base + pages, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Ok((SimMemory::Machine { base }, SimHandle::Memory));
         }
-        let chunk = Chunk {
-            first,
-            count: c.count.get() as usize,
-        };
-        let seq = self.seq.load(Ordering::Acquire);
-        let got = collect(
-            &self.table,
-            &SimBackend {
-                pager: self,
-                view: None,
-            },
-            chunk,
-            c.gpu.get(),
-        )
-        .ok()?;
-        if !got.got.is_empty() {
-            self.collections
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((chunk, got));
-        }
-        Some(m::Collected {
-            seq: Seq::raw(seq),
-            got: got.got,
-            zero: got.zero,
-            device: got.device,
-        })
+        let words = (0..pages)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect();
+        Ok((SimMemory::Own(words), SimHandle::Memory))
     }
 
-    /// `PagerMigrate::Finalize`, matching the collect it names.
-    pub fn finalize(&self, f: m::Finalize) -> bool {
-        if f.got.is_empty() {
-            return true;
-        }
-        let found = {
-            let mut cols = self.collections.lock().unwrap_or_else(|e| e.into_inner());
-            let at = cols.iter().position(|(ch, c)| {
-                ch.first == f.first_page as usize
-                    && ch.count == f.count.get() as usize
-                    && c.got == f.got
-            });
-            at.map(|i| cols.swap_remove(i))
-        };
-        let Some((chunk, c)) = found else {
-            return false;
-        };
-        finalize(
-            &self.table,
-            &SimBackend {
-                pager: self,
-                view: None,
-            },
-            chunk,
-            &c,
-            &f.migrated.and(&c.got),
-            f.gpu.get(),
-            f.vram_first_pfn,
-        )
-        .is_ok()
+    fn share_memory(&self, _m: &SimMemory) -> Result<SimHandle, RtError> {
+        Ok(SimHandle::Memory)
     }
 
-    /// `PagerReclaim::Evict`: up to `bytes` of VRAM pages back to RAM.
-    pub fn evict(&self, bytes: u64) -> u64 {
-        let want = bytes.div_ceil(PAGE);
-        let mut moved = 0u64;
-        for first in (0..self.table.len()).step_by(pager::migrate::CHUNK_PAGES) {
-            if moved >= want {
-                break;
-            }
-            let chunk = Chunk::around(first, self.table.len());
-            moved += evict(
-                &self.table,
-                &SimBackend {
-                    pager: self,
-                    view: None,
-                },
-                chunk,
-                GPU,
-            )
-            .unwrap_or(0) as u64;
-        }
-        moved * PAGE
-    }
-
-    /// A fork: a new view whose mappings (and their write protection) are
-    /// copies of `parent`'s. Returns its number.
-    pub fn fork_view(&self, parent: usize) -> usize {
-        let mut mmu = self.machine.mmu.lock().unwrap_or_else(|e| e.into_inner());
-        let wp = mmu.wp[parent].clone();
-        mmu.wp.push(wp);
-        mmu.wp.len() - 1
-    }
-
-    /// A plain mremap of all of `old`: its mappings (write protection
-    /// included) move to a new view and `old` is gone. Returns the new one.
-    pub fn move_view(&self, old: usize) -> usize {
-        let mut mmu = self.machine.mmu.lock().unwrap_or_else(|e| e.into_inner());
-        let wp = std::mem::take(&mut mmu.wp[old]);
-        mmu.wp.push(wp);
-        mmu.wp.len() - 1
-    }
-
-    /// Moves the locked DEVICE pages `held` of `chunk` back to RAM through
-    /// view 0 (the negative checks drive their own locking with it).
-    pub fn migrate_locked(&self, chunk: Chunk, held: &PageMask, from: &[Residency]) -> PageMask {
-        SimBackend {
-            pager: self,
-            view: Some(0),
-        }
-        .migrate_to_ram(chunk, held, from)
-        .unwrap_or(PageMask::EMPTY)
-    }
-
-    /// Sets or clears write protection of `pages` in every view there is
-    /// (a view that moved away has no mappings left to protect).
-    fn set_protection(&self, chunk: Chunk, pages: &PageMask, on: bool) {
-        let mut mmu = self.machine.mmu.lock().unwrap_or_else(|e| e.into_inner());
-        for wp in mmu.wp.iter_mut().filter(|w| !w.is_empty()) {
-            for i in pages.iter() {
-                wp[chunk.first + i] = on;
+    /// The hole punch: the pages leave every view.
+    fn drop_pages(&self, m: &SimMemory, first: usize, pages: usize) -> Result<(), RtError> {
+        if let SimMemory::Machine { base } = m {
+            let mut mmu = lock(&self.machine.mmu);
+            for p in first..first + pages {
+                mmu.present[base + p] = false;
             }
         }
+        Ok(())
+    }
+
+    fn write_pages(
+        &self,
+        m: &SimMemory,
+        first: usize,
+        src: Source,
+        src_index: usize,
+        pages: usize,
+    ) -> Result<(), RtError> {
+        for k in 0..pages {
+            self.put(m, first + k, self.value(src, src_index + k));
+        }
+        Ok(())
+    }
+
+    fn open_port(&self, h: SimHandle) -> Result<SimPort, RtError> {
+        match h {
+            SimHandle::Port(p) => Ok(p),
+            SimHandle::Memory => Err(RtError::BadHandle),
+        }
+    }
+
+    fn register(&self, _p: &SimPort, _addr: u64, _len: u64) -> Result<(), RtError> {
+        Ok(())
+    }
+
+    fn unregister(&self, _p: &SimPort, _addr: u64, _len: u64) -> Result<(), RtError> {
+        Ok(())
+    }
+
+    fn write_protect(&self, p: &SimPort, addr: u64, len: u64, on: bool) -> Result<(), RtError> {
+        let mut mmu = lock(&self.machine.mmu);
+        for a in (addr..addr + len).step_by(PAGE as usize) {
+            let m = p.mapping(a).ok_or(RtError::Unmapped)?;
+            let wp = mmu.wp.get_mut(m.wp).ok_or(RtError::Unmapped)?;
+            let page = m.base + ((a - m.start) / PAGE) as usize;
+            *wp.get_mut(page).ok_or(RtError::Unmapped)? = on;
+        }
+        Ok(())
+    }
+
+    /// `UFFDIO_COPY`: each page appears whole; nothing lands through a
+    /// range that is not mapped any more.
+    fn install(
+        &self,
+        p: &SimPort,
+        m: &SimMemory,
+        dst: u64,
+        page: usize,
+        src: Source,
+        src_index: usize,
+        pages: usize,
+    ) -> (usize, Option<RtError>) {
+        for k in 0..pages {
+            if p.mapping(dst + k as u64 * PAGE).is_none() {
+                return (k, Some(RtError::Unmapped));
+            }
+            self.put(m, page + k, self.value(src, src_index + k));
+        }
+        (pages, None)
+    }
+
+    fn wake(&self, _p: &SimPort, _addr: u64, _len: u64) -> Result<(), RtError> {
+        Ok(())
+    }
+
+    fn start_space(&self, _core: &Arc<Core<Self>>, _s: &Arc<Space<Self>>) -> Result<(), RtError> {
+        Ok(()) // the actors deliver faults themselves
+    }
+
+    fn stop_space(&self, _space: &Space<Self>) {}
+
+    fn threads_per_space(&self) -> u64 {
+        5
+    }
+
+    fn pause(&self, why: Pause, attempt: u32) {
+        if why == Pause::FaultRetry && attempt + 1 >= FAULT_RETRIES {
+            panic!("a CPU fault made no progress in {FAULT_RETRIES} tries");
+        }
+        shuttle::thread::yield_now();
     }
 
     fn take_slot(&self) -> usize {
-        let mut free = self.free_slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = lock(&self.free_slots);
         loop {
             if let Some(s) = free.pop() {
                 return s;
@@ -272,102 +267,432 @@ impl SimPager {
         }
     }
 
-    fn put_slot(&self, s: usize) {
-        self.free_slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(s);
+    fn put_slot(&self, slot: usize) {
+        lock(&self.free_slots).push(slot);
         self.slot_free.notify_one();
+    }
+
+    fn gpu_attached(&self) -> bool {
+        self.gpu().is_ok()
+    }
+
+    fn invalidate(
+        &self,
+        m: &SimMemory,
+        object: Handle,
+        first: usize,
+        count: usize,
+        seq: u64,
+    ) -> Result<(), RtError> {
+        let (gpu, notify) = self.gpu()?;
+        let sent = self.machine.tick();
+        let (o, f, n) = (object.raw(), first as u64, count as u64);
+        notify
+            .call(move || gpu.invalidate(o, f, n, seq))
+            .ok_or(RtError::Gpu)?
+            .map_err(|_| RtError::Gpu)?;
+        if let SimMemory::Machine { base } = m {
+            self.machine
+                .note_invalidation_acked(base + first, count, sent);
+        }
+        Ok(())
+    }
+
+    fn migrate_to_ram(
+        &self,
+        object: Handle,
+        first: usize,
+        _count: usize,
+        pages: &PageMask,
+        slot: usize,
+    ) -> Result<PageMask, RtError> {
+        let (gpu, notify) = self.gpu()?;
+        let (o, f, mask) = (object.raw(), first as u64, *pages);
+        let offset = slot as u64 * 512 * PAGE;
+        match notify.call(move || gpu.migrate_to_ram(o, f, &mask, offset)) {
+            Some(Ok(copied)) => Ok(copied),
+            _ => Err(RtError::Gpu),
+        }
+    }
+
+    fn free_pages(
+        &self,
+        object: Handle,
+        first: usize,
+        count: usize,
+        pages: &PageMask,
+    ) -> Result<(), RtError> {
+        let (gpu, notify) = self.gpu()?;
+        let (o, f, n, mask) = (object.raw(), first as u64, count as u64, *pages);
+        match notify.call(move || gpu.free_pages(o, f, n, &mask)) {
+            Some(Ok(_)) => Ok(()),
+            _ => Err(RtError::Gpu),
+        }
+    }
+
+    fn view_gone(&self, view: Handle) {
+        if let Ok((gpu, notify)) = self.gpu() {
+            let v = view.raw();
+            let _ = notify.call(move || gpu.view_gone(v));
+        }
+    }
+
+    fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
+        if let Ok((gpu, notify)) = self.gpu() {
+            let (v, n) = (view.raw(), new_view.raw());
+            let _ = notify.call(move || gpu.view_copied(v, n, from, to));
+        }
     }
 }
 
-impl Backend for SimBackend<'_> {
-    fn migrate_to_ram(
-        &self,
-        chunk: Chunk,
-        pages: &PageMask,
-        _from: &[Residency],
-    ) -> Result<PageMask, BackendError> {
-        let p = self.pager;
-        let (gpu, notify) = p.gpu()?;
-        let object = OBJECT;
-        // Rule 8: the GPU unmaps before the pages change.
-        let seq = p.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        if !p.skip_invalidate {
-            let g = gpu.clone();
-            let (first, count) = (chunk.first as u64, chunk.count as u64);
-            let sent = p.machine.tick();
-            notify
-                .call(move || g.invalidate(object, first, count, seq))
-                .ok_or(BackendError::Gpu)?
-                .map_err(|_| BackendError::Gpu)?;
-            p.machine
-                .note_invalidation_acked(chunk.first, chunk.count, sent);
-        }
-        let slot = p.take_slot();
-        let (g, first, mask) = (gpu.clone(), chunk.first as u64, *pages);
-        let offset = slot as u64 * 512 * PAGE;
-        let copied = notify.call(move || g.migrate_to_ram(object, first, &mask, offset));
-        let result = match copied {
-            Some(Ok(copied)) => {
-                // UFFDIO_COPY from the staging slot: each page appears whole.
-                let mut mmu = p.machine.mmu.lock().unwrap_or_else(|e| e.into_inner());
-                for i in copied.iter() {
-                    let v = p
-                        .machine
-                        .staging_cell(slot, i)
-                        .load(std::sync::atomic::Ordering::Acquire);
-                    p.machine.ram[chunk.first + i].store(v, std::sync::atomic::Ordering::Release);
-                    mmu.present[chunk.first + i] = true;
-                }
-                Ok(copied)
-            }
-            _ => Err(BackendError::Gpu),
+pub type SimCore = Core<SimRuntime>;
+
+/// A CPU view of the victim's: its space and the address of object page 0.
+#[derive(Clone)]
+struct CpuView {
+    space: Arc<Space<SimRuntime>>,
+    base: u64,
+}
+
+/// The pager as the simulation drives it: the core, the victim's session
+/// and the CPU views it has (by their index in the CPU model).
+pub struct SimPager {
+    pub core: Arc<SimCore>,
+    pub victim: Arc<ClientSession<SimRuntime>>,
+    object: Arc<Object<SimRuntime>>,
+    /// The victim's view id (its binding's, for the GPU server).
+    pub view: Handle,
+    views: Mutex<Vec<Option<CpuView>>>,
+    pub gpu: Arc<OnceLock<Arc<GpuCore>>>,
+    pub notify: Arc<OnceLock<Arc<Endpoint>>>,
+}
+
+/// The core's configuration in the simulation: a small arena, and budgets
+/// small enough for the hostile scenarios to reach.
+pub fn sim_config(policy: Policy, skip_invalidate: bool) -> Config {
+    let mut cfg = Config::default();
+    cfg.budget.objects = 4;
+    cfg.budget.object_bytes = 1 << 20;
+    cfg.budget.views = 8;
+    cfg.budget.spaces = 3;
+    cfg.budget.fault_threads = 15;
+    cfg.budget.metadata_bytes = 64 << 10;
+    cfg.max_clients = 3;
+    cfg.arena_bytes = cfg.budget.metadata_bytes * 3 + pager::core::PEER_METADATA;
+    cfg.policy = policy;
+    cfg.skip_invalidate = skip_invalidate;
+    cfg
+}
+
+impl SimPager {
+    pub fn new(machine: Arc<Machine>, policy: Policy, skip_invalidate: bool) -> Self {
+        let gpu = Arc::new(OnceLock::new());
+        let notify = Arc::new(OnceLock::new());
+        let rt = SimRuntime {
+            machine: machine.clone(),
+            next_page: AtomicUsize::new(0),
+            free_slots: Mutex::new((0..STAGING_SLOTS).collect()),
+            slot_free: Condvar::new(),
+            gpu: gpu.clone(),
+            notify: notify.clone(),
         };
-        p.put_slot(slot);
-        result
-    }
-
-    fn zero_fill(&self, chunk: Chunk, pages: &PageMask) -> Result<PageMask, BackendError> {
-        let mut mmu = self
-            .pager
-            .machine
-            .mmu
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for i in pages.iter() {
-            self.pager.machine.ram[chunk.first + i].store(0, std::sync::atomic::Ordering::Release);
-            mmu.present[chunk.first + i] = true;
+        let core = match Core::new(rt, sim_config(policy, skip_invalidate)) {
+            Ok(c) => Arc::new(c),
+            Err(e) => panic!("the simulated pager: {e}"),
+        };
+        let victim = core.client(CLIENT).expect("the victim's session");
+        let port = SimPort::default();
+        let pages = machine.pages as u64;
+        port.map(Mapping {
+            start: VIEW_BASE,
+            end: VIEW_BASE + pages * PAGE,
+            wp: 0,
+            base: 0,
+        });
+        let (object, view) =
+            create_with_view(&core, &victim, pages, VIEW_BASE, port).expect("the victim's view");
+        let object = victim.object(object).expect("the victim's object");
+        let space = victim.view(view).expect("the view").space.clone();
+        Self {
+            core,
+            victim,
+            object,
+            view,
+            views: Mutex::new(vec![Some(CpuView {
+                space,
+                base: VIEW_BASE,
+            })]),
+            gpu,
+            notify,
         }
-        let _ = self.view;
-        Ok(*pages)
     }
 
-    fn protect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
-        self.pager.set_protection(chunk, pages, true);
-        Ok(())
+    /// The victim object's state table.
+    pub fn table(&self) -> &PageTable {
+        &self.object.table
     }
 
-    fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
-        // The hole punch: the page leaves every view; then no protection.
+    /// The victim's id for its object.
+    pub fn object_id(&self) -> Handle {
+        self.object.id
+    }
+
+    /// The id the GPU server knows the victim's object by (0: none).
+    pub fn gpu_object(&self) -> u32 {
+        self.object.gpu_id().map_or(0, |h| h.raw())
+    }
+
+    /// The GPU server's session.
+    pub fn gpu_session(&self) -> Arc<GpuSession<SimRuntime>> {
+        self.core.gpu_session(GPU_SERVER).expect("one GPU server")
+    }
+
+    /// The GPU server opens the victim's view for its binding: the object
+    /// id it knows the object by.
+    pub fn open_for_gpu(&self) -> u32 {
+        gpu_open(&self.core, &self.gpu_session(), CLIENT, self.view)
+            .expect("the victim's view opens")
+    }
+
+    /// Puts `value` in page `p`, in RAM (state SYSTEM, present).
+    pub fn seed_ram(&self, p: usize, value: u64) {
+        let t = self.table();
+        let r = t.try_lock(p).expect("page in range");
+        assert!(r.is_some(), "seeding a page that is busy");
+        self.core.rt.put(&self.object.memory, p, value);
+        t.unlock(p, Residency::System).expect("page in range");
+    }
+
+    fn cpu_view(&self, view: usize) -> CpuView {
+        lock(&self.views)
+            .get(view)
+            .cloned()
+            .flatten()
+            .expect("a CPU view of that number")
+    }
+
+    /// A CPU thread faulted on `page` through `view` (not present).
+    pub fn cpu_fault(&self, view: usize, page: usize) {
+        let v = self.cpu_view(view);
+        self.core
+            .serve_fault(&v.space, v.base + page as u64 * PAGE, false);
+    }
+
+    /// A writer met write protection in `view`.
+    pub fn wp_fault(&self, view: usize, page: usize) {
+        let v = self.cpu_view(view);
+        self.core
+            .serve_fault(&v.space, v.base + page as u64 * PAGE, true);
+    }
+
+    /// `PagerMigrate::Collect` from the GPU server.
+    pub fn collect(&self, c: m::Collect) -> Option<m::Collected> {
+        match self
+            .core
+            .migrate_request(&self.gpu_session(), m::Request::Collect(c))
         {
-            let mut mmu = self
-                .pager
-                .machine
-                .mmu
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for i in pages.iter() {
-                mmu.present[chunk.first + i] = false;
-            }
+            Ok((m::Reply::Collect(c), _)) => Some(c),
+            _ => None,
         }
-        self.pager.set_protection(chunk, pages, false);
-        Ok(())
     }
 
-    fn unprotect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
-        self.pager.set_protection(chunk, pages, false);
-        Ok(())
+    /// `PagerMigrate::Finalize` from the GPU server.
+    pub fn finalize(&self, f: m::Finalize) -> bool {
+        matches!(
+            self.core
+                .migrate_request(&self.gpu_session(), m::Request::Finalize(f)),
+            Ok((m::Reply::Finalize(_), _))
+        )
+    }
+
+    /// `PagerReclaim::Evict`: up to `bytes` of VRAM pages back to RAM.
+    pub fn evict(&self, bytes: u64) -> u64 {
+        self.core.evict(GPU, bytes) * PAGE
+    }
+
+    /// A fork: the child's mappings (and their write protection) are copies
+    /// of `parent`'s, and the core follows the child's space. Returns the
+    /// child view's number.
+    pub fn fork_view(&self, parent: usize) -> usize {
+        let v = self.cpu_view(parent);
+        let _changing = v.space.applying_changes();
+        let child = SimPort::default();
+        let index = {
+            let mut mmu = lock(&self.core.rt.machine.mmu);
+            let wp = mmu.wp[parent].clone();
+            mmu.wp.push(wp);
+            mmu.wp.len() - 1
+        };
+        let pages = self.object.pages() as u64;
+        child.map(Mapping {
+            start: v.base,
+            end: v.base + pages * PAGE,
+            wp: index,
+            base: 0,
+        });
+        let space = self
+            .core
+            .follow_fork(&v.space, child)
+            .expect("the fork is followed");
+        self.set_view(index, space, v.base);
+        index
+    }
+
+    fn set_view(&self, index: usize, space: Arc<Space<SimRuntime>>, base: u64) {
+        let mut views = lock(&self.views);
+        if views.len() <= index {
+            views.resize(index + 1, None);
+        }
+        views[index] = Some(CpuView { space, base });
+    }
+
+    /// The first half of a plain mremap of all of `old` to `to`: the CPU
+    /// mappings (write protection included) move to a new view, the core
+    /// records the moved view and tells the GPU server (`ViewCopied`).
+    /// Returns the new view's number and the move to finish.
+    pub fn move_view(&self, old: usize, to: u64) -> (usize, Move) {
+        let v = self.cpu_view(old);
+        let len = self.object.pages() as u64 * PAGE;
+        let mut notes = Vec::new();
+        let (index, pending) = {
+            let _changing = v.space.applying_changes();
+            let index = {
+                let mut mmu = lock(&self.core.rt.machine.mmu);
+                let wp = std::mem::take(&mut mmu.wp[old]);
+                mmu.wp.push(wp);
+                mmu.wp.len() - 1
+            };
+            v.space.port.unmap(v.base, v.base + len);
+            v.space.port.map(Mapping {
+                start: to,
+                end: to + len,
+                wp: index,
+                base: 0,
+            });
+            let pending = self
+                .core
+                .follow_remap(&v.space, v.base, to, len, &mut notes);
+            (index, pending)
+        };
+        self.core.send_notes(&mut notes);
+        self.set_view(index, v.space.clone(), to);
+        let m = Move {
+            space: v.space,
+            from: v.base,
+            len,
+            pending,
+        };
+        (index, m)
+    }
+
+    /// The second half: the old range's unmap ends the old view
+    /// (`ViewGone`); the client's id names the moved view from then on.
+    pub fn finish_move(&self, m: Move) {
+        let mut notes = Vec::new();
+        {
+            let _changing = m.space.applying_changes();
+            self.core.follow_unmap(
+                &m.space,
+                m.from,
+                m.from + m.len,
+                Some(m.pending),
+                &mut notes,
+            );
+        }
+        self.core.send_notes(&mut notes);
+    }
+
+    /// Moves the locked DEVICE pages `held` of `chunk` back to RAM through
+    /// view 0 (the negative checks drive their own locking with it).
+    pub fn migrate_locked(&self, chunk: Chunk, held: &PageMask, from: &[Residency]) -> PageMask {
+        let v = self.victim.view(self.view);
+        CoreBackend::new(&self.core, &self.object, v.as_deref())
+            .migrate_to_ram(chunk, held, from)
+            .unwrap_or(PageMask::EMPTY)
+    }
+}
+
+/// A move between its remap and its unmap.
+pub struct Move {
+    space: Arc<Space<SimRuntime>>,
+    from: u64,
+    len: u64,
+    pending: PendingMove<SimRuntime>,
+}
+
+/// Creates an object of `pages` pages for `s`; returns the client's id.
+pub fn create(
+    core: &Arc<SimCore>,
+    s: &Arc<ClientSession<SimRuntime>>,
+    pages: u64,
+) -> Result<Handle, p::PagerError> {
+    let create = p::Request::CreateObject(p::CreateObject {
+        size_bytes: pages * PAGE,
+    });
+    match core.pager_request(s, create, vec![])? {
+        (p::Reply::CreateObject(o), _) => Ok(Handle::from_raw(o.object.get())),
+        _ => Err(p::PagerError::Host),
+    }
+}
+
+/// Attaches a view of the first `pages` pages of `object` at `addr`
+/// through `port`; returns the client's view id.
+pub fn attach(
+    core: &Arc<SimCore>,
+    s: &Arc<ClientSession<SimRuntime>>,
+    object: Handle,
+    addr: u64,
+    pages: u64,
+    port: SimPort,
+) -> Result<Handle, p::PagerError> {
+    let attach = p::Request::AttachView(p::AttachView {
+        object: object_id(object),
+        addr,
+        object_first_page: 0,
+        pages,
+    });
+    match core.pager_request(s, attach, vec![SimHandle::Port(port)])? {
+        (p::Reply::AttachView(v), _) => Ok(Handle::from_raw(v.view.get())),
+        _ => Err(p::PagerError::Host),
+    }
+}
+
+/// Creates an object of `pages` pages for `s` with a view at `addr`
+/// through `port`; returns the client's object and view ids.
+pub fn create_with_view(
+    core: &Arc<SimCore>,
+    s: &Arc<ClientSession<SimRuntime>>,
+    pages: u64,
+    addr: u64,
+    port: SimPort,
+) -> Result<(Handle, Handle), p::PagerError> {
+    let object = create(core, s, pages)?;
+    Ok((object, attach(core, s, object, addr, pages, port)?))
+}
+
+/// The machine page of page 0 of an object, if the GPU can reach it.
+pub fn machine_base(o: &Object<SimRuntime>) -> Option<usize> {
+    match o.memory {
+        SimMemory::Machine { base } => Some(base),
+        SimMemory::Own(_) => None,
+    }
+}
+
+/// The GPU server opens client `client`'s `view`: the id it knows the
+/// object by.
+pub fn gpu_open(
+    core: &SimCore,
+    g: &GpuSession<SimRuntime>,
+    client: u64,
+    view: Handle,
+) -> Result<u32, m::MigrateError> {
+    let req = m::Request::OpenView(m::OpenView {
+        view: ViewId::raw(view.raw()),
+        client,
+    });
+    match core.migrate_request(g, req)? {
+        (m::Reply::OpenView(o), _) => Ok(o.object.get()),
+        _ => Err(m::MigrateError::Host),
     }
 }
 
@@ -381,4 +706,14 @@ pub fn where_is(table: &PageTable, p: usize) -> (bool, Option<u64>) {
             _ => None,
         },
     )
+}
+
+/// The CPU model of `machine` (the hostile scenarios add views to it).
+pub fn lock_mmu(machine: &Machine) -> pager::sync::MutexGuard<'_, crate::machine::Mmu> {
+    lock(&machine.mmu)
+}
+
+/// An object id as the wire carries it.
+pub fn object_id(h: Handle) -> ObjectId {
+    ObjectId::raw(h.raw())
 }

@@ -39,6 +39,9 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "failing_copies", about: "the copy engine fails one copy in four while GPU and CPU race", run: failing_copies },
         Scenario { name: "mm_server_dies", about: "mm-server dies in the middle of eviction and GPU faults wait on it", run: mm_server_dies },
     ]
+    .into_iter()
+    .chain(crate::hostile::all())
+    .collect()
 }
 
 fn world(cfg: WorldConfig) -> Arc<World> {

@@ -13,19 +13,16 @@ use xe_svm::server::Inner;
 
 use crate::machine::{GpuAccess, Machine, PAGE, STAGING_BASE, STAGING_SLOTS, SYS_BASE};
 use crate::net::Endpoint;
-use crate::pager::{where_is, SimPager, OBJECT};
+use crate::pager::{where_is, SimPager};
 use crate::platform::{Mm, SimPlatform, SimWorlds};
 use crate::GpuCore;
 
 /// Where the view is bound in the GPU VM at first (GPU address = the
 /// view's CPU address, DESIGN.md 2).
-pub const GPU_BASE: u64 = 0x1000_0000;
+pub const GPU_BASE: u64 = crate::pager::VIEW_BASE;
 /// Where a moved view lands.
 pub const MOVED_BASE: u64 = 0x2000_0000;
-const CLIENT: u64 = 100;
-/// The view id the pager gave the bound view, and the one its move gets.
-const VIEW: u32 = 1;
-const MOVED_VIEW: u32 = 2;
+const CLIENT: u64 = crate::pager::CLIENT;
 /// A GPU access that faults this many times in a row made no progress.
 pub const GPU_FAULT_RETRIES: u32 = 200;
 
@@ -40,6 +37,8 @@ pub struct WorldConfig {
     pub broker: Option<u64>,
     /// A VRAM filler that leaves this many pages free, without a broker.
     pub free_vram: Option<u64>,
+    /// System pages for other clients' objects (the hostile scenarios).
+    pub spare_pages: usize,
 }
 
 impl Default for WorldConfig {
@@ -51,6 +50,7 @@ impl Default for WorldConfig {
             fail_copy_one_in: 0,
             broker: None,
             free_vram: None,
+            spare_pages: 0,
         }
     }
 }
@@ -73,7 +73,11 @@ pub struct World {
 
 impl World {
     pub fn new(cfg: &WorldConfig) -> Self {
-        let machine = Arc::new(Machine::new(cfg.pages, cfg.fail_copy_one_in));
+        let machine = Arc::new(Machine::with_spare(
+            cfg.pages,
+            cfg.spare_pages,
+            cfg.fail_copy_one_in,
+        ));
         let pager = Arc::new(SimPager::new(
             machine.clone(),
             cfg.policy,
@@ -119,8 +123,11 @@ impl World {
         }
         gpu.attach_staging(STAGING_BASE, STAGING_SLOTS as u64 * 512 * PAGE);
         let vm = gpu.create_vm(CLIENT).expect("a VM");
-        gpu.add_object(OBJECT, 0, SYS_BASE, None, cfg.pages as u64);
-        gpu.bind(CLIENT, vm, VIEW, OBJECT, 0, cfg.pages as u64, GPU_BASE)
+        // The GPU server knows the object by the id its pager session gave.
+        let object = pager.open_for_gpu();
+        gpu.add_object(object, 0, SYS_BASE, None, cfg.pages as u64);
+        let view = pager.view.raw();
+        gpu.bind(CLIENT, vm, view, object, 0, cfg.pages as u64, GPU_BASE)
             .expect("binding the view");
         let mut filler = Vec::new();
         if let Some(free) = cfg.broker.or(cfg.free_vram) {
@@ -194,7 +201,7 @@ impl World {
     pub fn gpu_access(&self, p: usize, add: u64) -> bool {
         for _ in 0..GPU_FAULT_RETRIES {
             let va = self.gpu_base.load(StdOrdering::Acquire) + p as u64 * PAGE;
-            let table = &self.pager.table;
+            let table = self.pager.table();
             let vram = &self.gpu.vram;
             match self.machine.gpu_access(
                 self.vm,
@@ -233,25 +240,15 @@ impl World {
     }
 
     /// The whole view moves (a plain mremap), as the host's pager follows
-    /// it: the CPU mappings move and the pager records the new view; the
-    /// GPU server gives the binding a twin at the new address
-    /// (`ViewCopied`) before the client learns the new address (its mremap
-    /// returns); then the old view ends (`ViewGone`).
+    /// it: the CPU mappings move and the pager records the new view and
+    /// tells the GPU server, which gives the binding a twin at the new
+    /// address (`ViewCopied`), before the client learns the new address
+    /// (its mremap returns); then the old range's unmap ends the old view
+    /// (`ViewGone`).
     pub fn move_view(&self, view: usize) -> usize {
-        let new = self.pager.move_view(view);
-        let from = self.gpu_base.load(StdOrdering::Acquire);
-        let notify = self.endpoints[1].clone();
-        let gpu = self.gpu.clone();
-        notify
-            .call(move || gpu.view_copied(VIEW, MOVED_VIEW, from, MOVED_BASE))
-            .expect("the GPU server answers")
-            .expect("the binding follows");
+        let (new, pending) = self.pager.move_view(view, MOVED_BASE);
         self.gpu_base.store(MOVED_BASE, StdOrdering::Release);
-        let gpu = self.gpu.clone();
-        notify
-            .call(move || gpu.view_gone(VIEW))
-            .expect("the GPU server answers")
-            .expect("the old binding goes");
+        self.pager.finish_move(pending);
         new
     }
 
@@ -270,7 +267,7 @@ impl World {
         for h in std::mem::take(&mut self.servers) {
             h.join().expect("a server thread panicked");
         }
-        let table = &self.pager.table;
+        let table = self.pager.table();
         let mut in_vram = 0;
         for p in 0..self.machine.pages {
             let i = table.info(p).expect("page in range");

@@ -166,6 +166,22 @@ impl Handler<Pager> for ConformancePager {
                 let states = BoundedVec::new(states).ok_or(PagerError::OutOfRange)?;
                 Ok((Reply::Snapshot(PageStates { states }), vec![]))
             }),
+            Request::Accounting(_) => {
+                let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+                Ok((
+                    Reply::Accounting(PagerTotals {
+                        sessions: 0,
+                        objects: objects.len() as u64,
+                        object_bytes: objects.values().map(|o| o.size).sum(),
+                        views: 0,
+                        spaces: 0,
+                        fault_threads: 0,
+                        arena_bytes: 0,
+                        collects: 0,
+                    }),
+                    vec![],
+                ))
+            }
         }
     }
 }

@@ -80,6 +80,28 @@ wire_struct!(
 wire_struct!(
     pub struct Done {}
 );
+wire_struct!(
+    /// Server-wide totals of what every session holds now (the hostile
+    /// harness checks they come back to zero after a client exits).
+    pub struct Accounting {}
+);
+wire_struct!(
+    /// Totals over every live session: client sessions and peer sessions
+    /// (the GPU server's `PagerMigrate`), objects and their bytes, views,
+    /// address spaces and their fault threads (counted until the threads
+    /// exit), metadata arena bytes in use, and collects the GPU server has
+    /// not finalized yet.
+    pub struct PagerTotals {
+        pub sessions: u64,
+        pub objects: u64,
+        pub object_bytes: u64,
+        pub views: u64,
+        pub spaces: u64,
+        pub fault_threads: u64,
+        pub arena_bytes: u64,
+        pub collects: u64,
+    }
+);
 
 interface! {
     /// The pager's client interface.
@@ -105,6 +127,9 @@ interface! {
         Host = 9,
         /// The operation is not implemented by this pager yet.
         NotSupported = 10,
+        /// The caller's budget for this resource is used up (objects,
+        /// object bytes, views, address spaces, fault threads, metadata).
+        OverBudget = 11,
     }
     calls {
         1 => CreateObject [0] -> ObjectCreated [1] needs OBJECT;
@@ -114,6 +139,7 @@ interface! {
         5 => Advise [0] -> Done [0] needs ADVISE, idempotent;
         6 => Prefetch [0] -> Prefetched [0] needs ADVISE;
         7 => Snapshot [0] -> PageStates [0] needs SNAPSHOT, idempotent;
+        8 => Accounting [0] -> PagerTotals [0] needs SNAPSHOT, idempotent;
     }
     notifications {}
 }

@@ -92,6 +92,8 @@ interface! {
         /// The view belongs to another client.
         NotOwner = 5,
         Host = 6,
+        /// Too many collects of this GPU server await their finalize.
+        OverBudget = 7,
     }
     calls {
         1 => OpenView [0] -> ViewOpened [1] needs MIGRATE, idempotent;

@@ -1,144 +1,217 @@
 //! The pager process. Endpoints inherited from `init`: `--client-fd`
-//! (`Pager`, one per client, each followed by its `--client-badge`), `--migrate-fd` (`PagerMigrate`, served to the GPU
-//! server), `--notify-fd` (our `GpuNotify` client), `--reclaim-fd`
-//! (`PagerReclaim`, served to mm-server). Stdin is init's lifeline.
+//! (`Pager`, one per client, each followed by its `--client-badge`),
+//! `--migrate-fd` (`PagerMigrate`, served to the GPU server), `--notify-fd`
+//! (our `GpuNotify` client), `--reclaim-fd` (`PagerReclaim`, served to
+//! mm-server). Budgets from the manifest: `--budget name=value,...` per
+//! client, `--arena-mib` for the metadata arena. Stdin is init's lifeline.
 
-use std::io::Read;
-use std::sync::Arc;
-
-use clap::Parser;
-use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::{
-    pager::Pager, pager_migrate::PagerMigrate, pager_reclaim::PagerReclaim,
-};
-use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
-use ipc_protocol::{Capability, Rights};
-use pager::host::{Config, PagerServer};
-
-#[derive(Parser)]
-#[command(about = "xe-svm address-space pager")]
-struct Args {
-    /// A client's endpoint; repeated, one per client.
-    #[arg(long, required = true)]
-    client_fd: Vec<i32>,
-    /// The badge of each `--client-fd`, in the same order (the same number
-    /// the client has in every server).
-    #[arg(long)]
-    client_badge: Vec<u64>,
-    #[arg(long)]
-    migrate_fd: i32,
-    #[arg(long)]
-    notify_fd: i32,
-    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
-    #[arg(long, default_value_t = (Rights::OBJECT.union(Rights::VIEW).union(Rights::ADVISE).union(Rights::SNAPSHOT)).bits())]
-    client_rights: u32,
-    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
-    #[arg(long, default_value_t = Rights::MIGRATE.bits())]
-    migrate_rights: u32,
-
-    /// `PagerReclaim`, served to mm-server.
-    #[arg(long)]
-    reclaim_fd: Option<i32>,
-    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
-    #[arg(long, default_value_t = Rights::RECLAIM.bits())]
-    reclaim_rights: u32,
-
-    /// Fault workers per address space (client userfaultfd); one more thread reads its events.
-    #[arg(long, default_value_t = 4)]
-    threads_per_view: usize,
-    /// One more endpoint for the conformance suite, `INTERFACE:FD:BADGE:RIGHTS`
-    /// (`Pager`, `PagerMigrate` or `PagerReclaim`); init adds these only for
-    /// `svm conformance ipc --system`. Repeated.
-    #[arg(long)]
-    extra_endpoint: Vec<ExtraEndpoint>,
-
-    /// Test only: break rule 8 (no invalidation before migrating back).
-    #[arg(long, hide = true)]
-    unsafe_skip_invalidate: bool,    /// How many times init has started this server (1 at boot). Not yet
-    /// restartable (`init/src/manifest.rs`, `RESTARTABLE`): it rebuilds
-    /// nothing after a restart, so init reports its death instead.
-    #[arg(long, default_value_t = 1)]
-    generation: u32,
-}
-
-fn endpoint(fd: i32) -> Arc<dyn Transport> {
-    // SAFETY: init passed this descriptor to us and nothing else owns it.
-    Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
-}
-
+// The explorer's build of the pager crate (feature `shuttle`) has no host
+// runtime; its binary only says so.
+#[cfg(feature = "shuttle")]
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let a = Args::parse();
-    let cfg = Config {
-        threads_per_view: a.threads_per_view,
-        skip_invalidate: a.unsafe_skip_invalidate,
-        ..Config::default()
+    eprintln!("pager: this build is for the schedule explorer (feature shuttle), not a server");
+    std::process::exit(2);
+}
+
+#[cfg(not(feature = "shuttle"))]
+fn main() {
+    server::main();
+}
+
+#[cfg(not(feature = "shuttle"))]
+mod server {
+    use std::io::Read;
+    use std::sync::Arc;
+
+    use clap::Parser;
+    use ipc_protocol::client::Client;
+    use ipc_protocol::interfaces::{
+        pager::Pager, pager_migrate::PagerMigrate, pager_reclaim::PagerReclaim,
     };
-    let server = match PagerServer::new(cfg) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("pager: {e}");
-            std::process::exit(2);
+    use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
+    use ipc_protocol::{Capability, Rights};
+    use pager::core::budget::PagerBudget;
+    use pager::core::PEER_METADATA;
+    use pager::host::{Config, PagerServer};
+
+    #[derive(Parser)]
+    #[command(about = "xe-svm address-space pager")]
+    struct Args {
+        /// A client's endpoint; repeated, one per client.
+        #[arg(long, required = true)]
+        client_fd: Vec<i32>,
+        /// The badge of each `--client-fd`, in the same order (the same number
+        /// the client has in every server).
+        #[arg(long)]
+        client_badge: Vec<u64>,
+        #[arg(long)]
+        migrate_fd: i32,
+        #[arg(long)]
+        notify_fd: i32,
+        /// Rights granted to that endpoint's badge (bits of
+        /// `ipc_protocol::Rights`; from init's manifest).
+        #[arg(long, default_value_t = CLIENT_RIGHTS.bits())]
+        client_rights: u32,
+        /// Rights granted to that endpoint's badge (bits of
+        /// `ipc_protocol::Rights`; from init's manifest).
+        #[arg(long, default_value_t = Rights::MIGRATE.bits())]
+        migrate_rights: u32,
+
+        /// `PagerReclaim`, served to mm-server.
+        #[arg(long)]
+        reclaim_fd: Option<i32>,
+        /// Rights granted to that endpoint's badge (bits of
+        /// `ipc_protocol::Rights`; from init's manifest).
+        #[arg(long, default_value_t = Rights::RECLAIM.bits())]
+        reclaim_rights: u32,
+
+        /// Fault workers per address space (client userfaultfd); one more
+        /// thread reads its events.
+        #[arg(long, default_value_t = 4)]
+        threads_per_view: usize,
+        /// What each client may make the pager hold: `name=value,...` over the
+        /// defaults (see the README's budget table; K, M, G suffixes).
+        #[arg(long, default_value = "")]
+        budget: String,
+        /// The metadata arena in MiB (default: every client at its metadata
+        /// budget, plus the peers').
+        #[arg(long)]
+        arena_mib: Option<u64>,
+        /// One more endpoint for the conformance suite,
+        /// `INTERFACE:FD:BADGE:RIGHTS` (`Pager`, `PagerMigrate` or
+        /// `PagerReclaim`); init adds these only for `svm conformance ipc
+        /// --system`. Repeated.
+        #[arg(long)]
+        extra_endpoint: Vec<ExtraEndpoint>,
+        /// How many times init has started this server (1 at boot). Not yet
+        /// restartable (`init/src/manifest.rs`, `RESTARTABLE`).
+        #[arg(long, default_value_t = 1)]
+        generation: u32,
+        /// Test only: break rule 8 (no invalidation before migrating back).
+        #[arg(long, hide = true)]
+        unsafe_skip_invalidate: bool,
+    }
+
+    /// What a client's badge may do by default.
+    const CLIENT_RIGHTS: Rights = Rights::OBJECT
+        .union(Rights::VIEW)
+        .union(Rights::ADVISE)
+        .union(Rights::SNAPSHOT);
+
+    fn endpoint(fd: i32) -> Arc<dyn Transport> {
+        // SAFETY: init passed this descriptor to us and nothing else owns it.
+        Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
+    }
+
+    /// The configuration the flags ask for; a bad flag is a one-line error.
+    fn config(a: &Args) -> Result<Config, String> {
+        let mut budget = PagerBudget::default();
+        budget
+            .apply(&a.budget)
+            .map_err(|e| format!("--budget {:?}: {e:?}", a.budget))?;
+        let clients = a.client_fd.len().max(1);
+        let arena_bytes = match a.arena_mib {
+            Some(mib) => mib
+                .checked_mul(1 << 20)
+                .ok_or_else(|| format!("--arena-mib {mib}: too large"))?,
+            None => budget
+                .arena_bytes_needed(clients, PEER_METADATA)
+                .ok_or("--budget: metadata_bytes times the clients overflows")?,
+        };
+        let mut cfg = Config {
+            threads_per_view: a.threads_per_view.clamp(1, 64),
+            ..Config::default()
+        };
+        cfg.core.budget = budget;
+        cfg.core.max_clients = clients;
+        cfg.core.arena_bytes = arena_bytes;
+        cfg.core.skip_invalidate = a.unsafe_skip_invalidate;
+        Ok(cfg)
+    }
+
+    /// The conformance suite's endpoints (`--extra-endpoint`).
+    fn serve_extra(extra: &[ExtraEndpoint], server: &Arc<PagerServer>) {
+        for e in extra {
+            let cap = Capability::new(e.badge, e.rights);
+            let label = format!("pager-extra{}", e.badge);
+            let (t, s) = (endpoint(e.fd), server.clone());
+            match e.interface.as_str() {
+                "Pager" => ipc_protocol::server::spawn::<Pager, _>(&label, t, cap, s, 2),
+                "PagerMigrate" => {
+                    ipc_protocol::server::spawn::<PagerMigrate, _>(&label, t, cap, s, 2)
+                }
+                "PagerReclaim" => {
+                    ipc_protocol::server::spawn::<PagerReclaim, _>(&label, t, cap, s, 2)
+                }
+                other => {
+                    eprintln!("pager: --extra-endpoint {e}: the pager does not serve {other}");
+                    std::process::exit(2);
+                }
+            };
         }
-    };
-    // Serve the GPU server's migrations before anything else can fault.
-    ipc_protocol::server::spawn::<PagerMigrate, _>(
-        "pager-migrate",
-        endpoint(a.migrate_fd),
-        Capability::new(1, Rights::from_bits_truncate(a.migrate_rights)),
-        server.clone(),
-        4,
-    );
-    if let Err(e) = server.attach_gpu(Client::new(endpoint(a.notify_fd))) {
-        eprintln!("pager: attaching the GPU server: {e}");
-        std::process::exit(2);
     }
-    if let Some(fd) = a.reclaim_fd {
-        let rights = Rights::from_bits_truncate(a.reclaim_rights);
-        ipc_protocol::server::spawn::<PagerReclaim, _>(
-            "pager-reclaim",
-            endpoint(fd),
-            Capability::new(3, rights),
-            server.clone(),
-            2,
-        );
-    }
-    if a.client_badge.len() != a.client_fd.len() {
-        eprintln!(
-            "pager: {} --client-fd but {} --client-badge",
-            a.client_fd.len(),
-            a.client_badge.len()
-        );
-        std::process::exit(2);
-    }
-    let rights = Rights::from_bits_truncate(a.client_rights);
-    for (fd, badge) in a.client_fd.iter().zip(&a.client_badge) {
-        ipc_protocol::server::spawn::<Pager, _>(
-            &format!("pager-client{badge}"),
-            endpoint(*fd),
-            Capability::new(*badge, rights),
-            server.clone(),
-            4,
-        );
-    }
-    for e in &a.extra_endpoint {
-        let (cap, label) = (
-            Capability::new(e.badge, e.rights),
-            format!("pager-extra{}", e.badge),
-        );
-        let (t, s) = (endpoint(e.fd), server.clone());
-        match e.interface.as_str() {
-            "Pager" => ipc_protocol::server::spawn::<Pager, _>(&label, t, cap, s, 2),
-            "PagerMigrate" => ipc_protocol::server::spawn::<PagerMigrate, _>(&label, t, cap, s, 2),
-            "PagerReclaim" => ipc_protocol::server::spawn::<PagerReclaim, _>(&label, t, cap, s, 2),
-            other => {
-                eprintln!("pager: --extra-endpoint {e}: the pager does not serve {other}");
+
+    pub fn main() {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+        let a = Args::parse();
+        let cfg = match config(&a) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("pager: {e}");
                 std::process::exit(2);
             }
         };
+        let server = match PagerServer::new(cfg) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("pager: {e}");
+                std::process::exit(2);
+            }
+        };
+        // Serve the GPU server's migrations before anything else can fault.
+        ipc_protocol::server::spawn::<PagerMigrate, _>(
+            "pager-migrate",
+            endpoint(a.migrate_fd),
+            Capability::new(1, Rights::from_bits_truncate(a.migrate_rights)),
+            server.clone(),
+            4,
+        );
+        if let Err(e) = server.attach_gpu(Client::new(endpoint(a.notify_fd))) {
+            eprintln!("pager: attaching the GPU server: {e}");
+            std::process::exit(2);
+        }
+        if let Some(fd) = a.reclaim_fd {
+            let rights = Rights::from_bits_truncate(a.reclaim_rights);
+            ipc_protocol::server::spawn::<PagerReclaim, _>(
+                "pager-reclaim",
+                endpoint(fd),
+                Capability::new(3, rights),
+                server.clone(),
+                2,
+            );
+        }
+        if a.client_badge.len() != a.client_fd.len() {
+            eprintln!(
+                "pager: {} --client-fd but {} --client-badge",
+                a.client_fd.len(),
+                a.client_badge.len()
+            );
+            std::process::exit(2);
+        }
+        let rights = Rights::from_bits_truncate(a.client_rights);
+        for (fd, badge) in a.client_fd.iter().zip(&a.client_badge) {
+            ipc_protocol::server::spawn::<Pager, _>(
+                &format!("pager-client{badge}"),
+                endpoint(*fd),
+                Capability::new(*badge, rights),
+                server.clone(),
+                4,
+            );
+        }
+        serve_extra(&a.extra_endpoint, &server);
+        println!("pager: serving");
+        let mut buf = [0u8; 1];
+        let _ = std::io::stdin().read(&mut buf);
+        log::info!("pager: init closed the lifeline; stopping");
     }
-    println!("pager: serving");
-    let mut buf = [0u8; 1];
-    let _ = std::io::stdin().read(&mut buf);
-    log::info!("pager: init closed the lifeline; stopping");
 }

@@ -213,6 +213,22 @@ impl Uffd {
         !matches!(poll(&mut fds, Some(&ts)), Ok(0) | Err(Errno::INTR))
     }
 
+    /// Waits up to `timeout` for events, or until `wake` is readable;
+    /// `true` when events may be there.
+    pub fn wait_readable_or(&self, wake: &impl AsFd, timeout: Duration) -> bool {
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut fds = [
+            PollFd::new(&self.fd, PollFlags::IN),
+            PollFd::new(wake, PollFlags::IN),
+        ];
+        // An error here (other than EINTR) shows up again in the read.
+        let r = poll(&mut fds, Some(&ts));
+        !matches!(r, Ok(0) | Err(Errno::INTR)) && !fds[0].revents().is_empty()
+    }
+
     /// Reads the next event, if one is queued, without waiting (the
     /// descriptor is non-blocking, DESIGN.md 8). One at a time: the kernel
     /// completes a view-change event when it is read, and the pager must

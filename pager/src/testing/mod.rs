@@ -1,6 +1,11 @@
-//! A [`Backend`] that models the data of every page, for tests and the
-//! schedule explorer: each page has a RAM copy and a VRAM copy, and every
-//! move is counted per page so a test can check "each page moved once".
+//! Test doubles for the core, for tests and the schedule explorer:
+//! - [`ModelBackend`], a [`Backend`] that models the data of every page:
+//!   each page has a RAM copy and a VRAM copy, and every move is counted
+//!   per page so a test can check "each page moved once";
+//! - [`runtime::ModelRuntime`], a whole runtime under the session core
+//!   (memory, address spaces and a GPU server, all in memory).
+
+pub mod runtime;
 
 use ipc_protocol::types::PageMask;
 

@@ -1,0 +1,349 @@
+//! The migration protocols' side effects (`crate::migrate::Backend`) over
+//! the runtime, for one object (DESIGN.md 8 on the host).
+//!
+//! - A page becomes visible to a view only complete: data comes in through
+//!   [`Runtime::install`] from a complete source (a staging slot the GPU
+//!   server copied VRAM into, or zeros), through the faulting view.
+//! - Data the GPU copied out of VRAM always lands in the object: through
+//!   the faulting view, else another view, else straight into the object.
+//! - To VRAM: collect write-protects the pages in every view (writers
+//!   block in the pager, readers go on) while holding off view changes of
+//!   those views' spaces (the guard in `host/space.rs`); finalize drops the
+//!   RAM copies from every view and clears the protection, so blocked
+//!   writers retry and fault on a DEVICE page.
+
+use ipc_protocol::types::PageMask;
+
+use super::object::Object;
+use super::runtime::{Pause, RtError, Runtime, Source};
+use super::view::{View, PAGE};
+use super::Core;
+use crate::migrate::{Backend, BackendError, Chunk};
+use crate::state::Residency;
+use crate::sync::{Arc, Ordering};
+
+/// Runs of consecutive set bits of `mask` within `chunk`: (first index, length).
+pub fn runs(chunk: Chunk, mask: &PageMask) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chunk.count {
+        if mask.get(i) {
+            let start = i;
+            while i < chunk.count && mask.get(i) {
+                i += 1;
+            }
+            out.push((start, i - start));
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Gives up a write-protect pass that keeps meeting view changes after
+/// this many tries; the collect is abandoned and the GPU fault retried.
+const PROTECT_TRIES: u32 = 1000;
+
+fn rt_error(e: RtError) -> BackendError {
+    match e {
+        RtError::Gpu => BackendError::Gpu,
+        RtError::Host(n) => BackendError::Host(n),
+        _ => BackendError::Host(0),
+    }
+}
+
+pub struct CoreBackend<'a, R: Runtime> {
+    pub core: &'a Core<R>,
+    pub object: &'a Object<R>,
+    /// The view that faulted (where pages are installed first).
+    pub view: Option<&'a View<R>>,
+}
+
+impl<'a, R: Runtime> CoreBackend<'a, R> {
+    pub fn new(core: &'a Core<R>, object: &'a Object<R>, view: Option<&'a View<R>>) -> Self {
+        Self { core, object, view }
+    }
+
+    /// The pages of `mask` the faulting view maps (every page when there is
+    /// no faulting view: eviction installs through any view or the object).
+    fn in_view(&self, chunk: Chunk, mask: &PageMask) -> PageMask {
+        let Some(v) = self.view else { return *mask };
+        let mut m = PageMask::EMPTY;
+        for (i, p) in chunk.pages() {
+            if mask.get(i) && v.address_of(p).is_some() {
+                m.set(i);
+            }
+        }
+        m
+    }
+
+    /// Installs the pages of `mask` (all mapped by `view`) from `src`
+    /// through `view`; returns the pages now present there. A page already
+    /// present counts as installed; a view whose range is gone installs
+    /// nothing more.
+    fn install_via(&self, view: &View<R>, chunk: Chunk, mask: &PageMask, src: Source) -> PageMask {
+        let rt = &self.core.rt;
+        let mut done = PageMask::EMPTY;
+        for (start, len) in runs(chunk, mask) {
+            let mut i = start;
+            while i < start + len {
+                let Some(dst) = view.address_of(chunk.first + i) else {
+                    break;
+                };
+                let (n, stop) = rt.install(
+                    &view.space.port,
+                    &self.object.memory,
+                    dst,
+                    chunk.first + i,
+                    src,
+                    i,
+                    start + len - i,
+                );
+                for k in i..i + n {
+                    done.set(k);
+                }
+                i += n;
+                match stop {
+                    None => {}
+                    Some(RtError::Exists) => {
+                        // Present already (put there behind the pager's
+                        // back, e.g. written through the client's memfd).
+                        log::warn!(
+                            "pager: object {:#x} page {} was already present in view {:#x}",
+                            self.object.id.raw(),
+                            chunk.first + i,
+                            view.id.raw()
+                        );
+                        done.set(i);
+                        i += 1;
+                    }
+                    Some(e) => {
+                        if !self.address_space_gone(view, e) {
+                            log::debug!(
+                                "pager: installing through view {:#x} at {dst:#x}: {e:?}",
+                                view.id.raw()
+                            );
+                        }
+                        return done;
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    /// Installs `mask` through the faulting view, then what is left
+    /// through the object's other views, then straight into the object:
+    /// data copied out of VRAM is never dropped.
+    fn install(
+        &self,
+        chunk: Chunk,
+        mask: &PageMask,
+        src: Source,
+    ) -> Result<PageMask, BackendError> {
+        let mut done = match self.view {
+            Some(v) => self.install_via(v, chunk, mask, src),
+            None => PageMask::EMPTY,
+        };
+        for view in self.object.views() {
+            let rest = mask.and_not(&done);
+            if rest.is_empty() {
+                return Ok(done);
+            }
+            if self.view.is_some_and(|v| core::ptr::eq(v, &*view)) {
+                continue;
+            }
+            let mut reachable = PageMask::EMPTY;
+            for i in rest.iter() {
+                if view.address_of(chunk.first + i).is_some() {
+                    reachable.set(i);
+                }
+            }
+            done = done.or(&self.install_via(&view, chunk, &reachable, src));
+        }
+        for (start, len) in runs(chunk, &mask.and_not(&done)) {
+            self.core
+                .rt
+                .write_pages(&self.object.memory, chunk.first + start, src, start, len)
+                .map_err(rt_error)?;
+            for i in start..start + len {
+                done.set(i);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Applies `f(view, address, bytes)` to every run of `mask` in each of
+    /// `views`. A view whose process is gone is retired and skipped;
+    /// `skip_unmapped` also skips views whose range is no longer mapped
+    /// (their unmap event is on its way).
+    fn each_view_run(
+        &self,
+        views: &[Arc<View<R>>],
+        chunk: Chunk,
+        mask: &PageMask,
+        skip_unmapped: bool,
+        f: impl Fn(&View<R>, u64, u64) -> Result<(), RtError>,
+    ) -> Result<(), RtError> {
+        for view in views {
+            for (start, len) in runs(chunk, mask) {
+                // Clip the run to the pages this view maps.
+                let first = (chunk.first + start).max(view.first_page);
+                let last = (chunk.first + start + len).min(view.first_page + view.pages);
+                if first >= last {
+                    continue;
+                }
+                let Some(addr) = view.address_of(first) else {
+                    continue;
+                };
+                match f(view, addr, (last - first) as u64 * PAGE) {
+                    Ok(()) => {}
+                    Err(e) if self.address_space_gone(view, e) => break,
+                    Err(RtError::Unmapped) if skip_unmapped => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `e` says the view's process is gone (a forked child that
+    /// exited without unmapping). Its space is retired on the spot; the
+    /// pages are still the object's.
+    fn address_space_gone(&self, view: &View<R>, e: RtError) -> bool {
+        if e != RtError::Gone {
+            return false;
+        }
+        log::info!(
+            "pager: space {} (view {:#x}) belongs to a process that is gone; retiring it",
+            view.space.id,
+            view.id.raw()
+        );
+        self.core.space_gone(&view.space);
+        true
+    }
+}
+
+/// The distinct spaces of `views`, by id (the order guards are taken in).
+fn spaces_of<R: Runtime>(views: &[Arc<View<R>>]) -> Vec<Arc<super::view::Space<R>>> {
+    let mut s: Vec<Arc<super::view::Space<R>>> = Vec::new();
+    for v in views {
+        if !s.iter().any(|x| x.id == v.space.id) {
+            s.push(v.space.clone());
+        }
+    }
+    s.sort_by_key(|x| x.id);
+    s
+}
+
+fn same_views<R: Runtime>(a: &[Arc<View<R>>], b: &[Arc<View<R>>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+impl<R: Runtime> Backend for CoreBackend<'_, R> {
+    fn migrate_to_ram(
+        &self,
+        chunk: Chunk,
+        pages: &PageMask,
+        _from: &[Residency],
+    ) -> Result<PageMask, BackendError> {
+        let rt = &self.core.rt;
+        let object = self.object.gpu_id().ok_or(BackendError::Gpu)?;
+        if !rt.gpu_attached() {
+            return Err(BackendError::Gpu);
+        }
+        let mask = self.in_view(chunk, pages);
+        if mask.is_empty() {
+            return Ok(mask);
+        }
+        // Rule 8: the GPU unmaps before the pages change; the sequence lets
+        // a GPU fault that read the old state refuse to bind.
+        let seq = self.object.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        if !self.core.cfg.skip_invalidate {
+            rt.invalidate(&self.object.memory, object, chunk.first, chunk.count, seq)
+                .map_err(|e| {
+                    log::warn!("pager: invalidate failed: {e:?}");
+                    BackendError::Gpu
+                })?;
+        }
+        let slot = rt.take_slot();
+        // What the GPU copied out has left VRAM: it must land in the object.
+        let installed = match rt.migrate_to_ram(object, chunk.first, chunk.count, &mask, slot) {
+            Ok(copied) => self.install(chunk, &copied.and(&mask), Source::Staging(slot)),
+            Err(e) => {
+                log::warn!("pager: migrate to RAM failed: {e:?}");
+                Err(BackendError::Gpu)
+            }
+        };
+        rt.put_slot(slot);
+        installed
+    }
+
+    fn zero_fill(&self, chunk: Chunk, pages: &PageMask) -> Result<PageMask, BackendError> {
+        let mask = self.in_view(chunk, pages);
+        // Pages not installed stay EMPTY: nothing is lost.
+        match self.view {
+            Some(v) => Ok(self.install_via(v, chunk, &mask, Source::Zeros)),
+            None => self.install(chunk, &mask, Source::Zeros),
+        }
+    }
+
+    /// Write-protects `pages` in every view of the object, holding off view
+    /// changes of those views' spaces meanwhile (the guard in `space.rs`).
+    fn protect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
+        let rt = &self.core.rt;
+        for attempt in 0..PROTECT_TRIES {
+            if attempt > 0 {
+                rt.pause(Pause::ProtectRetry, attempt);
+            }
+            let views = self.object.views();
+            let spaces = spaces_of(&views);
+            let guards: Vec<_> = spaces.iter().map(|s| s.hold_changes()).collect();
+            if !same_views(&views, &self.object.views()) {
+                continue; // a view change was applied before the guards
+            }
+            let r = self.each_view_run(&views, chunk, pages, false, |v, addr, len| {
+                rt.write_protect(&v.space.port, addr, len, true)
+            });
+            drop(guards);
+            match r {
+                Ok(()) => return Ok(()),
+                // A view change is being delivered: its event may add a
+                // mapping; start over once it is applied.
+                Err(RtError::Again) => continue,
+                Err(e) => return Err(rt_error(e)),
+            }
+        }
+        log::warn!(
+            "pager: object {:#x} chunk {}: view changes kept a collect from protecting its pages",
+            self.object.id.raw(),
+            chunk.first
+        );
+        Err(BackendError::Host(0))
+    }
+
+    fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
+        for (start, len) in runs(chunk, pages) {
+            self.core
+                .rt
+                .drop_pages(&self.object.memory, chunk.first + start, len)
+                .map_err(rt_error)?;
+        }
+        self.unprotect(chunk, pages)
+    }
+
+    /// Clears the protection in the views known now. A mapping made since
+    /// (a fork's copy, a moved range) keeps it until its first writer
+    /// faults; the fault path clears it then, under the page lock.
+    fn unprotect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
+        let rt = &self.core.rt;
+        let views = self.object.views();
+        self.each_view_run(&views, chunk, pages, true, |v, addr, len| loop {
+            match rt.write_protect(&v.space.port, addr, len, false) {
+                Err(RtError::Again) => crate::sync::yield_now(),
+                r => return r,
+            }
+        })
+        .map_err(rt_error)
+    }
+}

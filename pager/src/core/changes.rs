@@ -1,0 +1,220 @@
+//! View changes the runtime reports, applied to the records (DESIGN.md 5,
+//! "Unmap / mremap / fork / exit"), in the order the client made them.
+//! The runtime applies each while it holds `Space::applying_changes` and
+//! sends the GPU notes they return once it has let go of it, before it
+//! takes the next change (`host/space.rs` tells why).
+//!
+//! **Moves.** A remap of `[from, from + len)` to `to` gives the moved part
+//! of each view a record at once (faults there are served right away), and
+//! a view that moved whole gets its bindings twinned at the new address
+//! (`ViewCopied`, for every id the GPU server may bind it by). A plain
+//! move then unmaps the old range: the client's id of a view that moved
+//! whole names the moved record from then on, and the old record goes
+//! (`ViewGone`). With `MREMAP_DONTUNMAP` both records stay.
+//!
+//! **Budget.** A change the client's budget has no room for (a split or a
+//! fork past its views or spaces) is not followed: that range is handed
+//! back to the kernel (the object's RAM pages stay reachable there; pages
+//! in VRAM read as zeros through it), and the pager logs it.
+
+use session::Handle;
+
+use super::runtime::Runtime;
+use super::view::{Space, View, PAGE};
+use super::Core;
+use crate::sync::Arc;
+
+/// What the GPU server must hear about a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuNote {
+    Gone(Handle),
+    Copied {
+        view: Handle,
+        new_view: Handle,
+        from: u64,
+        to: u64,
+    },
+}
+
+/// A view's part a remap moved: (old view, the record made for its moved
+/// part, whether all of it moved).
+type MovedPart<R> = (Arc<View<R>>, Arc<View<R>>, bool);
+
+/// A move seen as a remap whose old range has not been unmapped (yet).
+pub struct PendingMove<R: Runtime> {
+    from: u64,
+    len: u64,
+    parts: Vec<MovedPart<R>>,
+}
+
+impl<R: Runtime> Core<R> {
+    /// The client forked: the child's copies of the registered ranges
+    /// report to `child` now. Each view gets a twin in the child reaching
+    /// the same object (shared memory, not copy-on-write).
+    pub fn follow_fork(&self, parent: &Arc<Space<R>>, child: R::Port) -> Option<Arc<Space<R>>> {
+        let views = parent.views();
+        if views.is_empty() {
+            // The parent's views went meanwhile: nothing to follow. Dropping
+            // the channel hands the child's ranges back to the kernel.
+            return None;
+        }
+        let child = match self.new_space(&parent.session, child, true) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!(
+                    "pager: space {}: fork not followed ({e:?}): the child's ranges are the \
+                     kernel's",
+                    parent.id
+                );
+                return None;
+            }
+        };
+        for v in views {
+            let spec = v.part(v.addr, v.first_page, v.pages, child.clone(), true);
+            match self.record_view(spec) {
+                Ok(twin) => log::info!(
+                    "pager: fork: view {:#x} of object {:#x} has a twin {:#x} in space {}",
+                    v.id.raw(),
+                    v.object.id.raw(),
+                    twin.id.raw(),
+                    child.id
+                ),
+                Err(e) => self.not_followed(&child, v.addr, v.len(), e),
+            }
+        }
+        if child.views().is_empty() {
+            self.stop_space(&child);
+            return None;
+        }
+        Some(child)
+    }
+
+    /// A change the budget has no room for: its range goes to the kernel.
+    fn not_followed(&self, space: &Space<R>, addr: u64, len: u64, e: impl core::fmt::Debug) {
+        log::warn!(
+            "pager: space {}: {addr:#x}+{len:#x} not followed ({e:?}); handed to the kernel",
+            space.id
+        );
+        let _ = self.rt.unregister(&space.port, addr, len);
+    }
+
+    /// `[from, from + len)` now also appears at `to`: each view's moved part
+    /// becomes a view there at once, and the bindings of a view that moved
+    /// whole get twins there.
+    pub fn follow_remap(
+        &self,
+        space: &Arc<Space<R>>,
+        from: u64,
+        to: u64,
+        len: u64,
+        notes: &mut Vec<GpuNote>,
+    ) -> PendingMove<R> {
+        let mut parts = Vec::new();
+        let end = from.saturating_add(len);
+        for v in space.views() {
+            let (lo, hi) = (v.addr.max(from), v.end().min(end));
+            if lo >= hi {
+                continue;
+            }
+            let first = v.first_page + ((lo - v.addr) / PAGE) as usize;
+            let addr = to.saturating_add(lo - from);
+            let pages = ((hi - lo) / PAGE) as usize;
+            let moved = match self.record_view(v.part(addr, first, pages, space.clone(), v.forked))
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    self.not_followed(space, addr, hi - lo, e);
+                    continue;
+                }
+            };
+            log::info!(
+                "pager: remap: view {:#x} pages {first}.. also at {addr:#x} (view {:#x})",
+                v.id.raw(),
+                moved.id.raw()
+            );
+            let whole = lo == v.addr && hi == v.end();
+            if whole && !v.forked {
+                for id in v.gpu_ids() {
+                    notes.push(GpuNote::Copied {
+                        view: id,
+                        new_view: moved.id,
+                        from: v.addr,
+                        to: moved.addr,
+                    });
+                }
+            }
+            parts.push((v, moved, whole));
+        }
+        PendingMove { from, len, parts }
+    }
+
+    /// `[start, end)` was unmapped: views lose that part. When it is the old
+    /// range of the move just seen, the client's id of a view that moved
+    /// whole names the moved record from now on.
+    pub fn follow_unmap(
+        &self,
+        space: &Arc<Space<R>>,
+        start: u64,
+        end: u64,
+        pending: Option<PendingMove<R>>,
+        notes: &mut Vec<GpuNote>,
+    ) {
+        if let Some(m) = pending.filter(|m| start == m.from && end <= m.from.saturating_add(m.len))
+        {
+            for (old, moved, whole) in m.parts {
+                if whole && old.end() <= end {
+                    self.alias(&old, &moved);
+                }
+            }
+        }
+        for v in space.views() {
+            let (lo, hi) = (v.addr.max(start), v.end().min(end));
+            if lo >= hi {
+                continue;
+            }
+            log::info!("pager: unmap: view {:#x} lost {lo:#x}..{hi:#x}", v.id.raw());
+            for (a, b) in [(v.addr, lo), (hi, v.end())] {
+                if a < b {
+                    let first = v.first_page + ((a - v.addr) / PAGE) as usize;
+                    let spec = v.part(a, first, ((b - a) / PAGE) as usize, space.clone(), v.forked);
+                    if let Err(e) = self.record_view(spec) {
+                        self.not_followed(space, a, b - a, e);
+                    }
+                }
+            }
+            self.retire_view(&v, false);
+            if !v.forked {
+                notes.extend(v.gpu_ids().map(GpuNote::Gone));
+            }
+        }
+    }
+
+    /// A plain move: the client's id of `old` names `moved` from now on.
+    fn alias(&self, old: &View<R>, moved: &Arc<View<R>>) {
+        let Some(id) = old.client_id() else { return };
+        if old.space.session.repoint(id, old, moved) {
+            moved.set_client_id(id);
+            log::info!(
+                "pager: move: view {:#x} now at {:#x} (record {:#x})",
+                id.raw(),
+                moved.addr,
+                moved.id.raw()
+            );
+        }
+    }
+
+    /// Tells the GPU server what the changes just applied need it to know.
+    pub fn send_notes(&self, notes: &mut Vec<GpuNote>) {
+        for n in notes.drain(..) {
+            match n {
+                GpuNote::Gone(view) => self.rt.view_gone(view),
+                GpuNote::Copied {
+                    view,
+                    new_view,
+                    from,
+                    to,
+                } => self.rt.view_copied(view, new_view, from, to),
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! CPU faults, however the runtime delivers them (host: a fault worker
+//! popping a userfaultfd event): find the view that covers the address
+//! now, then resolve the fault by the protocols in `crate::migrate`
+//! (rules 1 to 3). Nothing here takes a lock another client's fault
+//! needs: the view is found in the faulting space, the page in its object.
+
+use super::backend::CoreBackend;
+use super::runtime::{Pause, RtError, Runtime};
+use super::view::{Space, View, PAGE};
+use super::Core;
+use crate::migrate::cpu_fault;
+use crate::state::{Residency, StateError};
+
+impl<R: Runtime> Core<R> {
+    /// Serves one CPU fault at `addr` of `space` (`wp`: a write that met
+    /// write protection) and wakes the faulting thread.
+    pub fn serve_fault(&self, space: &Space<R>, addr: u64, wp: bool) {
+        let page_addr = addr & !(PAGE - 1);
+        let mut attempt = 0;
+        loop {
+            // The view that covers the address now: views move and go
+            // while faults wait in the queue.
+            let Some(view) = space.view_at(addr) else {
+                // Registered, but no view: an mremap grew a view (the
+                // kernel sends no event for the new tail), or a change was
+                // not followed. Hand the page back to the kernel rather
+                // than leave the thread faulting.
+                log::warn!(
+                    "pager: space {}: fault at {addr:#x} in no view; unregistering that page",
+                    space.id
+                );
+                let _ = self.rt.unregister(&space.port, page_addr, PAGE);
+                break;
+            };
+            let Some(page) = view.page_at(addr) else {
+                break;
+            };
+            let r = if wp {
+                self.clear_stale_protection(&view, page, page_addr)
+            } else {
+                let backend = CoreBackend::new(self, &view.object, Some(&view));
+                cpu_fault(&view.object.table, &backend, page, self.cfg.policy)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:?}"))
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) if space.stopped() => {
+                    log::debug!(
+                        "pager: space {} stopped while a fault failed: {e}",
+                        space.id
+                    );
+                    return;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "pager: fault on page {page} of object {:#x}: {e}; retrying",
+                        view.object.id.raw()
+                    );
+                    self.rt.pause(Pause::FaultRetry, attempt);
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+        match self.rt.wake(&space.port, page_addr, PAGE) {
+            Err(RtError::Gone) => self.space_gone(space),
+            Err(e) => log::debug!("pager: wake at {page_addr:#x}: {e:?}"),
+            Ok(()) => {}
+        }
+    }
+
+    /// A writer blocked by write protection: once no migration holds the
+    /// page, clear the protection in this view under the page lock. Usually
+    /// finalize already did; a mapping made while the page was protected
+    /// (a fork's copy, a moved range) inherits it and is cleared here.
+    pub fn clear_stale_protection(
+        &self,
+        view: &View<R>,
+        page: usize,
+        page_addr: u64,
+    ) -> Result<(), String> {
+        let table = &view.object.table;
+        let err = |e: StateError| format!("{e:?}");
+        loop {
+            table.wait_unlocked(page).map_err(err)?;
+            let Some(state) = table.try_lock(page).map_err(err)? else {
+                crate::sync::yield_now();
+                continue;
+            };
+            let r = if state == Residency::System {
+                self.rt
+                    .write_protect(&view.space.port, page_addr, PAGE, false)
+            } else {
+                Ok(())
+            };
+            let _ = table.unlock(page, state);
+            return match r {
+                Ok(()) | Err(RtError::Unmapped) => Ok(()),
+                Err(RtError::Gone) => {
+                    self.space_gone(&view.space);
+                    Ok(())
+                }
+                Err(e) => Err(format!("{e:?}")),
+            };
+        }
+    }
+}

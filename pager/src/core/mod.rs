@@ -1,0 +1,342 @@
+//! The pager's core, driven by messages (STYLE: a server is a core plus a
+//! thin runtime). No I/O: every side effect goes through [`Runtime`], which
+//! the Linux runtime (`crate::host`), the simulation and tests implement,
+//! and every lock through [`crate::sync`], so the same code runs on std and
+//! under the shuttle explorer.
+//!
+//! What lives here:
+//! - sessions ([`session`]): one per client badge, one per peer endpoint
+//!   (the GPU server's `PagerMigrate`); each with its handle tables, its
+//!   budget ([`budget`]) and one place where it ends ([`end`]);
+//! - objects and views ([`object`], [`view`]) and the view changes the
+//!   runtime reports (fork, remap, unmap: [`changes`]);
+//! - the fault path ([`fault`]) and the migration side effects over the
+//!   runtime ([`backend`]), on top of the protocols in [`crate::migrate`];
+//! - the three interfaces' requests: clients ([`client`]), the GPU server
+//!   ([`gpu`]), mm-server ([`reclaim`]).
+//!
+//! **Lock order** (a lock is only taken after those above it):
+//! 1. a page lock (the state word's lock bit; held across side effects);
+//! 2. `Space::changing` (read by a write-protect pass; written by the
+//!    runtime while it applies view changes, which never takes a page lock);
+//! 3. a session's tables (`objects`, `views`, `spaces`, `opened`,
+//!    `collects`), the core's `clients` and `gpu` registries, `hand`;
+//! 4. `Object::views`, `Space::views` (leaf locks, held for a copy);
+//! 5. the metadata arena's spin lock (inside allocations only).
+//!
+//! No lock of levels 2 to 4 is held while waiting on a page, and no lock
+//! at all is held across a call to the GPU server except page locks
+//! (rule 9 is the GPU server's: its notifier never calls the pager).
+
+pub mod backend;
+pub mod budget;
+pub mod changes;
+pub mod client;
+pub mod end;
+pub mod fault;
+pub mod gpu;
+pub mod object;
+pub mod reclaim;
+pub mod runtime;
+pub mod session;
+pub mod view;
+
+use ::session::{Arena, Meta, Quota};
+use ipc_protocol::interfaces::pager::{PagerError, PagerTotals};
+use ipc_protocol::interfaces::pager_migrate::MigrateError;
+
+use self::budget::{fault_threads, spaces, Ledger, PagerBudget, PagerQuotas, IDS_PER_SESSION};
+use self::object::Object;
+use self::runtime::Runtime;
+use self::session::{ClientSession, GpuSession};
+use self::view::{Space, View, ViewSpec};
+use crate::migrate::Policy;
+use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
+
+/// Client sessions a pager serves by default (the manifest's client slots).
+pub const MAX_CLIENT_SESSIONS: usize = 8;
+/// Slots the handle index bits leave for sessions.
+pub const SESSION_SLOTS: u32 = ::session::handle::MAX_SLOTS / IDS_PER_SESSION;
+/// Metadata the peer sessions may use (the GPU server's opened objects and
+/// collects in flight).
+pub const PEER_METADATA: u64 = 16 << 20;
+
+/// Limits and choices of one pager.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// What each client may make it hold.
+    pub budget: PagerBudget,
+    /// Client sessions at once.
+    pub max_clients: usize,
+    /// The metadata arena, sized at boot.
+    pub arena_bytes: u64,
+    /// Collects the GPU server may have awaiting finalize at once.
+    pub gpu_collects: usize,
+    /// Rule 2 broken on purpose for the tests that show it matters.
+    pub policy: Policy,
+    /// Breaks rule 8 on purpose: migrate pages back without telling the GPU
+    /// server to unmap them first. Only for the test that shows the rule
+    /// matters (`rule8_*` in `init/tests/race.rs`).
+    pub skip_invalidate: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let budget = PagerBudget::default();
+        let arena_bytes = budget
+            .arena_bytes_needed(MAX_CLIENT_SESSIONS, PEER_METADATA)
+            .unwrap_or(u64::MAX);
+        Self {
+            budget,
+            max_clients: MAX_CLIENT_SESSIONS,
+            arena_bytes,
+            gpu_collects: 4096,
+            policy: Policy::Rules,
+            skip_invalidate: false,
+        }
+    }
+}
+
+/// Why a core could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The arena cannot hold every client at its metadata limit.
+    ArenaTooSmall { need: u64, have: u64 },
+    /// More client sessions than handle ids can tell apart.
+    TooManyClients,
+    /// The host would not give the arena.
+    Arena(::session::arena::ArenaError),
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::ArenaTooSmall { need, have } => write!(
+                f,
+                "the metadata arena ({} MiB) is smaller than every client at its \
+                 metadata_bytes budget needs ({} MiB)",
+                have >> 20,
+                need.div_ceil(1 << 20)
+            ),
+            Self::TooManyClients => write!(f, "at most {} clients", SESSION_SLOTS - 1),
+            Self::Arena(e) => write!(f, "metadata arena: {e:?}"),
+        }
+    }
+}
+
+/// One pager: its runtime, its sessions, the server-wide totals.
+pub struct Core<R: Runtime> {
+    pub rt: R,
+    pub cfg: Config,
+    arena: Arc<Arena>,
+    /// What every session holds, together (unlimited quotas).
+    totals: Arc<PagerQuotas>,
+    /// Client sessions by slot.
+    clients: Mutex<Vec<Option<Arc<ClientSession<R>>>>>,
+    gpu: Mutex<Option<Arc<GpuSession<R>>>>,
+    /// Where the last eviction stopped (`reclaim.rs`).
+    hand: Mutex<reclaim::Hand>,
+    next_space: AtomicU64,
+}
+
+impl<R: Runtime> Core<R> {
+    pub fn new(rt: R, cfg: Config) -> Result<Self, ConfigError> {
+        if cfg.max_clients >= SESSION_SLOTS as usize {
+            return Err(ConfigError::TooManyClients);
+        }
+        let need = cfg
+            .budget
+            .arena_bytes_needed(cfg.max_clients, PEER_METADATA)
+            .unwrap_or(u64::MAX);
+        if need > cfg.arena_bytes {
+            return Err(ConfigError::ArenaTooSmall {
+                need,
+                have: cfg.arena_bytes,
+            });
+        }
+        let bytes = usize::try_from(cfg.arena_bytes)
+            .map_err(|_| ConfigError::Arena(::session::arena::ArenaError::BadSize))?;
+        let arena = Arena::new(bytes).map_err(ConfigError::Arena)?;
+        Ok(Self {
+            rt,
+            totals: Arc::new(PagerQuotas::new(&PagerBudget::unlimited())),
+            clients: Mutex::new((0..cfg.max_clients).map(|_| None).collect()),
+            gpu: Mutex::new(None),
+            hand: Mutex::new(reclaim::Hand::default()),
+            next_space: AtomicU64::new(1),
+            arena,
+            cfg,
+        })
+    }
+
+    /// The session of client `badge`, opened on its first request.
+    pub fn client(&self, badge: u64) -> Result<Arc<ClientSession<R>>, PagerError> {
+        let mut clients = lock(&self.clients);
+        if let Some(s) = clients.iter().flatten().find(|s| s.badge == badge) {
+            return Ok(s.clone());
+        }
+        let slot = clients
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PagerError::OverBudget)?;
+        let ledger = Arc::new(Ledger::new(&self.cfg.budget, self.totals.clone()));
+        let meta = Meta::new(self.arena.clone(), ledger.metadata.clone());
+        // Slot 0 of the ids is never a client's: it stays free for peers.
+        let s = Arc::new(ClientSession::new(badge, slot as u32 + 1, ledger, meta));
+        clients[slot] = Some(s.clone());
+        log::debug!("pager: client {badge} has a session (slot {})", slot + 1);
+        Ok(s)
+    }
+
+    /// The session of client `badge`, if it has one.
+    pub fn find_client(&self, badge: u64) -> Option<Arc<ClientSession<R>>> {
+        lock(&self.clients)
+            .iter()
+            .flatten()
+            .find(|s| s.badge == badge)
+            .cloned()
+    }
+
+    /// Removes client `badge`'s session from the registry (its end).
+    fn take_client(&self, badge: u64) -> Option<Arc<ClientSession<R>>> {
+        lock(&self.clients)
+            .iter_mut()
+            .find(|s| s.as_ref().is_some_and(|s| s.badge == badge))
+            .and_then(Option::take)
+    }
+
+    /// Every client session now.
+    pub fn clients(&self) -> Vec<Arc<ClientSession<R>>> {
+        lock(&self.clients).iter().flatten().cloned().collect()
+    }
+
+    /// The session of the GPU server at `badge` (one at a time).
+    pub fn gpu_session(&self, badge: u64) -> Result<Arc<GpuSession<R>>, MigrateError> {
+        let mut g = lock(&self.gpu);
+        match &*g {
+            Some(s) if s.badge == badge => Ok(s.clone()),
+            Some(_) => Err(MigrateError::NotOwner),
+            None => {
+                let quota = Arc::new(Quota::new(PEER_METADATA));
+                let meta = Meta::new(self.arena.clone(), quota);
+                let objects = self
+                    .cfg
+                    .max_clients
+                    .saturating_mul(self.cfg.budget.objects.min(IDS_PER_SESSION as u64) as usize);
+                let s = Arc::new(GpuSession::new(badge, meta, objects, self.cfg.gpu_collects));
+                *g = Some(s.clone());
+                Ok(s)
+            }
+        }
+    }
+
+    /// The GPU server's session now, if any.
+    pub fn gpu_now(&self) -> Option<Arc<GpuSession<R>>> {
+        lock(&self.gpu).clone()
+    }
+
+    /// Server-wide totals (the `Accounting` reply).
+    pub fn accounting(&self) -> PagerTotals {
+        let t = &self.totals;
+        let gpu = self.gpu_now();
+        PagerTotals {
+            sessions: self.clients().len() as u64 + gpu.is_some() as u64,
+            objects: t.objects.used(),
+            object_bytes: t.object_bytes.used(),
+            views: t.views.used(),
+            spaces: t.spaces.used(),
+            fault_threads: t.fault_threads.used(),
+            arena_bytes: self.arena.used() as u64,
+            collects: gpu.map_or(0, |g| g.in_flight() as u64),
+        }
+    }
+
+    /// A new address space of `session`, charged to its budget.
+    pub fn new_space(
+        &self,
+        session: &Arc<ClientSession<R>>,
+        port: R::Port,
+        forked: bool,
+    ) -> Result<Arc<Space<R>>, PagerError> {
+        let threads = self.rt.threads_per_space();
+        let charge = session
+            .ledger
+            .charge(&[(spaces, 1), (fault_threads, threads)])
+            .map_err(|_| PagerError::OverBudget)?;
+        let id = self.next_space.fetch_add(1, Ordering::Relaxed);
+        let space = Arc::new(Space::new(id, session.clone(), port, forked, charge));
+        session.add_space(space.clone())?;
+        Ok(space)
+    }
+
+    /// Records a view with its object and its space.
+    pub fn record_view(&self, spec: ViewSpec<R>) -> Result<Arc<View<R>>, PagerError> {
+        let session = spec.space.session.clone();
+        let view = session.insert_view(spec)?;
+        view.object.add_view(view.clone());
+        view.space.add_view(view.clone());
+        Ok(view)
+    }
+
+    /// Forgets `view`: the object no longer reaches its addresses, its ids
+    /// name nothing. With `unregister`, the range is handed back to the
+    /// kernel first. A space left without views stops.
+    pub fn retire_view(&self, view: &View<R>, unregister: bool) {
+        if unregister {
+            let _ = self.rt.unregister(&view.space.port, view.addr, view.len());
+        }
+        view.space.session.remove_view_ids(view);
+        view.object.remove_view(view);
+        if view.space.remove_view(view) {
+            self.stop_space(&view.space);
+        }
+    }
+
+    /// Rule 8 for views: a GPU binding of a view that went away is
+    /// unmapped before the pager forgets it (a fork's twin has none).
+    pub fn tell_gone(&self, view: &View<R>) {
+        if !view.forked {
+            for id in view.gpu_ids() {
+                self.rt.view_gone(id);
+            }
+        }
+    }
+
+    /// Stops `space`; returns whether this call stopped it.
+    pub fn stop_space(&self, space: &Space<R>) -> bool {
+        let first = space.mark_stopped();
+        if first {
+            self.rt.stop_space(space);
+            space.session.remove_space(space);
+        }
+        first
+    }
+
+    /// The process behind `space` is gone: its views go (their GPU
+    /// bindings too), the pages stay the object's.
+    pub fn space_gone(&self, space: &Space<R>) {
+        if !self.stop_space(space) {
+            return;
+        }
+        for v in space.views() {
+            self.retire_view(&v, false);
+            self.tell_gone(&v);
+        }
+    }
+
+    /// The arena (for tests and accounting).
+    pub fn arena(&self) -> &Arc<Arena> {
+        &self.arena
+    }
+}
+
+/// The objects of every client, with their owner (eviction and usage).
+pub(crate) fn all_objects<R: Runtime>(core: &Core<R>) -> Vec<(u64, Arc<Object<R>>)> {
+    let mut v = Vec::new();
+    for s in core.clients() {
+        for o in s.objects() {
+            v.push((s.badge, o));
+        }
+    }
+    v
+}

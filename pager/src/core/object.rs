@@ -1,0 +1,89 @@
+//! Memory objects (DESIGN.md 2): the pages, their state words and locks,
+//! and the views that reach them. State belongs to the object's pages,
+//! never to a view.
+
+use session::Handle;
+
+use super::budget::Charge;
+use super::runtime::Runtime;
+use super::view::View;
+use crate::state::PageTable;
+use crate::sync::{lock, read, write, Arc, AtomicBool, AtomicU64, Mutex, Ordering, RwLock};
+
+pub struct Object<R: Runtime> {
+    /// The owner's id for it.
+    pub id: Handle,
+    /// The owner's badge.
+    pub owner: u64,
+    pub memory: R::Memory,
+    pub table: PageTable,
+    views: RwLock<Vec<Arc<View<R>>>>,
+    /// Invalidation sequence (rule 8).
+    pub seq: AtomicU64,
+    /// Being ended: no new migration may start on it.
+    dying: AtomicBool,
+    /// The id the GPU server knows it by, once it opened a view of it.
+    gpu_id: Mutex<Option<Handle>>,
+    /// Its count and bytes in the owner's budget.
+    _charge: Charge,
+}
+
+impl<R: Runtime> Object<R> {
+    pub fn new(
+        id: Handle,
+        owner: u64,
+        memory: R::Memory,
+        table: PageTable,
+        charge: Charge,
+    ) -> Self {
+        Self {
+            id,
+            owner,
+            memory,
+            table,
+            views: RwLock::new(Vec::new()),
+            seq: AtomicU64::new(0),
+            dying: AtomicBool::new(false),
+            gpu_id: Mutex::new(None),
+            _charge: charge,
+        }
+    }
+
+    pub fn pages(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_dying(&self) -> bool {
+        self.dying.load(Ordering::Acquire)
+    }
+
+    /// Marks it dying; `false` if it already was (someone else ends it).
+    pub fn start_dying(&self) -> bool {
+        !self.dying.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn add_view(&self, v: Arc<View<R>>) {
+        write(&self.views).push(v);
+    }
+
+    pub fn remove_view(&self, v: &View<R>) {
+        write(&self.views).retain(|x| !core::ptr::eq(&**x, v));
+    }
+
+    pub fn views(&self) -> Vec<Arc<View<R>>> {
+        read(&self.views).clone()
+    }
+
+    /// Forgets every view (the object's end; they were retired).
+    pub fn clear_views(&self) {
+        write(&self.views).clear();
+    }
+
+    pub fn gpu_id(&self) -> Option<Handle> {
+        *lock(&self.gpu_id)
+    }
+
+    pub fn set_gpu_id(&self, id: Option<Handle>) {
+        *lock(&self.gpu_id) = id;
+    }
+}

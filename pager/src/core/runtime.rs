@@ -1,0 +1,167 @@
+//! What the core asks of the runtime it runs on: the side effects, named
+//! for what they do, not for how one host does them.
+//!
+//! The Linux runtime (`crate::host`) implements them with memfds,
+//! userfaultfd and IPC clients; the simulation with its simulated machine;
+//! a Redox runtime would with its own memory and fault channels. Faults
+//! and view changes reach the core through [`Core::serve_fault`] and the
+//! `follow_*` calls, whatever delivers them.
+//!
+//! [`Core::serve_fault`]: super::Core::serve_fault
+
+use ipc_protocol::types::PageMask;
+use session::Handle;
+
+use super::view::Space;
+use super::Core;
+use crate::sync::Arc;
+
+/// Why a runtime call failed, in the terms the core acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtError {
+    /// A view change of this address space is being delivered; try again
+    /// once it is applied (host: `EAGAIN`).
+    Again,
+    /// The range is not mapped there any more (host: `ENOENT`).
+    Unmapped,
+    /// The page is already present (host: `EEXIST`).
+    Exists,
+    /// The address space's process is gone (host: `ESRCH`).
+    Gone,
+    /// A handle the client passed is not what the call needs.
+    BadHandle,
+    /// The GPU server did not answer or refused.
+    Gpu,
+    /// Any other failure (host: the errno, for the log).
+    Host(i32),
+}
+
+/// Where the data of pages being installed comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Zero pages (a first touch).
+    Zeros,
+    /// A staging slot the GPU server copied VRAM into; page `i` of the
+    /// chunk is at index `i` of the slot.
+    Staging(usize),
+}
+
+/// What a runtime pauses for (the host sleeps, a simulation yields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// Between tries of a CPU fault that failed.
+    FaultRetry,
+    /// Between write-protect passes that met view changes.
+    ProtectRetry,
+    /// Between tries to bring an ending object's pages back.
+    BringBack,
+}
+
+/// The runtime under a [`Core`].
+pub trait Runtime: Send + Sync + Sized + 'static {
+    /// A handle that travels with a message (host: a file descriptor).
+    type Handle: Send;
+    /// A memory object's pages in RAM (host: its memfd).
+    type Memory: Send + Sync;
+    /// A client address space's fault channel (host: its userfaultfd and
+    /// the queue its fault workers serve).
+    type Port: Send + Sync;
+
+    // Memory objects.
+    /// New object memory of `bytes`, sealed against shrinking and growing,
+    /// and the handle the client gets for it.
+    fn create_memory(&self, bytes: u64) -> Result<(Self::Memory, Self::Handle), RtError>;
+    /// Another handle for `m` (the GPU server's, for a binding).
+    fn share_memory(&self, m: &Self::Memory) -> Result<Self::Handle, RtError>;
+    /// Drops the RAM copies of `pages` pages from `first` out of every view
+    /// (host: a hole punch).
+    fn drop_pages(&self, m: &Self::Memory, first: usize, pages: usize) -> Result<(), RtError>;
+    /// Writes `pages` pages from `src` (from its page `src_index`) into the
+    /// object from page `first`, each page whole to any reader.
+    fn write_pages(
+        &self,
+        m: &Self::Memory,
+        first: usize,
+        src: Source,
+        src_index: usize,
+        pages: usize,
+    ) -> Result<(), RtError>;
+
+    // Address spaces.
+    /// Takes the fault channel a client passed with `AttachView`.
+    fn open_port(&self, h: Self::Handle) -> Result<Self::Port, RtError>;
+    /// Starts serving `[addr, addr + len)` (missing and write-protect faults).
+    fn register(&self, p: &Self::Port, addr: u64, len: u64) -> Result<(), RtError>;
+    /// Hands `[addr, addr + len)` back to the kernel.
+    fn unregister(&self, p: &Self::Port, addr: u64, len: u64) -> Result<(), RtError>;
+    /// Sets or clears write protection (clearing wakes blocked writers).
+    fn write_protect(&self, p: &Self::Port, addr: u64, len: u64, on: bool) -> Result<(), RtError>;
+    /// Installs `pages` pages at `dst` (object pages from `page` of `m`)
+    /// from `src` (from its page `src_index`), each page whole, and wakes
+    /// the threads waiting there. Returns the pages installed before it
+    /// stopped and why it stopped (`None`: all of them).
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        &self,
+        p: &Self::Port,
+        m: &Self::Memory,
+        dst: u64,
+        page: usize,
+        src: Source,
+        src_index: usize,
+        pages: usize,
+    ) -> (usize, Option<RtError>);
+    /// Wakes threads waiting on a fault in the range.
+    fn wake(&self, p: &Self::Port, addr: u64, len: u64) -> Result<(), RtError>;
+    /// Starts the threads that deliver `space`'s faults and view changes
+    /// to the core.
+    fn start_space(&self, core: &Arc<Core<Self>>, space: &Arc<Space<Self>>) -> Result<(), RtError>;
+    /// `space` stopped: its threads finish what they hold and exit.
+    fn stop_space(&self, space: &Space<Self>);
+    /// Threads one address space runs (charged to its owner's budget).
+    fn threads_per_space(&self) -> u64;
+    /// Waits a little before trying again.
+    fn pause(&self, why: Pause, attempt: u32);
+
+    // Staging: where the GPU server copies VRAM for a migration to RAM.
+    /// Takes a staging slot, waiting for one if all are in use.
+    fn take_slot(&self) -> usize;
+    fn put_slot(&self, slot: usize);
+
+    // The GPU server's notifier (`GpuNotify`). `object` is the id the GPU
+    // server knows the object by (its `PagerMigrate` session's handle).
+    /// Whether a GPU server is attached.
+    fn gpu_attached(&self) -> bool;
+    /// Rule 8: unmap the chunk's GPU mappings of `object` (whose memory is
+    /// `m`); the reply is the acknowledgement.
+    fn invalidate(
+        &self,
+        m: &Self::Memory,
+        object: Handle,
+        first: usize,
+        count: usize,
+        seq: u64,
+    ) -> Result<(), RtError>;
+    /// Copies `pages` of the chunk from VRAM into staging `slot`; returns
+    /// the pages copied (they left VRAM).
+    fn migrate_to_ram(
+        &self,
+        object: Handle,
+        first: usize,
+        count: usize,
+        pages: &PageMask,
+        slot: usize,
+    ) -> Result<PageMask, RtError>;
+    /// Drops the VRAM of `pages` (no view reaches them any more).
+    fn free_pages(
+        &self,
+        object: Handle,
+        first: usize,
+        count: usize,
+        pages: &PageMask,
+    ) -> Result<(), RtError>;
+    /// Rule 8 for views: every binding of `view` goes.
+    fn view_gone(&self, view: Handle);
+    /// The whole of `view` also appears at `to` as `new_view`.
+    fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64);
+}

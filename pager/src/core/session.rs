@@ -1,0 +1,364 @@
+//! Sessions: what the pager keeps per client, and per peer server (STYLE:
+//! "a session is the unit a server reasons about").
+//!
+//! A client session ([`ClientSession`], one per client badge) holds the
+//! client's handle tables (objects and views, generation-tagged ids, at
+//! most its budget of each, stored in the metadata arena), its address
+//! spaces and its [`Ledger`]. The GPU server's `PagerMigrate` endpoint has
+//! a [`GpuSession`]: the objects it opened (by the ids it knows them by)
+//! and its collects awaiting their finalize. Handlers take the session they
+//! act for; every table is per session, so a handler cannot name another
+//! client's entry. The one place a session ends is in `end.rs`.
+
+use allocator_api2::vec::Vec as AllocVec;
+use ipc_protocol::interfaces::pager::PagerError;
+use session::{Handle, HandleTable, Meta, TableError};
+
+use super::budget::{views, Charge, Ledger};
+use super::object::Object;
+use super::runtime::Runtime;
+use super::view::{Space, View, ViewSpec};
+use crate::migrate::{Chunk, Collected};
+use crate::sync::{lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
+
+/// A view table entry: the record the id names now, and the id's place in
+/// the owner's view budget.
+pub struct ViewEntry<R: Runtime> {
+    pub view: Arc<View<R>>,
+    _charge: Charge,
+}
+
+pub struct ClientSession<R: Runtime> {
+    pub badge: u64,
+    /// Its slot: the range of handle indices its tables issue.
+    pub slot: u32,
+    pub ledger: Arc<Ledger>,
+    pub meta: Meta,
+    objects: Mutex<HandleTable<Arc<Object<R>>, Meta>>,
+    views: Mutex<HandleTable<ViewEntry<R>, Meta>>,
+    spaces: Mutex<AllocVec<Arc<Space<R>>, Meta>>,
+    ended: AtomicBool,
+}
+
+/// Turns a table's error into the client's: its own budget, or the
+/// server's arena (when the arena has less room than the client's quota).
+pub fn table_error(e: TableError, ledger: &Ledger, meta: &Meta) -> PagerError {
+    match e {
+        TableError::Full => PagerError::OverBudget,
+        TableError::OutOfMetadata => {
+            let quota_left = ledger
+                .metadata
+                .limit()
+                .saturating_sub(ledger.metadata.used());
+            let arena = meta.arena();
+            let arena_left = arena.size().saturating_sub(arena.used()) as u64;
+            if arena_left < quota_left {
+                PagerError::OutOfMetadata
+            } else {
+                PagerError::OverBudget
+            }
+        }
+    }
+}
+
+impl<R: Runtime> ClientSession<R> {
+    pub fn new(badge: u64, slot: u32, ledger: Arc<Ledger>, meta: Meta) -> Self {
+        use super::budget::IDS_PER_SESSION;
+        let limits = |n: u64| n.min(IDS_PER_SESSION as u64) as usize;
+        let first = slot * IDS_PER_SESSION;
+        let q = ledger.quotas();
+        Self {
+            badge,
+            slot,
+            objects: Mutex::new(HandleTable::in_range(
+                first,
+                IDS_PER_SESSION,
+                limits(q.objects.limit()),
+                meta.clone(),
+            )),
+            views: Mutex::new(HandleTable::in_range(
+                first,
+                IDS_PER_SESSION,
+                limits(q.views.limit()),
+                meta.clone(),
+            )),
+            spaces: Mutex::new(AllocVec::new_in(meta.clone())),
+            ledger,
+            meta,
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    fn error(&self, e: TableError) -> PagerError {
+        table_error(e, &self.ledger, &self.meta)
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// From now on nothing new is recorded (the session's end).
+    pub fn mark_ended(&self) -> bool {
+        !self.ended.swap(true, Ordering::AcqRel)
+    }
+
+    /// The caller's live object `id`.
+    pub fn object(&self, id: Handle) -> Option<Arc<Object<R>>> {
+        lock(&self.objects)
+            .get(id)
+            .filter(|o| !o.is_dying())
+            .cloned()
+    }
+
+    /// Every object it holds now.
+    pub fn objects(&self) -> Vec<Arc<Object<R>>> {
+        lock(&self.objects).iter().map(|(_, o)| o.clone()).collect()
+    }
+
+    /// Records the object `make` builds from its new id.
+    pub fn insert_object(
+        &self,
+        make: impl FnOnce(Handle) -> Object<R>,
+    ) -> Result<Arc<Object<R>>, PagerError> {
+        let mut t = lock(&self.objects);
+        if self.is_ended() {
+            return Err(PagerError::NoSuchObject);
+        }
+        let id = t
+            .insert_with(|id| Arc::new(make(id)))
+            .map_err(|e| self.error(e))?;
+        t.get(id).cloned().ok_or(PagerError::NoSuchObject)
+    }
+
+    /// Forgets object `o` (its end).
+    pub fn remove_object(&self, o: &Object<R>) {
+        let mut t = lock(&self.objects);
+        if t.get(o.id).is_some_and(|x| core::ptr::eq(&**x, o)) {
+            t.remove(o.id);
+        }
+    }
+
+    /// The record the client's view id names now.
+    pub fn view(&self, id: Handle) -> Option<Arc<View<R>>> {
+        lock(&self.views).get(id).map(|e| e.view.clone())
+    }
+
+    /// Records a view: charges one view, gives it an id.
+    pub fn insert_view(&self, spec: ViewSpec<R>) -> Result<Arc<View<R>>, PagerError> {
+        let charge = self
+            .ledger
+            .charge(&[(views, 1)])
+            .map_err(|_| PagerError::OverBudget)?;
+        let mut t = lock(&self.views);
+        if self.is_ended() {
+            return Err(PagerError::NoSuchView);
+        }
+        let id = t
+            .insert_with(|id| ViewEntry {
+                view: Arc::new(View::new(id, spec)),
+                _charge: charge,
+            })
+            .map_err(|e| self.error(e))?;
+        t.get(id)
+            .map(|e| e.view.clone())
+            .ok_or(PagerError::NoSuchView)
+    }
+
+    /// The client's id `id` names `to` from now on, if it named `from`.
+    pub fn repoint(&self, id: Handle, from: &View<R>, to: &Arc<View<R>>) -> bool {
+        let mut t = lock(&self.views);
+        match t.get_mut(id) {
+            Some(e) if core::ptr::eq(&*e.view, from) => {
+                e.view = to.clone();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the ids that name `v` (its own, and the client's if it still
+    /// names it).
+    pub fn remove_view_ids(&self, v: &View<R>) {
+        let mut t = lock(&self.views);
+        for id in [Some(v.id), v.client_id()].into_iter().flatten() {
+            if t.get(id).is_some_and(|e| core::ptr::eq(&*e.view, v)) {
+                t.remove(id);
+            }
+        }
+    }
+
+    /// Every view record its ids name (for its end).
+    pub fn view_records(&self) -> Vec<Arc<View<R>>> {
+        let t = lock(&self.views);
+        let mut v: Vec<Arc<View<R>>> = Vec::new();
+        for (_, e) in t.iter() {
+            if !v.iter().any(|x| Arc::ptr_eq(x, &e.view)) {
+                v.push(e.view.clone());
+            }
+        }
+        v
+    }
+
+    /// Forgets every id left (after its end retired their views).
+    pub fn clear_views(&self) {
+        lock(&self.views).drain(|_, _| {});
+    }
+
+    pub fn add_space(&self, s: Arc<Space<R>>) -> Result<(), PagerError> {
+        let mut spaces = lock(&self.spaces);
+        if self.is_ended() {
+            return Err(PagerError::NoSuchView);
+        }
+        spaces
+            .try_reserve(1)
+            .map_err(|_| self.error(TableError::OutOfMetadata))?;
+        spaces.push(s);
+        Ok(())
+    }
+
+    pub fn remove_space(&self, s: &Space<R>) {
+        lock(&self.spaces).retain(|x| !core::ptr::eq(&**x, s));
+    }
+
+    pub fn spaces(&self) -> Vec<Arc<Space<R>>> {
+        lock(&self.spaces).iter().cloned().collect()
+    }
+}
+
+/// A collect the GPU server has not finalized yet.
+pub struct InFlight<R: Runtime> {
+    pub object: Arc<Object<R>>,
+    pub chunk: Chunk,
+    pub gpu: u8,
+    pub collected: Collected,
+}
+
+/// The GPU server's `PagerMigrate` session.
+pub struct GpuSession<R: Runtime> {
+    pub badge: u64,
+    /// The objects it opened views of, by the ids it knows them by.
+    opened: Mutex<HandleTable<Arc<Object<R>>, Meta>>,
+    collects: Mutex<AllocVec<InFlight<R>, Meta>>,
+    /// Collects recorded or being made (at most `limit`).
+    in_flight: AtomicUsize,
+    limit: usize,
+    ended: AtomicBool,
+}
+
+impl<R: Runtime> GpuSession<R> {
+    pub fn new(badge: u64, meta: Meta, objects: usize, collects: usize) -> Self {
+        Self {
+            badge,
+            opened: Mutex::new(HandleTable::new_in(objects, meta.clone())),
+            collects: Mutex::new(AllocVec::new_in(meta)),
+            in_flight: AtomicUsize::new(0),
+            limit: collects,
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// The id it knows `o` by, giving it one if it has none yet.
+    pub fn open(&self, o: &Arc<Object<R>>) -> Option<Handle> {
+        let mut t = lock(&self.opened);
+        // A dying object's end closes it under this lock after marking it
+        // dying: checked here, no entry can outlive the end.
+        if self.is_ended() || o.is_dying() {
+            return None;
+        }
+        if let Some(id) = o.gpu_id() {
+            if t.get(id).is_some_and(|x| Arc::ptr_eq(x, o)) {
+                return Some(id);
+            }
+        }
+        let id = t.insert(o.clone()).ok()?;
+        o.set_gpu_id(Some(id));
+        Some(id)
+    }
+
+    /// The object it knows as `id`.
+    pub fn object(&self, id: Handle) -> Option<Arc<Object<R>>> {
+        lock(&self.opened).get(id).cloned()
+    }
+
+    /// Forgets `o` (its end: the GPU server freed its VRAM).
+    pub fn close(&self, o: &Object<R>) {
+        let mut t = lock(&self.opened);
+        if let Some(id) = o.gpu_id() {
+            if t.get(id).is_some_and(|x| core::ptr::eq(&**x, o)) {
+                t.remove(id);
+            }
+        }
+        o.set_gpu_id(None);
+    }
+
+    /// Takes a place for one more collect, if the limit allows.
+    pub fn reserve_collect(&self) -> bool {
+        let mut cur = self.in_flight.load(Ordering::Acquire);
+        loop {
+            if cur >= self.limit {
+                return false;
+            }
+            match self.in_flight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    pub fn unreserve_collect(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Records a collect (its place reserved); gives it back when the
+    /// session ended meanwhile or the arena has no room.
+    pub fn record(&self, f: InFlight<R>) -> Result<(), Box<InFlight<R>>> {
+        let mut c = lock(&self.collects);
+        if self.is_ended() || c.try_reserve(1).is_err() {
+            return Err(Box::new(f));
+        }
+        c.push(f);
+        Ok(())
+    }
+
+    /// Takes the collect a finalize names.
+    pub fn take(
+        &self,
+        o: &Object<R>,
+        chunk: Chunk,
+        gpu: u8,
+        got: &ipc_protocol::types::PageMask,
+    ) -> Option<InFlight<R>> {
+        let mut c = lock(&self.collects);
+        let at = c.iter().position(|f| {
+            core::ptr::eq(&*f.object, o)
+                && f.chunk == chunk
+                && f.gpu == gpu
+                && f.collected.got == *got
+        })?;
+        Some(c.swap_remove(at))
+    }
+
+    /// Collects awaiting their finalize now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Ends it: nothing new is recorded; returns the collects in flight
+    /// and the objects it opened.
+    pub fn end(&self) -> (Vec<InFlight<R>>, Vec<Arc<Object<R>>>) {
+        self.ended.store(true, Ordering::Release);
+        let collects: Vec<InFlight<R>> = lock(&self.collects).drain(..).collect();
+        let mut opened = Vec::new();
+        lock(&self.opened).drain(|_, o| opened.push(o));
+        (collects, opened)
+    }
+}

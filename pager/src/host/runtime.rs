@@ -1,0 +1,306 @@
+//! The core's side effects on the Linux host (DESIGN.md 8): memfd objects
+//! sealed against shrinking and growing, userfaultfd calls on the client's
+//! descriptor, the staging buffer, and the GPU server's `GpuNotify`.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ipc_protocol::client::Client;
+use ipc_protocol::interfaces::gpu_notify::{
+    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone,
+};
+use ipc_protocol::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
+use rustix::fs::{fallocate, FallocateFlags, MemfdFlags, SealFlags};
+use rustix::io::Errno;
+use session::Handle;
+
+use super::space::HostPort;
+use super::staging::{Staging, SLOT_BYTES};
+use super::uffd::{self, Uffd};
+use crate::core::runtime::{Pause, RtError, Runtime, Source};
+use crate::core::view::{Space, PAGE};
+use crate::core::Core;
+
+pub struct HostRuntime {
+    /// Fault workers per address space (one more thread reads its events).
+    pub workers: usize,
+    pub staging: Staging,
+    /// A 2 MiB zero buffer for first-touch fills.
+    zeros: Vec<u8>,
+    pub gpu: OnceLock<Client<GpuNotify>>,
+}
+
+impl HostRuntime {
+    pub fn new(workers: usize, staging_slots: usize) -> rustix::io::Result<Self> {
+        Ok(Self {
+            workers: workers.max(1),
+            staging: Staging::new(staging_slots)?,
+            zeros: vec![0u8; SLOT_BYTES],
+            gpu: OnceLock::new(),
+        })
+    }
+
+    /// Page `index` of `src` in our own memory.
+    fn source(&self, src: Source, index: usize) -> Option<*const u8> {
+        let base = match src {
+            Source::Zeros => self.zeros.as_ptr(),
+            Source::Staging(slot) => self.staging.ptr(slot)?,
+        };
+        // SAFETY: `index` is a page of a chunk (< 512): inside the buffer.
+        (index < SLOT_BYTES / PAGE as usize).then(|| unsafe { base.add(index * PAGE as usize) })
+    }
+
+    fn notify(&self) -> Result<&Client<GpuNotify>, RtError> {
+        self.gpu.get().ok_or(RtError::Gpu)
+    }
+}
+
+/// An errno in the core's terms.
+pub fn rt(e: Errno) -> RtError {
+    match e {
+        Errno::AGAIN => RtError::Again,
+        Errno::NOENT => RtError::Unmapped,
+        Errno::EXIST => RtError::Exists,
+        Errno::SRCH => RtError::Gone,
+        e => RtError::Host(e.raw_os_error()),
+    }
+}
+
+fn count(n: usize) -> Result<PageCount, RtError> {
+    u16::try_from(n)
+        .ok()
+        .and_then(PageCount::new)
+        .ok_or(RtError::Gpu)
+}
+
+fn object(h: Handle) -> ObjectId {
+    ObjectId::raw(h.raw())
+}
+
+impl Runtime for HostRuntime {
+    type Handle = OwnedFd;
+    type Memory = OwnedFd;
+    type Port = HostPort;
+
+    /// A memfd sealed so that no one (the client included) can shrink or
+    /// grow it once it is handed out: the GPU server and the device model
+    /// size their view of it once.
+    fn create_memory(&self, bytes: u64) -> Result<(OwnedFd, OwnedFd), RtError> {
+        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+        let memfd = rustix::fs::memfd_create("svm-object", flags).map_err(rt)?;
+        rustix::fs::ftruncate(&memfd, bytes).map_err(rt)?;
+        rustix::fs::fcntl_add_seals(
+            &memfd,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        )
+        .map_err(rt)?;
+        let client = rustix::io::fcntl_dupfd_cloexec(&memfd, 0).map_err(rt)?;
+        Ok((memfd, client))
+    }
+
+    fn share_memory(&self, m: &OwnedFd) -> Result<OwnedFd, RtError> {
+        rustix::io::fcntl_dupfd_cloexec(m, 0).map_err(rt)
+    }
+
+    fn drop_pages(&self, m: &OwnedFd, first: usize, pages: usize) -> Result<(), RtError> {
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        fallocate(m, flags, first as u64 * PAGE, pages as u64 * PAGE).map_err(rt)
+    }
+
+    /// A `pwrite` fills each page under its page-cache lock, so a reader
+    /// through some other mapping sees it whole or not at all.
+    fn write_pages(
+        &self,
+        m: &OwnedFd,
+        first: usize,
+        src: Source,
+        src_index: usize,
+        pages: usize,
+    ) -> Result<(), RtError> {
+        let ptr = self.source(src, src_index).ok_or(RtError::Host(0))?;
+        if src_index + pages > SLOT_BYTES / PAGE as usize {
+            return Err(RtError::Host(0));
+        }
+        // SAFETY: the source buffer holds `pages` pages from `src_index` (checked).
+        let data = unsafe { std::slice::from_raw_parts(ptr, pages * PAGE as usize) };
+        let off = first as u64 * PAGE;
+        let mut written = 0;
+        while written < data.len() {
+            written += rustix::io::pwrite(m, &data[written..], off + written as u64).map_err(rt)?;
+        }
+        Ok(())
+    }
+
+    fn open_port(&self, h: OwnedFd) -> Result<HostPort, RtError> {
+        let uffd = Uffd::new(h);
+        uffd.handshake(uffd::FEATURES)
+            .map_err(|_| RtError::BadHandle)?;
+        HostPort::new(uffd).map_err(|e| RtError::Host(e.raw_os_error().unwrap_or(0)))
+    }
+
+    fn register(&self, p: &HostPort, addr: u64, len: u64) -> Result<(), RtError> {
+        p.uffd.register(addr, len).map_err(rt)
+    }
+
+    fn unregister(&self, p: &HostPort, addr: u64, len: u64) -> Result<(), RtError> {
+        p.uffd.unregister(addr, len).map_err(rt)
+    }
+
+    fn write_protect(&self, p: &HostPort, addr: u64, len: u64, on: bool) -> Result<(), RtError> {
+        p.uffd.write_protect(addr, len, on).map_err(rt)
+    }
+
+    fn install(
+        &self,
+        p: &HostPort,
+        _m: &OwnedFd,
+        dst: u64,
+        _page: usize,
+        src: Source,
+        src_index: usize,
+        pages: usize,
+    ) -> (usize, Option<RtError>) {
+        let Some(ptr) = self.source(src, src_index) else {
+            return (0, Some(RtError::Host(0)));
+        };
+        if src_index + pages > SLOT_BYTES / PAGE as usize {
+            return (0, Some(RtError::Host(0)));
+        }
+        // SAFETY: the source holds `pages` pages from `src_index` (checked).
+        let (bytes, stop) = unsafe { p.uffd.copy(dst, ptr, pages as u64 * PAGE) };
+        ((bytes / PAGE) as usize, stop.map(rt))
+    }
+
+    fn wake(&self, p: &HostPort, addr: u64, len: u64) -> Result<(), RtError> {
+        p.uffd.wake(addr, len).map_err(rt)
+    }
+
+    fn start_space(&self, core: &Arc<Core<Self>>, space: &Arc<Space<Self>>) -> Result<(), RtError> {
+        super::space::start(core, space, self.workers)
+            .map_err(|e| RtError::Host(e.raw_os_error().unwrap_or(0)))
+    }
+
+    fn stop_space(&self, space: &Space<Self>) {
+        space.port.stop();
+    }
+
+    fn threads_per_space(&self) -> u64 {
+        1 + self.workers as u64
+    }
+
+    fn pause(&self, why: Pause, attempt: u32) {
+        let d = match why {
+            Pause::FaultRetry => {
+                Duration::from_micros(100 << attempt.min(10)).min(Duration::from_millis(100))
+            }
+            Pause::ProtectRetry => Duration::from_micros(50 << attempt.min(6)),
+            Pause::BringBack => Duration::from_millis(1),
+        };
+        std::thread::sleep(d);
+    }
+
+    fn take_slot(&self) -> usize {
+        self.staging.take()
+    }
+
+    fn put_slot(&self, slot: usize) {
+        self.staging.put(slot);
+    }
+
+    fn gpu_attached(&self) -> bool {
+        self.gpu.get().is_some()
+    }
+
+    fn invalidate(
+        &self,
+        _m: &OwnedFd,
+        o: Handle,
+        first: usize,
+        n: usize,
+        seq: u64,
+    ) -> Result<(), RtError> {
+        self.notify()?
+            .call(Invalidate {
+                object: object(o),
+                first_page: first as u64,
+                count: count(n)?,
+                seq: Seq::raw(seq),
+            })
+            .map(|_| ())
+            .map_err(|e| {
+                log::warn!("pager: invalidate: {e}");
+                RtError::Gpu
+            })
+    }
+
+    fn migrate_to_ram(
+        &self,
+        o: Handle,
+        first: usize,
+        n: usize,
+        pages: &PageMask,
+        slot: usize,
+    ) -> Result<PageMask, RtError> {
+        self.notify()?
+            .call(MigrateToRam {
+                object: object(o),
+                first_page: first as u64,
+                count: count(n)?,
+                pages: *pages,
+                staging_offset: Staging::offset(slot),
+            })
+            .map(|r| r.copied)
+            .map_err(|e| {
+                log::warn!("pager: migrate to RAM: {e}");
+                RtError::Gpu
+            })
+    }
+
+    fn free_pages(
+        &self,
+        o: Handle,
+        first: usize,
+        n: usize,
+        pages: &PageMask,
+    ) -> Result<(), RtError> {
+        self.notify()?
+            .call(FreePages {
+                object: object(o),
+                first_page: first as u64,
+                count: count(n)?,
+                pages: *pages,
+            })
+            .map(|_| ())
+            .map_err(|_| RtError::Gpu)
+    }
+
+    fn view_gone(&self, view: Handle) {
+        if let Some(gpu) = self.gpu.get() {
+            if let Err(e) = gpu.call(ViewGone {
+                view: ViewId::raw(view.raw()),
+            }) {
+                log::warn!(
+                    "pager: telling the GPU server view {:#x} went away: {e}",
+                    view.raw()
+                );
+            }
+        }
+    }
+
+    fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
+        if let Some(gpu) = self.gpu.get() {
+            if let Err(e) = gpu.call(ViewCopied {
+                view: ViewId::raw(view.raw()),
+                new_view: ViewId::raw(new_view.raw()),
+                from,
+                to,
+            }) {
+                log::warn!(
+                    "pager: telling the GPU server view {:#x} is also at {to:#x}: {e}",
+                    view.raw()
+                );
+            }
+        }
+    }
+}

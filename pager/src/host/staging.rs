@@ -1,0 +1,82 @@
+//! A bounded pool of 2 MiB staging slots the GPU server copies VRAM into
+//! (one memfd, shared with the GPU server at boot, DESIGN.md 8): migration
+//! to RAM copies VRAM there, then `UFFDIO_COPY` installs it from our own
+//! mapping.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Condvar, Mutex};
+
+use crate::migrate::Chunk;
+
+pub const SLOT_BYTES: usize = Chunk::MAX_BYTES;
+
+pub struct Staging {
+    pub memfd: OwnedFd,
+    base: *mut u8,
+    free: Mutex<Vec<usize>>,
+    available: Condvar,
+    pub slots: usize,
+}
+
+// SAFETY: `base` is a shared mapping owned by this struct for its lifetime;
+// slots are handed out exclusively.
+unsafe impl Send for Staging {}
+// SAFETY: as above; the free list is behind a mutex.
+unsafe impl Sync for Staging {}
+
+impl Staging {
+    pub fn new(slots: usize) -> rustix::io::Result<Self> {
+        use rustix::mm::{mmap, MapFlags, ProtFlags};
+        let memfd = rustix::fs::memfd_create("pager-staging", rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&memfd, (slots * SLOT_BYTES) as u64)?;
+        // SAFETY: a fresh shared mapping of our own memfd, kept for our lifetime.
+        let base = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                slots * SLOT_BYTES,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &memfd,
+                0,
+            )?
+        };
+        Ok(Self {
+            memfd,
+            base: base.cast(),
+            free: Mutex::new((0..slots).collect()),
+            available: Condvar::new(),
+            slots,
+        })
+    }
+
+    /// Takes a slot, waiting for one if all are in use. Slots are held only
+    /// across one GPU copy and one `UFFDIO_COPY`, never across a wait.
+    pub fn take(&self) -> usize {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(index) = free.pop() {
+                return index;
+            }
+            free = self.available.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn put(&self, slot: usize) {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot);
+        self.available.notify_one();
+    }
+
+    /// The slot's offset in the memfd (what the GPU server copies to).
+    pub fn offset(slot: usize) -> u64 {
+        (slot * SLOT_BYTES) as u64
+    }
+
+    /// The slot's first byte in our mapping (`None`: no such slot).
+    pub fn ptr(&self, slot: usize) -> Option<*const u8> {
+        // SAFETY: slot < slots, so the offset is inside the mapping.
+        (slot < self.slots).then(|| unsafe { self.base.add(slot * SLOT_BYTES) as *const u8 })
+    }
+}

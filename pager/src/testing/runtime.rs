@@ -1,0 +1,442 @@
+//! A runtime under the session core for tests and the explorer: object
+//! memory is one word of data per page, an address space records what is
+//! registered and write-protected, and a GPU server keeps "VRAM" pages in a
+//! map. Nothing runs by itself: a test delivers faults with
+//! [`Core::serve_fault`] and plays the GPU server through the core's
+//! `PagerMigrate` requests ([`gpu_migrate`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipc_protocol::interfaces::pager as p;
+use ipc_protocol::interfaces::pager_migrate as m;
+use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask};
+use session::Handle;
+
+use crate::core::runtime::{Pause, RtError, Runtime, Source};
+use crate::core::session::{ClientSession, GpuSession};
+use crate::core::view::{Space, PAGE};
+use crate::core::{Config, Core};
+use crate::sync::{lock, Arc, AtomicU64, Condvar, Mutex, Ordering};
+
+/// What a page holds once its RAM copy was dropped (moved to VRAM).
+pub const POISON: u64 = u64::MAX;
+/// Staging slots of the model.
+pub const SLOTS: usize = 2;
+const SLOT_PAGES: usize = 512;
+
+/// An object's memory: one data word per page.
+pub struct ModelMemory {
+    pub words: Vec<AtomicU64>,
+}
+
+/// What a client passes: its memory back (never valid as a port), or a
+/// fault channel.
+pub enum ModelHandle {
+    Memory(Arc<ModelMemory>),
+    Port,
+}
+
+/// An address space: registered ranges and write-protected pages.
+#[derive(Default)]
+pub struct ModelPort {
+    pub registered: Mutex<Vec<(u64, u64)>>,
+    /// Ranges handed back to the kernel, in order.
+    pub unregistered: Mutex<Vec<(u64, u64)>>,
+    pub protected: Mutex<BTreeSet<u64>>,
+}
+
+impl ModelPort {
+    /// Whether the page at `addr` is write-protected.
+    pub fn is_protected(&self, addr: u64) -> bool {
+        lock(&self.protected).contains(&(addr & !(PAGE - 1)))
+    }
+}
+
+/// The model runtime and its GPU server.
+pub struct ModelRuntime {
+    /// The GPU server's VRAM: (object id it knows, page) -> data.
+    pub vram: Mutex<BTreeMap<(u32, usize), u64>>,
+    staging: Vec<AtomicU64>,
+    free_slots: Mutex<Vec<usize>>,
+    slot_free: Condvar,
+    /// Views the GPU server heard went, and copies (view, new view).
+    pub gone: Mutex<Vec<u32>>,
+    pub copied: Mutex<Vec<(u32, u32)>>,
+    pub invalidations: AtomicU64,
+}
+
+impl Default for ModelRuntime {
+    fn default() -> Self {
+        Self {
+            vram: Mutex::new(BTreeMap::new()),
+            staging: (0..SLOTS * SLOT_PAGES).map(|_| AtomicU64::new(0)).collect(),
+            free_slots: Mutex::new((0..SLOTS).collect()),
+            slot_free: Condvar::new(),
+            gone: Mutex::new(Vec::new()),
+            copied: Mutex::new(Vec::new()),
+            invalidations: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ModelRuntime {
+    fn value(&self, src: Source, index: usize) -> u64 {
+        match src {
+            Source::Zeros => 0,
+            Source::Staging(slot) => {
+                self.staging[slot * SLOT_PAGES + index].load(Ordering::Acquire)
+            }
+        }
+    }
+}
+
+impl Runtime for ModelRuntime {
+    type Handle = ModelHandle;
+    type Memory = Arc<ModelMemory>;
+    type Port = ModelPort;
+
+    fn create_memory(&self, bytes: u64) -> Result<(Self::Memory, ModelHandle), RtError> {
+        let pages = (bytes / PAGE) as usize;
+        let mem = Arc::new(ModelMemory {
+            words: (0..pages).map(|_| AtomicU64::new(0)).collect(),
+        });
+        Ok((mem.clone(), ModelHandle::Memory(mem)))
+    }
+
+    fn share_memory(&self, m: &Self::Memory) -> Result<ModelHandle, RtError> {
+        Ok(ModelHandle::Memory(m.clone()))
+    }
+
+    fn drop_pages(&self, m: &Self::Memory, first: usize, pages: usize) -> Result<(), RtError> {
+        for w in &m.words[first..first + pages] {
+            w.store(POISON, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn write_pages(
+        &self,
+        m: &Self::Memory,
+        first: usize,
+        src: Source,
+        src_index: usize,
+        pages: usize,
+    ) -> Result<(), RtError> {
+        for k in 0..pages {
+            m.words[first + k].store(self.value(src, src_index + k), Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn open_port(&self, h: ModelHandle) -> Result<ModelPort, RtError> {
+        match h {
+            ModelHandle::Port => Ok(ModelPort::default()),
+            ModelHandle::Memory(_) => Err(RtError::BadHandle),
+        }
+    }
+
+    fn register(&self, p: &ModelPort, addr: u64, len: u64) -> Result<(), RtError> {
+        lock(&p.registered).push((addr, len));
+        Ok(())
+    }
+
+    fn unregister(&self, p: &ModelPort, addr: u64, len: u64) -> Result<(), RtError> {
+        lock(&p.unregistered).push((addr, len));
+        lock(&p.registered).retain(|r| *r != (addr, len));
+        Ok(())
+    }
+
+    fn write_protect(&self, p: &ModelPort, addr: u64, len: u64, on: bool) -> Result<(), RtError> {
+        let mut wp = lock(&p.protected);
+        for a in (addr..addr + len).step_by(PAGE as usize) {
+            if on {
+                wp.insert(a);
+            } else {
+                wp.remove(&a);
+            }
+        }
+        Ok(())
+    }
+
+    fn install(
+        &self,
+        _p: &ModelPort,
+        m: &Self::Memory,
+        _dst: u64,
+        page: usize,
+        src: Source,
+        src_index: usize,
+        pages: usize,
+    ) -> (usize, Option<RtError>) {
+        for k in 0..pages {
+            m.words[page + k].store(self.value(src, src_index + k), Ordering::Release);
+        }
+        (pages, None)
+    }
+
+    fn wake(&self, _p: &ModelPort, _addr: u64, _len: u64) -> Result<(), RtError> {
+        Ok(())
+    }
+
+    fn start_space(
+        &self,
+        _core: &Arc<Core<Self>>,
+        _space: &Arc<Space<Self>>,
+    ) -> Result<(), RtError> {
+        Ok(())
+    }
+
+    fn stop_space(&self, _space: &Space<Self>) {}
+
+    fn threads_per_space(&self) -> u64 {
+        5
+    }
+
+    fn pause(&self, _why: Pause, _attempt: u32) {
+        crate::sync::yield_now();
+    }
+
+    fn take_slot(&self) -> usize {
+        let mut free = lock(&self.free_slots);
+        loop {
+            if let Some(s) = free.pop() {
+                return s;
+            }
+            free = self.slot_free.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn put_slot(&self, slot: usize) {
+        lock(&self.free_slots).push(slot);
+        self.slot_free.notify_one();
+    }
+
+    fn gpu_attached(&self) -> bool {
+        true
+    }
+
+    fn invalidate(
+        &self,
+        _m: &Self::Memory,
+        _o: Handle,
+        _first: usize,
+        _n: usize,
+        _seq: u64,
+    ) -> Result<(), RtError> {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn migrate_to_ram(
+        &self,
+        o: Handle,
+        first: usize,
+        _n: usize,
+        pages: &PageMask,
+        slot: usize,
+    ) -> Result<PageMask, RtError> {
+        let mut vram = lock(&self.vram);
+        let mut copied = PageMask::EMPTY;
+        for i in pages.iter() {
+            if let Some(v) = vram.remove(&(o.raw(), first + i)) {
+                self.staging[slot * SLOT_PAGES + i].store(v, Ordering::Release);
+                copied.set(i);
+            }
+        }
+        Ok(copied)
+    }
+
+    fn free_pages(
+        &self,
+        o: Handle,
+        first: usize,
+        _n: usize,
+        pages: &PageMask,
+    ) -> Result<(), RtError> {
+        let mut vram = lock(&self.vram);
+        for i in pages.iter() {
+            vram.remove(&(o.raw(), first + i));
+        }
+        Ok(())
+    }
+
+    fn view_gone(&self, view: Handle) {
+        lock(&self.gone).push(view.raw());
+    }
+
+    fn view_copied(&self, view: Handle, new_view: Handle, _from: u64, _to: u64) {
+        lock(&self.copied).push((view.raw(), new_view.raw()));
+    }
+}
+
+pub type ModelCore = Core<ModelRuntime>;
+
+/// A core on the model runtime with a small arena.
+pub fn model_core(cfg: Config) -> Arc<ModelCore> {
+    match Core::new(ModelRuntime::default(), cfg) {
+        Ok(c) => Arc::new(c),
+        Err(e) => panic!("a model core: {e}"),
+    }
+}
+
+/// A small configuration for tests: an 8 MiB arena, budgets as given.
+pub fn small_config(budget: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.budget.metadata_bytes = 256 << 10;
+    cfg.budget.object_bytes = 64 << 20;
+    if let Err(e) = cfg.budget.apply(budget) {
+        panic!("budget {budget:?}: {e:?}");
+    }
+    cfg.max_clients = 4;
+    cfg.arena_bytes = cfg.budget.metadata_bytes * 4 + crate::core::PEER_METADATA;
+    cfg
+}
+
+/// Puts `value(p)` in every page of `o`, in RAM (state SYSTEM).
+pub fn seed(o: &crate::core::object::Object<ModelRuntime>, value: impl Fn(usize) -> u64) {
+    for p in 0..o.pages() {
+        match o.table.try_lock(p) {
+            Ok(Some(_)) => {}
+            other => panic!("seeding page {p}: {other:?}"),
+        }
+        o.memory.words[p].store(value(p), Ordering::Release);
+        let _ = o.table.unlock(p, crate::state::Residency::System);
+    }
+}
+
+/// A CPU write adding `add` to page `page` at `addr` of `space`: applied
+/// at once unless the page is write-protected there (checked and written
+/// in one step, as the MMU does), else a write-protect fault first.
+pub fn cpu_write(core: &ModelCore, space: &Space<ModelRuntime>, addr: u64, page: usize, add: u64) {
+    let Some(view) = space.view_at(addr) else {
+        panic!("no view at {addr:#x}");
+    };
+    for _ in 0..1000 {
+        {
+            let wp = lock(&space.port.protected);
+            let present = view.object.memory.words[page].load(Ordering::Acquire) != POISON;
+            if present && !wp.contains(&(addr & !(PAGE - 1))) {
+                view.object.memory.words[page].fetch_add(add, Ordering::AcqRel);
+                return;
+            }
+            if !present {
+                drop(wp);
+                core.serve_fault(space, addr, false);
+                continue;
+            }
+        }
+        core.serve_fault(space, addr, true);
+    }
+    panic!("a CPU write to page {page} never completed");
+}
+
+/// A client's object of `pages` pages with a view at `addr`; returns the
+/// client's object and view ids.
+pub fn object_with_view(
+    core: &Arc<ModelCore>,
+    s: &Arc<ClientSession<ModelRuntime>>,
+    pages: u64,
+    addr: u64,
+) -> Result<(Handle, Handle), p::PagerError> {
+    let (r, _) = core.pager_request(
+        s,
+        p::Request::CreateObject(p::CreateObject {
+            size_bytes: pages * PAGE,
+        }),
+        vec![],
+    )?;
+    let p::Reply::CreateObject(o) = r else {
+        return Err(p::PagerError::Host);
+    };
+    let attach = p::AttachView {
+        object: o.object,
+        addr,
+        object_first_page: 0,
+        pages,
+    };
+    let (r, _) = core.pager_request(s, p::Request::AttachView(attach), vec![ModelHandle::Port])?;
+    let p::Reply::AttachView(v) = r else {
+        return Err(p::PagerError::Host);
+    };
+    Ok((
+        Handle::from_raw(o.object.get()),
+        Handle::from_raw(v.view.get()),
+    ))
+}
+
+/// The GPU server opens client `client`'s view: the id it knows the
+/// object by.
+pub fn gpu_open(
+    core: &ModelCore,
+    g: &GpuSession<ModelRuntime>,
+    client: u64,
+    view: Handle,
+) -> Result<ObjectId, m::MigrateError> {
+    let req = m::Request::OpenView(m::OpenView {
+        view: ipc_protocol::types::ViewId::raw(view.raw()),
+        client,
+    });
+    match core.migrate_request(g, req)? {
+        (m::Reply::OpenView(o), _) => Ok(o.object),
+        _ => Err(m::MigrateError::Host),
+    }
+}
+
+/// The GPU server collects `[first, first + count)` of the object it
+/// knows as `object`.
+pub fn gpu_collect(
+    core: &ModelCore,
+    g: &GpuSession<ModelRuntime>,
+    object: ObjectId,
+    first: u64,
+    count: u16,
+) -> Result<m::Collected, m::MigrateError> {
+    let req = m::Request::Collect(m::Collect {
+        object,
+        first_page: first,
+        count: PageCount::new(count).ok_or(m::MigrateError::OutOfRange)?,
+        gpu: GpuId::new(0).ok_or(m::MigrateError::Host)?,
+    });
+    match core.migrate_request(g, req)? {
+        (m::Reply::Collect(c), _) => Ok(c),
+        _ => Err(m::MigrateError::Host),
+    }
+}
+
+/// What a GPU fault does: collect the chunk, copy what it got into VRAM
+/// (from `memory`), finalize it all as migrated. Returns the pages moved.
+pub fn gpu_migrate(
+    core: &ModelCore,
+    g: &GpuSession<ModelRuntime>,
+    object: ObjectId,
+    memory: &ModelMemory,
+    first: u64,
+    count: u16,
+) -> Result<u16, m::MigrateError> {
+    let c = gpu_collect(core, g, object, first, count)?;
+    {
+        let mut vram = lock(&core.rt.vram);
+        for i in c.got.iter() {
+            let p = first as usize + i;
+            let v = if c.zero.get(i) {
+                0
+            } else {
+                memory.words[p].load(Ordering::Acquire)
+            };
+            vram.insert((object.get(), p), v);
+        }
+    }
+    let req = m::Request::Finalize(m::Finalize {
+        object,
+        first_page: first,
+        count: PageCount::new(count).ok_or(m::MigrateError::OutOfRange)?,
+        gpu: GpuId::new(0).ok_or(m::MigrateError::Host)?,
+        vram_first_pfn: 0,
+        got: c.got,
+        migrated: c.got,
+    });
+    match core.migrate_request(g, req)? {
+        (m::Reply::Finalize(f), _) => Ok(f.device),
+        _ => Err(m::MigrateError::Host),
+    }
+}

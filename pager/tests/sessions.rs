@@ -1,0 +1,168 @@
+//! The session core on the model runtime (no process, no socket): view
+//! ids that follow moves, view changes past the budget handed to the
+//! kernel, and a client's end releasing everything it held.
+#![cfg(not(feature = "shuttle"))]
+
+use ipc_protocol::interfaces::pager::{self as p, PagerError};
+use ipc_protocol::types::ViewId;
+use pager::core::view::PAGE;
+use pager::sync::lock;
+use pager::testing::runtime::{
+    gpu_migrate, gpu_open, model_core, object_with_view, seed, small_config, ModelCore,
+};
+use session::Handle;
+
+const CLIENT: u64 = 100;
+const GPU: u64 = 1;
+const A: u64 = 0x1000_0000;
+const B: u64 = 0x2000_0000;
+
+fn detach(core: &std::sync::Arc<ModelCore>, client: u64, view: Handle) -> Result<(), PagerError> {
+    let s = core.client(client)?;
+    let req = p::Request::DetachView(p::DetachView {
+        view: ViewId::raw(view.raw()),
+    });
+    core.pager_request(&s, req, vec![]).map(|_| ())
+}
+
+/// A plain move: the client's id names the moved view; the GPU server
+/// twins its bindings before the move completes and hears every id it may
+/// have bound the view by when it goes (a rebind after the move included).
+#[test]
+fn a_moved_view_keeps_its_client_id() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (_, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let g = core.gpu_session(GPU).unwrap();
+    gpu_open(&core, &g, CLIENT, view).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    let mut notes = Vec::new();
+    let pending = core.follow_remap(&space, A, B, 8 * PAGE, &mut notes);
+    core.send_notes(&mut notes);
+    let moved = *lock(&core.rt.copied)
+        .first()
+        .expect("the GPU heard of the copy");
+    assert_eq!(
+        moved.0,
+        view.raw(),
+        "the bindings of the client's id are twinned"
+    );
+    core.follow_unmap(&space, A, A + 8 * PAGE, Some(pending), &mut notes);
+    core.send_notes(&mut notes);
+    assert_eq!(
+        *lock(&core.rt.gone),
+        vec![view.raw()],
+        "the old binding went"
+    );
+    let now = s.view(view).expect("the client's id names the moved view");
+    assert_eq!((now.addr, now.id.raw()), (B, moved.1));
+    // The client binds its id again at the new address, then detaches.
+    gpu_open(&core, &g, CLIENT, view).unwrap();
+    detach(&core, CLIENT, view).unwrap();
+    let gone = lock(&core.rt.gone).clone();
+    assert!(gone.contains(&moved.1) && gone.iter().filter(|v| **v == view.raw()).count() == 2);
+    assert!(s.view(view).is_none());
+    assert_eq!(core.accounting().views, 0);
+}
+
+/// A split the client's view budget has no room for: the part that cannot
+/// be recorded goes to the kernel, the rest is followed.
+#[test]
+fn a_split_past_the_view_budget_is_handed_to_the_kernel() {
+    let core = model_core(small_config("views=2"));
+    let s = core.client(CLIENT).unwrap();
+    let (_, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    let mut notes = Vec::new();
+    core.follow_unmap(&space, A + 3 * PAGE, A + 4 * PAGE, None, &mut notes);
+    let views: Vec<(u64, usize)> = space.views().iter().map(|v| (v.addr, v.pages)).collect();
+    assert_eq!(views, vec![(A, 3)], "the first part is followed");
+    assert_eq!(
+        *lock(&space.port.unregistered),
+        vec![(A + 4 * PAGE, 4 * PAGE)],
+        "the part past the budget is the kernel's"
+    );
+    assert_eq!(core.accounting().views, 1);
+}
+
+/// A fork past the client's address-space budget is not followed: the
+/// child's ranges stay the kernel's, nothing is charged.
+#[test]
+fn a_fork_past_the_space_budget_is_not_followed() {
+    let core = model_core(small_config("spaces=1"));
+    let s = core.client(CLIENT).unwrap();
+    let (_, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    assert!(core.follow_fork(&space, Default::default()).is_none());
+    assert_eq!(core.accounting().spaces, 1);
+}
+
+/// A client's end: its views go (the GPU server hears it), its objects'
+/// VRAM is freed, and every total comes back to where it was.
+#[test]
+fn a_clients_end_releases_everything_it_held() {
+    let core = model_core(small_config(""));
+    let arena_before = core.arena().used();
+    let s = core.client(CLIENT).unwrap();
+    let g = core.gpu_session(GPU).unwrap();
+    let mut views = Vec::new();
+    for k in 0..3u64 {
+        let (obj, view) = object_with_view(&core, &s, 16, A + k * (1 << 20)).unwrap();
+        let o = s.object(obj).unwrap();
+        seed(&o, |p| p as u64 + 1);
+        let id = gpu_open(&core, &g, CLIENT, view).unwrap();
+        assert_eq!(gpu_migrate(&core, &g, id, &o.memory, 0, 16).unwrap(), 16);
+        views.push(view.raw());
+    }
+    assert_eq!(lock(&core.rt.vram).len(), 48);
+    let t = core.accounting();
+    assert_eq!(
+        (t.objects, t.views, t.spaces, t.fault_threads),
+        (3, 3, 3, 15)
+    );
+    drop(s);
+    core.end_client(CLIENT);
+    assert!(lock(&core.rt.vram).is_empty(), "its VRAM was freed");
+    let mut gone = lock(&core.rt.gone).clone();
+    gone.sort();
+    assert_eq!(gone, views, "the GPU server heard each view went");
+    let t = core.accounting();
+    assert_eq!(
+        (
+            t.objects,
+            t.object_bytes,
+            t.views,
+            t.spaces,
+            t.fault_threads,
+            t.collects
+        ),
+        (0, 0, 0, 0, 0, 0)
+    );
+    assert_eq!(t.sessions, 1, "the GPU server's");
+    drop(g);
+    assert!(
+        core.arena().used() <= arena_before + 64 * 1024,
+        "the arena keeps only the GPU session's tables"
+    );
+    // The client id is free again: a new session starts empty.
+    let s = core.client(CLIENT).unwrap();
+    assert!(s.objects().is_empty());
+    assert_eq!(s.view(Handle::from_raw(views[0])).map(|v| v.addr), None);
+}
+
+/// A pager whose arena cannot hold every client at its metadata budget
+/// refuses to start: one client's exhaustion must stay its own error.
+#[test]
+fn an_arena_too_small_for_every_clients_budget_is_refused() {
+    use pager::core::{Config, ConfigError, Core};
+    use pager::testing::runtime::ModelRuntime;
+    let mut cfg = small_config("");
+    cfg.arena_bytes -= 1;
+    match Core::new(ModelRuntime::default(), cfg) {
+        Err(ConfigError::ArenaTooSmall { need, have }) => assert_eq!(need, have + 1),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a core whose arena cannot hold every client's budget"),
+    }
+    assert!(Core::new(ModelRuntime::default(), small_config("")).is_ok());
+    let _ = Config::default();
+}
