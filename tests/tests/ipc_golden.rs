@@ -7,9 +7,7 @@ use std::fmt::Write as _;
 
 use ipc_protocol::frame::{encode_message, encode_raw, ErrorPayload};
 use ipc_protocol::interfaces::*;
-use ipc_protocol::{
-    Control, Frame, Interface, Kind, Message, ProtocolError, Rights, WireError,
-};
+use ipc_protocol::{Control, Frame, Interface, Kind, Message, ProtocolError, Rights, WireError};
 
 const ID: u64 = 0x1122_3344_5566_7788;
 
@@ -86,7 +84,9 @@ fn all_vectors() -> String {
     )
     .unwrap();
     // Control frames travel on any endpoint; this one on a `Pager` endpoint.
-    let restarted = Control::Restarted { generation: 0x0102_0304 };
+    let restarted = Control::Restarted {
+        generation: 0x0102_0304,
+    };
     let frame = restarted.encode(pager::Pager::ID);
     let f = Frame::parse(&frame, 0).expect("golden frame parses");
     assert_eq!(Control::decode(&f), Ok(restarted));

@@ -122,7 +122,10 @@ fn main() {
         );
     }
     if let (Some(shrink), Some(reclaim)) = (a.shrink_fd, a.reclaim_fd) {
-        let (shrink, reclaim) = (Client::new(endpoint(shrink)), Client::new(endpoint(reclaim)));
+        let (shrink, reclaim) = (
+            Client::new(endpoint(shrink)),
+            Client::new(endpoint(reclaim)),
+        );
         if a.generation > 1 {
             let _ = shrink.announce_restart(a.generation);
             let _ = reclaim.announce_restart(a.generation);

@@ -60,7 +60,8 @@ struct Args {
     extra_endpoint: Vec<ExtraEndpoint>,
     /// System memory for evicted buffer objects (sparse until used).
     #[arg(long, default_value_t = 1024)]
-    bo_pool_mib: u64,    /// How many times init has started this server (1 at boot). Not yet
+    bo_pool_mib: u64,
+    /// How many times init has started this server (1 at boot). Not yet
     /// restartable (`init/src/manifest.rs`, `RESTARTABLE`): it rebuilds
     /// nothing after a restart, so init reports its death instead.
     #[arg(long, default_value_t = 1)]
