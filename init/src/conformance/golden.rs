@@ -122,10 +122,9 @@ mod tests {
     fn the_built_in_golden_file_parses_whole() {
         let lines = super::FILE.lines().filter(|l| !l.starts_with('#')).count();
         assert_eq!(super::frames().len(), lines);
-        let pager_requests =
-            <ipc_protocol::interfaces::pager::Pager as ipc_protocol::Interface>::Request::examples(
-            )
-            .len();
+        use ipc_protocol::interfaces::pager::Request;
+        use ipc_protocol::Message;
+        let pager_requests = Request::examples().len();
         assert_eq!(super::requests("Pager").len(), pager_requests);
         assert!(super::requests("Pressure")
             .iter()
