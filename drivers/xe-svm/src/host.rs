@@ -330,10 +330,12 @@ impl Handler<g::Gpu> for GpuServer {
         let owner = caller.badge.0;
         match req {
             g::Request::CreateVm(_) => {
-                let asid = inner.create_vm(owner)?;
+                let vm = inner.create_vm(owner)?;
+                // The handle's index is the ASID.
+                let asid = session::Handle::from_raw(vm).index();
                 Ok((
                     g::Reply::CreateVm(g::VmCreated {
-                        vm: VmId::raw(asid),
+                        vm: VmId::raw(vm),
                         asid,
                     }),
                     vec![],
