@@ -20,8 +20,8 @@ session::budgets! {
         dma_slots: 7,
         /// Bytes of VRAM its SVM pages and buffer objects hold together (past it: system pages, SRAM homes).
         vram_bytes: 64 << 30,
-        /// Bytes of server metadata: 4 per page of the objects it bound, one record per BO chunk.
-        metadata_bytes: 4 << 20,
+        /// Bytes of server metadata: 4 per page of the objects it bound (8 MiB for 8 GiB), one record per BO chunk.
+        metadata_bytes: 9 << 20,
     }
 }
 
