@@ -275,7 +275,8 @@ pub const GPU_BO_POOL_MIB: u64 = 1024;
 pub const BUDGETS: &[ServerBudget] = &[
     ServerBudget {
         process: "pager",
-        spec: "objects=256,object_bytes=8G,views=1024,spaces=16,fault_threads=80,metadata_bytes=17M",
+        spec:
+            "objects=256,object_bytes=8G,views=1024,spaces=16,fault_threads=80,metadata_bytes=17M",
         // Every client slot at its metadata budget, plus the peers'.
         arena_mib: Some(MAX_CLIENTS as u64 * 17 + PAGER_PEER_METADATA_MIB),
     },

@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use allocator_api2::alloc::Global;
 use hw::xe::layout;
 use hw::xe::pte::{PageSize, Target};
-use allocator_api2::alloc::Global;
 use ipc_protocol::interfaces::gpu::GpuError;
 use session::{Handle, HandleTable};
 
@@ -248,7 +248,11 @@ impl Inner<HostPlatform> {
         r
     }
 
-    fn create_bo_charged(&self, session: &Arc<GpuSession>, size_bytes: u64) -> Result<u32, GpuError> {
+    fn create_bo_charged(
+        &self,
+        session: &Arc<GpuSession>,
+        size_bytes: u64,
+    ) -> Result<u32, GpuError> {
         let s = &self.hw.bos;
         let orders = chunk_orders(size_bytes / PAGE);
         let mut chunks = Vec::with_capacity(orders.len());
@@ -599,7 +603,11 @@ impl Inner<HostPlatform> {
                 continue;
             }
             // Past the client's VRAM share the chunk runs from SRAM.
-            if bo.session.charge(ses::vram_bytes, c.pages() * PAGE).is_err() {
+            if bo
+                .session
+                .charge(ses::vram_bytes, c.pages() * PAGE)
+                .is_err()
+            {
                 continue;
             }
             match self.vram.alloc(c.order) {
@@ -624,7 +632,8 @@ impl Inner<HostPlatform> {
         {
             for (i, pfn) in placed {
                 let _ = self.vram.free_unused(pfn);
-                bo.session.release(ses::vram_bytes, p.chunks[i].pages() * PAGE);
+                bo.session
+                    .release(ses::vram_bytes, p.chunks[i].pages() * PAGE);
             }
             return Err(GpuError::DeviceLost);
         }
@@ -646,8 +655,13 @@ impl Inner<HostPlatform> {
     /// The shrinker (`GpuShrink::Shrink`): evicts idle objects, least
     /// recently used first, until `bytes` have left VRAM. Trylock only.
     pub(crate) fn shrink_bos(&self, bytes: u64) -> Result<(u64, u32), GpuError> {
-        let mut candidates: Vec<(u64, Arc<Bo>)> =
-            self.hw.bos.map().iter().map(|(_, b)| (0, b.clone())).collect();
+        let mut candidates: Vec<(u64, Arc<Bo>)> = self
+            .hw
+            .bos
+            .map()
+            .iter()
+            .map(|(_, b)| (0, b.clone()))
+            .collect();
         for (key, b) in candidates.iter_mut() {
             // Unlocked peek: only an ordering hint.
             *key = b

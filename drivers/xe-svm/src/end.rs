@@ -24,7 +24,11 @@ impl Inner<HostPlatform> {
         };
         let retired = |j: u32| self.hw.dev.bar.job_result(j);
         lock(&self.jobs).end(&session, &retired);
-        let left: Vec<_> = session.quotas.usage().filter(|(_, used, _)| *used > 0).collect();
+        let left: Vec<_> = session
+            .quotas
+            .usage()
+            .filter(|(_, used, _)| *used > 0)
+            .collect();
         log::info!("xe-svm: client {badge} gone; {vms} VM(s) and {bos} buffer object(s) destroyed");
         if !left.is_empty() {
             // Objects it bound stay known while their VRAM pages do (the

@@ -172,8 +172,7 @@ impl Platform for HostPlatform {
         self.bos.vram_pages.load(Ordering::Relaxed)
     }
     fn job_retired(&self, job: u32) -> bool {
-        job == 0
-            || (self.dev.bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
+        job == 0 || (self.dev.bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
     }
 }
 

@@ -190,7 +190,9 @@ impl JobTable {
 
     /// `owner`'s job `id`: its result, or the device job still running.
     pub fn lookup(&self, owner: u64, id: u64) -> Result<Lookup, GpuError> {
-        let h = u32::try_from(id).map(Handle::from_raw).map_err(|_| GpuError::NoSuchJob)?;
+        let h = u32::try_from(id)
+            .map(Handle::from_raw)
+            .map_err(|_| GpuError::NoSuchJob)?;
         let r = self
             .records
             .get(h)
@@ -252,7 +254,10 @@ impl JobTable {
                 self.harvest_slot(slot, retired);
             }
         }
-        self.records.iter().filter(|(_, r)| r.result.is_none()).count()
+        self.records
+            .iter()
+            .filter(|(_, r)| r.result.is_none())
+            .count()
     }
 
     /// Records held, server-wide.

@@ -80,11 +80,7 @@ impl Inner<HostPlatform> {
         let retired = |j: u32| self.device_result(j);
         let h = lock(&self.jobs).admit(&session, job, &retired)?;
         self.next_job.fetch_add(1, Ordering::Relaxed);
-        let r = self
-            .hw
-            .dev
-            .bar
-            .submit(Ring::Compute, job, &cmd(job));
+        let r = self.hw.dev.bar.submit(Ring::Compute, job, &cmd(job));
         if r.is_err() {
             lock(&self.jobs).cancel(&session, h);
             return Err(GpuError::DeviceLost);

@@ -558,7 +558,11 @@ impl<P: Platform> Inner<P> {
         // Each block is charged to the object's session first: past its
         // VRAM share the pages stay in RAM (system pages). What the copy
         // does not fill is given back below.
-        let charge = |bytes: u64| charged.as_ref().is_none_or(|s| s.charge(ses::vram_bytes, bytes).is_ok());
+        let charge = |bytes: u64| {
+            charged
+                .as_ref()
+                .is_none_or(|s| s.charge(ses::vram_bytes, bytes).is_ok())
+        };
         let uncharge = |bytes: u64| {
             if let Some(s) = &charged {
                 s.release(ses::vram_bytes, bytes);

@@ -58,14 +58,22 @@ fn a_stalled_fault_does_not_delay_another_clients_faults() {
     let t0 = Instant::now();
     let ok = w.touch(B, vm_b, BASE, 4 * PAGE).unwrap();
     let done = w.wait(B, ok, 4_000).unwrap();
-    assert_eq!(done.status, JobStatus::Completed, "B waited behind A's fault");
+    assert_eq!(
+        done.status,
+        JobStatus::Completed,
+        "B waited behind A's fault"
+    );
     assert!(t0.elapsed() < Duration::from_secs(4));
     // A's job still waits on its fault: its binding is busy.
     assert_eq!(w.wait(A, stuck, 10).unwrap().status, JobStatus::Running);
     assert_eq!(unbind(&w, A, vm_a).err(), Some(GpuError::Busy));
     w.pager.release.store(true, Ordering::Release);
     let end = w.wait(A, stuck, 8_000).unwrap().status;
-    assert_ne!(end, JobStatus::Running, "A's job ends once its fault is served");
+    assert_ne!(
+        end,
+        JobStatus::Running,
+        "A's job ends once its fault is served"
+    );
     unbind(&w, A, vm_a).expect("idle now");
 }
 
@@ -87,13 +95,17 @@ fn job_ranges_and_strides_are_checked() {
     let w = World::new(GpuBudget::default());
     let vm = w.create_vm(A).unwrap().vm.get();
     let bad = [
-        (u64::MAX - PAGE, 2 * PAGE, 4), // the end wraps
+        (u64::MAX - PAGE, 2 * PAGE, 4),  // the end wraps
         ((1 << 47) - PAGE, 2 * PAGE, 4), // past the user half
-        (BASE, PAGE, 1 << 32),          // a stride past 32 bits
+        (BASE, PAGE, 1 << 32),           // a stride past 32 bits
     ];
     for (addr, len, stride) in bad {
         let r = submit(&w, vm, addr, len, stride);
-        assert_eq!(r.err(), Some(GpuError::BadRange), "{addr:#x}+{len:#x}/{stride}");
+        assert_eq!(
+            r.err(),
+            Some(GpuError::BadRange),
+            "{addr:#x}+{len:#x}/{stride}"
+        );
     }
     assert_eq!(w.accounting(A).jobs_in_flight, 0, "nothing was charged");
     assert!(submit(&w, vm, BASE, 0, 4).is_ok());

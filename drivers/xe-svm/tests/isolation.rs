@@ -41,7 +41,11 @@ fn map_bo_near_2_pow_64_is_bad_range_and_maps_nothing() {
     let vm = w.create_vm(A).unwrap().vm.get();
     let bo = w.create_bo(A, 2 * PAGE).unwrap();
     for addr in [u64::MAX & !0xfff, (1 << 47) - PAGE, 1 << 47, 0x1001] {
-        assert_eq!(map_bo(&w, A, vm, bo, addr), Err(GpuError::BadRange), "{addr:#x}");
+        assert_eq!(
+            map_bo(&w, A, vm, bo, addr),
+            Err(GpuError::BadRange),
+            "{addr:#x}"
+        );
     }
     // Nothing was mapped: the low range is free for a real mapping.
     map_bo(&w, A, vm, bo, 0).unwrap();
@@ -56,7 +60,9 @@ fn unmapping_a_wrapped_range_is_an_error_not_a_loop() {
     let hw = &w.server.inner.hw;
     let mut t = xe_svm::ppgtt::Ppgtt::new(&hw.dev.bar, &hw.pt, 400).unwrap();
     let t0 = Instant::now();
-    assert!(t.unmap(&hw.dev.bar, &hw.pt, u64::MAX & !0xfff, 2 * PAGE).is_err());
+    assert!(t
+        .unmap(&hw.dev.bar, &hw.pt, u64::MAX & !0xfff, 2 * PAGE)
+        .is_err());
     assert!(t.unmap(&hw.dev.bar, &hw.pt, 1 << 48, PAGE).is_err());
     assert!(t.unmap(&hw.dev.bar, &hw.pt, 0, 2 * PAGE).is_ok());
     assert!(t0.elapsed() < Duration::from_secs(5));
@@ -69,13 +75,17 @@ fn unmapping_a_wrapped_range_is_an_error_not_a_loop() {
 fn a_huge_buffer_object_is_refused_before_anything_is_allocated() {
     let w = World::new(budget("bo_bytes=8M"));
     let t0 = Instant::now();
-    assert_eq!(w.create_bo(A, u64::MAX & !0xfff), Err(GpuError::OutOfMetadata));
+    assert_eq!(
+        w.create_bo(A, u64::MAX & !0xfff),
+        Err(GpuError::OutOfMetadata)
+    );
     assert_eq!(w.create_bo(A, 1 << 40), Err(GpuError::OutOfMetadata));
     assert!(t0.elapsed() < Duration::from_secs(5));
     // The client's own budget: 8 MiB, then OverBudget to it only.
     w.create_bo(A, 8 << 20).unwrap();
     assert_eq!(w.create_bo(A, PAGE), Err(GpuError::OverBudget));
-    w.create_bo(B, 8 << 20).expect("another client never notices");
+    w.create_bo(B, 8 << 20)
+        .expect("another client never notices");
     let u = w.accounting(A);
     assert_eq!((u.bos, u.bo_bytes), (1, 8 << 20));
 }
@@ -88,7 +98,9 @@ fn asids_are_reused_and_stale_vm_ids_name_nothing() {
     let first = w.create_vm(A).unwrap();
     destroy_vm(&w, A, first.vm.get()).unwrap();
     for i in 0..600 {
-        let v = w.create_vm(A).unwrap_or_else(|e| panic!("cycle {i}: {e:?}"));
+        let v = w
+            .create_vm(A)
+            .unwrap_or_else(|e| panic!("cycle {i}: {e:?}"));
         destroy_vm(&w, A, v.vm.get()).unwrap();
     }
     let again = w.create_vm(A).unwrap();
@@ -121,7 +133,11 @@ fn stale_and_foreign_bo_ids_name_nothing() {
     let a2 = w.create_bo(A, PAGE).unwrap();
     assert_ne!(a1, a2);
     assert_eq!(destroy_bo(&w, A, a1), Err(GpuError::NoSuchBo), "stale");
-    assert_eq!(destroy_bo(&w, A, a2 ^ 1), Err(GpuError::NoSuchBo), "guessed");
+    assert_eq!(
+        destroy_bo(&w, A, a2 ^ 1),
+        Err(GpuError::NoSuchBo),
+        "guessed"
+    );
     destroy_bo(&w, A, a2).unwrap();
 }
 
@@ -150,13 +166,19 @@ fn a_job_flood_never_overwrites_another_clients_result() {
         flood.push(j);
     }
     assert!(flood.len() > 300);
-    let again = w.wait(A, victim, 1_000).expect("the victim's result survives");
+    let again = w
+        .wait(A, victim, 1_000)
+        .expect("the victim's result survives");
     assert_eq!(again.status, JobStatus::Completed);
     // The flood only pushed out the flooder's own oldest results.
     assert_eq!(w.wait(B, flood[0], 1_000).err(), Some(GpuError::NoSuchJob));
     let last = *flood.last().unwrap();
     assert_eq!(w.wait(B, last, 5_000).unwrap().status, JobStatus::Completed);
-    assert_eq!(w.wait(A, last, 1_000).err(), Some(GpuError::NoSuchJob), "not A's");
+    assert_eq!(
+        w.wait(A, last, 1_000).err(),
+        Some(GpuError::NoSuchJob),
+        "not A's"
+    );
     assert!(w.accounting(B).result_slots <= 8);
 }
 
@@ -193,7 +215,12 @@ fn budgets_come_back_to_zero_after_a_client_goes() {
     };
     assert_eq!(after.sessions, 1, "only the asker's session is left");
     assert_eq!(
-        (after.all_vms, after.all_bos, after.all_bo_bytes, after.all_jobs_in_flight),
+        (
+            after.all_vms,
+            after.all_bos,
+            after.all_bo_bytes,
+            after.all_jobs_in_flight
+        ),
         (before.all_vms, before.all_bos, before.all_bo_bytes, 0)
     );
     assert_eq!(after.all_dma_slots, 0, "the object's DMA slot went back");
