@@ -18,9 +18,11 @@ session::budgets! {
         result_slots: 64,
         /// DMA slots: objects whose views it bound (the device has 60 in all).
         dma_slots: 7,
-        /// Bytes of VRAM its SVM pages and buffer objects hold together (past it: system pages, SRAM homes).
+        /// Bytes of VRAM its SVM pages and buffer objects hold together
+        /// (past it: system pages, SRAM homes).
         vram_bytes: 64 << 30,
-        /// Bytes of server metadata: 4 per page of the objects it bound (8 MiB for 8 GiB), one record per BO chunk.
+        /// Bytes of server metadata: 4 per page of the objects it bound
+        /// (8 MiB for 8 GiB), one record per BO chunk.
         metadata_bytes: 9 << 20,
     }
 }

@@ -29,7 +29,7 @@ impl Inner<HostPlatform> {
             .usage()
             .filter(|(_, used, _)| *used > 0)
             .collect();
-        log::info!("xe-svm: client {badge} gone; {vms} VM(s) and {bos} buffer object(s) destroyed");
+        log::info!("xe-svm: client {badge} gone; {vms} VM(s), {bos} buffer object(s) destroyed");
         if !left.is_empty() {
             // Objects it bound stay known while their VRAM pages do (the
             // pager frees them when it ends the client's objects).
