@@ -265,3 +265,92 @@ impl JobTable {
         self.records.len()
     }
 }
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+    use crate::budget::GpuBudget;
+    use std::cell::RefCell;
+    use std::collections::HashSet;
+
+    fn session(badge: u64, spec: &str) -> Arc<GpuSession> {
+        let mut b = GpuBudget::default();
+        b.apply(spec).unwrap();
+        crate::session::Sessions::new(b).get_or_open(badge)
+    }
+
+    /// A device whose jobs in `done` have retired with status 1.
+    struct Device(RefCell<HashSet<u32>>);
+
+    impl Device {
+        fn retired(&self) -> impl Fn(u32) -> Option<(u32, u32)> + '_ {
+            |j| self.0.borrow().contains(&j).then_some((1, 0))
+        }
+        fn finish(&self, j: u32) {
+            self.0.borrow_mut().insert(j);
+        }
+    }
+
+    #[test]
+    fn a_running_jobs_slot_is_never_reused() {
+        let dev = Device(RefCell::new(HashSet::new()));
+        let a = session(1, "jobs_in_flight=1000,result_slots=1000");
+        let mut t = JobTable::new();
+        let first = t.admit(&a, 1, &dev.retired()).unwrap();
+        let same_slot = 1 + JOB_SLOTS as u32;
+        assert_eq!(t.admit(&a, same_slot, &dev.retired()), Err(GpuError::Busy));
+        dev.finish(1);
+        t.admit(&a, same_slot, &dev.retired()).unwrap();
+        assert_eq!(t.lookup(1, first.raw() as u64), Ok(Lookup::Done(1, 0)));
+    }
+
+    #[test]
+    fn results_are_pushed_out_only_by_their_own_clients_jobs() {
+        let dev = Device(RefCell::new(HashSet::new()));
+        let (a, b) = (session(1, "result_slots=2"), session(2, "result_slots=2"));
+        let mut t = JobTable::new();
+        let victim = t.admit(&a, 1, &dev.retired()).unwrap();
+        dev.finish(1);
+        let mut flood = Vec::new();
+        for j in 2..500u32 {
+            flood.push(t.admit(&b, j, &dev.retired()).unwrap());
+            dev.finish(j);
+        }
+        assert_eq!(t.lookup(1, victim.raw() as u64), Ok(Lookup::Done(1, 0)));
+        assert_eq!(t.lookup(2, flood[0].raw() as u64), Err(GpuError::NoSuchJob));
+        assert_eq!(
+            t.lookup(1, flood[497].raw() as u64),
+            Err(GpuError::NoSuchJob)
+        );
+        assert!(b.quotas.result_slots.used() <= 2);
+        // All of one client's jobs still run: it has no result to give up.
+        let c = session(3, "result_slots=1,jobs_in_flight=5");
+        t.admit(&c, 600, &dev.retired()).unwrap();
+        assert_eq!(t.admit(&c, 601, &dev.retired()), Err(GpuError::OverBudget));
+        assert_eq!(
+            c.quotas.jobs_in_flight.used(),
+            1,
+            "the refused job took nothing"
+        );
+    }
+
+    #[test]
+    fn an_ended_sessions_running_jobs_hold_their_slots_until_they_retire() {
+        let dev = Device(RefCell::new(HashSet::new()));
+        let a = session(1, "");
+        let mut t = JobTable::new();
+        t.admit(&a, 7, &dev.retired()).unwrap();
+        t.admit(&a, 8, &dev.retired()).unwrap();
+        dev.finish(8);
+        t.end(&a, &dev.retired());
+        assert!(a.quotas.is_empty(), "{:?}", a.quotas);
+        assert_eq!(t.in_flight(&dev.retired()), 1);
+        let b = session(2, "");
+        let later = 7 + JOB_SLOTS as u32;
+        assert_eq!(t.admit(&b, later, &dev.retired()), Err(GpuError::Busy));
+        dev.finish(7);
+        assert_eq!(t.in_flight(&dev.retired()), 0);
+        assert_eq!(t.records(), 0);
+        t.admit(&b, later, &dev.retired()).unwrap();
+    }
+}
