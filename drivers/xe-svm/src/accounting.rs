@@ -18,20 +18,17 @@ impl Inner<HostPlatform> {
             jobs.in_flight(&retired)
         };
         let q = &session.quotas;
-        let (all_bos, all_bo_bytes) = self.hw.bos.count();
+        let (all_bos, _) = self.hw.bos.count();
         GpuUsage {
             vms: q.vms.used(),
             bos: q.bos.used(),
             bo_bytes: q.bo_bytes.used(),
             jobs_in_flight: q.jobs_in_flight.used(),
-            result_slots: q.result_slots.used(),
             dma_slots: q.dma_slots.used(),
-            vram_bytes: q.vram_bytes.used(),
             metadata_bytes: q.metadata_bytes.used(),
             sessions: self.sessions.count() as u64,
             all_vms: self.vm_count() as u64,
             all_bos: all_bos as u64,
-            all_bo_bytes,
             all_jobs_in_flight: all_jobs as u64,
             all_dma_slots: self.object_count() as u64,
         }

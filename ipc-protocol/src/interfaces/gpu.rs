@@ -131,22 +131,19 @@ wire_struct!(
     pub struct Accounting {}
 );
 wire_struct!(
-    /// The caller's usage against its budget (`vms` .. `vram_bytes`), then
-    /// what the whole server holds: live sessions, VMs, buffer objects and
-    /// their bytes, jobs still running, objects holding a DMA slot.
+    /// The caller's usage against its budget (`vms` .. `metadata_bytes`),
+    /// then what the whole server holds: live sessions, VMs, buffer
+    /// objects, jobs still running, objects holding a DMA slot.
     pub struct GpuUsage {
         pub vms: u64,
         pub bos: u64,
         pub bo_bytes: u64,
         pub jobs_in_flight: u64,
-        pub result_slots: u64,
         pub dma_slots: u64,
-        pub vram_bytes: u64,
         pub metadata_bytes: u64,
         pub sessions: u64,
         pub all_vms: u64,
         pub all_bos: u64,
-        pub all_bo_bytes: u64,
         pub all_jobs_in_flight: u64,
         pub all_dma_slots: u64,
     }
