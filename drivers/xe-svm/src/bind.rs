@@ -27,7 +27,7 @@ impl GpuServer {
     ) -> Result<(), GpuError> {
         let inner = &self.inner;
         inner.asid_of(owner, vm).ok_or(GpuError::NoSuchVm)?;
-        if gpu_addr % PAGE != 0 || gpu_addr >= USER_VA_END {
+        if !gpu_addr.is_multiple_of(PAGE) || gpu_addr >= USER_VA_END {
             return Err(GpuError::BadRange);
         }
         let (opened, mut fds) = inner

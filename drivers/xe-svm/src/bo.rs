@@ -218,7 +218,7 @@ impl Inner<HostPlatform> {
     /// is allocated for it.
     pub(crate) fn create_bo(&self, owner: u64, size_bytes: u64) -> Result<u32, GpuError> {
         let s = &self.hw.bos;
-        if size_bytes == 0 || size_bytes % PAGE != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(PAGE) {
             return Err(GpuError::BadRange);
         }
         if size_bytes > s.pool_bytes() {
@@ -226,7 +226,7 @@ impl Inner<HostPlatform> {
         }
         let session = self.session(owner);
         let meta = chunk_count(size_bytes / PAGE) * std::mem::size_of::<Chunk>() as u64;
-        let charges: [(fn(&crate::budget::GpuQuotas) -> &session::Quota, u64); 3] = [
+        let charges: [(ses::Pick, u64); 3] = [
             (ses::bos, 1),
             (ses::bo_bytes, size_bytes),
             (ses::metadata_bytes, meta),
@@ -359,7 +359,7 @@ impl Inner<HostPlatform> {
             .pages
             .checked_mul(PAGE)
             .and_then(|len| gpu_addr.checked_add(len));
-        if gpu_addr % PAGE != 0 || end.is_none_or(|end| end > USER_VA_END) {
+        if !gpu_addr.is_multiple_of(PAGE) || end.is_none_or(|end| end > USER_VA_END) {
             return Err(GpuError::BadRange);
         }
         if !bo.resv.lock_single(IDLE_TIMEOUT) {

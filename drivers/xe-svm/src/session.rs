@@ -24,6 +24,9 @@ use session::{OverBudget, Quota};
 use crate::budget::{GpuBudget, GpuQuotas};
 use crate::sync::{lock, Mutex};
 
+/// Picks one quota of a [`GpuQuotas`].
+pub type Pick = fn(&GpuQuotas) -> &Quota;
+
 /// One client's session.
 #[derive(Debug)]
 pub struct GpuSession {
@@ -33,13 +36,13 @@ pub struct GpuSession {
 
 impl GpuSession {
     /// Takes `n` of the quota `pick` chooses, or answers `OverBudget`.
-    pub fn charge(&self, pick: fn(&GpuQuotas) -> &Quota, n: u64) -> Result<(), GpuError> {
+    pub fn charge(&self, pick: Pick, n: u64) -> Result<(), GpuError> {
         pick(&self.quotas)
             .try_charge(n)
             .map_err(|OverBudget| GpuError::OverBudget)
     }
 
-    pub fn release(&self, pick: fn(&GpuQuotas) -> &Quota, n: u64) {
+    pub fn release(&self, pick: Pick, n: u64) {
         pick(&self.quotas).release(n);
     }
 }
