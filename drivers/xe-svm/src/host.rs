@@ -171,8 +171,13 @@ impl Platform for HostPlatform {
     fn bo_vram_pages(&self) -> u64 {
         self.bos.vram_pages.load(Ordering::Relaxed)
     }
+    /// Retired: every job up to it is (the in-order register), or its own
+    /// job table slot says so (written before the register moves).
     fn job_retired(&self, job: u32) -> bool {
-        job == 0 || (self.dev.bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
+        let bar = &self.dev.bar;
+        job == 0
+            || (bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
+            || bar.job_result(job).is_some()
     }
 }
 
