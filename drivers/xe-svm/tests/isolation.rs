@@ -239,3 +239,66 @@ fn budgets_come_back_to_zero_after_a_client_goes() {
         "the object's DMA slot went back"
     );
 }
+
+fn bind_view(w: &World, badge: u64, vm: u32, view: u32, gpu_addr: u64) -> Result<(), GpuError> {
+    let req = g::BindView {
+        vm: VmId::raw(vm),
+        view: ipc_protocol::types::ViewId::raw(view),
+        gpu_addr,
+    };
+    w.call(badge, g::Request::BindView(req)).map(|_| ())
+}
+
+/// Old: 60 DMA slots for everyone; one client binding many objects took
+/// them all.
+#[test]
+fn dma_slots_are_budgeted_per_client() {
+    let w = World::new(budget("dma_slots=2"));
+    let vm_a = w.create_vm(A).unwrap().vm.get();
+    let vm_b = w.create_vm(B).unwrap().vm.get();
+    bind_view(&w, A, vm_a, 1, 0x1000_0000).unwrap();
+    bind_view(&w, A, vm_a, 2, 0x2000_0000).unwrap();
+    assert_eq!(
+        bind_view(&w, A, vm_a, 3, 0x3000_0000),
+        Err(GpuError::OverBudget)
+    );
+    assert_eq!(w.accounting(A).dma_slots, 2);
+    bind_view(&w, B, vm_b, 4, 0x1000_0000).expect("another client never notices");
+    // A refused bind leaves nothing behind: the server knows 3 objects.
+    assert_eq!(w.accounting(B).all_dma_slots, 3);
+    // Unbinding an object's last binding gives its slot back.
+    let req = g::Unbind {
+        vm: VmId::raw(vm_a),
+        gpu_addr: 0x2000_0000,
+    };
+    w.call(A, g::Request::Unbind(req)).unwrap();
+    bind_view(&w, A, vm_a, 3, 0x3000_0000).unwrap();
+}
+
+/// Past its VRAM share a client's faulted pages are mapped from system
+/// memory: its job still completes, and it holds no more VRAM.
+#[test]
+fn past_its_vram_share_a_client_runs_from_system_memory() {
+    let w = World::new(budget("vram_bytes=2M"));
+    let vm = w.create_vm(A).unwrap().vm.get();
+    bind_view(&w, A, vm, 1, 0x1000_0000).unwrap();
+    bind_view(&w, A, vm, 2, 0x2000_0000).unwrap();
+    let first = w.touch(A, vm, 0x1000_0000, 512 * PAGE).unwrap();
+    assert_eq!(
+        w.wait(A, first, 5_000).unwrap().status,
+        JobStatus::Completed
+    );
+    let used = w.server.inner.vram.used_pages();
+    let second = w.touch(A, vm, 0x2000_0000, 512 * PAGE).unwrap();
+    assert_eq!(
+        w.wait(A, second, 5_000).unwrap().status,
+        JobStatus::Completed
+    );
+    assert_eq!(
+        w.server.inner.vram.used_pages(),
+        used,
+        "no VRAM past the share"
+    );
+    let held = w.server.inner.session(A).quotas.vram_bytes.used();
+    assert_eq!(held, 2 << 20);
+}
