@@ -282,7 +282,7 @@ pub const BUDGETS: &[ServerBudget] = &[
     },
     ServerBudget {
         process: "xe-svm",
-        spec: "vms=8,bos=1024,bo_bytes=128M,jobs_in_flight=16,result_slots=64,dma_slots=7,\
+        spec: "vms=8,bos=1024,bo_bytes=128M,jobs_in_flight=16,result_slots=256,dma_slots=7,\
                vram_bytes=64G,metadata_bytes=9M",
         arena_mib: None,
     },

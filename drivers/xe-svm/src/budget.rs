@@ -12,10 +12,11 @@ session::budgets! {
         bos: 1024,
         /// Bytes of the BO pool its buffer objects hold (their SRAM homes).
         bo_bytes: 128 << 20,
-        /// Jobs submitted and not yet seen retired.
+        /// Jobs submitted and not yet seen retired (past it a submit waits
+        /// for one of its own jobs to retire).
         jobs_in_flight: 16,
         /// Job results kept for `Wait` (the oldest retired one of the same client goes first).
-        result_slots: 64,
+        result_slots: 256,
         /// DMA slots: objects whose views it bound (the device has 60 in all).
         dma_slots: 7,
         /// Bytes of VRAM its SVM pages and buffer objects hold together

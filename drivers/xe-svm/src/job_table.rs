@@ -118,9 +118,10 @@ impl JobTable {
         }
     }
 
-    /// Admits device job `device_job` for `session` (charging one job in
-    /// flight and one result slot); returns its id. The device slot must
-    /// be free of a running job, whoever's it is (`Busy` otherwise).
+    /// Admits device job `device_job` for `session`, whose job in flight the
+    /// caller charged already (`Inner::reserve_job`), charging one result
+    /// slot; returns its id. The device slot must be free of a running job,
+    /// whoever's it is (`Busy` otherwise).
     pub fn admit(
         &mut self,
         session: &Arc<GpuSession>,
@@ -132,11 +133,7 @@ impl JobTable {
         if !self.harvest_slot(slot, retired) {
             return Err(GpuError::Busy);
         }
-        session.charge(ses::jobs_in_flight, 1)?;
-        if let Err(e) = self.make_room(session) {
-            session.release(ses::jobs_in_flight, 1);
-            return Err(e);
-        }
+        self.make_room(session)?;
         let h = match self.records.insert(Record {
             owner: Some(session.clone()),
             device_job,
@@ -144,7 +141,6 @@ impl JobTable {
         }) {
             Ok(h) => h,
             Err(_) => {
-                session.release(ses::jobs_in_flight, 1);
                 session.release(ses::result_slots, 1);
                 return Err(GpuError::OutOfMetadata);
             }
@@ -154,14 +150,25 @@ impl JobTable {
         Ok(h)
     }
 
-    /// Gives back a job admitted but never started (the device refused it).
+    /// The device job of `badge`'s oldest job still running.
+    pub fn oldest_running(&self, badge: u64) -> Option<u32> {
+        self.by_owner
+            .get(&badge)?
+            .iter()
+            .filter_map(|h| self.records.get(*h))
+            .find(|r| r.result.is_none())
+            .map(|r| r.device_job)
+    }
+
+    /// Gives back a job admitted but never started (the device refused
+    /// it): its record and result slot (the caller releases its job in
+    /// flight).
     pub fn cancel(&mut self, session: &GpuSession, h: Handle) {
         if let Some(r) = self.records.remove(h) {
             let slot = r.device_job as usize % JOB_SLOTS;
             if self.slots[slot] == Some(h) {
                 self.slots[slot] = None;
             }
-            session.release(ses::jobs_in_flight, 1);
             session.release(ses::result_slots, 1);
         }
         if let Some(mine) = self.by_owner.get_mut(&session.badge) {
@@ -279,6 +286,19 @@ mod tests {
         crate::session::Sessions::new(b).get_or_open(badge)
     }
 
+    /// Charges the job in flight as `Inner::reserve_job` does, then admits.
+    fn admit(
+        t: &mut JobTable,
+        s: &Arc<GpuSession>,
+        job: u32,
+        retired: Retired,
+    ) -> Result<Handle, GpuError> {
+        t.harvest(s, retired);
+        s.charge(ses::jobs_in_flight, 1)?;
+        t.admit(s, job, retired)
+            .inspect_err(|_| s.release(ses::jobs_in_flight, 1))
+    }
+
     /// A device whose jobs in `done` have retired with status 1.
     struct Device(RefCell<HashSet<u32>>);
 
@@ -296,11 +316,14 @@ mod tests {
         let dev = Device(RefCell::new(HashSet::new()));
         let a = session(1, "jobs_in_flight=1000,result_slots=1000");
         let mut t = JobTable::new();
-        let first = t.admit(&a, 1, &dev.retired()).unwrap();
+        let first = admit(&mut t, &a, 1, &dev.retired()).unwrap();
         let same_slot = 1 + JOB_SLOTS as u32;
-        assert_eq!(t.admit(&a, same_slot, &dev.retired()), Err(GpuError::Busy));
+        assert_eq!(
+            admit(&mut t, &a, same_slot, &dev.retired()),
+            Err(GpuError::Busy)
+        );
         dev.finish(1);
-        t.admit(&a, same_slot, &dev.retired()).unwrap();
+        admit(&mut t, &a, same_slot, &dev.retired()).unwrap();
         assert_eq!(t.lookup(1, first.raw() as u64), Ok(Lookup::Done(1, 0)));
     }
 
@@ -309,11 +332,11 @@ mod tests {
         let dev = Device(RefCell::new(HashSet::new()));
         let (a, b) = (session(1, "result_slots=2"), session(2, "result_slots=2"));
         let mut t = JobTable::new();
-        let victim = t.admit(&a, 1, &dev.retired()).unwrap();
+        let victim = admit(&mut t, &a, 1, &dev.retired()).unwrap();
         dev.finish(1);
         let mut flood = Vec::new();
         for j in 2..500u32 {
-            flood.push(t.admit(&b, j, &dev.retired()).unwrap());
+            flood.push(admit(&mut t, &b, j, &dev.retired()).unwrap());
             dev.finish(j);
         }
         assert_eq!(t.lookup(1, victim.raw() as u64), Ok(Lookup::Done(1, 0)));
@@ -325,8 +348,11 @@ mod tests {
         assert!(b.quotas.result_slots.used() <= 2);
         // All of one client's jobs still run: it has no result to give up.
         let c = session(3, "result_slots=1,jobs_in_flight=5");
-        t.admit(&c, 600, &dev.retired()).unwrap();
-        assert_eq!(t.admit(&c, 601, &dev.retired()), Err(GpuError::OverBudget));
+        admit(&mut t, &c, 600, &dev.retired()).unwrap();
+        assert_eq!(
+            admit(&mut t, &c, 601, &dev.retired()),
+            Err(GpuError::OverBudget)
+        );
         assert_eq!(
             c.quotas.jobs_in_flight.used(),
             1,
@@ -339,18 +365,21 @@ mod tests {
         let dev = Device(RefCell::new(HashSet::new()));
         let a = session(1, "");
         let mut t = JobTable::new();
-        t.admit(&a, 7, &dev.retired()).unwrap();
-        t.admit(&a, 8, &dev.retired()).unwrap();
+        admit(&mut t, &a, 7, &dev.retired()).unwrap();
+        admit(&mut t, &a, 8, &dev.retired()).unwrap();
         dev.finish(8);
         t.end(&a, &dev.retired());
         assert!(a.quotas.is_empty(), "{:?}", a.quotas);
         assert_eq!(t.in_flight(&dev.retired()), 1);
         let b = session(2, "");
         let later = 7 + JOB_SLOTS as u32;
-        assert_eq!(t.admit(&b, later, &dev.retired()), Err(GpuError::Busy));
+        assert_eq!(
+            admit(&mut t, &b, later, &dev.retired()),
+            Err(GpuError::Busy)
+        );
         dev.finish(7);
         assert_eq!(t.in_flight(&dev.retired()), 0);
         assert_eq!(t.records(), 0);
-        t.admit(&b, later, &dev.retired()).unwrap();
+        admit(&mut t, &b, later, &dev.retired()).unwrap();
     }
 }

@@ -18,7 +18,15 @@ use ipc_protocol::types::{JobStatus, KernelKind};
 use crate::host::HostPlatform;
 use crate::job_table::Lookup;
 use crate::server::{Inner, USER_VA_END};
+use crate::session::{self as ses, GpuSession};
 use crate::sync::lock;
+
+/// How long a submit waits for one of its client's own jobs to retire when
+/// the client has `jobs_in_flight` running already (back-pressure on that
+/// client only); then `OverBudget`.
+const JOB_ROOM_WAIT: Duration = Duration::from_secs(30);
+/// One wait on the device inside [`JOB_ROOM_WAIT`].
+const JOB_ROOM_POLL: Duration = Duration::from_millis(200);
 
 /// The batch dword aligned and the fence qword aligned (or 0), both
 /// inside the user half: anything else is `BadRange`.
@@ -67,15 +75,48 @@ impl Inner<HostPlatform> {
         self.hw.dev.bar.job_result(job)
     }
 
-    /// Admits the next device job for `owner` (its job table record and
-    /// budget), pushes `cmd(job)` on the compute ring; returns the
-    /// device job and the client's job id. Runs under the submit lock.
-    fn push_job(
+    /// Charges one of `session`'s jobs in flight, first waiting (holding
+    /// no lock) for its own oldest job to retire while it has none left.
+    fn reserve_job(&self, session: &GpuSession) -> Result<(), GpuError> {
+        let retired = |j: u32| self.device_result(j);
+        let t0 = Instant::now();
+        loop {
+            let oldest = {
+                let mut jobs = lock(&self.jobs);
+                jobs.harvest(session, &retired);
+                if session.charge(ses::jobs_in_flight, 1).is_ok() {
+                    return Ok(());
+                }
+                jobs.oldest_running(session.badge)
+            };
+            let (Some(job), true) = (oldest, t0.elapsed() < JOB_ROOM_WAIT) else {
+                return Err(GpuError::OverBudget);
+            };
+            let _ = self.hw.dev.bar.wait_job(job, JOB_ROOM_POLL);
+        }
+    }
+
+    /// Submits a job for `owner` with its job in flight charged first
+    /// (given back if the submit fails).
+    fn submit_charged<R>(
         &self,
         owner: u64,
+        submit: impl FnOnce(&std::sync::Arc<GpuSession>) -> Result<R, GpuError>,
+    ) -> Result<R, GpuError> {
+        let session = self.session(owner);
+        self.reserve_job(&session)?;
+        submit(&session).inspect_err(|_| session.release(ses::jobs_in_flight, 1))
+    }
+
+    /// Admits the next device job for `session` (its job table record),
+    /// pushes `cmd(job)` on the compute ring; returns the device job and
+    /// the client's job id. Runs under the submit lock.
+    fn push_job(
+        &self,
+        session: &std::sync::Arc<GpuSession>,
         cmd: impl FnOnce(u32) -> Command,
     ) -> Result<(u32, u64), GpuError> {
-        let session = self.session(owner);
+        let session = session.clone();
         let job = self.next_job.load(Ordering::Relaxed);
         let retired = |j: u32| self.device_result(j);
         let h = lock(&self.jobs).admit(&session, job, &retired)?;
@@ -95,17 +136,19 @@ impl Inner<HostPlatform> {
             .asid_of(owner, req.vm.get())
             .ok_or(GpuError::NoSuchVm)?;
         // Buffer objects the job reaches are locked and placed first.
-        self.submit_with_bos(asid, req.addr, req.len, || {
-            self.push_job(owner, |job| {
-                Command::Launch(KernelLaunch {
-                    job,
-                    asid,
-                    op: kernel_op(req.kernel),
-                    addr: req.addr,
-                    len: req.len,
-                    stride: req.stride as u32,
-                    value: req.value,
-                    threads: req.threads,
+        self.submit_charged(owner, |s| {
+            self.submit_with_bos(asid, req.addr, req.len, || {
+                self.push_job(s, |job| {
+                    Command::Launch(KernelLaunch {
+                        job,
+                        asid,
+                        op: kernel_op(req.kernel),
+                        addr: req.addr,
+                        len: req.len,
+                        stride: req.stride as u32,
+                        value: req.value,
+                        threads: req.threads,
+                    })
                 })
             })
         })
@@ -156,14 +199,16 @@ pub fn submit_batch(
         .ok_or(GpuError::NoSuchVm)?;
     // A batch may reach any buffer object of its VM: all are locked and
     // placed before it runs, and marked busy with it.
-    inner.submit_with_bos(asid, 0, USER_VA_END, || {
-        inner.push_job(owner, |job| {
-            Command::Batch(BatchSubmit {
-                job,
-                asid,
-                batch_addr: req.batch_addr,
-                fence_addr: req.fence_addr,
-                fence_value: req.fence_value,
+    inner.submit_charged(owner, |s| {
+        inner.submit_with_bos(asid, 0, USER_VA_END, || {
+            inner.push_job(s, |job| {
+                Command::Batch(BatchSubmit {
+                    job,
+                    asid,
+                    batch_addr: req.batch_addr,
+                    fence_addr: req.fence_addr,
+                    fence_value: req.fence_value,
+                })
             })
         })
     })
