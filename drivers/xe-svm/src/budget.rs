@@ -17,8 +17,9 @@ session::budgets! {
         jobs_in_flight: 16,
         /// Job results kept for `Wait` (the oldest retired one of the same client goes first).
         result_slots: 256,
-        /// DMA slots: objects whose views it bound (the device has 60 in all).
-        dma_slots: 7,
+        /// DMA slots: objects whose views it bound (the device has 60 in all;
+        /// over-committed: a client at its limit leaves 44 to the others).
+        dma_slots: 16,
         /// Bytes of VRAM its SVM pages and buffer objects hold together
         /// (past it: system pages, SRAM homes).
         vram_bytes: 64 << 30,
