@@ -15,7 +15,7 @@
 //! lock held (job ids are allocated in submission order) and never with
 //! the VM lock held. Nothing waits while holding it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use allocator_api2::alloc::Global;
@@ -45,7 +45,7 @@ pub struct JobTable {
     /// The job whose result each device slot will hold, until harvested.
     slots: Vec<Option<Handle>>,
     /// Each session's records, oldest first.
-    by_owner: HashMap<u64, VecDeque<Handle>>,
+    by_owner: BTreeMap<u64, VecDeque<Handle>>,
 }
 
 /// What `Wait` finds.

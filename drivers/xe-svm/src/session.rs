@@ -15,7 +15,7 @@
 //! Locking: the session map's lock is a leaf (nothing else is taken while
 //! it is held); quotas are atomics.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ipc_protocol::interfaces::gpu::GpuError;
@@ -50,14 +50,14 @@ impl GpuSession {
 /// Every live session, by badge.
 pub struct Sessions {
     budget: GpuBudget,
-    map: Mutex<HashMap<u64, Arc<GpuSession>>>,
+    map: Mutex<BTreeMap<u64, Arc<GpuSession>>>,
 }
 
 impl Sessions {
     pub fn new(budget: GpuBudget) -> Self {
         Self {
             budget,
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(BTreeMap::new()),
         }
     }
 
