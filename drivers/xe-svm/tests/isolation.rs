@@ -231,7 +231,8 @@ fn budgets_come_back_to_zero_after_a_client_goes() {
         pages: PageMask::first(512),
     };
     let pager = Capability::new(2, Rights::NOTIFY);
-    let r = Handler::<n::GpuNotify>::handle(&w.server, &pager, n::Request::FreePages(free), vec![]);
+    let req = n::Request::FreePages(free);
+    let r = Handler::<n::GpuNotify>::handle(&w.server, &pager, req, vec![]);
     assert!(matches!(r, Ok((n::Reply::FreePages(f), _)) if f.pages == 512));
     assert_eq!(
         w.accounting(B).all_dma_slots,
