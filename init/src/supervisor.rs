@@ -336,6 +336,7 @@ impl System {
                 "xe-model" => opts.device.to_args(),
                 "mm-server" => vec![format!("--vram-bytes={}", opts.device.vram_bytes)],
                 "xe-svm" if opts.probe_only => vec!["--probe-only".into()],
+                "xe-svm" => crate::manifest::budget_args("xe-svm"),
                 "pager" => {
                     // The manifest's budget, unless a test gives its own.
                     let own = opts.pager_args.iter().any(|a| a.starts_with("--budget"));

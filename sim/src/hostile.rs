@@ -264,10 +264,12 @@ fn hostile_bound(w: &World, pages: u64) -> Bound {
     let gpu_id = gpu_open(core, &w.pager.gpu_session(), HOSTILE, view).expect("opened");
     let dma = SYS_BASE + base as u64 * PAGE;
     w.gpu.add_object(gpu_id, 1, dma, None, pages);
-    let vm = w.gpu.create_vm(HOSTILE).expect("a hostile VM");
+    let vm_id = w.gpu.create_vm(HOSTILE).expect("a hostile VM");
     w.gpu
-        .bind(HOSTILE, vm, view.raw(), gpu_id, 0, pages, HOSTILE_BASE)
+        .bind(HOSTILE, vm_id, view.raw(), gpu_id, 0, pages, HOSTILE_BASE)
         .expect("the hostile binding");
+    // The device and the fault path name the VM by its ASID.
+    let vm = w.gpu.asid_of(HOSTILE, vm_id).expect("its ASID");
     Bound {
         object,
         id,

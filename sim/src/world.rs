@@ -64,6 +64,7 @@ pub struct World {
     pub faults: Arc<Endpoint>,
     pub mm_endpoint: Option<Arc<Endpoint>>,
     servers: Vec<shuttle::thread::JoinHandle<()>>,
+    /// The client VM's ASID (the device's and the fault path's name for it).
     pub vm: u32,
     /// The bound view's GPU address now (it moves with the view).
     pub gpu_base: Arc<StdAtomicU64>,
@@ -122,12 +123,14 @@ impl World {
             let _ = mm.worlds.gpu.set(gpu.clone());
         }
         gpu.attach_staging(STAGING_BASE, STAGING_SLOTS as u64 * 512 * PAGE);
-        let vm = gpu.create_vm(CLIENT).expect("a VM");
+        let vm_id = gpu.create_vm(CLIENT).expect("a VM");
+        // The device and the fault path name the VM by its ASID.
+        let vm = gpu.asid_of(CLIENT, vm_id).expect("its ASID");
         // The GPU server knows the object by the id its pager session gave.
         let object = pager.open_for_gpu();
         gpu.add_object(object, 0, SYS_BASE, None, cfg.pages as u64);
         let view = pager.view.raw();
-        gpu.bind(CLIENT, vm, view, object, 0, cfg.pages as u64, GPU_BASE)
+        gpu.bind(CLIENT, vm_id, view, object, 0, cfg.pages as u64, GPU_BASE)
             .expect("binding the view");
         let mut filler = Vec::new();
         if let Some(free) = cfg.broker.or(cfg.free_vram) {

@@ -18,20 +18,22 @@
 //! - waiting for VRAM (mm-server's `Reserve`) happens with no reservation
 //!   lock held (rule 5): the job drops them all, waits, and starts over.
 
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use allocator_api2::alloc::Global;
 use hw::xe::layout;
 use hw::xe::pte::{PageSize, Target};
 use ipc_protocol::interfaces::gpu::GpuError;
+use session::{Handle, HandleTable};
 
 use crate::host::HostPlatform;
 use crate::platform::Platform;
 use crate::ppgtt::Ppgtt;
-use crate::server::{Inner, State};
+use crate::server::{Inner, State, USER_VA_END};
+use crate::session::{self as ses, GpuSession};
 use crate::vram::{Vram, MAX_ORDER};
 use crate::ww::{self, WwClass, WwMutex};
 
@@ -41,6 +43,8 @@ pub const POOL_SLOT: u32 = 63;
 /// How long a job waits in mm-server for VRAM to restore its objects.
 const RESERVE_TIMEOUT_MS: u32 = 5_000;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most buffer objects server-wide (each client is held to its `bos`).
+const MAX_BOS: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy)]
 struct Chunk {
@@ -66,8 +70,12 @@ struct Placement {
 }
 
 pub struct Bo {
+    /// Its handle in the store: generation-tagged, so a stale id names nothing.
     pub id: u32,
     pub owner: u64,
+    /// The session charged for it (`bos`, `bo_bytes`, `metadata_bytes`, and
+    /// `vram_bytes` while chunks are placed in VRAM).
+    session: Arc<GpuSession>,
     pub pages: u64,
     /// The reservation lock.
     pub resv: WwMutex,
@@ -91,14 +99,15 @@ pub struct BoMap {
 }
 
 impl BoMap {
+    /// Whether `[addr, addr + len)` meets this mapping (ranges checked
+    /// below [`USER_VA_END`] when they were made; saturating otherwise).
     pub fn overlaps(&self, addr: u64, len: u64) -> bool {
-        addr < self.gpu_addr + self.pages * PAGE && self.gpu_addr < addr + len
+        addr < self.gpu_addr + self.pages * PAGE && self.gpu_addr < addr.saturating_add(len)
     }
 }
 
 pub struct BoStore {
-    bos: Mutex<HashMap<u32, Arc<Bo>>>,
-    next_id: AtomicU32,
+    bos: Mutex<HandleTable<Arc<Bo>, Global>>,
     pub class: WwClass,
     pool: hw::shm::Region,
     pool_dma: u64,
@@ -126,8 +135,7 @@ impl BoStore {
             )
             .map_err(|e| e.to_string())?;
         Ok(Self {
-            bos: Mutex::new(HashMap::new()),
-            next_id: AtomicU32::new(1),
+            bos: Mutex::new(HandleTable::new_in(MAX_BOS, Global)),
             class: WwClass::new(),
             pool,
             pool_dma,
@@ -140,25 +148,40 @@ impl BoStore {
         })
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<u32, Arc<Bo>>> {
+    fn map(&self) -> MutexGuard<'_, HandleTable<Arc<Bo>, Global>> {
         self.bos.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The caller's object `id`; another client's is as unknown as a stale one.
     pub fn get(&self, owner: u64, id: u32) -> Result<Arc<Bo>, GpuError> {
         self.map()
-            .get(&id)
+            .get(Handle::from_raw(id))
             .filter(|b| b.owner == owner)
             .cloned()
             .ok_or(GpuError::NoSuchBo)
     }
 
+    fn get_any(&self, id: u32) -> Option<Arc<Bo>> {
+        self.map().get(Handle::from_raw(id)).cloned()
+    }
+
     pub fn ids_of(&self, owner: u64) -> Vec<u32> {
         self.map()
-            .values()
-            .filter(|b| b.owner == owner)
-            .map(|b| b.id)
+            .iter()
+            .filter(|(_, b)| b.owner == owner)
+            .map(|(_, b)| b.id)
             .collect()
+    }
+
+    /// Buffer objects alive, server-wide, and their bytes.
+    pub fn count(&self) -> (usize, u64) {
+        let m = self.map();
+        (m.len(), m.iter().map(|(_, b)| b.pages * PAGE).sum())
+    }
+
+    /// Bytes of the SRAM pool.
+    pub fn pool_bytes(&self) -> u64 {
+        self.pool_alloc.total_pages() * PAGE
     }
 
     fn sram_addr(&self, c: &Chunk) -> u64 {
@@ -166,9 +189,16 @@ impl BoStore {
     }
 }
 
+/// How many chunks [`chunk_orders`] makes of `pages`, computed without
+/// building them (checked against budgets first).
+fn chunk_count(pages: u64) -> u64 {
+    let top = 1u64 << MAX_ORDER;
+    pages / top + (pages % top).count_ones() as u64
+}
+
 /// Splits `pages` into power-of-two chunks of at most 2 MiB.
 fn chunk_orders(mut pages: u64) -> Vec<u32> {
-    let mut v = Vec::new();
+    let mut v = Vec::with_capacity(chunk_count(pages) as usize);
     while pages > 0 {
         let order = (63 - pages.leading_zeros()).min(MAX_ORDER);
         v.push(order);
@@ -183,14 +213,50 @@ impl Inner<HostPlatform> {
     }
 
     /// Creates an object of `size_bytes` (a multiple of 4 KiB). It starts
-    /// zeroed in its SRAM home; its first job places it in VRAM.
+    /// zeroed in its SRAM home; its first job places it in VRAM. The size
+    /// is checked against the pool and the client's budget before anything
+    /// is allocated for it.
     pub(crate) fn create_bo(&self, owner: u64, size_bytes: u64) -> Result<u32, GpuError> {
         let s = &self.hw.bos;
-        if size_bytes == 0 || size_bytes % PAGE != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(PAGE) {
             return Err(GpuError::BadRange);
         }
-        let mut chunks = Vec::new();
-        for order in chunk_orders(size_bytes / PAGE) {
+        if size_bytes > s.pool_bytes() {
+            return Err(GpuError::OutOfMetadata);
+        }
+        let session = self.session(owner);
+        let meta = chunk_count(size_bytes / PAGE) * std::mem::size_of::<Chunk>() as u64;
+        let charges: [(ses::Pick, u64); 3] = [
+            (ses::bos, 1),
+            (ses::bo_bytes, size_bytes),
+            (ses::metadata_bytes, meta),
+        ];
+        for (k, &(pick, n)) in charges.iter().enumerate() {
+            if let Err(e) = session.charge(pick, n) {
+                for &(p, m) in &charges[..k] {
+                    session.release(p, m);
+                }
+                return Err(e);
+            }
+        }
+        let r = self.create_bo_charged(&session, size_bytes);
+        if r.is_err() {
+            for &(p, m) in &charges {
+                session.release(p, m);
+            }
+        }
+        r
+    }
+
+    fn create_bo_charged(
+        &self,
+        session: &Arc<GpuSession>,
+        size_bytes: u64,
+    ) -> Result<u32, GpuError> {
+        let s = &self.hw.bos;
+        let orders = chunk_orders(size_bytes / PAGE);
+        let mut chunks = Vec::with_capacity(orders.len());
+        for order in orders {
             match s.pool_alloc.alloc(order) {
                 Ok(sram_pfn) => chunks.push(Chunk {
                     order,
@@ -214,20 +280,26 @@ impl Inner<HostPlatform> {
                 c.pages() * PAGE,
             );
         }
-        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-        let bo = Bo {
-            id,
-            owner,
-            pages: size_bytes / PAGE,
-            resv: WwMutex::new(),
-            placement: Mutex::new(Placement {
-                chunks,
-                busy_job: 0,
-                last_use: 0,
-            }),
+        let pages = size_bytes / PAGE;
+        let placement = Placement {
+            chunks,
+            busy_job: 0,
+            last_use: 0,
         };
-        s.map().insert(id, Arc::new(bo));
-        Ok(id)
+        let mut map = s.map();
+        match map.insert_with(|h| {
+            Arc::new(Bo {
+                id: h.raw(),
+                owner: session.badge,
+                session: session.clone(),
+                pages,
+                resv: WwMutex::new(),
+                placement: Mutex::new(placement),
+            })
+        }) {
+            Ok(h) => Ok(h.raw()),
+            Err(_) => Err(GpuError::OutOfMetadata),
+        }
     }
 
     /// Writes the PTEs of every mapping of `bo` for its current placement;
@@ -282,7 +354,12 @@ impl Inner<HostPlatform> {
         gpu_addr: u64,
     ) -> Result<(), GpuError> {
         let bo = self.hw.bos.get(owner, bo_id)?;
-        if gpu_addr % PAGE != 0 || (gpu_addr + bo.pages * PAGE) >> 47 != 0 {
+        // Checked: an end past 2^64 must not wrap to a low address.
+        let end = bo
+            .pages
+            .checked_mul(PAGE)
+            .and_then(|len| gpu_addr.checked_add(len));
+        if !gpu_addr.is_multiple_of(PAGE) || end.is_none_or(|end| end > USER_VA_END) {
             return Err(GpuError::BadRange);
         }
         if !bo.resv.lock_single(IDLE_TIMEOUT) {
@@ -291,11 +368,8 @@ impl Inner<HostPlatform> {
         let r = (|| {
             let chunks = bo.placement().chunks.clone();
             let mut st = self.lock();
-            let v = st
-                .vms
-                .get_mut(&vm)
-                .filter(|v| v.owner == owner)
-                .ok_or(GpuError::NoSuchVm)?;
+            let asid = Self::vm_asid(&st, owner, vm)?;
+            let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
             let len = bo.pages * PAGE;
             if v.bindings
                 .iter()
@@ -321,17 +395,28 @@ impl Inner<HostPlatform> {
     /// Destroys an idle object: unmapped everywhere, VRAM and home freed.
     pub(crate) fn destroy_bo(&self, owner: u64, bo_id: u32) -> Result<(), GpuError> {
         let bo = self.hw.bos.get(owner, bo_id)?;
+        self.destroy_bo_locked(&bo, false)
+    }
+
+    /// Destroys `bo`. `ended`: its owner's session ended and its VMs are
+    /// gone already, so no PTE reaches it and a job still running cannot
+    /// touch it: it goes even if busy.
+    fn destroy_bo_locked(&self, bo: &Arc<Bo>, ended: bool) -> Result<(), GpuError> {
         if !bo.resv.lock_single(IDLE_TIMEOUT) {
             return Err(GpuError::Busy);
         }
         let busy = bo.placement().busy_job;
-        if !self.job_done(busy) {
+        if !ended && !self.job_done(busy) {
             bo.resv.unlock();
             return Err(GpuError::Busy);
         }
-        self.hw.bos.map().remove(&bo_id);
-        let r = self.unmap_bo_everywhere(&bo);
+        if self.hw.bos.map().remove(Handle::from_raw(bo.id)).is_none() {
+            bo.resv.unlock();
+            return Err(GpuError::NoSuchBo); // another call destroyed it
+        }
+        let r = self.unmap_bo_everywhere(bo);
         let mut p = bo.placement();
+        let chunks = p.chunks.len() as u64;
         for c in p.chunks.drain(..) {
             if let Some(pfn) = c.vram_pfn {
                 let _ = self.vram.free_unused(pfn);
@@ -339,11 +424,16 @@ impl Inner<HostPlatform> {
                     .bos
                     .vram_pages
                     .fetch_sub(c.pages(), Ordering::Relaxed);
+                bo.session.release(ses::vram_bytes, c.pages() * PAGE);
             }
             let _ = self.hw.bos.pool_alloc.free_unused(c.sram_pfn);
         }
         drop(p);
         bo.resv.unlock();
+        let meta = chunks * std::mem::size_of::<Chunk>() as u64;
+        bo.session.release(ses::metadata_bytes, meta);
+        bo.session.release(ses::bo_bytes, bo.pages * PAGE);
+        bo.session.release(ses::bos, 1);
         self.report_usage();
         r
     }
@@ -364,13 +454,20 @@ impl Inner<HostPlatform> {
         self.invalidate_ranges(&ranges)
     }
 
-    /// Drops every object of a client that went away.
-    pub(crate) fn destroy_bos_of(&self, owner: u64) {
+    /// Drops every object of a client that went away (its VMs went
+    /// first); returns how many.
+    pub(crate) fn destroy_bos_of(&self, owner: u64) -> usize {
+        let mut n = 0;
         for id in self.hw.bos.ids_of(owner) {
-            if let Err(e) = self.destroy_bo(owner, id) {
-                log::warn!("xe-svm: object {id} of departed client {owner}: {e:?}");
+            let Some(bo) = self.hw.bos.get_any(id) else {
+                continue;
+            };
+            match self.destroy_bo_locked(&bo, true) {
+                Ok(()) => n += 1,
+                Err(e) => log::warn!("xe-svm: object {id} of departed client {owner}: {e:?}"),
             }
         }
+        n
     }
 
     /// Copies `bo` into a new memfd once its jobs are done.
@@ -417,13 +514,14 @@ impl Inner<HostPlatform> {
     /// them in VRAM (waiting in mm-server, with no lock held, when VRAM is
     /// short), submits the job with `push` and marks them busy with it.
     /// An object that cannot get VRAM runs from its SRAM home.
-    pub(crate) fn submit_with_bos(
+    /// `push` returns the device job id and what the caller answers.
+    pub(crate) fn submit_with_bos<R>(
         &self,
         vm: u32,
         addr: u64,
         len: u64,
-        push: impl FnOnce() -> Result<u32, GpuError>,
-    ) -> Result<u32, GpuError> {
+        push: impl FnOnce() -> Result<(u32, R), GpuError>,
+    ) -> Result<R, GpuError> {
         let mut attempts = 0;
         // VRAM mm-server granted us for the previous attempt, released once
         // that attempt's allocations are accounted.
@@ -436,7 +534,7 @@ impl Inner<HostPlatform> {
                 v.bos
                     .iter()
                     .filter(|m| m.overlaps(addr, len))
-                    .filter_map(|m| map.get(&m.bo).cloned())
+                    .filter_map(|m| map.get(Handle::from_raw(m.bo)).cloned())
                     .collect()
             };
             let ctx = self.hw.bos.class.context();
@@ -474,7 +572,8 @@ impl Inner<HostPlatform> {
             }
             let r = {
                 let _order = self.hw.bos.submit.lock().unwrap_or_else(|e| e.into_inner());
-                push().inspect(|&job| {
+                push().inspect(|&(job, _)| {
+                    self.note_vm_job(vm, job);
                     let now = self.hw.bos.use_clock.fetch_add(1, Ordering::Relaxed);
                     for b in &bos {
                         let mut p = b.placement();
@@ -485,7 +584,7 @@ impl Inner<HostPlatform> {
             };
             unlock();
             self.report_usage();
-            return r;
+            return r.map(|(_, out)| out);
         }
     }
 
@@ -503,12 +602,23 @@ impl Inner<HostPlatform> {
             if c.vram_pfn.is_some() {
                 continue;
             }
+            // Past the client's VRAM share the chunk runs from SRAM.
+            if bo
+                .session
+                .charge(ses::vram_bytes, c.pages() * PAGE)
+                .is_err()
+            {
+                continue;
+            }
             match self.vram.alloc(c.order) {
                 Ok(pfn) => {
                     copies.push((self.hw.bos.sram_addr(c), pfn * PAGE, c.pages() * PAGE));
                     placed.push((i, pfn));
                 }
-                Err(_) => short += c.pages(),
+                Err(_) => {
+                    bo.session.release(ses::vram_bytes, c.pages() * PAGE);
+                    short += c.pages();
+                }
             }
         }
         if placed.is_empty() {
@@ -520,8 +630,10 @@ impl Inner<HostPlatform> {
             .copy(&copies)
             .map_err(|_| GpuError::DeviceLost)?
         {
-            for (_, pfn) in placed {
+            for (i, pfn) in placed {
                 let _ = self.vram.free_unused(pfn);
+                bo.session
+                    .release(ses::vram_bytes, p.chunks[i].pages() * PAGE);
             }
             return Err(GpuError::DeviceLost);
         }
@@ -543,8 +655,13 @@ impl Inner<HostPlatform> {
     /// The shrinker (`GpuShrink::Shrink`): evicts idle objects, least
     /// recently used first, until `bytes` have left VRAM. Trylock only.
     pub(crate) fn shrink_bos(&self, bytes: u64) -> Result<(u64, u32), GpuError> {
-        let mut candidates: Vec<(u64, Arc<Bo>)> =
-            self.hw.bos.map().values().map(|b| (0, b.clone())).collect();
+        let mut candidates: Vec<(u64, Arc<Bo>)> = self
+            .hw
+            .bos
+            .map()
+            .iter()
+            .map(|(_, b)| (0, b.clone()))
+            .collect();
         for (key, b) in candidates.iter_mut() {
             // Unlocked peek: only an ordering hint.
             *key = b
@@ -613,6 +730,7 @@ impl Inner<HostPlatform> {
         for (pfn, n) in old {
             let _ = self.vram.free_unused(pfn);
             self.hw.bos.vram_pages.fetch_sub(n, Ordering::Relaxed);
+            bo.session.release(ses::vram_bytes, n * PAGE);
             pages += n;
         }
         self.hw.bos.evictions.fetch_add(1, Ordering::Relaxed);

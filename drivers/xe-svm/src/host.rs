@@ -8,26 +8,24 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use hw::xe::commands::{Command, KernelLaunch, KernelOp};
 use hw::xe::fault::FaultDescriptor;
-use hw::xe::layout::Ring;
+use hw::xe::layout;
 use hw::xe::pte::{PageSize, Target};
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
 use ipc_protocol::interfaces::gpu_shrink as sh;
-use ipc_protocol::interfaces::pager_migrate::{
-    Collect, Collected, Finalize, OpenView, PagerMigrate,
-};
+use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize, PagerMigrate};
 use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve};
 use ipc_protocol::server::Handler;
-use ipc_protocol::types::{BoId, JobId, JobStatus, KernelKind, MemoryKind, VmId, World};
+use ipc_protocol::types::{BoId, JobId, MemoryKind, VmId, World};
 use ipc_protocol::Capability;
 
 use crate::bo::BoStore;
+use crate::budget::GpuBudget;
 use crate::device::Device;
+use crate::faults::Dispatch;
 use crate::platform::{Platform, PortError};
 use crate::ppgtt::Ppgtt;
 use crate::server::Inner;
@@ -50,7 +48,7 @@ pub struct HostPlatform {
     /// VRAM kept for page tables.
     pub pt: Vram,
     pub bos: BoStore,
-    migrate: Client<PagerMigrate>,
+    pub(crate) migrate: Client<PagerMigrate>,
     /// mm-server: told our VRAM usage after each change (rule 7's
     /// accounting), and where allocations that find no VRAM wait (rule 5).
     pub pressure: Option<Client<Pressure>>,
@@ -60,8 +58,17 @@ pub struct HostPlatform {
 }
 
 impl HostPlatform {
+    /// Gives back a slot taken but never mapped.
+    pub(crate) fn give_back_slot(&self, slot: u32) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free
+            .push(slot);
+    }
+
     /// A free DMA slot for an object.
-    fn take_slot(&self) -> Option<u32> {
+    pub(crate) fn take_slot(&self) -> Option<u32> {
         let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = s.free.pop() {
             return Some(slot);
@@ -164,6 +171,14 @@ impl Platform for HostPlatform {
     fn bo_vram_pages(&self) -> u64 {
         self.bos.vram_pages.load(Ordering::Relaxed)
     }
+    /// Retired: every job up to it is (the in-order register), or its own
+    /// job table slot says so (written before the register moves).
+    fn job_retired(&self, job: u32) -> bool {
+        let bar = &self.dev.bar;
+        job == 0
+            || (bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
+            || bar.job_result(job).is_some()
+    }
 }
 
 #[derive(Clone)]
@@ -183,6 +198,7 @@ impl GpuServer {
         migrate: Client<PagerMigrate>,
         pressure: Option<Client<Pressure>>,
         bo_pool_bytes: u64,
+        budget: GpuBudget,
     ) -> Result<Self, String> {
         let total = dev.bar.vram_bytes() / PAGE;
         let pt = pt_pages(total);
@@ -212,42 +228,22 @@ impl GpuServer {
             _zero: zero,
         };
         Ok(Self {
-            inner: Arc::new(Inner::new(hw, 0, data_pages)),
+            inner: Arc::new(Inner::with_budget(hw, 0, data_pages, budget)),
         })
     }
 
-    /// The fault worker: batches faults, resolves each 2 MiB group once,
-    /// replies to every fault of the group.
+    /// Serves GPU faults, one worker per VM with faults pending
+    /// (`faults.rs`), until the GuC pump stops.
     pub fn fault_worker(self, faults: Receiver<FaultDescriptor>) {
-        while let Ok(first) = faults.recv() {
-            let mut batch = vec![first];
-            while batch.len() < 64 {
-                match faults.try_recv() {
-                    Ok(f) => batch.push(f),
-                    Err(_) => break,
-                }
+        let (inner, dev) = (self.inner.clone(), self.inner.clone());
+        let resolve = move |asid: u32, va: u64| inner.resolve(asid, va);
+        let reply = move |f: &FaultDescriptor, ok: bool| {
+            dev.counters.gpu_faults.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = dev.hw.dev.reply(f, ok) {
+                log::error!("xe-svm: fault reply: {e}");
             }
-            self.inner
-                .counters
-                .gpu_faults
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let mut groups: Vec<((u32, u64), Vec<FaultDescriptor>)> = Vec::new();
-            for f in batch {
-                let key = (f.asid, f.address >> 21);
-                match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, v)) => v.push(f),
-                    None => groups.push((key, vec![f])),
-                }
-            }
-            for (_, group) in groups {
-                let ok = self.inner.resolve(group[0].asid, group[0].address);
-                for f in &group {
-                    if let Err(e) = self.inner.hw.dev.reply(f, ok) {
-                        log::error!("xe-svm: fault reply: {e}");
-                    }
-                }
-            }
-        }
+        };
+        Dispatch::new(Arc::new(resolve), Arc::new(reply)).run(faults);
     }
 }
 
@@ -322,25 +318,10 @@ impl Handler<n::GpuNotify> for GpuServer {
     }
 }
 
-fn kernel_op(k: KernelKind) -> KernelOp {
-    match k {
-        KernelKind::TouchPages => KernelOp::TouchPages,
-        KernelKind::IncrementAll => KernelOp::IncrementAll,
-        KernelKind::StridedWrite => KernelOp::StridedWrite,
-        KernelKind::RandomRead => KernelOp::RandomRead,
-        KernelKind::AtomicAdd => KernelOp::AtomicAdd,
-    }
-}
-
 impl Handler<g::Gpu> for GpuServer {
-    /// A client is gone: its VMs go (unmapped, invalidated, tables freed).
+    /// A client is gone: its session ends (`end.rs`).
     fn disconnected(&self, caller: &Capability) {
-        self.inner.destroy_vms_of(caller.badge.0);
-        self.inner.destroy_bos_of(caller.badge.0);
-        log::info!(
-            "xe-svm: client {} gone; its VMs and buffer objects were destroyed",
-            caller.badge.0
-        );
+        self.inner.end_session(caller.badge.0);
     }
 
     fn handle(
@@ -353,10 +334,12 @@ impl Handler<g::Gpu> for GpuServer {
         let owner = caller.badge.0;
         match req {
             g::Request::CreateVm(_) => {
-                let asid = inner.create_vm(owner)?;
+                let vm = inner.create_vm(owner)?;
+                // The handle's index is the ASID.
+                let asid = session::Handle::from_raw(vm).index();
                 Ok((
                     g::Reply::CreateVm(g::VmCreated {
-                        vm: VmId::raw(asid),
+                        vm: VmId::raw(vm),
                         asid,
                     }),
                     vec![],
@@ -367,96 +350,18 @@ impl Handler<g::Gpu> for GpuServer {
                 Ok((g::Reply::DestroyVm(g::Done {}), vec![]))
             }
             g::Request::BindView(g::BindView { vm, view, gpu_addr }) => {
-                if !inner.owns_vm(owner, vm.get()) {
-                    return Err(GpuError::NoSuchVm);
-                }
-                // The pager checks that the view is this client's.
-                let (opened, mut fds) = inner
-                    .hw
-                    .migrate
-                    .call_with_handles(
-                        OpenView {
-                            view,
-                            client: owner,
-                        },
-                        vec![],
-                    )
-                    .map_err(|e| match e {
-                        ipc_protocol::client::CallError::Server(_) => GpuError::NoSuchView,
-                        _ => GpuError::PagerUnavailable,
-                    })?;
-                let memfd = fds.pop().ok_or(GpuError::PagerUnavailable)?;
-                let object = opened.object.get();
-                if !inner.knows_object(object) {
-                    let slot = inner.hw.take_slot().ok_or(GpuError::OutOfMetadata)?;
-                    let size = rustix::fs::fstat(&memfd)
-                        .map_err(|_| GpuError::PagerUnavailable)?
-                        .st_size as u64;
-                    let dup = rustix::io::fcntl_dupfd_cloexec(&memfd, 0)
-                        .map_err(|_| GpuError::PagerUnavailable)?;
-                    let dma = inner
-                        .hw
-                        .dev
-                        .bar
-                        .dma_map(slot, dup, size)
-                        .map_err(|_| GpuError::DeviceLost)?;
-                    if !inner.add_object(object, slot, dma, Some(memfd), size / PAGE) {
-                        // Another bind added it meanwhile.
-                        inner.hw.dma_unmap(slot);
-                    }
-                }
-                inner.bind(
-                    owner,
-                    vm.get(),
-                    view.get(),
-                    object,
-                    opened.object_first_page,
-                    opened.pages,
-                    gpu_addr,
-                )?;
+                self.bind_view(owner, vm.get(), view, gpu_addr)?;
                 Ok((g::Reply::BindView(g::Done {}), vec![]))
             }
             g::Request::Unbind(g::Unbind { vm, gpu_addr }) => {
                 inner.unbind(owner, vm.get(), gpu_addr)?;
                 Ok((g::Reply::Unbind(g::Done {}), vec![]))
             }
-            g::Request::Submit(g::Submit {
-                vm,
-                kernel,
-                addr,
-                len,
-                stride,
-                value,
-                threads,
-            }) => {
-                if !inner.owns_vm(owner, vm.get()) {
-                    return Err(GpuError::NoSuchVm);
-                }
-                // Buffer objects the job reaches are locked and placed first.
-                let job = inner.submit_with_bos(vm.get(), addr, len, || {
-                    let job = inner.next_job.fetch_add(1, Ordering::Relaxed);
-                    inner.note_job(job, owner);
-                    let k = KernelLaunch {
-                        job,
-                        asid: vm.get(),
-                        op: kernel_op(kernel),
-                        addr,
-                        len,
-                        stride: stride as u32,
-                        value,
-                        threads,
-                    };
-                    inner
-                        .hw
-                        .dev
-                        .bar
-                        .submit(Ring::Compute, job, &Command::Launch(k))
-                        .map_err(|_| GpuError::DeviceLost)?;
-                    Ok(job)
-                })?;
+            g::Request::Submit(k) => {
+                let job = inner.submit_kernel(owner, &k)?;
                 Ok((
                     g::Reply::Submit(g::Submitted {
-                        job: JobId::raw(job as u64),
+                        job: JobId::raw(job),
                     }),
                     vec![],
                 ))
@@ -465,41 +370,17 @@ impl Handler<g::Gpu> for GpuServer {
                 let job = crate::jobs::submit_batch(inner, owner, &b)?;
                 Ok((
                     g::Reply::SubmitBatch(g::Submitted {
-                        job: JobId::raw(job as u64),
+                        job: JobId::raw(job),
                     }),
                     vec![],
                 ))
             }
             g::Request::Wait(g::Wait { job, timeout_ms }) => {
-                let id = u32::try_from(job.get()).map_err(|_| GpuError::NoSuchJob)?;
-                // Only the caller's own jobs, and only while the device
-                // still keeps their result slot.
-                if !inner.owns_job(owner, id) {
-                    return Err(GpuError::NoSuchJob);
-                }
-                let t0 = Instant::now();
-                let bar = &inner.hw.dev.bar;
-                match bar.wait_job(id, Duration::from_millis(timeout_ms as u64)) {
-                    Ok(result) => {
-                        let (state, faults) = result.ok_or(GpuError::NoSuchJob)?;
-                        Ok((
-                            g::Reply::Wait(g::JobDone {
-                                status: crate::jobs::job_status(state),
-                                faults: faults as u64,
-                                elapsed_us: t0.elapsed().as_micros() as u64,
-                            }),
-                            vec![],
-                        ))
-                    }
-                    Err(_) => Ok((
-                        g::Reply::Wait(g::JobDone {
-                            status: JobStatus::Running,
-                            faults: 0,
-                            elapsed_us: t0.elapsed().as_micros() as u64,
-                        }),
-                        vec![],
-                    )),
-                }
+                let done = inner.wait_job(owner, job.get(), timeout_ms)?;
+                Ok((g::Reply::Wait(done), vec![]))
+            }
+            g::Request::Accounting(_) => {
+                Ok((g::Reply::Accounting(inner.accounting(owner)), vec![]))
             }
             g::Request::CreateBo(g::CreateBo { size_bytes }) => {
                 let bo = inner.create_bo(owner, size_bytes)?;

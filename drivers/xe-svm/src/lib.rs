@@ -10,20 +10,32 @@
 //!   (rules 5, 6, 8 and 9), over a [`platform::Platform`];
 //! - [`views`]: bindings follow the pager's views (rule 8 for unmap/mremap);
 //! - [`bo`], [`ww`]: the BO world and its reservation locks (rule 7);
-//! - [`jobs`]: batch jobs checked and submitted, job statuses;
+//! - [`jobs`]: kernel and batch jobs checked and submitted, `Wait`;
+//! - [`job_table`]: every client's jobs and results (per-client result slots);
+//! - [`session`], [`budget`], [`end`], [`accounting`]: a session per client
+//!   badge with its budget, the one place it ends, `Gpu::Accounting`;
+//! - [`bind`]: `BindView` (the pager opens the view, the object is DMA-mapped);
+//! - [`faults`]: GPU faults served by one worker per VM;
 //! - [`host`]: the host runtime: the device model and IPC as the platform,
 //!   and the IPC handlers;
 //! - [`pci_ids`]: the Xe2 GPUs it drives (Redox's `pcid.d` entry).
 
+pub mod accounting;
+pub mod bind;
 pub mod bo;
+pub mod budget;
 pub mod device;
+pub mod end;
+pub mod faults;
 pub mod host;
+pub mod job_table;
 pub mod jobs;
 pub mod pci_ids;
 pub mod platform;
 pub mod ppgtt;
 pub mod probe;
 pub mod server;
+pub mod session;
 pub mod sync;
 pub mod views;
 pub mod vram;

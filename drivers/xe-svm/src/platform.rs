@@ -52,4 +52,10 @@ pub trait Platform: Send + Sync + 'static {
     fn report_usage(&self, bo_bytes: u64, svm_bytes: u64);
     /// VRAM pages the BO world holds (0 where there is none).
     fn bo_vram_pages(&self) -> u64;
+    /// Whether device job `job` (0: none) has retired, so nothing it does
+    /// can reach a binding any more. Where there are no jobs: always.
+    fn job_retired(&self, job: u32) -> bool {
+        let _ = job;
+        true
+    }
 }

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hw::xe::layout;
 use hw::xe::pte::{PageSize, Target};
@@ -24,12 +25,22 @@ use ipc_protocol::interfaces::gpu_notify::NotifyError;
 use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, World};
 
+use allocator_api2::alloc::Global;
+use session::{Handle, HandleTable};
+
 use crate::bo::BoMap;
+use crate::budget::GpuBudget;
+use crate::job_table::JobTable;
 use crate::platform::Platform;
+use crate::session::{self as ses, GpuSession, Sessions};
 use crate::sync::{lock, Mutex, MutexGuard};
 use crate::vram::Vram;
 
 const PAGE: u64 = 4096;
+/// Client GPU addresses lie below 2^47 (the user half of a 4-level PPGTT).
+pub const USER_VA_END: u64 = 1 << 47;
+/// Bytes of server metadata per object page (its frame word).
+const META_PER_PAGE: u64 = 4;
 pub(crate) const GPU: u8 = 0;
 /// How long a GPU fault waits in mm-server for VRAM before it maps the
 /// pages from system memory instead.
@@ -60,8 +71,12 @@ impl Binding {
             pages: self.pages,
         }
     }
+    /// One past the binding's last byte (checked below [`USER_VA_END`] at bind).
+    pub(crate) fn end(&self) -> u64 {
+        self.gpu_addr + self.pages * PAGE
+    }
     fn contains(&self, va: u64) -> bool {
-        va >= self.gpu_addr && va < self.gpu_addr + self.pages * PAGE
+        va >= self.gpu_addr && va < self.end()
     }
     /// The GPU address of object page `page`, if bound here.
     fn va_of(&self, page: u64) -> Option<u64> {
@@ -72,6 +87,11 @@ impl Binding {
 
 pub(crate) struct Vm<T> {
     pub(crate) owner: u64,
+    /// The client's id for this VM (its handle; the index is the ASID).
+    pub(crate) id: u32,
+    /// The device job id of the last job submitted in this VM (0: none):
+    /// a binding is not unbound while it runs (`Busy`).
+    pub(crate) last_job: u32,
     pub(crate) tables: T,
     pub(crate) bindings: Vec<Binding>,
     /// Buffer objects mapped here (`bo.rs`).
@@ -89,6 +109,10 @@ struct ObjectState {
     /// 4 bytes per page, inside the 16-byte per-page metadata budget.
     frames: Vec<u32>,
     resident_pages: u64,
+    /// The session whose bind made the server know the object: charged
+    /// its DMA slot, its frame words and its pages in VRAM (`None` for
+    /// objects added without a session, as the simulation does).
+    charged: Option<Arc<GpuSession>>,
 }
 
 /// The frame word of a page a GPU fault mapped from system memory: before
@@ -104,6 +128,7 @@ impl ObjectState {
     }
     fn set_frame(&mut self, page: u64, pfn: u64) {
         if let Some(f) = self.frames.get_mut(page as usize) {
+            // Its VRAM was charged before the block was allocated (`resolve`).
             if *f == 0 || *f == SYSTEM_MAPPED {
                 self.resident_pages += 1;
             }
@@ -118,6 +143,9 @@ impl ObjectState {
         let pfn = self.frame(page)?;
         self.frames[page as usize] = 0;
         self.resident_pages -= 1;
+        if let Some(s) = &self.charged {
+            s.release(ses::vram_bytes, PAGE);
+        }
         Some(pfn)
     }
     fn mark_system_mapped(&mut self, page: u64) {
@@ -144,7 +172,12 @@ impl ObjectState {
 }
 
 pub(crate) struct State<T> {
+    /// VMs by ASID.
     pub(crate) vms: HashMap<u32, Vm<T>>,
+    /// The ASIDs in use: a VM's id is its handle here (its index is the
+    /// ASID), so ASIDs are reused after `DestroyVm` and a stale VM id
+    /// names nothing. Entries hold the owner's badge.
+    vm_ids: HandleTable<u64, Global>,
     objects: HashMap<u32, ObjectState>,
     /// The pager's staging buffer: (device address, bytes).
     pub(crate) staging: Option<(u64, u64)>,
@@ -164,12 +197,13 @@ pub struct Inner<P: Platform> {
     /// VRAM for SVM pages and buffer objects alike: the two worlds compete.
     pub vram: Vram,
     state: Mutex<State<P::Tables>>,
-    next_asid: AtomicU32,
     pub(crate) next_job: AtomicU32,
     next_binding: AtomicU64,
-    /// The client that submitted each job, by the device's job slot
-    /// (`layout::JOB_SLOTS`): a client waits only on its own jobs.
-    job_owners: Mutex<Vec<(u32, u64)>>,
+    /// Every client's jobs and their results (`job_table.rs`). Locked
+    /// after the BO store's submit lock, never with the VM lock held.
+    pub(crate) jobs: Mutex<JobTable>,
+    /// One session per client badge (`session.rs`, `end.rs`).
+    pub sessions: Sessions,
     pub counters: Counters,
 }
 
@@ -177,20 +211,48 @@ impl<P: Platform> Inner<P> {
     /// A core over `hw`, with VRAM frames `[first_pfn, first_pfn + pages)`
     /// for data (SVM pages and buffer objects).
     pub fn new(hw: P, first_pfn: u64, pages: u64) -> Self {
+        Self::with_budget(hw, first_pfn, pages, GpuBudget::default())
+    }
+
+    /// As [`Self::new`], each client session limited by `budget`.
+    pub fn with_budget(hw: P, first_pfn: u64, pages: u64, budget: GpuBudget) -> Self {
+        // ASID 0 is the device's "no context": VMs get 1..MAX_ASIDS.
+        let asids = layout::MAX_ASIDS as u32 - 1;
         Self {
             hw,
             vram: Vram::new(first_pfn, pages),
             state: Mutex::new(State {
                 vms: HashMap::new(),
+                vm_ids: HandleTable::in_range(1, asids, asids as usize, Global),
                 objects: HashMap::new(),
                 staging: None,
             }),
-            next_asid: AtomicU32::new(1),
             next_job: AtomicU32::new(1),
             next_binding: AtomicU64::new(1),
-            job_owners: Mutex::new(vec![(0, 0); layout::JOB_SLOTS]),
+            jobs: Mutex::new(JobTable::new()),
+            sessions: Sessions::new(budget),
             counters: Counters::default(),
         }
+    }
+
+    /// `owner`'s session (made on its first request).
+    pub fn session(&self, owner: u64) -> Arc<GpuSession> {
+        self.sessions.get_or_open(owner)
+    }
+
+    /// The ASID of `owner`'s VM `vm` (its id); another client's, a stale or
+    /// a guessed id is `NoSuchVm`.
+    pub(crate) fn vm_asid(st: &State<P::Tables>, owner: u64, vm: u32) -> Result<u32, GpuError> {
+        let h = Handle::from_raw(vm);
+        match st.vm_ids.get(h) {
+            Some(&o) if o == owner => Ok(h.index()),
+            _ => Err(GpuError::NoSuchVm),
+        }
+    }
+
+    /// The ASID of `owner`'s VM `vm`, if it has one.
+    pub fn asid_of(&self, owner: u64, vm: u32) -> Option<u32> {
+        Self::vm_asid(&self.lock(), owner, vm).ok()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<P::Tables>> {
@@ -212,8 +274,17 @@ impl<P: Platform> Inner<P> {
         {
             if let Some(o) = st.objects.remove(&object) {
                 self.hw.dma_unmap(o.slot);
+                if let Some(s) = &o.charged {
+                    s.release(ses::dma_slots, 1);
+                    s.release(ses::metadata_bytes, o.frames.len() as u64 * META_PER_PAGE);
+                }
             }
         }
+    }
+
+    /// Forgets `object` if no VM binds it and no VRAM page holds it.
+    pub(crate) fn forget_if_unused(&self, object: u32) {
+        self.drop_object_if_unused(&mut self.lock(), object);
     }
 
     /// VRAM held by (buffer objects, SVM pages).
@@ -238,56 +309,87 @@ impl<P: Platform> Inner<P> {
         Ok(())
     }
 
-    /// A new VM for `owner`; returns its id (its ASID).
+    /// A new VM for `owner`; returns its id (a handle whose index is its
+    /// ASID). Past the client's `vms` budget: `OverBudget`; every ASID
+    /// taken: `OutOfMetadata`.
     pub fn create_vm(&self, owner: u64) -> Result<u32, GpuError> {
-        let asid = self.next_asid.fetch_add(1, Ordering::Relaxed);
-        if asid as usize >= layout::MAX_ASIDS {
-            return Err(GpuError::OutOfMetadata);
+        let session = self.session(owner);
+        session.charge(ses::vms, 1)?;
+        let r = self.create_vm_charged(owner);
+        if r.is_err() {
+            session.release(ses::vms, 1);
         }
-        let tables = self.hw.new_tables(asid).map_err(|_| GpuError::OutOfVram)?;
-        self.lock().vms.insert(
-            asid,
-            Vm {
-                owner,
-                tables,
-                bindings: Vec::new(),
-                bos: Vec::new(),
-            },
-        );
-        Ok(asid)
+        r
     }
 
-    /// Destroys `owner`'s VM `vm` (unmapped, invalidated, tables freed).
+    fn create_vm_charged(&self, owner: u64) -> Result<u32, GpuError> {
+        let h = self
+            .lock()
+            .vm_ids
+            .insert(owner)
+            .map_err(|_| GpuError::OutOfMetadata)?;
+        let asid = h.index();
+        let tables = match self.hw.new_tables(asid) {
+            Ok(t) => t,
+            Err(_) => {
+                self.lock().vm_ids.remove(h);
+                return Err(GpuError::OutOfVram);
+            }
+        };
+        let vm = Vm {
+            owner,
+            id: h.raw(),
+            last_job: 0,
+            tables,
+            bindings: Vec::new(),
+            bos: Vec::new(),
+        };
+        self.lock().vms.insert(asid, vm);
+        Ok(h.raw())
+    }
+
+    /// Destroys `owner`'s VM `vm` (unmapped, invalidated, tables freed);
+    /// its ASID is free for the next `CreateVm`.
     pub fn destroy_vm(&self, owner: u64, vm: u32) -> Result<(), GpuError> {
         let mut st = self.lock();
-        if !st.vms.get(&vm).is_some_and(|v| v.owner == owner) {
-            return Err(GpuError::NoSuchVm);
-        }
-        let v = st.vms.remove(&vm).ok_or(GpuError::NoSuchVm)?;
+        let asid = Self::vm_asid(&st, owner, vm)?;
+        let v = st.vms.remove(&asid).ok_or(GpuError::NoSuchVm)?;
         let objects: Vec<u32> = v.bindings.iter().map(|b| b.object).collect();
-        self.hw.drop_tables(vm, v.tables);
+        // Tables go (and the TLB forgets them) before the ASID is reusable.
+        self.hw.drop_tables(asid, v.tables);
+        st.vm_ids.remove(Handle::from_raw(vm));
         for o in objects {
             self.drop_object_if_unused(&mut st, o);
+        }
+        drop(st);
+        if let Some(s) = self.sessions.find(owner) {
+            s.release(ses::vms, 1);
         }
         Ok(())
     }
 
-    /// Every VM of a client that went away.
-    pub fn destroy_vms_of(&self, owner: u64) {
+    /// Every VM of a client that went away; returns how many.
+    pub fn destroy_vms_of(&self, owner: u64) -> usize {
         let vms: Vec<u32> = self
             .lock()
             .vms
-            .iter()
-            .filter(|(_, v)| v.owner == owner)
-            .map(|(a, _)| *a)
+            .values()
+            .filter(|v| v.owner == owner)
+            .map(|v| v.id)
             .collect();
-        for vm in vms {
-            let _ = self.destroy_vm(owner, vm);
-        }
+        vms.iter()
+            .filter(|&&vm| self.destroy_vm(owner, vm).is_ok())
+            .count()
     }
 
-    pub fn owns_vm(&self, owner: u64, vm: u32) -> bool {
-        self.lock().vms.get(&vm).is_some_and(|v| v.owner == owner)
+    /// VMs alive, server-wide.
+    pub fn vm_count(&self) -> usize {
+        self.lock().vms.len()
+    }
+
+    /// Objects the server knows (each holds a DMA slot), server-wide.
+    pub fn object_count(&self) -> usize {
+        self.lock().objects.len()
     }
 
     /// Knows object `object` (its pages DMA-mapped at `dma` through `slot`)
@@ -295,6 +397,20 @@ impl<P: Platform> Inner<P> {
     /// caller's to undo).
     pub fn add_object(
         &self,
+        object: u32,
+        slot: u32,
+        dma: u64,
+        memfd: Option<OwnedFd>,
+        pages: u64,
+    ) -> bool {
+        self.add_object_for(None, object, slot, dma, memfd, pages)
+    }
+
+    /// As [`Self::add_object`], charged to `session` (its DMA slot and
+    /// frame words were charged by the caller, and go back with the object).
+    pub fn add_object_for(
+        &self,
+        session: Option<Arc<GpuSession>>,
         object: u32,
         slot: u32,
         dma: u64,
@@ -314,6 +430,7 @@ impl<P: Platform> Inner<P> {
                 inval_seq: 0,
                 frames: vec![0; pages as usize],
                 resident_pages: 0,
+                charged: session,
             },
         );
         true
@@ -336,26 +453,22 @@ impl<P: Platform> Inner<P> {
         pages: u64,
         gpu_addr: u64,
     ) -> Result<(), GpuError> {
-        if gpu_addr % PAGE != 0
-            || gpu_addr
-                .checked_add(pages * PAGE)
-                .is_none_or(|end| end > 1 << 47)
-        {
+        let end = pages
+            .checked_mul(PAGE)
+            .and_then(|len| gpu_addr.checked_add(len))
+            .filter(|&end| end <= USER_VA_END && end > gpu_addr);
+        let (Some(end), 0) = (end, gpu_addr % PAGE) else {
             return Err(GpuError::BadRange);
-        }
+        };
         let mut st = self.lock();
         if !st.objects.contains_key(&object) {
             return Err(GpuError::NoSuchView);
         }
-        let v = st
-            .vms
-            .get_mut(&vm)
-            .filter(|v| v.owner == owner)
-            .ok_or(GpuError::NoSuchVm)?;
-        let end = gpu_addr + pages * PAGE;
+        let asid = Self::vm_asid(&st, owner, vm)?;
+        let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
         if v.bindings
             .iter()
-            .any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < end)
+            .any(|b| gpu_addr < b.end() && b.gpu_addr < end)
             || v.bos.iter().any(|m| m.overlaps(gpu_addr, end - gpu_addr))
         {
             return Err(GpuError::AddressInUse);
@@ -375,22 +488,23 @@ impl<P: Platform> Inner<P> {
     /// Removes the binding at `gpu_addr` of `owner`'s VM `vm`. Its pages
     /// still in VRAM stay until the pager moves or frees them (they are the
     /// object's, not the binding's).
+    /// A binding a job of the VM may still use is `Busy`.
     pub fn unbind(&self, owner: u64, vm: u32, gpu_addr: u64) -> Result<(), GpuError> {
         let mut st = self.lock();
-        let v = st
-            .vms
-            .get_mut(&vm)
-            .filter(|v| v.owner == owner)
-            .ok_or(GpuError::NoSuchVm)?;
+        let asid = Self::vm_asid(&st, owner, vm)?;
+        let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
         let at = v
             .bindings
             .iter()
             .position(|b| b.gpu_addr == gpu_addr)
             .ok_or(GpuError::BadRange)?;
+        if !self.hw.job_retired(v.last_job) {
+            return Err(GpuError::Busy);
+        }
         let b = v.bindings.remove(at);
         self.hw.unmap(&mut v.tables, b.gpu_addr, b.pages * PAGE);
         self.hw
-            .invalidate_tlb(vm, b.gpu_addr, b.pages * PAGE)
+            .invalidate_tlb(asid, b.gpu_addr, b.pages * PAGE)
             .map_err(|_| GpuError::DeviceLost)?;
         self.drop_object_if_unused(&mut st, b.object);
         Ok(())
@@ -400,14 +514,12 @@ impl<P: Platform> Inner<P> {
         self.next_binding.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records that `owner` submitted job `job`.
-    pub fn note_job(&self, job: u32, owner: u64) {
-        lock(&self.job_owners)[job as usize % layout::JOB_SLOTS] = (job, owner);
-    }
-
-    /// Whether `job` is `owner`'s and the device still keeps its result.
-    pub fn owns_job(&self, owner: u64, job: u32) -> bool {
-        job != 0 && lock(&self.job_owners)[job as usize % layout::JOB_SLOTS] == (job, owner)
+    /// Records that device job `job` runs in VM `asid` (`Unbind` waits
+    /// for it: `Busy`).
+    pub(crate) fn note_vm_job(&self, asid: u32, job: u32) {
+        if let Some(v) = self.lock().vms.get_mut(&asid) {
+            v.last_job = job;
+        }
     }
 
     /// Resolves a GPU fault at `va` of `asid`. `false`: nothing is bound
@@ -416,7 +528,7 @@ impl<P: Platform> Inner<P> {
     pub fn resolve(&self, asid: u32, va: u64) -> bool {
         // Pick the chunk: 2 MiB, then 64 KiB, then 4 KiB, inside the binding
         // and aligned the same way in GPU and object space.
-        let (object, dma, page, sizes, binding) = {
+        let (object, dma, page, sizes, binding, charged) = {
             let st = self.lock();
             let Some(vm) = st.vms.get(&asid) else {
                 return false;
@@ -438,15 +550,37 @@ impl<P: Platform> Inner<P> {
                 .into_iter()
                 .filter(|(p, _)| fits(*p))
                 .collect();
-            (b.object, obj.dma, page, sizes, b.id)
+            (b.object, obj.dma, page, sizes, b.id, obj.charged.clone())
         };
         // The largest chunk the binding allows and VRAM can give. Rule 5:
         // the block is allocated before any page lock is taken, and with no
         // lock of ours held.
+        // Each block is charged to the object's session first: past its
+        // VRAM share the pages stay in RAM (system pages). What the copy
+        // does not fill is given back below.
+        let charge = |bytes: u64| {
+            charged
+                .as_ref()
+                .is_none_or(|s| s.charge(ses::vram_bytes, bytes).is_ok())
+        };
+        let uncharge = |bytes: u64| {
+            if let Some(s) = &charged {
+                s.release(ses::vram_bytes, bytes);
+            }
+        };
         let try_alloc = || {
-            sizes
-                .iter()
-                .find_map(|&(pages, order)| self.vram.alloc(order).ok().map(|b| (pages, Some(b))))
+            sizes.iter().find_map(|&(pages, order)| {
+                if !charge(pages * PAGE) {
+                    return None;
+                }
+                match self.vram.alloc(order) {
+                    Ok(b) => Some((pages, Some(b))),
+                    Err(_) => {
+                        uncharge(pages * PAGE);
+                        None
+                    }
+                }
+            })
         };
         let mut pick = try_alloc();
         if pick.is_none() && self.hw.has_broker() {
@@ -468,6 +602,7 @@ impl<P: Platform> Inner<P> {
         let free_block = |b: Option<u64>| {
             if let Some(b) = b {
                 let _ = self.vram.free_unused(b);
+                uncharge(pages * PAGE);
             }
         };
         let Some(count_pc) = PageCount::new(count) else {
@@ -534,7 +669,7 @@ impl<P: Platform> Inner<P> {
                         }
                         r => {
                             log::warn!("xe-svm: copy to VRAM failed: {r:?}");
-                            let _ = self.vram.free_unused(block);
+                            free_block(Some(block));
                             None
                         }
                     }
@@ -543,6 +678,8 @@ impl<P: Platform> Inner<P> {
                 None => None,
             };
             if let Some(block) = block {
+                // Only the pages that moved hold VRAM (and its charge).
+                uncharge((pages - migrated.count() as u64) * PAGE);
                 let _ = self.vram.add_refs(block, migrated.count());
                 let mut st = self.lock();
                 if let Some(obj) = st.objects.get_mut(&object) {

@@ -17,6 +17,8 @@ pub enum VramError {
     Exhausted,
     /// A page or block the allocator does not know.
     NotAllocated,
+    /// An address range outside what the tables can map.
+    BadRange,
 }
 
 #[derive(Debug, Clone, Copy)]

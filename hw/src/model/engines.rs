@@ -167,8 +167,8 @@ impl Device {
                     ..
                 }) if fds.len() == 1 => {
                     let fd = fds.pop().expect("one fd, checked above");
-                    match Region::map(fd, size as usize) {
-                        Ok(r) => (
+                    match Memory::checked_region(fd, size) {
+                        Some(r) => (
                             slot,
                             if self.mem.map_slot(slot, r) {
                                 STATUS_OK
@@ -176,7 +176,7 @@ impl Device {
                                 STATUS_BAD_SLOT
                             },
                         ),
-                        Err(_) => (slot, STATUS_MAP_FAILED),
+                        None => (slot, STATUS_MAP_FAILED),
                     }
                 }
                 Some(ControlRecord {

@@ -126,6 +126,28 @@ wire_struct!(
 wire_struct!(
     pub struct Done {}
 );
+wire_struct!(
+    /// What the caller's session holds now, and the server-wide totals.
+    pub struct Accounting {}
+);
+wire_struct!(
+    /// The caller's usage against its budget (`vms` .. `metadata_bytes`),
+    /// then what the whole server holds: live sessions, VMs, buffer
+    /// objects, jobs still running, objects holding a DMA slot.
+    pub struct GpuUsage {
+        pub vms: u64,
+        pub bos: u64,
+        pub bo_bytes: u64,
+        pub jobs_in_flight: u64,
+        pub dma_slots: u64,
+        pub metadata_bytes: u64,
+        pub sessions: u64,
+        pub all_vms: u64,
+        pub all_bos: u64,
+        pub all_jobs_in_flight: u64,
+        pub all_dma_slots: u64,
+    }
+);
 
 interface! {
     /// The GPU server's client interface.
@@ -149,6 +171,8 @@ interface! {
         DeviceLost = 11,
         /// The operation is not implemented by this server yet.
         NotSupported = 12,
+        /// The caller reached one of its budgets (README, "Budgets").
+        OverBudget = 13,
     }
     calls {
         1 => CreateVm [0] -> VmCreated [0] needs GPU_VM;
@@ -163,6 +187,7 @@ interface! {
         10 => Stats [0] -> GpuStats [0] needs GPU_STATS, idempotent;
         11 => ReadBo [0] -> BoData [1] needs GPU_BO, idempotent;
         12 => SubmitBatch [0] -> Submitted [0] needs GPU_SUBMIT;
+        13 => Accounting [0] -> GpuUsage [0] needs GPU_STATS, idempotent;
     }
     notifications {}
 }

@@ -15,6 +15,7 @@ use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify, gpu_shrink::GpuShrink};
 use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
+use xe_svm::budget::GpuBudget;
 use xe_svm::device::Device;
 use xe_svm::host::GpuServer;
 
@@ -61,6 +62,10 @@ struct Args {
     /// System memory for evicted buffer objects (sparse until used).
     #[arg(long, default_value_t = 1024)]
     bo_pool_mib: u64,
+    /// What one client may make the server hold, `name=value,...` over the
+    /// defaults (README, "Budgets"; K, M, G suffixes).
+    #[arg(long, default_value = "")]
+    budget: String,
     /// How many times init has started this server (1 at boot). Not yet
     /// restartable (`init/src/manifest.rs`, `RESTARTABLE`): it rebuilds
     /// nothing after a restart, so init reports its death instead.
@@ -101,6 +106,11 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let mut budget = GpuBudget::default();
+    if let Err(e) = budget.apply(&a.budget) {
+        eprintln!("xe-svm: --budget {:?}: {e:?}", a.budget);
+        std::process::exit(2);
+    }
     if let (false, Some(migrate), Some(notify)) =
         (a.client_fd.is_empty(), a.migrate_fd, a.notify_fd)
     {
@@ -113,6 +123,7 @@ fn main() {
             Client::new(endpoint(migrate)),
             pressure,
             a.bo_pool_mib << 20,
+            budget,
         ) {
             Ok(s) => Arc::new(s),
             Err(e) => {

@@ -1,0 +1,148 @@
+//! GPU faults, served per VM: one worker per ASID with faults pending, so
+//! a fault that waits (in mm-server's `Reserve`, or on the pager) delays
+//! only its own VM's faults, never another client's.
+//!
+//! The GuC pump hands every fault descriptor to [`Dispatch::run`], which
+//! routes it by ASID. A worker batches the faults it finds queued,
+//! resolves each 2 MiB group once and replies to every fault of the group;
+//! it exits after [`IDLE`] without faults. Workers are bounded by the
+//! ASIDs in use (`MAX_ASIDS`), and those by every client's `vms` budget.
+//!
+//! Locking: the worker map's lock is held only to route one fault or to
+//! retire an idle worker (which checks its queue is empty under it, so no
+//! fault is ever routed to a worker that has gone).
+
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hw::xe::fault::FaultDescriptor;
+
+/// How long a worker waits for more faults of its VM before it exits.
+pub const IDLE: Duration = Duration::from_secs(2);
+/// Most faults one worker takes in one batch.
+const BATCH: usize = 64;
+
+/// Resolves one fault (asid, address): `false` when nothing is bound there.
+pub type Resolve = dyn Fn(u32, u64) -> bool + Send + Sync;
+/// Answers the device for one fault.
+pub type Reply = dyn Fn(&FaultDescriptor, bool) + Send + Sync;
+
+/// Routes faults to per-VM workers.
+pub struct Dispatch {
+    resolve: Arc<Resolve>,
+    reply: Arc<Reply>,
+    workers: Arc<Mutex<HashMap<u32, Sender<FaultDescriptor>>>>,
+}
+
+impl Dispatch {
+    pub fn new(resolve: Arc<Resolve>, reply: Arc<Reply>) -> Self {
+        Self {
+            resolve,
+            reply,
+            workers: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Serves `faults` until the pump stops.
+    pub fn run(&self, faults: Receiver<FaultDescriptor>) {
+        while let Ok(f) = faults.recv() {
+            self.route(f);
+        }
+    }
+
+    /// Hands `f` to its VM's worker, starting one if there is none.
+    pub fn route(&self, f: FaultDescriptor) {
+        let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let f = match w.get(&f.asid).map(|tx| tx.send(f)) {
+            Some(Ok(())) => return,
+            Some(Err(e)) => e.0,
+            None => f,
+        };
+        let (tx, rx) = channel();
+        let asid = f.asid;
+        let _ = tx.send(f);
+        let worker = Worker {
+            asid,
+            resolve: self.resolve.clone(),
+            reply: self.reply.clone(),
+            workers: self.workers.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("xe-svm-fault{asid}"))
+            .spawn(move || worker.serve(rx));
+        match spawned {
+            Ok(_) => {
+                w.insert(asid, tx);
+            }
+            Err(e) => log::error!("xe-svm: no fault worker for ASID {asid}: {e}"),
+        }
+    }
+
+    /// Workers alive now.
+    pub fn workers(&self) -> usize {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+struct Worker {
+    asid: u32,
+    resolve: Arc<Resolve>,
+    reply: Arc<Reply>,
+    workers: Arc<Mutex<HashMap<u32, Sender<FaultDescriptor>>>>,
+}
+
+impl Worker {
+    fn serve(self, rx: Receiver<FaultDescriptor>) {
+        loop {
+            let first = match rx.recv_timeout(IDLE) {
+                Ok(f) => f,
+                Err(RecvTimeoutError::Timeout) => match self.retire(&rx) {
+                    Some(f) => f,
+                    None => return,
+                },
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(f) => batch.push(f),
+                    Err(_) => break,
+                }
+            }
+            self.serve_batch(batch);
+        }
+    }
+
+    /// Leaves the map if no fault is queued (checked under the map's lock,
+    /// so none can be routed here after); else returns the one queued.
+    fn retire(&self, rx: &Receiver<FaultDescriptor>) -> Option<FaultDescriptor> {
+        let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        match rx.try_recv() {
+            Ok(f) => Some(f),
+            Err(_) => {
+                w.remove(&self.asid);
+                None
+            }
+        }
+    }
+
+    /// Resolves each 2 MiB group once; replies to every fault of it.
+    fn serve_batch(&self, batch: Vec<FaultDescriptor>) {
+        let mut groups: Vec<(u64, Vec<FaultDescriptor>)> = Vec::new();
+        for f in batch {
+            let key = f.address >> 21;
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(f),
+                None => groups.push((key, vec![f])),
+            }
+        }
+        for (_, group) in groups {
+            let ok = (self.resolve)(self.asid, group[0].address);
+            for f in &group {
+                (self.reply)(f, ok);
+            }
+        }
+    }
+}
