@@ -9,6 +9,7 @@ pub mod client;
 pub mod conformance;
 pub mod guest;
 pub mod herd;
+pub mod hostile;
 pub mod manifest;
 pub mod oversub;
 pub mod process;
