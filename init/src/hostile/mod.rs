@@ -24,7 +24,7 @@ pub mod outcome;
 pub mod rng;
 pub mod victim;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -179,7 +179,7 @@ pub fn run(
     let slot = clients.slots.remove(0);
     let c: &Clients = clients;
     bar.set_message("victim alone");
-    let (baseline_rounds, baseline, mut bad, alone_error) = victim_rounds(c, cfg, None);
+    let (baseline_rounds, baseline, mut bad, alone_error) = victim_rounds(c, cfg, None, None);
     if let Some(e) = alone_error {
         return Err(format!("the victim failed alone (no hostile client yet): {e}"));
     }
@@ -229,11 +229,13 @@ pub fn run(
 }
 
 /// Victim rounds: `cfg.rounds` of them, and with `until` more until it
-/// says stop. Returns (rounds, elapsed, wrong words, error).
+/// says stop; each finished round is counted in `done`. Returns (rounds,
+/// elapsed, wrong words, error).
 fn victim_rounds(
     c: &Clients,
     cfg: &Config,
     until: Option<&dyn Fn() -> bool>,
+    done: Option<&AtomicUsize>,
 ) -> (usize, Duration, u64, Option<String>) {
     let t0 = Instant::now();
     let (mut n, mut bad) = (0, 0);
@@ -242,6 +244,9 @@ fn victim_rounds(
             Ok(r) => {
                 n += 1;
                 bad += r.bad;
+                if let Some(d) = done {
+                    d.store(n, Ordering::Release);
+                }
             }
             Err(e) => return (n, t0.elapsed(), bad, Some(e)),
         }
@@ -264,14 +269,15 @@ struct Attacked {
     error: Option<String>,
 }
 
-/// Runs the victim and the hostile client together: the victim does at
-/// least `cfg.rounds` rounds and keeps going until the hostile client has
-/// made `cfg.frames` calls (or stopped); the hostile client keeps going
-/// until then and the victim is done.
+/// Runs the victim and the hostile client together: the hostile client
+/// makes at least `cfg.frames` calls and keeps going until the victim has
+/// done `cfg.rounds` rounds (or stopped); the victim keeps going until the
+/// hostile client stops, so every victim round but the last ran under
+/// attack.
 fn beside(c: &Clients, cfg: &Config, mut h: Hostile, bar: &ProgressBar) -> (Hostile, Attacked) {
     let victim_done = AtomicBool::new(false);
     let hostile_done = AtomicBool::new(false);
-    let calls = AtomicU64::new(0);
+    let rounds = AtomicUsize::new(0);
     let active: Vec<Family> = cfg
         .families
         .iter()
@@ -283,9 +289,10 @@ fn beside(c: &Clients, cfg: &Config, mut h: Hostile, bar: &ProgressBar) -> (Host
         let hostile = s.spawn(|| {
             for (i, f) in active.iter().cycle().enumerate() {
                 f.round(&mut h);
-                calls.store(h.tally.calls, Ordering::Release);
                 bar.set_position(h.tally.calls.min(cfg.frames));
-                let enough = h.tally.calls >= cfg.frames && victim_done.load(Ordering::Acquire);
+                let victim_enough = rounds.load(Ordering::Acquire) >= cfg.rounds
+                    || victim_done.load(Ordering::Acquire);
+                let enough = h.tally.calls >= cfg.frames && victim_enough;
                 if enough || h.tally.closed > 0 || i > 1_000_000 {
                     break;
                 }
@@ -293,8 +300,8 @@ fn beside(c: &Clients, cfg: &Config, mut h: Hostile, bar: &ProgressBar) -> (Host
             hostile_done.store(true, Ordering::Release);
             h
         });
-        let stop = || hostile_done.load(Ordering::Acquire) || calls.load(Ordering::Acquire) >= cfg.frames;
-        let (rounds, elapsed, bad, error) = victim_rounds(c, cfg, Some(&stop));
+        let stop = || hostile_done.load(Ordering::Acquire);
+        let (rounds, elapsed, bad, error) = victim_rounds(c, cfg, Some(&stop), Some(&rounds));
         victim_done.store(true, Ordering::Release);
         let h = match hostile.join() {
             Ok(h) => h,
