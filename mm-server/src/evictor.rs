@@ -114,7 +114,7 @@ fn refresh(broker: &Broker, worlds: &dyn Worlds) -> bool {
 /// One pass: rounds of equal requests until the target is met or a round
 /// frees nothing. Returns the bytes freed from (BOs, SVM).
 pub fn run_pass(broker: &Broker, worlds: &dyn Worlds) -> (u64, u64) {
-    let (mut total_bo, mut total_svm) = (0, 0);
+    let (mut total_bo, mut total_svm) = (0u64, 0u64);
     if !refresh(broker, worlds) {
         return (0, 0);
     }
