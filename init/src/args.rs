@@ -21,7 +21,9 @@ pub fn buffer_size(s: &str) -> Result<usize, String> {
     let limit = "a multiple of 4 KiB from 4K to 8G, like 2M or 64M";
     match parse_size(s) {
         Some(b) if b <= MAX_BUFFER => Ok(b),
-        Some(_) => Err(format!("{s} is larger than 8G (one client's bytes of objects)")),
+        Some(_) => Err(format!(
+            "{s} is larger than 8G (one client's bytes of objects)"
+        )),
         None => Err(format!("{s:?} is not {limit}")),
     }
 }
@@ -41,7 +43,9 @@ where
 pub fn above(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync {
     move |s: &str| match s.trim().parse::<f64>() {
         Ok(v) if v > min && v <= max => Ok(v),
-        _ => Err(format!("{s:?} is not a number above {min} and at most {max}")),
+        _ => Err(format!(
+            "{s:?} is not a number above {min} and at most {max}"
+        )),
     }
 }
 

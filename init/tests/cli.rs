@@ -36,7 +36,10 @@ fn refused(args: &[&str], limit: &str) {
     assert_eq!(lines.len(), 1, "{args:?}: not one line: {stderr:?}");
     let line = lines[0];
     assert!(line.starts_with("svm: "), "{args:?}: {line:?}");
-    assert!(line.contains(limit), "{args:?}: {line:?} does not name {limit:?}");
+    assert!(
+        line.contains(limit),
+        "{args:?}: {line:?} does not name {limit:?}"
+    );
     for bad in ["panicked", "backtrace", "(\"", "Some(", "Err("] {
         assert!(!line.contains(bad), "{args:?}: {line:?} has {bad:?}");
     }
@@ -60,7 +63,10 @@ fn sizes_outside_their_range_are_refused() {
     refused(&["run", "herd", "--size", "2M,0"], "4 KiB");
     refused(&["run", "herd", "--size", "1000"], "4 KiB");
     refused(&["run", "herd", "--size", "lots"], "4 KiB");
-    refused(&["run", "mremap", "--size", "99999999999999999999G"], "4 KiB");
+    refused(
+        &["run", "mremap", "--size", "99999999999999999999G"],
+        "4 KiB",
+    );
     refused(&["run", "fork", "--size", "16G"], "8G");
     refused(&["--vram-mib", "3", "run", "herd"], "2 MiB");
     refused(&["--vram-mib", "1000000", "run", "herd"], "2 to 32768");
@@ -80,7 +86,10 @@ fn counts_and_ratios_outside_their_range_are_refused() {
     refused(&["run", "hostile", "--frames", "0"], "1 to 1000000000");
     refused(&["run", "hostile", "--rounds", "1000"], "1 to 100");
     refused(&["run", "hostile", "--families", "gpu"], "pager-frames");
-    refused(&["conformance", "ipc", "--system", "--timeout-ms", "0"], "1 to 3600000");
+    refused(
+        &["conformance", "ipc", "--system", "--timeout-ms", "0"],
+        "1 to 3600000",
+    );
 }
 
 #[test]

@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn a_program_of_reports_reservations_and_releases_runs() {
         let mut p = vec![15, 0]; // 16 MiB of VRAM
-        // Report 8 MiB of SVM VRAM (opcode 1: kind, world, bytes).
+                                 // Report 8 MiB of SVM VRAM (opcode 1: kind, world, bytes).
         p.extend([1, 0, 1, 2]);
         p.extend((8u64 << 20).to_le_bytes());
         // Reserve 4 MiB for buffer objects (opcode 2: kind, world, bytes, ms).

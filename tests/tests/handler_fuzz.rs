@@ -56,9 +56,13 @@ fn random_programs_are_served_and_refused() {
     };
     let (mut pager, mut broker) = ((0, 0), (0, 0));
     for _ in 0..64 {
-        let r = bounded("a pager program", || pager::testing::sequence::run(&program(2000)));
+        let r = bounded("a pager program", || {
+            pager::testing::sequence::run(&program(2000))
+        });
         pager = (pager.0 + r.served, pager.1 + r.refused);
-        let b = bounded("a broker program", || mm_server::sequence::run(&program(600)));
+        let b = bounded("a broker program", || {
+            mm_server::sequence::run(&program(600))
+        });
         broker = (broker.0 + b.served, broker.1 + b.refused);
     }
     assert!(pager.0 > 0 && pager.1 > 0, "pager served/refused {pager:?}");

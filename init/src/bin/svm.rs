@@ -683,7 +683,10 @@ fn run_hostile(mut opts: BootOptions, cfg: &hostile::Config) -> i32 {
             if r.passed() {
                 Ok(())
             } else {
-                Err(format!("hostile: {} failure(s), listed above", r.failures().len()))
+                Err(format!(
+                    "hostile: {} failure(s), listed above",
+                    r.failures().len()
+                ))
             }
         }
         Err(e) => Err(format!("hostile: {e}")),
@@ -710,7 +713,17 @@ mod tests {
             &["svm", "boot"],
             &["svm", "conformance", "ipc", "--system"],
             &["svm", "conformance", "client", "--spawn", "x", "--system"],
-            &["svm", "client", "--badge", "1", "--gpu-fd", "3", "--pager-fd", "4", "churn"],
+            &[
+                "svm",
+                "client",
+                "--badge",
+                "1",
+                "--gpu-fd",
+                "3",
+                "--pager-fd",
+                "4",
+                "churn",
+            ],
         ] {
             if let Err(e) = Cli::try_parse_from(args) {
                 panic!("{args:?}: {e}");

@@ -119,8 +119,15 @@ impl Held {
             })
             .count() as u64;
         let b = &self.ids;
-        let done = run_kernel(&c.gpu, b.vm, KernelKind::IncrementAll, b.addr, words.len() as u64 * 4, 1)
-            .map_err(gpu("check job"))?;
+        let done = run_kernel(
+            &c.gpu,
+            b.vm,
+            KernelKind::IncrementAll,
+            b.addr,
+            words.len() as u64 * 4,
+            1,
+        )
+        .map_err(gpu("check job"))?;
         if done.status != JobStatus::Completed {
             return Err(format!("the victim's check job ended {:?}", done.status));
         }
@@ -167,8 +174,12 @@ impl Held {
                 gpu_addr: b.addr,
             })
             .map_err(gpu("Unbind"))?;
-        c.gpu.call(DestroyBo { bo: b.bo }).map_err(gpu("DestroyBo"))?;
-        c.gpu.call(DestroyVm { vm: b.vm }).map_err(gpu("DestroyVm"))?;
+        c.gpu
+            .call(DestroyBo { bo: b.bo })
+            .map_err(gpu("DestroyBo"))?;
+        c.gpu
+            .call(DestroyVm { vm: b.vm })
+            .map_err(gpu("DestroyVm"))?;
         self.buffer.release(&c.pager).map_err(gpu("buffer release"))
     }
 }

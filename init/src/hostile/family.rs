@@ -54,10 +54,16 @@ impl Family {
         }
         let mut out = Vec::new();
         for name in s.split(',').map(str::trim) {
-            let f = Self::ALL.into_iter().find(|f| f.name() == name).ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|f| f.name()).collect();
-                format!("no attack family {name:?} (all, or of: {})", names.join(", "))
-            })?;
+            let f = Self::ALL
+                .into_iter()
+                .find(|f| f.name() == name)
+                .ok_or_else(|| {
+                    let names: Vec<_> = Self::ALL.iter().map(|f| f.name()).collect();
+                    format!(
+                        "no attack family {name:?} (all, or of: {})",
+                        names.join(", ")
+                    )
+                })?;
             if !out.contains(&f) {
                 out.push(f);
             }
@@ -97,6 +103,8 @@ mod tests {
             Family::parse_list("memfd, pager-ids,memfd").unwrap(),
             vec![Family::Memfd, Family::PagerIds]
         );
-        assert!(Family::parse_list("gpu").unwrap_err().contains("pager-frames"));
+        assert!(Family::parse_list("gpu")
+            .unwrap_err()
+            .contains("pager-frames"));
     }
 }

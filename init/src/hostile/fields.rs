@@ -6,9 +6,7 @@
 
 use ipc_protocol::interfaces::gpu as g;
 use ipc_protocol::interfaces::pager as p;
-use ipc_protocol::types::{
-    Advice, BoId, JobId, KernelKind, Location, ObjectId, ViewId, VmId,
-};
+use ipc_protocol::types::{Advice, BoId, JobId, KernelKind, Location, ObjectId, ViewId, VmId};
 
 use super::conn::{not_a_uffd, uffd, Hostile};
 use super::outcome::Expect::MayServe;
@@ -59,9 +57,12 @@ impl OwnObject {
     pub fn release(self, h: &mut Hostile) {
         // SAFETY: our own mapping, not used after this.
         let _ = unsafe { rustix::mm::munmap(self.addr as *mut _, (self.pages * 4096) as usize) };
-        h.pager(MayServe, p::DestroyObject {
-            object: self.object,
-        });
+        h.pager(
+            MayServe,
+            p::DestroyObject {
+                object: self.object,
+            },
+        );
     }
 }
 
@@ -69,9 +70,7 @@ impl OwnObject {
 pub fn pager_round(h: &mut Hostile) {
     for v in U64S {
         if let Some(o) = h.pager_with(MayServe, p::CreateObject { size_bytes: v }, vec![]) {
-            h.pager(MayServe, p::DestroyObject {
-                object: o.0.object,
-            });
+            h.pager(MayServe, p::DestroyObject { object: o.0.object });
         }
     }
     let Some(own) = OwnObject::new(h, 16) else {
@@ -83,32 +82,44 @@ pub fn pager_round(h: &mut Hostile) {
         attach(h, o, own.addr, v, 1);
         attach(h, o, own.addr, 0, v);
         attach(h, o, own.addr + 4096, 15, v);
-        h.pager(MayServe, p::Advise {
-            object: o,
-            first_page: v,
-            pages: 1,
-            advice: Advice::PreferDevice,
-        });
-        h.pager(MayServe, p::Advise {
-            object: o,
-            first_page: 1,
-            pages: v,
-            advice: Advice::AtomicDevice,
-        });
+        h.pager(
+            MayServe,
+            p::Advise {
+                object: o,
+                first_page: v,
+                pages: 1,
+                advice: Advice::PreferDevice,
+            },
+        );
+        h.pager(
+            MayServe,
+            p::Advise {
+                object: o,
+                first_page: 1,
+                pages: v,
+                advice: Advice::AtomicDevice,
+            },
+        );
         for count in [1u16, 512] {
             let count = super::conn::pages(count);
-            h.pager(MayServe, p::Snapshot {
-                object: o,
-                first_page: v,
-                count,
-            });
-            h.pager(MayServe, p::Prefetch {
-                object: o,
-                first_page: v,
-                count,
-                to: Location::Device,
-                gpu: super::conn::GPU0,
-            });
+            h.pager(
+                MayServe,
+                p::Snapshot {
+                    object: o,
+                    first_page: v,
+                    count,
+                },
+            );
+            h.pager(
+                MayServe,
+                p::Prefetch {
+                    object: o,
+                    first_page: v,
+                    count,
+                    to: Location::Device,
+                    gpu: super::conn::GPU0,
+                },
+            );
         }
     }
     // The view's handle: none, or not a userfaultfd.
@@ -123,12 +134,18 @@ pub fn pager_round(h: &mut Hostile) {
         h.pager_with(MayServe, a, vec![fd]);
     }
     for id in IDS {
-        h.pager(MayServe, p::DetachView {
-            view: ViewId::raw(id),
-        });
-        h.pager(MayServe, p::DestroyObject {
-            object: ObjectId::raw(id ^ o.get()),
-        });
+        h.pager(
+            MayServe,
+            p::DetachView {
+                view: ViewId::raw(id),
+            },
+        );
+        h.pager(
+            MayServe,
+            p::DestroyObject {
+                object: ObjectId::raw(id ^ o.get()),
+            },
+        );
     }
     h.pager(MayServe, p::Accounting {});
     own.release(h);
@@ -161,13 +178,25 @@ pub fn gpu_round(h: &mut Hostile) {
     };
     let view = own_view(h, &own);
     let bo = h
-        .gpu(MayServe, g::CreateBo {
-            size_bytes: 64 << 10,
-        })
+        .gpu(
+            MayServe,
+            g::CreateBo {
+                size_bytes: 64 << 10,
+            },
+        )
         .map(|b| b.bo);
     for v in U64S {
         if let Some(view) = view {
-            if h.gpu(MayServe, g::BindView { vm, view, gpu_addr: v }).is_some() {
+            if h.gpu(
+                MayServe,
+                g::BindView {
+                    vm,
+                    view,
+                    gpu_addr: v,
+                },
+            )
+            .is_some()
+            {
                 h.gpu(MayServe, g::Unbind { vm, gpu_addr: v });
             }
         }
@@ -181,17 +210,27 @@ pub fn gpu_round(h: &mut Hostile) {
             h.gpu(MayServe, g::DestroyBo { bo: b.bo });
         }
         if let Some(bo) = bo {
-            h.gpu(MayServe, g::MapBo { vm, bo, gpu_addr: v });
+            h.gpu(
+                MayServe,
+                g::MapBo {
+                    vm,
+                    bo,
+                    gpu_addr: v,
+                },
+            );
         }
     }
     for threads in [0u16, 1, u16::MAX] {
         submit(h, vm, own.addr, 4096, 4, threads);
     }
     for id in IDS {
-        h.gpu(MayServe, g::Wait {
-            job: JobId::raw(id as u64 | 1 << 40),
-            timeout_ms: u32::MAX,
-        });
+        h.gpu(
+            MayServe,
+            g::Wait {
+                job: JobId::raw(id as u64 | 1 << 40),
+                timeout_ms: u32::MAX,
+            },
+        );
         h.gpu(MayServe, g::DestroyBo { bo: BoId::raw(id) });
         h.gpu(MayServe, g::ReadBo { bo: BoId::raw(id) });
         h.gpu(MayServe, g::DestroyVm { vm: VmId::raw(id) });
@@ -215,7 +254,8 @@ pub fn own_view(h: &mut Hostile, own: &OwnObject) -> Option<ViewId> {
         object_first_page: 0,
         pages: own.pages,
     };
-    h.pager_with(MayServe, req, vec![uffd()?]).map(|(v, _)| v.view)
+    h.pager_with(MayServe, req, vec![uffd()?])
+        .map(|(v, _)| v.view)
 }
 
 /// A job with these numbers; one that was accepted is waited for (briefly).
@@ -230,10 +270,13 @@ fn submit(h: &mut Hostile, vm: VmId, addr: u64, len: u64, stride: u64, threads: 
         threads,
     };
     if let Some(s) = h.gpu(MayServe, req) {
-        h.gpu(MayServe, g::Wait {
-            job: s.job,
-            timeout_ms: 2_000,
-        });
+        h.gpu(
+            MayServe,
+            g::Wait {
+                job: s.job,
+                timeout_ms: 2_000,
+            },
+        );
     }
 }
 
@@ -245,9 +288,12 @@ fn batch(h: &mut Hostile, vm: VmId, batch_addr: u64, fence_addr: u64) {
         fence_value: u64::MAX,
     };
     if let Some(s) = h.gpu(MayServe, req) {
-        h.gpu(MayServe, g::Wait {
-            job: s.job,
-            timeout_ms: 2_000,
-        });
+        h.gpu(
+            MayServe,
+            g::Wait {
+                job: s.job,
+                timeout_ms: 2_000,
+            },
+        );
     }
 }

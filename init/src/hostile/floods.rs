@@ -34,7 +34,10 @@ pub fn pager_round(h: &mut Hostile) {
             let req = p::CreateObject { size_bytes: size };
             h.pager_with(MayServe, req, vec![]).map(|(o, _)| o.object)
         });
-        log::info!("hostile: {} objects of {size} bytes before a refusal", held.len());
+        log::info!(
+            "hostile: {} objects of {size} bytes before a refusal",
+            held.len()
+        );
         for object in held {
             h.pager(MayServe, p::DestroyObject { object });
         }
@@ -49,7 +52,8 @@ pub fn pager_round(h: &mut Hostile) {
             object_first_page: 0,
             pages: 1,
         };
-        h.pager_with(MayServe, req, vec![uffd()?]).map(|(v, _)| v.view)
+        h.pager_with(MayServe, req, vec![uffd()?])
+            .map(|(v, _)| v.view)
     });
     log::info!("hostile: {} views before a refusal", views.len());
     for view in views {
@@ -63,9 +67,12 @@ pub fn gpu_round(h: &mut Hostile) {
     let vms: Vec<VmId> = flood(CAP, || h.gpu(MayServe, g::CreateVm {}).map(|v| v.vm));
     log::info!("hostile: {} VMs before a refusal", vms.len());
     let bos: Vec<BoId> = flood(CAP, || {
-        h.gpu(MayServe, g::CreateBo {
-            size_bytes: 1 << 20,
-        })
+        h.gpu(
+            MayServe,
+            g::CreateBo {
+                size_bytes: 1 << 20,
+            },
+        )
         .map(|b| b.bo)
     });
     log::info!("hostile: {} buffer objects before a refusal", bos.len());
@@ -73,23 +80,29 @@ pub fn gpu_round(h: &mut Hostile) {
         // Jobs on nothing mapped: each faults and fails, but holds a slot
         // until then.
         let jobs = flood(CAP, || {
-            h.gpu(MayServe, g::Submit {
-                vm,
-                kernel: KernelKind::TouchPages,
-                addr: 1 << 44,
-                len: 2 << 20,
-                stride: 4096,
-                value: 0,
-                threads: 64,
-            })
+            h.gpu(
+                MayServe,
+                g::Submit {
+                    vm,
+                    kernel: KernelKind::TouchPages,
+                    addr: 1 << 44,
+                    len: 2 << 20,
+                    stride: 4096,
+                    value: 0,
+                    threads: 64,
+                },
+            )
             .map(|s| s.job)
         });
         log::info!("hostile: {} jobs in flight before a refusal", jobs.len());
         for job in jobs {
-            h.gpu(MayServe, g::Wait {
-                job,
-                timeout_ms: 1_000,
-            });
+            h.gpu(
+                MayServe,
+                g::Wait {
+                    job,
+                    timeout_ms: 1_000,
+                },
+            );
         }
     }
     for bo in bos {

@@ -25,7 +25,9 @@ pub fn round(h: &mut Hostile, endpoints: &[bool]) {
         let iface = if gpu { Gpu::ID } else { Pager::ID };
         match h.rng.below(6) {
             0 => {
-                let n = h.rng.pick(&[0usize, 1, 8, 23, 24, 25, 100, MAX_FRAME, MAX_FRAME + 64]);
+                let n = h
+                    .rng
+                    .pick(&[0usize, 1, 8, 23, 24, 25, 100, MAX_FRAME, MAX_FRAME + 64]);
                 let bytes = answered(h.rng.bytes(n));
                 h.raw(gpu, bytes, Vec::new());
             }
@@ -87,7 +89,11 @@ fn header(iface: u16, opcode: u16, kind: u8, handles: u8, len: u32, payload: &[u
 /// A request header with random interface, opcode, handle count and
 /// declared length over a random payload.
 fn random_header(rng: &mut Rng, own: u16) -> Vec<u8> {
-    let iface = if rng.one_in(4) { rng.below(12) as u16 } else { own };
+    let iface = if rng.one_in(4) {
+        rng.below(12) as u16
+    } else {
+        own
+    };
     let opcode = rng.pick(&[0, 1, 5, 8, 12, 13, 14, 255, u16::MAX]);
     let n = rng.pick(&[0usize, 1, 4, 8, 16, 33, 64]);
     let payload = rng.bytes(n);

@@ -23,7 +23,8 @@ pub fn round(h: &mut Hostile) {
         return;
     };
     let Some(memfd) = fds.pop() else {
-        h.tally.violation("CreateObject answered without its memfd".into());
+        h.tally
+            .violation("CreateObject answered without its memfd".into());
         return;
     };
     let Ok(addr) = crate::client::map_aligned(&memfd, len as usize, 2 << 20) else {
@@ -39,11 +40,14 @@ pub fn round(h: &mut Hostile) {
     let view = uffd().and_then(|fd| h.pager_with(MayServe, attach, vec![fd]));
     let vm = h.gpu(MayServe, g::CreateVm {}).map(|v| v.vm);
     if let (Some((v, _)), Some(vm)) = (&view, vm) {
-        h.gpu(MayServe, g::BindView {
-            vm,
-            view: v.view,
-            gpu_addr: addr,
-        });
+        h.gpu(
+            MayServe,
+            g::BindView {
+                vm,
+                view: v.view,
+                gpu_addr: addr,
+            },
+        );
     }
     let sealed = check_sealed(h, &memfd, len);
     if sealed {
@@ -53,20 +57,26 @@ pub fn round(h: &mut Hostile) {
         let w = unsafe { std::ptr::read_volatile((addr as *const u32).add(1024)) };
         log::debug!("hostile: word read back after the truncate attempts: {w:#x}");
         if let Some(vm) = vm {
-            let job = h.gpu(MayServe, g::Submit {
-                vm,
-                kernel: KernelKind::IncrementAll,
-                addr,
-                len,
-                stride: 4,
-                value: 1,
-                threads: 4,
-            });
+            let job = h.gpu(
+                MayServe,
+                g::Submit {
+                    vm,
+                    kernel: KernelKind::IncrementAll,
+                    addr,
+                    len,
+                    stride: 4,
+                    value: 1,
+                    threads: 4,
+                },
+            );
             if let Some(j) = job {
-                h.gpu(MayServe, g::Wait {
-                    job: j.job,
-                    timeout_ms: 5_000,
-                });
+                h.gpu(
+                    MayServe,
+                    g::Wait {
+                        job: j.job,
+                        timeout_ms: 5_000,
+                    },
+                );
             }
         }
     }
@@ -90,23 +100,28 @@ fn check_sealed(h: &mut Hostile, memfd: &OwnedFd, len: u64) -> bool {
     let mut ok = seals.contains(SealFlags::SHRINK | SealFlags::GROW);
     for size in [0, len / 2, len * 2, 1 << 40] {
         if rustix::fs::ftruncate(memfd, size).is_ok() {
-            h.tally
-                .violation(format!("an object memfd of {len} bytes was truncated to {size}"));
+            h.tally.violation(format!(
+                "an object memfd of {len} bytes was truncated to {size}"
+            ));
             ok = false;
         }
     }
     if !ok {
-        h.tally
-            .violation(format!("an object memfd is not sealed against shrink and grow: {seals:?}"));
+        h.tally.violation(format!(
+            "an object memfd is not sealed against shrink and grow: {seals:?}"
+        ));
     }
     ok
 }
 
 /// `ReadBo`'s memfd truncated and grown; the server keeps serving.
 fn read_bo(h: &mut Hostile) {
-    let Some(bo) = h.gpu(MayServe, g::CreateBo {
-        size_bytes: 64 << 10,
-    }) else {
+    let Some(bo) = h.gpu(
+        MayServe,
+        g::CreateBo {
+            size_bytes: 64 << 10,
+        },
+    ) else {
         return;
     };
     for size in [0u64, 1 << 30] {

@@ -174,14 +174,18 @@ pub fn run(
     bar: &ProgressBar,
 ) -> Result<Report, String> {
     if clients.slots.is_empty() {
-        return Err(format!("booted with one client slot; the harness needs {CLIENT_SLOTS}"));
+        return Err(format!(
+            "booted with one client slot; the harness needs {CLIENT_SLOTS}"
+        ));
     }
     let slot = clients.slots.remove(0);
     let c: &Clients = clients;
     bar.set_message("victim alone");
     let (baseline_rounds, baseline, mut bad, alone_error) = victim_rounds(c, cfg, None, None);
     if let Some(e) = alone_error {
-        return Err(format!("the victim failed alone (no hostile client yet): {e}"));
+        return Err(format!(
+            "the victim failed alone (no hostile client yet): {e}"
+        ));
     }
     let held = bystander::Held::new(c)?;
     let before = accounting::totals(c)?;
@@ -208,9 +212,10 @@ pub fn run(
     }
     let server_error = match system.check_alive() {
         Err(e) => Some(e.to_string()),
-        Ok(()) if system.restarts() > 0 => {
-            Some(format!("{} server restart(s) during the run", system.restarts()))
-        }
+        Ok(()) if system.restarts() > 0 => Some(format!(
+            "{} server restart(s) during the run",
+            system.restarts()
+        )),
         Ok(()) => None,
     };
     Ok(Report {
@@ -307,7 +312,15 @@ fn beside(c: &Clients, cfg: &Config, mut h: Hostile, bar: &ProgressBar) -> (Host
             Ok(h) => h,
             Err(_) => std::process::abort(), // a panic in the harness itself: nothing to report
         };
-        (h, Attacked { rounds, elapsed, bad, error })
+        (
+            h,
+            Attacked {
+                rounds,
+                elapsed,
+                bad,
+                error,
+            },
+        )
     })
 }
 
@@ -319,36 +332,64 @@ fn disconnect(mut h: Hostile) -> Tally {
     let view = own.as_ref().and_then(|o| fields::own_view(&mut h, o));
     let vm = h.gpu(MayServe, g::CreateVm {}).map(|v| v.vm);
     if let (Some(vm), Some(view), Some(o)) = (vm, view, own.as_ref()) {
-        h.gpu(MayServe, g::BindView {
-            vm,
-            view,
-            gpu_addr: o.addr,
-        });
-    }
-    h.gpu(MayServe, g::CreateBo {
-        size_bytes: 1 << 20,
-    });
-    let mut in_flight: Vec<(bool, Vec<u8>)> = vec![
-        (false, encode_message(Pager::ID, Kind::Request, 1 << 60, &p::Request::from(p::CreateObject {
-            size_bytes: 64 << 20,
-        }))),
-    ];
-    if let Some(o) = own.as_ref() {
-        in_flight.push((false, encode_message(Pager::ID, Kind::Request, (1 << 60) + 1, &p::Request::from(p::Snapshot {
-            object: o.object,
-            first_page: 0,
-            count: conn::pages(32),
-        }))));
-        if let Some(vm) = vm {
-            in_flight.push((true, encode_message(Gpu::ID, Kind::Request, 1 << 60, &g::Request::from(g::Submit {
+        h.gpu(
+            MayServe,
+            g::BindView {
                 vm,
-                kernel: KernelKind::IncrementAll,
-                addr: o.addr,
-                len: 32 * 4096,
-                stride: 4,
-                value: 1,
-                threads: 8,
-            }))));
+                view,
+                gpu_addr: o.addr,
+            },
+        );
+    }
+    h.gpu(
+        MayServe,
+        g::CreateBo {
+            size_bytes: 1 << 20,
+        },
+    );
+    let mut in_flight: Vec<(bool, Vec<u8>)> = vec![(
+        false,
+        encode_message(
+            Pager::ID,
+            Kind::Request,
+            1 << 60,
+            &p::Request::from(p::CreateObject {
+                size_bytes: 64 << 20,
+            }),
+        ),
+    )];
+    if let Some(o) = own.as_ref() {
+        in_flight.push((
+            false,
+            encode_message(
+                Pager::ID,
+                Kind::Request,
+                (1 << 60) + 1,
+                &p::Request::from(p::Snapshot {
+                    object: o.object,
+                    first_page: 0,
+                    count: conn::pages(32),
+                }),
+            ),
+        ));
+        if let Some(vm) = vm {
+            in_flight.push((
+                true,
+                encode_message(
+                    Gpu::ID,
+                    Kind::Request,
+                    1 << 60,
+                    &g::Request::from(g::Submit {
+                        vm,
+                        kernel: KernelKind::IncrementAll,
+                        addr: o.addr,
+                        len: 32 * 4096,
+                        stride: 4,
+                        value: 1,
+                        threads: 8,
+                    }),
+                ),
+            ));
         }
     }
     for (gpu, frame) in &in_flight {

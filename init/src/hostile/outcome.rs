@@ -142,7 +142,11 @@ impl Tally {
     /// `name:count,...` of the typed errors, then served, closed and
     /// violations (the report's `errors=` field).
     pub fn summary(&self) -> String {
-        let mut parts: Vec<String> = self.refused.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        let mut parts: Vec<String> = self
+            .refused
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect();
         parts.push(format!("served:{}", self.served));
         parts.push(format!("closed:{}", self.closed));
         parts.push(format!("one-way:{}", self.one_way));
@@ -171,8 +175,18 @@ mod tests {
         let slow: Result<(), CallError<PagerError>> =
             Err(CallError::Transport(TransportError::TimedOut));
         t.add(judge("Pager", "x", Expect::MayServe, &slow));
-        t.add(judge::<(), PagerError>("Pager", "x", Expect::MustRefuse, &Ok(())));
-        t.add(judge::<(), PagerError>("Pager", "x", Expect::MayServe, &Ok(())));
+        t.add(judge::<(), PagerError>(
+            "Pager",
+            "x",
+            Expect::MustRefuse,
+            &Ok(()),
+        ));
+        t.add(judge::<(), PagerError>(
+            "Pager",
+            "x",
+            Expect::MayServe,
+            &Ok(()),
+        ));
         assert_eq!((t.calls, t.served, t.closed, t.violations), (6, 1, 1, 2));
         assert_eq!(
             t.summary(),

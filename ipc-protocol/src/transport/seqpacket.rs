@@ -198,7 +198,9 @@ mod tests {
         let got = b.recv(Some(Duration::from_secs(5))).expect("it arrives");
         assert!(got.bytes.is_empty() && got.handles.is_empty());
         a.send(b"XSVM", Vec::new()).expect("the link still works");
-        let got = b.recv(Some(Duration::from_secs(5))).expect("the next frame arrives");
+        let got = b
+            .recv(Some(Duration::from_secs(5)))
+            .expect("the next frame arrives");
         assert_eq!(got.bytes, b"XSVM");
         drop(a);
         assert_eq!(

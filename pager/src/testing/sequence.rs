@@ -57,7 +57,16 @@ impl Input<'_> {
 
     /// A number that is usually interesting: small, an edge, or any.
     fn number(&mut self) -> u64 {
-        const EDGES: [u64; 8] = [0, 1, 4095, 4096, 1 << 47, u64::MAX, u64::MAX - 4095, 1 << 63];
+        const EDGES: [u64; 8] = [
+            0,
+            1,
+            4095,
+            4096,
+            1 << 47,
+            u64::MAX,
+            u64::MAX - 4095,
+            1 << 63,
+        ];
         match self.u8() % 4 {
             0 => self.u8() as u64,
             1 => EDGES[self.u8() as usize % EDGES.len()],
@@ -125,7 +134,15 @@ pub fn run(data: &[u8]) -> Ran {
     core.end_gpu(GPU);
     let t = core.accounting();
     assert_eq!(
-        (t.sessions, t.objects, t.object_bytes, t.views, t.spaces, t.fault_threads, t.collects),
+        (
+            t.sessions,
+            t.objects,
+            t.object_bytes,
+            t.views,
+            t.spaces,
+            t.fault_threads,
+            t.collects
+        ),
         (0, 0, 0, 0, 0, 0, 0),
         "every session ended, yet totals remain: {t:?}"
     );
@@ -138,8 +155,16 @@ fn check_budgets(core: &ModelCore) {
     let b = &core.cfg.budget;
     for s in core.clients() {
         let objects = s.objects().len() as u64;
-        assert!(objects <= b.objects, "client {} holds {objects} objects", s.badge);
-        assert!(s.spaces().len() as u64 <= b.spaces, "client {} over spaces", s.badge);
+        assert!(
+            objects <= b.objects,
+            "client {} holds {objects} objects",
+            s.badge
+        );
+        assert!(
+            s.spaces().len() as u64 <= b.spaces,
+            "client {} over spaces",
+            s.badge
+        );
     }
 }
 
@@ -150,10 +175,24 @@ fn step(core: &Arc<ModelCore>, given: &mut Given, badge: u64, inp: &mut Input) -
     };
     let op = inp.u8() % 12;
     let (req, foreign, handles): (p::Request, bool, Vec<ModelHandle>) = match op {
-        0 => (p::CreateObject { size_bytes: inp.number() }.into(), false, vec![]),
+        0 => (
+            p::CreateObject {
+                size_bytes: inp.number(),
+            }
+            .into(),
+            false,
+            vec![],
+        ),
         1 => {
             let (id, foreign) = Given::pick(&given.objects, badge, inp);
-            (p::DestroyObject { object: ObjectId::raw(id) }.into(), foreign, vec![])
+            (
+                p::DestroyObject {
+                    object: ObjectId::raw(id),
+                }
+                .into(),
+                foreign,
+                vec![],
+            )
         }
         2 => {
             let (id, foreign) = Given::pick(&given.objects, badge, inp);
@@ -174,7 +213,14 @@ fn step(core: &Arc<ModelCore>, given: &mut Given, badge: u64, inp: &mut Input) -
         }
         3 => {
             let (id, foreign) = Given::pick(&given.views, badge, inp);
-            (p::DetachView { view: ViewId::raw(id) }.into(), foreign, vec![])
+            (
+                p::DetachView {
+                    view: ViewId::raw(id),
+                }
+                .into(),
+                foreign,
+                vec![],
+            )
         }
         4 | 5 | 6 => {
             let (id, foreign) = Given::pick(&given.objects, badge, inp);
@@ -247,7 +293,9 @@ fn step(core: &Arc<ModelCore>, given: &mut Given, badge: u64, inp: &mut Input) -
         Ok((p::Reply::CreateObject(o), _)) => {
             given.objects.entry(badge).or_default().push(o.object.get())
         }
-        Ok((p::Reply::AttachView(v), _)) => given.views.entry(badge).or_default().push(v.view.get()),
+        Ok((p::Reply::AttachView(v), _)) => {
+            given.views.entry(badge).or_default().push(v.view.get())
+        }
         Ok(_) => {}
         Err(e) if foreign => assert!(
             matches!(e, E::NoSuchObject | E::NoSuchView),
@@ -268,7 +316,11 @@ const GPU0: GpuId = match GpuId::new(0) {
 };
 
 /// A CPU fault (read or write) at some page of one of the client's views.
-fn cpu_fault(core: &Arc<ModelCore>, s: &Arc<crate::core::session::ClientSession<super::runtime::ModelRuntime>>, inp: &mut Input) {
+fn cpu_fault(
+    core: &Arc<ModelCore>,
+    s: &Arc<crate::core::session::ClientSession<super::runtime::ModelRuntime>>,
+    inp: &mut Input,
+) {
     let spaces = s.spaces();
     if spaces.is_empty() {
         return;
@@ -294,7 +346,9 @@ fn gpu_fault(core: &Arc<ModelCore>, given: &Given, badge: u64, inp: &mut Input) 
     let Ok(object) = gpu_open(core, &g, badge, view) else {
         return;
     };
-    let Some(s) = core.find_client(badge) else { return };
+    let Some(s) = core.find_client(badge) else {
+        return;
+    };
     let Some(v) = s.view(view) else { return };
     let first = inp.u8() as u64 % (v.object.pages() as u64).max(1);
     let count = (v.object.pages() as u64 - first).clamp(1, 512) as u16;
@@ -323,7 +377,9 @@ mod tests {
         let ran = run(&program);
         assert!(ran.served >= 2, "{ran:?}");
         assert_eq!(run(&[]), Ran::default());
-        let bytes: Vec<u8> = (0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let bytes: Vec<u8> = (0..4000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         run(&bytes);
     }
 }
