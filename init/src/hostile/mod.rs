@@ -150,7 +150,8 @@ impl Report {
     pub fn details(&self) -> Vec<String> {
         let mut v = vec![
             format!(
-                "victim alone: {} rounds in {:.2}s; beside the hostile client: {} rounds in {:.2}s",
+                "victim alone: {} rounds in {:.2}s; \
+                 beside the hostile client: {} rounds in {:.2}s",
                 self.baseline_rounds,
                 self.baseline.as_secs_f64(),
                 self.attacked_rounds,

@@ -222,7 +222,7 @@ fn step(core: &Arc<ModelCore>, given: &mut Given, badge: u64, inp: &mut Input) -
                 vec![],
             )
         }
-        4 | 5 | 6 => {
+        4..=6 => {
             let (id, foreign) = Given::pick(&given.objects, badge, inp);
             let object = ObjectId::raw(id);
             let first_page = inp.number();
@@ -332,7 +332,7 @@ fn cpu_fault(
     }
     let v = &views[inp.u8() as usize % views.len()];
     let page = inp.u8() as u64 % v.len().div_ceil(PAGE).max(1);
-    core.serve_fault(space, v.addr + page * PAGE, inp.u8() % 2 == 0);
+    core.serve_fault(space, v.addr + page * PAGE, inp.u8().is_multiple_of(2));
 }
 
 /// The GPU server opens one of the client's views and migrates a chunk of
