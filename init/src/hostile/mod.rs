@@ -45,6 +45,8 @@ use crate::supervisor::{Clients, System};
 
 /// Client slots the harness boots with: the victim's and the hostile's.
 pub const CLIENT_SLOTS: usize = 2;
+/// Violations after which the hostile client stops (the run has failed).
+const GIVE_UP_AFTER: u64 = 20;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -71,7 +73,7 @@ impl Default for Config {
             families: Family::ALL.to_vec(),
             victim: VictimConfig::default(),
             settle: Duration::from_secs(20),
-            time_limit: Duration::from_secs(3600),
+            time_limit: Duration::from_secs(1800),
         }
     }
 }
@@ -89,6 +91,8 @@ pub struct Report {
     pub before: Totals,
     pub after: Totals,
     pub totals_came_back: bool,
+    /// Why the totals could not be read after the hostile client left.
+    pub totals_error: Option<String>,
     /// Why the victim could not finish, if it could not.
     pub victim_error: Option<String>,
     /// A server that died or restarted.
@@ -125,7 +129,9 @@ impl Report {
                 self.tally.kept.join("; ")
             ));
         }
-        if !self.totals_came_back {
+        if let Some(e) = &self.totals_error {
+            f.push(format!("the totals could not be read afterwards: {e}"));
+        } else if !self.totals_came_back {
             f.push(format!(
                 "the totals did not come back: before {}; after {}",
                 accounting::describe(&self.before),
@@ -202,7 +208,11 @@ pub fn run(
     } else {
         drop(hostile);
     }
-    let (after, totals_came_back) = accounting::settle(c, &before, cfg.settle)?;
+    // A server that died cannot answer: that is a finding, not a harness error.
+    let (after, totals_came_back, totals_error) = match accounting::settle(c, &before, cfg.settle) {
+        Ok((after, back)) => (after, back, None),
+        Err(e) => (before.clone(), false, Some(e)),
+    };
     let mut victim_error = attacked.error;
     match held.check(c) {
         Ok(n) => bad += n,
@@ -229,6 +239,7 @@ pub fn run(
         before,
         after,
         totals_came_back,
+        totals_error,
         victim_error,
         server_error,
     })
@@ -291,6 +302,7 @@ fn beside(c: &Clients, cfg: &Config, mut h: Hostile, bar: &ProgressBar) -> (Host
         .filter(|f| *f != Family::Disconnect)
         .collect();
     bar.set_length(cfg.frames);
+    let started = Instant::now();
     std::thread::scope(|s| {
         let hostile = s.spawn(|| {
             for (i, f) in active.iter().cycle().enumerate() {
@@ -299,7 +311,11 @@ fn beside(c: &Clients, cfg: &Config, mut h: Hostile, bar: &ProgressBar) -> (Host
                 let victim_enough = rounds.load(Ordering::Acquire) >= cfg.rounds
                     || victim_done.load(Ordering::Acquire);
                 let enough = h.tally.calls >= cfg.frames && victim_enough;
-                if enough || h.tally.closed > 0 || i > 1_000_000 {
+                // A server that stalls makes every call a violation that
+                // waits out its deadline: the run has failed, stop it.
+                let hopeless =
+                    h.tally.violations >= GIVE_UP_AFTER || started.elapsed() > cfg.time_limit;
+                if enough || hopeless || h.tally.closed > 0 || i > 1_000_000 {
                     break;
                 }
             }
