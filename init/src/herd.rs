@@ -96,7 +96,11 @@ pub enum HerdError {
 
 impl std::fmt::Display for HerdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            Self::Pager(e) => write!(f, "pager: {e}"),
+            Self::Gpu(e) => write!(f, "GPU server: {e}"),
+            Self::Job(s) => write!(f, "a GPU job ended {s:?}, not Completed"),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! endpoints the manifest gives it, supervises them, and stops them; and
 //! runs workloads on it as a client.
 
+pub mod args;
 pub mod bench;
 pub mod churn;
 pub mod client;
@@ -9,6 +10,7 @@ pub mod client;
 pub mod conformance;
 pub mod guest;
 pub mod herd;
+pub mod hostile;
 pub mod manifest;
 pub mod oversub;
 pub mod process;

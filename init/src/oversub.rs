@@ -163,7 +163,12 @@ pub enum OversubError {
 
 impl std::fmt::Display for OversubError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            Self::Pager(e) => write!(f, "pager: {e}"),
+            Self::Gpu(e) => write!(f, "GPU server: error {e:?}"),
+            Self::Transport(e) => write!(f, "GPU server: {e}"),
+            Self::Job(s) => write!(f, "a GPU job ended {s:?}, not Completed"),
+        }
     }
 }
 

@@ -148,10 +148,15 @@ pub struct ClientSlot {
 impl ClientSlot {
     /// Connects here, in this process.
     pub fn connect(self) -> Connection {
+        self.connect_with_timeout(CALL_TIMEOUT)
+    }
+
+    /// Connects here, waiting at most `timeout` for any reply.
+    pub fn connect_with_timeout(self, timeout: Duration) -> Connection {
         Connection {
             badge: self.badge,
-            gpu: Client::new(seqpacket(self.gpu)).with_timeout(CALL_TIMEOUT),
-            pager: Client::new(seqpacket(self.pager)).with_timeout(CALL_TIMEOUT),
+            gpu: Client::new(seqpacket(self.gpu)).with_timeout(timeout),
+            pager: Client::new(seqpacket(self.pager)).with_timeout(timeout),
         }
     }
 

@@ -41,7 +41,12 @@ pub enum ViewsError {
 
 impl std::fmt::Display for ViewsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            Self::Pager(e) => write!(f, "pager: {e}"),
+            Self::Gpu(e) => write!(f, "GPU server: {e}"),
+            Self::Job(s) => write!(f, "a GPU job ended {s:?}, not Completed"),
+            Self::Host(e) => write!(f, "host: {e}"),
+        }
     }
 }
 

@@ -12,3 +12,4 @@
 
 pub mod broker;
 pub mod evictor;
+pub mod sequence;
