@@ -3,10 +3,6 @@
 //! right, every hostile call gets a typed error, a closed endpoint or a
 //! legitimate success, no server dies or restarts, and the totals come
 //! back after the hostile client is gone.
-//!
-//! The GPU server's fields and floods fail on a GPU server without
-//! sessions (no budgets, unchecked numbers: its calls stall and time
-//! out): those tests are ignored until it has them ("needs gpu-sessions").
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -98,7 +94,6 @@ fn the_harness_passes_at_ci_size() {
 }
 
 #[test]
-#[ignore = "needs gpu-sessions"]
 fn the_harness_passes_with_every_family() {
     let r = run(&Family::ALL, 3_000);
     assert_passed(&r);
@@ -163,7 +158,6 @@ fn memfds_truncated_after_binding_change_nothing() {
 }
 
 #[test]
-#[ignore = "needs gpu-sessions"]
 fn every_gpu_field_at_its_edges_gets_a_typed_error() {
     assert_passed(&run(&[Family::GpuFields], 1));
 }
@@ -176,7 +170,6 @@ fn the_victims_ids_name_nothing_in_the_gpu_server() {
 }
 
 #[test]
-#[ignore = "needs gpu-sessions"]
 fn floods_past_the_gpu_servers_budgets_are_over_budget_and_come_back() {
     let r = run(&[Family::GpuFloods], 1);
     assert_passed(&r);

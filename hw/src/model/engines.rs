@@ -443,9 +443,14 @@ impl Device {
                             return;
                         }
                         let va_page = first + page * 4096;
-                        let lo = va_page.max(k.addr);
+                        // The kernel works on whole dwords: a client's
+                        // unaligned start begins at the next one.
+                        let lo = va_page.max(k.addr).next_multiple_of(4);
                         let hi = (va_page + 4096).min(end);
-                        if lo >= hi || !self.run_page(k, lo, hi, hw, faults, checksum) {
+                        if lo >= hi {
+                            continue;
+                        }
+                        if !self.run_page(k, lo, hi, hw, faults, checksum) {
                             failed.store(true, Ordering::Relaxed);
                             return;
                         }
