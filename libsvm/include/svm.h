@@ -62,7 +62,7 @@ enum svm_page_state {
     SVM_PAGE_MIGRATING = 3
 };
 
-/* Job statuses (svm_job_result.status). */
+/* Job statuses (svm_job_result_t.status). */
 enum svm_job_status {
     SVM_JOB_COMPLETED = 1,
     SVM_JOB_FAULTED = 2,
@@ -75,7 +75,7 @@ typedef struct svm_job_result {
     uint32_t status;     /* enum svm_job_status */
     uint64_t faults;     /* GPU page faults the job took */
     uint64_t elapsed_us;
-} svm_job_result;
+} svm_job_result_t;
 
 typedef struct svm_gpu_stats {
     uint64_t vram_total;
@@ -84,14 +84,14 @@ typedef struct svm_gpu_stats {
     uint64_t pages_to_vram;
     uint64_t pages_to_ram; /* migrations back to system memory */
     uint64_t invalidations;
-} svm_gpu_stats;
+} svm_gpu_stats_t;
 
 typedef struct svm_pager_totals {
     uint64_t objects;
     uint64_t object_bytes;
     uint64_t views;
     uint64_t spaces;
-} svm_pager_totals;
+} svm_pager_totals_t;
 
 /* Connection. The library connects when it is loaded; svm_connect tries
  * again (SVM_GPU_FD / SVM_PAGER_FD name the endpoints). */
@@ -115,15 +115,15 @@ int svm_submit_batch(uint32_t vm, const void *batch, uint64_t *fence,
 int svm_submit_kernel(uint32_t vm, uint32_t kernel, void *addr, uint64_t len,
                       uint64_t stride, uint32_t value, uint32_t threads,
                       uint64_t *job);
-int svm_wait(uint64_t job, uint32_t timeout_ms, svm_job_result *result);
+int svm_wait(uint64_t job, uint32_t timeout_ms, svm_job_result_t *result);
 
 /* Memory. Ranges must lie in pager memory (one region). */
 int svm_advise(const void *addr, size_t len, uint32_t advice);
 int svm_prefetch(const void *addr, size_t len, uint32_t location);
 int svm_discard(void *addr, size_t len); /* whole pages: read zeros next */
 int svm_page_states(const void *addr, size_t pages, uint8_t *states);
-int svm_gpu_stats(svm_gpu_stats *stats);
-int svm_pager_totals(svm_pager_totals *totals);
+int svm_gpu_stats(svm_gpu_stats_t *stats);
+int svm_pager_totals(svm_pager_totals_t *totals);
 
 /* Batch encoding: each writes its instruction's dwords to out (room for
  * cap) and returns how many, or 0 when they do not fit. */
