@@ -13,6 +13,13 @@ use std::process::{Command, ExitStatus};
 
 use crate::supervisor::{bin_dir, BootOptions, System};
 
+/// The pager's budget under `svm exec`: the manifest's, with room for the
+/// address spaces of the program's forked children (each child of a
+/// process with pager memory is an address space until the pager finds
+/// it gone; shells and wrapper scripts fork many).
+pub const EXEC_PAGER_BUDGET: &str =
+    "objects=256,object_bytes=8G,views=1024,spaces=64,fault_threads=320,metadata_bytes=17M";
+
 /// Where `svm exec` hands the endpoints to the program.
 pub const GPU_FD: i32 = 3;
 pub const PAGER_FD: i32 = 4;
@@ -82,9 +89,19 @@ pub fn run(opts: BootOptions, args: &ExecArgs) -> Result<i32, ExecError> {
     } else {
         Some(library(args.lib.as_ref())?)
     };
+    let mut pager_args = opts.pager_args.clone();
+    if !pager_args.iter().any(|a| a.starts_with("--budget")) {
+        pager_args.push(format!("--budget={EXEC_PAGER_BUDGET}"));
+        pager_args.extend(
+            crate::manifest::budget_args("pager")
+                .into_iter()
+                .filter(|a| a.starts_with("--arena-mib")),
+        );
+    }
     let opts = BootOptions {
         clients: 2,
         stdout_to_stderr: true,
+        pager_args,
         ..opts
     };
     let (system, clients) = System::boot(&opts).map_err(|e| ExecError::Boot(e.to_string()))?;

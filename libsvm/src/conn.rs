@@ -21,6 +21,11 @@ pub const ENV_GPU_FD: &str = "SVM_GPU_FD";
 pub const ENV_PAGER_FD: &str = "SVM_PAGER_FD";
 /// The badge the servers know this client by (informational).
 pub const ENV_BADGE: &str = "SVM_BADGE";
+/// The process the endpoints belong to, set by the library when it
+/// connects: the same process after an `exec` (a wrapper script that
+/// execs the real program) connects again; a child that forked and
+/// executed another program does not (the endpoints are its parent's).
+pub const ENV_OWNER: &str = "SVM_OWNER";
 
 /// How long any call to a server may take before it fails.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -92,29 +97,43 @@ fn take_endpoint(fd: i32) -> Result<OwnedFd, SvmError> {
         std::mem::forget(owned);
         return Err(SvmError::NotConnected);
     }
-    // Programs this one executes get the variables' absence, not our ends.
-    rustix::io::fcntl_setfd(owned.as_fd(), rustix::io::FdFlags::CLOEXEC)
-        .map_err(|_| SvmError::Transport)?;
     Ok(owned)
 }
 
-/// Connects through the endpoints named by the environment, once; the
-/// variables are removed so that programs this one runs do not try.
+/// Closes endpoints this process inherited from a parent that owns them
+/// (it forked and executed us): our copies would keep its sessions open.
+fn drop_inherited(gpu_fd: i32, pager_fd: i32) {
+    for fd in [gpu_fd, pager_fd] {
+        if let Ok(owned) = take_endpoint(fd) {
+            drop(owned);
+        }
+    }
+    for v in [ENV_GPU_FD, ENV_PAGER_FD, ENV_BADGE, ENV_OWNER] {
+        std::env::remove_var(v);
+    }
+}
+
+/// Connects through the endpoints named by the environment, once, if
+/// they are this process's ([`ENV_OWNER`]).
 pub fn connect_from_env() -> Result<&'static Conn, SvmError> {
     if let Some(c) = CONN.get() {
         return conn().map(|_| c);
     }
     let gpu_fd = env_fd(ENV_GPU_FD)?;
     let pager_fd = env_fd(ENV_PAGER_FD)?;
+    let me = std::process::id();
+    let owner = std::env::var(ENV_OWNER).ok().and_then(|o| o.parse::<u32>().ok());
+    if owner.is_some_and(|o| o != me) {
+        drop_inherited(gpu_fd, pager_fd);
+        return Err(SvmError::NotConnected);
+    }
     let badge = std::env::var(ENV_BADGE)
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(0);
-    for v in [ENV_GPU_FD, ENV_PAGER_FD, ENV_BADGE] {
-        std::env::remove_var(v);
-    }
     let gpu = take_endpoint(gpu_fd)?;
     let pager = take_endpoint(pager_fd)?;
+    std::env::set_var(ENV_OWNER, me.to_string());
     let seq = |fd: OwnedFd| -> Arc<dyn ipc_protocol::transport::Transport> {
         Arc::new(SeqPacket::from_fd(fd))
     };

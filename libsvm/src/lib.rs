@@ -14,6 +14,7 @@ mod capi;
 pub mod conn;
 pub mod error;
 mod exports;
+mod fork;
 pub mod heap;
 mod internal;
 pub mod lock;
@@ -32,6 +33,8 @@ static ALLOC: internal::Internal = internal::Internal;
 
 /// `SVM_LOG` set: errors are written to standard error.
 static LOG: AtomicBool = AtomicBool::new(false);
+/// `SVM_REPORT` set: one line about the pager heap on standard error at exit.
+static REPORT: AtomicBool = AtomicBool::new(false);
 
 /// Reports an error on standard error when `SVM_LOG` is set (programs'
 /// own output stays byte-identical otherwise).
@@ -49,12 +52,15 @@ pub(crate) fn log_error(what: &[u8], e: SvmError) {
 
 /// `fork` handlers: the allocator's locks are held across `fork` (heap
 /// first, then the internal heap, the order they nest in), so the child
-/// gets them consistent; the child is then `Forked`.
+/// gets them consistent; the child is then `Forked` and gets a private
+/// copy of the pager heap (`fork`), which the parent waits for.
 extern "C" fn before_fork() {
     heap::HEAP.lock.lock();
     internal::HEAP.lock.lock();
+    fork::prepare(conn::mode() == conn::Mode::Connected);
 }
 extern "C" fn after_fork_parent() {
+    fork::parent();
     internal::HEAP.lock.unlock();
     heap::HEAP.lock.unlock();
 }
@@ -62,6 +68,7 @@ extern "C" fn after_fork_child() {
     internal::HEAP.lock.reset_in_child();
     heap::HEAP.lock.reset_in_child();
     conn::forked();
+    heap::HEAP.with(fork::child);
 }
 
 /// Runs when the library is loaded, after libc is ready and before the
@@ -69,6 +76,7 @@ extern "C" fn after_fork_child() {
 /// it is (the internal heap); what is allocated after is pager memory.
 extern "C" fn on_load() {
     LOG.store(std::env::var_os("SVM_LOG").is_some(), Ordering::Relaxed);
+    REPORT.store(std::env::var_os("SVM_REPORT").is_some(), Ordering::Relaxed);
     // SAFETY: registering handlers that take and release our own locks.
     unsafe {
         libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
@@ -83,3 +91,30 @@ extern "C" fn on_load() {
 #[used]
 #[link_section = ".init_array"]
 static ON_LOAD: extern "C" fn() = on_load;
+
+/// At exit with `SVM_REPORT` set: how much of the heap the pager served
+/// (`libsvm: pid P mode M regions R region_bytes B peak_bytes K
+/// discards D`), so a test can tell an unmodified program's heap was
+/// pager memory.
+extern "C" fn on_unload() {
+    if !REPORT.load(Ordering::Relaxed) || conn::mode() != conn::Mode::Connected {
+        return;
+    }
+    let line = heap::HEAP.with(|h| {
+        let p = h.pages();
+        let bytes: u64 = p.regions().iter().map(|r| r.len).sum();
+        format!(
+            "libsvm: pid {} mode connected regions {} region_bytes {bytes} peak_bytes {} discards {}\n",
+            std::process::id(),
+            p.regions().len(),
+            p.peak,
+            p.discards
+        )
+    });
+    sys::write_stderr(line.as_bytes());
+}
+
+#[cfg(not(test))]
+#[used]
+#[link_section = ".fini_array"]
+static ON_UNLOAD: extern "C" fn() = on_unload;

@@ -29,9 +29,10 @@ use crate::sys;
 pub const PAGE: u64 = 4096;
 /// 2 MiB: regions are aligned to it so the GPU can map whole chunks.
 pub const CHUNK: u64 = 2 << 20;
-/// The size of a region unless one allocation needs more (the pager's
-/// default budget is 8 GiB of objects and 16 address spaces per client).
-pub const REGION_BYTES: u64 = 1 << 30;
+/// The size of the first region; each next one doubles, up to 2 GiB,
+/// unless one allocation needs more (the pager's default budget is 8 GiB
+/// of objects and 16 address spaces per client).
+pub const REGION_BYTES: u64 = 256 << 20;
 pub const MAX_REGIONS: usize = 16;
 
 struct Span {
@@ -74,7 +75,18 @@ pub struct Pages {
     regions: Vec<Region>,
     free: BTreeMap<u64, Free>,
     pub mirrors: Vec<VmId>,
+    /// Bytes handed out now, and at most so far.
+    pub in_use: u64,
+    pub peak: u64,
+    /// Ranges discarded in the pager.
+    pub discards: u64,
+    /// After a refused region: allocations that go elsewhere before the
+    /// next try (a program past its budget does not ask on every malloc).
+    backoff: u32,
 }
+
+/// Allocations served elsewhere after a region was refused.
+const BACKOFF: u32 = 4096;
 
 /// Rounds `len` up to whole pages; `None` on overflow or zero.
 pub fn page_len(len: u64) -> Option<u64> {
@@ -88,6 +100,10 @@ impl Pages {
             regions: Vec::new(),
             free: BTreeMap::new(),
             mirrors: Vec::new(),
+            in_use: 0,
+            peak: 0,
+            discards: 0,
+            backoff: 0,
         }
     }
 
@@ -108,8 +124,15 @@ impl Pages {
         if let Some(got) = self.take(len, align) {
             return Ok(got);
         }
+        if self.backoff > 0 {
+            self.backoff -= 1;
+            return Err(SvmError::OverBudget);
+        }
         let want = len.checked_add(align).ok_or(SvmError::NoMemory)?;
-        self.new_region(want)?;
+        self.new_region(want).inspect_err(|e| {
+            crate::log_error(b"a new region of pager memory", *e);
+            self.backoff = BACKOFF;
+        })?;
         self.take(len, align).ok_or(SvmError::NoMemory)
     }
 
@@ -120,6 +143,7 @@ impl Pages {
             (end <= start + f.len).then_some((start, *f, at))
         })?;
         self.free.remove(&start);
+        self.handed_out(len);
         if at > start {
             self.free.insert(start, Free { len: at - start, zeroed: f.zeroed });
         }
@@ -138,6 +162,7 @@ impl Pages {
             return None;
         }
         self.free.remove(&start);
+        self.handed_out(len);
         if addr > start {
             self.free.insert(start, Free { len: addr - start, zeroed: f.zeroed });
         }
@@ -150,14 +175,42 @@ impl Pages {
     /// Takes back `[addr, addr + len)` (whole pages, handed out before):
     /// its data is discarded first.
     pub fn free(&mut self, addr: u64, len: u64) {
+        self.in_use = self.in_use.saturating_sub(len);
         let zeroed = match self.discard(addr, len) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.discards += 1;
+                true
+            }
             Err(e) => {
                 crate::log_error(b"discard failed; the range will be cleared when reused", e);
                 false
             }
         };
         self.insert(addr, Free { len, zeroed });
+    }
+
+    /// Every range handed out now (the complement of the free ranges).
+    pub fn in_use(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for r in &self.regions {
+            let end = r.addr + r.len;
+            let mut at = r.addr;
+            for (&start, f) in self.free.range(r.addr..end) {
+                if start > at {
+                    out.push((at, start - at));
+                }
+                at = start + f.len;
+            }
+            if at < end {
+                out.push((at, end - at));
+            }
+        }
+        out
+    }
+
+    fn handed_out(&mut self, len: u64) {
+        self.in_use = self.in_use.saturating_add(len);
+        self.peak = self.peak.max(self.in_use);
     }
 
     /// Inserts a free range, merging it with free neighbours of its region.
@@ -204,7 +257,8 @@ impl Pages {
             .iter()
             .position(|s| s.end.load(Ordering::Relaxed) == 0)
             .ok_or(SvmError::OverBudget)?;
-        let len = min.max(REGION_BYTES);
+        let step = REGION_BYTES << self.regions.len().min(3);
+        let len = min.max(step);
         let len = len.checked_next_multiple_of(CHUNK).ok_or(SvmError::NoMemory)?;
         let region = map_region(len)?;
         for vm in &self.mirrors {
