@@ -61,8 +61,15 @@ impl std::fmt::Display for ExecError {
 
 /// The library `svm exec` preloads.
 pub fn library(explicit: Option<&PathBuf>) -> Result<PathBuf, ExecError> {
-    if let Some(p) = explicit.cloned().or_else(|| std::env::var_os("SVM_LIB").map(PathBuf::from)) {
-        return if p.is_file() { Ok(p) } else { Err(ExecError::NoLibrary(p)) };
+    if let Some(p) = explicit
+        .cloned()
+        .or_else(|| std::env::var_os("SVM_LIB").map(PathBuf::from))
+    {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(ExecError::NoLibrary(p))
+        };
     }
     let dir = bin_dir();
     let beside = dir.join("libsvm.so");
@@ -138,7 +145,9 @@ fn spawn_and_wait(
         };
         cmd.env("LD_PRELOAD", preload);
     }
-    let held = slot.inherit(&mut cmd, GPU_FD, PAGER_FD).map_err(ExecError::Spawn)?;
+    let held = slot
+        .inherit(&mut cmd, GPU_FD, PAGER_FD)
+        .map_err(ExecError::Spawn)?;
     let mut child = cmd.spawn().map_err(ExecError::Spawn)?;
     drop(held);
     // The program owns its endpoints now: once it exits the servers see

@@ -132,7 +132,10 @@ fn the_header_compiles_and_declares_what_the_library_exports() {
         "svm_batch_atomic_add",
         "svm_batch_end",
     ];
-    let table: Vec<String> = names.iter().map(|n| format!("(void (*)(void)){n}")).collect();
+    let table: Vec<String> = names
+        .iter()
+        .map(|n| format!("(void (*)(void)){n}"))
+        .collect();
     std::fs::write(
         &src,
         format!(
@@ -147,7 +150,13 @@ fn the_header_compiles_and_declares_what_the_library_exports() {
     let exe = dir.join("header");
     // Pedantic C99 and C++ compilers both accept the header.
     cc(&src, &exe, &["-std=c99", "-pedantic", "-Wno-pedantic"]);
-    let r = run(Command::new(&exe), None, Duration::from_secs(20), &dir, "header");
+    let r = run(
+        Command::new(&exe),
+        None,
+        Duration::from_secs(20),
+        &dir,
+        "header",
+    );
     assert_eq!(r.code, 0, "unconnected: svm_connected() is 0; {}", r.stderr);
     let line = String::from_utf8(r.stdout).unwrap();
     assert_eq!(line, format!("{} GPU job faulted\n", names.len()));
@@ -158,7 +167,13 @@ fn c_program_passes(name: &str, src: &Path) {
     let dir = scratch(name);
     let exe = dir.join(name);
     cc(src, &exe, &[]);
-    let r = run(exec_cmd(&exe, &[]), None, Duration::from_secs(60), &dir, name);
+    let r = run(
+        exec_cmd(&exe, &[]),
+        None,
+        Duration::from_secs(60),
+        &dir,
+        name,
+    );
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(
         r.code == 0 && out.contains(&format!("{name}: ok")),
@@ -166,7 +181,11 @@ fn c_program_passes(name: &str, src: &Path) {
         r.code,
         r.stderr
     );
-    assert!(r.stderr.contains("mode connected regions"), "{name}: {}", r.stderr);
+    assert!(
+        r.stderr.contains("mode connected regions"),
+        "{name}: {}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -194,7 +213,13 @@ fn the_c_api_example_runs_under_svm_exec() {
     std::fs::write(&src, &doc[start..end]).unwrap();
     let exe = dir.join("example");
     cc(&src, &exe, &[]);
-    let r = run(exec_cmd(&exe, &[]), None, Duration::from_secs(60), &dir, "example");
+    let r = run(
+        exec_cmd(&exe, &[]),
+        None,
+        Duration::from_secs(60),
+        &dir,
+        "example",
+    );
     let out = String::from_utf8_lossy(&r.stdout);
     assert_eq!(r.code, 0, "{out}\n{}", r.stderr);
     assert!(out.starts_with("example: the GPU wrote 10 words"), "{out}");
@@ -202,7 +227,9 @@ fn the_c_api_example_runs_under_svm_exec() {
 
 /// The report line libsvm prints at exit: (regions, peak bytes).
 fn report(stderr: &str) -> Option<(u64, u64)> {
-    let line = stderr.lines().find(|l| l.contains("mode connected regions"))?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("mode connected regions"))?;
     let field = |k: &str| -> Option<u64> {
         let mut it = line.split_whitespace();
         it.find(|w| *w == k)?;
@@ -220,7 +247,13 @@ fn identical(tag: &str, program: &Path, args: &[&str], input: Option<&Path>, min
     let mut plain = Command::new(program);
     plain.args(args);
     let a = run(plain, input, limit, &dir, &format!("{tag}-plain"));
-    let b = run(exec_cmd(program, args), input, limit, &dir, &format!("{tag}-svm"));
+    let b = run(
+        exec_cmd(program, args),
+        input,
+        limit,
+        &dir,
+        &format!("{tag}-svm"),
+    );
     assert_eq!(a.code, 0, "{tag} plain: {}", a.stderr);
     assert_eq!(b.code, 0, "{tag} under svm exec: {}", b.stderr);
     assert!(a.stdout == b.stdout, "{tag}: output differs under svm exec");

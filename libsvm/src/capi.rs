@@ -11,8 +11,7 @@ use ipc_protocol::interfaces::gpu::{
 };
 use ipc_protocol::interfaces::pager::{Accounting, Advise, Prefetch, Snapshot};
 use ipc_protocol::types::{
-    Advice, GpuId, JobId, JobStatus, KernelKind, Location, ObjectId, PageCount, PageStateCode,
-    VmId,
+    Advice, GpuId, JobId, JobStatus, KernelKind, Location, ObjectId, PageCount, PageStateCode, VmId,
 };
 
 use crate::conn::{conn, connect_from_env};

@@ -122,7 +122,9 @@ pub fn connect_from_env() -> Result<&'static Conn, SvmError> {
     let gpu_fd = env_fd(ENV_GPU_FD)?;
     let pager_fd = env_fd(ENV_PAGER_FD)?;
     let me = std::process::id();
-    let owner = std::env::var(ENV_OWNER).ok().and_then(|o| o.parse::<u32>().ok());
+    let owner = std::env::var(ENV_OWNER)
+        .ok()
+        .and_then(|o| o.parse::<u32>().ok());
     if owner.is_some_and(|o| o != me) {
         drop_inherited(gpu_fd, pager_fd);
         return Err(SvmError::NotConnected);

@@ -86,9 +86,7 @@ impl From<CallError<PagerError>> for SvmError {
                 PagerError::OutOfMetadata => Self::NoMemory,
                 PagerError::OverBudget => Self::OverBudget,
                 PagerError::NotSupported => Self::NotSupported,
-                PagerError::Busy
-                | PagerError::GpuUnavailable
-                | PagerError::Host => Self::Server,
+                PagerError::Busy | PagerError::GpuUnavailable | PagerError::Host => Self::Server,
             },
             CallError::Transport(t) => transport(t),
             CallError::Denied(_) => Self::Denied,

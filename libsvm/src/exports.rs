@@ -326,7 +326,10 @@ pub unsafe extern "C" fn mremap(
 #[no_mangle]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: usize, advice: i32) -> i32 {
     guard(-1, || {
-        let drops = matches!(advice, libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE);
+        let drops = matches!(
+            advice,
+            libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE
+        );
         if drops && pages::owns(addr as u64) {
             if let Some(Ok(())) = on_heap(|h| h.advise_discard(addr as u64, len as u64)) {
                 return 0;

@@ -87,9 +87,8 @@ unsafe impl dlmalloc::Allocator for Bump {
     }
 }
 
-pub static HEAP: Locked<Dlmalloc<Bump>> = Locked::new(Dlmalloc::new_with_allocator(Bump {
-    next: Cell::new(0),
-}));
+pub static HEAP: Locked<Dlmalloc<Bump>> =
+    Locked::new(Dlmalloc::new_with_allocator(Bump { next: Cell::new(0) }));
 
 /// Whether `p` came from the internal heap.
 pub fn owns(p: usize) -> bool {

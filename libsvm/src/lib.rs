@@ -79,7 +79,11 @@ extern "C" fn on_load() {
     REPORT.store(std::env::var_os("SVM_REPORT").is_some(), Ordering::Relaxed);
     // SAFETY: registering handlers that take and release our own locks.
     unsafe {
-        libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_parent),
+            Some(after_fork_child),
+        );
     }
     match conn::connect_from_env() {
         Ok(_) | Err(SvmError::NotConnected) => {}
@@ -104,7 +108,8 @@ extern "C" fn on_unload() {
         let p = h.pages();
         let bytes: u64 = p.regions().iter().map(|r| r.len).sum();
         format!(
-            "libsvm: pid {} mode connected regions {} region_bytes {bytes} peak_bytes {} discards {}\n",
+            "libsvm: pid {} mode connected regions {} region_bytes {bytes} \
+             peak_bytes {} discards {}\n",
             std::process::id(),
             p.regions().len(),
             p.peak,

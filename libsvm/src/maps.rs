@@ -100,7 +100,9 @@ impl PagerHeap {
         if let Some(zeroed) = grown {
             if !zeroed {
                 // SAFETY: the grown tail was just handed to us.
-                unsafe { core::ptr::write_bytes((old + have) as *mut u8, 0, (new - have) as usize) };
+                unsafe {
+                    core::ptr::write_bytes((old + have) as *mut u8, 0, (new - have) as usize)
+                };
             }
             self.maps.insert(old, new);
             return Ok(old);
@@ -108,7 +110,9 @@ impl PagerHeap {
         if flags & libc::MREMAP_MAYMOVE == 0 {
             return Err(libc::ENOMEM);
         }
-        let to = self.map(new as usize, libc::PROT_READ | libc::PROT_WRITE).ok_or(libc::ENOMEM)?;
+        let to = self
+            .map(new as usize, libc::PROT_READ | libc::PROT_WRITE)
+            .ok_or(libc::ENOMEM)?;
         // SAFETY: both ranges are ours and do not overlap.
         unsafe { core::ptr::copy_nonoverlapping(old as *const u8, to as *mut u8, have as usize) };
         self.unmap(old, have)?;

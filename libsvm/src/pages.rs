@@ -145,11 +145,23 @@ impl Pages {
         self.free.remove(&start);
         self.handed_out(len);
         if at > start {
-            self.free.insert(start, Free { len: at - start, zeroed: f.zeroed });
+            self.free.insert(
+                start,
+                Free {
+                    len: at - start,
+                    zeroed: f.zeroed,
+                },
+            );
         }
         let tail = start + f.len - (at + len);
         if tail > 0 {
-            self.free.insert(at + len, Free { len: tail, zeroed: f.zeroed });
+            self.free.insert(
+                at + len,
+                Free {
+                    len: tail,
+                    zeroed: f.zeroed,
+                },
+            );
         }
         Some((at, f.zeroed))
     }
@@ -164,10 +176,22 @@ impl Pages {
         self.free.remove(&start);
         self.handed_out(len);
         if addr > start {
-            self.free.insert(start, Free { len: addr - start, zeroed: f.zeroed });
+            self.free.insert(
+                start,
+                Free {
+                    len: addr - start,
+                    zeroed: f.zeroed,
+                },
+            );
         }
         if start + f.len > end {
-            self.free.insert(end, Free { len: start + f.len - end, zeroed: f.zeroed });
+            self.free.insert(
+                end,
+                Free {
+                    len: start + f.len - end,
+                    zeroed: f.zeroed,
+                },
+            );
         }
         Some(f.zeroed)
     }
@@ -223,13 +247,19 @@ impl Pages {
             if s + p.len == addr && same(s, self) {
                 self.free.remove(&s);
                 addr = s;
-                f = Free { len: p.len + f.len, zeroed: p.zeroed && f.zeroed };
+                f = Free {
+                    len: p.len + f.len,
+                    zeroed: p.zeroed && f.zeroed,
+                };
             }
         }
         if let Some(&n) = self.free.get(&(addr + f.len)) {
             if same(addr + f.len, self) {
                 self.free.remove(&(addr + f.len));
-                f = Free { len: f.len + n.len, zeroed: f.zeroed && n.zeroed };
+                f = Free {
+                    len: f.len + n.len,
+                    zeroed: f.zeroed && n.zeroed,
+                };
             }
         }
         self.free.insert(addr, f);
@@ -259,7 +289,9 @@ impl Pages {
             .ok_or(SvmError::OverBudget)?;
         let step = REGION_BYTES << self.regions.len().min(3);
         let len = min.max(step);
-        let len = len.checked_next_multiple_of(CHUNK).ok_or(SvmError::NoMemory)?;
+        let len = len
+            .checked_next_multiple_of(CHUNK)
+            .ok_or(SvmError::NoMemory)?;
         let region = map_region(len)?;
         for vm in &self.mirrors {
             let bind = BindView {
@@ -307,9 +339,11 @@ fn map_region(len: u64) -> Result<Region, SvmError> {
         }),
         Err(e) => {
             let _ = sys::munmap(addr as usize, len as usize);
-            let _ = c.pager.call(ipc_protocol::interfaces::pager::DestroyObject {
-                object: created.object,
-            });
+            let _ = c
+                .pager
+                .call(ipc_protocol::interfaces::pager::DestroyObject {
+                    object: created.object,
+                });
             Err(e.into())
         }
     }
@@ -322,7 +356,8 @@ fn map_aligned(memfd: &OwnedFd, len: u64) -> Result<u64, SvmError> {
     let align = CHUNK as usize;
     let reserve = len.checked_add(align).ok_or(SvmError::NoMemory)?;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    let area = sys::mmap(0, reserve, libc::PROT_NONE, flags, -1, 0).map_err(|_| SvmError::NoMemory)?;
+    let area =
+        sys::mmap(0, reserve, libc::PROT_NONE, flags, -1, 0).map_err(|_| SvmError::NoMemory)?;
     let at = area.next_multiple_of(align);
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let fixed = libc::MAP_SHARED | libc::MAP_FIXED;

@@ -5,7 +5,14 @@
 use core::ffi::c_void;
 
 /// `mmap(2)`; returns the address or the errno.
-pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> Result<usize, i32> {
+pub fn mmap(
+    addr: usize,
+    len: usize,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    off: i64,
+) -> Result<usize, i32> {
     // SAFETY: the kernel checks every argument; the caller owns what it maps over.
     let r = unsafe { libc::syscall(libc::SYS_mmap, addr, len, prot, flags, fd, off) };
     check(r)
@@ -16,7 +23,13 @@ pub fn munmap(addr: usize, len: usize) -> Result<(), i32> {
     check(unsafe { libc::syscall(libc::SYS_munmap, addr, len) }).map(|_| ())
 }
 
-pub fn mremap(old: usize, old_len: usize, new_len: usize, flags: i32, new: usize) -> Result<usize, i32> {
+pub fn mremap(
+    old: usize,
+    old_len: usize,
+    new_len: usize,
+    flags: i32,
+    new: usize,
+) -> Result<usize, i32> {
     // SAFETY: as for `mmap`.
     check(unsafe { libc::syscall(libc::SYS_mremap, old, old_len, new_len, flags, new) })
 }
