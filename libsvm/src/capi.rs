@@ -267,7 +267,7 @@ pub extern "C" fn svm_prefetch(addr: *const c_void, len: usize, location: u32) -
 #[no_mangle]
 pub extern "C" fn svm_discard(addr: *mut c_void, len: usize) -> i32 {
     entry(|| {
-        if addr as u64 % PAGE != 0 || len as u64 % PAGE != 0 || len == 0 {
+        if !(addr as u64).is_multiple_of(PAGE) || !(len as u64).is_multiple_of(PAGE) || len == 0 {
             return Err(SvmError::Invalid);
         }
         HEAP.with(|h| h.pages().discard(addr as u64, len as u64))
@@ -279,7 +279,7 @@ pub extern "C" fn svm_discard(addr: *mut c_void, len: usize) -> i32 {
 #[no_mangle]
 pub extern "C" fn svm_page_states(addr: *const c_void, pages: usize, out: *mut u8) -> i32 {
     entry(|| {
-        if out.is_null() || addr as u64 % PAGE != 0 {
+        if out.is_null() || !(addr as u64).is_multiple_of(PAGE) {
             return Err(SvmError::Invalid);
         }
         let len = pages.checked_mul(PAGE as usize).ok_or(SvmError::Invalid)?;

@@ -159,7 +159,7 @@ fn valid_align(align: usize) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
     guard(libc::ENOMEM, || {
-        if out.is_null() || !valid_align(align) || align % size_of::<usize>() != 0 {
+        if out.is_null() || !valid_align(align) || !align.is_multiple_of(size_of::<usize>()) {
             return libc::EINVAL;
         }
         let p = aligned(align, size);

@@ -53,7 +53,7 @@ unsafe impl dlmalloc::Allocator for Segments {
     }
     fn free_part(&self, ptr: *mut u8, old: usize, new: usize) -> bool {
         let (start, end) = (ptr as u64 + new as u64, ptr as u64 + old as u64);
-        if start >= end || start % PAGE != 0 || end % PAGE != 0 {
+        if start >= end || !start.is_multiple_of(PAGE) || !end.is_multiple_of(PAGE) {
             return false;
         }
         self.pages.borrow_mut().free(start, end - start);

@@ -8,6 +8,12 @@ use core::sync::atomic::{AtomicU32, Ordering};
 /// 0: free; 1: held; 2: held, and someone may sleep on it.
 pub struct RawLock(AtomicU32);
 
+impl Default for RawLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RawLock {
     pub const fn new() -> Self {
         Self(AtomicU32::new(0))

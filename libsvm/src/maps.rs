@@ -50,7 +50,7 @@ impl PagerHeap {
     pub fn unmap(&mut self, addr: u64, len: u64) -> Result<(), i32> {
         let len = page_len(len).ok_or(libc::EINVAL)?;
         let end = addr.checked_add(len).ok_or(libc::EINVAL)?;
-        if addr % PAGE != 0 {
+        if !addr.is_multiple_of(PAGE) {
             return Err(libc::EINVAL);
         }
         let hit: Vec<(u64, u64)> = self
@@ -135,7 +135,7 @@ impl PagerHeap {
                 .range(..=addr)
                 .next_back()
                 .is_some_and(|(&a, &l)| end <= a + l);
-        if addr % PAGE != 0 || !inside {
+        if !addr.is_multiple_of(PAGE) || !inside {
             return Err(libc::EINVAL);
         }
         self.pages().discard(addr, len).map_err(|_| libc::EAGAIN)

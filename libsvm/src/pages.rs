@@ -94,6 +94,12 @@ pub fn page_len(len: u64) -> Option<u64> {
     len.checked_next_multiple_of(PAGE)
 }
 
+impl Default for Pages {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Pages {
     pub const fn new() -> Self {
         Self {
@@ -270,7 +276,11 @@ impl Pages {
     pub fn discard(&self, addr: u64, len: u64) -> Result<(), SvmError> {
         let r = self.region_of(addr).ok_or(SvmError::Invalid)?;
         let end = addr.checked_add(len).ok_or(SvmError::Invalid)?;
-        if len == 0 || addr % PAGE != 0 || len % PAGE != 0 || end > r.addr + r.len {
+        if len == 0
+            || !addr.is_multiple_of(PAGE)
+            || !len.is_multiple_of(PAGE)
+            || end > r.addr + r.len
+        {
             return Err(SvmError::Invalid);
         }
         conn()?.pager.call(Discard {

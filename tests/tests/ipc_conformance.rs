@@ -214,7 +214,9 @@ fn the_python_codec_rebuilds_the_golden_file_from_the_doc() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .count();
     assert!(
-        text.contains(&format!("PASS golden.rebuild: {frames} frames byte for byte")),
+        text.contains(&format!(
+            "PASS golden.rebuild: {frames} frames byte for byte"
+        )),
         "{text}"
     );
 }
