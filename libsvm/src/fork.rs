@@ -17,10 +17,12 @@ use core::sync::atomic::{AtomicI32, Ordering};
 use crate::heap::PagerHeap;
 use crate::sys;
 
-/// The pipe the child says "copied" on: read end, write end.
+/// The socket pair the child says "copied" on: the parent's end, the
+/// child's end (a socket, so the child's send can refuse `SIGPIPE` when
+/// the parent gave up waiting).
 static PIPE: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
 /// How long a parent waits for its child's copy.
-const WAIT_MS: i32 = 60_000;
+const WAIT_MS: u64 = 60_000;
 
 fn close(i: usize) {
     let fd = PIPE[i].swap(-1, Ordering::AcqRel);
@@ -36,29 +38,42 @@ pub fn prepare(connected: bool) {
         return;
     }
     let mut fds = [-1i32; 2];
+    let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
     // SAFETY: `fds` has room for two descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0 {
+    if unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) } == 0 {
         PIPE[0].store(fds[0], Ordering::Release);
         PIPE[1].store(fds[1], Ordering::Release);
     }
 }
 
-/// In the parent after `fork`: waits (bounded) until the child copied.
+/// In the parent after `fork`: waits (bounded) until the child copied or
+/// exited. A signal (the program's `SIGCHLD` handler) does not end the
+/// wait early.
 pub fn parent() {
     close(1);
     let fd = PIPE[0].load(Ordering::Acquire);
     if fd >= 0 {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd; then at most one byte into a local.
-        unsafe {
-            if libc::poll(&mut p, 1, WAIT_MS) == 1 {
-                let mut b = 0u8;
-                libc::read(fd, (&mut b as *mut u8).cast(), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(WAIT_MS);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, left.as_millis() as i32) };
+            // SAFETY: the errno of this thread.
+            let eintr = n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR;
+            if eintr && !left.is_zero() {
+                continue;
             }
+            if n == 1 {
+                let mut b = 0u8;
+                // SAFETY: at most one byte into a local.
+                unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+            }
+            break;
         }
     }
     close(0);
@@ -78,8 +93,8 @@ pub fn child(h: &mut PagerHeap) {
         }
     }
     let fd = PIPE[1].load(Ordering::Acquire);
-    // SAFETY: one byte from a local.
-    unsafe { libc::write(fd, b"c".as_ptr().cast(), 1) };
+    // SAFETY: one byte from a local; no SIGPIPE if the parent stopped waiting.
+    unsafe { libc::send(fd, b"c".as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
     close(1);
 }
 
