@@ -120,20 +120,35 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
             return null();
         }
         // SAFETY: the caller's promise.
-        if let Some(q) = on_heap(|h| unsafe { h.realloc(p.cast(), size) }) {
-            return q.cast();
+        match on_heap(|h| unsafe { h.realloc(p.cast(), size) }) {
+            Some(q) if !q.is_null() => return q.cast(),
+            // The pager refused more memory: the internal heap takes it.
+            Some(_) => return move_to_internal(p, size, true),
+            None => {}
         }
         // A forked child: a copy in the internal heap, the original left
         // to the parent.
-        // SAFETY: the caller's promise; the heap is only read.
-        let have = HEAP.with(|h| unsafe { h.usable(p.cast()) });
-        let q = internal::malloc(size);
-        if !q.is_null() {
-            // SAFETY: both live, the copy within both.
-            unsafe { core::ptr::copy_nonoverlapping(p.cast::<u8>(), q, have.min(size)) };
-        }
-        q.cast()
+        move_to_internal(p, size, false)
     })
+}
+
+/// `realloc` of pager memory into the internal heap: a copy, and the
+/// original freed when `free_old` (a forked child leaves it be).
+fn move_to_internal(p: *mut c_void, size: usize, free_old: bool) -> *mut c_void {
+    // SAFETY: `p` is live pager memory (the caller's promise); only read.
+    let have = HEAP.with(|h| unsafe { h.usable(p.cast()) });
+    let q = internal::malloc(size);
+    if q.is_null() {
+        sys::set_errno(libc::ENOMEM);
+        return null();
+    }
+    // SAFETY: both live, the copy within both.
+    unsafe { core::ptr::copy_nonoverlapping(p.cast::<u8>(), q, have.min(size)) };
+    if free_old {
+        // SAFETY: `p` is live pager memory, given up here.
+        let _ = on_heap(|h| unsafe { h.free(p.cast()) });
+    }
+    q.cast()
 }
 
 /// # Safety

@@ -394,3 +394,71 @@ fn new_uffd() -> Result<OwnedFd, SvmError> {
     unsafe { rustix::mm::userfaultfd(UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK) }
         .map_err(|_| SvmError::NotSupported)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages over one made-up region of `len` bytes at `addr` (never
+    /// touched: only the range bookkeeping runs; without a connection
+    /// a range given back is kept as not known to be zero).
+    fn pages(addr: u64, len: u64) -> Pages {
+        let memfd = rustix::fs::memfd_create("test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut p = Pages::new();
+        p.regions.push(Region {
+            object: ObjectId::raw(1),
+            view: ViewId::raw(1),
+            addr,
+            len,
+            _memfd: memfd,
+        });
+        p.free.insert(addr, Free { len, zeroed: true });
+        p
+    }
+
+    const BASE: u64 = 0x7000_0000_0000;
+
+    #[test]
+    fn ranges_are_first_fit_aligned_and_coalesce_when_given_back() {
+        let mut p = pages(BASE, 64 * PAGE);
+        let (a, z) = p.take(4 * PAGE, PAGE).unwrap();
+        assert_eq!((a, z), (BASE, true));
+        let (b, _) = p.take(PAGE, 16 * PAGE).unwrap();
+        assert_eq!(b, BASE + 16 * PAGE, "aligned past the first range");
+        assert_eq!(p.in_use(), vec![(BASE, 4 * PAGE), (BASE + 16 * PAGE, PAGE)]);
+        let (c, _) = p.take(2 * PAGE, PAGE).unwrap();
+        assert_eq!(c, BASE + 4 * PAGE, "the hole before the aligned one");
+        p.free(a, 4 * PAGE);
+        p.free(c, 2 * PAGE);
+        p.free(b, PAGE);
+        assert_eq!(p.in_use(), vec![]);
+        assert_eq!(p.free.len(), 1, "all one range again: {:?}", p.free);
+        assert!(p.take(65 * PAGE, PAGE).is_none(), "larger than the region");
+        assert_eq!(p.in_use, 0);
+        assert_eq!(p.peak, 7 * PAGE);
+    }
+
+    #[test]
+    fn a_range_grows_in_place_only_into_free_pages_of_its_region() {
+        let mut p = pages(BASE, 16 * PAGE);
+        let (a, _) = p.take(4 * PAGE, PAGE).unwrap();
+        assert!(p.take_at(a + 4 * PAGE, 4 * PAGE).is_some());
+        let (b, _) = p.take(PAGE, PAGE).unwrap();
+        assert_eq!(b, a + 8 * PAGE);
+        assert!(p.take_at(a + 8 * PAGE, PAGE).is_none(), "taken");
+        assert!(
+            p.take_at(a + 9 * PAGE, 8 * PAGE).is_none(),
+            "past the region"
+        );
+        assert!(p.take_at(a + 9 * PAGE, 7 * PAGE).is_some());
+        assert_eq!(p.in_use(), vec![(BASE, 16 * PAGE)]);
+    }
+
+    #[test]
+    fn page_len_rounds_up_and_refuses_zero_and_overflow() {
+        assert_eq!(page_len(1), Some(PAGE));
+        assert_eq!(page_len(PAGE), Some(PAGE));
+        assert_eq!(page_len(0), None);
+        assert_eq!(page_len(u64::MAX), None);
+    }
+}
