@@ -25,6 +25,15 @@ int main(void)
         }
         free(p);
     }
+    /* Larger than the first region: a new region, bound into the mirror
+     * VM that already exists. */
+    size_t huge_len = (size_t)300 << 20;
+    uint32_t *huge = malloc(huge_len);
+    CHECK(huge != NULL && svm_owns(huge), "malloc(300 MiB)");
+    uint32_t *far = huge + (huge_len - 4096) / 4;
+    OK(gpu_store(vm, far, 8, 4242));
+    check_words(far, 8, 4242, 1);
+    free(huge);
     uint32_t *z = calloc(1 << 18, 4);
     CHECK(z != NULL, "calloc");
     check_words(z, 1 << 18, 0, 0);
