@@ -24,6 +24,19 @@ static void *touch(void *arg)
     return NULL;
 }
 
+/* The control: a live buffer in VRAM that threads read back. */
+#define LIVE (8u << 20)
+static char *live;
+static volatile uint32_t sink;
+
+static void *read_back(void *arg)
+{
+    size_t t = (size_t)arg, slice = LIVE / THREADS;
+    for (size_t off = 0; off < slice; off += 4096)
+        sink += *(volatile uint32_t *)(live + t * slice + off);
+    return NULL;
+}
+
 static double now(void)
 {
     struct timespec ts;
@@ -61,6 +74,23 @@ int main(void)
     for (size_t t = 0; t < THREADS; t++)
         CHECK(heap[t * (BYTES / THREADS)] == (char)(t + 1), "slice %zu", t);
     free(heap);
+
+    /* The control, so the zero above is not vacuous: memory still in use
+     * that the GPU left in VRAM does migrate back when threads read it,
+     * at most once per page. */
+    live = malloc(LIVE);
+    CHECK(live != NULL, "malloc live");
+    gpu_fill(vm, live, LIVE, 5);
+    OK(svm_gpu_stats(&before));
+    for (size_t t = 0; t < THREADS; t++)
+        CHECK(pthread_create(&th[t], NULL, read_back, (void *)t) == 0, "pthread_create");
+    for (size_t t = 0; t < THREADS; t++)
+        pthread_join(th[t], NULL);
+    OK(svm_gpu_stats(&after));
+    back = after.pages_to_ram - before.pages_to_ram;
+    printf("openmp_reuse: control read-back pages_to_ram=%llu of %u pages\n", back, LIVE / 4096);
+    CHECK(back > 0 && back <= LIVE / 4096, "control: %llu pages migrated back", back);
+    free(live);
     OK(svm_vm_destroy(vm));
     printf("openmp_reuse: ok\n");
     return 0;
