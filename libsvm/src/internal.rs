@@ -18,11 +18,13 @@ use dlmalloc::Dlmalloc;
 use crate::lock::Locked;
 use crate::sys;
 
-/// Address space reserved for the internal heap (no memory until used).
-const RESERVE: usize = 64 << 30;
+/// Address space reserved for the internal heap (no memory until used),
+/// largest first: a process with a small `RLIMIT_AS` gets a smaller one.
+const RESERVES: [usize; 4] = [64 << 30, 8 << 30, 1 << 30, 128 << 20];
 const PAGE: usize = 4096;
 
 static BASE: AtomicUsize = AtomicUsize::new(0);
+static SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// Hands `dlmalloc` the next part of the reservation.
 pub struct Bump {
@@ -39,7 +41,11 @@ impl Bump {
             return Some(base);
         }
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        let base = sys::mmap(0, RESERVE, libc::PROT_NONE, flags, -1, 0).ok()?;
+        let (base, size) = RESERVES.iter().find_map(|&size| {
+            let base = sys::mmap(0, size, libc::PROT_NONE, flags, -1, 0).ok()?;
+            Some((base, size))
+        })?;
+        SIZE.store(size, Ordering::Release);
         BASE.store(base, Ordering::Release);
         self.next.set(base);
         Some(base)
@@ -58,7 +64,8 @@ unsafe impl dlmalloc::Allocator for Bump {
             return fail;
         };
         let start = self.next.get();
-        let Some(end) = start.checked_add(size).filter(|e| *e <= base + RESERVE) else {
+        let limit = base + SIZE.load(Ordering::Acquire);
+        let Some(end) = start.checked_add(size).filter(|e| *e <= limit) else {
             return fail;
         };
         if sys::mprotect(start, size, libc::PROT_READ | libc::PROT_WRITE).is_err() {
@@ -93,7 +100,7 @@ pub static HEAP: Locked<Dlmalloc<Bump>> =
 /// Whether `p` came from the internal heap.
 pub fn owns(p: usize) -> bool {
     let base = BASE.load(Ordering::Acquire);
-    base != 0 && p >= base && p < base + RESERVE
+    base != 0 && p >= base && p < base + SIZE.load(Ordering::Acquire)
 }
 
 /// The C calls over the internal heap.
