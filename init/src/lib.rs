@@ -8,6 +8,7 @@ pub mod churn;
 pub mod client;
 
 pub mod conformance;
+pub mod exec;
 pub mod guest;
 pub mod herd;
 pub mod hostile;

@@ -160,6 +160,18 @@ impl ClientSlot {
         }
     }
 
+    /// Makes this slot's `Gpu` endpoint descriptor `gpu_fd` and its
+    /// `Pager` endpoint `pager_fd` in the child `cmd` starts; keep the
+    /// returned descriptors until it is spawned.
+    pub fn inherit(
+        &self,
+        cmd: &mut Command,
+        gpu_fd: i32,
+        pager_fd: i32,
+    ) -> std::io::Result<Vec<OwnedFd>> {
+        pass_fds_to_child(cmd, &[(&self.gpu, gpu_fd), (&self.pager, pager_fd)])
+    }
+
     /// Starts `svm client --badge B --gpu-fd 3 --pager-fd 4 <args>` as this
     /// client: it inherits the `Gpu` endpoint as descriptor 3 and the
     /// `Pager` endpoint as 4, and its stdout is piped back. The endpoints
@@ -211,6 +223,8 @@ pub struct BootOptions {
     pub supervision: Supervision,
     /// Also make the conformance suite's endpoints to every server.
     pub conformance: bool,
+    /// The servers write their standard output to our standard error.
+    pub stdout_to_stderr: bool,
 }
 
 /// A duplicate of an endpoint end, for a server's recipe.
@@ -396,6 +410,7 @@ impl System {
                 lifeline: process != "xe-model",
                 restartable: opts.supervision == Supervision::Restart
                     && crate::manifest::RESTARTABLE.contains(&process),
+                stdout_to_stderr: opts.stdout_to_stderr,
             };
             if let Err(e) = system.servers.start(process, recipe) {
                 system.shutdown();

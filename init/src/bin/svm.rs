@@ -51,6 +51,9 @@ enum Cmd {
     /// Inside the guest: run a plan of checks (as PID 1: then power off).
     #[command(hide = true)]
     Guest(init::guest::GuestArgs),
+    /// Boot the system and run PROGRAM with `libsvm.so` preloaded: its
+    /// heap and anonymous mappings are pager memory (docs/c-api.md).
+    Exec(init::exec::ExecArgs),
     /// Each of our paths beside its floor, measured in the same run, with
     /// ratios, a JSON report and plots (see the README).
     Bench(init::bench::BenchArgs),
@@ -364,6 +367,7 @@ fn main() {
             .map(|r| (r.line(), r.bad_words + r.child_bad))
         }),
         Cmd::Boot { check } => boot(opts, check),
+        Cmd::Exec(args) => exec(opts, &args),
         Cmd::Conformance { suite } => conformance(opts, suite),
         Cmd::Qemu(args) => init::qemu::cli_main(&args),
         Cmd::Guest(args) => init::guest::cli_main(&args),
@@ -428,6 +432,18 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+fn exec(opts: BootOptions, args: &init::exec::ExecArgs) -> i32 {
+    // Ctrl-C is the program's to handle: we wait for it either way.
+    let _ = ctrlc::set_handler(|| {});
+    match init::exec::run(opts, args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("svm exec: {e}");
+            125
+        }
+    }
 }
 
 fn boot(opts: BootOptions, check: bool) -> i32 {

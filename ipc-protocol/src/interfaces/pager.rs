@@ -81,6 +81,17 @@ wire_struct!(
     pub struct Done {}
 );
 wire_struct!(
+    /// Drop the data of `pages` pages of the object from `first_page`
+    /// (the client's allocator freed them): wherever each page is (VRAM or
+    /// RAM) it becomes never-touched, so its next touch is a fresh zero
+    /// page and nothing is copied back. Idempotent.
+    pub struct Discard {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub pages: u64,
+    }
+);
+wire_struct!(
     /// Server-wide totals of what every session holds now (the hostile
     /// harness checks they come back to zero after a client exits).
     pub struct Accounting {}
@@ -140,6 +151,7 @@ interface! {
         6 => Prefetch [0] -> Prefetched [0] needs ADVISE;
         7 => Snapshot [0] -> PageStates [0] needs SNAPSHOT, idempotent;
         8 => Accounting [0] -> PagerTotals [0] needs SNAPSHOT, idempotent;
+        9 => Discard [0] -> Done [0] needs ADVISE, idempotent;
     }
     notifications {}
 }

@@ -121,6 +121,18 @@ impl<R: Runtime> Core<R> {
                 }))
             }
             Request::Accounting(_) => done(Reply::Accounting(self.accounting())),
+            Request::Discard(d) => {
+                let o = s
+                    .object(Handle::from_raw(d.object.get()))
+                    .ok_or(E::NoSuchObject)?;
+                let end = pages_in(d.first_page, d.pages, o.pages())?;
+                if o.is_dying() {
+                    return Err(E::NoSuchObject);
+                }
+                // Both ends fit the object, whose page count is a usize.
+                self.discard(&o, d.first_page as usize, end as usize)?;
+                done(Reply::Discard(p::Done {}))
+            }
         }
     }
 

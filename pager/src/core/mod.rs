@@ -32,6 +32,7 @@ pub mod backend;
 pub mod budget;
 pub mod changes;
 pub mod client;
+pub mod discard;
 pub mod end;
 pub mod fault;
 pub mod gpu;
