@@ -489,7 +489,10 @@ impl Device {
         );
         let ran = self.with_translated(k.asid, lo, hi - lo, write, hw, faults, |p| {
             let words = |off: u64| {
-                // SAFETY: `p` covers [lo, hi); `off` is a 4-aligned offset inside it.
+                // A client's unaligned stride writes the dword it falls in.
+                let off = off & !3;
+                // SAFETY: `p` covers [lo, hi), `lo` is 4-aligned and `off`
+                // (rounded down to a dword) plus 4 stays inside it.
                 unsafe { &*(p.add(off as usize) as *const AtomicU32) }
             };
             let len = (hi - lo) & !3;
