@@ -13,7 +13,7 @@
 //!   sequence it read from the pager arrived (`inval_seq <= seq`), checked
 //!   under this lock, like `mmu_interval_read_retry`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -173,12 +173,12 @@ impl ObjectState {
 
 pub(crate) struct State<T> {
     /// VMs by ASID.
-    pub(crate) vms: HashMap<u32, Vm<T>>,
+    pub(crate) vms: BTreeMap<u32, Vm<T>>,
     /// The ASIDs in use: a VM's id is its handle here (its index is the
     /// ASID), so ASIDs are reused after `DestroyVm` and a stale VM id
     /// names nothing. Entries hold the owner's badge.
     vm_ids: HandleTable<u64, Global>,
-    objects: HashMap<u32, ObjectState>,
+    objects: BTreeMap<u32, ObjectState>,
     /// The pager's staging buffer: (device address, bytes).
     pub(crate) staging: Option<(u64, u64)>,
 }
@@ -222,9 +222,9 @@ impl<P: Platform> Inner<P> {
             hw,
             vram: Vram::new(first_pfn, pages),
             state: Mutex::new(State {
-                vms: HashMap::new(),
+                vms: BTreeMap::new(),
                 vm_ids: HandleTable::in_range(1, asids, asids as usize, Global),
-                objects: HashMap::new(),
+                objects: BTreeMap::new(),
                 staging: None,
             }),
             next_job: AtomicU32::new(1),
