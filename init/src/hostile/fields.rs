@@ -270,13 +270,7 @@ fn submit(h: &mut Hostile, vm: VmId, addr: u64, len: u64, stride: u64, threads: 
         threads,
     };
     if let Some(s) = h.gpu(MayServe, req) {
-        h.gpu(
-            MayServe,
-            g::Wait {
-                job: s.job,
-                timeout_ms: 2_000,
-            },
-        );
+        wait_for(h, s.job);
     }
 }
 
@@ -288,12 +282,18 @@ fn batch(h: &mut Hostile, vm: VmId, batch_addr: u64, fence_addr: u64) {
         fence_value: u64::MAX,
     };
     if let Some(s) = h.gpu(MayServe, req) {
-        h.gpu(
-            MayServe,
-            g::Wait {
-                job: s.job,
-                timeout_ms: 2_000,
-            },
-        );
+        wait_for(h, s.job);
     }
+}
+
+/// Waits (up to 2 s) for a job the edge values got accepted, so the next
+/// case does not queue behind it.
+fn wait_for(h: &mut Hostile, job: JobId) {
+    h.gpu(
+        MayServe,
+        g::Wait {
+            job,
+            timeout_ms: 2_000,
+        },
+    );
 }
