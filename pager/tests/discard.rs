@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{buffer, client, rig, snapshot};
+use common::{buffer, client, eventually, rig, snapshot};
 use ipc_protocol::client::CallError;
 use ipc_protocol::interfaces::pager::{Discard, PagerError};
 use ipc_protocol::types::PageStateCode;
@@ -26,9 +26,9 @@ fn discard_drops_the_data_and_is_idempotent() {
     for (i, w) in words.iter_mut().enumerate() {
         *w = i as u32 + 1;
     }
-    assert!(snapshot(&r, o, 0, 256)
-        .iter()
-        .all(|s| *s == PageStateCode::System));
+    eventually("the filled object never settled", || {
+        snapshot(&r, o, 0, 256) == vec![PageStateCode::System; 256]
+    });
     let discard = |first_page: u64, pages: u64| {
         error(r.pager.call(Discard {
             object: o.client,

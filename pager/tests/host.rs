@@ -9,7 +9,7 @@ mod common;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use common::{buffer, gpu_migrate, gpu_migrate_all, rig, snapshot, Obj, Rig, CLIENT};
+use common::{buffer, eventually, gpu_migrate, gpu_migrate_all, rig, snapshot, Obj, Rig, CLIENT};
 use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
 use ipc_protocol::interfaces::pager_reclaim::Evict;
 use ipc_protocol::types::{GpuId, PageCount, PageStateCode};
@@ -27,15 +27,9 @@ fn first_touch_zero_fills_and_writes_stick() {
     // One fault per 2 MiB chunk filled it all. UFFDIO_COPY wakes the
     // faulting thread before the service thread publishes SYSTEM, so the
     // state may lag the data by a moment.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while snapshot(&r, object, 0, 512) != vec![PageStateCode::System; 512] {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "chunk never settled: {:?}",
-            &snapshot(&r, object, 0, 4)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    eventually("the chunk never settled", || {
+        snapshot(&r, object, 0, 512) == vec![PageStateCode::System; 512]
+    });
     assert!(buf.iter().enumerate().all(|(i, w)| *w == i as u32));
 }
 
@@ -88,15 +82,9 @@ fn herd_migrates_back_every_page_once_with_its_data() {
     );
     assert!(r.gpu.vram.lock().unwrap().is_empty());
     // The readers are woken by the install, before the winner unlocks.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while snapshot(&r, object, 0, 512) != vec![PageStateCode::System; 512] {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pages stayed locked: {:?}",
-            snapshot(&r, object, 0, 512)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    eventually("pages stayed locked", || {
+        snapshot(&r, object, 0, 512) == vec![PageStateCode::System; 512]
+    });
 }
 
 #[test]

@@ -307,6 +307,17 @@ pub fn snapshot(r: &Rig, object: Obj, first: u64, count: u16) -> Vec<PageStateCo
         .into_vec()
 }
 
+/// Waits up to 10 s for `done`, failing with `what`. Page states lag the
+/// data by a moment: `UFFDIO_COPY` wakes the faulting thread before the
+/// service thread unlocks the chunk and publishes SYSTEM.
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 /// Another client of the rig's pager, with its own endpoint and `badge`.
 pub fn client(r: &Rig, badge: u64) -> Client<Pager> {
     let (pc, ps) = InProc::pair();
