@@ -240,7 +240,8 @@ impl GpuServer {
                 }
             }
             for (_, group) in groups {
-                let ok = self.inner.resolve(group[0].asid, group[0].address);
+                let near: Vec<u64> = group[1..].iter().map(|f| f.address).collect();
+                let ok = self.inner.resolve(group[0].asid, group[0].address, &near);
                 for f in &group {
                     if let Err(e) = self.inner.hw.dev.reply(f, ok) {
                         log::error!("xe-svm: fault reply: {e}");

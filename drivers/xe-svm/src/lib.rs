@@ -4,6 +4,7 @@
 //!
 //! - [`probe`]: device bring-up and engine self-test;
 //! - [`device`]: copy engine, TLB invalidation, GuC message pump;
+//! - [`density`]: how many pages a GPU fault migrates (UVM's tree rule);
 //! - [`vram`]: the buddy allocator, blocks refcounted by resident pages (rule 6);
 //! - [`ppgtt`]: page tables per GPU VM;
 //! - [`server`]: the SVM core: GPU VMs, the fault path, the notifier
@@ -16,6 +17,7 @@
 //! - [`pci_ids`]: the Xe2 GPUs it drives (Redox's `pcid.d` entry).
 
 pub mod bo;
+pub mod density;
 pub mod device;
 pub mod host;
 pub mod jobs;
