@@ -117,7 +117,11 @@ fn quick_bench_computes_every_ratio_and_finds_every_word_right() {
         "copy engine/memcpy",
     );
     assert_eq!(r["copy_engine"]["bad_bytes"], 0);
-    positive(&r["random"]["moved_over_touched"], "moved/touched");
+    // Density-sized migrations (issue 15): random 4 KiB reads over a
+    // buffer 4x VRAM move at most twice the bytes they touch (whole 2 MiB
+    // chunks moved 512x). A count, not a time.
+    let moved = positive(&r["random"]["moved_over_touched"], "moved/touched");
+    assert!(moved <= 2.0, "random access moved {moved}x the bytes touched: {r:#}");
     assert_eq!(r["random"]["bad_pages"], 0);
     positive(&r["metadata"]["total_bytes_per_page"], "metadata per page");
     assert_eq!(r["metadata"]["bad_pages"], 0);

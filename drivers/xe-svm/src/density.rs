@@ -8,14 +8,17 @@
 //! the pages they touch, while a dense walk grows its migrations
 //! geometrically to the whole chunk.
 //!
-//! Streaming: when a neighbouring chunk of the same object is more than
-//! half resident, the access sweeps through the object and the whole chunk
-//! moves on its first fault (a dense walk pays the growth once per sweep,
-//! not once per chunk). Random access never fills half a chunk, so it
-//! never takes this path.
+//! Sweeps: when a neighbouring chunk of the same object is more than half
+//! resident, or the [`SWEEP_PAGES`] pages just before (or just after) the
+//! faulting page are all resident, the access sweeps through the object
+//! and the whole chunk moves at once: a dense walk pays for a few faults
+//! of growth per sweep, not for nine per chunk. Random access never fills
+//! half a region, so it never makes such runs and never takes this path.
 
 /// Pages in the largest migration: one 2 MiB chunk.
 pub const CHUNK_PAGES: u64 = 512;
+/// A run of this many resident pages next to the fault marks a sweep.
+pub const SWEEP_PAGES: u64 = 16;
 
 /// What the fault's page sees around it.
 pub trait Occupancy {
@@ -27,6 +30,44 @@ pub trait Occupancy {
 impl<F: Fn(u64) -> bool> Occupancy for F {
     fn resident(&self, page: u64) -> bool {
         self(page)
+    }
+}
+
+/// How migrations are sized; `XE_SVM_MIGRATION=chunk` in xe-svm's
+/// environment restores whole chunks (to measure the lever against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sizing {
+    /// [`migration_pages`]: by density.
+    Density,
+    /// The largest of 2 MiB, 64 KiB and 4 KiB that fits.
+    WholeChunk,
+}
+
+impl Sizing {
+    /// The sizing of this process, read from the environment once.
+    pub fn configured() -> Sizing {
+        static SIZING: std::sync::OnceLock<Sizing> = std::sync::OnceLock::new();
+        *SIZING.get_or_init(|| match std::env::var("XE_SVM_MIGRATION") {
+            Ok(v) if v == "chunk" => {
+                log::info!("xe-svm: migrations sized as whole chunks (XE_SVM_MIGRATION)");
+                Sizing::WholeChunk
+            }
+            _ => Sizing::Density,
+        })
+    }
+
+    /// The pages to migrate for a fault at `page` under this sizing.
+    pub fn pages(
+        self,
+        occ: &impl Occupancy,
+        batch: &[u64],
+        page: u64,
+        fits: impl Fn(u64) -> bool,
+    ) -> u64 {
+        match self {
+            Sizing::Density => migration_pages(occ, batch, page, fits),
+            Sizing::WholeChunk => [CHUNK_PAGES, 16].into_iter().find(|n| fits(*n)).unwrap_or(1),
+        }
     }
 }
 
@@ -42,7 +83,7 @@ pub fn migration_pages(
     page: u64,
     fits: impl Fn(u64) -> bool,
 ) -> u64 {
-    if fits(CHUNK_PAGES) && streaming(occ, page) {
+    if fits(CHUNK_PAGES) && (streaming(occ, page) || sweeping(occ, page)) {
         return CHUNK_PAGES;
     }
     let touched = |p: u64| p == page || occ.resident(p) || batch.contains(&p);
@@ -60,6 +101,15 @@ pub fn migration_pages(
         size *= 2;
     }
     best
+}
+
+/// Whether the [`SWEEP_PAGES`] pages just before `page`, or just after
+/// it, are all resident.
+fn sweeping(occ: &impl Occupancy, page: u64) -> bool {
+    let before = page
+        .checked_sub(SWEEP_PAGES)
+        .is_some_and(|lo| (lo..page).all(|p| occ.resident(p)));
+    before || (page + 1..page + 1 + SWEEP_PAGES).all(|p| occ.resident(p))
 }
 
 /// Whether a chunk next to `page`'s is more than half resident.
@@ -111,9 +161,10 @@ mod tests {
             }
         }
         assert_eq!(moved, 4 * CHUNK_PAGES);
-        // The first chunk grows 1, 2, 4, ... 512 (10 faults), then one
-        // fault per chunk.
-        assert_eq!(faults, 10 + 3, "faults {faults}");
+        // The first chunk grows 1, 2, 4, 8, 16 (faults at 0, 1, 2, 4, 8),
+        // then the sweep takes the chunk at page 16; one fault per chunk
+        // after it.
+        assert_eq!(faults, 6 + 3, "faults {faults}");
     }
 
     #[test]

@@ -444,8 +444,12 @@ impl<P: Platform> Inner<P> {
                 .filter(|v| b.contains(**v))
                 .map(|v| b.first_page + (v - b.gpu_addr) / PAGE)
                 .collect();
-            let want =
-                density::migration_pages(&|p| obj.frame(p).is_some(), &touched, page, fits);
+            let want = density::Sizing::configured().pages(
+                &|p| obj.frame(p).is_some(),
+                &touched,
+                page,
+                fits,
+            );
             let sizes: Vec<(u64, u32)> = [want, 16, 1]
                 .into_iter()
                 .filter(|p| *p <= want && fits(*p))

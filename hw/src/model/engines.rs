@@ -95,10 +95,9 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
     ];
     control::send(&*control, hello, fds).map_err(ModelError::Control)?;
     log::info!(
-        "xe-model: up, {} MiB VRAM, {} hardware threads, {} copy engines",
+        "xe-model: up, {} MiB VRAM, {} hardware threads",
         cfg.vram_bytes >> 20,
-        cfg.hw_threads,
-        cfg.copy_engines
+        cfg.hw_threads
     );
 
     let slots = (0..cfg.hw_threads).map(|_| FaultSlot::default()).collect();
@@ -119,6 +118,7 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
         copies: AtomicU32::new(0),
         copy_engines: CopyEngines::new(cfg_engines),
     });
+    log::info!("xe-model: {} copy engines", dev.copy_engines.engines());
     let engines: Vec<_> = [
         ("xe-model-bcs", Ring::Copy),
         ("xe-model-ccs", Ring::Compute),

@@ -23,6 +23,9 @@ struct Cli {
     /// Hardware threads of the device model.
     #[arg(long, global = true, default_value_t = 64)]
     hw_threads: u16,
+    /// Copy engines of the device model [default: the cores, up to 4].
+    #[arg(long, global = true)]
+    copy_engines: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -249,6 +252,9 @@ fn main() {
     let mut opts = BootOptions::default();
     opts.device.vram_bytes = cli.vram_mib << 20;
     opts.device.hw_threads = cli.hw_threads;
+    if let Some(n) = cli.copy_engines {
+        opts.device.copy_engines = n.max(1);
+    }
     let code = match cli.command {
         Cmd::Run {
             workload: Workload::Scenarios(args),
