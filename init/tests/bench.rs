@@ -254,8 +254,18 @@ fn h200_kit_runs_dry_without_a_gpu() {
     assert!(table.contains("every word checked: 0 bad"), "{table}");
     let machine = std::fs::read_to_string(dir.join("machine.txt")).unwrap();
     assert!(machine.contains("MemTotal"), "{machine}");
-    for f in ["herd-per-page.png", "bench-herd-per-page.png"] {
-        assert!(is_png(&dir.join(f)), "{f}");
+    assert!(is_png(&dir.join("herd-per-page.png")));
+    // Ours without each lever (the A/B), at one thread in the dry run.
+    let base = std::fs::read_to_string(dir.join("base.jsonl")).unwrap();
+    for v in ["base-old", "base-chunk", "base-e1"] {
+        let lines: Vec<&str> = base.lines().filter(|l| l.contains(v)).collect();
+        assert_eq!(lines.len(), 1, "{v}: {base}");
+        assert!(lines[0].contains("\"bad\":0") && lines[0].ends_with("rc=0"), "{v}: {base}");
     }
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+        .count();
+    assert!(files <= 8, "the device tool brings back 8 files at most: {files}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,6 +37,8 @@ const PAGE: u64 = 4096;
 const STAGING_SLOT: u32 = 1;
 const ZERO_SLOT: u32 = 62;
 const FIRST_OBJECT_SLOT: u32 = 2;
+/// How long the fault worker waits for more faults of a batch.
+const FAULT_GATHER: Duration = Duration::from_micros(30);
 
 /// DMA slots for objects: the next never used, and those given back.
 struct Slots {
@@ -221,10 +223,16 @@ impl GpuServer {
     pub fn fault_worker(self, faults: Receiver<FaultDescriptor>) {
         while let Ok(first) = faults.recv() {
             let mut batch = vec![first];
+            // Gather until the queue stays quiet for FAULT_GATHER: the
+            // faults of a dense kernel arrive together, and sizing its
+            // migration sees them all (`density`).
             while batch.len() < 64 {
                 match faults.try_recv() {
                     Ok(f) => batch.push(f),
-                    Err(_) => break,
+                    Err(_) => match faults.recv_timeout(FAULT_GATHER) {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    },
                 }
             }
             self.inner
