@@ -66,7 +66,10 @@ impl Sizing {
     ) -> u64 {
         match self {
             Sizing::Density => migration_pages(occ, batch, page, fits),
-            Sizing::WholeChunk => [CHUNK_PAGES, 16].into_iter().find(|n| fits(*n)).unwrap_or(1),
+            Sizing::WholeChunk => [CHUNK_PAGES, 16]
+                .into_iter()
+                .find(|n| fits(*n))
+                .unwrap_or(1),
         }
     }
 }

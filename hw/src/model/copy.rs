@@ -151,8 +151,9 @@ fn helper(rx: &Mutex<Receiver<Part>>) {
         };
         // SAFETY: the submitter keeps the row list alive and unchanged
         // until this part's countdown is done (module docs).
-        let rows =
-            unsafe { std::slice::from_raw_parts((part.rows as *const Row).add(part.first), part.count) };
+        let rows = unsafe {
+            std::slice::from_raw_parts((part.rows as *const Row).add(part.first), part.count)
+        };
         copy_rows(rows);
         part.done.done();
     }
