@@ -89,16 +89,31 @@ pub fn migration_pages(
     if fits(CHUNK_PAGES) && (streaming(occ, page) || sweeping(occ, page)) {
         return CHUNK_PAGES;
     }
-    let touched = |p: u64| p == page || occ.resident(p) || batch.contains(&p);
+    // The chunk's touched pages as a bitmap, built once; each level of
+    // the tree then counts its region's bits.
+    let base = page & !(CHUNK_PAGES - 1);
+    let mut touched = [0u64; (CHUNK_PAGES / 64) as usize];
+    let mut mark = |p: u64| {
+        if let Some(i) = p.checked_sub(base).filter(|i| *i < CHUNK_PAGES) {
+            touched[(i / 64) as usize] |= 1 << (i % 64);
+        }
+    };
+    mark(page);
+    batch.iter().for_each(|p| mark(*p));
+    for p in base..base + CHUNK_PAGES {
+        if occ.resident(p) {
+            mark(p);
+        }
+    }
+    let count = |first: u64, size: u64| {
+        (first..first + size)
+            .filter(|p| touched[((p - base) / 64) as usize] & (1 << ((p - base) % 64)) != 0)
+            .count() as u64
+    };
     let mut best = 1;
     let mut size = 2;
-    while size <= CHUNK_PAGES {
-        if !fits(size) {
-            break;
-        }
-        let first = page & !(size - 1);
-        let count = (first..first + size).filter(|p| touched(*p)).count() as u64;
-        if count * 2 > size {
+    while size <= CHUNK_PAGES && fits(size) {
+        if count(page & !(size - 1), size) * 2 > size {
             best = size;
         }
         size *= 2;
