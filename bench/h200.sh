@@ -15,10 +15,10 @@
 # root), OUT (default $TMPDIR/h200-out), SIZES (KiB), THREADS, MODES,
 # ROUNDS, REPS (the sweep), BUDGET_S (seconds after which the last step,
 # the whole `svm bench`, is skipped), BASE_THREADS (thread counts at which
-# ours also runs without each lever of issue 15, for the A/B: "chunk" with
-# whole-chunk migrations, XE_SVM_MIGRATION=chunk; "e1" with one copy
-# engine; "old" with neither; their lines go to base.jsonl, not into the
-# tables; empty: none). The full sweep takes about 5 minutes
+# ours also runs with each lever of issue 15 changed, for the A/B: "chunk"
+# with whole-chunk migrations (XE_SVM_MIGRATION=chunk), "e4" with four copy
+# engines (opt-in: one by default), "old" with whole chunks and one engine;
+# their lines go to base.jsonl, not into the tables; empty: none). The full sweep takes about 5 minutes
 # on 16 cores (estimated; not yet run there).
 # The floors are built into `svm` (no separate C programs to build).
 # Files in $OUT (8, none deeper; the device tool brings back 8 at most):
@@ -100,7 +100,7 @@ base_step() {
     local out rc env=() args=()
     case $variant in
         chunk) env=(XE_SVM_MIGRATION=chunk) ;;
-        e1) args=(--copy-engines 1) ;;
+        e4) args=(--copy-engines 4) ;;
         old) env=(XE_SVM_MIGRATION=chunk) args=(--copy-engines 1) ;;
     esac
     out=$(env "${env[@]}" timeout 180 "$BIN/svm" "${args[@]}" "$@" 2>>"$LOG" | tr '\n' ' ')
@@ -123,7 +123,7 @@ for round in $(seq 1 "$ROUNDS"); do
         step "$c ours" "$BIN/svm" run herd --size "$sz" --threads "$t" --mode "$mode" \
             --reps "$REPS" --json
         if [ "$round" = 1 ] && [[ " $BASE_THREADS " == *" $t "* ]]; then
-            for v in old chunk e1; do
+            for v in old chunk e4; do
                 base_step "$c" "$v" run herd --size "$sz" --threads "$t" --mode "$mode" \
                     --reps "$REPS" --json
             done

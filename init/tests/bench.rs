@@ -258,9 +258,9 @@ fn h200_kit_runs_dry_without_a_gpu() {
     let machine = std::fs::read_to_string(dir.join("machine.txt")).unwrap();
     assert!(machine.contains("MemTotal"), "{machine}");
     assert!(is_png(&dir.join("herd-per-page.png")));
-    // Ours without each lever (the A/B), at one thread in the dry run.
+    // Ours with each lever changed (the A/B), at one thread in the dry run.
     let base = std::fs::read_to_string(dir.join("base.jsonl")).unwrap();
-    for v in ["base-old", "base-chunk", "base-e1"] {
+    for v in ["base-old", "base-chunk", "base-e4"] {
         let lines: Vec<&str> = base.lines().filter(|l| l.contains(v)).collect();
         assert_eq!(lines.len(), 1, "{v}: {base}");
         assert!(

@@ -105,10 +105,16 @@ impl Default for Config {
     }
 }
 
-/// Copy engines by default: as many as the host has cores, up to 4 (the
-/// copy engines of a large Xe part); one core gets one.
+/// Copy engines by default: `XE_MODEL_COPY_ENGINES` when set (1 to 64),
+/// else one. Several (`--copy-engines N`) are opt-in until the page that
+/// `init::oversub`'s eviction race lost with two engines is explained
+/// (issue 15, BENCHMARKS.md 2026-12-02 H200).
 pub fn default_copy_engines() -> u16 {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u16)
+    std::env::var("XE_MODEL_COPY_ENGINES")
+        .ok()
+        .and_then(|v| v.parse::<u16>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(1)
 }
 
 impl Config {

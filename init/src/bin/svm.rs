@@ -23,7 +23,8 @@ struct Cli {
     /// Hardware threads of the device model.
     #[arg(long, global = true, default_value_t = 64)]
     hw_threads: u16,
-    /// Copy engines of the device model [default: the cores, up to 4].
+    /// Copy engines of the device model [default: 1, or
+    /// XE_MODEL_COPY_ENGINES].
     #[arg(long, global = true)]
     copy_engines: Option<u16>,
 }
