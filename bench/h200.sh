@@ -11,6 +11,12 @@
 #   OUT=/tmp/out bash bench/h200.sh           # on the H200 machine
 #   OUT=/tmp/out bash bench/h200.sh --dry     # anywhere: no GPU, UVM skipped
 #
+# Through the device tool: it sends the checkout the session started in
+# (not a helper's worktree), so strip the five binaries and copy them, this
+# script and uvm_herd.cu into a folder that checkout ignores (for instance
+# target/h200carry), carry that folder, copy the two files into bench/
+# there and run BIN=target/h200carry OUT=$OUT ROUNDS=1 bash bench/h200.sh.
+#
 # Environment: BIN (release binaries, default bin/ in the repository
 # root), OUT (default $TMPDIR/h200-out), SIZES (KiB), THREADS, MODES,
 # ROUNDS, REPS (the sweep), BUDGET_S (seconds after which the last step,
@@ -18,8 +24,8 @@
 # ours also runs with each lever of issue 15 changed, for the A/B: "chunk"
 # with whole-chunk migrations (XE_SVM_MIGRATION=chunk), "e4" with four copy
 # engines (opt-in: one by default), "old" with whole chunks and one engine;
-# their lines go to base.jsonl, not into the tables; empty: none). The full sweep takes about 5 minutes
-# on 16 cores (estimated; not yet run there).
+# their lines go to base.jsonl, not into the tables; empty: none). On the
+# 16-core H200 machine, ROUNDS=1 with the A/B took 77 s (2026-12-02).
 # The floors are built into `svm` (no separate C programs to build).
 # Files in $OUT (8, none deeper; the device tool brings back 8 at most):
 # machine.txt, log.txt, results.jsonl, base.jsonl, table.txt,
