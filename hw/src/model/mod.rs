@@ -106,9 +106,10 @@ impl Default for Config {
 }
 
 /// Copy engines by default: `XE_MODEL_COPY_ENGINES` when set (1 to 64),
-/// else one. Several (`--copy-engines N`) are opt-in until the page that
-/// `init::oversub`'s eviction race lost with two engines is explained
-/// (issue 15, BENCHMARKS.md 2026-12-02 H200).
+/// else one. Several (`--copy-engines N`) are opt-in until the pages that
+/// `init::oversub`'s eviction race loses (more often with two engines,
+/// also with one under CPU load) are explained (BENCHMARKS.md, 2026-12-02
+/// H200).
 pub fn default_copy_engines() -> u16 {
     std::env::var("XE_MODEL_COPY_ENGINES")
         .ok()
