@@ -297,7 +297,7 @@ fn hostile_gpu_access(w: &World, b: &Bound, p: usize) -> bool {
             GpuAccess::Done(_) => return true,
             GpuAccess::Fault => {
                 let (gpu, vm) = (w.gpu.clone(), b.vm);
-                if w.faults.call(move || gpu.resolve(vm, va)) != Some(true) {
+                if w.faults.call(move || gpu.resolve(vm, va, &[])) != Some(true) {
                     return false;
                 }
             }

@@ -218,7 +218,7 @@ impl World {
                 GpuAccess::Fault => {
                     let (gpu, vm) = (self.gpu.clone(), self.vm);
                     // The GuC reports the fault; the reply may come late.
-                    match self.faults.call(move || gpu.resolve(vm, va)) {
+                    match self.faults.call(move || gpu.resolve(vm, va, &[])) {
                         Some(true) => {}
                         // Not bound there: unless the view moved meanwhile,
                         // the access fails.

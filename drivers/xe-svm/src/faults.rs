@@ -3,8 +3,10 @@
 //! only its own VM's faults, never another client's.
 //!
 //! The GuC pump hands every fault descriptor to [`Dispatch::run`], which
-//! routes it by ASID. A worker batches the faults it finds queued,
-//! resolves each 2 MiB group once and replies to every fault of the group;
+//! routes it by ASID. A worker gathers a batch until its queue stays quiet
+//! for [`GATHER`] (the faults of a dense kernel arrive together, and sizing
+//! a migration sees them all: `density`), resolves each 2 MiB group once
+//! with the group's other addresses, and replies to every fault of it;
 //! it exits after [`IDLE`] without faults. Workers are bounded by the
 //! ASIDs in use (`MAX_ASIDS`), and those by every client's `vms` budget.
 //!
@@ -23,9 +25,12 @@ use hw::xe::fault::FaultDescriptor;
 pub const IDLE: Duration = Duration::from_secs(2);
 /// Most faults one worker takes in one batch.
 const BATCH: usize = 64;
+/// How long a worker waits for more faults of a batch.
+pub const GATHER: Duration = Duration::from_micros(30);
 
-/// Resolves one fault (asid, address): `false` when nothing is bound there.
-pub type Resolve = dyn Fn(u32, u64) -> bool + Send + Sync;
+/// Resolves one fault (asid, address, the other addresses of its group):
+/// `false` when nothing is bound there.
+pub type Resolve = dyn Fn(u32, u64, &[u64]) -> bool + Send + Sync;
 /// Answers the device for one fault.
 pub type Reply = dyn Fn(&FaultDescriptor, bool) + Send + Sync;
 
@@ -108,7 +113,10 @@ impl Worker {
             while batch.len() < BATCH {
                 match rx.try_recv() {
                     Ok(f) => batch.push(f),
-                    Err(_) => break,
+                    Err(_) => match rx.recv_timeout(GATHER) {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    },
                 }
             }
             self.serve_batch(batch);
@@ -139,7 +147,8 @@ impl Worker {
             }
         }
         for (_, group) in groups {
-            let ok = (self.resolve)(self.asid, group[0].address);
+            let near: Vec<u64> = group[1..].iter().map(|f| f.address).collect();
+            let ok = (self.resolve)(self.asid, group[0].address, &near);
             for f in &group {
                 (self.reply)(f, ok);
             }

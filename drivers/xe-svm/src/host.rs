@@ -236,7 +236,7 @@ impl GpuServer {
     /// (`faults.rs`), until the GuC pump stops.
     pub fn fault_worker(self, faults: Receiver<FaultDescriptor>) {
         let (inner, dev) = (self.inner.clone(), self.inner.clone());
-        let resolve = move |asid: u32, va: u64| inner.resolve(asid, va);
+        let resolve = move |asid: u32, va: u64, near: &[u64]| inner.resolve(asid, va, near);
         let reply = move |f: &FaultDescriptor, ok: bool| {
             dev.counters.gpu_faults.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = dev.hw.dev.reply(f, ok) {

@@ -4,6 +4,7 @@
 //!
 //! - [`probe`]: device bring-up and engine self-test;
 //! - [`device`]: copy engine, TLB invalidation, GuC message pump;
+//! - [`density`]: how many pages a GPU fault migrates (UVM's tree rule);
 //! - [`vram`]: the buddy allocator, blocks refcounted by resident pages (rule 6);
 //! - [`ppgtt`]: page tables per GPU VM;
 //! - [`server`]: the SVM core: GPU VMs, the fault path, the notifier
@@ -24,6 +25,7 @@ pub mod accounting;
 pub mod bind;
 pub mod bo;
 pub mod budget;
+pub mod density;
 pub mod device;
 pub mod end;
 pub mod faults;

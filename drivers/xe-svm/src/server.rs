@@ -30,6 +30,7 @@ use session::{Handle, HandleTable};
 
 use crate::bo::BoMap;
 use crate::budget::GpuBudget;
+use crate::density;
 use crate::job_table::JobTable;
 use crate::platform::Platform;
 use crate::session::{self as ses, GpuSession, Sessions};
@@ -525,9 +526,13 @@ impl<P: Platform> Inner<P> {
     /// Resolves a GPU fault at `va` of `asid`. `false`: nothing is bound
     /// there (the access fails); `true`: replay (it may fault again for
     /// pages another migration holds, rule 4).
-    pub fn resolve(&self, asid: u32, va: u64) -> bool {
-        // Pick the chunk: 2 MiB, then 64 KiB, then 4 KiB, inside the binding
-        // and aligned the same way in GPU and object space.
+    /// `batch`: the addresses of the other faults of the same batch
+    /// (they count as touched when sizing the migration).
+    pub fn resolve(&self, asid: u32, va: u64, batch: &[u64]) -> bool {
+        // Size the migration by how densely its region is touched
+        // (`density`), then fall back to 64 KiB and 4 KiB if VRAM cannot
+        // give that much; always inside the binding and aligned the same
+        // way in GPU and object space.
         let (object, dma, page, sizes, binding, charged) = {
             let st = self.lock();
             let Some(vm) = st.vms.get(&asid) else {
@@ -546,10 +551,27 @@ impl<P: Platform> Inner<P> {
                     && first + pages <= b.first_page + b.pages
                     && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
             };
-            let sizes: Vec<(u64, u32)> = [(512u64, 9u32), (16, 4), (1, 0)]
-                .into_iter()
-                .filter(|(p, _)| fits(*p))
+            let touched: Vec<u64> = batch
+                .iter()
+                .filter(|v| b.contains(**v))
+                .map(|v| b.first_page + (v - b.gpu_addr) / PAGE)
                 .collect();
+            let want = density::Sizing::configured().pages(
+                &|p| obj.frame(p).is_some(),
+                &touched,
+                page,
+                fits,
+            );
+            let sizes: Vec<(u64, u32)> = [want, 16, 1]
+                .into_iter()
+                .filter(|p| *p <= want && fits(*p))
+                .map(|p| (p, p.trailing_zeros()))
+                .fold(Vec::new(), |mut v, s| {
+                    if !v.contains(&s) {
+                        v.push(s);
+                    }
+                    v
+                });
             (b.object, obj.dma, page, sizes, b.id, obj.charged.clone())
         };
         // The largest chunk the binding allows and VRAM can give. Rule 5:

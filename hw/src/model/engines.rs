@@ -10,6 +10,7 @@ use super::control::{
     self, ControlOp, ControlRecord, STATUS_BAD_REQUEST, STATUS_BAD_SLOT, STATUS_MAP_FAILED,
     STATUS_OK,
 };
+use super::copy::{CopyEngines, Row};
 use super::cs;
 use super::jobs::{HwThreads, RetireOrder};
 use super::memory::Memory;
@@ -49,6 +50,8 @@ pub(super) struct Device {
     pub(super) stop: AtomicBool,
     invalidations: AtomicU32,
     copies: AtomicU32,
+    /// The copy ring's engines: its thread and the helpers (`copy.rs`).
+    copy_engines: CopyEngines,
 }
 
 /// Runs a device until its driver closes the control channel.
@@ -99,6 +102,7 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
 
     let slots = (0..cfg.hw_threads).map(|_| FaultSlot::default()).collect();
     let cfg_threads = cfg.hw_threads;
+    let cfg_engines = cfg.copy_engines;
     let dev = Arc::new(Device {
         cfg,
         regs,
@@ -112,7 +116,9 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
         stop: AtomicBool::new(false),
         invalidations: AtomicU32::new(0),
         copies: AtomicU32::new(0),
+        copy_engines: CopyEngines::new(cfg_engines),
     });
+    log::info!("xe-model: {} copy engines", dev.copy_engines.engines());
     let engines: Vec<_> = [
         ("xe-model-bcs", Ring::Copy),
         ("xe-model-ccs", Ring::Compute),
@@ -290,7 +296,11 @@ impl Device {
         self.retire_copy(seqno, ok);
     }
 
+    /// Resolves every row first (a row outside memory fails the whole
+    /// copy before a byte moves), then copies them on the copy engines.
     fn copy_rows(&self, c: &MemCopy) -> bool {
+        let mut held = Vec::with_capacity(2 * c.rows as usize);
+        let mut rows = Vec::with_capacity(c.rows as usize);
         for row in 0..c.rows as u64 {
             let src = self
                 .mem
@@ -301,11 +311,17 @@ impl Device {
             let (Some(src), Some(dst)) = (src, dst) else {
                 return false;
             };
-            // SAFETY: both ranges were resolved in bounds of live mappings;
-            // `copy` tolerates overlap. Concurrent CPU access to the same
-            // bytes is the driver's race to prevent, as with real DMA.
-            unsafe { std::ptr::copy(src.ptr(), dst.ptr(), c.width as usize) };
+            rows.push(Row {
+                src: src.ptr() as usize,
+                dst: dst.ptr() as usize,
+                len: c.width as usize,
+            });
+            // Keeps the mappings alive until the copy is done.
+            held.push(src);
+            held.push(dst);
         }
+        self.copy_engines.run(&rows);
+        drop(held);
         true
     }
 

@@ -25,6 +25,10 @@ struct Cli {
     /// Hardware threads of the device model (1 to 4096).
     #[arg(long, global = true, default_value_t = 64, value_parser = int(1, MAX_HW_THREADS))]
     hw_threads: u16,
+    /// Copy engines of the device model [default: 1, or
+    /// XE_MODEL_COPY_ENGINES].
+    #[arg(long, global = true)]
+    copy_engines: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -318,6 +322,9 @@ fn main() {
     let default_vram = if hostile { 32 } else { 256 };
     opts.device.vram_bytes = cli.vram_mib.unwrap_or(default_vram) << 20;
     opts.device.hw_threads = cli.hw_threads;
+    if let Some(n) = cli.copy_engines {
+        opts.device.copy_engines = n.max(1);
+    }
     let code = match cli.command {
         Cmd::Run {
             workload: Workload::Scenarios(args),
