@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use ipc_protocol::interfaces::gpu::BindView;
 use ipc_protocol::interfaces::pager::{
     Advise, AttachView, CreateObject, DestroyObject, DetachView, PagerError, Prefetch, Snapshot,
+    SyncViews,
 };
 use ipc_protocol::types::{Advice, GpuId, Location, PageCount, PageStateCode, ViewId};
 
@@ -308,10 +309,12 @@ pub fn change_view(ctx: &Ctx, step: &Step) -> StepResult {
             // SAFETY: a range of our own mapping; its users are steps that
             // check `holes` first.
             unsafe { memory::unmap(a.addr + off, len) }.map_err(StepError::Host)?;
-            let mut w = ctx.world();
-            split_mappings(&mut w.mappings, a.addr + off, len);
-            w.alloc_mut(alloc)?.holes.push((off, len));
-            Ok(())
+            {
+                let mut w = ctx.world();
+                split_mappings(&mut w.mappings, a.addr + off, len);
+                w.alloc_mut(alloc)?.holes.push((off, len));
+            }
+            sync_views(ctx, a.client)
         }
         Step::Mprotect {
             alloc,
@@ -442,6 +445,15 @@ fn mremap(ctx: &Ctx, name: &str, dontunmap: bool, grow: u64, old_as: Option<&str
     let al = w.alloc_mut(name)?;
     al.addr = new;
     al.len += grow;
+    drop(w);
+    sync_views(ctx, a.client)
+}
+
+/// After a munmap or mremap of a view: the syscall returned once the pager
+/// *read* the change; GPU work that follows must find it applied
+/// (`Pager::SyncViews`).
+fn sync_views(ctx: &Ctx, client: usize) -> StepResult {
+    ctx.conn(client)?.pager.call(SyncViews {})?;
     Ok(())
 }
 

@@ -92,6 +92,17 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// Returns once every view change the kernel has reported for the
+    /// caller's address spaces (munmap, mremap, fork) is applied and the
+    /// GPU server has heard of it. The kernel lets `munmap` and `mremap`
+    /// return when the pager has *read* their event, not applied it: GPU
+    /// work submitted right after them must follow this call to see the
+    /// change (the scenario runner makes it after each munmap and mremap
+    /// step; libsvm never unmaps or moves a view, it reuses its pages).
+    /// `Busy` if a change is still being applied after the pager's deadline.
+    pub struct SyncViews {}
+);
+wire_struct!(
     /// Server-wide totals of what every session holds now (the hostile
     /// harness checks they come back to zero after a client exits).
     pub struct Accounting {}
@@ -152,6 +163,7 @@ interface! {
         7 => Snapshot [0] -> PageStates [0] needs SNAPSHOT, idempotent;
         8 => Accounting [0] -> PagerTotals [0] needs SNAPSHOT, idempotent;
         9 => Discard [0] -> Done [0] needs ADVISE, idempotent;
+        10 => SyncViews [0] -> Done [0] needs VIEW, idempotent;
     }
     notifications {}
 }

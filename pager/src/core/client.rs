@@ -133,6 +133,10 @@ impl<R: Runtime> Core<R> {
                 self.discard(&o, d.first_page as usize, end as usize)?;
                 done(Reply::Discard(p::Done {}))
             }
+            Request::SyncViews(_) => {
+                self.sync_views(s)?;
+                done(Reply::SyncViews(p::Done {}))
+            }
         }
     }
 

@@ -40,6 +40,7 @@ pub mod object;
 pub mod reclaim;
 pub mod runtime;
 pub mod session;
+pub mod sync_views;
 pub mod view;
 
 use ::session::{Arena, Meta, Quota};

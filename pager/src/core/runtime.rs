@@ -55,6 +55,8 @@ pub enum Pause {
     ProtectRetry,
     /// Between tries to bring an ending object's pages back.
     BringBack,
+    /// While `SyncViews` waits for a reader to apply what it read.
+    SyncViews,
 }
 
 /// The runtime under a [`Core`].

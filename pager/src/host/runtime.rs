@@ -196,6 +196,7 @@ impl Runtime for HostRuntime {
             }
             Pause::ProtectRetry => Duration::from_micros(50 << attempt.min(6)),
             Pause::BringBack => Duration::from_millis(1),
+            Pause::SyncViews => Duration::from_micros(20 << attempt.min(6)),
         };
         std::thread::sleep(d);
     }

@@ -145,6 +145,9 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
         {
             continue;
         }
+        // Taken before the read, handed back once the notes are sent: a
+        // munmap this read lets return is waited for (`core/sync_views.rs`).
+        let ticket = space.session.changes.open();
         {
             let changing = space.applying_changes();
             if let Err(e) = space.port.uffd.read_events(&mut events) {
@@ -174,6 +177,7 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
             }
         }
         core.send_notes(&mut notes);
+        drop(ticket);
     }
     space.port.stop();
 }

@@ -33,6 +33,8 @@ pub struct TestGpu {
     pub copied: Mutex<Vec<(u32, u32, u64, u64)>>,
     /// Tells rigs apart in logs.
     pub id: u32,
+    /// How long it takes to hear a view change (a slow GPU server).
+    pub note_delay: Mutex<std::time::Duration>,
 }
 
 static NEXT_GPU: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -88,10 +90,12 @@ impl Handler<n::GpuNotify> for TestGpu {
                 Ok((n::Reply::FreePages(n::Freed { pages: freed }), vec![]))
             }
             n::Request::ViewGone(g) => {
+                std::thread::sleep(*self.note_delay.lock().unwrap());
                 self.gone.lock().unwrap().push(g.view.get());
                 Ok((n::Reply::ViewGone(n::Unbound { bindings: 0 }), vec![]))
             }
             n::Request::ViewCopied(c) => {
+                std::thread::sleep(*self.note_delay.lock().unwrap());
                 self.copied
                     .lock()
                     .unwrap()
