@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use hw::xe::batch::Batch;
 use ipc_protocol::interfaces::gpu::{
-    BindView, CreateVm, DestroyVm, Stats, Submit, SubmitBatch, Wait,
+    BindView, CreateVm, DestroyVm, Prefetch as GpuPrefetch, Stats, Submit, SubmitBatch, Wait,
 };
 use ipc_protocol::interfaces::pager::{Accounting, Advise, Prefetch, Snapshot};
 use ipc_protocol::types::{
@@ -246,6 +246,9 @@ pub extern "C" fn svm_prefetch(addr: *const c_void, len: usize, location: u32) -
             .ok_or(SvmError::Invalid)?;
         let (object, first, pages) = object_range(addr, len)?;
         let c = conn()?;
+        if to == Location::Device {
+            return prefetch_to_device(c, addr as u64 & !(PAGE - 1), pages * PAGE);
+        }
         let mut page = first;
         while page < first + pages {
             let n = (first + pages - page).min(512);
@@ -260,6 +263,20 @@ pub extern "C" fn svm_prefetch(addr: *const c_void, len: usize, location: u32) -
         }
         Ok(())
     })
+}
+
+/// To VRAM is a VM operation (`Gpu::Prefetch`): in this process's first
+/// mirror VM, where every region is bound at its CPU address. No mirror
+/// VM: nowhere to map it, `SVM_E_NOT_FOUND`.
+fn prefetch_to_device(c: &crate::conn::Conn, addr: u64, len: u64) -> R {
+    let vm = HEAP.with(|h| h.pages().mirrors.first().copied());
+    let vm = vm.ok_or(SvmError::NotFound)?;
+    c.gpu.call(GpuPrefetch {
+        vm,
+        gpu_addr: addr,
+        len,
+    })?;
+    Ok(())
 }
 
 /// Drops the data of whole pages `[addr, addr + len)` of pager memory:

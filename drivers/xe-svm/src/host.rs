@@ -353,6 +353,10 @@ impl Handler<g::Gpu> for GpuServer {
                 self.bind_view(owner, vm.get(), view, gpu_addr)?;
                 Ok((g::Reply::BindView(g::Done {}), vec![]))
             }
+            g::Request::Prefetch(g::Prefetch { vm, gpu_addr, len }) => {
+                let (in_vram, pages) = inner.prefetch(owner, vm.get(), gpu_addr, len)?;
+                Ok((g::Reply::Prefetch(g::Prefetched { in_vram, pages }), vec![]))
+            }
             g::Request::Unbind(g::Unbind { vm, gpu_addr }) => {
                 inner.unbind(owner, vm.get(), gpu_addr)?;
                 Ok((g::Reply::Unbind(g::Done {}), vec![]))

@@ -35,6 +35,7 @@ pub mod jobs;
 pub mod pci_ids;
 pub mod platform;
 pub mod ppgtt;
+pub mod prefetch;
 pub mod probe;
 pub mod server;
 pub mod session;

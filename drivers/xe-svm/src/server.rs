@@ -37,7 +37,7 @@ use crate::session::{self as ses, GpuSession, Sessions};
 use crate::sync::{lock, Mutex, MutexGuard};
 use crate::vram::Vram;
 
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 /// Client GPU addresses lie below 2^47 (the user half of a 4-level PPGTT).
 pub const USER_VA_END: u64 = 1 << 47;
 /// Bytes of server metadata per object page (its frame word).
@@ -56,7 +56,7 @@ pub(crate) struct Binding {
     pub(crate) view: u32,
     pub(crate) gpu_addr: u64,
     pub(crate) object: u32,
-    first_page: u64,
+    pub(crate) first_page: u64,
     pub(crate) pages: u64,
 }
 
@@ -76,7 +76,7 @@ impl Binding {
     pub(crate) fn end(&self) -> u64 {
         self.gpu_addr + self.pages * PAGE
     }
-    fn contains(&self, va: u64) -> bool {
+    pub(crate) fn contains(&self, va: u64) -> bool {
         va >= self.gpu_addr && va < self.end()
     }
     /// The GPU address of object page `page`, if bound here.
@@ -99,7 +99,7 @@ pub(crate) struct Vm<T> {
     pub(crate) bos: Vec<BoMap>,
 }
 
-struct ObjectState {
+pub(crate) struct ObjectState {
     slot: u32,
     dma: u64,
     _memfd: Option<OwnedFd>,
@@ -121,7 +121,7 @@ struct ObjectState {
 const SYSTEM_MAPPED: u32 = u32::MAX;
 
 impl ObjectState {
-    fn frame(&self, page: u64) -> Option<u64> {
+    pub(crate) fn frame(&self, page: u64) -> Option<u64> {
         match self.frames.get(page as usize) {
             Some(&f) if f != 0 && f != SYSTEM_MAPPED => Some(f as u64 - 1),
             _ => None,
@@ -179,7 +179,7 @@ pub(crate) struct State<T> {
     /// ASID), so ASIDs are reused after `DestroyVm` and a stale VM id
     /// names nothing. Entries hold the owner's badge.
     vm_ids: HandleTable<u64, Global>,
-    objects: BTreeMap<u32, ObjectState>,
+    pub(crate) objects: BTreeMap<u32, ObjectState>,
     /// The pager's staging buffer: (device address, bytes).
     pub(crate) staging: Option<(u64, u64)>,
 }

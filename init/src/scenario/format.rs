@@ -520,12 +520,15 @@ pub enum Step {
         offset: Num,
         len: Option<Num>,
     },
+    /// To `system`: `Pager::Prefetch`; to `device`: `Gpu::Prefetch` in
+    /// `vm` (default: the first VM, by name, of the allocation's client).
     Prefetch {
         alloc: String,
         to: Place,
         #[serde(default)]
         offset: Num,
         len: Option<Num>,
+        vm: Option<String>,
     },
     /// The pager's per-page states of an allocation (`Pager::Snapshot`):
     /// `expect` lists `STATE` or `STATE*N`, the last entry covering the

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use ipc_protocol::interfaces::gpu::BindView;
+use ipc_protocol::interfaces::gpu::{BindView, Prefetch as GpuPrefetch};
 use ipc_protocol::interfaces::pager::{
     Advise, AttachView, CreateObject, DestroyObject, DetachView, PagerError, Prefetch, Snapshot,
     SyncViews,
@@ -487,9 +487,17 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
         }
         Step::Prefetch {
             alloc,
-            to,
+            to: Place::Device,
             offset,
             len,
+            vm,
+        } => prefetch_to_device(ctx, alloc, offset.get(), len.map(|l| l.get()), vm, label),
+        Step::Prefetch {
+            alloc,
+            to: Place::System,
+            offset,
+            len,
+            ..
         } => {
             let (o, first, pages) = pages_of(ctx, alloc, offset.get(), len.map(|l| l.get()))?;
             let mut moved = 0u64;
@@ -498,10 +506,7 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                     object: o.id,
                     first_page: f,
                     count: n,
-                    to: match to {
-                        Place::System => Location::System,
-                        Place::Device => Location::Device,
-                    },
+                    to: Location::System,
                     gpu: GpuId::new(0).expect("GPU 0 exists"),
                 })?;
                 moved += r.moved as u64;
@@ -509,7 +514,7 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
             ctx.report.check(
                 true,
                 label,
-                &format!("prefetch moved {moved} of {pages} pages"),
+                &format!("prefetch moved {moved} of {pages} pages to RAM"),
             );
             Ok(())
         }
@@ -819,4 +824,54 @@ mod tests {
             ]
         );
     }
+}
+
+/// `Gpu::Prefetch` of an allocation's pages in `vm`, or in the first VM of
+/// its client: the GPU address is the CPU address (mirrored bindings).
+fn prefetch_to_device(
+    ctx: &Ctx,
+    alloc: &str,
+    off: u64,
+    len: Option<u64>,
+    vm: &Option<String>,
+    label: &str,
+) -> StepResult {
+    let t = ctx.world().resolve(
+        &Addr {
+            name: alloc.into(),
+            offset: off,
+        },
+        len,
+    )?;
+    let Target::Mem {
+        addr, len, client, ..
+    } = t
+    else {
+        return Err(bad(format!("{alloc}: not memory of a pager object")));
+    };
+    let (vm, client) = {
+        let w = ctx.world();
+        let v = match vm {
+            Some(name) => w.vm(name)?,
+            None => w
+                .vms
+                .values()
+                .find(|v| v.client == client)
+                .ok_or_else(|| bad(format!("{alloc}: its client has no VM to prefetch in")))?,
+        };
+        (v.id, v.client)
+    };
+    let start = addr & !(PAGE - 1);
+    let end = (addr + len).next_multiple_of(PAGE);
+    let r = ctx.conn(client)?.gpu.call(GpuPrefetch {
+        vm,
+        gpu_addr: start,
+        len: end - start,
+    })?;
+    ctx.report.check(
+        true,
+        label,
+        &format!("prefetch: {} of {} pages in VRAM", r.in_vram, r.pages),
+    );
+    Ok(())
 }

@@ -108,6 +108,27 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// Move `[gpu_addr, gpu_addr + len)` of `vm` to VRAM ahead of use and
+    /// map it (xe's `VM_BIND_OP_PREFETCH`): each 2 MiB chunk goes the way
+    /// of a GPU fault on every page of it. Page-aligned, not empty, at most
+    /// 1 GiB. Pages another migration holds are skipped (rule 1), as are
+    /// pages no binding covers; the reply counts the range's pages in VRAM
+    /// afterwards.
+    pub struct Prefetch {
+        pub vm: VmId,
+        pub gpu_addr: u64,
+        pub len: u64,
+    }
+);
+wire_struct!(
+    pub struct Prefetched {
+        /// Pages of the range in VRAM when the call returned.
+        pub in_vram: u64,
+        /// Pages of the range.
+        pub pages: u64,
+    }
+);
+wire_struct!(
     pub struct Stats {}
 );
 wire_struct!(
@@ -188,6 +209,7 @@ interface! {
         11 => ReadBo [0] -> BoData [1] needs GPU_BO, idempotent;
         12 => SubmitBatch [0] -> Submitted [0] needs GPU_SUBMIT;
         13 => Accounting [0] -> GpuUsage [0] needs GPU_STATS, idempotent;
+        14 => Prefetch [0] -> Prefetched [0] needs GPU_VM;
     }
     notifications {}
 }

@@ -5,7 +5,7 @@
 //! id (or a stale or guessed one) names nothing.
 
 use ipc_protocol::interfaces::pager::{self as p, PagerError as E};
-use ipc_protocol::types::{ObjectId, PageStateCode, ViewId};
+use ipc_protocol::types::{Location, ObjectId, PageStateCode, ViewId};
 use ipc_protocol::wire::BoundedVec;
 use session::Handle;
 
@@ -96,12 +96,24 @@ impl<R: Runtime> Core<R> {
                 done(Reply::Advise(p::Done {}))
             }
             Request::Prefetch(f) => {
-                // Prefetch needs the GPU-side prefetch path, not built yet.
                 let o = s
                     .object(Handle::from_raw(f.object.get()))
                     .ok_or(E::NoSuchObject)?;
-                pages_in(f.first_page, f.count.get() as u64, o.pages())?;
-                Err(E::NotSupported)
+                let end = pages_in(f.first_page, f.count.get() as u64, o.pages())?;
+                if f.to != Location::System || o.is_dying() {
+                    // To VRAM: `Gpu::Prefetch` (core/prefetch.rs says why).
+                    return Err(if o.is_dying() {
+                        E::NoSuchObject
+                    } else {
+                        E::NotSupported
+                    });
+                }
+                // Both ends fit the object, whose page count is a usize.
+                let moved =
+                    self.prefetch_to_ram(&o, f.first_page as usize, end as usize, f.gpu.get());
+                // At most `count` (a u16) pages moved.
+                let moved = u16::try_from(moved).unwrap_or(u16::MAX);
+                done(Reply::Prefetch(p::Prefetched { moved }))
             }
             Request::Snapshot(q) => {
                 let o = s

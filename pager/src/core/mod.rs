@@ -37,6 +37,7 @@ pub mod end;
 pub mod fault;
 pub mod gpu;
 pub mod object;
+pub mod prefetch;
 pub mod reclaim;
 pub mod runtime;
 pub mod session;
