@@ -96,3 +96,56 @@ fn discard_ranges_and_ids_are_checked() {
         "another client's object"
     );
 }
+
+/// `madvise(MADV_DONTNEED)` on a view is a discard (`core/removed.rs`):
+/// VRAM pages are freed with no copy back, RAM pages dropped, the rest of
+/// the object untouched; `SyncViews` returns once it is done.
+#[test]
+fn madvise_dontneed_on_a_view_discards_without_a_copy() {
+    use common::gpu_migrate;
+    use ipc_protocol::interfaces::pager::SyncViews;
+    let r = rig();
+    let (o, fd, words) = buffer(&r, 2 << 20);
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = i as u32 + 1;
+    }
+    eventually("the filled chunk never settled", || {
+        snapshot(&r, o, 0, 512) == vec![PageStateCode::System; 512]
+    });
+    assert_eq!(gpu_migrate(&r, o, &fd, 0, 256), 256);
+    // Pages 128..384: half in VRAM, half in RAM.
+    let base = words.as_mut_ptr() as usize + 128 * 4096;
+    // SAFETY: a range of our own mapping; `words` reads it afterwards.
+    unsafe {
+        rustix::mm::madvise(
+            base as *mut _,
+            256 * 4096,
+            rustix::mm::Advice::LinuxDontNeed,
+        )
+    }
+    .unwrap();
+    r.pager.call(SyncViews {}).unwrap();
+    let states = snapshot(&r, o, 0, 512);
+    for (p, s) in states.iter().enumerate() {
+        let want = match p {
+            0..128 => PageStateCode::Device,
+            128..384 => PageStateCode::Empty,
+            _ => PageStateCode::System,
+        };
+        assert_eq!(*s, want, "page {p}");
+    }
+    assert_eq!(*r.gpu.to_ram.lock().unwrap(), 0, "nothing copied back");
+    assert_eq!(
+        r.gpu.vram.lock().unwrap().len(),
+        128,
+        "the dropped VRAM pages freed"
+    );
+    for (i, w) in words.iter().enumerate() {
+        let want = if (128..384).contains(&(i / 1024)) {
+            0
+        } else {
+            i as u32 + 1
+        };
+        assert_eq!(*w, want, "word {i}");
+    }
+}

@@ -340,7 +340,9 @@ pub fn change_view(ctx: &Ctx, step: &Step) -> StepResult {
                 let end = (((a.obj_off + off + len) / 4) as usize).min(o.shadow().len());
                 o.shadow()[w0..end].iter_mut().for_each(|w| *w = 0);
             }
-            Ok(())
+            // The pager discards what the kernel reported; GPU work next
+            // must find it done.
+            sync_views(ctx, a.client)
         }
         _ => unreachable!("dispatched by op"),
     }

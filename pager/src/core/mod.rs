@@ -39,6 +39,7 @@ pub mod gpu;
 pub mod object;
 pub mod prefetch;
 pub mod reclaim;
+pub mod removed;
 pub mod runtime;
 pub mod session;
 pub mod sync_views;

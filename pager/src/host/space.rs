@@ -7,7 +7,9 @@
 //! the kernel queued them, before it reads more; page faults go to a queue
 //! that the space's workers serve. The reader never migrates a page, so a
 //! view change (which holds the client's `fork`/`mremap`/`munmap` until it
-//! is read) is never stuck behind a fault that waits on a page.
+//! is read) is never stuck behind a fault that waits on a page. A
+//! `madvise` removal is discarded after the guard is let go, and the faults
+//! read after it in the same batch wait for that (`core/removed.rs`).
 //!
 //! **The view-change guard.** The kernel completes a view-change event when
 //! it is *read*; the pager updates its views when it has *applied* it. In
@@ -136,6 +138,8 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
     let mut events = Vec::with_capacity(16);
     let mut pending: Option<PendingMove<HostRuntime>> = None;
     let mut notes = Vec::new();
+    let mut removed = Vec::new();
+    let mut held_back = Vec::new();
     while !space.stopped() && !space.port.stopped() {
         events.clear();
         if !space
@@ -161,7 +165,14 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
             }
             for ev in &events {
                 match *ev {
+                    // A fault after a removal waits for the discard.
+                    Event::PageFault { address, wp, .. } if !removed.is_empty() => {
+                        held_back.push(Fault { address, wp })
+                    }
                     Event::PageFault { address, wp, .. } => space.port.push(Fault { address, wp }),
+                    Event::Remove { start, end } => {
+                        removed.extend(core.removed_ranges(&space, start, end))
+                    }
                     Event::Fork { fd } => {
                         pending = None;
                         follow_fork(&core, &space, fd);
@@ -177,6 +188,10 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
             }
         }
         core.send_notes(&mut notes);
+        core.discard_removed(&mut removed);
+        for f in held_back.drain(..) {
+            space.port.push(f);
+        }
         drop(ticket);
     }
     space.port.stop();

@@ -18,14 +18,16 @@ pub const WP_FEATURES: u64 =
 
 /// Features the pager asks for: write-protection on shmem (the migration to
 /// VRAM blocks writers with it), and the view-change events it follows:
-/// fork (the child's registered ranges arrive on a new descriptor), remap
-/// and unmap. These events hold the client's `fork`/`mremap`/`munmap` until
-/// a service thread reads them, so every registered range has readers; a
-/// range is unregistered before its readers stop. `madvise` removal is not
-/// asked for: on a shared object it only drops page-table entries.
+/// fork (the child's registered ranges arrive on a new descriptor), remap,
+/// unmap, and `madvise` removal (SVM memory is the client's anonymous
+/// memory: `MADV_DONTNEED` drops its data, `core/removed.rs`). These events
+/// hold the client's call until a service thread reads them, so every
+/// registered range has readers; a range is unregistered before its
+/// readers stop.
 pub const FEATURES: u64 = WP_FEATURES
     | (uapi::UFFD_FEATURE_EVENT_FORK
         | uapi::UFFD_FEATURE_EVENT_REMAP
+        | uapi::UFFD_FEATURE_EVENT_REMOVE
         | uapi::UFFD_FEATURE_EVENT_UNMAP) as u64;
 
 /// `UFFDIO_WRITEPROTECT_MODE_WP` (`include/uapi/linux/userfaultfd.h`,
