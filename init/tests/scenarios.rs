@@ -178,8 +178,9 @@ fn the_runner_fails_what_is_wrong() {
     let (ok, text) = run(
         "xfail.toml",
         &format!(
-            "[expect_failure]\nissue = 16\nfeature = \"prefetch\"\nmatches = \"NotSupported\"\n\
-             {BUFFER_IN_VRAM}\n[[step]]\nop = \"prefetch\"\nalloc = \"buf\"\nto = \"device\"\n"
+            "[expect_failure]\nissue = 16\nfeature = \"atomics policy\"\n\
+             matches = \"AtomicGlobal\"\n{BUFFER_IN_VRAM}\n[[step]]\nop = \"advise\"\n\
+             alloc = \"buf\"\nadvice = \"atomic_global\"\n"
         ),
     );
     assert!(
