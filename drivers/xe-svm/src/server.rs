@@ -110,6 +110,10 @@ pub(crate) struct ObjectState {
     /// 4 bytes per page, inside the 16-byte per-page metadata budget.
     frames: Vec<u32>,
     resident_pages: u64,
+    /// GPU-fault migrations of this object in flight ([`Migrating`]): the
+    /// object is not forgotten while one runs, or its copy would land in
+    /// VRAM no object names while the pager records the pages there.
+    migrations: u32,
     /// The session whose bind made the server know the object: charged
     /// its DMA slot, its frame words and its pages in VRAM (`None` for
     /// objects added without a session, as the simulation does).
@@ -271,7 +275,7 @@ impl<P: Platform> Inner<P> {
             && st
                 .objects
                 .get(&object)
-                .is_some_and(|o| o.resident_pages == 0)
+                .is_some_and(|o| o.resident_pages == 0 && o.migrations == 0)
         {
             if let Some(o) = st.objects.remove(&object) {
                 self.hw.dma_unmap(o.slot);
@@ -431,6 +435,7 @@ impl<P: Platform> Inner<P> {
                 inval_seq: 0,
                 frames: vec![0; pages as usize],
                 resident_pages: 0,
+                migrations: 0,
                 charged: session,
             },
         );
@@ -534,45 +539,56 @@ impl<P: Platform> Inner<P> {
         // give that much; always inside the binding and aligned the same
         // way in GPU and object space.
         let (object, dma, page, sizes, binding, charged) = {
-            let st = self.lock();
-            let Some(vm) = st.vms.get(&asid) else {
-                return false;
+            let mut st = self.lock();
+            let picked = {
+                let Some(vm) = st.vms.get(&asid) else {
+                    return false;
+                };
+                let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else {
+                    return false;
+                };
+                let Some(obj) = st.objects.get(&b.object) else {
+                    return false;
+                };
+                let page = b.first_page + (va - b.gpu_addr) / PAGE;
+                let fits = |pages: u64| {
+                    let first = page & !(pages - 1);
+                    first >= b.first_page
+                        && first + pages <= b.first_page + b.pages
+                        && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
+                };
+                let touched: Vec<u64> = batch
+                    .iter()
+                    .filter(|v| b.contains(**v))
+                    .map(|v| b.first_page + (v - b.gpu_addr) / PAGE)
+                    .collect();
+                let want = density::Sizing::configured().pages(
+                    &|p| obj.frame(p).is_some(),
+                    &touched,
+                    page,
+                    fits,
+                );
+                let sizes: Vec<(u64, u32)> = [want, 16, 1]
+                    .into_iter()
+                    .filter(|p| *p <= want && fits(*p))
+                    .map(|p| (p, p.trailing_zeros()))
+                    .fold(Vec::new(), |mut v, s| {
+                        if !v.contains(&s) {
+                            v.push(s);
+                        }
+                        v
+                    });
+                (b.object, obj.dma, page, sizes, b.id, obj.charged.clone())
             };
-            let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else {
-                return false;
-            };
-            let Some(obj) = st.objects.get(&b.object) else {
-                return false;
-            };
-            let page = b.first_page + (va - b.gpu_addr) / PAGE;
-            let fits = |pages: u64| {
-                let first = page & !(pages - 1);
-                first >= b.first_page
-                    && first + pages <= b.first_page + b.pages
-                    && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
-            };
-            let touched: Vec<u64> = batch
-                .iter()
-                .filter(|v| b.contains(**v))
-                .map(|v| b.first_page + (v - b.gpu_addr) / PAGE)
-                .collect();
-            let want = density::Sizing::configured().pages(
-                &|p| obj.frame(p).is_some(),
-                &touched,
-                page,
-                fits,
-            );
-            let sizes: Vec<(u64, u32)> = [want, 16, 1]
-                .into_iter()
-                .filter(|p| *p <= want && fits(*p))
-                .map(|p| (p, p.trailing_zeros()))
-                .fold(Vec::new(), |mut v, s| {
-                    if !v.contains(&s) {
-                        v.push(s);
-                    }
-                    v
-                });
-            (b.object, obj.dma, page, sizes, b.id, obj.charged.clone())
+            if let Some(o) = st.objects.get_mut(&picked.0) {
+                o.migrations += 1;
+            }
+            picked
+        };
+        // Declared before every later lock guard, so dropped after them.
+        let _migrating = Migrating {
+            inner: self,
+            object,
         };
         // The largest chunk the binding allows and VRAM can give. Rule 5:
         // the block is allocated before any page lock is taken, and with no
@@ -958,5 +974,23 @@ impl<P: Platform> Inner<P> {
         drop(st);
         self.report_usage();
         Ok(freed)
+    }
+}
+
+/// A GPU-fault migration of `object` in flight (`ObjectState::migrations`).
+/// When it ends the object may be forgotten, if nothing else holds it (a
+/// view that went meanwhile unbound it, and no page stayed in VRAM).
+struct Migrating<'a, P: Platform> {
+    inner: &'a Inner<P>,
+    object: u32,
+}
+
+impl<P: Platform> Drop for Migrating<'_, P> {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        if let Some(o) = st.objects.get_mut(&self.object) {
+            o.migrations = o.migrations.saturating_sub(1);
+        }
+        self.inner.drop_object_if_unused(&mut st, self.object);
     }
 }
