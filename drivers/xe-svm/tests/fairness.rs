@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{World, PAGE};
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
-use ipc_protocol::types::{JobStatus, KernelKind, ViewId, VmId};
+use ipc_protocol::types::{JobStatus, KernelKind, VmId};
 use xe_svm::budget::GpuBudget;
 
 const A: u64 = 101;
@@ -18,12 +18,7 @@ const B: u64 = 102;
 const BASE: u64 = 0x1000_0000;
 
 fn bind(w: &World, badge: u64, vm: u32, view: u32) {
-    let req = g::BindView {
-        vm: VmId::raw(vm),
-        view: ViewId::raw(view),
-        gpu_addr: BASE,
-    };
-    w.call(badge, g::Request::BindView(req)).unwrap();
+    w.bind(badge, vm, view, BASE);
 }
 
 fn unbind(w: &World, badge: u64, vm: u32) -> Result<g::Reply, GpuError> {

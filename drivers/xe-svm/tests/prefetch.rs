@@ -7,21 +7,12 @@ mod common;
 
 use common::{World, OBJECT_PAGES, PAGE};
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
-use ipc_protocol::types::{JobStatus, ViewId, VmId};
+use ipc_protocol::types::{JobStatus, VmId};
 use xe_svm::budget::GpuBudget;
 
 const A: u64 = 101;
 const B: u64 = 102;
 const BASE: u64 = 0x1000_0000;
-
-fn bind(w: &World, badge: u64, vm: u32, view: u32) {
-    let req = g::BindView {
-        vm: VmId::raw(vm),
-        view: ViewId::raw(view),
-        gpu_addr: BASE,
-    };
-    w.call(badge, g::Request::BindView(req)).unwrap();
-}
 
 fn prefetch(w: &World, badge: u64, vm: u32, addr: u64, len: u64) -> Result<(u64, u64), GpuError> {
     let req = g::Prefetch {
@@ -35,27 +26,24 @@ fn prefetch(w: &World, badge: u64, vm: u32, addr: u64, len: u64) -> Result<(u64,
     }
 }
 
-fn gpu_faults(w: &World) -> u64 {
-    match w.call(A, g::Request::Stats(g::Stats {})).unwrap() {
-        g::Reply::Stats(s) => s.gpu_faults,
-        other => panic!("not a stats reply: {other:?}"),
-    }
-}
-
 #[test]
 fn a_prefetched_range_runs_without_a_gpu_fault() {
     let w = World::new(GpuBudget::default());
     let vm = w.create_vm(A).unwrap().vm.get();
-    bind(&w, A, vm, 10);
+    w.bind(A, vm, 10, BASE);
     let len = OBJECT_PAGES * PAGE;
     assert_eq!(
         prefetch(&w, A, vm, BASE, len),
         Ok((OBJECT_PAGES, OBJECT_PAGES))
     );
-    let faults = gpu_faults(&w);
+    let faults = w.stats(A).gpu_faults;
     let job = w.touch(A, vm, BASE, len).unwrap();
     assert_eq!(w.wait(A, job, 10_000).unwrap().status, JobStatus::Completed);
-    assert_eq!(gpu_faults(&w), faults, "the job found every page mapped");
+    assert_eq!(
+        w.stats(A).gpu_faults,
+        faults,
+        "the job found every page mapped"
+    );
     // Again: nothing left to move, the same count.
     assert_eq!(
         prefetch(&w, A, vm, BASE, len),
@@ -67,7 +55,7 @@ fn a_prefetched_range_runs_without_a_gpu_fault() {
 fn pages_no_binding_covers_are_not_counted() {
     let w = World::new(GpuBudget::default());
     let vm = w.create_vm(A).unwrap().vm.get();
-    bind(&w, A, vm, 10);
+    w.bind(A, vm, 10, BASE);
     let end = BASE + OBJECT_PAGES * PAGE;
     // Half inside the binding's last chunk, half past its end.
     assert_eq!(
@@ -81,7 +69,7 @@ fn pages_no_binding_covers_are_not_counted() {
 fn ranges_and_vms_are_checked() {
     let w = World::new(GpuBudget::default());
     let vm = w.create_vm(A).unwrap().vm.get();
-    bind(&w, A, vm, 10);
+    w.bind(A, vm, 10, BASE);
     let bad = GpuError::BadRange;
     for (addr, len) in [
         (BASE, 0),
@@ -106,9 +94,5 @@ fn ranges_and_vms_are_checked() {
         prefetch(&w, A, vm ^ 0x8000, BASE, PAGE),
         Err(GpuError::NoSuchVm)
     );
-    let used = match w.call(A, g::Request::Stats(g::Stats {})).unwrap() {
-        g::Reply::Stats(s) => s.vram_used,
-        other => panic!("not a stats reply: {other:?}"),
-    };
-    assert_eq!(used, 0, "nothing moved");
+    assert_eq!(w.stats(A).vram_used, 0, "nothing moved");
 }

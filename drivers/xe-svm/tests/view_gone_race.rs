@@ -11,10 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{World, PAGE};
-use ipc_protocol::interfaces::gpu::{self as g};
 use ipc_protocol::interfaces::gpu_notify as n;
 use ipc_protocol::server::Handler;
-use ipc_protocol::types::{JobStatus, ObjectId, PageCount, PageMask, ViewId, VmId};
+use ipc_protocol::types::{JobStatus, ObjectId, PageCount, PageMask, ViewId};
 use ipc_protocol::{Capability, Rights};
 use xe_svm::budget::GpuBudget;
 
@@ -26,24 +25,12 @@ fn notify(w: &World, req: n::Request) -> Result<n::Reply, n::NotifyError> {
     Handler::<n::GpuNotify>::handle(&w.server, &pager, req, vec![]).map(|(r, _)| r)
 }
 
-fn vram_used(w: &World) -> u64 {
-    match w.call(A, g::Request::Stats(g::Stats {})).unwrap() {
-        g::Reply::Stats(s) => s.vram_used,
-        other => panic!("not a stats reply: {other:?}"),
-    }
-}
-
 #[test]
 fn a_view_that_goes_mid_migration_leaves_its_pages_reachable() {
     let w = World::new(GpuBudget::default());
     w.pager.stalled.lock().unwrap().push(10);
     let vm = w.create_vm(A).unwrap().vm.get();
-    let bind = g::BindView {
-        vm: VmId::raw(vm),
-        view: ViewId::raw(10),
-        gpu_addr: BASE,
-    };
-    w.call(A, g::Request::BindView(bind)).unwrap();
+    w.bind(A, vm, 10, BASE);
     let job = w.touch(A, vm, BASE, 4 * PAGE).unwrap();
     // The fault's collect waits in the pager; meanwhile the view goes.
     std::thread::sleep(Duration::from_millis(200));
@@ -66,7 +53,10 @@ fn a_view_that_goes_mid_migration_leaves_its_pages_reachable() {
     );
     // The migration finished into VRAM the server still accounts to the
     // object: the pager can free (or move back) what it recorded there.
-    assert!(vram_used(&w) > 0, "the collected pages were copied to VRAM");
+    assert!(
+        w.stats(A).vram_used > 0,
+        "the collected pages were copied to VRAM"
+    );
     let free = n::FreePages {
         object: ObjectId::raw(10),
         first_page: 0,
@@ -78,7 +68,7 @@ fn a_view_that_goes_mid_migration_leaves_its_pages_reachable() {
         matches!(&freed, Ok(n::Reply::FreePages(f)) if f.pages > 0),
         "the object was forgotten with pages in VRAM: {freed:?}"
     );
-    assert_eq!(vram_used(&w), 0, "no VRAM left behind");
+    assert_eq!(w.stats(A).vram_used, 0, "no VRAM left behind");
     assert_eq!(
         w.accounting(A).all_dma_slots,
         0,

@@ -157,6 +157,23 @@ impl World {
         }
     }
 
+    /// Binds view `view` at `gpu_addr` of client `badge`'s VM `vm`.
+    pub fn bind(&self, badge: u64, vm: u32, view: u32, gpu_addr: u64) {
+        let req = g::BindView {
+            vm: ipc_protocol::types::VmId::raw(vm),
+            view: ipc_protocol::types::ViewId::raw(view),
+            gpu_addr,
+        };
+        self.call(badge, g::Request::BindView(req)).unwrap();
+    }
+
+    pub fn stats(&self, badge: u64) -> g::GpuStats {
+        match self.call(badge, g::Request::Stats(g::Stats {})) {
+            Ok(g::Reply::Stats(s)) => s,
+            r => panic!("unexpected reply {r:?}"),
+        }
+    }
+
     pub fn accounting(&self, badge: u64) -> g::GpuUsage {
         match self.call(badge, g::Request::Accounting(g::Accounting {})) {
             Ok(g::Reply::Accounting(u)) => u,
