@@ -239,6 +239,9 @@ impl GpuServer {
         let resolve = move |asid: u32, va: u64, near: &[u64]| inner.resolve(asid, va, near);
         let reply = move |f: &FaultDescriptor, ok: bool| {
             dev.counters.gpu_faults.fetch_add(1, Ordering::Relaxed);
+            if !ok {
+                dev.log_unserved(f);
+            }
             if let Err(e) = dev.hw.dev.reply(f, ok) {
                 log::error!("xe-svm: fault reply: {e}");
             }
@@ -353,6 +356,10 @@ impl Handler<g::Gpu> for GpuServer {
                 self.bind_view(owner, vm.get(), view, gpu_addr)?;
                 Ok((g::Reply::BindView(g::Done {}), vec![]))
             }
+            g::Request::FaultLog(g::FaultLog { vm }) => Ok((
+                g::Reply::FaultLog(inner.fault_log(owner, vm.get())?),
+                vec![],
+            )),
             g::Request::Prefetch(g::Prefetch { vm, gpu_addr, len }) => {
                 let (in_vram, pages) = inner.prefetch(owner, vm.get(), gpu_addr, len)?;
                 Ok((g::Reply::Prefetch(g::Prefetched { in_vram, pages }), vec![]))

@@ -28,6 +28,7 @@ pub mod budget;
 pub mod density;
 pub mod device;
 pub mod end;
+pub mod fault_log;
 pub mod faults;
 pub mod host;
 pub mod job_table;

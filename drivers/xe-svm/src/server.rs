@@ -97,6 +97,8 @@ pub(crate) struct Vm<T> {
     pub(crate) bindings: Vec<Binding>,
     /// Buffer objects mapped here (`bo.rs`).
     pub(crate) bos: Vec<BoMap>,
+    /// Its GPU faults that could not be served (`fault_log.rs`).
+    pub(crate) faults: crate::fault_log::FaultLogRing,
 }
 
 pub(crate) struct ObjectState {
@@ -348,6 +350,7 @@ impl<P: Platform> Inner<P> {
             tables,
             bindings: Vec::new(),
             bos: Vec::new(),
+            faults: Default::default(),
         };
         self.lock().vms.insert(asid, vm);
         Ok(h.raw())

@@ -600,8 +600,8 @@ pub enum Step {
     Sleep {
         us: Num,
     },
-    /// The VM's fault log (address, access, type) must hold at least
-    /// `at_least` entries: no such query exists yet (issue 16 item 7).
+    /// The VM's fault log (`Gpu::FaultLog`: address, access, type, level)
+    /// must hold at least `at_least` entries.
     FaultLog {
         vm: String,
         at_least: Num,

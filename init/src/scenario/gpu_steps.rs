@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipc_protocol::interfaces::gpu::{
-    BindView, CreateBo, CreateVm, DestroyVm, GpuStats, MapBo, ReadBo, Stats, Submit, Unbind, Wait,
+    BindView, CreateBo, CreateVm, DestroyVm, FaultLog, GpuStats, MapBo, ReadBo, Stats, Submit,
+    Unbind, Wait,
 };
 use ipc_protocol::types::{JobStatus, KernelKind};
 
@@ -484,4 +485,31 @@ mod tests {
         assert!(compare_counter(3, "< 4K").unwrap());
         assert!(compare_counter(3, "about 3").is_err());
     }
+}
+
+/// `Gpu::FaultLog` of `vm`: at least `at_least` unserved faults.
+pub fn fault_log(ctx: &Ctx, vm: &str, at_least: u64, label: &str) -> StepResult {
+    let (id, client) = {
+        let w = ctx.world();
+        let v = w.vm(vm)?;
+        (v.id, v.client)
+    };
+    let log = ctx.conn(client)?.gpu.call(FaultLog { vm: id })?;
+    let faults = log.faults.into_vec();
+    let first = faults.first().map_or(String::from("none"), |f| {
+        format!(
+            "{:#x} (access {}, type {}, level {})",
+            f.address, f.access, f.fault_type, f.level
+        )
+    });
+    ctx.report.check(
+        faults.len() as u64 >= at_least,
+        label,
+        &format!(
+            "fault log of {vm}: {} entries ({} in all), first {first}; at least {at_least}",
+            faults.len(),
+            log.total
+        ),
+    );
+    Ok(())
 }

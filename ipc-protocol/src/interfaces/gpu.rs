@@ -1,6 +1,7 @@
 //! `Gpu`: served by xe-svm, called by clients.
 
 use crate::types::{BoId, JobId, JobStatus, KernelKind, ViewId, VmId};
+use crate::wire::BoundedVec;
 
 wire_struct!(
     pub struct CreateVm {}
@@ -129,6 +130,39 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// The VM's fault log (xe's `DRM_XE_VM_GET_PROPERTY_FAULTS`): the GPU
+    /// faults that could not be served (an access where nothing is bound),
+    /// newest last; the server keeps the last [`FAULT_LOG_LEN`] per VM.
+    pub struct FaultLog {
+        pub vm: VmId,
+    }
+);
+wire_struct!(
+    /// One unserved GPU fault.
+    pub struct FaultRecord {
+        /// The faulting GPU address (page-aligned).
+        pub address: u64,
+        /// 0 read, 1 write, 2 atomic (the hardware's access type).
+        pub access: u8,
+        /// 0 not present, 1 write access violation, 2 atomic violation.
+        pub fault_type: u8,
+        /// The page-table level at which the walk failed.
+        pub level: u8,
+        /// Microseconds since the GPU server started.
+        pub time_us: u64,
+    }
+);
+wire_struct!(
+    pub struct Faults {
+        pub faults: BoundedVec<FaultRecord, FAULT_LOG_LEN>,
+        /// Unserved faults of the VM since it was created (the log keeps
+        /// the last ones).
+        pub total: u64,
+    }
+);
+/// Unserved faults a VM's log keeps.
+pub const FAULT_LOG_LEN: usize = 64;
+wire_struct!(
     pub struct Stats {}
 );
 wire_struct!(
@@ -210,6 +244,7 @@ interface! {
         12 => SubmitBatch [0] -> Submitted [0] needs GPU_SUBMIT;
         13 => Accounting [0] -> GpuUsage [0] needs GPU_STATS, idempotent;
         14 => Prefetch [0] -> Prefetched [0] needs GPU_VM;
+        15 => FaultLog [0] -> Faults [0] needs GPU_STATS, idempotent;
     }
     notifications {}
 }
