@@ -52,6 +52,9 @@ BUDGET_S=${BUDGET_S:-480}
 BENCH_RC=0
 LOG=$OUT/log.txt RES=$OUT/results.jsonl BASE=$OUT/base.jsonl
 : >"$LOG"; : >"$RES"; : >"$BASE"
+# Ours with density-sized migrations, as measured on 2026-12-02 and -03
+# (opt-in since: drivers/xe-svm/src/density.rs says why).
+export XE_SVM_MIGRATION=${XE_SVM_MIGRATION:-density}
 export SVM_BIN_DIR=$BIN
 START=$(date +%s)
 elapsed() { echo $(($(date +%s) - START)); }
@@ -106,7 +109,7 @@ base_step() {
     local out rc env=() args=()
     case $variant in
         chunk) env=(XE_SVM_MIGRATION=chunk) ;;
-        e4) args=(--copy-engines 4) ;;
+        e4) env=(XE_SVM_MIGRATION=density) args=(--copy-engines 4) ;;
         old) env=(XE_SVM_MIGRATION=chunk) args=(--copy-engines 1) ;;
     esac
     out=$(env "${env[@]}" timeout 180 "$BIN/svm" "${args[@]}" "$@" 2>>"$LOG" | tr '\n' ' ')

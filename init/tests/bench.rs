@@ -70,6 +70,9 @@ fn is_png(path: &Path) -> bool {
 
 #[test]
 fn quick_bench_computes_every_ratio_and_finds_every_word_right() {
+    // Density sizing is opt-in (drivers/xe-svm/src/density.rs); the random
+    // access check below is about it.
+    std::env::set_var("XE_SVM_MIGRATION", "density");
     let dir = scratch("quick");
     let json = dir.join("report.json");
     let out = run_bounded(

@@ -103,10 +103,9 @@ fn gpu_server_dies_mid_collect() {
 }
 
 /// A GPU-server race the hostile scenarios found (see
-/// `sim::hostile::hostile_detaches_mid_migration`): fails until xe-svm
-/// keeps an object it has a fault in flight on.
+/// `sim::hostile::hostile_detaches_mid_migration`): xe-svm keeps an
+/// object it has a fault in flight on (`ObjectState::migrations`).
 #[test]
-#[ignore = "xe-svm forgets an object whose last binding goes mid-fault (reported)"]
 fn hostile_detaches_mid_migration() {
     let n = iterations();
     sim::explore(sim::hostile::hostile_detaches_mid_migration, SEED, n, n);

@@ -33,8 +33,13 @@ impl<F: Fn(u64) -> bool> Occupancy for F {
     }
 }
 
-/// How migrations are sized; `XE_SVM_MIGRATION=chunk` in xe-svm's
-/// environment restores whole chunks (to measure the lever against).
+/// How migrations are sized. Whole chunks by default; `XE_SVM_MIGRATION=
+/// density` in xe-svm's environment opts in to density sizing, which is
+/// not the default while two defects stand: the simulation finds a page of
+/// VRAM that no page names after some interleavings (`failing_copies`,
+/// `fork_racing_migration`, `gpu_fault_racing_cpu_faults` with it), and
+/// under oversubscription with CPU readers it moves 4 KiB per fault round
+/// (BENCHMARKS.md, 2026-12-03).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sizing {
     /// [`migration_pages`]: by density.
@@ -48,11 +53,11 @@ impl Sizing {
     pub fn configured() -> Sizing {
         static SIZING: std::sync::OnceLock<Sizing> = std::sync::OnceLock::new();
         *SIZING.get_or_init(|| match std::env::var("XE_SVM_MIGRATION") {
-            Ok(v) if v == "chunk" => {
-                log::info!("xe-svm: migrations sized as whole chunks (XE_SVM_MIGRATION)");
-                Sizing::WholeChunk
+            Ok(v) if v == "density" => {
+                log::info!("xe-svm: migrations sized by density (XE_SVM_MIGRATION)");
+                Sizing::Density
             }
-            _ => Sizing::Density,
+            _ => Sizing::WholeChunk,
         })
     }
 

@@ -721,7 +721,7 @@ impl<P: Platform> Inner<P> {
             if let Some(block) = block {
                 // Only the pages that moved hold VRAM (and its charge).
                 uncharge((pages - migrated.count() as u64) * PAGE);
-                let _ = self.vram.add_refs(block, migrated.count());
+                let _ = self.vram.keep(block, |i| migrated.get(i as usize));
                 let mut st = self.lock();
                 if let Some(obj) = st.objects.get_mut(&object) {
                     for i in migrated.iter() {

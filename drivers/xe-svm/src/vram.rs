@@ -107,6 +107,40 @@ impl Vram {
         Ok(())
     }
 
+    /// Keeps of the fresh block at `pfn` (no resident page yet) the pages
+    /// `resident(i)` names (page `i` of the block), each counted as
+    /// resident, and gives back every aligned part holding none of them: a
+    /// migration that filled only part of its block (some of its region
+    /// was in VRAM already, or the pager held some pages) wastes no VRAM.
+    /// The kept pages stay where they are, so the region's frames are
+    /// still contiguous for a large-page mapping.
+    pub fn keep(&self, pfn: u64, resident: impl Fn(u64) -> bool) -> Result<(), VramError> {
+        let mut b = self.lock();
+        let order = match b.used.get(&pfn) {
+            Some(bl) if bl.refs == 0 => bl.order,
+            _ => return Err(VramError::NotAllocated),
+        };
+        b.used.remove(&pfn);
+        b.used_pages -= 1 << order;
+        Self::keep_part(&mut b, pfn, order, &|p| resident(p - pfn));
+        Ok(())
+    }
+
+    /// [`Self::keep`] on the part at `base` of `2^order` pages.
+    fn keep_part(b: &mut Buddy, base: u64, order: u32, resident: &dyn Fn(u64) -> bool) {
+        let size = 1u64 << order;
+        let n = (base..base + size).filter(|p| resident(*p)).count() as u32;
+        if n == 0 {
+            Self::merge_free(b, base, order);
+        } else if u64::from(n) == size {
+            b.used.insert(base, Block { order, refs: n });
+            b.used_pages += size;
+        } else {
+            Self::keep_part(b, base, order - 1, resident);
+            Self::keep_part(b, base + size / 2, order - 1, resident);
+        }
+    }
+
     /// Frees a block none of whose pages became resident (a failed copy).
     pub fn free_unused(&self, pfn: u64) -> Result<(), VramError> {
         let mut b = self.lock();
@@ -140,10 +174,14 @@ impl Vram {
         Ok(false)
     }
 
-    fn free_block(b: &mut Buddy, mut pfn: u64, mut order: u32) {
+    fn free_block(b: &mut Buddy, pfn: u64, order: u32) {
         b.used.remove(&pfn);
         b.used_pages -= 1 << order;
-        // Merge with free buddies upward.
+        Self::merge_free(b, pfn, order);
+    }
+
+    /// Puts the free block at `pfn` back, merged with free buddies upward.
+    fn merge_free(b: &mut Buddy, mut pfn: u64, mut order: u32) {
         while order < MAX_ORDER {
             let buddy = pfn ^ (1 << order);
             if !b.free[order as usize].remove(&buddy) {
@@ -177,6 +215,21 @@ mod tests {
         assert_eq!(v.release_page(block + 511), Ok(true));
         assert_eq!(v.used_pages(), 0);
         assert_eq!(v.release_page(block), Err(VramError::NotAllocated));
+    }
+
+    #[test]
+    fn keep_gives_back_what_a_migration_did_not_fill() {
+        let v = Vram::new(0, 512);
+        let b = v.alloc(4).unwrap();
+        let kept = [0, 1, 2, 3, 9];
+        v.keep(b, |i| kept.contains(&i)).unwrap();
+        assert_eq!(v.used_pages(), 5, "pages 0..4 and page 9 only");
+        assert!(v.holds(b + 9) && !v.holds(b + 8) && !v.holds(b + 4));
+        for i in kept {
+            v.release_page(b + i).unwrap();
+        }
+        assert_eq!(v.used_pages(), 0);
+        assert!(v.alloc(MAX_ORDER).is_ok(), "everything merged back");
     }
 
     #[test]
