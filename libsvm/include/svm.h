@@ -86,6 +86,15 @@ typedef struct svm_gpu_stats {
     uint64_t invalidations;
 } svm_gpu_stats_t;
 
+/* One GPU fault that could not be served (svm_fault_log). */
+typedef struct svm_fault_record {
+    uint64_t address;    /* the faulting GPU address, page-aligned */
+    uint32_t access;     /* 0 read, 1 write, 2 atomic */
+    uint32_t fault_type; /* 0 not present, 1 write violation, 2 atomic */
+    uint32_t level;      /* the page-table level where the walk failed */
+    uint64_t time_us;    /* microseconds since the GPU server started */
+} svm_fault_record_t;
+
 typedef struct svm_pager_totals {
     uint64_t objects;
     uint64_t object_bytes;
@@ -123,6 +132,10 @@ int svm_prefetch(const void *addr, size_t len, uint32_t location);
 int svm_discard(void *addr, size_t len); /* whole pages: read zeros next */
 int svm_page_states(const void *addr, size_t pages, uint8_t *states);
 int svm_gpu_stats(svm_gpu_stats_t *stats);
+/* The VM's last unserved GPU faults (the server keeps 64), oldest first:
+ * up to max into out, *count of them copied, *total (may be NULL) of all. */
+int svm_fault_log(uint32_t vm, svm_fault_record_t *out, size_t max,
+                  size_t *count, uint64_t *total);
 int svm_pager_totals(svm_pager_totals_t *totals);
 
 /* Batch encoding: each writes its instruction's dwords to out (room for

@@ -7,7 +7,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use hw::xe::batch::Batch;
 use ipc_protocol::interfaces::gpu::{
-    BindView, CreateVm, DestroyVm, Prefetch as GpuPrefetch, Stats, Submit, SubmitBatch, Wait,
+    BindView, CreateVm, DestroyVm, FaultLog, Prefetch as GpuPrefetch, Stats, Submit, SubmitBatch,
+    Wait,
 };
 use ipc_protocol::interfaces::pager::{Accounting, Advise, Prefetch, Snapshot};
 use ipc_protocol::types::{
@@ -352,6 +353,53 @@ pub extern "C" fn svm_gpu_stats(out: *mut GpuStats) -> i32 {
                 invalidations: s.invalidations,
             },
         )
+    })
+}
+
+/// `svm.h`'s `svm_fault_record`: one GPU fault that could not be served.
+#[repr(C)]
+pub struct FaultRecord {
+    pub address: u64,
+    pub access: u32,
+    pub fault_type: u32,
+    pub level: u32,
+    pub time_us: u64,
+}
+
+/// Copies up to `max` of `vm`'s logged faults (oldest first) to `out`;
+/// `*count` gets how many were copied, `*total` (may be NULL) how many
+/// the VM has had.
+#[no_mangle]
+pub extern "C" fn svm_fault_log(
+    vm: u32,
+    out: *mut FaultRecord,
+    max: usize,
+    count: *mut usize,
+    total: *mut u64,
+) -> i32 {
+    entry(|| {
+        if count.is_null() || (out.is_null() && max > 0) {
+            return Err(SvmError::Invalid);
+        }
+        let log = conn()?.gpu.call(FaultLog { vm: VmId::raw(vm) })?;
+        let faults = log.faults.into_vec();
+        let n = faults.len().min(max);
+        for (i, f) in faults.iter().take(n).enumerate() {
+            let r = FaultRecord {
+                address: f.address,
+                access: f.access.into(),
+                fault_type: f.fault_type.into(),
+                level: f.level.into(),
+                time_us: f.time_us,
+            };
+            // SAFETY: the caller passed room for `max` records; i < n <= max.
+            unsafe { out.add(i).write(r) };
+        }
+        put(count, n)?;
+        if !total.is_null() {
+            put(total, log.total)?;
+        }
+        Ok(())
     })
 }
 
