@@ -100,13 +100,12 @@ impl<R: Runtime> Core<R> {
                     .object(Handle::from_raw(f.object.get()))
                     .ok_or(E::NoSuchObject)?;
                 let end = pages_in(f.first_page, f.count.get() as u64, o.pages())?;
-                if f.to != Location::System || o.is_dying() {
+                if o.is_dying() {
+                    return Err(E::NoSuchObject);
+                }
+                if f.to != Location::System {
                     // To VRAM: `Gpu::Prefetch` (core/prefetch.rs says why).
-                    return Err(if o.is_dying() {
-                        E::NoSuchObject
-                    } else {
-                        E::NotSupported
-                    });
+                    return Err(E::NotSupported);
                 }
                 // Both ends fit the object, whose page count is a usize.
                 let moved =
