@@ -3,9 +3,13 @@
 //! simulated machine, its pager and mm-server are reached over simulated
 //! endpoints. mm-server's eviction loop (`mm_server::evictor::run_pass`)
 //! and accounting (`mm_server::broker::Broker`) run unchanged too, with
-//! [`SimWorlds`] as the two worlds it presses on (the simulation has no
-//! buffer objects: the shrinker gives nothing back).
+//! [`SimWorlds`] as the two worlds it presses on: the pager's SVM pages and
+//! the GPU core's buffer objects (`xe_svm::bo`, its shrinker called as
+//! mm-server's `GpuShrink` would). Device jobs are [`SimJobs`]: an actor
+//! submits one, touches its buffer objects, and retires it.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use hw::xe::pte::{PageSize, Target};
@@ -13,10 +17,10 @@ use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
 use ipc_protocol::types::World;
 use mm_server::broker::Broker;
 use mm_server::evictor::{run_pass, PeerError, VramFigures, Worlds};
-use shuttle::sync::Arc;
+use shuttle::sync::{Arc, Mutex};
 use xe_svm::platform::{Platform, PortError};
 
-use crate::machine::{Machine, SimTables, PAGE, ZERO_BASE};
+use crate::machine::{Machine, SimTables, BO_POOL_BASE, BO_POOL_PAGES, PAGE, ZERO_BASE};
 use crate::net::Endpoint;
 use crate::pager::SimPager;
 use crate::GpuCore;
@@ -28,6 +32,32 @@ pub struct SimPlatform {
     pub migrate: Arc<Endpoint>,
     /// `Pressure`, served by mm-server (absent: no broker).
     pub pressure: Option<(Arc<Endpoint>, Arc<Mm>)>,
+    pub jobs: SimJobs,
+}
+
+/// The device's jobs: ids in submission order, and those still running.
+#[derive(Default)]
+pub struct SimJobs {
+    next: AtomicU32,
+    running: Mutex<BTreeSet<u32>>,
+}
+
+impl SimJobs {
+    /// A job starts running; its id (never 0).
+    pub fn start(&self) -> u32 {
+        let job = self.next.fetch_add(1, Ordering::AcqRel) + 1;
+        self.lock().insert(job);
+        job
+    }
+
+    /// The job is done: nothing it does reaches memory any more.
+    pub fn retire(&self, job: u32) {
+        self.lock().remove(&job);
+    }
+
+    fn lock(&self) -> shuttle::sync::MutexGuard<'_, BTreeSet<u32>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Platform for SimPlatform {
@@ -91,8 +121,18 @@ impl Platform for SimPlatform {
             });
         }
     }
-    fn bo_vram_pages(&self) -> u64 {
-        0
+    fn bo_pool(&self) -> (u64, u64) {
+        (BO_POOL_BASE, BO_POOL_PAGES * PAGE)
+    }
+    fn clear_bo_home(&self, addr: u64, len: u64) {
+        for off in (0..len).step_by(PAGE as usize) {
+            if let Some(c) = self.machine.cell(addr + off) {
+                c.store(0, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+    fn job_retired(&self, job: u32) -> bool {
+        job == 0 || !self.jobs.lock().contains(&job)
     }
 }
 
@@ -130,8 +170,14 @@ pub struct SimWorlds {
 }
 
 impl Worlds for SimWorlds {
-    fn shrink_bos(&self, _bytes: u64) -> Result<u64, PeerError> {
-        Ok(0)
+    fn shrink_bos(&self, bytes: u64) -> Result<u64, PeerError> {
+        let gpu = self
+            .gpu
+            .get()
+            .ok_or_else(|| PeerError("GPU core not wired".into()))?;
+        gpu.shrink_bos(bytes)
+            .map(|(freed, _)| freed)
+            .map_err(|e| PeerError(format!("{e:?}")))
     }
     fn evict_svm(&self, bytes: u64) -> Result<u64, PeerError> {
         let p = self.pager.clone();

@@ -41,6 +41,7 @@ pub fn all() -> Vec<Scenario> {
     ]
     .into_iter()
     .chain(crate::hostile::all())
+    .chain(crate::hostile_bo::all())
     .collect()
 }
 

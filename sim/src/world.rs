@@ -9,6 +9,7 @@ use mm_server::broker::Broker;
 use pager::migrate::Policy;
 use pager::state::Residency;
 use shuttle::sync::Arc;
+use xe_svm::budget::GpuBudget;
 use xe_svm::server::Inner;
 
 use crate::machine::{GpuAccess, Machine, PAGE, STAGING_BASE, STAGING_SLOTS, SYS_BASE};
@@ -39,6 +40,8 @@ pub struct WorldConfig {
     pub free_vram: Option<u64>,
     /// System pages for other clients' objects (the hostile scenarios).
     pub spare_pages: usize,
+    /// What each client may make the GPU server hold.
+    pub gpu_budget: GpuBudget,
 }
 
 impl Default for WorldConfig {
@@ -51,6 +54,7 @@ impl Default for WorldConfig {
             broker: None,
             free_vram: None,
             spare_pages: 0,
+            gpu_budget: GpuBudget::default(),
         }
     }
 }
@@ -66,6 +70,8 @@ pub struct World {
     servers: Vec<shuttle::thread::JoinHandle<()>>,
     /// The client VM's ASID (the device's and the fault path's name for it).
     pub vm: u32,
+    /// The client's id of that VM (what it names in its requests).
+    pub vm_id: u32,
     /// The bound view's GPU address now (it moves with the view).
     pub gpu_base: Arc<StdAtomicU64>,
     /// VRAM blocks held to leave little room (the pressure scenarios).
@@ -115,8 +121,11 @@ impl World {
             pager: pager.clone(),
             migrate: migrate.clone(),
             pressure: mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m)),
+            jobs: Default::default(),
         };
-        let gpu: Arc<GpuCore> = Arc::new(Inner::new(hw, 0, machine.vram.len() as u64));
+        let pages = machine.vram.len() as u64;
+        let budget = cfg.gpu_budget.clone();
+        let gpu: Arc<GpuCore> = Arc::new(Inner::with_budget(hw, 0, pages, budget));
         let _ = pager.gpu.set(gpu.clone());
         let _ = pager.notify.set(notify.clone());
         if let Some(mm) = &mm {
@@ -153,6 +162,7 @@ impl World {
             mm_endpoint,
             servers,
             vm,
+            vm_id,
             gpu_base: Arc::new(StdAtomicU64::new(GPU_BASE)),
             filler: std::sync::Mutex::new(filler),
         }
@@ -257,7 +267,8 @@ impl World {
 
     /// Stops the servers and checks the end of the run: no lock held, each
     /// page's data as `expect(p)` says, every page in VRAM in an allocated
-    /// block, VRAM holding exactly those pages, and no GPU mapping older
+    /// block, VRAM holding exactly those pages (and the buffer objects'
+    /// chunks placed there), and no GPU mapping older
     /// than its page's last acknowledged invalidation or pointing where
     /// the page is not.
     pub fn finish(mut self, expect: impl Fn(usize) -> u64) {
@@ -290,9 +301,10 @@ impl World {
             }
         }
         let filler = self.filler.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        let bo_pages = self.gpu.bos.vram_pages.load(StdOrdering::Acquire);
         assert_eq!(
             self.gpu.vram.used_pages(),
-            in_vram + filler,
+            in_vram + filler + bo_pages,
             "VRAM holds other than the pages in it (a leak)"
         );
         let base = self.gpu_base.load(StdOrdering::Acquire);

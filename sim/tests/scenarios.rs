@@ -98,6 +98,11 @@ fn hostile_ends_mid_migration() {
 }
 
 #[test]
+fn hostile_bos_race_the_victim() {
+    hostile_scenario("hostile_bos_race_the_victim");
+}
+
+#[test]
 fn gpu_server_dies_mid_collect() {
     scenario("gpu_server_dies_mid_collect");
 }
@@ -140,6 +145,7 @@ fn every_scenario_has_a_test() {
         "hostile_floods_and_forges",
         "hostile_ends_mid_migration",
         "gpu_server_dies_mid_collect",
+        "hostile_bos_race_the_victim",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);

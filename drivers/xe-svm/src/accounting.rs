@@ -18,7 +18,7 @@ impl Inner<HostPlatform> {
             jobs.in_flight(&retired)
         };
         let q = &session.quotas;
-        let (all_bos, _) = self.hw.bos.count();
+        let (all_bos, _) = self.bos.count();
         GpuUsage {
             vms: q.vms.used(),
             bos: q.bos.used(),

@@ -18,28 +18,23 @@
 //! - waiting for VRAM (mm-server's `Reserve`) happens with no reservation
 //!   lock held (rule 5): the job drops them all, waits, and starts over.
 
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use allocator_api2::alloc::Global;
-use hw::xe::layout;
 use hw::xe::pte::{PageSize, Target};
 use ipc_protocol::interfaces::gpu::GpuError;
 use session::{Handle, HandleTable};
 
-use crate::host::HostPlatform;
 use crate::platform::Platform;
-use crate::ppgtt::Ppgtt;
 use crate::server::{Inner, State, USER_VA_END};
 use crate::session::{self as ses, GpuSession};
+use crate::sync::{lock, Mutex, MutexGuard};
 use crate::vram::{Vram, MAX_ORDER};
 use crate::ww::{self, WwClass, WwMutex};
 
 const PAGE: u64 = 4096;
-/// The DMA slot of the BO SRAM pool.
-pub const POOL_SLOT: u32 = 63;
 /// How long a job waits in mm-server for VRAM to restore its objects.
 const RESERVE_TIMEOUT_MS: u32 = 5_000;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -86,7 +81,7 @@ impl Bo {
     /// Only the holder of `resv` touches the placement, so this never waits
     /// for long; the mutex makes that safe to express.
     fn placement(&self) -> MutexGuard<'_, Placement> {
-        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.placement)
     }
 }
 
@@ -106,10 +101,12 @@ impl BoMap {
     }
 }
 
+/// The BO world's records: the objects, their SRAM pool's allocator and
+/// the counters. The pool's memory is the platform's (`Platform::bo_pool`).
 pub struct BoStore {
     bos: Mutex<HandleTable<Arc<Bo>, Global>>,
     pub class: WwClass,
-    pool: hw::shm::Region,
+    /// Device address of the SRAM pool.
     pool_dma: u64,
     pool_alloc: Vram,
     /// VRAM pages BOs hold now.
@@ -123,33 +120,25 @@ pub struct BoStore {
 }
 
 impl BoStore {
-    pub fn new(bar: &hw::bar::Bar, pool_bytes: u64) -> Result<Self, String> {
-        let pool_bytes = pool_bytes.max(2 << 20) & !((2 << 20) - 1);
-        let pool = hw::shm::Region::create("xe-svm-bo-pool", pool_bytes as usize)
-            .map_err(|e| e.to_string())?;
-        let pool_dma = bar
-            .dma_map(
-                POOL_SLOT,
-                pool.dup_fd().map_err(|e| e.to_string())?,
-                pool_bytes,
-            )
-            .map_err(|e| e.to_string())?;
-        Ok(Self {
+    /// Records for a pool of `pool_bytes` (whole 2 MiB blocks are used) at
+    /// device address `pool_dma`.
+    pub fn new(pool_dma: u64, pool_bytes: u64) -> Self {
+        let pool_pages = (pool_bytes / PAGE) & !((1 << MAX_ORDER) - 1);
+        Self {
             bos: Mutex::new(HandleTable::new_in(MAX_BOS, Global)),
             class: WwClass::new(),
-            pool,
             pool_dma,
-            pool_alloc: Vram::new(0, pool_bytes / PAGE),
+            pool_alloc: Vram::new(0, pool_pages),
             vram_pages: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             restores: AtomicU64::new(0),
             use_clock: AtomicU64::new(1),
             submit: Mutex::new(()),
-        })
+        }
     }
 
     fn map(&self) -> MutexGuard<'_, HandleTable<Arc<Bo>, Global>> {
-        self.bos.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.bos)
     }
 
     /// The caller's object `id`; another client's is as unknown as a stale one.
@@ -207,17 +196,17 @@ fn chunk_orders(mut pages: u64) -> Vec<u32> {
     v
 }
 
-impl Inner<HostPlatform> {
+impl<P: Platform> Inner<P> {
     fn job_done(&self, job: u32) -> bool {
-        job == 0 || (self.hw.dev.bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
+        self.hw.job_retired(job)
     }
 
     /// Creates an object of `size_bytes` (a multiple of 4 KiB). It starts
     /// zeroed in its SRAM home; its first job places it in VRAM. The size
     /// is checked against the pool and the client's budget before anything
     /// is allocated for it.
-    pub(crate) fn create_bo(&self, owner: u64, size_bytes: u64) -> Result<u32, GpuError> {
-        let s = &self.hw.bos;
+    pub fn create_bo(&self, owner: u64, size_bytes: u64) -> Result<u32, GpuError> {
+        let s = &self.bos;
         if size_bytes == 0 || !size_bytes.is_multiple_of(PAGE) {
             return Err(GpuError::BadRange);
         }
@@ -253,7 +242,7 @@ impl Inner<HostPlatform> {
         session: &Arc<GpuSession>,
         size_bytes: u64,
     ) -> Result<u32, GpuError> {
-        let s = &self.hw.bos;
+        let s = &self.bos;
         let orders = chunk_orders(size_bytes / PAGE);
         let mut chunks = Vec::with_capacity(orders.len());
         for order in orders {
@@ -271,14 +260,9 @@ impl Inner<HostPlatform> {
                 }
             }
         }
-        // A home may hold an old object's data: punch it back to zeros.
+        // A home may hold an old object's data: back to zeros.
         for c in &chunks {
-            let _ = rustix::fs::fallocate(
-                s.pool.fd(),
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                c.sram_pfn * PAGE,
-                c.pages() * PAGE,
-            );
+            self.hw.clear_bo_home(s.sram_addr(c), c.pages() * PAGE);
         }
         let pages = size_bytes / PAGE;
         let placement = Placement {
@@ -306,11 +290,10 @@ impl Inner<HostPlatform> {
     /// returns the (asid, va, len) ranges to invalidate.
     fn write_bo_ptes(
         &self,
-        st: &mut State<Ppgtt>,
+        st: &mut State<P::Tables>,
         bo: &Bo,
         chunks: &[Chunk],
     ) -> Vec<(u32, u64, u64)> {
-        let bar = &self.hw.dev.bar;
         let mut ranges = Vec::new();
         for (asid, vm) in st.vms.iter_mut() {
             let maps: Vec<BoMap> = vm.bos.iter().filter(|m| m.bo == bo.id).copied().collect();
@@ -319,22 +302,16 @@ impl Inner<HostPlatform> {
                 for c in chunks {
                     let (base, target) = match c.vram_pfn {
                         Some(pfn) => (pfn * PAGE, Target::Device),
-                        None => (self.hw.bos.sram_addr(c), Target::System),
+                        None => (self.bos.sram_addr(c), Target::System),
                     };
                     if c.order == MAX_ORDER && va % (2 << 20) == 0 {
-                        let _ = vm
-                            .tables
-                            .map(bar, &self.hw.pt, va, base, PageSize::Size2M, target);
+                        self.hw
+                            .map(&mut vm.tables, va, base, PageSize::Size2M, target);
                     } else {
                         for p in 0..c.pages() {
-                            let _ = vm.tables.map(
-                                bar,
-                                &self.hw.pt,
-                                va + p * PAGE,
-                                base + p * PAGE,
-                                PageSize::Size4K,
-                                target,
-                            );
+                            let (va, base) = (va + p * PAGE, base + p * PAGE);
+                            self.hw
+                                .map(&mut vm.tables, va, base, PageSize::Size4K, target);
                         }
                     }
                     va += c.pages() * PAGE;
@@ -346,14 +323,8 @@ impl Inner<HostPlatform> {
     }
 
     /// Maps `bo` at `gpu_addr` of the caller's VM `vm`.
-    pub(crate) fn map_bo(
-        &self,
-        owner: u64,
-        vm: u32,
-        bo_id: u32,
-        gpu_addr: u64,
-    ) -> Result<(), GpuError> {
-        let bo = self.hw.bos.get(owner, bo_id)?;
+    pub fn map_bo(&self, owner: u64, vm: u32, bo_id: u32, gpu_addr: u64) -> Result<(), GpuError> {
+        let bo = self.bos.get(owner, bo_id)?;
         // Checked: an end past 2^64 must not wrap to a low address.
         let end = bo
             .pages
@@ -393,8 +364,8 @@ impl Inner<HostPlatform> {
     }
 
     /// Destroys an idle object: unmapped everywhere, VRAM and home freed.
-    pub(crate) fn destroy_bo(&self, owner: u64, bo_id: u32) -> Result<(), GpuError> {
-        let bo = self.hw.bos.get(owner, bo_id)?;
+    pub fn destroy_bo(&self, owner: u64, bo_id: u32) -> Result<(), GpuError> {
+        let bo = self.bos.get(owner, bo_id)?;
         self.destroy_bo_locked(&bo, false)
     }
 
@@ -410,7 +381,7 @@ impl Inner<HostPlatform> {
             bo.resv.unlock();
             return Err(GpuError::Busy);
         }
-        if self.hw.bos.map().remove(Handle::from_raw(bo.id)).is_none() {
+        if self.bos.map().remove(Handle::from_raw(bo.id)).is_none() {
             bo.resv.unlock();
             return Err(GpuError::NoSuchBo); // another call destroyed it
         }
@@ -420,13 +391,10 @@ impl Inner<HostPlatform> {
         for c in p.chunks.drain(..) {
             if let Some(pfn) = c.vram_pfn {
                 let _ = self.vram.free_unused(pfn);
-                self.hw
-                    .bos
-                    .vram_pages
-                    .fetch_sub(c.pages(), Ordering::Relaxed);
+                self.bos.vram_pages.fetch_sub(c.pages(), Ordering::Relaxed);
                 bo.session.release(ses::vram_bytes, c.pages() * PAGE);
             }
-            let _ = self.hw.bos.pool_alloc.free_unused(c.sram_pfn);
+            let _ = self.bos.pool_alloc.free_unused(c.sram_pfn);
         }
         drop(p);
         bo.resv.unlock();
@@ -445,9 +413,7 @@ impl Inner<HostPlatform> {
             let maps: Vec<BoMap> = vm.bos.iter().filter(|m| m.bo == bo.id).copied().collect();
             vm.bos.retain(|m| m.bo != bo.id);
             for m in maps {
-                let _ = vm
-                    .tables
-                    .unmap(&self.hw.dev.bar, &self.hw.pt, m.gpu_addr, m.pages * PAGE);
+                self.hw.unmap(&mut vm.tables, m.gpu_addr, m.pages * PAGE);
                 ranges.push((*asid, m.gpu_addr, m.pages * PAGE));
             }
         }
@@ -458,8 +424,8 @@ impl Inner<HostPlatform> {
     /// first); returns how many.
     pub(crate) fn destroy_bos_of(&self, owner: u64) -> usize {
         let mut n = 0;
-        for id in self.hw.bos.ids_of(owner) {
-            let Some(bo) = self.hw.bos.get_any(id) else {
+        for id in self.bos.ids_of(owner) {
+            let Some(bo) = self.bos.get_any(id) else {
                 continue;
             };
             match self.destroy_bo_locked(&bo, true) {
@@ -470,41 +436,33 @@ impl Inner<HostPlatform> {
         n
     }
 
-    /// Copies `bo` into a new memfd once its jobs are done.
-    pub(crate) fn read_bo(&self, owner: u64, bo_id: u32) -> Result<(u64, OwnedFd), GpuError> {
-        let bo = self.hw.bos.get(owner, bo_id)?;
+    /// Runs `read` over the device address and length of each chunk of
+    /// `bo`, in order, once its jobs are done and with its reservation
+    /// held (so no eviction or restore moves it meanwhile).
+    pub fn read_bo_with<R>(
+        &self,
+        owner: u64,
+        bo_id: u32,
+        read: impl FnOnce(u64, &[(u64, u64)]) -> Result<R, GpuError>,
+    ) -> Result<R, GpuError> {
+        let bo = self.bos.get(owner, bo_id)?;
         if !bo.resv.lock_single(IDLE_TIMEOUT) {
             return Err(GpuError::Busy);
         }
         let r = (|| {
             let p = bo.placement();
-            if !self.job_done(p.busy_job)
-                && self
-                    .hw
-                    .dev
-                    .bar
-                    .wait_seqno(layout::REG_CCS_DONE, p.busy_job, IDLE_TIMEOUT)
-                    .is_err()
-            {
+            if !self.job_done(p.busy_job) && !self.hw.wait_job(p.busy_job, IDLE_TIMEOUT) {
                 return Err(GpuError::Busy);
             }
-            let size = bo.pages * PAGE;
-            let out = hw::shm::Region::create("xe-svm-bo-read", size as usize)
-                .map_err(|_| GpuError::OutOfMetadata)?;
-            let mut buf = vec![0u8; 2 << 20];
-            let mut off = 0u64;
-            for c in &p.chunks {
-                let n = (c.pages() * PAGE) as usize;
-                let ok = match c.vram_pfn {
-                    Some(pfn) => self.hw.dev.bar.vram().read(pfn * PAGE, &mut buf[..n]),
-                    None => self.hw.bos.pool.read(c.sram_pfn * PAGE, &mut buf[..n]),
-                };
-                if !ok || !out.write(off, &buf[..n]) {
-                    return Err(GpuError::DeviceLost);
-                }
-                off += n as u64;
-            }
-            Ok((size, out.dup_fd().map_err(|_| GpuError::OutOfMetadata)?))
+            let runs: Vec<(u64, u64)> = p
+                .chunks
+                .iter()
+                .map(|c| {
+                    let addr = c.vram_pfn.map_or(self.bos.sram_addr(c), |pfn| pfn * PAGE);
+                    (addr, c.pages() * PAGE)
+                })
+                .collect();
+            read(bo.pages * PAGE, &runs)
         })();
         bo.resv.unlock();
         r
@@ -515,7 +473,7 @@ impl Inner<HostPlatform> {
     /// short), submits the job with `push` and marks them busy with it.
     /// An object that cannot get VRAM runs from its SRAM home.
     /// `push` returns the device job id and what the caller answers.
-    pub(crate) fn submit_with_bos<R>(
+    pub fn submit_with_bos<R>(
         &self,
         vm: u32,
         addr: u64,
@@ -530,14 +488,14 @@ impl Inner<HostPlatform> {
             let bos: Vec<Arc<Bo>> = {
                 let st = self.lock();
                 let v = st.vms.get(&vm).ok_or(GpuError::NoSuchVm)?;
-                let map = self.hw.bos.map();
+                let map = self.bos.map();
                 v.bos
                     .iter()
                     .filter(|m| m.overlaps(addr, len))
                     .filter_map(|m| map.get(Handle::from_raw(m.bo)).cloned())
                     .collect()
             };
-            let ctx = self.hw.bos.class.context();
+            let ctx = self.bos.class.context();
             let set: Vec<&WwMutex> = bos.iter().map(|b| &b.resv).collect();
             let held = ww::lock_all(&set, &ctx);
             let unlock = || held.iter().for_each(|&h| set[h].unlock());
@@ -571,10 +529,10 @@ impl Inner<HostPlatform> {
                 continue;
             }
             let r = {
-                let _order = self.hw.bos.submit.lock().unwrap_or_else(|e| e.into_inner());
+                let _order = lock(&self.bos.submit);
                 push().inspect(|&(job, _)| {
                     self.note_vm_job(vm, job);
-                    let now = self.hw.bos.use_clock.fetch_add(1, Ordering::Relaxed);
+                    let now = self.bos.use_clock.fetch_add(1, Ordering::Relaxed);
                     for b in &bos {
                         let mut p = b.placement();
                         p.busy_job = job;
@@ -612,7 +570,7 @@ impl Inner<HostPlatform> {
             }
             match self.vram.alloc(c.order) {
                 Ok(pfn) => {
-                    copies.push((self.hw.bos.sram_addr(c), pfn * PAGE, c.pages() * PAGE));
+                    copies.push((self.bos.sram_addr(c), pfn * PAGE, c.pages() * PAGE));
                     placed.push((i, pfn));
                 }
                 Err(_) => {
@@ -624,12 +582,7 @@ impl Inner<HostPlatform> {
         if placed.is_empty() {
             return Ok(short);
         }
-        if !self
-            .hw
-            .dev
-            .copy(&copies)
-            .map_err(|_| GpuError::DeviceLost)?
-        {
+        if !self.hw.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
             for (i, pfn) in placed {
                 let _ = self.vram.free_unused(pfn);
                 bo.session
@@ -639,8 +592,7 @@ impl Inner<HostPlatform> {
         }
         for &(i, pfn) in &placed {
             p.chunks[i].vram_pfn = Some(pfn);
-            self.hw
-                .bos
+            self.bos
                 .vram_pages
                 .fetch_add(p.chunks[i].pages(), Ordering::Relaxed);
         }
@@ -648,20 +600,15 @@ impl Inner<HostPlatform> {
         drop(p);
         let ranges = self.write_bo_ptes(&mut self.lock(), bo, &chunks);
         self.invalidate_ranges(&ranges)?;
-        self.hw.bos.restores.fetch_add(1, Ordering::Relaxed);
+        self.bos.restores.fetch_add(1, Ordering::Relaxed);
         Ok(short)
     }
 
     /// The shrinker (`GpuShrink::Shrink`): evicts idle objects, least
     /// recently used first, until `bytes` have left VRAM. Trylock only.
-    pub(crate) fn shrink_bos(&self, bytes: u64) -> Result<(u64, u32), GpuError> {
-        let mut candidates: Vec<(u64, Arc<Bo>)> = self
-            .hw
-            .bos
-            .map()
-            .iter()
-            .map(|(_, b)| (0, b.clone()))
-            .collect();
+    pub fn shrink_bos(&self, bytes: u64) -> Result<(u64, u32), GpuError> {
+        let mut candidates: Vec<(u64, Arc<Bo>)> =
+            self.bos.map().iter().map(|(_, b)| (0, b.clone())).collect();
         for (key, b) in candidates.iter_mut() {
             // Unlocked peek: only an ordering hint.
             *key = b
@@ -704,15 +651,10 @@ impl Inner<HostPlatform> {
             .iter()
             .filter_map(|c| {
                 c.vram_pfn
-                    .map(|pfn| (pfn * PAGE, self.hw.bos.sram_addr(c), c.pages() * PAGE))
+                    .map(|pfn| (pfn * PAGE, self.bos.sram_addr(c), c.pages() * PAGE))
             })
             .collect();
-        if !self
-            .hw
-            .dev
-            .copy(&copies)
-            .map_err(|_| GpuError::DeviceLost)?
-        {
+        if !self.hw.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
             return Err(GpuError::DeviceLost);
         }
         let mut old = Vec::new();
@@ -729,11 +671,11 @@ impl Inner<HostPlatform> {
         let mut pages = 0;
         for (pfn, n) in old {
             let _ = self.vram.free_unused(pfn);
-            self.hw.bos.vram_pages.fetch_sub(n, Ordering::Relaxed);
+            self.bos.vram_pages.fetch_sub(n, Ordering::Relaxed);
             bo.session.release(ses::vram_bytes, n * PAGE);
             pages += n;
         }
-        self.hw.bos.evictions.fetch_add(1, Ordering::Relaxed);
+        self.bos.evictions.fetch_add(1, Ordering::Relaxed);
         Ok(pages)
     }
 }

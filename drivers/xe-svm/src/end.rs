@@ -10,11 +10,11 @@
 //! Its quotas come back as the records go; `Gpu::Accounting` shows the
 //! server-wide totals back where they were.
 
-use crate::host::HostPlatform;
+use crate::platform::Platform;
 use crate::server::Inner;
 use crate::sync::lock;
 
-impl Inner<HostPlatform> {
+impl<P: Platform> Inner<P> {
     /// Client `badge` is gone: its session ends.
     pub fn end_session(&self, badge: u64) {
         let vms = self.destroy_vms_of(badge);
@@ -22,7 +22,7 @@ impl Inner<HostPlatform> {
         let Some(session) = self.sessions.take(badge) else {
             return;
         };
-        let retired = |j: u32| self.hw.dev.bar.job_result(j);
+        let retired = |j: u32| self.hw.job_result(j);
         lock(&self.jobs).end(&session, &retired);
         let left: Vec<_> = session
             .quotas

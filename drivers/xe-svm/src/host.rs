@@ -22,7 +22,6 @@ use ipc_protocol::server::Handler;
 use ipc_protocol::types::{BoId, JobId, MemoryKind, VmId, World};
 use ipc_protocol::Capability;
 
-use crate::bo::BoStore;
 use crate::budget::GpuBudget;
 use crate::device::Device;
 use crate::faults::Dispatch;
@@ -34,6 +33,8 @@ use crate::vram::Vram;
 const PAGE: u64 = 4096;
 const STAGING_SLOT: u32 = 1;
 const ZERO_SLOT: u32 = 62;
+/// The DMA slot of the BO SRAM pool.
+const POOL_SLOT: u32 = 63;
 const FIRST_OBJECT_SLOT: u32 = 2;
 
 /// DMA slots for objects: the next never used, and those given back.
@@ -47,7 +48,9 @@ pub struct HostPlatform {
     pub dev: Arc<Device>,
     /// VRAM kept for page tables.
     pub pt: Vram,
-    pub bos: BoStore,
+    /// The BO world's SRAM pool, DMA-mapped at `pool_dma`.
+    pool: hw::shm::Region,
+    pool_dma: u64,
     pub(crate) migrate: Client<PagerMigrate>,
     /// mm-server: told our VRAM usage after each change (rule 7's
     /// accounting), and where allocations that find no VRAM wait (rule 5).
@@ -65,6 +68,15 @@ impl HostPlatform {
             .unwrap_or_else(|e| e.into_inner())
             .free
             .push(slot);
+    }
+
+    /// Copies `buf.len()` bytes at device address `addr` (VRAM, or the BO
+    /// pool) into `buf`.
+    fn read_device(&self, addr: u64, buf: &mut [u8]) -> bool {
+        match addr.checked_sub(self.pool_dma) {
+            Some(off) if self.pool_dma > 0 => self.pool.read(off, buf),
+            _ => self.dev.bar.vram().read(addr, buf),
+        }
     }
 
     /// A free DMA slot for an object.
@@ -168,8 +180,17 @@ impl Platform for HostPlatform {
             }
         }
     }
-    fn bo_vram_pages(&self) -> u64 {
-        self.bos.vram_pages.load(Ordering::Relaxed)
+    fn bo_pool(&self) -> (u64, u64) {
+        (self.pool_dma, self.pool.len() as u64)
+    }
+    fn clear_bo_home(&self, addr: u64, len: u64) {
+        let Some(off) = addr.checked_sub(self.pool_dma) else {
+            return;
+        };
+        let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        if let Err(e) = rustix::fs::fallocate(self.pool.fd(), punch, off, len) {
+            log::warn!("xe-svm: clearing a BO home: {e}");
+        }
     }
     /// Retired: every job up to it is (the in-order register), or its own
     /// job table slot says so (written before the register moves).
@@ -178,6 +199,17 @@ impl Platform for HostPlatform {
         job == 0
             || (bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
             || bar.job_result(job).is_some()
+    }
+    fn wait_job(&self, job: u32, timeout: std::time::Duration) -> bool {
+        self.job_retired(job)
+            || self
+                .dev
+                .bar
+                .wait_seqno(layout::REG_CCS_DONE, job, timeout)
+                .is_ok()
+    }
+    fn job_result(&self, job: u32) -> Option<(u32, u32)> {
+        self.dev.bar.job_result(job)
     }
 }
 
@@ -213,9 +245,20 @@ impl GpuServer {
                 2 << 20,
             )
             .map_err(|e| e.to_string())?;
-        let bos = BoStore::new(&dev.bar, bo_pool_bytes)?;
+        let pool_bytes = bo_pool_bytes.max(2 << 20) & !((2 << 20) - 1);
+        let pool = hw::shm::Region::create("xe-svm-bo-pool", pool_bytes as usize)
+            .map_err(|e| e.to_string())?;
+        let pool_dma = dev
+            .bar
+            .dma_map(
+                POOL_SLOT,
+                pool.dup_fd().map_err(|e| e.to_string())?,
+                pool_bytes,
+            )
+            .map_err(|e| e.to_string())?;
         let hw = HostPlatform {
-            bos,
+            pool,
+            pool_dma,
             pt: Vram::new(total - pt, pt),
             dev,
             migrate,
@@ -229,6 +272,24 @@ impl GpuServer {
         };
         Ok(Self {
             inner: Arc::new(Inner::with_budget(hw, 0, data_pages, budget)),
+        })
+    }
+
+    /// `ReadBo`: the object's bytes in a new memfd.
+    fn read_bo(&self, owner: u64, bo: u32) -> Result<(u64, OwnedFd), GpuError> {
+        self.inner.read_bo_with(owner, bo, |size, runs| {
+            let out = hw::shm::Region::create("xe-svm-bo-read", size as usize)
+                .map_err(|_| GpuError::OutOfMetadata)?;
+            let mut buf = vec![0u8; 2 << 20];
+            let mut off = 0u64;
+            for &(addr, len) in runs {
+                let chunk = &mut buf[..len as usize];
+                if !self.inner.hw.read_device(addr, chunk) || !out.write(off, chunk) {
+                    return Err(GpuError::DeviceLost);
+                }
+                off += len;
+            }
+            Ok((size, out.dup_fd().map_err(|_| GpuError::OutOfMetadata)?))
         })
     }
 
@@ -409,7 +470,7 @@ impl Handler<g::Gpu> for GpuServer {
                 Ok((g::Reply::DestroyBo(g::Done {}), vec![]))
             }
             g::Request::ReadBo(g::ReadBo { bo }) => {
-                let (size_bytes, fd) = inner.read_bo(owner, bo.get())?;
+                let (size_bytes, fd) = self.read_bo(owner, bo.get())?;
                 Ok((g::Reply::ReadBo(g::BoData { size_bytes }), vec![fd]))
             }
             g::Request::Stats(_) => {
@@ -421,8 +482,8 @@ impl Handler<g::Gpu> for GpuServer {
                         gpu_faults: c.gpu_faults.load(Ordering::Relaxed),
                         pages_to_vram: c.pages_to_vram.load(Ordering::Relaxed),
                         pages_to_ram: c.pages_to_ram.load(Ordering::Relaxed),
-                        bo_evictions: inner.hw.bos.evictions.load(Ordering::Relaxed),
-                        bo_restores: inner.hw.bos.restores.load(Ordering::Relaxed),
+                        bo_evictions: inner.bos.evictions.load(Ordering::Relaxed),
+                        bo_restores: inner.bos.restores.load(Ordering::Relaxed),
                         bo_vram_bytes: inner.vram_by_world().0,
                         invalidations: c.invalidations.load(Ordering::Relaxed),
                     }),

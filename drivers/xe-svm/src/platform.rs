@@ -5,6 +5,8 @@
 //! deterministic simulation (`sim/`) with simulated actors. The core's
 //! rules (5, 6, 8, 9) live in `server.rs` and `views.rs`, once, for both.
 
+use std::time::Duration;
+
 use hw::xe::pte::{PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
 use ipc_protocol::types::World;
@@ -50,12 +52,29 @@ pub trait Platform: Send + Sync + 'static {
     fn release(&self, world: World, bytes: u64);
     /// Tells mm-server what each world holds now (one-way).
     fn report_usage(&self, bo_bytes: u64, svm_bytes: u64);
-    /// VRAM pages the BO world holds (0 where there is none).
-    fn bo_vram_pages(&self) -> u64;
+
+    /// The BO world's SRAM pool, where evicted buffer objects live: its
+    /// device address and bytes (`(0, 0)`: no pool, no buffer objects).
+    fn bo_pool(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    /// Zeroes `[addr, addr + len)` of the SRAM pool (a new object's home).
+    fn clear_bo_home(&self, addr: u64, len: u64);
+
     /// Whether device job `job` (0: none) has retired, so nothing it does
     /// can reach a binding any more. Where there are no jobs: always.
     fn job_retired(&self, job: u32) -> bool {
         let _ = job;
         true
+    }
+    /// Waits up to `timeout` for `job` to retire; whether it did.
+    fn wait_job(&self, job: u32, timeout: Duration) -> bool {
+        let _ = timeout;
+        self.job_retired(job)
+    }
+    /// The result of a retired job (`None`: still running, or unknown).
+    fn job_result(&self, job: u32) -> Option<(u32, u32)> {
+        let _ = job;
+        None
     }
 }

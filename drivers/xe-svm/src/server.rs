@@ -28,7 +28,7 @@ use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, World};
 use allocator_api2::alloc::Global;
 use session::{Handle, HandleTable};
 
-use crate::bo::BoMap;
+use crate::bo::{BoMap, BoStore};
 use crate::budget::GpuBudget;
 use crate::density;
 use crate::job_table::JobTable;
@@ -211,6 +211,8 @@ pub struct Inner<P: Platform> {
     pub(crate) jobs: Mutex<JobTable>,
     /// One session per client badge (`session.rs`, `end.rs`).
     pub sessions: Sessions,
+    /// The BO world (`bo.rs`): buffer objects in VRAM or their SRAM homes.
+    pub bos: BoStore,
     pub counters: Counters,
 }
 
@@ -225,7 +227,9 @@ impl<P: Platform> Inner<P> {
     pub fn with_budget(hw: P, first_pfn: u64, pages: u64, budget: GpuBudget) -> Self {
         // ASID 0 is the device's "no context": VMs get 1..MAX_ASIDS.
         let asids = layout::MAX_ASIDS as u32 - 1;
+        let (pool_dma, pool_bytes) = hw.bo_pool();
         Self {
+            bos: BoStore::new(pool_dma, pool_bytes),
             hw,
             vram: Vram::new(first_pfn, pages),
             state: Mutex::new(State {
@@ -296,7 +300,7 @@ impl<P: Platform> Inner<P> {
 
     /// VRAM held by (buffer objects, SVM pages).
     pub fn vram_by_world(&self) -> (u64, u64) {
-        let bo = self.hw.bo_vram_pages() * PAGE;
+        let bo = self.bos.vram_pages.load(Ordering::Relaxed) * PAGE;
         (bo, (self.vram.used_pages() * PAGE).saturating_sub(bo))
     }
 
