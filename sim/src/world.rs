@@ -267,8 +267,8 @@ impl World {
 
     /// Stops the servers and checks the end of the run: no lock held, each
     /// page's data as `expect(p)` says, every page in VRAM in an allocated
-    /// block, VRAM holding exactly those pages (and the buffer objects'
-    /// chunks placed there), and no GPU mapping older
+    /// block, each VRAM block counting exactly the pages in it and no block
+    /// unowned but the filler's and the buffer objects', and no GPU mapping older
     /// than its page's last acknowledged invalidation or pointing where
     /// the page is not.
     pub fn finish(mut self, expect: impl Fn(usize) -> u64) {
@@ -282,7 +282,7 @@ impl World {
             h.join().expect("a server thread panicked");
         }
         let table = self.pager.table();
-        let mut in_vram = 0;
+        let mut frames = Vec::new();
         for p in 0..self.machine.pages {
             let i = table.info(p).expect("page in range");
             assert!(!i.locked, "page {p} was left locked");
@@ -297,16 +297,12 @@ impl World {
                     self.gpu.vram.holds(pfn),
                     "rule 6: page {p} lives in frame {pfn}, whose block was freed"
                 );
-                in_vram += 1;
+                frames.push(pfn);
             }
         }
         let filler = self.filler.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
         let bo_pages = self.gpu.bos.vram_pages.load(StdOrdering::Acquire);
-        assert_eq!(
-            self.gpu.vram.used_pages(),
-            in_vram + filler + bo_pages,
-            "VRAM holds other than the pages in it (a leak)"
-        );
+        self.vram_holds_exactly(&frames, filler + bo_pages);
         let base = self.gpu_base.load(StdOrdering::Acquire);
         for (va, pte) in self.machine.ptes(self.vm) {
             assert!(
@@ -328,6 +324,38 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Rule 6 at the end: each block SVM pages hold counts exactly the
+    /// pages in it and was filled once (a block stays while any of its
+    /// pages does, so one some of whose pages left is no leak; one never
+    /// filled is), and the blocks no page holds are the filler's and the
+    /// buffer objects' (`unowned` pages).
+    fn vram_holds_exactly(&self, frames: &[u64], unowned: u64) {
+        let mut idle = 0;
+        for b in self.gpu.vram.blocks() {
+            let (base, size, refs) = (b.first_pfn, b.pages, b.resident);
+            let inside = frames
+                .iter()
+                .filter(|f| (base..base + size).contains(*f))
+                .count();
+            assert_eq!(
+                inside, refs as usize,
+                "VRAM block {base}+{size}: {refs} resident pages counted, {inside} pages in it"
+            );
+            if refs == 0 {
+                idle += size;
+            } else {
+                assert!(
+                    b.filled,
+                    "VRAM block {base}+{size} was never filled (waste)"
+                );
+            }
+        }
+        assert_eq!(
+            idle, unowned,
+            "VRAM no page holds, other than the filler's and the objects' (a leak)"
+        );
     }
 
     fn value_of(&self, p: usize, r: Residency) -> u64 {

@@ -35,11 +35,9 @@ impl<F: Fn(u64) -> bool> Occupancy for F {
 
 /// How migrations are sized. Whole chunks by default; `XE_SVM_MIGRATION=
 /// density` in xe-svm's environment opts in to density sizing, which is
-/// not the default while two defects stand: the simulation finds a page of
-/// VRAM that no page names after some interleavings (`failing_copies`,
-/// `fork_racing_migration`, `gpu_fault_racing_cpu_faults` with it), and
-/// under oversubscription with CPU readers it moves 4 KiB per fault round
-/// (BENCHMARKS.md, 2026-12-03).
+/// not the default while under oversubscription with CPU readers it moves
+/// 4 KiB per fault round (BENCHMARKS.md, 2026-12-03). (The simulation's
+/// scenarios all pass with it.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sizing {
     /// [`migration_pages`]: by density.

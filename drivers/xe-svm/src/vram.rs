@@ -26,12 +26,27 @@ struct Block {
     order: u32,
     /// Resident pages; the block is freed when this returns to zero.
     refs: u32,
+    /// The most resident pages it ever had: a block fewer pages than its
+    /// size ever filled wastes VRAM (a migration must [`Vram::keep`]).
+    peak: u32,
 }
 
 struct Buddy {
     free: Vec<BTreeSet<u64>>,
     used: HashMap<u64, Block>,
     used_pages: u64,
+}
+
+/// An allocated block as [`Vram::blocks`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockInfo {
+    pub first_pfn: u64,
+    pub pages: u64,
+    /// Pages resident in it now.
+    pub resident: u32,
+    /// Whether every page of it was resident at once (rule 6 then lets
+    /// them leave one by one; a block never filled was wasted VRAM).
+    pub filled: bool,
 }
 
 pub struct Vram {
@@ -94,9 +109,33 @@ impl Vram {
         for o in (order..from).rev() {
             b.free[o as usize].insert(pfn + (1 << o));
         }
-        b.used.insert(pfn, Block { order, refs: 0 });
+        b.used.insert(
+            pfn,
+            Block {
+                order,
+                refs: 0,
+                peak: 0,
+            },
+        );
         b.used_pages += 1 << order;
         Ok(pfn)
+    }
+
+    /// Every allocated block by frame (the simulation's end-of-run check).
+    pub fn blocks(&self) -> Vec<BlockInfo> {
+        let b = self.lock();
+        let mut v: Vec<_> = b
+            .used
+            .iter()
+            .map(|(&first_pfn, bl)| BlockInfo {
+                first_pfn,
+                pages: 1 << bl.order,
+                resident: bl.refs,
+                filled: u64::from(bl.peak) == 1 << bl.order,
+            })
+            .collect();
+        v.sort_by_key(|i| i.first_pfn);
+        v
     }
 
     /// Counts `n` pages of the block at `pfn` as resident.
@@ -104,6 +143,7 @@ impl Vram {
         let mut b = self.lock();
         let block = b.used.get_mut(&pfn).ok_or(VramError::NotAllocated)?;
         block.refs += n;
+        block.peak = block.peak.max(block.refs);
         Ok(())
     }
 
@@ -133,7 +173,14 @@ impl Vram {
         if n == 0 {
             Self::merge_free(b, base, order);
         } else if u64::from(n) == size {
-            b.used.insert(base, Block { order, refs: n });
+            b.used.insert(
+                base,
+                Block {
+                    order,
+                    refs: n,
+                    peak: n,
+                },
+            );
             b.used_pages += size;
         } else {
             Self::keep_part(b, base, order - 1, resident);
