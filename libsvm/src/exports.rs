@@ -308,6 +308,32 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> i32 {
     })
 }
 
+/// The kernel first; then, for pager memory, the GPU follows
+/// (`Pages::protect`). A GPU that cannot follow fails the call with
+/// `ENOMEM` (the CPU side has changed, as a partial `mprotect` may).
+///
+/// # Safety
+/// As `mprotect(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: i32) -> i32 {
+    guard(-1, || {
+        if let Err(e) = sys::mprotect(addr as usize, len, prot) {
+            return errno_result(Err(e));
+        }
+        if !pages::owns(addr as u64) {
+            return 0;
+        }
+        let r = on_heap(|h| h.pages().protect(addr as u64, len as u64, prot));
+        match r {
+            Some(Err(e)) => {
+                log::warn!("libsvm: the GPU could not follow mprotect: {e:?}");
+                errno_result(Err(libc::ENOMEM))
+            }
+            _ => 0,
+        }
+    })
+}
+
 /// `mremap` is variadic in C; the optional fifth argument arrives in its
 /// register under the x86-64 and AArch64 calling conventions.
 ///

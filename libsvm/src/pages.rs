@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_protocol::interfaces::gpu::BindView;
+use ipc_protocol::interfaces::gpu::{BindView, Protect, PROT_READ, PROT_WRITE};
 use ipc_protocol::interfaces::pager::{AttachView, CreateObject, Discard};
 use ipc_protocol::types::{ObjectId, ViewId, VmId};
 
@@ -288,6 +288,36 @@ impl Pages {
             first_page: (addr - r.addr) / PAGE,
             pages: len / PAGE,
         })?;
+        Ok(())
+    }
+
+    /// The GPU follows an `mprotect` of pager memory: `Gpu::Protect` in
+    /// every mirror VM (where regions are bound at their CPU addresses).
+    /// `prot` is the C call's (`PROT_EXEC` has no GPU meaning).
+    pub fn protect(&self, addr: u64, len: u64, prot: i32) -> Result<(), SvmError> {
+        let mut gpu = 0;
+        if prot & libc::PROT_READ != 0 {
+            gpu |= PROT_READ;
+        }
+        if prot & libc::PROT_WRITE != 0 {
+            gpu |= PROT_READ | PROT_WRITE;
+        }
+        let start = addr & !(PAGE - 1);
+        let end = addr.checked_add(len).ok_or(SvmError::Invalid)?;
+        let end = end
+            .checked_next_multiple_of(PAGE)
+            .ok_or(SvmError::Invalid)?;
+        if end == start {
+            return Ok(());
+        }
+        for &vm in &self.mirrors {
+            conn()?.gpu.call(Protect {
+                vm,
+                gpu_addr: start,
+                len: end - start,
+                prot: gpu,
+            })?;
+        }
         Ok(())
     }
 

@@ -24,6 +24,7 @@ pub mod negative;
 pub mod net;
 pub mod pager;
 pub mod platform;
+pub mod protect;
 pub mod scenarios;
 pub mod world;
 

@@ -40,6 +40,8 @@ pub struct Pte {
     pub target: Target,
     /// The machine clock when it was written (rule 8's check).
     pub made_at: u64,
+    /// A write through it lands; else the access faults.
+    pub writable: bool,
 }
 
 pub type PteMap = HashMap<u64, Pte>;
@@ -181,7 +183,7 @@ impl Machine {
             .remove(&asid);
     }
 
-    pub fn map(&self, t: &SimTables, va: u64, addr: u64, size: PageSize, target: Target) {
+    pub fn map(&self, t: &SimTables, va: u64, addr: u64, size: PageSize, target: Target, w: bool) {
         let pages = if size == PageSize::Size2M {
             512
         } else if size == PageSize::Size64K {
@@ -198,6 +200,7 @@ impl Machine {
                     addr: addr + i * PAGE,
                     target,
                     made_at,
+                    writable: w,
                 },
             );
         }
@@ -263,6 +266,9 @@ impl Machine {
         else {
             return GpuAccess::Fault;
         };
+        if add > 0 && !pte.writable {
+            return GpuAccess::Fault; // a write access violation
+        }
         let acked = self.last_ack[page].load(Ordering::Acquire);
         assert!(pte.made_at > acked, "rule 8: the GPU used a mapping of page {page} made (t={}) before its invalidation was acknowledged (t={acked})", pte.made_at);
         let (locked, in_vram) = state();

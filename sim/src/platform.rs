@@ -73,8 +73,8 @@ impl Platform for SimPlatform {
     fn new_tables(&self, asid: u32) -> Result<SimTables, PortError> {
         Ok(self.machine.new_tables(asid))
     }
-    fn map(&self, t: &mut SimTables, va: u64, addr: u64, size: PageSize, target: Target) {
-        self.machine.map(t, va, addr, size, target);
+    fn map(&self, t: &mut SimTables, va: u64, addr: u64, size: PageSize, target: Target, w: bool) {
+        self.machine.map(t, va, addr, size, target, w);
     }
     fn unmap(&self, t: &mut SimTables, va: u64, len: u64) {
         self.machine.unmap(t, va, len);

@@ -42,6 +42,7 @@ pub fn all() -> Vec<Scenario> {
     .into_iter()
     .chain(crate::hostile::all())
     .chain(crate::hostile_bo::all())
+    .chain(crate::protect::all())
     .collect()
 }
 

@@ -98,6 +98,11 @@ fn hostile_ends_mid_migration() {
 }
 
 #[test]
+fn read_only_refuses_gpu_writes() {
+    scenario("read_only_refuses_gpu_writes");
+}
+
+#[test]
 fn hostile_bos_race_the_victim() {
     hostile_scenario("hostile_bos_race_the_victim");
 }
@@ -146,6 +151,7 @@ fn every_scenario_has_a_test() {
         "hostile_ends_mid_migration",
         "gpu_server_dies_mid_collect",
         "hostile_bos_race_the_victim",
+        "read_only_refuses_gpu_writes",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);

@@ -125,7 +125,7 @@ fn every_message_has_a_golden_vector() {
     let count = |name: &str| v.lines().filter(|l| l.starts_with(name)).count();
     // 7 interfaces; each of their messages appears.
     assert_eq!(count("Pager "), 10 + 10 + pager::PagerError::all().len());
-    assert_eq!(count("Gpu "), 15 + 15 + gpu::GpuError::all().len());
+    assert_eq!(count("Gpu "), 16 + 16 + gpu::GpuError::all().len());
     assert_eq!(
         count("Pressure "),
         4 + 3 + pressure::PressureError::all().len()

@@ -306,12 +306,12 @@ impl<P: Platform> Inner<P> {
                     };
                     if c.order == MAX_ORDER && va % (2 << 20) == 0 {
                         self.hw
-                            .map(&mut vm.tables, va, base, PageSize::Size2M, target);
+                            .map(&mut vm.tables, va, base, PageSize::Size2M, target, true);
                     } else {
                         for p in 0..c.pages() {
                             let (va, base) = (va + p * PAGE, base + p * PAGE);
                             self.hw
-                                .map(&mut vm.tables, va, base, PageSize::Size4K, target);
+                                .map(&mut vm.tables, va, base, PageSize::Size4K, target, true);
                         }
                     }
                     va += c.pages() * PAGE;

@@ -19,7 +19,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hw::xe::fault::FaultDescriptor;
+use hw::xe::fault::{AccessType, FaultDescriptor};
 
 /// How long a worker waits for more faults of its VM before it exits.
 pub const IDLE: Duration = Duration::from_secs(2);
@@ -28,9 +28,10 @@ const BATCH: usize = 64;
 /// How long a worker waits for more faults of a batch.
 pub const GATHER: Duration = Duration::from_micros(30);
 
-/// Resolves one fault (asid, address, the other addresses of its group):
-/// `false` when nothing is bound there.
-pub type Resolve = dyn Fn(u32, u64, &[u64]) -> bool + Send + Sync;
+/// Resolves one fault (asid, address, whether it writes, the other
+/// addresses of its group): `false` when nothing is bound there or the
+/// access is not allowed.
+pub type Resolve = dyn Fn(u32, u64, bool, &[u64]) -> bool + Send + Sync;
 /// Answers the device for one fault.
 pub type Reply = dyn Fn(&FaultDescriptor, bool) + Send + Sync;
 
@@ -136,19 +137,21 @@ impl Worker {
         }
     }
 
-    /// Resolves each 2 MiB group once; replies to every fault of it.
+    /// Resolves each 2 MiB group once; replies to every fault of it. Reads
+    /// and writes group apart: a write refused (a read-only range) must not
+    /// fail the reads beside it.
     fn serve_batch(&self, batch: Vec<FaultDescriptor>) {
-        let mut groups: Vec<(u64, Vec<FaultDescriptor>)> = Vec::new();
+        let mut groups: Vec<((u64, bool), Vec<FaultDescriptor>)> = Vec::new();
         for f in batch {
-            let key = f.address >> 21;
+            let key = (f.address >> 21, f.access != AccessType::Read);
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, v)) => v.push(f),
                 None => groups.push((key, vec![f])),
             }
         }
-        for (_, group) in groups {
+        for ((_, write), group) in groups {
             let near: Vec<u64> = group[1..].iter().map(|f| f.address).collect();
-            let ok = (self.resolve)(self.asid, group[0].address, &near);
+            let ok = (self.resolve)(self.asid, group[0].address, write, &near);
             for f in &group {
                 (self.reply)(f, ok);
             }

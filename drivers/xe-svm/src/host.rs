@@ -104,8 +104,8 @@ impl Platform for HostPlatform {
     fn new_tables(&self, asid: u32) -> Result<Ppgtt, PortError> {
         Ppgtt::new(&self.dev.bar, &self.pt, asid).map_err(|_| PortError)
     }
-    fn map(&self, t: &mut Ppgtt, va: u64, addr: u64, size: PageSize, target: Target) {
-        let _ = t.map(&self.dev.bar, &self.pt, va, addr, size, target);
+    fn map(&self, t: &mut Ppgtt, va: u64, addr: u64, size: PageSize, target: Target, w: bool) {
+        let _ = t.map(&self.dev.bar, &self.pt, va, addr, (size, target), w);
     }
     fn unmap(&self, t: &mut Ppgtt, va: u64, len: u64) {
         let _ = t.unmap(&self.dev.bar, &self.pt, va, len);
@@ -297,7 +297,9 @@ impl GpuServer {
     /// (`faults.rs`), until the GuC pump stops.
     pub fn fault_worker(self, faults: Receiver<FaultDescriptor>) {
         let (inner, dev) = (self.inner.clone(), self.inner.clone());
-        let resolve = move |asid: u32, va: u64, near: &[u64]| inner.resolve(asid, va, near);
+        let resolve = move |asid: u32, va: u64, write: bool, near: &[u64]| {
+            inner.resolve_access(asid, va, write, near)
+        };
         let reply = move |f: &FaultDescriptor, ok: bool| {
             dev.counters.gpu_faults.fetch_add(1, Ordering::Relaxed);
             if !ok {
@@ -424,6 +426,15 @@ impl Handler<g::Gpu> for GpuServer {
             g::Request::Prefetch(g::Prefetch { vm, gpu_addr, len }) => {
                 let (in_vram, pages) = inner.prefetch(owner, vm.get(), gpu_addr, len)?;
                 Ok((g::Reply::Prefetch(g::Prefetched { in_vram, pages }), vec![]))
+            }
+            g::Request::Protect(g::Protect {
+                vm,
+                gpu_addr,
+                len,
+                prot,
+            }) => {
+                inner.protect(owner, vm.get(), gpu_addr, len, prot)?;
+                Ok((g::Reply::Protect(g::Done {}), vec![]))
             }
             g::Request::Unbind(g::Unbind { vm, gpu_addr }) => {
                 inner.unbind(owner, vm.get(), gpu_addr)?;

@@ -38,6 +38,7 @@ pub mod platform;
 pub mod ppgtt;
 pub mod prefetch;
 pub mod probe;
+pub mod protect;
 pub mod server;
 pub mod session;
 pub mod sync;

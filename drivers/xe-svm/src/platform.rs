@@ -28,7 +28,17 @@ pub trait Platform: Send + Sync + 'static {
     fn invalidate_tlb(&self, asid: u32, va: u64, len: u64) -> Result<(), PortError>;
     /// Page tables for a new VM `asid`, installed as its context.
     fn new_tables(&self, asid: u32) -> Result<Self::Tables, PortError>;
-    fn map(&self, t: &mut Self::Tables, va: u64, addr: u64, size: PageSize, target: Target);
+    /// Maps `va` to `addr`; `writable: false` makes a GPU write fault (a
+    /// write access violation) instead of landing.
+    fn map(
+        &self,
+        t: &mut Self::Tables,
+        va: u64,
+        addr: u64,
+        size: PageSize,
+        target: Target,
+        writable: bool,
+    );
     fn unmap(&self, t: &mut Self::Tables, va: u64, len: u64);
     /// The VM is gone: its context is cleared, its TLB entries dropped and
     /// its page tables freed.

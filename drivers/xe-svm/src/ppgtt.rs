@@ -95,12 +95,12 @@ impl Ppgtt {
         pt: &Vram,
         va: u64,
         addr: u64,
-        size: PageSize,
-        target: Target,
+        (size, target): (PageSize, Target),
+        writable: bool,
     ) -> Result<(), VramError> {
         let table = self.table_for(bar, pt, va, size.level())?;
-        let pte =
-            encode_leaf(addr, size, target, true, PAT_WB).map_err(|_| VramError::NotAllocated)?;
+        let pte = encode_leaf(addr, size, target, writable, PAT_WB)
+            .map_err(|_| VramError::NotAllocated)?;
         entry(bar, table, index(va, size.level())).store(pte, Ordering::Release);
         Ok(())
     }

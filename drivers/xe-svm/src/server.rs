@@ -33,6 +33,7 @@ use crate::budget::GpuBudget;
 use crate::density;
 use crate::job_table::JobTable;
 use crate::platform::Platform;
+use crate::protect::permits;
 use crate::session::{self as ses, GpuSession, Sessions};
 use crate::sync::{lock, Mutex, MutexGuard};
 use crate::vram::Vram;
@@ -97,6 +98,8 @@ pub(crate) struct Vm<T> {
     pub(crate) bindings: Vec<Binding>,
     /// Buffer objects mapped here (`bo.rs`).
     pub(crate) bos: Vec<BoMap>,
+    /// Where the GPU may not write, or not access at all (`protect.rs`).
+    pub(crate) protections: crate::protect::Protections,
     /// Its GPU faults that could not be served (`fault_log.rs`).
     pub(crate) faults: crate::fault_log::FaultLogRing,
 }
@@ -354,6 +357,7 @@ impl<P: Platform> Inner<P> {
             tables,
             bindings: Vec::new(),
             bos: Vec::new(),
+            protections: Default::default(),
             faults: Default::default(),
         };
         self.lock().vms.insert(asid, vm);
@@ -800,44 +804,49 @@ impl<P: Platform> Inner<P> {
             return true;
         };
         let base_va = b.va_of(first);
+        // The VM's access (`protect.rs`): no access, no mapping; read-only,
+        // a mapping a GPU write faults on.
+        let access = |v: u64| vm.protections.at(v);
         let whole = count == 512
+            && base_va.is_some_and(|v| vm.protections.uniform(v, v + (2 << 20)))
             && pages
                 .iter()
                 .enumerate()
                 .all(|(i, (_, pfn))| *pfn == pages[0].1.map(|p| p + i as u64));
         if let (true, Some(v), Some(pfn)) = (whole, base_va, pages[0].1) {
-            self.hw.map(
-                &mut vm.tables,
-                v,
-                pfn * PAGE,
-                PageSize::Size2M,
-                Target::Device,
-            );
+            let prot = access(v);
+            if permits(prot, false) {
+                let leaf = (pfn * PAGE, PageSize::Size2M, Target::Device);
+                self.hw.map(
+                    &mut vm.tables,
+                    v,
+                    leaf.0,
+                    leaf.1,
+                    leaf.2,
+                    permits(prot, true),
+                );
+            }
             return true;
         }
         for (p, pfn) in &pages {
             if let (Some(v), Some(pfn)) = (b.va_of(*p), pfn) {
-                self.hw.map(
-                    &mut vm.tables,
-                    v,
-                    pfn * PAGE,
-                    PageSize::Size4K,
-                    Target::Device,
-                );
+                let prot = access(v);
+                if permits(prot, false) {
+                    let (size, target) = (PageSize::Size4K, Target::Device);
+                    let w = permits(prot, true);
+                    self.hw.map(&mut vm.tables, v, pfn * PAGE, size, target, w);
+                }
             }
         }
         // Pages that stayed in RAM are mapped as system pages.
         let mut system = Vec::new();
         for i in not_migrated {
             let p = first + i as u64;
-            if let Some(v) = b.va_of(p) {
-                self.hw.map(
-                    &mut vm.tables,
-                    v,
-                    dma + p * PAGE,
-                    PageSize::Size4K,
-                    Target::System,
-                );
+            if let Some(v) = b.va_of(p).filter(|v| permits(access(*v), false)) {
+                let (size, target, w) =
+                    (PageSize::Size4K, Target::System, permits(access(v), true));
+                self.hw
+                    .map(&mut vm.tables, v, dma + p * PAGE, size, target, w);
                 system.push(p);
             }
         }

@@ -166,6 +166,18 @@ fn attach(h: &mut Hostile, object: ObjectId, addr: u64, first: u64, pages: u64) 
     }
 }
 
+fn protect(h: &mut Hostile, vm: VmId, gpu_addr: u64, len: u64, prot: u32) {
+    h.gpu(
+        MayServe,
+        g::Protect {
+            vm,
+            gpu_addr,
+            len,
+            prot,
+        },
+    );
+}
+
 /// One round over every `Gpu` request's fields, on the caller's own VM,
 /// bound view and buffer object.
 pub fn gpu_round(h: &mut Hostile) {
@@ -209,6 +221,8 @@ pub fn gpu_round(h: &mut Hostile) {
         if let Some(b) = h.gpu(MayServe, g::CreateBo { size_bytes: v }) {
             h.gpu(MayServe, g::DestroyBo { bo: b.bo });
         }
+        protect(h, vm, v, 4096, g::PROT_READ);
+        protect(h, vm, own.addr, v, v as u32);
         if let Some(bo) = bo {
             h.gpu(
                 MayServe,
@@ -234,6 +248,7 @@ pub fn gpu_round(h: &mut Hostile) {
         h.gpu(MayServe, g::DestroyBo { bo: BoId::raw(id) });
         h.gpu(MayServe, g::ReadBo { bo: BoId::raw(id) });
         h.gpu(MayServe, g::DestroyVm { vm: VmId::raw(id) });
+        protect(h, VmId::raw(id), own.addr, 4096, 0);
     }
     h.gpu(MayServe, g::Stats {});
     if let Some(bo) = bo {

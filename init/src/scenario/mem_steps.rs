@@ -3,7 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use ipc_protocol::interfaces::gpu::{BindView, Prefetch as GpuPrefetch};
+use ipc_protocol::interfaces::gpu::{
+    BindView, Prefetch as GpuPrefetch, Protect, PROT_READ, PROT_WRITE,
+};
 use ipc_protocol::interfaces::pager::{
     Advise, AttachView, CreateObject, DestroyObject, DetachView, PagerError, Prefetch, Snapshot,
     SyncViews,
@@ -11,7 +13,7 @@ use ipc_protocol::interfaces::pager::{
 use ipc_protocol::types::{Advice, GpuId, Location, PageCount, PageStateCode, ViewId};
 
 use super::exec::{StepError, StepResult};
-use super::format::{AdviceKind, AllocKind, Fill, Place, ProbeExpect, Step};
+use super::format::{AdviceKind, AllocKind, Fill, Place, ProbeExpect, Prot, Step};
 use super::heap::Heap;
 use super::memory::{self, PAGE};
 use super::shadow::{compare, fill_value, Mismatch};
@@ -324,7 +326,8 @@ pub fn change_view(ctx: &Ctx, step: &Step) -> StepResult {
         } => {
             let (a, off, len) = view_range(ctx, alloc, offset.get(), len.map(|l| l.get()))?;
             // SAFETY: our own mapping; steps that touch it are the scenario's.
-            unsafe { memory::protect(a.addr + off, len, *prot) }.map_err(StepError::Host)
+            unsafe { memory::protect(a.addr + off, len, *prot) }.map_err(StepError::Host)?;
+            protect_in_vms(ctx, a.client, a.addr + off, len, *prot)
         }
         Step::Madvise {
             alloc,
@@ -449,6 +452,33 @@ fn mremap(ctx: &Ctx, name: &str, dontunmap: bool, grow: u64, old_as: Option<&str
     al.len += grow;
     drop(w);
     sync_views(ctx, a.client)
+}
+
+/// The GPU follows an `mprotect` (`Gpu::Protect` in each of the client's
+/// VMs, where views are bound at their CPU addresses), as libsvm's
+/// `mprotect` does for programs.
+fn protect_in_vms(ctx: &Ctx, client: usize, addr: u64, len: u64, prot: Prot) -> StepResult {
+    let prot = match prot {
+        Prot::None => 0,
+        Prot::R => PROT_READ,
+        Prot::Rw => PROT_READ | PROT_WRITE,
+    };
+    let vms: Vec<_> = ctx
+        .world()
+        .vms
+        .values()
+        .filter(|v| v.client == client)
+        .map(|v| v.id)
+        .collect();
+    for vm in vms {
+        ctx.conn(client)?.gpu.call(Protect {
+            vm,
+            gpu_addr: addr,
+            len,
+            prot,
+        })?;
+    }
+    Ok(())
 }
 
 /// After a munmap or mremap of a view: the syscall returned once the pager

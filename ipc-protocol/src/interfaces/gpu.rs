@@ -122,6 +122,30 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// The GPU's access to `[gpu_addr, gpu_addr + len)` of `vm`'s SVM
+    /// bindings, as `mprotect` sets the CPU's (issue 16: read-only):
+    /// `prot` is [`PROT_READ`] and [`PROT_WRITE`] bits (0: no access).
+    /// A GPU write where `PROT_WRITE` is clear, or any access where `prot`
+    /// is 0, is refused: the job ends `Faulted` and the fault log says why
+    /// (a write access violation, or not present). Lowering the access
+    /// unmaps the range's GPU mappings first, so no access through an old
+    /// one follows the reply. Page-aligned, not empty; a VM keeps at most
+    /// [`MAX_PROTECTED_RANGES`] ranges that are not read-write
+    /// (`OverBudget` past it). Buffer-object mappings are not affected.
+    pub struct Protect {
+        pub vm: VmId,
+        pub gpu_addr: u64,
+        pub len: u64,
+        pub prot: u32,
+    }
+);
+/// [`Protect`]: the GPU may read.
+pub const PROT_READ: u32 = 1;
+/// [`Protect`]: the GPU may write (and run atomics).
+pub const PROT_WRITE: u32 = 2;
+/// Ranges of one VM whose access is not read-write, at most.
+pub const MAX_PROTECTED_RANGES: usize = 256;
+wire_struct!(
     pub struct Prefetched {
         /// Pages of the range in VRAM when the call returned.
         pub in_vram: u64,
@@ -245,6 +269,7 @@ interface! {
         13 => Accounting [0] -> GpuUsage [0] needs GPU_STATS, idempotent;
         14 => Prefetch [0] -> Prefetched [0] needs GPU_VM;
         15 => FaultLog [0] -> Faults [0] needs GPU_STATS, idempotent;
+        16 => Protect [0] -> Done [0] needs GPU_VM, idempotent;
     }
     notifications {}
 }

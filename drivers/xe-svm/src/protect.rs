@@ -1,0 +1,201 @@
+//! `Gpu::Protect` (issue 16: read-only and protection): the GPU's access
+//! to ranges of a VM's SVM bindings, as `mprotect` sets the CPU's.
+//!
+//! Each VM keeps the ranges whose access is not read-write (at most
+//! [`MAX_PROTECTED_RANGES`], disjoint, merged when equal). The rules:
+//! - a GPU fault is checked against them before anything moves
+//!   ([`Inner::resolve_access`]): a write (or atomic) where writing is not
+//!   allowed, or any access where nothing is, is refused: the device
+//!   fails the access, the job ends `Faulted`, the fault log keeps it;
+//! - a page is mapped writable only where writing is allowed, so a write
+//!   to a read-only page faults (a write access violation) instead of
+//!   landing;
+//! - a change unmaps the range in that VM and invalidates its TLB before
+//!   the reply (rule 8's order), so no access through an old, more
+//!   permissive mapping follows `Protect`; raising the access needs it
+//!   too, since a TLB may keep a read-only entry a write would fault on
+//!   again and again. The next faults map with the new access.
+//!
+//! All of it is under the VM lock (`State`), like the bindings it refines.
+
+use std::collections::BTreeMap;
+
+use ipc_protocol::interfaces::gpu::{GpuError, MAX_PROTECTED_RANGES, PROT_READ, PROT_WRITE};
+
+use crate::platform::Platform;
+use crate::server::{Inner, USER_VA_END};
+
+const PAGE: u64 = 4096;
+const RW: u32 = PROT_READ | PROT_WRITE;
+
+/// The ranges of one VM whose access is not read-write: start -> (end, prot).
+#[derive(Default)]
+pub struct Protections {
+    ranges: BTreeMap<u64, (u64, u32)>,
+}
+
+impl Protections {
+    /// The access at `va` (read-write where no range says otherwise).
+    pub fn at(&self, va: u64) -> u32 {
+        match self.ranges.range(..=va).next_back() {
+            Some((_, &(end, prot))) if va < end => prot,
+            _ => RW,
+        }
+    }
+
+    /// Whether `[start, end)` has one access throughout (a large page may
+    /// map it).
+    pub fn uniform(&self, start: u64, end: u64) -> bool {
+        let inside = |x: u64| start < x && x < end;
+        let around = self.ranges.range(..=start).next_back();
+        around.is_none_or(|(_, &(e, _))| e <= start || !inside(e))
+            && self.ranges.range(start + 1..end).next().is_none()
+    }
+
+    /// Sets `[start, end)` to `prot`; returns the access it had before,
+    /// lowest anywhere in the range. `Err` when the VM would keep too many
+    /// ranges.
+    fn set(&mut self, start: u64, end: u64, prot: u32) -> Result<u32, GpuError> {
+        let mut next = self.ranges.clone();
+        let mut lowest = RW;
+        // Cut the ranges that straddle either end, then drop what is inside.
+        for cut in [start, end] {
+            if let Some((&s, &(e, p))) = next.range(..cut).next_back() {
+                if cut < e {
+                    next.insert(s, (cut, p));
+                    next.insert(cut, (e, p));
+                }
+            }
+        }
+        let inside: Vec<u64> = next.range(start..end).map(|(&s, _)| s).collect();
+        let covered: u64 = inside.iter().map(|s| next[s].0 - s).sum();
+        for s in inside {
+            lowest &= next.remove(&s).map_or(RW, |(_, p)| p);
+        }
+        if covered < end - start {
+            lowest &= RW; // some of the range was read-write
+        }
+        if prot != RW {
+            next.insert(start, (end, prot));
+        }
+        merge_neighbours(&mut next);
+        if next.len() > MAX_PROTECTED_RANGES {
+            return Err(GpuError::OverBudget);
+        }
+        self.ranges = next;
+        Ok(lowest)
+    }
+}
+
+/// Joins adjacent ranges with the same access.
+fn merge_neighbours(m: &mut BTreeMap<u64, (u64, u32)>) {
+    let mut out: BTreeMap<u64, (u64, u32)> = BTreeMap::new();
+    for (s, (e, p)) in std::mem::take(m) {
+        match out.iter_mut().next_back() {
+            Some((_, last)) if last.0 == s && last.1 == p => last.0 = e,
+            _ => {
+                out.insert(s, (e, p));
+            }
+        }
+    }
+    *m = out;
+}
+
+/// Whether an access (`write`: a write or an atomic) is allowed by `prot`.
+pub fn permits(prot: u32, write: bool) -> bool {
+    prot & PROT_READ != 0 && (!write || prot & PROT_WRITE != 0)
+}
+
+impl<P: Platform> Inner<P> {
+    /// `Gpu::Protect`: sets the GPU's access to `[addr, addr + len)` of
+    /// `owner`'s VM `vm`, and unmaps the range so faults map it anew.
+    pub fn protect(
+        &self,
+        owner: u64,
+        vm: u32,
+        addr: u64,
+        len: u64,
+        prot: u32,
+    ) -> Result<(), GpuError> {
+        let end = addr.checked_add(len).ok_or(GpuError::BadRange)?;
+        if len == 0 || addr % PAGE != 0 || len % PAGE != 0 || end > USER_VA_END {
+            return Err(GpuError::BadRange);
+        }
+        if prot & !RW != 0 {
+            return Err(GpuError::BadRange);
+        }
+        let mut st = self.lock();
+        let asid = Self::vm_asid(&st, owner, vm)?;
+        let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
+        v.protections.set(addr, end, prot)?;
+        // Whole 2 MiB leaves: a large page may cover the range's ends.
+        let (lo, hi) = (addr & !((2 << 20) - 1), end.next_multiple_of(2 << 20));
+        let spans: Vec<(u64, u64)> = v
+            .bindings
+            .iter()
+            .map(|b| (lo.max(b.gpu_addr), hi.min(b.gpu_addr + b.pages * PAGE)))
+            .filter(|(s, e)| s < e)
+            .collect();
+        for &(s, e) in &spans {
+            self.hw.unmap(&mut v.tables, s, e - s);
+        }
+        let ranges: Vec<(u32, u64, u64)> = spans.iter().map(|&(s, e)| (asid, s, e - s)).collect();
+        self.invalidate_ranges(&ranges)
+    }
+
+    /// A GPU fault at `va` of `asid`, checked against the VM's access
+    /// first (`write`: a write or atomic access): refused without a
+    /// migration where the access is not allowed, else [`Self::resolve`].
+    pub fn resolve_access(&self, asid: u32, va: u64, write: bool, near: &[u64]) -> bool {
+        let prot = match self.lock().vms.get(&asid) {
+            Some(v) => v.protections.at(va),
+            None => return false,
+        };
+        permits(prot, write) && self.resolve(asid, va, near)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: u32 = PROT_READ;
+
+    #[test]
+    fn ranges_split_merge_and_report_what_went_down() {
+        let mut p = Protections::default();
+        assert_eq!(p.set(0x1000, 0x5000, R), Ok(RW));
+        assert_eq!(
+            (p.at(0x0), p.at(0x1000), p.at(0x4fff), p.at(0x5000)),
+            (RW, R, R, RW)
+        );
+        // A hole of no access in the middle splits it; the old access was read.
+        assert_eq!(p.set(0x2000, 0x3000, 0), Ok(R));
+        assert_eq!((p.at(0x1000), p.at(0x2000), p.at(0x3000)), (R, 0, R));
+        assert!(!p.uniform(0x1000, 0x5000) && p.uniform(0x3000, 0x5000));
+        // Back to read-only: the three parts merge into one.
+        assert_eq!(p.set(0x2000, 0x3000, R), Ok(0));
+        assert_eq!(p.ranges.len(), 1);
+        // Read-write again over a wider range: nothing is kept.
+        assert_eq!(p.set(0x0, 0x8000, RW), Ok(R));
+        assert!(p.ranges.is_empty());
+    }
+
+    #[test]
+    fn too_many_ranges_is_over_budget_and_changes_nothing() {
+        let mut p = Protections::default();
+        for i in 0..MAX_PROTECTED_RANGES as u64 {
+            p.set(i * 0x2000, i * 0x2000 + 0x1000, R).unwrap();
+        }
+        let top = MAX_PROTECTED_RANGES as u64 * 0x2000;
+        assert_eq!(p.set(top, top + 0x1000, R), Err(GpuError::OverBudget));
+        assert_eq!(p.at(top), RW);
+        assert_eq!(p.ranges.len(), MAX_PROTECTED_RANGES);
+    }
+
+    #[test]
+    fn writes_need_both_bits() {
+        assert!(permits(RW, true) && permits(R, false));
+        assert!(!permits(R, true) && !permits(0, false) && !permits(PROT_WRITE, false));
+    }
+}
