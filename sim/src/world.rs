@@ -125,7 +125,10 @@ impl World {
         };
         let pages = machine.vram.len() as u64;
         let budget = cfg.gpu_budget.clone();
-        let gpu: Arc<GpuCore> = Arc::new(Inner::with_budget(hw, 0, pages, budget));
+        let arena = xe_svm::arena::Config::for_clients(budget.clone(), 4)
+            .arena()
+            .expect("the GPU core's metadata arena");
+        let gpu: Arc<GpuCore> = Arc::new(Inner::with_arena(hw, 0, pages, budget, arena));
         let _ = pager.gpu.set(gpu.clone());
         let _ = pager.notify.set(notify.clone());
         if let Some(mm) = &mm {

@@ -2,7 +2,8 @@
 //! checks the view is the caller's) and hands over the object's sealed
 //! memfd; the first bind of an object DMA-maps it (one of the device's DMA
 //! slots, charged to the caller's `dma_slots` and its frame words to
-//! `metadata_bytes`), then the core binds it (`server.rs`).
+//! `metadata_bytes`; the words themselves come from the metadata arena,
+//! `OutOfMetadata` when it is full), then the core binds it (`server.rs`).
 
 use ipc_protocol::client::CallError;
 use ipc_protocol::interfaces::gpu::GpuError;
@@ -113,12 +114,14 @@ impl GpuServer {
                 return Err(e);
             }
         };
-        if !inner.add_object_for(Some(session.clone()), object, slot, dma, Some(memfd), pages) {
-            // Another bind added it meanwhile.
+        let added =
+            inner.add_object_for(Some(session.clone()), object, slot, dma, Some(memfd), pages);
+        if added != Ok(true) {
+            // Another bind added it meanwhile, or the metadata arena is full.
             use crate::platform::Platform;
             inner.hw.dma_unmap(slot);
             undo();
         }
-        Ok(())
+        added.map(|_| ())
     }
 }

@@ -23,8 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allocator_api2::alloc::Global;
+use allocator_api2::vec::Vec as MetaVec;
 use hw::xe::pte::{PageSize, Target};
 use ipc_protocol::interfaces::gpu::GpuError;
+use session::Meta;
 use session::{Handle, HandleTable};
 
 use crate::platform::Platform;
@@ -57,7 +59,8 @@ impl Chunk {
 }
 
 struct Placement {
-    chunks: Vec<Chunk>,
+    /// In the metadata arena (charged as the object's `metadata_bytes`).
+    chunks: MetaVec<Chunk, Meta>,
     /// The last job submitted that uses the object (0: none).
     busy_job: u32,
     /// Use clock at the last job, for least-recently-used eviction.
@@ -244,7 +247,10 @@ impl<P: Platform> Inner<P> {
     ) -> Result<u32, GpuError> {
         let s = &self.bos;
         let orders = chunk_orders(size_bytes / PAGE);
-        let mut chunks = Vec::with_capacity(orders.len());
+        let mut chunks = self.meta_vec();
+        chunks
+            .try_reserve_exact(orders.len())
+            .map_err(|_| GpuError::OutOfMetadata)?;
         for order in orders {
             match s.pool_alloc.alloc(order) {
                 Ok(sram_pfn) => chunks.push(Chunk {
@@ -337,7 +343,7 @@ impl<P: Platform> Inner<P> {
             return Err(GpuError::Busy);
         }
         let r = (|| {
-            let chunks = bo.placement().chunks.clone();
+            let chunks = bo.placement().chunks.to_vec();
             let mut st = self.lock();
             let asid = Self::vm_asid(&st, owner, vm)?;
             let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
@@ -596,7 +602,7 @@ impl<P: Platform> Inner<P> {
                 .vram_pages
                 .fetch_add(p.chunks[i].pages(), Ordering::Relaxed);
         }
-        let chunks = p.chunks.clone();
+        let chunks = p.chunks.to_vec();
         drop(p);
         let ranges = self.write_bo_ptes(&mut self.lock(), bo, &chunks);
         self.invalidate_ranges(&ranges)?;
@@ -663,7 +669,7 @@ impl<P: Platform> Inner<P> {
                 old.push((pfn, c.pages()));
             }
         }
-        let chunks = p.chunks.clone();
+        let chunks = p.chunks.to_vec();
         drop(p);
         // PTEs point home and the TLBs forget VRAM before the blocks go.
         let ranges = self.write_bo_ptes(&mut self.lock(), bo, &chunks);

@@ -2,6 +2,11 @@
 //! once (defaults, the manifest's `--budget name=value,...` flag, the
 //! README's table). Each session keeps a [`GpuQuotas`] (`session.rs`);
 //! exhausting one is `GpuError::OverBudget` to that client only.
+//! [`GpuBudget::arena_bytes_needed`] sizes the metadata arena (`arena.rs`).
+
+use hw::xe::layout;
+
+use crate::fault_log;
 
 session::budgets! {
     /// What one client may make the GPU server hold.
@@ -42,5 +47,19 @@ impl GpuBudget {
             vram_bytes: u64::MAX,
             metadata_bytes: u64::MAX,
         }
+    }
+
+    /// The arena bytes `clients` sessions at their `metadata_bytes` limits,
+    /// the fault logs of their VMs and `peer_bytes` need together (`None`:
+    /// past `u64`). VMs are bounded by the ASIDs too.
+    pub fn arena_bytes_needed(&self, clients: usize, peer_bytes: u64) -> Option<u64> {
+        let vms = self
+            .vms
+            .saturating_mul(clients as u64)
+            .min(layout::MAX_ASIDS as u64 - 1);
+        self.metadata_bytes
+            .checked_mul(clients as u64)?
+            .checked_add(vms * fault_log::RING_BYTES)?
+            .checked_add(peer_bytes)
     }
 }

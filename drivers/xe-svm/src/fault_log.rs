@@ -4,9 +4,10 @@
 //! which access, at which page-table level). Each VM keeps the last
 //! [`FAULT_LOG_LEN`] and a count of all; a ring of fixed length, so a
 //! client faulting in a loop costs the server a bounded amount of memory
-//! (about 1.5 KiB per VM, within its `vms` budget).
+//! (about 1.5 KiB per VM, within its `vms` budget). The ring is taken from
+//! the metadata arena when the VM is made (`arena.rs` counts it), so a full
+//! arena is `OutOfMetadata` at `CreateVm`, and logging never allocates.
 
-use std::collections::VecDeque;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -14,23 +15,51 @@ use hw::xe::fault::FaultDescriptor;
 use ipc_protocol::interfaces::gpu::{FaultRecord, Faults, GpuError, FAULT_LOG_LEN};
 use ipc_protocol::wire::BoundedVec;
 
+use allocator_api2::vec::Vec as MetaVec;
+use session::Meta;
+
 use crate::platform::Platform;
 use crate::server::Inner;
 
+/// Arena bytes one VM's ring holds.
+pub const RING_BYTES: u64 = (FAULT_LOG_LEN * std::mem::size_of::<FaultRecord>()) as u64;
+
 /// The unserved faults of one VM.
-#[derive(Default)]
 pub struct FaultLogRing {
-    ring: VecDeque<FaultRecord>,
+    /// Room for [`FAULT_LOG_LEN`], reserved up front: once full, `oldest`
+    /// is the slot the next record overwrites.
+    ring: MetaVec<FaultRecord, Meta>,
+    oldest: usize,
     total: u64,
 }
 
 impl FaultLogRing {
+    /// An empty ring, its room taken from `meta`; `None` if the arena is full.
+    pub(crate) fn new_in(meta: Meta) -> Option<Self> {
+        let mut ring = MetaVec::new_in(meta);
+        ring.try_reserve_exact(FAULT_LOG_LEN).ok()?;
+        Some(Self {
+            ring,
+            oldest: 0,
+            total: 0,
+        })
+    }
+
     fn push(&mut self, r: FaultRecord) {
-        if self.ring.len() == FAULT_LOG_LEN {
-            self.ring.pop_front();
+        if self.ring.len() < FAULT_LOG_LEN {
+            // Within the room reserved in `new_in`: no allocation.
+            self.ring.push(r);
+        } else {
+            self.ring[self.oldest] = r;
+            self.oldest = (self.oldest + 1) % FAULT_LOG_LEN;
         }
-        self.ring.push_back(r);
         self.total = self.total.saturating_add(1);
+    }
+
+    /// Oldest first.
+    fn records(&self) -> impl Iterator<Item = &FaultRecord> {
+        let (newer, older) = self.ring.split_at(self.oldest);
+        older.iter().chain(newer)
     }
 }
 
@@ -61,7 +90,7 @@ impl<P: Platform> Inner<P> {
         let st = self.lock();
         let asid = Self::vm_asid(&st, owner, vm)?;
         let log = &st.vms.get(&asid).ok_or(GpuError::NoSuchVm)?.faults;
-        let faults = log.ring.iter().cloned().collect();
+        let faults = log.records().cloned().collect();
         Ok(Faults {
             // The ring never holds more than the wire's bound.
             faults: BoundedVec::new(faults).ok_or(GpuError::OutOfMetadata)?,

@@ -22,6 +22,7 @@ use ipc_protocol::server::Handler;
 use ipc_protocol::types::{BoId, JobId, MemoryKind, VmId, World};
 use ipc_protocol::Capability;
 
+use crate::arena::{Config, ConfigError};
 use crate::budget::GpuBudget;
 use crate::device::Device;
 use crate::faults::Dispatch;
@@ -218,20 +219,65 @@ pub struct GpuServer {
     pub inner: Arc<Inner<HostPlatform>>,
 }
 
+/// Why a GPU server could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootError {
+    /// Its metadata arena (`arena.rs`).
+    Config(ConfigError),
+    /// The host would not give a region or a DMA mapping it needs.
+    Host(String),
+}
+
+impl From<ConfigError> for BootError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl From<String> for BootError {
+    fn from(e: String) -> Self {
+        Self::Host(e)
+    }
+}
+
+impl std::fmt::Display for BootError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => e.fmt(f),
+            Self::Host(e) => f.write_str(e),
+        }
+    }
+}
+
 /// VRAM kept for page tables: 1/32 of VRAM, at its top.
 fn pt_pages(total: u64) -> u64 {
     (total / 32).max(512) & !511
 }
 
 impl GpuServer {
-    /// `bo_pool_bytes`: the SRAM pool that holds evicted buffer objects.
+    /// `bo_pool_bytes`: the SRAM pool that holds evicted buffer objects;
+    /// `cfg`: the budget and the metadata arena it sizes (checked first).
     pub fn new(
         dev: Arc<Device>,
         migrate: Client<PagerMigrate>,
         pressure: Option<Client<Pressure>>,
         bo_pool_bytes: u64,
+        cfg: &Config,
+    ) -> Result<Self, BootError> {
+        let arena = cfg.arena()?;
+        Self::with_arena(dev, migrate, pressure, bo_pool_bytes, cfg.budget, arena)
+    }
+
+    /// As [`Self::new`], with an arena of the caller's (tests size it
+    /// below what the budget needs).
+    pub fn with_arena(
+        dev: Arc<Device>,
+        migrate: Client<PagerMigrate>,
+        pressure: Option<Client<Pressure>>,
+        bo_pool_bytes: u64,
         budget: GpuBudget,
-    ) -> Result<Self, String> {
+        arena: Arc<session::Arena>,
+    ) -> Result<Self, BootError> {
         let total = dev.bar.vram_bytes() / PAGE;
         let pt = pt_pages(total);
         // The probe used the last 2 MiB: it is free again now.
@@ -271,7 +317,7 @@ impl GpuServer {
             _zero: zero,
         };
         Ok(Self {
-            inner: Arc::new(Inner::with_budget(hw, 0, data_pages, budget)),
+            inner: Arc::new(Inner::with_arena(hw, 0, data_pages, budget, arena)),
         })
     }
 

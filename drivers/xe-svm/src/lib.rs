@@ -15,6 +15,7 @@
 //! - [`job_table`]: every client's jobs and results (per-client result slots);
 //! - [`session`], [`budget`], [`end`], [`accounting`]: a session per client
 //!   badge with its budget, the one place it ends, `Gpu::Accounting`;
+//! - [`arena`]: the metadata arena sized at boot (frame words, fault logs);
 //! - [`bind`]: `BindView` (the pager opens the view, the object is DMA-mapped);
 //! - [`faults`]: GPU faults served by one worker per VM;
 //! - [`host`]: the host runtime: the device model and IPC as the platform,
@@ -22,6 +23,7 @@
 //! - [`pci_ids`]: the Xe2 GPUs it drives (Redox's `pcid.d` entry).
 
 pub mod accounting;
+pub mod arena;
 pub mod bind;
 pub mod bo;
 pub mod budget;

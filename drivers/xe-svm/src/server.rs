@@ -12,6 +12,10 @@
 //! - the fault path writes PTEs only if no invalidation newer than the
 //!   sequence it read from the pager arrived (`inval_seq <= seq`), checked
 //!   under this lock, like `mmu_interval_read_retry`.
+//!
+//! Per-object frame words and per-VM fault logs come from the metadata
+//! arena (`arena.rs`), allocated with no lock of ours held; the arena's
+//! spin lock is a leaf.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -26,8 +30,10 @@ use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, World};
 
 use allocator_api2::alloc::Global;
-use session::{Handle, HandleTable};
+use allocator_api2::vec::Vec as MetaVec;
+use session::{Arena, Handle, HandleTable, Meta, Quota};
 
+use crate::arena::Config;
 use crate::bo::{BoMap, BoStore};
 use crate::budget::GpuBudget;
 use crate::density;
@@ -112,8 +118,9 @@ pub(crate) struct ObjectState {
     inval_seq: u64,
     /// Per object page: its VRAM page frame + 1 while resident here,
     /// [`SYSTEM_MAPPED`] while some VM may map it as a system page, else 0.
-    /// 4 bytes per page, inside the 16-byte per-page metadata budget.
-    frames: Vec<u32>,
+    /// 4 bytes per page, inside the 16-byte per-page metadata budget,
+    /// from the metadata arena.
+    frames: MetaVec<u32, Meta>,
     resident_pages: u64,
     /// GPU-fault migrations of this object in flight ([`Migrating`]): the
     /// object is not forgotten while one runs, or its copy would land in
@@ -216,18 +223,32 @@ pub struct Inner<P: Platform> {
     pub sessions: Sessions,
     /// The BO world (`bo.rs`): buffer objects in VRAM or their SRAM homes.
     pub bos: BoStore,
+    /// The metadata arena (`arena.rs`), charging a server-wide unlimited
+    /// quota: sessions are charged their frame words explicitly (`bind.rs`).
+    meta: Meta,
     pub counters: Counters,
 }
 
 impl<P: Platform> Inner<P> {
     /// A core over `hw`, with VRAM frames `[first_pfn, first_pfn + pages)`
-    /// for data (SVM pages and buffer objects).
+    /// for data (SVM pages and buffer objects), sized by the default
+    /// [`Config`] (the simulation's). Panics if the host will not give its
+    /// arena; a server boots with [`Config::arena`] and [`Self::with_arena`].
     pub fn new(hw: P, first_pfn: u64, pages: u64) -> Self {
-        Self::with_budget(hw, first_pfn, pages, GpuBudget::default())
+        let cfg = Config::default();
+        let arena = cfg.arena().expect("the default metadata arena");
+        Self::with_arena(hw, first_pfn, pages, cfg.budget, arena)
     }
 
-    /// As [`Self::new`], each client session limited by `budget`.
-    pub fn with_budget(hw: P, first_pfn: u64, pages: u64, budget: GpuBudget) -> Self {
+    /// As [`Self::new`], each client session limited by `budget`, its
+    /// metadata from `arena`.
+    pub fn with_arena(
+        hw: P,
+        first_pfn: u64,
+        pages: u64,
+        budget: GpuBudget,
+        arena: Arc<Arena>,
+    ) -> Self {
         // ASID 0 is the device's "no context": VMs get 1..MAX_ASIDS.
         let asids = layout::MAX_ASIDS as u32 - 1;
         let (pool_dma, pool_bytes) = hw.bo_pool();
@@ -245,8 +266,20 @@ impl<P: Platform> Inner<P> {
             next_binding: AtomicU64::new(1),
             jobs: Mutex::new(JobTable::new()),
             sessions: Sessions::new(budget),
+            meta: Meta::new(arena, Arc::new(Quota::new(u64::MAX))),
             counters: Counters::default(),
         }
+    }
+
+    /// The metadata arena (accounting and tests).
+    pub fn arena(&self) -> &Arc<Arena> {
+        self.meta.arena()
+    }
+
+    /// An empty vector in the metadata arena (records a client's requests
+    /// make the server keep: bounded by its `metadata_bytes`).
+    pub(crate) fn meta_vec<T>(&self) -> MetaVec<T, Meta> {
+        MetaVec::new_in(self.meta.clone())
     }
 
     /// `owner`'s session (made on its first request).
@@ -337,6 +370,8 @@ impl<P: Platform> Inner<P> {
     }
 
     fn create_vm_charged(&self, owner: u64) -> Result<u32, GpuError> {
+        let faults = crate::fault_log::FaultLogRing::new_in(self.meta.clone())
+            .ok_or(GpuError::OutOfMetadata)?;
         let h = self
             .lock()
             .vm_ids
@@ -358,7 +393,7 @@ impl<P: Platform> Inner<P> {
             bindings: Vec::new(),
             bos: Vec::new(),
             protections: Default::default(),
-            faults: Default::default(),
+            faults,
         };
         self.lock().vms.insert(asid, vm);
         Ok(h.raw())
@@ -409,8 +444,9 @@ impl<P: Platform> Inner<P> {
     }
 
     /// Knows object `object` (its pages DMA-mapped at `dma` through `slot`)
-    /// from now on; `false` if it was known already (the new mapping is the
-    /// caller's to undo).
+    /// from now on; `false` if it was known already, or the metadata arena
+    /// has no room for its frame words (the new mapping is the caller's to
+    /// undo).
     pub fn add_object(
         &self,
         object: u32,
@@ -420,10 +456,12 @@ impl<P: Platform> Inner<P> {
         pages: u64,
     ) -> bool {
         self.add_object_for(None, object, slot, dma, memfd, pages)
+            .unwrap_or(false)
     }
 
     /// As [`Self::add_object`], charged to `session` (its DMA slot and
     /// frame words were charged by the caller, and go back with the object).
+    /// `Ok(false)`: known already; `OutOfMetadata`: the arena is full.
     pub fn add_object_for(
         &self,
         session: Option<Arc<GpuSession>>,
@@ -432,10 +470,17 @@ impl<P: Platform> Inner<P> {
         dma: u64,
         memfd: Option<OwnedFd>,
         pages: u64,
-    ) -> bool {
+    ) -> Result<bool, GpuError> {
+        let mut frames = MetaVec::new_in(self.meta.clone());
+        let len = usize::try_from(pages).map_err(|_| GpuError::OutOfMetadata)?;
+        if frames.try_reserve_exact(len).is_err() {
+            log::debug!("xe-svm: no metadata for object {object}'s {pages} frame words");
+            return Err(GpuError::OutOfMetadata);
+        }
+        frames.resize(len, 0);
         let mut st = self.lock();
         if st.objects.contains_key(&object) {
-            return false;
+            return Ok(false);
         }
         st.objects.insert(
             object,
@@ -444,13 +489,13 @@ impl<P: Platform> Inner<P> {
                 dma,
                 _memfd: memfd,
                 inval_seq: 0,
-                frames: vec![0; pages as usize],
+                frames,
                 resident_pages: 0,
                 migrations: 0,
                 charged: session,
             },
         );
-        true
+        Ok(true)
     }
 
     pub fn knows_object(&self, object: u32) -> bool {

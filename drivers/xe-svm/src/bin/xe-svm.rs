@@ -15,6 +15,7 @@ use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify, gpu_shrink::GpuShrink};
 use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
+use xe_svm::arena::Config;
 use xe_svm::budget::GpuBudget;
 use xe_svm::device::Device;
 use xe_svm::host::GpuServer;
@@ -114,6 +115,10 @@ fn main() {
     if let (false, Some(migrate), Some(notify)) =
         (a.client_fd.is_empty(), a.migrate_fd, a.notify_fd)
     {
+        // One session per `Gpu` endpoint's badge: the metadata arena holds
+        // every one at its `metadata_bytes` limit (a typed error if not).
+        let gpu_extra = a.extra_endpoint.iter().filter(|e| e.interface == "Gpu");
+        let cfg = Config::for_clients(budget, a.client_fd.len() + gpu_extra.count());
         let dev = Device::new(Arc::new(bar));
         let pressure = a
             .pressure_fd
@@ -123,7 +128,7 @@ fn main() {
             Client::new(endpoint(migrate)),
             pressure,
             a.bo_pool_mib << 20,
-            budget,
+            &cfg,
         ) {
             Ok(s) => Arc::new(s),
             Err(e) => {

@@ -17,9 +17,10 @@ use ipc_protocol::server::Handler;
 use ipc_protocol::transport::{SeqPacket, Transport};
 use ipc_protocol::types::{ObjectId, PageMask, Seq};
 use ipc_protocol::{Capability, Rights};
+use xe_svm::arena::{Config as ServerConfig, MAX_CLIENT_SESSIONS};
 use xe_svm::budget::GpuBudget;
 use xe_svm::device::Device;
-use xe_svm::host::GpuServer;
+use xe_svm::host::{BootError, GpuServer};
 
 pub const PAGE: u64 = 4096;
 /// Pages of every object the stand-in pager opens.
@@ -99,6 +100,24 @@ impl World {
     }
 
     pub fn with_pool(budget: GpuBudget, bo_pool: u64) -> Self {
+        let cfg = ServerConfig::for_clients(budget, MAX_CLIENT_SESSIONS);
+        Self::boot(|dev, migrate| GpuServer::new(dev, migrate, None, bo_pool, &cfg))
+            .expect("server")
+    }
+
+    /// A server whose metadata arena is `arena_bytes`, whatever `budget` needs.
+    pub fn with_arena(budget: GpuBudget, arena_bytes: usize) -> Self {
+        let arena = session::Arena::new(arena_bytes).expect("an arena");
+        Self::boot(|dev, migrate| {
+            GpuServer::with_arena(dev, migrate, None, 64 << 20, budget, arena)
+        })
+        .expect("server")
+    }
+
+    /// The device model, a stand-in pager and the server `make` builds.
+    pub fn boot(
+        make: impl FnOnce(Arc<Device>, Client<PagerMigrate>) -> Result<GpuServer, BootError>,
+    ) -> Result<Self, BootError> {
         let (t, model) = spawn_in_process(Config {
             vram_bytes: 64 << 20,
             hw_threads: 8,
@@ -118,17 +137,17 @@ impl World {
             4,
         );
         let migrate = Client::new(Arc::new(ours)).with_timeout(Duration::from_secs(20));
-        let server = GpuServer::new(dev.clone(), migrate, None, bo_pool, budget).expect("server");
+        let server = make(dev.clone(), migrate)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let pump = dev.clone();
         std::thread::spawn(move || pump.pump(tx));
         let worker = server.clone();
         std::thread::spawn(move || worker.fault_worker(rx));
-        Self {
+        Ok(Self {
             server,
             pager,
             _model: model,
-        }
+        })
     }
 
     /// Client `badge`'s call.
