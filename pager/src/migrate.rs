@@ -430,6 +430,17 @@ pub fn finalize(
             backend.unprotect(chunk, &p)
         }
     };
+    // The GPU maps a page that stays where it is (a system page): one never
+    // touched gets its RAM page now, or a GPU write into it would pass for
+    // "never written" at the next collect and be replaced by zeros.
+    let stay_zero = stay.and(&c.zero);
+    let filled = if stay_zero.is_empty() {
+        PageMask::EMPTY
+    } else {
+        backend
+            .zero_fill(chunk, &stay_zero)
+            .unwrap_or(PageMask::EMPTY)
+    };
     for (i, p) in chunk.pages() {
         if moved.get(i) {
             let now = if drop_result.is_ok() || c.zero.get(i) {
@@ -444,7 +455,7 @@ pub fn finalize(
         } else if stay.get(i) {
             table.unlock(
                 p,
-                if c.zero.get(i) {
+                if c.zero.get(i) && !filled.get(i) {
                     Residency::Empty
                 } else {
                     Residency::System

@@ -43,6 +43,7 @@ pub fn all() -> Vec<Scenario> {
     .chain(crate::hostile::all())
     .chain(crate::hostile_bo::all())
     .chain(crate::protect::all())
+    .chain(crate::fresh_pages::all())
     .collect()
 }
 

@@ -98,6 +98,11 @@ fn hostile_ends_mid_migration() {
 }
 
 #[test]
+fn gpu_writes_fresh_pages_in_place() {
+    scenario("gpu_writes_fresh_pages_in_place");
+}
+
+#[test]
 fn read_only_refuses_gpu_writes() {
     scenario("read_only_refuses_gpu_writes");
 }
@@ -152,6 +157,7 @@ fn every_scenario_has_a_test() {
         "gpu_server_dies_mid_collect",
         "hostile_bos_race_the_victim",
         "read_only_refuses_gpu_writes",
+        "gpu_writes_fresh_pages_in_place",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);
