@@ -18,9 +18,8 @@
 //!
 //! All of it is under the VM lock (`State`), like the bindings it refines.
 
-use std::collections::BTreeMap;
-
 use ipc_protocol::interfaces::gpu::{GpuError, MAX_PROTECTED_RANGES, PROT_READ, PROT_WRITE};
+use session::RangeMap;
 
 use crate::platform::Platform;
 use crate::server::{Inner, USER_VA_END};
@@ -28,77 +27,34 @@ use crate::server::{Inner, USER_VA_END};
 const PAGE: u64 = 4096;
 const RW: u32 = PROT_READ | PROT_WRITE;
 
-/// The ranges of one VM whose access is not read-write: start -> (end, prot).
-#[derive(Default)]
-pub struct Protections {
-    ranges: BTreeMap<u64, (u64, u32)>,
+/// The ranges of one VM whose access is not read-write.
+pub struct Protections(RangeMap<u32>);
+
+impl Default for Protections {
+    fn default() -> Self {
+        Self(RangeMap::new(RW, MAX_PROTECTED_RANGES))
+    }
 }
 
 impl Protections {
     /// The access at `va` (read-write where no range says otherwise).
     pub fn at(&self, va: u64) -> u32 {
-        match self.ranges.range(..=va).next_back() {
-            Some((_, &(end, prot))) if va < end => prot,
-            _ => RW,
-        }
+        self.0.at(va)
     }
 
     /// Whether `[start, end)` has one access throughout (a large page may
     /// map it).
     pub fn uniform(&self, start: u64, end: u64) -> bool {
-        let inside = |x: u64| start < x && x < end;
-        let around = self.ranges.range(..=start).next_back();
-        around.is_none_or(|(_, &(e, _))| e <= start || !inside(e))
-            && self.ranges.range(start + 1..end).next().is_none()
+        self.0.uniform(start, end)
     }
 
-    /// Sets `[start, end)` to `prot`; returns the access it had before,
-    /// lowest anywhere in the range. `Err` when the VM would keep too many
-    /// ranges.
-    fn set(&mut self, start: u64, end: u64, prot: u32) -> Result<u32, GpuError> {
-        let mut next = self.ranges.clone();
-        let mut lowest = RW;
-        // Cut the ranges that straddle either end, then drop what is inside.
-        for cut in [start, end] {
-            if let Some((&s, &(e, p))) = next.range(..cut).next_back() {
-                if cut < e {
-                    next.insert(s, (cut, p));
-                    next.insert(cut, (e, p));
-                }
-            }
-        }
-        let inside: Vec<u64> = next.range(start..end).map(|(&s, _)| s).collect();
-        let covered: u64 = inside.iter().map(|s| next[s].0 - s).sum();
-        for s in inside {
-            lowest &= next.remove(&s).map_or(RW, |(_, p)| p);
-        }
-        if covered < end - start {
-            lowest &= RW; // some of the range was read-write
-        }
-        if prot != RW {
-            next.insert(start, (end, prot));
-        }
-        merge_neighbours(&mut next);
-        if next.len() > MAX_PROTECTED_RANGES {
-            return Err(GpuError::OverBudget);
-        }
-        self.ranges = next;
-        Ok(lowest)
+    /// Sets `[start, end)` to `prot`; `OverBudget` when the VM would keep
+    /// too many ranges.
+    fn set(&mut self, start: u64, end: u64, prot: u32) -> Result<(), GpuError> {
+        self.0
+            .set(start, end, prot)
+            .map_err(|_| GpuError::OverBudget)
     }
-}
-
-/// Joins adjacent ranges with the same access.
-fn merge_neighbours(m: &mut BTreeMap<u64, (u64, u32)>) {
-    let mut out: BTreeMap<u64, (u64, u32)> = BTreeMap::new();
-    for (s, (e, p)) in std::mem::take(m) {
-        match out.iter_mut().next_back() {
-            Some((_, last)) if last.0 == s && last.1 == p => last.0 = e,
-            _ => {
-                out.insert(s, (e, p));
-            }
-        }
-    }
-    *m = out;
 }
 
 /// Whether an access (`write`: a write or an atomic) is allowed by `prot`.
@@ -162,35 +118,14 @@ mod tests {
     const R: u32 = PROT_READ;
 
     #[test]
-    fn ranges_split_merge_and_report_what_went_down() {
-        let mut p = Protections::default();
-        assert_eq!(p.set(0x1000, 0x5000, R), Ok(RW));
-        assert_eq!(
-            (p.at(0x0), p.at(0x1000), p.at(0x4fff), p.at(0x5000)),
-            (RW, R, R, RW)
-        );
-        // A hole of no access in the middle splits it; the old access was read.
-        assert_eq!(p.set(0x2000, 0x3000, 0), Ok(R));
-        assert_eq!((p.at(0x1000), p.at(0x2000), p.at(0x3000)), (R, 0, R));
-        assert!(!p.uniform(0x1000, 0x5000) && p.uniform(0x3000, 0x5000));
-        // Back to read-only: the three parts merge into one.
-        assert_eq!(p.set(0x2000, 0x3000, R), Ok(0));
-        assert_eq!(p.ranges.len(), 1);
-        // Read-write again over a wider range: nothing is kept.
-        assert_eq!(p.set(0x0, 0x8000, RW), Ok(R));
-        assert!(p.ranges.is_empty());
-    }
-
-    #[test]
-    fn too_many_ranges_is_over_budget_and_changes_nothing() {
+    fn past_the_cap_is_over_budget_and_changes_nothing() {
         let mut p = Protections::default();
         for i in 0..MAX_PROTECTED_RANGES as u64 {
             p.set(i * 0x2000, i * 0x2000 + 0x1000, R).unwrap();
         }
         let top = MAX_PROTECTED_RANGES as u64 * 0x2000;
         assert_eq!(p.set(top, top + 0x1000, R), Err(GpuError::OverBudget));
-        assert_eq!(p.at(top), RW);
-        assert_eq!(p.ranges.len(), MAX_PROTECTED_RANGES);
+        assert_eq!((p.at(top), p.at(0)), (RW, R));
     }
 
     #[test]
