@@ -78,6 +78,13 @@ pub trait Backend {
     fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
     /// Finalize: `pages` stay in RAM; let blocked writers go on.
     fn unprotect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
+    /// The pages of `chunk` whose preferred location is the device
+    /// (`Pager::Advise`): a CPU fault on another page of the chunk leaves
+    /// them in VRAM instead of growing its migration over them.
+    fn device_preferred(&self, chunk: Chunk) -> PageMask {
+        let _ = chunk;
+        PageMask::EMPTY
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,15 +210,20 @@ fn migrate_back(
     policy: Policy,
 ) -> Result<FaultOutcome, FaultError> {
     let chunk = Chunk::around(page, table.len());
+    let stay = backend.device_preferred(chunk);
     let mut tries = 0;
     loop {
-        // Rule 1: grow to the chunk with trylocks only.
+        // Rule 1: grow to the chunk with trylocks only (not over pages
+        // whose preferred location is the device).
         let mut held = PageMask::EMPTY;
         let mut from = vec![Residency::Empty; chunk.count];
         for (i, p) in chunk.pages() {
             if p == page {
                 held.set(i);
                 from[i] = own;
+                continue;
+            }
+            if stay.get(i) {
                 continue;
             }
             match table.try_lock(p)? {

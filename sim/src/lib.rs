@@ -17,6 +17,7 @@
 //! seed fails again the same way, and shuttle prints the failing schedule,
 //! which `sim --replay` replays step by step.
 
+pub mod advice;
 pub mod fresh_pages;
 pub mod hostile;
 pub mod hostile_bo;

@@ -432,6 +432,13 @@ impl SimPager {
         &self.object.table
     }
 
+    /// `Pager::Advise` on the victim's pages `[first, end)`.
+    pub fn advise(&self, first: usize, end: usize, advice: ipc_protocol::types::Advice) {
+        self.core
+            .advise(&self.object, first, end, advice)
+            .expect("advice within budget");
+    }
+
     /// The victim's id for its object.
     pub fn object_id(&self) -> Handle {
         self.object.id

@@ -44,6 +44,7 @@ pub fn all() -> Vec<Scenario> {
     .chain(crate::hostile_bo::all())
     .chain(crate::protect::all())
     .chain(crate::fresh_pages::all())
+    .chain(crate::advice::all())
     .collect()
 }
 

@@ -98,6 +98,11 @@ fn hostile_ends_mid_migration() {
 }
 
 #[test]
+fn prefer_system_keeps_pages_in_ram() {
+    scenario("prefer_system_keeps_pages_in_ram");
+}
+
+#[test]
 fn gpu_writes_fresh_pages_in_place() {
     scenario("gpu_writes_fresh_pages_in_place");
 }
@@ -158,6 +163,7 @@ fn every_scenario_has_a_test() {
         "hostile_bos_race_the_victim",
         "read_only_refuses_gpu_writes",
         "gpu_writes_fresh_pages_in_place",
+        "prefer_system_keeps_pages_in_ram",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);

@@ -734,18 +734,27 @@ impl<P: Platform> Inner<P> {
                 }
             }
             drop(st);
+            // Pages whose preferred location is system memory stay where
+            // they are and are mapped there (`remote`, `Pager::Advise`).
+            let moving = c.got.and_not(&c.remote);
+            let block = if moving.is_empty() {
+                free_block(block);
+                None
+            } else {
+                block
+            };
             let block = match block {
                 Some(block) => {
                     let mut copies = Vec::new();
                     let mut i = 0usize;
                     while i < count as usize {
-                        if !c.got.get(i) {
+                        if !moving.get(i) {
                             i += 1;
                             continue;
                         }
                         let zero = c.zero.get(i);
                         let start = i;
-                        while i < count as usize && c.got.get(i) && c.zero.get(i) == zero {
+                        while i < count as usize && moving.get(i) && c.zero.get(i) == zero {
                             i += 1;
                         }
                         let len = (i - start) as u64 * PAGE;
@@ -758,7 +767,7 @@ impl<P: Platform> Inner<P> {
                     }
                     match self.hw.copy(&copies) {
                         Ok(true) => {
-                            migrated = c.got;
+                            migrated = moving;
                             Some(block)
                         }
                         r => {

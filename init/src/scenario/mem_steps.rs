@@ -7,8 +7,8 @@ use ipc_protocol::interfaces::gpu::{
     BindView, Prefetch as GpuPrefetch, Protect, PROT_READ, PROT_WRITE,
 };
 use ipc_protocol::interfaces::pager::{
-    Advise, AttachView, CreateObject, DestroyObject, DetachView, PagerError, Prefetch, Snapshot,
-    SyncViews,
+    Advise, AttachView, CreateObject, DestroyObject, DetachView, Discard, PagerError, Prefetch,
+    Snapshot, SyncViews,
 };
 use ipc_protocol::types::{Advice, GpuId, Location, PageCount, PageStateCode, ViewId};
 
@@ -244,7 +244,8 @@ fn free(ctx: &Ctx, name: &str) -> StepResult {
             if !h.heap.free(a.obj_off) {
                 return Err(bad(format!("{name}: not a live heap block")));
             }
-            Ok(())
+            drop(w);
+            discard_whole_pages(ctx, &a)
         }
         AllocKind::Reserve => {
             ctx.world().reserved.retain(|r| r.0 != a.addr);
@@ -253,6 +254,28 @@ fn free(ctx: &Ctx, name: &str) -> StepResult {
         }
         AllocKind::Object => release_object(ctx, a.object.as_ref().expect("an object")),
     }
+}
+
+/// A freed heap block gives its whole pages back as libsvm's `free` does
+/// (`Pager::Discard`): they read as zeros next and lose their advice.
+fn discard_whole_pages(ctx: &Ctx, a: &Alloc) -> StepResult {
+    let o = a
+        .object
+        .as_ref()
+        .expect("a heap block has its heap's object");
+    let first = a.obj_off.next_multiple_of(PAGE) / PAGE;
+    let end = (a.obj_off + a.len) / PAGE;
+    if end <= first {
+        return Ok(());
+    }
+    ctx.conn(a.client)?.pager.call(Discard {
+        object: o.id,
+        first_page: first,
+        pages: end - first,
+    })?;
+    let (w0, w1) = ((first * PAGE / 4) as usize, (end * PAGE / 4) as usize);
+    o.shadow()[w0..w1].iter_mut().for_each(|w| *w = 0);
+    Ok(())
 }
 
 /// Detaches and unmaps every mapping of `o`, then destroys it (retrying

@@ -50,12 +50,15 @@ wire_struct!(
     /// `got`: pages now locked for this migration (partial is normal);
     /// `zero`: those of them never written (no copy needed); `device`:
     /// pages already in this GPU's VRAM and not being migrated, which the
-    /// GPU may map if `seq` is still current (rule 8).
+    /// GPU may map if `seq` is still current (rule 8). `remote`: pages of
+    /// `got` whose preferred location is system memory (`Pager::Advise`):
+    /// the GPU maps them where they are instead of migrating them.
     pub struct Collected {
         pub seq: Seq,
         pub got: PageMask,
         pub zero: PageMask,
         pub device: PageMask,
+        pub remote: PageMask,
     }
 );
 wire_struct!(

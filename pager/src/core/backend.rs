@@ -12,7 +12,7 @@
 //!   RAM copies from every view and clears the protection, so blocked
 //!   writers retry and fault on a DEVICE page.
 
-use ipc_protocol::types::PageMask;
+use ipc_protocol::types::{Advice, PageMask};
 
 use super::object::Object;
 use super::runtime::{Pause, RtError, Runtime, Source};
@@ -345,5 +345,9 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
             }
         })
         .map_err(rt_error)
+    }
+
+    fn device_preferred(&self, chunk: Chunk) -> PageMask {
+        super::advice::pages_advised(self.object, chunk, Advice::PreferDevice)
     }
 }

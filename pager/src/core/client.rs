@@ -92,7 +92,8 @@ impl<R: Runtime> Core<R> {
                 let o = s
                     .object(Handle::from_raw(a.object.get()))
                     .ok_or(E::NoSuchObject)?;
-                pages_in(a.first_page, a.pages, o.pages())?;
+                let end = pages_in(a.first_page, a.pages, o.pages())?;
+                self.advise(&o, a.first_page as usize, end as usize, a.advice)?;
                 done(Reply::Advise(p::Done {}))
             }
             Request::Prefetch(f) => {

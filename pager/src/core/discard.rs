@@ -35,6 +35,8 @@ struct Held {
 impl<R: Runtime> Core<R> {
     /// Discards pages `[first, end)` of `o` (already checked against it).
     pub fn discard(&self, o: &Object<R>, first: usize, end: usize) -> Result<(), PagerError> {
+        // Fresh pages take no advice from the data that was there.
+        crate::sync::lock(&o.advice).clear(first as u64, end as u64);
         let mut page = first;
         while page < end {
             let chunk = Chunk::around(page, o.pages());

@@ -153,6 +153,7 @@ impl<R: Runtime> Core<R> {
             got: got.got,
             zero: got.zero,
             device: got.device,
+            remote: super::advice::remote_pages(&o, chunk, &got.got),
         };
         if got.got.is_empty() {
             g.unreserve_collect();

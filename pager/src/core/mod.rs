@@ -28,6 +28,7 @@
 //! at all is held across a call to the GPU server except page locks
 //! (rule 9 is the GPU server's: its notifier never calls the pager).
 
+pub mod advice;
 pub mod backend;
 pub mod budget;
 pub mod changes;

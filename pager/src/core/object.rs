@@ -2,7 +2,8 @@
 //! and the views that reach them. State belongs to the object's pages,
 //! never to a view.
 
-use session::Handle;
+use ipc_protocol::types::Advice;
+use session::{Handle, RangeMap};
 
 use super::budget::Charge;
 use super::runtime::Runtime;
@@ -24,9 +25,15 @@ pub struct Object<R: Runtime> {
     dying: AtomicBool,
     /// The id the GPU server knows it by, once it opened a view of it.
     gpu_id: Mutex<Option<Handle>>,
+    /// Its pages' advice (`advice.rs`): where each range prefers to live.
+    pub advice: Mutex<RangeMap<Advice>>,
     /// Its count and bytes in the owner's budget.
     _charge: Charge,
 }
+
+/// Ranges of one object with advice other than the default, at most
+/// (`OverBudget` past it).
+pub const MAX_ADVICE_RANGES: usize = 64;
 
 impl<R: Runtime> Object<R> {
     pub fn new(
@@ -45,6 +52,7 @@ impl<R: Runtime> Object<R> {
             seq: AtomicU64::new(0),
             dying: AtomicBool::new(false),
             gpu_id: Mutex::new(None),
+            advice: Mutex::new(RangeMap::new(Advice::Default, MAX_ADVICE_RANGES)),
             _charge: charge,
         }
     }

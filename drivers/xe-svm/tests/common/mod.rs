@@ -74,6 +74,7 @@ impl Handler<PagerMigrate> for FakePager {
                     got: all,
                     zero: all,
                     device: PageMask::EMPTY,
+                    remote: PageMask::EMPTY,
                 };
                 Ok((m::Reply::Collect(got), vec![]))
             }

@@ -1,0 +1,98 @@
+//! `Pager::Advise` (issue 16 item 2): where a range of an object prefers
+//! to live, and what that changes.
+//!
+//! - `PreferSystem`: a GPU fault maps the range's pages where they are, in
+//!   system memory (collect reports them `remote`), instead of migrating
+//!   them; pages in VRAM when the advice is given move back to RAM now
+//!   (eviction restricted to the range, trylocks: rule 1).
+//! - `PreferDevice`, `AtomicDevice`, `Default`: a GPU fault migrates, as
+//!   without advice.
+//! - Any advice unmaps the range from the GPU first (a new invalidation
+//!   sequence, rule 8), so the next GPU access faults and sees it, as xe's
+//!   madvise invalidates a range whose attributes change.
+//!
+//! **Lifetime.** Advice belongs to the object's pages, never to a view or
+//! an address: it moves with the pages (mremap, another view of the same
+//! object sees it), and goes back to the default when the pages are
+//! discarded (`Pager::Discard`, `MADV_DONTNEED`/`MADV_REMOVE` through a
+//! view, libsvm's `free` and `munmap` of a page range, which discard) or
+//! the object ends. So fresh memory never inherits stale advice, whether
+//! its range was unmapped and mapped again or freed and allocated again;
+//! and a range never faulted takes its advice at its first fault. (A small
+//! `malloc` shares pages with its neighbours: advice on it covers its whole
+//! pages and lasts until they are discarded.)
+//!
+//! Each object keeps at most
+//! [`MAX_ADVICE_RANGES`](super::object::MAX_ADVICE_RANGES) advised ranges
+//! (`OverBudget` past it).
+
+use ipc_protocol::interfaces::pager::PagerError;
+use ipc_protocol::types::{Advice, PageMask};
+
+use super::object::Object;
+use super::runtime::Runtime;
+use super::Core;
+use crate::migrate::{Chunk, CHUNK_PAGES};
+use crate::sync::{lock, Ordering};
+
+/// The GPU whose VRAM `PreferSystem` empties (several GPUs: issue 17).
+const GPU: u8 = 0;
+
+impl<R: Runtime> Core<R> {
+    /// Advises `[first, end)` of `o` (already checked against it).
+    pub fn advise(
+        &self,
+        o: &Object<R>,
+        first: usize,
+        end: usize,
+        advice: Advice,
+    ) -> Result<(), PagerError> {
+        lock(&o.advice)
+            .set(first as u64, end as u64, advice)
+            .map_err(|_| PagerError::OverBudget)?;
+        self.unmap_from_gpu(o, first, end)?;
+        if advice == Advice::PreferSystem {
+            self.prefetch_to_ram(o, first, end, GPU);
+        }
+        Ok(())
+    }
+
+    /// Rule 8's invalidation of `[first, end)`, chunk by chunk, with a new
+    /// sequence: a GPU fault that read the old advice refuses to map.
+    fn unmap_from_gpu(&self, o: &Object<R>, first: usize, end: usize) -> Result<(), PagerError> {
+        let Some(id) = o.gpu_id().filter(|_| self.rt.gpu_attached()) else {
+            return Ok(());
+        };
+        let mut at = first;
+        while at < end {
+            let stop = end.min((at / CHUNK_PAGES + 1) * CHUNK_PAGES);
+            let seq = o.seq.fetch_add(1, Ordering::AcqRel) + 1;
+            self.rt
+                .invalidate(&o.memory, id, at, stop - at, seq)
+                .map_err(|_| PagerError::GpuUnavailable)?;
+            at = stop;
+        }
+        Ok(())
+    }
+}
+
+/// The pages of `got` (relative to `chunk`) the GPU must map where they
+/// are: their preferred location is system memory.
+pub fn remote_pages<R: Runtime>(o: &Object<R>, chunk: Chunk, got: &PageMask) -> PageMask {
+    pages_advised(o, chunk, Advice::PreferSystem).and(got)
+}
+
+/// The pages of `chunk` (relative to it) advised `advice`.
+pub fn pages_advised<R: Runtime>(o: &Object<R>, chunk: Chunk, advice: Advice) -> PageMask {
+    let map = lock(&o.advice);
+    let mut mask = PageMask::EMPTY;
+    if map.is_empty() {
+        return mask;
+    }
+    for (i, p) in chunk.pages() {
+        if map.at(p as u64) == advice {
+            mask.set(i);
+        }
+    }
+    mask
+}
