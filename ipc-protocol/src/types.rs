@@ -184,6 +184,10 @@ wire_enum!(
         RandomRead = 4,
         /// Atomically add `value` to the first u32 of every page.
         AtomicAdd = 5,
+        /// Read one word per 4 KiB page while the hardware prefetcher runs
+        /// a page ahead; its faults (CTYPE prefetch) are acknowledged and
+        /// dropped by the GPU server, never fatal (`GpuStats::prefetch_faults`).
+        Speculative = 6,
     }
 );
 

@@ -10,6 +10,9 @@
 //! it exits after [`IDLE`] without faults. Workers are bounded by the
 //! ASIDs in use (`MAX_ASIDS`), and those by every client's `vms` budget.
 //!
+//! Prefetch faults (the hardware prefetcher's, speculative) never reach a
+//! worker: [`Dispatch::route`] acknowledges and drops them.
+//!
 //! Locking: the worker map's lock is held only to route one fault or to
 //! retire an idle worker (which checks its queue is empty under it, so no
 //! fault is ever routed to a worker that has gone).
@@ -58,8 +61,15 @@ impl Dispatch {
         }
     }
 
-    /// Hands `f` to its VM's worker, starting one if there is none.
+    /// Hands `f` to its VM's worker, starting one if there is none. A
+    /// prefetch (speculative) fault is acknowledged at once and dropped:
+    /// nothing waits for it, and moving memory for a guess would cost
+    /// more than the miss (IGT `xe_prefetch_fault`).
     pub fn route(&self, f: FaultDescriptor) {
+        if f.prefetch {
+            (self.reply)(&f, true);
+            return;
+        }
         let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         let f = match w.get(&f.asid).map(|tx| tx.send(f)) {
             Some(Ok(())) => return,
@@ -156,5 +166,58 @@ impl Worker {
                 (self.reply)(f, ok);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hw::xe::fault::{AccessType, FaultType};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn fault(prefetch: bool) -> FaultDescriptor {
+        FaultDescriptor {
+            asid: 3,
+            address: 0x10_0000,
+            access: AccessType::Read,
+            fault_type: FaultType::NotPresent,
+            level: 0,
+            engine_class: 4,
+            engine_instance: 0,
+            source_id: 0,
+            vfid: 0,
+            pdata: 1,
+            prefetch,
+        }
+    }
+
+    /// A prefetch fault is answered at once, as served, and never resolved
+    /// (nothing moves for a guess); an ordinary fault goes to its VM's
+    /// worker and is resolved.
+    #[test]
+    fn prefetch_faults_are_acknowledged_and_dropped() {
+        let resolved = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = channel();
+        let r = resolved.clone();
+        let resolve = move |_: u32, _: u64, _: bool, _: &[u64]| {
+            r.fetch_add(1, Ordering::SeqCst);
+            true
+        };
+        let tx = Mutex::new(tx);
+        let reply = move |f: &FaultDescriptor, ok: bool| {
+            let _ = tx.lock().unwrap().send((f.prefetch, ok));
+        };
+        let d = Dispatch::new(Arc::new(resolve), Arc::new(reply));
+        d.route(fault(true));
+        assert_eq!(
+            rx.try_recv(),
+            Ok((true, true)),
+            "answered before route returned"
+        );
+        assert_eq!(resolved.load(Ordering::SeqCst), 0);
+        assert_eq!(d.workers(), 0, "no worker started for it");
+        d.route(fault(false));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok((false, true)));
+        assert_eq!(resolved.load(Ordering::SeqCst), 1);
     }
 }

@@ -347,7 +347,11 @@ impl GpuServer {
             inner.resolve_access(asid, va, write, near)
         };
         let reply = move |f: &FaultDescriptor, ok: bool| {
-            dev.counters.gpu_faults.fetch_add(1, Ordering::Relaxed);
+            let counter = match f.prefetch {
+                true => &dev.counters.prefetch_faults,
+                false => &dev.counters.gpu_faults,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             if !ok {
                 dev.log_unserved(f);
             }
@@ -537,6 +541,7 @@ impl Handler<g::Gpu> for GpuServer {
                         vram_total: inner.vram.total_pages() * PAGE,
                         vram_used: inner.vram.used_pages() * PAGE,
                         gpu_faults: c.gpu_faults.load(Ordering::Relaxed),
+                        prefetch_faults: c.prefetch_faults.load(Ordering::Relaxed),
                         pages_to_vram: c.pages_to_vram.load(Ordering::Relaxed),
                         pages_to_ram: c.pages_to_ram.load(Ordering::Relaxed),
                         bo_evictions: inner.bos.evictions.load(Ordering::Relaxed),

@@ -66,6 +66,7 @@ fn kernel_op(k: KernelKind) -> KernelOp {
         KernelKind::StridedWrite => KernelOp::StridedWrite,
         KernelKind::RandomRead => KernelOp::RandomRead,
         KernelKind::AtomicAdd => KernelOp::AtomicAdd,
+        KernelKind::Speculative => KernelOp::Speculative,
     }
 }
 

@@ -203,6 +203,8 @@ pub(crate) struct State<T> {
 #[derive(Default)]
 pub struct Counters {
     pub gpu_faults: AtomicU64,
+    /// Prefetch (speculative) faults acknowledged and dropped.
+    pub prefetch_faults: AtomicU64,
     pub pages_to_vram: AtomicU64,
     pub pages_to_ram: AtomicU64,
     pub invalidations: AtomicU64,

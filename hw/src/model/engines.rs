@@ -26,6 +26,9 @@ const POLL: Duration = Duration::from_millis(50);
 const FAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The engine class the model reports its compute engine as.
 const COMPUTE_CLASS: u8 = 4;
+/// Private data of a prefetch fault: the hardware thread with this bit set,
+/// so its answer is told apart from the thread's own faults' answers.
+pub const PREFETCH_PDATA: u16 = 0x8000;
 
 /// One stalled hardware thread's mailbox for its fault reply.
 #[derive(Default)]
@@ -249,6 +252,8 @@ impl Device {
                         .u32_at(layout::REG_FAULTS_REPLIED)
                         .fetch_add(1, Ordering::AcqRel);
                     match self.slots.get(r.pdata as usize) {
+                        // A prefetch fault's answer: nothing waits for it.
+                        _ if r.pdata & PREFETCH_PDATA != 0 => {}
                         Some(slot) => {
                             *slot.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.success);
                             slot.arrived.notify_all();
@@ -325,6 +330,33 @@ impl Device {
         true
     }
 
+    /// The prefetcher of hardware thread `hw` looks at `va` ahead of use:
+    /// a miss raises a prefetch fault (marked in the descriptor, its
+    /// private data tagged [`PREFETCH_PDATA`]) that nothing waits for; the
+    /// thread goes on (hit under miss).
+    fn prefetch(&self, asid: u32, va: u64, hw: u16) {
+        let level = match self.tlb.translate(&self.regs, &self.mem, asid, va) {
+            Ok(_) => return,
+            Err(m) => m.level,
+        };
+        self.regs
+            .u32_at(layout::REG_PREFETCH_FAULTS)
+            .fetch_add(1, Ordering::AcqRel);
+        self.to_host(&Command::PageFault(FaultDescriptor {
+            asid,
+            address: va & !0xfff,
+            access: AccessType::Read,
+            fault_type: FaultType::NotPresent,
+            level,
+            engine_class: COMPUTE_CLASS,
+            engine_instance: 0,
+            source_id: 0,
+            vfid: 0,
+            pdata: hw | PREFETCH_PDATA,
+            prefetch: true,
+        }));
+    }
+
     /// Translates `va` for an access, faulting (and stalling) until the
     /// driver maps it or refuses. Returns `None` when the fault failed.
     fn access(
@@ -362,6 +394,7 @@ impl Device {
                 source_id: 0,
                 vfid: 0,
                 pdata: hw,
+                prefetch: false,
             }));
             let guard = slot.reply.lock().unwrap_or_else(|e| e.into_inner());
             let (guard, _) = slot
@@ -503,6 +536,10 @@ impl Device {
             k.op,
             KernelOp::IncrementAll | KernelOp::StridedWrite | KernelOp::AtomicAdd
         );
+        if k.op == KernelOp::Speculative {
+            // The prefetcher runs a page ahead of the read.
+            self.prefetch(k.asid, (lo & !0xfff) + 4096, hw);
+        }
         let ran = self.with_translated(k.asid, lo, hi - lo, write, hw, faults, |p| {
             let words = |off: u64| {
                 // A client's unaligned stride writes the dword it falls in.
@@ -513,7 +550,7 @@ impl Device {
             };
             let len = (hi - lo) & !3;
             match k.op {
-                KernelOp::TouchPages | KernelOp::RandomRead => {
+                KernelOp::TouchPages | KernelOp::RandomRead | KernelOp::Speculative => {
                     checksum.fetch_add(words(0).load(Ordering::Relaxed) as u64, Ordering::Relaxed);
                 }
                 KernelOp::IncrementAll => {

@@ -207,8 +207,9 @@ pub enum Kernel {
     AtomicAdd,
     /// Read words at pseudo-random pages.
     RandomRead,
-    /// Hardware prefetch (speculative) reads, whose faults must be dropped,
-    /// never fatal: the device model does not raise them yet (issue 16).
+    /// Reads one word per page with the hardware prefetcher running a page
+    /// ahead: its faults (past the range: nothing mapped) are acknowledged
+    /// and dropped, never fatal.
     Speculative,
 }
 
@@ -604,7 +605,10 @@ pub enum Step {
     /// must hold at least `at_least` entries.
     FaultLog {
         vm: String,
+        #[serde(default)]
         at_least: Num,
+        /// At most this many in all (absent: no bound).
+        at_most: Option<Num>,
     },
 }
 

@@ -132,12 +132,6 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
             if *kernel == Kernel::Store && (stride < 4 || !stride.is_multiple_of(4)) {
                 return Err(bad("store: a stride of whole words"));
             }
-            if *kernel == Kernel::Speculative {
-                return Err(StepError::Unsupported(
-                    "speculative (prefetch) faults: the device model raises none (issue 16 item 8)"
-                        .into(),
-                ));
-            }
             let gpu = &ctx.conn(client)?.gpu;
             let job = gpu
                 .call(Submit {
@@ -214,7 +208,7 @@ fn kernel_kind(k: Kernel) -> KernelKind {
         Kernel::Store => KernelKind::StridedWrite,
         Kernel::AtomicAdd => KernelKind::AtomicAdd,
         Kernel::RandomRead => KernelKind::RandomRead,
-        Kernel::Speculative => unreachable!("refused before submitting"),
+        Kernel::Speculative => KernelKind::Speculative,
     }
 }
 
@@ -351,8 +345,9 @@ pub fn bo_step(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
 
 /// The counters a `counters` step may name: cumulative ones compare the
 /// change since the mark, the rest compare their value now.
-const CUMULATIVE: [&str; 6] = [
+const CUMULATIVE: [&str; 7] = [
     "gpu_faults",
+    "prefetch_faults",
     "pages_to_vram",
     "pages_to_ram",
     "bo_evictions",
@@ -363,6 +358,7 @@ const CUMULATIVE: [&str; 6] = [
 fn counter(s: &GpuStats, name: &str) -> Option<u64> {
     Some(match name {
         "gpu_faults" => s.gpu_faults,
+        "prefetch_faults" => s.prefetch_faults,
         "pages_to_vram" => s.pages_to_vram,
         "pages_to_ram" => s.pages_to_ram,
         "bo_evictions" => s.bo_evictions,
@@ -487,8 +483,10 @@ mod tests {
     }
 }
 
-/// `Gpu::FaultLog` of `vm`: at least `at_least` unserved faults.
-pub fn fault_log(ctx: &Ctx, vm: &str, at_least: u64, label: &str) -> StepResult {
+/// `Gpu::FaultLog` of `vm`: at least `at_least` unserved faults, and at
+/// most `at_most` in all when given.
+pub fn fault_log(ctx: &Ctx, vm: &str, bounds: (u64, Option<u64>), label: &str) -> StepResult {
+    let (at_least, at_most) = bounds;
     let (id, client) = {
         let w = ctx.world();
         let v = w.vm(vm)?;
@@ -502,11 +500,12 @@ pub fn fault_log(ctx: &Ctx, vm: &str, at_least: u64, label: &str) -> StepResult 
             f.address, f.access, f.fault_type, f.level
         )
     });
+    let most = at_most.map_or(String::new(), |m| format!(", at most {m}"));
     ctx.report.check(
-        faults.len() as u64 >= at_least,
+        faults.len() as u64 >= at_least && at_most.is_none_or(|m| log.total <= m),
         label,
         &format!(
-            "fault log of {vm}: {} entries ({} in all), first {first}; at least {at_least}",
+            "fault log of {vm}: {} entries ({} in all), first {first}; at least {at_least}{most}",
             faults.len(),
             log.total
         ),

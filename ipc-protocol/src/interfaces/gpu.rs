@@ -194,6 +194,8 @@ wire_struct!(
         pub vram_total: u64,
         pub vram_used: u64,
         pub gpu_faults: u64,
+        /// Faults the hardware prefetcher raised: acknowledged and dropped.
+        pub prefetch_faults: u64,
         pub pages_to_vram: u64,
         pub pages_to_ram: u64,
         pub bo_evictions: u64,
