@@ -168,6 +168,11 @@ wire_enum!(
         PreferDevice = 2,
         /// GPU atomics need the pages in VRAM.
         AtomicDevice = 3,
+        /// GPU atomics work wherever the pages are, system memory too.
+        AtomicGlobal = 4,
+        /// GPU atomics are refused (CPU atomics only): not supported yet,
+        /// `NotSupported` (issue 16 item 5).
+        AtomicCpu = 5,
     }
 );
 

@@ -50,7 +50,11 @@ enum svm_advice {
     SVM_ADVICE_DEFAULT = 0,
     SVM_ADVICE_PREFER_SYSTEM = 1,
     SVM_ADVICE_PREFER_DEVICE = 2,
-    SVM_ADVICE_ATOMIC_DEVICE = 3
+    SVM_ADVICE_ATOMIC_DEVICE = 3,
+    /* GPU atomics wherever the pages are (system memory too). */
+    SVM_ADVICE_ATOMIC_GLOBAL = 4,
+    /* GPU atomics refused: not built yet, SVM_E_NOT_SUPPORTED. */
+    SVM_ADVICE_ATOMIC_CPU = 5
 };
 
 /* Locations (svm_prefetch) and page states (svm_page_states). */

@@ -66,6 +66,38 @@ impl<V: Copy + Eq> RangeMap<V> {
         Ok(())
     }
 
+    /// Sets each key of `[start, end)` to `f` of its value now (one field
+    /// of a value, say, leaving the rest as it is). Past the cap nothing
+    /// changes.
+    pub fn update(
+        &mut self,
+        start: u64,
+        end: u64,
+        f: impl Fn(V) -> V,
+    ) -> Result<(), TooManyRanges> {
+        // The pieces of [start, end) with one value each, then each set.
+        let mut cuts: Vec<u64> = self
+            .ranges
+            .iter()
+            .flat_map(|(&s, &(e, _))| [s, e])
+            .filter(|&k| start < k && k < end)
+            .collect();
+        cuts.push(start);
+        cuts.push(end);
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut next = self.clone();
+        for w in cuts.windows(2) {
+            let v = f(self.at(w[0]));
+            next.ranges = next.with(w[0], w[1], v);
+        }
+        if next.ranges.len() > self.cap {
+            return Err(TooManyRanges);
+        }
+        self.ranges = next.ranges;
+        Ok(())
+    }
+
     /// Puts `[start, end)` back at the default; never fails: where that
     /// would split a range past the cap, every range it meets goes back to
     /// the default whole (more than asked, never more kept).
@@ -158,6 +190,19 @@ mod tests {
         m.clear(4, 6);
         assert_eq!((m.at(2), m.at(8), m.at(25)), (0, 0, 1));
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn update_changes_one_field_across_pieces() {
+        let mut m = RangeMap::new((0u8, 0u8), 8);
+        m.set(0, 10, (1, 0)).unwrap();
+        m.set(10, 20, (2, 0)).unwrap();
+        m.update(5, 15, |(a, _)| (a, 7)).unwrap();
+        assert_eq!(
+            (m.at(0), m.at(5), m.at(12), m.at(17)),
+            ((1, 0), (1, 7), (2, 7), (2, 0))
+        );
+        assert_eq!(m.at(30), (0, 0));
     }
 
     proptest::proptest! {

@@ -526,9 +526,11 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 AdviceKind::PreferSystem => Advice::PreferSystem,
                 AdviceKind::PreferDevice => Advice::PreferDevice,
                 AdviceKind::AtomicDevice => Advice::AtomicDevice,
-                AdviceKind::AtomicGlobal | AdviceKind::AtomicCpu => {
+                AdviceKind::AtomicGlobal => Advice::AtomicGlobal,
+                AdviceKind::AtomicCpu => {
                     return Err(StepError::Unsupported(format!(
-                        "advice {advice:?}: Pager::Advise has no such value (issue 16 item 5)"
+                        "advice {advice:?}: GPU atomics refused is not built (the pager \
+                         answers NotSupported; issue 16 item 5)"
                     )))
                 }
             };

@@ -5,8 +5,15 @@
 //!   system memory (collect reports them `remote`), instead of migrating
 //!   them; pages in VRAM when the advice is given move back to RAM now
 //!   (eviction restricted to the range, trylocks: rule 1).
-//! - `PreferDevice`, `AtomicDevice`, `Default`: a GPU fault migrates, as
-//!   without advice.
+//! - `PreferDevice`: a GPU fault migrates, as without advice, and a CPU
+//!   fault on another page of the chunk leaves the range in VRAM.
+//! - Atomics, an attribute of its own (setting one keeps the preferred
+//!   location): `AtomicDevice` makes GPU faults migrate even where the
+//!   range prefers system memory (an atomic needs VRAM, and a collect does
+//!   not know the access); `AtomicGlobal` lets GPU atomics run wherever
+//!   the pages are (system memory too: nothing moves for them);
+//!   `AtomicCpu` (GPU atomics refused) is `NotSupported` for now.
+//! - `Default` puts both attributes back.
 //! - Any advice unmaps the range from the GPU first (a new invalidation
 //!   sequence, rule 8), so the next GPU access faults and sees it, as xe's
 //!   madvise invalidates a range whose attributes change.
@@ -47,9 +54,18 @@ impl<R: Runtime> Core<R> {
         end: usize,
         advice: Advice,
     ) -> Result<(), PagerError> {
-        lock(&o.advice)
-            .set(first as u64, end as u64, advice)
-            .map_err(|_| PagerError::OverBudget)?;
+        let (lo, hi) = (first as u64, end as u64);
+        let set = match advice {
+            Advice::Default => lock(&o.advice).update(lo, hi, |_| (advice, advice)),
+            Advice::PreferSystem | Advice::PreferDevice => {
+                lock(&o.advice).update(lo, hi, |(_, atomics)| (advice, atomics))
+            }
+            Advice::AtomicDevice | Advice::AtomicGlobal => {
+                lock(&o.advice).update(lo, hi, |(location, _)| (location, advice))
+            }
+            Advice::AtomicCpu => return Err(PagerError::NotSupported),
+        };
+        set.map_err(|_| PagerError::OverBudget)?;
         self.unmap_from_gpu(o, first, end)?;
         if advice == Advice::PreferSystem {
             self.prefetch_to_ram(o, first, end, GPU);
@@ -77,20 +93,32 @@ impl<R: Runtime> Core<R> {
 }
 
 /// The pages of `got` (relative to `chunk`) the GPU must map where they
-/// are: their preferred location is system memory.
+/// are: they prefer system memory, and GPU atomics do not need VRAM.
 pub fn remote_pages<R: Runtime>(o: &Object<R>, chunk: Chunk, got: &PageMask) -> PageMask {
-    pages_advised(o, chunk, Advice::PreferSystem).and(got)
+    pages_where(o, chunk, |(location, atomics)| {
+        location == Advice::PreferSystem && atomics != Advice::AtomicDevice
+    })
+    .and(got)
 }
 
-/// The pages of `chunk` (relative to it) advised `advice`.
-pub fn pages_advised<R: Runtime>(o: &Object<R>, chunk: Chunk, advice: Advice) -> PageMask {
+/// The pages of `chunk` (relative to it) that prefer the device.
+pub fn device_preferred<R: Runtime>(o: &Object<R>, chunk: Chunk) -> PageMask {
+    pages_where(o, chunk, |(location, _)| location == Advice::PreferDevice)
+}
+
+/// The pages of `chunk` (relative to it) whose advice `wanted` accepts.
+fn pages_where<R: Runtime>(
+    o: &Object<R>,
+    chunk: Chunk,
+    wanted: impl Fn((Advice, Advice)) -> bool,
+) -> PageMask {
     let map = lock(&o.advice);
     let mut mask = PageMask::EMPTY;
     if map.is_empty() {
         return mask;
     }
     for (i, p) in chunk.pages() {
-        if map.at(p as u64) == advice {
+        if wanted(map.at(p as u64)) {
             mask.set(i);
         }
     }

@@ -12,7 +12,7 @@
 //!   RAM copies from every view and clears the protection, so blocked
 //!   writers retry and fault on a DEVICE page.
 
-use ipc_protocol::types::{Advice, PageMask};
+use ipc_protocol::types::PageMask;
 
 use super::object::Object;
 use super::runtime::{Pause, RtError, Runtime, Source};
@@ -348,6 +348,6 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
     }
 
     fn device_preferred(&self, chunk: Chunk) -> PageMask {
-        super::advice::pages_advised(self.object, chunk, Advice::PreferDevice)
+        super::advice::device_preferred(self.object, chunk)
     }
 }

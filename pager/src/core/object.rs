@@ -25,8 +25,8 @@ pub struct Object<R: Runtime> {
     dying: AtomicBool,
     /// The id the GPU server knows it by, once it opened a view of it.
     gpu_id: Mutex<Option<Handle>>,
-    /// Its pages' advice (`advice.rs`): where each range prefers to live.
-    pub advice: Mutex<RangeMap<Advice>>,
+    /// Its pages' advice (`advice.rs`): (preferred location, atomics).
+    pub advice: Mutex<RangeMap<(Advice, Advice)>>,
     /// Its count and bytes in the owner's budget.
     _charge: Charge,
 }
@@ -52,7 +52,10 @@ impl<R: Runtime> Object<R> {
             seq: AtomicU64::new(0),
             dying: AtomicBool::new(false),
             gpu_id: Mutex::new(None),
-            advice: Mutex::new(RangeMap::new(Advice::Default, MAX_ADVICE_RANGES)),
+            advice: Mutex::new(RangeMap::new(
+                (Advice::Default, Advice::Default),
+                MAX_ADVICE_RANGES,
+            )),
             _charge: charge,
         }
     }
