@@ -31,7 +31,7 @@ use pager::migrate::{Backend, Chunk, Policy};
 use pager::state::{PageTable, Residency};
 use pager::sync::{lock, AtomicUsize, Ordering};
 use session::Handle;
-use shuttle::sync::{Arc, Condvar, Mutex};
+use shuttle::sync::{Arc, Condvar, Mutex, Weak};
 
 use crate::machine::{Machine, PAGE, STAGING_SLOTS};
 use crate::net::Endpoint;
@@ -102,14 +102,16 @@ pub struct SimRuntime {
     next_page: AtomicUsize,
     free_slots: Mutex<Vec<usize>>,
     slot_free: Condvar,
-    pub gpu: Arc<OnceLock<Arc<GpuCore>>>,
+    /// The GPU core, held weakly: it holds the pager (its platform), and
+    /// a strong reference back would keep both alive after the run.
+    pub gpu: Arc<OnceLock<Weak<GpuCore>>>,
     pub notify: Arc<OnceLock<Arc<Endpoint>>>,
 }
 
 impl SimRuntime {
     fn gpu(&self) -> Result<(Arc<GpuCore>, Arc<Endpoint>), RtError> {
-        match (self.gpu.get(), self.notify.get()) {
-            (Some(g), Some(n)) if !n.is_dead() => Ok((g.clone(), n.clone())),
+        match (self.gpu.get().and_then(Weak::upgrade), self.notify.get()) {
+            (Some(g), Some(n)) if !n.is_dead() => Ok((g, n.clone())),
             _ => Err(RtError::Gpu),
         }
     }
@@ -363,7 +365,9 @@ pub struct SimPager {
     /// The victim's view id (its binding's, for the GPU server).
     pub view: Handle,
     views: Mutex<Vec<Option<CpuView>>>,
-    pub gpu: Arc<OnceLock<Arc<GpuCore>>>,
+    /// The GPU core, held weakly: it holds the pager (its platform), and
+    /// a strong reference back would keep both alive after the run.
+    pub gpu: Arc<OnceLock<Weak<GpuCore>>>,
     pub notify: Arc<OnceLock<Arc<Endpoint>>>,
 }
 

@@ -17,7 +17,7 @@ use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
 use ipc_protocol::types::World;
 use mm_server::broker::Broker;
 use mm_server::evictor::{run_pass, PeerError, VramFigures, Worlds};
-use shuttle::sync::{Arc, Mutex};
+use shuttle::sync::{Arc, Mutex, Weak};
 use xe_svm::platform::{Platform, PortError};
 
 use crate::machine::{Machine, SimTables, BO_POOL_BASE, BO_POOL_PAGES, PAGE, ZERO_BASE};
@@ -147,11 +147,9 @@ impl Mm {
     /// then what fits is granted.
     pub fn reserve(&self, bytes: u64) -> u64 {
         run_pass(&self.broker, &self.worlds);
-        let gpu = self
-            .worlds
-            .gpu
-            .get()
-            .expect("the GPU core is wired before it runs");
+        let Some(gpu) = self.worlds.gpu.get().and_then(Weak::upgrade) else {
+            return 0; // the run is over
+        };
         let free = (gpu.vram.total_pages() - gpu.vram.used_pages()) * PAGE;
         if free >= bytes {
             bytes
@@ -166,7 +164,9 @@ pub struct SimWorlds {
     pub pager: Arc<SimPager>,
     /// `PagerReclaim`, served by the pager.
     pub reclaim: Arc<Endpoint>,
-    pub gpu: OnceLock<Arc<GpuCore>>,
+    /// Held weakly: the GPU core holds mm-server (its platform's pressure
+    /// endpoint), and a strong reference back would be a cycle.
+    pub gpu: OnceLock<Weak<GpuCore>>,
 }
 
 impl Worlds for SimWorlds {
@@ -174,6 +174,7 @@ impl Worlds for SimWorlds {
         let gpu = self
             .gpu
             .get()
+            .and_then(Weak::upgrade)
             .ok_or_else(|| PeerError("GPU core not wired".into()))?;
         gpu.shrink_bos(bytes)
             .map(|(freed, _)| freed)
@@ -189,6 +190,7 @@ impl Worlds for SimWorlds {
         let gpu = self
             .gpu
             .get()
+            .and_then(Weak::upgrade)
             .ok_or_else(|| PeerError("no GPU server".into()))?;
         let (bo, svm) = gpu.vram_by_world();
         Ok(VramFigures {

@@ -129,10 +129,10 @@ impl World {
             .arena()
             .expect("the GPU core's metadata arena");
         let gpu: Arc<GpuCore> = Arc::new(Inner::with_arena(hw, 0, pages, budget, arena));
-        let _ = pager.gpu.set(gpu.clone());
+        let _ = pager.gpu.set(Arc::downgrade(&gpu));
         let _ = pager.notify.set(notify.clone());
         if let Some(mm) = &mm {
-            let _ = mm.worlds.gpu.set(gpu.clone());
+            let _ = mm.worlds.gpu.set(Arc::downgrade(&gpu));
         }
         gpu.attach_staging(STAGING_BASE, STAGING_SLOTS as u64 * 512 * PAGE);
         let vm_id = gpu.create_vm(CLIENT).expect("a VM");

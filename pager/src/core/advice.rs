@@ -40,10 +40,14 @@ use super::object::Object;
 use super::runtime::Runtime;
 use super::Core;
 use crate::migrate::{Chunk, CHUNK_PAGES};
+use crate::state::Residency;
 use crate::sync::{lock, Ordering};
 
 /// The GPU whose VRAM `PreferSystem` empties (several GPUs: issue 17).
 const GPU: u8 = 0;
+/// Eviction rounds `PreferSystem` tries before it leaves pages in VRAM
+/// (each waits out a migration that held one).
+const EMPTY_ROUNDS: usize = 64;
 
 impl<R: Runtime> Core<R> {
     /// Advises `[first, end)` of `o` (already checked against it).
@@ -68,9 +72,36 @@ impl<R: Runtime> Core<R> {
         set.map_err(|_| PagerError::OverBudget)?;
         self.unmap_from_gpu(o, first, end)?;
         if advice == Advice::PreferSystem {
-            self.prefetch_to_ram(o, first, end, GPU);
+            self.empty_vram_of(o, first, end);
         }
         Ok(())
+    }
+
+    /// Moves `[first, end)`'s pages out of VRAM. Eviction takes trylocks
+    /// (rule 1) and skips a page a GPU migration holds; such a migration
+    /// collected before the advice was set and may still finish in VRAM,
+    /// so wait it out (holding nothing) and evict again. Migrations that
+    /// collect from now on see the advice and move nothing: this ends.
+    fn empty_vram_of(&self, o: &Object<R>, first: usize, end: usize) {
+        for _ in 0..EMPTY_ROUNDS {
+            self.prefetch_to_ram(o, first, end, GPU);
+            let busy = (first..end).find_map(|p| match o.table.info(p) {
+                Ok(i) if i.locked => Some(Some(p)),
+                Ok(i) if matches!(i.residency, Residency::Device { .. }) => Some(None),
+                _ => None,
+            });
+            match busy {
+                None => return,
+                Some(Some(p)) => {
+                    let _ = o.table.wait_unlocked(p);
+                }
+                Some(None) => crate::sync::yield_now(),
+            }
+        }
+        log::warn!(
+            "pager: object {:#x}: pages of a range that prefers system memory stay in VRAM",
+            o.id.raw()
+        );
     }
 
     /// Rule 8's invalidation of `[first, end)`, chunk by chunk, with a new
