@@ -65,6 +65,99 @@ fn a_moved_view_keeps_its_client_id() {
     assert_eq!(core.accounting().views, 0);
 }
 
+fn find(core: &std::sync::Arc<ModelCore>, addr: u64) -> Result<p::ViewFound, PagerError> {
+    let s = core.client(CLIENT)?;
+    let req = p::Request::FindView(p::FindView { addr });
+    match core.pager_request(&s, req, vec![])? {
+        (p::Reply::FindView(f), _) => Ok(f),
+        _ => unreachable!("FindView answers ViewFound"),
+    }
+}
+
+/// A munmap in the middle of a view (rule 8 for split views): each part
+/// left is a view of its own, which the GPU server twins the old view's
+/// bindings over before it hears the old view went, and which the client
+/// finds (`FindView`) and detaches; the old id names nothing.
+#[test]
+fn a_split_view_lives_on_as_parts_the_client_finds() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (_, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    let mut notes = Vec::new();
+    core.follow_unmap(&space, A + 3 * PAGE, A + 5 * PAGE, None, &mut notes);
+    core.send_notes(&mut notes);
+    let parts: Vec<_> = lock(&core.rt.parts)
+        .iter()
+        .map(|p| (p.view.raw(), p.first_page, p.pages, p.from, p.to))
+        .collect();
+    let (a0, a5) = (A, A + 5 * PAGE);
+    assert_eq!(
+        parts,
+        vec![(view.raw(), 0, 3, a0, a0), (view.raw(), 5, 3, a5, a5)]
+    );
+    let first = find(&core, A + PAGE).unwrap();
+    let second = find(&core, A + 7 * PAGE).unwrap();
+    assert_eq!(
+        (first.addr, first.object_first_page, first.pages),
+        (A, 0, 3)
+    );
+    assert_eq!(
+        (second.addr, second.object_first_page, second.pages),
+        (a5, 5, 3)
+    );
+    let heard = lock(&core.rt.heard).clone();
+    assert_eq!(
+        heard,
+        vec![
+            ('p', first.view.get()),
+            ('p', second.view.get()),
+            ('g', view.raw())
+        ],
+        "each part is bound before the old view goes"
+    );
+    assert_eq!(
+        find(&core, A + 3 * PAGE).err(),
+        Some(PagerError::NoSuchView)
+    );
+    assert_eq!(detach(&core, CLIENT, view), Err(PagerError::NoSuchView));
+    for part in [first.view, second.view] {
+        detach(&core, CLIENT, Handle::from_raw(part.get())).unwrap();
+    }
+    assert_eq!(core.accounting().views, 0);
+}
+
+/// The pages of the hole a munmap made leave VRAM with their data (no view
+/// reaches them; the object keeps them); the parts' pages stay.
+#[test]
+fn the_pages_of_a_hole_leave_vram_with_their_data() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (o, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let obj = s.object(o).unwrap();
+    seed(&obj, |p| 100 + p as u64);
+    let g = core.gpu_session(GPU).unwrap();
+    let gid = gpu_open(&core, &g, CLIENT, view).unwrap();
+    assert_eq!(gpu_migrate(&core, &g, gid, &obj.memory, 0, 8), Ok(8));
+    let space = s.view(view).unwrap().space.clone();
+    let mut notes = Vec::new();
+    core.follow_unmap(&space, A + 3 * PAGE, A + 5 * PAGE, None, &mut notes);
+    core.send_notes(&mut notes);
+    let vram = lock(&core.rt.vram).clone();
+    let in_vram: Vec<usize> = (0..8)
+        .filter(|p| vram.contains_key(&(gid.get(), *p)))
+        .collect();
+    assert_eq!(in_vram, vec![0, 1, 2, 5, 6, 7], "only the hole left VRAM");
+    for p in 3..5 {
+        let i = obj.table.info(p).unwrap();
+        assert_eq!(i.residency, pager::state::Residency::System, "page {p}");
+        assert_eq!(
+            obj.memory.words[p].load(std::sync::atomic::Ordering::Acquire),
+            100 + p as u64
+        );
+    }
+}
+
 /// A split the client's view budget has no room for: the part that cannot
 /// be recorded goes to the kernel, the rest is followed.
 #[test]

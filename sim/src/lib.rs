@@ -28,6 +28,7 @@ pub mod pager;
 pub mod platform;
 pub mod protect;
 pub mod scenarios;
+pub mod split;
 pub mod world;
 
 use shuttle::scheduler::{PctScheduler, RandomScheduler};

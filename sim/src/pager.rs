@@ -23,7 +23,7 @@ use ipc_protocol::types::{ObjectId, PageMask, ViewId};
 use pager::core::backend::CoreBackend;
 use pager::core::changes::PendingMove;
 use pager::core::object::Object;
-use pager::core::runtime::{Pause, RtError, Runtime, Source};
+use pager::core::runtime::{PartNote, Pause, RtError, Runtime, Source};
 use pager::core::session::{ClientSession, GpuSession};
 use pager::core::view::Space;
 use pager::core::{Config, Core};
@@ -87,6 +87,30 @@ impl SimPort {
 
     fn unmap(&self, start: u64, end: u64) {
         lock(&self.maps).retain(|m| m.end <= start || m.start >= end);
+    }
+
+    /// Unmaps `[start, end)`, keeping the parts of a mapping around it.
+    fn unmap_part(&self, start: u64, end: u64) {
+        let mut maps = lock(&self.maps);
+        let mut kept = Vec::new();
+        for m in maps.drain(..) {
+            if m.end <= start || m.start >= end {
+                kept.push(m);
+                continue;
+            }
+            if m.start < start {
+                kept.push(Mapping { end: start, ..m });
+            }
+            if end < m.end {
+                let base = m.base + ((end - m.start) / PAGE) as usize;
+                kept.push(Mapping {
+                    start: end,
+                    base,
+                    ..m
+                });
+            }
+        }
+        *maps = kept;
     }
 }
 
@@ -345,6 +369,14 @@ impl Runtime for SimRuntime {
             let _ = notify.call(move || gpu.view_copied(v, n, from, to));
         }
     }
+
+    fn view_part(&self, p: &PartNote) {
+        if let Ok((gpu, notify)) = self.gpu() {
+            let (v, n, p) = (p.view.raw(), p.new_view.raw(), *p);
+            let pages = p.first_page as u64..(p.first_page + p.pages) as u64;
+            let _ = notify.call(move || gpu.view_part(v, n, pages, p.from, p.to));
+        }
+    }
 }
 
 pub type SimCore = Core<SimRuntime>;
@@ -594,6 +626,22 @@ impl SimPager {
             pending,
         };
         (index, m)
+    }
+
+    /// munmap of pages `[first, end)` of CPU view `view`: the pager splits
+    /// the view, the parts stay bound (`ViewPart`), the old view ends
+    /// (`ViewGone`), and the pages no view reaches leave VRAM.
+    pub fn unmap_pages(&self, view: usize, first: usize, end: usize) {
+        let v = self.cpu_view(view);
+        let (start, stop) = (v.base + first as u64 * PAGE, v.base + end as u64 * PAGE);
+        let mut notes = Vec::new();
+        {
+            let _changing = v.space.applying_changes();
+            v.space.port.unmap_part(start, stop);
+            self.core
+                .follow_unmap(&v.space, start, stop, None, &mut notes);
+        }
+        self.core.send_notes(&mut notes);
     }
 
     /// The second half: the old range's unmap ends the old view

@@ -45,6 +45,7 @@ pub fn all() -> Vec<Scenario> {
     .chain(crate::protect::all())
     .chain(crate::fresh_pages::all())
     .chain(crate::advice::all())
+    .chain(crate::split::all())
     .collect()
 }
 

@@ -103,6 +103,11 @@ fn prefer_system_keeps_pages_in_ram() {
 }
 
 #[test]
+fn unmap_middle_racing_migration() {
+    scenario("unmap_middle_racing_migration");
+}
+
+#[test]
 fn gpu_writes_fresh_pages_in_place() {
     scenario("gpu_writes_fresh_pages_in_place");
 }
@@ -164,6 +169,7 @@ fn every_scenario_has_a_test() {
         "read_only_refuses_gpu_writes",
         "gpu_writes_fresh_pages_in_place",
         "prefer_system_keeps_pages_in_ram",
+        "unmap_middle_racing_migration",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);

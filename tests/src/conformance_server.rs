@@ -131,7 +131,8 @@ impl Handler<Pager> for ConformancePager {
                     vec![],
                 ))
             }
-            Request::DetachView(_) => Err(PagerError::NoSuchView),
+            // It keeps no views.
+            Request::DetachView(_) | Request::FindView(_) => Err(PagerError::NoSuchView),
             Request::Advise(Advise { object, .. }) => {
                 self.with_object(caller, object, |_| Ok(()))?;
                 Ok((Reply::Advise(Done {}), vec![]))

@@ -124,7 +124,7 @@ fn every_message_has_a_golden_vector() {
     let v = all_vectors();
     let count = |name: &str| v.lines().filter(|l| l.starts_with(name)).count();
     // 7 interfaces; each of their messages appears.
-    assert_eq!(count("Pager "), 10 + 10 + pager::PagerError::all().len());
+    assert_eq!(count("Pager "), 11 + 11 + pager::PagerError::all().len());
     assert_eq!(count("Gpu "), 16 + 16 + gpu::GpuError::all().len());
     assert_eq!(
         count("Pressure "),

@@ -430,6 +430,19 @@ impl Handler<n::GpuNotify> for GpuServer {
                     vec![],
                 ))
             }
+            n::Request::ViewPart(n::ViewPart {
+                view,
+                new_view,
+                first_page,
+                pages,
+                from,
+                to,
+            }) => {
+                let end = first_page.checked_add(pages).ok_or(NotifyError::BadRange)?;
+                let (bindings, skipped) =
+                    inner.view_part(view.get(), new_view.get(), first_page..end, from, to)?;
+                Ok((n::Reply::ViewPart(n::Copied { bindings, skipped }), vec![]))
+            }
         }
     }
 }

@@ -79,6 +79,19 @@ impl Binding {
             pages: self.pages,
         }
     }
+    /// The part of this binding over object pages `pages`, `shift` bytes
+    /// away (wrapping: the caller checks where it lands); `None` if they
+    /// share no page.
+    pub(crate) fn part(&self, pages: &core::ops::Range<u64>, shift: u64) -> Option<Self> {
+        let lo = self.first_page.max(pages.start);
+        let hi = (self.first_page + self.pages).min(pages.end);
+        (lo < hi).then(|| Self {
+            gpu_addr: (self.gpu_addr + (lo - self.first_page) * PAGE).wrapping_add(shift),
+            first_page: lo,
+            pages: hi - lo,
+            ..*self
+        })
+    }
     /// One past the binding's last byte (checked below [`USER_VA_END`] at bind).
     pub(crate) fn end(&self) -> u64 {
         self.gpu_addr + self.pages * PAGE
@@ -156,6 +169,26 @@ impl ObjectState {
                 .unwrap_or(0);
         }
     }
+    /// Whether frame `f` holds this object's page `f - pfn` pages away
+    /// from `page` (in `pfn`): a migration's block holds its pages in
+    /// order, so this names the block's resident frames.
+    fn holds_near(&self, page: u64, pfn: u64, f: u64) -> bool {
+        let p = match f.checked_sub(pfn) {
+            Some(d) => page.checked_add(d),
+            None => page.checked_sub(pfn - f),
+        };
+        p.is_some_and(|p| self.frame(p) == Some(f))
+    }
+
+    /// Rule 6, then trimmed: the pages `left` (page, frame) left VRAM; the
+    /// parts of their blocks that hold none of this object's pages now go
+    /// back (`Vram::trim`), not only blocks whose last page left.
+    fn trim_blocks(&self, vram: &Vram, left: &[(u64, u64)]) {
+        for &(page, pfn) in left {
+            vram.trim(pfn, |f| self.holds_near(page, pfn, f));
+        }
+    }
+
     fn take_frame(&mut self, page: u64) -> Option<u64> {
         let pfn = self.frame(page)?;
         self.frames[page as usize] = 0;
@@ -1010,6 +1043,8 @@ impl<P: Platform> Inner<P> {
                 let _ = self.vram.release_page(pfn);
                 copied.set(i);
             }
+            let left: Vec<(u64, u64)> = list.iter().map(|&(i, f)| (first + i as u64, f)).collect();
+            obj.trim_blocks(&self.vram, &left);
         }
         self.counters
             .pages_to_ram
@@ -1034,14 +1069,16 @@ impl<P: Platform> Inner<P> {
             .objects
             .get_mut(&object)
             .ok_or(NotifyError::NoSuchObject)?;
-        let mut freed = 0u16;
+        let mut left = Vec::new();
         for i in pages.iter() {
             if let Some(pfn) = obj.take_frame(first + i as u64) {
                 // Rule 6: the block goes with its last page.
                 let _ = self.vram.release_page(pfn);
-                freed += 1;
+                left.push((first + i as u64, pfn));
             }
         }
+        obj.trim_blocks(&self.vram, &left);
+        let freed = left.len() as u16;
         self.drop_object_if_unused(&mut st, object);
         drop(st);
         self.report_usage();

@@ -205,10 +205,7 @@ impl Vram {
     /// block's last resident page; returns whether it did.
     pub fn release_page(&self, pfn: u64) -> Result<bool, VramError> {
         let mut b = self.lock();
-        let (base, order) = (0..=MAX_ORDER)
-            .map(|o| (pfn & !((1u64 << o) - 1), o))
-            .find(|(base, o)| b.used.get(base).is_some_and(|bl| bl.order == *o))
-            .ok_or(VramError::NotAllocated)?;
+        let (base, order) = Self::block_of(&b, pfn).ok_or(VramError::NotAllocated)?;
         let block = b.used.get_mut(&base).ok_or(VramError::NotAllocated)?;
         if block.refs == 0 {
             return Err(VramError::NotAllocated);
@@ -219,6 +216,37 @@ impl Vram {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The block holding `pfn`: (its first frame, its order).
+    fn block_of(b: &Buddy, pfn: u64) -> Option<(u64, u32)> {
+        (0..=MAX_ORDER)
+            .map(|o| (pfn & !((1u64 << o) - 1), o))
+            .find(|(base, o)| b.used.get(base).is_some_and(|bl| bl.order == *o))
+    }
+
+    /// Gives back the aligned parts of the block holding `pfn` that hold no
+    /// resident page now (`resident(frame)`), after some of its pages left:
+    /// an unmapped range's pages free their VRAM without waiting for the
+    /// rest of their block. Does nothing unless `resident` names exactly
+    /// as many frames of the block as it counts (the caller's view of it
+    /// must be whole). Returns the pages given back.
+    pub fn trim(&self, pfn: u64, resident: impl Fn(u64) -> bool) -> u64 {
+        let mut b = self.lock();
+        let Some((base, order)) = Self::block_of(&b, pfn) else {
+            return 0;
+        };
+        let size = 1u64 << order;
+        let refs = b.used.get(&base).map_or(0, |bl| u64::from(bl.refs));
+        let named = (base..base + size).filter(|p| resident(*p)).count() as u64;
+        if refs == 0 || refs == size || named != refs {
+            return 0;
+        }
+        let before = b.used_pages;
+        b.used.remove(&base);
+        b.used_pages -= size;
+        Self::keep_part(&mut b, base, order, &resident);
+        before - b.used_pages
     }
 
     fn free_block(b: &mut Buddy, pfn: u64, order: u32) {
@@ -277,6 +305,30 @@ mod tests {
         }
         assert_eq!(v.used_pages(), 0);
         assert!(v.alloc(MAX_ORDER).is_ok(), "everything merged back");
+    }
+
+    #[test]
+    fn trim_gives_back_the_empty_parts_of_a_block() {
+        let v = Vram::new(0, 512);
+        let b = v.alloc(9).unwrap();
+        v.keep(b, |_| true).unwrap();
+        // The middle half leaves.
+        let gone = |p: u64| (b + 128..b + 384).contains(&p);
+        for p in b + 128..b + 384 {
+            assert!(!v.release_page(p).unwrap());
+        }
+        assert_eq!(v.used_pages(), 512, "rule 6 alone keeps the block");
+        assert_eq!(v.trim(b, |p| !gone(p)), 256);
+        assert_eq!(v.used_pages(), 256);
+        assert!(v.holds(b) && v.holds(b + 511) && !v.holds(b + 200));
+        // A caller whose count disagrees changes nothing.
+        assert_eq!(v.trim(b, |_| false), 0);
+        // The rest leaves page by page; everything merges back.
+        for p in (b..b + 128).chain(b + 384..b + 512) {
+            v.release_page(p).unwrap();
+        }
+        assert_eq!(v.used_pages(), 0);
+        assert_eq!(v.alloc(9).unwrap(), b);
     }
 
     #[test]

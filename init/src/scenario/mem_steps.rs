@@ -7,8 +7,8 @@ use ipc_protocol::interfaces::gpu::{
     BindView, Prefetch as GpuPrefetch, Protect, PROT_READ, PROT_WRITE,
 };
 use ipc_protocol::interfaces::pager::{
-    Advise, AttachView, CreateObject, DestroyObject, DetachView, Discard, PagerError, Prefetch,
-    Snapshot, SyncViews,
+    Advise, AttachView, CreateObject, DestroyObject, DetachView, Discard, FindView, PagerError,
+    Prefetch, Snapshot, SyncViews,
 };
 use ipc_protocol::types::{Advice, GpuId, Location, PageCount, PageStateCode, ViewId};
 
@@ -509,6 +509,39 @@ fn protect_in_vms(ctx: &Ctx, client: usize, addr: u64, len: u64, prot: Prot) -> 
 /// (`Pager::SyncViews`).
 fn sync_views(ctx: &Ctx, client: usize) -> StepResult {
     ctx.conn(client)?.pager.call(SyncViews {})?;
+    learn_views(ctx, client)
+}
+
+/// A mapping a change cut out of a view is a view of its own now: learns
+/// its id (`Pager::FindView`), as a program would to detach or bind it.
+fn learn_views(ctx: &Ctx, client: usize) -> StepResult {
+    let unknown: Vec<(u64, u64, u64)> = ctx
+        .world()
+        .mappings
+        .iter()
+        .filter(|m| m.view.is_none() && m.object.client == client)
+        .map(|m| (m.addr, m.len, m.obj_off))
+        .collect();
+    for (addr, len, obj_off) in unknown {
+        let found = match ctx.conn(client)?.pager.call(FindView { addr }) {
+            Ok(f) => f,
+            Err(ipc_protocol::client::CallError::Server(PagerError::NoSuchView)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let same = found.addr == addr
+            && found.pages.checked_mul(PAGE) == Some(len)
+            && found.object_first_page.checked_mul(PAGE) == Some(obj_off);
+        if same {
+            let mut w = ctx.world();
+            if let Some(m) = w
+                .mappings
+                .iter_mut()
+                .find(|m| m.addr == addr && m.len == len)
+            {
+                m.view = Some(found.view);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -103,6 +103,27 @@ wire_struct!(
     pub struct SyncViews {}
 );
 wire_struct!(
+    /// The caller's view that covers client address `addr` now. A munmap
+    /// or a partial mremap splits a view: once `SyncViews` returns, each
+    /// part left is a view of its own, still bound wherever the split one
+    /// was, and the client's id of the split view names nothing. This is
+    /// how the client learns the parts' ids (to detach or bind them).
+    /// `NoSuchView` if no view covers `addr`.
+    pub struct FindView {
+        pub addr: u64,
+    }
+);
+wire_struct!(
+    pub struct ViewFound {
+        pub view: ViewId,
+        pub object: ObjectId,
+        /// Where the view starts, and what it shows.
+        pub addr: u64,
+        pub object_first_page: u64,
+        pub pages: u64,
+    }
+);
+wire_struct!(
     /// Server-wide totals of what every session holds now (the hostile
     /// harness checks they come back to zero after a client exits).
     pub struct Accounting {}
@@ -164,6 +185,7 @@ interface! {
         8 => Accounting [0] -> PagerTotals [0] needs SNAPSHOT, idempotent;
         9 => Discard [0] -> Done [0] needs ADVISE, idempotent;
         10 => SyncViews [0] -> Done [0] needs VIEW, idempotent;
+        11 => FindView [0] -> ViewFound [0] needs VIEW, idempotent;
     }
     notifications {}
 }

@@ -44,7 +44,7 @@ use crate::state::Residency;
 use crate::sync::{lock, Ordering};
 
 /// The GPU whose VRAM `PreferSystem` empties (several GPUs: issue 17).
-const GPU: u8 = 0;
+pub(super) const GPU: u8 = 0;
 /// Eviction rounds `PreferSystem` tries before it leaves pages in VRAM
 /// (each waits out a migration that held one).
 const EMPTY_ROUNDS: usize = 64;
@@ -79,10 +79,11 @@ impl<R: Runtime> Core<R> {
 
     /// Moves `[first, end)`'s pages out of VRAM. Eviction takes trylocks
     /// (rule 1) and skips a page a GPU migration holds; such a migration
-    /// collected before the advice was set and may still finish in VRAM,
-    /// so wait it out (holding nothing) and evict again. Migrations that
-    /// collect from now on see the advice and move nothing: this ends.
-    fn empty_vram_of(&self, o: &Object<R>, first: usize, end: usize) {
+    /// collected before the caller changed what GPU faults may do there
+    /// (advice set, bindings gone) and may still finish in VRAM, so wait
+    /// it out (holding nothing) and evict again. Migrations that collect
+    /// from then on move nothing there: this ends.
+    pub(super) fn empty_vram_of(&self, o: &Object<R>, first: usize, end: usize) {
         for _ in 0..EMPTY_ROUNDS {
             self.prefetch_to_ram(o, first, end, GPU);
             let busy = (first..end).find_map(|p| match o.table.info(p) {
@@ -99,7 +100,7 @@ impl<R: Runtime> Core<R> {
             }
         }
         log::warn!(
-            "pager: object {:#x}: pages of a range that prefers system memory stay in VRAM",
+            "pager: object {:#x}: pages of {first}..{end} stay in VRAM after {EMPTY_ROUNDS} rounds",
             o.id.raw()
         );
     }

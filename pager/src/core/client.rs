@@ -145,6 +145,16 @@ impl<R: Runtime> Core<R> {
                 self.discard(&o, d.first_page as usize, end as usize)?;
                 done(Reply::Discard(p::Done {}))
             }
+            Request::FindView(f) => {
+                let v = s.view_covering(f.addr).ok_or(E::NoSuchView)?;
+                done(Reply::FindView(p::ViewFound {
+                    view: ViewId::raw(v.client_id().unwrap_or(v.id).raw()),
+                    object: ObjectId::raw(v.object.id.raw()),
+                    addr: v.addr,
+                    object_first_page: v.first_page as u64,
+                    pages: v.pages as u64,
+                }))
+            }
             Request::SyncViews(_) => {
                 self.sync_views(s)?;
                 done(Reply::SyncViews(p::Done {}))

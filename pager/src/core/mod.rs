@@ -44,6 +44,7 @@ pub mod removed;
 pub mod runtime;
 pub mod session;
 pub mod sync_views;
+pub mod unreached;
 pub mod view;
 
 use ::session::{Arena, Meta, Quota};

@@ -166,4 +166,18 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn view_gone(&self, view: Handle);
     /// The whole of `view` also appears at `to` as `new_view`.
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64);
+    /// Part of a view lives on as another record (`GpuNotify::ViewPart`).
+    fn view_part(&self, part: &PartNote);
+}
+
+/// Object pages `first_page..+pages` of view `view` live on as `new_view`,
+/// moved from client address `from` to `to` (equal: left in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartNote {
+    pub view: Handle,
+    pub new_view: Handle,
+    pub first_page: usize,
+    pub pages: usize,
+    pub from: u64,
+    pub to: u64,
 }

@@ -191,6 +191,17 @@ impl<R: Runtime> ClientSession<R> {
         }
     }
 
+    /// The client's view that covers client address `addr` now (not a
+    /// fork's twin): the one with the lowest id if several do.
+    pub fn view_covering(&self, addr: u64) -> Option<Arc<View<R>>> {
+        let t = lock(&self.views);
+        t.iter()
+            .map(|(_, e)| &e.view)
+            .filter(|v| !v.forked && !v.space.stopped() && addr >= v.addr && addr < v.end())
+            .min_by_key(|v| v.id.raw())
+            .cloned()
+    }
+
     /// Every view record its ids name (for its end).
     pub fn view_records(&self) -> Vec<Arc<View<R>>> {
         let t = lock(&self.views);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu_notify::{
-    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone,
+    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone, ViewPart,
 };
 use ipc_protocol::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
 use rustix::fs::{fallocate, FallocateFlags, MemfdFlags, SealFlags};
@@ -18,7 +18,7 @@ use session::Handle;
 use super::space::HostPort;
 use super::staging::{Staging, SLOT_BYTES};
 use super::uffd::{self, Uffd};
-use crate::core::runtime::{Pause, RtError, Runtime, Source};
+use crate::core::runtime::{PartNote, Pause, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
 
@@ -300,6 +300,25 @@ impl Runtime for HostRuntime {
                 log::warn!(
                     "pager: telling the GPU server view {:#x} is also at {to:#x}: {e}",
                     view.raw()
+                );
+            }
+        }
+    }
+
+    fn view_part(&self, p: &PartNote) {
+        if let Some(gpu) = self.gpu.get() {
+            if let Err(e) = gpu.call(ViewPart {
+                view: ViewId::raw(p.view.raw()),
+                new_view: ViewId::raw(p.new_view.raw()),
+                first_page: p.first_page as u64,
+                pages: p.pages as u64,
+                from: p.from,
+                to: p.to,
+            }) {
+                log::warn!(
+                    "pager: telling the GPU server part of view {:#x} lives on as {:#x}: {e}",
+                    p.view.raw(),
+                    p.new_view.raw()
                 );
             }
         }

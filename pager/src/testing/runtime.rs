@@ -12,7 +12,7 @@ use ipc_protocol::interfaces::pager_migrate as m;
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask};
 use session::Handle;
 
-use crate::core::runtime::{Pause, RtError, Runtime, Source};
+use crate::core::runtime::{PartNote, Pause, RtError, Runtime, Source};
 use crate::core::session::{ClientSession, GpuSession};
 use crate::core::view::{Space, PAGE};
 use crate::core::{Config, Core};
@@ -62,6 +62,11 @@ pub struct ModelRuntime {
     /// Views the GPU server heard went, and copies (view, new view).
     pub gone: Mutex<Vec<u32>>,
     pub copied: Mutex<Vec<(u32, u32)>>,
+    /// Every `view_part` note, in order.
+    pub parts: Mutex<Vec<PartNote>>,
+    /// `ViewPart` and `ViewGone` as the GPU server heard them, in order:
+    /// (`'p'`, the part's id) or (`'g'`, the view that went).
+    pub heard: Mutex<Vec<(char, u32)>>,
     pub invalidations: AtomicU64,
 }
 
@@ -74,6 +79,8 @@ impl Default for ModelRuntime {
             slot_free: Condvar::new(),
             gone: Mutex::new(Vec::new()),
             copied: Mutex::new(Vec::new()),
+            parts: Mutex::new(Vec::new()),
+            heard: Mutex::new(Vec::new()),
             invalidations: AtomicU64::new(0),
         }
     }
@@ -262,10 +269,16 @@ impl Runtime for ModelRuntime {
 
     fn view_gone(&self, view: Handle) {
         lock(&self.gone).push(view.raw());
+        lock(&self.heard).push(('g', view.raw()));
     }
 
     fn view_copied(&self, view: Handle, new_view: Handle, _from: u64, _to: u64) {
         lock(&self.copied).push((view.raw(), new_view.raw()));
+    }
+
+    fn view_part(&self, p: &PartNote) {
+        lock(&self.parts).push(*p);
+        lock(&self.heard).push(('p', p.new_view.raw()));
     }
 }
 

@@ -31,6 +31,8 @@ pub struct TestGpu {
     /// Views the pager said went away, and moves (view, from, to).
     pub gone: Mutex<Vec<u32>>,
     pub copied: Mutex<Vec<(u32, u32, u64, u64)>>,
+    /// Parts that live on: (view, new view, first page, pages, from, to).
+    pub parts: Mutex<Vec<(u32, u32, u64, u64, u64, u64)>>,
     /// Tells rigs apart in logs.
     pub id: u32,
     /// How long it takes to hear a view change (a slow GPU server).
@@ -93,6 +95,22 @@ impl Handler<n::GpuNotify> for TestGpu {
                 std::thread::sleep(*self.note_delay.lock().unwrap());
                 self.gone.lock().unwrap().push(g.view.get());
                 Ok((n::Reply::ViewGone(n::Unbound { bindings: 0 }), vec![]))
+            }
+            n::Request::ViewPart(c) => {
+                std::thread::sleep(*self.note_delay.lock().unwrap());
+                self.parts.lock().unwrap().push((
+                    c.view.get(),
+                    c.new_view.get(),
+                    c.first_page,
+                    c.pages,
+                    c.from,
+                    c.to,
+                ));
+                let none = n::Copied {
+                    bindings: 0,
+                    skipped: 0,
+                };
+                Ok((n::Reply::ViewPart(none), vec![]))
             }
             n::Request::ViewCopied(c) => {
                 std::thread::sleep(*self.note_delay.lock().unwrap());
