@@ -29,6 +29,7 @@ pub mod platform;
 pub mod protect;
 pub mod scenarios;
 pub mod split;
+pub mod thrash;
 pub mod world;
 
 use shuttle::scheduler::{PctScheduler, RandomScheduler};

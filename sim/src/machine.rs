@@ -119,6 +119,11 @@ impl Machine {
     }
 
     /// The machine clock now (and on).
+    /// The clock without advancing it.
+    pub fn now(&self) -> u64 {
+        self.clock.load(Ordering::Acquire)
+    }
+
     pub fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::AcqRel)
     }

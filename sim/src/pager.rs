@@ -370,6 +370,11 @@ impl Runtime for SimRuntime {
         }
     }
 
+    /// The machine's logical clock: a schedule's events, not wall time.
+    fn now_us(&self) -> u64 {
+        self.machine.now()
+    }
+
     fn view_part(&self, p: &PartNote) {
         if let Ok((gpu, notify)) = self.gpu() {
             let (v, n, p) = (p.view.raw(), p.new_view.raw(), *p);
@@ -417,11 +422,14 @@ pub fn sim_config(policy: Policy, skip_invalidate: bool) -> Config {
     cfg.arena_bytes = cfg.budget.metadata_bytes * 3 + pager::core::PEER_METADATA;
     cfg.policy = policy;
     cfg.skip_invalidate = skip_invalidate;
+    // Off unless a scenario asks: holds change where pages live, and most
+    // scenarios check migrations happen.
+    cfg.thrash = None;
     cfg
 }
 
 impl SimPager {
-    pub fn new(machine: Arc<Machine>, policy: Policy, skip_invalidate: bool) -> Self {
+    pub fn new(machine: Arc<Machine>, cfg: Config) -> Self {
         let gpu = Arc::new(OnceLock::new());
         let notify = Arc::new(OnceLock::new());
         let rt = SimRuntime {
@@ -432,7 +440,7 @@ impl SimPager {
             gpu: gpu.clone(),
             notify: notify.clone(),
         };
-        let core = match Core::new(rt, sim_config(policy, skip_invalidate)) {
+        let core = match Core::new(rt, cfg) {
             Ok(c) => Arc::new(c),
             Err(e) => panic!("the simulated pager: {e}"),
         };

@@ -46,6 +46,7 @@ pub fn all() -> Vec<Scenario> {
     .chain(crate::fresh_pages::all())
     .chain(crate::advice::all())
     .chain(crate::split::all())
+    .chain(crate::thrash::all())
     .collect()
 }
 

@@ -42,6 +42,8 @@ pub struct WorldConfig {
     pub spare_pages: usize,
     /// What each client may make the GPU server hold.
     pub gpu_budget: GpuBudget,
+    /// The pager's anti-thrashing, on the machine's logical clock.
+    pub thrash: Option<pager::core::thrash::ThrashPolicy>,
 }
 
 impl Default for WorldConfig {
@@ -55,6 +57,7 @@ impl Default for WorldConfig {
             free_vram: None,
             spare_pages: 0,
             gpu_budget: GpuBudget::default(),
+            thrash: None,
         }
     }
 }
@@ -85,11 +88,9 @@ impl World {
             cfg.spare_pages,
             cfg.fail_copy_one_in,
         ));
-        let pager = Arc::new(SimPager::new(
-            machine.clone(),
-            cfg.policy,
-            cfg.skip_invalidate,
-        ));
+        let mut pager_cfg = crate::pager::sim_config(cfg.policy, cfg.skip_invalidate);
+        pager_cfg.thrash = cfg.thrash;
+        let pager = Arc::new(SimPager::new(machine.clone(), pager_cfg));
         let mut servers = Vec::new();
         let mut start = |name, threads| {
             let (ep, hs) = Endpoint::start(name, threads);

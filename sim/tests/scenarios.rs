@@ -103,6 +103,11 @@ fn prefer_system_keeps_pages_in_ram() {
 }
 
 #[test]
+fn thrash_hold_keeps_data() {
+    scenario("thrash_hold_keeps_data");
+}
+
+#[test]
 fn unmap_middle_racing_migration() {
     scenario("unmap_middle_racing_migration");
 }
@@ -170,6 +175,7 @@ fn every_scenario_has_a_test() {
         "gpu_writes_fresh_pages_in_place",
         "prefer_system_keeps_pages_in_ram",
         "unmap_middle_racing_migration",
+        "thrash_hold_keeps_data",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);

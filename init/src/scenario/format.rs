@@ -29,6 +29,10 @@ pub struct Device {
     /// Fault injection: the device model fails every Nth copy (0: never).
     #[serde(default)]
     pub fail_copy_every: u32,
+    /// The pager's anti-thrashing (`--thrash`): `false` turns it off, so
+    /// every GPU fault migrates.
+    #[serde(default = "yes")]
+    pub thrash_hold: bool,
 }
 
 impl Default for Device {
@@ -40,6 +44,7 @@ impl Default for Device {
             clients: 1,
             heap: default_heap(),
             fail_copy_every: 0,
+            thrash_hold: true,
         }
     }
 }

@@ -31,6 +31,7 @@ mod server {
     use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
     use ipc_protocol::{Capability, Rights};
     use pager::core::budget::PagerBudget;
+    use pager::core::thrash::ThrashPolicy;
     use pager::core::PEER_METADATA;
     use pager::host::{Config, PagerServer};
 
@@ -87,6 +88,11 @@ mod server {
         /// restartable (`init/src/manifest.rs`, `RESTARTABLE`).
         #[arg(long, default_value_t = 1)]
         generation: u32,
+        /// Anti-thrashing: `off`, or `WINDOW_MS,THRESHOLD,HOLD_MS` (a
+        /// region a CPU fault moved back THRESHOLD times in WINDOW_MS is
+        /// mapped in system memory by GPU faults for HOLD_MS).
+        #[arg(long, default_value = "200,4,200")]
+        thrash: String,
         /// Test only: break rule 8 (no invalidation before migrating back).
         #[arg(long, hide = true)]
         unsafe_skip_invalidate: bool,
@@ -126,6 +132,7 @@ mod server {
         cfg.core.max_clients = clients;
         cfg.core.arena_bytes = arena_bytes;
         cfg.core.skip_invalidate = a.unsafe_skip_invalidate;
+        cfg.core.thrash = ThrashPolicy::parse(&a.thrash).map_err(|e| format!("--thrash {e}"))?;
         Ok(cfg)
     }
 

@@ -8,7 +8,7 @@ use super::backend::CoreBackend;
 use super::runtime::{Pause, RtError, Runtime};
 use super::view::{Space, View, PAGE};
 use super::Core;
-use crate::migrate::cpu_fault;
+use crate::migrate::{cpu_fault, FaultOutcome};
 use crate::state::{Residency, StateError};
 
 impl<R: Runtime> Core<R> {
@@ -39,9 +39,14 @@ impl<R: Runtime> Core<R> {
                 self.clear_stale_protection(&view, page, page_addr)
             } else {
                 let backend = CoreBackend::new(self, &view.object, Some(&view));
-                cpu_fault(&view.object.table, &backend, page, self.cfg.policy)
-                    .map(|_| ())
-                    .map_err(|e| format!("{e:?}"))
+                match cpu_fault(&view.object.table, &backend, page, self.cfg.policy) {
+                    Ok(FaultOutcome::Migrated { .. }) => {
+                        self.note_cpu_return(&view.object, page);
+                        Ok(())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("{e:?}")),
+                }
             };
             match r {
                 Ok(()) => break,

@@ -44,6 +44,7 @@ pub mod removed;
 pub mod runtime;
 pub mod session;
 pub mod sync_views;
+pub mod thrash;
 pub mod unreached;
 pub mod view;
 
@@ -84,6 +85,8 @@ pub struct Config {
     /// server to unmap them first. Only for the test that shows the rule
     /// matters (`rule8_*` in `init/tests/race.rs`).
     pub skip_invalidate: bool,
+    /// Anti-thrashing (`thrash.rs`); `None`: every fault migrates.
+    pub thrash: Option<thrash::ThrashPolicy>,
 }
 
 impl Default for Config {
@@ -99,6 +102,7 @@ impl Default for Config {
             gpu_collects: 4096,
             policy: Policy::Rules,
             skip_invalidate: false,
+            thrash: Some(thrash::ThrashPolicy::default()),
         }
     }
 }

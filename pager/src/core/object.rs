@@ -27,6 +27,8 @@ pub struct Object<R: Runtime> {
     gpu_id: Mutex<Option<Handle>>,
     /// Its pages' advice (`advice.rs`): (preferred location, atomics).
     pub advice: Mutex<RangeMap<(Advice, Advice)>>,
+    /// Its regions that came back from VRAM lately (`thrash.rs`).
+    pub thrash: Mutex<super::thrash::ThrashLog>,
     /// Its count and bytes in the owner's budget.
     _charge: Charge,
 }
@@ -56,6 +58,7 @@ impl<R: Runtime> Object<R> {
                 (Advice::Default, Advice::Default),
                 MAX_ADVICE_RANGES,
             )),
+            thrash: Mutex::new(Default::default()),
             _charge: charge,
         }
     }

@@ -168,6 +168,8 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64);
     /// Part of a view lives on as another record (`GpuNotify::ViewPart`).
     fn view_part(&self, part: &PartNote);
+    /// A monotonic clock in microseconds (anti-thrashing windows).
+    fn now_us(&self) -> u64;
 }
 
 /// Object pages `first_page..+pages` of view `view` live on as `new_view`,

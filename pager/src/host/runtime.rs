@@ -29,6 +29,8 @@ pub struct HostRuntime {
     /// A 2 MiB zero buffer for first-touch fills.
     zeros: Vec<u8>,
     pub gpu: OnceLock<Client<GpuNotify>>,
+    /// Where `now_us` counts from.
+    born: std::time::Instant,
 }
 
 impl HostRuntime {
@@ -38,6 +40,7 @@ impl HostRuntime {
             staging: Staging::new(staging_slots)?,
             zeros: vec![0u8; SLOT_BYTES],
             gpu: OnceLock::new(),
+            born: std::time::Instant::now(),
         })
     }
 
@@ -303,6 +306,10 @@ impl Runtime for HostRuntime {
                 );
             }
         }
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     fn view_part(&self, p: &PartNote) {

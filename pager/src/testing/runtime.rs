@@ -67,6 +67,8 @@ pub struct ModelRuntime {
     /// `ViewPart` and `ViewGone` as the GPU server heard them, in order:
     /// (`'p'`, the part's id) or (`'g'`, the view that went).
     pub heard: Mutex<Vec<(char, u32)>>,
+    /// The clock `now_us` reads; tests move it.
+    pub clock_us: AtomicU64,
     pub invalidations: AtomicU64,
 }
 
@@ -81,6 +83,7 @@ impl Default for ModelRuntime {
             copied: Mutex::new(Vec::new()),
             parts: Mutex::new(Vec::new()),
             heard: Mutex::new(Vec::new()),
+            clock_us: AtomicU64::new(0),
             invalidations: AtomicU64::new(0),
         }
     }
@@ -274,6 +277,10 @@ impl Runtime for ModelRuntime {
 
     fn view_copied(&self, view: Handle, new_view: Handle, _from: u64, _to: u64) {
         lock(&self.copied).push((view.raw(), new_view.raw()));
+    }
+
+    fn now_us(&self) -> u64 {
+        self.clock_us.load(Ordering::Acquire)
     }
 
     fn view_part(&self, p: &PartNote) {
