@@ -178,9 +178,8 @@ fn the_runner_fails_what_is_wrong() {
     let (ok, text) = run(
         "xfail.toml",
         &format!(
-            "[expect_failure]\nissue = 16\nfeature = \"atomics policy\"\n\
-             matches = \"AtomicGlobal\"\n{BUFFER_IN_VRAM}\n[[step]]\nop = \"advise\"\n\
-             alloc = \"buf\"\nadvice = \"atomic_global\"\n"
+            "[expect_failure]\nissue = 17\nfeature = \"several GPUs\"\n\
+             matches = \"2 GPUs\"\n[device]\ngpus = 2\n{BUFFER_IN_VRAM}\n"
         ),
     );
     assert!(

@@ -170,8 +170,8 @@ wire_enum!(
         AtomicDevice = 3,
         /// GPU atomics work wherever the pages are, system memory too.
         AtomicGlobal = 4,
-        /// GPU atomics are refused (CPU atomics only): not supported yet,
-        /// `NotSupported` (issue 16 item 5).
+        /// GPU atomics are refused (CPU atomics only): a GPU atomic there
+        /// faults and its job ends `Faulted`.
         AtomicCpu = 5,
     }
 );

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use hw::xe::pte::{PageSize, Target};
+use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
 use ipc_protocol::types::World;
 use mm_server::broker::Broker;
@@ -73,8 +73,17 @@ impl Platform for SimPlatform {
     fn new_tables(&self, asid: u32) -> Result<SimTables, PortError> {
         Ok(self.machine.new_tables(asid))
     }
-    fn map(&self, t: &mut SimTables, va: u64, addr: u64, size: PageSize, target: Target, w: bool) {
-        self.machine.map(t, va, addr, size, target, w);
+    fn map(
+        &self,
+        t: &mut SimTables,
+        va: u64,
+        addr: u64,
+        size: PageSize,
+        target: Target,
+        a: LeafAccess,
+    ) {
+        // The simulated MMU models writes, not atomics.
+        self.machine.map(t, va, addr, size, target, a.writable);
     }
     fn unmap(&self, t: &mut SimTables, va: u64, len: u64) {
         self.machine.unmap(t, va, len);

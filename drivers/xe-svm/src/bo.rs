@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use allocator_api2::alloc::Global;
 use allocator_api2::vec::Vec as MetaVec;
-use hw::xe::pte::{PageSize, Target};
+use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::gpu::GpuError;
 use session::Meta;
 use session::{Handle, HandleTable};
@@ -311,13 +311,25 @@ impl<P: Platform> Inner<P> {
                         None => (self.bos.sram_addr(c), Target::System),
                     };
                     if c.order == MAX_ORDER && va % (2 << 20) == 0 {
-                        self.hw
-                            .map(&mut vm.tables, va, base, PageSize::Size2M, target, true);
+                        self.hw.map(
+                            &mut vm.tables,
+                            va,
+                            base,
+                            PageSize::Size2M,
+                            target,
+                            LeafAccess::ALL,
+                        );
                     } else {
                         for p in 0..c.pages() {
                             let (va, base) = (va + p * PAGE, base + p * PAGE);
-                            self.hw
-                                .map(&mut vm.tables, va, base, PageSize::Size4K, target, true);
+                            self.hw.map(
+                                &mut vm.tables,
+                                va,
+                                base,
+                                PageSize::Size4K,
+                                target,
+                                LeafAccess::ALL,
+                            );
                         }
                     }
                     va += c.pages() * PAGE;

@@ -22,7 +22,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hw::xe::fault::{AccessType, FaultDescriptor};
+use hw::xe::fault::{AccessType, FaultDescriptor, FaultType};
 
 /// How long a worker waits for more faults of its VM before it exits.
 pub const IDLE: Duration = Duration::from_secs(2);
@@ -68,6 +68,13 @@ impl Dispatch {
     pub fn route(&self, f: FaultDescriptor) {
         if f.prefetch {
             (self.reply)(&f, true);
+            return;
+        }
+        if f.fault_type == FaultType::AtomicAccessViolation {
+            // The page is mapped without atomics: its policy refuses GPU
+            // atomics (`Advice::AtomicCpu`). Nothing moves; the access
+            // fails and the fault log keeps it.
+            (self.reply)(&f, false);
             return;
         }
         let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
@@ -219,5 +226,33 @@ mod tests {
         d.route(fault(false));
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok((false, true)));
         assert_eq!(resolved.load(Ordering::SeqCst), 1);
+    }
+
+    /// An atomic that met a mapping without atomics (the page's policy is
+    /// CPU-only) is refused at once: nothing is resolved or moved, and the
+    /// access fails.
+    #[test]
+    fn atomic_violations_are_refused_without_a_migration() {
+        let resolved = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = channel();
+        let r = resolved.clone();
+        let resolve = move |_: u32, _: u64, _: bool, _: &[u64]| {
+            r.fetch_add(1, Ordering::SeqCst);
+            true
+        };
+        let tx = Mutex::new(tx);
+        let reply = move |f: &FaultDescriptor, ok: bool| {
+            let _ = tx.lock().unwrap().send((f.access, ok));
+        };
+        let d = Dispatch::new(Arc::new(resolve), Arc::new(reply));
+        let atomic = FaultDescriptor {
+            access: AccessType::Atomic,
+            fault_type: FaultType::AtomicAccessViolation,
+            ..fault(false)
+        };
+        d.route(atomic);
+        assert_eq!(rx.try_recv(), Ok((AccessType::Atomic, false)));
+        assert_eq!(resolved.load(Ordering::SeqCst), 0);
+        assert_eq!(d.workers(), 0);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use hw::xe::fault::FaultDescriptor;
 use hw::xe::layout;
-use hw::xe::pte::{PageSize, Target};
+use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
@@ -105,8 +105,16 @@ impl Platform for HostPlatform {
     fn new_tables(&self, asid: u32) -> Result<Ppgtt, PortError> {
         Ppgtt::new(&self.dev.bar, &self.pt, asid).map_err(|_| PortError)
     }
-    fn map(&self, t: &mut Ppgtt, va: u64, addr: u64, size: PageSize, target: Target, w: bool) {
-        let _ = t.map(&self.dev.bar, &self.pt, va, addr, (size, target), w);
+    fn map(
+        &self,
+        t: &mut Ppgtt,
+        va: u64,
+        addr: u64,
+        size: PageSize,
+        target: Target,
+        a: LeafAccess,
+    ) {
+        let _ = t.map(&self.dev.bar, &self.pt, va, addr, (size, target), a);
     }
     fn unmap(&self, t: &mut Ppgtt, va: u64, len: u64) {
         let _ = t.unmap(&self.dev.bar, &self.pt, va, len);

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use hw::xe::pte::{PageSize, Target};
+use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
 use ipc_protocol::types::World;
 
@@ -28,8 +28,9 @@ pub trait Platform: Send + Sync + 'static {
     fn invalidate_tlb(&self, asid: u32, va: u64, len: u64) -> Result<(), PortError>;
     /// Page tables for a new VM `asid`, installed as its context.
     fn new_tables(&self, asid: u32) -> Result<Self::Tables, PortError>;
-    /// Maps `va` to `addr`; `writable: false` makes a GPU write fault (a
-    /// write access violation) instead of landing.
+    /// Maps `va` to `addr`; without `access.writable` a GPU write faults (a
+    /// write access violation), without `access.atomics` a GPU atomic does
+    /// (an atomic access violation), instead of landing.
     fn map(
         &self,
         t: &mut Self::Tables,
@@ -37,7 +38,7 @@ pub trait Platform: Send + Sync + 'static {
         addr: u64,
         size: PageSize,
         target: Target,
-        writable: bool,
+        access: LeafAccess,
     );
     fn unmap(&self, t: &mut Self::Tables, va: u64, len: u64);
     /// The VM is gone: its context is cleared, its TLB entries dropped and

@@ -4,7 +4,9 @@
 use std::sync::atomic::Ordering;
 
 use hw::bar::Bar;
-use hw::xe::pte::{decode, encode_leaf, encode_table, index, Entry, PageSize, Target, ADDR_MASK};
+use hw::xe::pte::{
+    decode, encode_leaf, encode_table, index, Entry, LeafAccess, PageSize, Target, ADDR_MASK,
+};
 
 use crate::vram::{Vram, VramError};
 
@@ -60,6 +62,7 @@ impl Ppgtt {
                     addr,
                     target,
                     writable,
+                    atomics,
                     ..
                 } => {
                     // Split a 2 MiB leaf to map inside it at 4 KiB.
@@ -70,7 +73,7 @@ impl Ppgtt {
                             addr + i * 4096,
                             PageSize::Size4K,
                             target,
-                            writable,
+                            LeafAccess { writable, atomics },
                             PAT_WB,
                         )
                         .map_err(|_| VramError::NotAllocated)?;
@@ -96,11 +99,11 @@ impl Ppgtt {
         va: u64,
         addr: u64,
         (size, target): (PageSize, Target),
-        writable: bool,
+        access: LeafAccess,
     ) -> Result<(), VramError> {
         let table = self.table_for(bar, pt, va, size.level())?;
-        let pte = encode_leaf(addr, size, target, writable, PAT_WB)
-            .map_err(|_| VramError::NotAllocated)?;
+        let pte =
+            encode_leaf(addr, size, target, access, PAT_WB).map_err(|_| VramError::NotAllocated)?;
         entry(bar, table, index(va, size.level())).store(pte, Ordering::Release);
         Ok(())
     }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hw::xe::layout;
-use hw::xe::pte::{PageSize, Target};
+use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::gpu::GpuError;
 use ipc_protocol::interfaces::gpu_notify::NotifyError;
 use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
@@ -896,7 +896,18 @@ impl<P: Platform> Inner<P> {
         // The VM's access (`protect.rs`): no access, no mapping; read-only,
         // a mapping a GPU write faults on.
         let access = |v: u64| vm.protections.at(v);
+        // Writes as the VM's access allows; atomics with them, unless the
+        // page's atomics are CPU-only (`Advice::AtomicCpu`).
+        let leaf = |v: u64, i: usize| {
+            let w = permits(access(v), true);
+            LeafAccess {
+                writable: w,
+                atomics: w && !c.cpu_atomics.get(i),
+            }
+        };
+        let atomics_uniform = c.cpu_atomics.is_empty() || c.cpu_atomics.count() == 512;
         let whole = count == 512
+            && atomics_uniform
             && base_va.is_some_and(|v| vm.protections.uniform(v, v + (2 << 20)))
             && pages
                 .iter()
@@ -905,25 +916,18 @@ impl<P: Platform> Inner<P> {
         if let (true, Some(v), Some(pfn)) = (whole, base_va, pages[0].1) {
             let prot = access(v);
             if permits(prot, false) {
-                let leaf = (pfn * PAGE, PageSize::Size2M, Target::Device);
-                self.hw.map(
-                    &mut vm.tables,
-                    v,
-                    leaf.0,
-                    leaf.1,
-                    leaf.2,
-                    permits(prot, true),
-                );
+                let (size, target) = (PageSize::Size2M, Target::Device);
+                self.hw
+                    .map(&mut vm.tables, v, pfn * PAGE, size, target, leaf(v, 0));
             }
             return true;
         }
-        for (p, pfn) in &pages {
+        for (i, (p, pfn)) in pages.iter().enumerate() {
             if let (Some(v), Some(pfn)) = (b.va_of(*p), pfn) {
-                let prot = access(v);
-                if permits(prot, false) {
+                if permits(access(v), false) {
                     let (size, target) = (PageSize::Size4K, Target::Device);
-                    let w = permits(prot, true);
-                    self.hw.map(&mut vm.tables, v, pfn * PAGE, size, target, w);
+                    self.hw
+                        .map(&mut vm.tables, v, pfn * PAGE, size, target, leaf(v, i));
                 }
             }
         }
@@ -932,10 +936,9 @@ impl<P: Platform> Inner<P> {
         for i in not_migrated {
             let p = first + i as u64;
             if let Some(v) = b.va_of(p).filter(|v| permits(access(*v), false)) {
-                let (size, target, w) =
-                    (PageSize::Size4K, Target::System, permits(access(v), true));
+                let (size, target) = (PageSize::Size4K, Target::System);
                 self.hw
-                    .map(&mut vm.tables, v, dma + p * PAGE, size, target, w);
+                    .map(&mut vm.tables, v, dma + p * PAGE, size, target, leaf(v, i));
                 system.push(p);
             }
         }

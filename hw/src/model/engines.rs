@@ -363,14 +363,18 @@ impl Device {
         &self,
         asid: u32,
         va: u64,
-        write: bool,
+        kind: AccessType,
         hw: u16,
         faults: &AtomicU32,
     ) -> Option<Translation> {
         loop {
             let (fault_type, level) = match self.tlb.translate(&self.regs, &self.mem, asid, va) {
-                Ok(t) if !write || t.writable => return Some(t),
-                Ok(_) => (FaultType::WriteAccessViolation, 0),
+                Ok(t) => match kind {
+                    AccessType::Read => return Some(t),
+                    _ if !t.writable => (FaultType::WriteAccessViolation, 0),
+                    AccessType::Atomic if !t.atomics => (FaultType::AtomicAccessViolation, 0),
+                    _ => return Some(t),
+                },
                 Err(m) => (FaultType::NotPresent, m.level),
             };
             faults.fetch_add(1, Ordering::Relaxed);
@@ -382,11 +386,7 @@ impl Device {
             self.to_host(&Command::PageFault(FaultDescriptor {
                 asid,
                 address: va & !0xfff,
-                access: if write {
-                    AccessType::Write
-                } else {
-                    AccessType::Read
-                },
+                access: kind,
                 fault_type,
                 level,
                 engine_class: COMPUTE_CLASS,
@@ -532,15 +532,16 @@ impl Device {
         faults: &AtomicU32,
         checksum: &AtomicU64,
     ) -> bool {
-        let write = matches!(
-            k.op,
-            KernelOp::IncrementAll | KernelOp::StridedWrite | KernelOp::AtomicAdd
-        );
+        let kind = match k.op {
+            KernelOp::IncrementAll | KernelOp::StridedWrite => AccessType::Write,
+            KernelOp::AtomicAdd => AccessType::Atomic,
+            _ => AccessType::Read,
+        };
         if k.op == KernelOp::Speculative {
             // The prefetcher runs a page ahead of the read.
             self.prefetch(k.asid, (lo & !0xfff) + 4096, hw);
         }
-        let ran = self.with_translated(k.asid, lo, hi - lo, write, hw, faults, |p| {
+        let ran = self.with_translated(k.asid, lo, hi - lo, kind, hw, faults, |p| {
             let words = |off: u64| {
                 // A client's unaligned stride writes the dword it falls in.
                 let off = off & !3;
@@ -592,13 +593,13 @@ impl Device {
         asid: u32,
         va: u64,
         bytes: u64,
-        write: bool,
+        kind: AccessType,
         hw: u16,
         faults: &AtomicU32,
         f: impl FnOnce(*mut u8) -> R,
     ) -> Option<R> {
         loop {
-            let t = self.access(asid, va, write, hw, faults)?;
+            let t = self.access(asid, va, kind, hw, faults)?;
             let _gate = self.access_gate.read().unwrap_or_else(|e| e.into_inner());
             // The translation may have been invalidated between `access`
             // and the gate: take it again under the gate (a TLB hit, or a

@@ -31,6 +31,8 @@ pub struct Translation {
     pub va_base: u64,
     pub size: u64,
     pub writable: bool,
+    /// GPU atomics allowed (`AE`).
+    pub atomics: bool,
     pub device: bool,
 }
 
@@ -91,6 +93,7 @@ pub fn walk(regs: &Region, mem: &Memory, asid: u32, va: u64) -> Result<Translati
                 size,
                 target,
                 writable,
+                atomics,
                 ..
             } => {
                 let (va_base, base, bytes) = match size {
@@ -107,6 +110,7 @@ pub fn walk(regs: &Region, mem: &Memory, asid: u32, va: u64) -> Result<Translati
                     va_base,
                     size: bytes,
                     writable,
+                    atomics,
                     device: target == Target::Device,
                 });
             }
@@ -227,7 +231,7 @@ impl Tlb {
 mod tests {
     use super::*;
     use crate::xe::layout::REGION_BYTES;
-    use crate::xe::pte::{encode_leaf, encode_table};
+    use crate::xe::pte::{encode_leaf, encode_table, LeafAccess};
 
     const ASID: u32 = 1;
     const VA: u64 = 0x7f12_3456_7000;
@@ -251,7 +255,7 @@ mod tests {
 
     fn set_pte(mem: &Memory, frame: Option<u64>) {
         let raw = frame.map_or(0, |f| {
-            encode_leaf(f, PageSize::Size4K, Target::Device, true, 0).unwrap()
+            encode_leaf(f, PageSize::Size4K, Target::Device, LeafAccess::ALL, 0).unwrap()
         });
         mem.vram
             .u64_at((4 << 12) + index(VA, 0) * 8)

@@ -560,12 +560,7 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 AdviceKind::PreferDevice => Advice::PreferDevice,
                 AdviceKind::AtomicDevice => Advice::AtomicDevice,
                 AdviceKind::AtomicGlobal => Advice::AtomicGlobal,
-                AdviceKind::AtomicCpu => {
-                    return Err(StepError::Unsupported(format!(
-                        "advice {advice:?}: GPU atomics refused is not built (the pager \
-                         answers NotSupported; issue 16 item 5)"
-                    )))
-                }
+                AdviceKind::AtomicCpu => Advice::AtomicCpu,
             };
             ctx.conn(o.client)?.pager.call(Advise {
                 object: o.id,

@@ -51,14 +51,19 @@ wire_struct!(
     /// `zero`: those of them never written (no copy needed); `device`:
     /// pages already in this GPU's VRAM and not being migrated, which the
     /// GPU may map if `seq` is still current (rule 8). `remote`: pages of
-    /// `got` whose preferred location is system memory (`Pager::Advise`):
-    /// the GPU maps them where they are instead of migrating them.
+    /// `got` the GPU maps where they are instead of migrating them (their
+    /// preferred location is system memory, `Pager::Advise`; no view
+    /// reaches them; or their region is held against thrashing).
+    /// `cpu_atomics`: pages of the chunk whose atomics policy is CPU-only
+    /// (`Advice::AtomicCpu`): the GPU maps them without atomics, so a GPU
+    /// atomic there faults and is refused.
     pub struct Collected {
         pub seq: Seq,
         pub got: PageMask,
         pub zero: PageMask,
         pub device: PageMask,
         pub remote: PageMask,
+        pub cpu_atomics: PageMask,
     }
 );
 wire_struct!(

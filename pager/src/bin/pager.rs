@@ -91,7 +91,7 @@ mod server {
         /// Anti-thrashing: `off`, or `WINDOW_MS,THRESHOLD,HOLD_MS` (a
         /// region a CPU fault moved back THRESHOLD times in WINDOW_MS is
         /// mapped in system memory by GPU faults for HOLD_MS).
-        #[arg(long, default_value = "200,4,200")]
+        #[arg(long, default_value = "500,8,500")]
         thrash: String,
         /// Test only: break rule 8 (no invalidation before migrating back).
         #[arg(long, hide = true)]

@@ -12,7 +12,10 @@
 //!   range prefers system memory (an atomic needs VRAM, and a collect does
 //!   not know the access); `AtomicGlobal` lets GPU atomics run wherever
 //!   the pages are (system memory too: nothing moves for them);
-//!   `AtomicCpu` (GPU atomics refused) is `NotSupported` for now.
+//!   `AtomicCpu` refuses GPU atomics: collect reports the pages
+//!   `cpu_atomics`, the GPU server maps them without the PTE's atomic
+//!   enable, and a GPU atomic there faults and is refused (the job ends
+//!   `Faulted`), wherever the page is; reads and writes go on.
 //! - `Default` puts both attributes back.
 //! - Any advice unmaps the range from the GPU first (a new invalidation
 //!   sequence, rule 8), so the next GPU access faults and sees it, as xe's
@@ -64,10 +67,9 @@ impl<R: Runtime> Core<R> {
             Advice::PreferSystem | Advice::PreferDevice => {
                 lock(&o.advice).update(lo, hi, |(_, atomics)| (advice, atomics))
             }
-            Advice::AtomicDevice | Advice::AtomicGlobal => {
+            Advice::AtomicDevice | Advice::AtomicGlobal | Advice::AtomicCpu => {
                 lock(&o.advice).update(lo, hi, |(location, _)| (location, advice))
             }
-            Advice::AtomicCpu => return Err(PagerError::NotSupported),
         };
         set.map_err(|_| PagerError::OverBudget)?;
         self.unmap_from_gpu(o, first, end)?;
@@ -131,6 +133,11 @@ pub fn remote_pages<R: Runtime>(o: &Object<R>, chunk: Chunk, got: &PageMask) -> 
         location == Advice::PreferSystem && atomics != Advice::AtomicDevice
     })
     .and(got)
+}
+
+/// The pages of `chunk` (relative to it) whose GPU atomics are refused.
+pub fn cpu_atomic_pages<R: Runtime>(o: &Object<R>, chunk: Chunk) -> PageMask {
+    pages_where(o, chunk, |(_, atomics)| atomics == Advice::AtomicCpu)
 }
 
 /// The pages of `chunk` (relative to it) that prefer the device.

@@ -158,6 +158,7 @@ impl<R: Runtime> Core<R> {
                     .or(&self.held_pages(&o, chunk))
                     .and(&got.got),
             ),
+            cpu_atomics: super::advice::cpu_atomic_pages(&o, chunk),
         };
         if got.got.is_empty() {
             g.unreserve_collect();

@@ -39,9 +39,9 @@ pub struct ThrashPolicy {
 impl Default for ThrashPolicy {
     fn default() -> Self {
         Self {
-            window_us: 200_000,
-            threshold: 4,
-            hold_us: 200_000,
+            window_us: 500_000,
+            threshold: 8,
+            hold_us: 500_000,
         }
     }
 }

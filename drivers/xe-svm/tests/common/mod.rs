@@ -75,6 +75,7 @@ impl Handler<PagerMigrate> for FakePager {
                     zero: all,
                     device: PageMask::EMPTY,
                     remote: PageMask::EMPTY,
+                    cpu_atomics: PageMask::EMPTY,
                 };
                 Ok((m::Reply::Collect(got), vec![]))
             }
