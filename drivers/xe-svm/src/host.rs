@@ -20,6 +20,7 @@ use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize, Page
 use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve};
 use ipc_protocol::server::Handler;
 use ipc_protocol::types::{BoId, JobId, MemoryKind, VmId, World};
+use ipc_protocol::wire::BoundedVec;
 use ipc_protocol::Capability;
 
 use crate::arena::{Config, ConfigError};
@@ -569,6 +570,8 @@ impl Handler<g::Gpu> for GpuServer {
                         bo_restores: inner.bos.restores.load(Ordering::Relaxed),
                         bo_vram_bytes: inner.vram_by_world().0,
                         invalidations: c.invalidations.load(Ordering::Relaxed),
+                        by_size: BoundedVec::new(c.by_size.snapshot())
+                            .ok_or(GpuError::OutOfMetadata)?,
                     }),
                     vec![],
                 ))

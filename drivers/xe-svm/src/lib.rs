@@ -43,6 +43,7 @@ pub mod probe;
 pub mod protect;
 pub mod server;
 pub mod session;
+pub mod size_stats;
 pub mod sync;
 pub mod views;
 pub mod vram;

@@ -241,6 +241,8 @@ pub struct Counters {
     pub pages_to_vram: AtomicU64,
     pub pages_to_ram: AtomicU64,
     pub invalidations: AtomicU64,
+    /// Migrations per page size, each way (`size_stats.rs`).
+    pub by_size: crate::size_stats::SizeCounters,
 }
 
 /// The core: `hw` is everything outside it.
@@ -740,6 +742,7 @@ impl<P: Platform> Inner<P> {
         };
         let object_id = ObjectId::raw(object);
         let gpu = GpuId::new(GPU).unwrap_or(GpuId::new(0).expect("GPU id 0 is in range"));
+        let started = std::time::Instant::now();
         let Ok(c) = self.hw.collect(Collect {
             object: object_id,
             first_page: first,
@@ -856,6 +859,9 @@ impl<P: Platform> Inner<P> {
             self.counters
                 .pages_to_vram
                 .fetch_add(migrated.count() as u64, Ordering::Relaxed);
+            self.counters
+                .by_size
+                .to_vram(pages, migrated.count() as u64, micros(started));
             self.report_usage();
         }
         // Map what is ours, unless an invalidation raced (rule 8).
@@ -1035,9 +1041,11 @@ impl<P: Platform> Inner<P> {
                 _ => copies.push((pfn * PAGE, dst, PAGE)),
             }
         }
+        let started = std::time::Instant::now();
         if !self.hw.copy(&copies).map_err(|_| NotifyError::CopyFailed)? {
             return Err(NotifyError::CopyFailed);
         }
+        let took = micros(started);
         let mut copied = PageMask::EMPTY;
         let mut st = self.lock();
         if let Some(obj) = st.objects.get_mut(&object) {
@@ -1052,6 +1060,9 @@ impl<P: Platform> Inner<P> {
         self.counters
             .pages_to_ram
             .fetch_add(copied.count() as u64, Ordering::Relaxed);
+        if !copied.is_empty() {
+            self.counters.by_size.to_ram(copied.count() as u64, took);
+        }
         drop(st);
         self.report_usage();
         Ok(copied)
@@ -1105,4 +1116,9 @@ impl<P: Platform> Drop for Migrating<'_, P> {
         }
         self.inner.drop_object_if_unused(&mut st, self.object);
     }
+}
+
+/// Microseconds since `t` (saturating).
+fn micros(t: std::time::Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

@@ -367,8 +367,41 @@ fn counter(s: &GpuStats, name: &str) -> Option<u64> {
         "vram_used" => s.vram_used,
         "vram_total" => s.vram_total,
         "bo_vram_bytes" => s.bo_vram_bytes,
-        _ => return None,
+        other => return by_size(s, other),
     })
+}
+
+/// The per-page-size counters (`GpuStats::by_size`, all cumulative):
+/// `FIELD_SIZE` (`to_vram_2m`, `to_ram_bytes_4k`, ...; sizes `4k`, `64k`,
+/// `2m`) or `FIELD` summed over the sizes (`to_vram_bytes`). FIELD is one
+/// of `to_vram`, `to_vram_bytes`, `to_vram_us`, `to_ram`, `to_ram_bytes`,
+/// `to_ram_us`.
+fn by_size(s: &GpuStats, name: &str) -> Option<u64> {
+    let (field, size) = match name.rsplit_once('_') {
+        Some((f, "4k")) => (f, Some(4096)),
+        Some((f, "64k")) => (f, Some(65536)),
+        Some((f, "2m")) => (f, Some(2 << 20)),
+        _ => (name, None),
+    };
+    let get = |c: &ipc_protocol::interfaces::gpu::SizeStat| -> Option<u64> {
+        Some(match field {
+            "to_vram" => c.to_vram,
+            "to_vram_bytes" => c.to_vram_bytes,
+            "to_vram_us" => c.to_vram_us,
+            "to_ram" => c.to_ram,
+            "to_ram_bytes" => c.to_ram_bytes,
+            "to_ram_us" => c.to_ram_us,
+            _ => return None,
+        })
+    };
+    let mut sum = 0u64;
+    for c in s.by_size.as_slice() {
+        let v = get(c)?;
+        if size.is_none_or(|b| b == c.page_bytes) {
+            sum = sum.saturating_add(v);
+        }
+    }
+    get(s.by_size.as_slice().first()?).map(|_| sum)
 }
 
 /// `">= 512"` against `v`.
@@ -414,7 +447,7 @@ pub fn counters(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 let (Some(n), Some(b)) = (counter(&now, name), counter(&base, name)) else {
                     return Err(bad(format!("no counter {name:?}")));
                 };
-                let v = if CUMULATIVE.contains(&name.as_str()) {
+                let v = if CUMULATIVE.contains(&name.as_str()) || by_size(&now, name).is_some() {
                     n.saturating_sub(b)
                 } else {
                     n

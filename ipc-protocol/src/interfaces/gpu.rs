@@ -190,6 +190,24 @@ wire_struct!(
     pub struct Stats {}
 );
 wire_struct!(
+    /// Migrations of one page size (issue 16 item 7). A GPU fault's (or a
+    /// prefetch's) migration moves a 4 KiB, 64 KiB or 2 MiB region to VRAM;
+    /// a copy back to RAM counts in the smallest size its pages fit.
+    pub struct SizeStat {
+        /// 4096, 65536 or 2097152.
+        pub page_bytes: u64,
+        /// Migrations to VRAM of this size, the bytes they moved, and the
+        /// microseconds they took (collect to finalize).
+        pub to_vram: u64,
+        pub to_vram_bytes: u64,
+        pub to_vram_us: u64,
+        /// Copies back to RAM, their bytes and microseconds.
+        pub to_ram: u64,
+        pub to_ram_bytes: u64,
+        pub to_ram_us: u64,
+    }
+);
+wire_struct!(
     pub struct GpuStats {
         pub vram_total: u64,
         pub vram_used: u64,
@@ -202,6 +220,8 @@ wire_struct!(
         pub bo_restores: u64,
         pub bo_vram_bytes: u64,
         pub invalidations: u64,
+        /// Per page size: 4 KiB, 64 KiB, 2 MiB.
+        pub by_size: BoundedVec<SizeStat, 3>,
     }
 );
 wire_struct!(
