@@ -410,6 +410,62 @@ fn mremap_dontunmap_while_reads_hammer_the_range() {
     assert_eq!(bad_words(new, 0), 0);
 }
 
+/// An mremap that grows a view whose tail pages are in VRAM (issue 16
+/// item 9): the kernel reports the move, not the growth, so the tail's
+/// first fault comes in no view. The pager reads the faulting thread's
+/// mapping, makes the tail a view of the same object, and serves it from
+/// VRAM: every word right, none zero.
+#[test]
+fn mremap_growth_is_followed_while_the_tail_is_in_vram() {
+    const HALF: usize = 2 << 20;
+    let r = rig();
+    let (object, fd, buf) = buffer(&r, 4 << 20);
+    for (i, w) in buf.iter_mut().enumerate() {
+        *w = pattern(i);
+    }
+    let old = buf.as_ptr() as u64;
+    // Shrink to the first half (the tail is no view's now), then put the
+    // tail's pages in VRAM: only the object holds them.
+    // SAFETY: our mapping; `buf` is not used after this.
+    let shrunk = unsafe { mremap(old as *mut _, 2 * HALF, HALF, 0) } as u64;
+    assert_eq!(shrunk, old, "mremap (shrink) failed");
+    wait_views(&r, object, &[(old, 0, 512)]);
+    // The shrink is applied (and the tail it left moved out of VRAM).
+    r.pager
+        .call(ipc_protocol::interfaces::pager::SyncViews {})
+        .unwrap();
+    gpu_migrate_all(&r, object, &fd, 512, 512);
+    assert_eq!(
+        snapshot(&r, object, 512, 512),
+        vec![PageStateCode::Device; 512]
+    );
+    let dst = reserve_range(2 * HALF);
+    // SAFETY: as above; grows the mapping back over the whole object.
+    let new = unsafe {
+        mremap(
+            old as *mut _,
+            HALF,
+            2 * HALF,
+            MREMAP_MAYMOVE | MREMAP_FIXED,
+            dst as *mut std::ffi::c_void,
+        )
+    } as u64;
+    assert_eq!(new, dst, "mremap (grow) failed");
+    let tail_bad = (0..HALF / 4)
+        .filter(|&i| {
+            // SAFETY: the grown mapping is 4 MiB long.
+            let w = unsafe { std::ptr::read_volatile((dst as *const u32).add(HALF / 4 + i)) };
+            w != pattern(HALF / 4 + i)
+        })
+        .count();
+    assert_eq!(
+        tail_bad, 0,
+        "the grown tail reads wrong data (zeros: not followed)"
+    );
+    assert_eq!(bad_words(dst, 0), 0, "the moved head reads wrong data");
+    wait_views(&r, object, &[(dst, 0, 512), (dst + HALF as u64, 512, 512)]);
+}
+
 /// A plain mremap (the old range goes) while the pages are in VRAM: the
 /// view follows to the new address, keeps its id, and faults there are
 /// served; the old record is gone.

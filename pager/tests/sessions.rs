@@ -158,6 +158,56 @@ fn the_pages_of_a_hole_leave_vram_with_their_data() {
     }
 }
 
+/// A view an mremap grew: a fault in the tail (no view) makes the part of
+/// the faulting thread's mapping that no view covers a view of the same
+/// object at the right pages; a mapping of another file, one past the
+/// object's end, or an unknown thread leaves it alone.
+#[test]
+fn a_grown_tail_becomes_a_view_of_the_same_object() {
+    use pager::core::runtime::{FileId, FileMapping};
+    use pager::testing::runtime::model_file;
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (o, view) = object_with_view(&core, &s, 16, A).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    let file = model_file(&s.object(o).unwrap().memory);
+    let mut notes = Vec::new();
+    core.follow_unmap(&space, A + 8 * PAGE, A + 16 * PAGE, None, &mut notes);
+    core.send_notes(&mut notes);
+    let grown = |end: u64, offset: u64, file: FileId| {
+        *lock(&core.rt.maps) = vec![FileMapping {
+            start: A,
+            end,
+            offset,
+            file,
+        }];
+    };
+    let other = FileId { ino: 1, ..file };
+    grown(A + 16 * PAGE, 0, other);
+    assert!(
+        !core.follow_growth(&space, A + 12 * PAGE, 7),
+        "another file"
+    );
+    grown(A + 24 * PAGE, 0, file);
+    assert!(
+        !core.follow_growth(&space, A + 20 * PAGE, 7),
+        "past the object"
+    );
+    grown(A + 16 * PAGE, 0, file);
+    assert!(
+        !core.follow_growth(&space, A + 12 * PAGE, 0),
+        "an unknown thread"
+    );
+    assert!(core.follow_growth(&space, A + 12 * PAGE, 7));
+    let mut views: Vec<(u64, usize, usize)> = space
+        .views()
+        .iter()
+        .map(|v| (v.addr, v.first_page, v.pages))
+        .collect();
+    views.sort();
+    assert_eq!(views, vec![(A, 0, 8), (A + 8 * PAGE, 8, 8)]);
+}
+
 /// A split the client's view budget has no room for: the part that cannot
 /// be recorded goes to the kernel, the rest is followed.
 #[test]

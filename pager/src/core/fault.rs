@@ -15,6 +15,12 @@ impl<R: Runtime> Core<R> {
     /// Serves one CPU fault at `addr` of `space` (`wp`: a write that met
     /// write protection) and wakes the faulting thread.
     pub fn serve_fault(&self, space: &Space<R>, addr: u64, wp: bool) {
+        self.serve_fault_from(space, addr, wp, 0);
+    }
+
+    /// [`Self::serve_fault`] for thread `tid` (0: unknown), whose mappings
+    /// tell a view an mremap grew.
+    pub fn serve_fault_from(&self, space: &Space<R>, addr: u64, wp: bool, tid: u32) {
         let page_addr = addr & !(PAGE - 1);
         let mut attempt = 0;
         loop {
@@ -22,9 +28,12 @@ impl<R: Runtime> Core<R> {
             // while faults wait in the queue.
             let Some(view) = space.view_at(addr) else {
                 // Registered, but no view: an mremap grew a view (the
-                // kernel sends no event for the new tail), or a change was
-                // not followed. Hand the page back to the kernel rather
-                // than leave the thread faulting.
+                // kernel sends no event for the new tail): follow it.
+                if self.follow_growth(space, addr, tid) {
+                    continue;
+                }
+                // Or a change was not followed. Hand the page back to the
+                // kernel rather than leave the thread faulting.
                 log::warn!(
                     "pager: space {}: fault at {addr:#x} in no view; unregistering that page",
                     space.id

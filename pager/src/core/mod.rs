@@ -37,6 +37,7 @@ pub mod discard;
 pub mod end;
 pub mod fault;
 pub mod gpu;
+pub mod growth;
 pub mod object;
 pub mod prefetch;
 pub mod reclaim;

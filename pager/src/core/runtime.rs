@@ -170,6 +170,34 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn view_part(&self, part: &PartNote);
     /// A monotonic clock in microseconds (anti-thrashing windows).
     fn now_us(&self) -> u64;
+    /// The file mapping covering `addr` in the address space of thread
+    /// `tid`, if the runtime can tell (host: `/proc/<tid>/maps`); follows
+    /// a view an mremap grew (`growth.rs`).
+    fn mapping_at(&self, _tid: u32, _addr: u64) -> Option<FileMapping> {
+        None
+    }
+    /// Whether `m` is the file `file` names.
+    fn is_file(&self, _m: &Self::Memory, _file: FileId) -> bool {
+        false
+    }
+}
+
+/// A file's identity: its device (major, minor) and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub major: u32,
+    pub minor: u32,
+    pub ino: u64,
+}
+
+/// A client mapping of a file: `[start, end)` shows the file from byte
+/// `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub file: FileId,
 }
 
 /// Object pages `first_page..+pages` of view `view` live on as `new_view`,

@@ -18,7 +18,7 @@ use session::Handle;
 use super::space::HostPort;
 use super::staging::{Staging, SLOT_BYTES};
 use super::uffd::{self, Uffd};
-use crate::core::runtime::{PartNote, Pause, RtError, Runtime, Source};
+use crate::core::runtime::{FileId, FileMapping, PartNote, Pause, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
 
@@ -306,6 +306,22 @@ impl Runtime for HostRuntime {
                 );
             }
         }
+    }
+
+    fn mapping_at(&self, tid: u32, addr: u64) -> Option<FileMapping> {
+        let maps = std::fs::read_to_string(format!("/proc/{tid}/maps")).ok()?;
+        maps.lines()
+            .filter_map(super::maps::parse_line)
+            .find(|m| addr >= m.start && addr < m.end)
+    }
+
+    fn is_file(&self, m: &OwnedFd, file: FileId) -> bool {
+        rustix::fs::fstat(m).is_ok_and(|st| {
+            let dev = st.st_dev;
+            st.st_ino == file.ino
+                && rustix::fs::major(dev) == file.major
+                && rustix::fs::minor(dev) == file.minor
+        })
     }
 
     fn now_us(&self) -> u64 {

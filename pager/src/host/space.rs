@@ -59,6 +59,8 @@ type HostSpace = Space<HostRuntime>;
 pub struct Fault {
     pub address: u64,
     pub wp: bool,
+    /// The faulting thread (0: unknown).
+    pub tid: u32,
 }
 
 /// A client userfaultfd and the queue of faults read from it.
@@ -166,10 +168,12 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
             for ev in &events {
                 match *ev {
                     // A fault after a removal waits for the discard.
-                    Event::PageFault { address, wp, .. } if !removed.is_empty() => {
-                        held_back.push(Fault { address, wp })
-                    }
-                    Event::PageFault { address, wp, .. } => space.port.push(Fault { address, wp }),
+                    Event::PageFault {
+                        address, wp, tid, ..
+                    } if !removed.is_empty() => held_back.push(Fault { address, wp, tid }),
+                    Event::PageFault {
+                        address, wp, tid, ..
+                    } => space.port.push(Fault { address, wp, tid }),
                     Event::Remove { start, end } => {
                         removed.extend(core.removed_ranges(&space, start, end))
                     }
@@ -199,7 +203,7 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
 
 fn serve_faults(core: Arc<HostCore>, space: Arc<HostSpace>) {
     while let Some(f) = space.port.pop() {
-        core.serve_fault(&space, f.address, f.wp);
+        core.serve_fault_from(&space, f.address, f.wp, f.tid);
     }
 }
 

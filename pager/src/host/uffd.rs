@@ -26,6 +26,9 @@ pub const WP_FEATURES: u64 =
 /// readers stop.
 pub const FEATURES: u64 = WP_FEATURES
     | (uapi::UFFD_FEATURE_EVENT_FORK
+        // The faulting thread's id: the pager reads its mappings to follow
+        // a view an mremap grew (`core/growth.rs`).
+        | uapi::UFFD_FEATURE_THREAD_ID
         | uapi::UFFD_FEATURE_EVENT_REMAP
         | uapi::UFFD_FEATURE_EVENT_REMOVE
         | uapi::UFFD_FEATURE_EVENT_UNMAP) as u64;
@@ -43,6 +46,8 @@ pub enum Event {
         address: u64,
         write: bool,
         wp: bool,
+        /// The faulting thread (0: unknown).
+        tid: u32,
     },
     /// The client forked; the child's copy of the registered ranges reports
     /// to the new descriptor `fd`, now installed in the pager.
@@ -263,6 +268,7 @@ fn parse(m: &[u8]) -> Event {
             address: b,
             write: a & uapi::UFFD_PAGEFAULT_FLAG_WRITE as u64 != 0,
             wp: a & uapi::UFFD_PAGEFAULT_FLAG_WP as u64 != 0,
+            tid: u32::from_le_bytes(m[24..28].try_into().unwrap_or([0; 4])),
         },
         uapi::UFFD_EVENT_FORK => Event::Fork {
             fd: u32::from_le_bytes(m[8..12].try_into().unwrap_or([0xff; 4])) as i32,

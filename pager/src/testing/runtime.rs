@@ -12,7 +12,7 @@ use ipc_protocol::interfaces::pager_migrate as m;
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask};
 use session::Handle;
 
-use crate::core::runtime::{PartNote, Pause, RtError, Runtime, Source};
+use crate::core::runtime::{FileId, FileMapping, PartNote, Pause, RtError, Runtime, Source};
 use crate::core::session::{ClientSession, GpuSession};
 use crate::core::view::{Space, PAGE};
 use crate::core::{Config, Core};
@@ -27,6 +27,15 @@ const SLOT_PAGES: usize = 512;
 /// An object's memory: one data word per page.
 pub struct ModelMemory {
     pub words: Vec<AtomicU64>,
+}
+
+/// The file identity `mapping_at` answers for `m` (its address).
+pub fn model_file(m: &ModelMemory) -> FileId {
+    FileId {
+        major: 0,
+        minor: 0,
+        ino: m as *const ModelMemory as u64,
+    }
 }
 
 /// What a client passes: its memory back (never valid as a port), or a
@@ -69,6 +78,8 @@ pub struct ModelRuntime {
     pub heard: Mutex<Vec<(char, u32)>>,
     /// The clock `now_us` reads; tests move it.
     pub clock_us: AtomicU64,
+    /// What `mapping_at` answers, for any thread.
+    pub maps: Mutex<Vec<FileMapping>>,
     pub invalidations: AtomicU64,
 }
 
@@ -84,6 +95,7 @@ impl Default for ModelRuntime {
             parts: Mutex::new(Vec::new()),
             heard: Mutex::new(Vec::new()),
             clock_us: AtomicU64::new(0),
+            maps: Mutex::new(Vec::new()),
             invalidations: AtomicU64::new(0),
         }
     }
@@ -281,6 +293,17 @@ impl Runtime for ModelRuntime {
 
     fn now_us(&self) -> u64 {
         self.clock_us.load(Ordering::Acquire)
+    }
+
+    fn mapping_at(&self, _tid: u32, addr: u64) -> Option<FileMapping> {
+        lock(&self.maps)
+            .iter()
+            .find(|m| addr >= m.start && addr < m.end)
+            .copied()
+    }
+
+    fn is_file(&self, m: &Arc<ModelMemory>, file: FileId) -> bool {
+        model_file(m) == file
     }
 
     fn view_part(&self, p: &PartNote) {
