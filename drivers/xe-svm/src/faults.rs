@@ -198,11 +198,13 @@ mod tests {
         }
     }
 
-    /// A prefetch fault is answered at once, as served, and never resolved
-    /// (nothing moves for a guess); an ordinary fault goes to its VM's
-    /// worker and is resolved.
-    #[test]
-    fn prefetch_faults_are_acknowledged_and_dropped() {
+    /// A dispatcher whose resolver counts its calls and serves every
+    /// fault, and whose replies come out of the receiver.
+    fn counting_dispatch() -> (
+        Dispatch,
+        Arc<AtomicUsize>,
+        Receiver<(FaultDescriptor, bool)>,
+    ) {
         let resolved = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = channel();
         let r = resolved.clone();
@@ -212,19 +214,34 @@ mod tests {
         };
         let tx = Mutex::new(tx);
         let reply = move |f: &FaultDescriptor, ok: bool| {
-            let _ = tx.lock().unwrap().send((f.prefetch, ok));
+            let _ = tx.lock().unwrap().send((*f, ok));
         };
-        let d = Dispatch::new(Arc::new(resolve), Arc::new(reply));
+        (
+            Dispatch::new(Arc::new(resolve), Arc::new(reply)),
+            resolved,
+            rx,
+        )
+    }
+
+    /// A prefetch fault is answered at once, as served, and never resolved
+    /// (nothing moves for a guess); an ordinary fault goes to its VM's
+    /// worker and is resolved.
+    #[test]
+    fn prefetch_faults_are_acknowledged_and_dropped() {
+        let (d, resolved, rx) = counting_dispatch();
         d.route(fault(true));
         assert_eq!(
-            rx.try_recv(),
+            rx.try_recv().map(|(f, ok)| (f.prefetch, ok)),
             Ok((true, true)),
             "answered before route returned"
         );
         assert_eq!(resolved.load(Ordering::SeqCst), 0);
         assert_eq!(d.workers(), 0, "no worker started for it");
         d.route(fault(false));
-        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok((false, true)));
+        let next = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map(|(f, ok)| (f.prefetch, ok));
+        assert_eq!(next, Ok((false, true)));
         assert_eq!(resolved.load(Ordering::SeqCst), 1);
     }
 
@@ -233,25 +250,14 @@ mod tests {
     /// access fails.
     #[test]
     fn atomic_violations_are_refused_without_a_migration() {
-        let resolved = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = channel();
-        let r = resolved.clone();
-        let resolve = move |_: u32, _: u64, _: bool, _: &[u64]| {
-            r.fetch_add(1, Ordering::SeqCst);
-            true
-        };
-        let tx = Mutex::new(tx);
-        let reply = move |f: &FaultDescriptor, ok: bool| {
-            let _ = tx.lock().unwrap().send((f.access, ok));
-        };
-        let d = Dispatch::new(Arc::new(resolve), Arc::new(reply));
+        let (d, resolved, rx) = counting_dispatch();
         let atomic = FaultDescriptor {
             access: AccessType::Atomic,
             fault_type: FaultType::AtomicAccessViolation,
             ..fault(false)
         };
         d.route(atomic);
-        assert_eq!(rx.try_recv(), Ok((AccessType::Atomic, false)));
+        assert_eq!(rx.try_recv(), Ok((atomic, false)));
         assert_eq!(resolved.load(Ordering::SeqCst), 0);
         assert_eq!(d.workers(), 0);
     }
