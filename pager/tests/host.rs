@@ -466,6 +466,51 @@ fn mremap_growth_is_followed_while_the_tail_is_in_vram() {
     wait_views(&r, object, &[(dst, 0, 512), (dst + HALF as u64, 512, 512)]);
 }
 
+/// No hang (issue 14): a CPU fault whose copy back from VRAM keeps failing
+/// ends after the pager's deadline with an error the client sees (the
+/// access gets SIGBUS), instead of retrying forever; the page keeps its
+/// data, and once copies work again a read through another view gets it.
+#[test]
+fn a_fault_that_keeps_failing_ends_in_sigbus() {
+    if !pager::host::uffd::poison_supported() {
+        eprintln!("skipped: this kernel has no UFFDIO_POISON");
+        return;
+    }
+    let mut cfg = pager::host::Config::default();
+    cfg.core.fault_deadline_us = 200_000;
+    let r = common::rig_with(cfg);
+    let (_object, _fd, buf) = buffer_in_vram(&r);
+    let addr = buf.as_ptr() as u64;
+    r.gpu
+        .fail_to_ram
+        .store(true, std::sync::atomic::Ordering::Release);
+    // SAFETY: the child only reads the mapping and exits with `_exit`.
+    let pid = raw_fork();
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: inside the inherited mapping.
+        let v = unsafe { std::ptr::read_volatile(addr as *const u32) };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { _exit(if v == pattern(0) { 1 } else { 2 }) };
+    }
+    let status = rustix::process::waitpid(
+        Some(rustix::process::Pid::from_raw(pid).unwrap()),
+        rustix::process::WaitOptions::empty(),
+    )
+    .unwrap()
+    .unwrap()
+    .1;
+    assert_eq!(
+        status.terminating_signal(),
+        Some(rustix::process::Signal::BUS.as_raw()),
+        "the child's read ended some other way: {status:?}"
+    );
+    r.gpu
+        .fail_to_ram
+        .store(false, std::sync::atomic::Ordering::Release);
+    assert_eq!(bad_words(addr, 0), 0, "the data survived the failed copies");
+}
+
 /// A plain mremap (the old range goes) while the pages are in VRAM: the
 /// view follows to the new address, keeps its id, and faults there are
 /// served; the old record is gone.

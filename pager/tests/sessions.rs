@@ -208,6 +208,34 @@ fn a_grown_tail_becomes_a_view_of_the_same_object() {
     assert_eq!(views, vec![(A, 0, 8), (A + 8 * PAGE, 8, 8)]);
 }
 
+/// No hang (issue 14): a CPU fault whose copy back keeps failing ends once
+/// the deadline passes (the runtime poisons the page: the access gets an
+/// error) and the page keeps its state and data; once copies work again
+/// the next fault brings it back.
+#[test]
+fn a_fault_that_keeps_failing_is_ended_not_retried_forever() {
+    use std::sync::atomic::Ordering;
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (o, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let obj = s.object(o).unwrap();
+    seed(&obj, |p| 100 + p as u64);
+    let g = core.gpu_session(GPU).unwrap();
+    let gid = gpu_open(&core, &g, CLIENT, view).unwrap();
+    assert_eq!(gpu_migrate(&core, &g, gid, &obj.memory, 0, 8), Ok(8));
+    let space = s.view(view).unwrap().space.clone();
+    core.rt.fail_to_ram.store(true, Ordering::Release);
+    core.serve_fault(&space, A + 2 * PAGE, false);
+    assert_eq!(*lock(&core.rt.poisoned), vec![(A + 2 * PAGE, PAGE)]);
+    let state = |p: usize| obj.table.info(p).unwrap().residency;
+    assert!(matches!(state(2), pager::state::Residency::Device { .. }));
+    core.rt.fail_to_ram.store(false, Ordering::Release);
+    core.serve_fault(&space, A + 2 * PAGE, false);
+    assert_eq!(state(2), pager::state::Residency::System);
+    assert_eq!(obj.memory.words[2].load(Ordering::Acquire), 102);
+    assert_eq!(lock(&core.rt.poisoned).len(), 1, "ended once");
+}
+
 /// A split the client's view budget has no room for: the part that cannot
 /// be recorded goes to the kernel, the rest is followed.
 #[test]

@@ -23,6 +23,7 @@ impl<R: Runtime> Core<R> {
     pub fn serve_fault_from(&self, space: &Space<R>, addr: u64, wp: bool, tid: u32) {
         let page_addr = addr & !(PAGE - 1);
         let mut attempt = 0;
+        let mut failing_since = None;
         loop {
             // The view that covers the address now: views move and go
             // while faults wait in the queue.
@@ -67,6 +68,11 @@ impl<R: Runtime> Core<R> {
                     return;
                 }
                 Err(e) => {
+                    let since = *failing_since.get_or_insert_with(|| self.rt.now_us());
+                    let late = self.rt.now_us().saturating_sub(since) > self.cfg.fault_deadline_us;
+                    if late && self.end_unservable(space, page_addr, &e) {
+                        return;
+                    }
                     log::warn!(
                         "pager: fault on page {page} of object {:#x}: {e}; retrying",
                         view.object.id.raw()
@@ -81,6 +87,23 @@ impl<R: Runtime> Core<R> {
             Err(e) => log::debug!("pager: wake at {page_addr:#x}: {e:?}"),
             Ok(()) => {}
         }
+    }
+
+    /// No hang: a fault that kept failing past the deadline ends with an
+    /// error the client sees (the runtime poisons the page: `SIGBUS`) and
+    /// the pager says why. The page keeps its state (its data may still be
+    /// in VRAM); `false` if the runtime cannot end it (the fault retries).
+    fn end_unservable(&self, space: &Space<R>, page_addr: u64, e: &str) -> bool {
+        let ended = self.rt.poison(&space.port, page_addr, PAGE).is_ok();
+        if ended {
+            log::error!(
+                "pager: space {}: the fault at {page_addr:#x} failed for {} ms ({e}); \
+                 the access gets SIGBUS",
+                space.id,
+                self.cfg.fault_deadline_us / 1000
+            );
+        }
+        ended
     }
 
     /// A writer blocked by write protection: once no migration holds the

@@ -88,6 +88,10 @@ pub struct Config {
     pub skip_invalidate: bool,
     /// Anti-thrashing (`thrash.rs`); `None`: every fault migrates.
     pub thrash: Option<thrash::ThrashPolicy>,
+    /// How long a CPU fault may keep failing (the GPU server unreachable,
+    /// copies failing) before it ends with an error the client sees
+    /// (`SIGBUS`) instead of retrying: no hang.
+    pub fault_deadline_us: u64,
 }
 
 impl Default for Config {
@@ -104,6 +108,7 @@ impl Default for Config {
             policy: Policy::Rules,
             skip_invalidate: false,
             thrash: Some(thrash::ThrashPolicy::default()),
+            fault_deadline_us: 10_000_000,
         }
     }
 }

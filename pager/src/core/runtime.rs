@@ -168,8 +168,14 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64);
     /// Part of a view lives on as another record (`GpuNotify::ViewPart`).
     fn view_part(&self, part: &PartNote);
-    /// A monotonic clock in microseconds (anti-thrashing windows).
+    /// A monotonic clock in microseconds (anti-thrashing windows, fault
+    /// deadlines).
     fn now_us(&self) -> u64;
+    /// Ends the faults on `[addr, addr + len)` of `p` with an error the
+    /// client sees (host: `UFFDIO_POISON`, the access gets `SIGBUS`).
+    fn poison(&self, _p: &Self::Port, _addr: u64, _len: u64) -> Result<(), RtError> {
+        Err(RtError::Host(0))
+    }
     /// The file mapping covering `addr` in the address space of thread
     /// `tid`, if the runtime can tell (host: `/proc/<tid>/maps`); follows
     /// a view an mremap grew (`growth.rs`).

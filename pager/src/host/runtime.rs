@@ -137,7 +137,7 @@ impl Runtime for HostRuntime {
 
     fn open_port(&self, h: OwnedFd) -> Result<HostPort, RtError> {
         let uffd = Uffd::new(h);
-        uffd.handshake(uffd::FEATURES)
+        uffd.handshake(uffd::features())
             .map_err(|_| RtError::BadHandle)?;
         HostPort::new(uffd).map_err(|e| RtError::Host(e.raw_os_error().unwrap_or(0)))
     }
@@ -177,6 +177,13 @@ impl Runtime for HostRuntime {
 
     fn wake(&self, p: &HostPort, addr: u64, len: u64) -> Result<(), RtError> {
         p.uffd.wake(addr, len).map_err(rt)
+    }
+
+    fn poison(&self, p: &HostPort, addr: u64, len: u64) -> Result<(), RtError> {
+        if !uffd::poison_supported() {
+            return Err(RtError::Host(0));
+        }
+        p.uffd.poison(addr, len).map_err(rt)
     }
 
     fn start_space(&self, core: &Arc<Core<Self>>, space: &Arc<Space<Self>>) -> Result<(), RtError> {

@@ -36,6 +36,36 @@ pub const FEATURES: u64 = WP_FEATURES
 /// `UFFDIO_WRITEPROTECT_MODE_WP` (`include/uapi/linux/userfaultfd.h`,
 /// bit 0); linux-raw-sys does not export it.
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+/// `_IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)` (Linux 6.6; not
+/// in linux-raw-sys's ioctl list).
+const UFFDIO_POISON: u32 = 0xc020_aa08;
+/// `UFFD_FEATURE_POISON`.
+const FEATURE_POISON: u64 = 1 << 14;
+
+/// Whether this kernel can poison a userfaultfd range (asked once, on a
+/// userfaultfd of our own: a failed handshake cannot be retried on the
+/// client's).
+pub fn poison_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        create_for_client()
+            .ok()
+            .map(Uffd::new)
+            .and_then(|u| u.handshake(0).ok())
+            .is_some_and(|f| f & FEATURE_POISON != 0)
+    })
+}
+
+/// The features the pager asks of a client's userfaultfd.
+pub fn features() -> u64 {
+    FEATURES
+        | if poison_supported() {
+            FEATURE_POISON
+        } else {
+            0
+        }
+}
+
 /// `UFFDIO_COPY_MODE_DONTWAKE` (same header, bit 0).
 const COPY_MODE_DONTWAKE: u64 = 1 << 0;
 
@@ -200,6 +230,19 @@ impl Uffd {
                 r => return r,
             }
         }
+    }
+
+    /// Installs poison over the range and wakes its waiters: an access
+    /// there gets `SIGBUS` (a fault the pager cannot serve ends instead of
+    /// retrying forever). Needs [`poison_supported`].
+    pub fn poison(&self, start: u64, len: u64) -> Result<(), Errno> {
+        let mut p = uapi::uffdio_poison {
+            range: uapi::uffdio_range { start, len },
+            mode: 0,
+            updated: 0,
+        };
+        // SAFETY: UFFDIO_POISON reads and writes a `uffdio_poison`.
+        unsafe { ioctl(&self.fd, Updater::<{ UFFDIO_POISON }, _>::new(&mut p)) }
     }
 
     /// Wakes threads waiting on faults in the range (they retry the access).

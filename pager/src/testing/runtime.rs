@@ -16,7 +16,7 @@ use crate::core::runtime::{FileId, FileMapping, PartNote, Pause, RtError, Runtim
 use crate::core::session::{ClientSession, GpuSession};
 use crate::core::view::{Space, PAGE};
 use crate::core::{Config, Core};
-use crate::sync::{lock, Arc, AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
 
 /// What a page holds once its RAM copy was dropped (moved to VRAM).
 pub const POISON: u64 = u64::MAX;
@@ -80,6 +80,10 @@ pub struct ModelRuntime {
     pub clock_us: AtomicU64,
     /// What `mapping_at` answers, for any thread.
     pub maps: Mutex<Vec<FileMapping>>,
+    /// Every copy back to RAM fails (a GPU server that lost the device).
+    pub fail_to_ram: AtomicBool,
+    /// Pages `poison` ended: (address, length).
+    pub poisoned: Mutex<Vec<(u64, u64)>>,
     pub invalidations: AtomicU64,
 }
 
@@ -96,6 +100,8 @@ impl Default for ModelRuntime {
             heard: Mutex::new(Vec::new()),
             clock_us: AtomicU64::new(0),
             maps: Mutex::new(Vec::new()),
+            fail_to_ram: AtomicBool::new(false),
+            poisoned: Mutex::new(Vec::new()),
             invalidations: AtomicU64::new(0),
         }
     }
@@ -214,8 +220,18 @@ impl Runtime for ModelRuntime {
         5
     }
 
-    fn pause(&self, _why: Pause, _attempt: u32) {
+    /// A retried fault's pause moves the clock 10 ms (the model has no
+    /// other time), so fault deadlines pass.
+    fn pause(&self, why: Pause, _attempt: u32) {
+        if why == Pause::FaultRetry {
+            self.clock_us.fetch_add(10_000, Ordering::AcqRel);
+        }
         crate::sync::yield_now();
+    }
+
+    fn poison(&self, _p: &ModelPort, addr: u64, len: u64) -> Result<(), RtError> {
+        lock(&self.poisoned).push((addr, len));
+        Ok(())
     }
 
     fn take_slot(&self) -> usize {
@@ -257,6 +273,9 @@ impl Runtime for ModelRuntime {
         pages: &PageMask,
         slot: usize,
     ) -> Result<PageMask, RtError> {
+        if self.fail_to_ram.load(Ordering::Acquire) {
+            return Err(RtError::Gpu);
+        }
         let mut vram = lock(&self.vram);
         let mut copied = PageMask::EMPTY;
         for i in pages.iter() {

@@ -37,6 +37,8 @@ pub struct TestGpu {
     pub id: u32,
     /// How long it takes to hear a view change (a slow GPU server).
     pub note_delay: Mutex<std::time::Duration>,
+    /// Every copy back to RAM fails (a GPU server that lost the device).
+    pub fail_to_ram: std::sync::atomic::AtomicBool,
 }
 
 static NEXT_GPU: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -55,6 +57,11 @@ impl Handler<n::GpuNotify> for TestGpu {
             }
             n::Request::Invalidate(i) => {
                 Ok((n::Reply::Invalidate(n::Invalidated { seq: i.seq }), vec![]))
+            }
+            n::Request::MigrateToRam(_)
+                if self.fail_to_ram.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                Err(n::NotifyError::CopyFailed)
             }
             n::Request::MigrateToRam(m) => {
                 let staging = self.staging.lock().unwrap();
