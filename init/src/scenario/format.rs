@@ -29,9 +29,9 @@ pub struct Device {
     /// Fault injection: the device model fails every Nth copy (0: never).
     #[serde(default)]
     pub fail_copy_every: u32,
-    /// The pager's anti-thrashing (`--thrash`): `false` turns it off, so
-    /// every GPU fault migrates.
-    #[serde(default = "yes")]
+    /// The pager's anti-thrashing (`--thrash on`; off by default: every
+    /// GPU fault migrates).
+    #[serde(default)]
     pub thrash_hold: bool,
 }
 
@@ -44,7 +44,7 @@ impl Default for Device {
             clients: 1,
             heap: default_heap(),
             fail_copy_every: 0,
-            thrash_hold: true,
+            thrash_hold: false,
         }
     }
 }

@@ -88,10 +88,11 @@ mod server {
         /// restartable (`init/src/manifest.rs`, `RESTARTABLE`).
         #[arg(long, default_value_t = 1)]
         generation: u32,
-        /// Anti-thrashing: `off`, or `WINDOW_MS,THRESHOLD,HOLD_MS` (a
-        /// region a CPU fault moved back THRESHOLD times in WINDOW_MS is
-        /// mapped in system memory by GPU faults for HOLD_MS).
-        #[arg(long, default_value = "500,8,500")]
+        /// Anti-thrashing: `off` (the default), `on` (500,8,500), or
+        /// `WINDOW_MS,THRESHOLD,HOLD_MS` (a region a CPU fault moved back
+        /// THRESHOLD times in WINDOW_MS is mapped in system memory by GPU
+        /// faults for HOLD_MS).
+        #[arg(long, default_value = "off")]
         thrash: String,
         /// Test only: break rule 8 (no invalidation before migrating back).
         #[arg(long, hide = true)]

@@ -86,7 +86,8 @@ pub struct Config {
     /// server to unmap them first. Only for the test that shows the rule
     /// matters (`rule8_*` in `init/tests/race.rs`).
     pub skip_invalidate: bool,
-    /// Anti-thrashing (`thrash.rs`); `None`: every fault migrates.
+    /// Anti-thrashing (`thrash.rs`); `None` (the default): every fault
+    /// migrates.
     pub thrash: Option<thrash::ThrashPolicy>,
     /// How long a CPU fault may keep failing (the GPU server unreachable,
     /// copies failing) before it ends with an error the client sees
@@ -107,7 +108,8 @@ impl Default for Config {
             gpu_collects: 4096,
             policy: Policy::Rules,
             skip_invalidate: false,
-            thrash: Some(thrash::ThrashPolicy::default()),
+            // Opt-in (`thrash.rs` says why).
+            thrash: None,
             fault_deadline_us: 10_000_000,
         }
     }

@@ -13,6 +13,17 @@
 //!
 //! Metadata: at most [`TRACKED`] regions per object (the least recently
 //! returned one is forgotten first), so a client's objects bound it.
+//!
+//! **Opt-in** (the pager's `--thrash on`). Migration makes a page the
+//! GPU's or the CPU's at a time, so even a program whose GPU and CPU
+//! update the same words without atomics loses nothing: each access runs
+//! where the page is, whole. A held region is shared over the bus instead,
+//! as on any coherent SVM system (UVM's remote mapping included): such
+//! racing plain updates interleave word by word and can lose increments.
+//! `init/tests/views.rs`'s fork race (GPU plain increments against a
+//! child's CPU atomics) lost two words with the hold on by default, so the
+//! hold is a choice a program makes knowing its accesses are atomic or
+//! apart.
 
 use ipc_protocol::types::PageMask;
 
@@ -49,8 +60,10 @@ impl Default for ThrashPolicy {
 impl ThrashPolicy {
     /// `off`, or `WINDOW_MS,THRESHOLD,HOLD_MS` (the pager's `--thrash`).
     pub fn parse(s: &str) -> Result<Option<Self>, String> {
-        if s == "off" {
-            return Ok(None);
+        match s {
+            "off" => return Ok(None),
+            "on" => return Ok(Some(Self::default())),
+            _ => {}
         }
         let n: Vec<u64> = s
             .split(',')
@@ -202,6 +215,7 @@ mod tests {
     #[test]
     fn the_flag_parses_or_says_why_not() {
         assert_eq!(ThrashPolicy::parse("off"), Ok(None));
+        assert_eq!(ThrashPolicy::parse("on"), Ok(Some(ThrashPolicy::default())));
         let p = ThrashPolicy::parse("100,3,50").unwrap().unwrap();
         assert_eq!((p.window_us, p.threshold, p.hold_us), (100_000, 3, 50_000));
         for bad in [
