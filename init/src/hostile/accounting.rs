@@ -9,7 +9,7 @@ use ipc_protocol::client::RawError;
 use ipc_protocol::frame::{encode_raw, Frame, Kind};
 use ipc_protocol::interfaces::gpu::Gpu;
 use ipc_protocol::interfaces::pager::{Accounting, PagerTotals};
-use ipc_protocol::{Interface, ProtocolError};
+use ipc_protocol::{Interface, Message, ProtocolError};
 
 use crate::supervisor::Clients;
 
@@ -84,7 +84,12 @@ pub fn settle(c: &Clients, baseline: &Totals, limit: Duration) -> Result<(Totals
 pub fn describe(t: &Totals) -> String {
     let p = &t.pager;
     let gpu = match &t.gpu {
-        GpuTotals::Payload(b) => format!("{} bytes of totals", b.len()),
+        GpuTotals::Payload(b) => {
+            match <Gpu as Interface>::Reply::decode_payload(GPU_ACCOUNTING, b, 0) {
+                Ok(ipc_protocol::interfaces::gpu::Reply::Accounting(u)) => format!("{u:?}"),
+                _ => format!("{} bytes of totals", b.len()),
+            }
+        }
         GpuTotals::NotAvailable => "not available (no Gpu::Accounting, opcode 13)".into(),
     };
     format!(
