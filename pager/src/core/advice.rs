@@ -85,7 +85,7 @@ impl<R: Runtime> Core<R> {
     /// (advice set, bindings gone) and may still finish in VRAM, so wait
     /// it out (holding nothing) and evict again. Migrations that collect
     /// from then on move nothing there: this ends.
-    pub(super) fn empty_vram_of(&self, o: &Object<R>, first: usize, end: usize) {
+    fn empty_vram_of(&self, o: &Object<R>, first: usize, end: usize) {
         for _ in 0..EMPTY_ROUNDS {
             self.prefetch_to_ram(o, first, end, GPU);
             let busy = (first..end).find_map(|p| match o.table.info(p) {
