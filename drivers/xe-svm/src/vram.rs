@@ -238,8 +238,13 @@ impl Vram {
         };
         let size = 1u64 << order;
         let refs = b.used.get(&base).map_or(0, |bl| u64::from(bl.refs));
-        let named = (base..base + size).filter(|p| resident(*p)).count() as u64;
-        if refs == 0 || refs == size || named != refs {
+        // A full block (or one being filled) has nothing to give back: no
+        // scan. The caller trims once per page that left, so most calls
+        // end here.
+        if refs == 0 || refs == size {
+            return 0;
+        }
+        if (base..base + size).filter(|p| resident(*p)).count() as u64 != refs {
             return 0;
         }
         let before = b.used_pages;
