@@ -290,6 +290,17 @@ fn raw_fork() -> i32 {
     // touch memory and `_exit`.
     unsafe { syscall(SYS_CLONE, SIGCHLD, 0i64, 0i64, 0i64, 0i64) as i32 }
 }
+/// Waits for child `pid` to end; how it ended.
+fn wait_child(pid: i32) -> rustix::process::WaitStatus {
+    rustix::process::waitpid(
+        Some(rustix::process::Pid::from_raw(pid).unwrap()),
+        rustix::process::WaitOptions::empty(),
+    )
+    .unwrap()
+    .unwrap()
+    .1
+}
+
 const MREMAP_MAYMOVE: i32 = 1;
 const MREMAP_FIXED: i32 = 2;
 const MREMAP_DONTUNMAP: i32 = 4;
@@ -493,13 +504,7 @@ fn a_fault_that_keeps_failing_ends_in_sigbus() {
         // SAFETY: ends the child without running the parent's destructors.
         unsafe { _exit(if v == pattern(0) { 1 } else { 2 }) };
     }
-    let status = rustix::process::waitpid(
-        Some(rustix::process::Pid::from_raw(pid).unwrap()),
-        rustix::process::WaitOptions::empty(),
-    )
-    .unwrap()
-    .unwrap()
-    .1;
+    let status = wait_child(pid);
     assert_eq!(
         status.terminating_signal(),
         Some(rustix::process::Signal::BUS.as_raw()),
@@ -593,13 +598,7 @@ fn fork_child_reads_and_writes_the_shared_object() {
         // SAFETY: ends the child without running the parent's destructors.
         unsafe { _exit(bad.min(100)) };
     }
-    let status = rustix::process::waitpid(
-        Some(rustix::process::Pid::from_raw(pid).unwrap()),
-        rustix::process::WaitOptions::empty(),
-    )
-    .unwrap()
-    .unwrap()
-    .1;
+    let status = wait_child(pid);
     assert_eq!(status.exit_status(), Some(0), "the child read wrong data");
     let words = (2 << 20) / 4;
     let bad = (0..words)

@@ -127,10 +127,15 @@ fn a_split_view_lives_on_as_parts_the_client_finds() {
     assert_eq!(core.accounting().views, 0);
 }
 
-/// The pages of the hole a munmap made leave VRAM with their data (no view
-/// reaches them; the object keeps them); the parts' pages stay.
-#[test]
-fn the_pages_of_a_hole_leave_vram_with_their_data() {
+/// A core whose client has an 8-page object at `A` (page `p` holds
+/// `100 + p`), all in (model) VRAM: the core, the object, the GPU's id for
+/// it and the view's address space.
+fn eight_pages_in_vram() -> (
+    std::sync::Arc<ModelCore>,
+    std::sync::Arc<pager::core::object::Object<pager::testing::runtime::ModelRuntime>>,
+    ipc_protocol::types::ObjectId,
+    std::sync::Arc<pager::core::view::Space<pager::testing::runtime::ModelRuntime>>,
+) {
     let core = model_core(small_config(""));
     let s = core.client(CLIENT).unwrap();
     let (o, view) = object_with_view(&core, &s, 8, A).unwrap();
@@ -140,6 +145,14 @@ fn the_pages_of_a_hole_leave_vram_with_their_data() {
     let gid = gpu_open(&core, &g, CLIENT, view).unwrap();
     assert_eq!(gpu_migrate(&core, &g, gid, &obj.memory, 0, 8), Ok(8));
     let space = s.view(view).unwrap().space.clone();
+    (core, obj, gid, space)
+}
+
+/// The pages of the hole a munmap made leave VRAM with their data (no view
+/// reaches them; the object keeps them); the parts' pages stay.
+#[test]
+fn the_pages_of_a_hole_leave_vram_with_their_data() {
+    let (core, obj, gid, space) = eight_pages_in_vram();
     let mut notes = Vec::new();
     core.follow_unmap(&space, A + 3 * PAGE, A + 5 * PAGE, None, &mut notes);
     core.send_notes(&mut notes);
@@ -215,15 +228,7 @@ fn a_grown_tail_becomes_a_view_of_the_same_object() {
 #[test]
 fn a_fault_that_keeps_failing_is_ended_not_retried_forever() {
     use std::sync::atomic::Ordering;
-    let core = model_core(small_config(""));
-    let s = core.client(CLIENT).unwrap();
-    let (o, view) = object_with_view(&core, &s, 8, A).unwrap();
-    let obj = s.object(o).unwrap();
-    seed(&obj, |p| 100 + p as u64);
-    let g = core.gpu_session(GPU).unwrap();
-    let gid = gpu_open(&core, &g, CLIENT, view).unwrap();
-    assert_eq!(gpu_migrate(&core, &g, gid, &obj.memory, 0, 8), Ok(8));
-    let space = s.view(view).unwrap().space.clone();
+    let (core, obj, _, space) = eight_pages_in_vram();
     core.rt.fail_to_ram.store(true, Ordering::Release);
     core.serve_fault(&space, A + 2 * PAGE, false);
     assert_eq!(*lock(&core.rt.poisoned), vec![(A + 2 * PAGE, PAGE)]);

@@ -7,9 +7,9 @@
 //! ends, migration resumes and the count starts again.
 //!
 //! Only CPU faults that moved pages back count: eviction, `Pager::Prefetch`
-//! and advice are explicit and never hold a region. A hold changes where
-//! a page lives, never its data: every path that maps a held page maps it
-//! where it is, under its page lock.
+//! and advice are explicit and never hold a region. Every path that maps a
+//! held page maps it where it is, under its page lock; what sharing it
+//! means for racing plain updates is below.
 //!
 //! Metadata: at most [`TRACKED`] regions per object (the least recently
 //! returned one is forgotten first), so a client's objects bound it.
