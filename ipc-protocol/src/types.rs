@@ -173,6 +173,10 @@ wire_enum!(
         /// GPU atomics are refused (CPU atomics only): a GPU atomic there
         /// faults and its job ends `Faulted`.
         AtomicCpu = 5,
+        /// A location: the pages live in VRAM. GPU faults migrate them
+        /// there; a CPU access to a page in VRAM is refused (`SIGBUS`)
+        /// instead of moving it back. Pages in RAM serve the CPU.
+        DeviceOnly = 6,
     }
 );
 

@@ -53,8 +53,10 @@ enum svm_advice {
     SVM_ADVICE_ATOMIC_DEVICE = 3,
     /* GPU atomics wherever the pages are (system memory too). */
     SVM_ADVICE_ATOMIC_GLOBAL = 4,
-    /* GPU atomics refused: not built yet, SVM_E_NOT_SUPPORTED. */
-    SVM_ADVICE_ATOMIC_CPU = 5
+    /* GPU atomics refused: a GPU atomic there ends its job Faulted. */
+    SVM_ADVICE_ATOMIC_CPU = 5,
+    /* The pages live in VRAM: a CPU access to one there gets SIGBUS. */
+    SVM_ADVICE_DEVICE_ONLY = 6
 };
 
 /* Locations (svm_prefetch) and page states (svm_page_states). */

@@ -85,6 +85,12 @@ pub trait Backend {
         let _ = chunk;
         PageMask::EMPTY
     }
+    /// Whether a CPU fault on the DEVICE `page` is refused instead of
+    /// moving it back (`Advice::DeviceOnly`); asked under its lock.
+    fn cpu_refused(&self, page: usize) -> bool {
+        let _ = page;
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +98,9 @@ pub enum FaultError {
     State(StateError),
     /// Even the faulting page alone could not be moved.
     Backend(BackendError),
+    /// The page is in VRAM and its advice refuses the CPU
+    /// ([`Backend::cpu_refused`]): nothing moved.
+    Refused,
 }
 
 impl From<StateError> for FaultError {
@@ -154,7 +163,11 @@ pub fn cpu_fault(
                 return Ok(FaultOutcome::Resident);
             }
             FaultCheck::Locked(own @ Residency::Device { .. }) => {
-                return migrate_back(table, backend, page, own, policy)
+                if backend.cpu_refused(page) {
+                    table.unlock(page, own)?;
+                    return Err(FaultError::Refused);
+                }
+                return migrate_back(table, backend, page, own, policy);
             }
         }
     }

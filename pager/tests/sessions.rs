@@ -241,6 +241,36 @@ fn a_fault_that_keeps_failing_is_ended_not_retried_forever() {
     assert_eq!(lock(&core.rt.poisoned).len(), 1, "ended once");
 }
 
+/// `DeviceOnly` (issue 16 item 2): a CPU fault on a page of the range in
+/// VRAM is refused (poisoned, nothing copied back, the page keeps its
+/// state and data); a fault on a page outside the range moves only pages
+/// the advice lets go; where the runtime cannot refuse, the page comes back.
+#[test]
+fn a_device_only_range_refuses_cpu_faults() {
+    use ipc_protocol::types::Advice;
+    use pager::state::Residency;
+    use std::sync::atomic::Ordering;
+    let (core, obj, _, space) = eight_pages_in_vram();
+    core.advise(&obj, 0, 4, Advice::DeviceOnly).unwrap();
+    let in_vram = |p: usize| {
+        matches!(
+            obj.table.info(p).unwrap().residency,
+            Residency::Device { .. }
+        )
+    };
+    core.serve_fault(&space, A + 2 * PAGE, false);
+    assert_eq!(*lock(&core.rt.poisoned), vec![(A + 2 * PAGE, PAGE)]);
+    assert!((0..4).all(in_vram), "refused: nothing moved");
+    core.serve_fault(&space, A + 6 * PAGE, false);
+    assert!((0..4).all(in_vram), "another page's fault leaves the range");
+    assert!(!in_vram(6));
+    core.rt.no_poison.store(true, Ordering::Release);
+    core.serve_fault(&space, A + PAGE, false);
+    assert_eq!(obj.table.info(1).unwrap().residency, Residency::System);
+    assert_eq!(obj.memory.words[1].load(Ordering::Acquire), 101);
+    assert_eq!(lock(&core.rt.poisoned).len(), 1, "refused once");
+}
+
 /// A split the client's view budget has no room for: the part that cannot
 /// be recorded goes to the kernel, the rest is followed.
 #[test]

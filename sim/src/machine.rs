@@ -56,6 +56,9 @@ pub struct Mmu {
     /// `wp[view][page]`, one vector per view there ever was; a view that
     /// moved away has an empty one.
     pub wp: Vec<Vec<bool>>,
+    /// (view, page) addresses the pager poisoned (`UFFDIO_POISON`): an
+    /// access there ends in `SIGBUS`.
+    pub poisoned: std::collections::HashSet<(usize, usize)>,
 }
 
 pub struct Machine {
@@ -113,6 +116,7 @@ impl Machine {
             mmu: Mutex::new(Mmu {
                 present: vec![false; all],
                 wp: vec![vec![false; all]],
+                poisoned: Default::default(),
             }),
             fail_copy_one_in,
         }

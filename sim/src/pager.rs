@@ -262,6 +262,17 @@ impl Runtime for SimRuntime {
         (pages, None)
     }
 
+    /// `UFFDIO_POISON`: the view's accesses to those pages get `SIGBUS`.
+    fn poison(&self, p: &SimPort, addr: u64, len: u64) -> Result<(), RtError> {
+        let mut mmu = lock(&self.machine.mmu);
+        for a in (addr..addr + len).step_by(PAGE as usize) {
+            let m = p.mapping(a).ok_or(RtError::Unmapped)?;
+            let page = m.base + ((a - m.start) / PAGE) as usize;
+            mmu.poisoned.insert((m.wp, page));
+        }
+        Ok(())
+    }
+
     fn wake(&self, _p: &SimPort, _addr: u64, _len: u64) -> Result<(), RtError> {
         Ok(())
     }

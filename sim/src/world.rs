@@ -181,6 +181,13 @@ impl World {
     /// the view `view` names now (it may move meanwhile), faulting into
     /// the pager as needed; returns the value after.
     pub fn cpu_access(&self, view: &StdAtomicU64, p: usize, add: u64) -> u64 {
+        self.try_cpu_access(view, p, add)
+            .unwrap_or_else(|| panic!("a CPU access to page {p} got SIGBUS"))
+    }
+
+    /// [`Self::cpu_access`], or `None` where the pager poisoned the page
+    /// in that view (the access got `SIGBUS`).
+    pub fn try_cpu_access(&self, view: &StdAtomicU64, p: usize, add: u64) -> Option<u64> {
         let mut faults = 0;
         while faults < crate::pager::FAULT_RETRIES * 4 {
             let view = view.load(StdOrdering::Acquire) as usize;
@@ -193,9 +200,12 @@ impl World {
                     shuttle::thread::yield_now();
                     continue;
                 }
+                if mmu.poisoned.contains(&(view, p)) {
+                    return None;
+                }
                 let writable = add == 0 || !mmu.wp[view][p];
                 if mmu.present[p] && writable {
-                    return self.machine.ram[p].fetch_add(add, StdOrdering::AcqRel) + add;
+                    return Some(self.machine.ram[p].fetch_add(add, StdOrdering::AcqRel) + add);
                 }
                 !mmu.present[p]
             };

@@ -103,6 +103,11 @@ fn prefer_system_keeps_pages_in_ram() {
 }
 
 #[test]
+fn device_only_refuses_the_cpu() {
+    scenario("device_only_refuses_the_cpu");
+}
+
+#[test]
 fn thrash_hold_keeps_data() {
     scenario("thrash_hold_keeps_data");
 }
@@ -174,6 +179,7 @@ fn every_scenario_has_a_test() {
         "read_only_refuses_gpu_writes",
         "gpu_writes_fresh_pages_in_place",
         "prefer_system_keeps_pages_in_ram",
+        "device_only_refuses_the_cpu",
         "unmap_middle_racing_migration",
         "thrash_hold_keeps_data",
     ];

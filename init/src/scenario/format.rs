@@ -279,10 +279,12 @@ pub enum AdviceKind {
     PreferSystem,
     PreferDevice,
     AtomicDevice,
-    /// GPU atomics allowed wherever the page is (no wire value yet: issue 16).
+    /// GPU atomics allowed wherever the page is.
     AtomicGlobal,
-    /// GPU atomics refused: only the CPU does atomics (no wire value yet).
+    /// GPU atomics refused: only the CPU does atomics.
     AtomicCpu,
+    /// The pages live in VRAM: a CPU access to one there is refused.
+    DeviceOnly,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

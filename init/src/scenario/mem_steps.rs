@@ -561,6 +561,7 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 AdviceKind::AtomicDevice => Advice::AtomicDevice,
                 AdviceKind::AtomicGlobal => Advice::AtomicGlobal,
                 AdviceKind::AtomicCpu => Advice::AtomicCpu,
+                AdviceKind::DeviceOnly => Advice::DeviceOnly,
             };
             ctx.conn(o.client)?.pager.call(Advise {
                 object: o.id,

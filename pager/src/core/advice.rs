@@ -7,6 +7,16 @@
 //!   (eviction restricted to the range, trylocks: rule 1).
 //! - `PreferDevice`: a GPU fault migrates, as without advice, and a CPU
 //!   fault on another page of the chunk leaves the range in VRAM.
+//! - `DeviceOnly`: as `PreferDevice`, and a CPU fault on a page of the
+//!   range in VRAM is refused instead of moving it back: the runtime ends
+//!   the access (host: `UFFDIO_POISON`, `SIGBUS`), the page stays in VRAM
+//!   with its data. Linux keeps a poisoned address poisoned in that
+//!   mapping until it is zapped, so later CPU accesses there get `SIGBUS`
+//!   too until the range is discarded (`MADV_DONTNEED`) or unmapped; other
+//!   views of the object are not poisoned. Where the runtime cannot end an
+//!   access, the fault moves the page back as without advice (a warning
+//!   says so). Pages in RAM serve the CPU; memory pressure may still
+//!   evict the range to RAM (data first).
 //! - Atomics, an attribute of its own (setting one keeps the preferred
 //!   location): `AtomicDevice` makes GPU faults migrate even where the
 //!   range prefers system memory (an atomic needs VRAM, and a collect does
@@ -64,7 +74,7 @@ impl<R: Runtime> Core<R> {
         let (lo, hi) = (first as u64, end as u64);
         let set = match advice {
             Advice::Default => lock(&o.advice).update(lo, hi, |_| (advice, advice)),
-            Advice::PreferSystem | Advice::PreferDevice => {
+            Advice::PreferSystem | Advice::PreferDevice | Advice::DeviceOnly => {
                 lock(&o.advice).update(lo, hi, |(_, atomics)| (advice, atomics))
             }
             Advice::AtomicDevice | Advice::AtomicGlobal | Advice::AtomicCpu => {
@@ -140,9 +150,19 @@ pub fn cpu_atomic_pages<R: Runtime>(o: &Object<R>, chunk: Chunk) -> PageMask {
     pages_where(o, chunk, |(_, atomics)| atomics == Advice::AtomicCpu)
 }
 
-/// The pages of `chunk` (relative to it) that prefer the device.
+/// The pages of `chunk` (relative to it) that prefer the device or live
+/// only there.
 pub fn device_preferred<R: Runtime>(o: &Object<R>, chunk: Chunk) -> PageMask {
-    pages_where(o, chunk, |(location, _)| location == Advice::PreferDevice)
+    pages_where(o, chunk, |(location, _)| {
+        matches!(location, Advice::PreferDevice | Advice::DeviceOnly)
+    })
+}
+
+/// Whether page `p` of `o` lives only in VRAM (`DeviceOnly`): a CPU fault
+/// there is refused.
+pub fn device_only<R: Runtime>(o: &Object<R>, p: usize) -> bool {
+    let map = lock(&o.advice);
+    !map.is_empty() && map.at(p as u64).0 == Advice::DeviceOnly
 }
 
 /// The pages of `chunk` (relative to it) whose advice `wanted` accepts.

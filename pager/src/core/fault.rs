@@ -8,7 +8,7 @@ use super::backend::CoreBackend;
 use super::runtime::{Pause, RtError, Runtime};
 use super::view::{Space, View, PAGE};
 use super::Core;
-use crate::migrate::{cpu_fault, FaultOutcome};
+use crate::migrate::{cpu_fault, FaultError, FaultOutcome};
 use crate::state::{Residency, StateError};
 
 impl<R: Runtime> Core<R> {
@@ -24,6 +24,7 @@ impl<R: Runtime> Core<R> {
         let page_addr = addr & !(PAGE - 1);
         let mut attempt = 0;
         let mut failing_since = None;
+        let mut refuse_cpu = true;
         loop {
             // The view that covers the address now: views move and go
             // while faults wait in the queue.
@@ -48,13 +49,21 @@ impl<R: Runtime> Core<R> {
             let r = if wp {
                 self.clear_stale_protection(&view, page, page_addr)
             } else {
-                let backend = CoreBackend::new(self, &view.object, Some(&view));
+                let mut backend = CoreBackend::new(self, &view.object, Some(&view));
+                backend.refuse_cpu = refuse_cpu;
                 match cpu_fault(&view.object.table, &backend, page, self.cfg.policy) {
                     Ok(FaultOutcome::Migrated { .. }) => {
                         self.note_cpu_return(&view.object, page);
                         Ok(())
                     }
                     Ok(_) => Ok(()),
+                    Err(FaultError::Refused) => {
+                        if self.refuse(space, page_addr) {
+                            return;
+                        }
+                        refuse_cpu = false;
+                        continue;
+                    }
                     Err(e) => Err(format!("{e:?}")),
                 }
             };
@@ -104,6 +113,25 @@ impl<R: Runtime> Core<R> {
             );
         }
         ended
+    }
+
+    /// `Advice::DeviceOnly` refuses the CPU fault at `page_addr`: the
+    /// runtime ends the access (`SIGBUS`); `false` if it cannot (the
+    /// caller moves the page back instead).
+    fn refuse(&self, space: &Space<R>, page_addr: u64) -> bool {
+        if self.rt.poison(&space.port, page_addr, PAGE).is_ok() {
+            log::info!(
+                "pager: space {}: CPU access at {page_addr:#x} refused (device-only range)",
+                space.id
+            );
+            return true;
+        }
+        log::warn!(
+            "pager: space {}: cannot refuse the CPU access at {page_addr:#x} to a \
+             device-only range; moving the page back",
+            space.id
+        );
+        false
     }
 
     /// A writer blocked by write protection: once no migration holds the

@@ -84,6 +84,8 @@ pub struct ModelRuntime {
     pub fail_to_ram: AtomicBool,
     /// Pages `poison` ended: (address, length).
     pub poisoned: Mutex<Vec<(u64, u64)>>,
+    /// `poison` fails (a kernel without `UFFDIO_POISON`).
+    pub no_poison: AtomicBool,
     pub invalidations: AtomicU64,
 }
 
@@ -102,6 +104,7 @@ impl Default for ModelRuntime {
             maps: Mutex::new(Vec::new()),
             fail_to_ram: AtomicBool::new(false),
             poisoned: Mutex::new(Vec::new()),
+            no_poison: AtomicBool::new(false),
             invalidations: AtomicU64::new(0),
         }
     }
@@ -230,6 +233,9 @@ impl Runtime for ModelRuntime {
     }
 
     fn poison(&self, _p: &ModelPort, addr: u64, len: u64) -> Result<(), RtError> {
+        if self.no_poison.load(Ordering::Acquire) {
+            return Err(RtError::Host(0));
+        }
         lock(&self.poisoned).push((addr, len));
         Ok(())
     }
