@@ -289,6 +289,7 @@ pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .map_err(gpu_err)?;
     // SAFETY: the buffer is ours until `release`; the GPU writes it only

@@ -72,6 +72,7 @@ pub fn run(
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .map_err(|e| e.to_string())?;
     // SAFETY: ours until release; shared with the GPU during the race, read

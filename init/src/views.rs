@@ -77,6 +77,7 @@ fn buffer_in_vram(c: &Connection, bytes: usize) -> Result<(VmId, SvmBuffer), Vie
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .map_err(gpu_err)?;
     // SAFETY: ours; nothing else runs on it yet.

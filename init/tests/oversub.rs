@@ -184,6 +184,7 @@ fn a_dead_gpu_server_hangs_neither_the_pager_nor_mm_server() {
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .unwrap();
     // SAFETY: ours; the GPU job runs after the fill.

@@ -77,11 +77,16 @@ pub extern "C" fn svm_vm_create_mirror(vm_out: *mut u32) -> i32 {
                     vm,
                     view: r.view,
                     gpu_addr: r.addr,
+                    flags: 0,
                 };
                 if let Err(e) = c.gpu.call(bind) {
                     let _ = c.gpu.call(DestroyVm { vm });
                     return Err(e.into());
                 }
+            }
+            if let Err(e) = pages.protect_new_mirror(vm) {
+                let _ = c.gpu.call(DestroyVm { vm });
+                return Err(e);
             }
             pages.mirrors.push(vm);
             put(vm_out, vm.get())

@@ -37,10 +37,17 @@ impl PagerHeap {
             // SAFETY: the range was just handed to us.
             unsafe { core::ptr::write_bytes(addr as *mut u8, 0, len as usize) };
         }
-        if prot != libc::PROT_READ | libc::PROT_WRITE {
-            let _ = crate::sys::mprotect(addr as usize, len as usize, prot);
-        }
         self.maps.insert(addr, len);
+        if prot != libc::PROT_READ | libc::PROT_WRITE {
+            // The GPU follows a mapping made without write (or read)
+            // access as it follows mprotect; one it cannot follow is not
+            // served (the kernel maps it, out of the GPU's reach).
+            let _ = crate::sys::mprotect(addr as usize, len as usize, prot);
+            if self.pages().protect(addr, len, prot).is_err() {
+                let _ = self.unmap(addr, len);
+                return None;
+            }
+        }
         Some(addr as usize)
     }
 
@@ -74,6 +81,8 @@ impl PagerHeap {
             }
             let rw = libc::PROT_READ | libc::PROT_WRITE;
             let _ = crate::sys::mprotect(cut_from as usize, (cut_to - cut_from) as usize, rw);
+            // The GPU's access back too, before the pages are reused.
+            let _ = self.pages().protect(cut_from, cut_to - cut_from, rw);
             self.pages().free(cut_from, cut_to - cut_from);
         }
         Ok(())

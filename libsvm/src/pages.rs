@@ -18,9 +18,12 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipc_protocol::interfaces::gpu::{BindView, Protect, PROT_READ, PROT_WRITE};
+use ipc_protocol::interfaces::gpu::{
+    BindView, Protect, MAX_PROTECTED_RANGES, PROT_READ, PROT_WRITE,
+};
 use ipc_protocol::interfaces::pager::{AttachView, CreateObject, Discard};
 use ipc_protocol::types::{ObjectId, ViewId, VmId};
+use session::RangeMap;
 
 use crate::conn::conn;
 use crate::error::SvmError;
@@ -75,6 +78,9 @@ pub struct Pages {
     regions: Vec<Region>,
     free: BTreeMap<u64, Free>,
     pub mirrors: Vec<VmId>,
+    /// The GPU's access to pager memory where it is not read-write (the
+    /// `Gpu::Protect` bits), so a mirror made later starts with it.
+    protected: RangeMap<u32>,
     /// Bytes handed out now, and at most so far.
     pub in_use: u64,
     pub peak: u64,
@@ -106,6 +112,7 @@ impl Pages {
             regions: Vec::new(),
             free: BTreeMap::new(),
             mirrors: Vec::new(),
+            protected: RangeMap::new(PROT_READ | PROT_WRITE, MAX_PROTECTED_RANGES),
             in_use: 0,
             peak: 0,
             discards: 0,
@@ -294,7 +301,7 @@ impl Pages {
     /// The GPU follows an `mprotect` of pager memory: `Gpu::Protect` in
     /// every mirror VM (where regions are bound at their CPU addresses).
     /// `prot` is the C call's (`PROT_EXEC` has no GPU meaning).
-    pub fn protect(&self, addr: u64, len: u64, prot: i32) -> Result<(), SvmError> {
+    pub fn protect(&mut self, addr: u64, len: u64, prot: i32) -> Result<(), SvmError> {
         let mut gpu = 0;
         if prot & libc::PROT_READ != 0 {
             gpu |= PROT_READ;
@@ -307,15 +314,31 @@ impl Pages {
         let end = end
             .checked_next_multiple_of(PAGE)
             .ok_or(SvmError::Invalid)?;
-        if end == start {
+        if end == start || (self.protected.is_empty() && gpu == PROT_READ | PROT_WRITE) {
             return Ok(());
         }
+        self.protected
+            .set(start, end, gpu)
+            .map_err(|_| SvmError::OverBudget)?;
         for &vm in &self.mirrors {
             conn()?.gpu.call(Protect {
                 vm,
                 gpu_addr: start,
                 len: end - start,
                 prot: gpu,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A new mirror `vm` takes the protections made so far.
+    pub fn protect_new_mirror(&self, vm: VmId) -> Result<(), SvmError> {
+        for (start, end, prot) in self.protected.iter() {
+            conn()?.gpu.call(Protect {
+                vm,
+                gpu_addr: start,
+                len: end - start,
+                prot,
             })?;
         }
         Ok(())
@@ -338,6 +361,7 @@ impl Pages {
                 vm: *vm,
                 view: region.view,
                 gpu_addr: region.addr,
+                flags: 0,
             };
             if let Err(e) = conn()?.gpu.call(bind) {
                 crate::log_error(b"binding a new region into a mirror VM", e.into());
@@ -392,12 +416,12 @@ fn map_region(len: u64) -> Result<Region, SvmError> {
 /// Maps `len` bytes of `memfd` shared, at a [`CHUNK`]-aligned address.
 fn map_aligned(memfd: &OwnedFd, len: u64) -> Result<u64, SvmError> {
     use std::os::fd::AsRawFd;
-    let len = usize::try_from(len).map_err(|_| SvmError::NoMemory)?;
+    let len = usize::try_from(len).map_err(|_| SvmError::OverBudget)?;
     let align = CHUNK as usize;
     let reserve = len.checked_add(align).ok_or(SvmError::NoMemory)?;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     let area =
-        sys::mmap(0, reserve, libc::PROT_NONE, flags, -1, 0).map_err(|_| SvmError::NoMemory)?;
+        sys::mmap(0, reserve, libc::PROT_NONE, flags, -1, 0).map_err(|_| SvmError::OverBudget)?;
     let at = area.next_multiple_of(align);
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let fixed = libc::MAP_SHARED | libc::MAP_FIXED;

@@ -23,7 +23,7 @@ pub struct RangeMap<V> {
 
 impl<V: Copy + Eq> RangeMap<V> {
     /// An empty map: every key at `default`; at most `cap` ranges.
-    pub fn new(default: V, cap: usize) -> Self {
+    pub const fn new(default: V, cap: usize) -> Self {
         Self {
             ranges: BTreeMap::new(),
             default,
@@ -45,6 +45,11 @@ impl<V: Copy + Eq> RangeMap<V> {
         let around = self.ranges.range(..=start).next_back();
         around.is_none_or(|(_, &(e, _))| e <= start || !inside(e))
             && self.ranges.range(start + 1..end).next().is_none()
+    }
+
+    /// The ranges kept now, in order: `(start, end, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, V)> + '_ {
+        self.ranges.iter().map(|(&s, &(e, v))| (s, e, v))
     }
 
     /// Ranges kept now.

@@ -266,7 +266,16 @@ fn hostile_bound(w: &World, pages: u64) -> Bound {
     w.gpu.add_object(gpu_id, 1, dma, None, pages);
     let vm_id = w.gpu.create_vm(HOSTILE).expect("a hostile VM");
     w.gpu
-        .bind(HOSTILE, vm_id, view.raw(), gpu_id, 0, pages, HOSTILE_BASE)
+        .bind(
+            HOSTILE,
+            vm_id,
+            view.raw(),
+            gpu_id,
+            0,
+            pages,
+            HOSTILE_BASE,
+            false,
+        )
         .expect("the hostile binding");
     // The device and the fault path name the VM by its ASID.
     let vm = w.gpu.asid_of(HOSTILE, vm_id).expect("its ASID");

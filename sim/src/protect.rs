@@ -27,12 +27,54 @@ const PAGES: usize = 16;
 const HALF: usize = PAGES / 2;
 
 pub fn all() -> Vec<Scenario> {
-    vec![Scenario {
-        name: "read_only_refuses_gpu_writes",
-        about: "GPU writes over pages read-only for the GPU, and over pages made \
+    vec![
+        Scenario {
+            name: "read_only_refuses_gpu_writes",
+            about: "GPU writes over pages read-only for the GPU, and over pages made \
                 read-only mid-run, while a CPU thread writes them all",
-        run: read_only_refuses_gpu_writes,
-    }]
+            run: read_only_refuses_gpu_writes,
+        },
+        Scenario {
+            name: "read_only_binding_refuses_gpu_writes",
+            about: "GPU writes and reads through a binding made with BIND_READ_ONLY while a CPU \
+                thread writes every page",
+            run: read_only_binding_refuses_gpu_writes,
+        },
+    ]
+}
+
+/// `BIND_READ_ONLY`: through the victim's read-only binding every GPU
+/// write is refused (never lands, never hangs) and reads go on, while the
+/// CPU adds 1 to every page.
+fn read_only_binding_refuses_gpu_writes() {
+    let w = world(WorldConfig {
+        pages: PAGES,
+        read_only_binding: true,
+        ..Default::default()
+    });
+    let gpu = {
+        let w = w.clone();
+        spawn(move || {
+            for p in (0..PAGES).rev() {
+                assert!(w.gpu_access(p, 0), "a GPU read of page {p} failed");
+                assert!(
+                    !gpu_write(&w, p),
+                    "a GPU write landed on read-only page {p}"
+                );
+            }
+        })
+    };
+    let cpu = {
+        let w = w.clone();
+        spawn(move || {
+            let view = std::sync::atomic::AtomicU64::new(0);
+            for p in 0..PAGES {
+                w.cpu_access(&view, p, 1);
+            }
+        })
+    };
+    join(vec![gpu, cpu]);
+    finish(w, |p| start(p) + 1);
 }
 
 fn read_only_refuses_gpu_writes() {

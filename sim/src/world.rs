@@ -44,6 +44,8 @@ pub struct WorldConfig {
     pub gpu_budget: GpuBudget,
     /// The pager's anti-thrashing, on the machine's logical clock.
     pub thrash: Option<pager::core::thrash::ThrashPolicy>,
+    /// The victim's view bound with `BIND_READ_ONLY`.
+    pub read_only_binding: bool,
 }
 
 impl Default for WorldConfig {
@@ -58,6 +60,7 @@ impl Default for WorldConfig {
             spare_pages: 0,
             gpu_budget: GpuBudget::default(),
             thrash: None,
+            read_only_binding: false,
         }
     }
 }
@@ -143,8 +146,17 @@ impl World {
         let object = pager.open_for_gpu();
         gpu.add_object(object, 0, SYS_BASE, None, cfg.pages as u64);
         let view = pager.view.raw();
-        gpu.bind(CLIENT, vm_id, view, object, 0, cfg.pages as u64, GPU_BASE)
-            .expect("binding the view");
+        gpu.bind(
+            CLIENT,
+            vm_id,
+            view,
+            object,
+            0,
+            cfg.pages as u64,
+            GPU_BASE,
+            cfg.read_only_binding,
+        )
+        .expect("binding the view");
         let mut filler = Vec::new();
         if let Some(free) = cfg.broker.or(cfg.free_vram) {
             // Leave `free` pages of VRAM: the rest is held, as by other users.

@@ -103,6 +103,11 @@ fn prefer_system_keeps_pages_in_ram() {
 }
 
 #[test]
+fn read_only_binding_refuses_gpu_writes() {
+    scenario("read_only_binding_refuses_gpu_writes");
+}
+
+#[test]
 fn device_only_refuses_the_cpu() {
     scenario("device_only_refuses_the_cpu");
 }
@@ -180,6 +185,7 @@ fn every_scenario_has_a_test() {
         "gpu_writes_fresh_pages_in_place",
         "prefer_system_keeps_pages_in_ram",
         "device_only_refuses_the_cpu",
+        "read_only_binding_refuses_gpu_writes",
         "unmap_middle_racing_migration",
         "thrash_hold_keeps_data",
     ];

@@ -6,7 +6,7 @@
 //! `OutOfMetadata` when it is full), then the core binds it (`server.rs`).
 
 use ipc_protocol::client::CallError;
-use ipc_protocol::interfaces::gpu::GpuError;
+use ipc_protocol::interfaces::gpu::{GpuError, BIND_READ_ONLY};
 use ipc_protocol::interfaces::pager_migrate::OpenView;
 use ipc_protocol::types::ViewId;
 
@@ -25,10 +25,12 @@ impl GpuServer {
         vm: u32,
         view: ViewId,
         gpu_addr: u64,
+        flags: u32,
     ) -> Result<(), GpuError> {
         let inner = &self.inner;
         inner.asid_of(owner, vm).ok_or(GpuError::NoSuchVm)?;
-        if !gpu_addr.is_multiple_of(PAGE) || gpu_addr >= USER_VA_END {
+        if !gpu_addr.is_multiple_of(PAGE) || gpu_addr >= USER_VA_END || flags & !BIND_READ_ONLY != 0
+        {
             return Err(GpuError::BadRange);
         }
         let (opened, mut fds) = inner
@@ -59,6 +61,7 @@ impl GpuServer {
             opened.object_first_page,
             opened.pages,
             gpu_addr,
+            flags & BIND_READ_ONLY != 0,
         );
         if r.is_err() {
             // An object this bind added and nothing binds gives its slot back.

@@ -487,8 +487,13 @@ impl Handler<g::Gpu> for GpuServer {
                 inner.destroy_vm(owner, vm.get())?;
                 Ok((g::Reply::DestroyVm(g::Done {}), vec![]))
             }
-            g::Request::BindView(g::BindView { vm, view, gpu_addr }) => {
-                self.bind_view(owner, vm.get(), view, gpu_addr)?;
+            g::Request::BindView(g::BindView {
+                vm,
+                view,
+                gpu_addr,
+                flags,
+            }) => {
+                self.bind_view(owner, vm.get(), view, gpu_addr, flags)?;
                 Ok((g::Reply::BindView(g::Done {}), vec![]))
             }
             g::Request::FaultLog(g::FaultLog { vm }) => Ok((

@@ -17,6 +17,10 @@
 //!   again and again. The next faults map with the new access.
 //!
 //! All of it is under the VM lock (`State`), like the bindings it refines.
+//! The access belongs to addresses, as `mprotect`'s does: it outlasts the
+//! bindings over them. A binding made with `BIND_READ_ONLY` is read-only
+//! itself ([`Binding::read_only`]), whatever the addresses allow; that
+//! goes with the binding (its twins after a move keep it).
 
 use ipc_protocol::interfaces::gpu::{GpuError, MAX_PROTECTED_RANGES, PROT_READ, PROT_WRITE};
 use session::RangeMap;
@@ -104,7 +108,10 @@ impl<P: Platform> Inner<P> {
     /// migration where the access is not allowed, else [`Self::resolve`].
     pub fn resolve_access(&self, asid: u32, va: u64, write: bool, near: &[u64]) -> bool {
         let prot = match self.lock().vms.get(&asid) {
-            Some(v) => v.protections.at(va),
+            Some(v) => {
+                let binding = v.bindings.iter().find(|b| b.contains(va));
+                v.protections.at(va) & binding.map_or(RW, |b| b.access_mask())
+            }
             None => return false,
         };
         permits(prot, write) && self.resolve(asid, va, near)

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use hw::xe::layout;
 use hw::xe::pte::{LeafAccess, PageSize, Target};
-use ipc_protocol::interfaces::gpu::GpuError;
+use ipc_protocol::interfaces::gpu::{GpuError, PROT_READ, PROT_WRITE};
 use ipc_protocol::interfaces::gpu_notify::NotifyError;
 use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, World};
@@ -65,9 +65,21 @@ pub(crate) struct Binding {
     pub(crate) object: u32,
     pub(crate) first_page: u64,
     pub(crate) pages: u64,
+    /// Bound with `BIND_READ_ONLY`: the GPU may only read through it,
+    /// whatever the VM's access at its addresses (`protect.rs`).
+    pub(crate) read_only: bool,
 }
 
 impl Binding {
+    /// The access this binding allows on top of the VM's (`Protect` bits).
+    pub(crate) fn access_mask(&self) -> u32 {
+        if self.read_only {
+            PROT_READ
+        } else {
+            PROT_READ | PROT_WRITE
+        }
+    }
+
     /// The same object pages bound for view `view` at `gpu_addr`.
     pub(crate) fn twin(&self, id: u64, view: u32, gpu_addr: u64) -> Self {
         Self {
@@ -77,6 +89,7 @@ impl Binding {
             object: self.object,
             first_page: self.first_page,
             pages: self.pages,
+            read_only: self.read_only,
         }
     }
     /// The part of this binding over object pages `pages`, `shift` bytes
@@ -551,6 +564,7 @@ impl<P: Platform> Inner<P> {
         first_page: u64,
         pages: u64,
         gpu_addr: u64,
+        read_only: bool,
     ) -> Result<(), GpuError> {
         let end = pages
             .checked_mul(PAGE)
@@ -580,6 +594,7 @@ impl<P: Platform> Inner<P> {
             object,
             first_page,
             pages,
+            read_only,
         });
         Ok(())
     }
@@ -899,9 +914,10 @@ impl<P: Platform> Inner<P> {
             return true;
         };
         let base_va = b.va_of(first);
-        // The VM's access (`protect.rs`): no access, no mapping; read-only,
-        // a mapping a GPU write faults on.
-        let access = |v: u64| vm.protections.at(v);
+        // The VM's access (`protect.rs`) and the binding's: no access, no
+        // mapping; read-only, a mapping a GPU write faults on.
+        let mask = b.access_mask();
+        let access = |v: u64| vm.protections.at(v) & mask;
         // Writes as the VM's access allows; atomics with them, unless the
         // page's atomics are CPU-only (`Advice::AtomicCpu`).
         let leaf = |v: u64, i: usize| {

@@ -194,6 +194,7 @@ fn budgets_come_back_to_zero_after_a_client_goes() {
         vm: VmId::raw(vm),
         view,
         gpu_addr: 0x1000_0000,
+        flags: 0,
     };
     w.call(A, g::Request::BindView(bind)).unwrap();
     let job = w.touch(A, vm, 0x40_0000, 4 << 20).unwrap();
@@ -246,6 +247,7 @@ fn bind_view(w: &World, badge: u64, vm: u32, view: u32, gpu_addr: u64) -> Result
         vm: VmId::raw(vm),
         view: ipc_protocol::types::ViewId::raw(view),
         gpu_addr,
+        flags: 0,
     };
     w.call(badge, g::Request::BindView(req)).map(|_| ())
 }

@@ -28,6 +28,7 @@ fn bind_view(w: &World, badge: u64, vm: u32, view: u32, gpu_addr: u64) -> Result
         vm: VmId::raw(vm),
         view: ViewId::raw(view),
         gpu_addr,
+        flags: 0,
     };
     w.call(badge, g::Request::BindView(req)).map(|_| ())
 }

@@ -58,6 +58,7 @@ impl Held {
             vm,
             view: buffer.view,
             gpu_addr: buffer.addr,
+            flags: 0,
         };
         c.gpu.call(bind).map_err(gpu("binding"))?;
         let bo = c

@@ -9,7 +9,7 @@ use ipc_protocol::interfaces::pager as p;
 use ipc_protocol::types::{Advice, BoId, JobId, KernelKind, Location, ObjectId, ViewId, VmId};
 
 use super::conn::{not_a_uffd, uffd, Hostile};
-use super::outcome::Expect::MayServe;
+use super::outcome::Expect::{MayServe, MustRefuse};
 
 /// Values a 64-bit address, length or count is tried at.
 pub const U64S: [u64; 12] = [
@@ -205,11 +205,23 @@ pub fn gpu_round(h: &mut Hostile) {
                     vm,
                     view,
                     gpu_addr: v,
+                    flags: 0,
                 },
             )
             .is_some()
             {
                 h.gpu(MayServe, g::Unbind { vm, gpu_addr: v });
+            }
+            // Flags past BIND_READ_ONLY are refused.
+            let flags = (v as u32) & !g::BIND_READ_ONLY;
+            if flags != 0 {
+                let bind = g::BindView {
+                    vm,
+                    view,
+                    gpu_addr: own.addr,
+                    flags,
+                };
+                h.gpu(MustRefuse, bind);
             }
         }
         h.gpu(MayServe, g::Unbind { vm, gpu_addr: v });

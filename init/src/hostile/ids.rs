@@ -84,6 +84,7 @@ pub fn gpu_round(h: &mut Hostile) {
                     vm: id,
                     view,
                     gpu_addr: v.addr,
+                    flags: 0,
                 },
             );
         }
@@ -150,6 +151,7 @@ pub fn gpu_round(h: &mut Hostile) {
                     vm,
                     view: id,
                     gpu_addr: v.addr,
+                    flags: 0,
                 },
             );
         }

@@ -46,6 +46,7 @@ pub fn round(h: &mut Hostile) {
                 vm,
                 view: v.view,
                 gpu_addr: addr,
+                flags: 0,
             },
         );
     }

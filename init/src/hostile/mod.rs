@@ -355,6 +355,7 @@ fn disconnect(mut h: Hostile) -> Tally {
                 vm,
                 view,
                 gpu_addr: o.addr,
+                flags: 0,
             },
         );
     }

@@ -397,6 +397,9 @@ pub enum Step {
     Bind {
         vm: String,
         alloc: String,
+        /// `BindView` with `BIND_READ_ONLY`: the GPU may only read it.
+        #[serde(default)]
+        read_only: bool,
     },
     Unbind {
         vm: String,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipc_protocol::interfaces::gpu::{
     BindView, CreateBo, CreateVm, DestroyVm, FaultLog, GpuStats, MapBo, ReadBo, Stats, Submit,
-    Unbind, Wait,
+    Unbind, Wait, BIND_READ_ONLY,
 };
 use ipc_protocol::types::{JobStatus, KernelKind};
 
@@ -39,6 +39,7 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
                         vm,
                         view,
                         gpu_addr: addr,
+                        flags: 0,
                     })?;
                 }
             }
@@ -61,7 +62,11 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
             ctx.conn(v.client)?.gpu.call(DestroyVm { vm: v.id })?;
             Ok(())
         }
-        Step::Bind { vm, alloc } => {
+        Step::Bind {
+            vm,
+            alloc,
+            read_only,
+        } => {
             let (vm, client, view, addr) = {
                 let w = ctx.world();
                 let v = w.vm(vm)?;
@@ -78,10 +83,12 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
                     .ok_or_else(|| bad(format!("{alloc}: no view of ours maps it")))?;
                 (v.id, v.client, m.view.expect("filtered"), m.addr)
             };
+            let flags = if *read_only { BIND_READ_ONLY } else { 0 };
             ctx.conn(client)?.gpu.call(BindView {
                 vm,
                 view,
                 gpu_addr: addr,
+                flags,
             })?;
             Ok(())
         }

@@ -151,6 +151,7 @@ pub fn bind_in_mirrors(ctx: &Ctx, client: usize, view: ViewId, addr: u64) -> Ste
             vm,
             view,
             gpu_addr: addr,
+            flags: 0,
         })?;
     }
     Ok(())

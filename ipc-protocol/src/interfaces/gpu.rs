@@ -19,12 +19,20 @@ wire_struct!(
 );
 wire_struct!(
     /// Bind a view into a VM at `gpu_addr` (normally the view's CPU address).
+    /// `flags`: [`BIND_READ_ONLY`] makes the bound range read-only for the
+    /// GPU (as [`Protect`] with [`PROT_READ`] over it, set before the reply:
+    /// a GPU write there ends its job `Faulted`); other bits are refused
+    /// (`BadRange`). Without it the range keeps the access `Protect` gave
+    /// its addresses (read-write by default).
     pub struct BindView {
         pub vm: VmId,
         pub view: ViewId,
         pub gpu_addr: u64,
+        pub flags: u32,
     }
 );
+/// [`BindView`]: the GPU may only read the bound range.
+pub const BIND_READ_ONLY: u32 = 1;
 wire_struct!(
     pub struct Unbind {
         pub vm: VmId,

@@ -184,6 +184,7 @@ impl World {
             vm: ipc_protocol::types::VmId::raw(vm),
             view: ipc_protocol::types::ViewId::raw(view),
             gpu_addr,
+            flags: 0,
         };
         self.call(badge, g::Request::BindView(req)).unwrap();
     }
