@@ -219,6 +219,15 @@ fn a_grown_tail_becomes_a_view_of_the_same_object() {
         .collect();
     views.sort();
     assert_eq!(views, vec![(A, 0, 8), (A + 8 * PAGE, 8, 8)]);
+    // The GPU server heard it: the view before the tail continues over it.
+    let id_at = |addr: u64| {
+        let v = space.views().into_iter().find(|v| v.addr == addr).unwrap();
+        v.id.raw()
+    };
+    assert_eq!(
+        *lock(&core.rt.grown),
+        vec![(id_at(A), id_at(A + 8 * PAGE), 8, 8)]
+    );
 }
 
 /// No hang (issue 14): a CPU fault whose copy back keeps failing ends once

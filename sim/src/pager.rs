@@ -386,6 +386,14 @@ impl Runtime for SimRuntime {
         self.machine.now()
     }
 
+    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
+        if let Ok((gpu, notify)) = self.gpu() {
+            let (v, t) = (view.raw(), tail.raw());
+            let pages = first_page as u64..(first_page + pages) as u64;
+            let _ = notify.call(move || gpu.view_grown(v, t, pages));
+        }
+    }
+
     fn view_part(&self, p: &PartNote) {
         if let Ok((gpu, notify)) = self.gpu() {
             let (v, n, p) = (p.view.raw(), p.new_view.raw(), *p);

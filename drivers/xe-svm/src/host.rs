@@ -452,6 +452,17 @@ impl Handler<n::GpuNotify> for GpuServer {
                     inner.view_part(view.get(), new_view.get(), first_page..end, from, to)?;
                 Ok((n::Reply::ViewPart(n::Copied { bindings, skipped }), vec![]))
             }
+            n::Request::ViewGrown(n::ViewGrown {
+                view,
+                tail,
+                first_page,
+                pages,
+            }) => {
+                let end = first_page.checked_add(pages).ok_or(NotifyError::BadRange)?;
+                let (bindings, skipped) =
+                    inner.view_grown(view.get(), tail.get(), first_page..end)?;
+                Ok((n::Reply::ViewGrown(n::Copied { bindings, skipped }), vec![]))
+            }
         }
     }
 }

@@ -88,6 +88,54 @@ impl<P: Platform> Inner<P> {
         Ok(self.twin_bindings(view, new_view, pages, to.wrapping_sub(from)))
     }
 
+    /// `view` grew by object pages `pages` (right after its own), now the
+    /// view `tail`: each binding of `view` ending at `pages.start` gets a
+    /// binding of `tail` right after it. Returns (bindings made, bindings
+    /// that could not follow).
+    pub fn view_grown(
+        &self,
+        view: u32,
+        tail: u32,
+        pages: core::ops::Range<u64>,
+    ) -> Result<(u16, u16), NotifyError> {
+        let count = pages
+            .end
+            .checked_sub(pages.start)
+            .ok_or(NotifyError::BadRange)?;
+        if count == 0 {
+            return Err(NotifyError::BadRange);
+        }
+        let mut st = self.lock();
+        let (mut made, mut skipped) = (0u16, 0u16);
+        for (asid, vm) in st.vms.iter_mut() {
+            let tails: Vec<Binding> = vm
+                .bindings
+                .iter()
+                .filter(|b| b.view == view && b.first_page + b.pages == pages.start)
+                .map(|b| Binding {
+                    gpu_addr: b.end(),
+                    first_page: pages.start,
+                    pages: count,
+                    ..*b
+                })
+                .collect();
+            for t in tails {
+                if twin_fits(vm, &t, view, false) {
+                    let id = self.new_binding_id();
+                    vm.bindings.push(t.twin(id, tail, t.gpu_addr));
+                    made = made.saturating_add(1);
+                } else {
+                    log::warn!(
+                        "xe-svm: view {view} grew, but its tail cannot follow to {:#x} in VM {asid}",
+                        t.gpu_addr
+                    );
+                    skipped = skipped.saturating_add(1);
+                }
+            }
+        }
+        Ok((made, skipped))
+    }
+
     /// Gives each binding of `view` a twin for `new_view` over the object
     /// pages it shares with `pages`, `shift` bytes away. Returns (twins
     /// made, bindings that could not follow).

@@ -376,6 +376,9 @@ pub enum Step {
         /// A malloc allocation must land at this earlier allocation's address
         /// (the allocator handed the memory out again).
         reuses: Option<String>,
+        /// An object allocation's object is this big (at least `size`);
+        /// only `size` is mapped, the rest is room for `mremap` growth.
+        object_size: Option<Num>,
     },
     /// Free an allocation: a malloc one goes back to the heap (its pages
     /// stay where they are); an object is detached, unmapped and destroyed.

@@ -38,6 +38,7 @@ pub fn alloc_or_free(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
             fill,
             client,
             reuses,
+            object_size,
         } => {
             if ctx.world().allocs.get(name).is_some_and(|a| !a.freed) {
                 return Err(bad(format!("allocation {name:?} exists")));
@@ -47,7 +48,17 @@ pub fn alloc_or_free(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 return Err(bad(format!("size {size}: 4 bytes to 4 GiB, whole words")));
             }
             let a = match kind {
-                AllocKind::Object => new_object_alloc(ctx, *client, size, align.map(|a| a.get()))?,
+                AllocKind::Object => {
+                    let object = object_size.map_or(size, |o| o.get());
+                    if object < size || object > MAX_ALLOC {
+                        return Err(bad(format!("object_size {object}: size to 4 GiB")));
+                    }
+                    let align = align.map(|a| a.get());
+                    new_object_alloc(ctx, *client, size, object, align)?
+                }
+                _ if object_size.is_some() => {
+                    return Err(bad("object_size: object allocations only"));
+                }
                 AllocKind::Malloc => malloc(ctx, *client, size, align.map_or(16, |a| a.get()))?,
                 AllocKind::Reserve => {
                     let len = size.next_multiple_of(PAGE);
@@ -110,11 +121,12 @@ fn create_object(ctx: &Ctx, client: usize, bytes: u64) -> Result<Arc<Object>, St
 
 /// Maps all of `o` and attaches it as a view; binds it in the client's
 /// mirror VMs.
-fn map_and_attach(ctx: &Ctx, o: &Arc<Object>, align: u64) -> Result<u64, StepError> {
+fn map_and_attach(ctx: &Ctx, o: &Arc<Object>, len: u64, align: u64) -> Result<u64, StepError> {
     if !align.is_power_of_two() || align < PAGE {
         return Err(bad(format!("align {align}: a power of two, at least 4K")));
     }
-    let addr = map_aligned(&o.memfd, o.bytes as usize, align as usize)
+    let len = len.next_multiple_of(PAGE);
+    let addr = map_aligned(&o.memfd, len as usize, align as usize)
         .map_err(|e| StepError::Host(format!("mmap: {e}")))?;
     let uffd = pager_uffd().map_err(|e| StepError::Host(format!("userfaultfd: {e}")))?;
     let (attached, _) = ctx.conn(o.client)?.pager.call_with_handles(
@@ -122,13 +134,13 @@ fn map_and_attach(ctx: &Ctx, o: &Arc<Object>, align: u64) -> Result<u64, StepErr
             object: o.id,
             addr,
             object_first_page: 0,
-            pages: o.bytes / PAGE,
+            pages: len / PAGE,
         },
         vec![uffd],
     )?;
     ctx.world().mappings.push(Mapping {
         addr,
-        len: o.bytes,
+        len,
         object: o.clone(),
         obj_off: 0,
         view: Some(attached.view),
@@ -161,10 +173,11 @@ fn new_object_alloc(
     ctx: &Ctx,
     client: usize,
     size: u64,
+    object_size: u64,
     align: Option<u64>,
 ) -> Result<Alloc, StepError> {
-    let o = create_object(ctx, client, size)?;
-    let addr = map_and_attach(ctx, &o, align.unwrap_or(2 << 20))?;
+    let o = create_object(ctx, client, object_size)?;
+    let addr = map_and_attach(ctx, &o, size, align.unwrap_or(2 << 20))?;
     Ok(Alloc {
         kind: AllocKind::Object,
         client,
@@ -180,7 +193,7 @@ fn new_object_alloc(
 fn malloc(ctx: &Ctx, client: usize, size: u64, align: u64) -> Result<Alloc, StepError> {
     if !ctx.world().heaps.contains_key(&client) {
         let o = create_object(ctx, client, ctx.device.heap.get())?;
-        let addr = map_and_attach(ctx, &o, 2 << 20)?;
+        let addr = map_and_attach(ctx, &o, o.bytes, 2 << 20)?;
         let heap = Heap::new(o.bytes);
         ctx.world().heaps.insert(
             client,

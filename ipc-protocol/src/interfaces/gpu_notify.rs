@@ -106,6 +106,23 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// View `view` grew (an mremap): its tail, object pages `first_page..
+    /// first_page + pages` right after the view's own, is the pager's
+    /// view `tail`, at the CPU addresses right after the view's. Every
+    /// binding of `view` that ends at the view's last page gets a binding
+    /// of `tail` that continues it at the next GPU address, unless that
+    /// range is taken in its VM or past the GPU's address space; a binding
+    /// made with `BIND_READ_ONLY` continues read-only. The pager sends it
+    /// when it learns of the growth: Linux reports no event for it, so
+    /// that is the tail's first CPU fault (`pager/src/core/growth.rs`).
+    pub struct ViewGrown {
+        pub view: ViewId,
+        pub tail: ViewId,
+        pub first_page: u64,
+        pub pages: u64,
+    }
+);
+wire_struct!(
     pub struct Copied {
         pub bindings: u16,
         pub skipped: u16,
@@ -134,6 +151,7 @@ interface! {
         5 => ViewGone [0] -> Unbound [0] needs NOTIFY, idempotent;
         6 => ViewCopied [0] -> Copied [0] needs NOTIFY;
         7 => ViewPart [0] -> Copied [0] needs NOTIFY;
+        8 => ViewGrown [0] -> Copied [0] needs NOTIFY, idempotent;
     }
     notifications {}
 }

@@ -16,12 +16,17 @@
 //! Locking: the mapping is read and the view recorded under the space's
 //! view-change guard, so an unmap of the tail is applied either before
 //! (the mapping is gone: nothing is recorded) or after (it removes the
-//! new view). The GPU does not see the tail until the client binds it
-//! (`FindView`, then `BindView`).
+//! new view). The GPU server hears of it then (`GpuNotify::ViewGrown`):
+//! the bindings of the view it continues continue over it, so a mirror VM
+//! sees the tail once the pager does. Before the tail's first CPU fault
+//! nothing tells the pager of the growth, so a GPU access there first
+//! faults as unbound (the job ends `Faulted`); a client that binds the
+//! tail itself (`FindView`, then `BindView`) needs no CPU access.
 
 use super::runtime::{FileMapping, Runtime};
-use super::view::{Space, ViewSpec, PAGE};
+use super::view::{Space, View, ViewSpec, PAGE};
 use super::Core;
+use crate::sync::Arc;
 
 impl<R: Runtime> Core<R> {
     /// Records the grown part of a view around `addr` of `space`, as the
@@ -49,6 +54,7 @@ impl<R: Runtime> Core<R> {
                     space.id,
                     v.id.raw()
                 );
+                self.tell_gpu_grown(space, &v);
                 true
             }
             Err(e) => {
@@ -57,6 +63,21 @@ impl<R: Runtime> Core<R> {
                     space.id
                 );
                 false
+            }
+        }
+    }
+
+    /// The GPU follows: the bindings of the view that `tail` continues (in
+    /// the client's addresses and the object's pages) continue over it.
+    fn tell_gpu_grown(&self, space: &Space<R>, tail: &View<R>) {
+        let grew = space.views().into_iter().find(|v| {
+            v.end() == tail.addr
+                && Arc::ptr_eq(&v.object, &tail.object)
+                && v.first_page + v.pages == tail.first_page
+        });
+        if let Some(v) = grew {
+            for id in v.gpu_ids() {
+                self.rt.view_grown(id, tail.id, tail.first_page, tail.pages);
             }
         }
     }

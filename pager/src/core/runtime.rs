@@ -168,6 +168,9 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64);
     /// Part of a view lives on as another record (`GpuNotify::ViewPart`).
     fn view_part(&self, part: &PartNote);
+    /// `view` grew: object pages `first_page..first_page + pages` right
+    /// after it are the view `tail` (`GpuNotify::ViewGrown`).
+    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize);
     /// A monotonic clock in microseconds (anti-thrashing windows, fault
     /// deadlines).
     fn now_us(&self) -> u64;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu_notify::{
-    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone, ViewPart,
+    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone, ViewGrown, ViewPart,
 };
 use ipc_protocol::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
 use rustix::fs::{fallocate, FallocateFlags, MemfdFlags, SealFlags};
@@ -333,6 +333,23 @@ impl Runtime for HostRuntime {
 
     fn now_us(&self) -> u64 {
         u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
+        if let Some(gpu) = self.gpu.get() {
+            let grown = ViewGrown {
+                view: ViewId::raw(view.raw()),
+                tail: ViewId::raw(tail.raw()),
+                first_page: first_page as u64,
+                pages: pages as u64,
+            };
+            if let Err(e) = gpu.call(grown) {
+                log::warn!(
+                    "pager: telling the GPU server view {:#x} grew: {e}",
+                    view.raw()
+                );
+            }
+        }
     }
 
     fn view_part(&self, p: &PartNote) {

@@ -84,6 +84,8 @@ pub struct ModelRuntime {
     pub fail_to_ram: AtomicBool,
     /// Pages `poison` ended: (address, length).
     pub poisoned: Mutex<Vec<(u64, u64)>>,
+    /// `ViewGrown` as the GPU server heard it: (view, tail, first page, pages).
+    pub grown: Mutex<Vec<(u32, u32, usize, usize)>>,
     /// `poison` fails (a kernel without `UFFDIO_POISON`).
     pub no_poison: AtomicBool,
     pub invalidations: AtomicU64,
@@ -104,6 +106,7 @@ impl Default for ModelRuntime {
             maps: Mutex::new(Vec::new()),
             fail_to_ram: AtomicBool::new(false),
             poisoned: Mutex::new(Vec::new()),
+            grown: Mutex::new(Vec::new()),
             no_poison: AtomicBool::new(false),
             invalidations: AtomicU64::new(0),
         }
@@ -329,6 +332,10 @@ impl Runtime for ModelRuntime {
 
     fn is_file(&self, m: &Arc<ModelMemory>, file: FileId) -> bool {
         model_file(m) == file
+    }
+
+    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
+        lock(&self.grown).push((view.raw(), tail.raw(), first_page, pages));
     }
 
     fn view_part(&self, p: &PartNote) {
