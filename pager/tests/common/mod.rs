@@ -119,6 +119,13 @@ impl Handler<n::GpuNotify> for TestGpu {
                 };
                 Ok((n::Reply::ViewPart(none), vec![]))
             }
+            n::Request::ViewGrown(_) => Ok((
+                n::Reply::ViewGrown(n::Copied {
+                    bindings: 0,
+                    skipped: 0,
+                }),
+                vec![],
+            )),
             n::Request::ViewCopied(c) => {
                 std::thread::sleep(*self.note_delay.lock().unwrap());
                 self.copied
