@@ -101,3 +101,63 @@ fn a_crash_loop_is_stopped_and_reported() {
     drop(c);
     system.shutdown();
 }
+
+/// No hang (issue 14): once the pager is gone, a GPU fault that needs it
+/// (a page to collect) fails and the job ends `Faulted` within the wait,
+/// instead of replaying forever; the GPU server keeps serving.
+#[test]
+fn a_gpu_fault_fails_once_the_pager_is_gone() {
+    use init::client::SvmBuffer;
+    use ipc_protocol::interfaces::gpu::{BindView, CreateVm, Stats, Submit, Wait};
+    use ipc_protocol::types::{JobStatus, KernelKind};
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
+    std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
+    let mut opts = init::supervisor::BootOptions::default();
+    opts.device.vram_bytes = 32 << 20;
+    opts.supervision = init::supervisor::Supervision::Report;
+    let (mut system, c) = System::boot(&opts).unwrap();
+    let c = c.unwrap();
+    let vm = c.gpu.call(CreateVm {}).unwrap().vm;
+    let buf = SvmBuffer::new(&c.pager, 64 << 10).unwrap();
+    let bind = BindView {
+        vm,
+        view: buf.view,
+        gpu_addr: buf.addr,
+        flags: 0,
+    };
+    c.gpu.call(bind).unwrap();
+    system.kill("pager").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let job = c
+        .gpu
+        .call(Submit {
+            vm,
+            kernel: KernelKind::TouchPages,
+            addr: buf.addr,
+            len: 64 << 10,
+            stride: 4,
+            value: 1,
+            threads: 4,
+        })
+        .unwrap()
+        .job;
+    let started = Instant::now();
+    let done = c
+        .gpu
+        .call(Wait {
+            job,
+            timeout_ms: 30_000,
+        })
+        .unwrap();
+    assert_eq!(
+        done.status,
+        JobStatus::Faulted,
+        "after {:?}",
+        started.elapsed()
+    );
+    assert!(c.gpu.call(Stats {}).is_ok(), "the GPU server still answers");
+    // The buffer's pages belong to a dead pager: never touch or detach it.
+    std::mem::forget(buf);
+    drop(c);
+    let _ = system.shutdown();
+}

@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex};
 use hw::xe::fault::FaultDescriptor;
 use hw::xe::layout;
 use hw::xe::pte::{LeafAccess, PageSize, Target};
-use ipc_protocol::client::Client;
+use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
 use ipc_protocol::interfaces::gpu_shrink as sh;
 use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize, PagerMigrate};
 use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve};
 use ipc_protocol::server::Handler;
+use ipc_protocol::transport::TransportError;
 use ipc_protocol::types::{BoId, JobId, MemoryKind, VmId, World};
 use ipc_protocol::wire::BoundedVec;
 use ipc_protocol::Capability;
@@ -54,6 +55,9 @@ pub struct HostPlatform {
     pool: hw::shm::Region,
     pool_dma: u64,
     pub(crate) migrate: Client<PagerMigrate>,
+    /// The last `PagerMigrate` call found the pager gone (its endpoint
+    /// closed): GPU faults that need it fail instead of replaying.
+    pager_gone: std::sync::atomic::AtomicBool,
     /// mm-server: told our VRAM usage after each change (rule 7's
     /// accounting), and where allocations that find no VRAM wait (rule 5).
     pub pressure: Option<Client<Pressure>>,
@@ -137,10 +141,16 @@ impl Platform for HostPlatform {
         self.zero_dma
     }
     fn collect(&self, c: Collect) -> Result<Collected, PortError> {
-        self.migrate.call(c).map_err(|e| {
+        let r = self.migrate.call(c);
+        let gone = matches!(r, Err(CallError::Transport(TransportError::Disconnected)));
+        self.pager_gone.store(gone, Ordering::Release);
+        r.map_err(|e| {
             log::warn!("xe-svm: collect: {e}");
             PortError
         })
+    }
+    fn pager_gone(&self) -> bool {
+        self.pager_gone.load(Ordering::Acquire)
     }
     fn finalize(&self, f: Finalize) -> Result<(), PortError> {
         self.migrate.call(f).map(|_| ()).map_err(|e| {
@@ -317,6 +327,7 @@ impl GpuServer {
             pt: Vram::new(total - pt, pt),
             dev,
             migrate,
+            pager_gone: std::sync::atomic::AtomicBool::new(false),
             pressure,
             slots: Mutex::new(Slots {
                 next: FIRST_OBJECT_SLOT,

@@ -53,6 +53,12 @@ pub trait Platform: Send + Sync + 'static {
     fn collect(&self, c: Collect) -> Result<Collected, PortError>;
     /// `PagerMigrate::Finalize`.
     fn finalize(&self, f: Finalize) -> Result<(), PortError>;
+    /// Whether the last `collect` found the pager gone (not merely
+    /// failing): a fault that needs it cannot be served until a pager is
+    /// back, so it fails instead of replaying forever.
+    fn pager_gone(&self) -> bool {
+        false
+    }
 
     /// Whether an mm-server is there to wait in.
     fn has_broker(&self) -> bool;

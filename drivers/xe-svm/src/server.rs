@@ -764,8 +764,15 @@ impl<P: Platform> Inner<P> {
             count: count_pc,
             gpu,
         }) else {
-            log::warn!("xe-svm: collect failed");
             free_block(block);
+            // No hang (issue 14): with the pager gone the access fails
+            // (the job ends `Faulted`); a pager that only failed this
+            // collect gets the replayed fault again.
+            if self.hw.pager_gone() {
+                log::error!("xe-svm: the pager is gone; a GPU fault at {va:#x} fails");
+                return false;
+            }
+            log::warn!("xe-svm: collect failed");
             return true;
         };
         let mut migrated = PageMask::EMPTY;
