@@ -18,7 +18,7 @@ use ipc_protocol::types::Advice;
 use pager::state::Residency;
 use shuttle::thread::spawn;
 
-use crate::hostile::{finish, join, world};
+use crate::hostile::{finish, gpu_pass, join, victim, world};
 use crate::scenarios::{start, Scenario};
 use crate::world::WorldConfig;
 
@@ -52,14 +52,7 @@ fn device_only_refuses_the_cpu() {
     w.pager.advise(0, PAGES, Advice::DeviceOnly);
     let landed: Arc<Vec<AtomicBool>> =
         Arc::new((0..PAGES).map(|_| AtomicBool::new(false)).collect());
-    let gpu = {
-        let w = w.clone();
-        spawn(move || {
-            for p in 0..PAGES {
-                assert!(w.gpu_access(p, 1), "the GPU could not reach page {p}");
-            }
-        })
-    };
+    let gpu = gpu_pass(&w);
     let cpu = {
         let (w, landed) = (w.clone(), landed.clone());
         spawn(move || {
@@ -89,28 +82,12 @@ fn prefer_system_keeps_pages_in_ram() {
         ..Default::default()
     });
     w.pager.advise(0, HALF, Advice::PreferSystem);
-    let gpu = {
-        let w = w.clone();
-        spawn(move || {
-            for p in 0..PAGES {
-                assert!(w.gpu_access(p, 1), "the GPU could not reach page {p}");
-            }
-        })
-    };
-    let cpu = {
-        let w = w.clone();
-        spawn(move || {
-            let view = std::sync::atomic::AtomicU64::new(0);
-            for p in (0..PAGES).rev() {
-                w.cpu_access(&view, p, 1);
-            }
-        })
-    };
-    let adviser = {
+    let mut actors = victim(&w);
+    actors.push({
         let w = w.clone();
         spawn(move || w.pager.advise(HALF, PAGES, Advice::PreferSystem))
-    };
-    join(vec![gpu, cpu, adviser]);
+    });
+    join(actors);
     // Every page prefers system memory now; a last GPU pass maps them in
     // place, moving none.
     for p in 0..PAGES {

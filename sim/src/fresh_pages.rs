@@ -5,9 +5,8 @@
 //! took it for "never written" and moved zeros.
 
 use shuttle::sync::Arc;
-use shuttle::thread::spawn;
 
-use crate::hostile::{finish, join};
+use crate::hostile::{finish, join, victim};
 use crate::scenarios::Scenario;
 use crate::world::{World, WorldConfig};
 
@@ -29,23 +28,6 @@ fn gpu_writes_fresh_pages_in_place() {
         free_vram: Some(0),
         ..Default::default()
     }));
-    let gpu = {
-        let w = w.clone();
-        spawn(move || {
-            for p in 0..PAGES {
-                assert!(w.gpu_access(p, 1), "the GPU could not reach page {p}");
-            }
-        })
-    };
-    let cpu = {
-        let w = w.clone();
-        spawn(move || {
-            let view = std::sync::atomic::AtomicU64::new(0);
-            for p in (0..PAGES).rev() {
-                w.cpu_access(&view, p, 1);
-            }
-        })
-    };
-    join(vec![gpu, cpu]);
+    join(victim(&w));
     finish(w, |_| 2);
 }

@@ -77,27 +77,31 @@ pub(crate) fn finish(w: Arc<World>, expect: impl Fn(usize) -> u64) {
 
 /// The victim's usual race: a GPU pass and a CPU thread add 1 to every page.
 pub(crate) fn victim(w: &Arc<World>) -> Vec<JoinHandle<()>> {
-    let gpu = {
-        let w = w.clone();
-        spawn(move || {
-            for p in 0..w.machine.pages {
-                assert!(
-                    w.gpu_access(p, 1),
-                    "the GPU could not reach the victim's page {p}"
-                );
-            }
-        })
-    };
-    let cpu = {
-        let w = w.clone();
-        spawn(move || {
-            let view = std::sync::atomic::AtomicU64::new(0);
-            for p in (0..w.machine.pages).rev() {
-                w.cpu_access(&view, p, 1);
-            }
-        })
-    };
-    vec![gpu, cpu]
+    vec![gpu_pass(w), cpu_pass(w)]
+}
+
+/// A GPU thread adds 1 to every page of the victim's, from the first.
+pub(crate) fn gpu_pass(w: &Arc<World>) -> JoinHandle<()> {
+    let w = w.clone();
+    spawn(move || {
+        for p in 0..w.machine.pages {
+            assert!(
+                w.gpu_access(p, 1),
+                "the GPU could not reach the victim's page {p}"
+            );
+        }
+    })
+}
+
+/// A CPU thread adds 1 to every page of the victim's, from the last.
+pub(crate) fn cpu_pass(w: &Arc<World>) -> JoinHandle<()> {
+    let w = w.clone();
+    spawn(move || {
+        let view = std::sync::atomic::AtomicU64::new(0);
+        for p in (0..w.machine.pages).rev() {
+            w.cpu_access(&view, p, 1);
+        }
+    })
 }
 
 /// After the hostile client is gone, the totals are the victim's alone.

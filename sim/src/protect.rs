@@ -16,7 +16,7 @@ use ipc_protocol::interfaces::gpu::PROT_READ;
 use shuttle::sync::Arc;
 use shuttle::thread::spawn;
 
-use crate::hostile::{finish, join, world};
+use crate::hostile::{cpu_pass, finish, join, world};
 use crate::machine::{GpuAccess, PAGE};
 use crate::pager::{where_is, CLIENT};
 use crate::scenarios::{start, Scenario};
@@ -64,15 +64,7 @@ fn read_only_binding_refuses_gpu_writes() {
             }
         })
     };
-    let cpu = {
-        let w = w.clone();
-        spawn(move || {
-            let view = std::sync::atomic::AtomicU64::new(0);
-            for p in 0..PAGES {
-                w.cpu_access(&view, p, 1);
-            }
-        })
-    };
+    let cpu = cpu_pass(&w);
     join(vec![gpu, cpu]);
     finish(w, |p| start(p) + 1);
 }

@@ -102,38 +102,18 @@ impl<P: Platform> Inner<P> {
             .end
             .checked_sub(pages.start)
             .ok_or(NotifyError::BadRange)?;
-        if count == 0 {
+        if count == 0 || count > VA_LIMIT / PAGE {
             return Err(NotifyError::BadRange);
         }
-        let mut st = self.lock();
-        let (mut made, mut skipped) = (0u16, 0u16);
-        for (asid, vm) in st.vms.iter_mut() {
-            let tails: Vec<Binding> = vm
-                .bindings
-                .iter()
-                .filter(|b| b.view == view && b.first_page + b.pages == pages.start)
-                .map(|b| Binding {
-                    gpu_addr: b.end(),
-                    first_page: pages.start,
-                    pages: count,
-                    ..*b
-                })
-                .collect();
-            for t in tails {
-                if twin_fits(vm, &t, view, false) {
-                    let id = self.new_binding_id();
-                    vm.bindings.push(t.twin(id, tail, t.gpu_addr));
-                    made = made.saturating_add(1);
-                } else {
-                    log::warn!(
-                        "xe-svm: view {view} grew, but its tail cannot follow to {:#x} in VM {asid}",
-                        t.gpu_addr
-                    );
-                    skipped = skipped.saturating_add(1);
-                }
-            }
-        }
-        Ok((made, skipped))
+        let grow = |b: &Binding| {
+            (b.first_page + b.pages == pages.start).then(|| Binding {
+                gpu_addr: b.end(),
+                first_page: pages.start,
+                pages: count,
+                ..*b
+            })
+        };
+        Ok(self.add_twins(view, tail, false, grow))
     }
 
     /// Gives each binding of `view` a twin for `new_view` over the object
@@ -146,6 +126,20 @@ impl<P: Platform> Inner<P> {
         pages: core::ops::Range<u64>,
         shift: u64,
     ) -> (u16, u16) {
+        self.add_twins(view, new_view, shift == 0, |b| b.part(&pages, shift))
+    }
+
+    /// For each binding of `view` in every VM, the binding `make` gives
+    /// (if any) is added for `new_view` where it fits (`in_place`: it may
+    /// overlap `view`'s own bindings, which go right after). Returns
+    /// (bindings made, bindings that could not follow).
+    fn add_twins(
+        &self,
+        view: u32,
+        new_view: u32,
+        in_place: bool,
+        make: impl Fn(&Binding) -> Option<Binding>,
+    ) -> (u16, u16) {
         let mut st = self.lock();
         let (mut made, mut skipped) = (0u16, 0u16);
         for (asid, vm) in st.vms.iter_mut() {
@@ -153,10 +147,10 @@ impl<P: Platform> Inner<P> {
                 .bindings
                 .iter()
                 .filter(|b| b.view == view)
-                .filter_map(|b| b.part(&pages, shift))
+                .filter_map(&make)
                 .collect();
             for t in twins {
-                if twin_fits(vm, &t, view, shift == 0) {
+                if twin_fits(vm, &t, view, in_place) {
                     let id = self.new_binding_id();
                     vm.bindings.push(t.twin(id, new_view, t.gpu_addr));
                     made = made.saturating_add(1);
