@@ -110,3 +110,29 @@ pub fn on_call(
     // Nothing can close the handle between the halves here (one thread).
     finish_call(endpoints, id, started.token, payload, reply).0
 }
+
+/// How many descriptors the client collects with `recvfd` after a reply:
+/// the reply header's count, at most [`MAX_HANDLES`] (a reply that says
+/// more is malformed, and `Frame::parse` says so once fewer arrived).
+pub fn reply_handles(reply: &[u8]) -> usize {
+    reply
+        .get(11)
+        .map_or(0, |&n| usize::from(n).min(crate::MAX_HANDLES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_raw;
+    use crate::Kind;
+
+    #[test]
+    fn the_reply_header_says_how_many_descriptors_to_collect() {
+        let reply = encode_raw(3, 1, Kind::Reply, 2, 9, &[]);
+        assert_eq!(reply_handles(&reply), 2);
+        let mut hostile = reply.clone();
+        hostile[11] = 200;
+        assert_eq!(reply_handles(&hostile), crate::MAX_HANDLES);
+        assert_eq!(reply_handles(&reply[..11]), 0, "a short reply has none");
+    }
+}
