@@ -20,6 +20,7 @@
 
 pub mod call;
 pub mod endpoints;
+pub mod handoff;
 pub mod record;
 
 #[cfg(target_os = "redox")]

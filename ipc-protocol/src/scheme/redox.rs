@@ -32,6 +32,7 @@ use syscall::schemev2::NewFdFlags;
 
 use super::call::{finish_call, start_call};
 use super::endpoints::{Endpoints, Session};
+use super::handoff::{on_handoff, Handoff, CALL_HANDOFF_V1};
 use super::record::{Caller, Errno};
 use crate::transport::Received;
 use crate::MAX_HANDLES;
@@ -52,6 +53,15 @@ pub type SharedDispatch =
 /// (`Handler::disconnected`).
 pub type Closed = dyn Fn(&Session) + Send + Sync;
 
+/// What a server does with its side of the scheme.
+#[derive(Clone)]
+pub struct Callbacks {
+    pub dispatch: Arc<SharedDispatch>,
+    pub closed: Arc<Closed>,
+    /// Receives the endpoints the launcher hands over (`handoff.rs`).
+    pub handoff: Arc<dyn Fn(Handoff) + Send + Sync>,
+}
+
 /// One scheme a server registers.
 pub struct SchemeConfig {
     /// Its name: `/scheme/<name>/<endpoint path>`.
@@ -64,8 +74,7 @@ pub struct SchemeConfig {
 struct Shared {
     socket: Socket,
     endpoints: Mutex<Endpoints>,
-    dispatch: Arc<SharedDispatch>,
-    closed: Arc<Closed>,
+    on: Callbacks,
 }
 
 impl Shared {
@@ -166,7 +175,7 @@ impl SchemeSync for Front<'_> {
     fn on_close(&mut self, id: usize) {
         let closed = self.shared.endpoints().close(id as u64);
         if let Some(session) = closed {
-            (self.shared.closed)(&session);
+            (self.shared.on.closed)(&session);
         }
     }
 }
@@ -176,18 +185,28 @@ impl SchemeSync for Front<'_> {
 fn run_call(shared: &Shared, mut op: OpCall) {
     let id = op.fd() as u64;
     let (payload, metadata) = op.payload_and_metadata();
+    if metadata.first() == Some(&CALL_HANDOFF_V1) {
+        let handoff = on_handoff(&mut shared.endpoints(), id, metadata);
+        let result = handoff.map(|h| (shared.on.handoff)(h)).map(|()| 0);
+        return answer(shared, op, result.map_err(errno));
+    }
     let started = start_call(&mut shared.endpoints(), id, payload, metadata);
     let (result, closed) = match started {
         Err(e) => (Err(e), None),
         Ok(s) => {
-            let reply = (shared.dispatch)(&s.session, s.rx);
+            let reply = (shared.on.dispatch)(&s.session, s.rx);
             finish_call(&mut shared.endpoints(), id, s.token, payload, reply)
         }
     };
     if let Some(session) = closed {
-        (shared.closed)(&session);
+        (shared.on.closed)(&session);
     }
-    let response = Response::new(result.map_err(errno), op);
+    answer(shared, op, result.map_err(errno));
+}
+
+fn answer(shared: &Shared, op: OpCall, result: Result<usize>) {
+    let id = op.fd();
+    let response = Response::new(result, op);
     if let Err(e) = shared
         .socket
         .write_response(response, SignalBehavior::Restart)
@@ -236,16 +255,11 @@ pub struct Registered {
 
 /// Registers scheme `cfg.name`: after this, `/scheme/<name>/...` opens
 /// reach [`Registered::serve`] (they wait in the kernel until it runs).
-pub fn register(
-    cfg: SchemeConfig,
-    dispatch: Arc<SharedDispatch>,
-    closed: Arc<Closed>,
-) -> Result<Registered> {
+pub fn register(cfg: SchemeConfig, on: Callbacks) -> Result<Registered> {
     let shared = Arc::new(Shared {
         socket: Socket::create()?,
         endpoints: Mutex::new(cfg.endpoints),
-        dispatch,
-        closed,
+        on,
     });
     let mut front = Front { shared: &shared };
     register_sync_scheme(&shared.socket, &cfg.name, &mut front)?;
