@@ -58,8 +58,9 @@ pub type Closed = dyn Fn(&Session) + Send + Sync;
 pub struct Callbacks {
     pub dispatch: Arc<SharedDispatch>,
     pub closed: Arc<Closed>,
-    /// Receives the endpoints the launcher hands over (`handoff.rs`).
-    pub handoff: Arc<dyn Fn(Handoff) + Send + Sync>,
+    /// Receives the endpoints the launcher hands over (`handoff.rs`); an
+    /// error (a role this server does not call) is the launcher's answer.
+    pub handoff: Arc<dyn Fn(Handoff) -> std::result::Result<(), Errno> + Send + Sync>,
 }
 
 /// One scheme a server registers.
@@ -187,7 +188,7 @@ fn run_call(shared: &Shared, mut op: OpCall) {
     let (payload, metadata) = op.payload_and_metadata();
     if metadata.first() == Some(&CALL_HANDOFF_V1) {
         let handoff = on_handoff(&mut shared.endpoints(), id, metadata);
-        let result = handoff.map(|h| (shared.on.handoff)(h)).map(|()| 0);
+        let result = handoff.and_then(|h| (shared.on.handoff)(h)).map(|()| 0);
         return answer(shared, op, result.map_err(errno));
     }
     let started = start_call(&mut shared.endpoints(), id, payload, metadata);
