@@ -3,14 +3,10 @@
 //! descriptor, the staging buffer, and the GPU server's `GpuNotify`.
 
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::gpu_notify::{
-    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone,
-};
-use ipc_protocol::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
+use ipc_protocol::types::PageMask;
 use rustix::fs::{fallocate, FallocateFlags, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use session::Handle;
@@ -21,6 +17,7 @@ use super::uffd::{self, Uffd};
 use crate::core::runtime::{Pause, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
+use crate::notifier::GpuNotifier;
 
 pub struct HostRuntime {
     /// Fault workers per address space (one more thread reads its events).
@@ -28,7 +25,7 @@ pub struct HostRuntime {
     pub staging: Staging,
     /// A 2 MiB zero buffer for first-touch fills.
     zeros: Vec<u8>,
-    pub gpu: OnceLock<Client<GpuNotify>>,
+    pub gpu: GpuNotifier,
 }
 
 impl HostRuntime {
@@ -37,7 +34,7 @@ impl HostRuntime {
             workers: workers.max(1),
             staging: Staging::new(staging_slots)?,
             zeros: vec![0u8; SLOT_BYTES],
-            gpu: OnceLock::new(),
+            gpu: GpuNotifier::default(),
         })
     }
 
@@ -50,10 +47,6 @@ impl HostRuntime {
         // SAFETY: `index` is a page of a chunk (< 512): inside the buffer.
         (index < SLOT_BYTES / PAGE as usize).then(|| unsafe { base.add(index * PAGE as usize) })
     }
-
-    fn notify(&self) -> Result<&Client<GpuNotify>, RtError> {
-        self.gpu.get().ok_or(RtError::Gpu)
-    }
 }
 
 /// An errno in the core's terms.
@@ -65,17 +58,6 @@ pub fn rt(e: Errno) -> RtError {
         Errno::SRCH => RtError::Gone,
         e => RtError::Host(e.raw_os_error()),
     }
-}
-
-fn count(n: usize) -> Result<PageCount, RtError> {
-    u16::try_from(n)
-        .ok()
-        .and_then(PageCount::new)
-        .ok_or(RtError::Gpu)
-}
-
-fn object(h: Handle) -> ObjectId {
-    ObjectId::raw(h.raw())
 }
 
 impl Runtime for HostRuntime {
@@ -209,7 +191,7 @@ impl Runtime for HostRuntime {
     }
 
     fn gpu_attached(&self) -> bool {
-        self.gpu.get().is_some()
+        self.gpu.attached()
     }
 
     fn invalidate(
@@ -220,18 +202,7 @@ impl Runtime for HostRuntime {
         n: usize,
         seq: u64,
     ) -> Result<(), RtError> {
-        self.notify()?
-            .call(Invalidate {
-                object: object(o),
-                first_page: first as u64,
-                count: count(n)?,
-                seq: Seq::raw(seq),
-            })
-            .map(|_| ())
-            .map_err(|e| {
-                log::warn!("pager: invalidate: {e}");
-                RtError::Gpu
-            })
+        self.gpu.invalidate(o, first, n, seq)
     }
 
     fn migrate_to_ram(
@@ -242,19 +213,8 @@ impl Runtime for HostRuntime {
         pages: &PageMask,
         slot: usize,
     ) -> Result<PageMask, RtError> {
-        self.notify()?
-            .call(MigrateToRam {
-                object: object(o),
-                first_page: first as u64,
-                count: count(n)?,
-                pages: *pages,
-                staging_offset: Staging::offset(slot),
-            })
-            .map(|r| r.copied)
-            .map_err(|e| {
-                log::warn!("pager: migrate to RAM: {e}");
-                RtError::Gpu
-            })
+        self.gpu
+            .migrate_to_ram(o, first, n, pages, Staging::offset(slot))
     }
 
     fn free_pages(
@@ -264,43 +224,14 @@ impl Runtime for HostRuntime {
         n: usize,
         pages: &PageMask,
     ) -> Result<(), RtError> {
-        self.notify()?
-            .call(FreePages {
-                object: object(o),
-                first_page: first as u64,
-                count: count(n)?,
-                pages: *pages,
-            })
-            .map(|_| ())
-            .map_err(|_| RtError::Gpu)
+        self.gpu.free_pages(o, first, n, pages)
     }
 
     fn view_gone(&self, view: Handle) {
-        if let Some(gpu) = self.gpu.get() {
-            if let Err(e) = gpu.call(ViewGone {
-                view: ViewId::raw(view.raw()),
-            }) {
-                log::warn!(
-                    "pager: telling the GPU server view {:#x} went away: {e}",
-                    view.raw()
-                );
-            }
-        }
+        self.gpu.view_gone(view);
     }
 
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
-        if let Some(gpu) = self.gpu.get() {
-            if let Err(e) = gpu.call(ViewCopied {
-                view: ViewId::raw(view.raw()),
-                new_view: ViewId::raw(new_view.raw()),
-                from,
-                to,
-            }) {
-                log::warn!(
-                    "pager: telling the GPU server view {:#x} is also at {to:#x}: {e}",
-                    view.raw()
-                );
-            }
-        }
+        self.gpu.view_copied(view, new_view, from, to);
     }
 }
