@@ -14,6 +14,10 @@ use session::Handle;
 
 use crate::core::runtime::RtError;
 
+/// A GPU server was attached already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyAttached;
+
 /// The GPU server's notifier, once it is attached.
 #[derive(Default)]
 pub struct GpuNotifier {
@@ -32,9 +36,9 @@ fn object(h: Handle) -> ObjectId {
 }
 
 impl GpuNotifier {
-    /// Attaches the GPU server (once; a second one is handed back).
-    pub fn set(&self, gpu: Client<GpuNotify>) -> Result<(), Client<GpuNotify>> {
-        self.gpu.set(gpu)
+    /// Attaches the GPU server (once; a second one is dropped).
+    pub fn set(&self, gpu: Client<GpuNotify>) -> Result<(), AlreadyAttached> {
+        self.gpu.set(gpu).map_err(|_| AlreadyAttached)
     }
 
     pub fn attached(&self) -> bool {

@@ -12,7 +12,7 @@ use ipc_protocol::interfaces::pager_migrate as m;
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask};
 use session::Handle;
 
-use crate::core::runtime::{Pause, RtError, Runtime, Source};
+use crate::core::runtime::{KernelCall, Pause, RtError, Runtime, Source};
 use crate::core::session::{ClientSession, GpuSession};
 use crate::core::view::{Space, PAGE};
 use crate::core::{Config, Core};
@@ -29,11 +29,13 @@ pub struct ModelMemory {
     pub words: Vec<AtomicU64>,
 }
 
-/// What a client passes: its memory back (never valid as a port), or a
-/// fault channel.
+/// What a client passes: its memory back (never valid as a port), a
+/// fault channel, or a handle of a kernel that delivers no faults (Redox
+/// today: the runtime names the missing call).
 pub enum ModelHandle {
     Memory(Arc<ModelMemory>),
     Port,
+    NoFaults,
 }
 
 /// An address space: registered ranges and write-protected pages.
@@ -132,6 +134,7 @@ impl Runtime for ModelRuntime {
         match h {
             ModelHandle::Port => Ok(ModelPort::default()),
             ModelHandle::Memory(_) => Err(RtError::BadHandle),
+            ModelHandle::NoFaults => Err(RtError::Unsupported(KernelCall::FaultUpcall)),
         }
     }
 
