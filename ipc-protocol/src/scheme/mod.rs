@@ -21,12 +21,15 @@
 pub mod call;
 pub mod endpoints;
 pub mod handoff;
+pub mod launch;
 pub mod record;
 
 #[cfg(target_os = "redox")]
 pub mod redox;
 #[cfg(target_os = "redox")]
 pub mod redox_client;
+#[cfg(target_os = "redox")]
+pub mod redox_launch;
 
 pub use call::{on_call, CALL_FRAME_V1};
 pub use endpoints::{Endpoint, Endpoints, Opener, Session};
