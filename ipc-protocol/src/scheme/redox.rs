@@ -166,9 +166,8 @@ impl SchemeSync for Front<'_> {
             .into_iter()
             .map(|fd| fd.into_raw_fd() as usize)
             .collect();
-        if let [fd] = raw[..] {
-            return Ok(OpenResult::OtherScheme { fd });
-        }
+        // Always moved as a batch: the kernel answers a `Recvfd` completed
+        // with one plain descriptor (`OtherScheme`) with EIO.
         req.move_fd(&self.shared.socket, FmoveFdFlags::empty(), &raw)?;
         Ok(OpenResult::OtherSchemeMultiple { num_fds: raw.len() })
     }
