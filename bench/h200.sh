@@ -11,14 +11,26 @@
 #   OUT=/tmp/out bash bench/h200.sh           # on the H200 machine
 #   OUT=/tmp/out bash bench/h200.sh --dry     # anywhere: no GPU, UVM skipped
 #
+# Through the device tool: it sends the checkout the session started in
+# (not a helper's worktree), so strip the five binaries and copy them, this
+# script and uvm_herd.cu into a folder that checkout ignores (for instance
+# target/h200carry), carry that folder, copy the two files into bench/
+# there and run BIN=target/h200carry OUT=$OUT ROUNDS=1 bash bench/h200.sh.
+#
 # Environment: BIN (release binaries, default bin/ in the repository
 # root), OUT (default $TMPDIR/h200-out), SIZES (KiB), THREADS, MODES,
 # ROUNDS, REPS (the sweep), BUDGET_S (seconds after which the last step,
-# the whole `svm bench`, is skipped). The full sweep takes about 5 minutes
-# on 16 cores (estimated; not yet run there).
+# the whole `svm bench`, is skipped), BASE_THREADS (thread counts at which
+# ours also runs with each lever of issue 15 changed, for the A/B: "chunk"
+# with whole-chunk migrations (XE_SVM_MIGRATION=chunk), "e4" with four copy
+# engines (opt-in: one by default), "old" with whole chunks and one engine;
+# their lines go to base.jsonl, not into the tables; empty: none). On the
+# 16-core H200 machine, ROUNDS=1 with the A/B took 77 s (2026-12-02).
 # The floors are built into `svm` (no separate C programs to build).
-# Files in $OUT (8, none deeper): machine.txt, log.txt, results.jsonl,
-# table.txt, herd-per-page.png, bench.txt, bench.json, bench-herd-per-page.png.
+# Files in $OUT (8, none deeper; the device tool brings back 8 at most):
+# machine.txt, log.txt, results.jsonl, base.jsonl, table.txt,
+# herd-per-page.png, bench.txt, bench.json (its plot stays in the work
+# folder: the same lines as herd-per-page.png plus the ones of one process).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,15 +42,19 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/svm-h200.XXXXXX")
 mkdir -p "$OUT"
 if [ "$DRY" = 1 ]; then
     SIZES=${SIZES:-2048} THREADS=${THREADS:-"1 2"} MODES=${MODES:-touch}
-    ROUNDS=${ROUNDS:-1} REPS=${REPS:-2}
+    ROUNDS=${ROUNDS:-1} REPS=${REPS:-2} BASE_THREADS=${BASE_THREADS-1}
 else
     SIZES=${SIZES:-"2048 65536"} THREADS=${THREADS:-"1 2 4 8 16"}
     MODES=${MODES:-"touch inc-all"} ROUNDS=${ROUNDS:-2} REPS=${REPS:-5}
+    BASE_THREADS=${BASE_THREADS-"1 16"}
 fi
 BUDGET_S=${BUDGET_S:-480}
 BENCH_RC=0
-LOG=$OUT/log.txt RES=$OUT/results.jsonl
-: >"$LOG"; : >"$RES"
+LOG=$OUT/log.txt RES=$OUT/results.jsonl BASE=$OUT/base.jsonl
+: >"$LOG"; : >"$RES"; : >"$BASE"
+# Ours with density-sized migrations, as measured on 2026-12-02 and -03
+# (opt-in since: drivers/xe-svm/src/density.rs says why).
+export XE_SVM_MIGRATION=${XE_SVM_MIGRATION:-density}
 export SVM_BIN_DIR=$BIN
 START=$(date +%s)
 elapsed() { echo $(($(date +%s) - START)); }
@@ -87,6 +103,20 @@ step() {
     echo "$tag $out rc=$rc" | tee -a "$RES"
 }
 
+# Ours without the levers (A/B), into base.jsonl: a tag, the variant.
+base_step() {
+    local tag=$1 variant=$2; shift 2
+    local out rc env=() args=()
+    case $variant in
+        chunk) env=(XE_SVM_MIGRATION=chunk) ;;
+        e4) env=(XE_SVM_MIGRATION=density) args=(--copy-engines 4) ;;
+        old) env=(XE_SVM_MIGRATION=chunk) args=(--copy-engines 1) ;;
+    esac
+    out=$(env "${env[@]}" timeout 180 "$BIN/svm" "${args[@]}" "$@" 2>>"$LOG" | tr '\n' ' ')
+    rc=$?
+    echo "$tag base-$variant $out rc=$rc" | tee -a "$BASE"
+}
+
 say "smoke: svm boots"
 timeout 60 "$BIN/svm" boot --check >>"$LOG" 2>&1 || echo "svm boot --check failed" | tee -a "$LOG"
 
@@ -101,6 +131,12 @@ for round in $(seq 1 "$ROUNDS"); do
             --threads "$t" --mode "$mode" --reps "$REPS"
         step "$c ours" "$BIN/svm" run herd --size "$sz" --threads "$t" --mode "$mode" \
             --reps "$REPS" --json
+        if [ "$round" = 1 ] && [[ " $BASE_THREADS " == *" $t "* ]]; then
+            for v in old chunk e4; do
+                base_step "$c" "$v" run herd --size "$sz" --threads "$t" --mode "$mode" \
+                    --reps "$REPS" --json
+            done
+        fi
         if [ -n "$UVM" ]; then
             step "$c uvm" "$UVM" "$kib" "$t" "$mode" "$REPS"
         fi
@@ -131,13 +167,12 @@ if [ "$(elapsed)" -lt "$BUDGET_S" ]; then
     BENCH_RC=$?
     echo "svm bench rc=$BENCH_RC" | tee -a "$LOG"
     cat "$OUT/bench.txt"
-    cp "$WORK/bench/herd-per-page.png" "$OUT/bench-herd-per-page.png" 2>/dev/null
 else
     say "svm bench: skipped (past BUDGET_S=$BUDGET_S)"
 fi
 command -v nvidia-smi >/dev/null &&
     nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu --format=csv >>"$LOG" 2>&1
-BAD=$(grep -c -E '"bad":[1-9]|rc=[1-9]' "$RES")
+BAD=$(cat "$RES" "$BASE" | grep -c -E '"bad":[1-9]|rc=[1-9]')
 say "end: $BAD result lines with bad pages or a failed step; report rc=$REPORT_RC, \
 svm bench rc=$BENCH_RC"
 [ "$BAD" = 0 ] && [ "$REPORT_RC" = 0 ] && [ "$BENCH_RC" = 0 ]

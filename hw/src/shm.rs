@@ -27,9 +27,10 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// A new zeroed memfd of `len` bytes, mapped.
+    /// A new zeroed memfd of `len` bytes, mapped. Sealing is allowed, so
+    /// the device model can seal it against shrinking when it is DMA-mapped.
     pub fn create(name: &str, len: usize) -> rustix::io::Result<Self> {
-        let fd = memfd_create(name, MemfdFlags::CLOEXEC)?;
+        let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         ftruncate(&fd, len as u64)?;
         Self::map(fd, len)
     }

@@ -10,9 +10,9 @@ use hw::bar::BarError;
 use hw::model::Injection;
 use hw::shm::Region;
 use hw::xe::commands::{Command, KernelOp};
-use hw::xe::fault::FaultReply;
+use hw::xe::fault::{AccessType, FaultReply, FaultType};
 use hw::xe::layout::{self, Ring};
-use hw::xe::pte::{encode_leaf, encode_table, index, PageSize, Target};
+use hw::xe::pte::{encode_leaf, encode_table, index, LeafAccess, PageSize, Target};
 
 mod rig;
 use rig::{serve_faults, Rig};
@@ -101,7 +101,14 @@ fn page_tables_in_system_memory() {
             .store(encode_table(next).unwrap(), Ordering::Release);
     }
     tables.u64_at(entry(0) as usize).store(
-        encode_leaf(0x30_0000, PageSize::Size4K, Target::Device, true, 0).unwrap(),
+        encode_leaf(
+            0x30_0000,
+            PageSize::Size4K,
+            Target::Device,
+            LeafAccess::ALL,
+            0,
+        )
+        .unwrap(),
         Ordering::Release,
     );
     rig.bar.set_context(8, base);
@@ -153,6 +160,37 @@ fn failed_fault_reply_fails_the_job() {
     let (status, _) = rig.launch(3, KernelOp::TouchPages, 0x9000_0000, 4096, 0, 0);
     refuser.join().unwrap();
     assert_eq!(status, 2, "an unresolved fault fails the job");
+}
+
+/// A page mapped writable but without atomics (`AE` clear): a write lands,
+/// an atomic faults as an atomic access violation, and a refused reply
+/// fails its job.
+#[test]
+fn an_atomic_where_atomics_are_off_faults() {
+    let rig = Arc::new(Rig::in_process(Injection::default()));
+    let (va, pa) = (0xa000_0000u64, 0x40_0000u64);
+    let no_atomics = LeafAccess {
+        writable: true,
+        atomics: false,
+    };
+    rig.map_with(3, va, pa, (PageSize::Size4K, Target::Device), no_atomics);
+    let (status, _) = rig.launch(3, KernelOp::IncrementAll, va, 4096, 0, 1);
+    assert_eq!(status, 1, "a write where writes are allowed lands (Done)");
+    let r2 = rig.clone();
+    let refuser = std::thread::spawn(move || {
+        let Ok(Command::PageFault(f)) = r2.bar.next_guc_message(Some(Duration::from_secs(10)))
+        else {
+            panic!("no fault");
+        };
+        let reply = Command::PageFaultResponse(FaultReply::to(&f, false));
+        r2.bar.submit(Ring::HostToGuc, 0, &reply).unwrap();
+        (f.access, f.fault_type)
+    });
+    let (status, _) = rig.launch(3, KernelOp::AtomicAdd, va, 4096, 0, 1);
+    let seen = refuser.join().unwrap();
+    assert_eq!(seen, (AccessType::Atomic, FaultType::AtomicAccessViolation));
+    assert_eq!(status, 2, "the refused atomic fails the job");
+    assert_eq!(rig.vram_u32(pa), 1, "only the write landed");
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub fn run(
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .map_err(|e| e.to_string())?;
     let words = bytes / 4;

@@ -96,7 +96,11 @@ pub enum HerdError {
 
 impl std::fmt::Display for HerdError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            Self::Pager(e) => write!(f, "pager: {e}"),
+            Self::Gpu(e) => write!(f, "GPU server: {e}"),
+            Self::Job(s) => write!(f, "a GPU job ended {s:?}, not Completed"),
+        }
     }
 }
 
@@ -122,6 +126,7 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
                 vm,
                 view: buf.view,
                 gpu_addr: buf.addr,
+                flags: 0,
             })
             .map_err(gpu_err)?;
         // SAFETY: the buffer is ours until `release`; the GPU writes it only

@@ -2,13 +2,16 @@
 //! endpoints the manifest gives it, supervises them, and stops them; and
 //! runs workloads on it as a client.
 
+pub mod args;
 pub mod bench;
 pub mod churn;
 pub mod client;
 
 pub mod conformance;
+pub mod exec;
 pub mod guest;
 pub mod herd;
+pub mod hostile;
 pub mod manifest;
 pub mod oversub;
 pub mod process;

@@ -256,19 +256,37 @@ pub struct ServerBudget {
     pub process: &'static str,
     /// `name=value,...` (K, M, G suffixes: powers of 1024).
     pub spec: &'static str,
-    pub arena_mib: u64,
+    /// The metadata arena, for servers that size one at boot.
+    pub arena_mib: Option<u64>,
 }
 
 /// Metadata the pager keeps for its peers (the GPU server's opened objects
 /// and collects in flight), on top of its clients' (`pager::core::PEER_METADATA`).
 pub const PAGER_PEER_METADATA_MIB: u64 = 16;
 
-pub const BUDGETS: &[ServerBudget] = &[ServerBudget {
-    process: "pager",
-    spec: "objects=256,object_bytes=8G,views=1024,spaces=16,fault_threads=80,metadata_bytes=17M",
-    // Every client slot at its metadata budget, plus the peers'.
-    arena_mib: MAX_CLIENTS as u64 * 17 + PAGER_PEER_METADATA_MIB,
-}];
+/// DMA slots the GPU server has for client objects (the device's 64, less
+/// the staging buffer's, the zero page's, the BO pool's and slot 0).
+pub const GPU_OBJECT_DMA_SLOTS: u64 = 60;
+/// Job table slots of the device (`hw::xe::layout::JOB_SLOTS`).
+pub const GPU_JOB_SLOTS: u64 = 192;
+/// The GPU server's BO pool (`xe-svm --bo-pool-mib`'s default).
+pub const GPU_BO_POOL_MIB: u64 = 1024;
+
+pub const BUDGETS: &[ServerBudget] = &[
+    ServerBudget {
+        process: "pager",
+        spec:
+            "objects=256,object_bytes=8G,views=1024,spaces=16,fault_threads=80,metadata_bytes=17M",
+        // Every client slot at its metadata budget, plus the peers'.
+        arena_mib: Some(MAX_CLIENTS as u64 * 17 + PAGER_PEER_METADATA_MIB),
+    },
+    ServerBudget {
+        process: "xe-svm",
+        spec: "vms=8,bos=1024,bo_bytes=128M,jobs_in_flight=16,result_slots=256,dma_slots=16,\
+               vram_bytes=64G,metadata_bytes=9M",
+        arena_mib: None,
+    },
+];
 
 /// The `--budget` and `--arena-mib` flags of `process`, from [`BUDGETS`].
 pub fn budget_args(process: &str) -> Vec<String> {
@@ -276,10 +294,8 @@ pub fn budget_args(process: &str) -> Vec<String> {
         .iter()
         .filter(|b| b.process == process)
         .flat_map(|b| {
-            [
-                format!("--budget={}", b.spec),
-                format!("--arena-mib={}", b.arena_mib),
-            ]
+            let arena = b.arena_mib.map(|m| format!("--arena-mib={m}"));
+            std::iter::once(format!("--budget={}", b.spec)).chain(arena)
         })
         .collect()
 }
@@ -311,20 +327,33 @@ mod tests {
         let b = BUDGETS.iter().find(|b| b.process == "pager").unwrap();
         let per_client = amount(b.spec, "metadata_bytes");
         let need = per_client * MAX_CLIENTS as u64 + (PAGER_PEER_METADATA_MIB << 20);
-        assert!(
-            need <= b.arena_mib << 20,
-            "{need} bytes do not fit {} MiB",
-            b.arena_mib
-        );
+        let arena = b.arena_mib.unwrap();
+        assert!(need <= arena << 20, "{need} bytes do not fit {arena} MiB");
         // 8 bytes of page state per page of the client's objects.
         assert!(per_client >= amount(b.spec, "object_bytes") / 4096 * 8);
         assert_eq!(
             budget_args("pager"),
             [
                 format!("--budget={}", b.spec),
-                format!("--arena-mib={}", b.arena_mib)
+                format!("--arena-mib={arena}")
             ]
         );
+    }
+
+    /// Every client slot at its GPU budget fits what the device and the
+    /// GPU server have: one client's exhaustion is never another's.
+    #[test]
+    fn every_clients_gpu_budget_fits_the_gpu_server() {
+        let b = BUDGETS.iter().find(|b| b.process == "xe-svm").unwrap();
+        let clients = MAX_CLIENTS as u64;
+        // DMA slots are over-committed (the device model has 64): a client
+        // at its limit leaves most of them to the others.
+        assert!(amount(b.spec, "dma_slots") * 3 < GPU_OBJECT_DMA_SLOTS);
+        assert!(amount(b.spec, "jobs_in_flight") * clients <= GPU_JOB_SLOTS);
+        assert!(amount(b.spec, "bo_bytes") * clients <= GPU_BO_POOL_MIB << 20);
+        // ASIDs 1..512.
+        assert!(amount(b.spec, "vms") * clients <= 511);
+        assert_eq!(budget_args("xe-svm"), [format!("--budget={}", b.spec)]);
     }
 
     #[test]

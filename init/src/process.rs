@@ -45,6 +45,9 @@ pub struct Recipe {
     pub lifeline: bool,
     /// Start it again when it dies.
     pub restartable: bool,
+    /// Its standard output goes to our standard error (`svm exec`: the
+    /// program's output is the only thing on ours).
+    pub stdout_to_stderr: bool,
 }
 
 struct Server {
@@ -86,6 +89,17 @@ fn start(name: &'static str, r: &Recipe, generation: u32) -> Result<Child, BootE
     // A terminal's Ctrl-C goes to init alone, which then stops the servers
     // in order; without this the servers would die of SIGINT first.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if r.stdout_to_stderr {
+        use std::os::fd::AsFd;
+        let err = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|error| BootError::Spawn {
+                server: name,
+                error,
+            })?;
+        cmd.stdout(Stdio::from(err));
+    }
     let fds: Vec<(&OwnedFd, i32)> = r.fds.iter().map(|(fd, target)| (fd, *target)).collect();
     let _held = pass_fds_to_child(&mut cmd, &fds).map_err(|error| BootError::Spawn {
         server: name,

@@ -17,10 +17,45 @@ use crate::supervisor::Clients;
 pub struct RaceResult {
     /// Words out of range during the race, or wrong at the end.
     pub bad_words: u64,
+    /// The first wrong words: where, what was seen and what was expected.
+    pub wrong: Vec<WrongWord>,
     pub gpu_faults: u64,
     pub pages_to_ram: u64,
     pub cpu_reads: u64,
 }
+
+/// One word seen out of range (during the race) or wrong at the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrongWord {
+    /// `true`: at the end; `false`: a CPU read during the race.
+    pub at_end: bool,
+    pub page: usize,
+    /// Word index within the page.
+    pub word: usize,
+    pub value: u32,
+    /// The start value (before any kernel); a value in
+    /// `[start, start + kernels]` counts as good during the race, only
+    /// `start + kernels` at the end.
+    pub start: u32,
+    pub kernels: u32,
+}
+
+impl WrongWord {
+    /// How the value relates to the expected one: zero, the start value,
+    /// or `start + k` (`k` kernels' increments landed).
+    pub fn kind(&self) -> String {
+        if self.value == 0 {
+            "zero".into()
+        } else if self.value >= self.start && self.value <= self.start + self.kernels {
+            format!("start+{}", self.value - self.start)
+        } else {
+            "foreign".into()
+        }
+    }
+}
+
+/// At most this many wrong words are described.
+const WRONG_KEPT: usize = 32;
 
 pub fn run(
     c: &Clients,
@@ -37,6 +72,7 @@ pub fn run(
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .map_err(|e| e.to_string())?;
     // SAFETY: ours until release; shared with the GPU during the race, read
@@ -48,11 +84,13 @@ pub fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let bad = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
+    let wrong = Arc::new(std::sync::Mutex::new(Vec::new()));
     let pages = bytes / 4096;
     let base = buf.addr as usize;
     let readers: Vec<_> = (0..cpu_threads)
         .map(|t| {
             let (stop, bad, reads) = (stop.clone(), bad.clone(), reads.clone());
+            let wrong = wrong.clone();
             std::thread::spawn(move || {
                 let mut rng = 0x9e37_79b9u64 * (t as u64 + 1) | 1;
                 while !stop.load(Ordering::Acquire) {
@@ -65,6 +103,17 @@ pub fn run(
                     let start = w as u32 * 16;
                     if v < start || v > start + kernels {
                         bad.fetch_add(1, Ordering::Relaxed);
+                        let mut wr = wrong.lock().unwrap_or_else(|e| e.into_inner());
+                        if wr.len() < WRONG_KEPT / 2 {
+                            wr.push(WrongWord {
+                                at_end: false,
+                                page: w / 1024,
+                                word: w % 1024,
+                                value: v,
+                                start,
+                                kernels,
+                            });
+                        }
                     }
                     reads.fetch_add(1, Ordering::Relaxed);
                 }
@@ -108,11 +157,39 @@ pub fn run(
         let _ = r.join();
     }
     result?;
-    let end_bad = words
-        .iter()
-        .enumerate()
-        .filter(|(i, v)| **v != *i as u32 * 16 + kernels)
-        .count() as u64;
+    let mut wrong = std::mem::take(&mut *wrong.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut end_bad = 0u64;
+    for (i, v) in words.iter().enumerate() {
+        let start = i as u32 * 16;
+        if *v != start + kernels {
+            end_bad += 1;
+            if wrong.len() < WRONG_KEPT {
+                wrong.push(WrongWord {
+                    at_end: true,
+                    page: i / 1024,
+                    word: i % 1024,
+                    value: *v,
+                    start,
+                    kernels,
+                });
+            }
+        }
+    }
+    for w in &wrong {
+        log::error!(
+            "race: {} page {} word {}: {:#x}, expected {:#x} ({})",
+            if w.at_end {
+                "at the end"
+            } else {
+                "during the race"
+            },
+            w.page,
+            w.word,
+            w.value,
+            w.start + if w.at_end { w.kernels } else { 0 },
+            w.kind()
+        );
+    }
     let after = c.gpu.call(Stats {}).map_err(|e| e.to_string())?;
     c.gpu
         .call(Unbind {
@@ -124,6 +201,7 @@ pub fn run(
     c.gpu.call(DestroyVm { vm }).map_err(|e| e.to_string())?;
     Ok(RaceResult {
         bad_words: bad.load(Ordering::Relaxed) + end_bad,
+        wrong,
         gpu_faults: after.gpu_faults - before.gpu_faults,
         pages_to_ram: after.pages_to_ram - before.pages_to_ram,
         cpu_reads: reads.load(Ordering::Relaxed),

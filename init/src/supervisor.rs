@@ -148,11 +148,28 @@ pub struct ClientSlot {
 impl ClientSlot {
     /// Connects here, in this process.
     pub fn connect(self) -> Connection {
+        self.connect_with_timeout(CALL_TIMEOUT)
+    }
+
+    /// Connects here, waiting at most `timeout` for any reply.
+    pub fn connect_with_timeout(self, timeout: Duration) -> Connection {
         Connection {
             badge: self.badge,
-            gpu: Client::new(seqpacket(self.gpu)).with_timeout(CALL_TIMEOUT),
-            pager: Client::new(seqpacket(self.pager)).with_timeout(CALL_TIMEOUT),
+            gpu: Client::new(seqpacket(self.gpu)).with_timeout(timeout),
+            pager: Client::new(seqpacket(self.pager)).with_timeout(timeout),
         }
+    }
+
+    /// Makes this slot's `Gpu` endpoint descriptor `gpu_fd` and its
+    /// `Pager` endpoint `pager_fd` in the child `cmd` starts; keep the
+    /// returned descriptors until it is spawned.
+    pub fn inherit(
+        &self,
+        cmd: &mut Command,
+        gpu_fd: i32,
+        pager_fd: i32,
+    ) -> std::io::Result<Vec<OwnedFd>> {
+        pass_fds_to_child(cmd, &[(&self.gpu, gpu_fd), (&self.pager, pager_fd)])
     }
 
     /// Starts `svm client --badge B --gpu-fd 3 --pager-fd 4 <args>` as this
@@ -206,6 +223,8 @@ pub struct BootOptions {
     pub supervision: Supervision,
     /// Also make the conformance suite's endpoints to every server.
     pub conformance: bool,
+    /// The servers write their standard output to our standard error.
+    pub stdout_to_stderr: bool,
 }
 
 /// A duplicate of an endpoint end, for a server's recipe.
@@ -336,6 +355,7 @@ impl System {
                 "xe-model" => opts.device.to_args(),
                 "mm-server" => vec![format!("--vram-bytes={}", opts.device.vram_bytes)],
                 "xe-svm" if opts.probe_only => vec!["--probe-only".into()],
+                "xe-svm" => crate::manifest::budget_args("xe-svm"),
                 "pager" => {
                     // The manifest's budget, unless a test gives its own.
                     let own = opts.pager_args.iter().any(|a| a.starts_with("--budget"));
@@ -390,6 +410,7 @@ impl System {
                 lifeline: process != "xe-model",
                 restartable: opts.supervision == Supervision::Restart
                     && crate::manifest::RESTARTABLE.contains(&process),
+                stdout_to_stderr: opts.stdout_to_stderr,
             };
             if let Err(e) = system.servers.start(process, recipe) {
                 system.shutdown();

@@ -41,7 +41,12 @@ pub enum ViewsError {
 
 impl std::fmt::Display for ViewsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
+        match self {
+            Self::Pager(e) => write!(f, "pager: {e}"),
+            Self::Gpu(e) => write!(f, "GPU server: {e}"),
+            Self::Job(s) => write!(f, "a GPU job ended {s:?}, not Completed"),
+            Self::Host(e) => write!(f, "host: {e}"),
+        }
     }
 }
 
@@ -72,6 +77,7 @@ fn buffer_in_vram(c: &Connection, bytes: usize) -> Result<(VmId, SvmBuffer), Vie
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .map_err(gpu_err)?;
     // SAFETY: ours; nothing else runs on it yet.

@@ -41,6 +41,7 @@ fn bound_buffer(c: &Clients, bytes: usize) -> (VmId, SvmBuffer) {
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .unwrap();
     (vm, buf)

@@ -188,7 +188,8 @@ fn refused_everywhere(
         gpu_err(b.gpu.call(g::BindView {
             vm,
             view: b_view,
-            gpu_addr: 0x7000_0000_0000
+            gpu_addr: 0x7000_0000_0000,
+            flags: 0,
         })),
         GpuError::NoSuchVm
     );
@@ -196,7 +197,8 @@ fn refused_everywhere(
         gpu_err(b.gpu.call(g::BindView {
             vm: b_vm,
             view,
-            gpu_addr: 0x7000_0000_0000
+            gpu_addr: 0x7000_0000_0000,
+            flags: 0,
         })),
         GpuError::NoSuchView
     );
@@ -257,6 +259,7 @@ fn a_client_cannot_name_another_clients_handles() {
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .unwrap();
     // SAFETY: ours; the GPU job runs after the fill.
@@ -341,6 +344,7 @@ fn a_client_cannot_name_another_clients_handles() {
             vm: b_vm,
             view: b_buf.view,
             gpu_addr: b_buf.addr,
+            flags: 0,
         })
         .unwrap();
     assert_eq!(

@@ -24,6 +24,7 @@ fn vram_returns_when_objects_go_while_in_vram() {
                 vm,
                 view: buf.view,
                 gpu_addr: buf.addr,
+                flags: 0,
             })
             .unwrap();
         // SAFETY: ours until release; the GPU job runs after the fill.

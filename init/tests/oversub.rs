@@ -105,21 +105,34 @@ fn bo_jobs_and_svm_faults_get_equal_pressure() {
 #[test]
 fn eviction_racing_cpu_and_gpu_faults_loses_nothing() {
     // 8 MiB of VRAM (6 MiB for data) under 24 MiB: 64 GPU threads fault on
-    // more 2 MiB chunks at once than VRAM holds.
-    let (system, c) = boot(8);
-    let r = init::race::run(&c, 24 << 20, 4, 4, 120_000).unwrap();
-    let p = c.pressure.call(Status {}).unwrap();
-    drop(c);
-    assert!(system.shutdown().is_empty());
-    assert_eq!(r.bad_words, 0, "{r:?}");
-    assert!(
-        p.svm_evicted_bytes > 0 && p.rounds > 0,
-        "no eviction happened: {p:?}"
-    );
-    assert!(
-        r.pages_to_ram > 0 && r.gpu_faults > 0,
-        "the race did not happen: {r:?}"
-    );
+    // more 2 MiB chunks at once than VRAM holds. Under CPU load the readers
+    // may pull chunks back to RAM fast enough that VRAM never fills: such a
+    // run proves nothing about eviction (its words are still all checked),
+    // so it is run again, up to three times.
+    //
+    // Whole-chunk migrations: with density-sized ones the readers pull
+    // chunks back before any is half resident, so the GPU moves them 4 KiB
+    // per fault round and one run takes 30-80 s instead of 2 (a known
+    // performance defect, BENCHMARKS.md 2026-12-03). This test is about
+    // losing nothing, so it runs the way that keeps it short.
+    std::env::set_var("XE_SVM_MIGRATION", "chunk");
+    for attempt in 1..=3 {
+        let (system, c) = boot(8);
+        let r = init::race::run(&c, 24 << 20, 4, 4, 120_000).unwrap();
+        let p = c.pressure.call(Status {}).unwrap();
+        drop(c);
+        assert!(system.shutdown().is_empty());
+        assert_eq!(r.bad_words, 0, "{r:?}");
+        assert!(
+            r.pages_to_ram > 0 && r.gpu_faults > 0,
+            "the race did not happen: {r:?}"
+        );
+        if p.svm_evicted_bytes > 0 && p.rounds > 0 {
+            return;
+        }
+        println!("attempt {attempt}: no eviction happened ({p:?}, {r:?}); again");
+    }
+    panic!("no eviction happened in three runs");
 }
 
 /// mm-server killed: GPU faults that find no VRAM map system pages, buffer
@@ -171,6 +184,7 @@ fn a_dead_gpu_server_hangs_neither_the_pager_nor_mm_server() {
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .unwrap();
     // SAFETY: ours; the GPU job runs after the fill.

@@ -178,8 +178,8 @@ fn the_runner_fails_what_is_wrong() {
     let (ok, text) = run(
         "xfail.toml",
         &format!(
-            "[expect_failure]\nissue = 16\nfeature = \"prefetch\"\nmatches = \"NotSupported\"\n\
-             {BUFFER_IN_VRAM}\n[[step]]\nop = \"prefetch\"\nalloc = \"buf\"\nto = \"device\"\n"
+            "[expect_failure]\nissue = 17\nfeature = \"several GPUs\"\n\
+             matches = \"2 GPUs\"\n[device]\ngpus = 2\n{BUFFER_IN_VRAM}\n"
         ),
     );
     assert!(

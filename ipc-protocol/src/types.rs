@@ -168,6 +168,15 @@ wire_enum!(
         PreferDevice = 2,
         /// GPU atomics need the pages in VRAM.
         AtomicDevice = 3,
+        /// GPU atomics work wherever the pages are, system memory too.
+        AtomicGlobal = 4,
+        /// GPU atomics are refused (CPU atomics only): a GPU atomic there
+        /// faults and its job ends `Faulted`.
+        AtomicCpu = 5,
+        /// A location: the pages live in VRAM. GPU faults migrate them
+        /// there; a CPU access to a page in VRAM is refused (`SIGBUS`)
+        /// instead of moving it back. Pages in RAM serve the CPU.
+        DeviceOnly = 6,
     }
 );
 
@@ -184,6 +193,10 @@ wire_enum!(
         RandomRead = 4,
         /// Atomically add `value` to the first u32 of every page.
         AtomicAdd = 5,
+        /// Read one word per 4 KiB page while the hardware prefetcher runs
+        /// a page ahead; its faults (CTYPE prefetch) are acknowledged and
+        /// dropped by the GPU server, never fatal (`GpuStats::prefetch_faults`).
+        Speculative = 6,
     }
 );
 

@@ -34,8 +34,13 @@ pub(crate) struct Usage {
 }
 
 impl Usage {
+    /// Everything held or granted. A peer reports any number: saturating,
+    /// so a report near 2^64 is "full", never a panic.
     fn used(&self) -> u64 {
-        self.vram.iter().chain(&self.reserved).sum()
+        self.vram
+            .iter()
+            .chain(&self.reserved)
+            .fold(0u64, |a, b| a.saturating_add(*b))
     }
 }
 
@@ -107,7 +112,10 @@ impl Broker {
     /// The free bytes the eviction loop must reach: the high watermark plus
     /// what reservations wait for.
     pub(crate) fn target_free(&self, u: &Usage) -> u64 {
-        (self.watermarks().1 + u.waiting).min(self.vram_total())
+        self.watermarks()
+            .1
+            .saturating_add(u.waiting)
+            .min(self.vram_total())
     }
 
     /// Whether the eviction loop has work (below the low watermark, or a
@@ -141,8 +149,8 @@ impl Broker {
 
     pub(crate) fn account_round(&self, bo: u64, svm: u64) {
         let mut u = self.lock();
-        u.evicted[0] += bo;
-        u.evicted[1] += svm;
+        u.evicted[0] = u.evicted[0].saturating_add(bo);
+        u.evicted[1] = u.evicted[1].saturating_add(svm);
         u.rounds += 1;
     }
 
@@ -154,15 +162,15 @@ impl Broker {
         }
         let deadline = Instant::now() + timeout;
         let mut u = self.lock();
-        if u.used() + bytes > self.vram_total() {
+        if u.used().saturating_add(bytes) > self.vram_total() {
             u.stalled += 1;
-            u.waiting += bytes;
+            u.waiting = u.waiting.saturating_add(bytes);
             u.kicked = true;
             self.kick.notify_all();
-            while u.used() + bytes > self.vram_total() {
+            while u.used().saturating_add(bytes) > self.vram_total() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    u.waiting -= bytes;
+                    u.waiting = u.waiting.saturating_sub(bytes);
                     return Err(PressureError::TimedOut);
                 }
                 u = self
@@ -171,9 +179,10 @@ impl Broker {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            u.waiting -= bytes;
+            u.waiting = u.waiting.saturating_sub(bytes);
         }
-        u.reserved[world(w)] += bytes;
+        let r = &mut u.reserved[world(w)];
+        *r = r.saturating_add(bytes);
         Ok(bytes)
     }
 

@@ -114,7 +114,7 @@ fn refresh(broker: &Broker, worlds: &dyn Worlds) -> bool {
 /// One pass: rounds of equal requests until the target is met or a round
 /// frees nothing. Returns the bytes freed from (BOs, SVM).
 pub fn run_pass(broker: &Broker, worlds: &dyn Worlds) -> (u64, u64) {
-    let (mut total_bo, mut total_svm) = (0, 0);
+    let (mut total_bo, mut total_svm) = (0u64, 0u64);
     if !refresh(broker, worlds) {
         return (0, 0);
     }
@@ -137,10 +137,11 @@ pub fn run_pass(broker: &Broker, worlds: &dyn Worlds) -> (u64, u64) {
             0
         });
         broker.account_round(bo, svm);
-        total_bo += bo;
-        total_svm += svm;
+        // Peers' figures: saturating, a wild answer is never a panic.
+        total_bo = total_bo.saturating_add(bo);
+        total_svm = total_svm.saturating_add(svm);
         log::debug!("mm-server: round asked {step} of each world, got BO {bo}, SVM {svm}");
-        if !refresh(broker, worlds) || bo + svm == 0 {
+        if !refresh(broker, worlds) || bo.saturating_add(svm) == 0 {
             break;
         }
     }
@@ -177,7 +178,7 @@ pub fn run(broker: Arc<Broker>, worlds: Arc<dyn Worlds>) {
         if let Ok(sram) = worlds.svm_sram() {
             broker.set_svm_sram(sram);
         }
-        if bo + svm == 0 {
+        if bo.saturating_add(svm) == 0 {
             // Nothing could move: let the holders make progress before the
             // next pass instead of spinning.
             std::thread::sleep(Duration::from_millis(5));

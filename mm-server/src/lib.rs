@@ -21,4 +21,5 @@ pub mod evictor;
 pub mod host;
 #[cfg(target_os = "redox")]
 pub mod redox;
+pub mod sequence;
 pub mod startup;

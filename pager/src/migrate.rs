@@ -78,6 +78,19 @@ pub trait Backend {
     fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
     /// Finalize: `pages` stay in RAM; let blocked writers go on.
     fn unprotect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
+    /// The pages of `chunk` whose preferred location is the device
+    /// (`Pager::Advise`): a CPU fault on another page of the chunk leaves
+    /// them in VRAM instead of growing its migration over them.
+    fn device_preferred(&self, chunk: Chunk) -> PageMask {
+        let _ = chunk;
+        PageMask::EMPTY
+    }
+    /// Whether a CPU fault on the DEVICE `page` is refused instead of
+    /// moving it back (`Advice::DeviceOnly`); asked under its lock.
+    fn cpu_refused(&self, page: usize) -> bool {
+        let _ = page;
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +98,9 @@ pub enum FaultError {
     State(StateError),
     /// Even the faulting page alone could not be moved.
     Backend(BackendError),
+    /// The page is in VRAM and its advice refuses the CPU
+    /// ([`Backend::cpu_refused`]): nothing moved.
+    Refused,
 }
 
 impl From<StateError> for FaultError {
@@ -147,7 +163,11 @@ pub fn cpu_fault(
                 return Ok(FaultOutcome::Resident);
             }
             FaultCheck::Locked(own @ Residency::Device { .. }) => {
-                return migrate_back(table, backend, page, own, policy)
+                if backend.cpu_refused(page) {
+                    table.unlock(page, own)?;
+                    return Err(FaultError::Refused);
+                }
+                return migrate_back(table, backend, page, own, policy);
             }
         }
     }
@@ -203,15 +223,20 @@ fn migrate_back(
     policy: Policy,
 ) -> Result<FaultOutcome, FaultError> {
     let chunk = Chunk::around(page, table.len());
+    let stay = backend.device_preferred(chunk);
     let mut tries = 0;
     loop {
-        // Rule 1: grow to the chunk with trylocks only.
+        // Rule 1: grow to the chunk with trylocks only (not over pages
+        // whose preferred location is the device).
         let mut held = PageMask::EMPTY;
         let mut from = vec![Residency::Empty; chunk.count];
         for (i, p) in chunk.pages() {
             if p == page {
                 held.set(i);
                 from[i] = own;
+                continue;
+            }
+            if stay.get(i) {
                 continue;
             }
             match table.try_lock(p)? {
@@ -430,6 +455,17 @@ pub fn finalize(
             backend.unprotect(chunk, &p)
         }
     };
+    // The GPU maps a page that stays where it is (a system page): one never
+    // touched gets its RAM page now, or a GPU write into it would pass for
+    // "never written" at the next collect and be replaced by zeros.
+    let stay_zero = stay.and(&c.zero);
+    let filled = if stay_zero.is_empty() {
+        PageMask::EMPTY
+    } else {
+        backend
+            .zero_fill(chunk, &stay_zero)
+            .unwrap_or(PageMask::EMPTY)
+    };
     for (i, p) in chunk.pages() {
         if moved.get(i) {
             let now = if drop_result.is_ok() || c.zero.get(i) {
@@ -444,7 +480,7 @@ pub fn finalize(
         } else if stay.get(i) {
             table.unlock(
                 p,
-                if c.zero.get(i) {
+                if c.zero.get(i) && !filled.get(i) {
                     Residency::Empty
                 } else {
                     Residency::System

@@ -7,12 +7,12 @@ use std::sync::OnceLock;
 
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu_notify::{
-    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone,
+    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone, ViewGrown, ViewPart,
 };
 use ipc_protocol::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
 use session::Handle;
 
-use crate::core::runtime::RtError;
+use crate::core::runtime::{PartNote, RtError};
 
 /// A GPU server was attached already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +130,42 @@ impl GpuNotifier {
             }) {
                 log::warn!(
                     "pager: telling the GPU server view {:#x} is also at {to:#x}: {e}",
+                    view.raw()
+                );
+            }
+        }
+    }
+
+    pub fn view_part(&self, p: &PartNote) {
+        if let Some(gpu) = self.gpu.get() {
+            if let Err(e) = gpu.call(ViewPart {
+                view: ViewId::raw(p.view.raw()),
+                new_view: ViewId::raw(p.new_view.raw()),
+                first_page: p.first_page as u64,
+                pages: p.pages as u64,
+                from: p.from,
+                to: p.to,
+            }) {
+                log::warn!(
+                    "pager: telling the GPU server part of view {:#x} lives on as {:#x}: {e}",
+                    p.view.raw(),
+                    p.new_view.raw()
+                );
+            }
+        }
+    }
+
+    pub fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
+        if let Some(gpu) = self.gpu.get() {
+            let grown = ViewGrown {
+                view: ViewId::raw(view.raw()),
+                tail: ViewId::raw(tail.raw()),
+                first_page: first_page as u64,
+                pages: pages as u64,
+            };
+            if let Err(e) = gpu.call(grown) {
+                log::warn!(
+                    "pager: telling the GPU server view {:#x} grew: {e}",
                     view.raw()
                 );
             }

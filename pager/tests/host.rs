@@ -9,7 +9,7 @@ mod common;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use common::{buffer, gpu_migrate, gpu_migrate_all, rig, snapshot, Obj, Rig, CLIENT};
+use common::{buffer, eventually, gpu_migrate, gpu_migrate_all, rig, snapshot, Obj, Rig, CLIENT};
 use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
 use ipc_protocol::interfaces::pager_reclaim::Evict;
 use ipc_protocol::types::{GpuId, PageCount, PageStateCode};
@@ -27,15 +27,9 @@ fn first_touch_zero_fills_and_writes_stick() {
     // One fault per 2 MiB chunk filled it all. UFFDIO_COPY wakes the
     // faulting thread before the service thread publishes SYSTEM, so the
     // state may lag the data by a moment.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while snapshot(&r, object, 0, 512) != vec![PageStateCode::System; 512] {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "chunk never settled: {:?}",
-            &snapshot(&r, object, 0, 4)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    eventually("the chunk never settled", || {
+        snapshot(&r, object, 0, 512) == vec![PageStateCode::System; 512]
+    });
     assert!(buf.iter().enumerate().all(|(i, w)| *w == i as u32));
 }
 
@@ -88,15 +82,9 @@ fn herd_migrates_back_every_page_once_with_its_data() {
     );
     assert!(r.gpu.vram.lock().unwrap().is_empty());
     // The readers are woken by the install, before the winner unlocks.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while snapshot(&r, object, 0, 512) != vec![PageStateCode::System; 512] {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pages stayed locked: {:?}",
-            snapshot(&r, object, 0, 512)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    eventually("pages stayed locked", || {
+        snapshot(&r, object, 0, 512) == vec![PageStateCode::System; 512]
+    });
 }
 
 #[test]
@@ -302,6 +290,17 @@ fn raw_fork() -> i32 {
     // touch memory and `_exit`.
     unsafe { syscall(SYS_CLONE, SIGCHLD, 0i64, 0i64, 0i64, 0i64) as i32 }
 }
+/// Waits for child `pid` to end; how it ended.
+fn wait_child(pid: i32) -> rustix::process::WaitStatus {
+    rustix::process::waitpid(
+        Some(rustix::process::Pid::from_raw(pid).unwrap()),
+        rustix::process::WaitOptions::empty(),
+    )
+    .unwrap()
+    .unwrap()
+    .1
+}
+
 const MREMAP_MAYMOVE: i32 = 1;
 const MREMAP_FIXED: i32 = 2;
 const MREMAP_DONTUNMAP: i32 = 4;
@@ -422,6 +421,101 @@ fn mremap_dontunmap_while_reads_hammer_the_range() {
     assert_eq!(bad_words(new, 0), 0);
 }
 
+/// An mremap that grows a view whose tail pages are in VRAM (issue 16
+/// item 9): the kernel reports the move, not the growth, so the tail's
+/// first fault comes in no view. The pager reads the faulting thread's
+/// mapping, makes the tail a view of the same object, and serves it from
+/// VRAM: every word right, none zero.
+#[test]
+fn mremap_growth_is_followed_while_the_tail_is_in_vram() {
+    const HALF: usize = 2 << 20;
+    let r = rig();
+    let (object, fd, buf) = buffer(&r, 4 << 20);
+    for (i, w) in buf.iter_mut().enumerate() {
+        *w = pattern(i);
+    }
+    let old = buf.as_ptr() as u64;
+    // Shrink to the first half (the tail is no view's now), then put the
+    // tail's pages in VRAM: only the object holds them.
+    // SAFETY: our mapping; `buf` is not used after this.
+    let shrunk = unsafe { mremap(old as *mut _, 2 * HALF, HALF, 0) } as u64;
+    assert_eq!(shrunk, old, "mremap (shrink) failed");
+    wait_views(&r, object, &[(old, 0, 512)]);
+    // The shrink is applied (and the tail it left moved out of VRAM).
+    r.pager
+        .call(ipc_protocol::interfaces::pager::SyncViews {})
+        .unwrap();
+    gpu_migrate_all(&r, object, &fd, 512, 512);
+    assert_eq!(
+        snapshot(&r, object, 512, 512),
+        vec![PageStateCode::Device; 512]
+    );
+    let dst = reserve_range(2 * HALF);
+    // SAFETY: as above; grows the mapping back over the whole object.
+    let new = unsafe {
+        mremap(
+            old as *mut _,
+            HALF,
+            2 * HALF,
+            MREMAP_MAYMOVE | MREMAP_FIXED,
+            dst as *mut std::ffi::c_void,
+        )
+    } as u64;
+    assert_eq!(new, dst, "mremap (grow) failed");
+    let tail_bad = (0..HALF / 4)
+        .filter(|&i| {
+            // SAFETY: the grown mapping is 4 MiB long.
+            let w = unsafe { std::ptr::read_volatile((dst as *const u32).add(HALF / 4 + i)) };
+            w != pattern(HALF / 4 + i)
+        })
+        .count();
+    assert_eq!(
+        tail_bad, 0,
+        "the grown tail reads wrong data (zeros: not followed)"
+    );
+    assert_eq!(bad_words(dst, 0), 0, "the moved head reads wrong data");
+    wait_views(&r, object, &[(dst, 0, 512), (dst + HALF as u64, 512, 512)]);
+}
+
+/// No hang (issue 14): a CPU fault whose copy back from VRAM keeps failing
+/// ends after the pager's deadline with an error the client sees (the
+/// access gets SIGBUS), instead of retrying forever; the page keeps its
+/// data, and once copies work again a read through another view gets it.
+#[test]
+fn a_fault_that_keeps_failing_ends_in_sigbus() {
+    if !pager::host::uffd::poison_supported() {
+        eprintln!("skipped: this kernel has no UFFDIO_POISON");
+        return;
+    }
+    let mut cfg = pager::host::Config::default();
+    cfg.core.fault_deadline_us = 200_000;
+    let r = common::rig_with(cfg);
+    let (_object, _fd, buf) = buffer_in_vram(&r);
+    let addr = buf.as_ptr() as u64;
+    r.gpu
+        .fail_to_ram
+        .store(true, std::sync::atomic::Ordering::Release);
+    // SAFETY: the child only reads the mapping and exits with `_exit`.
+    let pid = raw_fork();
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: inside the inherited mapping.
+        let v = unsafe { std::ptr::read_volatile(addr as *const u32) };
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { _exit(if v == pattern(0) { 1 } else { 2 }) };
+    }
+    let status = wait_child(pid);
+    assert_eq!(
+        status.terminating_signal(),
+        Some(rustix::process::Signal::BUS.as_raw()),
+        "the child's read ended some other way: {status:?}"
+    );
+    r.gpu
+        .fail_to_ram
+        .store(false, std::sync::atomic::Ordering::Release);
+    assert_eq!(bad_words(addr, 0), 0, "the data survived the failed copies");
+}
+
 /// A plain mremap (the old range goes) while the pages are in VRAM: the
 /// view follows to the new address, keeps its id, and faults there are
 /// served; the old record is gone.
@@ -504,13 +598,7 @@ fn fork_child_reads_and_writes_the_shared_object() {
         // SAFETY: ends the child without running the parent's destructors.
         unsafe { _exit(bad.min(100)) };
     }
-    let status = rustix::process::waitpid(
-        Some(rustix::process::Pid::from_raw(pid).unwrap()),
-        rustix::process::WaitOptions::empty(),
-    )
-    .unwrap()
-    .unwrap()
-    .1;
+    let status = wait_child(pid);
     assert_eq!(status.exit_status(), Some(0), "the child read wrong data");
     let words = (2 << 20) / 4;
     let bad = (0..words)

@@ -10,7 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{attach, buffer, client, create, map, rig, rig_with, snapshot, Rig, CLIENT};
+use common::{
+    attach, buffer, client, create, eventually, map, rig, rig_with, snapshot, Rig, CLIENT,
+};
 use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::pager::{
     Accounting, Advise, DestroyObject, DetachView, Pager, PagerError, PagerTotals, Prefetch,
@@ -42,14 +44,6 @@ fn totals(c: &Client<Pager>) -> PagerTotals {
 }
 
 /// Waits (bounded) until `done` holds.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 #[test]
 fn objects_past_the_budget_are_that_clients_error_only() {
     let r = rig_with(config("objects=3,object_bytes=64M"));

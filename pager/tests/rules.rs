@@ -207,7 +207,9 @@ fn rule4_collect_takes_what_it_gets_and_finalize_is_per_page() {
         Residency::Device { gpu: 1, pfn: 1000 }
     );
     assert_eq!(t.info(100).unwrap().residency, Residency::System);
-    assert_eq!(t.info(101).unwrap().residency, Residency::Empty);
+    // Never touched, and the GPU maps it where it is: it has its RAM page
+    // now (a GPU write there is data, never "empty" again).
+    assert_eq!(t.info(101).unwrap().residency, Residency::System);
     assert!(t.info(8).unwrap().locked);
     // The data of every page that moved reached VRAM.
     for p in (0..512).step_by(2).filter(|p| migrated.get(*p) && *p != 8) {
@@ -260,4 +262,33 @@ fn gpu_collect_racing_cpu_faults_keeps_every_page() {
         h.join().unwrap();
     }
     bring_back_and_check(&t, &b);
+}
+
+/// No silent loss: a never-touched page the GPU could not move (no VRAM,
+/// a failed copy) is mapped where it is, and the GPU may write it. Its
+/// finalize gives it a RAM page, so the next collect copies the GPU's
+/// write instead of taking the page for "never written" (zeros).
+#[test]
+fn a_fresh_page_the_gpu_maps_in_place_is_never_zeroed_later() {
+    let t = PageTable::new(512);
+    let b = ModelBackend::new(512);
+    let chunk = Chunk::around(0, 512);
+    let c = collect(&t, &b, chunk, 1).unwrap();
+    assert_eq!(c.zero.count(), 512, "every page starts never touched");
+    // No VRAM: nothing migrated; the GPU maps the pages as system pages.
+    finalize(&t, &b, chunk, &c, &PageMask::EMPTY, 1, 0).unwrap();
+    b.ram[7].store(77, Ordering::Release); // a GPU write through that mapping
+    let again = collect(&t, &b, chunk, 1).unwrap();
+    assert!(again.got.get(7), "page 7 is collected again");
+    assert!(
+        !again.zero.get(7),
+        "page 7 holds the GPU's write, not zeros"
+    );
+    let all = again.got;
+    finalize(&t, &b, chunk, &again, &all, 1, 1000).unwrap();
+    assert_eq!(
+        b.vram[7].load(Ordering::Acquire),
+        77,
+        "the write reached VRAM"
+    );
 }

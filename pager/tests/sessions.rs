@@ -65,6 +65,221 @@ fn a_moved_view_keeps_its_client_id() {
     assert_eq!(core.accounting().views, 0);
 }
 
+fn find(core: &std::sync::Arc<ModelCore>, addr: u64) -> Result<p::ViewFound, PagerError> {
+    let s = core.client(CLIENT)?;
+    let req = p::Request::FindView(p::FindView { addr });
+    match core.pager_request(&s, req, vec![])? {
+        (p::Reply::FindView(f), _) => Ok(f),
+        _ => unreachable!("FindView answers ViewFound"),
+    }
+}
+
+/// A munmap in the middle of a view (rule 8 for split views): each part
+/// left is a view of its own, which the GPU server twins the old view's
+/// bindings over before it hears the old view went, and which the client
+/// finds (`FindView`) and detaches; the old id names nothing.
+#[test]
+fn a_split_view_lives_on_as_parts_the_client_finds() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (_, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    let mut notes = Vec::new();
+    core.follow_unmap(&space, A + 3 * PAGE, A + 5 * PAGE, None, &mut notes);
+    core.send_notes(&mut notes);
+    let parts: Vec<_> = lock(&core.rt.parts)
+        .iter()
+        .map(|p| (p.view.raw(), p.first_page, p.pages, p.from, p.to))
+        .collect();
+    let (a0, a5) = (A, A + 5 * PAGE);
+    assert_eq!(
+        parts,
+        vec![(view.raw(), 0, 3, a0, a0), (view.raw(), 5, 3, a5, a5)]
+    );
+    let first = find(&core, A + PAGE).unwrap();
+    let second = find(&core, A + 7 * PAGE).unwrap();
+    assert_eq!(
+        (first.addr, first.object_first_page, first.pages),
+        (A, 0, 3)
+    );
+    assert_eq!(
+        (second.addr, second.object_first_page, second.pages),
+        (a5, 5, 3)
+    );
+    let heard = lock(&core.rt.heard).clone();
+    assert_eq!(
+        heard,
+        vec![
+            ('p', first.view.get()),
+            ('p', second.view.get()),
+            ('g', view.raw())
+        ],
+        "each part is bound before the old view goes"
+    );
+    assert_eq!(
+        find(&core, A + 3 * PAGE).err(),
+        Some(PagerError::NoSuchView)
+    );
+    assert_eq!(detach(&core, CLIENT, view), Err(PagerError::NoSuchView));
+    for part in [first.view, second.view] {
+        detach(&core, CLIENT, Handle::from_raw(part.get())).unwrap();
+    }
+    assert_eq!(core.accounting().views, 0);
+}
+
+/// A core whose client has an 8-page object at `A` (page `p` holds
+/// `100 + p`), all in (model) VRAM: the core, the object, the GPU's id for
+/// it and the view's address space.
+fn eight_pages_in_vram() -> (
+    std::sync::Arc<ModelCore>,
+    std::sync::Arc<pager::core::object::Object<pager::testing::runtime::ModelRuntime>>,
+    ipc_protocol::types::ObjectId,
+    std::sync::Arc<pager::core::view::Space<pager::testing::runtime::ModelRuntime>>,
+) {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (o, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let obj = s.object(o).unwrap();
+    seed(&obj, |p| 100 + p as u64);
+    let g = core.gpu_session(GPU).unwrap();
+    let gid = gpu_open(&core, &g, CLIENT, view).unwrap();
+    assert_eq!(gpu_migrate(&core, &g, gid, &obj.memory, 0, 8), Ok(8));
+    let space = s.view(view).unwrap().space.clone();
+    (core, obj, gid, space)
+}
+
+/// The pages of the hole a munmap made leave VRAM with their data (no view
+/// reaches them; the object keeps them); the parts' pages stay.
+#[test]
+fn the_pages_of_a_hole_leave_vram_with_their_data() {
+    let (core, obj, gid, space) = eight_pages_in_vram();
+    let mut notes = Vec::new();
+    core.follow_unmap(&space, A + 3 * PAGE, A + 5 * PAGE, None, &mut notes);
+    core.send_notes(&mut notes);
+    let vram = lock(&core.rt.vram).clone();
+    let in_vram: Vec<usize> = (0..8)
+        .filter(|p| vram.contains_key(&(gid.get(), *p)))
+        .collect();
+    assert_eq!(in_vram, vec![0, 1, 2, 5, 6, 7], "only the hole left VRAM");
+    for p in 3..5 {
+        let i = obj.table.info(p).unwrap();
+        assert_eq!(i.residency, pager::state::Residency::System, "page {p}");
+        assert_eq!(
+            obj.memory.words[p].load(std::sync::atomic::Ordering::Acquire),
+            100 + p as u64
+        );
+    }
+}
+
+/// A view an mremap grew: a fault in the tail (no view) makes the part of
+/// the faulting thread's mapping that no view covers a view of the same
+/// object at the right pages; a mapping of another file, one past the
+/// object's end, or an unknown thread leaves it alone.
+#[test]
+fn a_grown_tail_becomes_a_view_of_the_same_object() {
+    use pager::core::runtime::{FileId, FileMapping};
+    use pager::testing::runtime::model_file;
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (o, view) = object_with_view(&core, &s, 16, A).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    let file = model_file(&s.object(o).unwrap().memory);
+    let mut notes = Vec::new();
+    core.follow_unmap(&space, A + 8 * PAGE, A + 16 * PAGE, None, &mut notes);
+    core.send_notes(&mut notes);
+    let grown = |end: u64, offset: u64, file: FileId| {
+        *lock(&core.rt.maps) = vec![FileMapping {
+            start: A,
+            end,
+            offset,
+            file,
+        }];
+    };
+    let other = FileId { ino: 1, ..file };
+    grown(A + 16 * PAGE, 0, other);
+    assert!(
+        !core.follow_growth(&space, A + 12 * PAGE, 7),
+        "another file"
+    );
+    grown(A + 24 * PAGE, 0, file);
+    assert!(
+        !core.follow_growth(&space, A + 20 * PAGE, 7),
+        "past the object"
+    );
+    grown(A + 16 * PAGE, 0, file);
+    assert!(
+        !core.follow_growth(&space, A + 12 * PAGE, 0),
+        "an unknown thread"
+    );
+    assert!(core.follow_growth(&space, A + 12 * PAGE, 7));
+    let mut views: Vec<(u64, usize, usize)> = space
+        .views()
+        .iter()
+        .map(|v| (v.addr, v.first_page, v.pages))
+        .collect();
+    views.sort();
+    assert_eq!(views, vec![(A, 0, 8), (A + 8 * PAGE, 8, 8)]);
+    // The GPU server heard it: the view before the tail continues over it.
+    let id_at = |addr: u64| {
+        let v = space.views().into_iter().find(|v| v.addr == addr).unwrap();
+        v.id.raw()
+    };
+    assert_eq!(
+        *lock(&core.rt.grown),
+        vec![(id_at(A), id_at(A + 8 * PAGE), 8, 8)]
+    );
+}
+
+/// No hang (issue 14): a CPU fault whose copy back keeps failing ends once
+/// the deadline passes (the runtime poisons the page: the access gets an
+/// error) and the page keeps its state and data; once copies work again
+/// the next fault brings it back.
+#[test]
+fn a_fault_that_keeps_failing_is_ended_not_retried_forever() {
+    use std::sync::atomic::Ordering;
+    let (core, obj, _, space) = eight_pages_in_vram();
+    core.rt.fail_to_ram.store(true, Ordering::Release);
+    core.serve_fault(&space, A + 2 * PAGE, false);
+    assert_eq!(*lock(&core.rt.poisoned), vec![(A + 2 * PAGE, PAGE)]);
+    let state = |p: usize| obj.table.info(p).unwrap().residency;
+    assert!(matches!(state(2), pager::state::Residency::Device { .. }));
+    core.rt.fail_to_ram.store(false, Ordering::Release);
+    core.serve_fault(&space, A + 2 * PAGE, false);
+    assert_eq!(state(2), pager::state::Residency::System);
+    assert_eq!(obj.memory.words[2].load(Ordering::Acquire), 102);
+    assert_eq!(lock(&core.rt.poisoned).len(), 1, "ended once");
+}
+
+/// `DeviceOnly` (issue 16 item 2): a CPU fault on a page of the range in
+/// VRAM is refused (poisoned, nothing copied back, the page keeps its
+/// state and data); a fault on a page outside the range moves only pages
+/// the advice lets go; where the runtime cannot refuse, the page comes back.
+#[test]
+fn a_device_only_range_refuses_cpu_faults() {
+    use ipc_protocol::types::Advice;
+    use pager::state::Residency;
+    use std::sync::atomic::Ordering;
+    let (core, obj, _, space) = eight_pages_in_vram();
+    core.advise(&obj, 0, 4, Advice::DeviceOnly).unwrap();
+    let in_vram = |p: usize| {
+        matches!(
+            obj.table.info(p).unwrap().residency,
+            Residency::Device { .. }
+        )
+    };
+    core.serve_fault(&space, A + 2 * PAGE, false);
+    assert_eq!(*lock(&core.rt.poisoned), vec![(A + 2 * PAGE, PAGE)]);
+    assert!((0..4).all(in_vram), "refused: nothing moved");
+    core.serve_fault(&space, A + 6 * PAGE, false);
+    assert!((0..4).all(in_vram), "another page's fault leaves the range");
+    assert!(!in_vram(6));
+    core.rt.no_poison.store(true, Ordering::Release);
+    core.serve_fault(&space, A + PAGE, false);
+    assert_eq!(obj.table.info(1).unwrap().residency, Residency::System);
+    assert_eq!(obj.memory.words[1].load(Ordering::Acquire), 101);
+    assert_eq!(lock(&core.rt.poisoned).len(), 1, "refused once");
+}
+
 /// A split the client's view budget has no room for: the part that cannot
 /// be recorded goes to the kernel, the rest is followed.
 #[test]

@@ -9,7 +9,8 @@
 //!   manifest: exhausting one is a typed error to that client only;
 //! - a metadata allocator ([`Meta`]) that draws from the server's arena
 //!   ([`Arena`], sized at boot, DESIGN.md 1) and charges the session's
-//!   metadata quota, so no client can exhaust the server's memory.
+//!   metadata quota, so no client can exhaust the server's memory;
+//! - per-range attributes ([`RangeMap`]) with a bounded number of ranges.
 //!
 //! The crate is `no_std` + `alloc`: the cores that use it run on the host,
 //! under the schedule explorer and in the simulation unchanged.
@@ -21,11 +22,13 @@ extern crate alloc;
 pub mod arena;
 pub mod budget;
 pub mod handle;
+pub mod ranges;
 pub mod table;
 
 pub use arena::{Arena, Meta};
 pub use budget::{BudgetParseError, OverBudget, Quota};
 pub use handle::Handle;
+pub use ranges::{RangeMap, TooManyRanges};
 pub use table::{HandleTable, TableError};
 
 #[doc(hidden)]

@@ -19,8 +19,8 @@ use shuttle::thread::{spawn, JoinHandle};
 use crate::machine::{GpuAccess, SYS_BASE};
 use crate::net::delay;
 use crate::pager::{
-    attach, create, create_with_view, gpu_open, machine_base, object_id, where_is, Mapping,
-    SimPort, SimRuntime, GPU_SERVER,
+    attach, create, gpu_open, machine_base, object_id, where_is, Mapping, SimPort, SimRuntime,
+    GPU_SERVER,
 };
 use crate::scenarios::{start, Scenario};
 use crate::world::{World, WorldConfig, GPU_FAULT_RETRIES};
@@ -54,7 +54,7 @@ pub fn all() -> Vec<Scenario> {
     ]
 }
 
-fn world(cfg: WorldConfig) -> Arc<World> {
+pub(crate) fn world(cfg: WorldConfig) -> Arc<World> {
     let w = World::new(&cfg);
     for p in 0..cfg.pages {
         w.seed(p, start(p));
@@ -62,13 +62,13 @@ fn world(cfg: WorldConfig) -> Arc<World> {
     Arc::new(w)
 }
 
-fn join(hs: Vec<JoinHandle<()>>) {
+pub(crate) fn join(hs: Vec<JoinHandle<()>>) {
     for h in hs {
         h.join().expect("an actor failed");
     }
 }
 
-fn finish(w: Arc<World>, expect: impl Fn(usize) -> u64) {
+pub(crate) fn finish(w: Arc<World>, expect: impl Fn(usize) -> u64) {
     match Arc::try_unwrap(w) {
         Ok(w) => w.finish(expect),
         Err(_) => panic!("an actor still holds the world"),
@@ -76,7 +76,7 @@ fn finish(w: Arc<World>, expect: impl Fn(usize) -> u64) {
 }
 
 /// The victim's usual race: a GPU pass and a CPU thread add 1 to every page.
-fn victim(w: &Arc<World>) -> Vec<JoinHandle<()>> {
+pub(crate) fn victim(w: &Arc<World>) -> Vec<JoinHandle<()>> {
     let gpu = {
         let w = w.clone();
         spawn(move || {
@@ -264,10 +264,21 @@ fn hostile_bound(w: &World, pages: u64) -> Bound {
     let gpu_id = gpu_open(core, &w.pager.gpu_session(), HOSTILE, view).expect("opened");
     let dma = SYS_BASE + base as u64 * PAGE;
     w.gpu.add_object(gpu_id, 1, dma, None, pages);
-    let vm = w.gpu.create_vm(HOSTILE).expect("a hostile VM");
+    let vm_id = w.gpu.create_vm(HOSTILE).expect("a hostile VM");
     w.gpu
-        .bind(HOSTILE, vm, view.raw(), gpu_id, 0, pages, HOSTILE_BASE)
+        .bind(
+            HOSTILE,
+            vm_id,
+            view.raw(),
+            gpu_id,
+            0,
+            pages,
+            HOSTILE_BASE,
+            false,
+        )
         .expect("the hostile binding");
+    // The device and the fault path name the VM by its ASID.
+    let vm = w.gpu.asid_of(HOSTILE, vm_id).expect("its ASID");
     Bound {
         object,
         id,
@@ -295,7 +306,7 @@ fn hostile_gpu_access(w: &World, b: &Bound, p: usize) -> bool {
             GpuAccess::Done(_) => return true,
             GpuAccess::Fault => {
                 let (gpu, vm) = (w.gpu.clone(), b.vm);
-                if w.faults.call(move || gpu.resolve(vm, va)) != Some(true) {
+                if w.faults.call(move || gpu.resolve(vm, va, &[])) != Some(true) {
                     return false;
                 }
             }

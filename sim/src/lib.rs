@@ -1,7 +1,8 @@
 //! A deterministic simulation of the whole system in one process (issue 8).
 //!
 //! The pager's core (`pager::state`, `pager::migrate`), the GPU server's
-//! SVM core (`xe_svm::server`, `xe_svm::views`, the VRAM allocator) and
+//! core (`xe_svm::server`, `xe_svm::views`, the VRAM allocator, the BO
+//! world of `xe_svm::bo` and the session end of `xe_svm::end`) and
 //! mm-server's eviction pass and accounting run unchanged, on shuttle's
 //! primitives through their sync shims. Around them, simulated pieces:
 //! the device (`machine.rs`: memory, the copy engine, GPU page tables and
@@ -16,13 +17,19 @@
 //! seed fails again the same way, and shuttle prints the failing schedule,
 //! which `sim --replay` replays step by step.
 
+pub mod advice;
+pub mod fresh_pages;
 pub mod hostile;
+pub mod hostile_bo;
 pub mod machine;
 pub mod negative;
 pub mod net;
 pub mod pager;
 pub mod platform;
+pub mod protect;
 pub mod scenarios;
+pub mod split;
+pub mod thrash;
 pub mod world;
 
 use shuttle::scheduler::{PctScheduler, RandomScheduler};

@@ -27,6 +27,10 @@ pub const VRAM_PAGES: u64 = 512;
 pub const SYS_BASE: u64 = 1 << 40;
 pub const STAGING_BASE: u64 = 2 << 40;
 pub const ZERO_BASE: u64 = 3 << 40;
+/// The BO world's SRAM pool (evicted buffer objects' homes).
+pub const BO_POOL_BASE: u64 = 4 << 40;
+/// Its pages: one 2 MiB block, the pool allocator's unit.
+pub const BO_POOL_PAGES: u64 = 512;
 pub const STAGING_SLOTS: usize = 2;
 
 /// One GPU page-table entry (4 KiB granularity here).
@@ -36,6 +40,8 @@ pub struct Pte {
     pub target: Target,
     /// The machine clock when it was written (rule 8's check).
     pub made_at: u64,
+    /// A write through it lands; else the access faults.
+    pub writable: bool,
 }
 
 pub type PteMap = HashMap<u64, Pte>;
@@ -50,6 +56,9 @@ pub struct Mmu {
     /// `wp[view][page]`, one vector per view there ever was; a view that
     /// moved away has an empty one.
     pub wp: Vec<Vec<bool>>,
+    /// (view, page) addresses the pager poisoned (`UFFDIO_POISON`): an
+    /// access there ends in `SIGBUS`.
+    pub poisoned: std::collections::HashSet<(usize, usize)>,
 }
 
 pub struct Machine {
@@ -60,6 +69,7 @@ pub struct Machine {
     pub vram: Vec<AtomicU64>,
     pub ram: Vec<AtomicU64>,
     staging: Vec<AtomicU64>,
+    pub bo_pool: Vec<AtomicU64>,
     tables: Mutex<HashMap<u32, Arc<Mutex<PteMap>>>>,
     /// GPU accesses hold it for reading; a TLB invalidation for writing.
     gate: RwLock<()>,
@@ -98,6 +108,7 @@ impl Machine {
             vram: cells(VRAM_PAGES as usize),
             ram: cells(all),
             staging: cells(STAGING_SLOTS * 512),
+            bo_pool: cells(BO_POOL_PAGES as usize),
             tables: Mutex::new(HashMap::new()),
             gate: RwLock::new(()),
             clock: AtomicU64::new(1),
@@ -105,12 +116,18 @@ impl Machine {
             mmu: Mutex::new(Mmu {
                 present: vec![false; all],
                 wp: vec![vec![false; all]],
+                poisoned: Default::default(),
             }),
             fail_copy_one_in,
         }
     }
 
     /// The machine clock now (and on).
+    /// The clock without advancing it.
+    pub fn now(&self) -> u64 {
+        self.clock.load(Ordering::Acquire)
+    }
+
     pub fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::AcqRel)
     }
@@ -124,6 +141,9 @@ impl Machine {
             }
             a if (STAGING_BASE..STAGING_BASE + self.staging.len() as u64 * PAGE).contains(&a) => {
                 &self.staging[((a - STAGING_BASE) / PAGE) as usize]
+            }
+            a if (BO_POOL_BASE..BO_POOL_BASE + BO_POOL_PAGES * PAGE).contains(&a) => {
+                &self.bo_pool[((a - BO_POOL_BASE) / PAGE) as usize]
             }
             a if a == ZERO_BASE || (ZERO_BASE..ZERO_BASE + (2 << 20)).contains(&a) => return None,
             a => panic!("the device touched address {a:#x}, which is no memory"),
@@ -172,7 +192,7 @@ impl Machine {
             .remove(&asid);
     }
 
-    pub fn map(&self, t: &SimTables, va: u64, addr: u64, size: PageSize, target: Target) {
+    pub fn map(&self, t: &SimTables, va: u64, addr: u64, size: PageSize, target: Target, w: bool) {
         let pages = if size == PageSize::Size2M {
             512
         } else if size == PageSize::Size64K {
@@ -189,6 +209,7 @@ impl Machine {
                     addr: addr + i * PAGE,
                     target,
                     made_at,
+                    writable: w,
                 },
             );
         }
@@ -254,6 +275,9 @@ impl Machine {
         else {
             return GpuAccess::Fault;
         };
+        if add > 0 && !pte.writable {
+            return GpuAccess::Fault; // a write access violation
+        }
         let acked = self.last_ack[page].load(Ordering::Acquire);
         assert!(pte.made_at > acked, "rule 8: the GPU used a mapping of page {page} made (t={}) before its invalidation was acknowledged (t={acked})", pte.made_at);
         let (locked, in_vram) = state();
@@ -281,6 +305,43 @@ impl Machine {
             }
         };
         GpuAccess::Done(cell.fetch_add(add, Ordering::AcqRel) + add)
+    }
+
+    /// A job of `asid` adds `add` to the buffer-object word at GPU address
+    /// `va`, wherever its PTE points (VRAM or the SRAM pool); `None` when
+    /// nothing is mapped there (the job faults: its VM is gone). A VRAM
+    /// PTE must point into an allocated block (`holds`), or the BO world
+    /// let a job reach VRAM it gave back.
+    pub fn bo_access(
+        &self,
+        asid: u32,
+        va: u64,
+        add: u64,
+        holds: impl Fn(u64) -> bool,
+    ) -> Option<u64> {
+        let _in_flight = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&asid)
+            .cloned()?;
+        let pte = tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(va & !(PAGE - 1)))
+            .copied()?;
+        if pte.target == Target::Device {
+            let frame = pte.addr / PAGE;
+            assert!(
+                holds(frame),
+                "a job reached VRAM frame {frame}, whose block was freed"
+            );
+        }
+        let cell = self
+            .cell(pte.addr)
+            .expect("buffer objects never map the zero page");
+        Some(cell.fetch_add(add, Ordering::AcqRel) + add)
     }
 
     /// Every PTE of `asid` (the end-of-run check).

@@ -23,7 +23,7 @@ use ipc_protocol::types::{ObjectId, PageMask, ViewId};
 use pager::core::backend::CoreBackend;
 use pager::core::changes::PendingMove;
 use pager::core::object::Object;
-use pager::core::runtime::{Pause, RtError, Runtime, Source};
+use pager::core::runtime::{PartNote, Pause, RtError, Runtime, Source};
 use pager::core::session::{ClientSession, GpuSession};
 use pager::core::view::Space;
 use pager::core::{Config, Core};
@@ -31,7 +31,7 @@ use pager::migrate::{Backend, Chunk, Policy};
 use pager::state::{PageTable, Residency};
 use pager::sync::{lock, AtomicUsize, Ordering};
 use session::Handle;
-use shuttle::sync::{Arc, Condvar, Mutex};
+use shuttle::sync::{Arc, Condvar, Mutex, Weak};
 
 use crate::machine::{Machine, PAGE, STAGING_SLOTS};
 use crate::net::Endpoint;
@@ -88,6 +88,30 @@ impl SimPort {
     fn unmap(&self, start: u64, end: u64) {
         lock(&self.maps).retain(|m| m.end <= start || m.start >= end);
     }
+
+    /// Unmaps `[start, end)`, keeping the parts of a mapping around it.
+    fn unmap_part(&self, start: u64, end: u64) {
+        let mut maps = lock(&self.maps);
+        let mut kept = Vec::new();
+        for m in maps.drain(..) {
+            if m.end <= start || m.start >= end {
+                kept.push(m);
+                continue;
+            }
+            if m.start < start {
+                kept.push(Mapping { end: start, ..m });
+            }
+            if end < m.end {
+                let base = m.base + ((end - m.start) / PAGE) as usize;
+                kept.push(Mapping {
+                    start: end,
+                    base,
+                    ..m
+                });
+            }
+        }
+        *maps = kept;
+    }
 }
 
 /// What a client passes: a fault channel (for `AttachView`) or memory back.
@@ -102,14 +126,16 @@ pub struct SimRuntime {
     next_page: AtomicUsize,
     free_slots: Mutex<Vec<usize>>,
     slot_free: Condvar,
-    pub gpu: Arc<OnceLock<Arc<GpuCore>>>,
+    /// The GPU core, held weakly: it holds the pager (its platform), and
+    /// a strong reference back would keep both alive after the run.
+    pub gpu: Arc<OnceLock<Weak<GpuCore>>>,
     pub notify: Arc<OnceLock<Arc<Endpoint>>>,
 }
 
 impl SimRuntime {
     fn gpu(&self) -> Result<(Arc<GpuCore>, Arc<Endpoint>), RtError> {
-        match (self.gpu.get(), self.notify.get()) {
-            (Some(g), Some(n)) if !n.is_dead() => Ok((g.clone(), n.clone())),
+        match (self.gpu.get().and_then(Weak::upgrade), self.notify.get()) {
+            (Some(g), Some(n)) if !n.is_dead() => Ok((g, n.clone())),
             _ => Err(RtError::Gpu),
         }
     }
@@ -236,6 +262,17 @@ impl Runtime for SimRuntime {
         (pages, None)
     }
 
+    /// `UFFDIO_POISON`: the view's accesses to those pages get `SIGBUS`.
+    fn poison(&self, p: &SimPort, addr: u64, len: u64) -> Result<(), RtError> {
+        let mut mmu = lock(&self.machine.mmu);
+        for a in (addr..addr + len).step_by(PAGE as usize) {
+            let m = p.mapping(a).ok_or(RtError::Unmapped)?;
+            let page = m.base + ((a - m.start) / PAGE) as usize;
+            mmu.poisoned.insert((m.wp, page));
+        }
+        Ok(())
+    }
+
     fn wake(&self, _p: &SimPort, _addr: u64, _len: u64) -> Result<(), RtError> {
         Ok(())
     }
@@ -343,6 +380,27 @@ impl Runtime for SimRuntime {
             let _ = notify.call(move || gpu.view_copied(v, n, from, to));
         }
     }
+
+    /// The machine's logical clock: a schedule's events, not wall time.
+    fn now_us(&self) -> u64 {
+        self.machine.now()
+    }
+
+    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
+        if let Ok((gpu, notify)) = self.gpu() {
+            let (v, t) = (view.raw(), tail.raw());
+            let pages = first_page as u64..(first_page + pages) as u64;
+            let _ = notify.call(move || gpu.view_grown(v, t, pages));
+        }
+    }
+
+    fn view_part(&self, p: &PartNote) {
+        if let Ok((gpu, notify)) = self.gpu() {
+            let (v, n, p) = (p.view.raw(), p.new_view.raw(), *p);
+            let pages = p.first_page as u64..(p.first_page + p.pages) as u64;
+            let _ = notify.call(move || gpu.view_part(v, n, pages, p.from, p.to));
+        }
+    }
 }
 
 pub type SimCore = Core<SimRuntime>;
@@ -363,7 +421,9 @@ pub struct SimPager {
     /// The victim's view id (its binding's, for the GPU server).
     pub view: Handle,
     views: Mutex<Vec<Option<CpuView>>>,
-    pub gpu: Arc<OnceLock<Arc<GpuCore>>>,
+    /// The GPU core, held weakly: it holds the pager (its platform), and
+    /// a strong reference back would keep both alive after the run.
+    pub gpu: Arc<OnceLock<Weak<GpuCore>>>,
     pub notify: Arc<OnceLock<Arc<Endpoint>>>,
 }
 
@@ -381,11 +441,14 @@ pub fn sim_config(policy: Policy, skip_invalidate: bool) -> Config {
     cfg.arena_bytes = cfg.budget.metadata_bytes * 3 + pager::core::PEER_METADATA;
     cfg.policy = policy;
     cfg.skip_invalidate = skip_invalidate;
+    // Off unless a scenario asks: holds change where pages live, and most
+    // scenarios check migrations happen.
+    cfg.thrash = None;
     cfg
 }
 
 impl SimPager {
-    pub fn new(machine: Arc<Machine>, policy: Policy, skip_invalidate: bool) -> Self {
+    pub fn new(machine: Arc<Machine>, cfg: Config) -> Self {
         let gpu = Arc::new(OnceLock::new());
         let notify = Arc::new(OnceLock::new());
         let rt = SimRuntime {
@@ -396,7 +459,7 @@ impl SimPager {
             gpu: gpu.clone(),
             notify: notify.clone(),
         };
-        let core = match Core::new(rt, sim_config(policy, skip_invalidate)) {
+        let core = match Core::new(rt, cfg) {
             Ok(c) => Arc::new(c),
             Err(e) => panic!("the simulated pager: {e}"),
         };
@@ -430,6 +493,13 @@ impl SimPager {
     /// The victim object's state table.
     pub fn table(&self) -> &PageTable {
         &self.object.table
+    }
+
+    /// `Pager::Advise` on the victim's pages `[first, end)`.
+    pub fn advise(&self, first: usize, end: usize, advice: ipc_protocol::types::Advice) {
+        self.core
+            .advise(&self.object, first, end, advice)
+            .expect("advice within budget");
     }
 
     /// The victim's id for its object.
@@ -583,6 +653,22 @@ impl SimPager {
             pending,
         };
         (index, m)
+    }
+
+    /// munmap of pages `[first, end)` of CPU view `view`: the pager splits
+    /// the view, the parts stay bound (`ViewPart`), the old view ends
+    /// (`ViewGone`), and the pages no view reaches leave VRAM.
+    pub fn unmap_pages(&self, view: usize, first: usize, end: usize) {
+        let v = self.cpu_view(view);
+        let (start, stop) = (v.base + first as u64 * PAGE, v.base + end as u64 * PAGE);
+        let mut notes = Vec::new();
+        {
+            let _changing = v.space.applying_changes();
+            v.space.port.unmap_part(start, stop);
+            self.core
+                .follow_unmap(&v.space, start, stop, None, &mut notes);
+        }
+        self.core.send_notes(&mut notes);
     }
 
     /// The second half: the old range's unmap ends the old view

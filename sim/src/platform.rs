@@ -3,20 +3,24 @@
 //! simulated machine, its pager and mm-server are reached over simulated
 //! endpoints. mm-server's eviction loop (`mm_server::evictor::run_pass`)
 //! and accounting (`mm_server::broker::Broker`) run unchanged too, with
-//! [`SimWorlds`] as the two worlds it presses on (the simulation has no
-//! buffer objects: the shrinker gives nothing back).
+//! [`SimWorlds`] as the two worlds it presses on: the pager's SVM pages and
+//! the GPU core's buffer objects (`xe_svm::bo`, its shrinker called as
+//! mm-server's `GpuShrink` would). Device jobs are [`SimJobs`]: an actor
+//! submits one, touches its buffer objects, and retires it.
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use hw::xe::pte::{PageSize, Target};
+use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
 use ipc_protocol::types::World;
 use mm_server::broker::Broker;
 use mm_server::evictor::{run_pass, PeerError, VramFigures, Worlds};
-use shuttle::sync::Arc;
+use shuttle::sync::{Arc, Mutex, Weak};
 use xe_svm::platform::{Platform, PortError};
 
-use crate::machine::{Machine, SimTables, PAGE, ZERO_BASE};
+use crate::machine::{Machine, SimTables, BO_POOL_BASE, BO_POOL_PAGES, PAGE, ZERO_BASE};
 use crate::net::Endpoint;
 use crate::pager::SimPager;
 use crate::GpuCore;
@@ -28,6 +32,32 @@ pub struct SimPlatform {
     pub migrate: Arc<Endpoint>,
     /// `Pressure`, served by mm-server (absent: no broker).
     pub pressure: Option<(Arc<Endpoint>, Arc<Mm>)>,
+    pub jobs: SimJobs,
+}
+
+/// The device's jobs: ids in submission order, and those still running.
+#[derive(Default)]
+pub struct SimJobs {
+    next: AtomicU32,
+    running: Mutex<BTreeSet<u32>>,
+}
+
+impl SimJobs {
+    /// A job starts running; its id (never 0).
+    pub fn start(&self) -> u32 {
+        let job = self.next.fetch_add(1, Ordering::AcqRel) + 1;
+        self.lock().insert(job);
+        job
+    }
+
+    /// The job is done: nothing it does reaches memory any more.
+    pub fn retire(&self, job: u32) {
+        self.lock().remove(&job);
+    }
+
+    fn lock(&self) -> shuttle::sync::MutexGuard<'_, BTreeSet<u32>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Platform for SimPlatform {
@@ -43,8 +73,17 @@ impl Platform for SimPlatform {
     fn new_tables(&self, asid: u32) -> Result<SimTables, PortError> {
         Ok(self.machine.new_tables(asid))
     }
-    fn map(&self, t: &mut SimTables, va: u64, addr: u64, size: PageSize, target: Target) {
-        self.machine.map(t, va, addr, size, target);
+    fn map(
+        &self,
+        t: &mut SimTables,
+        va: u64,
+        addr: u64,
+        size: PageSize,
+        target: Target,
+        a: LeafAccess,
+    ) {
+        // The simulated MMU models writes, not atomics.
+        self.machine.map(t, va, addr, size, target, a.writable);
     }
     fn unmap(&self, t: &mut SimTables, va: u64, len: u64) {
         self.machine.unmap(t, va, len);
@@ -91,8 +130,18 @@ impl Platform for SimPlatform {
             });
         }
     }
-    fn bo_vram_pages(&self) -> u64 {
-        0
+    fn bo_pool(&self) -> (u64, u64) {
+        (BO_POOL_BASE, BO_POOL_PAGES * PAGE)
+    }
+    fn clear_bo_home(&self, addr: u64, len: u64) {
+        for off in (0..len).step_by(PAGE as usize) {
+            if let Some(c) = self.machine.cell(addr + off) {
+                c.store(0, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+    fn job_retired(&self, job: u32) -> bool {
+        job == 0 || !self.jobs.lock().contains(&job)
     }
 }
 
@@ -107,11 +156,9 @@ impl Mm {
     /// then what fits is granted.
     pub fn reserve(&self, bytes: u64) -> u64 {
         run_pass(&self.broker, &self.worlds);
-        let gpu = self
-            .worlds
-            .gpu
-            .get()
-            .expect("the GPU core is wired before it runs");
+        let Some(gpu) = self.worlds.gpu.get().and_then(Weak::upgrade) else {
+            return 0; // the run is over
+        };
         let free = (gpu.vram.total_pages() - gpu.vram.used_pages()) * PAGE;
         if free >= bytes {
             bytes
@@ -126,12 +173,21 @@ pub struct SimWorlds {
     pub pager: Arc<SimPager>,
     /// `PagerReclaim`, served by the pager.
     pub reclaim: Arc<Endpoint>,
-    pub gpu: OnceLock<Arc<GpuCore>>,
+    /// Held weakly: the GPU core holds mm-server (its platform's pressure
+    /// endpoint), and a strong reference back would be a cycle.
+    pub gpu: OnceLock<Weak<GpuCore>>,
 }
 
 impl Worlds for SimWorlds {
-    fn shrink_bos(&self, _bytes: u64) -> Result<u64, PeerError> {
-        Ok(0)
+    fn shrink_bos(&self, bytes: u64) -> Result<u64, PeerError> {
+        let gpu = self
+            .gpu
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| PeerError("GPU core not wired".into()))?;
+        gpu.shrink_bos(bytes)
+            .map(|(freed, _)| freed)
+            .map_err(|e| PeerError(format!("{e:?}")))
     }
     fn evict_svm(&self, bytes: u64) -> Result<u64, PeerError> {
         let p = self.pager.clone();
@@ -143,6 +199,7 @@ impl Worlds for SimWorlds {
         let gpu = self
             .gpu
             .get()
+            .and_then(Weak::upgrade)
             .ok_or_else(|| PeerError("no GPU server".into()))?;
         let (bo, svm) = gpu.vram_by_world();
         Ok(VramFigures {

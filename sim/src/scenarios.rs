@@ -41,6 +41,12 @@ pub fn all() -> Vec<Scenario> {
     ]
     .into_iter()
     .chain(crate::hostile::all())
+    .chain(crate::hostile_bo::all())
+    .chain(crate::protect::all())
+    .chain(crate::fresh_pages::all())
+    .chain(crate::advice::all())
+    .chain(crate::split::all())
+    .chain(crate::thrash::all())
     .collect()
 }
 

@@ -9,6 +9,7 @@ use mm_server::broker::Broker;
 use pager::migrate::Policy;
 use pager::state::Residency;
 use shuttle::sync::Arc;
+use xe_svm::budget::GpuBudget;
 use xe_svm::server::Inner;
 
 use crate::machine::{GpuAccess, Machine, PAGE, STAGING_BASE, STAGING_SLOTS, SYS_BASE};
@@ -39,6 +40,12 @@ pub struct WorldConfig {
     pub free_vram: Option<u64>,
     /// System pages for other clients' objects (the hostile scenarios).
     pub spare_pages: usize,
+    /// What each client may make the GPU server hold.
+    pub gpu_budget: GpuBudget,
+    /// The pager's anti-thrashing, on the machine's logical clock.
+    pub thrash: Option<pager::core::thrash::ThrashPolicy>,
+    /// The victim's view bound with `BIND_READ_ONLY`.
+    pub read_only_binding: bool,
 }
 
 impl Default for WorldConfig {
@@ -51,6 +58,9 @@ impl Default for WorldConfig {
             broker: None,
             free_vram: None,
             spare_pages: 0,
+            gpu_budget: GpuBudget::default(),
+            thrash: None,
+            read_only_binding: false,
         }
     }
 }
@@ -64,7 +74,10 @@ pub struct World {
     pub faults: Arc<Endpoint>,
     pub mm_endpoint: Option<Arc<Endpoint>>,
     servers: Vec<shuttle::thread::JoinHandle<()>>,
+    /// The client VM's ASID (the device's and the fault path's name for it).
     pub vm: u32,
+    /// The client's id of that VM (what it names in its requests).
+    pub vm_id: u32,
     /// The bound view's GPU address now (it moves with the view).
     pub gpu_base: Arc<StdAtomicU64>,
     /// VRAM blocks held to leave little room (the pressure scenarios).
@@ -78,11 +91,9 @@ impl World {
             cfg.spare_pages,
             cfg.fail_copy_one_in,
         ));
-        let pager = Arc::new(SimPager::new(
-            machine.clone(),
-            cfg.policy,
-            cfg.skip_invalidate,
-        ));
+        let mut pager_cfg = crate::pager::sim_config(cfg.policy, cfg.skip_invalidate);
+        pager_cfg.thrash = cfg.thrash;
+        let pager = Arc::new(SimPager::new(machine.clone(), pager_cfg));
         let mut servers = Vec::new();
         let mut start = |name, threads| {
             let (ep, hs) = Endpoint::start(name, threads);
@@ -114,21 +125,38 @@ impl World {
             pager: pager.clone(),
             migrate: migrate.clone(),
             pressure: mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m)),
+            jobs: Default::default(),
         };
-        let gpu: Arc<GpuCore> = Arc::new(Inner::new(hw, 0, machine.vram.len() as u64));
-        let _ = pager.gpu.set(gpu.clone());
+        let pages = machine.vram.len() as u64;
+        let budget = cfg.gpu_budget.clone();
+        let arena = xe_svm::arena::Config::for_clients(budget.clone(), 4)
+            .arena()
+            .expect("the GPU core's metadata arena");
+        let gpu: Arc<GpuCore> = Arc::new(Inner::with_arena(hw, 0, pages, budget, arena));
+        let _ = pager.gpu.set(Arc::downgrade(&gpu));
         let _ = pager.notify.set(notify.clone());
         if let Some(mm) = &mm {
-            let _ = mm.worlds.gpu.set(gpu.clone());
+            let _ = mm.worlds.gpu.set(Arc::downgrade(&gpu));
         }
         gpu.attach_staging(STAGING_BASE, STAGING_SLOTS as u64 * 512 * PAGE);
-        let vm = gpu.create_vm(CLIENT).expect("a VM");
+        let vm_id = gpu.create_vm(CLIENT).expect("a VM");
+        // The device and the fault path name the VM by its ASID.
+        let vm = gpu.asid_of(CLIENT, vm_id).expect("its ASID");
         // The GPU server knows the object by the id its pager session gave.
         let object = pager.open_for_gpu();
         gpu.add_object(object, 0, SYS_BASE, None, cfg.pages as u64);
         let view = pager.view.raw();
-        gpu.bind(CLIENT, vm, view, object, 0, cfg.pages as u64, GPU_BASE)
-            .expect("binding the view");
+        gpu.bind(
+            CLIENT,
+            vm_id,
+            view,
+            object,
+            0,
+            cfg.pages as u64,
+            GPU_BASE,
+            cfg.read_only_binding,
+        )
+        .expect("binding the view");
         let mut filler = Vec::new();
         if let Some(free) = cfg.broker.or(cfg.free_vram) {
             // Leave `free` pages of VRAM: the rest is held, as by other users.
@@ -150,6 +178,7 @@ impl World {
             mm_endpoint,
             servers,
             vm,
+            vm_id,
             gpu_base: Arc::new(StdAtomicU64::new(GPU_BASE)),
             filler: std::sync::Mutex::new(filler),
         }
@@ -164,6 +193,13 @@ impl World {
     /// the view `view` names now (it may move meanwhile), faulting into
     /// the pager as needed; returns the value after.
     pub fn cpu_access(&self, view: &StdAtomicU64, p: usize, add: u64) -> u64 {
+        self.try_cpu_access(view, p, add)
+            .unwrap_or_else(|| panic!("a CPU access to page {p} got SIGBUS"))
+    }
+
+    /// [`Self::cpu_access`], or `None` where the pager poisoned the page
+    /// in that view (the access got `SIGBUS`).
+    pub fn try_cpu_access(&self, view: &StdAtomicU64, p: usize, add: u64) -> Option<u64> {
         let mut faults = 0;
         while faults < crate::pager::FAULT_RETRIES * 4 {
             let view = view.load(StdOrdering::Acquire) as usize;
@@ -176,9 +212,12 @@ impl World {
                     shuttle::thread::yield_now();
                     continue;
                 }
+                if mmu.poisoned.contains(&(view, p)) {
+                    return None;
+                }
                 let writable = add == 0 || !mmu.wp[view][p];
                 if mmu.present[p] && writable {
-                    return self.machine.ram[p].fetch_add(add, StdOrdering::AcqRel) + add;
+                    return Some(self.machine.ram[p].fetch_add(add, StdOrdering::AcqRel) + add);
                 }
                 !mmu.present[p]
             };
@@ -215,7 +254,7 @@ impl World {
                 GpuAccess::Fault => {
                     let (gpu, vm) = (self.gpu.clone(), self.vm);
                     // The GuC reports the fault; the reply may come late.
-                    match self.faults.call(move || gpu.resolve(vm, va)) {
+                    match self.faults.call(move || gpu.resolve(vm, va, &[])) {
                         Some(true) => {}
                         // Not bound there: unless the view moved meanwhile,
                         // the access fails.
@@ -254,7 +293,8 @@ impl World {
 
     /// Stops the servers and checks the end of the run: no lock held, each
     /// page's data as `expect(p)` says, every page in VRAM in an allocated
-    /// block, VRAM holding exactly those pages, and no GPU mapping older
+    /// block, each VRAM block counting exactly the pages in it and no block
+    /// unowned but the filler's and the buffer objects', and no GPU mapping older
     /// than its page's last acknowledged invalidation or pointing where
     /// the page is not.
     pub fn finish(mut self, expect: impl Fn(usize) -> u64) {
@@ -268,7 +308,7 @@ impl World {
             h.join().expect("a server thread panicked");
         }
         let table = self.pager.table();
-        let mut in_vram = 0;
+        let mut frames = Vec::new();
         for p in 0..self.machine.pages {
             let i = table.info(p).expect("page in range");
             assert!(!i.locked, "page {p} was left locked");
@@ -283,15 +323,12 @@ impl World {
                     self.gpu.vram.holds(pfn),
                     "rule 6: page {p} lives in frame {pfn}, whose block was freed"
                 );
-                in_vram += 1;
+                frames.push(pfn);
             }
         }
         let filler = self.filler.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
-        assert_eq!(
-            self.gpu.vram.used_pages(),
-            in_vram + filler,
-            "VRAM holds other than the pages in it (a leak)"
-        );
+        let bo_pages = self.gpu.bos.vram_pages.load(StdOrdering::Acquire);
+        self.vram_holds_exactly(&frames, filler + bo_pages);
         let base = self.gpu_base.load(StdOrdering::Acquire);
         for (va, pte) in self.machine.ptes(self.vm) {
             assert!(
@@ -313,6 +350,38 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Rule 6 at the end: each block SVM pages hold counts exactly the
+    /// pages in it and was filled once (a block stays while any of its
+    /// pages does, so one some of whose pages left is no leak; one never
+    /// filled is), and the blocks no page holds are the filler's and the
+    /// buffer objects' (`unowned` pages).
+    fn vram_holds_exactly(&self, frames: &[u64], unowned: u64) {
+        let mut idle = 0;
+        for b in self.gpu.vram.blocks() {
+            let (base, size, refs) = (b.first_pfn, b.pages, b.resident);
+            let inside = frames
+                .iter()
+                .filter(|f| (base..base + size).contains(*f))
+                .count();
+            assert_eq!(
+                inside, refs as usize,
+                "VRAM block {base}+{size}: {refs} resident pages counted, {inside} pages in it"
+            );
+            if refs == 0 {
+                idle += size;
+            } else {
+                assert!(
+                    b.filled,
+                    "VRAM block {base}+{size} was never filled (waste)"
+                );
+            }
+        }
+        assert_eq!(
+            idle, unowned,
+            "VRAM no page holds, other than the filler's and the objects' (a leak)"
+        );
     }
 
     fn value_of(&self, p: usize, r: Residency) -> u64 {

@@ -131,7 +131,8 @@ impl Handler<Pager> for ConformancePager {
                     vec![],
                 ))
             }
-            Request::DetachView(_) => Err(PagerError::NoSuchView),
+            // It keeps no views.
+            Request::DetachView(_) | Request::FindView(_) => Err(PagerError::NoSuchView),
             Request::Advise(Advise { object, .. }) => {
                 self.with_object(caller, object, |_| Ok(()))?;
                 Ok((Reply::Advise(Done {}), vec![]))
@@ -166,6 +167,30 @@ impl Handler<Pager> for ConformancePager {
                 let states = BoundedVec::new(states).ok_or(PagerError::OutOfRange)?;
                 Ok((Reply::Snapshot(PageStates { states }), vec![]))
             }),
+            Request::Discard(Discard {
+                object,
+                first_page,
+                pages,
+            }) => self.with_object(caller, object, |o| {
+                let start = first_page.checked_mul(PAGE_SIZE);
+                let len = pages.checked_mul(PAGE_SIZE);
+                let (Some(start), Some(len)) = (start, len) else {
+                    return Err(PagerError::OutOfRange);
+                };
+                if pages == 0 || start.checked_add(len).is_none_or(|end| end > o.size) {
+                    return Err(PagerError::OutOfRange);
+                }
+                // The data goes: the range reads as zeros from now on.
+                use rustix::fs::{fallocate, FallocateFlags};
+                fallocate(
+                    &o.memfd,
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                    start,
+                    len,
+                )
+                .map_err(|_| PagerError::Host)?;
+                Ok((Reply::Discard(Done {}), vec![]))
+            }),
             Request::Accounting(_) => {
                 let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
                 Ok((
@@ -182,6 +207,8 @@ impl Handler<Pager> for ConformancePager {
                     vec![],
                 ))
             }
+            // The stub follows no address space: nothing is ever pending.
+            Request::SyncViews(_) => Ok((Reply::SyncViews(Done {}), vec![])),
         }
     }
 }

@@ -18,29 +18,30 @@
 //! - waiting for VRAM (mm-server's `Reserve`) happens with no reservation
 //!   lock held (rule 5): the job drops them all, waits, and starts over.
 
-use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hw::xe::layout;
-use hw::xe::pte::{PageSize, Target};
+use allocator_api2::alloc::Global;
+use allocator_api2::vec::Vec as MetaVec;
+use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::gpu::GpuError;
+use session::Meta;
+use session::{Handle, HandleTable};
 
-use crate::host::HostPlatform;
 use crate::platform::Platform;
-use crate::ppgtt::Ppgtt;
-use crate::server::{Inner, State};
+use crate::server::{Inner, State, USER_VA_END};
+use crate::session::{self as ses, GpuSession};
+use crate::sync::{lock, Mutex, MutexGuard};
 use crate::vram::{Vram, MAX_ORDER};
 use crate::ww::{self, WwClass, WwMutex};
 
 const PAGE: u64 = 4096;
-/// The DMA slot of the BO SRAM pool.
-pub const POOL_SLOT: u32 = 63;
 /// How long a job waits in mm-server for VRAM to restore its objects.
 const RESERVE_TIMEOUT_MS: u32 = 5_000;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most buffer objects server-wide (each client is held to its `bos`).
+const MAX_BOS: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy)]
 struct Chunk {
@@ -58,7 +59,8 @@ impl Chunk {
 }
 
 struct Placement {
-    chunks: Vec<Chunk>,
+    /// In the metadata arena (charged as the object's `metadata_bytes`).
+    chunks: MetaVec<Chunk, Meta>,
     /// The last job submitted that uses the object (0: none).
     busy_job: u32,
     /// Use clock at the last job, for least-recently-used eviction.
@@ -66,8 +68,12 @@ struct Placement {
 }
 
 pub struct Bo {
+    /// Its handle in the store: generation-tagged, so a stale id names nothing.
     pub id: u32,
     pub owner: u64,
+    /// The session charged for it (`bos`, `bo_bytes`, `metadata_bytes`, and
+    /// `vram_bytes` while chunks are placed in VRAM).
+    session: Arc<GpuSession>,
     pub pages: u64,
     /// The reservation lock.
     pub resv: WwMutex,
@@ -78,7 +84,7 @@ impl Bo {
     /// Only the holder of `resv` touches the placement, so this never waits
     /// for long; the mutex makes that safe to express.
     fn placement(&self) -> MutexGuard<'_, Placement> {
-        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.placement)
     }
 }
 
@@ -91,16 +97,19 @@ pub struct BoMap {
 }
 
 impl BoMap {
+    /// Whether `[addr, addr + len)` meets this mapping (ranges checked
+    /// below [`USER_VA_END`] when they were made; saturating otherwise).
     pub fn overlaps(&self, addr: u64, len: u64) -> bool {
-        addr < self.gpu_addr + self.pages * PAGE && self.gpu_addr < addr + len
+        addr < self.gpu_addr + self.pages * PAGE && self.gpu_addr < addr.saturating_add(len)
     }
 }
 
+/// The BO world's records: the objects, their SRAM pool's allocator and
+/// the counters. The pool's memory is the platform's (`Platform::bo_pool`).
 pub struct BoStore {
-    bos: Mutex<HashMap<u32, Arc<Bo>>>,
-    next_id: AtomicU32,
+    bos: Mutex<HandleTable<Arc<Bo>, Global>>,
     pub class: WwClass,
-    pool: hw::shm::Region,
+    /// Device address of the SRAM pool.
     pool_dma: u64,
     pool_alloc: Vram,
     /// VRAM pages BOs hold now.
@@ -114,51 +123,57 @@ pub struct BoStore {
 }
 
 impl BoStore {
-    pub fn new(bar: &hw::bar::Bar, pool_bytes: u64) -> Result<Self, String> {
-        let pool_bytes = pool_bytes.max(2 << 20) & !((2 << 20) - 1);
-        let pool = hw::shm::Region::create("xe-svm-bo-pool", pool_bytes as usize)
-            .map_err(|e| e.to_string())?;
-        let pool_dma = bar
-            .dma_map(
-                POOL_SLOT,
-                pool.dup_fd().map_err(|e| e.to_string())?,
-                pool_bytes,
-            )
-            .map_err(|e| e.to_string())?;
-        Ok(Self {
-            bos: Mutex::new(HashMap::new()),
-            next_id: AtomicU32::new(1),
+    /// Records for a pool of `pool_bytes` (whole 2 MiB blocks are used) at
+    /// device address `pool_dma`.
+    pub fn new(pool_dma: u64, pool_bytes: u64) -> Self {
+        let pool_pages = (pool_bytes / PAGE) & !((1 << MAX_ORDER) - 1);
+        Self {
+            bos: Mutex::new(HandleTable::new_in(MAX_BOS, Global)),
             class: WwClass::new(),
-            pool,
             pool_dma,
-            pool_alloc: Vram::new(0, pool_bytes / PAGE),
+            pool_alloc: Vram::new(0, pool_pages),
             vram_pages: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             restores: AtomicU64::new(0),
             use_clock: AtomicU64::new(1),
             submit: Mutex::new(()),
-        })
+        }
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<u32, Arc<Bo>>> {
-        self.bos.lock().unwrap_or_else(|e| e.into_inner())
+    fn map(&self) -> MutexGuard<'_, HandleTable<Arc<Bo>, Global>> {
+        lock(&self.bos)
     }
 
     /// The caller's object `id`; another client's is as unknown as a stale one.
     pub fn get(&self, owner: u64, id: u32) -> Result<Arc<Bo>, GpuError> {
         self.map()
-            .get(&id)
+            .get(Handle::from_raw(id))
             .filter(|b| b.owner == owner)
             .cloned()
             .ok_or(GpuError::NoSuchBo)
     }
 
+    fn get_any(&self, id: u32) -> Option<Arc<Bo>> {
+        self.map().get(Handle::from_raw(id)).cloned()
+    }
+
     pub fn ids_of(&self, owner: u64) -> Vec<u32> {
         self.map()
-            .values()
-            .filter(|b| b.owner == owner)
-            .map(|b| b.id)
+            .iter()
+            .filter(|(_, b)| b.owner == owner)
+            .map(|(_, b)| b.id)
             .collect()
+    }
+
+    /// Buffer objects alive, server-wide, and their bytes.
+    pub fn count(&self) -> (usize, u64) {
+        let m = self.map();
+        (m.len(), m.iter().map(|(_, b)| b.pages * PAGE).sum())
+    }
+
+    /// Bytes of the SRAM pool.
+    pub fn pool_bytes(&self) -> u64 {
+        self.pool_alloc.total_pages() * PAGE
     }
 
     fn sram_addr(&self, c: &Chunk) -> u64 {
@@ -166,9 +181,16 @@ impl BoStore {
     }
 }
 
+/// How many chunks [`chunk_orders`] makes of `pages`, computed without
+/// building them (checked against budgets first).
+fn chunk_count(pages: u64) -> u64 {
+    let top = 1u64 << MAX_ORDER;
+    pages / top + (pages % top).count_ones() as u64
+}
+
 /// Splits `pages` into power-of-two chunks of at most 2 MiB.
 fn chunk_orders(mut pages: u64) -> Vec<u32> {
-    let mut v = Vec::new();
+    let mut v = Vec::with_capacity(chunk_count(pages) as usize);
     while pages > 0 {
         let order = (63 - pages.leading_zeros()).min(MAX_ORDER);
         v.push(order);
@@ -177,20 +199,59 @@ fn chunk_orders(mut pages: u64) -> Vec<u32> {
     v
 }
 
-impl Inner<HostPlatform> {
+impl<P: Platform> Inner<P> {
     fn job_done(&self, job: u32) -> bool {
-        job == 0 || (self.hw.dev.bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
+        self.hw.job_retired(job)
     }
 
     /// Creates an object of `size_bytes` (a multiple of 4 KiB). It starts
-    /// zeroed in its SRAM home; its first job places it in VRAM.
-    pub(crate) fn create_bo(&self, owner: u64, size_bytes: u64) -> Result<u32, GpuError> {
-        let s = &self.hw.bos;
-        if size_bytes == 0 || size_bytes % PAGE != 0 {
+    /// zeroed in its SRAM home; its first job places it in VRAM. The size
+    /// is checked against the pool and the client's budget before anything
+    /// is allocated for it.
+    pub fn create_bo(&self, owner: u64, size_bytes: u64) -> Result<u32, GpuError> {
+        let s = &self.bos;
+        if size_bytes == 0 || !size_bytes.is_multiple_of(PAGE) {
             return Err(GpuError::BadRange);
         }
-        let mut chunks = Vec::new();
-        for order in chunk_orders(size_bytes / PAGE) {
+        if size_bytes > s.pool_bytes() {
+            return Err(GpuError::OutOfMetadata);
+        }
+        let session = self.session(owner);
+        let meta = chunk_count(size_bytes / PAGE) * std::mem::size_of::<Chunk>() as u64;
+        let charges: [(ses::Pick, u64); 3] = [
+            (ses::bos, 1),
+            (ses::bo_bytes, size_bytes),
+            (ses::metadata_bytes, meta),
+        ];
+        for (k, &(pick, n)) in charges.iter().enumerate() {
+            if let Err(e) = session.charge(pick, n) {
+                for &(p, m) in &charges[..k] {
+                    session.release(p, m);
+                }
+                return Err(e);
+            }
+        }
+        let r = self.create_bo_charged(&session, size_bytes);
+        if r.is_err() {
+            for &(p, m) in &charges {
+                session.release(p, m);
+            }
+        }
+        r
+    }
+
+    fn create_bo_charged(
+        &self,
+        session: &Arc<GpuSession>,
+        size_bytes: u64,
+    ) -> Result<u32, GpuError> {
+        let s = &self.bos;
+        let orders = chunk_orders(size_bytes / PAGE);
+        let mut chunks = self.meta_vec();
+        chunks
+            .try_reserve_exact(orders.len())
+            .map_err(|_| GpuError::OutOfMetadata)?;
+        for order in orders {
             match s.pool_alloc.alloc(order) {
                 Ok(sram_pfn) => chunks.push(Chunk {
                     order,
@@ -205,40 +266,40 @@ impl Inner<HostPlatform> {
                 }
             }
         }
-        // A home may hold an old object's data: punch it back to zeros.
+        // A home may hold an old object's data: back to zeros.
         for c in &chunks {
-            let _ = rustix::fs::fallocate(
-                s.pool.fd(),
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                c.sram_pfn * PAGE,
-                c.pages() * PAGE,
-            );
+            self.hw.clear_bo_home(s.sram_addr(c), c.pages() * PAGE);
         }
-        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-        let bo = Bo {
-            id,
-            owner,
-            pages: size_bytes / PAGE,
-            resv: WwMutex::new(),
-            placement: Mutex::new(Placement {
-                chunks,
-                busy_job: 0,
-                last_use: 0,
-            }),
+        let pages = size_bytes / PAGE;
+        let placement = Placement {
+            chunks,
+            busy_job: 0,
+            last_use: 0,
         };
-        s.map().insert(id, Arc::new(bo));
-        Ok(id)
+        let mut map = s.map();
+        match map.insert_with(|h| {
+            Arc::new(Bo {
+                id: h.raw(),
+                owner: session.badge,
+                session: session.clone(),
+                pages,
+                resv: WwMutex::new(),
+                placement: Mutex::new(placement),
+            })
+        }) {
+            Ok(h) => Ok(h.raw()),
+            Err(_) => Err(GpuError::OutOfMetadata),
+        }
     }
 
     /// Writes the PTEs of every mapping of `bo` for its current placement;
     /// returns the (asid, va, len) ranges to invalidate.
     fn write_bo_ptes(
         &self,
-        st: &mut State<Ppgtt>,
+        st: &mut State<P::Tables>,
         bo: &Bo,
         chunks: &[Chunk],
     ) -> Vec<(u32, u64, u64)> {
-        let bar = &self.hw.dev.bar;
         let mut ranges = Vec::new();
         for (asid, vm) in st.vms.iter_mut() {
             let maps: Vec<BoMap> = vm.bos.iter().filter(|m| m.bo == bo.id).copied().collect();
@@ -247,21 +308,27 @@ impl Inner<HostPlatform> {
                 for c in chunks {
                     let (base, target) = match c.vram_pfn {
                         Some(pfn) => (pfn * PAGE, Target::Device),
-                        None => (self.hw.bos.sram_addr(c), Target::System),
+                        None => (self.bos.sram_addr(c), Target::System),
                     };
                     if c.order == MAX_ORDER && va % (2 << 20) == 0 {
-                        let _ = vm
-                            .tables
-                            .map(bar, &self.hw.pt, va, base, PageSize::Size2M, target);
+                        self.hw.map(
+                            &mut vm.tables,
+                            va,
+                            base,
+                            PageSize::Size2M,
+                            target,
+                            LeafAccess::ALL,
+                        );
                     } else {
                         for p in 0..c.pages() {
-                            let _ = vm.tables.map(
-                                bar,
-                                &self.hw.pt,
-                                va + p * PAGE,
-                                base + p * PAGE,
+                            let (va, base) = (va + p * PAGE, base + p * PAGE);
+                            self.hw.map(
+                                &mut vm.tables,
+                                va,
+                                base,
                                 PageSize::Size4K,
                                 target,
+                                LeafAccess::ALL,
                             );
                         }
                     }
@@ -274,28 +341,24 @@ impl Inner<HostPlatform> {
     }
 
     /// Maps `bo` at `gpu_addr` of the caller's VM `vm`.
-    pub(crate) fn map_bo(
-        &self,
-        owner: u64,
-        vm: u32,
-        bo_id: u32,
-        gpu_addr: u64,
-    ) -> Result<(), GpuError> {
-        let bo = self.hw.bos.get(owner, bo_id)?;
-        if gpu_addr % PAGE != 0 || (gpu_addr + bo.pages * PAGE) >> 47 != 0 {
+    pub fn map_bo(&self, owner: u64, vm: u32, bo_id: u32, gpu_addr: u64) -> Result<(), GpuError> {
+        let bo = self.bos.get(owner, bo_id)?;
+        // Checked: an end past 2^64 must not wrap to a low address.
+        let end = bo
+            .pages
+            .checked_mul(PAGE)
+            .and_then(|len| gpu_addr.checked_add(len));
+        if !gpu_addr.is_multiple_of(PAGE) || end.is_none_or(|end| end > USER_VA_END) {
             return Err(GpuError::BadRange);
         }
         if !bo.resv.lock_single(IDLE_TIMEOUT) {
             return Err(GpuError::Busy);
         }
         let r = (|| {
-            let chunks = bo.placement().chunks.clone();
+            let chunks = bo.placement().chunks.to_vec();
             let mut st = self.lock();
-            let v = st
-                .vms
-                .get_mut(&vm)
-                .filter(|v| v.owner == owner)
-                .ok_or(GpuError::NoSuchVm)?;
+            let asid = Self::vm_asid(&st, owner, vm)?;
+            let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
             let len = bo.pages * PAGE;
             if v.bindings
                 .iter()
@@ -319,31 +382,44 @@ impl Inner<HostPlatform> {
     }
 
     /// Destroys an idle object: unmapped everywhere, VRAM and home freed.
-    pub(crate) fn destroy_bo(&self, owner: u64, bo_id: u32) -> Result<(), GpuError> {
-        let bo = self.hw.bos.get(owner, bo_id)?;
+    pub fn destroy_bo(&self, owner: u64, bo_id: u32) -> Result<(), GpuError> {
+        let bo = self.bos.get(owner, bo_id)?;
+        self.destroy_bo_locked(&bo, false)
+    }
+
+    /// Destroys `bo`. `ended`: its owner's session ended and its VMs are
+    /// gone already, so no PTE reaches it and a job still running cannot
+    /// touch it: it goes even if busy.
+    fn destroy_bo_locked(&self, bo: &Arc<Bo>, ended: bool) -> Result<(), GpuError> {
         if !bo.resv.lock_single(IDLE_TIMEOUT) {
             return Err(GpuError::Busy);
         }
         let busy = bo.placement().busy_job;
-        if !self.job_done(busy) {
+        if !ended && !self.job_done(busy) {
             bo.resv.unlock();
             return Err(GpuError::Busy);
         }
-        self.hw.bos.map().remove(&bo_id);
-        let r = self.unmap_bo_everywhere(&bo);
+        if self.bos.map().remove(Handle::from_raw(bo.id)).is_none() {
+            bo.resv.unlock();
+            return Err(GpuError::NoSuchBo); // another call destroyed it
+        }
+        let r = self.unmap_bo_everywhere(bo);
         let mut p = bo.placement();
+        let chunks = p.chunks.len() as u64;
         for c in p.chunks.drain(..) {
             if let Some(pfn) = c.vram_pfn {
                 let _ = self.vram.free_unused(pfn);
-                self.hw
-                    .bos
-                    .vram_pages
-                    .fetch_sub(c.pages(), Ordering::Relaxed);
+                self.bos.vram_pages.fetch_sub(c.pages(), Ordering::Relaxed);
+                bo.session.release(ses::vram_bytes, c.pages() * PAGE);
             }
-            let _ = self.hw.bos.pool_alloc.free_unused(c.sram_pfn);
+            let _ = self.bos.pool_alloc.free_unused(c.sram_pfn);
         }
         drop(p);
         bo.resv.unlock();
+        let meta = chunks * std::mem::size_of::<Chunk>() as u64;
+        bo.session.release(ses::metadata_bytes, meta);
+        bo.session.release(ses::bo_bytes, bo.pages * PAGE);
+        bo.session.release(ses::bos, 1);
         self.report_usage();
         r
     }
@@ -355,59 +431,56 @@ impl Inner<HostPlatform> {
             let maps: Vec<BoMap> = vm.bos.iter().filter(|m| m.bo == bo.id).copied().collect();
             vm.bos.retain(|m| m.bo != bo.id);
             for m in maps {
-                let _ = vm
-                    .tables
-                    .unmap(&self.hw.dev.bar, &self.hw.pt, m.gpu_addr, m.pages * PAGE);
+                self.hw.unmap(&mut vm.tables, m.gpu_addr, m.pages * PAGE);
                 ranges.push((*asid, m.gpu_addr, m.pages * PAGE));
             }
         }
         self.invalidate_ranges(&ranges)
     }
 
-    /// Drops every object of a client that went away.
-    pub(crate) fn destroy_bos_of(&self, owner: u64) {
-        for id in self.hw.bos.ids_of(owner) {
-            if let Err(e) = self.destroy_bo(owner, id) {
-                log::warn!("xe-svm: object {id} of departed client {owner}: {e:?}");
+    /// Drops every object of a client that went away (its VMs went
+    /// first); returns how many.
+    pub(crate) fn destroy_bos_of(&self, owner: u64) -> usize {
+        let mut n = 0;
+        for id in self.bos.ids_of(owner) {
+            let Some(bo) = self.bos.get_any(id) else {
+                continue;
+            };
+            match self.destroy_bo_locked(&bo, true) {
+                Ok(()) => n += 1,
+                Err(e) => log::warn!("xe-svm: object {id} of departed client {owner}: {e:?}"),
             }
         }
+        n
     }
 
-    /// Copies `bo` into a new memfd once its jobs are done.
-    pub(crate) fn read_bo(&self, owner: u64, bo_id: u32) -> Result<(u64, OwnedFd), GpuError> {
-        let bo = self.hw.bos.get(owner, bo_id)?;
+    /// Runs `read` over the device address and length of each chunk of
+    /// `bo`, in order, once its jobs are done and with its reservation
+    /// held (so no eviction or restore moves it meanwhile).
+    pub fn read_bo_with<R>(
+        &self,
+        owner: u64,
+        bo_id: u32,
+        read: impl FnOnce(u64, &[(u64, u64)]) -> Result<R, GpuError>,
+    ) -> Result<R, GpuError> {
+        let bo = self.bos.get(owner, bo_id)?;
         if !bo.resv.lock_single(IDLE_TIMEOUT) {
             return Err(GpuError::Busy);
         }
         let r = (|| {
             let p = bo.placement();
-            if !self.job_done(p.busy_job)
-                && self
-                    .hw
-                    .dev
-                    .bar
-                    .wait_seqno(layout::REG_CCS_DONE, p.busy_job, IDLE_TIMEOUT)
-                    .is_err()
-            {
+            if !self.job_done(p.busy_job) && !self.hw.wait_job(p.busy_job, IDLE_TIMEOUT) {
                 return Err(GpuError::Busy);
             }
-            let size = bo.pages * PAGE;
-            let out = hw::shm::Region::create("xe-svm-bo-read", size as usize)
-                .map_err(|_| GpuError::OutOfMetadata)?;
-            let mut buf = vec![0u8; 2 << 20];
-            let mut off = 0u64;
-            for c in &p.chunks {
-                let n = (c.pages() * PAGE) as usize;
-                let ok = match c.vram_pfn {
-                    Some(pfn) => self.hw.dev.bar.vram().read(pfn * PAGE, &mut buf[..n]),
-                    None => self.hw.bos.pool.read(c.sram_pfn * PAGE, &mut buf[..n]),
-                };
-                if !ok || !out.write(off, &buf[..n]) {
-                    return Err(GpuError::DeviceLost);
-                }
-                off += n as u64;
-            }
-            Ok((size, out.dup_fd().map_err(|_| GpuError::OutOfMetadata)?))
+            let runs: Vec<(u64, u64)> = p
+                .chunks
+                .iter()
+                .map(|c| {
+                    let addr = c.vram_pfn.map_or(self.bos.sram_addr(c), |pfn| pfn * PAGE);
+                    (addr, c.pages() * PAGE)
+                })
+                .collect();
+            read(bo.pages * PAGE, &runs)
         })();
         bo.resv.unlock();
         r
@@ -417,13 +490,14 @@ impl Inner<HostPlatform> {
     /// them in VRAM (waiting in mm-server, with no lock held, when VRAM is
     /// short), submits the job with `push` and marks them busy with it.
     /// An object that cannot get VRAM runs from its SRAM home.
-    pub(crate) fn submit_with_bos(
+    /// `push` returns the device job id and what the caller answers.
+    pub fn submit_with_bos<R>(
         &self,
         vm: u32,
         addr: u64,
         len: u64,
-        push: impl FnOnce() -> Result<u32, GpuError>,
-    ) -> Result<u32, GpuError> {
+        push: impl FnOnce() -> Result<(u32, R), GpuError>,
+    ) -> Result<R, GpuError> {
         let mut attempts = 0;
         // VRAM mm-server granted us for the previous attempt, released once
         // that attempt's allocations are accounted.
@@ -432,14 +506,14 @@ impl Inner<HostPlatform> {
             let bos: Vec<Arc<Bo>> = {
                 let st = self.lock();
                 let v = st.vms.get(&vm).ok_or(GpuError::NoSuchVm)?;
-                let map = self.hw.bos.map();
+                let map = self.bos.map();
                 v.bos
                     .iter()
                     .filter(|m| m.overlaps(addr, len))
-                    .filter_map(|m| map.get(&m.bo).cloned())
+                    .filter_map(|m| map.get(Handle::from_raw(m.bo)).cloned())
                     .collect()
             };
-            let ctx = self.hw.bos.class.context();
+            let ctx = self.bos.class.context();
             let set: Vec<&WwMutex> = bos.iter().map(|b| &b.resv).collect();
             let held = ww::lock_all(&set, &ctx);
             let unlock = || held.iter().for_each(|&h| set[h].unlock());
@@ -473,9 +547,10 @@ impl Inner<HostPlatform> {
                 continue;
             }
             let r = {
-                let _order = self.hw.bos.submit.lock().unwrap_or_else(|e| e.into_inner());
-                push().inspect(|&job| {
-                    let now = self.hw.bos.use_clock.fetch_add(1, Ordering::Relaxed);
+                let _order = lock(&self.bos.submit);
+                push().inspect(|&(job, _)| {
+                    self.note_vm_job(vm, job);
+                    let now = self.bos.use_clock.fetch_add(1, Ordering::Relaxed);
                     for b in &bos {
                         let mut p = b.placement();
                         p.busy_job = job;
@@ -485,7 +560,7 @@ impl Inner<HostPlatform> {
             };
             unlock();
             self.report_usage();
-            return r;
+            return r.map(|(_, out)| out);
         }
     }
 
@@ -503,48 +578,55 @@ impl Inner<HostPlatform> {
             if c.vram_pfn.is_some() {
                 continue;
             }
+            // Past the client's VRAM share the chunk runs from SRAM.
+            if bo
+                .session
+                .charge(ses::vram_bytes, c.pages() * PAGE)
+                .is_err()
+            {
+                continue;
+            }
             match self.vram.alloc(c.order) {
                 Ok(pfn) => {
-                    copies.push((self.hw.bos.sram_addr(c), pfn * PAGE, c.pages() * PAGE));
+                    copies.push((self.bos.sram_addr(c), pfn * PAGE, c.pages() * PAGE));
                     placed.push((i, pfn));
                 }
-                Err(_) => short += c.pages(),
+                Err(_) => {
+                    bo.session.release(ses::vram_bytes, c.pages() * PAGE);
+                    short += c.pages();
+                }
             }
         }
         if placed.is_empty() {
             return Ok(short);
         }
-        if !self
-            .hw
-            .dev
-            .copy(&copies)
-            .map_err(|_| GpuError::DeviceLost)?
-        {
-            for (_, pfn) in placed {
+        if !self.hw.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
+            for (i, pfn) in placed {
                 let _ = self.vram.free_unused(pfn);
+                bo.session
+                    .release(ses::vram_bytes, p.chunks[i].pages() * PAGE);
             }
             return Err(GpuError::DeviceLost);
         }
         for &(i, pfn) in &placed {
             p.chunks[i].vram_pfn = Some(pfn);
-            self.hw
-                .bos
+            self.bos
                 .vram_pages
                 .fetch_add(p.chunks[i].pages(), Ordering::Relaxed);
         }
-        let chunks = p.chunks.clone();
+        let chunks = p.chunks.to_vec();
         drop(p);
         let ranges = self.write_bo_ptes(&mut self.lock(), bo, &chunks);
         self.invalidate_ranges(&ranges)?;
-        self.hw.bos.restores.fetch_add(1, Ordering::Relaxed);
+        self.bos.restores.fetch_add(1, Ordering::Relaxed);
         Ok(short)
     }
 
     /// The shrinker (`GpuShrink::Shrink`): evicts idle objects, least
     /// recently used first, until `bytes` have left VRAM. Trylock only.
-    pub(crate) fn shrink_bos(&self, bytes: u64) -> Result<(u64, u32), GpuError> {
+    pub fn shrink_bos(&self, bytes: u64) -> Result<(u64, u32), GpuError> {
         let mut candidates: Vec<(u64, Arc<Bo>)> =
-            self.hw.bos.map().values().map(|b| (0, b.clone())).collect();
+            self.bos.map().iter().map(|(_, b)| (0, b.clone())).collect();
         for (key, b) in candidates.iter_mut() {
             // Unlocked peek: only an ordering hint.
             *key = b
@@ -587,15 +669,10 @@ impl Inner<HostPlatform> {
             .iter()
             .filter_map(|c| {
                 c.vram_pfn
-                    .map(|pfn| (pfn * PAGE, self.hw.bos.sram_addr(c), c.pages() * PAGE))
+                    .map(|pfn| (pfn * PAGE, self.bos.sram_addr(c), c.pages() * PAGE))
             })
             .collect();
-        if !self
-            .hw
-            .dev
-            .copy(&copies)
-            .map_err(|_| GpuError::DeviceLost)?
-        {
+        if !self.hw.copy(&copies).map_err(|_| GpuError::DeviceLost)? {
             return Err(GpuError::DeviceLost);
         }
         let mut old = Vec::new();
@@ -604,7 +681,7 @@ impl Inner<HostPlatform> {
                 old.push((pfn, c.pages()));
             }
         }
-        let chunks = p.chunks.clone();
+        let chunks = p.chunks.to_vec();
         drop(p);
         // PTEs point home and the TLBs forget VRAM before the blocks go.
         let ranges = self.write_bo_ptes(&mut self.lock(), bo, &chunks);
@@ -612,10 +689,11 @@ impl Inner<HostPlatform> {
         let mut pages = 0;
         for (pfn, n) in old {
             let _ = self.vram.free_unused(pfn);
-            self.hw.bos.vram_pages.fetch_sub(n, Ordering::Relaxed);
+            self.bos.vram_pages.fetch_sub(n, Ordering::Relaxed);
+            bo.session.release(ses::vram_bytes, n * PAGE);
             pages += n;
         }
-        self.hw.bos.evictions.fetch_add(1, Ordering::Relaxed);
+        self.bos.evictions.fetch_add(1, Ordering::Relaxed);
         Ok(pages)
     }
 }

@@ -8,26 +8,25 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use hw::xe::commands::{Command, KernelLaunch, KernelOp};
 use hw::xe::fault::FaultDescriptor;
-use hw::xe::layout::Ring;
-use hw::xe::pte::{PageSize, Target};
+use hw::xe::layout;
+use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
 use ipc_protocol::interfaces::gpu_shrink as sh;
-use ipc_protocol::interfaces::pager_migrate::{
-    Collect, Collected, Finalize, OpenView, PagerMigrate,
-};
+use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize, PagerMigrate};
 use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve};
 use ipc_protocol::server::Handler;
-use ipc_protocol::types::{BoId, JobId, JobStatus, KernelKind, MemoryKind, VmId, World};
+use ipc_protocol::types::{BoId, JobId, MemoryKind, VmId, World};
+use ipc_protocol::wire::BoundedVec;
 use ipc_protocol::Capability;
 
-use crate::bo::BoStore;
+use crate::arena::{Config, ConfigError};
+use crate::budget::GpuBudget;
 use crate::device::Device;
+use crate::faults::Dispatch;
 use crate::platform::{Platform, PortError};
 use crate::ppgtt::Ppgtt;
 use crate::server::Inner;
@@ -36,6 +35,8 @@ use crate::vram::Vram;
 const PAGE: u64 = 4096;
 const STAGING_SLOT: u32 = 1;
 const ZERO_SLOT: u32 = 62;
+/// The DMA slot of the BO SRAM pool.
+const POOL_SLOT: u32 = 63;
 const FIRST_OBJECT_SLOT: u32 = 2;
 
 /// DMA slots for objects: the next never used, and those given back.
@@ -49,8 +50,10 @@ pub struct HostPlatform {
     pub dev: Arc<Device>,
     /// VRAM kept for page tables.
     pub pt: Vram,
-    pub bos: BoStore,
-    migrate: Client<PagerMigrate>,
+    /// The BO world's SRAM pool, DMA-mapped at `pool_dma`.
+    pool: hw::shm::Region,
+    pool_dma: u64,
+    pub(crate) migrate: Client<PagerMigrate>,
     /// mm-server: told our VRAM usage after each change (rule 7's
     /// accounting), and where allocations that find no VRAM wait (rule 5).
     pub pressure: Option<Client<Pressure>>,
@@ -60,8 +63,26 @@ pub struct HostPlatform {
 }
 
 impl HostPlatform {
+    /// Gives back a slot taken but never mapped.
+    pub(crate) fn give_back_slot(&self, slot: u32) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free
+            .push(slot);
+    }
+
+    /// Copies `buf.len()` bytes at device address `addr` (VRAM, or the BO
+    /// pool) into `buf`.
+    fn read_device(&self, addr: u64, buf: &mut [u8]) -> bool {
+        match addr.checked_sub(self.pool_dma) {
+            Some(off) if self.pool_dma > 0 => self.pool.read(off, buf),
+            _ => self.dev.bar.vram().read(addr, buf),
+        }
+    }
+
     /// A free DMA slot for an object.
-    fn take_slot(&self) -> Option<u32> {
+    pub(crate) fn take_slot(&self) -> Option<u32> {
         let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = s.free.pop() {
             return Some(slot);
@@ -85,8 +106,16 @@ impl Platform for HostPlatform {
     fn new_tables(&self, asid: u32) -> Result<Ppgtt, PortError> {
         Ppgtt::new(&self.dev.bar, &self.pt, asid).map_err(|_| PortError)
     }
-    fn map(&self, t: &mut Ppgtt, va: u64, addr: u64, size: PageSize, target: Target) {
-        let _ = t.map(&self.dev.bar, &self.pt, va, addr, size, target);
+    fn map(
+        &self,
+        t: &mut Ppgtt,
+        va: u64,
+        addr: u64,
+        size: PageSize,
+        target: Target,
+        a: LeafAccess,
+    ) {
+        let _ = t.map(&self.dev.bar, &self.pt, va, addr, (size, target), a);
     }
     fn unmap(&self, t: &mut Ppgtt, va: u64, len: u64) {
         let _ = t.unmap(&self.dev.bar, &self.pt, va, len);
@@ -161,8 +190,36 @@ impl Platform for HostPlatform {
             }
         }
     }
-    fn bo_vram_pages(&self) -> u64 {
-        self.bos.vram_pages.load(Ordering::Relaxed)
+    fn bo_pool(&self) -> (u64, u64) {
+        (self.pool_dma, self.pool.len() as u64)
+    }
+    fn clear_bo_home(&self, addr: u64, len: u64) {
+        let Some(off) = addr.checked_sub(self.pool_dma) else {
+            return;
+        };
+        let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        if let Err(e) = rustix::fs::fallocate(self.pool.fd(), punch, off, len) {
+            log::warn!("xe-svm: clearing a BO home: {e}");
+        }
+    }
+    /// Retired: every job up to it is (the in-order register), or its own
+    /// job table slot says so (written before the register moves).
+    fn job_retired(&self, job: u32) -> bool {
+        let bar = &self.dev.bar;
+        job == 0
+            || (bar.reg(layout::REG_CCS_DONE).wrapping_sub(job) as i32) >= 0
+            || bar.job_result(job).is_some()
+    }
+    fn wait_job(&self, job: u32, timeout: std::time::Duration) -> bool {
+        self.job_retired(job)
+            || self
+                .dev
+                .bar
+                .wait_seqno(layout::REG_CCS_DONE, job, timeout)
+                .is_ok()
+    }
+    fn job_result(&self, job: u32) -> Option<(u32, u32)> {
+        self.dev.bar.job_result(job)
     }
 }
 
@@ -171,19 +228,65 @@ pub struct GpuServer {
     pub inner: Arc<Inner<HostPlatform>>,
 }
 
+/// Why a GPU server could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootError {
+    /// Its metadata arena (`arena.rs`).
+    Config(ConfigError),
+    /// The host would not give a region or a DMA mapping it needs.
+    Host(String),
+}
+
+impl From<ConfigError> for BootError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl From<String> for BootError {
+    fn from(e: String) -> Self {
+        Self::Host(e)
+    }
+}
+
+impl std::fmt::Display for BootError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => e.fmt(f),
+            Self::Host(e) => f.write_str(e),
+        }
+    }
+}
+
 /// VRAM kept for page tables: 1/32 of VRAM, at its top.
 fn pt_pages(total: u64) -> u64 {
     (total / 32).max(512) & !511
 }
 
 impl GpuServer {
-    /// `bo_pool_bytes`: the SRAM pool that holds evicted buffer objects.
+    /// `bo_pool_bytes`: the SRAM pool that holds evicted buffer objects;
+    /// `cfg`: the budget and the metadata arena it sizes (checked first).
     pub fn new(
         dev: Arc<Device>,
         migrate: Client<PagerMigrate>,
         pressure: Option<Client<Pressure>>,
         bo_pool_bytes: u64,
-    ) -> Result<Self, String> {
+        cfg: &Config,
+    ) -> Result<Self, BootError> {
+        let arena = cfg.arena()?;
+        Self::with_arena(dev, migrate, pressure, bo_pool_bytes, cfg.budget, arena)
+    }
+
+    /// As [`Self::new`], with an arena of the caller's (tests size it
+    /// below what the budget needs).
+    pub fn with_arena(
+        dev: Arc<Device>,
+        migrate: Client<PagerMigrate>,
+        pressure: Option<Client<Pressure>>,
+        bo_pool_bytes: u64,
+        budget: GpuBudget,
+        arena: Arc<session::Arena>,
+    ) -> Result<Self, BootError> {
         let total = dev.bar.vram_bytes() / PAGE;
         let pt = pt_pages(total);
         // The probe used the last 2 MiB: it is free again now.
@@ -197,9 +300,20 @@ impl GpuServer {
                 2 << 20,
             )
             .map_err(|e| e.to_string())?;
-        let bos = BoStore::new(&dev.bar, bo_pool_bytes)?;
+        let pool_bytes = bo_pool_bytes.max(2 << 20) & !((2 << 20) - 1);
+        let pool = hw::shm::Region::create("xe-svm-bo-pool", pool_bytes as usize)
+            .map_err(|e| e.to_string())?;
+        let pool_dma = dev
+            .bar
+            .dma_map(
+                POOL_SLOT,
+                pool.dup_fd().map_err(|e| e.to_string())?,
+                pool_bytes,
+            )
+            .map_err(|e| e.to_string())?;
         let hw = HostPlatform {
-            bos,
+            pool,
+            pool_dma,
             pt: Vram::new(total - pt, pt),
             dev,
             migrate,
@@ -212,42 +326,49 @@ impl GpuServer {
             _zero: zero,
         };
         Ok(Self {
-            inner: Arc::new(Inner::new(hw, 0, data_pages)),
+            inner: Arc::new(Inner::with_arena(hw, 0, data_pages, budget, arena)),
         })
     }
 
-    /// The fault worker: batches faults, resolves each 2 MiB group once,
-    /// replies to every fault of the group.
+    /// `ReadBo`: the object's bytes in a new memfd.
+    fn read_bo(&self, owner: u64, bo: u32) -> Result<(u64, OwnedFd), GpuError> {
+        self.inner.read_bo_with(owner, bo, |size, runs| {
+            let out = hw::shm::Region::create("xe-svm-bo-read", size as usize)
+                .map_err(|_| GpuError::OutOfMetadata)?;
+            let mut buf = vec![0u8; 2 << 20];
+            let mut off = 0u64;
+            for &(addr, len) in runs {
+                let chunk = &mut buf[..len as usize];
+                if !self.inner.hw.read_device(addr, chunk) || !out.write(off, chunk) {
+                    return Err(GpuError::DeviceLost);
+                }
+                off += len;
+            }
+            Ok((size, out.dup_fd().map_err(|_| GpuError::OutOfMetadata)?))
+        })
+    }
+
+    /// Serves GPU faults, one worker per VM with faults pending
+    /// (`faults.rs`), until the GuC pump stops.
     pub fn fault_worker(self, faults: Receiver<FaultDescriptor>) {
-        while let Ok(first) = faults.recv() {
-            let mut batch = vec![first];
-            while batch.len() < 64 {
-                match faults.try_recv() {
-                    Ok(f) => batch.push(f),
-                    Err(_) => break,
-                }
+        let (inner, dev) = (self.inner.clone(), self.inner.clone());
+        let resolve = move |asid: u32, va: u64, write: bool, near: &[u64]| {
+            inner.resolve_access(asid, va, write, near)
+        };
+        let reply = move |f: &FaultDescriptor, ok: bool| {
+            let counter = match f.prefetch {
+                true => &dev.counters.prefetch_faults,
+                false => &dev.counters.gpu_faults,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if !ok {
+                dev.log_unserved(f);
             }
-            self.inner
-                .counters
-                .gpu_faults
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let mut groups: Vec<((u32, u64), Vec<FaultDescriptor>)> = Vec::new();
-            for f in batch {
-                let key = (f.asid, f.address >> 21);
-                match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, v)) => v.push(f),
-                    None => groups.push((key, vec![f])),
-                }
+            if let Err(e) = dev.hw.dev.reply(f, ok) {
+                log::error!("xe-svm: fault reply: {e}");
             }
-            for (_, group) in groups {
-                let ok = self.inner.resolve(group[0].asid, group[0].address);
-                for f in &group {
-                    if let Err(e) = self.inner.hw.dev.reply(f, ok) {
-                        log::error!("xe-svm: fault reply: {e}");
-                    }
-                }
-            }
-        }
+        };
+        Dispatch::new(Arc::new(resolve), Arc::new(reply)).run(faults);
     }
 }
 
@@ -318,29 +439,38 @@ impl Handler<n::GpuNotify> for GpuServer {
                     vec![],
                 ))
             }
+            n::Request::ViewPart(n::ViewPart {
+                view,
+                new_view,
+                first_page,
+                pages,
+                from,
+                to,
+            }) => {
+                let end = first_page.checked_add(pages).ok_or(NotifyError::BadRange)?;
+                let (bindings, skipped) =
+                    inner.view_part(view.get(), new_view.get(), first_page..end, from, to)?;
+                Ok((n::Reply::ViewPart(n::Copied { bindings, skipped }), vec![]))
+            }
+            n::Request::ViewGrown(n::ViewGrown {
+                view,
+                tail,
+                first_page,
+                pages,
+            }) => {
+                let end = first_page.checked_add(pages).ok_or(NotifyError::BadRange)?;
+                let (bindings, skipped) =
+                    inner.view_grown(view.get(), tail.get(), first_page..end)?;
+                Ok((n::Reply::ViewGrown(n::Copied { bindings, skipped }), vec![]))
+            }
         }
     }
 }
 
-fn kernel_op(k: KernelKind) -> KernelOp {
-    match k {
-        KernelKind::TouchPages => KernelOp::TouchPages,
-        KernelKind::IncrementAll => KernelOp::IncrementAll,
-        KernelKind::StridedWrite => KernelOp::StridedWrite,
-        KernelKind::RandomRead => KernelOp::RandomRead,
-        KernelKind::AtomicAdd => KernelOp::AtomicAdd,
-    }
-}
-
 impl Handler<g::Gpu> for GpuServer {
-    /// A client is gone: its VMs go (unmapped, invalidated, tables freed).
+    /// A client is gone: its session ends (`end.rs`).
     fn disconnected(&self, caller: &Capability) {
-        self.inner.destroy_vms_of(caller.badge.0);
-        self.inner.destroy_bos_of(caller.badge.0);
-        log::info!(
-            "xe-svm: client {} gone; its VMs and buffer objects were destroyed",
-            caller.badge.0
-        );
+        self.inner.end_session(caller.badge.0);
     }
 
     fn handle(
@@ -353,10 +483,12 @@ impl Handler<g::Gpu> for GpuServer {
         let owner = caller.badge.0;
         match req {
             g::Request::CreateVm(_) => {
-                let asid = inner.create_vm(owner)?;
+                let vm = inner.create_vm(owner)?;
+                // The handle's index is the ASID.
+                let asid = session::Handle::from_raw(vm).index();
                 Ok((
                     g::Reply::CreateVm(g::VmCreated {
-                        vm: VmId::raw(asid),
+                        vm: VmId::raw(vm),
                         asid,
                     }),
                     vec![],
@@ -366,97 +498,41 @@ impl Handler<g::Gpu> for GpuServer {
                 inner.destroy_vm(owner, vm.get())?;
                 Ok((g::Reply::DestroyVm(g::Done {}), vec![]))
             }
-            g::Request::BindView(g::BindView { vm, view, gpu_addr }) => {
-                if !inner.owns_vm(owner, vm.get()) {
-                    return Err(GpuError::NoSuchVm);
-                }
-                // The pager checks that the view is this client's.
-                let (opened, mut fds) = inner
-                    .hw
-                    .migrate
-                    .call_with_handles(
-                        OpenView {
-                            view,
-                            client: owner,
-                        },
-                        vec![],
-                    )
-                    .map_err(|e| match e {
-                        ipc_protocol::client::CallError::Server(_) => GpuError::NoSuchView,
-                        _ => GpuError::PagerUnavailable,
-                    })?;
-                let memfd = fds.pop().ok_or(GpuError::PagerUnavailable)?;
-                let object = opened.object.get();
-                if !inner.knows_object(object) {
-                    let slot = inner.hw.take_slot().ok_or(GpuError::OutOfMetadata)?;
-                    let size = rustix::fs::fstat(&memfd)
-                        .map_err(|_| GpuError::PagerUnavailable)?
-                        .st_size as u64;
-                    let dup = rustix::io::fcntl_dupfd_cloexec(&memfd, 0)
-                        .map_err(|_| GpuError::PagerUnavailable)?;
-                    let dma = inner
-                        .hw
-                        .dev
-                        .bar
-                        .dma_map(slot, dup, size)
-                        .map_err(|_| GpuError::DeviceLost)?;
-                    if !inner.add_object(object, slot, dma, Some(memfd), size / PAGE) {
-                        // Another bind added it meanwhile.
-                        inner.hw.dma_unmap(slot);
-                    }
-                }
-                inner.bind(
-                    owner,
-                    vm.get(),
-                    view.get(),
-                    object,
-                    opened.object_first_page,
-                    opened.pages,
-                    gpu_addr,
-                )?;
+            g::Request::BindView(g::BindView {
+                vm,
+                view,
+                gpu_addr,
+                flags,
+            }) => {
+                self.bind_view(owner, vm.get(), view, gpu_addr, flags)?;
                 Ok((g::Reply::BindView(g::Done {}), vec![]))
+            }
+            g::Request::FaultLog(g::FaultLog { vm }) => Ok((
+                g::Reply::FaultLog(inner.fault_log(owner, vm.get())?),
+                vec![],
+            )),
+            g::Request::Prefetch(g::Prefetch { vm, gpu_addr, len }) => {
+                let (in_vram, pages) = inner.prefetch(owner, vm.get(), gpu_addr, len)?;
+                Ok((g::Reply::Prefetch(g::Prefetched { in_vram, pages }), vec![]))
+            }
+            g::Request::Protect(g::Protect {
+                vm,
+                gpu_addr,
+                len,
+                prot,
+            }) => {
+                inner.protect(owner, vm.get(), gpu_addr, len, prot)?;
+                Ok((g::Reply::Protect(g::Done {}), vec![]))
             }
             g::Request::Unbind(g::Unbind { vm, gpu_addr }) => {
                 inner.unbind(owner, vm.get(), gpu_addr)?;
                 Ok((g::Reply::Unbind(g::Done {}), vec![]))
             }
-            g::Request::Submit(g::Submit {
-                vm,
-                kernel,
-                addr,
-                len,
-                stride,
-                value,
-                threads,
-            }) => {
-                if !inner.owns_vm(owner, vm.get()) {
-                    return Err(GpuError::NoSuchVm);
-                }
-                // Buffer objects the job reaches are locked and placed first.
-                let job = inner.submit_with_bos(vm.get(), addr, len, || {
-                    let job = inner.next_job.fetch_add(1, Ordering::Relaxed);
-                    inner.note_job(job, owner);
-                    let k = KernelLaunch {
-                        job,
-                        asid: vm.get(),
-                        op: kernel_op(kernel),
-                        addr,
-                        len,
-                        stride: stride as u32,
-                        value,
-                        threads,
-                    };
-                    inner
-                        .hw
-                        .dev
-                        .bar
-                        .submit(Ring::Compute, job, &Command::Launch(k))
-                        .map_err(|_| GpuError::DeviceLost)?;
-                    Ok(job)
-                })?;
+            g::Request::Submit(k) => {
+                let job = inner.submit_kernel(owner, &k)?;
                 Ok((
                     g::Reply::Submit(g::Submitted {
-                        job: JobId::raw(job as u64),
+                        job: JobId::raw(job),
                     }),
                     vec![],
                 ))
@@ -465,41 +541,17 @@ impl Handler<g::Gpu> for GpuServer {
                 let job = crate::jobs::submit_batch(inner, owner, &b)?;
                 Ok((
                     g::Reply::SubmitBatch(g::Submitted {
-                        job: JobId::raw(job as u64),
+                        job: JobId::raw(job),
                     }),
                     vec![],
                 ))
             }
             g::Request::Wait(g::Wait { job, timeout_ms }) => {
-                let id = u32::try_from(job.get()).map_err(|_| GpuError::NoSuchJob)?;
-                // Only the caller's own jobs, and only while the device
-                // still keeps their result slot.
-                if !inner.owns_job(owner, id) {
-                    return Err(GpuError::NoSuchJob);
-                }
-                let t0 = Instant::now();
-                let bar = &inner.hw.dev.bar;
-                match bar.wait_job(id, Duration::from_millis(timeout_ms as u64)) {
-                    Ok(result) => {
-                        let (state, faults) = result.ok_or(GpuError::NoSuchJob)?;
-                        Ok((
-                            g::Reply::Wait(g::JobDone {
-                                status: crate::jobs::job_status(state),
-                                faults: faults as u64,
-                                elapsed_us: t0.elapsed().as_micros() as u64,
-                            }),
-                            vec![],
-                        ))
-                    }
-                    Err(_) => Ok((
-                        g::Reply::Wait(g::JobDone {
-                            status: JobStatus::Running,
-                            faults: 0,
-                            elapsed_us: t0.elapsed().as_micros() as u64,
-                        }),
-                        vec![],
-                    )),
-                }
+                let done = inner.wait_job(owner, job.get(), timeout_ms)?;
+                Ok((g::Reply::Wait(done), vec![]))
+            }
+            g::Request::Accounting(_) => {
+                Ok((g::Reply::Accounting(inner.accounting(owner)), vec![]))
             }
             g::Request::CreateBo(g::CreateBo { size_bytes }) => {
                 let bo = inner.create_bo(owner, size_bytes)?;
@@ -517,7 +569,7 @@ impl Handler<g::Gpu> for GpuServer {
                 Ok((g::Reply::DestroyBo(g::Done {}), vec![]))
             }
             g::Request::ReadBo(g::ReadBo { bo }) => {
-                let (size_bytes, fd) = inner.read_bo(owner, bo.get())?;
+                let (size_bytes, fd) = self.read_bo(owner, bo.get())?;
                 Ok((g::Reply::ReadBo(g::BoData { size_bytes }), vec![fd]))
             }
             g::Request::Stats(_) => {
@@ -527,12 +579,15 @@ impl Handler<g::Gpu> for GpuServer {
                         vram_total: inner.vram.total_pages() * PAGE,
                         vram_used: inner.vram.used_pages() * PAGE,
                         gpu_faults: c.gpu_faults.load(Ordering::Relaxed),
+                        prefetch_faults: c.prefetch_faults.load(Ordering::Relaxed),
                         pages_to_vram: c.pages_to_vram.load(Ordering::Relaxed),
                         pages_to_ram: c.pages_to_ram.load(Ordering::Relaxed),
-                        bo_evictions: inner.hw.bos.evictions.load(Ordering::Relaxed),
-                        bo_restores: inner.hw.bos.restores.load(Ordering::Relaxed),
+                        bo_evictions: inner.bos.evictions.load(Ordering::Relaxed),
+                        bo_restores: inner.bos.restores.load(Ordering::Relaxed),
                         bo_vram_bytes: inner.vram_by_world().0,
                         invalidations: c.invalidations.load(Ordering::Relaxed),
+                        by_size: BoundedVec::new(c.by_size.snapshot())
+                            .ok_or(GpuError::OutOfMetadata)?,
                     }),
                     vec![],
                 ))

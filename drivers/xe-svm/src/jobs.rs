@@ -8,18 +8,25 @@
 //! before it reaches the device.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use hw::xe::commands::{BatchSubmit, Command};
+use hw::xe::commands::{BatchSubmit, Command, KernelLaunch, KernelOp};
 use hw::xe::layout::{JobState, Ring};
-use ipc_protocol::interfaces::gpu::{GpuError, SubmitBatch};
-use ipc_protocol::types::JobStatus;
+use ipc_protocol::interfaces::gpu::{GpuError, JobDone, Submit, SubmitBatch};
+use ipc_protocol::types::{JobStatus, KernelKind};
 
 use crate::host::HostPlatform;
-use crate::server::Inner;
+use crate::job_table::Lookup;
+use crate::server::{Inner, USER_VA_END};
+use crate::session::{self as ses, GpuSession};
+use crate::sync::lock;
 
-/// Client GPU addresses lie below 2^47 (the user half of the VA space),
-/// as bindings do.
-const USER_VA_END: u64 = 1 << 47;
+/// How long a submit waits for one of its client's own jobs to retire when
+/// the client has `jobs_in_flight` running already (back-pressure on that
+/// client only); then `OverBudget`.
+const JOB_ROOM_WAIT: Duration = Duration::from_secs(30);
+/// One wait on the device inside [`JOB_ROOM_WAIT`].
+const JOB_ROOM_POLL: Duration = Duration::from_millis(200);
 
 /// The batch dword aligned and the fence qword aligned (or 0), both
 /// inside the user half: anything else is `BadRange`.
@@ -38,36 +45,173 @@ pub fn check_batch(req: &SubmitBatch) -> Result<(), GpuError> {
     }
 }
 
+/// A kernel's range inside the user half (no wrap) and a stride that
+/// fits the device's 32 bits: anything else is `BadRange`.
+pub fn check_kernel(req: &Submit) -> Result<(), GpuError> {
+    let range_ok = req
+        .addr
+        .checked_add(req.len)
+        .is_some_and(|end| end <= USER_VA_END);
+    if range_ok && u32::try_from(req.stride).is_ok() {
+        Ok(())
+    } else {
+        Err(GpuError::BadRange)
+    }
+}
+
+fn kernel_op(k: KernelKind) -> KernelOp {
+    match k {
+        KernelKind::TouchPages => KernelOp::TouchPages,
+        KernelKind::IncrementAll => KernelOp::IncrementAll,
+        KernelKind::StridedWrite => KernelOp::StridedWrite,
+        KernelKind::RandomRead => KernelOp::RandomRead,
+        KernelKind::AtomicAdd => KernelOp::AtomicAdd,
+        KernelKind::Speculative => KernelOp::Speculative,
+    }
+}
+
+impl Inner<HostPlatform> {
+    /// A device job's (status, faults) once it retired.
+    fn device_result(&self, job: u32) -> Option<(u32, u32)> {
+        self.hw.dev.bar.job_result(job)
+    }
+
+    /// Charges one of `session`'s jobs in flight, first waiting (holding
+    /// no lock) for its own oldest job to retire while it has none left.
+    fn reserve_job(&self, session: &GpuSession) -> Result<(), GpuError> {
+        let retired = |j: u32| self.device_result(j);
+        let t0 = Instant::now();
+        loop {
+            let oldest = {
+                let mut jobs = lock(&self.jobs);
+                jobs.harvest(session, &retired);
+                if session.charge(ses::jobs_in_flight, 1).is_ok() {
+                    return Ok(());
+                }
+                jobs.oldest_running(session.badge)
+            };
+            let (Some(job), true) = (oldest, t0.elapsed() < JOB_ROOM_WAIT) else {
+                return Err(GpuError::OverBudget);
+            };
+            let _ = self.hw.dev.bar.wait_job(job, JOB_ROOM_POLL);
+        }
+    }
+
+    /// Submits a job for `owner` with its job in flight charged first
+    /// (given back if the submit fails).
+    fn submit_charged<R>(
+        &self,
+        owner: u64,
+        submit: impl FnOnce(&std::sync::Arc<GpuSession>) -> Result<R, GpuError>,
+    ) -> Result<R, GpuError> {
+        let session = self.session(owner);
+        self.reserve_job(&session)?;
+        submit(&session).inspect_err(|_| session.release(ses::jobs_in_flight, 1))
+    }
+
+    /// Admits the next device job for `session` (its job table record),
+    /// pushes `cmd(job)` on the compute ring; returns the device job and
+    /// the client's job id. Runs under the submit lock.
+    fn push_job(
+        &self,
+        session: &std::sync::Arc<GpuSession>,
+        cmd: impl FnOnce(u32) -> Command,
+    ) -> Result<(u32, u64), GpuError> {
+        let session = session.clone();
+        let job = self.next_job.load(Ordering::Relaxed);
+        let retired = |j: u32| self.device_result(j);
+        let h = lock(&self.jobs).admit(&session, job, &retired)?;
+        self.next_job.fetch_add(1, Ordering::Relaxed);
+        let r = self.hw.dev.bar.submit(Ring::Compute, job, &cmd(job));
+        if r.is_err() {
+            lock(&self.jobs).cancel(&session, h);
+            return Err(GpuError::DeviceLost);
+        }
+        Ok((job, h.raw() as u64))
+    }
+
+    /// Checks and submits kernel `req` for `owner`; returns the job id.
+    pub fn submit_kernel(&self, owner: u64, req: &Submit) -> Result<u64, GpuError> {
+        check_kernel(req)?;
+        let asid = self
+            .asid_of(owner, req.vm.get())
+            .ok_or(GpuError::NoSuchVm)?;
+        // Buffer objects the job reaches are locked and placed first.
+        self.submit_charged(owner, |s| {
+            self.submit_with_bos(asid, req.addr, req.len, || {
+                self.push_job(s, |job| {
+                    Command::Launch(KernelLaunch {
+                        job,
+                        asid,
+                        op: kernel_op(req.kernel),
+                        addr: req.addr,
+                        len: req.len,
+                        stride: req.stride as u32,
+                        value: req.value,
+                        threads: req.threads,
+                    })
+                })
+            })
+        })
+    }
+
+    /// Waits up to `timeout_ms` for `owner`'s job `id`.
+    pub fn wait_job(&self, owner: u64, id: u64, timeout_ms: u32) -> Result<JobDone, GpuError> {
+        let t0 = Instant::now();
+        let done = |state: u32, faults: u32| JobDone {
+            status: job_status(state),
+            faults: faults as u64,
+            elapsed_us: t0.elapsed().as_micros() as u64,
+        };
+        let device_job = match lock(&self.jobs).lookup(owner, id)? {
+            Lookup::Done(state, faults) => return Ok(done(state, faults)),
+            Lookup::Running(job) => job,
+        };
+        let timeout = Duration::from_millis(timeout_ms as u64);
+        match self.hw.dev.bar.wait_job(device_job, timeout) {
+            Ok(Some(r)) => {
+                let session = self.session(owner);
+                lock(&self.jobs).complete(&session, id, r);
+                Ok(done(r.0, r.1))
+            }
+            // Its slot went to a later job: harvested meanwhile.
+            Ok(None) => match lock(&self.jobs).lookup(owner, id)? {
+                Lookup::Done(state, faults) => Ok(done(state, faults)),
+                Lookup::Running(_) => Err(GpuError::NoSuchJob),
+            },
+            Err(_) => Ok(JobDone {
+                status: JobStatus::Running,
+                faults: 0,
+                elapsed_us: t0.elapsed().as_micros() as u64,
+            }),
+        }
+    }
+}
+
 /// Checks and submits `req` for `owner`; returns the job id.
 pub fn submit_batch(
     inner: &Inner<HostPlatform>,
     owner: u64,
     req: &SubmitBatch,
-) -> Result<u32, GpuError> {
+) -> Result<u64, GpuError> {
     check_batch(req)?;
-    let vm = req.vm.get();
-    if !inner.owns_vm(owner, vm) {
-        return Err(GpuError::NoSuchVm);
-    }
+    let asid = inner
+        .asid_of(owner, req.vm.get())
+        .ok_or(GpuError::NoSuchVm)?;
     // A batch may reach any buffer object of its VM: all are locked and
     // placed before it runs, and marked busy with it.
-    inner.submit_with_bos(vm, 0, USER_VA_END, || {
-        let job = inner.next_job.fetch_add(1, Ordering::Relaxed);
-        inner.note_job(job, owner);
-        let b = BatchSubmit {
-            job,
-            asid: vm,
-            batch_addr: req.batch_addr,
-            fence_addr: req.fence_addr,
-            fence_value: req.fence_value,
-        };
-        inner
-            .hw
-            .dev
-            .bar
-            .submit(Ring::Compute, job, &Command::Batch(b))
-            .map_err(|_| GpuError::DeviceLost)?;
-        Ok(job)
+    inner.submit_charged(owner, |s| {
+        inner.submit_with_bos(asid, 0, USER_VA_END, || {
+            inner.push_job(s, |job| {
+                Command::Batch(BatchSubmit {
+                    job,
+                    asid,
+                    batch_addr: req.batch_addr,
+                    fence_addr: req.fence_addr,
+                    fence_value: req.fence_value,
+                })
+            })
+        })
     })
 }
 

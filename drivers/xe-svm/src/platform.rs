@@ -5,7 +5,9 @@
 //! deterministic simulation (`sim/`) with simulated actors. The core's
 //! rules (5, 6, 8, 9) live in `server.rs` and `views.rs`, once, for both.
 
-use hw::xe::pte::{PageSize, Target};
+use std::time::Duration;
+
+use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
 use ipc_protocol::types::World;
 
@@ -26,7 +28,18 @@ pub trait Platform: Send + Sync + 'static {
     fn invalidate_tlb(&self, asid: u32, va: u64, len: u64) -> Result<(), PortError>;
     /// Page tables for a new VM `asid`, installed as its context.
     fn new_tables(&self, asid: u32) -> Result<Self::Tables, PortError>;
-    fn map(&self, t: &mut Self::Tables, va: u64, addr: u64, size: PageSize, target: Target);
+    /// Maps `va` to `addr`; without `access.writable` a GPU write faults (a
+    /// write access violation), without `access.atomics` a GPU atomic does
+    /// (an atomic access violation), instead of landing.
+    fn map(
+        &self,
+        t: &mut Self::Tables,
+        va: u64,
+        addr: u64,
+        size: PageSize,
+        target: Target,
+        access: LeafAccess,
+    );
     fn unmap(&self, t: &mut Self::Tables, va: u64, len: u64);
     /// The VM is gone: its context is cleared, its TLB entries dropped and
     /// its page tables freed.
@@ -50,6 +63,29 @@ pub trait Platform: Send + Sync + 'static {
     fn release(&self, world: World, bytes: u64);
     /// Tells mm-server what each world holds now (one-way).
     fn report_usage(&self, bo_bytes: u64, svm_bytes: u64);
-    /// VRAM pages the BO world holds (0 where there is none).
-    fn bo_vram_pages(&self) -> u64;
+
+    /// The BO world's SRAM pool, where evicted buffer objects live: its
+    /// device address and bytes (`(0, 0)`: no pool, no buffer objects).
+    fn bo_pool(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    /// Zeroes `[addr, addr + len)` of the SRAM pool (a new object's home).
+    fn clear_bo_home(&self, addr: u64, len: u64);
+
+    /// Whether device job `job` (0: none) has retired, so nothing it does
+    /// can reach a binding any more. Where there are no jobs: always.
+    fn job_retired(&self, job: u32) -> bool {
+        let _ = job;
+        true
+    }
+    /// Waits up to `timeout` for `job` to retire; whether it did.
+    fn wait_job(&self, job: u32, timeout: Duration) -> bool {
+        let _ = timeout;
+        self.job_retired(job)
+    }
+    /// The result of a retired job (`None`: still running, or unknown).
+    fn job_result(&self, job: u32) -> Option<(u32, u32)> {
+        let _ = job;
+        None
+    }
 }

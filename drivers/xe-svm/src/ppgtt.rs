@@ -4,9 +4,14 @@
 use std::sync::atomic::Ordering;
 
 use hw::bar::Bar;
-use hw::xe::pte::{decode, encode_leaf, encode_table, index, Entry, PageSize, Target, ADDR_MASK};
+use hw::xe::pte::{
+    decode, encode_leaf, encode_table, index, Entry, LeafAccess, PageSize, Target, ADDR_MASK,
+};
 
 use crate::vram::{Vram, VramError};
+
+/// The end of the 4-level (48-bit) GPU virtual address space.
+const VA_END: u64 = 1 << 48;
 
 /// PAT index for write-back cached memory.
 const PAT_WB: u8 = 0;
@@ -57,6 +62,7 @@ impl Ppgtt {
                     addr,
                     target,
                     writable,
+                    atomics,
                     ..
                 } => {
                     // Split a 2 MiB leaf to map inside it at 4 KiB.
@@ -67,7 +73,7 @@ impl Ppgtt {
                             addr + i * 4096,
                             PageSize::Size4K,
                             target,
-                            writable,
+                            LeafAccess { writable, atomics },
                             PAT_WB,
                         )
                         .map_err(|_| VramError::NotAllocated)?;
@@ -92,21 +98,27 @@ impl Ppgtt {
         pt: &Vram,
         va: u64,
         addr: u64,
-        size: PageSize,
-        target: Target,
+        (size, target): (PageSize, Target),
+        access: LeafAccess,
     ) -> Result<(), VramError> {
         let table = self.table_for(bar, pt, va, size.level())?;
         let pte =
-            encode_leaf(addr, size, target, true, PAT_WB).map_err(|_| VramError::NotAllocated)?;
+            encode_leaf(addr, size, target, access, PAT_WB).map_err(|_| VramError::NotAllocated)?;
         entry(bar, table, index(va, size.level())).store(pte, Ordering::Release);
         Ok(())
     }
 
     /// Clears every leaf covering `[va, va + len)` (4 KiB granularity; a 2 MiB
     /// leaf partly covered is split first). The caller invalidates the TLB.
+    /// A range that is not inside the 48-bit space (its end wraps or passes
+    /// 2^48) is [`VramError::BadRange`] and nothing is cleared.
     pub fn unmap(&mut self, bar: &Bar, pt: &Vram, va: u64, len: u64) -> Result<(), VramError> {
+        let end = va
+            .checked_add(len)
+            .filter(|&e| e <= VA_END)
+            .ok_or(VramError::BadRange)?;
         let mut a = va & !4095;
-        while a < va + len {
+        while a < end {
             // Walk without creating tables.
             let mut table = self.root;
             let mut level = 3;
@@ -123,7 +135,7 @@ impl Ppgtt {
                     Entry::Leaf {
                         size: PageSize::Size2M,
                         ..
-                    } if a % (2 << 20) == 0 && a + (2 << 20) <= va + len => {
+                    } if a % (2 << 20) == 0 && a + (2 << 20) <= end => {
                         e.store(0, Ordering::Release);
                         a += (2 << 20) - 4096;
                         done = true;

@@ -12,24 +12,43 @@
 //! - the fault path writes PTEs only if no invalidation newer than the
 //!   sequence it read from the pager arrived (`inval_seq <= seq`), checked
 //!   under this lock, like `mmu_interval_read_retry`.
+//!
+//! Per-object frame words and per-VM fault logs come from the metadata
+//! arena (`arena.rs`), allocated with no lock of ours held; the arena's
+//! spin lock is a leaf.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hw::xe::layout;
-use hw::xe::pte::{PageSize, Target};
-use ipc_protocol::interfaces::gpu::GpuError;
+use hw::xe::pte::{LeafAccess, PageSize, Target};
+use ipc_protocol::interfaces::gpu::{GpuError, PROT_READ, PROT_WRITE};
 use ipc_protocol::interfaces::gpu_notify::NotifyError;
 use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, World};
 
-use crate::bo::BoMap;
+use allocator_api2::alloc::Global;
+use allocator_api2::vec::Vec as MetaVec;
+use session::{Arena, Handle, HandleTable, Meta, Quota};
+
+use crate::arena::Config;
+use crate::bo::{BoMap, BoStore};
+use crate::budget::GpuBudget;
+use crate::density;
+use crate::job_table::JobTable;
 use crate::platform::Platform;
+use crate::protect::permits;
+use crate::session::{self as ses, GpuSession, Sessions};
 use crate::sync::{lock, Mutex, MutexGuard};
 use crate::vram::Vram;
 
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
+/// Client GPU addresses lie below 2^47 (the user half of a 4-level PPGTT).
+pub const USER_VA_END: u64 = 1 << 47;
+/// Bytes of server metadata per object page (its frame word).
+const META_PER_PAGE: u64 = 4;
 pub(crate) const GPU: u8 = 0;
 /// How long a GPU fault waits in mm-server for VRAM before it maps the
 /// pages from system memory instead.
@@ -44,11 +63,23 @@ pub(crate) struct Binding {
     pub(crate) view: u32,
     pub(crate) gpu_addr: u64,
     pub(crate) object: u32,
-    first_page: u64,
+    pub(crate) first_page: u64,
     pub(crate) pages: u64,
+    /// Bound with `BIND_READ_ONLY`: the GPU may only read through it,
+    /// whatever the VM's access at its addresses (`protect.rs`).
+    pub(crate) read_only: bool,
 }
 
 impl Binding {
+    /// The access this binding allows on top of the VM's (`Protect` bits).
+    pub(crate) fn access_mask(&self) -> u32 {
+        if self.read_only {
+            PROT_READ
+        } else {
+            PROT_READ | PROT_WRITE
+        }
+    }
+
     /// The same object pages bound for view `view` at `gpu_addr`.
     pub(crate) fn twin(&self, id: u64, view: u32, gpu_addr: u64) -> Self {
         Self {
@@ -58,10 +89,28 @@ impl Binding {
             object: self.object,
             first_page: self.first_page,
             pages: self.pages,
+            read_only: self.read_only,
         }
     }
-    fn contains(&self, va: u64) -> bool {
-        va >= self.gpu_addr && va < self.gpu_addr + self.pages * PAGE
+    /// The part of this binding over object pages `pages`, `shift` bytes
+    /// away (wrapping: the caller checks where it lands); `None` if they
+    /// share no page.
+    pub(crate) fn part(&self, pages: &core::ops::Range<u64>, shift: u64) -> Option<Self> {
+        let lo = self.first_page.max(pages.start);
+        let hi = (self.first_page + self.pages).min(pages.end);
+        (lo < hi).then(|| Self {
+            gpu_addr: (self.gpu_addr + (lo - self.first_page) * PAGE).wrapping_add(shift),
+            first_page: lo,
+            pages: hi - lo,
+            ..*self
+        })
+    }
+    /// One past the binding's last byte (checked below [`USER_VA_END`] at bind).
+    pub(crate) fn end(&self) -> u64 {
+        self.gpu_addr + self.pages * PAGE
+    }
+    pub(crate) fn contains(&self, va: u64) -> bool {
+        va >= self.gpu_addr && va < self.end()
     }
     /// The GPU address of object page `page`, if bound here.
     fn va_of(&self, page: u64) -> Option<u64> {
@@ -72,13 +121,22 @@ impl Binding {
 
 pub(crate) struct Vm<T> {
     pub(crate) owner: u64,
+    /// The client's id for this VM (its handle; the index is the ASID).
+    pub(crate) id: u32,
+    /// The device job id of the last job submitted in this VM (0: none):
+    /// a binding is not unbound while it runs (`Busy`).
+    pub(crate) last_job: u32,
     pub(crate) tables: T,
     pub(crate) bindings: Vec<Binding>,
     /// Buffer objects mapped here (`bo.rs`).
     pub(crate) bos: Vec<BoMap>,
+    /// Where the GPU may not write, or not access at all (`protect.rs`).
+    pub(crate) protections: crate::protect::Protections,
+    /// Its GPU faults that could not be served (`fault_log.rs`).
+    pub(crate) faults: crate::fault_log::FaultLogRing,
 }
 
-struct ObjectState {
+pub(crate) struct ObjectState {
     slot: u32,
     dma: u64,
     _memfd: Option<OwnedFd>,
@@ -86,9 +144,18 @@ struct ObjectState {
     inval_seq: u64,
     /// Per object page: its VRAM page frame + 1 while resident here,
     /// [`SYSTEM_MAPPED`] while some VM may map it as a system page, else 0.
-    /// 4 bytes per page, inside the 16-byte per-page metadata budget.
-    frames: Vec<u32>,
+    /// 4 bytes per page, inside the 16-byte per-page metadata budget,
+    /// from the metadata arena.
+    frames: MetaVec<u32, Meta>,
     resident_pages: u64,
+    /// GPU-fault migrations of this object in flight ([`Migrating`]): the
+    /// object is not forgotten while one runs, or its copy would land in
+    /// VRAM no object names while the pager records the pages there.
+    migrations: u32,
+    /// The session whose bind made the server know the object: charged
+    /// its DMA slot, its frame words and its pages in VRAM (`None` for
+    /// objects added without a session, as the simulation does).
+    charged: Option<Arc<GpuSession>>,
 }
 
 /// The frame word of a page a GPU fault mapped from system memory: before
@@ -96,7 +163,7 @@ struct ObjectState {
 const SYSTEM_MAPPED: u32 = u32::MAX;
 
 impl ObjectState {
-    fn frame(&self, page: u64) -> Option<u64> {
+    pub(crate) fn frame(&self, page: u64) -> Option<u64> {
         match self.frames.get(page as usize) {
             Some(&f) if f != 0 && f != SYSTEM_MAPPED => Some(f as u64 - 1),
             _ => None,
@@ -104,6 +171,7 @@ impl ObjectState {
     }
     fn set_frame(&mut self, page: u64, pfn: u64) {
         if let Some(f) = self.frames.get_mut(page as usize) {
+            // Its VRAM was charged before the block was allocated (`resolve`).
             if *f == 0 || *f == SYSTEM_MAPPED {
                 self.resident_pages += 1;
             }
@@ -114,10 +182,33 @@ impl ObjectState {
                 .unwrap_or(0);
         }
     }
+    /// Whether frame `f` holds this object's page `f - pfn` pages away
+    /// from `page` (in `pfn`): a migration's block holds its pages in
+    /// order, so this names the block's resident frames.
+    fn holds_near(&self, page: u64, pfn: u64, f: u64) -> bool {
+        let p = match f.checked_sub(pfn) {
+            Some(d) => page.checked_add(d),
+            None => page.checked_sub(pfn - f),
+        };
+        p.is_some_and(|p| self.frame(p) == Some(f))
+    }
+
+    /// Rule 6, then trimmed: the pages `left` (page, frame) left VRAM; the
+    /// parts of their blocks that hold none of this object's pages now go
+    /// back (`Vram::trim`), not only blocks whose last page left.
+    fn trim_blocks(&self, vram: &Vram, left: &[(u64, u64)]) {
+        for &(page, pfn) in left {
+            vram.trim(pfn, |f| self.holds_near(page, pfn, f));
+        }
+    }
+
     fn take_frame(&mut self, page: u64) -> Option<u64> {
         let pfn = self.frame(page)?;
         self.frames[page as usize] = 0;
         self.resident_pages -= 1;
+        if let Some(s) = &self.charged {
+            s.release(ses::vram_bytes, PAGE);
+        }
         Some(pfn)
     }
     fn mark_system_mapped(&mut self, page: u64) {
@@ -144,8 +235,13 @@ impl ObjectState {
 }
 
 pub(crate) struct State<T> {
-    pub(crate) vms: HashMap<u32, Vm<T>>,
-    objects: HashMap<u32, ObjectState>,
+    /// VMs by ASID.
+    pub(crate) vms: BTreeMap<u32, Vm<T>>,
+    /// The ASIDs in use: a VM's id is its handle here (its index is the
+    /// ASID), so ASIDs are reused after `DestroyVm` and a stale VM id
+    /// names nothing. Entries hold the owner's badge.
+    vm_ids: HandleTable<u64, Global>,
+    pub(crate) objects: BTreeMap<u32, ObjectState>,
     /// The pager's staging buffer: (device address, bytes).
     pub(crate) staging: Option<(u64, u64)>,
 }
@@ -153,9 +249,13 @@ pub(crate) struct State<T> {
 #[derive(Default)]
 pub struct Counters {
     pub gpu_faults: AtomicU64,
+    /// Prefetch (speculative) faults acknowledged and dropped.
+    pub prefetch_faults: AtomicU64,
     pub pages_to_vram: AtomicU64,
     pub pages_to_ram: AtomicU64,
     pub invalidations: AtomicU64,
+    /// Migrations per page size, each way (`size_stats.rs`).
+    pub by_size: crate::size_stats::SizeCounters,
 }
 
 /// The core: `hw` is everything outside it.
@@ -164,33 +264,92 @@ pub struct Inner<P: Platform> {
     /// VRAM for SVM pages and buffer objects alike: the two worlds compete.
     pub vram: Vram,
     state: Mutex<State<P::Tables>>,
-    next_asid: AtomicU32,
     pub(crate) next_job: AtomicU32,
     next_binding: AtomicU64,
-    /// The client that submitted each job, by the device's job slot
-    /// (`layout::JOB_SLOTS`): a client waits only on its own jobs.
-    job_owners: Mutex<Vec<(u32, u64)>>,
+    /// Every client's jobs and their results (`job_table.rs`). Locked
+    /// after the BO store's submit lock, never with the VM lock held.
+    pub(crate) jobs: Mutex<JobTable>,
+    /// One session per client badge (`session.rs`, `end.rs`).
+    pub sessions: Sessions,
+    /// The BO world (`bo.rs`): buffer objects in VRAM or their SRAM homes.
+    pub bos: BoStore,
+    /// The metadata arena (`arena.rs`), charging a server-wide unlimited
+    /// quota: sessions are charged their frame words explicitly (`bind.rs`).
+    meta: Meta,
     pub counters: Counters,
 }
 
 impl<P: Platform> Inner<P> {
     /// A core over `hw`, with VRAM frames `[first_pfn, first_pfn + pages)`
-    /// for data (SVM pages and buffer objects).
+    /// for data (SVM pages and buffer objects), sized by the default
+    /// [`Config`] (the simulation's). Panics if the host will not give its
+    /// arena; a server boots with [`Config::arena`] and [`Self::with_arena`].
     pub fn new(hw: P, first_pfn: u64, pages: u64) -> Self {
+        let cfg = Config::default();
+        let arena = cfg.arena().expect("the default metadata arena");
+        Self::with_arena(hw, first_pfn, pages, cfg.budget, arena)
+    }
+
+    /// As [`Self::new`], each client session limited by `budget`, its
+    /// metadata from `arena`.
+    pub fn with_arena(
+        hw: P,
+        first_pfn: u64,
+        pages: u64,
+        budget: GpuBudget,
+        arena: Arc<Arena>,
+    ) -> Self {
+        // ASID 0 is the device's "no context": VMs get 1..MAX_ASIDS.
+        let asids = layout::MAX_ASIDS as u32 - 1;
+        let (pool_dma, pool_bytes) = hw.bo_pool();
         Self {
+            bos: BoStore::new(pool_dma, pool_bytes),
             hw,
             vram: Vram::new(first_pfn, pages),
             state: Mutex::new(State {
-                vms: HashMap::new(),
-                objects: HashMap::new(),
+                vms: BTreeMap::new(),
+                vm_ids: HandleTable::in_range(1, asids, asids as usize, Global),
+                objects: BTreeMap::new(),
                 staging: None,
             }),
-            next_asid: AtomicU32::new(1),
             next_job: AtomicU32::new(1),
             next_binding: AtomicU64::new(1),
-            job_owners: Mutex::new(vec![(0, 0); layout::JOB_SLOTS]),
+            jobs: Mutex::new(JobTable::new()),
+            sessions: Sessions::new(budget),
+            meta: Meta::new(arena, Arc::new(Quota::new(u64::MAX))),
             counters: Counters::default(),
         }
+    }
+
+    /// The metadata arena (accounting and tests).
+    pub fn arena(&self) -> &Arc<Arena> {
+        self.meta.arena()
+    }
+
+    /// An empty vector in the metadata arena (records a client's requests
+    /// make the server keep: bounded by its `metadata_bytes`).
+    pub(crate) fn meta_vec<T>(&self) -> MetaVec<T, Meta> {
+        MetaVec::new_in(self.meta.clone())
+    }
+
+    /// `owner`'s session (made on its first request).
+    pub fn session(&self, owner: u64) -> Arc<GpuSession> {
+        self.sessions.get_or_open(owner)
+    }
+
+    /// The ASID of `owner`'s VM `vm` (its id); another client's, a stale or
+    /// a guessed id is `NoSuchVm`.
+    pub(crate) fn vm_asid(st: &State<P::Tables>, owner: u64, vm: u32) -> Result<u32, GpuError> {
+        let h = Handle::from_raw(vm);
+        match st.vm_ids.get(h) {
+            Some(&o) if o == owner => Ok(h.index()),
+            _ => Err(GpuError::NoSuchVm),
+        }
+    }
+
+    /// The ASID of `owner`'s VM `vm`, if it has one.
+    pub fn asid_of(&self, owner: u64, vm: u32) -> Option<u32> {
+        Self::vm_asid(&self.lock(), owner, vm).ok()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<P::Tables>> {
@@ -208,17 +367,26 @@ impl<P: Platform> Inner<P> {
             && st
                 .objects
                 .get(&object)
-                .is_some_and(|o| o.resident_pages == 0)
+                .is_some_and(|o| o.resident_pages == 0 && o.migrations == 0)
         {
             if let Some(o) = st.objects.remove(&object) {
                 self.hw.dma_unmap(o.slot);
+                if let Some(s) = &o.charged {
+                    s.release(ses::dma_slots, 1);
+                    s.release(ses::metadata_bytes, o.frames.len() as u64 * META_PER_PAGE);
+                }
             }
         }
     }
 
+    /// Forgets `object` if no VM binds it and no VRAM page holds it.
+    pub(crate) fn forget_if_unused(&self, object: u32) {
+        self.drop_object_if_unused(&mut self.lock(), object);
+    }
+
     /// VRAM held by (buffer objects, SVM pages).
     pub fn vram_by_world(&self) -> (u64, u64) {
-        let bo = self.hw.bo_vram_pages() * PAGE;
+        let bo = self.bos.vram_pages.load(Ordering::Relaxed) * PAGE;
         (bo, (self.vram.used_pages() * PAGE).saturating_sub(bo))
     }
 
@@ -238,61 +406,97 @@ impl<P: Platform> Inner<P> {
         Ok(())
     }
 
-    /// A new VM for `owner`; returns its id (its ASID).
+    /// A new VM for `owner`; returns its id (a handle whose index is its
+    /// ASID). Past the client's `vms` budget: `OverBudget`; every ASID
+    /// taken: `OutOfMetadata`.
     pub fn create_vm(&self, owner: u64) -> Result<u32, GpuError> {
-        let asid = self.next_asid.fetch_add(1, Ordering::Relaxed);
-        if asid as usize >= layout::MAX_ASIDS {
-            return Err(GpuError::OutOfMetadata);
+        let session = self.session(owner);
+        session.charge(ses::vms, 1)?;
+        let r = self.create_vm_charged(owner);
+        if r.is_err() {
+            session.release(ses::vms, 1);
         }
-        let tables = self.hw.new_tables(asid).map_err(|_| GpuError::OutOfVram)?;
-        self.lock().vms.insert(
-            asid,
-            Vm {
-                owner,
-                tables,
-                bindings: Vec::new(),
-                bos: Vec::new(),
-            },
-        );
-        Ok(asid)
+        r
     }
 
-    /// Destroys `owner`'s VM `vm` (unmapped, invalidated, tables freed).
+    fn create_vm_charged(&self, owner: u64) -> Result<u32, GpuError> {
+        let faults = crate::fault_log::FaultLogRing::new_in(self.meta.clone())
+            .ok_or(GpuError::OutOfMetadata)?;
+        let h = self
+            .lock()
+            .vm_ids
+            .insert(owner)
+            .map_err(|_| GpuError::OutOfMetadata)?;
+        let asid = h.index();
+        let tables = match self.hw.new_tables(asid) {
+            Ok(t) => t,
+            Err(_) => {
+                self.lock().vm_ids.remove(h);
+                return Err(GpuError::OutOfVram);
+            }
+        };
+        let vm = Vm {
+            owner,
+            id: h.raw(),
+            last_job: 0,
+            tables,
+            bindings: Vec::new(),
+            bos: Vec::new(),
+            protections: Default::default(),
+            faults,
+        };
+        self.lock().vms.insert(asid, vm);
+        Ok(h.raw())
+    }
+
+    /// Destroys `owner`'s VM `vm` (unmapped, invalidated, tables freed);
+    /// its ASID is free for the next `CreateVm`.
     pub fn destroy_vm(&self, owner: u64, vm: u32) -> Result<(), GpuError> {
         let mut st = self.lock();
-        if !st.vms.get(&vm).is_some_and(|v| v.owner == owner) {
-            return Err(GpuError::NoSuchVm);
-        }
-        let v = st.vms.remove(&vm).ok_or(GpuError::NoSuchVm)?;
+        let asid = Self::vm_asid(&st, owner, vm)?;
+        let v = st.vms.remove(&asid).ok_or(GpuError::NoSuchVm)?;
         let objects: Vec<u32> = v.bindings.iter().map(|b| b.object).collect();
-        self.hw.drop_tables(vm, v.tables);
+        // Tables go (and the TLB forgets them) before the ASID is reusable.
+        self.hw.drop_tables(asid, v.tables);
+        st.vm_ids.remove(Handle::from_raw(vm));
         for o in objects {
             self.drop_object_if_unused(&mut st, o);
+        }
+        drop(st);
+        if let Some(s) = self.sessions.find(owner) {
+            s.release(ses::vms, 1);
         }
         Ok(())
     }
 
-    /// Every VM of a client that went away.
-    pub fn destroy_vms_of(&self, owner: u64) {
+    /// Every VM of a client that went away; returns how many.
+    pub fn destroy_vms_of(&self, owner: u64) -> usize {
         let vms: Vec<u32> = self
             .lock()
             .vms
-            .iter()
-            .filter(|(_, v)| v.owner == owner)
-            .map(|(a, _)| *a)
+            .values()
+            .filter(|v| v.owner == owner)
+            .map(|v| v.id)
             .collect();
-        for vm in vms {
-            let _ = self.destroy_vm(owner, vm);
-        }
+        vms.iter()
+            .filter(|&&vm| self.destroy_vm(owner, vm).is_ok())
+            .count()
     }
 
-    pub fn owns_vm(&self, owner: u64, vm: u32) -> bool {
-        self.lock().vms.get(&vm).is_some_and(|v| v.owner == owner)
+    /// VMs alive, server-wide.
+    pub fn vm_count(&self) -> usize {
+        self.lock().vms.len()
+    }
+
+    /// Objects the server knows (each holds a DMA slot), server-wide.
+    pub fn object_count(&self) -> usize {
+        self.lock().objects.len()
     }
 
     /// Knows object `object` (its pages DMA-mapped at `dma` through `slot`)
-    /// from now on; `false` if it was known already (the new mapping is the
-    /// caller's to undo).
+    /// from now on; `false` if it was known already, or the metadata arena
+    /// has no room for its frame words (the new mapping is the caller's to
+    /// undo).
     pub fn add_object(
         &self,
         object: u32,
@@ -301,9 +505,32 @@ impl<P: Platform> Inner<P> {
         memfd: Option<OwnedFd>,
         pages: u64,
     ) -> bool {
+        self.add_object_for(None, object, slot, dma, memfd, pages)
+            .unwrap_or(false)
+    }
+
+    /// As [`Self::add_object`], charged to `session` (its DMA slot and
+    /// frame words were charged by the caller, and go back with the object).
+    /// `Ok(false)`: known already; `OutOfMetadata`: the arena is full.
+    pub fn add_object_for(
+        &self,
+        session: Option<Arc<GpuSession>>,
+        object: u32,
+        slot: u32,
+        dma: u64,
+        memfd: Option<OwnedFd>,
+        pages: u64,
+    ) -> Result<bool, GpuError> {
+        let mut frames = MetaVec::new_in(self.meta.clone());
+        let len = usize::try_from(pages).map_err(|_| GpuError::OutOfMetadata)?;
+        if frames.try_reserve_exact(len).is_err() {
+            log::debug!("xe-svm: no metadata for object {object}'s {pages} frame words");
+            return Err(GpuError::OutOfMetadata);
+        }
+        frames.resize(len, 0);
         let mut st = self.lock();
         if st.objects.contains_key(&object) {
-            return false;
+            return Ok(false);
         }
         st.objects.insert(
             object,
@@ -312,11 +539,13 @@ impl<P: Platform> Inner<P> {
                 dma,
                 _memfd: memfd,
                 inval_seq: 0,
-                frames: vec![0; pages as usize],
+                frames,
                 resident_pages: 0,
+                migrations: 0,
+                charged: session,
             },
         );
-        true
+        Ok(true)
     }
 
     pub fn knows_object(&self, object: u32) -> bool {
@@ -335,27 +564,24 @@ impl<P: Platform> Inner<P> {
         first_page: u64,
         pages: u64,
         gpu_addr: u64,
+        read_only: bool,
     ) -> Result<(), GpuError> {
-        if gpu_addr % PAGE != 0
-            || gpu_addr
-                .checked_add(pages * PAGE)
-                .is_none_or(|end| end > 1 << 47)
-        {
+        let end = pages
+            .checked_mul(PAGE)
+            .and_then(|len| gpu_addr.checked_add(len))
+            .filter(|&end| end <= USER_VA_END && end > gpu_addr);
+        let (Some(end), 0) = (end, gpu_addr % PAGE) else {
             return Err(GpuError::BadRange);
-        }
+        };
         let mut st = self.lock();
         if !st.objects.contains_key(&object) {
             return Err(GpuError::NoSuchView);
         }
-        let v = st
-            .vms
-            .get_mut(&vm)
-            .filter(|v| v.owner == owner)
-            .ok_or(GpuError::NoSuchVm)?;
-        let end = gpu_addr + pages * PAGE;
+        let asid = Self::vm_asid(&st, owner, vm)?;
+        let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
         if v.bindings
             .iter()
-            .any(|b| gpu_addr < b.gpu_addr + b.pages * PAGE && b.gpu_addr < end)
+            .any(|b| gpu_addr < b.end() && b.gpu_addr < end)
             || v.bos.iter().any(|m| m.overlaps(gpu_addr, end - gpu_addr))
         {
             return Err(GpuError::AddressInUse);
@@ -368,6 +594,7 @@ impl<P: Platform> Inner<P> {
             object,
             first_page,
             pages,
+            read_only,
         });
         Ok(())
     }
@@ -375,22 +602,23 @@ impl<P: Platform> Inner<P> {
     /// Removes the binding at `gpu_addr` of `owner`'s VM `vm`. Its pages
     /// still in VRAM stay until the pager moves or frees them (they are the
     /// object's, not the binding's).
+    /// A binding a job of the VM may still use is `Busy`.
     pub fn unbind(&self, owner: u64, vm: u32, gpu_addr: u64) -> Result<(), GpuError> {
         let mut st = self.lock();
-        let v = st
-            .vms
-            .get_mut(&vm)
-            .filter(|v| v.owner == owner)
-            .ok_or(GpuError::NoSuchVm)?;
+        let asid = Self::vm_asid(&st, owner, vm)?;
+        let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
         let at = v
             .bindings
             .iter()
             .position(|b| b.gpu_addr == gpu_addr)
             .ok_or(GpuError::BadRange)?;
+        if !self.hw.job_retired(v.last_job) {
+            return Err(GpuError::Busy);
+        }
         let b = v.bindings.remove(at);
         self.hw.unmap(&mut v.tables, b.gpu_addr, b.pages * PAGE);
         self.hw
-            .invalidate_tlb(vm, b.gpu_addr, b.pages * PAGE)
+            .invalidate_tlb(asid, b.gpu_addr, b.pages * PAGE)
             .map_err(|_| GpuError::DeviceLost)?;
         self.drop_object_if_unused(&mut st, b.object);
         Ok(())
@@ -400,53 +628,105 @@ impl<P: Platform> Inner<P> {
         self.next_binding.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records that `owner` submitted job `job`.
-    pub fn note_job(&self, job: u32, owner: u64) {
-        lock(&self.job_owners)[job as usize % layout::JOB_SLOTS] = (job, owner);
-    }
-
-    /// Whether `job` is `owner`'s and the device still keeps its result.
-    pub fn owns_job(&self, owner: u64, job: u32) -> bool {
-        job != 0 && lock(&self.job_owners)[job as usize % layout::JOB_SLOTS] == (job, owner)
+    /// Records that device job `job` runs in VM `asid` (`Unbind` waits
+    /// for it: `Busy`).
+    pub(crate) fn note_vm_job(&self, asid: u32, job: u32) {
+        if let Some(v) = self.lock().vms.get_mut(&asid) {
+            v.last_job = job;
+        }
     }
 
     /// Resolves a GPU fault at `va` of `asid`. `false`: nothing is bound
     /// there (the access fails); `true`: replay (it may fault again for
     /// pages another migration holds, rule 4).
-    pub fn resolve(&self, asid: u32, va: u64) -> bool {
-        // Pick the chunk: 2 MiB, then 64 KiB, then 4 KiB, inside the binding
-        // and aligned the same way in GPU and object space.
-        let (object, dma, page, sizes, binding) = {
-            let st = self.lock();
-            let Some(vm) = st.vms.get(&asid) else {
-                return false;
+    /// `batch`: the addresses of the other faults of the same batch
+    /// (they count as touched when sizing the migration).
+    pub fn resolve(&self, asid: u32, va: u64, batch: &[u64]) -> bool {
+        // Size the migration by how densely its region is touched
+        // (`density`), then fall back to 64 KiB and 4 KiB if VRAM cannot
+        // give that much; always inside the binding and aligned the same
+        // way in GPU and object space.
+        let (object, dma, page, sizes, binding, charged) = {
+            let mut st = self.lock();
+            let picked = {
+                let Some(vm) = st.vms.get(&asid) else {
+                    return false;
+                };
+                let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else {
+                    return false;
+                };
+                let Some(obj) = st.objects.get(&b.object) else {
+                    return false;
+                };
+                let page = b.first_page + (va - b.gpu_addr) / PAGE;
+                let fits = |pages: u64| {
+                    let first = page & !(pages - 1);
+                    first >= b.first_page
+                        && first + pages <= b.first_page + b.pages
+                        && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
+                };
+                let touched: Vec<u64> = batch
+                    .iter()
+                    .filter(|v| b.contains(**v))
+                    .map(|v| b.first_page + (v - b.gpu_addr) / PAGE)
+                    .collect();
+                let want = density::Sizing::configured().pages(
+                    &|p| obj.frame(p).is_some(),
+                    &touched,
+                    page,
+                    fits,
+                );
+                let sizes: Vec<(u64, u32)> = [want, 16, 1]
+                    .into_iter()
+                    .filter(|p| *p <= want && fits(*p))
+                    .map(|p| (p, p.trailing_zeros()))
+                    .fold(Vec::new(), |mut v, s| {
+                        if !v.contains(&s) {
+                            v.push(s);
+                        }
+                        v
+                    });
+                (b.object, obj.dma, page, sizes, b.id, obj.charged.clone())
             };
-            let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else {
-                return false;
-            };
-            let Some(obj) = st.objects.get(&b.object) else {
-                return false;
-            };
-            let page = b.first_page + (va - b.gpu_addr) / PAGE;
-            let fits = |pages: u64| {
-                let first = page & !(pages - 1);
-                first >= b.first_page
-                    && first + pages <= b.first_page + b.pages
-                    && b.va_of(first).is_some_and(|v| v % (pages * PAGE) == 0)
-            };
-            let sizes: Vec<(u64, u32)> = [(512u64, 9u32), (16, 4), (1, 0)]
-                .into_iter()
-                .filter(|(p, _)| fits(*p))
-                .collect();
-            (b.object, obj.dma, page, sizes, b.id)
+            if let Some(o) = st.objects.get_mut(&picked.0) {
+                o.migrations += 1;
+            }
+            picked
+        };
+        // Declared before every later lock guard, so dropped after them.
+        let _migrating = Migrating {
+            inner: self,
+            object,
         };
         // The largest chunk the binding allows and VRAM can give. Rule 5:
         // the block is allocated before any page lock is taken, and with no
         // lock of ours held.
+        // Each block is charged to the object's session first: past its
+        // VRAM share the pages stay in RAM (system pages). What the copy
+        // does not fill is given back below.
+        let charge = |bytes: u64| {
+            charged
+                .as_ref()
+                .is_none_or(|s| s.charge(ses::vram_bytes, bytes).is_ok())
+        };
+        let uncharge = |bytes: u64| {
+            if let Some(s) = &charged {
+                s.release(ses::vram_bytes, bytes);
+            }
+        };
         let try_alloc = || {
-            sizes
-                .iter()
-                .find_map(|&(pages, order)| self.vram.alloc(order).ok().map(|b| (pages, Some(b))))
+            sizes.iter().find_map(|&(pages, order)| {
+                if !charge(pages * PAGE) {
+                    return None;
+                }
+                match self.vram.alloc(order) {
+                    Ok(b) => Some((pages, Some(b))),
+                    Err(_) => {
+                        uncharge(pages * PAGE);
+                        None
+                    }
+                }
+            })
         };
         let mut pick = try_alloc();
         if pick.is_none() && self.hw.has_broker() {
@@ -468,6 +748,7 @@ impl<P: Platform> Inner<P> {
         let free_block = |b: Option<u64>| {
             if let Some(b) = b {
                 let _ = self.vram.free_unused(b);
+                uncharge(pages * PAGE);
             }
         };
         let Some(count_pc) = PageCount::new(count) else {
@@ -476,6 +757,7 @@ impl<P: Platform> Inner<P> {
         };
         let object_id = ObjectId::raw(object);
         let gpu = GpuId::new(GPU).unwrap_or(GpuId::new(0).expect("GPU id 0 is in range"));
+        let started = std::time::Instant::now();
         let Ok(c) = self.hw.collect(Collect {
             object: object_id,
             first_page: first,
@@ -505,18 +787,27 @@ impl<P: Platform> Inner<P> {
                 }
             }
             drop(st);
+            // Pages whose preferred location is system memory stay where
+            // they are and are mapped there (`remote`, `Pager::Advise`).
+            let moving = c.got.and_not(&c.remote);
+            let block = if moving.is_empty() {
+                free_block(block);
+                None
+            } else {
+                block
+            };
             let block = match block {
                 Some(block) => {
                     let mut copies = Vec::new();
                     let mut i = 0usize;
                     while i < count as usize {
-                        if !c.got.get(i) {
+                        if !moving.get(i) {
                             i += 1;
                             continue;
                         }
                         let zero = c.zero.get(i);
                         let start = i;
-                        while i < count as usize && c.got.get(i) && c.zero.get(i) == zero {
+                        while i < count as usize && moving.get(i) && c.zero.get(i) == zero {
                             i += 1;
                         }
                         let len = (i - start) as u64 * PAGE;
@@ -529,12 +820,12 @@ impl<P: Platform> Inner<P> {
                     }
                     match self.hw.copy(&copies) {
                         Ok(true) => {
-                            migrated = c.got;
+                            migrated = moving;
                             Some(block)
                         }
                         r => {
                             log::warn!("xe-svm: copy to VRAM failed: {r:?}");
-                            let _ = self.vram.free_unused(block);
+                            free_block(Some(block));
                             None
                         }
                     }
@@ -543,7 +834,9 @@ impl<P: Platform> Inner<P> {
                 None => None,
             };
             if let Some(block) = block {
-                let _ = self.vram.add_refs(block, migrated.count());
+                // Only the pages that moved hold VRAM (and its charge).
+                uncharge((pages - migrated.count() as u64) * PAGE);
+                let _ = self.vram.keep(block, |i| migrated.get(i as usize));
                 let mut st = self.lock();
                 if let Some(obj) = st.objects.get_mut(&object) {
                     for i in migrated.iter() {
@@ -581,6 +874,9 @@ impl<P: Platform> Inner<P> {
             self.counters
                 .pages_to_vram
                 .fetch_add(migrated.count() as u64, Ordering::Relaxed);
+            self.counters
+                .by_size
+                .to_vram(pages, migrated.count() as u64, micros(started));
             self.report_usage();
         }
         // Map what is ours, unless an invalidation raced (rule 8).
@@ -618,44 +914,53 @@ impl<P: Platform> Inner<P> {
             return true;
         };
         let base_va = b.va_of(first);
+        // The VM's access (`protect.rs`) and the binding's: no access, no
+        // mapping; read-only, a mapping a GPU write faults on.
+        let mask = b.access_mask();
+        let access = |v: u64| vm.protections.at(v) & mask;
+        // Writes as the VM's access allows; atomics with them, unless the
+        // page's atomics are CPU-only (`Advice::AtomicCpu`).
+        let leaf = |v: u64, i: usize| {
+            let w = permits(access(v), true);
+            LeafAccess {
+                writable: w,
+                atomics: w && !c.cpu_atomics.get(i),
+            }
+        };
+        let atomics_uniform = c.cpu_atomics.is_empty() || c.cpu_atomics.count() == 512;
         let whole = count == 512
+            && atomics_uniform
+            && base_va.is_some_and(|v| vm.protections.uniform(v, v + (2 << 20)))
             && pages
                 .iter()
                 .enumerate()
                 .all(|(i, (_, pfn))| *pfn == pages[0].1.map(|p| p + i as u64));
         if let (true, Some(v), Some(pfn)) = (whole, base_va, pages[0].1) {
-            self.hw.map(
-                &mut vm.tables,
-                v,
-                pfn * PAGE,
-                PageSize::Size2M,
-                Target::Device,
-            );
+            let prot = access(v);
+            if permits(prot, false) {
+                let (size, target) = (PageSize::Size2M, Target::Device);
+                self.hw
+                    .map(&mut vm.tables, v, pfn * PAGE, size, target, leaf(v, 0));
+            }
             return true;
         }
-        for (p, pfn) in &pages {
+        for (i, (p, pfn)) in pages.iter().enumerate() {
             if let (Some(v), Some(pfn)) = (b.va_of(*p), pfn) {
-                self.hw.map(
-                    &mut vm.tables,
-                    v,
-                    pfn * PAGE,
-                    PageSize::Size4K,
-                    Target::Device,
-                );
+                if permits(access(v), false) {
+                    let (size, target) = (PageSize::Size4K, Target::Device);
+                    self.hw
+                        .map(&mut vm.tables, v, pfn * PAGE, size, target, leaf(v, i));
+                }
             }
         }
         // Pages that stayed in RAM are mapped as system pages.
         let mut system = Vec::new();
         for i in not_migrated {
             let p = first + i as u64;
-            if let Some(v) = b.va_of(p) {
-                self.hw.map(
-                    &mut vm.tables,
-                    v,
-                    dma + p * PAGE,
-                    PageSize::Size4K,
-                    Target::System,
-                );
+            if let Some(v) = b.va_of(p).filter(|v| permits(access(*v), false)) {
+                let (size, target) = (PageSize::Size4K, Target::System);
+                self.hw
+                    .map(&mut vm.tables, v, dma + p * PAGE, size, target, leaf(v, i));
                 system.push(p);
             }
         }
@@ -752,9 +1057,11 @@ impl<P: Platform> Inner<P> {
                 _ => copies.push((pfn * PAGE, dst, PAGE)),
             }
         }
+        let started = std::time::Instant::now();
         if !self.hw.copy(&copies).map_err(|_| NotifyError::CopyFailed)? {
             return Err(NotifyError::CopyFailed);
         }
+        let took = micros(started);
         let mut copied = PageMask::EMPTY;
         let mut st = self.lock();
         if let Some(obj) = st.objects.get_mut(&object) {
@@ -763,10 +1070,15 @@ impl<P: Platform> Inner<P> {
                 let _ = self.vram.release_page(pfn);
                 copied.set(i);
             }
+            let left: Vec<(u64, u64)> = list.iter().map(|&(i, f)| (first + i as u64, f)).collect();
+            obj.trim_blocks(&self.vram, &left);
         }
         self.counters
             .pages_to_ram
             .fetch_add(copied.count() as u64, Ordering::Relaxed);
+        if !copied.is_empty() {
+            self.counters.by_size.to_ram(copied.count() as u64, took);
+        }
         drop(st);
         self.report_usage();
         Ok(copied)
@@ -787,17 +1099,42 @@ impl<P: Platform> Inner<P> {
             .objects
             .get_mut(&object)
             .ok_or(NotifyError::NoSuchObject)?;
-        let mut freed = 0u16;
+        let mut left = Vec::new();
         for i in pages.iter() {
             if let Some(pfn) = obj.take_frame(first + i as u64) {
                 // Rule 6: the block goes with its last page.
                 let _ = self.vram.release_page(pfn);
-                freed += 1;
+                left.push((first + i as u64, pfn));
             }
         }
+        obj.trim_blocks(&self.vram, &left);
+        let freed = left.len() as u16;
         self.drop_object_if_unused(&mut st, object);
         drop(st);
         self.report_usage();
         Ok(freed)
     }
+}
+
+/// A GPU-fault migration of `object` in flight (`ObjectState::migrations`).
+/// When it ends the object may be forgotten, if nothing else holds it (a
+/// view that went meanwhile unbound it, and no page stayed in VRAM).
+struct Migrating<'a, P: Platform> {
+    inner: &'a Inner<P>,
+    object: u32,
+}
+
+impl<P: Platform> Drop for Migrating<'_, P> {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        if let Some(o) = st.objects.get_mut(&self.object) {
+            o.migrations = o.migrations.saturating_sub(1);
+        }
+        self.inner.drop_object_if_unused(&mut st, self.object);
+    }
+}
+
+/// Microseconds since `t` (saturating).
+fn micros(t: std::time::Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

@@ -21,7 +21,7 @@
 use ipc_protocol::interfaces::gpu_notify::NotifyError;
 
 use crate::platform::Platform;
-use crate::server::Inner;
+use crate::server::{Binding, Inner, Vm};
 
 const PAGE: u64 = 4096;
 /// GPU virtual addresses are 48-bit (4-level PPGTT).
@@ -70,39 +70,122 @@ impl<P: Platform> Inner<P> {
         from: u64,
         to: u64,
     ) -> Result<(u16, u16), NotifyError> {
+        Ok(self.twin_bindings(view, new_view, 0..u64::MAX, to.wrapping_sub(from)))
+    }
+
+    /// Object pages `first..first + pages` of `view` live on as `new_view`,
+    /// moved by `to - from` (0: a part a munmap left in place). Each
+    /// binding of `view` gets a twin for just those pages; the pager then
+    /// ends `view` (`ViewGone`), so the twin may overlap its bindings.
+    pub fn view_part(
+        &self,
+        view: u32,
+        new_view: u32,
+        pages: core::ops::Range<u64>,
+        from: u64,
+        to: u64,
+    ) -> Result<(u16, u16), NotifyError> {
+        Ok(self.twin_bindings(view, new_view, pages, to.wrapping_sub(from)))
+    }
+
+    /// `view` grew by object pages `pages` (right after its own), now the
+    /// view `tail`: each binding of `view` ending at `pages.start` gets a
+    /// binding of `tail` right after it. Returns (bindings made, bindings
+    /// that could not follow).
+    pub fn view_grown(
+        &self,
+        view: u32,
+        tail: u32,
+        pages: core::ops::Range<u64>,
+    ) -> Result<(u16, u16), NotifyError> {
+        let count = pages
+            .end
+            .checked_sub(pages.start)
+            .ok_or(NotifyError::BadRange)?;
+        if count == 0 {
+            return Err(NotifyError::BadRange);
+        }
         let mut st = self.lock();
         let (mut made, mut skipped) = (0u16, 0u16);
         for (asid, vm) in st.vms.iter_mut() {
-            let twins: Vec<(u64, u64)> = vm
+            let tails: Vec<Binding> = vm
                 .bindings
                 .iter()
-                .filter(|b| b.view == view)
-                .map(|b| (b.gpu_addr, b.pages))
+                .filter(|b| b.view == view && b.first_page + b.pages == pages.start)
+                .map(|b| Binding {
+                    gpu_addr: b.end(),
+                    first_page: pages.start,
+                    pages: count,
+                    ..*b
+                })
                 .collect();
-            for (old, pages) in twins {
-                let (new, len) = (old.wrapping_add(to.wrapping_sub(from)), pages * PAGE);
-                let fits =
-                    new % PAGE == 0 && new.checked_add(len).is_some_and(|end| end <= VA_LIMIT);
-                let taken = vm
-                    .bindings
-                    .iter()
-                    .any(|b| new < b.gpu_addr + b.pages * PAGE && b.gpu_addr < new + len)
-                    || vm.bos.iter().any(|m| m.overlaps(new, len));
-                if fits && !taken {
+            for t in tails {
+                if twin_fits(vm, &t, view, false) {
                     let id = self.new_binding_id();
-                    let twin = vm
-                        .bindings
-                        .iter()
-                        .find(|b| b.view == view && b.gpu_addr == old)
-                        .map(|b| b.twin(id, new_view, new));
-                    vm.bindings.extend(twin);
-                    made += 1;
+                    vm.bindings.push(t.twin(id, tail, t.gpu_addr));
+                    made = made.saturating_add(1);
                 } else {
-                    log::warn!("xe-svm: view {view} also at {to:#x}; its binding at {old:#x} in VM {asid} cannot follow to {new:#x}");
-                    skipped += 1;
+                    log::warn!(
+                        "xe-svm: view {view} grew, but its tail cannot follow to {:#x} in VM {asid}",
+                        t.gpu_addr
+                    );
+                    skipped = skipped.saturating_add(1);
                 }
             }
         }
         Ok((made, skipped))
     }
+
+    /// Gives each binding of `view` a twin for `new_view` over the object
+    /// pages it shares with `pages`, `shift` bytes away. Returns (twins
+    /// made, bindings that could not follow).
+    fn twin_bindings(
+        &self,
+        view: u32,
+        new_view: u32,
+        pages: core::ops::Range<u64>,
+        shift: u64,
+    ) -> (u16, u16) {
+        let mut st = self.lock();
+        let (mut made, mut skipped) = (0u16, 0u16);
+        for (asid, vm) in st.vms.iter_mut() {
+            let twins: Vec<Binding> = vm
+                .bindings
+                .iter()
+                .filter(|b| b.view == view)
+                .filter_map(|b| b.part(&pages, shift))
+                .collect();
+            for t in twins {
+                if twin_fits(vm, &t, view, shift == 0) {
+                    let id = self.new_binding_id();
+                    vm.bindings.push(t.twin(id, new_view, t.gpu_addr));
+                    made = made.saturating_add(1);
+                } else {
+                    log::warn!(
+                        "xe-svm: view {view}: pages {:#x}+{} cannot follow to {:#x} in VM {asid}",
+                        t.first_page,
+                        t.pages,
+                        t.gpu_addr
+                    );
+                    skipped = skipped.saturating_add(1);
+                }
+            }
+        }
+        (made, skipped)
+    }
+}
+
+/// Whether twin `t` lies inside the GPU address space and clear of every
+/// binding and BO of `vm` (but those of `view` when it stays in place:
+/// they go right after).
+fn twin_fits<T>(vm: &Vm<T>, t: &Binding, view: u32, in_place: bool) -> bool {
+    let (new, len) = (t.gpu_addr, t.pages * PAGE);
+    let fits = new % PAGE == 0 && new.checked_add(len).is_some_and(|end| end <= VA_LIMIT);
+    let taken = vm
+        .bindings
+        .iter()
+        .filter(|b| !(in_place && b.view == view))
+        .any(|b| new < b.end() && b.gpu_addr < new + len)
+        || vm.bos.iter().any(|m| m.overlaps(new, len));
+    fits && !taken
 }

@@ -17,6 +17,8 @@ pub enum VramError {
     Exhausted,
     /// A page or block the allocator does not know.
     NotAllocated,
+    /// An address range outside what the tables can map.
+    BadRange,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -24,12 +26,27 @@ struct Block {
     order: u32,
     /// Resident pages; the block is freed when this returns to zero.
     refs: u32,
+    /// The most resident pages it ever had: a block fewer pages than its
+    /// size ever filled wastes VRAM (a migration must [`Vram::keep`]).
+    peak: u32,
 }
 
 struct Buddy {
     free: Vec<BTreeSet<u64>>,
     used: HashMap<u64, Block>,
     used_pages: u64,
+}
+
+/// An allocated block as [`Vram::blocks`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockInfo {
+    pub first_pfn: u64,
+    pub pages: u64,
+    /// Pages resident in it now.
+    pub resident: u32,
+    /// Whether every page of it was resident at once (rule 6 then lets
+    /// them leave one by one; a block never filled was wasted VRAM).
+    pub filled: bool,
 }
 
 pub struct Vram {
@@ -92,9 +109,33 @@ impl Vram {
         for o in (order..from).rev() {
             b.free[o as usize].insert(pfn + (1 << o));
         }
-        b.used.insert(pfn, Block { order, refs: 0 });
+        b.used.insert(
+            pfn,
+            Block {
+                order,
+                refs: 0,
+                peak: 0,
+            },
+        );
         b.used_pages += 1 << order;
         Ok(pfn)
+    }
+
+    /// Every allocated block by frame (the simulation's end-of-run check).
+    pub fn blocks(&self) -> Vec<BlockInfo> {
+        let b = self.lock();
+        let mut v: Vec<_> = b
+            .used
+            .iter()
+            .map(|(&first_pfn, bl)| BlockInfo {
+                first_pfn,
+                pages: 1 << bl.order,
+                resident: bl.refs,
+                filled: u64::from(bl.peak) == 1 << bl.order,
+            })
+            .collect();
+        v.sort_by_key(|i| i.first_pfn);
+        v
     }
 
     /// Counts `n` pages of the block at `pfn` as resident.
@@ -102,7 +143,49 @@ impl Vram {
         let mut b = self.lock();
         let block = b.used.get_mut(&pfn).ok_or(VramError::NotAllocated)?;
         block.refs += n;
+        block.peak = block.peak.max(block.refs);
         Ok(())
+    }
+
+    /// Keeps of the fresh block at `pfn` (no resident page yet) the pages
+    /// `resident(i)` names (page `i` of the block), each counted as
+    /// resident, and gives back every aligned part holding none of them: a
+    /// migration that filled only part of its block (some of its region
+    /// was in VRAM already, or the pager held some pages) wastes no VRAM.
+    /// The kept pages stay where they are, so the region's frames are
+    /// still contiguous for a large-page mapping.
+    pub fn keep(&self, pfn: u64, resident: impl Fn(u64) -> bool) -> Result<(), VramError> {
+        let mut b = self.lock();
+        let order = match b.used.get(&pfn) {
+            Some(bl) if bl.refs == 0 => bl.order,
+            _ => return Err(VramError::NotAllocated),
+        };
+        b.used.remove(&pfn);
+        b.used_pages -= 1 << order;
+        Self::keep_part(&mut b, pfn, order, &|p| resident(p - pfn));
+        Ok(())
+    }
+
+    /// [`Self::keep`] on the part at `base` of `2^order` pages.
+    fn keep_part(b: &mut Buddy, base: u64, order: u32, resident: &dyn Fn(u64) -> bool) {
+        let size = 1u64 << order;
+        let n = (base..base + size).filter(|p| resident(*p)).count() as u32;
+        if n == 0 {
+            Self::merge_free(b, base, order);
+        } else if u64::from(n) == size {
+            b.used.insert(
+                base,
+                Block {
+                    order,
+                    refs: n,
+                    peak: n,
+                },
+            );
+            b.used_pages += size;
+        } else {
+            Self::keep_part(b, base, order - 1, resident);
+            Self::keep_part(b, base + size / 2, order - 1, resident);
+        }
     }
 
     /// Frees a block none of whose pages became resident (a failed copy).
@@ -122,10 +205,7 @@ impl Vram {
     /// block's last resident page; returns whether it did.
     pub fn release_page(&self, pfn: u64) -> Result<bool, VramError> {
         let mut b = self.lock();
-        let (base, order) = (0..=MAX_ORDER)
-            .map(|o| (pfn & !((1u64 << o) - 1), o))
-            .find(|(base, o)| b.used.get(base).is_some_and(|bl| bl.order == *o))
-            .ok_or(VramError::NotAllocated)?;
+        let (base, order) = Self::block_of(&b, pfn).ok_or(VramError::NotAllocated)?;
         let block = b.used.get_mut(&base).ok_or(VramError::NotAllocated)?;
         if block.refs == 0 {
             return Err(VramError::NotAllocated);
@@ -138,10 +218,50 @@ impl Vram {
         Ok(false)
     }
 
-    fn free_block(b: &mut Buddy, mut pfn: u64, mut order: u32) {
+    /// The block holding `pfn`: (its first frame, its order).
+    fn block_of(b: &Buddy, pfn: u64) -> Option<(u64, u32)> {
+        (0..=MAX_ORDER)
+            .map(|o| (pfn & !((1u64 << o) - 1), o))
+            .find(|(base, o)| b.used.get(base).is_some_and(|bl| bl.order == *o))
+    }
+
+    /// Gives back the aligned parts of the block holding `pfn` that hold no
+    /// resident page now (`resident(frame)`), after some of its pages left:
+    /// an unmapped range's pages free their VRAM without waiting for the
+    /// rest of their block. Does nothing unless `resident` names exactly
+    /// as many frames of the block as it counts (the caller's view of it
+    /// must be whole). Returns the pages given back.
+    pub fn trim(&self, pfn: u64, resident: impl Fn(u64) -> bool) -> u64 {
+        let mut b = self.lock();
+        let Some((base, order)) = Self::block_of(&b, pfn) else {
+            return 0;
+        };
+        let size = 1u64 << order;
+        let refs = b.used.get(&base).map_or(0, |bl| u64::from(bl.refs));
+        // A full block (or one being filled) has nothing to give back: no
+        // scan. The caller trims once per page that left, so most calls
+        // end here.
+        if refs == 0 || refs == size {
+            return 0;
+        }
+        if (base..base + size).filter(|p| resident(*p)).count() as u64 != refs {
+            return 0;
+        }
+        let before = b.used_pages;
+        b.used.remove(&base);
+        b.used_pages -= size;
+        Self::keep_part(&mut b, base, order, &resident);
+        before - b.used_pages
+    }
+
+    fn free_block(b: &mut Buddy, pfn: u64, order: u32) {
         b.used.remove(&pfn);
         b.used_pages -= 1 << order;
-        // Merge with free buddies upward.
+        Self::merge_free(b, pfn, order);
+    }
+
+    /// Puts the free block at `pfn` back, merged with free buddies upward.
+    fn merge_free(b: &mut Buddy, mut pfn: u64, mut order: u32) {
         while order < MAX_ORDER {
             let buddy = pfn ^ (1 << order);
             if !b.free[order as usize].remove(&buddy) {
@@ -175,6 +295,45 @@ mod tests {
         assert_eq!(v.release_page(block + 511), Ok(true));
         assert_eq!(v.used_pages(), 0);
         assert_eq!(v.release_page(block), Err(VramError::NotAllocated));
+    }
+
+    #[test]
+    fn keep_gives_back_what_a_migration_did_not_fill() {
+        let v = Vram::new(0, 512);
+        let b = v.alloc(4).unwrap();
+        let kept = [0, 1, 2, 3, 9];
+        v.keep(b, |i| kept.contains(&i)).unwrap();
+        assert_eq!(v.used_pages(), 5, "pages 0..4 and page 9 only");
+        assert!(v.holds(b + 9) && !v.holds(b + 8) && !v.holds(b + 4));
+        for i in kept {
+            v.release_page(b + i).unwrap();
+        }
+        assert_eq!(v.used_pages(), 0);
+        assert!(v.alloc(MAX_ORDER).is_ok(), "everything merged back");
+    }
+
+    #[test]
+    fn trim_gives_back_the_empty_parts_of_a_block() {
+        let v = Vram::new(0, 512);
+        let b = v.alloc(9).unwrap();
+        v.keep(b, |_| true).unwrap();
+        // The middle half leaves.
+        let gone = |p: u64| (b + 128..b + 384).contains(&p);
+        for p in b + 128..b + 384 {
+            assert!(!v.release_page(p).unwrap());
+        }
+        assert_eq!(v.used_pages(), 512, "rule 6 alone keeps the block");
+        assert_eq!(v.trim(b, |p| !gone(p)), 256);
+        assert_eq!(v.used_pages(), 256);
+        assert!(v.holds(b) && v.holds(b + 511) && !v.holds(b + 200));
+        // A caller whose count disagrees changes nothing.
+        assert_eq!(v.trim(b, |_| false), 0);
+        // The rest leaves page by page; everything merges back.
+        for p in (b..b + 128).chain(b + 384..b + 512) {
+            v.release_page(p).unwrap();
+        }
+        assert_eq!(v.used_pages(), 0);
+        assert_eq!(v.alloc(9).unwrap(), b);
     }
 
     #[test]

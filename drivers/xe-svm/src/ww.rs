@@ -16,8 +16,9 @@
 //! [`WwMutex::try_lock`] (rule 7: reclaim takes only trylocks).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::Duration;
+
+use crate::sync::{lock, Condvar, Mutex, MutexGuard};
 
 /// The caller must drop all its locks and retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,20 +59,28 @@ impl AcquireCtx {
 /// Owner stamp of a lock held by [`WwMutex::try_lock`] (reclaim, no context).
 const TRYLOCK_OWNER: u64 = u64::MAX;
 
-#[derive(Default)]
 pub struct WwMutex {
     /// Stamp of the holder, 0 when free.
     owner: Mutex<u64>,
     freed: Condvar,
 }
 
+impl Default for WwMutex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl WwMutex {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            owner: Mutex::new(0),
+            freed: Condvar::new(),
+        }
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.owner.lock().unwrap_or_else(|e| e.into_inner())
+    fn guard(&self) -> MutexGuard<'_, u64> {
+        lock(&self.owner)
     }
 
     /// Locks for `ctx`: `Ok(true)` newly taken, `Ok(false)` already held by

@@ -15,6 +15,9 @@ struct Args {
     vram_mib: u64,
     #[arg(long, default_value_t = 64)]
     hw_threads: u16,
+    /// Copy engines a large copy is split across.
+    #[arg(long, default_value_t = hw::model::default_copy_engines())]
+    copy_engines: u16,
     #[arg(long, default_value_t = 0)]
     fault_reply_delay_us: u64,
     #[arg(long, default_value_t = 0)]
@@ -41,6 +44,7 @@ fn main() {
     let cfg = Config {
         vram_bytes: a.vram_mib << 20,
         hw_threads: a.hw_threads,
+        copy_engines: a.copy_engines,
         inject: Injection {
             fault_reply_delay: Duration::from_micros(a.fault_reply_delay_us),
             drop_tlb_invalidation_every: a.drop_tlb_invalidation_every,

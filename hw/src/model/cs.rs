@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use super::engines::Device;
 use super::BatchLimits;
 use crate::xe::commands::BatchSubmit;
+use crate::xe::fault::AccessType;
 use crate::xe::layout::JobState;
 use crate::xe::mi::{self, Atomic, AtomicSize, Instruction, MiError, CS_GPRS};
 
@@ -222,14 +223,14 @@ impl CommandStreamer<'_> {
         let [op1, op2] = a.inline.unwrap_or([gpr(0), gpr(4)]);
         let apply = |old: u64| a.op.apply(a.size, old, op1, op2);
         let old = match a.size {
-            AtomicSize::Dword => self.with_memory(a.addr, 4, true, |p| {
+            AtomicSize::Dword => self.with_memory(a.addr, 4, AccessType::Atomic, |p| {
                 // SAFETY: `with_memory` resolved 4 aligned bytes.
                 let w = unsafe { &*(p as *const AtomicU32) };
                 let f = |v: u32| Some(apply(v as u64) as u32);
                 w.fetch_update(Ordering::AcqRel, Ordering::Acquire, f)
                     .unwrap_or_else(|v| v) as u64
             })?,
-            AtomicSize::Qword => self.with_memory(a.addr, 8, true, |p| {
+            AtomicSize::Qword => self.with_memory(a.addr, 8, AccessType::Atomic, |p| {
                 // SAFETY: `with_memory` resolved 8 aligned bytes.
                 let w = unsafe { &*(p as *const AtomicU64) };
                 w.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(apply(v)))
@@ -282,7 +283,7 @@ impl CommandStreamer<'_> {
             let in_page = ((PAGE - at % PAGE) / 4) as usize;
             let n = in_page.min(out.len() - done);
             let dst = &mut out[done..done + n];
-            self.with_memory(at, n as u64 * 4, false, |p| {
+            self.with_memory(at, n as u64 * 4, AccessType::Read, |p| {
                 for (i, w) in dst.iter_mut().enumerate() {
                     // SAFETY: `with_memory` resolved `n` dwords from `p`.
                     *w = unsafe { (*(p as *const AtomicU32).add(i)).load(Ordering::Acquire) };
@@ -295,21 +296,21 @@ impl CommandStreamer<'_> {
 
     fn load32(&self, va: u64) -> Result<u32, End> {
         // SAFETY: `with_memory` resolved 4 aligned bytes.
-        self.with_memory(va, 4, false, |p| unsafe {
+        self.with_memory(va, 4, AccessType::Read, |p| unsafe {
             (*(p as *const AtomicU32)).load(Ordering::Acquire)
         })
     }
 
     fn store32(&self, va: u64, v: u32) -> Result<(), End> {
         // SAFETY: as for `load32`.
-        self.with_memory(va, 4, true, |p| unsafe {
+        self.with_memory(va, 4, AccessType::Write, |p| unsafe {
             (*(p as *const AtomicU32)).store(v, Ordering::Release)
         })
     }
 
     fn store64(&self, va: u64, v: u64) -> Result<(), End> {
         // SAFETY: `with_memory` resolved 8 aligned bytes.
-        self.with_memory(va, 8, true, |p| unsafe {
+        self.with_memory(va, 8, AccessType::Write, |p| unsafe {
             (*(p as *const AtomicU64)).store(v, Ordering::Release)
         })
     }
@@ -321,14 +322,14 @@ impl CommandStreamer<'_> {
         &self,
         va: u64,
         bytes: u64,
-        write: bool,
+        kind: AccessType,
         f: impl FnOnce(*mut u8) -> R,
     ) -> Result<R, End> {
         if va % 4 != 0 || va % PAGE + bytes > PAGE {
             return Err(End::Faulted { va });
         }
         self.dev
-            .with_translated(self.asid, va, bytes, write, self.hw, &self.faults, f)
+            .with_translated(self.asid, va, bytes, kind, self.hw, &self.faults, f)
             .ok_or(End::Faulted { va })
     }
 }

@@ -10,6 +10,7 @@ use super::control::{
     self, ControlOp, ControlRecord, STATUS_BAD_REQUEST, STATUS_BAD_SLOT, STATUS_MAP_FAILED,
     STATUS_OK,
 };
+use super::copy::{CopyEngines, Row};
 use super::cs;
 use super::jobs::{HwThreads, RetireOrder};
 use super::memory::Memory;
@@ -25,6 +26,9 @@ const POLL: Duration = Duration::from_millis(50);
 const FAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The engine class the model reports its compute engine as.
 const COMPUTE_CLASS: u8 = 4;
+/// Private data of a prefetch fault: the hardware thread with this bit set,
+/// so its answer is told apart from the thread's own faults' answers.
+pub const PREFETCH_PDATA: u16 = 0x8000;
 
 /// One stalled hardware thread's mailbox for its fault reply.
 #[derive(Default)]
@@ -49,6 +53,8 @@ pub(super) struct Device {
     pub(super) stop: AtomicBool,
     invalidations: AtomicU32,
     copies: AtomicU32,
+    /// The copy ring's engines: its thread and the helpers (`copy.rs`).
+    copy_engines: CopyEngines,
 }
 
 /// Runs a device until its driver closes the control channel.
@@ -99,6 +105,7 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
 
     let slots = (0..cfg.hw_threads).map(|_| FaultSlot::default()).collect();
     let cfg_threads = cfg.hw_threads;
+    let cfg_engines = cfg.copy_engines;
     let dev = Arc::new(Device {
         cfg,
         regs,
@@ -112,7 +119,9 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
         stop: AtomicBool::new(false),
         invalidations: AtomicU32::new(0),
         copies: AtomicU32::new(0),
+        copy_engines: CopyEngines::new(cfg_engines),
     });
+    log::info!("xe-model: {} copy engines", dev.copy_engines.engines());
     let engines: Vec<_> = [
         ("xe-model-bcs", Ring::Copy),
         ("xe-model-ccs", Ring::Compute),
@@ -167,8 +176,8 @@ impl Device {
                     ..
                 }) if fds.len() == 1 => {
                     let fd = fds.pop().expect("one fd, checked above");
-                    match Region::map(fd, size as usize) {
-                        Ok(r) => (
+                    match Memory::checked_region(fd, size) {
+                        Some(r) => (
                             slot,
                             if self.mem.map_slot(slot, r) {
                                 STATUS_OK
@@ -176,7 +185,7 @@ impl Device {
                                 STATUS_BAD_SLOT
                             },
                         ),
-                        Err(_) => (slot, STATUS_MAP_FAILED),
+                        None => (slot, STATUS_MAP_FAILED),
                     }
                 }
                 Some(ControlRecord {
@@ -243,6 +252,8 @@ impl Device {
                         .u32_at(layout::REG_FAULTS_REPLIED)
                         .fetch_add(1, Ordering::AcqRel);
                     match self.slots.get(r.pdata as usize) {
+                        // A prefetch fault's answer: nothing waits for it.
+                        _ if r.pdata & PREFETCH_PDATA != 0 => {}
                         Some(slot) => {
                             *slot.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.success);
                             slot.arrived.notify_all();
@@ -290,7 +301,11 @@ impl Device {
         self.retire_copy(seqno, ok);
     }
 
+    /// Resolves every row first (a row outside memory fails the whole
+    /// copy before a byte moves), then copies them on the copy engines.
     fn copy_rows(&self, c: &MemCopy) -> bool {
+        let mut held = Vec::with_capacity(2 * c.rows as usize);
+        let mut rows = Vec::with_capacity(c.rows as usize);
         for row in 0..c.rows as u64 {
             let src = self
                 .mem
@@ -301,12 +316,45 @@ impl Device {
             let (Some(src), Some(dst)) = (src, dst) else {
                 return false;
             };
-            // SAFETY: both ranges were resolved in bounds of live mappings;
-            // `copy` tolerates overlap. Concurrent CPU access to the same
-            // bytes is the driver's race to prevent, as with real DMA.
-            unsafe { std::ptr::copy(src.ptr(), dst.ptr(), c.width as usize) };
+            rows.push(Row {
+                src: src.ptr() as usize,
+                dst: dst.ptr() as usize,
+                len: c.width as usize,
+            });
+            // Keeps the mappings alive until the copy is done.
+            held.push(src);
+            held.push(dst);
         }
+        self.copy_engines.run(&rows);
+        drop(held);
         true
+    }
+
+    /// The prefetcher of hardware thread `hw` looks at `va` ahead of use:
+    /// a miss raises a prefetch fault (marked in the descriptor, its
+    /// private data tagged [`PREFETCH_PDATA`]) that nothing waits for; the
+    /// thread goes on (hit under miss).
+    fn prefetch(&self, asid: u32, va: u64, hw: u16) {
+        let level = match self.tlb.translate(&self.regs, &self.mem, asid, va) {
+            Ok(_) => return,
+            Err(m) => m.level,
+        };
+        self.regs
+            .u32_at(layout::REG_PREFETCH_FAULTS)
+            .fetch_add(1, Ordering::AcqRel);
+        self.to_host(&Command::PageFault(FaultDescriptor {
+            asid,
+            address: va & !0xfff,
+            access: AccessType::Read,
+            fault_type: FaultType::NotPresent,
+            level,
+            engine_class: COMPUTE_CLASS,
+            engine_instance: 0,
+            source_id: 0,
+            vfid: 0,
+            pdata: hw | PREFETCH_PDATA,
+            prefetch: true,
+        }));
     }
 
     /// Translates `va` for an access, faulting (and stalling) until the
@@ -315,14 +363,18 @@ impl Device {
         &self,
         asid: u32,
         va: u64,
-        write: bool,
+        kind: AccessType,
         hw: u16,
         faults: &AtomicU32,
     ) -> Option<Translation> {
         loop {
             let (fault_type, level) = match self.tlb.translate(&self.regs, &self.mem, asid, va) {
-                Ok(t) if !write || t.writable => return Some(t),
-                Ok(_) => (FaultType::WriteAccessViolation, 0),
+                Ok(t) => match kind {
+                    AccessType::Read => return Some(t),
+                    _ if !t.writable => (FaultType::WriteAccessViolation, 0),
+                    AccessType::Atomic if !t.atomics => (FaultType::AtomicAccessViolation, 0),
+                    _ => return Some(t),
+                },
                 Err(m) => (FaultType::NotPresent, m.level),
             };
             faults.fetch_add(1, Ordering::Relaxed);
@@ -334,11 +386,7 @@ impl Device {
             self.to_host(&Command::PageFault(FaultDescriptor {
                 asid,
                 address: va & !0xfff,
-                access: if write {
-                    AccessType::Write
-                } else {
-                    AccessType::Read
-                },
+                access: kind,
                 fault_type,
                 level,
                 engine_class: COMPUTE_CLASS,
@@ -346,6 +394,7 @@ impl Device {
                 source_id: 0,
                 vfid: 0,
                 pdata: hw,
+                prefetch: false,
             }));
             let guard = slot.reply.lock().unwrap_or_else(|e| e.into_inner());
             let (guard, _) = slot
@@ -443,9 +492,14 @@ impl Device {
                             return;
                         }
                         let va_page = first + page * 4096;
-                        let lo = va_page.max(k.addr);
+                        // The kernel works on whole dwords: a client's
+                        // unaligned start begins at the next one.
+                        let lo = va_page.max(k.addr).next_multiple_of(4);
                         let hi = (va_page + 4096).min(end);
-                        if lo >= hi || !self.run_page(k, lo, hi, hw, faults, checksum) {
+                        if lo >= hi {
+                            continue;
+                        }
+                        if !self.run_page(k, lo, hi, hw, faults, checksum) {
                             failed.store(true, Ordering::Relaxed);
                             return;
                         }
@@ -478,18 +532,26 @@ impl Device {
         faults: &AtomicU32,
         checksum: &AtomicU64,
     ) -> bool {
-        let write = matches!(
-            k.op,
-            KernelOp::IncrementAll | KernelOp::StridedWrite | KernelOp::AtomicAdd
-        );
-        let ran = self.with_translated(k.asid, lo, hi - lo, write, hw, faults, |p| {
+        let kind = match k.op {
+            KernelOp::IncrementAll | KernelOp::StridedWrite => AccessType::Write,
+            KernelOp::AtomicAdd => AccessType::Atomic,
+            _ => AccessType::Read,
+        };
+        if k.op == KernelOp::Speculative {
+            // The prefetcher runs a page ahead of the read.
+            self.prefetch(k.asid, (lo & !0xfff) + 4096, hw);
+        }
+        let ran = self.with_translated(k.asid, lo, hi - lo, kind, hw, faults, |p| {
             let words = |off: u64| {
-                // SAFETY: `p` covers [lo, hi); `off` is a 4-aligned offset inside it.
+                // A client's unaligned stride writes the dword it falls in.
+                let off = off & !3;
+                // SAFETY: `p` covers [lo, hi), `lo` is 4-aligned and `off`
+                // (rounded down to a dword) plus 4 stays inside it.
                 unsafe { &*(p.add(off as usize) as *const AtomicU32) }
             };
             let len = (hi - lo) & !3;
             match k.op {
-                KernelOp::TouchPages | KernelOp::RandomRead => {
+                KernelOp::TouchPages | KernelOp::RandomRead | KernelOp::Speculative => {
                     checksum.fetch_add(words(0).load(Ordering::Relaxed) as u64, Ordering::Relaxed);
                 }
                 KernelOp::IncrementAll => {
@@ -531,13 +593,13 @@ impl Device {
         asid: u32,
         va: u64,
         bytes: u64,
-        write: bool,
+        kind: AccessType,
         hw: u16,
         faults: &AtomicU32,
         f: impl FnOnce(*mut u8) -> R,
     ) -> Option<R> {
         loop {
-            let t = self.access(asid, va, write, hw, faults)?;
+            let t = self.access(asid, va, kind, hw, faults)?;
             let _gate = self.access_gate.read().unwrap_or_else(|e| e.into_inner());
             // The translation may have been invalidated between `access`
             // and the gate: take it again under the gate (a TLB hit, or a

@@ -1,7 +1,10 @@
 //! The device's address space: VRAM at `[0, vram)`, DMA-mapped system
 //! memfds at `SYSMEM_BASE + slot * SYSMEM_SLOT_BYTES`.
 
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
+
+use rustix::fs::{fcntl_add_seals, fcntl_get_seals, fstat, SealFlags};
 
 use crate::shm::Region;
 use crate::xe::layout::{SYSMEM_BASE, SYSMEM_SLOTS, SYSMEM_SLOT_BYTES};
@@ -41,6 +44,28 @@ impl Memory {
             }
             _ => false,
         }
+    }
+
+    /// The memfd a driver DMA-maps, checked so that no later access can
+    /// fault the device (SIGBUS past the end of a file): it must hold
+    /// `size` bytes now (otherwise `None`: the map fails, typed), and it is
+    /// sealed against shrinking here when its seals allow. (A memfd made
+    /// without `MFD_ALLOW_SEALING` cannot be sealed: only its creator, a
+    /// server, holds it. Client objects come sealed by the pager.)
+    pub fn checked_region(fd: OwnedFd, size: u64) -> Option<Region> {
+        if size == 0 || size > SYSMEM_SLOT_BYTES {
+            return None;
+        }
+        if let Ok(seals) = fcntl_get_seals(&fd) {
+            if !seals.contains(SealFlags::SHRINK) && !seals.contains(SealFlags::SEAL) {
+                fcntl_add_seals(&fd, SealFlags::SHRINK).ok()?;
+            }
+        }
+        let held = u64::try_from(fstat(&fd).ok()?.st_size).ok()?;
+        if held < size {
+            return None;
+        }
+        Region::map(fd, usize::try_from(size).ok()?).ok()
     }
 
     pub fn unmap_slot(&self, slot: u32) -> bool {

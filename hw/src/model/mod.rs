@@ -6,7 +6,9 @@
 //! memfds the driver DMA-maps. Nothing here calls driver code.
 //!
 //! Engines, each a thread:
-//! - copy engine: executes `MEM_COPY` between any two device addresses;
+//! - copy engines (`copy.rs`): execute `MEM_COPY` between any two device
+//!   addresses; the copy ring's engine splits a large copy by rows across
+//!   [`Config::copy_engines`] engines;
 //! - GuC: takes fault responses and TLB invalidations from the driver,
 //!   reports invalidation completion;
 //! - compute engine: runs a kernel with many hardware threads; an access
@@ -36,6 +38,7 @@
 //! the gate only while each lands, never across a fault or a poll.
 
 pub mod control;
+mod copy;
 mod cs;
 mod engines;
 mod jobs;
@@ -84,6 +87,8 @@ pub struct Config {
     pub vram_bytes: u64,
     /// Hardware threads of the compute engine.
     pub hw_threads: u16,
+    /// Copy engines a large `MEM_COPY` is split across (at least one).
+    pub copy_engines: u16,
     pub inject: Injection,
     pub batch: BatchLimits,
 }
@@ -93,10 +98,24 @@ impl Default for Config {
         Self {
             vram_bytes: 256 << 20,
             hw_threads: 64,
+            copy_engines: default_copy_engines(),
             inject: Injection::default(),
             batch: BatchLimits::default(),
         }
     }
+}
+
+/// Copy engines by default: `XE_MODEL_COPY_ENGINES` when set (1 to 64),
+/// else one. Several (`--copy-engines N`) are opt-in until the pages that
+/// `init::oversub`'s eviction race loses (more often with two engines,
+/// also with one under CPU load) are explained (BENCHMARKS.md, 2026-12-02
+/// H200).
+pub fn default_copy_engines() -> u16 {
+    std::env::var("XE_MODEL_COPY_ENGINES")
+        .ok()
+        .and_then(|v| v.parse::<u16>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .unwrap_or(1)
 }
 
 impl Config {
@@ -105,6 +124,7 @@ impl Config {
         vec![
             format!("--vram-mib={}", self.vram_bytes >> 20),
             format!("--hw-threads={}", self.hw_threads),
+            format!("--copy-engines={}", self.copy_engines),
             format!(
                 "--fault-reply-delay-us={}",
                 self.inject.fault_reply_delay.as_micros()

@@ -7,6 +7,11 @@
 //! if the tables now say something else the device counts a stale-TLB use
 //! (`REG_STALE_TLB_USES`) and logs it: the driver was told the mapping was
 //! gone while the device still used it.
+//!
+//! A fill is atomic with respect to invalidations, as a hardware walker's
+//! is: a walk that an invalidation overtook (the driver may have cleared
+//! the entry it read and been told the invalidation completed) is not
+//! cached; the walk is taken again.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -26,6 +31,8 @@ pub struct Translation {
     pub va_base: u64,
     pub size: u64,
     pub writable: bool,
+    /// GPU atomics allowed (`AE`).
+    pub atomics: bool,
     pub device: bool,
 }
 
@@ -48,17 +55,18 @@ struct TlbEntry {
     dropped: bool,
 }
 
-pub struct Tlb {
+#[derive(Default)]
+struct Entries {
     /// (asid, va of the page) -> entry. Large pages are one entry.
-    entries: Mutex<HashMap<(u32, u64), TlbEntry>>,
+    map: HashMap<(u32, u64), TlbEntry>,
+    /// Invalidations applied so far: a walk caches its result only if none
+    /// was applied since it began.
+    invalidations: u64,
 }
 
-impl Default for Tlb {
-    fn default() -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
+#[derive(Default)]
+pub struct Tlb {
+    entries: Mutex<Entries>,
 }
 
 /// Walks ASID `asid`'s tables for `va`.
@@ -85,6 +93,7 @@ pub fn walk(regs: &Region, mem: &Memory, asid: u32, va: u64) -> Result<Translati
                 size,
                 target,
                 writable,
+                atomics,
                 ..
             } => {
                 let (va_base, base, bytes) = match size {
@@ -101,6 +110,7 @@ pub fn walk(regs: &Region, mem: &Memory, asid: u32, va: u64) -> Result<Translati
                     va_base,
                     size: bytes,
                     writable,
+                    atomics,
                     device: target == Target::Device,
                 });
             }
@@ -126,35 +136,69 @@ impl Tlb {
         asid: u32,
         va: u64,
     ) -> Result<Translation, Miss> {
-        {
-            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            for key in Self::key_candidates(asid, va) {
-                if let Some(e) = entries.get(&key) {
-                    if e.t.va_base <= va && va < e.t.va_base + e.t.size {
-                        let hit = *e;
-                        drop(entries);
-                        if hit.dropped && walk(regs, mem, asid, va).ok() != Some(hit.t) {
-                            regs.u32_at(REG_STALE_TLB_USES)
-                                .fetch_add(1, Ordering::AcqRel);
-                            log::error!("stale TLB use: asid {asid} va {va:#x} after an acknowledged invalidation");
-                        }
-                        return Ok(hit.t);
+        self.translate_walked(regs, mem, asid, va, || {})
+    }
+
+    /// [`Self::translate`], calling `walked` after each walk and before its
+    /// result is cached (tests run an invalidation there).
+    fn translate_walked(
+        &self,
+        regs: &Region,
+        mem: &Memory,
+        asid: u32,
+        va: u64,
+        mut walked: impl FnMut(),
+    ) -> Result<Translation, Miss> {
+        loop {
+            let began = {
+                let entries = self.lock();
+                if let Some(hit) = Self::hit(&entries, asid, va) {
+                    drop(entries);
+                    if hit.dropped && walk(regs, mem, asid, va).ok() != Some(hit.t) {
+                        regs.u32_at(REG_STALE_TLB_USES)
+                            .fetch_add(1, Ordering::AcqRel);
+                        log::error!(
+                            "stale TLB use: asid {asid} va {va:#x} \
+                             after an acknowledged invalidation"
+                        );
                     }
+                    return Ok(hit.t);
                 }
+                entries.invalidations
+            };
+            let t = walk(regs, mem, asid, va)?;
+            walked();
+            let mut entries = self.lock();
+            if entries.invalidations != began {
+                // An invalidation completed while we walked: the entry we
+                // read may be one the driver has since cleared.
+                continue;
             }
+            entries
+                .map
+                .insert((asid, t.va_base), TlbEntry { t, dropped: false });
+            return Ok(t);
         }
-        let t = walk(regs, mem, asid, va)?;
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((asid, t.va_base), TlbEntry { t, dropped: false });
-        Ok(t)
+    }
+
+    /// The cached entry translating `va` of `asid`, if any.
+    fn hit(entries: &Entries, asid: u32, va: u64) -> Option<TlbEntry> {
+        Self::key_candidates(asid, va)
+            .iter()
+            .filter_map(|key| entries.map.get(key))
+            .find(|e| e.t.va_base <= va && va < e.t.va_base + e.t.size)
+            .copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies an invalidation; `drop_it` (fault injection) keeps the
     /// entries and marks them instead.
     pub fn invalidate(&self, inv: &TlbInvalidation, drop_it: bool) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.lock();
+        entries.invalidations += 1;
         let end = inv
             .address
             .saturating_add(1u64.checked_shl(inv.len_log2 as u32).unwrap_or(u64::MAX));
@@ -165,20 +209,119 @@ impl Tlb {
             }
         };
         if drop_it {
-            for (k, e) in entries.iter_mut() {
+            for (k, e) in entries.map.iter_mut() {
                 if covered(k, e) {
                     e.dropped = true;
                 }
             }
         } else {
-            entries.retain(|k, e| !covered(k, e));
+            entries.map.retain(|k, e| !covered(k, e));
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().map.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xe::layout::REGION_BYTES;
+    use crate::xe::pte::{encode_leaf, encode_table, LeafAccess};
+
+    const ASID: u32 = 1;
+    const VA: u64 = 0x7f12_3456_7000;
+    /// Page tables at VRAM pages 1 (level 3) to 4 (level 0); data pages
+    /// at 8 and 9.
+    const FRAME_A: u64 = 8 << 12;
+    const FRAME_B: u64 = 9 << 12;
+
+    fn device() -> (Region, Memory) {
+        let regs = Region::create("tlb-test-regs", REGION_BYTES).unwrap();
+        let vram = Region::create("tlb-test-vram", 16 << 12).unwrap();
+        regs.u64_at(CONTEXT_TABLE + ASID as usize * 8)
+            .store(1 << 12, Ordering::Release);
+        for level in (1..4u32).rev() {
+            let table = (4 - level as u64) << 12;
+            vram.u64_at((table + index(VA, level) as u64 * 8) as usize)
+                .store(encode_table(table + 4096).unwrap(), Ordering::Release);
+        }
+        (regs, Memory::new(vram))
+    }
+
+    fn set_pte(mem: &Memory, frame: Option<u64>) {
+        let raw = frame.map_or(0, |f| {
+            encode_leaf(f, PageSize::Size4K, Target::Device, LeafAccess::ALL, 0).unwrap()
+        });
+        mem.vram
+            .u64_at((4 << 12) + index(VA, 0) * 8)
+            .store(raw, Ordering::Release);
+    }
+
+    fn invalidation() -> TlbInvalidation {
+        TlbInvalidation {
+            seqno: 1,
+            scope: InvalidationScope::Range,
+            asid: ASID,
+            address: VA,
+            len_log2: 12,
+        }
+    }
+
+    #[test]
+    fn an_invalidated_entry_is_walked_again() {
+        let (regs, mem) = device();
+        let tlb = Tlb::default();
+        set_pte(&mem, Some(FRAME_A));
+        assert_eq!(tlb.translate(&regs, &mem, ASID, VA).unwrap().base, FRAME_A);
+        // Without an invalidation the TLB keeps serving the old entry.
+        set_pte(&mem, Some(FRAME_B));
+        assert_eq!(tlb.translate(&regs, &mem, ASID, VA).unwrap().base, FRAME_A);
+        tlb.invalidate(&invalidation(), false);
+        assert_eq!(tlb.translate(&regs, &mem, ASID, VA).unwrap().base, FRAME_B);
+    }
+
+    /// The driver clears the entry a walk has just read, invalidates, and
+    /// is told the invalidation completed, all before the walk's result is
+    /// cached: that result must not be used afterwards (a GPU write through
+    /// it lands in VRAM the driver already copied out and freed: the lost
+    /// increments of `init`'s eviction race).
+    #[test]
+    fn a_walk_overtaken_by_an_invalidation_is_not_cached() {
+        let (regs, mem) = device();
+        let tlb = Tlb::default();
+        set_pte(&mem, Some(FRAME_A));
+        let mut raced = false;
+        let t = tlb.translate_walked(&regs, &mem, ASID, VA, || {
+            if !raced {
+                raced = true;
+                set_pte(&mem, Some(FRAME_B));
+                tlb.invalidate(&invalidation(), false);
+            }
+        });
+        assert!(raced);
+        assert_eq!(t.unwrap().base, FRAME_B, "the fill used the cleared entry");
+        assert_eq!(
+            tlb.translate(&regs, &mem, ASID, VA).unwrap().base,
+            FRAME_B,
+            "the TLB kept an entry the driver cleared and invalidated"
+        );
+        // An entry cleared (not replaced) faults.
+        let mut raced = false;
+        tlb.invalidate(&invalidation(), false);
+        set_pte(&mem, Some(FRAME_A));
+        let t = tlb.translate_walked(&regs, &mem, ASID, VA, || {
+            if !raced {
+                raced = true;
+                set_pte(&mem, None);
+                tlb.invalidate(&invalidation(), false);
+            }
+        });
+        assert!(t.is_err(), "a cleared entry was used: {t:?}");
+        assert!(tlb.translate(&regs, &mem, ASID, VA).is_err());
     }
 }

@@ -168,6 +168,9 @@ pub enum KernelOp {
     RandomRead = 4,
     /// Atomically add `value` to the first u32 of every page.
     AtomicAdd = 5,
+    /// `TouchPages` with the prefetcher a page ahead (its misses raise
+    /// prefetch faults nothing waits for).
+    Speculative = 6,
 }
 
 impl KernelOp {
@@ -178,6 +181,7 @@ impl KernelOp {
             3 => Self::StridedWrite,
             4 => Self::RandomRead,
             5 => Self::AtomicAdd,
+            6 => Self::Speculative,
             _ => return None,
         })
     }
@@ -411,6 +415,7 @@ mod tests {
             source_id: 0,
             vfid: 0,
             pdata: 33,
+            prefetch: false,
         };
         let cmds = [
             Command::MemCopy(MemCopy::contiguous(0, 4096, 2 << 20).unwrap()),

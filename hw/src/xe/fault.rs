@@ -8,6 +8,10 @@
 //! - dw1: private data high 11:0 (shifted left 4 when joined), ASID 31:12
 //! - dw2: access type 1:0, fault type 3:2, VFID 9:4, address 31:12 (bits 31:12 of the VA)
 //! - dw3: address bits 63:32
+//! - the device model's own: dw0 bit 18 (reserved in that layout) marks a
+//!   fault the prefetcher raised (IGT `xe_prefetch_fault`'s CTYPE
+//!   prefetch), which no access waits for; its encoding on real hardware is
+//!   not in the public headers this follows.
 //!
 //! Reply: dw0 valid 0, success 1, reply 4:2, descriptor type 11:10, ASID
 //! 31:12; dw1 VFID 5:0, engine instance 12:7, engine class 15:13, private
@@ -62,6 +66,9 @@ pub struct FaultDescriptor {
     /// 16 bits the hardware echoes back in the reply (the model puts the
     /// faulting hardware thread here).
     pub pdata: u16,
+    /// Raised by the prefetcher (speculative): nothing waits for it; the
+    /// driver acknowledges it and drops it.
+    pub prefetch: bool,
 }
 
 impl FaultDescriptor {
@@ -73,6 +80,7 @@ impl FaultDescriptor {
             put(self.level as u32, 0, 2)
                 | put(self.source_id as u32, 3, 10)
                 | put(self.engine_instance as u32, 19, 24)
+                | put(self.prefetch as u32, 18, 18)
                 | put(self.engine_class as u32, 25, 27)
                 | put(pdata & 0xf, 28, 31),
             put(pdata >> 4, 0, 11) | put(self.asid, 12, 31),
@@ -108,6 +116,7 @@ impl FaultDescriptor {
             source_id: field(dw[0], 3, 10) as u8,
             vfid: field(dw[2], 4, 9) as u8,
             pdata: (field(dw[0], 28, 31) | field(dw[1], 0, 11) << 4) as u16,
+            prefetch: field(dw[0], 18, 18) == 1,
         })
     }
 }
@@ -191,6 +200,7 @@ mod tests {
             source_id: 0x40,
             vfid: 0,
             pdata: 0xabcd,
+            prefetch: false,
         }
     }
 
@@ -217,6 +227,17 @@ mod tests {
         assert_eq!(r.encode(), [dw0, dw1, 0]);
         assert_eq!(FaultReply::decode([dw0, dw1, 0]), Some(r));
         assert_eq!(FaultReply::decode([0, dw1, 0]), None);
+    }
+
+    #[test]
+    fn the_prefetch_flag_round_trips_in_dw0_bit_18() {
+        let f = FaultDescriptor {
+            prefetch: true,
+            ..sample()
+        };
+        let dw = f.encode();
+        assert_eq!(dw[0] ^ sample().encode()[0], 1 << 18);
+        assert_eq!(FaultDescriptor::decode(dw), Ok(f));
     }
 
     #[test]

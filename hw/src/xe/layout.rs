@@ -44,6 +44,8 @@ pub const REG_RUNNING: usize = 0x30;
 /// Compute jobs retired, in any order; bumped (and its futex woken) after
 /// each job's slot in the job table is written.
 pub const REG_JOBS_RETIRED: usize = 0x34;
+/// Faults the prefetcher raised (speculative: no access waits for them).
+pub const REG_PREFETCH_FAULTS: usize = 0x38;
 /// Per-job results: at 0x100, [`JOB_SLOTS`] slots of 16 bytes: job id u32,
 /// status u32 (a [`JobState`]), faults u32, a checksum (kernels) u32.
 pub const JOB_TABLE: usize = 0x100;

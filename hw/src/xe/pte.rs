@@ -5,7 +5,8 @@
 //! `XE_PPGTT_PTE_PAT2` bit 7 in a 4 KiB PTE but `XE_PPGTT_PDE_PDPE_PAT2`
 //! bit 12 in a huge (2 MiB) PDE, since bit 7 there is `XE_PDE_PS_2M`;
 //! `XE_PDE_64K` bit 6, `XE_PTE_PS64` bit 8 (all 16 PTEs of a 64 KiB page
-//! carry it), `XE_PTE_NULL` bit 9, `XE_PPGTT_PTE_DM` bit 11 (address is in
+//! carry it), `XE_PTE_NULL` bit 9, `XE_USM_PPGTT_PTE_AE` bit 10 (atomics
+//! allowed), `XE_PPGTT_PTE_DM` bit 11 (address is in
 //! device memory), `XE2_PPGTT_PTE_PAT4` bit 61, `XELPG_PPGTT_PTE_PAT3` bit
 //! 62. The address field is bits 12..=51 (`XE_PTE_ADDR_MASK`). Levels
 //! follow `xe_pt.c`: level 3 (PML4) down to level 0 (PTE), 9 index bits
@@ -26,6 +27,9 @@ bitflags::bitflags! {
         /// Level-0 PTE: part of a 64 KiB page.
         const PS64 = 1 << 8;
         const NULL = 1 << 9;
+        /// Leaf: GPU atomics are allowed here (`XE_USM_PPGTT_PTE_AE`); an
+        /// atomic where it is clear faults (`AtomicAccessViolation`).
+        const AE = 1 << 10;
         /// Leaf: the address is a device (VRAM) address.
         const DM = 1 << 11;
         const PAT4 = 1 << 61;
@@ -64,6 +68,33 @@ impl PageSize {
         match self {
             Self::Size4K | Self::Size64K => 0,
             Self::Size2M => 1,
+        }
+    }
+}
+
+/// What a leaf lets the GPU do besides read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeafAccess {
+    pub writable: bool,
+    /// GPU atomics (`AE`); they need `writable` too.
+    pub atomics: bool,
+}
+
+impl LeafAccess {
+    pub const READ: Self = Self {
+        writable: false,
+        atomics: false,
+    };
+    /// Writes and atomics.
+    pub const ALL: Self = Self {
+        writable: true,
+        atomics: true,
+    };
+    /// Writes (if `writable`) and atomics with them.
+    pub const fn writable(writable: bool) -> Self {
+        Self {
+            writable,
+            atomics: writable,
         }
     }
 }
@@ -131,7 +162,7 @@ pub fn encode_leaf(
     addr: u64,
     size: PageSize,
     target: Target,
-    writable: bool,
+    access: LeafAccess,
     pat: u8,
 ) -> Result<u64, PteError> {
     let align = if size == PageSize::Size64K {
@@ -146,8 +177,11 @@ pub fn encode_leaf(
         return Err(PteError::AddressTooLarge);
     }
     let mut raw = addr | PteFlags::PRESENT.bits() | pat_bits(pat, size == PageSize::Size2M)?;
-    if writable {
+    if access.writable {
         raw |= PteFlags::RW.bits();
+    }
+    if access.atomics {
+        raw |= PteFlags::AE.bits();
     }
     if target == Target::Device {
         raw |= PteFlags::DM.bits();
@@ -185,6 +219,7 @@ pub enum Entry {
         size: PageSize,
         target: Target,
         writable: bool,
+        atomics: bool,
         pat: u8,
     },
 }
@@ -209,6 +244,7 @@ pub fn decode(raw: u64, level: u32) -> Entry {
             Target::System
         },
         writable: flags.contains(PteFlags::RW),
+        atomics: flags.contains(PteFlags::AE),
         pat: pat_of(raw, huge),
     };
     match level {
@@ -223,40 +259,58 @@ pub fn decode(raw: u64, level: u32) -> Entry {
 mod tests {
     use super::*;
 
+    /// Writable without atomics, and read-only.
+    const W: LeafAccess = LeafAccess {
+        writable: true,
+        atomics: false,
+    };
+    const R: LeafAccess = LeafAccess::READ;
+
     // Values computed by hand from xe_gtt_defs.h.
     #[test]
     fn vectors() {
+        // Atomics allowed: AE, bit 10.
+        assert_eq!(
+            encode_leaf(
+                0x1234_5000,
+                PageSize::Size4K,
+                Target::System,
+                LeafAccess::ALL,
+                0
+            ),
+            Ok(0x1234_5403)
+        );
         // 4 KiB system page at 0x1234_5000, RW, PAT 0: PRESENT|RW.
         assert_eq!(
-            encode_leaf(0x1234_5000, PageSize::Size4K, Target::System, true, 0),
+            encode_leaf(0x1234_5000, PageSize::Size4K, Target::System, W, 0),
             Ok(0x1234_5003)
         );
         // VRAM 4 KiB page at 0x2000, read-only, PAT 3 (PAT0|PAT1 = bits 3,4): 0x2000|1|0x18|0x800.
         assert_eq!(
-            encode_leaf(0x2000, PageSize::Size4K, Target::Device, false, 3),
+            encode_leaf(0x2000, PageSize::Size4K, Target::Device, R, 3),
             Ok(0x2819)
         );
         // PAT 4 on a PTE is bit 7; on a 2 MiB PDE it is bit 12.
         assert_eq!(
-            encode_leaf(0, PageSize::Size4K, Target::System, false, 4),
+            encode_leaf(0, PageSize::Size4K, Target::System, R, 4),
             Ok(0x81)
         );
         assert_eq!(
-            encode_leaf(0x20_0000, PageSize::Size2M, Target::Device, true, 4),
+            encode_leaf(0x20_0000, PageSize::Size2M, Target::Device, W, 4),
             Ok(0x20_0000 | 0x1000 | 0x80 | 0x800 | 3)
         );
         // PAT 8 and 16: bits 62 and 61.
         assert_eq!(
-            encode_leaf(0, PageSize::Size4K, Target::System, false, 8),
+            encode_leaf(0, PageSize::Size4K, Target::System, R, 8),
             Ok(1 << 62 | 1)
         );
         assert_eq!(
-            encode_leaf(0, PageSize::Size4K, Target::System, false, 16),
+            encode_leaf(0, PageSize::Size4K, Target::System, R, 16),
             Ok(1 << 61 | 1)
         );
         // 64 KiB page: every 4 KiB PTE has PS64 (bit 8).
         assert_eq!(
-            encode_leaf(0x1_1000, PageSize::Size64K, Target::Device, true, 0),
+            encode_leaf(0x1_1000, PageSize::Size64K, Target::Device, W, 0),
             Ok(0x1_1000 | 0x100 | 0x800 | 3)
         );
         // Table pointer: PRESENT|RW.
@@ -266,15 +320,15 @@ mod tests {
     #[test]
     fn checked_constructors() {
         assert_eq!(
-            encode_leaf(0x1000, PageSize::Size2M, Target::Device, true, 0),
+            encode_leaf(0x1000, PageSize::Size2M, Target::Device, W, 0),
             Err(PteError::Misaligned)
         );
         assert_eq!(
-            encode_leaf(1 << 52, PageSize::Size4K, Target::Device, true, 0),
+            encode_leaf(1 << 52, PageSize::Size4K, Target::Device, W, 0),
             Err(PteError::AddressTooLarge)
         );
         assert_eq!(
-            encode_leaf(0, PageSize::Size4K, Target::Device, true, 32),
+            encode_leaf(0, PageSize::Size4K, Target::Device, W, 32),
             Err(PteError::PatOutOfRange)
         );
         assert_eq!(encode_table(0x10), Err(PteError::Misaligned));
@@ -289,8 +343,9 @@ mod tests {
                 (PageSize::Size2M, 0x4000_0000),
             ] {
                 for target in [Target::System, Target::Device] {
-                    for writable in [false, true] {
-                        let raw = encode_leaf(addr, size, target, writable, pat).unwrap();
+                    for (writable, atomics) in [(false, false), (true, false), (true, true)] {
+                        let access = LeafAccess { writable, atomics };
+                        let raw = encode_leaf(addr, size, target, access, pat).unwrap();
                         assert_eq!(
                             decode(raw, size.level()),
                             Entry::Leaf {
@@ -298,6 +353,7 @@ mod tests {
                                 size,
                                 target,
                                 writable,
+                                atomics,
                                 pat
                             }
                         );

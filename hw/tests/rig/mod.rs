@@ -15,7 +15,7 @@ use hw::xe::commands::{
 };
 use hw::xe::fault::{FaultDescriptor, FaultReply, FaultType};
 use hw::xe::layout::{self, Ring};
-use hw::xe::pte::{encode_leaf, encode_table, index, PageSize, Target, ADDR_MASK};
+use hw::xe::pte::{encode_leaf, encode_table, index, LeafAccess, PageSize, Target, ADDR_MASK};
 
 pub const VRAM: u64 = 64 << 20;
 /// Page tables come from the top 8 MiB of VRAM, data pages from below.
@@ -84,6 +84,18 @@ impl Rig {
 
     /// Maps `va` to `pa` with a leaf of `size` in ASID `asid`'s tables.
     pub fn map(&self, asid: u32, va: u64, pa: u64, size: PageSize, target: Target) {
+        self.map_with(asid, va, pa, (size, target), LeafAccess::ALL);
+    }
+
+    /// [`Self::map`] with the leaf's access spelled out.
+    pub fn map_with(
+        &self,
+        asid: u32,
+        va: u64,
+        pa: u64,
+        (size, target): (PageSize, Target),
+        access: LeafAccess,
+    ) {
         if self.root(asid) == 0 {
             self.bar.set_context(asid, self.alloc_pt());
         }
@@ -98,13 +110,13 @@ impl Rig {
         match size {
             PageSize::Size64K => {
                 for i in 0..16u64 {
-                    let raw = encode_leaf(pa + i * 4096, size, target, true, 0).unwrap();
+                    let raw = encode_leaf(pa + i * 4096, size, target, access, 0).unwrap();
                     self.entry(table, index(va + i * 4096, 0))
                         .store(raw, Ordering::Release);
                 }
             }
             _ => self.entry(table, index(va, size.level())).store(
-                encode_leaf(pa, size, target, true, 0).unwrap(),
+                encode_leaf(pa, size, target, access, 0).unwrap(),
                 Ordering::Release,
             ),
         }

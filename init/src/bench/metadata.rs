@@ -54,6 +54,7 @@ fn filled_and_moved(c: &Clients, vm: VmId, bytes: usize) -> Result<SvmBuffer, Be
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .map_err(system)?;
     // SAFETY: ours until `release`; the GPU writes it only inside the job

@@ -60,6 +60,7 @@ pub fn run(c: &Clients, cfg: &RandomConfig) -> Result<RandomAccess, BenchError> 
             vm,
             view: buf.view,
             gpu_addr: buf.addr,
+            flags: 0,
         })
         .map_err(system)?;
     // SAFETY: the buffer is ours until `release`; the GPU only reads it,

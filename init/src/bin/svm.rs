@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use init::args::{above, buffer_size, int, threads, vram_mib, MAX_HW_THREADS};
 use init::herd::{self, Mode};
+use init::hostile::{self, Family};
 use init::oversub;
-use init::size::parse_size;
 use init::supervisor::Connection;
 use init::supervisor::{BootOptions, System};
 use init::views;
@@ -17,12 +18,17 @@ use init::views;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-    /// VRAM of the device model, MiB.
-    #[arg(long, global = true, default_value_t = 256)]
-    vram_mib: u64,
-    /// Hardware threads of the device model.
-    #[arg(long, global = true, default_value_t = 64)]
+    /// VRAM of the device model, MiB (even, 2 to 32768; default 256, 32
+    /// for `run hostile`).
+    #[arg(long, global = true, value_parser = vram_mib)]
+    vram_mib: Option<u64>,
+    /// Hardware threads of the device model (1 to 4096).
+    #[arg(long, global = true, default_value_t = 64, value_parser = int(1, MAX_HW_THREADS))]
     hw_threads: u16,
+    /// Copy engines of the device model [default: 1, or
+    /// XE_MODEL_COPY_ENGINES].
+    #[arg(long, global = true)]
+    copy_engines: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +55,9 @@ enum Cmd {
     /// Inside the guest: run a plan of checks (as PID 1: then power off).
     #[command(hide = true)]
     Guest(init::guest::GuestArgs),
+    /// Boot the system and run PROGRAM with `libsvm.so` preloaded: its
+    /// heap and anonymous mappings are pager memory (docs/c-api.md).
+    Exec(init::exec::ExecArgs),
     /// Each of our paths beside its floor, measured in the same run, with
     /// ratios, a JSON report and plots (see the README).
     Bench(init::bench::BenchArgs),
@@ -120,8 +129,8 @@ struct ClientArgs {
     /// Serve it with this server command instead (`sh -c`, descriptor 3).
     #[arg(long, conflicts_with = "system")]
     server: Option<String>,
-    /// Longest one client run may take, seconds.
-    #[arg(long, default_value_t = 120)]
+    /// Longest one client run may take, seconds (1 to 86400).
+    #[arg(long, default_value_t = 120, value_parser = int(1u64, 86_400))]
     client_timeout_s: u64,
     #[command(flatten)]
     common: SuiteArgs,
@@ -137,8 +146,8 @@ struct SuiteArgs {
     /// built in from tests/conformance/).
     #[arg(long)]
     failures: Vec<std::path::PathBuf>,
-    /// Deadline of each exchange, milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    /// Deadline of each exchange, milliseconds (1 to 3600000).
+    #[arg(long, default_value_t = 10_000, value_parser = int(1u64, 3_600_000))]
     timeout_ms: u64,
 }
 
@@ -146,10 +155,10 @@ struct SuiteArgs {
 enum ClientJob {
     /// GPU to VRAM, CPU back, round after round; prints `round N`.
     Churn {
-        #[arg(long, default_value = "64M")]
-        size: String,
+        #[arg(long, default_value = "64M", value_parser = buffer_size)]
+        size: usize,
         /// Stop after this many rounds (default: run until killed).
-        #[arg(long)]
+        #[arg(long, value_parser = int(1, u64::MAX))]
         rounds: Option<u64>,
     },
 }
@@ -166,15 +175,16 @@ enum Workload {
     /// The anchor workload: CPU fill, GPU touch (to VRAM), a herd of CPU
     /// threads reading every page back, every page checked.
     Herd {
-        /// Buffer sizes, comma separated (2M, 64M, 512K...).
-        #[arg(long, default_value = "2M", value_delimiter = ',')]
-        size: Vec<String>,
-        /// CPU thread counts, comma separated.
-        #[arg(long, default_value = "1", value_delimiter = ',')]
+        /// Buffer sizes, comma separated (2M, 64M, 512K...; 4K to 8G).
+        #[arg(long, default_value = "2M", value_delimiter = ',', value_parser = buffer_size)]
+        size: Vec<usize>,
+        /// CPU thread counts, comma separated (1 to 1024).
+        #[arg(long, default_value = "1", value_delimiter = ',', value_parser = threads)]
         threads: Vec<usize>,
         #[arg(long, value_enum, default_value_t = ModeArg::Touch)]
         mode: ModeArg,
-        #[arg(long, default_value_t = 5)]
+        /// Repetitions of each configuration (1 to 1000).
+        #[arg(long, default_value_t = 5, value_parser = int(1usize, 1000))]
         reps: usize,
         /// One JSON object per line and configuration.
         #[arg(long)]
@@ -187,56 +197,112 @@ enum Workload {
     /// while it moves to a new address (plain or `--dontunmap`); every word
     /// is checked, and the GPU binding must follow the view.
     Mremap {
-        #[arg(long, default_value = "2M")]
-        size: String,
+        #[arg(long, default_value = "2M", value_parser = buffer_size)]
+        size: usize,
         /// `MREMAP_DONTUNMAP`: the old range stays a view of the object.
         #[arg(long)]
         dontunmap: bool,
-        #[arg(long, default_value_t = 4)]
+        /// Reader threads (1 to 1024).
+        #[arg(long, default_value_t = 4, value_parser = threads)]
         readers: usize,
     },
     /// fork while pages are in VRAM: a child reads every word while the
     /// parent hammers reads, then a child adds to every word while the
     /// parent's GPU increments it; every word is checked.
     Fork {
-        #[arg(long, default_value = "4M")]
-        size: String,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value = "4M", value_parser = buffer_size)]
+        size: usize,
+        /// Reader threads (1 to 1024).
+        #[arg(long, default_value_t = 4, value_parser = threads)]
         readers: usize,
-        /// GPU passes over the buffer while the child writes.
-        #[arg(long, default_value_t = 8)]
+        /// GPU passes over the buffer while the child writes (1 to 100000).
+        #[arg(long, default_value_t = 8, value_parser = int(1u32, 100_000))]
         kernels: u32,
-        /// The child's passes of `+1` over every word.
-        #[arg(long, default_value_t = 4)]
+        /// The child's passes of `+1` over every word (1 to 100000).
+        #[arg(long, default_value_t = 4, value_parser = int(1u32, 100_000))]
         child_rounds: u32,
     },
     /// Oversubscription: an SVM working set `--ratio` times VRAM, touched by
     /// the GPU and the CPU in turn, against buffer-object jobs competing for
     /// VRAM; prints each world's evictions and checks every word.
     Oversub {
-        /// SVM working set as a multiple of usable VRAM.
-        #[arg(long, default_value_t = 2.0)]
+        /// SVM working set as a multiple of usable VRAM (above 0, at most 64).
+        #[arg(long, default_value_t = 2.0, value_parser = above(0.0, 64.0))]
         ratio: f64,
-        /// GPU-then-CPU passes over the working set.
-        #[arg(long, default_value_t = 2)]
+        /// GPU-then-CPU passes over the working set (1 to 1000).
+        #[arg(long, default_value_t = 2, value_parser = int(1usize, 1000))]
         passes: usize,
-        /// Buffer objects competing for VRAM (0: SVM alone).
-        #[arg(long, default_value_t = 8)]
+        /// Buffer objects competing for VRAM (0: SVM alone; at most 256).
+        #[arg(long, default_value_t = 8, value_parser = int(0usize, 256))]
         bos: usize,
-        /// Share of VRAM the buffer objects want together.
-        #[arg(long, default_value_t = 0.5)]
+        /// Share of VRAM the buffer objects want together (above 0, at most 1).
+        #[arg(long, default_value_t = 0.5, value_parser = above(0.0, 1.0))]
         bo_share: f64,
-        /// Client threads submitting buffer-object jobs.
-        #[arg(long, default_value_t = 4)]
+        /// Client threads submitting buffer-object jobs (1 to 64).
+        #[arg(long, default_value_t = 4, value_parser = int(1usize, 64))]
         bo_threads: usize,
         /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
     },
+    /// The hostile-client harness: a victim (herd and oversubscription
+    /// rounds, every word checked) alone, then beside a hostile client
+    /// sending every interface everything; the last line is
+    /// `bad=N ratio=X hostile_calls=N errors=...` (README, "Isolation").
+    Hostile {
+        /// Hostile calls to send at least (1 to 1000000000).
+        #[arg(long, default_value_t = 100_000, value_parser = int(1u64, 1_000_000_000))]
+        frames: u64,
+        /// Seed of the hostile client's choices (the same seed sends the
+        /// same frames).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Victim rounds alone, and at least as many beside the hostile
+        /// client (1 to 100).
+        #[arg(long, default_value_t = 2, value_parser = int(1usize, 100))]
+        rounds: usize,
+        /// Attack families, comma separated, or `all`.
+        #[arg(long, default_value = "all", value_parser = families)]
+        families: Families,
+    },
     /// Scenario files: `svm run FILE|DIR [--filter PATTERN] [--list] [--json]
     /// [--long]` (docs/scenarios.md; `svm run tests/scenarios --help`).
     #[command(external_subcommand)]
     Scenarios(Vec<String>),
+}
+
+/// `--families`: attack family names.
+#[derive(Clone)]
+struct Families(Vec<Family>);
+
+fn families(s: &str) -> Result<Families, String> {
+    Family::parse_list(s).map(Families)
+}
+
+/// Parses the command line; a bad argument is one plain line on stderr
+/// (clap's first line, which names the argument and its limit) and exit
+/// status 2, before anything boots.
+fn parse_cli() -> Cli {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            eprintln!("svm: {}", first.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    }
 }
 
 fn main() {
@@ -245,10 +311,20 @@ fn main() {
     if rustix::process::getpid().is_init() {
         init::guest::pid1::main(std::path::Path::new(init::guest::pid1::PLAN_PATH));
     }
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let mut opts = BootOptions::default();
-    opts.device.vram_bytes = cli.vram_mib << 20;
+    let hostile = matches!(
+        cli.command,
+        Cmd::Run {
+            workload: Workload::Hostile { .. }
+        }
+    );
+    let default_vram = if hostile { 32 } else { 256 };
+    opts.device.vram_bytes = cli.vram_mib.unwrap_or(default_vram) << 20;
     opts.device.hw_threads = cli.hw_threads;
+    if let Some(n) = cli.copy_engines {
+        opts.device.copy_engines = n.max(1);
+    }
     let code = match cli.command {
         Cmd::Run {
             workload: Workload::Scenarios(args),
@@ -266,20 +342,17 @@ fn main() {
                     dontunmap,
                     readers,
                 },
-        } => match parse_size(&size) {
-            Some(bytes) => run_views(opts, |c| {
-                views::mremap_race(
-                    c,
-                    &views::MremapConfig {
-                        bytes,
-                        dontunmap,
-                        readers,
-                    },
-                )
-                .map(|r| (r.line(), r.bad_words))
-            }),
-            None => bad_size(&size),
-        },
+        } => run_views(opts, |c| {
+            views::mremap_race(
+                c,
+                &views::MremapConfig {
+                    bytes: size,
+                    dontunmap,
+                    readers,
+                },
+            )
+            .map(|r| (r.line(), r.bad_words))
+        }),
         Cmd::Run {
             workload:
                 Workload::Fork {
@@ -288,22 +361,20 @@ fn main() {
                     kernels,
                     child_rounds,
                 },
-        } => match parse_size(&size) {
-            Some(bytes) => run_views(opts, |c| {
-                views::fork_race(
-                    c,
-                    &views::ForkConfig {
-                        bytes,
-                        readers,
-                        kernels,
-                        child_rounds,
-                    },
-                )
-                .map(|r| (r.line(), r.bad_words + r.child_bad))
-            }),
-            None => bad_size(&size),
-        },
+        } => run_views(opts, |c| {
+            views::fork_race(
+                c,
+                &views::ForkConfig {
+                    bytes: size,
+                    readers,
+                    kernels,
+                    child_rounds,
+                },
+            )
+            .map(|r| (r.line(), r.bad_words + r.child_bad))
+        }),
         Cmd::Boot { check } => boot(opts, check),
+        Cmd::Exec(args) => exec(opts, &args),
         Cmd::Conformance { suite } => conformance(opts, suite),
         Cmd::Qemu(args) => init::qemu::cli_main(&args),
         Cmd::Guest(args) => init::guest::cli_main(&args),
@@ -325,23 +396,7 @@ fn main() {
                 ModeArg::IncAll => vec![Mode::IncAll],
                 ModeArg::Both => vec![Mode::Touch, Mode::IncAll],
             };
-            let mut sizes = Vec::new();
-            for s in &size {
-                match parse_size(s) {
-                    Some(b) => sizes.push(b),
-                    None => {
-                        eprintln!(
-                            "svm: bad size {s:?} (a positive multiple of 4 KiB, like 2M or 64M)"
-                        );
-                        std::process::exit(2);
-                    }
-                }
-            }
-            if threads.iter().any(|t| *t == 0) || reps == 0 {
-                eprintln!("svm: threads and reps must be at least 1");
-                std::process::exit(2);
-            }
-            run_herd(opts, &sizes, &threads, &modes, reps, json, same_start)
+            run_herd(opts, &size, &threads, &modes, reps, json, same_start)
         }
         Cmd::Run {
             workload:
@@ -354,27 +409,48 @@ fn main() {
                     json,
                 },
         } => {
-            if !(ratio > 0.0 && ratio <= 64.0)
-                || passes == 0
-                || !(bo_share > 0.0 && bo_share <= 1.0)
-            {
-                eprintln!(
-                    "svm: --ratio must be in (0, 64], --bo-share in (0, 1] and --passes at least 1"
-                );
-                std::process::exit(2);
-            }
             let cfg = oversub::Config {
                 ratio,
                 passes,
                 bos,
                 bo_share,
-                bo_threads: bo_threads.max(1),
+                bo_threads,
                 ..Default::default()
             };
             run_oversub(opts, &cfg, json)
         }
+        Cmd::Run {
+            workload:
+                Workload::Hostile {
+                    frames,
+                    seed,
+                    rounds,
+                    families,
+                },
+        } => {
+            let cfg = hostile::Config {
+                frames,
+                seed,
+                rounds,
+                families: families.0,
+                ..Default::default()
+            };
+            run_hostile(opts, &cfg)
+        }
     };
     std::process::exit(code);
+}
+
+fn exec(opts: BootOptions, args: &init::exec::ExecArgs) -> i32 {
+    // Ctrl-C is the program's to handle: we wait for it either way.
+    let _ = ctrlc::set_handler(|| {});
+    match init::exec::run(opts, args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("svm exec: {e}");
+            125
+        }
+    }
 }
 
 fn boot(opts: BootOptions, check: bool) -> i32 {
@@ -495,11 +571,6 @@ fn run_herd(
     finish(system, failed.map_or(Ok(()), Err))
 }
 
-fn bad_size(s: &str) -> i32 {
-    eprintln!("svm: bad size {s:?} (a multiple of 4 KiB, like 2M or 512K)");
-    2
-}
-
 /// Boots, runs one view-change scenario as client 0, prints its line.
 fn run_views(
     opts: BootOptions,
@@ -530,10 +601,7 @@ fn client(badge: u64, gpu_fd: i32, pager_fd: i32, job: ClientJob) -> i32 {
     let c = unsafe { Connection::inherited(badge, gpu_fd, pager_fd) };
     match job {
         ClientJob::Churn { size, rounds } => {
-            let Some(bytes) = parse_size(&size) else {
-                return bad_size(&size);
-            };
-            match init::churn::run(&c, bytes, rounds, &mut std::io::stdout()) {
+            match init::churn::run(&c, size, rounds, &mut std::io::stdout()) {
                 Ok(_) => 0,
                 Err(e) => {
                     eprintln!("svm client {badge}: {e}");
@@ -611,4 +679,78 @@ fn run_oversub(opts: BootOptions, cfg: &oversub::Config, json: bool) -> i32 {
     };
     drop(clients);
     finish(system, result)
+}
+
+/// `svm run hostile`: boots with two client slots and runs the harness;
+/// details on stdout, the verdict line last.
+fn run_hostile(mut opts: BootOptions, cfg: &hostile::Config) -> i32 {
+    opts.clients = hostile::CLIENT_SLOTS;
+    let (mut system, mut clients) = match boot_with_clients(&opts) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let bar = indicatif::ProgressBar::new(cfg.frames);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("svm: hostile {msg} [{bar:30}] {pos}/{len} calls")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let result = hostile::run(&mut system, &mut clients, cfg, &bar);
+    bar.finish_and_clear();
+    drop(clients);
+    let result = match result {
+        Ok(r) => {
+            for line in r.details() {
+                println!("{line}");
+            }
+            println!("{}", r.line());
+            if r.passed() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "hostile: {} failure(s), listed above",
+                    r.failures().len()
+                ))
+            }
+        }
+        Err(e) => Err(format!("hostile: {e}")),
+    };
+    finish(system, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    /// Every subcommand parses its defaults into its fields (a value
+    /// parser of the wrong type panics here, not in a user's hands).
+    #[test]
+    fn every_workload_parses_its_defaults() {
+        Cli::command().debug_assert();
+        for args in [
+            &["svm", "run", "herd"][..],
+            &["svm", "run", "mremap"],
+            &["svm", "run", "fork"],
+            &["svm", "run", "oversub"],
+            &["svm", "run", "hostile"],
+            &["svm", "boot"],
+            &["svm", "conformance", "ipc", "--system"],
+            &["svm", "conformance", "client", "--spawn", "x", "--system"],
+            &[
+                "svm",
+                "client",
+                "--badge",
+                "1",
+                "--gpu-fd",
+                "3",
+                "--pager-fd",
+                "4",
+                "churn",
+            ],
+        ] {
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
 }

@@ -210,9 +210,14 @@ fn dispatch(ctx: &Ctx, step: &Step, label: &str, path: &str, bound: Duration) ->
             steps,
             branches,
         } => parallel(ctx, threads.map(|n| n.get()), var, steps, branches, path),
-        Step::FaultLog { .. } => Err(StepError::Unsupported(
-            "a per-VM fault log: the Gpu interface has no query for it (issue 16 item 7)".into(),
-        )),
+        Step::FaultLog {
+            vm,
+            at_least,
+            at_most,
+        } => {
+            let bounds = (at_least.get(), at_most.map(|n| n.get()));
+            gpu_steps::fault_log(ctx, vm, bounds, label)
+        }
         Step::Sleep { us } => {
             std::thread::sleep(Duration::from_micros(us.get().min(10_000_000)));
             Ok(())

@@ -29,6 +29,10 @@ pub struct Device {
     /// Fault injection: the device model fails every Nth copy (0: never).
     #[serde(default)]
     pub fail_copy_every: u32,
+    /// The pager's anti-thrashing (`--thrash on`; off by default: every
+    /// GPU fault migrates).
+    #[serde(default)]
+    pub thrash_hold: bool,
 }
 
 impl Default for Device {
@@ -40,6 +44,7 @@ impl Default for Device {
             clients: 1,
             heap: default_heap(),
             fail_copy_every: 0,
+            thrash_hold: false,
         }
     }
 }
@@ -207,8 +212,9 @@ pub enum Kernel {
     AtomicAdd,
     /// Read words at pseudo-random pages.
     RandomRead,
-    /// Hardware prefetch (speculative) reads, whose faults must be dropped,
-    /// never fatal: the device model does not raise them yet (issue 16).
+    /// Reads one word per page with the hardware prefetcher running a page
+    /// ahead: its faults (past the range: nothing mapped) are acknowledged
+    /// and dropped, never fatal.
     Speculative,
 }
 
@@ -273,10 +279,12 @@ pub enum AdviceKind {
     PreferSystem,
     PreferDevice,
     AtomicDevice,
-    /// GPU atomics allowed wherever the page is (no wire value yet: issue 16).
+    /// GPU atomics allowed wherever the page is.
     AtomicGlobal,
-    /// GPU atomics refused: only the CPU does atomics (no wire value yet).
+    /// GPU atomics refused: only the CPU does atomics.
     AtomicCpu,
+    /// The pages live in VRAM: a CPU access to one there is refused.
+    DeviceOnly,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -368,6 +376,9 @@ pub enum Step {
         /// A malloc allocation must land at this earlier allocation's address
         /// (the allocator handed the memory out again).
         reuses: Option<String>,
+        /// An object allocation's object is this big (at least `size`);
+        /// only `size` is mapped, the rest is room for `mremap` growth.
+        object_size: Option<Num>,
     },
     /// Free an allocation: a malloc one goes back to the heap (its pages
     /// stay where they are); an object is detached, unmapped and destroyed.
@@ -389,6 +400,9 @@ pub enum Step {
     Bind {
         vm: String,
         alloc: String,
+        /// `BindView` with `BIND_READ_ONLY`: the GPU may only read it.
+        #[serde(default)]
+        read_only: bool,
     },
     Unbind {
         vm: String,
@@ -520,12 +534,15 @@ pub enum Step {
         offset: Num,
         len: Option<Num>,
     },
+    /// To `system`: `Pager::Prefetch`; to `device`: `Gpu::Prefetch` in
+    /// `vm` (default: the first VM, by name, of the allocation's client).
     Prefetch {
         alloc: String,
         to: Place,
         #[serde(default)]
         offset: Num,
         len: Option<Num>,
+        vm: Option<String>,
     },
     /// The pager's per-page states of an allocation (`Pager::Snapshot`):
     /// `expect` lists `STATE` or `STATE*N`, the last entry covering the
@@ -597,11 +614,14 @@ pub enum Step {
     Sleep {
         us: Num,
     },
-    /// The VM's fault log (address, access, type) must hold at least
-    /// `at_least` entries: no such query exists yet (issue 16 item 7).
+    /// The VM's fault log (`Gpu::FaultLog`: address, access, type, level)
+    /// must hold at least `at_least` entries.
     FaultLog {
         vm: String,
+        #[serde(default)]
         at_least: Num,
+        /// At most this many in all (absent: no bound).
+        at_most: Option<Num>,
     },
 }
 

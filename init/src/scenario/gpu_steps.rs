@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipc_protocol::interfaces::gpu::{
-    BindView, CreateBo, CreateVm, DestroyVm, GpuStats, MapBo, ReadBo, Stats, Submit, Unbind, Wait,
+    BindView, CreateBo, CreateVm, DestroyVm, FaultLog, GpuStats, MapBo, ReadBo, Stats, Submit,
+    Unbind, Wait, BIND_READ_ONLY,
 };
 use ipc_protocol::types::{JobStatus, KernelKind};
 
@@ -38,6 +39,7 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
                         vm,
                         view,
                         gpu_addr: addr,
+                        flags: 0,
                     })?;
                 }
             }
@@ -60,7 +62,11 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
             ctx.conn(v.client)?.gpu.call(DestroyVm { vm: v.id })?;
             Ok(())
         }
-        Step::Bind { vm, alloc } => {
+        Step::Bind {
+            vm,
+            alloc,
+            read_only,
+        } => {
             let (vm, client, view, addr) = {
                 let w = ctx.world();
                 let v = w.vm(vm)?;
@@ -77,10 +83,12 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
                     .ok_or_else(|| bad(format!("{alloc}: no view of ours maps it")))?;
                 (v.id, v.client, m.view.expect("filtered"), m.addr)
             };
+            let flags = if *read_only { BIND_READ_ONLY } else { 0 };
             ctx.conn(client)?.gpu.call(BindView {
                 vm,
                 view,
                 gpu_addr: addr,
+                flags,
             })?;
             Ok(())
         }
@@ -130,12 +138,6 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
             }
             if *kernel == Kernel::Store && (stride < 4 || !stride.is_multiple_of(4)) {
                 return Err(bad("store: a stride of whole words"));
-            }
-            if *kernel == Kernel::Speculative {
-                return Err(StepError::Unsupported(
-                    "speculative (prefetch) faults: the device model raises none (issue 16 item 8)"
-                        .into(),
-                ));
             }
             let gpu = &ctx.conn(client)?.gpu;
             let job = gpu
@@ -213,7 +215,7 @@ fn kernel_kind(k: Kernel) -> KernelKind {
         Kernel::Store => KernelKind::StridedWrite,
         Kernel::AtomicAdd => KernelKind::AtomicAdd,
         Kernel::RandomRead => KernelKind::RandomRead,
-        Kernel::Speculative => unreachable!("refused before submitting"),
+        Kernel::Speculative => KernelKind::Speculative,
     }
 }
 
@@ -350,8 +352,9 @@ pub fn bo_step(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
 
 /// The counters a `counters` step may name: cumulative ones compare the
 /// change since the mark, the rest compare their value now.
-const CUMULATIVE: [&str; 6] = [
+const CUMULATIVE: [&str; 7] = [
     "gpu_faults",
+    "prefetch_faults",
     "pages_to_vram",
     "pages_to_ram",
     "bo_evictions",
@@ -362,6 +365,7 @@ const CUMULATIVE: [&str; 6] = [
 fn counter(s: &GpuStats, name: &str) -> Option<u64> {
     Some(match name {
         "gpu_faults" => s.gpu_faults,
+        "prefetch_faults" => s.prefetch_faults,
         "pages_to_vram" => s.pages_to_vram,
         "pages_to_ram" => s.pages_to_ram,
         "bo_evictions" => s.bo_evictions,
@@ -370,8 +374,41 @@ fn counter(s: &GpuStats, name: &str) -> Option<u64> {
         "vram_used" => s.vram_used,
         "vram_total" => s.vram_total,
         "bo_vram_bytes" => s.bo_vram_bytes,
-        _ => return None,
+        other => return by_size(s, other),
     })
+}
+
+/// The per-page-size counters (`GpuStats::by_size`, all cumulative):
+/// `FIELD_SIZE` (`to_vram_2m`, `to_ram_bytes_4k`, ...; sizes `4k`, `64k`,
+/// `2m`) or `FIELD` summed over the sizes (`to_vram_bytes`). FIELD is one
+/// of `to_vram`, `to_vram_bytes`, `to_vram_us`, `to_ram`, `to_ram_bytes`,
+/// `to_ram_us`.
+fn by_size(s: &GpuStats, name: &str) -> Option<u64> {
+    let (field, size) = match name.rsplit_once('_') {
+        Some((f, "4k")) => (f, Some(4096)),
+        Some((f, "64k")) => (f, Some(65536)),
+        Some((f, "2m")) => (f, Some(2 << 20)),
+        _ => (name, None),
+    };
+    let get = |c: &ipc_protocol::interfaces::gpu::SizeStat| -> Option<u64> {
+        Some(match field {
+            "to_vram" => c.to_vram,
+            "to_vram_bytes" => c.to_vram_bytes,
+            "to_vram_us" => c.to_vram_us,
+            "to_ram" => c.to_ram,
+            "to_ram_bytes" => c.to_ram_bytes,
+            "to_ram_us" => c.to_ram_us,
+            _ => return None,
+        })
+    };
+    let mut sum = 0u64;
+    for c in s.by_size.as_slice() {
+        let v = get(c)?;
+        if size.is_none_or(|b| b == c.page_bytes) {
+            sum = sum.saturating_add(v);
+        }
+    }
+    get(s.by_size.as_slice().first()?).map(|_| sum)
 }
 
 /// `">= 512"` against `v`.
@@ -417,7 +454,7 @@ pub fn counters(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 let (Some(n), Some(b)) = (counter(&now, name), counter(&base, name)) else {
                     return Err(bad(format!("no counter {name:?}")));
                 };
-                let v = if CUMULATIVE.contains(&name.as_str()) {
+                let v = if CUMULATIVE.contains(&name.as_str()) || by_size(&now, name).is_some() {
                     n.saturating_sub(b)
                 } else {
                     n
@@ -484,4 +521,34 @@ mod tests {
         assert!(compare_counter(3, "< 4K").unwrap());
         assert!(compare_counter(3, "about 3").is_err());
     }
+}
+
+/// `Gpu::FaultLog` of `vm`: at least `at_least` unserved faults, and at
+/// most `at_most` in all when given.
+pub fn fault_log(ctx: &Ctx, vm: &str, bounds: (u64, Option<u64>), label: &str) -> StepResult {
+    let (at_least, at_most) = bounds;
+    let (id, client) = {
+        let w = ctx.world();
+        let v = w.vm(vm)?;
+        (v.id, v.client)
+    };
+    let log = ctx.conn(client)?.gpu.call(FaultLog { vm: id })?;
+    let faults = log.faults.into_vec();
+    let first = faults.first().map_or(String::from("none"), |f| {
+        format!(
+            "{:#x} (access {}, type {}, level {})",
+            f.address, f.access, f.fault_type, f.level
+        )
+    });
+    let most = at_most.map_or(String::new(), |m| format!(", at most {m}"));
+    ctx.report.check(
+        faults.len() as u64 >= at_least && at_most.is_none_or(|m| log.total <= m),
+        label,
+        &format!(
+            "fault log of {vm}: {} entries ({} in all), first {first}; at least {at_least}{most}",
+            faults.len(),
+            log.total
+        ),
+    );
+    Ok(())
 }

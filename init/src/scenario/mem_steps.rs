@@ -3,14 +3,17 @@
 
 use std::sync::{Arc, Mutex};
 
-use ipc_protocol::interfaces::gpu::BindView;
+use ipc_protocol::interfaces::gpu::{
+    BindView, Prefetch as GpuPrefetch, Protect, PROT_READ, PROT_WRITE,
+};
 use ipc_protocol::interfaces::pager::{
-    Advise, AttachView, CreateObject, DestroyObject, DetachView, PagerError, Prefetch, Snapshot,
+    Advise, AttachView, CreateObject, DestroyObject, DetachView, Discard, FindView, PagerError,
+    Prefetch, Snapshot, SyncViews,
 };
 use ipc_protocol::types::{Advice, GpuId, Location, PageCount, PageStateCode, ViewId};
 
 use super::exec::{StepError, StepResult};
-use super::format::{AdviceKind, AllocKind, Fill, Place, ProbeExpect, Step};
+use super::format::{AdviceKind, AllocKind, Fill, Place, ProbeExpect, Prot, Step};
 use super::heap::Heap;
 use super::memory::{self, PAGE};
 use super::shadow::{compare, fill_value, Mismatch};
@@ -35,6 +38,7 @@ pub fn alloc_or_free(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
             fill,
             client,
             reuses,
+            object_size,
         } => {
             if ctx.world().allocs.get(name).is_some_and(|a| !a.freed) {
                 return Err(bad(format!("allocation {name:?} exists")));
@@ -44,7 +48,17 @@ pub fn alloc_or_free(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 return Err(bad(format!("size {size}: 4 bytes to 4 GiB, whole words")));
             }
             let a = match kind {
-                AllocKind::Object => new_object_alloc(ctx, *client, size, align.map(|a| a.get()))?,
+                AllocKind::Object => {
+                    let object = object_size.map_or(size, |o| o.get());
+                    if object < size || object > MAX_ALLOC {
+                        return Err(bad(format!("object_size {object}: size to 4 GiB")));
+                    }
+                    let align = align.map(|a| a.get());
+                    new_object_alloc(ctx, *client, size, object, align)?
+                }
+                _ if object_size.is_some() => {
+                    return Err(bad("object_size: object allocations only"));
+                }
                 AllocKind::Malloc => malloc(ctx, *client, size, align.map_or(16, |a| a.get()))?,
                 AllocKind::Reserve => {
                     let len = size.next_multiple_of(PAGE);
@@ -107,11 +121,12 @@ fn create_object(ctx: &Ctx, client: usize, bytes: u64) -> Result<Arc<Object>, St
 
 /// Maps all of `o` and attaches it as a view; binds it in the client's
 /// mirror VMs.
-fn map_and_attach(ctx: &Ctx, o: &Arc<Object>, align: u64) -> Result<u64, StepError> {
+fn map_and_attach(ctx: &Ctx, o: &Arc<Object>, len: u64, align: u64) -> Result<u64, StepError> {
     if !align.is_power_of_two() || align < PAGE {
         return Err(bad(format!("align {align}: a power of two, at least 4K")));
     }
-    let addr = map_aligned(&o.memfd, o.bytes as usize, align as usize)
+    let len = len.next_multiple_of(PAGE);
+    let addr = map_aligned(&o.memfd, len as usize, align as usize)
         .map_err(|e| StepError::Host(format!("mmap: {e}")))?;
     let uffd = pager_uffd().map_err(|e| StepError::Host(format!("userfaultfd: {e}")))?;
     let (attached, _) = ctx.conn(o.client)?.pager.call_with_handles(
@@ -119,13 +134,13 @@ fn map_and_attach(ctx: &Ctx, o: &Arc<Object>, align: u64) -> Result<u64, StepErr
             object: o.id,
             addr,
             object_first_page: 0,
-            pages: o.bytes / PAGE,
+            pages: len / PAGE,
         },
         vec![uffd],
     )?;
     ctx.world().mappings.push(Mapping {
         addr,
-        len: o.bytes,
+        len,
         object: o.clone(),
         obj_off: 0,
         view: Some(attached.view),
@@ -148,6 +163,7 @@ pub fn bind_in_mirrors(ctx: &Ctx, client: usize, view: ViewId, addr: u64) -> Ste
             vm,
             view,
             gpu_addr: addr,
+            flags: 0,
         })?;
     }
     Ok(())
@@ -157,10 +173,11 @@ fn new_object_alloc(
     ctx: &Ctx,
     client: usize,
     size: u64,
+    object_size: u64,
     align: Option<u64>,
 ) -> Result<Alloc, StepError> {
-    let o = create_object(ctx, client, size)?;
-    let addr = map_and_attach(ctx, &o, align.unwrap_or(2 << 20))?;
+    let o = create_object(ctx, client, object_size)?;
+    let addr = map_and_attach(ctx, &o, size, align.unwrap_or(2 << 20))?;
     Ok(Alloc {
         kind: AllocKind::Object,
         client,
@@ -176,7 +193,7 @@ fn new_object_alloc(
 fn malloc(ctx: &Ctx, client: usize, size: u64, align: u64) -> Result<Alloc, StepError> {
     if !ctx.world().heaps.contains_key(&client) {
         let o = create_object(ctx, client, ctx.device.heap.get())?;
-        let addr = map_and_attach(ctx, &o, 2 << 20)?;
+        let addr = map_and_attach(ctx, &o, o.bytes, 2 << 20)?;
         let heap = Heap::new(o.bytes);
         ctx.world().heaps.insert(
             client,
@@ -241,7 +258,8 @@ fn free(ctx: &Ctx, name: &str) -> StepResult {
             if !h.heap.free(a.obj_off) {
                 return Err(bad(format!("{name}: not a live heap block")));
             }
-            Ok(())
+            drop(w);
+            discard_whole_pages(ctx, &a)
         }
         AllocKind::Reserve => {
             ctx.world().reserved.retain(|r| r.0 != a.addr);
@@ -250,6 +268,28 @@ fn free(ctx: &Ctx, name: &str) -> StepResult {
         }
         AllocKind::Object => release_object(ctx, a.object.as_ref().expect("an object")),
     }
+}
+
+/// A freed heap block gives its whole pages back as libsvm's `free` does
+/// (`Pager::Discard`): they read as zeros next and lose their advice.
+fn discard_whole_pages(ctx: &Ctx, a: &Alloc) -> StepResult {
+    let o = a
+        .object
+        .as_ref()
+        .expect("a heap block has its heap's object");
+    let first = a.obj_off.next_multiple_of(PAGE) / PAGE;
+    let end = (a.obj_off + a.len) / PAGE;
+    if end <= first {
+        return Ok(());
+    }
+    ctx.conn(a.client)?.pager.call(Discard {
+        object: o.id,
+        first_page: first,
+        pages: end - first,
+    })?;
+    let (w0, w1) = ((first * PAGE / 4) as usize, (end * PAGE / 4) as usize);
+    o.shadow()[w0..w1].iter_mut().for_each(|w| *w = 0);
+    Ok(())
 }
 
 /// Detaches and unmaps every mapping of `o`, then destroys it (retrying
@@ -308,10 +348,12 @@ pub fn change_view(ctx: &Ctx, step: &Step) -> StepResult {
             // SAFETY: a range of our own mapping; its users are steps that
             // check `holes` first.
             unsafe { memory::unmap(a.addr + off, len) }.map_err(StepError::Host)?;
-            let mut w = ctx.world();
-            split_mappings(&mut w.mappings, a.addr + off, len);
-            w.alloc_mut(alloc)?.holes.push((off, len));
-            Ok(())
+            {
+                let mut w = ctx.world();
+                split_mappings(&mut w.mappings, a.addr + off, len);
+                w.alloc_mut(alloc)?.holes.push((off, len));
+            }
+            sync_views(ctx, a.client)
         }
         Step::Mprotect {
             alloc,
@@ -321,7 +363,8 @@ pub fn change_view(ctx: &Ctx, step: &Step) -> StepResult {
         } => {
             let (a, off, len) = view_range(ctx, alloc, offset.get(), len.map(|l| l.get()))?;
             // SAFETY: our own mapping; steps that touch it are the scenario's.
-            unsafe { memory::protect(a.addr + off, len, *prot) }.map_err(StepError::Host)
+            unsafe { memory::protect(a.addr + off, len, *prot) }.map_err(StepError::Host)?;
+            protect_in_vms(ctx, a.client, a.addr + off, len, *prot)
         }
         Step::Madvise {
             alloc,
@@ -337,7 +380,9 @@ pub fn change_view(ctx: &Ctx, step: &Step) -> StepResult {
                 let end = (((a.obj_off + off + len) / 4) as usize).min(o.shadow().len());
                 o.shadow()[w0..end].iter_mut().for_each(|w| *w = 0);
             }
-            Ok(())
+            // The pager discards what the kernel reported; GPU work next
+            // must find it done.
+            sync_views(ctx, a.client)
         }
         _ => unreachable!("dispatched by op"),
     }
@@ -442,6 +487,75 @@ fn mremap(ctx: &Ctx, name: &str, dontunmap: bool, grow: u64, old_as: Option<&str
     let al = w.alloc_mut(name)?;
     al.addr = new;
     al.len += grow;
+    drop(w);
+    sync_views(ctx, a.client)
+}
+
+/// The GPU follows an `mprotect` (`Gpu::Protect` in each of the client's
+/// VMs, where views are bound at their CPU addresses), as libsvm's
+/// `mprotect` does for programs.
+fn protect_in_vms(ctx: &Ctx, client: usize, addr: u64, len: u64, prot: Prot) -> StepResult {
+    let prot = match prot {
+        Prot::None => 0,
+        Prot::R => PROT_READ,
+        Prot::Rw => PROT_READ | PROT_WRITE,
+    };
+    let vms: Vec<_> = ctx
+        .world()
+        .vms
+        .values()
+        .filter(|v| v.client == client)
+        .map(|v| v.id)
+        .collect();
+    for vm in vms {
+        ctx.conn(client)?.gpu.call(Protect {
+            vm,
+            gpu_addr: addr,
+            len,
+            prot,
+        })?;
+    }
+    Ok(())
+}
+
+/// After a munmap or mremap of a view: the syscall returned once the pager
+/// *read* the change; GPU work that follows must find it applied
+/// (`Pager::SyncViews`).
+fn sync_views(ctx: &Ctx, client: usize) -> StepResult {
+    ctx.conn(client)?.pager.call(SyncViews {})?;
+    learn_views(ctx, client)
+}
+
+/// A mapping a change cut out of a view is a view of its own now: learns
+/// its id (`Pager::FindView`), as a program would to detach or bind it.
+fn learn_views(ctx: &Ctx, client: usize) -> StepResult {
+    let unknown: Vec<(u64, u64, u64)> = ctx
+        .world()
+        .mappings
+        .iter()
+        .filter(|m| m.view.is_none() && m.object.client == client)
+        .map(|m| (m.addr, m.len, m.obj_off))
+        .collect();
+    for (addr, len, obj_off) in unknown {
+        let found = match ctx.conn(client)?.pager.call(FindView { addr }) {
+            Ok(f) => f,
+            Err(ipc_protocol::client::CallError::Server(PagerError::NoSuchView)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let same = found.addr == addr
+            && found.pages.checked_mul(PAGE) == Some(len)
+            && found.object_first_page.checked_mul(PAGE) == Some(obj_off);
+        if same {
+            let mut w = ctx.world();
+            if let Some(m) = w
+                .mappings
+                .iter_mut()
+                .find(|m| m.addr == addr && m.len == len)
+            {
+                m.view = Some(found.view);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -459,11 +573,9 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 AdviceKind::PreferSystem => Advice::PreferSystem,
                 AdviceKind::PreferDevice => Advice::PreferDevice,
                 AdviceKind::AtomicDevice => Advice::AtomicDevice,
-                AdviceKind::AtomicGlobal | AdviceKind::AtomicCpu => {
-                    return Err(StepError::Unsupported(format!(
-                        "advice {advice:?}: Pager::Advise has no such value (issue 16 item 5)"
-                    )))
-                }
+                AdviceKind::AtomicGlobal => Advice::AtomicGlobal,
+                AdviceKind::AtomicCpu => Advice::AtomicCpu,
+                AdviceKind::DeviceOnly => Advice::DeviceOnly,
             };
             ctx.conn(o.client)?.pager.call(Advise {
                 object: o.id,
@@ -475,9 +587,17 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
         }
         Step::Prefetch {
             alloc,
-            to,
+            to: Place::Device,
             offset,
             len,
+            vm,
+        } => prefetch_to_device(ctx, alloc, offset.get(), len.map(|l| l.get()), vm, label),
+        Step::Prefetch {
+            alloc,
+            to: Place::System,
+            offset,
+            len,
+            ..
         } => {
             let (o, first, pages) = pages_of(ctx, alloc, offset.get(), len.map(|l| l.get()))?;
             let mut moved = 0u64;
@@ -486,10 +606,7 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                     object: o.id,
                     first_page: f,
                     count: n,
-                    to: match to {
-                        Place::System => Location::System,
-                        Place::Device => Location::Device,
-                    },
+                    to: Location::System,
                     gpu: GpuId::new(0).expect("GPU 0 exists"),
                 })?;
                 moved += r.moved as u64;
@@ -497,7 +614,7 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
             ctx.report.check(
                 true,
                 label,
-                &format!("prefetch moved {moved} of {pages} pages"),
+                &format!("prefetch moved {moved} of {pages} pages to RAM"),
             );
             Ok(())
         }
@@ -807,4 +924,54 @@ mod tests {
             ]
         );
     }
+}
+
+/// `Gpu::Prefetch` of an allocation's pages in `vm`, or in the first VM of
+/// its client: the GPU address is the CPU address (mirrored bindings).
+fn prefetch_to_device(
+    ctx: &Ctx,
+    alloc: &str,
+    off: u64,
+    len: Option<u64>,
+    vm: &Option<String>,
+    label: &str,
+) -> StepResult {
+    let t = ctx.world().resolve(
+        &Addr {
+            name: alloc.into(),
+            offset: off,
+        },
+        len,
+    )?;
+    let Target::Mem {
+        addr, len, client, ..
+    } = t
+    else {
+        return Err(bad(format!("{alloc}: not memory of a pager object")));
+    };
+    let (vm, client) = {
+        let w = ctx.world();
+        let v = match vm {
+            Some(name) => w.vm(name)?,
+            None => w
+                .vms
+                .values()
+                .find(|v| v.client == client)
+                .ok_or_else(|| bad(format!("{alloc}: its client has no VM to prefetch in")))?,
+        };
+        (v.id, v.client)
+    };
+    let start = addr & !(PAGE - 1);
+    let end = (addr + len).next_multiple_of(PAGE);
+    let r = ctx.conn(client)?.gpu.call(GpuPrefetch {
+        vm,
+        gpu_addr: start,
+        len: end - start,
+    })?;
+    ctx.report.check(
+        true,
+        label,
+        &format!("prefetch: {} of {} pages in VRAM", r.in_vram, r.pages),
+    );
+    Ok(())
 }

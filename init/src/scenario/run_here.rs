@@ -34,6 +34,9 @@ pub fn run(inst: &Instance, report: Reporter) -> Reporter {
     opts.device.hw_threads = inst.device.hw_threads;
     opts.device.inject.fail_copy_every = inst.device.fail_copy_every;
     opts.clients = inst.device.clients;
+    if inst.device.thrash_hold {
+        opts.pager_args.push("--thrash=on".into());
+    }
     let (mut system, clients) = match System::boot(&opts) {
         Ok((s, Some(c))) => (s, c),
         Ok((s, None)) => {

@@ -87,6 +87,42 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// Part of view `view` lives on as the pager's view `new_view`: its
+    /// object pages `first_page..first_page + pages`, moved by `to - from`
+    /// in the client's address space (`from == to` for a part a munmap
+    /// left in place; a partial mremap moves one). Every binding of `view`
+    /// gets a twin `new_view` over just those pages at its GPU address
+    /// shifted the same way, unless that range is taken in its VM (by
+    /// anything but `view` itself when nothing moved). The pager sends it,
+    /// like `ViewCopied`, before the change it follows can return, and
+    /// then `ViewGone` for `view`.
+    pub struct ViewPart {
+        pub view: ViewId,
+        pub new_view: ViewId,
+        pub first_page: u64,
+        pub pages: u64,
+        pub from: u64,
+        pub to: u64,
+    }
+);
+wire_struct!(
+    /// View `view` grew (an mremap): its tail, object pages `first_page..
+    /// first_page + pages` right after the view's own, is the pager's
+    /// view `tail`, at the CPU addresses right after the view's. Every
+    /// binding of `view` that ends at the view's last page gets a binding
+    /// of `tail` that continues it at the next GPU address, unless that
+    /// range is taken in its VM or past the GPU's address space; a binding
+    /// made with `BIND_READ_ONLY` continues read-only. The pager sends it
+    /// when it learns of the growth: Linux reports no event for it, so
+    /// that is the tail's first CPU fault (`pager/src/core/growth.rs`).
+    pub struct ViewGrown {
+        pub view: ViewId,
+        pub tail: ViewId,
+        pub first_page: u64,
+        pub pages: u64,
+    }
+);
+wire_struct!(
     pub struct Copied {
         pub bindings: u16,
         pub skipped: u16,
@@ -104,6 +140,8 @@ interface! {
         CopyFailed = 3,
         /// No staging buffer attached, or the range is outside it.
         NoStaging = 4,
+        /// A page range that wraps.
+        BadRange = 5,
     }
     calls {
         1 => Invalidate [0] -> Invalidated [0] needs NOTIFY, idempotent;
@@ -112,6 +150,8 @@ interface! {
         4 => AttachStaging [1] -> Done [0] needs NOTIFY, idempotent;
         5 => ViewGone [0] -> Unbound [0] needs NOTIFY, idempotent;
         6 => ViewCopied [0] -> Copied [0] needs NOTIFY;
+        7 => ViewPart [0] -> Copied [0] needs NOTIFY;
+        8 => ViewGrown [0] -> Copied [0] needs NOTIFY, idempotent;
     }
     notifications {}
 }

@@ -81,6 +81,49 @@ wire_struct!(
     pub struct Done {}
 );
 wire_struct!(
+    /// Drop the data of `pages` pages of the object from `first_page`
+    /// (the client's allocator freed them): wherever each page is (VRAM or
+    /// RAM) it becomes never-touched, so its next touch is a fresh zero
+    /// page and nothing is copied back. Idempotent.
+    pub struct Discard {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub pages: u64,
+    }
+);
+wire_struct!(
+    /// Returns once every view change the kernel has reported for the
+    /// caller's address spaces (munmap, mremap, fork) is applied and the
+    /// GPU server has heard of it. The kernel lets `munmap` and `mremap`
+    /// return when the pager has *read* their event, not applied it: GPU
+    /// work submitted right after them must follow this call to see the
+    /// change (the scenario runner makes it after each munmap and mremap
+    /// step; libsvm never unmaps or moves a view, it reuses its pages).
+    /// `Busy` if a change is still being applied after the pager's deadline.
+    pub struct SyncViews {}
+);
+wire_struct!(
+    /// The caller's view that covers client address `addr` now. A munmap
+    /// or a partial mremap splits a view: once `SyncViews` returns, each
+    /// part left is a view of its own, still bound wherever the split one
+    /// was, and the client's id of the split view names nothing. This is
+    /// how the client learns the parts' ids (to detach or bind them).
+    /// `NoSuchView` if no view covers `addr`.
+    pub struct FindView {
+        pub addr: u64,
+    }
+);
+wire_struct!(
+    pub struct ViewFound {
+        pub view: ViewId,
+        pub object: ObjectId,
+        /// Where the view starts, and what it shows.
+        pub addr: u64,
+        pub object_first_page: u64,
+        pub pages: u64,
+    }
+);
+wire_struct!(
     /// Server-wide totals of what every session holds now (the hostile
     /// harness checks they come back to zero after a client exits).
     pub struct Accounting {}
@@ -140,6 +183,9 @@ interface! {
         6 => Prefetch [0] -> Prefetched [0] needs ADVISE;
         7 => Snapshot [0] -> PageStates [0] needs SNAPSHOT, idempotent;
         8 => Accounting [0] -> PagerTotals [0] needs SNAPSHOT, idempotent;
+        9 => Discard [0] -> Done [0] needs ADVISE, idempotent;
+        10 => SyncViews [0] -> Done [0] needs VIEW, idempotent;
+        11 => FindView [0] -> ViewFound [0] needs VIEW, idempotent;
     }
     notifications {}
 }

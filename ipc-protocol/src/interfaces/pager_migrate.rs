@@ -50,12 +50,20 @@ wire_struct!(
     /// `got`: pages now locked for this migration (partial is normal);
     /// `zero`: those of them never written (no copy needed); `device`:
     /// pages already in this GPU's VRAM and not being migrated, which the
-    /// GPU may map if `seq` is still current (rule 8).
+    /// GPU may map if `seq` is still current (rule 8). `remote`: pages of
+    /// `got` the GPU maps where they are instead of migrating them (their
+    /// preferred location is system memory, `Pager::Advise`; no view
+    /// reaches them; or their region is held against thrashing).
+    /// `cpu_atomics`: pages of the chunk whose atomics policy is CPU-only
+    /// (`Advice::AtomicCpu`): the GPU maps them without atomics, so a GPU
+    /// atomic there faults and is refused.
     pub struct Collected {
         pub seq: Seq,
         pub got: PageMask,
         pub zero: PageMask,
         pub device: PageMask,
+        pub remote: PageMask,
+        pub cpu_atomics: PageMask,
     }
 );
 wire_struct!(

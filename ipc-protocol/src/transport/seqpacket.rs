@@ -50,6 +50,22 @@ impl SeqPacket {
         self.fd.as_fd()
     }
 
+    /// Whether the peer closed its end (the socket reports a hang-up now).
+    fn peer_hung_up(&self) -> bool {
+        let mut fds = [PollFd::new(&self.fd, PollFlags::RDHUP)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match poll(&mut fds, Some(&zero)) {
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR),
+            // Cannot tell: take it for a close, as before.
+            Err(_) => true,
+        }
+    }
+
     fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), TransportError> {
         loop {
             let timeout = match deadline {
@@ -130,13 +146,24 @@ impl Transport for SeqPacket {
                 Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
                 Err(e) => return Err(e.into()),
             };
-            if msg.bytes == 0 {
-                // Frames are never empty: on a seqpacket socket a zero-length
-                // read is the peer closing its end.
-                return Err(TransportError::Disconnected);
-            }
             let mut handles = Vec::new();
             collect_fds(&mut control, &mut handles);
+            if msg.bytes == 0 {
+                // A zero-length read is the peer closing its end, or an
+                // empty datagram a hostile peer sent: only a hang-up on the
+                // socket tells them apart. An empty frame is handed on (it
+                // is refused as truncated), never taken for a close: that
+                // would end the sender's session under its open endpoint.
+                if self.peer_hung_up() {
+                    return Err(TransportError::Disconnected);
+                }
+                return Ok(Received {
+                    bytes: Vec::new(),
+                    handles,
+                    truncated: false,
+                    handles_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+                });
+            }
             let truncated = msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > MAX_FRAME;
             bytes.truncate(msg.bytes.min(MAX_FRAME + 1));
             let handles_truncated = msg.flags.contains(ReturnFlags::CTRUNC);
@@ -155,5 +182,30 @@ fn collect_fds(control: &mut RecvAncillaryBuffer<'_>, out: &mut Vec<OwnedFd>) {
         if let RecvAncillaryMessage::ScmRights(fds) = msg {
             out.extend(fds);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty datagram is a frame (refused later as truncated), not the
+    /// peer closing; closing is still seen as closing.
+    #[test]
+    fn an_empty_frame_is_not_a_close() {
+        let (a, b) = SeqPacket::pair().expect("a socket pair");
+        a.send(&[], Vec::new()).expect("an empty frame is sent");
+        let got = b.recv(Some(Duration::from_secs(5))).expect("it arrives");
+        assert!(got.bytes.is_empty() && got.handles.is_empty());
+        a.send(b"XSVM", Vec::new()).expect("the link still works");
+        let got = b
+            .recv(Some(Duration::from_secs(5)))
+            .expect("the next frame arrives");
+        assert_eq!(got.bytes, b"XSVM");
+        drop(a);
+        assert_eq!(
+            b.recv(Some(Duration::from_secs(5))).map(|r| r.bytes),
+            Err(TransportError::Disconnected)
+        );
     }
 }

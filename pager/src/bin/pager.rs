@@ -36,6 +36,7 @@ mod server {
     };
     use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
     use ipc_protocol::{Capability, Rights};
+    use pager::core::thrash::ThrashPolicy;
     use pager::host::{Config, PagerServer};
 
     #[derive(Parser)]
@@ -91,6 +92,12 @@ mod server {
         /// restartable (`init/src/manifest.rs`, `RESTARTABLE`).
         #[arg(long, default_value_t = 1)]
         generation: u32,
+        /// Anti-thrashing: `off` (the default), `on` (500,8,500), or
+        /// `WINDOW_MS,THRESHOLD,HOLD_MS` (a region a CPU fault moved back
+        /// THRESHOLD times in WINDOW_MS is mapped in system memory by GPU
+        /// faults for HOLD_MS).
+        #[arg(long, default_value = "off")]
+        thrash: String,
         /// Test only: break rule 8 (no invalidation before migrating back).
         #[arg(long, hide = true)]
         unsafe_skip_invalidate: bool,
@@ -116,6 +123,7 @@ mod server {
             ..Config::default()
         };
         cfg.core.skip_invalidate = a.unsafe_skip_invalidate;
+        cfg.core.thrash = ThrashPolicy::parse(&a.thrash).map_err(|e| format!("--thrash {e}"))?;
         Ok(cfg)
     }
 

@@ -57,11 +57,19 @@ pub struct CoreBackend<'a, R: Runtime> {
     pub object: &'a Object<R>,
     /// The view that faulted (where pages are installed first).
     pub view: Option<&'a View<R>>,
+    /// Whether `Advice::DeviceOnly` refuses CPU faults (off where the
+    /// runtime cannot end a refused access: the fault moves the page).
+    pub refuse_cpu: bool,
 }
 
 impl<'a, R: Runtime> CoreBackend<'a, R> {
     pub fn new(core: &'a Core<R>, object: &'a Object<R>, view: Option<&'a View<R>>) -> Self {
-        Self { core, object, view }
+        Self {
+            core,
+            object,
+            view,
+            refuse_cpu: true,
+        }
     }
 
     /// The pages of `mask` the faulting view maps (every page when there is
@@ -345,5 +353,13 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
             }
         })
         .map_err(rt_error)
+    }
+
+    fn device_preferred(&self, chunk: Chunk) -> PageMask {
+        super::advice::device_preferred(self.object, chunk)
+    }
+
+    fn cpu_refused(&self, page: usize) -> bool {
+        self.refuse_cpu && super::advice::device_only(self.object, page)
     }
 }

@@ -12,6 +12,13 @@
 //! whole names the moved record from then on, and the old record goes
 //! (`ViewGone`). With `MREMAP_DONTUNMAP` both records stay.
 //!
+//! **Splits.** A munmap or a move of part of a view splits it: each part
+//! left or moved gets a record, and each id the GPU server may bind the old
+//! view by gets a twin binding over the part (`ViewPart`), sent before
+//! `ViewGone` ends the old one, so GPU work on a part never meets a range
+//! that is bound by nothing. The client finds the parts' ids with
+//! `FindView`. Pages no view reaches then leave VRAM (`unreached.rs`).
+//!
 //! **Budget.** A change the client's budget has no room for (a split or a
 //! fork past its views or spaces) is not followed: that range is handed
 //! back to the kernel (the object's RAM pages stay reachable there; pages
@@ -19,14 +26,14 @@
 
 use session::Handle;
 
-use super::runtime::Runtime;
+use super::object::Object;
+use super::runtime::{PartNote, Runtime};
 use super::view::{Space, View, PAGE};
 use super::Core;
 use crate::sync::Arc;
 
-/// What the GPU server must hear about a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpuNote {
+/// What the GPU server must hear about a change, and what is done after.
+pub enum GpuNote<R: Runtime> {
     Gone(Handle),
     Copied {
         view: Handle,
@@ -34,6 +41,10 @@ pub enum GpuNote {
         from: u64,
         to: u64,
     },
+    Part(PartNote),
+    /// Pages `first..end` of the object lost a view: those no view
+    /// reaches now leave VRAM (`unreached.rs`).
+    Lost(Arc<Object<R>>, usize, usize),
 }
 
 /// A view's part a remap moved: (old view, the record made for its moved
@@ -107,7 +118,7 @@ impl<R: Runtime> Core<R> {
         from: u64,
         to: u64,
         len: u64,
-        notes: &mut Vec<GpuNote>,
+        notes: &mut Vec<GpuNote<R>>,
     ) -> PendingMove<R> {
         let mut parts = Vec::new();
         let end = from.saturating_add(len);
@@ -142,6 +153,8 @@ impl<R: Runtime> Core<R> {
                         to: moved.addr,
                     });
                 }
+            } else if !v.forked {
+                Self::note_part(&v, &moved, lo, notes);
             }
             parts.push((v, moved, whole));
         }
@@ -157,7 +170,7 @@ impl<R: Runtime> Core<R> {
         start: u64,
         end: u64,
         pending: Option<PendingMove<R>>,
-        notes: &mut Vec<GpuNote>,
+        notes: &mut Vec<GpuNote<R>>,
     ) {
         if let Some(m) = pending.filter(|m| start == m.from && end <= m.from.saturating_add(m.len))
         {
@@ -177,8 +190,10 @@ impl<R: Runtime> Core<R> {
                 if a < b {
                     let first = v.first_page + ((a - v.addr) / PAGE) as usize;
                     let spec = v.part(a, first, ((b - a) / PAGE) as usize, space.clone(), v.forked);
-                    if let Err(e) = self.record_view(spec) {
-                        self.not_followed(space, a, b - a, e);
+                    match self.record_view(spec) {
+                        Ok(part) if !v.forked => Self::note_part(&v, &part, a, notes),
+                        Ok(_) => {}
+                        Err(e) => self.not_followed(space, a, b - a, e),
                     }
                 }
             }
@@ -186,6 +201,27 @@ impl<R: Runtime> Core<R> {
             if !v.forked {
                 notes.extend(v.gpu_ids().map(GpuNote::Gone));
             }
+            // After `Gone`: no binding of the view reaches the lost pages.
+            let first = v.first_page + ((lo - v.addr) / PAGE) as usize;
+            let end = first + ((hi - lo) / PAGE) as usize;
+            notes.push(GpuNote::Lost(v.object.clone(), first, end));
+        }
+    }
+
+    /// Rule 8 for split views: the GPU bindings of `old` over the pages of
+    /// `part` (which shows what `old` showed at `was`) get twins for
+    /// `part` before `old` goes, so GPU work there keeps running. The
+    /// client learns `part`'s id from `Pager::FindView`.
+    fn note_part(old: &View<R>, part: &View<R>, was: u64, notes: &mut Vec<GpuNote<R>>) {
+        for id in old.gpu_ids() {
+            notes.push(GpuNote::Part(PartNote {
+                view: id,
+                new_view: part.id,
+                first_page: part.first_page,
+                pages: part.pages,
+                from: was,
+                to: part.addr,
+            }));
         }
     }
 
@@ -204,7 +240,7 @@ impl<R: Runtime> Core<R> {
     }
 
     /// Tells the GPU server what the changes just applied need it to know.
-    pub fn send_notes(&self, notes: &mut Vec<GpuNote>) {
+    pub fn send_notes(&self, notes: &mut Vec<GpuNote<R>>) {
         for n in notes.drain(..) {
             match n {
                 GpuNote::Gone(view) => self.rt.view_gone(view),
@@ -214,6 +250,8 @@ impl<R: Runtime> Core<R> {
                     from,
                     to,
                 } => self.rt.view_copied(view, new_view, from, to),
+                GpuNote::Part(p) => self.rt.view_part(&p),
+                GpuNote::Lost(o, first, end) => self.release_unreached(&o, first, end),
             }
         }
     }

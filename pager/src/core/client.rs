@@ -5,7 +5,7 @@
 //! id (or a stale or guessed one) names nothing.
 
 use ipc_protocol::interfaces::pager::{self as p, PagerError as E};
-use ipc_protocol::types::{ObjectId, PageStateCode, ViewId};
+use ipc_protocol::types::{Location, ObjectId, PageStateCode, ViewId};
 use ipc_protocol::wire::BoundedVec;
 use session::Handle;
 
@@ -92,16 +92,28 @@ impl<R: Runtime> Core<R> {
                 let o = s
                     .object(Handle::from_raw(a.object.get()))
                     .ok_or(E::NoSuchObject)?;
-                pages_in(a.first_page, a.pages, o.pages())?;
+                let end = pages_in(a.first_page, a.pages, o.pages())?;
+                self.advise(&o, a.first_page as usize, end as usize, a.advice)?;
                 done(Reply::Advise(p::Done {}))
             }
             Request::Prefetch(f) => {
-                // Prefetch needs the GPU-side prefetch path, not built yet.
                 let o = s
                     .object(Handle::from_raw(f.object.get()))
                     .ok_or(E::NoSuchObject)?;
-                pages_in(f.first_page, f.count.get() as u64, o.pages())?;
-                Err(E::NotSupported)
+                let end = pages_in(f.first_page, f.count.get() as u64, o.pages())?;
+                if o.is_dying() {
+                    return Err(E::NoSuchObject);
+                }
+                if f.to != Location::System {
+                    // To VRAM: `Gpu::Prefetch` (core/prefetch.rs says why).
+                    return Err(E::NotSupported);
+                }
+                // Both ends fit the object, whose page count is a usize.
+                let moved =
+                    self.prefetch_to_ram(&o, f.first_page as usize, end as usize, f.gpu.get());
+                // At most `count` (a u16) pages moved.
+                let moved = u16::try_from(moved).unwrap_or(u16::MAX);
+                done(Reply::Prefetch(p::Prefetched { moved }))
             }
             Request::Snapshot(q) => {
                 let o = s
@@ -121,6 +133,32 @@ impl<R: Runtime> Core<R> {
                 }))
             }
             Request::Accounting(_) => done(Reply::Accounting(self.accounting())),
+            Request::Discard(d) => {
+                let o = s
+                    .object(Handle::from_raw(d.object.get()))
+                    .ok_or(E::NoSuchObject)?;
+                let end = pages_in(d.first_page, d.pages, o.pages())?;
+                if o.is_dying() {
+                    return Err(E::NoSuchObject);
+                }
+                // Both ends fit the object, whose page count is a usize.
+                self.discard(&o, d.first_page as usize, end as usize)?;
+                done(Reply::Discard(p::Done {}))
+            }
+            Request::FindView(f) => {
+                let v = s.view_covering(f.addr).ok_or(E::NoSuchView)?;
+                done(Reply::FindView(p::ViewFound {
+                    view: ViewId::raw(v.client_id().unwrap_or(v.id).raw()),
+                    object: ObjectId::raw(v.object.id.raw()),
+                    addr: v.addr,
+                    object_first_page: v.first_page as u64,
+                    pages: v.pages as u64,
+                }))
+            }
+            Request::SyncViews(_) => {
+                self.sync_views(s)?;
+                done(Reply::SyncViews(p::Done {}))
+            }
         }
     }
 

@@ -153,6 +153,12 @@ impl<R: Runtime> Core<R> {
             got: got.got,
             zero: got.zero,
             device: got.device,
+            remote: super::advice::remote_pages(&o, chunk, &got.got).or(
+                &super::unreached::unreached_pages(&o, chunk)
+                    .or(&self.held_pages(&o, chunk))
+                    .and(&got.got),
+            ),
+            cpu_atomics: super::advice::cpu_atomic_pages(&o, chunk),
         };
         if got.got.is_empty() {
             g.unreserve_collect();

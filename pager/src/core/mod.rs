@@ -28,17 +28,25 @@
 //! at all is held across a call to the GPU server except page locks
 //! (rule 9 is the GPU server's: its notifier never calls the pager).
 
+pub mod advice;
 pub mod backend;
 pub mod budget;
 pub mod changes;
 pub mod client;
+pub mod discard;
 pub mod end;
 pub mod fault;
 pub mod gpu;
+pub mod growth;
 pub mod object;
+pub mod prefetch;
 pub mod reclaim;
+pub mod removed;
 pub mod runtime;
 pub mod session;
+pub mod sync_views;
+pub mod thrash;
+pub mod unreached;
 pub mod view;
 
 use ::session::{Arena, Meta, Quota};
@@ -78,6 +86,13 @@ pub struct Config {
     /// server to unmap them first. Only for the test that shows the rule
     /// matters (`rule8_*` in `init/tests/race.rs`).
     pub skip_invalidate: bool,
+    /// Anti-thrashing (`thrash.rs`); `None` (the default): every fault
+    /// migrates.
+    pub thrash: Option<thrash::ThrashPolicy>,
+    /// How long a CPU fault may keep failing (the GPU server unreachable,
+    /// copies failing) before it ends with an error the client sees
+    /// (`SIGBUS`) instead of retrying: no hang.
+    pub fault_deadline_us: u64,
 }
 
 impl Default for Config {
@@ -93,6 +108,9 @@ impl Default for Config {
             gpu_collects: 4096,
             policy: Policy::Rules,
             skip_invalidate: false,
+            // Opt-in (`thrash.rs` says why).
+            thrash: None,
+            fault_deadline_us: 10_000_000,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! and the views that reach them. State belongs to the object's pages,
 //! never to a view.
 
-use session::Handle;
+use ipc_protocol::types::Advice;
+use session::{Handle, RangeMap};
 
 use super::budget::Charge;
 use super::runtime::Runtime;
@@ -24,9 +25,17 @@ pub struct Object<R: Runtime> {
     dying: AtomicBool,
     /// The id the GPU server knows it by, once it opened a view of it.
     gpu_id: Mutex<Option<Handle>>,
+    /// Its pages' advice (`advice.rs`): (preferred location, atomics).
+    pub advice: Mutex<RangeMap<(Advice, Advice)>>,
+    /// Its regions that came back from VRAM lately (`thrash.rs`).
+    pub thrash: Mutex<super::thrash::ThrashLog>,
     /// Its count and bytes in the owner's budget.
     _charge: Charge,
 }
+
+/// Ranges of one object with advice other than the default, at most
+/// (`OverBudget` past it).
+pub const MAX_ADVICE_RANGES: usize = 64;
 
 impl<R: Runtime> Object<R> {
     pub fn new(
@@ -45,6 +54,11 @@ impl<R: Runtime> Object<R> {
             seq: AtomicU64::new(0),
             dying: AtomicBool::new(false),
             gpu_id: Mutex::new(None),
+            advice: Mutex::new(RangeMap::new(
+                (Advice::Default, Advice::Default),
+                MAX_ADVICE_RANGES,
+            )),
+            thrash: Mutex::new(Default::default()),
             _charge: charge,
         }
     }

@@ -83,6 +83,8 @@ pub enum Pause {
     ProtectRetry,
     /// Between tries to bring an ending object's pages back.
     BringBack,
+    /// While `SyncViews` waits for a reader to apply what it read.
+    SyncViews,
 }
 
 /// The runtime under a [`Core`].
@@ -192,4 +194,57 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn view_gone(&self, view: Handle);
     /// The whole of `view` also appears at `to` as `new_view`.
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64);
+    /// Part of a view lives on as another record (`GpuNotify::ViewPart`).
+    fn view_part(&self, part: &PartNote);
+    /// `view` grew: object pages `first_page..first_page + pages` right
+    /// after it are the view `tail` (`GpuNotify::ViewGrown`).
+    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize);
+    /// A monotonic clock in microseconds (anti-thrashing windows, fault
+    /// deadlines).
+    fn now_us(&self) -> u64;
+    /// Ends the faults on `[addr, addr + len)` of `p` with an error the
+    /// client sees (host: `UFFDIO_POISON`, the access gets `SIGBUS`).
+    fn poison(&self, _p: &Self::Port, _addr: u64, _len: u64) -> Result<(), RtError> {
+        Err(RtError::Host(0))
+    }
+    /// The file mapping covering `addr` in the address space of thread
+    /// `tid`, if the runtime can tell (host: `/proc/<tid>/maps`); follows
+    /// a view an mremap grew (`growth.rs`).
+    fn mapping_at(&self, _tid: u32, _addr: u64) -> Option<FileMapping> {
+        None
+    }
+    /// Whether `m` is the file `file` names.
+    fn is_file(&self, _m: &Self::Memory, _file: FileId) -> bool {
+        false
+    }
+}
+
+/// A file's identity: its device (major, minor) and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub major: u32,
+    pub minor: u32,
+    pub ino: u64,
+}
+
+/// A client mapping of a file: `[start, end)` shows the file from byte
+/// `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub file: FileId,
+}
+
+/// Object pages `first_page..+pages` of view `view` live on as `new_view`,
+/// moved from client address `from` to `to` (equal: left in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartNote {
+    pub view: Handle,
+    pub new_view: Handle,
+    pub first_page: usize,
+    pub pages: usize,
+    pub from: u64,
+    pub to: u64,
 }

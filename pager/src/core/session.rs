@@ -17,6 +17,7 @@ use session::{Handle, HandleTable, Meta, TableError};
 use super::budget::{views, Charge, Ledger};
 use super::object::Object;
 use super::runtime::Runtime;
+use super::sync_views::ChangeTickets;
 use super::view::{Space, View, ViewSpec};
 use crate::migrate::{Chunk, Collected};
 use crate::sync::{lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
@@ -38,6 +39,8 @@ pub struct ClientSession<R: Runtime> {
     views: Mutex<HandleTable<ViewEntry<R>, Meta>>,
     spaces: Mutex<AllocVec<Arc<Space<R>>, Meta>>,
     ended: AtomicBool,
+    /// Reads of its spaces' view changes not applied yet (`SyncViews`).
+    pub changes: ChangeTickets,
 }
 
 /// Turns a table's error into the client's: its own budget, or the
@@ -83,6 +86,7 @@ impl<R: Runtime> ClientSession<R> {
                 meta.clone(),
             )),
             spaces: Mutex::new(AllocVec::new_in(meta.clone())),
+            changes: ChangeTickets::default(),
             ledger,
             meta,
             ended: AtomicBool::new(false),
@@ -185,6 +189,17 @@ impl<R: Runtime> ClientSession<R> {
                 t.remove(id);
             }
         }
+    }
+
+    /// The client's view that covers client address `addr` now (not a
+    /// fork's twin): the one with the lowest id if several do.
+    pub fn view_covering(&self, addr: u64) -> Option<Arc<View<R>>> {
+        let t = lock(&self.views);
+        t.iter()
+            .map(|(_, e)| &e.view)
+            .filter(|v| !v.forked && !v.space.stopped() && addr >= v.addr && addr < v.end())
+            .min_by_key(|v| v.id.raw())
+            .cloned()
     }
 
     /// Every view record its ids name (for its end).

@@ -18,6 +18,7 @@
 //! while the core applies a change, and calls the GPU server only after
 //! dropping it.
 
+pub mod maps;
 pub mod runtime;
 pub mod space;
 /// The staging slots (shared with the Redox runtime).

@@ -14,7 +14,7 @@ use session::Handle;
 use super::space::HostPort;
 use super::staging::{Staging, SLOT_BYTES};
 use super::uffd::{self, Uffd};
-use crate::core::runtime::{Pause, RtError, Runtime, Source};
+use crate::core::runtime::{FileId, FileMapping, PartNote, Pause, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
 use crate::notifier::GpuNotifier;
@@ -26,6 +26,8 @@ pub struct HostRuntime {
     /// A 2 MiB zero buffer for first-touch fills.
     zeros: Vec<u8>,
     pub gpu: GpuNotifier,
+    /// Where `now_us` counts from.
+    born: std::time::Instant,
 }
 
 impl HostRuntime {
@@ -35,6 +37,7 @@ impl HostRuntime {
             staging: Staging::new(staging_slots)?,
             zeros: vec![0u8; SLOT_BYTES],
             gpu: GpuNotifier::default(),
+            born: std::time::Instant::now(),
         })
     }
 
@@ -116,7 +119,7 @@ impl Runtime for HostRuntime {
 
     fn open_port(&self, h: OwnedFd) -> Result<HostPort, RtError> {
         let uffd = Uffd::new(h);
-        uffd.handshake(uffd::FEATURES)
+        uffd.handshake(uffd::features())
             .map_err(|_| RtError::BadHandle)?;
         HostPort::new(uffd).map_err(|e| RtError::Host(e.raw_os_error().unwrap_or(0)))
     }
@@ -158,6 +161,13 @@ impl Runtime for HostRuntime {
         p.uffd.wake(addr, len).map_err(rt)
     }
 
+    fn poison(&self, p: &HostPort, addr: u64, len: u64) -> Result<(), RtError> {
+        if !uffd::poison_supported() {
+            return Err(RtError::Host(0));
+        }
+        p.uffd.poison(addr, len).map_err(rt)
+    }
+
     fn start_space(&self, core: &Arc<Core<Self>>, space: &Arc<Space<Self>>) -> Result<(), RtError> {
         super::space::start(core, space, self.workers)
             .map_err(|e| RtError::Host(e.raw_os_error().unwrap_or(0)))
@@ -178,6 +188,7 @@ impl Runtime for HostRuntime {
             }
             Pause::ProtectRetry => Duration::from_micros(50 << attempt.min(6)),
             Pause::BringBack => Duration::from_millis(1),
+            Pause::SyncViews => Duration::from_micros(20 << attempt.min(6)),
         };
         std::thread::sleep(d);
     }
@@ -233,5 +244,33 @@ impl Runtime for HostRuntime {
 
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
         self.gpu.view_copied(view, new_view, from, to);
+    }
+
+    fn mapping_at(&self, tid: u32, addr: u64) -> Option<FileMapping> {
+        let maps = std::fs::read_to_string(format!("/proc/{tid}/maps")).ok()?;
+        maps.lines()
+            .filter_map(super::maps::parse_line)
+            .find(|m| addr >= m.start && addr < m.end)
+    }
+
+    fn is_file(&self, m: &OwnedFd, file: FileId) -> bool {
+        rustix::fs::fstat(m).is_ok_and(|st| {
+            let dev = st.st_dev;
+            st.st_ino == file.ino
+                && rustix::fs::major(dev) == file.major
+                && rustix::fs::minor(dev) == file.minor
+        })
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
+        self.gpu.view_grown(view, tail, first_page, pages);
+    }
+
+    fn view_part(&self, p: &PartNote) {
+        self.gpu.view_part(p);
     }
 }

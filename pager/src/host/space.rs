@@ -7,7 +7,9 @@
 //! the kernel queued them, before it reads more; page faults go to a queue
 //! that the space's workers serve. The reader never migrates a page, so a
 //! view change (which holds the client's `fork`/`mremap`/`munmap` until it
-//! is read) is never stuck behind a fault that waits on a page.
+//! is read) is never stuck behind a fault that waits on a page. A
+//! `madvise` removal is discarded after the guard is let go, and the faults
+//! read after it in the same batch wait for that (`core/removed.rs`).
 //!
 //! **The view-change guard.** The kernel completes a view-change event when
 //! it is *read*; the pager updates its views when it has *applied* it. In
@@ -57,6 +59,8 @@ type HostSpace = Space<HostRuntime>;
 pub struct Fault {
     pub address: u64,
     pub wp: bool,
+    /// The faulting thread (0: unknown).
+    pub tid: u32,
 }
 
 /// A client userfaultfd and the queue of faults read from it.
@@ -136,6 +140,8 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
     let mut events = Vec::with_capacity(16);
     let mut pending: Option<PendingMove<HostRuntime>> = None;
     let mut notes = Vec::new();
+    let mut removed = Vec::new();
+    let mut held_back = Vec::new();
     while !space.stopped() && !space.port.stopped() {
         events.clear();
         if !space
@@ -145,6 +151,9 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
         {
             continue;
         }
+        // Taken before the read, handed back once the notes are sent: a
+        // munmap this read lets return is waited for (`core/sync_views.rs`).
+        let ticket = space.session.changes.open();
         {
             let changing = space.applying_changes();
             if let Err(e) = space.port.uffd.read_events(&mut events) {
@@ -158,7 +167,16 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
             }
             for ev in &events {
                 match *ev {
-                    Event::PageFault { address, wp, .. } => space.port.push(Fault { address, wp }),
+                    // A fault after a removal waits for the discard.
+                    Event::PageFault {
+                        address, wp, tid, ..
+                    } if !removed.is_empty() => held_back.push(Fault { address, wp, tid }),
+                    Event::PageFault {
+                        address, wp, tid, ..
+                    } => space.port.push(Fault { address, wp, tid }),
+                    Event::Remove { start, end } => {
+                        removed.extend(core.removed_ranges(&space, start, end))
+                    }
                     Event::Fork { fd } => {
                         pending = None;
                         follow_fork(&core, &space, fd);
@@ -174,13 +192,18 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
             }
         }
         core.send_notes(&mut notes);
+        core.discard_removed(&mut removed);
+        for f in held_back.drain(..) {
+            space.port.push(f);
+        }
+        drop(ticket);
     }
     space.port.stop();
 }
 
 fn serve_faults(core: Arc<HostCore>, space: Arc<HostSpace>) {
     while let Some(f) = space.port.pop() {
-        core.serve_fault(&space, f.address, f.wp);
+        core.serve_fault_from(&space, f.address, f.wp, f.tid);
     }
 }
 

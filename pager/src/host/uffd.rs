@@ -18,19 +18,54 @@ pub const WP_FEATURES: u64 =
 
 /// Features the pager asks for: write-protection on shmem (the migration to
 /// VRAM blocks writers with it), and the view-change events it follows:
-/// fork (the child's registered ranges arrive on a new descriptor), remap
-/// and unmap. These events hold the client's `fork`/`mremap`/`munmap` until
-/// a service thread reads them, so every registered range has readers; a
-/// range is unregistered before its readers stop. `madvise` removal is not
-/// asked for: on a shared object it only drops page-table entries.
+/// fork (the child's registered ranges arrive on a new descriptor), remap,
+/// unmap, and `madvise` removal (SVM memory is the client's anonymous
+/// memory: `MADV_DONTNEED` drops its data, `core/removed.rs`). These events
+/// hold the client's call until a service thread reads them, so every
+/// registered range has readers; a range is unregistered before its
+/// readers stop.
 pub const FEATURES: u64 = WP_FEATURES
     | (uapi::UFFD_FEATURE_EVENT_FORK
+        // The faulting thread's id: the pager reads its mappings to follow
+        // a view an mremap grew (`core/growth.rs`).
+        | uapi::UFFD_FEATURE_THREAD_ID
         | uapi::UFFD_FEATURE_EVENT_REMAP
+        | uapi::UFFD_FEATURE_EVENT_REMOVE
         | uapi::UFFD_FEATURE_EVENT_UNMAP) as u64;
 
 /// `UFFDIO_WRITEPROTECT_MODE_WP` (`include/uapi/linux/userfaultfd.h`,
 /// bit 0); linux-raw-sys does not export it.
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+/// `_IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)` (Linux 6.6; not
+/// in linux-raw-sys's ioctl list).
+const UFFDIO_POISON: u32 = 0xc020_aa08;
+/// `UFFD_FEATURE_POISON`.
+const FEATURE_POISON: u64 = 1 << 14;
+
+/// Whether this kernel can poison a userfaultfd range (asked once, on a
+/// userfaultfd of our own: a failed handshake cannot be retried on the
+/// client's).
+pub fn poison_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        create_for_client()
+            .ok()
+            .map(Uffd::new)
+            .and_then(|u| u.handshake(0).ok())
+            .is_some_and(|f| f & FEATURE_POISON != 0)
+    })
+}
+
+/// The features the pager asks of a client's userfaultfd.
+pub fn features() -> u64 {
+    FEATURES
+        | if poison_supported() {
+            FEATURE_POISON
+        } else {
+            0
+        }
+}
+
 /// `UFFDIO_COPY_MODE_DONTWAKE` (same header, bit 0).
 const COPY_MODE_DONTWAKE: u64 = 1 << 0;
 
@@ -41,6 +76,8 @@ pub enum Event {
         address: u64,
         write: bool,
         wp: bool,
+        /// The faulting thread (0: unknown).
+        tid: u32,
     },
     /// The client forked; the child's copy of the registered ranges reports
     /// to the new descriptor `fd`, now installed in the pager.
@@ -195,6 +232,19 @@ impl Uffd {
         }
     }
 
+    /// Installs poison over the range and wakes its waiters: an access
+    /// there gets `SIGBUS` (a fault the pager cannot serve ends instead of
+    /// retrying forever). Needs [`poison_supported`].
+    pub fn poison(&self, start: u64, len: u64) -> Result<(), Errno> {
+        let mut p = uapi::uffdio_poison {
+            range: uapi::uffdio_range { start, len },
+            mode: 0,
+            updated: 0,
+        };
+        // SAFETY: UFFDIO_POISON reads and writes a `uffdio_poison`.
+        unsafe { ioctl(&self.fd, Updater::<{ UFFDIO_POISON }, _>::new(&mut p)) }
+    }
+
     /// Wakes threads waiting on faults in the range (they retry the access).
     pub fn wake(&self, start: u64, len: u64) -> Result<(), Errno> {
         let mut range = uapi::uffdio_range { start, len };
@@ -261,6 +311,7 @@ fn parse(m: &[u8]) -> Event {
             address: b,
             write: a & uapi::UFFD_PAGEFAULT_FLAG_WRITE as u64 != 0,
             wp: a & uapi::UFFD_PAGEFAULT_FLAG_WP as u64 != 0,
+            tid: u32::from_le_bytes(m[24..28].try_into().unwrap_or([0; 4])),
         },
         uapi::UFFD_EVENT_FORK => Event::Fork {
             fd: u32::from_le_bytes(m[8..12].try_into().unwrap_or([0xff; 4])) as i32,

@@ -15,7 +15,7 @@ use ipc_protocol::types::PageMask;
 use session::Handle;
 
 use super::shm::ShmMemory;
-use crate::core::runtime::{KernelCall, Pause, RtError, Runtime, Source};
+use crate::core::runtime::{KernelCall, PartNote, Pause, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
 use crate::notifier::GpuNotifier;
@@ -28,6 +28,8 @@ pub struct RedoxRuntime {
     pub staging: Staging,
     zeros: Vec<u8>,
     pub gpu: GpuNotifier,
+    /// Where `now_us` counts from.
+    born: std::time::Instant,
 }
 
 impl RedoxRuntime {
@@ -36,6 +38,7 @@ impl RedoxRuntime {
             staging,
             zeros: vec![0u8; SLOT_BYTES],
             gpu: GpuNotifier::default(),
+            born: std::time::Instant::now(),
         }
     }
 
@@ -149,6 +152,7 @@ impl Runtime for RedoxRuntime {
             }
             Pause::ProtectRetry => Duration::from_micros(50 << attempt.min(6)),
             Pause::BringBack => Duration::from_millis(1),
+            Pause::SyncViews => Duration::from_micros(20 << attempt.min(6)),
         };
         std::thread::sleep(d);
     }
@@ -204,5 +208,17 @@ impl Runtime for RedoxRuntime {
 
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
         self.gpu.view_copied(view, new_view, from, to);
+    }
+
+    fn view_part(&self, p: &PartNote) {
+        self.gpu.view_part(p);
+    }
+
+    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
+        self.gpu.view_grown(view, tail, first_page, pages);
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 }

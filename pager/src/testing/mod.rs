@@ -6,6 +6,7 @@
 //!   (memory, address spaces and a GPU server, all in memory).
 
 pub mod runtime;
+pub mod sequence;
 
 use ipc_protocol::types::PageMask;
 

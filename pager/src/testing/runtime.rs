@@ -12,11 +12,13 @@ use ipc_protocol::interfaces::pager_migrate as m;
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask};
 use session::Handle;
 
-use crate::core::runtime::{KernelCall, Pause, RtError, Runtime, Source};
+use crate::core::runtime::{
+    FileId, FileMapping, KernelCall, PartNote, Pause, RtError, Runtime, Source,
+};
 use crate::core::session::{ClientSession, GpuSession};
 use crate::core::view::{Space, PAGE};
 use crate::core::{Config, Core};
-use crate::sync::{lock, Arc, AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
 
 /// What a page holds once its RAM copy was dropped (moved to VRAM).
 pub const POISON: u64 = u64::MAX;
@@ -27,6 +29,15 @@ const SLOT_PAGES: usize = 512;
 /// An object's memory: one data word per page.
 pub struct ModelMemory {
     pub words: Vec<AtomicU64>,
+}
+
+/// The file identity `mapping_at` answers for `m` (its address).
+pub fn model_file(m: &ModelMemory) -> FileId {
+    FileId {
+        major: 0,
+        minor: 0,
+        ino: m as *const ModelMemory as u64,
+    }
 }
 
 /// What a client passes: its memory back (never valid as a port), a
@@ -64,6 +75,23 @@ pub struct ModelRuntime {
     /// Views the GPU server heard went, and copies (view, new view).
     pub gone: Mutex<Vec<u32>>,
     pub copied: Mutex<Vec<(u32, u32)>>,
+    /// Every `view_part` note, in order.
+    pub parts: Mutex<Vec<PartNote>>,
+    /// `ViewPart` and `ViewGone` as the GPU server heard them, in order:
+    /// (`'p'`, the part's id) or (`'g'`, the view that went).
+    pub heard: Mutex<Vec<(char, u32)>>,
+    /// The clock `now_us` reads; tests move it.
+    pub clock_us: AtomicU64,
+    /// What `mapping_at` answers, for any thread.
+    pub maps: Mutex<Vec<FileMapping>>,
+    /// Every copy back to RAM fails (a GPU server that lost the device).
+    pub fail_to_ram: AtomicBool,
+    /// Pages `poison` ended: (address, length).
+    pub poisoned: Mutex<Vec<(u64, u64)>>,
+    /// `ViewGrown` as the GPU server heard it: (view, tail, first page, pages).
+    pub grown: Mutex<Vec<(u32, u32, usize, usize)>>,
+    /// `poison` fails (a kernel without `UFFDIO_POISON`).
+    pub no_poison: AtomicBool,
     pub invalidations: AtomicU64,
 }
 
@@ -76,6 +104,14 @@ impl Default for ModelRuntime {
             slot_free: Condvar::new(),
             gone: Mutex::new(Vec::new()),
             copied: Mutex::new(Vec::new()),
+            parts: Mutex::new(Vec::new()),
+            heard: Mutex::new(Vec::new()),
+            clock_us: AtomicU64::new(0),
+            maps: Mutex::new(Vec::new()),
+            fail_to_ram: AtomicBool::new(false),
+            poisoned: Mutex::new(Vec::new()),
+            grown: Mutex::new(Vec::new()),
+            no_poison: AtomicBool::new(false),
             invalidations: AtomicU64::new(0),
         }
     }
@@ -195,8 +231,21 @@ impl Runtime for ModelRuntime {
         5
     }
 
-    fn pause(&self, _why: Pause, _attempt: u32) {
+    /// A retried fault's pause moves the clock 10 ms (the model has no
+    /// other time), so fault deadlines pass.
+    fn pause(&self, why: Pause, _attempt: u32) {
+        if why == Pause::FaultRetry {
+            self.clock_us.fetch_add(10_000, Ordering::AcqRel);
+        }
         crate::sync::yield_now();
+    }
+
+    fn poison(&self, _p: &ModelPort, addr: u64, len: u64) -> Result<(), RtError> {
+        if self.no_poison.load(Ordering::Acquire) {
+            return Err(RtError::Host(0));
+        }
+        lock(&self.poisoned).push((addr, len));
+        Ok(())
     }
 
     fn take_slot(&self) -> usize {
@@ -238,6 +287,9 @@ impl Runtime for ModelRuntime {
         pages: &PageMask,
         slot: usize,
     ) -> Result<PageMask, RtError> {
+        if self.fail_to_ram.load(Ordering::Acquire) {
+            return Err(RtError::Gpu);
+        }
         let mut vram = lock(&self.vram);
         let mut copied = PageMask::EMPTY;
         for i in pages.iter() {
@@ -265,10 +317,35 @@ impl Runtime for ModelRuntime {
 
     fn view_gone(&self, view: Handle) {
         lock(&self.gone).push(view.raw());
+        lock(&self.heard).push(('g', view.raw()));
     }
 
     fn view_copied(&self, view: Handle, new_view: Handle, _from: u64, _to: u64) {
         lock(&self.copied).push((view.raw(), new_view.raw()));
+    }
+
+    fn now_us(&self) -> u64 {
+        self.clock_us.load(Ordering::Acquire)
+    }
+
+    fn mapping_at(&self, _tid: u32, addr: u64) -> Option<FileMapping> {
+        lock(&self.maps)
+            .iter()
+            .find(|m| addr >= m.start && addr < m.end)
+            .copied()
+    }
+
+    fn is_file(&self, m: &Arc<ModelMemory>, file: FileId) -> bool {
+        model_file(m) == file
+    }
+
+    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
+        lock(&self.grown).push((view.raw(), tail.raw(), first_page, pages));
+    }
+
+    fn view_part(&self, p: &PartNote) {
+        lock(&self.parts).push(*p);
+        lock(&self.heard).push(('p', p.new_view.raw()));
     }
 }
 

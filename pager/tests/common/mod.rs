@@ -31,8 +31,14 @@ pub struct TestGpu {
     /// Views the pager said went away, and moves (view, from, to).
     pub gone: Mutex<Vec<u32>>,
     pub copied: Mutex<Vec<(u32, u32, u64, u64)>>,
+    /// Parts that live on: (view, new view, first page, pages, from, to).
+    pub parts: Mutex<Vec<(u32, u32, u64, u64, u64, u64)>>,
     /// Tells rigs apart in logs.
     pub id: u32,
+    /// How long it takes to hear a view change (a slow GPU server).
+    pub note_delay: Mutex<std::time::Duration>,
+    /// Every copy back to RAM fails (a GPU server that lost the device).
+    pub fail_to_ram: std::sync::atomic::AtomicBool,
 }
 
 static NEXT_GPU: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -51,6 +57,11 @@ impl Handler<n::GpuNotify> for TestGpu {
             }
             n::Request::Invalidate(i) => {
                 Ok((n::Reply::Invalidate(n::Invalidated { seq: i.seq }), vec![]))
+            }
+            n::Request::MigrateToRam(_)
+                if self.fail_to_ram.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                Err(n::NotifyError::CopyFailed)
             }
             n::Request::MigrateToRam(m) => {
                 let staging = self.staging.lock().unwrap();
@@ -88,10 +99,35 @@ impl Handler<n::GpuNotify> for TestGpu {
                 Ok((n::Reply::FreePages(n::Freed { pages: freed }), vec![]))
             }
             n::Request::ViewGone(g) => {
+                std::thread::sleep(*self.note_delay.lock().unwrap());
                 self.gone.lock().unwrap().push(g.view.get());
                 Ok((n::Reply::ViewGone(n::Unbound { bindings: 0 }), vec![]))
             }
+            n::Request::ViewPart(c) => {
+                std::thread::sleep(*self.note_delay.lock().unwrap());
+                self.parts.lock().unwrap().push((
+                    c.view.get(),
+                    c.new_view.get(),
+                    c.first_page,
+                    c.pages,
+                    c.from,
+                    c.to,
+                ));
+                let none = n::Copied {
+                    bindings: 0,
+                    skipped: 0,
+                };
+                Ok((n::Reply::ViewPart(none), vec![]))
+            }
+            n::Request::ViewGrown(_) => Ok((
+                n::Reply::ViewGrown(n::Copied {
+                    bindings: 0,
+                    skipped: 0,
+                }),
+                vec![],
+            )),
             n::Request::ViewCopied(c) => {
+                std::thread::sleep(*self.note_delay.lock().unwrap());
                 self.copied
                     .lock()
                     .unwrap()
@@ -305,6 +341,17 @@ pub fn snapshot(r: &Rig, object: Obj, first: u64, count: u16) -> Vec<PageStateCo
         .unwrap()
         .states
         .into_vec()
+}
+
+/// Waits up to 10 s for `done`, failing with `what`. Page states lag the
+/// data by a moment: `UFFDIO_COPY` wakes the faulting thread before the
+/// service thread unlocks the chunk and publishes SYSTEM.
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Another client of the rig's pager, with its own endpoint and `badge`.

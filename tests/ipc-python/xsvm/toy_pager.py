@@ -98,6 +98,10 @@ class ToyPager:
         self.own_object(badge, f["object"])
         raise ServerError("NotSupported")
 
+    def do_SyncViews(self, badge, f, _):
+        # The toy follows no address space: no view change is ever pending.
+        return {}, []
+
     def do_Snapshot(self, badge, f, _):
         _, fd, pages = self.own_object(badge, f["object"])
         first, count = f["first_page"], f["count"]

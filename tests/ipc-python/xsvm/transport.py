@@ -61,10 +61,20 @@ class Endpoint:
                 a = array.array("i")
                 a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
                 fds.extend(a)
-        if not data and not fds:
+        if not data and not fds and self._hung_up():
+            # An empty datagram with no hang-up is a (malformed) frame.
             raise Closed()
         truncated = bool(flags & socket.MSG_TRUNC) or len(data) > MAX_FRAME
         return Received(data, fds, truncated, bool(flags & socket.MSG_CTRUNC))
+
+    def _hung_up(self):
+        """Whether the peer closed its end (a zero-length read alone does
+        not tell a close from an empty datagram)."""
+        import select
+        p = select.poll()
+        p.register(self.sock, select.POLLRDHUP)
+        return any(ev & (select.POLLHUP | select.POLLRDHUP | select.POLLERR)
+                   for _, ev in p.poll(0))
 
     def close(self):
         self.sock.close()

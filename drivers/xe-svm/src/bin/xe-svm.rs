@@ -15,6 +15,8 @@ use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify, gpu_shrink::GpuShrink};
 use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
+use xe_svm::arena::Config;
+use xe_svm::budget::GpuBudget;
 use xe_svm::device::Device;
 use xe_svm::host::GpuServer;
 
@@ -61,6 +63,10 @@ struct Args {
     /// System memory for evicted buffer objects (sparse until used).
     #[arg(long, default_value_t = 1024)]
     bo_pool_mib: u64,
+    /// What one client may make the server hold, `name=value,...` over the
+    /// defaults (README, "Budgets"; K, M, G suffixes).
+    #[arg(long, default_value = "")]
+    budget: String,
     /// How many times init has started this server (1 at boot). Not yet
     /// restartable (`init/src/manifest.rs`, `RESTARTABLE`): it rebuilds
     /// nothing after a restart, so init reports its death instead.
@@ -101,9 +107,18 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let mut budget = GpuBudget::default();
+    if let Err(e) = budget.apply(&a.budget) {
+        eprintln!("xe-svm: --budget {:?}: {e:?}", a.budget);
+        std::process::exit(2);
+    }
     if let (false, Some(migrate), Some(notify)) =
         (a.client_fd.is_empty(), a.migrate_fd, a.notify_fd)
     {
+        // One session per `Gpu` endpoint's badge: the metadata arena holds
+        // every one at its `metadata_bytes` limit (a typed error if not).
+        let gpu_extra = a.extra_endpoint.iter().filter(|e| e.interface == "Gpu");
+        let cfg = Config::for_clients(budget, a.client_fd.len() + gpu_extra.count());
         let dev = Device::new(Arc::new(bar));
         let pressure = a
             .pressure_fd
@@ -113,6 +128,7 @@ fn main() {
             Client::new(endpoint(migrate)),
             pressure,
             a.bo_pool_mib << 20,
+            &cfg,
         ) {
             Ok(s) => Arc::new(s),
             Err(e) => {

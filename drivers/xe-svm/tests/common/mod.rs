@@ -1,0 +1,240 @@
+//! A GPU server over the in-process device model, with a stand-in pager
+//! whose `Collect` for chosen objects stalls (as a pager waiting on a busy
+//! page would), and clients that call the `Gpu` handler by badge.
+
+#![allow(dead_code)]
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hw::model::{spawn_in_process, Config};
+use ipc_protocol::client::Client;
+use ipc_protocol::interfaces::gpu::{self as g, GpuError};
+use ipc_protocol::interfaces::pager_migrate::{self as m, MigrateError, PagerMigrate};
+use ipc_protocol::server::Handler;
+use ipc_protocol::transport::{SeqPacket, Transport};
+use ipc_protocol::types::{ObjectId, PageMask, Seq};
+use ipc_protocol::{Capability, Rights};
+use xe_svm::arena::{Config as ServerConfig, MAX_CLIENT_SESSIONS};
+use xe_svm::budget::GpuBudget;
+use xe_svm::device::Device;
+use xe_svm::host::{BootError, GpuServer};
+
+pub const PAGE: u64 = 4096;
+/// Pages of every object the stand-in pager opens.
+pub const OBJECT_PAGES: u64 = 512;
+/// How long a stalled collect waits at most (a test never hangs on it).
+pub const STALL_LIMIT: Duration = Duration::from_secs(8);
+
+/// The stand-in pager: view `v` is object `v` of [`OBJECT_PAGES`] zero
+/// pages, any client's; collects of objects in `stalled` wait until
+/// `release` (or [`STALL_LIMIT`]).
+#[derive(Default)]
+pub struct FakePager {
+    pub stalled: Mutex<Vec<u32>>,
+    pub release: AtomicBool,
+    pub memfds: Mutex<Vec<hw::shm::Region>>,
+}
+
+impl Handler<PagerMigrate> for FakePager {
+    fn handle(
+        &self,
+        _caller: &Capability,
+        req: m::Request,
+        _handles: Vec<OwnedFd>,
+    ) -> Result<(m::Reply, Vec<OwnedFd>), MigrateError> {
+        match req {
+            m::Request::OpenView(o) => {
+                let r = hw::shm::Region::create("fake-object", (OBJECT_PAGES * PAGE) as usize)
+                    .map_err(|_| MigrateError::Host)?;
+                let fd = r.dup_fd().map_err(|_| MigrateError::Host)?;
+                self.memfds.lock().unwrap().push(r);
+                let opened = m::ViewOpened {
+                    object: ObjectId::raw(o.view.get()),
+                    addr: 0,
+                    object_first_page: 0,
+                    pages: OBJECT_PAGES,
+                };
+                Ok((m::Reply::OpenView(opened), vec![fd]))
+            }
+            m::Request::GetPages(_) => Err(MigrateError::Host),
+            m::Request::Collect(c) => {
+                if self.stalled.lock().unwrap().contains(&c.object.get()) {
+                    let t0 = Instant::now();
+                    while !self.release.load(Ordering::Acquire) && t0.elapsed() < STALL_LIMIT {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                let n = c.count.get() as usize;
+                let all = PageMask::first(n);
+                let got = m::Collected {
+                    seq: Seq::raw(0),
+                    got: all,
+                    zero: all,
+                    device: PageMask::EMPTY,
+                    remote: PageMask::EMPTY,
+                    cpu_atomics: PageMask::EMPTY,
+                };
+                Ok((m::Reply::Collect(got), vec![]))
+            }
+            m::Request::Finalize(f) => Ok((
+                m::Reply::Finalize(m::Finalized {
+                    device: f.migrated.count() as u16,
+                    returned: 0,
+                }),
+                vec![],
+            )),
+        }
+    }
+}
+
+pub struct World {
+    pub server: GpuServer,
+    pub pager: Arc<FakePager>,
+    _model: std::thread::JoinHandle<Result<(), hw::model::ModelError>>,
+}
+
+impl World {
+    pub fn new(budget: GpuBudget) -> Self {
+        Self::with_pool(budget, 64 << 20)
+    }
+
+    pub fn with_pool(budget: GpuBudget, bo_pool: u64) -> Self {
+        let cfg = ServerConfig::for_clients(budget, MAX_CLIENT_SESSIONS);
+        Self::boot(|dev, migrate| GpuServer::new(dev, migrate, None, bo_pool, &cfg))
+            .expect("server")
+    }
+
+    /// A server whose metadata arena is `arena_bytes`, whatever `budget` needs.
+    pub fn with_arena(budget: GpuBudget, arena_bytes: usize) -> Self {
+        let arena = session::Arena::new(arena_bytes).expect("an arena");
+        Self::boot(|dev, migrate| {
+            GpuServer::with_arena(dev, migrate, None, 64 << 20, budget, arena)
+        })
+        .expect("server")
+    }
+
+    /// The device model, a stand-in pager and the server `make` builds.
+    pub fn boot(
+        make: impl FnOnce(Arc<Device>, Client<PagerMigrate>) -> Result<GpuServer, BootError>,
+    ) -> Result<Self, BootError> {
+        let (t, model) = spawn_in_process(Config {
+            vram_bytes: 64 << 20,
+            hw_threads: 8,
+            ..Default::default()
+        })
+        .expect("the device model");
+        let (bar, _) = xe_svm::probe::probe(t).expect("probe");
+        let dev = Device::new(Arc::new(bar));
+        let (ours, theirs) = SeqPacket::pair().expect("a socket pair");
+        let pager = Arc::new(FakePager::default());
+        let theirs: Arc<dyn Transport> = Arc::new(theirs);
+        ipc_protocol::server::spawn::<PagerMigrate, _>(
+            "fake-pager",
+            theirs,
+            Capability::new(1, Rights::MIGRATE),
+            pager.clone(),
+            4,
+        );
+        let migrate = Client::new(Arc::new(ours)).with_timeout(Duration::from_secs(20));
+        let server = make(dev.clone(), migrate)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pump = dev.clone();
+        std::thread::spawn(move || pump.pump(tx));
+        let worker = server.clone();
+        std::thread::spawn(move || worker.fault_worker(rx));
+        Ok(Self {
+            server,
+            pager,
+            _model: model,
+        })
+    }
+
+    /// Client `badge`'s call.
+    pub fn call(&self, badge: u64, req: g::Request) -> Result<g::Reply, GpuError> {
+        let cap = Capability::new(badge, Rights::all());
+        Handler::<g::Gpu>::handle(&self.server, &cap, req, vec![]).map(|(r, _)| r)
+    }
+
+    /// Client `badge`'s endpoint closed.
+    pub fn disconnect(&self, badge: u64) {
+        let cap = Capability::new(badge, Rights::all());
+        Handler::<g::Gpu>::disconnected(&self.server, &cap);
+    }
+
+    pub fn create_vm(&self, badge: u64) -> Result<g::VmCreated, GpuError> {
+        match self.call(badge, g::Request::CreateVm(g::CreateVm {}))? {
+            g::Reply::CreateVm(v) => Ok(v),
+            r => panic!("unexpected reply {r:?}"),
+        }
+    }
+
+    pub fn create_bo(&self, badge: u64, size_bytes: u64) -> Result<u32, GpuError> {
+        match self.call(badge, g::Request::CreateBo(g::CreateBo { size_bytes }))? {
+            g::Reply::CreateBo(b) => Ok(b.bo.get()),
+            r => panic!("unexpected reply {r:?}"),
+        }
+    }
+
+    /// Binds view `view` at `gpu_addr` of client `badge`'s VM `vm`.
+    pub fn bind(&self, badge: u64, vm: u32, view: u32, gpu_addr: u64) {
+        let req = g::BindView {
+            vm: ipc_protocol::types::VmId::raw(vm),
+            view: ipc_protocol::types::ViewId::raw(view),
+            gpu_addr,
+            flags: 0,
+        };
+        self.call(badge, g::Request::BindView(req)).unwrap();
+    }
+
+    pub fn stats(&self, badge: u64) -> g::GpuStats {
+        match self.call(badge, g::Request::Stats(g::Stats {})) {
+            Ok(g::Reply::Stats(s)) => s,
+            r => panic!("unexpected reply {r:?}"),
+        }
+    }
+
+    pub fn accounting(&self, badge: u64) -> g::GpuUsage {
+        match self.call(badge, g::Request::Accounting(g::Accounting {})) {
+            Ok(g::Reply::Accounting(u)) => u,
+            r => panic!("unexpected reply {r:?}"),
+        }
+    }
+
+    /// Submits a kernel touching `[addr, addr + len)` of `vm`.
+    pub fn touch(&self, badge: u64, vm: u32, addr: u64, len: u64) -> Result<u64, GpuError> {
+        let req = g::Submit {
+            vm: ipc_protocol::types::VmId::raw(vm),
+            kernel: ipc_protocol::types::KernelKind::TouchPages,
+            addr,
+            len,
+            stride: 0,
+            value: 0,
+            threads: 1,
+        };
+        match self.call(badge, g::Request::Submit(req))? {
+            g::Reply::Submit(s) => Ok(s.job.get()),
+            r => panic!("unexpected reply {r:?}"),
+        }
+    }
+
+    pub fn wait(&self, badge: u64, job: u64, timeout_ms: u32) -> Result<g::JobDone, GpuError> {
+        let req = g::Wait {
+            job: ipc_protocol::types::JobId::raw(job),
+            timeout_ms,
+        };
+        match self.call(badge, g::Request::Wait(req))? {
+            g::Reply::Wait(d) => Ok(d),
+            r => panic!("unexpected reply {r:?}"),
+        }
+    }
+}
+
+/// A budget with `spec` over the defaults.
+pub fn budget(spec: &str) -> GpuBudget {
+    let mut b = GpuBudget::default();
+    b.apply(spec).expect("a budget spec");
+    b
+}

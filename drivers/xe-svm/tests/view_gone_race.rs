@@ -1,0 +1,77 @@
+//! A view that goes while a GPU fault migrates its pages (the race of
+//! hmm-tests' `anon_teardown`): the object stays known until the migration
+//! ends, so the pages the pager now records in VRAM are ours to move back
+//! or free. (Before: `ViewGone` forgot the object mid-migration; the copy
+//! landed in VRAM no object named, the pager's CPU faults got
+//! `NoSuchObject` from `MigrateToRam` forever, and the VRAM leaked.)
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{World, PAGE};
+use ipc_protocol::interfaces::gpu_notify as n;
+use ipc_protocol::server::Handler;
+use ipc_protocol::types::{JobStatus, ObjectId, PageCount, PageMask, ViewId};
+use ipc_protocol::{Capability, Rights};
+use xe_svm::budget::GpuBudget;
+
+const A: u64 = 101;
+const BASE: u64 = 0x1000_0000;
+
+fn notify(w: &World, req: n::Request) -> Result<n::Reply, n::NotifyError> {
+    let pager = Capability::new(2, Rights::NOTIFY);
+    Handler::<n::GpuNotify>::handle(&w.server, &pager, req, vec![]).map(|(r, _)| r)
+}
+
+#[test]
+fn a_view_that_goes_mid_migration_leaves_its_pages_reachable() {
+    let w = World::new(GpuBudget::default());
+    w.pager.stalled.lock().unwrap().push(10);
+    let vm = w.create_vm(A).unwrap().vm.get();
+    w.bind(A, vm, 10, BASE);
+    let job = w.touch(A, vm, BASE, 4 * PAGE).unwrap();
+    // The fault's collect waits in the pager; meanwhile the view goes.
+    std::thread::sleep(Duration::from_millis(200));
+    let gone = notify(
+        &w,
+        n::Request::ViewGone(n::ViewGone {
+            view: ViewId::raw(10),
+        }),
+    );
+    assert!(
+        matches!(&gone, Ok(n::Reply::ViewGone(u)) if u.bindings == 1),
+        "{gone:?}"
+    );
+    w.pager.release.store(true, Ordering::Release);
+    let end = w.wait(A, job, 10_000).unwrap().status;
+    assert_ne!(
+        end,
+        JobStatus::Running,
+        "the job ends once its fault is served"
+    );
+    // The migration finished into VRAM the server still accounts to the
+    // object: the pager can free (or move back) what it recorded there.
+    assert!(
+        w.stats(A).vram_used > 0,
+        "the collected pages were copied to VRAM"
+    );
+    let free = n::FreePages {
+        object: ObjectId::raw(10),
+        first_page: 0,
+        count: PageCount::new(512).unwrap(),
+        pages: PageMask::first(512),
+    };
+    let freed = notify(&w, n::Request::FreePages(free));
+    assert!(
+        matches!(&freed, Ok(n::Reply::FreePages(f)) if f.pages > 0),
+        "the object was forgotten with pages in VRAM: {freed:?}"
+    );
+    assert_eq!(w.stats(A).vram_used, 0, "no VRAM left behind");
+    assert_eq!(
+        w.accounting(A).all_dma_slots,
+        0,
+        "the object went after its pages"
+    );
+}
