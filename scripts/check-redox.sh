@@ -28,7 +28,7 @@ if ! rustc --print sysroot >/dev/null 2>&1; then
 fi
 if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
     echo "check-redox: adding the $target target"
-    if ! rustup target add "$target"; then
+    if ! timeout 300 rustup target add "$target"; then
         echo "check-redox: SKIPPED: the $target standard library could not be fetched" >&2
         exit 0
     fi
