@@ -17,6 +17,7 @@ pub mod oversub;
 pub mod process;
 pub mod qemu;
 pub mod race;
+pub mod redox_plan;
 pub mod scenario;
 pub mod size;
 pub mod summary;

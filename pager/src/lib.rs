@@ -6,15 +6,26 @@
 //! - [`core`]: the server core driven by messages: per-client sessions
 //!   with budgets, objects and views, the three interfaces' requests, view
 //!   changes, the fault path; side effects through [`core::runtime::Runtime`];
-//! - [`host`]: the Linux runtime (userfaultfd, memfds, IPC glue).
+//! - [`host`]: the Linux runtime (userfaultfd, memfds, IPC glue);
+//! - `redox`: the Redox runtime (schemes, `/scheme/shm` objects; no fault
+//!   delivery until the kernel has it: docs/redox.md section 5);
+//! - `staging`, `notifier`: the staging slots and the GPU server's
+//!   notifier, shared by both runtimes.
 //!
 //! All synchronisation goes through [`sync`], so the same code runs on
 //! std and under the shuttle schedule explorer (and in the simulation).
 
 pub mod core;
-#[cfg(not(feature = "shuttle"))]
+#[cfg(all(not(feature = "shuttle"), not(target_os = "redox")))]
 pub mod host;
 pub mod migrate;
+#[cfg(not(feature = "shuttle"))]
+pub mod notifier;
+#[cfg(all(not(feature = "shuttle"), target_os = "redox"))]
+pub mod redox;
+#[cfg(not(feature = "shuttle"))]
+pub mod staging;
+pub mod startup;
 pub mod state;
 pub mod sync;
 pub mod testing;

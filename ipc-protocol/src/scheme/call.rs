@@ -26,16 +26,26 @@ pub const CALL_FRAME_V1: u64 = (u32::from_be_bytes(*b"XSVM") as u64) << 32 | 1;
 /// session's interface): the reply frame and its descriptors, or `None`.
 pub type Dispatch<'a> = dyn FnMut(&Session, Received) -> Option<(Vec<u8>, Vec<OwnedFd>)> + 'a;
 
-/// Serves one `call` on handle `id`; the reply replaces the request in
-/// `payload`. Returns the reply's length.
-pub fn on_call(
+/// A call whose frame was checked and whose descriptors were taken: what
+/// runs without the `Endpoints` lock (the Redox adapter's workers).
+#[derive(Debug)]
+pub struct Started {
+    pub session: Session,
+    /// The frame's request id (the descriptors' token).
+    pub token: u64,
+    pub rx: Received,
+}
+
+/// First half of a `call` on handle `id`: checks the metadata and the
+/// buffer and takes the frame and its descriptors. An `Ok` counts the call
+/// in flight on the handle; [`finish_call`] counts it out.
+pub fn start_call(
     endpoints: &mut Endpoints,
     id: u64,
-    payload: &mut [u8],
+    payload: &[u8],
     metadata: &[u64],
-    dispatch: &mut Dispatch<'_>,
-) -> Result<usize, Errno> {
-    let session = endpoints.session(id)?;
+) -> Result<Started, Errno> {
+    endpoints.session(id)?;
     if metadata.first() != Some(&CALL_FRAME_V1) {
         return Err(Errno::NotSupported);
     }
@@ -50,18 +60,79 @@ pub fn on_call(
     let bytes = payload[..len].to_vec();
     // Descriptors sent ahead for this frame (its request id).
     let token = Header::peek_request_id(&bytes);
-    let handles = endpoints.take_incoming(id, token)?;
+    let (session, handles) = endpoints.begin(id, token)?;
     let rx = Received {
         bytes,
         handles,
         truncated: false,
         handles_truncated: false,
     };
-    let Some((reply, fds)) = dispatch(&session, rx) else {
-        return Ok(0);
+    Ok(Started { session, token, rx })
+}
+
+/// Second half: writes the reply into `payload`, keeps its descriptors for
+/// `recvfd`, and ends the call. Returns the call's result and, when the
+/// handle was closed during the call and this was its last one, the
+/// session that ended (`Handler::disconnected` is due).
+pub fn finish_call(
+    endpoints: &mut Endpoints,
+    id: u64,
+    token: u64,
+    payload: &mut [u8],
+    reply: Option<(Vec<u8>, Vec<OwnedFd>)>,
+) -> (Result<usize, Errno>, Option<Session>) {
+    let result = match reply {
+        None => Ok(0),
+        Some((reply, fds)) => match payload.get_mut(..reply.len()) {
+            None => Err(Errno::Invalid),
+            Some(out) => {
+                out.copy_from_slice(&reply);
+                endpoints
+                    .stage_outgoing(id, token, fds)
+                    .map(|()| reply.len())
+            }
+        },
     };
-    let out = payload.get_mut(..reply.len()).ok_or(Errno::Invalid)?;
-    out.copy_from_slice(&reply);
-    endpoints.stage_outgoing(id, token, fds)?;
-    Ok(reply.len())
+    (result, endpoints.end(id))
+}
+
+/// Serves one `call` on handle `id`; the reply replaces the request in
+/// `payload`. Returns the reply's length.
+pub fn on_call(
+    endpoints: &mut Endpoints,
+    id: u64,
+    payload: &mut [u8],
+    metadata: &[u64],
+    dispatch: &mut Dispatch<'_>,
+) -> Result<usize, Errno> {
+    let started = start_call(endpoints, id, payload, metadata)?;
+    let reply = dispatch(&started.session, started.rx);
+    // Nothing can close the handle between the halves here (one thread).
+    finish_call(endpoints, id, started.token, payload, reply).0
+}
+
+/// How many descriptors the client collects with `recvfd` after a reply:
+/// the reply header's count, at most [`MAX_HANDLES`] (a reply that says
+/// more is malformed, and `Frame::parse` says so once fewer arrived).
+pub fn reply_handles(reply: &[u8]) -> usize {
+    reply
+        .get(11)
+        .map_or(0, |&n| usize::from(n).min(crate::MAX_HANDLES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_raw;
+    use crate::Kind;
+
+    #[test]
+    fn the_reply_header_says_how_many_descriptors_to_collect() {
+        let reply = encode_raw(3, 1, Kind::Reply, 2, 9, &[]);
+        assert_eq!(reply_handles(&reply), 2);
+        let mut hostile = reply.clone();
+        hostile[11] = 200;
+        assert_eq!(reply_handles(&hostile), crate::MAX_HANDLES);
+        assert_eq!(reply_handles(&reply[..11]), 0, "a short reply has none");
+    }
 }

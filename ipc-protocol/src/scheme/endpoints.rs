@@ -20,7 +20,18 @@
 //! request id, and the `call` that follows with that request id takes them.
 //! Descriptors a reply carries wait on the handle until the client asks for
 //! them with `recvfd`, tagged with the same request id. Both waits are
-//! bounded per handle.
+//! bounded per handle. Token 0 is "untagged": a kernel that does not pass
+//! `sendfd`'s argument or `recvfd`'s metadata through `SYS_CALL` delivers
+//! 0, and then descriptors go with the next call on the handle and a reply's
+//! are collected oldest first (the client serialises such calls per handle).
+//!
+//! Calls in flight. The Redox adapter runs calls on worker threads, so a
+//! handle may be closed while calls on it still run. **Locking rule:** the
+//! adapter holds the `Endpoints` lock only inside these methods, never
+//! across a dispatch; [`Endpoints::begin`] counts a call in and
+//! [`Endpoints::end`] out, and a close that meets calls in flight is
+//! reported by the `end` of the last one, so `Handler::disconnected` runs
+//! once, after the handle's last request (as on the host).
 
 use std::os::fd::OwnedFd;
 
@@ -57,6 +68,11 @@ struct Open {
     incoming: Vec<Pending>,
     /// Descriptors of replies, waiting for `recvfd`.
     outgoing: Vec<Pending>,
+    /// Calls on this handle being dispatched now.
+    busy: usize,
+    /// The last descriptor was closed while calls were in flight: the
+    /// handle takes no new call and is released by the last one's end.
+    closing: bool,
 }
 
 /// What a handle id names: the endpoint's interface and capability.
@@ -130,6 +146,8 @@ impl Endpoints {
             endpoint,
             incoming: Vec::new(),
             outgoing: Vec::new(),
+            busy: 0,
+            closing: false,
         };
         let id = match self.handles.iter().position(Option::is_none) {
             Some(free) => free,
@@ -149,17 +167,49 @@ impl Endpoints {
         self.handles
             .get_mut(i)
             .and_then(Option::as_mut)
+            .filter(|o| !o.closing)
             .ok_or(Errno::BadHandle)
+    }
+
+    fn session_of(&self, endpoint: usize) -> Session {
+        let e = &self.declared[endpoint];
+        Session {
+            interface: e.interface,
+            capability: e.capability,
+        }
     }
 
     /// The session a handle id names.
     pub fn session(&mut self, id: u64) -> Result<Session, Errno> {
         let endpoint = self.get(id)?.endpoint;
-        let e = &self.declared[endpoint];
-        Ok(Session {
-            interface: e.interface,
-            capability: e.capability,
-        })
+        Ok(self.session_of(endpoint))
+    }
+
+    /// A call on handle `id` starts: its session, and the descriptors sent
+    /// for request id `token`. Every `Ok` must be matched by one
+    /// [`Endpoints::end`].
+    pub fn begin(&mut self, id: u64, token: u64) -> Result<(Session, Vec<OwnedFd>), Errno> {
+        let open = self.get(id)?;
+        let busy = open.busy.checked_add(1).ok_or(Errno::Again)?;
+        let fds = take(&mut open.incoming, token).unwrap_or_default();
+        open.busy = busy;
+        let endpoint = open.endpoint;
+        Ok((self.session_of(endpoint), fds))
+    }
+
+    /// A call on handle `id` is done. If the handle was closed meanwhile
+    /// and this was its last call, the handle is released and its session
+    /// returned: the server now releases what the client held.
+    pub fn end(&mut self, id: u64) -> Option<Session> {
+        let i = usize::try_from(id).ok()?;
+        let open = self.handles.get_mut(i)?.as_mut()?;
+        open.busy = open.busy.saturating_sub(1);
+        if !open.closing || open.busy > 0 {
+            return None;
+        }
+        let endpoint = open.endpoint;
+        self.handles[i] = None;
+        Some(self.session_of(endpoint))
     }
 
     /// `sendfd`: keeps `fds` for the call whose request id is `token`.
@@ -209,34 +259,48 @@ impl Endpoints {
         num_fds: u64,
     ) -> Result<Vec<OwnedFd>, Errno> {
         let open = self.get(id)?;
-        let count = open
-            .outgoing
-            .iter()
-            .find(|p| p.token == token)
-            .map(|p| p.fds.len() as u64)
-            .ok_or(Errno::Again)?;
-        if count != num_fds {
+        let at = match token {
+            // Untagged: the oldest reply's.
+            0 if !open.outgoing.is_empty() => 0,
+            _ => open
+                .outgoing
+                .iter()
+                .position(|p| p.token == token)
+                .ok_or(Errno::Again)?,
+        };
+        if open.outgoing[at].fds.len() as u64 != num_fds {
             return Err(Errno::Invalid);
         }
-        Ok(take(&mut open.outgoing, token).unwrap_or_default())
+        Ok(open.outgoing.remove(at).fds)
     }
 
     /// The last descriptor of handle `id` is closed: its descriptors in
     /// flight are dropped and its session returned, so the server can
     /// release what the client held (`Handler::disconnected`). The endpoint
     /// is not opened again: its client is gone for good.
+    /// If calls on it are in flight, their descriptors are dropped now and
+    /// the session is returned by the last one's [`Endpoints::end`].
     pub fn close(&mut self, id: u64) -> Option<Session> {
         let i = usize::try_from(id).ok()?;
-        let open = self.handles.get_mut(i)?.take()?;
-        let e = &self.declared[open.endpoint];
-        Some(Session {
-            interface: e.interface,
-            capability: e.capability,
-        })
+        let open = self.handles.get_mut(i)?.as_mut().filter(|o| !o.closing)?;
+        if open.busy > 0 {
+            open.closing = true;
+            open.incoming.clear();
+            open.outgoing.clear();
+            return None;
+        }
+        let endpoint = open.endpoint;
+        self.handles[i] = None;
+        Some(self.session_of(endpoint))
     }
 }
 
+/// The descriptors sent for `token`; failing that, untagged ones (token 0,
+/// from a kernel that does not pass `sendfd`'s argument).
 fn take(list: &mut Vec<Pending>, token: u64) -> Option<Vec<OwnedFd>> {
-    let at = list.iter().position(|p| p.token == token)?;
+    let at = list
+        .iter()
+        .position(|p| p.token == token)
+        .or_else(|| list.iter().position(|p| p.token == 0))?;
     Some(list.remove(at).fds)
 }

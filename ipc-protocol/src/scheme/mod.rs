@@ -13,16 +13,23 @@
 //! - the peer gone: its socket closed; here the handle's last descriptor
 //!   closed (`on_close`).
 //!
-//! `redox.rs` (built for `target_os = "redox"` only) is the thin adapter
-//! onto `redox-scheme`'s `SchemeSync` and its request loop. See
-//! `docs/redox.md`.
+//! `redox.rs` (built for `target_os = "redox"` only) is the thin server
+//! adapter onto `redox-scheme`'s `SchemeSync` and its request loop;
+//! `redox_client.rs` the client side, a `Transport` over one endpoint
+//! handle. `scripts/check-redox.sh` type-checks both. See `docs/redox.md`.
 
 pub mod call;
 pub mod endpoints;
+pub mod handoff;
+pub mod launch;
 pub mod record;
 
 #[cfg(target_os = "redox")]
 pub mod redox;
+#[cfg(target_os = "redox")]
+pub mod redox_client;
+#[cfg(target_os = "redox")]
+pub mod redox_launch;
 
 pub use call::{on_call, CALL_FRAME_V1};
 pub use endpoints::{Endpoint, Endpoints, Opener, Session};

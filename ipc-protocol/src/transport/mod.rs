@@ -7,10 +7,14 @@ use std::time::Duration;
 
 mod extra;
 mod inproc;
+// Unix seqpacket sockets with `SCM_RIGHTS` are the host's substrate; on
+// Redox an endpoint is a scheme handle (`crate::scheme::redox`).
+#[cfg(not(target_os = "redox"))]
 mod seqpacket;
 
 pub use extra::ExtraEndpoint;
 pub use inproc::InProc;
+#[cfg(not(target_os = "redox"))]
 pub use seqpacket::SeqPacket;
 
 /// One received frame.

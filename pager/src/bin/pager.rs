@@ -13,12 +13,18 @@ fn main() {
     std::process::exit(2);
 }
 
-#[cfg(not(feature = "shuttle"))]
+#[cfg(all(not(feature = "shuttle"), not(target_os = "redox")))]
 fn main() {
     server::main();
 }
 
-#[cfg(not(feature = "shuttle"))]
+// The Redox runtime (`pager::redox`) over the same core.
+#[cfg(all(not(feature = "shuttle"), target_os = "redox"))]
+fn main() {
+    pager::redox::main();
+}
+
+#[cfg(all(not(feature = "shuttle"), not(target_os = "redox")))]
 mod server {
     use std::io::Read;
     use std::sync::Arc;
@@ -30,9 +36,7 @@ mod server {
     };
     use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
     use ipc_protocol::{Capability, Rights};
-    use pager::core::budget::PagerBudget;
     use pager::core::thrash::ThrashPolicy;
-    use pager::core::PEER_METADATA;
     use pager::host::{Config, PagerServer};
 
     #[derive(Parser)]
@@ -112,26 +116,12 @@ mod server {
 
     /// The configuration the flags ask for; a bad flag is a one-line error.
     fn config(a: &Args) -> Result<Config, String> {
-        let mut budget = PagerBudget::default();
-        budget
-            .apply(&a.budget)
-            .map_err(|e| format!("--budget {:?}: {e:?}", a.budget))?;
-        let clients = a.client_fd.len().max(1);
-        let arena_bytes = match a.arena_mib {
-            Some(mib) => mib
-                .checked_mul(1 << 20)
-                .ok_or_else(|| format!("--arena-mib {mib}: too large"))?,
-            None => budget
-                .arena_bytes_needed(clients, PEER_METADATA)
-                .ok_or("--budget: metadata_bytes times the clients overflows")?,
-        };
+        let core = pager::startup::core_config(&a.budget, a.client_fd.len(), a.arena_mib)?;
         let mut cfg = Config {
             threads_per_view: a.threads_per_view.clamp(1, 64),
+            core,
             ..Config::default()
         };
-        cfg.core.budget = budget;
-        cfg.core.max_clients = clients;
-        cfg.core.arena_bytes = arena_bytes;
         cfg.core.skip_invalidate = a.unsafe_skip_invalidate;
         cfg.core.thrash = ThrashPolicy::parse(&a.thrash).map_err(|e| format!("--thrash {e}"))?;
         Ok(cfg)

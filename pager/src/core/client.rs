@@ -11,7 +11,7 @@ use session::Handle;
 
 use super::budget::{object_bytes, objects};
 use super::object::Object;
-use super::runtime::Runtime;
+use super::runtime::{RtError, Runtime};
 use super::session::ClientSession;
 use super::view::{ViewSpec, PAGE};
 use super::Core;
@@ -212,7 +212,13 @@ impl<R: Runtime> Core<R> {
         pages_in(a.object_first_page, a.pages, o.pages())?;
         let len = view_range(a.addr, a.pages)?;
         let handle = handles.pop().ok_or(E::BadUserfaultfd)?;
-        let port = self.rt.open_port(handle).map_err(|_| E::BadUserfaultfd)?;
+        let port = self.rt.open_port(handle).map_err(|e| match e {
+            RtError::Unsupported(call) => {
+                log::warn!("pager: no fault delivery here (needs {})", call.proposal());
+                E::NotSupported
+            }
+            _ => E::BadUserfaultfd,
+        })?;
         let space = self.new_space(s, port, false)?;
         // Recorded before it is registered: every fault the range raises
         // finds its view.

@@ -34,6 +34,34 @@ pub enum RtError {
     Gpu,
     /// Any other failure (host: the errno, for the log).
     Host(i32),
+    /// The runtime's kernel lacks what this needs (Redox today: no fault
+    /// delivery; docs/redox.md section 5). Clients get `NotSupported`.
+    Unsupported(KernelCall),
+}
+
+/// A kernel facility a runtime needs and its kernel does not have yet,
+/// named as docs/redox.md section 5 proposes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelCall {
+    /// 5.1 + 5.2: a lazy grant on `MmapPrep` (`CqeOpcode::RespondLazy`) and
+    /// the `Opcode::RequestMmap` fault upcall for it.
+    FaultUpcall,
+    /// 5.3: `CqeOpcode::ProvideMmap`, installing a page into every waiter.
+    ProvideMmap,
+    /// 5.4: `SchemeSocketCall::Revoke` (unmap or write-protect a range of a
+    /// handle in every address space).
+    Revoke,
+}
+
+impl KernelCall {
+    /// What to look for in docs/redox.md.
+    pub fn proposal(self) -> &'static str {
+        match self {
+            Self::FaultUpcall => "5.1-5.2 RespondLazy + Opcode::RequestMmap",
+            Self::ProvideMmap => "5.3 CqeOpcode::ProvideMmap",
+            Self::Revoke => "5.4 SchemeSocketCall::Revoke",
+        }
+    }
 }
 
 /// Where the data of pages being installed comes from.

@@ -21,7 +21,8 @@
 pub mod maps;
 pub mod runtime;
 pub mod space;
-pub mod staging;
+/// The staging slots (shared with the Redox runtime).
+pub use crate::staging;
 pub mod uffd;
 
 use std::os::fd::OwnedFd;

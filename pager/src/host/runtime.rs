@@ -3,14 +3,10 @@
 //! descriptor, the staging buffer, and the GPU server's `GpuNotify`.
 
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::gpu_notify::{
-    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone, ViewGrown, ViewPart,
-};
-use ipc_protocol::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
+use ipc_protocol::types::PageMask;
 use rustix::fs::{fallocate, FallocateFlags, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use session::Handle;
@@ -21,6 +17,7 @@ use super::uffd::{self, Uffd};
 use crate::core::runtime::{FileId, FileMapping, PartNote, Pause, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
+use crate::notifier::GpuNotifier;
 
 pub struct HostRuntime {
     /// Fault workers per address space (one more thread reads its events).
@@ -28,7 +25,7 @@ pub struct HostRuntime {
     pub staging: Staging,
     /// A 2 MiB zero buffer for first-touch fills.
     zeros: Vec<u8>,
-    pub gpu: OnceLock<Client<GpuNotify>>,
+    pub gpu: GpuNotifier,
     /// Where `now_us` counts from.
     born: std::time::Instant,
 }
@@ -39,7 +36,7 @@ impl HostRuntime {
             workers: workers.max(1),
             staging: Staging::new(staging_slots)?,
             zeros: vec![0u8; SLOT_BYTES],
-            gpu: OnceLock::new(),
+            gpu: GpuNotifier::default(),
             born: std::time::Instant::now(),
         })
     }
@@ -53,10 +50,6 @@ impl HostRuntime {
         // SAFETY: `index` is a page of a chunk (< 512): inside the buffer.
         (index < SLOT_BYTES / PAGE as usize).then(|| unsafe { base.add(index * PAGE as usize) })
     }
-
-    fn notify(&self) -> Result<&Client<GpuNotify>, RtError> {
-        self.gpu.get().ok_or(RtError::Gpu)
-    }
 }
 
 /// An errno in the core's terms.
@@ -68,17 +61,6 @@ pub fn rt(e: Errno) -> RtError {
         Errno::SRCH => RtError::Gone,
         e => RtError::Host(e.raw_os_error()),
     }
-}
-
-fn count(n: usize) -> Result<PageCount, RtError> {
-    u16::try_from(n)
-        .ok()
-        .and_then(PageCount::new)
-        .ok_or(RtError::Gpu)
-}
-
-fn object(h: Handle) -> ObjectId {
-    ObjectId::raw(h.raw())
 }
 
 impl Runtime for HostRuntime {
@@ -220,7 +202,7 @@ impl Runtime for HostRuntime {
     }
 
     fn gpu_attached(&self) -> bool {
-        self.gpu.get().is_some()
+        self.gpu.attached()
     }
 
     fn invalidate(
@@ -231,18 +213,7 @@ impl Runtime for HostRuntime {
         n: usize,
         seq: u64,
     ) -> Result<(), RtError> {
-        self.notify()?
-            .call(Invalidate {
-                object: object(o),
-                first_page: first as u64,
-                count: count(n)?,
-                seq: Seq::raw(seq),
-            })
-            .map(|_| ())
-            .map_err(|e| {
-                log::warn!("pager: invalidate: {e}");
-                RtError::Gpu
-            })
+        self.gpu.invalidate(o, first, n, seq)
     }
 
     fn migrate_to_ram(
@@ -253,19 +224,8 @@ impl Runtime for HostRuntime {
         pages: &PageMask,
         slot: usize,
     ) -> Result<PageMask, RtError> {
-        self.notify()?
-            .call(MigrateToRam {
-                object: object(o),
-                first_page: first as u64,
-                count: count(n)?,
-                pages: *pages,
-                staging_offset: Staging::offset(slot),
-            })
-            .map(|r| r.copied)
-            .map_err(|e| {
-                log::warn!("pager: migrate to RAM: {e}");
-                RtError::Gpu
-            })
+        self.gpu
+            .migrate_to_ram(o, first, n, pages, Staging::offset(slot))
     }
 
     fn free_pages(
@@ -275,44 +235,15 @@ impl Runtime for HostRuntime {
         n: usize,
         pages: &PageMask,
     ) -> Result<(), RtError> {
-        self.notify()?
-            .call(FreePages {
-                object: object(o),
-                first_page: first as u64,
-                count: count(n)?,
-                pages: *pages,
-            })
-            .map(|_| ())
-            .map_err(|_| RtError::Gpu)
+        self.gpu.free_pages(o, first, n, pages)
     }
 
     fn view_gone(&self, view: Handle) {
-        if let Some(gpu) = self.gpu.get() {
-            if let Err(e) = gpu.call(ViewGone {
-                view: ViewId::raw(view.raw()),
-            }) {
-                log::warn!(
-                    "pager: telling the GPU server view {:#x} went away: {e}",
-                    view.raw()
-                );
-            }
-        }
+        self.gpu.view_gone(view);
     }
 
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
-        if let Some(gpu) = self.gpu.get() {
-            if let Err(e) = gpu.call(ViewCopied {
-                view: ViewId::raw(view.raw()),
-                new_view: ViewId::raw(new_view.raw()),
-                from,
-                to,
-            }) {
-                log::warn!(
-                    "pager: telling the GPU server view {:#x} is also at {to:#x}: {e}",
-                    view.raw()
-                );
-            }
-        }
+        self.gpu.view_copied(view, new_view, from, to);
     }
 
     fn mapping_at(&self, tid: u32, addr: u64) -> Option<FileMapping> {
@@ -336,38 +267,10 @@ impl Runtime for HostRuntime {
     }
 
     fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
-        if let Some(gpu) = self.gpu.get() {
-            let grown = ViewGrown {
-                view: ViewId::raw(view.raw()),
-                tail: ViewId::raw(tail.raw()),
-                first_page: first_page as u64,
-                pages: pages as u64,
-            };
-            if let Err(e) = gpu.call(grown) {
-                log::warn!(
-                    "pager: telling the GPU server view {:#x} grew: {e}",
-                    view.raw()
-                );
-            }
-        }
+        self.gpu.view_grown(view, tail, first_page, pages);
     }
 
     fn view_part(&self, p: &PartNote) {
-        if let Some(gpu) = self.gpu.get() {
-            if let Err(e) = gpu.call(ViewPart {
-                view: ViewId::raw(p.view.raw()),
-                new_view: ViewId::raw(p.new_view.raw()),
-                first_page: p.first_page as u64,
-                pages: p.pages as u64,
-                from: p.from,
-                to: p.to,
-            }) {
-                log::warn!(
-                    "pager: telling the GPU server part of view {:#x} lives on as {:#x}: {e}",
-                    p.view.raw(),
-                    p.new_view.raw()
-                );
-            }
-        }
+        self.gpu.view_part(p);
     }
 }

@@ -12,7 +12,9 @@ use ipc_protocol::interfaces::pager_migrate as m;
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask};
 use session::Handle;
 
-use crate::core::runtime::{FileId, FileMapping, PartNote, Pause, RtError, Runtime, Source};
+use crate::core::runtime::{
+    FileId, FileMapping, KernelCall, PartNote, Pause, RtError, Runtime, Source,
+};
 use crate::core::session::{ClientSession, GpuSession};
 use crate::core::view::{Space, PAGE};
 use crate::core::{Config, Core};
@@ -38,11 +40,13 @@ pub fn model_file(m: &ModelMemory) -> FileId {
     }
 }
 
-/// What a client passes: its memory back (never valid as a port), or a
-/// fault channel.
+/// What a client passes: its memory back (never valid as a port), a
+/// fault channel, or a handle of a kernel that delivers no faults (Redox
+/// today: the runtime names the missing call).
 pub enum ModelHandle {
     Memory(Arc<ModelMemory>),
     Port,
+    NoFaults,
 }
 
 /// An address space: registered ranges and write-protected pages.
@@ -166,6 +170,7 @@ impl Runtime for ModelRuntime {
         match h {
             ModelHandle::Port => Ok(ModelPort::default()),
             ModelHandle::Memory(_) => Err(RtError::BadHandle),
+            ModelHandle::NoFaults => Err(RtError::Unsupported(KernelCall::FaultUpcall)),
         }
     }
 

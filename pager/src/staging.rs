@@ -1,7 +1,8 @@
 //! A bounded pool of 2 MiB staging slots the GPU server copies VRAM into
-//! (one memfd, shared with the GPU server at boot, DESIGN.md 8): migration
-//! to RAM copies VRAM there, then `UFFDIO_COPY` installs it from our own
-//! mapping.
+//! (one shared memory object, shared with the GPU server at boot, DESIGN.md
+//! 8: a memfd on Linux, a `/scheme/shm` object on Redox): migration to RAM
+//! copies VRAM there, then the runtime installs it from our own mapping
+//! (`UFFDIO_COPY` on Linux).
 
 use std::os::fd::OwnedFd;
 use std::sync::{Condvar, Mutex};
@@ -25,23 +26,35 @@ unsafe impl Send for Staging {}
 unsafe impl Sync for Staging {}
 
 impl Staging {
+    /// The slots in a fresh memfd (Linux).
+    #[cfg(not(target_os = "redox"))]
     pub fn new(slots: usize) -> rustix::io::Result<Self> {
-        use rustix::mm::{mmap, MapFlags, ProtFlags};
         let memfd = rustix::fs::memfd_create("pager-staging", rustix::fs::MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&memfd, (slots * SLOT_BYTES) as u64)?;
-        // SAFETY: a fresh shared mapping of our own memfd, kept for our lifetime.
+        Self::over(memfd, slots)
+    }
+
+    /// The slots in `memory`, a shared memory object sized here and mapped
+    /// for our lifetime.
+    pub fn over(memory: OwnedFd, slots: usize) -> rustix::io::Result<Self> {
+        use rustix::mm::{mmap, MapFlags, ProtFlags};
+        let bytes = slots
+            .checked_mul(SLOT_BYTES)
+            .ok_or(rustix::io::Errno::INVAL)?;
+        rustix::fs::ftruncate(&memory, bytes as u64)?;
+        // SAFETY: a fresh shared mapping of our own object, kept for our
+        // lifetime.
         let base = unsafe {
             mmap(
                 std::ptr::null_mut(),
-                slots * SLOT_BYTES,
+                bytes,
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::SHARED,
-                &memfd,
+                &memory,
                 0,
             )?
         };
         Ok(Self {
-            memfd,
+            memfd: memory,
             base: base.cast(),
             free: Mutex::new((0..slots).collect()),
             available: Condvar::new(),
