@@ -903,8 +903,13 @@ impl<P: Platform> Inner<P> {
             .enumerate()
             .map(|(i, p)| (p, if allowed(i) { obj.frame(p) } else { None }))
             .collect();
+        // Pages the pager left in RAM. Not a page this fault moved whose
+        // frame is gone since (its object's end freed it, or the pager
+        // took it back): the pager's state for it is not a system page,
+        // so it is left unmapped and the device faults on it again.
         let not_migrated = c
             .got
+            .and_not(&migrated)
             .iter()
             .filter(|i| obj.frame(first + *i as u64).is_none())
             .collect::<Vec<_>>();
