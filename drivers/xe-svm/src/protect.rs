@@ -18,7 +18,9 @@
 //!
 //! All of it is under the VM lock (`State`), like the bindings it refines.
 //! The access belongs to addresses, as `mprotect`'s does: it outlasts the
-//! bindings over them. A binding made with `BIND_READ_ONLY` is read-only
+//! bindings over them, moves with a view an mremap moves (`views.rs`:
+//! twins carry it) and goes back to read-write where a view went and no
+//! binding that stays covers the range (the CPU unmapped it). A binding made with `BIND_READ_ONLY` is read-only
 //! itself ([`Binding::read_only`]), whatever the addresses allow; that
 //! goes with the binding (its twins after a move keep it).
 
@@ -58,6 +60,34 @@ impl Protections {
         self.0
             .set(start, end, prot)
             .map_err(|_| GpuError::OverBudget)
+    }
+}
+
+impl Protections {
+    /// `[start, end)` was unmapped on the CPU (its view went): a mapping
+    /// made there later starts read-write, as after `mprotect` and
+    /// `munmap`. Never fails (the map only shrinks or splits within cap:
+    /// where it cannot, whole ranges go back to read-write).
+    pub(crate) fn forget(&mut self, start: u64, end: u64) {
+        self.0.clear(start, end);
+    }
+
+    /// The access of `[start, end)` moves with its pages to `shift` bytes
+    /// away (an mremap moves the CPU's protection with the mapping).
+    /// Past the cap what does not fit stays read-write (logged).
+    pub(crate) fn carry(&mut self, start: u64, end: u64, shift: u64) {
+        let moved: Vec<(u64, u64, u32)> = self
+            .0
+            .iter()
+            .filter(|&(s, e, _)| s < end && start < e)
+            .map(|(s, e, v)| (s.max(start), e.min(end), v))
+            .collect();
+        for (s, e, v) in moved {
+            let (to, to_end) = (s.wrapping_add(shift), e.wrapping_add(shift));
+            if to < to_end && to_end <= USER_VA_END && self.set(to, to_end, v).is_err() {
+                log::warn!("xe-svm: the access of {s:#x}..{e:#x} cannot follow its move");
+            }
+        }
     }
 }
 

@@ -113,7 +113,7 @@ impl Binding {
         va >= self.gpu_addr && va < self.end()
     }
     /// The GPU address of object page `page`, if bound here.
-    fn va_of(&self, page: u64) -> Option<u64> {
+    pub(crate) fn va_of(&self, page: u64) -> Option<u64> {
         (page >= self.first_page && page < self.first_page + self.pages)
             .then(|| self.gpu_addr + (page - self.first_page) * PAGE)
     }

@@ -34,6 +34,7 @@ impl<P: Platform> Inner<P> {
         let mut ranges = Vec::new();
         let mut objects = Vec::new();
         for (asid, vm) in st.vms.iter_mut() {
+            let first = ranges.len();
             vm.bindings.retain(|b| {
                 if b.view != view {
                     return true;
@@ -43,6 +44,9 @@ impl<P: Platform> Inner<P> {
                 objects.push(b.object);
                 false
             });
+            for &(_, start, len) in &ranges[first..] {
+                forget_unbound(vm, start, start + len);
+            }
         }
         self.invalidate_ranges(&ranges)
             .map_err(|_| NotifyError::CopyFailed)?;
@@ -143,14 +147,20 @@ impl<P: Platform> Inner<P> {
         let mut st = self.lock();
         let (mut made, mut skipped) = (0u16, 0u16);
         for (asid, vm) in st.vms.iter_mut() {
-            let twins: Vec<Binding> = vm
+            // Each twin with the GPU address its pages had in `view`.
+            let twins: Vec<(Option<u64>, Binding)> = vm
                 .bindings
                 .iter()
                 .filter(|b| b.view == view)
-                .filter_map(&make)
+                .filter_map(|b| make(b).map(|t| (b.va_of(t.first_page), t)))
                 .collect();
-            for t in twins {
+            for (from, t) in twins {
                 if twin_fits(vm, &t, view, in_place) {
+                    if let Some(from) = from.filter(|f| *f != t.gpu_addr) {
+                        let len = t.pages * PAGE;
+                        let shift = t.gpu_addr.wrapping_sub(from);
+                        vm.protections.carry(from, from + len, shift);
+                    }
                     let id = self.new_binding_id();
                     vm.bindings.push(t.twin(id, new_view, t.gpu_addr));
                     made = made.saturating_add(1);
@@ -166,6 +176,28 @@ impl<P: Platform> Inner<P> {
             }
         }
         (made, skipped)
+    }
+}
+
+/// The CPU range of a view that went is unmapped: its access goes back to
+/// read-write where no binding that stays (a part left in place) covers it.
+fn forget_unbound<T>(vm: &mut Vm<T>, start: u64, end: u64) {
+    let mut kept: Vec<(u64, u64)> = vm
+        .bindings
+        .iter()
+        .filter(|b| b.gpu_addr < end && start < b.end())
+        .map(|b| (b.gpu_addr.max(start), b.end().min(end)))
+        .collect();
+    kept.sort_unstable();
+    let mut at = start;
+    for (s, e) in kept {
+        if at < s {
+            vm.protections.forget(at, s);
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        vm.protections.forget(at, end);
     }
 }
 
