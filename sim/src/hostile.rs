@@ -122,6 +122,12 @@ fn only_the_victim_is_left(w: &World) {
         w.machine.pages as u64 * PAGE,
         "bytes of objects other than the victim's"
     );
+    // The GPU server forgot the hostile objects too (each held a DMA slot).
+    assert_eq!(
+        w.gpu.object_count(),
+        1,
+        "the GPU server still knows a hostile object"
+    );
 }
 
 /// Errors a hostile call may get: typed, and never another client's data.

@@ -1085,6 +1085,9 @@ impl<P: Platform> Inner<P> {
             let left: Vec<(u64, u64)> = list.iter().map(|&(i, f)| (first + i as u64, f)).collect();
             obj.trim_blocks(&self.vram, &left);
         }
+        // An object no VM binds goes with its last page in VRAM (and gives
+        // its DMA slot back), whichever road the page left by.
+        self.drop_object_if_unused(&mut st, object);
         self.counters
             .pages_to_ram
             .fetch_add(copied.count() as u64, Ordering::Relaxed);

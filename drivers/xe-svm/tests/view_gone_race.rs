@@ -75,3 +75,50 @@ fn a_view_that_goes_mid_migration_leaves_its_pages_reachable() {
         "the object went after its pages"
     );
 }
+
+/// The same end by the other road: the pages of an object no view binds
+/// any more leave VRAM by `MigrateToRam` (the pager evicts pages no view
+/// reaches, with their data) instead of `FreePages`; once the last one is
+/// out the object goes with its DMA slot. (Before: only `FreePages` and
+/// the ends of bindings and migrations forgot it, so the slot leaked; the
+/// hostile harness saw `all_dma_slots` one too high.)
+#[test]
+fn an_unbound_object_goes_when_its_last_page_is_copied_back() {
+    let w = World::new(GpuBudget::default());
+    let vm = w.create_vm(A).unwrap().vm.get();
+    w.bind(A, vm, 10, BASE);
+    let job = w.touch(A, vm, BASE, PAGE).unwrap();
+    assert_eq!(w.wait(A, job, 10_000).unwrap().status, JobStatus::Completed);
+    // The fault moved the page's whole block (its size is the server's).
+    let resident = (w.stats(A).vram_used / PAGE) as usize;
+    assert!(resident > 0, "the page is in VRAM");
+    let staging = hw::shm::Region::create("staging", 2 << 20).unwrap();
+    let pager = Capability::new(2, Rights::NOTIFY);
+    let attach = n::Request::AttachStaging(n::AttachStaging {
+        size_bytes: 2 << 20,
+    });
+    Handler::<n::GpuNotify>::handle(&w.server, &pager, attach, vec![staging.dup_fd().unwrap()])
+        .unwrap();
+    let gone = n::Request::ViewGone(n::ViewGone {
+        view: ViewId::raw(10),
+    });
+    notify(&w, gone).unwrap();
+    assert_eq!(w.accounting(A).all_dma_slots, 1, "its page still holds it");
+    let back = n::MigrateToRam {
+        object: ObjectId::raw(10),
+        first_page: 0,
+        count: PageCount::new(512).unwrap(),
+        pages: PageMask::first(resident),
+        staging_offset: 0,
+    };
+    let copied = notify(&w, n::Request::MigrateToRam(back));
+    assert!(
+        matches!(&copied, Ok(n::Reply::MigrateToRam(m)) if m.copied.count() as usize == resident),
+        "{copied:?}"
+    );
+    assert_eq!(
+        w.accounting(A).all_dma_slots,
+        0,
+        "the object went with its last page"
+    );
+}
