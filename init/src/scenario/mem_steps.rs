@@ -345,11 +345,14 @@ pub fn change_view(ctx: &Ctx, step: &Step) -> StepResult {
         ),
         Step::Munmap { alloc, offset, len } => {
             let (a, off, len) = view_range(ctx, alloc, offset.get(), len.map(|l| l.get()))?;
-            // SAFETY: a range of our own mapping; its users are steps that
-            // check `holes` first.
-            unsafe { memory::unmap(a.addr + off, len) }.map_err(StepError::Host)?;
             {
+                // The syscall and its record at once: another thread's
+                // mremap may be handed this range the moment it is free,
+                // and its record must not be split away by ours.
                 let mut w = ctx.world();
+                // SAFETY: a range of our own mapping; its users are steps
+                // that check `holes` first.
+                unsafe { memory::unmap(a.addr + off, len) }.map_err(StepError::Host)?;
                 split_mappings(&mut w.mappings, a.addr + off, len);
                 w.alloc_mut(alloc)?.holes.push((off, len));
             }
@@ -456,8 +459,10 @@ fn mremap(ctx: &Ctx, name: &str, dontunmap: bool, grow: u64, old_as: Option<&str
         .checked_add(grow)
         .filter(|l| a.obj_off + l <= o.bytes && grow.is_multiple_of(PAGE))
         .ok_or_else(|| bad(format!("{name}: grow by whole pages, within its object")))?;
-    let new = memory::move_range(a.addr, old_len, new_len, dontunmap).map_err(StepError::Host)?;
+    // The syscall and its record at once (as munmap's): no other thread's
+    // record of the range this move frees or takes comes in between.
     let mut w = ctx.world();
+    let new = memory::move_range(a.addr, old_len, new_len, dontunmap).map_err(StepError::Host)?;
     let i = w
         .mappings
         .iter()
