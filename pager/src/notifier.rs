@@ -172,3 +172,95 @@ impl GpuNotifier {
         }
     }
 }
+
+/// The `Runtime` methods the Linux and the Redox runtime carry out alike:
+/// pauses by sleeping, staging slots from their `staging`, the GPU server
+/// through their `gpu` ([`GpuNotifier`]), the clock from their `born`.
+/// Expanded inside each `impl Runtime`; `$memory` is its `Memory` type.
+macro_rules! os_runtime_methods {
+    ($memory:ty) => {
+        fn pause(&self, why: $crate::core::runtime::Pause, attempt: u32) {
+            std::thread::sleep($crate::notifier::pause_for(why, attempt));
+        }
+
+        fn take_slot(&self) -> usize {
+            self.staging.take()
+        }
+
+        fn put_slot(&self, slot: usize) {
+            self.staging.put(slot);
+        }
+
+        fn gpu_attached(&self) -> bool {
+            self.gpu.attached()
+        }
+
+        fn invalidate(
+            &self,
+            _m: &$memory,
+            o: session::Handle,
+            first: usize,
+            n: usize,
+            seq: u64,
+        ) -> Result<(), $crate::core::runtime::RtError> {
+            self.gpu.invalidate(o, first, n, seq)
+        }
+
+        fn migrate_to_ram(
+            &self,
+            o: session::Handle,
+            first: usize,
+            n: usize,
+            pages: &ipc_protocol::types::PageMask,
+            slot: usize,
+        ) -> Result<ipc_protocol::types::PageMask, $crate::core::runtime::RtError> {
+            let offset = $crate::staging::Staging::offset(slot);
+            self.gpu.migrate_to_ram(o, first, n, pages, offset)
+        }
+
+        fn free_pages(
+            &self,
+            o: session::Handle,
+            first: usize,
+            n: usize,
+            pages: &ipc_protocol::types::PageMask,
+        ) -> Result<(), $crate::core::runtime::RtError> {
+            self.gpu.free_pages(o, first, n, pages)
+        }
+
+        fn view_gone(&self, view: session::Handle) {
+            self.gpu.view_gone(view);
+        }
+
+        fn view_copied(&self, view: session::Handle, new: session::Handle, from: u64, to: u64) {
+            self.gpu.view_copied(view, new, from, to);
+        }
+
+        fn view_part(&self, p: &$crate::core::runtime::PartNote) {
+            self.gpu.view_part(p);
+        }
+
+        fn view_grown(&self, view: session::Handle, tail: session::Handle, first: usize, n: usize) {
+            self.gpu.view_grown(view, tail, first, n);
+        }
+
+        fn now_us(&self) -> u64 {
+            u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX)
+        }
+    };
+}
+pub(crate) use os_runtime_methods;
+
+/// How long a runtime that sleeps waits before try `attempt` + 1.
+pub fn pause_for(why: crate::core::runtime::Pause, attempt: u32) -> std::time::Duration {
+    use crate::core::runtime::Pause;
+    use std::time::Duration;
+    match why {
+        Pause::FaultRetry => {
+            Duration::from_micros(100 << attempt.min(10)).min(Duration::from_millis(100))
+        }
+        Pause::ProtectRetry => Duration::from_micros(50 << attempt.min(6)),
+        Pause::BringBack => Duration::from_millis(1),
+        Pause::SyncViews => Duration::from_micros(20 << attempt.min(6)),
+    }
+}

@@ -4,17 +4,14 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
 
-use ipc_protocol::types::PageMask;
 use rustix::fs::{fallocate, FallocateFlags, MemfdFlags, SealFlags};
 use rustix::io::Errno;
-use session::Handle;
 
 use super::space::HostPort;
 use super::staging::{Staging, SLOT_BYTES};
 use super::uffd::{self, Uffd};
-use crate::core::runtime::{FileId, FileMapping, PartNote, Pause, RtError, Runtime, Source};
+use crate::core::runtime::{FileId, FileMapping, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
 use crate::notifier::GpuNotifier;
@@ -64,6 +61,8 @@ pub fn rt(e: Errno) -> RtError {
 }
 
 impl Runtime for HostRuntime {
+    crate::notifier::os_runtime_methods!(OwnedFd);
+
     type Handle = OwnedFd;
     type Memory = OwnedFd;
     type Port = HostPort;
@@ -181,71 +180,6 @@ impl Runtime for HostRuntime {
         1 + self.workers as u64
     }
 
-    fn pause(&self, why: Pause, attempt: u32) {
-        let d = match why {
-            Pause::FaultRetry => {
-                Duration::from_micros(100 << attempt.min(10)).min(Duration::from_millis(100))
-            }
-            Pause::ProtectRetry => Duration::from_micros(50 << attempt.min(6)),
-            Pause::BringBack => Duration::from_millis(1),
-            Pause::SyncViews => Duration::from_micros(20 << attempt.min(6)),
-        };
-        std::thread::sleep(d);
-    }
-
-    fn take_slot(&self) -> usize {
-        self.staging.take()
-    }
-
-    fn put_slot(&self, slot: usize) {
-        self.staging.put(slot);
-    }
-
-    fn gpu_attached(&self) -> bool {
-        self.gpu.attached()
-    }
-
-    fn invalidate(
-        &self,
-        _m: &OwnedFd,
-        o: Handle,
-        first: usize,
-        n: usize,
-        seq: u64,
-    ) -> Result<(), RtError> {
-        self.gpu.invalidate(o, first, n, seq)
-    }
-
-    fn migrate_to_ram(
-        &self,
-        o: Handle,
-        first: usize,
-        n: usize,
-        pages: &PageMask,
-        slot: usize,
-    ) -> Result<PageMask, RtError> {
-        self.gpu
-            .migrate_to_ram(o, first, n, pages, Staging::offset(slot))
-    }
-
-    fn free_pages(
-        &self,
-        o: Handle,
-        first: usize,
-        n: usize,
-        pages: &PageMask,
-    ) -> Result<(), RtError> {
-        self.gpu.free_pages(o, first, n, pages)
-    }
-
-    fn view_gone(&self, view: Handle) {
-        self.gpu.view_gone(view);
-    }
-
-    fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
-        self.gpu.view_copied(view, new_view, from, to);
-    }
-
     fn mapping_at(&self, tid: u32, addr: u64) -> Option<FileMapping> {
         let maps = std::fs::read_to_string(format!("/proc/{tid}/maps")).ok()?;
         maps.lines()
@@ -260,17 +194,5 @@ impl Runtime for HostRuntime {
                 && rustix::fs::major(dev) == file.major
                 && rustix::fs::minor(dev) == file.minor
         })
-    }
-
-    fn now_us(&self) -> u64 {
-        u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-
-    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
-        self.gpu.view_grown(view, tail, first_page, pages);
-    }
-
-    fn view_part(&self, p: &PartNote) {
-        self.gpu.view_part(p);
     }
 }

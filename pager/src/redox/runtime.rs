@@ -9,13 +9,9 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
-
-use ipc_protocol::types::PageMask;
-use session::Handle;
 
 use super::shm::ShmMemory;
-use crate::core::runtime::{KernelCall, PartNote, Pause, RtError, Runtime, Source};
+use crate::core::runtime::{KernelCall, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
 use crate::notifier::GpuNotifier;
@@ -65,6 +61,8 @@ fn io(e: std::io::Error) -> RtError {
 }
 
 impl Runtime for RedoxRuntime {
+    crate::notifier::os_runtime_methods!(ShmMemory);
+
     type Handle = OwnedFd;
     type Memory = ShmMemory;
     type Port = NoPort;
@@ -143,82 +141,5 @@ impl Runtime for RedoxRuntime {
 
     fn threads_per_space(&self) -> u64 {
         0
-    }
-
-    fn pause(&self, why: Pause, attempt: u32) {
-        let d = match why {
-            Pause::FaultRetry => {
-                Duration::from_micros(100 << attempt.min(10)).min(Duration::from_millis(100))
-            }
-            Pause::ProtectRetry => Duration::from_micros(50 << attempt.min(6)),
-            Pause::BringBack => Duration::from_millis(1),
-            Pause::SyncViews => Duration::from_micros(20 << attempt.min(6)),
-        };
-        std::thread::sleep(d);
-    }
-
-    fn take_slot(&self) -> usize {
-        self.staging.take()
-    }
-
-    fn put_slot(&self, slot: usize) {
-        self.staging.put(slot);
-    }
-
-    fn gpu_attached(&self) -> bool {
-        self.gpu.attached()
-    }
-
-    fn invalidate(
-        &self,
-        _m: &ShmMemory,
-        o: Handle,
-        first: usize,
-        n: usize,
-        seq: u64,
-    ) -> Result<(), RtError> {
-        self.gpu.invalidate(o, first, n, seq)
-    }
-
-    fn migrate_to_ram(
-        &self,
-        o: Handle,
-        first: usize,
-        n: usize,
-        pages: &PageMask,
-        slot: usize,
-    ) -> Result<PageMask, RtError> {
-        self.gpu
-            .migrate_to_ram(o, first, n, pages, Staging::offset(slot))
-    }
-
-    fn free_pages(
-        &self,
-        o: Handle,
-        first: usize,
-        n: usize,
-        pages: &PageMask,
-    ) -> Result<(), RtError> {
-        self.gpu.free_pages(o, first, n, pages)
-    }
-
-    fn view_gone(&self, view: Handle) {
-        self.gpu.view_gone(view);
-    }
-
-    fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
-        self.gpu.view_copied(view, new_view, from, to);
-    }
-
-    fn view_part(&self, p: &PartNote) {
-        self.gpu.view_part(p);
-    }
-
-    fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
-        self.gpu.view_grown(view, tail, first_page, pages);
-    }
-
-    fn now_us(&self) -> u64 {
-        u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 }
