@@ -416,12 +416,12 @@ fn map_region(len: u64) -> Result<Region, SvmError> {
 /// Maps `len` bytes of `memfd` shared, at a [`CHUNK`]-aligned address.
 fn map_aligned(memfd: &OwnedFd, len: u64) -> Result<u64, SvmError> {
     use std::os::fd::AsRawFd;
-    let len = usize::try_from(len).map_err(|_| SvmError::OverBudget)?;
+    let len = usize::try_from(len).map_err(|_| SvmError::NoMemory)?;
     let align = CHUNK as usize;
     let reserve = len.checked_add(align).ok_or(SvmError::NoMemory)?;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     let area =
-        sys::mmap(0, reserve, libc::PROT_NONE, flags, -1, 0).map_err(|_| SvmError::OverBudget)?;
+        sys::mmap(0, reserve, libc::PROT_NONE, flags, -1, 0).map_err(|_| SvmError::NoMemory)?;
     let at = area.next_multiple_of(align);
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let fixed = libc::MAP_SHARED | libc::MAP_FIXED;
