@@ -20,9 +20,10 @@
 //! The access belongs to addresses, as `mprotect`'s does: it outlasts the
 //! bindings over them, moves with a view an mremap moves (`views.rs`:
 //! twins carry it) and goes back to read-write where a view went and no
-//! binding that stays covers the range (the CPU unmapped it). A binding made with `BIND_READ_ONLY` is read-only
-//! itself ([`Binding::read_only`]), whatever the addresses allow; that
-//! goes with the binding (its twins after a move keep it).
+//! binding that stays covers the range (the CPU unmapped it). A binding
+//! made with `BIND_READ_ONLY` is read-only itself (`Binding::read_only`),
+//! whatever the addresses allow; that goes with the binding (its twins
+//! after a move keep it).
 
 use ipc_protocol::interfaces::gpu::{GpuError, MAX_PROTECTED_RANGES, PROT_READ, PROT_WRITE};
 use session::RangeMap;
@@ -61,9 +62,7 @@ impl Protections {
             .set(start, end, prot)
             .map_err(|_| GpuError::OverBudget)
     }
-}
 
-impl Protections {
     /// `[start, end)` was unmapped on the CPU (its view went): a mapping
     /// made there later starts read-write, as after `mprotect` and
     /// `munmap`. Never fails (the map only shrinks or splits within cap:
