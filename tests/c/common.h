@@ -66,6 +66,15 @@ static inline int gpu_store(uint32_t vm, uint32_t *dst, size_t n, uint32_t value
     return rc;
 }
 
+/* A built-in kernel over [p, p + len) (stride 4, value 1, 16 threads);
+ * returns how its job ended. */
+static inline int run_kernel(uint32_t vm, int kernel, void *p, uint64_t len)
+{
+    uint64_t job = 0;
+    OK(svm_submit_kernel(vm, kernel, p, len, 4, 1, 16, &job));
+    return svm_wait(job, 60000, NULL);
+}
+
 /* The GPU writes value to every u32 of [p, p + len) (a built-in kernel). */
 static inline void gpu_fill(uint32_t vm, void *p, uint64_t len, uint32_t value)
 {

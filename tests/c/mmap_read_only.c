@@ -9,13 +9,6 @@
 
 #define LEN ((size_t)64 << 10)
 
-static int run(uint32_t vm, int kernel, void *p)
-{
-    uint64_t job = 0;
-    OK(svm_submit_kernel(vm, kernel, p, LEN, 4, 1, 16, &job));
-    return svm_wait(job, 60000, NULL);
-}
-
 int main(void)
 {
     CHECK(svm_connected() == 1, "not connected: run under svm exec");
@@ -27,20 +20,20 @@ int main(void)
 
     /* The mirror is made after the mprotect: it starts read-only there. */
     uint32_t vm = mirror_vm();
-    OK(run(vm, SVM_KERNEL_TOUCH_PAGES, p));
-    int rc = run(vm, SVM_KERNEL_INCREMENT_ALL, p);
+    OK(run_kernel(vm, SVM_KERNEL_TOUCH_PAGES, p, LEN));
+    int rc = run_kernel(vm, SVM_KERNEL_INCREMENT_ALL, p, LEN);
     CHECK(rc == SVM_E_JOB_FAULTED, "a GPU write in a later mirror: %d (%s)", rc,
           svm_strerror(rc));
     check_words(p, LEN / 4, 0, 1);
     CHECK(mprotect(p, LEN, PROT_READ | PROT_WRITE) == 0, "mprotect(rw)");
-    OK(run(vm, SVM_KERNEL_INCREMENT_ALL, p));
+    OK(run_kernel(vm, SVM_KERNEL_INCREMENT_ALL, p, LEN));
     check_words(p, LEN / 4, 1, 1);
     free(p);
 
     uint32_t *q = mmap(NULL, LEN, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHECK(q != MAP_FAILED && svm_owns(q) == 1, "mmap(PROT_READ) is pager memory");
-    OK(run(vm, SVM_KERNEL_TOUCH_PAGES, q));
-    rc = run(vm, SVM_KERNEL_INCREMENT_ALL, q);
+    OK(run_kernel(vm, SVM_KERNEL_TOUCH_PAGES, q, LEN));
+    rc = run_kernel(vm, SVM_KERNEL_INCREMENT_ALL, q, LEN);
     CHECK(rc == SVM_E_JOB_FAULTED, "a GPU write to an mmap(PROT_READ): %d (%s)", rc,
           svm_strerror(rc));
     check_words(q, LEN / 4, 0, 0);
@@ -48,7 +41,7 @@ int main(void)
 
     uint32_t *r = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     CHECK(r != MAP_FAILED && svm_owns(r) == 1, "mmap(rw) is pager memory");
-    OK(run(vm, SVM_KERNEL_INCREMENT_ALL, r));
+    OK(run_kernel(vm, SVM_KERNEL_INCREMENT_ALL, r, LEN));
     check_words(r, LEN / 4, 1, 0);
     CHECK(munmap(r, LEN) == 0, "munmap");
     OK(svm_vm_destroy(vm));

@@ -9,13 +9,6 @@
 
 #define LEN ((size_t)64 << 10)
 
-static int run(uint32_t vm, int kernel, uint32_t *p)
-{
-    uint64_t job = 0;
-    OK(svm_submit_kernel(vm, kernel, p, LEN, 4, 1, 16, &job));
-    return svm_wait(job, 60000, NULL);
-}
-
 int main(void)
 {
     uint32_t vm = mirror_vm();
@@ -23,12 +16,12 @@ int main(void)
     CHECK(p != NULL && svm_owns(p) == 1, "aligned_alloc(64 KiB)");
     for (size_t i = 0; i < LEN / 4; i++)
         p[i] = (uint32_t)i;
-    OK(run(vm, SVM_KERNEL_INCREMENT_ALL, p));
+    OK(run_kernel(vm, SVM_KERNEL_INCREMENT_ALL, p, LEN));
     check_words(p, LEN / 4, 1, 1);
 
     CHECK(mprotect(p, LEN, PROT_READ) == 0, "mprotect(PROT_READ)");
-    OK(run(vm, SVM_KERNEL_TOUCH_PAGES, p));
-    int rc = run(vm, SVM_KERNEL_INCREMENT_ALL, p);
+    OK(run_kernel(vm, SVM_KERNEL_TOUCH_PAGES, p, LEN));
+    int rc = run_kernel(vm, SVM_KERNEL_INCREMENT_ALL, p, LEN);
     CHECK(rc == SVM_E_JOB_FAULTED, "a GPU write to read-only memory: %d (%s)", rc,
           svm_strerror(rc));
     check_words(p, LEN / 4, 1, 1);
@@ -38,12 +31,12 @@ int main(void)
     CHECK(count >= 1 && log[count - 1].access == 1, "the refused write is logged (%zu)", count);
 
     CHECK(mprotect(p, LEN, PROT_NONE) == 0, "mprotect(PROT_NONE)");
-    rc = run(vm, SVM_KERNEL_TOUCH_PAGES, p);
+    rc = run_kernel(vm, SVM_KERNEL_TOUCH_PAGES, p, LEN);
     CHECK(rc == SVM_E_JOB_FAULTED, "a GPU read of PROT_NONE memory: %d (%s)", rc,
           svm_strerror(rc));
 
     CHECK(mprotect(p, LEN, PROT_READ | PROT_WRITE) == 0, "mprotect(PROT_READ | PROT_WRITE)");
-    OK(run(vm, SVM_KERNEL_INCREMENT_ALL, p));
+    OK(run_kernel(vm, SVM_KERNEL_INCREMENT_ALL, p, LEN));
     check_words(p, LEN / 4, 2, 1);
     free(p);
     OK(svm_vm_destroy(vm));
