@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ipc_protocol::transport::{Transport, TransportError};
 
-use crate::model::control::{self, ControlOp, ControlRecord, STATUS_OK};
+use crate::control::{self, ControlOp, ControlRecord, STATUS_OK};
 use crate::shm::{wait_change, Region, RingError, RingView};
 use crate::xe::commands::{Command, CommandError};
 use crate::xe::layout::{self, Ring};

@@ -9,7 +9,8 @@
 //!   real device shares (VRAM, page-table memory, rings, registers) and
 //!   runs as its own process (`xe-model`) or as a thread in tests.
 //! - [`bar`]: the driver's view of that device: mapped registers and VRAM,
-//!   ring producers and consumers, DMA mapping of system memory.
+//!   ring producers and consumers, DMA mapping of system memory;
+//!   [`control`]: the records of its control channel.
 
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -18,6 +19,12 @@ pub mod xe;
 #[cfg(feature = "std")]
 pub mod bar;
 #[cfg(feature = "std")]
+pub mod control;
+#[cfg(feature = "std")]
+mod futex;
+/// The device model runs on Linux (memfd seals, `SOCK_SEQPACKET` control
+/// channel); the driver's side (`bar`, `shm`, `control`) builds for Redox too.
+#[cfg(all(feature = "std", target_os = "linux"))]
 pub mod model;
 #[cfg(feature = "std")]
 pub mod shm;

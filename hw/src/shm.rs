@@ -1,14 +1,12 @@
-//! Shared memory between the driver and the device: memfd-backed regions,
-//! futex doorbells that work across processes, and the rings of
-//! [`crate::xe::layout`].
+//! Shared memory between the driver and the device: regions (memfds on
+//! Linux, `/scheme/shm` objects on Redox), doorbells that work across
+//! processes (`futex.rs`), and the rings of [`crate::xe::layout`].
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
-use rustix::thread::futex;
 
 use crate::xe::commands::{Packet, PACKET_DWORDS};
 use crate::xe::layout::{Ring, ENTRY_BYTES, RING_ENTRIES};
@@ -29,9 +27,31 @@ unsafe impl Sync for Region {}
 impl Region {
     /// A new zeroed memfd of `len` bytes, mapped. Sealing is allowed, so
     /// the device model can seal it against shrinking when it is DMA-mapped.
+    #[cfg(target_os = "linux")]
     pub fn create(name: &str, len: usize) -> rustix::io::Result<Self> {
+        use rustix::fs::{memfd_create, MemfdFlags};
         let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        ftruncate(&fd, len as u64)?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        Self::map(fd, len)
+    }
+
+    /// A new zeroed `/scheme/shm` object of `len` bytes, mapped. Redox has
+    /// no seals; the shm scheme refuses to resize an object while it is
+    /// mapped, which is what a seal against shrinking protects here.
+    #[cfg(target_os = "redox")]
+    pub fn create(name: &str, len: usize) -> rustix::io::Result<Self> {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = format!("/scheme/shm/{name}.{}.{n}", std::process::id());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))?;
+        let fd = OwnedFd::from(file);
+        rustix::fs::ftruncate(&fd, len as u64)?;
         Self::map(fd, len)
     }
 
@@ -53,6 +73,28 @@ impl Region {
             len,
             fd,
         })
+    }
+
+    /// Zeroes `[off, off + len)`: on Linux by punching the range out of
+    /// the memfd (its memory goes back to the system), on Redox by writing
+    /// zeros. `Err` for a range past the end or a failed punch.
+    pub fn zero_range(&self, off: u64, len: u64) -> rustix::io::Result<()> {
+        let end = off.checked_add(len).ok_or(rustix::io::Errno::INVAL)?;
+        if end > self.len as u64 {
+            return Err(rustix::io::Errno::INVAL);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{fallocate, FallocateFlags};
+            let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            fallocate(&self.fd, punch, off, len)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            // SAFETY: in bounds (checked above) of our own mapping.
+            unsafe { std::ptr::write_bytes(self.base.add(off as usize), 0, len as usize) };
+            Ok(())
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -103,7 +145,8 @@ impl Region {
     /// Copies `src` into the region at `off`.
     pub fn write(&self, off: u64, src: &[u8]) -> bool {
         match self.ptr(off, src.len() as u64) {
-            // SAFETY: `ptr` checked the range; `src` is ours and cannot overlap the mapping's interior borrow.
+            // SAFETY: `ptr` checked the range; `src` is ours and cannot
+            // overlap the mapping's interior borrow.
             Some(p) => unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) },
             None => return false,
         }
@@ -135,27 +178,16 @@ pub fn wait_change(word: &AtomicU32, seen: u32, deadline: Option<Instant>) -> bo
         if word.load(Ordering::Acquire) != seen {
             return true;
         }
-        let timeout = match deadline {
-            None => None,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                Some(rustix::time::Timespec {
-                    tv_sec: left.as_secs() as i64,
-                    tv_nsec: left.subsec_nanos() as _,
-                })
-            }
-        };
-        // EAGAIN (value changed), EINTR and ETIMEDOUT all re-check above.
-        let _ = futex::wait(word, futex::Flags::empty(), seen, timeout.as_ref());
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return false;
+        }
+        crate::futex::wait(word, seen, deadline);
     }
 }
 
 /// Wakes every waiter on `word`.
 pub fn wake_all(word: &AtomicU32) {
-    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+    crate::futex::wake_all(word);
 }
 
 /// One ring inside a region. Exactly one consumer; producers serialise

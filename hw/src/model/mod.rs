@@ -37,7 +37,8 @@
 //! access through the old translation can still land. Batch accesses hold
 //! the gate only while each lands, never across a fault or a poll.
 
-pub mod control;
+/// The control channel's records (kept at `hw::model::control` too).
+pub use crate::control;
 mod copy;
 mod cs;
 mod engines;

@@ -111,6 +111,28 @@ pub fn on_call(
     finish_call(endpoints, id, started.token, payload, reply).0
 }
 
+/// How a client reads the calls it makes on one handle: what metadata
+/// word 0 says the payload is, which tag its descriptors carry, and how
+/// many descriptors a reply announces. Our frames are one framing; the
+/// device's control records (`hw::control`) are another, carried by the
+/// same client transport (`redox_client.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Framing {
+    /// Metadata word 0 of every call.
+    pub kind: u64,
+    /// The `sendfd`/`recvfd` tag of a request (0: untagged).
+    pub token: fn(&[u8]) -> u64,
+    /// How many descriptors a reply announces (at most [`MAX_HANDLES`]).
+    pub reply_handles: fn(&[u8]) -> usize,
+}
+
+/// Our frames: tagged with the request id, replies count their handles.
+pub const FRAMES: Framing = Framing {
+    kind: CALL_FRAME_V1,
+    token: Header::peek_request_id,
+    reply_handles,
+};
+
 /// How many descriptors the client collects with `recvfd` after a reply:
 /// the reply header's count, at most [`MAX_HANDLES`] (a reply that says
 /// more is malformed, and `Frame::parse` says so once fewer arrived).
@@ -125,6 +147,15 @@ mod tests {
     use super::*;
     use crate::frame::encode_raw;
     use crate::Kind;
+
+    #[test]
+    fn frames_are_tagged_with_their_request_id() {
+        let request = encode_raw(3, 1, Kind::Request, 0, 0x1234, &[]);
+        assert_eq!((FRAMES.token)(&request), 0x1234);
+        assert_eq!(FRAMES.kind, CALL_FRAME_V1);
+        let reply = encode_raw(3, 1, Kind::Reply, 1, 0x1234, &[]);
+        assert_eq!((FRAMES.reply_handles)(&reply), 1);
+    }
 
     #[test]
     fn the_reply_header_says_how_many_descriptors_to_collect() {

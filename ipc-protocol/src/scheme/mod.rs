@@ -31,6 +31,6 @@ pub mod redox_client;
 #[cfg(target_os = "redox")]
 pub mod redox_launch;
 
-pub use call::{on_call, CALL_FRAME_V1};
+pub use call::{on_call, Framing, CALL_FRAME_V1, FRAMES};
 pub use endpoints::{Endpoint, Endpoints, Opener, Session};
 pub use record::{Caller, Cqe, Errno, Request, Sqe};

@@ -11,7 +11,9 @@
 //! queue is full (`TimedOut`), and the `Client`'s own deadline applies to
 //! every call. One thread per handle also serialises the calls that carry
 //! descriptors, which a kernel that drops the `sendfd`/`recvfd` tag needs
-//! (`endpoints.rs`, token 0).
+//! (`endpoints.rs`, token 0). The payload is our frames by default; a
+//! [`Framing`] makes it another record format (the device's control
+//! records, `hw::control`).
 //!
 //! **Locking rule:** `Inbox` is a leaf lock, never held across a syscall.
 
@@ -24,8 +26,7 @@ use std::time::{Duration, Instant};
 use syscall::error::{Error, EBADF, ECONNRESET, EMSGSIZE, ENODEV, EPIPE};
 use syscall::flag::CallFlags;
 
-use super::call::{reply_handles, CALL_FRAME_V1};
-use crate::frame::Header;
+use super::call::{Framing, FRAMES};
 use crate::transport::{Received, Transport, TransportError};
 use crate::{MAX_FRAME, MAX_HANDLES};
 
@@ -68,20 +69,25 @@ impl SchemeTransport {
 
     /// Wraps a handle this process was given (inherited, or `recvfd`).
     pub fn from_fd(fd: OwnedFd) -> std::io::Result<Self> {
+        Self::framed(fd, FRAMES)
+    }
+
+    /// Wraps a handle whose calls carry `framing`'s records.
+    pub fn framed(fd: OwnedFd, framing: Framing) -> std::io::Result<Self> {
         let (jobs, rx) = sync_channel(QUEUE);
         let inbox: Mailbox = Arc::default();
         let mailbox = inbox.clone();
         std::thread::Builder::new()
             .name(format!("scheme-call-{}", fd.as_raw_fd()))
-            .spawn(move || caller(fd, rx, mailbox))?;
+            .spawn(move || caller(fd, framing, rx, mailbox))?;
         Ok(Self { jobs, inbox })
     }
 }
 
 /// The thread that makes the calls of one handle.
-fn caller(fd: OwnedFd, jobs: Receiver<Job>, inbox: Mailbox) {
+fn caller(fd: OwnedFd, framing: Framing, jobs: Receiver<Job>, inbox: Mailbox) {
     for (frame, handles) in jobs {
-        let result = call_once(&fd, &frame, handles);
+        let result = call_once(&fd, framing, &frame, handles);
         let (lock, arrived) = &*inbox;
         let mut inbox = lock.lock().unwrap_or_else(|p| p.into_inner());
         match result {
@@ -100,11 +106,12 @@ fn caller(fd: OwnedFd, jobs: Receiver<Job>, inbox: Mailbox) {
 /// reply's. `None`: a notification (no reply).
 fn call_once(
     fd: &OwnedFd,
+    framing: Framing,
     frame: &[u8],
     handles: Vec<OwnedFd>,
 ) -> Result<Option<Received>, TransportError> {
     let raw = fd.as_raw_fd() as usize;
-    let token = Header::peek_request_id(frame);
+    let token = (framing.token)(frame);
     if !handles.is_empty() {
         let fds: Vec<usize> = handles.iter().map(|h| h.as_raw_fd() as usize).collect();
         let bytes: Vec<u8> = fds.iter().flat_map(|f| f.to_ne_bytes()).collect();
@@ -116,13 +123,13 @@ fn call_once(
     }
     let mut buf = vec![0u8; MAX_FRAME];
     buf[..frame.len()].copy_from_slice(frame);
-    let meta = [CALL_FRAME_V1, frame.len() as u64];
+    let meta = [framing.kind, frame.len() as u64];
     let n = syscall::call_rw(raw, &mut buf, CallFlags::empty(), &meta).map_err(transport_error)?;
     if n == 0 {
         return Ok(None);
     }
     buf.truncate(n.min(MAX_FRAME));
-    let count = reply_handles(&buf);
+    let count = (framing.reply_handles)(&buf).min(MAX_HANDLES);
     let mut received = Vec::new();
     if count > 0 {
         let mut slots = [0usize; MAX_HANDLES];

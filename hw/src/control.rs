@@ -3,9 +3,15 @@
 //! DMA-mapping system memfds the driver exposes (like an IOMMU mapping).
 //! Records are 24 bytes, little-endian: op u32, slot u32, size u64, status
 //! u64; descriptors ride along as `SCM_RIGHTS`.
+//!
+//! On Redox the channel is a scheme handle of the device's (a `call` per
+//! record, [`FRAMING`]), where nothing arrives unasked: the driver asks for
+//! the `Hello` with [`hello_request`] and the device answers it as the
+//! call's reply. On Linux the device sends it unasked at start.
 
 use std::os::fd::OwnedFd;
 
+use ipc_protocol::scheme::Framing;
 use ipc_protocol::transport::{Received, Transport, TransportError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +75,43 @@ impl ControlRecord {
     }
 }
 
+/// Metadata word 0 of a scheme call carrying one control record.
+pub const CALL_CONTROL_V1: u64 = (u32::from_be_bytes(*b"XCTL") as u64) << 32 | 1;
+
+/// Control records as the payload of scheme calls: untagged (the driver
+/// makes one control call at a time, `Bar`'s control lock), descriptors
+/// by [`record_handles`].
+pub const FRAMING: Framing = Framing {
+    kind: CALL_CONTROL_V1,
+    token: untagged,
+    reply_handles: record_handles,
+};
+
+fn untagged(_record: &[u8]) -> u64 {
+    0
+}
+
+/// How many descriptors come with a record: `Hello` two (registers,
+/// VRAM), `DmaMap` one (the memfd), anything else none.
+pub fn record_handles(b: &[u8]) -> usize {
+    match ControlRecord::decode(b).map(|r| r.op) {
+        Some(ControlOp::Hello) => 2,
+        Some(ControlOp::DmaMap) => 1,
+        _ => 0,
+    }
+}
+
+/// The driver's request for the device's `Hello` on a channel where the
+/// device cannot speak first (Redox).
+pub fn hello_request() -> ControlRecord {
+    ControlRecord {
+        op: ControlOp::Hello,
+        slot: 0,
+        size: 0,
+        status: 0,
+    }
+}
+
 pub fn send(
     t: &dyn Transport,
     rec: ControlRecord,
@@ -83,4 +126,40 @@ pub fn recv(
 ) -> Result<(Option<ControlRecord>, Vec<OwnedFd>), TransportError> {
     let Received { bytes, handles, .. } = t.recv(timeout)?;
     Ok((ControlRecord::decode(&bytes), handles))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_says_how_many_descriptors_ride_with_it() {
+        let hello = ControlRecord {
+            size: 64 << 20,
+            ..hello_request()
+        };
+        assert_eq!(record_handles(&hello.encode()), 2);
+        let map = ControlRecord {
+            op: ControlOp::DmaMap,
+            slot: 3,
+            size: 4096,
+            status: 0,
+        };
+        assert_eq!(record_handles(&map.encode()), 1);
+        let done = ControlRecord {
+            op: ControlOp::Done,
+            ..map
+        };
+        assert_eq!(record_handles(&done.encode()), 0);
+        assert_eq!(record_handles(&[0xff; RECORD_BYTES]), 0, "undecodable");
+        assert_eq!(record_handles(&[]), 0);
+    }
+
+    #[test]
+    fn control_calls_are_untagged_and_not_frames() {
+        let rec = hello_request().encode();
+        assert_eq!((FRAMING.token)(&rec), 0);
+        assert_ne!(FRAMING.kind, ipc_protocol::scheme::CALL_FRAME_V1);
+        assert_eq!(ControlRecord::decode(&rec), Some(hello_request()));
+    }
 }
