@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Type-checks the Redox runtimes for x86_64-unknown-redox: the scheme
-# adapters (ipc-protocol), mm-server and the pager. Linking is not possible
+# adapters (ipc-protocol), mm-server, the pager and the GPU server (with the
+# driver's side of the device in hw). Linking is not possible
 # off Redox (no relibc here), so `cargo check` is the bar: it proves the
 # code compiles against the real redox-scheme / redox_syscall / libredox
 # APIs and the Redox std.
@@ -18,9 +19,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=x86_64-unknown-redox
-# Every crate with a Redox runtime (the GPU server's is not written yet:
-# docs/redox.md section 2).
-crates=(ipc-protocol mm-server pager)
+# Every crate with a Redox runtime.
+crates=(ipc-protocol mm-server pager xe-svm)
 
 if ! rustc --print sysroot >/dev/null 2>&1; then
     echo "check-redox: no rustc; skipping" >&2

@@ -32,7 +32,7 @@ fn interface(label: &str) -> Option<(&'static str, u16)> {
 
 /// The badge each server gives a shared (not per-client) endpoint: the
 /// same numbers its host main mints (`mm-server/src/host.rs`,
-/// `pager/src/bin/pager.rs`, `drivers/xe-svm/src/bin/xe-svm.rs`) and its
+/// `pager/src/bin/pager.rs`, `drivers/xe-svm/src/schemes.rs`) and its
 /// Redox main declares.
 const SHARED_BADGES: &[(&str, &str, u64)] = &[
     ("mm-server", "Pressure", 1),

@@ -121,3 +121,47 @@ fn the_init_script_starts_the_servers_in_the_manifests_order() {
         "pcid-spawner starts the GPU server"
     );
 }
+
+/// The launcher's plan opens exactly the endpoints the GPU server's Redox
+/// main declares, on the scheme it declares them on, and hands it exactly
+/// the endpoints it waits for (`xe_svm::schemes`).
+#[test]
+fn the_gpu_servers_schemes_are_the_launchers_plan() {
+    use ipc_protocol::scheme::launch::Use;
+    use xe_svm::schemes::{self, EndpointRights, CALLED};
+
+    let clients = 3;
+    let plan = init::redox_plan::plan(clients).unwrap();
+    let rights = EndpointRights {
+        client: schemes::CLIENT_RIGHTS,
+        notify: ipc_protocol::Rights::NOTIFY,
+        shrink: ipc_protocol::Rights::SHRINK,
+    };
+    let badges: Vec<u64> = (0..clients).map(init::manifest::client_badge).collect();
+    for (scheme, declared) in [
+        (schemes::SCHEME, schemes::main_endpoints(&badges, rights)),
+        (schemes::NOTIFY_SCHEME, schemes::notify_endpoints(rights)),
+    ] {
+        let opened: BTreeSet<String> = plan
+            .steps
+            .iter()
+            .filter(|s| s.open.scheme == scheme)
+            .map(|s| s.open.path.clone())
+            .collect();
+        let served: BTreeSet<String> = declared
+            .iter()
+            .map(|e| e.path.clone())
+            .filter(|p| p != "control")
+            .collect();
+        assert_eq!(opened, served, "/scheme/{scheme}");
+    }
+    let handed: BTreeSet<u16> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.then {
+            Use::Handoff { to, role } if to == schemes::SCHEME => Some(*role),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handed, CALLED.into_iter().collect::<BTreeSet<u16>>());
+}

@@ -207,8 +207,7 @@ impl Platform for HostPlatform {
         let Some(off) = addr.checked_sub(self.pool_dma) else {
             return;
         };
-        let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
-        if let Err(e) = rustix::fs::fallocate(self.pool.fd(), punch, off, len) {
+        if let Err(e) = self.pool.zero_range(off, len) {
             log::warn!("xe-svm: clearing a BO home: {e}");
         }
     }

@@ -20,7 +20,11 @@
 //! - [`faults`]: GPU faults served by one worker per VM;
 //! - [`host`]: the host runtime: the device model and IPC as the platform,
 //!   and the IPC handlers;
-//! - [`pci_ids`]: the Xe2 GPUs it drives (Redox's `pcid.d` entry).
+//! - [`schemes`]: its endpoints as Redox scheme paths;
+//! - [`pci_ids`]: the Xe2 GPUs it drives (Redox's `pcid.d` entry);
+//! - `linux`, `redox`: the process's main on each target, over the same
+//!   core and the same [`host`] platform (endpoints inherited sockets on
+//!   Linux, schemes on Redox: `docs/redox.md`).
 
 pub mod accounting;
 pub mod arena;
@@ -35,12 +39,17 @@ pub mod faults;
 pub mod host;
 pub mod job_table;
 pub mod jobs;
+#[cfg(target_os = "linux")]
+pub mod linux;
 pub mod pci_ids;
 pub mod platform;
 pub mod ppgtt;
 pub mod prefetch;
 pub mod probe;
 pub mod protect;
+#[cfg(target_os = "redox")]
+pub mod redox;
+pub mod schemes;
 pub mod server;
 pub mod session;
 pub mod size_stats;

@@ -1,4 +1,4 @@
-//! The GPU server process. Endpoints are inherited from `init`:
+//! The GPU server's Linux main. Endpoints are inherited from `init`:
 //! `--device-fd` (the device's control channel), and when serving,
 //! `--client-fd` (`Gpu`, one per client, each followed by its
 //! `--client-badge`), `--migrate-fd` (our `PagerMigrate`
@@ -10,15 +10,16 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use crate::arena::Config;
+use crate::budget::GpuBudget;
+use crate::device::Device;
+use crate::host::GpuServer;
+use crate::schemes::{CLIENT_RIGHTS, NOTIFY_BADGE, SHRINK_BADGE};
 use clap::Parser;
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify, gpu_shrink::GpuShrink};
 use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
-use xe_svm::arena::Config;
-use xe_svm::budget::GpuBudget;
-use xe_svm::device::Device;
-use xe_svm::host::GpuServer;
 
 #[derive(Parser)]
 #[command(about = "xe-svm GPU server")]
@@ -39,10 +40,12 @@ struct Args {
     migrate_fd: Option<i32>,
     #[arg(long)]
     notify_fd: Option<i32>,
-    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
-    #[arg(long, default_value_t = (Rights::GPU_VM.union(Rights::GPU_SUBMIT).union(Rights::GPU_BO).union(Rights::GPU_STATS)).bits())]
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`;
+    /// from init's manifest).
+    #[arg(long, default_value_t = CLIENT_RIGHTS.bits())]
     client_rights: u32,
-    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`;
+    /// from init's manifest).
     #[arg(long, default_value_t = Rights::NOTIFY.bits())]
     notify_rights: u32,
 
@@ -52,7 +55,8 @@ struct Args {
     /// `GpuShrink`, served to mm-server.
     #[arg(long)]
     shrink_fd: Option<i32>,
-    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`; from init's manifest).
+    /// Rights granted to that endpoint's badge (bits of `ipc_protocol::Rights`;
+    /// from init's manifest).
     #[arg(long, default_value_t = Rights::SHRINK.bits())]
     shrink_rights: u32,
     /// One more endpoint for the conformance suite, `INTERFACE:FD:BADGE:RIGHTS`
@@ -79,10 +83,10 @@ fn endpoint(fd: i32) -> Arc<dyn Transport> {
     Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
 }
 
-fn main() {
+pub fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
-    let (bar, report) = match xe_svm::probe::probe(endpoint(a.device_fd)) {
+    let (bar, report) = match crate::probe::probe(endpoint(a.device_fd)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("xe-svm: probe failed: {e}");
@@ -90,7 +94,8 @@ fn main() {
         }
     };
     println!(
-        "xe-svm: device ready: {} MiB VRAM, {} hardware threads, copy self-test {:.2} GB/s, TLB invalidation {:.1} us",
+        "xe-svm: device ready: {} MiB VRAM, {} hardware threads, \
+         copy self-test {:.2} GB/s, TLB invalidation {:.1} us",
         report.vram_bytes >> 20,
         report.hw_threads,
         report.copy_bytes_per_sec / 1e9,
@@ -152,7 +157,7 @@ fn main() {
         ipc_protocol::server::spawn::<GpuNotify, _>(
             "xe-svm-notify",
             endpoint(notify),
-            Capability::new(2, notify_rights),
+            Capability::new(NOTIFY_BADGE, notify_rights),
             server.clone(),
             4,
         );
@@ -161,7 +166,7 @@ fn main() {
             ipc_protocol::server::spawn::<GpuShrink, _>(
                 "xe-svm-shrink",
                 endpoint(fd),
-                Capability::new(3, rights),
+                Capability::new(SHRINK_BADGE, rights),
                 server.clone(),
                 2,
             );
