@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Type-checks the Redox runtimes for x86_64-unknown-redox: the scheme
 # adapters (ipc-protocol), mm-server, the pager and the GPU server (with the
-# driver's side of the device in hw). Linking is not possible
+# device model and the driver's side of the device in hw). Linking is not possible
 # off Redox (no relibc here), so `cargo check` is the bar: it proves the
 # code compiles against the real redox-scheme / redox_syscall / libredox
 # APIs and the Redox std.
@@ -20,7 +20,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=x86_64-unknown-redox
 # Every crate with a Redox runtime.
-crates=(ipc-protocol mm-server pager xe-svm)
+crates=(ipc-protocol mm-server pager xe-svm hw)
 
 if ! rustc --print sysroot >/dev/null 2>&1; then
     echo "check-redox: no rustc; skipping" >&2

@@ -75,6 +75,18 @@ impl ControlRecord {
     }
 }
 
+/// The device's scheme on Redox (`hw::model::scheme`) and its one
+/// endpoint, `/scheme/xe-model/device`, whose calls carry these records.
+pub const DEVICE_SCHEME: &str = "xe-model";
+pub const DEVICE_ENDPOINT: &str = "device";
+/// That endpoint's interface id: none of ours (its records are not frames).
+pub const DEVICE_INTERFACE: u16 = 0xDC00;
+
+/// What a driver opens to reach the device on Redox.
+pub fn device_path() -> String {
+    format!("/scheme/{DEVICE_SCHEME}/{DEVICE_ENDPOINT}")
+}
+
 /// Metadata word 0 of a scheme call carrying one control record.
 pub const CALL_CONTROL_V1: u64 = (u32::from_be_bytes(*b"XCTL") as u64) << 32 | 1;
 

@@ -22,9 +22,7 @@ pub mod bar;
 pub mod control;
 #[cfg(feature = "std")]
 mod futex;
-/// The device model runs on Linux (memfd seals, `SOCK_SEQPACKET` control
-/// channel); the driver's side (`bar`, `shm`, `control`) builds for Redox too.
-#[cfg(all(feature = "std", target_os = "linux"))]
+#[cfg(feature = "std")]
 pub mod model;
 #[cfg(feature = "std")]
 pub mod shm;

@@ -1,5 +1,6 @@
 //! The launcher's plan on Redox, from the manifest: every endpoint of
-//! [`MANIFEST`] (but the device model's, which real hardware replaces) is
+//! [`MANIFEST`] (but the device model's, which the GPU server opens itself,
+//! `--device /scheme/xe-model/device`) is
 //! a path of its server's scheme, `/scheme/<scheme>/<interface>.<badge>`;
 //! one a server calls is handed to that server through its `control`
 //! endpoint, the others are kept for the clients the launcher spawns

@@ -94,32 +94,38 @@ fn the_init_script_starts_the_servers_in_the_manifests_order() {
             "unknown init command {verb} {program}"
         );
     }
-    // The base system (and with it pcid-spawner) comes first.
+    // The base system comes first, the launcher last.
     assert_eq!(lines[0].0, "requires_weak");
     let started: Vec<&str> = lines
         .iter()
         .filter(|(verb, _, _)| verb != "requires_weak")
         .map(|(_, p, _)| p.rsplit('/').next().unwrap())
         .collect();
-    assert_eq!(started, ["mm-server", "pager", "svm"]);
+    let mut expected = init::manifest::START_ORDER.to_vec();
+    expected.push("svm");
+    assert_eq!(started, expected, "the manifest's order, then the launcher");
     // Servers are started with `notify`: the next waits for its scheme.
-    for (verb, program, _) in &lines[1..3] {
+    let servers = &lines[1..lines.len() - 1];
+    for (verb, program, _) in servers {
         assert_eq!(verb, "notify", "{program}");
     }
-    // The manifest's order, with the device model gone (real hardware) and
-    // the GPU server started by pcid-spawner between the two.
-    let order: Vec<&str> = init::manifest::START_ORDER
-        .iter()
-        .copied()
-        .filter(|p| *p != "xe-model")
-        .collect();
-    assert_eq!(order, ["mm-server", "xe-svm", "pager"]);
-    let pos = |name| order.iter().position(|p| *p == name).unwrap();
-    assert!(pos("mm-server") < pos("xe-svm") && pos("xe-svm") < pos("pager"));
-    assert!(
-        !started.contains(&"xe-svm"),
-        "pcid-spawner starts the GPU server"
-    );
+    // The GPU server drives the model's device endpoint, and it and the
+    // pager serve the same client slots.
+    let args = |name: &str| -> Vec<String> {
+        let line = servers.iter().find(|(_, p, _)| p.ends_with(name)).unwrap();
+        line.2.clone()
+    };
+    let gpu = args("/xe-svm");
+    let device = gpu.iter().position(|a| a == "--device").unwrap();
+    assert_eq!(gpu[device + 1], hw::control::device_path());
+    let badges = |v: &[String]| -> Vec<String> {
+        v.windows(2)
+            .filter(|w| w[0] == "--client-badge")
+            .map(|w| w[1].clone())
+            .collect()
+    };
+    assert_eq!(badges(&gpu), badges(&args("/pager")));
+    assert!(!badges(&gpu).is_empty());
 }
 
 /// The launcher's plan opens exactly the endpoints the GPU server's Redox

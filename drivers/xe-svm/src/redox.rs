@@ -9,7 +9,7 @@
 //! exists wait for it, bounded by `--handoff-timeout-ms`; past that the
 //! process stops with an error instead of serving half a system.
 //!
-//! The device: the device model's control endpoint (`--device`), a scheme
+//! The device: the device model's endpoint (`--device`), a scheme
 //! handle carrying [`hw::control`] records ([`hw::control::FRAMING`]); the
 //! driver asks for the device's `Hello` ([`hw::control::hello_request`])
 //! and maps the register and VRAM handles it answers with, as on Linux.
@@ -57,7 +57,8 @@ struct Args {
     /// process, each endpoint once).
     #[arg(long)]
     launcher_pid: Option<u64>,
-    /// The device's control endpoint.
+    /// The device's control endpoint (the device model's:
+    /// `/scheme/xe-model/device`).
     #[arg(long)]
     device: Option<String>,
     /// System memory for evicted buffer objects.
@@ -268,7 +269,7 @@ pub fn main() {
                 "started by pcid-spawner for an Xe GPU, but there is no Xe hardware \
                  backend: this server drives the xe device model (docs/redox.md section 2)"
             } else {
-                "name the device model's control endpoint (/scheme/xe-model/control)"
+                "name the device model's endpoint (--device /scheme/xe-model/device)"
             },
         );
     };

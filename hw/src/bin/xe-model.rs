@@ -1,12 +1,11 @@
 //! The device model as its own process: a simulated Xe GPU serving the
-//! driver on the control socket inherited as `--control-fd`.
+//! driver on the control socket inherited as `--control-fd` (Linux), or
+//! on `/scheme/xe-model/device` (Redox, `hw::model::scheme`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use hw::model::{BatchLimits, Config, Injection};
-use ipc_protocol::transport::{inherited_fd, SeqPacket};
 
 #[derive(Parser)]
 #[command(about = "Simulated Intel Xe GPU for xe-svm")]
@@ -30,9 +29,13 @@ struct Args {
     /// How long one MI_SEMAPHORE_WAIT may poll before its job ends hung.
     #[arg(long, default_value_t = BatchLimits::default().semaphore_timeout.as_millis() as u64)]
     semaphore_timeout_ms: u64,
-    /// Descriptor of the connected seqpacket control socket.
+    /// Descriptor of the connected seqpacket control socket (Linux).
     #[arg(long, default_value_t = 3)]
     control_fd: i32,
+    /// Only this process may open the device endpoint (Redox; default:
+    /// any root process, once).
+    #[arg(long)]
+    launcher_pid: Option<u64>,
     /// The supervisor's start count (hardware is never restarted: always 1).
     #[arg(long, default_value_t = 1)]
     generation: u32,
@@ -55,10 +58,23 @@ fn main() {
             semaphore_timeout: Duration::from_millis(a.semaphore_timeout_ms),
         },
     };
-    // SAFETY: the parent handed us the control socket at this descriptor.
-    let control = SeqPacket::from_fd(unsafe { inherited_fd(a.control_fd) });
-    if let Err(e) = hw::model::run(cfg, Arc::new(control)) {
+    if let Err(e) = serve(cfg, &a) {
         eprintln!("xe-model: {e}");
         std::process::exit(1);
     }
+}
+
+#[cfg(target_os = "linux")]
+fn serve(cfg: Config, a: &Args) -> Result<(), hw::model::ModelError> {
+    use ipc_protocol::transport::{inherited_fd, SeqPacket};
+    // SAFETY: the parent handed us the control socket at this descriptor.
+    let control = SeqPacket::from_fd(unsafe { inherited_fd(a.control_fd) });
+    hw::model::run(cfg, std::sync::Arc::new(control))
+}
+
+#[cfg(target_os = "redox")]
+fn serve(cfg: Config, a: &Args) -> Result<(), hw::model::ModelError> {
+    use ipc_protocol::scheme::Opener;
+    let opener = a.launcher_pid.map_or(Opener::Root, Opener::Process);
+    hw::model::scheme::serve(cfg, opener)
 }

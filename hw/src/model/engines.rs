@@ -1,5 +1,6 @@
 //! The device's engines (see the module docs of [`super`]).
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
@@ -57,8 +58,22 @@ pub(super) struct Device {
     copy_engines: CopyEngines,
 }
 
-/// Runs a device until its driver closes the control channel.
+/// Runs a device until its driver closes the control channel: sends the
+/// `Hello` unasked (Linux: the channel is a socket the device may speak
+/// on first), then answers the driver's records.
 pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
+    let device = start(cfg)?;
+    let (hello, fds) = device.hello()?;
+    let result = control::send(&*control, hello, fds)
+        .map_err(ModelError::Control)
+        .and_then(|()| device.control_loop(&*control));
+    device.stop();
+    result
+}
+
+/// Brings a device up: its registers, VRAM and engine threads. Its driver
+/// talks to it through [`Running::control`] (records from any channel).
+pub fn start(cfg: Config) -> Result<Running, ModelError> {
     if cfg.vram_bytes == 0
         || cfg.vram_bytes % (2 << 20) != 0
         || cfg.vram_bytes >= layout::SYSMEM_BASE
@@ -73,36 +88,12 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
     let regs = Region::create("xe-model-regs", layout::REGION_BYTES).map_err(ModelError::Memory)?;
     let vram =
         Region::create("xe-model-vram", cfg.vram_bytes as usize).map_err(ModelError::Memory)?;
-    for ring in [Ring::Copy, Ring::Compute, Ring::HostToGuc, Ring::GucToHost] {
-        regs.u32_at(ring.header() + 8)
-            .store(layout::RING_ENTRIES as u32, Ordering::Relaxed);
-    }
-    regs.u32_at(layout::REG_VERSION)
-        .store(layout::VERSION, Ordering::Relaxed);
-    regs.u32_at(layout::REG_VRAM_MIB)
-        .store((cfg.vram_bytes >> 20) as u32, Ordering::Relaxed);
-    regs.u32_at(layout::REG_HW_THREADS)
-        .store(cfg.hw_threads as u32, Ordering::Relaxed);
-    regs.u32_at(layout::REG_RUNNING).store(1, Ordering::Relaxed);
-    regs.u32_at(layout::REG_MAGIC)
-        .store(layout::MAGIC, Ordering::Release);
-    let hello = ControlRecord {
-        op: ControlOp::Hello,
-        slot: 0,
-        size: cfg.vram_bytes,
-        status: 0,
-    };
-    let fds = vec![
-        regs.dup_fd().map_err(ModelError::Memory)?,
-        vram.dup_fd().map_err(ModelError::Memory)?,
-    ];
-    control::send(&*control, hello, fds).map_err(ModelError::Control)?;
+    init_registers(&regs, &cfg);
     log::info!(
         "xe-model: up, {} MiB VRAM, {} hardware threads",
         cfg.vram_bytes >> 20,
         cfg.hw_threads
     );
-
     let slots = (0..cfg.hw_threads).map(|_| FaultSlot::default()).collect();
     let cfg_threads = cfg.hw_threads;
     let cfg_engines = cfg.copy_engines;
@@ -122,7 +113,7 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
         copy_engines: CopyEngines::new(cfg_engines),
     });
     log::info!("xe-model: {} copy engines", dev.copy_engines.engines());
-    let engines: Vec<_> = [
+    let engines = [
         ("xe-model-bcs", Ring::Copy),
         ("xe-model-ccs", Ring::Compute),
         ("xe-model-guc", Ring::HostToGuc),
@@ -136,83 +127,143 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
     })
     .collect::<Result<_, _>>()
     .map_err(|_| ModelError::BadConfig("cannot spawn engine threads"))?;
-
-    let result = dev.control_loop(&*control);
-    dev.stop.store(true, Ordering::Release);
-    // Hardware threads stalled on a fault give up now, not at their timeout
-    // (the lock orders this wake after their check of `stop`).
-    for slot in &dev.slots {
-        let _held = slot.reply.lock().unwrap_or_else(|e| e.into_inner());
-        slot.arrived.notify_all();
-    }
-    dev.regs
-        .u32_at(layout::REG_RUNNING)
-        .store(0, Ordering::Release);
-    wake_all(dev.regs.u32_at(layout::REG_RUNNING));
-    for e in engines {
-        let _ = e.join();
-    }
-    // Batch jobs see `stop` at their next instruction, poll or fault.
-    if !dev.hw_threads.wait_idle(FAULT_REPLY_TIMEOUT) {
-        log::error!("xe-model: batch jobs still running at shutdown");
-    }
-    log::info!("xe-model: stopped");
-    result
+    Ok(Running { dev, engines })
 }
 
-impl Device {
+fn init_registers(regs: &Region, cfg: &Config) {
+    for ring in [Ring::Copy, Ring::Compute, Ring::HostToGuc, Ring::GucToHost] {
+        regs.u32_at(ring.header() + 8)
+            .store(layout::RING_ENTRIES as u32, Ordering::Relaxed);
+    }
+    regs.u32_at(layout::REG_VERSION)
+        .store(layout::VERSION, Ordering::Relaxed);
+    regs.u32_at(layout::REG_VRAM_MIB)
+        .store((cfg.vram_bytes >> 20) as u32, Ordering::Relaxed);
+    regs.u32_at(layout::REG_HW_THREADS)
+        .store(cfg.hw_threads as u32, Ordering::Relaxed);
+    regs.u32_at(layout::REG_RUNNING).store(1, Ordering::Relaxed);
+    regs.u32_at(layout::REG_MAGIC)
+        .store(layout::MAGIC, Ordering::Release);
+}
+
+/// A device that is up, with its engine threads.
+pub struct Running {
+    dev: Arc<Device>,
+    engines: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The `Hello` record and the register and VRAM descriptors with it.
+    pub fn hello(&self) -> Result<(ControlRecord, Vec<OwnedFd>), ModelError> {
+        let hello = ControlRecord {
+            op: ControlOp::Hello,
+            slot: 0,
+            size: self.dev.cfg.vram_bytes,
+            status: 0,
+        };
+        let fds = vec![
+            self.dev.regs.dup_fd().map_err(ModelError::Memory)?,
+            self.dev.mem.vram.dup_fd().map_err(ModelError::Memory)?,
+        ];
+        Ok((hello, fds))
+    }
+
+    /// Answers one record of the driver's (`None`: undecodable): a `Hello`
+    /// request with the `Hello`, a DMA map or unmap with `Done`.
+    pub fn control(
+        &self,
+        rec: Option<ControlRecord>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(ControlRecord, Vec<OwnedFd>), ModelError> {
+        if rec.is_some_and(|r| r.op == ControlOp::Hello) && fds.is_empty() {
+            return self.hello();
+        }
+        Ok((self.dev.control_record(rec, fds), vec![]))
+    }
+
     fn control_loop(&self, control: &dyn Transport) -> Result<(), ModelError> {
         loop {
-            let (rec, mut fds) = match control::recv(control, None) {
+            let (rec, fds) = match control::recv(control, None) {
                 Ok(r) => r,
                 Err(TransportError::Disconnected) => return Ok(()),
                 Err(e) => return Err(ModelError::Control(e)),
             };
-            let (slot, status) = match rec {
-                Some(ControlRecord {
-                    op: ControlOp::DmaMap,
-                    slot,
-                    size,
-                    ..
-                }) if fds.len() == 1 => {
-                    let fd = fds.pop().expect("one fd, checked above");
-                    match Memory::checked_region(fd, size) {
-                        Some(r) => (
-                            slot,
-                            if self.mem.map_slot(slot, r) {
-                                STATUS_OK
-                            } else {
-                                STATUS_BAD_SLOT
-                            },
-                        ),
-                        None => (slot, STATUS_MAP_FAILED),
-                    }
-                }
-                Some(ControlRecord {
-                    op: ControlOp::DmaUnmap,
-                    slot,
-                    ..
-                }) => {
-                    // Unmapping waits for accesses in flight, like an IOMMU unmap.
-                    let _gate = self.access_gate.write().unwrap_or_else(|e| e.into_inner());
-                    (
+            let (reply, fds) = self.control(rec, fds)?;
+            control::send(control, reply, fds).map_err(ModelError::Control)?;
+        }
+    }
+
+    /// Stops the engines; jobs still running end at their next step.
+    pub fn stop(self) {
+        let dev = self.dev;
+        dev.stop.store(true, Ordering::Release);
+        // Hardware threads stalled on a fault give up now, not at their
+        // timeout (the lock orders this wake after their check of `stop`).
+        for slot in &dev.slots {
+            let _held = slot.reply.lock().unwrap_or_else(|e| e.into_inner());
+            slot.arrived.notify_all();
+        }
+        dev.regs
+            .u32_at(layout::REG_RUNNING)
+            .store(0, Ordering::Release);
+        wake_all(dev.regs.u32_at(layout::REG_RUNNING));
+        for e in self.engines {
+            let _ = e.join();
+        }
+        // Batch jobs see `stop` at their next instruction, poll or fault.
+        if !dev.hw_threads.wait_idle(FAULT_REPLY_TIMEOUT) {
+            log::error!("xe-model: batch jobs still running at shutdown");
+        }
+        log::info!("xe-model: stopped");
+    }
+}
+
+impl Device {
+    /// A DMA map or unmap; anything else is a bad request.
+    fn control_record(&self, rec: Option<ControlRecord>, mut fds: Vec<OwnedFd>) -> ControlRecord {
+        let (slot, status) = match rec {
+            Some(ControlRecord {
+                op: ControlOp::DmaMap,
+                slot,
+                size,
+                ..
+            }) if fds.len() == 1 => {
+                let fd = fds.pop().expect("one fd, checked above");
+                match Memory::checked_region(fd, size) {
+                    Some(r) => (
                         slot,
-                        if self.mem.unmap_slot(slot) {
+                        if self.mem.map_slot(slot, r) {
                             STATUS_OK
                         } else {
                             STATUS_BAD_SLOT
                         },
-                    )
+                    ),
+                    None => (slot, STATUS_MAP_FAILED),
                 }
-                other => (other.map(|r| r.slot).unwrap_or(0), STATUS_BAD_REQUEST),
-            };
-            let done = ControlRecord {
-                op: ControlOp::Done,
+            }
+            Some(ControlRecord {
+                op: ControlOp::DmaUnmap,
                 slot,
-                size: 0,
-                status,
-            };
-            control::send(control, done, vec![]).map_err(ModelError::Control)?;
+                ..
+            }) => {
+                // Unmapping waits for accesses in flight, like an IOMMU unmap.
+                let _gate = self.access_gate.write().unwrap_or_else(|e| e.into_inner());
+                (
+                    slot,
+                    if self.mem.unmap_slot(slot) {
+                        STATUS_OK
+                    } else {
+                        STATUS_BAD_SLOT
+                    },
+                )
+            }
+            other => (other.map(|r| r.slot).unwrap_or(0), STATUS_BAD_REQUEST),
+        };
+        ControlRecord {
+            op: ControlOp::Done,
+            slot,
+            size: 0,
+            status,
         }
     }
 

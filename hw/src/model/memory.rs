@@ -4,7 +4,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
 
-use rustix::fs::{fcntl_add_seals, fcntl_get_seals, fstat, SealFlags};
+use rustix::fs::fstat;
 
 use crate::shm::Region;
 use crate::xe::layout::{SYSMEM_BASE, SYSMEM_SLOTS, SYSMEM_SLOT_BYTES};
@@ -51,14 +51,20 @@ impl Memory {
     /// `size` bytes now (otherwise `None`: the map fails, typed), and it is
     /// sealed against shrinking here when its seals allow. (A memfd made
     /// without `MFD_ALLOW_SEALING` cannot be sealed: only its creator, a
-    /// server, holds it. Client objects come sealed by the pager.)
+    /// server, holds it. Client objects come sealed by the pager.) Redox
+    /// has no seals: its shm scheme refuses to resize a mapped object,
+    /// which this mapping is from here on.
     pub fn checked_region(fd: OwnedFd, size: u64) -> Option<Region> {
         if size == 0 || size > SYSMEM_SLOT_BYTES {
             return None;
         }
-        if let Ok(seals) = fcntl_get_seals(&fd) {
-            if !seals.contains(SealFlags::SHRINK) && !seals.contains(SealFlags::SEAL) {
-                fcntl_add_seals(&fd, SealFlags::SHRINK).ok()?;
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{fcntl_add_seals, fcntl_get_seals, SealFlags};
+            if let Ok(seals) = fcntl_get_seals(&fd) {
+                if !seals.contains(SealFlags::SHRINK) && !seals.contains(SealFlags::SEAL) {
+                    fcntl_add_seals(&fd, SealFlags::SHRINK).ok()?;
+                }
             }
         }
         let held = u64::try_from(fstat(&fd).ok()?.st_size).ok()?;

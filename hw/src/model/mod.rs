@@ -44,14 +44,15 @@ mod cs;
 mod engines;
 mod jobs;
 pub mod memory;
+#[cfg(target_os = "redox")]
+pub mod scheme;
 pub mod translate;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use ipc_protocol::transport::{SeqPacket, Transport, TransportError};
+use ipc_protocol::transport::TransportError;
 
-pub use engines::run;
+pub use engines::{run, start, Running};
 
 /// Fault injection for tests.
 #[derive(Debug, Clone, Default)]
@@ -161,15 +162,18 @@ impl std::error::Error for ModelError {}
 
 /// A device running in this process on a thread (tests). The returned
 /// transport is the driver's end of the control channel.
+#[cfg(target_os = "linux")]
 pub fn spawn_in_process(
     cfg: Config,
 ) -> Result<
     (
-        Arc<dyn Transport>,
+        std::sync::Arc<dyn ipc_protocol::transport::Transport>,
         std::thread::JoinHandle<Result<(), ModelError>>,
     ),
     ModelError,
 > {
+    use ipc_protocol::transport::{SeqPacket, Transport};
+    use std::sync::Arc;
     let (driver, device) = SeqPacket::pair().map_err(ModelError::Control)?;
     let device: Arc<dyn Transport> = Arc::new(device);
     let handle = std::thread::Builder::new()
@@ -181,11 +185,17 @@ pub fn spawn_in_process(
 
 /// A device running as its own process (`xe-model` at `exe`). Returns the
 /// driver's end of the control channel and the child.
+#[cfg(target_os = "linux")]
 pub fn spawn_process(
     exe: &std::path::Path,
     cfg: &Config,
-) -> std::io::Result<(Arc<dyn Transport>, std::process::Child)> {
+) -> std::io::Result<(
+    std::sync::Arc<dyn ipc_protocol::transport::Transport>,
+    std::process::Child,
+)> {
+    use ipc_protocol::transport::SeqPacket;
     use std::os::fd::AsFd;
+    use std::sync::Arc;
     let (driver, device) = SeqPacket::pair().map_err(|e| std::io::Error::other(e.to_string()))?;
     let device_fd = device.fd().as_fd().try_clone_to_owned()?;
     drop(device);

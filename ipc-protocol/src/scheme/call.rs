@@ -45,8 +45,19 @@ pub fn start_call(
     payload: &[u8],
     metadata: &[u64],
 ) -> Result<Started, Errno> {
+    start_framed_call(endpoints, id, payload, metadata, &FRAMES)
+}
+
+/// [`start_call`] for a scheme whose calls carry `framing`'s records.
+pub fn start_framed_call(
+    endpoints: &mut Endpoints,
+    id: u64,
+    payload: &[u8],
+    metadata: &[u64],
+    framing: &Framing,
+) -> Result<Started, Errno> {
     endpoints.session(id)?;
-    if metadata.first() != Some(&CALL_FRAME_V1) {
+    if metadata.first() != Some(&framing.kind) {
         return Err(Errno::NotSupported);
     }
     let len = metadata
@@ -59,7 +70,7 @@ pub fn start_call(
     }
     let bytes = payload[..len].to_vec();
     // Descriptors sent ahead for this frame (its request id).
-    let token = Header::peek_request_id(&bytes);
+    let token = (framing.token)(&bytes);
     let (session, handles) = endpoints.begin(id, token)?;
     let rx = Received {
         bytes,

@@ -30,7 +30,7 @@ use syscall::error::{Error, Result, EOPNOTSUPP};
 use syscall::flag::{FmoveFdFlags, FobtainFdFlags};
 use syscall::schemev2::NewFdFlags;
 
-use super::call::{finish_call, start_call};
+use super::call::{finish_call, start_framed_call, Framing, FRAMES};
 use super::endpoints::{Endpoints, Session};
 use super::handoff::{on_handoff, Handoff, CALL_HANDOFF_V1};
 use super::record::{Caller, Errno};
@@ -76,6 +76,7 @@ struct Shared {
     socket: Socket,
     endpoints: Mutex<Endpoints>,
     on: Callbacks,
+    framing: Framing,
 }
 
 impl Shared {
@@ -190,7 +191,13 @@ fn run_call(shared: &Shared, mut op: OpCall) {
         let result = handoff.and_then(|h| (shared.on.handoff)(h)).map(|()| 0);
         return answer(shared, op, result.map_err(errno));
     }
-    let started = start_call(&mut shared.endpoints(), id, payload, metadata);
+    let started = start_framed_call(
+        &mut shared.endpoints(),
+        id,
+        payload,
+        metadata,
+        &shared.framing,
+    );
     let (result, closed) = match started {
         Err(e) => (Err(e), None),
         Ok(s) => {
@@ -256,10 +263,17 @@ pub struct Registered {
 /// Registers scheme `cfg.name`: after this, `/scheme/<name>/...` opens
 /// reach [`Registered::serve`] (they wait in the kernel until it runs).
 pub fn register(cfg: SchemeConfig, on: Callbacks) -> Result<Registered> {
+    register_framed(cfg, on, FRAMES)
+}
+
+/// [`register`] for a scheme whose calls carry `framing`'s records (the
+/// device model's control records, `hw::control`) instead of our frames.
+pub fn register_framed(cfg: SchemeConfig, on: Callbacks, framing: Framing) -> Result<Registered> {
     let shared = Arc::new(Shared {
         socket: Socket::create()?,
         endpoints: Mutex::new(cfg.endpoints),
         on,
+        framing,
     });
     let mut front = Front { shared: &shared };
     register_sync_scheme(&shared.socket, &cfg.name, &mut front)?;
