@@ -20,7 +20,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=x86_64-unknown-redox
 # Every crate with a Redox runtime.
-crates=(ipc-protocol mm-server pager xe-svm hw)
+crates=(ipc-protocol mm-server pager xe-svm hw launcher)
 
 if ! rustc --print sysroot >/dev/null 2>&1; then
     echo "check-redox: no rustc; skipping" >&2

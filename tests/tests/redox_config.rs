@@ -102,7 +102,7 @@ fn the_init_script_starts_the_servers_in_the_manifests_order() {
         .map(|(_, p, _)| p.rsplit('/').next().unwrap())
         .collect();
     let mut expected = init::manifest::START_ORDER.to_vec();
-    expected.push("svm");
+    expected.push("xe-svm-launch");
     assert_eq!(started, expected, "the manifest's order, then the launcher");
     // Servers are started with `notify`: the next waits for its scheme.
     let servers = &lines[1..lines.len() - 1];
@@ -126,6 +126,10 @@ fn the_init_script_starts_the_servers_in_the_manifests_order() {
     };
     assert_eq!(badges(&gpu), badges(&args("/pager")));
     assert!(!badges(&gpu).is_empty());
+    // The launcher plans for as many client slots as the servers serve.
+    let launch = &lines.last().unwrap().2;
+    assert_eq!(launch[0], "--clients");
+    assert_eq!(launch[1], badges(&gpu).len().to_string());
 }
 
 /// The launcher's plan opens exactly the endpoints the GPU server's Redox

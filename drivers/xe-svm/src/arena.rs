@@ -14,7 +14,7 @@ use session::Arena;
 use crate::budget::GpuBudget;
 
 /// Client sessions a GPU server is sized for by default (the manifest's
-/// client slots, `init/src/manifest.rs`, `MAX_CLIENTS`).
+/// client slots, `launcher/src/manifest.rs`, `MAX_CLIENTS`).
 pub const MAX_CLIENT_SESSIONS: usize = 8;
 
 /// Metadata outside the client sessions' budgets, for the pager peer:

@@ -72,7 +72,7 @@ struct Args {
     #[arg(long, default_value = "")]
     budget: String,
     /// How many times init has started this server (1 at boot). Not yet
-    /// restartable (`init/src/manifest.rs`, `RESTARTABLE`): it rebuilds
+    /// restartable (`launcher/src/manifest.rs`, `RESTARTABLE`): it rebuilds
     /// nothing after a restart, so init reports its death instead.
     #[arg(long, default_value_t = 1)]
     generation: u32,

@@ -1,6 +1,6 @@
 //! The GPU server's endpoints as Redox scheme paths (docs/redox.md): plain
 //! data, built on the host so tests check them against the launcher's plan
-//! (`init/src/redox_plan.rs`) and the Linux main mints the same badges.
+//! (`launcher/src/redox_plan.rs`) and the Linux main mints the same badges.
 //!
 //! Two schemes, because of rule 9: `xe-svm` serves `gpu.<badge>` per
 //! client, `gpushrink.3` (mm-server's) and `control`; `xe-svm.notify`

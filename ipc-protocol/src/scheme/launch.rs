@@ -1,7 +1,7 @@
 //! What the launcher does on Redox, as data: which endpoints it opens and
 //! what it does with each (hand it to a server through that server's
 //! `control` endpoint, or keep it for a client it spawns). `init` builds
-//! the plan from its manifest (`init/src/redox_plan.rs`, host-tested);
+//! the plan from its manifest (`launcher/src/redox_plan.rs`, host-tested);
 //! `redox_launch.rs` carries it out on Redox.
 
 use super::handoff::CONTROL_PATH;

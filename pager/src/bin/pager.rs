@@ -89,7 +89,7 @@ mod server {
         #[arg(long)]
         extra_endpoint: Vec<ExtraEndpoint>,
         /// How many times init has started this server (1 at boot). Not yet
-        /// restartable (`init/src/manifest.rs`, `RESTARTABLE`).
+        /// restartable (`launcher/src/manifest.rs`, `RESTARTABLE`).
         #[arg(long, default_value_t = 1)]
         generation: u32,
         /// Anti-thrashing: `off` (the default), `on` (500,8,500), or

@@ -2,7 +2,7 @@
 //! process serves it and which calls it, the descriptor and command-line
 //! flag each side gets, and the rights the serving side grants the badge.
 //! The supervisor wires descriptors and flags from this table alone
-//! (DESIGN.md 5a, 6).
+//! (docs/design.md 5a, 6).
 
 use ipc_protocol::Rights;
 
