@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod chaos;
 pub mod churn;
 pub mod client;
 

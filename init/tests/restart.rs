@@ -161,3 +161,41 @@ fn a_gpu_fault_fails_once_the_pager_is_gone() {
     drop(c);
     let _ = system.shutdown();
 }
+
+/// `svm run chaos --kill mm`: mm-server killed about every second while
+/// the workloads run; every kill comes back, no word is wrong, no probe
+/// waits past the bound, and the verdict line says so.
+#[test]
+fn chaos_with_mm_server_kills_loses_nothing() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_svm"))
+        .args(["--vram-mib", "64", "run", "chaos", "--kill", "mm"])
+        .args(["--every", "1s", "--for", "12s", "--seed", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdict = stdout.lines().last().unwrap();
+    let field = |name: &str| -> f64 {
+        let kv = verdict.split(' ').find(|kv| kv.starts_with(name)).unwrap();
+        kv.split('=').nth(1).unwrap().parse().unwrap()
+    };
+    assert!(field("restarts=") >= 4.0, "{verdict}");
+    assert_eq!(field("bad="), 0.0, "{verdict}");
+    assert!(field("longest_wait_ms=") <= 15_000.0, "{verdict}");
+}
+
+/// A server the supervisor does not restart is refused before booting.
+#[test]
+fn chaos_refuses_a_server_that_does_not_restart() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_svm"))
+        .args(["run", "chaos", "--kill", "pager", "--for", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pager is not restarted"), "{stderr}");
+}

@@ -265,6 +265,24 @@ enum Workload {
         #[arg(long, default_value = "all", value_parser = families)]
         families: Families,
     },
+    /// Servers killed at random points while the herd, oversubscription,
+    /// mremap and fork workloads run with every word checked (issue 14);
+    /// the last line is `restarts=N longest_wait_ms=N bad=N`.
+    Chaos {
+        /// Servers to kill, comma separated: gpu, pager, mm (only those the
+        /// supervisor restarts: mm today).
+        #[arg(long, default_value = "mm", value_parser = init::chaos::parse_targets)]
+        kill: init::chaos::Targets,
+        /// Mean time between kills (jittered 0.5x to 1.5x): 500ms, 2s, 1m.
+        #[arg(long, default_value = "2s", value_parser = init::chaos::parse_duration)]
+        every: std::time::Duration,
+        /// How long to run.
+        #[arg(long = "for", default_value = "60s", value_parser = init::chaos::parse_duration)]
+        run_for: std::time::Duration,
+        /// Seed of the kill times and targets (default: the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Scenario files: `svm run FILE|DIR [--filter PATTERN] [--list] [--json]
     /// [--long]` (docs/scenarios.md; `svm run tests/scenarios --help`).
     #[command(external_subcommand)]
@@ -436,6 +454,27 @@ fn main() {
                 ..Default::default()
             };
             run_hostile(opts, &cfg)
+        }
+        Cmd::Run {
+            workload:
+                Workload::Chaos {
+                    kill,
+                    every,
+                    run_for,
+                    seed,
+                },
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                now.map_or(1, |d| d.as_nanos() as u64)
+            });
+            let cfg = init::chaos::Config {
+                kill: kill.0,
+                every,
+                run_for,
+                seed,
+            };
+            run_chaos(opts, &cfg)
         }
     };
     std::process::exit(code);
@@ -678,6 +717,54 @@ fn run_oversub(opts: BootOptions, cfg: &oversub::Config, json: bool) -> i32 {
         Err(e) => Err(format!("oversub failed: {e}")),
     };
     drop(clients);
+    finish(system, result)
+}
+
+/// `svm run chaos`: refuses servers that do not restart before booting,
+/// then kills and checks; the verdict line last.
+fn run_chaos(opts: BootOptions, cfg: &init::chaos::Config) -> i32 {
+    if let Err(e) = init::chaos::check_targets(&cfg.kill) {
+        eprintln!("svm: chaos: {e}");
+        return 2;
+    }
+    let (mut system, clients) = match boot_with_clients(&opts) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let names: Vec<&str> = cfg.kill.iter().map(|t| t.process()).collect();
+    eprintln!(
+        "svm: chaos: killing {} every ~{:?} for {:?} (seed {})",
+        names.join(","),
+        cfg.every,
+        cfg.run_for,
+        cfg.seed
+    );
+    let result = init::chaos::run(&mut system, &clients, cfg);
+    drop(clients);
+    let result = match result {
+        Ok(r) => {
+            let stats = init::chaos::summary;
+            println!(
+                "chaos: {} kills, restart {}, first fault after a kill {}; \
+                 {} workload rounds, {} probes",
+                r.kills,
+                stats(&r.restart_ms),
+                stats(&r.recovery_ms),
+                r.workload_rounds,
+                r.probes
+            );
+            for e in &r.errors {
+                println!("chaos: error: {e}");
+            }
+            println!("{}", r.line());
+            if r.passed() {
+                Ok(())
+            } else {
+                Err(format!("chaos failed: {}", r.line()))
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    };
     finish(system, result)
 }
 
