@@ -30,8 +30,9 @@ pub struct SimPlatform {
     pub pager: Arc<SimPager>,
     /// `PagerMigrate`, served by the pager.
     pub migrate: Arc<Endpoint>,
-    /// `Pressure`, served by mm-server (absent: no broker).
-    pub pressure: Option<(Arc<Endpoint>, Arc<Mm>)>,
+    /// `Pressure`, served by mm-server (absent: no broker); replaced when
+    /// mm-server restarts (`World::restart_mm`).
+    pub pressure: Mutex<Option<(Arc<Endpoint>, Arc<Mm>)>>,
     pub jobs: SimJobs,
 }
 
@@ -111,19 +112,17 @@ impl Platform for SimPlatform {
         }
     }
     fn has_broker(&self) -> bool {
-        self.pressure.is_some()
+        self.mm().is_some()
     }
     fn reserve(&self, _world: World, bytes: u64, _timeout_ms: u32) -> u64 {
-        let Some((ep, mm)) = &self.pressure else {
+        let Some((ep, mm)) = self.mm() else {
             return 0;
         };
-        let mm = mm.clone();
         ep.call(move || mm.reserve(bytes)).unwrap_or(0)
     }
     fn release(&self, _world: World, _bytes: u64) {}
     fn report_usage(&self, bo_bytes: u64, svm_bytes: u64) {
-        if let Some((ep, mm)) = &self.pressure {
-            let mm = mm.clone();
+        if let Some((ep, mm)) = self.mm() {
             ep.notify(move || {
                 mm.broker.report(World::Bo, bo_bytes);
                 mm.broker.report(World::Svm, svm_bytes);
@@ -142,6 +141,21 @@ impl Platform for SimPlatform {
     }
     fn job_retired(&self, job: u32) -> bool {
         job == 0 || !self.jobs.lock().contains(&job)
+    }
+}
+
+impl SimPlatform {
+    /// The mm-server the GPU core calls now.
+    pub fn mm(&self) -> Option<(Arc<Endpoint>, Arc<Mm>)> {
+        self.pressure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A restarted mm-server takes the old one's place.
+    pub fn set_mm(&self, ep: Arc<Endpoint>, mm: Arc<Mm>) {
+        *self.pressure.lock().unwrap_or_else(|e| e.into_inner()) = Some((ep, mm));
     }
 }
 

@@ -38,6 +38,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "system_pages_migrate", about: "pages the GPU mapped from system memory (no VRAM) move to VRAM while another GPU thread writes them", run: system_pages_migrate },
         Scenario { name: "failing_copies", about: "the copy engine fails one copy in four while GPU and CPU race", run: failing_copies },
         Scenario { name: "mm_server_dies", about: "mm-server dies in the middle of eviction and GPU faults wait on it", run: mm_server_dies },
+        Scenario { name: "mm_server_restarts", about: "mm-server is killed in the middle of eviction and a new one takes its place; GPU and CPU faults go on", run: mm_server_restarts },
     ]
     .into_iter()
     .chain(crate::hostile::all())
@@ -334,6 +335,41 @@ fn failing_copies() {
 
 /// A peer that dies: mm-server goes in the middle; GPU faults that wait
 /// on it get nothing and map system pages; nothing hangs or is lost.
+/// Issue 14's "server restarts" fault for mm-server: killed and replaced
+/// at a point the seed picks (in an eviction pass, a reservation or a
+/// report), while a GPU pass and CPU faults run; a second GPU pass after
+/// the restart reserves from the new broker. Every page ends with exact
+/// data and every fault completes.
+fn mm_server_restarts() {
+    let w = world(WorldConfig {
+        pages: 6,
+        broker: Some(2),
+        ..Default::default()
+    });
+    let restarter = {
+        let w = w.clone();
+        spawn(move || {
+            delay(8);
+            w.restart_mm();
+        })
+    };
+    let gpu = gpu_passes(&w, 1);
+    let cpu = {
+        let w = w.clone();
+        spawn(move || {
+            for p in (0..w.machine.pages).rev() {
+                w.cpu_access(&view(0), p, 1);
+                yield_now();
+            }
+        })
+    };
+    join(vec![restarter, gpu, cpu]);
+    let (ep, _) = w.gpu.hw.mm().expect("a broker");
+    assert!(!ep.is_dead(), "the GPU core calls the new mm-server");
+    join(vec![gpu_passes(&w, 1)]);
+    finish(w, |p| start(p) + 3);
+}
+
 fn mm_server_dies() {
     let w = world(WorldConfig {
         pages: 6,

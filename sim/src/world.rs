@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 use mm_server::broker::Broker;
 use pager::migrate::Policy;
 use pager::state::Residency;
-use shuttle::sync::Arc;
+use shuttle::sync::{Arc, Mutex};
 use xe_svm::budget::GpuBudget;
 use xe_svm::server::Inner;
 
@@ -65,6 +65,27 @@ impl Default for WorldConfig {
     }
 }
 
+/// mm-servers started after a kill, kept to be stopped at the end.
+#[derive(Default)]
+struct Restarted {
+    endpoints: Vec<Arc<Endpoint>>,
+    threads: Vec<shuttle::thread::JoinHandle<()>>,
+}
+
+/// A fresh mm-server: a broker at the machine's VRAM size, pressing on the
+/// pager (over `reclaim`) and the GPU core (wired once it exists).
+fn new_mm(machine: &Machine, pager: &Arc<SimPager>, reclaim: &Arc<Endpoint>) -> Arc<Mm> {
+    let total = machine.vram.len() as u64 * PAGE;
+    Arc::new(Mm {
+        broker: Broker::with_watermarks(total, total / 4, total),
+        worlds: SimWorlds {
+            pager: pager.clone(),
+            reclaim: reclaim.clone(),
+            gpu: Default::default(),
+        },
+    })
+}
+
 pub struct World {
     pub machine: Arc<Machine>,
     pub pager: Arc<SimPager>,
@@ -74,6 +95,8 @@ pub struct World {
     pub faults: Arc<Endpoint>,
     pub mm_endpoint: Option<Arc<Endpoint>>,
     servers: Vec<shuttle::thread::JoinHandle<()>>,
+    /// mm-servers started after a kill (`restart_mm`), and their threads.
+    restarted: std::sync::Mutex<Restarted>,
     /// The client VM's ASID (the device's and the fault path's name for it).
     pub vm: u32,
     /// The client's id of that VM (what it names in its requests).
@@ -107,16 +130,7 @@ impl World {
         let (mm, mm_endpoint) = match cfg.broker {
             Some(_) => {
                 let ep = start("mm-server", 1);
-                let total = machine.vram.len() as u64 * PAGE;
-                let mm = Arc::new(Mm {
-                    broker: Broker::with_watermarks(total, total / 4, total),
-                    worlds: SimWorlds {
-                        pager: pager.clone(),
-                        reclaim: reclaim.clone(),
-                        gpu: Default::default(),
-                    },
-                });
-                (Some(mm), Some(ep))
+                (Some(new_mm(&machine, &pager, &reclaim)), Some(ep))
             }
             None => (None, None),
         };
@@ -124,7 +138,7 @@ impl World {
             machine: machine.clone(),
             pager: pager.clone(),
             migrate: migrate.clone(),
-            pressure: mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m)),
+            pressure: Mutex::new(mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m))),
             jobs: Default::default(),
         };
         let pages = machine.vram.len() as u64;
@@ -177,6 +191,7 @@ impl World {
             faults,
             mm_endpoint,
             servers,
+            restarted: Default::default(),
             vm,
             vm_id,
             gpu_base: Arc::new(StdAtomicU64::new(GPU_BASE)),
@@ -291,6 +306,25 @@ impl World {
         new
     }
 
+    /// mm-server restarts (issue 14): the running one is killed (its queued
+    /// calls answer `None`, as a dead process's socket would), and a new one
+    /// with a fresh broker takes its place; the GPU core calls the new one
+    /// from its next reservation on. Reservations the old one granted are
+    /// the GPU core's to keep; the new broker learns usage from reports.
+    pub fn restart_mm(&self) {
+        let Some((old, mm)) = self.gpu.hw.mm() else {
+            return;
+        };
+        old.kill();
+        let (ep, threads) = Endpoint::start("mm-server", 1);
+        let fresh = new_mm(&self.machine, &self.pager, &mm.worlds.reclaim);
+        let _ = fresh.worlds.gpu.set(Arc::downgrade(&self.gpu));
+        self.gpu.hw.set_mm(ep.clone(), fresh);
+        let mut r = self.restarted.lock().unwrap_or_else(|e| e.into_inner());
+        r.endpoints.push(ep);
+        r.threads.extend(threads);
+    }
+
     /// Stops the servers and checks the end of the run: no lock held, each
     /// page's data as `expect(p)` says, every page in VRAM in an allocated
     /// block, each VRAM block counting exactly the pages in it and no block
@@ -301,6 +335,12 @@ impl World {
         if let Some(ep) = &self.mm_endpoint {
             ep.stop();
         }
+        let restarted =
+            std::mem::take(&mut *self.restarted.lock().unwrap_or_else(|e| e.into_inner()));
+        for ep in &restarted.endpoints {
+            ep.stop();
+        }
+        self.servers.extend(restarted.threads);
         for ep in self.endpoints.iter().chain([&self.faults]) {
             ep.stop();
         }

@@ -88,6 +88,11 @@ fn mm_server_dies() {
 }
 
 #[test]
+fn mm_server_restarts() {
+    scenario("mm_server_restarts");
+}
+
+#[test]
 fn hostile_floods_and_forges() {
     hostile_scenario("hostile_floods_and_forges");
 }
@@ -177,6 +182,7 @@ fn every_scenario_has_a_test() {
         "system_pages_migrate",
         "failing_copies",
         "mm_server_dies",
+        "mm_server_restarts",
         "hostile_floods_and_forges",
         "hostile_ends_mid_migration",
         "gpu_server_dies_mid_collect",
