@@ -254,6 +254,15 @@ impl<'a> RingView<'a> {
         Ok(())
     }
 
+    /// Drops every packet not yet taken (the consumer is gone: a device
+    /// whose driver died). Only the producer may call it, under its lock.
+    pub fn discard(&self) -> u32 {
+        let tail = self.tail().load(Ordering::Acquire);
+        let head = self.head().swap(tail, Ordering::AcqRel);
+        wake_all(self.head());
+        tail.wrapping_sub(head)
+    }
+
     /// Takes the next packet, waiting up to `timeout` (`None`: forever).
     pub fn pop(&self, timeout: Option<Duration>) -> Result<(u32, Packet), RingError> {
         let deadline = timeout.map(|t| Instant::now() + t);

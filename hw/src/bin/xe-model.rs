@@ -32,6 +32,12 @@ struct Args {
     /// Descriptor of the connected seqpacket control socket (Linux).
     #[arg(long, default_value_t = 3)]
     control_fd: i32,
+    /// A seqpacket socket on which the next driver's control socket comes
+    /// when a driver dies (Linux): the device then outlives its driver,
+    /// resets what the driver set up, keeps VRAM, and serves the next one.
+    /// Without it the device stops with its driver.
+    #[arg(long)]
+    attach_fd: Option<i32>,
     /// Only this process may open the device endpoint (Redox; default:
     /// any root process, once).
     #[arg(long)]
@@ -67,9 +73,17 @@ fn main() {
 #[cfg(target_os = "linux")]
 fn serve(cfg: Config, a: &Args) -> Result<(), hw::model::ModelError> {
     use ipc_protocol::transport::{inherited_fd, SeqPacket};
+    use std::sync::Arc;
     // SAFETY: the parent handed us the control socket at this descriptor.
-    let control = SeqPacket::from_fd(unsafe { inherited_fd(a.control_fd) });
-    hw::model::run(cfg, std::sync::Arc::new(control))
+    let control = Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(a.control_fd) }));
+    match a.attach_fd {
+        // SAFETY: as above, for the attach socket.
+        Some(fd) => {
+            let attach = Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }));
+            hw::model::run_attached(cfg, control, attach)
+        }
+        None => hw::model::run(cfg, control),
+    }
 }
 
 #[cfg(target_os = "redox")]

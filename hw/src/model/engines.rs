@@ -71,6 +71,60 @@ pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
     result
 }
 
+/// Runs a device that outlives its drivers, as hardware outlives a driver
+/// reload: when a driver's channel closes the device is reset
+/// ([`Running::driver_lost`]: VRAM kept, everything the driver set up
+/// dropped) and the next driver's control socket is taken from `attach`
+/// (init sends one for each new GPU server), which gets the `Hello`.
+/// Ends when `attach` closes.
+#[cfg(target_os = "linux")]
+pub fn run_attached(
+    cfg: Config,
+    control: Arc<dyn Transport>,
+    attach: Arc<dyn Transport>,
+) -> Result<(), ModelError> {
+    let device = start(cfg)?;
+    let mut control = control;
+    let result = loop {
+        let served = device.hello().and_then(|(hello, fds)| {
+            control::send(&*control, hello, fds).map_err(ModelError::Control)?;
+            device.control_loop(&*control)
+        });
+        if let Err(e) = served {
+            break Err(e);
+        }
+        device.driver_lost();
+        match next_driver(&*attach) {
+            Some(next) => control = next,
+            None => break Ok(()),
+        }
+    };
+    device.stop();
+    result
+}
+
+/// The next driver's control socket, passed on `attach` (`None`: closed).
+#[cfg(target_os = "linux")]
+fn next_driver(attach: &dyn Transport) -> Option<Arc<dyn Transport>> {
+    loop {
+        let mut rx = match attach.recv(None) {
+            Ok(rx) => rx,
+            Err(TransportError::Disconnected) => return None,
+            Err(e) => {
+                log::error!("xe-model: the attach channel: {e}");
+                return None;
+            }
+        };
+        match rx.handles.pop() {
+            Some(fd) if rx.handles.is_empty() => {
+                log::info!("xe-model: a new driver attaches");
+                return Some(Arc::new(ipc_protocol::transport::SeqPacket::from_fd(fd)));
+            }
+            _ => log::warn!("xe-model: an attach message without one socket; ignored"),
+        }
+    }
+}
+
 /// Brings a device up: its registers, VRAM and engine threads. Its driver
 /// talks to it through [`Running::control`] (records from any channel).
 pub fn start(cfg: Config) -> Result<Running, ModelError> {
@@ -191,6 +245,44 @@ impl Running {
             let (reply, fds) = self.control(rec, fds)?;
             control::send(control, reply, fds).map_err(ModelError::Control)?;
         }
+    }
+
+    /// The driver is gone: what it set up goes, VRAM stays. Faults stalled
+    /// for it fail now (their jobs end `Faulted`), every context and TLB
+    /// entry is dropped (a job still running faults at its next access and
+    /// ends), every DMA mapping of its memory is unmapped (after accesses
+    /// in flight, as an IOMMU unmap), and its unread GuC messages are
+    /// discarded, so the next driver starts from a quiet device.
+    pub fn driver_lost(&self) {
+        let dev = &self.dev;
+        for slot in &dev.slots {
+            *slot.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(false);
+            slot.arrived.notify_all();
+        }
+        {
+            let _gate = dev.access_gate.write().unwrap_or_else(|e| e.into_inner());
+            for asid in 0..layout::MAX_ASIDS {
+                dev.regs
+                    .u64_at(layout::CONTEXT_TABLE + asid * 8)
+                    .store(0, Ordering::Release);
+            }
+            let all = crate::xe::commands::TlbInvalidation {
+                seqno: 0,
+                scope: crate::xe::commands::InvalidationScope::Full,
+                asid: 0,
+                address: 0,
+                len_log2: 0,
+            };
+            dev.tlb.invalidate(&all, false);
+            for slot in 0..layout::SYSMEM_SLOTS as u32 {
+                dev.mem.unmap_slot(slot);
+            }
+        }
+        let dropped = {
+            let _g = dev.g2h.lock().unwrap_or_else(|e| e.into_inner());
+            RingView::new(&dev.regs, Ring::GucToHost).discard()
+        };
+        log::info!("xe-model: driver lost; device reset ({dropped} GuC message(s) dropped)");
     }
 
     /// Stops the engines; jobs still running end at their next step.

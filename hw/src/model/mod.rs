@@ -52,6 +52,8 @@ use std::time::Duration;
 
 use ipc_protocol::transport::TransportError;
 
+#[cfg(target_os = "linux")]
+pub use engines::run_attached;
 pub use engines::{run, start, Running};
 
 /// Fault injection for tests.

@@ -130,6 +130,14 @@ impl Rig {
         self.entry(table, index(va, 0)).store(0, Ordering::Release);
     }
 
+    /// Job and copy sequence numbers go on from `next` (a driver that
+    /// attaches to a device another driver used: its registers are past
+    /// the numbers a fresh driver would start from).
+    pub fn continue_from(self, next: u32) -> Self {
+        self.seq.store(next, Ordering::Relaxed);
+        self
+    }
+
     pub fn launch(
         &self,
         asid: u32,
