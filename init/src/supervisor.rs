@@ -218,6 +218,8 @@ pub struct BootOptions {
     pub probe_only: bool,
     /// Extra arguments for the pager (tests use them to break a rule).
     pub pager_args: Vec<String>,
+    /// Extra arguments for the GPU server (tests shorten its deadlines).
+    pub gpu_args: Vec<String>,
     /// Client slots (each with its own badge); 0 means 1.
     pub clients: usize,
     pub supervision: Supervision,
@@ -355,7 +357,11 @@ impl System {
                 "xe-model" => opts.device.to_args(),
                 "mm-server" => vec![format!("--vram-bytes={}", opts.device.vram_bytes)],
                 "xe-svm" if opts.probe_only => vec!["--probe-only".into()],
-                "xe-svm" => crate::manifest::budget_args("xe-svm"),
+                "xe-svm" => {
+                    let mut a = crate::manifest::budget_args("xe-svm");
+                    a.extend(opts.gpu_args.iter().cloned());
+                    a
+                }
                 "pager" => {
                     // The manifest's budget, unless a test gives its own.
                     let own = opts.pager_args.iter().any(|a| a.starts_with("--budget"));

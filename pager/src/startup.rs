@@ -1,8 +1,33 @@
 //! The core's configuration from the flags both runtimes take:
-//! `--budget name=value,...`, the number of clients, `--arena-mib`.
+//! `--budget name=value,...`, the number of clients, `--arena-mib`; and
+//! the periodic work both runtimes run over it.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use crate::core::budget::PagerBudget;
-use crate::core::{Config, PEER_METADATA};
+use crate::core::runtime::Runtime;
+use crate::core::{Config, Core, PEER_METADATA};
+
+/// Undoes expired collects (`Core::expire_collects`) every quarter lease
+/// (at most every second), until the core is dropped.
+pub fn spawn_lease_reaper<R: Runtime>(core: &Arc<Core<R>>) -> std::io::Result<()> {
+    let lease = Duration::from_micros(core.cfg.collect_lease_us);
+    let period = (lease / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let core: Weak<Core<R>> = Arc::downgrade(core);
+    std::thread::Builder::new()
+        .name("pager-lease".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            match core.upgrade() {
+                Some(c) => {
+                    c.expire_collects();
+                }
+                None => return,
+            }
+        })
+        .map(|_| ())
+}
 
 /// The core's configuration; a bad flag is a one-line error.
 pub fn core_config(budget: &str, clients: usize, arena_mib: Option<u64>) -> Result<Config, String> {

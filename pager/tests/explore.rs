@@ -198,6 +198,63 @@ fn gpu_server_dies_mid_collect() {
     assert_eq!(core.accounting().collects, 0);
 }
 
+/// A collect outlives its lease (the GPU server gave up on it, issue 14)
+/// while the GPU server's late finalize and a CPU writer race the reaper:
+/// either the finalize wins (the pages move) or the reaper does (the pages
+/// go back unlocked and the finalize is refused); never a page left
+/// locked, never a word lost, never a collect left counted. Without the
+/// reaper's undo the writer waits on its page forever.
+fn a_collect_past_its_lease_is_undone() {
+    let mut cfg = small_config("");
+    cfg.collect_lease_us = 1000;
+    let core = model_core(cfg);
+    let s = core.client(CLIENT).unwrap();
+    let (obj, view) = object_with_view(&core, &s, 4, VIEW_AT).unwrap();
+    let o = s.object(obj).unwrap();
+    seed(&o, |p| p as u64 * 10);
+    let g = core.gpu_session(GPU_SERVER).unwrap();
+    let id = gpu_open(&core, &g, CLIENT, view).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    let gpu = {
+        let (core, o) = (core.clone(), o.clone());
+        spawn(move || session_gpu_migrate(&core, &g, id, &o.memory, 0, 4).is_ok())
+    };
+    let reaper = {
+        let core = core.clone();
+        spawn(move || {
+            core.rt.clock_us.fetch_add(1000, Ordering::AcqRel);
+            core.expire_collects()
+        })
+    };
+    let writer = {
+        let core = core.clone();
+        spawn(move || cpu_write(&core, &space, VIEW_AT + 4096, 1, 1))
+    };
+    let finalized = gpu.join().unwrap();
+    let expired = reaper.join().unwrap();
+    writer.join().unwrap();
+    assert!(
+        !(finalized && expired == 1),
+        "a collect both finalized and undone"
+    );
+    let vram = pager::sync::lock(&core.rt.vram).clone();
+    for p in 0..4 {
+        let i = o.table.info(p).unwrap();
+        assert!(!i.locked, "page {p} left locked");
+        let value = match i.residency {
+            Residency::System => o.memory.words[p].load(Ordering::Acquire),
+            _ => vram[&(id.get(), p)],
+        };
+        assert_eq!(
+            value,
+            p as u64 * 10 + (p == 1) as u64,
+            "page {p} ({:?})",
+            i.residency
+        );
+    }
+    assert_eq!(core.accounting().collects, 0);
+}
+
 /// A client's session ends (it exited) while the GPU server migrates its
 /// object: the migration either never starts (the object is dying) or
 /// finishes first; then the VRAM is freed and every total is zero.
@@ -237,6 +294,11 @@ fn client_ends_mid_migration() {
 #[test]
 fn explore_gpu_server_dies_mid_collect() {
     explore(gpu_server_dies_mid_collect);
+}
+
+#[test]
+fn explore_a_collect_past_its_lease_is_undone() {
+    explore(a_collect_past_its_lease_is_undone);
 }
 
 #[test]

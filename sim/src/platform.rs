@@ -18,7 +18,7 @@ use ipc_protocol::types::World;
 use mm_server::broker::Broker;
 use mm_server::evictor::{run_pass, PeerError, VramFigures, Worlds};
 use shuttle::sync::{Arc, Mutex, Weak};
-use xe_svm::platform::{Platform, PortError};
+use xe_svm::platform::{FinalizeError, Platform, PortError};
 
 use crate::machine::{Machine, SimTables, BO_POOL_BASE, BO_POOL_PAGES, PAGE, ZERO_BASE};
 use crate::net::Endpoint;
@@ -104,11 +104,13 @@ impl Platform for SimPlatform {
             .flatten()
             .ok_or(PortError)
     }
-    fn finalize(&self, f: Finalize) -> Result<(), PortError> {
+    fn finalize(&self, f: Finalize) -> Result<(), FinalizeError> {
         let p = self.pager.clone();
         match self.migrate.call(move || p.finalize(f)) {
             Some(true) => Ok(()),
-            _ => Err(PortError),
+            // The simulated calls have no deadline: a dead pager's or a
+            // refusal, never an unanswered one.
+            _ => Err(FinalizeError::Refused),
         }
     }
     fn has_broker(&self) -> bool {

@@ -28,7 +28,7 @@ use crate::arena::{Config, ConfigError};
 use crate::budget::GpuBudget;
 use crate::device::Device;
 use crate::faults::Dispatch;
-use crate::platform::{Platform, PortError};
+use crate::platform::{FinalizeError, Platform, PortError};
 use crate::ppgtt::Ppgtt;
 use crate::server::Inner;
 use crate::vram::Vram;
@@ -142,7 +142,12 @@ impl Platform for HostPlatform {
     }
     fn collect(&self, c: Collect) -> Result<Collected, PortError> {
         let r = self.migrate.call(c);
-        let gone = matches!(r, Err(CallError::Transport(TransportError::Disconnected)));
+        let gone = matches!(
+            r,
+            Err(CallError::Transport(
+                TransportError::Disconnected | TransportError::TimedOut
+            ))
+        );
         self.pager_gone.store(gone, Ordering::Release);
         r.map_err(|e| {
             log::warn!("xe-svm: collect: {e}");
@@ -152,10 +157,13 @@ impl Platform for HostPlatform {
     fn pager_gone(&self) -> bool {
         self.pager_gone.load(Ordering::Acquire)
     }
-    fn finalize(&self, f: Finalize) -> Result<(), PortError> {
+    fn finalize(&self, f: Finalize) -> Result<(), FinalizeError> {
         self.migrate.call(f).map(|_| ()).map_err(|e| {
             log::warn!("xe-svm: finalize: {e}");
-            PortError
+            match e {
+                CallError::Transport(TransportError::TimedOut) => FinalizeError::Unanswered,
+                _ => FinalizeError::Refused,
+            }
         })
     }
     fn has_broker(&self) -> bool {

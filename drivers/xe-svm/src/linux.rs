@@ -71,6 +71,13 @@ struct Args {
     /// defaults (README, "Budgets"; K, M, G suffixes).
     #[arg(long, default_value = "")]
     budget: String,
+    /// The deadline of a call to the pager (`Collect`, `Finalize`): a GPU
+    /// fault whose call gets no answer by then fails (its job ends
+    /// `Faulted`) instead of waiting forever; the pager undoes a collect
+    /// left unfinalized after its `--collect-lease-ms` (1 to 600000).
+    #[arg(long, default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pager_timeout_ms: u64,
     /// How many times init has started this server (1 at boot). Not yet
     /// restartable (`launcher/src/manifest.rs`, `RESTARTABLE`): it rebuilds
     /// nothing after a restart, so init reports its death instead.
@@ -128,9 +135,10 @@ pub fn main() {
         let pressure = a
             .pressure_fd
             .map(|fd| Client::new(endpoint(fd)).with_timeout(std::time::Duration::from_secs(10)));
+        let pager = std::time::Duration::from_millis(a.pager_timeout_ms);
         let server = match GpuServer::new(
             dev.clone(),
-            Client::new(endpoint(migrate)),
+            Client::new(endpoint(migrate)).with_timeout(pager),
             pressure,
             a.bo_pool_mib << 20,
             &cfg,

@@ -15,6 +15,19 @@ use ipc_protocol::types::World;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortError;
 
+/// Why a `Finalize` did not go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalizeError {
+    /// The pager answered no (the object went, the collect's lease ran
+    /// out) or is gone: it did not take the pages, the copies are nobody's.
+    Refused,
+    /// No answer within the call's deadline: whether the pager took the
+    /// pages is unknown, so the copies and their frames must stay (a page
+    /// the pager names in VRAM must be there); if it did not, they are
+    /// leaked, never freed under a page that uses them.
+    Unanswered,
+}
+
 pub trait Platform: Send + Sync + 'static {
     /// One GPU VM's page tables.
     type Tables: Send + 'static;
@@ -52,10 +65,11 @@ pub trait Platform: Send + Sync + 'static {
     /// `PagerMigrate::Collect` (rule 9: called with no lock of ours held).
     fn collect(&self, c: Collect) -> Result<Collected, PortError>;
     /// `PagerMigrate::Finalize`.
-    fn finalize(&self, f: Finalize) -> Result<(), PortError>;
-    /// Whether the last `collect` found the pager gone (not merely
-    /// failing): a fault that needs it cannot be served until a pager is
-    /// back, so it fails instead of replaying forever.
+    fn finalize(&self, f: Finalize) -> Result<(), FinalizeError>;
+    /// Whether the last `collect` found the pager gone or unresponsive
+    /// (no answer within the call's deadline), not merely failing: a fault
+    /// that needs it cannot be served until a pager answers again, so it
+    /// fails instead of replaying forever (issue 14: no hangs).
     fn pager_gone(&self) -> bool {
         false
     }

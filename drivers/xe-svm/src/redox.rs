@@ -230,7 +230,7 @@ fn start_server(a: &Args, boot: &Boot, dev: Arc<Device>) {
     let client = |fd: OwnedFd| -> Arc<dyn Transport> {
         Arc::new(SchemeTransport::from_fd(fd).unwrap_or_else(|e| fail("a peer's caller", e)))
     };
-    let migrate = Client::new(client(p.migrate.take().expect("waited for")));
+    let migrate = Client::new(client(p.migrate.take().expect("waited for"))).with_timeout(peer);
     let pressure = p
         .pressure
         .take()

@@ -38,7 +38,7 @@ use crate::bo::{BoMap, BoStore};
 use crate::budget::GpuBudget;
 use crate::density;
 use crate::job_table::JobTable;
-use crate::platform::Platform;
+use crate::platform::{FinalizeError, Platform};
 use crate::protect::permits;
 use crate::session::{self as ses, GpuSession, Sessions};
 use crate::sync::{lock, Mutex, MutexGuard};
@@ -860,10 +860,19 @@ impl<P: Platform> Inner<P> {
                 got: c.got,
                 migrated,
             };
-            if self.hw.finalize(f).is_err() {
+            let finalized = self.hw.finalize(f);
+            if finalized == Err(FinalizeError::Unanswered) {
+                // Unknown whether the pager took them: keep the frames (a
+                // page it names in VRAM must be there), map nothing, fail
+                // the access (the pager is unresponsive, issue 14).
+                log::error!("xe-svm: no answer to a finalize; the fault at {va:#x} fails");
+                return false;
+            }
+            if finalized.is_err() {
                 // The pager did not take the pages (its object went away
-                // meanwhile, or it is gone): the copies are nobody's. Give
-                // their VRAM back rather than keep frames no page names.
+                // meanwhile, the collect's lease ran out, or it is gone):
+                // the copies are nobody's. Give their VRAM back rather than
+                // keep frames no page names.
                 log::warn!("xe-svm: finalize failed; dropping the copies");
                 let mut st = self.lock();
                 if let Some(obj) = st.objects.get_mut(&object) {

@@ -98,6 +98,12 @@ mod server {
         /// faults for HOLD_MS).
         #[arg(long, default_value = "off")]
         thrash: String,
+        /// How long a collect may await the GPU server's finalize before it
+        /// is undone (its pages unlocked); longer than the GPU server's
+        /// `--pager-timeout-ms` plus a copy (1 to 3600000).
+        #[arg(long, default_value_t = 90_000,
+              value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        collect_lease_ms: u64,
         /// Test only: break rule 8 (no invalidation before migrating back).
         #[arg(long, hide = true)]
         unsafe_skip_invalidate: bool,
@@ -123,6 +129,7 @@ mod server {
             ..Config::default()
         };
         cfg.core.skip_invalidate = a.unsafe_skip_invalidate;
+        cfg.core.collect_lease_us = a.collect_lease_ms * 1000;
         cfg.core.thrash = ThrashPolicy::parse(&a.thrash).map_err(|e| format!("--thrash {e}"))?;
         Ok(cfg)
     }

@@ -80,6 +80,30 @@ impl<R: Runtime> Core<R> {
         log::info!("pager: GPU server {badge} gone; {n} collect(s) in flight undone");
     }
 
+    /// Undoes the collects that awaited their finalize longer than
+    /// `collect_lease_us` (the GPU server gave up on them, or hangs): as
+    /// at its end, their pages go back to their state, unlocked. A late
+    /// finalize of one finds nothing (`NotCollected`). The runtime calls
+    /// this periodically (`startup::spawn_lease_reaper`); returns how many.
+    pub fn expire_collects(&self) -> usize {
+        let Some(g) = crate::sync::lock(&self.gpu).clone() else {
+            return 0;
+        };
+        let old = g.expired(self.rt.now_us(), self.cfg.collect_lease_us);
+        for f in &old {
+            self.undo_collect(f);
+            g.unreserve_collect();
+        }
+        if !old.is_empty() {
+            log::warn!(
+                "pager: {} collect(s) never finalized within {} ms undone",
+                old.len(),
+                self.cfg.collect_lease_us / 1000
+            );
+        }
+        old.len()
+    }
+
     /// A collect that will never be finalized: its pages go back unlocked.
     pub(super) fn undo_collect(&self, f: &InFlight<R>) {
         let backend = CoreBackend::new(self, &f.object, None);

@@ -143,6 +143,7 @@ impl<R: Runtime> Core<R> {
                 chunk,
                 gpu: c.gpu.get(),
                 collected: got,
+                since_us: self.rt.now_us(),
             };
             self.undo_collect(&f);
             g.unreserve_collect();
@@ -169,6 +170,7 @@ impl<R: Runtime> Core<R> {
             chunk,
             gpu: c.gpu.get(),
             collected: got,
+            since_us: self.rt.now_us(),
         };
         if let Err(f) = g.record(f) {
             // The session ended meanwhile (or the arena is full): the

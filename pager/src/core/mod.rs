@@ -93,6 +93,13 @@ pub struct Config {
     /// copies failing) before it ends with an error the client sees
     /// (`SIGBUS`) instead of retrying: no hang.
     pub fault_deadline_us: u64,
+    /// How long a collect may await its finalize. The GPU server's calls
+    /// to us have a deadline (issue 14): one that gave up on a collect's
+    /// reply never finalizes it, so past this lease the collect is undone
+    /// (its pages unlocked, unchanged) and a late finalize is refused
+    /// (`NotCollected`: the GPU server drops its copies). Longer than the
+    /// GPU server's call deadline plus a copy.
+    pub collect_lease_us: u64,
 }
 
 impl Default for Config {
@@ -111,6 +118,7 @@ impl Default for Config {
             // Opt-in (`thrash.rs` says why).
             thrash: None,
             fault_deadline_us: 10_000_000,
+            collect_lease_us: 90_000_000,
         }
     }
 }

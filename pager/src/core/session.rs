@@ -246,6 +246,9 @@ pub struct InFlight<R: Runtime> {
     pub chunk: Chunk,
     pub gpu: u8,
     pub collected: Collected,
+    /// When it was collected (`Runtime::now_us`): past the lease it is
+    /// undone (`Core::expire_collects`).
+    pub since_us: u64,
 }
 
 /// The GPU server's `PagerMigrate` session.
@@ -360,6 +363,21 @@ impl<R: Runtime> GpuSession<R> {
                 && f.collected.got == *got
         })?;
         Some(c.swap_remove(at))
+    }
+
+    /// Takes the collects recorded `lease_us` or longer before `now_us`.
+    pub fn expired(&self, now_us: u64, lease_us: u64) -> Vec<InFlight<R>> {
+        let mut c = lock(&self.collects);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < c.len() {
+            if now_us.saturating_sub(c[i].since_us) >= lease_us {
+                out.push(c.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        out
     }
 
     /// Collects awaiting their finalize now.

@@ -70,10 +70,9 @@ impl PagerServer {
     pub fn new(cfg: Config) -> Result<Self, String> {
         let rt = HostRuntime::new(cfg.threads_per_view, cfg.staging_slots)
             .map_err(|e| format!("staging buffer: {e}"))?;
-        let core = Core::new(rt, cfg.core).map_err(|e| e.to_string())?;
-        Ok(Self {
-            core: Arc::new(core),
-        })
+        let core = Arc::new(Core::new(rt, cfg.core).map_err(|e| e.to_string())?);
+        crate::startup::spawn_lease_reaper(&core).map_err(|e| format!("lease reaper: {e}"))?;
+        Ok(Self { core })
     }
 
     pub fn core(&self) -> &Arc<Core<HostRuntime>> {

@@ -224,9 +224,9 @@ fn server(a: &Args) -> RedoxPager {
         .and_then(|fd| Staging::over(fd, a.staging_slots.clamp(1, 64)).map_err(Into::into))
         .unwrap_or_else(|e| fail("staging buffer", e));
     let core = Core::new(RedoxRuntime::new(staging), cfg).unwrap_or_else(|e| fail("core", e));
-    RedoxPager {
-        core: Arc::new(core),
-    }
+    let core = Arc::new(core);
+    crate::startup::spawn_lease_reaper(&core).unwrap_or_else(|e| fail("lease reaper", e));
+    RedoxPager { core }
 }
 
 fn callbacks(server: &RedoxPager, timeout: Duration) -> Callbacks {
