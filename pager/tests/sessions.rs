@@ -65,6 +65,65 @@ fn a_moved_view_keeps_its_client_id() {
     assert_eq!(core.accounting().views, 0);
 }
 
+/// Two threads of one process move their buffers, each a view of its own
+/// userfaultfd (its own space and reader): `b` leaves `B`, then `a` moves
+/// into `B` while `b`'s reader has applied the unmap of `B` but not told
+/// the GPU server yet. `a`'s twins at `B` must wait for that `ViewGone`:
+/// sent first, they meet `b`'s binding still there, cannot follow, and
+/// GPU work at `a`'s new address faults (IGT threads-*-mmap-remap).
+#[test]
+fn a_move_into_a_range_another_space_left_waits_for_its_view_gone() {
+    const C: u64 = 0x3000_0000;
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (_, a) = object_with_view(&core, &s, 8, A).unwrap();
+    let (_, b) = object_with_view(&core, &s, 8, B).unwrap();
+    let g = core.gpu_session(GPU).unwrap();
+    gpu_open(&core, &g, CLIENT, a).unwrap();
+    gpu_open(&core, &g, CLIENT, b).unwrap();
+    let space_a = s.view(a).unwrap().space.clone();
+    let space_b = s.view(b).unwrap().space.clone();
+    assert!(!std::sync::Arc::ptr_eq(&space_a, &space_b));
+    // `b`'s reader: the move to `C` told, the old range's unmap applied.
+    let mut notes_b = Vec::new();
+    let pending = core.follow_remap(&space_b, B, C, 8 * PAGE, &mut notes_b);
+    core.send_notes(&mut notes_b);
+    core.follow_unmap(&space_b, B, B + 8 * PAGE, Some(pending), &mut notes_b);
+    // `a`'s reader: `a` moved into `B`.
+    let (done, finished) = std::sync::mpsc::channel();
+    let reader_a = {
+        let (core, space) = (core.clone(), space_a.clone());
+        std::thread::spawn(move || {
+            let mut notes = Vec::new();
+            let pending = core.follow_remap(&space, A, B, 8 * PAGE, &mut notes);
+            core.send_notes(&mut notes);
+            core.follow_unmap(&space, A, A + 8 * PAGE, Some(pending), &mut notes);
+            core.send_notes(&mut notes);
+            let _ = done.send(());
+        })
+    };
+    // Time for `a`'s reader to run ahead, were nothing holding it back.
+    let ran_ahead = finished
+        .recv_timeout(std::time::Duration::from_millis(300))
+        .is_ok();
+    core.send_notes(&mut notes_b);
+    reader_a.join().unwrap();
+    let heard = lock(&core.rt.heard).clone();
+    let moved_a = lock(&core.rt.copied)
+        .iter()
+        .find(|(view, _)| *view == a.raw())
+        .map(|c| c.1)
+        .expect("a's bindings were twinned");
+    let at = |e: (char, u32)| heard.iter().position(|h| *h == e);
+    let (b_gone, a_twinned) = (at(('g', b.raw())), at(('c', moved_a)));
+    assert!(
+        !ran_ahead && b_gone.is_some() && b_gone < a_twinned,
+        "b's binding at B goes before a's twin there: {heard:?}"
+    );
+    assert_eq!(s.view(a).map(|v| v.addr), Some(B));
+    assert_eq!(s.view(b).map(|v| v.addr), Some(C));
+}
+
 fn find(core: &std::sync::Arc<ModelCore>, addr: u64) -> Result<p::ViewFound, PagerError> {
     let s = core.client(CLIENT)?;
     let req = p::Request::FindView(p::FindView { addr });

@@ -19,15 +19,34 @@
 //! that is bound by nothing. The client finds the parts' ids with
 //! `FindView`. Pages no view reaches then leave VRAM (`unreached.rs`).
 //!
+//! **Order across spaces.** Each userfaultfd is a space with its own
+//! reader, and a process may have several (one per attached view), so the
+//! kernel's order holds within a space only. One thread's buffer may leave
+//! `X` and another's move into `X` at once; the second reader can then
+//! twin its bindings at `X` while the GPU server still binds the first
+//! view there (its `ViewGone` not sent yet): the twin cannot follow and
+//! GPU work at `X` faults. The kernel moved a view into a range only once
+//! nothing was mapped there, so any other view the pager still shows there
+//! is stale and its end is read or on its way. A move's notes therefore
+//! wait (`GpuNote::Moved`) until no other space of the client's address
+//! space shows a view over the destination: none records one there, and
+//! the `ViewGone` of each that left is sent (`GpuNote::Left`). The wait is
+//! outside the view-change guard and holds no page lock; the view it waits
+//! for left earlier in the kernel's order, so waits never form a cycle.
+//!
 //! **Budget.** A change the client's budget has no room for (a split or a
 //! fork past its views or spaces) is not followed: that range is handed
 //! back to the kernel (the object's RAM pages stay reachable there; pages
 //! in VRAM read as zeros through it), and the pager logs it.
 
+use std::time::Instant;
+
 use session::Handle;
 
 use super::object::Object;
-use super::runtime::{PartNote, Runtime};
+use super::runtime::{PartNote, Pause, Runtime};
+use super::session::Leaving;
+use super::sync_views::SYNC_LIMIT;
 use super::view::{Space, View, PAGE};
 use super::Core;
 use crate::sync::Arc;
@@ -42,6 +61,12 @@ pub enum GpuNote<R: Runtime> {
         to: u64,
     },
     Part(PartNote),
+    /// Views of the space moved into `[start, end)`: the notes after this
+    /// wait until no other space shows the GPU server a view there.
+    Moved(Arc<Space<R>>, u64, u64),
+    /// The GPU server heard the notes before this (the `ViewGone` of a
+    /// view that left): dropping the mark lets moves into its range go on.
+    Left(Leaving<R>),
     /// Pages `first..end` of the object lost a view: those no view
     /// reaches now leave VRAM (`unreached.rs`).
     Lost(Arc<Object<R>>, usize, usize),
@@ -122,6 +147,9 @@ impl<R: Runtime> Core<R> {
     ) -> PendingMove<R> {
         let mut parts = Vec::new();
         let end = from.saturating_add(len);
+        if !space.forked {
+            notes.push(GpuNote::Moved(space.clone(), to, to.saturating_add(len)));
+        }
         for v in space.views() {
             let (lo, hi) = (v.addr.max(from), v.end().min(end));
             if lo >= hi {
@@ -197,9 +225,14 @@ impl<R: Runtime> Core<R> {
                     }
                 }
             }
+            // Marked leaving before it stops being a view of the space: a
+            // move into its range (`Moved`) finds it as one or the other.
+            let leaving =
+                (!v.forked).then(|| Leaving::new(&space.session, space.id, v.addr, v.end()));
             self.retire_view(&v, false);
-            if !v.forked {
+            if let Some(leaving) = leaving {
                 notes.extend(v.gpu_ids().map(GpuNote::Gone));
+                notes.push(GpuNote::Left(leaving));
             }
             // After `Gone`: no binding of the view reaches the lost pages.
             let first = v.first_page + ((lo - v.addr) / PAGE) as usize;
@@ -251,8 +284,31 @@ impl<R: Runtime> Core<R> {
                     to,
                 } => self.rt.view_copied(view, new_view, from, to),
                 GpuNote::Part(p) => self.rt.view_part(&p),
+                GpuNote::Moved(space, start, end) => self.wait_shown_only_here(&space, start, end),
+                GpuNote::Left(leaving) => drop(leaving),
                 GpuNote::Lost(o, first, end) => self.release_unreached(&o, first, end),
             }
+        }
+    }
+
+    /// Waits until no other space of `space`'s client shows the GPU server
+    /// a view over `[start, end)`, where views of `space` just moved
+    /// ("Order across spaces"). A session whose spaces are not one address
+    /// space (a client's own doing) stops waiting after [`SYNC_LIMIT`]:
+    /// its twins there may then not follow, as its changes are its own.
+    fn wait_shown_only_here(&self, space: &Space<R>, start: u64, end: u64) {
+        let deadline = Instant::now() + SYNC_LIMIT;
+        let mut attempt = 0;
+        while space.session.shown_elsewhere(space.id, start, end) {
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "pager: space {}: another space still shows {start:#x}..{end:#x}",
+                    space.id
+                );
+                return;
+            }
+            self.rt.pause(Pause::ViewOrder, attempt);
+            attempt = attempt.saturating_add(1);
         }
     }
 }

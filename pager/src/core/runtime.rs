@@ -85,6 +85,9 @@ pub enum Pause {
     BringBack,
     /// While `SyncViews` waits for a reader to apply what it read.
     SyncViews,
+    /// While a move's notes wait for another space's reader to tell the
+    /// GPU server that a view left the destination (`changes.rs`).
+    ViewOrder,
 }
 
 /// The runtime under a [`Core`].

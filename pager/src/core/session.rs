@@ -41,6 +41,11 @@ pub struct ClientSession<R: Runtime> {
     ended: AtomicBool,
     /// Reads of its spaces' view changes not applied yet (`SyncViews`).
     pub changes: ChangeTickets,
+    /// Ranges (space id, start, end) that view changes took from views of
+    /// its spaces, whose `ViewGone` the GPU server has not heard yet
+    /// (`changes.rs`, "Order across spaces"). Bounded by its view budget:
+    /// each entry is a view retired, and goes once its notes are sent.
+    leaving: Mutex<Vec<(u64, u64, u64)>>,
 }
 
 /// Turns a table's error into the client's: its own budget, or the
@@ -87,6 +92,7 @@ impl<R: Runtime> ClientSession<R> {
             )),
             spaces: Mutex::new(AllocVec::new_in(meta.clone())),
             changes: ChangeTickets::default(),
+            leaving: Mutex::new(Vec::new()),
             ledger,
             meta,
             ended: AtomicBool::new(false),
@@ -237,6 +243,55 @@ impl<R: Runtime> ClientSession<R> {
 
     pub fn spaces(&self) -> Vec<Arc<Space<R>>> {
         lock(&self.spaces).iter().cloned().collect()
+    }
+
+    /// Whether a space other than `space` still shows the GPU server a
+    /// view over part of `[start, end)`: a view it records there, or one
+    /// that left whose `ViewGone` is not sent yet. Forked spaces (another
+    /// address space, with no GPU bindings) do not count.
+    pub fn shown_elsewhere(&self, space: u64, start: u64, end: u64) -> bool {
+        let overlaps = |lo: u64, hi: u64| lo < end && start < hi;
+        // Views first: a view is marked leaving before it is retired
+        // (`follow_unmap`), so one retired after this look is found below.
+        let recorded = self
+            .spaces()
+            .iter()
+            .filter(|sp| sp.id != space && !sp.forked)
+            .any(|sp| sp.views().iter().any(|v| overlaps(v.addr, v.end())));
+        recorded
+            || lock(&self.leaving)
+                .iter()
+                .any(|&(s, lo, hi)| s != space && overlaps(lo, hi))
+    }
+}
+
+/// A range a view change took from a view, shown to the GPU server until
+/// its `ViewGone` is sent: dropped after that note (or with the notes, were
+/// they never sent), so it never outlives them.
+pub struct Leaving<R: Runtime> {
+    session: Arc<ClientSession<R>>,
+    entry: (u64, u64, u64),
+}
+
+impl<R: Runtime> Leaving<R> {
+    /// `[start, end)` of `session`'s space `space` left a view; the GPU
+    /// server hears it (`ViewGone`) before the mark is dropped.
+    pub fn new(session: &Arc<ClientSession<R>>, space: u64, start: u64, end: u64) -> Self {
+        let entry = (space, start, end);
+        lock(&session.leaving).push(entry);
+        Self {
+            session: session.clone(),
+            entry,
+        }
+    }
+}
+
+impl<R: Runtime> Drop for Leaving<R> {
+    fn drop(&mut self) {
+        let mut l = lock(&self.session.leaving);
+        if let Some(i) = l.iter().position(|e| *e == self.entry) {
+            l.swap_remove(i);
+        }
     }
 }
 

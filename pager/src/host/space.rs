@@ -10,6 +10,9 @@
 //! is read) is never stuck behind a fault that waits on a page. A
 //! `madvise` removal is discarded after the guard is let go, and the faults
 //! read after it in the same batch wait for that (`core/removed.rs`).
+//! Spaces of one process (one userfaultfd per attached view) have no order
+//! between them: a move into a range another space's view just left waits
+//! for that view's end (`core/changes.rs`, "Order across spaces").
 //!
 //! **The view-change guard.** The kernel completes a view-change event when
 //! it is *read*; the pager updates its views when it has *applied* it. In

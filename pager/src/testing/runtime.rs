@@ -77,8 +77,9 @@ pub struct ModelRuntime {
     pub copied: Mutex<Vec<(u32, u32)>>,
     /// Every `view_part` note, in order.
     pub parts: Mutex<Vec<PartNote>>,
-    /// `ViewPart` and `ViewGone` as the GPU server heard them, in order:
-    /// (`'p'`, the part's id) or (`'g'`, the view that went).
+    /// `ViewPart`, `ViewCopied` and `ViewGone` as the GPU server heard
+    /// them, in order: (`'p'`, the part's id), (`'c'`, the copy's id) or
+    /// (`'g'`, the view that went).
     pub heard: Mutex<Vec<(char, u32)>>,
     /// The clock `now_us` reads; tests move it.
     pub clock_us: AtomicU64,
@@ -322,6 +323,7 @@ impl Runtime for ModelRuntime {
 
     fn view_copied(&self, view: Handle, new_view: Handle, _from: u64, _to: u64) {
         lock(&self.copied).push((view.raw(), new_view.raw()));
+        lock(&self.heard).push(('c', new_view.raw()));
     }
 
     fn now_us(&self) -> u64 {
