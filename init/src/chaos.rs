@@ -105,6 +105,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub kills: u64,
+    /// Kills left out so as not to trip the supervisor's crash-loop limit.
+    pub skipped: u64,
     pub restarts: u64,
     /// Kill to the next generation running, per kill.
     pub restart_ms: Vec<f64>,
@@ -293,10 +295,21 @@ fn probe(c: &Clients, s: &Shared) {
     }
 }
 
-/// Kills a random target, waits for its next generation; the time it took.
-fn kill_one(system: &mut System, rng: &mut Rng, kill: &[Target]) -> Result<(Instant, f64), String> {
-    let t = kill[(rng.next() % kill.len() as u64) as usize];
-    let name = t.process();
+/// Whether killing `name` now would be one restart too many for the
+/// supervisor's crash-loop policy (`process::MAX_RESTARTS` within
+/// `RESTART_WINDOW`, after which it gives the server up): chaos tests
+/// recovery, not the give-up, so such a kill is skipped.
+fn would_trip_the_crash_loop_limit(kills: &[(&'static str, Instant)], name: &str) -> bool {
+    let window = crate::process::RESTART_WINDOW;
+    let recent = kills
+        .iter()
+        .filter(|(n, at)| *n == name && at.elapsed() < window)
+        .count();
+    recent + 1 >= crate::process::MAX_RESTARTS
+}
+
+/// Kills `name`, waits for its next generation; the time it took.
+fn kill_one(system: &mut System, name: &'static str) -> Result<(Instant, f64), String> {
     let generation = system.generation(name).unwrap_or(1);
     let at = Instant::now();
     system
@@ -342,6 +355,7 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
     let mut rng = Rng(cfg.seed | 1);
     let mut report = Report::default();
     let mut kill_times = Vec::new();
+    let mut killed: Vec<(&'static str, Instant)> = Vec::new();
     let start = Instant::now();
     let deadline = start + cfg.run_for;
     std::thread::scope(|scope| {
@@ -363,12 +377,18 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
                 break;
             }
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            let name = cfg.kill[(rng.next() % cfg.kill.len() as u64) as usize].process();
+            if would_trip_the_crash_loop_limit(&killed, name) {
+                report.skipped += 1;
+                continue;
+            }
             report.kills += 1;
-            match kill_one(system, &mut rng, &cfg.kill) {
+            match kill_one(system, name) {
                 Ok((at, ms)) => {
                     report.restarts += 1;
                     report.restart_ms.push(ms);
                     kill_times.push(at);
+                    killed.push((name, at));
                 }
                 Err(e) => {
                     s.error(e);
@@ -425,6 +445,20 @@ mod tests {
         assert_eq!(
             check_targets(&[Target::Mm, Target::Gpu]),
             Err(ChaosError::NotRestartable("xe-svm"))
+        );
+    }
+
+    #[test]
+    fn kills_stay_under_the_crash_loop_limit() {
+        let now = Instant::now();
+        let max = crate::process::MAX_RESTARTS;
+        let recent: Vec<(&'static str, Instant)> = vec![("mm-server", now); max - 2];
+        assert!(!would_trip_the_crash_loop_limit(&recent, "mm-server"));
+        let more: Vec<(&'static str, Instant)> = vec![("mm-server", now); max - 1];
+        assert!(would_trip_the_crash_loop_limit(&more, "mm-server"));
+        assert!(
+            !would_trip_the_crash_loop_limit(&more, "pager"),
+            "per server"
         );
     }
 

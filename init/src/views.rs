@@ -202,6 +202,10 @@ fn read_page(
 
 /// The seed's scenario: threads hammer reads on a range whose pages are in
 /// VRAM while the main thread moves it with `mremap`.
+/// How long `mremap_race`'s readers may go without progress: past the
+/// pager's fault deadline (10 s), after which a fault it cannot serve ends.
+const READERS_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, ViewsError> {
     let (vm, mut buf) = buffer_in_vram(c, cfg.bytes)?;
     let (old, bytes, words, pages) = (buf.addr, cfg.bytes, cfg.bytes / 4, cfg.bytes / PAGE);
@@ -247,8 +251,15 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
             })
         })
         .collect();
-    // Let the herd get going on the VRAM pages, then move the range.
+    // Let the herd get going on the VRAM pages, then move the range. No
+    // wait here is unbounded: readers that stop making progress are an
+    // error, not a hang.
+    let deadline = std::time::Instant::now() + READERS_STALL;
     while passes.load(Ordering::Acquire) == 0 && pages_to_ram(c)? == ram_before {
+        if std::time::Instant::now() >= deadline {
+            stop.store(true, Ordering::Release);
+            return Err(ViewsError::Host("the readers never started".into()));
+        }
         std::thread::yield_now();
     }
     let dst = reserve(bytes)?;
@@ -277,7 +288,14 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
     }
     // Every reader finishes a whole pass after the move.
     let after = passes.load(Ordering::Acquire) + cfg.readers.max(1) as u32;
+    let deadline = std::time::Instant::now() + READERS_STALL;
     while passes.load(Ordering::Acquire) < after {
+        if std::time::Instant::now() >= deadline {
+            stop.store(true, Ordering::Release);
+            return Err(ViewsError::Host(format!(
+                "the readers made no whole pass within {READERS_STALL:?} of the move"
+            )));
+        }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     stop.store(true, Ordering::Release);

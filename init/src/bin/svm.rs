@@ -745,9 +745,10 @@ fn run_chaos(opts: BootOptions, cfg: &init::chaos::Config) -> i32 {
         Ok(r) => {
             let stats = init::chaos::summary;
             println!(
-                "chaos: {} kills, restart {}, first fault after a kill {}; \
-                 {} workload rounds, {} probes",
+                "chaos: {} kills ({} skipped for the crash-loop limit), restart {}, \
+                 first fault after a kill {}; {} workload rounds, {} probes",
                 r.kills,
+                r.skipped,
                 stats(&r.restart_ms),
                 stats(&r.recovery_ms),
                 r.workload_rounds,
