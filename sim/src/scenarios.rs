@@ -335,22 +335,20 @@ fn failing_copies() {
 
 /// A peer that dies: mm-server goes in the middle; GPU faults that wait
 /// on it get nothing and map system pages; nothing hangs or is lost.
-/// Issue 14's "server restarts" fault for mm-server: killed and replaced
-/// at a point the seed picks (in an eviction pass, a reservation or a
-/// report), while a GPU pass and CPU faults run; a second GPU pass after
-/// the restart reserves from the new broker. Every page ends with exact
-/// data and every fault completes.
-fn mm_server_restarts() {
+/// mm-server's end (`event`, at a point the seed picks: in an eviction
+/// pass, a reservation or a report) while a GPU pass and CPU faults run
+/// over a nearly full VRAM.
+fn mm_server_event(event: fn(&World)) -> Arc<World> {
     let w = world(WorldConfig {
         pages: 6,
         broker: Some(2),
         ..Default::default()
     });
-    let restarter = {
+    let ender = {
         let w = w.clone();
         spawn(move || {
             delay(8);
-            w.restart_mm();
+            event(&w);
         })
     };
     let gpu = gpu_passes(&w, 1);
@@ -363,7 +361,15 @@ fn mm_server_restarts() {
             }
         })
     };
-    join(vec![restarter, gpu, cpu]);
+    join(vec![ender, gpu, cpu]);
+    w
+}
+
+/// Issue 14's "server restarts" fault for mm-server: killed and replaced
+/// mid-race; a second GPU pass after the restart reserves from the new
+/// broker. Every page ends with exact data and every fault completes.
+fn mm_server_restarts() {
+    let w = mm_server_event(World::restart_mm);
     let (ep, _) = w.gpu.hw.mm().expect("a broker");
     assert!(!ep.is_dead(), "the GPU core calls the new mm-server");
     join(vec![gpu_passes(&w, 1)]);
@@ -371,28 +377,6 @@ fn mm_server_restarts() {
 }
 
 fn mm_server_dies() {
-    let w = world(WorldConfig {
-        pages: 6,
-        broker: Some(2),
-        ..Default::default()
-    });
-    let killer = {
-        let w = w.clone();
-        spawn(move || {
-            delay(8);
-            w.mm_endpoint.as_ref().expect("a broker").kill();
-        })
-    };
-    let gpu = gpu_passes(&w, 1);
-    let cpu = {
-        let w = w.clone();
-        spawn(move || {
-            for p in (0..w.machine.pages).rev() {
-                w.cpu_access(&view(0), p, 1);
-                yield_now();
-            }
-        })
-    };
-    join(vec![killer, gpu, cpu]);
+    let w = mm_server_event(|w| w.mm_endpoint.as_ref().expect("a broker").kill());
     finish(w, |p| start(p) + 2);
 }
