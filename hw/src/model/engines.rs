@@ -63,10 +63,7 @@ pub(super) struct Device {
 /// on first), then answers the driver's records.
 pub fn run(cfg: Config, control: Arc<dyn Transport>) -> Result<(), ModelError> {
     let device = start(cfg)?;
-    let (hello, fds) = device.hello()?;
-    let result = control::send(&*control, hello, fds)
-        .map_err(ModelError::Control)
-        .and_then(|()| device.control_loop(&*control));
+    let result = device.serve_driver(&*control);
     device.stop();
     result
 }
@@ -86,11 +83,7 @@ pub fn run_attached(
     let device = start(cfg)?;
     let mut control = control;
     let result = loop {
-        let served = device.hello().and_then(|(hello, fds)| {
-            control::send(&*control, hello, fds).map_err(ModelError::Control)?;
-            device.control_loop(&*control)
-        });
-        if let Err(e) = served {
+        if let Err(e) = device.serve_driver(&*control) {
             break Err(e);
         }
         device.driver_lost();
@@ -233,6 +226,14 @@ impl Running {
             return self.hello();
         }
         Ok((self.dev.control_record(rec, fds), vec![]))
+    }
+
+    /// Serves one driver on a channel the device may speak on first: the
+    /// `Hello` unasked, then its records until it closes the channel.
+    fn serve_driver(&self, control: &dyn Transport) -> Result<(), ModelError> {
+        let (hello, fds) = self.hello()?;
+        control::send(control, hello, fds).map_err(ModelError::Control)?;
+        self.control_loop(control)
     }
 
     fn control_loop(&self, control: &dyn Transport) -> Result<(), ModelError> {
