@@ -45,45 +45,50 @@ fn bound_buffer(c: &Clients, len: usize) -> (ipc_protocol::types::VmId, init::cl
     (vm, buf)
 }
 
+/// Submits `kernel` over `len` bytes at `addr` (4 hardware threads, +1 a
+/// word) and waits for it up to 30 s; its status and how long the wait
+/// took.
+fn run_and_wait(
+    c: &Clients,
+    vm: ipc_protocol::types::VmId,
+    kernel: ipc_protocol::types::KernelKind,
+    addr: u64,
+    len: u64,
+) -> (ipc_protocol::types::JobStatus, Duration) {
+    use ipc_protocol::interfaces::gpu::{Submit, Wait};
+    let submit = Submit {
+        vm,
+        kernel,
+        addr,
+        len,
+        stride: 4,
+        value: 1,
+        threads: 4,
+    };
+    let job = c.gpu.call(submit).unwrap().job;
+    let started = Instant::now();
+    let wait = Wait {
+        job,
+        timeout_ms: 30_000,
+    };
+    let done = c.gpu.call(wait).unwrap();
+    (done.status, started.elapsed())
+}
+
 /// No hang (issue 14): once the pager is gone, a GPU fault that needs it
 /// (a page to collect) fails and the job ends `Faulted` within the wait,
 /// instead of replaying forever; the GPU server keeps serving.
 #[test]
 fn a_gpu_fault_fails_once_the_pager_is_gone() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    use ipc_protocol::interfaces::gpu::{Stats, Submit, Wait};
+    use ipc_protocol::interfaces::gpu::Stats;
     use ipc_protocol::types::{JobStatus, KernelKind};
     let (mut system, c) = boot_reporting(&[], &[]);
     let (vm, buf) = bound_buffer(&c, 64 << 10);
     system.kill("pager").unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let job = c
-        .gpu
-        .call(Submit {
-            vm,
-            kernel: KernelKind::TouchPages,
-            addr: buf.addr,
-            len: 64 << 10,
-            stride: 4,
-            value: 1,
-            threads: 4,
-        })
-        .unwrap()
-        .job;
-    let started = Instant::now();
-    let done = c
-        .gpu
-        .call(Wait {
-            job,
-            timeout_ms: 30_000,
-        })
-        .unwrap();
-    assert_eq!(
-        done.status,
-        JobStatus::Faulted,
-        "after {:?}",
-        started.elapsed()
-    );
+    let (status, took) = run_and_wait(&c, vm, KernelKind::TouchPages, buf.addr, 64 << 10);
+    assert_eq!(status, JobStatus::Faulted, "after {took:?}");
     assert!(c.gpu.call(Stats {}).is_ok(), "the GPU server still answers");
     // The buffer's pages belong to a dead pager: never touch or detach it.
     std::mem::forget(buf);
@@ -99,12 +104,11 @@ fn a_gpu_fault_fails_once_the_pager_is_gone() {
 #[test]
 fn a_gpu_fault_ends_when_the_pager_hangs_and_its_pages_come_back() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    use ipc_protocol::interfaces::gpu::{Submit, Wait};
     use ipc_protocol::types::{JobStatus, KernelKind};
     use rustix::process::{kill_process, Pid, Signal};
     let (system, c) = boot_reporting(&["--pager-timeout-ms=1500"], &["--collect-lease-ms=3000"]);
     let len = 64 << 10;
-    let (vm, buf) = bound_buffer(&c, len);
+    let (vm, buf) = bound_buffer(&c, len as usize);
     // SAFETY: ours until `release`; the GPU touches it only inside jobs
     // we wait for.
     let words = unsafe { buf.words() };
@@ -113,27 +117,10 @@ fn a_gpu_fault_ends_when_the_pager_hangs_and_its_pages_come_back() {
     }
     let pager = Pid::from_raw(system.pid("pager").unwrap() as i32).unwrap();
     kill_process(pager, Signal::STOP).unwrap();
-    let submit = Submit {
-        vm,
-        kernel: KernelKind::IncrementAll,
-        addr: buf.addr,
-        len: len as u64,
-        stride: 4,
-        value: 1,
-        threads: 4,
-    };
-    let job = c.gpu.call(submit.clone()).unwrap().job;
-    let started = Instant::now();
-    let done = c
-        .gpu
-        .call(Wait {
-            job,
-            timeout_ms: 30_000,
-        })
-        .unwrap();
-    let took = started.elapsed();
+    let increment = |c: &Clients| run_and_wait(c, vm, KernelKind::IncrementAll, buf.addr, len);
+    let (status, took) = increment(&c);
     kill_process(pager, Signal::CONT).unwrap();
-    assert_eq!(done.status, JobStatus::Faulted, "after {took:?}");
+    assert_eq!(status, JobStatus::Faulted, "after {took:?}");
     assert!(took < Duration::from_secs(10), "the fault waited {took:?}");
     // The CPU reads every word as written (waiting, bounded, for the
     // lease to unlock what the stopped pager had collected).
@@ -143,15 +130,7 @@ fn a_gpu_fault_ends_when_the_pager_hangs_and_its_pages_come_back() {
         assert_eq!(v, i as u32 ^ 0x5a5a_0000, "word {i}");
     }
     // And the GPU gets the pages again.
-    let job = c.gpu.call(submit).unwrap().job;
-    let done = c
-        .gpu
-        .call(Wait {
-            job,
-            timeout_ms: 30_000,
-        })
-        .unwrap();
-    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(increment(&c).0, JobStatus::Completed);
     for (i, w) in words.iter().enumerate() {
         // SAFETY: as above.
         let v = unsafe { std::ptr::read_volatile(w) };
