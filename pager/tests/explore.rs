@@ -4,13 +4,16 @@
 //! `PAGER_EXPLORE_ITERATIONS` for longer runs.
 #![cfg(feature = "shuttle")]
 
-use ipc_protocol::types::PageMask;
+use ipc_protocol::types::{ObjectId, PageMask};
+use pager::core::object::Object;
+use pager::core::session::GpuSession;
+use pager::core::view::Space;
 use pager::migrate::{cpu_fault, evict, Chunk, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
-use pager::sync::{spawn, Ordering};
+use pager::sync::{spawn, Arc, Ordering};
 use pager::testing::runtime::{
     cpu_write, gpu_collect, gpu_migrate as session_gpu_migrate, gpu_open, model_core,
-    object_with_view, seed, small_config,
+    object_with_view, seed, small_config, ModelCore, ModelRuntime,
 };
 use pager::testing::{
     all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend,
@@ -154,6 +157,27 @@ const CLIENT: u64 = 100;
 const GPU_SERVER: u64 = 1;
 const VIEW_AT: u64 = 0x1000_0000;
 
+/// A client's 4-page object (page `p` holds `p * 10`), viewed at
+/// `VIEW_AT` and opened by the GPU server: the object, the GPU server's
+/// session, its id for the object, and the view's space.
+fn four_pages_the_gpu_opened(
+    core: &Arc<ModelCore>,
+) -> (
+    Arc<Object<ModelRuntime>>,
+    Arc<GpuSession<ModelRuntime>>,
+    ObjectId,
+    Arc<Space<ModelRuntime>>,
+) {
+    let s = core.client(CLIENT).unwrap();
+    let (obj, view) = object_with_view(core, &s, 4, VIEW_AT).unwrap();
+    let o = s.object(obj).unwrap();
+    seed(&o, |p| p as u64 * 10);
+    let g = core.gpu_session(GPU_SERVER).unwrap();
+    let id = gpu_open(core, &g, CLIENT, view).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    (o, g, id, space)
+}
+
 /// The GPU server dies (its session ends) with a chunk collected while a
 /// CPU writer meets the collect's write protection: every collected page
 /// goes back unlocked, the writer goes on, no data is lost, no collect is
@@ -161,13 +185,7 @@ const VIEW_AT: u64 = 0x1000_0000;
 /// writer waits on the page forever (shuttle reports the deadlock).
 fn gpu_server_dies_mid_collect() {
     let core = model_core(small_config(""));
-    let s = core.client(CLIENT).unwrap();
-    let (obj, view) = object_with_view(&core, &s, 4, VIEW_AT).unwrap();
-    let o = s.object(obj).unwrap();
-    seed(&o, |p| p as u64 * 10);
-    let g = core.gpu_session(GPU_SERVER).unwrap();
-    let id = gpu_open(&core, &g, CLIENT, view).unwrap();
-    let space = s.view(view).unwrap().space.clone();
+    let (o, g, id, space) = four_pages_the_gpu_opened(&core);
     let gpu = {
         let core = core.clone();
         spawn(move || {
@@ -208,13 +226,7 @@ fn a_collect_past_its_lease_is_undone() {
     let mut cfg = small_config("");
     cfg.collect_lease_us = 1000;
     let core = model_core(cfg);
-    let s = core.client(CLIENT).unwrap();
-    let (obj, view) = object_with_view(&core, &s, 4, VIEW_AT).unwrap();
-    let o = s.object(obj).unwrap();
-    seed(&o, |p| p as u64 * 10);
-    let g = core.gpu_session(GPU_SERVER).unwrap();
-    let id = gpu_open(&core, &g, CLIENT, view).unwrap();
-    let space = s.view(view).unwrap().space.clone();
+    let (o, g, id, space) = four_pages_the_gpu_opened(&core);
     let gpu = {
         let (core, o) = (core.clone(), o.clone());
         spawn(move || session_gpu_migrate(&core, &g, id, &o.memory, 0, 4).is_ok())
