@@ -21,6 +21,7 @@ pub mod race;
 pub use launcher::redox_plan;
 pub mod scenario;
 pub mod size;
+pub mod stall;
 pub mod summary;
 pub mod supervisor;
 pub mod views;

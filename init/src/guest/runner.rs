@@ -205,6 +205,12 @@ fn wait(
             Err(e) => return Ending::Lost(format!("waiting for it: {e}")),
         }
         if Instant::now() >= deadline {
+            // What every thread waits in, before the kill ends them all.
+            let _ = writeln!(
+                out,
+                "the threads at the timeout:\n{}",
+                crate::stall::thread_report()
+            );
             let _ = kill_process_group(pid, Signal::KILL);
             let until = Instant::now() + KILL_GRACE;
             while Instant::now() < until {
