@@ -188,3 +188,37 @@ fn the_runner_fails_what_is_wrong() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Threads whose first `malloc`s race share one heap: with one heap made
+/// per racing thread and the last one kept, a thread freed another's block
+/// ("not a live heap block") and a new block's fill landed on a live one.
+#[test]
+fn threads_whose_first_mallocs_race_share_one_heap() {
+    let dir = std::env::temp_dir().join(format!("svm-heap-race-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = r#"about = "first mallocs racing"
+[[step]]
+op = "parallel"
+threads = 8
+timeout_s = 60
+steps = [
+  { op = "alloc", name = "buf${t}", kind = "malloc", size = "20K", fill = "index" },
+  { op = "repeat", count = 8, steps = [
+    { op = "rename", alloc = "buf${t}", to = "old${t}_${i}" },
+    { op = "alloc", name = "buf${t}", kind = "malloc", size = "20K", fill = "byte:5" },
+    { op = "free", alloc = "old${t}_${i}" },
+    { op = "check", at = "buf${t}", len = "20K" },
+  ] },
+]
+"#;
+    for round in 0..3 {
+        let f = scenario(&dir, &format!("heap-race-{round}.toml"), body);
+        let out = svm_run(&[&f], Duration::from_secs(120));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed, 0 failed"),
+            "round {round}:\n{text}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -57,6 +57,11 @@ impl Heap {
 
     /// Gives the block at user offset `user` back; `false` if no block
     /// starts there (a double free).
+    /// Whether `user` is a block handed out and not freed.
+    pub fn is_live(&self, user: u64) -> bool {
+        self.used.iter().any(|u| u.2 == user)
+    }
+
     pub fn free(&mut self, user: u64) -> bool {
         let Some(i) = self.used.iter().position(|u| u.2 == user) else {
             return false;

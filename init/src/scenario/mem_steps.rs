@@ -18,7 +18,7 @@ use super::heap::Heap;
 use super::memory::{self, PAGE};
 use super::shadow::{compare, fill_value, Mismatch};
 use super::value::Addr;
-use super::world::{Alloc, Ctx, HeapState, Mapping, Object, Target};
+use super::world::{Alloc, Ctx, HeapState, Mapping, Object, Target, World};
 use crate::client::{map_aligned, pager_uffd};
 
 fn bad(msg: impl Into<String>) -> StepError {
@@ -191,6 +191,7 @@ fn new_object_alloc(
 }
 
 fn malloc(ctx: &Ctx, client: usize, size: u64, align: u64) -> Result<Alloc, StepError> {
+    let making = ctx.making_heap.lock().unwrap_or_else(|e| e.into_inner());
     if !ctx.world().heaps.contains_key(&client) {
         let o = create_object(ctx, client, ctx.device.heap.get())?;
         let addr = map_and_attach(ctx, &o, o.bytes, 2 << 20)?;
@@ -204,6 +205,7 @@ fn malloc(ctx: &Ctx, client: usize, size: u64, align: u64) -> Result<Alloc, Step
             },
         );
     }
+    drop(making);
     let mut w = ctx.world();
     let h = w.heaps.get_mut(&client).expect("made above");
     let off = h.heap.alloc(size, align).ok_or_else(|| {
@@ -250,16 +252,17 @@ fn free(ctx: &Ctx, name: &str) -> StepResult {
     };
     match a.kind {
         AllocKind::Malloc => {
-            let mut w = ctx.world();
-            let h = w
-                .heaps
-                .get_mut(&a.client)
-                .expect("a malloc allocation has a heap");
-            if !h.heap.free(a.obj_off) {
-                return Err(bad(format!("{name}: not a live heap block")));
+            let not_live = || bad(format!("{name}: not a live heap block"));
+            if !heap_of(&mut ctx.world(), a.client).is_some_and(|h| h.is_live(a.obj_off)) {
+                return Err(not_live());
             }
-            drop(w);
-            discard_whole_pages(ctx, &a)
+            // Its pages are discarded while the block is still ours: once
+            // free, another thread's next block may be carved from them.
+            discard_whole_pages(ctx, &a)?;
+            if !heap_of(&mut ctx.world(), a.client).is_some_and(|h| h.free(a.obj_off)) {
+                return Err(not_live());
+            }
+            Ok(())
         }
         AllocKind::Reserve => {
             ctx.world().reserved.retain(|r| r.0 != a.addr);
@@ -268,6 +271,10 @@ fn free(ctx: &Ctx, name: &str) -> StepResult {
         }
         AllocKind::Object => release_object(ctx, a.object.as_ref().expect("an object")),
     }
+}
+
+fn heap_of(w: &mut World, client: usize) -> Option<&mut Heap> {
+    w.heaps.get_mut(&client).map(|h| &mut h.heap)
 }
 
 /// A freed heap block gives its whole pages back as libsvm's `free` does

@@ -221,6 +221,10 @@ pub struct Ctx {
     /// Connections of client slots 1.. (slot 0 is `clients.own`).
     pub extra: Vec<Connection>,
     pub world: Mutex<World>,
+    /// Held while a client's heap is made (a call to the pager and a
+    /// mapping, so not under `world`): threads whose first `malloc`s race
+    /// make one heap, not one each with the last replacing the others.
+    pub making_heap: Mutex<()>,
     pub report: Reporter,
     pub device: Device,
 }
@@ -239,6 +243,7 @@ impl Ctx {
                 next_bo_addr: 1 << 44,
                 ..World::default()
             }),
+            making_heap: Mutex::new(()),
             report,
             device,
         }
