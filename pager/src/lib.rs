@@ -23,6 +23,7 @@ pub mod migrate;
 pub mod notifier;
 #[cfg(all(not(feature = "shuttle"), target_os = "redox"))]
 pub mod redox;
+pub mod slots;
 #[cfg(not(feature = "shuttle"))]
 pub mod staging;
 pub mod startup;

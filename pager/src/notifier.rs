@@ -5,10 +5,11 @@
 
 use std::sync::OnceLock;
 
-use ipc_protocol::client::Client;
+use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::gpu_notify::{
     FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone, ViewGrown, ViewPart,
 };
+use ipc_protocol::transport::TransportError;
 use ipc_protocol::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
 use session::Handle;
 
@@ -35,6 +36,16 @@ fn object(h: Handle) -> ObjectId {
     ObjectId::raw(h.raw())
 }
 
+/// A failed call as the core sees it: a call past its deadline may still
+/// be carried out (`Unanswered`); any other failure was not.
+fn failed<E: std::fmt::Debug>(what: &str, e: CallError<E>) -> RtError {
+    log::warn!("pager: {what}: {e}");
+    match e {
+        CallError::Transport(TransportError::TimedOut) => RtError::Unanswered,
+        _ => RtError::Gpu,
+    }
+}
+
 impl GpuNotifier {
     /// Attaches the GPU server (once; a second one is dropped).
     pub fn set(&self, gpu: Client<GpuNotify>) -> Result<(), AlreadyAttached> {
@@ -59,10 +70,7 @@ impl GpuNotifier {
                 seq: Seq::raw(seq),
             })
             .map(|_| ())
-            .map_err(|e| {
-                log::warn!("pager: invalidate: {e}");
-                RtError::Gpu
-            })
+            .map_err(|e| failed("invalidate", e))
     }
 
     /// Copies `pages` of the chunk from VRAM to `staging_offset`.
@@ -83,10 +91,7 @@ impl GpuNotifier {
                 staging_offset,
             })
             .map(|r| r.copied)
-            .map_err(|e| {
-                log::warn!("pager: migrate to RAM: {e}");
-                RtError::Gpu
-            })
+            .map_err(|e| failed("migrate to RAM", e))
     }
 
     pub fn free_pages(
@@ -104,7 +109,7 @@ impl GpuNotifier {
                 pages: *pages,
             })
             .map(|_| ())
-            .map_err(|_| RtError::Gpu)
+            .map_err(|e| failed("free pages", e))
     }
 
     pub fn view_gone(&self, view: Handle) {
@@ -183,12 +188,16 @@ macro_rules! os_runtime_methods {
             std::thread::sleep($crate::notifier::pause_for(why, attempt));
         }
 
-        fn take_slot(&self) -> usize {
-            self.staging.take()
+        fn take_slot(&self) -> Option<usize> {
+            self.staging.pool.take()
         }
 
         fn put_slot(&self, slot: usize) {
-            self.staging.put(slot);
+            self.staging.pool.put(slot);
+        }
+
+        fn quarantine_slot(&self, slot: usize) {
+            self.staging.pool.quarantine(slot);
         }
 
         fn gpu_attached(&self) -> bool {

@@ -5,24 +5,24 @@
 //! (`UFFDIO_COPY` on Linux).
 
 use std::os::fd::OwnedFd;
-use std::sync::{Condvar, Mutex};
 
 use crate::migrate::Chunk;
+use crate::slots::SlotPool;
 
 pub const SLOT_BYTES: usize = Chunk::MAX_BYTES;
 
 pub struct Staging {
     pub memfd: OwnedFd,
     base: *mut u8,
-    free: Mutex<Vec<usize>>,
-    available: Condvar,
+    /// Which slots are free, lent or quarantined (`slots.rs`).
+    pub pool: SlotPool,
     pub slots: usize,
 }
 
 // SAFETY: `base` is a shared mapping owned by this struct for its lifetime;
 // slots are handed out exclusively.
 unsafe impl Send for Staging {}
-// SAFETY: as above; the free list is behind a mutex.
+// SAFETY: as above; the pool is behind a mutex.
 unsafe impl Sync for Staging {}
 
 impl Staging {
@@ -56,30 +56,9 @@ impl Staging {
         Ok(Self {
             memfd: memory,
             base: base.cast(),
-            free: Mutex::new((0..slots).collect()),
-            available: Condvar::new(),
+            pool: SlotPool::new(slots),
             slots,
         })
-    }
-
-    /// Takes a slot, waiting for one if all are in use. Slots are held only
-    /// across one GPU copy and one `UFFDIO_COPY`, never across a wait.
-    pub fn take(&self) -> usize {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(index) = free.pop() {
-                return index;
-            }
-            free = self.available.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    pub fn put(&self, slot: usize) {
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(slot);
-        self.available.notify_one();
     }
 
     /// The slot's offset in the memfd (what the GPU server copies to).

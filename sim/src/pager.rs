@@ -31,7 +31,7 @@ use pager::migrate::{Backend, Chunk, Policy};
 use pager::state::{PageTable, Residency};
 use pager::sync::{lock, AtomicUsize, Ordering};
 use session::Handle;
-use shuttle::sync::{Arc, Condvar, Mutex, Weak};
+use shuttle::sync::{Arc, Mutex, Weak};
 
 use crate::machine::{Machine, PAGE, STAGING_SLOTS};
 use crate::net::Endpoint;
@@ -124,8 +124,7 @@ pub struct SimRuntime {
     pub machine: Arc<Machine>,
     /// The next machine system page for an object.
     next_page: AtomicUsize,
-    free_slots: Mutex<Vec<usize>>,
-    slot_free: Condvar,
+    slots: pager::slots::SlotPool,
     /// The GPU core, held weakly: it holds the pager (its platform), and
     /// a strong reference back would keep both alive after the run.
     pub gpu: Arc<OnceLock<Weak<GpuCore>>>,
@@ -294,19 +293,16 @@ impl Runtime for SimRuntime {
         shuttle::thread::yield_now();
     }
 
-    fn take_slot(&self) -> usize {
-        let mut free = lock(&self.free_slots);
-        loop {
-            if let Some(s) = free.pop() {
-                return s;
-            }
-            free = self.slot_free.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
+    fn take_slot(&self) -> Option<usize> {
+        self.slots.take()
     }
 
     fn put_slot(&self, slot: usize) {
-        lock(&self.free_slots).push(slot);
-        self.slot_free.notify_one();
+        self.slots.put(slot);
+    }
+
+    fn quarantine_slot(&self, slot: usize) {
+        self.slots.quarantine(slot);
     }
 
     fn gpu_attached(&self) -> bool {
@@ -454,8 +450,7 @@ impl SimPager {
         let rt = SimRuntime {
             machine: machine.clone(),
             next_page: AtomicUsize::new(0),
-            free_slots: Mutex::new((0..STAGING_SLOTS).collect()),
-            slot_free: Condvar::new(),
+            slots: pager::slots::SlotPool::new(STAGING_SLOTS),
             gpu: gpu.clone(),
             notify: notify.clone(),
         };

@@ -1046,9 +1046,17 @@ impl<P: Platform> Inner<P> {
     }
 
     /// `GpuNotify::MigrateToRam`: copies the chunk's `pages` that live here
-    /// into the staging buffer at `staging_offset` and drops their VRAM
-    /// references (rule 6: a block goes when its last page has left).
-    /// Returns the pages copied.
+    /// into the staging buffer at `staging_offset`. Returns the pages
+    /// copied.
+    ///
+    /// The copy changes nothing here: the pages keep their frames until
+    /// the pager's `FreePages`, which it sends once the copies landed in
+    /// RAM, still holding the page locks. So a pager that gave up waiting
+    /// for this reply (its deadline) loses nothing: the data is still in
+    /// VRAM, the page still says so, and a late copy lands in a staging
+    /// slot the pager quarantined. A collect cannot see these pages
+    /// meanwhile (the pager holds their locks), so no fault maps a frame
+    /// that is on its way out.
     pub fn migrate_to_ram(
         &self,
         object: u32,
@@ -1084,27 +1092,15 @@ impl<P: Platform> Inner<P> {
         }
         let took = micros(started);
         let mut copied = PageMask::EMPTY;
-        let mut st = self.lock();
-        if let Some(obj) = st.objects.get_mut(&object) {
-            for &(i, pfn) in &list {
-                obj.take_frame(first + i as u64);
-                let _ = self.vram.release_page(pfn);
-                copied.set(i);
-            }
-            let left: Vec<(u64, u64)> = list.iter().map(|&(i, f)| (first + i as u64, f)).collect();
-            obj.trim_blocks(&self.vram, &left);
+        for &(i, _) in &list {
+            copied.set(i);
         }
-        // An object no VM binds goes with its last page in VRAM (and gives
-        // its DMA slot back), whichever road the page left by.
-        self.drop_object_if_unused(&mut st, object);
         self.counters
             .pages_to_ram
             .fetch_add(copied.count() as u64, Ordering::Relaxed);
         if !copied.is_empty() {
             self.counters.by_size.to_ram(copied.count() as u64, took);
         }
-        drop(st);
-        self.report_usage();
         Ok(copied)
     }
 

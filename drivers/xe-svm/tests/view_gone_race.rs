@@ -77,11 +77,13 @@ fn a_view_that_goes_mid_migration_leaves_its_pages_reachable() {
 }
 
 /// The same end by the other road: the pages of an object no view binds
-/// any more leave VRAM by `MigrateToRam` (the pager evicts pages no view
-/// reaches, with their data) instead of `FreePages`; once the last one is
-/// out the object goes with its DMA slot. (Before: only `FreePages` and
-/// the ends of bindings and migrations forgot it, so the slot leaked; the
-/// hostile harness saw `all_dma_slots` one too high.)
+/// any more are copied back (`MigrateToRam`: the pager evicts pages no
+/// view reaches, with their data). The copy changes nothing here (a pager
+/// past its deadline may have given up on it): the pages keep their VRAM
+/// until the `FreePages` the pager sends once the copies landed, and with
+/// the last one the object goes with its DMA slot. (Before: only
+/// `FreePages` and the ends of bindings and migrations forgot it, so the
+/// slot leaked; the hostile harness saw `all_dma_slots` one too high.)
 #[test]
 fn an_unbound_object_goes_when_its_last_page_is_copied_back() {
     let w = World::new(GpuBudget::default());
@@ -116,6 +118,20 @@ fn an_unbound_object_goes_when_its_last_page_is_copied_back() {
         matches!(&copied, Ok(n::Reply::MigrateToRam(m)) if m.copied.count() as usize == resident),
         "{copied:?}"
     );
+    assert_eq!(
+        (w.stats(A).vram_used / PAGE) as usize,
+        resident,
+        "a copy back keeps the VRAM until FreePages"
+    );
+    assert_eq!(w.accounting(A).all_dma_slots, 1, "and the object");
+    let free = n::FreePages {
+        object: ObjectId::raw(10),
+        first_page: 0,
+        count: PageCount::new(512).unwrap(),
+        pages: PageMask::first(resident),
+    };
+    notify(&w, n::Request::FreePages(free)).unwrap();
+    assert_eq!(w.stats(A).vram_used, 0, "FreePages dropped it");
     assert_eq!(
         w.accounting(A).all_dma_slots,
         0,

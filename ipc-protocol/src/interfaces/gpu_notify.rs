@@ -21,8 +21,10 @@ wire_struct!(
     }
 );
 wire_struct!(
-    /// Unmap and copy the `pages` of the chunk from VRAM into the pager's
-    /// staging memfd at `staging_offset`, then drop their VRAM references.
+    /// Copy the `pages` of the chunk from VRAM into the pager's staging
+    /// memfd at `staging_offset`. The pages keep their VRAM: the pager
+    /// drops it with `FreePages` once the copies landed in RAM, so a copy
+    /// it stopped waiting for (its deadline) loses nothing.
     pub struct MigrateToRam {
         pub object: ObjectId,
         pub first_page: u64,

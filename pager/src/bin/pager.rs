@@ -104,6 +104,13 @@ mod server {
         #[arg(long, default_value_t = 90_000,
               value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
         collect_lease_ms: u64,
+        /// How long a call to the GPU server's notifier (`GpuNotify`) may
+        /// go unanswered: the migration it served fails (the pages stay in
+        /// VRAM) and a staging slot a copy may still reach is quarantined
+        /// (1 to 3600000).
+        #[arg(long, default_value_t = 30_000,
+              value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        gpu_timeout_ms: u64,
         /// Test only: break rule 8 (no invalidation before migrating back).
         #[arg(long, hide = true)]
         unsafe_skip_invalidate: bool,
@@ -181,7 +188,9 @@ mod server {
             server.clone(),
             4,
         );
-        if let Err(e) = server.attach_gpu(Client::new(endpoint(a.notify_fd))) {
+        let gpu_timeout = std::time::Duration::from_millis(a.gpu_timeout_ms);
+        let gpu = Client::new(endpoint(a.notify_fd)).with_timeout(gpu_timeout);
+        if let Err(e) = server.attach_gpu(gpu) {
             eprintln!("pager: attaching the GPU server: {e}");
             std::process::exit(2);
         }

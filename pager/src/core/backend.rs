@@ -13,6 +13,7 @@
 //!   writers retry and fault on a DEVICE page.
 
 use ipc_protocol::types::PageMask;
+use session::Handle;
 
 use super::object::Object;
 use super::runtime::{Pause, RtError, Runtime, Source};
@@ -46,7 +47,7 @@ const PROTECT_TRIES: u32 = 1000;
 
 fn rt_error(e: RtError) -> BackendError {
     match e {
-        RtError::Gpu => BackendError::Gpu,
+        RtError::Gpu | RtError::Unanswered => BackendError::Gpu,
         RtError::Host(n) => BackendError::Host(n),
         _ => BackendError::Host(0),
     }
@@ -248,6 +249,30 @@ fn same_views<R: Runtime>(a: &[Arc<View<R>>], b: &[Arc<View<R>>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
+impl<R: Runtime> CoreBackend<'_, R> {
+    /// The copies of `installed` landed in RAM: the GPU server drops their
+    /// VRAM now, while we still hold their page locks (`MigrateToRam`
+    /// copies and keeps; see `xe-svm`'s `migrate_to_ram`). If it does not
+    /// answer, its frames stay allocated (counted, never read: the pages
+    /// say System) until the object ends; nothing is lost.
+    fn release_vram(&self, object: Handle, chunk: Chunk, installed: &PageMask) {
+        if installed.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .core
+            .rt
+            .free_pages(object, chunk.first, chunk.count, installed)
+        {
+            log::error!(
+                "pager: freeing the VRAM of {} page(s) that came back to RAM: {e:?}; \
+                 it stays allocated until the object ends",
+                installed.count()
+            );
+        }
+    }
+}
+
 impl<R: Runtime> Backend for CoreBackend<'_, R> {
     fn migrate_to_ram(
         &self,
@@ -274,17 +299,27 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
                     BackendError::Gpu
                 })?;
         }
-        let slot = rt.take_slot();
-        // What the GPU copied out has left VRAM: it must land in the object.
-        let installed = match rt.migrate_to_ram(object, chunk.first, chunk.count, &mask, slot) {
-            Ok(copied) => self.install(chunk, &copied.and(&mask), Source::Staging(slot)),
+        let Some(slot) = rt.take_slot() else {
+            log::error!("pager: no staging slot left (all quarantined); the pages stay in VRAM");
+            return Err(BackendError::Gpu);
+        };
+        let copied = match rt.migrate_to_ram(object, chunk.first, chunk.count, &mask, slot) {
+            Ok(copied) => copied.and(&mask),
             Err(e) => {
-                log::warn!("pager: migrate to RAM failed: {e:?}");
-                Err(BackendError::Gpu)
+                log::warn!("pager: migrate to RAM failed: {e:?}; the pages stay in VRAM");
+                // A copy that went unanswered may still land in the slot.
+                match e {
+                    RtError::Unanswered => rt.quarantine_slot(slot),
+                    _ => rt.put_slot(slot),
+                }
+                return Err(BackendError::Gpu);
             }
         };
+        let installed = self.install(chunk, &copied, Source::Staging(slot));
         rt.put_slot(slot);
-        installed
+        let installed = installed?;
+        self.release_vram(object, chunk, &installed);
+        Ok(installed)
     }
 
     fn zero_fill(&self, chunk: Chunk, pages: &PageMask) -> Result<PageMask, BackendError> {

@@ -30,8 +30,11 @@ pub enum RtError {
     Gone,
     /// A handle the client passed is not what the call needs.
     BadHandle,
-    /// The GPU server did not answer or refused.
+    /// The GPU server refused, or its endpoint is gone.
     Gpu,
+    /// The GPU server did not answer within the call's deadline: what it
+    /// was asked may still be carried out later.
+    Unanswered,
     /// Any other failure (host: the errno, for the log).
     Host(i32),
     /// The runtime's kernel lacks what this needs (Redox today: no fault
@@ -157,9 +160,13 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn pause(&self, why: Pause, attempt: u32);
 
     // Staging: where the GPU server copies VRAM for a migration to RAM.
-    /// Takes a staging slot, waiting for one if all are in use.
-    fn take_slot(&self) -> usize;
+    /// Takes a staging slot, waiting while all are lent; `None` once every
+    /// slot is quarantined (`slots.rs`).
+    fn take_slot(&self) -> Option<usize>;
     fn put_slot(&self, slot: usize);
+    /// The GPU server may still copy into `slot` (its `MigrateToRam` went
+    /// unanswered): it is never lent again.
+    fn quarantine_slot(&self, slot: usize);
 
     // The GPU server's notifier (`GpuNotify`). `object` is the id the GPU
     // server knows the object by (its `PagerMigrate` session's handle).

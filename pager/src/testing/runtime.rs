@@ -18,7 +18,7 @@ use crate::core::runtime::{
 use crate::core::session::{ClientSession, GpuSession};
 use crate::core::view::{Space, PAGE};
 use crate::core::{Config, Core};
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// What a page holds once its RAM copy was dropped (moved to VRAM).
 pub const POISON: u64 = u64::MAX;
@@ -70,8 +70,7 @@ pub struct ModelRuntime {
     /// The GPU server's VRAM: (object id it knows, page) -> data.
     pub vram: Mutex<BTreeMap<(u32, usize), u64>>,
     staging: Vec<AtomicU64>,
-    free_slots: Mutex<Vec<usize>>,
-    slot_free: Condvar,
+    slots: crate::slots::SlotPool,
     /// Views the GPU server heard went, and copies (view, new view).
     pub gone: Mutex<Vec<u32>>,
     pub copied: Mutex<Vec<(u32, u32)>>,
@@ -101,8 +100,7 @@ impl Default for ModelRuntime {
         Self {
             vram: Mutex::new(BTreeMap::new()),
             staging: (0..SLOTS * SLOT_PAGES).map(|_| AtomicU64::new(0)).collect(),
-            free_slots: Mutex::new((0..SLOTS).collect()),
-            slot_free: Condvar::new(),
+            slots: crate::slots::SlotPool::new(SLOTS),
             gone: Mutex::new(Vec::new()),
             copied: Mutex::new(Vec::new()),
             parts: Mutex::new(Vec::new()),
@@ -249,19 +247,16 @@ impl Runtime for ModelRuntime {
         Ok(())
     }
 
-    fn take_slot(&self) -> usize {
-        let mut free = lock(&self.free_slots);
-        loop {
-            if let Some(s) = free.pop() {
-                return s;
-            }
-            free = self.slot_free.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
+    fn take_slot(&self) -> Option<usize> {
+        self.slots.take()
     }
 
     fn put_slot(&self, slot: usize) {
-        lock(&self.free_slots).push(slot);
-        self.slot_free.notify_one();
+        self.slots.put(slot);
+    }
+
+    fn quarantine_slot(&self, slot: usize) {
+        self.slots.quarantine(slot);
     }
 
     fn gpu_attached(&self) -> bool {
@@ -291,10 +286,11 @@ impl Runtime for ModelRuntime {
         if self.fail_to_ram.load(Ordering::Acquire) {
             return Err(RtError::Gpu);
         }
-        let mut vram = lock(&self.vram);
+        let vram = lock(&self.vram);
         let mut copied = PageMask::EMPTY;
         for i in pages.iter() {
-            if let Some(v) = vram.remove(&(o.raw(), first + i)) {
+            // Copied, not dropped: the VRAM goes with `free_pages`.
+            if let Some(&v) = vram.get(&(o.raw(), first + i)) {
                 self.staging[slot * SLOT_PAGES + i].store(v, Ordering::Release);
                 copied.set(i);
             }

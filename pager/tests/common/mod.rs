@@ -39,6 +39,11 @@ pub struct TestGpu {
     pub note_delay: Mutex<std::time::Duration>,
     /// Every copy back to RAM fails (a GPU server that lost the device).
     pub fail_to_ram: std::sync::atomic::AtomicBool,
+    /// The next copy back to RAM waits this long first (a GPU server that
+    /// answers past the pager's deadline, then copies anyway).
+    pub delay_next_to_ram: Mutex<Option<std::time::Duration>>,
+    /// The staging offset of every copy back to RAM, in order.
+    pub to_ram_offsets: Mutex<Vec<u64>>,
 }
 
 static NEXT_GPU: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
@@ -64,13 +69,20 @@ impl Handler<n::GpuNotify> for TestGpu {
                 Err(n::NotifyError::CopyFailed)
             }
             n::Request::MigrateToRam(m) => {
+                self.to_ram_offsets.lock().unwrap().push(m.staging_offset);
+                let delay = self.delay_next_to_ram.lock().unwrap().take();
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
                 let staging = self.staging.lock().unwrap();
                 let (fd, _) = staging.as_ref().ok_or(n::NotifyError::NoStaging)?;
-                let mut vram = self.vram.lock().unwrap();
+                let vram = self.vram.lock().unwrap();
                 let mut copied = PageMask::EMPTY;
                 for i in m.pages.iter() {
+                    // Copied, not dropped: the VRAM goes with `FreePages`.
                     let data = vram
-                        .remove(&(m.object.get(), m.first_page + i as u64))
+                        .get(&(m.object.get(), m.first_page + i as u64))
+                        .cloned()
                         .ok_or(n::NotifyError::NotResident)?;
                     rustix::io::pwrite(fd, &data, m.staging_offset + i as u64 * 4096).unwrap();
                     copied.set(i);
@@ -158,6 +170,12 @@ pub fn rig() -> Rig {
 
 /// A rig around a pager with `cfg`.
 pub fn rig_with(cfg: Config) -> Rig {
+    rig_with_gpu_deadline(cfg, None)
+}
+
+/// [`rig_with`], the pager's calls to the GPU server failing after
+/// `deadline` (the pager's `--gpu-timeout-ms`).
+pub fn rig_with_gpu_deadline(cfg: Config, deadline: Option<std::time::Duration>) -> Rig {
     // Silent unless RUST_LOG asks (e.g. RUST_LOG=pager=debug to follow views).
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
         .try_init();
@@ -174,7 +192,12 @@ pub fn rig_with(cfg: Config) -> Rig {
         gpu.clone(),
         4,
     );
-    server.attach_gpu(Client::new(Arc::new(nc))).unwrap();
+    let notify = Client::new(Arc::new(nc));
+    let notify = match deadline {
+        Some(d) => notify.with_timeout(d),
+        None => notify,
+    };
+    server.attach_gpu(notify).unwrap();
     let server = Arc::new(server);
     let server_handle = server.clone();
     let (pc, ps) = InProc::pair();
