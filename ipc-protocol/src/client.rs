@@ -54,6 +54,12 @@ struct Pending {
     restarted: HashMap<u64, u32>,
     /// The server's generation as last announced (0: never announced).
     generation: u32,
+    /// Calls whose caller stopped waiting (their deadline passed), at most
+    /// [`MAX_GIVEN_UP`]: a reply that comes later is noted, not dropped.
+    given_up: HashSet<u64>,
+    /// Calls given up on that were answered after all (the server did
+    /// what they asked), until [`Client::take_answered_late`].
+    answered_late: Vec<u64>,
     /// A thread is inside `transport.recv`.
     reading: bool,
     dead: Option<TransportError>,
@@ -145,8 +151,36 @@ impl<I: Interface> Client<I> {
             .send(&Control::Restarted { generation }.encode(I::ID), Vec::new())
     }
 
+    /// Calls `req` (no handles, no resend after a restart) and returns its
+    /// request id with the result: a caller that must know whether a call
+    /// past its deadline was carried out after all looks for the id in
+    /// [`Self::take_answered_late`].
+    pub fn call_with_id<C: Call<Interface = I>>(
+        &self,
+        req: C,
+    ) -> (u64, Result<C::Reply, CallError<I::Error>>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        (id, self.call_once_as(id, req, Vec::new()).map(|(r, _)| r))
+    }
+
+    /// Ids of calls that timed out and were answered since the last time
+    /// this was asked (their replies are otherwise dropped).
+    pub fn take_answered_late(&self) -> Vec<u64> {
+        std::mem::take(&mut lock(&self.pending).answered_late)
+    }
+
     fn call_once<C: Call<Interface = I>>(
         &self,
+        req: C,
+        handles: Vec<OwnedFd>,
+    ) -> Result<(C::Reply, Vec<OwnedFd>), CallError<I::Error>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.call_once_as(id, req, handles)
+    }
+
+    fn call_once_as<C: Call<Interface = I>>(
+        &self,
+        id: u64,
         req: C,
         handles: Vec<OwnedFd>,
     ) -> Result<(C::Reply, Vec<OwnedFd>), CallError<I::Error>> {
@@ -158,7 +192,6 @@ impl<I: Interface> Client<I> {
             return Err(CallError::UnexpectedReply);
         }
         let request: I::Request = req.into();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode_message(I::ID, Kind::Request, id, &request);
         let received = self
             .exchange(id, &frame, handles)
@@ -240,6 +273,9 @@ impl<I: Interface> Client<I> {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left == Some(Duration::ZERO) {
                 p.waiting.remove(&id);
+                if p.given_up.len() < MAX_GIVEN_UP {
+                    p.given_up.insert(id);
+                }
                 return Err(TransportError::TimedOut);
             }
             if !p.reading {
@@ -255,6 +291,9 @@ impl<I: Interface> Client<I> {
                         let rid = Header::peek_request_id(&r.bytes);
                         if p.waiting.contains(&rid) {
                             p.replies.insert(rid, r);
+                        } else if p.given_up.remove(&rid) {
+                            log::info!("{}: call {rid} was answered after its deadline", I::NAME);
+                            p.answered_late.push(rid);
                         } else {
                             log::warn!(
                                 "{}: dropping a reply for no pending call (id {rid})",
@@ -283,6 +322,10 @@ impl<I: Interface> Client<I> {
 
 /// Times an idempotent call is sent again after its server restarted.
 const RESTART_RETRIES: u32 = 3;
+
+/// Calls given up on whose late answers are noted; past this many, a
+/// later one's answer is dropped like any stray reply.
+const MAX_GIVEN_UP: usize = 1024;
 
 fn is_control(r: &Received) -> bool {
     r.bytes.get(10) == Some(&(Kind::Control as u8))

@@ -36,12 +36,12 @@ fn object(h: Handle) -> ObjectId {
     ObjectId::raw(h.raw())
 }
 
-/// A failed call as the core sees it: a call past its deadline may still
-/// be carried out (`Unanswered`); any other failure was not.
-fn failed<E: std::fmt::Debug>(what: &str, e: CallError<E>) -> RtError {
+/// A failed call as the core sees it: call `id` past its deadline may
+/// still be carried out (`Unanswered`); any other failure was not.
+fn failed<E: std::fmt::Debug>(what: &str, id: u64, e: CallError<E>) -> RtError {
     log::warn!("pager: {what}: {e}");
     match e {
-        CallError::Transport(TransportError::TimedOut) => RtError::Unanswered,
+        CallError::Transport(TransportError::TimedOut) => RtError::Unanswered(id),
         _ => RtError::Gpu,
     }
 }
@@ -60,8 +60,17 @@ impl GpuNotifier {
         self.gpu.get().ok_or(RtError::Gpu)
     }
 
+    /// Ids of calls that went unanswered and were answered since.
+    pub fn answered_late(&self) -> Vec<u64> {
+        self.gpu
+            .get()
+            .map(|g| g.take_answered_late())
+            .unwrap_or_default()
+    }
+
     /// Rule 8: unmap the chunk's GPU mappings; the reply is the ack.
     pub fn invalidate(&self, o: Handle, first: usize, n: usize, seq: u64) -> Result<(), RtError> {
+        // Idempotent: sent again if the server restarts (no id needed).
         self.client()?
             .call(Invalidate {
                 object: object(o),
@@ -70,7 +79,7 @@ impl GpuNotifier {
                 seq: Seq::raw(seq),
             })
             .map(|_| ())
-            .map_err(|e| failed("invalidate", e))
+            .map_err(|e| failed("invalidate", 0, e))
     }
 
     /// Copies `pages` of the chunk from VRAM to `staging_offset`.
@@ -82,16 +91,15 @@ impl GpuNotifier {
         pages: &PageMask,
         staging_offset: u64,
     ) -> Result<PageMask, RtError> {
-        self.client()?
-            .call(MigrateToRam {
-                object: object(o),
-                first_page: first as u64,
-                count: count(n)?,
-                pages: *pages,
-                staging_offset,
-            })
-            .map(|r| r.copied)
-            .map_err(|e| failed("migrate to RAM", e))
+        let (id, r) = self.client()?.call_with_id(MigrateToRam {
+            object: object(o),
+            first_page: first as u64,
+            count: count(n)?,
+            pages: *pages,
+            staging_offset,
+        });
+        r.map(|r| r.copied)
+            .map_err(|e| failed("migrate to RAM", id, e))
     }
 
     pub fn free_pages(
@@ -109,7 +117,7 @@ impl GpuNotifier {
                 pages: *pages,
             })
             .map(|_| ())
-            .map_err(|e| failed("free pages", e))
+            .map_err(|e| failed("free pages", 0, e))
     }
 
     pub fn view_gone(&self, view: Handle) {
@@ -189,6 +197,8 @@ macro_rules! os_runtime_methods {
         }
 
         fn take_slot(&self) -> Option<usize> {
+            // Slots whose late copies have landed may be lent again.
+            self.staging.pool.release(&self.gpu.answered_late());
             self.staging.pool.take()
         }
 
@@ -196,8 +206,8 @@ macro_rules! os_runtime_methods {
             self.staging.pool.put(slot);
         }
 
-        fn quarantine_slot(&self, slot: usize) {
-            self.staging.pool.quarantine(slot);
+        fn quarantine_slot(&self, slot: usize, call: u64) {
+            self.staging.pool.quarantine(slot, call);
         }
 
         fn gpu_attached(&self) -> bool {

@@ -5,19 +5,22 @@
 //! **Quarantine.** A slot is lent to the GPU server for one `MigrateToRam`
 //! copy. When that call goes unanswered past its deadline the copy may
 //! still land later, over whatever the slot then holds, so the slot is
-//! never lent again: it is quarantined, not put back. The data is not
-//! lost (the GPU server keeps the pages' VRAM until `FreePages`, which
-//! the pager sends only after a copy landed). Once every slot is
-//! quarantined, [`SlotPool::take`] answers `None` instead of waiting for a
-//! slot that will not come back, and migrations to RAM fail (the CPU
-//! fault ends with `SIGBUS` after the fault deadline).
+//! quarantined, not put back, until the call's late answer comes (the GPU
+//! server answers once its copy is done; `Client::take_answered_late`);
+//! without one it stays out. The data is not lost (the GPU server keeps
+//! the pages' VRAM until `FreePages`, which the pager sends only after a
+//! copy landed). While every slot is quarantined, [`SlotPool::take`]
+//! answers `None` instead of waiting for a slot that may not come back,
+//! and migrations to RAM fail (a CPU fault is retried, and ends with
+//! `SIGBUS` after the fault deadline).
 
 use crate::sync::{lock, Condvar, Mutex};
 
 #[derive(Debug)]
 struct Slots {
     free: Vec<usize>,
-    quarantined: usize,
+    /// (slot, the unanswered call that may still write it).
+    quarantined: Vec<(usize, u64)>,
 }
 
 #[derive(Debug)]
@@ -32,7 +35,7 @@ impl SlotPool {
         Self {
             slots: Mutex::new(Slots {
                 free: (0..count).collect(),
-                quarantined: 0,
+                quarantined: Vec::new(),
             }),
             available: Condvar::new(),
             count,
@@ -52,7 +55,7 @@ impl SlotPool {
             if let Some(slot) = s.free.pop() {
                 return Some(slot);
             }
-            if s.quarantined >= self.count {
+            if s.quarantined.len() >= self.count {
                 return None;
             }
             s = self.available.wait(s).unwrap_or_else(|e| e.into_inner());
@@ -64,17 +67,36 @@ impl SlotPool {
         self.available.notify_one();
     }
 
-    /// `slot` may still be written by a copy that went unanswered: it is
-    /// never lent again. Wakes waiters, who may now find none left.
-    pub fn quarantine(&self, slot: usize) {
+    /// `slot` may still be written by the copy of `call`, which went
+    /// unanswered: it is not lent until [`Self::release`] names `call`.
+    /// Wakes waiters, who may now find none left.
+    pub fn quarantine(&self, slot: usize, call: u64) {
         let mut s = lock(&self.slots);
-        s.quarantined += 1;
+        s.quarantined.push((slot, call));
         log::error!(
-            "pager: staging slot {slot} quarantined (a copy into it went unanswered); \
-             {} of {} left",
-            self.count - s.quarantined.min(self.count),
+            "pager: staging slot {slot} quarantined until call {call} is answered; \
+             {} of {} usable",
+            self.count - s.quarantined.len().min(self.count),
             self.count
         );
+        drop(s);
+        self.available.notify_all();
+    }
+
+    /// The calls `answered` are done: their slots are lent again.
+    pub fn release(&self, answered: &[u64]) {
+        if answered.is_empty() {
+            return;
+        }
+        let mut s = lock(&self.slots);
+        let (done, held): (Vec<_>, Vec<_>) = std::mem::take(&mut s.quarantined)
+            .into_iter()
+            .partition(|(_, call)| answered.contains(call));
+        s.quarantined = held;
+        for (slot, call) in done {
+            log::info!("pager: staging slot {slot} back (call {call} answered late)");
+            s.free.push(slot);
+        }
         drop(s);
         self.available.notify_all();
     }
@@ -88,13 +110,17 @@ mod tests {
     fn a_quarantined_slot_is_not_lent_again() {
         let pool = SlotPool::new(2);
         let a = pool.take().unwrap();
-        pool.quarantine(a);
+        pool.quarantine(a, 7);
         let b = pool.take().unwrap();
         assert_ne!(a, b);
         pool.put(b);
         assert_eq!(pool.take(), Some(b));
-        pool.quarantine(b);
+        pool.quarantine(b, 8);
         assert_eq!(pool.take(), None, "every slot is quarantined");
+        pool.release(&[9]);
+        assert_eq!(pool.take(), None, "another call's answer frees nothing");
+        pool.release(&[8]);
+        assert_eq!(pool.take(), Some(b), "its call was answered");
     }
 
     #[test]
@@ -106,7 +132,7 @@ mod tests {
             std::thread::spawn(move || pool.take())
         };
         std::thread::sleep(std::time::Duration::from_millis(20));
-        pool.quarantine(slot);
+        pool.quarantine(slot, 1);
         assert_eq!(waiter.join().unwrap(), None);
     }
 }

@@ -520,8 +520,9 @@ fn a_fault_that_keeps_failing_ends_in_sigbus() {
 /// Deadlines on the GPU server's notifier (issue 14): a copy back to RAM
 /// answered past the pager's deadline fails that try (the pages stay in
 /// VRAM; the fault is retried and served through another slot), and its
-/// staging slot, which the late copy still writes, is never lent again.
-/// Every word comes back; the VRAM is dropped only once the copies landed.
+/// staging slot, which the late copy still writes, is not lent again until
+/// the late answer says the copy is done. Every word comes back; the VRAM
+/// is dropped only once the copies landed.
 #[test]
 fn a_copy_back_past_its_deadline_quarantines_its_slot_and_loses_nothing() {
     let mut cfg = pager::host::Config::default();
@@ -539,9 +540,13 @@ fn a_copy_back_past_its_deadline_quarantines_its_slot_and_loses_nothing() {
     assert_eq!(bad_words(addr, 0), 0, "the second trip back");
     let offsets = r.gpu.to_ram_offsets.lock().unwrap().clone();
     assert!(offsets.len() >= 3, "{offsets:?}");
+    assert_ne!(
+        offsets[1], offsets[0],
+        "the slot the late copy was to write was lent meanwhile"
+    );
     assert!(
-        offsets[1..].iter().all(|o| *o != offsets[0]),
-        "the slot the late copy wrote was lent again: {offsets:?}"
+        offsets[2..].contains(&offsets[0]),
+        "the slot never came back after the late answer: {offsets:?}"
     );
     // A reader sees its page once installed; the VRAM goes and the state
     // says System right after, the page locks held until then.

@@ -301,8 +301,8 @@ impl Runtime for SimRuntime {
         self.slots.put(slot);
     }
 
-    fn quarantine_slot(&self, slot: usize) {
-        self.slots.quarantine(slot);
+    fn quarantine_slot(&self, slot: usize, call: u64) {
+        self.slots.quarantine(slot, call);
     }
 
     fn gpu_attached(&self) -> bool {

@@ -166,3 +166,33 @@ fn a_server_hears_that_its_client_restarted_and_keeps_serving() {
     assert_eq!(*rec.restarted.lock().unwrap(), vec![(9, 4)]);
     assert_eq!(rec.calls.load(Ordering::Acquire), 1);
 }
+
+/// A call past its deadline fails with `TimedOut`; its answer, if it comes
+/// later, is not taken for another call's and is reported by id
+/// (`take_answered_late`): the pager learns that a copy it gave up on has
+/// landed, and may lend its staging slot again.
+#[test]
+fn a_call_answered_after_its_deadline_is_reported_late_by_id() {
+    let (c, s) = SeqPacket::pair().unwrap();
+    let short = Duration::from_millis(50);
+    let client = Arc::new(Client::<Pressure>::new(Arc::new(c)).with_timeout(short));
+    let (id, r) = client.call_with_id(Status {});
+    assert!(
+        matches!(r, Err(CallError::Transport(TransportError::TimedOut))),
+        "{r:?}"
+    );
+    assert_eq!(take_request(&s), id);
+    assert!(client.take_answered_late().is_empty(), "not answered yet");
+    // The late answer, then a second call answered in time.
+    reply_status(&s, id, 1);
+    let t = {
+        let client = client.clone();
+        std::thread::spawn(move || client.call_with_id(Status {}))
+    };
+    let next = take_request(&s);
+    reply_status(&s, next, 2);
+    let (got, r) = t.join().unwrap();
+    assert_eq!((got, r.unwrap().vram_used), (next, 2));
+    assert_eq!(client.take_answered_late(), vec![id]);
+    assert!(client.take_answered_late().is_empty(), "reported once");
+}

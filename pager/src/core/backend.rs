@@ -47,7 +47,7 @@ const PROTECT_TRIES: u32 = 1000;
 
 fn rt_error(e: RtError) -> BackendError {
     match e {
-        RtError::Gpu | RtError::Unanswered => BackendError::Gpu,
+        RtError::Gpu | RtError::Unanswered(_) => BackendError::Gpu,
         RtError::Host(n) => BackendError::Host(n),
         _ => BackendError::Host(0),
     }
@@ -309,7 +309,7 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
                 log::warn!("pager: migrate to RAM failed: {e:?}; the pages stay in VRAM");
                 // A copy that went unanswered may still land in the slot.
                 match e {
-                    RtError::Unanswered => rt.quarantine_slot(slot),
+                    RtError::Unanswered(call) => rt.quarantine_slot(slot, call),
                     _ => rt.put_slot(slot),
                 }
                 return Err(BackendError::Gpu);

@@ -32,9 +32,9 @@ pub enum RtError {
     BadHandle,
     /// The GPU server refused, or its endpoint is gone.
     Gpu,
-    /// The GPU server did not answer within the call's deadline: what it
-    /// was asked may still be carried out later.
-    Unanswered,
+    /// The GPU server did not answer call `id` within its deadline: what
+    /// it was asked may still be carried out later.
+    Unanswered(u64),
     /// Any other failure (host: the errno, for the log).
     Host(i32),
     /// The runtime's kernel lacks what this needs (Redox today: no fault
@@ -164,9 +164,10 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// slot is quarantined (`slots.rs`).
     fn take_slot(&self) -> Option<usize>;
     fn put_slot(&self, slot: usize);
-    /// The GPU server may still copy into `slot` (its `MigrateToRam` went
-    /// unanswered): it is never lent again.
-    fn quarantine_slot(&self, slot: usize);
+    /// The GPU server may still copy into `slot` (its `MigrateToRam`, call
+    /// `call`, went unanswered): it is not lent again until that call's
+    /// late answer says the copy is done.
+    fn quarantine_slot(&self, slot: usize, call: u64);
 
     // The GPU server's notifier (`GpuNotify`). `object` is the id the GPU
     // server knows the object by (its `PagerMigrate` session's handle).

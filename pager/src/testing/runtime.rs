@@ -255,8 +255,8 @@ impl Runtime for ModelRuntime {
         self.slots.put(slot);
     }
 
-    fn quarantine_slot(&self, slot: usize) {
-        self.slots.quarantine(slot);
+    fn quarantine_slot(&self, slot: usize, call: u64) {
+        self.slots.quarantine(slot, call);
     }
 
     fn gpu_attached(&self) -> bool {
