@@ -85,8 +85,14 @@ mod tests {
             .name("svm-stall-probe".into())
             .spawn(|| std::thread::sleep(std::time::Duration::from_secs(5)))
             .unwrap();
+        // The new thread names itself once it runs: look until it has.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut out = String::new();
-        threads_of("self", &mut out);
+        while !out.contains("svm-stall-probe") && std::time::Instant::now() < deadline {
+            out.clear();
+            threads_of("self", &mut out);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert!(out.contains("svm-stall-probe"), "{out}");
         assert!(out.lines().all(|l| !l.trim().is_empty()), "{out}");
         drop(named);
