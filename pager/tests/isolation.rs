@@ -204,6 +204,44 @@ fn advise_prefetch_and_snapshot_ranges_are_checked() {
     assert_eq!(snap, Some(PagerError::OutOfRange));
 }
 
+/// Each object keeps at most `MAX_ADVICE_RANGES` advised ranges: one
+/// more is that client's `OverBudget`, and advice that merges with a
+/// neighbour or resets a range still goes.
+#[test]
+fn advised_ranges_past_the_cap_are_over_budget() {
+    use pager::core::object::MAX_ADVICE_RANGES;
+    let r = rig();
+    let pages = 2 * MAX_ADVICE_RANGES as u64 + 4;
+    let (o, _fd) = create(&r.pager, pages * 4096).unwrap();
+    let advise = |first_page: u64, advice| {
+        error(r.pager.call(Advise {
+            object: o,
+            first_page,
+            pages: 1,
+            advice,
+        }))
+    };
+    // Every other page: ranges that cannot merge.
+    for i in 0..MAX_ADVICE_RANGES as u64 {
+        assert_eq!(advise(2 * i, Advice::PreferDevice), None, "range {i}");
+    }
+    let past = 2 * MAX_ADVICE_RANGES as u64;
+    assert_eq!(
+        advise(past, Advice::PreferDevice),
+        Some(PagerError::OverBudget)
+    );
+    assert_eq!(
+        advise(1, Advice::PreferDevice),
+        None,
+        "joins its neighbours"
+    );
+    assert_eq!(
+        advise(0, Advice::Default),
+        None,
+        "shrinking a range adds none"
+    );
+}
+
 #[test]
 fn object_memfds_are_sealed_against_shrink_and_grow() {
     use rustix::fs::{fallocate, ftruncate, FallocateFlags, SealFlags};

@@ -34,8 +34,11 @@ pub struct Object<R: Runtime> {
 }
 
 /// Ranges of one object with advice other than the default, at most
-/// (`OverBudget` past it).
-pub const MAX_ADVICE_RANGES: usize = 64;
+/// (`OverBudget` past it). IGT's `threads-*-new-madvise` advises a new
+/// heap buffer per exec and keeps them: 3 threads of 128 on one heap.
+/// A range is a B-tree entry of about 48 bytes: 24 KiB per object at
+/// most, 6 MiB for a client at its object budget.
+pub const MAX_ADVICE_RANGES: usize = 512;
 
 impl<R: Runtime> Object<R> {
     pub fn new(
