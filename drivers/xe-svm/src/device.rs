@@ -26,10 +26,13 @@ pub struct Device {
 
 impl Device {
     pub fn new(bar: Arc<Bar>) -> Arc<Self> {
+        let done = bar.reg(layout::REG_BCS_DONE);
         Arc::new(Self {
             bar,
             copy_lock: Mutex::new(()),
-            seq: AtomicU32::new(100),
+            // Past the copy engine's done register, which a driver before
+            // us may have left anywhere (the device outlives its driver).
+            seq: AtomicU32::new(done.wrapping_add(100)),
             tlb_done: Mutex::new(HashSet::new()),
             tlb_cv: Condvar::new(),
         })

@@ -85,6 +85,16 @@ struct Args {
     generation: u32,
 }
 
+/// A restarted server (generation past 1) meets a device its predecessor
+/// left, with pages in VRAM: its probe writes none.
+fn probe_meeting(a: &Args) -> crate::probe::Meeting {
+    if a.generation > 1 {
+        crate::probe::Meeting::Reattach
+    } else {
+        crate::probe::Meeting::Fresh
+    }
+}
+
 fn endpoint(fd: i32) -> Arc<dyn Transport> {
     // SAFETY: init passed this descriptor to us and nothing else owns it.
     Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
@@ -93,7 +103,7 @@ fn endpoint(fd: i32) -> Arc<dyn Transport> {
 pub fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
-    let (bar, report) = match crate::probe::probe(endpoint(a.device_fd)) {
+    let (bar, report) = match crate::probe::probe(endpoint(a.device_fd), probe_meeting(&a)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("xe-svm: probe failed: {e}");

@@ -2,6 +2,14 @@
 //! engine and the GuC rings work before serving anyone (a round trip of
 //! random data through VRAM, checked byte for byte, and a TLB invalidation
 //! answered by the GuC).
+//!
+//! **A device a driver before us left** (it outlives its driver, as
+//! hardware outlives a driver reload; [`Meeting::Reattach`]) holds pages
+//! the pager names in VRAM, anywhere in it: the self-test copies system to
+//! system through the same engine and writes no VRAM. Either way the
+//! self-test numbers its copies past the engine's done register, which
+//! the earlier driver left wherever it got to: a number at or below it
+//! would read as done before the copy ran.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,17 +54,30 @@ impl From<BarError> for ProbeError {
 pub struct ProbeReport {
     pub vram_bytes: u64,
     pub hw_threads: u32,
-    /// Self-test copy throughput, system -> VRAM -> system, bytes/s.
+    /// Self-test copy throughput, system -> VRAM -> system (system ->
+    /// system when reattaching), bytes/s.
     pub copy_bytes_per_sec: f64,
     pub tlb_invalidation_us: f64,
 }
 
 /// DMA slot of the probe's staging buffer (freed again after the probe).
 const PROBE_SLOT: u32 = 0;
+
+/// How this driver meets the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meeting {
+    /// Nothing lives in VRAM yet: the self-test goes through its last 2 MiB.
+    Fresh,
+    /// A driver before us left pages in VRAM: the self-test writes none.
+    Reattach,
+}
 const PROBE_BYTES: usize = 2 << 20;
 
 /// Maps the device behind `control` and checks it.
-pub fn probe(control: Arc<dyn Transport>) -> Result<(Bar, ProbeReport), ProbeError> {
+pub fn probe(
+    control: Arc<dyn Transport>,
+    meeting: Meeting,
+) -> Result<(Bar, ProbeReport), ProbeError> {
     let bar = Bar::connect(control, Duration::from_secs(10))?;
     let staging = Region::create("xe-svm-probe", 2 * PROBE_BYTES)
         .map_err(|e| ProbeError::Staging(e.raw_os_error()))?;
@@ -76,10 +97,19 @@ pub fn probe(control: Arc<dyn Transport>) -> Result<(Bar, ProbeReport), ProbeErr
             .map_err(|e| ProbeError::Staging(e.raw_os_error()))?,
         2 * PROBE_BYTES as u64,
     )?;
-    // Last 2 MiB of VRAM: nothing lives there yet.
-    let vram = bar.vram_bytes() - PROBE_BYTES as u64;
+    let back_at = dma + PROBE_BYTES as u64;
+    let legs = match meeting {
+        // Last 2 MiB of VRAM: nothing lives there yet.
+        Meeting::Fresh => {
+            let vram = bar.vram_bytes() - PROBE_BYTES as u64;
+            vec![(dma, vram), (vram, back_at)]
+        }
+        Meeting::Reattach => vec![(dma, back_at)],
+    };
+    let done = bar.reg(layout::REG_BCS_DONE);
     let t0 = Instant::now();
-    for (seq, (src, dst)) in [(1u32, (dma, vram)), (2, (vram, dma + PROBE_BYTES as u64))] {
+    for (n, &(src, dst)) in (1u32..).zip(&legs) {
+        let seq = done.wrapping_add(n);
         let copy = MemCopy::contiguous(src, dst, PROBE_BYTES as u64)
             .map_err(|_| ProbeError::CopyFailed)?;
         bar.submit(Ring::Copy, seq, &Command::MemCopy(copy))?;
@@ -112,7 +142,7 @@ pub fn probe(control: Arc<dyn Transport>) -> Result<(Bar, ProbeReport), ProbeErr
     let report = ProbeReport {
         vram_bytes: bar.vram_bytes(),
         hw_threads: bar.reg(layout::REG_HW_THREADS),
-        copy_bytes_per_sec: 2.0 * PROBE_BYTES as f64 / copy_time.as_secs_f64(),
+        copy_bytes_per_sec: (legs.len() * PROBE_BYTES) as f64 / copy_time.as_secs_f64(),
         tlb_invalidation_us: t1.elapsed().as_secs_f64() * 1e6,
     };
     log::info!("xe-svm: probed {report:?}");

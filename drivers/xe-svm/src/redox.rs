@@ -210,7 +210,8 @@ fn probe_device(path: &str) -> Arc<Device> {
     let link: Arc<dyn Transport> = Arc::new(link);
     hw::control::send(&*link, hw::control::hello_request(), vec![])
         .unwrap_or_else(|e| fail("asking the device for its Hello", format!("{e:?}")));
-    let (bar, report) = crate::probe::probe(link).unwrap_or_else(|e| fail("probe", e));
+    let (bar, report) = crate::probe::probe(link, crate::probe::Meeting::Fresh)
+        .unwrap_or_else(|e| fail("probe", e));
     println!(
         "xe-svm: device ready: {} MiB VRAM, copy self-test {:.2} GB/s",
         report.vram_bytes >> 20,

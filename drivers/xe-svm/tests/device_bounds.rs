@@ -5,7 +5,7 @@
 
 use hw::model::{spawn_in_process, Config};
 use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
-use xe_svm::probe::probe;
+use xe_svm::probe::{probe, Meeting};
 
 #[test]
 fn a_mapping_past_the_end_of_its_memfd_is_refused() {
@@ -15,7 +15,7 @@ fn a_mapping_past_the_end_of_its_memfd_is_refused() {
         ..Default::default()
     })
     .unwrap();
-    let (bar, _) = probe(t).unwrap();
+    let (bar, _) = probe(t, Meeting::Fresh).unwrap();
     let short = memfd_create("short", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     ftruncate(&short, 4096).unwrap();
     assert!(bar.dma_map(5, short, 2 << 20).is_err());

@@ -4,7 +4,7 @@
 //! tests start.)
 
 use hw::model::{spawn_in_process, Config, Injection};
-use xe_svm::probe::{probe, ProbeError};
+use xe_svm::probe::{probe, Meeting, ProbeError};
 
 #[test]
 fn probe_accepts_a_healthy_device() {
@@ -14,7 +14,7 @@ fn probe_accepts_a_healthy_device() {
         ..Default::default()
     })
     .unwrap();
-    let (bar, report) = probe(t).unwrap();
+    let (bar, report) = probe(t, Meeting::Fresh).unwrap();
     assert_eq!(report.vram_bytes, 32 << 20);
     assert_eq!(report.hw_threads, 8);
     assert!(report.copy_bytes_per_sec > 0.0);
@@ -34,5 +34,5 @@ fn probe_refuses_a_device_whose_copies_fail() {
         ..Default::default()
     })
     .unwrap();
-    assert!(matches!(probe(t), Err(ProbeError::CopyFailed)));
+    assert!(matches!(probe(t, Meeting::Fresh), Err(ProbeError::CopyFailed)));
 }

@@ -126,7 +126,7 @@ impl World {
             ..Default::default()
         })
         .expect("the device model");
-        let (bar, _) = xe_svm::probe::probe(t).expect("probe");
+        let (bar, _) = xe_svm::probe::probe(t, xe_svm::probe::Meeting::Fresh).expect("probe");
         let dev = Device::new(Arc::new(bar));
         let (ours, theirs) = SeqPacket::pair().expect("a socket pair");
         let pager = Arc::new(FakePager::default());
