@@ -215,11 +215,14 @@ impl Machine {
         }
     }
 
-    pub fn unmap(&self, t: &SimTables, va: u64, len: u64) {
+    /// Clears the entries of `[va, va + len)`; whether one was present.
+    pub fn unmap(&self, t: &SimTables, va: u64, len: u64) -> bool {
         let mut ptes = t.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cleared = false;
         for off in (0..len).step_by(PAGE as usize) {
-            ptes.remove(&(va + off));
+            cleared |= ptes.remove(&(va + off)).is_some();
         }
+        cleared
     }
 
     /// A TLB invalidation: returns once every access through an old entry

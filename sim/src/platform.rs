@@ -86,8 +86,8 @@ impl Platform for SimPlatform {
         // The simulated MMU models writes, not atomics.
         self.machine.map(t, va, addr, size, target, a.writable);
     }
-    fn unmap(&self, t: &mut SimTables, va: u64, len: u64) {
-        self.machine.unmap(t, va, len);
+    fn unmap(&self, t: &mut SimTables, va: u64, len: u64) -> bool {
+        self.machine.unmap(t, va, len)
     }
     fn drop_tables(&self, asid: u32, _t: SimTables) {
         self.machine.drop_tables(asid);

@@ -121,8 +121,9 @@ impl Platform for HostPlatform {
     ) {
         let _ = t.map(&self.dev.bar, &self.pt, va, addr, (size, target), a);
     }
-    fn unmap(&self, t: &mut Ppgtt, va: u64, len: u64) {
-        let _ = t.unmap(&self.dev.bar, &self.pt, va, len);
+    fn unmap(&self, t: &mut Ppgtt, va: u64, len: u64) -> bool {
+        // On an error, assume something was cleared: invalidate.
+        t.unmap(&self.dev.bar, &self.pt, va, len).unwrap_or(true)
     }
     fn drop_tables(&self, asid: u32, t: Ppgtt) {
         self.dev.bar.set_context(asid, 0);

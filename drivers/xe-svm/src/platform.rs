@@ -53,7 +53,12 @@ pub trait Platform: Send + Sync + 'static {
         target: Target,
         access: LeafAccess,
     );
-    fn unmap(&self, t: &mut Self::Tables, va: u64, len: u64);
+    /// Clears the leaves of `[va, va + len)`; `true` when one was present
+    /// (then the caller invalidates the TLB before it lets go of the state
+    /// lock). `false` means no translation there can be cached: every
+    /// clearing of a present leaf is followed by an invalidation under the
+    /// same lock, and nothing was mapped since.
+    fn unmap(&self, t: &mut Self::Tables, va: u64, len: u64) -> bool;
     /// The VM is gone: its context is cleared, its TLB entries dropped and
     /// its page tables freed.
     fn drop_tables(&self, asid: u32, t: Self::Tables);

@@ -109,15 +109,17 @@ impl Ppgtt {
     }
 
     /// Clears every leaf covering `[va, va + len)` (4 KiB granularity; a 2 MiB
-    /// leaf partly covered is split first). The caller invalidates the TLB.
+    /// leaf partly covered is split first). Returns whether a present leaf
+    /// was cleared: then the caller invalidates the TLB.
     /// A range that is not inside the 48-bit space (its end wraps or passes
     /// 2^48) is [`VramError::BadRange`] and nothing is cleared.
-    pub fn unmap(&mut self, bar: &Bar, pt: &Vram, va: u64, len: u64) -> Result<(), VramError> {
+    pub fn unmap(&mut self, bar: &Bar, pt: &Vram, va: u64, len: u64) -> Result<bool, VramError> {
         let end = va
             .checked_add(len)
             .filter(|&e| e <= VA_END)
             .ok_or(VramError::BadRange)?;
         let mut a = va & !4095;
+        let mut cleared = false;
         while a < end {
             // Walk without creating tables.
             let mut table = self.root;
@@ -138,7 +140,7 @@ impl Ppgtt {
                     } if a % (2 << 20) == 0 && a + (2 << 20) <= end => {
                         e.store(0, Ordering::Release);
                         a += (2 << 20) - 4096;
-                        done = true;
+                        (done, cleared) = (true, true);
                     }
                     Entry::Leaf {
                         size: PageSize::Size2M,
@@ -146,17 +148,17 @@ impl Ppgtt {
                     } => {
                         let t = self.table_for(bar, pt, a, 0)?;
                         entry(bar, t, index(a, 0)).store(0, Ordering::Release);
-                        done = true;
+                        (done, cleared) = (true, true);
                     }
                     Entry::Leaf { .. } => {
                         e.store(0, Ordering::Release);
-                        done = true;
+                        (done, cleared) = (true, true);
                     }
                 }
             }
             a += 4096;
         }
-        Ok(())
+        Ok(cleared)
     }
 
     /// Frees the page-table pages (the VM is gone).

@@ -1010,9 +1010,13 @@ impl<P: Platform> Inner<P> {
             for b in vm.bindings.iter().filter(|b| b.object == object) {
                 let lo = first.max(b.first_page);
                 let hi = (first + count).min(b.first_page + b.pages);
-                if lo < hi {
-                    let va = b.gpu_addr + (lo - b.first_page) * PAGE;
-                    self.hw.unmap(&mut vm.tables, va, (hi - lo) * PAGE);
+                if lo >= hi {
+                    continue;
+                }
+                let va = b.gpu_addr + (lo - b.first_page) * PAGE;
+                // Only what was mapped needs a TLB invalidation (`unmap`):
+                // `FreePages` after a copy back finds the range cleared.
+                if self.hw.unmap(&mut vm.tables, va, (hi - lo) * PAGE) {
                     ranges.push((*asid, va, (hi - lo) * PAGE));
                 }
             }

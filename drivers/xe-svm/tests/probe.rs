@@ -34,5 +34,8 @@ fn probe_refuses_a_device_whose_copies_fail() {
         ..Default::default()
     })
     .unwrap();
-    assert!(matches!(probe(t, Meeting::Fresh), Err(ProbeError::CopyFailed)));
+    assert!(matches!(
+        probe(t, Meeting::Fresh),
+        Err(ProbeError::CopyFailed)
+    ));
 }
