@@ -37,7 +37,9 @@ fn object(h: Handle) -> ObjectId {
 }
 
 /// A failed call as the core sees it: call `id` past its deadline may
-/// still be carried out (`Unanswered`); any other failure was not.
+/// still be carried out (`Unanswered`); any other failure was not. `id`
+/// 0 names no call (request ids start at 1): for the calls whose late
+/// answers nobody waits for.
 fn failed<E: std::fmt::Debug>(what: &str, id: u64, e: CallError<E>) -> RtError {
     log::warn!("pager: {what}: {e}");
     match e {

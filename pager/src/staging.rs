@@ -16,7 +16,6 @@ pub struct Staging {
     base: *mut u8,
     /// Which slots are free, lent or quarantined (`slots.rs`).
     pub pool: SlotPool,
-    pub slots: usize,
 }
 
 // SAFETY: `base` is a shared mapping owned by this struct for its lifetime;
@@ -57,8 +56,11 @@ impl Staging {
             memfd: memory,
             base: base.cast(),
             pool: SlotPool::new(slots),
-            slots,
         })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.pool.count()
     }
 
     /// The slot's offset in the memfd (what the GPU server copies to).
@@ -69,6 +71,6 @@ impl Staging {
     /// The slot's first byte in our mapping (`None`: no such slot).
     pub fn ptr(&self, slot: usize) -> Option<*const u8> {
         // SAFETY: slot < slots, so the offset is inside the mapping.
-        (slot < self.slots).then(|| unsafe { self.base.add(slot * SLOT_BYTES) as *const u8 })
+        (slot < self.slots()).then(|| unsafe { self.base.add(slot * SLOT_BYTES) as *const u8 })
     }
 }

@@ -10,9 +10,9 @@
 //! call into the core or a wait on a page:
 //! - `HostPort::faults` (a space's fault queue: the reader pushes, the
 //!   workers pop);
-//! - `Staging::free` (the free staging slots; a slot is held across one
-//!   GPU copy and one `UFFDIO_COPY`, never while waiting on anything but
-//!   that copy).
+//! - `SlotPool::slots` (the free and quarantined staging slots; a slot is
+//!   lent across one GPU copy and one `UFFDIO_COPY`, never while waiting
+//!   on anything but that copy).
 //!
 //! The reader holds its space's `applying_changes` guard (core level 2)
 //! while the core applies a change, and calls the GPU server only after
@@ -84,7 +84,7 @@ impl PagerServer {
     pub fn attach_gpu(&self, gpu: Client<GpuNotify>) -> Result<(), String> {
         let staging = &self.core.rt.staging;
         let dup = rustix::io::fcntl_dupfd_cloexec(&staging.memfd, 0).map_err(|e| e.to_string())?;
-        let size = (staging.slots * SLOT_BYTES) as u64;
+        let size = (staging.slots() * SLOT_BYTES) as u64;
         gpu.call_with_handles(AttachStaging { size_bytes: size }, vec![dup])
             .map_err(|e| e.to_string())?;
         self.core

@@ -168,7 +168,7 @@ impl RedoxPager {
         let staging = &self.core.rt.staging;
         let dup = staging.memfd.try_clone().map_err(|e| e.to_string())?;
         let size = staging
-            .slots
+            .slots()
             .checked_mul(SLOT_BYTES)
             .ok_or("staging size overflows")? as u64;
         gpu.call_with_handles(AttachStaging { size_bytes: size }, vec![dup])
