@@ -80,11 +80,13 @@ fn herd_migrates_back_every_page_once_with_its_data() {
         pages,
         "every page moved back exactly once"
     );
-    assert!(r.gpu.vram.lock().unwrap().is_empty());
-    // The readers are woken by the install, before the winner unlocks.
+    // The readers are woken by the install, before the winner frees the
+    // VRAM (`FreePages`) and unlocks: once every page says System, no
+    // VRAM is left.
     eventually("pages stayed locked", || {
         snapshot(&r, object, 0, 512) == vec![PageStateCode::System; 512]
     });
+    assert!(r.gpu.vram.lock().unwrap().is_empty());
 }
 
 #[test]
