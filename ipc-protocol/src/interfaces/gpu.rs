@@ -282,6 +282,11 @@ interface! {
         NotSupported = 12,
         /// The caller reached one of its budgets (README, "Budgets").
         OverBudget = 13,
+        /// The job ran on a GPU server that has since died and been
+        /// restarted: the device was reset and the job's work is lost
+        /// (submit it again). Its id carries the server generation that
+        /// took it.
+        DeviceReset = 14,
     }
     calls {
         1 => CreateVm [0] -> VmCreated [0] needs GPU_VM;

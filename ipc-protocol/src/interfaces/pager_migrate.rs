@@ -3,6 +3,7 @@
 //! these never wait on the GPU server.
 
 use crate::types::{GpuId, ObjectId, PageCount, PageMask, Seq, ViewId};
+use crate::wire::BoundedVec;
 
 wire_struct!(
     /// Open a client's view for a GPU binding. `client` is the client's
@@ -88,6 +89,40 @@ wire_struct!(
     }
 );
 
+wire_struct!(
+    /// A restarted GPU server asks where its predecessor's pages are: the
+    /// runs of pages the pager records in this GPU's VRAM, in (object,
+    /// page) order from object `from_object`, page `from_page`. The first
+    /// call (from 0, 0) also undoes the collects the predecessor left
+    /// unfinalized (their pages go back unlocked). Objects keep the ids
+    /// the predecessor knew them by.
+    pub struct Resident {
+        pub gpu: GpuId,
+        pub from_object: u32,
+        pub from_page: u64,
+    }
+);
+wire_struct!(
+    /// Pages `first_page..first_page + pages` of `object` (of
+    /// `object_pages` in all) sit at VRAM frames `first_pfn..`.
+    pub struct ResidentRun {
+        pub object: ObjectId,
+        pub object_pages: u64,
+        pub first_page: u64,
+        pub pages: u32,
+        pub first_pfn: u64,
+    }
+);
+wire_struct!(
+    /// Up to 64 runs; `more`: ask again from (`next_object`, `next_page`).
+    pub struct ResidentRuns {
+        pub runs: BoundedVec<ResidentRun, 64>,
+        pub more: bool,
+        pub next_object: u32,
+        pub next_page: u64,
+    }
+);
+
 interface! {
     /// The pager's migration interface for GPU servers.
     interface PagerMigrate = 2;
@@ -108,6 +143,7 @@ interface! {
         2 => GetPages [0] -> Pages [0] needs MIGRATE, idempotent;
         3 => Collect [0] -> Collected [0] needs MIGRATE;
         4 => Finalize [0] -> Finalized [0] needs MIGRATE;
+        5 => Resident [0] -> ResidentRuns [0] needs MIGRATE, idempotent;
     }
     notifications {}
 }
