@@ -19,10 +19,24 @@ use crate::core::runtime::{PartNote, RtError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AlreadyAttached;
 
+/// Shares the staging buffer with a GPU server (`AttachStaging`).
+pub type AttachStaging = Box<dyn Fn(&Client<GpuNotify>) -> Result<(), String> + Send + Sync>;
+
 /// The GPU server's notifier, once it is attached.
+///
+/// **A restarted GPU server gets the staging buffer again.** The buffer
+/// is shared once per server generation: the first call after the client
+/// saw a new generation announced (`Client::generation`) shares it
+/// first. The announcement comes before any answer of the new server, so
+/// no call the new server answers was sent before it could know the
+/// buffer, except calls sent while it was being shared, which fail
+/// (`NoStaging`) and are retried like any failed copy.
 #[derive(Default)]
 pub struct GpuNotifier {
     gpu: OnceLock<Client<GpuNotify>>,
+    attach: OnceLock<AttachStaging>,
+    /// The server generation the staging buffer was last shared with.
+    staged: std::sync::atomic::AtomicU32,
 }
 
 fn count(n: usize) -> Result<PageCount, RtError> {
@@ -58,8 +72,42 @@ impl GpuNotifier {
         self.gpu.get().is_some()
     }
 
+    /// Shares the staging buffer again with each new server generation
+    /// (`attach` has shared it with the first one already).
+    pub fn reattach_with(&self, attach: AttachStaging) {
+        let _ = self.attach.set(attach);
+    }
+
     fn client(&self) -> Result<&Client<GpuNotify>, RtError> {
-        self.gpu.get().ok_or(RtError::Gpu)
+        let c = self.gpu.get().ok_or(RtError::Gpu)?;
+        self.keep_staging(c);
+        Ok(c)
+    }
+
+    /// Shares the staging buffer if the server restarted since it last
+    /// was (one caller does; a failure leaves it to the next call).
+    fn keep_staging(&self, c: &Client<GpuNotify>) {
+        use std::sync::atomic::Ordering;
+        let (now, had) = (c.generation(), self.staged.load(Ordering::Acquire));
+        let Some(attach) = self.attach.get().filter(|_| now != had) else {
+            return;
+        };
+        if self
+            .staged
+            .compare_exchange(had, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        match attach(c) {
+            Ok(()) => log::info!("pager: staging shared with GPU server generation {now}"),
+            Err(e) => {
+                log::warn!("pager: sharing staging with generation {now}: {e}");
+                let _ = self
+                    .staged
+                    .compare_exchange(now, had, Ordering::AcqRel, Ordering::Acquire);
+            }
+        }
     }
 
     /// Ids of calls that went unanswered and were answered since.

@@ -44,6 +44,7 @@ impl<R: Runtime> Core<R> {
             Request::GetPages(q) => Ok((Reply::GetPages(self.get_pages(g, q)?), vec![])),
             Request::Collect(c) => Ok((Reply::Collect(self.collect(g, c)?), vec![])),
             Request::Finalize(f) => Ok((Reply::Finalize(self.finalize(g, f)?), vec![])),
+            Request::Resident(q) => Ok((Reply::Resident(self.resident(g, q)?), vec![])),
         }
     }
 

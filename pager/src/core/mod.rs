@@ -42,6 +42,7 @@ pub mod object;
 pub mod prefetch;
 pub mod reclaim;
 pub mod removed;
+pub mod resident;
 pub mod runtime;
 pub mod session;
 pub mod sync_views;

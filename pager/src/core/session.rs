@@ -440,6 +440,22 @@ impl<R: Runtime> GpuSession<R> {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Takes every collect in flight, the session going on (its GPU
+    /// server was restarted: nobody will finalize them).
+    pub fn take_collects(&self) -> Vec<InFlight<R>> {
+        lock(&self.collects).drain(..).collect()
+    }
+
+    /// The objects it opened, by the ids it knows them by, in id order.
+    pub fn opened_objects(&self) -> Vec<(Handle, Arc<Object<R>>)> {
+        let mut v: Vec<_> = lock(&self.opened)
+            .iter()
+            .map(|(h, o)| (h, o.clone()))
+            .collect();
+        v.sort_by_key(|(h, _)| h.raw());
+        v
+    }
+
     /// Ends it: nothing new is recorded; returns the collects in flight
     /// and the objects it opened.
     pub fn end(&self) -> (Vec<InFlight<R>>, Vec<Arc<Object<R>>>) {

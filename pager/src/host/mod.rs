@@ -28,10 +28,11 @@ pub mod uffd;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use ipc_protocol::client::Client;
+use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::gpu_notify::{AttachStaging, GpuNotify};
 use ipc_protocol::interfaces::{pager as p, pager_migrate as m, pager_reclaim as r};
 use ipc_protocol::server::Handler;
+use ipc_protocol::transport::TransportError;
 use ipc_protocol::Capability;
 use session::Handle;
 
@@ -85,8 +86,24 @@ impl PagerServer {
         let staging = &self.core.rt.staging;
         let dup = rustix::io::fcntl_dupfd_cloexec(&staging.memfd, 0).map_err(|e| e.to_string())?;
         let size = (staging.slots() * SLOT_BYTES) as u64;
-        gpu.call_with_handles(AttachStaging { size_bytes: size }, vec![dup])
-            .map_err(|e| e.to_string())?;
+        match gpu.call_with_handles(AttachStaging { size_bytes: size }, vec![dup]) {
+            Ok(_) => {}
+            // It died before answering: its next generation gets the buffer
+            // with our first call to it (`GpuNotifier::keep_staging`).
+            Err(CallError::Transport(TransportError::PeerRestarted(g))) => {
+                log::warn!("pager: the GPU server restarted (generation {g}) while attaching")
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let core = self.core.clone();
+        self.core.rt.gpu.reattach_with(Box::new(move |gpu| {
+            let staging = &core.rt.staging;
+            let dup =
+                rustix::io::fcntl_dupfd_cloexec(&staging.memfd, 0).map_err(|e| e.to_string())?;
+            gpu.call_with_handles(AttachStaging { size_bytes: size }, vec![dup])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }));
         self.core
             .rt
             .gpu
@@ -146,6 +163,16 @@ impl Handler<m::PagerMigrate> for PagerServer {
     /// The GPU server died: its collects in flight are undone.
     fn disconnected(&self, caller: &Capability) {
         self.core.end_gpu(caller.badge.0);
+    }
+
+    /// The GPU server was restarted: its session goes on, so that the
+    /// objects keep their ids; the new server's first `Resident` undoes
+    /// the collects the old one left (`core/resident.rs`).
+    fn peer_restarted(&self, caller: &Capability, generation: u32) {
+        log::info!(
+            "pager: GPU server {} restarted (generation {generation})",
+            caller.badge.0
+        );
     }
 
     fn handle(

@@ -100,6 +100,16 @@ impl Handler<m::PagerMigrate> for RedoxPager {
         self.core.end_gpu(caller.badge.0);
     }
 
+    /// The GPU server was restarted: its session goes on, so that the
+    /// objects keep their ids; the new server's first `Resident` undoes
+    /// the collects the old one left (`core/resident.rs`).
+    fn peer_restarted(&self, caller: &Capability, generation: u32) {
+        log::info!(
+            "pager: GPU server {} restarted (generation {generation})",
+            caller.badge.0
+        );
+    }
+
     fn handle(
         &self,
         caller: &Capability,

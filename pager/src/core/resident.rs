@@ -1,0 +1,167 @@
+//! A restarted GPU server's first questions (`PagerMigrate::Resident`,
+//! issue 14): which pages its predecessor left in VRAM, and where.
+//!
+//! The pager's page-state words are the source of truth for residency: a
+//! page is `Device { gpu, pfn }` from its finalize until its copy back
+//! landed in RAM, whatever the GPU server knew. VRAM belongs to the device
+//! and survives its driver, so a new GPU server that learns these frames
+//! can copy the pages back and must not hand the frames out again.
+//!
+//! **The session goes on.** A restart is not an end (`end.rs`): the
+//! objects keep the ids the predecessor knew them by, since the pager's
+//! notifier names pages by them (`Object::gpu_id`), and the new server
+//! rebuilds its object table with the same ids. Only the collects in
+//! flight are undone: nobody will finalize them.
+//!
+//! **Locked pages are listed too.** A page being copied back by a CPU
+//! fault is locked while the copy waits for the new server; its frame is
+//! still its home until that copy lands, so it must be known.
+
+use ipc_protocol::interfaces::pager_migrate::{self as m, MigrateError as E};
+use ipc_protocol::types::ObjectId;
+use ipc_protocol::wire::BoundedVec;
+
+use super::object::Object;
+use super::runtime::Runtime;
+use super::session::GpuSession;
+use super::Core;
+use crate::state::Residency;
+
+/// Runs in one `ResidentRuns` reply.
+const RUNS_PER_REPLY: usize = 64;
+
+/// The runs being gathered for one reply.
+struct Gather {
+    runs: Vec<m::ResidentRun>,
+    /// Where the next call starts, once the reply is full.
+    next: Option<(u32, u64)>,
+}
+
+impl Gather {
+    /// Adds page `page` of `object` at frame `pfn`: it extends the last
+    /// run when it follows it in both page and frame.
+    fn add(&mut self, object: u32, object_pages: u64, page: u64, pfn: u64) {
+        if let Some(r) = self.runs.last_mut().filter(|r| {
+            r.object.get() == object
+                && r.first_page + u64::from(r.pages) == page
+                && r.first_pfn + u64::from(r.pages) == pfn
+                && r.pages < u32::MAX
+        }) {
+            r.pages += 1;
+            return;
+        }
+        if self.runs.len() == RUNS_PER_REPLY {
+            self.next = Some((object, page));
+            return;
+        }
+        self.runs.push(m::ResidentRun {
+            object: ObjectId::raw(object),
+            object_pages,
+            first_page: page,
+            pages: 1,
+            first_pfn: pfn,
+        });
+    }
+
+    fn full(&self) -> bool {
+        self.next.is_some()
+    }
+}
+
+impl<R: Runtime> Core<R> {
+    /// Serves `Resident` for the GPU server's session `g`.
+    pub(super) fn resident(&self, g: &GpuSession<R>, q: m::Resident) -> Result<m::ResidentRuns, E> {
+        if (q.from_object, q.from_page) == (0, 0) {
+            self.undo_predecessor_collects(g);
+        }
+        let mut gather = Gather {
+            runs: Vec::new(),
+            next: None,
+        };
+        for (id, o) in g.opened_objects() {
+            let id = id.raw();
+            if id < q.from_object {
+                continue;
+            }
+            let from = if id == q.from_object { q.from_page } else { 0 };
+            gather_object(&mut gather, id, &o, from, q.gpu.get());
+            if gather.full() {
+                break;
+            }
+        }
+        let (next_object, next_page) = gather.next.unwrap_or((0, 0));
+        Ok(m::ResidentRuns {
+            more: gather.next.is_some(),
+            runs: BoundedVec::new(gather.runs).ok_or(E::Host)?,
+            next_object,
+            next_page,
+        })
+    }
+
+    /// The collects the dead GPU server left: their pages go back to their
+    /// state, unlocked (as at its end, `end.rs`).
+    fn undo_predecessor_collects(&self, g: &GpuSession<R>) {
+        let collects = g.take_collects();
+        for f in &collects {
+            self.undo_collect(f);
+            g.unreserve_collect();
+        }
+        log::info!(
+            "pager: GPU server {} restarted; {} collect(s) it left undone",
+            g.badge,
+            collects.len()
+        );
+    }
+}
+
+/// Adds `o`'s pages from `from` on that sit in GPU `gpu`'s VRAM.
+fn gather_object<R: Runtime>(gather: &mut Gather, id: u32, o: &Object<R>, from: u64, gpu: u8) {
+    let pages = o.pages() as u64;
+    for page in from..pages {
+        let Ok(info) = o.table.info(page as usize) else {
+            break;
+        };
+        if let Residency::Device { gpu: g, pfn } = info.residency {
+            if g == gpu {
+                gather.add(id, pages, page, pfn);
+                if gather.full() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of one object at every other frame: one run each.
+    #[test]
+    fn a_full_reply_says_where_the_next_one_starts() {
+        let mut g = Gather {
+            runs: Vec::new(),
+            next: None,
+        };
+        for page in 0..100u64 {
+            g.add(3, 1000, page, 2 * page);
+            if g.full() {
+                break;
+            }
+        }
+        assert_eq!(g.runs.len(), RUNS_PER_REPLY);
+        assert_eq!(g.next, Some((3, RUNS_PER_REPLY as u64)));
+        // Pages that follow in page and frame make one run.
+        let mut g = Gather {
+            runs: Vec::new(),
+            next: None,
+        };
+        for page in 10..20u64 {
+            g.add(4, 20, page, 500 + page);
+        }
+        g.add(4, 20, 21, 600);
+        assert_eq!(g.runs.len(), 2);
+        assert_eq!((g.runs[0].first_page, g.runs[0].pages), (10, 10));
+        assert_eq!(g.runs[0].first_pfn, 510);
+    }
+}

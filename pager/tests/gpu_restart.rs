@@ -1,0 +1,87 @@
+//! A restarted GPU server asks the pager where its predecessor's pages
+//! are (`PagerMigrate::Resident`, issue 14): the runs come from the page
+//! states, named by the ids the predecessor knew the objects by, and the
+//! collects the predecessor left go back unlocked.
+#![cfg(not(feature = "shuttle"))]
+
+use ipc_protocol::interfaces::pager_migrate as m;
+use ipc_protocol::types::{GpuId, PageCount};
+use pager::state::Residency;
+use pager::testing::runtime::{
+    gpu_collect, gpu_migrate, gpu_open, model_core, object_with_view, seed, small_config, ModelCore,
+};
+
+const CLIENT: u64 = 100;
+const GPU: u64 = 1;
+const A: u64 = 0x1000_0000;
+const B: u64 = 0x2000_0000;
+
+fn resident(core: &ModelCore, gpu: u8) -> m::ResidentRuns {
+    let g = core.gpu_session(GPU).unwrap();
+    let req = m::Request::Resident(m::Resident {
+        gpu: GpuId::new(gpu).unwrap(),
+        from_object: 0,
+        from_page: 0,
+    });
+    match core.migrate_request(&g, req).expect("resident") {
+        (m::Reply::Resident(r), _) => r,
+        (r, _) => panic!("unexpected {r:?}"),
+    }
+}
+
+#[test]
+fn a_restarted_gpu_server_learns_its_pages_and_its_predecessors_collects_go() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (a, view_a) = object_with_view(&core, &s, 8, A).unwrap();
+    let (b, view_b) = object_with_view(&core, &s, 8, B).unwrap();
+    let (obj_a, obj_b) = (s.object(a).unwrap(), s.object(b).unwrap());
+    seed(&obj_a, |p| 100 + p as u64);
+    seed(&obj_b, |p| 200 + p as u64);
+    let g = core.gpu_session(GPU).unwrap();
+    let gid_a = gpu_open(&core, &g, CLIENT, view_a).unwrap();
+    let gid_b = gpu_open(&core, &g, CLIENT, view_b).unwrap();
+    assert_eq!(gpu_migrate(&core, &g, gid_a, &obj_a.memory, 2, 5), Ok(5));
+    // The predecessor collected four pages of B and died before finalizing.
+    let got = gpu_collect(&core, &g, gid_b, 0, 4).unwrap();
+    assert_eq!(got.got.count(), 4);
+    assert!((0..4).all(|p| obj_b.table.info(p).unwrap().locked));
+
+    let r = resident(&core, 0);
+    assert!(!r.more);
+    let want = m::ResidentRun {
+        object: gid_a,
+        object_pages: 8,
+        first_page: 2,
+        pages: 5,
+        first_pfn: 0,
+    };
+    assert_eq!(
+        r.runs.as_slice(),
+        &[want],
+        "A's pages 2..7, at their frames"
+    );
+    for p in 0..8 {
+        let i = obj_b.table.info(p).unwrap();
+        assert!(!i.locked, "B's page {p} is still locked");
+        assert_eq!(i.residency, Residency::System, "B's page {p}");
+    }
+    // The session went on: the ids still name the objects.
+    let req = m::Request::GetPages(m::GetPages {
+        object: gid_a,
+        first_page: 0,
+        count: PageCount::new(8).unwrap(),
+    });
+    match core
+        .migrate_request(&g, req)
+        .expect("the old id still names A")
+    {
+        (m::Reply::GetPages(p), _) => assert_eq!(p.device.count(), 5),
+        (r, _) => panic!("unexpected {r:?}"),
+    }
+    assert_eq!(
+        resident(&core, 1).runs.len(),
+        0,
+        "nothing in another GPU's VRAM"
+    );
+}
