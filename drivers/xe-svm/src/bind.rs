@@ -49,7 +49,8 @@ impl GpuServer {
             })?;
         let memfd = fds.pop().ok_or(GpuError::PagerUnavailable)?;
         let object = opened.object.get();
-        if !inner.knows_object(object) {
+        // An object a restarted server adopted is known but not mapped.
+        if !inner.object_mapped(object) {
             let session = inner.session(owner);
             self.add_object(&session, object, memfd)?;
         }

@@ -344,8 +344,16 @@ impl GpuServer {
             zero_dma,
             _zero: zero,
         };
+        // A restarted server meets a compute engine that numbered its
+        // predecessor's jobs: number on past them, or a wait for a new job
+        // would see it retired before it ran.
+        let ccs_done = hw.dev.bar.reg(layout::REG_CCS_DONE);
+        let inner = Inner::with_arena(hw, 0, data_pages, budget, arena);
+        inner
+            .next_job
+            .store(ccs_done.wrapping_add(1).max(1), Ordering::Relaxed);
         Ok(Self {
-            inner: Arc::new(Inner::with_arena(hw, 0, data_pages, budget, arena)),
+            inner: Arc::new(inner),
         })
     }
 

@@ -127,7 +127,7 @@ impl Inner<HostPlatform> {
             lock(&self.jobs).cancel(&session, h);
             return Err(GpuError::DeviceLost);
         }
-        Ok((job, h.raw() as u64))
+        Ok((job, self.client_job_id(h.raw())))
     }
 
     /// Checks and submits kernel `req` for `owner`; returns the job id.
@@ -163,6 +163,7 @@ impl Inner<HostPlatform> {
             faults: faults as u64,
             elapsed_us: t0.elapsed().as_micros() as u64,
         };
+        let id = self.local_job_id(id)?;
         let device_job = match lock(&self.jobs).lookup(owner, id)? {
             Lookup::Done(state, faults) => return Ok(done(state, faults)),
             Lookup::Running(job) => job,

@@ -16,6 +16,9 @@
 //! - [`session`], [`budget`], [`end`], [`accounting`]: a session per client
 //!   badge with its budget, the one place it ends, `Gpu::Accounting`;
 //! - [`arena`]: the metadata arena sized at boot (frame words, fault logs);
+//! - [`adopt`], [`restart`]: a restarted server takes over the pages its
+//!   predecessor left in VRAM (from the pager's page states) and answers
+//!   the jobs it took with `DeviceReset`;
 //! - [`bind`]: `BindView` (the pager opens the view, the object is DMA-mapped);
 //! - [`faults`]: GPU faults served by one worker per VM;
 //! - [`host`]: the host runtime: the device model and IPC as the platform,
@@ -27,6 +30,7 @@
 //!   Linux, schemes on Redox: `docs/redox.md`).
 
 pub mod accounting;
+pub mod adopt;
 pub mod arena;
 pub mod bind;
 pub mod bo;
@@ -49,6 +53,7 @@ pub mod probe;
 pub mod protect;
 #[cfg(target_os = "redox")]
 pub mod redox;
+pub mod restart;
 pub mod schemes;
 pub mod server;
 pub mod session;

@@ -17,6 +17,7 @@ use crate::host::GpuServer;
 use crate::schemes::{CLIENT_RIGHTS, NOTIFY_BADGE, SHRINK_BADGE};
 use clap::Parser;
 use ipc_protocol::client::Client;
+use ipc_protocol::interfaces::pager_migrate::PagerMigrate;
 use ipc_protocol::interfaces::{gpu::Gpu, gpu_notify::GpuNotify, gpu_shrink::GpuShrink};
 use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
 use ipc_protocol::{Capability, Rights};
@@ -78,9 +79,9 @@ struct Args {
     #[arg(long, default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pager_timeout_ms: u64,
-    /// How many times init has started this server (1 at boot). Not yet
-    /// restartable (`launcher/src/manifest.rs`, `RESTARTABLE`): it rebuilds
-    /// nothing after a restart, so init reports its death instead.
+    /// How many times init has started this server (1 at boot). Past 1
+    /// it announces the restart on every endpoint, adopts the pages its
+    /// predecessor left in VRAM (`restart.rs`) and only then serves.
     #[arg(long, default_value_t = 1)]
     generation: u32,
 }
@@ -98,6 +99,20 @@ fn probe_meeting(a: &Args) -> crate::probe::Meeting {
 fn endpoint(fd: i32) -> Arc<dyn Transport> {
     // SAFETY: init passed this descriptor to us and nothing else owns it.
     Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
+}
+
+/// Tells the caller at `t` that this is generation `generation` (past 1
+/// only), before anything of ours reaches it: its calls the predecessor
+/// took fail with `PeerRestarted` instead of waiting on a dead process.
+fn announce<I: ipc_protocol::Interface>(t: &dyn Transport, generation: u32) {
+    if generation > 1 {
+        if let Err(e) = ipc_protocol::server::announce_restart::<I>(t, generation) {
+            log::warn!(
+                "xe-svm: announcing generation {generation} on {}: {e}",
+                I::NAME
+            );
+        }
+    }
 }
 
 pub fn main() {
@@ -137,76 +152,74 @@ pub fn main() {
     if let (false, Some(migrate), Some(notify)) =
         (a.client_fd.is_empty(), a.migrate_fd, a.notify_fd)
     {
-        // One session per `Gpu` endpoint's badge: the metadata arena holds
-        // every one at its `metadata_bytes` limit (a typed error if not).
-        let gpu_extra = a.extra_endpoint.iter().filter(|e| e.interface == "Gpu");
-        let cfg = Config::for_clients(budget, a.client_fd.len() + gpu_extra.count());
-        let dev = Device::new(Arc::new(bar));
-        let pressure = a
-            .pressure_fd
-            .map(|fd| Client::new(endpoint(fd)).with_timeout(std::time::Duration::from_secs(10)));
-        let pager = std::time::Duration::from_millis(a.pager_timeout_ms);
-        let server = match GpuServer::new(
-            dev.clone(),
-            Client::new(endpoint(migrate)).with_timeout(pager),
-            pressure,
-            a.bo_pool_mib << 20,
-            &cfg,
-        ) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                eprintln!("xe-svm: {e}");
-                std::process::exit(2);
+        serve(&a, bar, budget, migrate, notify);
+        println!("xe-svm: serving");
+    }
+    let mut buf = [0u8; 1];
+    let _ = std::io::stdin().read(&mut buf);
+    log::info!("xe-svm: init closed the lifeline; stopping");
+}
+
+/// The endpoints this server serves, opened (and, for a restarted server,
+/// told of the restart) before any of them is served.
+struct Served {
+    notify: Arc<dyn Transport>,
+    shrink: Option<Arc<dyn Transport>>,
+    clients: Vec<Arc<dyn Transport>>,
+    extras: Vec<Arc<dyn Transport>>,
+}
+
+impl Served {
+    fn open(a: &Args, notify: i32) -> Self {
+        Self {
+            notify: endpoint(notify),
+            shrink: a.shrink_fd.map(endpoint),
+            clients: a.client_fd.iter().map(|fd| endpoint(*fd)).collect(),
+            extras: a.extra_endpoint.iter().map(|e| endpoint(e.fd)).collect(),
+        }
+    }
+
+    /// Announces generation `g` on every one (past 1 only).
+    fn announce(&self, a: &Args, g: u32) {
+        announce::<GpuNotify>(&*self.notify, g);
+        if let Some(t) = &self.shrink {
+            announce::<GpuShrink>(&**t, g);
+        }
+        for t in &self.clients {
+            announce::<Gpu>(&**t, g);
+        }
+        for (e, t) in a.extra_endpoint.iter().zip(&self.extras) {
+            match e.interface.as_str() {
+                "Gpu" => announce::<Gpu>(&**t, g),
+                "GpuNotify" => announce::<GpuNotify>(&**t, g),
+                "GpuShrink" => announce::<GpuShrink>(&**t, g),
+                _ => {}
             }
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pump = dev.clone();
-        std::thread::Builder::new()
-            .name("xe-svm-guc".into())
-            .spawn(move || pump.pump(tx))
-            .expect("spawning at boot");
-        let worker = (*server).clone();
-        std::thread::Builder::new()
-            .name("xe-svm-faults".into())
-            .spawn(move || worker.fault_worker(rx))
-            .expect("spawning at boot");
+        }
+    }
+
+    fn spawn(self, a: &Args, server: &Arc<GpuServer>) {
+        use ipc_protocol::server::spawn;
         // Rule 9: the notifier has its own endpoint and threads.
-        let notify_rights = Rights::from_bits_truncate(a.notify_rights);
-        ipc_protocol::server::spawn::<GpuNotify, _>(
-            "xe-svm-notify",
-            endpoint(notify),
-            Capability::new(NOTIFY_BADGE, notify_rights),
-            server.clone(),
-            4,
-        );
-        if let Some(fd) = a.shrink_fd {
-            let rights = Rights::from_bits_truncate(a.shrink_rights);
-            ipc_protocol::server::spawn::<GpuShrink, _>(
-                "xe-svm-shrink",
-                endpoint(fd),
-                Capability::new(SHRINK_BADGE, rights),
-                server.clone(),
-                2,
-            );
+        let notify = Capability::new(NOTIFY_BADGE, Rights::from_bits_truncate(a.notify_rights));
+        spawn::<GpuNotify, _>("xe-svm-notify", self.notify, notify, server.clone(), 4);
+        if let Some(t) = self.shrink {
+            let cap = Capability::new(SHRINK_BADGE, Rights::from_bits_truncate(a.shrink_rights));
+            spawn::<GpuShrink, _>("xe-svm-shrink", t, cap, server.clone(), 2);
         }
         let client_rights = Rights::from_bits_truncate(a.client_rights);
-        for (fd, badge) in a.client_fd.iter().zip(&a.client_badge) {
-            ipc_protocol::server::spawn::<Gpu, _>(
-                &format!("xe-svm-gpu{badge}"),
-                endpoint(*fd),
-                Capability::new(*badge, client_rights),
-                server.clone(),
-                4,
-            );
+        for (t, badge) in self.clients.into_iter().zip(&a.client_badge) {
+            let cap = Capability::new(*badge, client_rights);
+            spawn::<Gpu, _>(&format!("xe-svm-gpu{badge}"), t, cap, server.clone(), 4);
         }
-        for e in &a.extra_endpoint {
+        for (e, t) in a.extra_endpoint.iter().zip(self.extras) {
             let cap = Capability::new(e.badge, e.rights);
             let label = format!("xe-svm-extra{}", e.badge);
-            let (t, s) = (endpoint(e.fd), server.clone());
+            let s = server.clone();
             match e.interface.as_str() {
-                "Gpu" => ipc_protocol::server::spawn::<Gpu, _>(&label, t, cap, s, 2),
-                "GpuNotify" => ipc_protocol::server::spawn::<GpuNotify, _>(&label, t, cap, s, 2),
-                "GpuShrink" => ipc_protocol::server::spawn::<GpuShrink, _>(&label, t, cap, s, 2),
+                "Gpu" => spawn::<Gpu, _>(&label, t, cap, s, 2),
+                "GpuNotify" => spawn::<GpuNotify, _>(&label, t, cap, s, 2),
+                "GpuShrink" => spawn::<GpuShrink, _>(&label, t, cap, s, 2),
                 other => {
                     eprintln!(
                         "xe-svm: --extra-endpoint {e}: the GPU server does not serve {other}"
@@ -215,9 +228,72 @@ pub fn main() {
                 }
             };
         }
-        println!("xe-svm: serving");
     }
-    let mut buf = [0u8; 1];
-    let _ = std::io::stdin().read(&mut buf);
-    log::info!("xe-svm: init closed the lifeline; stopping");
+}
+
+/// Tells the servers we call (the pager, mm-server) that this is
+/// generation `g` (past 1 only): they drop what our predecessor held.
+fn announce_to_callees(
+    migrate: &Client<PagerMigrate>,
+    pressure: Option<&Client<ipc_protocol::interfaces::pressure::Pressure>>,
+    g: u32,
+) {
+    if g <= 1 {
+        return;
+    }
+    let pressure = pressure.map_or(Ok(()), |p| p.announce_restart(g));
+    for (name, r) in [
+        ("PagerMigrate", migrate.announce_restart(g)),
+        ("Pressure", pressure),
+    ] {
+        if let Err(e) = r {
+            log::warn!("xe-svm: announcing generation {g} on {name}: {e}");
+        }
+    }
+}
+
+/// Starts serving: the core, the restart's announcements and take-over
+/// (in that order, before anything can allocate VRAM), the fault worker
+/// and every endpoint's threads.
+fn serve(a: &Args, bar: hw::bar::Bar, budget: GpuBudget, migrate: i32, notify: i32) {
+    // One session per `Gpu` endpoint's badge: the metadata arena holds
+    // every one at its `metadata_bytes` limit (a typed error if not).
+    let gpu_extra = a.extra_endpoint.iter().filter(|e| e.interface == "Gpu");
+    let cfg = Config::for_clients(budget, a.client_fd.len() + gpu_extra.count());
+    let dev = Device::new(Arc::new(bar));
+    let pressure = a
+        .pressure_fd
+        .map(|fd| Client::new(endpoint(fd)).with_timeout(std::time::Duration::from_secs(10)));
+    let pager = std::time::Duration::from_millis(a.pager_timeout_ms);
+    let migrate = Client::new(endpoint(migrate)).with_timeout(pager);
+    announce_to_callees(&migrate, pressure.as_ref(), a.generation);
+    let server = match GpuServer::new(dev.clone(), migrate, pressure, a.bo_pool_mib << 20, &cfg) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("xe-svm: {e}");
+            std::process::exit(2);
+        }
+    };
+    // The served endpoints hear of the restart before anything else.
+    let served = Served::open(a, notify);
+    served.announce(a, a.generation);
+    // Then, before anything can allocate VRAM, the predecessor's pages.
+    if a.generation > 1 {
+        if let Err(e) = server.take_over(a.generation) {
+            eprintln!("xe-svm: generation {}: {e}", a.generation);
+            std::process::exit(2);
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pump = dev.clone();
+    std::thread::Builder::new()
+        .name("xe-svm-guc".into())
+        .spawn(move || pump.pump(tx))
+        .expect("spawning at boot");
+    let worker = (*server).clone();
+    std::thread::Builder::new()
+        .name("xe-svm-faults".into())
+        .spawn(move || worker.fault_worker(rx))
+        .expect("spawning at boot");
+    served.spawn(a, &server);
 }

@@ -135,10 +135,7 @@ pub fn probe(
         len_log2: 0,
     };
     bar.submit(Ring::HostToGuc, 0, &Command::TlbInvalidation(inv))?;
-    match bar.next_guc_message(Some(Duration::from_secs(10)))? {
-        Command::TlbInvalidationDone { seqno: 1 } => {}
-        _ => return Err(ProbeError::UnexpectedGuc),
-    }
+    wait_for_invalidation(&bar)?;
     let report = ProbeReport {
         vram_bytes: bar.vram_bytes(),
         hw_threads: bar.reg(layout::REG_HW_THREADS),
@@ -147,4 +144,22 @@ pub fn probe(
     };
     log::info!("xe-svm: probed {report:?}");
     Ok((bar, report))
+}
+
+/// Waits for the probe's invalidation (seqno 1) to complete. A fault the
+/// device raised for a job of a driver that died is passed over (the
+/// device ends such jobs itself, `driver_lost`); anything else is
+/// `UnexpectedGuc`.
+fn wait_for_invalidation(bar: &Bar) -> Result<(), ProbeError> {
+    const STRAY: usize = 4096;
+    for _ in 0..STRAY {
+        match bar.next_guc_message(Some(Duration::from_secs(10)))? {
+            Command::TlbInvalidationDone { seqno: 1 } => return Ok(()),
+            Command::PageFault(f) => {
+                log::warn!("xe-svm: probe: passing over a stale fault {f:?}")
+            }
+            _ => return Err(ProbeError::UnexpectedGuc),
+        }
+    }
+    Err(ProbeError::UnexpectedGuc)
 }

@@ -158,18 +158,63 @@ pub(crate) struct ObjectState {
     charged: Option<Arc<GpuSession>>,
 }
 
+/// The DMA slot of an object a restarted server adopted (`adopt.rs`) and
+/// no bind has mapped since: its pages are reachable in VRAM only.
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
 /// The frame word of a page a GPU fault mapped from system memory: before
 /// such a page moves (to VRAM), that mapping must go (rule 8, `resolve`).
 const SYSTEM_MAPPED: u32 = u32::MAX;
 
 impl ObjectState {
+    /// An object adopted after a restart, with no DMA mapping and charged
+    /// to nobody: `frames` sized, no page resident yet.
+    pub(crate) fn adopted(frames: MetaVec<u32, Meta>) -> Self {
+        Self {
+            slot: NO_SLOT,
+            dma: 0,
+            _memfd: None,
+            inval_seq: 0,
+            frames,
+            resident_pages: 0,
+            migrations: 0,
+            charged: None,
+        }
+    }
+
+    /// A bind meets an object a restarted server adopted: it gets the
+    /// bind's DMA mapping, and its VRAM pages are charged to the bind's
+    /// session from now on (`OverBudget` if they do not fit). `Ok(false)`:
+    /// mapped already (the caller undoes its own mapping).
+    fn map_adopted(
+        &mut self,
+        session: Option<Arc<GpuSession>>,
+        slot: u32,
+        dma: u64,
+        memfd: Option<OwnedFd>,
+    ) -> Result<bool, GpuError> {
+        if self.slot != NO_SLOT {
+            return Ok(false);
+        }
+        if let Some(s) = &session {
+            s.charge(ses::vram_bytes, self.resident_pages * PAGE)?;
+        }
+        (self.slot, self.dma, self._memfd, self.charged) = (slot, dma, memfd, session);
+        Ok(true)
+    }
+
+    /// Pages it has frame words for.
+    pub(crate) fn frame_words(&self) -> usize {
+        self.frames.len()
+    }
+
     pub(crate) fn frame(&self, page: u64) -> Option<u64> {
         match self.frames.get(page as usize) {
             Some(&f) if f != 0 && f != SYSTEM_MAPPED => Some(f as u64 - 1),
             _ => None,
         }
     }
-    fn set_frame(&mut self, page: u64, pfn: u64) {
+    pub(crate) fn set_frame(&mut self, page: u64, pfn: u64) {
         if let Some(f) = self.frames.get_mut(page as usize) {
             // Its VRAM was charged before the block was allocated (`resolve`).
             if *f == 0 || *f == SYSTEM_MAPPED {
@@ -265,6 +310,8 @@ pub struct Inner<P: Platform> {
     pub vram: Vram,
     state: Mutex<State<P::Tables>>,
     pub(crate) next_job: AtomicU32,
+    /// Which start of the server this is (1 at boot; `restart.rs`).
+    pub(crate) generation: AtomicU32,
     next_binding: AtomicU64,
     /// Every client's jobs and their results (`job_table.rs`). Locked
     /// after the BO store's submit lock, never with the VM lock held.
@@ -313,6 +360,7 @@ impl<P: Platform> Inner<P> {
                 staging: None,
             }),
             next_job: AtomicU32::new(1),
+            generation: AtomicU32::new(1),
             next_binding: AtomicU64::new(1),
             jobs: Mutex::new(JobTable::new()),
             sessions: Sessions::new(budget),
@@ -370,7 +418,9 @@ impl<P: Platform> Inner<P> {
                 .is_some_and(|o| o.resident_pages == 0 && o.migrations == 0)
         {
             if let Some(o) = st.objects.remove(&object) {
-                self.hw.dma_unmap(o.slot);
+                if o.slot != NO_SLOT {
+                    self.hw.dma_unmap(o.slot);
+                }
                 if let Some(s) = &o.charged {
                     s.release(ses::dma_slots, 1);
                     s.release(ses::metadata_bytes, o.frames.len() as u64 * META_PER_PAGE);
@@ -511,7 +561,8 @@ impl<P: Platform> Inner<P> {
 
     /// As [`Self::add_object`], charged to `session` (its DMA slot and
     /// frame words were charged by the caller, and go back with the object).
-    /// `Ok(false)`: known already; `OutOfMetadata`: the arena is full.
+    /// `Ok(false)`: known and mapped already; `OutOfMetadata`: the arena is
+    /// full. An adopted object (`adopt.rs`) takes this mapping.
     pub fn add_object_for(
         &self,
         session: Option<Arc<GpuSession>>,
@@ -529,8 +580,8 @@ impl<P: Platform> Inner<P> {
         }
         frames.resize(len, 0);
         let mut st = self.lock();
-        if st.objects.contains_key(&object) {
-            return Ok(false);
+        if let Some(o) = st.objects.get_mut(&object) {
+            return o.map_adopted(session, slot, dma, memfd);
         }
         st.objects.insert(
             object,
@@ -550,6 +601,14 @@ impl<P: Platform> Inner<P> {
 
     pub fn knows_object(&self, object: u32) -> bool {
         self.lock().objects.contains_key(&object)
+    }
+
+    /// Whether `object` is known and DMA-mapped (not only adopted).
+    pub fn object_mapped(&self, object: u32) -> bool {
+        self.lock()
+            .objects
+            .get(&object)
+            .is_some_and(|o| o.slot != NO_SLOT)
     }
 
     /// Binds view `view` (object pages `[first_page, first_page + pages)`)

@@ -51,6 +51,7 @@ pub struct BlockInfo {
 
 pub struct Vram {
     inner: Mutex<Buddy>,
+    first_pfn: u64,
     total_pages: u64,
 }
 
@@ -69,6 +70,7 @@ impl Vram {
                 used: HashMap::new(),
                 used_pages: 0,
             }),
+            first_pfn,
             total_pages: pages,
         }
     }
@@ -79,6 +81,13 @@ impl Vram {
 
     pub fn total_pages(&self) -> u64 {
         self.total_pages
+    }
+
+    /// Whether `pfn` is one of the frames this allocator hands out.
+    pub fn manages(&self, pfn: u64) -> bool {
+        let top = 1u64 << MAX_ORDER;
+        let end = self.first_pfn + self.total_pages - self.total_pages % top;
+        (self.first_pfn..end).contains(&pfn)
     }
 
     pub fn used_pages(&self) -> u64 {
@@ -188,6 +197,30 @@ impl Vram {
         }
     }
 
+    /// A restarted server's first step (`adopt.rs`): counts each frame of
+    /// `frames` as a resident page, as if a migration had kept it, so the
+    /// frames its predecessor left pages in are never handed out. Works on
+    /// an allocator nothing was allocated from; returns the frames it
+    /// could not claim (outside the managed frames, or in a 2 MiB block
+    /// already allocated).
+    pub fn claim(&self, frames: &BTreeSet<u64>) -> Vec<u64> {
+        let mut b = self.lock();
+        let top = 1u64 << MAX_ORDER;
+        let mut refused = Vec::new();
+        let mut at = frames.iter().copied().peekable();
+        while let Some(&first) = at.peek() {
+            let base = first & !(top - 1);
+            let in_block = std::iter::from_fn(|| at.next_if(|f| *f < base + top));
+            if b.free[MAX_ORDER as usize].remove(&base) {
+                in_block.for_each(drop);
+                Self::keep_part(&mut b, base, MAX_ORDER, &|p| frames.contains(&p));
+            } else {
+                refused.extend(in_block);
+            }
+        }
+        refused
+    }
+
     /// Frees a block none of whose pages became resident (a failed copy).
     pub fn free_unused(&self, pfn: u64) -> Result<(), VramError> {
         let mut b = self.lock();
@@ -295,6 +328,41 @@ mod tests {
         assert_eq!(v.release_page(block + 511), Ok(true));
         assert_eq!(v.used_pages(), 0);
         assert_eq!(v.release_page(block), Err(VramError::NotAllocated));
+    }
+
+    #[test]
+    fn claimed_frames_are_never_handed_out_and_free_as_their_pages_leave() {
+        let v = Vram::new(512, 1536);
+        let claimed: BTreeSet<u64> = [512, 513, 700, 1100, 1101, 1102, 1103]
+            .into_iter()
+            .collect();
+        let outside: BTreeSet<u64> = [0, 2048, 5000].into_iter().collect();
+        let all: BTreeSet<u64> = claimed.union(&outside).copied().collect();
+        assert_eq!(v.claim(&all), vec![0, 2048, 5000], "outside the frames");
+        assert_eq!(v.used_pages(), claimed.len() as u64);
+        assert!(claimed.iter().all(|f| v.holds(*f)));
+        // Every other frame is handed out; none of the claimed ones.
+        let mut got = BTreeSet::new();
+        while let Ok(b) = v.alloc(0) {
+            assert!(
+                got.insert(b) && !claimed.contains(&b),
+                "frame {b} handed out"
+            );
+        }
+        assert_eq!(got.len() as u64 + claimed.len() as u64, 1536);
+        for f in got {
+            v.release_page(f).unwrap_err();
+            v.free_unused(f).unwrap();
+        }
+        for f in &claimed {
+            v.release_page(*f).unwrap();
+        }
+        assert_eq!(v.used_pages(), 0, "each claimed page freed its block");
+        assert_eq!(v.alloc(MAX_ORDER).map(|_| ()), Ok(()), "merged back whole");
+        // A second claim of frames in an allocated block is refused.
+        let b = v.alloc(MAX_ORDER).unwrap();
+        let inside: BTreeSet<u64> = [b + 3].into_iter().collect();
+        assert_eq!(v.claim(&inside), vec![b + 3]);
     }
 
     #[test]

@@ -36,6 +36,27 @@ pub struct FakePager {
     pub stalled: Mutex<Vec<u32>>,
     pub release: AtomicBool,
     pub memfds: Mutex<Vec<hw::shm::Region>>,
+    /// What `Resident` answers, in (object, first page) order, two runs a
+    /// reply (so a restarted server's paging is exercised).
+    pub resident: Mutex<Vec<m::ResidentRun>>,
+}
+
+impl FakePager {
+    fn resident(&self, q: &m::Resident) -> m::ResidentRuns {
+        let mut all = self.resident.lock().unwrap().clone();
+        all.sort_by_key(|r| (r.object.get(), r.first_page));
+        let mut left = all
+            .iter()
+            .filter(|r| (r.object.get(), r.first_page) >= (q.from_object, q.from_page));
+        let runs: Vec<_> = left.by_ref().take(2).cloned().collect();
+        let next = left.next();
+        m::ResidentRuns {
+            runs: ipc_protocol::wire::BoundedVec::new(runs).expect("two runs fit"),
+            more: next.is_some(),
+            next_object: next.map_or(0, |r| r.object.get()),
+            next_page: next.map_or(0, |r| r.first_page),
+        }
+    }
 }
 
 impl Handler<PagerMigrate> for FakePager {
@@ -60,6 +81,7 @@ impl Handler<PagerMigrate> for FakePager {
                 Ok((m::Reply::OpenView(opened), vec![fd]))
             }
             m::Request::GetPages(_) => Err(MigrateError::Host),
+            m::Request::Resident(q) => Ok((m::Reply::Resident(self.resident(&q)), vec![])),
             m::Request::Collect(c) => {
                 if self.stalled.lock().unwrap().contains(&c.object.get()) {
                     let t0 = Instant::now();
