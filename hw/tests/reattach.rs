@@ -119,3 +119,39 @@ fn the_device_outlives_its_driver() {
     drop(attach_init); // init is gone: the device stops
     model.join().unwrap().unwrap();
 }
+
+/// A driver can die before the device greets it, or while the device
+/// answers it (init restarts the GPU server at once, so kills in quick
+/// succession do this): the device takes that for a lost driver, as a
+/// closed channel, and serves the next one; it does not stop.
+#[test]
+fn a_driver_gone_before_its_hello_is_a_lost_driver() {
+    let (a_end, a_device) = channel();
+    let (attach_init, attach_device) = SeqPacket::pair().unwrap();
+    let cfg = Config {
+        vram_bytes: VRAM,
+        hw_threads: 16,
+        ..Default::default()
+    };
+    let model = std::thread::spawn(move || {
+        let first: Arc<dyn Transport> = Arc::new(SeqPacket::from_fd(a_device));
+        run_attached(cfg, first, Arc::new(attach_device))
+    });
+    let a = Rig::with(Arc::new(a_end), None);
+    // Driver B dies before the device is done with A: its socket, closed
+    // on our side, waits in the attach channel.
+    let (b_end, b_device) = channel();
+    attach_init.send(&[0], vec![b_device]).unwrap();
+    drop(b_end);
+    drop(a);
+    let (c_end, c_device) = channel();
+    attach_init.send(&[0], vec![c_device]).unwrap();
+    let c = Rig::with(Arc::new(c_end), None);
+    let va = 0x5000_0000u64;
+    c.map(4, va, DATA, PageSize::Size4K, Target::Device);
+    assert_eq!(c.launch(4, KernelOp::StridedWrite, va, 4096, 4, 9), (1, 0));
+    assert_eq!(c.vram_u32(DATA), 9);
+    drop(c);
+    drop(attach_init);
+    model.join().unwrap().unwrap();
+}

@@ -2,6 +2,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::MutexGuard;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -36,6 +37,10 @@ pub const PREFETCH_PDATA: u16 = 0x8000;
 struct FaultSlot {
     reply: Mutex<Option<bool>>,
     arrived: Condvar,
+    /// The driver (`Device::driver_epoch`) the job on this thread was
+    /// submitted by: once that driver is lost, the job ends at its next
+    /// access instead of faulting to a driver that never heard of it.
+    epoch: AtomicU64,
 }
 
 pub(super) struct Device {
@@ -56,6 +61,14 @@ pub(super) struct Device {
     copies: AtomicU32,
     /// The copy ring's engines: its thread and the helpers (`copy.rs`).
     copy_engines: CopyEngines,
+    /// Bumped when a driver is lost (`driver_lost`): the jobs of earlier
+    /// drivers are dead, as a reset kills them on hardware.
+    driver_epoch: AtomicU64,
+    /// Held by each engine (copy, compute, GuC) while it takes a packet
+    /// and reads `driver_epoch`, and by `driver_lost` while it bumps the
+    /// epoch and empties the rings: a packet is either dropped with its
+    /// ring or taken under the epoch of the driver that sent it.
+    intake: [Mutex<()>; 3],
 }
 
 /// Runs a device until its driver closes the control channel: sends the
@@ -83,8 +96,11 @@ pub fn run_attached(
     let device = start(cfg)?;
     let mut control = control;
     let result = loop {
-        if let Err(e) = device.serve_driver(&*control) {
-            break Err(e);
+        match device.serve_driver(&*control) {
+            // A driver that died before its `Hello` or while we answered
+            // it is lost as one that closed its channel.
+            Ok(()) | Err(ModelError::Control(TransportError::Disconnected)) => {}
+            Err(e) => break Err(e),
         }
         device.driver_lost();
         match next_driver(&*attach) {
@@ -158,6 +174,8 @@ pub fn start(cfg: Config) -> Result<Running, ModelError> {
         invalidations: AtomicU32::new(0),
         copies: AtomicU32::new(0),
         copy_engines: CopyEngines::new(cfg_engines),
+        driver_epoch: AtomicU64::new(0),
+        intake: Default::default(),
     });
     log::info!("xe-model: {} copy engines", dev.copy_engines.engines());
     let engines = [
@@ -256,6 +274,7 @@ impl Running {
     /// discarded, so the next driver starts from a quiet device.
     pub fn driver_lost(&self) {
         let dev = &self.dev;
+        let pending = dev.end_driver_epoch();
         for slot in &dev.slots {
             *slot.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(false);
             slot.arrived.notify_all();
@@ -283,7 +302,20 @@ impl Running {
             let _g = dev.g2h.lock().unwrap_or_else(|e| e.into_inner());
             RingView::new(&dev.regs, Ring::GucToHost).discard()
         };
-        log::info!("xe-model: driver lost; device reset ({dropped} GuC message(s) dropped)");
+        // A thread that faulted after the first wake sees the epoch now.
+        for slot in &dev.slots {
+            let _held = slot.reply.lock().unwrap_or_else(|e| e.into_inner());
+            slot.arrived.notify_all();
+        }
+        // Its jobs end at their next access; the next driver numbers its
+        // own past theirs, so they retire first.
+        if !dev.hw_threads.wait_idle(Duration::from_secs(5)) {
+            log::error!("xe-model: jobs of the lost driver still run after 5 s");
+        }
+        log::info!(
+            "xe-model: driver lost; device reset ({dropped} GuC message(s), \
+             {pending} ring packet(s) dropped)"
+        );
     }
 
     /// Stops the engines; jobs still running end at their next step.
@@ -360,10 +392,39 @@ impl Device {
         }
     }
 
+    /// The intake lock of `ring`'s engine.
+    fn intake(&self, ring: Ring) -> MutexGuard<'_, ()> {
+        let i = match ring {
+            Ring::Copy => 0,
+            Ring::Compute => 1,
+            _ => 2,
+        };
+        self.intake[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A driver is gone: later packets are the next driver's. Empties the
+    /// rings it fed; returns how many packets were dropped.
+    fn end_driver_epoch(&self) -> u32 {
+        let rings = [Ring::Copy, Ring::Compute, Ring::HostToGuc];
+        let _held: Vec<_> = rings.iter().map(|r| self.intake(*r)).collect();
+        self.driver_epoch.fetch_add(1, Ordering::AcqRel);
+        rings
+            .iter()
+            .map(|r| RingView::new(&self.regs, *r).discard())
+            .sum()
+    }
+
     fn engine_loop(self: &Arc<Self>, ring: Ring) {
         let view = RingView::new(&self.regs, ring);
         while !self.stop.load(Ordering::Acquire) {
-            let (seqno, packet) = match view.pop(Some(POLL)) {
+            let (epoch, popped) = {
+                let _intake = self.intake(ring);
+                (
+                    self.driver_epoch.load(Ordering::Acquire),
+                    view.pop(Some(POLL)),
+                )
+            };
+            let (seqno, packet) = match popped {
                 Ok(p) => p,
                 Err(RingError::TimedOut) => continue,
                 Err(RingError::BadPacket) => {
@@ -373,8 +434,8 @@ impl Device {
             };
             match (ring, Command::decode(packet.words())) {
                 (Ring::Copy, Ok(Command::MemCopy(c))) => self.copy(seqno, &c),
-                (Ring::Compute, Ok(Command::Launch(k))) => self.launch(&k),
-                (Ring::Compute, Ok(Command::Batch(b))) => self.dispatch_batch(b),
+                (Ring::Compute, Ok(Command::Launch(k))) => self.launch(&k, epoch),
+                (Ring::Compute, Ok(Command::Batch(b))) => self.dispatch_batch(b, epoch),
                 (Ring::HostToGuc, Ok(Command::TlbInvalidation(inv))) => {
                     let n = self.invalidations.fetch_add(1, Ordering::AcqRel) + 1;
                     let every = self.cfg.inject.drop_tlb_invalidation_every;
@@ -511,7 +572,13 @@ impl Device {
         hw: u16,
         faults: &AtomicU32,
     ) -> Option<Translation> {
+        let slot = &self.slots[hw as usize];
+        let lost =
+            || slot.epoch.load(Ordering::Acquire) != self.driver_epoch.load(Ordering::Acquire);
         loop {
+            if lost() {
+                return None;
+            }
             let (fault_type, level) = match self.tlb.translate(&self.regs, &self.mem, asid, va) {
                 Ok(t) => match kind {
                     AccessType::Read => return Some(t),
@@ -522,8 +589,10 @@ impl Device {
                 Err(m) => (FaultType::NotPresent, m.level),
             };
             faults.fetch_add(1, Ordering::Relaxed);
-            let slot = &self.slots[hw as usize];
             *slot.reply.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if lost() {
+                return None;
+            }
             self.regs
                 .u32_at(layout::REG_FAULTS_RAISED)
                 .fetch_add(1, Ordering::AcqRel);
@@ -544,13 +613,13 @@ impl Device {
             let (guard, _) = slot
                 .arrived
                 .wait_timeout_while(guard, FAULT_REPLY_TIMEOUT, |r| {
-                    r.is_none() && !self.stop.load(Ordering::Acquire)
+                    r.is_none() && !self.stop.load(Ordering::Acquire) && !lost()
                 })
                 .unwrap_or_else(|e| e.into_inner());
             match *guard {
                 Some(true) => continue, // replay
                 Some(false) => return None,
-                None if self.stop.load(Ordering::Acquire) => return None,
+                None if self.stop.load(Ordering::Acquire) || lost() => return None,
                 None => {
                     log::error!("xe-model: no reply to a fault at {va:#x} (asid {asid})");
                     return None;
@@ -561,12 +630,13 @@ impl Device {
 
     /// Takes a hardware thread for batch job `b` and runs it there; the
     /// engine goes on with its ring meanwhile.
-    fn dispatch_batch(self: &Arc<Self>, b: BatchSubmit) {
+    fn dispatch_batch(self: &Arc<Self>, b: BatchSubmit, epoch: u64) {
         self.retire_order.begin(b.job);
         let Some(&hw) = self.hw_threads.take(1, &self.stop).first() else {
             self.retire(b.job, JobState::Hung, 0, 0);
             return;
         };
+        self.stamp(&[hw], epoch);
         let dev = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("xe-model-cs{hw}"))
@@ -604,10 +674,20 @@ impl Device {
         }
     }
 
-    fn launch(&self, k: &KernelLaunch) {
+    /// Marks hardware threads `hws` as running a job of driver `epoch`.
+    fn stamp(&self, hws: &[u16], epoch: u64) {
+        for &hw in hws {
+            self.slots[hw as usize]
+                .epoch
+                .store(epoch, Ordering::Release);
+        }
+    }
+
+    fn launch(&self, k: &KernelLaunch, epoch: u64) {
         self.retire_order.begin(k.job);
         // Threads a batch job holds are busy: the kernel runs on the rest.
         let hws = self.hw_threads.take(k.threads.max(1) as usize, &self.stop);
+        self.stamp(&hws, epoch);
         let threads = hws.len();
         let first = k.addr & !0xfff;
         let end = k.addr.saturating_add(k.len);
