@@ -116,6 +116,9 @@ pub struct Report {
     pub longest_wait_ms: f64,
     pub bad: u64,
     pub workload_rounds: u64,
+    /// Workloads and probes that failed because the GPU server was
+    /// restarted while they ran (their words still checked).
+    pub interrupted: u64,
     pub probes: u64,
     pub errors: Vec<String>,
 }
@@ -161,7 +164,7 @@ impl std::fmt::Display for ChaosError {
             Self::NotRestartable(p) => write!(
                 f,
                 "{p} is not restarted by the supervisor yet (issue 14): \
-                 killing it stops the system; --kill mm is what restarts today"
+                 killing it stops the system; --kill mm,gpu is what restarts today"
             ),
         }
     }
@@ -197,9 +200,29 @@ struct Shared {
     rounds: AtomicU64,
     probes: Mutex<Vec<Instant>>,
     errors: Mutex<Vec<String>>,
+    /// Bumped when a kill of the GPU server starts and when its next
+    /// generation is up: a round that saw it change lost its VM and jobs
+    /// with the server ([`Shared::failed`]).
+    gpu_epoch: AtomicU64,
+    interrupted: AtomicU64,
 }
 
 impl Shared {
+    /// A workload that failed: an error, unless the GPU server was
+    /// restarted while it ran (since `epoch`). Its VMs, bindings and jobs
+    /// went with the old server (the client sees typed errors:
+    /// `PeerRestarted`, `NoSuchVm`, `DeviceReset`), so the round is
+    /// counted as interrupted. Wrong words are never excused: they are
+    /// counted as bad either way.
+    fn failed(&self, epoch: u64, what: String) {
+        if self.gpu_epoch.load(Ordering::Acquire) != epoch {
+            log::info!("chaos: interrupted by a GPU server restart: {what}");
+            self.interrupted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.error(what);
+        }
+    }
+
     fn error(&self, what: String) {
         log::error!("chaos: {what}");
         self.errors
@@ -211,6 +234,7 @@ impl Shared {
 
 /// One round of every workload; words found wrong are added to `bad`.
 fn workload_round(c: &Clients, s: &Shared) {
+    let epoch = s.gpu_epoch.load(Ordering::Acquire);
     let herd = herd::Config {
         mode: Mode::Touch,
         bytes: 1 << 20,
@@ -265,9 +289,12 @@ fn workload_round(c: &Clients, s: &Shared) {
     for (name, r) in results {
         match r {
             Ok(bad) => {
+                if bad > 0 {
+                    log::error!("chaos: {name}: {bad} bad word(s)");
+                }
                 s.bad.fetch_add(bad, Ordering::Relaxed);
             }
-            Err(e) => s.error(format!("{name}: {e}")),
+            Err(e) => s.failed(epoch, format!("{name}: {e}")),
         }
     }
     s.rounds.fetch_add(1, Ordering::Relaxed);
@@ -275,6 +302,7 @@ fn workload_round(c: &Clients, s: &Shared) {
 
 /// One page to VRAM by a GPU fault and back by CPU faults, checked.
 fn probe(c: &Clients, s: &Shared) {
+    let epoch = s.gpu_epoch.load(Ordering::Acquire);
     let cfg = herd::Config {
         mode: Mode::Touch,
         bytes: 4 << 12,
@@ -291,7 +319,7 @@ fn probe(c: &Clients, s: &Shared) {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(Instant::now());
         }
-        Err(e) => s.error(format!("probe: {e}")),
+        Err(e) => s.failed(epoch, format!("probe: {e}")),
     }
 }
 
@@ -351,6 +379,8 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
         rounds: AtomicU64::new(0),
         probes: Mutex::new(Vec::new()),
         errors: Mutex::new(Vec::new()),
+        gpu_epoch: AtomicU64::new(0),
+        interrupted: AtomicU64::new(0),
     };
     let mut rng = Rng(cfg.seed | 1);
     let mut report = Report::default();
@@ -383,7 +413,15 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
                 continue;
             }
             report.kills += 1;
-            match kill_one(system, name) {
+            let gpu = name == Target::Gpu.process();
+            if gpu {
+                s.gpu_epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            let killed_one = kill_one(system, name);
+            if gpu {
+                s.gpu_epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            match killed_one {
                 Ok((at, ms)) => {
                     report.restarts += 1;
                     report.restart_ms.push(ms);
@@ -405,6 +443,7 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
     report.recovery_ms = recovery;
     report.bad = s.bad.into_inner();
     report.workload_rounds = s.rounds.into_inner();
+    report.interrupted = s.interrupted.into_inner();
     report.probes = probes.len() as u64;
     report.errors = s.errors.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = system.check_alive() {
@@ -441,10 +480,10 @@ mod tests {
 
     #[test]
     fn only_restartable_servers_can_be_killed() {
-        assert_eq!(check_targets(&[Target::Mm]), Ok(()));
+        assert_eq!(check_targets(&[Target::Mm, Target::Gpu]), Ok(()));
         assert_eq!(
-            check_targets(&[Target::Mm, Target::Gpu]),
-            Err(ChaosError::NotRestartable("xe-svm"))
+            check_targets(&[Target::Mm, Target::Pager]),
+            Err(ChaosError::NotRestartable("pager"))
         );
     }
 

@@ -4,12 +4,13 @@
 use std::os::fd::OwnedFd;
 
 use ipc_protocol::client::{CallError, Client};
-use ipc_protocol::interfaces::gpu::{Gpu, GpuError, JobDone, Submit, Wait};
+use ipc_protocol::interfaces::gpu::{CreateVm, DestroyVm, Gpu, GpuError, JobDone, Submit, Wait};
 use ipc_protocol::interfaces::pager::{
     AttachView, CreateObject, DestroyObject, DetachView, Pager, PagerError,
 };
 use ipc_protocol::types::{KernelKind, ObjectId, ViewId, VmId};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+use scopeguard::ScopeGuard;
 
 pub struct SvmBuffer {
     pub object: ObjectId,
@@ -90,6 +91,49 @@ impl SvmBuffer {
             }
         }
     }
+}
+
+/// A buffer released when dropped: a workload that leaves early (an
+/// error, or a GPU server restart that took its VM) leaves nothing behind
+/// in the pager. [`ScopeGuard::into_inner`] takes it back to release it
+/// and see the result.
+pub type ScopedBuffer<'a> = ScopeGuard<SvmBuffer, Box<dyn FnOnce(SvmBuffer) + 'a>>;
+
+/// `buf`, released through `pager` if it is dropped.
+pub fn scoped_buffer(pager: &Client<Pager>, buf: SvmBuffer) -> ScopedBuffer<'_> {
+    ScopeGuard::with_strategy(
+        buf,
+        Box::new(move |b: SvmBuffer| {
+            if let Err(e) = b.release(pager) {
+                log::warn!("releasing a buffer a workload left: {e}");
+            }
+        }),
+    )
+}
+
+/// A VM destroyed when dropped (the same reason as [`ScopedBuffer`]).
+pub type ScopedVm<'a> = ScopeGuard<VmId, Box<dyn FnOnce(VmId) + 'a>>;
+
+/// A new VM of `gpu`'s, destroyed if it is dropped.
+pub fn scoped_vm(gpu: &Client<Gpu>) -> Result<ScopedVm<'_>, CallError<GpuError>> {
+    let vm = gpu.call(CreateVm {})?.vm;
+    Ok(ScopeGuard::with_strategy(
+        vm,
+        Box::new(move |vm: VmId| {
+            // After a GPU server restart the VM went with the old server.
+            if let Err(e) = gpu.call(DestroyVm { vm }) {
+                log::debug!("destroying a VM a workload left: {e}");
+            }
+        }),
+    ))
+}
+
+/// Destroys a scoped VM now, with the result.
+pub fn destroy_vm(gpu: &Client<Gpu>, vm: ScopedVm<'_>) -> Result<(), CallError<GpuError>> {
+    gpu.call(DestroyVm {
+        vm: ScopeGuard::into_inner(vm),
+    })
+    .map(|_| ())
 }
 
 /// Runs `kernel` over `[addr, addr + len)` in `vm` and waits for it.

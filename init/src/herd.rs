@@ -5,10 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use ipc_protocol::interfaces::gpu::{BindView, CreateVm, DestroyVm, Stats, Submit, Unbind, Wait};
+use ipc_protocol::interfaces::gpu::{BindView, Stats, Submit, Unbind, Wait};
 use ipc_protocol::types::{JobStatus, KernelKind};
+use scopeguard::ScopeGuard;
 
-use crate::client::SvmBuffer;
+use crate::client::{destroy_vm, scoped_buffer, scoped_vm, SvmBuffer};
 use crate::supervisor::Clients;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,13 +115,16 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
     let gpu_err = |e: ipc_protocol::client::CallError<ipc_protocol::interfaces::gpu::GpuError>| {
         HerdError::Gpu(e.to_string())
     };
-    let vm = c.gpu.call(CreateVm {}).map_err(gpu_err)?.vm;
+    // The VM and each buffer go whatever path this leaves by.
+    let scoped = scoped_vm(&c.gpu).map_err(gpu_err)?;
+    let vm = *scoped;
     let before = c.gpu.call(Stats {}).map_err(gpu_err)?;
     let pages = cfg.bytes / 4096;
     let (mut gpu_t, mut cpu_t, mut bad) = (Vec::new(), Vec::new(), 0u64);
     for _ in 0..cfg.reps {
         let buf =
             SvmBuffer::new(&c.pager, cfg.bytes).map_err(|e| HerdError::Pager(e.to_string()))?;
+        let buf = scoped_buffer(&c.pager, buf);
         c.gpu
             .call(BindView {
                 vm,
@@ -229,11 +233,12 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
                 gpu_addr: buf.addr,
             })
             .map_err(gpu_err)?;
-        buf.release(&c.pager)
+        ScopeGuard::into_inner(buf)
+            .release(&c.pager)
             .map_err(|e| HerdError::Pager(e.to_string()))?;
     }
     let after = c.gpu.call(Stats {}).map_err(gpu_err)?;
-    c.gpu.call(DestroyVm { vm }).map_err(gpu_err)?;
+    destroy_vm(&c.gpu, scoped).map_err(gpu_err)?;
     let cpu = median(cpu_t);
     Ok(Result {
         mode: cfg.mode,
@@ -243,8 +248,9 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
         cpu_phase_med_us: cpu,
         per_page_cpu_us: cpu / pages as f64,
         bad,
-        pages_to_vram: after.pages_to_vram - before.pages_to_vram,
-        pages_to_ram: after.pages_to_ram - before.pages_to_ram,
+        // Saturating: a GPU server restart starts its counters again.
+        pages_to_vram: after.pages_to_vram.saturating_sub(before.pages_to_vram),
+        pages_to_ram: after.pages_to_ram.saturating_sub(before.pages_to_ram),
     })
 }
 

@@ -14,14 +14,14 @@ use std::time::Instant;
 
 use ipc_protocol::client::CallError;
 use ipc_protocol::interfaces::gpu::{
-    self as g, BindView, CreateBo, CreateVm, DestroyBo, DestroyVm, GpuError, MapBo, ReadBo, Stats,
-    Submit, Unbind, Wait,
+    self as g, BindView, CreateBo, DestroyBo, GpuError, MapBo, ReadBo, Stats, Submit, Unbind, Wait,
 };
 use ipc_protocol::interfaces::pressure::{PressureStatus, Status};
 use ipc_protocol::types::{BoId, JobStatus, KernelKind, VmId};
 
-use crate::client::SvmBuffer;
+use crate::client::{destroy_vm, scoped_buffer, scoped_vm, SvmBuffer};
 use crate::supervisor::Clients;
+use scopeguard::ScopeGuard;
 
 const MIB: u64 = 1 << 20;
 /// Where buffer objects are mapped in their own GPU context.
@@ -260,8 +260,14 @@ pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
     };
 
     // The buffer-object context: its own VM, objects mapped 64 MiB apart.
-    let bo_vm = c.gpu.call(CreateVm {}).map_err(gpu_err)?.vm;
-    let mut bos = Vec::new();
+    // What this makes goes whatever path it leaves by (client.rs).
+    let scoped_bo_vm = scoped_vm(&c.gpu).map_err(gpu_err)?;
+    let bo_vm = *scoped_bo_vm;
+    let mut bos = scopeguard::guard(Vec::new(), |bos: Vec<(BoId, u64)>| {
+        for (bo, _) in bos {
+            let _ = c.gpu.call(DestroyBo { bo });
+        }
+    });
     for i in 0..cfg.bos {
         let bo = c
             .gpu
@@ -281,9 +287,11 @@ pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
     }
 
     // The SVM context.
-    let vm = c.gpu.call(CreateVm {}).map_err(gpu_err)?.vm;
+    let scoped = scoped_vm(&c.gpu).map_err(gpu_err)?;
+    let vm = *scoped;
     let buf = SvmBuffer::new(&c.pager, svm_bytes as usize)
         .map_err(|e| OversubError::Pager(e.to_string()))?;
+    let buf = scoped_buffer(&c.pager, buf);
     c.gpu
         .call(BindView {
             vm,
@@ -376,20 +384,22 @@ pub fn run(c: &Clients, cfg: &Config) -> Result<Report, OversubError> {
             gpu_addr: buf.addr,
         })
         .map_err(gpu_err)?;
-    buf.release(&c.pager)
+    ScopeGuard::into_inner(buf)
+        .release(&c.pager)
         .map_err(|e| OversubError::Pager(e.to_string()))?;
-    for (bo, _) in &bos {
-        c.gpu.call(DestroyBo { bo: *bo }).map_err(gpu_err)?;
+    for (bo, _) in ScopeGuard::into_inner(bos) {
+        c.gpu.call(DestroyBo { bo }).map_err(gpu_err)?;
     }
-    c.gpu.call(DestroyVm { vm }).map_err(gpu_err)?;
-    c.gpu.call(DestroyVm { vm: bo_vm }).map_err(gpu_err)?;
+    destroy_vm(&c.gpu, scoped).map_err(gpu_err)?;
+    destroy_vm(&c.gpu, scoped_bo_vm).map_err(gpu_err)?;
     let gpu = g::GpuStats {
-        pages_to_vram: after.pages_to_vram - before.pages_to_vram,
-        pages_to_ram: after.pages_to_ram - before.pages_to_ram,
-        bo_evictions: after.bo_evictions - before.bo_evictions,
-        bo_restores: after.bo_restores - before.bo_restores,
-        gpu_faults: after.gpu_faults - before.gpu_faults,
-        invalidations: after.invalidations - before.invalidations,
+        // Saturating: a GPU server restart starts its counters again.
+        pages_to_vram: after.pages_to_vram.saturating_sub(before.pages_to_vram),
+        pages_to_ram: after.pages_to_ram.saturating_sub(before.pages_to_ram),
+        bo_evictions: after.bo_evictions.saturating_sub(before.bo_evictions),
+        bo_restores: after.bo_restores.saturating_sub(before.bo_restores),
+        gpu_faults: after.gpu_faults.saturating_sub(before.gpu_faults),
+        invalidations: after.invalidations.saturating_sub(before.invalidations),
         ..after
     };
     Ok(Report {

@@ -12,6 +12,12 @@
 //! gets its ends without `init` keeping them: when it dies its peers see
 //! the endpoints close, as before.
 //!
+//! **A device outlives its driver.** The device control socket is the one
+//! endpoint that does not survive: a restarted GPU server gets a fresh one
+//! ([`DeviceAttach`]), since the device model learns that its driver died
+//! only when the old socket closes, and then resets what that driver set
+//! up (VRAM kept) and takes the next driver's socket from `init`.
+//!
 //! **Restart policy.** At most [`MAX_RESTARTS`] restarts of one server
 //! within [`RESTART_WINDOW`]; past that the server is reported dead and the
 //! system stops (a crash loop must not spin forever).
@@ -25,7 +31,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipc_protocol::transport::pass_fds_to_child;
+use ipc_protocol::transport::{pass_fds_to_child, SeqPacket, Transport, TransportError};
 
 use crate::supervisor::BootError;
 
@@ -48,6 +54,50 @@ pub struct Recipe {
     /// Its standard output goes to our standard error (`svm exec`: the
     /// program's output is the only thing on ours).
     pub stdout_to_stderr: bool,
+    /// The device it drives, when the device outlives it: each restart
+    /// hands the device a fresh control socket (generation 1 uses the one
+    /// in `fds` from boot).
+    pub device: Option<DeviceAttach>,
+}
+
+/// How a restarted driver reaches a device that outlived its predecessor
+/// (`xe-model --attach-fd`): `init` keeps its end of the device's attach
+/// channel here. The device stops when this is dropped (at shutdown, once
+/// the driver is reaped).
+pub struct DeviceAttach {
+    /// `init`'s end of the device's attach channel.
+    pub attach: SeqPacket,
+    /// The descriptor the driver gets its control socket as (its
+    /// `--device-fd`).
+    pub fd: i32,
+}
+
+impl DeviceAttach {
+    /// Makes a control socket pair, sends the device its end (it takes it
+    /// once the old driver's socket closes) and returns the driver's end.
+    fn next_control(&self) -> Result<OwnedFd, TransportError> {
+        let (driver, device) = SeqPacket::pair()?;
+        let dup = |s: &SeqPacket| -> Result<OwnedFd, TransportError> {
+            Ok(rustix::io::fcntl_dupfd_cloexec(s.fd(), 0)?)
+        };
+        self.attach.send(&[0], vec![dup(&device)?])?;
+        dup(&driver)
+    }
+}
+
+impl Recipe {
+    /// Drops our copy of the device control socket once the driver has
+    /// it: the device must see the socket close when the driver dies, and
+    /// a process forked from `init` (the fork workloads) would otherwise
+    /// keep it open, so the device would wait for that process before it
+    /// resets, while that process waits on a fault the next driver must
+    /// serve. The next generation gets a fresh socket ([`DeviceAttach`]).
+    fn forget_device_end(&mut self) {
+        if let Some(d) = &self.device {
+            let fd = d.fd;
+            self.fds.retain(|(_, target)| *target != fd);
+        }
+    }
 }
 
 struct Server {
@@ -142,10 +192,13 @@ impl Supervised {
     pub fn start(&self, name: &'static str, recipe: Recipe) -> Result<(), BootError> {
         let child = start(name, &recipe, 1)?;
         let recipe = if recipe.restartable {
+            let mut recipe = recipe;
+            recipe.forget_device_end();
             recipe
         } else {
             Recipe {
                 fds: Vec::new(),
+                device: None,
                 ..recipe
             }
         };
@@ -275,6 +328,11 @@ impl Supervised {
             if let Some(e) = reap(s.name, &mut s.child, Duration::from_secs(5)) {
                 errors.push(e);
             }
+            // The ends we kept for a restart: a device model (started
+            // before, so reaped after) stops when its driver's control
+            // socket and its attach channel close.
+            s.recipe.fds.clear();
+            s.recipe.device = None;
         }
         errors
     }
@@ -331,6 +389,25 @@ fn watch(state: &(Mutex<State>, Condvar), stop: &AtomicBool) {
     }
 }
 
+/// Gives a restarted driver a fresh device control socket in place of its
+/// predecessor's, whose last end closes here: the device resets and then
+/// serves the new one. A server without [`Recipe::device`] keeps its ends.
+fn reattach(s: &mut Server) -> Result<(), BootError> {
+    let Some(d) = &s.recipe.device else {
+        return Ok(());
+    };
+    let fd = d.fd;
+    let driver = d.next_control().map_err(|error| BootError::Reattach {
+        server: s.name,
+        error,
+    })?;
+    match s.recipe.fds.iter_mut().find(|(_, target)| *target == fd) {
+        Some(slot) => slot.0 = driver,
+        None => s.recipe.fds.push((driver, fd)),
+    }
+    Ok(())
+}
+
 /// Starts a dead server again, or says why not.
 fn restart(s: &mut Server, status: ExitStatus) -> Result<(), BootError> {
     let died = BootError::ServerDied {
@@ -358,7 +435,9 @@ fn restart(s: &mut Server, status: ExitStatus) -> Result<(), BootError> {
         return Err(died);
     }
     log::warn!("init: {} died ({status}); restarting it", s.name);
+    reattach(s)?;
     s.child = start(s.name, &s.recipe, s.generation + 1)?;
+    s.recipe.forget_device_end();
     s.generation += 1;
     s.restarts.push_back(now);
     Ok(())

@@ -202,8 +202,8 @@ pub fn run(
     Ok(RaceResult {
         bad_words: bad.load(Ordering::Relaxed) + end_bad,
         wrong,
-        gpu_faults: after.gpu_faults - before.gpu_faults,
-        pages_to_ram: after.pages_to_ram - before.pages_to_ram,
+        gpu_faults: after.gpu_faults.saturating_sub(before.gpu_faults),
+        pages_to_ram: after.pages_to_ram.saturating_sub(before.pages_to_ram),
         cpu_reads: reads.load(Ordering::Relaxed),
     })
 }

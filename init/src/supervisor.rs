@@ -15,7 +15,7 @@ use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::{gpu::Gpu, pager::Pager, pressure::Pressure};
 use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
 
-use crate::process::{Recipe, Supervised};
+use crate::process::{DeviceAttach, Recipe, Supervised};
 
 #[derive(Debug)]
 pub enum BootError {
@@ -33,6 +33,12 @@ pub enum BootError {
     },
     /// A server did not stop within the grace period and was killed.
     KilledOnShutdown(&'static str),
+    /// The device that outlives `server` (its driver) could not be handed
+    /// a control socket for the next generation, so none was started.
+    Reattach {
+        server: &'static str,
+        error: ipc_protocol::transport::TransportError,
+    },
 }
 
 impl std::fmt::Display for BootError {
@@ -47,6 +53,9 @@ impl std::fmt::Display for BootError {
             Self::Endpoint(e) => write!(f, "creating an endpoint: {e}"),
             Self::ServerDied { server, status } => write!(f, "{server} died: {status}"),
             Self::KilledOnShutdown(s) => write!(f, "{s} did not stop in time and was killed"),
+            Self::Reattach { server, error } => {
+                write!(f, "reattaching the device for {server}: {error}")
+            }
         }
     }
 }
@@ -236,15 +245,17 @@ fn dup(fd: &OwnedFd) -> Result<OwnedFd, BootError> {
         .map_err(|e| BootError::Endpoint(e.to_string()))
 }
 
+/// A duplicate of a seqpacket end, to hand to a child.
+fn dup_seqpacket(s: &SeqPacket) -> Result<OwnedFd, BootError> {
+    s.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| BootError::Endpoint(e.to_string()))
+}
+
 fn endpoint_pair() -> Result<(OwnedFd, OwnedFd), BootError> {
     let (a, b) = SeqPacket::pair().map_err(|e| BootError::Endpoint(e.to_string()))?;
-    let dup = |s: &SeqPacket| {
-        s.fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| BootError::Endpoint(e.to_string()))
-    };
-    Ok((dup(&a)?, dup(&b)?))
+    Ok((dup_seqpacket(&a)?, dup_seqpacket(&b)?))
 }
 
 /// One interface's conformance endpoints before the servers start: the
@@ -305,6 +316,62 @@ fn conformance_pairs() -> Result<Vec<ConformancePair>, BootError> {
     Ok(out)
 }
 
+/// Whether `init` starts `process` again when it dies: a restartable
+/// server ([`crate::manifest::RESTARTABLE`]) under [`Supervision::Restart`],
+/// except in a probe-only boot, whose GPU server exits on purpose.
+fn restarted(opts: &BootOptions, process: &str) -> bool {
+    opts.supervision == Supervision::Restart
+        && crate::manifest::RESTARTABLE.contains(&process)
+        && !opts.probe_only
+}
+
+/// The device model's attach channel (`xe-model --attach-fd`), made when
+/// the GPU server is restarted: the device then outlives it and takes each
+/// new generation's control socket here. Empty otherwise (the device stops
+/// with its driver, as a dead GPU server is then reported).
+struct Attach {
+    /// Kept by `init` in the GPU server's recipe.
+    kept: Option<DeviceAttach>,
+    /// The device's end, until it is started.
+    device: Option<OwnedFd>,
+}
+
+impl Attach {
+    /// The channel, if `opts` has the GPU server restarted.
+    fn new(opts: &BootOptions) -> Result<Self, BootError> {
+        use crate::manifest::MANIFEST;
+        let wanted = restarted(opts, "xe-svm");
+        // The descriptor the GPU server gets the device control socket as.
+        let control = MANIFEST
+            .iter()
+            .find(|e| e.interface == "device control")
+            .and_then(|e| e.client.as_ref());
+        let (Some(control), true) = (control, wanted) else {
+            return Ok(Self {
+                kept: None,
+                device: None,
+            });
+        };
+        let (kept, device) = SeqPacket::pair().map_err(|e| BootError::Endpoint(e.to_string()))?;
+        Ok(Self {
+            kept: Some(DeviceAttach {
+                attach: kept,
+                fd: control.fd,
+            }),
+            device: Some(dup_seqpacket(&device)?),
+        })
+    }
+
+    /// Gives the device model its end as `--attach-fd`.
+    fn give_device(&mut self, fds: &mut Vec<(OwnedFd, i32)>, args: &mut Vec<String>) {
+        use crate::manifest::DEVICE_ATTACH_FD;
+        if let Some(end) = self.device.take() {
+            fds.push((end, DEVICE_ATTACH_FD));
+            args.push(format!("--attach-fd={DEVICE_ATTACH_FD}"));
+        }
+    }
+}
+
 impl System {
     /// Starts the device model, the GPU server and the pager, joined per
     /// [`crate::manifest::MANIFEST`]. With `probe_only`, only the device
@@ -342,6 +409,7 @@ impl System {
         } else {
             Vec::new()
         };
+        let mut attach = Attach::new(opts)?;
         let system = Self {
             servers: Supervised::new(),
         };
@@ -409,14 +477,20 @@ impl System {
                     args.push(format!("--extra-endpoint={spec}"));
                 }
             }
+            if process == "xe-model" {
+                attach.give_device(&mut fds, &mut args);
+            }
             let recipe = Recipe {
                 exe,
                 args,
                 fds,
                 lifeline: process != "xe-model",
-                restartable: opts.supervision == Supervision::Restart
-                    && crate::manifest::RESTARTABLE.contains(&process),
+                restartable: restarted(opts, process),
                 stdout_to_stderr: opts.stdout_to_stderr,
+                device: match process {
+                    "xe-svm" => attach.kept.take(),
+                    _ => None,
+                },
             };
             if let Err(e) = system.servers.start(process, recipe) {
                 system.shutdown();
@@ -491,7 +565,7 @@ impl System {
     }
 
     /// Whether `name` comes back when it dies (`manifest::RESTARTABLE`
-    /// and [`Supervision::Restart`]).
+    /// and [`Supervision::Restart`], in a boot that is not probe-only).
     pub fn restartable(&self, name: &str) -> Option<bool> {
         self.servers.restartable(name)
     }

@@ -6,10 +6,13 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ipc_protocol::interfaces::gpu::{BindView, CreateVm, DestroyVm, Stats, Unbind};
+use ipc_protocol::interfaces::gpu::{BindView, Stats, Unbind};
 use ipc_protocol::types::{JobStatus, KernelKind, VmId};
+use scopeguard::ScopeGuard;
 
-use crate::client::{run_kernel, SvmBuffer};
+use crate::client::{
+    destroy_vm, run_kernel, scoped_buffer, scoped_vm, ScopedBuffer, ScopedVm, SvmBuffer,
+};
 use crate::supervisor::Connection;
 
 unsafe extern "C" {
@@ -68,10 +71,16 @@ fn bad_words(addr: u64, words: usize, add: u32) -> u64 {
 }
 
 /// A buffer of `bytes` with `pattern` data, bound in a new VM at its own
-/// address, incremented once by the GPU: every page is in VRAM.
-fn buffer_in_vram(c: &Connection, bytes: usize) -> Result<(VmId, SvmBuffer), ViewsError> {
-    let vm = c.gpu.call(CreateVm {}).map_err(gpu_err)?.vm;
+/// address, incremented once by the GPU: every page is in VRAM. Both go
+/// if dropped (an early return), so an interrupted race leaves nothing.
+fn buffer_in_vram(
+    c: &Connection,
+    bytes: usize,
+) -> Result<(ScopedVm<'_>, ScopedBuffer<'_>), ViewsError> {
+    let scoped = scoped_vm(&c.gpu).map_err(gpu_err)?;
+    let vm = *scoped;
     let buf = SvmBuffer::new(&c.pager, bytes).map_err(|e| ViewsError::Pager(e.to_string()))?;
+    let buf = scoped_buffer(&c.pager, buf);
     c.gpu
         .call(BindView {
             vm,
@@ -85,7 +94,15 @@ fn buffer_in_vram(c: &Connection, bytes: usize) -> Result<(VmId, SvmBuffer), Vie
         *w = pattern(i);
     }
     expect_completed(c, vm, buf.addr, bytes)?;
-    Ok((vm, buf))
+    Ok((scoped, buf))
+}
+
+/// Releases what [`buffer_in_vram`] made, with the results.
+fn release(c: &Connection, vm: ScopedVm<'_>, buf: ScopedBuffer<'_>) -> Result<(), ViewsError> {
+    ScopeGuard::into_inner(buf)
+        .release(&c.pager)
+        .map_err(|e| ViewsError::Pager(e.to_string()))?;
+    destroy_vm(&c.gpu, vm).map_err(gpu_err)
 }
 
 /// One `+1` on every word of `[addr, addr + bytes)` by the GPU.
@@ -217,7 +234,8 @@ fn read_page(
 const READERS_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, ViewsError> {
-    let (vm, mut buf) = buffer_in_vram(c, cfg.bytes)?;
+    let (scoped, mut buf) = buffer_in_vram(c, cfg.bytes)?;
+    let vm = *scoped;
     let (old, bytes, words, pages) = (buf.addr, cfg.bytes, cfg.bytes / 4, cfg.bytes / PAGE);
     let ram_before = pages_to_ram(c)?;
     // Where readers read now; a reader that finds it gone reloads it.
@@ -326,7 +344,8 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
     if cfg.dontunmap {
         bad += bad_words(old, words, 1);
     }
-    let pages_to_ram = pages_to_ram(c)? - ram_before;
+    // A GPU server restart starts its counters again: never negative.
+    let pages_to_ram = pages_to_ram(c)?.saturating_sub(ram_before);
     // The GPU binding: after a plain move it follows to the new address
     // (and nothing is mapped at the old one); with DONTUNMAP it stays at
     // the old range, which is still a view.
@@ -352,9 +371,7 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
         unsafe { rustix::mm::munmap(new as *mut _, bytes) }
             .map_err(|e| ViewsError::Host(e.to_string()))?;
     }
-    buf.release(&c.pager)
-        .map_err(|e| ViewsError::Pager(e.to_string()))?;
-    c.gpu.call(DestroyVm { vm }).map_err(gpu_err)?;
+    release(c, scoped, buf)?;
     Ok(MremapReport {
         cfg: cfg.clone(),
         pages_read,
@@ -441,7 +458,8 @@ fn wait_child(pid: rustix::process::Pid) -> Result<u64, ViewsError> {
 /// The object is shared, not copy-on-write: at the end every word is its
 /// start value plus both sides' increments.
 pub fn fork_race(c: &Connection, cfg: &ForkConfig) -> Result<ForkReport, ViewsError> {
-    let (vm, buf) = buffer_in_vram(c, cfg.bytes)?;
+    let (scoped, buf) = buffer_in_vram(c, cfg.bytes)?;
+    let vm = *scoped;
     let before = c.gpu.call(Stats {}).map_err(gpu_err)?;
     let (addr, words) = (buf.addr, cfg.bytes / 4);
     // (1) Readers in the parent, a reading child.
@@ -496,15 +514,13 @@ pub fn fork_race(c: &Connection, cfg: &ForkConfig) -> Result<ForkReport, ViewsEr
     bad += bad_words(addr, words, 2 + cfg.kernels + cfg.child_rounds);
     let after = c.gpu.call(Stats {}).map_err(gpu_err)?;
     c.gpu.call(Unbind { vm, gpu_addr: addr }).map_err(gpu_err)?;
-    buf.release(&c.pager)
-        .map_err(|e| ViewsError::Pager(e.to_string()))?;
-    c.gpu.call(DestroyVm { vm }).map_err(gpu_err)?;
+    release(c, scoped, buf)?;
     Ok(ForkReport {
         cfg: cfg.clone(),
         child_bad: child_bad + child_status,
         bad_words: bad,
-        pages_to_ram: after.pages_to_ram - before.pages_to_ram,
-        pages_to_vram: after.pages_to_vram - before.pages_to_vram,
+        pages_to_ram: after.pages_to_ram.saturating_sub(before.pages_to_ram),
+        pages_to_vram: after.pages_to_vram.saturating_sub(before.pages_to_vram),
     })
 }
 

@@ -49,11 +49,19 @@ pub struct Endpoint {
 }
 
 /// Servers `init` starts again when they die (`process.rs`). The device
-/// model is hardware: it is never restarted. The GPU server and the pager
-/// join this list once they rebuild their state after a restart without
-/// losing a word (issue 14); until then their death is reported and the
-/// system stops.
-pub const RESTARTABLE: &[&str] = &["mm-server"];
+/// model is hardware: it is never restarted, it outlives its driver
+/// instead ([`DEVICE_ATTACH_FD`]). The GPU server rebuilds its state after
+/// a restart from the pager's page states, adopting the pages its
+/// predecessor left in VRAM (issue 14). The pager joins this list once it
+/// can do the same; until then its death is reported and the system stops.
+pub const RESTARTABLE: &[&str] = &["mm-server", "xe-svm"];
+
+/// The device model's attach channel (`xe-model --attach-fd`), when the
+/// GPU server is restartable: the device then outlives its driver, resets
+/// what the driver set up when it dies (VRAM kept), and takes the next
+/// generation's control socket, which `init` sends on this channel. The
+/// device stops when `init` closes it.
+pub const DEVICE_ATTACH_FD: i32 = 4;
 
 /// Start order: each process's servers exist before its clients call them.
 pub const START_ORDER: [&str; 4] = ["xe-model", "mm-server", "xe-svm", "pager"];
@@ -373,6 +381,9 @@ mod tests {
                 if c.process == p {
                     fds.extend([conformance_fd(i, false), conformance_fd(i, true)]);
                 }
+            }
+            if p == "xe-model" {
+                fds.push(DEVICE_ATTACH_FD);
             }
             let n = fds.len();
             fds.sort();

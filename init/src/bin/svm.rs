@@ -746,13 +746,15 @@ fn run_chaos(opts: BootOptions, cfg: &init::chaos::Config) -> i32 {
             let stats = init::chaos::summary;
             println!(
                 "chaos: {} kills ({} skipped for the crash-loop limit), restart {}, \
-                 first fault after a kill {}; {} workload rounds, {} probes",
+                 first fault after a kill {}; {} workload rounds, {} probes, \
+                 {} interrupted by a GPU server restart",
                 r.kills,
                 r.skipped,
                 stats(&r.restart_ms),
                 stats(&r.recovery_ms),
                 r.workload_rounds,
-                r.probes
+                r.probes,
+                r.interrupted
             );
             for e in &r.errors {
                 println!("chaos: error: {e}");

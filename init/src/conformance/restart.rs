@@ -256,11 +256,13 @@ mod tests {
     #[test]
     fn the_generated_entries_name_every_restart_case_of_every_server_not_restartable() {
         let list = not_restartable_list();
-        assert!(
-            !list.contains("Pressure/"),
-            "mm-server is restartable:\n{list}"
-        );
-        for iface in ["Pager", "PagerMigrate", "Gpu", "GpuShrink"] {
+        for restartable in ["Pressure/", "Gpu/", "GpuNotify/", "GpuShrink/"] {
+            assert!(
+                !list.contains(restartable),
+                "mm-server and xe-svm are restartable:\n{list}"
+            );
+        }
+        for iface in ["Pager", "PagerMigrate"] {
             for case in CASES {
                 assert!(list.contains(&format!("{iface}/{case}  #")), "{list}");
             }

@@ -252,13 +252,34 @@ impl<'s> System<'s> {
     }
 }
 
+/// Drops what waits on an end nobody has called on yet: only `Restarted`
+/// announcements can, left by restarts of its server for another
+/// interface's cases (a server announces on every endpoint it serves). A
+/// caller that connects now would never have seen them.
+fn drop_announcements(fd: &OwnedFd) -> Result<(), String> {
+    use ipc_protocol::transport::{Transport, TransportError};
+    let copy = fd.try_clone().map_err(|e| e.to_string())?;
+    let end = SeqPacket::from_fd(copy);
+    loop {
+        // Already there: they were sent before the restart was done.
+        match end.recv(Some(Duration::from_millis(1))) {
+            Ok(_) => {}
+            Err(TransportError::TimedOut | TransportError::Disconnected) => return Ok(()),
+            Err(e) => return Err(format!("clearing the endpoint: {e}")),
+        }
+    }
+}
+
 impl Target for System<'_> {
     fn open(&mut self, iface: &InterfaceDesc, denied: bool) -> Result<OwnedFd, String> {
-        self.ends_of(iface)?.ends[denied as usize]
+        let fd = self.ends_of(iface)?.ends[denied as usize]
             .take()
             .ok_or_else(|| {
-                "the endpoint was closed and init cannot make another while the system runs".into()
-            })
+                "the endpoint was closed and init cannot make another while the system runs"
+                    .to_string()
+            })?;
+        drop_announcements(&fd)?;
+        Ok(fd)
     }
     fn is_live_system(&self) -> bool {
         true

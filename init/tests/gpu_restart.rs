@@ -1,0 +1,231 @@
+//! The GPU server restarted against a device that outlives it (issue 14):
+//! init kills nothing but xe-svm, starts its next generation on a fresh
+//! device control socket (sent to xe-model on its attach channel), and the
+//! device model, hardware, is the same process throughout. Shutdown is
+//! clean and fast: the device stops once init drops the attach channel.
+//! Every test runs under a time limit, so a hang fails it.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use init::client::{run_kernel, SvmBuffer};
+use init::supervisor::{BootOptions, Clients, System};
+use ipc_protocol::client::CallError;
+use ipc_protocol::interfaces::gpu::{BindView, CreateVm, GpuError, Stats, Submit};
+use ipc_protocol::transport::TransportError;
+use ipc_protocol::types::{JobStatus, KernelKind, VmId};
+
+/// How long a test may run before it counts as hung.
+const LIMIT: Duration = Duration::from_secs(90);
+/// How long a killed GPU server may take to come back.
+const RESTART: Duration = Duration::from_secs(20);
+/// How long a clean shutdown may take (a server killed for not stopping
+/// takes 5 s, so this catches it too).
+const SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// Runs `test` on its own thread and fails if it takes longer than `limit`
+/// (the servers go with this process: their lifelines close).
+fn bounded(limit: Duration, test: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        test();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => t.join().unwrap(),
+        Err(RecvTimeoutError::Disconnected) => match t.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the test ended without reporting"),
+        },
+        Err(RecvTimeoutError::Timeout) => panic!("the test ran past {limit:?}"),
+    }
+}
+
+fn boot() -> (System, Clients) {
+    boot_mib(32)
+}
+
+fn boot_mib(vram_mib: u64) -> (System, Clients) {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
+    std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
+    let mut opts = BootOptions::default();
+    opts.device.vram_bytes = vram_mib << 20;
+    let (s, c) = System::boot(&opts).unwrap();
+    (s, c.unwrap())
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        })
+        .is_some_and(|state| state != "Z")
+}
+
+/// Kills the GPU server and waits for generation `next`, which must stay
+/// up (a crash of it would be restarted as yet another generation).
+fn kill_and_wait(system: &mut System, next: u32) {
+    let old = system.pid("xe-svm").unwrap();
+    system.kill("xe-svm").unwrap();
+    assert!(
+        system.wait_generation("xe-svm", next, RESTART),
+        "xe-svm was not restarted as generation {next}"
+    );
+    assert_ne!(system.pid("xe-svm"), Some(old), "a new process");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        system.generation("xe-svm"),
+        Some(next),
+        "generation {next} stayed up"
+    );
+    system.check_alive().unwrap();
+}
+
+#[test]
+fn a_killed_gpu_server_comes_back_on_the_same_device() {
+    bounded(LIMIT, || {
+        let (mut system, c) = boot();
+        assert_eq!(system.restartable("xe-svm"), Some(true));
+        assert_eq!(system.generation("xe-svm"), Some(1));
+        // Generation 1 serves before it is killed.
+        c.gpu.call(Stats {}).unwrap();
+        let model = system.pid("xe-model").unwrap();
+        kill_and_wait(&mut system, 2);
+        assert_eq!(system.restarts(), 1);
+        assert_eq!(
+            system.pid("xe-model"),
+            Some(model),
+            "the device was not restarted"
+        );
+        assert!(running(model), "xe-model outlived its driver");
+        kill_and_wait(&mut system, 3);
+        assert_eq!(system.restarts(), 2);
+        assert!(running(model), "xe-model outlived its second driver");
+        assert_eq!(system.generation("xe-model"), Some(1));
+        drop(c);
+        let t0 = Instant::now();
+        let errors = system.shutdown();
+        let took = t0.elapsed();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(took < SHUTDOWN, "shutdown took {took:?}");
+        assert!(!running(model), "xe-model stopped with the system");
+    });
+}
+
+/// Kills that come faster than the device greets each new driver: a
+/// driver may die before its `Hello` or while the device answers it; the
+/// device takes that for a lost driver, not for its own end.
+#[test]
+fn the_device_survives_drivers_killed_in_quick_succession() {
+    bounded(LIMIT, || {
+        let (mut system, c) = boot();
+        let model = system.pid("xe-model").unwrap();
+        for next in 2..=6 {
+            system.kill("xe-svm").unwrap();
+            assert!(system.wait_generation("xe-svm", next, RESTART));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        system.check_alive().unwrap();
+        assert!(running(model), "xe-model outlived its drivers");
+        drop(c);
+        let errors = system.shutdown();
+        assert!(errors.is_empty(), "{errors:?}");
+    });
+}
+
+/// Words of `buf`, each checked against `want(i)`; returns how many differ.
+fn bad_words(buf: &SvmBuffer, want: impl Fn(usize) -> u32) -> usize {
+    let base = buf.addr as *const u32;
+    (0..buf.len / 4)
+        // SAFETY: inside the buffer, which lives until the test releases it.
+        .filter(|&i| unsafe { std::ptr::read_volatile(base.add(i)) } != want(i))
+        .count()
+}
+
+/// A buffer bound at its CPU address in `vm`, word `i` holding `i + base`.
+fn bound_buffer(c: &Clients, vm: VmId, bytes: usize, base: u32) -> SvmBuffer {
+    let buf = SvmBuffer::new(&c.pager, bytes).expect("a buffer");
+    c.gpu
+        .call(BindView {
+            vm,
+            view: buf.view,
+            gpu_addr: buf.addr,
+            flags: 0,
+        })
+        .expect("bind");
+    // SAFETY: ours until release; no job runs on it yet.
+    for (i, w) in unsafe { buf.words() }.iter_mut().enumerate() {
+        *w = (i as u32).wrapping_add(base);
+    }
+    buf
+}
+
+fn increment(c: &Clients, vm: VmId, buf: &SvmBuffer) {
+    let done = run_kernel(
+        &c.gpu,
+        vm,
+        KernelKind::IncrementAll,
+        buf.addr,
+        buf.len as u64,
+        1,
+    )
+    .expect("the kernel ran");
+    assert_eq!(done.status, JobStatus::Completed);
+}
+
+/// Pages a killed GPU server left in VRAM survive it: the next generation
+/// adopts their frames (a buffer it fills VRAM with afterwards lands
+/// elsewhere) and copies them back when the CPU reads them, every word.
+#[test]
+fn pages_in_vram_outlive_a_killed_gpu_server_word_for_word() {
+    bounded(LIMIT, pages_in_vram_outlive_a_killed_gpu_server);
+}
+
+fn pages_in_vram_outlive_a_killed_gpu_server() {
+    let (mut system, c) = boot_mib(64);
+    let vm = c.gpu.call(CreateVm {}).expect("a VM").vm;
+    let kept = bound_buffer(&c, vm, 16 << 20, 0);
+    increment(&c, vm, &kept);
+    system.kill("xe-svm").unwrap();
+    assert!(
+        system.wait_generation("xe-svm", 2, Duration::from_secs(20)),
+        "the GPU server was not restarted"
+    );
+    // The old VM went with the old server: a typed error, not a hang.
+    let old = c.gpu.call(Submit {
+        vm,
+        kernel: KernelKind::IncrementAll,
+        addr: kept.addr,
+        len: 4096,
+        stride: 4,
+        value: 1,
+        threads: 1,
+    });
+    assert!(
+        matches!(
+            old,
+            Err(CallError::Server(GpuError::NoSuchVm))
+                | Err(CallError::Transport(TransportError::PeerRestarted(_)))
+        ),
+        "{old:?}"
+    );
+    // Most of VRAM for a new buffer: without adoption its pages would
+    // land on the frames `kept` is in.
+    let vm2 = c.gpu.call(CreateVm {}).expect("a VM of generation 2").vm;
+    let filler = bound_buffer(&c, vm2, 40 << 20, 0x5a5a_0000);
+    increment(&c, vm2, &filler);
+    let want = |i: usize| (i as u32).wrapping_add(0x5a5a_0001);
+    assert_eq!(bad_words(&filler, want), 0, "the new buffer");
+    assert_eq!(bad_words(&kept, |i| i as u32 + 1), 0, "the pages VRAM kept");
+    system.check_alive().unwrap();
+    filler.release(&c.pager).unwrap();
+    kept.release(&c.pager).unwrap();
+    drop(c);
+    assert!(system.shutdown().is_empty());
+}
