@@ -254,13 +254,31 @@ impl<'a> RingView<'a> {
         Ok(())
     }
 
-    /// Drops every packet not yet taken (the consumer is gone: a device
-    /// whose driver died). Only the producer may call it, under its lock.
+    /// Drops every packet not yet taken (one side is gone: a device whose
+    /// driver died drops the messages it sent and the packets it was
+    /// sent). Called by the side that is left, under the lock its own
+    /// pushes or pops take.
     pub fn discard(&self) -> u32 {
         let tail = self.tail().load(Ordering::Acquire);
         let head = self.head().swap(tail, Ordering::AcqRel);
         wake_all(self.head());
         tail.wrapping_sub(head)
+    }
+
+    /// Waits up to `timeout` for a packet to take, taking none: whether
+    /// one is there (a consumer that must take it under a lock waits
+    /// here first, without the lock).
+    pub fn wait_ready(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let tail = self.tail().load(Ordering::Acquire);
+            if tail != self.head().load(Ordering::Acquire) {
+                return true;
+            }
+            if !wait_change(self.tail(), tail, deadline) {
+                return false;
+            }
+        }
     }
 
     /// Takes the next packet, waiting up to `timeout` (`None`: forever).

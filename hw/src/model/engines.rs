@@ -417,11 +417,16 @@ impl Device {
     fn engine_loop(self: &Arc<Self>, ring: Ring) {
         let view = RingView::new(&self.regs, ring);
         while !self.stop.load(Ordering::Acquire) {
+            // Waits without the intake lock, so `driver_lost` gets it at
+            // once; takes the packet under it.
+            if !view.wait_ready(Some(POLL)) {
+                continue;
+            }
             let (epoch, popped) = {
                 let _intake = self.intake(ring);
                 (
                     self.driver_epoch.load(Ordering::Acquire),
-                    view.pop(Some(POLL)),
+                    view.pop(Some(Duration::ZERO)),
                 )
             };
             let (seqno, packet) = match popped {
