@@ -18,6 +18,7 @@ pub mod oversub;
 pub mod process;
 pub mod qemu;
 pub mod race;
+pub mod recovery;
 pub use launcher::redox_plan;
 pub mod scenario;
 pub mod size;

@@ -118,6 +118,7 @@ fn announce<I: ipc_protocol::Interface>(t: &dyn Transport, generation: u32) {
 pub fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let a = Args::parse();
+    let started = std::time::Instant::now();
     let (bar, report) = match crate::probe::probe(endpoint(a.device_fd), probe_meeting(&a)) {
         Ok(r) => r,
         Err(e) => {
@@ -125,6 +126,10 @@ pub fn main() {
             std::process::exit(2);
         }
     };
+    log::info!(
+        "xe-svm: probed {:.1} ms after its start",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     println!(
         "xe-svm: device ready: {} MiB VRAM, {} hardware threads, \
          copy self-test {:.2} GB/s, TLB invalidation {:.1} us",
@@ -153,6 +158,11 @@ pub fn main() {
         (a.client_fd.is_empty(), a.migrate_fd, a.notify_fd)
     {
         serve(&a, bar, budget, migrate, notify);
+        log::info!(
+            "xe-svm: generation {} serving {:.1} ms after its start",
+            a.generation,
+            started.elapsed().as_secs_f64() * 1e3
+        );
         println!("xe-svm: serving");
     }
     let mut buf = [0u8; 1];

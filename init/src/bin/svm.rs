@@ -270,7 +270,7 @@ enum Workload {
     /// the last line is `restarts=N longest_wait_ms=N bad=N`.
     Chaos {
         /// Servers to kill, comma separated: gpu, pager, mm (only those the
-        /// supervisor restarts: mm today).
+        /// supervisor restarts: gpu and mm today).
         #[arg(long, default_value = "mm", value_parser = init::chaos::parse_targets)]
         kill: init::chaos::Targets,
         /// Mean time between kills (jittered 0.5x to 1.5x): 500ms, 2s, 1m.
@@ -282,6 +282,16 @@ enum Workload {
         /// Seed of the kill times and targets (default: the clock).
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// The GPU server killed while a buffer is in VRAM, `--rounds` times:
+    /// kill to the next generation, to the first CPU fault served, to every
+    /// page back and to the first GPU job done (issue 14's recovery time).
+    Recovery {
+        #[arg(long, default_value_t = 10, value_parser = int(1usize, 1000))]
+        rounds: usize,
+        /// Buffer size: 4M, 64M ...
+        #[arg(long, default_value = "4M", value_parser = buffer_size)]
+        size: usize,
     },
     /// Scenario files: `svm run FILE|DIR [--filter PATTERN] [--list] [--json]
     /// [--long]` (docs/scenarios.md; `svm run tests/scenarios --help`).
@@ -476,6 +486,15 @@ fn main() {
             };
             run_chaos(opts, &cfg)
         }
+        Cmd::Run {
+            workload: Workload::Recovery { rounds, size },
+        } => run_recovery(
+            opts,
+            &init::recovery::Config {
+                rounds,
+                bytes: size,
+            },
+        ),
     };
     std::process::exit(code);
 }
@@ -767,6 +786,54 @@ fn run_chaos(opts: BootOptions, cfg: &init::chaos::Config) -> i32 {
             }
         }
         Err(e) => Err(e.to_string()),
+    };
+    finish(system, result)
+}
+
+/// `svm run recovery`: one line per round, then the medians and maxima.
+fn run_recovery(opts: BootOptions, cfg: &init::recovery::Config) -> i32 {
+    let (mut system, clients) = match boot_with_clients(&opts) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let result = init::recovery::run(&mut system, &clients, cfg);
+    drop(clients);
+    let result = match result {
+        Ok(r) => {
+            for (i, x) in r.rounds.iter().enumerate() {
+                println!(
+                    "recovery: round {i}: restarted {:.1} ms, first fault {:.1} ms, \
+                     all back {:.1} ms, first GPU job {:.1} ms",
+                    x.restarted_ms, x.first_fault_ms, x.all_back_ms, x.first_gpu_job_ms
+                );
+            }
+            let col = |f: fn(&init::recovery::Round) -> f64| {
+                init::chaos::summary(&r.rounds.iter().map(f).collect::<Vec<_>>())
+            };
+            println!(
+                "recovery: kill to next generation: {}",
+                col(|x| x.restarted_ms)
+            );
+            println!(
+                "recovery: kill to first CPU fault: {}",
+                col(|x| x.first_fault_ms)
+            );
+            println!(
+                "recovery: kill to every page back: {}",
+                col(|x| x.all_back_ms)
+            );
+            println!(
+                "recovery: kill to first GPU job: {}",
+                col(|x| x.first_gpu_job_ms)
+            );
+            println!("bad={}", r.bad_words);
+            if r.bad_words == 0 {
+                Ok(())
+            } else {
+                Err(format!("{} bad words", r.bad_words))
+            }
+        }
+        Err(e) => Err(format!("recovery failed: {e}")),
     };
     finish(system, result)
 }
