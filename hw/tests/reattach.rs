@@ -7,7 +7,7 @@
 
 mod rig;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,9 +63,14 @@ fn driver_a_leaves_state(a: &Rig) {
     }
 }
 
-#[test]
-fn the_device_outlives_its_driver() {
-    let (a_end, a_device) = channel();
+/// A device model that outlives its drivers, serving `first` now: init's
+/// end of its attach channel and the model's thread.
+fn attached_model(
+    first: OwnedFd,
+) -> (
+    SeqPacket,
+    std::thread::JoinHandle<Result<(), hw::model::ModelError>>,
+) {
     let (attach_init, attach_device) = SeqPacket::pair().unwrap();
     let cfg = Config {
         vram_bytes: VRAM,
@@ -73,9 +78,16 @@ fn the_device_outlives_its_driver() {
         ..Default::default()
     };
     let model = std::thread::spawn(move || {
-        let first: Arc<dyn Transport> = Arc::new(SeqPacket::from_fd(a_device));
+        let first: Arc<dyn Transport> = Arc::new(SeqPacket::from_fd(first));
         run_attached(cfg, first, Arc::new(attach_device))
     });
+    (attach_init, model)
+}
+
+#[test]
+fn the_device_outlives_its_driver() {
+    let (a_end, a_device) = channel();
+    let (attach_init, model) = attached_model(a_device);
     let a = Rig::with(Arc::new(a_end), None);
     driver_a_leaves_state(&a);
     drop(a); // driver A dies: its control socket closes
@@ -127,16 +139,7 @@ fn the_device_outlives_its_driver() {
 #[test]
 fn a_driver_gone_before_its_hello_is_a_lost_driver() {
     let (a_end, a_device) = channel();
-    let (attach_init, attach_device) = SeqPacket::pair().unwrap();
-    let cfg = Config {
-        vram_bytes: VRAM,
-        hw_threads: 16,
-        ..Default::default()
-    };
-    let model = std::thread::spawn(move || {
-        let first: Arc<dyn Transport> = Arc::new(SeqPacket::from_fd(a_device));
-        run_attached(cfg, first, Arc::new(attach_device))
-    });
+    let (attach_init, model) = attached_model(a_device);
     let a = Rig::with(Arc::new(a_end), None);
     // Driver B dies before the device is done with A: its socket, closed
     // on our side, waits in the attach channel.

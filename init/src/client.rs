@@ -4,7 +4,9 @@
 use std::os::fd::OwnedFd;
 
 use ipc_protocol::client::{CallError, Client};
-use ipc_protocol::interfaces::gpu::{CreateVm, DestroyVm, Gpu, GpuError, JobDone, Submit, Wait};
+use ipc_protocol::interfaces::gpu::{
+    BindView, CreateVm, DestroyVm, Gpu, GpuError, JobDone, Submit, Wait,
+};
 use ipc_protocol::interfaces::pager::{
     AttachView, CreateObject, DestroyObject, DetachView, Pager, PagerError,
 };
@@ -51,6 +53,18 @@ impl SvmBuffer {
             len,
             _memfd: memfd,
         })
+    }
+
+    /// Binds the buffer in `vm` at its own address (GPU address = CPU
+    /// address, DESIGN.md 2).
+    pub fn bind(&self, gpu: &Client<Gpu>, vm: VmId) -> Result<(), CallError<GpuError>> {
+        gpu.call(BindView {
+            vm,
+            view: self.view,
+            gpu_addr: self.addr,
+            flags: 0,
+        })
+        .map(|_| ())
     }
 
     /// The buffer as u32 words.

@@ -8,10 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use ipc_protocol::interfaces::gpu::{BindView, GpuError, Stats};
+use ipc_protocol::interfaces::gpu::{GpuError, Stats};
 use ipc_protocol::types::{JobStatus, KernelKind};
 
-use crate::client::{run_kernel, scoped_buffer, scoped_vm, SvmBuffer};
+use crate::client::{run_kernel, scoped_buffer, scoped_vm, ScopedBuffer, SvmBuffer};
 use crate::supervisor::{Clients, System};
 
 #[derive(Debug, Clone)]
@@ -65,39 +65,34 @@ fn ms(since: Instant) -> f64 {
 }
 
 /// A buffer of `bytes` whose word `i` is `i + 1`, every page in VRAM.
-fn buffer_in_vram(c: &Clients, bytes: usize) -> Result<SvmBuffer, RecoveryError> {
+fn buffer_in_vram(c: &Clients, bytes: usize) -> Result<ScopedBuffer<'_>, RecoveryError> {
     let vm = scoped_vm(&c.gpu).map_err(gpu_err)?;
     let buf = SvmBuffer::new(&c.pager, bytes).map_err(|e| RecoveryError::Pager(e.to_string()))?;
     let buf = scoped_buffer(&c.pager, buf);
-    c.gpu
-        .call(BindView {
-            vm: *vm,
-            view: buf.view,
-            gpu_addr: buf.addr,
-            flags: 0,
-        })
-        .map_err(gpu_err)?;
     // SAFETY: ours; no job runs on it yet.
     for (i, w) in unsafe { buf.words() }.iter_mut().enumerate() {
         *w = i as u32;
     }
-    let done = run_kernel(
-        &c.gpu,
-        *vm,
-        KernelKind::IncrementAll,
-        buf.addr,
-        bytes as u64,
-        1,
-    )
-    .map_err(gpu_err)?;
-    if done.status != JobStatus::Completed {
-        return Err(RecoveryError::Gpu(format!(
-            "the fill job ended {:?}",
-            done.status
-        )));
+    bind_and_increment(c, *vm, &buf, "the fill job")?;
+    // The VM goes with the server; the buffer is the caller's.
+    Ok(buf)
+}
+
+/// Binds `buf` in `vm` and adds 1 to each of its words on the GPU.
+fn bind_and_increment(
+    c: &Clients,
+    vm: ipc_protocol::types::VmId,
+    buf: &SvmBuffer,
+    what: &str,
+) -> Result<(), RecoveryError> {
+    buf.bind(&c.gpu, vm).map_err(gpu_err)?;
+    let len = buf.len as u64;
+    let done =
+        run_kernel(&c.gpu, vm, KernelKind::IncrementAll, buf.addr, len, 1).map_err(gpu_err)?;
+    match done.status {
+        JobStatus::Completed => Ok(()),
+        s => Err(RecoveryError::Gpu(format!("{what} ended {s:?}"))),
     }
-    // The VM goes with the server; the buffer is the caller's to release.
-    Ok(scopeguard::ScopeGuard::into_inner(buf))
 }
 
 /// Reads word `w` (volatile: the pager fills the page behind our back).
@@ -132,35 +127,14 @@ fn round(system: &mut System, c: &Clients, bytes: usize) -> Result<(Round, u64),
     // (a call it catches fails with `PeerRestarted` unless idempotent).
     c.gpu.call(Stats {}).map_err(gpu_err)?;
     let vm = scoped_vm(&c.gpu).map_err(gpu_err)?;
-    c.gpu
-        .call(BindView {
-            vm: *vm,
-            view: buf.view,
-            gpu_addr: buf.addr,
-            flags: 0,
-        })
-        .map_err(gpu_err)?;
-    let done = run_kernel(
-        &c.gpu,
-        *vm,
-        KernelKind::IncrementAll,
-        buf.addr,
-        bytes as u64,
-        1,
-    )
-    .map_err(gpu_err)?;
+    bind_and_increment(c, *vm, &buf, "the job after the restart")?;
     let first_gpu_job_ms = ms(kill);
-    if done.status != JobStatus::Completed {
-        return Err(RecoveryError::Gpu(format!(
-            "the job after the restart ended {:?}",
-            done.status
-        )));
-    }
     bad += (0..bytes / 4)
         .filter(|&w| word(&buf, w) != w as u32 + 2)
         .count() as u64;
     drop(vm);
-    buf.release(&c.pager)
+    scopeguard::ScopeGuard::into_inner(buf)
+        .release(&c.pager)
         .map_err(|e| RecoveryError::Pager(e.to_string()))?;
     let r = Round {
         restarted_ms,

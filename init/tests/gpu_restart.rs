@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use init::client::{run_kernel, SvmBuffer};
 use init::supervisor::{BootOptions, Clients, System};
 use ipc_protocol::client::CallError;
-use ipc_protocol::interfaces::gpu::{BindView, CreateVm, GpuError, Stats, Submit};
+use ipc_protocol::interfaces::gpu::{CreateVm, GpuError, Stats, Submit};
 use ipc_protocol::transport::TransportError;
 use ipc_protocol::types::{JobStatus, KernelKind, VmId};
 
@@ -151,14 +151,7 @@ fn bad_words(buf: &SvmBuffer, want: impl Fn(usize) -> u32) -> usize {
 /// A buffer bound at its CPU address in `vm`, word `i` holding `i + base`.
 fn bound_buffer(c: &Clients, vm: VmId, bytes: usize, base: u32) -> SvmBuffer {
     let buf = SvmBuffer::new(&c.pager, bytes).expect("a buffer");
-    c.gpu
-        .call(BindView {
-            vm,
-            view: buf.view,
-            gpu_addr: buf.addr,
-            flags: 0,
-        })
-        .expect("bind");
+    buf.bind(&c.gpu, vm).expect("bind");
     // SAFETY: ours until release; no job runs on it yet.
     for (i, w) in unsafe { buf.words() }.iter_mut().enumerate() {
         *w = (i as u32).wrapping_add(base);

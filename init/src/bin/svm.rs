@@ -810,22 +810,15 @@ fn run_recovery(opts: BootOptions, cfg: &init::recovery::Config) -> i32 {
             let col = |f: fn(&init::recovery::Round) -> f64| {
                 init::chaos::summary(&r.rounds.iter().map(f).collect::<Vec<_>>())
             };
-            println!(
-                "recovery: kill to next generation: {}",
-                col(|x| x.restarted_ms)
-            );
-            println!(
-                "recovery: kill to first CPU fault: {}",
-                col(|x| x.first_fault_ms)
-            );
-            println!(
-                "recovery: kill to every page back: {}",
-                col(|x| x.all_back_ms)
-            );
-            println!(
-                "recovery: kill to first GPU job: {}",
-                col(|x| x.first_gpu_job_ms)
-            );
+            let columns: [(&str, fn(&init::recovery::Round) -> f64); 4] = [
+                ("next generation", |x| x.restarted_ms),
+                ("first CPU fault", |x| x.first_fault_ms),
+                ("every page back", |x| x.all_back_ms),
+                ("first GPU job", |x| x.first_gpu_job_ms),
+            ];
+            for (what, f) in columns {
+                println!("recovery: kill to {what}: {}", col(f));
+            }
             println!("bad={}", r.bad_words);
             if r.bad_words == 0 {
                 Ok(())
