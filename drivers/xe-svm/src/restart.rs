@@ -30,7 +30,7 @@ pub enum TakeOverError {
     /// The pager's cursor did not move forward (a pager bug; stopping
     /// rather than asking forever).
     NoProgress,
-    /// It named more pages than VRAM holds.
+    /// It named more pages, or more runs, than VRAM holds pages.
     TooManyPages,
 }
 
@@ -81,7 +81,8 @@ impl GpuServer {
             for run in r.runs.as_slice() {
                 pages = pages.saturating_add(u64::from(run.pages));
             }
-            if pages > most {
+            // Runs of no page would grow the list without bound.
+            if pages > most || runs.len() as u64 + r.runs.len() as u64 > most {
                 return Err(TakeOverError::TooManyPages);
             }
             runs.extend(r.runs.into_vec());

@@ -162,3 +162,15 @@ fn a_wait_for_an_earlier_generations_job_is_device_reset() {
         assert_eq!(w.wait(100, none, 10).unwrap_err(), GpuError::NoSuchJob);
     }
 }
+
+/// A pager whose `Resident` cursor stands still is not asked forever.
+#[test]
+fn a_resident_cursor_that_does_not_move_ends_the_take_over() {
+    let w = World::new(common::budget(""));
+    *w.pager.resident.lock().unwrap() = vec![run(5, 8, 0, 1, 10); 3];
+    assert_eq!(
+        w.server.take_over(2).unwrap_err(),
+        xe_svm::restart::TakeOverError::NoProgress
+    );
+    assert_eq!(w.server.inner.vram.used_pages(), 0, "nothing adopted");
+}
