@@ -267,6 +267,78 @@ fn a_collect_past_its_lease_is_undone() {
     assert_eq!(core.accounting().collects, 0);
 }
 
+/// The pages `Resident` says are in the GPU's VRAM: (page, frame) of
+/// object `id`, as a restarted GPU server learns them.
+fn resident_pages(core: &ModelCore, g: &GpuSession<ModelRuntime>) -> Vec<(u64, u64)> {
+    use ipc_protocol::interfaces::pager_migrate as m;
+    let req = m::Request::Resident(m::Resident {
+        gpu: ipc_protocol::types::GpuId::new(0).unwrap(),
+        generation: 2,
+        from_object: 0,
+        from_page: 0,
+    });
+    let Ok((m::Reply::Resident(r), _)) = core.migrate_request(g, req) else {
+        panic!("Resident refused");
+    };
+    assert!(!r.more);
+    r.runs
+        .as_slice()
+        .iter()
+        .flat_map(|run| (0..run.pages as u64).map(move |i| (run.first_page + i, run.first_pfn + i)))
+        .collect()
+}
+
+/// The GPU server is restarted (issue 14): its predecessor migrated
+/// pages 2..4 and died having collected pages 0..2, while a CPU writer
+/// meets page 1. The new server's first `Resident` undoes the collect the
+/// old one left, wherever it lands in the schedule: no page is left
+/// locked, no word is lost, no collect is left counted, and a `Resident`
+/// afterwards names exactly the pages whose state says VRAM, at their
+/// frames. Without the undo, the writer waits on its page forever.
+fn a_restarted_gpu_server_takes_over_mid_migration() {
+    let core = model_core(small_config(""));
+    let (o, g, id, space) = four_pages_the_gpu_opened(&core);
+    assert_eq!(session_gpu_migrate(&core, &g, id, &o.memory, 2, 2), Ok(2));
+    let old = {
+        let (core, g) = (core.clone(), g.clone());
+        // It dies after its collect: no finalize ever comes.
+        spawn(move || gpu_collect(&core, &g, id, 0, 2).is_ok())
+    };
+    let new = {
+        let (core, g) = (core.clone(), g.clone());
+        spawn(move || resident_pages(&core, &g).len())
+    };
+    let writer = {
+        let core = core.clone();
+        spawn(move || cpu_write(&core, &space, VIEW_AT + 4096, 1, 1))
+    };
+    old.join().unwrap();
+    new.join().unwrap();
+    writer.join().unwrap();
+    let vram = pager::sync::lock(&core.rt.vram).clone();
+    let mut in_vram = Vec::new();
+    for p in 0..4 {
+        let i = o.table.info(p).unwrap();
+        assert!(!i.locked, "page {p} left locked");
+        let value = match i.residency {
+            Residency::System => o.memory.words[p].load(Ordering::Acquire),
+            Residency::Device { pfn, .. } => {
+                in_vram.push((p as u64, pfn));
+                vram[&(id.get(), p)]
+            }
+            Residency::Empty => panic!("page {p} lost its data"),
+        };
+        let want = p as u64 * 10 + (p == 1) as u64;
+        assert_eq!(value, want, "page {p} ({:?})", i.residency);
+    }
+    assert_eq!(
+        resident_pages(&core, &g),
+        in_vram,
+        "Resident and the states agree"
+    );
+    assert_eq!(core.accounting().collects, 0);
+}
+
 /// A client's session ends (it exited) while the GPU server migrates its
 /// object: the migration either never starts (the object is dying) or
 /// finishes first; then the VRAM is freed and every total is zero.
@@ -311,6 +383,11 @@ fn explore_gpu_server_dies_mid_collect() {
 #[test]
 fn explore_a_collect_past_its_lease_is_undone() {
     explore(a_collect_past_its_lease_is_undone);
+}
+
+#[test]
+fn explore_a_restarted_gpu_server_takes_over_mid_migration() {
+    explore(a_restarted_gpu_server_takes_over_mid_migration);
 }
 
 #[test]

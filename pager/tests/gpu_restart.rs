@@ -20,6 +20,7 @@ fn resident(core: &ModelCore, gpu: u8) -> m::ResidentRuns {
     let g = core.gpu_session(GPU).unwrap();
     let req = m::Request::Resident(m::Resident {
         gpu: GpuId::new(gpu).unwrap(),
+        generation: 2,
         from_object: 0,
         from_page: 0,
     });
@@ -84,4 +85,34 @@ fn a_restarted_gpu_server_learns_its_pages_and_its_predecessors_collects_go() {
         0,
         "nothing in another GPU's VRAM"
     );
+}
+
+/// A collect of the predecessor that the pager serves after the new
+/// server's first `Resident` (it waited in the socket) is refused: nothing
+/// would ever finalize it. The new generation's own collects go on.
+#[test]
+fn a_predecessors_collect_served_after_the_take_over_is_refused() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (a, view_a) = object_with_view(&core, &s, 8, A).unwrap();
+    let obj_a = s.object(a).unwrap();
+    seed(&obj_a, |p| 100 + p as u64);
+    let g = core.gpu_session(GPU).unwrap();
+    let gid = gpu_open(&core, &g, CLIENT, view_a).unwrap();
+    assert_eq!(resident(&core, 0).runs.len(), 0);
+    let collect = |generation| {
+        let req = m::Request::Collect(m::Collect {
+            object: gid,
+            first_page: 0,
+            count: PageCount::new(4).unwrap(),
+            gpu: GpuId::new(0).unwrap(),
+            generation,
+        });
+        core.migrate_request(&g, req).map(|_| ())
+    };
+    assert_eq!(collect(1).unwrap_err(), m::MigrateError::Stale);
+    assert!((0..8).all(|p| !obj_a.table.info(p).unwrap().locked));
+    assert_eq!(core.accounting().collects, 0);
+    collect(2).expect("generation 2 collects");
+    assert!((0..4).all(|p| obj_a.table.info(p).unwrap().locked));
 }

@@ -188,6 +188,7 @@ fn eviction_of_an_object_without_views_writes_the_memfd() {
             first_page: 0,
             count: PageCount::new(512).unwrap(),
             gpu: GpuId::new(0).unwrap(),
+            generation: 1,
         })
         .unwrap();
     {

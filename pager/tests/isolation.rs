@@ -367,6 +367,7 @@ fn the_gpu_servers_end_undoes_its_collects_in_flight() {
             first_page: 0,
             count: PageCount::new(512).unwrap(),
             gpu: GpuId::new(0).unwrap(),
+            generation: 1,
         })
         .unwrap();
     assert_eq!(c.got.count(), 512);

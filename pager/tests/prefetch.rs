@@ -79,6 +79,7 @@ fn pages_a_migration_holds_are_skipped_not_waited_for() {
             first_page: 256,
             count: PageCount::new(4).unwrap(),
             gpu: GpuId::new(0).unwrap(),
+            generation: 1,
         })
         .unwrap();
     assert_eq!(c.got.count(), 4);

@@ -74,6 +74,7 @@ impl GpuServer {
                 .migrate
                 .call(Resident {
                     gpu,
+                    generation: self.inner.generation.load(Ordering::Acquire),
                     from_object: from.0,
                     from_page: from.1,
                 })

@@ -822,6 +822,7 @@ impl<P: Platform> Inner<P> {
             first_page: first,
             count: count_pc,
             gpu,
+            generation: self.generation.load(Ordering::Acquire),
         }) else {
             free_block(block);
             // No hang (issue 14): with the pager gone the access fails

@@ -40,11 +40,16 @@ wire_struct!(
 );
 wire_struct!(
     /// Trylock the chunk's pages and install migration entries (rule 1).
+    /// `generation`: the GPU server's (1 at boot): a collect of a server
+    /// that was restarted since (its request still queued when it died)
+    /// is refused or undone, so nothing waits for a finalize that will
+    /// never come.
     pub struct Collect {
         pub object: ObjectId,
         pub first_page: u64,
         pub count: PageCount,
         pub gpu: GpuId,
+        pub generation: u32,
     }
 );
 wire_struct!(
@@ -93,11 +98,12 @@ wire_struct!(
     /// A restarted GPU server asks where its predecessor's pages are: the
     /// runs of pages the pager records in this GPU's VRAM, in (object,
     /// page) order from object `from_object`, page `from_page`. The first
-    /// call (from 0, 0) also undoes the collects the predecessor left
-    /// unfinalized (their pages go back unlocked). Objects keep the ids
-    /// the predecessor knew them by.
+    /// call (from 0, 0) also undoes the collects of earlier generations
+    /// than `generation` (their pages go back unlocked) and refuses them
+    /// from then on. Objects keep the ids the predecessor knew them by.
     pub struct Resident {
         pub gpu: GpuId,
+        pub generation: u32,
         pub from_object: u32,
         pub from_page: u64,
     }
@@ -137,6 +143,9 @@ interface! {
         Host = 6,
         /// Too many collects of this GPU server await their finalize.
         OverBudget = 7,
+        /// A collect of a GPU server generation that has been restarted
+        /// since.
+        Stale = 8,
     }
     calls {
         1 => OpenView [0] -> ViewOpened [1] needs MIGRATE, idempotent;

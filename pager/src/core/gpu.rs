@@ -122,6 +122,10 @@ impl<R: Runtime> Core<R> {
     fn collect(&self, g: &GpuSession<R>, c: m::Collect) -> Result<m::Collected, E> {
         let o = self.opened(g, c.object)?;
         let chunk = chunk_of(&o, c.first_page, c.count.get())?;
+        // A restarted server's predecessor: nothing will finalize it.
+        if c.generation < g.generation() {
+            return Err(E::Stale);
+        }
         if !g.reserve_collect() {
             return Err(E::OverBudget);
         }
@@ -145,6 +149,7 @@ impl<R: Runtime> Core<R> {
                 gpu: c.gpu.get(),
                 collected: got,
                 since_us: self.rt.now_us(),
+                generation: c.generation,
             };
             self.undo_collect(&f);
             g.unreserve_collect();
@@ -172,6 +177,7 @@ impl<R: Runtime> Core<R> {
             gpu: c.gpu.get(),
             collected: got,
             since_us: self.rt.now_us(),
+            generation: c.generation,
         };
         if let Err(f) = g.record(f) {
             // The session ended meanwhile (or the arena is full): the
@@ -183,6 +189,13 @@ impl<R: Runtime> Core<R> {
             } else {
                 E::OverBudget
             });
+        }
+        // A newer generation took over meanwhile: this one, recorded after
+        // its undo, is undone here (`resident.rs`).
+        let newest = g.generation();
+        if c.generation < newest {
+            self.undo_older_collects(g, newest);
+            return Err(E::Stale);
         }
         Ok(reply)
     }

@@ -13,6 +13,16 @@
 //! rebuilds its object table with the same ids. Only the collects in
 //! flight are undone: nobody will finalize them.
 //!
+//! **Collects carry their server's generation.** The predecessor's last
+//! `Collect` may still wait in the socket when the new server's first
+//! `Resident` arrives, and the pager serves an endpoint with several
+//! threads, so the two may run in either order. `Resident` raises the
+//! session's generation, then undoes the older collects; a `Collect`
+//! checks its generation before it locks pages and again after it
+//! recorded them (undoing every older one then). Whichever runs first,
+//! an old collect is refused or undone, never left waiting for a
+//! finalize (`explore_a_restarted_gpu_server_takes_over_mid_migration`).
+//!
 //! **Locked pages are listed too.** A page being copied back by a CPU
 //! fault is locked while the copy waits for the new server; its frame is
 //! still its home until that copy lands, so it must be known.
@@ -72,7 +82,8 @@ impl<R: Runtime> Core<R> {
     /// Serves `Resident` for the GPU server's session `g`.
     pub(super) fn resident(&self, g: &GpuSession<R>, q: m::Resident) -> Result<m::ResidentRuns, E> {
         if (q.from_object, q.from_page) == (0, 0) {
-            self.undo_predecessor_collects(g);
+            g.raise_generation(q.generation);
+            self.undo_older_collects(g, q.generation);
         }
         let mut gather = Gather {
             runs: Vec::new(),
@@ -98,19 +109,23 @@ impl<R: Runtime> Core<R> {
         })
     }
 
-    /// The collects the dead GPU server left: their pages go back to their
-    /// state, unlocked (as at its end, `end.rs`).
-    fn undo_predecessor_collects(&self, g: &GpuSession<R>) {
-        let collects = g.take_collects();
+    /// The collects of generations before `generation`: their pages go
+    /// back to their state, unlocked (as at a GPU server's end, `end.rs`).
+    pub(super) fn undo_older_collects(&self, g: &GpuSession<R>, generation: u32) -> usize {
+        let collects = g.take_older_than(generation);
         for f in &collects {
             self.undo_collect(f);
             g.unreserve_collect();
         }
-        log::info!(
-            "pager: GPU server {} restarted; {} collect(s) it left undone",
-            g.badge,
-            collects.len()
-        );
+        if !collects.is_empty() {
+            log::info!(
+                "pager: GPU server {} generation {generation}: {} collect(s) of its \
+                 predecessors undone",
+                g.badge,
+                collects.len()
+            );
+        }
+        collects.len()
     }
 }
 

@@ -20,7 +20,7 @@ use super::runtime::Runtime;
 use super::sync_views::ChangeTickets;
 use super::view::{Space, View, ViewSpec};
 use crate::migrate::{Chunk, Collected};
-use crate::sync::{lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicUsize, Mutex, Ordering};
 
 /// A view table entry: the record the id names now, and the id's place in
 /// the owner's view budget.
@@ -304,6 +304,8 @@ pub struct InFlight<R: Runtime> {
     /// When it was collected (`Runtime::now_us`): past the lease it is
     /// undone (`Core::expire_collects`).
     pub since_us: u64,
+    /// The GPU server generation that collected it (`Collect`).
+    pub generation: u32,
 }
 
 /// The GPU server's `PagerMigrate` session.
@@ -316,6 +318,9 @@ pub struct GpuSession<R: Runtime> {
     in_flight: AtomicUsize,
     limit: usize,
     ended: AtomicBool,
+    /// The newest GPU server generation that took over (`Resident`):
+    /// collects of older ones are refused or undone (`core/resident.rs`).
+    generation: AtomicU32,
 }
 
 impl<R: Runtime> GpuSession<R> {
@@ -327,6 +332,7 @@ impl<R: Runtime> GpuSession<R> {
             in_flight: AtomicUsize::new(0),
             limit: collects,
             ended: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
         }
     }
 
@@ -440,10 +446,30 @@ impl<R: Runtime> GpuSession<R> {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// Takes every collect in flight, the session going on (its GPU
-    /// server was restarted: nobody will finalize them).
-    pub fn take_collects(&self) -> Vec<InFlight<R>> {
-        lock(&self.collects).drain(..).collect()
+    /// The newest GPU server generation that took over (0: none yet).
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Generation `g` took over (never lowers it).
+    pub fn raise_generation(&self, g: u32) {
+        self.generation.fetch_max(g, Ordering::AcqRel);
+    }
+
+    /// Takes the collects of generations before `g`, the session going on
+    /// (a restarted server's predecessors will finalize none of them).
+    pub fn take_older_than(&self, g: u32) -> Vec<InFlight<R>> {
+        let mut c = lock(&self.collects);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < c.len() {
+            if c[i].generation < g {
+                out.push(c.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        out
     }
 
     /// The objects it opened, by the ids it knows them by, in id order.

@@ -474,6 +474,7 @@ pub fn gpu_collect(
         first_page: first,
         count: PageCount::new(count).ok_or(m::MigrateError::OutOfRange)?,
         gpu: GpuId::new(0).ok_or(m::MigrateError::Host)?,
+        generation: 1,
     });
     match core.migrate_request(g, req)? {
         (m::Reply::Collect(c), _) => Ok(c),

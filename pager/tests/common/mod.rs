@@ -307,6 +307,7 @@ pub fn gpu_migrate(r: &Rig, obj: Obj, memfd: &OwnedFd, first: u64, count: u16) -
             first_page: first,
             count: PageCount::new(count).unwrap(),
             gpu: GpuId::new(0).unwrap(),
+            generation: 1,
         })
         .unwrap();
     log::debug!(
