@@ -15,7 +15,7 @@ use hw::bar::BarError;
 use hw::control::STATUS_BAD_SLOT;
 use hw::model::{run_attached, Config};
 use hw::shm::Region;
-use hw::xe::commands::{Command, KernelLaunch, KernelOp};
+use hw::xe::commands::{Command, KernelLaunch, KernelOp, MemCopy};
 use hw::xe::layout::{self, Ring};
 use hw::xe::pte::{PageSize, Target};
 use ipc_protocol::transport::{SeqPacket, Transport};
@@ -155,6 +155,48 @@ fn a_driver_gone_before_its_hello_is_a_lost_driver() {
     assert_eq!(c.launch(4, KernelOp::StridedWrite, va, 4096, 4, 9), (1, 0));
     assert_eq!(c.vram_u32(DATA), 9);
     drop(c);
+    drop(attach_init);
+    model.join().unwrap().unwrap();
+}
+
+/// DMA in flight is done before the next driver is served: a copy the
+/// lost driver started holds its memory, so the reset's unmap does not
+/// cut it short, and it could still write a buffer the next driver maps
+/// again (the pager's staging memfd). The device finishes it first: the
+/// next driver finds every byte of it written.
+#[test]
+fn a_copy_in_flight_when_its_driver_dies_ends_before_the_next_driver() {
+    const BYTES: u64 = 32 << 20;
+    const DST: u64 = 16 << 20;
+    let (a_end, a_device) = channel();
+    let (attach_init, model) = attached_model(a_device);
+    let a = Rig::with(Arc::new(a_end), None);
+    let sys = Region::create("reattach-copy", BYTES as usize).unwrap();
+    let pattern: Vec<u8> = (0..BYTES).map(|i| (i / 4096) as u8 | 1).collect();
+    assert!(sys.write(0, &pattern));
+    let src = a.bar.dma_map(9, sys.dup_fd().unwrap(), BYTES).unwrap();
+    let copy = MemCopy::contiguous(src, DST, BYTES).unwrap();
+    a.bar
+        .submit(Ring::Copy, 5000, &Command::MemCopy(copy))
+        .unwrap();
+    // The copy has begun once its first page landed; then A dies.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.vram_u32(DST) == 0 {
+        assert!(Instant::now() < deadline, "the copy never began");
+        std::hint::spin_loop();
+    }
+    drop(a);
+    let (b_end, b_device) = channel();
+    attach_init.send(&[0], vec![b_device]).unwrap();
+    let b = Rig::with(Arc::new(b_end), None);
+    let unwritten = (0..BYTES / 4096)
+        .filter(|p| b.vram_u32(DST + p * 4096 + 4092) != u32::from_ne_bytes([(*p as u8) | 1; 4]))
+        .count();
+    assert_eq!(
+        unwritten, 0,
+        "pages of A's copy still unwritten when B was served"
+    );
+    drop(b);
     drop(attach_init);
     model.join().unwrap().unwrap();
 }

@@ -69,6 +69,12 @@ pub(super) struct Device {
     /// epoch and empties the rings: a packet is either dropped with its
     /// ring or taken under the epoch of the driver that sent it.
     intake: [Mutex<()>; 3],
+    /// Held by the copy engine while a copy runs. A copy holds its memory
+    /// until it is done, so an unmap does not cut it short: the reset
+    /// waits on this for a copy of the lost driver still writing (into a
+    /// buffer the next driver may map again), so DMA in flight is done
+    /// before the next driver is served.
+    copying: Mutex<()>,
 }
 
 /// Runs a device until its driver closes the control channel: sends the
@@ -176,6 +182,7 @@ pub fn start(cfg: Config) -> Result<Running, ModelError> {
         copy_engines: CopyEngines::new(cfg_engines),
         driver_epoch: AtomicU64::new(0),
         intake: Default::default(),
+        copying: Mutex::new(()),
     });
     log::info!("xe-model: {} copy engines", dev.copy_engines.engines());
     let engines = [
@@ -298,6 +305,8 @@ impl Running {
                 dev.mem.unmap_slot(slot);
             }
         }
+        // A copy the lost driver started runs to its end first.
+        drop(dev.copying.lock().unwrap_or_else(|e| e.into_inner()));
         let dropped = {
             let _g = dev.g2h.lock().unwrap_or_else(|e| e.into_inner());
             RingView::new(&dev.regs, Ring::GucToHost).discard()
@@ -438,7 +447,10 @@ impl Device {
                 }
             };
             match (ring, Command::decode(packet.words())) {
-                (Ring::Copy, Ok(Command::MemCopy(c))) => self.copy(seqno, &c),
+                (Ring::Copy, Ok(Command::MemCopy(c))) => {
+                    let _copying = self.copying.lock().unwrap_or_else(|e| e.into_inner());
+                    self.copy(seqno, &c)
+                }
                 (Ring::Compute, Ok(Command::Launch(k))) => self.launch(&k, epoch),
                 (Ring::Compute, Ok(Command::Batch(b))) => self.dispatch_batch(b, epoch),
                 (Ring::HostToGuc, Ok(Command::TlbInvalidation(inv))) => {
