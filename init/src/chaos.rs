@@ -205,6 +205,12 @@ struct Shared {
     /// with the server ([`Shared::failed`]).
     gpu_epoch: AtomicU64,
     interrupted: AtomicU64,
+    /// The mremap race holds it exclusively, the probe shared: the race's
+    /// readers read the moved range's old addresses, which the kernel
+    /// unmaps at the move and may hand to the next mapping any thread of
+    /// this process makes (the probe's buffers, its allocations). A read
+    /// there would see that mapping's data and count it as wrong words.
+    mappings: std::sync::RwLock<()>,
 }
 
 impl Shared {
@@ -230,6 +236,12 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .push(what);
     }
+}
+
+/// Runs `f` with no probe making mappings meanwhile ([`Shared::mappings`]).
+fn alone<T>(s: &Shared, f: impl FnOnce() -> T) -> T {
+    let _alone = s.mappings.write().unwrap_or_else(|p| p.into_inner());
+    f()
 }
 
 /// One round of every workload; words found wrong are added to `bad`.
@@ -275,7 +287,7 @@ fn workload_round(c: &Clients, s: &Shared) {
         ),
         (
             "mremap",
-            views::mremap_race(&c.own, &mremap)
+            alone(s, || views::mremap_race(&c.own, &mremap))
                 .map(|r| r.bad_words)
                 .map_err(|e| e.to_string()),
         ),
@@ -303,6 +315,7 @@ fn workload_round(c: &Clients, s: &Shared) {
 /// One page to VRAM by a GPU fault and back by CPU faults, checked.
 fn probe(c: &Clients, s: &Shared) {
     let epoch = s.gpu_epoch.load(Ordering::Acquire);
+    let _no_mremap_race = s.mappings.read().unwrap_or_else(|p| p.into_inner());
     let cfg = herd::Config {
         mode: Mode::Touch,
         bytes: 4 << 12,
@@ -381,6 +394,7 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
         errors: Mutex::new(Vec::new()),
         gpu_epoch: AtomicU64::new(0),
         interrupted: AtomicU64::new(0),
+        mappings: std::sync::RwLock::new(()),
     };
     let mut rng = Rng(cfg.seed | 1);
     let mut report = Report::default();
