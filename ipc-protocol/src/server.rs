@@ -52,6 +52,17 @@ pub fn announce_restart<I: Interface>(
     transport.send(&Control::Restarted { generation }.encode(I::ID), Vec::new())
 }
 
+/// [`announce_restart`] for a server started as `generation` by its
+/// supervisor: nothing at 1 (its first start); a failure is logged, since
+/// a caller that is gone needs no announcement.
+pub fn announce_if_restarted<I: Interface>(transport: &dyn Transport, generation: u32) {
+    if generation > 1 {
+        if let Err(e) = announce_restart::<I>(transport, generation) {
+            log::warn!("{}: announcing generation {generation}: {e}", I::NAME);
+        }
+    }
+}
+
 /// What to send back for one received frame (`None`: a notification).
 pub fn dispatch<I: Interface, H: Handler<I> + ?Sized>(
     caller: &Capability,

@@ -61,15 +61,9 @@ fn endpoint(fd: i32) -> Arc<dyn Transport> {
     Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
 }
 
-/// A restarted server tells the process at the other end of a served
-/// endpoint, so its calls caught by the restart fail or are retried.
-fn announce<I: ipc_protocol::Interface>(t: &dyn Transport, generation: u32) {
-    if generation > 1 {
-        if let Err(e) = ipc_protocol::server::announce_restart::<I>(t, generation) {
-            log::warn!("mm-server: announcing generation {generation}: {e}");
-        }
-    }
-}
+// A restarted server tells the process at the other end of a served
+// endpoint, so its calls caught by the restart fail or are retried.
+use ipc_protocol::server::announce_if_restarted as announce;
 
 pub fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();

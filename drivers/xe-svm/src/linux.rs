@@ -101,19 +101,10 @@ fn endpoint(fd: i32) -> Arc<dyn Transport> {
     Arc::new(SeqPacket::from_fd(unsafe { inherited_fd(fd) }))
 }
 
-/// Tells the caller at `t` that this is generation `generation` (past 1
-/// only), before anything of ours reaches it: its calls the predecessor
-/// took fail with `PeerRestarted` instead of waiting on a dead process.
-fn announce<I: ipc_protocol::Interface>(t: &dyn Transport, generation: u32) {
-    if generation > 1 {
-        if let Err(e) = ipc_protocol::server::announce_restart::<I>(t, generation) {
-            log::warn!(
-                "xe-svm: announcing generation {generation} on {}: {e}",
-                I::NAME
-            );
-        }
-    }
-}
+// Tells the caller at `t` that this is generation `generation` (past 1
+// only), before anything of ours reaches it: its calls the predecessor
+// took fail with `PeerRestarted` instead of waiting on a dead process.
+use ipc_protocol::server::announce_if_restarted as announce;
 
 pub fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();

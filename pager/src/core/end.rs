@@ -15,7 +15,7 @@ use ipc_protocol::types::PageMask;
 use super::backend::CoreBackend;
 use super::object::Object;
 use super::runtime::{Pause, Runtime};
-use super::session::{ClientSession, InFlight};
+use super::session::{ClientSession, GpuSession, InFlight};
 use super::Core;
 use crate::migrate::{evict, release_collect, Chunk, CHUNK_PAGES};
 use crate::state::Residency;
@@ -73,10 +73,7 @@ impl<R: Runtime> Core<R> {
         // notifier, if it still answers, frees their VRAM by those ids.
         let (collects, _opened) = g.end();
         let n = collects.len();
-        for f in collects {
-            self.undo_collect(&f);
-            g.unreserve_collect();
-        }
+        self.undo_collects(&g, &collects);
         log::info!("pager: GPU server {badge} gone; {n} collect(s) in flight undone");
     }
 
@@ -90,10 +87,7 @@ impl<R: Runtime> Core<R> {
             return 0;
         };
         let old = g.expired(self.rt.now_us(), self.cfg.collect_lease_us);
-        for f in &old {
-            self.undo_collect(f);
-            g.unreserve_collect();
-        }
+        self.undo_collects(&g, &old);
         if !old.is_empty() {
             log::warn!(
                 "pager: {} collect(s) never finalized within {} ms undone",
@@ -102,6 +96,15 @@ impl<R: Runtime> Core<R> {
             );
         }
         old.len()
+    }
+
+    /// Collects of `g` taken from it that nobody will finalize: each one's
+    /// pages go back unlocked and its place comes back.
+    pub(super) fn undo_collects(&self, g: &GpuSession<R>, collects: &[InFlight<R>]) {
+        for f in collects {
+            self.undo_collect(f);
+            g.unreserve_collect();
+        }
     }
 
     /// A collect that will never be finalized: its pages go back unlocked.

@@ -113,10 +113,7 @@ impl<R: Runtime> Core<R> {
     /// back to their state, unlocked (as at a GPU server's end, `end.rs`).
     pub(super) fn undo_older_collects(&self, g: &GpuSession<R>, generation: u32) -> usize {
         let collects = g.take_older_than(generation);
-        for f in &collects {
-            self.undo_collect(f);
-            g.unreserve_collect();
-        }
+        self.undo_collects(g, &collects);
         if !collects.is_empty() {
             log::info!(
                 "pager: GPU server {} generation {generation}: {} collect(s) of its \

@@ -428,11 +428,16 @@ impl<R: Runtime> GpuSession<R> {
 
     /// Takes the collects recorded `lease_us` or longer before `now_us`.
     pub fn expired(&self, now_us: u64, lease_us: u64) -> Vec<InFlight<R>> {
+        self.take_where(|f| now_us.saturating_sub(f.since_us) >= lease_us)
+    }
+
+    /// Takes the collects `pick` names.
+    fn take_where(&self, pick: impl Fn(&InFlight<R>) -> bool) -> Vec<InFlight<R>> {
         let mut c = lock(&self.collects);
         let mut out = Vec::new();
         let mut i = 0;
         while i < c.len() {
-            if now_us.saturating_sub(c[i].since_us) >= lease_us {
+            if pick(&c[i]) {
                 out.push(c.swap_remove(i));
             } else {
                 i += 1;
@@ -459,17 +464,7 @@ impl<R: Runtime> GpuSession<R> {
     /// Takes the collects of generations before `g`, the session going on
     /// (a restarted server's predecessors will finalize none of them).
     pub fn take_older_than(&self, g: u32) -> Vec<InFlight<R>> {
-        let mut c = lock(&self.collects);
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < c.len() {
-            if c[i].generation < g {
-                out.push(c.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        out
+        self.take_where(|f| f.generation < g)
     }
 
     /// The objects it opened, by the ids it knows them by, in id order.

@@ -61,6 +61,23 @@ impl Default for Config {
     }
 }
 
+/// Why sharing the staging buffer failed.
+enum ShareError {
+    /// The GPU server restarted before answering (now generation `.0`).
+    Restarted(u32),
+    Failed(String),
+}
+use ShareError::{Failed, Restarted};
+
+impl std::fmt::Display for ShareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Restarted(g) => write!(f, "the GPU server restarted (generation {g})"),
+            Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 /// The pager server: one per system, shared by every endpoint it serves.
 #[derive(Clone)]
 pub struct PagerServer {
@@ -83,27 +100,33 @@ impl PagerServer {
     /// Connects the GPU server's notifier (rule 8 and migrate-to-RAM) and
     /// shares the staging buffer with it.
     pub fn attach_gpu(&self, gpu: Client<GpuNotify>) -> Result<(), String> {
-        let staging = &self.core.rt.staging;
-        let dup = rustix::io::fcntl_dupfd_cloexec(&staging.memfd, 0).map_err(|e| e.to_string())?;
-        let size = (staging.slots() * SLOT_BYTES) as u64;
-        match gpu.call_with_handles(AttachStaging { size_bytes: size }, vec![dup]) {
-            Ok(_) => {}
-            // It died before answering: its next generation gets the buffer
-            // with our first call to it (`GpuNotifier::keep_staging`).
-            Err(CallError::Transport(TransportError::PeerRestarted(g))) => {
-                log::warn!("pager: the GPU server restarted (generation {g}) while attaching")
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+        let size = (self.core.rt.staging.slots() * SLOT_BYTES) as u64;
         let core = self.core.clone();
-        self.core.rt.gpu.reattach_with(Box::new(move |gpu| {
-            let staging = &core.rt.staging;
+        // Shares the buffer: now, and again with each new generation.
+        let share = move |gpu: &Client<GpuNotify>| {
+            let memfd = &core.rt.staging.memfd;
             let dup =
-                rustix::io::fcntl_dupfd_cloexec(&staging.memfd, 0).map_err(|e| e.to_string())?;
+                rustix::io::fcntl_dupfd_cloexec(memfd, 0).map_err(|e| Failed(e.to_string()))?;
             gpu.call_with_handles(AttachStaging { size_bytes: size }, vec![dup])
                 .map(|_| ())
-                .map_err(|e| e.to_string())
-        }));
+                .map_err(|e| match e {
+                    CallError::Transport(TransportError::PeerRestarted(g)) => Restarted(g),
+                    e => Failed(e.to_string()),
+                })
+        };
+        match share(&gpu) {
+            Ok(()) => {}
+            // It died before answering: its next generation gets the buffer
+            // with our first call to it (`GpuNotifier::keep_staging`).
+            Err(Restarted(g)) => {
+                log::warn!("pager: the GPU server restarted (generation {g}) while attaching")
+            }
+            Err(Failed(e)) => return Err(e),
+        }
+        self.core
+            .rt
+            .gpu
+            .reattach_with(Box::new(move |gpu| share(gpu).map_err(|e| e.to_string())));
         self.core
             .rt
             .gpu
