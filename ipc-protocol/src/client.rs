@@ -321,7 +321,7 @@ impl<I: Interface> Client<I> {
 }
 
 /// Times an idempotent call is sent again after its server restarted.
-const RESTART_RETRIES: u32 = 3;
+pub const RESTART_RETRIES: u32 = 3;
 
 /// Calls given up on whose late answers are noted; past this many, a
 /// later one's answer is dropped like any stray reply.

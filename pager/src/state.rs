@@ -319,6 +319,27 @@ impl PageTable {
         Ok(())
     }
 
+    /// Records that the locked `page` is `now`, keeping the lock: its
+    /// data already moved, and the holder has more to do before others
+    /// may use it (`core/backend.rs`, `release_vram`).
+    pub fn settle(&self, page: usize, now: Residency) -> Result<(), StateError> {
+        let word = self.word(page)?;
+        let mut cur = word.load(Ordering::Acquire);
+        loop {
+            debug_assert!(
+                cur & LOCKED != 0,
+                "settle of page {page} that is not locked"
+            );
+            let next = (cur & !(RES_MASK | (u64::MAX << GPU_SHIFT))) | now.encode();
+            match word.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(w) => cur = w,
+            }
+        }
+        self.count_change(page, Residency::decode(cur), now);
+        Ok(())
+    }
+
     /// Sleeps until `page` is not locked (the wait on a migration entry).
     pub fn wait_unlocked(&self, page: usize) -> Result<(), StateError> {
         let word = self.word(page)?;

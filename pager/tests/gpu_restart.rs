@@ -15,6 +15,7 @@ const CLIENT: u64 = 100;
 const GPU: u64 = 1;
 const A: u64 = 0x1000_0000;
 const B: u64 = 0x2000_0000;
+const PAGE: u64 = 4096;
 
 fn resident(core: &ModelCore, gpu: u8) -> m::ResidentRuns {
     let g = core.gpu_session(GPU).unwrap();
@@ -115,4 +116,53 @@ fn a_predecessors_collect_served_after_the_take_over_is_refused() {
     assert_eq!(core.accounting().collects, 0);
     collect(2).expect("generation 2 collects");
     assert!((0..4).all(|p| obj_a.table.info(p).unwrap().locked));
+}
+
+/// The race a restart can lose (found by the simulation's
+/// `gpu_server_restarts`): a CPU fault copied pages back and is about to
+/// have the GPU server free their frames when a restarted server asks
+/// `Resident` (here from another thread, at exactly that point). The pages
+/// say System by then, so the new server does not adopt frames that a free
+/// answered by its predecessor, just before it died, would never release.
+#[test]
+fn pages_whose_copy_back_landed_are_not_listed_while_their_free_is_sent() {
+    use std::sync::{Arc, Mutex};
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (a, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let obj = s.object(a).unwrap();
+    seed(&obj, |p| 100 + p as u64);
+    let g = core.gpu_session(GPU).unwrap();
+    let gid = gpu_open(&core, &g, CLIENT, view).unwrap();
+    assert_eq!(gpu_migrate(&core, &g, gid, &obj.memory, 0, 8), Ok(8));
+    let listed = Arc::new(Mutex::new(None));
+    let (weak, out) = (Arc::downgrade(&core), listed.clone());
+    *core.rt.on_free.lock().unwrap() = Some(Box::new(move || {
+        let core = weak.upgrade().expect("the core");
+        let runs = std::thread::scope(|t| t.spawn(|| resident(&core, 0)).join().unwrap());
+        let pages = runs
+            .runs
+            .as_slice()
+            .iter()
+            .flat_map(|r| r.first_page..r.first_page + u64::from(r.pages));
+        *out.lock().unwrap() = Some(pages.collect::<Vec<u64>>());
+    }));
+    let space = s.view(view).unwrap().space.clone();
+    core.serve_fault(&space, A + 2 * PAGE, false);
+    *core.rt.on_free.lock().unwrap() = None;
+    let in_ram: Vec<u64> = (0..8u64)
+        .filter(|&p| obj.table.info(p as usize).unwrap().residency == Residency::System)
+        .collect();
+    assert!(in_ram.contains(&2), "the fault brought its page back");
+    let listed = listed
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the restarted server's Resident ran");
+    for p in &in_ram {
+        assert!(
+            !listed.contains(p),
+            "page {p} came back to RAM, yet a restarted server was told it is in VRAM"
+        );
+    }
 }

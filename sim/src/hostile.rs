@@ -124,7 +124,7 @@ fn only_the_victim_is_left(w: &World) {
     );
     // The GPU server forgot the hostile objects too (each held a DMA slot).
     assert_eq!(
-        w.gpu.object_count(),
+        w.gpu().object_count(),
         1,
         "the GPU server still knows a hostile object"
     );
@@ -273,9 +273,9 @@ fn hostile_bound(w: &World, pages: u64) -> Bound {
     let view = attach(core, &s, id, HOSTILE_BASE, pages, port).expect("a hostile view");
     let gpu_id = gpu_open(core, &w.pager.gpu_session(), HOSTILE, view).expect("opened");
     let dma = SYS_BASE + base as u64 * PAGE;
-    w.gpu.add_object(gpu_id, 1, dma, None, pages);
-    let vm_id = w.gpu.create_vm(HOSTILE).expect("a hostile VM");
-    w.gpu
+    w.gpu().add_object(gpu_id, 1, dma, None, pages);
+    let vm_id = w.gpu().create_vm(HOSTILE).expect("a hostile VM");
+    w.gpu()
         .bind(
             HOSTILE,
             vm_id,
@@ -288,7 +288,7 @@ fn hostile_bound(w: &World, pages: u64) -> Bound {
         )
         .expect("the hostile binding");
     // The device and the fault path name the VM by its ASID.
-    let vm = w.gpu.asid_of(HOSTILE, vm_id).expect("its ASID");
+    let vm = w.gpu().asid_of(HOSTILE, vm_id).expect("its ASID");
     Bound {
         object,
         id,
@@ -304,7 +304,7 @@ fn hostile_gpu_access(w: &World, b: &Bound, p: usize) -> bool {
     let va = HOSTILE_BASE + p as u64 * PAGE;
     for _ in 0..GPU_FAULT_RETRIES {
         let table = &b.object.table;
-        let vram = &w.gpu.vram;
+        let vram = &w.gpu().vram;
         match w.machine.gpu_access(
             b.vm,
             va,
@@ -315,8 +315,8 @@ fn hostile_gpu_access(w: &World, b: &Bound, p: usize) -> bool {
         ) {
             GpuAccess::Done(_) => return true,
             GpuAccess::Fault => {
-                let (gpu, vm) = (w.gpu.clone(), b.vm);
-                if w.faults.call(move || gpu.resolve(vm, va, &[])) != Some(true) {
+                let (gpu, vm) = (w.gpu().clone(), b.vm);
+                if w.faults().call(move || gpu.resolve(vm, va, &[])) != Some(true) {
                     return false;
                 }
             }
@@ -372,7 +372,7 @@ fn hostile_ends_mid_migration() {
         w.machine.ptes(b.vm).is_empty(),
         "rule 8: the hostile object's GPU mappings outlived its view"
     );
-    w.gpu.destroy_vms_of(HOSTILE);
+    w.gpu().destroy_vms_of(HOSTILE);
     drop(b);
     only_the_victim_is_left(&w);
     finish(w, |p| start(p) + 2);
@@ -419,7 +419,7 @@ pub fn hostile_detaches_mid_migration() {
         })
     };
     join(vec![hostile_gpu, detacher]);
-    w.gpu.destroy_vms_of(HOSTILE);
+    w.gpu().destroy_vms_of(HOSTILE);
     drop(b);
     only_the_victim_is_left(&w);
     finish(w, |p| start(p));

@@ -58,38 +58,38 @@ fn hostile_bos_race_the_victim() {
         ..Default::default()
     });
     let victim_bo = w
-        .gpu
+        .gpu()
         .create_bo(CLIENT, BO_PAGES * PAGE)
         .expect("the victim's object");
-    w.gpu
-        .map_bo(CLIENT, w.vm_id, victim_bo, BO_VA)
+    w.gpu()
+        .map_bo(CLIENT, w.vm_id(), victim_bo, BO_VA)
         .expect("the victim maps it");
     let (hostile_vm, hostile_asid) = hostile_vm(&w);
     hostile_forges(&w, victim_bo, hostile_vm);
-    let session = w.gpu.session(HOSTILE);
+    let session = w.gpu().session(HOSTILE);
     let mut hs = victim(&w);
-    hs.push(jobs(&w, w.vm, 1, true));
+    hs.push(jobs(&w, w.vm(), 1, true));
     hs.push(jobs(&w, hostile_asid, HOSTILE_BOS, false));
     hs.push(press(&w));
     let exit = {
         let w = w.clone();
         spawn(move || {
             // Its last object goes mid-run: refused while a job uses it.
-            if let Some(&bo) = w.gpu.bos.ids_of(HOSTILE).last() {
-                let r = w.gpu.destroy_bo(HOSTILE, bo);
+            if let Some(&bo) = w.gpu().bos.ids_of(HOSTILE).last() {
+                let r = w.gpu().destroy_bo(HOSTILE, bo);
                 assert!(matches!(r, Ok(()) | Err(GpuError::Busy)), "destroy: {r:?}");
             }
             if thread_rng().gen_bool(0.5) {
-                w.gpu.end_session(HOSTILE);
+                w.gpu().end_session(HOSTILE);
             }
         })
     };
     join(hs);
     exit.join().expect("the hostile exit");
-    w.gpu.end_session(HOSTILE);
+    w.gpu().end_session(HOSTILE);
     nothing_hostile_is_left(&w, &session, hostile_asid);
     victim_bo_is_exact(&w, victim_bo);
-    w.gpu
+    w.gpu()
         .destroy_bo(CLIENT, victim_bo)
         .expect("the victim frees its object");
     finish(w, |p| start(p) + 2);
@@ -97,15 +97,15 @@ fn hostile_bos_race_the_victim() {
 
 /// The hostile client's VM; its id and ASID.
 fn hostile_vm(w: &World) -> (u32, u32) {
-    let vm = w.gpu.create_vm(HOSTILE).expect("a hostile VM");
-    (vm, w.gpu.asid_of(HOSTILE, vm).expect("its ASID"))
+    let vm = w.gpu().create_vm(HOSTILE).expect("a hostile VM");
+    (vm, w.gpu().asid_of(HOSTILE, vm).expect("its ASID"))
 }
 
 /// Creates the hostile objects (up to its budget, and past it), maps
 /// them, and sends what is not its own or does not fit: each a typed
 /// error, nothing of the victim's touched.
 fn hostile_forges(w: &World, victim_bo: u32, vm: u32) {
-    let g = &w.gpu;
+    let g = &w.gpu();
     for i in 0..HOSTILE_BOS {
         let bo = g
             .create_bo(HOSTILE, BO_PAGES * PAGE)
@@ -120,8 +120,11 @@ fn hostile_forges(w: &World, victim_bo: u32, vm: u32) {
     let read = g.read_bo_with(HOSTILE, victim_bo, |_, _| Ok(()));
     assert_eq!(read, Err(GpuError::NoSuchBo));
     let own = g.bos.ids_of(HOSTILE)[0];
-    assert_eq!(g.map_bo(HOSTILE, w.vm_id, own, 0), Err(GpuError::NoSuchVm));
-    assert_eq!(g.map_bo(CLIENT, w.vm_id, own, 0), Err(GpuError::NoSuchBo));
+    assert_eq!(
+        g.map_bo(HOSTILE, w.vm_id(), own, 0),
+        Err(GpuError::NoSuchVm)
+    );
+    assert_eq!(g.map_bo(CLIENT, w.vm_id(), own, 0), Err(GpuError::NoSuchBo));
     assert_eq!(
         g.map_bo(HOSTILE, vm, own, u64::MAX - PAGE + 1),
         Err(GpuError::BadRange)
@@ -141,8 +144,8 @@ fn jobs(w: &Arc<World>, asid: u32, objects: u64, must_run: bool) -> JoinHandle<(
     spawn(move || {
         let len = objects * BO_PAGES * PAGE;
         for _ in 0..JOBS {
-            let sim_jobs = &w.gpu.hw.jobs;
-            let job = w.gpu.submit_with_bos(asid, BO_VA, len, || {
+            let sim_jobs = &w.gpu().hw.jobs;
+            let job = w.gpu().submit_with_bos(asid, BO_VA, len, || {
                 let job = sim_jobs.start();
                 Ok((job, job))
             });
@@ -155,7 +158,7 @@ fn jobs(w: &Arc<World>, asid: u32, objects: u64, must_run: bool) -> JoinHandle<(
             };
             let mut ran = true;
             for va in (BO_VA..BO_VA + len).step_by(PAGE as usize) {
-                let holds = |f| w.gpu.vram.holds(f);
+                let holds = |f| w.gpu().vram.holds(f);
                 ran &= w.machine.bo_access(asid, va, 1, holds).is_some();
             }
             sim_jobs.retire(job);
@@ -183,11 +186,11 @@ fn press(w: &Arc<World>) -> JoinHandle<()> {
 /// The hostile client is gone: no object, quota, page table or VRAM of it.
 fn nothing_hostile_is_left(w: &World, session: &xe_svm::session::GpuSession, asid: u32) {
     assert!(
-        w.gpu.sessions.find(HOSTILE).is_none(),
+        w.gpu().sessions.find(HOSTILE).is_none(),
         "the hostile session outlived its end"
     );
     assert!(
-        w.gpu.bos.ids_of(HOSTILE).is_empty(),
+        w.gpu().bos.ids_of(HOSTILE).is_empty(),
         "a hostile object survived"
     );
     let held: Vec<_> = session
@@ -203,13 +206,13 @@ fn nothing_hostile_is_left(w: &World, session: &xe_svm::session::GpuSession, asi
         w.machine.ptes(asid).is_empty(),
         "the hostile VM's PTEs survived"
     );
-    let (count, _) = w.gpu.bos.count();
+    let (count, _) = w.gpu().bos.count();
     assert_eq!(count, 1, "objects other than the victim's are left");
 }
 
 /// Every page of the victim's object holds one increment per job.
 fn victim_bo_is_exact(w: &World, bo: u32) {
-    let values = w.gpu.read_bo_with(CLIENT, bo, |_, runs| {
+    let values = w.gpu().read_bo_with(CLIENT, bo, |_, runs| {
         let mut v = Vec::new();
         for &(addr, len) in runs {
             for off in (0..len).step_by(PAGE as usize) {

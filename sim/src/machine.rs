@@ -15,7 +15,7 @@
 //! faults into the pager.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use hw::xe::pte::{PageSize, Target};
 use shuttle::rand::{thread_rng, Rng};
@@ -81,6 +81,9 @@ pub struct Machine {
     /// A copy fails one time in this many (0: never): the copy engine's
     /// error, as `xe-model --fail-copy-every` injects.
     pub fail_copy_one_in: u32,
+    /// Which driver the device serves: raised by [`Machine::reset`] when
+    /// the GPU server dies, as xe-model's driver epoch (`hw`).
+    driver_epoch: AtomicU32,
 }
 
 /// What a GPU access found.
@@ -119,7 +122,27 @@ impl Machine {
                 poisoned: Default::default(),
             }),
             fail_copy_one_in,
+            driver_epoch: AtomicU32::new(1),
         }
+    }
+
+    /// The driver the device serves now.
+    pub fn driver_epoch(&self) -> u32 {
+        self.driver_epoch.load(Ordering::Acquire)
+    }
+
+    /// The device reset when its driver died (issue 14): from now on it
+    /// serves epoch `n + 1` only. The lost driver's page tables are gone
+    /// (its GPU accesses fault), its TLB entries dropped, and its copies
+    /// stop at the next page ([`Machine::copy`]); VRAM keeps its data.
+    pub fn reset(&self) -> u32 {
+        let epoch = self.driver_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.invalidate_tlb();
+        epoch
     }
 
     /// The machine clock now (and on).
@@ -155,10 +178,11 @@ impl Machine {
         &self.staging[slot * 512 + i]
     }
 
-    /// The copy engine: page by page, each a scheduling point; fails now
-    /// and then when asked to (before copying anything, like a copy whose
-    /// error status comes back).
-    pub fn copy(&self, copies: &[(u64, u64, u64)]) -> bool {
+    /// The copy engine, for the driver of `epoch`: page by page, each a
+    /// scheduling point; fails now and then when asked to (before copying
+    /// anything, like a copy whose error status comes back). A copy of a
+    /// driver the device was reset from writes nothing more.
+    pub fn copy(&self, epoch: u32, copies: &[(u64, u64, u64)]) -> bool {
         if self.fail_copy_one_in > 0 && thread_rng().gen_range(0..self.fail_copy_one_in) == 0 {
             return false;
         }
@@ -168,6 +192,9 @@ impl Machine {
                     .cell(src + off)
                     .map_or(0, |c| c.load(Ordering::Acquire));
                 shuttle::thread::yield_now();
+                if self.driver_epoch() != epoch {
+                    return false;
+                }
                 self.cell(dst + off)
                     .expect("copies never target the zero page")
                     .store(v, Ordering::Release);

@@ -123,10 +123,16 @@ impl Endpoint {
             answered: false,
         };
         let job: Job = Box::new(move || answer.send(Some(f())));
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(job);
+        {
+            // Checked again under the queue's lock, which `kill` takes
+            // after marking the endpoint dead: a message is either dropped
+            // by `kill` (answering `None`) or never queued.
+            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if self.dead.load(Ordering::Acquire) {
+                return None;
+            }
+            jobs.push(job);
+        }
         self.ready.notify_one();
         let mut v = reply.value.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -142,10 +148,13 @@ impl Endpoint {
         if self.dead.load(Ordering::Acquire) {
             return;
         }
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Box::new(f));
+        {
+            let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if self.dead.load(Ordering::Acquire) {
+                return;
+            }
+            jobs.push(Box::new(f));
+        }
         self.ready.notify_one();
     }
 

@@ -15,8 +15,6 @@
 //! mremap) are applied to the CPU model and to the core's records under
 //! the space's view-change guard, as the host's event reader does.
 
-use std::sync::OnceLock;
-
 use ipc_protocol::interfaces::pager as p;
 use ipc_protocol::interfaces::pager_migrate as m;
 use ipc_protocol::types::{ObjectId, PageMask, ViewId};
@@ -33,6 +31,7 @@ use pager::sync::{lock, AtomicUsize, Ordering};
 use session::Handle;
 use shuttle::sync::{Arc, Mutex, Weak};
 
+use crate::link::Link;
 use crate::machine::{Machine, PAGE, STAGING_SLOTS};
 use crate::net::Endpoint;
 use crate::GpuCore;
@@ -47,6 +46,11 @@ pub const VIEW_BASE: u64 = 0x1000_0000;
 /// run fails (every fault completes, within a bound).
 pub const FAULT_RETRIES: u32 = 50;
 const GPU: u8 = 0;
+
+/// The GPU core, held weakly (it holds the pager, its platform, and a
+/// strong reference back would keep both alive after the run), and the
+/// endpoint its notifier (`GpuNotify`) serves.
+pub type GpuLink = (Weak<GpuCore>, Arc<Endpoint>);
 
 /// An object's pages in RAM.
 pub enum SimMemory {
@@ -125,17 +129,49 @@ pub struct SimRuntime {
     /// The next machine system page for an object.
     next_page: AtomicUsize,
     slots: pager::slots::SlotPool,
-    /// The GPU core, held weakly: it holds the pager (its platform), and
-    /// a strong reference back would keep both alive after the run.
-    pub gpu: Arc<OnceLock<Weak<GpuCore>>>,
-    pub notify: Arc<OnceLock<Arc<Endpoint>>>,
+    /// The GPU core now and its notifier endpoint.
+    pub gpu: Arc<Link<GpuLink>>,
+    /// Held across a GPU server restart (`World::restart_gpu`).
+    pub restart_gate: Mutex<()>,
 }
 
 impl SimRuntime {
+    /// Waits out a GPU server restart in progress: who found the server
+    /// dead blocks here instead of spinning (the host's callers wait with
+    /// a deadline longer than a restart takes).
+    pub fn wait_for_gpu(&self) {
+        drop(lock(&self.restart_gate));
+    }
+
     fn gpu(&self) -> Result<(Arc<GpuCore>, Arc<Endpoint>), RtError> {
-        match (self.gpu.get().and_then(Weak::upgrade), self.notify.get()) {
-            (Some(g), Some(n)) if !n.is_dead() => Ok((g, n.clone())),
+        match self.gpu.get() {
+            Some((g, n)) if !n.is_dead() => Ok((g.upgrade().ok_or(RtError::Gpu)?, n)),
             _ => Err(RtError::Gpu),
+        }
+    }
+
+    /// Calls the GPU server's notifier with `f`. An idempotent call that
+    /// finds the server dead is sent again to its successor, as the host's
+    /// client stub does after `PeerRestarted` (`ipc_protocol::client`).
+    fn call_gpu<T: Send + 'static>(
+        &self,
+        idempotent: bool,
+        f: impl Fn(&GpuCore) -> T + Clone + Send + 'static,
+    ) -> Result<T, RtError> {
+        let mut tries = 0;
+        loop {
+            let reply = self.gpu().ok().and_then(|(gpu, notify)| {
+                let f = f.clone();
+                notify.call(move || f(&gpu))
+            });
+            match reply {
+                Some(v) => return Ok(v),
+                None if idempotent && tries < ipc_protocol::client::RESTART_RETRIES => {
+                    self.wait_for_gpu();
+                    tries += 1;
+                }
+                None => return Err(RtError::Gpu),
+            }
         }
     }
 
@@ -290,6 +326,9 @@ impl Runtime for SimRuntime {
         if why == Pause::FaultRetry && attempt + 1 >= FAULT_RETRIES {
             panic!("a CPU fault made no progress in {FAULT_RETRIES} tries");
         }
+        if why == Pause::FaultRetry && self.gpu().is_err() {
+            self.wait_for_gpu();
+        }
         shuttle::thread::yield_now();
     }
 
@@ -317,12 +356,9 @@ impl Runtime for SimRuntime {
         count: usize,
         seq: u64,
     ) -> Result<(), RtError> {
-        let (gpu, notify) = self.gpu()?;
         let sent = self.machine.tick();
         let (o, f, n) = (object.raw(), first as u64, count as u64);
-        notify
-            .call(move || gpu.invalidate(o, f, n, seq))
-            .ok_or(RtError::Gpu)?
+        self.call_gpu(true, move |gpu| gpu.invalidate(o, f, n, seq))?
             .map_err(|_| RtError::Gpu)?;
         if let SimMemory::Machine { base } = m {
             self.machine
@@ -355,19 +391,16 @@ impl Runtime for SimRuntime {
         count: usize,
         pages: &PageMask,
     ) -> Result<(), RtError> {
-        let (gpu, notify) = self.gpu()?;
         let (o, f, n, mask) = (object.raw(), first as u64, count as u64, *pages);
-        match notify.call(move || gpu.free_pages(o, f, n, &mask)) {
-            Some(Ok(_)) => Ok(()),
+        match self.call_gpu(true, move |gpu| gpu.free_pages(o, f, n, &mask)) {
+            Ok(Ok(_)) => Ok(()),
             _ => Err(RtError::Gpu),
         }
     }
 
     fn view_gone(&self, view: Handle) {
-        if let Ok((gpu, notify)) = self.gpu() {
-            let v = view.raw();
-            let _ = notify.call(move || gpu.view_gone(v));
-        }
+        let v = view.raw();
+        let _ = self.call_gpu(true, move |gpu| gpu.view_gone(v));
     }
 
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
@@ -383,11 +416,9 @@ impl Runtime for SimRuntime {
     }
 
     fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
-        if let Ok((gpu, notify)) = self.gpu() {
-            let (v, t) = (view.raw(), tail.raw());
-            let pages = first_page as u64..(first_page + pages) as u64;
-            let _ = notify.call(move || gpu.view_grown(v, t, pages));
-        }
+        let (v, t) = (view.raw(), tail.raw());
+        let pages = first_page as u64..(first_page + pages) as u64;
+        let _ = self.call_gpu(true, move |gpu| gpu.view_grown(v, t, pages.clone()));
     }
 
     fn view_part(&self, p: &PartNote) {
@@ -417,10 +448,8 @@ pub struct SimPager {
     /// The victim's view id (its binding's, for the GPU server).
     pub view: Handle,
     views: Mutex<Vec<Option<CpuView>>>,
-    /// The GPU core, held weakly: it holds the pager (its platform), and
-    /// a strong reference back would keep both alive after the run.
-    pub gpu: Arc<OnceLock<Weak<GpuCore>>>,
-    pub notify: Arc<OnceLock<Arc<Endpoint>>>,
+    /// The GPU core now and its notifier endpoint.
+    pub gpu: Arc<Link<GpuLink>>,
 }
 
 /// The core's configuration in the simulation: a small arena, and budgets
@@ -445,14 +474,13 @@ pub fn sim_config(policy: Policy, skip_invalidate: bool) -> Config {
 
 impl SimPager {
     pub fn new(machine: Arc<Machine>, cfg: Config) -> Self {
-        let gpu = Arc::new(OnceLock::new());
-        let notify = Arc::new(OnceLock::new());
+        let gpu = Arc::new(Link::default());
         let rt = SimRuntime {
             machine: machine.clone(),
             next_page: AtomicUsize::new(0),
             slots: pager::slots::SlotPool::new(STAGING_SLOTS),
             gpu: gpu.clone(),
-            notify: notify.clone(),
+            restart_gate: Mutex::new(()),
         };
         let core = match Core::new(rt, cfg) {
             Ok(c) => Arc::new(c),
@@ -481,7 +509,6 @@ impl SimPager {
                 base: VIEW_BASE,
             })]),
             gpu,
-            notify,
         }
     }
 
@@ -568,6 +595,17 @@ impl SimPager {
                 .migrate_request(&self.gpu_session(), m::Request::Finalize(f)),
             Ok((m::Reply::Finalize(_), _))
         )
+    }
+
+    /// `PagerMigrate::Resident` from a restarted GPU server.
+    pub fn resident(&self, r: m::Resident) -> Option<m::ResidentRuns> {
+        match self
+            .core
+            .migrate_request(&self.gpu_session(), m::Request::Resident(r))
+        {
+            Ok((m::Reply::Resident(runs), _)) => Some(runs),
+            _ => None,
+        }
     }
 
     /// `PagerReclaim::Evict`: up to `bytes` of VRAM pages back to RAM.

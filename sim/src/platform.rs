@@ -10,16 +10,18 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 
 use hw::xe::pte::{LeafAccess, PageSize, Target};
-use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
+use ipc_protocol::interfaces::pager_migrate::{
+    Collect, Collected, Finalize, Resident, ResidentRuns,
+};
 use ipc_protocol::types::World;
 use mm_server::broker::Broker;
 use mm_server::evictor::{run_pass, PeerError, VramFigures, Worlds};
 use shuttle::sync::{Arc, Mutex, Weak};
 use xe_svm::platform::{FinalizeError, Platform, PortError};
 
+use crate::link::Link;
 use crate::machine::{Machine, SimTables, BO_POOL_BASE, BO_POOL_PAGES, PAGE, ZERO_BASE};
 use crate::net::Endpoint;
 use crate::pager::SimPager;
@@ -34,6 +36,10 @@ pub struct SimPlatform {
     /// mm-server restarts (`World::restart_mm`).
     pub pressure: Mutex<Option<(Arc<Endpoint>, Arc<Mm>)>>,
     pub jobs: SimJobs,
+    /// The device's driver epoch this server runs under
+    /// ([`Machine::reset`]): once the device was reset from it, what it
+    /// asks of the device does nothing.
+    pub epoch: u32,
 }
 
 /// The device's jobs: ids in submission order, and those still running.
@@ -65,13 +71,15 @@ impl Platform for SimPlatform {
     type Tables = SimTables;
 
     fn copy(&self, copies: &[(u64, u64, u64)]) -> Result<bool, PortError> {
-        Ok(self.machine.copy(copies))
+        self.live()?;
+        Ok(self.machine.copy(self.epoch, copies))
     }
     fn invalidate_tlb(&self, _asid: u32, _va: u64, _len: u64) -> Result<(), PortError> {
         self.machine.invalidate_tlb();
         Ok(())
     }
     fn new_tables(&self, asid: u32) -> Result<SimTables, PortError> {
+        self.live()?;
         Ok(self.machine.new_tables(asid))
     }
     fn map(
@@ -90,6 +98,10 @@ impl Platform for SimPlatform {
         self.machine.unmap(t, va, len)
     }
     fn drop_tables(&self, asid: u32, _t: SimTables) {
+        // A reset dropped them, and the asid may be the next driver's now.
+        if self.live().is_err() {
+            return;
+        }
         self.machine.drop_tables(asid);
         self.machine.invalidate_tlb();
     }
@@ -98,6 +110,7 @@ impl Platform for SimPlatform {
         ZERO_BASE
     }
     fn collect(&self, c: Collect) -> Result<Collected, PortError> {
+        self.live()?;
         let p = self.pager.clone();
         self.migrate
             .call(move || p.collect(c))
@@ -105,6 +118,11 @@ impl Platform for SimPlatform {
             .ok_or(PortError)
     }
     fn finalize(&self, f: Finalize) -> Result<(), FinalizeError> {
+        if self.live().is_err() {
+            // Never sent: nobody will finalize that collect (the next
+            // generation's `Resident` undoes it).
+            return Err(FinalizeError::Unanswered);
+        }
         let p = self.pager.clone();
         match self.migrate.call(move || p.finalize(f)) {
             Some(true) => Ok(()),
@@ -135,11 +153,22 @@ impl Platform for SimPlatform {
         (BO_POOL_BASE, BO_POOL_PAGES * PAGE)
     }
     fn clear_bo_home(&self, addr: u64, len: u64) {
+        if self.live().is_err() {
+            return;
+        }
         for off in (0..len).step_by(PAGE as usize) {
             if let Some(c) = self.machine.cell(addr + off) {
                 c.store(0, std::sync::atomic::Ordering::Release);
             }
         }
+    }
+    fn resident(&self, r: Resident) -> Result<ResidentRuns, PortError> {
+        self.live()?;
+        let p = self.pager.clone();
+        self.migrate
+            .call(move || p.resident(r))
+            .flatten()
+            .ok_or(PortError)
     }
     fn job_retired(&self, job: u32) -> bool {
         job == 0 || !self.jobs.lock().contains(&job)
@@ -147,6 +176,17 @@ impl Platform for SimPlatform {
 }
 
 impl SimPlatform {
+    /// `Err` once the device was reset from this server's epoch: its
+    /// process is dead, the device ignores what it still sends, and its
+    /// calls to the pager are never sent.
+    fn live(&self) -> Result<(), PortError> {
+        if self.machine.driver_epoch() == self.epoch {
+            Ok(())
+        } else {
+            Err(PortError)
+        }
+    }
+
     /// The mm-server the GPU core calls now.
     pub fn mm(&self) -> Option<(Arc<Endpoint>, Arc<Mm>)> {
         self.pressure
@@ -172,7 +212,7 @@ impl Mm {
     /// then what fits is granted.
     pub fn reserve(&self, bytes: u64) -> u64 {
         run_pass(&self.broker, &self.worlds);
-        let Some(gpu) = self.worlds.gpu.get().and_then(Weak::upgrade) else {
+        let Some(gpu) = self.worlds.gpu.get().and_then(|g| g.upgrade()) else {
             return 0; // the run is over
         };
         let free = (gpu.vram.total_pages() - gpu.vram.used_pages()) * PAGE;
@@ -191,7 +231,7 @@ pub struct SimWorlds {
     pub reclaim: Arc<Endpoint>,
     /// Held weakly: the GPU core holds mm-server (its platform's pressure
     /// endpoint), and a strong reference back would be a cycle.
-    pub gpu: OnceLock<Weak<GpuCore>>,
+    pub gpu: Link<Weak<GpuCore>>,
 }
 
 impl Worlds for SimWorlds {
@@ -199,7 +239,7 @@ impl Worlds for SimWorlds {
         let gpu = self
             .gpu
             .get()
-            .and_then(Weak::upgrade)
+            .and_then(|g| g.upgrade())
             .ok_or_else(|| PeerError("GPU core not wired".into()))?;
         gpu.shrink_bos(bytes)
             .map(|(freed, _)| freed)
@@ -215,7 +255,7 @@ impl Worlds for SimWorlds {
         let gpu = self
             .gpu
             .get()
-            .and_then(Weak::upgrade)
+            .and_then(|g| g.upgrade())
             .ok_or_else(|| PeerError("no GPU server".into()))?;
         let (bo, svm) = gpu.vram_by_world();
         Ok(VramFigures {

@@ -76,8 +76,8 @@ fn read_only_refuses_gpu_writes() {
     });
     let base = w.gpu_base.load(Ordering::Acquire);
     let half = HALF as u64 * PAGE;
-    w.gpu
-        .protect(CLIENT, w.vm_id, base, half, PROT_READ)
+    w.gpu()
+        .protect(CLIENT, w.vm_id(), base, half, PROT_READ)
         .expect("the first half read-only");
     let second_read_only = Arc::new(AtomicBool::new(false));
     let landed: Arc<Vec<AtomicU64>> = Arc::new((0..PAGES).map(|_| AtomicU64::new(0)).collect());
@@ -118,8 +118,8 @@ fn read_only_refuses_gpu_writes() {
                 shuttle::thread::yield_now();
             }
             let at = base + half;
-            w.gpu
-                .protect(CLIENT, w.vm_id, at, half, PROT_READ)
+            w.gpu()
+                .protect(CLIENT, w.vm_id(), at, half, PROT_READ)
                 .expect("the second half read-only");
             ro.store(true, Ordering::Release);
         })
@@ -135,15 +135,18 @@ fn gpu_write(w: &World, p: usize) -> bool {
     for _ in 0..GPU_FAULT_RETRIES {
         let va = w.gpu_base.load(Ordering::Acquire) + p as u64 * PAGE;
         let table = w.pager.table();
-        let vram = &w.gpu.vram;
+        let vram = &w.gpu().vram;
         match w
             .machine
-            .gpu_access(w.vm, va, p, 1, || where_is(table, p), |f| vram.holds(f))
+            .gpu_access(w.vm(), va, p, 1, || where_is(table, p), |f| vram.holds(f))
         {
             GpuAccess::Done(_) => return true,
             GpuAccess::Fault => {
-                let (gpu, vm) = (w.gpu.clone(), w.vm);
-                if w.faults.call(move || gpu.resolve_access(vm, va, true, &[])) == Some(false) {
+                let (gpu, vm) = (w.gpu().clone(), w.vm());
+                if w.faults()
+                    .call(move || gpu.resolve_access(vm, va, true, &[]))
+                    == Some(false)
+                {
                     return false;
                 }
             }

@@ -48,10 +48,11 @@ pub fn all() -> Vec<Scenario> {
     .chain(crate::advice::all())
     .chain(crate::split::all())
     .chain(crate::thrash::all())
+    .chain(crate::restart::all())
     .collect()
 }
 
-fn world(cfg: WorldConfig) -> Arc<World> {
+pub(crate) fn world(cfg: WorldConfig) -> Arc<World> {
     let w = World::new(&cfg);
     for p in 0..cfg.pages {
         w.seed(p, start(p));
@@ -60,14 +61,14 @@ fn world(cfg: WorldConfig) -> Arc<World> {
 }
 
 /// The GPU adds 1 to every page (a kernel over the binding).
-fn gpu_pass(w: &World) {
+pub(crate) fn gpu_pass(w: &World) {
     for p in 0..w.machine.pages {
         assert!(w.gpu_access(p, 1), "the GPU could not reach page {p}");
     }
 }
 
 /// A GPU actor making `n` passes.
-fn gpu_passes(w: &Arc<World>, n: usize) -> shuttle::thread::JoinHandle<()> {
+pub(crate) fn gpu_passes(w: &Arc<World>, n: usize) -> shuttle::thread::JoinHandle<()> {
     let w = w.clone();
     spawn(move || {
         for _ in 0..n {
@@ -76,18 +77,18 @@ fn gpu_passes(w: &Arc<World>, n: usize) -> shuttle::thread::JoinHandle<()> {
     })
 }
 
-fn view(n: u64) -> Arc<AtomicU64> {
+pub(crate) fn view(n: u64) -> Arc<AtomicU64> {
     Arc::new(AtomicU64::new(n))
 }
 
-fn finish(w: Arc<World>, expect: impl Fn(usize) -> u64) {
+pub(crate) fn finish(w: Arc<World>, expect: impl Fn(usize) -> u64) {
     match Arc::try_unwrap(w) {
         Ok(w) => w.finish(expect),
         Err(_) => panic!("an actor still holds the world"),
     }
 }
 
-fn join(hs: Vec<shuttle::thread::JoinHandle<()>>) {
+pub(crate) fn join(hs: Vec<shuttle::thread::JoinHandle<()>>) {
     for h in hs {
         h.join().expect("an actor failed");
     }
@@ -370,7 +371,7 @@ fn mm_server_event(event: fn(&World)) -> Arc<World> {
 /// broker. Every page ends with exact data and every fault completes.
 fn mm_server_restarts() {
     let w = mm_server_event(World::restart_mm);
-    let (ep, _) = w.gpu.hw.mm().expect("a broker");
+    let (ep, _) = w.gpu().hw.mm().expect("a broker");
     assert!(!ep.is_dead(), "the GPU core calls the new mm-server");
     join(vec![gpu_passes(&w, 1)]);
     finish(w, |p| start(p) + 3);

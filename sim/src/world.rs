@@ -12,6 +12,7 @@ use shuttle::sync::{Arc, Mutex};
 use xe_svm::budget::GpuBudget;
 use xe_svm::server::Inner;
 
+use crate::link::Link;
 use crate::machine::{GpuAccess, Machine, PAGE, STAGING_BASE, STAGING_SLOTS, SYS_BASE};
 use crate::net::Endpoint;
 use crate::pager::{where_is, SimPager};
@@ -65,11 +66,27 @@ impl Default for WorldConfig {
     }
 }
 
-/// mm-servers started after a kill, kept to be stopped at the end.
+/// Servers started after a kill, kept to be stopped at the end, and the
+/// GPU cores they replaced (their server threads may still be finishing
+/// a call).
 #[derive(Default)]
-struct Restarted {
-    endpoints: Vec<Arc<Endpoint>>,
-    threads: Vec<shuttle::thread::JoinHandle<()>>,
+pub(crate) struct Restarted {
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) threads: Vec<shuttle::thread::JoinHandle<()>>,
+    pub(crate) cores: Vec<Arc<GpuCore>>,
+}
+
+/// The GPU server now, as the actors reach it: its core, the endpoint its
+/// fault worker serves, the client's VM on it. A restart replaces all of
+/// it (`restart.rs`).
+#[derive(Clone)]
+pub struct GpuSide {
+    pub core: Arc<GpuCore>,
+    pub faults: Arc<Endpoint>,
+    /// The client VM's ASID (the device's and the fault path's name for it).
+    pub vm: u32,
+    /// The client's id of that VM (what it names in its requests).
+    pub vm_id: u32,
 }
 
 /// A fresh mm-server: a broker at the machine's VRAM size, pressing on the
@@ -86,21 +103,43 @@ fn new_mm(machine: &Machine, pager: &Arc<SimPager>, reclaim: &Arc<Endpoint>) -> 
     })
 }
 
+/// The client's VM on `gpu` with the victim's view bound at `at`: a new
+/// client, or one whose VM went with a restarted server (`NoSuchVm`) and
+/// makes it again. The GPU server knows the object by the id its pager
+/// session gave (the same across its restarts). Returns (ASID, VM id).
+pub(crate) fn bind_client_view(
+    gpu: &GpuCore,
+    pager: &SimPager,
+    at: u64,
+    read_only: bool,
+) -> (u32, u32) {
+    let vm_id = gpu.create_vm(CLIENT).expect("a VM");
+    // The device and the fault path name the VM by its ASID.
+    let vm = gpu.asid_of(CLIENT, vm_id).expect("its ASID");
+    let object = pager.open_for_gpu();
+    let pages = pager.table().len() as u64;
+    gpu.add_object(object, 0, SYS_BASE, None, pages);
+    let view = pager.view.raw();
+    gpu.bind(CLIENT, vm_id, view, object, 0, pages, at, read_only)
+        .expect("binding the view");
+    (vm, vm_id)
+}
+
 pub struct World {
     pub machine: Arc<Machine>,
     pub pager: Arc<SimPager>,
-    pub gpu: Arc<GpuCore>,
     pub mm: Option<Arc<Mm>>,
     pub endpoints: Vec<Arc<Endpoint>>,
-    pub faults: Arc<Endpoint>,
     pub mm_endpoint: Option<Arc<Endpoint>>,
     servers: Vec<shuttle::thread::JoinHandle<()>>,
-    /// mm-servers started after a kill (`restart_mm`), and their threads.
-    restarted: std::sync::Mutex<Restarted>,
-    /// The client VM's ASID (the device's and the fault path's name for it).
-    pub vm: u32,
-    /// The client's id of that VM (what it names in its requests).
-    pub vm_id: u32,
+    /// The GPU server now (replaced by `restart_gpu`).
+    pub(crate) side: Link<GpuSide>,
+    /// The threads serving its endpoints (joined when it dies).
+    pub(crate) gpu_threads: std::sync::Mutex<Vec<shuttle::thread::JoinHandle<()>>>,
+    /// The GPU server's budget, for the next generation.
+    pub(crate) gpu_budget: GpuBudget,
+    /// Servers started after a kill, and their threads.
+    pub(crate) restarted: std::sync::Mutex<Restarted>,
     /// The bound view's GPU address now (it moves with the view).
     pub gpu_base: Arc<StdAtomicU64>,
     /// VRAM blocks held to leave little room (the pressure scenarios).
@@ -124,9 +163,11 @@ impl World {
             ep
         };
         let migrate = start("pager-migrate", 2);
-        let notify = start("gpu-notify", 2);
         let reclaim = start("pager-reclaim", 1);
-        let faults = start("gpu-faults", 1);
+        // The GPU server's own endpoints: its threads die with it.
+        let (notify, mut gpu_threads) = Endpoint::start("gpu-notify", 2);
+        let (faults, fault_threads) = Endpoint::start("gpu-faults", 1);
+        gpu_threads.extend(fault_threads);
         let (mm, mm_endpoint) = match cfg.broker {
             Some(_) => {
                 let ep = start("mm-server", 1);
@@ -140,6 +181,7 @@ impl World {
             migrate: migrate.clone(),
             pressure: Mutex::new(mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m))),
             jobs: Default::default(),
+            epoch: machine.driver_epoch(),
         };
         let pages = machine.vram.len() as u64;
         let budget = cfg.gpu_budget.clone();
@@ -147,30 +189,12 @@ impl World {
             .arena()
             .expect("the GPU core's metadata arena");
         let gpu: Arc<GpuCore> = Arc::new(Inner::with_arena(hw, 0, pages, budget, arena));
-        let _ = pager.gpu.set(Arc::downgrade(&gpu));
-        let _ = pager.notify.set(notify.clone());
+        pager.gpu.set((Arc::downgrade(&gpu), notify.clone()));
         if let Some(mm) = &mm {
-            let _ = mm.worlds.gpu.set(Arc::downgrade(&gpu));
+            mm.worlds.gpu.set(Arc::downgrade(&gpu));
         }
         gpu.attach_staging(STAGING_BASE, STAGING_SLOTS as u64 * 512 * PAGE);
-        let vm_id = gpu.create_vm(CLIENT).expect("a VM");
-        // The device and the fault path name the VM by its ASID.
-        let vm = gpu.asid_of(CLIENT, vm_id).expect("its ASID");
-        // The GPU server knows the object by the id its pager session gave.
-        let object = pager.open_for_gpu();
-        gpu.add_object(object, 0, SYS_BASE, None, cfg.pages as u64);
-        let view = pager.view.raw();
-        gpu.bind(
-            CLIENT,
-            vm_id,
-            view,
-            object,
-            0,
-            cfg.pages as u64,
-            GPU_BASE,
-            cfg.read_only_binding,
-        )
-        .expect("binding the view");
+        let (vm, vm_id) = bind_client_view(&gpu, &pager, GPU_BASE, cfg.read_only_binding);
         let mut filler = Vec::new();
         if let Some(free) = cfg.broker.or(cfg.free_vram) {
             // Leave `free` pages of VRAM: the rest is held, as by other users.
@@ -182,21 +206,52 @@ impl World {
             }
         }
         let endpoints = vec![migrate, notify, reclaim];
+        let side = Link::default();
+        side.set(GpuSide {
+            core: gpu,
+            faults,
+            vm,
+            vm_id,
+        });
         Self {
             machine,
             pager,
-            gpu,
             mm,
             endpoints,
-            faults,
             mm_endpoint,
             servers,
+            side,
+            gpu_threads: std::sync::Mutex::new(gpu_threads),
+            gpu_budget: cfg.gpu_budget.clone(),
             restarted: Default::default(),
-            vm,
-            vm_id,
             gpu_base: Arc::new(StdAtomicU64::new(GPU_BASE)),
             filler: std::sync::Mutex::new(filler),
         }
+    }
+
+    /// The GPU server now.
+    pub fn side(&self) -> GpuSide {
+        self.side.get().expect("a GPU server")
+    }
+
+    /// The GPU server's core now.
+    pub fn gpu(&self) -> Arc<GpuCore> {
+        self.side().core
+    }
+
+    /// The client VM's ASID on the GPU server now.
+    pub fn vm(&self) -> u32 {
+        self.side().vm
+    }
+
+    /// The client's id of its VM on the GPU server now.
+    pub fn vm_id(&self) -> u32 {
+        self.side().vm_id
+    }
+
+    /// The endpoint the GPU server's fault worker serves now.
+    pub fn faults(&self) -> Arc<Endpoint> {
+        self.side().faults
     }
 
     /// Page `p` starts as `value`, in RAM.
@@ -256,9 +311,10 @@ impl World {
         for _ in 0..GPU_FAULT_RETRIES {
             let va = self.gpu_base.load(StdOrdering::Acquire) + p as u64 * PAGE;
             let table = self.pager.table();
-            let vram = &self.gpu.vram;
+            let side = self.side();
+            let vram = &side.core.vram;
             match self.machine.gpu_access(
-                self.vm,
+                side.vm,
                 va,
                 p,
                 add,
@@ -267,18 +323,20 @@ impl World {
             ) {
                 GpuAccess::Done(_) => return true,
                 GpuAccess::Fault => {
-                    let (gpu, vm) = (self.gpu.clone(), self.vm);
+                    let (gpu, vm) = (side.core.clone(), side.vm);
                     // The GuC reports the fault; the reply may come late.
-                    match self.faults.call(move || gpu.resolve(vm, va, &[])) {
-                        Some(true) => {}
-                        // Not bound there: unless the view moved meanwhile,
-                        // the access fails.
-                        Some(false)
-                            if self.gpu_base.load(StdOrdering::Acquire) + p as u64 * PAGE == va =>
-                        {
-                            return false
-                        }
-                        _ => {}
+                    let reply = side.faults.call(move || gpu.resolve(vm, va, &[]));
+                    // The server died (the device reset its job): the
+                    // client submits again to its successor.
+                    if reply.is_none() || side.core.hw.epoch != self.machine.driver_epoch() {
+                        self.pager.core.rt.wait_for_gpu();
+                        continue;
+                    }
+                    // Not bound there: unless the view moved meanwhile,
+                    // the access fails.
+                    let moved = self.gpu_base.load(StdOrdering::Acquire) + p as u64 * PAGE != va;
+                    if reply == Some(false) && !moved {
+                        return false;
                     }
                 }
             }
@@ -289,7 +347,7 @@ impl World {
     /// The VRAM the filler held comes free (other users went away).
     pub fn release_filler(&self) {
         for pfn in std::mem::take(&mut *self.filler.lock().unwrap_or_else(|e| e.into_inner())) {
-            let _ = self.gpu.vram.free_unused(pfn);
+            let _ = self.gpu().vram.free_unused(pfn);
         }
     }
 
@@ -312,14 +370,15 @@ impl World {
     /// from its next reservation on. Reservations the old one granted are
     /// the GPU core's to keep; the new broker learns usage from reports.
     pub fn restart_mm(&self) {
-        let Some((old, mm)) = self.gpu.hw.mm() else {
+        let gpu = self.gpu();
+        let Some((old, mm)) = gpu.hw.mm() else {
             return;
         };
         old.kill();
         let (ep, threads) = Endpoint::start("mm-server", 1);
         let fresh = new_mm(&self.machine, &self.pager, &mm.worlds.reclaim);
-        let _ = fresh.worlds.gpu.set(Arc::downgrade(&self.gpu));
-        self.gpu.hw.set_mm(ep.clone(), fresh);
+        fresh.worlds.gpu.set(Arc::downgrade(&gpu));
+        gpu.hw.set_mm(ep.clone(), fresh);
         let mut r = self.restarted.lock().unwrap_or_else(|e| e.into_inner());
         r.endpoints.push(ep);
         r.threads.extend(threads);
@@ -341,12 +400,20 @@ impl World {
             ep.stop();
         }
         self.servers.extend(restarted.threads);
-        for ep in self.endpoints.iter().chain([&self.faults]) {
+        let side = self.side();
+        for ep in self.endpoints.iter().chain([&side.faults]) {
             ep.stop();
         }
         for h in std::mem::take(&mut self.servers) {
             h.join().expect("a server thread panicked");
         }
+        let gpu_threads =
+            std::mem::take(&mut *self.gpu_threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in gpu_threads {
+            h.join().expect("a GPU server thread panicked");
+        }
+        drop(restarted.cores);
+        let gpu = side.core;
         let table = self.pager.table();
         let mut frames = Vec::new();
         for p in 0..self.machine.pages {
@@ -360,17 +427,17 @@ impl World {
             );
             if let Residency::Device { pfn, .. } = i.residency {
                 assert!(
-                    self.gpu.vram.holds(pfn),
+                    gpu.vram.holds(pfn),
                     "rule 6: page {p} lives in frame {pfn}, whose block was freed"
                 );
                 frames.push(pfn);
             }
         }
         let filler = self.filler.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
-        let bo_pages = self.gpu.bos.vram_pages.load(StdOrdering::Acquire);
-        self.vram_holds_exactly(&frames, filler + bo_pages);
+        let bo_pages = gpu.bos.vram_pages.load(StdOrdering::Acquire);
+        self.vram_holds_exactly(&gpu, &frames, filler + bo_pages);
         let base = self.gpu_base.load(StdOrdering::Acquire);
-        for (va, pte) in self.machine.ptes(self.vm) {
+        for (va, pte) in self.machine.ptes(side.vm) {
             assert!(
                 va >= base && va < base + self.machine.pages as u64 * PAGE,
                 "a GPU mapping at {va:#x} outlived the move of its view"
@@ -397,9 +464,9 @@ impl World {
     /// pages does, so one some of whose pages left is no leak; one never
     /// filled is), and the blocks no page holds are the filler's and the
     /// buffer objects' (`unowned` pages).
-    fn vram_holds_exactly(&self, frames: &[u64], unowned: u64) {
+    fn vram_holds_exactly(&self, gpu: &GpuCore, frames: &[u64], unowned: u64) {
         let mut idle = 0;
-        for b in self.gpu.vram.blocks() {
+        for b in gpu.vram.blocks() {
             let (base, size, refs) = (b.first_pfn, b.pages, b.resident);
             let inside = frames
                 .iter()

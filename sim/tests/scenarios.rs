@@ -38,6 +38,16 @@ fn scenario_with(name: &str, n: usize) {
 }
 
 #[test]
+fn gpu_server_restarts() {
+    scenario("gpu_server_restarts");
+}
+
+#[test]
+fn gpu_server_restarts_twice() {
+    scenario("gpu_server_restarts_twice");
+}
+
+#[test]
 fn herd_one_page() {
     scenario("herd_one_page");
 }
@@ -194,6 +204,8 @@ fn every_scenario_has_a_test() {
         "read_only_binding_refuses_gpu_writes",
         "unmap_middle_racing_migration",
         "thrash_hold_keeps_data",
+        "gpu_server_restarts",
+        "gpu_server_restarts_twice",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);

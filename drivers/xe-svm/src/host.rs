@@ -16,7 +16,9 @@ use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
 use ipc_protocol::interfaces::gpu_shrink as sh;
-use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize, PagerMigrate};
+use ipc_protocol::interfaces::pager_migrate::{
+    Collect, Collected, Finalize, PagerMigrate, Resident, ResidentRuns,
+};
 use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve};
 use ipc_protocol::server::Handler;
 use ipc_protocol::transport::TransportError;
@@ -165,6 +167,12 @@ impl Platform for HostPlatform {
                 CallError::Transport(TransportError::TimedOut) => FinalizeError::Unanswered,
                 _ => FinalizeError::Refused,
             }
+        })
+    }
+    fn resident(&self, r: Resident) -> Result<ResidentRuns, PortError> {
+        self.migrate.call(r).map_err(|e| {
+            log::warn!("xe-svm: resident: {e}");
+            PortError
         })
     }
     fn has_broker(&self) -> bool {

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use hw::xe::pte::{LeafAccess, PageSize, Target};
-use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
+use ipc_protocol::interfaces::pager_migrate::{
+    Collect, Collected, Finalize, Resident, ResidentRuns,
+};
 use ipc_protocol::types::World;
 
 /// A call to the pager that got no answer or an error.
@@ -71,6 +73,9 @@ pub trait Platform: Send + Sync + 'static {
     fn collect(&self, c: Collect) -> Result<Collected, PortError>;
     /// `PagerMigrate::Finalize`.
     fn finalize(&self, f: Finalize) -> Result<(), FinalizeError>;
+    /// `PagerMigrate::Resident`: one page of the runs the pager records in
+    /// our VRAM (a restarted server's take-over, `restart.rs`).
+    fn resident(&self, r: Resident) -> Result<ResidentRuns, PortError>;
     /// Whether the last `collect` found the pager gone or unresponsive
     /// (no answer within the call's deadline), not merely failing: a fault
     /// that needs it cannot be served until a pager answers again, so it

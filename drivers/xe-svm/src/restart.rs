@@ -25,8 +25,8 @@ use crate::server::{Inner, GPU};
 /// Why a restarted server could not take over its predecessor's pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TakeOverError {
-    /// The pager did not answer `Resident`.
-    Pager(String),
+    /// The pager did not answer `Resident` (the runtime logged why).
+    Pager,
     /// The pager's cursor did not move forward (a pager bug; stopping
     /// rather than asking forever).
     NoProgress,
@@ -37,7 +37,7 @@ pub enum TakeOverError {
 impl std::fmt::Display for TakeOverError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Pager(e) => write!(f, "asking the pager where the pages are: {e}"),
+            Self::Pager => f.write_str("the pager did not say where the pages are"),
             Self::NoProgress => f.write_str("the pager's Resident cursor did not advance"),
             Self::TooManyPages => f.write_str("the pager named more pages than VRAM holds"),
         }
@@ -46,11 +46,21 @@ impl std::fmt::Display for TakeOverError {
 
 impl GpuServer {
     /// Generation `generation`'s first step when it is past 1: every run
-    /// of pages the pager records in our VRAM, adopted.
+    /// of pages the pager records in our VRAM, adopted
+    /// ([`Inner::take_over`]).
     pub fn take_over(&self, generation: u32) -> Result<Adopted, TakeOverError> {
-        self.inner.set_generation(generation);
+        self.inner.take_over(generation)
+    }
+}
+
+impl<P: Platform> Inner<P> {
+    /// Generation `generation`'s first step when it is past 1, on any
+    /// platform (the host runtime, the simulation): the pager's runs of
+    /// our VRAM, adopted before anything allocates.
+    pub fn take_over(&self, generation: u32) -> Result<Adopted, TakeOverError> {
+        self.set_generation(generation);
         let runs = self.resident_runs()?;
-        let adopted = self.inner.adopt(&runs);
+        let adopted = self.adopt(&runs);
         log::info!(
             "xe-svm: generation {generation} adopted {} page(s) of {} object(s) in VRAM \
              ({} refused)",
@@ -58,27 +68,25 @@ impl GpuServer {
             adopted.objects,
             adopted.refused
         );
-        self.inner.report_usage();
+        self.report_usage();
         Ok(adopted)
     }
 
     /// Asks `Resident` from the start until the pager has no more.
     fn resident_runs(&self) -> Result<Vec<ResidentRun>, TakeOverError> {
         let gpu = GpuId::new(GPU).ok_or(TakeOverError::NoProgress)?;
-        let most = self.inner.vram.total_pages();
+        let most = self.vram.total_pages();
         let (mut runs, mut pages, mut from) = (Vec::new(), 0u64, (0u32, 0u64));
         loop {
             let r = self
-                .inner
                 .hw
-                .migrate
-                .call(Resident {
+                .resident(Resident {
                     gpu,
-                    generation: self.inner.generation.load(Ordering::Acquire),
+                    generation: self.generation.load(Ordering::Acquire),
                     from_object: from.0,
                     from_page: from.1,
                 })
-                .map_err(|e| TakeOverError::Pager(e.to_string()))?;
+                .map_err(|_| TakeOverError::Pager)?;
             for run in r.runs.as_slice() {
                 pages = pages.saturating_add(u64::from(run.pages));
             }
@@ -97,12 +105,14 @@ impl GpuServer {
             from = next;
         }
     }
-}
-
-impl<P: Platform> Inner<P> {
     /// Records which generation of the server this is (job ids carry it).
     pub fn set_generation(&self, generation: u32) {
         self.generation.store(generation.max(1), Ordering::Release);
+    }
+
+    /// Which generation of the server this is (1 at boot).
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The id a client knows the job with table handle `raw` by.

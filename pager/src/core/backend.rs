@@ -255,9 +255,23 @@ impl<R: Runtime> CoreBackend<'_, R> {
     /// copies and keeps; see `xe-svm`'s `migrate_to_ram`). If it does not
     /// answer, its frames stay allocated (counted, never read: the pages
     /// say System) until the object ends; nothing is lost.
+    ///
+    /// **The pages say System before the free is sent** (still locked).
+    /// A restarted GPU server adopts the frames `Resident` lists, which
+    /// are the Device pages (`resident.rs`). Listed before this point, a
+    /// page's frame belongs to a generation that is alive when the free
+    /// is sent, or to none (the stub sends an idempotent call again after
+    /// a restart, and a later generation lists the page as System).
+    /// Marked after the free instead, a predecessor that answered just
+    /// before it died would leave its successor a frame nobody frees.
     fn release_vram(&self, object: Handle, chunk: Chunk, installed: &PageMask) {
         if installed.is_empty() {
             return;
+        }
+        for (i, p) in chunk.pages() {
+            if installed.get(i) {
+                let _ = self.object.table.settle(p, Residency::System);
+            }
         }
         if let Err(e) = self
             .core

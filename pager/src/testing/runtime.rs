@@ -93,7 +93,14 @@ pub struct ModelRuntime {
     /// `poison` fails (a kernel without `UFFDIO_POISON`).
     pub no_poison: AtomicBool,
     pub invalidations: AtomicU64,
+    /// Runs as the GPU server is asked to free pages, before it does: a
+    /// test puts another party's call there (a restarted server's
+    /// `Resident`, racing the free).
+    pub on_free: OnFree,
 }
+
+/// [`ModelRuntime::on_free`].
+pub type OnFree = Mutex<Option<Box<dyn Fn() + Send + Sync>>>;
 
 impl Default for ModelRuntime {
     fn default() -> Self {
@@ -112,6 +119,7 @@ impl Default for ModelRuntime {
             grown: Mutex::new(Vec::new()),
             no_poison: AtomicBool::new(false),
             invalidations: AtomicU64::new(0),
+            on_free: Mutex::new(None),
         }
     }
 }
@@ -305,6 +313,9 @@ impl Runtime for ModelRuntime {
         _n: usize,
         pages: &PageMask,
     ) -> Result<(), RtError> {
+        if let Some(hook) = lock(&self.on_free).as_ref() {
+            hook();
+        }
         let mut vram = lock(&self.vram);
         for i in pages.iter() {
             vram.remove(&(o.raw(), first + i));

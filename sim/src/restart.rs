@@ -1,0 +1,192 @@
+//! Issue 14's "server restarts" fault for the GPU server: it is killed at
+//! a point the schedule picks, and its next generation takes over from
+//! the pager's page states, while GPU and CPU faults go on.
+//!
+//! What dies with it, as with the process: its endpoints (queued calls
+//! answer nothing, `net.rs`), and what the device did for it: the device
+//! resets to a new driver epoch ([`Machine::reset`]), which drops its
+//! page tables and stops its copies, so nothing it still asks of the
+//! device lands. What survives: VRAM's data and the pager's session with
+//! the GPU server (the objects keep their ids). What still reaches the
+//! pager from it is what sat in its socket: a collect or finalize of the
+//! old generation, which the pager fences (`pager::core::resident`).
+//!
+//! The new generation's core runs its real take-over
+//! (`Inner::take_over`: `Resident`, then adoption) before it is wired to
+//! anyone; then the client, whose VM went with the old server, makes
+//! another and binds its view again.
+//!
+//! [`Machine::reset`]: crate::machine::Machine::reset
+
+use shuttle::sync::Arc;
+use shuttle::thread::spawn;
+use xe_svm::server::Inner;
+
+use crate::machine::{PAGE, STAGING_BASE, STAGING_SLOTS};
+use crate::net::{delay, Endpoint};
+use crate::platform::SimPlatform;
+use crate::scenarios::{finish, gpu_pass, gpu_passes, join, start, view, world, Scenario};
+use crate::world::{bind_client_view, GpuSide, World, WorldConfig};
+use crate::GpuCore;
+
+impl World {
+    /// Kills the GPU server and starts its next generation; returns that
+    /// generation. Callers that find the old one dead meanwhile wait for
+    /// this to end (`SimRuntime::wait_for_gpu`).
+    pub fn restart_gpu(&self) -> u32 {
+        let rt = &self.pager.core.rt;
+        let _restarting = pager::sync::lock(&rt.restart_gate);
+        let old = self.side();
+        let generation = old.core.generation() + 1;
+        let (old_notify, mm) = {
+            let (_, notify) = rt.gpu.get().expect("a GPU server");
+            (notify, old.core.hw.mm())
+        };
+        old.faults.kill();
+        old_notify.kill();
+        // It dies wherever it was: from here on, what it asks of the
+        // device or the pager fails (`SimPlatform::live`), as a dead
+        // process sends nothing more. A collect it sent already may still
+        // be served, after the new generation's `Resident` or before, and
+        // a reply it sent may still arrive. Its threads run on only to
+        // find that out (joined at the end).
+        let epoch = self.machine.reset();
+        let dying =
+            std::mem::take(&mut *self.gpu_threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let (notify, mut threads) = Endpoint::start("gpu-notify", 2);
+        let (faults, fault_threads) = Endpoint::start("gpu-faults", 1);
+        threads.extend(fault_threads);
+        let core = self.next_core(epoch, mm);
+        let adopted = core.take_over(generation).expect("the take-over");
+        assert_eq!(
+            adopted.refused, 0,
+            "generation {generation} refused pages: {adopted:?}"
+        );
+        core.attach_staging(STAGING_BASE, STAGING_SLOTS as u64 * 512 * PAGE);
+        rt.gpu.set((Arc::downgrade(&core), notify.clone()));
+        if let Some(mm) = &self.mm {
+            mm.worlds.gpu.set(Arc::downgrade(&core));
+        }
+        let at = self.gpu_base.load(std::sync::atomic::Ordering::Acquire);
+        let (vm, vm_id) = bind_client_view(&core, &self.pager, at, false);
+        self.side.set(GpuSide {
+            core,
+            faults: faults.clone(),
+            vm,
+            vm_id,
+        });
+        *self.gpu_threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
+        let mut r = self.restarted.lock().unwrap_or_else(|e| e.into_inner());
+        r.endpoints.extend([notify, faults]);
+        r.threads.extend(dying);
+        r.cores.push(old.core);
+        generation
+    }
+
+    /// A fresh core over the same machine, the device at `epoch`, calling
+    /// the same pager and mm-server.
+    fn next_core(
+        &self,
+        epoch: u32,
+        mm: Option<(Arc<Endpoint>, Arc<crate::platform::Mm>)>,
+    ) -> Arc<GpuCore> {
+        // `PagerMigrate` (`World::new` lists it first).
+        let migrate = self.endpoints[0].clone();
+        let hw = SimPlatform {
+            machine: self.machine.clone(),
+            pager: self.pager.clone(),
+            migrate,
+            pressure: shuttle::sync::Mutex::new(mm),
+            jobs: Default::default(),
+            epoch,
+        };
+        let pages = self.machine.vram.len() as u64;
+        let budget = self.gpu_budget.clone();
+        let arena = xe_svm::arena::Config::for_clients(budget.clone(), 4)
+            .arena()
+            .expect("the GPU core's metadata arena");
+        Arc::new(Inner::with_arena(hw, 0, pages, budget, arena))
+    }
+}
+
+/// The scenarios of this fault.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "gpu_server_restarts",
+            about: "the GPU server is killed while a GPU pass and two CPU threads move every \
+                    page both ways; its next generation adopts what VRAM holds",
+            run: gpu_server_restarts,
+        },
+        Scenario {
+            name: "gpu_server_restarts_twice",
+            about: "two GPU server kills, one after the other, under a GPU pass and CPU reads",
+            run: gpu_server_restarts_twice,
+        },
+    ]
+}
+
+/// Pages in VRAM when the kill comes at a point the seed picks: in a
+/// collect, a copy either way, a finalize, an invalidation. No increment
+/// is lost or made twice, no page stays locked, every VRAM frame a page
+/// is in belongs to the new generation's allocator (`World::finish`), and
+/// the new generation serves a last GPU pass.
+fn gpu_server_restarts() {
+    let w = world(WorldConfig {
+        pages: 6,
+        ..Default::default()
+    });
+    gpu_pass(&w);
+    let killer = {
+        let w = w.clone();
+        spawn(move || {
+            delay(12);
+            assert_eq!(w.restart_gpu(), 2);
+        })
+    };
+    let gpu = gpu_passes(&w, 1);
+    let cpus: Vec<_> = (0..2usize)
+        .map(|t| {
+            let w = w.clone();
+            spawn(move || {
+                for p in (t..w.machine.pages).step_by(2) {
+                    w.cpu_access(&view(0), p, 1);
+                }
+            })
+        })
+        .collect();
+    join([killer, gpu].into_iter().chain(cpus).collect());
+    gpu_pass(&w);
+    finish(w, |p| start(p) + 4);
+}
+
+/// A second kill may come while the first successor's take-over or its
+/// first faults run.
+fn gpu_server_restarts_twice() {
+    let w = world(WorldConfig {
+        pages: 4,
+        ..Default::default()
+    });
+    gpu_pass(&w);
+    let killer = {
+        let w = w.clone();
+        spawn(move || {
+            delay(6);
+            w.restart_gpu();
+            delay(6);
+            assert_eq!(w.restart_gpu(), 3);
+        })
+    };
+    let gpu = gpu_passes(&w, 1);
+    let cpu = {
+        let w = w.clone();
+        spawn(move || {
+            for p in (0..w.machine.pages).rev() {
+                let v = w.cpu_access(&view(0), p, 0);
+                assert!(v == start(p) + 1 || v == start(p) + 2, "page {p} read {v}");
+            }
+        })
+    };
+    join(vec![killer, gpu, cpu]);
+    finish(w, |p| start(p) + 2);
+}
