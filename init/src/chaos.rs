@@ -215,9 +215,9 @@ struct Shared {
 
 impl Shared {
     /// A workload that failed: an error, unless the GPU server was
-    /// restarted while it ran (since `epoch`). Its VMs, bindings and jobs
+    /// restarted while it ran (since `epoch`). Its jobs and buffer objects
     /// went with the old server (the client sees typed errors:
-    /// `PeerRestarted`, `NoSuchVm`, `DeviceReset`), so the round is
+    /// `PeerRestarted`, `NoSuchBo`, `DeviceReset`), so the round is
     /// counted as interrupted. Wrong words are never excused: they are
     /// counted as bad either way.
     fn failed(&self, epoch: u64, what: String) {

@@ -134,7 +134,7 @@ pub fn scoped_vm(gpu: &Client<Gpu>) -> Result<ScopedVm<'_>, CallError<GpuError>>
     Ok(ScopeGuard::with_strategy(
         vm,
         Box::new(move |vm: VmId| {
-            // After a GPU server restart the VM went with the old server.
+            // Gone already if the client's session ended meanwhile.
             if let Err(e) = gpu.call(DestroyVm { vm }) {
                 log::debug!("destroying a VM a workload left: {e}");
             }

@@ -4,14 +4,16 @@
 //! first read waits for the next generation to start, adopt the pages
 //! and copy the first chunk back (kill to first completed fault); the
 //! rest of the buffer follows (kill to all pages back); then a GPU job in
-//! a new VM (kill to the first GPU fault served). Every word is checked.
+//! the same VM, which the next generation rebuilt with its binding from
+//! its journal, the client doing nothing (kill to the first GPU job
+//! done). Every word is checked.
 
 use std::time::{Duration, Instant};
 
 use ipc_protocol::interfaces::gpu::{GpuError, Stats};
 use ipc_protocol::types::{JobStatus, KernelKind};
 
-use crate::client::{run_kernel, scoped_buffer, scoped_vm, ScopedBuffer, SvmBuffer};
+use crate::client::{run_kernel, scoped_buffer, scoped_vm, ScopedBuffer, ScopedVm, SvmBuffer};
 use crate::supervisor::{Clients, System};
 
 #[derive(Debug, Clone)]
@@ -29,7 +31,8 @@ pub struct Round {
     pub first_fault_ms: f64,
     /// Every page of the buffer back in RAM.
     pub all_back_ms: f64,
-    /// A GPU job in a new VM done (its faults served by the new server).
+    /// A GPU job in the client's VM done, as the new server rebuilt it (no
+    /// new VM, no new binding; its faults served by the new server).
     pub first_gpu_job_ms: f64,
 }
 
@@ -65,7 +68,12 @@ fn ms(since: Instant) -> f64 {
 }
 
 /// A buffer of `bytes` whose word `i` is `i + 1`, every page in VRAM.
-fn buffer_in_vram(c: &Clients, bytes: usize) -> Result<ScopedBuffer<'_>, RecoveryError> {
+/// A VM with a buffer bound in it, put in VRAM by a GPU job; both are the
+/// caller's, and both outlive the GPU server.
+fn buffer_in_vram(
+    c: &Clients,
+    bytes: usize,
+) -> Result<(ScopedVm<'_>, ScopedBuffer<'_>), RecoveryError> {
     let vm = scoped_vm(&c.gpu).map_err(gpu_err)?;
     let buf = SvmBuffer::new(&c.pager, bytes).map_err(|e| RecoveryError::Pager(e.to_string()))?;
     let buf = scoped_buffer(&c.pager, buf);
@@ -73,19 +81,18 @@ fn buffer_in_vram(c: &Clients, bytes: usize) -> Result<ScopedBuffer<'_>, Recover
     for (i, w) in unsafe { buf.words() }.iter_mut().enumerate() {
         *w = i as u32;
     }
-    bind_and_increment(c, *vm, &buf, "the fill job")?;
-    // The VM goes with the server; the buffer is the caller's.
-    Ok(buf)
+    buf.bind(&c.gpu, *vm).map_err(gpu_err)?;
+    increment(c, *vm, &buf, "the fill job")?;
+    Ok((vm, buf))
 }
 
-/// Binds `buf` in `vm` and adds 1 to each of its words on the GPU.
-fn bind_and_increment(
+/// Adds 1 to each word of `buf`, bound in `vm`, on the GPU.
+fn increment(
     c: &Clients,
     vm: ipc_protocol::types::VmId,
     buf: &SvmBuffer,
     what: &str,
 ) -> Result<(), RecoveryError> {
-    buf.bind(&c.gpu, vm).map_err(gpu_err)?;
     let len = buf.len as u64;
     let done =
         run_kernel(&c.gpu, vm, KernelKind::IncrementAll, buf.addr, len, 1).map_err(gpu_err)?;
@@ -102,7 +109,7 @@ fn word(buf: &SvmBuffer, w: usize) -> u32 {
 }
 
 fn round(system: &mut System, c: &Clients, bytes: usize) -> Result<(Round, u64), RecoveryError> {
-    let buf = buffer_in_vram(c, bytes)?;
+    let (vm, buf) = buffer_in_vram(c, bytes)?;
     let generation = system.generation("xe-svm").unwrap_or(1);
     let kill = Instant::now();
     system
@@ -126,8 +133,7 @@ fn round(system: &mut System, c: &Clients, bytes: usize) -> Result<(Round, u64),
     // An idempotent call first takes the new generation's announcement
     // (a call it catches fails with `PeerRestarted` unless idempotent).
     c.gpu.call(Stats {}).map_err(gpu_err)?;
-    let vm = scoped_vm(&c.gpu).map_err(gpu_err)?;
-    bind_and_increment(c, *vm, &buf, "the job after the restart")?;
+    increment(c, *vm, &buf, "the job in the rebuilt VM")?;
     let first_gpu_job_ms = ms(kill);
     bad += (0..bytes / 4)
         .filter(|&w| word(&buf, w) != w as u32 + 2)

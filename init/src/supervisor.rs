@@ -372,6 +372,18 @@ impl Attach {
     }
 }
 
+/// The GPU server's journal, a memfd its recipe keeps for every
+/// generation (`--journal-fd`); the server sizes it.
+fn give_journal(fds: &mut Vec<(OwnedFd, i32)>, args: &mut Vec<String>) -> Result<(), BootError> {
+    use crate::manifest::JOURNAL_FD;
+    use rustix::fs::{memfd_create, MemfdFlags};
+    let memfd = memfd_create("xe-svm-journal", MemfdFlags::CLOEXEC)
+        .map_err(|e| BootError::Endpoint(format!("the GPU server's journal: {e}")))?;
+    fds.push((memfd, JOURNAL_FD));
+    args.push(format!("--journal-fd={JOURNAL_FD}"));
+    Ok(())
+}
+
 impl System {
     /// Starts the device model, the GPU server and the pager, joined per
     /// [`crate::manifest::MANIFEST`]. With `probe_only`, only the device
@@ -479,6 +491,9 @@ impl System {
             }
             if process == "xe-model" {
                 attach.give_device(&mut fds, &mut args);
+            }
+            if process == "xe-svm" && restarted(opts, process) {
+                give_journal(&mut fds, &mut args)?;
             }
             let recipe = Recipe {
                 exe,

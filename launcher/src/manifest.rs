@@ -63,6 +63,12 @@ pub const RESTARTABLE: &[&str] = &["mm-server", "xe-svm"];
 /// device stops when `init` closes it.
 pub const DEVICE_ATTACH_FD: i32 = 4;
 
+/// The GPU server's journal (`xe-svm --journal-fd`), when it is
+/// restartable: a memfd `init` makes at boot and hands every generation,
+/// where the server records its clients' VMs and bindings and from which
+/// the next generation rebuilds them (`drivers/xe-svm/src/journal.rs`).
+pub const JOURNAL_FD: i32 = 9;
+
 /// Start order: each process's servers exist before its clients call them.
 pub const START_ORDER: [&str; 4] = ["xe-model", "mm-server", "xe-svm", "pager"];
 
@@ -290,7 +296,7 @@ pub const BUDGETS: &[ServerBudget] = &[
     },
     ServerBudget {
         process: "xe-svm",
-        spec: "vms=8,bos=1024,bo_bytes=128M,jobs_in_flight=16,result_slots=256,dma_slots=16,\
+        spec: "vms=8,bindings=4096,bos=1024,bo_bytes=128M,jobs_in_flight=16,result_slots=256,dma_slots=16,\
                vram_bytes=64G,metadata_bytes=9M",
         arena_mib: None,
     },
@@ -384,6 +390,9 @@ mod tests {
             }
             if p == "xe-model" {
                 fds.push(DEVICE_ATTACH_FD);
+            }
+            if p == "xe-svm" {
+                fds.push(JOURNAL_FD);
             }
             let n = fds.len();
             fds.sort();

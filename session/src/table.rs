@@ -125,6 +125,42 @@ impl<T, A: Allocator + Clone> HandleTable<T, A> {
         Ok(handle)
     }
 
+    /// Adds `value` under the handle `h` an earlier life of this table
+    /// issued (a restarted server rebuilding what its clients hold, by the
+    /// ids they hold). Its slot must be in range and free; the slots
+    /// before it that do not exist yet are made free. `Full` past the
+    /// limit or for a slot outside the range or in use.
+    pub fn insert_at(&mut self, h: Handle, value: T) -> Result<(), TableError> {
+        let i = self.slot_of(h).ok_or(TableError::Full)?;
+        let valid = (1..=crate::handle::MAX_GENERATION).contains(&h.generation());
+        if self.len >= self.limit || i >= self.limit || !valid {
+            return Err(TableError::Full);
+        }
+        let grow = (i + 1).saturating_sub(self.slots.len());
+        self.slots
+            .try_reserve(grow)
+            .map_err(|_| TableError::OutOfMetadata)?;
+        // Room in `free` for every slot to be removed again (as `insert`).
+        let room = (self.slots.len() + grow).saturating_sub(self.free.len());
+        self.free
+            .try_reserve(room)
+            .map_err(|_| TableError::OutOfMetadata)?;
+        while self.slots.len() <= i {
+            self.free.push(self.slots.len() as u32);
+            self.slots.push(Slot::Free { generation: 0 });
+        }
+        if !matches!(self.slots[i], Slot::Free { .. }) {
+            return Err(TableError::Full);
+        }
+        self.free.retain(|&f| f as usize != i);
+        self.slots[i] = Slot::Used {
+            generation: h.generation(),
+            value,
+        };
+        self.len += 1;
+        Ok(())
+    }
+
     pub fn get(&self, h: Handle) -> Option<&T> {
         match self.slots.get(self.slot_of(h)?)? {
             Slot::Used { generation, value } if *generation == h.generation() => Some(value),
@@ -195,6 +231,40 @@ impl<T, A: Allocator + Clone> HandleTable<T, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rebuilt table takes back the ids an earlier life issued; the
+    /// slots around them are free for new entries, and a taken, out of
+    /// range or never-issued id is refused.
+    #[test]
+    fn insert_at_takes_back_an_earlier_lifes_ids() {
+        let mut t = HandleTable::in_range(1, 16, 8, allocator_api2::alloc::Global);
+        let h = Handle::new(4, 7);
+        assert_eq!(t.insert_at(h, "a"), Ok(()));
+        assert_eq!(t.get(h), Some(&"a"));
+        assert_eq!(t.insert_at(h, "b"), Err(TableError::Full), "taken");
+        assert_eq!(
+            t.insert_at(Handle::new(0, 1), "c"),
+            Err(TableError::Full),
+            "below the range"
+        );
+        assert_eq!(
+            t.insert_at(Handle::new(12, 1), "c"),
+            Err(TableError::Full),
+            "past the limit"
+        );
+        assert_eq!(
+            t.insert_at(Handle::from_raw(5), "c"),
+            Err(TableError::Full),
+            "generation 0"
+        );
+        let others: Vec<Handle> = (0..7).map(|_| t.insert("n").unwrap()).collect();
+        assert!(others.iter().all(|o| o.index() != 4 && o.index() >= 1));
+        assert_eq!(t.insert("full"), Err(TableError::Full));
+        assert_eq!(t.remove(h), Some("a"));
+        assert_eq!(t.get(h), None);
+        let again = t.insert("d").unwrap();
+        assert_eq!((again.index(), again.generation()), (4, 8));
+    }
     use crate::arena::{Arena, Meta};
     use crate::budget::Quota;
     use alloc::sync::Arc;

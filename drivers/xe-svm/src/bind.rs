@@ -7,7 +7,7 @@
 
 use ipc_protocol::client::CallError;
 use ipc_protocol::interfaces::gpu::{GpuError, BIND_READ_ONLY};
-use ipc_protocol::interfaces::pager_migrate::OpenView;
+use ipc_protocol::interfaces::pager_migrate::{OpenView, ViewOpened};
 use ipc_protocol::types::ViewId;
 
 use crate::host::GpuServer;
@@ -33,6 +33,29 @@ impl GpuServer {
         {
             return Err(GpuError::BadRange);
         }
+        let opened = self.open_view(owner, view)?;
+        let object = opened.object.get();
+        let r = inner.bind(
+            owner,
+            vm,
+            view.get(),
+            object,
+            opened.object_first_page,
+            opened.pages,
+            gpu_addr,
+            flags & BIND_READ_ONLY != 0,
+        );
+        if r.is_err() {
+            // An object this bind added and nothing binds gives its slot back.
+            inner.forget_if_unused(object);
+        }
+        r
+    }
+
+    /// Has the pager open `owner`'s view `view` (it checks the view is
+    /// the caller's) and DMA-maps its object unless that is done already.
+    pub(crate) fn open_view(&self, owner: u64, view: ViewId) -> Result<ViewOpened, GpuError> {
+        let inner = &self.inner;
         let (opened, mut fds) = inner
             .hw
             .migrate
@@ -54,21 +77,7 @@ impl GpuServer {
             let session = inner.session(owner);
             self.add_object(&session, object, memfd)?;
         }
-        let r = inner.bind(
-            owner,
-            vm,
-            view.get(),
-            object,
-            opened.object_first_page,
-            opened.pages,
-            gpu_addr,
-            flags & BIND_READ_ONLY != 0,
-        );
-        if r.is_err() {
-            // An object this bind added and nothing binds gives its slot back.
-            inner.forget_if_unused(object);
-        }
-        r
+        Ok(opened)
     }
 
     /// DMA-maps `object` (its memfd) for `session`, charging it.

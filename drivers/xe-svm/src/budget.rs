@@ -13,6 +13,9 @@ session::budgets! {
     pub struct GpuBudget, GpuQuotas {
         /// GPU VMs (each holds an ASID and its page tables).
         vms: 8,
+        /// Bindings of views in its VMs, those that follow a moved or
+        /// split view included (each is a journal record, `journal.rs`).
+        bindings: 4096,
         /// Buffer objects.
         bos: 1024,
         /// Bytes of the BO pool its buffer objects hold (their SRAM homes).
@@ -39,6 +42,7 @@ impl GpuBudget {
     pub fn unlimited() -> Self {
         Self {
             vms: u64::MAX,
+            bindings: u64::MAX,
             bos: u64::MAX,
             bo_bytes: u64::MAX,
             jobs_in_flight: u64::MAX,
@@ -61,5 +65,14 @@ impl GpuBudget {
             .checked_mul(clients as u64)?
             .checked_add(vms * fault_log::RING_BYTES)?
             .checked_add(peer_bytes)
+    }
+
+    /// The journal bytes `clients` sessions at their `vms` and `bindings`
+    /// limits need (`None`: past `u64`): one record each (`journal.rs`).
+    pub fn journal_bytes_needed(&self, clients: usize) -> Option<u64> {
+        self.vms
+            .checked_add(self.bindings)?
+            .checked_mul(clients as u64)?
+            .checked_mul(crate::journal::RECORD_BYTES)
     }
 }

@@ -43,6 +43,7 @@ pub mod faults;
 pub mod host;
 pub mod job_table;
 pub mod jobs;
+pub mod journal;
 #[cfg(target_os = "linux")]
 pub mod linux;
 pub mod pci_ids;
@@ -51,6 +52,7 @@ pub mod ppgtt;
 pub mod prefetch;
 pub mod probe;
 pub mod protect;
+pub mod rebuild;
 #[cfg(target_os = "redox")]
 pub mod redox;
 pub mod restart;

@@ -8,6 +8,7 @@
 //! init's lifeline: the server stops when it closes.
 
 use std::io::Read;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::arena::Config;
@@ -84,6 +85,62 @@ struct Args {
     /// predecessor left in VRAM (`restart.rs`) and only then serves.
     #[arg(long, default_value_t = 1)]
     generation: u32,
+    /// A memfd `init` keeps for every generation: the VMs and bindings
+    /// are recorded there, and a restarted server rebuilds them from it
+    /// (`journal.rs`, `rebuild.rs`). Without it they are not kept.
+    #[arg(long)]
+    journal_fd: Option<i32>,
+}
+
+/// The journal memfd `fd`, grown to at least `bytes`, mapped for the
+/// process's life.
+fn map_journal(fd: i32, bytes: u64) -> Result<&'static [AtomicU64], String> {
+    // SAFETY: init passed this descriptor to us and nothing else owns it.
+    let memfd = unsafe { inherited_fd(fd) };
+    let have = rustix::fs::fstat(&memfd)
+        .map_err(|e| e.to_string())?
+        .st_size;
+    let have = u64::try_from(have).map_err(|_| "a negative size".to_string())?;
+    let want = bytes.next_multiple_of(4096).max(have);
+    if want > have {
+        rustix::fs::ftruncate(&memfd, want).map_err(|e| e.to_string())?;
+    }
+    let len = usize::try_from(want).map_err(|_| "too large".to_string())?;
+    use rustix::mm::{mmap, MapFlags, ProtFlags};
+    // SAFETY: a fresh shared mapping of the whole memfd, never unmapped;
+    // only this process writes it while it runs (init holds it unread).
+    let at = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            &memfd,
+            0,
+        )
+    }
+    .map_err(|e| e.to_string())?;
+    // SAFETY: page-aligned, `len` bytes, valid for the process's life;
+    // `AtomicU64` has the layout of `u64` and every bit pattern is valid.
+    Ok(unsafe { std::slice::from_raw_parts(at.cast::<AtomicU64>(), len / 8) })
+}
+
+/// Attaches the journal (`--journal-fd`) and, past generation 1,
+/// rebuilds the VMs and bindings it describes.
+fn journal(a: &Args, server: &GpuServer, bytes: u64) {
+    let Some(fd) = a.journal_fd else { return };
+    let words = match map_journal(fd, bytes) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("xe-svm: --journal-fd {fd}: {e}");
+            std::process::exit(2);
+        }
+    };
+    let (journal, records) = crate::journal::Journal::open(words);
+    server.inner.attach_journal(journal);
+    if !records.is_empty() {
+        server.rebuild(&records);
+    }
 }
 
 /// A restarted server (generation past 1) meets a device its predecessor
@@ -285,6 +342,8 @@ fn serve(a: &Args, bar: hw::bar::Bar, budget: GpuBudget, migrate: i32, notify: i
             std::process::exit(2);
         }
     }
+    let journal_bytes = cfg.budget.journal_bytes_needed(cfg.clients);
+    journal(a, &server, journal_bytes.unwrap_or(u64::MAX));
     let (tx, rx) = std::sync::mpsc::channel();
     let pump = dev.clone();
     std::thread::Builder::new()

@@ -81,6 +81,18 @@ impl Binding {
     }
 
     /// The same object pages bound for view `view` at `gpu_addr`.
+    /// What the journal keeps of it (`journal.rs`).
+    pub(crate) fn record(&self) -> crate::journal::BindingRecord {
+        crate::journal::BindingRecord {
+            view: self.view,
+            gpu_addr: self.gpu_addr,
+            object: self.object,
+            first_page: self.first_page,
+            pages: self.pages,
+            read_only: self.read_only,
+        }
+    }
+
     pub(crate) fn twin(&self, id: u64, view: u32, gpu_addr: u64) -> Self {
         Self {
             id,
@@ -324,6 +336,9 @@ pub struct Inner<P: Platform> {
     /// quota: sessions are charged their frame words explicitly (`bind.rs`).
     meta: Meta,
     pub counters: Counters,
+    /// Where VMs and bindings are described for the next generation
+    /// (`journal.rs`); none in the simulation and most tests.
+    pub(crate) journal: std::sync::OnceLock<crate::journal::Journal>,
 }
 
 impl<P: Platform> Inner<P> {
@@ -366,6 +381,7 @@ impl<P: Platform> Inner<P> {
             sessions: Sessions::new(budget),
             meta: Meta::new(arena, Arc::new(Quota::new(u64::MAX))),
             counters: Counters::default(),
+            journal: std::sync::OnceLock::new(),
         }
     }
 
@@ -470,13 +486,29 @@ impl<P: Platform> Inner<P> {
     }
 
     fn create_vm_charged(&self, owner: u64) -> Result<u32, GpuError> {
+        self.make_vm(owner, None)
+    }
+
+    /// A VM for `owner`, charged already: under a new id, or under the id
+    /// `at.0` a predecessor issued, whose journal record is in slot `at.1`
+    /// (`rebuild.rs`; a taken or impossible id is `NoSuchVm`).
+    pub(crate) fn make_vm(&self, owner: u64, at: Option<(u32, u32)>) -> Result<u32, GpuError> {
         let faults = crate::fault_log::FaultLogRing::new_in(self.meta.clone())
             .ok_or(GpuError::OutOfMetadata)?;
-        let h = self
-            .lock()
-            .vm_ids
-            .insert(owner)
-            .map_err(|_| GpuError::OutOfMetadata)?;
+        let h = {
+            let mut st = self.lock();
+            match at {
+                None => st.vm_ids.insert(owner),
+                Some((id, _)) => st
+                    .vm_ids
+                    .insert_at(Handle::from_raw(id), owner)
+                    .map(|()| Handle::from_raw(id)),
+            }
+            .map_err(|_| match at {
+                None => GpuError::OutOfMetadata,
+                Some(_) => GpuError::NoSuchVm,
+            })?
+        };
         let asid = h.index();
         let tables = match self.hw.new_tables(asid) {
             Ok(t) => t,
@@ -485,6 +517,15 @@ impl<P: Platform> Inner<P> {
                 return Err(GpuError::OutOfVram);
             }
         };
+        let journaled = match at {
+            None => self.journal_vm(owner, h.raw()),
+            Some((_, slot)) => self.keep_vm_record(owner, slot, h.raw()),
+        };
+        if let Err(e) = journaled {
+            self.hw.drop_tables(asid, tables);
+            self.lock().vm_ids.remove(h);
+            return Err(e);
+        }
         let vm = Vm {
             owner,
             id: h.raw(),
@@ -506,6 +547,10 @@ impl<P: Platform> Inner<P> {
         let asid = Self::vm_asid(&st, owner, vm)?;
         let v = st.vms.remove(&asid).ok_or(GpuError::NoSuchVm)?;
         let objects: Vec<u32> = v.bindings.iter().map(|b| b.object).collect();
+        for b in &v.bindings {
+            self.unjournal_binding(owner, b.id);
+        }
+        self.unjournal_vm(owner, vm);
         // Tables go (and the TLB forgets them) before the ASID is reusable.
         self.hw.drop_tables(asid, v.tables);
         st.vm_ids.remove(Handle::from_raw(vm));
@@ -625,36 +670,64 @@ impl<P: Platform> Inner<P> {
         gpu_addr: u64,
         read_only: bool,
     ) -> Result<(), GpuError> {
-        let end = pages
-            .checked_mul(PAGE)
-            .and_then(|len| gpu_addr.checked_add(len))
-            .filter(|&end| end <= USER_VA_END && end > gpu_addr);
-        let (Some(end), 0) = (end, gpu_addr % PAGE) else {
-            return Err(GpuError::BadRange);
-        };
-        let mut st = self.lock();
-        if !st.objects.contains_key(&object) {
-            return Err(GpuError::NoSuchView);
-        }
-        let asid = Self::vm_asid(&st, owner, vm)?;
-        let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
-        if v.bindings
-            .iter()
-            .any(|b| gpu_addr < b.end() && b.gpu_addr < end)
-            || v.bos.iter().any(|m| m.overlaps(gpu_addr, end - gpu_addr))
-        {
-            return Err(GpuError::AddressInUse);
-        }
-        let id = self.next_binding.fetch_add(1, Ordering::Relaxed);
-        v.bindings.push(Binding {
-            id,
+        let b = crate::journal::BindingRecord {
             view,
             gpu_addr,
             object,
             first_page,
             pages,
             read_only,
-        });
+        };
+        self.insert_binding(owner, vm, &b, None)
+    }
+
+    /// Adds binding `r` to `owner`'s VM `vm` after the checks a client's
+    /// bind passes; its journal record is new, or the one in `slot` a
+    /// predecessor wrote (`rebuild.rs`).
+    pub(crate) fn insert_binding(
+        &self,
+        owner: u64,
+        vm: u32,
+        r: &crate::journal::BindingRecord,
+        slot: Option<u32>,
+    ) -> Result<(), GpuError> {
+        let end = r
+            .pages
+            .checked_mul(PAGE)
+            .and_then(|len| r.gpu_addr.checked_add(len))
+            .filter(|&end| end <= USER_VA_END && end > r.gpu_addr);
+        let (Some(end), 0) = (end, r.gpu_addr % PAGE) else {
+            return Err(GpuError::BadRange);
+        };
+        let mut st = self.lock();
+        if !st.objects.contains_key(&r.object) {
+            return Err(GpuError::NoSuchView);
+        }
+        let asid = Self::vm_asid(&st, owner, vm)?;
+        let v = st.vms.get_mut(&asid).ok_or(GpuError::NoSuchVm)?;
+        if v.bindings
+            .iter()
+            .any(|b| r.gpu_addr < b.end() && b.gpu_addr < end)
+            || v.bos
+                .iter()
+                .any(|m| m.overlaps(r.gpu_addr, end - r.gpu_addr))
+        {
+            return Err(GpuError::AddressInUse);
+        }
+        let b = Binding {
+            id: self.next_binding.fetch_add(1, Ordering::Relaxed),
+            view: r.view,
+            gpu_addr: r.gpu_addr,
+            object: r.object,
+            first_page: r.first_page,
+            pages: r.pages,
+            read_only: r.read_only,
+        };
+        match slot {
+            None => self.journal_binding(owner, vm, &b)?,
+            Some(slot) => self.keep_binding_record(owner, slot, b.id)?,
+        }
+        v.bindings.push(b);
         Ok(())
     }
 
@@ -675,6 +748,7 @@ impl<P: Platform> Inner<P> {
             return Err(GpuError::Busy);
         }
         let b = v.bindings.remove(at);
+        self.unjournal_binding(owner, b.id);
         self.hw.unmap(&mut v.tables, b.gpu_addr, b.pages * PAGE);
         self.hw
             .invalidate_tlb(asid, b.gpu_addr, b.pages * PAGE)

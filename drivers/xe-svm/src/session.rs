@@ -95,6 +95,9 @@ impl Sessions {
 pub fn vms(q: &GpuQuotas) -> &Quota {
     &q.vms
 }
+pub fn bindings(q: &GpuQuotas) -> &Quota {
+    &q.bindings
+}
 pub fn bos(q: &GpuQuotas) -> &Quota {
     &q.bos
 }

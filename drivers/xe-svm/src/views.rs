@@ -33,6 +33,7 @@ impl<P: Platform> Inner<P> {
         let mut st = self.lock();
         let mut ranges = Vec::new();
         let mut objects = Vec::new();
+        let mut gone = Vec::new();
         for (asid, vm) in st.vms.iter_mut() {
             let first = ranges.len();
             vm.bindings.retain(|b| {
@@ -42,11 +43,15 @@ impl<P: Platform> Inner<P> {
                 let _ = self.hw.unmap(&mut vm.tables, b.gpu_addr, b.pages * PAGE);
                 ranges.push((*asid, b.gpu_addr, b.pages * PAGE));
                 objects.push(b.object);
+                gone.push((vm.owner, b.id));
                 false
             });
             for &(_, start, len) in &ranges[first..] {
                 forget_unbound(vm, start, start + len);
             }
+        }
+        for (owner, id) in gone {
+            self.unjournal_binding(owner, id);
         }
         self.invalidate_ranges(&ranges)
             .map_err(|_| NotifyError::CopyFailed)?;
@@ -155,14 +160,17 @@ impl<P: Platform> Inner<P> {
                 .filter_map(|b| make(b).map(|t| (b.va_of(t.first_page), t)))
                 .collect();
             for (from, t) in twins {
-                if twin_fits(vm, &t, view, in_place) {
+                let id = self.new_binding_id();
+                let twin = t.twin(id, new_view, t.gpu_addr);
+                if twin_fits(vm, &t, view, in_place)
+                    && self.journal_binding(vm.owner, vm.id, &twin).is_ok()
+                {
                     if let Some(from) = from.filter(|f| *f != t.gpu_addr) {
                         let len = t.pages * PAGE;
                         let shift = t.gpu_addr.wrapping_sub(from);
                         vm.protections.carry(from, from + len, shift);
                     }
-                    let id = self.new_binding_id();
-                    vm.bindings.push(t.twin(id, new_view, t.gpu_addr));
+                    vm.bindings.push(twin);
                     made = made.saturating_add(1);
                 } else {
                     log::warn!(

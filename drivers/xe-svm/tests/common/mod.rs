@@ -39,6 +39,8 @@ pub struct FakePager {
     /// What `Resident` answers, in (object, first page) order, two runs a
     /// reply (so a restarted server's paging is exercised).
     pub resident: Mutex<Vec<m::ResidentRun>>,
+    /// Views of an object other than their own number (a moved view).
+    pub view_objects: Mutex<std::collections::BTreeMap<u32, u32>>,
 }
 
 impl FakePager {
@@ -72,8 +74,10 @@ impl Handler<PagerMigrate> for FakePager {
                     .map_err(|_| MigrateError::Host)?;
                 let fd = r.dup_fd().map_err(|_| MigrateError::Host)?;
                 self.memfds.lock().unwrap().push(r);
+                let view = o.view.get();
+                let object = self.view_objects.lock().unwrap().get(&view).copied();
                 let opened = m::ViewOpened {
-                    object: ObjectId::raw(o.view.get()),
+                    object: ObjectId::raw(object.unwrap_or(view)),
                     addr: 0,
                     object_first_page: 0,
                     pages: OBJECT_PAGES,

@@ -1,0 +1,329 @@
+//! What a restarted GPU server rebuilds its clients' VMs and bindings
+//! from (issue 14): one record per VM and per binding, in a memfd that
+//! `init` creates at boot and hands every generation of the server
+//! (`--journal-fd`).
+//!
+//! **Why `init` keeps it.** The description must outlive the process that
+//! wrote it, and `init` outlives every server. It holds the memfd and
+//! never reads it, so it learns nothing a client sent. The pager could
+//! keep it too, but VMs and bindings are the GPU server's alone, and a
+//! description held by a peer would have to be sent over IPC on every
+//! bind and would go with that peer if it died.
+//!
+//! **A record is whole or absent.** A slot is [`SLOT_WORDS`] words; word 0
+//! says what the slot holds and is written last (`Release`) when a record
+//! is made and first when it is cleared, so a server killed in the middle
+//! of either leaves a free slot or a whole record, never half of one. The
+//! server writes a record while it holds its state lock, before it answers
+//! the client: a binding the client was told about is in the journal.
+//!
+//! **The next generation trusts nothing in it.** A record names what a
+//! client asked for, and restoring it goes through the same checks the
+//! client's request did (`rebuild.rs`): the VM id must be free, the pager
+//! must still know the view as the client's, the pages must lie in it and
+//! the addresses must be free. A record that fails is cleared.
+//!
+//! **Budget.** A VM's record comes with the VM (`vms` budget) and each
+//! binding's is charged to the client's `bindings` budget; the journal is
+//! as large as every session at both limits needs
+//! (`GpuBudget::journal_bytes_needed`), so one client cannot fill it for
+//! the others.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Words per record slot.
+pub const SLOT_WORDS: usize = 8;
+/// Bytes of a record: what each costs its client's `metadata_bytes`.
+pub const RECORD_BYTES: u64 = (SLOT_WORDS * 8) as u64;
+
+const FREE: u64 = 0;
+const KIND_VM: u64 = 0x766d_0001;
+const KIND_BINDING: u64 = 0x626e_0002;
+
+/// A binding as the journal keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingRecord {
+    pub view: u32,
+    pub gpu_addr: u64,
+    pub object: u32,
+    pub first_page: u64,
+    pub pages: u64,
+    pub read_only: bool,
+}
+
+/// One record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// Client `owner` holds VM id `vm`.
+    Vm { owner: u64, vm: u32 },
+    /// A binding in `owner`'s VM `vm`.
+    Binding {
+        owner: u64,
+        vm: u32,
+        binding: BindingRecord,
+    },
+}
+
+/// What a slot belongs to in this generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Vm(u64, u32),
+    /// By the server's binding id (unique for its life).
+    Binding(u64),
+}
+
+/// The journal is full (cannot happen within the budgets; refused rather
+/// than left out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalFull;
+
+pub struct Journal {
+    words: &'static [AtomicU64],
+    index: Mutex<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    free: Vec<u32>,
+    slots: HashMap<Key, u32>,
+}
+
+impl Journal {
+    /// The journal over `words` (a whole number of slots is used) and the
+    /// records an earlier generation left in it, by slot. Those slots are
+    /// neither free nor owned until [`Self::keep_vm`],
+    /// [`Self::keep_binding`] or [`Self::discard`] says which.
+    pub fn open(words: &'static [AtomicU64]) -> (Self, Vec<(u32, Record)>) {
+        let slots = words.len() / SLOT_WORDS;
+        let mut index = Index::default();
+        let mut found = Vec::new();
+        // Popped from the end: the lowest slots are used first.
+        for slot in (0..slots as u32).rev() {
+            match decode(slot_words(words, slot)) {
+                Some(r) => found.push((slot, r)),
+                None => {
+                    slot_words(words, slot)[0].store(FREE, Ordering::Release);
+                    index.free.push(slot);
+                }
+            }
+        }
+        found.reverse();
+        let journal = Self {
+            words,
+            index: Mutex::new(index),
+        };
+        (journal, found)
+    }
+
+    /// Records that `owner` holds VM `vm`.
+    pub fn record_vm(&self, owner: u64, vm: u32) -> Result<(), JournalFull> {
+        self.put(Key::Vm(owner, vm), &encode(&Record::Vm { owner, vm }))
+    }
+
+    /// Records binding `id` of `owner`'s VM `vm`.
+    pub fn record_binding(
+        &self,
+        id: u64,
+        owner: u64,
+        vm: u32,
+        binding: BindingRecord,
+    ) -> Result<(), JournalFull> {
+        let r = Record::Binding { owner, vm, binding };
+        self.put(Key::Binding(id), &encode(&r))
+    }
+
+    /// Clears the record of `owner`'s VM `vm`; whether there was one.
+    pub fn forget_vm(&self, owner: u64, vm: u32) -> bool {
+        self.clear(Key::Vm(owner, vm))
+    }
+
+    /// Clears binding `id`'s record; whether there was one.
+    pub fn forget_binding(&self, id: u64) -> bool {
+        self.clear(Key::Binding(id))
+    }
+
+    /// The restored VM `vm` of `owner` owns the record in `slot`.
+    pub fn keep_vm(&self, slot: u32, owner: u64, vm: u32) {
+        self.lock().slots.insert(Key::Vm(owner, vm), slot);
+    }
+
+    /// The restored binding `id` owns the record in `slot`.
+    pub fn keep_binding(&self, slot: u32, id: u64) {
+        self.lock().slots.insert(Key::Binding(id), slot);
+    }
+
+    /// A record that could not be restored is cleared.
+    pub fn discard(&self, slot: u32) {
+        self.free_slot(&mut self.lock(), slot);
+    }
+
+    /// Records held now.
+    pub fn len(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, key: Key, body: &[u64; SLOT_WORDS]) -> Result<(), JournalFull> {
+        let mut ix = self.lock();
+        if let Some(old) = ix.slots.remove(&key) {
+            self.free_slot(&mut ix, old);
+        }
+        let slot = ix.free.pop().ok_or(JournalFull)?;
+        let w = slot_words(self.words, slot);
+        for (cell, v) in w.iter().zip(body).skip(1) {
+            cell.store(*v, Ordering::Relaxed);
+        }
+        // Last: the record exists only once it is whole.
+        w[0].store(body[0], Ordering::Release);
+        ix.slots.insert(key, slot);
+        Ok(())
+    }
+
+    fn clear(&self, key: Key) -> bool {
+        let mut ix = self.lock();
+        let Some(slot) = ix.slots.remove(&key) else {
+            return false;
+        };
+        self.free_slot(&mut ix, slot);
+        true
+    }
+
+    fn free_slot(&self, ix: &mut Index, slot: u32) {
+        if (slot as usize) < self.words.len() / SLOT_WORDS {
+            slot_words(self.words, slot)[0].store(FREE, Ordering::Release);
+            ix.free.push(slot);
+        }
+    }
+}
+
+fn slot_words(words: &[AtomicU64], slot: u32) -> &[AtomicU64] {
+    let at = slot as usize * SLOT_WORDS;
+    &words[at..at + SLOT_WORDS]
+}
+
+fn encode(r: &Record) -> [u64; SLOT_WORDS] {
+    match *r {
+        Record::Vm { owner, vm } => [KIND_VM, owner, u64::from(vm), 0, 0, 0, 0, 0],
+        Record::Binding {
+            owner,
+            vm,
+            binding: b,
+        } => [
+            KIND_BINDING,
+            owner,
+            u64::from(vm) | (u64::from(b.view) << 32),
+            b.gpu_addr,
+            u64::from(b.object) | (u64::from(b.read_only) << 32),
+            b.first_page,
+            b.pages,
+            0,
+        ],
+    }
+}
+
+/// The record in `w`, if it holds a whole one (anything else is free).
+fn decode(w: &[AtomicU64]) -> Option<Record> {
+    let v: Vec<u64> = w.iter().map(|c| c.load(Ordering::Acquire)).collect();
+    let lo = |x: u64| x as u32;
+    match v[0] {
+        KIND_VM => Some(Record::Vm {
+            owner: v[1],
+            vm: u32::try_from(v[2]).ok()?,
+        }),
+        KIND_BINDING if v[4] >> 33 == 0 => Some(Record::Binding {
+            owner: v[1],
+            vm: lo(v[2]),
+            binding: BindingRecord {
+                view: (v[2] >> 32) as u32,
+                gpu_addr: v[3],
+                object: lo(v[4]),
+                first_page: v[5],
+                pages: v[6],
+                read_only: v[4] >> 32 == 1,
+            },
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(slots: usize) -> &'static [AtomicU64] {
+        let v: Vec<AtomicU64> = (0..slots * SLOT_WORDS).map(|_| AtomicU64::new(0)).collect();
+        Box::leak(v.into_boxed_slice())
+    }
+
+    fn binding(view: u32) -> BindingRecord {
+        BindingRecord {
+            view,
+            gpu_addr: 0x7f00_0000_0000,
+            object: 0x1_0005,
+            first_page: 3,
+            pages: 512,
+            read_only: view % 2 == 1,
+        }
+    }
+
+    /// What one generation recorded, the next finds, and nothing it forgot.
+    #[test]
+    fn records_outlive_the_generation_that_wrote_them() {
+        let w = words(4);
+        let (j, found) = Journal::open(w);
+        assert!(found.is_empty());
+        j.record_vm(100, 0x10_0001).unwrap();
+        j.record_binding(7, 100, 0x10_0001, binding(5)).unwrap();
+        j.record_binding(8, 100, 0x10_0001, binding(6)).unwrap();
+        j.forget_binding(7);
+        let (_, found) = Journal::open(w);
+        let records: Vec<Record> = found.iter().map(|(_, r)| *r).collect();
+        assert_eq!(
+            records,
+            [
+                Record::Vm {
+                    owner: 100,
+                    vm: 0x10_0001
+                },
+                Record::Binding {
+                    owner: 100,
+                    vm: 0x10_0001,
+                    binding: binding(6)
+                },
+            ]
+        );
+    }
+
+    /// A record whose first word was never written (the server died in
+    /// the middle) is no record; a full journal refuses, and a slot
+    /// discarded or forgotten is used again.
+    #[test]
+    fn half_records_are_free_and_a_full_journal_refuses() {
+        let w = words(2);
+        // A torn write: body without its kind word.
+        w[SLOT_WORDS + 1].store(42, Ordering::Relaxed);
+        let (j, found) = Journal::open(w);
+        assert!(found.is_empty());
+        j.record_vm(1, 1).unwrap();
+        j.record_vm(1, 2).unwrap();
+        assert_eq!(j.record_vm(1, 3), Err(JournalFull));
+        j.forget_vm(1, 1);
+        j.record_vm(1, 3).unwrap();
+        let (j2, found) = Journal::open(w);
+        assert_eq!(found.len(), 2);
+        j2.keep_vm(found[0].0, 1, 3);
+        j2.discard(found[1].0);
+        assert_eq!(j2.len(), 1);
+        j2.record_vm(1, 4).unwrap();
+        assert_eq!(j2.record_vm(1, 5), Err(JournalFull));
+    }
+}
