@@ -232,7 +232,10 @@ fn encode(r: &Record) -> [u64; SLOT_WORDS] {
 
 /// The record in `w`, if it holds a whole one (anything else is free).
 fn decode(w: &[AtomicU64]) -> Option<Record> {
-    let v: Vec<u64> = w.iter().map(|c| c.load(Ordering::Acquire)).collect();
+    let mut v = [0u64; SLOT_WORDS];
+    for (x, c) in v.iter_mut().zip(w) {
+        *x = c.load(Ordering::Acquire);
+    }
     let lo = |x: u64| x as u32;
     match v[0] {
         KIND_VM => Some(Record::Vm {
