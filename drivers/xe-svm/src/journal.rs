@@ -237,12 +237,13 @@ fn decode(w: &[AtomicU64]) -> Option<Record> {
         *x = c.load(Ordering::Acquire);
     }
     let lo = |x: u64| x as u32;
+    // Words a record does not use are zero in every record written.
     match v[0] {
-        KIND_VM => Some(Record::Vm {
+        KIND_VM if v[3..].iter().all(|&x| x == 0) => Some(Record::Vm {
             owner: v[1],
             vm: u32::try_from(v[2]).ok()?,
         }),
-        KIND_BINDING if v[4] >> 33 == 0 => Some(Record::Binding {
+        KIND_BINDING if v[4] >> 33 == 0 && v[7] == 0 => Some(Record::Binding {
             owner: v[1],
             vm: lo(v[2]),
             binding: BindingRecord {
@@ -275,6 +276,68 @@ mod tests {
             first_page: 3,
             pages: 512,
             read_only: view % 2 == 1,
+        }
+    }
+
+    /// A slot's words: a record as written, one with a word changed, or
+    /// anything.
+    fn slot() -> impl proptest::strategy::Strategy<Value = [u64; SLOT_WORDS]> {
+        use proptest::prelude::*;
+        let rec = (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+        )
+            .prop_map(|(owner, vm, view, addr, object)| {
+                if view % 2 == 0 {
+                    encode(&Record::Vm { owner, vm })
+                } else {
+                    let binding = BindingRecord {
+                        view,
+                        gpu_addr: addr,
+                        object,
+                        first_page: addr >> 20,
+                        pages: u64::from(vm),
+                        read_only: object % 3 == 0,
+                    };
+                    encode(&Record::Binding { owner, vm, binding })
+                }
+            });
+        prop_oneof![
+            rec.clone(),
+            (rec, 0..SLOT_WORDS, any::<u64>()).prop_map(|(mut w, i, v)| {
+                w[i] = v;
+                w
+            }),
+            proptest::array::uniform8(any::<u64>()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the memfd holds, `open` reads it without panicking,
+        /// and each record it finds is exactly the words in its slot (a
+        /// slot with anything else in it is free).
+        #[test]
+        fn any_words_open_into_whole_records_or_free_slots(
+            slots in proptest::collection::vec(slot(), 4)
+        ) {
+            let w = words(4);
+            let raw: Vec<u64> = slots.iter().flatten().copied().collect();
+            for (cell, v) in w.iter().zip(&raw) {
+                cell.store(*v, Ordering::Relaxed);
+            }
+            let (j, found) = Journal::open(w);
+            for (slot, r) in &found {
+                let at = *slot as usize * SLOT_WORDS;
+                proptest::prop_assert_eq!(&encode(r)[..], &raw[at..at + SLOT_WORDS]);
+            }
+            // The rest is free: as many records fit as slots were not found.
+            for n in 0..4 - found.len() {
+                proptest::prop_assert!(j.record_vm(1, n as u32).is_ok());
+            }
+            proptest::prop_assert_eq!(j.record_vm(2, 0), Err(JournalFull));
         }
     }
 

@@ -101,7 +101,10 @@ fn map_journal(fd: i32, bytes: u64) -> Result<&'static [AtomicU64], String> {
         .map_err(|e| e.to_string())?
         .st_size;
     let have = u64::try_from(have).map_err(|_| "a negative size".to_string())?;
-    let want = bytes.next_multiple_of(4096).max(have);
+    let want = bytes
+        .checked_next_multiple_of(4096)
+        .ok_or_else(|| "a journal larger than memory".to_string())?
+        .max(have);
     if want > have {
         rustix::fs::ftruncate(&memfd, want).map_err(|e| e.to_string())?;
     }
