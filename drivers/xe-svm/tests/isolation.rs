@@ -31,11 +31,6 @@ fn destroy_bo(w: &World, badge: u64, bo: u32) -> Result<(), GpuError> {
     w.call(badge, g::Request::DestroyBo(req)).map(|_| ())
 }
 
-fn destroy_vm(w: &World, badge: u64, vm: u32) -> Result<(), GpuError> {
-    let req = g::DestroyVm { vm: VmId::raw(vm) };
-    w.call(badge, g::Request::DestroyVm(req)).map(|_| ())
-}
-
 /// Old: `(gpu_addr + len) >> 47` wrapped, the PTEs landed at low addresses
 /// and `DestroyBo` never removed them.
 #[test]
@@ -94,18 +89,18 @@ fn a_huge_buffer_object_is_refused_before_anything_is_allocated() {
 fn asids_are_reused_and_stale_vm_ids_name_nothing() {
     let w = World::new(GpuBudget::default());
     let first = w.create_vm(A).unwrap();
-    destroy_vm(&w, A, first.vm.get()).unwrap();
+    w.destroy_vm(A, first.vm.get()).unwrap();
     for i in 0..600 {
         let v = w
             .create_vm(A)
             .unwrap_or_else(|e| panic!("cycle {i}: {e:?}"));
-        destroy_vm(&w, A, v.vm.get()).unwrap();
+        w.destroy_vm(A, v.vm.get()).unwrap();
     }
     let again = w.create_vm(A).unwrap();
     assert_eq!(again.asid, first.asid, "the ASID was reused");
     assert_ne!(again.vm, first.vm, "under a new id");
-    assert_eq!(destroy_vm(&w, A, first.vm.get()), Err(GpuError::NoSuchVm));
-    assert_eq!(destroy_vm(&w, B, again.vm.get()), Err(GpuError::NoSuchVm));
+    assert_eq!(w.destroy_vm(A, first.vm.get()), Err(GpuError::NoSuchVm));
+    assert_eq!(w.destroy_vm(B, again.vm.get()), Err(GpuError::NoSuchVm));
     assert_eq!(w.accounting(A).vms, 1);
 }
 
@@ -242,16 +237,6 @@ fn budgets_come_back_to_zero_after_a_client_goes() {
     );
 }
 
-fn bind_view(w: &World, badge: u64, vm: u32, view: u32, gpu_addr: u64) -> Result<(), GpuError> {
-    let req = g::BindView {
-        vm: VmId::raw(vm),
-        view: ipc_protocol::types::ViewId::raw(view),
-        gpu_addr,
-        flags: 0,
-    };
-    w.call(badge, g::Request::BindView(req)).map(|_| ())
-}
-
 /// Old: 60 DMA slots for everyone; one client binding many objects took
 /// them all.
 #[test]
@@ -259,14 +244,15 @@ fn dma_slots_are_budgeted_per_client() {
     let w = World::new(budget("dma_slots=2"));
     let vm_a = w.create_vm(A).unwrap().vm.get();
     let vm_b = w.create_vm(B).unwrap().vm.get();
-    bind_view(&w, A, vm_a, 1, 0x1000_0000).unwrap();
-    bind_view(&w, A, vm_a, 2, 0x2000_0000).unwrap();
+    w.bind_view(A, vm_a, 1, 0x1000_0000).unwrap();
+    w.bind_view(A, vm_a, 2, 0x2000_0000).unwrap();
     assert_eq!(
-        bind_view(&w, A, vm_a, 3, 0x3000_0000),
+        w.bind_view(A, vm_a, 3, 0x3000_0000),
         Err(GpuError::OverBudget)
     );
     assert_eq!(w.accounting(A).dma_slots, 2);
-    bind_view(&w, B, vm_b, 4, 0x1000_0000).expect("another client never notices");
+    w.bind_view(B, vm_b, 4, 0x1000_0000)
+        .expect("another client never notices");
     // A refused bind leaves nothing behind: the server knows 3 objects.
     assert_eq!(w.accounting(B).all_dma_slots, 3);
     // Unbinding an object's last binding gives its slot back.
@@ -275,7 +261,7 @@ fn dma_slots_are_budgeted_per_client() {
         gpu_addr: 0x2000_0000,
     };
     w.call(A, g::Request::Unbind(req)).unwrap();
-    bind_view(&w, A, vm_a, 3, 0x3000_0000).unwrap();
+    w.bind_view(A, vm_a, 3, 0x3000_0000).unwrap();
 }
 
 /// Past its VRAM share a client's faulted pages are mapped from system
@@ -284,8 +270,8 @@ fn dma_slots_are_budgeted_per_client() {
 fn past_its_vram_share_a_client_runs_from_system_memory() {
     let w = World::new(budget("vram_bytes=2M"));
     let vm = w.create_vm(A).unwrap().vm.get();
-    bind_view(&w, A, vm, 1, 0x1000_0000).unwrap();
-    bind_view(&w, A, vm, 2, 0x2000_0000).unwrap();
+    w.bind_view(A, vm, 1, 0x1000_0000).unwrap();
+    w.bind_view(A, vm, 2, 0x2000_0000).unwrap();
     let first = w.touch(A, vm, 0x1000_0000, 512 * PAGE).unwrap();
     assert_eq!(
         w.wait(A, first, 5_000).unwrap().status,

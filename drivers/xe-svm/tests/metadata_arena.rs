@@ -10,7 +10,7 @@ use common::{World, OBJECT_PAGES, PAGE};
 use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify as n;
 use ipc_protocol::server::Handler;
-use ipc_protocol::types::{JobStatus, ObjectId, PageCount, PageMask, ViewId, VmId};
+use ipc_protocol::types::{JobStatus, ObjectId, PageCount, PageMask, VmId};
 use ipc_protocol::{Capability, Rights};
 use xe_svm::arena::{Config, ConfigError};
 use xe_svm::budget::GpuBudget;
@@ -23,24 +23,6 @@ const RING: usize = xe_svm::fault_log::RING_BYTES as usize;
 /// Arena bytes of one object's frame words (4 per page).
 const FRAMES: usize = OBJECT_PAGES as usize * 4;
 
-fn bind_view(w: &World, badge: u64, vm: u32, view: u32, gpu_addr: u64) -> Result<(), GpuError> {
-    let req = g::BindView {
-        vm: VmId::raw(vm),
-        view: ViewId::raw(view),
-        gpu_addr,
-        flags: 0,
-    };
-    w.call(badge, g::Request::BindView(req)).map(|_| ())
-}
-
-fn unbind(w: &World, badge: u64, vm: u32, gpu_addr: u64) -> Result<(), GpuError> {
-    let req = g::Unbind {
-        vm: VmId::raw(vm),
-        gpu_addr,
-    };
-    w.call(badge, g::Request::Unbind(req)).map(|_| ())
-}
-
 /// Two VMs' fault logs and one object's frames fit; a second object's
 /// frames do not. The client whose bind finds no room gets
 /// `OutOfMetadata`, is charged nothing for it, and binds once the other
@@ -52,9 +34,9 @@ fn a_full_arena_is_out_of_metadata_to_the_binding_client_only() {
     let start = arena.used();
     let vm_a = w.create_vm(A).unwrap().vm.get();
     let vm_b = w.create_vm(B).unwrap().vm.get();
-    bind_view(&w, A, vm_a, 1, 0x1000_0000).unwrap();
+    w.bind_view(A, vm_a, 1, 0x1000_0000).unwrap();
     assert_eq!(
-        bind_view(&w, B, vm_b, 2, 0x1000_0000),
+        w.bind_view(B, vm_b, 2, 0x1000_0000),
         Err(GpuError::OutOfMetadata)
     );
     let b = w.accounting(B);
@@ -74,9 +56,9 @@ fn a_full_arena_is_out_of_metadata_to_the_binding_client_only() {
     // Its pages went to VRAM: the pager frees them, then A unbinds, and
     // its object's frames go back to the arena.
     free_pages(&w, 1);
-    unbind(&w, A, vm_a, 0x1000_0000).unwrap();
+    w.unbind(A, vm_a, 0x1000_0000).unwrap();
     assert_eq!(w.accounting(A).metadata_bytes, 0);
-    bind_view(&w, B, vm_b, 2, 0x1000_0000).expect("room again");
+    w.bind_view(B, vm_b, 2, 0x1000_0000).expect("room again");
     w.disconnect(A);
     w.disconnect(B);
     assert_eq!(arena.used(), start, "every session's metadata went back");
@@ -112,8 +94,8 @@ fn the_arena_is_back_to_its_start_after_the_sessions_end() {
     let start = arena.used();
     let session = w.server.inner.session(A);
     let vm = w.create_vm(A).unwrap().vm.get();
-    bind_view(&w, A, vm, 7, 0x1000_0000).unwrap();
-    bind_view(&w, A, vm, 8, 0x2000_0000).unwrap();
+    w.bind_view(A, vm, 7, 0x1000_0000).unwrap();
+    w.bind_view(A, vm, 8, 0x2000_0000).unwrap();
     let job = w.touch(A, vm, 0x1000_0000, 64 * PAGE).unwrap();
     assert_eq!(w.wait(A, job, 5_000).unwrap().status, JobStatus::Completed);
     assert!(arena.used() >= start + RING + 2 * FRAMES);

@@ -10,8 +10,8 @@ mod common;
 use std::sync::atomic::AtomicU64;
 
 use common::World;
-use ipc_protocol::interfaces::gpu::{self as g, GpuError};
-use ipc_protocol::types::{JobStatus, VmId};
+use ipc_protocol::interfaces::gpu::GpuError;
+use ipc_protocol::types::JobStatus;
 use xe_svm::journal::{BindingRecord, Journal, SLOT_WORDS};
 use xe_svm::rebuild::Rebuilt;
 
@@ -33,29 +33,6 @@ fn server_over(words: &'static [AtomicU64], spec: &str) -> (World, Rebuilt) {
     (w, rebuilt)
 }
 
-fn bind(w: &World, badge: u64, vm: u32, view: u32, gpu_addr: u64) -> Result<(), GpuError> {
-    let req = g::BindView {
-        vm: VmId::raw(vm),
-        view: ipc_protocol::types::ViewId::raw(view),
-        gpu_addr,
-        flags: 0,
-    };
-    w.call(badge, g::Request::BindView(req)).map(|_| ())
-}
-
-fn unbind(w: &World, badge: u64, vm: u32, gpu_addr: u64) -> Result<(), GpuError> {
-    let req = g::Unbind {
-        vm: VmId::raw(vm),
-        gpu_addr,
-    };
-    w.call(badge, g::Request::Unbind(req)).map(|_| ())
-}
-
-fn destroy_vm(w: &World, badge: u64, vm: u32) -> Result<(), GpuError> {
-    let req = g::DestroyVm { vm: VmId::raw(vm) };
-    w.call(badge, g::Request::DestroyVm(req)).map(|_| ())
-}
-
 const LO: u64 = 0x10_0000;
 const HI: u64 = 0x40_0000;
 const FAR: u64 = 0x80_0000;
@@ -71,8 +48,8 @@ fn vms_and_bindings_come_back_under_the_ids_their_clients_hold() {
     w1.bind(A, va, 5, LO);
     w1.bind(A, va, 6, HI);
     w1.bind(B, vb, 7, LO);
-    unbind(&w1, A, va, HI).unwrap();
-    destroy_vm(&w1, A, gone).unwrap();
+    w1.unbind(A, va, HI).unwrap();
+    w1.destroy_vm(A, gone).unwrap();
     drop(w1);
 
     let (w2, rebuilt) = server_over(words, "");
@@ -83,12 +60,12 @@ fn vms_and_bindings_come_back_under_the_ids_their_clients_hold() {
     };
     assert_eq!(rebuilt, want);
     // The bindings are where they were, and only there.
-    assert_eq!(bind(&w2, A, va, 8, LO), Err(GpuError::AddressInUse));
-    assert_eq!(bind(&w2, B, vb, 9, LO), Err(GpuError::AddressInUse));
-    assert_eq!(bind(&w2, A, va, 8, HI), Ok(()));
+    assert_eq!(w2.bind_view(A, va, 8, LO), Err(GpuError::AddressInUse));
+    assert_eq!(w2.bind_view(B, vb, 9, LO), Err(GpuError::AddressInUse));
+    assert_eq!(w2.bind_view(A, va, 8, HI), Ok(()));
     // The destroyed VM stays gone; a VM stays its owner's.
-    assert_eq!(bind(&w2, A, gone, 8, FAR), Err(GpuError::NoSuchVm));
-    assert_eq!(bind(&w2, B, va, 8, FAR), Err(GpuError::NoSuchVm));
+    assert_eq!(w2.bind_view(A, gone, 8, FAR), Err(GpuError::NoSuchVm));
+    assert_eq!(w2.bind_view(B, va, 8, FAR), Err(GpuError::NoSuchVm));
     // Work runs in the rebuilt VM at the rebuilt binding.
     let job = w2.touch(A, va, LO, 4096).unwrap();
     let done = w2.wait(A, job, 10_000).unwrap();
@@ -115,13 +92,13 @@ fn rebuilt_bindings_are_charged_to_their_client() {
     let va = w1.create_vm(A).unwrap().vm.get();
     w1.bind(A, va, 5, LO);
     w1.bind(A, va, 6, HI);
-    assert_eq!(bind(&w1, A, va, 7, FAR), Err(GpuError::OverBudget));
+    assert_eq!(w1.bind_view(A, va, 7, FAR), Err(GpuError::OverBudget));
     drop(w1);
     let (w2, rebuilt) = server_over(words, "bindings=2");
     assert_eq!(rebuilt.bindings, 2);
-    assert_eq!(bind(&w2, A, va, 7, FAR), Err(GpuError::OverBudget));
-    unbind(&w2, A, va, HI).unwrap();
-    assert_eq!(bind(&w2, A, va, 7, FAR), Ok(()));
+    assert_eq!(w2.bind_view(A, va, 7, FAR), Err(GpuError::OverBudget));
+    w2.unbind(A, va, HI).unwrap();
+    assert_eq!(w2.bind_view(A, va, 7, FAR), Ok(()));
 }
 
 fn record(view: u32, gpu_addr: u64, object: u32, first_page: u64, pages: u64) -> BindingRecord {
@@ -173,7 +150,7 @@ fn records_that_do_not_hold_are_dropped_and_cleared() {
     };
     let (_, found) = Journal::open(words);
     assert_eq!(rebuilt, want, "{found:?}");
-    assert_eq!(bind(&w, A, good, 8, LO), Err(GpuError::AddressInUse));
+    assert_eq!(w.bind_view(A, good, 8, LO), Err(GpuError::AddressInUse));
     drop(w);
     // What was dropped was cleared: the next generation finds only the
     // records that held.
@@ -218,8 +195,8 @@ fn a_binding_that_followed_its_view_comes_back_where_it_went() {
         (w, r)
     };
     assert_eq!((rebuilt.vms, rebuilt.bindings, rebuilt.dropped), (1, 1, 0));
-    assert_eq!(bind(&w2, A, va, 8, HI), Err(GpuError::AddressInUse));
-    assert_eq!(bind(&w2, A, va, 8, LO), Ok(()));
+    assert_eq!(w2.bind_view(A, va, 8, HI), Err(GpuError::AddressInUse));
+    assert_eq!(w2.bind_view(A, va, 8, LO), Ok(()));
 }
 
 mod any_journal {

@@ -206,13 +206,33 @@ impl World {
 
     /// Binds view `view` at `gpu_addr` of client `badge`'s VM `vm`.
     pub fn bind(&self, badge: u64, vm: u32, view: u32, gpu_addr: u64) {
+        self.bind_view(badge, vm, view, gpu_addr).unwrap();
+    }
+
+    /// Client `badge`'s `BindView`, with the server's answer.
+    pub fn bind_view(&self, badge: u64, vm: u32, view: u32, gpu_addr: u64) -> Result<(), GpuError> {
         let req = g::BindView {
             vm: ipc_protocol::types::VmId::raw(vm),
             view: ipc_protocol::types::ViewId::raw(view),
             gpu_addr,
             flags: 0,
         };
-        self.call(badge, g::Request::BindView(req)).unwrap();
+        self.call(badge, g::Request::BindView(req)).map(|_| ())
+    }
+
+    pub fn unbind(&self, badge: u64, vm: u32, gpu_addr: u64) -> Result<(), GpuError> {
+        let req = g::Unbind {
+            vm: ipc_protocol::types::VmId::raw(vm),
+            gpu_addr,
+        };
+        self.call(badge, g::Request::Unbind(req)).map(|_| ())
+    }
+
+    pub fn destroy_vm(&self, badge: u64, vm: u32) -> Result<(), GpuError> {
+        let req = g::DestroyVm {
+            vm: ipc_protocol::types::VmId::raw(vm),
+        };
+        self.call(badge, g::Request::DestroyVm(req)).map(|_| ())
     }
 
     pub fn stats(&self, badge: u64) -> g::GpuStats {
