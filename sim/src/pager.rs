@@ -404,10 +404,8 @@ impl Runtime for SimRuntime {
     }
 
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
-        if let Ok((gpu, notify)) = self.gpu() {
-            let (v, n) = (view.raw(), new_view.raw());
-            let _ = notify.call(move || gpu.view_copied(v, n, from, to));
-        }
+        let (v, n) = (view.raw(), new_view.raw());
+        let _ = self.call_gpu(true, move |gpu| gpu.view_copied(v, n, from, to));
     }
 
     /// The machine's logical clock: a schedule's events, not wall time.
@@ -422,11 +420,11 @@ impl Runtime for SimRuntime {
     }
 
     fn view_part(&self, p: &PartNote) {
-        if let Ok((gpu, notify)) = self.gpu() {
-            let (v, n, p) = (p.view.raw(), p.new_view.raw(), *p);
-            let pages = p.first_page as u64..(p.first_page + p.pages) as u64;
-            let _ = notify.call(move || gpu.view_part(v, n, pages, p.from, p.to));
-        }
+        let (v, n, p) = (p.view.raw(), p.new_view.raw(), *p);
+        let pages = p.first_page as u64..(p.first_page + p.pages) as u64;
+        let _ = self.call_gpu(true, move |gpu| {
+            gpu.view_part(v, n, pages.clone(), p.from, p.to)
+        });
     }
 }
 

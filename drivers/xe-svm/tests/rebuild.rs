@@ -158,43 +158,51 @@ fn records_that_do_not_hold_are_dropped_and_cleared() {
     assert_eq!(found.len(), 2, "{found:?}");
 }
 
-/// Bindings follow their views between restarts too: a view moved by an
-/// mremap (`ViewCopied`, then `ViewGone` for the old view) is rebuilt at
-/// its new address under its new id, and nothing at the old one.
+/// Bindings follow their views across a restart too. The GPU server dies
+/// after an mremap's `ViewCopied` and before its `ViewGone`: the next
+/// generation rebuilds both bindings from the journal; the pager's stub
+/// sends the caught `ViewCopied` again (idempotent), which finds the twin
+/// in place and makes nothing; then `ViewGone` leaves only the moved one.
 #[test]
 fn a_binding_that_followed_its_view_comes_back_where_it_went() {
     use ipc_protocol::interfaces::gpu_notify::{self as n, GpuNotify};
     use ipc_protocol::server::Handler;
+    use ipc_protocol::types::ViewId;
     use ipc_protocol::{Capability, Rights};
+    let notify = |w: &World, req| {
+        let cap = Capability::new(1, Rights::NOTIFY);
+        match Handler::<GpuNotify>::handle(&w.server, &cap, req, vec![]) {
+            Ok((r, _)) => r,
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    let moved = n::ViewCopied {
+        view: ViewId::raw(5),
+        new_view: ViewId::raw(9),
+        from: LO,
+        to: HI,
+    };
     let words = journal_words(64);
     let (w1, _) = server_over(words, "");
     let va = w1.create_vm(A).unwrap().vm.get();
     w1.bind(A, va, 5, LO);
-    let notify = |req| {
-        let cap = Capability::new(1, Rights::NOTIFY);
-        Handler::<GpuNotify>::handle(&w1.server, &cap, req, vec![]).unwrap();
-    };
-    let moved = n::ViewCopied {
-        view: ipc_protocol::types::ViewId::raw(5),
-        new_view: ipc_protocol::types::ViewId::raw(9),
-        from: LO,
-        to: HI,
-    };
-    notify(n::Request::ViewCopied(moved));
-    notify(n::Request::ViewGone(n::ViewGone {
-        view: ipc_protocol::types::ViewId::raw(5),
-    }));
+    notify(&w1, n::Request::ViewCopied(moved.clone()));
     drop(w1);
-    let (w2, rebuilt) = {
-        let w = World::new(common::budget(""));
-        // The pager knows view 9 as the moved view of object 5.
-        w.pager.view_objects.lock().unwrap().insert(9, 5);
-        let (journal, found) = Journal::open(words);
-        w.server.inner.attach_journal(journal);
-        let r = w.server.rebuild(&found);
-        (w, r)
+    let w2 = World::new(common::budget(""));
+    // The pager knows view 9 as the moved view of object 5.
+    w2.pager.view_objects.lock().unwrap().insert(9, 5);
+    let (journal, found) = Journal::open(words);
+    w2.server.inner.attach_journal(journal);
+    let rebuilt = w2.server.rebuild(&found);
+    assert_eq!((rebuilt.vms, rebuilt.bindings, rebuilt.dropped), (1, 2, 0));
+    match notify(&w2, n::Request::ViewCopied(moved)) {
+        n::Reply::ViewCopied(c) => assert_eq!((c.bindings, c.skipped), (0, 1)),
+        r => panic!("unexpected {r:?}"),
+    }
+    let gone = n::ViewGone {
+        view: ViewId::raw(5),
     };
-    assert_eq!((rebuilt.vms, rebuilt.bindings, rebuilt.dropped), (1, 1, 0));
+    notify(&w2, n::Request::ViewGone(gone));
     assert_eq!(w2.bind_view(A, va, 8, HI), Err(GpuError::AddressInUse));
     assert_eq!(w2.bind_view(A, va, 8, LO), Ok(()));
 }

@@ -80,7 +80,10 @@ wire_struct!(
     /// then sends `ViewGone` for `view`). Every binding of `view` gets a
     /// twin binding `new_view` at its GPU address shifted by the same
     /// amount, unless that range is taken in its VM. The pager sends this
-    /// before the client's mremap can return.
+    /// before the client's mremap can return. Idempotent: a twin already
+    /// made takes its range, so the same call again makes nothing (the
+    /// stub sends it again to a restarted GPU server, which rebuilt what
+    /// its predecessor did from its journal).
     pub struct ViewCopied {
         pub view: ViewId,
         pub new_view: ViewId,
@@ -97,7 +100,7 @@ wire_struct!(
     /// shifted the same way, unless that range is taken in its VM (by
     /// anything but `view` itself when nothing moved). The pager sends it,
     /// like `ViewCopied`, before the change it follows can return, and
-    /// then `ViewGone` for `view`.
+    /// then `ViewGone` for `view`. Idempotent as `ViewCopied` is.
     pub struct ViewPart {
         pub view: ViewId,
         pub new_view: ViewId,
@@ -151,8 +154,8 @@ interface! {
         3 => FreePages [0] -> Freed [0] needs NOTIFY, idempotent;
         4 => AttachStaging [1] -> Done [0] needs NOTIFY, idempotent;
         5 => ViewGone [0] -> Unbound [0] needs NOTIFY, idempotent;
-        6 => ViewCopied [0] -> Copied [0] needs NOTIFY;
-        7 => ViewPart [0] -> Copied [0] needs NOTIFY;
+        6 => ViewCopied [0] -> Copied [0] needs NOTIFY, idempotent;
+        7 => ViewPart [0] -> Copied [0] needs NOTIFY, idempotent;
         8 => ViewGrown [0] -> Copied [0] needs NOTIFY, idempotent;
     }
     notifications {}
