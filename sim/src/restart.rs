@@ -63,6 +63,7 @@ impl World {
             "generation {generation} refused pages: {adopted:?}"
         );
         core.attach_staging(STAGING_BASE, STAGING_SLOTS as u64 * 512 * PAGE);
+        self.refill(&core);
         rt.gpu.set((Arc::downgrade(&core), notify.clone()));
         if let Some(mm) = &self.mm {
             mm.worlds.gpu.set(Arc::downgrade(&core));
@@ -81,6 +82,19 @@ impl World {
         r.threads.extend(dying);
         r.cores.push(old.core);
         generation
+    }
+
+    /// The other users' VRAM (the filler) is held in the new allocator
+    /// too, so the pressure a scenario set up outlives the restart.
+    fn refill(&self, core: &GpuCore) {
+        let mut filler = self.filler.lock().unwrap_or_else(|e| e.into_inner());
+        let held = filler.len();
+        *filler = (0..held).filter_map(|_| core.vram.alloc(0).ok()).collect();
+        assert_eq!(
+            filler.len(),
+            held,
+            "the filler fits beside the adopted pages"
+        );
     }
 
     /// A fresh core over the same machine, the device at `epoch`, calling
@@ -117,6 +131,12 @@ pub fn all() -> Vec<Scenario> {
             about: "the GPU server is killed while a GPU pass and two CPU threads move every \
                     page both ways; its next generation adopts what VRAM holds",
             run: gpu_server_restarts,
+        },
+        Scenario {
+            name: "gpu_server_restarts_mid_eviction",
+            about: "the GPU server is killed while mm-server evicts from a nearly full VRAM and \
+                    GPU and CPU faults move the same pages",
+            run: gpu_server_restarts_mid_eviction,
         },
         Scenario {
             name: "gpu_server_restarts_twice",
@@ -158,6 +178,46 @@ fn gpu_server_restarts() {
     join([killer, gpu].into_iter().chain(cpus).collect());
     gpu_pass(&w);
     finish(w, |p| start(p) + 4);
+}
+
+/// The kill may land in an eviction pass (mm-server's `Evict` to the
+/// pager, the pager's copy back through the dying server) or in a GPU
+/// fault waiting in mm-server for room: rules 5 to 7 hold across it.
+fn gpu_server_restarts_mid_eviction() {
+    let w = world(WorldConfig {
+        pages: 6,
+        broker: Some(3),
+        ..Default::default()
+    });
+    gpu_pass(&w);
+    let mm = {
+        let w = w.clone();
+        spawn(move || {
+            let mm = w.mm.clone().expect("a broker");
+            for _ in 0..2 {
+                delay(4);
+                mm.reserve(crate::machine::PAGE);
+            }
+        })
+    };
+    let killer = {
+        let w = w.clone();
+        spawn(move || {
+            delay(10);
+            w.restart_gpu();
+        })
+    };
+    let gpu = gpu_passes(&w, 1);
+    let cpu = {
+        let w = w.clone();
+        spawn(move || {
+            for p in (0..w.machine.pages).rev() {
+                w.cpu_access(&view(0), p, 1);
+            }
+        })
+    };
+    join(vec![mm, killer, gpu, cpu]);
+    finish(w, |p| start(p) + 3);
 }
 
 /// A second kill may come while the first successor's take-over or its

@@ -143,7 +143,7 @@ pub struct World {
     /// The bound view's GPU address now (it moves with the view).
     pub gpu_base: Arc<StdAtomicU64>,
     /// VRAM blocks held to leave little room (the pressure scenarios).
-    filler: std::sync::Mutex<Vec<u64>>,
+    pub(crate) filler: std::sync::Mutex<Vec<u64>>,
 }
 
 impl World {

@@ -43,6 +43,11 @@ fn gpu_server_restarts() {
 }
 
 #[test]
+fn gpu_server_restarts_mid_eviction() {
+    scenario("gpu_server_restarts_mid_eviction");
+}
+
+#[test]
 fn gpu_server_restarts_twice() {
     scenario("gpu_server_restarts_twice");
 }
@@ -206,6 +211,7 @@ fn every_scenario_has_a_test() {
         "thrash_hold_keeps_data",
         "gpu_server_restarts",
         "gpu_server_restarts_twice",
+        "gpu_server_restarts_mid_eviction",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);
