@@ -296,21 +296,8 @@ impl PageTable {
     /// Releases a page lock the caller holds, publishing `now` as the
     /// page's state, and wakes everyone waiting on the page.
     pub fn unlock(&self, page: usize, now: Residency) -> Result<(), StateError> {
-        let word = self.word(page)?;
-        let mut cur = word.load(Ordering::Acquire);
-        loop {
-            debug_assert!(
-                cur & LOCKED != 0,
-                "unlock of page {page} that is not locked"
-            );
-            let next = (cur & REF_MASK) | now.encode();
-            match word.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(w) => cur = w,
-            }
-        }
-        self.count_change(page, Residency::decode(cur), now);
-        if cur & WAITERS != 0 {
+        let was = self.publish(page, REF_MASK, now)?;
+        if was & WAITERS != 0 {
             let b = self.bucket(page);
             // Taking the mutex orders this wake after any waiter's check.
             let _g = lock(&b.mutex);
@@ -323,21 +310,25 @@ impl PageTable {
     /// data already moved, and the holder has more to do before others
     /// may use it (`core/backend.rs`, `release_vram`).
     pub fn settle(&self, page: usize, now: Residency) -> Result<(), StateError> {
+        self.publish(page, LOCKED | WAITERS | REF_MASK, now)
+            .map(|_| ())
+    }
+
+    /// Makes the locked `page`'s state `now`, keeping the bits of its word
+    /// in `keep` (the rest goes); returns the word before.
+    fn publish(&self, page: usize, keep: u64, now: Residency) -> Result<u64, StateError> {
         let word = self.word(page)?;
         let mut cur = word.load(Ordering::Acquire);
         loop {
-            debug_assert!(
-                cur & LOCKED != 0,
-                "settle of page {page} that is not locked"
-            );
-            let next = (cur & !(RES_MASK | (u64::MAX << GPU_SHIFT))) | now.encode();
+            debug_assert!(cur & LOCKED != 0, "page {page} is not locked");
+            let next = (cur & keep) | now.encode();
             match word.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
                 Err(w) => cur = w,
             }
         }
         self.count_change(page, Residency::decode(cur), now);
-        Ok(())
+        Ok(cur)
     }
 
     /// Sleeps until `page` is not locked (the wait on a migration entry).

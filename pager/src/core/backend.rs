@@ -263,7 +263,8 @@ impl<R: Runtime> CoreBackend<'_, R> {
     /// is sent, or to none (the stub sends an idempotent call again after
     /// a restart, and a later generation lists the page as System).
     /// Marked after the free instead, a predecessor that answered just
-    /// before it died would leave its successor a frame nobody frees.
+    /// before it died would leave its successor a frame nobody frees, and
+    /// one its GPU faults map for a page already back in RAM.
     fn release_vram(&self, object: Handle, chunk: Chunk, installed: &PageMask) {
         if installed.is_empty() {
             return;
