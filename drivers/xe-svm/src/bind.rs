@@ -11,6 +11,7 @@ use ipc_protocol::interfaces::pager_migrate::{OpenView, ViewOpened};
 use ipc_protocol::types::ViewId;
 
 use crate::host::GpuServer;
+use crate::journal::BindingRecord;
 use crate::server::USER_VA_END;
 use crate::session::{self as ses, GpuSession};
 
@@ -34,22 +35,32 @@ impl GpuServer {
             return Err(GpuError::BadRange);
         }
         let opened = self.open_view(owner, view)?;
-        let object = opened.object.get();
-        let r = inner.bind(
-            owner,
-            vm,
-            view.get(),
-            object,
-            opened.object_first_page,
-            opened.pages,
+        let r = BindingRecord {
+            view: view.get(),
             gpu_addr,
-            flags & BIND_READ_ONLY != 0,
-        );
-        if r.is_err() {
-            // An object this bind added and nothing binds gives its slot back.
-            inner.forget_if_unused(object);
+            object: opened.object.get(),
+            first_page: opened.object_first_page,
+            pages: opened.pages,
+            read_only: flags & BIND_READ_ONLY != 0,
+        };
+        self.bind_opened(owner, vm, &r, None)
+    }
+
+    /// Binds `r`, whose view [`Self::open_view`] opened, in `owner`'s VM
+    /// `vm` (its journal record new, or the predecessor's in `slot`). An
+    /// object this leaves unbound gives its DMA slot back.
+    pub(crate) fn bind_opened(
+        &self,
+        owner: u64,
+        vm: u32,
+        r: &BindingRecord,
+        slot: Option<u32>,
+    ) -> Result<(), GpuError> {
+        let bound = self.inner.insert_binding(owner, vm, r, slot);
+        if bound.is_err() {
+            self.inner.forget_if_unused(r.object);
         }
-        r
+        bound
     }
 
     /// Has the pager open `owner`'s view `view` (it checks the view is

@@ -109,22 +109,13 @@ fn map_journal(fd: i32, bytes: u64) -> Result<&'static [AtomicU64], String> {
         rustix::fs::ftruncate(&memfd, want).map_err(|e| e.to_string())?;
     }
     let len = usize::try_from(want).map_err(|_| "too large".to_string())?;
-    use rustix::mm::{mmap, MapFlags, ProtFlags};
-    // SAFETY: a fresh shared mapping of the whole memfd, never unmapped;
+    // Mapped for the process's life: the journal outlives every request.
+    let region = hw::shm::Region::map(memfd, len).map_err(|e| e.to_string())?;
+    let region: &'static hw::shm::Region = Box::leak(Box::new(region));
+    let at = region.ptr(0, want).ok_or("an empty journal")?;
+    // SAFETY: page-aligned, `len` bytes, mapped for the process's life;
+    // `AtomicU64` has the layout of `u64` and every bit pattern is valid;
     // only this process writes it while it runs (init holds it unread).
-    let at = unsafe {
-        mmap(
-            std::ptr::null_mut(),
-            len,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
-            &memfd,
-            0,
-        )
-    }
-    .map_err(|e| e.to_string())?;
-    // SAFETY: page-aligned, `len` bytes, valid for the process's life;
-    // `AtomicU64` has the layout of `u64` and every bit pattern is valid.
     Ok(unsafe { std::slice::from_raw_parts(at.cast::<AtomicU64>(), len / 8) })
 }
 

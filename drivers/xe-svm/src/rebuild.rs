@@ -90,11 +90,7 @@ impl GpuServer {
         if opened.object.get() != r.object || !inside {
             return Err(GpuError::BadRange);
         }
-        let restored = self.inner.insert_binding(owner, vm, r, Some(slot));
-        if restored.is_err() {
-            self.inner.forget_if_unused(r.object);
-        }
-        restored
+        self.bind_opened(owner, vm, r, Some(slot))
     }
 }
 

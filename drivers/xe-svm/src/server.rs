@@ -80,7 +80,6 @@ impl Binding {
         }
     }
 
-    /// The same object pages bound for view `view` at `gpu_addr`.
     /// What the journal keeps of it (`journal.rs`).
     pub(crate) fn record(&self) -> crate::journal::BindingRecord {
         crate::journal::BindingRecord {
@@ -93,6 +92,7 @@ impl Binding {
         }
     }
 
+    /// The same object pages bound for view `view` at `gpu_addr`.
     pub(crate) fn twin(&self, id: u64, view: u32, gpu_addr: u64) -> Self {
         Self {
             id,
