@@ -67,9 +67,9 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
-/// A buffer of `bytes` whose word `i` is `i + 1`, every page in VRAM.
-/// A VM with a buffer bound in it, put in VRAM by a GPU job; both are the
-/// caller's, and both outlive the GPU server.
+/// A VM with a buffer of `bytes` bound in it, word `i` holding `i + 1`,
+/// every page put in VRAM by a GPU job; both are the caller's, and both
+/// outlive the GPU server.
 fn buffer_in_vram(
     c: &Clients,
     bytes: usize,

@@ -64,10 +64,7 @@ fn pattern(i: usize) -> u32 {
 
 /// Words of `[addr, addr + words * 4)` that are not `pattern(i) + add`.
 fn bad_words(addr: u64, words: usize, add: u32) -> u64 {
-    (0..words)
-        // SAFETY: the caller names a mapped range of `words` words.
-        .filter(|&i| unsafe { std::ptr::read_volatile((addr as *const u32).add(i)) } != pattern(i).wrapping_add(add))
-        .count() as u64
+    words_outside(addr, words, add, add)
 }
 
 /// Words of `[addr, addr + 4 * words)` not `pattern` plus `lo` to `hi`.

@@ -296,8 +296,8 @@ pub const BUDGETS: &[ServerBudget] = &[
     },
     ServerBudget {
         process: "xe-svm",
-        spec: "vms=8,bindings=4096,bos=1024,bo_bytes=128M,jobs_in_flight=16,result_slots=256,dma_slots=16,\
-               vram_bytes=64G,metadata_bytes=9M",
+        spec: "vms=8,bindings=4096,bos=1024,bo_bytes=128M,jobs_in_flight=16,result_slots=256,\
+               dma_slots=16,vram_bytes=64G,metadata_bytes=9M",
         arena_mib: None,
     },
 ];
