@@ -25,7 +25,9 @@ use xe_svm::server::Inner;
 use crate::machine::{PAGE, STAGING_BASE, STAGING_SLOTS};
 use crate::net::{delay, Endpoint};
 use crate::platform::SimPlatform;
-use crate::scenarios::{finish, gpu_pass, gpu_passes, join, start, view, world, Scenario};
+use crate::scenarios::{
+    evictions, finish, gpu_pass, gpu_passes, join, start, view, world, Scenario,
+};
 use crate::world::{bind_client_view, GpuSide, World, WorldConfig};
 use crate::GpuCore;
 
@@ -123,6 +125,19 @@ impl World {
     }
 }
 
+/// The actor that kills the GPU server `kills` times, each after a delay
+/// of up to `spacing` yields the seed picks; each kill starts the next
+/// generation.
+fn killer(w: &Arc<World>, kills: u32, spacing: u32) -> shuttle::thread::JoinHandle<()> {
+    let w = w.clone();
+    spawn(move || {
+        for k in 0..kills {
+            delay(spacing);
+            assert_eq!(w.restart_gpu(), k + 2);
+        }
+    })
+}
+
 /// The scenarios of this fault.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -157,13 +172,7 @@ fn gpu_server_restarts() {
         ..Default::default()
     });
     gpu_pass(&w);
-    let killer = {
-        let w = w.clone();
-        spawn(move || {
-            delay(12);
-            assert_eq!(w.restart_gpu(), 2);
-        })
-    };
+    let killer = killer(&w, 1, 12);
     let gpu = gpu_passes(&w, 1);
     let cpus: Vec<_> = (0..2usize)
         .map(|t| {
@@ -190,23 +199,8 @@ fn gpu_server_restarts_mid_eviction() {
         ..Default::default()
     });
     gpu_pass(&w);
-    let mm = {
-        let w = w.clone();
-        spawn(move || {
-            let mm = w.mm.clone().expect("a broker");
-            for _ in 0..2 {
-                delay(4);
-                mm.reserve(crate::machine::PAGE);
-            }
-        })
-    };
-    let killer = {
-        let w = w.clone();
-        spawn(move || {
-            delay(10);
-            w.restart_gpu();
-        })
-    };
+    let mm = evictions(&w, 2);
+    let killer = killer(&w, 1, 10);
     let gpu = gpu_passes(&w, 1);
     let cpu = {
         let w = w.clone();
@@ -228,15 +222,7 @@ fn gpu_server_restarts_twice() {
         ..Default::default()
     });
     gpu_pass(&w);
-    let killer = {
-        let w = w.clone();
-        spawn(move || {
-            delay(6);
-            w.restart_gpu();
-            delay(6);
-            assert_eq!(w.restart_gpu(), 3);
-        })
-    };
+    let killer = killer(&w, 2, 6);
     let gpu = gpu_passes(&w, 1);
     let cpu = {
         let w = w.clone();

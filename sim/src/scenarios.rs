@@ -77,6 +77,19 @@ pub(crate) fn gpu_passes(w: &Arc<World>, n: usize) -> shuttle::thread::JoinHandl
     })
 }
 
+/// mm-server's actor: `passes` reservations of a page, each after a delay
+/// the seed picks and each running an eviction pass first.
+pub(crate) fn evictions(w: &Arc<World>, passes: usize) -> shuttle::thread::JoinHandle<()> {
+    let w = w.clone();
+    spawn(move || {
+        let mm = w.mm.clone().expect("a broker");
+        for _ in 0..passes {
+            delay(4);
+            mm.reserve(crate::machine::PAGE);
+        }
+    })
+}
+
 pub(crate) fn view(n: u64) -> Arc<AtomicU64> {
     Arc::new(AtomicU64::new(n))
 }
@@ -173,16 +186,7 @@ fn eviction_racing_both() {
         broker: Some(4),
         ..Default::default()
     });
-    let mm = {
-        let w = w.clone();
-        spawn(move || {
-            let mm = w.mm.clone().expect("a broker");
-            for _ in 0..2 {
-                delay(4);
-                mm.reserve(crate::machine::PAGE);
-            }
-        })
-    };
+    let mm = evictions(&w, 2);
     let gpu = gpu_passes(&w, 1);
     let cpu = {
         let w = w.clone();
