@@ -81,10 +81,12 @@ fn herd_migrates_back_every_page_once_with_its_data() {
         "every page moved back exactly once"
     );
     // The readers are woken by the install, before the winner frees the
-    // VRAM (`FreePages`) and unlocks: once every page says System, no
-    // VRAM is left.
+    // VRAM (`FreePages`) and unlocks: once every page of every chunk says
+    // System (unlocked), no VRAM is left.
     eventually("pages stayed locked", || {
-        snapshot(&r, object, 0, 512) == vec![PageStateCode::System; 512]
+        (0..pages)
+            .step_by(512)
+            .all(|first| snapshot(&r, object, first, 512) == vec![PageStateCode::System; 512])
     });
     assert!(r.gpu.vram.lock().unwrap().is_empty());
 }
