@@ -22,6 +22,7 @@ extern crate alloc;
 pub mod arena;
 pub mod budget;
 pub mod handle;
+pub mod journal;
 pub mod ranges;
 pub mod table;
 

@@ -10,11 +10,9 @@
 //! description held by a peer would have to be sent over IPC on every
 //! bind and would go with that peer if it died.
 //!
-//! **A record is whole or absent.** A slot is [`SLOT_WORDS`] words; word 0
-//! says what the slot holds and is written last (`Release`) when a record
-//! is made and first when it is cleared, so a server killed in the middle
-//! of either leaves a free slot or a whole record, never half of one. The
-//! server writes a record while it holds its state lock, before it answers
+//! **A record is whole or absent** (`session::journal`, the slots this
+//! journal shares with the pager's): a server killed while it writes or
+//! clears one leaves a free slot or a whole record. The server writes a record while it holds its state lock, before it answers
 //! the client: a binding the client was told about is in the journal.
 //!
 //! **The next generation trusts nothing in it.** A record names what a
@@ -29,16 +27,11 @@
 //! (`GpuBudget::journal_bytes_needed`), so one client cannot fill it for
 //! the others.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
-/// Words per record slot.
-pub const SLOT_WORDS: usize = 8;
-/// Bytes of a record: what each costs its client's `metadata_bytes`.
-pub const RECORD_BYTES: u64 = (SLOT_WORDS * 8) as u64;
+use session::journal::{Body, SlotJournal};
+pub use session::journal::{JournalFull, RECORD_BYTES, SLOT_WORDS};
 
-const FREE: u64 = 0;
 const KIND_VM: u64 = 0x766d_0001;
 const KIND_BINDING: u64 = 0x626e_0002;
 
@@ -67,27 +60,15 @@ pub enum Record {
 }
 
 /// What a slot belongs to in this generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
     Vm(u64, u32),
     /// By the server's binding id (unique for its life).
     Binding(u64),
 }
 
-/// The journal is full (cannot happen within the budgets; refused rather
-/// than left out).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JournalFull;
-
 pub struct Journal {
-    words: &'static [AtomicU64],
-    index: Mutex<Index>,
-}
-
-#[derive(Default)]
-struct Index {
-    free: Vec<u32>,
-    slots: HashMap<Key, u32>,
+    slots: SlotJournal<Key>,
 }
 
 impl Journal {
@@ -96,30 +77,18 @@ impl Journal {
     /// neither free nor owned until [`Self::keep_vm`],
     /// [`Self::keep_binding`] or [`Self::discard`] says which.
     pub fn open(words: &'static [AtomicU64]) -> (Self, Vec<(u32, Record)>) {
-        let slots = words.len() / SLOT_WORDS;
-        let mut index = Index::default();
-        let mut found = Vec::new();
-        // Popped from the end: the lowest slots are used first.
-        for slot in (0..slots as u32).rev() {
-            match decode(slot_words(words, slot)) {
-                Some(r) => found.push((slot, r)),
-                None => {
-                    slot_words(words, slot)[0].store(FREE, Ordering::Release);
-                    index.free.push(slot);
-                }
-            }
-        }
-        found.reverse();
-        let journal = Self {
-            words,
-            index: Mutex::new(index),
-        };
-        (journal, found)
+        let (slots, found) = SlotJournal::open(words, |b| decode(b).is_some());
+        let found = found
+            .iter()
+            .filter_map(|(slot, b)| Some((*slot, decode(b)?)))
+            .collect();
+        (Self { slots }, found)
     }
 
     /// Records that `owner` holds VM `vm`.
     pub fn record_vm(&self, owner: u64, vm: u32) -> Result<(), JournalFull> {
-        self.put(Key::Vm(owner, vm), &encode(&Record::Vm { owner, vm }))
+        self.slots
+            .put(Key::Vm(owner, vm), &encode(&Record::Vm { owner, vm }))
     }
 
     /// Records binding `id` of `owner`'s VM `vm`.
@@ -131,86 +100,45 @@ impl Journal {
         binding: BindingRecord,
     ) -> Result<(), JournalFull> {
         let r = Record::Binding { owner, vm, binding };
-        self.put(Key::Binding(id), &encode(&r))
+        self.slots.put(Key::Binding(id), &encode(&r))
     }
 
     /// Clears the record of `owner`'s VM `vm`; whether there was one.
     pub fn forget_vm(&self, owner: u64, vm: u32) -> bool {
-        self.clear(Key::Vm(owner, vm))
+        self.slots.clear(Key::Vm(owner, vm))
     }
 
     /// Clears binding `id`'s record; whether there was one.
     pub fn forget_binding(&self, id: u64) -> bool {
-        self.clear(Key::Binding(id))
+        self.slots.clear(Key::Binding(id))
     }
 
     /// The restored VM `vm` of `owner` owns the record in `slot`.
     pub fn keep_vm(&self, slot: u32, owner: u64, vm: u32) {
-        self.lock().slots.insert(Key::Vm(owner, vm), slot);
+        self.slots.keep(slot, Key::Vm(owner, vm));
     }
 
     /// The restored binding `id` owns the record in `slot`.
     pub fn keep_binding(&self, slot: u32, id: u64) {
-        self.lock().slots.insert(Key::Binding(id), slot);
+        self.slots.keep(slot, Key::Binding(id));
     }
 
     /// A record that could not be restored is cleared.
     pub fn discard(&self, slot: u32) {
-        self.free_slot(&mut self.lock(), slot);
+        self.slots.discard(slot);
     }
 
     /// Records held now.
     pub fn len(&self) -> usize {
-        self.lock().slots.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn put(&self, key: Key, body: &[u64; SLOT_WORDS]) -> Result<(), JournalFull> {
-        let mut ix = self.lock();
-        if let Some(old) = ix.slots.remove(&key) {
-            self.free_slot(&mut ix, old);
-        }
-        let slot = ix.free.pop().ok_or(JournalFull)?;
-        let w = slot_words(self.words, slot);
-        for (cell, v) in w.iter().zip(body).skip(1) {
-            cell.store(*v, Ordering::Relaxed);
-        }
-        // Last: the record exists only once it is whole.
-        w[0].store(body[0], Ordering::Release);
-        ix.slots.insert(key, slot);
-        Ok(())
-    }
-
-    fn clear(&self, key: Key) -> bool {
-        let mut ix = self.lock();
-        let Some(slot) = ix.slots.remove(&key) else {
-            return false;
-        };
-        self.free_slot(&mut ix, slot);
-        true
-    }
-
-    fn free_slot(&self, ix: &mut Index, slot: u32) {
-        if (slot as usize) < self.words.len() / SLOT_WORDS {
-            slot_words(self.words, slot)[0].store(FREE, Ordering::Release);
-            ix.free.push(slot);
-        }
+        self.slots.is_empty()
     }
 }
 
-fn slot_words(words: &[AtomicU64], slot: u32) -> &[AtomicU64] {
-    let at = slot as usize * SLOT_WORDS;
-    &words[at..at + SLOT_WORDS]
-}
-
-fn encode(r: &Record) -> [u64; SLOT_WORDS] {
+fn encode(r: &Record) -> Body {
     match *r {
         Record::Vm { owner, vm } => [KIND_VM, owner, u64::from(vm), 0, 0, 0, 0, 0],
         Record::Binding {
@@ -230,12 +158,8 @@ fn encode(r: &Record) -> [u64; SLOT_WORDS] {
     }
 }
 
-/// The record in `w`, if it holds a whole one (anything else is free).
-fn decode(w: &[AtomicU64]) -> Option<Record> {
-    let mut v = [0u64; SLOT_WORDS];
-    for (x, c) in v.iter_mut().zip(w) {
-        *x = c.load(Ordering::Acquire);
-    }
+/// The record in `v`, if it holds a whole one (anything else is free).
+fn decode(v: &Body) -> Option<Record> {
     let lo = |x: u64| x as u32;
     // Words a record does not use are zero in every record written.
     match v[0] {
@@ -262,6 +186,7 @@ fn decode(w: &[AtomicU64]) -> Option<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn words(slots: usize) -> &'static [AtomicU64] {
         let v: Vec<AtomicU64> = (0..slots * SLOT_WORDS).map(|_| AtomicU64::new(0)).collect();
