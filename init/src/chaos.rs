@@ -116,8 +116,8 @@ pub struct Report {
     pub longest_wait_ms: f64,
     pub bad: u64,
     pub workload_rounds: u64,
-    /// Workloads and probes that failed because the GPU server was
-    /// restarted while they ran (their words still checked).
+    /// Workloads and probes that failed because the GPU server or the
+    /// pager was restarted while they ran (their words still checked).
     pub interrupted: u64,
     pub probes: u64,
     pub errors: Vec<String>,
@@ -200,10 +200,11 @@ struct Shared {
     rounds: AtomicU64,
     probes: Mutex<Vec<Instant>>,
     errors: Mutex<Vec<String>>,
-    /// Bumped when a kill of the GPU server starts and when its next
-    /// generation is up: a round that saw it change lost its VM and jobs
-    /// with the server ([`Shared::failed`]).
-    gpu_epoch: AtomicU64,
+    /// Bumped when a kill of the GPU server or the pager starts and when
+    /// its next generation serves: a round that saw it change may have had
+    /// a call fail `PeerRestarted`, or lost its jobs and buffer objects
+    /// with the GPU server ([`Shared::failed`]).
+    restart_epoch: AtomicU64,
     interrupted: AtomicU64,
     /// The mremap race holds it exclusively, the probe shared: the race's
     /// readers read the moved range's old addresses, which the kernel
@@ -214,15 +215,16 @@ struct Shared {
 }
 
 impl Shared {
-    /// A workload that failed: an error, unless the GPU server was
-    /// restarted while it ran (since `epoch`). Its jobs and buffer objects
-    /// went with the old server (the client sees typed errors:
-    /// `PeerRestarted`, `NoSuchBo`, `DeviceReset`), so the round is
-    /// counted as interrupted. Wrong words are never excused: they are
+    /// A workload that failed: an error, unless the GPU server or the
+    /// pager was restarted while it ran (since `epoch`). A call the old
+    /// process took and did not answer fails `PeerRestarted` unless it is
+    /// idempotent; the GPU server's jobs and buffer objects went with it
+    /// (`NoSuchBo`, `DeviceReset`). So the round is counted as
+    /// interrupted. Wrong words are never excused: they are
     /// counted as bad either way.
     fn failed(&self, epoch: u64, what: String) {
-        if self.gpu_epoch.load(Ordering::Acquire) != epoch {
-            log::info!("chaos: interrupted by a GPU server restart: {what}");
+        if self.restart_epoch.load(Ordering::Acquire) != epoch {
+            log::info!("chaos: interrupted by a restart: {what}");
             self.interrupted.fetch_add(1, Ordering::Relaxed);
         } else {
             self.error(what);
@@ -246,7 +248,7 @@ fn alone<T>(s: &Shared, f: impl FnOnce() -> T) -> T {
 
 /// One round of every workload; words found wrong are added to `bad`.
 fn workload_round(c: &Clients, s: &Shared) {
-    let epoch = s.gpu_epoch.load(Ordering::Acquire);
+    let epoch = s.restart_epoch.load(Ordering::Acquire);
     let herd = herd::Config {
         mode: Mode::Touch,
         bytes: 1 << 20,
@@ -314,7 +316,7 @@ fn workload_round(c: &Clients, s: &Shared) {
 
 /// One page to VRAM by a GPU fault and back by CPU faults, checked.
 fn probe(c: &Clients, s: &Shared) {
-    let epoch = s.gpu_epoch.load(Ordering::Acquire);
+    let epoch = s.restart_epoch.load(Ordering::Acquire);
     let _no_mremap_race = s.mappings.read().unwrap_or_else(|p| p.into_inner());
     let cfg = herd::Config {
         mode: Mode::Touch,
@@ -392,7 +394,7 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
         rounds: AtomicU64::new(0),
         probes: Mutex::new(Vec::new()),
         errors: Mutex::new(Vec::new()),
-        gpu_epoch: AtomicU64::new(0),
+        restart_epoch: AtomicU64::new(0),
         interrupted: AtomicU64::new(0),
         mappings: std::sync::RwLock::new(()),
     };
@@ -427,13 +429,22 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
                 continue;
             }
             report.kills += 1;
-            let gpu = name == Target::Gpu.process();
-            if gpu {
-                s.gpu_epoch.fetch_add(1, Ordering::AcqRel);
+            // mm-server's callers retry or fall back: nothing of theirs fails.
+            let interrupts = name != Target::Mm.process();
+            if interrupts {
+                s.restart_epoch.fetch_add(1, Ordering::AcqRel);
             }
             let killed_one = kill_one(system, name);
-            if gpu {
-                s.gpu_epoch.fetch_add(1, Ordering::AcqRel);
+            if name == Target::Pager.process() {
+                // Serving: it answers once it took over (the stub retries
+                // this idempotent call after the restart's announcement).
+                let _ = c
+                    .own
+                    .pager
+                    .call(ipc_protocol::interfaces::pager::Accounting {});
+            }
+            if interrupts {
+                s.restart_epoch.fetch_add(1, Ordering::AcqRel);
             }
             match killed_one {
                 Ok((at, ms)) => {
@@ -494,10 +505,9 @@ mod tests {
 
     #[test]
     fn only_restartable_servers_can_be_killed() {
-        assert_eq!(check_targets(&[Target::Mm, Target::Gpu]), Ok(()));
         assert_eq!(
-            check_targets(&[Target::Mm, Target::Pager]),
-            Err(ChaosError::NotRestartable("pager"))
+            check_targets(&[Target::Mm, Target::Gpu, Target::Pager]),
+            Ok(())
         );
     }
 

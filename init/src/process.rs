@@ -25,13 +25,15 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipc_protocol::transport::{pass_fds_to_child, SeqPacket, Transport, TransportError};
+use ipc_protocol::transport::{SeqPacket, Transport, TransportError};
+
+use crate::spawn::Spawned;
 
 use crate::supervisor::BootError;
 
@@ -58,6 +60,9 @@ pub struct Recipe {
     /// hands the device a fresh control socket (generation 1 uses the one
     /// in `fds` from boot).
     pub device: Option<DeviceAttach>,
+    /// The descriptors it keeps across its restarts (the pager's): each
+    /// new generation gets them back ([`crate::keeper`]).
+    pub keeper: Option<crate::keeper::Keeper>,
 }
 
 /// How a restarted driver reaches a device that outlived its predecessor
@@ -103,6 +108,8 @@ impl Recipe {
 struct Server {
     name: &'static str,
     child: Child,
+    /// The write end of its lifeline (its stdin): dropped, it stops.
+    lifeline: Option<OwnedFd>,
     generation: u32,
     recipe: Recipe,
     restarts: VecDeque<Instant>,
@@ -127,43 +134,30 @@ pub struct Supervised {
     watcher: Option<JoinHandle<()>>,
 }
 
-fn start(name: &'static str, r: &Recipe, generation: u32) -> Result<Child, BootError> {
-    let mut cmd = Command::new(&r.exe);
-    cmd.args(&r.args)
-        .arg(format!("--generation={generation}"))
-        .stdin(if r.lifeline {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-    // A terminal's Ctrl-C goes to init alone, which then stops the servers
-    // in order; without this the servers would die of SIGINT first.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    if r.stdout_to_stderr {
-        use std::os::fd::AsFd;
-        let err = std::io::stderr()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|error| BootError::Spawn {
-                server: name,
-                error,
-            })?;
-        cmd.stdout(Stdio::from(err));
-    }
+/// Starts generation `generation` of `name` through the spawn helper
+/// beside its executable (`spawn.rs` says why `init` never forks).
+fn start(name: &'static str, r: &Recipe, generation: u32) -> Result<Spawned, BootError> {
+    let mut args = r.args.clone();
+    args.push(format!("--generation={generation}"));
     let fds: Vec<(&OwnedFd, i32)> = r.fds.iter().map(|(fd, target)| (fd, *target)).collect();
-    let _held = pass_fds_to_child(&mut cmd, &fds).map_err(|error| BootError::Spawn {
-        server: name,
-        error,
-    })?;
-    let child = cmd.spawn().map_err(|error| BootError::Spawn {
+    let helper = r.exe.with_file_name(crate::spawn::HELPER);
+    let s = crate::spawn::spawn(
+        &helper,
+        r.exe.clone(),
+        args,
+        &fds,
+        r.lifeline,
+        r.stdout_to_stderr,
+    )
+    .map_err(|error| BootError::Spawn {
         server: name,
         error,
     })?;
     log::info!(
         "init: started {name} (pid {}, generation {generation})",
-        child.id()
+        s.child.id()
     );
-    Ok(child)
+    Ok(s)
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -190,7 +184,7 @@ impl Supervised {
     /// restartable server's recipe keeps its endpoint ends, so that
     /// `init` holds them while it is down.
     pub fn start(&self, name: &'static str, recipe: Recipe) -> Result<(), BootError> {
-        let child = start(name, &recipe, 1)?;
+        let Spawned { child, lifeline } = start(name, &recipe, 1)?;
         let recipe = if recipe.restartable {
             let mut recipe = recipe;
             recipe.forget_device_end();
@@ -205,6 +199,7 @@ impl Supervised {
         let server = Server {
             name,
             child,
+            lifeline,
             generation: 1,
             recipe,
             restarts: VecDeque::new(),
@@ -324,7 +319,7 @@ impl Supervised {
         let mut errors = Vec::new();
         let mut st = lock(&self.state.0);
         for s in st.servers.iter_mut().rev() {
-            drop(s.child.stdin.take());
+            drop(s.lifeline.take());
             if let Some(e) = reap(s.name, &mut s.child, Duration::from_secs(5)) {
                 errors.push(e);
             }
@@ -436,7 +431,11 @@ fn restart(s: &mut Server, status: ExitStatus) -> Result<(), BootError> {
     }
     log::warn!("init: {} died ({status}); restarting it", s.name);
     reattach(s)?;
-    s.child = start(s.name, &s.recipe, s.generation + 1)?;
+    let next = start(s.name, &s.recipe, s.generation + 1)?;
+    (s.child, s.lifeline) = (next.child, next.lifeline);
+    if let Some(k) = &s.recipe.keeper {
+        k.hand_over();
+    }
     s.recipe.forget_device_end();
     s.generation += 1;
     s.restarts.push_back(now);

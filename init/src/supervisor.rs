@@ -372,16 +372,34 @@ impl Attach {
     }
 }
 
-/// The GPU server's journal, a memfd its recipe keeps for every
+/// A restartable server's journal, a memfd its recipe keeps for every
 /// generation (`--journal-fd`); the server sizes it.
-fn give_journal(fds: &mut Vec<(OwnedFd, i32)>, args: &mut Vec<String>) -> Result<(), BootError> {
+fn give_journal(
+    process: &str,
+    fds: &mut Vec<(OwnedFd, i32)>,
+    args: &mut Vec<String>,
+) -> Result<(), BootError> {
     use crate::manifest::JOURNAL_FD;
     use rustix::fs::{memfd_create, MemfdFlags};
-    let memfd = memfd_create("xe-svm-journal", MemfdFlags::CLOEXEC)
-        .map_err(|e| BootError::Endpoint(format!("the GPU server's journal: {e}")))?;
+    let memfd = memfd_create(format!("{process}-journal"), MemfdFlags::CLOEXEC)
+        .map_err(|e| BootError::Endpoint(format!("{process}'s journal: {e}")))?;
     fds.push((memfd, JOURNAL_FD));
     args.push(format!("--journal-fd={JOURNAL_FD}"));
     Ok(())
+}
+
+/// The pager's descriptor keeper (`--keep-fd`): its end goes in the
+/// recipe, ours to the keeper's thread.
+fn give_keeper(
+    fds: &mut Vec<(OwnedFd, i32)>,
+    args: &mut Vec<String>,
+) -> Result<crate::keeper::Keeper, BootError> {
+    use crate::manifest::KEEP_FD;
+    let err = |e: String| BootError::Endpoint(format!("the pager's keeper: {e}"));
+    let (ours, pager) = SeqPacket::pair().map_err(|e| err(e.to_string()))?;
+    fds.push((dup_seqpacket(&pager)?, KEEP_FD));
+    args.push(format!("--keep-fd={KEEP_FD}"));
+    crate::keeper::Keeper::start(ours).map_err(|e| err(e.to_string()))
 }
 
 impl System {
@@ -492,9 +510,14 @@ impl System {
             if process == "xe-model" {
                 attach.give_device(&mut fds, &mut args);
             }
-            if process == "xe-svm" && restarted(opts, process) {
-                give_journal(&mut fds, &mut args)?;
+            let journaled = matches!(process, "xe-svm" | "pager");
+            if journaled && restarted(opts, process) {
+                give_journal(process, &mut fds, &mut args)?;
             }
+            let keeper = match process {
+                "pager" if restarted(opts, process) => Some(give_keeper(&mut fds, &mut args)?),
+                _ => None,
+            };
             let recipe = Recipe {
                 exe,
                 args,
@@ -506,6 +529,7 @@ impl System {
                     "xe-svm" => attach.kept.take(),
                     _ => None,
                 },
+                keeper,
             };
             if let Err(e) = system.servers.start(process, recipe) {
                 system.shutdown();

@@ -55,6 +55,8 @@ pub mod wire;
 #[cfg(feature = "std")]
 pub mod client;
 #[cfg(feature = "std")]
+pub mod keeper;
+#[cfg(feature = "std")]
 pub mod scheme;
 #[cfg(feature = "std")]
 pub mod server;

@@ -155,6 +155,11 @@ impl<T, const N: usize> BoundedVec<T, N> {
     pub fn new(items: Vec<T>) -> Option<Self> {
         (items.len() <= N).then_some(Self(items))
     }
+    /// The first `N` of `items` (for a list its builder keeps within `N`).
+    pub fn truncated(mut items: Vec<T>) -> Self {
+        items.truncate(N);
+        Self(items)
+    }
     pub fn as_slice(&self) -> &[T] {
         &self.0
     }

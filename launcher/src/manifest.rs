@@ -52,9 +52,10 @@ pub struct Endpoint {
 /// model is hardware: it is never restarted, it outlives its driver
 /// instead ([`DEVICE_ATTACH_FD`]). The GPU server rebuilds its state after
 /// a restart from the pager's page states, adopting the pages its
-/// predecessor left in VRAM (issue 14). The pager joins this list once it
-/// can do the same; until then its death is reported and the system stops.
-pub const RESTARTABLE: &[&str] = &["mm-server", "xe-svm"];
+/// predecessor left in VRAM (issue 14); the pager rebuilds its objects,
+/// spaces and views from its journal and the descriptors `init` kept
+/// ([`KEEP_FD`]), and its page states from the memfds and the GPU server.
+pub const RESTARTABLE: &[&str] = &["mm-server", "xe-svm", "pager"];
 
 /// The device model's attach channel (`xe-model --attach-fd`), when the
 /// GPU server is restartable: the device then outlives its driver, resets
@@ -63,11 +64,19 @@ pub const RESTARTABLE: &[&str] = &["mm-server", "xe-svm"];
 /// device stops when `init` closes it.
 pub const DEVICE_ATTACH_FD: i32 = 4;
 
-/// The GPU server's journal (`xe-svm --journal-fd`), when it is
-/// restartable: a memfd `init` makes at boot and hands every generation,
-/// where the server records its clients' VMs and bindings and from which
-/// the next generation rebuilds them (`drivers/xe-svm/src/journal.rs`).
+/// A restartable server's journal (`xe-svm --journal-fd`, `pager
+/// --journal-fd`): a memfd `init` makes at boot and hands every
+/// generation, where the server records what its clients hold (the GPU
+/// server: VMs and bindings, `drivers/xe-svm/src/journal.rs`; the pager:
+/// objects, address spaces and views, `pager/src/journal.rs`) and from
+/// which the next generation rebuilds it.
 pub const JOURNAL_FD: i32 = 9;
+
+/// The pager's descriptor keeper (`pager --keep-fd`), when it is
+/// restartable: `init` keeps a duplicate of every object memfd and client
+/// userfaultfd the pager holds, and hands them to the next generation
+/// (`ipc_protocol::keeper`, `init/src/keeper.rs`).
+pub const KEEP_FD: i32 = 10;
 
 /// Start order: each process's servers exist before its clients call them.
 pub const START_ORDER: [&str; 4] = ["xe-model", "mm-server", "xe-svm", "pager"];
@@ -391,8 +400,11 @@ mod tests {
             if p == "xe-model" {
                 fds.push(DEVICE_ATTACH_FD);
             }
-            if p == "xe-svm" {
+            if p == "xe-svm" || p == "pager" {
                 fds.push(JOURNAL_FD);
+            }
+            if p == "pager" {
+                fds.push(KEEP_FD);
             }
             let n = fds.len();
             fds.sort();

@@ -7,6 +7,8 @@
 //!   with budgets, objects and views, the three interfaces' requests, view
 //!   changes, the fault path; side effects through [`core::runtime::Runtime`];
 //! - [`host`]: the Linux runtime (userfaultfd, memfds, IPC glue);
+//! - [`journal`]: what a restarted pager rebuilds its objects, spaces and
+//!   views from (issue 14);
 //! - `redox`: the Redox runtime (schemes, `/scheme/shm` objects; no fault
 //!   delivery until the kernel has it: docs/redox.md section 5);
 //! - `staging`, `notifier`: the staging slots and the GPU server's
@@ -18,6 +20,7 @@
 pub mod core;
 #[cfg(all(not(feature = "shuttle"), not(target_os = "redox")))]
 pub mod host;
+pub mod journal;
 pub mod migrate;
 #[cfg(not(feature = "shuttle"))]
 pub mod notifier;

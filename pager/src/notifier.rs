@@ -7,13 +7,14 @@ use std::sync::OnceLock;
 
 use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::gpu_notify::{
-    FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone, ViewGrown, ViewPart,
+    Frames, FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone, ViewGrown,
+    ViewPart,
 };
 use ipc_protocol::transport::TransportError;
 use ipc_protocol::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
 use session::Handle;
 
-use crate::core::runtime::{PartNote, RtError};
+use crate::core::runtime::{FrameRuns, PartNote, RtError};
 
 /// A GPU server was attached already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +171,36 @@ impl GpuNotifier {
             .map_err(|e| failed("free pages", 0, e))
     }
 
+    /// The frames the GPU server holds from (`object`, `page`) on (a
+    /// restarted pager's rebuild); a server restarted meanwhile is asked
+    /// again (the call is idempotent).
+    pub fn frames(&self, from: (u32, u64)) -> Result<FrameRuns, RtError> {
+        let gpu = self.client()?;
+        let mut tries = 0;
+        let r = loop {
+            let q = Frames {
+                from_object: from.0,
+                from_page: from.1,
+            };
+            match gpu.call(q) {
+                Err(CallError::Transport(TransportError::PeerRestarted(_))) if tries < 3 => {
+                    tries += 1;
+                }
+                r => break r.map_err(|e| failed("asking the GPU server for its frames", 0, e))?,
+            }
+        };
+        Ok(FrameRuns {
+            gpu: r.gpu.get(),
+            runs: r
+                .runs
+                .as_slice()
+                .iter()
+                .map(|x| (x.object.get(), x.first_page, x.pages, x.first_pfn))
+                .collect(),
+            next: r.more.then_some((r.next_object, r.next_page)),
+        })
+    }
+
     pub fn view_gone(&self, view: Handle) {
         if let Some(gpu) = self.gpu.get() {
             if let Err(e) = gpu.call(ViewGone {
@@ -299,6 +330,13 @@ macro_rules! os_runtime_methods {
 
         fn view_gone(&self, view: session::Handle) {
             self.gpu.view_gone(view);
+        }
+
+        fn gpu_frames(
+            &self,
+            from: (u32, u64),
+        ) -> Result<$crate::core::runtime::FrameRuns, $crate::core::runtime::RtError> {
+            self.gpu.frames(from)
         }
 
         fn view_copied(&self, view: session::Handle, new: session::Handle, from: u64, to: u64) {

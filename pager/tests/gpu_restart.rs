@@ -108,6 +108,7 @@ fn a_predecessors_collect_served_after_the_take_over_is_refused() {
             count: PageCount::new(4).unwrap(),
             gpu: GpuId::new(0).unwrap(),
             generation,
+            pager_generation: 0,
         });
         core.migrate_request(&g, req).map(|_| ())
     };

@@ -191,6 +191,7 @@ fn eviction_of_an_object_without_views_writes_the_memfd() {
             count: PageCount::new(512).unwrap(),
             gpu: GpuId::new(0).unwrap(),
             generation: 1,
+            pager_generation: 0,
         })
         .unwrap();
     {

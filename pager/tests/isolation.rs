@@ -368,6 +368,7 @@ fn the_gpu_servers_end_undoes_its_collects_in_flight() {
             count: PageCount::new(512).unwrap(),
             gpu: GpuId::new(0).unwrap(),
             generation: 1,
+            pager_generation: 0,
         })
         .unwrap();
     assert_eq!(c.got.count(), 512);

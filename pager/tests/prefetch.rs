@@ -80,6 +80,7 @@ fn pages_a_migration_holds_are_skipped_not_waited_for() {
             count: PageCount::new(4).unwrap(),
             gpu: GpuId::new(0).unwrap(),
             generation: 1,
+            pager_generation: 0,
         })
         .unwrap();
     assert_eq!(c.got.count(), 4);

@@ -454,6 +454,7 @@ fn gpu_server_dies_mid_collect() {
                 count: PageCount::new(w.machine.pages as u16).expect("pages"),
                 gpu: GpuId::new(0).expect("GPU 0"),
                 generation: 1,
+                pager_generation: 0,
             };
             let _ = w.pager.collect(c);
             delay(4);

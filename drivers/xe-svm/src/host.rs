@@ -5,7 +5,7 @@
 //! `bo.rs`).
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
@@ -60,6 +60,9 @@ pub struct HostPlatform {
     /// The last `PagerMigrate` call found the pager gone (its endpoint
     /// closed): GPU faults that need it fail instead of replaying.
     pager_gone: std::sync::atomic::AtomicBool,
+    /// The pager's generation as its `Resident` answer gave it (a pager
+    /// restart announced before we started is one we never heard).
+    pager_told: AtomicU32,
     /// mm-server: told our VRAM usage after each change (rule 7's
     /// accounting), and where allocations that find no VRAM wait (rule 5).
     pub pressure: Option<Client<Pressure>>,
@@ -160,20 +163,29 @@ impl Platform for HostPlatform {
     fn pager_gone(&self) -> bool {
         self.pager_gone.load(Ordering::Acquire)
     }
+    fn pager_generation(&self) -> u32 {
+        self.migrate
+            .generation()
+            .max(self.pager_told.load(Ordering::Acquire))
+    }
     fn finalize(&self, f: Finalize) -> Result<(), FinalizeError> {
         self.migrate.call(f).map(|_| ()).map_err(|e| {
             log::warn!("xe-svm: finalize: {e}");
             match e {
                 CallError::Transport(TransportError::TimedOut) => FinalizeError::Unanswered,
+                CallError::Transport(TransportError::PeerRestarted(_)) => FinalizeError::Restarted,
                 _ => FinalizeError::Refused,
             }
         })
     }
     fn resident(&self, r: Resident) -> Result<ResidentRuns, PortError> {
-        self.migrate.call(r).map_err(|e| {
+        let runs = self.migrate.call(r).map_err(|e| {
             log::warn!("xe-svm: resident: {e}");
             PortError
-        })
+        })?;
+        self.pager_told
+            .fetch_max(runs.pager_generation, Ordering::AcqRel);
+        Ok(runs)
     }
     fn has_broker(&self) -> bool {
         self.pressure.is_some()
@@ -344,6 +356,7 @@ impl GpuServer {
             dev,
             migrate,
             pager_gone: std::sync::atomic::AtomicBool::new(false),
+            pager_told: AtomicU32::new(0),
             pressure,
             slots: Mutex::new(Slots {
                 next: FIRST_OBJECT_SLOT,
@@ -457,6 +470,13 @@ impl Handler<n::GpuNotify> for GpuServer {
                     inner.free_pages(object.get(), first_page, count.get() as u64, &pages)?;
                 Ok((n::Reply::FreePages(n::Freed { pages }), vec![]))
             }
+            n::Request::Frames(n::Frames {
+                from_object,
+                from_page,
+            }) => Ok((
+                n::Reply::Frames(inner.frames(from_object, from_page)),
+                vec![],
+            )),
             n::Request::ViewGone(n::ViewGone { view }) => {
                 let bindings = inner.view_gone(view.get())?;
                 Ok((n::Reply::ViewGone(n::Unbound { bindings }), vec![]))

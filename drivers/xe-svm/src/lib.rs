@@ -40,6 +40,7 @@ pub mod device;
 pub mod end;
 pub mod fault_log;
 pub mod faults;
+pub mod frames;
 pub mod host;
 pub mod job_table;
 pub mod jobs;

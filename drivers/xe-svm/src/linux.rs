@@ -8,7 +8,6 @@
 //! init's lifeline: the server stops when it closes.
 
 use std::io::Read;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::arena::Config;
@@ -92,38 +91,13 @@ struct Args {
     journal_fd: Option<i32>,
 }
 
-/// The journal memfd `fd`, grown to at least `bytes`, mapped for the
-/// process's life.
-fn map_journal(fd: i32, bytes: u64) -> Result<&'static [AtomicU64], String> {
-    // SAFETY: init passed this descriptor to us and nothing else owns it.
-    let memfd = unsafe { inherited_fd(fd) };
-    let have = rustix::fs::fstat(&memfd)
-        .map_err(|e| e.to_string())?
-        .st_size;
-    let have = u64::try_from(have).map_err(|_| "a negative size".to_string())?;
-    let want = bytes
-        .checked_next_multiple_of(4096)
-        .ok_or_else(|| "a journal larger than memory".to_string())?
-        .max(have);
-    if want > have {
-        rustix::fs::ftruncate(&memfd, want).map_err(|e| e.to_string())?;
-    }
-    let len = usize::try_from(want).map_err(|_| "too large".to_string())?;
-    // Mapped for the process's life: the journal outlives every request.
-    let region = hw::shm::Region::map(memfd, len).map_err(|e| e.to_string())?;
-    let region: &'static hw::shm::Region = Box::leak(Box::new(region));
-    let at = region.ptr(0, want).ok_or("an empty journal")?;
-    // SAFETY: page-aligned, `len` bytes, mapped for the process's life;
-    // `AtomicU64` has the layout of `u64` and every bit pattern is valid;
-    // only this process writes it while it runs (init holds it unread).
-    Ok(unsafe { std::slice::from_raw_parts(at.cast::<AtomicU64>(), len / 8) })
-}
-
 /// Attaches the journal (`--journal-fd`) and, past generation 1,
 /// rebuilds the VMs and bindings it describes.
 fn journal(a: &Args, server: &GpuServer, bytes: u64) {
     let Some(fd) = a.journal_fd else { return };
-    let words = match map_journal(fd, bytes) {
+    // SAFETY: init passed this descriptor to us and nothing else owns it.
+    let memfd = unsafe { inherited_fd(fd) };
+    let words = match ipc_protocol::keeper::map_journal(memfd, bytes) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("xe-svm: --journal-fd {fd}: {e}");

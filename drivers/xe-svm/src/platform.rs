@@ -28,6 +28,12 @@ pub enum FinalizeError {
     /// the pager names in VRAM must be there); if it did not, they are
     /// leaked, never freed under a page that uses them.
     Unanswered,
+    /// The pager was restarted before it answered (issue 14): whether it
+    /// took the pages is unknown, so the frames stay, mapped nowhere. The
+    /// restarted pager sorts them out before it serves (a hole in the
+    /// memfd: the page is in VRAM at that frame; data: it frees the frame,
+    /// `GpuNotify::Frames`), and the replayed fault maps what it decided.
+    Restarted,
 }
 
 pub trait Platform: Send + Sync + 'static {
@@ -82,6 +88,13 @@ pub trait Platform: Send + Sync + 'static {
     /// fails instead of replaying forever (issue 14: no hangs).
     fn pager_gone(&self) -> bool {
         false
+    }
+
+    /// The pager's generation as last announced to us (0: never, its
+    /// first); sent with each `Collect` so that a restarted pager refuses
+    /// one its predecessor left queued.
+    fn pager_generation(&self) -> u32 {
+        0
     }
 
     /// Whether an mm-server is there to wait in.

@@ -897,6 +897,7 @@ impl<P: Platform> Inner<P> {
             count: count_pc,
             gpu,
             generation: self.generation.load(Ordering::Acquire),
+            pager_generation: self.hw.pager_generation(),
         }) else {
             free_block(block);
             // No hang (issue 14): with the pager gone the access fails
@@ -995,6 +996,10 @@ impl<P: Platform> Inner<P> {
                 migrated,
             };
             let finalized = self.hw.finalize(f);
+            if finalized == Err(FinalizeError::Restarted) {
+                log::warn!("xe-svm: the pager restarted during a finalize; the fault replays");
+                return true;
+            }
             if finalized == Err(FinalizeError::Unanswered) {
                 // Unknown whether the pager took them: keep the frames (a
                 // page it names in VRAM must be there), map nothing, fail

@@ -67,6 +67,10 @@ enum Cmd {
         #[command(subcommand)]
         helper: init::bench::Helper,
     },
+    /// Become the server whose spec arrives on stdin: how `init` starts
+    /// servers without forking itself (`init/src/spawn.rs`).
+    #[command(hide = true)]
+    SpawnHelper,
     /// Run as one client of a booted system, on endpoints inherited from
     /// `init` (tests start it; see `ClientSlot::spawn`).
     #[command(hide = true)]
@@ -408,6 +412,11 @@ fn main() {
         Cmd::Guest(args) => init::guest::cli_main(&args),
         Cmd::Bench(args) => init::bench::main(args, opts),
         Cmd::BenchHelper { helper } => init::bench::helper_main(helper),
+        Cmd::SpawnHelper => {
+            let e = init::spawn::helper_main();
+            eprintln!("svm spawn-helper: {e}");
+            std::process::exit(2);
+        }
         Cmd::Run {
             workload:
                 Workload::Herd {
@@ -766,7 +775,7 @@ fn run_chaos(opts: BootOptions, cfg: &init::chaos::Config) -> i32 {
             println!(
                 "chaos: {} kills ({} skipped for the crash-loop limit), restart {}, \
                  first fault after a kill {}; {} workload rounds, {} probes, \
-                 {} interrupted by a GPU server restart",
+                 {} interrupted by a restart",
                 r.kills,
                 r.skipped,
                 stats(&r.restart_ms),

@@ -256,17 +256,18 @@ mod tests {
     #[test]
     fn the_generated_entries_name_every_restart_case_of_every_server_not_restartable() {
         let list = not_restartable_list();
-        for restartable in ["Pressure/", "Gpu/", "GpuNotify/", "GpuShrink/"] {
-            assert!(
-                !list.contains(restartable),
-                "mm-server and xe-svm are restartable:\n{list}"
-            );
+        // mm-server, xe-svm and the pager are all restartable (issue 14).
+        for iface in [
+            "Pressure/",
+            "Gpu/",
+            "GpuNotify/",
+            "GpuShrink/",
+            "Pager",
+            "PagerMigrate",
+        ] {
+            assert!(!list.contains(iface), "{iface} is restartable:\n{list}");
         }
-        for iface in ["Pager", "PagerMigrate"] {
-            for case in CASES {
-                assert!(list.contains(&format!("{iface}/{case}  #")), "{list}");
-            }
-        }
+        assert!(list.is_empty(), "{list}");
         let mut parsed = super::super::failures::FailureList::default();
         parsed.add("generated", &list).unwrap();
     }

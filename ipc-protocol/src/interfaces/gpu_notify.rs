@@ -2,7 +2,9 @@
 //! locks (rule 8). Rule 9: these handlers never call the pager, and the
 //! unmap path never waits on a page lock.
 
-use crate::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
+use crate::interfaces::pager_migrate::ResidentRun;
+use crate::types::{GpuId, ObjectId, PageCount, PageMask, Seq, ViewId};
+use crate::wire::BoundedVec;
 
 wire_struct!(
     /// Unmap every GPU PTE of the object's pages and invalidate the TLB;
@@ -128,6 +130,29 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// A restarted pager's question (issue 14): which pages this GPU
+    /// server holds in VRAM, and where, from object `from_object`'s page
+    /// `from_page` on, in object id order (the ids it knows objects by).
+    /// The pager takes a page whose memfd has a hole as Device at that
+    /// frame, and frees (`FreePages`) the frame of one whose memfd holds
+    /// data. The reverse of `PagerMigrate::Resident`.
+    pub struct Frames {
+        pub from_object: u32,
+        pub from_page: u64,
+    }
+);
+wire_struct!(
+    /// Up to 64 runs of GPU `gpu`; `more`: ask again from (`next_object`,
+    /// `next_page`).
+    pub struct FrameRuns {
+        pub gpu: GpuId,
+        pub runs: BoundedVec<ResidentRun, 64>,
+        pub more: bool,
+        pub next_object: u32,
+        pub next_page: u64,
+    }
+);
+wire_struct!(
     pub struct Copied {
         pub bindings: u16,
         pub skipped: u16,
@@ -157,6 +182,7 @@ interface! {
         6 => ViewCopied [0] -> Copied [0] needs NOTIFY, idempotent;
         7 => ViewPart [0] -> Copied [0] needs NOTIFY, idempotent;
         8 => ViewGrown [0] -> Copied [0] needs NOTIFY, idempotent;
+        9 => Frames [0] -> FrameRuns [0] needs NOTIFY, idempotent;
     }
     notifications {}
 }

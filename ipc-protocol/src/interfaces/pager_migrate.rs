@@ -43,13 +43,17 @@ wire_struct!(
     /// `generation`: the GPU server's (1 at boot): a collect of a server
     /// that was restarted since (its request still queued when it died)
     /// is refused or undone, so nothing waits for a finalize that will
-    /// never come.
+    /// never come. `pager_generation`: the pager's generation as the GPU
+    /// server last heard it announced (0: never, generation 1). A restarted
+    /// pager refuses (`Stale`) a collect sent to its predecessor and left
+    /// queued: its sender was told `PeerRestarted` and will not finalize it.
     pub struct Collect {
         pub object: ObjectId,
         pub first_page: u64,
         pub count: PageCount,
         pub gpu: GpuId,
         pub generation: u32,
+        pub pager_generation: u32,
     }
 );
 wire_struct!(
@@ -121,11 +125,15 @@ wire_struct!(
 );
 wire_struct!(
     /// Up to 64 runs; `more`: ask again from (`next_object`, `next_page`).
+    /// `pager_generation`: the pager's, for the restarted GPU server's
+    /// `Collect`s (it heard no announcement of a pager restart that came
+    /// before it started).
     pub struct ResidentRuns {
         pub runs: BoundedVec<ResidentRun, 64>,
         pub more: bool,
         pub next_object: u32,
         pub next_page: u64,
+        pub pager_generation: u32,
     }
 );
 
@@ -155,4 +163,89 @@ interface! {
         5 => Resident [0] -> ResidentRuns [0] needs MIGRATE, idempotent;
     }
     notifications {}
+}
+
+/// Runs in one reply (`ResidentRuns`, `gpu_notify::FrameRuns`).
+pub const RUNS_PER_REPLY: usize = 64;
+
+/// Builds the runs of one reply listing resident pages, in (object, page)
+/// order: the pager's `Resident` answer, and the GPU server's `Frames`
+/// answer to a restarted pager.
+#[derive(Debug, Default)]
+pub struct RunGather {
+    pub runs: alloc::vec::Vec<ResidentRun>,
+    /// Where the next call starts, once the reply is full.
+    pub next: Option<(u32, u64)>,
+}
+
+impl RunGather {
+    /// Adds page `page` of `object` at frame `pfn`: it extends the last
+    /// run when it follows it in both page and frame.
+    pub fn add(&mut self, object: u32, object_pages: u64, page: u64, pfn: u64) {
+        if let Some(r) = self.runs.last_mut().filter(|r| {
+            r.object.get() == object
+                && r.first_page + u64::from(r.pages) == page
+                && r.first_pfn + u64::from(r.pages) == pfn
+                && r.pages < u32::MAX
+        }) {
+            r.pages += 1;
+            return;
+        }
+        if self.runs.len() == RUNS_PER_REPLY {
+            self.next = Some((object, page));
+            return;
+        }
+        self.runs.push(ResidentRun {
+            object: ObjectId::raw(object),
+            object_pages,
+            first_page: page,
+            pages: 1,
+            first_pfn: pfn,
+        });
+    }
+
+    pub fn full(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// The reply's fields: the runs, whether there are more, and where
+    /// the next call starts ((0, 0) when there are none).
+    pub fn finish(self) -> (BoundedVec<ResidentRun, 64>, bool, u32, u64) {
+        let (next_object, next_page) = self.next.unwrap_or((0, 0));
+        let more = self.next.is_some();
+        (
+            BoundedVec::truncated(self.runs),
+            more,
+            next_object,
+            next_page,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of one object at every other frame: one run each.
+    #[test]
+    fn a_full_reply_says_where_the_next_one_starts() {
+        let mut g = RunGather::default();
+        for page in 0..100u64 {
+            g.add(3, 1000, page, 2 * page);
+            if g.full() {
+                break;
+            }
+        }
+        assert_eq!(g.runs.len(), RUNS_PER_REPLY);
+        assert_eq!(g.next, Some((3, RUNS_PER_REPLY as u64)));
+        // Pages that follow in page and frame make one run.
+        let mut g = RunGather::default();
+        for page in 10..20u64 {
+            g.add(4, 20, page, 500 + page);
+        }
+        g.add(4, 20, 21, 600);
+        assert_eq!(g.runs.len(), 2);
+        assert_eq!((g.runs[0].first_page, g.runs[0].pages), (10, 10));
+        assert_eq!(g.runs[0].first_pfn, 510);
+    }
 }

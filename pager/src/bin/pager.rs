@@ -88,10 +88,23 @@ mod server {
         /// --system`. Repeated.
         #[arg(long)]
         extra_endpoint: Vec<ExtraEndpoint>,
-        /// How many times init has started this server (1 at boot). Not yet
-        /// restartable (`launcher/src/manifest.rs`, `RESTARTABLE`).
-        #[arg(long, default_value_t = 1)]
+        /// How many times init has started this server (1 at boot); past 1
+        /// it takes over from the journal and the keeper (`--journal-fd`,
+        /// `--keep-fd`) before it serves, and announces the restart on
+        /// every endpoint it serves.
+        #[arg(long, default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..))]
         generation: u32,
+        /// A memfd `init` keeps for every generation: objects, address
+        /// spaces and views are recorded there (`pager::journal`). With
+        /// `--keep-fd`; without both nothing outlives this process.
+        #[arg(long, requires = "keep_fd")]
+        journal_fd: Option<i32>,
+        /// `init`'s descriptor keeper (`ipc_protocol::keeper`): object
+        /// memfds and client userfaultfds are handed to it, and given back
+        /// to the next generation.
+        #[arg(long, requires = "journal_fd")]
+        keep_fd: Option<i32>,
         /// Anti-thrashing: `off` (the default), `on` (500,8,500), or
         /// `WINDOW_MS,THRESHOLD,HOLD_MS` (a region a CPU fault moved back
         /// THRESHOLD times in WINDOW_MS is mapped in system memory by GPU
@@ -138,21 +151,27 @@ mod server {
         cfg.core.skip_invalidate = a.unsafe_skip_invalidate;
         cfg.core.collect_lease_us = a.collect_lease_ms * 1000;
         cfg.core.thrash = ThrashPolicy::parse(&a.thrash).map_err(|e| format!("--thrash {e}"))?;
+        cfg.core.generation = a.generation;
         Ok(cfg)
     }
 
     /// The conformance suite's endpoints (`--extra-endpoint`).
-    fn serve_extra(extra: &[ExtraEndpoint], server: &Arc<PagerServer>) {
+    fn serve_extra(extra: &[ExtraEndpoint], server: &Arc<PagerServer>, generation: u32) {
         for e in extra {
             let cap = Capability::new(e.badge, e.rights);
             let label = format!("pager-extra{}", e.badge);
             let (t, s) = (endpoint(e.fd), server.clone());
             match e.interface.as_str() {
-                "Pager" => ipc_protocol::server::spawn::<Pager, _>(&label, t, cap, s, 2),
+                "Pager" => {
+                    announce::<Pager>(&*t, generation);
+                    ipc_protocol::server::spawn::<Pager, _>(&label, t, cap, s, 2)
+                }
                 "PagerMigrate" => {
+                    announce::<PagerMigrate>(&*t, generation);
                     ipc_protocol::server::spawn::<PagerMigrate, _>(&label, t, cap, s, 2)
                 }
                 "PagerReclaim" => {
+                    announce::<PagerReclaim>(&*t, generation);
                     ipc_protocol::server::spawn::<PagerReclaim, _>(&label, t, cap, s, 2)
                 }
                 other => {
@@ -160,6 +179,59 @@ mod server {
                     std::process::exit(2);
                 }
             };
+        }
+    }
+
+    use ipc_protocol::server::announce_if_restarted as announce;
+
+    /// Serves the GPU server's `PagerMigrate`, announcing a restart first.
+    fn serve_migrate(a: &Args, server: &Arc<PagerServer>) {
+        let t = endpoint(a.migrate_fd);
+        announce::<PagerMigrate>(&*t, a.generation);
+        ipc_protocol::server::spawn::<PagerMigrate, _>(
+            "pager-migrate",
+            t,
+            Capability::new(1, Rights::from_bits_truncate(a.migrate_rights)),
+            server.clone(),
+            4,
+        );
+    }
+
+    /// Attaches the journal and the keeper (`--journal-fd`, `--keep-fd`);
+    /// the records a predecessor left.
+    fn journal(a: &Args, server: &PagerServer) -> Vec<(u32, pager::journal::Record)> {
+        let (Some(j), Some(k)) = (a.journal_fd, a.keep_fd) else {
+            return Vec::new();
+        };
+        let core = &server.core().cfg;
+        let bytes = core
+            .budget
+            .journal_bytes_needed(core.max_clients)
+            .unwrap_or(u64::MAX);
+        // SAFETY: init passed this descriptor to us and nothing else owns it.
+        let memfd = unsafe { inherited_fd(j) };
+        match ipc_protocol::keeper::map_journal(memfd, bytes) {
+            Ok(words) => server.attach_journal(words, endpoint(k)),
+            Err(e) => {
+                eprintln!("pager: --journal-fd {j}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    /// A restarted pager rebuilds what its predecessor's clients hold, or
+    /// exits rather than serve wrong data (init starts it again).
+    fn take_over(server: &PagerServer, records: &[(u32, pager::journal::Record)]) {
+        let started = std::time::Instant::now();
+        match server.take_over(records) {
+            Ok(r) => log::info!(
+                "pager: took over in {:.1} ms: {r:?}",
+                started.elapsed().as_secs_f64() * 1e3
+            ),
+            Err(e) => {
+                eprintln!("pager: taking over: {e}");
+                std::process::exit(2);
+            }
         }
     }
 
@@ -180,25 +252,30 @@ mod server {
                 std::process::exit(2);
             }
         };
-        // Serve the GPU server's migrations before anything else can fault.
-        ipc_protocol::server::spawn::<PagerMigrate, _>(
-            "pager-migrate",
-            endpoint(a.migrate_fd),
-            Capability::new(1, Rights::from_bits_truncate(a.migrate_rights)),
-            server.clone(),
-            4,
-        );
+        let records = journal(&a, &server);
+        let restarted = a.generation > 1;
+        // Serve the GPU server's migrations before anything else can fault;
+        // a restarted pager only once it took over (below).
+        if !restarted {
+            serve_migrate(&a, &server);
+        }
         let gpu_timeout = std::time::Duration::from_millis(a.gpu_timeout_ms);
         let gpu = Client::new(endpoint(a.notify_fd)).with_timeout(gpu_timeout);
         if let Err(e) = server.attach_gpu(gpu) {
             eprintln!("pager: attaching the GPU server: {e}");
             std::process::exit(2);
         }
+        if restarted {
+            take_over(&server, &records);
+            serve_migrate(&a, &server);
+        }
         if let Some(fd) = a.reclaim_fd {
             let rights = Rights::from_bits_truncate(a.reclaim_rights);
+            let t = endpoint(fd);
+            announce::<PagerReclaim>(&*t, a.generation);
             ipc_protocol::server::spawn::<PagerReclaim, _>(
                 "pager-reclaim",
-                endpoint(fd),
+                t,
                 Capability::new(3, rights),
                 server.clone(),
                 2,
@@ -214,15 +291,17 @@ mod server {
         }
         let rights = Rights::from_bits_truncate(a.client_rights);
         for (fd, badge) in a.client_fd.iter().zip(&a.client_badge) {
+            let t = endpoint(*fd);
+            announce::<Pager>(&*t, a.generation);
             ipc_protocol::server::spawn::<Pager, _>(
                 &format!("pager-client{badge}"),
-                endpoint(*fd),
+                t,
                 Capability::new(*badge, rights),
                 server.clone(),
                 4,
             );
         }
-        serve_extra(&a.extra_endpoint, &server);
+        serve_extra(&a.extra_endpoint, &server, a.generation);
         println!("pager: serving");
         let mut buf = [0u8; 1];
         let _ = std::io::stdin().read(&mut buf);

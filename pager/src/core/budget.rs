@@ -59,6 +59,20 @@ impl PagerBudget {
     }
 }
 
+impl PagerBudget {
+    /// The journal bytes `clients` clients at their `objects`, `spaces`
+    /// and `views` limits need, with the GPU server's one record (`None`:
+    /// past `u64`): one record each (`crate::journal`).
+    pub fn journal_bytes_needed(&self, clients: usize) -> Option<u64> {
+        self.objects
+            .checked_add(self.spaces)?
+            .checked_add(self.views)?
+            .checked_mul(clients as u64)?
+            .checked_add(1)?
+            .checked_mul(crate::journal::RECORD_BYTES)
+    }
+}
+
 /// Picks one quota of a [`PagerQuotas`].
 pub type Pick = fn(&PagerQuotas) -> &Quota;
 

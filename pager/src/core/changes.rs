@@ -263,6 +263,7 @@ impl<R: Runtime> Core<R> {
         let Some(id) = old.client_id() else { return };
         if old.space.session.repoint(id, old, moved) {
             moved.set_client_id(id);
+            self.note_view(moved);
             log::info!(
                 "pager: move: view {:#x} now at {:#x} (record {:#x})",
                 id.raw(),

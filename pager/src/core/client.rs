@@ -185,6 +185,9 @@ impl<R: Runtime> Core<R> {
             })?;
         let (memory, handle) = self.rt.create_memory(size_bytes).map_err(|_| E::Host)?;
         let o = s.insert_object(|id| Object::new(id, s.badge, memory, table, charge))?;
+        o.seq
+            .store(self.first_seq(), crate::sync::Ordering::Release);
+        self.remember_object(&o);
         Ok((o, handle))
     }
 
@@ -238,6 +241,7 @@ impl<R: Runtime> Core<R> {
             }
         };
         view.set_client_id(view.id);
+        self.note_view(&view);
         if o.is_dying() {
             // Its end took its views before this one was added.
             self.retire_view(&view, false);

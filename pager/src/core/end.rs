@@ -69,6 +69,7 @@ impl<R: Runtime> Core<R> {
             }
         };
         let Some(g) = g else { return };
+        self.forget_gpu(badge);
         // The objects keep the ids the GPU server knew them by: its
         // notifier, if it still answers, frees their VRAM by those ids.
         let (collects, _opened) = g.end();
@@ -152,6 +153,7 @@ impl<R: Runtime> Core<R> {
         }
         o.clear_views();
         session.remove_object(o);
+        self.forget_object(o);
         r
     }
 

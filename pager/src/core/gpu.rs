@@ -76,6 +76,7 @@ impl<R: Runtime> Core<R> {
         } else {
             E::OverBudget
         })?;
+        self.note_object(&v.object);
         let h = self
             .rt
             .share_memory(&v.object.memory)
@@ -122,8 +123,9 @@ impl<R: Runtime> Core<R> {
     fn collect(&self, g: &GpuSession<R>, c: m::Collect) -> Result<m::Collected, E> {
         let o = self.opened(g, c.object)?;
         let chunk = chunk_of(&o, c.first_page, c.count.get())?;
-        // A restarted server's predecessor: nothing will finalize it.
-        if c.generation < g.generation() {
+        // A restarted server's predecessor, or sent to ours: nothing will
+        // finalize it.
+        if c.generation < g.generation() || c.pager_generation.max(1) < self.cfg.generation {
             return Err(E::Stale);
         }
         if !g.reserve_collect() {

@@ -40,7 +40,9 @@ pub mod gpu;
 pub mod growth;
 pub mod object;
 pub mod prefetch;
+pub mod rebuild;
 pub mod reclaim;
+pub mod records;
 pub mod removed;
 pub mod resident;
 pub mod runtime;
@@ -94,6 +96,9 @@ pub struct Config {
     /// copies failing) before it ends with an error the client sees
     /// (`SIGBUS`) instead of retrying: no hang.
     pub fault_deadline_us: u64,
+    /// This pager's generation (1 at boot; `init` counts restarts): a
+    /// collect sent to an earlier one is refused (`gpu.rs`).
+    pub generation: u32,
     /// How long a collect may await its finalize. The GPU server's calls
     /// to us have a deadline (issue 14): one that gave up on a collect's
     /// reply never finalizes it, so past this lease the collect is undone
@@ -119,6 +124,7 @@ impl Default for Config {
             // Opt-in (`thrash.rs` says why).
             thrash: None,
             fault_deadline_us: 10_000_000,
+            generation: 1,
             collect_lease_us: 90_000_000,
         }
     }
@@ -164,6 +170,9 @@ pub struct Core<R: Runtime> {
     /// Where the last eviction stopped (`reclaim.rs`).
     hand: Mutex<reclaim::Hand>,
     next_space: AtomicU64,
+    /// Where objects, spaces and views are recorded for a restart
+    /// (`records.rs`); none: nothing is.
+    journal: std::sync::OnceLock<crate::journal::Journal>,
 }
 
 impl<R: Runtime> Core<R> {
@@ -191,6 +200,7 @@ impl<R: Runtime> Core<R> {
             gpu: Mutex::new(None),
             hand: Mutex::new(reclaim::Hand::default()),
             next_space: AtomicU64::new(1),
+            journal: std::sync::OnceLock::new(),
             arena,
             cfg,
         })
@@ -213,6 +223,25 @@ impl<R: Runtime> Core<R> {
         clients[slot] = Some(s.clone());
         log::debug!("pager: client {badge} has a session (slot {})", slot + 1);
         Ok(s)
+    }
+
+    /// The session of client `badge` in `slot` (1-based, the slot its ids
+    /// carry), made there if it has none: a restart gives each client the
+    /// slot its ids were issued from (`rebuild.rs`).
+    pub fn client_in_slot(&self, badge: u64, slot: u32) -> Option<Arc<ClientSession<R>>> {
+        let mut clients = lock(&self.clients);
+        if let Some(s) = clients.iter().flatten().find(|s| s.badge == badge) {
+            return (s.slot == slot).then(|| s.clone());
+        }
+        let at = clients.get_mut((slot as usize).checked_sub(1)?)?;
+        if at.is_some() {
+            return None;
+        }
+        let ledger = Arc::new(Ledger::new(&self.cfg.budget, self.totals.clone()));
+        let meta = Meta::new(self.arena.clone(), ledger.metadata.clone());
+        let s = Arc::new(ClientSession::new(badge, slot, ledger, meta));
+        *at = Some(s.clone());
+        Some(s)
     }
 
     /// The session of client `badge`, if it has one.
@@ -252,6 +281,7 @@ impl<R: Runtime> Core<R> {
                     .saturating_mul(self.cfg.budget.objects.min(IDS_PER_SESSION as u64) as usize);
                 let s = Arc::new(GpuSession::new(badge, meta, objects, self.cfg.gpu_collects));
                 *g = Some(s.clone());
+                self.note_gpu(badge);
                 Ok(s)
             }
         }
@@ -285,12 +315,28 @@ impl<R: Runtime> Core<R> {
         port: R::Port,
         forked: bool,
     ) -> Result<Arc<Space<R>>, PagerError> {
+        let id = self.next_space.fetch_add(1, Ordering::Relaxed);
+        let space = self.add_space(session, port, forked, id)?;
+        self.remember_space(&space);
+        Ok(space)
+    }
+
+    /// Address space `id` of `session`, charged to its budget; later new
+    /// ones get higher ids (a restart brings back its predecessor's).
+    fn add_space(
+        &self,
+        session: &Arc<ClientSession<R>>,
+        port: R::Port,
+        forked: bool,
+        id: u64,
+    ) -> Result<Arc<Space<R>>, PagerError> {
         let threads = self.rt.threads_per_space();
         let charge = session
             .ledger
             .charge(&[(spaces, 1), (fault_threads, threads)])
             .map_err(|_| PagerError::OverBudget)?;
-        let id = self.next_space.fetch_add(1, Ordering::Relaxed);
+        self.next_space
+            .fetch_max(id.saturating_add(1), Ordering::Relaxed);
         let space = Arc::new(Space::new(id, session.clone(), port, forked, charge));
         session.add_space(space.clone())?;
         Ok(space)
@@ -302,6 +348,7 @@ impl<R: Runtime> Core<R> {
         let view = session.insert_view(spec)?;
         view.object.add_view(view.clone());
         view.space.add_view(view.clone());
+        self.note_view(&view);
         Ok(view)
     }
 
@@ -312,6 +359,7 @@ impl<R: Runtime> Core<R> {
         if unregister {
             let _ = self.rt.unregister(&view.space.port, view.addr, view.len());
         }
+        self.forget_view(view);
         view.space.session.remove_view_ids(view);
         view.object.remove_view(view);
         if view.space.remove_view(view) {
@@ -335,6 +383,7 @@ impl<R: Runtime> Core<R> {
         if first {
             self.rt.stop_space(space);
             space.session.remove_space(space);
+            self.forget_space(space);
         }
         first
     }

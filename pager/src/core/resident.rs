@@ -27,56 +27,13 @@
 //! fault is locked while the copy waits for the new server; its frame is
 //! still its home until that copy lands, so it must be known.
 
-use ipc_protocol::interfaces::pager_migrate::{self as m, MigrateError as E};
-use ipc_protocol::types::ObjectId;
-use ipc_protocol::wire::BoundedVec;
+use ipc_protocol::interfaces::pager_migrate::{self as m, MigrateError as E, RunGather};
 
 use super::object::Object;
 use super::runtime::Runtime;
 use super::session::GpuSession;
 use super::Core;
 use crate::state::Residency;
-
-/// Runs in one `ResidentRuns` reply.
-const RUNS_PER_REPLY: usize = 64;
-
-/// The runs being gathered for one reply.
-struct Gather {
-    runs: Vec<m::ResidentRun>,
-    /// Where the next call starts, once the reply is full.
-    next: Option<(u32, u64)>,
-}
-
-impl Gather {
-    /// Adds page `page` of `object` at frame `pfn`: it extends the last
-    /// run when it follows it in both page and frame.
-    fn add(&mut self, object: u32, object_pages: u64, page: u64, pfn: u64) {
-        if let Some(r) = self.runs.last_mut().filter(|r| {
-            r.object.get() == object
-                && r.first_page + u64::from(r.pages) == page
-                && r.first_pfn + u64::from(r.pages) == pfn
-                && r.pages < u32::MAX
-        }) {
-            r.pages += 1;
-            return;
-        }
-        if self.runs.len() == RUNS_PER_REPLY {
-            self.next = Some((object, page));
-            return;
-        }
-        self.runs.push(m::ResidentRun {
-            object: ObjectId::raw(object),
-            object_pages,
-            first_page: page,
-            pages: 1,
-            first_pfn: pfn,
-        });
-    }
-
-    fn full(&self) -> bool {
-        self.next.is_some()
-    }
-}
 
 impl<R: Runtime> Core<R> {
     /// Serves `Resident` for the GPU server's session `g`.
@@ -85,10 +42,7 @@ impl<R: Runtime> Core<R> {
             g.raise_generation(q.generation);
             self.undo_older_collects(g, q.generation);
         }
-        let mut gather = Gather {
-            runs: Vec::new(),
-            next: None,
-        };
+        let mut gather = RunGather::default();
         for (id, o) in g.opened_objects() {
             let id = id.raw();
             if id < q.from_object {
@@ -100,12 +54,13 @@ impl<R: Runtime> Core<R> {
                 break;
             }
         }
-        let (next_object, next_page) = gather.next.unwrap_or((0, 0));
+        let (runs, more, next_object, next_page) = gather.finish();
         Ok(m::ResidentRuns {
-            more: gather.next.is_some(),
-            runs: BoundedVec::new(gather.runs).ok_or(E::Host)?,
+            runs,
+            more,
             next_object,
             next_page,
+            pager_generation: self.cfg.generation,
         })
     }
 
@@ -127,7 +82,7 @@ impl<R: Runtime> Core<R> {
 }
 
 /// Adds `o`'s pages from `from` on that sit in GPU `gpu`'s VRAM.
-fn gather_object<R: Runtime>(gather: &mut Gather, id: u32, o: &Object<R>, from: u64, gpu: u8) {
+fn gather_object<R: Runtime>(gather: &mut RunGather, id: u32, o: &Object<R>, from: u64, gpu: u8) {
     let pages = o.pages() as u64;
     for page in from..pages {
         let Ok(info) = o.table.info(page as usize) else {
@@ -141,39 +96,5 @@ fn gather_object<R: Runtime>(gather: &mut Gather, id: u32, o: &Object<R>, from: 
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Pages of one object at every other frame: one run each.
-    #[test]
-    fn a_full_reply_says_where_the_next_one_starts() {
-        let mut g = Gather {
-            runs: Vec::new(),
-            next: None,
-        };
-        for page in 0..100u64 {
-            g.add(3, 1000, page, 2 * page);
-            if g.full() {
-                break;
-            }
-        }
-        assert_eq!(g.runs.len(), RUNS_PER_REPLY);
-        assert_eq!(g.next, Some((3, RUNS_PER_REPLY as u64)));
-        // Pages that follow in page and frame make one run.
-        let mut g = Gather {
-            runs: Vec::new(),
-            next: None,
-        };
-        for page in 10..20u64 {
-            g.add(4, 20, page, 500 + page);
-        }
-        g.add(4, 20, 21, 600);
-        assert_eq!(g.runs.len(), 2);
-        assert_eq!((g.runs[0].first_page, g.runs[0].pages), (10, 10));
-        assert_eq!(g.runs[0].first_pfn, 510);
     }
 }

@@ -14,6 +14,7 @@ use session::Handle;
 
 use super::view::Space;
 use super::Core;
+pub use crate::journal::Kept;
 use crate::sync::Arc;
 
 /// Why a runtime call failed, in the terms the core acts on.
@@ -228,6 +229,47 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn is_file(&self, _m: &Self::Memory, _file: FileId) -> bool {
         false
     }
+
+    // A restart (issue 14; `crate::journal`, `rebuild.rs`). A runtime
+    // whose pager is never restarted (the simulation, Redox today) keeps
+    // nothing and rebuilds nothing.
+    /// Hands a duplicate of `m` to the keeper, filed as `kept`.
+    fn keep_memory(&self, _kept: Kept, _m: &Self::Memory) {}
+    /// Hands a duplicate of `p`'s fault channel to the keeper.
+    fn keep_port(&self, _kept: Kept, _p: &Self::Port) {}
+    /// The keeper drops what it holds as `kept`.
+    fn drop_kept(&self, _kept: Kept) {}
+    /// Object memory from a handle the keeper held for this generation:
+    /// `bytes` long, or refused.
+    fn adopt_memory(&self, _h: Self::Handle, _bytes: u64) -> Result<Self::Memory, RtError> {
+        Err(RtError::Unsupported(KernelCall::FaultUpcall))
+    }
+    /// A fault channel a predecessor set up (host: a userfaultfd past its
+    /// handshake, its ranges still registered).
+    fn reopen_port(&self, _h: Self::Handle) -> Result<Self::Port, RtError> {
+        Err(RtError::Unsupported(KernelCall::FaultUpcall))
+    }
+    /// Which of `m`'s first `pages` pages hold data in RAM (host: not a
+    /// hole of the memfd).
+    fn data_pages(&self, _m: &Self::Memory, _pages: usize) -> Result<Vec<bool>, RtError> {
+        Err(RtError::Unsupported(KernelCall::FaultUpcall))
+    }
+    /// The GPU server's resident frames from (`object`, `page`) on
+    /// (`GpuNotify::Frames`): the runs, and where the next call starts.
+    fn gpu_frames(&self, _from: (u32, u64)) -> Result<FrameRuns, RtError> {
+        Err(RtError::Gpu)
+    }
+}
+
+/// One `gpu_frames` answer: pages `first_page..+pages` of the object the
+/// GPU server knows as `object` sit at frames `first_pfn..` of GPU `gpu`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrameRuns {
+    pub gpu: u8,
+    /// (object, first page, pages, first pfn).
+    pub runs: Vec<(u32, u64, u32, u64)>,
+    /// Where to ask again from, if there is more.
+    pub next: Option<(u32, u64)>,
 }
 
 /// A file's identity: its device (major, minor) and inode.

@@ -140,6 +140,15 @@ impl<R: Runtime> ClientSession<R> {
         t.get(id).cloned().ok_or(PagerError::NoSuchObject)
     }
 
+    /// Records `o` under the id `id` a predecessor issued (a restart,
+    /// `rebuild.rs`).
+    pub fn insert_object_at(&self, id: Handle, o: Object<R>) -> Result<Arc<Object<R>>, PagerError> {
+        let mut t = lock(&self.objects);
+        let o = Arc::new(o);
+        t.insert_at(id, o.clone()).map_err(|e| self.error(e))?;
+        Ok(o)
+    }
+
     /// Forgets object `o` (its end).
     pub fn remove_object(&self, o: &Object<R>) {
         let mut t = lock(&self.objects);
@@ -172,6 +181,41 @@ impl<R: Runtime> ClientSession<R> {
         t.get(id)
             .map(|e| e.view.clone())
             .ok_or(PagerError::NoSuchView)
+    }
+
+    /// Records a view under the id `id` a predecessor issued, and under
+    /// the client's id `client` too when it is another (a moved view; a
+    /// restart, `rebuild.rs`). Each id is charged one view, as when they
+    /// were issued.
+    pub fn insert_view_at(
+        &self,
+        id: Handle,
+        client: Option<Handle>,
+        spec: ViewSpec<R>,
+    ) -> Result<Arc<View<R>>, PagerError> {
+        let view = Arc::new(View::new(id, spec));
+        let ids = [Some(id), client.filter(|c| *c != id)];
+        let mut t = lock(&self.views);
+        for (n, at) in ids.into_iter().flatten().enumerate() {
+            let charge = self.ledger.charge(&[(views, 1)]);
+            let entry = charge.map(|c| ViewEntry {
+                view: view.clone(),
+                _charge: c,
+            });
+            let put = entry
+                .map_err(|_| PagerError::OverBudget)
+                .and_then(|e| t.insert_at(at, e).map_err(|e| self.error(e)));
+            if let Err(e) = put {
+                if n == 1 {
+                    t.remove(id);
+                }
+                return Err(e);
+            }
+        }
+        if let Some(c) = client {
+            view.set_client_id(c);
+        }
+        Ok(view)
     }
 
     /// The client's id `id` names `to` from now on, if it named `from`.
@@ -356,6 +400,17 @@ impl<R: Runtime> GpuSession<R> {
         let id = t.insert(o.clone()).ok()?;
         o.set_gpu_id(Some(id));
         Some(id)
+    }
+
+    /// Knows `o` as `id` again, the id a predecessor of the pager gave it
+    /// (a restart, `rebuild.rs`).
+    pub fn open_at(&self, id: Handle, o: &Arc<Object<R>>) -> bool {
+        let mut t = lock(&self.opened);
+        if t.insert_at(id, o.clone()).is_err() {
+            return false;
+        }
+        o.set_gpu_id(Some(id));
+        true
     }
 
     /// The object it knows as `id`.

@@ -36,10 +36,18 @@ use ipc_protocol::transport::TransportError;
 use ipc_protocol::Capability;
 use session::Handle;
 
+use ipc_protocol::keeper;
+
 use self::runtime::HostRuntime;
 use self::staging::SLOT_BYTES;
+use crate::core::rebuild::Rebuilt;
 use crate::core::Core;
+use crate::journal::{Journal, Record};
 use crate::state::Residency;
+
+/// How long a restarted pager waits for `init` to give back the
+/// descriptors it kept.
+const TAKE_BACK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Limits and sizes of one pager on the host.
 #[derive(Debug, Clone)]
@@ -158,6 +166,38 @@ impl PagerServer {
             .and_then(|s| s.object(Handle::from_raw(object)))
             .and_then(|o| o.table.info(page).ok())
             .map(|i| i.residency)
+    }
+
+    /// Records objects, spaces and views in the journal `words` from now
+    /// on and hands their descriptors to the keeper at `keeper` (both from
+    /// `init`); returns the records a predecessor left there.
+    pub fn attach_journal(
+        &self,
+        words: &'static [std::sync::atomic::AtomicU64],
+        keeper: Arc<dyn ipc_protocol::transport::Transport>,
+    ) -> Vec<(u32, Record)> {
+        let (journal, records) = Journal::open(words);
+        self.core.attach_journal(journal);
+        let _ = self.core.rt.keeper.set(keeper);
+        records
+    }
+
+    /// A restarted pager takes over (`core/rebuild.rs`): takes back the
+    /// descriptors the keeper held, rebuilds what `records` describe, and
+    /// has the keeper drop the descriptors no record claimed. Before it
+    /// serves anything; the GPU server must be attached.
+    pub fn take_over(&self, records: &[(u32, Record)]) -> Result<Rebuilt, String> {
+        let keeper = self.core.rt.keeper.get().ok_or("no keeper")?;
+        let mut kept = keeper::take_back(&**keeper, TAKE_BACK_DEADLINE)
+            .map_err(|e| format!("taking back the kept descriptors: {e:?}"))?;
+        let r = self
+            .core
+            .rebuild(records, &mut |k| kept.remove(&k.key()))
+            .map_err(|e| format!("rebuilding: {e:?}"))?;
+        for key in kept.into_keys() {
+            let _ = keeper::send(&**keeper, keeper::KeeperMsg::Drop(key), None);
+        }
+        Ok(r)
     }
 
     /// A client is gone: its session ends (`core/end.rs`).

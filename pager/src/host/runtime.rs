@@ -8,10 +8,15 @@ use std::sync::Arc;
 use rustix::fs::{fallocate, FallocateFlags, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 
+use std::os::fd::{AsFd, BorrowedFd};
+
+use ipc_protocol::keeper::{self, KeeperMsg};
+use ipc_protocol::transport::Transport;
+
 use super::space::HostPort;
 use super::staging::{Staging, SLOT_BYTES};
 use super::uffd::{self, Uffd};
-use crate::core::runtime::{FileId, FileMapping, RtError, Runtime, Source};
+use crate::core::runtime::{FileId, FileMapping, Kept, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
 use crate::notifier::GpuNotifier;
@@ -25,6 +30,9 @@ pub struct HostRuntime {
     pub gpu: GpuNotifier,
     /// Where `now_us` counts from.
     born: std::time::Instant,
+    /// `init`'s descriptor keeper (`--keep-fd`), when the pager is
+    /// restartable (`crate::journal`).
+    pub keeper: std::sync::OnceLock<Arc<dyn Transport>>,
 }
 
 impl HostRuntime {
@@ -35,7 +43,26 @@ impl HostRuntime {
             zeros: vec![0u8; SLOT_BYTES],
             gpu: GpuNotifier::default(),
             born: std::time::Instant::now(),
+            keeper: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends the keeper `msg` with a duplicate of `fd`.
+    fn to_keeper(&self, msg: KeeperMsg, fd: Option<BorrowedFd<'_>>) {
+        let Some(k) = self.keeper.get() else { return };
+        let dup = match fd
+            .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 0))
+            .transpose()
+        {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("pager: keeper {msg:?}: dup: {e}; a restart would not find it");
+                return;
+            }
+        };
+        if let Err(e) = keeper::send(&**k, msg, dup) {
+            log::error!("pager: keeper {msg:?}: {e}; a restart would not find it");
+        }
     }
 
     /// Page `index` of `src` in our own memory.
@@ -185,6 +212,58 @@ impl Runtime for HostRuntime {
         maps.lines()
             .filter_map(super::maps::parse_line)
             .find(|m| addr >= m.start && addr < m.end)
+    }
+
+    fn keep_memory(&self, kept: Kept, m: &OwnedFd) {
+        self.to_keeper(KeeperMsg::Keep(kept.key()), Some(m.as_fd()));
+    }
+
+    fn keep_port(&self, kept: Kept, p: &HostPort) {
+        self.to_keeper(KeeperMsg::Keep(kept.key()), Some(p.uffd.as_fd()));
+    }
+
+    fn drop_kept(&self, kept: Kept) {
+        self.to_keeper(KeeperMsg::Drop(kept.key()), None);
+    }
+
+    /// The memfd a predecessor made: sealed against shrinking and growing
+    /// (as `create_memory` leaves it) and `bytes` long.
+    fn adopt_memory(&self, h: OwnedFd, bytes: u64) -> Result<OwnedFd, RtError> {
+        let seals = rustix::fs::fcntl_get_seals(&h).map_err(rt)?;
+        let size = rustix::fs::fstat(&h).map_err(rt)?.st_size;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) || size as u64 != bytes {
+            return Err(RtError::BadHandle);
+        }
+        Ok(h)
+    }
+
+    /// A userfaultfd past its handshake: its ranges are still registered.
+    fn reopen_port(&self, h: OwnedFd) -> Result<HostPort, RtError> {
+        HostPort::new(Uffd::new(h)).map_err(|e| RtError::Host(e.raw_os_error().unwrap_or(0)))
+    }
+
+    /// The memfd's data and holes (`SEEK_DATA`/`SEEK_HOLE`, page by page
+    /// of the extents they report).
+    fn data_pages(&self, m: &OwnedFd, pages: usize) -> Result<Vec<bool>, RtError> {
+        use rustix::fs::{seek, SeekFrom};
+        let end = pages as u64 * PAGE;
+        let mut data = vec![false; pages];
+        let mut at = 0u64;
+        while at < end {
+            let start = match seek(m, SeekFrom::Data(at)) {
+                Ok(s) => s,
+                Err(Errno::NXIO) => break,
+                Err(e) => return Err(rt(e)),
+            };
+            let stop = seek(m, SeekFrom::Hole(start)).map_err(rt)?.min(end);
+            for page in start / PAGE..stop.div_ceil(PAGE) {
+                if let Some(d) = data.get_mut(page as usize) {
+                    *d = true;
+                }
+            }
+            at = stop.max(start + 1);
+        }
+        Ok(data)
     }
 
     fn is_file(&self, m: &OwnedFd, file: FileId) -> bool {

@@ -109,6 +109,11 @@ impl Uffd {
         Self { fd }
     }
 
+    /// The descriptor (the keeper gets a duplicate of it).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
     /// The API handshake: must be the first ioctl on a new descriptor.
     pub fn handshake(&self, features: u64) -> Result<u64, Errno> {
         let mut api = uapi::uffdio_api {

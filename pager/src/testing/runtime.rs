@@ -486,6 +486,7 @@ pub fn gpu_collect(
         count: PageCount::new(count).ok_or(m::MigrateError::OutOfRange)?,
         gpu: GpuId::new(0).ok_or(m::MigrateError::Host)?,
         generation: 1,
+        pager_generation: 0,
     });
     match core.migrate_request(g, req)? {
         (m::Reply::Collect(c), _) => Ok(c),

@@ -110,6 +110,33 @@ impl Handler<n::GpuNotify> for TestGpu {
                 }
                 Ok((n::Reply::FreePages(n::Freed { pages: freed }), vec![]))
             }
+            // Its pages' "frames" are their page numbers (this GPU finds a
+            // page by object and page, never by frame).
+            n::Request::Frames(q) => {
+                let vram = self.vram.lock().unwrap();
+                let mut keys: Vec<(u32, u64)> = vram.keys().copied().collect();
+                keys.sort();
+                let mut g = ipc_protocol::interfaces::pager_migrate::RunGather::default();
+                for (o, p) in keys
+                    .into_iter()
+                    .filter(|k| *k >= (q.from_object, q.from_page))
+                {
+                    g.add(o, 0, p, p);
+                    if g.full() {
+                        break;
+                    }
+                }
+                let (runs, more, next_object, next_page) = g.finish();
+                let gpu = ipc_protocol::types::GpuId::new(self.id as u8).unwrap();
+                let r = n::FrameRuns {
+                    gpu,
+                    runs,
+                    more,
+                    next_object,
+                    next_page,
+                };
+                Ok((n::Reply::Frames(r), vec![]))
+            }
             n::Request::ViewGone(g) => {
                 std::thread::sleep(*self.note_delay.lock().unwrap());
                 self.gone.lock().unwrap().push(g.view.get());
@@ -308,6 +335,7 @@ pub fn gpu_migrate(r: &Rig, obj: Obj, memfd: &OwnedFd, first: u64, count: u16) -
             count: PageCount::new(count).unwrap(),
             gpu: GpuId::new(0).unwrap(),
             generation: 1,
+            pager_generation: 0,
         })
         .unwrap();
     log::debug!(

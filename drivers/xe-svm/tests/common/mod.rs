@@ -57,6 +57,7 @@ impl FakePager {
             more: next.is_some(),
             next_object: next.map_or(0, |r| r.object.get()),
             next_page: next.map_or(0, |r| r.first_page),
+            pager_generation: 1,
         }
     }
 }
