@@ -5,14 +5,15 @@
 //! clean and fast: the device stops once init drops the attach channel.
 //! Every test runs under a time limit, so a hang fails it.
 
-use std::sync::mpsc::{self, RecvTimeoutError};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use init::client::{run_kernel, SvmBuffer};
-use init::supervisor::{BootOptions, Clients, System};
+use common::{bad_words, boot_mib, bound_buffer, bounded, increment};
+use init::client::SvmBuffer;
+use init::supervisor::{Clients, System};
 use ipc_protocol::client::CallError;
 use ipc_protocol::interfaces::gpu::{CreateVm, GpuError, Stats};
-use ipc_protocol::types::{JobStatus, KernelKind, VmId};
 
 /// How long a test may run before it counts as hung.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -22,35 +23,8 @@ const RESTART: Duration = Duration::from_secs(20);
 /// takes 5 s, so this catches it too).
 const SHUTDOWN: Duration = Duration::from_secs(5);
 
-/// Runs `test` on its own thread and fails if it takes longer than `limit`
-/// (the servers go with this process: their lifelines close).
-fn bounded(limit: Duration, test: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = mpsc::channel();
-    let t = std::thread::spawn(move || {
-        test();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(()) => t.join().unwrap(),
-        Err(RecvTimeoutError::Disconnected) => match t.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the test ended without reporting"),
-        },
-        Err(RecvTimeoutError::Timeout) => panic!("the test ran past {limit:?}"),
-    }
-}
-
 fn boot() -> (System, Clients) {
     boot_mib(32)
-}
-
-fn boot_mib(vram_mib: u64) -> (System, Clients) {
-    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
-    std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
-    let mut opts = BootOptions::default();
-    opts.device.vram_bytes = vram_mib << 20;
-    let (s, c) = System::boot(&opts).unwrap();
-    (s, c.unwrap())
 }
 
 /// Whether process `pid` exists and has not exited (a zombie has).
@@ -136,39 +110,6 @@ fn the_device_survives_drivers_killed_in_quick_succession() {
         let errors = system.shutdown();
         assert!(errors.is_empty(), "{errors:?}");
     });
-}
-
-/// Words of `buf`, each checked against `want(i)`; returns how many differ.
-fn bad_words(buf: &SvmBuffer, want: impl Fn(usize) -> u32) -> usize {
-    let base = buf.addr as *const u32;
-    (0..buf.len / 4)
-        // SAFETY: inside the buffer, which lives until the test releases it.
-        .filter(|&i| unsafe { std::ptr::read_volatile(base.add(i)) } != want(i))
-        .count()
-}
-
-/// A buffer bound at its CPU address in `vm`, word `i` holding `i + base`.
-fn bound_buffer(c: &Clients, vm: VmId, bytes: usize, base: u32) -> SvmBuffer {
-    let buf = SvmBuffer::new(&c.pager, bytes).expect("a buffer");
-    buf.bind(&c.gpu, vm).expect("bind");
-    // SAFETY: ours until release; no job runs on it yet.
-    for (i, w) in unsafe { buf.words() }.iter_mut().enumerate() {
-        *w = (i as u32).wrapping_add(base);
-    }
-    buf
-}
-
-fn increment(c: &Clients, vm: VmId, buf: &SvmBuffer) {
-    let done = run_kernel(
-        &c.gpu,
-        vm,
-        KernelKind::IncrementAll,
-        buf.addr,
-        buf.len as u64,
-        1,
-    )
-    .expect("the kernel ran");
-    assert_eq!(done.status, JobStatus::Completed);
 }
 
 /// Pages a killed GPU server left in VRAM survive it: the next generation

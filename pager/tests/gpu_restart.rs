@@ -119,6 +119,40 @@ fn a_predecessors_collect_served_after_the_take_over_is_refused() {
     assert!((0..4).all(|p| obj_a.table.info(p).unwrap().locked));
 }
 
+/// A restarted pager (generation 3 here) refuses a collect its
+/// predecessor left queued, which carries the generation its sender knew
+/// then: the sender was told `PeerRestarted` and will never finalize it,
+/// so its pages must not stay locked until the lease runs out. Collects
+/// sent knowing this generation go on.
+#[test]
+fn a_collect_sent_to_an_earlier_pager_generation_is_refused() {
+    let mut cfg = small_config("");
+    cfg.generation = 3;
+    let core = model_core(cfg);
+    let s = core.client(CLIENT).unwrap();
+    let (a, view_a) = object_with_view(&core, &s, 8, A).unwrap();
+    let obj_a = s.object(a).unwrap();
+    let g = core.gpu_session(GPU).unwrap();
+    let gid = gpu_open(&core, &g, CLIENT, view_a).unwrap();
+    let collect = |pager_generation| {
+        let req = m::Request::Collect(m::Collect {
+            object: gid,
+            first_page: 0,
+            count: PageCount::new(4).unwrap(),
+            gpu: GpuId::new(0).unwrap(),
+            generation: 1,
+            pager_generation,
+        });
+        core.migrate_request(&g, req).map(|_| ())
+    };
+    for stale in [0, 1, 2] {
+        assert_eq!(collect(stale).unwrap_err(), m::MigrateError::Stale);
+    }
+    assert!((0..8).all(|p| !obj_a.table.info(p).unwrap().locked));
+    collect(3).expect("a collect that knows generation 3");
+    assert!((0..4).all(|p| obj_a.table.info(p).unwrap().locked));
+}
+
 /// The race a restart can lose (found by the simulation's
 /// `gpu_server_restarts`): a CPU fault copied pages back and is about to
 /// have the GPU server free their frames when a restarted server asks

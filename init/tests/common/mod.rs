@@ -1,0 +1,70 @@
+//! What the restart tests share (`gpu_restart.rs`, `pager_restart.rs`):
+//! a time limit, a booted system, buffers with a pattern, a GPU pass.
+#![allow(dead_code)]
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
+use init::client::{run_kernel, SvmBuffer};
+use init::supervisor::{BootOptions, Clients, System};
+use ipc_protocol::types::{JobStatus, KernelKind, VmId};
+
+/// Runs `test` on its own thread and fails if it takes longer than `limit`
+/// (the servers go with this process: their lifelines close).
+pub fn bounded(limit: Duration, test: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        test();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => t.join().unwrap(),
+        Err(RecvTimeoutError::Disconnected) => match t.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the test ended without reporting"),
+        },
+        Err(RecvTimeoutError::Timeout) => panic!("the test ran past {limit:?}"),
+    }
+}
+
+pub fn boot_mib(vram_mib: u64) -> (System, Clients) {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
+    std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
+    let mut opts = BootOptions::default();
+    opts.device.vram_bytes = vram_mib << 20;
+    let (s, c) = System::boot(&opts).unwrap();
+    (s, c.unwrap())
+}
+
+/// Words of `buf`, each checked against `want(i)`; returns how many differ.
+pub fn bad_words(buf: &SvmBuffer, want: impl Fn(usize) -> u32) -> usize {
+    let base = buf.addr as *const u32;
+    (0..buf.len / 4)
+        // SAFETY: inside the buffer, which lives until the test releases it.
+        .filter(|&i| unsafe { std::ptr::read_volatile(base.add(i)) } != want(i))
+        .count()
+}
+
+/// A buffer bound at its CPU address in `vm`, word `i` holding `i + base`.
+pub fn bound_buffer(c: &Clients, vm: VmId, bytes: usize, base: u32) -> SvmBuffer {
+    let buf = SvmBuffer::new(&c.pager, bytes).expect("a buffer");
+    buf.bind(&c.gpu, vm).expect("bind");
+    // SAFETY: ours until release; no job runs on it yet.
+    for (i, w) in unsafe { buf.words() }.iter_mut().enumerate() {
+        *w = (i as u32).wrapping_add(base);
+    }
+    buf
+}
+
+pub fn increment(c: &Clients, vm: VmId, buf: &SvmBuffer) {
+    let done = run_kernel(
+        &c.gpu,
+        vm,
+        KernelKind::IncrementAll,
+        buf.addr,
+        buf.len as u64,
+        1,
+    )
+    .expect("the kernel ran");
+    assert_eq!(done.status, JobStatus::Completed);
+}
