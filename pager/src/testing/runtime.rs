@@ -13,7 +13,7 @@ use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask};
 use session::Handle;
 
 use crate::core::runtime::{
-    FileId, FileMapping, KernelCall, PartNote, Pause, RtError, Runtime, Source,
+    FileId, FileMapping, FrameRuns, Kept, KernelCall, PartNote, Pause, RtError, Runtime, Source,
 };
 use crate::core::session::{ClientSession, GpuSession};
 use crate::core::view::{Space, PAGE};
@@ -97,6 +97,9 @@ pub struct ModelRuntime {
     /// test puts another party's call there (a restarted server's
     /// `Resident`, racing the free).
     pub on_free: OnFree,
+    /// The keeper (`keep_memory`, `keep_port`): what a restarted core
+    /// would get back, by key.
+    pub kept: Mutex<BTreeMap<u64, ModelHandle>>,
 }
 
 /// [`ModelRuntime::on_free`].
@@ -120,6 +123,7 @@ impl Default for ModelRuntime {
             no_poison: AtomicBool::new(false),
             invalidations: AtomicU64::new(0),
             on_free: Mutex::new(None),
+            kept: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -139,6 +143,53 @@ impl Runtime for ModelRuntime {
     type Handle = ModelHandle;
     type Memory = Arc<ModelMemory>;
     type Port = ModelPort;
+
+    fn keep_memory(&self, kept: Kept, m: &Self::Memory) {
+        lock(&self.kept).insert(kept.key(), ModelHandle::Memory(m.clone()));
+    }
+
+    fn keep_port(&self, kept: Kept, _p: &ModelPort) {
+        lock(&self.kept).insert(kept.key(), ModelHandle::Port);
+    }
+
+    fn drop_kept(&self, kept: Kept) {
+        lock(&self.kept).remove(&kept.key());
+    }
+
+    fn adopt_memory(&self, h: ModelHandle, bytes: u64) -> Result<Self::Memory, RtError> {
+        match h {
+            ModelHandle::Memory(m) if m.words.len() as u64 * PAGE == bytes => Ok(m),
+            _ => Err(RtError::BadHandle),
+        }
+    }
+
+    fn reopen_port(&self, h: ModelHandle) -> Result<ModelPort, RtError> {
+        self.open_port(h)
+    }
+
+    /// A page holds data unless its RAM copy was dropped (`POISON`) or
+    /// never written (0: the model's zero page reads as a hole, which
+    /// rebuilds as Empty, the same zeros).
+    fn data_pages(&self, m: &Self::Memory, pages: usize) -> Result<Vec<bool>, RtError> {
+        let word = |p: usize| m.words.get(p).map_or(0, |w| w.load(Ordering::Acquire));
+        Ok((0..pages).map(|p| !matches!(word(p), 0 | POISON)).collect())
+    }
+
+    /// The model GPU's pages, each at the frame numbered as its page (it
+    /// finds a page by object and page, never by frame).
+    fn gpu_frames(&self, from: (u32, u64)) -> Result<FrameRuns, RtError> {
+        let vram = lock(&self.vram);
+        let runs = vram
+            .keys()
+            .filter(|(o, p)| (*o, *p as u64) >= from)
+            .map(|&(o, p)| (o, p as u64, 1, p as u64))
+            .collect();
+        Ok(FrameRuns {
+            gpu: 0,
+            runs,
+            next: None,
+        })
+    }
 
     fn create_memory(&self, bytes: u64) -> Result<(Self::Memory, ModelHandle), RtError> {
         let pages = (bytes / PAGE) as usize;
