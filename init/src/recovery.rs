@@ -1,16 +1,19 @@
-//! `svm run recovery` (issue 14): how long a GPU server restart keeps a
-//! client waiting. Each round puts a buffer in VRAM with a GPU job,
-//! SIGKILLs the GPU server and at once reads the buffer on the CPU: the
-//! first read waits for the next generation to start, adopt the pages
-//! and copy the first chunk back (kill to first completed fault); the
-//! rest of the buffer follows (kill to all pages back); then a GPU job in
-//! the same VM, which the next generation rebuilt with its binding from
-//! its journal, the client doing nothing (kill to the first GPU job
-//! done). Every word is checked.
+//! `svm run recovery` (issue 14): how long a restart of the GPU server
+//! (or, `--kill pager`, of the pager) keeps a client waiting. Each round
+//! puts a buffer in VRAM with a GPU job, SIGKILLs the server and at once
+//! reads the buffer on the CPU: the first read waits for the next
+//! generation to start and take over (the GPU server adopts the pages,
+//! the pager rebuilds its objects, views and page states) and copy the
+//! first chunk back (kill to first completed fault); the rest of the
+//! buffer follows (kill to all pages back); then a GPU job in the same
+//! VM and binding, the client doing nothing to restore them (kill to the
+//! first GPU job done). Every word is checked.
 
 use std::time::{Duration, Instant};
 
+use ipc_protocol::client::CallError;
 use ipc_protocol::interfaces::gpu::{GpuError, Stats};
+use ipc_protocol::interfaces::pager::Accounting;
 use ipc_protocol::types::{JobStatus, KernelKind};
 
 use crate::client::{run_kernel, scoped_buffer, scoped_vm, ScopedBuffer, ScopedVm, SvmBuffer};
@@ -20,6 +23,8 @@ use crate::supervisor::{Clients, System};
 pub struct Config {
     pub rounds: usize,
     pub bytes: usize,
+    /// The server killed: `xe-svm` or `pager`.
+    pub server: &'static str,
 }
 
 /// One round's times, in milliseconds from the kill.
@@ -54,7 +59,7 @@ impl std::fmt::Display for RecoveryError {
         match self {
             Self::Gpu(e) => write!(f, "GPU server: {e}"),
             Self::Pager(e) => write!(f, "pager: {e}"),
-            Self::NotBack => f.write_str("the GPU server was not back within 15 s"),
+            Self::NotBack => f.write_str("the server was not back within 15 s"),
         }
     }
 }
@@ -108,17 +113,22 @@ fn word(buf: &SvmBuffer, w: usize) -> u32 {
     unsafe { std::ptr::read_volatile((buf.addr as *const u32).add(w)) }
 }
 
-fn round(system: &mut System, c: &Clients, bytes: usize) -> Result<(Round, u64), RecoveryError> {
+fn round(
+    system: &mut System,
+    c: &Clients,
+    bytes: usize,
+    server: &'static str,
+) -> Result<(Round, u64), RecoveryError> {
     let (vm, buf) = buffer_in_vram(c, bytes)?;
-    let generation = system.generation("xe-svm").unwrap_or(1);
+    let generation = system.generation(server).unwrap_or(1);
     let kill = Instant::now();
     system
-        .kill("xe-svm")
+        .kill(server)
         .map_err(|e| RecoveryError::Gpu(e.to_string()))?;
     let system = &*system;
     let (restarted, first_fault_ms, all_back_ms, mut bad) = std::thread::scope(|s| {
         let restart = s.spawn(|| {
-            let back = system.wait_generation("xe-svm", generation + 1, Duration::from_secs(15));
+            let back = system.wait_generation(server, generation + 1, Duration::from_secs(15));
             back.then(|| ms(kill))
         });
         let mut bad = u64::from(word(&buf, 0) != 1);
@@ -132,7 +142,12 @@ fn round(system: &mut System, c: &Clients, bytes: usize) -> Result<(Round, u64),
     let restarted_ms = restarted.ok_or(RecoveryError::NotBack)?;
     // An idempotent call first takes the new generation's announcement
     // (a call it catches fails with `PeerRestarted` unless idempotent).
-    c.gpu.call(Stats {}).map_err(gpu_err)?;
+    if server == "pager" {
+        let pager_err = |e: CallError<_>| RecoveryError::Pager(e.to_string());
+        c.pager.call(Accounting {}).map_err(pager_err)?;
+    } else {
+        c.gpu.call(Stats {}).map_err(gpu_err)?;
+    }
     increment(c, *vm, &buf, "the job in the rebuilt VM")?;
     let first_gpu_job_ms = ms(kill);
     bad += (0..bytes / 4)
@@ -151,11 +166,11 @@ fn round(system: &mut System, c: &Clients, bytes: usize) -> Result<(Round, u64),
     Ok((r, bad))
 }
 
-/// Runs `cfg.rounds` kills of the GPU server on a booted system.
+/// Runs `cfg.rounds` kills of `cfg.server` on a booted system.
 pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, RecoveryError> {
     let mut report = Report::default();
     for _ in 0..cfg.rounds {
-        let (r, bad) = round(system, c, cfg.bytes)?;
+        let (r, bad) = round(system, c, cfg.bytes, cfg.server)?;
         report.rounds.push(r);
         report.bad_words += bad;
     }

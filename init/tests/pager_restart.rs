@@ -134,3 +134,28 @@ fn three_pager_generations_in_a_row_keep_every_word() {
         assert!(system.shutdown().is_empty());
     });
 }
+
+/// `svm run recovery --kill pager`: the pager killed with a buffer in
+/// VRAM, twice; every word comes back and the four times are printed.
+#[test]
+fn pager_recovery_rounds_lose_no_word() {
+    bounded(LIMIT, || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_svm"))
+            .args([
+                "--vram-mib",
+                "32",
+                "run",
+                "recovery",
+                "--kill",
+                "pager",
+                "--rounds",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert_eq!(stdout.lines().last(), Some("bad=0"), "{stdout}");
+        assert_eq!(stdout.matches("recovery: round").count(), 2, "{stdout}");
+    });
+}

@@ -283,22 +283,16 @@ impl<I: Interface> Client<I> {
                 p.reading = true;
                 drop(p);
                 let res = self.transport.recv(left);
+                let queued = match &res {
+                    Ok(r) if is_control(r) => self.queued_announcements(),
+                    _ => Vec::new(),
+                };
                 p = lock(&self.pending);
                 p.reading = false;
                 match res {
-                    Ok(r) if is_control(&r) => self.on_control(&mut p, &r),
                     Ok(r) => {
-                        let rid = Header::peek_request_id(&r.bytes);
-                        if p.waiting.contains(&rid) {
-                            p.replies.insert(rid, r);
-                        } else if p.given_up.remove(&rid) {
-                            log::info!("{}: call {rid} was answered after its deadline", I::NAME);
-                            p.answered_late.push(rid);
-                        } else {
-                            log::warn!(
-                                "{}: dropping a reply for no pending call (id {rid})",
-                                I::NAME
-                            );
+                        for r in std::iter::once(r).chain(queued) {
+                            self.take(&mut p, r);
                         }
                     }
                     Err(TransportError::TimedOut) => {}
@@ -331,7 +325,47 @@ fn is_control(r: &Received) -> bool {
     r.bytes.get(10) == Some(&(Kind::Control as u8))
 }
 
+/// How long the reader looks for more frames queued behind an
+/// announcement.
+const QUEUED: Duration = Duration::from_millis(1);
+
 impl<I: Interface> Client<I> {
+    /// The frames queued right behind an announcement, up to the first
+    /// that is not one. A client that called nothing while its server was
+    /// restarted several times finds all their announcements waiting: taken
+    /// together, they fail a waiting call once, not once each (an
+    /// idempotent call would run out of retries on stale news).
+    fn queued_announcements(&self) -> Vec<Received> {
+        let mut more = Vec::new();
+        while let Ok(r) = self.transport.recv(Some(QUEUED)) {
+            let last = !is_control(&r);
+            more.push(r);
+            if last {
+                break;
+            }
+        }
+        more
+    }
+
+    /// One received frame: a control frame, or the reply of a call.
+    fn take(&self, p: &mut Pending, r: Received) {
+        if is_control(&r) {
+            return self.on_control(p, &r);
+        }
+        let rid = Header::peek_request_id(&r.bytes);
+        if p.waiting.contains(&rid) {
+            p.replies.insert(rid, r);
+        } else if p.given_up.remove(&rid) {
+            log::info!("{}: call {rid} was answered after its deadline", I::NAME);
+            p.answered_late.push(rid);
+        } else {
+            log::warn!(
+                "{}: dropping a reply for no pending call (id {rid})",
+                I::NAME
+            );
+        }
+    }
+
     /// A control frame from the server: a restart fails every call still
     /// waiting (its request may have died with the old process).
     fn on_control(&self, p: &mut Pending, r: &Received) {

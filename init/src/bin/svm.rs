@@ -287,12 +287,16 @@ enum Workload {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// The GPU server killed while a buffer is in VRAM, `--rounds` times:
-    /// kill to the next generation, to the first CPU fault served, to every
-    /// page back and to the first GPU job done (issue 14's recovery time).
+    /// The GPU server (or `--kill pager`, the pager) killed while a buffer
+    /// is in VRAM, `--rounds` times: kill to the next generation, to the
+    /// first CPU fault served, to every page back and to the first GPU job
+    /// done (issue 14's recovery time).
     Recovery {
         #[arg(long, default_value_t = 10, value_parser = int(1usize, 1000))]
         rounds: usize,
+        /// The server killed: gpu or pager.
+        #[arg(long, default_value = "gpu", value_parser = ["gpu", "pager"])]
+        kill: String,
         /// Buffer size: 4M, 64M ...
         #[arg(long, default_value = "4M", value_parser = buffer_size)]
         size: usize,
@@ -496,12 +500,13 @@ fn main() {
             run_chaos(opts, &cfg)
         }
         Cmd::Run {
-            workload: Workload::Recovery { rounds, size },
+            workload: Workload::Recovery { rounds, size, kill },
         } => run_recovery(
             opts,
             &init::recovery::Config {
                 rounds,
                 bytes: size,
+                server: if kill == "pager" { "pager" } else { "xe-svm" },
             },
         ),
     };
