@@ -157,14 +157,7 @@ fn pages_in_vram_outlive_a_killed_gpu_server() {
 #[test]
 fn recovery_rounds_lose_no_word() {
     bounded(LIMIT, || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_svm"))
-            .args(["--vram-mib", "32", "run", "recovery", "--rounds", "2"])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}");
-        assert_eq!(stdout.lines().last(), Some("bad=0"), "{stdout}");
-        assert_eq!(stdout.matches("recovery: round").count(), 2, "{stdout}");
+        let stdout = common::recovery(&[]);
         assert!(
             stdout.contains("kill to first CPU fault: median"),
             "{stdout}"

@@ -107,7 +107,7 @@ fn three_pager_generations_in_a_row_keep_every_word() {
         let vm = c.gpu.call(CreateVm {}).expect("a VM").vm;
         let buf = bound_buffer(&c, vm, 4 << 20, 0);
         let mut passes = 0u32;
-        let mut pass = |passes: &mut u32| {
+        let pass = |passes: &mut u32| {
             increment(&c, vm, &buf);
             *passes += 1;
         };
@@ -140,22 +140,6 @@ fn three_pager_generations_in_a_row_keep_every_word() {
 #[test]
 fn pager_recovery_rounds_lose_no_word() {
     bounded(LIMIT, || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_svm"))
-            .args([
-                "--vram-mib",
-                "32",
-                "run",
-                "recovery",
-                "--kill",
-                "pager",
-                "--rounds",
-                "2",
-            ])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}");
-        assert_eq!(stdout.lines().last(), Some("bad=0"), "{stdout}");
-        assert_eq!(stdout.matches("recovery: round").count(), 2, "{stdout}");
+        common::recovery(&["--kill", "pager"]);
     });
 }

@@ -81,7 +81,7 @@ pub enum Record {
 
 /// What a slot belongs to in this generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Key {
+pub enum Key {
     Object(u32),
     Space(u64),
     View(u32),
@@ -126,13 +126,9 @@ pub struct Journal {
 impl Journal {
     /// The journal over `words` and the records an earlier generation
     /// left in it, by slot; those slots are neither free nor owned until
-    /// [`Self::keep`] or [`Self::discard`] says which.
+    /// [`Self::keep`] or [`SlotJournal::discard`] says which.
     pub fn open(words: &'static [AtomicU64]) -> (Self, Vec<(u32, Record)>) {
-        let (slots, found) = SlotJournal::open(words, |b| decode(b).is_some());
-        let found = found
-            .iter()
-            .filter_map(|(slot, b)| Some((*slot, decode(b)?)))
-            .collect();
+        let (slots, found) = SlotJournal::open_records(words, decode);
         (Self { slots }, found)
     }
 
@@ -151,19 +147,14 @@ impl Journal {
     pub fn keep(&self, slot: u32, r: &Record) {
         self.slots.keep(slot, key(r));
     }
+}
 
-    /// A record that could not be restored is cleared.
-    pub fn discard(&self, slot: u32) {
-        self.slots.discard(slot);
-    }
+/// `discard`, `len` and `is_empty` are the slots'.
+impl std::ops::Deref for Journal {
+    type Target = SlotJournal<Key>;
 
-    /// Records held now.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+    fn deref(&self) -> &SlotJournal<Key> {
+        &self.slots
     }
 }
 
@@ -241,10 +232,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn words(slots: usize) -> &'static [AtomicU64] {
-        let v: Vec<AtomicU64> = (0..slots * SLOT_WORDS).map(|_| AtomicU64::new(0)).collect();
-        Box::leak(v.into_boxed_slice())
-    }
+    use session::journal::leaked as words;
 
     fn record() -> impl Strategy<Value = Record> {
         let view = (

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pager::core::rebuild::Rebuilt;
-use pager::journal::{Journal, Record, ViewRecord, SLOT_WORDS};
+use pager::journal::{Journal, Record, ViewRecord};
 use pager::state::Residency;
 use pager::testing::runtime::{
     cpu_write, gpu_migrate, gpu_open, model_core, object_with_view, seed, small_config, ModelCore,
     ModelHandle,
 };
+use session::journal::leaked as words;
 use session::Handle;
 
 const CLIENT: u64 = 100;
@@ -21,11 +22,6 @@ const GPU: u64 = 1;
 const A: u64 = 0x1000_0000;
 const B: u64 = 0x2000_0000;
 const PAGE: u64 = 4096;
-
-fn words(slots: usize) -> &'static [AtomicU64] {
-    let v: Vec<AtomicU64> = (0..slots * SLOT_WORDS).map(|_| AtomicU64::new(0)).collect();
-    Box::leak(v.into_boxed_slice())
-}
 
 /// A core of `generation` journaling into `w`, and what was there.
 fn journaled(w: &'static [AtomicU64], generation: u32) -> (Arc<ModelCore>, Vec<(u32, Record)>) {

@@ -52,6 +52,22 @@ struct Index<K> {
 
 impl<K: Ord + Copy> SlotJournal<K> {
     /// The journal over `words` (a whole number of slots is used) and the
+    /// records an earlier generation left in it, as `decode` reads them
+    /// (`None`: not a whole record), by slot, lowest first. Every other
+    /// slot is cleared and free.
+    pub fn open_records<R>(
+        words: &'static [AtomicU64],
+        decode: impl Fn(&Body) -> Option<R>,
+    ) -> (Self, Vec<(u32, R)>) {
+        let (journal, found) = Self::open(words, |b| decode(b).is_some());
+        let records = found
+            .iter()
+            .filter_map(|(slot, b)| Some((*slot, decode(b)?)))
+            .collect();
+        (journal, records)
+    }
+
+    /// The journal over `words` (a whole number of slots is used) and the
     /// bodies an earlier generation left in it that `whole` accepts, by
     /// slot, lowest first. Every other slot is cleared and free.
     pub fn open(
@@ -139,6 +155,13 @@ impl<K: Ord + Copy> SlotJournal<K> {
     }
 }
 
+/// Zeroed journal memory of `slots` slots that is never freed: what
+/// tests and the simulation journal into in place of a memfd.
+pub fn leaked(slots: usize) -> &'static [AtomicU64] {
+    let v: Vec<AtomicU64> = (0..slots * SLOT_WORDS).map(|_| AtomicU64::new(0)).collect();
+    alloc::boxed::Box::leak(v.into_boxed_slice())
+}
+
 fn slot_words(words: &[AtomicU64], slot: u32) -> &[AtomicU64] {
     let at = slot as usize * SLOT_WORDS;
     &words[at..at + SLOT_WORDS]
@@ -157,12 +180,8 @@ fn read(words: &[AtomicU64], slot: u32) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::boxed::Box;
 
-    fn words(slots: usize) -> &'static [AtomicU64] {
-        let v: Vec<AtomicU64> = (0..slots * SLOT_WORDS).map(|_| AtomicU64::new(0)).collect();
-        Box::leak(v.into_boxed_slice())
-    }
+    use super::leaked as words;
 
     fn body(kind: u64, x: u64) -> Body {
         [kind, x, 0, 0, 0, 0, 0, 0]

@@ -61,7 +61,7 @@ pub enum Record {
 
 /// What a slot belongs to in this generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Key {
+pub enum Key {
     Vm(u64, u32),
     /// By the server's binding id (unique for its life).
     Binding(u64),
@@ -75,13 +75,9 @@ impl Journal {
     /// The journal over `words` (a whole number of slots is used) and the
     /// records an earlier generation left in it, by slot. Those slots are
     /// neither free nor owned until [`Self::keep_vm`],
-    /// [`Self::keep_binding`] or [`Self::discard`] says which.
+    /// [`Self::keep_binding`] or [`SlotJournal::discard`] says which.
     pub fn open(words: &'static [AtomicU64]) -> (Self, Vec<(u32, Record)>) {
-        let (slots, found) = SlotJournal::open(words, |b| decode(b).is_some());
-        let found = found
-            .iter()
-            .filter_map(|(slot, b)| Some((*slot, decode(b)?)))
-            .collect();
+        let (slots, found) = SlotJournal::open_records(words, decode);
         (Self { slots }, found)
     }
 
@@ -122,19 +118,14 @@ impl Journal {
     pub fn keep_binding(&self, slot: u32, id: u64) {
         self.slots.keep(slot, Key::Binding(id));
     }
+}
 
-    /// A record that could not be restored is cleared.
-    pub fn discard(&self, slot: u32) {
-        self.slots.discard(slot);
-    }
+/// `discard`, `len` and `is_empty` are the slots'.
+impl std::ops::Deref for Journal {
+    type Target = SlotJournal<Key>;
 
-    /// Records held now.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+    fn deref(&self) -> &SlotJournal<Key> {
+        &self.slots
     }
 }
 
@@ -188,10 +179,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
 
-    fn words(slots: usize) -> &'static [AtomicU64] {
-        let v: Vec<AtomicU64> = (0..slots * SLOT_WORDS).map(|_| AtomicU64::new(0)).collect();
-        Box::leak(v.into_boxed_slice())
-    }
+    use session::journal::leaked as words;
 
     fn binding(view: u32) -> BindingRecord {
         BindingRecord {

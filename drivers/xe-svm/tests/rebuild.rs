@@ -12,17 +12,11 @@ use std::sync::atomic::AtomicU64;
 use common::World;
 use ipc_protocol::interfaces::gpu::GpuError;
 use ipc_protocol::types::JobStatus;
-use xe_svm::journal::{BindingRecord, Journal, SLOT_WORDS};
+use xe_svm::journal::{BindingRecord, Journal};
 use xe_svm::rebuild::Rebuilt;
 
 const A: u64 = 100;
 const B: u64 = 101;
-
-/// A journal's memory (the memfd `init` keeps, in the real system).
-fn journal_words(slots: usize) -> &'static [AtomicU64] {
-    let v: Vec<AtomicU64> = (0..slots * SLOT_WORDS).map(|_| AtomicU64::new(0)).collect();
-    Box::leak(v.into_boxed_slice())
-}
 
 /// A server that records in `words`, having rebuilt what they describe.
 fn server_over(words: &'static [AtomicU64], spec: &str) -> (World, Rebuilt) {
@@ -39,7 +33,7 @@ const FAR: u64 = 0x80_0000;
 
 #[test]
 fn vms_and_bindings_come_back_under_the_ids_their_clients_hold() {
-    let words = journal_words(64);
+    let words = session::journal::leaked(64);
     let (w1, nothing) = server_over(words, "");
     assert_eq!(nothing, Rebuilt::default());
     let va = w1.create_vm(A).unwrap().vm.get();
@@ -87,7 +81,7 @@ fn vms_and_bindings_come_back_under_the_ids_their_clients_hold() {
 /// after, and one that unbinds gets room back.
 #[test]
 fn rebuilt_bindings_are_charged_to_their_client() {
-    let words = journal_words(64);
+    let words = session::journal::leaked(64);
     let (w1, _) = server_over(words, "bindings=2");
     let va = w1.create_vm(A).unwrap().vm.get();
     w1.bind(A, va, 5, LO);
@@ -119,7 +113,7 @@ fn record(view: u32, gpu_addr: u64, object: u32, first_page: u64, pages: u64) ->
 /// `init/tests/gpu_restart.rs`.)
 #[test]
 fn records_that_do_not_hold_are_dropped_and_cleared() {
-    let words = journal_words(64);
+    let words = session::journal::leaked(64);
     let (j, _) = Journal::open(words);
     // VM ids: the index is the ASID (1..), the generation above bit 20.
     let good = (1 << 20) | 3;
@@ -182,7 +176,7 @@ fn a_binding_that_followed_its_view_comes_back_where_it_went() {
         from: LO,
         to: HI,
     };
-    let words = journal_words(64);
+    let words = session::journal::leaked(64);
     let (w1, _) = server_over(words, "");
     let va = w1.create_vm(A).unwrap().vm.get();
     w1.bind(A, va, 5, LO);
@@ -257,7 +251,7 @@ mod any_journal {
         fn any_journal_is_restored_or_dropped_record_by_record(
             records in proptest::collection::vec(record(), 0..24)
         ) {
-            let words = journal_words(32);
+            let words = session::journal::leaked(32);
             let (j, _) = Journal::open(words);
             for (i, r) in records.iter().enumerate() {
                 let written = match *r {

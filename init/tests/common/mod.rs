@@ -11,6 +11,21 @@ use ipc_protocol::types::{JobStatus, KernelKind, VmId};
 
 /// Runs `test` on its own thread and fails if it takes longer than `limit`
 /// (the servers go with this process: their lifelines close).
+/// Runs `svm --vram-mib 32 run recovery --rounds 2` with `args` and checks
+/// its verdict (every word back, two rounds); returns its output.
+pub fn recovery(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_svm"))
+        .args(["--vram-mib", "32", "run", "recovery", "--rounds", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("bad=0"), "{stdout}");
+    assert_eq!(stdout.matches("recovery: round").count(), 2, "{stdout}");
+    stdout
+}
+
 pub fn bounded(limit: Duration, test: impl FnOnce() + Send + 'static) {
     let (tx, rx) = mpsc::channel();
     let t = std::thread::spawn(move || {
