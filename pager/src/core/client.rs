@@ -185,8 +185,11 @@ impl<R: Runtime> Core<R> {
             })?;
         let (memory, handle) = self.rt.create_memory(size_bytes).map_err(|_| E::Host)?;
         let o = s.insert_object(|id| Object::new(id, s.badge, memory, table, charge))?;
-        o.seq
-            .store(self.first_seq(), crate::sync::Ordering::Release);
+        // Generation 1 counts from 0, as a new object does.
+        if self.first_seq() != 0 {
+            o.seq
+                .store(self.first_seq(), crate::sync::Ordering::Release);
+        }
         self.remember_object(&o);
         Ok((o, handle))
     }

@@ -315,28 +315,34 @@ impl<R: Runtime> Core<R> {
         port: R::Port,
         forked: bool,
     ) -> Result<Arc<Space<R>>, PagerError> {
-        let id = self.next_space.fetch_add(1, Ordering::Relaxed);
-        let space = self.add_space(session, port, forked, id)?;
+        let space = self.add_space(session, port, forked, None)?;
         self.remember_space(&space);
         Ok(space)
     }
 
-    /// Address space `id` of `session`, charged to its budget; later new
-    /// ones get higher ids (a restart brings back its predecessor's).
+    /// Address space `id` of `session` (a new id when `None`), charged to
+    /// its budget; later new ones get higher ids (a restart brings back
+    /// its predecessor's).
     fn add_space(
         &self,
         session: &Arc<ClientSession<R>>,
         port: R::Port,
         forked: bool,
-        id: u64,
+        id: Option<u64>,
     ) -> Result<Arc<Space<R>>, PagerError> {
         let threads = self.rt.threads_per_space();
         let charge = session
             .ledger
             .charge(&[(spaces, 1), (fault_threads, threads)])
             .map_err(|_| PagerError::OverBudget)?;
-        self.next_space
-            .fetch_max(id.saturating_add(1), Ordering::Relaxed);
+        let id = match id {
+            Some(id) => {
+                self.next_space
+                    .fetch_max(id.saturating_add(1), Ordering::Relaxed);
+                id
+            }
+            None => self.next_space.fetch_add(1, Ordering::Relaxed),
+        };
         let space = Arc::new(Space::new(id, session.clone(), port, forked, charge));
         session.add_space(space.clone())?;
         Ok(space)

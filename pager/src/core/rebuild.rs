@@ -179,7 +179,7 @@ impl<R: Runtime> Core<R> {
     ) -> Option<Arc<Space<R>>> {
         let s = self.find_client(owner)?;
         let port = kept(Kept::Space(id)).and_then(|h| self.rt.reopen_port(h).ok())?;
-        self.add_space(&s, port, forked, id).ok()
+        self.add_space(&s, port, forked, Some(id)).ok()
     }
 
     fn restore_view(&self, r: &ViewRecord) -> Option<()> {

@@ -42,22 +42,27 @@ impl<R: Runtime> Core<R> {
     /// The GPU server keeps the newest sequence it saw per object and
     /// maps nothing a collect read before it (`resolve`); a restarted
     /// pager counting from 0 again would have every later fault refused
-    /// forever. 2^40 invalidations of one object per generation.
+    /// forever. 2^40 invalidations of one object per generation;
+    /// generation 1 counts from 0.
     pub fn first_seq(&self) -> u64 {
-        u64::from(self.cfg.generation) << 40
+        u64::from(self.cfg.generation.saturating_sub(1)) << 40
     }
 
-    fn put(&self, r: &Record) {
+    /// Writes the record `make` builds, if there is a journal (made only
+    /// then: building one reads atomics and locks, which a pager that
+    /// journals nothing, or the schedule explorer, need not see).
+    fn put(&self, make: impl FnOnce() -> Record) {
         if let Some(j) = self.journal() {
-            if j.put(r).is_err() {
+            let r = make();
+            if j.put(&r).is_err() {
                 log::error!("pager: journal full: a restart would not find {r:?}");
             }
         }
     }
 
-    fn clear(&self, r: &Record) {
+    fn clear(&self, make: impl FnOnce() -> Record) {
         if let Some(j) = self.journal() {
-            j.clear(r);
+            j.clear(&make());
         }
     }
 
@@ -71,12 +76,12 @@ impl<R: Runtime> Core<R> {
 
     /// Writes `o`'s record again (the GPU server's id for it changed).
     pub(super) fn note_object(&self, o: &Object<R>) {
-        self.put(&object_record(o));
+        self.put(|| object_record(o));
     }
 
     pub(super) fn forget_object(&self, o: &Object<R>) {
         if self.journal().is_some() {
-            self.clear(&object_record(o));
+            self.clear(|| object_record(o));
             self.rt.drop_kept(Kept::Object(o.id.raw()));
         }
     }
@@ -86,31 +91,31 @@ impl<R: Runtime> Core<R> {
         if self.journal().is_some() {
             self.rt.keep_port(Kept::Space(s.id), &s.port);
         }
-        self.put(&space_record(s));
+        self.put(|| space_record(s));
     }
 
     pub(super) fn forget_space(&self, s: &Space<R>) {
         if self.journal().is_some() {
-            self.clear(&space_record(s));
+            self.clear(|| space_record(s));
             self.rt.drop_kept(Kept::Space(s.id));
         }
     }
 
     /// Writes `v`'s record (new, or its client's id changed).
     pub(super) fn note_view(&self, v: &View<R>) {
-        self.put(&view_record(v));
+        self.put(|| view_record(v));
     }
 
     pub(super) fn forget_view(&self, v: &View<R>) {
-        self.clear(&view_record(v));
+        self.clear(|| view_record(v));
     }
 
     pub(super) fn note_gpu(&self, badge: u64) {
-        self.put(&Record::Gpu { badge });
+        self.put(|| Record::Gpu { badge });
     }
 
     pub(super) fn forget_gpu(&self, badge: u64) {
-        self.clear(&Record::Gpu { badge });
+        self.clear(|| Record::Gpu { badge });
     }
 }
 
