@@ -91,6 +91,9 @@ fn run(end: &SeqPacket, shared: &Shared) {
         match end.recv(Some(POLL)) {
             Ok(r) => apply(r, &mut held),
             Err(TransportError::TimedOut) => {}
+            // The pager's end closed: the system is stopping (the recipe
+            // holds that end for every generation until then).
+            Err(TransportError::Disconnected) => break,
             Err(e) => {
                 log::warn!("init: keeper: {e}");
                 std::thread::sleep(POLL);

@@ -11,7 +11,7 @@ use rustix::io::Errno;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use ipc_protocol::keeper::{self, KeeperMsg};
-use ipc_protocol::transport::Transport;
+use ipc_protocol::transport::{Transport, TransportError};
 
 use super::space::HostPort;
 use super::staging::{Staging, SLOT_BYTES};
@@ -60,8 +60,11 @@ impl HostRuntime {
                 return;
             }
         };
-        if let Err(e) = keeper::send(&**k, msg, dup) {
-            log::error!("pager: keeper {msg:?}: {e}; a restart would not find it");
+        match keeper::send(&**k, msg, dup) {
+            Ok(()) => {}
+            // Init is gone (the system stops): there is no restart to come.
+            Err(TransportError::Disconnected) => log::debug!("pager: keeper {msg:?}: init is gone"),
+            Err(e) => log::error!("pager: keeper {msg:?}: {e}; a restart would not find it"),
         }
     }
 
