@@ -38,7 +38,7 @@ use session::Handle;
 use super::budget::{object_bytes, objects, IDS_PER_SESSION};
 use super::client::view_range;
 use super::object::Object;
-use super::runtime::{Kept, Runtime};
+use super::runtime::{Kept, RtError, Runtime};
 use super::session::ClientSession;
 use super::view::{Space, ViewSpec, PAGE};
 use super::Core;
@@ -274,8 +274,12 @@ impl<R: Runtime> Core<R> {
     }
 
     /// Starts every restored space (a space left with no view goes), then
-    /// wakes the faults the predecessor read and never served and clears
-    /// the write protection its migrations left.
+    /// clears the write protection the predecessor's migrations left and
+    /// wakes the faults it read and never served. A space whose process
+    /// is gone (a fork's child that exited while no pager ran: nothing
+    /// would ever tell) goes now: clearing the protection finds it
+    /// (`RtError::Gone`), or it would hold its owner's `spaces` budget for
+    /// good and forks past it would not be followed.
     fn serve_restored_spaces(self: &Arc<Self>) {
         for s in self.clients() {
             for space in s.spaces() {
@@ -285,7 +289,11 @@ impl<R: Runtime> Core<R> {
                     continue;
                 }
                 for v in views {
-                    let _ = self.rt.write_protect(&space.port, v.addr, v.len(), false);
+                    let cleared = self.rt.write_protect(&space.port, v.addr, v.len(), false);
+                    if cleared == Err(RtError::Gone) {
+                        self.space_gone(&space);
+                        break;
+                    }
                     let _ = self.rt.wake(&space.port, v.addr, v.len());
                 }
             }
