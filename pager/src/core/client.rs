@@ -25,7 +25,7 @@ type Answer<R> = Result<(p::Reply, Vec<<R as Runtime>::Handle>), E>;
 
 /// Checks a range of `pages` pages from `first` against an object of
 /// `object_pages` pages; returns its end.
-fn pages_in(first: u64, pages: u64, object_pages: usize) -> Result<u64, E> {
+pub(super) fn pages_in(first: u64, pages: u64, object_pages: usize) -> Result<u64, E> {
     let end = first.checked_add(pages).ok_or(E::OutOfRange)?;
     if pages == 0 || end > object_pages as u64 {
         return Err(E::OutOfRange);
@@ -169,10 +169,7 @@ impl<R: Runtime> Core<R> {
         s: &Arc<ClientSession<R>>,
         size_bytes: u64,
     ) -> Result<(Arc<Object<R>>, R::Handle), E> {
-        if size_bytes == 0 || size_bytes % PAGE != 0 || size_bytes > self.cfg.budget.object_bytes {
-            return Err(E::BadSize);
-        }
-        let pages = usize::try_from(size_bytes / PAGE).map_err(|_| E::BadSize)?;
+        let pages = self.object_pages(size_bytes)?;
         let charge = s
             .ledger
             .charge(&[(objects, 1), (object_bytes, size_bytes)])
@@ -192,6 +189,16 @@ impl<R: Runtime> Core<R> {
         }
         self.remember_object(&o);
         Ok((o, handle))
+    }
+
+    /// Checks an object size (`CreateObject`'s, or a journal record's):
+    /// whole pages, not empty, within the `object_bytes` budget; returns
+    /// its pages.
+    pub(super) fn object_pages(&self, size_bytes: u64) -> Result<usize, E> {
+        if size_bytes == 0 || size_bytes % PAGE != 0 || size_bytes > self.cfg.budget.object_bytes {
+            return Err(E::BadSize);
+        }
+        usize::try_from(size_bytes / PAGE).map_err(|_| E::BadSize)
     }
 
     fn destroy_object(&self, s: &Arc<ClientSession<R>>, id: Handle) -> Result<(), E> {

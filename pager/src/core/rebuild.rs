@@ -36,11 +36,11 @@
 use session::Handle;
 
 use super::budget::{object_bytes, objects, IDS_PER_SESSION};
-use super::client::view_range;
+use super::client::{pages_in, view_range};
 use super::object::Object;
 use super::runtime::{Kept, RtError, Runtime};
 use super::session::ClientSession;
-use super::view::{Space, ViewSpec, PAGE};
+use super::view::{Space, ViewSpec};
 use super::Core;
 use crate::journal::{Record, ViewRecord};
 use crate::migrate::Chunk;
@@ -139,11 +139,9 @@ impl<R: Runtime> Core<R> {
         };
         let id = Handle::from_raw(id);
         let s = self.client_in_slot(owner, id.index() / IDS_PER_SESSION)?;
-        let fits = bytes != 0 && bytes % PAGE == 0 && bytes <= self.cfg.budget.object_bytes;
-        let memory = kept(Kept::Object(id.raw()))
-            .filter(|_| fits)
-            .and_then(|h| self.rt.adopt_memory(h, bytes).ok())?;
-        let pages = usize::try_from(bytes / PAGE).ok()?;
+        let pages = self.object_pages(bytes).ok()?;
+        let memory =
+            kept(Kept::Object(id.raw())).and_then(|h| self.rt.adopt_memory(h, bytes).ok())?;
         let data = self.rt.data_pages(&memory, pages).ok()?;
         let table = PageTable::new_in(pages, WordStore::Arena(s.meta.clone())).ok()?;
         for (page, _) in data.iter().enumerate().filter(|(_, d)| **d) {
@@ -186,11 +184,9 @@ impl<R: Runtime> Core<R> {
         let s: Arc<ClientSession<R>> = self.find_client(r.owner)?;
         let object = s.object(Handle::from_raw(r.object))?;
         let space = s.spaces().into_iter().find(|sp| sp.id == r.space)?;
-        let end = r.first_page.checked_add(r.pages)?;
+        // The checks `AttachView` makes.
+        pages_in(r.first_page, r.pages, object.pages()).ok()?;
         view_range(r.addr, r.pages).ok()?;
-        if end > object.pages() as u64 {
-            return None;
-        }
         let spec = ViewSpec {
             object,
             addr: r.addr,
