@@ -107,6 +107,30 @@ fn a_restarted_core_finds_every_object_view_and_page_where_it_was() {
     assert_eq!(new.journal().unwrap().len(), 2 + 2 + 2 + 1);
 }
 
+/// A frame the GPU server names past what a page-state word holds would be
+/// recorded as another frame: the take-over refuses to serve instead.
+#[test]
+fn a_frame_past_what_a_state_word_holds_fails_the_take_over() {
+    let w = words(64);
+    let (old, _) = journaled(w, 1);
+    let s = old.client(CLIENT).unwrap();
+    let (o1, v1) = object_with_view(&old, &s, 8, A).unwrap();
+    seed(&s.object(o1).unwrap(), |p| 100 + p as u64);
+    let g = old.gpu_session(GPU).unwrap();
+    let gid = gpu_open(&old, &g, CLIENT, v1).unwrap();
+    let mem = s.object(o1).unwrap().memory.clone();
+    assert_eq!(gpu_migrate(&old, &g, gid, &mem, 0, 4), Ok(4));
+    let (new, records) = journaled(w, 2);
+    let vram = old.rt.vram.lock().unwrap().clone();
+    *new.rt.vram.lock().unwrap() = vram;
+    new.rt
+        .frames_from
+        .store(pager::state::MAX_PFN, Ordering::Release);
+    let mut kept = std::mem::take(&mut *old.rt.kept.lock().unwrap());
+    let r = new.rebuild(&records, &mut |k| kept.remove(&k.key()));
+    assert_eq!(r.err(), Some(pager::core::rebuild::RebuildError::GpuFrames));
+}
+
 /// A record whose descriptor the keeper does not have (the pager died
 /// between handing it over and writing the record, or the keeper refused
 /// it) is dropped, with what depends on it; the rest is restored.

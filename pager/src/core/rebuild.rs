@@ -44,7 +44,7 @@ use super::view::{Space, ViewSpec};
 use super::Core;
 use crate::journal::{Record, ViewRecord};
 use crate::migrate::Chunk;
-use crate::state::{PageTable, Residency, WordStore};
+use crate::state::{PageTable, Residency, WordStore, MAX_PFN};
 use crate::sync::Arc;
 use ipc_protocol::types::PageMask;
 
@@ -220,7 +220,7 @@ impl<R: Runtime> Core<R> {
                 let Some(o) = g.object(Handle::from_raw(object)) else {
                     continue;
                 };
-                self.restore_run(&o, (first, pages, pfn), answer.gpu, out);
+                self.restore_run(&o, (first, pages, pfn), answer.gpu, out)?;
             }
             match answer.next {
                 Some(next) if next > from => from = next,
@@ -230,15 +230,25 @@ impl<R: Runtime> Core<R> {
     }
 
     /// One run of frames of `o`, checked against its size.
-    fn restore_run(&self, o: &Object<R>, run: (u64, u32, u64), gpu: u8, out: &mut Rebuilt) {
+    /// A frame past what a state word holds (`MAX_PFN`) cannot be
+    /// recorded: written, it would name another frame. Refused like no
+    /// answer (the pager exits rather than serve wrong data).
+    fn restore_run(
+        &self,
+        o: &Object<R>,
+        run: (u64, u32, u64),
+        gpu: u8,
+        out: &mut Rebuilt,
+    ) -> Result<(), RebuildError> {
         let (first, pages, pfn) = run;
         let end = first.saturating_add(u64::from(pages)).min(o.pages() as u64);
         let mut stale: Vec<(Chunk, PageMask)> = Vec::new();
         for page in first..end {
             let at = page as usize;
-            let Some(frame) = pfn.checked_add(page - first) else {
-                break;
-            };
+            let frame = pfn
+                .checked_add(page - first)
+                .filter(|f| *f <= MAX_PFN)
+                .ok_or(RebuildError::GpuFrames)?;
             if o.table
                 .info(at)
                 .is_ok_and(|i| i.residency == Residency::System)
@@ -257,7 +267,9 @@ impl<R: Runtime> Core<R> {
                 out.device_pages += 1;
             }
         }
-        let Some(id) = o.gpu_id() else { return };
+        let Some(id) = o.gpu_id() else {
+            return Ok(());
+        };
         for (chunk, mask) in stale {
             out.stale_frames += mask.count() as u64;
             if let Err(e) = self.rt.free_pages(id, chunk.first, chunk.count, &mask) {
@@ -267,6 +279,7 @@ impl<R: Runtime> Core<R> {
                 );
             }
         }
+        Ok(())
     }
 
     /// Starts every restored space (a space left with no view goes), then

@@ -100,6 +100,9 @@ pub struct ModelRuntime {
     /// The keeper (`keep_memory`, `keep_port`): what a restarted core
     /// would get back, by key.
     pub kept: Mutex<BTreeMap<u64, ModelHandle>>,
+    /// Added to every frame `gpu_frames` reports (a test makes the GPU
+    /// server name frames past what a state word holds).
+    pub frames_from: AtomicU64,
 }
 
 /// [`ModelRuntime::on_free`].
@@ -124,6 +127,7 @@ impl Default for ModelRuntime {
             invalidations: AtomicU64::new(0),
             on_free: Mutex::new(None),
             kept: Mutex::new(BTreeMap::new()),
+            frames_from: AtomicU64::new(0),
         }
     }
 }
@@ -175,14 +179,15 @@ impl Runtime for ModelRuntime {
         Ok((0..pages).map(|p| !matches!(word(p), 0 | POISON)).collect())
     }
 
-    /// The model GPU's pages, each at the frame numbered as its page (it
-    /// finds a page by object and page, never by frame).
+    /// The model GPU's pages, each at the frame numbered as its page plus
+    /// `frames_from` (it finds a page by object and page, never by frame).
     fn gpu_frames(&self, from: (u32, u64)) -> Result<FrameRuns, RtError> {
         let vram = lock(&self.vram);
+        let base = self.frames_from.load(Ordering::Acquire);
         let runs = vram
             .keys()
             .filter(|(o, p)| (*o, *p as u64) >= from)
-            .map(|&(o, p)| (o, p as u64, 1, p as u64))
+            .map(|&(o, p)| (o, p as u64, 1, base.wrapping_add(p as u64)))
             .collect();
         Ok(FrameRuns {
             gpu: 0,
