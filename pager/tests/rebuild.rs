@@ -131,6 +131,30 @@ fn a_frame_past_what_a_state_word_holds_fails_the_take_over() {
     assert_eq!(r.err(), Some(pager::core::rebuild::RebuildError::GpuFrames));
 }
 
+/// A space whose process exited while no pager ran (a fork's child) is
+/// restored, then ends at the take-over: nothing else would end it, and it
+/// would hold its owner's `spaces` budget for good.
+#[test]
+fn a_restored_space_whose_process_is_gone_ends_at_the_take_over() {
+    let w = words(64);
+    let (old, _) = journaled(w, 1);
+    let s = old.client(CLIENT).unwrap();
+    let (_o1, v1) = object_with_view(&old, &s, 4, A).unwrap();
+    let (_o2, v2) = object_with_view(&old, &s, 4, B).unwrap();
+    let gone = s.view(v2).unwrap().space.id;
+    let key = pager::journal::Kept::Space(gone).key();
+    old.rt
+        .kept
+        .lock()
+        .unwrap()
+        .insert(key, ModelHandle::GonePort);
+    let (new, r) = take_over(&old, w);
+    assert_eq!((r.spaces, r.views, r.dropped), (2, 2, 0), "{r:?}");
+    let s2 = new.find_client(CLIENT).unwrap();
+    assert_eq!(s2.spaces().len(), 1, "the gone process's space ended");
+    assert!(s2.view(v1).is_some() && s2.view(v2).is_none());
+}
+
 /// A record whose descriptor the keeper does not have (the pager died
 /// between handing it over and writing the record, or the keeper refused
 /// it) is dropped, with what depends on it; the rest is restored.

@@ -42,10 +42,12 @@ pub fn model_file(m: &ModelMemory) -> FileId {
 
 /// What a client passes: its memory back (never valid as a port), a
 /// fault channel, or a handle of a kernel that delivers no faults (Redox
-/// today: the runtime names the missing call).
+/// today: the runtime names the missing call). `GonePort`: the fault
+/// channel of a process that exited (what a keeper may give back).
 pub enum ModelHandle {
     Memory(Arc<ModelMemory>),
     Port,
+    GonePort,
     NoFaults,
 }
 
@@ -56,6 +58,8 @@ pub struct ModelPort {
     /// Ranges handed back to the kernel, in order.
     pub unregistered: Mutex<Vec<(u64, u64)>>,
     pub protected: Mutex<BTreeSet<u64>>,
+    /// Its process exited: calls on it fail `Gone` (host: `ESRCH`).
+    pub gone: bool,
 }
 
 impl ModelPort {
@@ -232,6 +236,10 @@ impl Runtime for ModelRuntime {
     fn open_port(&self, h: ModelHandle) -> Result<ModelPort, RtError> {
         match h {
             ModelHandle::Port => Ok(ModelPort::default()),
+            ModelHandle::GonePort => Ok(ModelPort {
+                gone: true,
+                ..ModelPort::default()
+            }),
             ModelHandle::Memory(_) => Err(RtError::BadHandle),
             ModelHandle::NoFaults => Err(RtError::Unsupported(KernelCall::FaultUpcall)),
         }
@@ -249,6 +257,9 @@ impl Runtime for ModelRuntime {
     }
 
     fn write_protect(&self, p: &ModelPort, addr: u64, len: u64, on: bool) -> Result<(), RtError> {
+        if p.gone {
+            return Err(RtError::Gone);
+        }
         let mut wp = lock(&p.protected);
         for a in (addr..addr + len).step_by(PAGE as usize) {
             if on {
