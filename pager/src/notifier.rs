@@ -173,22 +173,16 @@ impl GpuNotifier {
 
     /// The frames the GPU server holds from (`object`, `page`) on (a
     /// restarted pager's rebuild); a server restarted meanwhile is asked
-    /// again (the call is idempotent).
+    /// again by the stub (the call is idempotent).
     pub fn frames(&self, from: (u32, u64)) -> Result<FrameRuns, RtError> {
-        let gpu = self.client()?;
-        let mut tries = 0;
-        let r = loop {
-            let q = Frames {
-                from_object: from.0,
-                from_page: from.1,
-            };
-            match gpu.call(q) {
-                Err(CallError::Transport(TransportError::PeerRestarted(_))) if tries < 3 => {
-                    tries += 1;
-                }
-                r => break r.map_err(|e| failed("asking the GPU server for its frames", 0, e))?,
-            }
+        let q = Frames {
+            from_object: from.0,
+            from_page: from.1,
         };
+        let r = self
+            .client()?
+            .call(q)
+            .map_err(|e| failed("asking the GPU server for its frames", 0, e))?;
         Ok(FrameRuns {
             gpu: r.gpu.get(),
             runs: r
