@@ -216,10 +216,8 @@ impl<R: Runtime> Core<R> {
             .iter()
             .position(Option::is_none)
             .ok_or(PagerError::OverBudget)?;
-        let ledger = Arc::new(Ledger::new(&self.cfg.budget, self.totals.clone()));
-        let meta = Meta::new(self.arena.clone(), ledger.metadata.clone());
         // Slot 0 of the ids is never a client's: it stays free for peers.
-        let s = Arc::new(ClientSession::new(badge, slot as u32 + 1, ledger, meta));
+        let s = self.new_session(badge, slot as u32 + 1);
         clients[slot] = Some(s.clone());
         log::debug!("pager: client {badge} has a session (slot {})", slot + 1);
         Ok(s)
@@ -237,11 +235,16 @@ impl<R: Runtime> Core<R> {
         if at.is_some() {
             return None;
         }
-        let ledger = Arc::new(Ledger::new(&self.cfg.budget, self.totals.clone()));
-        let meta = Meta::new(self.arena.clone(), ledger.metadata.clone());
-        let s = Arc::new(ClientSession::new(badge, slot, ledger, meta));
+        let s = self.new_session(badge, slot);
         *at = Some(s.clone());
         Some(s)
+    }
+
+    /// A session for client `badge` in id slot `slot`, with its budget.
+    fn new_session(&self, badge: u64, slot: u32) -> Arc<ClientSession<R>> {
+        let ledger = Arc::new(Ledger::new(&self.cfg.budget, self.totals.clone()));
+        let meta = Meta::new(self.arena.clone(), ledger.metadata.clone());
+        Arc::new(ClientSession::new(badge, slot, ledger, meta))
     }
 
     /// The session of client `badge`, if it has one.
