@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pager::core::rebuild::Rebuilt;
+use pager::core::rebuild::{RebuildError, Rebuilt};
 use pager::journal::{Journal, Record, ViewRecord};
 use pager::state::Residency;
 use pager::testing::runtime::{
@@ -34,16 +34,25 @@ fn journaled(w: &'static [AtomicU64], generation: u32) -> (Arc<ModelCore>, Vec<(
 }
 
 /// Generation 2 takes over from `old`: the device (its VRAM) and what the
-/// keeper held carry over, as they outlive a pager.
-fn take_over(old: &ModelCore, w: &'static [AtomicU64]) -> (Arc<ModelCore>, Rebuilt) {
+/// keeper held carry over, as they outlive a pager. `before` runs on the
+/// new core first.
+fn try_take_over(
+    old: &ModelCore,
+    w: &'static [AtomicU64],
+    before: impl FnOnce(&ModelCore),
+) -> (Arc<ModelCore>, Result<Rebuilt, RebuildError>) {
     let (new, records) = journaled(w, 2);
     let vram = old.rt.vram.lock().unwrap().clone();
     *new.rt.vram.lock().unwrap() = vram;
+    before(&new);
     let mut kept = std::mem::take(&mut *old.rt.kept.lock().unwrap());
-    let r = new
-        .rebuild(&records, &mut |k| kept.remove(&k.key()))
-        .expect("the take-over");
+    let r = new.rebuild(&records, &mut |k| kept.remove(&k.key()));
     (new, r)
+}
+
+fn take_over(old: &ModelCore, w: &'static [AtomicU64]) -> (Arc<ModelCore>, Rebuilt) {
+    let (new, r) = try_take_over(old, w, |_| {});
+    (new, r.expect("the take-over"))
 }
 
 #[test]
@@ -120,15 +129,11 @@ fn a_frame_past_what_a_state_word_holds_fails_the_take_over() {
     let gid = gpu_open(&old, &g, CLIENT, v1).unwrap();
     let mem = s.object(o1).unwrap().memory.clone();
     assert_eq!(gpu_migrate(&old, &g, gid, &mem, 0, 4), Ok(4));
-    let (new, records) = journaled(w, 2);
-    let vram = old.rt.vram.lock().unwrap().clone();
-    *new.rt.vram.lock().unwrap() = vram;
-    new.rt
-        .frames_from
-        .store(pager::state::MAX_PFN, Ordering::Release);
-    let mut kept = std::mem::take(&mut *old.rt.kept.lock().unwrap());
-    let r = new.rebuild(&records, &mut |k| kept.remove(&k.key()));
-    assert_eq!(r.err(), Some(pager::core::rebuild::RebuildError::GpuFrames));
+    let (_, r) = try_take_over(&old, w, |new| {
+        let past = pager::state::MAX_PFN;
+        new.rt.frames_from.store(past, Ordering::Release);
+    });
+    assert_eq!(r.err(), Some(RebuildError::GpuFrames));
 }
 
 /// A space whose process exited while no pager ran (a fork's child) is
