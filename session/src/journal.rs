@@ -21,7 +21,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Words per record slot.
 pub const SLOT_WORDS: usize = 8;
@@ -43,6 +43,8 @@ pub struct JournalFull;
 pub struct SlotJournal<K> {
     words: &'static [AtomicU64],
     index: spin::Mutex<Index<K>>,
+    /// Set by [`SlotJournal::close`]: writes are dropped.
+    closed: AtomicBool,
 }
 
 struct Index<K> {
@@ -94,6 +96,7 @@ impl<K: Ord + Copy> SlotJournal<K> {
         let journal = Self {
             words,
             index: spin::Mutex::new(index),
+            closed: AtomicBool::new(false),
         };
         (journal, found)
     }
@@ -103,6 +106,9 @@ impl<K: Ord + Copy> SlotJournal<K> {
     pub fn put(&self, key: K, body: &Body) -> Result<(), JournalFull> {
         debug_assert_ne!(body[0], FREE, "a record's first word says what it is");
         let mut ix = self.index.lock();
+        if self.is_closed() {
+            return Ok(());
+        }
         if let Some(old) = ix.slots.remove(&key) {
             self.free_slot(&mut ix, old);
         }
@@ -120,6 +126,9 @@ impl<K: Ord + Copy> SlotJournal<K> {
     /// Clears `key`'s record; whether it had one.
     pub fn clear(&self, key: K) -> bool {
         let mut ix = self.index.lock();
+        if self.is_closed() {
+            return false;
+        }
         let Some(slot) = ix.slots.remove(&key) else {
             return false;
         };
@@ -127,15 +136,43 @@ impl<K: Ord + Copy> SlotJournal<K> {
         true
     }
 
-    /// The restored `key` owns the record a predecessor left in `slot`.
+    /// The restored `key` owns the record a predecessor left in `slot`,
+    /// unless restoring it wrote `key` a record of this generation
+    /// already: then the predecessor's is freed, not left to leak a slot
+    /// (and be found again) at every restart.
     pub fn keep(&self, slot: u32, key: K) {
-        self.index.lock().slots.insert(key, slot);
+        let mut ix = self.index.lock();
+        if self.is_closed() {
+            return;
+        }
+        match ix.slots.get(&key) {
+            Some(&mine) if mine != slot => self.free_slot(&mut ix, slot),
+            _ => {
+                ix.slots.insert(key, slot);
+            }
+        }
     }
 
     /// A record a predecessor left in `slot` that could not be restored
     /// is cleared.
     pub fn discard(&self, slot: u32) {
-        self.free_slot(&mut self.index.lock(), slot);
+        let mut ix = self.index.lock();
+        if !self.is_closed() {
+            self.free_slot(&mut ix, slot);
+        }
+    }
+
+    /// This generation writes no more: its process is going away while
+    /// the next one may already read and write the same words (the
+    /// simulation's kill; a dead process writes nothing). Checked under
+    /// the index lock, so a write in progress ends whole first.
+    pub fn close(&self) {
+        let _ix = self.index.lock();
+        self.closed.store(true, Ordering::Release);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Records held now.
@@ -201,6 +238,41 @@ mod tests {
         let (_, found) = SlotJournal::<u32>::open(w, |_| true);
         let bodies: Vec<Body> = found.iter().map(|(_, b)| *b).collect();
         assert_eq!(bodies, [body(7, 11)]);
+    }
+
+    /// A closed generation writes nothing: the next one, which opened
+    /// the same words meanwhile, finds its records as it left them.
+    #[test]
+    fn a_closed_journal_writes_nothing() {
+        let w = words(4);
+        let (old, _) = SlotJournal::<u32>::open(w, |_| true);
+        old.put(1, &body(7, 10)).unwrap();
+        old.close();
+        let (new, found) = SlotJournal::<u32>::open(w, |_| true);
+        assert_eq!(found.len(), 1);
+        new.keep(found[0].0, 1);
+        old.put(2, &body(7, 20)).unwrap();
+        assert!(!old.clear(1), "a closed journal clears nothing");
+        old.discard(found[0].0);
+        let (_, again) = SlotJournal::<u32>::open(w, |_| true);
+        let bodies: Vec<Body> = again.iter().map(|(_, b)| *b).collect();
+        assert_eq!(bodies, [body(7, 10)]);
+    }
+
+    /// A record the next generation wrote again while restoring it (the
+    /// pager's GPU session) is kept once: the predecessor's slot is freed.
+    #[test]
+    fn a_record_written_again_while_restored_is_kept_once() {
+        let w = words(4);
+        let (old, _) = SlotJournal::<u32>::open(w, |_| true);
+        old.put(1, &body(7, 10)).unwrap();
+        for _ in 0..3 {
+            let (new, found) = SlotJournal::<u32>::open(w, |_| true);
+            assert_eq!(found.len(), 1, "one record, whatever the restarts");
+            new.put(1, &body(7, 10)).unwrap();
+            new.keep(found[0].0, 1);
+            assert_eq!(new.len(), 1);
+        }
     }
 
     /// A body `whole` refuses (torn, or foreign) is a free slot; a full
