@@ -57,6 +57,8 @@ pub mod client;
 #[cfg(feature = "std")]
 pub mod keeper;
 #[cfg(feature = "std")]
+pub mod read_fence;
+#[cfg(feature = "std")]
 pub mod scheme;
 #[cfg(feature = "std")]
 pub mod server;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::frame::{encode_message, encode_raw, ErrorPayload, Header};
+use crate::read_fence::ReadFence;
 use crate::transport::{Received, Transport, TransportError};
 use crate::{Capability, Control, Frame, Interface, Kind, Message, ProtocolError};
 
@@ -194,9 +195,24 @@ pub fn serve<I: Interface, H: Handler<I> + ?Sized>(
     caller: Capability,
     handler: &H,
 ) -> Result<(), TransportError> {
+    serve_fenced::<I, H>(transport, caller, handler, None)
+}
+
+/// [`serve`], each request counted in `fence` from its read until its
+/// reply is sent.
+fn serve_fenced<I: Interface, H: Handler<I> + ?Sized>(
+    transport: &dyn Transport,
+    caller: Capability,
+    handler: &H,
+    fence: Option<&ReadFence>,
+) -> Result<(), TransportError> {
     loop {
-        let rx = match transport.recv(None) {
-            Ok(rx) => rx,
+        let read = match fence {
+            Some(f) => f.read(transport).map(|(rx, n)| (rx, Some(n))),
+            None => transport.recv(None).map(|rx| (rx, None)),
+        };
+        let (rx, _in_flight) = match read {
+            Ok(r) => r,
             Err(TransportError::Disconnected) => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -219,6 +235,19 @@ pub fn spawn<I: Interface, H: Handler<I>>(
     handler: Arc<H>,
     threads: usize,
 ) -> Vec<JoinHandle<()>> {
+    spawn_fenced(name, transport, caller, handler, threads, None)
+}
+
+/// [`spawn`], counting every request in `fence` from its read
+/// (`crate::read_fence`).
+pub fn spawn_fenced<I: Interface, H: Handler<I>>(
+    name: &str,
+    transport: Arc<dyn Transport>,
+    caller: Capability,
+    handler: Arc<H>,
+    threads: usize,
+    fence: Option<Arc<ReadFence>>,
+) -> Vec<JoinHandle<()>> {
     let threads = threads.max(1);
     // The last serving thread to leave reports the disconnection, so the
     // handler sees it once and after every request of the endpoint.
@@ -228,11 +257,12 @@ pub fn spawn<I: Interface, H: Handler<I>>(
             let t = transport.clone();
             let h = handler.clone();
             let live = live.clone();
+            let fence = fence.clone();
             let label = format!("{name}-{i}");
             std::thread::Builder::new()
                 .name(label.clone())
                 .spawn(move || {
-                    if let Err(e) = serve::<I, H>(&*t, caller, &*h) {
+                    if let Err(e) = serve_fenced::<I, H>(&*t, caller, &*h, fence.as_deref()) {
                         log::warn!("{label}: endpoint closed: {e}");
                     }
                     if live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
