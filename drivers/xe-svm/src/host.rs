@@ -20,6 +20,7 @@ use ipc_protocol::interfaces::pager_migrate::{
     Collect, Collected, Finalize, PagerMigrate, Resident, ResidentRuns,
 };
 use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve};
+use ipc_protocol::read_fence::ReadFence;
 use ipc_protocol::server::Handler;
 use ipc_protocol::transport::TransportError;
 use ipc_protocol::types::{BoId, JobId, MemoryKind, VmId, World};
@@ -69,7 +70,15 @@ pub struct HostPlatform {
     slots: Mutex<Slots>,
     zero_dma: u64,
     _zero: hw::shm::Region,
+    /// The pager's `GpuNotify` requests in flight, counted from their read
+    /// (`linux.rs` serves the endpoint through it; `frames.rs`).
+    pub notify_fence: Arc<ReadFence>,
 }
+
+/// How long a restarted pager's first `Frames` waits for what its
+/// predecessor set going (`Platform::quiesce_for_frames`): past a copy
+/// engine's longest copy and a finalize's failure.
+const QUIESCE_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl HostPlatform {
     /// Gives back a slot taken but never mapped.
@@ -189,6 +198,17 @@ impl Platform for HostPlatform {
     }
     fn has_broker(&self) -> bool {
         self.pressure.is_some()
+    }
+    fn quiesce_for_frames(&self, migrating: &dyn Fn() -> bool) -> bool {
+        let until = std::time::Instant::now() + QUIESCE_BOUND;
+        // The `Frames` request asking is one of those in flight.
+        while self.notify_fence.in_flight() > 1 || migrating() {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        true
     }
     fn reserve(&self, world: World, bytes: u64, timeout_ms: u32) -> u64 {
         let Some(p) = &self.pressure else { return 0 };
@@ -364,6 +384,7 @@ impl GpuServer {
             }),
             zero_dma,
             _zero: zero,
+            notify_fence: Arc::default(),
         };
         // A restarted server meets a compute engine that numbered its
         // predecessor's jobs: number on past them, or a wait for a new job

@@ -225,10 +225,18 @@ impl Served {
     }
 
     fn spawn(self, a: &Args, server: &Arc<GpuServer>) {
-        use ipc_protocol::server::spawn;
+        use ipc_protocol::server::{spawn, spawn_fenced};
         // Rule 9: the notifier has its own endpoint and threads.
         let notify = Capability::new(NOTIFY_BADGE, Rights::from_bits_truncate(a.notify_rights));
-        spawn::<GpuNotify, _>("xe-svm-notify", self.notify, notify, server.clone(), 4);
+        let fence = Some(server.inner.hw.notify_fence.clone());
+        spawn_fenced::<GpuNotify, _>(
+            "xe-svm-notify",
+            self.notify,
+            notify,
+            server.clone(),
+            4,
+            fence,
+        );
         if let Some(t) = self.shrink {
             let cap = Capability::new(SHRINK_BADGE, Rights::from_bits_truncate(a.shrink_rights));
             spawn::<GpuShrink, _>("xe-svm-shrink", t, cap, server.clone(), 2);

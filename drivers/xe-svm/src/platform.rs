@@ -97,6 +97,17 @@ pub trait Platform: Send + Sync + 'static {
         0
     }
 
+    /// Before the first `GpuNotify::Frames` answer to a restarted pager
+    /// (issue 14, `frames.rs`): waits until every `GpuNotify` request
+    /// read before that one was handled (a dead generation's `FreePages`
+    /// or `MigrateToRam` left in the socket must not act after it) and
+    /// `migrating()` is false (no migration whose collect was answered
+    /// is still waiting for its finalize's answer). `false`: it gave up
+    /// at its bound.
+    fn quiesce_for_frames(&self, _migrating: &dyn Fn() -> bool) -> bool {
+        true
+    }
+
     /// Whether an mm-server is there to wait in.
     fn has_broker(&self) -> bool;
     /// Waits in mm-server for `bytes` of VRAM for `world` (rule 5: the

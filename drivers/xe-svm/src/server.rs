@@ -324,6 +324,10 @@ pub struct Inner<P: Platform> {
     pub(crate) next_job: AtomicU32,
     /// Which start of the server this is (1 at boot; `restart.rs`).
     pub(crate) generation: AtomicU32,
+    /// GPU-fault migrations whose collect the pager answered and whose
+    /// finalize is not answered yet (`frames.rs`: a restarted pager's
+    /// `Frames` waits for them).
+    pub(crate) answered_collects: AtomicU32,
     next_binding: AtomicU64,
     /// Every client's jobs and their results (`job_table.rs`). Locked
     /// after the BO store's submit lock, never with the VM lock held.
@@ -376,6 +380,7 @@ impl<P: Platform> Inner<P> {
             }),
             next_job: AtomicU32::new(1),
             generation: AtomicU32::new(1),
+            answered_collects: AtomicU32::new(0),
             next_binding: AtomicU64::new(1),
             jobs: Mutex::new(JobTable::new()),
             sessions: Sessions::new(budget),
@@ -910,6 +915,7 @@ impl<P: Platform> Inner<P> {
             log::warn!("xe-svm: collect failed");
             return true;
         };
+        let _answered = self.collect_answered();
         let mut migrated = PageMask::EMPTY;
         if c.got.is_empty() {
             free_block(block);
@@ -982,6 +988,13 @@ impl<P: Platform> Inner<P> {
                 let mut st = self.lock();
                 if let Some(obj) = st.objects.get_mut(&object) {
                     for i in migrated.iter() {
+                        // A frame the page still had is one a restarted
+                        // pager never learned (`frames.rs`): the pager
+                        // gave the page to us to fill, so it is not the
+                        // page's home. Given back, not leaked.
+                        if let Some(stale) = obj.take_frame(first + i as u64) {
+                            let _ = self.vram.release_page(stale);
+                        }
                         obj.set_frame(first + i as u64, block + i as u64);
                     }
                 }

@@ -185,9 +185,8 @@ mod server {
     use ipc_protocol::server::announce_if_restarted as announce;
 
     /// Serves the GPU server's `PagerMigrate`, announcing a restart first.
-    fn serve_migrate(a: &Args, server: &Arc<PagerServer>) {
-        let t = endpoint(a.migrate_fd);
-        announce::<PagerMigrate>(&*t, a.generation);
+    /// Serves `PagerMigrate` on `t` (announced already: `main`).
+    fn serve_migrate(a: &Args, t: Arc<dyn Transport>, server: &Arc<PagerServer>) {
         ipc_protocol::server::spawn::<PagerMigrate, _>(
             "pager-migrate",
             t,
@@ -254,10 +253,17 @@ mod server {
         };
         let records = journal(&a, &server);
         let restarted = a.generation > 1;
+        // Announced first, served once taken over: the GPU server's calls
+        // to the dead generation fail now (`PeerRestarted`), so its
+        // migrations in flight end before our `Frames` question, which
+        // waits for them (xe-svm's `frames.rs`).
+        let migrate = endpoint(a.migrate_fd);
+        announce::<PagerMigrate>(&*migrate, a.generation);
         // Serve the GPU server's migrations before anything else can fault;
         // a restarted pager only once it took over (below).
+        let mut migrate = Some(migrate);
         if !restarted {
-            serve_migrate(&a, &server);
+            serve_migrate(&a, migrate.take().expect("the endpoint"), &server);
         }
         let gpu_timeout = std::time::Duration::from_millis(a.gpu_timeout_ms);
         let gpu = Client::new(endpoint(a.notify_fd)).with_timeout(gpu_timeout);
@@ -265,9 +271,9 @@ mod server {
             eprintln!("pager: attaching the GPU server: {e}");
             std::process::exit(2);
         }
-        if restarted {
+        if let Some(t) = migrate {
             take_over(&server, &records);
-            serve_migrate(&a, &server);
+            serve_migrate(&a, t, &server);
         }
         if let Some(fd) = a.reclaim_fd {
             let rights = Rights::from_bits_truncate(a.reclaim_rights);
