@@ -57,6 +57,29 @@ impl<R: Runtime> Core<R> {
         log::info!("pager: client {badge} gone; its views and objects were released");
     }
 
+    /// The pager stops without ending its clients: its process is killed
+    /// and the next generation takes over from the journal (issue 14; the
+    /// simulation's pager kill). The journal takes no more writes, every
+    /// space stops (a fault being served returns at its next failure) and
+    /// the collects in flight are undone, so no thread of this generation
+    /// waits on their pages. Stopping what the runtime still does for it
+    /// (memory, fault channels, calls to the GPU server) is the runtime's:
+    /// a dead process does nothing more.
+    pub fn shut_down(&self) {
+        if let Some(j) = self.journal() {
+            j.close();
+        }
+        for s in self.clients() {
+            for space in s.spaces() {
+                space.mark_stopped();
+            }
+        }
+        let gpu = crate::sync::lock(&self.gpu).as_ref().map(|g| g.badge);
+        if let Some(badge) = gpu {
+            self.end_gpu(badge);
+        }
+    }
+
     /// The GPU server at `badge` is gone: its collects in flight are undone
     /// (pages back to their state, writers let go), and it can name no
     /// object any more.
