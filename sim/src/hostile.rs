@@ -106,7 +106,7 @@ pub(crate) fn cpu_pass(w: &Arc<World>) -> JoinHandle<()> {
 
 /// After the hostile client is gone, the totals are the victim's alone.
 fn only_the_victim_is_left(w: &World) {
-    let core = &w.pager.core;
+    let core = &w.pager.core();
     assert!(
         core.find_client(HOSTILE).is_none(),
         "the hostile session outlived its end"
@@ -141,7 +141,7 @@ fn expect_refused<T>(what: &str, r: Result<T, PagerError>, allowed: &[PagerError
 /// Floods objects and views, forges ids and ranges; every call gets its
 /// answer or a typed error (it may meet its own session's end).
 fn flood_and_forge(w: &World, victim_object: Handle, victim_view: Handle) {
-    let core = &w.pager.core;
+    let core = &w.pager.core();
     let Ok(s) = core.client(HOSTILE) else { return };
     let mut objects = Vec::new();
     for _ in 0..6 {
@@ -230,14 +230,14 @@ fn hostile_floods_and_forges() {
         let w = w.clone();
         spawn(move || {
             delay(20);
-            w.pager.core.end_client(HOSTILE);
+            w.pager.core().end_client(HOSTILE);
         })
     };
     hs.push(flooder);
     join(hs);
     ender.join().expect("the session's end failed");
     // A call that arrived after the end opened a new session: it ends too.
-    w.pager.core.end_client(HOSTILE);
+    w.pager.core().end_client(HOSTILE);
     only_the_victim_is_left(&w);
     finish(w, |p| start(p) + 2);
 }
@@ -252,7 +252,7 @@ struct Bound {
 }
 
 fn hostile_bound(w: &World, pages: u64) -> Bound {
-    let core = &w.pager.core;
+    let core = &w.pager.core();
     let s = core.client(HOSTILE).expect("a hostile session");
     let id = create(core, &s, pages).expect("a hostile object");
     let object = s.object(id).expect("its object");
@@ -351,7 +351,7 @@ fn hostile_ends_mid_migration() {
         let (w, b) = (w.clone(), b.clone());
         spawn(move || {
             delay(10);
-            let core = &w.pager.core;
+            let core = &w.pager.core();
             if thread_rng().gen_bool(0.5) {
                 // Destroying an object a view still reaches is refused.
                 if let Ok(s) = core.client(HOSTILE) {
@@ -408,7 +408,7 @@ pub fn hostile_detaches_mid_migration() {
         let (w, b) = (w.clone(), b.clone());
         spawn(move || {
             delay(10);
-            let core = &w.pager.core;
+            let core = &w.pager.core();
             let s = core.client(HOSTILE).expect("its session");
             let ask = |req| core.pager_request(&s, req, Vec::new()).map(|_| ());
             let view = ViewId::raw(b.view.raw());
@@ -458,12 +458,12 @@ fn gpu_server_dies_mid_collect() {
             };
             let _ = w.pager.collect(c);
             delay(4);
-            w.pager.core.end_gpu(GPU_SERVER);
+            w.pager.core().end_gpu(GPU_SERVER);
         })
     };
     join(writers);
     dying.join().expect("the dying GPU server failed");
-    assert_eq!(w.pager.core.accounting().collects, 0);
-    assert!(w.pager.core.gpu_now().is_none());
+    assert_eq!(w.pager.core().accounting().collects, 0);
+    assert!(w.pager.core().gpu_now().is_none());
     finish(w, |p| start(p) + 2);
 }

@@ -9,8 +9,13 @@
 //! delivery). A caller blocks until its reply arrives. A dead endpoint
 //! answers nothing: its callers get `None`, as a host client gets a
 //! transport error from a peer that went away.
+//!
+//! A FIFO endpoint ([`Endpoint::read_in_order`]) takes the oldest message
+//! instead, as the host's serving threads read one ordered socket, and
+//! counts each from that read until it is handled, as the host's read
+//! fence does (`ipc_protocol::read_fence`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use shuttle::rand::{thread_rng, Rng};
 use shuttle::sync::{Arc, Condvar, Mutex};
@@ -26,6 +31,8 @@ pub struct Endpoint {
     ready: Condvar,
     stopped: AtomicBool,
     dead: AtomicBool,
+    fifo: AtomicBool,
+    in_flight: AtomicUsize,
 }
 
 /// A reply slot one caller waits on.
@@ -78,6 +85,8 @@ impl Endpoint {
             ready: Condvar::new(),
             stopped: AtomicBool::new(false),
             dead: AtomicBool::new(false),
+            fifo: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         });
         let handles = (0..threads.max(1))
             .map(|_| {
@@ -94,6 +103,12 @@ impl Endpoint {
                 let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
                     if !jobs.is_empty() {
+                        // Counted as it is taken, with no scheduling point
+                        // between: nothing is read and not yet counted.
+                        self.in_flight.fetch_add(1, Ordering::AcqRel);
+                        if self.fifo.load(Ordering::Acquire) {
+                            break jobs.remove(0);
+                        }
                         let i = thread_rng().gen_range(0..jobs.len());
                         break jobs.swap_remove(i);
                     }
@@ -105,12 +120,35 @@ impl Endpoint {
             };
             delay(MAX_DELAY_YIELDS);
             job();
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// From now on the oldest message is taken first.
+    pub fn read_in_order(&self) {
+        self.fifo.store(true, Ordering::Release);
+    }
+
+    /// Messages taken and not yet handled.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// Sends `f` to the server and waits for its result; `None` when the
     /// server is dead.
     pub fn call<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+        self.call_from(|| true, f)
+    }
+
+    /// [`Self::call`] from a sender that may be killed: sent only if
+    /// `sender_alive()` holds when the message is queued (checked with no
+    /// scheduling point before the queueing), else `None` and never sent,
+    /// as a dead process sends nothing.
+    pub fn call_from<R: Send + 'static>(
+        &self,
+        sender_alive: impl Fn() -> bool,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
         if self.dead.load(Ordering::Acquire) {
             return None;
         }
@@ -128,7 +166,7 @@ impl Endpoint {
             // after marking the endpoint dead: a message is either dropped
             // by `kill` (answering `None`) or never queued.
             let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-            if self.dead.load(Ordering::Acquire) {
+            if self.dead.load(Ordering::Acquire) || !sender_alive() {
                 return None;
             }
             jobs.push(job);

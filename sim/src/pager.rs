@@ -14,6 +14,15 @@
 //! host's fault workers do ([`SimPager::cpu_fault`]); view changes (fork,
 //! mremap) are applied to the CPU model and to the core's records under
 //! the space's view-change guard, as the host's event reader does.
+//!
+//! **Generations.** The pager can be killed and restarted (issue 14,
+//! `pager_restart.rs`): [`SimPager`] is what the others reach, the pager
+//! now ([`PagerGen`]), replaced by the next generation. What outlives a
+//! generation lives beside it, as the processes around the host's pager
+//! do ([`Outlives`]): the journal's memory, the keeper's descriptors, the
+//! GPU server's link and the machine pages handed out. A dead generation's
+//! runtime does nothing more (each side effect checks [`SimRuntime::dead`]
+//! first, and runs whole or not at all, as a system call does).
 
 use ipc_protocol::interfaces::pager as p;
 use ipc_protocol::interfaces::pager_migrate as m;
@@ -21,7 +30,7 @@ use ipc_protocol::types::{ObjectId, PageMask, ViewId};
 use pager::core::backend::CoreBackend;
 use pager::core::changes::PendingMove;
 use pager::core::object::Object;
-use pager::core::runtime::{PartNote, Pause, RtError, Runtime, Source};
+use pager::core::runtime::{FrameRuns, Kept, PartNote, Pause, RtError, Runtime, Source};
 use pager::core::session::{ClientSession, GpuSession};
 use pager::core::view::Space;
 use pager::core::{Config, Core};
@@ -30,6 +39,8 @@ use pager::state::{PageTable, Residency};
 use pager::sync::{lock, AtomicUsize, Ordering};
 use session::Handle;
 use shuttle::sync::{Arc, Mutex, Weak};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool as StdBool, AtomicU64 as StdU64, Ordering as StdOrdering};
 
 use crate::link::Link;
 use crate::machine::{Machine, PAGE, STAGING_SLOTS};
@@ -52,12 +63,13 @@ const GPU: u8 = 0;
 /// endpoint its notifier (`GpuNotify`) serves.
 pub type GpuLink = (Weak<GpuCore>, Arc<Endpoint>);
 
-/// An object's pages in RAM.
+/// An object's pages in RAM; a clone is a duplicate of the descriptor.
+#[derive(Clone)]
 pub enum SimMemory {
     /// System pages `base..base + pages` of the machine (the GPU reaches them).
     Machine { base: usize },
     /// Memory of its own (the GPU never binds it).
-    Own(Vec<std::sync::atomic::AtomicU64>),
+    Own(std::sync::Arc<[StdU64]>),
 }
 
 /// One mapping of an address space: `[start, end)` shows system pages
@@ -71,10 +83,11 @@ pub struct Mapping {
     pub base: usize,
 }
 
-/// An address space's CPU mappings.
-#[derive(Default)]
+/// An address space's CPU mappings; a clone is a duplicate of its fault
+/// channel (the keeper's).
+#[derive(Default, Clone)]
 pub struct SimPort {
-    maps: Mutex<Vec<Mapping>>,
+    maps: Arc<Mutex<Vec<Mapping>>>,
 }
 
 impl SimPort {
@@ -119,31 +132,75 @@ impl SimPort {
 }
 
 /// What a client passes: a fault channel (for `AttachView`) or memory back.
+/// A clone is a duplicate (the keeper's).
+#[derive(Clone)]
 pub enum SimHandle {
     Port(SimPort),
-    Memory,
+    Memory(SimMemory),
+}
+
+/// What outlives a pager generation: the processes around it (the GPU
+/// server, `init` and its keeper) and the machine.
+pub struct Outlives {
+    /// The GPU core now and its notifier endpoint.
+    pub gpu: Arc<Link<GpuLink>>,
+    /// Held across a GPU server restart (`World::restart_gpu`).
+    pub gpu_gate: Mutex<()>,
+    /// Held across a pager restart (`World::restart_pager`).
+    pub pager_gate: Mutex<()>,
+    /// The next machine system page for an object.
+    next_page: AtomicUsize,
+    /// `init`'s keeper: the descriptors it holds, by `Kept::key`.
+    keeper: std::sync::Mutex<BTreeMap<u64, SimHandle>>,
+    /// The journal's memory (a memfd `init` holds), if the world restarts
+    /// the pager: the hooks record nothing without one, which keeps the
+    /// other scenarios' schedules as they were.
+    pub journal: Option<&'static [StdU64]>,
 }
 
 pub struct SimRuntime {
     pub machine: Arc<Machine>,
-    /// The next machine system page for an object.
-    next_page: AtomicUsize,
+    pub outlives: Arc<Outlives>,
     slots: pager::slots::SlotPool,
-    /// The GPU core now and its notifier endpoint.
+    /// The GPU core now and its notifier endpoint (`outlives.gpu`).
     pub gpu: Arc<Link<GpuLink>>,
-    /// Held across a GPU server restart (`World::restart_gpu`).
-    pub restart_gate: Mutex<()>,
+    /// This generation was killed: nothing it does lands any more.
+    pub dead: StdBool,
 }
 
+/// What a dead generation's calls get: nothing happened.
+const DEAD: RtError = RtError::Host(0);
+
 impl SimRuntime {
+    fn new(machine: Arc<Machine>, outlives: Arc<Outlives>) -> Self {
+        Self {
+            machine,
+            gpu: outlives.gpu.clone(),
+            outlives,
+            slots: pager::slots::SlotPool::new(STAGING_SLOTS),
+            dead: StdBool::new(false),
+        }
+    }
+
+    /// `Err` once this generation was killed (a system call a dead
+    /// process never made).
+    fn alive(&self) -> Result<(), RtError> {
+        if self.dead.load(StdOrdering::Acquire) {
+            Err(DEAD)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Waits out a GPU server restart in progress: who found the server
     /// dead blocks here instead of spinning (the host's callers wait with
     /// a deadline longer than a restart takes).
     pub fn wait_for_gpu(&self) {
-        drop(lock(&self.restart_gate));
+        drop(lock(&self.outlives.gpu_gate));
     }
 
     fn gpu(&self) -> Result<(Arc<GpuCore>, Arc<Endpoint>), RtError> {
+        self.alive().map_err(|_| RtError::Gpu)?;
         match self.gpu.get() {
             Some((g, n)) if !n.is_dead() => Ok((g.upgrade().ok_or(RtError::Gpu)?, n)),
             _ => Err(RtError::Gpu),
@@ -162,7 +219,7 @@ impl SimRuntime {
         loop {
             let reply = self.gpu().ok().and_then(|(gpu, notify)| {
                 let f = f.clone();
-                notify.call(move || f(&gpu))
+                notify.call_from(|| self.alive().is_ok(), move || f(&gpu))
             });
             match reply {
                 Some(v) => return Ok(v),
@@ -186,15 +243,24 @@ impl SimRuntime {
     }
 
     /// Writes page `page` of `m` (whole: one word), making it present.
-    fn put(&self, m: &SimMemory, page: usize, v: u64) {
+    /// Like every side effect here, checked for a kill with no scheduling
+    /// point between the check and the effect: a system call a killed
+    /// process made lands before it is dead, never after.
+    fn put(&self, m: &SimMemory, page: usize, v: u64) -> Result<(), RtError> {
         use std::sync::atomic::Ordering::Release;
         match m {
             SimMemory::Machine { base } => {
+                let mut mmu = lock(&self.machine.mmu);
+                self.alive()?;
                 self.machine.ram[base + page].store(v, Release);
-                lock(&self.machine.mmu).present[base + page] = true;
+                mmu.present[base + page] = true;
             }
-            SimMemory::Own(words) => words[page].store(v, Release),
+            SimMemory::Own(words) => {
+                self.alive()?;
+                words[page].store(v, Release);
+            }
         }
+        Ok(())
     }
 }
 
@@ -206,29 +272,31 @@ impl Runtime for SimRuntime {
     fn create_memory(&self, bytes: u64) -> Result<(SimMemory, SimHandle), RtError> {
         let pages = (bytes / PAGE) as usize;
         let all = self.machine.pages + self.machine.spare;
-        let base = self.next_page.load(Ordering::Acquire);
+        let base = self.outlives.next_page.load(Ordering::Acquire);
         if base + pages <= all
             && self
+                .outlives
                 .next_page
                 .compare_exchange(base, base + pages, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            return Ok((SimMemory::Machine { base }, SimHandle::Memory));
+            let m = SimMemory::Machine { base };
+            return Ok((m.clone(), SimHandle::Memory(m)));
         }
-        let words = (0..pages)
-            .map(|_| std::sync::atomic::AtomicU64::new(0))
-            .collect();
-        Ok((SimMemory::Own(words), SimHandle::Memory))
+        let words: std::sync::Arc<[StdU64]> = (0..pages).map(|_| StdU64::new(0)).collect();
+        let m = SimMemory::Own(words);
+        Ok((m.clone(), SimHandle::Memory(m)))
     }
 
-    fn share_memory(&self, _m: &SimMemory) -> Result<SimHandle, RtError> {
-        Ok(SimHandle::Memory)
+    fn share_memory(&self, m: &SimMemory) -> Result<SimHandle, RtError> {
+        Ok(SimHandle::Memory(m.clone()))
     }
 
     /// The hole punch: the pages leave every view.
     fn drop_pages(&self, m: &SimMemory, first: usize, pages: usize) -> Result<(), RtError> {
         if let SimMemory::Machine { base } = m {
             let mut mmu = lock(&self.machine.mmu);
+            self.alive()?;
             for p in first..first + pages {
                 mmu.present[base + p] = false;
             }
@@ -245,7 +313,7 @@ impl Runtime for SimRuntime {
         pages: usize,
     ) -> Result<(), RtError> {
         for k in 0..pages {
-            self.put(m, first + k, self.value(src, src_index + k));
+            self.put(m, first + k, self.value(src, src_index + k))?;
         }
         Ok(())
     }
@@ -253,7 +321,7 @@ impl Runtime for SimRuntime {
     fn open_port(&self, h: SimHandle) -> Result<SimPort, RtError> {
         match h {
             SimHandle::Port(p) => Ok(p),
-            SimHandle::Memory => Err(RtError::BadHandle),
+            SimHandle::Memory(_) => Err(RtError::BadHandle),
         }
     }
 
@@ -269,6 +337,7 @@ impl Runtime for SimRuntime {
         let mut mmu = lock(&self.machine.mmu);
         for a in (addr..addr + len).step_by(PAGE as usize) {
             let m = p.mapping(a).ok_or(RtError::Unmapped)?;
+            self.alive()?;
             let wp = mmu.wp.get_mut(m.wp).ok_or(RtError::Unmapped)?;
             let page = m.base + ((a - m.start) / PAGE) as usize;
             *wp.get_mut(page).ok_or(RtError::Unmapped)? = on;
@@ -292,7 +361,9 @@ impl Runtime for SimRuntime {
             if p.mapping(dst + k as u64 * PAGE).is_none() {
                 return (k, Some(RtError::Unmapped));
             }
-            self.put(m, page + k, self.value(src, src_index + k));
+            if let Err(e) = self.put(m, page + k, self.value(src, src_index + k)) {
+                return (k, Some(e));
+            }
         }
         (pages, None)
     }
@@ -302,6 +373,7 @@ impl Runtime for SimRuntime {
         let mut mmu = lock(&self.machine.mmu);
         for a in (addr..addr + len).step_by(PAGE as usize) {
             let m = p.mapping(a).ok_or(RtError::Unmapped)?;
+            self.alive()?;
             let page = m.base + ((a - m.start) / PAGE) as usize;
             mmu.poisoned.insert((m.wp, page));
         }
@@ -309,7 +381,7 @@ impl Runtime for SimRuntime {
     }
 
     fn wake(&self, _p: &SimPort, _addr: u64, _len: u64) -> Result<(), RtError> {
-        Ok(())
+        self.alive()
     }
 
     fn start_space(&self, _core: &Arc<Core<Self>>, _s: &Arc<Space<Self>>) -> Result<(), RtError> {
@@ -323,7 +395,8 @@ impl Runtime for SimRuntime {
     }
 
     fn pause(&self, why: Pause, attempt: u32) {
-        if why == Pause::FaultRetry && attempt + 1 >= FAULT_RETRIES {
+        // A dead generation's threads only run out (`Core::shut_down`).
+        if why == Pause::FaultRetry && attempt + 1 >= FAULT_RETRIES && self.alive().is_ok() {
             panic!("a CPU fault made no progress in {FAULT_RETRIES} tries");
         }
         if why == Pause::FaultRetry && self.gpu().is_err() {
@@ -378,7 +451,8 @@ impl Runtime for SimRuntime {
         let (gpu, notify) = self.gpu()?;
         let (o, f, mask) = (object.raw(), first as u64, *pages);
         let offset = slot as u64 * 512 * PAGE;
-        match notify.call(move || gpu.migrate_to_ram(o, f, &mask, offset)) {
+        let alive = || self.alive().is_ok();
+        match notify.call_from(alive, move || gpu.migrate_to_ram(o, f, &mask, offset)) {
             Some(Ok(copied)) => Ok(copied),
             _ => Err(RtError::Gpu),
         }
@@ -426,26 +500,161 @@ impl Runtime for SimRuntime {
             gpu.view_part(v, n, pages.clone(), p.from, p.to)
         });
     }
+
+    // The keeper (issue 14): what `init` holds for the next generation.
+
+    fn keep_memory(&self, kept: Kept, m: &SimMemory) {
+        self.keep(kept, SimHandle::Memory(m.clone()));
+    }
+
+    fn keep_port(&self, kept: Kept, p: &SimPort) {
+        self.keep(kept, SimHandle::Port(p.clone()));
+    }
+
+    fn drop_kept(&self, kept: Kept) {
+        if self.alive().is_ok() {
+            self.keeper().remove(&kept.key());
+        }
+    }
+
+    fn adopt_memory(&self, h: SimHandle, bytes: u64) -> Result<SimMemory, RtError> {
+        let all = self.machine.pages + self.machine.spare;
+        match h {
+            SimHandle::Memory(m) => {
+                let pages = usize::try_from(bytes / PAGE).map_err(|_| RtError::BadHandle)?;
+                let fits = match &m {
+                    SimMemory::Machine { base } => {
+                        base.checked_add(pages).is_some_and(|e| e <= all)
+                    }
+                    SimMemory::Own(words) => words.len() == pages,
+                };
+                fits.then_some(m).ok_or(RtError::BadHandle)
+            }
+            SimHandle::Port(_) => Err(RtError::BadHandle),
+        }
+    }
+
+    fn reopen_port(&self, h: SimHandle) -> Result<SimPort, RtError> {
+        self.open_port(h)
+    }
+
+    /// A machine page holds data while present (a hole punch took it
+    /// away). Memory of its own is never bound by the GPU, so none of its
+    /// pages can be in VRAM: all are data.
+    fn data_pages(&self, m: &SimMemory, pages: usize) -> Result<Vec<bool>, RtError> {
+        match m {
+            SimMemory::Machine { base } => {
+                let mmu = lock(&self.machine.mmu);
+                let present = mmu
+                    .present
+                    .get(*base..base + pages)
+                    .ok_or(RtError::BadHandle)?;
+                Ok(present.to_vec())
+            }
+            SimMemory::Own(_) => Ok(vec![true; pages]),
+        }
+    }
+
+    fn gpu_frames(&self, from: (u32, u64)) -> Result<FrameRuns, RtError> {
+        let r = self.call_gpu(true, move |gpu| gpu.frames(from.0, from.1))?;
+        Ok(FrameRuns {
+            gpu: r.gpu.get(),
+            runs: r
+                .runs
+                .as_slice()
+                .iter()
+                .map(|x| (x.object.get(), x.first_page, x.pages, x.first_pfn))
+                .collect(),
+            next: r.more.then_some((r.next_object, r.next_page)),
+        })
+    }
+}
+
+impl Outlives {
+    /// What the keeper hands a new generation: a duplicate of everything
+    /// it holds, by `Kept::key`.
+    pub(crate) fn hand_over(&self) -> BTreeMap<u64, SimHandle> {
+        self.keeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The new generation used none of `keys`: the keeper drops them.
+    pub(crate) fn drop_kept(&self, keys: impl IntoIterator<Item = u64>) {
+        let mut k = self.keeper.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            k.remove(&key);
+        }
+    }
+}
+
+impl SimRuntime {
+    fn keeper(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, SimHandle>> {
+        self.outlives
+            .keeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keep(&self, kept: Kept, h: SimHandle) {
+        if self.alive().is_ok() {
+            self.keeper().insert(kept.key(), h);
+        }
+    }
 }
 
 pub type SimCore = Core<SimRuntime>;
 
 /// A CPU view of the victim's: its space and the address of object page 0.
 #[derive(Clone)]
-struct CpuView {
-    space: Arc<Space<SimRuntime>>,
-    base: u64,
+pub(crate) struct CpuView {
+    pub(crate) space: Arc<Space<SimRuntime>>,
+    pub(crate) base: u64,
 }
 
-/// The pager as the simulation drives it: the core, the victim's session
-/// and the CPU views it has (by their index in the CPU model).
-pub struct SimPager {
+/// One generation of the pager: its core, the victim's session and object
+/// in it, and the CPU views it serves (by their index in the CPU model).
+pub struct PagerGen {
     pub core: Arc<SimCore>,
     pub victim: Arc<ClientSession<SimRuntime>>,
-    object: Arc<Object<SimRuntime>>,
+    pub(crate) object: Arc<Object<SimRuntime>>,
+    pub(crate) views: Mutex<Vec<Option<CpuView>>>,
+}
+
+impl PagerGen {
+    /// Killed (`World::restart_pager`): what it still does lands nowhere.
+    pub fn dead(&self) -> bool {
+        self.core.rt.dead.load(StdOrdering::Acquire)
+    }
+}
+
+/// The endpoints a pager generation serves.
+#[derive(Clone)]
+pub struct PagerEnds {
+    /// `PagerMigrate`, for the GPU server.
+    pub migrate: Arc<Endpoint>,
+    /// `PagerReclaim`, for mm-server.
+    pub reclaim: Arc<Endpoint>,
+}
+
+/// Why a call to the pager got no answer: the generation that took it
+/// was killed first (the caller's stub sees `PeerRestarted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restarted;
+
+/// The pager as the others reach it: the generation now, and its
+/// endpoints (both replaced by a restart).
+pub struct SimPager {
+    now: Link<Arc<PagerGen>>,
+    ends: Link<PagerEnds>,
+    pub outlives: Arc<Outlives>,
+    /// The configuration the next generation starts with.
+    cfg: Config,
+    /// The victim's object id (the same in every generation).
+    object_id: Handle,
     /// The victim's view id (its binding's, for the GPU server).
     pub view: Handle,
-    views: Mutex<Vec<Option<CpuView>>>,
     /// The GPU core now and its notifier endpoint.
     pub gpu: Arc<Link<GpuLink>>,
 }
@@ -471,19 +680,19 @@ pub fn sim_config(policy: Policy, skip_invalidate: bool) -> Config {
 }
 
 impl SimPager {
-    pub fn new(machine: Arc<Machine>, cfg: Config) -> Self {
+    /// The first generation; `journal`: whether it records what a
+    /// restarted one takes over from (the pager-restart scenarios).
+    pub fn new(machine: Arc<Machine>, cfg: Config, journal: bool) -> Self {
         let gpu = Arc::new(Link::default());
-        let rt = SimRuntime {
-            machine: machine.clone(),
-            next_page: AtomicUsize::new(0),
-            slots: pager::slots::SlotPool::new(STAGING_SLOTS),
+        let outlives = Arc::new(Outlives {
             gpu: gpu.clone(),
-            restart_gate: Mutex::new(()),
-        };
-        let core = match Core::new(rt, cfg) {
-            Ok(c) => Arc::new(c),
-            Err(e) => panic!("the simulated pager: {e}"),
-        };
+            gpu_gate: Mutex::new(()),
+            pager_gate: Mutex::new(()),
+            next_page: AtomicUsize::new(0),
+            keeper: Default::default(),
+            journal: journal.then(|| journal_words(&cfg)),
+        });
+        let (core, _) = new_core(machine.clone(), &outlives, cfg.clone());
         let victim = core.client(CLIENT).expect("the victim's session");
         let port = SimPort::default();
         let pages = machine.pages as u64;
@@ -495,156 +704,240 @@ impl SimPager {
         });
         let (object, view) =
             create_with_view(&core, &victim, pages, VIEW_BASE, port).expect("the victim's view");
+        let object_id = object;
         let object = victim.object(object).expect("the victim's object");
         let space = victim.view(view).expect("the view").space.clone();
-        Self {
+        let now = Link::default();
+        now.set(Arc::new(PagerGen {
             core,
             victim,
             object,
-            view,
             views: Mutex::new(vec![Some(CpuView {
                 space,
                 base: VIEW_BASE,
             })]),
+        }));
+        Self {
+            now,
+            ends: Link::default(),
+            outlives,
+            cfg,
+            object_id,
+            view,
             gpu,
         }
     }
 
-    /// The victim object's state table.
-    pub fn table(&self) -> &PageTable {
-        &self.object.table
+    /// The generation now.
+    pub fn now(&self) -> Arc<PagerGen> {
+        self.now.get().expect("a pager")
+    }
+
+    /// The core of the generation now.
+    pub fn core(&self) -> Arc<SimCore> {
+        self.now().core.clone()
+    }
+
+    /// Its generation number (1 at boot).
+    pub fn generation(&self) -> u32 {
+        self.now().core.cfg.generation
+    }
+
+    /// The endpoints it serves now (`World::new` wires the first ones).
+    pub fn ends(&self) -> PagerEnds {
+        self.ends.get().expect("the pager's endpoints")
+    }
+
+    pub fn wire(&self, ends: PagerEnds) {
+        self.ends.set(ends);
+    }
+
+    /// Waits out a pager restart in progress (the host's client stubs
+    /// wait for the next generation's announcement, with a deadline).
+    pub fn wait_for_restart(&self) {
+        drop(lock(&self.outlives.pager_gate));
+    }
+
+    /// Whether the generation now was killed and its successor is not
+    /// serving yet.
+    pub fn restarting(&self) -> bool {
+        self.now().dead()
+    }
+
+    /// Calls the generation now over `PagerMigrate` (or `PagerReclaim`,
+    /// `reclaim`) with `f`: `Err` when it was killed before it answered.
+    fn call<T: Send + 'static>(
+        &self,
+        reclaim: bool,
+        f: impl FnOnce(&PagerGen) -> T + Send + 'static,
+    ) -> Result<T, Restarted> {
+        let g = self.now();
+        let ends = self.ends();
+        let ep = if reclaim { ends.reclaim } else { ends.migrate };
+        // The answer leaves when `f` returns: killed before that, the
+        // generation sends nothing (checked then, with no scheduling
+        // point between the check and the send).
+        ep.call(move || {
+            let v = f(&g);
+            (!g.dead()).then_some(v)
+        })
+        .flatten()
+        .ok_or(Restarted)
+    }
+
+    /// Installs `gen` and its endpoints as the pager now.
+    pub(crate) fn replace(&self, gen: PagerGen, ends: PagerEnds) {
+        self.ends.set(ends);
+        self.now.set(Arc::new(gen));
+    }
+
+    /// The configuration of generation `generation`.
+    pub(crate) fn config(&self, generation: u32) -> Config {
+        let mut cfg = self.cfg.clone();
+        cfg.generation = generation;
+        cfg
+    }
+
+    /// The victim object's state table in the generation now.
+    pub fn table(&self) -> Table {
+        Table(self.now().object.clone())
     }
 
     /// `Pager::Advise` on the victim's pages `[first, end)`.
     pub fn advise(&self, first: usize, end: usize, advice: ipc_protocol::types::Advice) {
-        self.core
-            .advise(&self.object, first, end, advice)
+        let g = self.now();
+        g.core
+            .advise(&g.object, first, end, advice)
             .expect("advice within budget");
     }
 
     /// The victim's id for its object.
     pub fn object_id(&self) -> Handle {
-        self.object.id
+        self.object_id
     }
 
     /// The id the GPU server knows the victim's object by (0: none).
     pub fn gpu_object(&self) -> u32 {
-        self.object.gpu_id().map_or(0, |h| h.raw())
+        self.now().object.gpu_id().map_or(0, |h| h.raw())
     }
 
     /// The GPU server's session.
     pub fn gpu_session(&self) -> Arc<GpuSession<SimRuntime>> {
-        self.core.gpu_session(GPU_SERVER).expect("one GPU server")
+        self.now().gpu_session()
     }
 
     /// The GPU server opens the victim's view for its binding: the object
     /// id it knows the object by.
     pub fn open_for_gpu(&self) -> u32 {
-        gpu_open(&self.core, &self.gpu_session(), CLIENT, self.view)
-            .expect("the victim's view opens")
+        let g = self.now();
+        gpu_open(&g.core, &g.gpu_session(), CLIENT, self.view).expect("the victim's view opens")
     }
 
     /// Puts `value` in page `p`, in RAM (state SYSTEM, present).
     pub fn seed_ram(&self, p: usize, value: u64) {
-        let t = self.table();
+        let g = self.now();
+        let t = &g.object.table;
         let r = t.try_lock(p).expect("page in range");
         assert!(r.is_some(), "seeding a page that is busy");
-        self.core.rt.put(&self.object.memory, p, value);
+        g.core
+            .rt
+            .put(&g.object.memory, p, value)
+            .expect("a live pager");
         t.unlock(p, Residency::System).expect("page in range");
     }
 
-    fn cpu_view(&self, view: usize) -> CpuView {
-        lock(&self.views)
-            .get(view)
-            .cloned()
-            .flatten()
-            .expect("a CPU view of that number")
-    }
-
-    /// A CPU thread faulted on `page` through `view` (not present).
+    /// A CPU thread faulted on `page` through `view` (not present). While
+    /// the pager restarts, the fault waits in the kernel (the keeper holds
+    /// the fault channel) until the next generation serves it.
     pub fn cpu_fault(&self, view: usize, page: usize) {
-        let v = self.cpu_view(view);
-        self.core
-            .serve_fault(&v.space, v.base + page as u64 * PAGE, false);
+        self.fault(view, page, false);
     }
 
     /// A writer met write protection in `view`.
     pub fn wp_fault(&self, view: usize, page: usize) {
-        let v = self.cpu_view(view);
-        self.core
-            .serve_fault(&v.space, v.base + page as u64 * PAGE, true);
+        self.fault(view, page, true);
     }
 
-    /// `PagerMigrate::Collect` from the GPU server.
-    pub fn collect(&self, c: m::Collect) -> Option<m::Collected> {
-        match self
-            .core
-            .migrate_request(&self.gpu_session(), m::Request::Collect(c))
-        {
-            Ok((m::Reply::Collect(c), _)) => Some(c),
-            _ => None,
+    fn fault(&self, view: usize, page: usize, wp: bool) {
+        let g = self.now();
+        if g.dead() {
+            self.wait_for_restart();
+            return;
         }
+        let v = g.cpu_view(view);
+        g.core
+            .serve_fault(&v.space, v.base + page as u64 * PAGE, wp);
     }
 
-    /// `PagerMigrate::Finalize` from the GPU server.
-    pub fn finalize(&self, f: m::Finalize) -> bool {
-        matches!(
-            self.core
-                .migrate_request(&self.gpu_session(), m::Request::Finalize(f)),
-            Ok((m::Reply::Finalize(_), _))
-        )
+    /// `PagerMigrate::Collect` from the GPU server: `Ok(None)` if refused.
+    pub fn collect(&self, c: m::Collect) -> Result<Option<m::Collected>, Restarted> {
+        self.call(false, move |g| {
+            match g
+                .core
+                .migrate_request(&g.gpu_session(), m::Request::Collect(c))
+            {
+                Ok((m::Reply::Collect(c), _)) => Some(c),
+                _ => None,
+            }
+        })
     }
 
-    /// `PagerMigrate::Resident` from a restarted GPU server.
-    pub fn resident(&self, r: m::Resident) -> Option<m::ResidentRuns> {
-        match self
-            .core
-            .migrate_request(&self.gpu_session(), m::Request::Resident(r))
-        {
-            Ok((m::Reply::Resident(runs), _)) => Some(runs),
-            _ => None,
-        }
+    /// `PagerMigrate::Finalize` from the GPU server: whether it was taken.
+    pub fn finalize(&self, f: m::Finalize) -> Result<bool, Restarted> {
+        self.call(false, move |g| {
+            matches!(
+                g.core
+                    .migrate_request(&g.gpu_session(), m::Request::Finalize(f)),
+                Ok((m::Reply::Finalize(_), _))
+            )
+        })
+    }
+
+    /// `PagerMigrate::Resident` from a GPU server: `Ok(None)` if refused.
+    pub fn resident(&self, r: m::Resident) -> Result<Option<m::ResidentRuns>, Restarted> {
+        self.call(false, move |g| {
+            match g
+                .core
+                .migrate_request(&g.gpu_session(), m::Request::Resident(r))
+            {
+                Ok((m::Reply::Resident(runs), _)) => Some(runs),
+                _ => None,
+            }
+        })
     }
 
     /// `PagerReclaim::Evict`: up to `bytes` of VRAM pages back to RAM.
-    pub fn evict(&self, bytes: u64) -> u64 {
-        self.core.evict(GPU, bytes) * PAGE
+    pub fn evict(&self, bytes: u64) -> Result<u64, Restarted> {
+        self.call(true, move |g| g.core.evict(GPU, bytes) * PAGE)
     }
 
     /// A fork: the child's mappings (and their write protection) are copies
     /// of `parent`'s, and the core follows the child's space. Returns the
     /// child view's number.
     pub fn fork_view(&self, parent: usize) -> usize {
-        let v = self.cpu_view(parent);
+        let g = self.now();
+        let v = g.cpu_view(parent);
         let _changing = v.space.applying_changes();
         let child = SimPort::default();
         let index = {
-            let mut mmu = lock(&self.core.rt.machine.mmu);
+            let mut mmu = lock(&g.core.rt.machine.mmu);
             let wp = mmu.wp[parent].clone();
             mmu.wp.push(wp);
             mmu.wp.len() - 1
         };
-        let pages = self.object.pages() as u64;
+        let pages = g.object.pages() as u64;
         child.map(Mapping {
             start: v.base,
             end: v.base + pages * PAGE,
             wp: index,
             base: 0,
         });
-        let space = self
+        let space = g
             .core
             .follow_fork(&v.space, child)
             .expect("the fork is followed");
-        self.set_view(index, space, v.base);
+        g.set_view(index, space, v.base);
         index
-    }
-
-    fn set_view(&self, index: usize, space: Arc<Space<SimRuntime>>, base: u64) {
-        let mut views = lock(&self.views);
-        if views.len() <= index {
-            views.resize(index + 1, None);
-        }
-        views[index] = Some(CpuView { space, base });
     }
 
     /// The first half of a plain mremap of all of `old` to `to`: the CPU
@@ -652,13 +945,14 @@ impl SimPager {
     /// records the moved view and tells the GPU server (`ViewCopied`).
     /// Returns the new view's number and the move to finish.
     pub fn move_view(&self, old: usize, to: u64) -> (usize, Move) {
-        let v = self.cpu_view(old);
-        let len = self.object.pages() as u64 * PAGE;
+        let g = self.now();
+        let v = g.cpu_view(old);
+        let len = g.object.pages() as u64 * PAGE;
         let mut notes = Vec::new();
         let (index, pending) = {
             let _changing = v.space.applying_changes();
             let index = {
-                let mut mmu = lock(&self.core.rt.machine.mmu);
+                let mut mmu = lock(&g.core.rt.machine.mmu);
                 let wp = std::mem::take(&mut mmu.wp[old]);
                 mmu.wp.push(wp);
                 mmu.wp.len() - 1
@@ -670,13 +964,11 @@ impl SimPager {
                 wp: index,
                 base: 0,
             });
-            let pending = self
-                .core
-                .follow_remap(&v.space, v.base, to, len, &mut notes);
+            let pending = g.core.follow_remap(&v.space, v.base, to, len, &mut notes);
             (index, pending)
         };
-        self.core.send_notes(&mut notes);
-        self.set_view(index, v.space.clone(), to);
+        g.core.send_notes(&mut notes);
+        g.set_view(index, v.space.clone(), to);
         let m = Move {
             space: v.space,
             from: v.base,
@@ -690,25 +982,26 @@ impl SimPager {
     /// the view, the parts stay bound (`ViewPart`), the old view ends
     /// (`ViewGone`), and the pages no view reaches leave VRAM.
     pub fn unmap_pages(&self, view: usize, first: usize, end: usize) {
-        let v = self.cpu_view(view);
+        let g = self.now();
+        let v = g.cpu_view(view);
         let (start, stop) = (v.base + first as u64 * PAGE, v.base + end as u64 * PAGE);
         let mut notes = Vec::new();
         {
             let _changing = v.space.applying_changes();
             v.space.port.unmap_part(start, stop);
-            self.core
-                .follow_unmap(&v.space, start, stop, None, &mut notes);
+            g.core.follow_unmap(&v.space, start, stop, None, &mut notes);
         }
-        self.core.send_notes(&mut notes);
+        g.core.send_notes(&mut notes);
     }
 
     /// The second half: the old range's unmap ends the old view
     /// (`ViewGone`); the client's id names the moved view from then on.
     pub fn finish_move(&self, m: Move) {
+        let core = self.core();
         let mut notes = Vec::new();
         {
             let _changing = m.space.applying_changes();
-            self.core.follow_unmap(
+            core.follow_unmap(
                 &m.space,
                 m.from,
                 m.from + m.len,
@@ -716,17 +1009,80 @@ impl SimPager {
                 &mut notes,
             );
         }
-        self.core.send_notes(&mut notes);
+        core.send_notes(&mut notes);
     }
 
     /// Moves the locked DEVICE pages `held` of `chunk` back to RAM through
     /// view 0 (the negative checks drive their own locking with it).
     pub fn migrate_locked(&self, chunk: Chunk, held: &PageMask, from: &[Residency]) -> PageMask {
-        let v = self.victim.view(self.view);
-        CoreBackend::new(&self.core, &self.object, v.as_deref())
+        let g = self.now();
+        let v = g.victim.view(self.view);
+        CoreBackend::new(&g.core, &g.object, v.as_deref())
             .migrate_to_ram(chunk, held, from)
             .unwrap_or(PageMask::EMPTY)
     }
+}
+
+impl PagerGen {
+    /// The GPU server's session.
+    pub fn gpu_session(&self) -> Arc<GpuSession<SimRuntime>> {
+        self.core.gpu_session(GPU_SERVER).expect("one GPU server")
+    }
+
+    fn cpu_view(&self, view: usize) -> CpuView {
+        lock(&self.views)
+            .get(view)
+            .cloned()
+            .flatten()
+            .expect("a CPU view of that number")
+    }
+
+    fn set_view(&self, index: usize, space: Arc<Space<SimRuntime>>, base: u64) {
+        let mut views = lock(&self.views);
+        if views.len() <= index {
+            views.resize(index + 1, None);
+        }
+        views[index] = Some(CpuView { space, base });
+    }
+}
+
+/// The victim object's state table, as a generation has it.
+pub struct Table(Arc<Object<SimRuntime>>);
+
+impl std::ops::Deref for Table {
+    type Target = PageTable;
+    fn deref(&self) -> &PageTable {
+        &self.0.table
+    }
+}
+
+/// A pager core of `cfg` over `machine`, journaling where `outlives` says,
+/// and the records an earlier generation left there.
+pub(crate) fn new_core(
+    machine: Arc<Machine>,
+    outlives: &Arc<Outlives>,
+    cfg: Config,
+) -> (Arc<SimCore>, Vec<(u32, pager::journal::Record)>) {
+    let rt = SimRuntime::new(machine, outlives.clone());
+    let core = match Core::new(rt, cfg) {
+        Ok(c) => Arc::new(c),
+        Err(e) => panic!("the simulated pager: {e}"),
+    };
+    let Some(words) = outlives.journal else {
+        return (core, Vec::new());
+    };
+    let (j, records) = pager::journal::Journal::open(words);
+    core.attach_journal(j);
+    (core, records)
+}
+
+/// Journal memory for `cfg`'s budgets (never freed: a few KiB a schedule).
+fn journal_words(cfg: &Config) -> &'static [StdU64] {
+    let bytes = cfg
+        .budget
+        .journal_bytes_needed(cfg.max_clients)
+        .expect("the journal's size");
+    session::journal::leaked((bytes / pager::journal::RECORD_BYTES) as usize)
 }
 
 /// A move between its remap and its unmap.

@@ -24,14 +24,16 @@ use xe_svm::platform::{FinalizeError, Platform, PortError};
 use crate::link::Link;
 use crate::machine::{Machine, SimTables, BO_POOL_BASE, BO_POOL_PAGES, PAGE, ZERO_BASE};
 use crate::net::Endpoint;
-use crate::pager::SimPager;
+use crate::pager::{Restarted, SimPager};
 use crate::GpuCore;
+
+/// How long `quiesce_for_frames` waits, in yields.
+const QUIESCE_YIELDS: u32 = 20_000;
 
 pub struct SimPlatform {
     pub machine: Arc<Machine>,
+    /// The pager, over its `PagerMigrate` endpoint now.
     pub pager: Arc<SimPager>,
-    /// `PagerMigrate`, served by the pager.
-    pub migrate: Arc<Endpoint>,
     /// `Pressure`, served by mm-server (absent: no broker); replaced when
     /// mm-server restarts (`World::restart_mm`).
     pub pressure: Mutex<Option<(Arc<Endpoint>, Arc<Mm>)>>,
@@ -111,11 +113,8 @@ impl Platform for SimPlatform {
     }
     fn collect(&self, c: Collect) -> Result<Collected, PortError> {
         self.live()?;
-        let p = self.pager.clone();
-        self.migrate
-            .call(move || p.collect(c))
-            .flatten()
-            .ok_or(PortError)
+        let r = self.pager.collect(c);
+        self.answered(r)
     }
     fn finalize(&self, f: Finalize) -> Result<(), FinalizeError> {
         if self.live().is_err() {
@@ -123,16 +122,33 @@ impl Platform for SimPlatform {
             // generation's `Resident` undoes it).
             return Err(FinalizeError::Unanswered);
         }
-        let p = self.pager.clone();
-        match self.migrate.call(move || p.finalize(f)) {
-            Some(true) => Ok(()),
-            // The simulated calls have no deadline: a dead pager's or a
-            // refusal, never an unanswered one.
-            _ => Err(FinalizeError::Refused),
+        match self.pager.finalize(f) {
+            Ok(true) => Ok(()),
+            // The simulated calls have no deadline: a refusal, or a pager
+            // killed before it answered, never an unanswered one.
+            Ok(false) => Err(FinalizeError::Refused),
+            Err(Restarted) => Err(FinalizeError::Restarted),
         }
+    }
+    fn pager_generation(&self) -> u32 {
+        self.pager.generation()
     }
     fn has_broker(&self) -> bool {
         self.mm().is_some()
+    }
+    /// As the host's (`xe_svm::host`), in yields; a wait past the bound is
+    /// a livelock, and fails the run.
+    fn quiesce_for_frames(&self, migrating: &dyn Fn() -> bool) -> bool {
+        let Some((_, notify)) = self.pager.gpu.get() else {
+            return true;
+        };
+        for _ in 0..QUIESCE_YIELDS {
+            if notify.in_flight() <= 1 && !migrating() {
+                return true;
+            }
+            shuttle::thread::yield_now();
+        }
+        panic!("a restarted pager's Frames waited {QUIESCE_YIELDS} yields");
     }
     fn reserve(&self, _world: World, bytes: u64, _timeout_ms: u32) -> u64 {
         let Some((ep, mm)) = self.mm() else {
@@ -164,11 +180,8 @@ impl Platform for SimPlatform {
     }
     fn resident(&self, r: Resident) -> Result<ResidentRuns, PortError> {
         self.live()?;
-        let p = self.pager.clone();
-        self.migrate
-            .call(move || p.resident(r))
-            .flatten()
-            .ok_or(PortError)
+        let r = self.pager.resident(r);
+        self.answered(r)
     }
     fn job_retired(&self, job: u32) -> bool {
         job == 0 || !self.jobs.lock().contains(&job)
@@ -184,6 +197,19 @@ impl SimPlatform {
             Ok(())
         } else {
             Err(PortError)
+        }
+    }
+
+    /// A pager's answer: refused, or cut by a pager restart, which the
+    /// caller's stub waits out before it reports the failure (the fault
+    /// replays to the next generation).
+    fn answered<T>(&self, r: Result<Option<T>, Restarted>) -> Result<T, PortError> {
+        match r {
+            Ok(v) => v.ok_or(PortError),
+            Err(Restarted) => {
+                self.pager.wait_for_restart();
+                Err(PortError)
+            }
         }
     }
 
@@ -226,9 +252,8 @@ impl Mm {
 
 /// The two worlds as mm-server's loop sees them.
 pub struct SimWorlds {
+    /// The pager, over its `PagerReclaim` endpoint now.
     pub pager: Arc<SimPager>,
-    /// `PagerReclaim`, served by the pager.
-    pub reclaim: Arc<Endpoint>,
     /// Held weakly: the GPU core holds mm-server (its platform's pressure
     /// endpoint), and a strong reference back would be a cycle.
     pub gpu: Link<Weak<GpuCore>>,
@@ -246,10 +271,9 @@ impl Worlds for SimWorlds {
             .map_err(|e| PeerError(format!("{e:?}")))
     }
     fn evict_svm(&self, bytes: u64) -> Result<u64, PeerError> {
-        let p = self.pager.clone();
-        self.reclaim
-            .call(move || p.evict(bytes))
-            .ok_or_else(|| PeerError("pager gone".into()))
+        self.pager
+            .evict(bytes)
+            .map_err(|_| PeerError("the pager restarted".into()))
     }
     fn vram(&self) -> Result<VramFigures, PeerError> {
         let gpu = self

@@ -138,7 +138,7 @@ fn gpu_write(w: &World, p: usize) -> bool {
         let vram = &w.gpu().vram;
         match w
             .machine
-            .gpu_access(w.vm(), va, p, 1, || where_is(table, p), |f| vram.holds(f))
+            .gpu_access(w.vm(), va, p, 1, || where_is(&table, p), |f| vram.holds(f))
         {
             GpuAccess::Done(_) => return true,
             GpuAccess::Fault => {

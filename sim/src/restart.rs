@@ -36,8 +36,9 @@ impl World {
     /// generation. Callers that find the old one dead meanwhile wait for
     /// this to end (`SimRuntime::wait_for_gpu`).
     pub fn restart_gpu(&self) -> u32 {
-        let rt = &self.pager.core.rt;
-        let _restarting = pager::sync::lock(&rt.restart_gate);
+        let pager_core = self.pager.core();
+        let rt = &pager_core.rt;
+        let _restarting = pager::sync::lock(&rt.outlives.gpu_gate);
         let old = self.side();
         let generation = old.core.generation() + 1;
         let (old_notify, mm) = {
@@ -106,12 +107,9 @@ impl World {
         epoch: u32,
         mm: Option<(Arc<Endpoint>, Arc<crate::platform::Mm>)>,
     ) -> Arc<GpuCore> {
-        // `PagerMigrate` (`World::new` lists it first).
-        let migrate = self.endpoints[0].clone();
         let hw = SimPlatform {
             machine: self.machine.clone(),
             pager: self.pager.clone(),
-            migrate,
             pressure: shuttle::sync::Mutex::new(mm),
             jobs: Default::default(),
             epoch,

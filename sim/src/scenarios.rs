@@ -49,6 +49,7 @@ pub fn all() -> Vec<Scenario> {
     .chain(crate::split::all())
     .chain(crate::thrash::all())
     .chain(crate::restart::all())
+    .chain(crate::pager_restart::all())
     .collect()
 }
 

@@ -15,7 +15,7 @@ use xe_svm::server::Inner;
 use crate::link::Link;
 use crate::machine::{GpuAccess, Machine, PAGE, STAGING_BASE, STAGING_SLOTS, SYS_BASE};
 use crate::net::Endpoint;
-use crate::pager::{where_is, SimPager};
+use crate::pager::{where_is, PagerEnds, SimPager};
 use crate::platform::{Mm, SimPlatform, SimWorlds};
 use crate::GpuCore;
 
@@ -47,6 +47,9 @@ pub struct WorldConfig {
     pub thrash: Option<pager::core::thrash::ThrashPolicy>,
     /// The victim's view bound with `BIND_READ_ONLY`.
     pub read_only_binding: bool,
+    /// The pager journals what its next generation takes over from (the
+    /// pager-restart scenarios; `pager_restart.rs`).
+    pub pager_journal: bool,
 }
 
 impl Default for WorldConfig {
@@ -62,6 +65,7 @@ impl Default for WorldConfig {
             gpu_budget: GpuBudget::default(),
             thrash: None,
             read_only_binding: false,
+            pager_journal: false,
         }
     }
 }
@@ -74,6 +78,8 @@ pub(crate) struct Restarted {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) threads: Vec<shuttle::thread::JoinHandle<()>>,
     pub(crate) cores: Vec<Arc<GpuCore>>,
+    /// Pager generations killed (their threads may still be running out).
+    pub(crate) pagers: Vec<Arc<crate::pager::PagerGen>>,
 }
 
 /// The GPU server now, as the actors reach it: its core, the endpoint its
@@ -90,14 +96,14 @@ pub struct GpuSide {
 }
 
 /// A fresh mm-server: a broker at the machine's VRAM size, pressing on the
-/// pager (over `reclaim`) and the GPU core (wired once it exists).
-fn new_mm(machine: &Machine, pager: &Arc<SimPager>, reclaim: &Arc<Endpoint>) -> Arc<Mm> {
+/// pager (over its `PagerReclaim` endpoint) and the GPU core (wired once
+/// it exists).
+fn new_mm(machine: &Machine, pager: &Arc<SimPager>) -> Arc<Mm> {
     let total = machine.vram.len() as u64 * PAGE;
     Arc::new(Mm {
         broker: Broker::with_watermarks(total, total / 4, total),
         worlds: SimWorlds {
             pager: pager.clone(),
-            reclaim: reclaim.clone(),
             gpu: Default::default(),
         },
     })
@@ -155,7 +161,7 @@ impl World {
         ));
         let mut pager_cfg = crate::pager::sim_config(cfg.policy, cfg.skip_invalidate);
         pager_cfg.thrash = cfg.thrash;
-        let pager = Arc::new(SimPager::new(machine.clone(), pager_cfg));
+        let pager = Arc::new(SimPager::new(machine.clone(), pager_cfg, cfg.pager_journal));
         let mut servers = Vec::new();
         let mut start = |name, threads| {
             let (ep, hs) = Endpoint::start(name, threads);
@@ -164,21 +170,29 @@ impl World {
         };
         let migrate = start("pager-migrate", 2);
         let reclaim = start("pager-reclaim", 1);
+        pager.wire(PagerEnds {
+            migrate: migrate.clone(),
+            reclaim: reclaim.clone(),
+        });
         // The GPU server's own endpoints: its threads die with it.
         let (notify, mut gpu_threads) = Endpoint::start("gpu-notify", 2);
+        if cfg.pager_journal {
+            // The pager's restarts need its requests read in order
+            // (`xe_svm::frames`).
+            notify.read_in_order();
+        }
         let (faults, fault_threads) = Endpoint::start("gpu-faults", 1);
         gpu_threads.extend(fault_threads);
         let (mm, mm_endpoint) = match cfg.broker {
             Some(_) => {
                 let ep = start("mm-server", 1);
-                (Some(new_mm(&machine, &pager, &reclaim)), Some(ep))
+                (Some(new_mm(&machine, &pager)), Some(ep))
             }
             None => (None, None),
         };
         let hw = SimPlatform {
             machine: machine.clone(),
             pager: pager.clone(),
-            migrate: migrate.clone(),
             pressure: Mutex::new(mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m))),
             jobs: Default::default(),
             epoch: machine.driver_epoch(),
@@ -318,7 +332,7 @@ impl World {
                 va,
                 p,
                 add,
-                || where_is(table, p),
+                || where_is(&table, p),
                 |f| vram.holds(f),
             ) {
                 GpuAccess::Done(_) => return true,
@@ -329,7 +343,7 @@ impl World {
                     // The server died (the device reset its job): the
                     // client submits again to its successor.
                     if reply.is_none() || side.core.hw.epoch != self.machine.driver_epoch() {
-                        self.pager.core.rt.wait_for_gpu();
+                        self.pager.core().rt.wait_for_gpu();
                         continue;
                     }
                     // Not bound there: unless the view moved meanwhile,
@@ -371,12 +385,12 @@ impl World {
     /// the GPU core's to keep; the new broker learns usage from reports.
     pub fn restart_mm(&self) {
         let gpu = self.gpu();
-        let Some((old, mm)) = gpu.hw.mm() else {
+        let Some((old, _)) = gpu.hw.mm() else {
             return;
         };
         old.kill();
         let (ep, threads) = Endpoint::start("mm-server", 1);
-        let fresh = new_mm(&self.machine, &self.pager, &mm.worlds.reclaim);
+        let fresh = new_mm(&self.machine, &self.pager);
         fresh.worlds.gpu.set(Arc::downgrade(&gpu));
         gpu.hw.set_mm(ep.clone(), fresh);
         let mut r = self.restarted.lock().unwrap_or_else(|e| e.into_inner());
@@ -413,6 +427,7 @@ impl World {
             h.join().expect("a GPU server thread panicked");
         }
         drop(restarted.cores);
+        drop(restarted.pagers);
         let gpu = side.core;
         let table = self.pager.table();
         let mut frames = Vec::new();
@@ -445,7 +460,7 @@ impl World {
             let p = ((va - base) / PAGE) as usize;
             let acked = self.machine.last_ack[p].load(StdOrdering::Acquire);
             assert!(pte.made_at > acked, "rule 8: page {p} is still mapped by a PTE older than its last acknowledged invalidation");
-            let (_, frame) = where_is(table, p);
+            let (_, frame) = where_is(&table, p);
             match pte.target {
                 hw::xe::pte::Target::Device => assert_eq!(
                     frame,

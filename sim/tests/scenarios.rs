@@ -53,6 +53,21 @@ fn gpu_server_restarts_twice() {
 }
 
 #[test]
+fn pager_restarts() {
+    scenario("pager_restarts");
+}
+
+#[test]
+fn pager_restarts_mid_eviction() {
+    scenario("pager_restarts_mid_eviction");
+}
+
+#[test]
+fn pager_restarts_twice() {
+    scenario("pager_restarts_twice");
+}
+
+#[test]
 fn herd_one_page() {
     scenario("herd_one_page");
 }
@@ -212,6 +227,9 @@ fn every_scenario_has_a_test() {
         "gpu_server_restarts",
         "gpu_server_restarts_twice",
         "gpu_server_restarts_mid_eviction",
+        "pager_restarts",
+        "pager_restarts_mid_eviction",
+        "pager_restarts_twice",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);

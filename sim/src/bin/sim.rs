@@ -27,6 +27,10 @@ struct Args {
     /// Skip the negative checks.
     #[arg(long)]
     no_negative: bool,
+    /// With --replay: print the servers' log lines at this level and
+    /// above, each with the task that wrote it.
+    #[arg(long)]
+    log: Option<log::LevelFilter>,
     #[arg(long)]
     list: bool,
 }
@@ -63,6 +67,9 @@ fn main() {
             eprintln!("sim: --replay needs exactly one --scenario");
             std::process::exit(2);
         };
+        if let Some(level) = a.log {
+            sim::replay_log::install(level);
+        }
         sim::replay(s.run, schedule);
         println!("{}: the schedule passes", s.name);
         return;
