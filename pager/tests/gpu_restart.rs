@@ -6,10 +6,12 @@
 
 use ipc_protocol::interfaces::pager_migrate as m;
 use ipc_protocol::types::{GpuId, PageCount};
+use pager::migrate::Chunk;
 use pager::state::Residency;
 use pager::testing::runtime::{
     gpu_collect, gpu_migrate, gpu_open, model_core, object_with_view, seed, small_config, ModelCore,
 };
+use std::time::Duration;
 
 const CLIENT: u64 = 100;
 const GPU: u64 = 1;
@@ -200,4 +202,31 @@ fn pages_whose_copy_back_landed_are_not_listed_while_their_free_is_sent() {
             "page {p} came back to RAM, yet a restarted server was told it is in VRAM"
         );
     }
+}
+
+/// A predecessor's finalize that took its collect before the new server's
+/// `Resident` is waited for: answered meanwhile, its pages (locked, their
+/// old state in the words) would be missing from the runs, and would then
+/// turn `Device` at frames the new server hands out again.
+#[test]
+fn resident_waits_for_a_predecessors_finalize_in_progress() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (b, view_b) = object_with_view(&core, &s, 8, B).unwrap();
+    let obj_b = s.object(b).unwrap();
+    seed(&obj_b, |p| 200 + p as u64);
+    let g = core.gpu_session(GPU).unwrap();
+    let gid_b = gpu_open(&core, &g, CLIENT, view_b).unwrap();
+    let got = gpu_collect(&core, &g, gid_b, 0, 4).unwrap();
+    let chunk = Chunk { first: 0, count: 4 };
+    let finalizing = g.take(&obj_b, chunk, 0, &got.got).expect("the collect");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = core.clone();
+    let asking = std::thread::spawn(move || tx.send(resident(&c, 0)).unwrap());
+    let early = rx.recv_timeout(Duration::from_millis(100));
+    assert!(early.is_err(), "answered during the finalize: {early:?}");
+    drop(finalizing);
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("answered once the finalize ended");
+    asking.join().unwrap();
 }

@@ -221,11 +221,11 @@ impl<R: Runtime> Core<R> {
                 returned: 0,
             });
         }
-        let rec = g
+        let taken = g
             .take(&o, chunk, f.gpu.get(), &f.got)
             .ok_or(E::NotCollected)?;
         let backend = CoreBackend::new(self, &o, None);
-        let c = &rec.collected;
+        let c = &taken.rec.collected;
         let r = finalize(
             &o.table,
             &backend,

@@ -30,10 +30,13 @@
 use ipc_protocol::interfaces::pager_migrate::{self as m, MigrateError as E, RunGather};
 
 use super::object::Object;
-use super::runtime::Runtime;
+use super::runtime::{Pause, Runtime};
 use super::session::GpuSession;
 use super::Core;
 use crate::state::Residency;
+
+/// Pauses `Resident` waits for finalizes in progress (2 s on the host).
+const FINALIZE_DRAIN_PAUSES: u32 = 10_000;
 
 impl<R: Runtime> Core<R> {
     /// Serves `Resident` for the GPU server's session `g`.
@@ -41,6 +44,7 @@ impl<R: Runtime> Core<R> {
         if (q.from_object, q.from_page) == (0, 0) {
             g.raise_generation(q.generation);
             self.undo_older_collects(g, q.generation);
+            self.wait_for_finalizes(g);
         }
         let mut gather = RunGather::default();
         for (id, o) in g.opened_objects() {
@@ -62,6 +66,23 @@ impl<R: Runtime> Core<R> {
             next_page,
             pager_generation: self.cfg.generation,
         })
+    }
+
+    /// A finalize of the predecessor's that took its collect before the
+    /// undo above is still publishing its pages (locked, their old state
+    /// in the words): answered now, they would be missing from the runs
+    /// and then turn `Device` at frames the new server hands out again.
+    /// Waits until they are done (bounded: a finalize waits on nothing).
+    fn wait_for_finalizes(&self, g: &GpuSession<R>) {
+        let mut attempt = 0;
+        while g.finalizing() > 0 {
+            if attempt >= FINALIZE_DRAIN_PAUSES {
+                log::error!("pager: GPU server {}: finalizes still in progress", g.badge);
+                return;
+            }
+            self.rt.pause(Pause::FinalizeDrain, attempt);
+            attempt += 1;
+        }
     }
 
     /// The collects of generations before `generation`: their pages go

@@ -92,6 +92,9 @@ pub enum Pause {
     /// While a move's notes wait for another space's reader to tell the
     /// GPU server that a view left the destination (`changes.rs`).
     ViewOrder,
+    /// While a restarted GPU server's `Resident` waits for its
+    /// predecessor's finalizes in progress (`resident.rs`).
+    FinalizeDrain,
 }
 
 /// The runtime under a [`Core`].

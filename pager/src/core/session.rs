@@ -365,6 +365,26 @@ pub struct GpuSession<R: Runtime> {
     /// The newest GPU server generation that took over (`Resident`):
     /// collects of older ones are refused or undone (`core/resident.rs`).
     generation: AtomicU32,
+    /// Finalizes that took their collect and have not ended. Changed only
+    /// with `collects` locked, so a collect is always either recorded or
+    /// counted here (a plain atomic: the lock orders every change, and
+    /// `Resident` reads it between pauses).
+    finalizing: core::sync::atomic::AtomicUsize,
+}
+
+/// A finalize's collect, taken from the session: counted in `finalizing`
+/// until dropped.
+pub struct Taken<'a, R: Runtime> {
+    pub rec: InFlight<R>,
+    session: &'a GpuSession<R>,
+}
+
+impl<R: Runtime> Drop for Taken<'_, R> {
+    fn drop(&mut self) {
+        self.session
+            .finalizing
+            .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl<R: Runtime> GpuSession<R> {
@@ -377,7 +397,13 @@ impl<R: Runtime> GpuSession<R> {
             limit: collects,
             ended: AtomicBool::new(false),
             generation: AtomicU32::new(0),
+            finalizing: core::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Finalizes in progress (`Taken`).
+    pub fn finalizing(&self) -> usize {
+        self.finalizing.load(core::sync::atomic::Ordering::Acquire)
     }
 
     pub fn is_ended(&self) -> bool {
@@ -470,7 +496,7 @@ impl<R: Runtime> GpuSession<R> {
         chunk: Chunk,
         gpu: u8,
         got: &ipc_protocol::types::PageMask,
-    ) -> Option<InFlight<R>> {
+    ) -> Option<Taken<'_, R>> {
         let mut c = lock(&self.collects);
         let at = c.iter().position(|f| {
             core::ptr::eq(&*f.object, o)
@@ -478,7 +504,12 @@ impl<R: Runtime> GpuSession<R> {
                 && f.gpu == gpu
                 && f.collected.got == *got
         })?;
-        Some(c.swap_remove(at))
+        self.finalizing
+            .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+        Some(Taken {
+            rec: c.swap_remove(at),
+            session: self,
+        })
     }
 
     /// Takes the collects recorded `lease_us` or longer before `now_us`.

@@ -306,11 +306,19 @@ impl Runtime for ModelRuntime {
     }
 
     /// A retried fault's pause moves the clock 10 ms (the model has no
-    /// other time), so fault deadlines pass.
-    fn pause(&self, why: Pause, _attempt: u32) {
+    /// other time), so fault deadlines pass. A wait for other threads'
+    /// work (`FinalizeDrain`) sleeps as the host's does, so its bound is
+    /// the host's too.
+    fn pause(&self, why: Pause, attempt: u32) {
         if why == Pause::FaultRetry {
             self.clock_us.fetch_add(10_000, Ordering::AcqRel);
         }
+        #[cfg(not(feature = "shuttle"))]
+        if why == Pause::FinalizeDrain {
+            std::thread::sleep(crate::notifier::pause_for(why, attempt));
+            return;
+        }
+        let _ = attempt;
         crate::sync::yield_now();
     }
 
