@@ -120,6 +120,9 @@ pub struct Report {
     /// pager was restarted while they ran (their words still checked).
     pub interrupted: u64,
     pub probes: u64,
+    /// How long each workload took, per round, by name (milliseconds): a
+    /// run with few rounds says which one was slow.
+    pub workload_ms: Vec<(&'static str, Vec<f64>)>,
     pub errors: Vec<String>,
 }
 
@@ -206,6 +209,8 @@ struct Shared {
     /// with the GPU server ([`Shared::failed`]).
     restart_epoch: AtomicU64,
     interrupted: AtomicU64,
+    /// Each workload's time per round ([`Report::workload_ms`]).
+    workload_ms: Mutex<Vec<(&'static str, Vec<f64>)>>,
     /// The mremap race holds it exclusively, the probe shared: the race's
     /// readers read the moved range's old addresses, which the kernel
     /// unmaps at the move and may hand to the next mapping any thread of
@@ -238,6 +243,19 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .push(what);
     }
+}
+
+/// Runs workload `name`, its time noted ([`Shared::workload_ms`]).
+fn timed<T>(s: &Shared, name: &'static str, f: impl FnOnce() -> T) -> (&'static str, T) {
+    let t = Instant::now();
+    let r = f();
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut all = s.workload_ms.lock().unwrap_or_else(|p| p.into_inner());
+    match all.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, v)) => v.push(ms),
+        None => all.push((name, vec![ms])),
+    }
+    (name, r)
 }
 
 /// Runs `f` with no probe making mappings meanwhile ([`Shared::mappings`]).
@@ -275,30 +293,26 @@ fn workload_round(c: &Clients, s: &Shared) {
         child_rounds: 1,
     };
     let results: [(&str, Result<u64, String>); 4] = [
-        (
-            "herd",
+        timed(s, "herd", || {
             herd::run(c, &herd)
                 .map(|r| r.bad)
-                .map_err(|e| e.to_string()),
-        ),
-        (
-            "oversub",
+                .map_err(|e| e.to_string())
+        }),
+        timed(s, "oversub", || {
             oversub::run(c, &oversub)
                 .map(|r| r.bad_pages + r.bad_bos)
-                .map_err(|e| e.to_string()),
-        ),
-        (
-            "mremap",
+                .map_err(|e| e.to_string())
+        }),
+        timed(s, "mremap", || {
             alone(s, || views::mremap_race(&c.own, &mremap))
                 .map(|r| r.bad_words)
-                .map_err(|e| e.to_string()),
-        ),
-        (
-            "fork",
+                .map_err(|e| e.to_string())
+        }),
+        timed(s, "fork", || {
             views::fork_race(&c.own, &fork)
                 .map(|r| r.bad_words + r.child_bad)
-                .map_err(|e| e.to_string()),
-        ),
+                .map_err(|e| e.to_string())
+        }),
     ];
     for (name, r) in results {
         match r {
@@ -396,6 +410,7 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
         errors: Mutex::new(Vec::new()),
         restart_epoch: AtomicU64::new(0),
         interrupted: AtomicU64::new(0),
+        workload_ms: Mutex::default(),
         mappings: std::sync::RwLock::new(()),
     };
     let mut rng = Rng(cfg.seed | 1);
@@ -470,6 +485,10 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
     report.workload_rounds = s.rounds.into_inner();
     report.interrupted = s.interrupted.into_inner();
     report.probes = probes.len() as u64;
+    report.workload_ms = s
+        .workload_ms
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     report.errors = s.errors.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = system.check_alive() {
         report.errors.push(format!("after the run: {e}"));

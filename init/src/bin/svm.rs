@@ -789,6 +789,9 @@ fn run_chaos(opts: BootOptions, cfg: &init::chaos::Config) -> i32 {
                 r.probes,
                 r.interrupted
             );
+            for (name, ms) in &r.workload_ms {
+                println!("chaos: {name}: {}", stats(ms));
+            }
             for e in &r.errors {
                 println!("chaos: error: {e}");
             }
