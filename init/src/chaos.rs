@@ -260,7 +260,14 @@ fn timed<T>(s: &Shared, name: &'static str, f: impl FnOnce() -> T) -> (&'static 
 
 /// Runs `f` with no probe making mappings meanwhile ([`Shared::mappings`]).
 fn alone<T>(s: &Shared, f: impl FnOnce() -> T) -> T {
+    let waited = Instant::now();
     let _alone = s.mappings.write().unwrap_or_else(|p| p.into_inner());
+    if waited.elapsed() > Duration::from_millis(300) {
+        log::warn!(
+            "chaos: waited {} ms for the probe",
+            waited.elapsed().as_millis()
+        );
+    }
     f()
 }
 

@@ -105,6 +105,33 @@ fn buffer_in_vram(
     Ok((scoped, buf))
 }
 
+/// Phases of a race that took long, logged: a slow round says where.
+struct Phases {
+    what: &'static str,
+    last: std::time::Instant,
+}
+
+/// A phase longer than this is logged.
+const SLOW_PHASE: std::time::Duration = std::time::Duration::from_millis(300);
+
+impl Phases {
+    fn start(what: &'static str) -> Self {
+        Self {
+            what,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// The phase `done` ended now.
+    fn mark(&mut self, done: &str) {
+        let took = self.last.elapsed();
+        if took > SLOW_PHASE {
+            log::warn!("{}: {done}: {} ms", self.what, took.as_millis());
+        }
+        self.last = std::time::Instant::now();
+    }
+}
+
 /// Releases what [`buffer_in_vram`] made, with the results.
 fn release(c: &Connection, vm: ScopedVm<'_>, buf: ScopedBuffer<'_>) -> Result<(), ViewsError> {
     ScopeGuard::into_inner(buf)
@@ -242,7 +269,9 @@ fn read_page(
 const READERS_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, ViewsError> {
+    let mut phases = Phases::start("mremap");
     let (scoped, mut buf) = buffer_in_vram(c, cfg.bytes)?;
+    phases.mark("buffer in VRAM");
     let vm = *scoped;
     let (old, bytes, words, pages) = (buf.addr, cfg.bytes, cfg.bytes / 4, cfg.bytes / PAGE);
     let ram_before = pages_to_ram(c)?;
@@ -322,6 +351,7 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
         base.store(new, Ordering::Release);
         buf.moved_to(new);
     }
+    phases.mark("readers started, range moved");
     // Every reader finishes a whole pass after the move.
     let after = passes.load(Ordering::Acquire) + cfg.readers.max(1) as u32;
     let deadline = std::time::Instant::now() + READERS_STALL;
@@ -339,6 +369,7 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     stop.store(true, Ordering::Release);
+    phases.mark("a whole pass after the move");
     let (mut pages_read, mut reads_redirected, mut bad) = (0, 0, 0);
     for r in readers {
         let (a, b, c) = r
@@ -357,12 +388,15 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
     // The GPU binding: after a plain move it follows to the new address
     // (and nothing is mapped at the old one); with DONTUNMAP it stays at
     // the old range, which is still a view.
+    phases.mark("readers joined, words checked");
     let incremented = expect_completed(c, vm, if cfg.dontunmap { old } else { new }, bytes);
+    phases.mark("GPU pass at the new address");
     let gpu_follows = if cfg.dontunmap {
         incremented.is_ok()
     } else {
         let at_old =
             run_kernel(&c.gpu, vm, KernelKind::TouchPages, old, bytes as u64, 0).map(|d| d.status);
+        phases.mark("GPU pass at the old address");
         incremented.is_ok() && matches!(at_old, Ok(JobStatus::Faulted))
     };
     // A job a GPU server restart cut short (`DeviceReset`) did some of its
@@ -383,7 +417,9 @@ pub fn mremap_race(c: &Connection, cfg: &MremapConfig) -> Result<MremapReport, V
         unsafe { rustix::mm::munmap(new as *mut _, bytes) }
             .map_err(|e| ViewsError::Host(e.to_string()))?;
     }
+    phases.mark("unbound");
     release(c, scoped, buf)?;
+    phases.mark("released");
     Ok(MremapReport {
         cfg: cfg.clone(),
         pages_read,
