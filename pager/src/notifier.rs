@@ -183,16 +183,7 @@ impl GpuNotifier {
             .client()?
             .call(q)
             .map_err(|e| failed("asking the GPU server for its frames", 0, e))?;
-        Ok(FrameRuns {
-            gpu: r.gpu.get(),
-            runs: r
-                .runs
-                .as_slice()
-                .iter()
-                .map(|x| (x.object.get(), x.first_page, x.pages, x.first_pfn))
-                .collect(),
-            next: r.more.then_some((r.next_object, r.next_page)),
-        })
+        Ok(FrameRuns::from(r))
     }
 
     pub fn view_gone(&self, view: Handle) {

@@ -557,16 +557,7 @@ impl Runtime for SimRuntime {
 
     fn gpu_frames(&self, from: (u32, u64)) -> Result<FrameRuns, RtError> {
         let r = self.call_gpu(true, move |gpu| gpu.frames(from.0, from.1))?;
-        Ok(FrameRuns {
-            gpu: r.gpu.get(),
-            runs: r
-                .runs
-                .as_slice()
-                .iter()
-                .map(|x| (x.object.get(), x.first_page, x.pages, x.first_pfn))
-                .collect(),
-            next: r.more.then_some((r.next_object, r.next_page)),
-        })
+        Ok(FrameRuns::from(r))
     }
 }
 

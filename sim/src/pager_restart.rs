@@ -30,10 +30,10 @@ use shuttle::sync::{Arc, Mutex};
 use shuttle::thread::spawn;
 
 use crate::machine::Machine;
-use crate::net::{delay, Endpoint};
+use crate::net::Endpoint;
 use crate::pager::{new_core, CpuView, PagerEnds, PagerGen, SimPager, CLIENT};
 use crate::scenarios::{
-    evictions, finish, gpu_pass, gpu_passes, join, start, view, world, Scenario,
+    evictions, finish, gpu_pass, gpu_passes, join, restarter, start, view, world, Scenario,
 };
 use crate::world::{World, WorldConfig};
 
@@ -119,16 +119,9 @@ fn take_over(p: &SimPager, machine: &Arc<Machine>, old: &PagerGen, generation: u
     }
 }
 
-/// The actor that kills the pager `kills` times, each after a delay of up
-/// to `spacing` yields the seed picks.
+/// The actor that kills the pager `kills` times.
 fn killer(w: &Arc<World>, kills: u32, spacing: u32) -> shuttle::thread::JoinHandle<()> {
-    let w = w.clone();
-    spawn(move || {
-        for k in 0..kills {
-            delay(spacing);
-            assert_eq!(w.restart_pager(), k + 2);
-        }
-    })
+    restarter(w, kills, spacing, World::restart_pager)
 }
 
 /// The scenarios of this fault.

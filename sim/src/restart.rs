@@ -23,10 +23,10 @@ use shuttle::thread::spawn;
 use xe_svm::server::Inner;
 
 use crate::machine::{PAGE, STAGING_BASE, STAGING_SLOTS};
-use crate::net::{delay, Endpoint};
+use crate::net::Endpoint;
 use crate::platform::SimPlatform;
 use crate::scenarios::{
-    evictions, finish, gpu_pass, gpu_passes, join, start, view, world, Scenario,
+    evictions, finish, gpu_pass, gpu_passes, join, restarter, start, view, world, Scenario,
 };
 use crate::world::{bind_client_view, GpuSide, World, WorldConfig};
 use crate::GpuCore;
@@ -123,17 +123,9 @@ impl World {
     }
 }
 
-/// The actor that kills the GPU server `kills` times, each after a delay
-/// of up to `spacing` yields the seed picks; each kill starts the next
-/// generation.
+/// The actor that kills the GPU server `kills` times.
 fn killer(w: &Arc<World>, kills: u32, spacing: u32) -> shuttle::thread::JoinHandle<()> {
-    let w = w.clone();
-    spawn(move || {
-        for k in 0..kills {
-            delay(spacing);
-            assert_eq!(w.restart_gpu(), k + 2);
-        }
-    })
+    restarter(w, kills, spacing, World::restart_gpu)
 }
 
 /// The scenarios of this fault.

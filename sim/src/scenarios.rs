@@ -53,6 +53,24 @@ pub fn all() -> Vec<Scenario> {
     .collect()
 }
 
+/// The actor that restarts a server (`restart` kills it and starts its
+/// next generation, returning that generation) `kills` times, each after
+/// a delay of up to `spacing` yields the seed picks.
+pub(crate) fn restarter(
+    w: &Arc<World>,
+    kills: u32,
+    spacing: u32,
+    restart: fn(&World) -> u32,
+) -> shuttle::thread::JoinHandle<()> {
+    let w = w.clone();
+    spawn(move || {
+        for k in 0..kills {
+            delay(spacing);
+            assert_eq!(restart(&w), k + 2);
+        }
+    })
+}
+
 pub(crate) fn world(cfg: WorldConfig) -> Arc<World> {
     let w = World::new(&cfg);
     for p in 0..cfg.pages {

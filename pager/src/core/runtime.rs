@@ -275,6 +275,22 @@ pub struct FrameRuns {
     pub next: Option<(u32, u64)>,
 }
 
+/// The GPU server's answer as the wire carries it.
+impl From<ipc_protocol::interfaces::gpu_notify::FrameRuns> for FrameRuns {
+    fn from(r: ipc_protocol::interfaces::gpu_notify::FrameRuns) -> Self {
+        Self {
+            gpu: r.gpu.get(),
+            runs: r
+                .runs
+                .as_slice()
+                .iter()
+                .map(|x| (x.object.get(), x.first_page, x.pages, x.first_pfn))
+                .collect(),
+            next: r.more.then_some((r.next_object, r.next_page)),
+        }
+    }
+}
+
 /// A file's identity: its device (major, minor) and inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileId {
