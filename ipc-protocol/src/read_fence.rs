@@ -53,12 +53,12 @@ impl ReadFence {
     }
 
     /// Called while handling a request: waits until it is the only one in
-    /// flight, so every request read before it was handled. `false` if
-    /// others were still in flight at `deadline` (the caller says what
-    /// that costs).
-    pub fn wait_alone(&self, deadline: Duration) -> bool {
+    /// flight, so every request read before it was handled, and `busy()`
+    /// (what else the caller waits for) is false. `false` if either still
+    /// held at `deadline` (the caller says what that costs).
+    pub fn wait_alone(&self, deadline: Duration, busy: &dyn Fn() -> bool) -> bool {
         let until = Instant::now() + deadline;
-        while self.in_flight() > 1 {
+        while self.in_flight() > 1 || busy() {
             if Instant::now() >= until {
                 return false;
             }
@@ -88,7 +88,7 @@ mod tests {
         let waiter = std::thread::spawn(move || {
             let (second, _mine) = f.read(&b).unwrap();
             assert_eq!(second.bytes, b"second");
-            f.wait_alone(Duration::from_secs(10))
+            f.wait_alone(Duration::from_secs(10), &|| false)
         });
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(fence.in_flight(), 2, "the first is still being handled");
@@ -104,8 +104,13 @@ mod tests {
         let fence = ReadFence::default();
         a.send(b"x", Vec::new()).unwrap();
         a.send(b"y", Vec::new()).unwrap();
-        let (_x, _held) = fence.read(&b).unwrap();
+        let (_x, x_held) = fence.read(&b).unwrap();
         let (_y, _mine) = fence.read(&b).unwrap();
-        assert!(!fence.wait_alone(Duration::from_millis(20)));
+        assert!(!fence.wait_alone(Duration::from_millis(20), &|| false));
+        drop(x_held);
+        assert!(
+            !fence.wait_alone(Duration::from_millis(20), &|| true),
+            "alone, but the caller's own wait still holds"
+        );
     }
 }

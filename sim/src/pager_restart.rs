@@ -27,15 +27,13 @@
 
 use pager::sync::lock;
 use shuttle::sync::{Arc, Mutex};
-use shuttle::thread::spawn;
 
 use crate::machine::Machine;
 use crate::net::Endpoint;
 use crate::pager::{new_core, CpuView, PagerEnds, PagerGen, SimPager, CLIENT};
-use crate::scenarios::{
-    evictions, finish, gpu_pass, gpu_passes, join, restarter, start, view, world, Scenario,
-};
-use crate::world::{World, WorldConfig};
+use crate::restart::{mid_eviction, twice, while_pages_move, Fault};
+use crate::scenarios::Scenario;
+use crate::world::World;
 
 impl World {
     /// Kills the pager and starts its next generation; returns that
@@ -119,12 +117,14 @@ fn take_over(p: &SimPager, machine: &Arc<Machine>, old: &PagerGen, generation: u
     }
 }
 
-/// The actor that kills the pager `kills` times.
-fn killer(w: &Arc<World>, kills: u32, spacing: u32) -> shuttle::thread::JoinHandle<()> {
-    restarter(w, kills, spacing, World::restart_pager)
-}
+const PAGER: Fault = Fault {
+    restart: World::restart_pager,
+    pager_journal: true,
+    check: records_whole,
+};
 
-/// The scenarios of this fault.
+/// The scenarios of this fault: the GPU server's (`restart.rs`), with the
+/// pager killed instead.
 pub fn all() -> Vec<Scenario> {
     vec![
         Scenario {
@@ -132,29 +132,20 @@ pub fn all() -> Vec<Scenario> {
             about: "the pager is killed while a GPU pass and two CPU threads move every page \
                     both ways; its next generation takes over from the journal, the keeper \
                     and the GPU server's frames",
-            run: pager_restarts,
+            run: || while_pages_move(&PAGER),
         },
         Scenario {
             name: "pager_restarts_mid_eviction",
             about: "the pager is killed while mm-server evicts from a nearly full VRAM and GPU \
                     and CPU faults move the same pages",
-            run: pager_restarts_mid_eviction,
+            run: || mid_eviction(&PAGER),
         },
         Scenario {
             name: "pager_restarts_twice",
             about: "two pager kills, one after the other, under a GPU pass and CPU reads",
-            run: pager_restarts_twice,
+            run: || twice(&PAGER),
         },
     ]
-}
-
-fn journaled(pages: usize, broker: Option<u64>) -> Arc<World> {
-    world(WorldConfig {
-        pages,
-        broker,
-        pager_journal: true,
-        ..Default::default()
-    })
 }
 
 /// The pager's records at the end, as a next generation would find them:
@@ -168,72 +159,4 @@ fn records_whole(w: &World) {
         4,
         "the journal holds the GPU, object, space and view: {records:?}"
     );
-}
-
-/// Pages in VRAM when the kill comes at a point the seed picks: in a
-/// collect or a finalize, a copy back, an invalidation, a CPU fault. No
-/// increment is lost or made twice, no page stays locked, every VRAM
-/// frame a page is in is allocated and counted once (`World::finish`),
-/// and the new generation serves a last GPU pass.
-fn pager_restarts() {
-    let w = journaled(6, None);
-    gpu_pass(&w);
-    let killer = killer(&w, 1, 12);
-    let gpu = gpu_passes(&w, 1);
-    let cpus: Vec<_> = (0..2usize)
-        .map(|t| {
-            let w = w.clone();
-            spawn(move || {
-                for p in (t..w.machine.pages).step_by(2) {
-                    w.cpu_access(&view(0), p, 1);
-                }
-            })
-        })
-        .collect();
-    join([killer, gpu].into_iter().chain(cpus).collect());
-    gpu_pass(&w);
-    records_whole(&w);
-    finish(w, |p| start(p) + 4);
-}
-
-/// The kill may land in an eviction pass (mm-server's `Evict`, the copy
-/// back it drives) or while a GPU fault waits in mm-server for room.
-fn pager_restarts_mid_eviction() {
-    let w = journaled(6, Some(3));
-    gpu_pass(&w);
-    let mm = evictions(&w, 2);
-    let killer = killer(&w, 1, 10);
-    let gpu = gpu_passes(&w, 1);
-    let cpu = {
-        let w = w.clone();
-        spawn(move || {
-            for p in (0..w.machine.pages).rev() {
-                w.cpu_access(&view(0), p, 1);
-            }
-        })
-    };
-    join(vec![mm, killer, gpu, cpu]);
-    records_whole(&w);
-    finish(w, |p| start(p) + 3);
-}
-
-/// A second kill may come while the first successor's take-over or its
-/// first faults run.
-fn pager_restarts_twice() {
-    let w = journaled(4, None);
-    gpu_pass(&w);
-    let killer = killer(&w, 2, 6);
-    let gpu = gpu_passes(&w, 1);
-    let cpu = {
-        let w = w.clone();
-        spawn(move || {
-            for p in (0..w.machine.pages).rev() {
-                let v = w.cpu_access(&view(0), p, 0);
-                assert!(v == start(p) + 1 || v == start(p) + 2, "page {p} read {v}");
-            }
-        })
-    };
-    join(vec![killer, gpu, cpu]);
-    records_whole(&w);
-    finish(w, |p| start(p) + 2);
 }

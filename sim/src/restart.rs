@@ -123,10 +123,23 @@ impl World {
     }
 }
 
-/// The actor that kills the GPU server `kills` times.
-fn killer(w: &Arc<World>, kills: u32, spacing: u32) -> shuttle::thread::JoinHandle<()> {
-    restarter(w, kills, spacing, World::restart_gpu)
+/// One server's restart fault, as the scenario bodies below play it
+/// (the pager's is in `pager_restart.rs`).
+pub(crate) struct Fault {
+    /// Kills the server and starts its next generation; returns that
+    /// generation.
+    pub restart: fn(&World) -> u32,
+    /// The world journals the pager (its restarts take over from it).
+    pub pager_journal: bool,
+    /// Checked once the actors are done, before `World::finish`.
+    pub check: fn(&World),
 }
+
+const GPU_SERVER: Fault = Fault {
+    restart: World::restart_gpu,
+    pager_journal: false,
+    check: |_| {},
+};
 
 /// The scenarios of this fault.
 pub fn all() -> Vec<Scenario> {
@@ -135,34 +148,40 @@ pub fn all() -> Vec<Scenario> {
             name: "gpu_server_restarts",
             about: "the GPU server is killed while a GPU pass and two CPU threads move every \
                     page both ways; its next generation adopts what VRAM holds",
-            run: gpu_server_restarts,
+            run: || while_pages_move(&GPU_SERVER),
         },
         Scenario {
             name: "gpu_server_restarts_mid_eviction",
             about: "the GPU server is killed while mm-server evicts from a nearly full VRAM and \
                     GPU and CPU faults move the same pages",
-            run: gpu_server_restarts_mid_eviction,
+            run: || mid_eviction(&GPU_SERVER),
         },
         Scenario {
             name: "gpu_server_restarts_twice",
             about: "two GPU server kills, one after the other, under a GPU pass and CPU reads",
-            run: gpu_server_restarts_twice,
+            run: || twice(&GPU_SERVER),
         },
     ]
 }
 
-/// Pages in VRAM when the kill comes at a point the seed picks: in a
-/// collect, a copy either way, a finalize, an invalidation. No increment
-/// is lost or made twice, no page stays locked, every VRAM frame a page
-/// is in belongs to the new generation's allocator (`World::finish`), and
-/// the new generation serves a last GPU pass.
-fn gpu_server_restarts() {
-    let w = world(WorldConfig {
-        pages: 6,
+fn restartable(f: &Fault, pages: usize, broker: Option<u64>) -> Arc<World> {
+    world(WorldConfig {
+        pages,
+        broker,
+        pager_journal: f.pager_journal,
         ..Default::default()
-    });
+    })
+}
+
+/// Pages in VRAM when the kill comes at a point the seed picks: in a
+/// collect, a copy either way, a finalize, an invalidation, a CPU fault.
+/// No increment is lost or made twice, no page stays locked, every VRAM
+/// frame a page is in is allocated and counted once (`World::finish`), and
+/// the new generation serves a last GPU pass.
+pub(crate) fn while_pages_move(f: &Fault) {
+    let w = restartable(f, 6, None);
     gpu_pass(&w);
-    let killer = killer(&w, 1, 12);
+    let killer = restarter(&w, 1, 12, f.restart);
     let gpu = gpu_passes(&w, 1);
     let cpus: Vec<_> = (0..2usize)
         .map(|t| {
@@ -176,21 +195,18 @@ fn gpu_server_restarts() {
         .collect();
     join([killer, gpu].into_iter().chain(cpus).collect());
     gpu_pass(&w);
+    (f.check)(&w);
     finish(w, |p| start(p) + 4);
 }
 
 /// The kill may land in an eviction pass (mm-server's `Evict` to the
-/// pager, the pager's copy back through the dying server) or in a GPU
-/// fault waiting in mm-server for room: rules 5 to 7 hold across it.
-fn gpu_server_restarts_mid_eviction() {
-    let w = world(WorldConfig {
-        pages: 6,
-        broker: Some(3),
-        ..Default::default()
-    });
+/// pager, the copy back it drives) or in a GPU fault waiting in mm-server
+/// for room: rules 5 to 7 hold across it.
+pub(crate) fn mid_eviction(f: &Fault) {
+    let w = restartable(f, 6, Some(3));
     gpu_pass(&w);
     let mm = evictions(&w, 2);
-    let killer = killer(&w, 1, 10);
+    let killer = restarter(&w, 1, 10, f.restart);
     let gpu = gpu_passes(&w, 1);
     let cpu = {
         let w = w.clone();
@@ -201,18 +217,16 @@ fn gpu_server_restarts_mid_eviction() {
         })
     };
     join(vec![mm, killer, gpu, cpu]);
+    (f.check)(&w);
     finish(w, |p| start(p) + 3);
 }
 
 /// A second kill may come while the first successor's take-over or its
 /// first faults run.
-fn gpu_server_restarts_twice() {
-    let w = world(WorldConfig {
-        pages: 4,
-        ..Default::default()
-    });
+pub(crate) fn twice(f: &Fault) {
+    let w = restartable(f, 4, None);
     gpu_pass(&w);
-    let killer = killer(&w, 2, 6);
+    let killer = restarter(&w, 2, 6, f.restart);
     let gpu = gpu_passes(&w, 1);
     let cpu = {
         let w = w.clone();
@@ -224,5 +238,6 @@ fn gpu_server_restarts_twice() {
         })
     };
     join(vec![killer, gpu, cpu]);
+    (f.check)(&w);
     finish(w, |p| start(p) + 2);
 }

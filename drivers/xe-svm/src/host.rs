@@ -200,15 +200,8 @@ impl Platform for HostPlatform {
         self.pressure.is_some()
     }
     fn quiesce_for_frames(&self, migrating: &dyn Fn() -> bool) -> bool {
-        let until = std::time::Instant::now() + QUIESCE_BOUND;
-        // The `Frames` request asking is one of those in flight.
-        while self.notify_fence.in_flight() > 1 || migrating() {
-            if std::time::Instant::now() >= until {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-        true
+        // Called while handling the `Frames` request, one of those counted.
+        self.notify_fence.wait_alone(QUIESCE_BOUND, migrating)
     }
     fn reserve(&self, world: World, bytes: u64, timeout_ms: u32) -> u64 {
         let Some(p) = &self.pressure else { return 0 };

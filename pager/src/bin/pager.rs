@@ -184,8 +184,8 @@ mod server {
 
     use ipc_protocol::server::announce_if_restarted as announce;
 
-    /// Serves the GPU server's `PagerMigrate`, announcing a restart first.
-    /// Serves `PagerMigrate` on `t` (announced already: `main`).
+    /// Serves the GPU server's `PagerMigrate` on `t` (announced already:
+    /// `main`).
     fn serve_migrate(a: &Args, t: Arc<dyn Transport>, server: &Arc<PagerServer>) {
         ipc_protocol::server::spawn::<PagerMigrate, _>(
             "pager-migrate",
@@ -261,9 +261,8 @@ mod server {
         announce::<PagerMigrate>(&*migrate, a.generation);
         // Serve the GPU server's migrations before anything else can fault;
         // a restarted pager only once it took over (below).
-        let mut migrate = Some(migrate);
         if !restarted {
-            serve_migrate(&a, migrate.take().expect("the endpoint"), &server);
+            serve_migrate(&a, migrate.clone(), &server);
         }
         let gpu_timeout = std::time::Duration::from_millis(a.gpu_timeout_ms);
         let gpu = Client::new(endpoint(a.notify_fd)).with_timeout(gpu_timeout);
@@ -271,9 +270,9 @@ mod server {
             eprintln!("pager: attaching the GPU server: {e}");
             std::process::exit(2);
         }
-        if let Some(t) = migrate {
+        if restarted {
             take_over(&server, &records);
-            serve_migrate(&a, t, &server);
+            serve_migrate(&a, migrate, &server);
         }
         if let Some(fd) = a.reclaim_fd {
             let rights = Rights::from_bits_truncate(a.reclaim_rights);
