@@ -16,9 +16,11 @@
 //! - **Empty** otherwise: never touched.
 //!
 //! No page is locked: the collects in flight belonged to the dead pager's
-//! session and the GPU server undoes them on `PeerRestarted`
-//! (`xe-svm`'s `pager_restarted`), keeping the frames of a finalize that
-//! went unanswered, which the rule above then sorts out.
+//! session; the GPU server's calls for them fail `PeerRestarted`, keeping
+//! the frames of a finalize that went unanswered
+//! (`FinalizeError::Restarted`), which the rule above then sorts out. Its
+//! first `Frames` answer waits until those migrations ended (xe-svm's
+//! `frames.rs`).
 //!
 //! **Ids.** Each client gets back the session slot its ids carry, and
 //! every object, view and the GPU server's object ids come back under the
