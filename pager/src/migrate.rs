@@ -15,6 +15,18 @@
 //! rule 4: mixed ranges are normal) and blocks CPU writers; finalize marks
 //! each page by its own result and unlocks. Rule 9: neither waits on a GPU
 //! server.
+//!
+//! **Peer migration** (several GPUs, DESIGN.md 5 "GPU fault on a peer's
+//! page"): a collect with [`Peers::Take`] also trylocks the chunk's pages in
+//! another GPU's VRAM. They stay locked, their words still naming the
+//! source, until finalize, which has the source GPU push each one the
+//! collecting GPU kept a frame for ([`Backend::push_to_peer`]: the source
+//! unmaps it, rule 8, then its copy engine writes it through its peer
+//! window), never through RAM. A page the push did not land goes back to
+//! its source unchanged. So a page moves between GPUs under its own lock
+//! alone, as between RAM and VRAM: no lock covers a range or a device, and
+//! racing GPUs and CPU faults cannot wait on each other (rule 1) or livelock
+//! on a range (each fault keeps what it got, rule 4).
 
 use ipc_protocol::types::PageMask;
 
@@ -78,6 +90,27 @@ pub trait Backend {
     fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
     /// Finalize: `pages` stay in RAM; let blocked writers go on.
     fn unprotect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError>;
+    /// Peer migration: the locked `pages` of `chunk` sit in another GPU's
+    /// VRAM (`from[i]`). Each one's source GPU unmaps it (rule 8) and pushes
+    /// it into GPU `to`'s VRAM at frame `first_pfn + i`; the source keeps its
+    /// frame until [`Backend::free_peer_frames`]. Returns the pages that
+    /// landed. A runtime without peer windows refuses (the pages stay).
+    fn push_to_peer(
+        &self,
+        chunk: Chunk,
+        pages: &PageMask,
+        from: &[Residency],
+        to: u8,
+        first_pfn: u64,
+    ) -> Result<PageMask, BackendError> {
+        let _ = (chunk, pages, from, to, first_pfn);
+        Err(BackendError::Gpu)
+    }
+    /// The source frames (`from[i]`) of `pages`, pushed to a peer and now
+    /// published there, go back to their GPUs.
+    fn free_peer_frames(&self, chunk: Chunk, pages: &PageMask, from: &[Residency]) {
+        let _ = (chunk, pages, from);
+    }
     /// The pages of `chunk` whose preferred location is the device
     /// (`Pager::Advise`): a CPU fault on another page of the chunk leaves
     /// them in VRAM instead of growing its migration over them.
@@ -336,6 +369,15 @@ fn release(
     Ok(())
 }
 
+/// Whether a collect takes pages that sit in another GPU's VRAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peers {
+    /// Leave them where they are (a runtime without peer windows).
+    Skip,
+    /// Lock them for a peer migration (finalize has their source push them).
+    Take,
+}
+
 /// What a collect took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Collected {
@@ -343,6 +385,9 @@ pub struct Collected {
     pub got: PageMask,
     /// Of those, pages that were EMPTY (no data to copy).
     pub zero: PageMask,
+    /// Of those, pages in another GPU's VRAM: their words still name the
+    /// source while locked; finalize has it push them ([`Peers::Take`]).
+    pub peer: PageMask,
     /// Pages already in VRAM of the collecting GPU and not locked by any
     /// migration at collect time: the GPU may map them (subject to the
     /// sequence check), while a locked one may be on its way back to RAM.
@@ -350,17 +395,20 @@ pub struct Collected {
 }
 
 /// Collect (rule 1): trylocks the chunk's SYSTEM and EMPTY pages, blocks
-/// their CPU writers, and returns what it got. Pages locked elsewhere or
-/// already in VRAM are skipped (rule 4).
+/// their CPU writers, and returns what it got; with [`Peers::Take`], also
+/// the pages in another GPU's VRAM (no CPU maps those). Pages locked
+/// elsewhere or already in this GPU's VRAM are skipped (rule 4).
 pub fn collect(
     table: &PageTable,
     backend: &dyn Backend,
     chunk: Chunk,
     gpu: u8,
+    peers: Peers,
 ) -> Result<Collected, FaultError> {
     let mut c = Collected {
         got: PageMask::EMPTY,
         zero: PageMask::EMPTY,
+        peer: PageMask::EMPTY,
         device: PageMask::EMPTY,
     };
     for (i, p) in chunk.pages() {
@@ -369,6 +417,10 @@ pub fn collect(
             Some(Residency::Empty) => {
                 c.got.set(i);
                 c.zero.set(i);
+            }
+            Some(Residency::Device { gpu: g, .. }) if g != gpu && peers == Peers::Take => {
+                c.got.set(i);
+                c.peer.set(i);
             }
             Some(dev @ Residency::Device { gpu: g, .. }) => {
                 if g == gpu {
@@ -379,7 +431,7 @@ pub fn collect(
             None => {}
         }
     }
-    let to_protect = c.got.and_not(&c.zero);
+    let to_protect = c.got.and_not(&c.zero).and_not(&c.peer);
     if !to_protect.is_empty() {
         if let Err(e) = backend.protect(chunk, &to_protect) {
             abort_collect(table, chunk, &c)?;
@@ -389,21 +441,33 @@ pub fn collect(
     Ok(c)
 }
 
-/// Undoes a collect that cannot go on.
+/// Undoes a collect that cannot go on: each page goes back to the state
+/// it was collected in.
 pub fn abort_collect(table: &PageTable, chunk: Chunk, c: &Collected) -> Result<(), StateError> {
     for (i, p) in chunk.pages() {
         if c.got.get(i) {
-            table.unlock(
-                p,
-                if c.zero.get(i) {
-                    Residency::Empty
-                } else {
-                    Residency::System
-                },
-            )?;
+            let was = collected_from(table, c, i, p)?;
+            table.unlock(p, was)?;
         }
     }
     Ok(())
+}
+
+/// The state collected page `p` (bit `i`) was taken in: a peer page's word
+/// still names its source while locked.
+fn collected_from(
+    table: &PageTable,
+    c: &Collected,
+    i: usize,
+    p: usize,
+) -> Result<Residency, StateError> {
+    Ok(if c.peer.get(i) {
+        table.info(p)?.residency
+    } else if c.zero.get(i) {
+        Residency::Empty
+    } else {
+        Residency::System
+    })
 }
 
 /// A collect that will never be finalized (its GPU server died): blocked
@@ -415,7 +479,7 @@ pub fn release_collect(
     chunk: Chunk,
     c: &Collected,
 ) -> Result<(), FaultError> {
-    let protected = c.got.and_not(&c.zero);
+    let protected = c.got.and_not(&c.zero).and_not(&c.peer);
     let r = if protected.is_empty() {
         Ok(())
     } else {
@@ -426,7 +490,8 @@ pub fn release_collect(
 }
 
 /// Finalize: each collected page by its own result. `migrated` pages become
-/// DEVICE on `gpu` at `first_pfn + i`; the others return to their state.
+/// DEVICE on `gpu` at `first_pfn + i` (a peer page once its source pushed
+/// it there); the others return to the state they were collected in.
 /// Returns (pages now DEVICE, pages returned).
 pub fn finalize(
     table: &PageTable,
@@ -437,18 +502,19 @@ pub fn finalize(
     gpu: u8,
     first_pfn: u64,
 ) -> Result<(u32, u32), FaultError> {
-    let moved = c.got.and(migrated);
-    let stay = c.got.and_not(migrated);
+    let peers = PeerPush::run(table, backend, chunk, c, migrated, gpu, first_pfn)?;
+    let moved = c.got.and(migrated).and_not(&peers.unlanded());
+    let stay = c.got.and_not(&moved);
     // Drop the RAM copies before the new state is published: a CPU access
     // from here on faults and finds the page locked, then DEVICE.
-    let moved_ram = moved.and_not(&c.zero);
+    let moved_ram = moved.and_not(&c.zero).and_not(&c.peer);
     let drop_result = if moved_ram.is_empty() {
         Ok(())
     } else {
         backend.moved_to_device(chunk, &moved_ram)
     };
     let unprotect_result = {
-        let p = stay.and_not(&c.zero);
+        let p = stay.and_not(&c.zero).and_not(&c.peer);
         if p.is_empty() {
             Ok(())
         } else {
@@ -458,7 +524,7 @@ pub fn finalize(
     // The GPU maps a page that stays where it is (a system page): one never
     // touched gets its RAM page now, or a GPU write into it would pass for
     // "never written" at the next collect and be replaced by zeros.
-    let stay_zero = stay.and(&c.zero);
+    let stay_zero = stay.and(&c.zero).and_not(&c.peer);
     let filled = if stay_zero.is_empty() {
         PageMask::EMPTY
     } else {
@@ -466,8 +532,24 @@ pub fn finalize(
             .zero_fill(chunk, &stay_zero)
             .unwrap_or(PageMask::EMPTY)
     };
+    // The pushed pages' source frames go back before the pages are
+    // published on `gpu`: the source unmapped them and nothing else reaches
+    // them, and the pages' next migration may then land in the same frames.
+    if !peers.landed.is_empty() {
+        backend.free_peer_frames(chunk, &peers.landed, &peers.from);
+    }
     for (i, p) in chunk.pages() {
-        if moved.get(i) {
+        if c.peer.get(i) {
+            let now = if moved.get(i) {
+                Residency::Device {
+                    gpu,
+                    pfn: first_pfn + i as u64,
+                }
+            } else {
+                peers.from[i] // not pushed: it stays with its source
+            };
+            table.unlock(p, now)?;
+        } else if moved.get(i) {
             let now = if drop_result.is_ok() || c.zero.get(i) {
                 Residency::Device {
                     gpu,
@@ -492,6 +574,58 @@ pub fn finalize(
         .and(unprotect_result)
         .map_err(FaultError::Backend)?;
     Ok((moved.count(), stay.count()))
+}
+
+/// The peer half of a finalize: where the collected peer pages were, and
+/// which of those the collecting GPU kept a frame for landed there.
+struct PeerPush {
+    /// The pages' sources (`Empty` for pages that are not peer pages).
+    from: Vec<Residency>,
+    /// Peer pages to move to the collecting GPU.
+    wanted: PageMask,
+    /// Of those, the pages their sources pushed.
+    landed: PageMask,
+}
+
+impl PeerPush {
+    /// Has the sources push the peer pages of `migrated` (none: no call).
+    fn run(
+        table: &PageTable,
+        backend: &dyn Backend,
+        chunk: Chunk,
+        c: &Collected,
+        migrated: &PageMask,
+        gpu: u8,
+        first_pfn: u64,
+    ) -> Result<Self, StateError> {
+        let mut from = Vec::new();
+        if !c.peer.is_empty() {
+            from = vec![Residency::Empty; chunk.count];
+            for (i, p) in chunk.pages() {
+                if c.peer.get(i) {
+                    from[i] = table.info(p)?.residency;
+                }
+            }
+        }
+        let wanted = c.peer.and(migrated);
+        let landed = if wanted.is_empty() {
+            PageMask::EMPTY
+        } else {
+            backend
+                .push_to_peer(chunk, &wanted, &from, gpu, first_pfn)
+                .map_or(PageMask::EMPTY, |got| got.and(&wanted))
+        };
+        Ok(Self {
+            from,
+            wanted,
+            landed,
+        })
+    }
+
+    /// Peer pages the collecting GPU wanted that did not land.
+    fn unlanded(&self) -> PageMask {
+        self.wanted.and_not(&self.landed)
+    }
 }
 
 /// Eviction (reclaim of VRAM, rule 7's SVM half): moves the chunk's pages

@@ -11,6 +11,7 @@ use pager::core::view::Space;
 use pager::migrate::{cpu_fault, evict, Chunk, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
 use pager::sync::{spawn, Arc, Ordering};
+use pager::testing::peer::{Design, PeerModel, Stuck};
 use pager::testing::runtime::{
     cpu_write, gpu_collect, gpu_migrate as session_gpu_migrate, gpu_open, model_core,
     object_with_view, seed, small_config, ModelCore, ModelRuntime,
@@ -413,6 +414,73 @@ fn explore_herd_all_pages_different_orders() {
 #[test]
 fn explore_gpu_collect_racing_cpu_faults() {
     explore(gpu_collect_racing_cpu_faults);
+}
+
+/// Several GPUs (issue 17): 4 GPUs and 8 CPU threads on one chunk whose
+/// pages start spread over the GPUs, each GPU adding to pages in its own
+/// order (peer migrations, pushed by the source) while the CPU threads
+/// fault pages back. No lock spans pages or devices; every access completes
+/// and every page ends with its exact count.
+fn four_gpus_and_eight_cpus_on_one_chunk(design: Design) -> Result<(), Vec<Stuck>> {
+    const PAGES: usize = 4;
+    let (t, m) = PeerModel::new(4, PAGES, design, |p| Some(p as u8), pattern);
+    let (t, m) = (Arc::new(t), Arc::new(m));
+    let gpus: Vec<_> = (0..4u8)
+        .map(|g| {
+            let (t, m) = (t.clone(), m.clone());
+            let pages = [(g as usize + 1) % PAGES, (g as usize + 3) % PAGES];
+            spawn(move || {
+                pages
+                    .iter()
+                    .map(|&p| m.gpu_access(&t, g, p))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let cpus: Vec<_> = (0..8usize)
+        .map(|c| {
+            let (t, m) = (t.clone(), m.clone());
+            spawn(move || (c % PAGES, m.cpu_read(&t, c % PAGES)))
+        })
+        .collect();
+    let mut stuck = Vec::new();
+    for h in gpus {
+        stuck.extend(h.join().unwrap().into_iter().filter_map(Result::err));
+    }
+    for h in cpus {
+        match h.join().unwrap() {
+            (p, Ok(v)) => assert!(v >= pattern(p) && v <= pattern(p) + 2, "page {p} read {v}"),
+            (_, Err(s)) => stuck.push(s),
+        }
+    }
+    if !stuck.is_empty() {
+        return Err(stuck);
+    }
+    // Each page is touched by two GPUs once each.
+    m.check_end(&t, |p| pattern(p) + 2);
+    Ok(())
+}
+
+#[test]
+fn explore_four_gpus_and_eight_cpus_on_one_chunk() {
+    explore(|| four_gpus_and_eight_cpus_on_one_chunk(Design::Rules).expect("no progress"));
+}
+
+/// The negative check of several GPUs: one lock per range across devices
+/// (held by a GPU migration that waits for the whole range, taken by a CPU
+/// fault that holds its page) is found stuck.
+#[test]
+fn explore_finds_a_per_range_lock_across_devices_stuck() {
+    let found = std::panic::catch_unwind(|| {
+        shuttle::check_random(
+            || four_gpus_and_eight_cpus_on_one_chunk(Design::PerRangeLock).expect("no progress"),
+            iterations(),
+        )
+    });
+    assert!(
+        found.is_err(),
+        "the explorer did not find a per-range lock across devices stuck"
+    );
 }
 
 /// The negative check: the explorer must find the livelock of the design

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 
 use ipc_protocol::types::PageMask;
-use pager::migrate::{collect, cpu_fault, finalize, Chunk, FaultError, FaultOutcome, Policy};
+use pager::migrate::{
+    collect, cpu_fault, finalize, Chunk, FaultError, FaultOutcome, Peers, Policy,
+};
 use pager::state::{PageTable, Residency};
 use pager::testing::{
     all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend,
@@ -191,7 +193,7 @@ fn rule4_collect_takes_what_it_gets_and_finalize_is_per_page() {
     // A CPU migration holds page 8.
     assert!(t.try_lock(8).unwrap().is_some());
     let chunk = Chunk::around(0, 512);
-    let c = collect(&t, &b, chunk, 1).unwrap();
+    let c = collect(&t, &b, chunk, 1, Peers::Skip).unwrap();
     assert!(!c.got.get(8), "a page held elsewhere is skipped");
     assert_eq!(c.got.count(), 511);
     assert_eq!(c.zero.count(), 256, "odd pages were never touched");
@@ -273,12 +275,12 @@ fn a_fresh_page_the_gpu_maps_in_place_is_never_zeroed_later() {
     let t = PageTable::new(512);
     let b = ModelBackend::new(512);
     let chunk = Chunk::around(0, 512);
-    let c = collect(&t, &b, chunk, 1).unwrap();
+    let c = collect(&t, &b, chunk, 1, Peers::Skip).unwrap();
     assert_eq!(c.zero.count(), 512, "every page starts never touched");
     // No VRAM: nothing migrated; the GPU maps the pages as system pages.
     finalize(&t, &b, chunk, &c, &PageMask::EMPTY, 1, 0).unwrap();
     b.ram[7].store(77, Ordering::Release); // a GPU write through that mapping
-    let again = collect(&t, &b, chunk, 1).unwrap();
+    let again = collect(&t, &b, chunk, 1, Peers::Skip).unwrap();
     assert!(again.got.get(7), "page 7 is collected again");
     assert!(
         !again.zero.get(7),

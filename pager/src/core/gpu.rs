@@ -14,7 +14,7 @@ use super::object::Object;
 use super::runtime::Runtime;
 use super::session::{GpuSession, InFlight};
 use super::Core;
-use crate::migrate::{collect, finalize, Chunk};
+use crate::migrate::{collect, finalize, Chunk, Peers};
 use crate::state::{Residency, MAX_PFN};
 use crate::sync::{Arc, Ordering};
 
@@ -133,7 +133,7 @@ impl<R: Runtime> Core<R> {
         }
         let backend = CoreBackend::new(self, &o, None);
         let seq = o.seq.load(Ordering::Acquire);
-        let got = match collect(&o.table, &backend, chunk, c.gpu.get()) {
+        let got = match collect(&o.table, &backend, chunk, c.gpu.get(), Peers::Skip) {
             Ok(got) => got,
             Err(_) => {
                 g.unreserve_collect();

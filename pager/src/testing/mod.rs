@@ -4,13 +4,16 @@
 //!   per page so a test can check "each page moved once";
 //! - [`runtime::ModelRuntime`], a whole runtime under the session core
 //!   (memory, address spaces and a GPU server, all in memory).
+//! - [`peer::PeerModel`], several GPUs with their own frames and page
+//!   tables, for the peer-migration races.
 
+pub mod peer;
 pub mod runtime;
 pub mod sequence;
 
 use ipc_protocol::types::PageMask;
 
-use crate::migrate::{collect, cpu_fault, finalize, Backend, BackendError, Chunk, Policy};
+use crate::migrate::{collect, cpu_fault, finalize, Backend, BackendError, Chunk, Peers, Policy};
 use crate::state::{PageTable, Residency};
 use crate::sync::{Arc, AtomicU64, Ordering};
 
@@ -55,7 +58,7 @@ fn seeded(pages: usize, in_vram: bool) -> (Arc<PageTable>, Arc<ModelBackend>) {
 /// What a GPU fault does to `chunk`: collect what it can and finalize all
 /// of it into VRAM at `first_pfn`.
 pub fn gpu_migrate(t: &PageTable, b: &ModelBackend, chunk: Chunk, first_pfn: u64) {
-    let c = collect(t, b, chunk, 0).expect("collect on the model backend");
+    let c = collect(t, b, chunk, 0, Peers::Skip).expect("collect on the model backend");
     finalize(t, b, chunk, &c, &c.got, 0, first_pfn).expect("finalize on the model backend");
 }
 
