@@ -83,10 +83,16 @@ fn a_restarted_gpu_server_learns_its_pages_and_its_predecessors_collects_go() {
         (m::Reply::GetPages(p), _) => assert_eq!(p.device.count(), 5),
         (r, _) => panic!("unexpected {r:?}"),
     }
+    // Another GPU's VRAM is not this server's to ask about (issue 17).
+    let other = m::Request::Resident(m::Resident {
+        gpu: GpuId::new(1).unwrap(),
+        generation: 2,
+        from_object: 0,
+        from_page: 0,
+    });
     assert_eq!(
-        resident(&core, 1).runs.len(),
-        0,
-        "nothing in another GPU's VRAM"
+        core.migrate_request(&g, other).err(),
+        Some(m::MigrateError::NotOwner)
     );
 }
 

@@ -440,3 +440,68 @@ fn an_arena_too_small_for_every_clients_budget_is_refused() {
     assert!(Core::new(ModelRuntime::default(), small_config("")).is_ok());
     let _ = Config::default();
 }
+
+/// Several GPUs (issue 17): a GPU server moves pages into its own GPU's
+/// VRAM only. Its first request that names a GPU fixes which is its own;
+/// a collect, finalize or `Resident` naming another is refused and moves
+/// nothing.
+#[test]
+fn a_gpu_server_cannot_name_another_gpu() {
+    use ipc_protocol::interfaces::pager_migrate as m;
+    use ipc_protocol::types::{GpuId, PageCount, PageMask};
+    use pager::testing::runtime::gpu_collect;
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (_, view) = object_with_view(&core, &s, 8, A).unwrap();
+    seed(&s.view(view).unwrap().object, |p| p as u64 + 1);
+    let g = core.gpu_session(GPU).unwrap();
+    let object = gpu_open(&core, &g, CLIENT, view).unwrap();
+    // GPU 0 is this server's from its first collect.
+    let c = gpu_collect(&core, &g, object, 0, 4).unwrap();
+    let count = PageCount::new(4).unwrap();
+    let gpu3 = GpuId::new(3).unwrap();
+    let collect = m::Request::Collect(m::Collect {
+        object,
+        first_page: 4,
+        count,
+        gpu: gpu3,
+        generation: 1,
+        pager_generation: 0,
+    });
+    let finalize = m::Request::Finalize(m::Finalize {
+        object,
+        first_page: 0,
+        count,
+        gpu: gpu3,
+        vram_first_pfn: 0,
+        got: c.got,
+        migrated: c.got,
+    });
+    let resident = m::Request::Resident(m::Resident {
+        gpu: gpu3,
+        generation: 2,
+        from_object: 0,
+        from_page: 0,
+    });
+    for req in [collect, finalize, resident] {
+        assert_eq!(
+            core.migrate_request(&g, req).err(),
+            Some(m::MigrateError::NotOwner)
+        );
+    }
+    // The refused collect took nothing; the refused finalize left GPU 0's
+    // collect in flight, and GPU 0's own finalize still takes it.
+    for p in 4..8 {
+        assert!(!s.view(view).unwrap().object.table.info(p).unwrap().locked);
+    }
+    let own = m::Request::Finalize(m::Finalize {
+        object,
+        first_page: 0,
+        count,
+        gpu: GpuId::new(0).unwrap(),
+        vram_first_pfn: 0,
+        got: c.got,
+        migrated: PageMask::EMPTY,
+    });
+    assert!(core.migrate_request(&g, own).is_ok());
+}

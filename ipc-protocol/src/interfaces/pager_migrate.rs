@@ -146,7 +146,8 @@ interface! {
         OutOfRange = 3,
         /// Finalize named pages this GPU did not collect.
         NotCollected = 4,
-        /// The view belongs to another client.
+        /// The view belongs to another client, or the request names
+        /// another GPU than the one this server's first request named.
         NotOwner = 5,
         Host = 6,
         /// Too many collects of this GPU server await their finalize.

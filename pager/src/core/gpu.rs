@@ -36,6 +36,16 @@ impl<R: Runtime> Core<R> {
     /// Serves one `PagerMigrate` request of the GPU server's session `g`.
     pub fn migrate_request(&self, g: &GpuSession<R>, req: m::Request) -> Answer<R> {
         use m::{Reply, Request};
+        // A GPU server moves pages into its own GPU's VRAM and no other's.
+        let named = match &req {
+            Request::Collect(c) => Some(c.gpu),
+            Request::Finalize(f) => Some(f.gpu),
+            Request::Resident(r) => Some(r.gpu),
+            Request::OpenView(_) | Request::GetPages(_) => None,
+        };
+        if named.is_some_and(|gpu| !g.owns_gpu(gpu.get())) {
+            return Err(E::NotOwner);
+        }
         match req {
             Request::OpenView(o) => {
                 let (reply, h) = self.open_view(g, o)?;

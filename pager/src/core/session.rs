@@ -370,6 +370,10 @@ pub struct GpuSession<R: Runtime> {
     /// counted here (a plain atomic: the lock orders every change, and
     /// `Resident` reads it between pauses).
     finalizing: core::sync::atomic::AtomicUsize,
+    /// The GPU whose VRAM this server owns, fixed by its first request
+    /// that names one: with several GPUs, a server moves pages into its
+    /// own VRAM only (not a shuttle primitive: set once, never waited on).
+    device: std::sync::OnceLock<u8>,
 }
 
 /// A finalize's collect, taken from the session: counted in `finalizing`
@@ -398,7 +402,13 @@ impl<R: Runtime> GpuSession<R> {
             ended: AtomicBool::new(false),
             generation: AtomicU32::new(0),
             finalizing: core::sync::atomic::AtomicUsize::new(0),
+            device: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether `gpu` is this server's GPU; the first GPU named is.
+    pub fn owns_gpu(&self, gpu: u8) -> bool {
+        *self.device.get_or_init(|| gpu) == gpu
     }
 
     /// Finalizes in progress (`Taken`).
