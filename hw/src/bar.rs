@@ -199,6 +199,36 @@ impl Bar {
         )
     }
 
+    /// Maps the VRAM memfd of the device whose GPU id is `gpu` (`size`
+    /// bytes, its `Hello`'s VRAM) as this device's window on that peer;
+    /// returns the window's device address ([`layout::peer_address`]).
+    pub fn peer_map(&self, gpu: u8, vram: OwnedFd, size: u64) -> Result<u64, BarError> {
+        self.control_call(
+            ControlRecord {
+                op: ControlOp::PeerMap,
+                slot: gpu as u32,
+                size,
+                status: 0,
+            },
+            vec![vram],
+        )?;
+        Ok(layout::peer_address(gpu, 0))
+    }
+
+    /// Unmaps the window on peer `gpu`, once copies in flight through it
+    /// are done.
+    pub fn peer_unmap(&self, gpu: u8) -> Result<(), BarError> {
+        self.control_call(
+            ControlRecord {
+                op: ControlOp::PeerUnmap,
+                slot: gpu as u32,
+                size: 0,
+                status: 0,
+            },
+            vec![],
+        )
+    }
+
     fn control_call(&self, rec: ControlRecord, fds: Vec<OwnedFd>) -> Result<(), BarError> {
         let _g = self.control_lock.lock().unwrap_or_else(|e| e.into_inner());
         control::send(&*self.control, rec, fds).map_err(BarError::Control)?;

@@ -25,6 +25,11 @@ pub enum ControlOp {
     DmaUnmap = 3,
     /// Device to driver: answer to a map or unmap; `status` 0 is success.
     Done = 4,
+    /// Driver to device: map the passed VRAM memfd of the device whose GPU
+    /// id is `slot` (`size` bytes) as that peer's window.
+    PeerMap = 5,
+    /// Driver to device: unmap peer `slot`'s window.
+    PeerUnmap = 6,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,8 @@ impl ControlRecord {
             2 => ControlOp::DmaMap,
             3 => ControlOp::DmaUnmap,
             4 => ControlOp::Done,
+            5 => ControlOp::PeerMap,
+            6 => ControlOp::PeerUnmap,
             _ => return None,
         };
         Some(Self {
@@ -104,11 +111,11 @@ fn untagged(_record: &[u8]) -> u64 {
 }
 
 /// How many descriptors come with a record: `Hello` two (registers,
-/// VRAM), `DmaMap` one (the memfd), anything else none.
+/// VRAM), `DmaMap` and `PeerMap` one (the memfd), anything else none.
 pub fn record_handles(b: &[u8]) -> usize {
     match ControlRecord::decode(b).map(|r| r.op) {
         Some(ControlOp::Hello) => 2,
-        Some(ControlOp::DmaMap) => 1,
+        Some(ControlOp::DmaMap | ControlOp::PeerMap) => 1,
         _ => 0,
     }
 }

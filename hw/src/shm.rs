@@ -153,6 +153,20 @@ impl Region {
         true
     }
 
+    /// Copies `len` bytes at `off` into `dst` at `dst_off`, one memmove
+    /// between the two mappings (the floor a peer copy is measured
+    /// against).
+    pub fn copy_to(&self, off: u64, dst: &Region, dst_off: u64, len: u64) -> bool {
+        let (Some(from), Some(to), Ok(n)) =
+            (self.ptr(off, len), dst.ptr(dst_off, len), len.try_into())
+        else {
+            return false;
+        };
+        // SAFETY: both ranges checked by `ptr`; `copy` allows overlap.
+        unsafe { std::ptr::copy(from, to, n) };
+        true
+    }
+
     /// Copies from the region at `off` into `dst`.
     pub fn read(&self, off: u64, dst: &mut [u8]) -> bool {
         match self.ptr(off, dst.len() as u64) {

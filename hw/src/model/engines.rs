@@ -353,43 +353,43 @@ impl Running {
 }
 
 impl Device {
-    /// A DMA map or unmap; anything else is a bad request.
+    /// A DMA or peer map or unmap; anything else is a bad request.
     fn control_record(&self, rec: Option<ControlRecord>, mut fds: Vec<OwnedFd>) -> ControlRecord {
+        let slot_status = |ok: bool| if ok { STATUS_OK } else { STATUS_BAD_SLOT };
         let (slot, status) = match rec {
             Some(ControlRecord {
-                op: ControlOp::DmaMap,
+                op: op @ (ControlOp::DmaMap | ControlOp::PeerMap),
                 slot,
                 size,
                 ..
             }) if fds.len() == 1 => {
                 let fd = fds.pop().expect("one fd, checked above");
-                match Memory::checked_region(fd, size) {
-                    Some(r) => (
-                        slot,
-                        if self.mem.map_slot(slot, r) {
-                            STATUS_OK
-                        } else {
-                            STATUS_BAD_SLOT
-                        },
-                    ),
+                let region = if op == ControlOp::DmaMap {
+                    Memory::checked_region(fd, size)
+                } else {
+                    Memory::checked_region_within(fd, size, layout::PEER_WINDOW_BYTES)
+                };
+                match region {
+                    Some(r) if op == ControlOp::DmaMap => {
+                        (slot, slot_status(self.mem.map_slot(slot, r)))
+                    }
+                    Some(r) => (slot, slot_status(self.mem.map_peer(slot, r))),
                     None => (slot, STATUS_MAP_FAILED),
                 }
             }
             Some(ControlRecord {
-                op: ControlOp::DmaUnmap,
+                op: op @ (ControlOp::DmaUnmap | ControlOp::PeerUnmap),
                 slot,
                 ..
             }) => {
                 // Unmapping waits for accesses in flight, like an IOMMU unmap.
                 let _gate = self.access_gate.write().unwrap_or_else(|e| e.into_inner());
-                (
-                    slot,
-                    if self.mem.unmap_slot(slot) {
-                        STATUS_OK
-                    } else {
-                        STATUS_BAD_SLOT
-                    },
-                )
+                let gone = if op == ControlOp::DmaUnmap {
+                    self.mem.unmap_slot(slot)
+                } else {
+                    self.mem.unmap_peer(slot)
+                };
+                (slot, slot_status(gone))
             }
             other => (other.map(|r| r.slot).unwrap_or(0), STATUS_BAD_REQUEST),
         };

@@ -1,5 +1,7 @@
 //! The device's address space: VRAM at `[0, vram)`, DMA-mapped system
-//! memfds at `SYSMEM_BASE + slot * SYSMEM_SLOT_BYTES`.
+//! memfds at `SYSMEM_BASE + slot * SYSMEM_SLOT_BYTES`, peers' VRAM at
+//! `PEER_BASE + gpu * PEER_WINDOW_BYTES` (several GPUs: a copy into a
+//! peer's window is a peer-to-peer push).
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock};
@@ -7,11 +9,14 @@ use std::sync::{Arc, RwLock};
 use rustix::fs::fstat;
 
 use crate::shm::Region;
-use crate::xe::layout::{SYSMEM_BASE, SYSMEM_SLOTS, SYSMEM_SLOT_BYTES};
+use crate::xe::layout::{
+    PEERS, PEER_BASE, PEER_WINDOW_BYTES, SYSMEM_BASE, SYSMEM_SLOTS, SYSMEM_SLOT_BYTES,
+};
 
 pub struct Memory {
     pub vram: Region,
     sysmem: RwLock<Vec<Option<Arc<Region>>>>,
+    peers: RwLock<Vec<Option<Arc<Region>>>>,
 }
 
 /// A resolved device address: keeps a DMA mapping alive while in use.
@@ -32,7 +37,26 @@ impl Memory {
         Self {
             vram,
             sysmem: RwLock::new(vec![None; SYSMEM_SLOTS as usize]),
+            peers: RwLock::new(vec![None; PEERS as usize]),
         }
+    }
+
+    /// Maps peer `gpu`'s VRAM (`region`) as its window; an id past
+    /// [`PEERS`] or a region larger than a window is refused.
+    pub fn map_peer(&self, gpu: u32, region: Region) -> bool {
+        let mut p = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        match p.get_mut(gpu as usize) {
+            Some(entry) if region.len() as u64 <= PEER_WINDOW_BYTES => {
+                *entry = Some(Arc::new(region));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn unmap_peer(&self, gpu: u32) -> bool {
+        let mut p = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        matches!(p.get_mut(gpu as usize).map(Option::take), Some(Some(_)))
     }
 
     pub fn map_slot(&self, slot: u32, region: Region) -> bool {
@@ -55,7 +79,12 @@ impl Memory {
     /// has no seals: its shm scheme refuses to resize a mapped object,
     /// which this mapping is from here on.
     pub fn checked_region(fd: OwnedFd, size: u64) -> Option<Region> {
-        if size == 0 || size > SYSMEM_SLOT_BYTES {
+        Self::checked_region_within(fd, size, SYSMEM_SLOT_BYTES)
+    }
+
+    /// [`Memory::checked_region`] for a window of `limit` bytes.
+    pub fn checked_region_within(fd: OwnedFd, size: u64, limit: u64) -> Option<Region> {
+        if size == 0 || size > limit {
             return None;
         }
         #[cfg(target_os = "linux")]
@@ -87,10 +116,14 @@ impl Memory {
                 .ptr(addr, len)
                 .map(|ptr| Resolved { region: None, ptr });
         }
-        let rel = addr - SYSMEM_BASE;
-        let slot = (rel / SYSMEM_SLOT_BYTES) as usize;
-        let off = rel % SYSMEM_SLOT_BYTES;
-        let s = self.sysmem.read().unwrap_or_else(|e| e.into_inner());
+        let (table, rel, window) = if addr < PEER_BASE {
+            (&self.sysmem, addr - SYSMEM_BASE, SYSMEM_SLOT_BYTES)
+        } else {
+            (&self.peers, addr - PEER_BASE, PEER_WINDOW_BYTES)
+        };
+        let slot = usize::try_from(rel / window).ok()?;
+        let off = rel % window;
+        let s = table.read().unwrap_or_else(|e| e.into_inner());
         let region = s.get(slot)?.clone()?;
         let ptr = region.ptr(off, len)?;
         Some(Resolved {

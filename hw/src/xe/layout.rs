@@ -120,3 +120,19 @@ pub const SYSMEM_SLOTS: u64 = 64;
 pub const fn sysmem_address(slot: u32, offset: u64) -> u64 {
     SYSMEM_BASE + slot as u64 * SYSMEM_SLOT_BYTES + offset
 }
+
+/// Peer windows (several GPUs, issue 17): the VRAM of the device whose
+/// GPU id is `gpu` at `PEER_BASE + gpu * PEER_WINDOW_BYTES + offset`, once
+/// the driver mapped it (`ControlOp::PeerMap`), standing for a peer's PCIe
+/// BAR reached peer to peer. Above every DMA slot.
+pub const PEER_BASE: u64 = 1 << 45;
+pub const PEER_WINDOW_BYTES: u64 = 1 << 40;
+/// GPU ids a window can name (a page-state word holds 4 bits of GPU).
+pub const PEERS: u64 = 16;
+
+pub const fn peer_address(gpu: u8, offset: u64) -> u64 {
+    PEER_BASE + gpu as u64 * PEER_WINDOW_BYTES + offset
+}
+
+// Every DMA slot lies below the first peer window.
+const _: () = assert!(SYSMEM_BASE + SYSMEM_SLOTS * SYSMEM_SLOT_BYTES <= PEER_BASE);

@@ -31,7 +31,9 @@ pub struct CopyEngine {
 }
 
 /// Median of the reps, microseconds per copy.
-fn per_copy_us(mut copy: impl FnMut() -> Result<(), BenchError>) -> Result<f64, BenchError> {
+pub(super) fn per_copy_us(
+    mut copy: impl FnMut() -> Result<(), BenchError>,
+) -> Result<f64, BenchError> {
     let mut times = Vec::with_capacity(REPS);
     for _ in 0..REPS {
         let t = Instant::now();

@@ -19,6 +19,7 @@ mod machine;
 mod memcpy;
 mod memory;
 mod metadata;
+mod peer_copy;
 mod plot;
 mod progress;
 mod random;

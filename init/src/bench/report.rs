@@ -12,6 +12,7 @@ use super::ipc::RoundTrip;
 use super::machine::Machine;
 use super::median;
 use super::metadata::Metadata;
+use super::peer_copy::PeerCopy;
 use super::random::RandomAccess;
 use super::sample::{Impl, Key, Sample};
 
@@ -64,6 +65,8 @@ pub struct Report {
     pub flatness: Vec<Flatness>,
     pub ipc: Option<RoundTrip>,
     pub copy_engine: Option<CopyEngine>,
+    /// One device's copy engine pushing into a peer's VRAM (issue 17).
+    pub peer_copy: Option<PeerCopy>,
     pub random: Option<RandomAccess>,
     pub metadata: Option<Metadata>,
     /// Steps that could not produce a number.
@@ -212,6 +215,7 @@ impl Report {
             flatness,
             ipc: None,
             copy_engine: None,
+            peer_copy: None,
             random: None,
             metadata: None,
             errors: Vec::new(),

@@ -13,7 +13,7 @@ use super::random::{self, RandomConfig};
 use super::report::Report;
 use super::sample::{Impl, Sample};
 use super::uffd::Resolve;
-use super::{copy_engine, ipc, memcpy, metadata, BenchError};
+use super::{copy_engine, ipc, memcpy, metadata, peer_copy, BenchError};
 use crate::herd::{self, Mode};
 use crate::supervisor::{BootOptions, Clients, System};
 
@@ -139,6 +139,7 @@ struct Gathered {
     bad: u64,
     ipc: Option<ipc::RoundTrip>,
     engine: Option<copy_engine::CopyEngine>,
+    peer: Option<peer_copy::PeerCopy>,
     meta: Option<metadata::Metadata>,
     random: Option<random::RandomAccess>,
 }
@@ -167,7 +168,7 @@ impl Gathered {
 pub fn run(svm: &Path, cfg: &SuiteConfig) -> Report {
     let mut machine = Machine::now();
     let configs = configurations(cfg);
-    let progress = Progress::new(configs.len() as u64 * 4 + 5);
+    let progress = Progress::new(configs.len() as u64 * 4 + 6);
     let mut g = Gathered::default();
     on_one_system(svm, cfg, &configs, &progress, &mut g);
     progress.step("random 4 KiB GPU reads, oversubscribed".into());
@@ -182,6 +183,7 @@ pub fn run(svm: &Path, cfg: &SuiteConfig) -> Report {
     let mut report = Report::new(machine, Some(cfg.reps as u64), g.samples);
     report.ipc = g.ipc;
     report.copy_engine = g.engine;
+    report.peer_copy = g.peer;
     report.metadata = g.meta;
     report.random = g.random;
     report.errors = g.errors;
@@ -232,6 +234,9 @@ fn on_one_system(
     progress.done();
     progress.step("copy engine".into());
     g.engine = g.keep("copy engine", copy_engine::measure(), |c| c.bad_bytes);
+    progress.done();
+    progress.step("peer copy (two device models)".into());
+    g.peer = g.keep("peer copy", peer_copy::measure(), |c| c.bad_bytes);
     if let Some((s, c)) = system.take() {
         shutdown(s, c, &mut g.errors);
     }

@@ -116,6 +116,20 @@ fn singles(out: &mut String, r: &Report) {
             c.bad_bytes
         );
     }
+    if let Some(c) = &r.peer_copy {
+        let gbps = |us: f64| c.bytes as f64 / us / 1e3;
+        let _ = writeln!(
+            out,
+            "\n2 MiB VRAM -> peer VRAM: memcpy between the VRAM memfds {:.1} us ({:.2} GB/s) | \
+             peer push {:.1} us ({:.2} GB/s) | push/memcpy throughput {:.2} | bad bytes {}",
+            c.memcpy_us,
+            gbps(c.memcpy_us),
+            c.push_us,
+            gbps(c.push_us),
+            c.push_throughput_of_memcpy,
+            c.bad_bytes
+        );
+    }
     if let Some(x) = &r.random {
         let _ = writeln!(
             out,
