@@ -34,6 +34,37 @@ fn boot_check_starts_probes_and_stops() {
     );
 }
 
+/// Several GPUs (issue 17): `--gpus 4 --check` starts four device models
+/// and four GPU servers, and each probes its own device.
+#[test]
+fn boot_check_probes_four_gpus() {
+    let out = svm()
+        .args(["boot", "--gpus", "4", "--check", "--vram-mib", "32"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("device ready: 32 MiB VRAM").count(), 4, "{stdout}");
+    for gpu in 0..4 {
+        assert!(stdout.contains(&format!("GPU {gpu}: probe passed")), "{stdout}");
+    }
+    assert_eq!(stderr.matches("started xe-model (pid").count(), 4, "{stderr}");
+    assert_eq!(stderr.matches("started xe-svm (pid").count(), 4, "{stderr}");
+    assert!(stdout.contains("4 GPUs probed"), "{stdout}");
+}
+
+/// What several GPUs cannot do yet is refused with a reason, and a count
+/// past 8 is refused by the parser.
+#[test]
+fn a_boot_of_several_gpus_beyond_the_probe_is_refused() {
+    let out = svm().args(["boot", "--gpus", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("issue 17"));
+    let out = svm().args(["boot", "--gpus", "9", "--check"]).output().unwrap();
+    assert!(!out.status.success());
+}
+
 #[test]
 fn a_dead_server_is_reported() {
     let child = svm()

@@ -38,6 +38,10 @@ enum Cmd {
         /// Boot, let the GPU server probe the device, then stop.
         #[arg(long)]
         check: bool,
+        /// Devices, each with its own device model and GPU server (1 to
+        /// 8). Above 1, only `--check` runs today (several GPUs, issue 17).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+        gpus: u8,
     },
     /// Boot the system and run a workload on it.
     Run {
@@ -409,7 +413,16 @@ fn main() {
             )
             .map(|r| (r.line(), r.bad_words + r.child_bad))
         }),
-        Cmd::Boot { check } => boot(opts, check),
+        Cmd::Boot { check: true, gpus } if gpus > 1 => boot_check_gpus(opts, gpus),
+        Cmd::Boot { check, gpus } if gpus > 1 => {
+            let _ = check;
+            eprintln!(
+                "svm boot --gpus {gpus}: the servers drive one GPU today; \
+                 `--check` probes several (issue 17)"
+            );
+            2
+        }
+        Cmd::Boot { check, .. } => boot(opts, check),
         Cmd::Exec(args) => exec(opts, &args),
         Cmd::Conformance { suite } => conformance(opts, suite),
         Cmd::Qemu(args) => init::qemu::cli_main(&args),
@@ -554,6 +567,44 @@ fn boot(opts: BootOptions, check: bool) -> i32 {
         system.watch(&stop).map_err(|e| e.to_string())
     };
     finish(system, result)
+}
+
+/// `svm boot --gpus N --check`: N devices, each a device model and a GPU
+/// server that probes it, started together; every probe must pass.
+fn boot_check_gpus(opts: BootOptions, gpus: u8) -> i32 {
+    let opts = BootOptions {
+        probe_only: true,
+        ..opts
+    };
+    let mut systems = Vec::new();
+    for gpu in 0..gpus {
+        match System::boot(&opts) {
+            Ok((s, _)) => systems.push((gpu, s)),
+            Err(e) => {
+                eprintln!("svm: GPU {gpu}: boot failed: {e}");
+                break;
+            }
+        }
+    }
+    let mut failed = systems.len() != gpus as usize;
+    for (gpu, mut system) in systems {
+        let result = match system.wait_for("xe-svm", Duration::from_secs(60)) {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("GPU {gpu}: xe-svm probe failed: {status}")),
+            Err(e) => Err(format!("GPU {gpu}: {e}")),
+        };
+        match finish(system, result) {
+            0 => println!("svm: GPU {gpu}: probe passed"),
+            _ => failed = true,
+        }
+    }
+    match failed {
+        false => {
+            println!("svm: {gpus} GPUs probed");
+            0
+        }
+        true => 1,
+    }
 }
 
 fn finish(system: System, result: Result<(), String>) -> i32 {
