@@ -45,11 +45,22 @@ fn boot_check_probes_four_gpus() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert_eq!(stdout.matches("device ready: 32 MiB VRAM").count(), 4, "{stdout}");
+    assert_eq!(
+        stdout.matches("device ready: 32 MiB VRAM").count(),
+        4,
+        "{stdout}"
+    );
     for gpu in 0..4 {
-        assert!(stdout.contains(&format!("GPU {gpu}: probe passed")), "{stdout}");
+        assert!(
+            stdout.contains(&format!("GPU {gpu}: probe passed")),
+            "{stdout}"
+        );
     }
-    assert_eq!(stderr.matches("started xe-model (pid").count(), 4, "{stderr}");
+    assert_eq!(
+        stderr.matches("started xe-model (pid").count(),
+        4,
+        "{stderr}"
+    );
     assert_eq!(stderr.matches("started xe-svm (pid").count(), 4, "{stderr}");
     assert!(stdout.contains("4 GPUs probed"), "{stdout}");
 }
@@ -61,7 +72,10 @@ fn a_boot_of_several_gpus_beyond_the_probe_is_refused() {
     let out = svm().args(["boot", "--gpus", "2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("issue 17"));
-    let out = svm().args(["boot", "--gpus", "9", "--check"]).output().unwrap();
+    let out = svm()
+        .args(["boot", "--gpus", "9", "--check"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }
 

@@ -73,6 +73,8 @@ pub struct HostPlatform {
     /// The pager's `GpuNotify` requests in flight, counted from their read
     /// (`linux.rs` serves the endpoint through it; `frames.rs`).
     pub notify_fence: Arc<ReadFence>,
+    /// GPU ids whose VRAM this device has a peer window on (bit per id).
+    peer_windows: AtomicU32,
 }
 
 /// How long a restarted pager's first `Frames` waits for what its
@@ -97,6 +99,18 @@ impl HostPlatform {
             Some(off) if self.pool_dma > 0 => self.pool.read(off, buf),
             _ => self.dev.bar.vram().read(addr, buf),
         }
+    }
+
+    /// Maps GPU `gpu`'s VRAM memfd (`bytes`) as this device's peer window
+    /// on it (several GPUs, issue 17): `GpuNotify::PushToPeer` then pushes
+    /// there.
+    pub fn map_peer(&self, gpu: u8, vram: OwnedFd, bytes: u64) -> Result<(), hw::bar::BarError> {
+        if gpu == crate::server::GPU || u64::from(gpu) >= hw::xe::layout::PEERS {
+            return Err(hw::bar::BarError::Refused(hw::control::STATUS_BAD_SLOT));
+        }
+        self.dev.bar.peer_map(gpu, vram, bytes)?;
+        self.peer_windows.fetch_or(1 << gpu, Ordering::AcqRel);
+        Ok(())
     }
 
     /// A free DMA slot for an object.
@@ -154,6 +168,10 @@ impl Platform for HostPlatform {
     }
     fn zero_source(&self) -> u64 {
         self.zero_dma
+    }
+    fn peer_window(&self, gpu: u8) -> Option<u64> {
+        let mapped = self.peer_windows.load(Ordering::Acquire) & (1u32 << (gpu & 31)) != 0;
+        (gpu < 32 && mapped).then(|| hw::xe::layout::peer_address(gpu, 0))
     }
     fn collect(&self, c: Collect) -> Result<Collected, PortError> {
         let r = self.migrate.call(c);
@@ -378,6 +396,7 @@ impl GpuServer {
             zero_dma,
             _zero: zero,
             notify_fence: Arc::default(),
+            peer_windows: AtomicU32::new(0),
         };
         // A restarted server meets a compute engine that numbered its
         // predecessor's jobs: number on past them, or a wait for a new job
@@ -473,6 +492,18 @@ impl Handler<n::GpuNotify> for GpuServer {
                 let copied =
                     inner.migrate_to_ram(object.get(), first_page, &pages, staging_offset)?;
                 Ok((n::Reply::MigrateToRam(n::MigratedToRam { copied }), vec![]))
+            }
+            n::Request::PushToPeer(n::PushToPeer {
+                object,
+                first_page,
+                count: _,
+                pages,
+                to,
+                to_first_pfn,
+            }) => {
+                let pushed =
+                    inner.push_to_peer(object.get(), first_page, &pages, to.get(), to_first_pfn)?;
+                Ok((n::Reply::PushToPeer(n::Pushed { pushed }), vec![]))
             }
             n::Request::FreePages(n::FreePages {
                 object,

@@ -108,6 +108,13 @@ pub trait Platform: Send + Sync + 'static {
         true
     }
 
+    /// The device address of this device's peer window on GPU `gpu`'s
+    /// VRAM (several GPUs, issue 17), if one is mapped.
+    fn peer_window(&self, gpu: u8) -> Option<u64> {
+        let _ = gpu;
+        None
+    }
+
     /// Whether an mm-server is there to wait in.
     fn has_broker(&self) -> bool;
     /// Waits in mm-server for `bytes` of VRAM for `world` (rule 5: the

@@ -1223,39 +1223,83 @@ impl<P: Platform> Inner<P> {
         let (staging, list) = {
             let st = self.lock();
             let (dma, size) = st.staging.ok_or(NotifyError::NoStaging)?;
-            if staging_offset + 512 * PAGE > size {
-                return Err(NotifyError::NoStaging);
+            // A chunk's slot must lie inside the staging memfd.
+            match staging_offset.checked_add(512 * PAGE) {
+                Some(end) if end <= size => {}
+                _ => return Err(NotifyError::NoStaging),
             }
             let obj = st.objects.get(&object).ok_or(NotifyError::NoSuchObject)?;
-            let list: Vec<(usize, u64)> = pages
-                .iter()
-                .filter_map(|i| obj.frame(first + i as u64).map(|pfn| (i, pfn)))
-                .collect();
-            (dma + staging_offset, list)
+            (dma + staging_offset, frames_of(obj, first, pages))
         };
-        // Runs of pages whose frames are consecutive make one copy each.
-        let mut copies: Vec<(u64, u64, u64)> = Vec::new();
-        for &(i, pfn) in &list {
-            let dst = staging + i as u64 * PAGE;
-            match copies.last_mut() {
-                Some((s, d, len)) if *s + *len == pfn * PAGE && *d + *len == dst => *len += PAGE,
-                _ => copies.push((pfn * PAGE, dst, PAGE)),
-            }
-        }
         let started = std::time::Instant::now();
-        if !self.hw.copy(&copies).map_err(|_| NotifyError::CopyFailed)? {
-            return Err(NotifyError::CopyFailed);
-        }
+        let copied = self.copy_frames(&list, |i| staging + i as u64 * PAGE)?;
         let took = micros(started);
-        let mut copied = PageMask::EMPTY;
-        for &(i, _) in &list {
-            copied.set(i);
-        }
         self.counters
             .pages_to_ram
             .fetch_add(copied.count() as u64, Ordering::Relaxed);
         if !copied.is_empty() {
             self.counters.by_size.to_ram(copied.count() as u64, took);
+        }
+        Ok(copied)
+    }
+
+    /// `GpuNotify::PushToPeer` (several GPUs, issue 17): pushes the `pages`
+    /// of the chunk this GPU holds into GPU `to`'s VRAM at frames
+    /// `to_first_pfn + i`, through this device's peer window on `to`; the
+    /// pages keep their frames here until `FreePages`, as
+    /// `migrate_to_ram`'s do. The pager unmapped them first (`Invalidate`,
+    /// rule 8) and holds their locks. Pages this GPU holds no frame for are
+    /// not pushed.
+    pub fn push_to_peer(
+        &self,
+        object: u32,
+        first: u64,
+        pages: &PageMask,
+        to: u8,
+        to_first_pfn: u64,
+    ) -> Result<PageMask, NotifyError> {
+        let window = (to != GPU)
+            .then(|| self.hw.peer_window(to))
+            .flatten()
+            .ok_or(NotifyError::NoPeer)?;
+        // Every frame the chunk can name must have an address (the device
+        // refuses a copy past the peer's VRAM).
+        let dst_base = to_first_pfn
+            .checked_add(511)
+            .and_then(|last| last.checked_mul(PAGE))
+            .and_then(|last| window.checked_add(last))
+            .map(|_| window + to_first_pfn * PAGE)
+            .ok_or(NotifyError::BadRange)?;
+        let list = {
+            let st = self.lock();
+            let obj = st.objects.get(&object).ok_or(NotifyError::NoSuchObject)?;
+            frames_of(obj, first, pages)
+        };
+        self.copy_frames(&list, |i| dst_base + i as u64 * PAGE)
+    }
+
+    /// Copies each listed page (its index in the chunk, its frame here) to
+    /// `dst(index)`, runs of consecutive frames and destinations as one copy
+    /// each; the pages copied.
+    fn copy_frames(
+        &self,
+        list: &[(usize, u64)],
+        dst: impl Fn(usize) -> u64,
+    ) -> Result<PageMask, NotifyError> {
+        let mut copies: Vec<(u64, u64, u64)> = Vec::new();
+        for &(i, pfn) in list {
+            let to = dst(i);
+            match copies.last_mut() {
+                Some((s, d, len)) if *s + *len == pfn * PAGE && *d + *len == to => *len += PAGE,
+                _ => copies.push((pfn * PAGE, to, PAGE)),
+            }
+        }
+        if !self.hw.copy(&copies).map_err(|_| NotifyError::CopyFailed)? {
+            return Err(NotifyError::CopyFailed);
+        }
+        let mut copied = PageMask::EMPTY;
+        for &(i, _) in list {
+            copied.set(i);
         }
         Ok(copied)
     }
@@ -1313,4 +1357,12 @@ impl<P: Platform> Drop for Migrating<'_, P> {
 /// Microseconds since `t` (saturating).
 fn micros(t: std::time::Instant) -> u64 {
     u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The chunk's `pages` of `obj` that hold a frame here: (index, frame).
+fn frames_of(obj: &ObjectState, first: u64, pages: &PageMask) -> Vec<(usize, u64)> {
+    pages
+        .iter()
+        .filter_map(|i| obj.frame(first + i as u64).map(|pfn| (i, pfn)))
+        .collect()
 }

@@ -41,6 +41,27 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// Several GPUs (issue 17): push the `pages` of the chunk from this
+    /// GPU's VRAM into GPU `to`'s, at frames `to_first_pfn + i`, with this
+    /// device's copy engine through its peer window on `to`. The pager
+    /// unmapped them first (`Invalidate`, rule 8) and holds their locks;
+    /// the pages keep their frames here until `FreePages`, as
+    /// `MigrateToRam`'s do.
+    pub struct PushToPeer {
+        pub object: ObjectId,
+        pub first_page: u64,
+        pub count: PageCount,
+        pub pages: PageMask,
+        pub to: GpuId,
+        pub to_first_pfn: u64,
+    }
+);
+wire_struct!(
+    pub struct Pushed {
+        pub pushed: PageMask,
+    }
+);
+wire_struct!(
     /// Drop the VRAM references of pages no view reaches any more.
     pub struct FreePages {
         pub object: ObjectId,
@@ -172,6 +193,9 @@ interface! {
         NoStaging = 4,
         /// A page range that wraps.
         BadRange = 5,
+        /// No peer window on that GPU (this GPU itself, or a peer whose
+        /// VRAM was never mapped).
+        NoPeer = 6,
     }
     calls {
         1 => Invalidate [0] -> Invalidated [0] needs NOTIFY, idempotent;
@@ -183,6 +207,7 @@ interface! {
         7 => ViewPart [0] -> Copied [0] needs NOTIFY, idempotent;
         8 => ViewGrown [0] -> Copied [0] needs NOTIFY, idempotent;
         9 => Frames [0] -> FrameRuns [0] needs NOTIFY, idempotent;
+        10 => PushToPeer [0] -> Pushed [0] needs NOTIFY;
     }
     notifications {}
 }

@@ -1,0 +1,158 @@
+//! `GpuNotify::PushToPeer` (several GPUs, issue 17): the source GPU server
+//! pushes pages from its VRAM into a peer's with its own copy engine,
+//! through its device's peer window, and keeps its frames until
+//! `FreePages`. Two GPU servers, each over its own device model; every
+//! word of every pushed page is checked in the peer's VRAM.
+
+mod common;
+
+use common::{World, PAGE};
+use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
+use ipc_protocol::server::Handler;
+use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask};
+use ipc_protocol::{Capability, Rights};
+
+const CLIENT: u64 = 7;
+const VIEW: u32 = 3;
+const PAGES: u64 = 8;
+/// Where the pages land in the peer's VRAM.
+const TO_PFN: u64 = 1000;
+
+fn notify(w: &World, req: n::Request) -> Result<n::Reply, NotifyError> {
+    let pager = Capability::new(1, Rights::NOTIFY);
+    Handler::<n::GpuNotify>::handle(&w.server, &pager, req, vec![]).map(|(r, _)| r)
+}
+
+/// The GPU touches `PAGES` pages of the view, so they sit in its VRAM
+/// (with the rest of their chunk); each then gets its own pattern. Returns
+/// the pages' frames.
+fn pages_in_vram(w: &World) -> Vec<u64> {
+    let vm = w.create_vm(CLIENT).unwrap().vm.get();
+    w.bind(CLIENT, vm, VIEW, 0x4000_0000);
+    let job = w.touch(CLIENT, vm, 0x4000_0000, PAGES * PAGE).unwrap();
+    assert!(w.wait(CLIENT, job, 10_000).unwrap().faults > 0);
+    let runs = w.server.inner.frames(0, 0);
+    let mut frames = vec![0; PAGES as usize];
+    for r in runs.runs.as_slice() {
+        for k in 0..r.pages as u64 {
+            if let Some(f) = frames.get_mut((r.first_page + k) as usize) {
+                *f = r.first_pfn + k;
+            }
+        }
+    }
+    let vram = w.server.inner.hw.dev.bar.vram();
+    for (p, pfn) in frames.iter().enumerate() {
+        assert!(vram.write(pfn * PAGE, &page_pattern(p)));
+    }
+    frames
+}
+
+fn page_pattern(p: usize) -> Vec<u8> {
+    (0..PAGE as usize)
+        .map(|i| (i * 7 + p * 131 + i / 512) as u8)
+        .collect()
+}
+
+fn push(w: &World, pages: PageMask, to: u8) -> Result<n::Reply, NotifyError> {
+    notify(
+        w,
+        n::Request::PushToPeer(n::PushToPeer {
+            object: ObjectId::raw(VIEW),
+            first_page: 0,
+            count: PageCount::new(PAGES as u16).unwrap(),
+            pages,
+            to: GpuId::new(to).unwrap(),
+            to_first_pfn: TO_PFN,
+        }),
+    )
+}
+
+#[test]
+fn the_source_pushes_its_pages_into_the_peers_vram() {
+    let (source, peer) = (
+        World::new(common::budget("")),
+        World::new(common::budget("")),
+    );
+    let frames = pages_in_vram(&source);
+    // No window yet: refused, nothing written.
+    assert_eq!(
+        push(&source, PageMask::first(8), 1).err(),
+        Some(NotifyError::NoPeer)
+    );
+    let fd = peer.server.inner.hw.dev.bar.vram().dup_fd().unwrap();
+    let bytes = peer.server.inner.hw.dev.bar.vram_bytes();
+    source.server.inner.hw.map_peer(1, fd, bytes).unwrap();
+    // Pages 1..7 but 4.
+    let mut pages = PageMask::EMPTY;
+    for p in (1..8).filter(|&p| p != 4) {
+        pages.set(p);
+    }
+    match push(&source, pages, 1) {
+        Ok(n::Reply::PushToPeer(n::Pushed { pushed })) => assert_eq!(pushed, pages),
+        r => panic!("unexpected {r:?}"),
+    }
+    let landed = peer.server.inner.hw.dev.bar.vram();
+    for p in 0..PAGES as usize {
+        let mut got = vec![0u8; PAGE as usize];
+        assert!(landed.read((TO_PFN + p as u64) * PAGE, &mut got));
+        if pages.get(p) {
+            assert!(
+                got == page_pattern(p),
+                "page {p} differs in the peer's VRAM"
+            );
+        } else {
+            assert!(got.iter().all(|&b| b == 0), "page {p} was not to be pushed");
+        }
+    }
+    // The source keeps its frames (the pager frees them with FreePages).
+    let vram = source.server.inner.hw.dev.bar.vram();
+    for (p, pfn) in frames.iter().enumerate() {
+        let mut kept = vec![0u8; PAGE as usize];
+        assert!(vram.read(pfn * PAGE, &mut kept) && kept == page_pattern(p));
+    }
+    let runs = source.server.inner.frames(0, 0);
+    let held: u64 = runs.runs.as_slice().iter().map(|r| r.pages as u64).sum();
+    assert!(held >= PAGES, "{held} frames held");
+}
+
+#[test]
+fn a_push_to_itself_or_past_the_window_is_refused() {
+    let (source, peer) = (
+        World::new(common::budget("")),
+        World::new(common::budget("")),
+    );
+    pages_in_vram(&source);
+    let fd = peer.server.inner.hw.dev.bar.vram().dup_fd().unwrap();
+    let bytes = peer.server.inner.hw.dev.bar.vram_bytes();
+    source.server.inner.hw.map_peer(1, fd, bytes).unwrap();
+    // GPU 0 is the source itself; GPU 15 has no window.
+    for to in [0, 15] {
+        assert_eq!(
+            push(&source, PageMask::first(8), to).err(),
+            Some(NotifyError::NoPeer)
+        );
+    }
+    // Frames past the peer's VRAM: the copy is refused whole.
+    let far = n::Request::PushToPeer(n::PushToPeer {
+        object: ObjectId::raw(VIEW),
+        first_page: 0,
+        count: PageCount::new(8).unwrap(),
+        pages: PageMask::first(8),
+        to: GpuId::new(1).unwrap(),
+        to_first_pfn: bytes / PAGE - 4,
+    });
+    assert_eq!(notify(&source, far).err(), Some(NotifyError::CopyFailed));
+    // A frame number whose address wraps.
+    let wraps = n::Request::PushToPeer(n::PushToPeer {
+        object: ObjectId::raw(VIEW),
+        first_page: 0,
+        count: PageCount::new(8).unwrap(),
+        pages: PageMask::first(8),
+        to: GpuId::new(1).unwrap(),
+        to_first_pfn: u64::MAX / PAGE,
+    });
+    assert_eq!(notify(&source, wraps).err(), Some(NotifyError::BadRange));
+    // The peer's map of its own GPU id is refused.
+    let fd = peer.server.inner.hw.dev.bar.vram().dup_fd().unwrap();
+    assert!(source.server.inner.hw.map_peer(0, fd, bytes).is_err());
+}
