@@ -489,10 +489,19 @@ pub fn release_collect(
     r.map_err(FaultError::Backend)
 }
 
+/// What a finalize did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finalized {
+    /// Pages now DEVICE on the collecting GPU.
+    pub device: PageMask,
+    /// Pages that went back to the state they were collected in.
+    pub returned: u32,
+}
+
 /// Finalize: each collected page by its own result. `migrated` pages become
 /// DEVICE on `gpu` at `first_pfn + i` (a peer page once its source pushed
-/// it there); the others return to the state they were collected in.
-/// Returns (pages now DEVICE, pages returned).
+/// it there; a RAM page once its RAM copies are dropped); the others
+/// return to the state they were collected in.
 pub fn finalize(
     table: &PageTable,
     backend: &dyn Backend,
@@ -501,7 +510,7 @@ pub fn finalize(
     migrated: &PageMask,
     gpu: u8,
     first_pfn: u64,
-) -> Result<(u32, u32), FaultError> {
+) -> Result<Finalized, FaultError> {
     let peers = PeerPush::run(table, backend, chunk, c, migrated, gpu, first_pfn)?;
     let moved = c.got.and(migrated).and_not(&peers.unlanded());
     let stay = c.got.and_not(&moved);
@@ -538,9 +547,11 @@ pub fn finalize(
     if !peers.landed.is_empty() {
         backend.free_peer_frames(chunk, &peers.landed, &peers.from);
     }
+    let mut device = PageMask::EMPTY;
     for (i, p) in chunk.pages() {
         if c.peer.get(i) {
             let now = if moved.get(i) {
+                device.set(i);
                 Residency::Device {
                     gpu,
                     pfn: first_pfn + i as u64,
@@ -551,6 +562,7 @@ pub fn finalize(
             table.unlock(p, now)?;
         } else if moved.get(i) {
             let now = if drop_result.is_ok() || c.zero.get(i) {
+                device.set(i);
                 Residency::Device {
                     gpu,
                     pfn: first_pfn + i as u64,
@@ -573,7 +585,10 @@ pub fn finalize(
     drop_result
         .and(unprotect_result)
         .map_err(FaultError::Backend)?;
-    Ok((moved.count(), stay.count()))
+    Ok(Finalized {
+        device,
+        returned: stay.count(),
+    })
 }
 
 /// The peer half of a finalize: where the collected peer pages were, and

@@ -202,8 +202,9 @@ fn rule4_collect_takes_what_it_gets_and_finalize_is_per_page() {
     for i in 100..200 {
         migrated.clear(i);
     }
-    let (device, returned) = finalize(&t, &b, chunk, &c, &migrated, 1, 1000).unwrap();
-    assert_eq!((device, returned), (411, 100));
+    let done = finalize(&t, &b, chunk, &c, &migrated, 1, 1000).unwrap();
+    assert_eq!((done.device, done.returned), (migrated, 100));
+    assert_eq!(done.device.count(), 411);
     assert_eq!(
         t.info(0).unwrap().residency,
         Residency::Device { gpu: 1, pfn: 1000 }

@@ -874,13 +874,17 @@ impl SimPager {
     }
 
     /// `PagerMigrate::Finalize` from the GPU server: whether it was taken.
-    pub fn finalize(&self, f: m::Finalize) -> Result<bool, Restarted> {
+    /// `PagerMigrate::Finalize`: the pages now in the GPU's VRAM, `None`
+    /// if refused.
+    pub fn finalize(&self, f: m::Finalize) -> Result<Option<PageMask>, Restarted> {
         self.call(false, move |g| {
-            matches!(
-                g.core
-                    .migrate_request(&g.gpu_session(), m::Request::Finalize(f)),
-                Ok((m::Reply::Finalize(_), _))
-            )
+            match g
+                .core
+                .migrate_request(&g.gpu_session(), m::Request::Finalize(f))
+            {
+                Ok((m::Reply::Finalize(done), _)) => Some(done.device_pages),
+                _ => None,
+            }
         })
     }
 

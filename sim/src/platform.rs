@@ -15,7 +15,7 @@ use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{
     Collect, Collected, Finalize, Resident, ResidentRuns,
 };
-use ipc_protocol::types::World;
+use ipc_protocol::types::{PageMask, World};
 use mm_server::broker::Broker;
 use mm_server::evictor::{run_pass, PeerError, VramFigures, Worlds};
 use shuttle::sync::{Arc, Mutex, Weak};
@@ -116,17 +116,17 @@ impl Platform for SimPlatform {
         let r = self.pager.collect(c);
         self.answered(r)
     }
-    fn finalize(&self, f: Finalize) -> Result<(), FinalizeError> {
+    fn finalize(&self, f: Finalize) -> Result<PageMask, FinalizeError> {
         if self.live().is_err() {
             // Never sent: nobody will finalize that collect (the next
             // generation's `Resident` undoes it).
             return Err(FinalizeError::Unanswered);
         }
         match self.pager.finalize(f) {
-            Ok(true) => Ok(()),
+            Ok(Some(device)) => Ok(device),
             // The simulated calls have no deadline: a refusal, or a pager
             // killed before it answered, never an unanswered one.
-            Ok(false) => Err(FinalizeError::Refused),
+            Ok(None) => Err(FinalizeError::Refused),
             Err(Restarted) => Err(FinalizeError::Restarted),
         }
     }

@@ -23,7 +23,7 @@ use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve
 use ipc_protocol::read_fence::ReadFence;
 use ipc_protocol::server::Handler;
 use ipc_protocol::transport::TransportError;
-use ipc_protocol::types::{BoId, JobId, MemoryKind, VmId, World};
+use ipc_protocol::types::{BoId, JobId, MemoryKind, PageMask, VmId, World};
 use ipc_protocol::wire::BoundedVec;
 use ipc_protocol::Capability;
 
@@ -195,8 +195,8 @@ impl Platform for HostPlatform {
             .generation()
             .max(self.pager_told.load(Ordering::Acquire))
     }
-    fn finalize(&self, f: Finalize) -> Result<(), FinalizeError> {
-        self.migrate.call(f).map(|_| ()).map_err(|e| {
+    fn finalize(&self, f: Finalize) -> Result<PageMask, FinalizeError> {
+        self.migrate.call(f).map(|r| r.device_pages).map_err(|e| {
             log::warn!("xe-svm: finalize: {e}");
             match e {
                 CallError::Transport(TransportError::TimedOut) => FinalizeError::Unanswered,

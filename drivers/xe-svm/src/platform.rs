@@ -11,7 +11,7 @@ use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{
     Collect, Collected, Finalize, Resident, ResidentRuns,
 };
-use ipc_protocol::types::World;
+use ipc_protocol::types::{PageMask, World};
 
 /// A call to the pager that got no answer or an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,8 @@ pub trait Platform: Send + Sync + 'static {
     /// `PagerMigrate::Collect` (rule 9: called with no lock of ours held).
     fn collect(&self, c: Collect) -> Result<Collected, PortError>;
     /// `PagerMigrate::Finalize`.
-    fn finalize(&self, f: Finalize) -> Result<(), FinalizeError>;
+    /// The pages of the chunk now in our VRAM (`Finalized.device_pages`).
+    fn finalize(&self, f: Finalize) -> Result<PageMask, FinalizeError>;
     /// `PagerMigrate::Resident`: one page of the runs the pager records in
     /// our VRAM (a restarted server's take-over, `restart.rs`).
     fn resident(&self, r: Resident) -> Result<ResidentRuns, PortError>;

@@ -948,14 +948,17 @@ impl<P: Platform> Inner<P> {
                 Some(block) => {
                     let mut copies = Vec::new();
                     let mut i = 0usize;
+                    // A peer page gets its frame but no copy: its source
+                    // pushes it there at finalize (several GPUs).
+                    let copying = moving.and_not(&c.peer);
                     while i < count as usize {
-                        if !moving.get(i) {
+                        if !copying.get(i) {
                             i += 1;
                             continue;
                         }
                         let zero = c.zero.get(i);
                         let start = i;
-                        while i < count as usize && moving.get(i) && c.zero.get(i) == zero {
+                        while i < count as usize && copying.get(i) && c.zero.get(i) == zero {
                             i += 1;
                         }
                         let len = (i - start) as u64 * PAGE;
@@ -1009,6 +1012,12 @@ impl<P: Platform> Inner<P> {
                 migrated,
             };
             let finalized = self.hw.finalize(f);
+            if let Ok(device) = finalized {
+                // A page the pager did not make ours (a peer's push that
+                // did not land) gives its frame back and is not mapped.
+                self.give_back_frames(object, first, &migrated.and_not(&device));
+                migrated = migrated.and(&device);
+            }
             if finalized == Err(FinalizeError::Restarted) {
                 log::warn!("xe-svm: the pager restarted during a finalize; the fault replays");
                 return true;
@@ -1068,9 +1077,11 @@ impl<P: Platform> Inner<P> {
         // frame is gone since (its object's end freed it, or the pager
         // took it back): the pager's state for it is not a system page,
         // so it is left unmapped and the device faults on it again.
+        // Not a peer page that stayed with its source: it is in VRAM there.
         let not_migrated = c
             .got
             .and_not(&migrated)
+            .and_not(&c.peer)
             .iter()
             .filter(|i| obj.frame(first + *i as u64).is_none())
             .collect::<Vec<_>>();
@@ -1241,6 +1252,21 @@ impl<P: Platform> Inner<P> {
             self.counters.by_size.to_ram(copied.count() as u64, took);
         }
         Ok(copied)
+    }
+
+    /// Gives back the frames the chunk's `pages` of `object` hold here.
+    fn give_back_frames(&self, object: u32, first: u64, pages: &PageMask) {
+        if pages.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        if let Some(obj) = st.objects.get_mut(&object) {
+            for i in pages.iter() {
+                if let Some(pfn) = obj.take_frame(first + i as u64) {
+                    let _ = self.vram.release_page(pfn);
+                }
+            }
+        }
     }
 
     /// `GpuNotify::PushToPeer` (several GPUs, issue 17): pushes the `pages`

@@ -156,3 +156,44 @@ fn a_push_to_itself_or_past_the_window_is_refused() {
     let fd = peer.server.inner.hw.dev.bar.vram().dup_fd().unwrap();
     assert!(source.server.inner.hw.map_peer(0, fd, bytes).is_err());
 }
+
+/// The collecting side: a fault on pages in a peer's VRAM gives them
+/// frames but copies nothing from RAM (their source pushes them at
+/// finalize), and a page whose push did not land gives its frame back and
+/// is not mapped, so the access faults again; nothing leaks.
+#[test]
+fn a_fault_on_peer_pages_copies_nothing_and_gives_back_what_did_not_land() {
+    let w = World::new(common::budget(""));
+    w.pager.peer_objects.lock().unwrap().push(VIEW);
+    w.pager.unlanded.lock().unwrap().push(2);
+    let vm = w.create_vm(CLIENT).unwrap().vm.get();
+    w.bind(CLIENT, vm, VIEW, 0x4000_0000);
+    // What a copy from RAM would bring: a pattern in every word.
+    let ram = w.pager.memfds.lock().unwrap()[0].dup_fd().unwrap();
+    let words = vec![0x5au8; (PAGES * PAGE) as usize];
+    rustix::io::pwrite(&ram, &words, 0).unwrap();
+    let job = w.touch(CLIENT, vm, 0x4000_0000, PAGES * PAGE).unwrap();
+    let done = w.wait(CLIENT, job, 10_000).unwrap();
+    assert_eq!(done.status, ipc_protocol::types::JobStatus::Completed);
+    let finalized = w.pager.finalized.lock().unwrap().clone();
+    assert!(
+        finalized.len() >= 2,
+        "page 2 faulted again: {}",
+        finalized.len()
+    );
+    // Every frame held is a page's: one chunk, nothing leaked.
+    let runs = w.server.inner.frames(0, 0);
+    let held: u64 = runs.runs.as_slice().iter().map(|r| r.pages as u64).sum();
+    assert_eq!(held, 512);
+    let vram = w.server.inner.hw.dev.bar.vram();
+    for r in runs.runs.as_slice() {
+        for k in 0..r.pages.min(PAGES as u32) as u64 {
+            let mut page = vec![0u8; PAGE as usize];
+            assert!(vram.read((r.first_pfn + k) * PAGE, &mut page));
+            assert!(
+                page[8..].iter().all(|&b| b != 0x5a),
+                "page {k} was copied from RAM"
+            );
+        }
+    }
+}

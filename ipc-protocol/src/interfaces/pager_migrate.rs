@@ -66,7 +66,10 @@ wire_struct!(
     /// reaches them; or their region is held against thrashing).
     /// `cpu_atomics`: pages of the chunk whose atomics policy is CPU-only
     /// (`Advice::AtomicCpu`): the GPU maps them without atomics, so a GPU
-    /// atomic there faults and is refused.
+    /// atomic there faults and is refused. `peer`: pages of `got` in
+    /// another GPU's VRAM (several GPUs, issue 17): the GPU gives them
+    /// frames but copies nothing; at finalize their source pushes them
+    /// there (`GpuNotify::PushToPeer`).
     pub struct Collected {
         pub seq: Seq,
         pub got: PageMask,
@@ -74,6 +77,7 @@ wire_struct!(
         pub device: PageMask,
         pub remote: PageMask,
         pub cpu_atomics: PageMask,
+        pub peer: PageMask,
     }
 );
 wire_struct!(
@@ -92,9 +96,13 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// `device_pages`: the pages of the chunk now in this GPU's VRAM (a
+    /// page whose RAM copy could not be dropped, or a peer page whose push
+    /// did not land, is not, and its frame is the GPU's to give back).
     pub struct Finalized {
         pub device: u16,
         pub returned: u16,
+        pub device_pages: PageMask,
     }
 );
 

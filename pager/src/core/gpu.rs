@@ -178,6 +178,7 @@ impl<R: Runtime> Core<R> {
                     .and(&got.got),
             ),
             cpu_atomics: super::advice::cpu_atomic_pages(&o, chunk),
+            peer: got.peer,
         };
         if got.got.is_empty() {
             g.unreserve_collect();
@@ -229,6 +230,7 @@ impl<R: Runtime> Core<R> {
             return Ok(m::Finalized {
                 device: 0,
                 returned: 0,
+                device_pages: PageMask::EMPTY,
             });
         }
         let taken = g
@@ -246,10 +248,11 @@ impl<R: Runtime> Core<R> {
             f.vram_first_pfn,
         );
         g.unreserve_collect();
-        let (device, returned) = r.map_err(|_| E::Host)?;
+        let done = r.map_err(|_| E::Host)?;
         Ok(m::Finalized {
-            device: device as u16,
-            returned: returned as u16,
+            device: done.device.count() as u16,
+            returned: done.returned as u16,
+            device_pages: done.device,
         })
     }
 }

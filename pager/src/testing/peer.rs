@@ -78,6 +78,17 @@ pub struct PeerModel {
     /// Pages pushed GPU to GPU, and copied VRAM to RAM.
     pub pushes: AtomicU64,
     pub to_ram: AtomicU64,
+    /// A directed schedule for [`Design::PerRangeLock`] on real threads: a
+    /// CPU fault holding its pages and a GPU migration holding the range
+    /// meet here once, before either goes on ([`PeerModel::meet_once`]).
+    meeting: Option<std::sync::Arc<Meeting>>,
+}
+
+/// Where the two sides of a directed schedule meet, each once.
+struct Meeting {
+    both: std::sync::Barrier,
+    cpu_met: core::sync::atomic::AtomicBool,
+    gpu_met: core::sync::atomic::AtomicBool,
 }
 
 impl PeerModel {
@@ -106,6 +117,7 @@ impl PeerModel {
             range: Mutex::new(()),
             pushes: AtomicU64::new(0),
             to_ram: AtomicU64::new(0),
+            meeting: None,
         };
         let t = PageTable::new(pages);
         for p in 0..pages {
@@ -128,6 +140,27 @@ impl PeerModel {
             t.unlock(p, now).expect("seeding a page");
         }
         (t, m)
+    }
+
+    /// Forces the schedule of the rejected design's deadlock (real threads
+    /// only): the first CPU fault that holds its pages and the first GPU
+    /// migration that holds the range wait for each other once, then go on.
+    pub fn meet_once(mut self) -> Self {
+        self.meeting = Some(std::sync::Arc::new(Meeting {
+            both: std::sync::Barrier::new(2),
+            cpu_met: false.into(),
+            gpu_met: false.into(),
+        }));
+        self
+    }
+
+    /// One side's arrival at the meeting, the first time only.
+    fn meet(&self, cpu: bool) {
+        let Some(m) = &self.meeting else { return };
+        let met = if cpu { &m.cpu_met } else { &m.gpu_met };
+        if !met.swap(true, core::sync::atomic::Ordering::AcqRel) {
+            m.both.wait();
+        }
     }
 
     fn frame(&self, gpu: u8, pfn: u64) -> usize {
@@ -182,6 +215,7 @@ impl PeerModel {
                 _range = self
                     .take_range()
                     .ok_or(FaultError::Backend(BackendError::Gpu))?;
+                self.meet(false);
                 self.collect_whole_range(t, gpu)?
             }
         };
@@ -244,11 +278,8 @@ impl PeerModel {
             }
         }
         // Every push lands and every RAM page moves in this model.
-        let all = c.got.count();
-        assert_eq!(
-            finalize(t, self, chunk, c, &c.got, gpu, chunk.first as u64)?,
-            (all, 0)
-        );
+        let done = finalize(t, self, chunk, c, &c.got, gpu, chunk.first as u64)?;
+        assert_eq!((done.device, done.returned), (c.got, 0));
         Ok(())
     }
 
@@ -366,7 +397,10 @@ impl Backend for PeerModel {
         // The rejected design: the fault handler locks the range while it
         // holds its page.
         let _range = match self.design {
-            Design::PerRangeLock => Some(self.take_range().ok_or(BackendError::Gpu)?),
+            Design::PerRangeLock => {
+                self.meet(true);
+                Some(self.take_range().ok_or(BackendError::Gpu)?)
+            }
             Design::Rules => None,
         };
         for (i, p) in chunk.pages() {

@@ -97,6 +97,8 @@ impl Handler<n::GpuNotify> for TestGpu {
                 );
                 Ok((n::Reply::MigrateToRam(n::MigratedToRam { copied }), vec![]))
             }
+            // One GPU: no peer to push to.
+            n::Request::PushToPeer(_) => Err(n::NotifyError::NoPeer),
             n::Request::FreePages(f) => {
                 let mut vram = self.vram.lock().unwrap();
                 let mut freed = 0;

@@ -41,6 +41,14 @@ pub struct FakePager {
     pub resident: Mutex<Vec<m::ResidentRun>>,
     /// Views of an object other than their own number (a moved view).
     pub view_objects: Mutex<std::collections::BTreeMap<u32, u32>>,
+    /// Objects whose pages sit in another GPU's VRAM: every collected page
+    /// is a peer page (several GPUs, issue 17).
+    pub peer_objects: Mutex<Vec<u32>>,
+    /// Pages whose next finalize does not make them ours (a push that did
+    /// not land), each once.
+    pub unlanded: Mutex<Vec<u64>>,
+    /// Every finalize's `migrated` mask, in order.
+    pub finalized: Mutex<Vec<PageMask>>,
 }
 
 impl FakePager {
@@ -96,23 +104,36 @@ impl Handler<PagerMigrate> for FakePager {
                 }
                 let n = c.count.get() as usize;
                 let all = PageMask::first(n);
+                let peer = self.peer_objects.lock().unwrap().contains(&c.object.get());
                 let got = m::Collected {
                     seq: Seq::raw(0),
                     got: all,
-                    zero: all,
+                    zero: if peer { PageMask::EMPTY } else { all },
                     device: PageMask::EMPTY,
                     remote: PageMask::EMPTY,
                     cpu_atomics: PageMask::EMPTY,
+                    peer: if peer { all } else { PageMask::EMPTY },
                 };
                 Ok((m::Reply::Collect(got), vec![]))
             }
-            m::Request::Finalize(f) => Ok((
-                m::Reply::Finalize(m::Finalized {
-                    device: f.migrated.count() as u16,
-                    returned: 0,
-                }),
-                vec![],
-            )),
+            m::Request::Finalize(f) => {
+                self.finalized.lock().unwrap().push(f.migrated);
+                let mut device = f.migrated;
+                self.unlanded.lock().unwrap().retain(|&p| {
+                    let i = p.wrapping_sub(f.first_page);
+                    let here = i < f.count.get() as u64 && device.get(i as usize);
+                    if here {
+                        device.clear(i as usize);
+                    }
+                    !here
+                });
+                let done = m::Finalized {
+                    device: device.count() as u16,
+                    returned: (f.got.count() - device.count()) as u16,
+                    device_pages: device,
+                };
+                Ok((m::Reply::Finalize(done), vec![]))
+            }
         }
     }
 }
