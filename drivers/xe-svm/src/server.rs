@@ -1015,7 +1015,10 @@ impl<P: Platform> Inner<P> {
             if let Ok(device) = finalized {
                 // A page the pager did not make ours (a peer's push that
                 // did not land) gives its frame back and is not mapped.
-                self.give_back_frames(object, first, &migrated.and_not(&device));
+                let lost = migrated.and_not(&device);
+                if !lost.is_empty() {
+                    self.give_back_frames(&mut self.lock(), object, first, &lost);
+                }
                 migrated = migrated.and(&device);
             }
             if finalized == Err(FinalizeError::Restarted) {
@@ -1036,13 +1039,7 @@ impl<P: Platform> Inner<P> {
                 // keep frames no page names.
                 log::warn!("xe-svm: finalize failed; dropping the copies");
                 let mut st = self.lock();
-                if let Some(obj) = st.objects.get_mut(&object) {
-                    for i in migrated.iter() {
-                        if let Some(pfn) = obj.take_frame(first + i as u64) {
-                            let _ = self.vram.release_page(pfn);
-                        }
-                    }
-                }
+                self.give_back_frames(&mut st, object, first, &migrated);
                 self.drop_object_if_unused(&mut st, object);
                 drop(st);
                 self.report_usage();
@@ -1255,11 +1252,13 @@ impl<P: Platform> Inner<P> {
     }
 
     /// Gives back the frames the chunk's `pages` of `object` hold here.
-    fn give_back_frames(&self, object: u32, first: u64, pages: &PageMask) {
-        if pages.is_empty() {
-            return;
-        }
-        let mut st = self.lock();
+    fn give_back_frames(
+        &self,
+        st: &mut State<P::Tables>,
+        object: u32,
+        first: u64,
+        pages: &PageMask,
+    ) {
         if let Some(obj) = st.objects.get_mut(&object) {
             for i in pages.iter() {
                 if let Some(pfn) = obj.take_frame(first + i as u64) {
@@ -1386,9 +1385,13 @@ fn micros(t: std::time::Instant) -> u64 {
 }
 
 /// The chunk's `pages` of `obj` that hold a frame here: (index, frame).
+/// The pager's `first` is checked: a page past `u64` holds none.
 fn frames_of(obj: &ObjectState, first: u64, pages: &PageMask) -> Vec<(usize, u64)> {
     pages
         .iter()
-        .filter_map(|i| obj.frame(first + i as u64).map(|pfn| (i, pfn)))
+        .filter_map(|i| {
+            let page = first.checked_add(i as u64)?;
+            obj.frame(page).map(|pfn| (i, pfn))
+        })
         .collect()
 }

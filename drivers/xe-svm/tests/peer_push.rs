@@ -152,6 +152,19 @@ fn a_push_to_itself_or_past_the_window_is_refused() {
         to_first_pfn: u64::MAX / PAGE,
     });
     assert_eq!(notify(&source, wraps).err(), Some(NotifyError::BadRange));
+    // Pages past u64: none holds a frame, nothing is pushed (no overflow).
+    let past = n::Request::PushToPeer(n::PushToPeer {
+        object: ObjectId::raw(VIEW),
+        first_page: u64::MAX - 2,
+        count: PageCount::new(8).unwrap(),
+        pages: PageMask::first(8),
+        to: GpuId::new(1).unwrap(),
+        to_first_pfn: TO_PFN,
+    });
+    match notify(&source, past) {
+        Ok(n::Reply::PushToPeer(n::Pushed { pushed })) => assert!(pushed.is_empty()),
+        r => panic!("unexpected {r:?}"),
+    }
     // The peer's map of its own GPU id is refused.
     let fd = peer.server.inner.hw.dev.bar.vram().dup_fd().unwrap();
     assert!(source.server.inner.hw.map_peer(0, fd, bytes).is_err());
