@@ -170,8 +170,9 @@ impl Platform for HostPlatform {
         self.zero_dma
     }
     fn peer_window(&self, gpu: u8) -> Option<u64> {
-        let mapped = self.peer_windows.load(Ordering::Acquire) & (1u32 << (gpu & 31)) != 0;
-        (gpu < 32 && mapped).then(|| hw::xe::layout::peer_address(gpu, 0))
+        let bit = 1u32.checked_shl(gpu.into())?;
+        (self.peer_windows.load(Ordering::Acquire) & bit != 0)
+            .then(|| hw::xe::layout::peer_address(gpu, 0))
     }
     fn collect(&self, c: Collect) -> Result<Collected, PortError> {
         let r = self.migrate.call(c);

@@ -15,8 +15,30 @@ use crate::xe::layout::{
 
 pub struct Memory {
     pub vram: Region,
-    sysmem: RwLock<Vec<Option<Arc<Region>>>>,
-    peers: RwLock<Vec<Option<Arc<Region>>>>,
+    sysmem: Windows,
+    peers: Windows,
+}
+
+/// A table of windows (DMA slots or peers), each a region or none.
+type Windows = RwLock<Vec<Option<Arc<Region>>>>;
+
+/// Puts `region` at `index` of `table` if the index exists and the region
+/// fits a window of `limit` bytes.
+fn map_in(table: &Windows, index: u32, region: Region, limit: u64) -> bool {
+    let mut t = table.write().unwrap_or_else(|e| e.into_inner());
+    match t.get_mut(index as usize) {
+        Some(entry) if region.len() as u64 <= limit => {
+            *entry = Some(Arc::new(region));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Empties `index` of `table`; whether it held a region.
+fn unmap_in(table: &Windows, index: u32) -> bool {
+    let mut t = table.write().unwrap_or_else(|e| e.into_inner());
+    matches!(t.get_mut(index as usize).map(Option::take), Some(Some(_)))
 }
 
 /// A resolved device address: keeps a DMA mapping alive while in use.
@@ -44,30 +66,15 @@ impl Memory {
     /// Maps peer `gpu`'s VRAM (`region`) as its window; an id past
     /// [`PEERS`] or a region larger than a window is refused.
     pub fn map_peer(&self, gpu: u32, region: Region) -> bool {
-        let mut p = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        match p.get_mut(gpu as usize) {
-            Some(entry) if region.len() as u64 <= PEER_WINDOW_BYTES => {
-                *entry = Some(Arc::new(region));
-                true
-            }
-            _ => false,
-        }
+        map_in(&self.peers, gpu, region, PEER_WINDOW_BYTES)
     }
 
     pub fn unmap_peer(&self, gpu: u32) -> bool {
-        let mut p = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        matches!(p.get_mut(gpu as usize).map(Option::take), Some(Some(_)))
+        unmap_in(&self.peers, gpu)
     }
 
     pub fn map_slot(&self, slot: u32, region: Region) -> bool {
-        let mut s = self.sysmem.write().unwrap_or_else(|e| e.into_inner());
-        match s.get_mut(slot as usize) {
-            Some(entry) if region.len() as u64 <= SYSMEM_SLOT_BYTES => {
-                *entry = Some(Arc::new(region));
-                true
-            }
-            _ => false,
-        }
+        map_in(&self.sysmem, slot, region, SYSMEM_SLOT_BYTES)
     }
 
     /// The memfd a driver DMA-maps, checked so that no later access can
@@ -104,8 +111,7 @@ impl Memory {
     }
 
     pub fn unmap_slot(&self, slot: u32) -> bool {
-        let mut s = self.sysmem.write().unwrap_or_else(|e| e.into_inner());
-        matches!(s.get_mut(slot as usize).map(Option::take), Some(Some(_)))
+        unmap_in(&self.sysmem, slot)
     }
 
     /// `[addr, addr + len)` as a pointer, if it lies inside one region.
