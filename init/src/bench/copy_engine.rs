@@ -30,6 +30,25 @@ pub struct CopyEngine {
     pub bad_bytes: u64,
 }
 
+/// A device model in this process with `vram_bytes` of VRAM.
+pub(super) fn device(vram_bytes: u64) -> Result<Bar, BenchError> {
+    let sys = |e: &dyn std::fmt::Debug| BenchError::System(format!("device model: {e:?}"));
+    let (transport, _model) = spawn_in_process(Config {
+        vram_bytes,
+        ..Default::default()
+    })
+    .map_err(|e| sys(&e))?;
+    Bar::connect(transport, Duration::from_secs(10)).map_err(|e| sys(&e))
+}
+
+/// Copy `n` (its seqno) on `bar`'s copy ring, submission to completion.
+pub(super) fn copy_on_engine(bar: &Bar, n: u32, cmd: &Command) -> Result<(), BenchError> {
+    let dev = |e: hw::bar::BarError| BenchError::System(format!("copy engine: {e:?}"));
+    bar.submit(Ring::Copy, n, cmd).map_err(dev)?;
+    bar.wait_seqno(layout::REG_BCS_DONE, n, Duration::from_secs(10))
+        .map_err(dev)
+}
+
 /// Median of the reps, microseconds per copy.
 pub(super) fn per_copy_us(
     mut copy: impl FnMut() -> Result<(), BenchError>,
@@ -58,13 +77,7 @@ pub fn measure() -> Result<CopyEngine, BenchError> {
         dst.write(0, &buf);
         Ok(())
     })?;
-    let (transport, _model) = spawn_in_process(Config {
-        vram_bytes: 16 << 20,
-        ..Default::default()
-    })
-    .map_err(|e| BenchError::System(format!("device model: {e:?}")))?;
-    let bar = Bar::connect(transport, Duration::from_secs(10))
-        .map_err(|e| BenchError::System(format!("device model: {e:?}")))?;
+    let bar = device(16 << 20)?;
     let dma = bar
         .dma_map(0, src.dup_fd().map_err(|e| host(&e))?, BYTES as u64)
         .map_err(|e| BenchError::System(format!("dma map: {e:?}")))?;
@@ -73,13 +86,8 @@ pub fn measure() -> Result<CopyEngine, BenchError> {
             .map_err(|e| BenchError::System(format!("MEM_COPY: {e:?}")))?,
     );
     let seqno = AtomicU32::new(1);
-    let engine_us = per_copy_us(|| {
-        let n = seqno.fetch_add(1, Ordering::Relaxed);
-        let dev = |e: hw::bar::BarError| BenchError::System(format!("copy engine: {e:?}"));
-        bar.submit(Ring::Copy, n, &cmd).map_err(dev)?;
-        bar.wait_seqno(layout::REG_BCS_DONE, n, Duration::from_secs(10))
-            .map_err(dev)
-    })?;
+    let engine_us =
+        per_copy_us(|| copy_on_engine(&bar, seqno.fetch_add(1, Ordering::Relaxed), &cmd))?;
     let mut vram = vec![0u8; BYTES];
     let read = bar.vram().read(0, &mut vram);
     let bad_bytes = if read {

@@ -6,15 +6,12 @@
 //! byte for byte.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
-use hw::bar::Bar;
-use hw::model::{spawn_in_process, Config};
 use hw::xe::commands::{Command, MemCopy};
-use hw::xe::layout::{self, Ring};
+use hw::xe::layout;
 use serde::Serialize;
 
-use super::copy_engine::per_copy_us;
+use super::copy_engine::{copy_on_engine, device, per_copy_us};
 use super::BenchError;
 
 const BYTES: u64 = 2 << 20;
@@ -33,19 +30,9 @@ pub struct PeerCopy {
     pub bad_bytes: u64,
 }
 
-fn device() -> Result<Bar, BenchError> {
-    let sys = |e: &dyn std::fmt::Debug| BenchError::System(format!("device model: {e:?}"));
-    let (transport, _model) = spawn_in_process(Config {
-        vram_bytes: VRAM,
-        ..Default::default()
-    })
-    .map_err(|e| sys(&e))?;
-    Bar::connect(transport, Duration::from_secs(10)).map_err(|e| sys(&e))
-}
-
 pub fn measure() -> Result<PeerCopy, BenchError> {
     let host = |e: &dyn std::fmt::Display| BenchError::Host(e.to_string());
-    let (source, peer) = (device()?, device()?);
+    let (source, peer) = (device(VRAM)?, device(VRAM)?);
     let pattern: Vec<u8> = (0..BYTES).map(|i| (i * 13 + i / 4096) as u8).collect();
     source.vram().write(0, &pattern);
     let memcpy_us = per_copy_us(
@@ -65,11 +52,7 @@ pub fn measure() -> Result<PeerCopy, BenchError> {
     let seqno = AtomicU32::new(1);
     let push_us = per_copy_us(|| {
         let n = seqno.fetch_add(1, Ordering::Relaxed);
-        let dev = |e: hw::bar::BarError| BenchError::System(format!("copy engine: {e:?}"));
-        source.submit(Ring::Copy, n, &cmd).map_err(dev)?;
-        source
-            .wait_seqno(layout::REG_BCS_DONE, n, Duration::from_secs(10))
-            .map_err(dev)?;
+        copy_on_engine(&source, n, &cmd)?;
         match source.reg(layout::REG_BCS_ERROR) == n {
             true => Err(BenchError::System("the peer push failed".into())),
             false => Ok(()),

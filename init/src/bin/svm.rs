@@ -557,11 +557,7 @@ fn boot(opts: BootOptions, check: bool) -> i32 {
         }
     };
     let result = if check {
-        match system.wait_for("xe-svm", Duration::from_secs(60)) {
-            Ok(status) if status.success() => Ok(()),
-            Ok(status) => Err(format!("xe-svm probe failed: {status}")),
-            Err(e) => Err(e.to_string()),
-        }
+        probe_result(&mut system)
     } else {
         println!("svm: system up; Ctrl-C stops it");
         system.watch(&stop).map_err(|e| e.to_string())
@@ -588,11 +584,7 @@ fn boot_check_gpus(opts: BootOptions, gpus: u8) -> i32 {
     }
     let mut failed = systems.len() != gpus as usize;
     for (gpu, mut system) in systems {
-        let result = match system.wait_for("xe-svm", Duration::from_secs(60)) {
-            Ok(status) if status.success() => Ok(()),
-            Ok(status) => Err(format!("GPU {gpu}: xe-svm probe failed: {status}")),
-            Err(e) => Err(format!("GPU {gpu}: {e}")),
-        };
+        let result = probe_result(&mut system).map_err(|e| format!("GPU {gpu}: {e}"));
         match finish(system, result) {
             0 => println!("svm: GPU {gpu}: probe passed"),
             _ => failed = true,
@@ -604,6 +596,15 @@ fn boot_check_gpus(opts: BootOptions, gpus: u8) -> i32 {
             0
         }
         true => 1,
+    }
+}
+
+/// Waits for a probe-only boot's GPU server to finish its probe.
+fn probe_result(system: &mut System) -> Result<(), String> {
+    match system.wait_for("xe-svm", Duration::from_secs(60)) {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("xe-svm probe failed: {status}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
