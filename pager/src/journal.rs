@@ -57,12 +57,12 @@ pub struct ViewRecord {
 /// One record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
-    /// Client `owner`'s object `id` of `bytes`; the GPU server knows it as
-    /// `gpu_id` (0: it opened no view of it).
+    /// Client `owner`'s object `id` of `bytes`; GPU `g`'s server knows it
+    /// as `gpu_ids[g]` (0: it opened no view of it).
     Object {
         owner: u64,
         id: u32,
-        gpu_id: u32,
+        gpu_ids: [u32; GPUS],
         bytes: u64,
     },
     /// Client `owner`'s address space `id` (a fork's child when `forked`).
@@ -72,12 +72,16 @@ pub enum Record {
         forked: bool,
     },
     View(ViewRecord),
-    /// The GPU server's `PagerMigrate` badge: its session holds the ids it
-    /// knows objects by.
+    /// GPU `gpu`'s server's `PagerMigrate` badge: its session holds the
+    /// ids it knows objects by.
     Gpu {
         badge: u64,
+        gpu: u8,
     },
 }
+
+/// GPUs whose ids an object record keeps: all a pager serves.
+pub const GPUS: usize = crate::core::object::MAX_GPUS;
 
 /// What a slot belongs to in this generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,7 +89,7 @@ pub enum Key {
     Object(u32),
     Space(u64),
     View(u32),
-    Gpu,
+    Gpu(u8),
 }
 
 /// A descriptor the runtime's keeper holds for the next generation.
@@ -163,19 +167,30 @@ fn key(r: &Record) -> Key {
         Record::Object { id, .. } => Key::Object(id),
         Record::Space { id, .. } => Key::Space(id),
         Record::View(v) => Key::View(v.id),
-        Record::Gpu { .. } => Key::Gpu,
+        Record::Gpu { gpu, .. } => Key::Gpu(gpu),
     }
 }
 
 fn encode(r: &Record) -> Body {
     let pair = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
     match *r {
+        // GPU 0's id beside the object's (where one GPU's always was),
+        // the others' in pairs after the size.
         Record::Object {
             owner,
             id,
-            gpu_id,
+            gpu_ids: g,
             bytes,
-        } => [KIND_OBJECT, owner, pair(id, gpu_id), bytes, 0, 0, 0, 0],
+        } => [
+            KIND_OBJECT,
+            owner,
+            pair(id, g[0]),
+            bytes,
+            pair(g[1], g[2]),
+            pair(g[3], g[4]),
+            pair(g[5], g[6]),
+            pair(g[7], 0),
+        ],
         Record::Space { owner, id, forked } => {
             [KIND_SPACE, owner, id, u64::from(forked), 0, 0, 0, 0]
         }
@@ -189,7 +204,7 @@ fn encode(r: &Record) -> Body {
             v.first_page,
             v.pages,
         ],
-        Record::Gpu { badge } => [KIND_GPU, badge, 0, 0, 0, 0, 0, 0],
+        Record::Gpu { badge, gpu } => [KIND_GPU, badge, u64::from(gpu), 0, 0, 0, 0, 0],
     }
 }
 
@@ -200,10 +215,19 @@ fn decode(v: &Body) -> Option<Record> {
     // Words a record does not use are zero in every record written.
     let zero_from = |i: usize| v[i..].iter().all(|&x| x == 0);
     match v[0] {
-        KIND_OBJECT if zero_from(4) => Some(Record::Object {
+        KIND_OBJECT if hi(v[7]) == 0 => Some(Record::Object {
             owner: v[1],
             id: lo(v[2]),
-            gpu_id: hi(v[2]),
+            gpu_ids: [
+                hi(v[2]),
+                lo(v[4]),
+                hi(v[4]),
+                lo(v[5]),
+                hi(v[5]),
+                lo(v[6]),
+                hi(v[6]),
+                lo(v[7]),
+            ],
             bytes: v[3],
         }),
         KIND_SPACE if v[3] <= 1 && zero_from(4) => Some(Record::Space {
@@ -222,7 +246,10 @@ fn decode(v: &Body) -> Option<Record> {
             first_page: v[6],
             pages: v[7],
         })),
-        KIND_GPU if zero_from(2) => Some(Record::Gpu { badge: v[1] }),
+        KIND_GPU if v[2] < GPUS as u64 && zero_from(3) => Some(Record::Gpu {
+            badge: v[1],
+            gpu: v[2] as u8,
+        }),
         _ => None,
     }
 }
@@ -255,11 +282,11 @@ mod tests {
                 },
             );
         prop_oneof![
-            any::<(u64, u32, u32, u64)>().prop_map(|(owner, id, gpu_id, bytes)| {
+            any::<(u64, u32, [u32; GPUS], u64)>().prop_map(|(owner, id, gpu_ids, bytes)| {
                 Record::Object {
                     owner,
                     id,
-                    gpu_id,
+                    gpu_ids,
                     bytes,
                 }
             }),
@@ -269,7 +296,7 @@ mod tests {
                 forked
             }),
             view,
-            any::<u64>().prop_map(|badge| Record::Gpu { badge }),
+            (any::<u64>(), 0..GPUS as u8).prop_map(|(badge, gpu)| Record::Gpu { badge, gpu }),
         ]
     }
 
@@ -300,18 +327,19 @@ mod tests {
     /// replaces its old one; a cleared one is gone.
     #[test]
     fn records_outlive_the_generation_that_wrote_them() {
-        let w = words(4);
+        let w = words(5);
         let (j, found) = Journal::open(w);
         assert!(found.is_empty());
-        let object = |gpu_id| Record::Object {
+        let object = |gpu_ids| Record::Object {
             owner: 7,
             id: 0x1001,
-            gpu_id,
+            gpu_ids,
             bytes: 1 << 20,
         };
-        j.put(&object(0)).unwrap();
-        j.put(&object(0x5)).unwrap();
-        j.put(&Record::Gpu { badge: 9 }).unwrap();
+        j.put(&object([0; GPUS])).unwrap();
+        j.put(&object([0x5, 0, 0, 0x9, 0, 0, 0, 0x7])).unwrap();
+        j.put(&Record::Gpu { badge: 9, gpu: 0 }).unwrap();
+        j.put(&Record::Gpu { badge: 10, gpu: 3 }).unwrap();
         let space = Record::Space {
             owner: 7,
             id: 3,
@@ -321,6 +349,11 @@ mod tests {
         assert!(j.clear(&space));
         let (_, found) = Journal::open(w);
         let got: Vec<Record> = found.iter().map(|(_, r)| *r).collect();
-        assert_eq!(got, [object(0x5), Record::Gpu { badge: 9 }]);
+        let gpus = [
+            Record::Gpu { badge: 9, gpu: 0 },
+            Record::Gpu { badge: 10, gpu: 3 },
+        ];
+        let object = object([0x5, 0, 0, 0x9, 0, 0, 0, 0x7]);
+        assert_eq!(got, [object, gpus[0], gpus[1]]);
     }
 }

@@ -7,14 +7,86 @@ use std::sync::OnceLock;
 
 use ipc_protocol::client::{CallError, Client};
 use ipc_protocol::interfaces::gpu_notify::{
-    Frames, FreePages, GpuNotify, Invalidate, MigrateToRam, ViewCopied, ViewGone, ViewGrown,
-    ViewPart,
+    Frames, FreePages, GpuNotify, Invalidate, MigrateToRam, PushToPeer, ViewCopied, ViewGone,
+    ViewGrown, ViewPart,
 };
+use ipc_protocol::interfaces::pager_migrate::MigrateError;
 use ipc_protocol::transport::TransportError;
-use ipc_protocol::types::{ObjectId, PageCount, PageMask, Seq, ViewId};
+use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, Seq, ViewId};
 use session::Handle;
 
+use crate::core::object::MAX_GPUS;
 use crate::core::runtime::{FrameRuns, PartNote, RtError};
+
+/// The notifiers of every GPU's server, by GPU. A call that went
+/// unanswered is named by its id with its GPU in the top byte (GPU 0's
+/// ids are unchanged), so staging slots quarantined for one GPU's late
+/// copy are released only by that GPU's late answer.
+#[derive(Default)]
+pub struct GpuNotifiers {
+    gpus: [GpuNotifier; MAX_GPUS],
+}
+
+const GPU_TAG_SHIFT: u32 = 56;
+
+/// The badge of GPU `gpu`'s server's `PagerMigrate` endpoint (GPU 0's is
+/// 1, as it was with one GPU): the pager tells which GPU calls by it.
+pub const fn migrate_badge(gpu: u8) -> u64 {
+    1 + gpu as u64
+}
+
+/// The GPU whose `PagerMigrate` endpoint carries `badge`.
+pub fn gpu_of_migrate_badge(badge: u64) -> Result<u8, MigrateError> {
+    badge
+        .checked_sub(1)
+        .and_then(|g| u8::try_from(g).ok())
+        .filter(|&g| usize::from(g) < MAX_GPUS)
+        .ok_or(MigrateError::NotOwner)
+}
+
+impl GpuNotifiers {
+    /// GPU `gpu`'s notifier (attached or not); none past [`MAX_GPUS`].
+    pub fn of(&self, gpu: u8) -> Result<&GpuNotifier, RtError> {
+        self.gpus.get(gpu as usize).ok_or(RtError::Gpu)
+    }
+
+    pub fn attached(&self, gpu: u8) -> bool {
+        self.of(gpu).is_ok_and(GpuNotifier::attached)
+    }
+
+    /// Whether any GPU's server is attached.
+    pub fn any_attached(&self) -> bool {
+        self.gpus.iter().any(GpuNotifier::attached)
+    }
+
+    /// Every attached GPU's notifier (the view notes go to each).
+    pub fn each(&self) -> impl Iterator<Item = &GpuNotifier> {
+        self.gpus.iter().filter(|g| g.attached())
+    }
+
+    /// `e` of GPU `gpu`, its unanswered call's id tagged with the GPU.
+    pub fn tagged(gpu: u8, e: RtError) -> RtError {
+        match e {
+            RtError::Unanswered(id) if id != 0 => {
+                RtError::Unanswered(id | (u64::from(gpu) << GPU_TAG_SHIFT))
+            }
+            e => e,
+        }
+    }
+
+    /// Ids (tagged) of calls that went unanswered and were answered since.
+    pub fn answered_late(&self) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for (gpu, n) in (0u64..).zip(&self.gpus) {
+            ids.extend(
+                n.answered_late()
+                    .into_iter()
+                    .map(|id| id | (gpu << GPU_TAG_SHIFT)),
+            );
+        }
+        ids
+    }
+}
 
 /// A GPU server was attached already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +243,31 @@ impl GpuNotifier {
             .map_err(|e| failed("free pages", 0, e))
     }
 
+    /// Has this GPU push `pages` of the chunk into GPU `to`'s VRAM from
+    /// frame `to_first_pfn` on; returns the pages that landed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_to_peer(
+        &self,
+        o: Handle,
+        first: usize,
+        n: usize,
+        pages: &PageMask,
+        to: u8,
+        to_first_pfn: u64,
+    ) -> Result<PageMask, RtError> {
+        let to = GpuId::new(to).ok_or(RtError::Gpu)?;
+        let (id, r) = self.client()?.call_with_id(PushToPeer {
+            object: object(o),
+            first_page: first as u64,
+            count: count(n)?,
+            pages: *pages,
+            to,
+            to_first_pfn,
+        });
+        r.map(|r| r.pushed)
+            .map_err(|e| failed("push to a peer", id, e))
+    }
+
     /// The frames the GPU server holds from (`object`, `page`) on (a
     /// restarted pager's rebuild); a server restarted meanwhile is asked
     /// again by the stub (the call is idempotent).
@@ -276,23 +373,25 @@ macro_rules! os_runtime_methods {
             self.staging.pool.quarantine(slot, call);
         }
 
-        fn gpu_attached(&self) -> bool {
-            self.gpu.attached()
+        fn gpu_attached(&self, gpu: u8) -> bool {
+            self.gpu.attached(gpu)
         }
 
         fn invalidate(
             &self,
             _m: &$memory,
+            gpu: u8,
             o: session::Handle,
             first: usize,
             n: usize,
             seq: u64,
         ) -> Result<(), $crate::core::runtime::RtError> {
-            self.gpu.invalidate(o, first, n, seq)
+            self.gpu.of(gpu)?.invalidate(o, first, n, seq)
         }
 
         fn migrate_to_ram(
             &self,
+            gpu: u8,
             o: session::Handle,
             first: usize,
             n: usize,
@@ -300,40 +399,64 @@ macro_rules! os_runtime_methods {
             slot: usize,
         ) -> Result<ipc_protocol::types::PageMask, $crate::core::runtime::RtError> {
             let offset = $crate::staging::Staging::offset(slot);
-            self.gpu.migrate_to_ram(o, first, n, pages, offset)
+            self.gpu
+                .of(gpu)?
+                .migrate_to_ram(o, first, n, pages, offset)
+                .map_err(|e| $crate::notifier::GpuNotifiers::tagged(gpu, e))
         }
 
         fn free_pages(
             &self,
+            gpu: u8,
             o: session::Handle,
             first: usize,
             n: usize,
             pages: &ipc_protocol::types::PageMask,
         ) -> Result<(), $crate::core::runtime::RtError> {
-            self.gpu.free_pages(o, first, n, pages)
+            self.gpu.of(gpu)?.free_pages(o, first, n, pages)
+        }
+
+        fn push_to_peer(
+            &self,
+            gpu: u8,
+            o: session::Handle,
+            first: usize,
+            n: usize,
+            pages: &ipc_protocol::types::PageMask,
+            to: u8,
+            to_first_pfn: u64,
+        ) -> Result<ipc_protocol::types::PageMask, $crate::core::runtime::RtError> {
+            self.gpu
+                .of(gpu)?
+                .push_to_peer(o, first, n, pages, to, to_first_pfn)
         }
 
         fn view_gone(&self, view: session::Handle) {
-            self.gpu.view_gone(view);
+            self.gpu.each().for_each(|g| g.view_gone(view));
         }
 
         fn gpu_frames(
             &self,
+            gpu: u8,
             from: (u32, u64),
         ) -> Result<$crate::core::runtime::FrameRuns, $crate::core::runtime::RtError> {
-            self.gpu.frames(from)
+            self.gpu.of(gpu)?.frames(from)
         }
 
         fn view_copied(&self, view: session::Handle, new: session::Handle, from: u64, to: u64) {
-            self.gpu.view_copied(view, new, from, to);
+            self.gpu
+                .each()
+                .for_each(|g| g.view_copied(view, new, from, to));
         }
 
         fn view_part(&self, p: &$crate::core::runtime::PartNote) {
-            self.gpu.view_part(p);
+            self.gpu.each().for_each(|g| g.view_part(p));
         }
 
         fn view_grown(&self, view: session::Handle, tail: session::Handle, first: usize, n: usize) {
-            self.gpu.view_grown(view, tail, first, n);
+            self.gpu
+                .each()
+                .for_each(|g| g.view_grown(view, tail, first, n));
         }
 
         fn now_us(&self) -> u64 {

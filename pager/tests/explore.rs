@@ -173,7 +173,7 @@ fn four_pages_the_gpu_opened(
     let (obj, view) = object_with_view(core, &s, 4, VIEW_AT).unwrap();
     let o = s.object(obj).unwrap();
     seed(&o, |p| p as u64 * 10);
-    let g = core.gpu_session(GPU_SERVER).unwrap();
+    let g = core.gpu_session(GPU_SERVER, 0).unwrap();
     let id = gpu_open(core, &g, CLIENT, view).unwrap();
     let space = s.view(view).unwrap().space.clone();
     (o, g, id, space)
@@ -349,7 +349,7 @@ fn client_ends_mid_migration() {
     let (obj, view) = object_with_view(&core, &s, 4, VIEW_AT).unwrap();
     let o = s.object(obj).unwrap();
     seed(&o, |p| p as u64 + 7);
-    let g = core.gpu_session(GPU_SERVER).unwrap();
+    let g = core.gpu_session(GPU_SERVER, 0).unwrap();
     let id = gpu_open(&core, &g, CLIENT, view).unwrap();
     drop(s);
     let gpu = {

@@ -20,7 +20,7 @@ const B: u64 = 0x2000_0000;
 const PAGE: u64 = 4096;
 
 fn resident(core: &ModelCore, gpu: u8) -> m::ResidentRuns {
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     let req = m::Request::Resident(m::Resident {
         gpu: GpuId::new(gpu).unwrap(),
         generation: 2,
@@ -42,7 +42,7 @@ fn a_restarted_gpu_server_learns_its_pages_and_its_predecessors_collects_go() {
     let (obj_a, obj_b) = (s.object(a).unwrap(), s.object(b).unwrap());
     seed(&obj_a, |p| 100 + p as u64);
     seed(&obj_b, |p| 200 + p as u64);
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     let gid_a = gpu_open(&core, &g, CLIENT, view_a).unwrap();
     let gid_b = gpu_open(&core, &g, CLIENT, view_b).unwrap();
     assert_eq!(gpu_migrate(&core, &g, gid_a, &obj_a.memory, 2, 5), Ok(5));
@@ -106,7 +106,7 @@ fn a_predecessors_collect_served_after_the_take_over_is_refused() {
     let (a, view_a) = object_with_view(&core, &s, 8, A).unwrap();
     let obj_a = s.object(a).unwrap();
     seed(&obj_a, |p| 100 + p as u64);
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     let gid = gpu_open(&core, &g, CLIENT, view_a).unwrap();
     assert_eq!(resident(&core, 0).runs.len(), 0);
     let collect = |generation| {
@@ -140,7 +140,7 @@ fn a_collect_sent_to_an_earlier_pager_generation_is_refused() {
     let s = core.client(CLIENT).unwrap();
     let (a, view_a) = object_with_view(&core, &s, 8, A).unwrap();
     let obj_a = s.object(a).unwrap();
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     let gid = gpu_open(&core, &g, CLIENT, view_a).unwrap();
     let collect = |pager_generation| {
         let req = m::Request::Collect(m::Collect {
@@ -175,7 +175,7 @@ fn pages_whose_copy_back_landed_are_not_listed_while_their_free_is_sent() {
     let (a, view) = object_with_view(&core, &s, 8, A).unwrap();
     let obj = s.object(a).unwrap();
     seed(&obj, |p| 100 + p as u64);
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     let gid = gpu_open(&core, &g, CLIENT, view).unwrap();
     assert_eq!(gpu_migrate(&core, &g, gid, &obj.memory, 0, 8), Ok(8));
     let listed = Arc::new(Mutex::new(None));
@@ -221,7 +221,7 @@ fn resident_waits_for_a_predecessors_finalize_in_progress() {
     let (b, view_b) = object_with_view(&core, &s, 8, B).unwrap();
     let obj_b = s.object(b).unwrap();
     seed(&obj_b, |p| 200 + p as u64);
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     let gid_b = gpu_open(&core, &g, CLIENT, view_b).unwrap();
     let got = gpu_collect(&core, &g, gid_b, 0, 4).unwrap();
     let chunk = Chunk { first: 0, count: 4 };

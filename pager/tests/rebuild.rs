@@ -64,7 +64,7 @@ fn a_restarted_core_finds_every_object_view_and_page_where_it_was() {
     let (o2, v2) = object_with_view(&old, &s, 4, B).unwrap();
     seed(&s.object(o1).unwrap(), |p| 100 + p as u64);
     seed(&s.object(o2).unwrap(), |p| 200 + p as u64);
-    let g = old.gpu_session(GPU).unwrap();
+    let g = old.gpu_session(GPU, 0).unwrap();
     let gid = gpu_open(&old, &g, CLIENT, v1).unwrap();
     let mem = s.object(o1).unwrap().memory.clone();
     assert_eq!(gpu_migrate(&old, &g, gid, &mem, 2, 5), Ok(5));
@@ -95,7 +95,7 @@ fn a_restarted_core_finds_every_object_view_and_page_where_it_was() {
         let view = s2.view(v).expect("the view under its id");
         assert_eq!((view.addr, view.object.id), (addr, o));
     }
-    let g2 = new.gpu_now().expect("the GPU server's session");
+    let g2 = new.gpu_of(0).expect("the GPU server's session");
     let known = g2
         .object(Handle::from_raw(gid.get()))
         .expect("the GPU's id");
@@ -125,7 +125,7 @@ fn a_frame_past_what_a_state_word_holds_fails_the_take_over() {
     let s = old.client(CLIENT).unwrap();
     let (o1, v1) = object_with_view(&old, &s, 8, A).unwrap();
     seed(&s.object(o1).unwrap(), |p| 100 + p as u64);
-    let g = old.gpu_session(GPU).unwrap();
+    let g = old.gpu_session(GPU, 0).unwrap();
     let gid = gpu_open(&old, &g, CLIENT, v1).unwrap();
     let mem = s.object(o1).unwrap().memory.clone();
     assert_eq!(gpu_migrate(&old, &g, gid, &mem, 0, 4), Ok(4));
@@ -191,10 +191,12 @@ fn record() -> impl proptest::strategy::Strategy<Value = Record> {
     let bytes = prop_oneof![3 => Just(16 * PAGE), 1 => any::<u64>()];
     prop_oneof![
         (owner.clone(), id.clone(), 0u32..4, bytes).prop_map(|(owner, id, gpu_id, bytes)| {
+            let mut gpu_ids = [0; pager::journal::GPUS];
+            gpu_ids[0] = gpu_id;
             Record::Object {
                 owner,
                 id,
-                gpu_id,
+                gpu_ids,
                 bytes,
             }
         }),
@@ -228,7 +230,7 @@ fn record() -> impl proptest::strategy::Strategy<Value = Record> {
                     })
                 }
             ),
-        Just(Record::Gpu { badge: GPU }),
+        Just(Record::Gpu { badge: GPU, gpu: 0 }),
     ]
 }
 
@@ -259,7 +261,7 @@ proptest::proptest! {
         };
         let r = new.rebuild(&found, &mut kept).expect("no GPU frames to ask");
         let restored = r.objects + r.spaces + r.views;
-        let gpu = usize::from(new.gpu_now().is_some());
+        let gpu = new.gpu_sessions().len();
         proptest::prop_assert_eq!(restored + gpu + r.dropped, found.len());
         proptest::prop_assert!(new.journal().unwrap().len() <= restored + gpu);
     }

@@ -33,7 +33,7 @@ fn a_moved_view_keeps_its_client_id() {
     let core = model_core(small_config(""));
     let s = core.client(CLIENT).unwrap();
     let (_, view) = object_with_view(&core, &s, 8, A).unwrap();
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     gpu_open(&core, &g, CLIENT, view).unwrap();
     let space = s.view(view).unwrap().space.clone();
     let mut notes = Vec::new();
@@ -78,7 +78,7 @@ fn a_move_into_a_range_another_space_left_waits_for_its_view_gone() {
     let s = core.client(CLIENT).unwrap();
     let (_, a) = object_with_view(&core, &s, 8, A).unwrap();
     let (_, b) = object_with_view(&core, &s, 8, B).unwrap();
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     gpu_open(&core, &g, CLIENT, a).unwrap();
     gpu_open(&core, &g, CLIENT, b).unwrap();
     let space_a = s.view(a).unwrap().space.clone();
@@ -200,7 +200,7 @@ fn eight_pages_in_vram() -> (
     let (o, view) = object_with_view(&core, &s, 8, A).unwrap();
     let obj = s.object(o).unwrap();
     seed(&obj, |p| 100 + p as u64);
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     let gid = gpu_open(&core, &g, CLIENT, view).unwrap();
     assert_eq!(gpu_migrate(&core, &g, gid, &obj.memory, 0, 8), Ok(8));
     let space = s.view(view).unwrap().space.clone();
@@ -217,7 +217,7 @@ fn the_pages_of_a_hole_leave_vram_with_their_data() {
     core.send_notes(&mut notes);
     let vram = lock(&core.rt.vram).clone();
     let in_vram: Vec<usize> = (0..8)
-        .filter(|p| vram.contains_key(&(gid.get(), *p)))
+        .filter(|p| vram.contains_key(&(0, gid.get(), *p)))
         .collect();
     assert_eq!(in_vram, vec![0, 1, 2, 5, 6, 7], "only the hole left VRAM");
     for p in 3..5 {
@@ -378,7 +378,7 @@ fn a_clients_end_releases_everything_it_held() {
     let core = model_core(small_config(""));
     let arena_before = core.arena().used();
     let s = core.client(CLIENT).unwrap();
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     let mut views = Vec::new();
     for k in 0..3u64 {
         let (obj, view) = object_with_view(&core, &s, 16, A + k * (1 << 20)).unwrap();
@@ -454,7 +454,7 @@ fn a_gpu_server_cannot_name_another_gpu() {
     let s = core.client(CLIENT).unwrap();
     let (_, view) = object_with_view(&core, &s, 8, A).unwrap();
     seed(&s.view(view).unwrap().object, |p| p as u64 + 1);
-    let g = core.gpu_session(GPU).unwrap();
+    let g = core.gpu_session(GPU, 0).unwrap();
     let object = gpu_open(&core, &g, CLIENT, view).unwrap();
     // GPU 0 is this server's from its first collect.
     let c = gpu_collect(&core, &g, object, 0, 4).unwrap();

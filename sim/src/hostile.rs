@@ -464,6 +464,6 @@ fn gpu_server_dies_mid_collect() {
     join(writers);
     dying.join().expect("the dying GPU server failed");
     assert_eq!(w.pager.core().accounting().collects, 0);
-    assert!(w.pager.core().gpu_now().is_none());
+    assert!(w.pager.core().gpu_sessions().is_empty());
     finish(w, |p| start(p) + 2);
 }

@@ -417,13 +417,15 @@ impl Runtime for SimRuntime {
         self.slots.quarantine(slot, call);
     }
 
-    fn gpu_attached(&self) -> bool {
-        self.gpu().is_ok()
+    /// The simulated machine has one GPU, GPU 0.
+    fn gpu_attached(&self, gpu: u8) -> bool {
+        gpu == 0 && self.gpu().is_ok()
     }
 
     fn invalidate(
         &self,
         m: &SimMemory,
+        _gpu: u8,
         object: Handle,
         first: usize,
         count: usize,
@@ -442,6 +444,7 @@ impl Runtime for SimRuntime {
 
     fn migrate_to_ram(
         &self,
+        _gpu: u8,
         object: Handle,
         first: usize,
         _count: usize,
@@ -460,6 +463,7 @@ impl Runtime for SimRuntime {
 
     fn free_pages(
         &self,
+        _gpu: u8,
         object: Handle,
         first: usize,
         count: usize,
@@ -555,7 +559,7 @@ impl Runtime for SimRuntime {
         }
     }
 
-    fn gpu_frames(&self, from: (u32, u64)) -> Result<FrameRuns, RtError> {
+    fn gpu_frames(&self, _gpu: u8, from: (u32, u64)) -> Result<FrameRuns, RtError> {
         let r = self.call_gpu(true, move |gpu| gpu.frames(from.0, from.1))?;
         Ok(FrameRuns::from(r))
     }
@@ -809,7 +813,7 @@ impl SimPager {
 
     /// The id the GPU server knows the victim's object by (0: none).
     pub fn gpu_object(&self) -> u32 {
-        self.now().object.gpu_id().map_or(0, |h| h.raw())
+        self.now().object.gpu_id(0).map_or(0, |h| h.raw())
     }
 
     /// The GPU server's session.
@@ -1021,7 +1025,9 @@ impl SimPager {
 impl PagerGen {
     /// The GPU server's session.
     pub fn gpu_session(&self) -> Arc<GpuSession<SimRuntime>> {
-        self.core.gpu_session(GPU_SERVER).expect("one GPU server")
+        self.core
+            .gpu_session(GPU_SERVER, 0)
+            .expect("one GPU server")
     }
 
     fn cpu_view(&self, view: usize) -> CpuView {

@@ -49,10 +49,13 @@ mod server {
         /// the client has in every server).
         #[arg(long)]
         client_badge: Vec<u64>,
-        #[arg(long)]
-        migrate_fd: i32,
-        #[arg(long)]
-        notify_fd: i32,
+        /// A GPU server's `PagerMigrate` endpoint; repeated, one per GPU,
+        /// the first GPU 0's (up to 8).
+        #[arg(long, required = true, num_args = 1)]
+        migrate_fd: Vec<i32>,
+        /// That GPU server's notifier (`GpuNotify`), in the same order.
+        #[arg(long, required = true, num_args = 1)]
+        notify_fd: Vec<i32>,
         /// Rights granted to that endpoint's badge (bits of
         /// `ipc_protocol::Rights`; from init's manifest).
         #[arg(long, default_value_t = CLIENT_RIGHTS.bits())]
@@ -186,11 +189,35 @@ mod server {
 
     /// Serves the GPU server's `PagerMigrate` on `t` (announced already:
     /// `main`).
-    fn serve_migrate(a: &Args, t: Arc<dyn Transport>, server: &Arc<PagerServer>) {
+    /// Each GPU's (number, `PagerMigrate` endpoint, notifier endpoint).
+    type GpuEndpoints = Vec<(u8, Arc<dyn Transport>, Arc<dyn Transport>)>;
+
+    /// The `--migrate-fd` and `--notify-fd` pairs, by GPU.
+    fn gpu_endpoints(a: &Args) -> Result<GpuEndpoints, String> {
+        if a.migrate_fd.len() != a.notify_fd.len() {
+            return Err(format!(
+                "{} --migrate-fd but {} --notify-fd",
+                a.migrate_fd.len(),
+                a.notify_fd.len()
+            ));
+        }
+        if a.migrate_fd.len() > pager::core::object::MAX_GPUS {
+            return Err(format!("at most {} GPUs", pager::core::object::MAX_GPUS));
+        }
+        let pairs = a.migrate_fd.iter().zip(&a.notify_fd);
+        Ok((0u8..)
+            .zip(pairs)
+            .map(|(gpu, (&m, &n))| (gpu, endpoint(m), endpoint(n)))
+            .collect())
+    }
+
+    /// Serves GPU `gpu`'s server's migrations; its badge names the GPU.
+    fn serve_migrate(a: &Args, gpu: u8, t: Arc<dyn Transport>, server: &Arc<PagerServer>) {
+        let badge = pager::notifier::migrate_badge(gpu);
         ipc_protocol::server::spawn::<PagerMigrate, _>(
-            "pager-migrate",
+            &format!("pager-migrate{gpu}"),
             t,
-            Capability::new(1, Rights::from_bits_truncate(a.migrate_rights)),
+            Capability::new(badge, Rights::from_bits_truncate(a.migrate_rights)),
             server.clone(),
             4,
         );
@@ -257,22 +284,34 @@ mod server {
         // to the dead generation fail now (`PeerRestarted`), so its
         // migrations in flight end before our `Frames` question, which
         // waits for them (xe-svm's `frames.rs`).
-        let migrate = endpoint(a.migrate_fd);
-        announce::<PagerMigrate>(&*migrate, a.generation);
-        // Serve the GPU server's migrations before anything else can fault;
-        // a restarted pager only once it took over (below).
-        if !restarted {
-            serve_migrate(&a, migrate.clone(), &server);
+        let gpus = match gpu_endpoints(&a) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("pager: {e}");
+                std::process::exit(2);
+            }
+        };
+        for (gpu, migrate, _) in &gpus {
+            announce::<PagerMigrate>(&**migrate, a.generation);
+            // Serve the GPU servers' migrations before anything else can
+            // fault; a restarted pager only once it took over (below).
+            if !restarted {
+                serve_migrate(&a, *gpu, migrate.clone(), &server);
+            }
         }
         let gpu_timeout = std::time::Duration::from_millis(a.gpu_timeout_ms);
-        let gpu = Client::new(endpoint(a.notify_fd)).with_timeout(gpu_timeout);
-        if let Err(e) = server.attach_gpu(gpu) {
-            eprintln!("pager: attaching the GPU server: {e}");
-            std::process::exit(2);
+        for (gpu, _, notify) in &gpus {
+            let client = Client::new(notify.clone()).with_timeout(gpu_timeout);
+            if let Err(e) = server.attach_gpu(*gpu, client) {
+                eprintln!("pager: attaching GPU {gpu}'s server: {e}");
+                std::process::exit(2);
+            }
         }
         if restarted {
             take_over(&server, &records);
-            serve_migrate(&a, migrate, &server);
+            for (gpu, migrate, _) in &gpus {
+                serve_migrate(&a, *gpu, migrate.clone(), &server);
+            }
         }
         if let Some(fd) = a.reclaim_fd {
             let rights = Rights::from_bits_truncate(a.reclaim_rights);

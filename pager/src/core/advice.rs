@@ -120,16 +120,23 @@ impl<R: Runtime> Core<R> {
     /// Rule 8's invalidation of `[first, end)`, chunk by chunk, with a new
     /// sequence: a GPU fault that read the old advice refuses to map.
     fn unmap_from_gpu(&self, o: &Object<R>, first: usize, end: usize) -> Result<(), PagerError> {
-        let Some(id) = o.gpu_id().filter(|_| self.rt.gpu_attached()) else {
+        let gpus = o.gpu_ids();
+        let told: Vec<_> = gpus
+            .iter()
+            .filter(|&(g, _)| self.rt.gpu_attached(g))
+            .collect();
+        if told.is_empty() {
             return Ok(());
-        };
+        }
         let mut at = first;
         while at < end {
             let stop = end.min((at / CHUNK_PAGES + 1) * CHUNK_PAGES);
             let seq = o.seq.fetch_add(1, Ordering::AcqRel) + 1;
-            self.rt
-                .invalidate(&o.memory, id, at, stop - at, seq)
-                .map_err(|_| PagerError::GpuUnavailable)?;
+            for &(gpu, id) in &told {
+                self.rt
+                    .invalidate(&o.memory, gpu, id, at, stop - at, seq)
+                    .map_err(|_| PagerError::GpuUnavailable)?;
+            }
             at = stop;
         }
         Ok(())

@@ -58,6 +58,9 @@ pub struct CoreBackend<'a, R: Runtime> {
     pub object: &'a Object<R>,
     /// The view that faulted (where pages are installed first).
     pub view: Option<&'a View<R>>,
+    /// The GPU whose collect this serves: every other GPU unmaps the pages
+    /// it takes (rule 8); its own mappings are its server's business.
+    pub collector: Option<u8>,
     /// Whether `Advice::DeviceOnly` refuses CPU faults (off where the
     /// runtime cannot end a refused access: the fault moves the page).
     pub refuse_cpu: bool,
@@ -69,7 +72,16 @@ impl<'a, R: Runtime> CoreBackend<'a, R> {
             core,
             object,
             view,
+            collector: None,
             refuse_cpu: true,
+        }
+    }
+
+    /// The backend of GPU `gpu`'s collect and finalize.
+    pub fn for_gpu(core: &'a Core<R>, object: &'a Object<R>, gpu: u8) -> Self {
+        Self {
+            collector: Some(gpu),
+            ..Self::new(core, object, None)
         }
     }
 
@@ -249,79 +261,53 @@ fn same_views<R: Runtime>(a: &[Arc<View<R>>], b: &[Arc<View<R>>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
-impl<R: Runtime> CoreBackend<'_, R> {
-    /// The copies of `installed` landed in RAM: the GPU server drops their
-    /// VRAM now, while we still hold their page locks (`MigrateToRam`
-    /// copies and keeps; see `xe-svm`'s `migrate_to_ram`). If it does not
-    /// answer, its frames stay allocated (counted, never read: the pages
-    /// say System) until the object ends; nothing is lost.
-    ///
-    /// **The pages say System before the free is sent** (still locked).
-    /// A restarted GPU server adopts the frames `Resident` lists, which
-    /// are the Device pages (`resident.rs`). Listed before this point, a
-    /// page's frame belongs to a generation that is alive when the free
-    /// is sent, or to none (the stub sends an idempotent call again after
-    /// a restart, and a later generation lists the page as System).
-    /// Marked after the free instead, a predecessor that answered just
-    /// before it died would leave its successor a frame nobody frees, and
-    /// one its GPU faults map for a page already back in RAM.
-    fn release_vram(&self, object: Handle, chunk: Chunk, installed: &PageMask) {
-        if installed.is_empty() {
-            return;
-        }
-        for (i, p) in chunk.pages() {
-            if installed.get(i) {
-                let _ = self.object.table.settle(p, Residency::System);
+/// The pages of `mask` split by the GPU whose VRAM `from` says holds
+/// them, in GPU order (pages not in VRAM are in no part).
+pub fn by_gpu(mask: &PageMask, from: &[Residency]) -> Vec<(u8, PageMask)> {
+    let mut parts: Vec<(u8, PageMask)> = Vec::new();
+    for i in mask.iter() {
+        let Some(&Residency::Device { gpu, .. }) = from.get(i) else {
+            continue;
+        };
+        match parts.iter_mut().find(|(g, _)| *g == gpu) {
+            Some((_, m)) => m.set(i),
+            None => {
+                let mut m = PageMask::EMPTY;
+                m.set(i);
+                parts.push((gpu, m));
             }
         }
-        if let Err(e) = self
-            .core
-            .rt
-            .free_pages(object, chunk.first, chunk.count, installed)
-        {
-            log::error!(
-                "pager: freeing the VRAM of {} page(s) that came back to RAM: {e:?}; \
-                 it stays allocated until the object ends",
-                installed.count()
-            );
-        }
     }
+    parts.sort_by_key(|(g, _)| *g);
+    parts
 }
 
-impl<R: Runtime> Backend for CoreBackend<'_, R> {
-    fn migrate_to_ram(
+impl<R: Runtime> CoreBackend<'_, R> {
+    /// Brings `pages` of `chunk`, all in GPU `gpu`'s VRAM, back to RAM.
+    fn migrate_from_gpu(
         &self,
+        gpu: u8,
         chunk: Chunk,
-        pages: &PageMask,
-        _from: &[Residency],
+        mask: &PageMask,
     ) -> Result<PageMask, BackendError> {
         let rt = &self.core.rt;
-        let object = self.object.gpu_id().ok_or(BackendError::Gpu)?;
-        if !rt.gpu_attached() {
+        let object = self.object.gpu_id(gpu).ok_or(BackendError::Gpu)?;
+        if !rt.gpu_attached(gpu) {
             return Err(BackendError::Gpu);
-        }
-        let mask = self.in_view(chunk, pages);
-        if mask.is_empty() {
-            return Ok(mask);
         }
         // Rule 8: the GPU unmaps before the pages change; the sequence lets
         // a GPU fault that read the old state refuse to bind.
-        let seq = self.object.seq.fetch_add(1, Ordering::AcqRel) + 1;
         if !self.core.cfg.skip_invalidate {
-            rt.invalidate(&self.object.memory, object, chunk.first, chunk.count, seq)
-                .map_err(|e| {
-                    log::warn!("pager: invalidate failed: {e:?}");
-                    BackendError::Gpu
-                })?;
+            self.invalidate_on(gpu, object, chunk)?;
         }
         let Some(slot) = rt.take_slot() else {
             log::error!("pager: no staging slot left (all quarantined); the pages stay in VRAM");
             return Err(BackendError::Gpu);
         };
-        let copied = match rt.migrate_to_ram(object, chunk.first, chunk.count, &mask, slot) {
-            Ok(copied) => copied.and(&mask),
+        let copied = match rt.migrate_to_ram(gpu, object, chunk.first, chunk.count, mask, slot) {
+            Ok(copied) => copied.and(mask),
             Err(e) => {
-                log::warn!("pager: migrate to RAM failed: {e:?}; the pages stay in VRAM");
+                log::warn!("pager: migrate to RAM from GPU {gpu} failed: {e:?}; the pages stay");
                 // A copy that went unanswered may still land in the slot.
                 match e {
                     RtError::Unanswered(call) => rt.quarantine_slot(slot, call),
@@ -333,23 +319,45 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
         let installed = self.install(chunk, &copied, Source::Staging(slot));
         rt.put_slot(slot);
         let installed = installed?;
-        self.release_vram(object, chunk, &installed);
+        self.release_vram(gpu, object, chunk, &installed);
         Ok(installed)
     }
 
-    fn zero_fill(&self, chunk: Chunk, pages: &PageMask) -> Result<PageMask, BackendError> {
-        let mask = self.in_view(chunk, pages);
-        // Pages not installed stay EMPTY: nothing is lost.
-        match self.view {
-            Some(v) => Ok(self.install_via(v, chunk, &mask, Source::Zeros)),
-            None => self.install(chunk, &mask, Source::Zeros),
+    /// Rule 8 on GPU `gpu` (which knows the object as `object`): it unmaps
+    /// the chunk, under a new sequence.
+    fn invalidate_on(&self, gpu: u8, object: Handle, chunk: Chunk) -> Result<(), BackendError> {
+        let seq = self.object.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.core
+            .rt
+            .invalidate(
+                &self.object.memory,
+                gpu,
+                object,
+                chunk.first,
+                chunk.count,
+                seq,
+            )
+            .map_err(|e| {
+                log::warn!("pager: invalidating on GPU {gpu} failed: {e:?}");
+                BackendError::Gpu
+            })
+    }
+
+    /// Every GPU but `gpu` whose server opened the object unmaps `chunk`.
+    fn unmap_elsewhere(&self, gpu: u8, chunk: Chunk) -> Result<(), BackendError> {
+        for (other, id) in self.object.gpu_ids().iter() {
+            if other != gpu && self.core.rt.gpu_attached(other) {
+                self.invalidate_on(other, id, chunk)?;
+            }
         }
+        Ok(())
     }
 
     /// Write-protects `pages` in every view of the object, holding off view
     /// changes of those views' spaces meanwhile (the guard in `space.rs`).
-    fn protect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
+    fn protect_views(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
         let rt = &self.core.rt;
+
         for attempt in 0..PROTECT_TRIES {
             if attempt > 0 {
                 rt.pause(Pause::ProtectRetry, attempt);
@@ -380,6 +388,88 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
         Err(BackendError::Host(0))
     }
 
+    /// The copies of `installed` landed in RAM: GPU `gpu`'s server drops their
+    /// VRAM now, while we still hold their page locks (`MigrateToRam`
+    /// copies and keeps; see `xe-svm`'s `migrate_to_ram`). If it does not
+    /// answer, its frames stay allocated (counted, never read: the pages
+    /// say System) until the object ends; nothing is lost.
+    ///
+    /// **The pages say System before the free is sent** (still locked).
+    /// A restarted GPU server adopts the frames `Resident` lists, which
+    /// are the Device pages (`resident.rs`). Listed before this point, a
+    /// page's frame belongs to a generation that is alive when the free
+    /// is sent, or to none (the stub sends an idempotent call again after
+    /// a restart, and a later generation lists the page as System).
+    /// Marked after the free instead, a predecessor that answered just
+    /// before it died would leave its successor a frame nobody frees, and
+    /// one its GPU faults map for a page already back in RAM.
+    fn release_vram(&self, gpu: u8, object: Handle, chunk: Chunk, installed: &PageMask) {
+        if installed.is_empty() {
+            return;
+        }
+        for (i, p) in chunk.pages() {
+            if installed.get(i) {
+                let _ = self.object.table.settle(p, Residency::System);
+            }
+        }
+        if let Err(e) = self
+            .core
+            .rt
+            .free_pages(gpu, object, chunk.first, chunk.count, installed)
+        {
+            log::error!(
+                "pager: freeing the VRAM of {} page(s) that came back to RAM: {e:?}; \
+                 it stays allocated until the object ends",
+                installed.count()
+            );
+        }
+    }
+}
+
+impl<R: Runtime> Backend for CoreBackend<'_, R> {
+    /// Each GPU holding some of `pages` copies its own back; a GPU that
+    /// fails keeps its pages (the others' still come back).
+    fn migrate_to_ram(
+        &self,
+        chunk: Chunk,
+        pages: &PageMask,
+        from: &[Residency],
+    ) -> Result<PageMask, BackendError> {
+        let mask = self.in_view(chunk, pages);
+        let (mut done, mut failed) = (PageMask::EMPTY, None);
+        for (gpu, part) in by_gpu(&mask, from) {
+            match self.migrate_from_gpu(gpu, chunk, &part) {
+                Ok(m) => done = done.or(&m),
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) if done.is_empty() => Err(e),
+            _ => Ok(done),
+        }
+    }
+
+    fn zero_fill(&self, chunk: Chunk, pages: &PageMask) -> Result<PageMask, BackendError> {
+        let mask = self.in_view(chunk, pages);
+        // Pages not installed stay EMPTY: nothing is lost.
+        match self.view {
+            Some(v) => Ok(self.install_via(v, chunk, &mask, Source::Zeros)),
+            None => self.install(chunk, &mask, Source::Zeros),
+        }
+    }
+
+    /// Write-protects `pages` in every view of the object, holding off view
+    /// changes of those views' spaces meanwhile (the guard in `space.rs`).
+    /// For a GPU's collect, every other GPU unmaps them first (rule 8):
+    /// one may map them as system pages, whose RAM copies its finalize
+    /// drops.
+    fn protect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
+        if let Some(gpu) = self.collector {
+            self.unmap_elsewhere(gpu, chunk)?;
+        }
+        self.protect_views(chunk, pages)
+    }
+
     fn moved_to_device(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
         for (start, len) in runs(chunk, pages) {
             self.core
@@ -403,6 +493,51 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
             }
         })
         .map_err(rt_error)
+    }
+
+    /// Each source GPU unmaps its pages (rule 8), then pushes them with
+    /// its own copy engine; a source that fails keeps its pages.
+    fn push_to_peer(
+        &self,
+        chunk: Chunk,
+        pages: &PageMask,
+        from: &[Residency],
+        to: u8,
+        first_pfn: u64,
+    ) -> Result<PageMask, BackendError> {
+        let rt = &self.core.rt;
+        let mut landed = PageMask::EMPTY;
+        for (gpu, part) in by_gpu(pages, from) {
+            let Some(id) = self.object.gpu_id(gpu).filter(|_| rt.gpu_attached(gpu)) else {
+                continue;
+            };
+            if self.invalidate_on(gpu, id, chunk).is_err() {
+                continue;
+            }
+            match rt.push_to_peer(gpu, id, chunk.first, chunk.count, &part, to, first_pfn) {
+                Ok(pushed) => landed = landed.or(&pushed.and(&part)),
+                Err(e) => log::warn!("pager: GPU {gpu} pushing to GPU {to}: {e:?}; pages stay"),
+            }
+        }
+        Ok(landed)
+    }
+
+    /// The sources free the frames they pushed from (no mapping of them is
+    /// left: each unmapped before its push). A source that does not answer
+    /// keeps them allocated, never read, until the object ends.
+    fn free_peer_frames(&self, chunk: Chunk, pages: &PageMask, from: &[Residency]) {
+        for (gpu, part) in by_gpu(pages, from) {
+            let Some(id) = self.object.gpu_id(gpu) else {
+                continue;
+            };
+            if let Err(e) = self
+                .core
+                .rt
+                .free_pages(gpu, id, chunk.first, chunk.count, &part)
+            {
+                log::warn!("pager: GPU {gpu} freeing frames it pushed: {e:?}");
+            }
+        }
     }
 
     fn device_preferred(&self, chunk: Chunk) -> PageMask {

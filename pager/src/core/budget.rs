@@ -68,7 +68,8 @@ impl PagerBudget {
             .checked_add(self.spaces)?
             .checked_add(self.views)?
             .checked_mul(clients as u64)?
-            .checked_add(1)?
+            // One record per GPU server's session.
+            .checked_add(crate::core::object::MAX_GPUS as u64)?
             .checked_mul(crate::journal::RECORD_BYTES)
     }
 }

@@ -26,10 +26,23 @@ use crate::sync::Ordering;
 struct Held {
     /// Every page locked, relative to the chunk.
     all: PageMask,
-    /// Those in VRAM.
+    /// Those in VRAM (of any GPU).
     device: PageMask,
     /// Each locked page and the state it had.
     states: Vec<(usize, Residency)>,
+}
+
+impl Held {
+    /// The pages in GPU `gpu`'s VRAM, relative to `chunk`.
+    fn device_of(&self, chunk: Chunk, gpu: u8) -> PageMask {
+        let mut m = PageMask::EMPTY;
+        for &(p, r) in &self.states {
+            if matches!(r, Residency::Device { gpu: g, .. } if g == gpu) {
+                m.set(p - chunk.first);
+            }
+        }
+        m
+    }
 }
 
 impl<R: Runtime> Core<R> {
@@ -114,14 +127,24 @@ impl<R: Runtime> Core<R> {
         to: usize,
         held: &Held,
     ) -> Result<(), PagerError> {
-        if let Some(id) = o.gpu_id().filter(|_| self.rt.gpu_attached()) {
-            let seq = o.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        // Every GPU whose server opened the object may map its pages.
+        let gpus = o.gpu_ids();
+        let told: Vec<_> = gpus
+            .iter()
+            .filter(|&(g, _)| self.rt.gpu_attached(g))
+            .collect();
+        let seq = match told.is_empty() {
+            true => 0,
+            false => o.seq.fetch_add(1, Ordering::AcqRel) + 1,
+        };
+        for (gpu, id) in told {
             self.rt
-                .invalidate(&o.memory, id, from, to - from, seq)
+                .invalidate(&o.memory, gpu, id, from, to - from, seq)
                 .map_err(|_| PagerError::GpuUnavailable)?;
-            if !held.device.is_empty() {
+            let device = held.device_of(chunk, gpu);
+            if !device.is_empty() {
                 self.rt
-                    .free_pages(id, chunk.first, chunk.count, &held.device)
+                    .free_pages(gpu, id, chunk.first, chunk.count, &device)
                     .map_err(|_| PagerError::GpuUnavailable)?;
             }
         }

@@ -13,7 +13,7 @@ use ipc_protocol::interfaces::pager::PagerError;
 use ipc_protocol::types::PageMask;
 
 use super::backend::CoreBackend;
-use super::object::Object;
+use super::object::{Object, MAX_GPUS};
 use super::runtime::{Pause, Runtime};
 use super::session::{ClientSession, GpuSession, InFlight};
 use super::Core;
@@ -74,9 +74,8 @@ impl<R: Runtime> Core<R> {
                 space.mark_stopped();
             }
         }
-        let gpu = crate::sync::lock(&self.gpu).as_ref().map(|g| g.badge);
-        if let Some(badge) = gpu {
-            self.end_gpu(badge);
+        for g in self.gpu_sessions() {
+            self.end_gpu(g.badge);
         }
     }
 
@@ -85,14 +84,12 @@ impl<R: Runtime> Core<R> {
     /// object any more.
     pub fn end_gpu(&self, badge: u64) {
         let g = {
-            let mut g = crate::sync::lock(&self.gpu);
-            match &*g {
-                Some(s) if s.badge == badge => g.take(),
-                _ => None,
-            }
+            let mut gpus = crate::sync::lock(&self.gpus);
+            let at = gpus.iter().position(|s| s.badge == badge);
+            at.map(|at| gpus.swap_remove(at))
         };
         let Some(g) = g else { return };
-        self.forget_gpu(badge);
+        self.forget_gpu(badge, g.gpu);
         // The objects keep the ids the GPU server knew them by: its
         // notifier, if it still answers, frees their VRAM by those ids.
         let (collects, _opened) = g.end();
@@ -107,19 +104,21 @@ impl<R: Runtime> Core<R> {
     /// finalize of one finds nothing (`NotCollected`). The runtime calls
     /// this periodically (`startup::spawn_lease_reaper`); returns how many.
     pub fn expire_collects(&self) -> usize {
-        let Some(g) = crate::sync::lock(&self.gpu).clone() else {
-            return 0;
-        };
-        let old = g.expired(self.rt.now_us(), self.cfg.collect_lease_us);
-        self.undo_collects(&g, &old);
-        if !old.is_empty() {
-            log::warn!(
-                "pager: {} collect(s) never finalized within {} ms undone",
-                old.len(),
-                self.cfg.collect_lease_us / 1000
-            );
+        let mut undone = 0;
+        for g in self.gpu_sessions() {
+            let old = g.expired(self.rt.now_us(), self.cfg.collect_lease_us);
+            self.undo_collects(&g, &old);
+            if !old.is_empty() {
+                log::warn!(
+                    "pager: GPU {}: {} collect(s) never finalized within {} ms undone",
+                    g.gpu,
+                    old.len(),
+                    self.cfg.collect_lease_us / 1000
+                );
+            }
+            undone += old.len();
         }
-        old.len()
+        undone
     }
 
     /// Collects of `g` taken from it that nobody will finalize: each one's
@@ -170,9 +169,11 @@ impl<R: Runtime> Core<R> {
         for v in &views {
             self.tell_gone(v);
         }
-        match self.gpu_now() {
-            Some(g) => g.close(o),
-            None => o.set_gpu_id(None),
+        for (gpu, _) in o.gpu_ids().iter() {
+            match self.gpu_of(gpu) {
+                Some(g) => g.close(o),
+                None => o.set_gpu_id(gpu, None),
+            }
         }
         o.clear_views();
         session.remove_object(o);
@@ -202,28 +203,27 @@ impl<R: Runtime> Core<R> {
     fn free_device_pages(&self, o: &Object<R>) -> Result<(), PagerError> {
         for first in (0..o.pages()).step_by(CHUNK_PAGES) {
             let chunk = Chunk::around(first, o.pages());
-            let mut held = PageMask::EMPTY;
+            let mut held = [PageMask::EMPTY; MAX_GPUS];
             for (i, p) in chunk.pages() {
                 match self.lock_for_end(o, p) {
-                    Some(Residency::Device { .. }) => held.set(i),
+                    Some(Residency::Device { gpu, .. }) if (gpu as usize) < MAX_GPUS => {
+                        held[gpu as usize].set(i)
+                    }
                     Some(r) => {
                         let _ = o.table.unlock(p, r);
                     }
                     None => {}
                 }
             }
-            if held.is_empty() {
-                continue;
-            }
-            // Without the GPU server (it died) its VRAM is gone anyway.
-            let r = match o.gpu_id() {
-                Some(id) if self.rt.gpu_attached() => {
-                    self.rt.free_pages(id, chunk.first, chunk.count, &held)
+            let mut r = Ok(());
+            for (gpu, pages) in (0u8..).zip(&held).filter(|(_, m)| !m.is_empty()) {
+                // Without its GPU server (it died) its VRAM is gone anyway.
+                if let Some(id) = o.gpu_id(gpu).filter(|_| self.rt.gpu_attached(gpu)) {
+                    r = r.and(self.rt.free_pages(gpu, id, chunk.first, chunk.count, pages));
                 }
-                _ => Ok(()),
-            };
-            for i in held.iter() {
-                let _ = o.table.unlock(chunk.first + i, Residency::Empty);
+                for i in pages.iter() {
+                    let _ = o.table.unlock(chunk.first + i, Residency::Empty);
+                }
             }
             r.map_err(|_| PagerError::GpuUnavailable)?;
         }

@@ -141,9 +141,10 @@ impl<R: Runtime> Core<R> {
         if !g.reserve_collect() {
             return Err(E::OverBudget);
         }
-        let backend = CoreBackend::new(self, &o, None);
+        let backend = CoreBackend::for_gpu(self, &o, g.gpu);
         let seq = o.seq.load(Ordering::Acquire);
-        let got = match collect(&o.table, &backend, chunk, c.gpu.get(), Peers::Skip) {
+        // Pages in another GPU's VRAM move straight to this one's.
+        let got = match collect(&o.table, &backend, chunk, g.gpu, Peers::Take) {
             Ok(got) => got,
             Err(_) => {
                 g.unreserve_collect();
@@ -236,7 +237,7 @@ impl<R: Runtime> Core<R> {
         let taken = g
             .take(&o, chunk, f.gpu.get(), &f.got)
             .ok_or(E::NotCollected)?;
-        let backend = CoreBackend::new(self, &o, None);
+        let backend = CoreBackend::for_gpu(self, &o, g.gpu);
         let c = &taken.rec.collected;
         let r = finalize(
             &o.table,

@@ -5,9 +5,10 @@
 //! under the shuttle explorer.
 //!
 //! What lives here:
-//! - sessions ([`session`]): one per client badge, one per peer endpoint
-//!   (the GPU server's `PagerMigrate`); each with its handle tables, its
-//!   budget ([`budget`]) and one place where it ends ([`end`]);
+//! - sessions ([`session`]): one per client badge, one per GPU server
+//!   (its `PagerMigrate` endpoint; one GPU each, up to
+//!   [`object::MAX_GPUS`]); each with its handle tables, its budget
+//!   ([`budget`]) and one place where it ends ([`end`]);
 //! - objects and views ([`object`], [`view`]) and the view changes the
 //!   runtime reports (fork, remap, unmap: [`changes`]);
 //! - the fault path ([`fault`]) and the migration side effects over the
@@ -20,13 +21,24 @@
 //! 2. `Space::changing` (read by a write-protect pass; written by the
 //!    runtime while it applies view changes, which never takes a page lock);
 //! 3. a session's tables (`objects`, `views`, `spaces`, `opened`,
-//!    `collects`), the core's `clients` and `gpu` registries, `hand`;
+//!    `collects`), the core's `clients` and `gpus` registries, `hand`;
 //! 4. `Object::views`, `Space::views` (leaf locks, held for a copy);
 //! 5. the metadata arena's spin lock (inside allocations only).
 //!
 //! No lock of levels 2 to 4 is held while waiting on a page, and no lock
 //! at all is held across a call to the GPU server except page locks
 //! (rule 9 is the GPU server's: its notifier never calls the pager).
+//!
+//! **Several GPUs, no global lock.** Each GPU server has its own session
+//! and notifier; a page's state word names the GPU whose VRAM holds it.
+//! A GPU's collect takes page locks only (trylocks, rule 1), has every
+//! other GPU that opened the object unmap the chunk (rule 8, `backend.rs`
+//! `unmap_elsewhere`), and takes pages in a peer's VRAM too: its finalize
+//! has their source unmap and push them VRAM to VRAM (`migrate.rs`
+//! `PeerPush`). A CPU fault's pile goes back GPU by GPU. The pager calls
+//! a GPU server while serving another's request (A's collect tells B to
+//! unmap), never the reverse (rule 9): no call cycle, and no lock is
+//! shared between GPUs (`pager/tests/several_gpus.rs`, `peer.rs`).
 
 pub mod advice;
 pub mod backend;
@@ -166,7 +178,11 @@ pub struct Core<R: Runtime> {
     totals: Arc<PagerQuotas>,
     /// Client sessions by slot.
     clients: Mutex<Vec<Option<Arc<ClientSession<R>>>>>,
-    gpu: Mutex<Option<Arc<GpuSession<R>>>>,
+    /// The GPU servers' sessions, one per GPU (at most [`object::MAX_GPUS`]).
+    gpus: Mutex<Vec<Arc<GpuSession<R>>>>,
+    /// The metadata the GPU servers' sessions use, together (the arena
+    /// holds [`PEER_METADATA`] for them however many GPUs there are).
+    peer_quota: Arc<Quota>,
     /// Where the last eviction stopped (`reclaim.rs`).
     hand: Mutex<reclaim::Hand>,
     next_space: AtomicU64,
@@ -197,7 +213,8 @@ impl<R: Runtime> Core<R> {
             rt,
             totals: Arc::new(PagerQuotas::new(&PagerBudget::unlimited())),
             clients: Mutex::new((0..cfg.max_clients).map(|_| None).collect()),
-            gpu: Mutex::new(None),
+            gpus: Mutex::new(Vec::new()),
+            peer_quota: Arc::new(Quota::new(PEER_METADATA)),
             hand: Mutex::new(reclaim::Hand::default()),
             next_space: AtomicU64::new(1),
             journal: std::sync::OnceLock::new(),
@@ -269,45 +286,57 @@ impl<R: Runtime> Core<R> {
         lock(&self.clients).iter().flatten().cloned().collect()
     }
 
-    /// The session of the GPU server at `badge` (one at a time).
-    pub fn gpu_session(&self, badge: u64) -> Result<Arc<GpuSession<R>>, MigrateError> {
-        let mut g = lock(&self.gpu);
-        match &*g {
-            Some(s) if s.badge == badge => Ok(s.clone()),
-            Some(_) => Err(MigrateError::NotOwner),
-            None => {
-                let quota = Arc::new(Quota::new(PEER_METADATA));
-                let meta = Meta::new(self.arena.clone(), quota);
-                let objects = self
-                    .cfg
-                    .max_clients
-                    .saturating_mul(self.cfg.budget.objects.min(IDS_PER_SESSION as u64) as usize);
-                let s = Arc::new(GpuSession::new(badge, meta, objects, self.cfg.gpu_collects));
-                *g = Some(s.clone());
-                self.note_gpu(badge);
-                Ok(s)
-            }
+    /// The session of GPU `gpu`'s server, calling from `badge` (the
+    /// endpoint that GPU's server was given). One server per GPU: another
+    /// badge for the same GPU, or the same badge for another GPU, is
+    /// refused (`NotOwner`).
+    pub fn gpu_session(&self, badge: u64, gpu: u8) -> Result<Arc<GpuSession<R>>, MigrateError> {
+        let mut g = lock(&self.gpus);
+        if let Some(s) = g.iter().find(|s| s.badge == badge || s.gpu == gpu) {
+            return match s.badge == badge && s.gpu == gpu {
+                true => Ok(s.clone()),
+                false => Err(MigrateError::NotOwner),
+            };
         }
+        if usize::from(gpu) >= object::MAX_GPUS {
+            return Err(MigrateError::NotOwner);
+        }
+        // Each GPU's session may hold as many objects as the clients may.
+        let meta = Meta::new(self.arena.clone(), self.peer_quota.clone());
+        let objects = self
+            .cfg
+            .max_clients
+            .saturating_mul(self.cfg.budget.objects.min(IDS_PER_SESSION as u64) as usize);
+        let s = GpuSession::new(badge, gpu, meta, objects, self.cfg.gpu_collects);
+        let s = Arc::new(s);
+        g.push(s.clone());
+        self.note_gpu(badge, gpu);
+        Ok(s)
     }
 
-    /// The GPU server's session now, if any.
-    pub fn gpu_now(&self) -> Option<Arc<GpuSession<R>>> {
-        lock(&self.gpu).clone()
+    /// The GPU servers' sessions now.
+    pub fn gpu_sessions(&self) -> Vec<Arc<GpuSession<R>>> {
+        lock(&self.gpus).clone()
+    }
+
+    /// GPU `gpu`'s server's session, if it has one.
+    pub fn gpu_of(&self, gpu: u8) -> Option<Arc<GpuSession<R>>> {
+        lock(&self.gpus).iter().find(|s| s.gpu == gpu).cloned()
     }
 
     /// Server-wide totals (the `Accounting` reply).
     pub fn accounting(&self) -> PagerTotals {
         let t = &self.totals;
-        let gpu = self.gpu_now();
+        let gpus = self.gpu_sessions();
         PagerTotals {
-            sessions: self.clients().len() as u64 + gpu.is_some() as u64,
+            sessions: (self.clients().len() + gpus.len()) as u64,
             objects: t.objects.used(),
             object_bytes: t.object_bytes.used(),
             views: t.views.used(),
             spaces: t.spaces.used(),
             fault_threads: t.fault_threads.used(),
             arena_bytes: self.arena.used() as u64,
-            collects: gpu.map_or(0, |g| g.in_flight() as u64),
+            collects: gpus.iter().map(|g| g.in_flight() as u64).sum(),
         }
     }
 

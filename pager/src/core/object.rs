@@ -23,8 +23,9 @@ pub struct Object<R: Runtime> {
     pub seq: AtomicU64,
     /// Being ended: no new migration may start on it.
     dying: AtomicBool,
-    /// The id the GPU server knows it by, once it opened a view of it.
-    gpu_id: Mutex<Option<Handle>>,
+    /// The id each GPU's server knows it by, once it opened a view of it
+    /// (by GPU: a server's session belongs to one GPU, `GpuSession::gpu`).
+    gpu_ids: Mutex<GpuIds>,
     /// Its pages' advice (`advice.rs`): (preferred location, atomics).
     pub advice: Mutex<RangeMap<(Advice, Advice)>>,
     /// Its regions that came back from VRAM lately (`thrash.rs`).
@@ -56,7 +57,7 @@ impl<R: Runtime> Object<R> {
             views: RwLock::new(Vec::new()),
             seq: AtomicU64::new(0),
             dying: AtomicBool::new(false),
-            gpu_id: Mutex::new(None),
+            gpu_ids: Mutex::new(GpuIds::default()),
             advice: Mutex::new(RangeMap::new(
                 (Advice::Default, Advice::Default),
                 MAX_ADVICE_RANGES,
@@ -96,11 +97,46 @@ impl<R: Runtime> Object<R> {
         write(&self.views).clear();
     }
 
-    pub fn gpu_id(&self) -> Option<Handle> {
-        *lock(&self.gpu_id)
+    /// The id GPU `gpu`'s server knows it by.
+    pub fn gpu_id(&self, gpu: u8) -> Option<Handle> {
+        lock(&self.gpu_ids).get(gpu)
     }
 
-    pub fn set_gpu_id(&self, id: Option<Handle>) {
-        *lock(&self.gpu_id) = id;
+    /// Every GPU whose server opened it, with its id there: the servers
+    /// that may map its pages (rule 8 tells each of them).
+    pub fn gpu_ids(&self) -> GpuIds {
+        *lock(&self.gpu_ids)
+    }
+
+    pub fn set_gpu_id(&self, gpu: u8, id: Option<Handle>) {
+        lock(&self.gpu_ids).set(gpu, id);
+    }
+}
+
+/// GPUs one pager serves (`svm boot --gpus` takes up to 8; a page's
+/// state word could tell 16 apart).
+pub const MAX_GPUS: usize = 8;
+
+/// The id an object has in each GPU server's session, by GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuIds([Option<Handle>; MAX_GPUS]);
+
+impl GpuIds {
+    pub fn get(&self, gpu: u8) -> Option<Handle> {
+        self.0.get(gpu as usize).copied().flatten()
+    }
+
+    /// Sets GPU `gpu`'s id (a GPU past [`MAX_GPUS`] has none to set).
+    pub fn set(&mut self, gpu: u8, id: Option<Handle>) {
+        if let Some(at) = self.0.get_mut(gpu as usize) {
+            *at = id;
+        }
+    }
+
+    /// (GPU, id) of every GPU that has one, in GPU order.
+    pub fn iter(&self) -> impl Iterator<Item = (u8, Handle)> + '_ {
+        (0u8..)
+            .zip(self.0.iter())
+            .filter_map(|(gpu, id)| id.map(|id| (gpu, id)))
     }
 }

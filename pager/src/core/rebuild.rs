@@ -41,7 +41,7 @@ use super::budget::{object_bytes, objects, IDS_PER_SESSION};
 use super::client::{pages_in, view_range};
 use super::object::Object;
 use super::runtime::{Kept, RtError, Runtime};
-use super::session::ClientSession;
+use super::session::{ClientSession, GpuSession};
 use super::view::{Space, ViewSpec};
 use super::Core;
 use crate::journal::{Record, ViewRecord};
@@ -92,8 +92,8 @@ impl<R: Runtime> Core<R> {
             out.dropped += usize::from(!ok);
         };
         for (slot, r) in records {
-            if let Record::Gpu { badge } = r {
-                let ok = self.gpu_session(*badge).is_ok();
+            if let Record::Gpu { badge, gpu } = r {
+                let ok = self.gpu_session(*badge, *gpu).is_ok();
                 keep(*slot, r, ok, &mut out);
             }
         }
@@ -133,7 +133,7 @@ impl<R: Runtime> Core<R> {
         let Record::Object {
             owner,
             id,
-            gpu_id,
+            gpu_ids,
             bytes,
         } = *r
         else {
@@ -158,11 +158,11 @@ impl<R: Runtime> Core<R> {
             .ok()?;
         o.seq
             .store(self.first_seq(), crate::sync::Ordering::Release);
-        if gpu_id != 0 {
-            match self.gpu_now() {
+        for (gpu, gpu_id) in (0u8..).zip(gpu_ids).filter(|(_, g)| *g != 0) {
+            match self.gpu_of(gpu) {
                 Some(g) if g.open_at(Handle::from_raw(gpu_id), &o) => {}
                 _ => log::warn!(
-                    "pager: object {:#x}: GPU id {gpu_id:#x} not restored",
+                    "pager: object {:#x}: GPU {gpu}'s id {gpu_id:#x} not restored",
                     id.raw()
                 ),
             }
@@ -206,23 +206,31 @@ impl<R: Runtime> Core<R> {
         Some(())
     }
 
-    /// Asks the GPU server which frames it holds: Device where the memfd
+    /// Asks each GPU server which frames it holds: Device where the memfd
     /// has a hole, freed where it holds data (module docs).
     fn restore_device_pages(&self, out: &mut Rebuilt) -> Result<(), RebuildError> {
-        let Some(g) = self.gpu_now() else {
-            return Ok(());
-        };
+        for g in self.gpu_sessions() {
+            self.restore_frames_of(&g, out)?;
+        }
+        Ok(())
+    }
+
+    /// The frames GPU server `g` holds, asked for run by run. An answer
+    /// naming another GPU than its own is refused like no answer.
+    fn restore_frames_of(&self, g: &GpuSession<R>, out: &mut Rebuilt) -> Result<(), RebuildError> {
         let mut from = (0, 0);
         loop {
             let answer = self
                 .rt
-                .gpu_frames(from)
-                .map_err(|_| RebuildError::GpuFrames)?;
+                .gpu_frames(g.gpu, from)
+                .ok()
+                .filter(|a| a.gpu == g.gpu)
+                .ok_or(RebuildError::GpuFrames)?;
             for &(object, first, pages, pfn) in &answer.runs {
                 let Some(o) = g.object(Handle::from_raw(object)) else {
                     continue;
                 };
-                self.restore_run(&o, (first, pages, pfn), answer.gpu, out)?;
+                self.restore_run(&o, (first, pages, pfn), g.gpu, out)?;
             }
             match answer.next {
                 Some(next) if next > from => from = next,
@@ -269,12 +277,12 @@ impl<R: Runtime> Core<R> {
                 out.device_pages += 1;
             }
         }
-        let Some(id) = o.gpu_id() else {
+        let Some(id) = o.gpu_id(gpu) else {
             return Ok(());
         };
         for (chunk, mask) in stale {
             out.stale_frames += mask.count() as u64;
-            if let Err(e) = self.rt.free_pages(id, chunk.first, chunk.count, &mask) {
+            if let Err(e) = self.rt.free_pages(gpu, id, chunk.first, chunk.count, &mask) {
                 log::warn!(
                     "pager: freeing stale frames of object {:#x}: {e:?}",
                     o.id.raw()

@@ -24,7 +24,7 @@ impl<R: Runtime> Core<R> {
     pub fn reclaim_request(&self, req: r::Request) -> Result<r::Reply, ReclaimError> {
         match req {
             r::Request::Evict(e) => {
-                if !self.rt.gpu_attached() {
+                if !self.rt.gpu_attached(e.gpu.get()) {
                     return Err(ReclaimError::GpuUnavailable);
                 }
                 let pages = self.evict(e.gpu.get(), e.bytes);

@@ -110,12 +110,12 @@ impl<R: Runtime> Core<R> {
         self.clear(|| view_record(v));
     }
 
-    pub(super) fn note_gpu(&self, badge: u64) {
-        self.put(|| Record::Gpu { badge });
+    pub(super) fn note_gpu(&self, badge: u64, gpu: u8) {
+        self.put(|| Record::Gpu { badge, gpu });
     }
 
-    pub(super) fn forget_gpu(&self, badge: u64) {
-        self.clear(|| Record::Gpu { badge });
+    pub(super) fn forget_gpu(&self, badge: u64, gpu: u8) {
+        self.clear(|| Record::Gpu { badge, gpu });
     }
 }
 
@@ -123,7 +123,7 @@ fn object_record<R: Runtime>(o: &Object<R>) -> Record {
     Record::Object {
         owner: o.owner,
         id: o.id.raw(),
-        gpu_id: o.gpu_id().map_or(0, |h| h.raw()),
+        gpu_ids: core::array::from_fn(|g| o.gpu_id(g as u8).map_or(0, |h| h.raw())),
         bytes: o.pages() as u64 * super::view::PAGE,
     }
 }

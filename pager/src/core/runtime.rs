@@ -173,38 +173,61 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// late answer says the copy is done.
     fn quarantine_slot(&self, slot: usize, call: u64);
 
-    // The GPU server's notifier (`GpuNotify`). `object` is the id the GPU
-    // server knows the object by (its `PagerMigrate` session's handle).
-    /// Whether a GPU server is attached.
-    fn gpu_attached(&self) -> bool;
+    // The GPU servers' notifiers (`GpuNotify`), one per GPU. `gpu` names
+    // the GPU whose server is called; `object` is the id that server knows
+    // the object by (its `PagerMigrate` session's handle). The view notes
+    // go to every GPU server: each binds views by the clients' ids.
+    /// Whether GPU `gpu`'s server is attached.
+    fn gpu_attached(&self, gpu: u8) -> bool;
     /// Rule 8: unmap the chunk's GPU mappings of `object` (whose memory is
-    /// `m`); the reply is the acknowledgement.
+    /// `m`) on GPU `gpu`; the reply is the acknowledgement.
     fn invalidate(
         &self,
         m: &Self::Memory,
+        gpu: u8,
         object: Handle,
         first: usize,
         count: usize,
         seq: u64,
     ) -> Result<(), RtError>;
-    /// Copies `pages` of the chunk from VRAM into staging `slot`; returns
-    /// the pages copied (they left VRAM).
+    /// Copies `pages` of the chunk from GPU `gpu`'s VRAM into staging
+    /// `slot`; returns the pages copied (they left VRAM).
     fn migrate_to_ram(
         &self,
+        gpu: u8,
         object: Handle,
         first: usize,
         count: usize,
         pages: &PageMask,
         slot: usize,
     ) -> Result<PageMask, RtError>;
-    /// Drops the VRAM of `pages` (no view reaches them any more).
+    /// Drops GPU `gpu`'s VRAM of `pages` (no view reaches them any more).
     fn free_pages(
         &self,
+        gpu: u8,
         object: Handle,
         first: usize,
         count: usize,
         pages: &PageMask,
     ) -> Result<(), RtError>;
+    /// Peer migration: GPU `gpu` pushes `pages` of the chunk from its VRAM
+    /// into GPU `to`'s, page `i` to frame `to_first_pfn + i`, and keeps its
+    /// frames until [`Self::free_pages`]. Returns the pages that landed. A
+    /// runtime without peer windows refuses (the pages stay).
+    #[allow(clippy::too_many_arguments)]
+    fn push_to_peer(
+        &self,
+        gpu: u8,
+        object: Handle,
+        first: usize,
+        count: usize,
+        pages: &PageMask,
+        to: u8,
+        to_first_pfn: u64,
+    ) -> Result<PageMask, RtError> {
+        let _ = (gpu, object, first, count, pages, to, to_first_pfn);
+        Err(RtError::Gpu)
+    }
     /// Rule 8 for views: every binding of `view` goes.
     fn view_gone(&self, view: Handle);
     /// The whole of `view` also appears at `to` as `new_view`.
@@ -257,9 +280,9 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn data_pages(&self, _m: &Self::Memory, _pages: usize) -> Result<Vec<bool>, RtError> {
         Err(RtError::Unsupported(KernelCall::FaultUpcall))
     }
-    /// The GPU server's resident frames from (`object`, `page`) on
+    /// GPU `gpu`'s server's resident frames from (`object`, `page`) on
     /// (`GpuNotify::Frames`): the runs, and where the next call starts.
-    fn gpu_frames(&self, _from: (u32, u64)) -> Result<FrameRuns, RtError> {
+    fn gpu_frames(&self, _gpu: u8, _from: (u32, u64)) -> Result<FrameRuns, RtError> {
         Err(RtError::Gpu)
     }
 }

@@ -370,10 +370,10 @@ pub struct GpuSession<R: Runtime> {
     /// counted here (a plain atomic: the lock orders every change, and
     /// `Resident` reads it between pauses).
     finalizing: core::sync::atomic::AtomicUsize,
-    /// The GPU whose VRAM this server owns, fixed by its first request
-    /// that names one: with several GPUs, a server moves pages into its
-    /// own VRAM only (not a shuttle primitive: set once, never waited on).
-    device: std::sync::OnceLock<u8>,
+    /// The GPU whose VRAM this server owns (one server per GPU, by the
+    /// endpoint it calls from): it moves pages into its own VRAM only,
+    /// and the pager's notes about its objects go to that GPU's notifier.
+    pub gpu: u8,
 }
 
 /// A finalize's collect, taken from the session: counted in `finalizing`
@@ -392,9 +392,10 @@ impl<R: Runtime> Drop for Taken<'_, R> {
 }
 
 impl<R: Runtime> GpuSession<R> {
-    pub fn new(badge: u64, meta: Meta, objects: usize, collects: usize) -> Self {
+    pub fn new(badge: u64, gpu: u8, meta: Meta, objects: usize, collects: usize) -> Self {
         Self {
             badge,
+            gpu,
             opened: Mutex::new(HandleTable::new_in(objects, meta.clone())),
             collects: Mutex::new(AllocVec::new_in(meta)),
             in_flight: AtomicUsize::new(0),
@@ -402,13 +403,12 @@ impl<R: Runtime> GpuSession<R> {
             ended: AtomicBool::new(false),
             generation: AtomicU32::new(0),
             finalizing: core::sync::atomic::AtomicUsize::new(0),
-            device: std::sync::OnceLock::new(),
         }
     }
 
-    /// Whether `gpu` is this server's GPU; the first GPU named is.
+    /// Whether `gpu` is this server's GPU.
     pub fn owns_gpu(&self, gpu: u8) -> bool {
-        *self.device.get_or_init(|| gpu) == gpu
+        self.gpu == gpu
     }
 
     /// Finalizes in progress (`Taken`).
@@ -428,13 +428,13 @@ impl<R: Runtime> GpuSession<R> {
         if self.is_ended() || o.is_dying() {
             return None;
         }
-        if let Some(id) = o.gpu_id() {
+        if let Some(id) = o.gpu_id(self.gpu) {
             if t.get(id).is_some_and(|x| Arc::ptr_eq(x, o)) {
                 return Some(id);
             }
         }
         let id = t.insert(o.clone()).ok()?;
-        o.set_gpu_id(Some(id));
+        o.set_gpu_id(self.gpu, Some(id));
         Some(id)
     }
 
@@ -445,7 +445,7 @@ impl<R: Runtime> GpuSession<R> {
         if t.insert_at(id, o.clone()).is_err() {
             return false;
         }
-        o.set_gpu_id(Some(id));
+        o.set_gpu_id(self.gpu, Some(id));
         true
     }
 
@@ -457,12 +457,12 @@ impl<R: Runtime> GpuSession<R> {
     /// Forgets `o` (its end: the GPU server freed its VRAM).
     pub fn close(&self, o: &Object<R>) {
         let mut t = lock(&self.opened);
-        if let Some(id) = o.gpu_id() {
+        if let Some(id) = o.gpu_id(self.gpu) {
             if t.get(id).is_some_and(|x| core::ptr::eq(&**x, o)) {
                 t.remove(id);
             }
         }
-        o.set_gpu_id(None);
+        o.set_gpu_id(self.gpu, None);
     }
 
     /// Takes a place for one more collect, if the limit allows.

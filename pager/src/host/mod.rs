@@ -105,9 +105,15 @@ impl PagerServer {
         &self.core
     }
 
-    /// Connects the GPU server's notifier (rule 8 and migrate-to-RAM) and
-    /// shares the staging buffer with it.
-    pub fn attach_gpu(&self, gpu: Client<GpuNotify>) -> Result<(), String> {
+    /// Connects GPU `id`'s server's notifier (rule 8, migrations to RAM
+    /// and to peers) and shares the staging buffer with it.
+    pub fn attach_gpu(&self, id: u8, gpu: Client<GpuNotify>) -> Result<(), String> {
+        let notifier = self
+            .core
+            .rt
+            .gpu
+            .of(id)
+            .map_err(|_| format!("no GPU {id}"))?;
         let size = (self.core.rt.staging.slots() * SLOT_BYTES) as u64;
         let core = self.core.clone();
         // Shares the buffer: now, and again with each new generation.
@@ -131,15 +137,10 @@ impl PagerServer {
             }
             Err(Failed(e)) => return Err(e),
         }
-        self.core
-            .rt
-            .gpu
-            .reattach_with(Box::new(move |gpu| share(gpu).map_err(|e| e.to_string())));
-        self.core
-            .rt
-            .gpu
+        notifier.reattach_with(Box::new(move |gpu| share(gpu).map_err(|e| e.to_string())));
+        notifier
             .set(gpu)
-            .map_err(|_| "GPU already attached".to_string())
+            .map_err(|_| format!("GPU {id} already attached"))
     }
 
     /// The views that reach client `client`'s `object` now: (client
@@ -244,7 +245,8 @@ impl Handler<m::PagerMigrate> for PagerServer {
         req: m::Request,
         _handles: Vec<OwnedFd>,
     ) -> Result<(m::Reply, Vec<OwnedFd>), m::MigrateError> {
-        let session = self.core.gpu_session(caller.badge.0)?;
+        let gpu = crate::notifier::gpu_of_migrate_badge(caller.badge.0)?;
+        let session = self.core.gpu_session(caller.badge.0, gpu)?;
         self.core.migrate_request(&session, req)
     }
 }

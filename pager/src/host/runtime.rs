@@ -19,7 +19,7 @@ use super::uffd::{self, Uffd};
 use crate::core::runtime::{FileId, FileMapping, Kept, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
-use crate::notifier::GpuNotifier;
+use crate::notifier::GpuNotifiers;
 
 pub struct HostRuntime {
     /// Fault workers per address space (one more thread reads its events).
@@ -27,7 +27,7 @@ pub struct HostRuntime {
     pub staging: Staging,
     /// A 2 MiB zero buffer for first-touch fills.
     zeros: Vec<u8>,
-    pub gpu: GpuNotifier,
+    pub gpu: GpuNotifiers,
     /// Where `now_us` counts from.
     born: std::time::Instant,
     /// `init`'s descriptor keeper (`--keep-fd`), when the pager is
@@ -41,7 +41,7 @@ impl HostRuntime {
             workers: workers.max(1),
             staging: Staging::new(staging_slots)?,
             zeros: vec![0u8; SLOT_BYTES],
-            gpu: GpuNotifier::default(),
+            gpu: GpuNotifiers::default(),
             born: std::time::Instant::now(),
             keeper: std::sync::OnceLock::new(),
         })

@@ -116,7 +116,8 @@ impl Handler<m::PagerMigrate> for RedoxPager {
         req: m::Request,
         _handles: Vec<OwnedFd>,
     ) -> Result<(m::Reply, Vec<OwnedFd>), m::MigrateError> {
-        let session = self.core.gpu_session(caller.badge.0)?;
+        // One GPU on Redox today: its server's endpoint is GPU 0's.
+        let session = self.core.gpu_session(caller.badge.0, 0)?;
         self.core.migrate_request(&session, req)
     }
 }
@@ -157,7 +158,7 @@ impl RedoxPager {
     /// shares the staging slots with it (on its own thread: the handoff
     /// call returns at once, and the GPU server may call us meanwhile).
     fn handoff(&self, h: Handoff, timeout: Duration) -> Result<(), Errno> {
-        if h.role != GpuNotify::ID || self.core.rt.gpu.attached() {
+        if h.role != GpuNotify::ID || self.core.rt.gpu.attached(0) {
             return Err(Errno::Invalid);
         }
         let server = self.clone();
@@ -186,6 +187,8 @@ impl RedoxPager {
         self.core
             .rt
             .gpu
+            .of(0)
+            .map_err(|_| "no GPU 0".to_string())?
             .set(gpu)
             .map_err(|_| "GPU already attached".to_string())
     }

@@ -14,7 +14,7 @@ use super::shm::ShmMemory;
 use crate::core::runtime::{KernelCall, RtError, Runtime, Source};
 use crate::core::view::{Space, PAGE};
 use crate::core::Core;
-use crate::notifier::GpuNotifier;
+use crate::notifier::GpuNotifiers;
 use crate::staging::{Staging, SLOT_BYTES};
 
 /// A client address space's fault channel: none can exist on Redox today.
@@ -23,7 +23,7 @@ pub enum NoPort {}
 pub struct RedoxRuntime {
     pub staging: Staging,
     zeros: Vec<u8>,
-    pub gpu: GpuNotifier,
+    pub gpu: GpuNotifiers,
     /// Where `now_us` counts from.
     born: std::time::Instant,
 }
@@ -33,7 +33,7 @@ impl RedoxRuntime {
         Self {
             staging,
             zeros: vec![0u8; SLOT_BYTES],
-            gpu: GpuNotifier::default(),
+            gpu: GpuNotifiers::default(),
             born: std::time::Instant::now(),
         }
     }

@@ -69,10 +69,22 @@ impl ModelPort {
     }
 }
 
-/// The model runtime and its GPU server.
+/// A page in a model GPU's VRAM: (GPU, object id its server knows, page).
+pub type VramKey = (u8, u32, usize);
+
+/// The model runtime and its GPU servers (one per GPU that opened a view).
 pub struct ModelRuntime {
-    /// The GPU server's VRAM: (object id it knows, page) -> data.
-    pub vram: Mutex<BTreeMap<(u32, usize), u64>>,
+    /// Every GPU's VRAM, by [`VramKey`].
+    pub vram: Mutex<BTreeMap<VramKey, u64>>,
+    /// Frames a peer push wrote, by (GPU, frame): the collecting GPU's
+    /// model reads them into its VRAM once its finalize says they landed.
+    pub frames: Mutex<BTreeMap<(u8, u64), u64>>,
+    /// Every invalidation, in order: (GPU, object id it knows, first page).
+    pub invalidated: Mutex<Vec<(u8, u32, usize)>>,
+    /// Every push to a peer, in order: (from GPU, to GPU, pages).
+    pub pushes: Mutex<Vec<(u8, u8, u32)>>,
+    /// The next frame a collect with peer pages takes (`gpu_migrate`).
+    pub next_pfn: AtomicU64,
     staging: Vec<AtomicU64>,
     slots: crate::slots::SlotPool,
     /// Views the GPU server heard went, and copies (view, new view).
@@ -116,6 +128,10 @@ impl Default for ModelRuntime {
     fn default() -> Self {
         Self {
             vram: Mutex::new(BTreeMap::new()),
+            frames: Mutex::new(BTreeMap::new()),
+            invalidated: Mutex::new(Vec::new()),
+            pushes: Mutex::new(Vec::new()),
+            next_pfn: AtomicU64::new(1 << 20),
             staging: (0..SLOTS * SLOT_PAGES).map(|_| AtomicU64::new(0)).collect(),
             slots: crate::slots::SlotPool::new(SLOTS),
             gone: Mutex::new(Vec::new()),
@@ -185,16 +201,16 @@ impl Runtime for ModelRuntime {
 
     /// The model GPU's pages, each at the frame numbered as its page plus
     /// `frames_from` (it finds a page by object and page, never by frame).
-    fn gpu_frames(&self, from: (u32, u64)) -> Result<FrameRuns, RtError> {
+    fn gpu_frames(&self, gpu: u8, from: (u32, u64)) -> Result<FrameRuns, RtError> {
         let vram = lock(&self.vram);
         let base = self.frames_from.load(Ordering::Acquire);
         let runs = vram
             .keys()
-            .filter(|(o, p)| (*o, *p as u64) >= from)
-            .map(|&(o, p)| (o, p as u64, 1, base.wrapping_add(p as u64)))
+            .filter(|(g, o, p)| *g == gpu && (*o, *p as u64) >= from)
+            .map(|&(_, o, p)| (o, p as u64, 1, base.wrapping_add(p as u64)))
             .collect();
         Ok(FrameRuns {
-            gpu: 0,
+            gpu,
             runs,
             next: None,
         })
@@ -342,24 +358,52 @@ impl Runtime for ModelRuntime {
         self.slots.quarantine(slot, call);
     }
 
-    fn gpu_attached(&self) -> bool {
+    fn gpu_attached(&self, _gpu: u8) -> bool {
         true
     }
 
     fn invalidate(
         &self,
         _m: &Self::Memory,
-        _o: Handle,
-        _first: usize,
+        gpu: u8,
+        o: Handle,
+        first: usize,
         _n: usize,
         _seq: u64,
     ) -> Result<(), RtError> {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
+        lock(&self.invalidated).push((gpu, o.raw(), first));
         Ok(())
+    }
+
+    /// The source's pages land in the peer's frames (read by
+    /// [`gpu_migrate`] once its finalize says they are its own).
+    fn push_to_peer(
+        &self,
+        gpu: u8,
+        o: Handle,
+        first: usize,
+        _n: usize,
+        pages: &PageMask,
+        to: u8,
+        to_first_pfn: u64,
+    ) -> Result<PageMask, RtError> {
+        let vram = lock(&self.vram);
+        let mut frames = lock(&self.frames);
+        let mut pushed = PageMask::EMPTY;
+        for i in pages.iter() {
+            if let Some(&v) = vram.get(&(gpu, o.raw(), first + i)) {
+                frames.insert((to, to_first_pfn + i as u64), v);
+                pushed.set(i);
+            }
+        }
+        lock(&self.pushes).push((gpu, to, pushed.count()));
+        Ok(pushed)
     }
 
     fn migrate_to_ram(
         &self,
+        gpu: u8,
         o: Handle,
         first: usize,
         _n: usize,
@@ -373,7 +417,7 @@ impl Runtime for ModelRuntime {
         let mut copied = PageMask::EMPTY;
         for i in pages.iter() {
             // Copied, not dropped: the VRAM goes with `free_pages`.
-            if let Some(&v) = vram.get(&(o.raw(), first + i)) {
+            if let Some(&v) = vram.get(&(gpu, o.raw(), first + i)) {
                 self.staging[slot * SLOT_PAGES + i].store(v, Ordering::Release);
                 copied.set(i);
             }
@@ -383,6 +427,7 @@ impl Runtime for ModelRuntime {
 
     fn free_pages(
         &self,
+        gpu: u8,
         o: Handle,
         first: usize,
         _n: usize,
@@ -393,7 +438,7 @@ impl Runtime for ModelRuntime {
         }
         let mut vram = lock(&self.vram);
         for i in pages.iter() {
-            vram.remove(&(o.raw(), first + i));
+            vram.remove(&(gpu, o.raw(), first + i));
         }
         Ok(())
     }
@@ -559,7 +604,7 @@ pub fn gpu_collect(
         object,
         first_page: first,
         count: PageCount::new(count).ok_or(m::MigrateError::OutOfRange)?,
-        gpu: GpuId::new(0).ok_or(m::MigrateError::Host)?,
+        gpu: GpuId::new(g.gpu).ok_or(m::MigrateError::Host)?,
         generation: 1,
         pager_generation: 0,
     });
@@ -570,7 +615,8 @@ pub fn gpu_collect(
 }
 
 /// What a GPU fault does: collect the chunk, copy what it got into VRAM
-/// (from `memory`), finalize it all as migrated. Returns the pages moved.
+/// (from `memory`; a peer's pages are pushed by their source), finalize
+/// it all as migrated. Returns the pages moved.
 pub fn gpu_migrate(
     core: &ModelCore,
     g: &GpuSession<ModelRuntime>,
@@ -582,27 +628,44 @@ pub fn gpu_migrate(
     let c = gpu_collect(core, g, object, first, count)?;
     {
         let mut vram = lock(&core.rt.vram);
-        for i in c.got.iter() {
+        for i in c.got.and_not(&c.peer).iter() {
             let p = first as usize + i;
             let v = if c.zero.get(i) {
                 0
             } else {
                 memory.words[p].load(Ordering::Acquire)
             };
-            vram.insert((object.get(), p), v);
+            vram.insert((g.gpu, object.get(), p), v);
         }
     }
+    // The model's frames mean nothing but where a peer pushes: a collect
+    // with peer pages takes frames no other collect has.
+    let vram_first_pfn = match c.peer.is_empty() {
+        true => 0,
+        false => core
+            .rt
+            .next_pfn
+            .fetch_add(u64::from(count), Ordering::AcqRel),
+    };
     let req = m::Request::Finalize(m::Finalize {
         object,
         first_page: first,
         count: PageCount::new(count).ok_or(m::MigrateError::OutOfRange)?,
-        gpu: GpuId::new(0).ok_or(m::MigrateError::Host)?,
-        vram_first_pfn: 0,
+        gpu: GpuId::new(g.gpu).ok_or(m::MigrateError::Host)?,
+        vram_first_pfn,
         got: c.got,
         migrated: c.got,
     });
-    match core.migrate_request(g, req)? {
-        (m::Reply::Finalize(f), _) => Ok(f.device),
-        _ => Err(m::MigrateError::Host),
+    let (m::Reply::Finalize(f), _) = core.migrate_request(g, req)? else {
+        return Err(m::MigrateError::Host);
+    };
+    let mut vram = lock(&core.rt.vram);
+    let mut frames = lock(&core.rt.frames);
+    for i in c.peer.iter() {
+        let landed = frames.remove(&(g.gpu, vram_first_pfn + i as u64));
+        if let Some(v) = landed.filter(|_| f.device_pages.get(i)) {
+            vram.insert((g.gpu, object.get(), first as usize + i), v);
+        }
     }
+    Ok(f.device)
 }

@@ -342,7 +342,9 @@ fn gpu_fault(core: &Arc<ModelCore>, given: &Given, badge: u64, inp: &mut Input) 
         return;
     };
     let view = Handle::from_raw(views[inp.u8() as usize % views.len()]);
-    let Ok(g) = core.gpu_session(GPU) else { return };
+    let Ok(g) = core.gpu_session(GPU, 0) else {
+        return;
+    };
     let Ok(object) = gpu_open(core, &g, badge, view) else {
         return;
     };

@@ -226,7 +226,7 @@ pub fn rig_with_gpu_deadline(cfg: Config, deadline: Option<std::time::Duration>)
         Some(d) => notify.with_timeout(d),
         None => notify,
     };
-    server.attach_gpu(notify).unwrap();
+    server.attach_gpu(0, notify).unwrap();
     let server = Arc::new(server);
     let server_handle = server.clone();
     let (pc, ps) = InProc::pair();

@@ -1,0 +1,290 @@
+//! One pager, several GPU servers (issue 17), on the model runtime: the
+//! core's sessions, one per GPU, and the notes it sends each GPU.
+//!
+//! - A GPU fault on a page in another GPU's VRAM has that GPU unmap it
+//!   and push it, VRAM to VRAM; RAM never holds it meanwhile.
+//! - A CPU fault brings a chunk back from every GPU that holds part of it.
+//! - A GPU's collect unmaps the pages on every other GPU first (rule 8
+//!   with several notifier endpoints).
+//! - Discard, an object's end and eviction free each page on its own GPU.
+//! - Four GPU threads and CPU threads over one chunk, with no global lock:
+//!   every CPU write lands exactly once.
+#![cfg(not(feature = "shuttle"))]
+
+use std::sync::Arc;
+
+use ipc_protocol::interfaces::pager as p;
+use ipc_protocol::interfaces::pager_migrate::MigrateError;
+use ipc_protocol::types::{ObjectId, ViewId};
+use pager::core::object::Object;
+use pager::core::session::GpuSession;
+use pager::core::view::{Space, PAGE};
+use pager::state::Residency;
+use pager::sync::lock;
+use pager::testing::runtime::{
+    cpu_write, gpu_migrate, gpu_open, model_core, object_with_view, seed, small_config, ModelCore,
+    ModelRuntime, POISON,
+};
+use session::Handle;
+
+const CLIENT: u64 = 100;
+const A: u64 = 0x1000_0000;
+const PAGES: u64 = 64;
+
+/// A client object of one chunk in RAM, seeded, and GPU `0..gpus`'s
+/// sessions with the view opened: (object, space, each GPU's session and
+/// the id it knows the object by).
+struct Setup {
+    core: Arc<ModelCore>,
+    object: Arc<Object<ModelRuntime>>,
+    space: Arc<Space<ModelRuntime>>,
+    view: Handle,
+    gpus: Vec<(Arc<GpuSession<ModelRuntime>>, ObjectId)>,
+}
+
+fn value(p: usize) -> u64 {
+    0x5eed_0000 + p as u64
+}
+
+fn setup(gpus: u8) -> Setup {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (_, view) = object_with_view(&core, &s, PAGES, A).unwrap();
+    let v = s.view(view).unwrap();
+    seed(&v.object, value);
+    let gpus = (0..gpus)
+        .map(|gpu| {
+            let g = core.gpu_session(10 + u64::from(gpu), gpu).unwrap();
+            let id = gpu_open(&core, &g, CLIENT, view).unwrap();
+            (g, id)
+        })
+        .collect();
+    Setup {
+        object: v.object.clone(),
+        space: v.space.clone(),
+        view,
+        core,
+        gpus,
+    }
+}
+
+impl Setup {
+    /// GPU `gpu` faults pages `[first, first + count)` into its VRAM.
+    fn gpu_fault(&self, gpu: usize, first: u64, count: u16) -> u16 {
+        let (g, id) = &self.gpus[gpu];
+        gpu_migrate(&self.core, g, *id, &self.object.memory, first, count).unwrap()
+    }
+
+    fn residency(&self, page: usize) -> Residency {
+        self.object.table.info(page).unwrap().residency
+    }
+
+    /// The value GPU `gpu` holds for `page`, if it holds it.
+    fn in_vram(&self, gpu: usize, page: usize) -> Option<u64> {
+        let key = (gpu as u8, self.gpus[gpu].1.get(), page);
+        lock(&self.core.rt.vram).get(&key).copied()
+    }
+
+    fn ram(&self, page: usize) -> u64 {
+        self.object.memory.words[page].load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A CPU read of every page (faulting back what is in VRAM).
+    fn read_all(&self) -> Vec<u64> {
+        for page in 0..PAGES as usize {
+            if self.ram(page) == POISON {
+                self.core
+                    .serve_fault(&self.space, A + page as u64 * PAGE, false);
+            }
+        }
+        (0..PAGES as usize).map(|p| self.ram(p)).collect()
+    }
+}
+
+fn on_gpu(r: Residency) -> Option<u8> {
+    match r {
+        Residency::Device { gpu, .. } => Some(gpu),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_page_in_a_peers_vram_moves_vram_to_vram_never_through_ram() {
+    let t = setup(2);
+    assert_eq!(t.gpu_fault(0, 0, 64), 64);
+    let to_ram_before = lock(&t.core.rt.invalidated).len();
+    assert_eq!(t.gpu_fault(1, 0, 64), 64, "GPU 1 took every page");
+    for page in 0..64 {
+        assert_eq!(on_gpu(t.residency(page)), Some(1), "page {page}");
+        assert_eq!(t.in_vram(1, page), Some(value(page)), "page {page}'s data");
+        assert_eq!(t.in_vram(0, page), None, "GPU 0 freed page {page}'s frame");
+        assert_eq!(t.ram(page), POISON, "page {page} never went through RAM");
+    }
+    assert_eq!(
+        *lock(&t.core.rt.pushes),
+        vec![(0, 1, 64)],
+        "one push, 0 to 1"
+    );
+    // Rule 8: GPU 0 unmapped the chunk before it pushed.
+    let heard = lock(&t.core.rt.invalidated)[to_ram_before..].to_vec();
+    assert!(heard.contains(&(0, t.gpus[0].1.get(), 0)), "{heard:?}");
+    assert_eq!(t.read_all(), (0..64).map(value).collect::<Vec<_>>());
+}
+
+#[test]
+fn pages_already_on_the_faulting_gpu_move_nothing() {
+    let t = setup(2);
+    t.gpu_fault(0, 0, 64);
+    assert_eq!(t.gpu_fault(0, 0, 64), 0, "already resident");
+    assert!(lock(&t.core.rt.pushes).is_empty());
+}
+
+#[test]
+fn a_cpu_fault_brings_the_chunk_back_from_every_gpu() {
+    let t = setup(2);
+    t.gpu_fault(0, 0, 32);
+    t.gpu_fault(1, 32, 32);
+    assert_eq!(on_gpu(t.residency(0)), Some(0));
+    assert_eq!(on_gpu(t.residency(63)), Some(1));
+    // One CPU fault on page 0: the whole chunk comes back, each half from
+    // its own GPU, which frees its frames.
+    t.core.serve_fault(&t.space, A, false);
+    for page in 0..64 {
+        assert_eq!(t.residency(page), Residency::System, "page {page}");
+        assert_eq!(t.ram(page), value(page), "page {page}'s data");
+    }
+    assert!(
+        lock(&t.core.rt.vram).is_empty(),
+        "both GPUs freed their frames"
+    );
+}
+
+#[test]
+fn a_collect_unmaps_the_pages_on_every_other_gpu_first() {
+    let t = setup(3);
+    t.gpu_fault(0, 0, 64);
+    let heard = lock(&t.core.rt.invalidated).clone();
+    // GPUs 1 and 2 may map the system pages; GPU 0 collects them.
+    assert!(heard.contains(&(1, t.gpus[1].1.get(), 0)), "{heard:?}");
+    assert!(heard.contains(&(2, t.gpus[2].1.get(), 0)), "{heard:?}");
+    assert!(!heard.iter().any(|h| h.0 == 0), "{heard:?}");
+}
+
+#[test]
+fn one_server_per_gpu() {
+    let core = model_core(small_config(""));
+    let g0 = core.gpu_session(10, 0).unwrap();
+    assert_eq!(core.gpu_session(10, 0).unwrap().gpu, g0.gpu);
+    assert_eq!(core.gpu_session(11, 0).err(), Some(MigrateError::NotOwner));
+    assert_eq!(core.gpu_session(10, 1).err(), Some(MigrateError::NotOwner));
+    let past = pager::core::object::MAX_GPUS as u8;
+    assert_eq!(
+        core.gpu_session(11, past).err(),
+        Some(MigrateError::NotOwner)
+    );
+    assert_eq!(core.gpu_session(11, 1).unwrap().gpu, 1);
+    assert_eq!(core.accounting().sessions, 2);
+    core.end_gpu(10);
+    assert_eq!(core.gpu_sessions().len(), 1);
+    assert_eq!(
+        core.gpu_session(12, 0).unwrap().gpu,
+        0,
+        "GPU 0 may have a new server"
+    );
+}
+
+#[test]
+fn discard_frees_each_page_on_its_own_gpu() {
+    let t = setup(2);
+    t.gpu_fault(0, 0, 32);
+    t.gpu_fault(1, 32, 32);
+    let s = t.core.client(CLIENT).unwrap();
+    let req = p::Request::Discard(p::Discard {
+        object: ObjectId::raw(t.object.id.raw()),
+        first_page: 0,
+        pages: PAGES,
+    });
+    t.core.pager_request(&s, req, vec![]).unwrap();
+    assert!(lock(&t.core.rt.vram).is_empty(), "each GPU freed its pages");
+    assert!((0..64).all(|p| t.residency(p) == Residency::Empty));
+}
+
+#[test]
+fn an_objects_end_frees_its_pages_on_every_gpu() {
+    let t = setup(2);
+    t.gpu_fault(0, 0, 32);
+    t.gpu_fault(1, 32, 32);
+    let s = t.core.client(CLIENT).unwrap();
+    let detach = p::Request::DetachView(p::DetachView {
+        view: ViewId::raw(t.view.raw()),
+    });
+    t.core.pager_request(&s, detach, vec![]).unwrap();
+    let req = p::Request::DestroyObject(p::DestroyObject {
+        object: ObjectId::raw(t.object.id.raw()),
+    });
+    t.core.pager_request(&s, req, vec![]).unwrap();
+    assert!(lock(&t.core.rt.vram).is_empty(), "each GPU freed its pages");
+    for (g, id) in &t.gpus {
+        assert!(
+            g.object(Handle::from_raw(id.get())).is_none(),
+            "GPU {} forgot it",
+            g.gpu
+        );
+    }
+}
+
+#[test]
+fn eviction_of_one_gpu_leaves_the_others_pages() {
+    let t = setup(2);
+    t.gpu_fault(0, 0, 32);
+    t.gpu_fault(1, 32, 32);
+    assert_eq!(t.core.evict(1, 64 * PAGE), 32);
+    assert!((0..32).all(|p| on_gpu(t.residency(p)) == Some(0)));
+    assert!((32..64).all(|p| t.residency(p) == Residency::System));
+    assert!((32..64).all(|p| t.ram(p) == value(p)));
+}
+
+/// Four GPU threads fault the chunk into their VRAM in different orders
+/// while two CPU threads add to its pages; no lock but the page locks.
+/// Every write lands once: none is lost to a peer push or a copy back.
+#[test]
+fn four_gpus_and_cpu_threads_race_on_one_chunk_and_lose_nothing() {
+    const ROUNDS: usize = 300;
+    const CPUS: u64 = 2;
+    let t = Arc::new(setup(4));
+    let mut threads = Vec::new();
+    for gpu in 0..4usize {
+        let t = t.clone();
+        threads.push(std::thread::spawn(move || {
+            for round in 0..ROUNDS {
+                // Different halves and orders per GPU and round.
+                let first = ((gpu + round) % 2) as u64 * 32;
+                t.gpu_fault(gpu, first, 32);
+            }
+        }));
+    }
+    for cpu in 0..CPUS {
+        let t = t.clone();
+        threads.push(std::thread::spawn(move || {
+            for round in 0..ROUNDS {
+                let page = (round * 7 + cpu as usize * 13) % PAGES as usize;
+                cpu_write(&t.core, &t.space, A + page as u64 * PAGE, page, 1 << 32);
+            }
+        }));
+    }
+    for h in threads {
+        h.join().unwrap();
+    }
+    let mut want: Vec<u64> = (0..64).map(value).collect();
+    for cpu in 0..CPUS {
+        for round in 0..ROUNDS {
+            want[(round * 7 + cpu as usize * 13) % PAGES as usize] += 1 << 32;
+        }
+    }
+    let pushes = lock(&t.core.rt.pushes).len();
+    assert!(pushes > 0, "pages moved GPU to GPU");
+    eprintln!("{pushes} pushes between GPUs");
+    assert_eq!(t.read_all(), want, "every CPU write, exactly once");
+    assert!(lock(&t.core.rt.vram).is_empty(), "no frame left behind");
+    assert!(lock(&t.core.rt.frames).is_empty(), "no push left unread");
+}
