@@ -9,6 +9,7 @@ pub mod churn;
 pub mod client;
 
 pub mod conformance;
+pub mod devices;
 pub mod exec;
 pub mod guest;
 pub mod herd;

@@ -72,7 +72,8 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn exe(name: &str) -> Result<PathBuf, BootError> {
+/// The executable of server `name`, beside `svm` (or in `$SVM_BIN_DIR`).
+pub(crate) fn exe(name: &str) -> Result<PathBuf, BootError> {
     let p = bin_dir().join(name);
     if p.is_file() {
         Ok(p)
@@ -85,8 +86,21 @@ fn exe(name: &str) -> Result<PathBuf, BootError> {
 pub struct Connection {
     /// The badge every server knows this client by.
     pub badge: u64,
+    /// GPU 0's server.
     pub gpu: Client<Gpu>,
     pub pager: Client<Pager>,
+    /// GPUs 1..'s servers, in GPU order (a system booted with several).
+    pub more_gpus: Vec<Client<Gpu>>,
+}
+
+impl Connection {
+    /// GPU `gpu`'s server, if the system has that GPU.
+    pub fn gpu_of(&self, gpu: u8) -> Option<&Client<Gpu>> {
+        match gpu {
+            0 => Some(&self.gpu),
+            g => self.more_gpus.get(usize::from(g) - 1),
+        }
+    }
 }
 
 fn seqpacket(fd: OwnedFd) -> std::sync::Arc<dyn ipc_protocol::transport::Transport> {
@@ -104,7 +118,14 @@ impl Connection {
         use ipc_protocol::transport::inherited_fd;
         // SAFETY: the caller vouches for both descriptors.
         let (gpu, pager) = unsafe { (inherited_fd(gpu_fd), inherited_fd(pager_fd)) };
-        ClientSlot { badge, gpu, pager }.connect()
+        let more_gpus = Vec::new();
+        ClientSlot {
+            badge,
+            gpu,
+            pager,
+            more_gpus,
+        }
+        .connect()
     }
 }
 
@@ -152,6 +173,9 @@ pub struct ClientSlot {
     pub badge: u64,
     gpu: OwnedFd,
     pager: OwnedFd,
+    /// GPUs 1..'s `Gpu` endpoints (kept in `init`: a client process
+    /// started with [`Self::spawn`] reaches GPU 0 only).
+    more_gpus: Vec<OwnedFd>,
 }
 
 impl ClientSlot {
@@ -162,10 +186,12 @@ impl ClientSlot {
 
     /// Connects here, waiting at most `timeout` for any reply.
     pub fn connect_with_timeout(self, timeout: Duration) -> Connection {
+        let client = |fd| Client::new(seqpacket(fd)).with_timeout(timeout);
         Connection {
             badge: self.badge,
-            gpu: Client::new(seqpacket(self.gpu)).with_timeout(timeout),
+            gpu: client(self.gpu),
             pager: Client::new(seqpacket(self.pager)).with_timeout(timeout),
+            more_gpus: self.more_gpus.into_iter().map(client).collect(),
         }
     }
 
@@ -236,6 +262,9 @@ pub struct BootOptions {
     pub conformance: bool,
     /// The servers write their standard output to our standard error.
     pub stdout_to_stderr: bool,
+    /// GPUs, each a device model and a GPU server (0 or 1: one; up to
+    /// `manifest::MAX_GPUS`; `devices.rs`).
+    pub gpus: u8,
 }
 
 /// A duplicate of an endpoint end, for a server's recipe.
@@ -440,6 +469,7 @@ impl System {
             Vec::new()
         };
         let mut attach = Attach::new(opts)?;
+        let mut devices = crate::devices::Devices::new(opts, clients)?;
         let system = Self {
             servers: Supervised::new(),
         };
@@ -510,6 +540,14 @@ impl System {
             if process == "xe-model" {
                 attach.give_device(&mut fds, &mut args);
             }
+            if let Some(d) = &devices {
+                match process {
+                    "xe-model" => d.give_model0(&mut fds, &mut args)?,
+                    "xe-svm" => d.give_peers(0, &mut fds, &mut args)?,
+                    "pager" => d.give_pager(&mut fds, &mut args)?,
+                    _ => {}
+                }
+            }
             let journaled = matches!(process, "xe-svm" | "pager");
             if journaled && restarted(opts, process) {
                 give_journal(process, &mut fds, &mut args)?;
@@ -534,6 +572,14 @@ impl System {
             if let Err(e) = system.servers.start(process, recipe) {
                 system.shutdown();
                 return Err(e);
+            }
+            // Devices 1.. start beside device 0's GPU server, before the
+            // pager that calls them all.
+            if let (Some(d), "xe-svm") = (&devices, process) {
+                if let Err(e) = system.start_devices(d, opts) {
+                    system.shutdown();
+                    return Err(e);
+                }
             }
         }
         if opts.probe_only {
@@ -560,6 +606,11 @@ impl System {
                 "the manifest gives init no Gpu, Pager or Pressure status endpoint".into(),
             ));
         };
+        let mut more = match devices.as_mut() {
+            Some(d) => d.client_gpus(clients),
+            None => Vec::new(),
+        }
+        .into_iter();
         let mut slots: Vec<ClientSlot> = gpu
             .into_iter()
             .zip(pager)
@@ -568,6 +619,7 @@ impl System {
                 badge: client_badge(i),
                 gpu,
                 pager,
+                more_gpus: more.next().unwrap_or_default(),
             })
             .collect();
         let own = slots.remove(0).connect();
@@ -585,6 +637,21 @@ impl System {
                 conformance,
             }),
         ))
+    }
+
+    /// Starts devices 1..: each one's model, then its GPU server.
+    fn start_devices(
+        &self,
+        devices: &crate::devices::Devices,
+        opts: &BootOptions,
+    ) -> Result<(), BootError> {
+        for d in 1..=devices.more() {
+            let [model, server] = devices.recipes(d, opts)?;
+            let (model_name, server_name) = crate::devices::Devices::names(d);
+            self.servers.start(model_name, model)?;
+            self.servers.start(server_name, server)?;
+        }
+        Ok(())
     }
 
     /// Waits for `name` to exit on its own (a probe-only server).

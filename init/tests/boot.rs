@@ -65,20 +65,6 @@ fn boot_check_probes_four_gpus() {
     assert!(stdout.contains("4 GPUs probed"), "{stdout}");
 }
 
-/// What several GPUs cannot do yet is refused with a reason, and a count
-/// past 8 is refused by the parser.
-#[test]
-fn a_boot_of_several_gpus_beyond_the_probe_is_refused() {
-    let out = svm().args(["boot", "--gpus", "2"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("issue 17"));
-    let out = svm()
-        .args(["boot", "--gpus", "9", "--check"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-}
-
 #[test]
 fn a_dead_server_is_reported() {
     let child = svm()

@@ -30,6 +30,14 @@ wire_newtype!(
     /// Which GPU (GPU server instance) a page lives on.
     pub struct GpuId(u8) in 0, 15
 );
+
+impl GpuId {
+    /// GPU 0: the one GPU of a system with one.
+    pub const ZERO: Self = match Self::new(0) {
+        Some(g) => g,
+        None => panic!("0 is a GPU id"),
+    };
+}
 wire_newtype!(
     /// An invalidation sequence number (DESIGN.md rule 8).
     pub struct Seq(u64)

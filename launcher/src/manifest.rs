@@ -78,6 +78,42 @@ pub const JOURNAL_FD: i32 = 9;
 /// (`ipc_protocol::keeper`, `init/src/keeper.rs`).
 pub const KEEP_FD: i32 = 10;
 
+/// GPUs a system boots with at most (`svm boot --gpus N`).
+pub const MAX_GPUS: usize = 8;
+
+/// Device `d`'s model and GPU server processes. Device 0's are the ones
+/// [`MANIFEST`] wires; devices 1.. (several GPUs, issue 17) are wired the
+/// same way by `init/src/devices.rs`, for the endpoints a device has: its
+/// control channel, `PagerMigrate` and `GpuNotify` with the pager, and a
+/// `Gpu` endpoint per client slot.
+pub const DEVICE_MODELS: [&str; MAX_GPUS] = [
+    "xe-model",
+    "xe-model1",
+    "xe-model2",
+    "xe-model3",
+    "xe-model4",
+    "xe-model5",
+    "xe-model6",
+    "xe-model7",
+];
+pub const GPU_SERVERS: [&str; MAX_GPUS] = [
+    "xe-svm", "xe-svm1", "xe-svm2", "xe-svm3", "xe-svm4", "xe-svm5", "xe-svm6", "xe-svm7",
+];
+
+/// With several GPUs, `init` makes each device's VRAM (a memfd) and hands
+/// it to its model as this descriptor (`xe-model --vram-fd`).
+pub const VRAM_FD: i32 = 5;
+
+/// And to every other device's GPU server as `PEER_VRAM_FD + d`
+/// (`xe-svm --peer-vram d:FD:BYTES`): its peer window on device `d`.
+pub const PEER_VRAM_FD: i32 = 140;
+
+/// The pager's `PagerMigrate` and `GpuNotify` endpoints of device `d` past
+/// the first: `DEVICE_PAGER_FD + 2 d` and the one after, passed as one
+/// more `--migrate-fd` and `--notify-fd` (the pager numbers GPUs in the
+/// order of those flags).
+pub const DEVICE_PAGER_FD: i32 = 200;
+
 /// Start order: each process's servers exist before its clients call them.
 pub const START_ORDER: [&str; 4] = ["xe-model", "mm-server", "xe-svm", "pager"];
 

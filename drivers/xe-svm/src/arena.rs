@@ -32,6 +32,9 @@ pub struct Config {
     pub clients: usize,
     /// The metadata arena.
     pub arena_bytes: u64,
+    /// The GPU this server drives (`--gpu-id`; 0 with one GPU): the GPU
+    /// its collects name and the pager routes its notes to.
+    pub gpu: u8,
 }
 
 impl Config {
@@ -41,6 +44,7 @@ impl Config {
             budget,
             clients,
             arena_bytes: 0,
+            gpu: 0,
         };
         cfg.arena_bytes = cfg.arena_bytes_needed();
         cfg

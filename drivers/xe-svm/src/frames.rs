@@ -31,16 +31,9 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use ipc_protocol::interfaces::gpu_notify::FrameRuns;
 use ipc_protocol::interfaces::pager_migrate::RunGather;
-use ipc_protocol::types::GpuId;
 
 use crate::platform::Platform;
-use crate::server::{Inner, GPU};
-
-/// This GPU, as the protocol names it (checked when compiled).
-const GPU_ID: GpuId = match GpuId::new(GPU) {
-    Some(g) => g,
-    None => panic!("GPU is outside GpuId's range"),
-};
+use crate::server::Inner;
 
 /// A GPU fault's migration whose collect the pager answered, until its
 /// finalize's answer (or its end without one).
@@ -88,7 +81,7 @@ impl<P: Platform> Inner<P> {
         drop(st);
         let (runs, more, next_object, next_page) = gather.finish();
         FrameRuns {
-            gpu: GPU_ID,
+            gpu: self.hw.gpu(),
             runs,
             more,
             next_object,

@@ -23,7 +23,7 @@ use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve
 use ipc_protocol::read_fence::ReadFence;
 use ipc_protocol::server::Handler;
 use ipc_protocol::transport::TransportError;
-use ipc_protocol::types::{BoId, JobId, MemoryKind, PageMask, VmId, World};
+use ipc_protocol::types::{BoId, GpuId, JobId, MemoryKind, PageMask, VmId, World};
 use ipc_protocol::wire::BoundedVec;
 use ipc_protocol::Capability;
 
@@ -75,6 +75,8 @@ pub struct HostPlatform {
     pub notify_fence: Arc<ReadFence>,
     /// GPU ids whose VRAM this device has a peer window on (bit per id).
     peer_windows: AtomicU32,
+    /// The GPU this device is (`Config::gpu`).
+    gpu: GpuId,
 }
 
 /// How long a restarted pager's first `Frames` waits for what its
@@ -105,7 +107,7 @@ impl HostPlatform {
     /// on it (several GPUs, issue 17): `GpuNotify::PushToPeer` then pushes
     /// there.
     pub fn map_peer(&self, gpu: u8, vram: OwnedFd, bytes: u64) -> Result<(), hw::bar::BarError> {
-        if gpu == crate::server::GPU || u64::from(gpu) >= hw::xe::layout::PEERS {
+        if gpu == self.gpu.get() || u64::from(gpu) >= hw::xe::layout::PEERS {
             return Err(hw::bar::BarError::Refused(hw::control::STATUS_BAD_SLOT));
         }
         self.dev.bar.peer_map(gpu, vram, bytes)?;
@@ -190,6 +192,9 @@ impl Platform for HostPlatform {
     }
     fn pager_gone(&self) -> bool {
         self.pager_gone.load(Ordering::Acquire)
+    }
+    fn gpu(&self) -> GpuId {
+        self.gpu
     }
     fn pager_generation(&self) -> u32 {
         self.migrate
@@ -344,7 +349,8 @@ impl GpuServer {
         cfg: &Config,
     ) -> Result<Self, BootError> {
         let arena = cfg.arena()?;
-        Self::with_arena(dev, migrate, pressure, bo_pool_bytes, cfg.budget, arena)
+        let parts = (dev, migrate, pressure);
+        Self::build(parts, bo_pool_bytes, cfg.budget, arena, cfg.gpu)
     }
 
     /// As [`Self::new`], with an arena of the caller's (tests size it
@@ -357,6 +363,18 @@ impl GpuServer {
         budget: GpuBudget,
         arena: Arc<session::Arena>,
     ) -> Result<Self, BootError> {
+        Self::build((dev, migrate, pressure), bo_pool_bytes, budget, arena, 0)
+    }
+
+    /// The server of GPU `gpu` over the device and its peers' clients.
+    fn build(
+        (dev, migrate, pressure): (Arc<Device>, Client<PagerMigrate>, Option<Client<Pressure>>),
+        bo_pool_bytes: u64,
+        budget: GpuBudget,
+        arena: Arc<session::Arena>,
+        gpu: u8,
+    ) -> Result<Self, BootError> {
+        let gpu = GpuId::new(gpu).ok_or_else(|| format!("no GPU {gpu}: at most 15"))?;
         let total = dev.bar.vram_bytes() / PAGE;
         let pt = pt_pages(total);
         // The probe used the last 2 MiB: it is free again now.
@@ -398,6 +416,7 @@ impl GpuServer {
             _zero: zero,
             notify_fence: Arc::default(),
             peer_windows: AtomicU32::new(0),
+            gpu,
         };
         // A restarted server meets a compute engine that numbered its
         // predecessor's jobs: number on past them, or a wait for a new job

@@ -89,6 +89,56 @@ struct Args {
     /// (`journal.rs`, `rebuild.rs`). Without it they are not kept.
     #[arg(long)]
     journal_fd: Option<i32>,
+    /// The GPU this server drives, as the pager names GPUs (0 to 15; 0
+    /// with one GPU): the GPU its collects name.
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=15))]
+    gpu_id: u8,
+    /// A peer GPU's VRAM, `GPU:FD:BYTES` (an inherited memfd `init` made
+    /// for that device): mapped as this device's peer window on it, where
+    /// `PushToPeer` copies (several GPUs, issue 17). Repeated.
+    #[arg(long)]
+    peer_vram: Vec<PeerVram>,
+}
+
+/// One `--peer-vram` argument.
+#[derive(Debug, Clone, Copy)]
+struct PeerVram {
+    gpu: u8,
+    fd: i32,
+    bytes: u64,
+}
+
+impl std::str::FromStr for PeerVram {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("--peer-vram {s:?}: want GPU:FD:BYTES");
+        let mut it = s.split(':');
+        let (Some(g), Some(f), Some(b), None) = (it.next(), it.next(), it.next(), it.next()) else {
+            return Err(bad());
+        };
+        Ok(Self {
+            gpu: g.parse().map_err(|_| bad())?,
+            fd: f.parse().map_err(|_| bad())?,
+            bytes: b.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Maps each `--peer-vram` as this device's window on that peer.
+fn map_peers(a: &Args, server: &GpuServer) -> Result<(), String> {
+    for p in &a.peer_vram {
+        // SAFETY: init passed this descriptor to us and nothing else owns it.
+        let vram = unsafe { inherited_fd(p.fd) };
+        server
+            .inner
+            .hw
+            .map_peer(p.gpu, vram, p.bytes)
+            .map_err(|e| format!("the peer window on GPU {}: {e:?}", p.gpu))?;
+        log::info!("xe-svm: GPU {}: a peer window on GPU {}", a.gpu_id, p.gpu);
+    }
+    Ok(())
 }
 
 /// Attaches the journal (`--journal-fd`) and, past generation 1,
@@ -293,7 +343,8 @@ fn serve(a: &Args, bar: hw::bar::Bar, budget: GpuBudget, migrate: i32, notify: i
     // One session per `Gpu` endpoint's badge: the metadata arena holds
     // every one at its `metadata_bytes` limit (a typed error if not).
     let gpu_extra = a.extra_endpoint.iter().filter(|e| e.interface == "Gpu");
-    let cfg = Config::for_clients(budget, a.client_fd.len() + gpu_extra.count());
+    let mut cfg = Config::for_clients(budget, a.client_fd.len() + gpu_extra.count());
+    cfg.gpu = a.gpu_id;
     let dev = Device::new(Arc::new(bar));
     let pressure = a
         .pressure_fd
@@ -308,6 +359,10 @@ fn serve(a: &Args, bar: hw::bar::Bar, budget: GpuBudget, migrate: i32, notify: i
             std::process::exit(2);
         }
     };
+    if let Err(e) = map_peers(a, &server) {
+        eprintln!("xe-svm: {e}");
+        std::process::exit(2);
+    }
     // The served endpoints hear of the restart before anything else.
     let served = Served::open(a, notify);
     served.announce(a, a.generation);

@@ -11,7 +11,7 @@ use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{
     Collect, Collected, Finalize, Resident, ResidentRuns,
 };
-use ipc_protocol::types::{PageMask, World};
+use ipc_protocol::types::{GpuId, PageMask, World};
 
 /// A call to the pager that got no answer or an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,11 @@ pub trait Platform: Send + Sync + 'static {
     /// at its bound.
     fn quiesce_for_frames(&self, _migrating: &dyn Fn() -> bool) -> bool {
         true
+    }
+
+    /// The GPU this device is, as the pager names GPUs (0 with one GPU).
+    fn gpu(&self) -> GpuId {
+        GpuId::ZERO
     }
 
     /// The device address of this device's peer window on GPU `gpu`'s

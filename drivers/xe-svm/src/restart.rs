@@ -15,12 +15,11 @@ use std::sync::atomic::Ordering;
 
 use ipc_protocol::interfaces::gpu::GpuError;
 use ipc_protocol::interfaces::pager_migrate::{Resident, ResidentRun};
-use ipc_protocol::types::GpuId;
 
 use crate::adopt::Adopted;
 use crate::host::GpuServer;
 use crate::platform::Platform;
-use crate::server::{Inner, GPU};
+use crate::server::Inner;
 
 /// Why a restarted server could not take over its predecessor's pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +73,7 @@ impl<P: Platform> Inner<P> {
 
     /// Asks `Resident` from the start until the pager has no more.
     fn resident_runs(&self) -> Result<Vec<ResidentRun>, TakeOverError> {
-        let gpu = GpuId::new(GPU).ok_or(TakeOverError::NoProgress)?;
+        let gpu = self.hw.gpu();
         let most = self.vram.total_pages();
         let (mut runs, mut pages, mut from) = (Vec::new(), 0u64, (0u32, 0u64));
         loop {

@@ -27,7 +27,7 @@ use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::gpu::{GpuError, PROT_READ, PROT_WRITE};
 use ipc_protocol::interfaces::gpu_notify::NotifyError;
 use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
-use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, World};
+use ipc_protocol::types::{ObjectId, PageCount, PageMask, World};
 
 use allocator_api2::alloc::Global;
 use allocator_api2::vec::Vec as MetaVec;
@@ -49,7 +49,6 @@ pub(crate) const PAGE: u64 = 4096;
 pub const USER_VA_END: u64 = 1 << 47;
 /// Bytes of server metadata per object page (its frame word).
 const META_PER_PAGE: u64 = 4;
-pub(crate) const GPU: u8 = 0;
 /// How long a GPU fault waits in mm-server for VRAM before it maps the
 /// pages from system memory instead.
 const FAULT_RESERVE_TIMEOUT_MS: u32 = 2_000;
@@ -894,7 +893,7 @@ impl<P: Platform> Inner<P> {
             return false;
         };
         let object_id = ObjectId::raw(object);
-        let gpu = GpuId::new(GPU).unwrap_or(GpuId::new(0).expect("GPU id 0 is in range"));
+        let gpu = self.hw.gpu();
         let started = std::time::Instant::now();
         let Ok(c) = self.hw.collect(Collect {
             object: object_id,
@@ -1283,7 +1282,7 @@ impl<P: Platform> Inner<P> {
         to: u8,
         to_first_pfn: u64,
     ) -> Result<PageMask, NotifyError> {
-        let window = (to != GPU)
+        let window = (to != self.hw.gpu().get())
             .then(|| self.hw.peer_window(to))
             .flatten()
             .ok_or(NotifyError::NoPeer)?;

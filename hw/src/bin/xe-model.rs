@@ -42,6 +42,10 @@ struct Args {
     /// any root process, once).
     #[arg(long)]
     launcher_pid: Option<u64>,
+    /// VRAM as an inherited memfd of `--vram-mib` (Linux; several GPUs:
+    /// `init` hands it to the other devices' drivers as their peer window).
+    #[arg(long)]
+    vram_fd: Option<i32>,
     /// The supervisor's start count (hardware is never restarted: always 1).
     #[arg(long, default_value_t = 1)]
     generation: u32,
@@ -63,6 +67,7 @@ fn main() {
             max_instructions: a.batch_max_instructions,
             semaphore_timeout: Duration::from_millis(a.semaphore_timeout_ms),
         },
+        vram_fd: a.vram_fd,
     };
     if let Err(e) = serve(cfg, &a) {
         eprintln!("xe-model: {e}");

@@ -140,6 +140,23 @@ fn next_driver(attach: &dyn Transport) -> Option<Arc<dyn Transport>> {
     }
 }
 
+/// VRAM from the memfd inherited as `fd`, which must be `bytes` long.
+#[cfg(target_os = "linux")]
+fn given_vram(fd: i32, bytes: u64) -> Result<Region, ModelError> {
+    // SAFETY: the parent handed us this descriptor for VRAM (`--vram-fd`).
+    let fd = unsafe { ipc_protocol::transport::inherited_fd(fd) };
+    let len = rustix::fs::fstat(&fd).map_err(ModelError::Memory)?.st_size;
+    if u64::try_from(len).ok() != Some(bytes) {
+        return Err(ModelError::BadConfig("--vram-fd is not --vram-mib long"));
+    }
+    Region::map(fd, bytes as usize).map_err(ModelError::Memory)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn given_vram(_fd: i32, _bytes: u64) -> Result<Region, ModelError> {
+    Err(ModelError::BadConfig("--vram-fd is for Linux"))
+}
+
 /// Brings a device up: its registers, VRAM and engine threads. Its driver
 /// talks to it through [`Running::control`] (records from any channel).
 pub fn start(cfg: Config) -> Result<Running, ModelError> {
@@ -155,8 +172,12 @@ pub fn start(cfg: Config) -> Result<Running, ModelError> {
         return Err(ModelError::BadConfig("at least one hardware thread"));
     }
     let regs = Region::create("xe-model-regs", layout::REGION_BYTES).map_err(ModelError::Memory)?;
-    let vram =
-        Region::create("xe-model-vram", cfg.vram_bytes as usize).map_err(ModelError::Memory)?;
+    let vram = match cfg.vram_fd {
+        Some(fd) => given_vram(fd, cfg.vram_bytes)?,
+        None => {
+            Region::create("xe-model-vram", cfg.vram_bytes as usize).map_err(ModelError::Memory)?
+        }
+    };
     init_registers(&regs, &cfg);
     log::info!(
         "xe-model: up, {} MiB VRAM, {} hardware threads",

@@ -95,6 +95,12 @@ pub struct Config {
     pub copy_engines: u16,
     pub inject: Injection,
     pub batch: BatchLimits,
+    /// VRAM as an inherited memfd of `vram_bytes` (the `xe-model`
+    /// process's `--vram-fd`): `init` makes each device's VRAM so that it
+    /// can hand it to the other devices' drivers as their peer window
+    /// (several GPUs, standing for PCIe BARs). None: the device makes its
+    /// own.
+    pub vram_fd: Option<i32>,
 }
 
 impl Default for Config {
@@ -105,6 +111,7 @@ impl Default for Config {
             copy_engines: default_copy_engines(),
             inject: Injection::default(),
             batch: BatchLimits::default(),
+            vram_fd: None,
         }
     }
 }

@@ -39,7 +39,8 @@ enum Cmd {
         #[arg(long)]
         check: bool,
         /// Devices, each with its own device model and GPU server (1 to
-        /// 8). Above 1, only `--check` runs today (several GPUs, issue 17).
+        /// 8), under one pager; each GPU server has a peer window on the
+        /// others' VRAM (several GPUs, `init/src/devices.rs`).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
         gpus: u8,
     },
@@ -414,15 +415,7 @@ fn main() {
             .map(|r| (r.line(), r.bad_words + r.child_bad))
         }),
         Cmd::Boot { check: true, gpus } if gpus > 1 => boot_check_gpus(opts, gpus),
-        Cmd::Boot { check, gpus } if gpus > 1 => {
-            let _ = check;
-            eprintln!(
-                "svm boot --gpus {gpus}: the servers drive one GPU today; \
-                 `--check` probes several (issue 17)"
-            );
-            2
-        }
-        Cmd::Boot { check, .. } => boot(opts, check),
+        Cmd::Boot { check, gpus } => boot(BootOptions { gpus, ..opts }, check),
         Cmd::Exec(args) => exec(opts, &args),
         Cmd::Conformance { suite } => conformance(opts, suite),
         Cmd::Qemu(args) => init::qemu::cli_main(&args),

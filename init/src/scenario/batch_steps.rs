@@ -36,6 +36,8 @@ pub struct BatchStep {
 pub struct PendingJob {
     pub job: ipc_protocol::types::JobId,
     pub client: usize,
+    /// The GPU whose server runs it.
+    pub gpu: u8,
     pub step: BatchStep,
     pub label: String,
 }
@@ -244,7 +246,7 @@ pub fn run(
             }
             None => 0,
         };
-        (v.id, v.client, segs[0].0.addr(), fence)
+        (v.id, (v.client, v.gpu), segs[0].0.addr(), fence)
     };
     if let Some(name) = detach {
         let name = name.ok_or_else(|| bad("a batch with wait = false names its job"))?;
@@ -252,8 +254,9 @@ pub fn run(
             return Err(bad(format!("job {name:?} is still pending")));
         }
     }
-    let gpu = &ctx.conn(client)?.gpu;
-    let job = gpu
+    let (client, on) = client;
+    let job = ctx
+        .gpu(client, on)?
         .call(SubmitBatch {
             vm,
             batch_addr,
@@ -264,6 +267,7 @@ pub fn run(
     let pending = PendingJob {
         job,
         client,
+        gpu: on,
         step: s,
         label: label.to_string(),
     };
@@ -290,7 +294,7 @@ pub fn wait_job(ctx: &Ctx, name: &str, bound: Duration) -> StepResult {
 fn finish(ctx: &Ctx, p: PendingJob, bound: Duration) -> StepResult {
     let s = &p.step;
     let timeout_ms = bound.as_millis().min(u32::MAX as u128) as u32;
-    let done = ctx.conn(p.client)?.gpu.call(Wait {
+    let done = ctx.gpu(p.client, p.gpu)?.call(Wait {
         job: p.job,
         timeout_ms,
     })?;

@@ -16,8 +16,8 @@ pub struct Device {
     pub vram: Num,
     #[serde(default = "default_hw_threads")]
     pub hw_threads: u16,
-    /// Several GPUs are issue 17; a scenario asking for more than one is
-    /// run and fails (so it must be an expected failure until then).
+    /// GPUs, each a device model and a GPU server under the one pager
+    /// (1 to 8); a `vm` step names the GPU it lives on.
     #[serde(default = "one")]
     pub gpus: u8,
     /// Client slots (each with its own badge, like a process of its own).
@@ -393,6 +393,10 @@ pub enum Step {
         mirror: bool,
         #[serde(default)]
         client: usize,
+        /// The GPU whose server holds the VM (0 to `gpus - 1`): its jobs
+        /// run there, its faults bring pages into that GPU's VRAM.
+        #[serde(default)]
+        gpu: u8,
     },
     DestroyVm {
         vm: String,
@@ -582,16 +586,21 @@ pub enum Step {
     CheckBo {
         bo: String,
     },
-    /// Remember the GPU server's counters under `name`.
+    /// Remember GPU `gpu`'s server's counters under `name`.
     Mark {
         name: String,
+        #[serde(default)]
+        gpu: u8,
     },
-    /// The GPU server's counters since `since` (a mark; default the
-    /// scenario's start): `expect` maps each counter to a comparison like
-    /// `">= 512"` or `"== 0"` (`vram_used` is compared as it is now).
+    /// GPU `gpu`'s server's counters since `since` (a mark of that GPU;
+    /// default the scenario's start, GPU 0's): `expect` maps each counter
+    /// to a comparison like `">= 512"` or `"== 0"` (`vram_used` is
+    /// compared as it is now).
     Counters {
         since: Option<String>,
         expect: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        gpu: u8,
     },
     /// Run `steps` `count` times, with `${var}` the round (from 0).
     Repeat {

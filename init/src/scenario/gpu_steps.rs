@@ -27,11 +27,12 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
             name,
             mirror,
             client,
+            gpu: on,
         } => {
             if ctx.world().vms.contains_key(name) {
                 return Err(bad(format!("VM {name:?} exists")));
             }
-            let gpu = &ctx.conn(*client)?.gpu;
+            let gpu = ctx.gpu(*client, *on)?;
             let vm = gpu.call(CreateVm {})?.vm;
             if *mirror {
                 for (view, addr) in ctx.world().views_of(*client) {
@@ -48,6 +49,7 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
                 Vm {
                     id: vm,
                     client: *client,
+                    gpu: *on,
                     mirror: *mirror,
                 },
             );
@@ -59,7 +61,7 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
                 .vms
                 .remove(vm)
                 .ok_or_else(|| bad(format!("no VM {vm:?}")))?;
-            ctx.conn(v.client)?.gpu.call(DestroyVm { vm: v.id })?;
+            ctx.gpu(v.client, v.gpu)?.call(DestroyVm { vm: v.id })?;
             Ok(())
         }
         Step::Bind {
@@ -67,7 +69,7 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
             alloc,
             read_only,
         } => {
-            let (vm, client, view, addr) = {
+            let (vm, (client, on), view, addr) = {
                 let w = ctx.world();
                 let v = w.vm(vm)?;
                 let a = w.alloc(alloc)?;
@@ -81,10 +83,10 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
                             && a.addr < m.addr + m.len
                     })
                     .ok_or_else(|| bad(format!("{alloc}: no view of ours maps it")))?;
-                (v.id, v.client, m.view.expect("filtered"), m.addr)
+                (v.id, (v.client, v.gpu), m.view.expect("filtered"), m.addr)
             };
             let flags = if *read_only { BIND_READ_ONLY } else { 0 };
-            ctx.conn(client)?.gpu.call(BindView {
+            ctx.gpu(client, on)?.call(BindView {
                 vm,
                 view,
                 gpu_addr: addr,
@@ -102,9 +104,10 @@ pub fn vm_step(ctx: &Ctx, step: &Step) -> StepResult {
                     .iter()
                     .find(|m| m.addr <= a.addr && a.addr < m.addr + m.len)
                     .map_or(a.addr, |m| m.addr);
-                (v.id, v.client, m)
+                (v.id, (v.client, v.gpu), m)
             };
-            ctx.conn(client)?.gpu.call(Unbind { vm, gpu_addr: addr })?;
+            ctx.gpu(client.0, client.1)?
+                .call(Unbind { vm, gpu_addr: addr })?;
             Ok(())
         }
         _ => unreachable!("dispatched by op"),
@@ -123,10 +126,14 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
             threads,
             expect,
         } => {
-            let (vm, client, target) = {
+            let (vm, (client, on), target) = {
                 let w = ctx.world();
                 let v = w.vm(vm)?;
-                (v.id, v.client, w.resolve(at, len.map(|l| l.get()))?)
+                (
+                    v.id,
+                    (v.client, v.gpu),
+                    w.resolve(at, len.map(|l| l.get()))?,
+                )
             };
             let value = u32::try_from(value.get()).map_err(|_| bad("value: 32 bits"))?;
             let stride = stride.get();
@@ -139,7 +146,7 @@ pub fn submit(ctx: &Ctx, step: &Step, label: &str, bound: Duration) -> StepResul
             if *kernel == Kernel::Store && (stride < 4 || !stride.is_multiple_of(4)) {
                 return Err(bad("store: a stride of whole words"));
             }
-            let gpu = &ctx.conn(client)?.gpu;
+            let gpu = ctx.gpu(client, on)?;
             let job = gpu
                 .call(Submit {
                     vm,
@@ -279,10 +286,10 @@ pub fn bo_step(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
             if len == 0 || !len.is_multiple_of(PAGE) || len > 1 << 30 {
                 return Err(bad("a buffer object of whole pages, at most 1 GiB"));
             }
-            let (vm, client, addr) = {
+            let (vm, (client, on), addr) = {
                 let mut w = ctx.world();
                 let v = w.vm(vm)?;
-                let (id, client) = (v.id, v.client);
+                let (id, client) = (v.id, (v.client, v.gpu));
                 let addr = match gpu_addr {
                     Some(a) => a.get(),
                     None => {
@@ -293,7 +300,7 @@ pub fn bo_step(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 };
                 (id, client, addr)
             };
-            let gpu = &ctx.conn(client)?.gpu;
+            let gpu = ctx.gpu(client, on)?;
             let bo = gpu.call(CreateBo { size_bytes: len })?.bo;
             gpu.call(MapBo {
                 vm,
@@ -305,6 +312,7 @@ pub fn bo_step(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 Arc::new(Bo {
                     id: bo,
                     client,
+                    gpu: on,
                     gpu_addr: addr,
                     len,
                     shadow: Mutex::new(vec![0; (len / 4) as usize]),
@@ -320,8 +328,7 @@ pub fn bo_step(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 .cloned()
                 .ok_or_else(|| bad(format!("no buffer object {bo:?}")))?;
             let (data, mut fds) = ctx
-                .conn(b.client)?
-                .gpu
+                .gpu(b.client, b.gpu)?
                 .call_with_handles(ReadBo { bo: b.id }, vec![])?;
             let fd = fds
                 .pop()
@@ -433,13 +440,16 @@ pub fn compare_counter(v: u64, expr: &str) -> Result<bool, StepError> {
 }
 
 pub fn counters(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
-    let now = ctx.clients.own.gpu.call(Stats {})?;
+    let (Step::Mark { gpu, .. } | Step::Counters { gpu, .. }) = step else {
+        unreachable!("dispatched by op")
+    };
+    let now = ctx.gpu(0, *gpu)?.call(Stats {})?;
     match step {
-        Step::Mark { name } => {
+        Step::Mark { name, .. } => {
             ctx.world().marks.insert(name.clone(), now);
             Ok(())
         }
-        Step::Counters { since, expect } => {
+        Step::Counters { since, expect, .. } => {
             let base = {
                 let w = ctx.world();
                 let key = since.as_deref().unwrap_or("start");
@@ -530,9 +540,9 @@ pub fn fault_log(ctx: &Ctx, vm: &str, bounds: (u64, Option<u64>), label: &str) -
     let (id, client) = {
         let w = ctx.world();
         let v = w.vm(vm)?;
-        (v.id, v.client)
+        (v.id, (v.client, v.gpu))
     };
-    let log = ctx.conn(client)?.gpu.call(FaultLog { vm: id })?;
+    let log = ctx.gpu(client.0, client.1)?.call(FaultLog { vm: id })?;
     let faults = log.faults.into_vec();
     let first = faults.first().map_or(String::from("none"), |f| {
         format!(

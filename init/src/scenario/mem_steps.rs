@@ -156,10 +156,10 @@ pub fn bind_in_mirrors(ctx: &Ctx, client: usize, view: ViewId, addr: u64) -> Ste
         .vms
         .values()
         .filter(|v| v.mirror && v.client == client)
-        .map(|v| v.id)
+        .map(|v| (v.id, v.gpu))
         .collect();
-    for vm in vms {
-        ctx.conn(client)?.gpu.call(BindView {
+    for (vm, gpu) in vms {
+        ctx.gpu(client, gpu)?.call(BindView {
             vm,
             view,
             gpu_addr: addr,
@@ -517,10 +517,10 @@ fn protect_in_vms(ctx: &Ctx, client: usize, addr: u64, len: u64, prot: Prot) -> 
         .vms
         .values()
         .filter(|v| v.client == client)
-        .map(|v| v.id)
+        .map(|v| (v.id, v.gpu))
         .collect();
-    for vm in vms {
-        ctx.conn(client)?.gpu.call(Protect {
+    for (vm, gpu) in vms {
+        ctx.gpu(client, gpu)?.call(Protect {
             vm,
             gpu_addr: addr,
             len,
@@ -971,11 +971,11 @@ fn prefetch_to_device(
                 .find(|v| v.client == client)
                 .ok_or_else(|| bad(format!("{alloc}: its client has no VM to prefetch in")))?,
         };
-        (v.id, v.client)
+        (v.id, (v.client, v.gpu))
     };
     let start = addr & !(PAGE - 1);
     let end = (addr + len).next_multiple_of(PAGE);
-    let r = ctx.conn(client)?.gpu.call(GpuPrefetch {
+    let r = ctx.gpu(client.0, client.1)?.call(GpuPrefetch {
         vm,
         gpu_addr: start,
         len: end - start,

@@ -20,16 +20,8 @@ pub const TEARDOWN_BOUND: Duration = Duration::from_secs(30);
 
 /// Runs `inst`; every result is in the events.
 pub fn run(inst: &Instance, report: Reporter) -> Reporter {
-    if inst.device.gpus != 1 {
-        report.emit(Event::Error {
-            what: format!(
-                "{} GPUs: one GPU server per device is issue 17; this system has one",
-                inst.device.gpus
-            ),
-        });
-        return report;
-    }
     let mut opts = BootOptions::default();
+    opts.gpus = inst.device.gpus;
     opts.device.vram_bytes = inst.device.vram.get();
     opts.device.hw_threads = inst.device.hw_threads;
     opts.device.inject.fail_copy_every = inst.device.fail_copy_every;
@@ -114,11 +106,11 @@ pub fn run(inst: &Instance, report: Reporter) -> Reporter {
 fn teardown(ctx: &Ctx) -> Result<(), StepError> {
     let vms: Vec<_> = std::mem::take(&mut ctx.world().vms).into_values().collect();
     for v in vms {
-        ctx.conn(v.client)?.gpu.call(DestroyVm { vm: v.id })?;
+        ctx.gpu(v.client, v.gpu)?.call(DestroyVm { vm: v.id })?;
     }
     let bos: Vec<_> = std::mem::take(&mut ctx.world().bos).into_values().collect();
     for b in bos {
-        ctx.conn(b.client)?.gpu.call(DestroyBo { bo: b.id })?;
+        ctx.gpu(b.client, b.gpu)?.call(DestroyBo { bo: b.id })?;
     }
     ctx.world().heaps.clear();
     let objects = ctx.world().objects.clone();
@@ -135,26 +127,32 @@ fn teardown(ctx: &Ctx) -> Result<(), StepError> {
 /// With everything released, VRAM must come back to nothing in use.
 fn leak_check(ctx: &Ctx) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let gpus = 0..ctx.device.gpus.max(1);
+    // Every GPU's VRAM, waited for together (frees land asynchronously).
+    let mut left: Vec<(u8, u64)>;
     loop {
-        match ctx.clients.own.gpu.call(Stats {}) {
-            Ok(s) if s.vram_used == 0 => {
-                ctx.report
-                    .check(true, "teardown", "everything released, no VRAM left in use");
-                return;
-            }
-            Ok(s) if Instant::now() >= deadline => {
-                ctx.report.check(
-                    false,
-                    "teardown",
-                    &format!("{} bytes of VRAM still in use after release", s.vram_used),
-                );
-                return;
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => {
-                ctx.report.check(false, "teardown", &format!("Stats: {e}"));
-                return;
+        let mut stats = Vec::new();
+        for gpu in gpus.clone() {
+            match ctx.gpu(0, gpu).map(|c| c.call(Stats {})) {
+                Ok(Ok(s)) => stats.push((gpu, s.vram_used)),
+                Ok(Err(e)) => return ctx.report.check(false, "teardown", &format!("Stats: {e}")),
+                Err(e) => return ctx.report.check(false, "teardown", &e.to_string()),
             }
         }
+        left = stats.into_iter().filter(|(_, used)| *used != 0).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    match left.as_slice() {
+        [] => ctx
+            .report
+            .check(true, "teardown", "everything released, no VRAM left in use"),
+        [(gpu, used), ..] => ctx.report.check(
+            false,
+            "teardown",
+            &format!("{used} bytes of GPU {gpu}'s VRAM still in use after release"),
+        ),
     }
 }

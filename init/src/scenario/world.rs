@@ -16,6 +16,8 @@ use super::heap::Heap;
 use super::report::Reporter;
 use super::value::Addr;
 use crate::supervisor::{Clients, Connection};
+use ipc_protocol::client::Client;
+use ipc_protocol::interfaces::gpu::Gpu;
 
 /// A pager memory object this scenario created.
 pub struct Object {
@@ -76,12 +78,16 @@ pub struct HeapState {
 pub struct Vm {
     pub id: VmId,
     pub client: usize,
+    /// The GPU whose server holds it (`vm`'s `gpu`; 0 with one GPU).
+    pub gpu: u8,
     pub mirror: bool,
 }
 
 pub struct Bo {
     pub id: BoId,
     pub client: usize,
+    /// The GPU of the VM it was made for.
+    pub gpu: u8,
     pub gpu_addr: u64,
     pub len: u64,
     pub shadow: Mutex<Vec<u32>>,
@@ -257,6 +263,16 @@ impl Ctx {
             scenario_err(format!(
                 "client {client}: the device section gives {} clients",
                 self.extra.len() + 1
+            ))
+        })
+    }
+
+    /// Client `client`'s connection to GPU `gpu`'s server.
+    pub fn gpu(&self, client: usize, gpu: u8) -> Result<&Client<Gpu>, StepError> {
+        self.conn(client)?.gpu_of(gpu).ok_or_else(|| {
+            scenario_err(format!(
+                "GPU {gpu}: the device section gives {} GPUs",
+                self.device.gpus
             ))
         })
     }

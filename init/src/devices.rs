@@ -1,0 +1,277 @@
+//! Several GPUs in one system (issue 17): devices 1.. beside the device
+//! [`MANIFEST`] wires.
+//!
+//! Each device is a device model and a GPU server of its own, joined by the
+//! manifest's rows between those two and the pager and `init` (its control
+//! channel, `PagerMigrate`, `GpuNotify`, and a `Gpu` endpoint per client
+//! slot), with the same descriptors and flags as device 0's. The pager
+//! takes one `--migrate-fd` and `--notify-fd` per device, in device order
+//! ([`DEVICE_PAGER_FD`]). The rows with mm-server (`Pressure`,
+//! `GpuShrink`) are device 0's only: mm-server brokers device 0's VRAM.
+//!
+//! **Peer windows.** `init` makes every device's VRAM, a memfd it hands
+//! to the device model ([`VRAM_FD`]) and to every other device's GPU server
+//! ([`PEER_VRAM_FD`]): the stand-in for PCIe peer-to-peer BARs, through
+//! which a GPU server's copy engine pushes pages to a peer.
+//!
+//! A device past the first is not restarted when it dies: its death is
+//! reported (the pager evacuates nothing yet).
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::manifest::{
+    client_badge, client_fd, Endpoint, DEVICE_MODELS, DEVICE_PAGER_FD, GPU_SERVERS, MANIFEST,
+    MAX_GPUS, PEER_VRAM_FD, VRAM_FD,
+};
+use crate::process::Recipe;
+use crate::supervisor::{BootError, BootOptions};
+
+/// The processes of a device.
+const DEVICE_SIDES: [&str; 2] = ["xe-model", "xe-svm"];
+
+/// One device past the first: its endpoints' ends, by manifest row.
+struct Device {
+    /// (manifest row, its (server end, client end) pairs).
+    ends: Vec<(&'static Endpoint, Vec<(OwnedFd, OwnedFd)>)>,
+}
+
+/// Devices 1.. of a system and every device's VRAM.
+pub struct Devices {
+    vram_bytes: u64,
+    /// Device `d`'s VRAM memfd.
+    vram: Vec<OwnedFd>,
+    more: Vec<Device>,
+}
+
+/// Whether row `e` joins a device to the pager or `init` (or to itself).
+fn per_device(e: &Endpoint) -> bool {
+    let device = |p: &str| DEVICE_SIDES.contains(&p);
+    let other = |p: Option<&str>| p.is_none_or(|p| device(p) || p == "pager");
+    let client = e.client.as_ref().map(|c| c.process);
+    (device(e.server.process) && other(client))
+        || (client.is_some_and(device) && other(Some(e.server.process)))
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> BootError {
+    BootError::Endpoint(format!("{what}: {e}"))
+}
+
+/// A memfd of `bytes` for device `d`'s VRAM.
+fn vram_memfd(d: usize, bytes: u64) -> Result<OwnedFd, BootError> {
+    use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+    let fd = memfd_create(format!("xe-vram{d}"), MemfdFlags::CLOEXEC)
+        .map_err(|e| err("device VRAM", e))?;
+    ftruncate(&fd, bytes).map_err(|e| err("device VRAM", e))?;
+    Ok(fd)
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, BootError> {
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| err("duplicating an endpoint", e))
+}
+
+fn pair() -> Result<(OwnedFd, OwnedFd), BootError> {
+    use ipc_protocol::transport::SeqPacket;
+    let (a, b) = SeqPacket::pair().map_err(|e| err("an endpoint", e))?;
+    let end = |s: &SeqPacket| s.fd().as_fd().try_clone_to_owned();
+    Ok((
+        end(&a).map_err(|e| err("an endpoint", e))?,
+        end(&b).map_err(|e| err("an endpoint", e))?,
+    ))
+}
+
+/// The pager's descriptor for row `e` of device `d` (1..).
+fn pager_fd(e: &Endpoint, d: usize) -> i32 {
+    let notify = (e.interface == "GpuNotify") as i32;
+    DEVICE_PAGER_FD + 2 * d as i32 + notify
+}
+
+impl Devices {
+    /// The devices of a boot with `opts.gpus` GPUs and `clients` client
+    /// slots; none for one GPU.
+    pub fn new(opts: &BootOptions, clients: usize) -> Result<Option<Self>, BootError> {
+        let gpus = usize::from(opts.gpus.max(1));
+        if gpus == 1 || opts.probe_only {
+            return Ok(None);
+        }
+        if gpus > MAX_GPUS {
+            return Err(err("--gpus", format!("at most {MAX_GPUS}")));
+        }
+        let vram_bytes = opts.device.vram_bytes;
+        let vram = (0..gpus)
+            .map(|d| vram_memfd(d, vram_bytes))
+            .collect::<Result<_, _>>()?;
+        let mut more = Vec::new();
+        for _ in 1..gpus {
+            let mut ends = Vec::new();
+            for e in MANIFEST.iter().filter(|e| per_device(e)) {
+                let n = if e.per_client { clients } else { 1 };
+                ends.push((e, (0..n).map(|_| pair()).collect::<Result<_, _>>()?));
+            }
+            more.push(Device { ends });
+        }
+        Ok(Some(Self {
+            vram_bytes,
+            vram,
+            more,
+        }))
+    }
+
+    /// Device 0's model gets its VRAM.
+    pub fn give_model0(
+        &self,
+        fds: &mut Vec<(OwnedFd, i32)>,
+        args: &mut Vec<String>,
+    ) -> Result<(), BootError> {
+        fds.push((dup(&self.vram[0])?, VRAM_FD));
+        args.push(format!("--vram-fd={VRAM_FD}"));
+        Ok(())
+    }
+
+    /// GPU server `d` gets the other devices' VRAM as its peer windows.
+    pub fn give_peers(
+        &self,
+        d: usize,
+        fds: &mut Vec<(OwnedFd, i32)>,
+        args: &mut Vec<String>,
+    ) -> Result<(), BootError> {
+        for (peer, vram) in self.vram.iter().enumerate().filter(|(p, _)| *p != d) {
+            let fd = PEER_VRAM_FD + peer as i32;
+            fds.push((dup(vram)?, fd));
+            args.push(format!("--peer-vram={peer}:{fd}:{}", self.vram_bytes));
+        }
+        Ok(())
+    }
+
+    /// The pager gets devices 1..'s `PagerMigrate` and `GpuNotify` ends,
+    /// one `--migrate-fd` and `--notify-fd` each, in device order.
+    pub fn give_pager(
+        &self,
+        fds: &mut Vec<(OwnedFd, i32)>,
+        args: &mut Vec<String>,
+    ) -> Result<(), BootError> {
+        for (i, dev) in self.more.iter().enumerate() {
+            for (e, pairs) in &dev.ends {
+                let (Some((server, client)), d) = (pairs.first(), i + 1) else {
+                    continue;
+                };
+                if e.server.process == "pager" {
+                    fds.push((dup(server)?, pager_fd(e, d)));
+                    args.push(format!("{}={}", e.server.flag, pager_fd(e, d)));
+                } else if let Some(c) = e.client.as_ref().filter(|c| c.process == "pager") {
+                    fds.push((dup(client)?, pager_fd(e, d)));
+                    args.push(format!("{}={}", c.flag, pager_fd(e, d)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The recipes of device `d`'s (1..) model and GPU server: the
+    /// manifest's descriptors and flags for each, plus its VRAM (model)
+    /// or its peer windows and GPU id (server).
+    pub fn recipes(&self, d: usize, opts: &BootOptions) -> Result<[Recipe; 2], BootError> {
+        let dev = &self.more[d - 1];
+        let mut out = Vec::new();
+        for process in DEVICE_SIDES {
+            let mut fds: Vec<(OwnedFd, i32)> = Vec::new();
+            let mut args = match process {
+                "xe-model" => opts.device.to_args(),
+                _ => {
+                    let mut a = crate::manifest::budget_args("xe-svm");
+                    a.extend(opts.gpu_args.iter().cloned());
+                    a.push(format!("--gpu-id={d}"));
+                    a
+                }
+            };
+            for (e, pairs) in &dev.ends {
+                self.wire(e, pairs, process, &mut fds, &mut args)?;
+            }
+            match process {
+                "xe-model" => {
+                    fds.push((dup(&self.vram[d])?, VRAM_FD));
+                    args.push(format!("--vram-fd={VRAM_FD}"));
+                }
+                _ => self.give_peers(d, &mut fds, &mut args)?,
+            }
+            out.push(Recipe {
+                exe: crate::supervisor::exe(process)?,
+                args,
+                fds,
+                lifeline: process != "xe-model",
+                restartable: false,
+                stdout_to_stderr: opts.stdout_to_stderr,
+                device: None,
+                keeper: None,
+            });
+        }
+        let [model, server]: [Recipe; 2] = out
+            .try_into()
+            .map_err(|_| err("device recipes", "two processes"))?;
+        Ok([model, server])
+    }
+
+    /// Row `e`'s ends that `process` of a device gets, as the manifest
+    /// gives device 0's.
+    fn wire(
+        &self,
+        e: &Endpoint,
+        pairs: &[(OwnedFd, OwnedFd)],
+        process: &str,
+        fds: &mut Vec<(OwnedFd, i32)>,
+        args: &mut Vec<String>,
+    ) -> Result<(), BootError> {
+        if e.server.process == process {
+            for (slot, (server, _)) in pairs.iter().enumerate() {
+                let fd = client_fd(e.server.fd, slot);
+                fds.push((dup(server)?, fd));
+                args.push(format!("{}={fd}", e.server.flag));
+                if e.per_client {
+                    args.push(format!("--client-badge={}", client_badge(slot)));
+                }
+            }
+            if !e.rights.is_empty() {
+                let flag = e.server.flag.trim_end_matches("-fd");
+                args.push(format!("{flag}-rights={}", e.rights.bits()));
+            }
+        }
+        if let (Some(c), Some((_, client))) = (
+            e.client.as_ref().filter(|c| c.process == process),
+            pairs.first(),
+        ) {
+            fds.push((dup(client)?, c.fd));
+            args.push(format!("{}={}", c.flag, c.fd));
+        }
+        Ok(())
+    }
+
+    /// Devices past the first.
+    pub fn more(&self) -> usize {
+        self.more.len()
+    }
+
+    /// The processes of device `d`: (model, GPU server).
+    pub fn names(d: usize) -> (&'static str, &'static str) {
+        (DEVICE_MODELS[d], GPU_SERVERS[d])
+    }
+
+    /// The `Gpu` ends `init` keeps, by client slot: devices 1..'s, in
+    /// device order.
+    pub fn client_gpus(&mut self, clients: usize) -> Vec<Vec<OwnedFd>> {
+        let mut by_slot: Vec<Vec<OwnedFd>> = (0..clients).map(|_| Vec::new()).collect();
+        for dev in &mut self.more {
+            for (e, pairs) in &mut dev.ends {
+                if e.interface != "Gpu" || e.client.is_some() {
+                    continue;
+                }
+                for (slot, (_, client)) in std::mem::take(pairs).into_iter().enumerate() {
+                    if let Some(s) = by_slot.get_mut(slot) {
+                        s.push(client);
+                    }
+                }
+            }
+        }
+        by_slot
+    }
+}
