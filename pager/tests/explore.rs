@@ -7,14 +7,14 @@
 use ipc_protocol::types::{ObjectId, PageMask};
 use pager::core::object::Object;
 use pager::core::session::GpuSession;
-use pager::core::view::Space;
+use pager::core::view::{Space, PAGE};
 use pager::migrate::{cpu_fault, evict, Chunk, FaultOutcome, Policy};
 use pager::state::{PageTable, Residency};
 use pager::sync::{spawn, Arc, Ordering};
 use pager::testing::peer::{Design, PeerModel, Stuck};
 use pager::testing::runtime::{
     cpu_write, gpu_collect, gpu_migrate as session_gpu_migrate, gpu_open, model_core,
-    object_with_view, seed, small_config, ModelCore, ModelRuntime,
+    object_with_view, seed, small_config, ModelCore, ModelRuntime, POISON,
 };
 use pager::testing::{
     all_in_ram, all_in_vram as in_vram, bring_back_and_check, gpu_migrate, pattern, ModelBackend,
@@ -256,7 +256,7 @@ fn a_collect_past_its_lease_is_undone() {
         assert!(!i.locked, "page {p} left locked");
         let value = match i.residency {
             Residency::System => o.memory.words[p].load(Ordering::Acquire),
-            _ => vram[&(id.get(), p)],
+            _ => vram[&(0, id.get(), p)],
         };
         assert_eq!(
             value,
@@ -325,7 +325,7 @@ fn a_restarted_gpu_server_takes_over_mid_migration() {
             Residency::System => o.memory.words[p].load(Ordering::Acquire),
             Residency::Device { pfn, .. } => {
                 in_vram.push((p as u64, pfn));
-                vram[&(id.get(), p)]
+                vram[&(0, id.get(), p)]
             }
             Residency::Empty => panic!("page {p} lost its data"),
         };
@@ -464,6 +464,65 @@ fn four_gpus_and_eight_cpus_on_one_chunk(design: Design) -> Result<(), Vec<Stuck
 #[test]
 fn explore_four_gpus_and_eight_cpus_on_one_chunk() {
     explore(|| four_gpus_and_eight_cpus_on_one_chunk(Design::Rules).expect("no progress"));
+}
+
+/// The same race on the pager's real core (`several_gpus.rs` on real
+/// threads): four GPU servers, each its own session, fault one object's
+/// chunk into their VRAM (peer pages pushed by their source, every other
+/// GPU told to unmap first) while eight CPU threads add to its pages. No
+/// lock but the page locks; every write lands once, no frame is left.
+fn four_gpu_sessions_and_eight_cpus_on_the_core() {
+    const PAGES: u64 = 4;
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (obj, view) = object_with_view(&core, &s, PAGES, VIEW_AT).unwrap();
+    let o = s.object(obj).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    seed(&o, |p| p as u64 + 7);
+    let gpus: Vec<_> = (0..4u8)
+        .map(|gpu| {
+            let g = core.gpu_session(GPU_SERVER + u64::from(gpu), gpu).unwrap();
+            let id = gpu_open(&core, &g, CLIENT, view).unwrap();
+            let (core, o) = (core.clone(), o.clone());
+            spawn(move || {
+                // Half the chunk, the half by GPU, then all of it.
+                let first = u64::from(gpu % 2) * 2;
+                for (at, n) in [(first, 2), (0, PAGES as u16)] {
+                    session_gpu_migrate(&core, &g, id, &o.memory, at, n).unwrap();
+                }
+            })
+        })
+        .collect();
+    let cpus: Vec<_> = (0..8u64)
+        .map(|c| {
+            let (core, space) = (core.clone(), space.clone());
+            spawn(move || {
+                let page = (c % PAGES) as usize;
+                cpu_write(&core, &space, VIEW_AT + page as u64 * PAGE, page, 1 << 32);
+            })
+        })
+        .collect();
+    for h in gpus.into_iter().chain(cpus) {
+        h.join().unwrap();
+    }
+    for page in 0..PAGES as usize {
+        if o.memory.words[page].load(Ordering::Acquire) == POISON {
+            core.serve_fault(&space, VIEW_AT + page as u64 * PAGE, false);
+        }
+        let want = page as u64 + 7 + (2 << 32);
+        assert_eq!(
+            o.memory.words[page].load(Ordering::Acquire),
+            want,
+            "page {page}"
+        );
+    }
+    assert!(pager::sync::lock(&core.rt.vram).is_empty(), "a frame left");
+    assert!(pager::sync::lock(&core.rt.frames).is_empty(), "a push left");
+}
+
+#[test]
+fn explore_four_gpu_sessions_and_eight_cpus_on_the_core() {
+    explore(four_gpu_sessions_and_eight_cpus_on_the_core);
 }
 
 /// The negative check of several GPUs: one lock per range across devices

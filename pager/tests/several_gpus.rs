@@ -141,10 +141,10 @@ fn pages_already_on_the_faulting_gpu_move_nothing() {
 
 #[test]
 fn a_cpu_fault_brings_the_chunk_back_from_every_gpu() {
-    let t = setup(2);
-    t.gpu_fault(0, 0, 32);
+    let t = setup(3);
+    t.gpu_fault(2, 0, 32);
     t.gpu_fault(1, 32, 32);
-    assert_eq!(on_gpu(t.residency(0)), Some(0));
+    assert_eq!(on_gpu(t.residency(0)), Some(2));
     assert_eq!(on_gpu(t.residency(63)), Some(1));
     // One CPU fault on page 0: the whole chunk comes back, each half from
     // its own GPU, which frees its frames.
