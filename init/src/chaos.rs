@@ -281,6 +281,7 @@ fn workload_round(c: &Clients, s: &Shared) {
         reps: 1,
         gpu_threads: 16,
         same_start: false,
+        gpus: 1,
     };
     let oversub = oversub::Config {
         ratio: 1.5,
@@ -346,6 +347,7 @@ fn probe(c: &Clients, s: &Shared) {
         reps: 1,
         gpu_threads: 1,
         same_start: false,
+        gpus: 1,
     };
     match herd::run(c, &cfg) {
         Ok(r) => {

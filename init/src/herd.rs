@@ -2,11 +2,16 @@
 //! buffer, the GPU touches every page (migration to VRAM), then N CPU
 //! threads read every page concurrently, each starting at a different page
 //! (migration back under a thundering herd), and every page is checked.
+//!
+//! With several GPUs (`gpus`), the buffer is cut in as many stripes and GPU
+//! `k` touches stripe `k`, all at once: the herd then brings pages back
+//! from every GPU together (issue 17).
 
 use std::time::{Duration, Instant};
 
-use ipc_protocol::interfaces::gpu::{BindView, Stats, Submit, Unbind, Wait};
-use ipc_protocol::types::{JobStatus, KernelKind};
+use ipc_protocol::client::{CallError, Client};
+use ipc_protocol::interfaces::gpu::{BindView, Gpu, GpuError, Stats, Submit, Unbind, Wait};
+use ipc_protocol::types::{JobStatus, KernelKind, VmId};
 use scopeguard::ScopeGuard;
 
 use crate::client::{destroy_vm, scoped_buffer, scoped_vm, SvmBuffer};
@@ -40,6 +45,9 @@ pub struct Config {
     /// Every CPU thread starts at page 0 and walks the same order: the
     /// whole herd lands on one DEVICE page at a time (rule 3's case).
     pub same_start: bool,
+    /// GPUs the pages are spread over (the system must have them; 0 or 1:
+    /// GPU 0 alone).
+    pub gpus: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -115,58 +123,43 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
     let gpu_err = |e: ipc_protocol::client::CallError<ipc_protocol::interfaces::gpu::GpuError>| {
         HerdError::Gpu(e.to_string())
     };
-    // The VM and each buffer go whatever path this leaves by.
-    let scoped = scoped_vm(&c.gpu).map_err(gpu_err)?;
-    let vm = *scoped;
-    let before = c.gpu.call(Stats {}).map_err(gpu_err)?;
+    let gpus: Vec<&Client<Gpu>> = (0..cfg.gpus.max(1))
+        .map(|g| {
+            c.gpu_of(g)
+                .ok_or(HerdError::Gpu(format!("the system has no GPU {g}")))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    // The VMs and each buffer go whatever path this leaves by.
+    let scoped: Vec<_> = gpus
+        .iter()
+        .map(|g| scoped_vm(g))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(gpu_err)?;
+    let vms: Vec<VmId> = scoped.iter().map(|v| **v).collect();
+    let before = counters(&gpus).map_err(gpu_err)?;
     let pages = cfg.bytes / 4096;
     let (mut gpu_t, mut cpu_t, mut bad) = (Vec::new(), Vec::new(), 0u64);
     for _ in 0..cfg.reps {
         let buf =
             SvmBuffer::new(&c.pager, cfg.bytes).map_err(|e| HerdError::Pager(e.to_string()))?;
         let buf = scoped_buffer(&c.pager, buf);
-        c.gpu
-            .call(BindView {
+        for (g, &vm) in gpus.iter().zip(&vms) {
+            g.call(BindView {
                 vm,
                 view: buf.view,
                 gpu_addr: buf.addr,
                 flags: 0,
             })
             .map_err(gpu_err)?;
+        }
         // SAFETY: the buffer is ours until `release`; the GPU writes it only
         // inside the submitted job, which we wait for before reading.
         let words = unsafe { buf.words() };
         for (i, w) in words.iter_mut().enumerate() {
             *w = i as u32;
         }
-        let (kernel, stride) = match cfg.mode {
-            Mode::Touch => (KernelKind::AtomicAdd, 4096),
-            Mode::IncAll => (KernelKind::IncrementAll, 4),
-        };
         let t0 = Instant::now();
-        let job = c
-            .gpu
-            .call(Submit {
-                vm,
-                kernel,
-                addr: buf.addr,
-                len: cfg.bytes as u64,
-                stride,
-                value: 1,
-                threads: cfg.gpu_threads,
-            })
-            .map_err(gpu_err)?
-            .job;
-        let done = c
-            .gpu
-            .call(Wait {
-                job,
-                timeout_ms: 120_000,
-            })
-            .map_err(gpu_err)?;
-        if done.status != JobStatus::Completed {
-            return Err(HerdError::Job(done.status));
-        }
+        gpu_phase(&gpus, &vms, buf.addr, cfg)?;
         let t1 = Instant::now();
         let base = buf.addr as usize;
         let mode = cfg.mode;
@@ -227,18 +220,21 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
         bad += bad_pages.max(if timed_bad > 0 { 1 } else { 0 });
         gpu_t.push((t1 - t0).as_secs_f64() * 1e6);
         cpu_t.push((t2 - t1).as_secs_f64() * 1e6);
-        c.gpu
-            .call(Unbind {
+        for (g, &vm) in gpus.iter().zip(&vms) {
+            g.call(Unbind {
                 vm,
                 gpu_addr: buf.addr,
             })
             .map_err(gpu_err)?;
+        }
         ScopeGuard::into_inner(buf)
             .release(&c.pager)
             .map_err(|e| HerdError::Pager(e.to_string()))?;
     }
-    let after = c.gpu.call(Stats {}).map_err(gpu_err)?;
-    destroy_vm(&c.gpu, scoped).map_err(gpu_err)?;
+    let after = counters(&gpus).map_err(gpu_err)?;
+    for (g, vm) in gpus.iter().zip(scoped) {
+        destroy_vm(g, vm).map_err(gpu_err)?;
+    }
     let cpu = median(cpu_t);
     Ok(Result {
         mode: cfg.mode,
@@ -249,9 +245,70 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
         per_page_cpu_us: cpu / pages as f64,
         bad,
         // Saturating: a GPU server restart starts its counters again.
-        pages_to_vram: after.pages_to_vram.saturating_sub(before.pages_to_vram),
-        pages_to_ram: after.pages_to_ram.saturating_sub(before.pages_to_ram),
+        pages_to_vram: after.0.saturating_sub(before.0),
+        pages_to_ram: after.1.saturating_sub(before.1),
     })
+}
+
+/// Pages to VRAM and to RAM so far, over every GPU.
+fn counters(gpus: &[&Client<Gpu>]) -> std::result::Result<(u64, u64), CallError<GpuError>> {
+    let mut sum = (0u64, 0u64);
+    for g in gpus {
+        let s = g.call(Stats {})?;
+        sum = (sum.0 + s.pages_to_vram, sum.1 + s.pages_to_ram);
+    }
+    Ok(sum)
+}
+
+/// GPU `k` of `gpus` runs the kernel over stripe `k` of the buffer at
+/// `addr`, all of them at once (one GPU: the whole buffer).
+fn gpu_phase(
+    gpus: &[&Client<Gpu>],
+    vms: &[VmId],
+    addr: u64,
+    cfg: &Config,
+) -> std::result::Result<(), HerdError> {
+    let gpu_err = |e: CallError<GpuError>| HerdError::Gpu(e.to_string());
+    let (kernel, stride) = match cfg.mode {
+        Mode::Touch => (KernelKind::AtomicAdd, 4096),
+        Mode::IncAll => (KernelKind::IncrementAll, 4),
+    };
+    // Stripes of whole pages; the last one takes what is left.
+    let pages = (cfg.bytes / 4096) as u64;
+    let per = pages.div_ceil(gpus.len() as u64);
+    let mut jobs = Vec::new();
+    for (k, (g, &vm)) in gpus.iter().zip(vms).enumerate() {
+        let first = (k as u64 * per).min(pages);
+        let n = per.min(pages - first);
+        if n == 0 {
+            continue;
+        }
+        let job = g
+            .call(Submit {
+                vm,
+                kernel,
+                addr: addr + first * 4096,
+                len: n * 4096,
+                stride,
+                value: 1,
+                threads: cfg.gpu_threads,
+            })
+            .map_err(gpu_err)?
+            .job;
+        jobs.push((g, job));
+    }
+    for (g, job) in jobs {
+        let done = g
+            .call(Wait {
+                job,
+                timeout_ms: 120_000,
+            })
+            .map_err(gpu_err)?;
+        if done.status != JobStatus::Completed {
+            return Err(HerdError::Job(done.status));
+        }
+    }
+    Ok(())
 }
 
 /// How long to allow one configuration (used by tests as a bound).

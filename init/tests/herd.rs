@@ -64,6 +64,27 @@ fn herd_2m_every_thread_count_both_modes() {
     );
 }
 
+/// Several GPUs (issue 17): the pages spread over four GPUs, a stripe
+/// each, come back under the herd from all four at once; every page went
+/// to VRAM once and came back once, summed over the GPUs.
+#[test]
+fn herd_with_pages_spread_over_four_gpus() {
+    check(
+        &herd(&[
+            "--size",
+            "8M",
+            "--threads",
+            "1,8",
+            "--reps",
+            "2",
+            "--gpus",
+            "4",
+        ]),
+        4,
+        2,
+    );
+}
+
 #[test]
 fn herd_64m_every_thread_count_both_modes() {
     check(

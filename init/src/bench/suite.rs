@@ -66,6 +66,7 @@ fn ours(
         reps,
         gpu_threads: 64,
         same_start: false,
+        gpus: 1,
     };
     let r = herd::run(c, &cfg).map_err(|e| BenchError::System(format!("herd: {e}")))?;
     Ok(Sample {

@@ -201,6 +201,10 @@ enum Workload {
         /// All CPU threads start on the same page (a herd on one page at a time).
         #[arg(long)]
         same_start: bool,
+        /// Boot this many GPUs and spread the pages over them, a stripe
+        /// each, before the herd (1 to 8; several GPUs, issue 17).
+        #[arg(long, default_value_t = 1, value_parser = int(1u8, 8))]
+        gpus: u8,
     },
     /// mremap while pages are in VRAM: threads hammer reads on the range
     /// while it moves to a new address (plain or `--dontunmap`); every word
@@ -436,6 +440,7 @@ fn main() {
                     reps,
                     json,
                     same_start,
+                    gpus,
                 },
         } => {
             let modes = match mode {
@@ -443,6 +448,7 @@ fn main() {
                 ModeArg::IncAll => vec![Mode::IncAll],
                 ModeArg::Both => vec![Mode::Touch, Mode::IncAll],
             };
+            let opts = BootOptions { gpus, ..opts };
             run_herd(opts, &size, &threads, &modes, reps, json, same_start)
         }
         Cmd::Run {
@@ -664,6 +670,7 @@ fn run_herd(
                     reps,
                     gpu_threads: 64,
                     same_start,
+                    gpus: opts.gpus,
                 };
                 match herd::run(&clients, &cfg) {
                     Ok(r) => {

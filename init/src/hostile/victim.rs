@@ -46,6 +46,7 @@ pub fn round(c: &Clients, cfg: &VictimConfig) -> Result<Round, String> {
             reps: 1,
             gpu_threads: 16,
             same_start: false,
+            gpus: 1,
         },
     )
     .map_err(|e| format!("the victim's herd pass: {e}"))?;
