@@ -36,6 +36,7 @@ fn herd_ok(c: &Clients) {
         reps: 1,
         gpu_threads: 64,
         same_start: false,
+        gpus: 1,
     };
     let r = herd::run(c, &cfg).unwrap();
     assert_eq!(r.bad, 0, "{r:?}");

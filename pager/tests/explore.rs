@@ -525,6 +525,55 @@ fn explore_four_gpu_sessions_and_eight_cpus_on_the_core() {
     explore(four_gpu_sessions_and_eight_cpus_on_the_core);
 }
 
+/// A GPU goes away (`evacuate`) while its server faults pages in: its
+/// collect was reserved before the retirement (the evacuation waits for
+/// its finalize, then brings the pages back) or it is refused. No page is
+/// left in the GPU's VRAM, every word is right.
+fn evacuation_racing_the_gpus_fault() {
+    let core = model_core(small_config(""));
+    let s = core.client(CLIENT).unwrap();
+    let (obj, view) = object_with_view(&core, &s, 4, VIEW_AT).unwrap();
+    let o = s.object(obj).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    seed(&o, |p| p as u64 + 7);
+    let g = core.gpu_session(GPU_SERVER + 1, 1).unwrap();
+    let id = gpu_open(&core, &g, CLIENT, view).unwrap();
+    let gpu = {
+        let (core, o) = (core.clone(), o.clone());
+        spawn(move || {
+            for first in [0, 2] {
+                let _ = session_gpu_migrate(&core, &g, id, &o.memory, first, 2);
+            }
+        })
+    };
+    let evacuation = {
+        let core = core.clone();
+        spawn(move || core.evacuate(1).unwrap())
+    };
+    gpu.join().unwrap();
+    let (_, left) = evacuation.join().unwrap();
+    assert_eq!(left, 0, "pages left on the GPU that went");
+    for page in 0..4usize {
+        let r = o.table.info(page).unwrap().residency;
+        assert!(
+            !matches!(r, Residency::Device { .. }),
+            "page {page} is {r:?}"
+        );
+        if o.memory.words[page].load(Ordering::Acquire) == POISON {
+            core.serve_fault(&space, VIEW_AT + page as u64 * PAGE, false);
+        }
+        assert_eq!(
+            o.memory.words[page].load(Ordering::Acquire),
+            page as u64 + 7
+        );
+    }
+}
+
+#[test]
+fn explore_evacuation_racing_the_gpus_fault() {
+    explore(evacuation_racing_the_gpus_fault);
+}
+
 /// The negative check of several GPUs: one lock per range across devices
 /// (held by a GPU migration that waits for the whole range, taken by a CPU
 /// fault that holds its page) is found stuck.

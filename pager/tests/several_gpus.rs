@@ -22,8 +22,8 @@ use pager::core::view::{Space, PAGE};
 use pager::state::Residency;
 use pager::sync::lock;
 use pager::testing::runtime::{
-    cpu_write, gpu_migrate, gpu_open, model_core, object_with_view, seed, small_config, ModelCore,
-    ModelRuntime, POISON,
+    cpu_write, gpu_collect, gpu_migrate, gpu_open, model_core, object_with_view, seed,
+    small_config, ModelCore, ModelRuntime, POISON,
 };
 use session::Handle;
 
@@ -287,4 +287,55 @@ fn four_gpus_and_cpu_threads_race_on_one_chunk_and_lose_nothing() {
     assert_eq!(t.read_all(), want, "every CPU write, exactly once");
     assert!(lock(&t.core.rt.vram).is_empty(), "no frame left behind");
     assert!(lock(&t.core.rt.frames).is_empty(), "no push left unread");
+}
+
+/// A GPU that goes away (`PagerReclaim::Evacuate`) gives every page back
+/// to RAM and takes none any more; its peers go on, and a later server of
+/// the same GPU is retired from its start.
+#[test]
+fn an_evacuated_gpu_gives_back_every_page_and_takes_no_more() {
+    let t = setup(2);
+    assert_eq!(t.gpu_fault(1, 0, 64), 64);
+    assert_eq!(t.core.evacuate(1), Ok((64, 0)));
+    for page in 0..64 {
+        assert_eq!(t.residency(page), Residency::System, "page {page}");
+        assert_eq!(t.ram(page), value(page), "page {page}'s data");
+    }
+    assert!(lock(&t.core.rt.vram).is_empty(), "GPU 1 freed its frames");
+    let (g1, id1) = &t.gpus[1];
+    let refused = gpu_collect(&t.core, g1, *id1, 0, 64);
+    assert_eq!(refused.err(), Some(MigrateError::Retired));
+    assert_eq!(t.gpu_fault(0, 0, 64), 64, "GPU 0 goes on");
+    t.core.end_gpu(g1.badge);
+    let again = t.core.gpu_session(20, 1).unwrap();
+    assert!(again.is_retired(), "GPU 1 stays gone");
+}
+
+/// The evacuation races GPU 1's own faults: each of them either finished
+/// before (its pages come back) or is refused; none lands after.
+#[test]
+fn an_evacuation_racing_the_gpus_own_faults_leaves_nothing_on_it() {
+    for _ in 0..20 {
+        let t = Arc::new(setup(2));
+        let faulter = {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let (g, id) = &t.gpus[1];
+                for round in 0..50u64 {
+                    let first = (round % 2) * 32;
+                    let r = gpu_migrate(&t.core, g, *id, &t.object.memory, first, 32);
+                    if r == Err(MigrateError::Retired) {
+                        return;
+                    }
+                }
+            })
+        };
+        let (_, left) = t.core.evacuate(1).unwrap();
+        faulter.join().unwrap();
+        assert_eq!(left, 0);
+        for page in 0..64 {
+            assert_ne!(on_gpu(t.residency(page)), Some(1), "page {page} on GPU 1");
+        }
+        assert_eq!(t.read_all(), (0..64).map(value).collect::<Vec<_>>());
+    }
 }

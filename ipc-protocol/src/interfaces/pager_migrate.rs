@@ -163,6 +163,9 @@ interface! {
         /// A collect of a GPU server generation that has been restarted
         /// since.
         Stale = 8,
+        /// This GPU is going away (`PagerReclaim::Evacuate`): nothing
+        /// moves into its VRAM any more.
+        Retired = 9,
     }
     calls {
         1 => OpenView [0] -> ViewOpened [1] needs MIGRATE, idempotent;

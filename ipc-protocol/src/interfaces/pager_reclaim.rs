@@ -17,6 +17,23 @@ wire_struct!(
     }
 );
 wire_struct!(
+    /// Device `gpu` goes away (its server is being stopped, or the device
+    /// unplugged): from now on nothing is migrated to it (its collects are
+    /// refused, `Retired`), and every page in its VRAM is brought back to
+    /// RAM. Pages a peer faults on meanwhile move to the peer instead.
+    pub struct Evacuate {
+        pub gpu: GpuId,
+    }
+);
+wire_struct!(
+    /// `pages` came back to RAM; `left` are still in its VRAM (a copy
+    /// that failed: asking again retries them).
+    pub struct Evacuated {
+        pub pages: u64,
+        pub left: u64,
+    }
+);
+wire_struct!(
     pub struct Usage {}
 );
 wire_struct!(
@@ -36,6 +53,7 @@ interface! {
     calls {
         1 => Evict [0] -> Evicted [0] needs RECLAIM;
         2 => Usage [0] -> SvmUsage [0] needs RECLAIM, idempotent;
+        3 => Evacuate [0] -> Evacuated [0] needs RECLAIM, idempotent;
     }
     notifications {}
 }

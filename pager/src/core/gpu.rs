@@ -138,9 +138,7 @@ impl<R: Runtime> Core<R> {
         if c.generation < g.generation() || c.pager_generation.max(1) < self.cfg.generation {
             return Err(E::Stale);
         }
-        if !g.reserve_collect() {
-            return Err(E::OverBudget);
-        }
+        g.reserve_collect()?;
         let backend = CoreBackend::for_gpu(self, &o, g.gpu);
         let seq = o.seq.load(Ordering::Acquire);
         // Pages in another GPU's VRAM move straight to this one's.

@@ -180,6 +180,9 @@ pub struct Core<R: Runtime> {
     clients: Mutex<Vec<Option<Arc<ClientSession<R>>>>>,
     /// The GPU servers' sessions, one per GPU (at most [`object::MAX_GPUS`]).
     gpus: Mutex<Vec<Arc<GpuSession<R>>>>,
+    /// GPUs going away (bit per GPU, `reclaim.rs` `evacuate`): a session
+    /// made for one later is retired from its start.
+    retired: core::sync::atomic::AtomicU16,
     /// The metadata the GPU servers' sessions use, together (the arena
     /// holds [`PEER_METADATA`] for them however many GPUs there are).
     peer_quota: Arc<Quota>,
@@ -215,6 +218,7 @@ impl<R: Runtime> Core<R> {
             clients: Mutex::new((0..cfg.max_clients).map(|_| None).collect()),
             gpus: Mutex::new(Vec::new()),
             peer_quota: Arc::new(Quota::new(PEER_METADATA)),
+            retired: core::sync::atomic::AtomicU16::new(0),
             hand: Mutex::new(reclaim::Hand::default()),
             next_space: AtomicU64::new(1),
             journal: std::sync::OnceLock::new(),
@@ -309,6 +313,11 @@ impl<R: Runtime> Core<R> {
             .saturating_mul(self.cfg.budget.objects.min(IDS_PER_SESSION as u64) as usize);
         let s = GpuSession::new(badge, gpu, meta, objects, self.cfg.gpu_collects);
         let s = Arc::new(s);
+        // Under the registry's lock: an evacuation that did not see this
+        // session set the bit before it looked.
+        if self.is_retired(gpu) {
+            s.retire();
+        }
         g.push(s.clone());
         self.note_gpu(badge, gpu);
         Ok(s)
@@ -317,6 +326,12 @@ impl<R: Runtime> Core<R> {
     /// The GPU servers' sessions now.
     pub fn gpu_sessions(&self) -> Vec<Arc<GpuSession<R>>> {
         lock(&self.gpus).clone()
+    }
+
+    /// Whether GPU `gpu` is going away (`evacuate`).
+    pub fn is_retired(&self, gpu: u8) -> bool {
+        let bit = 1u16.checked_shl(u32::from(gpu)).unwrap_or(0);
+        self.retired.load(core::sync::atomic::Ordering::SeqCst) & bit != 0
     }
 
     /// GPU `gpu`'s server's session, if it has one.

@@ -6,11 +6,18 @@
 use ipc_protocol::interfaces::pager_reclaim::{self as r, ReclaimError};
 
 use super::backend::CoreBackend;
-use super::runtime::Runtime;
+use super::runtime::{Pause, Runtime};
 use super::view::PAGE;
 use super::{all_objects, Core};
 use crate::migrate::{evict, Chunk, CHUNK_PAGES};
+use crate::state::Residency;
 use crate::sync::lock;
+
+/// Pauses an evacuation waits for the collects in flight of the GPU that
+/// goes (2 s on the host; past them it evacuates anyway, and rounds on).
+const EVACUATE_WAITS: u32 = 10_000;
+/// Rounds of eviction an evacuation makes while pages stay locked.
+const EVACUATE_ROUNDS: u32 = 1_000;
 
 /// Where the last eviction stopped: (owner badge, object id, page).
 /// Eviction sweeps on from here like a clock hand, so the pages it takes
@@ -33,6 +40,10 @@ impl<R: Runtime> Core<R> {
                     pages,
                 }))
             }
+            r::Request::Evacuate(e) => {
+                let (pages, left) = self.evacuate(e.gpu.get())?;
+                Ok(r::Reply::Evacuate(r::Evacuated { pages, left }))
+            }
             r::Request::Usage(_) => {
                 let (sram, vram) = self.usage();
                 Ok(r::Reply::Usage(r::SvmUsage {
@@ -49,6 +60,54 @@ impl<R: Runtime> Core<R> {
             .iter()
             .map(|(_, o)| o.table.counts())
             .fold((0, 0), |(s, v), (a, b)| (s + a, v + b))
+    }
+
+    /// GPU `gpu` goes away (`Evacuate`): nothing moves to it from now on
+    /// (its collects are refused, `Retired`); the collects it has in
+    /// flight end (finalized, or undone past their lease); then every page
+    /// in its VRAM comes back to RAM, round after round while some are
+    /// locked by a migration. Returns (pages brought back, pages left).
+    pub fn evacuate(&self, gpu: u8) -> Result<(u64, u64), ReclaimError> {
+        if usize::from(gpu) >= super::object::MAX_GPUS {
+            return Err(ReclaimError::NoSuchGpu);
+        }
+        self.retired
+            .fetch_or(1 << gpu, core::sync::atomic::Ordering::SeqCst);
+        if let Some(g) = self.gpu_of(gpu) {
+            g.retire();
+            for round in 0..EVACUATE_WAITS {
+                if g.in_flight() == 0 {
+                    break;
+                }
+                self.rt.pause(Pause::FinalizeDrain, round);
+            }
+        }
+        let mut moved = 0;
+        for round in 0..EVACUATE_ROUNDS {
+            moved += self.evict(gpu, u64::MAX);
+            let left = self.device_pages_of(gpu);
+            if left == 0 || !self.rt.gpu_attached(gpu) {
+                log::info!("pager: GPU {gpu} evacuated: {moved} page(s) back, {left} left");
+                return Ok((moved, left));
+            }
+            self.rt.pause(Pause::BringBack, round);
+        }
+        let left = self.device_pages_of(gpu);
+        log::warn!("pager: GPU {gpu}: {left} page(s) stay in its VRAM after evacuating");
+        Ok((moved, left))
+    }
+
+    /// Pages in GPU `gpu`'s VRAM now, over every object (a scan).
+    fn device_pages_of(&self, gpu: u8) -> u64 {
+        let on = |r: Residency| matches!(r, Residency::Device { gpu: g, .. } if g == gpu);
+        all_objects(self)
+            .iter()
+            .map(|(_, o)| {
+                (0..o.pages())
+                    .filter(|&p| o.table.info(p).is_ok_and(|i| on(i.residency)))
+                    .count() as u64
+            })
+            .sum()
     }
 
     /// Moves up to `bytes` of `gpu`'s VRAM pages back to RAM, chunk by chunk

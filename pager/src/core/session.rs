@@ -12,6 +12,7 @@
 
 use allocator_api2::vec::Vec as AllocVec;
 use ipc_protocol::interfaces::pager::PagerError;
+use ipc_protocol::interfaces::pager_migrate::MigrateError;
 use session::{Handle, HandleTable, Meta, TableError};
 
 use super::budget::{views, Charge, Ledger};
@@ -339,6 +340,13 @@ impl<R: Runtime> Drop for Leaving<R> {
     }
 }
 
+/// Set in a GPU session's `in_flight` once its GPU is retired
+/// (`Core::evacuate`). One atomic holds both, so a collect's reservation
+/// and the retirement are ordered: a collect was reserved before (the
+/// evacuation waits for its finalize) or it is refused; none slips
+/// between the evacuation's last look and its end.
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
 /// A collect the GPU server has not finalized yet.
 pub struct InFlight<R: Runtime> {
     pub object: Arc<Object<R>>,
@@ -465,12 +473,16 @@ impl<R: Runtime> GpuSession<R> {
         o.set_gpu_id(self.gpu, None);
     }
 
-    /// Takes a place for one more collect, if the limit allows.
-    pub fn reserve_collect(&self) -> bool {
+    /// Takes a place for one more collect, if the limit allows and the
+    /// GPU is not retired.
+    pub fn reserve_collect(&self) -> Result<(), MigrateError> {
         let mut cur = self.in_flight.load(Ordering::Acquire);
         loop {
+            if cur & RETIRED != 0 {
+                return Err(MigrateError::Retired);
+            }
             if cur >= self.limit {
-                return false;
+                return Err(MigrateError::OverBudget);
             }
             match self.in_flight.compare_exchange_weak(
                 cur,
@@ -478,10 +490,20 @@ impl<R: Runtime> GpuSession<R> {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return Ok(()),
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// Retires the GPU: no collect is reserved from now on. Returns the
+    /// collects reserved before, which the evacuation waits out.
+    pub fn retire(&self) -> usize {
+        self.in_flight.fetch_or(RETIRED, Ordering::AcqRel) & !RETIRED
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) & RETIRED != 0
     }
 
     pub fn unreserve_collect(&self) {
@@ -544,7 +566,7 @@ impl<R: Runtime> GpuSession<R> {
 
     /// Collects awaiting their finalize now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::Acquire) & !RETIRED
     }
 
     /// The newest GPU server generation that took over (0: none yet).
