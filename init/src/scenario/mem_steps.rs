@@ -613,15 +613,18 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
         } => {
             let (o, first, pages) = pages_of(ctx, alloc, offset.get(), len.map(|l| l.get()))?;
             let mut moved = 0u64;
-            for (f, n) in chunks(first, pages) {
-                let r = ctx.conn(o.client)?.pager.call(Prefetch {
-                    object: o.id,
-                    first_page: f,
-                    count: n,
-                    to: Location::System,
-                    gpu: GpuId::new(0).expect("GPU 0 exists"),
-                })?;
-                moved += r.moved as u64;
+            // From every GPU of the system.
+            for gpu in (0..ctx.device.gpus.max(1)).filter_map(GpuId::new) {
+                for (f, n) in chunks(first, pages) {
+                    let r = ctx.conn(o.client)?.pager.call(Prefetch {
+                        object: o.id,
+                        first_page: f,
+                        count: n,
+                        to: Location::System,
+                        gpu,
+                    })?;
+                    moved += r.moved as u64;
+                }
             }
             ctx.report.check(
                 true,

@@ -56,8 +56,6 @@ use crate::migrate::{Chunk, CHUNK_PAGES};
 use crate::state::Residency;
 use crate::sync::{lock, Ordering};
 
-/// The GPU whose VRAM `PreferSystem` empties (several GPUs: issue 17).
-pub(super) const GPU: u8 = 0;
 /// Eviction rounds `PreferSystem` tries before it leaves pages in VRAM
 /// (each waits out a migration that held one).
 const EMPTY_ROUNDS: usize = 64;
@@ -97,7 +95,7 @@ impl<R: Runtime> Core<R> {
     /// from then on move nothing there: this ends.
     fn empty_vram_of(&self, o: &Object<R>, first: usize, end: usize) {
         for _ in 0..EMPTY_ROUNDS {
-            self.prefetch_to_ram(o, first, end, GPU);
+            self.all_to_ram(o, first, end);
             let busy = (first..end).find_map(|p| match o.table.info(p) {
                 Ok(i) if i.locked => Some(Some(p)),
                 Ok(i) if matches!(i.residency, Residency::Device { .. }) => Some(None),

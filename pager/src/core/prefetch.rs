@@ -14,6 +14,7 @@ use super::object::Object;
 use super::runtime::Runtime;
 use super::Core;
 use crate::migrate::{evict, Chunk, CHUNK_PAGES};
+use crate::state::Residency;
 
 impl<R: Runtime> Core<R> {
     /// Moves the pages of `[first, end)` of `o` that are in `gpu`'s VRAM
@@ -35,5 +36,20 @@ impl<R: Runtime> Core<R> {
             at += piece.count;
         }
         moved
+    }
+
+    /// Moves the pages of `[first, end)` of `o` back to RAM from whichever
+    /// GPU holds each (several GPUs); returns how many moved.
+    pub fn all_to_ram(&self, o: &Object<R>, first: usize, end: usize) -> u64 {
+        let mut gpus = 0u16;
+        for p in first..end {
+            if let Ok(Residency::Device { gpu, .. }) = o.table.info(p).map(|i| i.residency) {
+                gpus |= 1u16.checked_shl(u32::from(gpu)).unwrap_or(0);
+            }
+        }
+        (0..16u8)
+            .filter(|g| gpus & (1 << g) != 0)
+            .map(|g| self.prefetch_to_ram(o, first, end, g))
+            .sum()
     }
 }

@@ -15,7 +15,6 @@
 
 use ipc_protocol::types::PageMask;
 
-use super::advice::GPU;
 use super::object::Object;
 use super::runtime::{Pause, Runtime};
 use super::Core;
@@ -36,7 +35,7 @@ impl<R: Runtime> Core<R> {
     /// more in: they are `remote`).
     fn evict_without_waiting(&self, o: &Object<R>, first: usize, end: usize) {
         for round in 0..EVICT_ROUNDS {
-            self.prefetch_to_ram(o, first, end, GPU);
+            self.all_to_ram(o, first, end);
             let in_vram = (first..end).any(|p| {
                 o.table
                     .info(p)
