@@ -20,8 +20,8 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::manifest::{
-    client_badge, client_fd, Endpoint, DEVICE_MODELS, DEVICE_PAGER_FD, GPU_SERVERS, MANIFEST,
-    MAX_GPUS, PEER_VRAM_FD, VRAM_FD,
+    client_badge, client_fd, Endpoint, DEVICES_RECLAIM_BADGE, DEVICES_RECLAIM_FD, DEVICE_MODELS,
+    DEVICE_PAGER_FD, GPU_SERVERS, MANIFEST, MAX_GPUS, PEER_VRAM_FD, VRAM_FD,
 };
 use crate::process::Recipe;
 use crate::supervisor::{BootError, BootOptions};
@@ -41,6 +41,9 @@ pub struct Devices {
     /// Device `d`'s VRAM memfd.
     vram: Vec<OwnedFd>,
     more: Vec<Device>,
+    /// `init`'s `PagerReclaim` endpoint (pager's end, ours), to evacuate
+    /// a device that goes away (`PagerReclaim::Evacuate`).
+    reclaim: Option<(OwnedFd, OwnedFd)>,
 }
 
 /// Whether row `e` joins a device to the pager or `init` (or to itself).
@@ -115,6 +118,7 @@ impl Devices {
             vram_bytes,
             vram,
             more,
+            reclaim: Some(pair()?),
         }))
     }
 
@@ -145,12 +149,23 @@ impl Devices {
     }
 
     /// The pager gets devices 1..'s `PagerMigrate` and `GpuNotify` ends,
-    /// one `--migrate-fd` and `--notify-fd` each, in device order.
+    /// one `--migrate-fd` and `--notify-fd` each, in device order, and
+    /// `init`'s `PagerReclaim` endpoint.
     pub fn give_pager(
         &self,
         fds: &mut Vec<(OwnedFd, i32)>,
         args: &mut Vec<String>,
     ) -> Result<(), BootError> {
+        if let Some((pager, _)) = &self.reclaim {
+            let e = ipc_protocol::transport::ExtraEndpoint {
+                interface: "PagerReclaim".into(),
+                fd: DEVICES_RECLAIM_FD,
+                badge: DEVICES_RECLAIM_BADGE,
+                rights: ipc_protocol::Rights::RECLAIM,
+            };
+            fds.push((dup(pager)?, DEVICES_RECLAIM_FD));
+            args.push(format!("--extra-endpoint={e}"));
+        }
         for (i, dev) in self.more.iter().enumerate() {
             for (e, pairs) in &dev.ends {
                 let (Some((server, client)), d) = (pairs.first(), i + 1) else {
@@ -244,6 +259,11 @@ impl Devices {
             args.push(format!("{}={}", c.flag, c.fd));
         }
         Ok(())
+    }
+
+    /// `init`'s end of its `PagerReclaim` endpoint (once).
+    pub fn take_reclaim(&mut self) -> Option<OwnedFd> {
+        self.reclaim.take().map(|(_, ours)| ours)
     }
 
     /// Devices past the first.

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use hw::model::Config;
 use ipc_protocol::client::Client;
-use ipc_protocol::interfaces::{gpu::Gpu, pager::Pager, pressure::Pressure};
+use ipc_protocol::interfaces::{
+    gpu::Gpu, pager::Pager, pager_reclaim::PagerReclaim, pressure::Pressure,
+};
 use ipc_protocol::transport::{pass_fds_to_child, SeqPacket};
 
 use crate::process::{DeviceAttach, Recipe, Supervised};
@@ -144,6 +146,9 @@ pub struct Clients {
     /// The calling ends of the conformance endpoints
     /// (`BootOptions::conformance`; empty otherwise).
     pub conformance: Vec<ConformanceEnds>,
+    /// The pager's `PagerReclaim`, for evacuating a device that goes away
+    /// (a boot of several GPUs; `devices.rs`).
+    pub reclaim: Option<Client<PagerReclaim>>,
 }
 
 /// The calling ends of one interface's conformance endpoints
@@ -606,6 +611,10 @@ impl System {
                 "the manifest gives init no Gpu, Pager or Pressure status endpoint".into(),
             ));
         };
+        let reclaim = devices
+            .as_mut()
+            .and_then(|d| d.take_reclaim())
+            .map(|fd| Client::new(seqpacket(fd)).with_timeout(CALL_TIMEOUT));
         let mut more = match devices.as_mut() {
             Some(d) => d.client_gpus(clients),
             None => Vec::new(),
@@ -635,6 +644,7 @@ impl System {
                 pressure,
                 slots,
                 conformance,
+                reclaim,
             }),
         ))
     }

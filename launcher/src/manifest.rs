@@ -114,6 +114,12 @@ pub const PEER_VRAM_FD: i32 = 140;
 /// order of those flags).
 pub const DEVICE_PAGER_FD: i32 = 200;
 
+/// With several GPUs, `init` keeps a `PagerReclaim` endpoint of its own to
+/// evacuate a device that goes away: the pager's `--extra-endpoint` at
+/// this descriptor, with this badge (`init/src/devices.rs`).
+pub const DEVICES_RECLAIM_FD: i32 = DEVICE_PAGER_FD - 1;
+pub const DEVICES_RECLAIM_BADGE: u64 = 9;
+
 /// Start order: each process's servers exist before its clients call them.
 pub const START_ORDER: [&str; 4] = ["xe-model", "mm-server", "xe-svm", "pager"];
 

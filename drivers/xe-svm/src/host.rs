@@ -17,7 +17,7 @@ use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
 use ipc_protocol::interfaces::gpu_shrink as sh;
 use ipc_protocol::interfaces::pager_migrate::{
-    Collect, Collected, Finalize, PagerMigrate, Resident, ResidentRuns,
+    Collect, Collected, Finalize, MigrateError, PagerMigrate, Resident, ResidentRuns,
 };
 use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve};
 use ipc_protocol::read_fence::ReadFence;
@@ -61,6 +61,8 @@ pub struct HostPlatform {
     /// The last `PagerMigrate` call found the pager gone (its endpoint
     /// closed): GPU faults that need it fail instead of replaying.
     pager_gone: std::sync::atomic::AtomicBool,
+    /// The pager retired this GPU (`Platform::retired`).
+    retired: std::sync::atomic::AtomicBool,
     /// The pager's generation as its `Resident` answer gave it (a pager
     /// restart announced before we started is one we never heard).
     pager_told: AtomicU32,
@@ -185,6 +187,9 @@ impl Platform for HostPlatform {
             ))
         );
         self.pager_gone.store(gone, Ordering::Release);
+        if matches!(r, Err(CallError::Server(MigrateError::Retired))) {
+            self.retired.store(true, Ordering::Release);
+        }
         r.map_err(|e| {
             log::warn!("xe-svm: collect: {e}");
             PortError
@@ -192,6 +197,9 @@ impl Platform for HostPlatform {
     }
     fn pager_gone(&self) -> bool {
         self.pager_gone.load(Ordering::Acquire)
+    }
+    fn retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
     fn gpu(&self) -> GpuId {
         self.gpu
@@ -406,6 +414,7 @@ impl GpuServer {
             dev,
             migrate,
             pager_gone: std::sync::atomic::AtomicBool::new(false),
+            retired: std::sync::atomic::AtomicBool::new(false),
             pager_told: AtomicU32::new(0),
             pressure,
             slots: Mutex::new(Slots {

@@ -91,6 +91,13 @@ pub trait Platform: Send + Sync + 'static {
         false
     }
 
+    /// Whether the pager retired this GPU (`MigrateError::Retired`: the
+    /// device is going away and nothing moves into its VRAM any more): a
+    /// GPU fault that needs a migration fails instead of replaying.
+    fn retired(&self) -> bool {
+        false
+    }
+
     /// The pager's generation as last announced to us (0: never, its
     /// first); sent with each `Collect` so that a restarted pager refuses
     /// one its predecessor left queued.

@@ -911,6 +911,11 @@ impl<P: Platform> Inner<P> {
                 log::error!("xe-svm: the pager is gone; a GPU fault at {va:#x} fails");
                 return false;
             }
+            // The device is going away: nothing moves into it any more.
+            if self.hw.retired() {
+                log::warn!("xe-svm: this GPU is retired; a GPU fault at {va:#x} fails");
+                return false;
+            }
             log::warn!("xe-svm: collect failed");
             return true;
         };

@@ -222,6 +222,7 @@ fn dispatch(ctx: &Ctx, step: &Step, label: &str, path: &str, bound: Duration) ->
             std::thread::sleep(Duration::from_micros(us.get().min(10_000_000)));
             Ok(())
         }
+        Step::Evacuate { gpu } => gpu_steps::evacuate(ctx, *gpu, label),
     }
 }
 

@@ -623,6 +623,12 @@ pub enum Step {
     Sleep {
         us: Num,
     },
+    /// Device `gpu` goes away (`PagerReclaim::Evacuate`): nothing moves
+    /// into its VRAM from then on, and every page in it comes back to RAM
+    /// (a boot of several GPUs).
+    Evacuate {
+        gpu: u8,
+    },
     /// The VM's fault log (`Gpu::FaultLog`: address, access, type, level)
     /// must hold at least `at_least` entries.
     FaultLog {
@@ -695,6 +701,7 @@ impl Step {
             Self::Parallel { .. } => "parallel",
             Self::Sleep { .. } => "sleep",
             Self::FaultLog { .. } => "fault_log",
+            Self::Evacuate { .. } => "evacuate",
         }
     }
 }

@@ -562,3 +562,27 @@ pub fn fault_log(ctx: &Ctx, vm: &str, bounds: (u64, Option<u64>), label: &str) -
     );
     Ok(())
 }
+
+/// `evacuate`: GPU `gpu` goes away; every page in its VRAM must come back.
+pub fn evacuate(ctx: &Ctx, gpu: u8, label: &str) -> StepResult {
+    use ipc_protocol::interfaces::pager_reclaim::Evacuate;
+    let reclaim = ctx
+        .clients
+        .reclaim
+        .as_ref()
+        .ok_or_else(|| bad("evacuate: a system of several GPUs (`[device] gpus`)"))?;
+    let gpu_id =
+        ipc_protocol::types::GpuId::new(gpu).ok_or_else(|| bad("evacuate: GPU 0 to 15"))?;
+    let r = reclaim
+        .call(Evacuate { gpu: gpu_id })
+        .map_err(|e| StepError::Host(format!("Evacuate: {e}")))?;
+    ctx.report.check(
+        r.left == 0,
+        label,
+        &format!(
+            "GPU {gpu} evacuated: {} page(s) back in RAM, {} left",
+            r.pages, r.left
+        ),
+    );
+    Ok(())
+}

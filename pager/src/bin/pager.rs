@@ -187,8 +187,6 @@ mod server {
 
     use ipc_protocol::server::announce_if_restarted as announce;
 
-    /// Serves the GPU server's `PagerMigrate` on `t` (announced already:
-    /// `main`).
     /// Each GPU's (number, `PagerMigrate` endpoint, notifier endpoint).
     type GpuEndpoints = Vec<(u8, Arc<dyn Transport>, Arc<dyn Transport>)>;
 
@@ -211,7 +209,8 @@ mod server {
             .collect())
     }
 
-    /// Serves GPU `gpu`'s server's migrations; its badge names the GPU.
+    /// Serves GPU `gpu`'s server's `PagerMigrate` on `t` (announced
+    /// already: `main`); the endpoint's badge names the GPU.
     fn serve_migrate(a: &Args, gpu: u8, t: Arc<dyn Transport>, server: &Arc<PagerServer>) {
         let badge = pager::notifier::migrate_badge(gpu);
         ipc_protocol::server::spawn::<PagerMigrate, _>(
