@@ -1,13 +1,15 @@
 //! Several GPUs in one system (issue 17): devices 1.. beside the device
 //! [`MANIFEST`] wires.
 //!
-//! Each device is a device model and a GPU server of its own, joined by the
-//! manifest's rows between those two and the pager and `init` (its control
-//! channel, `PagerMigrate`, `GpuNotify`, and a `Gpu` endpoint per client
-//! slot), with the same descriptors and flags as device 0's. The pager
-//! takes one `--migrate-fd` and `--notify-fd` per device, in device order
-//! ([`DEVICE_PAGER_FD`]). The rows with mm-server (`Pressure`,
-//! `GpuShrink`) are device 0's only: mm-server brokers device 0's VRAM.
+//! Each device is a device model, a memory-pressure broker (mm-server) and
+//! a GPU server of its own, joined by the manifest's rows between those
+//! three and the pager and `init` (its control channel, `Pressure`,
+//! `GpuShrink`, `PagerMigrate`, `GpuNotify`, `PagerReclaim`, and a `Gpu`
+//! endpoint per client slot), with the same descriptors and flags as
+//! device 0's. The pager takes one `--migrate-fd` and `--notify-fd` per
+//! device, in device order, and each device's mm-server's `PagerReclaim`
+//! as an `--extra-endpoint` ([`DEVICE_PAGER_FD`]): each mm-server keeps
+//! its own device's VRAM and evicts that GPU's pages (`--gpu-id`).
 //!
 //! **Peer windows.** `init` makes every device's VRAM, a memfd it hands
 //! to the device model ([`VRAM_FD`]) and to every other device's GPU server
@@ -21,13 +23,14 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::manifest::{
     client_badge, client_fd, Endpoint, DEVICES_RECLAIM_BADGE, DEVICES_RECLAIM_FD, DEVICE_MODELS,
-    DEVICE_PAGER_FD, GPU_SERVERS, MANIFEST, MAX_GPUS, PEER_VRAM_FD, VRAM_FD,
+    DEVICE_PAGER_FD, DEVICE_RECLAIM_BADGE, GPU_SERVERS, MANIFEST, MAX_GPUS, MM_SERVERS,
+    PEER_VRAM_FD, VRAM_FD,
 };
 use crate::process::Recipe;
 use crate::supervisor::{BootError, BootOptions};
 
-/// The processes of a device.
-const DEVICE_SIDES: [&str; 2] = ["xe-model", "xe-svm"];
+/// The processes of a device, in start order.
+const DEVICE_SIDES: [&str; 3] = ["xe-model", "mm-server", "xe-svm"];
 
 /// One device past the first: its endpoints' ends, by manifest row.
 struct Device {
@@ -86,8 +89,29 @@ fn pair() -> Result<(OwnedFd, OwnedFd), BootError> {
 
 /// The pager's descriptor for row `e` of device `d` (1..).
 fn pager_fd(e: &Endpoint, d: usize) -> i32 {
-    let notify = (e.interface == "GpuNotify") as i32;
-    DEVICE_PAGER_FD + 2 * d as i32 + notify
+    let k = match e.interface {
+        "PagerMigrate" => 0,
+        "GpuNotify" => 1,
+        _ => 2,
+    };
+    DEVICE_PAGER_FD + 3 * d as i32 + k
+}
+
+/// The pager's flag for row `e` of device `d`: the row's own, but
+/// `PagerReclaim` (the pager takes one `--reclaim-fd`, device 0's) comes
+/// as one more endpoint.
+fn pager_flag(e: &Endpoint, flag: &str, d: usize) -> String {
+    let fd = pager_fd(e, d);
+    if e.interface != "PagerReclaim" {
+        return format!("{flag}={fd}");
+    }
+    let extra = ipc_protocol::transport::ExtraEndpoint {
+        interface: "PagerReclaim".into(),
+        fd,
+        badge: DEVICE_RECLAIM_BADGE + d as u64,
+        rights: e.rights,
+    };
+    format!("--extra-endpoint={extra}")
 }
 
 impl Devices {
@@ -173,26 +197,31 @@ impl Devices {
                 };
                 if e.server.process == "pager" {
                     fds.push((dup(server)?, pager_fd(e, d)));
-                    args.push(format!("{}={}", e.server.flag, pager_fd(e, d)));
+                    args.push(pager_flag(e, e.server.flag, d));
                 } else if let Some(c) = e.client.as_ref().filter(|c| c.process == "pager") {
                     fds.push((dup(client)?, pager_fd(e, d)));
-                    args.push(format!("{}={}", c.flag, pager_fd(e, d)));
+                    args.push(pager_flag(e, c.flag, d));
                 }
             }
         }
         Ok(())
     }
 
-    /// The recipes of device `d`'s (1..) model and GPU server: the
-    /// manifest's descriptors and flags for each, plus its VRAM (model)
-    /// or its peer windows and GPU id (server).
-    pub fn recipes(&self, d: usize, opts: &BootOptions) -> Result<[Recipe; 2], BootError> {
+    /// The recipes of device `d`'s (1..) model, mm-server and GPU server,
+    /// in start order: the manifest's descriptors and flags for each, plus
+    /// its VRAM (model), its GPU (mm-server, server) and its peer windows
+    /// (server).
+    pub fn recipes(&self, d: usize, opts: &BootOptions) -> Result<Vec<Recipe>, BootError> {
         let dev = &self.more[d - 1];
         let mut out = Vec::new();
         for process in DEVICE_SIDES {
             let mut fds: Vec<(OwnedFd, i32)> = Vec::new();
             let mut args = match process {
                 "xe-model" => opts.device.to_args(),
+                "mm-server" => vec![
+                    format!("--vram-bytes={}", opts.device.vram_bytes),
+                    format!("--gpu-id={d}"),
+                ],
                 _ => {
                     let mut a = crate::manifest::budget_args("xe-svm");
                     a.extend(opts.gpu_args.iter().cloned());
@@ -208,7 +237,8 @@ impl Devices {
                     fds.push((dup(&self.vram[d])?, VRAM_FD));
                     args.push(format!("--vram-fd={VRAM_FD}"));
                 }
-                _ => self.give_peers(d, &mut fds, &mut args)?,
+                "xe-svm" => self.give_peers(d, &mut fds, &mut args)?,
+                _ => {}
             }
             out.push(Recipe {
                 exe: crate::supervisor::exe(process)?,
@@ -221,10 +251,7 @@ impl Devices {
                 keeper: None,
             });
         }
-        let [model, server]: [Recipe; 2] = out
-            .try_into()
-            .map_err(|_| err("device recipes", "two processes"))?;
-        Ok([model, server])
+        Ok(out)
     }
 
     /// Row `e`'s ends that `process` of a device gets, as the manifest
@@ -271,9 +298,9 @@ impl Devices {
         self.more.len()
     }
 
-    /// The processes of device `d`: (model, GPU server).
-    pub fn names(d: usize) -> (&'static str, &'static str) {
-        (DEVICE_MODELS[d], GPU_SERVERS[d])
+    /// The processes of device `d`, in the order of [`Self::recipes`].
+    pub fn names(d: usize) -> [&'static str; 3] {
+        [DEVICE_MODELS[d], MM_SERVERS[d], GPU_SERVERS[d]]
     }
 
     /// The `Gpu` ends `init` keeps, by client slot: devices 1..'s, in

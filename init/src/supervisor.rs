@@ -656,10 +656,10 @@ impl System {
         opts: &BootOptions,
     ) -> Result<(), BootError> {
         for d in 1..=devices.more() {
-            let [model, server] = devices.recipes(d, opts)?;
-            let (model_name, server_name) = crate::devices::Devices::names(d);
-            self.servers.start(model_name, model)?;
-            self.servers.start(server_name, server)?;
+            let names = crate::devices::Devices::names(d);
+            for (name, recipe) in names.into_iter().zip(devices.recipes(d, opts)?) {
+                self.servers.start(name, recipe)?;
+            }
         }
         Ok(())
     }

@@ -99,6 +99,18 @@ pub const DEVICE_MODELS: [&str; MAX_GPUS] = [
 pub const GPU_SERVERS: [&str; MAX_GPUS] = [
     "xe-svm", "xe-svm1", "xe-svm2", "xe-svm3", "xe-svm4", "xe-svm5", "xe-svm6", "xe-svm7",
 ];
+/// Device `d`'s memory-pressure broker: one mm-server per device, each
+/// keeping its device's VRAM (`mm-server --gpu-id d`).
+pub const MM_SERVERS: [&str; MAX_GPUS] = [
+    "mm-server",
+    "mm-server1",
+    "mm-server2",
+    "mm-server3",
+    "mm-server4",
+    "mm-server5",
+    "mm-server6",
+    "mm-server7",
+];
 
 /// With several GPUs, `init` makes each device's VRAM (a memfd) and hands
 /// it to its model as this descriptor (`xe-model --vram-fd`).
@@ -108,11 +120,13 @@ pub const VRAM_FD: i32 = 5;
 /// (`xe-svm --peer-vram d:FD:BYTES`): its peer window on device `d`.
 pub const PEER_VRAM_FD: i32 = 140;
 
-/// The pager's `PagerMigrate` and `GpuNotify` endpoints of device `d` past
-/// the first: `DEVICE_PAGER_FD + 2 d` and the one after, passed as one
-/// more `--migrate-fd` and `--notify-fd` (the pager numbers GPUs in the
-/// order of those flags).
+/// The pager's `PagerMigrate`, `GpuNotify` and `PagerReclaim` endpoints
+/// of device `d` past the first: `DEVICE_PAGER_FD + 3 d` and the two
+/// after, passed as one more `--migrate-fd` and `--notify-fd` (the pager
+/// numbers GPUs in the order of those flags) and an `--extra-endpoint`
+/// (badge `DEVICE_RECLAIM_BADGE + d`) for device `d`'s mm-server.
 pub const DEVICE_PAGER_FD: i32 = 200;
+pub const DEVICE_RECLAIM_BADGE: u64 = 10;
 
 /// With several GPUs, `init` keeps a `PagerReclaim` endpoint of its own to
 /// evacuate a device that goes away: the pager's `--extra-endpoint` at

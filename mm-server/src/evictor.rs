@@ -56,6 +56,8 @@ pub trait Worlds: Send + Sync {
 pub struct IpcWorlds {
     pub gpu: Client<GpuShrink>,
     pub pager: Client<PagerReclaim>,
+    /// The GPU whose SVM pages `Evict` names.
+    pub device: GpuId,
 }
 
 impl IpcWorlds {
@@ -64,7 +66,14 @@ impl IpcWorlds {
         Self {
             gpu: gpu.with_timeout(timeout),
             pager: pager.with_timeout(timeout),
+            device: GpuId::ZERO,
         }
+    }
+
+    /// The broker of GPU `device`'s VRAM (several GPUs: one mm-server per
+    /// device, each evicting its own GPU's pages).
+    pub fn for_device(self, device: GpuId) -> Self {
+        Self { device, ..self }
     }
 }
 
@@ -73,7 +82,7 @@ impl Worlds for IpcWorlds {
         Ok(self.gpu.call(Shrink { bytes })?.bytes)
     }
     fn evict_svm(&self, bytes: u64) -> Result<u64, PeerError> {
-        let gpu = GpuId::new(0).ok_or_else(|| PeerError("GPU id 0".into()))?;
+        let gpu = self.device;
         Ok(self.pager.call(Evict { gpu, bytes })?.bytes)
     }
     fn vram(&self) -> Result<VramFigures, PeerError> {

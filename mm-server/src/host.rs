@@ -14,6 +14,7 @@ use clap::Parser;
 use ipc_protocol::client::Client;
 use ipc_protocol::interfaces::pressure::Pressure;
 use ipc_protocol::transport::{inherited_fd, ExtraEndpoint, SeqPacket, Transport};
+use ipc_protocol::types::GpuId;
 use ipc_protocol::{Capability, Rights};
 
 #[derive(Parser)]
@@ -41,6 +42,11 @@ struct Args {
     /// VRAM size until the GPU server reports its own figure.
     #[arg(long)]
     vram_bytes: u64,
+    /// The GPU whose VRAM this broker keeps (0 to 15; several GPUs: one
+    /// mm-server per device): the GPU its evictions name to the pager.
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=15))]
+    gpu_id: u8,
     /// Free VRAM (percent) below which the eviction loop runs.
     #[arg(long, default_value_t = 10)]
     low_watermark_pct: u64,
@@ -119,11 +125,9 @@ pub fn main() {
             let _ = shrink.announce_restart(a.generation);
             let _ = reclaim.announce_restart(a.generation);
         }
-        let worlds = Arc::new(IpcWorlds::new(
-            shrink,
-            reclaim,
-            Duration::from_millis(a.peer_timeout_ms),
-        ));
+        let timeout = Duration::from_millis(a.peer_timeout_ms);
+        let device = GpuId::new(a.gpu_id).unwrap_or(GpuId::ZERO);
+        let worlds = Arc::new(IpcWorlds::new(shrink, reclaim, timeout).for_device(device));
         let b = broker.clone();
         std::thread::Builder::new()
             .name("mm-evict".into())
