@@ -107,10 +107,15 @@ impl<'a, R: Runtime> CoreBackend<'a, R> {
         let mut done = PageMask::EMPTY;
         for (start, len) in runs(chunk, mask) {
             let mut i = start;
+            // A run the kernel refuses whole (it spans mappings an
+            // mprotect split: one install may not cross them) goes page by
+            // page from where it stopped.
+            let mut one_by_one = false;
             while i < start + len {
                 let Some(dst) = view.address_of(chunk.first + i) else {
                     break;
                 };
+                let left = if one_by_one { 1 } else { start + len - i };
                 let (n, stop) = rt.install(
                     &view.space.port,
                     &self.object.memory,
@@ -118,7 +123,7 @@ impl<'a, R: Runtime> CoreBackend<'a, R> {
                     chunk.first + i,
                     src,
                     i,
-                    start + len - i,
+                    left,
                 );
                 for k in i..i + n {
                     done.set(k);
@@ -137,6 +142,9 @@ impl<'a, R: Runtime> CoreBackend<'a, R> {
                         );
                         done.set(i);
                         i += 1;
+                    }
+                    Some(RtError::Unmapped) if !one_by_one && n == 0 && left > 1 => {
+                        one_by_one = true;
                     }
                     Some(e) => {
                         if !self.address_space_gone(view, e) {
