@@ -67,7 +67,10 @@ impl<P: Platform> Inner<P> {
     }
 
     /// The GPU addresses in `[from, to)` of `asid` that a binding covers
-    /// and whose page is not in VRAM, and how many pages a binding covers.
+    /// and the VM may access, whose page is not in VRAM, and how many
+    /// pages such bindings cover. A page the VM may not access at all
+    /// (`Gpu::Protect` to none) is not moved: no access would use it, as
+    /// a fault there is refused without a migration.
     fn not_in_vram(&self, asid: u32, from: u64, to: u64) -> (Vec<u64>, u64) {
         let st = self.lock();
         let Some(vm) = st.vms.get(&asid) else {
@@ -80,6 +83,10 @@ impl<P: Platform> Inner<P> {
                 let Some(b) = vm.bindings.iter().find(|b| b.contains(va)) else {
                     return false;
                 };
+                let prot = vm.protections.at(va) & b.access_mask();
+                if !crate::protect::permits(prot, false) {
+                    return false;
+                }
                 bound += 1;
                 let page = b.first_page + (va - b.gpu_addr) / PAGE;
                 st.objects
