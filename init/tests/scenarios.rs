@@ -178,8 +178,8 @@ fn the_runner_fails_what_is_wrong() {
     let (ok, text) = run(
         "xfail.toml",
         &format!(
-            "[expect_failure]\nissue = 17\nfeature = \"several GPUs\"\n\
-             matches = \"2 GPUs\"\n[device]\ngpus = 2\n{BUFFER_IN_VRAM}\n"
+            "[expect_failure]\nissue = 17\nfeature = \"more than 8 GPUs\"\n\
+             matches = \"at most 8\"\n[device]\ngpus = 9\n{BUFFER_IN_VRAM}\n"
         ),
     );
     assert!(
