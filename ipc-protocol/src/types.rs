@@ -185,6 +185,13 @@ wire_enum!(
         /// there; a CPU access to a page in VRAM is refused (`SIGBUS`)
         /// instead of moving it back. Pages in RAM serve the CPU.
         DeviceOnly = 6,
+        /// A location: the pages stay where they are and every GPU maps
+        /// them there, in system memory or in a peer GPU's VRAM through
+        /// its peer window (several GPUs): a peer access in place, slower
+        /// per access, no migration (xe's preferred location on a peer's
+        /// `devmem_fd`, UVM's peer mappings). CPU faults move them back
+        /// as usual.
+        AccessInPlace = 7,
     }
 );
 

@@ -56,7 +56,10 @@ enum svm_advice {
     /* GPU atomics refused: a GPU atomic there ends its job Faulted. */
     SVM_ADVICE_ATOMIC_CPU = 5,
     /* The pages live in VRAM: a CPU access to one there gets SIGBUS. */
-    SVM_ADVICE_DEVICE_ONLY = 6
+    SVM_ADVICE_DEVICE_ONLY = 6,
+    /* Every GPU maps the pages where they are, a peer GPU's VRAM included
+       (through its peer window): no migration on a GPU fault. */
+    SVM_ADVICE_ACCESS_IN_PLACE = 7
 };
 
 /* Locations (svm_prefetch) and page states (svm_page_states). */

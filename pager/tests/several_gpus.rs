@@ -339,3 +339,52 @@ fn an_evacuation_racing_the_gpus_own_faults_leaves_nothing_on_it() {
         assert_eq!(t.read_all(), (0..64).map(value).collect::<Vec<_>>());
     }
 }
+
+/// Peer access in place (`Advice::AccessInPlace`): GPU 1's collect of
+/// pages in GPU 0's VRAM reports where they are (`peer_frames`) and moves
+/// nothing; when GPU 0's pages then go back to RAM, GPU 1, which may map
+/// them in place, is told to unmap too (rule 8 with remote mappings).
+#[test]
+fn pages_mapped_in_place_stay_on_their_gpu_and_every_mapper_is_told_when_they_move() {
+    use ipc_protocol::interfaces::pager_migrate as m;
+    use ipc_protocol::types::{Advice, GpuId, PageCount, PageMask};
+    let t = setup(2);
+    assert_eq!(t.gpu_fault(0, 0, 64), 64);
+    t.core
+        .advise(&t.object, 0, 64, Advice::AccessInPlace)
+        .unwrap();
+    let (g1, id1) = &t.gpus[1];
+    let c = gpu_collect(&t.core, g1, *id1, 0, 64).unwrap();
+    assert_eq!((c.peer, c.remote), (c.got, c.got), "every page in place");
+    let frames = c.peer_frames.as_slice();
+    assert_eq!(frames.len(), c.got.count() as usize);
+    for (i, f) in c.got.iter().zip(frames) {
+        let Residency::Device { gpu, pfn } = t.residency(i) else {
+            panic!("page {i} left GPU 0");
+        };
+        assert_eq!((f >> 56, f & ((1 << 56) - 1)), (u64::from(gpu), pfn));
+    }
+    // GPU 1 finalizes with nothing migrated: the pages stay on GPU 0.
+    let finalize = m::Request::Finalize(m::Finalize {
+        object: *id1,
+        first_page: 0,
+        count: PageCount::new(64).unwrap(),
+        gpu: GpuId::new(1).unwrap(),
+        vram_first_pfn: 0,
+        got: c.got,
+        migrated: PageMask::EMPTY,
+    });
+    t.core.migrate_request(g1, finalize).unwrap();
+    assert!((0..64).all(|p| on_gpu(t.residency(p)) == Some(0)));
+    assert!(lock(&t.core.rt.pushes).is_empty(), "nothing was pushed");
+    // A CPU fault brings them back: both GPUs unmap first.
+    let before = lock(&t.core.rt.invalidated).len();
+    t.core.serve_fault(&t.space, A, false);
+    let heard = lock(&t.core.rt.invalidated)[before..].to_vec();
+    assert!(
+        heard.contains(&(1, id1.get(), 0)),
+        "GPU 1 not told: {heard:?}"
+    );
+    assert!(heard.contains(&(0, t.gpus[0].1.get(), 0)), "{heard:?}");
+    assert_eq!(t.read_all(), (0..64).map(value).collect::<Vec<_>>());
+}

@@ -26,7 +26,7 @@ use hw::xe::layout;
 use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::gpu::{GpuError, PROT_READ, PROT_WRITE};
 use ipc_protocol::interfaces::gpu_notify::NotifyError;
-use ipc_protocol::interfaces::pager_migrate::{Collect, Finalize};
+use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
 use ipc_protocol::types::{ObjectId, PageCount, PageMask, World};
 
 use allocator_api2::alloc::Global;
@@ -1149,12 +1149,47 @@ impl<P: Platform> Inner<P> {
                 system.push(p);
             }
         }
+        // Peer pages that stay in a peer's VRAM (`Advice::AccessInPlace`)
+        // are mapped there, through our window on that peer.
+        for (i, addr) in self.in_place_frames(&c) {
+            if let Some(v) = b
+                .va_of(first + i as u64)
+                .filter(|v| permits(access(*v), false))
+            {
+                let (size, target) = (PageSize::Size4K, Target::System);
+                self.hw
+                    .map(&mut vm.tables, v, addr, size, target, leaf(v, i));
+            }
+        }
         if let Some(obj) = st.objects.get_mut(&object) {
             for p in system {
                 obj.mark_system_mapped(p);
             }
         }
         true
+    }
+
+    /// The pages of a collect to map in a peer's VRAM, in place: (index in
+    /// the chunk, device address through our peer window). None where the
+    /// pager's frames do not match its masks, or we have no window there.
+    fn in_place_frames(&self, c: &Collected) -> Vec<(usize, u64)> {
+        let in_place = c.peer.and(&c.remote);
+        let frames = c.peer_frames.as_slice();
+        if in_place.count() as usize != frames.len() {
+            return Vec::new();
+        }
+        let at = |frame: u64| {
+            let (gpu, pfn) = ((frame >> 56) as u8, frame & ((1 << 56) - 1));
+            let offset = pfn.checked_mul(PAGE)?;
+            let window = self.hw.peer_window(gpu)?;
+            // Inside that peer's window, never into the next one.
+            (offset < hw::xe::layout::PEER_WINDOW_BYTES).then(|| window + offset)
+        };
+        in_place
+            .iter()
+            .zip(frames)
+            .filter_map(|(i, &f)| Some((i, at(f)?)))
+            .collect()
     }
 
     /// Unmaps the object's pages `[first, first + count)` from every VM and

@@ -210,3 +210,53 @@ fn a_fault_on_peer_pages_copies_nothing_and_gives_back_what_did_not_land() {
         }
     }
 }
+
+/// Peer access in place (`Advice::AccessInPlace`): the pages stay in the
+/// peer's VRAM and the GPU maps them there, through its peer window. A
+/// job reads them where they are: nothing is copied, no frame of ours is
+/// taken, nothing is migrated at finalize.
+#[test]
+fn pages_in_a_peers_vram_are_mapped_in_place_through_the_window() {
+    const BASE: u64 = 2048;
+    let (w, peer) = (
+        World::new(common::budget("")),
+        World::new(common::budget("")),
+    );
+    let fd = peer.server.inner.hw.dev.bar.vram().dup_fd().unwrap();
+    let bytes = peer.server.inner.hw.dev.bar.vram_bytes();
+    w.server.inner.hw.map_peer(1, fd, bytes).unwrap();
+    // The pages' data, in the peer's VRAM only.
+    let theirs = peer.server.inner.hw.dev.bar.vram();
+    for p in 0..512u64 {
+        assert!(theirs.write((BASE + p) * PAGE, &page_pattern(p as usize)));
+    }
+    w.pager.in_place.lock().unwrap().push((VIEW, BASE));
+    let vm = w.create_vm(CLIENT).unwrap().vm.get();
+    w.bind(CLIENT, vm, VIEW, 0x4000_0000);
+    let job = w.touch(CLIENT, vm, 0x4000_0000, PAGES * PAGE).unwrap();
+    let done = w.wait(CLIENT, job, 10_000).unwrap();
+    assert_eq!(done.status, ipc_protocol::types::JobStatus::Completed);
+    // No page mapped in place migrated or took a frame of ours (the
+    // stand-in pager describes the first 256 pages of a collect in place;
+    // the rest of the chunk are plain zero pages, which do).
+    let in_place = PageMask::first(256);
+    for f in w.pager.finalized.lock().unwrap().iter() {
+        assert!(
+            f.and(&in_place).is_empty(),
+            "a page mapped in place migrated: {f:?}"
+        );
+    }
+    let runs = w.server.inner.frames(0, 0);
+    assert!(runs.runs.as_slice().iter().all(|r| r.first_page >= 256));
+    // The mapping points into the peer's VRAM: a write through it lands
+    // there (the touch kernel read it; an increment writes).
+    let inc = w.increment(CLIENT, vm, 0x4000_0000, PAGE).unwrap();
+    assert_eq!(
+        w.wait(CLIENT, inc, 10_000).unwrap().status,
+        ipc_protocol::types::JobStatus::Completed
+    );
+    let mut got = vec![0u8; 4];
+    assert!(theirs.read(BASE * PAGE, &mut got));
+    let want = u32::from_le_bytes(page_pattern(0)[..4].try_into().unwrap()).wrapping_add(1);
+    assert_eq!(u32::from_le_bytes(got.try_into().unwrap()), want);
+}

@@ -285,6 +285,8 @@ pub enum AdviceKind {
     AtomicCpu,
     /// The pages live in VRAM: a CPU access to one there is refused.
     DeviceOnly,
+    /// Every GPU maps the pages where they are, a peer's VRAM included.
+    AccessInPlace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -588,6 +588,7 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
                 AdviceKind::AtomicGlobal => Advice::AtomicGlobal,
                 AdviceKind::AtomicCpu => Advice::AtomicCpu,
                 AdviceKind::DeviceOnly => Advice::DeviceOnly,
+                AdviceKind::AccessInPlace => Advice::AccessInPlace,
             };
             ctx.conn(o.client)?.pager.call(Advise {
                 object: o.id,

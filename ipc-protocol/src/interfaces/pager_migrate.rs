@@ -5,6 +5,10 @@
 use crate::types::{GpuId, ObjectId, PageCount, PageMask, Seq, ViewId};
 use crate::wire::BoundedVec;
 
+/// In-place peer pages one `Collected` describes at most (it fits one
+/// frame); the pager migrates the rest of a chunk's instead.
+pub const MAX_PEER_FRAMES: usize = 256;
+
 wire_struct!(
     /// Open a client's view for a GPU binding. `client` is the client's
     /// badge as `init` assigned it in both servers; the pager refuses a view
@@ -69,7 +73,11 @@ wire_struct!(
     /// atomic there faults and is refused. `peer`: pages of `got` in
     /// another GPU's VRAM (several GPUs, issue 17): the GPU gives them
     /// frames but copies nothing; at finalize their source pushes them
-    /// there (`GpuNotify::PushToPeer`).
+    /// there (`GpuNotify::PushToPeer`). `peer_frames`: for each page of
+    /// `peer` that is also `remote` (`Advice::AccessInPlace`; at most
+    /// [`MAX_PEER_FRAMES`]), in page order, where it is: the GPU in the
+    /// top byte, the frame below; the GPU maps it there, through its peer
+    /// window, if `seq` is still current.
     pub struct Collected {
         pub seq: Seq,
         pub got: PageMask,
@@ -78,6 +86,7 @@ wire_struct!(
         pub remote: PageMask,
         pub cpu_atomics: PageMask,
         pub peer: PageMask,
+        pub peer_frames: BoundedVec<u64, MAX_PEER_FRAMES>,
     }
 );
 wire_struct!(

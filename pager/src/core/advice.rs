@@ -72,7 +72,10 @@ impl<R: Runtime> Core<R> {
         let (lo, hi) = (first as u64, end as u64);
         let set = match advice {
             Advice::Default => lock(&o.advice).update(lo, hi, |_| (advice, advice)),
-            Advice::PreferSystem | Advice::PreferDevice | Advice::DeviceOnly => {
+            Advice::PreferSystem
+            | Advice::PreferDevice
+            | Advice::DeviceOnly
+            | Advice::AccessInPlace => {
                 lock(&o.advice).update(lo, hi, |(_, atomics)| (advice, atomics))
             }
             Advice::AtomicDevice | Advice::AtomicGlobal | Advice::AtomicCpu => {
@@ -142,10 +145,12 @@ impl<R: Runtime> Core<R> {
 }
 
 /// The pages of `got` (relative to `chunk`) the GPU must map where they
-/// are: they prefer system memory, and GPU atomics do not need VRAM.
+/// are: they prefer system memory, or stay in place wherever they are,
+/// and GPU atomics do not need VRAM.
 pub fn remote_pages<R: Runtime>(o: &Object<R>, chunk: Chunk, got: &PageMask) -> PageMask {
     pages_where(o, chunk, |(location, atomics)| {
-        location == Advice::PreferSystem && atomics != Advice::AtomicDevice
+        let in_place = matches!(location, Advice::PreferSystem | Advice::AccessInPlace);
+        in_place && atomics != Advice::AtomicDevice
     })
     .and(got)
 }

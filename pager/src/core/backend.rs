@@ -303,10 +303,12 @@ impl<R: Runtime> CoreBackend<'_, R> {
         if !rt.gpu_attached(gpu) {
             return Err(BackendError::Gpu);
         }
-        // Rule 8: the GPU unmaps before the pages change; the sequence lets
-        // a GPU fault that read the old state refuse to bind.
+        // Rule 8: the GPU unmaps before the pages change, and so does
+        // every other GPU that may map them in place through its peer
+        // window (`Advice::AccessInPlace`); the sequence lets a GPU fault
+        // that read the old state refuse to bind.
         if !self.core.cfg.skip_invalidate {
-            self.invalidate_on(gpu, object, chunk)?;
+            self.invalidate_every_gpu(chunk)?;
         }
         let Some(slot) = rt.take_slot() else {
             log::error!("pager: no staging slot left (all quarantined); the pages stay in VRAM");
@@ -349,6 +351,22 @@ impl<R: Runtime> CoreBackend<'_, R> {
                 log::warn!("pager: invalidating on GPU {gpu} failed: {e:?}");
                 BackendError::Gpu
             })
+    }
+
+    /// Every GPU whose server opened the object unmaps `chunk`, under one
+    /// new sequence.
+    fn invalidate_every_gpu(&self, chunk: Chunk) -> Result<(), BackendError> {
+        let rt = &self.core.rt;
+        let gpus = self.object.gpu_ids();
+        let seq = self.object.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        for (gpu, id) in gpus.iter().filter(|&(g, _)| rt.gpu_attached(g)) {
+            rt.invalidate(&self.object.memory, gpu, id, chunk.first, chunk.count, seq)
+                .map_err(|e| {
+                    log::warn!("pager: invalidating on GPU {gpu} failed: {e:?}");
+                    BackendError::Gpu
+                })?;
+        }
+        Ok(())
     }
 
     /// Every GPU but `gpu` whose server opened the object unmaps `chunk`.

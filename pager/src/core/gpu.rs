@@ -7,6 +7,7 @@
 
 use ipc_protocol::interfaces::pager_migrate::{self as m, MigrateError as E};
 use ipc_protocol::types::{ObjectId, PageMask, Seq};
+use ipc_protocol::wire::BoundedVec;
 use session::Handle;
 
 use super::backend::CoreBackend;
@@ -19,6 +20,19 @@ use crate::state::{Residency, MAX_PFN};
 use crate::sync::{Arc, Ordering};
 
 type Answer<R> = Result<(m::Reply, Vec<<R as Runtime>::Handle>), E>;
+
+/// Where each page of `in_place` (relative to `chunk`, locked by a collect:
+/// its word still names its source) is: the GPU in the top byte, the frame
+/// below (`Collected.peer_frames`).
+fn peer_frames<R: Runtime>(o: &Object<R>, chunk: Chunk, in_place: &PageMask) -> Vec<u64> {
+    in_place
+        .iter()
+        .filter_map(|i| match o.table.info(chunk.first + i).ok()?.residency {
+            Residency::Device { gpu, pfn } => Some(u64::from(gpu) << 56 | pfn),
+            _ => None,
+        })
+        .collect()
+}
 
 /// The chunk `[first, first + count)` of `o`, checked.
 fn chunk_of<R: Runtime>(o: &Object<R>, first: u64, count: u16) -> Result<Chunk, E> {
@@ -166,18 +180,29 @@ impl<R: Runtime> Core<R> {
             g.unreserve_collect();
             return Err(E::NoSuchObject);
         }
+        let mut remote = super::advice::remote_pages(&o, chunk, &got.got).or(
+            &super::unreached::unreached_pages(&o, chunk)
+                .or(&self.held_pages(&o, chunk))
+                .and(&got.got),
+        );
+        // Peer pages mapped in place, as many as a reply describes; the
+        // rest migrate (every page is either mapped where it is or moved,
+        // so the fault progresses).
+        let mut in_place = got.peer.and(&remote);
+        for i in in_place.iter().skip(m::MAX_PEER_FRAMES).collect::<Vec<_>>() {
+            in_place.clear(i);
+            remote.clear(i);
+        }
+        let peer_frames = peer_frames(&o, chunk, &in_place);
         let reply = m::Collected {
             seq: Seq::raw(seq),
             got: got.got,
             zero: got.zero,
             device: got.device,
-            remote: super::advice::remote_pages(&o, chunk, &got.got).or(
-                &super::unreached::unreached_pages(&o, chunk)
-                    .or(&self.held_pages(&o, chunk))
-                    .and(&got.got),
-            ),
+            remote,
             cpu_atomics: super::advice::cpu_atomic_pages(&o, chunk),
             peer: got.peer,
+            peer_frames: BoundedVec::new(peer_frames).ok_or(E::Host)?,
         };
         if got.got.is_empty() {
             g.unreserve_collect();

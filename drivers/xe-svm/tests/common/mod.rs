@@ -49,9 +49,33 @@ pub struct FakePager {
     pub unlanded: Mutex<Vec<u64>>,
     /// Every finalize's `migrated` mask, in order.
     pub finalized: Mutex<Vec<PageMask>>,
+    /// Objects whose pages sit in GPU 1's VRAM and are mapped in place
+    /// (`Advice::AccessInPlace`): page `p` at frame `base + p`.
+    pub in_place: Mutex<Vec<(u32, u64)>>,
 }
 
 impl FakePager {
+    /// `got` for an object mapped in place: every page a remote peer page,
+    /// with its frame in GPU 1's VRAM.
+    fn in_place(&self, object: u32, first: u64, n: usize, got: m::Collected) -> m::Collected {
+        let Some(&(_, base)) = self.in_place.lock().unwrap().iter().find(|o| o.0 == object) else {
+            return got;
+        };
+        // As many as one reply describes; the rest are plain zero pages.
+        let k = n.min(m::MAX_PEER_FRAMES);
+        let ours = PageMask::first(k);
+        let frames = (0..k as u64)
+            .map(|i| 1 << 56 | (base + first + i))
+            .collect();
+        m::Collected {
+            zero: got.zero.and_not(&ours),
+            remote: ours,
+            peer: ours,
+            peer_frames: ipc_protocol::wire::BoundedVec::new(frames).unwrap(),
+            ..got
+        }
+    }
+
     fn resident(&self, q: &m::Resident) -> m::ResidentRuns {
         let mut all = self.resident.lock().unwrap().clone();
         all.sort_by_key(|r| (r.object.get(), r.first_page));
@@ -113,7 +137,9 @@ impl Handler<PagerMigrate> for FakePager {
                     remote: PageMask::EMPTY,
                     cpu_atomics: PageMask::EMPTY,
                     peer: if peer { all } else { PageMask::EMPTY },
+                    peer_frames: Default::default(),
                 };
+                let got = self.in_place(c.object.get(), c.first_page, n, got);
                 Ok((m::Reply::Collect(got), vec![]))
             }
             m::Request::Finalize(f) => {
@@ -273,13 +299,41 @@ impl World {
 
     /// Submits a kernel touching `[addr, addr + len)` of `vm`.
     pub fn touch(&self, badge: u64, vm: u32, addr: u64, len: u64) -> Result<u64, GpuError> {
-        let req = g::Submit {
-            vm: ipc_protocol::types::VmId::raw(vm),
-            kernel: ipc_protocol::types::KernelKind::TouchPages,
+        self.kernel(
+            badge,
+            vm,
+            ipc_protocol::types::KernelKind::TouchPages,
             addr,
             len,
-            stride: 0,
-            value: 0,
+        )
+    }
+
+    /// Submits a kernel adding 1 to every word of `[addr, addr + len)`.
+    pub fn increment(&self, badge: u64, vm: u32, addr: u64, len: u64) -> Result<u64, GpuError> {
+        self.kernel(
+            badge,
+            vm,
+            ipc_protocol::types::KernelKind::IncrementAll,
+            addr,
+            len,
+        )
+    }
+
+    fn kernel(
+        &self,
+        badge: u64,
+        vm: u32,
+        kernel: ipc_protocol::types::KernelKind,
+        addr: u64,
+        len: u64,
+    ) -> Result<u64, GpuError> {
+        let req = g::Submit {
+            vm: ipc_protocol::types::VmId::raw(vm),
+            kernel,
+            addr,
+            len,
+            stride: 4,
+            value: 1,
             threads: 1,
         };
         match self.call(badge, g::Request::Submit(req))? {
