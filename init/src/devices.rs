@@ -22,12 +22,11 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::manifest::{
-    client_badge, client_fd, Endpoint, DEVICES_RECLAIM_BADGE, DEVICES_RECLAIM_FD, DEVICE_MODELS,
-    DEVICE_PAGER_FD, DEVICE_RECLAIM_BADGE, GPU_SERVERS, MANIFEST, MAX_GPUS, MM_SERVERS,
-    PEER_VRAM_FD, VRAM_FD,
+    Endpoint, DEVICES_RECLAIM_BADGE, DEVICES_RECLAIM_FD, DEVICE_MODELS, DEVICE_PAGER_FD,
+    DEVICE_RECLAIM_BADGE, GPU_SERVERS, MANIFEST, MAX_GPUS, MM_SERVERS, PEER_VRAM_FD, VRAM_FD,
 };
 use crate::process::Recipe;
-use crate::supervisor::{BootError, BootOptions};
+use crate::supervisor::{server_args, wire_row, BootError, BootOptions};
 
 /// The processes of a device, in start order.
 const DEVICE_SIDES: [&str; 3] = ["xe-model", "mm-server", "xe-svm"];
@@ -216,21 +215,12 @@ impl Devices {
         let mut out = Vec::new();
         for process in DEVICE_SIDES {
             let mut fds: Vec<(OwnedFd, i32)> = Vec::new();
-            let mut args = match process {
-                "xe-model" => opts.device.to_args(),
-                "mm-server" => vec![
-                    format!("--vram-bytes={}", opts.device.vram_bytes),
-                    format!("--gpu-id={d}"),
-                ],
-                _ => {
-                    let mut a = crate::manifest::budget_args("xe-svm");
-                    a.extend(opts.gpu_args.iter().cloned());
-                    a.push(format!("--gpu-id={d}"));
-                    a
-                }
-            };
+            let mut args = server_args(process, opts);
+            if process != "xe-model" {
+                args.push(format!("--gpu-id={d}"));
+            }
             for (e, pairs) in &dev.ends {
-                self.wire(e, pairs, process, &mut fds, &mut args)?;
+                wire_row(e, pairs, process, &mut fds, &mut args)?;
             }
             match process {
                 "xe-model" => {
@@ -252,40 +242,6 @@ impl Devices {
             });
         }
         Ok(out)
-    }
-
-    /// Row `e`'s ends that `process` of a device gets, as the manifest
-    /// gives device 0's.
-    fn wire(
-        &self,
-        e: &Endpoint,
-        pairs: &[(OwnedFd, OwnedFd)],
-        process: &str,
-        fds: &mut Vec<(OwnedFd, i32)>,
-        args: &mut Vec<String>,
-    ) -> Result<(), BootError> {
-        if e.server.process == process {
-            for (slot, (server, _)) in pairs.iter().enumerate() {
-                let fd = client_fd(e.server.fd, slot);
-                fds.push((dup(server)?, fd));
-                args.push(format!("{}={fd}", e.server.flag));
-                if e.per_client {
-                    args.push(format!("--client-badge={}", client_badge(slot)));
-                }
-            }
-            if !e.rights.is_empty() {
-                let flag = e.server.flag.trim_end_matches("-fd");
-                args.push(format!("{flag}-rights={}", e.rights.bits()));
-            }
-        }
-        if let (Some(c), Some((_, client))) = (
-            e.client.as_ref().filter(|c| c.process == process),
-            pairs.first(),
-        ) {
-            fds.push((dup(client)?, c.fd));
-            args.push(format!("{}={}", c.flag, c.fd));
-        }
-        Ok(())
     }
 
     /// `init`'s end of its `PagerReclaim` endpoint (once).

@@ -406,6 +406,68 @@ impl Attach {
     }
 }
 
+/// The arguments `opts` gives server `process`, before its endpoints.
+pub(crate) fn server_args(process: &str, opts: &BootOptions) -> Vec<String> {
+    match process {
+        "xe-model" => opts.device.to_args(),
+        "mm-server" => vec![format!("--vram-bytes={}", opts.device.vram_bytes)],
+        "xe-svm" if opts.probe_only => vec!["--probe-only".into()],
+        "xe-svm" => {
+            let mut a = crate::manifest::budget_args("xe-svm");
+            a.extend(opts.gpu_args.iter().cloned());
+            a
+        }
+        "pager" => {
+            // The manifest's budget, unless a test gives its own.
+            let own = opts.pager_args.iter().any(|a| a.starts_with("--budget"));
+            let mut a = if own {
+                Vec::new()
+            } else {
+                crate::manifest::budget_args("pager")
+            };
+            a.extend(opts.pager_args.iter().cloned());
+            a
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The ends of manifest row `e` (`pairs`: one per client slot for a
+/// per-client row, else one; none when the row is not wired) that
+/// `process` gets: its descriptors, and the flags naming them.
+pub(crate) fn wire_row(
+    e: &crate::manifest::Endpoint,
+    pairs: &[(OwnedFd, OwnedFd)],
+    process: &str,
+    fds: &mut Vec<(OwnedFd, i32)>,
+    args: &mut Vec<String>,
+) -> Result<(), BootError> {
+    use crate::manifest::{client_badge, client_fd};
+    if e.server.process == process && !pairs.is_empty() {
+        for (slot, (server_end, _)) in pairs.iter().enumerate() {
+            let fd = client_fd(e.server.fd, slot);
+            fds.push((dup(server_end)?, fd));
+            args.push(format!("{}={fd}", e.server.flag));
+            if e.per_client {
+                args.push(format!("--client-badge={}", client_badge(slot)));
+            }
+        }
+        if !e.rights.is_empty() {
+            // `--client-fd` -> `--client-rights`: the capability to mint.
+            let flag = e.server.flag.trim_end_matches("-fd");
+            args.push(format!("{flag}-rights={}", e.rights.bits()));
+        }
+    }
+    if let (Some(c), Some((_, client_end))) = (
+        e.client.as_ref().filter(|c| c.process == process),
+        pairs.first(),
+    ) {
+        fds.push((dup(client_end)?, c.fd));
+        args.push(format!("{}={}", c.flag, c.fd));
+    }
+    Ok(())
+}
+
 /// A restartable server's journal, a memfd its recipe keeps for every
 /// generation (`--journal-fd`); the server sizes it.
 fn give_journal(
@@ -441,7 +503,7 @@ impl System {
     /// [`crate::manifest::MANIFEST`]. With `probe_only`, only the device
     /// model and a GPU server that probes and exits.
     pub fn boot(opts: &BootOptions) -> Result<(Self, Option<Clients>), BootError> {
-        use crate::manifest::{client_badge, client_fd, MANIFEST, MAX_CLIENTS, START_ORDER};
+        use crate::manifest::{client_badge, MANIFEST, MAX_CLIENTS, START_ORDER};
         let clients = opts.clients.clamp(1, MAX_CLIENTS);
         // With `probe_only`, just the device and a GPU server that probes.
         let started: &[&str] = if opts.probe_only {
@@ -486,55 +548,10 @@ impl System {
                     return Err(e);
                 }
             };
-            let mut args: Vec<String> = match process {
-                "xe-model" => opts.device.to_args(),
-                "mm-server" => vec![format!("--vram-bytes={}", opts.device.vram_bytes)],
-                "xe-svm" if opts.probe_only => vec!["--probe-only".into()],
-                "xe-svm" => {
-                    let mut a = crate::manifest::budget_args("xe-svm");
-                    a.extend(opts.gpu_args.iter().cloned());
-                    a
-                }
-                "pager" => {
-                    // The manifest's budget, unless a test gives its own.
-                    let own = opts.pager_args.iter().any(|a| a.starts_with("--budget"));
-                    let mut a = if own {
-                        Vec::new()
-                    } else {
-                        crate::manifest::budget_args("pager")
-                    };
-                    a.extend(opts.pager_args.iter().cloned());
-                    a
-                }
-                _ => Vec::new(),
-            };
+            let mut args = server_args(process, opts);
             let mut fds: Vec<(OwnedFd, i32)> = Vec::new();
             for (e, pairs) in MANIFEST.iter().zip(&ends) {
-                if e.server.process == process && !pairs.is_empty() {
-                    for (slot, (server_end, _)) in pairs.iter().enumerate() {
-                        let fd = client_fd(e.server.fd, slot);
-                        fds.push((dup(server_end)?, fd));
-                        args.push(format!("{}={fd}", e.server.flag));
-                        if e.per_client {
-                            args.push(format!("--client-badge={}", client_badge(slot)));
-                        }
-                    }
-                    if !e.rights.is_empty() {
-                        // `--client-fd` -> `--client-rights`: the capability to mint.
-                        args.push(format!(
-                            "{}-rights={}",
-                            e.server.flag.trim_end_matches("-fd"),
-                            e.rights.bits()
-                        ));
-                    }
-                }
-                if let (Some(c), Some((_, client_end))) = (
-                    e.client.as_ref().filter(|c| c.process == process),
-                    pairs.first(),
-                ) {
-                    fds.push((dup(client_end)?, c.fd));
-                    args.push(format!("{}={}", c.flag, c.fd));
-                }
+                wire_row(e, pairs, process, &mut fds, &mut args)?;
             }
             for c in conformance.iter().filter(|c| c.process == process) {
                 for ((server_end, _), spec) in c.ends.iter().zip(&c.specs) {

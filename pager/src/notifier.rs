@@ -54,11 +54,6 @@ impl GpuNotifiers {
         self.of(gpu).is_ok_and(GpuNotifier::attached)
     }
 
-    /// Whether any GPU's server is attached.
-    pub fn any_attached(&self) -> bool {
-        self.gpus.iter().any(GpuNotifier::attached)
-    }
-
     /// Every attached GPU's notifier (the view notes go to each).
     pub fn each(&self) -> impl Iterator<Item = &GpuNotifier> {
         self.gpus.iter().filter(|g| g.attached())

@@ -362,7 +362,7 @@ fn pages_mapped_in_place_stay_on_their_gpu_and_every_mapper_is_told_when_they_mo
         let Residency::Device { gpu, pfn } = t.residency(i) else {
             panic!("page {i} left GPU 0");
         };
-        assert_eq!((f >> 56, f & ((1 << 56) - 1)), (u64::from(gpu), pfn));
+        assert_eq!(m::split_peer_frame(*f), (gpu, pfn));
     }
     // GPU 1 finalizes with nothing migrated: the pages stay on GPU 0.
     let finalize = m::Request::Finalize(m::Finalize {

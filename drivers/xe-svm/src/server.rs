@@ -26,7 +26,7 @@ use hw::xe::layout;
 use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::gpu::{GpuError, PROT_READ, PROT_WRITE};
 use ipc_protocol::interfaces::gpu_notify::NotifyError;
-use ipc_protocol::interfaces::pager_migrate::{Collect, Collected, Finalize};
+use ipc_protocol::interfaces::pager_migrate::{self, Collect, Collected, Finalize};
 use ipc_protocol::types::{ObjectId, PageCount, PageMask, World};
 
 use allocator_api2::alloc::Global;
@@ -1179,7 +1179,7 @@ impl<P: Platform> Inner<P> {
             return Vec::new();
         }
         let at = |frame: u64| {
-            let (gpu, pfn) = ((frame >> 56) as u8, frame & ((1 << 56) - 1));
+            let (gpu, pfn) = pager_migrate::split_peer_frame(frame);
             let offset = pfn.checked_mul(PAGE)?;
             let window = self.hw.peer_window(gpu)?;
             // Inside that peer's window, never into the next one.

@@ -9,6 +9,23 @@ use crate::wire::BoundedVec;
 /// frame); the pager migrates the rest of a chunk's instead.
 pub const MAX_PEER_FRAMES: usize = 256;
 
+/// Bits of a `Collected.peer_frames` entry below its GPU (the frame).
+const PEER_FRAME_BITS: u32 = 56;
+
+/// A `Collected.peer_frames` entry: GPU `gpu`'s frame `pfn` (which must
+/// fit 56 bits, as a page state's frame does).
+pub const fn peer_frame(gpu: u8, pfn: u64) -> u64 {
+    (gpu as u64) << PEER_FRAME_BITS | pfn
+}
+
+/// The (GPU, frame) a `Collected.peer_frames` entry names.
+pub const fn split_peer_frame(entry: u64) -> (u8, u64) {
+    (
+        (entry >> PEER_FRAME_BITS) as u8,
+        entry & ((1 << PEER_FRAME_BITS) - 1),
+    )
+}
+
 wire_struct!(
     /// Open a client's view for a GPU binding. `client` is the client's
     /// badge as `init` assigned it in both servers; the pager refuses a view

@@ -54,7 +54,7 @@ use super::runtime::Runtime;
 use super::Core;
 use crate::migrate::{Chunk, CHUNK_PAGES};
 use crate::state::Residency;
-use crate::sync::{lock, Ordering};
+use crate::sync::lock;
 
 /// Eviction rounds `PreferSystem` tries before it leaves pages in VRAM
 /// (each waits out a migration that held one).
@@ -121,23 +121,11 @@ impl<R: Runtime> Core<R> {
     /// Rule 8's invalidation of `[first, end)`, chunk by chunk, with a new
     /// sequence: a GPU fault that read the old advice refuses to map.
     fn unmap_from_gpu(&self, o: &Object<R>, first: usize, end: usize) -> Result<(), PagerError> {
-        let gpus = o.gpu_ids();
-        let told: Vec<_> = gpus
-            .iter()
-            .filter(|&(g, _)| self.rt.gpu_attached(g))
-            .collect();
-        if told.is_empty() {
-            return Ok(());
-        }
         let mut at = first;
         while at < end {
             let stop = end.min((at / CHUNK_PAGES + 1) * CHUNK_PAGES);
-            let seq = o.seq.fetch_add(1, Ordering::AcqRel) + 1;
-            for &(gpu, id) in &told {
-                self.rt
-                    .invalidate(&o.memory, gpu, id, at, stop - at, seq)
-                    .map_err(|_| PagerError::GpuUnavailable)?;
-            }
+            self.invalidate_gpus(o, (at, stop - at), |_| true)
+                .map_err(|_| PagerError::GpuUnavailable)?;
             at = stop;
         }
         Ok(())

@@ -21,7 +21,7 @@ use super::view::{View, PAGE};
 use super::Core;
 use crate::migrate::{Backend, BackendError, Chunk};
 use crate::state::Residency;
-use crate::sync::{Arc, Ordering};
+use crate::sync::Arc;
 
 /// Runs of consecutive set bits of `mask` within `chunk`: (first index, length).
 pub fn runs(chunk: Chunk, mask: &PageMask) -> Vec<(usize, usize)> {
@@ -308,7 +308,7 @@ impl<R: Runtime> CoreBackend<'_, R> {
         // window (`Advice::AccessInPlace`); the sequence lets a GPU fault
         // that read the old state refuse to bind.
         if !self.core.cfg.skip_invalidate {
-            self.invalidate_every_gpu(chunk)?;
+            self.invalidate(chunk, |_| true)?;
         }
         let Some(slot) = rt.take_slot() else {
             log::error!("pager: no staging slot left (all quarantined); the pages stay in VRAM");
@@ -333,50 +333,16 @@ impl<R: Runtime> CoreBackend<'_, R> {
         Ok(installed)
     }
 
-    /// Rule 8 on GPU `gpu` (which knows the object as `object`): it unmaps
-    /// the chunk, under a new sequence.
-    fn invalidate_on(&self, gpu: u8, object: Handle, chunk: Chunk) -> Result<(), BackendError> {
-        let seq = self.object.seq.fetch_add(1, Ordering::AcqRel) + 1;
+    /// Rule 8 on the GPUs `which` picks (`Core::invalidate_gpus`): each
+    /// unmaps `chunk` under one new sequence.
+    fn invalidate(&self, chunk: Chunk, which: impl Fn(u8) -> bool) -> Result<(), BackendError> {
+        let pages = (chunk.first, chunk.count);
         self.core
-            .rt
-            .invalidate(
-                &self.object.memory,
-                gpu,
-                object,
-                chunk.first,
-                chunk.count,
-                seq,
-            )
+            .invalidate_gpus(self.object, pages, which)
             .map_err(|e| {
-                log::warn!("pager: invalidating on GPU {gpu} failed: {e:?}");
+                log::warn!("pager: invalidating a chunk on the GPUs failed: {e:?}");
                 BackendError::Gpu
             })
-    }
-
-    /// Every GPU whose server opened the object unmaps `chunk`, under one
-    /// new sequence.
-    fn invalidate_every_gpu(&self, chunk: Chunk) -> Result<(), BackendError> {
-        let rt = &self.core.rt;
-        let gpus = self.object.gpu_ids();
-        let seq = self.object.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        for (gpu, id) in gpus.iter().filter(|&(g, _)| rt.gpu_attached(g)) {
-            rt.invalidate(&self.object.memory, gpu, id, chunk.first, chunk.count, seq)
-                .map_err(|e| {
-                    log::warn!("pager: invalidating on GPU {gpu} failed: {e:?}");
-                    BackendError::Gpu
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Every GPU but `gpu` whose server opened the object unmaps `chunk`.
-    fn unmap_elsewhere(&self, gpu: u8, chunk: Chunk) -> Result<(), BackendError> {
-        for (other, id) in self.object.gpu_ids().iter() {
-            if other != gpu && self.core.rt.gpu_attached(other) {
-                self.invalidate_on(other, id, chunk)?;
-            }
-        }
-        Ok(())
     }
 
     /// Write-protects `pages` in every view of the object, holding off view
@@ -491,7 +457,7 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
     /// drops.
     fn protect(&self, chunk: Chunk, pages: &PageMask) -> Result<(), BackendError> {
         if let Some(gpu) = self.collector {
-            self.unmap_elsewhere(gpu, chunk)?;
+            self.invalidate(chunk, |other| other != gpu)?;
         }
         self.protect_views(chunk, pages)
     }
@@ -537,7 +503,7 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
             let Some(id) = self.object.gpu_id(gpu).filter(|_| rt.gpu_attached(gpu)) else {
                 continue;
             };
-            if self.invalidate_on(gpu, id, chunk).is_err() {
+            if self.invalidate(chunk, |g| g == gpu).is_err() {
                 continue;
             }
             match rt.push_to_peer(gpu, id, chunk.first, chunk.count, &part, to, first_pfn) {

@@ -20,7 +20,6 @@ use super::runtime::Runtime;
 use super::Core;
 use crate::migrate::Chunk;
 use crate::state::Residency;
-use crate::sync::Ordering;
 
 /// The pages of one chunk a discard holds locked.
 struct Held {
@@ -128,25 +127,16 @@ impl<R: Runtime> Core<R> {
         held: &Held,
     ) -> Result<(), PagerError> {
         // Every GPU whose server opened the object may map its pages.
-        let gpus = o.gpu_ids();
-        let told: Vec<_> = gpus
-            .iter()
-            .filter(|&(g, _)| self.rt.gpu_attached(g))
-            .collect();
-        let seq = match told.is_empty() {
-            true => 0,
-            false => o.seq.fetch_add(1, Ordering::AcqRel) + 1,
-        };
-        for (gpu, id) in told {
-            self.rt
-                .invalidate(&o.memory, gpu, id, from, to - from, seq)
-                .map_err(|_| PagerError::GpuUnavailable)?;
+        self.invalidate_gpus(o, (from, to - from), |_| true)
+            .map_err(|_| PagerError::GpuUnavailable)?;
+        for (gpu, id) in o.gpu_ids().iter() {
             let device = held.device_of(chunk, gpu);
-            if !device.is_empty() {
-                self.rt
-                    .free_pages(gpu, id, chunk.first, chunk.count, &device)
-                    .map_err(|_| PagerError::GpuUnavailable)?;
+            if device.is_empty() || !self.rt.gpu_attached(gpu) {
+                continue;
             }
+            self.rt
+                .free_pages(gpu, id, chunk.first, chunk.count, &device)
+                .map_err(|_| PagerError::GpuUnavailable)?;
         }
         let ram = held.all.and_not(&held.device);
         for (start, len) in super::backend::runs(chunk, &ram) {

@@ -28,7 +28,7 @@ fn peer_frames<R: Runtime>(o: &Object<R>, chunk: Chunk, in_place: &PageMask) -> 
     in_place
         .iter()
         .filter_map(|i| match o.table.info(chunk.first + i).ok()?.residency {
-            Residency::Device { gpu, pfn } => Some(u64::from(gpu) << 56 | pfn),
+            Residency::Device { gpu, pfn } => Some(m::peer_frame(gpu, pfn)),
             _ => None,
         })
         .collect()

@@ -33,7 +33,7 @@
 //! and notifier; a page's state word names the GPU whose VRAM holds it.
 //! A GPU's collect takes page locks only (trylocks, rule 1), has every
 //! other GPU that opened the object unmap the chunk (rule 8, `backend.rs`
-//! `unmap_elsewhere`), and takes pages in a peer's VRAM too: its finalize
+//! `protect`), and takes pages in a peer's VRAM too: its finalize
 //! has their source unmap and push them VRAM to VRAM (`migrate.rs`
 //! `PeerPush`). A CPU fault's pile goes back GPU by GPU. The pager calls
 //! a GPU server while serving another's request (A's collect tells B to
@@ -451,6 +451,31 @@ impl<R: Runtime> Core<R> {
             self.retire_view(&v, false);
             self.tell_gone(&v);
         }
+    }
+
+    /// Rule 8 on the GPUs `which` picks among those whose server opened
+    /// `o` and is attached: each unmaps object pages `[first, first +
+    /// count)` under one new sequence (none taken when no GPU is told), so
+    /// a GPU fault that read the old state refuses to map.
+    pub(crate) fn invalidate_gpus(
+        &self,
+        o: &Object<R>,
+        (first, count): (usize, usize),
+        which: impl Fn(u8) -> bool,
+    ) -> Result<(), runtime::RtError> {
+        let gpus = o.gpu_ids();
+        let mut told = gpus
+            .iter()
+            .filter(|&(g, _)| which(g) && self.rt.gpu_attached(g))
+            .peekable();
+        if told.peek().is_none() {
+            return Ok(());
+        }
+        let seq = o.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        for (gpu, id) in told {
+            self.rt.invalidate(&o.memory, gpu, id, first, count, seq)?;
+        }
+        Ok(())
     }
 
     /// The arena (for tests and accounting).

@@ -47,7 +47,7 @@ impl<R: Runtime> Core<R> {
                 gpus |= 1u16.checked_shl(u32::from(gpu)).unwrap_or(0);
             }
         }
-        (0..16u8)
+        (0..super::object::MAX_GPUS as u8)
             .filter(|g| gpus & (1 << g) != 0)
             .map(|g| self.prefetch_to_ram(o, first, end, g))
             .sum()
