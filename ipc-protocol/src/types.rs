@@ -192,8 +192,45 @@ wire_enum!(
         /// `devmem_fd`, UVM's peer mappings). CPU faults move them back
         /// as usual.
         AccessInPlace = 7,
+        /// A location naming a GPU (xe's preferred location on that
+        /// device's `devmem_fd`): `PreferGpuK` prefers GPU K's VRAM. GPU
+        /// K's faults and prefetches move the pages into its VRAM (from RAM
+        /// or, VRAM to VRAM, from a peer); every other GPU maps them where
+        /// they are (GPU K's VRAM through its peer window, or system
+        /// memory) instead of taking them. Pages reach GPU K when GPU K
+        /// faults or prefetches them: rule 9 keeps the pager from asking
+        /// GPU K to pull them during another GPU's fault. As with
+        /// `PreferDevice`, a CPU fault on another page of the chunk leaves
+        /// them in VRAM. See [`Advice::prefer_gpu`].
+        PreferGpu0 = 8,
+        PreferGpu1 = 9,
+        PreferGpu2 = 10,
+        PreferGpu3 = 11,
+        PreferGpu4 = 12,
+        PreferGpu5 = 13,
+        PreferGpu6 = 14,
+        PreferGpu7 = 15,
     }
 );
+
+impl Advice {
+    /// The advice preferring GPU `gpu`'s VRAM (`None` past the eighth).
+    pub fn prefer_gpu(gpu: u8) -> Option<Self> {
+        let code = (Self::PreferGpu0 as u8).checked_add(gpu)?;
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|a| *a as u8 == code && a.preferred_gpu().is_some())
+    }
+
+    /// The GPU a `PreferGpuK` advice names.
+    pub fn preferred_gpu(self) -> Option<u8> {
+        let code = self as u8;
+        (Self::PreferGpu0 as u8..=Self::PreferGpu7 as u8)
+            .contains(&code)
+            .then(|| code - Self::PreferGpu0 as u8)
+    }
+}
 
 wire_enum!(
     /// What a GPU kernel does to its range (run by many hardware threads).
@@ -248,3 +285,20 @@ wire_enum!(
         Svm = 2,
     }
 );
+
+#[cfg(test)]
+mod tests {
+    use super::Advice;
+
+    #[test]
+    fn prefer_gpu_names_each_of_eight_gpus_and_no_more() {
+        for gpu in 0..8u8 {
+            let a = Advice::prefer_gpu(gpu).expect("an advice for GPUs 0..8");
+            assert_eq!(a.preferred_gpu(), Some(gpu));
+        }
+        assert_eq!(Advice::prefer_gpu(8), None);
+        assert_eq!(Advice::prefer_gpu(u8::MAX), None);
+        assert_eq!(Advice::PreferDevice.preferred_gpu(), None);
+        assert_eq!(Advice::AccessInPlace.preferred_gpu(), None);
+    }
+}

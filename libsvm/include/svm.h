@@ -59,7 +59,10 @@ enum svm_advice {
     SVM_ADVICE_DEVICE_ONLY = 6,
     /* Every GPU maps the pages where they are, a peer GPU's VRAM included
        (through its peer window): no migration on a GPU fault. */
-    SVM_ADVICE_ACCESS_IN_PLACE = 7
+    SVM_ADVICE_ACCESS_IN_PLACE = 7,
+    /* GPU k's VRAM: SVM_ADVICE_PREFER_GPU0 + k (k < 8). GPU k's faults and
+       prefetches move the pages there; other GPUs map them in place. */
+    SVM_ADVICE_PREFER_GPU0 = 8
 };
 
 /* Locations (svm_prefetch) and page states (svm_page_states). */

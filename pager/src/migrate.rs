@@ -94,7 +94,8 @@ pub trait Backend {
     /// VRAM (`from[i]`). Each one's source GPU unmaps it (rule 8) and pushes
     /// it into GPU `to`'s VRAM at frame `first_pfn + i`; the source keeps its
     /// frame until [`Backend::free_peer_frames`]. Returns the pages that
-    /// landed. A runtime without peer windows refuses (the pages stay).
+    /// landed, and those whose source did not answer in time. A runtime
+    /// without peer windows refuses (the pages stay).
     fn push_to_peer(
         &self,
         chunk: Chunk,
@@ -102,7 +103,7 @@ pub trait Backend {
         from: &[Residency],
         to: u8,
         first_pfn: u64,
-    ) -> Result<PageMask, BackendError> {
+    ) -> Result<Pushed, BackendError> {
         let _ = (chunk, pages, from, to, first_pfn);
         Err(BackendError::Gpu)
     }
@@ -489,6 +490,16 @@ pub fn release_collect(
     r.map_err(FaultError::Backend)
 }
 
+/// What a peer push did ([`Backend::push_to_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pushed {
+    /// The pages that landed in the collecting GPU's frames.
+    pub landed: PageMask,
+    /// The pages whose source did not answer within its deadline: its copy
+    /// engine may still write them into those frames, later.
+    pub unanswered: PageMask,
+}
+
 /// What a finalize did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finalized {
@@ -496,6 +507,10 @@ pub struct Finalized {
     pub device: PageMask,
     /// Pages that went back to the state they were collected in.
     pub returned: u32,
+    /// Peer pages whose push went unanswered: they stayed with their
+    /// source, and the collecting GPU must never reuse their frames (a
+    /// late push may still land there, over whatever they would hold).
+    pub late: PageMask,
 }
 
 /// Finalize: each collected page by its own result. `migrated` pages become
@@ -588,6 +603,7 @@ pub fn finalize(
     Ok(Finalized {
         device,
         returned: stay.count(),
+        late: peers.unanswered,
     })
 }
 
@@ -600,6 +616,8 @@ struct PeerPush {
     wanted: PageMask,
     /// Of those, the pages their sources pushed.
     landed: PageMask,
+    /// Of those, the pages whose sources did not answer (not landed).
+    unanswered: PageMask,
 }
 
 impl PeerPush {
@@ -623,17 +641,19 @@ impl PeerPush {
             }
         }
         let wanted = c.peer.and(migrated);
-        let landed = if wanted.is_empty() {
-            PageMask::EMPTY
+        let pushed = if wanted.is_empty() {
+            Pushed::default()
         } else {
             backend
                 .push_to_peer(chunk, &wanted, &from, gpu, first_pfn)
-                .map_or(PageMask::EMPTY, |got| got.and(&wanted))
+                .unwrap_or_default()
         };
+        let landed = pushed.landed.and(&wanted);
         Ok(Self {
             from,
             wanted,
             landed,
+            unanswered: pushed.unanswered.and(&wanted).and_not(&landed),
         })
     }
 

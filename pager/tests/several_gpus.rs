@@ -14,7 +14,8 @@
 use std::sync::Arc;
 
 use ipc_protocol::interfaces::pager as p;
-use ipc_protocol::interfaces::pager_migrate::MigrateError;
+use ipc_protocol::interfaces::pager_migrate::{self as m, MigrateError};
+use ipc_protocol::types::{Advice, GpuId, PageCount, PageMask};
 use ipc_protocol::types::{ObjectId, ViewId};
 use pager::core::object::Object;
 use pager::core::session::GpuSession;
@@ -98,6 +99,45 @@ impl Setup {
             }
         }
         (0..PAGES as usize).map(|p| self.ram(p)).collect()
+    }
+}
+
+impl Setup {
+    /// GPU `gpu`'s finalize of collect `c` of the whole chunk, having
+    /// migrated nothing (it mapped every page where it is).
+    fn finalize_nothing(&self, gpu: usize, c: &m::Collected) {
+        self.finalize(gpu, c, PageMask::EMPTY, 0);
+    }
+
+    /// GPU `gpu`'s finalize of collect `c` of the whole chunk, `migrated`
+    /// into its frames from `first_pfn` on.
+    fn finalize(
+        &self,
+        gpu: usize,
+        c: &m::Collected,
+        migrated: PageMask,
+        first_pfn: u64,
+    ) -> m::Finalized {
+        let (g, id) = &self.gpus[gpu];
+        let finalize = m::Request::Finalize(m::Finalize {
+            object: *id,
+            first_page: 0,
+            count: PageCount::new(PAGES as u16).unwrap(),
+            gpu: GpuId::new(gpu as u8).unwrap(),
+            vram_first_pfn: first_pfn,
+            got: c.got,
+            migrated,
+        });
+        match self.core.migrate_request(g, finalize).unwrap() {
+            (m::Reply::Finalize(f), _) => f,
+            (other, _) => panic!("a finalize answered {other:?}"),
+        }
+    }
+
+    /// GPU `gpu`'s collect of the whole chunk.
+    fn collect(&self, gpu: usize) -> m::Collected {
+        let (g, id) = &self.gpus[gpu];
+        gpu_collect(&self.core, g, *id, 0, PAGES as u16).unwrap()
     }
 }
 
@@ -346,15 +386,13 @@ fn an_evacuation_racing_the_gpus_own_faults_leaves_nothing_on_it() {
 /// them in place, is told to unmap too (rule 8 with remote mappings).
 #[test]
 fn pages_mapped_in_place_stay_on_their_gpu_and_every_mapper_is_told_when_they_move() {
-    use ipc_protocol::interfaces::pager_migrate as m;
-    use ipc_protocol::types::{Advice, GpuId, PageCount, PageMask};
     let t = setup(2);
     assert_eq!(t.gpu_fault(0, 0, 64), 64);
     t.core
         .advise(&t.object, 0, 64, Advice::AccessInPlace)
         .unwrap();
-    let (g1, id1) = &t.gpus[1];
-    let c = gpu_collect(&t.core, g1, *id1, 0, 64).unwrap();
+    let id1 = &t.gpus[1].1;
+    let c = t.collect(1);
     assert_eq!((c.peer, c.remote), (c.got, c.got), "every page in place");
     let frames = c.peer_frames.as_slice();
     assert_eq!(frames.len(), c.got.count() as usize);
@@ -365,16 +403,7 @@ fn pages_mapped_in_place_stay_on_their_gpu_and_every_mapper_is_told_when_they_mo
         assert_eq!(m::split_peer_frame(*f), (gpu, pfn));
     }
     // GPU 1 finalizes with nothing migrated: the pages stay on GPU 0.
-    let finalize = m::Request::Finalize(m::Finalize {
-        object: *id1,
-        first_page: 0,
-        count: PageCount::new(64).unwrap(),
-        gpu: GpuId::new(1).unwrap(),
-        vram_first_pfn: 0,
-        got: c.got,
-        migrated: PageMask::EMPTY,
-    });
-    t.core.migrate_request(g1, finalize).unwrap();
+    t.finalize_nothing(1, &c);
     assert!((0..64).all(|p| on_gpu(t.residency(p)) == Some(0)));
     assert!(lock(&t.core.rt.pushes).is_empty(), "nothing was pushed");
     // A CPU fault brings them back: both GPUs unmap first.
@@ -387,4 +416,91 @@ fn pages_mapped_in_place_stay_on_their_gpu_and_every_mapper_is_told_when_they_mo
     );
     assert!(heard.contains(&(0, t.gpus[0].1.get(), 0)), "{heard:?}");
     assert_eq!(t.read_all(), (0..64).map(value).collect::<Vec<_>>());
+}
+
+/// A preferred location naming a GPU (`Advice::PreferGpuK`, xe's
+/// `devmem_fd`): only GPU 2's faults move the range, into its VRAM; GPU
+/// 0's map it where it is, system memory first, then GPU 2's VRAM through
+/// the peer window. A CPU fault on one page leaves the others in VRAM.
+/// Advised back to the default, GPU 0's fault takes them VRAM to VRAM.
+#[test]
+fn pages_preferring_a_gpu_move_only_to_it_and_the_others_map_them_in_place() {
+    let t = setup(3);
+    let prefer_2 = Advice::prefer_gpu(2).unwrap();
+    t.core
+        .advise(&t.object, 0, PAGES as usize, prefer_2)
+        .unwrap();
+    // In RAM: GPU 0 maps system memory in place.
+    let c = t.collect(0);
+    assert_eq!(c.got.count(), PAGES as u32);
+    assert_eq!((c.remote, c.peer), (c.got, PageMask::EMPTY));
+    t.finalize_nothing(0, &c);
+    assert!((0..PAGES as usize).all(|p| t.residency(p) == Residency::System));
+    // GPU 2 prefers them: its fault takes them.
+    let c = t.collect(2);
+    assert!(
+        c.remote.is_empty(),
+        "GPU 2 maps its preferred pages from RAM"
+    );
+    t.finalize_nothing(2, &c);
+    assert_eq!(t.gpu_fault(2, 0, PAGES as u16), PAGES as u16);
+    // In GPU 2's VRAM: GPU 0 maps them through its peer window.
+    let c = t.collect(0);
+    assert_eq!((c.remote, c.peer), (c.got, c.got), "every page in place");
+    assert!(c
+        .peer_frames
+        .as_slice()
+        .iter()
+        .all(|f| m::split_peer_frame(*f).0 == 2));
+    t.finalize_nothing(0, &c);
+    assert!((0..PAGES as usize).all(|p| on_gpu(t.residency(p)) == Some(2)));
+    assert!(lock(&t.core.rt.pushes).is_empty(), "nothing was pushed");
+    // A CPU fault on page 0 leaves the others on GPU 2.
+    t.core.serve_fault(&t.space, A, false);
+    assert_eq!(t.residency(0), Residency::System);
+    assert!((1..PAGES as usize).all(|p| on_gpu(t.residency(p)) == Some(2)));
+    // Advised back: GPU 0 takes them, VRAM to VRAM.
+    t.core
+        .advise(&t.object, 0, PAGES as usize, Advice::Default)
+        .unwrap();
+    assert_eq!(t.gpu_fault(0, 0, PAGES as u16), PAGES as u16);
+    assert!(
+        !lock(&t.core.rt.pushes).is_empty(),
+        "GPU 2 pushed its pages"
+    );
+    assert_eq!(
+        t.read_all(),
+        (0..PAGES as usize).map(value).collect::<Vec<_>>()
+    );
+}
+
+/// A push its source does not answer in time (a server hung past the
+/// deadline) may still land later, in the collecting GPU's frames. The
+/// pages stay with their source, data intact, and the finalize names them
+/// `late`, so the collecting GPU keeps those frames out of use rather
+/// than fill them with another page a late push would overwrite.
+#[test]
+fn a_push_that_goes_unanswered_leaves_the_pages_and_names_their_frames_late() {
+    let t = setup(2);
+    assert_eq!(t.gpu_fault(0, 0, PAGES as u16), PAGES as u16);
+    t.core
+        .rt
+        .push_unanswered
+        .store(true, std::sync::atomic::Ordering::Release);
+    let c = t.collect(1);
+    assert_eq!(c.peer, c.got);
+    let f = t.finalize(1, &c, c.got, 4096);
+    assert_eq!((f.late, f.device_pages), (c.got, PageMask::EMPTY));
+    assert!((0..PAGES as usize).all(|p| on_gpu(t.residency(p)) == Some(0)));
+    let late = lock(&t.core.rt.late_pushes).clone();
+    assert_eq!(late.len(), PAGES as usize);
+    assert!(late.iter().all(|&(to, frame, _)| to == 1 && frame >= 4096));
+    // A push that is answered names nothing late.
+    t.core
+        .rt
+        .push_unanswered
+        .store(false, std::sync::atomic::Ordering::Release);
+    let c = t.collect(1);
+    let f = t.finalize(1, &c, c.got, 8192);
+    assert_eq!((f.late, f.device_pages), (PageMask::EMPTY, c.got));
 }

@@ -78,7 +78,7 @@ def negative(codec):
         ("bool", b"\x02", "FieldOutOfRange"),
         ("PageCount", b"\x00\x00", "FieldOutOfRange"),
         ("GpuId", b"\x10", "FieldOutOfRange"),
-        ("Advice", b"\x08", "FieldOutOfRange"),
+        ("Advice", b"\x10", "FieldOutOfRange"),
         ("u64", b"\x01\x02", "Truncated"),
         ({"list": "PageStateCode", "max": 512}, (513).to_bytes(2, "little"), "Oversized"),
         ({"list": "PageStateCode", "max": 512}, (5).to_bytes(2, "little") + b"\x00", "Truncated"),

@@ -17,13 +17,13 @@ use ipc_protocol::interfaces::gpu::{self as g, GpuError};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
 use ipc_protocol::interfaces::gpu_shrink as sh;
 use ipc_protocol::interfaces::pager_migrate::{
-    Collect, Collected, Finalize, MigrateError, PagerMigrate, Resident, ResidentRuns,
+    Collect, Collected, Finalize, Finalized, MigrateError, PagerMigrate, Resident, ResidentRuns,
 };
 use ipc_protocol::interfaces::pressure::{Pressure, Release, ReportUsage, Reserve};
 use ipc_protocol::read_fence::ReadFence;
 use ipc_protocol::server::Handler;
 use ipc_protocol::transport::TransportError;
-use ipc_protocol::types::{BoId, GpuId, JobId, MemoryKind, PageMask, VmId, World};
+use ipc_protocol::types::{BoId, GpuId, JobId, MemoryKind, VmId, World};
 use ipc_protocol::wire::BoundedVec;
 use ipc_protocol::Capability;
 
@@ -209,8 +209,8 @@ impl Platform for HostPlatform {
             .generation()
             .max(self.pager_told.load(Ordering::Acquire))
     }
-    fn finalize(&self, f: Finalize) -> Result<PageMask, FinalizeError> {
-        self.migrate.call(f).map(|r| r.device_pages).map_err(|e| {
+    fn finalize(&self, f: Finalize) -> Result<Finalized, FinalizeError> {
+        self.migrate.call(f).map_err(|e| {
             log::warn!("xe-svm: finalize: {e}");
             match e {
                 CallError::Transport(TransportError::TimedOut) => FinalizeError::Unanswered,

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{
-    Collect, Collected, Finalize, Resident, ResidentRuns,
+    Collect, Collected, Finalize, Finalized, Resident, ResidentRuns,
 };
-use ipc_protocol::types::{GpuId, PageMask, World};
+use ipc_protocol::types::{GpuId, World};
 
 /// A call to the pager that got no answer or an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +78,9 @@ pub trait Platform: Send + Sync + 'static {
     /// `PagerMigrate::Collect` (rule 9: called with no lock of ours held).
     fn collect(&self, c: Collect) -> Result<Collected, PortError>;
     /// `PagerMigrate::Finalize`.
-    /// The pages of the chunk now in our VRAM (`Finalized.device_pages`).
-    fn finalize(&self, f: Finalize) -> Result<PageMask, FinalizeError>;
+    /// The pages of the chunk now in our VRAM (`device_pages`), and those
+    /// whose frames a late peer push may still write (`late`).
+    fn finalize(&self, f: Finalize) -> Result<Finalized, FinalizeError>;
     /// `PagerMigrate::Resident`: one page of the runs the pager records in
     /// our VRAM (a restarted server's take-over, `restart.rs`).
     fn resident(&self, r: Resident) -> Result<ResidentRuns, PortError>;

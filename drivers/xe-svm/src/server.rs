@@ -310,6 +310,8 @@ pub struct Counters {
     pub pages_to_vram: AtomicU64,
     pub pages_to_ram: AtomicU64,
     pub invalidations: AtomicU64,
+    /// Frames kept out of use for a late peer push (`quarantine_frames`).
+    pub frames_quarantined: AtomicU64,
     /// Migrations per page size, each way (`size_stats.rs`).
     pub by_size: crate::size_stats::SizeCounters,
 }
@@ -1016,14 +1018,18 @@ impl<P: Platform> Inner<P> {
                 migrated,
             };
             let finalized = self.hw.finalize(f);
-            if let Ok(device) = finalized {
+            if let Ok(done) = &finalized {
                 // A page the pager did not make ours (a peer's push that
-                // did not land) gives its frame back and is not mapped.
-                let lost = migrated.and_not(&device);
+                // did not land) gives its frame back and is not mapped;
+                // one whose push went unanswered keeps it out of use.
+                let lost = migrated.and_not(&done.device_pages);
+                let late = lost.and(&done.late);
                 if !lost.is_empty() {
-                    self.give_back_frames(&mut self.lock(), object, first, &lost);
+                    let mut st = self.lock();
+                    self.quarantine_frames(&mut st, object, first, &late);
+                    self.give_back_frames(&mut st, object, first, &lost.and_not(&late));
                 }
-                migrated = migrated.and(&device);
+                migrated = migrated.and(&done.device_pages);
             }
             if finalized == Err(FinalizeError::Restarted) {
                 log::warn!("xe-svm: the pager restarted during a finalize; the fault replays");
@@ -1291,6 +1297,35 @@ impl<P: Platform> Inner<P> {
     }
 
     /// Gives back the frames the chunk's `pages` of `object` hold here.
+    /// Frames a late peer push may still write (`Finalized::late`: their
+    /// source missed its deadline and its copy engine may push later): no
+    /// page holds them any more, and they stay allocated, never reused,
+    /// for this server's life, so no other page's data is overwritten.
+    fn quarantine_frames(
+        &self,
+        st: &mut State<P::Tables>,
+        object: u32,
+        first: u64,
+        pages: &PageMask,
+    ) {
+        let Some(obj) = st.objects.get_mut(&object) else {
+            return;
+        };
+        let kept = pages
+            .iter()
+            .filter(|&i| obj.take_frame(first + i as u64).is_some())
+            .count() as u64;
+        if kept > 0 {
+            log::error!(
+                "xe-svm: {kept} frames of object {object} quarantined: a peer's push to them \
+                 went unanswered and may land later"
+            );
+            self.counters
+                .frames_quarantined
+                .fetch_add(kept, Ordering::Relaxed);
+        }
+    }
+
     fn give_back_frames(
         &self,
         st: &mut State<P::Tables>,

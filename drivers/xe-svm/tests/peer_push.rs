@@ -260,3 +260,35 @@ fn pages_in_a_peers_vram_are_mapped_in_place_through_the_window() {
     let want = u32::from_le_bytes(page_pattern(0)[..4].try_into().unwrap()).wrapping_add(1);
     assert_eq!(u32::from_le_bytes(got.try_into().unwrap()), want);
 }
+
+/// A push its source did not answer in time (`Finalized::late`) may still
+/// land later, in the frame this GPU gave the page: that frame leaves the
+/// page and stays allocated, never handed to another page the late push
+/// would overwrite. The page is not mapped and the access faults again.
+#[test]
+fn a_frame_a_late_push_may_write_is_kept_out_of_use() {
+    let w = World::new(common::budget(""));
+    w.pager.peer_objects.lock().unwrap().push(VIEW);
+    w.pager.late.lock().unwrap().push(2);
+    let vm = w.create_vm(CLIENT).unwrap().vm.get();
+    w.bind(CLIENT, vm, VIEW, 0x4000_0000);
+    let job = w.touch(CLIENT, vm, 0x4000_0000, PAGES * PAGE).unwrap();
+    let done = w.wait(CLIENT, job, 10_000).unwrap();
+    assert_eq!(done.status, ipc_protocol::types::JobStatus::Completed);
+    assert!(
+        w.pager.finalized.lock().unwrap().len() >= 2,
+        "page 2 faulted again"
+    );
+    let inner = &w.server.inner;
+    let quarantined = inner
+        .counters
+        .frames_quarantined
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(quarantined, 1);
+    // The fault again moved the chunk into a new block; the quarantined
+    // frame keeps its first block allocated (the others left it).
+    let runs = inner.frames(0, 0);
+    let held: u64 = runs.runs.as_slice().iter().map(|r| r.pages as u64).sum();
+    assert_eq!(held, 512);
+    assert_eq!(inner.vram.used_pages(), held + 512);
+}

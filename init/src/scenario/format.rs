@@ -287,6 +287,8 @@ pub enum AdviceKind {
     DeviceOnly,
     /// Every GPU maps the pages where they are, a peer's VRAM included.
     AccessInPlace,
+    /// GPU `gpu`'s VRAM (the step's `gpu`): the others map them in place.
+    PreferGpu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -539,6 +541,8 @@ pub enum Step {
         #[serde(default)]
         offset: Num,
         len: Option<Num>,
+        /// The GPU `prefer_gpu` names (and only it).
+        gpu: Option<u8>,
     },
     /// To `system`: `Pager::Prefetch`; to `device`: `Gpu::Prefetch` in
     /// `vm` (default: the first VM, by name, of the allocation's client).

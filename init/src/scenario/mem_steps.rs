@@ -578,18 +578,10 @@ pub fn placement(ctx: &Ctx, step: &Step, label: &str) -> StepResult {
             advice,
             offset,
             len,
+            gpu,
         } => {
             let (o, first, pages) = pages_of(ctx, alloc, offset.get(), len.map(|l| l.get()))?;
-            let advice = match advice {
-                AdviceKind::Default => Advice::Default,
-                AdviceKind::PreferSystem => Advice::PreferSystem,
-                AdviceKind::PreferDevice => Advice::PreferDevice,
-                AdviceKind::AtomicDevice => Advice::AtomicDevice,
-                AdviceKind::AtomicGlobal => Advice::AtomicGlobal,
-                AdviceKind::AtomicCpu => Advice::AtomicCpu,
-                AdviceKind::DeviceOnly => Advice::DeviceOnly,
-                AdviceKind::AccessInPlace => Advice::AccessInPlace,
-            };
+            let advice = advice_of(ctx, o.client, *advice, *gpu)?;
             ctx.conn(o.client)?.pager.call(Advise {
                 object: o.id,
                 first_page: first,
@@ -990,4 +982,34 @@ fn prefetch_to_device(
         &format!("prefetch: {} of {} pages in VRAM", r.in_vram, r.pages),
     );
     Ok(())
+}
+
+/// The wire advice of a scenario's `advice` (and `gpu`, for `prefer_gpu`
+/// only: a GPU the booted system has).
+fn advice_of(
+    ctx: &Ctx,
+    client: usize,
+    advice: AdviceKind,
+    gpu: Option<u8>,
+) -> Result<Advice, StepError> {
+    let named = |what: &str| StepError::Scenario(format!("advice {advice:?}: {what}"));
+    let plain = match advice {
+        AdviceKind::Default => Advice::Default,
+        AdviceKind::PreferSystem => Advice::PreferSystem,
+        AdviceKind::PreferDevice => Advice::PreferDevice,
+        AdviceKind::AtomicDevice => Advice::AtomicDevice,
+        AdviceKind::AtomicGlobal => Advice::AtomicGlobal,
+        AdviceKind::AtomicCpu => Advice::AtomicCpu,
+        AdviceKind::DeviceOnly => Advice::DeviceOnly,
+        AdviceKind::AccessInPlace => Advice::AccessInPlace,
+        AdviceKind::PreferGpu => {
+            let gpu = gpu.ok_or_else(|| named("names its GPU with `gpu`"))?;
+            ctx.gpu(client, gpu)?;
+            return Advice::prefer_gpu(gpu).ok_or_else(|| named("no such GPU"));
+        }
+    };
+    match gpu {
+        Some(_) => Err(named("takes no gpu (prefer_gpu does)")),
+        None => Ok(plain),
+    }
 }

@@ -129,6 +129,11 @@ wire_struct!(
         pub device: u16,
         pub returned: u16,
         pub device_pages: PageMask,
+        /// Peer pages whose source GPU did not answer the push in time:
+        /// they stayed with their source, whose copy engine may still
+        /// write them into this GPU's frames for them later. The GPU must
+        /// never reuse those frames (it keeps them out of use).
+        pub late: PageMask,
     }
 );
 

@@ -26,6 +26,15 @@
 //!   `cpu_atomics`, the GPU server maps them without the PTE's atomic
 //!   enable, and a GPU atomic there faults and is refused (the job ends
 //!   `Faulted`), wherever the page is; reads and writes go on.
+//! - `PreferGpuK` (xe's preferred location on another device's
+//!   `devmem_fd`): GPU K's faults migrate the pages into its VRAM, VRAM
+//!   to VRAM from a peer too; any other GPU's collect reports them
+//!   `remote` (in place: through its peer window when in a peer's VRAM,
+//!   else system memory), so they never move to a GPU that does not
+//!   prefer them. They reach GPU K at its own fault or `Gpu::Prefetch`:
+//!   rule 9 keeps the pager from asking GPU K to pull them meanwhile. A
+//!   CPU fault on another page of the chunk leaves them in VRAM, as with
+//!   `PreferDevice`.
 //! - `Default` puts both attributes back.
 //! - Any advice unmaps the range from the GPU first (a new invalidation
 //!   sequence, rule 8), so the next GPU access faults and sees it, as xe's
@@ -72,15 +81,12 @@ impl<R: Runtime> Core<R> {
         let (lo, hi) = (first as u64, end as u64);
         let set = match advice {
             Advice::Default => lock(&o.advice).update(lo, hi, |_| (advice, advice)),
-            Advice::PreferSystem
-            | Advice::PreferDevice
-            | Advice::DeviceOnly
-            | Advice::AccessInPlace => {
-                lock(&o.advice).update(lo, hi, |(_, atomics)| (advice, atomics))
-            }
             Advice::AtomicDevice | Advice::AtomicGlobal | Advice::AtomicCpu => {
                 lock(&o.advice).update(lo, hi, |(location, _)| (location, advice))
             }
+            // The locations: PreferSystem, PreferDevice, DeviceOnly,
+            // AccessInPlace and PreferGpuK.
+            _ => lock(&o.advice).update(lo, hi, |(_, atomics)| (advice, atomics)),
         };
         set.map_err(|_| PagerError::OverBudget)?;
         self.unmap_from_gpu(o, first, end)?;
@@ -132,12 +138,15 @@ impl<R: Runtime> Core<R> {
     }
 }
 
-/// The pages of `got` (relative to `chunk`) the GPU must map where they
-/// are: they prefer system memory, or stay in place wherever they are,
-/// and GPU atomics do not need VRAM.
-pub fn remote_pages<R: Runtime>(o: &Object<R>, chunk: Chunk, got: &PageMask) -> PageMask {
+/// The pages of `got` (relative to `chunk`) GPU `gpu` must map where they
+/// are: they prefer system memory, stay in place wherever they are, or
+/// prefer another GPU's VRAM; and GPU atomics do not need VRAM.
+pub fn remote_pages<R: Runtime>(o: &Object<R>, chunk: Chunk, got: &PageMask, gpu: u8) -> PageMask {
     pages_where(o, chunk, |(location, atomics)| {
-        let in_place = matches!(location, Advice::PreferSystem | Advice::AccessInPlace);
+        let in_place = match location.preferred_gpu() {
+            Some(preferred) => preferred != gpu,
+            None => matches!(location, Advice::PreferSystem | Advice::AccessInPlace),
+        };
         in_place && atomics != Advice::AtomicDevice
     })
     .and(got)
@@ -148,11 +157,12 @@ pub fn cpu_atomic_pages<R: Runtime>(o: &Object<R>, chunk: Chunk) -> PageMask {
     pages_where(o, chunk, |(_, atomics)| atomics == Advice::AtomicCpu)
 }
 
-/// The pages of `chunk` (relative to it) that prefer the device or live
-/// only there.
+/// The pages of `chunk` (relative to it) that prefer a device (any, or a
+/// named GPU) or live only there.
 pub fn device_preferred<R: Runtime>(o: &Object<R>, chunk: Chunk) -> PageMask {
     pages_where(o, chunk, |(location, _)| {
         matches!(location, Advice::PreferDevice | Advice::DeviceOnly)
+            || location.preferred_gpu().is_some()
     })
 }
 

@@ -19,7 +19,7 @@ use super::object::Object;
 use super::runtime::{Pause, RtError, Runtime, Source};
 use super::view::{View, PAGE};
 use super::Core;
-use crate::migrate::{Backend, BackendError, Chunk};
+use crate::migrate::{Backend, BackendError, Chunk, Pushed};
 use crate::state::Residency;
 use crate::sync::Arc;
 
@@ -488,7 +488,8 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
     }
 
     /// Each source GPU unmaps its pages (rule 8), then pushes them with
-    /// its own copy engine; a source that fails keeps its pages.
+    /// its own copy engine; a source that fails keeps its pages, and one
+    /// that does not answer in time may still push them later.
     fn push_to_peer(
         &self,
         chunk: Chunk,
@@ -496,9 +497,9 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
         from: &[Residency],
         to: u8,
         first_pfn: u64,
-    ) -> Result<PageMask, BackendError> {
+    ) -> Result<Pushed, BackendError> {
         let rt = &self.core.rt;
-        let mut landed = PageMask::EMPTY;
+        let mut done = Pushed::default();
         for (gpu, part) in by_gpu(pages, from) {
             let Some(id) = self.object.gpu_id(gpu).filter(|_| rt.gpu_attached(gpu)) else {
                 continue;
@@ -507,11 +508,18 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
                 continue;
             }
             match rt.push_to_peer(gpu, id, chunk.first, chunk.count, &part, to, first_pfn) {
-                Ok(pushed) => landed = landed.or(&pushed.and(&part)),
+                Ok(pushed) => done.landed = done.landed.or(&pushed.and(&part)),
+                Err(RtError::Unanswered(_)) => {
+                    log::error!(
+                        "pager: GPU {gpu} did not answer a push to GPU {to}: the pages stay; \
+                         GPU {to} keeps their frames out of use"
+                    );
+                    done.unanswered = done.unanswered.or(&part);
+                }
                 Err(e) => log::warn!("pager: GPU {gpu} pushing to GPU {to}: {e:?}; pages stay"),
             }
         }
-        Ok(landed)
+        Ok(done)
     }
 
     /// The sources free the frames they pushed from (no mapping of them is

@@ -180,7 +180,7 @@ impl<R: Runtime> Core<R> {
             g.unreserve_collect();
             return Err(E::NoSuchObject);
         }
-        let mut remote = super::advice::remote_pages(&o, chunk, &got.got).or(
+        let mut remote = super::advice::remote_pages(&o, chunk, &got.got, g.gpu).or(
             &super::unreached::unreached_pages(&o, chunk)
                 .or(&self.held_pages(&o, chunk))
                 .and(&got.got),
@@ -255,6 +255,7 @@ impl<R: Runtime> Core<R> {
                 device: 0,
                 returned: 0,
                 device_pages: PageMask::EMPTY,
+                late: PageMask::EMPTY,
             });
         }
         let taken = g
@@ -277,6 +278,7 @@ impl<R: Runtime> Core<R> {
             device: done.device.count() as u16,
             returned: done.returned as u16,
             device_pages: done.device,
+            late: done.late,
         })
     }
 }

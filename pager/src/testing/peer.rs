@@ -28,7 +28,7 @@ use ipc_protocol::types::PageMask;
 
 use crate::migrate::{
     collect, cpu_fault, finalize, Backend, BackendError, Chunk, Collected, FaultError, Peers,
-    Policy,
+    Policy, Pushed,
 };
 use crate::state::{PageTable, Residency};
 use crate::sync::{lock, yield_now, AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering};
@@ -461,7 +461,7 @@ impl Backend for PeerModel {
         from: &[Residency],
         to: u8,
         first_pfn: u64,
-    ) -> Result<PageMask, BackendError> {
+    ) -> Result<Pushed, BackendError> {
         for (i, p) in chunk.pages() {
             if !pages.get(i) {
                 continue;
@@ -477,7 +477,10 @@ impl Backend for PeerModel {
             self.fill_frame(to, first_pfn + i as u64, v);
             self.pushes.fetch_add(1, Ordering::AcqRel);
         }
-        Ok(*pages)
+        Ok(Pushed {
+            landed: *pages,
+            unanswered: PageMask::EMPTY,
+        })
     }
 
     fn free_peer_frames(&self, chunk: Chunk, pages: &PageMask, from: &[Residency]) {

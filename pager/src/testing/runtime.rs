@@ -102,6 +102,11 @@ pub struct ModelRuntime {
     pub maps: Mutex<Vec<FileMapping>>,
     /// Every copy back to RAM fails (a GPU server that lost the device).
     pub fail_to_ram: AtomicBool,
+    /// Every push to a peer goes unanswered (a source server that hangs
+    /// past the deadline); its copy is kept in `late_pushes` instead.
+    pub push_unanswered: AtomicBool,
+    /// Pushes that went unanswered: (to, frame, value), to land later.
+    pub late_pushes: Mutex<Vec<(u8, u64, u64)>>,
     /// Pages `poison` ended: (address, length).
     pub poisoned: Mutex<Vec<(u64, u64)>>,
     /// `ViewGrown` as the GPU server heard it: (view, tail, first page, pages).
@@ -141,6 +146,8 @@ impl Default for ModelRuntime {
             clock_us: AtomicU64::new(0),
             maps: Mutex::new(Vec::new()),
             fail_to_ram: AtomicBool::new(false),
+            push_unanswered: AtomicBool::new(false),
+            late_pushes: Mutex::new(Vec::new()),
             poisoned: Mutex::new(Vec::new()),
             grown: Mutex::new(Vec::new()),
             no_poison: AtomicBool::new(false),
@@ -389,6 +396,15 @@ impl Runtime for ModelRuntime {
         to_first_pfn: u64,
     ) -> Result<PageMask, RtError> {
         let vram = lock(&self.vram);
+        if self.push_unanswered.load(Ordering::Acquire) {
+            let mut late = lock(&self.late_pushes);
+            for i in pages.iter() {
+                if let Some(&v) = vram.get(&(gpu, o.raw(), first + i)) {
+                    late.push((to, to_first_pfn + i as u64, v));
+                }
+            }
+            return Err(RtError::Unanswered(u64::from(gpu) << 56));
+        }
         let mut frames = lock(&self.frames);
         let mut pushed = PageMask::EMPTY;
         for i in pages.iter() {

@@ -47,6 +47,9 @@ pub struct FakePager {
     /// Pages whose next finalize does not make them ours (a push that did
     /// not land), each once.
     pub unlanded: Mutex<Vec<u64>>,
+    /// Pages whose next finalize names them late (a push that went
+    /// unanswered: not ours, their frames kept out of use), each once.
+    pub late: Mutex<Vec<u64>>,
     /// Every finalize's `migrated` mask, in order.
     pub finalized: Mutex<Vec<PageMask>>,
     /// Objects whose pages sit in GPU 1's VRAM and are mapped in place
@@ -145,18 +148,13 @@ impl Handler<PagerMigrate> for FakePager {
             m::Request::Finalize(f) => {
                 self.finalized.lock().unwrap().push(f.migrated);
                 let mut device = f.migrated;
-                self.unlanded.lock().unwrap().retain(|&p| {
-                    let i = p.wrapping_sub(f.first_page);
-                    let here = i < f.count.get() as u64 && device.get(i as usize);
-                    if here {
-                        device.clear(i as usize);
-                    }
-                    !here
-                });
+                let unlanded = take_pages(&self.unlanded, &f, &mut device);
+                let late = take_pages(&self.late, &f, &mut device);
                 let done = m::Finalized {
                     device: device.count() as u16,
                     returned: (f.got.count() - device.count()) as u16,
                     device_pages: device,
+                    late: late.and_not(&unlanded),
                 };
                 Ok((m::Reply::Finalize(done), vec![]))
             }
@@ -359,4 +357,20 @@ pub fn budget(spec: &str) -> GpuBudget {
     let mut b = GpuBudget::default();
     b.apply(spec).expect("a budget spec");
     b
+}
+
+/// Takes the pages of `list` inside finalize `f` out of `device`, each
+/// once; returns them (relative to the chunk).
+fn take_pages(list: &Mutex<Vec<u64>>, f: &m::Finalize, device: &mut PageMask) -> PageMask {
+    let mut taken = PageMask::EMPTY;
+    list.lock().unwrap().retain(|&p| {
+        let i = p.wrapping_sub(f.first_page);
+        let here = i < f.count.get() as u64 && device.get(i as usize);
+        if here {
+            device.clear(i as usize);
+            taken.set(i as usize);
+        }
+        !here
+    });
+    taken
 }
