@@ -1184,7 +1184,7 @@ impl<P: Platform> Inner<P> {
         if in_place.count() as usize != frames.len() {
             return Vec::new();
         }
-        let at = |frame: u64| {
+        let at = |frame: u32| {
             let (gpu, pfn) = pager_migrate::split_peer_frame(frame);
             let offset = pfn.checked_mul(PAGE)?;
             let window = self.hw.peer_window(gpu)?;

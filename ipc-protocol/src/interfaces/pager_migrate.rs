@@ -5,24 +5,29 @@
 use crate::types::{GpuId, ObjectId, PageCount, PageMask, Seq, ViewId};
 use crate::wire::BoundedVec;
 
-/// In-place peer pages one `Collected` describes at most (it fits one
-/// frame); the pager migrates the rest of a chunk's instead.
-pub const MAX_PEER_FRAMES: usize = 256;
+/// In-place peer pages one `Collected` describes at most: a whole chunk's
+/// (512 pages of 4 KiB), 4 bytes each, so the reply fits one frame.
+pub const MAX_PEER_FRAMES: usize = 512;
 
-/// Bits of a `Collected.peer_frames` entry below its GPU (the frame).
-const PEER_FRAME_BITS: u32 = 56;
+/// Bits of a `Collected.peer_frames` entry below its GPU (the frame): 2
+/// TiB of VRAM per GPU. The GPU takes the 3 bits above (8 GPUs).
+const PEER_FRAME_BITS: u32 = 29;
 
-/// A `Collected.peer_frames` entry: GPU `gpu`'s frame `pfn` (which must
-/// fit 56 bits, as a page state's frame does).
-pub const fn peer_frame(gpu: u8, pfn: u64) -> u64 {
-    (gpu as u64) << PEER_FRAME_BITS | pfn
+/// A `Collected.peer_frames` entry: GPU `gpu`'s frame `pfn`. `None` past
+/// 8 GPUs or past a frame of 29 bits (the pager migrates such a page
+/// instead of describing it).
+pub const fn peer_frame(gpu: u8, pfn: u64) -> Option<u32> {
+    if gpu >= 8 || pfn >= 1 << PEER_FRAME_BITS {
+        return None;
+    }
+    Some((gpu as u32) << PEER_FRAME_BITS | pfn as u32)
 }
 
 /// The (GPU, frame) a `Collected.peer_frames` entry names.
-pub const fn split_peer_frame(entry: u64) -> (u8, u64) {
+pub const fn split_peer_frame(entry: u32) -> (u8, u64) {
     (
         (entry >> PEER_FRAME_BITS) as u8,
-        entry & ((1 << PEER_FRAME_BITS) - 1),
+        (entry & ((1 << PEER_FRAME_BITS) - 1)) as u64,
     )
 }
 
@@ -91,10 +96,10 @@ wire_struct!(
     /// another GPU's VRAM (several GPUs, issue 17): the GPU gives them
     /// frames but copies nothing; at finalize their source pushes them
     /// there (`GpuNotify::PushToPeer`). `peer_frames`: for each page of
-    /// `peer` that is also `remote` (`Advice::AccessInPlace`; at most
-    /// [`MAX_PEER_FRAMES`]), in page order, where it is: the GPU in the
-    /// top byte, the frame below; the GPU maps it there, through its peer
-    /// window, if `seq` is still current.
+    /// `peer` that is also `remote` (`Advice::AccessInPlace`,
+    /// `PreferGpuK`), in page order, where it is ([`peer_frame`]: the GPU
+    /// in the top 3 bits, the frame below); the GPU maps it there, through
+    /// its peer window, if `seq` is still current.
     pub struct Collected {
         pub seq: Seq,
         pub got: PageMask,
@@ -103,7 +108,7 @@ wire_struct!(
         pub remote: PageMask,
         pub cpu_atomics: PageMask,
         pub peer: PageMask,
-        pub peer_frames: BoundedVec<u64, MAX_PEER_FRAMES>,
+        pub peer_frames: BoundedVec<u32, MAX_PEER_FRAMES>,
     }
 );
 wire_struct!(
@@ -290,5 +295,24 @@ mod tests {
         assert_eq!(g.runs.len(), 2);
         assert_eq!((g.runs[0].first_page, g.runs[0].pages), (10, 10));
         assert_eq!(g.runs[0].first_pfn, 510);
+    }
+
+    #[test]
+    fn a_peer_frame_holds_eight_gpus_and_29_bits_of_frame() {
+        let top = (1u64 << 29) - 1;
+        for gpu in 0..8 {
+            for pfn in [0, 1, 12345, top] {
+                assert_eq!(split_peer_frame(peer_frame(gpu, pfn).unwrap()), (gpu, pfn));
+            }
+        }
+        assert_eq!(peer_frame(8, 0), None);
+        assert_eq!(peer_frame(0, top + 1), None);
+    }
+
+    /// A reply naming a whole chunk's pages in place fits one frame.
+    #[test]
+    fn a_collect_of_a_whole_chunk_in_place_fits_a_frame() {
+        use crate::Wire;
+        assert!(Collected::MAX_SIZE <= crate::MAX_PAYLOAD);
     }
 }

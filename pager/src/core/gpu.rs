@@ -22,16 +22,27 @@ use crate::sync::{Arc, Ordering};
 type Answer<R> = Result<(m::Reply, Vec<<R as Runtime>::Handle>), E>;
 
 /// Where each page of `in_place` (relative to `chunk`, locked by a collect:
-/// its word still names its source) is: the GPU in the top byte, the frame
-/// below (`Collected.peer_frames`).
-fn peer_frames<R: Runtime>(o: &Object<R>, chunk: Chunk, in_place: &PageMask) -> Vec<u64> {
-    in_place
-        .iter()
-        .filter_map(|i| match o.table.info(chunk.first + i).ok()?.residency {
-            Residency::Device { gpu, pfn } => Some(m::peer_frame(gpu, pfn)),
+/// its word still names its source) is (`Collected.peer_frames`), and the
+/// pages named: one whose frame an entry cannot hold is left out (it
+/// migrates instead).
+fn peer_frames<R: Runtime>(
+    o: &Object<R>,
+    chunk: Chunk,
+    in_place: &PageMask,
+) -> (PageMask, Vec<u32>) {
+    let mut named = PageMask::EMPTY;
+    let mut frames = Vec::with_capacity(in_place.count() as usize);
+    for i in in_place.iter() {
+        let frame = match o.table.info(chunk.first + i).map(|f| f.residency) {
+            Ok(Residency::Device { gpu, pfn }) => m::peer_frame(gpu, pfn),
             _ => None,
-        })
-        .collect()
+        };
+        if let Some(f) = frame {
+            named.set(i);
+            frames.push(f);
+        }
+    }
+    (named, frames)
 }
 
 /// The chunk `[first, first + count)` of `o`, checked.
@@ -185,15 +196,12 @@ impl<R: Runtime> Core<R> {
                 .or(&self.held_pages(&o, chunk))
                 .and(&got.got),
         );
-        // Peer pages mapped in place, as many as a reply describes; the
-        // rest migrate (every page is either mapped where it is or moved,
-        // so the fault progresses).
-        let mut in_place = got.peer.and(&remote);
-        for i in in_place.iter().skip(m::MAX_PEER_FRAMES).collect::<Vec<_>>() {
-            in_place.clear(i);
-            remote.clear(i);
-        }
-        let peer_frames = peer_frames(&o, chunk, &in_place);
+        // Peer pages mapped in place, where a reply can name their frame;
+        // one it cannot migrates (every page is either mapped where it is
+        // or moved, so the fault progresses).
+        let in_place = got.peer.and(&remote);
+        let (in_place, peer_frames) = peer_frames(&o, chunk, &in_place);
+        remote = remote.and_not(&got.peer).or(&in_place);
         let reply = m::Collected {
             seq: Seq::raw(seq),
             got: got.got,

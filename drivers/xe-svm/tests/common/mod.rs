@@ -68,7 +68,7 @@ impl FakePager {
         let k = n.min(m::MAX_PEER_FRAMES);
         let ours = PageMask::first(k);
         let frames = (0..k as u64)
-            .map(|i| m::peer_frame(1, base + first + i))
+            .map(|i| m::peer_frame(1, base + first + i).unwrap())
             .collect();
         m::Collected {
             zero: got.zero.and_not(&ours),
