@@ -16,8 +16,11 @@
 //! ([`PEER_VRAM_FD`]): the stand-in for PCIe peer-to-peer BARs, through
 //! which a GPU server's copy engine pushes pages to a peer.
 //!
-//! A device past the first is not restarted when it dies: its death is
-//! reported (the pager evacuates nothing yet).
+//! **Restarts.** Under `Supervision::Restart` a device's GPU server and
+//! mm-server are restarted as device 0's are: the device model outlives
+//! its driver (its attach channel takes each generation's control
+//! socket), and the GPU server keeps a journal of its own, so its next
+//! generation takes over the pages the pager records in its VRAM.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -26,7 +29,9 @@ use crate::manifest::{
     DEVICE_RECLAIM_BADGE, GPU_SERVERS, MANIFEST, MAX_GPUS, MM_SERVERS, PEER_VRAM_FD, VRAM_FD,
 };
 use crate::process::Recipe;
-use crate::supervisor::{server_args, wire_row, BootError, BootOptions};
+use crate::supervisor::{
+    give_journal, restarted, server_args, wire_row, Attach, BootError, BootOptions,
+};
 
 /// The processes of a device, in start order.
 const DEVICE_SIDES: [&str; 3] = ["xe-model", "mm-server", "xe-svm"];
@@ -212,6 +217,8 @@ impl Devices {
     /// (server).
     pub fn recipes(&self, d: usize, opts: &BootOptions) -> Result<Vec<Recipe>, BootError> {
         let dev = &self.more[d - 1];
+        // The device outlives a GPU server that is restarted.
+        let mut attach = Attach::new(opts)?;
         let mut out = Vec::new();
         for process in DEVICE_SIDES {
             let mut fds: Vec<(OwnedFd, i32)> = Vec::new();
@@ -226,8 +233,14 @@ impl Devices {
                 "xe-model" => {
                     fds.push((dup(&self.vram[d])?, VRAM_FD));
                     args.push(format!("--vram-fd={VRAM_FD}"));
+                    attach.give_device(&mut fds, &mut args);
                 }
-                "xe-svm" => self.give_peers(d, &mut fds, &mut args)?,
+                "xe-svm" => {
+                    self.give_peers(d, &mut fds, &mut args)?;
+                    if restarted(opts, process) {
+                        give_journal(process, &mut fds, &mut args)?;
+                    }
+                }
                 _ => {}
             }
             out.push(Recipe {
@@ -235,9 +248,12 @@ impl Devices {
                 args,
                 fds,
                 lifeline: process != "xe-model",
-                restartable: false,
+                restartable: restarted(opts, process),
                 stdout_to_stderr: opts.stdout_to_stderr,
-                device: None,
+                device: match process {
+                    "xe-svm" => attach.kept.take(),
+                    _ => None,
+                },
                 keeper: None,
             });
         }

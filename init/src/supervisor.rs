@@ -353,7 +353,7 @@ fn conformance_pairs() -> Result<Vec<ConformancePair>, BootError> {
 /// Whether `init` starts `process` again when it dies: a restartable
 /// server ([`crate::manifest::RESTARTABLE`]) under [`Supervision::Restart`],
 /// except in a probe-only boot, whose GPU server exits on purpose.
-fn restarted(opts: &BootOptions, process: &str) -> bool {
+pub(crate) fn restarted(opts: &BootOptions, process: &str) -> bool {
     opts.supervision == Supervision::Restart
         && crate::manifest::RESTARTABLE.contains(&process)
         && !opts.probe_only
@@ -363,16 +363,16 @@ fn restarted(opts: &BootOptions, process: &str) -> bool {
 /// the GPU server is restarted: the device then outlives it and takes each
 /// new generation's control socket here. Empty otherwise (the device stops
 /// with its driver, as a dead GPU server is then reported).
-struct Attach {
+pub(crate) struct Attach {
     /// Kept by `init` in the GPU server's recipe.
-    kept: Option<DeviceAttach>,
+    pub(crate) kept: Option<DeviceAttach>,
     /// The device's end, until it is started.
     device: Option<OwnedFd>,
 }
 
 impl Attach {
     /// The channel, if `opts` has the GPU server restarted.
-    fn new(opts: &BootOptions) -> Result<Self, BootError> {
+    pub(crate) fn new(opts: &BootOptions) -> Result<Self, BootError> {
         use crate::manifest::MANIFEST;
         let wanted = restarted(opts, "xe-svm");
         // The descriptor the GPU server gets the device control socket as.
@@ -397,7 +397,7 @@ impl Attach {
     }
 
     /// Gives the device model its end as `--attach-fd`.
-    fn give_device(&mut self, fds: &mut Vec<(OwnedFd, i32)>, args: &mut Vec<String>) {
+    pub(crate) fn give_device(&mut self, fds: &mut Vec<(OwnedFd, i32)>, args: &mut Vec<String>) {
         use crate::manifest::DEVICE_ATTACH_FD;
         if let Some(end) = self.device.take() {
             fds.push((end, DEVICE_ATTACH_FD));
@@ -470,7 +470,7 @@ pub(crate) fn wire_row(
 
 /// A restartable server's journal, a memfd its recipe keeps for every
 /// generation (`--journal-fd`); the server sizes it.
-fn give_journal(
+pub(crate) fn give_journal(
     process: &str,
     fds: &mut Vec<(OwnedFd, i32)>,
     args: &mut Vec<String>,

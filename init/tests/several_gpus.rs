@@ -91,3 +91,60 @@ fn more_than_eight_gpus_are_refused() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Device 1's GPU server, killed with pages in its VRAM, comes back on
+/// the same device as device 0's does: the device model outlives it, the
+/// next generation adopts the pages the pager records in its VRAM and
+/// rebuilds the client's VM from its journal, and every word is right,
+/// also after GPU 0 takes the pages from it VRAM to VRAM.
+#[test]
+fn a_killed_gpu_server_of_device_one_comes_back_and_loses_nothing() {
+    use init::manifest::{DEVICE_MODELS, GPU_SERVERS};
+    bounded(Duration::from_secs(120), || {
+        let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
+        std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
+        let mut opts = BootOptions::default();
+        opts.device.vram_bytes = 64 << 20;
+        opts.gpus = 2;
+        let (mut system, clients) = System::boot(&opts).expect("two GPUs boot");
+        let c = clients.expect("clients");
+        let (server, model) = (GPU_SERVERS[1], DEVICE_MODELS[1]);
+        assert_eq!(system.restartable(server), Some(true));
+        let gpus: Vec<&Client<Gpu>> = (0..2).map(|g| c.gpu_of(g).expect("a GPU")).collect();
+        let buf = SvmBuffer::new(&c.pager, BYTES).expect("a buffer");
+        // SAFETY: ours until release; no job runs on it yet.
+        for (i, w) in unsafe { buf.words() }.iter_mut().enumerate() {
+            *w = i as u32;
+        }
+        let vms: Vec<VmId> = gpus
+            .iter()
+            .map(|g| {
+                let vm = g.call(CreateVm {}).expect("a VM").vm;
+                buf.bind(g, vm).expect("bind");
+                vm
+            })
+            .collect();
+        increment(gpus[1], vms[1], &buf);
+        let device = system.pid(model).expect("device 1's model");
+        system.kill(server).unwrap();
+        assert!(
+            system.wait_generation(server, 2, Duration::from_secs(20)),
+            "device 1's GPU server was not restarted"
+        );
+        // The first call may catch the restart's announcement.
+        let _ = gpus[1].call(Stats {});
+        assert_eq!(system.pid(model), Some(device), "the same device");
+        assert!(
+            stats(gpus[1]).vram_used >= BYTES as u64,
+            "its pages adopted"
+        );
+        increment(gpus[1], vms[1], &buf);
+        increment(gpus[0], vms[0], &buf);
+        assert_eq!(stats(gpus[1]).vram_used, 0, "GPU 0 took every page");
+        assert_eq!(bad_words(&buf, |i| i as u32 + 3), 0);
+        system.check_alive().unwrap();
+        buf.release(&c.pager).expect("release");
+        drop(c);
+        assert!(system.shutdown().is_empty(), "the system stopped cleanly");
+    });
+}
