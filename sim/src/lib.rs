@@ -2,9 +2,10 @@
 //!
 //! The pager's core (`pager::state`, `pager::migrate`), the GPU server's
 //! core (`xe_svm::server`, `xe_svm::views`, the VRAM allocator, the BO
-//! world of `xe_svm::bo` and the session end of `xe_svm::end`) and
-//! mm-server's eviction pass and accounting run unchanged, on shuttle's
-//! primitives through their sync shims. Around them, simulated pieces:
+//! world of `xe_svm::bo` and the session end of `xe_svm::end`; one per
+//! GPU where a world has several, `gpus.rs`) and mm-server's eviction
+//! pass and accounting run unchanged, on shuttle's primitives through
+//! their sync shims. Around them, simulated pieces:
 //! the device (`machine.rs`: memory, the copy engine, GPU page tables and
 //! TLB, the CPU's view mappings), the endpoints that carry calls between
 //! servers (`net.rs`: delivery reordered and delayed), and actors that play
@@ -19,6 +20,7 @@
 
 pub mod advice;
 pub mod fresh_pages;
+pub mod gpus;
 pub mod hostile;
 pub mod hostile_bo;
 pub mod link;
@@ -32,6 +34,7 @@ pub mod protect;
 pub mod replay_log;
 pub mod restart;
 pub mod scenarios;
+pub mod several_gpus;
 pub mod split;
 pub mod thrash;
 pub mod world;

@@ -13,6 +13,9 @@
 //!   grab a range in different orders.
 //! - [`rule8_broken`]: pages go back to RAM without the GPU being told to
 //!   unmap them first: the GPU keeps using mappings of pages that left.
+//! - [`peer_push_lost`]: several GPUs, and a push from one GPU's VRAM to
+//!   another's that never lands but is reported done: the page's new
+//!   frame holds stale data.
 
 use ipc_protocol::types::PageMask;
 use pager::migrate::{Chunk, Policy};
@@ -21,6 +24,7 @@ use shuttle::sync::{Arc, Mutex};
 use shuttle::thread::spawn;
 
 use crate::scenarios::{herd_all_pages_with, start};
+pub use crate::several_gpus::peer_push_lost;
 use crate::world::{World, WorldConfig};
 
 /// Tries before a fault under the rejected design counts as stuck.
@@ -156,5 +160,6 @@ pub fn all() -> Vec<(&'static str, &'static str, fn())> {
         ("range_mutex_herd", "a per-range migration mutex behind temporary page references (the design the seed rejects)", range_mutex_herd),
         ("whole_pile_without_fallback", "a whole-block-or-nothing migration without rule 2's single-page fallback", whole_pile_without_fallback),
         ("rule8_broken", "migration back to RAM without invalidating the GPU first", rule8_broken),
+        ("peer_push_lost", "a push between GPUs reported done, never copied", peer_push_lost),
     ]
 }

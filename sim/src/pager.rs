@@ -142,8 +142,11 @@ pub enum SimHandle {
 /// What outlives a pager generation: the processes around it (the GPU
 /// server, `init` and its keeper) and the machine.
 pub struct Outlives {
-    /// The GPU core now and its notifier endpoint.
+    /// GPU 0's core now and its notifier endpoint.
     pub gpu: Arc<Link<GpuLink>>,
+    /// The other GPUs' (GPU `i + 1` at `i`), on a machine with several
+    /// (issue 17): never restarted.
+    pub peers: Vec<Link<GpuLink>>,
     /// Held across a GPU server restart (`World::restart_gpu`).
     pub gpu_gate: Mutex<()>,
     /// Held across a pager restart (`World::restart_pager`).
@@ -170,6 +173,21 @@ pub struct SimRuntime {
 
 /// What a dead generation's calls get: nothing happened.
 const DEAD: RtError = RtError::Host(0);
+
+impl Outlives {
+    /// GPU `gpu`'s link (`None`: the machine has no such GPU).
+    pub fn link(&self, gpu: u8) -> Option<&Link<GpuLink>> {
+        match gpu {
+            0 => Some(&self.gpu),
+            g => self.peers.get(g as usize - 1),
+        }
+    }
+
+    /// The machine's GPUs.
+    fn gpus(&self) -> std::ops::Range<u8> {
+        0..1 + self.peers.len() as u8
+    }
+}
 
 impl SimRuntime {
     fn new(machine: Arc<Machine>, outlives: Arc<Outlives>) -> Self {
@@ -200,24 +218,31 @@ impl SimRuntime {
     }
 
     fn gpu(&self) -> Result<(Arc<GpuCore>, Arc<Endpoint>), RtError> {
+        self.gpu_on(GPU)
+    }
+
+    /// GPU `gpu`'s server's core and notifier, while it is alive.
+    fn gpu_on(&self, gpu: u8) -> Result<(Arc<GpuCore>, Arc<Endpoint>), RtError> {
         self.alive().map_err(|_| RtError::Gpu)?;
-        match self.gpu.get() {
+        let link = self.outlives.link(gpu).ok_or(RtError::Gpu)?;
+        match link.get() {
             Some((g, n)) if !n.is_dead() => Ok((g.upgrade().ok_or(RtError::Gpu)?, n)),
             _ => Err(RtError::Gpu),
         }
     }
 
-    /// Calls the GPU server's notifier with `f`. An idempotent call that
-    /// finds the server dead is sent again to its successor, as the host's
-    /// client stub does after `PeerRestarted` (`ipc_protocol::client`).
+    /// Calls GPU `gpu`'s server's notifier with `f`. An idempotent call
+    /// that finds the server dead is sent again to its successor, as the
+    /// host's client stub does after `PeerRestarted` (`ipc_protocol::client`).
     fn call_gpu<T: Send + 'static>(
         &self,
+        gpu: u8,
         idempotent: bool,
         f: impl Fn(&GpuCore) -> T + Clone + Send + 'static,
     ) -> Result<T, RtError> {
         let mut tries = 0;
         loop {
-            let reply = self.gpu().ok().and_then(|(gpu, notify)| {
+            let reply = self.gpu_on(gpu).ok().and_then(|(gpu, notify)| {
                 let f = f.clone();
                 notify.call_from(|| self.alive().is_ok(), move || f(&gpu))
             });
@@ -417,15 +442,15 @@ impl Runtime for SimRuntime {
         self.slots.quarantine(slot, call);
     }
 
-    /// The simulated machine has one GPU, GPU 0.
+    /// The machine's GPUs (GPU 0 alone but where a world has several).
     fn gpu_attached(&self, gpu: u8) -> bool {
-        gpu == 0 && self.gpu().is_ok()
+        self.gpu_on(gpu).is_ok()
     }
 
     fn invalidate(
         &self,
         m: &SimMemory,
-        _gpu: u8,
+        gpu: u8,
         object: Handle,
         first: usize,
         count: usize,
@@ -433,25 +458,25 @@ impl Runtime for SimRuntime {
     ) -> Result<(), RtError> {
         let sent = self.machine.tick();
         let (o, f, n) = (object.raw(), first as u64, count as u64);
-        self.call_gpu(true, move |gpu| gpu.invalidate(o, f, n, seq))?
+        self.call_gpu(gpu, true, move |g| g.invalidate(o, f, n, seq))?
             .map_err(|_| RtError::Gpu)?;
         if let SimMemory::Machine { base } = m {
             self.machine
-                .note_invalidation_acked(base + first, count, sent);
+                .note_invalidation_acked(gpu, base + first, count, sent);
         }
         Ok(())
     }
 
     fn migrate_to_ram(
         &self,
-        _gpu: u8,
+        gpu: u8,
         object: Handle,
         first: usize,
         _count: usize,
         pages: &PageMask,
         slot: usize,
     ) -> Result<PageMask, RtError> {
-        let (gpu, notify) = self.gpu()?;
+        let (gpu, notify) = self.gpu_on(gpu)?;
         let (o, f, mask) = (object.raw(), first as u64, *pages);
         let offset = slot as u64 * 512 * PAGE;
         let alive = || self.alive().is_ok();
@@ -463,27 +488,49 @@ impl Runtime for SimRuntime {
 
     fn free_pages(
         &self,
-        _gpu: u8,
+        gpu: u8,
         object: Handle,
         first: usize,
         count: usize,
         pages: &PageMask,
     ) -> Result<(), RtError> {
         let (o, f, n, mask) = (object.raw(), first as u64, count as u64, *pages);
-        match self.call_gpu(true, move |gpu| gpu.free_pages(o, f, n, &mask)) {
+        match self.call_gpu(gpu, true, move |g| g.free_pages(o, f, n, &mask)) {
             Ok(Ok(_)) => Ok(()),
+            _ => Err(RtError::Gpu),
+        }
+    }
+
+    /// `GpuNotify::PushToPeer` to GPU `gpu`'s server, as `MigrateToRam`
+    /// is sent (not sent again after a restart: it may have copied).
+    fn push_to_peer(
+        &self,
+        gpu: u8,
+        object: Handle,
+        first: usize,
+        _count: usize,
+        pages: &PageMask,
+        to: u8,
+        to_first_pfn: u64,
+    ) -> Result<PageMask, RtError> {
+        let (gpu, notify) = self.gpu_on(gpu)?;
+        let (o, f, mask) = (object.raw(), first as u64, *pages);
+        let alive = || self.alive().is_ok();
+        let push = move || gpu.push_to_peer(o, f, &mask, to, to_first_pfn);
+        match notify.call_from(alive, push) {
+            Some(Ok(pushed)) => Ok(pushed),
             _ => Err(RtError::Gpu),
         }
     }
 
     fn view_gone(&self, view: Handle) {
         let v = view.raw();
-        let _ = self.call_gpu(true, move |gpu| gpu.view_gone(v));
+        self.each_gpu(move |gpu| gpu.view_gone(v));
     }
 
     fn view_copied(&self, view: Handle, new_view: Handle, from: u64, to: u64) {
         let (v, n) = (view.raw(), new_view.raw());
-        let _ = self.call_gpu(true, move |gpu| gpu.view_copied(v, n, from, to));
+        self.each_gpu(move |gpu| gpu.view_copied(v, n, from, to));
     }
 
     /// The machine's logical clock: a schedule's events, not wall time.
@@ -494,15 +541,13 @@ impl Runtime for SimRuntime {
     fn view_grown(&self, view: Handle, tail: Handle, first_page: usize, pages: usize) {
         let (v, t) = (view.raw(), tail.raw());
         let pages = first_page as u64..(first_page + pages) as u64;
-        let _ = self.call_gpu(true, move |gpu| gpu.view_grown(v, t, pages.clone()));
+        self.each_gpu(move |gpu| gpu.view_grown(v, t, pages.clone()));
     }
 
     fn view_part(&self, p: &PartNote) {
         let (v, n, p) = (p.view.raw(), p.new_view.raw(), *p);
         let pages = p.first_page as u64..(p.first_page + p.pages) as u64;
-        let _ = self.call_gpu(true, move |gpu| {
-            gpu.view_part(v, n, pages.clone(), p.from, p.to)
-        });
+        self.each_gpu(move |gpu| gpu.view_part(v, n, pages.clone(), p.from, p.to));
     }
 
     // The keeper (issue 14): what `init` holds for the next generation.
@@ -559,8 +604,8 @@ impl Runtime for SimRuntime {
         }
     }
 
-    fn gpu_frames(&self, _gpu: u8, from: (u32, u64)) -> Result<FrameRuns, RtError> {
-        let r = self.call_gpu(true, move |gpu| gpu.frames(from.0, from.1))?;
+    fn gpu_frames(&self, gpu: u8, from: (u32, u64)) -> Result<FrameRuns, RtError> {
+        let r = self.call_gpu(gpu, true, move |g| g.frames(from.0, from.1))?;
         Ok(FrameRuns::from(r))
     }
 }
@@ -585,6 +630,14 @@ impl Outlives {
 }
 
 impl SimRuntime {
+    /// A view note, to every GPU's server (each binds views by the
+    /// clients' ids); one that is gone misses it, as on the host.
+    fn each_gpu<T: Send + 'static>(&self, f: impl Fn(&GpuCore) -> T + Clone + Send + 'static) {
+        for gpu in self.outlives.gpus() {
+            let _ = self.call_gpu(gpu, true, f.clone());
+        }
+    }
+
     fn keeper(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, SimHandle>> {
         self.outlives
             .keeper
@@ -681,6 +734,7 @@ impl SimPager {
         let gpu = Arc::new(Link::default());
         let outlives = Arc::new(Outlives {
             gpu: gpu.clone(),
+            peers: (1..machine.gpus()).map(|_| Link::default()).collect(),
             gpu_gate: Mutex::new(()),
             pager_gate: Mutex::new(()),
             next_page: AtomicUsize::new(0),
@@ -824,8 +878,19 @@ impl SimPager {
     /// The GPU server opens the victim's view for its binding: the object
     /// id it knows the object by.
     pub fn open_for_gpu(&self) -> u32 {
+        self.open_for_gpu_on(GPU)
+    }
+
+    /// GPU `gpu`'s server opens the victim's view for its binding.
+    pub fn open_for_gpu_on(&self, gpu: u8) -> u32 {
         let g = self.now();
-        gpu_open(&g.core, &g.gpu_session(), CLIENT, self.view).expect("the victim's view opens")
+        let s = g.gpu_session_of(gpu);
+        gpu_open(&g.core, &s, CLIENT, self.view).expect("the victim's view opens")
+    }
+
+    /// GPU `gpu`'s core and notifier endpoint now.
+    pub fn notifier(&self, gpu: u8) -> Option<GpuLink> {
+        self.outlives.link(gpu)?.get()
     }
 
     /// Puts `value` in page `p`, in RAM (state SYSTEM, present).
@@ -869,7 +934,7 @@ impl SimPager {
         self.call(false, move |g| {
             match g
                 .core
-                .migrate_request(&g.gpu_session(), m::Request::Collect(c))
+                .migrate_request(&g.gpu_session_of(c.gpu.get()), m::Request::Collect(c))
             {
                 Ok((m::Reply::Collect(c), _)) => Some(c),
                 _ => None,
@@ -878,15 +943,15 @@ impl SimPager {
     }
 
     /// `PagerMigrate::Finalize` from the GPU server: whether it was taken.
-    /// `PagerMigrate::Finalize`: the pages now in the GPU's VRAM, `None`
-    /// if refused.
-    pub fn finalize(&self, f: m::Finalize) -> Result<Option<PageMask>, Restarted> {
+    /// `PagerMigrate::Finalize`: its answer (the pages now in the GPU's
+    /// VRAM), `None` if refused.
+    pub fn finalize(&self, f: m::Finalize) -> Result<Option<m::Finalized>, Restarted> {
         self.call(false, move |g| {
             match g
                 .core
-                .migrate_request(&g.gpu_session(), m::Request::Finalize(f))
+                .migrate_request(&g.gpu_session_of(f.gpu.get()), m::Request::Finalize(f))
             {
-                Ok((m::Reply::Finalize(done), _)) => Some(done.device_pages),
+                Ok((m::Reply::Finalize(done), _)) => Some(done),
                 _ => None,
             }
         })
@@ -897,7 +962,7 @@ impl SimPager {
         self.call(false, move |g| {
             match g
                 .core
-                .migrate_request(&g.gpu_session(), m::Request::Resident(r))
+                .migrate_request(&g.gpu_session_of(r.gpu.get()), m::Request::Resident(r))
             {
                 Ok((m::Reply::Resident(runs), _)) => Some(runs),
                 _ => None,
@@ -1025,9 +1090,14 @@ impl SimPager {
 impl PagerGen {
     /// The GPU server's session.
     pub fn gpu_session(&self) -> Arc<GpuSession<SimRuntime>> {
+        self.gpu_session_of(GPU)
+    }
+
+    /// GPU `gpu`'s server's session (its badge: [`GPU_SERVER`]` + gpu`).
+    pub fn gpu_session_of(&self, gpu: u8) -> Arc<GpuSession<SimRuntime>> {
         self.core
-            .gpu_session(GPU_SERVER, 0)
-            .expect("one GPU server")
+            .gpu_session(GPU_SERVER + u64::from(gpu), gpu)
+            .expect("one server per GPU")
     }
 
     fn cpu_view(&self, view: usize) -> CpuView {
@@ -1177,6 +1247,18 @@ pub fn where_is(table: &PageTable, p: usize) -> (bool, Option<u64>) {
         i.locked,
         match i.residency {
             Residency::Device { pfn, .. } => Some(pfn),
+            _ => None,
+        },
+    )
+}
+
+/// Where the pager says page `p` is: (locked, (GPU, VRAM frame) if in VRAM).
+pub fn where_is_on(table: &PageTable, p: usize) -> (bool, Option<(u8, u64)>) {
+    let i = table.info(p).expect("page in range");
+    (
+        i.locked,
+        match i.residency {
+            Residency::Device { gpu, pfn } => Some((gpu, pfn)),
             _ => None,
         },
     )

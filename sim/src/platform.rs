@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use hw::xe::pte::{LeafAccess, PageSize, Target};
 use ipc_protocol::interfaces::pager_migrate::{
-    Collect, Collected, Finalize, Resident, ResidentRuns,
+    Collect, Collected, Finalize, Finalized, Resident, ResidentRuns,
 };
-use ipc_protocol::types::{PageMask, World};
+use ipc_protocol::types::{GpuId, World};
 use mm_server::broker::Broker;
 use mm_server::evictor::{run_pass, PeerError, VramFigures, Worlds};
 use shuttle::sync::{Arc, Mutex, Weak};
@@ -42,6 +42,8 @@ pub struct SimPlatform {
     /// ([`Machine::reset`]): once the device was reset from it, what it
     /// asks of the device does nothing.
     pub epoch: u32,
+    /// The GPU this server drives (its device in the machine).
+    pub gpu: u8,
 }
 
 /// The device's jobs: ids in submission order, and those still running.
@@ -74,15 +76,15 @@ impl Platform for SimPlatform {
 
     fn copy(&self, copies: &[(u64, u64, u64)]) -> Result<bool, PortError> {
         self.live()?;
-        Ok(self.machine.copy(self.epoch, copies))
+        Ok(self.machine.copy(self.gpu, self.epoch, copies))
     }
     fn invalidate_tlb(&self, _asid: u32, _va: u64, _len: u64) -> Result<(), PortError> {
-        self.machine.invalidate_tlb();
+        self.machine.invalidate_tlb(self.gpu);
         Ok(())
     }
     fn new_tables(&self, asid: u32) -> Result<SimTables, PortError> {
         self.live()?;
-        Ok(self.machine.new_tables(asid))
+        Ok(self.machine.new_tables(self.gpu, asid))
     }
     fn map(
         &self,
@@ -104,8 +106,8 @@ impl Platform for SimPlatform {
         if self.live().is_err() {
             return;
         }
-        self.machine.drop_tables(asid);
-        self.machine.invalidate_tlb();
+        self.machine.drop_tables(self.gpu, asid);
+        self.machine.invalidate_tlb(self.gpu);
     }
     fn dma_unmap(&self, _slot: u32) {}
     fn zero_source(&self) -> u64 {
@@ -116,14 +118,14 @@ impl Platform for SimPlatform {
         let r = self.pager.collect(c);
         self.answered(r)
     }
-    fn finalize(&self, f: Finalize) -> Result<PageMask, FinalizeError> {
+    fn finalize(&self, f: Finalize) -> Result<Finalized, FinalizeError> {
         if self.live().is_err() {
             // Never sent: nobody will finalize that collect (the next
             // generation's `Resident` undoes it).
             return Err(FinalizeError::Unanswered);
         }
         match self.pager.finalize(f) {
-            Ok(Some(device)) => Ok(device),
+            Ok(Some(done)) => Ok(done),
             // The simulated calls have no deadline: a refusal, or a pager
             // killed before it answered, never an unanswered one.
             Ok(None) => Err(FinalizeError::Refused),
@@ -133,13 +135,20 @@ impl Platform for SimPlatform {
     fn pager_generation(&self) -> u32 {
         self.pager.generation()
     }
+    fn gpu(&self) -> GpuId {
+        GpuId::new(self.gpu).expect("a GPU id")
+    }
+    /// Every other GPU of the machine (several GPUs, issue 17).
+    fn peer_window(&self, gpu: u8) -> Option<u64> {
+        self.machine.peer_window(self.gpu, gpu)
+    }
     fn has_broker(&self) -> bool {
         self.mm().is_some()
     }
     /// As the host's (`xe_svm::host`), in yields; a wait past the bound is
     /// a livelock, and fails the run.
     fn quiesce_for_frames(&self, migrating: &dyn Fn() -> bool) -> bool {
-        let Some((_, notify)) = self.pager.gpu.get() else {
+        let Some((_, notify)) = self.pager.notifier(self.gpu) else {
             return true;
         };
         for _ in 0..QUIESCE_YIELDS {
@@ -173,7 +182,7 @@ impl Platform for SimPlatform {
             return;
         }
         for off in (0..len).step_by(PAGE as usize) {
-            if let Some(c) = self.machine.cell(addr + off) {
+            if let Some(c) = self.machine.cell_on(self.gpu, addr + off) {
                 c.store(0, std::sync::atomic::Ordering::Release);
             }
         }
@@ -193,7 +202,7 @@ impl SimPlatform {
     /// process is dead, the device ignores what it still sends, and its
     /// calls to the pager are never sent.
     fn live(&self) -> Result<(), PortError> {
-        if self.machine.driver_epoch() == self.epoch {
+        if self.machine.driver_epoch_of(self.gpu) == self.epoch {
             Ok(())
         } else {
             Err(PortError)

@@ -113,8 +113,9 @@ impl World {
             pressure: shuttle::sync::Mutex::new(mm),
             jobs: Default::default(),
             epoch,
+            gpu: 0,
         };
-        let pages = self.machine.vram.len() as u64;
+        let pages = self.machine.vram(0).len() as u64;
         let budget = self.gpu_budget.clone();
         let arena = xe_svm::arena::Config::for_clients(budget.clone(), 4)
             .arena()

@@ -50,6 +50,7 @@ pub fn all() -> Vec<Scenario> {
     .chain(crate::thrash::all())
     .chain(crate::restart::all())
     .chain(crate::pager_restart::all())
+    .chain(crate::several_gpus::all())
     .collect()
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 
 use mm_server::broker::Broker;
 use pager::migrate::Policy;
-use pager::state::Residency;
+use pager::state::{PageTable, Residency};
 use shuttle::sync::{Arc, Mutex};
 use xe_svm::budget::GpuBudget;
 use xe_svm::server::Inner;
@@ -15,7 +15,7 @@ use xe_svm::server::Inner;
 use crate::link::Link;
 use crate::machine::{GpuAccess, Machine, PAGE, STAGING_BASE, STAGING_SLOTS, SYS_BASE};
 use crate::net::Endpoint;
-use crate::pager::{where_is, PagerEnds, SimPager};
+use crate::pager::{where_is, where_is_on, PagerEnds, SimPager};
 use crate::platform::{Mm, SimPlatform, SimWorlds};
 use crate::GpuCore;
 
@@ -50,6 +50,13 @@ pub struct WorldConfig {
     /// The pager journals what its next generation takes over from (the
     /// pager-restart scenarios; `pager_restart.rs`).
     pub pager_journal: bool,
+    /// GPUs, each with its own GPU server under the one pager (several
+    /// GPUs, issue 17; `gpus.rs`). GPU 0 is the one the other scenarios
+    /// use; the others are never restarted and have no mm-server.
+    pub gpus: u8,
+    /// The peer windows drop what is copied through them (a push that
+    /// never lands, reported done: the negative check).
+    pub drop_peer_copies: bool,
 }
 
 impl Default for WorldConfig {
@@ -66,6 +73,8 @@ impl Default for WorldConfig {
             thrash: None,
             read_only_binding: false,
             pager_journal: false,
+            gpus: 1,
+            drop_peer_copies: false,
         }
     }
 }
@@ -99,7 +108,7 @@ pub struct GpuSide {
 /// pager (over its `PagerReclaim` endpoint) and the GPU core (wired once
 /// it exists).
 fn new_mm(machine: &Machine, pager: &Arc<SimPager>) -> Arc<Mm> {
-    let total = machine.vram.len() as u64 * PAGE;
+    let total = machine.vram(0).len() as u64 * PAGE;
     Arc::new(Mm {
         broker: Broker::with_watermarks(total, total / 4, total),
         worlds: SimWorlds {
@@ -112,7 +121,8 @@ fn new_mm(machine: &Machine, pager: &Arc<SimPager>) -> Arc<Mm> {
 /// The client's VM on `gpu` with the victim's view bound at `at`: a new
 /// client, or one whose VM went with a restarted server (`NoSuchVm`) and
 /// makes it again. The GPU server knows the object by the id its pager
-/// session gave (the same across its restarts). Returns (ASID, VM id).
+/// session (its GPU's) gave (the same across its restarts). Returns
+/// (ASID, VM id).
 pub(crate) fn bind_client_view(
     gpu: &GpuCore,
     pager: &SimPager,
@@ -122,7 +132,7 @@ pub(crate) fn bind_client_view(
     let vm_id = gpu.create_vm(CLIENT).expect("a VM");
     // The device and the fault path name the VM by its ASID.
     let vm = gpu.asid_of(CLIENT, vm_id).expect("its ASID");
-    let object = pager.open_for_gpu();
+    let object = pager.open_for_gpu_on(gpu.hw.gpu);
     let pages = pager.table().len() as u64;
     gpu.add_object(object, 0, SYS_BASE, None, pages);
     let view = pager.view.raw();
@@ -140,6 +150,8 @@ pub struct World {
     servers: Vec<shuttle::thread::JoinHandle<()>>,
     /// The GPU server now (replaced by `restart_gpu`).
     pub(crate) side: Link<GpuSide>,
+    /// The other GPUs' servers (GPU `i + 1` at `i`; `gpus.rs`).
+    pub(crate) peers: Vec<GpuSide>,
     /// The threads serving its endpoints (joined when it dies).
     pub(crate) gpu_threads: std::sync::Mutex<Vec<shuttle::thread::JoinHandle<()>>>,
     /// The GPU server's budget, for the next generation.
@@ -154,11 +166,10 @@ pub struct World {
 
 impl World {
     pub fn new(cfg: &WorldConfig) -> Self {
-        let machine = Arc::new(Machine::with_spare(
-            cfg.pages,
-            cfg.spare_pages,
-            cfg.fail_copy_one_in,
-        ));
+        let mut machine =
+            Machine::with_gpus(cfg.pages, cfg.spare_pages, cfg.fail_copy_one_in, cfg.gpus);
+        machine.drop_peer_copies = cfg.drop_peer_copies;
+        let machine = Arc::new(machine);
         let mut pager_cfg = crate::pager::sim_config(cfg.policy, cfg.skip_invalidate);
         pager_cfg.thrash = cfg.thrash;
         let pager = Arc::new(SimPager::new(machine.clone(), pager_cfg, cfg.pager_journal));
@@ -196,8 +207,9 @@ impl World {
             pressure: Mutex::new(mm.clone().zip(mm_endpoint.clone()).map(|(m, e)| (e, m))),
             jobs: Default::default(),
             epoch: machine.driver_epoch(),
+            gpu: 0,
         };
-        let pages = machine.vram.len() as u64;
+        let pages = machine.vram(0).len() as u64;
         let budget = cfg.gpu_budget.clone();
         let arena = xe_svm::arena::Config::for_clients(budget.clone(), 4)
             .arena()
@@ -219,7 +231,10 @@ impl World {
                 }
             }
         }
-        let endpoints = vec![migrate, notify, reclaim];
+        let mut endpoints = vec![migrate, notify, reclaim];
+        let peers = (1..cfg.gpus)
+            .map(|g| crate::gpus::start(g, cfg, &machine, &pager, &mut endpoints, &mut servers))
+            .collect();
         let side = Link::default();
         side.set(GpuSide {
             core: gpu,
@@ -235,6 +250,7 @@ impl World {
             mm_endpoint,
             servers,
             side,
+            peers,
             gpu_threads: std::sync::Mutex::new(gpu_threads),
             gpu_budget: cfg.gpu_budget.clone(),
             restarted: Default::default(),
@@ -399,10 +415,11 @@ impl World {
     }
 
     /// Stops the servers and checks the end of the run: no lock held, each
-    /// page's data as `expect(p)` says, every page in VRAM in an allocated
-    /// block, each VRAM block counting exactly the pages in it and no block
-    /// unowned but the filler's and the buffer objects', and no GPU mapping older
-    /// than its page's last acknowledged invalidation or pointing where
+    /// page's data as `expect(p)` says (wherever it lives), every page in
+    /// VRAM in an allocated block of its GPU, on every GPU each VRAM block
+    /// counting exactly the pages in it and no block unowned but the
+    /// filler's and the buffer objects', and no GPU mapping older than its
+    /// page's last acknowledged invalidation on that GPU or pointing where
     /// the page is not.
     pub fn finish(mut self, expect: impl Fn(usize) -> u64) {
         if let Some(ep) = &self.mm_endpoint {
@@ -428,9 +445,8 @@ impl World {
         }
         drop(restarted.cores);
         drop(restarted.pagers);
-        let gpu = side.core;
         let table = self.pager.table();
-        let mut frames = Vec::new();
+        let mut frames = vec![Vec::new(); self.machine.gpus() as usize];
         for p in 0..self.machine.pages {
             let i = table.info(p).expect("page in range");
             assert!(!i.locked, "page {p} was left locked");
@@ -440,37 +456,45 @@ impl World {
                 "page {p}: wrong data ({:?})",
                 i.residency
             );
-            if let Residency::Device { pfn, .. } = i.residency {
+            if let Residency::Device { gpu, pfn } = i.residency {
                 assert!(
-                    gpu.vram.holds(pfn),
-                    "rule 6: page {p} lives in frame {pfn}, whose block was freed"
+                    self.side_of(gpu).core.vram.holds(pfn),
+                    "rule 6: page {p} lives in frame {pfn} of GPU {gpu}, whose block was freed"
                 );
-                frames.push(pfn);
+                frames[gpu as usize].push(pfn);
             }
         }
         let filler = self.filler.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
-        let bo_pages = gpu.bos.vram_pages.load(StdOrdering::Acquire);
-        self.vram_holds_exactly(&gpu, &frames, filler + bo_pages);
+        for (gpu, frames) in (0..).zip(&frames) {
+            let side = self.side_of(gpu);
+            let bo_pages = side.core.bos.vram_pages.load(StdOrdering::Acquire);
+            let others = if gpu == 0 { filler } else { 0 };
+            self.vram_holds_exactly(&side.core, frames, others + bo_pages);
+            self.mappings_hold(gpu, side.vm, &table);
+        }
+    }
+
+    /// GPU `gpu`'s mappings of the view at the end: none outlived a move
+    /// of the view or is older than its page's last acknowledged
+    /// invalidation, and each points where its page is.
+    fn mappings_hold(&self, gpu: u8, vm: u32, table: &PageTable) {
         let base = self.gpu_base.load(StdOrdering::Acquire);
-        for (va, pte) in self.machine.ptes(side.vm) {
+        for (va, pte) in self.machine.ptes_on(gpu, vm) {
             assert!(
                 va >= base && va < base + self.machine.pages as u64 * PAGE,
                 "a GPU mapping at {va:#x} outlived the move of its view"
             );
             let p = ((va - base) / PAGE) as usize;
-            let acked = self.machine.last_ack[p].load(StdOrdering::Acquire);
+            let acked = self.machine.last_ack(gpu, p);
             assert!(pte.made_at > acked, "rule 8: page {p} is still mapped by a PTE older than its last acknowledged invalidation");
-            let (_, frame) = where_is(&table, p);
-            match pte.target {
-                hw::xe::pte::Target::Device => assert_eq!(
-                    frame,
-                    Some(pte.addr / PAGE),
-                    "page {p} mapped at a frame it is not in"
-                ),
-                hw::xe::pte::Target::System => {
-                    assert_eq!(frame, None, "page {p} in VRAM mapped as a system page")
-                }
-            }
+            let (_, place) = where_is_on(table, p);
+            let mapped = self.machine.pte_place(gpu, &pte);
+            assert_eq!(
+                mapped, place,
+                "page {p}: GPU {gpu} maps it at (GPU, frame) {mapped:?} ({:?} PTE), \
+                 where it is not (pager: {place:?})",
+                pte.target
+            );
         }
     }
 
@@ -508,8 +532,8 @@ impl World {
 
     fn value_of(&self, p: usize, r: Residency) -> u64 {
         match r {
-            Residency::Device { pfn, .. } => {
-                self.machine.vram[pfn as usize].load(StdOrdering::Acquire)
+            Residency::Device { gpu, pfn } => {
+                self.machine.vram(gpu)[pfn as usize].load(StdOrdering::Acquire)
             }
             _ => self.machine.ram[p].load(StdOrdering::Acquire),
         }

@@ -177,6 +177,11 @@ fn gpu_server_dies_mid_collect() {
     scenario("gpu_server_dies_mid_collect");
 }
 
+#[test]
+fn four_gpus_eight_cpus_one_chunk() {
+    scenario("four_gpus_eight_cpus_one_chunk");
+}
+
 /// A GPU-server race the hostile scenarios found (see
 /// `sim::hostile::hostile_detaches_mid_migration`): xe-svm keeps an
 /// object it has a fault in flight on (`ObjectState::migrations`).
@@ -230,6 +235,7 @@ fn every_scenario_has_a_test() {
         "pager_restarts",
         "pager_restarts_mid_eviction",
         "pager_restarts_twice",
+        "four_gpus_eight_cpus_one_chunk",
     ];
     for s in all() {
         assert!(tested.contains(&s.name), "{} has no test", s.name);
