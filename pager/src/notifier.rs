@@ -130,6 +130,22 @@ fn failed<E: std::fmt::Debug>(what: &str, id: u64, e: CallError<E>) -> RtError {
     }
 }
 
+/// A failed push to a peer: past its deadline, or with its server gone
+/// after it may have submitted the copy (the device outlives its driver),
+/// the copy may still land (`Unanswered`: the collecting GPU keeps the
+/// frames out of use); a refusal copied nothing.
+fn push_failed<E: std::fmt::Debug>(id: u64, e: CallError<E>) -> RtError {
+    log::warn!("pager: push to a peer: {e}");
+    match e {
+        CallError::Transport(
+            TransportError::TimedOut
+            | TransportError::PeerRestarted(_)
+            | TransportError::Disconnected,
+        ) => RtError::Unanswered(id),
+        _ => RtError::Gpu,
+    }
+}
+
 impl GpuNotifier {
     /// Attaches the GPU server (once; a second one is dropped).
     pub fn set(&self, gpu: Client<GpuNotify>) -> Result<(), AlreadyAttached> {
@@ -259,8 +275,7 @@ impl GpuNotifier {
             to,
             to_first_pfn,
         });
-        r.map(|r| r.pushed)
-            .map_err(|e| failed("push to a peer", id, e))
+        r.map(|r| r.pushed).map_err(|e| push_failed(id, e))
     }
 
     /// The frames the GPU server holds from (`object`, `page`) on (a
@@ -473,5 +488,25 @@ pub fn pause_for(why: crate::core::runtime::Pause, attempt: u32) -> std::time::D
         Pause::BringBack => Duration::from_millis(1),
         Pause::FinalizeDrain => Duration::from_micros(200),
         Pause::SyncViews | Pause::ViewOrder => Duration::from_micros(20 << attempt.min(6)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A push whose copy may have been submitted is never taken for one
+    /// that copied nothing.
+    #[test]
+    fn a_push_that_may_still_land_is_unanswered() {
+        use TransportError::*;
+        for t in [TimedOut, PeerRestarted(2), Disconnected] {
+            let e: CallError<()> = CallError::Transport(t);
+            assert_eq!(push_failed(7, e), RtError::Unanswered(7), "{t:?}");
+        }
+        let refused: CallError<()> = CallError::Server(());
+        assert_eq!(push_failed(7, refused), RtError::Gpu);
+        let host: CallError<()> = CallError::Transport(Host(5));
+        assert_eq!(push_failed(7, host), RtError::Gpu);
     }
 }
