@@ -4,7 +4,8 @@
 # bench floor --kind minor`), ours on one GPU, ours with the pages spread
 # over four GPUs (`svm run herd --gpus 4`: each GPU faults a stripe in, then
 # the CPU herd brings them back from all four), and NVIDIA UVM's herd
-# (bench/uvm_herd.cu, one H200) when nvcc is there.
+# (bench/uvm_herd.cu, one H200) when nvcc is there. Then the whole peer
+# migration beside its floor (`svm run peer`).
 #
 #   BIN=target/h200carry OUT=/tmp/out bash bench/h200-gpus.sh
 #
@@ -56,3 +57,9 @@ for kib in $SIZES; do for t in $THREADS; do
         step "$c uvm" "$UVM" "$kib" "$t" "$MODE" "$REPS"
     fi
 done; done
+
+# The whole peer migration beside its floor (`svm run peer`: GPU 1 takes
+# a buffer from GPU 0's VRAM; a memcpy between two memfds beside it).
+for s in 16M 64M; do
+    step "peer $s" "$BIN/svm" --vram-mib "$VRAM_MIB" run peer --size "$s" --reps "$REPS" --json
+done

@@ -17,6 +17,7 @@ pub mod hostile;
 pub mod keeper;
 pub use launcher::manifest;
 pub mod oversub;
+pub mod peer_migrate;
 pub mod process;
 pub mod qemu;
 pub mod race;

@@ -206,6 +206,22 @@ enum Workload {
         #[arg(long, default_value_t = 1, value_parser = int(1u8, 8))]
         gpus: u8,
     },
+    /// Peer migration (several GPUs, issue 17): two GPUs booted; each rep
+    /// GPU 0 touches a buffer into its VRAM, then GPU 1's touch takes it
+    /// VRAM to VRAM (timed); every word checked; beside a memcpy of the
+    /// same bytes between two memfd mappings (the floor, target 80%).
+    Peer {
+        /// Buffer size (4K to 8G, a multiple of 4K; VRAM grows to fit
+        /// unless --vram-mib is given).
+        #[arg(long, default_value = "64M", value_parser = buffer_size)]
+        size: usize,
+        /// Repetitions (1 to 1000).
+        #[arg(long, default_value_t = 5, value_parser = int(1usize, 1000))]
+        reps: usize,
+        /// The summary as one JSON object (with every rep) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// mremap while pages are in VRAM: threads hammer reads on the range
     /// while it moves to a new address (plain or `--dontunmap`); every word
     /// is checked, and the GPU binding must follow the view.
@@ -364,7 +380,13 @@ fn main() {
             workload: Workload::Hostile { .. }
         }
     );
-    let default_vram = if hostile { 32 } else { 256 };
+    let default_vram = match cli.command {
+        _ if hostile => 32,
+        Cmd::Run {
+            workload: Workload::Peer { size, .. },
+        } => init::peer_migrate::default_vram_mib(size),
+        _ => 256,
+    };
     opts.device.vram_bytes = cli.vram_mib.unwrap_or(default_vram) << 20;
     opts.device.hw_threads = cli.hw_threads;
     if let Some(n) = cli.copy_engines {
@@ -451,6 +473,9 @@ fn main() {
             let opts = BootOptions { gpus, ..opts };
             run_herd(opts, &size, &threads, &modes, reps, json, same_start)
         }
+        Cmd::Run {
+            workload: Workload::Peer { size, reps, json },
+        } => run_peer(opts, size, reps, json),
         Cmd::Run {
             workload:
                 Workload::Oversub {
@@ -693,6 +718,48 @@ fn run_herd(
     }
     drop(clients);
     finish(system, failed.map_or(Ok(()), Err))
+}
+
+/// `svm run peer`: two GPUs; a line per rep, the summary last.
+fn run_peer(opts: BootOptions, bytes: usize, reps: usize, json: bool) -> i32 {
+    use init::peer_migrate as peer;
+    if let Err(e) = peer::check_fits(bytes, opts.device.vram_bytes) {
+        eprintln!("svm: {e}");
+        return 2;
+    }
+    let opts = BootOptions { gpus: 2, ..opts };
+    let (mut system, clients) = match boot_with_clients(&opts) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    eprintln!(
+        "svm: peer migration GPU 0 -> GPU 1, {} KiB, {reps} reps",
+        bytes >> 10
+    );
+    let cfg = peer::Config {
+        bytes,
+        reps,
+        gpu_threads: 64,
+    };
+    let result = match peer::run(&clients, &cfg, |r| match json {
+        true => eprintln!("svm: {}", r.line()),
+        false => println!("{}", r.line()),
+    }) {
+        Ok(r) => {
+            println!("{}", if json { r.json() } else { r.line() });
+            if r.passed() {
+                system.check_alive().map_err(|e| e.to_string())
+            } else {
+                Err(format!(
+                    "peer: bad={}, vram_to_vram={}",
+                    r.bad, r.vram_to_vram
+                ))
+            }
+        }
+        Err(e) => Err(format!("peer failed: {e}")),
+    };
+    drop(clients);
+    finish(system, result)
 }
 
 /// Boots, runs one view-change scenario as client 0, prints its line.
@@ -950,6 +1017,7 @@ mod tests {
             &["svm", "run", "herd"][..],
             &["svm", "run", "mremap"],
             &["svm", "run", "fork"],
+            &["svm", "run", "peer"],
             &["svm", "run", "oversub"],
             &["svm", "run", "hostile"],
             &["svm", "boot"],

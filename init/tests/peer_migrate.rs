@@ -1,0 +1,146 @@
+//! Peer migration through the servers (several GPUs, issue 17): two GPUs
+//! booted, a buffer GPU 0 touched into its VRAM, then GPU 1's touch takes
+//! it VRAM to VRAM; the counters say nothing went through RAM and the CPU
+//! reads every word back right. `svm run peer` as a user runs it, too.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::bounded;
+use init::peer_migrate::{self, Config};
+use init::supervisor::{BootOptions, System};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn pages_move_vram_to_vram_and_every_word_is_right() {
+    bounded(LIMIT, || {
+        let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
+        std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
+        let mut opts = BootOptions::default();
+        opts.device.vram_bytes = 32 << 20;
+        opts.gpus = 2;
+        let (system, clients) = System::boot(&opts).expect("two GPUs boot");
+        let c = clients.expect("clients");
+        let cfg = Config {
+            bytes: 4 << 20,
+            reps: 2,
+            gpu_threads: 64,
+        };
+        let r = peer_migrate::run(&c, &cfg, |rep| eprintln!("{}", rep.line()))
+            .expect("the peer migration ran");
+        eprintln!("{}", r.line());
+        assert_eq!(r.reps.len(), 2);
+        assert_eq!(r.pages, 1024);
+        for rep in &r.reps {
+            assert_eq!(rep.bad_words, 0, "{}", rep.line());
+            assert_eq!(
+                rep.gpu0_pages_to_vram,
+                1024,
+                "GPU 0 took every page: {}",
+                rep.line()
+            );
+            assert_eq!(
+                rep.gpu1_pages_to_vram,
+                1024,
+                "GPU 1 took every page: {}",
+                rep.line()
+            );
+            assert_eq!(
+                rep.gpu0_pages_to_ram,
+                0,
+                "none went through RAM: {}",
+                rep.line()
+            );
+            assert_eq!(
+                rep.gpu0_vram_used_after,
+                0,
+                "GPU 0 gave every page: {}",
+                rep.line()
+            );
+            assert!(rep.vram_to_vram && rep.migrate_us > 0.0);
+        }
+        assert_eq!(r.bad, 0);
+        assert!(r.passed() && r.floor.gbps > 0.0 && r.ratio > 0.0);
+        drop(c);
+        assert!(system.shutdown().is_empty(), "the system stopped cleanly");
+    });
+}
+
+/// Runs `svm` with `args`, killed past `limit`; (success, stdout, stderr).
+fn svm(args: &[&str], limit: Duration) -> (bool, String, String) {
+    let exe = env!("CARGO_BIN_EXE_svm");
+    let mut child = Command::new(exe)
+        .env("SVM_BIN_DIR", std::path::Path::new(exe).parent().unwrap())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut p: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = p.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    match status {
+        Some(s) => (s.success(), out, err),
+        None => panic!("svm {args:?} ran past {limit:?}:\n{out}\n{err}"),
+    }
+}
+
+#[test]
+fn svm_run_peer_reports_the_ratio_and_bad_zero() {
+    let args = ["run", "peer", "--size", "4M", "--reps", "1", "--json"];
+    let (ok, out, err) = svm(&args, LIMIT);
+    assert!(ok, "svm run peer failed:\n{out}\n{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["bad"], 0, "{line}");
+    assert_eq!(v["vram_to_vram"], true, "{line}");
+    assert_eq!(v["size_kib"], 4096, "{line}");
+    let rep = &v["reps"][0];
+    assert_eq!(rep["gpu1_pages_to_vram"], 1024, "{line}");
+    assert_eq!(rep["gpu0_pages_to_ram"], 0, "{line}");
+    assert!(v["ratio"].as_f64().unwrap() > 0.0, "{line}");
+}
+
+/// Every number is checked before anything boots.
+#[test]
+fn bad_numbers_are_refused_before_booting() {
+    for args in [
+        &["run", "peer", "--size", "0"][..],
+        &["run", "peer", "--size", "5000"],
+        &["run", "peer", "--size", "16G"],
+        &["run", "peer", "--reps", "0"],
+        &["run", "peer", "--reps", "1001"],
+        &["--vram-mib", "8", "run", "peer", "--size", "16M"],
+    ] {
+        let (ok, out, err) = svm(args, Duration::from_secs(20));
+        assert!(!ok, "{args:?} was accepted:\n{out}");
+        assert!(err.starts_with("svm: "), "{args:?}: {err}");
+        assert!(!err.contains("system"), "{args:?} booted: {err}");
+    }
+}
