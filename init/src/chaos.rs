@@ -228,7 +228,7 @@ impl Shared {
     /// interrupted. Wrong words are never excused: they are
     /// counted as bad either way.
     fn failed(&self, epoch: u64, what: String) {
-        if self.restart_epoch.load(Ordering::Acquire) != epoch {
+        if interrupted_by_restart(epoch, self.restart_epoch.load(Ordering::Acquire)) {
             log::info!("chaos: interrupted by a restart: {what}");
             self.interrupted.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -243,6 +243,15 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .push(what);
     }
+}
+
+/// Whether a workload that began at restart epoch `then` and failed at
+/// `now` may have met a restart: one began or ended since (`now` moved),
+/// or one was under way when it began (`then` odd: the epoch is bumped
+/// when a kill starts and again when the next generation serves, so a
+/// call made in between may fail `PeerRestarted` before the second bump).
+fn interrupted_by_restart(then: u64, now: u64) -> bool {
+    now != then || then % 2 == 1
 }
 
 /// Runs workload `name`, its time noted ([`Shared::workload_ms`]).
@@ -508,6 +517,17 @@ pub fn run(system: &mut System, c: &Clients, cfg: &Config) -> Result<Report, Cha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failure during a restart window is an interruption, never an
+    /// error: also when the workload began inside the window and failed
+    /// before the window closed (the epoch unchanged, but odd).
+    #[test]
+    fn a_failure_inside_a_restart_window_is_an_interruption() {
+        assert!(!interrupted_by_restart(4, 4), "no restart near it");
+        assert!(interrupted_by_restart(4, 5), "a kill began meanwhile");
+        assert!(interrupted_by_restart(4, 6), "a restart came and went");
+        assert!(interrupted_by_restart(5, 5), "began during a restart");
+    }
 
     #[test]
     fn targets_and_durations_parse_with_checks() {
