@@ -4,52 +4,17 @@
 //! against each of them. Each run is bounded in time; the stub and the
 //! Python server are in `tests/tests/ipc_conformance.rs`.
 
-use std::io::Read;
+mod common;
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(240);
 
-/// Runs `svm ARGS` and returns (success, stdout, stderr); kills it (and
-/// fails) past `LIMIT`.
+/// Runs `svm ARGS`: (success, stdout, stderr); killed (and failed) past
+/// `LIMIT`.
 fn svm(args: &[&str]) -> (bool, String, String) {
-    let exe = env!("CARGO_BIN_EXE_svm");
-    let mut child = Command::new(exe)
-        // The servers are built beside `svm` by `cargo test --workspace`.
-        .env("SVM_BIN_DIR", std::path::Path::new(exe).parent().unwrap())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("svm {args:?} took over {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (
-        status.success(),
-        reader.join().unwrap(),
-        err_reader.join().unwrap(),
-    )
+    common::svm_within(args, LIMIT)
 }
 
 fn summary_line(out: &str) -> &str {

@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::bounded;
+use common::{bounded, svm_within as svm};
 use init::peer_migrate::{self, Config};
 use init::supervisor::{BootOptions, System};
 
@@ -68,44 +66,6 @@ fn pages_move_vram_to_vram_and_every_word_is_right() {
         drop(c);
         assert!(system.shutdown().is_empty(), "the system stopped cleanly");
     });
-}
-
-/// Runs `svm` with `args`, killed past `limit`; (success, stdout, stderr).
-fn svm(args: &[&str], limit: Duration) -> (bool, String, String) {
-    let exe = env!("CARGO_BIN_EXE_svm");
-    let mut child = Command::new(exe)
-        .env("SVM_BIN_DIR", std::path::Path::new(exe).parent().unwrap())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut p: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = p.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    match status {
-        Some(s) => (s.success(), out, err),
-        None => panic!("svm {args:?} ran past {limit:?}:\n{out}\n{err}"),
-    }
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //! a time limit, a booted system, buffers with a pattern, a GPU pass.
 #![allow(dead_code)]
 
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use init::client::{run_kernel, SvmBuffer};
 use init::supervisor::{BootOptions, Clients, System};
@@ -82,4 +84,43 @@ pub fn increment(c: &Clients, vm: VmId, buf: &SvmBuffer) {
     )
     .expect("the kernel ran");
     assert_eq!(done.status, JobStatus::Completed);
+}
+
+/// Runs `svm` with `args` (the servers beside it), killed and failed past
+/// `limit`; (success, stdout, stderr).
+pub fn svm_within(args: &[&str], limit: Duration) -> (bool, String, String) {
+    let exe = env!("CARGO_BIN_EXE_svm");
+    let mut child = Command::new(exe)
+        .env("SVM_BIN_DIR", std::path::Path::new(exe).parent().unwrap())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut p: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = p.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    match status {
+        Some(s) => (s.success(), out, err),
+        None => panic!("svm {args:?} ran past {limit:?}:\n{out}\n{err}"),
+    }
 }
