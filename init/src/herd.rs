@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use ipc_protocol::client::{CallError, Client};
-use ipc_protocol::interfaces::gpu::{BindView, Gpu, GpuError, Stats, Submit, Unbind, Wait};
+use ipc_protocol::interfaces::gpu::{Gpu, GpuError, Stats, Submit, Unbind, Wait};
 use ipc_protocol::types::{JobStatus, KernelKind, VmId};
 use scopeguard::ScopeGuard;
 
@@ -144,13 +144,7 @@ pub fn run(c: &Clients, cfg: &Config) -> std::result::Result<Result, HerdError> 
             SvmBuffer::new(&c.pager, cfg.bytes).map_err(|e| HerdError::Pager(e.to_string()))?;
         let buf = scoped_buffer(&c.pager, buf);
         for (g, &vm) in gpus.iter().zip(&vms) {
-            g.call(BindView {
-                vm,
-                view: buf.view,
-                gpu_addr: buf.addr,
-                flags: 0,
-            })
-            .map_err(gpu_err)?;
+            buf.bind(g, vm).map_err(gpu_err)?;
         }
         // SAFETY: the buffer is ours until `release`; the GPU writes it only
         // inside the submitted job, which we wait for before reading.

@@ -20,9 +20,7 @@ use std::time::Instant;
 
 use hw::shm::Region;
 use ipc_protocol::client::{CallError, Client};
-use ipc_protocol::interfaces::gpu::{
-    BindView, Gpu, GpuError, GpuStats, Stats, Submit, Unbind, Wait,
-};
+use ipc_protocol::interfaces::gpu::{Gpu, GpuError, GpuStats, Stats, Submit, Unbind, Wait};
 use ipc_protocol::types::{JobStatus, KernelKind, VmId};
 use scopeguard::ScopeGuard;
 use serde::Serialize;
@@ -352,13 +350,7 @@ pub fn run(c: &Connection, cfg: &Config, mut each: impl FnMut(&Rep)) -> Result<R
             SvmBuffer::new(&c.pager, cfg.bytes).map_err(|e| PeerError::Pager(e.to_string()))?;
         let buf = scoped_buffer(&c.pager, buf);
         for (g, vm) in [(g0, *vm0), (g1, *vm1)] {
-            g.call(BindView {
-                vm,
-                view: buf.view,
-                gpu_addr: buf.addr,
-                flags: 0,
-            })
-            .map_err(gpu_err)?;
+            buf.bind(g, vm).map_err(gpu_err)?;
         }
         // SAFETY: the buffer is ours until `release`; the GPUs only read
         // it, inside jobs we wait for.
