@@ -487,6 +487,7 @@ pub fn pause_for(why: crate::core::runtime::Pause, attempt: u32) -> std::time::D
         Pause::ProtectRetry => Duration::from_micros(50 << attempt.min(6)),
         Pause::BringBack => Duration::from_millis(1),
         Pause::FinalizeDrain => Duration::from_micros(200),
+        Pause::SpaceBudget => Duration::from_millis(5),
         Pause::SyncViews | Pause::ViewOrder => Duration::from_micros(20 << attempt.min(6)),
     }
 }

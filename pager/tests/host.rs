@@ -668,6 +668,76 @@ fn fork_child_reads_and_writes_the_shared_object() {
     );
 }
 
+/// Forks a child that reads every word of the 2 MiB `pattern` buffer at
+/// `addr` and exits; how many words it read wrong (at most 100).
+fn child_reads_buffer(addr: u64) -> i32 {
+    // SAFETY: the child only reads the mapping and exits with `_exit`.
+    let pid = raw_fork();
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let bad = (0..(2 << 20) / 4)
+            // SAFETY: inside the inherited mapping.
+            .filter(
+                |&i| unsafe { std::ptr::read_volatile((addr as *const u32).add(i)) } != pattern(i),
+            )
+            .count();
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { _exit(bad.min(100) as i32) };
+    }
+    wait_child(pid).exit_status().unwrap_or(-1)
+}
+
+/// Forks `n` children that exit at once, touching nothing.
+fn fork_children_that_exit(n: usize) {
+    for _ in 0..n {
+        let pid = raw_fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { _exit(0) };
+        }
+        assert_eq!(wait_child(pid).exit_status(), Some(0));
+    }
+}
+
+/// A fork's child that exits sends no event, yet its place in the budget
+/// comes back: 20 children (past the 16 spaces a client may hold) fork and
+/// exit at once, and the next child is still followed and reads every
+/// word of the buffer in VRAM (not followed, it would read the memfd's
+/// holes as zeros).
+#[test]
+fn children_that_exited_leave_room_for_the_next_fork() {
+    let r = rig();
+    let (_object, _fd, buf) = buffer_in_vram(&r);
+    fork_children_that_exit(20);
+    assert_eq!(
+        child_reads_buffer(buf.as_ptr() as u64),
+        0,
+        "the last child read wrong data"
+    );
+}
+
+/// An idle space asks now and then whether its process is gone: the
+/// spaces of children that exited go within seconds, with no fork after
+/// them to look.
+#[test]
+fn spaces_of_children_that_exited_go_while_idle() {
+    let r = rig();
+    let (_object, _fd, _buf) = buffer_in_vram(&r);
+    let spaces = || r.server.core().accounting().spaces;
+    let before = spaces();
+    fork_children_that_exit(3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while spaces() != before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} spaces of exited children remain",
+            spaces() - before
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// munmap without DetachView: the view goes with the mapping, so the
 /// object can be destroyed (it was "busy" while a view reached it).
 #[test]

@@ -8,7 +8,7 @@ use ipc_protocol::types::ViewId;
 use pager::core::view::PAGE;
 use pager::sync::lock;
 use pager::testing::runtime::{
-    gpu_migrate, gpu_open, model_core, object_with_view, seed, small_config, ModelCore,
+    gpu_migrate, gpu_open, model_core, object_with_view, seed, small_config, ModelCore, ModelPort,
 };
 use session::Handle;
 
@@ -369,6 +369,35 @@ fn a_fork_past_the_space_budget_is_not_followed() {
     let space = s.view(view).unwrap().space.clone();
     assert!(core.follow_fork(&space, Default::default()).is_none());
     assert_eq!(core.accounting().spaces, 1);
+}
+
+/// A fork's child that exited keeps no place in the budget: a fork that
+/// finds it full retires the spaces whose process is gone first, and is
+/// followed.
+#[test]
+fn a_fork_finds_the_room_a_child_that_exited_left() {
+    let core = model_core(small_config("spaces=2"));
+    let s = core.client(CLIENT).unwrap();
+    let (_, view) = object_with_view(&core, &s, 8, A).unwrap();
+    let space = s.view(view).unwrap().space.clone();
+    let exited = ModelPort {
+        gone: true,
+        ..Default::default()
+    };
+    let first = core
+        .follow_fork(&space, exited)
+        .map(|c| std::sync::Arc::downgrade(&c))
+        .expect("room for one child");
+    let second = core.follow_fork(&space, Default::default());
+    assert!(
+        second.is_some(),
+        "the exited child's place was not given back"
+    );
+    assert!(
+        first.upgrade().is_none(),
+        "the exited child's space is gone"
+    );
+    assert_eq!(core.accounting().spaces, 2);
 }
 
 /// A client's end: its views go (the GPU server hears it), its objects'

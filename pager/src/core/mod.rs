@@ -52,6 +52,7 @@ pub mod gpu;
 pub mod growth;
 pub mod object;
 pub mod prefetch;
+pub mod reap;
 pub mod rebuild;
 pub mod reclaim;
 pub mod records;
@@ -68,7 +69,7 @@ use ::session::{Arena, Meta, Quota};
 use ipc_protocol::interfaces::pager::{PagerError, PagerTotals};
 use ipc_protocol::interfaces::pager_migrate::MigrateError;
 
-use self::budget::{fault_threads, spaces, Ledger, PagerBudget, PagerQuotas, IDS_PER_SESSION};
+use self::budget::{Ledger, PagerBudget, PagerQuotas, IDS_PER_SESSION};
 use self::object::Object;
 use self::runtime::Runtime;
 use self::session::{ClientSession, GpuSession};
@@ -377,11 +378,7 @@ impl<R: Runtime> Core<R> {
         forked: bool,
         id: Option<u64>,
     ) -> Result<Arc<Space<R>>, PagerError> {
-        let threads = self.rt.threads_per_space();
-        let charge = session
-            .ledger
-            .charge(&[(spaces, 1), (fault_threads, threads)])
-            .map_err(|_| PagerError::OverBudget)?;
+        let charge = self.charge_space(session, id.is_none())?;
         let id = match id {
             Some(id) => {
                 self.next_space

@@ -95,6 +95,9 @@ pub enum Pause {
     /// While a restarted GPU server's `Resident` waits for its
     /// predecessor's finalizes in progress (`resident.rs`).
     FinalizeDrain,
+    /// While a new space waits for the threads of spaces whose process
+    /// was found gone to give their budget back (`reap.rs`).
+    SpaceBudget,
 }
 
 /// The runtime under a [`Core`].
@@ -160,6 +163,12 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     fn stop_space(&self, space: &Space<Self>);
     /// Threads one address space runs (charged to its owner's budget).
     fn threads_per_space(&self) -> u64;
+    /// Whether the process behind `p` is gone, asked with a probe that
+    /// changes nothing in a live one; `spare` is a page of its addresses
+    /// no view covers (`reap.rs`). A runtime that cannot tell says no.
+    fn process_gone(&self, _p: &Self::Port, _spare: u64) -> bool {
+        false
+    }
     /// Waits a little before trying again.
     fn pause(&self, why: Pause, attempt: u32);
 

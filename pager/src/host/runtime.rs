@@ -210,6 +210,13 @@ impl Runtime for HostRuntime {
         1 + self.workers as u64
     }
 
+    /// Clearing write protection on a page no view covers: `ESRCH` once
+    /// the address space is gone, and nothing at all while it lives (the
+    /// page is registered with no userfaultfd of ours: `ENOENT`).
+    fn process_gone(&self, p: &HostPort, spare: u64) -> bool {
+        p.uffd.write_protect(spare, PAGE, false) == Err(rustix::io::Errno::SRCH)
+    }
+
     fn mapping_at(&self, tid: u32, addr: u64) -> Option<FileMapping> {
         let maps = std::fs::read_to_string(format!("/proc/{tid}/maps")).ok()?;
         maps.lines()

@@ -139,12 +139,17 @@ pub fn start(core: &Arc<HostCore>, space: &Arc<HostSpace>, workers: usize) -> st
     Ok(())
 }
 
+/// Idle rounds of a space's reader (100 ms each) between two asks
+/// whether its process is gone.
+const IDLE_ROUNDS_PER_PROBE: u32 = 10;
+
 fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
     let mut events = Vec::with_capacity(16);
     let mut pending: Option<PendingMove<HostRuntime>> = None;
     let mut notes = Vec::new();
     let mut removed = Vec::new();
     let mut held_back = Vec::new();
+    let mut idle = 0u32;
     while !space.stopped() && !space.port.stopped() {
         events.clear();
         if !space
@@ -152,6 +157,11 @@ fn read_events(core: Arc<HostCore>, space: Arc<HostSpace>) {
             .uffd
             .wait_readable_or(&space.port.wake, Duration::from_millis(100))
         {
+            // No event says a process ended: ask now and then (`reap.rs`).
+            idle += 1;
+            if idle.is_multiple_of(IDLE_ROUNDS_PER_PROBE) {
+                core.reap_if_gone(&space);
+            }
             continue;
         }
         // Taken before the read, handed back once the notes are sent: a

@@ -332,6 +332,10 @@ impl Runtime for ModelRuntime {
     /// other time), so fault deadlines pass. A wait for other threads'
     /// work (`FinalizeDrain`) sleeps as the host's does, so its bound is
     /// the host's too.
+    fn process_gone(&self, p: &ModelPort, _spare: u64) -> bool {
+        p.gone
+    }
+
     fn pause(&self, why: Pause, attempt: u32) {
         if why == Pause::FaultRetry {
             self.clock_us.fetch_add(10_000, Ordering::AcqRel);
