@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -44,7 +44,8 @@ pub struct Keeper {
 
 #[derive(Default)]
 struct Shared {
-    hand_over: AtomicBool,
+    /// The generation to hand everything to next (0: none waiting).
+    hand_over: AtomicU32,
     stop: AtomicBool,
 }
 
@@ -62,9 +63,11 @@ impl Keeper {
         })
     }
 
-    /// A new generation started: it gets everything kept.
-    pub fn hand_over(&self) {
-        self.shared.hand_over.store(true, Ordering::Release);
+    /// Generation `generation` started: it gets everything kept, in
+    /// frames that name it (a hand-over for a generation that died unread
+    /// stays queued, and its successor skips it: `ipc_protocol::keeper`).
+    pub fn hand_over(&self, generation: u32) {
+        self.shared.hand_over.store(generation, Ordering::Release);
     }
 }
 
@@ -80,13 +83,14 @@ impl Drop for Keeper {
 fn run(end: &SeqPacket, shared: &Shared) {
     let mut held: HashMap<u64, OwnedFd> = HashMap::new();
     while !shared.stop.load(Ordering::Acquire) {
-        if shared.hand_over.swap(false, Ordering::AcqRel) {
+        let generation = shared.hand_over.swap(0, Ordering::AcqRel);
+        if generation != 0 {
             // What the dead generation sent is all queued by now (a zero
             // timeout would not even look).
             while let Ok(r) = end.recv(Some(Duration::from_millis(1))) {
                 apply(r, &mut held);
             }
-            give_back(end, &held);
+            give_back(end, &held, generation);
         }
         match end.recv(Some(POLL)) {
             Ok(r) => apply(r, &mut held),
@@ -126,8 +130,9 @@ fn apply(r: Received, held: &mut HashMap<u64, OwnedFd>) {
     }
 }
 
-/// Sends the new generation a duplicate of each descriptor, then `End`.
-fn give_back(end: &SeqPacket, held: &HashMap<u64, OwnedFd>) {
+/// Sends generation `generation` a duplicate of each descriptor, then
+/// `End`.
+fn give_back(end: &SeqPacket, held: &HashMap<u64, OwnedFd>, generation: u32) {
     let mut sent = 0u64;
     for (key, fd) in held {
         let dup = match rustix::io::fcntl_dupfd_cloexec(fd, 0) {
@@ -137,15 +142,23 @@ fn give_back(end: &SeqPacket, held: &HashMap<u64, OwnedFd>) {
                 continue;
             }
         };
-        match keeper::send(end, KeeperMsg::Kept(*key), Some(dup)) {
+        let kept = KeeperMsg::Kept {
+            key: *key,
+            generation,
+        };
+        match keeper::send(end, kept, Some(dup)) {
             Ok(()) => sent += 1,
             Err(e) => log::error!("init: keeper: handing over {key:#x}: {e}"),
         }
     }
-    if let Err(e) = keeper::send(end, KeeperMsg::End(sent), None) {
+    let last = KeeperMsg::End {
+        count: sent,
+        generation,
+    };
+    if let Err(e) = keeper::send(end, last, None) {
         log::error!("init: keeper: ending the hand-over: {e}");
     }
-    log::info!("init: keeper: handed {sent} descriptor(s) to the new generation");
+    log::info!("init: keeper: handed {sent} descriptor(s) to generation {generation}");
 }
 
 #[cfg(test)]
@@ -154,6 +167,20 @@ mod tests {
 
     fn fd() -> OwnedFd {
         rustix::io::dup(std::io::stdin()).unwrap()
+    }
+
+    /// Whether something is queued for the pager within `ms`.
+    fn queued_within(pager: &SeqPacket, ms: i64) -> bool {
+        let fd = pager.fd();
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let t = rustix::event::Timespec {
+            tv_sec: ms / 1000,
+            tv_nsec: (ms % 1000) * 1_000_000,
+        };
+        rustix::event::poll(&mut fds, Some(&t)) == Ok(1)
     }
 
     /// What a generation kept and did not drop, the next gets back,
@@ -168,18 +195,42 @@ mod tests {
         keeper::send(&pager, KeeperMsg::Drop(2), None).unwrap();
         // A malformed message is ignored.
         pager.send(&[1, 2, 3], vec![]).unwrap();
-        k.hand_over();
-        let kept = keeper::take_back(&pager, Duration::from_secs(5)).unwrap();
+        k.hand_over(2);
+        let kept = keeper::take_back(&pager, 2, Duration::from_secs(5)).unwrap();
         let mut keys: Vec<u64> = kept.keys().copied().collect();
         keys.sort();
         assert_eq!(keys, [1, 3]);
         // And again for the generation after (nothing was dropped since).
-        k.hand_over();
+        k.hand_over(3);
         assert_eq!(
-            keeper::take_back(&pager, Duration::from_secs(5))
+            keeper::take_back(&pager, 3, Duration::from_secs(5))
                 .unwrap()
                 .len(),
             2
         );
+    }
+
+    /// Generation 2 died before it read its hand-over; generation 3 kept
+    /// one more descriptor and died: generation 4 gets everything, that
+    /// one included.
+    #[test]
+    fn a_generation_after_one_that_died_unread_gets_what_was_kept_since() {
+        let (init_end, pager) = SeqPacket::pair().unwrap();
+        let k = Keeper::start(init_end).unwrap();
+        keeper::send(&pager, KeeperMsg::Keep(1), Some(fd())).unwrap();
+        k.hand_over(2);
+        assert!(queued_within(&pager, 5000));
+        k.hand_over(3);
+        let third = keeper::take_back(&pager, 3, Duration::from_secs(5)).unwrap();
+        assert_eq!(third.len(), 1);
+        // Had it taken generation 2's hand-over for its own, its own would
+        // be queued now, unread, when it dies.
+        let _ = queued_within(&pager, 300);
+        keeper::send(&pager, KeeperMsg::Keep(7), Some(fd())).unwrap();
+        k.hand_over(4);
+        let fourth = keeper::take_back(&pager, 4, Duration::from_secs(5)).unwrap();
+        let mut keys: Vec<u64> = fourth.keys().copied().collect();
+        keys.sort();
+        assert_eq!(keys, [1, 7]);
     }
 }

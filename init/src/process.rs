@@ -434,7 +434,7 @@ fn restart(s: &mut Server, status: ExitStatus) -> Result<(), BootError> {
     let next = start(s.name, &s.recipe, s.generation + 1)?;
     (s.child, s.lifeline) = (next.child, next.lifeline);
     if let Some(k) = &s.recipe.keeper {
-        k.hand_over();
+        k.hand_over(s.generation + 1);
     }
     s.recipe.forget_device_end();
     s.generation += 1;

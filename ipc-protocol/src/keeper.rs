@@ -10,10 +10,17 @@
 //! `init` holds the same way; [`map_journal`] maps it.
 //!
 //! One fixed 16-byte frame per message: the operation (`u32`, little
-//! endian), four zero bytes, the key (`u64`); `Keep` and `Kept` carry one
+//! endian), the generation a hand-over is for (`u32`; zero in the
+//! server's messages), the key (`u64`); `Keep` and `Kept` carry one
 //! descriptor. The server sends `Keep` and `Drop`; at the start of each
 //! generation past the first, `init` sends `Kept` for every descriptor it
 //! holds and then `End` with their number.
+//!
+//! **Why the generation.** The channel outlives every generation, so a
+//! hand-over meant for one that died before reading it stays queued. Its
+//! successor skips every frame not meant for it: taking a dead
+//! generation's hand-over for its own would miss what was kept since, and
+//! would leave its own hand-over queued for the next, one behind for good.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -28,10 +35,11 @@ pub enum KeeperMsg {
     Keep(u64),
     /// Close what is held as `key`.
     Drop(u64),
-    /// To a new generation: the attached descriptor was held as `key`.
-    Kept(u64),
-    /// To a new generation: that was all, `n` descriptors.
-    End(u64),
+    /// To generation `generation`: the attached descriptor was held as
+    /// `key`.
+    Kept { key: u64, generation: u32 },
+    /// To generation `generation`: that was all, `count` descriptors.
+    End { count: u64, generation: u32 },
 }
 
 const KEEP: u32 = 1;
@@ -44,37 +52,42 @@ pub const FRAME: usize = 16;
 
 impl KeeperMsg {
     pub fn encode(self) -> [u8; FRAME] {
-        let (op, key) = match self {
-            Self::Keep(k) => (KEEP, k),
-            Self::Drop(k) => (DROP, k),
-            Self::Kept(k) => (KEPT, k),
-            Self::End(n) => (END, n),
+        let (op, generation, key) = match self {
+            Self::Keep(k) => (KEEP, 0, k),
+            Self::Drop(k) => (DROP, 0, k),
+            Self::Kept { key, generation } => (KEPT, generation, key),
+            Self::End { count, generation } => (END, generation, count),
         };
         let mut f = [0u8; FRAME];
         f[..4].copy_from_slice(&op.to_le_bytes());
+        f[4..8].copy_from_slice(&generation.to_le_bytes());
         f[8..].copy_from_slice(&key.to_le_bytes());
         f
     }
 
     /// The message in `f`; `None` for anything but a well-formed frame.
     pub fn decode(f: &[u8]) -> Option<Self> {
-        if f.len() != FRAME || f[4..8] != [0; 4] {
+        if f.len() != FRAME {
             return None;
         }
         let op = u32::from_le_bytes(f[..4].try_into().ok()?);
+        let generation = u32::from_le_bytes(f[4..8].try_into().ok()?);
         let key = u64::from_le_bytes(f[8..].try_into().ok()?);
-        match op {
-            KEEP => Some(Self::Keep(key)),
-            DROP => Some(Self::Drop(key)),
-            KEPT => Some(Self::Kept(key)),
-            END => Some(Self::End(key)),
+        match (op, generation) {
+            (KEEP, 0) => Some(Self::Keep(key)),
+            (DROP, 0) => Some(Self::Drop(key)),
+            (KEPT, generation) => Some(Self::Kept { key, generation }),
+            (END, generation) => Some(Self::End {
+                count: key,
+                generation,
+            }),
             _ => None,
         }
     }
 
     /// Whether a descriptor travels with it.
     pub fn carries_handle(self) -> bool {
-        matches!(self, Self::Keep(_) | Self::Kept(_))
+        matches!(self, Self::Keep(_) | Self::Kept { .. })
     }
 }
 
@@ -141,10 +154,12 @@ pub fn send(
     t.send(&msg.encode(), handle.into_iter().collect())
 }
 
-/// A new generation's first step: receives every `Kept` descriptor up to
-/// `End`, within `deadline`.
+/// Generation `generation`'s first step: receives every `Kept`
+/// descriptor meant for it up to its `End`, within `deadline`, skipping
+/// (and closing) what was meant for a generation before it.
 pub fn take_back(
     t: &dyn Transport,
+    generation: u32,
     deadline: Duration,
 ) -> Result<HashMap<u64, OwnedFd>, TakeBackError> {
     let until = Instant::now() + deadline;
@@ -159,7 +174,12 @@ pub fn take_back(
             e => TakeBackError::Transport(e),
         })?;
         match KeeperMsg::decode(&r.bytes) {
-            Some(KeeperMsg::Kept(key)) if r.handles.len() == 1 => {
+            Some(KeeperMsg::Kept { generation: g, .. } | KeeperMsg::End { generation: g, .. })
+                if g != generation =>
+            {
+                log::debug!("keeper: skipping a hand-over for generation {g}");
+            }
+            Some(KeeperMsg::Kept { key, .. }) if r.handles.len() == 1 => {
                 kept.insert(
                     key,
                     r.handles
@@ -168,7 +188,7 @@ pub fn take_back(
                         .ok_or(TakeBackError::Malformed)?,
                 );
             }
-            Some(KeeperMsg::End(n)) if n == kept.len() as u64 => return Ok(kept),
+            Some(KeeperMsg::End { count, .. }) if count == kept.len() as u64 => return Ok(kept),
             _ => return Err(TakeBackError::Malformed),
         }
     }
@@ -184,11 +204,18 @@ mod tests {
         for m in [
             KeeperMsg::Keep(7),
             KeeperMsg::Drop(u64::MAX),
-            KeeperMsg::Kept(0),
-            KeeperMsg::End(3),
+            KeeperMsg::Kept {
+                key: 0,
+                generation: 2,
+            },
+            KeeperMsg::End {
+                count: 3,
+                generation: u32::MAX,
+            },
         ] {
             assert_eq!(KeeperMsg::decode(&m.encode()), Some(m));
         }
+        // The server's messages name no generation.
         let mut f = KeeperMsg::Keep(1).encode();
         f[5] = 1;
         assert_eq!(KeeperMsg::decode(&f), None);
@@ -205,25 +232,48 @@ mod tests {
     #[test]
     fn a_new_generation_takes_back_every_kept_descriptor() {
         let (init, server) = InProc::pair();
-        send(&init, KeeperMsg::Kept(5), Some(fd())).unwrap();
-        send(&init, KeeperMsg::Kept(6), Some(fd())).unwrap();
-        send(&init, KeeperMsg::End(2), None).unwrap();
-        let kept = take_back(&server, Duration::from_secs(1)).unwrap();
-        let mut keys: Vec<u64> = kept.keys().copied().collect();
+        let kept = |key| KeeperMsg::Kept { key, generation: 2 };
+        let end = |count| KeeperMsg::End {
+            count,
+            generation: 2,
+        };
+        send(&init, kept(5), Some(fd())).unwrap();
+        send(&init, kept(6), Some(fd())).unwrap();
+        send(&init, end(2), None).unwrap();
+        let kept_back = take_back(&server, 2, Duration::from_secs(1)).unwrap();
+        let mut keys: Vec<u64> = kept_back.keys().copied().collect();
         keys.sort();
         assert_eq!(keys, [5, 6]);
         // A wrong count, a Kept without its descriptor, silence: refused.
-        send(&init, KeeperMsg::End(1), None).unwrap();
+        send(&init, end(1), None).unwrap();
         assert_eq!(
-            take_back(&server, Duration::from_secs(1)).err(),
+            take_back(&server, 2, Duration::from_secs(1)).err(),
             Some(TakeBackError::Malformed)
         );
-        send(&init, KeeperMsg::Kept(1), None).unwrap();
+        send(&init, kept(1), None).unwrap();
         assert_eq!(
-            take_back(&server, Duration::from_secs(1)).err(),
+            take_back(&server, 2, Duration::from_secs(1)).err(),
             Some(TakeBackError::Malformed)
         );
-        let quiet = take_back(&server, Duration::from_millis(20));
+        let quiet = take_back(&server, 2, Duration::from_millis(20));
         assert_eq!(quiet.err(), Some(TakeBackError::TimedOut));
+    }
+
+    /// A hand-over for a generation that died unread is skipped whole: the
+    /// next one takes only its own, what was kept since included.
+    #[test]
+    fn a_hand_over_for_a_dead_generation_is_skipped() {
+        let (init, server) = InProc::pair();
+        for (generation, keys) in [(2, &[1u64][..]), (3, &[1, 9][..])] {
+            for &key in keys {
+                send(&init, KeeperMsg::Kept { key, generation }, Some(fd())).unwrap();
+            }
+            let count = keys.len() as u64;
+            send(&init, KeeperMsg::End { count, generation }, None).unwrap();
+        }
+        let back = take_back(&server, 3, Duration::from_secs(1)).unwrap();
+        let mut keys: Vec<u64> = back.keys().copied().collect();
+        keys.sort();
+        assert_eq!(keys, [1, 9]);
     }
 }

@@ -189,7 +189,8 @@ impl PagerServer {
     /// serves anything; the GPU server must be attached.
     pub fn take_over(&self, records: &[(u32, Record)]) -> Result<Rebuilt, String> {
         let keeper = self.core.rt.keeper.get().ok_or("no keeper")?;
-        let mut kept = keeper::take_back(&**keeper, TAKE_BACK_DEADLINE)
+        let generation = self.core.cfg.generation;
+        let mut kept = keeper::take_back(&**keeper, generation, TAKE_BACK_DEADLINE)
             .map_err(|e| format!("taking back the kept descriptors: {e:?}"))?;
         let r = self
             .core
