@@ -360,6 +360,9 @@ fn probe(c: &Clients, s: &Shared) {
     };
     match herd::run(c, &cfg) {
         Ok(r) => {
+            if r.bad > 0 {
+                log::error!("chaos: probe: {} bad page(s)", r.bad);
+            }
             s.bad.fetch_add(r.bad, Ordering::Relaxed);
             s.probes
                 .lock()
