@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use hw::shm::Region;
 use ipc_protocol::client::{CallError, Client};
-use ipc_protocol::interfaces::gpu::{Gpu, GpuError, GpuStats, Stats, Submit, Unbind, Wait};
+use ipc_protocol::interfaces::gpu::{
+    Gpu, GpuError, GpuStats, Prefetch, Stats, Submit, Unbind, Wait,
+};
 use ipc_protocol::types::{JobStatus, KernelKind, VmId};
 use scopeguard::ScopeGuard;
 use serde::Serialize;
@@ -59,6 +61,19 @@ pub struct Config {
     pub reps: usize,
     /// GPU hardware threads for the kernels.
     pub gpu_threads: u16,
+    /// What moves the pages to GPU 1 (the timed step).
+    pub by: Mover,
+}
+
+/// What moves the pages VRAM 0 -> VRAM 1 in the timed step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum Mover {
+    /// GPU 1's kernel touches every page: a GPU fault per chunk (and
+    /// per hardware thread), the kernel's own time included.
+    Touch,
+    /// One `Gpu::Prefetch` of the whole range on GPU 1: the migration
+    /// alone, chunk after chunk, no fault and no kernel.
+    Prefetch,
 }
 
 /// One rep.
@@ -274,6 +289,28 @@ fn touch(gpu: &Client<Gpu>, vm: VmId, addr: u64, len: u64, threads: u16) -> Resu
     }
 }
 
+/// Runs `Prefetch` of `[addr, addr + len)` on `gpu`; the microseconds the
+/// call took. Every page must be in VRAM when it returns.
+fn prefetch(gpu: &Client<Gpu>, vm: VmId, addr: u64, len: u64) -> Result<f64, PeerError> {
+    let t = Instant::now();
+    let done = gpu
+        .call(Prefetch {
+            vm,
+            gpu_addr: addr,
+            len,
+        })
+        .map_err(gpu_err)?;
+    let us = t.elapsed().as_secs_f64() * 1e6;
+    match done.in_vram == done.pages {
+        true => Ok(us),
+        false => Err(PeerError::Gpu(format!(
+            "the prefetch left {} of {} pages out of VRAM",
+            done.pages - done.in_vram.min(done.pages),
+            done.pages
+        ))),
+    }
+}
+
 /// The floor: `reps` memcpys of `bytes` between two memfd mappings whose
 /// pages are already there (one untimed copy first), checked word for
 /// word afterwards.
@@ -365,7 +402,10 @@ pub fn run(c: &Connection, cfg: &Config, mut each: impl FnMut(&Rep)) -> Result<R
             g1.call(Stats {}).map_err(gpu_err)?,
         );
         // The measured step: every page VRAM 0 -> VRAM 1.
-        let migrate_us = touch(g1, *vm1, buf.addr, len, cfg.gpu_threads)?;
+        let migrate_us = match cfg.by {
+            Mover::Touch => touch(g1, *vm1, buf.addr, len, cfg.gpu_threads)?,
+            Mover::Prefetch => prefetch(g1, *vm1, buf.addr, len)?,
+        };
         let (s0_end, s1_end) = (
             g0.call(Stats {}).map_err(gpu_err)?,
             g1.call(Stats {}).map_err(gpu_err)?,

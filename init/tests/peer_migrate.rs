@@ -1,21 +1,34 @@
 //! Peer migration through the servers (several GPUs, issue 17): two GPUs
 //! booted, a buffer GPU 0 touched into its VRAM, then GPU 1's touch takes
 //! it VRAM to VRAM; the counters say nothing went through RAM and the CPU
-//! reads every word back right. `svm run peer` as a user runs it, too.
+//! reads every word back right; the same when one `Gpu::Prefetch` on GPU 1
+//! moves the pages instead of its faults. `svm run peer` as a user runs
+//! it, too.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{bounded, svm_within as svm};
-use init::peer_migrate::{self, Config};
+use init::peer_migrate::{self, Config, Mover};
 use init::supervisor::{BootOptions, System};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn pages_move_vram_to_vram_and_every_word_is_right() {
-    bounded(LIMIT, || {
+    peer_migration_moves_every_page(Mover::Touch);
+}
+
+/// Prefetch moves four chunks at once (`PREFETCH_LANES`): 4 MiB is two
+/// chunks, 6 MiB three, each in its own lane.
+#[test]
+fn a_prefetch_moves_pages_vram_to_vram_with_no_fault_and_every_word_right() {
+    peer_migration_moves_every_page(Mover::Prefetch);
+}
+
+fn peer_migration_moves_every_page(by: Mover) {
+    bounded(LIMIT, move || {
         let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
         std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
         let mut opts = BootOptions::default();
@@ -24,26 +37,27 @@ fn pages_move_vram_to_vram_and_every_word_is_right() {
         let (system, clients) = System::boot(&opts).expect("two GPUs boot");
         let c = clients.expect("clients");
         let cfg = Config {
-            bytes: 4 << 20,
+            bytes: 6 << 20,
             reps: 2,
             gpu_threads: 64,
+            by,
         };
         let r = peer_migrate::run(&c, &cfg, |rep| eprintln!("{}", rep.line()))
             .expect("the peer migration ran");
         eprintln!("{}", r.line());
         assert_eq!(r.reps.len(), 2);
-        assert_eq!(r.pages, 1024);
+        assert_eq!(r.pages, 1536);
         for rep in &r.reps {
             assert_eq!(rep.bad_words, 0, "{}", rep.line());
             assert_eq!(
                 rep.gpu0_pages_to_vram,
-                1024,
+                1536,
                 "GPU 0 took every page: {}",
                 rep.line()
             );
             assert_eq!(
                 rep.gpu1_pages_to_vram,
-                1024,
+                1536,
                 "GPU 1 took every page: {}",
                 rep.line()
             );
@@ -60,6 +74,9 @@ fn pages_move_vram_to_vram_and_every_word_is_right() {
                 rep.line()
             );
             assert!(rep.vram_to_vram && rep.migrate_us > 0.0);
+            if by == Mover::Prefetch {
+                assert_eq!(rep.gpu1_faults, 0, "no GPU fault moved them: {}", rep.line());
+            }
         }
         assert_eq!(r.bad, 0);
         assert!(r.passed() && r.floor.gbps > 0.0 && r.ratio > 0.0);
@@ -70,7 +87,13 @@ fn pages_move_vram_to_vram_and_every_word_is_right() {
 
 #[test]
 fn svm_run_peer_reports_the_ratio_and_bad_zero() {
-    let args = ["run", "peer", "--size", "4M", "--reps", "1", "--json"];
+    for by in ["touch", "prefetch"] {
+        svm_run_peer_by(by);
+    }
+}
+
+fn svm_run_peer_by(by: &str) {
+    let args = ["run", "peer", "--size", "4M", "--reps", "1", "--json", "--by", by];
     let (ok, out, err) = svm(&args, LIMIT);
     assert!(ok, "svm run peer failed:\n{out}\n{err}");
     let line = out
@@ -96,6 +119,7 @@ fn bad_numbers_are_refused_before_booting() {
         &["run", "peer", "--size", "16G"],
         &["run", "peer", "--reps", "0"],
         &["run", "peer", "--reps", "1001"],
+        &["run", "peer", "--by", "teleport"],
         &["--vram-mib", "8", "run", "peer", "--size", "16M"],
     ] {
         let (ok, out, err) = svm(args, Duration::from_secs(20));

@@ -346,6 +346,21 @@ fn pt_pages(total: u64) -> u64 {
     (total / 32).max(512) & !511
 }
 
+/// [`crate::prefetch::Lanes`] on this process's threads: the caller and
+/// up to `n - 1` scoped ones. A thread that cannot be started leaves its
+/// share to the others.
+fn thread_lanes(n: usize, work: &(dyn Fn() + Sync)) {
+    std::thread::scope(|s| {
+        for k in 1..n {
+            let lane = std::thread::Builder::new().name(format!("xe-svm-prefetch{k}"));
+            if let Err(e) = lane.spawn_scoped(s, work) {
+                log::warn!("xe-svm: a prefetch lane did not start: {e}");
+            }
+        }
+        work();
+    });
+}
+
 impl GpuServer {
     /// `bo_pool_bytes`: the SRAM pool that holds evicted buffer objects;
     /// `cfg`: the budget and the metadata arena it sizes (checked first).
@@ -641,7 +656,8 @@ impl Handler<g::Gpu> for GpuServer {
                 vec![],
             )),
             g::Request::Prefetch(g::Prefetch { vm, gpu_addr, len }) => {
-                let (in_vram, pages) = inner.prefetch(owner, vm.get(), gpu_addr, len)?;
+                let (in_vram, pages) =
+                    inner.prefetch(owner, vm.get(), gpu_addr, len, &thread_lanes)?;
                 Ok((g::Reply::Prefetch(g::Prefetched { in_vram, pages }), vec![]))
             }
             g::Request::Protect(g::Protect {

@@ -12,6 +12,15 @@
 //! Pages no binding covers are not moved. The reply counts the range's
 //! pages in VRAM at the end: a hint, as in xe, never a promise that they
 //! stay (eviction may take them the next moment).
+//!
+//! Chunks are moved by up to [`PREFETCH_LANES`] lanes at once, each taking
+//! the next chunk not yet taken: one chunk's copy overlaps the next one's
+//! collect and the last one's finalize, the round trips a chunk after
+//! chunk prefetch would wait on. Chunks are disjoint, so the lanes share no
+//! page and each chunk keeps the rules above; they are the runtime's
+//! threads ([`Lanes`]), so the core starts none itself.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ipc_protocol::interfaces::gpu::GpuError;
 
@@ -22,15 +31,29 @@ use crate::server::{Inner, PAGE, USER_VA_END};
 /// thread serves the whole call).
 pub const MAX_PREFETCH: u64 = 1 << 30;
 const CHUNK: u64 = 2 << 20;
+/// Chunks one prefetch moves at once, at most.
+pub const PREFETCH_LANES: usize = 4;
+
+/// Runs `work` on up to `n` lanes at once (the runtime's threads, the
+/// caller's among them) and returns once every lane has returned. Each
+/// lane runs `work` to its end; fewer lanes than `n` only slow it down.
+pub type Lanes<'a> = &'a dyn Fn(usize, &(dyn Fn() + Sync));
+
+/// [`Lanes`] of one: the calling thread does all the work.
+pub fn one_lane(_: usize, work: &(dyn Fn() + Sync)) {
+    work()
+}
 
 impl<P: Platform> Inner<P> {
-    /// Serves `Gpu::Prefetch` for `owner`: returns (pages in VRAM, pages).
+    /// Serves `Gpu::Prefetch` for `owner` on `lanes`: returns (pages in
+    /// VRAM, pages).
     pub fn prefetch(
         &self,
         owner: u64,
         vm: u32,
         addr: u64,
         len: u64,
+        lanes: Lanes<'_>,
     ) -> Result<(u64, u64), GpuError> {
         let end = addr.checked_add(len).ok_or(GpuError::BadRange)?;
         let aligned = addr.is_multiple_of(PAGE) && len.is_multiple_of(PAGE);
@@ -38,14 +61,19 @@ impl<P: Platform> Inner<P> {
             return Err(GpuError::BadRange);
         }
         let asid = self.asid_of(owner, vm).ok_or(GpuError::NoSuchVm)?;
-        let mut in_vram = 0;
-        let mut chunk = addr & !(CHUNK - 1);
-        while chunk < end {
-            let (from, to) = (chunk.max(addr), (chunk + CHUNK).min(end));
-            in_vram += self.prefetch_chunk(asid, from, to);
-            chunk += CHUNK;
-        }
-        Ok((in_vram, len / PAGE))
+        let chunks: Vec<(u64, u64)> = (addr & !(CHUNK - 1)..end)
+            .step_by(CHUNK as usize)
+            .map(|chunk| (chunk.max(addr), (chunk + CHUNK).min(end)))
+            .collect();
+        let (next, in_vram) = (AtomicUsize::new(0), AtomicU64::new(0));
+        let lane = || {
+            while let Some(&(from, to)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let n = self.prefetch_chunk(asid, from, to);
+                in_vram.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        lanes(PREFETCH_LANES.min(chunks.len()), &lane);
+        Ok((in_vram.into_inner(), len / PAGE))
     }
 
     /// Resolves `[from, to)` (inside one chunk) while it makes progress;

@@ -1418,13 +1418,15 @@ impl<P: Platform> Inner<P> {
             .objects
             .get_mut(&object)
             .ok_or(NotifyError::NoSuchObject)?;
-        let mut left = Vec::new();
-        for i in pages.iter() {
-            if let Some(pfn) = obj.take_frame(first + i as u64) {
-                // Rule 6: the block goes with its last page.
-                let _ = self.vram.release_page(pfn);
-                left.push((first + i as u64, pfn));
-            }
+        let left: Vec<(u64, u64)> = pages
+            .iter()
+            .filter_map(|i| Some((first + i as u64, obj.take_frame(first + i as u64)?)))
+            .collect();
+        // Rule 6: the block goes with its last page.
+        let frames: Vec<u64> = left.iter().map(|&(_, pfn)| pfn).collect();
+        let refused = self.vram.release_pages(&frames);
+        if refused > 0 {
+            log::debug!("xe-svm: {refused} frames freed were not allocated");
         }
         obj.trim_blocks(&self.vram, &left);
         let freed = left.len() as u16;

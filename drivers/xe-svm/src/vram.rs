@@ -6,7 +6,7 @@
 //! one by one under rule 1; the block stays allocated until all have.
 
 use crate::sync::{lock, Mutex, MutexGuard};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Block orders: 0 is 4 KiB, 9 is 2 MiB.
 pub const MAX_ORDER: u32 = 9;
@@ -33,7 +33,9 @@ struct Block {
 
 struct Buddy {
     free: Vec<BTreeSet<u64>>,
-    used: HashMap<u64, Block>,
+    /// Allocated blocks by first frame: ordered, so the block holding a
+    /// frame is one range lookup ([`Vram::block_of`]).
+    used: BTreeMap<u64, Block>,
     used_pages: u64,
 }
 
@@ -67,7 +69,7 @@ impl Vram {
         Self {
             inner: Mutex::new(Buddy {
                 free,
-                used: HashMap::new(),
+                used: BTreeMap::new(),
                 used_pages: 0,
             }),
             first_pfn,
@@ -251,11 +253,45 @@ impl Vram {
         Ok(false)
     }
 
+    /// Releases each of `pfns` as [`Vram::release_page`] does, under one
+    /// lock, looking a block up once for each run of its frames (a chunk
+    /// freed after a migration is 512 frames of one block, and the lookup
+    /// is one hash probe per order). Returns the frames that were not
+    /// allocated (left alone, as `release_page` refuses them).
+    pub fn release_pages(&self, pfns: &[u64]) -> usize {
+        let mut b = self.lock();
+        let mut last: Option<(u64, u32)> = None;
+        let mut refused = 0;
+        for &pfn in pfns {
+            let inside = |(base, order): (u64, u32)| pfn >= base && pfn - base < 1 << order;
+            let Some((base, order)) = last
+                .filter(|l| inside(*l))
+                .or_else(|| Self::block_of(&b, pfn))
+            else {
+                refused += 1;
+                continue;
+            };
+            last = Some((base, order));
+            match b.used.get_mut(&base) {
+                Some(block) if block.refs > 0 => {
+                    block.refs -= 1;
+                    if block.refs == 0 {
+                        Self::free_block(&mut b, base, order);
+                        last = None;
+                    }
+                }
+                _ => refused += 1,
+            }
+        }
+        refused
+    }
+
     /// The block holding `pfn`: (its first frame, its order).
     fn block_of(b: &Buddy, pfn: u64) -> Option<(u64, u32)> {
-        (0..=MAX_ORDER)
-            .map(|o| (pfn & !((1u64 << o) - 1), o))
-            .find(|(base, o)| b.used.get(base).is_some_and(|bl| bl.order == *o))
+        // Blocks never overlap: only the last one starting at or below
+        // `pfn` can hold it.
+        let (&base, block) = b.used.range(..=pfn).next_back()?;
+        (pfn - base < 1u64 << block.order).then_some((base, block.order))
     }
 
     /// Gives back the aligned parts of the block holding `pfn` that hold no
@@ -328,6 +364,25 @@ mod tests {
         assert_eq!(v.release_page(block + 511), Ok(true));
         assert_eq!(v.used_pages(), 0);
         assert_eq!(v.release_page(block), Err(VramError::NotAllocated));
+    }
+
+    #[test]
+    fn a_bulk_release_frees_each_block_with_its_last_page_and_refuses_the_rest() {
+        let v = Vram::new(0, 2048);
+        let (a, b) = (v.alloc(MAX_ORDER).unwrap(), v.alloc(MAX_ORDER).unwrap());
+        v.add_refs(a, 512).unwrap();
+        v.add_refs(b, 512).unwrap();
+        // All of `a`, half of `b`, interleaved, and a frame never allocated.
+        let mut frames: Vec<u64> = (0..512).map(|p| a + p).collect();
+        frames.extend((0..256).map(|p| b + p));
+        frames.insert(100, b + 300);
+        frames.push(1536);
+        assert_eq!(v.release_pages(&frames), 1, "only the unallocated frame");
+        assert_eq!(v.used_pages(), 512, "a freed with its last page; b not");
+        let rest: Vec<u64> = (256..512).filter(|p| *p != 300).map(|p| b + p).collect();
+        assert_eq!(v.release_pages(&rest), 0);
+        assert_eq!(v.used_pages(), 0);
+        assert_eq!(v.release_pages(&[a, b]), 2, "freed frames are refused");
     }
 
     #[test]

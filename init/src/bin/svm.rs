@@ -221,6 +221,11 @@ enum Workload {
         /// The summary as one JSON object (with every rep) instead of lines.
         #[arg(long)]
         json: bool,
+        /// What moves the pages to GPU 1: its kernel's faults (`touch`), or
+        /// one `Gpu::Prefetch` of the range (`prefetch`, xe's
+        /// `VM_BIND_OP_PREFETCH`, UVM's `cudaMemPrefetchAsync`).
+        #[arg(long, value_enum, default_value = "touch")]
+        by: init::peer_migrate::Mover,
     },
     /// mremap while pages are in VRAM: threads hammer reads on the range
     /// while it moves to a new address (plain or `--dontunmap`); every word
@@ -474,8 +479,14 @@ fn main() {
             run_herd(opts, &size, &threads, &modes, reps, json, same_start)
         }
         Cmd::Run {
-            workload: Workload::Peer { size, reps, json },
-        } => run_peer(opts, size, reps, json),
+            workload:
+                Workload::Peer {
+                    size,
+                    reps,
+                    json,
+                    by,
+                },
+        } => run_peer(opts, size, reps, json, by),
         Cmd::Run {
             workload:
                 Workload::Oversub {
@@ -721,7 +732,13 @@ fn run_herd(
 }
 
 /// `svm run peer`: two GPUs; a line per rep, the summary last.
-fn run_peer(opts: BootOptions, bytes: usize, reps: usize, json: bool) -> i32 {
+fn run_peer(
+    opts: BootOptions,
+    bytes: usize,
+    reps: usize,
+    json: bool,
+    by: init::peer_migrate::Mover,
+) -> i32 {
     use init::peer_migrate as peer;
     if let Err(e) = peer::check_fits(bytes, opts.device.vram_bytes) {
         eprintln!("svm: {e}");
@@ -733,13 +750,14 @@ fn run_peer(opts: BootOptions, bytes: usize, reps: usize, json: bool) -> i32 {
         Err(code) => return code,
     };
     eprintln!(
-        "svm: peer migration GPU 0 -> GPU 1, {} KiB, {reps} reps",
+        "svm: peer migration GPU 0 -> GPU 1 by {by:?}, {} KiB, {reps} reps",
         bytes >> 10
     );
     let cfg = peer::Config {
         bytes,
         reps,
         gpu_threads: 64,
+        by,
     };
     let result = match peer::run(&clients, &cfg, |r| match json {
         true => eprintln!("svm: {}", r.line()),
