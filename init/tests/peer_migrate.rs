@@ -75,7 +75,12 @@ fn peer_migration_moves_every_page(by: Mover) {
             );
             assert!(rep.vram_to_vram && rep.migrate_us > 0.0);
             if by == Mover::Prefetch {
-                assert_eq!(rep.gpu1_faults, 0, "no GPU fault moved them: {}", rep.line());
+                assert_eq!(
+                    rep.gpu1_faults,
+                    0,
+                    "no GPU fault moved them: {}",
+                    rep.line()
+                );
             }
         }
         assert_eq!(r.bad, 0);
@@ -93,7 +98,9 @@ fn svm_run_peer_reports_the_ratio_and_bad_zero() {
 }
 
 fn svm_run_peer_by(by: &str) {
-    let args = ["run", "peer", "--size", "4M", "--reps", "1", "--json", "--by", by];
+    let args = [
+        "run", "peer", "--size", "4M", "--reps", "1", "--json", "--by", by,
+    ];
     let (ok, out, err) = svm(&args, LIMIT);
     assert!(ok, "svm run peer failed:\n{out}\n{err}");
     let line = out

@@ -257,6 +257,7 @@ impl GpuNotifier {
     /// Has this GPU push `pages` of the chunk into GPU `to`'s VRAM from
     /// frame `to_first_pfn` on; returns the pages that landed.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     pub fn push_to_peer(
         &self,
         o: Handle,
@@ -265,6 +266,7 @@ impl GpuNotifier {
         pages: &PageMask,
         to: u8,
         to_first_pfn: u64,
+        seq: u64,
     ) -> Result<PageMask, RtError> {
         let to = GpuId::new(to).ok_or(RtError::Gpu)?;
         let (id, r) = self.client()?.call_with_id(PushToPeer {
@@ -274,6 +276,7 @@ impl GpuNotifier {
             pages: *pages,
             to,
             to_first_pfn,
+            seq: Seq::raw(seq),
         });
         r.map(|r| r.pushed).map_err(|e| push_failed(id, e))
     }
@@ -435,10 +438,11 @@ macro_rules! os_runtime_methods {
             pages: &ipc_protocol::types::PageMask,
             to: u8,
             to_first_pfn: u64,
+            seq: u64,
         ) -> Result<ipc_protocol::types::PageMask, $crate::core::runtime::RtError> {
             self.gpu
                 .of(gpu)?
-                .push_to_peer(o, first, n, pages, to, to_first_pfn)
+                .push_to_peer(o, first, n, pages, to, to_first_pfn, seq)
         }
 
         fn view_gone(&self, view: session::Handle) {

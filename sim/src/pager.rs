@@ -512,11 +512,12 @@ impl Runtime for SimRuntime {
         pages: &PageMask,
         to: u8,
         to_first_pfn: u64,
+        seq: u64,
     ) -> Result<PageMask, RtError> {
         let (gpu, notify) = self.gpu_on(gpu)?;
-        let (o, f, mask) = (object.raw(), first as u64, *pages);
+        let (o, f, n, mask) = (object.raw(), first as u64, _count as u64, *pages);
         let alive = || self.alive().is_ok();
-        let push = move || gpu.push_to_peer(o, f, &mask, to, to_first_pfn);
+        let push = move || gpu.push_to_peer(o, f, n, &mask, to, to_first_pfn, seq);
         match notify.call_from(alive, push) {
             Some(Ok(pushed)) => Ok(pushed),
             _ => Err(RtError::Gpu),

@@ -540,13 +540,22 @@ impl Handler<n::GpuNotify> for GpuServer {
             n::Request::PushToPeer(n::PushToPeer {
                 object,
                 first_page,
-                count: _,
+                count,
                 pages,
                 to,
                 to_first_pfn,
+                seq,
             }) => {
-                let pushed =
-                    inner.push_to_peer(object.get(), first_page, &pages, to.get(), to_first_pfn)?;
+                let (object, count, seq) = (object.get(), count.get() as u64, seq.get());
+                let pushed = inner.push_to_peer(
+                    object,
+                    first_page,
+                    count,
+                    &pages,
+                    to.get(),
+                    to_first_pfn,
+                    seq,
+                )?;
                 Ok((n::Reply::PushToPeer(n::Pushed { pushed }), vec![]))
             }
             n::Request::FreePages(n::FreePages {

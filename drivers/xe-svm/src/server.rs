@@ -1211,10 +1211,12 @@ impl<P: Platform> Inner<P> {
             o.clear_system_mapped(first, count);
         }
         let mut ranges = Vec::new();
+        // The pager's numbers: a range past u64 ends there.
+        let end = first.saturating_add(count);
         for (asid, vm) in st.vms.iter_mut() {
             for b in vm.bindings.iter().filter(|b| b.object == object) {
                 let lo = first.max(b.first_page);
-                let hi = (first + count).min(b.first_page + b.pages);
+                let hi = end.min(b.first_page + b.pages);
                 if lo >= hi {
                     continue;
                 }
@@ -1342,20 +1344,23 @@ impl<P: Platform> Inner<P> {
         }
     }
 
-    /// `GpuNotify::PushToPeer` (several GPUs, issue 17): pushes the `pages`
-    /// of the chunk this GPU holds into GPU `to`'s VRAM at frames
-    /// `to_first_pfn + i`, through this device's peer window on `to`; the
-    /// pages keep their frames here until `FreePages`, as
-    /// `migrate_to_ram`'s do. The pager unmapped them first (`Invalidate`,
-    /// rule 8) and holds their locks. Pages this GPU holds no frame for are
-    /// not pushed.
+    /// `GpuNotify::PushToPeer` (several GPUs, issue 17): unmaps the chunk's
+    /// `count` pages here as `invalidate` with `seq` does (rule 8), then
+    /// pushes the `pages` of it this GPU holds into GPU `to`'s VRAM at
+    /// frames `to_first_pfn + i`, through this device's peer window on
+    /// `to`; the pages keep their frames here until `FreePages`, as
+    /// `migrate_to_ram`'s do. The pager holds their locks. Pages this GPU
+    /// holds no frame for are not pushed.
+    #[allow(clippy::too_many_arguments)]
     pub fn push_to_peer(
         &self,
         object: u32,
         first: u64,
+        count: u64,
         pages: &PageMask,
         to: u8,
         to_first_pfn: u64,
+        seq: u64,
     ) -> Result<PageMask, NotifyError> {
         let window = (to != self.hw.gpu().get())
             .then(|| self.hw.peer_window(to))
@@ -1369,6 +1374,7 @@ impl<P: Platform> Inner<P> {
             .and_then(|last| window.checked_add(last))
             .map(|_| window + to_first_pfn * PAGE)
             .ok_or(NotifyError::BadRange)?;
+        self.invalidate(object, first, count, seq)?;
         let list = {
             let st = self.lock();
             let obj = st.objects.get(&object).ok_or(NotifyError::NoSuchObject)?;
@@ -1420,7 +1426,11 @@ impl<P: Platform> Inner<P> {
             .ok_or(NotifyError::NoSuchObject)?;
         let left: Vec<(u64, u64)> = pages
             .iter()
-            .filter_map(|i| Some((first + i as u64, obj.take_frame(first + i as u64)?)))
+            .filter_map(|i| {
+                // The pager's `first`: a page past `u64` holds no frame.
+                let page = first.checked_add(i as u64)?;
+                Some((page, obj.take_frame(page)?))
+            })
             .collect();
         // Rule 6: the block goes with its last page.
         let frames: Vec<u64> = left.iter().map(|&(_, pfn)| pfn).collect();

@@ -9,7 +9,7 @@ mod common;
 use common::{World, PAGE};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
 use ipc_protocol::server::Handler;
-use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask};
+use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, Seq};
 use ipc_protocol::{Capability, Rights};
 
 const CLIENT: u64 = 7;
@@ -27,6 +27,11 @@ fn notify(w: &World, req: n::Request) -> Result<n::Reply, NotifyError> {
 /// (with the rest of their chunk); each then gets its own pattern. Returns
 /// the pages' frames.
 fn pages_in_vram(w: &World) -> Vec<u64> {
+    pages_in_vram_of(w).1
+}
+
+/// [`pages_in_vram`], with the VM that touched them.
+fn pages_in_vram_of(w: &World) -> (u32, Vec<u64>) {
     let vm = w.create_vm(CLIENT).unwrap().vm.get();
     w.bind(CLIENT, vm, VIEW, 0x4000_0000);
     let job = w.touch(CLIENT, vm, 0x4000_0000, PAGES * PAGE).unwrap();
@@ -44,7 +49,7 @@ fn pages_in_vram(w: &World) -> Vec<u64> {
     for (p, pfn) in frames.iter().enumerate() {
         assert!(vram.write(pfn * PAGE, &page_pattern(p)));
     }
-    frames
+    (vm, frames)
 }
 
 fn page_pattern(p: usize) -> Vec<u8> {
@@ -63,8 +68,42 @@ fn push(w: &World, pages: PageMask, to: u8) -> Result<n::Reply, NotifyError> {
             pages,
             to: GpuId::new(to).unwrap(),
             to_first_pfn: TO_PFN,
+            // The test pager's collects read sequence 0: a higher one
+            // would keep a later fault from mapping (rule 8's check).
+            seq: Seq::raw(0),
         }),
     )
+}
+
+/// Rule 8 inside the push: the source unmaps the chunk before its copy
+/// engine reads it, so a job of the source's after the push faults on
+/// every page again instead of reaching frames that are on their way out.
+#[test]
+fn the_source_unmaps_the_chunk_before_it_pushes() {
+    let (source, peer) = (
+        World::new(common::budget("")),
+        World::new(common::budget("")),
+    );
+    let (vm, _) = pages_in_vram_of(&source);
+    let again = source.touch(CLIENT, vm, 0x4000_0000, PAGES * PAGE).unwrap();
+    let resident = source.wait(CLIENT, again, 10_000).unwrap();
+    assert_eq!(resident.faults, 0, "mapped before the push");
+    let fd = peer.server.inner.hw.dev.bar.vram().dup_fd().unwrap();
+    let bytes = peer.server.inner.hw.dev.bar.vram_bytes();
+    source.server.inner.hw.map_peer(1, fd, bytes).unwrap();
+    let invalidations = source.stats(CLIENT).invalidations;
+    assert!(matches!(
+        push(&source, PageMask::first(PAGES as usize), 1),
+        Ok(n::Reply::PushToPeer(_))
+    ));
+    assert!(source.stats(CLIENT).invalidations > invalidations);
+    let after = source.touch(CLIENT, vm, 0x4000_0000, PAGES * PAGE).unwrap();
+    let done = source.wait(CLIENT, after, 10_000).unwrap();
+    assert_eq!(done.status, ipc_protocol::types::JobStatus::Completed);
+    assert!(
+        done.faults > 0,
+        "the push left the source's mappings: {done:?}"
+    );
 }
 
 #[test]
@@ -140,6 +179,7 @@ fn a_push_to_itself_or_past_the_window_is_refused() {
         pages: PageMask::first(8),
         to: GpuId::new(1).unwrap(),
         to_first_pfn: bytes / PAGE - 4,
+        seq: Seq::raw(1),
     });
     assert_eq!(notify(&source, far).err(), Some(NotifyError::CopyFailed));
     // A frame number whose address wraps.
@@ -150,6 +190,7 @@ fn a_push_to_itself_or_past_the_window_is_refused() {
         pages: PageMask::first(8),
         to: GpuId::new(1).unwrap(),
         to_first_pfn: u64::MAX / PAGE,
+        seq: Seq::raw(1),
     });
     assert_eq!(notify(&source, wraps).err(), Some(NotifyError::BadRange));
     // Pages past u64: none holds a frame, nothing is pushed (no overflow).
@@ -160,6 +201,7 @@ fn a_push_to_itself_or_past_the_window_is_refused() {
         pages: PageMask::first(8),
         to: GpuId::new(1).unwrap(),
         to_first_pfn: TO_PFN,
+        seq: Seq::raw(1),
     });
     match notify(&source, past) {
         Ok(n::Reply::PushToPeer(n::Pushed { pushed })) => assert!(pushed.is_empty()),

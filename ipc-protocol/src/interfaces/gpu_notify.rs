@@ -43,9 +43,12 @@ wire_struct!(
 wire_struct!(
     /// Several GPUs (issue 17): push the `pages` of the chunk from this
     /// GPU's VRAM into GPU `to`'s, at frames `to_first_pfn + i`, with this
-    /// device's copy engine through its peer window on `to`. The pager
-    /// unmapped them first (`Invalidate`, rule 8) and holds their locks;
-    /// the pages keep their frames here until `FreePages`, as
+    /// device's copy engine through its peer window on `to`. First this
+    /// GPU unmaps the chunk's `count` pages and invalidates its TLB, as
+    /// `Invalidate` with `seq` does (rule 8: nothing reaches a page here
+    /// while it is copied, and a binding that read an older sequence does
+    /// not bind); one call instead of two. The pager holds the pages'
+    /// locks; they keep their frames here until `FreePages`, as
     /// `MigrateToRam`'s do.
     pub struct PushToPeer {
         pub object: ObjectId,
@@ -54,6 +57,7 @@ wire_struct!(
         pub pages: PageMask,
         pub to: GpuId,
         pub to_first_pfn: u64,
+        pub seq: Seq,
     }
 );
 wire_struct!(

@@ -504,10 +504,11 @@ impl<R: Runtime> Backend for CoreBackend<'_, R> {
             let Some(id) = self.object.gpu_id(gpu).filter(|_| rt.gpu_attached(gpu)) else {
                 continue;
             };
-            if self.invalidate(chunk, |g| g == gpu).is_err() {
-                continue;
-            }
-            match rt.push_to_peer(gpu, id, chunk.first, chunk.count, &part, to, first_pfn) {
+            // Rule 8: the push unmaps the chunk on its source first (one
+            // call, not an `Invalidate` and a push), with a new sequence.
+            let seq = self.core.next_invalidation(self.object);
+            let (first, count) = (chunk.first, chunk.count);
+            match rt.push_to_peer(gpu, id, first, count, &part, to, first_pfn, seq) {
                 Ok(pushed) => done.landed = done.landed.or(&pushed.and(&part)),
                 Err(RtError::Unanswered(_)) => {
                     log::error!(

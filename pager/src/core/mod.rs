@@ -468,11 +468,17 @@ impl<R: Runtime> Core<R> {
         if told.peek().is_none() {
             return Ok(());
         }
-        let seq = o.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let seq = self.next_invalidation(o);
         for (gpu, id) in told {
             self.rt.invalidate(&o.memory, gpu, id, first, count, seq)?;
         }
         Ok(())
+    }
+
+    /// A new invalidation sequence of `o`'s (rule 8: a GPU that heard it
+    /// does not bind from a collect that read an older one).
+    pub(crate) fn next_invalidation(&self, o: &Object<R>) -> u64 {
+        o.seq.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// The arena (for tests and accounting).

@@ -219,7 +219,8 @@ pub trait Runtime: Send + Sync + Sized + 'static {
         count: usize,
         pages: &PageMask,
     ) -> Result<(), RtError>;
-    /// Peer migration: GPU `gpu` pushes `pages` of the chunk from its VRAM
+    /// Peer migration: GPU `gpu` unmaps the chunk as [`Self::invalidate`]
+    /// with `seq` does (rule 8), then pushes `pages` of it from its VRAM
     /// into GPU `to`'s, page `i` to frame `to_first_pfn + i`, and keeps its
     /// frames until [`Self::free_pages`]. Returns the pages that landed. A
     /// runtime without peer windows refuses (the pages stay).
@@ -233,8 +234,9 @@ pub trait Runtime: Send + Sync + Sized + 'static {
         pages: &PageMask,
         to: u8,
         to_first_pfn: u64,
+        seq: u64,
     ) -> Result<PageMask, RtError> {
-        let _ = (gpu, object, first, count, pages, to, to_first_pfn);
+        let _ = (gpu, object, first, count, pages, to, to_first_pfn, seq);
         Err(RtError::Gpu)
     }
     /// Rule 8 for views: every binding of `view` goes.

@@ -398,7 +398,12 @@ impl Runtime for ModelRuntime {
         pages: &PageMask,
         to: u8,
         to_first_pfn: u64,
+        seq: u64,
     ) -> Result<PageMask, RtError> {
+        // The push unmaps the chunk on its source first, as `invalidate`.
+        let _ = seq;
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        lock(&self.invalidated).push((gpu, o.raw(), first));
         let vram = lock(&self.vram);
         if self.push_unanswered.load(Ordering::Acquire) {
             let mut late = lock(&self.late_pushes);
