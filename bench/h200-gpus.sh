@@ -59,7 +59,9 @@ for kib in $SIZES; do for t in $THREADS; do
 done; done
 
 # The whole peer migration beside its floor (`svm run peer`: GPU 1 takes
-# a buffer from GPU 0's VRAM; a memcpy between two memfds beside it).
-for s in 16M 64M; do
-    step "peer $s" "$BIN/svm" --vram-mib "$VRAM_MIB" run peer --size "$s" --reps "$REPS" --json
-done
+# a buffer from GPU 0's VRAM, by its kernel's faults or by one prefetch,
+# which moves four chunks at once; a memcpy between two memfds beside it).
+for by in prefetch touch; do for s in 16M 64M; do
+    step "peer $by $s" "$BIN/svm" --vram-mib "$VRAM_MIB" run peer --size "$s" \
+        --reps "$REPS" --by "$by" --json
+done; done

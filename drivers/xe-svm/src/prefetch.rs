@@ -27,22 +27,19 @@ use ipc_protocol::interfaces::gpu::GpuError;
 use crate::platform::Platform;
 use crate::server::{Inner, PAGE, USER_VA_END};
 
-/// The largest range one call moves (the caller's own VM, but one server
-/// thread serves the whole call).
+/// The largest range one call moves (the caller's own VM, but up to
+/// [`PREFETCH_LANES`] server threads serve the whole call).
 pub const MAX_PREFETCH: u64 = 1 << 30;
 const CHUNK: u64 = 2 << 20;
-/// Chunks one prefetch moves at once, at most.
+/// Chunks one prefetch moves at once, at most: the threads one call may
+/// hold (a client's calls are served by a bounded pool, so its prefetches
+/// hold at most this many times that).
 pub const PREFETCH_LANES: usize = 4;
 
 /// Runs `work` on up to `n` lanes at once (the runtime's threads, the
 /// caller's among them) and returns once every lane has returned. Each
 /// lane runs `work` to its end; fewer lanes than `n` only slow it down.
 pub type Lanes<'a> = &'a dyn Fn(usize, &(dyn Fn() + Sync));
-
-/// [`Lanes`] of one: the calling thread does all the work.
-pub fn one_lane(_: usize, work: &(dyn Fn() + Sync)) {
-    work()
-}
 
 impl<P: Platform> Inner<P> {
     /// Serves `Gpu::Prefetch` for `owner` on `lanes`: returns (pages in
