@@ -1,5 +1,11 @@
 //! Host transport: a connected `AF_UNIX` `SOCK_SEQPACKET` socket. One frame
 //! is one datagram; handles ride along as `SCM_RIGHTS`.
+//!
+//! A send waits while the peer's receive queue is full, at most
+//! [`SEND_TIMEOUT`]: a peer that reads nothing for that long (hung, or a
+//! hostile client that never takes its replies) ends the send with
+//! `TimedOut` instead of holding the sender, and whatever locks it holds,
+//! for good.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -18,11 +24,16 @@ use rustix::net::{
 use super::{Received, Transport, TransportError};
 use crate::{MAX_FRAME, MAX_HANDLES};
 
+/// How long a send waits for room in the peer's receive queue.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One end of a seqpacket link.
 pub struct SeqPacket {
     fd: OwnedFd,
     /// Serialises receivers so one frame is never split between threads.
     recv_lock: Mutex<()>,
+    /// How long a send waits for room ([`SEND_TIMEOUT`]).
+    send_timeout: Duration,
 }
 
 impl SeqPacket {
@@ -43,6 +54,15 @@ impl SeqPacket {
         Self {
             fd,
             recv_lock: Mutex::new(()),
+            send_timeout: SEND_TIMEOUT,
+        }
+    }
+
+    /// The same end, its sends waiting at most `t` for room.
+    pub fn with_send_timeout(self, t: Duration) -> Self {
+        Self {
+            send_timeout: t,
+            ..self
         }
     }
 
@@ -67,6 +87,12 @@ impl SeqPacket {
     }
 
     fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), TransportError> {
+        self.wait_for(PollFlags::IN, deadline)
+    }
+
+    /// Waits until the socket reports `ready` (or an error or hang-up,
+    /// which the next call reports), or `deadline` passes.
+    fn wait_for(&self, ready: PollFlags, deadline: Option<Instant>) -> Result<(), TransportError> {
         loop {
             let timeout = match deadline {
                 None => None,
@@ -81,7 +107,7 @@ impl SeqPacket {
                     })
                 }
             };
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            let mut fds = [PollFd::new(&self.fd, ready)];
             match poll(&mut fds, timeout.as_ref()) {
                 Ok(0) => continue, // re-check the deadline
                 Ok(_) => return Ok(()),
@@ -100,15 +126,21 @@ impl Transport for SeqPacket {
         if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
             return Err(TransportError::Host(Errno::TOOMANYREFS.raw_os_error()));
         }
+        // Set when the queue is first found full: most sends never wait.
+        let mut deadline = None;
         loop {
             match sendmsg(
                 &self.fd,
                 &[IoSlice::new(frame)],
                 &mut control,
-                SendFlags::NOSIGNAL,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
             ) {
                 Ok(_) => return Ok(()),
                 Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => {
+                    let d = *deadline.get_or_insert_with(|| Instant::now() + self.send_timeout);
+                    self.wait_for(PollFlags::OUT, Some(d))?;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -188,6 +220,33 @@ fn collect_fds(control: &mut RecvAncillaryBuffer<'_>, out: &mut Vec<OwnedFd>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that reads nothing cannot hold a sender: once its queue is
+    /// full a send ends `TimedOut` after the send timeout, and sends go
+    /// through again as soon as it reads.
+    #[test]
+    fn a_send_to_a_peer_that_reads_nothing_times_out() {
+        let (a, b) = SeqPacket::pair().expect("a socket pair");
+        let a = a.with_send_timeout(Duration::from_millis(50));
+        let started = Instant::now();
+        let mut sent = 0u32;
+        let full = loop {
+            match a.send(&[7u8; 64], Vec::new()) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 1_000_000, "the queue never filled");
+        };
+        assert_eq!(full, TransportError::TimedOut);
+        assert!(sent > 0, "frames went before the queue filled");
+        assert!(started.elapsed() < Duration::from_secs(20), "bounded");
+        let got = b
+            .recv(Some(Duration::from_secs(5)))
+            .expect("a queued frame");
+        assert_eq!(got.bytes, [7u8; 64]);
+        a.send(b"XSVM", Vec::new())
+            .expect("room again once the peer reads");
+    }
 
     /// An empty datagram is a frame (refused later as truncated), not the
     /// peer closing; closing is still seen as closing.
