@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use common::{buffer, eventually, gpu_migrate, gpu_migrate_all, rig, snapshot, Obj, Rig, CLIENT};
@@ -715,6 +715,135 @@ fn children_that_exited_leave_room_for_the_next_fork() {
         0,
         "the last child read wrong data"
     );
+}
+
+/// Forks `n` children that wait until the returned pipe end is dropped,
+/// then exit; returns that end and their pids.
+fn fork_children_that_wait(n: usize) -> (OwnedFd, Vec<i32>) {
+    let (rx, tx) = rustix::pipe::pipe().unwrap();
+    let pids = (0..n)
+        .map(|_| {
+            let pid = raw_fork();
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                // Our copy of the write end must go, or no end of file.
+                // SAFETY: the child's own descriptor table; `tx` is not
+                // used in the child after this.
+                unsafe { rustix::io::close(tx.as_raw_fd()) };
+                let mut b = [0u8; 1];
+                // Returns at end of file: the parent dropped its end.
+                let _ = rustix::io::read(&rx, &mut b);
+                // SAFETY: ends the child without the parent's destructors.
+                unsafe { _exit(0) };
+            }
+            pid
+        })
+        .collect();
+    (tx, pids)
+}
+
+/// Forks a child that waits `delay_ms`, then reads (or writes) the word
+/// at `addr`; how it ended.
+fn child_accesses(addr: u64, write: bool, delay_ms: u64) -> rustix::process::WaitStatus {
+    let pid = raw_fork();
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let delay = rustix::thread::Timespec {
+            tv_sec: 0,
+            tv_nsec: (delay_ms * 1_000_000) as _,
+        };
+        let _ = rustix::thread::nanosleep(&delay);
+        // SAFETY: inside the inherited mapping; the child then exits.
+        let v = unsafe {
+            if write {
+                std::ptr::write_volatile(addr as *mut u32, 0xdead);
+                0
+            } else {
+                std::ptr::read_volatile(addr as *const u32)
+            }
+        };
+        // SAFETY: ends the child without the parent's destructors.
+        unsafe { _exit((v & 0x7f) as i32) };
+    }
+    wait_child(pid)
+}
+
+/// A fork past the client's space budget is not followed, and that is no
+/// silent loss: the child becomes an orphan whose read of a page in VRAM
+/// gets SIGBUS (not the memfd's hole: zeros), and so does its write to a
+/// RAM page it inherited (which could otherwise land in a page on its way
+/// to VRAM).
+#[test]
+fn a_child_past_the_space_budget_gets_sigbus_not_zeros() {
+    const SIGBUS: i32 = 7;
+    let r = rig();
+    let (_object, _fd, in_vram) = buffer_in_vram(&r);
+    let (_ram_object, _ram_fd, in_ram) = buffer(&r, 2 << 20);
+    in_ram.iter_mut().for_each(|w| *w = 1);
+    // Sixteen live children fill the client's spaces (each takes one per
+    // space of ours), and those past them are orphans already.
+    let (release, holders) = fork_children_that_wait(16);
+    let read = child_accesses(in_vram.as_ptr() as u64 + 4096, false, 0);
+    assert_eq!(read.terminating_signal(), Some(SIGBUS), "read: {read:?}");
+    // Late enough that the orphan's ranges are write-protected (its fork
+    // event is read before it runs; adopting it follows at once).
+    let write = child_accesses(in_ram.as_ptr() as u64 + 8192, true, 300);
+    assert_eq!(write.terminating_signal(), Some(SIGBUS), "write: {write:?}");
+    assert!(
+        r.server.core().rt.orphans.of(CLIENT) >= 2,
+        "the children are orphans"
+    );
+    assert_eq!(in_ram[2048], 1, "the orphan's write did not land");
+    drop(release);
+    for pid in holders {
+        assert_eq!(wait_child(pid).exit_status(), Some(0));
+    }
+    // The orphans whose processes ended go (the probe, about a second).
+    eventually("orphans of ended children remain", || {
+        r.server.core().rt.orphans.of(CLIENT) == 0
+    });
+}
+
+/// An orphan's own fork child is an orphan too: past the budget, a
+/// child forks a grandchild that reads a page in VRAM, and the grandchild
+/// gets SIGBUS (its parent exits with the signal's number).
+#[test]
+fn a_child_an_orphan_forks_is_an_orphan_too() {
+    const SIGBUS: i32 = 7;
+    let r = rig();
+    let (_object, _fd, in_vram) = buffer_in_vram(&r);
+    let (release, holders) = fork_children_that_wait(16);
+    let addr = in_vram.as_ptr() as u64 + 4096;
+    let pid = raw_fork();
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let grandchild = raw_fork();
+        if grandchild == 0 {
+            // SAFETY: inside the inherited mapping; then `_exit`.
+            let v = unsafe { std::ptr::read_volatile(addr as *const u32) };
+            // SAFETY: ends the grandchild without destructors.
+            unsafe { _exit((v & 0x7f) as i32) };
+        }
+        let how = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(grandchild),
+            rustix::process::WaitOptions::empty(),
+        );
+        let signal = match how {
+            Ok(Some((_, s))) => s.terminating_signal().unwrap_or(0),
+            _ => 99,
+        };
+        // SAFETY: ends the child without the parent's destructors.
+        unsafe { _exit(signal) };
+    }
+    assert_eq!(
+        wait_child(pid).exit_status(),
+        Some(SIGBUS),
+        "the grandchild's end"
+    );
+    drop(release);
+    for pid in holders {
+        assert_eq!(wait_child(pid).exit_status(), Some(0));
+    }
 }
 
 /// An idle space asks now and then whether its process is gone: the

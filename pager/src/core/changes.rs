@@ -37,7 +37,9 @@
 //! **Budget.** A change the client's budget has no room for (a split or a
 //! fork past its views or spaces) is not followed: that range is handed
 //! back to the kernel (the object's RAM pages stay reachable there; pages
-//! in VRAM read as zeros through it), and the pager logs it.
+//! in VRAM read as zeros through it), and the pager logs it. A whole fork
+//! child past the spaces budget is guarded instead on the host: it
+//! becomes an orphan whose faults end with `SIGBUS` (`host/orphans.rs`).
 
 use std::time::Instant;
 

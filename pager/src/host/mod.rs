@@ -19,6 +19,7 @@
 //! dropping it.
 
 pub mod maps;
+pub mod orphans;
 pub mod runtime;
 pub mod space;
 /// The staging slots (shared with the Redox runtime).

@@ -33,6 +33,8 @@ pub struct HostRuntime {
     /// `init`'s descriptor keeper (`--keep-fd`), when the pager is
     /// restartable (`crate::journal`).
     pub keeper: std::sync::OnceLock<Arc<dyn Transport>>,
+    /// Fork children past their client's budget (`orphans.rs`).
+    pub orphans: Arc<super::orphans::Orphans>,
 }
 
 impl HostRuntime {
@@ -44,6 +46,7 @@ impl HostRuntime {
             gpu: GpuNotifiers::default(),
             born: std::time::Instant::now(),
             keeper: std::sync::OnceLock::new(),
+            orphans: Arc::default(),
         })
     }
 

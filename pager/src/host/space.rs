@@ -232,19 +232,50 @@ fn follow_fork(core: &Arc<HostCore>, parent: &Arc<HostSpace>, fd: i32) {
     }
     // SAFETY: the kernel installed `fd` in our table for this event and
     // nothing else owns it.
-    let uffd = Uffd::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-    let port = match HostPort::new(uffd) {
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // Kept apart from the port: a child that is not followed is made an
+    // orphan on it (`orphans.rs`), not handed to the kernel.
+    let kept = rustix::io::fcntl_dupfd_cloexec(&owned, 0)
+        .ok()
+        .map(Uffd::new);
+    let port = match HostPort::new(Uffd::new(owned)) {
         Ok(p) => p,
         Err(e) => {
             log::error!("pager: space {}: fork not followed: {e}", parent.id);
+            orphan(core, parent, kept);
             return;
         }
     };
     let Some(child) = core.follow_fork(parent, port) else {
+        orphan(core, parent, kept);
         return;
     };
     if let Err(e) = core.rt.start_space(core, &child) {
         log::error!("pager: fork: starting space {}: {e:?}", child.id);
         core.space_gone(&child);
+    }
+}
+
+/// A fork child `parent`'s client has no room for becomes an orphan: its
+/// faults end with `SIGBUS` instead of reading VRAM pages as zeros. With no
+/// views in `parent` there is nothing to guard.
+fn orphan(core: &Arc<HostCore>, parent: &Arc<HostSpace>, uffd: Option<Uffd>) {
+    let ranges: Vec<(u64, u64)> = parent.views().iter().map(|v| (v.addr, v.len())).collect();
+    let (Some(uffd), false) = (uffd, ranges.is_empty()) else {
+        return;
+    };
+    let client = parent.session.badge;
+    let spare = crate::core::reap::spare_page(parent);
+    match core.rt.orphans.adopt(uffd, client, &ranges, spare) {
+        Ok(()) => log::error!(
+            "pager: space {}: a fork child of client {client:#x} is not followed; its \
+             accesses to the client's memory get SIGBUS",
+            parent.id
+        ),
+        Err(e) => log::error!(
+            "pager: space {}: a fork child of client {client:#x} is not followed and not \
+             guarded ({e:?}): its ranges are the kernel's (pages in VRAM read as zeros)",
+            parent.id
+        ),
     }
 }
