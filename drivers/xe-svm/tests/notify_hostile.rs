@@ -10,9 +10,7 @@ mod common;
 
 use common::{World, PAGE};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
-use ipc_protocol::server::Handler;
 use ipc_protocol::types::{GpuId, JobStatus, ObjectId, PageCount, PageMask, Seq};
-use ipc_protocol::{Capability, Rights};
 use proptest::prelude::*;
 
 const CLIENT: u64 = 7;
@@ -20,8 +18,7 @@ const VIEW: u32 = 3;
 const BASE: u64 = 0x4000_0000;
 
 fn notify(w: &World, req: n::Request) -> Result<n::Reply, NotifyError> {
-    let pager = Capability::new(1, Rights::NOTIFY);
-    Handler::<n::GpuNotify>::handle(&w.server, &pager, req, vec![]).map(|(r, _)| r)
+    w.notify(req)
 }
 
 /// A page number: near the object's start, or anywhere up to `u64::MAX`.

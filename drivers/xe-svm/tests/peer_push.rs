@@ -8,9 +8,7 @@ mod common;
 
 use common::{World, PAGE};
 use ipc_protocol::interfaces::gpu_notify::{self as n, NotifyError};
-use ipc_protocol::server::Handler;
 use ipc_protocol::types::{GpuId, ObjectId, PageCount, PageMask, Seq};
-use ipc_protocol::{Capability, Rights};
 
 const CLIENT: u64 = 7;
 const VIEW: u32 = 3;
@@ -19,8 +17,7 @@ const PAGES: u64 = 8;
 const TO_PFN: u64 = 1000;
 
 fn notify(w: &World, req: n::Request) -> Result<n::Reply, NotifyError> {
-    let pager = Capability::new(1, Rights::NOTIFY);
-    Handler::<n::GpuNotify>::handle(&w.server, &pager, req, vec![]).map(|(r, _)| r)
+    w.notify(req)
 }
 
 /// The GPU touches `PAGES` pages of the view, so they sit in its VRAM

@@ -230,6 +230,19 @@ impl World {
         Handler::<g::Gpu>::handle(&self.server, &cap, req, vec![]).map(|(r, _)| r)
     }
 
+    /// The pager's `GpuNotify` call (its notifier endpoint's rights).
+    pub fn notify(
+        &self,
+        req: ipc_protocol::interfaces::gpu_notify::Request,
+    ) -> Result<
+        ipc_protocol::interfaces::gpu_notify::Reply,
+        ipc_protocol::interfaces::gpu_notify::NotifyError,
+    > {
+        use ipc_protocol::interfaces::gpu_notify::GpuNotify;
+        let pager = Capability::new(1, Rights::NOTIFY);
+        Handler::<GpuNotify>::handle(&self.server, &pager, req, vec![]).map(|(r, _)| r)
+    }
+
     /// Client `badge`'s endpoint closed.
     pub fn disconnect(&self, badge: u64) {
         let cap = Capability::new(badge, Rights::all());
