@@ -239,51 +239,33 @@ impl Vram {
     /// Rule 6: the page at `pfn` left VRAM. Frees its block when it was the
     /// block's last resident page; returns whether it did.
     pub fn release_page(&self, pfn: u64) -> Result<bool, VramError> {
+        Self::release_locked(&mut self.lock(), pfn)
+    }
+
+    /// Releases each of `pfns` as [`Vram::release_page`] does, under one
+    /// lock (a chunk freed after a migration is 512 frames). Returns the
+    /// frames that were not allocated (left alone, as `release_page`
+    /// refuses them).
+    pub fn release_pages(&self, pfns: &[u64]) -> usize {
         let mut b = self.lock();
-        let (base, order) = Self::block_of(&b, pfn).ok_or(VramError::NotAllocated)?;
+        pfns.iter()
+            .filter(|&&pfn| Self::release_locked(&mut b, pfn).is_err())
+            .count()
+    }
+
+    /// [`Vram::release_page`] under the allocator's lock.
+    fn release_locked(b: &mut Buddy, pfn: u64) -> Result<bool, VramError> {
+        let (base, order) = Self::block_of(b, pfn).ok_or(VramError::NotAllocated)?;
         let block = b.used.get_mut(&base).ok_or(VramError::NotAllocated)?;
         if block.refs == 0 {
             return Err(VramError::NotAllocated);
         }
         block.refs -= 1;
         if block.refs == 0 {
-            Self::free_block(&mut b, base, order);
+            Self::free_block(b, base, order);
             return Ok(true);
         }
         Ok(false)
-    }
-
-    /// Releases each of `pfns` as [`Vram::release_page`] does, under one
-    /// lock, looking a block up once for each run of its frames (a chunk
-    /// freed after a migration is 512 frames of one block, and the lookup
-    /// is one hash probe per order). Returns the frames that were not
-    /// allocated (left alone, as `release_page` refuses them).
-    pub fn release_pages(&self, pfns: &[u64]) -> usize {
-        let mut b = self.lock();
-        let mut last: Option<(u64, u32)> = None;
-        let mut refused = 0;
-        for &pfn in pfns {
-            let inside = |(base, order): (u64, u32)| pfn >= base && pfn - base < 1 << order;
-            let Some((base, order)) = last
-                .filter(|l| inside(*l))
-                .or_else(|| Self::block_of(&b, pfn))
-            else {
-                refused += 1;
-                continue;
-            };
-            last = Some((base, order));
-            match b.used.get_mut(&base) {
-                Some(block) if block.refs > 0 => {
-                    block.refs -= 1;
-                    if block.refs == 0 {
-                        Self::free_block(&mut b, base, order);
-                        last = None;
-                    }
-                }
-                _ => refused += 1,
-            }
-        }
-        refused
     }
 
     /// The block holding `pfn`: (its first frame, its order).

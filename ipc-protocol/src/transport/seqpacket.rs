@@ -86,10 +86,6 @@ impl SeqPacket {
         }
     }
 
-    fn wait_readable(&self, deadline: Option<Instant>) -> Result<(), TransportError> {
-        self.wait_for(PollFlags::IN, deadline)
-    }
-
     /// Waits until the socket reports `ready` (or an error or hang-up,
     /// which the next call reports), or `deadline` passes.
     fn wait_for(&self, ready: PollFlags, deadline: Option<Instant>) -> Result<(), TransportError> {
@@ -159,7 +155,7 @@ impl Transport for SeqPacket {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_HANDLES))];
         loop {
             if deadline.is_some() {
-                self.wait_readable(deadline)?;
+                self.wait_for(PollFlags::IN, deadline)?;
             }
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let res = recvmsg(

@@ -52,7 +52,9 @@ const TICK: Duration = Duration::from_millis(100);
 const ROUNDS_PER_PROBE: u32 = 10;
 const PAGE: u64 = 4096;
 
-/// A child the pager does not follow.
+/// A child the pager does not follow (cloned: the serving thread works
+/// on a snapshot of the list, not under its lock).
+#[derive(Clone)]
 struct Orphan {
     uffd: Arc<Uffd>,
     client: u64,
@@ -64,20 +66,10 @@ struct Orphan {
     protected: Arc<AtomicBool>,
 }
 
-/// A child an orphan forked, to adopt (`D`: its descriptor); also an
-/// orphan as one round sees it (`D`: its userfaultfd).
-struct Forked<D = OwnedFd> {
-    fd: D,
-    client: u64,
-    ranges: Arc<[(u64, u64)]>,
-    spare: u64,
-}
-
-/// What `adopt` protects of an orphan it listed.
-struct Listed {
-    uffd: Arc<Uffd>,
-    ranges: Arc<[(u64, u64)]>,
-    protected: Arc<AtomicBool>,
+/// A child an orphan forked, to adopt: its descriptor and its parent.
+struct Forked {
+    fd: OwnedFd,
+    parent: Orphan,
 }
 
 /// Every orphan of the pager, and whether their thread runs.
@@ -112,7 +104,7 @@ impl Orphans {
     ) -> Result<(), AdoptError> {
         let o = self.list(uffd, client, ranges.into(), spare)?;
         let deadline = Instant::now() + PROTECT_WAIT;
-        while !try_protect(&o.uffd, &o.ranges, &o.protected) {
+        while !try_protect(&o) {
             if Instant::now() >= deadline {
                 log::error!(
                     "pager: an orphan of client {client:#x} is not write-protected yet; \
@@ -141,29 +133,24 @@ impl Orphans {
         client: u64,
         ranges: Arc<[(u64, u64)]>,
         spare: u64,
-    ) -> Result<Listed, AdoptError> {
-        let uffd = Arc::new(uffd);
-        let protected = Arc::new(AtomicBool::new(false));
+    ) -> Result<Orphan, AdoptError> {
+        let o = Orphan {
+            uffd: Arc::new(uffd),
+            client,
+            ranges,
+            spare,
+            protected: Arc::new(AtomicBool::new(false)),
+        };
         {
             let mut all = lock(&self.all);
             let mine = all.iter().filter(|o| o.client == client).count();
             if mine >= MAX_PER_CLIENT || all.len() >= MAX_ORPHANS {
                 return Err(AdoptError::OverBudget);
             }
-            all.push(Orphan {
-                uffd: uffd.clone(),
-                client,
-                ranges: ranges.clone(),
-                spare,
-                protected: protected.clone(),
-            });
+            all.push(o.clone());
         }
         self.serve()?;
-        Ok(Listed {
-            uffd,
-            ranges,
-            protected,
-        })
+        Ok(o)
     }
 
     /// Starts the serving thread unless it runs.
@@ -188,14 +175,9 @@ impl Orphans {
             if round.is_multiple_of(ROUNDS_PER_PROBE) {
                 self.forget_ended();
             }
-            for f in self.wait_and_end_faults() {
-                let Forked {
-                    fd,
-                    client,
-                    ranges,
-                    spare,
-                } = f;
+            for Forked { fd, parent } in self.wait_and_end_faults() {
                 // On this thread: listed now, protected by the next rounds.
+                let (client, ranges, spare) = (parent.client, parent.ranges, parent.spare);
                 if let Err(e) = self.list(Uffd::new(fd), client, ranges, spare) {
                     log::error!(
                         "pager: an orphan of client {client:#x} forked; the child is not \
@@ -211,22 +193,14 @@ impl Orphans {
     /// each fault; returns the children they forked. The list is not held
     /// across the wait (`adopt` must not wait behind it).
     fn wait_and_end_faults(&self) -> Vec<Forked> {
-        let orphans: Vec<Forked<Arc<Uffd>>> = lock(&self.all)
-            .iter()
-            .map(|o| Forked {
-                fd: o.uffd.clone(),
-                client: o.client,
-                ranges: o.ranges.clone(),
-                spare: o.spare,
-            })
-            .collect();
+        let orphans = lock(&self.all).clone();
         if orphans.is_empty() {
             std::thread::sleep(TICK);
             return Vec::new();
         }
         let mut fds: Vec<PollFd<'_>> = orphans
             .iter()
-            .map(|o| PollFd::from_borrowed_fd(o.fd.as_fd(), PollFlags::IN))
+            .map(|o| PollFd::from_borrowed_fd(o.uffd.as_fd(), PollFlags::IN))
             .collect();
         let tick = Timespec {
             tv_sec: 0,
@@ -242,7 +216,7 @@ impl Orphans {
         let mut forked = Vec::new();
         for o in ready.into_iter().map(|i| &orphans[i]) {
             let mut events = Vec::new();
-            if o.fd.read_events(&mut events).is_err() {
+            if o.uffd.read_events(&mut events).is_err() {
                 continue;
             }
             for e in events {
@@ -251,11 +225,9 @@ impl Orphans {
                         // SAFETY: the kernel installed `fd` for this event;
                         // nothing else owns it.
                         fd: unsafe { OwnedFd::from_raw_fd(fd) },
-                        client: o.client,
-                        ranges: o.ranges.clone(),
-                        spare: o.spare,
+                        parent: o.clone(),
                     }),
-                    e => end_fault(&o.fd, &e),
+                    e => end_fault(&o.uffd, &e),
                 }
             }
         }
@@ -264,13 +236,13 @@ impl Orphans {
 
     /// Tries once more to write-protect each orphan that is not yet.
     fn protect_the_rest(&self) {
-        let waiting: Vec<_> = lock(&self.all)
+        let waiting: Vec<Orphan> = lock(&self.all)
             .iter()
             .filter(|o| !o.protected.load(Ordering::Acquire))
-            .map(|o| (o.uffd.clone(), o.ranges.clone(), o.protected.clone()))
+            .cloned()
             .collect();
-        for (uffd, ranges, protected) in waiting {
-            try_protect(&uffd, &ranges, &protected);
+        for o in &waiting {
+            try_protect(o);
         }
     }
 
@@ -289,15 +261,15 @@ impl Orphans {
 /// Write-protects every range of an orphan; `false` while a view change
 /// of its address space is being delivered (`EAGAIN`: try again). Other
 /// errors (a range the child unmapped) leave that range as it is.
-fn try_protect(uffd: &Uffd, ranges: &[(u64, u64)], protected: &AtomicBool) -> bool {
-    for &(addr, len) in ranges {
-        match uffd.write_protect(addr, len, true) {
+fn try_protect(o: &Orphan) -> bool {
+    for &(addr, len) in o.ranges.iter() {
+        match o.uffd.write_protect(addr, len, true) {
             Err(Errno::AGAIN) => return false,
             Err(e) => log::warn!("pager: write-protecting an orphan's {addr:#x}+{len:#x}: {e}"),
             Ok(()) => {}
         }
     }
-    protected.store(true, Ordering::Release);
+    o.protected.store(true, Ordering::Release);
     true
 }
 

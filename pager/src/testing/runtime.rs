@@ -168,6 +168,13 @@ impl ModelRuntime {
             }
         }
     }
+
+    /// GPU `gpu` unmapped the chunk of `o` at `first` (an `Invalidate`,
+    /// or the one a push makes first).
+    fn heard_invalidate(&self, gpu: u8, o: Handle, first: usize) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        lock(&self.invalidated).push((gpu, o.raw(), first));
+    }
 }
 
 impl Runtime for ModelRuntime {
@@ -382,8 +389,7 @@ impl Runtime for ModelRuntime {
         _n: usize,
         _seq: u64,
     ) -> Result<(), RtError> {
-        self.invalidations.fetch_add(1, Ordering::AcqRel);
-        lock(&self.invalidated).push((gpu, o.raw(), first));
+        self.heard_invalidate(gpu, o, first);
         Ok(())
     }
 
@@ -402,8 +408,7 @@ impl Runtime for ModelRuntime {
     ) -> Result<PageMask, RtError> {
         // The push unmaps the chunk on its source first, as `invalidate`.
         let _ = seq;
-        self.invalidations.fetch_add(1, Ordering::AcqRel);
-        lock(&self.invalidated).push((gpu, o.raw(), first));
+        self.heard_invalidate(gpu, o, first);
         let vram = lock(&self.vram);
         if self.push_unanswered.load(Ordering::Acquire) {
             let mut late = lock(&self.late_pushes);
