@@ -61,7 +61,11 @@ done; done
 # The whole peer migration beside its floor (`svm run peer`: GPU 1 takes
 # a buffer from GPU 0's VRAM, by its kernel's faults or by one prefetch,
 # which moves four chunks at once; a memcpy between two memfds beside it).
-for by in prefetch touch; do for s in 16M 64M; do
-    step "peer $by $s" "$BIN/svm" --vram-mib "$VRAM_MIB" run peer --size "$s" \
-        --reps "$REPS" --by "$by" --json
+# By touch also with fault-ahead (`--fault-ahead 4`: each GPU server moves
+# the four chunks after a stream of faults ahead of the kernel).
+for by in prefetch touch touch-ahead4; do for s in 16M 64M; do
+    ahead=0
+    [ "$by" = touch-ahead4 ] && ahead=4
+    step "peer $by $s" "$BIN/svm" --vram-mib "$VRAM_MIB" --fault-ahead "$ahead" run peer \
+        --size "$s" --reps "$REPS" --by "${by%-ahead4}" --json
 done; done

@@ -11,7 +11,8 @@
 #
 # Environment: BIN (release binaries), OUT, SIZES (svm sizes), REPS, RUNS
 # (runs of each size), ENGINES (copy engine counts), BY (what moves the
-# pages: prefetch, touch). Files in $OUT:
+# pages: prefetch, touch, touch-aheadN: touch with `svm --fault-ahead N`).
+# Files in $OUT:
 # machine.txt, peer-<by>-<size>-e<engines>-<run>.txt (stdout; stderr in log.txt),
 # bench-quick.txt, summary.txt (each run's summary line).
 set -u -o pipefail
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 BIN=$(cd "${BIN:-target/release}" && pwd) || { echo "peer.sh: no binary folder"; exit 2; }
 OUT=${OUT:-${TMPDIR:-/tmp}/peer}
 SIZES=${SIZES:-"16M 64M"} REPS=${REPS:-5} RUNS=${RUNS:-3} ENGINES=${ENGINES:-"1"}
-BY=${BY:-"prefetch touch"}
+BY=${BY:-"prefetch touch touch-ahead4"}
 mkdir -p "$OUT"
 LOG=$OUT/log.txt SUM=$OUT/summary.txt
 : >"$LOG"; : >"$SUM"
@@ -32,10 +33,12 @@ export SVM_BIN_DIR=$BIN
 fail=0
 for by in $BY; do for e in $ENGINES; do for s in $SIZES; do for r in $(seq 1 "$RUNS"); do
     f=$OUT/peer-$by-$s-e$e-$r.txt
-    { echo "== svm --copy-engines $e run peer --size $s --reps $REPS --by $by"; uptime
-      ps -eo pcpu,comm --sort=-pcpu | head -6; } >>"$LOG"
-    timeout 600 "$BIN/svm" --copy-engines "$e" run peer --size "$s" --reps "$REPS" \
-        --by "$by" >"$f" 2>>"$LOG"
+    mover=$by ahead=0
+    case $by in touch-ahead*) mover=touch ahead=${by#touch-ahead} ;; esac
+    { echo "== svm --copy-engines $e --fault-ahead $ahead run peer --size $s --reps $REPS" \
+        "--by $mover"; uptime; ps -eo pcpu,comm --sort=-pcpu | head -6; } >>"$LOG"
+    timeout 600 "$BIN/svm" --copy-engines "$e" --fault-ahead "$ahead" run peer --size "$s" \
+        --reps "$REPS" --by "$mover" >"$f" 2>>"$LOG"
     rc=$?
     [ "$rc" = 0 ] || fail=1
     echo "$by e$e run$r rc=$rc $(tail -n 1 "$f")" | tee -a "$SUM"

@@ -14,6 +14,9 @@ pub const MAX_THREADS: usize = 1024;
 pub const MAX_VRAM_MIB: u64 = 32 << 10;
 /// The device model's hardware threads.
 pub const MAX_HW_THREADS: u16 = 4096;
+/// Most chunks a GPU server's fault workers move ahead of a stream of
+/// faults (its `--fault-ahead`; `xe_svm::fault_ahead::MAX_AHEAD`).
+pub const MAX_FAULT_AHEAD: u8 = 8;
 
 /// A buffer size: `2M`, `512K`, `1G` or bytes; a multiple of 4 KiB from
 /// 4 KiB to [`MAX_BUFFER`].

@@ -17,27 +17,40 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn pages_move_vram_to_vram_and_every_word_is_right() {
-    peer_migration_moves_every_page(Mover::Touch);
+    peer_migration_moves_every_page(Mover::Touch, 0);
+}
+
+/// With fault-ahead (`--fault-ahead 4`) the GPU servers move chunks ahead
+/// of GPU 1's faults (and of GPU 0's, from RAM): 10 MiB is five chunks, the
+/// last three moved ahead of a stream, and every word must still be right.
+#[test]
+fn with_fault_ahead_pages_move_vram_to_vram_and_every_word_is_right() {
+    peer_migration_moves_every_page(Mover::Touch, 4);
 }
 
 /// Prefetch moves four chunks at once (`PREFETCH_LANES`): 4 MiB is two
 /// chunks, 6 MiB three, each in its own lane.
 #[test]
 fn a_prefetch_moves_pages_vram_to_vram_with_no_fault_and_every_word_right() {
-    peer_migration_moves_every_page(Mover::Prefetch);
+    peer_migration_moves_every_page(Mover::Prefetch, 0);
 }
 
-fn peer_migration_moves_every_page(by: Mover) {
+fn peer_migration_moves_every_page(by: Mover, ahead: u8) {
     bounded(LIMIT, move || {
         let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_svm"));
         std::env::set_var("SVM_BIN_DIR", exe.parent().unwrap());
         let mut opts = BootOptions::default();
         opts.device.vram_bytes = 32 << 20;
         opts.gpus = 2;
+        if ahead > 0 {
+            opts.gpu_args.push(format!("--fault-ahead={ahead}"));
+        }
         let (system, clients) = System::boot(&opts).expect("two GPUs boot");
         let c = clients.expect("clients");
+        let bytes: usize = if ahead > 0 { 10 << 20 } else { 6 << 20 };
+        let pages = (bytes / 4096) as u64;
         let cfg = Config {
-            bytes: 6 << 20,
+            bytes,
             reps: 2,
             gpu_threads: 64,
             by,
@@ -46,18 +59,18 @@ fn peer_migration_moves_every_page(by: Mover) {
             .expect("the peer migration ran");
         eprintln!("{}", r.line());
         assert_eq!(r.reps.len(), 2);
-        assert_eq!(r.pages, 1536);
+        assert_eq!(r.pages, pages);
         for rep in &r.reps {
             assert_eq!(rep.bad_words, 0, "{}", rep.line());
             assert_eq!(
                 rep.gpu0_pages_to_vram,
-                1536,
+                pages,
                 "GPU 0 took every page: {}",
                 rep.line()
             );
             assert_eq!(
                 rep.gpu1_pages_to_vram,
-                1536,
+                pages,
                 "GPU 1 took every page: {}",
                 rep.line()
             );
@@ -128,6 +141,8 @@ fn bad_numbers_are_refused_before_booting() {
         &["run", "peer", "--reps", "1001"],
         &["run", "peer", "--by", "teleport"],
         &["--vram-mib", "8", "run", "peer", "--size", "16M"],
+        &["--fault-ahead", "9", "run", "peer"],
+        &["--fault-ahead", "-1", "run", "peer"],
     ] {
         let (ok, out, err) = svm(args, Duration::from_secs(20));
         assert!(!ok, "{args:?} was accepted:\n{out}");

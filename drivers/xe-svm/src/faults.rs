@@ -10,6 +10,10 @@
 //! it exits after [`IDLE`] without faults. Workers are bounded by the
 //! ASIDs in use (`MAX_ASIDS`), and those by every client's `vms` budget.
 //!
+//! With fault-ahead on (`fault_ahead.rs`), each worker also moves the
+//! chunks ahead of a stream of faults, and a fault on a chunk being moved
+//! ahead waits for that move before it is resolved.
+//!
 //! Prefetch faults (the hardware prefetcher's, speculative) never reach a
 //! worker: [`Dispatch::route`] acknowledges and drops them.
 //!
@@ -23,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hw::xe::fault::{AccessType, FaultDescriptor, FaultType};
+
+use crate::fault_ahead::{Ahead, Move};
 
 /// How long a worker waits for more faults of its VM before it exits.
 pub const IDLE: Duration = Duration::from_secs(2);
@@ -42,6 +48,8 @@ pub type Reply = dyn Fn(&FaultDescriptor, bool) + Send + Sync;
 pub struct Dispatch {
     resolve: Arc<Resolve>,
     reply: Arc<Reply>,
+    /// Fault-ahead: chunks each worker moves ahead, and how.
+    ahead: Option<(usize, Arc<Move>)>,
     workers: Arc<Mutex<HashMap<u32, Sender<FaultDescriptor>>>>,
 }
 
@@ -50,8 +58,16 @@ impl Dispatch {
         Self {
             resolve,
             reply,
+            ahead: None,
             workers: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Each worker moves up to `depth` chunks ahead of a stream of its
+    /// VM's faults with `mover` (`fault_ahead.rs`); 0 is off.
+    pub fn with_fault_ahead(mut self, depth: usize, mover: Arc<Move>) -> Self {
+        self.ahead = (depth > 0).then_some((depth, mover));
+        self
     }
 
     /// Serves `faults` until the pump stops.
@@ -90,6 +106,7 @@ impl Dispatch {
             asid,
             resolve: self.resolve.clone(),
             reply: self.reply.clone(),
+            ahead: self.ahead.clone(),
             workers: self.workers.clone(),
         };
         let spawned = std::thread::Builder::new()
@@ -113,11 +130,16 @@ struct Worker {
     asid: u32,
     resolve: Arc<Resolve>,
     reply: Arc<Reply>,
+    ahead: Option<(usize, Arc<Move>)>,
     workers: Arc<Mutex<HashMap<u32, Sender<FaultDescriptor>>>>,
 }
 
 impl Worker {
     fn serve(self, rx: Receiver<FaultDescriptor>) {
+        let ahead = self
+            .ahead
+            .as_ref()
+            .and_then(|(depth, mover)| Ahead::start(self.asid, *depth, mover.clone()));
         loop {
             let first = match rx.recv_timeout(IDLE) {
                 Ok(f) => f,
@@ -137,7 +159,7 @@ impl Worker {
                     },
                 }
             }
-            self.serve_batch(batch);
+            self.serve_batch(batch, ahead.as_ref());
         }
     }
 
@@ -157,7 +179,7 @@ impl Worker {
     /// Resolves each 2 MiB group once; replies to every fault of it. Reads
     /// and writes group apart: a write refused (a read-only range) must not
     /// fail the reads beside it.
-    fn serve_batch(&self, batch: Vec<FaultDescriptor>) {
+    fn serve_batch(&self, batch: Vec<FaultDescriptor>, ahead: Option<&Ahead>) {
         let mut groups: Vec<((u64, bool), Vec<FaultDescriptor>)> = Vec::new();
         for f in batch {
             let key = (f.address >> 21, f.access != AccessType::Read);
@@ -167,8 +189,17 @@ impl Worker {
             }
         }
         for ((_, write), group) in groups {
-            let near: Vec<u64> = group[1..].iter().map(|f| f.address).collect();
-            let ok = (self.resolve)(self.asid, group[0].address, write, &near);
+            let (va, near): (u64, Vec<u64>) = (
+                group[0].address,
+                group[1..].iter().map(|f| f.address).collect(),
+            );
+            if let Some(a) = ahead {
+                a.wait(va);
+            }
+            let ok = (self.resolve)(self.asid, va, write, &near);
+            if let (Some(a), true) = (ahead, ok) {
+                a.faulted(va);
+            }
             for f in &group {
                 (self.reply)(f, ok);
             }

@@ -474,9 +474,15 @@ impl GpuServer {
     }
 
     /// Serves GPU faults, one worker per VM with faults pending
-    /// (`faults.rs`), until the GuC pump stops.
-    pub fn fault_worker(self, faults: Receiver<FaultDescriptor>) {
+    /// (`faults.rs`), each moving up to `ahead` chunks ahead of a stream
+    /// of faults (`fault_ahead.rs`; 0 is off), until the GuC pump stops.
+    pub fn fault_worker(self, faults: Receiver<FaultDescriptor>, ahead: usize) {
         let (inner, dev) = (self.inner.clone(), self.inner.clone());
+        let mover = self.inner.clone();
+        let mover = move |asid: u32, va: u64| mover.fault_ahead(asid, va);
+        if ahead > 0 {
+            log::info!("xe-svm: fault-ahead: {ahead} chunks ahead of a stream of faults");
+        }
         let resolve = move |asid: u32, va: u64, write: bool, near: &[u64]| {
             inner.resolve_access(asid, va, write, near)
         };
@@ -493,7 +499,9 @@ impl GpuServer {
                 log::error!("xe-svm: fault reply: {e}");
             }
         };
-        Dispatch::new(Arc::new(resolve), Arc::new(reply)).run(faults);
+        Dispatch::new(Arc::new(resolve), Arc::new(reply))
+            .with_fault_ahead(ahead, Arc::new(mover))
+            .run(faults);
     }
 }
 

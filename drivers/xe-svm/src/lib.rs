@@ -38,6 +38,7 @@ pub mod budget;
 pub mod density;
 pub mod device;
 pub mod end;
+pub mod fault_ahead;
 pub mod fault_log;
 pub mod faults;
 pub mod frames;

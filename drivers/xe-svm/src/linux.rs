@@ -99,6 +99,11 @@ struct Args {
     /// `PushToPeer` copies (several GPUs, issue 17). Repeated.
     #[arg(long)]
     peer_vram: Vec<PeerVram>,
+    /// Chunks (2 MiB) each VM's fault worker moves to VRAM ahead of a
+    /// stream of its faults (0 to 8; 0 is off, as in xe; `fault_ahead.rs`).
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=8))]
+    fault_ahead: u8,
 }
 
 /// One `--peer-vram` argument.
@@ -381,10 +386,10 @@ fn serve(a: &Args, bar: hw::bar::Bar, budget: GpuBudget, migrate: i32, notify: i
         .name("xe-svm-guc".into())
         .spawn(move || pump.pump(tx))
         .expect("spawning at boot");
-    let worker = (*server).clone();
+    let (worker, ahead) = ((*server).clone(), usize::from(a.fault_ahead));
     std::thread::Builder::new()
         .name("xe-svm-faults".into())
-        .spawn(move || worker.fault_worker(rx))
+        .spawn(move || worker.fault_worker(rx, ahead))
         .expect("spawning at boot");
     served.spawn(a, &server);
 }

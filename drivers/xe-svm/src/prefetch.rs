@@ -73,6 +73,18 @@ impl<P: Platform> Inner<P> {
         Ok((in_vram.into_inner(), len / PAGE))
     }
 
+    /// Moves the chunk at `va` of `asid` to VRAM ahead of the VM's faults
+    /// (`fault_ahead.rs`), as a prefetch of the whole chunk would.
+    pub fn fault_ahead(&self, asid: u32, va: u64) {
+        let from = va & !(CHUNK - 1);
+        match from.checked_add(CHUNK) {
+            Some(to) if to <= USER_VA_END => {
+                self.prefetch_chunk(asid, from, to);
+            }
+            _ => {}
+        }
+    }
+
     /// Resolves `[from, to)` (inside one chunk) while it makes progress;
     /// returns its pages in VRAM.
     fn prefetch_chunk(&self, asid: u32, from: u64, to: u64) -> u64 {

@@ -252,7 +252,7 @@ fn start_server(a: &Args, boot: &Boot, dev: Arc<Device>) {
         .and_then(|_| {
             std::thread::Builder::new()
                 .name("xe-svm-faults".into())
-                .spawn(move || worker.fault_worker(rx))
+                .spawn(move || worker.fault_worker(rx, 0))
         })
         .unwrap_or_else(|e| fail("starting the fault path", e));
     p.server = Some(server);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use init::args::{above, buffer_size, int, threads, vram_mib, MAX_HW_THREADS};
+use init::args::{above, buffer_size, int, threads, vram_mib, MAX_FAULT_AHEAD, MAX_HW_THREADS};
 use init::herd::{self, Mode};
 use init::hostile::{self, Family};
 use init::oversub;
@@ -29,6 +29,13 @@ struct Cli {
     /// XE_MODEL_COPY_ENGINES].
     #[arg(long, global = true)]
     copy_engines: Option<u16>,
+    /// 2 MiB chunks each GPU server moves to VRAM ahead of a stream of a
+    /// VM's faults (0 to 8; 0, as in xe, is off): UVM's prefetcher's
+    /// streaming case. Fewer faults, and pages may move before they are
+    /// touched.
+    #[arg(long, global = true, default_value_t = 0,
+          value_parser = int(0, MAX_FAULT_AHEAD))]
+    fault_ahead: u8,
 }
 
 #[derive(Subcommand)]
@@ -396,6 +403,10 @@ fn main() {
     opts.device.hw_threads = cli.hw_threads;
     if let Some(n) = cli.copy_engines {
         opts.device.copy_engines = n.max(1);
+    }
+    if cli.fault_ahead > 0 {
+        opts.gpu_args
+            .push(format!("--fault-ahead={}", cli.fault_ahead));
     }
     let code = match cli.command {
         Cmd::Run {

@@ -33,6 +33,10 @@ pub struct Device {
     /// GPU fault migrates).
     #[serde(default)]
     pub thrash_hold: bool,
+    /// Chunks each GPU server moves ahead of a stream of faults (its
+    /// `--fault-ahead`, 0 to 8; 0, the default, is off).
+    #[serde(default)]
+    pub fault_ahead: u8,
 }
 
 impl Default for Device {
@@ -45,6 +49,7 @@ impl Default for Device {
             heap: default_heap(),
             fail_copy_every: 0,
             thrash_hold: false,
+            fault_ahead: 0,
         }
     }
 }

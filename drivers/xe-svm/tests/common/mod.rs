@@ -188,9 +188,24 @@ impl World {
         .expect("server")
     }
 
+    /// A server whose fault workers move `ahead` chunks ahead of a stream
+    /// of faults (`--fault-ahead`).
+    pub fn with_fault_ahead(budget: GpuBudget, ahead: usize) -> Self {
+        let cfg = ServerConfig::for_clients(budget, MAX_CLIENT_SESSIONS);
+        let make = |dev, migrate| GpuServer::new(dev, migrate, None, 64 << 20, &cfg);
+        Self::boot_ahead(make, ahead).expect("server")
+    }
+
     /// The device model, a stand-in pager and the server `make` builds.
     pub fn boot(
         make: impl FnOnce(Arc<Device>, Client<PagerMigrate>) -> Result<GpuServer, BootError>,
+    ) -> Result<Self, BootError> {
+        Self::boot_ahead(make, 0)
+    }
+
+    fn boot_ahead(
+        make: impl FnOnce(Arc<Device>, Client<PagerMigrate>) -> Result<GpuServer, BootError>,
+        ahead: usize,
     ) -> Result<Self, BootError> {
         let (t, model) = spawn_in_process(Config {
             vram_bytes: 64 << 20,
@@ -216,7 +231,7 @@ impl World {
         let pump = dev.clone();
         std::thread::spawn(move || pump.pump(tx));
         let worker = server.clone();
-        std::thread::spawn(move || worker.fault_worker(rx));
+        std::thread::spawn(move || worker.fault_worker(rx, ahead));
         Ok(Self {
             server,
             pager,
