@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The herd with pages spread over several GPUs (issue 17), side by side in
-# one command on the H200 machine: per configuration, the minor floor (`svm
+# Issue 17's measurements on the H200 machine, side by side in one
+# command. First the whole peer migration beside its floor (`svm run peer`
+# by prefetch, by touch, and by touch with fault-ahead). Then the herd with
+# pages spread over several GPUs, per configuration: the minor floor (`svm
 # bench floor --kind minor`), ours on one GPU, ours with the pages spread
-# over four GPUs (`svm run herd --gpus 4`: each GPU faults a stripe in, then
-# the CPU herd brings them back from all four), and NVIDIA UVM's herd
-# (bench/uvm_herd.cu, one H200) when nvcc is there. Then the whole peer
-# migration beside its floor (`svm run peer`).
+# over four GPUs (`svm run herd --gpus 4`: each GPU faults a stripe in,
+# then the CPU herd brings them back from all four), and NVIDIA UVM's herd
+# (bench/uvm_herd.cu, one GPU) when nvcc is there.
 #
 #   BIN=target/h200carry OUT=/tmp/out bash bench/h200-gpus.sh
 #
@@ -45,6 +46,19 @@ step() {
     echo "$tag $out rc=$rc" | tee -a "$RES"
 }
 
+# The whole peer migration beside its floor (`svm run peer`: GPU 1 takes
+# a buffer from GPU 0's VRAM, by its kernel's faults or by one prefetch,
+# which moves four chunks at once; a memcpy between two memfds beside it).
+# By touch also with fault-ahead (`--fault-ahead 4`: each GPU server moves
+# the four chunks after a stream of faults ahead of the kernel).
+for by in prefetch touch touch-ahead4; do for s in 16M 64M; do
+    ahead=0
+    [ "$by" = touch-ahead4 ] && ahead=4
+    step "peer $by $s" "$BIN/svm" --vram-mib "$VRAM_MIB" --fault-ahead "$ahead" run peer \
+        --size "$s" --reps "$REPS" --by "${by%-ahead4}" --json
+done; done
+
+# Then the herd, per configuration.
 for kib in $SIZES; do for t in $THREADS; do
     c="$MODE $kib $t"
     step "$c floor-minor" "$BIN/svm" bench floor --kind minor --size "${kib}K" \
@@ -58,14 +72,3 @@ for kib in $SIZES; do for t in $THREADS; do
     fi
 done; done
 
-# The whole peer migration beside its floor (`svm run peer`: GPU 1 takes
-# a buffer from GPU 0's VRAM, by its kernel's faults or by one prefetch,
-# which moves four chunks at once; a memcpy between two memfds beside it).
-# By touch also with fault-ahead (`--fault-ahead 4`: each GPU server moves
-# the four chunks after a stream of faults ahead of the kernel).
-for by in prefetch touch touch-ahead4; do for s in 16M 64M; do
-    ahead=0
-    [ "$by" = touch-ahead4 ] && ahead=4
-    step "peer $by $s" "$BIN/svm" --vram-mib "$VRAM_MIB" --fault-ahead "$ahead" run peer \
-        --size "$s" --reps "$REPS" --by "${by%-ahead4}" --json
-done; done
