@@ -255,6 +255,7 @@ impl Devices {
                     _ => None,
                 },
                 keeper: None,
+                ready_deadline: crate::supervisor::ready_deadline(process, opts),
             });
         }
         Ok(out)

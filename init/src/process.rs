@@ -21,6 +21,13 @@
 //! **Restart policy.** At most [`MAX_RESTARTS`] restarts of one server
 //! within [`RESTART_WINDOW`]; past that the server is reported dead and the
 //! system stops (a crash loop must not spin forever).
+//!
+//! **Readiness.** A server that speaks it ([`Recipe::ready_deadline`]) gets
+//! the write end of a pipe (`--ready-fd`) and writes one byte on it once it
+//! serves. One that has not within its deadline is killed, and so is
+//! restarted (within the policy) or reported dead: a generation that hangs
+//! before it serves (a take-over that never ends) is not waited on for
+//! good, while its peers' calls to it time out meanwhile.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -42,6 +49,9 @@ pub const MAX_RESTARTS: usize = 20;
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// How often the watcher looks at its children.
 const POLL: Duration = Duration::from_millis(5);
+/// How long a started server has to say it serves (a restarted pager
+/// rebuilds its state first; this is far past what that takes).
+pub const READY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How to start a server (again).
 pub struct Recipe {
@@ -63,6 +73,17 @@ pub struct Recipe {
     /// The descriptors it keeps across its restarts (the pager's): each
     /// new generation gets them back ([`crate::keeper`]).
     pub keeper: Option<crate::keeper::Keeper>,
+    /// It says it serves on `--ready-fd`, and is killed if it has not
+    /// within this long of its start (see the module's "Readiness").
+    pub ready_deadline: Option<Duration>,
+}
+
+/// A started server's readiness pipe, until it has said it serves.
+struct Readiness {
+    /// The read end (non-blocking).
+    pipe: OwnedFd,
+    since: Instant,
+    deadline: Duration,
 }
 
 /// How a restarted driver reaches a device that outlived its predecessor
@@ -115,6 +136,8 @@ struct Server {
     restarts: VecDeque<Instant>,
     /// Died and was not restarted (reported once).
     dead: bool,
+    /// Started and not yet said it serves.
+    ready: Option<Readiness>,
 }
 
 #[derive(Default)]
@@ -124,6 +147,8 @@ struct State {
     died: Option<BootError>,
     /// Restarts so far, all servers.
     restarts: u64,
+    /// Servers killed for not saying they serve in time, all servers.
+    not_ready: u64,
     stopping: bool,
 }
 
@@ -135,11 +160,29 @@ pub struct Supervised {
 }
 
 /// Starts generation `generation` of `name` through the spawn helper
-/// beside its executable (`spawn.rs` says why `init` never forks).
-fn start(name: &'static str, r: &Recipe, generation: u32) -> Result<Spawned, BootError> {
+/// beside its executable (`spawn.rs` says why `init` never forks); with
+/// its readiness pipe when it speaks readiness.
+fn start(
+    name: &'static str,
+    r: &Recipe,
+    generation: u32,
+) -> Result<(Spawned, Option<Readiness>), BootError> {
     let mut args = r.args.clone();
     args.push(format!("--generation={generation}"));
-    let fds: Vec<(&OwnedFd, i32)> = r.fds.iter().map(|(fd, target)| (fd, *target)).collect();
+    let mut fds: Vec<(&OwnedFd, i32)> = r.fds.iter().map(|(fd, target)| (fd, *target)).collect();
+    let spawn_err = |error| BootError::Spawn {
+        server: name,
+        error,
+    };
+    let pipe = match r.ready_deadline {
+        Some(_) => Some(ready_pipe().map_err(spawn_err)?),
+        None => None,
+    };
+    if let Some((_, write)) = &pipe {
+        let target = fds.iter().map(|(_, t)| *t).max().unwrap_or(2).max(2) + 1;
+        args.push(format!("--ready-fd={target}"));
+        fds.push((write, target));
+    }
     let helper = r.exe.with_file_name(crate::spawn::HELPER);
     let s = crate::spawn::spawn(
         &helper,
@@ -157,7 +200,57 @@ fn start(name: &'static str, r: &Recipe, generation: u32) -> Result<Spawned, Boo
         "init: started {name} (pid {}, generation {generation})",
         s.child.id()
     );
-    Ok(s)
+    let ready = pipe
+        .zip(r.ready_deadline)
+        .map(|((pipe, _), deadline)| Readiness {
+            pipe,
+            since: Instant::now(),
+            deadline,
+        });
+    Ok((s, ready))
+}
+
+/// A readiness pipe: (read end, non-blocking; write end, for the child).
+fn ready_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pipe::{pipe_with, PipeFlags};
+    Ok(pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?)
+}
+
+/// Whether `s` has said it serves; kills it when it has not within its
+/// deadline (the watcher then restarts it or reports it). Returns whether
+/// it was killed.
+fn check_ready(s: &mut Server) -> bool {
+    let Some(r) = &s.ready else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    match rustix::io::read(&r.pipe, &mut byte) {
+        Ok(1) => {
+            log::info!(
+                "init: {} generation {} serves ({} ms after its start)",
+                s.name,
+                s.generation,
+                r.since.elapsed().as_millis()
+            );
+            s.ready = None;
+        }
+        Err(rustix::io::Errno::AGAIN) if r.since.elapsed() > r.deadline => {
+            log::error!(
+                "init: {} generation {} did not say it serves within {:?}; killing it",
+                s.name,
+                s.generation,
+                r.deadline
+            );
+            let _ = s.child.kill();
+            s.ready = None;
+            return true;
+        }
+        Err(rustix::io::Errno::AGAIN) => {}
+        // Closed without a word: it exited (the watcher sees that) or
+        // closed the pipe; either way there is nothing more to hear.
+        _ => s.ready = None,
+    }
+    false
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -184,7 +277,7 @@ impl Supervised {
     /// restartable server's recipe keeps its endpoint ends, so that
     /// `init` holds them while it is down.
     pub fn start(&self, name: &'static str, recipe: Recipe) -> Result<(), BootError> {
-        let Spawned { child, lifeline } = start(name, &recipe, 1)?;
+        let (Spawned { child, lifeline }, ready) = start(name, &recipe, 1)?;
         let recipe = if recipe.restartable {
             let mut recipe = recipe;
             recipe.forget_device_end();
@@ -204,6 +297,7 @@ impl Supervised {
             recipe,
             restarts: VecDeque::new(),
             dead: false,
+            ready,
         };
         lock(&self.state.0).servers.push(server);
         Ok(())
@@ -295,6 +389,11 @@ impl Supervised {
         lock(&self.state.0).restarts
     }
 
+    /// Servers killed so far for not saying they serve in time.
+    pub fn not_ready_kills(&self) -> u64 {
+        lock(&self.state.0).not_ready
+    }
+
     /// A server that died and was not restarted, if any.
     pub fn check(&self) -> Result<(), BootError> {
         match lock(&self.state.0).died.as_ref() {
@@ -367,6 +466,9 @@ fn watch(state: &(Mutex<State>, Condvar), stop: &AtomicBool) {
             if !st.stopping {
                 let st = &mut *st;
                 for s in st.servers.iter_mut().filter(|s| !s.dead) {
+                    if check_ready(s) {
+                        st.not_ready += 1;
+                    }
                     if let Ok(Some(status)) = s.child.try_wait() {
                         match restart(s, status) {
                             Ok(()) => st.restarts += 1,
@@ -431,8 +533,8 @@ fn restart(s: &mut Server, status: ExitStatus) -> Result<(), BootError> {
     }
     log::warn!("init: {} died ({status}); restarting it", s.name);
     reattach(s)?;
-    let next = start(s.name, &s.recipe, s.generation + 1)?;
-    (s.child, s.lifeline) = (next.child, next.lifeline);
+    let (next, ready) = start(s.name, &s.recipe, s.generation + 1)?;
+    (s.child, s.lifeline, s.ready) = (next.child, next.lifeline, ready);
     if let Some(k) = &s.recipe.keeper {
         k.hand_over(s.generation + 1);
     }

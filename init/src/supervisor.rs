@@ -270,6 +270,10 @@ pub struct BootOptions {
     /// GPUs, each a device model and a GPU server (0 or 1: one; up to
     /// `manifest::MAX_GPUS`; `devices.rs`).
     pub gpus: u8,
+    /// How long a started server has to say it serves before it is killed
+    /// (`process.rs`, "Readiness"; `None`: [`crate::process::READY_DEADLINE`];
+    /// tests shorten it).
+    pub ready_deadline: Option<Duration>,
 }
 
 /// A duplicate of an endpoint end, for a server's recipe.
@@ -404,6 +408,15 @@ impl Attach {
             args.push(format!("--attach-fd={DEVICE_ATTACH_FD}"));
         }
     }
+}
+
+/// How long `process` has to say it serves, for the servers that say it
+/// (`--ready-fd`; the device model does not).
+pub(crate) fn ready_deadline(process: &str, opts: &BootOptions) -> Option<Duration> {
+    matches!(process, "pager" | "xe-svm" | "mm-server").then(|| {
+        opts.ready_deadline
+            .unwrap_or(crate::process::READY_DEADLINE)
+    })
 }
 
 /// The arguments `opts` gives server `process`, before its endpoints.
@@ -590,6 +603,7 @@ impl System {
                     _ => None,
                 },
                 keeper,
+                ready_deadline: ready_deadline(process, opts),
             };
             if let Err(e) = system.servers.start(process, recipe) {
                 system.shutdown();
@@ -716,6 +730,12 @@ impl System {
     /// Restarts so far, all servers together.
     pub fn restarts(&self) -> u64 {
         self.servers.restarts()
+    }
+
+    /// Servers killed so far for not saying they serve within their
+    /// readiness deadline (`process.rs`, "Readiness").
+    pub fn not_ready_kills(&self) -> u64 {
+        self.servers.not_ready_kills()
     }
 
     /// Reports a server that died and was not restarted, if any.

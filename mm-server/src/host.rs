@@ -60,6 +60,10 @@ struct Args {
     /// restarted server announces its generation on every endpoint.
     #[arg(long, default_value_t = 1)]
     generation: u32,
+    /// A pipe init reads: one byte on it says this process serves (init
+    /// kills a server that has not said so within its readiness deadline).
+    #[arg(long)]
+    ready_fd: Option<i32>,
 }
 
 fn endpoint(fd: i32) -> Arc<dyn Transport> {
@@ -135,6 +139,10 @@ pub fn main() {
             .expect("spawning at boot");
     } else {
         log::warn!("mm-server: no shrinker or reclaim endpoint; reservations wait for memory to be given back");
+    }
+    if let Some(fd) = a.ready_fd {
+        // SAFETY: init gave us this descriptor for this alone.
+        unsafe { ipc_protocol::transport::say_ready(fd) };
     }
     println!("mm-server: serving");
     let mut buf = [0u8; 1];

@@ -104,6 +104,10 @@ struct Args {
     #[arg(long, default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=8))]
     fault_ahead: u8,
+    /// A pipe init reads: one byte on it says this process serves (init
+    /// kills a server that has not said so within its readiness deadline).
+    #[arg(long)]
+    ready_fd: Option<i32>,
 }
 
 /// One `--peer-vram` argument.
@@ -235,6 +239,10 @@ pub fn main() {
             started.elapsed().as_secs_f64() * 1e3
         );
         println!("xe-svm: serving");
+    }
+    if let Some(fd) = a.ready_fd {
+        // SAFETY: init gave us this descriptor for this alone.
+        unsafe { ipc_protocol::transport::say_ready(fd) };
     }
     let mut buf = [0u8; 1];
     let _ = std::io::stdin().read(&mut buf);

@@ -120,6 +120,21 @@ pub fn pass_fds_to_child(
     Ok(high)
 }
 
+/// Says "serving" on the readiness pipe `init` gave this server
+/// (`--ready-fd`): one byte, then the pipe closes. `init` kills a server
+/// that has not said it within its readiness deadline (a start that hangs
+/// is restarted, not waited on for good).
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else in this process.
+pub unsafe fn say_ready(fd: i32) {
+    // SAFETY: the caller vouches for the descriptor.
+    let pipe = unsafe { inherited_fd(fd) };
+    if let Err(e) = rustix::io::write(&pipe, b"R") {
+        log::warn!("telling init we serve (--ready-fd {fd}): {e}");
+    }
+}
+
 /// Takes ownership of an inherited descriptor named on the command line.
 ///
 /// # Safety

@@ -98,6 +98,14 @@ mod server {
         #[arg(long, default_value_t = 1,
               value_parser = clap::value_parser!(u32).range(1..))]
         generation: u32,
+        /// A pipe init reads: one byte on it says this process serves (init
+        /// kills a server that has not said so within its readiness deadline).
+        #[arg(long)]
+        ready_fd: Option<i32>,
+        /// Tests: generation N stalls before it serves (a restart that
+        /// hangs), so init's readiness deadline must kill it.
+        #[arg(long, hide = true)]
+        stall_before_serving: Option<u32>,
         /// A memfd `init` keeps for every generation: objects, address
         /// spaces and views are recorded there (`pager::journal`). With
         /// `--keep-fd`; without both nothing outlives this process.
@@ -345,6 +353,17 @@ mod server {
             );
         }
         serve_extra(&a.extra_endpoint, &server, a.generation);
+        if a.stall_before_serving == Some(a.generation) {
+            log::warn!(
+                "pager: generation {} stalls before serving (a test)",
+                a.generation
+            );
+            std::thread::park();
+        }
+        if let Some(fd) = a.ready_fd {
+            // SAFETY: init gave us this descriptor for this alone.
+            unsafe { ipc_protocol::transport::say_ready(fd) };
+        }
         println!("pager: serving");
         let mut buf = [0u8; 1];
         let _ = std::io::stdin().read(&mut buf);
