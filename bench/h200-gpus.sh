@@ -51,12 +51,14 @@ step() {
 # which moves four chunks at once; a memcpy between two memfds beside it).
 # By touch also with fault-ahead (`--fault-ahead 4`: each GPU server moves
 # the four chunks after a stream of faults ahead of the kernel).
-for by in prefetch touch touch-ahead4; do for s in 16M 64M; do
+# Each with one copy engine (the model's default) and with four (a 2 MiB
+# push split by rows over them, as a real Xe part has several).
+for e in 1 4; do for by in prefetch touch touch-ahead4; do for s in 16M 64M 256M; do
     ahead=0
     [ "$by" = touch-ahead4 ] && ahead=4
-    step "peer $by $s" "$BIN/svm" --vram-mib "$VRAM_MIB" --fault-ahead "$ahead" run peer \
-        --size "$s" --reps "$REPS" --by "${by%-ahead4}" --json
-done; done
+    step "peer e$e $by $s" "$BIN/svm" --vram-mib "$VRAM_MIB" --copy-engines "$e" \
+        --fault-ahead "$ahead" run peer --size "$s" --reps "$REPS" --by "${by%-ahead4}" --json
+done; done; done
 
 # Then the herd, per configuration.
 for kib in $SIZES; do for t in $THREADS; do
