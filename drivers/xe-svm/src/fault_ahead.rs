@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn the_top_of_the_address_space_does_not_wrap() {
         let (a, moved) = recording(4, Duration::ZERO);
-        let top = u64::MAX & !(MIB2 - 1);
+        let top = !(MIB2 - 1);
         a.faulted(top - MIB2);
         a.faulted(top);
         settle(&a);

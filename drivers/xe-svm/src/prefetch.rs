@@ -7,8 +7,13 @@
 //! 5: VRAM is allocated before any page lock; rule 1: pages another
 //! migration holds are skipped, never waited for; rule 4: what it got is
 //! finalized page by page). A chunk is resolved again while each round
-//! brings more of it in (a short VRAM may give 64 KiB or 4 KiB at a time)
-//! and left as soon as one round brings nothing: a prefetch never spins.
+//! brings more of it in (a short VRAM may give 64 KiB or 4 KiB at a time).
+//! A round that brings nothing is tried again after [`RETRY_WAIT`], at
+//! most [`PREFETCH_RETRIES`] times in the whole call: pages a CPU fault
+//! has just brought in stay locked for a moment after the faulting thread
+//! runs on, and a prefetch right behind it would otherwise leave their
+//! chunk where it is. Past that budget a chunk that makes no progress is
+//! left: a prefetch never spins.
 //! Pages no binding covers are not moved. The reply counts the range's
 //! pages in VRAM at the end: a hint, as in xe, never a promise that they
 //! stay (eviction may take them the next moment).
@@ -20,7 +25,8 @@
 //! page and each chunk keeps the rules above; they are the runtime's
 //! threads ([`Lanes`]), so the core starts none itself.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use ipc_protocol::interfaces::gpu::GpuError;
 
@@ -35,7 +41,13 @@ const CHUNK: u64 = 2 << 20;
 /// hold (a client's calls are served by a bounded pool, so its prefetches
 /// hold at most this many times that).
 pub const PREFETCH_LANES: usize = 4;
-
+/// Rounds that brought nothing a whole prefetch call tries again.
+pub const PREFETCH_RETRIES: u32 = 20;
+/// How long such a round waits before it is tried again.
+pub const RETRY_WAIT: Duration = Duration::from_millis(1);
+/// Retries of one chunk moved ahead of faults (`fault_ahead.rs`): a
+/// guess, so it gives up sooner.
+const AHEAD_RETRIES: u32 = 2;
 /// Runs `work` on up to `n` lanes at once (the runtime's threads, the
 /// caller's among them) and returns once every lane has returned. Each
 /// lane runs `work` to its end; fewer lanes than `n` only slow it down.
@@ -63,9 +75,10 @@ impl<P: Platform> Inner<P> {
             .map(|chunk| (chunk.max(addr), (chunk + CHUNK).min(end)))
             .collect();
         let (next, in_vram) = (AtomicUsize::new(0), AtomicU64::new(0));
+        let retries = AtomicU32::new(PREFETCH_RETRIES);
         let lane = || {
             while let Some(&(from, to)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let n = self.prefetch_chunk(asid, from, to);
+                let n = self.prefetch_chunk(asid, from, to, &retries);
                 in_vram.fetch_add(n, Ordering::Relaxed);
             }
         };
@@ -79,15 +92,16 @@ impl<P: Platform> Inner<P> {
         let from = va & !(CHUNK - 1);
         match from.checked_add(CHUNK) {
             Some(to) if to <= USER_VA_END => {
-                self.prefetch_chunk(asid, from, to);
+                self.prefetch_chunk(asid, from, to, &AtomicU32::new(AHEAD_RETRIES));
             }
             _ => {}
         }
     }
 
-    /// Resolves `[from, to)` (inside one chunk) while it makes progress;
+    /// Resolves `[from, to)` (inside one chunk) while it makes progress,
+    /// a round without progress tried again while `retries` lasts;
     /// returns its pages in VRAM.
-    fn prefetch_chunk(&self, asid: u32, from: u64, to: u64) -> u64 {
+    fn prefetch_chunk(&self, asid: u32, from: u64, to: u64, retries: &AtomicU32) -> u64 {
         let (mut missing, mut bound) = self.not_in_vram(asid, from, to);
         while let Some((&first, rest)) = missing.split_first() {
             if !self.resolve(asid, first, rest) {
@@ -96,7 +110,7 @@ impl<P: Platform> Inner<P> {
             let (left, now_bound) = self.not_in_vram(asid, from, to);
             let progress = left.len() < missing.len();
             (missing, bound) = (left, now_bound);
-            if !progress {
+            if !progress && !take_retry(retries) {
                 break;
             }
         }
@@ -133,4 +147,16 @@ impl<P: Platform> Inner<P> {
             .collect();
         (missing, bound)
     }
+}
+
+/// Takes one retry from `retries` and waits [`RETRY_WAIT`]; `false` when
+/// none is left.
+fn take_retry(retries: &AtomicU32) -> bool {
+    let took = retries
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok();
+    if took {
+        std::thread::sleep(RETRY_WAIT);
+    }
+    took
 }

@@ -51,6 +51,39 @@ fn a_prefetched_range_runs_without_a_gpu_fault() {
     );
 }
 
+/// Pages a CPU fault has just brought in stay locked for a moment: a
+/// chunk whose first collects get nothing is tried again, and moves.
+#[test]
+fn a_chunk_held_for_a_moment_is_moved_all_the_same() {
+    let w = World::new(GpuBudget::default());
+    let vm = w.create_vm(A).unwrap().vm.get();
+    w.bind(A, vm, 10, BASE);
+    w.pager.held.lock().unwrap().push((10, 3));
+    let len = OBJECT_PAGES * PAGE;
+    assert_eq!(
+        prefetch(&w, A, vm, BASE, len),
+        Ok((OBJECT_PAGES, OBJECT_PAGES))
+    );
+}
+
+/// A chunk held for good is left once the call's retries are spent: the
+/// prefetch answers, with the pages where they are, and does not spin.
+#[test]
+fn a_chunk_held_for_good_is_left_without_spinning() {
+    let w = World::new(GpuBudget::default());
+    let vm = w.create_vm(A).unwrap().vm.get();
+    w.bind(A, vm, 10, BASE);
+    w.pager.held.lock().unwrap().push((10, usize::MAX));
+    let t0 = std::time::Instant::now();
+    let len = OBJECT_PAGES * PAGE;
+    assert_eq!(prefetch(&w, A, vm, BASE, len), Ok((0, OBJECT_PAGES)));
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
 #[test]
 fn pages_no_binding_covers_are_not_counted() {
     let w = World::new(GpuBudget::default());

@@ -52,12 +52,27 @@ pub struct FakePager {
     pub late: Mutex<Vec<u64>>,
     /// Every finalize's `migrated` mask, in order.
     pub finalized: Mutex<Vec<PageMask>>,
+    /// Objects whose next collects get nothing (every page held by
+    /// another migration), and how many more of them.
+    pub held: Mutex<Vec<(u32, usize)>>,
     /// Objects whose pages sit in GPU 1's VRAM and are mapped in place
     /// (`Advice::AccessInPlace`): page `p` at frame `base + p`.
     pub in_place: Mutex<Vec<(u32, u64)>>,
 }
 
 impl FakePager {
+    /// Whether this collect of `object` gets nothing ([`Self::held`]).
+    fn take_held(&self, object: u32) -> bool {
+        let mut held = self.held.lock().unwrap();
+        match held.iter_mut().find(|(o, left)| *o == object && *left > 0) {
+            Some((_, left)) => {
+                *left -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// `got` for an object mapped in place: every page a remote peer page,
     /// with its frame in GPU 1's VRAM.
     fn in_place(&self, object: u32, first: u64, n: usize, got: m::Collected) -> m::Collected {
@@ -130,7 +145,10 @@ impl Handler<PagerMigrate> for FakePager {
                     }
                 }
                 let n = c.count.get() as usize;
-                let all = PageMask::first(n);
+                let all = match self.take_held(c.object.get()) {
+                    true => PageMask::EMPTY,
+                    false => PageMask::first(n),
+                };
                 let peer = self.peer_objects.lock().unwrap().contains(&c.object.get());
                 let got = m::Collected {
                     seq: Seq::raw(0),
