@@ -276,6 +276,21 @@ pub struct BootOptions {
     pub ready_deadline: Option<Duration>,
 }
 
+impl BootOptions {
+    /// Has every GPU server move `chunks` chunks ahead of a stream of
+    /// faults (`--fault-ahead`; 0 is off). Past
+    /// [`crate::args::MAX_FAULT_AHEAD`]: an error naming it and the range.
+    pub fn set_fault_ahead(&mut self, chunks: u8) -> Result<(), String> {
+        let max = crate::args::MAX_FAULT_AHEAD;
+        match chunks {
+            0 => {}
+            n if n <= max => self.gpu_args.push(format!("--fault-ahead={n}")),
+            n => return Err(format!("{n}: 0 to {max}")),
+        }
+        Ok(())
+    }
+}
+
 /// A duplicate of an endpoint end, for a server's recipe.
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, BootError> {
     fd.as_fd()

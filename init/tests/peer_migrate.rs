@@ -42,9 +42,7 @@ fn peer_migration_moves_every_page(by: Mover, ahead: u8) {
         let mut opts = BootOptions::default();
         opts.device.vram_bytes = 32 << 20;
         opts.gpus = 2;
-        if ahead > 0 {
-            opts.gpu_args.push(format!("--fault-ahead={ahead}"));
-        }
+        opts.set_fault_ahead(ahead).expect("a depth in range");
         let (system, clients) = System::boot(&opts).expect("two GPUs boot");
         let c = clients.expect("clients");
         let bytes: usize = if ahead > 0 { 10 << 20 } else { 6 << 20 };

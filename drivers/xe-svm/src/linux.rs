@@ -102,7 +102,7 @@ struct Args {
     /// Chunks (2 MiB) each VM's fault worker moves to VRAM ahead of a
     /// stream of its faults (0 to 8; 0 is off, as in xe; `fault_ahead.rs`).
     #[arg(long, default_value_t = 0,
-          value_parser = clap::value_parser!(u8).range(0..=8))]
+          value_parser = clap::value_parser!(u8).range(0..=crate::fault_ahead::MAX_AHEAD as i64))]
     fault_ahead: u8,
     /// A pipe init reads: one byte on it says this process serves (init
     /// kills a server that has not said so within its readiness deadline).

@@ -404,10 +404,8 @@ fn main() {
     if let Some(n) = cli.copy_engines {
         opts.device.copy_engines = n.max(1);
     }
-    if cli.fault_ahead > 0 {
-        opts.gpu_args
-            .push(format!("--fault-ahead={}", cli.fault_ahead));
-    }
+    // In range already (its parser).
+    let _ = opts.set_fault_ahead(cli.fault_ahead);
     let code = match cli.command {
         Cmd::Run {
             workload: Workload::Scenarios(args),

@@ -29,18 +29,11 @@ pub fn run(inst: &Instance, report: Reporter) -> Reporter {
     if inst.device.thrash_hold {
         opts.pager_args.push("--thrash=on".into());
     }
-    match inst.device.fault_ahead {
-        0 => {}
-        n if n <= crate::args::MAX_FAULT_AHEAD => opts.gpu_args.push(format!("--fault-ahead={n}")),
-        n => {
-            report.emit(Event::Error {
-                what: format!(
-                    "[device] fault_ahead = {n}: 0 to {}",
-                    crate::args::MAX_FAULT_AHEAD
-                ),
-            });
-            return report;
-        }
+    if let Err(e) = opts.set_fault_ahead(inst.device.fault_ahead) {
+        report.emit(Event::Error {
+            what: format!("[device] fault_ahead = {e}"),
+        });
+        return report;
     }
     let (mut system, clients) = match System::boot(&opts) {
         Ok((s, Some(c))) => (s, c),
