@@ -11,11 +11,12 @@
 //! a chunk faulted lately (a stream, not a random access; a kernel's
 //! threads fault neighbouring chunks in any order) queues the `N` chunks
 //! after the highest of the run of chunks faulted lately from `c` up, those
-//! not queued or faulted lately. A
-//! chunk moves the way `Gpu::Prefetch` moves it (`Inner::fault_ahead`): the
-//! same rules hold (rule 5: VRAM first; rule 1: pages another migration
-//! holds are skipped, never waited for), and pages no binding covers, or
-//! the VM may not access, do not move.
+//! not queued or faulted lately, while fewer than four per thread are
+//! queued or moving (a budget). A chunk moves the way `Gpu::Prefetch`
+//! moves it (`Inner::fault_ahead`): the same rules hold (rule 5: VRAM
+//! first; rule 1: pages another migration holds are skipped, never waited
+//! for), and pages no binding covers, or the VM may not access, do not
+//! move.
 //!
 //! A fault on a chunk that is queued or moving waits for that move, at
 //! most [`WAIT`], and is then resolved as usual (finding its pages in
@@ -45,6 +46,11 @@ const RECENT: usize = 64;
 /// since.
 const LATELY: Duration = Duration::from_millis(100);
 const CHUNK_SHIFT: u32 = 21;
+/// Chunks queued or moving at once, per thread: a kernel that faults
+/// pairs of chunks all over its space faster than they move cannot grow
+/// the queue (and the VRAM it asks for) without bound; past it, no more
+/// are queued until some have moved.
+const QUEUED_PER_THREAD: u64 = 4;
 
 /// Moves the 2 MiB chunk at (ASID, GPU address) to VRAM ahead of use.
 pub type Move = dyn Fn(u32, u64) + Send + Sync;
@@ -182,6 +188,9 @@ impl Ahead {
             top += 1;
         }
         for next in (1..=self.depth).filter_map(|k| top.checked_add(k)) {
+            if st.busy.len() as u64 >= self.depth * QUEUED_PER_THREAD {
+                break;
+            }
             if st.seen(next).is_some() || st.busy.contains(&next) {
                 continue;
             }
@@ -315,6 +324,19 @@ mod tests {
             done.load(Ordering::SeqCst),
             "wait returned before the move ended"
         );
+    }
+
+    /// A kernel faulting pairs of chunks far apart, faster than they move,
+    /// never has more than the budget queued or moving.
+    #[test]
+    fn the_queue_is_budgeted() {
+        let (a, _moved) = recording(2, Duration::from_millis(50));
+        for i in 0..50u64 {
+            a.faulted(i * 1000 * MIB2);
+            a.faulted((i * 1000 + 1) * MIB2);
+            let busy = lock(&a.state.0).busy.len() as u64;
+            assert!(busy <= 2 * QUEUED_PER_THREAD, "{busy} queued or moving");
+        }
     }
 
     /// Depth 0 is off; depths past the most are cut to it.
