@@ -51,14 +51,21 @@ fn a_prefetched_range_runs_without_a_gpu_fault() {
     );
 }
 
+/// A VM with view 10 bound at `BASE`, whose next `collects` of it get
+/// nothing (the stand-in pager's `held`).
+fn bound_and_held(collects: usize) -> (World, u32) {
+    let w = World::new(GpuBudget::default());
+    let vm = w.create_vm(A).unwrap().vm.get();
+    w.bind(A, vm, 10, BASE);
+    w.pager.held.lock().unwrap().push((10, collects));
+    (w, vm)
+}
+
 /// Pages a CPU fault has just brought in stay locked for a moment: a
 /// chunk whose first collects get nothing is tried again, and moves.
 #[test]
 fn a_chunk_held_for_a_moment_is_moved_all_the_same() {
-    let w = World::new(GpuBudget::default());
-    let vm = w.create_vm(A).unwrap().vm.get();
-    w.bind(A, vm, 10, BASE);
-    w.pager.held.lock().unwrap().push((10, 3));
+    let (w, vm) = bound_and_held(3);
     let len = OBJECT_PAGES * PAGE;
     assert_eq!(
         prefetch(&w, A, vm, BASE, len),
@@ -70,10 +77,7 @@ fn a_chunk_held_for_a_moment_is_moved_all_the_same() {
 /// prefetch answers, with the pages where they are, and does not spin.
 #[test]
 fn a_chunk_held_for_good_is_left_without_spinning() {
-    let w = World::new(GpuBudget::default());
-    let vm = w.create_vm(A).unwrap().vm.get();
-    w.bind(A, vm, 10, BASE);
-    w.pager.held.lock().unwrap().push((10, usize::MAX));
+    let (w, vm) = bound_and_held(usize::MAX);
     let t0 = std::time::Instant::now();
     let len = OBJECT_PAGES * PAGE;
     assert_eq!(prefetch(&w, A, vm, BASE, len), Ok((0, OBJECT_PAGES)));
